@@ -1,0 +1,162 @@
+//! Map keys, values and event records shared by leash's eBPF programs and its userspace.
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding (explicit `_pad` fields instead) and
+//! is defined once: the eBPF side (`sandbox-ebpf`) reads and writes these layouts in kernel maps,
+//! the userspace side (`sandbox-user`, feature `user`) fills and reads the same maps.
+//!
+//! All per-sandbox maps are keyed by the sandbox's **cgroup id** (the inode number of its cgroup v2
+//! directory), so one loaded set of programs can serve many sandboxes.
+#![no_std]
+
+/// Names of the maps in the eBPF object, shared so that neither side spells them twice.
+pub mod map_names {
+    /// `HashMap<u64 cgroup id, SandboxNet>`: the one address each sandbox may reach.
+    pub const SANDBOXES: &str = "LEASH_SANDBOXES";
+    /// `PerCpuHashMap<u64 cgroup id, Counters>`: verdict counters per sandbox.
+    pub const COUNTERS: &str = "LEASH_COUNTERS";
+    /// `RingBuf` of [`DenyEvent`](super::DenyEvent) records.
+    pub const EVENTS: &str = "LEASH_EVENTS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    pub const CONNECT4: &str = "leash_connect4";
+    pub const CONNECT6: &str = "leash_connect6";
+    pub const SENDMSG4: &str = "leash_sendmsg4";
+    pub const SENDMSG6: &str = "leash_sendmsg6";
+    pub const SOCK_CREATE: &str = "leash_sock_create";
+    pub const SKB_EGRESS: &str = "leash_skb_egress";
+    pub const SKB_INGRESS: &str = "leash_skb_ingress";
+    /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
+    pub const LSM_PROBE: &str = "leash_lsm_probe";
+}
+
+/// Maximum number of sandboxes one loaded program set serves at once.
+pub const MAX_SANDBOXES: u32 = 4096;
+
+/// Byte size of the deny-event ring buffer (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// The network reach of one sandbox: the proxy address and port, nothing else.
+///
+/// `addr` holds the address as the kernel's `bpf_sock_addr.user_ip6` does: four `u32` words
+/// whose bytes are in network order. An IPv4 proxy is stored IPv4-mapped (`::ffff:a.b.c.d`), so
+/// `addr[3]` then equals `bpf_sock_addr.user_ip4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SandboxNet {
+    pub addr: [u32; 4],
+    /// Proxy port in host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// 1 when `addr` is an IPv4-mapped address (the proxy listens on IPv4).
+    pub is_ipv4: u32,
+}
+
+/// Index of each verdict counter in [`Counters::values`].
+pub mod counter {
+    pub const CONNECT_ALLOWED: usize = 0;
+    pub const CONNECT_DENIED: usize = 1;
+    pub const SENDMSG_DENIED: usize = 2;
+    pub const SOCK_CREATE_DENIED: usize = 3;
+    pub const SKB_EGRESS_PASSED: usize = 4;
+    pub const SKB_EGRESS_DROPPED: usize = 5;
+    pub const SKB_INGRESS_PASSED: usize = 6;
+    pub const SKB_INGRESS_DROPPED: usize = 7;
+    /// Number of counters.
+    pub const COUNT: usize = 8;
+    /// Names in index order, for reports.
+    pub const NAMES: [&str; COUNT] = [
+        "connect_allowed",
+        "connect_denied",
+        "sendmsg_denied",
+        "sock_create_denied",
+        "skb_egress_passed",
+        "skb_egress_dropped",
+        "skb_ingress_passed",
+        "skb_ingress_dropped",
+    ];
+}
+
+/// Per-CPU verdict counters of one sandbox; userspace creates the zeroed entry with the sandbox
+/// and sums the CPUs when reporting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub values: [u64; counter::COUNT],
+}
+
+/// Which hook denied something, in [`DenyEvent::hook`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect4 = 1,
+    Connect6 = 2,
+    Sendmsg4 = 3,
+    Sendmsg6 = 4,
+    SockCreate = 5,
+    SkbEgress = 6,
+    SkbIngress = 7,
+}
+
+impl Hook {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Connect4,
+            2 => Self::Connect6,
+            3 => Self::Sendmsg4,
+            4 => Self::Sendmsg6,
+            5 => Self::SockCreate,
+            6 => Self::SkbEgress,
+            7 => Self::SkbIngress,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect4 => "connect4",
+            Self::Connect6 => "connect6",
+            Self::Sendmsg4 => "sendmsg4",
+            Self::Sendmsg6 => "sendmsg6",
+            Self::SockCreate => "sock_create",
+            Self::SkbEgress => "skb_egress",
+            Self::SkbIngress => "skb_ingress",
+        }
+    }
+}
+
+/// One denial, sent to userspace through the `LEASH_EVENTS` ring buffer.
+///
+/// For packet hooks (`SkbEgress`, `SkbIngress`) there is no reliable current task: `pid`, `uid`
+/// and `comm` are zero, and `addr`/`port` are the remote end of the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DenyEvent {
+    pub cgroup_id: u64,
+    pub time_ns: u64,
+    pub pid: u32,
+    pub uid: u32,
+    /// A [`Hook`] value.
+    pub hook: u32,
+    /// Address family (`AF_INET` 2, `AF_INET6` 10).
+    pub family: u32,
+    /// Socket type (`SOCK_STREAM` 1, `SOCK_DGRAM` 2, `SOCK_RAW` 3); 0 for packet hooks.
+    pub sock_type: u32,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
+    pub protocol: u32,
+    /// Destination (or, for ingress, source) address in network order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// Port in host order; 0 when there is none.
+    pub port: u16,
+    pub _pad: [u8; 6],
+    pub comm: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are repr(C), Copy, contain only integers and have no padding bytes.
+    unsafe impl aya::Pod for super::SandboxNet {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::DenyEvent {}
+}

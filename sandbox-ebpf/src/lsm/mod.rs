@@ -1,0 +1,3 @@
+//! BPF-LSM programs. Attached once per host (never per sandbox).
+
+mod probe;

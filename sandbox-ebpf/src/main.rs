@@ -1,0 +1,30 @@
+//! leash's eBPF programs, built for `bpfel-unknown-none` by `sandbox-user/build.rs` (aya-build).
+//!
+//! - `net/`: cgroup programs attached to each sandbox cgroup. Together they confine every process
+//!   in the cgroup (and its descendants) to one TCP address: the proxy leash started for it.
+//! - `lsm/`: BPF-LSM programs (for now only the probe `leash doctor` loads).
+//! - `maps.rs`: the maps, keyed by sandbox cgroup id; layouts live in `sandbox-common`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod lsm;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod net;
+
+/// LSM programs are refused without a GPL-compatible license.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

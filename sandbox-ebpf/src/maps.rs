@@ -1,0 +1,25 @@
+//! The maps every leash program shares. Userspace (`sandbox-user/src/kernel/maps.rs`) sizes
+//! nothing itself: the sizes are the constants in `sandbox-common`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuHashMap, RingBuf},
+};
+use sandbox_common::{Counters, SandboxNet, EVENTS_BYTES, MAX_SANDBOXES};
+
+/// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
+/// starts, removed when it ends. A cgroup the programs run for but that has no entry is denied
+/// everything (fail closed).
+#[map(name = "LEASH_SANDBOXES")]
+pub static SANDBOXES: HashMap<u64, SandboxNet> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// Sandbox cgroup id -> per-CPU verdict counters. Userspace inserts a zeroed entry with the
+/// sandbox; the programs only increment existing entries.
+#[map(name = "LEASH_COUNTERS")]
+pub static COUNTERS: PerCpuHashMap<u64, Counters> =
+    PerCpuHashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// Deny events for the audit log. When userspace falls behind, events are lost but counters
+/// still count.
+#[map(name = "LEASH_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

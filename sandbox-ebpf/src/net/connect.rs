@@ -1,0 +1,93 @@
+//! `cgroup/connect4` and `cgroup/connect6`: a socket in a sandbox may connect only to its proxy,
+//! and only over TCP. Minimum kernel: 4.17.
+//!
+//! The kernel also runs these hooks for TCP fast open (`sendto(MSG_FASTOPEN)`) and for
+//! `connect()` on UDP sockets, so neither escapes. On an IPv6 socket the proxy is accepted in its
+//! IPv4-mapped form when it listens on IPv4; the unspecified address (`0.0.0.0`, `::`), other
+//! loopback addresses and MPTCP are refused like any other target.
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use sandbox_common::{counter, Hook, SandboxNet};
+
+use super::{
+    count, current_cgroup, report, sandbox, words_to_bytes, Denied, AF_INET, AF_INET6, ALLOW,
+    DENY, IPPROTO_TCP, SOCK_STREAM,
+};
+
+#[cgroup_sock_addr(connect4)]
+pub fn leash_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands sock_addr programs a valid context.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    let ip4 = sa.user_ip4.to_ne_bytes();
+    addr[..4].copy_from_slice(&ip4);
+    let target = Target {
+        hook: Hook::Connect4,
+        family: AF_INET,
+        sock_type: sa.type_,
+        protocol: sa.protocol,
+        addr,
+        port: u16::from_be(sa.user_port as u16),
+    };
+    decide(&target, |proxy| proxy.is_ipv4 == 1 && proxy.addr[3] == sa.user_ip4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands sock_addr programs a valid context.
+    let sa = unsafe { &*ctx.sock_addr };
+    // Word-by-word reads: the verifier only allows 4-byte loads of user_ip6.
+    let ip6 = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let target = Target {
+        hook: Hook::Connect6,
+        family: AF_INET6,
+        sock_type: sa.type_,
+        protocol: sa.protocol,
+        addr: words_to_bytes(&ip6),
+        port: u16::from_be(sa.user_port as u16),
+    };
+    // The proxy's stored address is IPv4-mapped when it listens on IPv4, which is exactly the
+    // form an IPv6 socket uses to reach it, so one comparison covers both.
+    decide(&target, |proxy| proxy.addr == ip6)
+}
+
+struct Target {
+    hook: Hook,
+    family: u32,
+    sock_type: u32,
+    protocol: u32,
+    addr: [u8; 16],
+    port: u16,
+}
+
+#[inline(always)]
+fn decide(target: &Target, is_proxy_addr: impl Fn(&SandboxNet) -> bool) -> i32 {
+    let cgroup = current_cgroup();
+    let allowed = match sandbox(cgroup) {
+        Some(proxy) => {
+            target.sock_type == SOCK_STREAM
+                && target.protocol == IPPROTO_TCP
+                && target.port == proxy.port
+                && is_proxy_addr(&proxy)
+        }
+        None => false,
+    };
+    if allowed {
+        count(cgroup, counter::CONNECT_ALLOWED);
+        return ALLOW;
+    }
+    count(cgroup, counter::CONNECT_DENIED);
+    report(
+        cgroup,
+        &Denied {
+            hook: target.hook,
+            family: target.family,
+            sock_type: target.sock_type,
+            protocol: target.protocol,
+            addr: target.addr,
+            port: target.port,
+        },
+        true,
+    );
+    DENY
+}

@@ -1,0 +1,118 @@
+//! Cgroup network confinement: each program here is attached to a sandbox cgroup and keeps every
+//! process in it (and in its descendants) to one TCP address, the sandbox's proxy.
+//!
+//! | file | hook | what it stops |
+//! |---|---|---|
+//! | `connect.rs` | `cgroup/connect4`, `connect6` | TCP/UDP connect (and TCP fast open) to anything but the proxy |
+//! | `sendmsg.rs` | `cgroup/sendmsg4`, `sendmsg6` | every unconnected UDP datagram (DNS included: the proxy resolves names) |
+//! | `sock_create.rs` | `cgroup/sock_create` | raw and ICMP (ping) sockets |
+//! | `skb.rs` | `cgroup_skb/egress`, `ingress` | any packet not to or from the proxy: the backstop for paths that never call connect |
+//!
+//! The hooks only filter and hand over to the helpers below, which look up the sandbox by cgroup
+//! id, count the verdict and report denials.
+
+mod connect;
+mod sendmsg;
+mod skb;
+mod sock_create;
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns,
+};
+use sandbox_common::{DenyEvent, Hook, SandboxNet};
+
+use crate::maps::{COUNTERS, EVENTS, SANDBOXES};
+
+/// Return values of cgroup programs.
+pub const ALLOW: i32 = 1;
+pub const DENY: i32 = 0;
+
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+pub const SOCK_STREAM: u32 = 1;
+pub const IPPROTO_TCP: u32 = 6;
+
+/// The network reach of the sandbox `cgroup_id`, or `None` when the cgroup has no entry (which
+/// callers treat as deny).
+#[inline(always)]
+pub fn sandbox(cgroup_id: u64) -> Option<SandboxNet> {
+    // SAFETY: the value is copied out of the map before the lookup's lifetime ends.
+    unsafe { SANDBOXES.get(&cgroup_id).copied() }
+}
+
+/// The cgroup id of the task making the call (socket hooks run in process context).
+#[inline(always)]
+pub fn current_cgroup() -> u64 {
+    // SAFETY: plain BPF helper call.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// Adds one to counter `index` of sandbox `cgroup_id`, if userspace created its entry.
+#[inline(always)]
+pub fn count(cgroup_id: u64, index: usize) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(&cgroup_id) {
+        if index < sandbox_common::counter::COUNT {
+            // SAFETY: per-CPU value, no concurrent writer on this CPU; index checked above.
+            unsafe { (*counters).values[index] += 1 };
+        }
+    }
+}
+
+/// What a denial was about, for [`report`].
+pub struct Denied {
+    pub hook: Hook,
+    pub family: u32,
+    pub sock_type: u32,
+    pub protocol: u32,
+    pub addr: [u8; 16],
+    pub port: u16,
+}
+
+/// Sends a deny event to userspace. `from_task` is false for packet hooks, which may run outside
+/// the sending task's context.
+#[inline(always)]
+pub fn report(cgroup_id: u64, denied: &Denied, from_task: bool) {
+    let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
+        return;
+    };
+    let (pid, uid, comm) = if from_task {
+        let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let uid = bpf_get_current_uid_gid() as u32;
+        (pid, uid, bpf_get_current_comm().unwrap_or([0; 16]))
+    } else {
+        (0, 0, [0; 16])
+    };
+    entry.write(DenyEvent {
+        cgroup_id,
+        // SAFETY: plain BPF helper call.
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        pid,
+        uid,
+        hook: denied.hook as u32,
+        family: denied.family,
+        sock_type: denied.sock_type,
+        protocol: denied.protocol,
+        addr: denied.addr,
+        port: denied.port,
+        _pad: [0; 6],
+        comm,
+    });
+    entry.submit(0);
+}
+
+/// The 16 bytes of an address given as the kernel's four network-order words.
+#[inline(always)]
+pub fn words_to_bytes(words: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
