@@ -1,0 +1,12 @@
+//! leash: confine an AI coding agent so it reaches the network only through a local proxy.
+//!
+//! Data flows `policy` (file -> compiled policy) -> `kernel` (cgroup, eBPF programs and maps,
+//! pins) and `launcher` (Landlock, identity, the agent's process) and `proxy` (where a
+//! connection is judged) -> `audit` (OCSF events). `doctor` probes what the kernel offers.
+
+pub mod audit;
+pub mod doctor;
+pub mod kernel;
+pub mod launcher;
+pub mod policy;
+pub mod proxy;

@@ -1,0 +1,233 @@
+//! Test harness: the `leash` binary, local listeners that count what reaches them, policy files,
+//! and host facts (cgroup2 mount). Everything listens on loopback only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The leash binary under test: `$LEASH_BIN`, else `target/debug/leash`.
+pub fn leash_bin() -> PathBuf {
+    let path = std::env::var_os("LEASH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/leash"));
+    assert!(path.exists(), "{} not found: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// Fails the test (it cannot pass without root) with a message saying so.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests load eBPF programs and must run as root");
+}
+
+/// `leash` with arguments, ready to run.
+pub fn leash(args: &[&str]) -> Command {
+    let mut c = Command::new(leash_bin());
+    c.args(args);
+    c
+}
+
+/// Runs `leash run --policy POLICY [extra] -- CMD...` and returns its output.
+pub fn leash_run(policy: &Path, extra: &[&str], cmd: &[&str]) -> Output {
+    let mut c = leash(&["run", "--policy"]);
+    c.arg(policy).args(extra).arg("--").args(cmd);
+    c.output().expect("running leash")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A scratch directory every user can write to, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!("leash-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir_all(&dir).expect("creating scratch dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod scratch dir");
+        Scratch(dir)
+    }
+
+    /// Writes `name` (mode 0644) and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("writing scratch file");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod scratch file");
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A policy allowing only the given loopback ports (host 127.0.0.1), no filesystem layer.
+pub fn policy_allowing(ports: &[u16]) -> String {
+    let mut yaml = String::from("version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n");
+    for p in ports {
+        yaml.push_str(&format!("      - {{ host: 127.0.0.1, port: {p}, protocol: tcp }}\n"));
+    }
+    if ports.is_empty() {
+        yaml = "version: 1\nnetwork_policies: {}\n".into();
+    }
+    yaml
+}
+
+/// A TCP listener on loopback that counts accepted connections.
+pub struct Listener {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Listener {
+    pub fn new(bind: &str) -> Self {
+        Self::serving(bind, None)
+    }
+
+    /// A listener answering every request with `200 OK` and `body` (a tiny HTTP server).
+    pub fn http(bind: &str, body: &'static str) -> Self {
+        Self::serving(bind, Some(body))
+    }
+
+    fn serving(bind: &str, body: Option<&'static str>) -> Self {
+        let l = TcpListener::bind(bind).expect("binding test listener");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("local addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut conn, _)) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        if let Some(body) = body {
+                            std::thread::spawn(move || answer_http(&mut conn, body));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { addr, accepted, stop }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn answer_http(conn: &mut std::net::TcpStream, body: &str) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return,
+        }
+    }
+    let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+}
+
+/// A UDP socket on loopback that counts datagrams received.
+pub struct UdpSink {
+    pub addr: SocketAddr,
+    received: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpSink {
+    pub fn new(bind: &str) -> Self {
+        let s = UdpSocket::bind(bind).expect("binding udp sink");
+        s.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        let addr = s.local_addr().expect("local addr");
+        let received = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, st) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !st.load(Ordering::SeqCst) {
+                if s.recv(&mut buf).is_ok() {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Self { addr, received, stop }
+    }
+
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The first mount point of filesystem type `fstype`, read from mountinfo.
+fn mount_point(fstype: &str) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != fstype {
+            return None;
+        }
+        Some(PathBuf::from(left.split_whitespace().nth(4)?))
+    })
+}
+
+/// The cgroup v2 mount point.
+pub fn cgroup2_root() -> PathBuf {
+    mount_point("cgroup2").expect("cgroup2 must be mounted on the test host")
+}
+
+/// Names of `leash-*` cgroups whose owner pid is `pid`.
+pub fn sandbox_cgroups_of(pid: u32) -> Vec<String> {
+    let prefix = format!("leash-{pid}-");
+    std::fs::read_dir(cgroup2_root())
+        .expect("listing cgroup root")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// The bpffs mount point, if any.
+pub fn bpffs_root() -> Option<PathBuf> {
+    mount_point("bpf")
+}
+
+/// Polls `cond` every 20 ms for up to `secs` seconds.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}

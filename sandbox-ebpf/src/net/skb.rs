@@ -10,7 +10,7 @@
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 use sandbox_common::{counter, Hook, SandboxNet};
 
-use super::{count, report, sandbox, Denied, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP};
+use super::{count, report, sandbox, words_to_bytes, Denied, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP};
 
 /// Which end of the packet must be the proxy.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -29,11 +29,12 @@ pub fn leash_skb_ingress(ctx: SkBuffContext) -> i32 {
     judge(&ctx, Direction::Ingress)
 }
 
-/// The remote end of a packet: family, protocol, address (IPv4 in the first 4 bytes), port.
+/// The remote end of a packet. `addr` holds the address as four network-order words (the
+/// layout of `SandboxNet::addr`); an IPv4 address is in `addr[0]`.
 struct Remote {
     family: u32,
     protocol: u32,
-    addr: [u8; 16],
+    addr: [u32; 4],
     port: u16,
 }
 
@@ -42,9 +43,9 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
     // SAFETY: plain BPF helper call on the program's own context.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let remote = parse(ctx, dir);
-    let allowed = match (sandbox(cgroup), &remote) {
-        (Some(proxy), Some(remote)) => is_proxy(&proxy, remote),
-        _ => false,
+    let allowed = match sandbox(cgroup) {
+        Some(proxy) => is_proxy(&proxy, &remote),
+        None => false,
     };
     let (passed, dropped, hook) = match dir {
         Direction::Egress => (counter::SKB_EGRESS_PASSED, counter::SKB_EGRESS_DROPPED, Hook::SkbEgress),
@@ -55,12 +56,15 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
         return ALLOW;
     }
     count(cgroup, dropped);
-    let r = remote.unwrap_or(Remote { family: 0, protocol: 0, addr: [0; 16], port: 0 });
-    report(
-        cgroup,
-        &Denied { hook, family: r.family, sock_type: 0, protocol: r.protocol, addr: r.addr, port: r.port },
-        false,
-    );
+    let denied = Denied {
+        hook,
+        family: remote.family,
+        sock_type: 0,
+        protocol: remote.protocol,
+        addr: words_to_bytes(&remote.addr),
+        port: remote.port,
+    };
+    report(cgroup, &denied, false);
     DENY
 }
 
@@ -69,50 +73,60 @@ fn is_proxy(proxy: &SandboxNet, remote: &Remote) -> bool {
     if remote.protocol != IPPROTO_TCP || remote.port != proxy.port {
         return false;
     }
-    let want = super::words_to_bytes(&proxy.addr);
     if remote.family == AF_INET {
-        proxy.is_ipv4 == 1 && remote.addr[..4] == want[12..]
-    } else {
-        proxy.is_ipv4 == 0 && remote.addr == want
+        return proxy.is_ipv4 == 1 && remote.addr[0] == proxy.addr[3];
     }
+    remote.family == AF_INET6
+        && proxy.is_ipv4 == 0
+        && remote.addr[0] == proxy.addr[0]
+        && remote.addr[1] == proxy.addr[1]
+        && remote.addr[2] == proxy.addr[2]
+        && remote.addr[3] == proxy.addr[3]
 }
 
-/// Reads the remote address and port of an IPv4 or IPv6 packet; `None` for anything else.
+/// Reads the remote address and port of an IPv4 or IPv6 packet; family 0 for anything else
+/// (or a packet too short to read), which no proxy matches.
 #[inline(always)]
-fn parse(ctx: &SkBuffContext, dir: Direction) -> Option<Remote> {
-    let first: u8 = ctx.load(0).ok()?;
-    let mut addr = [0u8; 16];
+fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
+    let mut remote = Remote { family: 0, protocol: 0, addr: [0; 4], port: 0 };
+    let Ok(first) = ctx.load::<u8>(0) else { return remote };
     match first >> 4 {
         4 => {
             let header_len = ((first & 0x0f) as usize) * 4;
-            let protocol: u8 = ctx.load(9).ok()?;
+            let Ok(protocol) = ctx.load::<u8>(9) else { return remote };
             // Source at 12, destination at 16.
             let addr_off = if dir == Direction::Egress { 16 } else { 12 };
-            let ip: [u8; 4] = ctx.load(addr_off).ok()?;
-            addr[..4].copy_from_slice(&ip);
-            let port = l4_port(ctx, header_len, protocol as u32, dir)?;
-            Some(Remote { family: AF_INET, protocol: protocol as u32, addr, port })
+            let Ok(ip) = ctx.load::<u32>(addr_off) else { return remote };
+            remote.family = AF_INET;
+            remote.protocol = protocol as u32;
+            remote.addr[0] = ip;
+            remote.port = l4_port(ctx, header_len, remote.protocol, dir);
         }
         6 => {
-            let next: u8 = ctx.load(6).ok()?;
+            let Ok(next) = ctx.load::<u8>(6) else { return remote };
             // Source at 8, destination at 24.
             let addr_off = if dir == Direction::Egress { 24 } else { 8 };
-            addr = ctx.load(addr_off).ok()?;
-            let port = l4_port(ctx, 40, next as u32, dir)?;
-            Some(Remote { family: AF_INET6, protocol: next as u32, addr, port })
+            let Ok(ip) = ctx.load::<[u32; 4]>(addr_off) else { return remote };
+            remote.family = AF_INET6;
+            remote.protocol = next as u32;
+            remote.addr = ip;
+            remote.port = l4_port(ctx, 40, remote.protocol, dir);
         }
-        _ => None,
+        _ => {}
     }
+    remote
 }
 
-/// The remote port of a TCP/UDP header at `offset`; 0 for other protocols.
+/// The remote port of a TCP/UDP header at `offset`; 0 for other protocols or a short packet.
 #[inline(always)]
-fn l4_port(ctx: &SkBuffContext, offset: usize, protocol: u32, dir: Direction) -> Option<u16> {
+fn l4_port(ctx: &SkBuffContext, offset: usize, protocol: u32, dir: Direction) -> u16 {
     if protocol != IPPROTO_TCP && protocol != 17 {
-        return Some(0);
+        return 0;
     }
     // Source port first, destination port second.
     let port_off = if dir == Direction::Egress { offset + 2 } else { offset };
-    let port: u16 = ctx.load(port_off).ok()?;
-    Some(u16::from_be(port))
+    match ctx.load::<u16>(port_off) {
+        Ok(port) => u16::from_be(port),
+        Err(_) => 0,
+    }
 }

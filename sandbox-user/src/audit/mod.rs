@@ -1,0 +1,77 @@
+//! The audit trail: every denial (kernel or proxy) and every proxy decision becomes one
+//! OCSF-shaped JSON line in `--audit-log FILE`; denials also print one short line on stderr.
+//! Nothing secret is ever passed in here: events carry addresses, names and verdicts only.
+
+mod ocsf;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use sandbox_common::DenyEvent;
+
+pub use ocsf::ProxyDecision;
+
+/// Where audit events go. Cheap to clone; safe to share between the proxy and the event pump.
+#[derive(Clone)]
+pub struct Auditor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    file: Option<Mutex<File>>,
+    sandbox: String,
+    stderr_lines: bool,
+}
+
+impl Auditor {
+    /// An auditor for `sandbox`, appending JSON lines to `log` when given (created mode 0600).
+    pub fn new(sandbox: &str, log: Option<&Path>, stderr_lines: bool) -> Result<Self> {
+        let file = match log {
+            Some(path) => Some(Mutex::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("opening audit log {}", path.display()))?,
+            )),
+            None => None,
+        };
+        Ok(Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines }) })
+    }
+
+    /// An auditor that only prints denials on stderr.
+    pub fn stderr_only(sandbox: &str) -> Self {
+        Self { inner: Arc::new(Inner { file: None, sandbox: sandbox.to_owned(), stderr_lines: true }) }
+    }
+
+    /// A denial reported by one of the kernel programs.
+    pub fn kernel_denied(&self, event: &DenyEvent) {
+        let (json, line) = ocsf::kernel_denial(&self.inner.sandbox, event);
+        self.emit(&json, Some(&line));
+    }
+
+    /// A decision of the proxy; denials also get a stderr line.
+    pub fn proxy_decision(&self, decision: &ProxyDecision) {
+        let (json, line) = ocsf::proxy_decision(&self.inner.sandbox, decision);
+        self.emit(&json, (!decision.allowed).then_some(line.as_str()));
+    }
+
+    fn emit(&self, json: &serde_json::Value, line: Option<&str>) {
+        if let Some(file) = &self.inner.file {
+            if let Ok(mut f) = file.lock() {
+                let mut text = json.to_string();
+                text.push('\n');
+                // Audit must never take the sandbox down; a full disk loses lines, not the agent.
+                let _ = f.write_all(text.as_bytes());
+            }
+        }
+        if let (true, Some(line)) = (self.inner.stderr_lines, line) {
+            eprintln!("leash: {line}");
+        }
+    }
+}

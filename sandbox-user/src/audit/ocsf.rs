@@ -1,0 +1,189 @@
+//! Shaping events as OCSF 1.3 records (Network Activity 4001 for kernel verdicts, HTTP Activity
+//! 4002 for proxy decisions) plus a one-line human summary of each.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sandbox_common::{DenyEvent, Hook};
+use serde_json::{json, Value};
+
+/// One decision of the proxy about a CONNECT (or later, a request).
+#[derive(Debug, Clone)]
+pub struct ProxyDecision {
+    pub allowed: bool,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    /// The network policy that allowed it, if any.
+    pub policy: Option<String>,
+    /// Short machine-readable reason (`no_matching_policy`, `allowed`, ...).
+    pub reason: String,
+    pub client: Option<std::net::SocketAddr>,
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}
+
+fn metadata(log_name: &str) -> Value {
+    json!({
+        "version": "1.3.0",
+        "log_name": log_name,
+        "product": { "name": "leash", "vendor_name": "leash", "version": env!("CARGO_PKG_VERSION") },
+    })
+}
+
+fn protocol_name(protocol: u32) -> &'static str {
+    match protocol {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        58 => "ipv6-icmp",
+        262 => "mptcp",
+        _ => "other",
+    }
+}
+
+fn event_ip(event: &DenyEvent) -> Option<IpAddr> {
+    match event.family {
+        2 => Some(IpAddr::V4(Ipv4Addr::new(event.addr[0], event.addr[1], event.addr[2], event.addr[3]))),
+        10 => Some(IpAddr::V6(Ipv6Addr::from(event.addr))),
+        _ => None,
+    }
+}
+
+fn comm(event: &DenyEvent) -> String {
+    let end = event.comm.iter().position(|&b| b == 0).unwrap_or(event.comm.len());
+    String::from_utf8_lossy(&event.comm[..end]).into_owned()
+}
+
+/// A kernel denial as OCSF JSON and a summary line.
+pub fn kernel_denial(sandbox: &str, event: &DenyEvent) -> (Value, String) {
+    let hook = Hook::from_u32(event.hook).map(Hook::name).unwrap_or("unknown");
+    let ip = event_ip(event);
+    let proto = protocol_name(event.protocol);
+    let target = match (ip, hook) {
+        (_, "sock_create") => format!("socket type {} protocol {proto}", event.sock_type),
+        (Some(IpAddr::V6(v6)), _) => format!("[{v6}]:{}/{proto}", event.port),
+        (Some(v4), _) => format!("{v4}:{}/{proto}", event.port),
+        (None, _) => format!("non-IP packet/{proto}"),
+    };
+    let actor = if event.pid != 0 {
+        format!("pid {} ({})", event.pid, comm(event))
+    } else {
+        "packet".to_owned()
+    };
+    let line = format!("denied {hook}: {actor} -> {target} [sandbox {sandbox}]");
+    let json = json!({
+        "class_uid": 4001,
+        "class_name": "Network Activity",
+        "category_uid": 4,
+        "activity_id": if hook.starts_with("skb") { 6 } else { 1 },
+        "type_uid": if hook.starts_with("skb") { 400106 } else { 400101 },
+        "time": now_ms(),
+        "severity_id": 3,
+        "status_id": 2,
+        "action_id": 2,
+        "disposition_id": 2,
+        "message": line,
+        "metadata": metadata("kernel"),
+        "actor": { "process": { "pid": event.pid, "name": comm(event), "user": { "uid": event.uid } } },
+        "dst_endpoint": { "ip": ip.map(|i| i.to_string()), "port": event.port },
+        "connection_info": {
+            "protocol_num": event.protocol,
+            "protocol_name": proto,
+            "protocol_ver_id": match event.family { 2 => 4, 10 => 6, _ => 0 },
+        },
+        "unmapped": { "hook": hook, "sandbox": sandbox, "cgroup_id": event.cgroup_id, "sock_type": event.sock_type },
+    });
+    (json, line)
+}
+
+/// A proxy decision as OCSF JSON and a summary line.
+pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
+    let verdict = if d.allowed { "allowed" } else { "denied" };
+    let line = format!(
+        "{verdict} proxy {} {}:{} ({}) [sandbox {sandbox}]",
+        d.method,
+        d.host,
+        d.port,
+        d.policy.as_deref().unwrap_or(&d.reason)
+    );
+    let json = json!({
+        "class_uid": 4002,
+        "class_name": "HTTP Activity",
+        "category_uid": 4,
+        "activity_id": 1,
+        "type_uid": 400201,
+        "time": now_ms(),
+        "severity_id": if d.allowed { 1 } else { 3 },
+        "status_id": if d.allowed { 1 } else { 2 },
+        "action_id": if d.allowed { 1 } else { 2 },
+        "disposition_id": if d.allowed { 1 } else { 2 },
+        "message": line,
+        "metadata": metadata("proxy"),
+        "http_request": { "http_method": d.method, "url": { "hostname": d.host, "port": d.port } },
+        "dst_endpoint": { "hostname": d.host, "port": d.port },
+        "src_endpoint": d.client.map(|c| json!({ "ip": c.ip().to_string(), "port": c.port() })),
+        "firewall_rule": d.policy.as_ref().map(|p| json!({ "name": p })),
+        "unmapped": { "reason": d.reason, "sandbox": sandbox },
+    });
+    (json, line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(hook: Hook, family: u32, addr: [u8; 16], port: u16) -> DenyEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        DenyEvent {
+            cgroup_id: 42,
+            time_ns: 0,
+            pid: 7,
+            uid: 65534,
+            hook: hook as u32,
+            family,
+            sock_type: 1,
+            protocol: 6,
+            addr,
+            port,
+            _pad: [0; 6],
+            comm,
+        }
+    }
+
+    #[test]
+    fn ipv4_connect_denial_reads_as_address_and_port() {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let (json, line) = kernel_denial("s1", &event(Hook::Connect4, 2, addr, 8080));
+        assert_eq!(line, "denied connect4: pid 7 (curl) -> 127.0.0.1:8080/tcp [sandbox s1]");
+        assert_eq!(json["dst_endpoint"]["ip"], "127.0.0.1");
+        assert_eq!(json["class_uid"], 4001);
+        assert_eq!(json["disposition_id"], 2);
+    }
+
+    #[test]
+    fn ipv6_denial_is_bracketed() {
+        let (_, line) = kernel_denial("s1", &event(Hook::Connect6, 10, Ipv6Addr::LOCALHOST.octets(), 9));
+        assert!(line.contains("[::1]:9/tcp"), "{line}");
+    }
+
+    #[test]
+    fn proxy_denial_names_reason() {
+        let d = ProxyDecision {
+            allowed: false,
+            method: "CONNECT".into(),
+            host: "evil.example".into(),
+            port: 443,
+            policy: None,
+            reason: "no_matching_policy".into(),
+            client: None,
+        };
+        let (json, line) = proxy_decision("s1", &d);
+        assert!(line.starts_with("denied proxy CONNECT evil.example:443 (no_matching_policy)"), "{line}");
+        assert_eq!(json["action_id"], 2);
+    }
+}

@@ -1,0 +1,78 @@
+//! The command line: argument parsing and the mapping from outcomes to exit codes.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Confine an AI coding agent: its network reaches only leash's proxy (enforced by eBPF in its
+/// cgroup), its files only what the policy allows (Landlock), and it never runs as root.
+#[derive(Debug, Parser)]
+#[command(name = "leash", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run CMD confined to a fresh sandbox and its own proxy (needs root; the agent does not
+    /// run as root). Exits with CMD's status, 125 if leash failed before starting it, 126 if CMD
+    /// is not executable, 127 if it is not found.
+    Run(RunArgs),
+    /// Probe each enforcement layer on this host by trying it; exit 0 only if all work.
+    Doctor {
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check or evaluate policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Run the egress proxy alone (no sandbox), for clients configured to use it.
+    Proxy {
+        /// Policy file whose network_policies the proxy enforces.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3128")]
+        listen: SocketAddr,
+        /// Append OCSF audit events (JSON lines) to this file.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Policy file (YAML). Default: the built-in policy (policies/default.yaml).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Address the sandbox's proxy listens on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub proxy_listen: SocketAddr,
+    /// Append OCSF audit events (JSON lines) to this file; denials also go to stderr.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Start the agent even when a layer the policy needs is missing, reporting each one.
+    #[arg(long)]
+    pub allow_degraded: bool,
+    /// The command to confine, after `--`.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate FILE: exit 0 when valid, 1 with `FILE:LINE:COL: message` when not.
+    Check { file: PathBuf },
+    /// Print, as JSON, the decision FILE makes for a connection to HOST:PORT.
+    Eval {
+        file: PathBuf,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        port: u16,
+    },
+}

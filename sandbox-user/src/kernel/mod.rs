@@ -1,0 +1,12 @@
+//! Everything leash asks of the kernel: finding cgroup v2 and bpffs, sandbox cgroups, loading
+//! and attaching the eBPF programs, pins that outlive leash, reaping what a crash left behind,
+//! and probing which layers this kernel supports.
+
+pub mod cgroup;
+pub mod events;
+pub mod mounts;
+pub mod pins;
+pub mod probes;
+pub mod programs;
+pub mod reaper;
+pub mod sandbox_id;

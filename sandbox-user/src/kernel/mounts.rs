@@ -1,0 +1,103 @@
+//! Finding (and where needed mounting) the kernel filesystems leash works through: the cgroup v2
+//! hierarchy and bpffs. Paths come from `/proc/self/mountinfo`, never from assumptions: on hybrid
+//! hosts cgroup2 lives at `/sys/fs/cgroup/unified`, on others at `/sys/fs/cgroup`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Where bpffs is mounted when leash has to mount it itself.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+/// Overrides the mountinfo file read (tests use it to simulate a host without cgroup v2).
+pub const MOUNTINFO_ENV: &str = "LEASH_MOUNTINFO";
+
+/// The mount points of every filesystem of type `fstype`, in mountinfo order.
+pub fn mount_points(fstype: &str) -> Result<Vec<PathBuf>> {
+    let path = std::env::var_os(MOUNTINFO_ENV).map(PathBuf::from).unwrap_or_else(|| "/proc/self/mountinfo".into());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse_mountinfo(&text, fstype))
+}
+
+/// Mount points of `fstype` in mountinfo text: field 5 is the mount point, and the filesystem
+/// type follows the `-` separator.
+fn parse_mountinfo(text: &str, fstype: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let ty = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (ty == fstype).then(|| PathBuf::from(unescape(mount_point)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup v2 mount point, or an error saying there is none.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    match mount_points("cgroup2")?.into_iter().next() {
+        Some(p) => Ok(p),
+        None => bail!("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo); leash needs cgroup v2"),
+    }
+}
+
+/// The bpffs mount point, mounting bpffs at [`DEFAULT_BPFFS`] when none is mounted.
+pub fn bpffs_root() -> Result<PathBuf> {
+    if let Some(p) = mount_points("bpf")?.into_iter().next() {
+        return Ok(p);
+    }
+    mount_bpffs(Path::new(DEFAULT_BPFFS))?;
+    Ok(PathBuf::from(DEFAULT_BPFFS))
+}
+
+fn mount_bpffs(at: &Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(at).with_context(|| format!("creating {}", at.display()))?;
+    mount(Some("bpf"), at, Some("bpf"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=0700"))
+        .with_context(|| format!("mounting bpffs at {}", at.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+25 30 0:23 / /sys rw,nosuid shared:7 - sysfs sysfs rw
+31 25 0:27 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+32 31 0:28 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
+40 25 0:35 / /sys/fs/my\\040bpf rw shared:20 - bpf bpf rw,mode=700
+";
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_layout() {
+        assert_eq!(parse_mountinfo(SAMPLE, "cgroup2"), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
+    }
+
+    #[test]
+    fn unescapes_octal_in_mount_points() {
+        assert_eq!(parse_mountinfo(SAMPLE, "bpf"), vec![PathBuf::from("/sys/fs/my bpf")]);
+    }
+
+    #[test]
+    fn absent_type_is_empty() {
+        assert!(parse_mountinfo(SAMPLE, "securityfs").is_empty());
+    }
+}

@@ -1,0 +1,178 @@
+//! Loading leash's eBPF object and attaching the network programs to a sandbox cgroup.
+//!
+//! The object is built by `build.rs` and embedded in the binary. Each `leash run` loads its own
+//! copy (a few milliseconds), so its deny events have a ring buffer of their own; the programs
+//! still look every sandbox up by cgroup id, so one loaded set can serve many cgroups (the node
+//! daemon does that).
+//!
+//! Every attachment is a bpf_link pinned under `<bpffs>/leash/sandboxes/<name>/`: if leash dies,
+//! even by SIGKILL, the pins keep the programs and their maps alive and the sandbox stays
+//! confined until the next `leash run` reaps it (`reaper.rs`).
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::programs::{
+    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+};
+use aya::Ebpf;
+use sandbox_common::{map_names, program_names as prog, Counters, SandboxNet};
+
+use super::cgroup::SandboxCgroup;
+
+/// The eBPF object `build.rs` produced.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leash-ebpf"));
+
+/// How each network program attaches.
+#[derive(Clone, Copy)]
+enum Kind {
+    SockAddr,
+    Sock,
+    Skb(CgroupSkbAttachType),
+}
+
+/// The network programs in attach order.
+const NET_PROGRAMS: [(&str, Kind); 7] = [
+    (prog::SOCK_CREATE, Kind::Sock),
+    (prog::CONNECT4, Kind::SockAddr),
+    (prog::CONNECT6, Kind::SockAddr),
+    (prog::SENDMSG4, Kind::SockAddr),
+    (prog::SENDMSG6, Kind::SockAddr),
+    (prog::SKB_EGRESS, Kind::Skb(CgroupSkbAttachType::Egress)),
+    (prog::SKB_INGRESS, Kind::Skb(CgroupSkbAttachType::Ingress)),
+];
+
+/// A loaded (verified) set of network programs and their maps.
+pub struct NetPrograms {
+    ebpf: Ebpf,
+}
+
+impl NetPrograms {
+    /// Loads the object and every network program into the kernel (the verifier runs here).
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(OBJECT).context("loading leash's eBPF object")?;
+        for (name, kind) in NET_PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+            let loaded = match kind {
+                Kind::SockAddr => <&mut CgroupSockAddr>::try_from(program)?.load(),
+                Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
+                Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
+            };
+            loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Writes the sandbox's entries (its proxy address, zeroed counters) keyed by its cgroup id.
+    pub fn add_sandbox(&mut self, cgroup_id: u64, net: SandboxNet) -> Result<()> {
+        self.sandboxes()?.insert(cgroup_id, net, 0).context("writing the sandbox map entry")?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).context("sizing per-CPU counters")?;
+        self.counters_map()?.insert(cgroup_id, zeros, 0).context("writing the counters map entry")?;
+        Ok(())
+    }
+
+    /// Removes the sandbox's entries; missing entries are not an error.
+    pub fn remove_sandbox(&mut self, cgroup_id: u64) {
+        if let Ok(mut m) = self.sandboxes() {
+            let _ = m.remove(&cgroup_id);
+        }
+        if let Ok(mut m) = self.counters_map() {
+            let _ = m.remove(&cgroup_id);
+        }
+    }
+
+    /// Attaches every network program to `cgroup` and pins each link in `pin_dir` (created here).
+    pub fn attach(&mut self, cgroup: &SandboxCgroup, pin_dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(pin_dir).with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        let dir = cgroup.dir()?;
+        let mut pins = Vec::new();
+        for (name, kind) in NET_PROGRAMS {
+            let program = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+            // bpf_link attachments always coexist with other programs on the cgroup (the kernel
+            // refuses attach flags on links), so `Single` here means "no flags".
+            let mode = CgroupAttachMode::Single;
+            let link: FdLink = match kind {
+                Kind::SockAddr => {
+                    let p = <&mut CgroupSockAddr>::try_from(program)?;
+                    let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
+                    p.take_link(id)?.try_into()?
+                }
+                Kind::Sock => {
+                    let p = <&mut CgroupSock>::try_from(program)?;
+                    let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
+                    p.take_link(id)?.try_into()?
+                }
+                Kind::Skb(ty) => {
+                    let p = <&mut CgroupSkb>::try_from(program)?;
+                    let id = p.attach(dir.as_fd(), ty, mode).with_context(|| format!("attaching {name}"))?;
+                    p.take_link(id)?.try_into()?
+                }
+            };
+            let path = pin_dir.join(name);
+            // The pinned link outlives this process; dropping the handle does not detach it.
+            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            pins.push(path);
+        }
+        Ok(pins)
+    }
+
+    /// Per-sandbox verdict counters, summed over CPUs.
+    pub fn counters(&self, cgroup_id: u64) -> Result<Counters> {
+        let map = self.ebpf.map(map_names::COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
+        let map: PerCpuHashMap<&MapData, u64, Counters> = PerCpuHashMap::try_from(map)?;
+        let per_cpu = map.get(&cgroup_id, 0).context("reading counters")?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            for (s, v) in sum.values.iter_mut().zip(c.values) {
+                *s += v;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The deny-event ring buffer; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
+        let map = self.ebpf.take_map(map_names::EVENTS).ok_or_else(|| anyhow!("events map already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    fn sandboxes(&mut self) -> Result<HashMap<&mut MapData, u64, SandboxNet>> {
+        let map = self.ebpf.map_mut(map_names::SANDBOXES).ok_or_else(|| anyhow!("sandbox map missing"))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    fn counters_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u64, Counters>> {
+        let map = self.ebpf.map_mut(map_names::COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
+        Ok(PerCpuHashMap::try_from(map)?)
+    }
+}
+
+/// Removes every pinned link in `pin_dir` and the directory itself. Unpinning the last link of a
+/// program set lets the kernel free it, its maps and their entries.
+pub fn unpin_all(pin_dir: &Path) -> Result<()> {
+    match std::fs::read_dir(pin_dir) {
+        Ok(entries) => {
+            for e in entries {
+                let p = e?.path();
+                std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+            }
+            std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("listing {}", pin_dir.display())),
+    }
+}
+
+/// The proxy address as the maps store it.
+pub fn sandbox_net(proxy: std::net::SocketAddr) -> SandboxNet {
+    let (v6, is_ipv4) = match proxy.ip() {
+        std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped(), 1),
+        std::net::IpAddr::V6(v6) => (v6, 0),
+    };
+    let o = v6.octets();
+    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    SandboxNet { addr: [word(0), word(4), word(8), word(12)], port: proxy.port(), _pad: [0; 2], is_ipv4 }
+}

@@ -1,0 +1,49 @@
+//! Reaping sandboxes whose `leash` died without cleaning up (SIGKILL, OOM, power loss of the
+//! process): their processes are killed, their pinned links removed (which frees programs, maps
+//! and entries) and their cgroups deleted. A sandbox whose owner still runs is never touched, so
+//! concurrent `leash run`s do not disturb each other.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::cgroup::{self, SandboxCgroup};
+use super::pins;
+use super::programs::unpin_all;
+use super::sandbox_id::SandboxId;
+
+/// What one reaping pass removed.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    pub sandboxes: Vec<String>,
+}
+
+/// Removes every stale sandbox found under the cgroup root and the pin root.
+pub fn reap_stale(cgroup_root: &Path, bpffs: &Path) -> Result<Reaped> {
+    let mut names = BTreeSet::new();
+    for (name, _) in cgroup::list(cgroup_root)? {
+        names.insert(name);
+    }
+    for name in pins::list(bpffs)? {
+        names.insert(name);
+    }
+    let mut reaped = Reaped::default();
+    for name in names {
+        // Names that are not ours are left alone.
+        let Some(id) = SandboxId::parse(&name) else { continue };
+        if id.owner_alive() {
+            continue;
+        }
+        let cg_path = cgroup_root.join(format!("{}{name}", cgroup::PREFIX));
+        if cg_path.exists() {
+            let cg = SandboxCgroup::open(cg_path)?;
+            cg.kill_all(Duration::from_secs(5))?;
+            cg.remove()?;
+        }
+        unpin_all(&pins::sandbox_dir(bpffs, &name))?;
+        reaped.sandboxes.push(name);
+    }
+    Ok(reaped)
+}

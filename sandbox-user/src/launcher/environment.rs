@@ -1,0 +1,75 @@
+//! The agent's environment: leash's own, minus every credential the policy declares (replaced by
+//! its placeholder), with the proxy variables pointing at the sandbox's proxy and the identity
+//! variables matching the user the agent runs as.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+
+use super::identity::Identity;
+
+/// Prefix of the placeholder that stands for credential `NAME`.
+pub const PLACEHOLDER_PREFIX: &str = "leash:resolve:env:";
+
+const PROXY_VARS: [&str; 6] = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"];
+const NO_PROXY_VARS: [&str; 2] = ["NO_PROXY", "no_proxy"];
+
+/// Builds the environment from `base` (normally leash's own).
+pub fn agent_env(
+    base: impl IntoIterator<Item = (OsString, OsString)>,
+    proxy: SocketAddr,
+    identity: &Identity,
+    credential_names: &[&str],
+) -> Vec<(OsString, OsString)> {
+    let mut env: BTreeMap<OsString, OsString> = base.into_iter().collect();
+    for name in credential_names {
+        env.insert((*name).into(), format!("{PLACEHOLDER_PREFIX}{name}").into());
+    }
+    let url = format!("http://{proxy}");
+    for var in PROXY_VARS {
+        env.insert(var.into(), url.clone().into());
+    }
+    for var in NO_PROXY_VARS {
+        env.insert(var.into(), OsString::new());
+    }
+    env.insert("HOME".into(), identity.home.clone().into_os_string());
+    env.insert("USER".into(), identity.name.clone().into());
+    env.insert("LOGNAME".into(), identity.name.clone().into());
+    env.insert("LEASH_SANDBOX".into(), "1".into());
+    env.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::unistd::{Gid, Uid};
+
+    fn ident() -> Identity {
+        Identity { uid: Uid::from_raw(1000), gid: Gid::from_raw(1000), groups: vec![], name: "dev".into(), home: "/home/dev".into() }
+    }
+
+    fn get<'a>(env: &'a [(OsString, OsString)], k: &str) -> Option<&'a str> {
+        env.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.to_str())
+    }
+
+    #[test]
+    fn credentials_are_replaced_by_placeholders() {
+        let base = vec![("GITHUB_TOKEN".into(), "ghp_realsecret".into()), ("PATH".into(), "/usr/bin".into())];
+        let env = agent_env(base, "127.0.0.1:3128".parse().unwrap(), &ident(), &["GITHUB_TOKEN", "ANTHROPIC_API_KEY"]);
+        assert_eq!(get(&env, "GITHUB_TOKEN"), Some("leash:resolve:env:GITHUB_TOKEN"));
+        assert_eq!(get(&env, "ANTHROPIC_API_KEY"), Some("leash:resolve:env:ANTHROPIC_API_KEY"));
+        assert!(env.iter().all(|(_, v)| v.to_str() != Some("ghp_realsecret")));
+        assert_eq!(get(&env, "PATH"), Some("/usr/bin"));
+    }
+
+    #[test]
+    fn proxy_variables_point_at_the_proxy_and_no_proxy_is_empty() {
+        let base = vec![("NO_PROXY".into(), "*".into()), ("https_proxy".into(), "http://elsewhere:1".into())];
+        let env = agent_env(base, "127.0.0.1:3128".parse().unwrap(), &ident(), &[]);
+        for var in PROXY_VARS {
+            assert_eq!(get(&env, var), Some("http://127.0.0.1:3128"), "{var}");
+        }
+        assert_eq!(get(&env, "NO_PROXY"), Some(""));
+        assert_eq!(get(&env, "HOME"), Some("/home/dev"));
+    }
+}

@@ -1,0 +1,81 @@
+//! Who the agent runs as. Never root: `process.run_as_user` from the policy, else the user who
+//! invoked sudo (`SUDO_UID`/`SUDO_GID`), else `nobody`.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::policy::RunAs;
+
+/// The unprivileged identity the agent gets, resolved before fork.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
+    pub name: String,
+    pub home: PathBuf,
+}
+
+/// Resolves the agent's identity from the policy and the caller's sudo environment.
+pub fn resolve(run_as: &RunAs) -> Result<Identity> {
+    let user = match &run_as.user {
+        Some(name) => lookup_user(name)?,
+        None => match sudo_user()? {
+            Some(u) => u,
+            None => User::from_name("nobody")?.ok_or_else(|| anyhow!("user `nobody` does not exist on this host; set process.run_as_user"))?,
+        },
+    };
+    if user.uid.is_root() {
+        bail!("the agent never runs as root (resolved user `{}` has uid 0); set process.run_as_user to an unprivileged user", user.name);
+    }
+    let gid = match &run_as.group {
+        Some(g) => lookup_group(g)?,
+        None => match (run_as.user.as_ref(), std::env::var("SUDO_GID").ok().and_then(|g| g.parse::<u32>().ok())) {
+            (None, Some(g)) if g != 0 && std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok()) == Some(user.uid.as_raw()) => Gid::from_raw(g),
+            _ => user.gid,
+        },
+    };
+    if gid.as_raw() == 0 {
+        bail!("the agent never runs with group root; set process.run_as_group");
+    }
+    let groups = supplementary_groups(&user, gid);
+    Ok(Identity { uid: user.uid, gid, groups, name: user.name.clone(), home: user.dir.clone() })
+}
+
+fn lookup_user(name: &str) -> Result<User> {
+    let found = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid))?,
+        Err(_) => User::from_name(name)?,
+    };
+    found.ok_or_else(|| anyhow!("process.run_as_user: no user `{name}` on this host"))
+}
+
+fn lookup_group(name: &str) -> Result<Gid> {
+    let found = match name.parse::<u32>() {
+        Ok(gid) => Group::from_gid(Gid::from_raw(gid))?,
+        Err(_) => Group::from_name(name)?,
+    };
+    Ok(found.ok_or_else(|| anyhow!("process.run_as_group: no group `{name}` on this host"))?.gid)
+}
+
+/// The user sudo was invoked by, unless that was root.
+fn sudo_user() -> Result<Option<User>> {
+    let Some(uid) = std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok()) else {
+        return Ok(None);
+    };
+    if uid == 0 {
+        return Ok(None);
+    }
+    User::from_uid(Uid::from_raw(uid)).context("looking up SUDO_UID")
+}
+
+/// The user's supplementary groups with root's group removed; just `gid` when unknown.
+fn supplementary_groups(user: &User, gid: Gid) -> Vec<Gid> {
+    let Ok(name) = CString::new(user.name.as_bytes()) else { return vec![gid] };
+    let mut groups = nix::unistd::getgrouplist(&name, gid).unwrap_or_else(|_| vec![gid]);
+    groups.retain(|g| g.as_raw() != 0);
+    groups
+}

@@ -1,0 +1,197 @@
+//! `leash run`: confine one command (and everything it starts) and wait for it.
+//!
+//! Order matters and every step is a function below: load the policy, check the caller and the
+//! layers, reap what crashed runs left, start the proxy, build the sandbox (cgroup, programs,
+//! pins, entries), prepare Landlock, start the agent inside it, forward signals, and tear
+//! everything down when it exits.
+
+mod child;
+mod environment;
+mod identity;
+mod landlock;
+pub mod layers;
+mod sandbox;
+mod signals;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::audit::Auditor;
+use crate::kernel::{mounts, reaper, sandbox_id::SandboxId};
+use crate::policy::{self, CompiledPolicy};
+use crate::proxy::BoundProxy;
+
+pub use environment::PLACEHOLDER_PREFIX;
+pub use landlock::kernel_abi as landlock_abi;
+
+/// The built-in policy used when `--policy` is not given.
+pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.yaml");
+
+/// Exit codes of `leash run` besides the agent's own status (as env(1), timeout(1), docker).
+pub mod exit {
+    /// leash failed before exec: bad policy, missing layer, not root, ...
+    pub const LEASH_FAILED: i32 = 125;
+    pub const NOT_EXECUTABLE: i32 = 126;
+    pub const NOT_FOUND: i32 = 127;
+}
+
+/// What `leash run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub policy: Option<PathBuf>,
+    pub proxy_listen: SocketAddr,
+    pub audit_log: Option<PathBuf>,
+    pub allow_degraded: bool,
+    pub command: Vec<OsString>,
+}
+
+/// Runs the command confined; returns the exit code `leash run` should exit with. An `Err` is a
+/// failure before exec (exit 125).
+pub async fn run(opts: RunOptions) -> Result<i32> {
+    let Some((program, args)) = opts.command.split_first() else {
+        bail!("no command given: usage is `leash run [OPTIONS] -- CMD [ARGS...]`");
+    };
+    let policy = Arc::new(load_policy(opts.policy.as_deref())?);
+    if !nix::unistd::geteuid().is_root() {
+        bail!("leash run must run as root (it creates cgroups and loads eBPF programs); try `sudo leash run ...`");
+    }
+    let identity = identity::resolve(policy.run_as())?;
+    let mut missing = layers::unenforceable(&policy);
+    check_missing(&missing, opts.allow_degraded)?;
+
+    let id = SandboxId::for_self()?;
+    let proxy = BoundProxy::bind(opts.proxy_listen).await?;
+    let proxy_addr = proxy.addr();
+    let mut sandbox = match build_sandbox(id, proxy_addr) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            missing.push(layers::Missing { layer: "network confinement (cgroup eBPF)", why: format!("{e:#}") });
+            check_missing(&missing, opts.allow_degraded)?;
+            None
+        }
+    };
+    let outcome = run_inside(&opts, program, args, &policy, &identity, proxy, sandbox.as_mut(), &id, &mut missing).await;
+    if let Some(mut s) = sandbox {
+        s.teardown();
+    }
+    outcome
+}
+
+/// Starts proxy, events and agent in a built sandbox and waits for the agent.
+#[allow(clippy::too_many_arguments)]
+async fn run_inside(
+    opts: &RunOptions,
+    program: &OsString,
+    args: &[OsString],
+    policy: &Arc<CompiledPolicy>,
+    identity: &identity::Identity,
+    proxy: BoundProxy,
+    mut sandbox: Option<&mut sandbox::Sandbox>,
+    id: &SandboxId,
+    missing: &mut Vec<layers::Missing>,
+) -> Result<i32> {
+    let workdir = std::env::current_dir().context("reading the working directory")?;
+    let filesystem = landlock::prepare(policy.filesystem(), &workdir)?;
+    let landlock_fd = match &filesystem {
+        landlock::Filesystem::Enforced(p) => {
+            for path in &p.skipped {
+                eprintln!("leash: note: filesystem_policy path {} does not exist here; skipped", path.display());
+            }
+            Some(p.fd.as_raw_fd())
+        }
+        landlock::Filesystem::Unavailable(why) => {
+            // best_effort: the policy itself allows running without it.
+            eprintln!("leash: warning: filesystem layer (Landlock) not enforced (best_effort): {why}");
+            None
+        }
+        landlock::Filesystem::NotRequested => None,
+    };
+    for m in missing.iter() {
+        eprintln!("leash: warning: running degraded, not enforced: {m}");
+    }
+
+    let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;
+    let events = match sandbox.as_deref_mut() {
+        Some(s) => {
+            let audit = audit.clone();
+            Some(s.start_events(move |e| audit.kernel_denied(e))?)
+        }
+        None => None,
+    };
+    let proxy_addr = proxy.addr();
+    let proxy_task = proxy.serve(policy.clone(), audit.clone());
+
+    let credential_names: Vec<&str> = policy.credentials().iter().map(|c| c.name.as_str()).collect();
+    let env = environment::agent_env(std::env::vars_os(), proxy_addr, identity, &credential_names);
+    let procs = match sandbox.as_deref() {
+        Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
+        None => None,
+    };
+    let spawned = child::spawn(child::ChildSetup {
+        program,
+        args,
+        env,
+        identity,
+        cgroup_procs: procs.as_ref(),
+        landlock: landlock_fd,
+    });
+    drop(filesystem);
+    let code = match spawned {
+        Ok(child) => signals::wait_forwarding(child).await?,
+        Err(e) => exec_failure(program, &e),
+    };
+    proxy_task.abort();
+    if let Some(events) = events {
+        events.stop().await;
+    }
+    Ok(code)
+}
+
+fn load_policy(path: Option<&Path>) -> Result<CompiledPolicy> {
+    match path {
+        Some(p) => policy::load(p).map_err(|e| anyhow::anyhow!("{e}")),
+        None => policy::parse_str("<built-in default policy>", DEFAULT_POLICY).map_err(|e| anyhow::anyhow!("{e}")),
+    }
+}
+
+fn check_missing(missing: &[layers::Missing], allow_degraded: bool) -> Result<()> {
+    if missing.is_empty() || allow_degraded {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+    bail!("refusing to start the agent: the policy needs layers this run cannot enforce ({}); pass --allow-degraded to run anyway", list.join("; "))
+}
+
+fn build_sandbox(id: SandboxId, proxy: SocketAddr) -> Result<sandbox::Sandbox> {
+    let cgroup_root = mounts::cgroup2_root()?;
+    let bpffs = mounts::bpffs_root()?;
+    let reaped = reaper::reap_stale(&cgroup_root, &bpffs)?;
+    for name in reaped.sandboxes {
+        eprintln!("leash: reaped stale sandbox {name} left by a leash that did not exit cleanly");
+    }
+    sandbox::Sandbox::create(id, &cgroup_root, &bpffs, proxy)
+}
+
+/// Maps a failed exec to the documented exit code and says why on stderr.
+fn exec_failure(program: &OsString, e: &std::io::Error) -> i32 {
+    let name = program.to_string_lossy();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => {
+            eprintln!("leash: {name}: command not found");
+            exit::NOT_FOUND
+        }
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::EPERM) => {
+            eprintln!("leash: {name}: cannot execute: {e}");
+            exit::NOT_EXECUTABLE
+        }
+        _ => {
+            eprintln!("leash: error: starting {name} in the sandbox failed: {e}");
+            exit::LEASH_FAILED
+        }
+    }
+}

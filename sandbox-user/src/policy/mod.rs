@@ -1,0 +1,43 @@
+//! The policy file: reading, checking and compiling it.
+//!
+//! A policy is a YAML document compatible with the OpenShell sandbox schema plus leash's own
+//! `credentials:` and `kernel:` sections (see `policies/default.yaml`). Data flows one way:
+//!
+//! ```text
+//! YAML text --document::parse--> Document --compile--> CompiledPolicy --> kernel maps, Landlock, proxy
+//! ```
+//!
+//! * [`document`] mirrors the file. Every value is read into a type that only holds valid values
+//!   and every check runs while the YAML node is being read, so errors point at `FILE:LINE:COL`.
+//!   Unknown and duplicate keys are errors; OpenShell keys leash does not implement yet are
+//!   rejected with the name of the feature.
+//! * [`compile`] fills in defaults, expands `access:` presets into request rules and decides,
+//!   per endpoint, whether the proxy must inspect requests.
+//! * [`hosts`] holds the host pattern language (`api.github.com`, `*.x`, `**.x`) and IP ranges.
+//!
+//! ```
+//! use leash::policy::{parse_str, NetworkDecision};
+//!
+//! let policy = parse_str("inline.yaml", "
+//! version: 1
+//! network_policies:
+//!   github:
+//!     endpoints: [{ host: api.github.com, port: 443 }]
+//! ").unwrap();
+//! assert!(matches!(policy.network_decision("api.github.com", 443), NetworkDecision::Allow { .. }));
+//! assert_eq!(policy.network_decision("github.com", 443), NetworkDecision::Deny);
+//! ```
+
+pub mod compile;
+pub mod document;
+pub mod error;
+pub mod hosts;
+
+pub use compile::{
+    compile, load, parse_str, AllowedRequests, CompiledEndpoint, CompiledPolicy, Credential,
+    FilesystemRules, HttpRules, Inspection, KernelRules, NetworkDecision, NetworkPolicy,
+    RequestRule, RunAs,
+};
+pub use document::{Access, Document, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol};
+pub use error::{Location, PolicyError};
+pub use hosts::{HostPattern, HostPatternError, IpNetwork, IpNetworkError};

@@ -1,0 +1,160 @@
+//! The sandbox's life: exit codes, cleanup after a normal exit, SIGKILL of leash (the agent
+//! stays cut off and the next run reaps what is left), and bad input that must leave nothing
+//! behind.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::time::Duration;
+
+use leash_tests::*;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_netprobe");
+
+fn empty_policy(scratch: &Scratch) -> std::path::PathBuf {
+    scratch.file("p.yaml", &policy_allowing(&[]))
+}
+
+#[test]
+fn exit_status_environment_and_identity_pass_through() {
+    require_root();
+    let scratch = Scratch::new("env");
+    let policy = scratch.file(
+        "p.yaml",
+        "version: 1\nnetwork_policies: {}\ncredentials:\n  GITHUB_TOKEN: { hosts: [api.github.com] }\n",
+    );
+    let mut cmd = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", "id -u; env; exit 7"]);
+    cmd.env("GITHUB_TOKEN", "ghp_real_secret_value");
+    let out = cmd.output().expect("leash");
+    assert_eq!(out.status.code(), Some(7), "the agent's exit status: {}", stderr(&out));
+    let text = stdout(&out);
+    let uid: u32 = text.lines().next().unwrap().trim().parse().unwrap();
+    assert_ne!(uid, 0, "the agent must not run as root");
+    assert!(text.contains("GITHUB_TOKEN=leash:resolve:env:GITHUB_TOKEN"), "{text}");
+    assert!(!text.contains("ghp_real_secret_value") && !stderr(&out).contains("ghp_real_secret_value"), "secret leaked");
+    assert!(text.lines().any(|l| l.starts_with("HTTPS_PROXY=http://127.0.0.1:")), "{text}");
+    assert!(text.lines().any(|l| l == "NO_PROXY="), "{text}");
+}
+
+#[test]
+fn a_normal_exit_leaves_no_cgroup_or_pins() {
+    require_root();
+    let scratch = Scratch::new("clean");
+    let policy = empty_policy(&scratch);
+    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", "sleep 0.3"]).spawn().unwrap();
+    let pid = child.id();
+    assert!(wait_until(5, || !sandbox_cgroups_of(pid).is_empty()), "the sandbox cgroup never appeared");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(sandbox_cgroups_of(pid).is_empty(), "cgroup left behind: {:?}", sandbox_cgroups_of(pid));
+    let bpffs = bpffs_root().expect("leash mounts bpffs");
+    let pins = bpffs.join("leash/sandboxes");
+    let left: Vec<_> = std::fs::read_dir(&pins)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!("{pid}-"))).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pins left behind: {left:?}");
+}
+
+#[test]
+fn sigkill_of_leash_keeps_the_agent_cut_off_and_the_next_run_reaps_it() {
+    require_root();
+    let target = Listener::new("127.0.0.1:0");
+    let scratch = Scratch::new("sigkill");
+    let policy = empty_policy(&scratch);
+    let result = scratch.0.join("verdict");
+    // The detached grandchild survives leash and the PR_SET_PDEATHSIG of its parent.
+    let script = format!("{PROBE} later 2 {} {}; sleep 30", target.addr, result.display());
+    let mut child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script]).spawn().unwrap();
+    let pid = child.id();
+    assert!(wait_until(5, || sandbox_cgroups_of(pid).iter().any(|n| {
+        std::fs::read_to_string(cgroup2_root().join(n).join("cgroup.procs")).is_ok_and(|p| p.lines().count() >= 2)
+    })), "the agent never started");
+    child.kill().unwrap();
+    let _ = child.wait();
+
+    assert!(wait_until(10, || result.exists()), "the orphaned agent never reported");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(std::fs::read_to_string(&result).unwrap().trim(), "err EPERM", "the agent regained network after SIGKILL");
+    assert_eq!(target.accepted(), 0);
+    let stale = sandbox_cgroups_of(pid);
+    assert_eq!(stale.len(), 1, "the confined cgroup outlives leash until reaped");
+
+    let out = leash_run(&policy, &[], &["/bin/true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("reaped stale sandbox {}", stale[0].trim_start_matches("leash-"))), "{}", stderr(&out));
+    assert!(sandbox_cgroups_of(pid).is_empty(), "stale cgroup not reaped");
+    let pin_dir = bpffs_root().unwrap().join("leash/sandboxes").join(stale[0].trim_start_matches("leash-"));
+    assert!(!pin_dir.exists(), "stale pins not removed");
+}
+
+/// Runs leash expecting failure before exec; returns stderr and checks nothing was left behind.
+fn refused(cmd: &mut std::process::Command, code: i32) -> String {
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error expected, got: {err}");
+    assert!(sandbox_cgroups_of(pid).is_empty(), "a refused run left a cgroup");
+    err
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line_and_exit_125() {
+    require_root();
+    let scratch = Scratch::new("bad");
+    let malformed = scratch.file("malformed.yaml", "version: 1\nnetwork_policies: [unclosed\n");
+    let err = refused(leash(&["run", "--policy", malformed.to_str().unwrap(), "--", "/bin/true"]), 125);
+    assert!(err.contains("malformed.yaml:"), "{err}");
+
+    let unknown = scratch.file("unknown.yaml", "version: 1\nnetwork_policies: {}\nsurprise: true\n");
+    let err = refused(leash(&["run", "--policy", unknown.to_str().unwrap(), "--", "/bin/true"]), 125);
+    assert!(err.contains("unknown.yaml:3:") && err.contains("surprise"), "{err}");
+
+    let root = scratch.file("root.yaml", "version: 1\nnetwork_policies: {}\nprocess: { run_as_user: root }\n");
+    refused(leash(&["run", "--policy", root.to_str().unwrap(), "--", "/bin/true"]), 125);
+
+    let policy = empty_policy(&scratch);
+    let err = refused(leash(&["run", "--policy", policy.to_str().unwrap()]), 125);
+    assert!(err.to_lowercase().contains("cmd") || err.contains("command"), "{err}");
+
+    let mut not_root = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/true"]);
+    not_root.uid(65534).gid(65534);
+    let err = refused(&mut not_root, 125);
+    assert!(err.contains("root"), "{err}");
+
+    // A host without cgroup v2, simulated with a mountinfo that has no cgroup2 entry.
+    let mountinfo = scratch.file("mountinfo", "25 30 0:23 / /sys rw shared:7 - sysfs sysfs rw\n");
+    let mut no_cgroup2 = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/true"]);
+    no_cgroup2.env("LEASH_MOUNTINFO", &mountinfo);
+    let err = refused(&mut no_cgroup2, 125);
+    assert!(err.contains("cgroup v2"), "{err}");
+}
+
+#[test]
+fn missing_and_non_executable_commands_get_127_and_126() {
+    require_root();
+    let scratch = Scratch::new("exec");
+    let policy = empty_policy(&scratch);
+    let out = leash_run(&policy, &[], &["/nonexistent/agent"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    let script = scratch.file("not-exec.sh", "#!/bin/sh\necho hi\n");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = leash_run(&policy, &[], &[script.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+}
+
+#[test]
+fn a_policy_needing_a_missing_layer_is_refused_unless_degraded() {
+    require_root();
+    let scratch = Scratch::new("degraded");
+    let policy = scratch.file(
+        "l7.yaml",
+        "version: 1\nnetwork_policies:\n  gh:\n    name: gh\n    endpoints:\n      - { host: api.github.com, port: 443, protocol: rest, access: read-only }\n",
+    );
+    let out = leash_run(&policy, &[], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("L7 inspection"), "{}", stderr(&out));
+    let out = leash_run(&policy, &["--allow-degraded"], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not enforced: L7 inspection"), "{}", stderr(&out));
+}
