@@ -103,18 +103,18 @@ fn bad_input_is_refused_with_one_line_and_exit_125() {
     require_root();
     let scratch = Scratch::new("bad");
     let malformed = scratch.file("malformed.yaml", "version: 1\nnetwork_policies: [unclosed\n");
-    let err = refused(leash(&["run", "--policy", malformed.to_str().unwrap(), "--", "/bin/true"]), 125);
+    let err = refused(&mut leash(&["run", "--policy", malformed.to_str().unwrap(), "--", "/bin/true"]), 125);
     assert!(err.contains("malformed.yaml:"), "{err}");
 
     let unknown = scratch.file("unknown.yaml", "version: 1\nnetwork_policies: {}\nsurprise: true\n");
-    let err = refused(leash(&["run", "--policy", unknown.to_str().unwrap(), "--", "/bin/true"]), 125);
+    let err = refused(&mut leash(&["run", "--policy", unknown.to_str().unwrap(), "--", "/bin/true"]), 125);
     assert!(err.contains("unknown.yaml:3:") && err.contains("surprise"), "{err}");
 
     let root = scratch.file("root.yaml", "version: 1\nnetwork_policies: {}\nprocess: { run_as_user: root }\n");
-    refused(leash(&["run", "--policy", root.to_str().unwrap(), "--", "/bin/true"]), 125);
+    refused(&mut leash(&["run", "--policy", root.to_str().unwrap(), "--", "/bin/true"]), 125);
 
     let policy = empty_policy(&scratch);
-    let err = refused(leash(&["run", "--policy", policy.to_str().unwrap()]), 125);
+    let err = refused(&mut leash(&["run", "--policy", policy.to_str().unwrap()]), 125);
     assert!(err.to_lowercase().contains("cmd") || err.contains("command"), "{err}");
 
     let mut not_root = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/true"]);

@@ -1,6 +1,6 @@
 //! The compiled policy: what the launcher, the kernel loader and the proxy read.
 //!
-//! [`compile`] turns a checked [`Document`] into a [`CompiledPolicy`]: defaults filled in,
+//! [`compile()`] turns a checked [`Document`] into a [`CompiledPolicy`]: defaults filled in,
 //! `access:` presets expanded into request rules, and each endpoint's need for HTTP inspection
 //! decided once. All checking happened while reading the document, so compiling cannot fail.
 

@@ -6,7 +6,7 @@
 //! read. That way every error carries the line and column of the value or mapping at fault.
 //! Unknown keys are errors (`deny_unknown_fields`), and so are duplicate keys.
 //!
-//! The document keeps the file's shape; [`super::compile`] turns it into the form the
+//! The document keeps the file's shape; [`super::compile()`] turns it into the form the
 //! enforcement layers use.
 
 use std::collections::BTreeSet;

@@ -11,7 +11,7 @@
 //!   and every check runs while the YAML node is being read, so errors point at `FILE:LINE:COL`.
 //!   Unknown and duplicate keys are errors; OpenShell keys leash does not implement yet are
 //!   rejected with the name of the feature.
-//! * [`compile`] fills in defaults, expands `access:` presets into request rules and decides,
+//! * [`compile()`] fills in defaults, expands `access:` presets into request rules and decides,
 //!   per endpoint, whether the proxy must inspect requests.
 //! * [`hosts`] holds the host pattern language (`api.github.com`, `*.x`, `**.x`) and IP ranges.
 //!
