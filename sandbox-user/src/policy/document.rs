@@ -485,7 +485,7 @@ impl FromStr for AccountName {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text == "root" || text.trim_start_matches('0').is_empty() && !text.is_empty() {
             return Err(format!(
-                "`{text}` is root: the agent never runs as root; name an unprivileged user"
+                "`{text}` is the root account: the agent never runs as root; name an unprivileged one"
             ));
         }
         let ok = !text.is_empty()
@@ -765,7 +765,10 @@ fn check_l7_keys(raw: &RawEndpoint) -> Result<(), String> {
         }
         _ => {}
     }
-    let needs_requests = raw.access != Some(Access::Full) || l7_keys.iter().any(|k| *k != "access");
+    let needs_requests = raw.access != Some(Access::Full)
+        || !raw.deny_rules.is_empty()
+        || raw.enforcement == Some(Enforcement::Audit)
+        || raw.request_body_credential_rewrite;
     if raw.tls == Some(Tls::Skip) && needs_requests {
         return Err(format!(
             "endpoint `{host}`: `tls: skip` tunnels without interception, so it only goes with `access: full` and no other request rules"
@@ -1130,6 +1133,11 @@ network_policies:
             &endpoint("protocol: rest, access: full, tls: skip")
         )
         .is_ok());
+        let enforce = "protocol: rest, access: full, enforcement: enforce, tls: skip";
+        assert!(parse("p.yaml", &endpoint(enforce)).is_ok());
+        let audit = "protocol: rest, access: full, enforcement: audit, tls: skip";
+        let (_, msg) = parse_err(&endpoint(audit));
+        assert!(msg.contains("tls: skip"), "{msg}");
     }
 
     #[test]
