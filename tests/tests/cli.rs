@@ -1,0 +1,77 @@
+//! `leash doctor` and `leash policy`: what users run before `leash run`.
+
+use leash_tests::*;
+
+#[test]
+fn doctor_reports_every_layer_and_its_exit_code_agrees() {
+    require_root();
+    let out = leash(&["doctor", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
+    let rows = rows.as_array().expect("an array of rows");
+    let layers: Vec<&str> = rows.iter().map(|r| r["layer"].as_str().unwrap()).collect();
+    assert_eq!(layers, ["cgroup v2", "bpffs", "BTF", "cgroup programs", "BPF LSM", "Landlock"]);
+    let available = |name: &str| rows.iter().find(|r| r["layer"] == name).unwrap()["available"].as_bool().unwrap();
+    // The network layer is what `leash run` needs on every host these tests run on.
+    for layer in ["cgroup v2", "bpffs", "cgroup programs"] {
+        assert!(available(layer), "{layer} should work on this host: {rows:?}");
+    }
+    for r in rows {
+        assert!(!r["detail"].as_str().unwrap().is_empty(), "every row says why: {r}");
+    }
+    let all = rows.iter().all(|r| r["available"].as_bool().unwrap());
+    assert_eq!(out.status.success(), all, "exit 0 exactly when every layer works");
+
+    let table = leash(&["doctor"]).output().unwrap();
+    assert_eq!(stdout(&table).lines().count(), 6, "{}", stdout(&table));
+}
+
+#[test]
+fn doctor_sees_a_host_without_cgroup_v2() {
+    require_root();
+    let scratch = Scratch::new("doctor");
+    let mountinfo = scratch.file("mountinfo", "25 30 0:23 / /sys rw shared:7 - sysfs sysfs rw\n");
+    let out = leash(&["doctor", "--json"]).env("LEASH_MOUNTINFO", &mountinfo).output().unwrap();
+    assert!(!out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["layer"], "cgroup v2");
+    assert_eq!(rows[0]["available"], false);
+    assert!(rows[0]["detail"].as_str().unwrap().contains("cgroup v2"));
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_policies_and_locates_errors() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let default = root.join("policies/default.yaml");
+    let out = leash(&["policy", "check", default.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for entry in std::fs::read_dir(root.join("policies/examples")).unwrap() {
+        let p = entry.unwrap().path();
+        let out = leash(&["policy", "check", p.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}: {}", p.display(), stderr(&out));
+    }
+
+    let scratch = Scratch::new("check");
+    let bad = scratch.file("bad.yaml", "version: 1\nnetwork_policies:\n  gh:\n    name: gh\n    endpoints:\n      - { host: api.github.com, port: 443, protocl: rest }\n");
+    let out = leash(&["policy", "check", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("{}:6:", bad.display())), "{err}");
+    assert!(err.contains("protocl"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn policy_eval_prints_the_decision() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let default = root.join("policies/default.yaml");
+    let eval = |host: &str, port: &str| -> serde_json::Value {
+        let out = leash(&["policy", "eval", default.to_str().unwrap(), "--host", host, "--port", port]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let allowed = eval("api.anthropic.com", "443");
+    assert_eq!(allowed["allow"], true);
+    assert_eq!(allowed["policy"], "anthropic");
+    assert_eq!(eval("api.anthropic.com", "80")["allow"], false);
+    assert_eq!(eval("evil.example", "443")["allow"], false);
+}

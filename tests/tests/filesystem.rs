@@ -1,0 +1,45 @@
+//! The filesystem layer (Landlock): outside `read_write` the agent cannot write, inside it can;
+//! a `hard_requirement` on a kernel without Landlock is refused rather than ignored.
+
+use leash_tests::*;
+
+/// Whether this kernel offers Landlock, according to `leash doctor`.
+fn landlock_available() -> bool {
+    let out = leash(&["doctor", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array().unwrap().iter().find(|r| r["layer"] == "Landlock").unwrap()["available"].as_bool().unwrap()
+}
+
+#[test]
+fn writes_outside_read_write_paths_are_denied() {
+    require_root();
+    let allowed = Scratch::new("fs-rw");
+    let forbidden = Scratch::new("fs-ro");
+    let policy = allowed.file(
+        "p.yaml",
+        &format!(
+            "version: 1\nnetwork_policies: {{}}\nlandlock: {{ compatibility: hard_requirement }}\nfilesystem_policy:\n  include_workdir: false\n  read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev]\n  read_write: [{}]\n",
+            allowed.0.display()
+        ),
+    );
+    let script = format!(
+        "echo a > {a}/ok && echo wrote-allowed; echo b > {f}/no && echo wrote-forbidden; cat {f}/seen && echo read-forbidden; true",
+        a = allowed.0.display(),
+        f = forbidden.0.display()
+    );
+    forbidden.file("seen", "x");
+    let out = leash_run(&policy, &[], &["/bin/sh", "-c", &script]);
+    if !landlock_available() {
+        assert_eq!(out.status.code(), Some(125), "hard_requirement without Landlock must be refused");
+        assert!(stderr(&out).contains("Landlock"), "{}", stderr(&out));
+        return;
+    }
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(text.contains("wrote-allowed"), "{text} {}", stderr(&out));
+    assert!(!text.contains("wrote-forbidden"), "wrote outside read_write: {text}");
+    assert!(!text.contains("read-forbidden"), "read outside the policy: {text}");
+    assert!(!forbidden.0.join("no").exists());
+    // Outside the sandbox the same write works (the directory is world-writable).
+    std::fs::write(forbidden.0.join("no"), "b").expect("control write");
+}
