@@ -107,8 +107,8 @@ fn denials_reach_the_audit_log_and_stderr() {
     let out = leash_run(&policy, &["--audit-log", log.to_str().unwrap()], &[PROBE, "tcp", &target.addr.to_string()]);
     assert_eq!(out.status.code(), Some(1), "the probe must fail: {}", stderr(&out));
     let err = stderr(&out);
-    let expected = format!("denied connect4: pid");
-    assert!(err.contains(&expected) && err.contains(&format!("-> {}/tcp", target.addr)), "stderr: {err}");
+    assert!(err.contains("denied connect4: pid") && err.contains(&format!("-> {}/tcp", target.addr)), "stderr: {err}");
+    assert!(err.contains("kernel denials: 1 connect_denied"), "the verdict counters: {err}");
     let text = std::fs::read_to_string(&log).expect("audit log written");
     let denial = text
         .lines()

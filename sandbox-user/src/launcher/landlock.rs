@@ -30,7 +30,6 @@ pub fn kernel_abi() -> Result<i32, String> {
 /// A ruleset ready for the child to enforce.
 pub struct Prepared {
     pub fd: OwnedFd,
-    pub abi: i32,
     /// Paths the policy names that do not exist here (nothing to allow).
     pub skipped: Vec<PathBuf>,
 }
@@ -79,7 +78,7 @@ pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path) -> Result<Filesy
         .context("Landlock: adding read-write paths")?;
     let fd: Option<OwnedFd> = created.into();
     match fd {
-        Some(fd) => Ok(Filesystem::Enforced(Prepared { fd, abi: abi_num, skipped })),
+        Some(fd) => Ok(Filesystem::Enforced(Prepared { fd, skipped })),
         None if rules.compatibility == LandlockCompat::HardRequirement => {
             bail!("filesystem layer (Landlock) is required but the ruleset could not be created")
         }

@@ -75,7 +75,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             None
         }
     };
-    let outcome = run_inside(&opts, program, args, &policy, &identity, proxy, sandbox.as_mut(), &id, &mut missing).await;
+    let outcome = run_inside(&opts, program, args, &policy, &identity, proxy, sandbox.as_mut(), &id, &missing).await;
     if let Some(mut s) = sandbox {
         s.teardown();
     }
@@ -93,7 +93,7 @@ async fn run_inside(
     proxy: BoundProxy,
     mut sandbox: Option<&mut sandbox::Sandbox>,
     id: &SandboxId,
-    missing: &mut Vec<layers::Missing>,
+    missing: &[layers::Missing],
 ) -> Result<i32> {
     let workdir = std::env::current_dir().context("reading the working directory")?;
     let filesystem = landlock::prepare(policy.filesystem(), &workdir)?;
@@ -149,7 +149,22 @@ async fn run_inside(
     if let Some(events) = events {
         events.stop().await;
     }
+    if let Some(summary) = sandbox.and_then(|s| s.counters()).and_then(|c| denial_summary(&c)) {
+        eprintln!("leash: sandbox {id}: {summary}");
+    }
     Ok(code)
+}
+
+/// One line counting the kernel's denials, or `None` when there were none.
+fn denial_summary(counters: &sandbox_common::Counters) -> Option<String> {
+    use sandbox_common::counter::{self, NAMES};
+    let denied = [counter::CONNECT_DENIED, counter::SENDMSG_DENIED, counter::SOCK_CREATE_DENIED, counter::SKB_EGRESS_DROPPED, counter::SKB_INGRESS_DROPPED];
+    let parts: Vec<String> = denied
+        .iter()
+        .filter(|&&i| counters.values[i] > 0)
+        .map(|&i| format!("{} {}", counters.values[i], NAMES[i]))
+        .collect();
+    (!parts.is_empty()).then(|| format!("kernel denials: {}", parts.join(", ")))
 }
 
 fn load_policy(path: Option<&Path>) -> Result<CompiledPolicy> {

@@ -17,7 +17,6 @@ use crate::kernel::programs::{sandbox_net, unpin_all, NetPrograms};
 use crate::kernel::sandbox_id::SandboxId;
 
 pub struct Sandbox {
-    pub id: SandboxId,
     cgroup: Option<SandboxCgroup>,
     programs: NetPrograms,
     pin_dir: PathBuf,
@@ -29,7 +28,7 @@ impl Sandbox {
     pub fn create(id: SandboxId, cgroup_root: &Path, bpffs: &Path, proxy: SocketAddr) -> Result<Self> {
         let programs = NetPrograms::load()?;
         let cgroup = SandboxCgroup::create(cgroup_root, &id.to_string())?;
-        let mut sandbox = Self { id, cgroup: Some(cgroup), programs, pin_dir: pins::sandbox_dir(bpffs, &id.to_string()) };
+        let mut sandbox = Self { cgroup: Some(cgroup), programs, pin_dir: pins::sandbox_dir(bpffs, &id.to_string()) };
         if let Err(e) = sandbox.confine(proxy) {
             sandbox.teardown();
             return Err(e);
