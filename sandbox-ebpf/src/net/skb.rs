@@ -1,8 +1,9 @@
 //! `cgroup_skb/egress` and `cgroup_skb/ingress`: the backstop. Every IP packet a sandbox socket
 //! sends must be TCP to the proxy address and port; every packet it receives must be TCP from
 //! there. Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped,
-//! so a gap in the socket hooks cannot become a way out. Minimum kernel: 4.10 (cgroup id of the
-//! packet's socket: 5.10 for `bpf_skb_cgroup_id` in this program type).
+//! so a gap in the socket hooks cannot become a way out. Minimum kernel: 4.10 for the hook; the
+//! helper naming the packet's cgroup (`bpf_skb_cgroup_id`) must be allowed for this program
+//! type, which `leash doctor` checks by loading it.
 //!
 //! The context starts at the network header. IPv6 extension headers are not walked: a packet
 //! whose next header is not TCP is dropped.

@@ -35,8 +35,10 @@ pub fn btf() -> Result<String> {
     Ok("/sys/kernel/btf/vmlinux parsed".into())
 }
 
-/// cgroup programs: leash's connect4 program loads and attaches to a probe cgroup.
+/// cgroup programs: every network program passes the verifier, and connect4 attaches to a probe
+/// cgroup.
 pub fn cgroup_programs() -> Result<String> {
+    super::programs::NetPrograms::load()?;
     let root = mounts::cgroup2_root()?;
     let probe = SandboxCgroup::create(&root, &format!("probe-{}", std::process::id()))?;
     let result = (|| -> Result<()> {
@@ -51,7 +53,7 @@ pub fn cgroup_programs() -> Result<String> {
         Ok(())
     })();
     probe.remove()?;
-    result.map(|()| "cgroup/connect4 loaded and attached".into())
+    result.map(|()| "all network programs load; cgroup/connect4 attaches".into())
 }
 
 /// BPF-LSM: a do-nothing LSM program loads and attaches.
