@@ -16,6 +16,11 @@ pub mod map_names {
     pub const COUNTERS: &str = "LEASH_COUNTERS";
     /// `RingBuf` of [`DenyEvent`](super::DenyEvent) records.
     pub const EVENTS: &str = "LEASH_EVENTS";
+    /// `LruHashMap<u64 socket cookie, ConnOwner>`: who called connect() on each allowed socket.
+    pub const SOCKET_OWNERS: &str = "LEASH_SOCKET_OWNERS";
+    /// `LruHashMap<u32 client port, ConnOwner>`: who owns each established connection to a
+    /// proxy, keyed by the client's local port (the proxy sees it as the peer port at accept).
+    pub const PROXY_CLIENTS: &str = "LEASH_PROXY_CLIENTS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -27,12 +32,16 @@ pub mod program_names {
     pub const SOCK_CREATE: &str = "leash_sock_create";
     pub const SKB_EGRESS: &str = "leash_skb_egress";
     pub const SKB_INGRESS: &str = "leash_skb_ingress";
+    pub const SOCK_OPS: &str = "leash_sock_ops";
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
     pub const LSM_PROBE: &str = "leash_lsm_probe";
 }
 
 /// Maximum number of sandboxes one loaded program set serves at once.
 pub const MAX_SANDBOXES: u32 = 4096;
+
+/// Entries in the connection-owner maps (LRU: the oldest are evicted first).
+pub const MAX_CONNECTIONS: u32 = 65536;
 
 /// Byte size of the deny-event ring buffer (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -84,6 +93,18 @@ pub mod counter {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub values: [u64; counter::COUNT],
+}
+
+/// The process that opened a connection, recorded by `connect4/6` (which run in the caller's
+/// context) and moved to the client's port once the connection is established (`sock_ops`).
+/// The proxy looks it up at accept to learn which executable is talking to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnOwner {
+    pub cgroup_id: u64,
+    /// Thread-group id (the process id userspace knows).
+    pub pid: u32,
+    pub uid: u32,
 }
 
 /// Which hook denied something, in [`DenyEvent::hook`].
@@ -155,8 +176,9 @@ pub struct DenyEvent {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are repr(C), Copy, contain only integers and have no padding bytes.
+    // SAFETY: all four are repr(C), Copy, contain only integers and have no padding bytes.
     unsafe impl aya::Pod for super::SandboxNet {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::DenyEvent {}
+    unsafe impl aya::Pod for super::ConnOwner {}
 }

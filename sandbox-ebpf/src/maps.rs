@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
-use sandbox_common::{Counters, SandboxNet, EVENTS_BYTES, MAX_SANDBOXES};
+use sandbox_common::{ConnOwner, Counters, SandboxNet, EVENTS_BYTES, MAX_CONNECTIONS, MAX_SANDBOXES};
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
 /// starts, removed when it ends. A cgroup the programs run for but that has no entry is denied
@@ -23,3 +23,12 @@ pub static COUNTERS: PerCpuHashMap<u64, Counters> =
 /// still count.
 #[map(name = "LEASH_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Socket cookie -> the process that connected it, written by connect4/6 for allowed connects.
+#[map(name = "LEASH_SOCKET_OWNERS")]
+pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Client port -> the process owning that established connection to the proxy, written by
+/// sock_ops; read by the proxy at accept.
+#[map(name = "LEASH_PROXY_CLIENTS")]
+pub static PROXY_CLIENTS: LruHashMap<u32, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);

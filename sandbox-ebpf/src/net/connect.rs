@@ -16,6 +16,24 @@ use super::{
 
 #[cgroup_sock_addr(connect4)]
 pub fn leash_connect4(ctx: SockAddrContext) -> i32 {
+    let verdict = connect4_verdict(&ctx);
+    if verdict == ALLOW {
+        super::identity::remember_owner(&ctx);
+    }
+    verdict
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
+    let verdict = connect6_verdict(&ctx);
+    if verdict == ALLOW {
+        super::identity::remember_owner(&ctx);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn connect4_verdict(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands sock_addr programs a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u8; 16];
@@ -32,8 +50,8 @@ pub fn leash_connect4(ctx: SockAddrContext) -> i32 {
     decide(&target, |proxy| proxy.is_ipv4 == 1 && proxy.addr[3] == sa.user_ip4)
 }
 
-#[cgroup_sock_addr(connect6)]
-pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
+#[inline(always)]
+fn connect6_verdict(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands sock_addr programs a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     // Word-by-word reads: the verifier only allows 4-byte loads of user_ip6.

@@ -7,11 +7,13 @@
 //! | `sendmsg.rs` | `cgroup/sendmsg4`, `sendmsg6` | every unconnected UDP datagram (DNS included: the proxy resolves names) |
 //! | `sock_create.rs` | `cgroup/sock_create` | raw and ICMP (ping) sockets |
 //! | `skb.rs` | `cgroup_skb/egress`, `ingress` | any packet not to or from the proxy: the backstop for paths that never call connect |
+//! | `identity.rs` | `sockops` (+ a helper for connect) | nothing: records which process owns each connection to the proxy, for `binaries:` rules |
 //!
 //! The hooks only filter and hand over to the helpers below, which look up the sandbox by cgroup
 //! id, count the verdict and report denials.
 
 mod connect;
+mod identity;
 mod sendmsg;
 mod skb;
 mod sock_create;

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::{
-    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
 };
 use aya::Ebpf;
-use sandbox_common::{map_names, program_names as prog, Counters, SandboxNet};
+use sandbox_common::{map_names, program_names as prog, ConnOwner, Counters, SandboxNet};
 
 use super::cgroup::SandboxCgroup;
 
@@ -31,10 +31,11 @@ enum Kind {
     SockAddr,
     Sock,
     Skb(CgroupSkbAttachType),
+    SockOps,
 }
 
 /// The network programs in attach order.
-const NET_PROGRAMS: [(&str, Kind); 7] = [
+const NET_PROGRAMS: [(&str, Kind); 8] = [
     (prog::SOCK_CREATE, Kind::Sock),
     (prog::CONNECT4, Kind::SockAddr),
     (prog::CONNECT6, Kind::SockAddr),
@@ -42,6 +43,7 @@ const NET_PROGRAMS: [(&str, Kind); 7] = [
     (prog::SENDMSG6, Kind::SockAddr),
     (prog::SKB_EGRESS, Kind::Skb(CgroupSkbAttachType::Egress)),
     (prog::SKB_INGRESS, Kind::Skb(CgroupSkbAttachType::Ingress)),
+    (prog::SOCK_OPS, Kind::SockOps),
 ];
 
 /// A loaded (verified) set of network programs and their maps.
@@ -59,6 +61,7 @@ impl NetPrograms {
                 Kind::SockAddr => <&mut CgroupSockAddr>::try_from(program)?.load(),
                 Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
                 Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
+                Kind::SockOps => <&mut SockOps>::try_from(program)?.load(),
             };
             loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))?;
         }
@@ -110,6 +113,11 @@ impl NetPrograms {
                     let id = p.attach(dir.as_fd(), ty, mode).with_context(|| format!("attaching {name}"))?;
                     p.take_link(id)?.try_into()?
                 }
+                Kind::SockOps => {
+                    let p = <&mut SockOps>::try_from(program)?;
+                    let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
+                    p.take_link(id)?.try_into()?
+                }
             };
             let path = pin_dir.join(name);
             // The pinned link outlives this process; dropping the handle does not detach it.
@@ -139,6 +147,12 @@ impl NetPrograms {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// The connection-owner table the proxy reads at accept; can be taken once.
+    pub fn take_connection_owners(&mut self) -> Result<ConnectionOwners> {
+        let map = self.ebpf.take_map(map_names::PROXY_CLIENTS).ok_or_else(|| anyhow!("proxy clients map already taken"))?;
+        Ok(ConnectionOwners { map: std::sync::Mutex::new(HashMap::try_from(map)?) })
+    }
+
     fn sandboxes(&mut self) -> Result<HashMap<&mut MapData, u64, SandboxNet>> {
         let map = self.ebpf.map_mut(map_names::SANDBOXES).ok_or_else(|| anyhow!("sandbox map missing"))?;
         Ok(HashMap::try_from(map)?)
@@ -147,6 +161,18 @@ impl NetPrograms {
     fn counters_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u64, Counters>> {
         let map = self.ebpf.map_mut(map_names::COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
         Ok(PerCpuHashMap::try_from(map)?)
+    }
+}
+
+/// Who owns each connection to the proxy, by client port (filled by the `sock_ops` program).
+pub struct ConnectionOwners {
+    map: std::sync::Mutex<HashMap<MapData, u32, ConnOwner>>,
+}
+
+impl ConnectionOwners {
+    /// The owner of the connection whose client side uses `port`, if recorded.
+    pub fn owner(&self, port: u16) -> Option<ConnOwner> {
+        self.map.lock().ok()?.get(&(port as u32), 0).ok()
     }
 }
 

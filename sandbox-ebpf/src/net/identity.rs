@@ -1,0 +1,50 @@
+//! Binary identity for the proxy: which process opened each connection to it, without scanning
+//! /proc. Enforces nothing itself; the proxy applies `binaries:` rules with what it records.
+//!
+//! 1. `connect4/6` (process context) call [`remember_owner`] for every allowed connect: socket
+//!    cookie -> pid, uid, cgroup.
+//! 2. `sockops` at `ACTIVE_ESTABLISHED` (often softirq context, where the current task is not
+//!    the owner) moves that record to the connection's local port, which is the peer port the
+//!    proxy sees at accept.
+//!
+//! Minimum kernel: 4.13 (sockops), 5.? for socket cookies in both program types; the daemon and
+//! VM matrix check it by loading.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie},
+    macros::sock_ops,
+    programs::{SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use sandbox_common::ConnOwner;
+
+use super::current_cgroup;
+use crate::maps::{PROXY_CLIENTS, SOCKET_OWNERS};
+
+/// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: a connection this socket initiated is established.
+const ACTIVE_ESTABLISHED: u32 = 4;
+
+/// Records the calling process as the owner of the socket being connected.
+#[inline(always)]
+pub fn remember_owner(ctx: &SockAddrContext) {
+    // SAFETY: plain BPF helper calls on the program's own context.
+    let (cookie, pid_tgid, uid_gid) = unsafe {
+        (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_current_pid_tgid(), bpf_get_current_uid_gid())
+    };
+    let owner = ConnOwner { cgroup_id: current_cgroup(), pid: (pid_tgid >> 32) as u32, uid: uid_gid as u32 };
+    let _ = SOCKET_OWNERS.insert(&cookie, &owner, 0);
+}
+
+#[sock_ops]
+pub fn leash_sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == ACTIVE_ESTABLISHED {
+        // SAFETY: plain BPF helper call on the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: the value is copied out before the lookup's lifetime ends.
+        if let Some(owner) = unsafe { SOCKET_OWNERS.get(&cookie).copied() } {
+            let _ = PROXY_CLIENTS.insert(&ctx.local_port(), &owner, 0);
+            let _ = SOCKET_OWNERS.remove(&cookie);
+        }
+    }
+    1
+}
