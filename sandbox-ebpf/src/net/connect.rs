@@ -3,8 +3,9 @@
 //!
 //! The kernel also runs these hooks for TCP fast open (`sendto(MSG_FASTOPEN)`) and for
 //! `connect()` on UDP sockets, so neither escapes. On an IPv6 socket the proxy is accepted in its
-//! IPv4-mapped form when it listens on IPv4; the unspecified address (`0.0.0.0`, `::`), other
-//! loopback addresses and MPTCP are refused like any other target.
+//! IPv4-mapped form when it listens on IPv4; the unspecified address (`0.0.0.0`, `::`) and other
+//! loopback addresses are refused like any other target. MPTCP sockets (protocol 262) are
+//! refused here for every target but the proxy, where the hook sees their TCP subflow.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use sandbox_common::{counter, Hook, SandboxNet};

@@ -1,13 +1,19 @@
-//! The filesystem layer: a Landlock ruleset built from `filesystem_policy` in the parent, and
+//! The filesystem and process-isolation layer: a Landlock ruleset built in the parent and
 //! enforced by the child right before exec (`landlock_restrict_self` on the prepared fd is
 //! async-signal-safe, building the ruleset is not).
+//!
+//! The agent always gets a Landlock domain, even when the policy has no `filesystem_policy`
+//! (then with one rule allowing everything under `/`): a process inside a domain cannot ptrace,
+//! `pidfd_getfd` or read the memory of processes outside it, so the agent cannot borrow an
+//! unconfined process of its own uid to get around the network layer. On ABI 6+ the domain is
+//! also scoped: no signals and no abstract unix sockets to processes outside it.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use landlock::{
-    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI,
+    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI,
 };
 
 use crate::policy::{FilesystemRules, LandlockCompat};
@@ -34,42 +40,52 @@ pub struct Prepared {
     pub skipped: Vec<PathBuf>,
 }
 
-/// What the filesystem layer will do.
-pub enum Filesystem {
-    /// The policy has no `filesystem_policy`.
-    NotRequested,
-    /// Best effort on a kernel without Landlock: not enforced, with the reason.
+/// What Landlock will do for this run.
+pub enum Domain {
+    /// This kernel has no Landlock (the reason says why).
     Unavailable(String),
     Enforced(Prepared),
 }
 
-/// Builds the ruleset for `rules`, with the working directory read-write when asked.
-/// `hard_requirement` on a kernel without Landlock is an error.
-pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path) -> Result<Filesystem> {
-    let Some(rules) = rules else { return Ok(Filesystem::NotRequested) };
+/// Builds the ruleset: `rules` when the policy has them (working directory read-write when
+/// asked), else isolation only. `hard_requirement` on a kernel without Landlock is an error.
+pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path) -> Result<Domain> {
     let abi_num = match kernel_abi() {
         Ok(v) => v,
         Err(why) => {
-            if rules.compatibility == LandlockCompat::HardRequirement {
+            if rules.is_some_and(|r| r.compatibility == LandlockCompat::HardRequirement) {
                 bail!("filesystem layer (Landlock) is required by landlock.compatibility: hard_requirement, but {why}");
             }
-            return Ok(Filesystem::Unavailable(why));
+            return Ok(Domain::Unavailable(why));
         }
     };
     let abi = abi_for(abi_num);
     let mut skipped = Vec::new();
-    let mut existing = |paths: &[PathBuf]| -> Vec<PathBuf> {
-        paths.iter().filter(|p| { let ok = p.exists(); if !ok { skipped.push((*p).clone()); } ok }).cloned().collect()
+    let (read_only, read_write) = match rules {
+        Some(rules) => {
+            let mut existing = |paths: &[PathBuf]| -> Vec<PathBuf> {
+                let (here, missing): (Vec<PathBuf>, Vec<PathBuf>) = paths.iter().cloned().partition(|p| p.exists());
+                skipped.extend(missing);
+                here
+            };
+            let read_only = existing(&rules.read_only);
+            let mut read_write = existing(&rules.read_write);
+            if rules.include_workdir {
+                read_write.push(workdir.to_path_buf());
+            }
+            (read_only, read_write)
+        }
+        // Isolation only: every right everywhere, but inside a domain.
+        None => (Vec::new(), vec![PathBuf::from("/")]),
     };
-    let read_only = existing(&rules.read_only);
-    let mut read_write = existing(&rules.read_write);
-    if rules.include_workdir {
-        read_write.push(workdir.to_path_buf());
-    }
-    let created = Ruleset::default()
+    let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
-        .context("Landlock: handling filesystem access")?
+        .context("Landlock: handling filesystem access")?;
+    if abi_num >= 6 {
+        ruleset = ruleset.scope(Scope::AbstractUnixSocket | Scope::Signal).context("Landlock: scoping the domain")?;
+    }
+    let created = ruleset
         .create()
         .context("Landlock: creating the ruleset")?
         .add_rules(path_beneath_rules(&read_only, AccessFs::from_read(abi)))
@@ -78,11 +94,11 @@ pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path) -> Result<Filesy
         .context("Landlock: adding read-write paths")?;
     let fd: Option<OwnedFd> = created.into();
     match fd {
-        Some(fd) => Ok(Filesystem::Enforced(Prepared { fd, skipped })),
-        None if rules.compatibility == LandlockCompat::HardRequirement => {
+        Some(fd) => Ok(Domain::Enforced(Prepared { fd, skipped })),
+        None if rules.is_some_and(|r| r.compatibility == LandlockCompat::HardRequirement) => {
             bail!("filesystem layer (Landlock) is required but the ruleset could not be created")
         }
-        None => Ok(Filesystem::Unavailable("the Landlock ruleset could not be created".into())),
+        None => Ok(Domain::Unavailable("the Landlock ruleset could not be created".into())),
     }
 }
 

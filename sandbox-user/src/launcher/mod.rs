@@ -11,7 +11,9 @@ mod identity;
 mod landlock;
 pub mod layers;
 mod sandbox;
+mod seccomp;
 mod signals;
+mod stdio;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -64,10 +66,20 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let mut missing = layers::unenforceable(&policy);
     check_missing(&missing, opts.allow_degraded)?;
 
+    if !opts.proxy_listen.ip().is_loopback() {
+        bail!("--proxy-listen {} is not a loopback address: the proxy would be open to the network", opts.proxy_listen);
+    }
+    stdio::refuse_network_sockets()?;
     let id = SandboxId::for_self()?;
+    // Reap before binding: a stale sandbox must not find its old proxy port served again.
+    let roots = kernel_roots().and_then(|(cgroup_root, bpffs)| {
+        reap(&cgroup_root, &bpffs)?;
+        Ok((cgroup_root, bpffs))
+    });
     let proxy = BoundProxy::bind(opts.proxy_listen).await?;
     let proxy_addr = proxy.addr();
-    let mut sandbox = match build_sandbox(id, proxy_addr) {
+    let built = roots.and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, proxy_addr));
+    let mut sandbox = match built {
         Ok(s) => Some(s),
         Err(e) => {
             missing.push(layers::Missing { layer: "network confinement (cgroup eBPF)", why: format!("{e:#}") });
@@ -96,21 +108,30 @@ async fn run_inside(
     missing: &[layers::Missing],
 ) -> Result<i32> {
     let workdir = std::env::current_dir().context("reading the working directory")?;
-    let filesystem = landlock::prepare(policy.filesystem(), &workdir)?;
-    let landlock_fd = match &filesystem {
-        landlock::Filesystem::Enforced(p) => {
+    let domain = landlock::prepare(policy.filesystem(), &workdir)?;
+    let mut missing = missing.to_vec();
+    let landlock_fd = match &domain {
+        landlock::Domain::Enforced(p) => {
             for path in &p.skipped {
                 eprintln!("leash: note: filesystem_policy path {} does not exist here; skipped", path.display());
             }
             Some(p.fd.as_raw_fd())
         }
-        landlock::Filesystem::Unavailable(why) => {
-            // best_effort: the policy itself allows running without it.
-            eprintln!("leash: warning: filesystem layer (Landlock) not enforced (best_effort): {why}");
+        landlock::Domain::Unavailable(why) => {
+            // Without a domain the agent could ptrace or pidfd_getfd an unconfined process of
+            // its own uid and use its sockets: the network layer is not whole.
+            missing.push(layers::Missing {
+                layer: "process isolation (Landlock domain)",
+                why: format!("{why}; without it the agent can borrow sockets from processes of its uid outside the sandbox"),
+            });
+            if policy.filesystem().is_some() {
+                missing.push(layers::Missing { layer: "filesystem (Landlock)", why: why.clone() });
+            }
+            check_missing(&missing, opts.allow_degraded)?;
             None
         }
-        landlock::Filesystem::NotRequested => None,
     };
+    let seccomp = seccomp::SocketFamilyFilter::new();
     for m in missing.iter() {
         eprintln!("leash: warning: running degraded, not enforced: {m}");
     }
@@ -139,8 +160,9 @@ async fn run_inside(
         identity,
         cgroup_procs: procs.as_ref(),
         landlock: landlock_fd,
+        seccomp: &seccomp,
     });
-    drop(filesystem);
+    drop(domain);
     let code = match spawned {
         Ok(child) => signals::wait_forwarding(child).await?,
         Err(e) => exec_failure(program, &e),
@@ -182,14 +204,17 @@ fn check_missing(missing: &[layers::Missing], allow_degraded: bool) -> Result<()
     bail!("refusing to start the agent: the policy needs layers this run cannot enforce ({}); pass --allow-degraded to run anyway", list.join("; "))
 }
 
-fn build_sandbox(id: SandboxId, proxy: SocketAddr) -> Result<sandbox::Sandbox> {
-    let cgroup_root = mounts::cgroup2_root()?;
-    let bpffs = mounts::bpffs_root()?;
-    let reaped = reaper::reap_stale(&cgroup_root, &bpffs)?;
-    for name in reaped.sandboxes {
+/// The cgroup v2 root and the bpffs root (mounting bpffs if needed).
+fn kernel_roots() -> Result<(PathBuf, PathBuf)> {
+    Ok((mounts::cgroup2_root()?, mounts::bpffs_root()?))
+}
+
+/// Removes what runs of leash that died left behind, saying so.
+fn reap(cgroup_root: &Path, bpffs: &Path) -> Result<()> {
+    for name in reaper::reap_stale(cgroup_root, bpffs)?.sandboxes {
         eprintln!("leash: reaped stale sandbox {name} left by a leash that did not exit cleanly");
     }
-    sandbox::Sandbox::create(id, &cgroup_root, &bpffs, proxy)
+    Ok(())
 }
 
 /// Maps a failed exec to the documented exit code and says why on stderr.
