@@ -480,8 +480,10 @@ fn proxy_refuses_other_spellings_of_the_allowed_host() {
     std::thread::sleep(Duration::from_millis(200));
 
     assert_eq!(got.get("allowed").map(String::as_str), Some("CONNECT 200 GET 200 allowed"), "{got:?}");
+    // Refused either as a host no policy lists (403) or as an ambiguous spelling (400).
     for (label, _) in &targets[1..] {
-        assert_eq!(got.get(*label).map(String::as_str), Some("CONNECT 403"), "{label}: {got:?}");
+        let answer = got.get(*label).map(String::as_str);
+        assert!(matches!(answer, Some("CONNECT 403") | Some("CONNECT 400")), "{label}: {got:?}");
     }
     assert!(got.get("absolute").is_some_and(|s| s.starts_with('4') || s.starts_with('5')), "absolute-form: {got:?}");
     assert_eq!(other.accepted() + other6.accepted(), 0, "the proxy dialled an upstream the policy does not list");

@@ -9,10 +9,12 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpStream;
 
 use crate::audit::{Auditor, ProxyDecision};
 use crate::policy::{CompiledPolicy, NetworkDecision};
+
+use super::ssrf::normalize_host;
+use super::upstream::{dial_checked, DialError};
 
 type Body = Full<Bytes>;
 
@@ -30,9 +32,14 @@ pub async fn handle(
             None,
         ));
     }
-    let Some((host, port)) = target(&req) else {
+    let Some((raw_host, port)) = target(&req) else {
         return Ok(error(StatusCode::BAD_REQUEST, "bad_target", "CONNECT needs host:port", None));
     };
+    let normalized = match normalize_host(&raw_host) {
+        Ok(h) => h,
+        Err(e) => return Ok(error(StatusCode::BAD_REQUEST, "bad_host", &e.to_string(), None)),
+    };
+    let host = normalized.to_string();
     let decision = policy.network_decision(&host, port);
     let (allowed, policy_name, reason) = match &decision {
         NetworkDecision::Allow { policy, .. } => (true, Some(policy.clone()), "allowed"),
@@ -55,13 +62,14 @@ pub async fn handle(
             Some(reason),
         ));
     }
-    let upstream = match TcpStream::connect((host.as_str(), port)).await {
+    let addresses = super::addresses::for_target(&policy, &normalized, port);
+    let upstream = match dial_checked(&normalized, port, &addresses).await {
         Ok(s) => s,
-        Err(e) => {
-            return Ok(error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &format!("connecting to {host}:{port}: {e}"), None));
+        Err(e @ DialError::Blocked(_)) => {
+            return Ok(error(StatusCode::FORBIDDEN, "forbidden", &e.to_string(), Some("blocked_address")));
         }
+        Err(e) => return Ok(error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &e.to_string(), None)),
     };
-    let _ = upstream.set_nodelay(true);
     tokio::spawn(async move {
         if let Ok(upgraded) = hyper::upgrade::on(req).await {
             let mut client_io = TokioIo::new(upgraded);
@@ -72,11 +80,11 @@ pub async fn handle(
     Ok(Response::new(Body::default()))
 }
 
-/// Host (lower-cased, IPv6 brackets removed) and port of a CONNECT request's authority.
+/// Host (as written, IPv6 in brackets) and port of a CONNECT request's authority.
 fn target<B>(req: &Request<B>) -> Option<(String, u16)> {
     let authority = req.uri().authority()?;
     let port = authority.port_u16()?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let host = authority.host().to_owned();
     (!host.is_empty()).then_some((host, port))
 }
 

@@ -3,7 +3,12 @@
 //! when none allows it, and otherwise tunnels bytes to the upstream it dialled. The kernel layer
 //! does not care which proxy it confines to: it only knows the address this one listens on.
 
+mod addresses;
 mod connect;
+pub mod credentials;
+pub mod ssrf;
+pub mod tls;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
