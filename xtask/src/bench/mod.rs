@@ -1,0 +1,216 @@
+//! `cargo xtask bench [start|connect|all]`: benchmarks that each print ratios against a peer
+//! measured in the same run, on this machine, as root.
+//!
+//! - `start` (`start.rs`): wall time of `leash run -- /bin/true` against the netns + veth +
+//!   nftables recipe a supervisor would run with `ip` and `nft`, and against
+//!   `bwrap --unshare-net`.
+//! - `connect` (`connect.rs`): loopback connect+close to the sandbox's proxy from inside the
+//!   sandbox against the same loop outside it, alternating.
+//!
+//! Every run is bounded (fixed iteration counts, timeouts on waits), sends traffic to loopback
+//! only, and removes what it created: its scratch directory, every network namespace and veth
+//! pair, every sandbox.
+
+mod connect;
+mod start;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, run_cmd, workspace_root};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value_t = Which::All)]
+    which: Which,
+    /// Timed iterations of each start variant (after the warm-ups).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    iterations: u32,
+    /// Untimed start iterations run first.
+    #[arg(long, default_value_t = 3)]
+    warmups: u32,
+    /// Connect rounds; each runs the loop once inside and once outside the sandbox.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Connects per loop in each round.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    connects: u32,
+    /// Install missing peer tools (bubblewrap, nftables, iproute2) with apt-get.
+    #[arg(long)]
+    install_peers: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    Start,
+    Connect,
+    All,
+}
+
+/// A program a benchmark compares against, and the Debian package that ships it.
+struct Peer {
+    program: &'static str,
+    package: &'static str,
+}
+
+const START_PEERS: [Peer; 3] = [
+    Peer { program: "ip", package: "iproute2" },
+    Peer { program: "nft", package: "nftables" },
+    Peer { program: "bwrap", package: "bubblewrap" },
+];
+
+/// What the benchmarks share: the binaries under test and a scratch directory.
+pub struct Ctx {
+    pub leash: PathBuf,
+    pub connbench: PathBuf,
+    /// Scratch directory (mode 0755); removed when `Ctx` drops.
+    pub dir: PathBuf,
+    /// A policy that allows no network destination at all.
+    pub policy: PathBuf,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if !crate::nix_is_root() {
+        bail!("the benchmarks create cgroups, load eBPF programs and network namespaces: run them as root (sudo -E cargo xtask bench)");
+    }
+    let start = matches!(args.which, Which::Start | Which::All);
+    let connect = matches!(args.which, Which::Connect | Which::All);
+    let peers = if start { find_peers(&START_PEERS, args.install_peers)? } else { Vec::new() };
+
+    crate::setup::check()?;
+    println!("bench: building (release) ...");
+    run_cmd(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "sandbox-user", "--bins"]))?;
+    run_cmd(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "leash-tests", "--bins"]))?;
+
+    let ctx = prepare()?;
+    if start {
+        let tool = |name: &str| peers.iter().find(|(n, _)| *n == name).map(|(_, p)| p.clone()).expect("peer was found");
+        start::run(&ctx, &start::Tools { ip: tool("ip"), nft: tool("nft"), bwrap: tool("bwrap") }, args.iterations, args.warmups)?;
+    }
+    if connect {
+        if start {
+            println!();
+        }
+        connect::run(&ctx, args.rounds, args.connects)?;
+    }
+    Ok(())
+}
+
+/// Finds each peer program, installing the missing ones' packages when `install` is set.
+fn find_peers(peers: &[Peer], install: bool) -> Result<Vec<(&'static str, PathBuf)>> {
+    let missing: Vec<&Peer> = peers.iter().filter(|p| find_program(p.program).is_none()).collect();
+    if !missing.is_empty() {
+        let packages: Vec<&str> = missing.iter().map(|p| p.package).collect();
+        for p in &missing {
+            println!("bench: `{}` not found; it is in the Debian package {}", p.program, p.package);
+        }
+        if !install {
+            bail!(
+                "missing peer programs: install them with `apt-get install {}`, or pass --install-peers",
+                packages.join(" ")
+            );
+        }
+        println!("bench: installing {} with apt-get ...", packages.join(" "));
+        let apt_install = || {
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&packages)
+                .status()
+                .context("running apt-get")
+        };
+        if !apt_install()?.success() {
+            println!("bench: apt-get install failed; refreshing the package lists and retrying ...");
+            run_cmd(Command::new("apt-get").args(["update"]))?;
+            if !apt_install()?.success() {
+                bail!("apt-get install {} failed", packages.join(" "));
+            }
+        }
+    }
+    peers
+        .iter()
+        .map(|p| {
+            find_program(p.program)
+                .map(|path| (p.program, path))
+                .with_context(|| format!("`{}` still not found after installing {}", p.program, p.package))
+        })
+        .collect()
+}
+
+/// `name` on `$PATH`, or in the sbin and bin directories (`sudo` and cargo do not always keep
+/// the sbin ones on the path).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Creates the scratch directory with the allow-nothing policy and a copy of `connbench` that the
+/// agent's user can execute wherever the workspace lives.
+fn prepare() -> Result<Ctx> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let leash = target.join("release/leash");
+    let built_connbench = target.join("release/connbench");
+    for bin in [&leash, &built_connbench] {
+        if !bin.is_file() {
+            bail!("{} is missing after the build", bin.display());
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("leash-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ctx = Ctx { leash, connbench: dir.join("connbench"), policy: dir.join("allow-nothing.yaml"), dir };
+    std::fs::set_permissions(&ctx.dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(&ctx.policy, "version: 1\nnetwork_policies: {}\n")?;
+    std::fs::copy(&built_connbench, &ctx.connbench).context("copying connbench")?;
+    std::fs::set_permissions(&ctx.connbench, std::fs::Permissions::from_mode(0o755))?;
+    Ok(ctx)
+}
+
+/// Nearest-rank percentile `p` (0..=100) of `samples`.
+pub fn percentile<T: Copy + PartialOrd>(samples: &[T], p: u32) -> T {
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let rank = (p as usize * v.len()).div_ceil(100).max(1);
+    v[rank - 1]
+}
+
+pub fn median<T: Copy + PartialOrd>(samples: &[T]) -> T {
+    percentile(samples, 50)
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// "leash is 5.2× faster than X" (or slower), from `peer / leash`.
+pub fn faster_than(ratio: f64, peer: &str) -> String {
+    if ratio >= 1.0 {
+        format!("leash is {ratio:.1}× faster than {peer}")
+    } else {
+        format!("leash is {:.1}× slower than {peer}", 1.0 / ratio)
+    }
+}
+
+/// Runs `cmd`, failing with its stderr when it fails.
+pub fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+

@@ -1,0 +1,242 @@
+//! `bench start`: how long it takes to start a command with no network but a proxy, three ways.
+//!
+//! - (a) `leash run --policy <allow nothing> -- /bin/true`: cgroup, eBPF programs, proxy, agent.
+//! - (b) the recipe leash replaces, with the commands a supervisor runs: a network namespace, a
+//!   veth pair with one end moved into it, addresses from 10.231.0.0/16 on both ends, links up,
+//!   a default route, an nftables output chain inside the namespace that drops everything but the
+//!   (would-be) proxy on the host end, `ip netns exec NS /bin/true`, then teardown. The whole
+//!   sequence is timed. Nothing is ever sent to those addresses.
+//! - (c) `bwrap --unshare-net --ro-bind / / -- /bin/true`: a namespace with no network at all.
+//!
+//! The three run interleaved (rotating which goes first) so drift in the machine hits them alike.
+//! Each namespace and veth pair has a name unique to this process and iteration and is removed
+//! even when a step fails; namespaces left by a killed earlier run are removed first.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{faster_than, median, ms, percentile, run_quiet, Ctx};
+
+/// The peer programs, by absolute path.
+pub struct Tools {
+    pub ip: PathBuf,
+    pub nft: PathBuf,
+    pub bwrap: PathBuf,
+}
+
+const NS_PREFIX: &str = "leash-bench-";
+/// (c), as the issue words it; as root on Debian 12 it needs no further binds.
+const BWRAP_ARGS: [&str; 6] = ["--unshare-net", "--ro-bind", "/", "/", "--", "/bin/true"];
+/// The port the recipe's firewall lets through to the host end (where a proxy would listen).
+const PROXY_PORT: u16 = 3128;
+/// Commands one recipe iteration runs.
+const RECIPE_COMMANDS: usize = 13;
+
+/// One way to start `/bin/true`; its argument numbers the iteration (for unique names).
+type Variant<'a> = &'a dyn Fn(u32) -> Result<()>;
+
+pub fn run(ctx: &Ctx, tools: &Tools, iterations: u32, warmups: u32) -> Result<()> {
+    preflight(tools)?;
+    let variants: [(&str, Variant); 3] = [
+        ("(a) leash run -- /bin/true", &|_| leash_true(ctx)),
+        ("(b) netns + veth + nftables recipe", &|k| recipe(tools, k)),
+        ("(c) bwrap --unshare-net -- /bin/true", &|_| bwrap_true(tools)),
+    ];
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    let total = warmups + iterations;
+    println!("start: {warmups} warm-up + {iterations} timed iterations of (a), (b), (c), interleaved ...");
+    for i in 0..total {
+        for j in 0..3 {
+            let v = (i as usize + j) % 3;
+            let (name, f) = variants[v];
+            let t = Instant::now();
+            f(i).with_context(|| format!("start benchmark {name}, iteration {}", i + 1))?;
+            let elapsed = t.elapsed();
+            if i >= warmups {
+                times[v].push(elapsed);
+            }
+        }
+        let done = i + 1;
+        if done == warmups && warmups > 0 {
+            println!("start: warm-ups done");
+        } else if done > warmups && ((done - warmups).is_multiple_of(10) || done == total) {
+            println!("start: {} of {iterations} timed iterations done", done - warmups);
+        }
+    }
+    let ours = format!("{NS_PREFIX}{}-", std::process::id());
+    let leftovers: Vec<String> = bench_namespaces(tools)?.into_iter().filter(|ns| ns.starts_with(&ours)).collect();
+    if !leftovers.is_empty() {
+        bail!("network namespaces left behind: {}", leftovers.join(", "));
+    }
+
+    println!();
+    println!("start: wall time per start, {iterations} iterations after {warmups} warm-ups (ms)");
+    println!("{:<44} {:>8} {:>8} {:>8} {:>8}", "", "median", "p90", "min", "max");
+    for (v, (name, _)) in variants.iter().enumerate() {
+        let t = &times[v];
+        let max = t.iter().max().copied().unwrap_or_default();
+        let min = t.iter().min().copied().unwrap_or_default();
+        println!(
+            "{name:<44} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            ms(median(t)),
+            ms(percentile(t, 90)),
+            ms(min),
+            ms(max)
+        );
+    }
+    let a = ms(median(&times[0]));
+    let b_ratio = ms(median(&times[1])) / a;
+    let c_ratio = ms(median(&times[2])) / a;
+    println!("ratio (b)/(a) = {b_ratio:.2}: {} (goal >= 5: {})", faster_than(b_ratio, "the netns recipe"), if b_ratio >= 5.0 { "met" } else { "NOT met" });
+    println!("ratio (c)/(a) = {c_ratio:.2}: {}", faster_than(c_ratio, "bwrap --unshare-net"));
+    println!("(the recipe runs {RECIPE_COMMANDS} commands and starts no proxy; leash's time includes its proxy)");
+    println!("cleanup: `ip netns list` shows no benchmark namespace");
+    Ok(())
+}
+
+/// Refuses when 10.231.0.0/16 is already in use here, runs each variant once as a check, and
+/// removes namespaces that a killed earlier run left.
+fn preflight(tools: &Tools) -> Result<()> {
+    for what in [&["-o", "-4", "addr", "show"][..], &["-4", "route", "show"][..]] {
+        let out = Command::new(&tools.ip).args(what).output().context("running ip")?;
+        if String::from_utf8_lossy(&out.stdout).contains("10.231.") {
+            bail!("10.231.0.0/16 is already used on this host (`ip {}`); the netns recipe needs it free", what.join(" "));
+        }
+    }
+    for ns in bench_namespaces(tools)? {
+        let pid = ns.strip_prefix(NS_PREFIX).and_then(|rest| rest.split('-').next()).unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            println!("start: removing network namespace {ns} left by an earlier run");
+            let _ = run_quiet(Command::new(&tools.ip).args(["netns", "del", &ns]));
+        }
+    }
+    run_quiet(Command::new(&tools.bwrap).args(BWRAP_ARGS))
+        .context("bwrap --unshare-net does not work here, so it cannot be compared")?;
+    Ok(())
+}
+
+fn leash_true(ctx: &Ctx) -> Result<()> {
+    run_quiet(
+        Command::new(&ctx.leash)
+            .arg("run")
+            .arg("--policy")
+            .arg(&ctx.policy)
+            .args(["--", "/bin/true"])
+            .current_dir(&ctx.dir)
+            .stdin(Stdio::null()),
+    )
+}
+
+fn bwrap_true(tools: &Tools) -> Result<()> {
+    run_quiet(Command::new(&tools.bwrap).args(BWRAP_ARGS).stdin(Stdio::null()))
+}
+
+/// The names and addresses of recipe iteration `k`. Interface names stay within 15 bytes.
+struct Names {
+    ns: String,
+    host: String,
+    peer: String,
+    host_addr: String,
+    peer_addr: String,
+}
+
+fn names(k: u32) -> Names {
+    let pid = std::process::id();
+    let k = k % 100_000;
+    let block = k % 16_384; // /30 blocks in 10.231.0.0/16
+    let (x, y) = (block / 64, (block % 64) * 4);
+    Names {
+        ns: format!("{NS_PREFIX}{pid}-{k}"),
+        host: format!("lb{pid:x}h{k}"),
+        peer: format!("lb{pid:x}n{k}"),
+        host_addr: format!("10.231.{x}.{}", y + 1),
+        peer_addr: format!("10.231.{x}.{}", y + 2),
+    }
+}
+
+/// What a recipe iteration has created so far; dropping it removes whatever is left.
+struct Created<'a> {
+    ip: &'a Path,
+    names: &'a Names,
+    ns: bool,
+    link: bool,
+}
+
+impl Drop for Created<'_> {
+    fn drop(&mut self) {
+        // Deleting the host end deletes its peer too; the namespace goes with its mount.
+        if self.link {
+            let _ = Command::new(self.ip).args(["link", "del", &self.names.host]).output();
+        }
+        if self.ns {
+            let _ = Command::new(self.ip).args(["netns", "del", &self.names.ns]).output();
+        }
+    }
+}
+
+fn recipe(tools: &Tools, k: u32) -> Result<()> {
+    let n = names(k);
+    let ip = |args: &[&str]| run_quiet(Command::new(&tools.ip).args(args));
+    let mut created = Created { ip: &tools.ip, names: &n, ns: false, link: false };
+
+    ip(&["netns", "add", &n.ns])?;
+    created.ns = true;
+    ip(&["link", "add", &n.host, "type", "veth", "peer", "name", &n.peer])?;
+    created.link = true;
+    ip(&["link", "set", &n.peer, "netns", &n.ns])?;
+    ip(&["addr", "add", &format!("{}/30", n.host_addr), "dev", &n.host])?;
+    ip(&["-n", &n.ns, "addr", "add", &format!("{}/30", n.peer_addr), "dev", &n.peer])?;
+    ip(&["link", "set", &n.host, "up"])?;
+    ip(&["-n", &n.ns, "link", "set", &n.peer, "up"])?;
+    ip(&["-n", &n.ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", &n.ns, "route", "add", "default", "via", &n.host_addr])?;
+    nft_in(tools, &n)?;
+    run_quiet(Command::new(&tools.ip).args(["netns", "exec", &n.ns, "/bin/true"]).stdin(Stdio::null()))?;
+
+    // Host end first: its deletion removes the pair at once, whereas a deleted namespace's
+    // interfaces go away later, asynchronously.
+    ip(&["link", "del", &n.host])?;
+    created.link = false;
+    ip(&["netns", "del", &n.ns])?;
+    created.ns = false;
+    Ok(())
+}
+
+/// Loads, inside the namespace, an output chain that drops everything except TCP to the proxy.
+fn nft_in(tools: &Tools, n: &Names) -> Result<()> {
+    let rules = format!(
+        "table inet leash_bench {{\n  chain output {{\n    type filter hook output priority 0; policy drop;\n    ip daddr {} tcp dport {PROXY_PORT} accept\n  }}\n}}\n",
+        n.host_addr
+    );
+    let mut child = Command::new(&tools.ip)
+        .args(["netns", "exec", &n.ns])
+        .arg(&tools.nft)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting ip netns exec nft")?;
+    let written = child.stdin.take().context("nft stdin")?.write_all(rules.as_bytes());
+    let out = child.wait_with_output()?;
+    written.context("writing the ruleset to nft")?;
+    if !out.status.success() {
+        bail!("nft -f - in {} failed ({}): {}", n.ns, out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The benchmark's namespaces that `ip netns list` shows (any run's).
+fn bench_namespaces(tools: &Tools) -> Result<Vec<String>> {
+    let out = Command::new(&tools.ip).args(["netns", "list"]).output().context("running ip netns list")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with(NS_PREFIX))
+        .map(str::to_owned)
+        .collect())
+}
