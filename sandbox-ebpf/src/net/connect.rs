@@ -8,7 +8,7 @@
 //! refused here for every target but the proxy, where the hook sees their TCP subflow.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use sandbox_common::{counter, Hook, SandboxNet};
+use sandbox_common::{counter, Hook, SandboxNet, SANDBOX_RECORD_OWNERS};
 
 use super::{
     count, current_cgroup, report, sandbox, words_to_bytes, Denied, AF_INET, AF_INET6, ALLOW,
@@ -17,24 +17,6 @@ use super::{
 
 #[cgroup_sock_addr(connect4)]
 pub fn leash_connect4(ctx: SockAddrContext) -> i32 {
-    let verdict = connect4_verdict(&ctx);
-    if verdict == ALLOW {
-        super::identity::remember_owner(&ctx);
-    }
-    verdict
-}
-
-#[cgroup_sock_addr(connect6)]
-pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
-    let verdict = connect6_verdict(&ctx);
-    if verdict == ALLOW {
-        super::identity::remember_owner(&ctx);
-    }
-    verdict
-}
-
-#[inline(always)]
-fn connect4_verdict(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands sock_addr programs a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u8; 16];
@@ -48,11 +30,11 @@ fn connect4_verdict(ctx: &SockAddrContext) -> i32 {
         addr,
         port: u16::from_be(sa.user_port as u16),
     };
-    decide(&target, |proxy| proxy.is_ipv4 == 1 && proxy.addr[3] == sa.user_ip4)
+    decide(&ctx, &target, |proxy| proxy.is_ipv4 == 1 && proxy.addr[3] == sa.user_ip4)
 }
 
-#[inline(always)]
-fn connect6_verdict(ctx: &SockAddrContext) -> i32 {
+#[cgroup_sock_addr(connect6)]
+pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands sock_addr programs a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     // Word-by-word reads: the verifier only allows 4-byte loads of user_ip6.
@@ -67,7 +49,7 @@ fn connect6_verdict(ctx: &SockAddrContext) -> i32 {
     };
     // The proxy's stored address is IPv4-mapped when it listens on IPv4, which is exactly the
     // form an IPv6 socket uses to reach it, so one comparison covers both.
-    decide(&target, |proxy| proxy.addr == ip6)
+    decide(&ctx, &target, |proxy| proxy.addr == ip6)
 }
 
 struct Target {
@@ -80,20 +62,20 @@ struct Target {
 }
 
 #[inline(always)]
-fn decide(target: &Target, is_proxy_addr: impl Fn(&SandboxNet) -> bool) -> i32 {
+fn decide(ctx: &SockAddrContext, target: &Target, is_proxy_addr: impl Fn(&SandboxNet) -> bool) -> i32 {
     let cgroup = current_cgroup();
-    let allowed = match sandbox(cgroup) {
-        Some(proxy) => {
-            target.sock_type == SOCK_STREAM
-                && target.protocol == IPPROTO_TCP
-                && target.port == proxy.port
-                && is_proxy_addr(&proxy)
+    if let Some(proxy) = sandbox(cgroup) {
+        if target.sock_type == SOCK_STREAM
+            && target.protocol == IPPROTO_TCP
+            && target.port == proxy.port
+            && is_proxy_addr(&proxy)
+        {
+            count(cgroup, counter::CONNECT_ALLOWED);
+            if proxy.flags & SANDBOX_RECORD_OWNERS != 0 {
+                super::identity::remember_owner(ctx, cgroup);
+            }
+            return ALLOW;
         }
-        None => false,
-    };
-    if allowed {
-        count(cgroup, counter::CONNECT_ALLOWED);
-        return ALLOW;
     }
     count(cgroup, counter::CONNECT_DENIED);
     report(

@@ -1,9 +1,9 @@
 //! Binary identity for the proxy: which process opened each connection to it, without scanning
 //! /proc. Enforces nothing itself; the proxy applies `binaries:` rules with what it records.
 //!
-//! 1. `connect4/6` (process context) call [`remember_owner`] for every allowed connect: socket
-//!    cookie -> pid, uid, cgroup.
-//! 2. `sockops` at `ACTIVE_ESTABLISHED` (often softirq context, where the current task is not
+//! 1. `connect4/6` (process context) call [`remember_owner`] for every allowed connect when the
+//!    sandbox asks for it (`SANDBOX_RECORD_OWNERS`): socket cookie -> pid, uid, cgroup.
+//! 2. `sockops` (attached only to sandboxes that record owners) at `ACTIVE_ESTABLISHED` (often softirq context, where the current task is not
 //!    the owner) moves that record to the connection's local port, which is the peer port the
 //!    proxy sees at accept.
 //!
@@ -18,7 +18,6 @@ use aya_ebpf::{
 };
 use sandbox_common::ConnOwner;
 
-use super::current_cgroup;
 use crate::maps::{PROXY_CLIENTS, SOCKET_OWNERS};
 
 /// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: a connection this socket initiated is established.
@@ -26,12 +25,12 @@ const ACTIVE_ESTABLISHED: u32 = 4;
 
 /// Records the calling process as the owner of the socket being connected.
 #[inline(always)]
-pub fn remember_owner(ctx: &SockAddrContext) {
+pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64) {
     // SAFETY: plain BPF helper calls on the program's own context.
     let (cookie, pid_tgid, uid_gid) = unsafe {
         (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_current_pid_tgid(), bpf_get_current_uid_gid())
     };
-    let owner = ConnOwner { cgroup_id: current_cgroup(), pid: (pid_tgid >> 32) as u32, uid: uid_gid as u32 };
+    let owner = ConnOwner { cgroup_id, pid: (pid_tgid >> 32) as u32, uid: uid_gid as u32 };
     let _ = SOCKET_OWNERS.insert(&cookie, &owner, 0);
 }
 

@@ -48,14 +48,13 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
         Some(proxy) => is_proxy(&proxy, &remote),
         None => false,
     };
-    let (passed, dropped, hook) = match dir {
-        Direction::Egress => (counter::SKB_EGRESS_PASSED, counter::SKB_EGRESS_DROPPED, Hook::SkbEgress),
-        Direction::Ingress => (counter::SKB_INGRESS_PASSED, counter::SKB_INGRESS_DROPPED, Hook::SkbIngress),
-    };
     if allowed {
-        count(cgroup, passed);
         return ALLOW;
     }
+    let (dropped, hook) = match dir {
+        Direction::Egress => (counter::SKB_EGRESS_DROPPED, Hook::SkbEgress),
+        Direction::Ingress => (counter::SKB_INGRESS_DROPPED, Hook::SkbIngress),
+    };
     count(cgroup, dropped);
     let denied = Denied {
         hook,

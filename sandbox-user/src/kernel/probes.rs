@@ -42,7 +42,7 @@ pub fn cgroup_programs() -> Result<String> {
     let root = mounts::cgroup2_root()?;
     let probe = SandboxCgroup::create(&root, &format!("probe-{}", std::process::id()))?;
     let result = (|| -> Result<()> {
-        let mut ebpf = Ebpf::load(OBJECT).context("loading leash's eBPF object")?;
+        let mut ebpf = super::programs::load_object()?;
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(program_names::CONNECT4)
             .ok_or_else(|| anyhow!("connect4 program missing"))?

@@ -54,7 +54,7 @@ pub struct NetPrograms {
 impl NetPrograms {
     /// Loads the object and every network program into the kernel (the verifier runs here).
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(OBJECT).context("loading leash's eBPF object")?;
+        let mut ebpf = load_object()?;
         for (name, kind) in NET_PROGRAMS {
             let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
             let loaded = match kind {
@@ -88,11 +88,15 @@ impl NetPrograms {
     }
 
     /// Attaches every network program to `cgroup` and pins each link in `pin_dir` (created here).
-    pub fn attach(&mut self, cgroup: &SandboxCgroup, pin_dir: &Path) -> Result<Vec<PathBuf>> {
+    /// The `sock_ops` program (connection owners) only when `record_owners`.
+    pub fn attach(&mut self, cgroup: &SandboxCgroup, pin_dir: &Path, record_owners: bool) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(pin_dir).with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         let dir = cgroup.dir()?;
         let mut pins = Vec::new();
         for (name, kind) in NET_PROGRAMS {
+            if matches!(kind, Kind::SockOps) && !record_owners {
+                continue;
+            }
             let program = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
             // bpf_link attachments always coexist with other programs on the cgroup (the kernel
             // refuses attach flags on links), so `Single` here means "no flags".
@@ -176,6 +180,13 @@ impl ConnectionOwners {
     }
 }
 
+/// Loads the object's maps. The network programs use no kernel types (no CO-RE relocations), so
+/// the kernel's BTF is not applied: `Ebpf::load` would parse the 5 MB `/sys/kernel/btf/vmlinux`
+/// a second time for nothing (the loader's constructor already parses it once).
+pub fn load_object() -> Result<Ebpf> {
+    aya::EbpfLoader::new().btf(None).load(OBJECT).context("loading leash's eBPF object")
+}
+
 /// Removes every pinned link in `pin_dir` and the directory itself. Unpinning the last link of a
 /// program set lets the kernel free it, its maps and their entries.
 pub fn unpin_all(pin_dir: &Path) -> Result<()> {
@@ -192,13 +203,14 @@ pub fn unpin_all(pin_dir: &Path) -> Result<()> {
     }
 }
 
-/// The proxy address as the maps store it.
-pub fn sandbox_net(proxy: std::net::SocketAddr) -> SandboxNet {
+/// The proxy address as the maps store it; `record_owners` turns on connection-owner records.
+pub fn sandbox_net(proxy: std::net::SocketAddr, record_owners: bool) -> SandboxNet {
     let (v6, is_ipv4) = match proxy.ip() {
         std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped(), 1),
         std::net::IpAddr::V6(v6) => (v6, 0),
     };
     let o = v6.octets();
     let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-    SandboxNet { addr: [word(0), word(4), word(8), word(12)], port: proxy.port(), _pad: [0; 2], is_ipv4 }
+    let flags = if record_owners { sandbox_common::SANDBOX_RECORD_OWNERS } else { 0 };
+    SandboxNet { addr: [word(0), word(4), word(8), word(12)], port: proxy.port(), _pad: [0; 2], is_ipv4, flags }
 }

@@ -78,7 +78,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     });
     let proxy = BoundProxy::bind(opts.proxy_listen).await?;
     let proxy_addr = proxy.addr();
-    let built = roots.and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, proxy_addr));
+    let record_owners = !policy.binaries_restricted().is_empty();
+    let built = roots
+        .and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, proxy_addr, record_owners));
     let mut sandbox = match built {
         Ok(s) => Some(s),
         Err(e) => {
@@ -180,7 +182,13 @@ async fn run_inside(
 /// One line counting the kernel's denials, or `None` when there were none.
 fn denial_summary(counters: &sandbox_common::Counters) -> Option<String> {
     use sandbox_common::counter::{self, NAMES};
-    let denied = [counter::CONNECT_DENIED, counter::SENDMSG_DENIED, counter::SOCK_CREATE_DENIED, counter::SKB_EGRESS_DROPPED, counter::SKB_INGRESS_DROPPED];
+    let denied = [
+        counter::CONNECT_DENIED,
+        counter::SENDMSG_DENIED,
+        counter::SOCK_CREATE_DENIED,
+        counter::SKB_EGRESS_DROPPED,
+        counter::SKB_INGRESS_DROPPED,
+    ];
     let parts: Vec<String> = denied
         .iter()
         .filter(|&&i| counters.values[i] > 0)

@@ -25,21 +25,22 @@ pub struct Sandbox {
 impl Sandbox {
     /// Creates the cgroup, loads the programs, writes the entries for `proxy` and attaches.
     /// On failure everything created so far is removed again.
-    pub fn create(id: SandboxId, cgroup_root: &Path, bpffs: &Path, proxy: SocketAddr) -> Result<Self> {
+    /// `record_owners`: tell the proxy which process opened each connection (for `binaries:`).
+    pub fn create(id: SandboxId, cgroup_root: &Path, bpffs: &Path, proxy: SocketAddr, record_owners: bool) -> Result<Self> {
         let programs = NetPrograms::load()?;
         let cgroup = SandboxCgroup::create(cgroup_root, &id.to_string())?;
         let mut sandbox = Self { cgroup: Some(cgroup), programs, pin_dir: pins::sandbox_dir(bpffs, &id.to_string()) };
-        if let Err(e) = sandbox.confine(proxy) {
+        if let Err(e) = sandbox.confine(proxy, record_owners) {
             sandbox.teardown();
             return Err(e);
         }
         Ok(sandbox)
     }
 
-    fn confine(&mut self, proxy: SocketAddr) -> Result<()> {
+    fn confine(&mut self, proxy: SocketAddr, record_owners: bool) -> Result<()> {
         let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        self.programs.add_sandbox(cgroup.id(), sandbox_net(proxy))?;
-        self.programs.attach(cgroup, &self.pin_dir)?;
+        self.programs.add_sandbox(cgroup.id(), sandbox_net(proxy, record_owners))?;
+        self.programs.attach(cgroup, &self.pin_dir, record_owners)?;
         Ok(())
     }
 
