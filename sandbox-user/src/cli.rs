@@ -30,18 +30,31 @@ pub enum Command {
     /// Check or evaluate policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Run the egress proxy alone (no sandbox), for clients configured to use it.
-    Proxy {
-        /// Policy file whose network_policies the proxy enforces.
-        #[arg(long)]
-        policy: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:3128")]
-        listen: SocketAddr,
-        /// Append OCSF audit events (JSON lines) to this file.
-        #[arg(long)]
-        audit_log: Option<PathBuf>,
-    },
+    /// Run the egress proxy alone (no sandbox), for clients configured to use it. Reloads the
+    /// policy on SIGHUP and when the file changes.
+    Proxy(ProxyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Policy file whose network_policies the proxy enforces.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3128")]
+    pub listen: SocketAddr,
+    /// Write leash's (ephemeral) CA certificate here, for the proxy's clients to trust.
+    #[arg(long)]
+    pub ca_out: Option<PathBuf>,
+    /// Also trust the CA certificates in this PEM file for upstream connections (repeatable).
+    #[arg(long)]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Read credential values from this file of NAME=value lines instead of the environment.
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
+    /// Append OCSF audit events (JSON lines) to this file.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +68,12 @@ pub struct RunArgs {
     /// Append OCSF audit events (JSON lines) to this file; denials also go to stderr.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Read credential values from this file of NAME=value lines instead of leash's environment.
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
+    /// Also trust the CA certificates in this PEM file for upstream connections (repeatable).
+    #[arg(long)]
+    pub upstream_ca: Vec<PathBuf>,
     /// Start the agent even when a layer the policy needs is missing, reporting each one.
     #[arg(long)]
     pub allow_degraded: bool,
@@ -67,12 +86,22 @@ pub struct RunArgs {
 pub enum PolicyCommand {
     /// Validate FILE: exit 0 when valid, 1 with `FILE:LINE:COL: message` when not.
     Check { file: PathBuf },
-    /// Print, as JSON, the decision FILE makes for a connection to HOST:PORT.
+    /// Print, as JSON, the decision policies/sandbox.rego makes with FILE for a connection to
+    /// HOST:PORT (and, with --method and --path, for a request on it), with the rule that made it.
     Eval {
         file: PathBuf,
         #[arg(long)]
         host: String,
         #[arg(long)]
         port: u16,
+        /// Request method (GET, POST, ...).
+        #[arg(long)]
+        method: Option<String>,
+        /// Request target: path and query.
+        #[arg(long)]
+        path: Option<String>,
+        /// The executable making the connection (for `binaries:` rules).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
 }

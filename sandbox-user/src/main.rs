@@ -1,11 +1,10 @@
 //! The `leash` binary: parse the command line, run the subcommand, exit with its code.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use leash::launcher::{self, exit, RunOptions};
-use leash::policy::{self, NetworkDecision};
+use leash::policy;
 
 mod cli;
 
@@ -29,8 +28,10 @@ fn main() -> ExitCode {
                 1
             }
         },
-        Command::Policy(PolicyCommand::Eval { file, host, port }) => eval(&file, &host, port),
-        Command::Proxy { policy, listen, audit_log } => standalone_proxy(&policy, listen, audit_log.as_deref()),
+        Command::Policy(PolicyCommand::Eval { file, host, port, method, path, binary }) => {
+            eval(&file, &host, port, method.as_deref(), path.as_deref(), binary.as_deref())
+        }
+        Command::Proxy(args) => standalone_proxy(args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(exit::LEASH_FAILED as u8))
 }
@@ -64,6 +65,8 @@ fn run(args: cli::RunArgs) -> i32 {
         policy: args.policy,
         proxy_listen: args.proxy_listen,
         audit_log: args.audit_log,
+        credentials_file: args.credentials_file,
+        upstream_ca: args.upstream_ca,
         allow_degraded: args.allow_degraded,
         command: args.command,
     };
@@ -87,7 +90,14 @@ fn doctor(json: bool) -> i32 {
     if rows.iter().all(|r| r.available) { 0 } else { 1 }
 }
 
-fn eval(file: &std::path::Path, host: &str, port: u16) -> i32 {
+fn eval(
+    file: &std::path::Path,
+    host: &str,
+    port: u16,
+    method: Option<&str>,
+    path: Option<&str>,
+    binary: Option<&std::path::Path>,
+) -> i32 {
     let policy = match policy::load(file) {
         Ok(p) => p,
         Err(e) => {
@@ -95,33 +105,51 @@ fn eval(file: &std::path::Path, host: &str, port: u16) -> i32 {
             return 1;
         }
     };
-    let decision = match policy.network_decision(host, port) {
-        NetworkDecision::Allow { policy, endpoint_host } => {
-            serde_json::json!({ "allow": true, "host": host, "port": port, "policy": policy, "endpoint": endpoint_host })
+    match policy::rego::try_eval_json(&policy, host, port, method, path, binary) {
+        Ok(decision) => {
+            println!("{decision}");
+            0
         }
-        NetworkDecision::Deny => {
-            serde_json::json!({ "allow": false, "host": host, "port": port, "reason": "no_matching_policy" })
+        Err(e) => {
+            eprintln!("leash: error: evaluating {}: {e}", file.display());
+            1
         }
-    };
-    println!("{decision}");
-    0
+    }
 }
 
-fn standalone_proxy(policy_path: &std::path::Path, listen: std::net::SocketAddr, audit_log: Option<&std::path::Path>) -> i32 {
-    let policy = match policy::load(policy_path) {
-        Ok(p) => Arc::new(p),
+fn standalone_proxy(args: cli::ProxyArgs) -> i32 {
+    let policy = match policy::load(&args.policy) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
             return 1;
         }
     };
     let result: anyhow::Result<()> = runtime().block_on(async {
-        let audit = leash::audit::Auditor::new("standalone", audit_log, true)?;
-        let proxy = leash::proxy::BoundProxy::bind(listen).await?;
-        eprintln!("leash: proxy listening on {}", proxy.addr());
-        let task = proxy.serve(policy, audit);
-        tokio::signal::ctrl_c().await?;
+        use anyhow::Context as _;
+        let audit = leash::audit::Auditor::new("standalone", args.audit_log.as_deref(), true)?;
+        let secrets = match args.credentials_file {
+            Some(path) => leash::proxy::Secrets::File(path),
+            None => leash::proxy::Secrets::Environment,
+        };
+        let config = leash::proxy::ProxyConfig { upstream_ca: args.upstream_ca, secrets };
+        let proxy = leash::proxy::Proxy::new(policy, &config, audit)?;
+        if let Some(out) = &args.ca_out {
+            std::fs::write(out, proxy.ca().cert_pem()).with_context(|| format!("writing {}", out.display()))?;
+        }
+        let bound = leash::proxy::BoundProxy::bind(args.listen).await?;
+        eprintln!("leash: proxy listening on {}", bound.addr());
+        let task = bound.serve(proxy.clone());
+        let watcher = launcher::watch_policy(args.policy.clone(), proxy.clone());
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hup.recv() => launcher::reload_policy(&args.policy, &proxy),
+            }
+        }
         task.abort();
+        watcher.abort();
         Ok(())
     });
     match result {

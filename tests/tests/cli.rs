@@ -70,8 +70,24 @@ fn policy_eval_prints_the_decision() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let allowed = eval("api.anthropic.com", "443");
-    assert_eq!(allowed["allow"], true);
-    assert_eq!(allowed["policy"], "anthropic");
+    assert_eq!(allowed["allow"], true, "{allowed}");
+    assert_eq!(allowed["network"]["policy"], "anthropic", "{allowed}");
+    assert_eq!(allowed["network"]["rule"], "network_policies.anthropic.endpoints[0]", "{allowed}");
     assert_eq!(eval("api.anthropic.com", "80")["allow"], false);
     assert_eq!(eval("evil.example", "443")["allow"], false);
+
+    // With a method and path, the request decision and the rule that made it.
+    let example = root.join("policies/examples/github-readonly.yaml");
+    let request = |method: &str, path: &str| -> serde_json::Value {
+        let out = leash(&["policy", "eval", example.to_str().unwrap(), "--host", "api.github.com", "--port", "443", "--method", method, "--path", path, "--binary", "/usr/bin/git"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let get = request("GET", "/repos/o/r");
+    assert_eq!(get["request"]["allow"], true, "{get}");
+    let delete = request("DELETE", "/repos/o/r");
+    assert_eq!(delete["request"]["allow"], false, "{delete}");
+    assert!(delete["request"]["rule"].as_str().is_some_and(|r| !r.is_empty()), "{delete}");
 }

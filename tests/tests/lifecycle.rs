@@ -147,14 +147,11 @@ fn missing_and_non_executable_commands_get_127_and_126() {
 fn a_policy_needing_a_missing_layer_is_refused_unless_degraded() {
     require_root();
     let scratch = Scratch::new("degraded");
-    let policy = scratch.file(
-        "l7.yaml",
-        "version: 1\nnetwork_policies:\n  gh:\n    name: gh\n    endpoints:\n      - { host: api.github.com, port: 443, protocol: rest, access: read-only }\n",
-    );
+    let policy = scratch.file("kernel.yaml", "version: 1\nnetwork_policies: {}\nkernel:\n  deny: [ptrace]\n");
     let out = leash_run(&policy, &[], &["/bin/true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("L7 inspection"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("syscall policy (BPF-LSM)"), "{}", stderr(&out));
     let out = leash_run(&policy, &["--allow-degraded"], &["/bin/true"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not enforced: L7 inspection"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not enforced: syscall policy (BPF-LSM)"), "{}", stderr(&out));
 }

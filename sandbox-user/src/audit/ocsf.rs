@@ -7,17 +7,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sandbox_common::{DenyEvent, Hook};
 use serde_json::{json, Value};
 
-/// One decision of the proxy about a CONNECT (or later, a request).
-#[derive(Debug, Clone)]
+/// One decision of the proxy: a CONNECT (no path) or a request. Never holds a secret: `path`
+/// is the request target as the agent sent it (placeholders, not values) and `credentials`
+/// lists names only.
+#[derive(Debug, Clone, Default)]
 pub struct ProxyDecision {
     pub allowed: bool,
     pub method: String,
     pub host: String,
     pub port: u16,
-    /// The network policy that allowed it, if any.
+    /// Request target (path and query) for request decisions.
+    pub path: Option<String>,
+    /// The network policy that decided, if any.
     pub policy: Option<String>,
-    /// Short machine-readable reason (`no_matching_policy`, `allowed`, ...).
+    /// The rule that decided (`rules[0]`, `deny_rules[1]`, `access:read-only`, ...).
+    pub rule: Option<String>,
+    /// Short machine-readable reason (`no_matching_policy`, `allowed`, `audit_only`, ...).
     pub reason: String,
+    /// The executable that opened the connection, when known.
+    pub binary: Option<String>,
+    /// Names of the credentials swapped into this request.
+    pub credentials: Vec<String>,
     pub client: Option<std::net::SocketAddr>,
 }
 
@@ -102,12 +112,16 @@ pub fn kernel_denial(sandbox: &str, event: &DenyEvent) -> (Value, String) {
 /// A proxy decision as OCSF JSON and a summary line.
 pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
     let verdict = if d.allowed { "allowed" } else { "denied" };
+    let why = match (&d.policy, &d.rule) {
+        (Some(p), Some(r)) if d.allowed => format!("{p} {r}"),
+        _ => d.reason.clone(),
+    };
     let line = format!(
-        "{verdict} proxy {} {}:{} ({}) [sandbox {sandbox}]",
+        "{verdict} proxy {} {}:{}{} ({why}) [sandbox {sandbox}]",
         d.method,
         d.host,
         d.port,
-        d.policy.as_deref().unwrap_or(&d.reason)
+        d.path.as_deref().unwrap_or("")
     );
     let json = json!({
         "class_uid": 4002,
@@ -122,11 +136,12 @@ pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
         "disposition_id": if d.allowed { 1 } else { 2 },
         "message": line,
         "metadata": metadata("proxy"),
-        "http_request": { "http_method": d.method, "url": { "hostname": d.host, "port": d.port } },
+        "http_request": { "http_method": d.method, "url": { "hostname": d.host, "port": d.port, "path": d.path } },
         "dst_endpoint": { "hostname": d.host, "port": d.port },
         "src_endpoint": d.client.map(|c| json!({ "ip": c.ip().to_string(), "port": c.port() })),
-        "firewall_rule": d.policy.as_ref().map(|p| json!({ "name": p })),
-        "unmapped": { "reason": d.reason, "sandbox": sandbox },
+        "actor": { "process": { "file": d.binary.as_ref().map(|b| json!({ "path": b })) } },
+        "firewall_rule": d.policy.as_ref().map(|p| json!({ "name": p, "desc": d.rule })),
+        "unmapped": { "reason": d.reason, "rule": d.rule, "sandbox": sandbox, "credentials": d.credentials },
     });
     (json, line)
 }
@@ -178,9 +193,8 @@ mod tests {
             method: "CONNECT".into(),
             host: "evil.example".into(),
             port: 443,
-            policy: None,
             reason: "no_matching_policy".into(),
-            client: None,
+            ..Default::default()
         };
         let (json, line) = proxy_decision("s1", &d);
         assert!(line.starts_with("denied proxy CONNECT evil.example:443 (no_matching_policy)"), "{line}");

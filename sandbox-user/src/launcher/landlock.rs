@@ -48,8 +48,9 @@ pub enum Domain {
 }
 
 /// Builds the ruleset: `rules` when the policy has them (working directory read-write when
-/// asked), else isolation only. `hard_requirement` on a kernel without Landlock is an error.
-pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path) -> Result<Domain> {
+/// asked, `extra_read_only` — leash's own files for the agent — readable), else isolation only.
+/// `hard_requirement` on a kernel without Landlock is an error.
+pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path, extra_read_only: &[PathBuf]) -> Result<Domain> {
     let abi_num = match kernel_abi() {
         Ok(v) => v,
         Err(why) => {
@@ -68,7 +69,8 @@ pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path) -> Result<Domain
                 skipped.extend(missing);
                 here
             };
-            let read_only = existing(&rules.read_only);
+            let mut read_only = existing(&rules.read_only);
+            read_only.extend(extra_read_only.iter().cloned());
             let mut read_write = existing(&rules.read_write);
             if rules.include_workdir {
                 read_write.push(workdir.to_path_buf());

@@ -27,22 +27,5 @@ pub fn unenforceable(policy: &CompiledPolicy) -> Vec<Missing> {
             why: "the policy has a `kernel:` section, which this build does not enforce yet".into(),
         });
     }
-    let l7 = policy.l7_endpoints();
-    if !l7.is_empty() {
-        missing.push(Missing {
-            layer: "L7 inspection (proxy)",
-            why: format!(
-                "the proxy tunnels CONNECT without looking inside TLS, so it cannot enforce method/path rules for: {}",
-                l7.join(", ")
-            ),
-        });
-    }
-    let bins = policy.binaries_restricted();
-    if !bins.is_empty() {
-        missing.push(Missing {
-            layer: "binary identity (proxy)",
-            why: format!("`binaries:` is not enforced yet, used by: {}", bins.join(", ")),
-        });
-    }
     missing
 }

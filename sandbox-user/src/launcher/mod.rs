@@ -10,10 +10,12 @@ mod environment;
 mod identity;
 mod landlock;
 pub mod layers;
+mod reload;
 mod sandbox;
 mod seccomp;
 mod signals;
 mod stdio;
+mod trust;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -25,11 +27,12 @@ use anyhow::{bail, Context, Result};
 
 use crate::audit::Auditor;
 use crate::kernel::{mounts, reaper, sandbox_id::SandboxId};
-use crate::policy::{self, CompiledPolicy};
-use crate::proxy::BoundProxy;
+use crate::policy::{self, CompiledPolicy, FilesystemRules};
+use crate::proxy::{BoundProxy, Proxy, ProxyConfig, Secrets};
 
 pub use environment::PLACEHOLDER_PREFIX;
 pub use landlock::kernel_abi as landlock_abi;
+pub use reload::{reload_from as reload_policy, watch as watch_policy};
 
 /// The built-in policy used when `--policy` is not given.
 pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.yaml");
@@ -48,6 +51,8 @@ pub struct RunOptions {
     pub policy: Option<PathBuf>,
     pub proxy_listen: SocketAddr,
     pub audit_log: Option<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
+    pub upstream_ca: Vec<PathBuf>,
     pub allow_degraded: bool,
     pub command: Vec<OsString>,
 }
@@ -58,29 +63,38 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let Some((program, args)) = opts.command.split_first() else {
         bail!("no command given: usage is `leash run [OPTIONS] -- CMD [ARGS...]`");
     };
-    let policy = Arc::new(load_policy(opts.policy.as_deref())?);
+    let policy = load_policy(opts.policy.as_deref())?;
     if !nix::unistd::geteuid().is_root() {
         bail!("leash run must run as root (it creates cgroups and loads eBPF programs); try `sudo leash run ...`");
     }
     let identity = identity::resolve(policy.run_as())?;
     let mut missing = layers::unenforceable(&policy);
     check_missing(&missing, opts.allow_degraded)?;
-
     if !opts.proxy_listen.ip().is_loopback() {
         bail!("--proxy-listen {} is not a loopback address: the proxy would be open to the network", opts.proxy_listen);
     }
     stdio::refuse_network_sockets()?;
+
     let id = SandboxId::for_self()?;
     // Reap before binding: a stale sandbox must not find its old proxy port served again.
     let roots = kernel_roots().and_then(|(cgroup_root, bpffs)| {
         reap(&cgroup_root, &bpffs)?;
         Ok((cgroup_root, bpffs))
     });
-    let proxy = BoundProxy::bind(opts.proxy_listen).await?;
-    let proxy_addr = proxy.addr();
+    let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;
     let record_owners = !policy.binaries_restricted().is_empty();
+    let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
+    let filesystem = policy.filesystem().cloned();
+    let secrets = match &opts.credentials_file {
+        Some(path) => Secrets::File(path.clone()),
+        None => Secrets::Environment,
+    };
+    let proxy_config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
+    let proxy = Proxy::new(policy, &proxy_config, audit.clone())?;
+    let trust = trust::AgentTrustDir::write(&id, proxy.ca())?;
+    let bound = BoundProxy::bind(opts.proxy_listen).await?;
     let built = roots
-        .and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, proxy_addr, record_owners));
+        .and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, bound.addr(), record_owners));
     let mut sandbox = match built {
         Ok(s) => Some(s),
         Err(e) => {
@@ -89,28 +103,39 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             None
         }
     };
-    let outcome = run_inside(&opts, program, args, &policy, &identity, proxy, sandbox.as_mut(), &id, &missing).await;
+    let agent = Agent { program, args, identity: &identity, credential_names: &credential_names, filesystem: filesystem.as_ref() };
+    let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing).await;
     if let Some(mut s) = sandbox {
         s.teardown();
     }
+    trust.remove();
     outcome
+}
+
+/// What is started inside the sandbox, and as whom.
+struct Agent<'a> {
+    program: &'a OsString,
+    args: &'a [OsString],
+    identity: &'a identity::Identity,
+    credential_names: &'a [String],
+    filesystem: Option<&'a FilesystemRules>,
 }
 
 /// Starts proxy, events and agent in a built sandbox and waits for the agent.
 #[allow(clippy::too_many_arguments)]
 async fn run_inside(
     opts: &RunOptions,
-    program: &OsString,
-    args: &[OsString],
-    policy: &Arc<CompiledPolicy>,
-    identity: &identity::Identity,
-    proxy: BoundProxy,
+    agent: Agent<'_>,
+    proxy: Arc<Proxy>,
+    bound: BoundProxy,
+    trust: &trust::AgentTrustDir,
     mut sandbox: Option<&mut sandbox::Sandbox>,
+    audit: &Auditor,
     id: &SandboxId,
     missing: &[layers::Missing],
 ) -> Result<i32> {
     let workdir = std::env::current_dir().context("reading the working directory")?;
-    let domain = landlock::prepare(policy.filesystem(), &workdir)?;
+    let domain = landlock::prepare(agent.filesystem, &workdir, &[trust.dir().to_path_buf()])?;
     let mut missing = missing.to_vec();
     let landlock_fd = match &domain {
         landlock::Domain::Enforced(p) => {
@@ -126,7 +151,7 @@ async fn run_inside(
                 layer: "process isolation (Landlock domain)",
                 why: format!("{why}; without it the agent can borrow sockets from processes of its uid outside the sandbox"),
             });
-            if policy.filesystem().is_some() {
+            if agent.filesystem.is_some() {
                 missing.push(layers::Missing { layer: "filesystem (Landlock)", why: why.clone() });
             }
             check_missing(&missing, opts.allow_degraded)?;
@@ -138,28 +163,33 @@ async fn run_inside(
         eprintln!("leash: warning: running degraded, not enforced: {m}");
     }
 
-    let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;
+    let mut proxy = proxy;
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
+            if let Some(owners) = s.take_connection_owners()? {
+                proxy = proxy.with_connection_owners(owners);
+            }
             let audit = audit.clone();
             Some(s.start_events(move |e| audit.kernel_denied(e))?)
         }
         None => None,
     };
-    let proxy_addr = proxy.addr();
-    let proxy_task = proxy.serve(policy.clone(), audit.clone());
+    let proxy_addr = bound.addr();
+    let proxy_task = bound.serve(proxy.clone());
+    let reloader = opts.policy.clone().map(|path| reload::watch(path, proxy.clone()));
 
-    let credential_names: Vec<&str> = policy.credentials().iter().map(|c| c.name.as_str()).collect();
-    let env = environment::agent_env(std::env::vars_os(), proxy_addr, identity, &credential_names);
+    let names: Vec<&str> = agent.credential_names.iter().map(String::as_str).collect();
+    let mut env = environment::agent_env(std::env::vars_os(), proxy_addr, agent.identity, &names);
+    trust.add_env(&mut env);
     let procs = match sandbox.as_deref() {
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
         None => None,
     };
     let spawned = child::spawn(child::ChildSetup {
-        program,
-        args,
+        program: agent.program,
+        args: agent.args,
         env,
-        identity,
+        identity: agent.identity,
         cgroup_procs: procs.as_ref(),
         landlock: landlock_fd,
         seccomp: &seccomp,
@@ -167,9 +197,12 @@ async fn run_inside(
     drop(domain);
     let code = match spawned {
         Ok(child) => signals::wait_forwarding(child).await?,
-        Err(e) => exec_failure(program, &e),
+        Err(e) => exec_failure(agent.program, &e),
     };
     proxy_task.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     if let Some(events) = events {
         events.stop().await;
     }
@@ -222,6 +255,7 @@ fn reap(cgroup_root: &Path, bpffs: &Path) -> Result<()> {
     for name in reaper::reap_stale(cgroup_root, bpffs)?.sandboxes {
         eprintln!("leash: reaped stale sandbox {name} left by a leash that did not exit cleanly");
     }
+    trust::reap_stale();
     Ok(())
 }
 

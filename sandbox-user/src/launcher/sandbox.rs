@@ -17,6 +17,7 @@ use crate::kernel::programs::{sandbox_net, unpin_all, NetPrograms};
 use crate::kernel::sandbox_id::SandboxId;
 
 pub struct Sandbox {
+    record_owners: bool,
     cgroup: Option<SandboxCgroup>,
     programs: NetPrograms,
     pin_dir: PathBuf,
@@ -29,7 +30,8 @@ impl Sandbox {
     pub fn create(id: SandboxId, cgroup_root: &Path, bpffs: &Path, proxy: SocketAddr, record_owners: bool) -> Result<Self> {
         let programs = NetPrograms::load()?;
         let cgroup = SandboxCgroup::create(cgroup_root, &id.to_string())?;
-        let mut sandbox = Self { cgroup: Some(cgroup), programs, pin_dir: pins::sandbox_dir(bpffs, &id.to_string()) };
+        let mut sandbox =
+            Self { record_owners, cgroup: Some(cgroup), programs, pin_dir: pins::sandbox_dir(bpffs, &id.to_string()) };
         if let Err(e) = sandbox.confine(proxy, record_owners) {
             sandbox.teardown();
             return Err(e);
@@ -50,6 +52,14 @@ impl Sandbox {
 
     pub fn start_events(&mut self, sink: impl Fn(&sandbox_common::DenyEvent) + Send + 'static) -> Result<EventPump> {
         EventPump::start(self.programs.take_events()?, sink)
+    }
+
+    /// The connection-owner table, when this sandbox records owners.
+    pub fn take_connection_owners(&mut self) -> Result<Option<crate::kernel::programs::ConnectionOwners>> {
+        if !self.record_owners {
+            return Ok(None);
+        }
+        Ok(Some(self.programs.take_connection_owners()?))
     }
 
     pub fn counters(&self) -> Option<Counters> {

@@ -81,6 +81,9 @@ pub struct CompiledEndpoint {
     pub tls_skip: bool,
     /// Addresses the host may resolve to even if private.
     pub allowed_ips: Vec<IpNetwork>,
+    /// The `access:` preset as written, if any (already expanded into [`Inspection`]; kept so
+    /// decisions can name the preset that made them).
+    pub access: Option<Access>,
     /// Whether and how requests are inspected.
     pub inspection: Inspection,
 }
@@ -301,6 +304,7 @@ fn compile_endpoint(endpoint: Endpoint) -> CompiledEndpoint {
         protocol: endpoint.protocol.unwrap_or(Protocol::Tcp),
         tls_skip: endpoint.tls == Some(Tls::Skip),
         allowed_ips: endpoint.allowed_ips,
+        access: endpoint.access,
         inspection,
     }
 }

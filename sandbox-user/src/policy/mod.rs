@@ -14,6 +14,10 @@
 //! * [`compile()`] fills in defaults, expands `access:` presets into request rules and decides,
 //!   per endpoint, whether the proxy must inspect requests.
 //! * [`hosts`] holds the host pattern language (`api.github.com`, `*.x`, `**.x`) and IP ranges.
+//! * [`rego`] evaluates `policies/sandbox.rego` (the source of truth for network and request
+//!   decisions) with regorus; [`decide`] gives the same verdicts on the proxy's hot path from a
+//!   compiled index and a decision cache; [`normalize`] puts request paths in canonical form
+//!   before either matches them.
 //!
 //! ```
 //! use leash::policy::{parse_str, NetworkDecision};
@@ -29,15 +33,22 @@
 //! ```
 
 pub mod compile;
+mod data;
+pub mod decide;
 pub mod document;
 pub mod error;
 pub mod hosts;
+pub mod normalize;
+pub mod rego;
 
 pub use compile::{
     compile, load, parse_str, AllowedRequests, CompiledEndpoint, CompiledPolicy, Credential,
     FilesystemRules, HttpRules, Inspection, KernelRules, NetworkDecision, NetworkPolicy,
     RequestRule, RunAs,
 };
+pub use decide::{Decider, EndpointRef, NetworkVerdict, RequestVerdict};
 pub use document::{Access, Document, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol};
 pub use error::{Location, PolicyError};
 pub use hosts::{HostPattern, HostPatternError, IpNetwork, IpNetworkError};
+pub use normalize::{normalize, NormalizedTarget, PathError};
+pub use rego::{eval_json, NetworkInput, RegoError, RegoPolicy, RequestInput};

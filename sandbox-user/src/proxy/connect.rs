@@ -1,98 +1,176 @@
-//! Handling one request to the proxy: `CONNECT host:port` is judged against the policy and, when
-//! allowed, answered 200 and turned into a byte tunnel to the upstream. Every decision is audited.
+//! The proxy's front door: every request the agent sends to the proxy itself. `CONNECT host:port`
+//! is judged at L4 (host, port, executable) and then tunnelled (`tunnel.rs`) or inspected
+//! (`intercept.rs`); an absolute-form `http://` request is judged the same way and then as a
+//! request; anything else is refused. Every decision is audited.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::json;
 
-use crate::audit::{Auditor, ProxyDecision};
-use crate::policy::{CompiledPolicy, NetworkDecision};
+use crate::audit::ProxyDecision;
+use crate::policy::{CompiledEndpoint, NetworkVerdict, Protocol};
 
-use super::ssrf::normalize_host;
+use super::answers::{empty, refuse};
+use super::intercept::{self, Tunnel};
+use super::ssrf::{normalize_host, NormalizedHost};
+use super::state::PolicyState;
 use super::upstream::{dial_checked, DialError};
+use super::{addresses, request, tunnel, Proxy, ProxyBody};
 
-type Body = Full<Bytes>;
+/// Who is asking: the agent's address as the proxy sees it and, when known, its executable.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub binary: Option<PathBuf>,
+}
 
-pub async fn handle(
-    req: Request<hyper::body::Incoming>,
-    client: SocketAddr,
-    policy: Arc<CompiledPolicy>,
-    audit: Auditor,
-) -> Result<Response<Body>, std::convert::Infallible> {
-    if req.method() != Method::CONNECT {
-        return Ok(error(
-            StatusCode::NOT_IMPLEMENTED,
-            "unsupported_request",
-            "this proxy only tunnels CONNECT requests (https://); plain http:// forwarding is not supported yet",
+pub async fn handle(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) -> Result<Response<ProxyBody>, Infallible> {
+    if req.method() == Method::CONNECT {
+        return Ok(connect(req, client, proxy).await);
+    }
+    match req.uri().scheme_str() {
+        Some("http") => Ok(absolute_form(req, client, proxy).await),
+        Some("https") => Ok(refuse(
+            StatusCode::BAD_REQUEST,
+            "absolute_https",
+            "send https:// requests through CONNECT (HTTPS_PROXY), not in absolute form",
             None,
-        ));
+        )),
+        _ => Ok(refuse(
+            StatusCode::BAD_REQUEST,
+            "not_a_proxy_request",
+            "this is a proxy: send CONNECT host:port or an absolute-form http:// request",
+            None,
+        )),
     }
-    let Some((raw_host, port)) = target(&req) else {
-        return Ok(error(StatusCode::BAD_REQUEST, "bad_target", "CONNECT needs host:port", None));
-    };
-    let normalized = match normalize_host(&raw_host) {
-        Ok(h) => h,
-        Err(e) => return Ok(error(StatusCode::BAD_REQUEST, "bad_host", &e.to_string(), None)),
-    };
-    let host = normalized.to_string();
-    let decision = policy.network_decision(&host, port);
-    let (allowed, policy_name, reason) = match &decision {
-        NetworkDecision::Allow { policy, .. } => (true, Some(policy.clone()), "allowed"),
-        NetworkDecision::Deny => (false, None, "no_matching_policy"),
-    };
-    audit.proxy_decision(&ProxyDecision {
-        allowed,
-        method: "CONNECT".into(),
-        host: host.clone(),
+}
+
+/// The L4 decision for `host:port`, audited; `Err` is the refusal to send.
+fn decide(
+    state: &PolicyState,
+    proxy: &Proxy,
+    method: &str,
+    host: &NormalizedHost,
+    port: u16,
+    client: &Client,
+) -> Result<NetworkVerdict, Response<ProxyBody>> {
+    let host_text = host.to_string();
+    let verdict = state.decider.network(&host_text, port, client.binary.as_deref());
+    proxy.audit.proxy_decision(&ProxyDecision {
+        allowed: verdict.allow,
+        method: method.to_owned(),
+        host: host_text.clone(),
         port,
-        policy: policy_name.clone(),
-        reason: reason.into(),
-        client: Some(client),
+        path: None,
+        policy: verdict.policy.as_deref().map(str::to_owned),
+        rule: Some(verdict.rule.to_string()),
+        reason: if verdict.allow { "allowed".into() } else { verdict.reason.to_string() },
+        binary: client.binary.as_ref().map(|b| b.display().to_string()),
+        credentials: vec![],
+        client: Some(client.addr),
     });
-    if !allowed {
-        return Ok(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            &format!("no network policy allows {host}:{port}"),
-            Some(reason),
-        ));
+    if verdict.allow {
+        Ok(verdict)
+    } else {
+        let detail = format!("{}:{port} is not allowed: {}", host.uri_host(), verdict.reason);
+        Err(refuse(StatusCode::FORBIDDEN, "no_matching_policy", detail, verdict.policy.as_deref()))
     }
-    let addresses = super::addresses::for_target(&policy, &normalized, port);
-    let upstream = match dial_checked(&normalized, port, &addresses).await {
-        Ok(s) => s,
-        Err(e @ DialError::Blocked(_)) => {
-            return Ok(error(StatusCode::FORBIDDEN, "forbidden", &e.to_string(), Some("blocked_address")));
-        }
-        Err(e) => return Ok(error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &e.to_string(), None)),
+}
+
+fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> Option<&'a CompiledEndpoint> {
+    let r = verdict.endpoint_ref?;
+    state.policy.network_policies().get(r.policy as usize)?.endpoints.get(r.endpoint as usize)
+}
+
+async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) -> Response<ProxyBody> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_target", "CONNECT needs host:port", None);
     };
-    tokio::spawn(async move {
-        if let Ok(upgraded) = hyper::upgrade::on(req).await {
-            let mut client_io = TokioIo::new(upgraded);
-            let mut upstream = upstream;
-            let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream).await;
-        }
+    let Some(port) = authority.port_u16() else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_target", "CONNECT needs host:port", None);
+    };
+    let host = match normalize_host(authority.host()) {
+        Ok(h) => h,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_host", e.to_string(), None),
+    };
+    let state = proxy.state.current();
+    let verdict = match decide(&state, &proxy, "CONNECT", &host, port, &client) {
+        Ok(v) => v,
+        Err(refusal) => return refusal,
+    };
+    let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else {
+        return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", "CONNECT without an upgradable connection", None);
+    };
+    if endpoint.protocol == Protocol::Tcp || endpoint.tls_skip {
+        let addresses = addresses::for_target(&state.policy, &host, port);
+        return match dial_checked(&host, port, &addresses).await {
+            Ok(upstream) => {
+                tunnel::spawn(on_upgrade, upstream);
+                Response::new(empty())
+            }
+            Err(e @ DialError::Blocked(_)) => refuse(StatusCode::FORBIDDEN, "blocked_address", e.to_string(), verdict.policy.as_deref()),
+            Err(e) => refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", e.to_string(), verdict.policy.as_deref()),
+        };
+    }
+    intercept::spawn(
+        on_upgrade,
+        Tunnel {
+            proxy: proxy.clone(),
+            state: state.clone(),
+            host,
+            port,
+            scheme: "https",
+            endpoint: endpoint_ref,
+            policy: verdict.policy.clone(),
+            binary: client.binary,
+            client: client.addr,
+            sni_mismatch: false,
+        },
+    );
+    Response::new(empty())
+}
+
+/// `GET http://host/path` sent to the proxy: judged like a CONNECT to host:port, then like a
+/// request inside a tunnel, and forwarded in plain HTTP.
+async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) -> Response<ProxyBody> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_target", "absolute-form request without a host", None);
+    };
+    let port = authority.port_u16().unwrap_or(80);
+    let host = match normalize_host(authority.host()) {
+        Ok(h) => h,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_host", e.to_string(), None),
+    };
+    let state = proxy.state.current();
+    let verdict = match decide(&state, &proxy, req.method().as_str(), &host, port, &client) {
+        Ok(v) => v,
+        Err(refusal) => return refusal,
+    };
+    let Some(endpoint_ref) = verdict.endpoint_ref else {
+        return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
+    };
+    let tunnel = Arc::new(Tunnel {
+        proxy: proxy.clone(),
+        state: state.clone(),
+        host,
+        port,
+        scheme: "http",
+        endpoint: endpoint_ref,
+        policy: verdict.policy.clone(),
+        binary: client.binary,
+        client: client.addr,
+        sni_mismatch: false,
     });
-    Ok(Response::new(Body::default()))
-}
-
-/// Host (as written, IPv6 in brackets) and port of a CONNECT request's authority.
-fn target<B>(req: &Request<B>) -> Option<(String, u16)> {
-    let authority = req.uri().authority()?;
-    let port = authority.port_u16()?;
-    let host = authority.host().to_owned();
-    (!host.is_empty()).then_some((host, port))
-}
-
-/// A JSON error answer `{error, detail, reason}`.
-fn error(status: StatusCode, error: &str, detail: &str, reason: Option<&str>) -> Response<Body> {
-    let body = json!({ "error": error, "detail": detail, "reason": reason.unwrap_or(error) }).to_string();
-    let mut resp = Response::new(Body::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-    resp
+    match request::handle(req, tunnel).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
@@ -199,6 +198,3 @@ where
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector)
 }
-
-/// The response type of the client.
-pub type UpstreamResponse = hyper::Response<Incoming>;

@@ -72,8 +72,9 @@ pub fn upstream_client_config(extra_roots: &[PathBuf]) -> Result<Arc<ClientConfi
     for error in &system.errors {
         eprintln!("leash: warning: upstream TLS: system certificate store: {error}");
     }
-    let ignored = if system_ignored > 0 { format!(" ({system_ignored} unparsable skipped)") } else { String::new() };
-    eprintln!("leash: upstream TLS trusts {system_added} system roots{ignored} and {extra_added} from --upstream-ca");
+    if system_ignored > 0 {
+        eprintln!("leash: warning: upstream TLS: {system_ignored} unparsable system roots skipped");
+    }
 
     let mut config = ClientConfig::builder_with_provider(ring_provider())
         .with_protocol_versions(VERSIONS)?
