@@ -32,6 +32,8 @@ pub fn agent_env(
     for var in NO_PROXY_VARS {
         env.insert(var.into(), OsString::new());
     }
+    // Node's fetch ignores the proxy variables unless asked (Node 22.21+/24.5+ honour this).
+    env.insert("NODE_USE_ENV_PROXY".into(), "1".into());
     env.insert("HOME".into(), identity.home.clone().into_os_string());
     env.insert("USER".into(), identity.name.clone().into());
     env.insert("LOGNAME".into(), identity.name.clone().into());
