@@ -49,6 +49,8 @@ pub struct BenchArgs {
 enum Which {
     Start,
     Connect,
+    /// Policy decisions/s on a 1,000-endpoint policy: the proxy's index vs the Rego interpreter.
+    Policy,
     All,
 }
 
@@ -81,6 +83,9 @@ impl Drop for Ctx {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.which == Which::Policy {
+        return policy();
+    }
     if !crate::nix_is_root() {
         bail!("the benchmarks create cgroups, load eBPF programs and network namespaces: run them as root (sudo -E cargo xtask bench)");
     }
@@ -104,7 +109,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         connect::run(&ctx, args.rounds, args.connects)?;
     }
+    if args.which == Which::All {
+        println!();
+        policy()?;
+    }
     Ok(())
+}
+
+/// The policy-decision benchmark (needs no root): runs `sandbox-user/examples/policy_bench.rs`.
+fn policy() -> Result<()> {
+    crate::setup::check()?;
+    println!("bench: policy decisions (release build) ...");
+    run_cmd(cargo().current_dir(workspace_root()).args(["run", "--quiet", "--release", "-p", "sandbox-user", "--example", "policy_bench"]))
 }
 
 /// Finds each peer program, installing the missing ones' packages when `install` is set.
