@@ -58,7 +58,7 @@ fn decide(
     host: &NormalizedHost,
     port: u16,
     client: &Client,
-) -> Result<NetworkVerdict, Response<ProxyBody>> {
+) -> Result<NetworkVerdict, Box<Response<ProxyBody>>> {
     let host_text = host.to_string();
     let verdict = state.decider.network(&host_text, port, client.binary.as_deref());
     proxy.audit.proxy_decision(&ProxyDecision {
@@ -78,7 +78,7 @@ fn decide(
         Ok(verdict)
     } else {
         let detail = format!("{}:{port} is not allowed: {}", host.uri_host(), verdict.reason);
-        Err(refuse(StatusCode::FORBIDDEN, "no_matching_policy", detail, verdict.policy.as_deref()))
+        Err(Box::new(refuse(StatusCode::FORBIDDEN, "no_matching_policy", detail, verdict.policy.as_deref())))
     }
 }
 
@@ -101,7 +101,7 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
     let state = proxy.state.current();
     let verdict = match decide(&state, &proxy, "CONNECT", &host, port, &client) {
         Ok(v) => v,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else {
         return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
@@ -152,7 +152,7 @@ async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>
     let state = proxy.state.current();
     let verdict = match decide(&state, &proxy, req.method().as_str(), &host, port, &client) {
         Ok(v) => v,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(endpoint_ref) = verdict.endpoint_ref else {
         return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
