@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod upstream;
+
 /// The leash binary under test: `$LEASH_BIN`, else `target/debug/leash`.
 pub fn leash_bin() -> PathBuf {
     let path = std::env::var_os("LEASH_BIN")

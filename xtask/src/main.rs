@@ -5,9 +5,12 @@
 //! - `build`: build `leash` (and its embedded eBPF object).
 //! - `test`: build, then run every test suite (needs root: tests load eBPF into this kernel).
 //! - `bench`: the benchmarks, each printing ratios against a peer measured in the same run.
+//! - `vm-test`: the test suites inside VMs booting Debian's cloud kernels, one row per kernel.
+//! - `run`: one command under `leash run` inside a VM (default: the demo agent).
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -38,6 +41,10 @@ enum Task {
     },
     /// Run the benchmarks (release build, root).
     Bench(bench::BenchArgs),
+    /// Run the test suites inside VMs (qemu) booting each kernel of the matrix; one row per kernel.
+    VmTest(vm::VmTestArgs),
+    /// Boot a VM with the project directory shared at the same path and run CMD under `leash run`.
+    Run(vm::RunArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +53,8 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release),
         Task::Test { args } => test(&args),
         Task::Bench(args) => bench::run(args),
+        Task::VmTest(args) => vm::vm_test(args),
+        Task::Run(args) => vm::run(args),
     }
 }
 

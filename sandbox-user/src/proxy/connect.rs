@@ -91,6 +91,9 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
     let Some(authority) = req.uri().authority().cloned() else {
         return refuse(StatusCode::BAD_REQUEST, "bad_target", "CONNECT needs host:port", None);
     };
+    if authority.as_str().contains('@') {
+        return refuse(StatusCode::BAD_REQUEST, "bad_host", "CONNECT target with user information", None);
+    }
     let Some(port) = authority.port_u16() else {
         return refuse(StatusCode::BAD_REQUEST, "bad_target", "CONNECT needs host:port", None);
     };
@@ -144,6 +147,9 @@ async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>
     let Some(authority) = req.uri().authority().cloned() else {
         return refuse(StatusCode::BAD_REQUEST, "bad_target", "absolute-form request without a host", None);
     };
+    if authority.as_str().contains('@') {
+        return refuse(StatusCode::BAD_REQUEST, "bad_host", "request target with user information", None);
+    }
     let port = authority.port_u16().unwrap_or(80);
     let host = match normalize_host(authority.host()) {
         Ok(h) => h,

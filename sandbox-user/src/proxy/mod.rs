@@ -64,6 +64,8 @@ pub struct Proxy {
     secrets: Secrets,
     leaves: tls::LeafCache,
     client: upstream::UpstreamClient<ProxyBody>,
+    /// The same, offering only HTTP/1.1 upstream: for requests that switch protocols.
+    client_h1: upstream::UpstreamClient<ProxyBody>,
     audit: Auditor,
     owners: Option<Arc<ConnectionOwners>>,
 }
@@ -75,12 +77,16 @@ impl Proxy {
         let ca = Arc::new(tls::CertificateAuthority::generate().context("creating leash's CA")?);
         let leaves = tls::LeafCache::new(ca, 1024);
         let tls = tls::upstream_client_config(&config.upstream_ca).context("loading upstream trust roots")?;
+        let mut tls_h1 = (*tls).clone();
+        tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = upstream::CheckedConnector::new(tls, Arc::new(state.clone()));
+        let connector_h1 = upstream::CheckedConnector::new(Arc::new(tls_h1), Arc::new(state.clone()));
         Ok(Arc::new(Self {
             state,
             secrets: config.secrets.clone(),
             leaves,
             client: upstream::client(connector),
+            client_h1: upstream::client(connector_h1),
             audit,
             owners: None,
         }))

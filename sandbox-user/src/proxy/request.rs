@@ -20,6 +20,7 @@ use super::answers::{full, refuse};
 use super::credentials::{rewrite_body, rewrite_request_head, CredentialError};
 use super::headers::{check_framing, strip_hop_by_hop, targets_tunnel, wants_upgrade};
 use super::intercept::Tunnel;
+use super::upstream::DialError;
 use super::ProxyBody;
 
 /// Largest request body read into memory for credential rewriting.
@@ -86,6 +87,8 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     };
     let reason = if verdict.audit { "audit_only" } else { "allowed" };
     audit(true, reason, Some(&verdict.rule), report.credentials);
+    // The target again: the rewrite may have put credential values into it.
+    let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
 
     let upgrade = wants_upgrade(&parts.headers);
     let agent_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
@@ -95,12 +98,11 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         Ok(u) => u,
         Err(detail) => return refuse(StatusCode::BAD_REQUEST, "bad_target", detail, t.policy.as_deref()),
     };
-    let response = match t.proxy.client.request(Request::from_parts(parts, body)).await {
+    // A protocol upgrade needs an HTTP/1.1 upstream connection (HTTP/2 has no Upgrade).
+    let client = if upgrade { &t.proxy.client_h1 } else { &t.proxy.client };
+    let response = match client.request(Request::from_parts(parts, body)).await {
         Ok(r) => r,
-        Err(e) => {
-            let detail = format!("forwarding to {}:{} failed: {}", t.host.uri_host(), t.port, error_chain(&e));
-            return refuse(StatusCode::BAD_GATEWAY, "upstream_failed", detail, t.policy.as_deref());
-        }
+        Err(e) => return forward_failed(t, &e),
     };
     let (mut rparts, rbody) = response.into_parts();
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -161,6 +163,19 @@ fn join_upgraded(agent: OnUpgrade, upstream: OnUpgrade) {
         let (mut a, mut u) = (TokioIo::new(a), TokioIo::new(u));
         let _ = tokio::io::copy_bidirectional(&mut a, &mut u).await;
     });
+}
+
+/// The answer when forwarding failed: 403 when the upstream's address is not allowed, else 502.
+fn forward_failed(t: &Tunnel, e: &(dyn std::error::Error + 'static)) -> Response<ProxyBody> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(dial @ DialError::Blocked(_)) = s.downcast_ref::<DialError>() {
+            return refuse(StatusCode::FORBIDDEN, "blocked_address", dial.to_string(), t.policy.as_deref());
+        }
+        source = s.source();
+    }
+    let detail = format!("forwarding to {}:{} failed: {}", t.host.uri_host(), t.port, error_chain(e));
+    refuse(StatusCode::BAD_GATEWAY, "upstream_failed", detail, t.policy.as_deref())
 }
 
 /// An error and its sources on one line.

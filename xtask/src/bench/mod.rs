@@ -1,4 +1,4 @@
-//! `cargo xtask bench [start|connect|all]`: benchmarks that each print ratios against a peer
+//! `cargo xtask bench [start|connect|policy|proxy|all]`: benchmarks that each print ratios against a peer
 //! measured in the same run, on this machine, as root.
 //!
 //! - `start` (`start.rs`): wall time of `leash run -- /bin/true` against the netns + veth +
@@ -6,12 +6,16 @@
 //!   `bwrap --unshare-net`.
 //! - `connect` (`connect.rs`): loopback connect+close to the sandbox's proxy from inside the
 //!   sandbox against the same loop outside it, alternating.
+//! - `proxy` (`proxy.rs`): HTTPS keep-alive requests/s, added latency and memory for idle tunnels
+//!   through leash's proxy against mitmproxy and squid-openssl (ssl-bump), same client and
+//!   upstream.
 //!
 //! Every run is bounded (fixed iteration counts, timeouts on waits), sends traffic to loopback
 //! only, and removes what it created: its scratch directory, every network namespace and veth
 //! pair, every sandbox.
 
 mod connect;
+mod proxy;
 mod start;
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -40,7 +44,17 @@ pub struct BenchArgs {
     /// Connects per loop in each round.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     connects: u32,
-    /// Install missing peer tools (bubblewrap, nftables, iproute2) with apt-get.
+    /// Measured milliseconds of each proxy throughput run (1 and 64 connections, per proxy).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    proxy_ms: u64,
+    /// Untimed milliseconds of requests before each proxy throughput run.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    proxy_warmup_ms: u64,
+    /// Idle tunnels held through each proxy for the memory reading.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    tunnels: u32,
+    /// Install missing peer tools with apt-get (bubblewrap, nftables, iproute2, squid-openssl)
+    /// and pip (mitmproxy, in a venv under ~/.cache/leash/bench).
     #[arg(long)]
     install_peers: bool,
 }
@@ -51,6 +65,8 @@ enum Which {
     Connect,
     /// Policy decisions/s on a 1,000-endpoint policy: the proxy's index vs the Rego interpreter.
     Policy,
+    /// HTTPS requests/s, latency and idle-tunnel memory: leash's proxy vs mitmproxy and squid.
+    Proxy,
     All,
 }
 
@@ -91,6 +107,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let start = matches!(args.which, Which::Start | Which::All);
     let connect = matches!(args.which, Which::Connect | Which::All);
+    let proxy = matches!(args.which, Which::Proxy | Which::All);
     let peers = if start { find_peers(&START_PEERS, args.install_peers)? } else { Vec::new() };
 
     crate::setup::check()?;
@@ -108,6 +125,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!();
         }
         connect::run(&ctx, args.rounds, args.connects)?;
+    }
+    if proxy {
+        if start || connect {
+            println!();
+        }
+        let opts = proxy::Options {
+            duration: Duration::from_millis(args.proxy_ms),
+            warmup: Duration::from_millis(args.proxy_warmup_ms),
+            tunnels: args.tunnels,
+            install: args.install_peers,
+        };
+        proxy::run(&ctx, &opts)?;
     }
     if args.which == Which::All {
         println!();
@@ -138,21 +167,7 @@ fn find_peers(peers: &[Peer], install: bool) -> Result<Vec<(&'static str, PathBu
             );
         }
         println!("bench: installing {} with apt-get ...", packages.join(" "));
-        let apt_install = || {
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&packages)
-                .status()
-                .context("running apt-get")
-        };
-        if !apt_install()?.success() {
-            println!("bench: apt-get install failed; refreshing the package lists and retrying ...");
-            run_cmd(Command::new("apt-get").args(["update"]))?;
-            if !apt_install()?.success() {
-                bail!("apt-get install {} failed", packages.join(" "));
-            }
-        }
+        apt_install(&packages)?;
     }
     peers
         .iter()
@@ -162,6 +177,26 @@ fn find_peers(peers: &[Peer], install: bool) -> Result<Vec<(&'static str, PathBu
                 .with_context(|| format!("`{}` still not found after installing {}", p.program, p.package))
         })
         .collect()
+}
+
+/// Installs Debian `packages`, refreshing the package lists once if the first try fails.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let install = || {
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .status()
+            .context("running apt-get")
+    };
+    if !install()?.success() {
+        println!("bench: apt-get install failed; refreshing the package lists and retrying ...");
+        run_cmd(Command::new("apt-get").args(["update"]))?;
+        if !install()?.success() {
+            bail!("apt-get install {} failed", packages.join(" "));
+        }
+    }
+    Ok(())
 }
 
 /// `name` on `$PATH`, or in the sbin and bin directories (`sudo` and cargo do not always keep

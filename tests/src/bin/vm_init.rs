@@ -1,0 +1,503 @@
+//! `vm_init`: PID 1 of the test VMs that `cargo xtask vm-test` and `cargo xtask run` boot.
+//!
+//! It mounts what leash needs (proc, sysfs, devtmpfs, cgroup2, bpffs, securityfs, tmpfs on /tmp
+//! and /run), brings `lo` up, loads the kernel modules the image lists, then does what the kernel
+//! command line asks and powers the VM off:
+//!
+//! ```text
+//! leash.suite=doctor,net    run these suites; print `LEASH-RESULT <name> PASS|FAIL <detail>`
+//!                           per check, then `LEASH-VERDICT PASS|FAIL`
+//! leash.run                 run /etc/leash-vm/argv under `leash run` (xtask run), stream its
+//!                           output, then print `LEASH-EXIT <status>`
+//! ```
+//!
+//! A suite is a function returning named checks; add one to [`suite`] to extend the VM tests.
+//! The image is built by xtask (`xtask/src/vm/initramfs.rs`), which also writes the files under
+//! `/etc/leash-vm/`.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const LEASH: &str = "/bin/leash";
+const NETPROBE: &str = "/bin/netprobe";
+/// Files xtask puts in the image for this boot.
+const CONFIG_DIR: &str = "/etc/leash-vm";
+/// The longest one command of a check may take before it counts as hung.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn main() {
+    // The kernel starts init with almost no environment.
+    std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+    std::env::set_var("HOME", "/root");
+    let setup = prepare_system();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    println!("LEASH-KERNEL {}", kernel_release());
+    if cmdline.split_whitespace().any(|w| w == "leash.run") {
+        run_checks(vec![setup]);
+        let status = run_command();
+        println!("LEASH-EXIT {status}");
+    } else {
+        let names = param(&cmdline, "leash.suite").unwrap_or_else(|| "doctor,net".into());
+        let mut checks = vec![setup];
+        for name in names.split(',').filter(|n| !n.is_empty()) {
+            checks.extend(suite(name));
+        }
+        let passed = run_checks(checks);
+        println!("LEASH-VERDICT {}", if passed { "PASS" } else { "FAIL" });
+    }
+    power_off();
+}
+
+/// The checks of suite `name`.
+fn suite(name: &str) -> Vec<Check> {
+    match name {
+        "doctor" => doctor_suite(),
+        "net" => net_suite(),
+        // Boots, mounts and powers off: what the KVM probe boot needs.
+        "none" => Vec::new(),
+        other => {
+            let other = other.to_owned();
+            vec![Check::new(format!("suite:{other}"), move || Err(format!("no suite named {other}")))]
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+
+/// One named check: `Ok(detail)` passes, `Err(detail)` fails.
+struct Check {
+    name: String,
+    run: Box<dyn FnOnce() -> Result<String, String>>,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, run: impl FnOnce() -> Result<String, String> + 'static) -> Self {
+        Check { name: name.into(), run: Box::new(run) }
+    }
+}
+
+/// Runs every check, printing one `LEASH-RESULT` line each; true when all passed.
+fn run_checks(checks: Vec<Check>) -> bool {
+    let mut all = true;
+    for check in checks {
+        let started = Instant::now();
+        let outcome = (check.run)();
+        let secs = started.elapsed().as_secs_f32();
+        let (verdict, detail) = match outcome {
+            Ok(d) => ("PASS", d),
+            Err(d) => {
+                all = false;
+                ("FAIL", d)
+            }
+        };
+        let detail = detail.replace('\n', " | ");
+        println!("LEASH-RESULT {} {verdict} {detail} ({secs:.1}s)", check.name);
+    }
+    all
+}
+
+/// `leash doctor --json`, printed; one check per layer. Landlock may be missing before 5.13.
+fn doctor_suite() -> Vec<Check> {
+    let rows = match output(Command::new(LEASH).args(["doctor", "--json"])) {
+        Ok(out) => {
+            println!("leash doctor --json: {}", out.stdout.trim());
+            match serde_json::from_str::<serde_json::Value>(&out.stdout) {
+                Ok(serde_json::Value::Array(rows)) => rows,
+                _ => return vec![Check::new("doctor", move || Err(format!("not a JSON array: {}", out.describe())))],
+            }
+        }
+        Err(e) => return vec![Check::new("doctor", move || Err(e))],
+    };
+    let landlock_optional = kernel_before(5, 13);
+    rows.into_iter()
+        .map(|row| {
+            let layer = row["layer"].as_str().unwrap_or("?").to_owned();
+            let name = format!("doctor:{}", layer.to_lowercase().replace(' ', "-"));
+            Check::new(name, move || {
+                let detail = row["detail"].as_str().unwrap_or("").to_owned();
+                match row["available"].as_bool() {
+                    Some(true) => Ok(detail),
+                    Some(false) if layer == "Landlock" && landlock_optional => {
+                        Ok(format!("missing, as expected before 5.13: {detail}"))
+                    }
+                    _ => Err(detail),
+                }
+            })
+        })
+        .collect()
+}
+
+/// The network layer: with an allow-nothing policy, the agent reaches the proxy and nothing else.
+fn net_suite() -> Vec<Check> {
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => return vec![Check::new("net:listener", move || Err(format!("binding 127.0.0.1:0: {e}")))],
+    };
+    let target = listener.local_addr().expect("listener address");
+    serve_forever(listener, None);
+    let policy = match write_policy("allow-nothing.yaml", "version: 1\nnetwork_policies: {}\n") {
+        Ok(p) => p,
+        Err(e) => return vec![Check::new("net:policy", move || Err(e))],
+    };
+    let target = target.to_string();
+    // Without Landlock (before 5.13) leash must refuse to start unless told to run degraded.
+    let no_landlock = kernel_before(5, 13);
+    let run_args = move |policy: &str| -> Vec<String> {
+        let mut args = vec!["run".to_owned(), "--policy".to_owned(), policy.to_owned()];
+        if no_landlock {
+            args.push("--allow-degraded".into());
+        }
+        args.push("--".into());
+        args
+    };
+    let (a1, a2) = (run_args(&policy), run_args(&policy));
+    let (t1, t2) = (target.clone(), target);
+    let mut checks = vec![
+        Check::new("net:outside-reaches-listener", move || expect_probe(&[], &["tcp", &t1], "ok")),
+        Check::new("net:sandbox-reaches-proxy", move || expect_probe(&strs(&a1), &["tcp", "proxy"], "ok")),
+        Check::new("net:sandbox-direct-denied", move || expect_probe(&strs(&a2), &["tcp", &t2], "err EPERM")),
+    ];
+    if no_landlock {
+        checks.push(Check::new("net:refuses-without-landlock", move || {
+            let out = output(Command::new(LEASH).args(["run", "--policy", &policy, "--", NETPROBE, "tcp", "proxy"]))?;
+            if out.status == Some(125) && out.stdout.trim().is_empty() {
+                Ok("exit 125 without --allow-degraded".into())
+            } else {
+                Err(format!("want exit 125 and no agent output, got {}", out.describe()))
+            }
+        }));
+    }
+    checks
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Runs netprobe (under `leash <leash_args>` when given) and compares its last stdout line.
+fn expect_probe(leash_args: &[&str], probe: &[&str], want: &str) -> Result<String, String> {
+    let mut cmd = if leash_args.is_empty() {
+        Command::new(NETPROBE)
+    } else {
+        let mut c = Command::new(LEASH);
+        c.args(leash_args).arg(NETPROBE);
+        c
+    };
+    cmd.args(probe);
+    let out = output(&mut cmd)?;
+    let last = out.stdout.lines().last().unwrap_or("").trim();
+    if last == want {
+        Ok(format!("netprobe {} -> {last}", probe.join(" ")))
+    } else {
+        Err(format!("netprobe {}: want {want:?}, got {}", probe.join(" "), out.describe()))
+    }
+}
+
+/// Writes a policy under /tmp (mode 0644 so the sandboxed user can read it too).
+fn write_policy(name: &str, yaml: &str) -> Result<String, String> {
+    let path = format!("/tmp/{name}");
+    std::fs::write(&path, yaml).map_err(|e| format!("writing {path}: {e}"))?;
+    set_mode(&path, 0o644);
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// `xtask run`: one command under `leash run`
+
+/// Runs `/etc/leash-vm/argv` (NUL-separated) under `leash run` with the policy the image carries,
+/// in the shared project directory, with demo listeners up. Returns leash's exit status.
+fn run_command() -> i32 {
+    let argv: Vec<String> = std::fs::read(format!("{CONFIG_DIR}/argv"))
+        .map(|b| b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .unwrap_or_default();
+    if argv.is_empty() {
+        println!("vm_init: {CONFIG_DIR}/argv is empty");
+        return 125;
+    }
+    let cwd = read_config("cwd").unwrap_or_else(|| "/".into());
+    if let Some(share) = read_config("share") {
+        mount_share(&share);
+    }
+    // Two local services the demo talks to: one the demo policy allows, one it does not.
+    for port in [8080u16, 8081] {
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => serve_forever(l, Some(format!("hello from 127.0.0.1:{port}\n"))),
+            Err(e) => println!("vm_init: cannot listen on 127.0.0.1:{port}: {e}"),
+        }
+    }
+    let policy = format!("{CONFIG_DIR}/policy.yaml");
+    let audit = "/tmp/leash-audit.jsonl";
+    println!("vm_init: leash run --policy {policy} --audit-log {audit} -- {}", argv.join(" "));
+    let status = Command::new(LEASH)
+        .args(["run", "--policy", &policy, "--audit-log", audit, "--"])
+        .args(&argv)
+        .current_dir(if Path::new(&cwd).is_dir() { &cwd } else { "/" })
+        .status();
+    let code = match status {
+        Ok(s) => s.code().unwrap_or(128),
+        Err(e) => {
+            println!("vm_init: starting {LEASH}: {e}");
+            125
+        }
+    };
+    if let Ok(text) = std::fs::read_to_string(audit) {
+        for line in text.lines() {
+            println!("audit: {line}");
+        }
+    }
+    code
+}
+
+/// Mounts the project directory xtask shares over virtiofs (tag `leash`) at `path`.
+fn mount_share(path: &str) {
+    if let Err(e) = std::fs::create_dir_all(path) {
+        println!("vm_init: creating {path}: {e}");
+    }
+    match mount("leash", path, "virtiofs", libc::MS_RDONLY, "") {
+        Ok(()) => println!("vm_init: {path} mounted read-only from the host"),
+        Err(e) => println!("vm_init: mounting the shared project directory at {path}: {e}"),
+    }
+}
+
+fn read_config(name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("{CONFIG_DIR}/{name}")).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// System setup
+
+/// Mounts filesystems, loads modules and brings `lo` up; the result is the `boot:setup` check.
+fn prepare_system() -> Check {
+    let mut problems = Vec::new();
+    let mounts: [(&str, &str, &str, libc::c_ulong, &str); 9] = [
+        ("proc", "/proc", "proc", 0, ""),
+        ("sysfs", "/sys", "sysfs", 0, ""),
+        ("devtmpfs", "/dev", "devtmpfs", 0, "mode=0755"),
+        ("tmpfs", "/tmp", "tmpfs", 0, "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", 0, "mode=0755"),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, ""),
+        ("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"),
+        ("securityfs", "/sys/kernel/security", "securityfs", 0, ""),
+        ("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = mount(source, target, fstype, flags, data) {
+            // tracefs is a convenience for debugging; everything else leash needs.
+            if fstype != "tracefs" {
+                problems.push(format!("mount {fstype} on {target}: {e}"));
+            }
+        }
+    }
+    for dir in ["/dev/pts", "/dev/shm"] {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = mount("devpts", "/dev/pts", "devpts", 0, "mode=0620,ptmxmode=0666");
+    let _ = mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777");
+    problems.extend(load_modules());
+    if let Err(e) = loopback_up() {
+        problems.push(format!("bringing lo up: {e}"));
+    }
+    Check::new("boot:setup", move || {
+        if problems.is_empty() {
+            Ok("mounted proc sysfs devtmpfs tmpfs cgroup2 bpffs securityfs; lo up".into())
+        } else {
+            Err(problems.join("; "))
+        }
+    })
+}
+
+/// Loads each module named in `/etc/leash-vm/modules` (one path per line, in dependency order).
+fn load_modules() -> Vec<String> {
+    let list = std::fs::read_to_string(format!("{CONFIG_DIR}/modules")).unwrap_or_default();
+    let mut problems = Vec::new();
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(format!("opening module {path}: {e}"));
+                continue;
+            }
+        };
+        let params = CString::default();
+        // SAFETY: finit_module reads the open file and a NUL-terminated parameter string.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&file), params.as_ptr(), 0)
+        };
+        let err = std::io::Error::last_os_error();
+        if rc != 0 && err.raw_os_error() != Some(libc::EEXIST) {
+            problems.push(format!("loading module {path}: {err}"));
+        }
+    }
+    problems
+}
+
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> std::io::Result<()> {
+    let c = |s: &str| CString::new(s).expect("no NUL in mount arguments");
+    let (source, target, fstype, data) = (c(source), c(target), c(fstype), c(data));
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Sets IFF_UP on `lo` with SIOCGIFFLAGS/SIOCSIFFLAGS.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: plain socket(2); the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; zeroed is valid. The name fits in IFNAMSIZ.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: fd is a socket and req a valid ifreq for these two ioctls.
+    let result = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    result
+}
+
+fn power_off() -> ! {
+    let _ = std::io::stdout().flush();
+    // SAFETY: sync and reboot have no memory-safety preconditions; PID 1 may power off.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // Not PID 1 (a manual run) or no permission: just leave.
+    std::process::exit(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Serves connections on `listener` in a thread: answers `body` (an HTTP 200) when given, else
+/// just accepts and closes.
+fn serve_forever(listener: TcpListener, body: Option<String>) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            if let Some(body) = body.clone() {
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut reader = BufReader::new(match conn.try_clone() {
+                        Ok(c) => c,
+                        Err(_) => return,
+                    });
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        line.clear();
+                    }
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        }
+    });
+}
+
+/// What a finished command printed.
+struct Output {
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn describe(&self) -> String {
+        let status = self.status.map_or("killed".to_owned(), |s| format!("exit {s}"));
+        format!("{status}, stdout {:?}, stderr {:?}", self.stdout.trim(), self.stderr.trim())
+    }
+}
+
+/// Runs `cmd` to completion (killing it after [`COMMAND_TIMEOUT`]) and collects its output.
+fn output(cmd: &mut Command) -> Result<Output, String> {
+    let what = format!("{:?}", cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {what}: {e}"))?;
+    let pipe = |r: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut text);
+            }
+            let _ = tx.send(text);
+        });
+        rx
+    };
+    let out = pipe(child.stdout.take().map(|s| Box::new(s) as _));
+    let err = pipe(child.stderr.take().map(|s| Box::new(s) as _));
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s.code(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what} did not finish within {}s", COMMAND_TIMEOUT.as_secs()));
+            }
+        }
+    };
+    let wait = Duration::from_secs(5);
+    Ok(Output {
+        status,
+        stdout: out.recv_timeout(wait).unwrap_or_default(),
+        stderr: err.recv_timeout(wait).unwrap_or_default(),
+    })
+}
+
+/// The value of `key=value` on the kernel command line.
+fn param(cmdline: &str, key: &str) -> Option<String> {
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// True when the running kernel is older than `major.minor`.
+fn kernel_before(major: u32, minor: u32) -> bool {
+    let release = kernel_release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have < (major, minor)
+}
+
+fn set_mode(path: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}

@@ -1,0 +1,27 @@
+#!/bin/sh
+# The demo agent of `cargo xtask run`: runs under `leash run` in the VM, tries things the demo
+# policy allows and things it forbids, and prints one verdict per try. vm_init serves HTTP on
+# 127.0.0.1:8080 (allowed by the demo policy) and 127.0.0.1:8081 (not allowed); leash prints
+# its audit lines after the agent exits.
+
+try() {
+    what=$1
+    expect=$2
+    shift 2
+    out=$("$@" 2>&1)
+    status=$?
+    if [ $status -eq 0 ]; then verdict=ALLOWED; else verdict=DENIED; fi
+    if [ "$verdict" = "$expect" ]; then mark=as-expected; else mark=UNEXPECTED; fi
+    printf '%-52s %-8s %-12s %s\n' "$what" "$verdict" "$mark" "$(echo "$out" | tr '\n' ' ')"
+}
+
+echo "demo: running as $(id), in $(pwd)"
+echo "demo: HTTP_PROXY=$HTTP_PROXY"
+try "GET 127.0.0.1:8080 through the proxy (allowed)" ALLOWED netprobe get proxy 127.0.0.1:8080
+try "GET 127.0.0.1:8081 through the proxy (not in policy)" DENIED netprobe get proxy 127.0.0.1:8081
+try "connect 127.0.0.1:8080 directly, skipping the proxy" DENIED netprobe tcp 127.0.0.1:8080
+try "UDP datagram to 127.0.0.1:53" DENIED netprobe udp 127.0.0.1:53
+try "ping 127.0.0.1" DENIED netprobe ping 127.0.0.1:0
+try "raw ICMP socket" DENIED netprobe raw 127.0.0.1:0
+try "read the project directory" ALLOWED ls .
+try "write into the project directory (read-only share)" DENIED touch ./.leash-demo-write
