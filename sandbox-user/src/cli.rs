@@ -55,6 +55,9 @@ pub struct ProxyArgs {
     /// Append OCSF audit events (JSON lines) to this file.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Worker threads serving connections; raise it for many concurrent clients on a large host.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Args)]

@@ -56,8 +56,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(if is_run { exit::LEASH_FAILED as u8 } else { 2 })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime")
+/// The async runtime, with `threads` workers. One agent's proxy gains nothing from more: on
+/// small hosts the hand-offs between worker threads cost more than they bring.
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime")
 }
 
 fn run(args: cli::RunArgs) -> i32 {
@@ -71,7 +77,7 @@ fn run(args: cli::RunArgs) -> i32 {
         command: args.command,
     };
     // block_on keeps the agent's fork on the main thread, which PR_SET_PDEATHSIG is tied to.
-    match runtime().block_on(launcher::run(opts)) {
+    match runtime(1).block_on(launcher::run(opts)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("leash: error: {e:#}");
@@ -125,7 +131,7 @@ fn standalone_proxy(args: cli::ProxyArgs) -> i32 {
             return 1;
         }
     };
-    let result: anyhow::Result<()> = runtime().block_on(async {
+    let result: anyhow::Result<()> = runtime(args.threads).block_on(async {
         use anyhow::Context as _;
         let audit = leash::audit::Auditor::new("standalone", args.audit_log.as_deref(), true)?;
         let secrets = match args.credentials_file {

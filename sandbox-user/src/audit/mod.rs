@@ -57,8 +57,17 @@ impl Auditor {
 
     /// A decision of the proxy; denials also get a stderr line.
     pub fn proxy_decision(&self, decision: &ProxyDecision) {
+        if !self.records(decision.allowed) {
+            return;
+        }
         let (json, line) = ocsf::proxy_decision(&self.inner.sandbox, decision);
         self.emit(&json, (!decision.allowed).then_some(line.as_str()));
+    }
+
+    /// Whether a decision with this outcome goes anywhere: denials always (stderr), allowed
+    /// decisions only to an audit file. Callers on the hot path check this before building one.
+    pub fn records(&self, allowed: bool) -> bool {
+        !allowed || self.inner.file.is_some()
     }
 
     fn emit(&self, json: &serde_json::Value, line: Option<&str>) {

@@ -29,7 +29,11 @@ pub struct Client {
     pub binary: Option<PathBuf>,
 }
 
-pub async fn handle(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    client: Client,
+    proxy: Arc<Proxy>,
+) -> Result<Response<ProxyBody>, Infallible> {
     if req.method() == Method::CONNECT {
         return Ok(connect(req, client, proxy).await);
     }
@@ -61,19 +65,21 @@ fn decide(
 ) -> Result<NetworkVerdict, Box<Response<ProxyBody>>> {
     let host_text = host.to_string();
     let verdict = state.decider.network(&host_text, port, client.binary.as_deref());
-    proxy.audit.proxy_decision(&ProxyDecision {
-        allowed: verdict.allow,
-        method: method.to_owned(),
-        host: host_text.clone(),
-        port,
-        path: None,
-        policy: verdict.policy.as_deref().map(str::to_owned),
-        rule: Some(verdict.rule.to_string()),
-        reason: if verdict.allow { "allowed".into() } else { verdict.reason.to_string() },
-        binary: client.binary.as_ref().map(|b| b.display().to_string()),
-        credentials: vec![],
-        client: Some(client.addr),
-    });
+    if proxy.audit.records(verdict.allow) {
+        proxy.audit.proxy_decision(&ProxyDecision {
+            allowed: verdict.allow,
+            method: method.to_owned(),
+            host: host_text.clone(),
+            port,
+            path: None,
+            policy: verdict.policy.as_deref().map(str::to_owned),
+            rule: Some(verdict.rule.to_string()),
+            reason: if verdict.allow { "allowed".into() } else { verdict.reason.to_string() },
+            binary: client.binary.as_ref().map(|b| b.display().to_string()),
+            credentials: vec![],
+            client: Some(client.addr),
+        });
+    }
     if verdict.allow {
         Ok(verdict)
     } else {
@@ -119,7 +125,9 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
                 tunnel::spawn(on_upgrade, upstream);
                 Response::new(empty())
             }
-            Err(e @ DialError::Blocked(_)) => refuse(StatusCode::FORBIDDEN, "blocked_address", e.to_string(), verdict.policy.as_deref()),
+            Err(e @ DialError::Blocked(_)) => {
+                refuse(StatusCode::FORBIDDEN, "blocked_address", e.to_string(), verdict.policy.as_deref())
+            }
             Err(e) => refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", e.to_string(), verdict.policy.as_deref()),
         };
     }

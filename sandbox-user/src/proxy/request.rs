@@ -36,6 +36,9 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let host = t.host.to_string();
     let audit = |allowed: bool, reason: &str, rule: Option<&str>, credentials: Vec<String>| {
+        if !t.proxy.audit.records(allowed) {
+            return;
+        }
         t.proxy.audit.proxy_decision(&ProxyDecision {
             allowed,
             method: method.clone(),
