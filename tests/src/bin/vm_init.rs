@@ -8,7 +8,8 @@
 //! leash.suite=doctor,net    run these suites; print `LEASH-RESULT <name> PASS|FAIL <detail>`
 //!                           per check, then `LEASH-VERDICT PASS|FAIL`
 //! leash.run                 run /etc/leash-vm/argv under `leash run` (xtask run), stream its
-//!                           output, then print `LEASH-EXIT <status>`
+//!                           output and the audit trail (`LEASH-AUDIT <json>`), then print
+//!                           `LEASH-EXIT <status>`
 //! ```
 //!
 //! A suite is a function returning named checks; add one to [`suite`] to extend the VM tests.
@@ -233,9 +234,15 @@ fn run_command() -> i32 {
     }
     let policy = format!("{CONFIG_DIR}/policy.yaml");
     let audit = "/tmp/leash-audit.jsonl";
-    println!("vm_init: leash run --policy {policy} --audit-log {audit} -- {}", argv.join(" "));
+    let mut leash_args = vec!["run", "--policy", &policy, "--audit-log", audit];
+    if kernel_before(5, 13) {
+        println!("vm_init: this kernel has no Landlock: adding --allow-degraded");
+        leash_args.push("--allow-degraded");
+    }
+    println!("vm_init: leash {} -- {}", leash_args.join(" "), argv.join(" "));
     let status = Command::new(LEASH)
-        .args(["run", "--policy", &policy, "--audit-log", audit, "--"])
+        .args(&leash_args)
+        .arg("--")
         .args(&argv)
         .current_dir(if Path::new(&cwd).is_dir() { &cwd } else { "/" })
         .status();
@@ -246,9 +253,15 @@ fn run_command() -> i32 {
             125
         }
     };
+    // The audit trail: one short line each on the terminal, the JSON in the console log.
     if let Ok(text) = std::fs::read_to_string(audit) {
         for line in text.lines() {
-            println!("audit: {line}");
+            let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            match event["message"].as_str() {
+                Some(message) => println!("audit: {message}"),
+                None => println!("audit: {line}"),
+            }
+            println!("LEASH-AUDIT {line}");
         }
     }
     code

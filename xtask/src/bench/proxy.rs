@@ -86,6 +86,7 @@ pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
     let dir = ctx.dir.join("proxy");
     std::fs::create_dir_all(&dir)?;
     let bench = Bench { proxybench, dir, opts };
+    let began = Instant::now();
 
     // Peers first: installing them is the slow part, and a peer that cannot be had is skipped.
     println!("proxy: looking for mitmproxy and squid-openssl ...");
@@ -139,6 +140,7 @@ pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
     drop(upstream);
 
     report(&results, &skipped, opts);
+    println!("proxy: done in {:.0} s", began.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -211,7 +213,7 @@ impl Bench<'_> {
         let before = rss_kib(pid)?;
         let children_before = children_rss(pid);
 
-        let hold = Duration::from_secs(4);
+        let hold = Duration::from_secs(2);
         let mut holder = Service::spawn("idle", &mut idle(self.opts.tunnels, hold.as_millis() as u64), &self.dir, true)?;
         let line = holder.next_line(Duration::from_secs(90)).with_context(|| format!("opening {} tunnels through {name}", self.opts.tunnels))?;
         let opened = field(&line, "open")?;
@@ -345,7 +347,7 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
     println!();
     println!(
         "proxy: HTTPS keep-alive GETs over HTTP/1.1 to a local upstream; same client (proxybench, 1 thread) for all; \
-         {:.0} s warm-up + {:.0} s measured per row",
+         {:.1} s warm-up + {:.1} s measured per row",
         opts.warmup.as_secs_f64(),
         opts.duration.as_secs_f64()
     );
@@ -397,7 +399,7 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
 
     println!();
     println!("proxy: memory (VmRSS) with {} idle tunnels (CONNECT + TLS + one GET each, then idle)", opts.tunnels);
-    println!("{:<10} {:>12} {:>12} {:>12}   children (helpers), before -> with", "", "before", "with", "per tunnel");
+    println!("{:<10} {:>12} {:>12} {:>12}   children (helpers): before -> with", "", "before", "with", "per tunnel");
     for m in results {
         let Some(mem) = &m.memory else { continue };
         let total = |own: u64, kids: (usize, u64)| own + kids.1;
@@ -406,15 +408,16 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
             "none".to_string()
         } else {
             format!(
-                "{} in {} -> {} in {} (counted in per tunnel)",
-                mib(mem.children_before.1),
+                "{} -> {} processes, {} -> {}",
                 mem.children_before.0,
-                mib(mem.children_with.1),
-                mem.children_with.0
+                mem.children_with.0,
+                mib(mem.children_before.1),
+                mib(mem.children_with.1)
             )
         };
         println!("{:<10} {:>12} {:>12} {:>9.1} KiB   {kids}", m.name, mib(mem.before), mib(mem.with), per);
     }
+    println!("(before: after one warm-up tunnel; per tunnel: the growth of the process and its children over the tunnels)");
     for (name, why) in skipped {
         println!("{name}: skipped: {why}");
     }

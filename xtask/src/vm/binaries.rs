@@ -84,7 +84,7 @@ fn target_binary_names() -> Result<Vec<String>> {
 }
 
 /// True when the ELF file at `path` names a program interpreter (PT_INTERP): it is dynamic.
-fn has_interpreter(path: &Path) -> Result<bool> {
+pub fn has_interpreter(path: &Path) -> Result<bool> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
         bail!("{} is not a 64-bit ELF file", path.display());

@@ -1,8 +1,12 @@
 #!/bin/sh
 # The demo agent of `cargo xtask run`: runs under `leash run` in the VM, tries things the demo
 # policy allows and things it forbids, and prints one verdict per try. vm_init serves HTTP on
-# 127.0.0.1:8080 (allowed by the demo policy) and 127.0.0.1:8081 (not allowed); leash prints
-# its audit lines after the agent exits.
+# 127.0.0.1:8080 (allowed by the demo policy) and 127.0.0.1:8081 (not allowed); vm_init prints
+# leash's audit lines after the agent exits. Exits 1 when a try did not go as the demo policy
+# says it should.
+
+tries=0
+unexpected=0
 
 try() {
     what=$1
@@ -11,7 +15,13 @@ try() {
     out=$("$@" 2>&1)
     status=$?
     if [ $status -eq 0 ]; then verdict=ALLOWED; else verdict=DENIED; fi
-    if [ "$verdict" = "$expect" ]; then mark=as-expected; else mark=UNEXPECTED; fi
+    tries=$((tries + 1))
+    if [ "$verdict" = "$expect" ]; then
+        mark=as-expected
+    else
+        mark=UNEXPECTED
+        unexpected=$((unexpected + 1))
+    fi
     printf '%-52s %-8s %-12s %s\n' "$what" "$verdict" "$mark" "$(echo "$out" | tr '\n' ' ')"
 }
 
@@ -25,3 +35,6 @@ try "ping 127.0.0.1" DENIED netprobe ping 127.0.0.1:0
 try "raw ICMP socket" DENIED netprobe raw 127.0.0.1:0
 try "read the project directory" ALLOWED ls .
 try "write into the project directory (read-only share)" DENIED touch ./.leash-demo-write
+
+echo "demo: $tries tries, $unexpected unexpected"
+[ "$unexpected" -eq 0 ]

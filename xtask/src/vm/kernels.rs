@@ -37,7 +37,7 @@ pub const MATRIX: [Series; 4] = [
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// How old a suite's package lists may get before `apt-get update` runs again.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-/// What `xtask run` needs to mount the shared project directory (`modules.dep` names).
+/// What `xtask run` needs to mount the shared project directory (module names).
 const VIRTIOFS_MODULES: [&str; 2] = ["virtio_pci", "virtiofs"];
 
 /// The series `--kernel` names (`all` or nothing: every one).
@@ -76,42 +76,97 @@ impl Kernel {
     }
 
     /// The modules `xtask run` must load (dependencies first) to mount a virtiofs share; empty
-    /// when the kernel has them built in.
+    /// when the kernel has them built in. Debian's packages ship no modules.dep (depmod writes it
+    /// at install time), so dependencies come from each module's `.modinfo` `depends=`.
     pub fn virtiofs_modules(&self) -> Result<Vec<PathBuf>> {
-        let builtin = std::fs::read_to_string(self.dir.join("modules.builtin")).unwrap_or_default();
-        let deps = std::fs::read_to_string(self.dir.join("modules.dep")).unwrap_or_default();
+        let mut available = std::collections::BTreeMap::new();
+        collect_modules(&self.dir.join("modules"), &mut available)?;
         let mut order = Vec::new();
         for name in VIRTIOFS_MODULES {
-            if is_builtin(&builtin, name) {
-                continue;
-            }
-            let Some(line) = deps.lines().find(|l| module_name(l.split(':').next().unwrap_or("")) == name) else {
-                bail!(
-                    "kernel {} has no {name} module (neither built in nor in its package): it cannot mount the shared directory",
-                    self.release
-                );
-            };
-            let (module, needs) = line.split_once(':').unwrap_or((line, ""));
-            // modules.dep lists the dependencies of a module nearest first: load them in reverse.
-            for m in needs.split_whitespace().rev().chain([module]) {
-                let path = self.dir.join("modules").join(m);
-                if !path.exists() {
-                    bail!("{} is missing from the kernel cache: remove {} and fetch again", m, self.dir.display());
-                }
-                if !order.contains(&path) {
-                    order.push(path);
-                }
-            }
+            add_with_dependencies(name, &available, &mut order, 0)?;
         }
         Ok(order)
     }
 }
 
-fn is_builtin(builtin: &str, name: &str) -> bool {
-    builtin.lines().any(|l| module_name(l) == name)
+/// Every cached `.ko` under `dir`, by module name.
+fn collect_modules(dir: &Path, into: &mut std::collections::BTreeMap<String, PathBuf>) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_modules(&path, into)?;
+        } else if let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) {
+            if name.contains(".ko") {
+                into.insert(module_name(&name), path);
+            }
+        }
+    }
+    Ok(())
 }
 
-/// `kernel/fs/fuse/virtiofs.ko.xz` -> `virtiofs` (modules.dep spells `-` and `_` alike).
+/// Appends `name`'s dependencies, then `name`, to `order`. A module with no file in the cache
+/// is taken to be built in (Debian's cloud kernels from 6.12 on build virtiofs in).
+fn add_with_dependencies(
+    name: &str,
+    available: &std::collections::BTreeMap<String, PathBuf>,
+    order: &mut Vec<PathBuf>,
+    depth: usize,
+) -> Result<()> {
+    let Some(path) = available.get(name) else { return Ok(()) };
+    if order.contains(path) {
+        return Ok(());
+    }
+    if depth > 16 {
+        bail!("module dependencies of {name} loop");
+    }
+    for dep in modinfo_depends(path)? {
+        add_with_dependencies(&dep, available, order, depth + 1)?;
+    }
+    order.push(path.clone());
+    Ok(())
+}
+
+/// The `depends=` list of a kernel module's `.modinfo` section.
+fn modinfo_depends(path: &Path) -> Result<Vec<String>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bad = || anyhow::anyhow!("{} is not a 64-bit ELF module", path.display());
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return Err(bad());
+    }
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")) as usize);
+    let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")) as usize);
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28).ok_or_else(bad)?, u16_at(0x3a).ok_or_else(bad)?, u16_at(0x3c).ok_or_else(bad)?, u16_at(0x3e).ok_or_else(bad)?);
+    let section = |i: usize| -> Option<(usize, usize, usize)> {
+        let h = shoff + i * shentsize;
+        Some((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
+    };
+    let (_, names_at, _) = section(shstrndx).ok_or_else(bad)?;
+    for i in 0..shnum {
+        let (name, offset, size) = section(i).ok_or_else(bad)?;
+        let name_bytes = data.get(names_at + name..).ok_or_else(bad)?;
+        let name = name_bytes.split(|b| *b == 0).next().unwrap_or_default();
+        if name != b".modinfo" {
+            continue;
+        }
+        let info = data.get(offset..offset + size).ok_or_else(bad)?;
+        for field in info.split(|b| *b == 0) {
+            if let Some(list) = field.strip_prefix(b"depends=") {
+                return Ok(String::from_utf8_lossy(list)
+                    .split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(|d| d.replace('-', "_"))
+                    .collect());
+            }
+        }
+        return Ok(Vec::new());
+    }
+    Ok(Vec::new())
+}
+
+/// `kernel/fs/fuse/virtiofs.ko.xz` -> `virtiofs` (module names spell `-` and `_` alike).
 fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     file.split(".ko").next().unwrap_or(file).replace('-', "_")
@@ -154,12 +209,13 @@ pub fn fetch(series: &'static Series) -> Result<Kernel> {
     }
     let _ = std::fs::remove_dir_all(&kernel.dir);
     std::fs::rename(&staging, &kernel.dir)?;
+    apt.forget_debs_except(&release);
     progress(&format!("kernel {}: {} cached in {}", series.name, release, kernel.dir.display()));
     Ok(kernel)
 }
 
 /// Copies what booting needs out of a kernel .deb into `dest`: `vmlinuz`, `config`,
-/// `modules.dep`, `modules.builtin`, and the fuse/virtio modules under `modules/` (decompressed).
+/// `modules.builtin`, and the fuse/virtio modules under `modules/` (decompressed).
 fn extract_kernel_files(deb: &Path, release: &str, dest: &Path) -> Result<()> {
     let file = std::fs::File::open(deb).with_context(|| format!("opening {}", deb.display()))?;
     let mut archive = ar::Archive::new(file);
@@ -206,10 +262,10 @@ fn kernel_file_target(path: &str, release: &str) -> Option<String> {
         .strip_prefix(&format!("lib/modules/{release}/"))
         .or_else(|| path.strip_prefix(&format!("usr/lib/modules/{release}/")))?;
     match rest {
-        "modules.dep" | "modules.builtin" => Some(rest.into()),
+        "modules.builtin" => Some(rest.into()),
         _ if (rest.starts_with("kernel/fs/fuse/") || rest.starts_with("kernel/drivers/virtio/")) && rest.contains(".ko") => {
-            // modules.dep names the compressed file; keep that name, store it decompressed.
-            Some(format!("modules/{rest}"))
+            // Stored decompressed, under the name without `.xz`.
+            Some(format!("modules/{}", rest.trim_end_matches(".xz")))
         }
         _ => None,
     }
@@ -333,6 +389,16 @@ impl Apt {
         Ok((release, version))
     }
 
+    /// Removes downloaded packages of other kernel releases (their files stay cached).
+    fn forget_debs_except(&self, release: &str) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("debs")) else { return };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if !entry.file_name().to_string_lossy().contains(release) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Downloads `package` (once) and returns the .deb's path.
     fn download(&self, package: &str) -> Result<PathBuf> {
         let debs = self.root.join("debs");
@@ -422,7 +488,7 @@ mod tests {
         assert_eq!(kernel_file_target("usr/lib/modules/6.12.117+deb13-cloud-amd64/vmlinuz", r).as_deref(), Some("vmlinuz"));
         assert_eq!(
             kernel_file_target("usr/lib/modules/6.12.117+deb13-cloud-amd64/kernel/fs/fuse/cuse.ko.xz", r).as_deref(),
-            Some("modules/kernel/fs/fuse/cuse.ko.xz")
+            Some("modules/kernel/fs/fuse/cuse.ko")
         );
         assert_eq!(kernel_file_target("usr/lib/modules/6.12.117+deb13-cloud-amd64/kernel/net/x.ko.xz", r), None);
         assert_eq!(module_name("kernel/drivers/virtio/virtio_pci.ko"), "virtio_pci");

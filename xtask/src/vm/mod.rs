@@ -107,7 +107,7 @@ pub fn vm_test(args: VmTestArgs) -> Result<()> {
     for (series, kernel) in fetched {
         let row = match kernel {
             Ok(kernel) => {
-                progress(&format!("kernel {series}: booting {} ({accel:?}, timeout {} s)", kernel.release, args.timeout));
+                progress(&format!("kernel {series}: booting {} ({accel}, timeout {} s)", kernel.release, args.timeout));
                 let boot = Boot {
                     kernel: &kernel,
                     initrd: &initrd,
@@ -251,28 +251,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let initrd = workspace_root().join(format!("target/vm/initramfs-run-{}.cpio", series.name));
     step("writing the initramfs", || {
-        let mut image = Image::base(&bins)?;
-        image.host_file(BUSYBOX, Path::new(BUSYBOX), 0o755);
-        for applet in BUSYBOX_APPLETS {
-            image.symlink(&format!("/bin/{applet}"), "busybox");
-        }
-        image.symlink("/usr/bin/env", "/bin/busybox");
-        image.file(DEMO_PATH, DEMO_SCRIPT.as_bytes(), 0o755);
-        image.file("/etc/leash-vm/policy.yaml", &policy, 0o644);
-        image.file("/etc/leash-vm/argv", argv.join("\0").as_bytes(), 0o644);
-        image.file("/etc/leash-vm/cwd", cwd.to_string_lossy().as_bytes(), 0o644);
-        image.file("/etc/leash-vm/share", project.to_string_lossy().as_bytes(), 0o644);
-        image.dir(&project.to_string_lossy(), 0o755);
-        let mut list = String::new();
-        for (i, module) in kernel.virtiofs_modules()?.iter().enumerate() {
-            let inside = format!("/lib/modules/leash/{i:02}-{}", module.file_name().unwrap_or_default().to_string_lossy());
-            let inside = inside.trim_end_matches(".xz").to_owned();
-            image.host_file(&inside, module, 0o644);
-            list.push_str(&inside);
-            list.push('\n');
-        }
-        image.file("/etc/leash-vm/modules", list.as_bytes(), 0o644);
-        image.write(&initrd)?;
+        run_image(&bins, &kernel, &argv, &policy, &cwd, &project)?.write(&initrd)?;
         Ok(())
     })?;
 
@@ -288,21 +267,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         log: logs_dir().join(format!("run-{}.log", series.name)),
         echo: Echo::Console,
-        extra_args: [
-            "-object",
-            "memory-backend-memfd,id=mem,size=1024M,share=on",
-            "-numa",
-            "node,memdev=mem",
-            "-chardev",
-            &format!("socket,id=vfs,path={}", socket.display()),
-            "-device",
-            "vhost-user-fs-pci,chardev=vfs,tag=leash",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
+        extra_args: virtiofs_args(&socket),
     };
     progress(&format!(
-        "booting {} ({accel:?}); {} is shared read-only at the same path; console log: {}",
+        "booting {} ({accel}); {} is shared read-only at the same path; console log: {}",
         kernel.release,
         project.display(),
         boot.log.display()
@@ -330,13 +298,55 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 }
 
+/// The image of `xtask run`: the base image plus busybox, the demo, the policy, the command,
+/// the shared directory's mount point and the modules that mounting it needs.
+fn run_image(bins: &binaries::Binaries, kernel: &Kernel, argv: &[String], policy: &[u8], cwd: &Path, project: &Path) -> Result<Image> {
+    let mut image = Image::base(bins)?;
+    image.host_file(BUSYBOX, Path::new(BUSYBOX), 0o755);
+    for applet in BUSYBOX_APPLETS {
+        image.symlink(&format!("/bin/{applet}"), "busybox");
+    }
+    image.symlink("/usr/bin/env", "/bin/busybox");
+    image.file(DEMO_PATH, DEMO_SCRIPT.as_bytes(), 0o755);
+    image.file("/etc/leash-vm/policy.yaml", policy, 0o644);
+    image.file("/etc/leash-vm/argv", argv.join("\0").as_bytes(), 0o644);
+    image.file("/etc/leash-vm/cwd", cwd.to_string_lossy().as_bytes(), 0o644);
+    image.file("/etc/leash-vm/share", project.to_string_lossy().as_bytes(), 0o644);
+    image.dir(&project.to_string_lossy(), 0o755);
+    let mut list = String::new();
+    for (i, module) in kernel.virtiofs_modules()?.iter().enumerate() {
+        let inside = format!("/lib/modules/leash/{i:02}-{}", module.file_name().unwrap_or_default().to_string_lossy());
+        image.host_file(&inside, module, 0o644);
+        list.push_str(&inside);
+        list.push('\n');
+    }
+    image.file("/etc/leash-vm/modules", list.as_bytes(), 0o644);
+    Ok(image)
+}
+
+/// qemu arguments for a vhost-user-fs device (tag `leash`) served by virtiofsd on `socket`;
+/// vhost-user needs the guest's memory in a shareable memfd.
+fn virtiofs_args(socket: &Path) -> Vec<String> {
+    [
+        "-object",
+        "memory-backend-memfd,id=mem,size=1024M,share=on",
+        "-numa",
+        "node,memdev=mem",
+        "-chardev",
+        &format!("socket,id=vfs,path={}", socket.display()),
+        "-device",
+        "vhost-user-fs-pci,chardev=vfs,tag=leash",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 fn ensure_busybox() -> Result<()> {
     if !Path::new(BUSYBOX).exists() {
         apt_install(&["busybox-static"])?;
     }
     // Debian's dynamic busybox also lives at /bin/busybox: the VM needs the static one.
-    let data = std::fs::read(BUSYBOX)?;
-    if data.windows(b"ld-linux".len()).any(|w| w == b"ld-linux") {
+    if binaries::has_interpreter(Path::new(BUSYBOX))? {
         apt_install(&["busybox-static"])?;
     }
     Ok(())

@@ -39,6 +39,15 @@ pub enum Accel {
     Tcg,
 }
 
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        })
+    }
+}
+
 impl Accel {
     fn args(self) -> [&'static str; 4] {
         match self {
@@ -128,9 +137,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Passed only with a PASS verdict, no panic and no timeout.
+    /// Passed only with a PASS verdict over at least one result, no panic and no timeout.
     pub fn passed(&self) -> bool {
-        self.verdict == Some(true) && self.panic.is_none() && !self.timed_out
+        self.failure().is_none() && self.verdict == Some(true)
     }
 
     /// Why the boot failed, in a few words.
@@ -141,6 +150,8 @@ impl Outcome {
             Some("timed out".into())
         } else if self.verdict.is_none() && self.exit.is_none() {
             Some("no verdict".into())
+        } else if self.verdict.is_some() && self.results.is_empty() {
+            Some("no results".into())
         } else if self.verdict == Some(false) {
             let failed: Vec<_> = self.results.iter().filter(|r| !r.1).map(|r| r.0.as_str()).collect();
             Some(format!("failed: {}", failed.join(", ")))
