@@ -90,11 +90,26 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         None => Secrets::Environment,
     };
     let proxy_config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
-    let proxy = Proxy::new(policy, &proxy_config, audit.clone())?;
-    let trust = trust::AgentTrustDir::write(&id, proxy.ca())?;
+    // The TLS material (CA, trust roots, the agent's bundle) is prepared on another thread while
+    // this one loads and attaches the eBPF programs.
+    let tls_audit = audit.clone();
+    let proxy_ready = tokio::task::spawn_blocking(move || -> Result<(Arc<Proxy>, trust::AgentTrustDir)> {
+        let proxy = Proxy::new(policy, &proxy_config, tls_audit)?;
+        let trust = trust::AgentTrustDir::write(&id, proxy.ca())?;
+        Ok((proxy, trust))
+    });
     let bound = BoundProxy::bind(opts.proxy_listen).await?;
     let built = roots
         .and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, bound.addr(), record_owners));
+    let (proxy, trust) = match proxy_ready.await.context("preparing the proxy")? {
+        Ok(ready) => ready,
+        Err(e) => {
+            if let Ok(mut s) = built {
+                s.teardown();
+            }
+            return Err(e);
+        }
+    };
     let mut sandbox = match built {
         Ok(s) => Some(s),
         Err(e) => {

@@ -19,17 +19,23 @@ use super::{alpn_protocols, ring_provider, Result, TlsError, VERSIONS};
 
 /// The system's trusted roots as rustls-native-certs finds them (it honours `SSL_CERT_FILE` and
 /// `SSL_CERT_DIR` in leash's own environment).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SystemRoots {
     pub certs: Vec<CertificateDer<'static>>,
     /// What went wrong while reading the store, one line each.
     pub errors: Vec<String>,
 }
 
-/// Reads the system store. Never fails: an absent store is an empty list plus errors.
+/// Reads the system store once per process (the upstream config and the agent's bundle both
+/// need it). Never fails: an absent store is an empty list plus errors.
 pub fn system_roots() -> SystemRoots {
-    let found = rustls_native_certs::load_native_certs();
-    SystemRoots { certs: found.certs, errors: found.errors.iter().map(ToString::to_string).collect() }
+    static ROOTS: std::sync::OnceLock<SystemRoots> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            SystemRoots { certs: found.certs, errors: found.errors.iter().map(ToString::to_string).collect() }
+        })
+        .clone()
 }
 
 /// Every certificate in the PEM file `path` (other PEM sections such as keys are skipped).
