@@ -10,11 +10,24 @@ mod cli;
 
 use cli::{Cli, Command, PolicyCommand};
 
+/// Raises the soft descriptor limit to the hard one: a proxy holds two per tunnel.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    raise_fd_limit();
     let code = match cli.command {
         Command::Run(args) => run(args),
         Command::Doctor { json } => doctor(json),

@@ -361,7 +361,7 @@ async fn body_placeholders_are_swapped_only_where_the_endpoint_opts_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn absolute_form_http_request_is_judged_and_rewritten() {
+async fn absolute_form_http_request_is_judged_and_never_gets_credentials() {
     let up = Upstream::plain();
     let ep = format!(
         "      - host: localhost\n        port: {}\n        protocol: rest\n        allowed_ips: [127.0.0.0/8]\n        rules:\n          - allow: {{ method: GET, path: \"/allowed/**\" }}\n",
@@ -371,11 +371,16 @@ async fn absolute_form_http_request_is_judged_and_rewritten() {
     use tokio::io::AsyncWriteExt as _;
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let p = up.port();
+    // Credentials are swapped only into requests that travel over TLS.
     let req = format!("GET http://localhost:{p}/allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\nAuthorization: Bearer leash:resolve:env:TOK\r\n\r\n");
     tcp.write_all(req.as_bytes()).await.unwrap();
     let r = tokio::time::timeout(STEP, read_response(&mut tcp)).await.unwrap().unwrap();
+    assert_eq!((r.status, r.reason().as_str()), (403, "credential_requires_tls"), "{r}");
+    assert_eq!(up.count(), 0);
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(format!("GET http://localhost:{p}/allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await.unwrap();
+    let r = tokio::time::timeout(STEP, read_response(&mut tcp)).await.unwrap().unwrap();
     assert_eq!(r.status, 200, "{r}");
-    assert_eq!(up.last().unwrap().header("authorization"), Some(format!("Bearer {SECRET}").as_str()));
     tcp.write_all(format!("GET http://localhost:{p}/secret HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await.unwrap();
     let r = tokio::time::timeout(STEP, read_response(&mut tcp)).await.unwrap().unwrap();
     assert_eq!((r.status, r.reason().as_str()), (403, "request_denied"), "{r}");

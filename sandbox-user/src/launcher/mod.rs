@@ -86,7 +86,10 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
     let filesystem = policy.filesystem().cloned();
     let secrets = match &opts.credentials_file {
-        Some(path) => Secrets::File(path.clone()),
+        Some(path) => {
+            warn_if_readable_by_others(path);
+            Secrets::File(path.clone())
+        }
         None => Secrets::Environment,
     };
     let proxy_config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
@@ -195,6 +198,14 @@ async fn run_inside(
 
     let names: Vec<&str> = agent.credential_names.iter().map(String::as_str).collect();
     let mut env = environment::agent_env(std::env::vars_os(), proxy_addr, agent.identity, &names);
+    // A credential's value can hide under another name (an alias, a URL with the token in it).
+    env.retain(|(name, value)| {
+        let leaks = proxy.mentions_secret(value);
+        if leaks {
+            eprintln!("leash: note: {} is not passed to the agent: it contains a credential's value", name.to_string_lossy());
+        }
+        !leaks
+    });
     trust.add_env(&mut env);
     let procs = match sandbox.as_deref() {
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
@@ -258,6 +269,16 @@ fn check_missing(missing: &[layers::Missing], allow_degraded: bool) -> Result<()
     }
     let list: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
     bail!("refusing to start the agent: the policy needs layers this run cannot enforce ({}); pass --allow-degraded to run anyway", list.join("; "))
+}
+
+/// A credentials file others can read defeats the point of keeping values from the agent.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o044 != 0 {
+            eprintln!("leash: warning: {} is readable by group or others; make it 0600", path.display());
+        }
+    }
 }
 
 /// The cgroup v2 root and the bpffs root (mounting bpffs if needed).

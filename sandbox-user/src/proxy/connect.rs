@@ -89,8 +89,7 @@ fn decide(
 }
 
 fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> Option<&'a CompiledEndpoint> {
-    let r = verdict.endpoint_ref?;
-    state.policy.network_policies().get(r.policy as usize)?.endpoints.get(r.endpoint as usize)
+    state.endpoint(verdict.endpoint_ref?)
 }
 
 async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) -> Response<ProxyBody> {
@@ -119,7 +118,7 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
         return refuse(StatusCode::BAD_REQUEST, "bad_request", "CONNECT without an upgradable connection", None);
     };
     if endpoint.protocol == Protocol::Tcp || endpoint.tls_skip {
-        let addresses = addresses::for_target(&state.policy, &host, port);
+        let addresses = addresses::for_endpoint(endpoint);
         return match dial_checked(&host, port, &addresses).await {
             Ok(upstream) => {
                 tunnel::spawn(on_upgrade, upstream);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
@@ -17,7 +17,10 @@ use crate::policy::EndpointRef;
 use super::ssrf::NormalizedHost;
 use super::state::PolicyState;
 use super::tls::{client_sni, sni_mismatch};
-use super::{request, Proxy};
+use super::{request, Proxy, HEADER_READ_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
+
+/// Idle HTTP/2 connections are pinged this often and dropped when a ping goes unanswered.
+const H2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Everything a request in one tunnel is judged by, fixed when the tunnel opened.
 pub struct Tunnel {
@@ -58,12 +61,14 @@ pub fn spawn(on_upgrade: OnUpgrade, mut tunnel: Tunnel) {
                 return;
             }
         };
-        let Ok(tls) = TlsAcceptor::from(config).accept(TokioIo::new(upgraded)).await else { return };
+        let handshake = TlsAcceptor::from(config).accept(TokioIo::new(upgraded));
+        let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await else { return };
         tunnel.sni_mismatch = sni_mismatch(&host, client_sni(&tls));
         let tunnel = Arc::new(tunnel);
         let service = service_fn(move |req| request::handle(req, tunnel.clone()));
-        let _ = auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(TokioIo::new(tls), service)
-            .await;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE);
+        let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await;
     });
 }

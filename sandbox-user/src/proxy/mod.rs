@@ -20,6 +20,7 @@ pub mod credentials;
 mod headers;
 mod identity;
 mod intercept;
+mod judge;
 mod request;
 pub mod ssrf;
 pub mod state;
@@ -35,7 +36,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::audit::Auditor;
@@ -63,9 +64,9 @@ pub struct Proxy {
     state: state::SharedState,
     secrets: Secrets,
     leaves: tls::LeafCache,
-    client: upstream::UpstreamClient<ProxyBody>,
-    /// The same, offering only HTTP/1.1 upstream: for requests that switch protocols.
-    client_h1: upstream::UpstreamClient<ProxyBody>,
+    tls: state::UpstreamTls,
+    /// Slots for request bodies held in memory for credential rewriting.
+    rewrite_budget: Arc<tokio::sync::Semaphore>,
     audit: Auditor,
     owners: Option<Arc<ConnectionOwners>>,
 }
@@ -73,20 +74,19 @@ pub struct Proxy {
 impl Proxy {
     /// Makes a fresh CA, loads the credential values and builds the upstream client.
     pub fn new(policy: CompiledPolicy, config: &ProxyConfig, audit: Auditor) -> Result<Arc<Self>> {
-        let state = state::SharedState::new(state::PolicyState::build(policy, &config.secrets)?);
+        let any = tls::upstream_client_config(&config.upstream_ca).context("loading upstream trust roots")?;
+        let mut http1 = (*any).clone();
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = state::UpstreamTls { any, http1: Arc::new(http1) };
+        let state = state::SharedState::new(state::PolicyState::build(policy, &config.secrets, tls.clone())?);
         let ca = Arc::new(tls::CertificateAuthority::generate().context("creating leash's CA")?);
         let leaves = tls::LeafCache::new(ca, 1024);
-        let tls = tls::upstream_client_config(&config.upstream_ca).context("loading upstream trust roots")?;
-        let mut tls_h1 = (*tls).clone();
-        tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = upstream::CheckedConnector::new(tls, Arc::new(state.clone()));
-        let connector_h1 = upstream::CheckedConnector::new(Arc::new(tls_h1), Arc::new(state.clone()));
         Ok(Arc::new(Self {
             state,
             secrets: config.secrets.clone(),
             leaves,
-            client: upstream::client(connector),
-            client_h1: upstream::client(connector_h1),
+            tls,
+            rewrite_budget: Arc::new(tokio::sync::Semaphore::new(request::BODY_REWRITE_SLOTS)),
             audit,
             owners: None,
         }))
@@ -108,14 +108,26 @@ impl Proxy {
         self.leaves.ca()
     }
 
+    /// Whether `value` contains a credential's real value.
+    pub fn mentions_secret(&self, value: &std::ffi::OsStr) -> bool {
+        self.state.current().secrets.appears_in(std::os::unix::ffi::OsStrExt::as_bytes(value))
+    }
+
     /// Puts `policy` in force for new connections. On error (a credential it declares cannot be
     /// loaded) the old policy stays in force.
     pub fn reload(&self, policy: CompiledPolicy) -> Result<()> {
-        let next = state::PolicyState::build(policy, &self.secrets)?;
+        let next = state::PolicyState::build(policy, &self.secrets, self.tls.clone())?;
         self.state.replace(next);
         Ok(())
     }
 }
+
+/// How long a client may take to send a request head (front door and inside tunnels).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long the agent may take to complete the TLS handshake inside a tunnel.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A proxy whose listening socket is bound (so its address is known) but not yet serving.
 pub struct BoundProxy {
@@ -139,8 +151,21 @@ impl BoundProxy {
     /// Serves connections until the returned task is aborted.
     pub fn serve(self, proxy: Arc<Proxy>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let mut backoff = ACCEPT_BACKOFF_MIN;
             loop {
-                let Ok((stream, addr)) = self.listener.accept().await else { continue };
+                let (stream, addr) = match self.listener.accept().await {
+                    Ok(accepted) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        accepted
+                    }
+                    Err(_) => {
+                        // Out of descriptors or memory: wait for connections to close instead
+                        // of spinning on the error.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let binary = proxy.owners.as_ref().and_then(|o| identity::binary_of(o, addr));
                 let client = connect::Client { addr, binary };
@@ -149,6 +174,8 @@ impl BoundProxy {
                     let service = service_fn(move |req| connect::handle(req, client.clone(), proxy.clone()));
                     let _ = http1::Builder::new()
                         .preserve_header_case(true)
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await;

@@ -17,14 +17,19 @@ use crate::audit::ProxyDecision;
 use crate::policy::{Inspection, RequestVerdict};
 
 use super::answers::{full, refuse};
-use super::credentials::{rewrite_body, rewrite_request_head, CredentialError};
+use super::credentials::{contains_placeholder, rewrite_body, rewrite_request_head, CredentialError};
 use super::headers::{check_framing, strip_hop_by_hop, targets_tunnel, wants_upgrade};
 use super::intercept::Tunnel;
+use super::judge::{judge, Malformed};
 use super::upstream::DialError;
 use super::ProxyBody;
 
 /// Largest request body read into memory for credential rewriting.
 pub const BODY_REWRITE_LIMIT: usize = 1 << 20;
+/// How many bodies may be held for rewriting at once (so at most this many MiB).
+pub const BODY_REWRITE_SLOTS: usize = 16;
+/// How long a body being held for rewriting may take to arrive.
+const BODY_REWRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn handle(req: Request<Incoming>, t: Arc<Tunnel>) -> Result<Response<ProxyBody>, Infallible> {
     Ok(judge_and_forward(req, &t).await)
@@ -63,7 +68,24 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         audit(false, "ambiguous_framing", None, vec![]);
         return refuse(StatusCode::BAD_REQUEST, "ambiguous_framing", format!("request has {why}"), t.policy.as_deref());
     }
-    let verdict: RequestVerdict = t.state.decider.request(t.endpoint, &method, &target);
+    if t.scheme == "http" && carries_placeholder(&parts, &target) {
+        audit(false, "credential_requires_tls", None, vec![]);
+        let detail = "credential placeholders are only swapped in requests sent over TLS (use https://)";
+        return refuse(StatusCode::FORBIDDEN, "credential_requires_tls", detail, t.policy.as_deref());
+    }
+    if wants_upgrade(&parts.headers) && !upgrades_to_websocket(&parts.headers) {
+        audit(false, "upgrade_refused", None, vec![]);
+        let detail = "only WebSocket upgrades are proxied: other protocols would carry requests no rule judges";
+        return refuse(StatusCode::BAD_REQUEST, "upgrade_refused", detail, t.policy.as_deref());
+    }
+    let verdict: RequestVerdict = match judge(&t.state.decider, t.endpoint, &parts, &target) {
+        Ok(v) => v,
+        Err(Malformed::Method(m)) => {
+            audit(false, "method_not_canonical", None, vec![]);
+            let detail = format!("method {m:?}: methods must be upper-case");
+            return refuse(StatusCode::BAD_REQUEST, "method_not_canonical", detail, t.policy.as_deref());
+        }
+    };
     if !verdict.allow && !verdict.audit {
         audit(false, &verdict.reason, Some(&verdict.rule), vec![]);
         let reason = if &*verdict.rule == "path-rejected" { "path_rejected" } else { "request_denied" };
@@ -102,7 +124,9 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         Err(detail) => return refuse(StatusCode::BAD_REQUEST, "bad_target", detail, t.policy.as_deref()),
     };
     // A protocol upgrade needs an HTTP/1.1 upstream connection (HTTP/2 has no Upgrade).
-    let client = if upgrade { &t.proxy.client_h1 } else { &t.proxy.client };
+    let Some(client) = t.state.client(t.endpoint, upgrade) else {
+        return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "endpoint gone", t.policy.as_deref());
+    };
     let response = match client.request(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => return forward_failed(t, &e),
@@ -118,10 +142,33 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     Response::from_parts(rparts, rbody.map_err(Into::into).boxed_unsync())
 }
 
+/// Whether the request head names a credential placeholder anywhere (headers or target).
+fn carries_placeholder(parts: &hyper::http::request::Parts, target: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(target).collect::<Vec<u8>>();
+    contains_placeholder(target.as_bytes())
+        || contains_placeholder(&decoded)
+        || parts.headers.values().any(|v| contains_placeholder(v.as_bytes()) || basic_auth_has_placeholder(v.as_bytes()))
+}
+
+/// `Authorization: Basic base64(user:password)` with a placeholder inside.
+fn basic_auth_has_placeholder(value: &[u8]) -> bool {
+    use base64::Engine as _;
+    let Some(encoded) = value.strip_prefix(b"Basic ").or_else(|| value.strip_prefix(b"basic ")) else { return false };
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim_ascii())
+        .is_ok_and(|plain| contains_placeholder(&plain))
+}
+
+/// `Upgrade: websocket` and nothing else.
+fn upgrades_to_websocket(headers: &hyper::HeaderMap) -> bool {
+    let values: Vec<&str> = headers.get_all(hyper::header::UPGRADE).iter().filter_map(|v| v.to_str().ok()).collect();
+    values.len() == 1 && values[0].trim().eq_ignore_ascii_case("websocket")
+}
+
 fn rewrites_bodies(t: &Tunnel) -> bool {
-    let Some(policy) = t.state.policy.network_policies().get(t.endpoint.policy as usize) else { return false };
-    let Some(endpoint) = policy.endpoints.get(t.endpoint.endpoint as usize) else { return false };
-    matches!(&endpoint.inspection, Inspection::Http(rules) if rules.rewrite_body_credentials)
+    t.state
+        .endpoint(t.endpoint)
+        .is_some_and(|e| matches!(&e.inspection, Inspection::Http(rules) if rules.rewrite_body_credentials))
 }
 
 /// Reads the body (bounded), swaps placeholders bound to `host`, fixes Content-Length.
@@ -139,9 +186,28 @@ async fn rewritten_body(
             t.policy.as_deref(),
         ))
     };
-    let bytes = match Limited::new(body, BODY_REWRITE_LIMIT).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(_) => return Err(too_large()),
+    // Bodies held for rewriting share a fixed budget and a deadline, so stalled uploads cannot
+    // pin the proxy's memory.
+    let Ok(_permit) = t.proxy.rewrite_budget.clone().try_acquire_owned() else {
+        return Err(Box::new(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rewrite_budget_exhausted",
+            "too many request bodies are being rewritten at once; retry",
+            t.policy.as_deref(),
+        )));
+    };
+    let collected = tokio::time::timeout(BODY_REWRITE_DEADLINE, Limited::new(body, BODY_REWRITE_LIMIT).collect()).await;
+    let bytes = match collected {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => return Err(too_large()),
+        Err(_) => {
+            return Err(Box::new(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time",
+                t.policy.as_deref(),
+            )))
+        }
     };
     let new = match rewrite_body(&bytes, host, &t.state.secrets, BODY_REWRITE_LIMIT) {
         Ok(Some(new)) => Bytes::from(new),

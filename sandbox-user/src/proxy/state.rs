@@ -1,18 +1,21 @@
 //! What the proxy decides with, swapped as a whole on reload: the compiled policy, its decision
-//! index and the credential values it binds. A connection keeps the state it was accepted
-//! under, so a reload never changes the rules under a request in flight.
+//! index, the credential values it binds, and the upstream connection pools (one per endpoint,
+//! each dialling only the addresses that endpoint allows). A connection keeps the state it was
+//! accepted under, so a reload never changes the rules under a request in flight; new
+//! connections get new pools, so nothing dialled under an old policy serves a new one.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::policy::{CompiledPolicy, Decider};
+use crate::policy::{CompiledEndpoint, CompiledPolicy, Decider, EndpointRef};
 
 use super::addresses;
 use super::credentials::{CredentialLoadError, SecretSource, SecretStore};
-use super::ssrf::{AddressPolicy, NormalizedHost};
-use super::upstream::AddressPolicies;
+use super::upstream::{client, CheckedConnector, UpstreamClient};
+use super::ProxyBody;
 
 /// Where credential values come from.
 #[derive(Debug, Clone)]
@@ -23,27 +26,53 @@ pub enum Secrets {
     File(PathBuf),
 }
 
+/// TLS settings for upstream connections: ALPN h2 + http/1.1, and http/1.1 only (for requests
+/// that switch protocols, which HTTP/2 cannot carry).
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub any: Arc<rustls::ClientConfig>,
+    pub http1: Arc<rustls::ClientConfig>,
+}
+
 /// One consistent generation of the proxy's rules.
 pub struct PolicyState {
     pub policy: CompiledPolicy,
     pub decider: Decider,
     pub secrets: SecretStore,
+    tls: UpstreamTls,
+    clients: Mutex<HashMap<(EndpointRef, bool), UpstreamClient<ProxyBody>>>,
 }
 
 impl PolicyState {
     /// Compiles the decision index and loads the credential values the policy declares.
-    pub fn build(policy: CompiledPolicy, secrets: &Secrets) -> Result<Self, CredentialLoadError> {
+    pub fn build(policy: CompiledPolicy, secrets: &Secrets, tls: UpstreamTls) -> Result<Self, CredentialLoadError> {
         let source = match secrets {
             Secrets::Environment => SecretSource::Environment,
             Secrets::File(path) => SecretSource::File(path),
         };
         let secrets = SecretStore::load(policy.credentials(), source)?;
         let decider = Decider::new(&policy);
-        Ok(Self { policy, decider, secrets })
+        Ok(Self { policy, decider, secrets, tls, clients: Mutex::new(HashMap::new()) })
+    }
+
+    /// The compiled endpoint a verdict refers to.
+    pub fn endpoint(&self, r: EndpointRef) -> Option<&CompiledEndpoint> {
+        self.policy.network_policies().get(r.policy as usize)?.endpoints.get(r.endpoint as usize)
+    }
+
+    /// The pooled client for requests through `endpoint` (`http1_only` for protocol upgrades).
+    pub fn client(&self, endpoint: EndpointRef, http1_only: bool) -> Option<UpstreamClient<ProxyBody>> {
+        let compiled = self.endpoint(endpoint)?;
+        let mut clients = self.clients.lock().ok()?;
+        let entry = clients.entry((endpoint, http1_only)).or_insert_with(|| {
+            let tls = if http1_only { self.tls.http1.clone() } else { self.tls.any.clone() };
+            client(CheckedConnector::new(tls, addresses::for_endpoint(compiled)))
+        });
+        Some(entry.clone())
     }
 }
 
-/// The current state, shared by the proxy and its upstream connector.
+/// The current state, swapped on reload.
 #[derive(Clone)]
 pub struct SharedState(Arc<ArcSwap<PolicyState>>);
 
@@ -60,11 +89,5 @@ impl SharedState {
     /// Makes `state` current; connections already accepted keep theirs.
     pub fn replace(&self, state: PolicyState) {
         self.0.store(Arc::new(state));
-    }
-}
-
-impl AddressPolicies for SharedState {
-    fn address_policy(&self, host: &NormalizedHost, port: u16) -> AddressPolicy {
-        addresses::for_target(&self.0.load().policy, host, port)
     }
 }

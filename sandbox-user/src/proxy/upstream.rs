@@ -37,11 +37,6 @@ pub enum DialError {
     Tls { host: String, error: std::io::Error },
 }
 
-/// Answers, for a host and port, which private addresses it may resolve to.
-pub trait AddressPolicies: Send + Sync {
-    fn address_policy(&self, host: &NormalizedHost, port: u16) -> AddressPolicy;
-}
-
 /// Resolves `host`, checks every address, and connects to the first that answers.
 pub async fn dial_checked(host: &NormalizedHost, port: u16, policy: &AddressPolicy) -> Result<TcpStream, DialError> {
     let addrs = resolve_checked(host, port, policy).await.map_err(|e| DialError::Blocked(e.to_string()))?;
@@ -98,16 +93,16 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
-/// The connector the pooled client uses.
+/// The connector of one endpoint's pooled client: it dials only what that endpoint allows.
 #[derive(Clone)]
 pub struct CheckedConnector {
     tls: TlsConnector,
-    policies: Arc<dyn AddressPolicies>,
+    addresses: Arc<AddressPolicy>,
 }
 
 impl CheckedConnector {
-    pub fn new(tls: Arc<rustls::ClientConfig>, policies: Arc<dyn AddressPolicies>) -> Self {
-        Self { tls: TlsConnector::from(tls), policies }
+    pub fn new(tls: Arc<rustls::ClientConfig>, addresses: AddressPolicy) -> Self {
+        Self { tls: TlsConnector::from(tls), addresses: Arc::new(addresses) }
     }
 
     async fn connect(self, uri: Uri) -> Result<TokioIo<Conn>, DialError> {
@@ -116,8 +111,7 @@ impl CheckedConnector {
             .map_err(|e| DialError::Host(e.to_string()))?;
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let policy = self.policies.address_policy(&host, port);
-        let tcp = dial_checked(&host, port, &policy).await?;
+        let tcp = dial_checked(&host, port, &self.addresses).await?;
         if !https {
             return Ok(TokioIo::new(Conn { stream: UpstreamStream::Plain(tcp), h2: false }));
         }

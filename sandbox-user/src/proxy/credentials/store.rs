@@ -275,6 +275,15 @@ impl SecretStore {
         self.bound_value(name, host).is_some()
     }
 
+    /// Whether `text` contains the value of any credential (to keep values that hide under other
+    /// names out of the agent's environment). Never says which.
+    pub fn appears_in(&self, text: &[u8]) -> bool {
+        self.entries.iter().any(|e| {
+            let v = e.value.as_bytes();
+            !v.is_empty() && text.windows(v.len()).any(|w| w == v)
+        })
+    }
+
     /// The value of `name` if it exists and may be sent to `host`.
     pub(super) fn bound_value(&self, name: &str, host: &str) -> Option<&str> {
         self.entries
