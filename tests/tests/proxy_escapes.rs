@@ -685,7 +685,7 @@ async fn connect_request_and_hop_by_hop_headers_carry_nothing() {
     let p = up.port();
     let proxy = start(&bound_and_unbound(p), &[&up]);
     // A placeholder as the CONNECT target.
-    for target in [format!("{PH}:443"), format!("{PH}"), format!("[{PH}]:{p}")] {
+    for target in [format!("{PH}:443"), PH.to_string(), format!("[{PH}]:{p}")] {
         let tcp = TcpStream::connect(proxy.addr).await.unwrap();
         match connect_over(tcp, target.as_bytes()).await {
             Ok(_) => panic!("CONNECT {target} accepted"),
@@ -947,7 +947,7 @@ async fn loopback_by_other_names_and_redirects_are_not_reached() {
         }
     }
     for t in [format!("{alias}:{q}"), format!("[::ffff:127.0.0.1]:{q}"), format!("[::1]:{q}")] {
-        if let Ok(_) = connect(proxy.addr, &t).await {
+        if connect(proxy.addr, &t).await.is_ok() {
             wrong.push(format!("CONNECT {t} accepted"));
         }
     }
