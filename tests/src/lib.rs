@@ -88,6 +88,17 @@ pub fn policy_allowing(ports: &[u16]) -> String {
     yaml
 }
 
+/// A policy with one network policy `local` holding `endpoints` (YAML list items, already
+/// indented by 6) and `credentials` (YAML mapping body indented by 2, or empty).
+pub fn local_policy(endpoints: &str, credentials: &str) -> String {
+    let mut y = format!("version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n{endpoints}");
+    if !credentials.is_empty() {
+        y.push_str("credentials:\n");
+        y.push_str(credentials);
+    }
+    y
+}
+
 /// A TCP listener on loopback that counts accepted connections.
 pub struct Listener {
     pub addr: SocketAddr,

@@ -22,7 +22,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use leash_tests::upstream::*;
-use leash_tests::{leash_bin, require_root, wait_until, Listener, Scratch};
+use leash_tests::{leash_bin, local_policy, require_root, wait_until, Listener, Scratch};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -38,15 +38,9 @@ fn empty() -> Full<Bytes> {
     Full::new(Bytes::new())
 }
 
-/// One network policy `local` with `endpoints` (YAML list items indented by 6) and
-/// `credentials` (mapping body indented by 2, or empty).
+/// See [`leash_tests::local_policy`].
 fn policy(endpoints: &str, credentials: &str) -> String {
-    let mut y = format!("version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n{endpoints}");
-    if !credentials.is_empty() {
-        y.push_str("credentials:\n");
-        y.push_str(credentials);
-    }
-    y
+    local_policy(endpoints, credentials)
 }
 
 /// An inspected endpoint `host:port` with loopback allowed and extra keys (indented by 8).

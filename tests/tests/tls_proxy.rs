@@ -10,7 +10,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use leash_tests::upstream::*;
-use leash_tests::{require_root, wait_until};
+use leash_tests::{local_policy, require_root, wait_until};
 
 /// A credential value; it must reach bound upstreams and nothing else (logs included).
 const SECRET: &str = "real-token-7d1f0c9b3e";
@@ -28,15 +28,9 @@ fn empty() -> Full<Bytes> {
     Full::new(Bytes::new())
 }
 
-/// A policy with one network policy `local` holding `endpoints` (YAML list items, already
-/// indented by 6) and `credentials` (YAML mapping body indented by 2, or empty).
+/// See [`leash_tests::local_policy`].
 fn policy(endpoints: &str, credentials: &str) -> String {
-    let mut y = format!("version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n{endpoints}");
-    if !credentials.is_empty() {
-        y.push_str("credentials:\n");
-        y.push_str(credentials);
-    }
-    y
+    local_policy(endpoints, credentials)
 }
 
 /// An inspected endpoint for `localhost:port` (loopback allowed) with extra keys (each line
