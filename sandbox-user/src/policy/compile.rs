@@ -160,6 +160,20 @@ pub struct Credential {
     pub hosts: Vec<HostPattern>,
 }
 
+impl CompiledEndpoint {
+    /// Whether a request's path can change its verdict. When it cannot (`protocol: tcp`, or
+    /// `access: full` with no deny rules and no audit), a path with no canonical form — GitLab's
+    /// `projects/group%2Fproject` — is not refused: there is nothing to compare it with.
+    pub fn judges_paths(&self) -> bool {
+        match &self.inspection {
+            Inspection::Tunnel => false,
+            Inspection::Http(rules) => {
+                !(rules.allow == AllowedRequests::Any && rules.deny.is_empty() && rules.enforcement != Enforcement::Audit)
+            }
+        }
+    }
+}
+
 impl Credential {
     /// Whether the real value may be sent to `host`.
     pub fn is_bound_to(&self, host: &str) -> bool {

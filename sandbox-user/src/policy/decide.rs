@@ -366,6 +366,8 @@ struct Entry {
     policy: u32,
     ports: PortSet,
     requests: Requests,
+    /// See [`CompiledEndpoint::judges_paths`].
+    judges_paths: bool,
     /// The verdict when it allows a connection.
     allowed: NetworkVerdict,
     /// The verdict when it covers host:port but its policy's `binaries` exclude the executable.
@@ -583,6 +585,7 @@ impl Decider {
                 policy: pi,
                 ports: PortSet::new(endpoint.ports.as_slice()),
                 requests: compile_requests(endpoint),
+                judges_paths: endpoint.judges_paths(),
                 allowed,
                 binaries_refused,
             });
@@ -684,6 +687,8 @@ impl Decider {
         };
         let path = match normalize(target) {
             Ok(normalized) => normalized.path,
+            // Nothing compares the path: judge the request as if it were the root.
+            Err(_) if !entry.judges_paths => std::borrow::Cow::Borrowed("/"),
             Err(error) => {
                 return RequestVerdict::path_rejected(
                     entry.allowed.policy.clone(),
@@ -1075,5 +1080,20 @@ network_policies:
                 }
             }
         }
+    }
+
+    #[test]
+    fn paths_without_canonical_form_pass_only_where_paths_are_not_judged() {
+        let d = decider(
+            "version: 1\nnetwork_policies:\n  gl:\n    endpoints:\n      - { host: gitlab.com, port: 443, protocol: rest, access: full }\n      - { host: api.example.com, port: 443, protocol: rest, access: read-only }\n",
+        );
+        let full = d.network("gitlab.com", 443, None).endpoint_ref.unwrap();
+        let verdict = d.request(full, "GET", "/api/v4/projects/group%2Fproject");
+        assert!(verdict.allow, "{verdict:?}");
+        assert_eq!(&*verdict.rule, "access:full");
+        let ro = d.network("api.example.com", 443, None).endpoint_ref.unwrap();
+        let verdict = d.request(ro, "GET", "/api/v4/projects/group%2Fproject");
+        assert!(!verdict.allow, "{verdict:?}");
+        assert_eq!(&*verdict.rule, "path-rejected");
     }
 }

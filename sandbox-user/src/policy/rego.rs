@@ -99,6 +99,8 @@ pub struct RequestInput<'a> {
 
 /// The Rego policy with one policy file's data loaded; shareable across threads.
 pub struct RegoPolicy {
+    /// `judges_paths()` of every endpoint, by policy and endpoint index.
+    judges_paths: Vec<Vec<bool>>,
     /// Prepared engine every evaluation engine is cloned from.
     prepared: Mutex<Engine>,
     /// Idle engines, ready for another evaluation.
@@ -133,7 +135,10 @@ impl RegoPolicy {
                 .eval_rule(rule.to_owned())
                 .map_err(|e| RegoError::Load(format!("{rule}: {e:#}")))?;
         }
+        let judges_paths =
+            policy.network_policies().iter().map(|p| p.endpoints.iter().map(|e| e.judges_paths()).collect()).collect();
         Ok(RegoPolicy {
+            judges_paths,
             prepared: Mutex::new(engine),
             idle: Mutex::new(Vec::new()),
         })
@@ -210,6 +215,15 @@ impl RegoPolicy {
             Ok(target) => self.request_decision_json(input, &target.path, target.query)?,
             Err(error) => {
                 let network = self.decide_network(&input.network)?;
+                let judges_paths = network
+                    .endpoint_ref
+                    .and_then(|r| self.judges_paths.get(r.policy as usize)?.get(r.endpoint as usize).copied())
+                    .unwrap_or(true);
+                if network.allow && !judges_paths {
+                    // Nothing compares the path (as `Decider::request` does): judge it as the root.
+                    let value = self.request_decision_json(input, "/", None)?;
+                    return request_verdict(&value).ok_or_else(|| shape(REQUEST_RULE, &value));
+                }
                 if network.allow {
                     return Ok(RequestVerdict::path_rejected(
                         network.policy,
