@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod events;
+pub mod lsm;
 pub mod mounts;
 pub mod pins;
 pub mod probes;

@@ -143,6 +143,7 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
             binary: client.binary,
             client: client.addr,
             sni_mismatch: false,
+            upstream: Default::default(),
         },
     );
     Response::new(empty())
@@ -181,6 +182,7 @@ async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>
         binary: client.binary,
         client: client.addr,
         sni_mismatch: false,
+        upstream: Default::default(),
     });
     match request::handle(req, tunnel).await {
         Ok(resp) => resp,

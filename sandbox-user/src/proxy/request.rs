@@ -116,6 +116,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
 
     let upgrade = wants_upgrade(&parts.headers);
+    let sequential = parts.version == Version::HTTP_11 && !upgrade;
     let agent_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.version = Version::HTTP_11;
@@ -123,13 +124,21 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         Ok(u) => u,
         Err(detail) => return refuse(StatusCode::BAD_REQUEST, "bad_target", detail, t.policy.as_deref()),
     };
-    // A protocol upgrade needs an HTTP/1.1 upstream connection (HTTP/2 has no Upgrade).
-    let Some(client) = t.state.client(t.endpoint, upgrade) else {
-        return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "endpoint gone", t.policy.as_deref());
-    };
-    let response = match client.request(Request::from_parts(parts, body)).await {
-        Ok(r) => r,
-        Err(e) => return forward_failed(t, &e),
+    let request = Request::from_parts(parts, body);
+    let response = if sequential {
+        match send_on_own_connection(t, request).await {
+            Ok(r) => r,
+            Err(e) => return forward_failed(t, e.as_ref()),
+        }
+    } else {
+        // A protocol upgrade needs an HTTP/1.1 upstream connection (HTTP/2 has no Upgrade).
+        let Some(client) = t.state.client(t.endpoint, upgrade) else {
+            return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "endpoint gone", t.policy.as_deref());
+        };
+        match client.request(request).await {
+            Ok(r) => r,
+            Err(e) => return forward_failed(t, &e),
+        }
     };
     let (mut rparts, rbody) = response.into_parts();
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -234,9 +243,37 @@ fn join_upgraded(agent: OnUpgrade, upstream: OnUpgrade) {
     });
 }
 
+/// Sends `request` over the tunnel's own HTTP/1.1 upstream connection, dialling it (checked
+/// addresses only) when there is none or the last one closed.
+async fn send_on_own_connection(
+    t: &Tunnel,
+    mut request: Request<ProxyBody>,
+) -> Result<hyper::Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut own = t.upstream.lock().await;
+    if own.as_ref().is_none_or(|s| s.is_closed()) {
+        let connector = t.state.http1_connector(t.endpoint).ok_or("endpoint gone")?;
+        let io = connector.connect(request.uri().clone()).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        *own = Some(sender);
+    }
+    let sender = own.as_mut().ok_or("no upstream connection")?;
+    sender.ready().await?;
+    // On its own connection the request goes in origin form, with its Host header.
+    if !request.headers().contains_key(hyper::header::HOST) {
+        if let Some(authority) = request.uri().authority() {
+            let host = hyper::header::HeaderValue::from_str(authority.as_str())?;
+            request.headers_mut().insert(hyper::header::HOST, host);
+        }
+    }
+    let origin: Uri = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").parse()?;
+    *request.uri_mut() = origin;
+    Ok(sender.send_request(request).await?)
+}
+
 /// The answer when forwarding failed: 403 when the upstream's address is not allowed, else 502.
 fn forward_failed(t: &Tunnel, e: &(dyn std::error::Error + 'static)) -> Response<ProxyBody> {
-    let mut source = e.source();
+    let mut source = Some(e);
     while let Some(s) = source {
         if let Some(dial @ DialError::Blocked(_)) = s.downcast_ref::<DialError>() {
             return refuse(StatusCode::FORBIDDEN, "blocked_address", dial.to_string(), t.policy.as_deref());

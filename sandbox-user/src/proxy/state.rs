@@ -40,7 +40,7 @@ pub struct PolicyState {
     pub decider: Decider,
     pub secrets: SecretStore,
     tls: UpstreamTls,
-    clients: Mutex<HashMap<(EndpointRef, bool), UpstreamClient<ProxyBody>>>,
+    clients: Mutex<HashMap<(EndpointRef, bool), (CheckedConnector, UpstreamClient<ProxyBody>)>>,
 }
 
 impl PolicyState {
@@ -62,13 +62,28 @@ impl PolicyState {
 
     /// The pooled client for requests through `endpoint` (`http1_only` for protocol upgrades).
     pub fn client(&self, endpoint: EndpointRef, http1_only: bool) -> Option<UpstreamClient<ProxyBody>> {
+        self.with_entry(endpoint, http1_only, |(_, c)| c.clone())
+    }
+
+    /// The connector of `endpoint`, for a tunnel's own upstream connection (HTTP/1.1 only).
+    pub fn http1_connector(&self, endpoint: EndpointRef) -> Option<CheckedConnector> {
+        self.with_entry(endpoint, true, |(c, _)| c.clone())
+    }
+
+    fn with_entry<T>(
+        &self,
+        endpoint: EndpointRef,
+        http1_only: bool,
+        f: impl FnOnce(&(CheckedConnector, UpstreamClient<ProxyBody>)) -> T,
+    ) -> Option<T> {
         let compiled = self.endpoint(endpoint)?;
         let mut clients = self.clients.lock().ok()?;
         let entry = clients.entry((endpoint, http1_only)).or_insert_with(|| {
             let tls = if http1_only { self.tls.http1.clone() } else { self.tls.any.clone() };
-            client(CheckedConnector::new(tls, addresses::for_endpoint(compiled)))
+            let connector = CheckedConnector::new(tls, addresses::for_endpoint(compiled));
+            (connector.clone(), client(connector))
         });
-        Some(entry.clone())
+        Some(f(entry))
     }
 }
 

@@ -105,7 +105,8 @@ impl CheckedConnector {
         Self { tls: TlsConnector::from(tls), addresses: Arc::new(addresses) }
     }
 
-    async fn connect(self, uri: Uri) -> Result<TokioIo<Conn>, DialError> {
+    /// Dials `uri`'s host (checked addresses only) and, for `https`, completes TLS.
+    pub async fn connect(self, uri: Uri) -> Result<TokioIo<Conn>, DialError> {
         let raw_host = uri.host().ok_or_else(|| DialError::Host(uri.to_string()))?;
         let host = normalize_host(raw_host.trim_start_matches('[').trim_end_matches(']'))
             .map_err(|e| DialError::Host(e.to_string()))?;
