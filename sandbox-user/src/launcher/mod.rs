@@ -181,11 +181,10 @@ async fn run_inside(
         eprintln!("leash: warning: running degraded, not enforced: {m}");
     }
 
-    let mut proxy = proxy;
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             if let Some(owners) = s.take_connection_owners()? {
-                proxy = proxy.with_connection_owners(owners);
+                proxy.set_connection_owners(owners)?;
             }
             let audit = audit.clone();
             Some(s.start_events(move |e| audit.kernel_denied(e))?)

@@ -68,7 +68,8 @@ pub struct Proxy {
     /// Slots for request bodies held in memory for credential rewriting.
     rewrite_budget: Arc<tokio::sync::Semaphore>,
     audit: Auditor,
-    owners: Option<Arc<ConnectionOwners>>,
+    /// Set once, before serving, when the sandbox records connection owners.
+    owners: std::sync::OnceLock<ConnectionOwners>,
 }
 
 impl Proxy {
@@ -88,19 +89,14 @@ impl Proxy {
             tls,
             rewrite_budget: Arc::new(tokio::sync::Semaphore::new(request::BODY_REWRITE_SLOTS)),
             audit,
-            owners: None,
+            owners: std::sync::OnceLock::new(),
         }))
     }
 
     /// Lets the proxy learn which executable opened each connection (the sandbox's sock_ops).
-    pub fn with_connection_owners(self: Arc<Self>, owners: ConnectionOwners) -> Arc<Self> {
-        match Arc::try_unwrap(self) {
-            Ok(mut p) => {
-                p.owners = Some(Arc::new(owners));
-                Arc::new(p)
-            }
-            Err(shared) => shared,
-        }
+    /// A second table is refused: there is one sandbox per proxy.
+    pub fn set_connection_owners(&self, owners: ConnectionOwners) -> Result<()> {
+        self.owners.set(owners).map_err(|_| anyhow::anyhow!("the proxy already has a connection-owner table"))
     }
 
     /// leash's CA, whose certificate the agent must trust.
@@ -167,7 +163,7 @@ impl BoundProxy {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let binary = proxy.owners.as_ref().and_then(|o| identity::binary_of(o, addr));
+                let binary = proxy.owners.get().and_then(|o| identity::binary_of(o, addr));
                 let client = connect::Client { addr, binary };
                 let proxy = proxy.clone();
                 tokio::spawn(async move {
