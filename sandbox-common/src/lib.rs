@@ -21,6 +21,8 @@ pub mod map_names {
     /// `LruHashMap<u32 client port, ConnOwner>`: who owns each established connection to a
     /// proxy, keyed by the client's local port (the proxy sees it as the peer port at accept).
     pub const PROXY_CLIENTS: &str = "LEASH_PROXY_CLIENTS";
+    /// `HashMap<u64 cgroup id, LsmPolicy>`: what the BPF-LSM programs refuse each sandbox.
+    pub const LSM_SANDBOXES: &str = "LEASH_LSM_SANDBOXES";
 }
 
 /// Names of the programs in the eBPF object.
@@ -35,6 +37,25 @@ pub mod program_names {
     pub const SOCK_OPS: &str = "leash_sock_ops";
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
     pub const LSM_PROBE: &str = "leash_lsm_probe";
+
+    /// The enforcing BPF-LSM programs and the hook each attaches to (`bpf_lsm_<hook>` in the
+    /// kernel's BTF), in attach order. A hook this kernel lacks is skipped, not fatal.
+    pub const LSM_HOOKS: [(&str, &str); 14] = [
+        ("leash_lsm_socket_create", "socket_create"),
+        ("leash_lsm_bpf", "bpf"),
+        ("leash_lsm_perf_event_open", "perf_event_open"),
+        ("leash_lsm_sb_mount", "sb_mount"),
+        ("leash_lsm_sb_umount", "sb_umount"),
+        ("leash_lsm_sb_pivotroot", "sb_pivotroot"),
+        ("leash_lsm_move_mount", "move_mount"),
+        ("leash_lsm_fs_context_parse_param", "fs_context_parse_param"),
+        ("leash_lsm_kernel_module_request", "kernel_module_request"),
+        ("leash_lsm_kernel_load_data", "kernel_load_data"),
+        ("leash_lsm_kernel_read_file", "kernel_read_file"),
+        ("leash_lsm_ptrace_access_check", "ptrace_access_check"),
+        ("leash_lsm_ptrace_traceme", "ptrace_traceme"),
+        ("leash_lsm_userns_create", "userns_create"),
+    ];
 }
 
 /// Maximum number of sandboxes one loaded program set serves at once.
@@ -45,6 +66,42 @@ pub const MAX_CONNECTIONS: u32 = 65536;
 
 /// Byte size of the deny-event ring buffer (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// What the BPF-LSM programs refuse one sandbox: a bitmask of `LSM_DENY_*` flags. A cgroup
+/// without an entry is not a sandbox and is left alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LsmPolicy {
+    pub deny: u32,
+}
+
+/// [`LsmPolicy::deny`] flags, one per `kernel.deny` word of the policy file.
+pub mod lsm_deny {
+    /// ptrace(2) of, and ptrace-mode access to (`/proc/<pid>/mem`, `process_vm_readv`, ...),
+    /// any other process; `PTRACE_TRACEME`.
+    pub const PTRACE: u32 = 1 << 0;
+    /// Every bpf(2) command.
+    pub const BPF: u32 = 1 << 1;
+    /// mount, umount, pivot_root, move_mount and fsconfig parameters.
+    pub const MOUNT: u32 = 1 << 2;
+    /// New user namespaces (6.1+; not enforced on older kernels).
+    pub const USERNS: u32 = 1 << 3;
+    /// perf_event_open(2).
+    pub const PERF_EVENT: u32 = 1 << 4;
+    /// `SOCK_RAW` sockets of `AF_INET` and `AF_INET6`.
+    pub const RAW_SOCKET: u32 = 1 << 5;
+    /// `AF_PACKET` sockets.
+    pub const PACKET_SOCKET: u32 = 1 << 6;
+    /// Loading kernel modules (init_module, finit_module, module auto-loading requests) and any
+    /// other file or blob the kernel reads on the task's behalf (firmware, kexec images, policy).
+    pub const KERNEL_MODULE: u32 = 1 << 7;
+    /// `AF_VSOCK` sockets.
+    pub const VSOCK: u32 = 1 << 8;
+    /// `AF_NETLINK` sockets of any protocol but `NETLINK_ROUTE`.
+    pub const NETLINK: u32 = 1 << 9;
+    /// Every flag above.
+    pub const ALL: u32 = (1 << 10) - 1;
+}
 
 /// The network reach of one sandbox: the proxy address and port, nothing else.
 ///
@@ -121,6 +178,13 @@ pub enum Hook {
     SockCreate = 5,
     SkbEgress = 6,
     SkbIngress = 7,
+    LsmSocketCreate = 8,
+    LsmBpf = 9,
+    LsmPerfEvent = 10,
+    LsmMount = 11,
+    LsmKernelModule = 12,
+    LsmPtrace = 13,
+    LsmUserns = 14,
 }
 
 impl Hook {
@@ -133,6 +197,13 @@ impl Hook {
             5 => Self::SockCreate,
             6 => Self::SkbEgress,
             7 => Self::SkbIngress,
+            8 => Self::LsmSocketCreate,
+            9 => Self::LsmBpf,
+            10 => Self::LsmPerfEvent,
+            11 => Self::LsmMount,
+            12 => Self::LsmKernelModule,
+            13 => Self::LsmPtrace,
+            14 => Self::LsmUserns,
             _ => return None,
         })
     }
@@ -146,6 +217,13 @@ impl Hook {
             Self::SockCreate => "sock_create",
             Self::SkbEgress => "skb_egress",
             Self::SkbIngress => "skb_ingress",
+            Self::LsmSocketCreate => "lsm_socket_create",
+            Self::LsmBpf => "lsm_bpf",
+            Self::LsmPerfEvent => "lsm_perf_event_open",
+            Self::LsmMount => "lsm_mount",
+            Self::LsmKernelModule => "lsm_kernel_module",
+            Self::LsmPtrace => "lsm_ptrace",
+            Self::LsmUserns => "lsm_userns_create",
         }
     }
 }
@@ -154,6 +232,10 @@ impl Hook {
 ///
 /// For packet hooks (`SkbEgress`, `SkbIngress`) there is no reliable current task: `pid`, `uid`
 /// and `comm` are zero, and `addr`/`port` are the remote end of the packet.
+///
+/// For BPF-LSM hooks other than `LsmSocketCreate`, `family`, `sock_type` and `addr` are zero and
+/// `protocol` carries the hook's one telling argument: the bpf command, the perf event type, the
+/// ptrace access mode, the kernel load/read id; zero when there is none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DenyEvent {
@@ -179,9 +261,10 @@ pub struct DenyEvent {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are repr(C), Copy, contain only integers and have no padding bytes.
+    // SAFETY: all five are repr(C), Copy, contain only integers and have no padding bytes.
     unsafe impl aya::Pod for super::SandboxNet {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::DenyEvent {}
     unsafe impl aya::Pod for super::ConnOwner {}
+    unsafe impl aya::Pod for super::LsmPolicy {}
 }

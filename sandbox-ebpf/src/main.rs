@@ -2,7 +2,8 @@
 //!
 //! - `net/`: cgroup programs attached to each sandbox cgroup. Together they confine every process
 //!   in the cgroup (and its descendants) to one TCP address: the proxy leash started for it.
-//! - `lsm/`: BPF-LSM programs (for now only the probe `leash doctor` loads).
+//! - `lsm/`: BPF-LSM programs, attached once per host and scoped to sandboxes by cgroup id, plus
+//!   the probe `leash doctor` loads.
 //! - `maps.rs`: the maps, keyed by sandbox cgroup id; layouts live in `sandbox-common`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]

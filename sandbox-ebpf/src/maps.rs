@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
-use sandbox_common::{ConnOwner, Counters, SandboxNet, EVENTS_BYTES, MAX_CONNECTIONS, MAX_SANDBOXES};
+use sandbox_common::{ConnOwner, Counters, LsmPolicy, SandboxNet, EVENTS_BYTES, MAX_CONNECTIONS, MAX_SANDBOXES};
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
 /// starts, removed when it ends. A cgroup the programs run for but that has no entry is denied
@@ -32,3 +32,10 @@ pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entr
 /// sock_ops; read by the proxy at accept.
 #[map(name = "LEASH_PROXY_CLIENTS")]
 pub static PROXY_CLIENTS: LruHashMap<u32, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Sandbox cgroup id -> what the BPF-LSM programs refuse it. Written by userspace
+/// (`sandbox-user/src/kernel/lsm.rs`), sized by `MAX_SANDBOXES`. Unlike the network maps, a
+/// cgroup without an entry is not a sandbox: the LSM programs run for every task on the host and
+/// allow everything to tasks outside sandboxes.
+#[map(name = "LEASH_LSM_SANDBOXES")]
+pub static LSM_SANDBOXES: HashMap<u64, LsmPolicy> = HashMap::with_max_entries(MAX_SANDBOXES, 0);

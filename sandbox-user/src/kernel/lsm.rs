@@ -4,7 +4,7 @@
 //! Unlike the network programs, the LSM programs attach to the kernel's security hooks, once per
 //! host, and run for every task; `LEASH_LSM_SANDBOXES` (cgroup id -> [`LsmPolicy`]) says which
 //! tasks are in a sandbox and what each sandbox is refused. A hook this kernel lacks (no
-//! `bpf_lsm_<hook>` in its BTF, e.g. `userns_create` before 6.7) is recorded as unavailable and the
+//! `bpf_lsm_<hook>` in its BTF, e.g. `userns_create` before 6.1) is recorded as unavailable and the
 //! others still attach. The attachments live as long as the [`LsmPrograms`] value.
 //!
 //! Needs a kernel with `CONFIG_BPF_LSM`, `bpf` in the active LSMs (`lsm=` boot parameter) and BTF;

@@ -5,7 +5,7 @@
 //! command line asks and powers the VM off:
 //!
 //! ```text
-//! leash.suite=doctor,net    run these suites; print `LEASH-RESULT <name> PASS|FAIL <detail>`
+//! leash.suite=doctor,net    run these suites (doctor, net, lsm); print `LEASH-RESULT <name> PASS|FAIL <detail>`
 //!                           per check, then `LEASH-VERDICT PASS|FAIL`
 //! leash.run                 run /etc/leash-vm/argv under `leash run` (xtask run), stream its
 //!                           output and the audit trail (`LEASH-AUDIT <json>`), then print
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 const LEASH: &str = "/bin/leash";
 const NETPROBE: &str = "/bin/netprobe";
+const LSM_PROBE: &str = "/bin/lsm_probe";
 /// Files xtask puts in the image for this boot.
 const CONFIG_DIR: &str = "/etc/leash-vm";
 /// The longest one command of a check may take before it counts as hung.
@@ -43,7 +44,7 @@ fn main() {
         let status = run_command();
         println!("LEASH-EXIT {status}");
     } else {
-        let names = param(&cmdline, "leash.suite").unwrap_or_else(|| "doctor,net".into());
+        let names = param(&cmdline, "leash.suite").unwrap_or_else(|| "doctor,net,lsm".into());
         let mut checks = vec![setup];
         for name in names.split(',').filter(|n| !n.is_empty()) {
             checks.extend(suite(name));
@@ -59,6 +60,7 @@ fn suite(name: &str) -> Vec<Check> {
     match name {
         "doctor" => doctor_suite(),
         "net" => net_suite(),
+        "lsm" => lsm_suite(),
         // Boots, mounts and powers off: what the KVM probe boot needs.
         "none" => Vec::new(),
         other => {
@@ -173,6 +175,37 @@ fn net_suite() -> Vec<Check> {
                 Err(format!("want exit 125 and no agent output, got {}", out.describe()))
             }
         }));
+    }
+    checks
+}
+
+/// The BPF-LSM layer, through `lsm_probe` (leash run does not use it yet): each denial inside a
+/// registered cgroup, the same action outside it. The probe prints the `LEASH-RESULT` lines; each
+/// becomes a check here.
+fn lsm_suite() -> Vec<Check> {
+    let out = match output(&mut Command::new(LSM_PROBE)) {
+        Ok(out) => out,
+        Err(e) => return vec![Check::new("lsm:probe", move || Err(e))],
+    };
+    let mut checks = Vec::new();
+    for line in out.stdout.lines() {
+        let Some(rest) = line.strip_prefix("LEASH-RESULT ") else {
+            println!("{line}");
+            continue;
+        };
+        let mut parts = rest.splitn(3, ' ');
+        let (name, verdict, detail) = (
+            parts.next().unwrap_or("lsm:?").to_owned(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("").to_owned(),
+        );
+        let pass = verdict == "PASS";
+        checks.push(Check::new(name, move || if pass { Ok(detail) } else { Err(detail) }));
+    }
+    // A probe that died, or exited non-zero without saying which check failed, fails the suite.
+    if checks.is_empty() || (out.status != Some(0) && !out.stdout.contains(" FAIL ")) {
+        let what = out.describe();
+        checks.push(Check::new("lsm:probe", move || Err(format!("lsm_probe: {what}"))));
     }
     checks
 }

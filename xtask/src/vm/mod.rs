@@ -31,7 +31,7 @@ pub struct VmTestArgs {
     #[arg(long, default_value_t = 180)]
     pub timeout: u64,
     /// The suites vm_init runs, comma-separated.
-    #[arg(long, default_value = "doctor,net")]
+    #[arg(long, default_value = "doctor,net,lsm")]
     pub suites: String,
 }
 
