@@ -5,7 +5,9 @@ use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     if let Some(missing) = missing_tool() {
-        eprintln!("error: {missing} is missing: run `cargo xtask setup` (installs the eBPF toolchain), then build again");
+        eprintln!(
+            "error: {missing} is missing: run `cargo xtask setup` (installs the eBPF toolchain), then build again"
+        );
         return ExitCode::FAILURE;
     }
     let package = aya_build::Package {

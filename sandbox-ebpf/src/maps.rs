@@ -16,8 +16,7 @@ pub static SANDBOXES: HashMap<u64, SandboxNet> = HashMap::with_max_entries(MAX_S
 /// Sandbox cgroup id -> per-CPU verdict counters. Userspace inserts a zeroed entry with the
 /// sandbox; the programs only increment existing entries.
 #[map(name = "LEASH_COUNTERS")]
-pub static COUNTERS: PerCpuHashMap<u64, Counters> =
-    PerCpuHashMap::with_max_entries(MAX_SANDBOXES, 0);
+pub static COUNTERS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::with_max_entries(MAX_SANDBOXES, 0);
 
 /// Deny events for the audit log. When userspace falls behind, events are lost but counters
 /// still count.

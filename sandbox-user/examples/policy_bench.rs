@@ -25,9 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leash::policy::{
-    parse_str, CompiledPolicy, Decider, EndpointRef, NetworkInput, RegoPolicy, RequestInput,
-};
+use leash::policy::{parse_str, CompiledPolicy, Decider, EndpointRef, NetworkInput, RegoPolicy, RequestInput};
 use synthetic::Rng;
 
 /// One generated decision input.
@@ -46,10 +44,7 @@ const BENCH_METHODS: &[&str] = &["GET", "GET", "GET", "POST", "PUT", "DELETE", "
 const MIN_TIME: Duration = Duration::from_millis(1500);
 
 fn main() {
-    let endpoints = std::env::args()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
+    let endpoints = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1000);
     let yaml = synthetic::policy_yaml(endpoints, 7);
     let policy = match parse_str("synthetic.yaml", &yaml) {
         Ok(policy) => policy,
@@ -76,81 +71,33 @@ fn main() {
     // Unique inputs aimed at the policy's endpoints (most are allowed, so requests get judged).
     let unique = inputs(&policy, 400_000, 1);
     let working_set = inputs(&policy, 1_000, 2);
-    let allowed_share = unique
-        .iter()
-        .take(10_000)
-        .filter(|i| decider.network(&i.host, i.port, i.binary.as_deref()).allow)
-        .count() as f64
-        / 100.0;
+    let allowed_share =
+        unique.iter().take(10_000).filter(|i| decider.network(&i.host, i.port, i.binary.as_deref()).allow).count()
+            as f64
+            / 100.0;
     println!("inputs: {allowed_share:.0}% of connections allowed\n");
 
     let decider = Arc::new(Decider::new(&policy));
     let rows = [
-        (
-            "network",
-            "Decider, cache hit",
-            measure_network(&decider, &working_set, true, 1),
-        ),
-        (
-            "network",
-            "Decider, cache miss",
-            measure_network(&decider, &unique, false, 1),
-        ),
-        (
-            "network",
-            "RegoPolicy (regorus)",
-            measure_rego_network(&rego, &unique),
-        ),
-        (
-            "request",
-            "Decider, cache hit",
-            measure_request(&decider, &working_set, true, 1),
-        ),
-        (
-            "request",
-            "Decider, cache miss",
-            measure_request(&decider, &unique, false, 1),
-        ),
-        (
-            "request",
-            "RegoPolicy (regorus)",
-            measure_rego_request(&rego, &decider, &unique),
-        ),
+        ("network", "Decider, cache hit", measure_network(&decider, &working_set, true, 1)),
+        ("network", "Decider, cache miss", measure_network(&decider, &unique, false, 1)),
+        ("network", "RegoPolicy (regorus)", measure_rego_network(&rego, &unique)),
+        ("request", "Decider, cache hit", measure_request(&decider, &working_set, true, 1)),
+        ("request", "Decider, cache miss", measure_request(&decider, &unique, false, 1)),
+        ("request", "RegoPolicy (regorus)", measure_rego_request(&rego, &decider, &unique)),
     ];
-    println!(
-        "{:<8} {:<24} {:>16} {:>12}",
-        "decision", "evaluator (1 thread)", "decisions/s", "vs regorus"
-    );
+    println!("{:<8} {:<24} {:>16} {:>12}", "decision", "evaluator (1 thread)", "decisions/s", "vs regorus");
     for (kind, name, rate) in &rows {
-        let peer = rows
-            .iter()
-            .find(|(k, n, _)| k == kind && n.starts_with("RegoPolicy"))
-            .map_or(f64::NAN, |r| r.2);
+        let peer = rows.iter().find(|(k, n, _)| k == kind && n.starts_with("RegoPolicy")).map_or(f64::NAN, |r| r.2);
         println!("{kind:<8} {name:<24} {rate:>16.0} {:>11.0}x", rate / peer);
     }
     if threads > 1 {
         println!("\n{threads} threads sharing one Decider (Arc):");
         let rows = [
-            (
-                "network",
-                "cache hit",
-                measure_network(&decider, &working_set, true, threads),
-            ),
-            (
-                "network",
-                "cache miss",
-                measure_network(&decider, &unique, false, threads),
-            ),
-            (
-                "request",
-                "cache hit",
-                measure_request(&decider, &working_set, true, threads),
-            ),
-            (
-                "request",
-                "cache miss",
-                measure_request(&decider, &unique, false, threads),
-            ),
+            ("network", "cache hit", measure_network(&decider, &working_set, true, threads)),
+            ("network", "cache miss", measure_network(&decider, &unique, false, threads)),
+            ("request", "cache hit", measure_request(&decider, &working_set, true, threads)),
+            ("request", "cache miss", measure_request(&decider, &unique, false, threads)),
         ];
         for (kind, name, rate) in rows {
             println!("{kind:<8} {name:<24} {rate:>16.0}");
@@ -162,11 +109,7 @@ fn main() {
 /// covered by an endpoint (wildcards get unique labels), an executable (git, ssh, or one of its
 /// own, which also keeps exact hosts' keys unique), a method and a unique path.
 fn inputs(policy: &CompiledPolicy, count: usize, seed: u64) -> Vec<Input> {
-    let endpoints: Vec<_> = policy
-        .network_policies()
-        .iter()
-        .flat_map(|p| &p.endpoints)
-        .collect();
+    let endpoints: Vec<_> = policy.network_policies().iter().flat_map(|p| &p.endpoints).collect();
     let mut rng = Rng::new(seed);
     // Network keys seen, so that every input of the set is a new (host, port, executable).
     let mut seen = HashSet::new();
@@ -189,33 +132,17 @@ fn inputs(policy: &CompiledPolicy, count: usize, seed: u64) -> Vec<Input> {
             let glob = *rng.pick(synthetic::GLOBS);
             let target = glob
                 .split('/')
-                .map(|s| {
-                    if s.contains('*') {
-                        format!("w{i}")
-                    } else {
-                        s.to_owned()
-                    }
-                })
+                .map(|s| if s.contains('*') { format!("w{i}") } else { s.to_owned() })
                 .collect::<Vec<_>>()
                 .join("/");
-            let target = if glob.contains('*') {
-                target
-            } else {
-                format!("{target}/u{i}")
-            };
+            let target = if glob.contains('*') { target } else { format!("{target}/u{i}") };
             let port = *rng.pick(endpoint.ports.as_slice());
             let binary = if seen.insert((host.clone(), port, binary.clone())) {
                 binary
             } else {
                 Some(PathBuf::from(format!("/opt/agent/bin/tool-{i}")))
             };
-            Input {
-                host,
-                port,
-                binary,
-                method: BENCH_METHODS[rng.below(BENCH_METHODS.len())],
-                target,
-            }
+            Input { host, port, binary, method: BENCH_METHODS[rng.below(BENCH_METHODS.len())], target }
         })
         .collect()
 }
@@ -273,10 +200,7 @@ fn measure_request(decider: &Decider, inputs: &[Input], hit: bool, threads: usiz
             decider
                 .network(&i.host, i.port, i.binary.as_deref())
                 .endpoint_ref
-                .unwrap_or(EndpointRef {
-                    policy: 0,
-                    endpoint: 0,
-                })
+                .unwrap_or(EndpointRef { policy: 0, endpoint: 0 })
         })
         .collect();
     if hit {
@@ -300,11 +224,7 @@ fn warm(decider: &Decider, inputs: &[Input]) {
 const REGO_INPUTS: usize = 300;
 
 fn network_input(input: &Input) -> NetworkInput<'_> {
-    NetworkInput {
-        host: &input.host,
-        port: input.port,
-        binary: input.binary.as_deref().map(Path::new),
-    }
+    NetworkInput { host: &input.host, port: input.port, binary: input.binary.as_deref().map(Path::new) }
 }
 
 fn measure_rego_network(rego: &RegoPolicy, inputs: &[Input]) -> f64 {
@@ -327,11 +247,7 @@ fn measure_rego_request(rego: &RegoPolicy, decider: &Decider, inputs: &[Input]) 
         .collect();
     let start = Instant::now();
     for input in &inputs {
-        let request = RequestInput {
-            network: network_input(input),
-            method: input.method,
-            target: &input.target,
-        };
+        let request = RequestInput { network: network_input(input), method: input.method, target: &input.target };
         if let Err(e) = black_box(rego.decide_request(&request)) {
             eprintln!("policy_bench: {e}");
         }

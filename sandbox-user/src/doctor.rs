@@ -24,10 +24,7 @@ pub fn check() -> Vec<Row> {
         row("BTF", probes::btf()),
         row("cgroup programs", probes::cgroup_programs()),
         row("BPF LSM", probes::bpf_lsm()),
-        row(
-            "Landlock",
-            crate::launcher::landlock_abi().map(|v| format!("ABI {v}")).map_err(anyhow::Error::msg),
-        ),
+        row("Landlock", crate::launcher::landlock_abi().map(|v| format!("ABI {v}")).map_err(anyhow::Error::msg)),
     ]
 }
 

@@ -63,12 +63,8 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let rendered = e.render().to_string();
-    let message: Vec<&str> = rendered
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:"))
-        .filter(|l| !l.is_empty())
-        .collect();
+    let message: Vec<&str> =
+        rendered.lines().map(str::trim).take_while(|l| !l.starts_with("Usage:")).filter(|l| !l.is_empty()).collect();
     eprintln!("leash: {} (see `leash --help`)", message.join(" "));
     let is_run = std::env::args().nth(1).as_deref() == Some("run");
     ExitCode::from(if is_run { exit::LEASH_FAILED as u8 } else { 2 })
@@ -111,7 +107,11 @@ fn doctor(json: bool) -> i32 {
     } else {
         print!("{}", leash::doctor::render(&rows));
     }
-    if rows.iter().all(|r| r.available) { 0 } else { 1 }
+    if rows.iter().all(|r| r.available) {
+        0
+    } else {
+        1
+    }
 }
 
 fn eval(

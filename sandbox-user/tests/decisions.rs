@@ -11,9 +11,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use leash::policy::{
-    load, parse_str, CompiledPolicy, Decider, NetworkInput, RegoPolicy, RequestInput,
-};
+use leash::policy::{load, parse_str, CompiledPolicy, Decider, NetworkInput, RegoPolicy, RequestInput};
 use support::synthetic::{self, Rng};
 
 fn policies_dir() -> PathBuf {
@@ -86,10 +84,7 @@ fn rule_kind(rule: &str) -> String {
         }
     }
     match kind.strip_prefix("network_policies.") {
-        Some(rest) => format!(
-            "network_policies.*.{}",
-            rest.rsplit('.').next().unwrap_or(rest)
-        ),
+        Some(rest) => format!("network_policies.*.{}", rest.rsplit('.').next().unwrap_or(rest)),
         None => kind,
     }
 }
@@ -135,32 +130,13 @@ fn check_policy(label: &str, policy: &CompiledPolicy, inputs: usize, seed: u64) 
             };
             (host, port, globs)
         };
-        let binary = if rng.chance(40) {
-            None
-        } else {
-            Some(Path::new(*rng.pick(synthetic::BINARIES)))
-        };
-        let network_input = NetworkInput {
-            host: &host,
-            port,
-            binary,
-        };
+        let binary = if rng.chance(40) { None } else { Some(Path::new(*rng.pick(synthetic::BINARIES))) };
+        let network_input = NetworkInput { host: &host, port, binary };
         let ours = decider.network(&host, port, binary);
-        let theirs = rego
-            .decide_network(&network_input)
-            .unwrap_or_else(|e| panic!("{label} #{i}: {e}"));
-        assert_eq!(
-            ours, theirs,
-            "{label} #{i}: network {host}:{port} binary {binary:?}"
-        );
-        assert_eq!(
-            decider.network(&host, port, binary),
-            ours,
-            "{label} #{i}: cached network verdict"
-        );
-        *tally
-            .entry(format!("network {}", rule_kind(&ours.rule)))
-            .or_default() += 1;
+        let theirs = rego.decide_network(&network_input).unwrap_or_else(|e| panic!("{label} #{i}: {e}"));
+        assert_eq!(ours, theirs, "{label} #{i}: network {host}:{port} binary {binary:?}");
+        assert_eq!(decider.network(&host, port, binary), ours, "{label} #{i}: cached network verdict");
+        *tally.entry(format!("network {}", rule_kind(&ours.rule))).or_default() += 1;
         let Some(endpoint) = ours.endpoint_ref else {
             continue;
         };
@@ -173,21 +149,10 @@ fn check_policy(label: &str, policy: &CompiledPolicy, inputs: usize, seed: u64) 
             };
             let ours = decider.request(endpoint, method, &target);
             let theirs = rego
-                .decide_request(&RequestInput {
-                    network: network_input,
-                    method,
-                    target: &target,
-                })
+                .decide_request(&RequestInput { network: network_input, method, target: &target })
                 .unwrap_or_else(|e| panic!("{label} #{i}: {e}"));
-            assert_eq!(
-                ours, theirs,
-                "{label} #{i}: {method} {target} on {host}:{port} binary {binary:?}"
-            );
-            assert_eq!(
-                decider.request(endpoint, method, &target),
-                ours,
-                "{label} #{i}: cached"
-            );
+            assert_eq!(ours, theirs, "{label} #{i}: {method} {target} on {host}:{port} binary {binary:?}");
+            assert_eq!(decider.request(endpoint, method, &target), ours, "{label} #{i}: cached");
             let audit = if ours.audit { " audit" } else { "" };
             let kind = format!("request {}{audit}", rule_kind(&ours.rule));
             *tally.entry(kind).or_default() += 1;
@@ -198,11 +163,7 @@ fn check_policy(label: &str, policy: &CompiledPolicy, inputs: usize, seed: u64) 
 
 /// Number of request verdicts in a tally.
 fn requests(tally: &Tally) -> usize {
-    tally
-        .iter()
-        .filter(|(k, _)| k.starts_with("request "))
-        .map(|(_, n)| n)
-        .sum()
+    tally.iter().filter(|(k, _)| k.starts_with("request ")).map(|(_, n)| n).sum()
 }
 
 #[test]
@@ -227,10 +188,7 @@ fn decider_agrees_with_rego_on_the_feature_policy() {
         "request default-deny audit",
         "request path-rejected",
     ] {
-        assert!(
-            tally.get(kind).is_some_and(|n| *n > 0),
-            "never compared {kind}: {tally:#?}"
-        );
+        assert!(tally.get(kind).is_some_and(|n| *n > 0), "never compared {kind}: {tally:#?}");
     }
     assert!(requests(&tally) > 3000, "{tally:#?}");
 }
@@ -239,9 +197,7 @@ fn decider_agrees_with_rego_on_the_feature_policy() {
 fn decider_agrees_with_rego_on_the_shipped_policies() {
     let mut files = vec![policies_dir().join("default.yaml")];
     let examples = policies_dir().join("examples");
-    for entry in
-        std::fs::read_dir(&examples).unwrap_or_else(|e| panic!("{}: {e}", examples.display()))
-    {
+    for entry in std::fs::read_dir(&examples).unwrap_or_else(|e| panic!("{}: {e}", examples.display())) {
         let path = entry.expect("directory entry").path();
         if path.extension().is_some_and(|ext| ext == "yaml") {
             files.push(path);
@@ -258,11 +214,7 @@ fn decider_agrees_with_rego_on_the_shipped_policies() {
 fn decider_agrees_with_rego_on_a_thousand_endpoints() {
     let yaml = synthetic::policy_yaml(1000, 7);
     let policy = parse_str("synthetic.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let count: usize = policy
-        .network_policies()
-        .iter()
-        .map(|p| p.endpoints.len())
-        .sum();
+    let count: usize = policy.network_policies().iter().map(|p| p.endpoints.len()).sum();
     assert_eq!(count, 1000);
     // The interpreter walks every endpoint per decision; keep debug builds reasonable.
     let inputs = if cfg!(debug_assertions) { 250 } else { 2000 };

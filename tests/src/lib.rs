@@ -55,7 +55,11 @@ pub struct Scratch(pub PathBuf);
 impl Scratch {
     pub fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("leash-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let dir = std::env::temp_dir().join(format!(
+            "leash-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&dir).expect("creating scratch dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod scratch dir");
         Scratch(dir)

@@ -147,15 +147,18 @@ struct TestPki {
 }
 
 fn test_pki() -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca.distinguished_name.push(DnType::CommonName, "leash tests upstream CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_key = KeyPair::generate().expect("ca key");
     let ca_cert = ca.self_signed(&ca_key).expect("self-signing the test CA");
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "other.localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("leaf params");
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_string(), "other.localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("leaf params");
     leaf.distinguished_name.push(DnType::CommonName, "localhost");
     leaf.is_ca = IsCa::ExplicitNoCa;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -213,7 +216,10 @@ impl Upstream {
                 .with_safe_default_protocol_versions()
                 .expect("protocol versions")
                 .with_no_client_auth()
-                .with_single_cert(vec![pki.leaf_der.clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())))
+                .with_single_cert(
+                    vec![pki.leaf_der.clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())),
+                )
                 .expect("upstream server config");
             config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
             tokio_rustls::TlsAcceptor::from(Arc::new(config))
@@ -243,7 +249,11 @@ impl Upstream {
                                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                                 let info = ConnInfo {
                                     sni: tls.get_ref().1.server_name().map(str::to_owned),
-                                    alpn: tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                                    alpn: tls
+                                        .get_ref()
+                                        .1
+                                        .alpn_protocol()
+                                        .map(|p| String::from_utf8_lossy(p).into_owned()),
                                 };
                                 serve(TokioIo::new(tls), info, shared).await;
                             }
@@ -322,7 +332,11 @@ fn record(shared: &Shared, parts: &hyper::http::request::Parts, body: Vec<u8>, i
     (all.len(), seen)
 }
 
-async fn handle(mut req: Request<Incoming>, info: ConnInfo, shared: Shared) -> Result<Response<UpBody>, std::convert::Infallible> {
+async fn handle(
+    mut req: Request<Incoming>,
+    info: ConnInfo,
+    shared: Shared,
+) -> Result<Response<UpBody>, std::convert::Infallible> {
     let is_upgrade = req.uri().path() == "/ws" && req.headers().contains_key(hyper::header::UPGRADE);
     if is_upgrade {
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -397,7 +411,9 @@ async fn git_http_backend(root: &Path, parts: &hyper::http::request::Parts, body
         Some(i) => (i, 4),
         None => match find(&text, b"\n\n") {
             Some(i) => (i, 2),
-            None => return failed(format!("git http-backend gave no CGI header: {}", String::from_utf8_lossy(&out.stderr))),
+            None => {
+                return failed(format!("git http-backend gave no CGI header: {}", String::from_utf8_lossy(&out.stderr)))
+            }
         },
     };
     let head = String::from_utf8_lossy(&text[..head_end]).into_owned();
@@ -408,7 +424,9 @@ async fn git_http_backend(root: &Path, parts: &hyper::http::request::Parts, body
         if name.eq_ignore_ascii_case("status") {
             let code = value.split_whitespace().next().and_then(|c| c.parse::<u16>().ok()).unwrap_or(500);
             *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        } else if let (Ok(n), Ok(v)) = (hyper::header::HeaderName::from_bytes(name.trim().as_bytes()), HeaderValue::from_str(value)) {
+        } else if let (Ok(n), Ok(v)) =
+            (hyper::header::HeaderName::from_bytes(name.trim().as_bytes()), HeaderValue::from_str(value))
+        {
             resp.headers_mut().append(n, v);
         }
     }
@@ -661,19 +679,23 @@ pub async fn read_response<S: AsyncRead + Unpin>(io: &mut S) -> std::io::Result<
     let status_line = lines.next().unwrap_or("");
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or("").to_owned();
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
+    let status: u16 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line {status_line:?}"))
+    })?;
     let mut headers = HeaderMap::new();
     for line in lines {
         if let Some((n, v)) = line.split_once(':') {
-            if let (Ok(n), Ok(v)) = (hyper::header::HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim())) {
+            if let (Ok(n), Ok(v)) =
+                (hyper::header::HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim()))
+            {
                 headers.append(n, v);
             }
         }
     }
-    let chunked = headers.get("transfer-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let chunked = headers
+        .get("transfer-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         let body = read_chunked(io).await?;
         return Ok(Reply { status, version, headers, body: Bytes::from(body) });
@@ -778,10 +800,20 @@ impl ServerCertVerifier for VerifyAs {
         }
         last
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(m, c, d)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -820,10 +852,13 @@ pub async fn tls_over(tcp: TcpStream, opts: &TlsOptions) -> std::io::Result<Clie
     let pem = std::fs::read(&opts.ca_pem)?;
     let mut roots = RootCertStore::empty();
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        let cert: CertificateDer<'static> = cert.map_err(|e| std::io::Error::other(format!("{}: {e:?}", opts.ca_pem.display())))?;
+        let cert: CertificateDer<'static> =
+            cert.map_err(|e| std::io::Error::other(format!("{}: {e:?}", opts.ca_pem.display())))?;
         roots.add(cert).map_err(std::io::Error::other)?;
     }
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(std::io::Error::other)?;
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(std::io::Error::other)?;
     let verifier = Arc::new(VerifyAs { inner, names: opts.verify_as.iter().map(|n| server_name(n)).collect() });
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -901,7 +936,8 @@ impl Session {
         let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
         let io = TokioIo::new(tls);
         let sender = if alpn.as_deref() == Some("h2") {
-            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
+            let (s, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
             tokio::spawn(conn);
             Sender::H2(s)
         } else {
@@ -921,7 +957,10 @@ impl Session {
     pub fn request(&self, method: &str, path: &str) -> hyper::http::request::Builder {
         match self.sender {
             Sender::H1(_) => Request::builder().method(method).uri(path).header("host", &self.authority),
-            Sender::H2(_) => Request::builder().method(method).uri(format!("https://{}{path}", self.authority)).version(Version::HTTP_2),
+            Sender::H2(_) => Request::builder()
+                .method(method)
+                .uri(format!("https://{}{path}", self.authority))
+                .version(Version::HTTP_2),
         }
     }
 
@@ -952,7 +991,12 @@ impl Session {
             };
             let (parts, body) = resp.into_parts();
             let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-            Ok(Reply { status: parts.status.as_u16(), version: format!("{:?}", parts.version), headers: parts.headers, body })
+            Ok(Reply {
+                status: parts.status.as_u16(),
+                version: format!("{:?}", parts.version),
+                headers: parts.headers,
+                body,
+            })
         };
         tokio::time::timeout(STEP, fut).await.map_err(|_| "timed out".to_string())?
     }

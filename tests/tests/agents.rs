@@ -62,7 +62,11 @@ fn curl_uses_the_proxy_and_leash_ca_and_cannot_go_direct() {
     let out = run_agent(&up, &scratch, &["/bin/sh", "-c", &script]);
     let text = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text.contains("env-token=leash:resolve:env:TOK"), "the agent must hold the placeholder, not the value: {}", describe(&out));
+    assert!(
+        text.contains("env-token=leash:resolve:env:TOK"),
+        "the agent must hold the placeholder, not the value: {}",
+        describe(&out)
+    );
     let json: serde_json::Value = text
         .lines()
         .find(|l| l.starts_with('{'))
@@ -80,10 +84,14 @@ fn curl_uses_the_proxy_and_leash_ca_and_cannot_go_direct() {
 #[test]
 fn python_requests_uses_the_proxy_and_leash_ca() {
     require_root();
-    let probe = Command::new("/usr/bin/python3").args(["-c", "import requests"]).output().expect("running /usr/bin/python3");
+    let probe =
+        Command::new("/usr/bin/python3").args(["-c", "import requests"]).output().expect("running /usr/bin/python3");
     if !probe.status.success() {
         let why = stderr(&probe);
-        assert!(why.contains("No module named 'requests'"), "python3 fails for another reason than a missing module: {why}");
+        assert!(
+            why.contains("No module named 'requests'"),
+            "python3 fails for another reason than a missing module: {why}"
+        );
         println!("skipped: module missing (python3-requests is not installed)");
         return;
     }
@@ -136,7 +144,8 @@ fn git_clone_over_https_through_the_proxy() {
     let url = format!("https://localhost:{}/repo.git", up.port());
     let out = run_agent(&up, &scratch, &["/usr/bin/git", "clone", "-q", &url, dest.to_str().unwrap()]);
     let seen = up.seen();
-    let summary: Vec<String> = seen.iter().map(|s| format!("{} {} ({})", s.method, s.target, s.header("user-agent").unwrap_or(""))).collect();
+    let summary: Vec<String> =
+        seen.iter().map(|s| format!("{} {} ({})", s.method, s.target, s.header("user-agent").unwrap_or(""))).collect();
     assert!(out.status.success(), "{}\nupstream saw {summary:?}", describe(&out));
     let discovery = seen
         .iter()
@@ -144,7 +153,8 @@ fn git_clone_over_https_through_the_proxy() {
         .unwrap_or_else(|| panic!("no ref discovery at the upstream: {summary:?}"));
     assert!(discovery.header("user-agent").unwrap_or("").starts_with("git/"), "{summary:?}");
     assert!(seen.iter().any(|s| s.method == "POST" && s.target == "/repo.git/git-upload-pack"), "{summary:?}");
-    let readme = std::fs::read_to_string(dest.join("README")).unwrap_or_else(|e| panic!("{}: {e}\n{}", dest.display(), describe(&out)));
+    let readme = std::fs::read_to_string(dest.join("README"))
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", dest.display(), describe(&out)));
     assert_eq!(readme, "cloned through leash\n");
 }
 

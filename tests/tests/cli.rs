@@ -65,7 +65,8 @@ fn policy_eval_prints_the_decision() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let default = root.join("policies/default.yaml");
     let eval = |host: &str, port: &str| -> serde_json::Value {
-        let out = leash(&["policy", "eval", default.to_str().unwrap(), "--host", host, "--port", port]).output().unwrap();
+        let out =
+            leash(&["policy", "eval", default.to_str().unwrap(), "--host", host, "--port", port]).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     };
@@ -79,9 +80,23 @@ fn policy_eval_prints_the_decision() {
     // With a method and path, the request decision and the rule that made it.
     let example = root.join("policies/examples/github-readonly.yaml");
     let request = |method: &str, path: &str| -> serde_json::Value {
-        let out = leash(&["policy", "eval", example.to_str().unwrap(), "--host", "api.github.com", "--port", "443", "--method", method, "--path", path, "--binary", "/usr/bin/git"])
-            .output()
-            .unwrap();
+        let out = leash(&[
+            "policy",
+            "eval",
+            example.to_str().unwrap(),
+            "--host",
+            "api.github.com",
+            "--port",
+            "443",
+            "--method",
+            method,
+            "--path",
+            path,
+            "--binary",
+            "/usr/bin/git",
+        ])
+        .output()
+        .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     };

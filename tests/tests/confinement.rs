@@ -33,10 +33,7 @@ fn inside(policy: &std::path::Path, probes: &[(&str, String)]) -> std::collectio
     }
     let out = leash_run(policy, &[], &["/bin/sh", "-c", &script]);
     assert_eq!(out.status.code(), Some(0), "leash run failed: {}", stderr(&out));
-    stdout(&out)
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect()
+    stdout(&out).lines().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))).collect()
 }
 
 fn outside(args: &str) -> String {
@@ -75,7 +72,17 @@ fn only_the_proxy_is_reachable_from_inside() {
 
     assert_eq!(verdict("proxy"), "ok", "the proxy must stay reachable");
     assert_eq!(verdict("proxy_mapped"), "ok", "the proxy in IPv4-mapped IPv6 form");
-    for k in ["tcp4", "tcp6", "tcp_mapped", "tcp_other_loopback", "tcp_unspecified", "fastopen", "udp", "udp_connected", "grandchild"] {
+    for k in [
+        "tcp4",
+        "tcp6",
+        "tcp_mapped",
+        "tcp_other_loopback",
+        "tcp_unspecified",
+        "fastopen",
+        "udp",
+        "udp_connected",
+        "grandchild",
+    ] {
         assert_eq!(verdict(k), "err EPERM", "{k} must be refused by the kernel");
     }
     for k in ["ping", "ping6", "raw"] {

@@ -279,7 +279,11 @@ fn escape_name_resolving_to_loopback_without_allowed_ips() {
     let before = upstream.accepted();
     let out = leash_run(&bare, &[], &[PROBE, "get", "proxy", &target]);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(stdout(&out).contains("CONNECT 403"), "the proxy dialled {target} (resolves to loopback) without allowed_ips: {}", stdout(&out));
+    assert!(
+        stdout(&out).contains("CONNECT 403"),
+        "the proxy dialled {target} (resolves to loopback) without allowed_ips: {}",
+        stdout(&out)
+    );
     assert_eq!(upstream.accepted(), before, "the loopback service was reached through the proxy");
 }
 
@@ -333,8 +337,12 @@ fn proxy_port_on_other_addresses_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting leash");
-    assert!(wait_until(10, || std::fs::read_to_string(&addr_file).is_ok_and(|s| s.trim().contains(':'))), "sandbox never started");
-    let proxy: std::net::SocketAddr = std::fs::read_to_string(&addr_file).unwrap().trim().parse().expect("proxy address");
+    assert!(
+        wait_until(10, || std::fs::read_to_string(&addr_file).is_ok_and(|s| s.trim().contains(':'))),
+        "sandbox never started"
+    );
+    let proxy: std::net::SocketAddr =
+        std::fs::read_to_string(&addr_file).unwrap().trim().parse().expect("proxy address");
     let p = proxy.port();
     let other4 = Listener::new(&format!("127.0.0.2:{p}"));
     let other6 = Listener::new(&format!("[::1]:{p}"));
@@ -417,9 +425,13 @@ except OSError as e:
 "#;
 
 fn connect_to_port_in(file: &PathBuf) -> std::io::Result<()> {
-    assert!(wait_until(10, || std::fs::read_to_string(file).is_ok_and(|s| s.trim().parse::<u16>().is_ok())), "listener never started");
+    assert!(
+        wait_until(10, || std::fs::read_to_string(file).is_ok_and(|s| s.trim().parse::<u16>().is_ok())),
+        "listener never started"
+    );
     let port: u16 = std::fs::read_to_string(file).unwrap().trim().parse().unwrap();
-    std::net::TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(2)).map(drop)
+    std::net::TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(2))
+        .map(drop)
 }
 
 /// A listener inside the sandbox is not reachable from outside (ingress).
@@ -430,16 +442,21 @@ fn listener_inside_is_not_reachable_from_outside() {
     let policy = scratch.file("p.yaml", &policy_allowing(&[]));
 
     let control_file = scratch.0.join("control-port");
-    let control = Command::new(PY).args(["-c", LISTEN_ONCE, control_file.to_str().unwrap()]).stdout(Stdio::piped()).spawn().expect("python3");
+    let control = Command::new(PY)
+        .args(["-c", LISTEN_ONCE, control_file.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
     assert!(connect_to_port_in(&control_file).is_ok(), "control: the listener outside accepts");
     assert_eq!(stdout(&control.wait_with_output().unwrap()).trim(), "ok");
 
     let port_file = scratch.0.join("port");
-    let run = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", LISTEN_ONCE, port_file.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting leash");
+    let run =
+        leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", LISTEN_ONCE, port_file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leash");
     let outside = connect_to_port_in(&port_file);
     let out = run.wait_with_output().expect("leash output");
     assert!(outside.is_err(), "a connection from outside reached the listener inside");
@@ -492,6 +509,9 @@ fn proxy_refuses_other_spellings_of_the_allowed_host() {
     for host in ["localhost", "2130706433", "127.1", "0x7f000001"] {
         use std::net::ToSocketAddrs as _;
         let resolved: Vec<_> = (host, b).to_socket_addrs().map(|i| i.collect()).unwrap_or_default();
-        assert!(resolved.iter().any(|r: &std::net::SocketAddr| r.ip().is_loopback()), "control: {host} resolves to loopback: {resolved:?}");
+        assert!(
+            resolved.iter().any(|r: &std::net::SocketAddr| r.ip().is_loopback()),
+            "control: {host} resolves to loopback: {resolved:?}"
+        );
     }
 }

@@ -34,7 +34,11 @@ fn only_listed_binaries_use_a_policy_with_binaries() {
     let script = format!("{PROBE} get proxy {target}; {PY} -c '{PY_CONNECT}' {target}");
     let out = leash_run(&policy, &["--audit-log", log.to_str().unwrap()], &["/bin/sh", "-c", &script]);
     let text = stdout(&out);
-    assert!(text.contains("CONNECT 200 GET 200 for netprobe only"), "the listed binary must get through: {text} {}", stderr(&out));
+    assert!(
+        text.contains("CONNECT 200 GET 200 for netprobe only"),
+        "the listed binary must get through: {text} {}",
+        stderr(&out)
+    );
     assert!(text.contains("CONNECT 403"), "python is not listed and must be refused: {text}");
     assert_eq!(upstream.accepted(), 1, "only the listed binary's connection reaches the upstream");
     let audit = std::fs::read_to_string(&log).unwrap();

@@ -30,7 +30,10 @@ fn exit_status_environment_and_identity_pass_through() {
     let uid: u32 = text.lines().next().unwrap().trim().parse().unwrap();
     assert_ne!(uid, 0, "the agent must not run as root");
     assert!(text.contains("GITHUB_TOKEN=leash:resolve:env:GITHUB_TOKEN"), "{text}");
-    assert!(!text.contains("ghp_real_secret_value") && !stderr(&out).contains("ghp_real_secret_value"), "secret leaked");
+    assert!(
+        !text.contains("ghp_real_secret_value") && !stderr(&out).contains("ghp_real_secret_value"),
+        "secret leaked"
+    );
     assert!(text.lines().any(|l| l.starts_with("HTTPS_PROXY=http://127.0.0.1:")), "{text}");
     assert!(text.lines().any(|l| l == "NO_PROXY="), "{text}");
 }
@@ -40,7 +43,8 @@ fn a_normal_exit_leaves_no_cgroup_or_pins() {
     require_root();
     let scratch = Scratch::new("clean");
     let policy = empty_policy(&scratch);
-    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", "sleep 0.3"]).spawn().unwrap();
+    let child =
+        leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", "sleep 0.3"]).spawn().unwrap();
     let pid = child.id();
     assert!(wait_until(5, || !sandbox_cgroups_of(pid).is_empty()), "the sandbox cgroup never appeared");
     let out = child.wait_with_output().unwrap();
@@ -49,7 +53,12 @@ fn a_normal_exit_leaves_no_cgroup_or_pins() {
     let bpffs = bpffs_root().expect("leash mounts bpffs");
     let pins = bpffs.join("leash/sandboxes");
     let left: Vec<_> = std::fs::read_dir(&pins)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!("{pid}-"))).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{pid}-")))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(left.is_empty(), "pins left behind: {left:?}");
 }
@@ -63,24 +72,36 @@ fn sigkill_of_leash_keeps_the_agent_cut_off_and_the_next_run_reaps_it() {
     let result = scratch.0.join("verdict");
     // The detached grandchild survives leash and the PR_SET_PDEATHSIG of its parent.
     let script = format!("{PROBE} later 2 {} {}; sleep 30", target.addr, result.display());
-    let mut child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script]).spawn().unwrap();
+    let mut child =
+        leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script]).spawn().unwrap();
     let pid = child.id();
-    assert!(wait_until(5, || sandbox_cgroups_of(pid).iter().any(|n| {
-        std::fs::read_to_string(cgroup2_root().join(n).join("cgroup.procs")).is_ok_and(|p| p.lines().count() >= 2)
-    })), "the agent never started");
+    assert!(
+        wait_until(5, || sandbox_cgroups_of(pid).iter().any(|n| {
+            std::fs::read_to_string(cgroup2_root().join(n).join("cgroup.procs")).is_ok_and(|p| p.lines().count() >= 2)
+        })),
+        "the agent never started"
+    );
     child.kill().unwrap();
     let _ = child.wait();
 
     assert!(wait_until(10, || result.exists()), "the orphaned agent never reported");
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(std::fs::read_to_string(&result).unwrap().trim(), "err EPERM", "the agent regained network after SIGKILL");
+    assert_eq!(
+        std::fs::read_to_string(&result).unwrap().trim(),
+        "err EPERM",
+        "the agent regained network after SIGKILL"
+    );
     assert_eq!(target.accepted(), 0);
     let stale = sandbox_cgroups_of(pid);
     assert_eq!(stale.len(), 1, "the confined cgroup outlives leash until reaped");
 
     let out = leash_run(&policy, &[], &["/bin/true"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("reaped stale sandbox {}", stale[0].trim_start_matches("leash-"))), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("reaped stale sandbox {}", stale[0].trim_start_matches("leash-"))),
+        "{}",
+        stderr(&out)
+    );
     assert!(sandbox_cgroups_of(pid).is_empty(), "stale cgroup not reaped");
     let pin_dir = bpffs_root().unwrap().join("leash/sandboxes").join(stale[0].trim_start_matches("leash-"));
     assert!(!pin_dir.exists(), "stale pins not removed");

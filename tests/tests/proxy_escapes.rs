@@ -52,7 +52,8 @@ const FULL: &str = "        access: full\n";
 const TOK_LOCALHOST: &str = "  TOK: { hosts: [localhost] }\n";
 
 fn start(policy: &str, upstreams: &[&Upstream]) -> StandaloneProxy {
-    let cas: Vec<&std::path::Path> = upstreams.iter().filter(|u| !u.ca_pem.as_os_str().is_empty()).map(|u| u.ca_pem.as_path()).collect();
+    let cas: Vec<&std::path::Path> =
+        upstreams.iter().filter(|u| !u.ca_pem.as_os_str().is_empty()).map(|u| u.ca_pem.as_path()).collect();
     StandaloneProxy::start(policy, &cas, CREDS)
 }
 
@@ -68,13 +69,20 @@ async fn tunnel(proxy: &StandaloneProxy, host: &str, port: u16) -> Tunnel {
 async fn to_proxy(proxy: SocketAddr, bytes: &[u8]) -> Reply {
     let mut tcp = TcpStream::connect(proxy).await.expect("connecting to the proxy");
     tcp.write_all(bytes).await.expect("writing to the proxy");
-    tokio::time::timeout(STEP, read_response(&mut tcp)).await.expect("the proxy answered in time").expect("an HTTP answer")
+    tokio::time::timeout(STEP, read_response(&mut tcp))
+        .await
+        .expect("the proxy answered in time")
+        .expect("an HTTP answer")
 }
 
 /// The proxy's pid (its network namespace link names it).
 fn proxy_pid(proxy: &StandaloneProxy) -> i32 {
     let ns = proxy.netns();
-    ns.components().nth(2).and_then(|c| c.as_os_str().to_str()).and_then(|s| s.parse().ok()).expect("pid in /proc/<pid>/ns/net")
+    ns.components()
+        .nth(2)
+        .and_then(|c| c.as_os_str().to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("pid in /proc/<pid>/ns/net")
 }
 
 /// Fails if the value appears in the proxy's stderr or audit log.
@@ -131,11 +139,22 @@ impl UpgradingUpstream {
                                     let seen = seen.clone();
                                     tokio::spawn(async move {
                                         let Ok(up) = on_upgrade.await else { return };
-                                        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                                            seen.lock().unwrap().push(format!("h2 {} {}", req.method(), req.uri().path()));
-                                            async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"served after upgrade")))) }
-                                        });
-                                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(up, svc).await;
+                                        let svc =
+                                            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                                                seen.lock().unwrap().push(format!(
+                                                    "h2 {} {}",
+                                                    req.method(),
+                                                    req.uri().path()
+                                                ));
+                                                async {
+                                                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                                        Bytes::from_static(b"served after upgrade"),
+                                                    )))
+                                                }
+                                            });
+                                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                            .serve_connection(up, svc)
+                                            .await;
                                     });
                                     let mut r = Response::new(empty());
                                     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -146,7 +165,10 @@ impl UpgradingUpstream {
                                 Ok(Response::new(Full::new(Bytes::from_static(b"plain answer"))))
                             }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).with_upgrades().await;
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .with_upgrades()
+                            .await;
                     });
                 }
             });
@@ -218,9 +240,12 @@ async fn escape_credential_written_in_cleartext_to_a_tls_port() {
     assert!(connect_over(tcp, b"localhost:443").await.is_ok(), "control: CONNECT localhost:443 must be allowed");
 
     let mut tcp = connect_in_netns(&proxy.netns(), proxy.addr).expect("reaching the proxy");
-    tcp.write_all(format!("GET http://localhost:443/user HTTP/1.1\r\nHost: localhost:443\r\nAuthorization: Bearer {PH}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    tcp.write_all(
+        format!("GET http://localhost:443/user HTTP/1.1\r\nHost: localhost:443\r\nAuthorization: Bearer {PH}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(3), read_response(&mut tcp)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let wire = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
@@ -275,7 +300,8 @@ async fn escape_allowed_ips_borrowed_from_a_policy_for_another_executable() {
             format!("GET answered {}", r.status)
         }
     };
-    let decided_by = proxy.audit_events().into_iter().find_map(|e| e["firewall_rule"]["name"].as_str().map(str::to_owned));
+    let decided_by =
+        proxy.audit_events().into_iter().find_map(|e| e["firewall_rule"]["name"].as_str().map(str::to_owned));
     assert_eq!(
         up.count(),
         before,
@@ -343,7 +369,13 @@ async fn escape_pooled_connection_outlives_an_allowed_ips_revocation() {
 async fn escape_lower_case_method_slips_past_a_deny_rule() {
     let up = Upstream::https();
     let p = up.port();
-    let proxy = start(&policy(&rest("localhost", p, "        access: full\n        deny_rules: [{ method: DELETE, path: \"/**\" }]\n"), ""), &[&up]);
+    let proxy = start(
+        &policy(
+            &rest("localhost", p, "        access: full\n        deny_rules: [{ method: DELETE, path: \"/**\" }]\n"),
+            "",
+        ),
+        &[&up],
+    );
     let mut t = tunnel(&proxy, "localhost", p).await;
     let r = t.exchange(format!("DELETE /repo HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await.unwrap();
     assert_eq!((r.status, r.reason().as_str()), (403, "request_denied"), "control: DELETE is denied: {r}");
@@ -355,7 +387,11 @@ async fn escape_lower_case_method_slips_past_a_deny_rule() {
         let before = up.count();
         let r = t.exchange(format!("{method} /repo HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await;
         if up.count() > before {
-            leaked.push(format!("{method} -> {:?}, upstream saw method {:?}", r.map(|r| r.status), up.last().unwrap().method));
+            leaked.push(format!(
+                "{method} -> {:?}, upstream saw method {:?}",
+                r.map(|r| r.status),
+                up.last().unwrap().method
+            ));
         }
     }
     assert!(leaked.is_empty(), "a DELETE under another spelling passed the deny rule:\n{}", leaked.join("\n"));
@@ -382,7 +418,11 @@ async fn escape_method_override_header_turns_post_into_delete() {
             through.push(format!("{header}: DELETE -> {}", r.status));
         }
     }
-    assert!(through.is_empty(), "method overrides reached the upstream past `access: read-write`:\n{}", through.join("\n"));
+    assert!(
+        through.is_empty(),
+        "method overrides reached the upstream past `access: read-write`:\n{}",
+        through.join("\n")
+    );
 }
 
 /// `deny_rules: [{ path: "/admin/**" }]` does not match `/admin;x/secret` or
@@ -426,11 +466,22 @@ async fn escape_deny_rule_dodged_by_path_parameters_and_trailing_slash() {
 async fn escape_h2c_upgrade_smuggles_unjudged_requests() {
     let up = UpgradingUpstream::start(None);
     let p = up.addr.port();
-    let proxy = start(&policy(&rest("localhost", p, "        rules: [{ allow: { method: GET, path: \"/allowed/**\" } }]\n"), ""), &[]);
+    let proxy = start(
+        &policy(&rest("localhost", p, "        rules: [{ allow: { method: GET, path: \"/allowed/**\" } }]\n"), ""),
+        &[],
+    );
     // Controls: the rules are in force for ordinary requests.
-    let r = to_proxy(proxy.addr, format!("GET http://localhost:{p}/secret HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await;
+    let r = to_proxy(
+        proxy.addr,
+        format!("GET http://localhost:{p}/secret HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 403, "control: /secret is refused: {r}");
-    let r = to_proxy(proxy.addr, format!("GET http://localhost:{p}/allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await;
+    let r = to_proxy(
+        proxy.addr,
+        format!("GET http://localhost:{p}/allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 200, "control: /allowed/x passes: {r}");
 
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
@@ -441,10 +492,13 @@ async fn escape_h2c_upgrade_smuggles_unjudged_requests() {
     let r = tokio::time::timeout(STEP, read_response(&mut tcp)).await.unwrap().unwrap();
     let mut smuggled = None;
     if r.status == 101 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 over the upgraded pipe");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 over the upgraded pipe");
         tokio::spawn(conn);
         let req = Request::builder().method("GET").uri(format!("http://localhost:{p}/secret")).body(empty()).unwrap();
-        smuggled = tokio::time::timeout(STEP, sender.send_request(req)).await.ok().and_then(Result::ok).map(|r| r.status());
+        smuggled =
+            tokio::time::timeout(STEP, sender.send_request(req)).await.ok().and_then(Result::ok).map(|r| r.status());
     }
     let seen = up.seen();
     assert!(
@@ -493,9 +547,16 @@ async fn escape_descriptor_exhaustion_makes_the_accept_loop_spin() {
     drop(held);
     // Control: it recovers once the descriptors are free.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(session(&proxy, "localhost", up.port(), H1).await.get("/after").await.status, 200, "control: the proxy serves again");
+    assert_eq!(
+        session(&proxy, "localhost", up.port(), H1).await.get("/after").await.status,
+        200,
+        "control: the proxy serves again"
+    );
     assert!(idle < 20, "control: the idle proxy used {idle} ticks in 1 s");
-    assert!(busy < 50, "at its descriptor limit the proxy burnt {busy} clock ticks (of 100) in one second: the accept loop spins");
+    assert!(
+        busy < 50,
+        "at its descriptor limit the proxy burnt {busy} clock ticks (of 100) in one second: the accept loop spins"
+    );
 }
 
 /// Neither the TLS handshake after CONNECT nor a request head has a deadline: a connection that
@@ -517,7 +578,10 @@ async fn escape_half_open_connections_are_never_timed_out() {
     let mut buf = [0u8; 64];
     let head_closed = closed(tokio::time::timeout(Duration::from_millis(300), half_head.read(&mut buf)).await);
     let tls_closed = closed(tokio::time::timeout(Duration::from_millis(300), no_tls.read(&mut buf)).await);
-    assert!(head_closed && tls_closed, "after 35 s: half-sent CONNECT closed: {head_closed}, stalled TLS handshake closed: {tls_closed}");
+    assert!(
+        head_closed && tls_closed,
+        "after 35 s: half-sent CONNECT closed: {head_closed}, stalled TLS handshake closed: {tls_closed}"
+    );
 }
 
 /// On an endpoint with `request_body_credential_rewrite`, every request body is buffered (up
@@ -529,11 +593,21 @@ async fn escape_half_open_connections_are_never_timed_out() {
 async fn escape_stalled_rewrite_bodies_pin_unbounded_memory() {
     let up = Upstream::https();
     let p = up.port();
-    let proxy = start(&policy(&rest("localhost", p, "        access: full\n        request_body_credential_rewrite: true\n"), TOK_LOCALHOST), &[&up]);
+    let proxy = start(
+        &policy(
+            &rest("localhost", p, "        access: full\n        request_body_credential_rewrite: true\n"),
+            TOK_LOCALHOST,
+        ),
+        &[&up],
+    );
     let pid = proxy_pid(&proxy);
     let rss_kib = || {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap()
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
     };
     // Control: a complete body is rewritten and forwarded.
     let mut s = session(&proxy, "localhost", p, H2).await;
@@ -542,7 +616,12 @@ async fn escape_stalled_rewrite_bodies_pin_unbounded_memory() {
     assert_eq!(up.last().unwrap().body, format!("t={SECRET}").into_bytes());
     let before = rss_kib();
 
-    let tls = tls_over(connect(proxy.addr, &format!("localhost:{p}")).await.expect("CONNECT"), &TlsOptions::new(&proxy.ca_pem, "localhost", H2)).await.unwrap();
+    let tls = tls_over(
+        connect(proxy.addr, &format!("localhost:{p}")).await.expect("CONNECT"),
+        &TlsOptions::new(&proxy.ca_pem, "localhost", H2),
+    )
+    .await
+    .unwrap();
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(256 << 20)
@@ -591,7 +670,10 @@ mod chunked_body {
     impl hyper::body::Body for ChunkBody {
         type Data = Bytes;
         type Error = std::convert::Infallible;
-        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
         }
     }
@@ -609,7 +691,10 @@ mod chunked_body {
 /// `localhost` is bound to TOK; `127.0.0.1` (the same upstream) is not.
 fn bound_and_unbound(p: u16) -> String {
     policy(
-        &format!("{}      - host: 127.0.0.1\n        port: {p}\n        protocol: rest\n        access: full\n", rest("localhost", p, FULL)),
+        &format!(
+            "{}      - host: 127.0.0.1\n        port: {p}\n        protocol: rest\n        access: full\n",
+            rest("localhost", p, FULL)
+        ),
         TOK_LOCALHOST,
     )
 }
@@ -637,14 +722,26 @@ async fn placeholder_variants_never_carry_the_value_to_an_unbound_host() {
     ];
     let mut s = session(&proxy, "127.0.0.1", p, H1).await;
     for (name, value) in &variants {
-        let req = s.request("GET", "/variant").header(*name, hyper::header::HeaderValue::from_bytes(value).unwrap()).body(empty()).unwrap();
+        let req = s
+            .request("GET", "/variant")
+            .header(*name, hyper::header::HeaderValue::from_bytes(value).unwrap())
+            .body(empty())
+            .unwrap();
         let r = s.send(req).await;
         assert!(matches!(r.status, 200 | 403), "{name}: {:?}: {r}", String::from_utf8_lossy(value));
     }
     // Split over two lines of one header (a server joining them reads "leash:resolve:, env:TOK").
-    let r = s.send(s.request("GET", "/split").header("x-a", "leash:resolve:").header("x-a", "env:TOK").body(empty()).unwrap()).await;
+    let r = s
+        .send(
+            s.request("GET", "/split").header("x-a", "leash:resolve:").header("x-a", "env:TOK").body(empty()).unwrap(),
+        )
+        .await;
     assert_eq!(r.status, 200, "{r}");
-    for target in ["/q?k=leash%253Aresolve%253Aenv%253ATOK", "/q?k=LEASH%3ARESOLVE%3AENV%3ATOK", "/q?k=leash%3aresolve%3aenv%3a%54OK%2"] {
+    for target in [
+        "/q?k=leash%253Aresolve%253Aenv%253ATOK",
+        "/q?k=LEASH%3ARESOLVE%3AENV%3ATOK",
+        "/q?k=leash%3aresolve%3aenv%3a%54OK%2",
+    ] {
         let mut t = tunnel(&proxy, "127.0.0.1", p).await;
         let r = t.exchange(format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n").as_bytes()).await.unwrap();
         assert!(matches!(r.status, 200 | 400 | 403), "{target}: {r}");
@@ -653,13 +750,24 @@ async fn placeholder_variants_never_carry_the_value_to_an_unbound_host() {
     for alpn in [H1, H2] {
         let mut s = session(&proxy, "127.0.0.1", p, alpn).await;
         let before = up.count();
-        let r = s.send(s.request("GET", "/cookie").header("cookie", "a=1").header("cookie", format!("sid={PH}")).body(empty()).unwrap()).await;
+        let r = s
+            .send(
+                s.request("GET", "/cookie")
+                    .header("cookie", "a=1")
+                    .header("cookie", format!("sid={PH}"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
         assert_eq!((r.status, r.reason().as_str()), (403, "credential_endpoint_mismatch"), "{alpn:?}: {r}");
         assert_eq!(up.count(), before, "{alpn:?}: forwarded");
     }
     let unbound: Vec<Seen> = up.seen();
     assert!(!unbound.is_empty(), "some variants were forwarded");
-    assert!(unbound.iter().all(|s| !s.everything().contains(SECRET)), "the value reached the unbound host: {unbound:?}");
+    assert!(
+        unbound.iter().all(|s| !s.everything().contains(SECRET)),
+        "the value reached the unbound host: {unbound:?}"
+    );
     // Control: the bound host gets the value in the cookie, on both protocols.
     for alpn in [H1, H2] {
         let mut s = session(&proxy, "localhost", p, alpn).await;
@@ -695,7 +803,10 @@ async fn connect_request_and_hop_by_hop_headers_carry_nothing() {
         let mut s = Session::over(tls, &format!("127.0.0.1:{p}")).await;
         assert_eq!(s.get("/after-connect-headers").await.status, 200);
         let seen = up.last().unwrap();
-        assert!(!seen.everything().contains(SECRET) && !seen.everything().contains(PH), "CONNECT headers leaked into the tunnel: {seen:?}");
+        assert!(
+            !seen.everything().contains(SECRET) && !seen.everything().contains(PH),
+            "CONNECT headers leaked into the tunnel: {seen:?}"
+        );
     }
     // Inner hop-by-hop headers to the bound host: rewritten or not, never forwarded.
     let mut s = session(&proxy, "localhost", p, H1).await;
@@ -710,8 +821,15 @@ async fn connect_request_and_hop_by_hop_headers_carry_nothing() {
     let r = s.send(req).await;
     assert_eq!(r.status, 200, "{r}");
     let seen = up.last().unwrap();
-    assert_eq!(seen.header("authorization"), Some(format!("Bearer {SECRET}").as_str()), "control: the end-to-end header is rewritten");
-    assert!(seen.header("proxy-authorization").is_none() && seen.header("x-smuggle").is_none(), "hop-by-hop headers forwarded: {seen:?}");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str()),
+        "control: the end-to-end header is rewritten"
+    );
+    assert!(
+        seen.header("proxy-authorization").is_none() && seen.header("x-smuggle").is_none(),
+        "hop-by-hop headers forwarded: {seen:?}"
+    );
     assert_eq!(seen.everything().matches(SECRET).count(), 1, "the value appears once, in Authorization: {seen:?}");
     assert_not_logged(&proxy);
 }
@@ -769,9 +887,15 @@ async fn absolute_form_host_header_must_name_the_target() {
     assert_eq!(up.count(), 0, "a mismatched request reached the upstream");
     // Control: a matching absolute-form request goes through; with a placeholder it is refused,
     // since credentials are only swapped into requests that travel over TLS.
-    let r = to_proxy(proxy.addr, format!("GET http://localhost:{p}/a HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await;
+    let r =
+        to_proxy(proxy.addr, format!("GET http://localhost:{p}/a HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes())
+            .await;
     assert_eq!(r.status, 200, "control: {r}");
-    let r = to_proxy(proxy.addr, format!("GET http://localhost:{p}/a HTTP/1.1\r\nHost: localhost:{p}\r\n{auth}\r\n").as_bytes()).await;
+    let r = to_proxy(
+        proxy.addr,
+        format!("GET http://localhost:{p}/a HTTP/1.1\r\nHost: localhost:{p}\r\n{auth}\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 403, "a placeholder over plaintext: {r}");
     assert_eq!(up.count(), 1, "only the control reached the upstream");
     assert_not_logged(&proxy);
@@ -788,11 +912,27 @@ async fn pooled_upstream_connections_are_not_shared_between_hosts() {
     for alpn in [H1, H2] {
         for round in 0..2 {
             let mut bound = session(&proxy, "localhost", p, alpn).await;
-            let r = bound.send(bound.request("GET", &format!("/bound/{round}")).header("authorization", format!("Bearer {PH}")).body(empty()).unwrap()).await;
+            let r = bound
+                .send(
+                    bound
+                        .request("GET", &format!("/bound/{round}"))
+                        .header("authorization", format!("Bearer {PH}"))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await;
             assert_eq!(r.status, 200, "{r}");
             let mut unbound = session(&proxy, "127.0.0.1", p, alpn).await;
             assert_eq!(unbound.get(&format!("/unbound/{round}")).await.status, 200);
-            let r = unbound.send(unbound.request("GET", "/unbound/ph").header("authorization", format!("Bearer {PH}")).body(empty()).unwrap()).await;
+            let r = unbound
+                .send(
+                    unbound
+                        .request("GET", "/unbound/ph")
+                        .header("authorization", format!("Bearer {PH}"))
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await;
             assert_eq!(r.status, 403, "{r}");
         }
     }
@@ -894,19 +1034,31 @@ async fn unusual_methods_fail_closed_and_connect_inside_a_tunnel_opens_no_pipe()
     assert_eq!(up.count(), 0, "{:?}", up.seen());
     // h2 extended CONNECT: the proxy does not advertise it.
     let mut s = session(&proxy, "localhost", p, H2).await;
-    let mut req = Request::builder().method("CONNECT").uri(format!("https://localhost:{p}/allowed/ws")).version(hyper::Version::HTTP_2).body(empty()).unwrap();
+    let mut req = Request::builder()
+        .method("CONNECT")
+        .uri(format!("https://localhost:{p}/allowed/ws"))
+        .version(hyper::Version::HTTP_2)
+        .body(empty())
+        .unwrap();
     req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
     assert!(s.try_send(req).await.map(|r| r.status != 200).unwrap_or(true));
     assert_eq!(up.count(), 0);
     // CONNECT inside a tunnel whose rules let any method through `/`: whatever the answer, what
     // the agent writes afterwards is not piped anywhere.
-    let full = start(&policy(&rest("localhost", p, "        access: full\n        deny_rules: [{ path: \"/secret\" }]\n"), ""), &[&up]);
+    let full = start(
+        &policy(&rest("localhost", p, "        access: full\n        deny_rules: [{ path: \"/secret\" }]\n"), ""),
+        &[&up],
+    );
     let mut t = tunnel(&full, "localhost", p).await;
     let r = t.exchange(format!("CONNECT localhost:{p} HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await;
     let _ = t.tls.write_all(format!("GET /secret HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await;
     let _ = t.tls.flush().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!up.seen().iter().any(|s| s.target == "/secret"), "CONNECT inside the tunnel ({r:?}) opened a pipe: {:?}", up.seen());
+    assert!(
+        !up.seen().iter().any(|s| s.target == "/secret"),
+        "CONNECT inside the tunnel ({r:?}) opened a pipe: {:?}",
+        up.seen()
+    );
     // Control.
     assert_eq!(session(&proxy, "localhost", p, H1).await.get("/allowed/ok").await.status, 200);
 }
@@ -924,7 +1076,9 @@ async fn loopback_by_other_names_and_redirects_are_not_reached() {
     let up = UpgradingUpstream::start(Some(target.addr));
     let p = up.addr.port();
     let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-    let alias = ["vm", "runsc"].into_iter().find(|n| hosts.lines().any(|l| l.starts_with("127.") && l.split_whitespace().skip(1).any(|w| w == *n)));
+    let alias = ["vm", "runsc"]
+        .into_iter()
+        .find(|n| hosts.lines().any(|l| l.starts_with("127.") && l.split_whitespace().skip(1).any(|w| w == *n)));
     let alias = alias.unwrap_or("localhost");
     let q = target.addr.port();
     let eps = format!(
@@ -932,9 +1086,20 @@ async fn loopback_by_other_names_and_redirects_are_not_reached() {
         rest("localhost", p, FULL)
     );
     let proxy = start(&policy(&eps, ""), &[]);
-    let get = |host: &str, port: u16, path: &str| format!("GET http://{host}:{port}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+    let get = |host: &str, port: u16, path: &str| {
+        format!("GET http://{host}:{port}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n")
+    };
     let mut wrong = Vec::new();
-    for (host, port) in [(alias, p), ("a.localhost", p), ("[::ffff:127.0.0.1]", p), ("[::1]", p), ("[::ffff:7f00:1]", p), ("[::127.0.0.1]", p), ("[64:ff9b::7f00:1]", p), ("localhost", q)] {
+    for (host, port) in [
+        (alias, p),
+        ("a.localhost", p),
+        ("[::ffff:127.0.0.1]", p),
+        ("[::1]", p),
+        ("[::ffff:7f00:1]", p),
+        ("[::127.0.0.1]", p),
+        ("[64:ff9b::7f00:1]", p),
+        ("localhost", q),
+    ] {
         let r = to_proxy(proxy.addr, get(host, port, "/x").as_bytes()).await;
         if !matches!(r.status, 400 | 403 | 502) {
             wrong.push(format!("http://{host}:{port}/ -> {r}"));
@@ -954,7 +1119,10 @@ async fn loopback_by_other_names_and_redirects_are_not_reached() {
     assert_eq!(r.status, 200, "{r}");
     let r = to_proxy(proxy.addr, get("localhost", p, "/redirect").as_bytes()).await;
     assert_eq!(r.status, 302, "{r}");
-    assert_eq!(r.headers.get("location").and_then(|v| v.to_str().ok()), Some(format!("http://{}/pwn", target.addr).as_str()));
+    assert_eq!(
+        r.headers.get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("http://{}/pwn", target.addr).as_str())
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(target.accepted(), 0, "the proxy followed the redirect");
 }
@@ -989,7 +1157,11 @@ fn frames(bytes: &[u8]) -> String {
         let (kind, flags) = (bytes[i + 3], bytes[i + 4]);
         let stream = u32::from_be_bytes([bytes[i + 5], bytes[i + 6], bytes[i + 7], bytes[i + 8]]);
         let payload = &bytes[i + 9..(i + 9 + len).min(bytes.len())];
-        let code = if kind == 0x7 && payload.len() >= 8 { format!(":{}", u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]])) } else { String::new() };
+        let code = if kind == 0x7 && payload.len() >= 8 {
+            format!(":{}", u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]))
+        } else {
+            String::new()
+        };
         out.push(format!("{kind}:{flags}:{stream}{code}"));
         i += 9 + len;
     }
@@ -1074,7 +1246,11 @@ async fn garbage_and_floods_leave_the_proxy_serving() {
     one.extend(h2_frame(0x4, 0, 0, &[]));
     one.extend(h2_frame(0x1, 0x5, 1, &block));
     let answer = write_and_drain(&mut t, &one).await;
-    assert!(frames(&answer).split(' ').any(|f| f.starts_with("1:") && f.ends_with(":1")), "no answer to a hand-made request: {}", frames(&answer));
+    assert!(
+        frames(&answer).split(' ').any(|f| f.starts_with("1:") && f.ends_with(":1")),
+        "no answer to a hand-made request: {}",
+        frames(&answer)
+    );
     drop(t);
 
     // HTTP/2 rapid reset: 5000 streams opened and cancelled at once.
@@ -1091,7 +1267,11 @@ async fn garbage_and_floods_leave_the_proxy_serving() {
     let goaway = answer.windows(4).any(|w| w[3] == 0x7 && w[..3] != [0, 0, 0]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let forwarded = up.count() - before;
-    eprintln!("rapid reset: goaway={goaway}, {} bytes back, {forwarded} requests forwarded upstream: {}", answer.len(), frames(&answer));
+    eprintln!(
+        "rapid reset: goaway={goaway}, {} bytes back, {forwarded} requests forwarded upstream: {}",
+        answer.len(),
+        frames(&answer)
+    );
     assert!(forwarded <= 5000, "{forwarded}");
 
     // CONTINUATION flood: one header block that never ends.
@@ -1116,7 +1296,13 @@ async fn garbage_and_floods_leave_the_proxy_serving() {
 async fn body_over_the_rewrite_limit_is_413_and_not_forwarded() {
     let up = Upstream::https();
     let p = up.port();
-    let proxy = start(&policy(&rest("localhost", p, "        access: full\n        request_body_credential_rewrite: true\n"), TOK_LOCALHOST), &[&up]);
+    let proxy = start(
+        &policy(
+            &rest("localhost", p, "        access: full\n        request_body_credential_rewrite: true\n"),
+            TOK_LOCALHOST,
+        ),
+        &[&up],
+    );
     let over = format!("{PH}{}", "a".repeat((1 << 20) + 1 - PH.len()));
     for alpn in [H1, H2] {
         let mut s = session(&proxy, "localhost", p, alpn).await;
@@ -1126,7 +1312,8 @@ async fn body_over_the_rewrite_limit_is_413_and_not_forwarded() {
         }
     }
     let mut t = tunnel(&proxy, "localhost", p).await;
-    let mut chunked = format!("POST /big HTTP/1.1\r\nHost: localhost:{p}\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+    let mut chunked =
+        format!("POST /big HTTP/1.1\r\nHost: localhost:{p}\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
     for _ in 0..17 {
         chunked.extend_from_slice(format!("10000\r\n{}\r\n", "b".repeat(1 << 16)).as_bytes());
     }
@@ -1171,7 +1358,10 @@ fn agent_cannot_read_leash_secrets() {
         .gid(gid)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&control.stdout).contains(SECRET), "control: nobody outside reads a nobody process's environment");
+    assert!(
+        String::from_utf8_lossy(&control.stdout).contains(SECRET),
+        "control: nobody outside reads a nobody process's environment"
+    );
 
     let script = format!(
         "sleep 1\n\
@@ -1219,8 +1409,11 @@ fn agent_cannot_read_leash_secrets() {
         ("trust_keys", "0"),
         ("core", "10"),
     ];
-    let wrong: Vec<String> = expect.iter().filter(|(k, v)| got.get(k) != Some(v)).map(|(k, v)| format!("{k}: expected {v:?}, got {:?}", got.get(k))).collect();
+    let wrong: Vec<String> = expect
+        .iter()
+        .filter(|(k, v)| got.get(k) != Some(v))
+        .map(|(k, v)| format!("{k}: expected {v:?}, got {:?}", got.get(k)))
+        .collect();
     assert!(wrong.is_empty(), "the agent reached a secret:\n{}\nfull output:\n{out}", wrong.join("\n"));
     assert_eq!(got.get("trust_files").map(|s| s.trim()), Some("bundle.pem ca.pem truststore.p12"), "{out}");
 }
-

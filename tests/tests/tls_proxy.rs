@@ -40,7 +40,8 @@ fn rest_localhost(port: u16, extra: &str) -> String {
 }
 
 fn start(policy: &str, upstreams: &[&Upstream]) -> StandaloneProxy {
-    let cas: Vec<&std::path::Path> = upstreams.iter().filter(|u| !u.ca_pem.as_os_str().is_empty()).map(|u| u.ca_pem.as_path()).collect();
+    let cas: Vec<&std::path::Path> =
+        upstreams.iter().filter(|u| !u.ca_pem.as_os_str().is_empty()).map(|u| u.ca_pem.as_path()).collect();
     StandaloneProxy::start(policy, &cas, CREDS)
 }
 
@@ -83,29 +84,44 @@ async fn allowed_get_passes_and_denied_method_or_path_gets_403() {
     let ok = s.get("/allowed/x?q=1").await;
     assert_eq!(ok.status, 200, "allowed GET: {ok}");
     let j = ok.json();
-    assert_eq!((j["method"].as_str(), j["path"].as_str(), j["sni"].as_str()), (Some("GET"), Some("/allowed/x?q=1"), Some("localhost")), "{j}");
+    assert_eq!(
+        (j["method"].as_str(), j["path"].as_str(), j["sni"].as_str()),
+        (Some("GET"), Some("/allowed/x?q=1"), Some("localhost")),
+        "{j}"
+    );
     assert_eq!(up.count(), 1);
 
-    let post = s.send(s.request("POST", "/allowed/post").header("content-type", "text/plain").body(body("hello body")).unwrap()).await;
+    let post = s
+        .send(s.request("POST", "/allowed/post").header("content-type", "text/plain").body(body("hello body")).unwrap())
+        .await;
     assert_eq!(post.status, 200, "allowed POST: {post}");
     assert_eq!(post.json()["body"], "hello body");
     assert_eq!(up.count(), 2);
 
-    for (method, path) in [("DELETE", "/allowed/x"), ("POST", "/allowed/x"), ("GET", "/secret"), ("GET", "/allowed/private/key")] {
+    for (method, path) in
+        [("DELETE", "/allowed/x"), ("POST", "/allowed/x"), ("GET", "/secret"), ("GET", "/allowed/private/key")]
+    {
         let r = s.send(s.request(method, path).body(empty()).unwrap()).await;
         assert_eq!(r.status, 403, "{method} {path} must be refused: {r}");
         assert_eq!(r.reason(), "request_denied", "{method} {path}: {r}");
         assert_eq!(r.json()["error"], "forbidden", "{r}");
         assert_eq!(up.count(), 2, "{method} {path} reached the upstream");
         let events = audit_for(&proxy, path);
-        assert!(events.iter().any(|e| e["disposition_id"] == 2 && e["http_request"]["http_method"] == method), "no audit denial for {method} {path}: {}", proxy.audit());
+        assert!(
+            events.iter().any(|e| e["disposition_id"] == 2 && e["http_request"]["http_method"] == method),
+            "no audit denial for {method} {path}: {}",
+            proxy.audit()
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_enforcement_logs_audit_only_and_lets_the_request_through() {
     let up = Upstream::https();
-    let ep = rest_localhost(up.port(), "        enforcement: audit\n        rules:\n          - allow: { method: GET, path: \"/allowed/**\" }\n");
+    let ep = rest_localhost(
+        up.port(),
+        "        enforcement: audit\n        rules:\n          - allow: { method: GET, path: \"/allowed/**\" }\n",
+    );
     let proxy = start(&policy(&ep, ""), &[&up]);
     let mut s = session(&proxy, "localhost", up.port(), H1).await;
 
@@ -149,7 +165,11 @@ async fn http2_on_both_legs() {
 async fn http1_agent_leg_and_the_upstream_leg_follows_upstream_alpn() {
     let both = Upstream::https();
     let h1_only = Upstream::https_h1_only();
-    let eps = format!("{}{}", rest_localhost(both.port(), "        access: full\n"), rest_localhost(h1_only.port(), "        access: full\n"));
+    let eps = format!(
+        "{}{}",
+        rest_localhost(both.port(), "        access: full\n"),
+        rest_localhost(h1_only.port(), "        access: full\n")
+    );
     let proxy = start(&policy(&eps, ""), &[&both, &h1_only]);
 
     // Agent HTTP/1.1 -> upstream offering h2: the upstream leg is whatever ALPN negotiated.
@@ -184,11 +204,18 @@ fn ws_request(port: u16) -> Vec<u8> {
 }
 
 async fn websocket_round_trip(up: &Upstream) {
-    let proxy = start(&policy(&rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/ws\" }\n"), ""), &[up]);
+    let proxy = start(
+        &policy(&rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/ws\" }\n"), ""),
+        &[up],
+    );
     let mut t = tunnel(&proxy, "localhost", up.port(), H1).await;
     let r = t.exchange(&ws_request(up.port())).await.expect("upgrade request");
     assert_eq!(r.status, 101, "expected 101 Switching Protocols, got {r}; upstream saw {:?}", up.seen());
-    assert_eq!(r.headers.get("upgrade").map(|v| v.to_str().unwrap_or("").to_ascii_lowercase()), Some("websocket".into()), "{r:?}");
+    assert_eq!(
+        r.headers.get("upgrade").map(|v| v.to_str().unwrap_or("").to_ascii_lowercase()),
+        Some("websocket".into()),
+        "{r:?}"
+    );
     let seen = up.last().expect("the upstream saw the upgrade");
     assert_eq!(seen.header("upgrade"), Some("websocket"), "upstream saw {seen:?}");
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -214,7 +241,13 @@ async fn websocket_upgrade_to_an_http1_only_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_refused_by_rules_gets_403() {
     let up = Upstream::https_h1_only();
-    let proxy = start(&policy(&rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/api/**\" }\n"), ""), &[&up]);
+    let proxy = start(
+        &policy(
+            &rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/api/**\" }\n"),
+            "",
+        ),
+        &[&up],
+    );
     let mut t = tunnel(&proxy, "localhost", up.port(), H1).await;
     let r = t.exchange(&ws_request(up.port())).await.expect("upgrade request");
     assert_eq!(r.status, 403, "{r}");
@@ -232,7 +265,8 @@ async fn websocket_upgrade_refused_by_rules_gets_403() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_host_receives_the_real_token() {
     let up = Upstream::https();
-    let proxy = start(&policy(&rest_localhost(up.port(), "        access: full\n"), "  TOK: { hosts: [localhost] }\n"), &[&up]);
+    let proxy =
+        start(&policy(&rest_localhost(up.port(), "        access: full\n"), "  TOK: { hosts: [localhost] }\n"), &[&up]);
     for alpn in [H1, H2] {
         let mut s = session(&proxy, "localhost", up.port(), alpn).await;
         let req = s
@@ -244,27 +278,41 @@ async fn bound_host_receives_the_real_token() {
         let r = s.send(req).await;
         assert_eq!(r.status, 200, "{alpn:?}: {r}");
         let seen = up.last().unwrap();
-        assert_eq!(seen.header("authorization"), Some(format!("Bearer {SECRET}").as_str()), "{alpn:?}: upstream saw {seen:?}");
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {SECRET}").as_str()),
+            "{alpn:?}: upstream saw {seen:?}"
+        );
         assert_eq!(seen.header("x-api-key"), Some(SECRET), "openshell spelling, {alpn:?}");
     }
     let events = audit_for(&proxy, "/me");
-    assert!(events.iter().any(|e| e["unmapped"]["credentials"] == serde_json::json!(["TOK"])), "the audit names the credential used: {}", proxy.audit());
+    assert!(
+        events.iter().any(|e| e["unmapped"]["credentials"] == serde_json::json!(["TOK"])),
+        "the audit names the credential used: {}",
+        proxy.audit()
+    );
     assert_not_logged(&proxy, &[SECRET]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placeholder_in_the_request_target_is_swapped_for_the_bound_host() {
     let up = Upstream::https();
-    let proxy = start(&policy(&rest_localhost(up.port(), "        access: full\n"), "  TOK: { hosts: [localhost] }\n"), &[&up]);
+    let proxy =
+        start(&policy(&rest_localhost(up.port(), "        access: full\n"), "  TOK: { hosts: [localhost] }\n"), &[&up]);
     let mut wrong = Vec::new();
     for alpn in [H1, H2] {
-        for target in ["/q?key=leash:resolve:env:TOK", "/q?key=leash%3Aresolve%3Aenv%3ATOK", "/p/leash:resolve:env:TOK/x"] {
+        for target in
+            ["/q?key=leash:resolve:env:TOK", "/q?key=leash%3Aresolve%3Aenv%3ATOK", "/p/leash:resolve:env:TOK/x"]
+        {
             let mut s = session(&proxy, "localhost", up.port(), alpn).await;
             let r = s.get(target).await;
             let seen = up.last().map(|s| s.target).unwrap_or_default();
             let want = target.replace("leash%3Aresolve%3Aenv%3ATOK", SECRET).replace("leash:resolve:env:TOK", SECRET);
             if r.status != 200 || seen != want {
-                wrong.push(format!("{alpn:?} GET {target}: answered {}, upstream received {seen:?}, expected {want:?}", r.status));
+                wrong.push(format!(
+                    "{alpn:?} GET {target}: answered {}, upstream received {seen:?}, expected {want:?}",
+                    r.status
+                ));
             }
         }
     }
@@ -284,14 +332,23 @@ async fn placeholder_for_an_unbound_host_is_403_and_never_forwarded() {
     let proxy = start(&policy(&eps, "  TOK: { hosts: [localhost] }\n"), &[&up]);
 
     let mut s = session(&proxy, "127.0.0.1", up.port(), H1).await;
-    let with = |s: &Session, value: &str| s.request("GET", "/unbound").header("authorization", format!("Bearer {value}")).body(empty()).unwrap();
+    let with = |s: &Session, value: &str| {
+        s.request("GET", "/unbound").header("authorization", format!("Bearer {value}")).body(empty()).unwrap()
+    };
     let r = s.send(with(&s, "leash:resolve:env:TOK")).await;
     assert_eq!(r.status, 403, "{r}");
     assert_eq!(r.reason(), "credential_endpoint_mismatch", "{r}");
     assert_eq!(up.count(), 0, "a request with a placeholder for another host reached the upstream");
     // A placeholder naming no declared credential is refused the same way, even on a bound host.
     let mut b = session(&proxy, "localhost", up.port(), H1).await;
-    let r = b.send(b.request("GET", "/unknown").header("authorization", "Bearer leash:resolve:env:NOPE").body(empty()).unwrap()).await;
+    let r = b
+        .send(
+            b.request("GET", "/unknown")
+                .header("authorization", "Bearer leash:resolve:env:NOPE")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
     assert_eq!((r.status, r.reason().as_str()), (403, "credential_endpoint_mismatch"), "{r}");
     assert_eq!(up.count(), 0);
     // Controls: the same host without a placeholder passes; the bound host gets the value.
@@ -303,18 +360,30 @@ async fn placeholder_for_an_unbound_host_is_403_and_never_forwarded() {
     assert_eq!(up.seen()[0].header("authorization"), Some("Bearer ordinary"));
     assert_eq!(up.seen()[0].sni, None, "an IP literal target sends no SNI");
     assert!(!up.seen()[0].everything().contains(SECRET));
-    assert!(proxy.audit().contains("credential_endpoint_mismatch"), "the mismatch is an audit finding: {}", proxy.audit());
+    assert!(
+        proxy.audit().contains("credential_endpoint_mismatch"),
+        "the mismatch is an audit finding: {}",
+        proxy.audit()
+    );
     assert_not_logged(&proxy, &[SECRET]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_style_basic_auth_placeholder_is_swapped() {
     let up = Upstream::https();
-    let proxy = start(&policy(&rest_localhost(up.port(), "        access: full\n"), "  GH: { hosts: [localhost] }\n"), &[&up]);
+    let proxy =
+        start(&policy(&rest_localhost(up.port(), "        access: full\n"), "  GH: { hosts: [localhost] }\n"), &[&up]);
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut s = session(&proxy, "localhost", up.port(), H1).await;
     let auth = format!("Basic {}", b64.encode("x-access-token:leash:resolve:env:GH"));
-    let r = s.send(s.request("GET", "/org/repo.git/info/refs?service=git-upload-pack").header("authorization", auth).body(empty()).unwrap()).await;
+    let r = s
+        .send(
+            s.request("GET", "/org/repo.git/info/refs?service=git-upload-pack")
+                .header("authorization", auth)
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
     assert_eq!(r.status, 200, "{r}");
     let seen = up.last().unwrap();
     let got = seen.header("authorization").expect("authorization forwarded");
@@ -337,7 +406,9 @@ async fn body_placeholders_are_swapped_only_where_the_endpoint_opts_in() {
     let sent = r#"{"token":"leash:resolve:env:TOK","n":1}"#;
     for (up, alpn) in [(&opted, H1), (&plain, H1), (&opted, H2), (&plain, H2)] {
         let mut s = session(&proxy, "localhost", up.port(), alpn).await;
-        let r = s.send(s.request("POST", "/body").header("content-type", "application/json").body(body(sent)).unwrap()).await;
+        let r = s
+            .send(s.request("POST", "/body").header("content-type", "application/json").body(body(sent)).unwrap())
+            .await;
         assert_eq!(r.status, 200, "{r}");
     }
     let want = format!(r#"{{"token":"{SECRET}","n":1}}"#);
@@ -348,7 +419,12 @@ async fn body_placeholders_are_swapped_only_where_the_endpoint_opts_in() {
         }
     }
     for seen in plain.seen() {
-        assert_eq!(String::from_utf8_lossy(&seen.body), sent, "without the opt-in the body must pass unchanged, {}", seen.version);
+        assert_eq!(
+            String::from_utf8_lossy(&seen.body),
+            sent,
+            "without the opt-in the body must pass unchanged, {}",
+            seen.version
+        );
     }
     assert_eq!((opted.count(), plain.count()), (2, 2));
     assert_not_logged(&proxy, &[SECRET]);
@@ -372,10 +448,14 @@ async fn absolute_form_http_request_is_judged_and_never_gets_credentials() {
     assert_eq!((r.status, r.reason().as_str()), (403, "credential_requires_tls"), "{r}");
     assert_eq!(up.count(), 0);
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(format!("GET http://localhost:{p}/allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await.unwrap();
+    tcp.write_all(format!("GET http://localhost:{p}/allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let r = tokio::time::timeout(STEP, read_response(&mut tcp)).await.unwrap().unwrap();
     assert_eq!(r.status, 200, "{r}");
-    tcp.write_all(format!("GET http://localhost:{p}/secret HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await.unwrap();
+    tcp.write_all(format!("GET http://localhost:{p}/secret HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let r = tokio::time::timeout(STEP, read_response(&mut tcp)).await.unwrap().unwrap();
     assert_eq!((r.status, r.reason().as_str()), (403, "request_denied"), "{r}");
     assert_eq!(up.count(), 1);
@@ -394,7 +474,9 @@ async fn tls_skip_endpoint_is_tunnelled_untouched() {
         .expect("TLS straight to the upstream through the tunnel");
     let mut s = Session::over(tls, &format!("localhost:{}", up.port())).await;
     // ...and the proxy sees nothing, so it rewrites nothing.
-    let r = s.send(s.request("GET", "/raw").header("authorization", "Bearer leash:resolve:env:TOK").body(empty()).unwrap()).await;
+    let r = s
+        .send(s.request("GET", "/raw").header("authorization", "Bearer leash:resolve:env:TOK").body(empty()).unwrap())
+        .await;
     assert_eq!(r.status, 200, "{r}");
     assert_eq!(up.last().unwrap().header("authorization"), Some("Bearer leash:resolve:env:TOK"));
     // Control: leash's CA is not what the agent sees on this endpoint.
@@ -439,13 +521,20 @@ async fn host_header_other_than_the_connect_host_is_421() {
     let proxy = start(&policy(&rest_localhost(up.port(), "        access: full\n"), ""), &[&up]);
     let p = up.port();
     let mut s = session(&proxy, "localhost", p, H1).await;
-    for host in [format!("other.localhost:{p}"), format!("localhost:{}", p.wrapping_add(1).max(1)), "example.com".to_string()] {
+    for host in
+        [format!("other.localhost:{p}"), format!("localhost:{}", p.wrapping_add(1).max(1)), "example.com".to_string()]
+    {
         let req = hyper::Request::builder().method("GET").uri("/x").header("host", &host).body(empty()).unwrap();
         let r = s.send(req).await;
         assert_eq!((r.status, r.reason().as_str()), (421, "misdirected_request"), "Host: {host}: {r}");
     }
     // An absolute-form target naming another host inside the tunnel.
-    let req = hyper::Request::builder().method("GET").uri(format!("https://other.localhost:{p}/x")).header("host", format!("localhost:{p}")).body(empty()).unwrap();
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!("https://other.localhost:{p}/x"))
+        .header("host", format!("localhost:{p}"))
+        .body(empty())
+        .unwrap();
     let r = s.send(req).await;
     assert_eq!(r.status, 421, "absolute-form target naming another host: {r}");
     assert_eq!(up.count(), 0);
@@ -494,13 +583,19 @@ async fn content_length_with_transfer_encoding_is_read_as_chunked_and_closed() {
         let forwarded = seen.get(before);
         let consistent = match forwarded {
             None => r.status == 400,
-            Some(s) => s.header("content-length").is_none_or(|v| v == "0") && s.body.is_empty() && up.count() == before + 1,
+            Some(s) => {
+                s.header("content-length").is_none_or(|v| v == "0") && s.body.is_empty() && up.count() == before + 1
+            }
         };
         if !consistent || !closed {
             wrong.push(format!("{head:?}: answered {r}; closed {closed}; the upstream received {forwarded:?}"));
         }
     }
-    assert!(wrong.is_empty(), "CL+TE must be refused or read as chunked, and the connection closed:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "CL+TE must be refused or read as chunked, and the connection closed:\n{}",
+        wrong.join("\n")
+    );
 }
 
 async fn refused_framing(heads: &[&str]) {
@@ -520,7 +615,12 @@ async fn refused_framing(heads: &[&str]) {
     assert!(wrong.is_empty(), "expected 400 and nothing forwarded:\n{}", wrong.join("\n"));
     // Control: one Content-Length passes.
     let mut t = tunnel(&proxy, "localhost", p, H1).await;
-    let r = t.exchange(format!("POST /allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\nContent-Length: 5\r\n\r\nhello").as_bytes()).await.unwrap();
+    let r = t
+        .exchange(
+            format!("POST /allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\nContent-Length: 5\r\n\r\nhello").as_bytes(),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "control: {r}");
 }
 
@@ -538,7 +638,9 @@ async fn identical_content_length_values_are_refused_or_merged() {
     let proxy = start(&smuggling_policy(&up), &[&up]);
     let p = up.port();
     let mut t = tunnel(&proxy, "localhost", p, H1).await;
-    let req = format!("POST /allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello");
+    let req = format!(
+        "POST /allowed/x HTTP/1.1\r\nHost: localhost:{p}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+    );
     let r = t.exchange(req.as_bytes()).await.unwrap();
     if r.status == 400 {
         assert_eq!(up.count(), 0, "refused, so nothing may be forwarded");
@@ -611,7 +713,13 @@ fn server_view(target: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_path_traversal_does_not_escape_the_allowed_prefix() {
     let up = Upstream::https();
-    let proxy = start(&policy(&rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/allowed/**\" }\n"), ""), &[&up]);
+    let proxy = start(
+        &policy(
+            &rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/allowed/**\" }\n"),
+            "",
+        ),
+        &[&up],
+    );
     let p = up.port();
     let attempts = [
         "/allowed/%2e%2e/secret",
@@ -654,7 +762,10 @@ async fn encoded_path_traversal_does_not_escape_the_allowed_prefix() {
     for path in ["/allowed/%2e%2e/secret", "/allowed/..%2fsecret", "//secret"] {
         let before = up.count();
         let r = s.get(path).await;
-        assert!(up.count() == before || server_view(&up.last().unwrap().target).is_some_and(|v| v.starts_with("/allowed/")), "h2 {path}: {r}");
+        assert!(
+            up.count() == before || server_view(&up.last().unwrap().target).is_some_and(|v| v.starts_with("/allowed/")),
+            "h2 {path}: {r}"
+        );
     }
     // Control: a genuine allowed path, and a harmless dot segment inside the prefix.
     let mut s = session(&proxy, "localhost", p, H1).await;
@@ -735,7 +846,9 @@ async fn name_resolving_to_loopback_without_allowed_ips_is_403() {
     // address check came first).
     match connect(proxy.addr, &format!("localhost:{}", up.port().wrapping_add(1).max(1))).await {
         Ok(_) => wrong.push("tcp endpoint: CONNECT accepted".to_string()),
-        Err(r) if (r.status, r.reason().as_str()) != (403, "blocked_address") => wrong.push(format!("tcp endpoint: {r}")),
+        Err(r) if (r.status, r.reason().as_str()) != (403, "blocked_address") => {
+            wrong.push(format!("tcp endpoint: {r}"))
+        }
         Err(_) => {}
     }
     // Inspected endpoint: refused at CONNECT or, at the latest, at the first request.
@@ -768,13 +881,19 @@ async fn cloud_metadata_address_is_refused_before_dialling() {
     let started = Instant::now();
     let mut wrong = Vec::new();
     let tcp = connect_in_netns(&proxy.netns(), proxy.addr).expect("reaching the isolated proxy");
-    match tokio::time::timeout(Duration::from_secs(3), connect_over(tcp, b"169.254.169.254:80")).await.expect("CONNECT answered") {
+    match tokio::time::timeout(Duration::from_secs(3), connect_over(tcp, b"169.254.169.254:80"))
+        .await
+        .expect("CONNECT answered")
+    {
         Ok(_) => wrong.push("tcp endpoint: CONNECT 169.254.169.254:80 accepted".to_string()),
         Err(r) if r.status != 403 => wrong.push(format!("tcp endpoint, CONNECT 169.254.169.254:80: {r}")),
         Err(_) => {}
     }
     let tcp = connect_in_netns(&proxy.netns(), proxy.addr).expect("reaching the isolated proxy");
-    match tokio::time::timeout(Duration::from_secs(3), connect_over(tcp, b"169.254.169.254:443")).await.expect("CONNECT answered") {
+    match tokio::time::timeout(Duration::from_secs(3), connect_over(tcp, b"169.254.169.254:443"))
+        .await
+        .expect("CONNECT answered")
+    {
         Err(r) if r.status != 403 => wrong.push(format!("rest endpoint, CONNECT 169.254.169.254:443: {r}")),
         Err(_) => {}
         Ok(tcp) => {
@@ -797,8 +916,14 @@ async fn cloud_metadata_address_is_refused_before_dialling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_reload_keeps_the_old_policy_on_a_broken_file_and_applies_a_valid_one() {
     let up = Upstream::https();
-    let allow = policy(&rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/allowed/**\" }\n"), "");
-    let deny = policy(&rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/other/**\" }\n"), "");
+    let allow = policy(
+        &rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/allowed/**\" }\n"),
+        "",
+    );
+    let deny = policy(
+        &rest_localhost(up.port(), "        rules:\n          - allow: { method: GET, path: \"/other/**\" }\n"),
+        "",
+    );
     let proxy = start(&allow, &[&up]);
     let get = |path: &'static str| {
         let proxy = &proxy;
@@ -808,7 +933,11 @@ async fn policy_reload_keeps_the_old_policy_on_a_broken_file_and_applies_a_valid
     assert_eq!(get("/allowed/1").await.status, 200);
 
     proxy.replace_policy("version: 1\nnetwork_policies: [ this is: not valid\n");
-    assert!(wait_until(5, || proxy.stderr().contains("policy reload rejected")), "no rejection on stderr:\n{}", proxy.stderr());
+    assert!(
+        wait_until(5, || proxy.stderr().contains("policy reload rejected")),
+        "no rejection on stderr:\n{}",
+        proxy.stderr()
+    );
     proxy.hup();
     std::thread::sleep(Duration::from_millis(300));
     let r = get("/allowed/2").await;
@@ -816,7 +945,11 @@ async fn policy_reload_keeps_the_old_policy_on_a_broken_file_and_applies_a_valid
 
     proxy.replace_policy(&deny);
     proxy.hup();
-    assert!(wait_until(5, || proxy.stderr().contains("leash: policy reloaded")), "no reload on stderr:\n{}", proxy.stderr());
+    assert!(
+        wait_until(5, || proxy.stderr().contains("leash: policy reloaded")),
+        "no reload on stderr:\n{}",
+        proxy.stderr()
+    );
     let r = get("/allowed/3").await;
     assert_eq!((r.status, r.reason().as_str()), (403, "request_denied"), "the new policy must be in force: {r}");
     assert_eq!(get("/other/1").await.status, 200, "control: the new policy's rule allows this");
@@ -840,7 +973,11 @@ async fn policy_reload_by_file_change_alone() {
         if r.status == 403 {
             break;
         }
-        assert!(Instant::now() < deadline, "POST still allowed 5 s after the policy became read-only: {r}\n{}", proxy.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "POST still allowed 5 s after the policy became read-only: {r}\n{}",
+            proxy.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(proxy.stderr().contains("leash: policy reloaded"), "{}", proxy.stderr());

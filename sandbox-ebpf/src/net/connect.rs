@@ -11,8 +11,8 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use sandbox_common::{counter, Hook, SandboxNet, SANDBOX_RECORD_OWNERS};
 
 use super::{
-    count, current_cgroup, report, sandbox, words_to_bytes, Denied, AF_INET, AF_INET6, ALLOW,
-    DENY, IPPROTO_TCP, SOCK_STREAM,
+    count, current_cgroup, report, sandbox, words_to_bytes, Denied, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP,
+    SOCK_STREAM,
 };
 
 #[cgroup_sock_addr(connect4)]

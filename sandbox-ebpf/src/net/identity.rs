@@ -27,9 +27,8 @@ const ACTIVE_ESTABLISHED: u32 = 4;
 #[inline(always)]
 pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64) {
     // SAFETY: plain BPF helper calls on the program's own context.
-    let (cookie, pid_tgid, uid_gid) = unsafe {
-        (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_current_pid_tgid(), bpf_get_current_uid_gid())
-    };
+    let (cookie, pid_tgid, uid_gid) =
+        unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_current_pid_tgid(), bpf_get_current_uid_gid()) };
     let owner = ConnOwner { cgroup_id, pid: (pid_tgid >> 32) as u32, uid: uid_gid as u32 };
     let _ = SOCKET_OWNERS.insert(&cookie, &owner, 0);
 }

@@ -19,8 +19,8 @@ mod skb;
 mod sock_create;
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    bpf_ktime_get_ns,
 };
 use sandbox_common::{DenyEvent, Hook, SandboxNet};
 

@@ -23,16 +23,11 @@ pub fn leash_sock_create(ctx: SockContext) -> i32 {
     }
     let cgroup = current_cgroup();
     count(cgroup, counter::SOCK_CREATE_DENIED);
-    report(
-        cgroup,
-        &Denied { hook: Hook::SockCreate, family, sock_type, protocol, addr: [0; 16], port: 0 },
-        true,
-    );
+    report(cgroup, &Denied { hook: Hook::SockCreate, family, sock_type, protocol, addr: [0; 16], port: 0 }, true);
     DENY
 }
 
 #[inline(always)]
 fn is_raw_or_ping(sock_type: u32, protocol: u32) -> bool {
-    sock_type == SOCK_RAW
-        || (sock_type == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6))
+    sock_type == SOCK_RAW || (sock_type == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6))
 }

@@ -78,11 +78,7 @@ pub fn kernel_denial(sandbox: &str, event: &DenyEvent) -> (Value, String) {
         (Some(v4), _) => format!("{v4}:{}/{proto}", event.port),
         (None, _) => format!("non-IP packet/{proto}"),
     };
-    let actor = if event.pid != 0 {
-        format!("pid {} ({})", event.pid, comm(event))
-    } else {
-        "packet".to_owned()
-    };
+    let actor = if event.pid != 0 { format!("pid {} ({})", event.pid, comm(event)) } else { "packet".to_owned() };
     let line = format!("denied {hook}: {actor} -> {target} [sandbox {sandbox}]");
     let json = json!({
         "class_uid": 4001,

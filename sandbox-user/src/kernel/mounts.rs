@@ -39,7 +39,8 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok()) {
+            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok())
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -55,7 +56,9 @@ fn unescape(s: &str) -> String {
 pub fn cgroup2_root() -> Result<PathBuf> {
     match mount_points("cgroup2")?.into_iter().next() {
         Some(p) => Ok(p),
-        None => bail!("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo); leash needs cgroup v2"),
+        None => {
+            bail!("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo); leash needs cgroup v2")
+        }
     }
 }
 

@@ -43,10 +43,8 @@ pub fn cgroup_programs() -> Result<String> {
     let probe = SandboxCgroup::create(&root, &format!("probe-{}", std::process::id()))?;
     let result = (|| -> Result<()> {
         let mut ebpf = super::programs::load_object()?;
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(program_names::CONNECT4)
-            .ok_or_else(|| anyhow!("connect4 program missing"))?
-            .try_into()?;
+        let prog: &mut CgroupSockAddr =
+            ebpf.program_mut(program_names::CONNECT4).ok_or_else(|| anyhow!("connect4 program missing"))?.try_into()?;
         prog.load().context("loading cgroup/connect4")?;
         let dir = probe.dir()?;
         prog.attach(dir.as_fd(), CgroupAttachMode::Single).context("attaching cgroup/connect4")?;
@@ -60,10 +58,8 @@ pub fn cgroup_programs() -> Result<String> {
 pub fn bpf_lsm() -> Result<String> {
     let btf = Btf::from_sys_fs().context("BPF-LSM needs BTF")?;
     let mut ebpf = Ebpf::load(OBJECT).context("loading leash's eBPF object")?;
-    let prog: &mut Lsm = ebpf
-        .program_mut(program_names::LSM_PROBE)
-        .ok_or_else(|| anyhow!("LSM probe program missing"))?
-        .try_into()?;
+    let prog: &mut Lsm =
+        ebpf.program_mut(program_names::LSM_PROBE).ok_or_else(|| anyhow!("LSM probe program missing"))?.try_into()?;
     prog.load("socket_create", &btf).context("loading lsm/socket_create")?;
     prog.attach().context("attaching lsm/socket_create (is `bpf` in the lsm= boot parameter?)")?;
     Ok("lsm/socket_create loaded and attached".into())

@@ -56,7 +56,8 @@ impl NetPrograms {
     pub fn load() -> Result<Self> {
         let mut ebpf = load_object()?;
         for (name, kind) in NET_PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+            let program =
+                ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
             let loaded = match kind {
                 Kind::SockAddr => <&mut CgroupSockAddr>::try_from(program)?.load(),
                 Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
@@ -153,7 +154,8 @@ impl NetPrograms {
 
     /// The connection-owner table the proxy reads at accept; can be taken once.
     pub fn take_connection_owners(&mut self) -> Result<ConnectionOwners> {
-        let map = self.ebpf.take_map(map_names::PROXY_CLIENTS).ok_or_else(|| anyhow!("proxy clients map already taken"))?;
+        let map =
+            self.ebpf.take_map(map_names::PROXY_CLIENTS).ok_or_else(|| anyhow!("proxy clients map already taken"))?;
         Ok(ConnectionOwners { map: std::sync::Mutex::new(HashMap::try_from(map)?) })
     }
 

@@ -47,7 +47,13 @@ mod tests {
     use nix::unistd::{Gid, Uid};
 
     fn ident() -> Identity {
-        Identity { uid: Uid::from_raw(1000), gid: Gid::from_raw(1000), groups: vec![], name: "dev".into(), home: "/home/dev".into() }
+        Identity {
+            uid: Uid::from_raw(1000),
+            gid: Gid::from_raw(1000),
+            groups: vec![],
+            name: "dev".into(),
+            home: "/home/dev".into(),
+        }
     }
 
     fn get<'a>(env: &'a [(OsString, OsString)], k: &str) -> Option<&'a str> {

@@ -25,7 +25,8 @@ pub fn resolve(run_as: &RunAs) -> Result<Identity> {
         Some(name) => lookup_user(name)?,
         None => match sudo_user()? {
             Some(u) => u,
-            None => User::from_name("nobody")?.ok_or_else(|| anyhow!("user `nobody` does not exist on this host; set process.run_as_user"))?,
+            None => User::from_name("nobody")?
+                .ok_or_else(|| anyhow!("user `nobody` does not exist on this host; set process.run_as_user"))?,
         },
     };
     if user.uid.is_root() {
@@ -34,7 +35,13 @@ pub fn resolve(run_as: &RunAs) -> Result<Identity> {
     let gid = match &run_as.group {
         Some(g) => lookup_group(g)?,
         None => match (run_as.user.as_ref(), std::env::var("SUDO_GID").ok().and_then(|g| g.parse::<u32>().ok())) {
-            (None, Some(g)) if g != 0 && std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok()) == Some(user.uid.as_raw()) => Gid::from_raw(g),
+            (None, Some(g))
+                if g != 0
+                    && std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok())
+                        == Some(user.uid.as_raw()) =>
+            {
+                Gid::from_raw(g)
+            }
             _ => user.gid,
         },
     };

@@ -102,8 +102,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Ok((proxy, trust))
     });
     let bound = BoundProxy::bind(opts.proxy_listen).await?;
-    let built = roots
-        .and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, bound.addr(), record_owners));
+    let built = roots.and_then(|(cgroup_root, bpffs)| {
+        sandbox::Sandbox::create(id, &cgroup_root, &bpffs, bound.addr(), record_owners)
+    });
     let (proxy, trust) = match proxy_ready.await.context("preparing the proxy")? {
         Ok(ready) => ready,
         Err(e) => {
@@ -121,7 +122,13 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             None
         }
     };
-    let agent = Agent { program, args, identity: &identity, credential_names: &credential_names, filesystem: filesystem.as_ref() };
+    let agent = Agent {
+        program,
+        args,
+        identity: &identity,
+        credential_names: &credential_names,
+        filesystem: filesystem.as_ref(),
+    };
     let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing).await;
     if let Some(mut s) = sandbox {
         s.teardown();
@@ -167,7 +174,9 @@ async fn run_inside(
             // its own uid and use its sockets: the network layer is not whole.
             missing.push(layers::Missing {
                 layer: "process isolation (Landlock domain)",
-                why: format!("{why}; without it the agent can borrow sockets from processes of its uid outside the sandbox"),
+                why: format!(
+                    "{why}; without it the agent can borrow sockets from processes of its uid outside the sandbox"
+                ),
             });
             if agent.filesystem.is_some() {
                 missing.push(layers::Missing { layer: "filesystem (Landlock)", why: why.clone() });
@@ -201,7 +210,10 @@ async fn run_inside(
     env.retain(|(name, value)| {
         let leaks = proxy.mentions_secret(value);
         if leaks {
-            eprintln!("leash: note: {} is not passed to the agent: it contains a credential's value", name.to_string_lossy());
+            eprintln!(
+                "leash: note: {} is not passed to the agent: it contains a credential's value",
+                name.to_string_lossy()
+            );
         }
         !leaks
     });

@@ -30,7 +30,8 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>) -> tokio::task::JoinHandle<()> {
 
 /// Loads `path` and puts it in force, or says why not.
 pub fn reload_from(path: &std::path::Path, proxy: &Proxy) {
-    let result = policy::load(path).map_err(|e| e.to_string()).and_then(|p| proxy.reload(p).map_err(|e| format!("{e:#}")));
+    let result =
+        policy::load(path).map_err(|e| e.to_string()).and_then(|p| proxy.reload(p).map_err(|e| format!("{e:#}")));
     match result {
         Ok(()) => eprintln!("leash: policy reloaded from {}", path.display()),
         Err(e) => eprintln!("leash: policy reload rejected, the previous policy stays in force: {e}"),

@@ -27,7 +27,13 @@ impl Sandbox {
     /// Creates the cgroup, loads the programs, writes the entries for `proxy` and attaches.
     /// On failure everything created so far is removed again.
     /// `record_owners`: tell the proxy which process opened each connection (for `binaries:`).
-    pub fn create(id: SandboxId, cgroup_root: &Path, bpffs: &Path, proxy: SocketAddr, record_owners: bool) -> Result<Self> {
+    pub fn create(
+        id: SandboxId,
+        cgroup_root: &Path,
+        bpffs: &Path,
+        proxy: SocketAddr,
+        record_owners: bool,
+    ) -> Result<Self> {
         let programs = NetPrograms::load()?;
         let cgroup = SandboxCgroup::create(cgroup_root, &id.to_string())?;
         let mut sandbox =

@@ -94,7 +94,8 @@ impl SocketFamilyFilter {
         }
         let prog = SockFprog { len: self.program.len() as u16, filter: self.program.as_ptr() };
         // SAFETY: prog points at a live, well-formed filter for the duration of the call.
-        let r = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const SockFprog, 0, 0) };
+        let r =
+            unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const SockFprog, 0, 0) };
         if r == 0 {
             Ok(())
         } else {

@@ -14,7 +14,13 @@ pub fn refuse_network_sockets() -> Result<()> {
             }
             let mut domain: libc::c_int = 0;
             let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            let ok = libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&mut domain as *mut libc::c_int).cast(), &mut len) == 0;
+            let ok = libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&mut domain as *mut libc::c_int).cast(),
+                &mut len,
+            ) == 0;
             if !ok || domain != libc::AF_UNIX {
                 bail!("file descriptor {fd} (stdin/stdout/stderr) is a network socket; the agent would use it unconfined. Redirect it (for example through a pipe) and try again");
             }

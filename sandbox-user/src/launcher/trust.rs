@@ -57,7 +57,6 @@ impl AgentTrustDir {
             }
         }
     }
-
 }
 
 /// Removes trust directories whose leash is gone (it died before cleaning up).

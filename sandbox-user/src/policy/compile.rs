@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::document::{
-    self, Access, Document, Endpoint, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol,
-    Tls,
+    self, Access, Document, Endpoint, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol, Tls,
 };
 use super::error::PolicyError;
 use super::hosts::{HostPattern, IpNetwork};
@@ -21,10 +20,7 @@ const READ_WRITE_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "POST", "PUT", "
 /// Reads, parses, checks and compiles the policy file at `path`.
 pub fn load(path: &Path) -> Result<CompiledPolicy, PolicyError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
-        file: file.clone(),
-        error,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read { file: file.clone(), error })?;
     parse_str(&file, &text)
 }
 
@@ -168,7 +164,9 @@ impl CompiledEndpoint {
         match &self.inspection {
             Inspection::Tunnel => false,
             Inspection::Http(rules) => {
-                !(rules.allow == AllowedRequests::Any && rules.deny.is_empty() && rules.enforcement != Enforcement::Audit)
+                !(rules.allow == AllowedRequests::Any
+                    && rules.deny.is_empty()
+                    && rules.enforcement != Enforcement::Audit)
             }
         }
     }
@@ -197,10 +195,9 @@ impl CompiledPolicy {
     /// whose host pattern and ports cover it allows it.
     pub fn network_decision(&self, host: &str, port: u16) -> NetworkDecision {
         match self.matching_endpoints(host, port).next() {
-            Some((policy, endpoint)) => NetworkDecision::Allow {
-                policy: policy.name.clone(),
-                endpoint_host: endpoint.host.to_string(),
-            },
+            Some((policy, endpoint)) => {
+                NetworkDecision::Allow { policy: policy.name.clone(), endpoint_host: endpoint.host.to_string() }
+            }
             None => NetworkDecision::Deny,
         }
     }
@@ -250,11 +247,7 @@ impl CompiledPolicy {
     pub fn l7_endpoints(&self) -> Vec<String> {
         let mut out = Vec::new();
         for policy in &self.network {
-            for endpoint in policy
-                .endpoints
-                .iter()
-                .filter(|e| matches!(e.inspection, Inspection::Http(_)))
-            {
+            for endpoint in policy.endpoints.iter().filter(|e| matches!(e.inspection, Inspection::Http(_))) {
                 for port in endpoint.ports.as_slice() {
                     out.push(format!("{}/{}:{}", policy.name, endpoint.host, port));
                 }
@@ -265,29 +258,20 @@ impl CompiledPolicy {
 
     /// Names of the network policies restricted to some executables by `binaries:`.
     pub fn binaries_restricted(&self) -> Vec<String> {
-        self.network
-            .iter()
-            .filter(|p| p.binaries.is_some())
-            .map(|p| p.name.clone())
-            .collect()
+        self.network.iter().filter(|p| p.binaries.is_some()).map(|p| p.name.clone()).collect()
     }
 }
 
 /// Compiles a checked document.
 pub fn compile(document: Document) -> CompiledPolicy {
-    let compatibility = document
-        .landlock
-        .and_then(|l| l.compatibility)
-        .unwrap_or_default();
+    let compatibility = document.landlock.and_then(|l| l.compatibility).unwrap_or_default();
     CompiledPolicy {
         network: document
             .network_policies
             .into_iter()
             .map(|(name, p)| compile_network_policy(name.as_str(), p))
             .collect(),
-        filesystem: document
-            .filesystem_policy
-            .map(|fs| compile_filesystem(fs, compatibility)),
+        filesystem: document.filesystem_policy.map(|fs| compile_filesystem(fs, compatibility)),
         run_as: compile_run_as(document.process),
         credentials: document
             .credentials
@@ -303,9 +287,7 @@ fn compile_network_policy(name: &str, policy: document::NetworkPolicy) -> Networ
     NetworkPolicy {
         name: name.to_owned(),
         endpoints: policy.endpoints.into_iter().map(compile_endpoint).collect(),
-        binaries: policy
-            .binaries
-            .map(|list| list.into_iter().map(|b| b.path.into_path_buf()).collect()),
+        binaries: policy.binaries.map(|list| list.into_iter().map(|b| b.path.into_path_buf()).collect()),
     }
 }
 
@@ -356,25 +338,13 @@ fn allowed_requests(endpoint: &Endpoint) -> AllowedRequests {
         Some(Access::Full) => AllowedRequests::Any,
         Some(Access::ReadOnly) => AllowedRequests::Only(method_rules(READ_ONLY_METHODS)),
         Some(Access::ReadWrite) => AllowedRequests::Only(method_rules(READ_WRITE_METHODS)),
-        None => AllowedRequests::Only(
-            endpoint
-                .rules
-                .iter()
-                .map(|r| request_rule(&r.allow))
-                .collect(),
-        ),
+        None => AllowedRequests::Only(endpoint.rules.iter().map(|r| request_rule(&r.allow)).collect()),
     }
 }
 
 /// One any-path rule per method.
 fn method_rules(methods: &[&str]) -> Vec<RequestRule> {
-    methods
-        .iter()
-        .map(|m| RequestRule {
-            method: Some((*m).to_owned()),
-            path: "/**".to_owned(),
-        })
-        .collect()
+    methods.iter().map(|m| RequestRule { method: Some((*m).to_owned()), path: "/**".to_owned() }).collect()
 }
 
 /// Compiles a request pattern; missing keys match anything.
@@ -386,21 +356,10 @@ fn request_rule(m: &document::RequestMatch) -> RequestRule {
 }
 
 /// Compiles `filesystem_policy` with the `landlock` compatibility.
-fn compile_filesystem(
-    fs: document::FilesystemPolicy,
-    compatibility: LandlockCompat,
-) -> FilesystemRules {
+fn compile_filesystem(fs: document::FilesystemPolicy, compatibility: LandlockCompat) -> FilesystemRules {
     FilesystemRules {
-        read_only: fs
-            .read_only
-            .into_iter()
-            .map(|p| p.into_path_buf())
-            .collect(),
-        read_write: fs
-            .read_write
-            .into_iter()
-            .map(|p| p.into_path_buf())
-            .collect(),
+        read_only: fs.read_only.into_iter().map(|p| p.into_path_buf()).collect(),
+        read_write: fs.read_write.into_iter().map(|p| p.into_path_buf()).collect(),
         include_workdir: fs.include_workdir,
         compatibility,
     }
@@ -411,18 +370,12 @@ fn compile_run_as(process: Option<document::Process>) -> RunAs {
     let Some(process) = process else {
         return RunAs::default();
     };
-    RunAs {
-        user: process.run_as_user.map(|u| u.into_string()),
-        group: process.run_as_group.map(|g| g.into_string()),
-    }
+    RunAs { user: process.run_as_user.map(|u| u.into_string()), group: process.run_as_group.map(|g| g.into_string()) }
 }
 
 /// Compiles one `credentials` entry.
 fn compile_credential(name: &str, spec: document::CredentialSpec) -> Credential {
-    Credential {
-        name: name.to_owned(),
-        hosts: spec.hosts,
-    }
+    Credential { name: name.to_owned(), hosts: spec.hosts }
 }
 
 /// Compiles `kernel`.
@@ -431,14 +384,8 @@ fn compile_kernel(kernel: document::Kernel) -> KernelRules {
     deny.sort();
     deny.dedup();
     KernelRules {
-        exec_allow: kernel
-            .exec
-            .map(|e| e.allow.iter().map(|g| g.as_str().to_owned()).collect()),
-        deny_open: kernel
-            .deny_open
-            .into_iter()
-            .map(|p| p.into_path_buf())
-            .collect(),
+        exec_allow: kernel.exec.map(|e| e.allow.iter().map(|g| g.as_str().to_owned()).collect()),
+        deny_open: kernel.deny_open.into_iter().map(|p| p.into_path_buf()).collect(),
         deny,
     }
 }
@@ -461,46 +408,19 @@ mod tests {
     #[test]
     fn default_policy_loads() {
         let policy = compiled(DEFAULT_POLICY);
-        assert!(
-            policy.l7_endpoints().is_empty(),
-            "default must not need L7: {:?}",
-            policy.l7_endpoints()
-        );
+        assert!(policy.l7_endpoints().is_empty(), "default must not need L7: {:?}", policy.l7_endpoints());
         assert!(policy.kernel().is_none());
         assert!(policy.binaries_restricted().is_empty());
-        let fs = policy
-            .filesystem()
-            .expect("default has a filesystem policy");
+        let fs = policy.filesystem().expect("default has a filesystem policy");
         assert!(fs.include_workdir);
         assert_eq!(fs.compatibility, LandlockCompat::BestEffort);
         assert!(fs.read_write.contains(&PathBuf::from("/tmp")));
-        for host in [
-            "api.anthropic.com",
-            "api.github.com",
-            "registry.npmjs.org",
-            "files.pythonhosted.org",
-        ] {
-            assert!(
-                matches!(
-                    policy.network_decision(host, 443),
-                    NetworkDecision::Allow { .. }
-                ),
-                "{host}"
-            );
+        for host in ["api.anthropic.com", "api.github.com", "registry.npmjs.org", "files.pythonhosted.org"] {
+            assert!(matches!(policy.network_decision(host, 443), NetworkDecision::Allow { .. }), "{host}");
         }
-        assert_eq!(
-            policy.network_decision("api.anthropic.com", 80),
-            NetworkDecision::Deny
-        );
-        assert_eq!(
-            policy.network_decision("example.com", 443),
-            NetworkDecision::Deny
-        );
-        let names: Vec<&str> = policy
-            .credentials()
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
+        assert_eq!(policy.network_decision("api.anthropic.com", 80), NetworkDecision::Deny);
+        assert_eq!(policy.network_decision("example.com", 443), NetworkDecision::Deny);
+        let names: Vec<&str> = policy.credentials().iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]);
     }
 
@@ -521,22 +441,14 @@ mod tests {
                 count += 1;
             }
         }
-        assert!(
-            count >= 2,
-            "expected at least two examples in {}",
-            dir.display()
-        );
+        assert!(count >= 2, "expected at least two examples in {}", dir.display());
     }
 
     #[test]
     fn missing_file_is_a_read_error() {
         let err = load(Path::new("/nonexistent/leash-policy.yaml")).expect_err("missing");
         assert!(matches!(err, PolicyError::Read { .. }));
-        assert!(
-            err.to_string()
-                .starts_with("/nonexistent/leash-policy.yaml: cannot read policy file"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("/nonexistent/leash-policy.yaml: cannot read policy file"), "{err}");
     }
 
     #[test]
@@ -560,42 +472,16 @@ network_policies:
     #[test]
     fn network_decision_checks_ports() {
         let policy = compiled(PORTS);
-        let allow = |policy: &str, host: &str| NetworkDecision::Allow {
-            policy: policy.into(),
-            endpoint_host: host.into(),
-        };
-        assert_eq!(
-            policy.network_decision("example.com", 80),
-            allow("web", "example.com")
-        );
-        assert_eq!(
-            policy.network_decision("example.com", 443),
-            allow("web", "example.com")
-        );
-        assert_eq!(
-            policy.network_decision("example.com", 8443),
-            NetworkDecision::Deny
-        );
-        assert_eq!(
-            policy.network_decision("a.example.com", 8443),
-            allow("web", "*.example.com")
-        );
-        assert_eq!(
-            policy.network_decision("a.example.com", 443),
-            NetworkDecision::Deny
-        );
-        assert_eq!(
-            policy.network_decision("DB.internal", 5432),
-            allow("db", "db.internal")
-        );
-        assert_eq!(
-            policy.network_decision("db.internal.", 5432),
-            NetworkDecision::Deny
-        );
-        assert_eq!(
-            policy.network_decision("db.internal", 5433),
-            NetworkDecision::Deny
-        );
+        let allow =
+            |policy: &str, host: &str| NetworkDecision::Allow { policy: policy.into(), endpoint_host: host.into() };
+        assert_eq!(policy.network_decision("example.com", 80), allow("web", "example.com"));
+        assert_eq!(policy.network_decision("example.com", 443), allow("web", "example.com"));
+        assert_eq!(policy.network_decision("example.com", 8443), NetworkDecision::Deny);
+        assert_eq!(policy.network_decision("a.example.com", 8443), allow("web", "*.example.com"));
+        assert_eq!(policy.network_decision("a.example.com", 443), NetworkDecision::Deny);
+        assert_eq!(policy.network_decision("DB.internal", 5432), allow("db", "db.internal"));
+        assert_eq!(policy.network_decision("db.internal.", 5432), NetworkDecision::Deny);
+        assert_eq!(policy.network_decision("db.internal", 5433), NetworkDecision::Deny);
     }
 
     #[test]
@@ -610,13 +496,7 @@ network_policies:
 ";
         let policy = compiled(text);
         let decision = policy.network_decision("a.example.com", 443);
-        assert_eq!(
-            decision,
-            NetworkDecision::Allow {
-                policy: "zeta".into(),
-                endpoint_host: "**.example.com".into()
-            }
-        );
+        assert_eq!(decision, NetworkDecision::Allow { policy: "zeta".into(), endpoint_host: "**.example.com".into() });
         assert_eq!(policy.matching_endpoints("a.example.com", 443).count(), 2);
     }
 
@@ -657,33 +537,15 @@ network_policies:
     #[test]
     fn access_presets_expand_to_method_rules() {
         let policy = compiled(L7);
-        let (_, endpoint) = policy
-            .matching_endpoints("api.github.com", 443)
-            .next()
-            .expect("endpoint");
-        let Inspection::Http(rules) = &endpoint.inspection else {
-            panic!("read-only must be inspected")
-        };
-        let AllowedRequests::Only(allowed) = &rules.allow else {
-            panic!("read-only is a rule list")
-        };
+        let (_, endpoint) = policy.matching_endpoints("api.github.com", 443).next().expect("endpoint");
+        let Inspection::Http(rules) = &endpoint.inspection else { panic!("read-only must be inspected") };
+        let AllowedRequests::Only(allowed) = &rules.allow else { panic!("read-only is a rule list") };
         let methods: Vec<_> = allowed.iter().filter_map(|r| r.method.as_deref()).collect();
         assert_eq!(methods, READ_ONLY_METHODS);
-        let (_, deny) = policy
-            .matching_endpoints("deny.example.com", 443)
-            .next()
-            .expect("endpoint");
-        let Inspection::Http(rules) = &deny.inspection else {
-            panic!("deny_rules must be inspected")
-        };
+        let (_, deny) = policy.matching_endpoints("deny.example.com", 443).next().expect("endpoint");
+        let Inspection::Http(rules) = &deny.inspection else { panic!("deny_rules must be inspected") };
         assert_eq!(rules.allow, AllowedRequests::Any);
-        assert_eq!(
-            rules.deny,
-            [RequestRule {
-                method: Some("DELETE".into()),
-                path: "/**".into()
-            }]
-        );
+        assert_eq!(rules.deny, [RequestRule { method: Some("DELETE".into()), path: "/**".into() }]);
     }
 
     #[test]
@@ -705,22 +567,13 @@ kernel:
         let fs = policy.filesystem().expect("filesystem");
         assert_eq!(fs.compatibility, LandlockCompat::HardRequirement);
         assert!(!fs.include_workdir);
-        assert_eq!(
-            policy.run_as(),
-            &RunAs {
-                user: Some("sandbox".into()),
-                group: Some("1000".into())
-            }
-        );
+        assert_eq!(policy.run_as(), &RunAs { user: Some("sandbox".into()), group: Some("1000".into()) });
         let token = &policy.credentials()[0];
         assert!(token.is_bound_to("api.github.com") && token.is_bound_to("uploads.github.com"));
         assert!(!token.is_bound_to("github.com"));
         assert!(policy.credentials()[1].hosts.is_empty());
         let kernel = policy.kernel().expect("kernel");
-        assert_eq!(
-            kernel.exec_allow.as_deref(),
-            Some(&["/usr/bin/**".to_owned()][..])
-        );
+        assert_eq!(kernel.exec_allow.as_deref(), Some(&["/usr/bin/**".to_owned()][..]));
         assert_eq!(kernel.deny, [KernelDeny::Ptrace, KernelDeny::Userns]);
         assert!(policy.network_policies().is_empty());
     }
@@ -731,9 +584,6 @@ kernel:
         assert!(policy.filesystem().is_none());
         assert!(policy.kernel().is_none());
         assert_eq!(policy.run_as(), &RunAs::default());
-        assert_eq!(
-            policy.network_decision("api.github.com", 443),
-            NetworkDecision::Deny
-        );
+        assert_eq!(policy.network_decision("api.github.com", 443), NetworkDecision::Deny);
     }
 }

@@ -36,15 +36,10 @@ impl CompiledPolicy {
             .map(|policy| {
                 let mut entry = Map::new();
                 entry.insert("name".into(), json!(policy.name));
-                entry.insert(
-                    "endpoints".into(),
-                    policy.endpoints.iter().map(endpoint_json).collect(),
-                );
+                entry.insert("endpoints".into(), policy.endpoints.iter().map(endpoint_json).collect());
                 if let Some(binaries) = &policy.binaries {
-                    let list: Vec<Value> = binaries
-                        .iter()
-                        .map(|path| json!({ "path": path.to_string_lossy() }))
-                        .collect();
+                    let list: Vec<Value> =
+                        binaries.iter().map(|path| json!({ "path": path.to_string_lossy() })).collect();
                     entry.insert("binaries".into(), Value::Array(list));
                 }
                 Value::Object(entry)
@@ -89,17 +84,12 @@ fn endpoint_json(endpoint: &CompiledEndpoint) -> Value {
         Inspection::Http(http) => {
             // With a preset, the compiled allow list is the preset's expansion, not `rules:`.
             let rules = match (&http.allow, endpoint.access) {
-                (AllowedRequests::Only(rules), None) => rules
-                    .iter()
-                    .map(|r| json!({ "allow": rule_json(r) }))
-                    .collect(),
+                (AllowedRequests::Only(rules), None) => {
+                    rules.iter().map(|r| json!({ "allow": rule_json(r) })).collect()
+                }
                 _ => Vec::new(),
             };
-            (
-                rules,
-                http.deny.iter().map(rule_json).collect(),
-                http.enforcement,
-            )
+            (rules, http.deny.iter().map(rule_json).collect(), http.enforcement)
         }
     };
     out.insert("rules".into(), Value::Array(rules));

@@ -48,9 +48,7 @@ use std::sync::Arc;
 use quick_cache::{sync::Cache, DefaultHashBuilder, Equivalent};
 use serde_json::{json, Value};
 
-use super::compile::{
-    AllowedRequests, CompiledEndpoint, CompiledPolicy, Inspection, NetworkPolicy, RequestRule,
-};
+use super::compile::{AllowedRequests, CompiledEndpoint, CompiledPolicy, Inspection, NetworkPolicy, RequestRule};
 use super::data::access_name;
 use super::document::{Access, Enforcement, Protocol};
 use super::normalize::{normalize, PathError};
@@ -72,8 +70,7 @@ pub(crate) mod text {
     pub const DEFAULT_DENY: &str = "default-deny";
     pub const NO_ENDPOINT_REASON: &str = "no endpoint covers this host and port";
     pub const ENDPOINT_REASON: &str = "an endpoint covers this host and port";
-    pub const BINARIES_REASON: &str =
-        "the endpoints covering this host and port are restricted to other executables";
+    pub const BINARIES_REASON: &str = "the endpoints covering this host and port are restricted to other executables";
     pub const PATH_REJECTED: &str = "path-rejected";
     pub const TCP: &str = "protocol:tcp";
     pub const TCP_REASON: &str = "tcp endpoints are not inspected";
@@ -162,11 +159,7 @@ impl RequestVerdict {
 
     /// The verdict for a request whose path has no canonical form: refused, whatever the
     /// endpoint's rules or enforcement say.
-    pub(crate) fn path_rejected(
-        policy: Option<Arc<str>>,
-        endpoint: Option<Arc<str>>,
-        error: &PathError,
-    ) -> Self {
+    pub(crate) fn path_rejected(policy: Option<Arc<str>>, endpoint: Option<Arc<str>>, error: &PathError) -> Self {
         RequestVerdict {
             allow: false,
             audit: false,
@@ -274,10 +267,7 @@ fn segment_matches(pieces: &[Box<str>], segment: &str) -> bool {
         // One piece: no wildcard.
         return pieces.first().is_some_and(|p| **p == *segment);
     };
-    if segment.len() < first.len() + last.len()
-        || !segment.starts_with(&**first)
-        || !segment.ends_with(&**last)
-    {
+    if segment.len() < first.len() + last.len() || !segment.starts_with(&**first) || !segment.ends_with(&**last) {
         return false;
     }
     let mut rest = &segment[first.len()..segment.len() - last.len()];
@@ -305,11 +295,7 @@ struct Rule {
 
 impl Rule {
     fn new(rule: &RequestRule, label: String) -> Self {
-        Rule {
-            method: rule.method.as_deref().map(Box::from),
-            path: PathGlob::new(&rule.path),
-            label: Arc::from(label),
-        }
+        Rule { method: rule.method.as_deref().map(Box::from), path: PathGlob::new(&rule.path), label: Arc::from(label) }
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
@@ -335,11 +321,7 @@ enum Requests {
     /// `protocol: tcp`: never inspected, every request passes.
     Tcp,
     /// `protocol: rest`.
-    Rest {
-        deny: Vec<Rule>,
-        allow: AllowSide,
-        audit: bool,
-    },
+    Rest { deny: Vec<Rule>, allow: AllowSide, audit: bool },
 }
 
 /// A small sorted set of ports.
@@ -548,11 +530,10 @@ impl Decider {
     fn add_policy(&mut self, pi: u32, policy: &NetworkPolicy) {
         let name: Arc<str> = Arc::from(policy.name.as_str());
         self.policies.push(PolicyEntry {
-            binaries: policy.binaries.as_ref().map(|list| {
-                list.iter()
-                    .map(|path| Box::from(path.as_os_str()))
-                    .collect()
-            }),
+            binaries: policy
+                .binaries
+                .as_ref()
+                .map(|list| list.iter().map(|path| Box::from(path.as_os_str())).collect()),
         });
         self.first_ordinal.push(to_u32(self.entries.len()));
         let binaries_rule: Arc<str> = Arc::from(format!("network_policies.{name}.binaries"));
@@ -562,10 +543,7 @@ impl Decider {
             let ordinal = to_u32(self.entries.len());
             let pattern = endpoint.host.to_string();
             let host: Arc<str> = Arc::from(pattern.as_str());
-            let endpoint_ref = EndpointRef {
-                policy: pi,
-                endpoint: to_u32(ei),
-            };
+            let endpoint_ref = EndpointRef { policy: pi, endpoint: to_u32(ei) };
             let allowed = NetworkVerdict {
                 allow: true,
                 policy: Some(name.clone()),
@@ -608,14 +586,8 @@ impl Decider {
             return verdict;
         }
         let verdict = self.decide_network(host, port, binary);
-        self.network_cache.insert(
-            NetKey {
-                host: Box::from(host),
-                port,
-                binary: binary.map(Box::from),
-            },
-            verdict.clone(),
-        );
+        self.network_cache
+            .insert(NetKey { host: Box::from(host), port, binary: binary.map(Box::from) }, verdict.clone());
         verdict
     }
 
@@ -637,10 +609,7 @@ impl Decider {
                     continue;
                 }
                 covering = Some(covering.map_or(ordinal, |c| c.min(ordinal)));
-                let policy_ok = self
-                    .policies
-                    .get(entry.policy as usize)
-                    .is_some_and(|p| p.allows(binary));
+                let policy_ok = self.policies.get(entry.policy as usize).is_some_and(|p| p.allows(binary));
                 if policy_ok {
                     usable = Some(usable.map_or(ordinal, |u| u.min(ordinal)));
                 }
@@ -697,23 +666,13 @@ impl Decider {
                 )
             }
         };
-        let key = ReqKeyRef {
-            ordinal,
-            method,
-            path: &path,
-        };
+        let key = ReqKeyRef { ordinal, method, path: &path };
         if let Some(verdict) = self.request_cache.get(&key) {
             return verdict;
         }
         let verdict = self.decide_request(entry, method, &path);
-        self.request_cache.insert(
-            ReqKey {
-                ordinal,
-                method: Box::from(method),
-                path: Box::from(&*path),
-            },
-            verdict.clone(),
-        );
+        self.request_cache
+            .insert(ReqKey { ordinal, method: Box::from(method), path: Box::from(&*path) }, verdict.clone());
         verdict
     }
 
@@ -728,15 +687,14 @@ impl Decider {
     /// [`Decider::request`] on a normalised path, without the cache.
     fn decide_request(&self, entry: &Entry, method: &str, path: &str) -> RequestVerdict {
         let t = &self.texts;
-        let verdict =
-            |allow: bool, audit: bool, rule: &Arc<str>, reason: &Arc<str>| RequestVerdict {
-                allow,
-                audit,
-                policy: entry.allowed.policy.clone(),
-                endpoint: entry.allowed.endpoint.clone(),
-                rule: rule.clone(),
-                reason: reason.clone(),
-            };
+        let verdict = |allow: bool, audit: bool, rule: &Arc<str>, reason: &Arc<str>| RequestVerdict {
+            allow,
+            audit,
+            policy: entry.allowed.policy.clone(),
+            endpoint: entry.allowed.endpoint.clone(),
+            rule: rule.clone(),
+            reason: reason.clone(),
+        };
         let Requests::Rest { deny, allow, audit } = &entry.requests else {
             return verdict(true, false, &t.tcp, &t.tcp_reason);
         };
@@ -782,9 +740,7 @@ fn to_u32(index: usize) -> u32 {
 fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && !host.ends_with('.')
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Compiles how an endpoint judges requests, from what `compile` decided.
@@ -798,37 +754,20 @@ fn compile_requests(endpoint: &CompiledEndpoint) -> Requests {
             Some(Access::Full) => AllowSide::Full,
             _ => AllowSide::Rules(Vec::new()),
         };
-        return Requests::Rest {
-            deny: Vec::new(),
-            allow,
-            audit: false,
-        };
+        return Requests::Rest { deny: Vec::new(), allow, audit: false };
     };
-    let deny = http
-        .deny
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Rule::new(r, format!("deny_rules[{i}]")))
-        .collect();
+    let deny = http.deny.iter().enumerate().map(|(i, r)| Rule::new(r, format!("deny_rules[{i}]"))).collect();
     let allow = match (&http.allow, endpoint.access) {
         (AllowedRequests::Any, _) => AllowSide::Full,
         (AllowedRequests::Only(rules), Some(access)) => AllowSide::Preset {
             label: Arc::from(format!("access:{}", access_name(access))),
             rules: rules.iter().map(|r| Rule::new(r, String::new())).collect(),
         },
-        (AllowedRequests::Only(rules), None) => AllowSide::Rules(
-            rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Rule::new(r, format!("rules[{i}]")))
-                .collect(),
-        ),
+        (AllowedRequests::Only(rules), None) => {
+            AllowSide::Rules(rules.iter().enumerate().map(|(i, r)| Rule::new(r, format!("rules[{i}]"))).collect())
+        }
     };
-    Requests::Rest {
-        deny,
-        allow,
-        audit: http.enforcement == Enforcement::Audit,
-    }
+    Requests::Rest { deny, allow, audit: http.enforcement == Enforcement::Audit }
 }
 
 /// A `Decider` is shared across the proxy's tasks.
@@ -862,18 +801,9 @@ mod tests {
         assert!(glob("/**/info/refs", "/info/refs"));
         assert!(glob("/**/info/refs", "/o/r.git/info/refs"));
         assert!(!glob("/**/info/refs", "/o/r.git/info/refs/x"));
-        assert!(glob(
-            "/repos/*/*/actions/secrets/**",
-            "/repos/o/r/actions/secrets"
-        ));
-        assert!(glob(
-            "/repos/*/*/actions/secrets/**",
-            "/repos/o/r/actions/secrets/X"
-        ));
-        assert!(!glob(
-            "/repos/*/*/actions/secrets/**",
-            "/repos/o/actions/secrets"
-        ));
+        assert!(glob("/repos/*/*/actions/secrets/**", "/repos/o/r/actions/secrets"));
+        assert!(glob("/repos/*/*/actions/secrets/**", "/repos/o/r/actions/secrets/X"));
+        assert!(!glob("/repos/*/*/actions/secrets/**", "/repos/o/actions/secrets"));
         assert!(glob("/a/*", "/a/"));
         assert!(!glob("/a/*", "/a"));
         assert!(!glob("/a/*", "/a/b/c"));
@@ -923,27 +853,12 @@ network_policies:
         let v = d.network("API.example.com", 443, None);
         assert!(v.allow);
         assert_eq!(&*v.rule, "network_policies.api.endpoints[0]");
-        assert_eq!(
-            v.endpoint_ref,
-            Some(EndpointRef {
-                policy: 0,
-                endpoint: 0
-            })
-        );
-        assert_eq!(
-            &*d.network("api.example.com", 80, None).rule,
-            "default-deny"
-        );
-        assert_eq!(
-            &*d.network("api.example.com.", 443, None).rule,
-            "invalid-host"
-        );
+        assert_eq!(v.endpoint_ref, Some(EndpointRef { policy: 0, endpoint: 0 }));
+        assert_eq!(&*d.network("api.example.com", 80, None).rule, "default-deny");
+        assert_eq!(&*d.network("api.example.com.", 443, None).rule, "invalid-host");
         assert_eq!(&*d.network("", 443, None).rule, "invalid-host");
         assert_eq!(&*d.network("[::1]", 443, None).rule, "invalid-host");
-        assert_eq!(
-            &*d.network("\u{212A}.one.example", 443, None).rule,
-            "invalid-host"
-        );
+        assert_eq!(&*d.network("\u{212A}.one.example", 443, None).rule, "invalid-host");
         assert!(d.network("a.one.example", 8443, None).allow);
         assert!(!d.network("a.b.one.example", 443, None).allow);
         assert!(!d.network("one.example", 443, None).allow);
@@ -958,10 +873,7 @@ network_policies:
         assert_eq!(git.policy.as_deref(), Some("git"));
         let other = d.network("github.com", 443, Some(Path::new("/usr/bin/curl")));
         assert_eq!(other.policy.as_deref(), Some("web"));
-        assert_eq!(
-            d.network("github.com", 443, None).policy.as_deref(),
-            Some("web")
-        );
+        assert_eq!(d.network("github.com", 443, None).policy.as_deref(), Some("web"));
         // Not the same bytes, even if the same file.
         let odd = d.network("github.com", 443, Some(Path::new("/usr/bin//git")));
         assert_eq!(odd.policy.as_deref(), Some("web"));
@@ -977,17 +889,12 @@ network_policies:
         assert_eq!(&*v.rule, "network_policies.git.binaries");
         assert_eq!(v.policy.as_deref(), Some("git"));
         assert_eq!(v.endpoint_ref, None);
-        assert!(
-            d.network("github.com", 22, Some(Path::new("/usr/bin/ssh")))
-                .allow
-        );
+        assert!(d.network("github.com", 22, Some(Path::new("/usr/bin/ssh"))).allow);
     }
 
     fn request(d: &Decider, host: &str, method: &str, target: &str) -> RequestVerdict {
         let connect = d.network(host, 443, None);
-        let endpoint = connect
-            .endpoint_ref
-            .unwrap_or_else(|| panic!("{host}: {connect:?}"));
+        let endpoint = connect.endpoint_ref.unwrap_or_else(|| panic!("{host}: {connect:?}"));
         d.request(endpoint, method, target)
     }
 
@@ -999,14 +906,8 @@ network_policies:
             (v.allow, v.rule.to_string())
         };
         assert_eq!(rule("GET", "/repos/a/b"), (true, "rules[0]".into()));
-        assert_eq!(
-            rule("GET", "/repos/a/b/actions/secrets"),
-            (false, "deny_rules[0]".into())
-        );
-        assert_eq!(
-            rule("GET", "/repos/a/b/x/../actions/%73ecrets/k"),
-            (false, "deny_rules[0]".into())
-        );
+        assert_eq!(rule("GET", "/repos/a/b/actions/secrets"), (false, "deny_rules[0]".into()));
+        assert_eq!(rule("GET", "/repos/a/b/x/../actions/%73ecrets/k"), (false, "deny_rules[0]".into()));
         assert_eq!(rule("GET", "/repos/admin"), (false, "deny_rules[1]".into()));
         assert_eq!(rule("POST", "/repos/a"), (false, "default-deny".into()));
         assert_eq!(rule("DELETE", "/user?x=1"), (true, "rules[1]".into()));
@@ -1026,34 +927,19 @@ network_policies:
         let v = request(&d, "audit.example.com", "DELETE", "/x");
         assert!(v.allow && v.audit, "{v:?}");
         assert_eq!(&*v.rule, "access:read-only");
-        assert_eq!(
-            &*v.reason,
-            "audit: the access preset does not allow the method"
-        );
+        assert_eq!(&*v.reason, "audit: the access preset does not allow the method");
         let v = request(&d, "audit.example.com", "DELETE", "/x%2f");
-        assert!(
-            !v.allow && !v.audit,
-            "a path with no canonical form is refused even in audit"
-        );
+        assert!(!v.allow && !v.audit, "a path with no canonical form is refused even in audit");
         let v = request(&d, "a.one.example", "DELETE", "/anything");
         assert_eq!((v.allow, &*v.rule), (true, "access:full"));
         let v = request(&d, "github.com", "PATCH", "/x");
-        assert_eq!(
-            (v.allow, &*v.rule, v.policy.as_deref()),
-            (false, "access:read-only", Some("web"))
-        );
+        assert_eq!((v.allow, &*v.rule, v.policy.as_deref()), (false, "access:read-only", Some("web")));
         let connect = d.network("db.example.com", 5432, None);
         let v = d.request(connect.endpoint_ref.expect("allowed"), "GET", "/");
         assert_eq!((v.allow, &*v.rule), (true, "protocol:tcp"));
-        let bogus = EndpointRef {
-            policy: 9,
-            endpoint: 0,
-        };
+        let bogus = EndpointRef { policy: 9, endpoint: 0 };
         assert!(!d.request(bogus, "GET", "/").allow);
-        let bogus = EndpointRef {
-            policy: 1,
-            endpoint: 1,
-        };
+        let bogus = EndpointRef { policy: 1, endpoint: 1 };
         assert!(!d.request(bogus, "GET", "/").allow);
     }
 
@@ -1061,18 +947,10 @@ network_policies:
     fn agrees_with_compiled_policy_network_decision() {
         let policy = parse_str("t.yaml", RULES).expect("valid");
         let d = Decider::new(&policy);
-        for host in [
-            "api.example.com",
-            "x.one.example",
-            "a.b.deep.example",
-            "github.com",
-            "nope",
-        ] {
+        for host in ["api.example.com", "x.one.example", "a.b.deep.example", "github.com", "nope"] {
             for port in [22, 443, 5432, 8443] {
                 let ours = d.network(host, port, None);
-                let theirs = policy
-                    .matching_endpoints(host, port)
-                    .find(|(p, _)| p.binaries.is_none());
+                let theirs = policy.matching_endpoints(host, port).find(|(p, _)| p.binaries.is_none());
                 assert_eq!(ours.allow, theirs.is_some(), "{host}:{port}");
                 if let Some((p, e)) = theirs {
                     assert_eq!(ours.policy.as_deref(), Some(p.name.as_str()));

@@ -370,10 +370,7 @@ fn check_absolute(text: &str, what: &str) -> Result<(), String> {
         return Err(format!("{what} `{text}` must be absolute (start with `/`)"));
     }
     if text.contains('\0') {
-        return Err(format!(
-            "{what} `{}` contains a NUL byte",
-            text.escape_debug()
-        ));
+        return Err(format!("{what} `{}` contains a NUL byte", text.escape_debug()));
     }
     Ok(())
 }
@@ -394,9 +391,7 @@ impl FromStr for EnvVarName {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut chars = text.chars();
-        let first_ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
         if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
             Ok(EnvVarName(text.to_owned()))
         } else {
@@ -422,16 +417,11 @@ impl FromStr for PolicyName {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let ok = !text.is_empty()
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        let ok = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
         if ok {
             Ok(PolicyName(text.to_owned()))
         } else {
-            Err(format!(
-                "network policy name `{text}` may only contain letters, digits, `_`, `-` and `.`"
-            ))
+            Err(format!("network policy name `{text}` may only contain letters, digits, `_`, `-` and `.`"))
         }
     }
 }
@@ -443,14 +433,9 @@ impl FromStr for Method {
         if text == "*" || (!text.is_empty() && text.chars().all(|c| c.is_ascii_uppercase())) {
             Ok(Method(text.to_owned()))
         } else if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphabetic()) {
-            Err(format!(
-                "HTTP method `{text}` must be upper case (`{}`)",
-                text.to_ascii_uppercase()
-            ))
+            Err(format!("HTTP method `{text}` must be upper case (`{}`)", text.to_ascii_uppercase()))
         } else {
-            Err(format!(
-                "`{text}` is not an HTTP method (upper-case letters, or `*` for any)"
-            ))
+            Err(format!("`{text}` is not an HTTP method (upper-case letters, or `*` for any)"))
         }
     }
 }
@@ -488,10 +473,7 @@ impl FromStr for AccountName {
                 "`{text}` is the root account: the agent never runs as root; name an unprivileged one"
             ));
         }
-        let ok = !text.is_empty()
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        let ok = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
         if ok {
             Ok(AccountName(text.to_owned()))
         } else {
@@ -572,10 +554,7 @@ impl<T> Visitor<'_> for Number<T> {
 
 impl<'de> Deserialize<'de> for Version {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_u64(Number {
-            expecting: "the policy format version (1)",
-            check: check_version,
-        })
+        deserializer.deserialize_u64(Number { expecting: "the policy format version (1)", check: check_version })
     }
 }
 
@@ -584,18 +563,13 @@ fn check_version(value: u64) -> Result<Version, String> {
     if value == SUPPORTED_VERSION {
         Ok(Version(value))
     } else {
-        Err(format!(
-            "unsupported policy version {value}: this leash reads version {SUPPORTED_VERSION}"
-        ))
+        Err(format!("unsupported policy version {value}: this leash reads version {SUPPORTED_VERSION}"))
     }
 }
 
 impl<'de> Deserialize<'de> for Port {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_u64(Number {
-            expecting: "a port number (1-65535)",
-            check: check_port,
-        })
+        deserializer.deserialize_u64(Number { expecting: "a port number (1-65535)", check: check_port })
     }
 }
 
@@ -700,11 +674,7 @@ struct RawEndpoint {
 
 impl<'de> Deserialize<'de> for Endpoint {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_checked(
-            deserializer,
-            "an endpoint mapping (host, port, ...)",
-            check_endpoint,
-        )
+        deserialize_checked(deserializer, "an endpoint mapping (host, port, ...)", check_endpoint)
     }
 }
 
@@ -731,13 +701,9 @@ fn endpoint_ports(raw: &RawEndpoint) -> Result<PortList, String> {
     let host = &raw.host;
     match (raw.port, &raw.ports) {
         (Some(port), None) => Ok(PortList(vec![port.0])),
-        (None, Some(ports)) if !ports.is_empty() => {
-            Ok(PortList(ports.iter().map(|p| p.0).collect()))
-        }
+        (None, Some(ports)) if !ports.is_empty() => Ok(PortList(ports.iter().map(|p| p.0).collect())),
         (None, Some(_)) => Err(format!("endpoint `{host}`: `ports` is empty")),
-        (Some(_), Some(_)) => Err(format!(
-            "endpoint `{host}`: give either `port` or `ports`, not both"
-        )),
+        (Some(_), Some(_)) => Err(format!("endpoint `{host}`: give either `port` or `ports`, not both")),
         (None, None) => Err(format!("endpoint `{host}`: missing `port` (or `ports`)")),
     }
 }
@@ -753,16 +719,8 @@ fn check_l7_keys(raw: &RawEndpoint) -> Result<(), String> {
         return Ok(());
     }
     match (raw.access.is_some(), raw.rules.is_empty()) {
-        (true, false) => {
-            return Err(format!(
-                "endpoint `{host}`: give either `access` or `rules`, not both"
-            ))
-        }
-        (false, true) => {
-            return Err(format!(
-                "endpoint `{host}`: `protocol: rest` needs `access` or `rules`"
-            ))
-        }
+        (true, false) => return Err(format!("endpoint `{host}`: give either `access` or `rules`, not both")),
+        (false, true) => return Err(format!("endpoint `{host}`: `protocol: rest` needs `access` or `rules`")),
         _ => {}
     }
     let needs_requests = raw.access != Some(Access::Full)
@@ -784,16 +742,9 @@ fn l7_keys_present(raw: &RawEndpoint) -> Vec<&'static str> {
         ("rules", !raw.rules.is_empty()),
         ("deny_rules", !raw.deny_rules.is_empty()),
         ("enforcement", raw.enforcement.is_some()),
-        (
-            "request_body_credential_rewrite",
-            raw.request_body_credential_rewrite,
-        ),
+        ("request_body_credential_rewrite", raw.request_body_credential_rewrite),
     ];
-    present
-        .iter()
-        .filter(|(_, set)| *set)
-        .map(|(key, _)| *key)
-        .collect()
+    present.iter().filter(|(_, set)| *set).map(|(key, _)| *key).collect()
 }
 
 /// A network policy exactly as written.
@@ -808,11 +759,7 @@ struct RawNetworkPolicy {
 
 impl<'de> Deserialize<'de> for NetworkPolicy {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_checked(
-            deserializer,
-            "a network policy mapping (name, endpoints, binaries)",
-            check_network_policy,
-        )
+        deserialize_checked(deserializer, "a network policy mapping (name, endpoints, binaries)", check_network_policy)
     }
 }
 
@@ -822,16 +769,9 @@ fn check_network_policy(raw: RawNetworkPolicy) -> Result<NetworkPolicy, String> 
         return Err("network policy has no `endpoints`".to_owned());
     }
     if raw.binaries.as_ref().is_some_and(Vec::is_empty) {
-        return Err(
-            "`binaries` is empty, so no executable could use this policy; omit it to allow any"
-                .to_owned(),
-        );
+        return Err("`binaries` is empty, so no executable could use this policy; omit it to allow any".to_owned());
     }
-    Ok(NetworkPolicy {
-        name: raw.name,
-        endpoints: raw.endpoints,
-        binaries: raw.binaries,
-    })
+    Ok(NetworkPolicy { name: raw.name, endpoints: raw.endpoints, binaries: raw.binaries })
 }
 
 /// `kernel.exec` exactly as written.
@@ -843,21 +783,14 @@ struct RawExecRules {
 
 impl<'de> Deserialize<'de> for ExecRules {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_checked(
-            deserializer,
-            "an exec rules mapping (allow)",
-            check_exec_rules,
-        )
+        deserialize_checked(deserializer, "an exec rules mapping (allow)", check_exec_rules)
     }
 }
 
 /// An empty allow list would stop the agent itself from starting.
 fn check_exec_rules(raw: RawExecRules) -> Result<ExecRules, String> {
     if raw.allow.is_empty() {
-        return Err(
-            "`exec.allow` is empty, so nothing could run; omit `exec` to allow any executable"
-                .to_owned(),
-        );
+        return Err("`exec.allow` is empty, so nothing could run; omit `exec` to allow any executable".to_owned());
     }
     Ok(ExecRules { allow: raw.allow })
 }
@@ -953,10 +886,7 @@ where
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut seen = BTreeSet::new();
         let mut entries = Vec::new();
-        while let Some((text, key)) = map.next_key_seed(NewKey {
-            seen: &seen,
-            key: PhantomData,
-        })? {
+        while let Some((text, key)) = map.next_key_seed(NewKey { seen: &seen, key: PhantomData })? {
             let value = map.next_value()?;
             seen.insert(text);
             entries.push((key, value));
@@ -997,14 +927,8 @@ mod tests {
     fn unknown_top_level_key_is_located_and_named() {
         let (loc, msg) = parse_err("version: 1\nnetwork_polices: {}\n");
         assert_eq!(loc, at(2, 1));
-        assert!(
-            msg.starts_with("p.yaml:2:1: unknown field `network_polices`"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("network_policies"),
-            "allowed keys listed: {msg}"
-        );
+        assert!(msg.starts_with("p.yaml:2:1: unknown field `network_polices`"), "{msg}");
+        assert!(msg.contains("network_policies"), "allowed keys listed: {msg}");
     }
 
     #[test]
@@ -1022,10 +946,7 @@ network_policies:
         assert_eq!(loc, at(7, 9));
         assert!(msg.contains("unknown field `protocl`"), "{msg}");
         assert!(msg.contains("`protocol`"), "{msg}");
-        assert!(
-            msg.contains("network_policies.gh.endpoints[0]"),
-            "path named: {msg}"
-        );
+        assert!(msg.contains("network_policies.gh.endpoints[0]"), "path named: {msg}");
     }
 
     #[test]
@@ -1038,14 +959,10 @@ network_policies:
 
     #[test]
     fn malformed_yaml_is_located() {
-        let (loc, msg) =
-            parse_err("version: 1\nfilesystem_policy:\n  read_only: [/usr\n  read_write: []\n");
+        let (loc, msg) = parse_err("version: 1\nfilesystem_policy:\n  read_only: [/usr\n  read_write: []\n");
         assert!(loc.is_some(), "{msg}");
         let loc = loc.expect("location");
-        assert!(
-            msg.starts_with(&format!("p.yaml:{}:{}: ", loc.line, loc.column)),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("p.yaml:{}:{}: ", loc.line, loc.column)), "{msg}");
         let repeated = format!(" at line {} column {}", loc.line, loc.column);
         assert!(!msg.contains(&repeated), "location not repeated: {msg}");
         let (loc, msg) = parse_err("version: 1\nkernel:\n\tdeny: []\n");
@@ -1073,13 +990,9 @@ network_policies:
             assert_eq!(loc, at(3, 16), "{user}: {msg}");
             assert!(msg.contains("never runs as root"), "{msg}");
         }
-        let (loc, _) =
-            parse_err("version: 1\nprocess: { run_as_user: sandbox, run_as_group: root }\n");
+        let (loc, _) = parse_err("version: 1\nprocess: { run_as_user: sandbox, run_as_group: root }\n");
         assert_eq!(loc.map(|l| l.line), Some(2));
-        let ok = parse(
-            "p.yaml",
-            "version: 1\nprocess: { run_as_user: 1000, run_as_group: sandbox }\n",
-        );
+        let ok = parse("p.yaml", "version: 1\nprocess: { run_as_user: 1000, run_as_group: sandbox }\n");
         assert!(ok.is_ok(), "{ok:?}");
     }
 
@@ -1114,7 +1027,9 @@ network_policies:
     #[test]
     fn l7_keys_need_rest() {
         let endpoint = |extra: &str| {
-            format!("version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - {{ host: a.com, port: 443, {extra} }}\n")
+            format!(
+                "version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - {{ host: a.com, port: 443, {extra} }}\n"
+            )
         };
         let (_, msg) = parse_err(&endpoint("protocol: tcp, access: read-only"));
         assert!(msg.contains("`access` needs `protocol: rest`"), "{msg}");
@@ -1122,17 +1037,11 @@ network_policies:
         assert!(msg.contains("`deny_rules` needs `protocol: rest`"), "{msg}");
         let (_, msg) = parse_err(&endpoint("protocol: rest"));
         assert!(msg.contains("needs `access` or `rules`"), "{msg}");
-        let (_, msg) = parse_err(&endpoint(
-            "protocol: rest, access: full, rules: [{ allow: { method: GET } }]",
-        ));
+        let (_, msg) = parse_err(&endpoint("protocol: rest, access: full, rules: [{ allow: { method: GET } }]"));
         assert!(msg.contains("not both"), "{msg}");
         let (_, msg) = parse_err(&endpoint("protocol: rest, access: read-only, tls: skip"));
         assert!(msg.contains("tls: skip"), "{msg}");
-        assert!(parse(
-            "p.yaml",
-            &endpoint("protocol: rest, access: full, tls: skip")
-        )
-        .is_ok());
+        assert!(parse("p.yaml", &endpoint("protocol: rest, access: full, tls: skip")).is_ok());
         let enforce = "protocol: rest, access: full, enforcement: enforce, tls: skip";
         assert!(parse("p.yaml", &endpoint(enforce)).is_ok());
         let audit = "protocol: rest, access: full, enforcement: audit, tls: skip";
@@ -1156,12 +1065,10 @@ network_policies:
 
     #[test]
     fn credential_names_and_hosts_are_checked() {
-        let (loc, msg) =
-            parse_err("version: 1\ncredentials:\n  GITHUB-TOKEN: { hosts: [github.com] }\n");
+        let (loc, msg) = parse_err("version: 1\ncredentials:\n  GITHUB-TOKEN: { hosts: [github.com] }\n");
         assert_eq!(loc, at(3, 3));
         assert!(msg.contains("not an environment variable name"), "{msg}");
-        let (loc, msg) =
-            parse_err("version: 1\ncredentials:\n  T: { hosts: [\"https://github.com\"] }\n");
+        let (loc, msg) = parse_err("version: 1\ncredentials:\n  T: { hosts: [\"https://github.com\"] }\n");
         assert_eq!(loc.map(|l| l.line), Some(3));
         assert!(msg.contains("URL scheme"), "{msg}");
     }
@@ -1191,11 +1098,10 @@ network_policies:
     fn network_policy_shape_is_checked() {
         let (_, msg) = parse_err("version: 1\nnetwork_policies:\n  a: { name: a }\n");
         assert!(msg.contains("no `endpoints`"), "{msg}");
-        let (_, msg) = parse_err("version: 1\nnetwork_policies:\n  a: { endpoints: [{ host: a.com, port: 1 }], binaries: [] }\n");
+        let (_, msg) =
+            parse_err("version: 1\nnetwork_policies:\n  a: { endpoints: [{ host: a.com, port: 1 }], binaries: [] }\n");
         assert!(msg.contains("`binaries` is empty"), "{msg}");
-        let (loc, msg) = parse_err(
-            "version: 1\nnetwork_policies:\n  a/b: { endpoints: [{ host: a.com, port: 1 }] }\n",
-        );
+        let (loc, msg) = parse_err("version: 1\nnetwork_policies:\n  a/b: { endpoints: [{ host: a.com, port: 1 }] }\n");
         assert_eq!(loc, at(3, 3));
         assert!(msg.contains("may only contain"), "{msg}");
     }

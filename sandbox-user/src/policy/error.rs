@@ -51,20 +51,12 @@ impl PolicyError {
     /// Builds an [`PolicyError::Invalid`] from a YAML deserialization error, moving the
     /// location out of the message into its own field.
     pub(crate) fn from_yaml(file: &str, error: &serde_norway::Error) -> Self {
-        let location = error.location().map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        });
+        let location = error.location().map(|l| Location { line: l.line(), column: l.column() });
         let mut message = error.to_string();
         if let Some(at) = location {
-            message =
-                message.replacen(&format!(" at line {} column {}", at.line, at.column), "", 1);
+            message = message.replacen(&format!(" at line {} column {}", at.line, at.column), "", 1);
         }
-        PolicyError::Invalid {
-            file: file.to_owned(),
-            location,
-            message: explain_unsupported(message),
-        }
+        PolicyError::Invalid { file: file.to_owned(), location, message: explain_unsupported(message) }
     }
 }
 
@@ -86,14 +78,8 @@ impl fmt::Display for At<'_> {
 const UNSUPPORTED_OPENSHELL_KEYS: &[(&str, &str)] = &[
     ("network_middlewares", "network middlewares"),
     ("allow_encoded_slash", "encoded-slash path handling"),
-    (
-        "websocket_credential_rewrite",
-        "credential rewriting in WebSocket messages",
-    ),
-    (
-        "allow_uninspected_credentials",
-        "credentials on uninspected connections",
-    ),
+    ("websocket_credential_rewrite", "credential rewriting in WebSocket messages"),
+    ("allow_uninspected_credentials", "credentials on uninspected connections"),
     ("persisted_queries", "GraphQL inspection"),
     ("graphql_persisted_queries", "GraphQL inspection"),
     ("graphql_max_body_bytes", "GraphQL inspection"),
@@ -118,10 +104,7 @@ fn explain_unsupported(message: String) -> String {
     let Some(key) = unknown_field_name(&message) else {
         return message;
     };
-    match UNSUPPORTED_OPENSHELL_KEYS
-        .iter()
-        .find(|(name, _)| *name == key)
-    {
+    match UNSUPPORTED_OPENSHELL_KEYS.iter().find(|(name, _)| *name == key) {
         Some((_, feature)) => {
             format!("{message} (`{key}` is an OpenShell policy key for {feature}, which leash does not implement yet)")
         }
@@ -147,16 +130,9 @@ mod tests {
             message: "bad".into(),
         };
         assert_eq!(located.to_string(), "p.yaml:3:7: bad");
-        let unlocated = PolicyError::Invalid {
-            file: "p.yaml".into(),
-            location: None,
-            message: "bad".into(),
-        };
+        let unlocated = PolicyError::Invalid { file: "p.yaml".into(), location: None, message: "bad".into() };
         assert_eq!(unlocated.to_string(), "p.yaml: bad");
-        let read = PolicyError::Read {
-            file: "p.yaml".into(),
-            error: std::io::Error::other("gone"),
-        };
+        let read = PolicyError::Read { file: "p.yaml".into(), error: std::io::Error::other("gone") };
         assert_eq!(read.to_string(), "p.yaml: cannot read policy file: gone");
     }
 

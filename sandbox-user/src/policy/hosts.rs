@@ -67,9 +67,7 @@ pub enum HostPatternError {
         label: String,
     },
     /// The name is longer than DNS allows.
-    #[error(
-        "host pattern `{0}` is too long (a label is at most 63 characters, a name at most 253)"
-    )]
+    #[error("host pattern `{0}` is too long (a label is at most 63 characters, a name at most 253)")]
     TooLong(String),
 }
 
@@ -85,8 +83,9 @@ impl HostPattern {
         match self.wildcard {
             Wildcard::None => host.eq_ignore_ascii_case(&self.suffix),
             Wildcard::OneLabel => subdomain_prefix(host, &self.suffix).is_some_and(is_host_label),
-            Wildcard::AnyDepth => subdomain_prefix(host, &self.suffix)
-                .is_some_and(|prefix| prefix.split('.').all(is_host_label)),
+            Wildcard::AnyDepth => {
+                subdomain_prefix(host, &self.suffix).is_some_and(|prefix| prefix.split('.').all(is_host_label))
+            }
         }
     }
 
@@ -108,9 +107,7 @@ fn subdomain_prefix<'a>(host: &'a str, suffix: &str) -> Option<&'a str> {
 fn is_host_label(label: &str) -> bool {
     !label.is_empty()
         && label.len() <= MAX_LABEL_LEN
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl FromStr for HostPattern {
@@ -123,10 +120,7 @@ impl FromStr for HostPattern {
         for label in suffix.split('.') {
             check_label(&pattern, label)?;
         }
-        Ok(HostPattern {
-            wildcard,
-            suffix: suffix.to_owned(),
-        })
+        Ok(HostPattern { wildcard, suffix: suffix.to_owned() })
     }
 }
 
@@ -171,10 +165,7 @@ fn check_label(pattern: &str, label: &str) -> Result<(), HostPatternError> {
         return Err(HostPatternError::TooLong(pattern.to_owned()));
     }
     if !is_host_label(label) || label.starts_with('-') || label.ends_with('-') {
-        return Err(HostPatternError::Label {
-            pattern: pattern.to_owned(),
-            label: label.to_owned(),
-        });
+        return Err(HostPatternError::Label { pattern: pattern.to_owned(), label: label.to_owned() });
     }
     Ok(())
 }
@@ -242,11 +233,7 @@ fn addr_bits(addr: IpAddr) -> u128 {
 fn prefix_mask(addr: IpAddr, prefix_len: u8) -> u128 {
     let width: u32 = if addr.is_ipv4() { 32 } else { 128 };
     let host_bits = width - u32::from(prefix_len);
-    let all = if width == 32 {
-        u128::from(u32::MAX)
-    } else {
-        u128::MAX
-    };
+    let all = if width == 32 { u128::from(u32::MAX) } else { u128::MAX };
     all.checked_shl(host_bits).map_or(0, |m| m & all)
 }
 
@@ -258,9 +245,7 @@ impl FromStr for IpNetwork {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let addr: IpAddr = addr_text
-            .parse()
-            .map_err(|_| IpNetworkError::Address(text.to_owned()))?;
+        let addr: IpAddr = addr_text.parse().map_err(|_| IpNetworkError::Address(text.to_owned()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = match prefix_text {
             None => max,
@@ -272,14 +257,8 @@ impl FromStr for IpNetwork {
         };
         let network = IpNetwork { addr, prefix_len };
         if addr_bits(addr) & !prefix_mask(addr, prefix_len) != 0 {
-            let masked = IpNetwork {
-                addr: masked_addr(addr, prefix_len),
-                prefix_len,
-            };
-            return Err(IpNetworkError::HostBits {
-                text: text.to_owned(),
-                network: masked.to_string(),
-            });
+            let masked = IpNetwork { addr: masked_addr(addr, prefix_len), prefix_len };
+            return Err(IpNetworkError::HostBits { text: text.to_owned(), network: masked.to_string() });
         }
         Ok(network)
     }
@@ -373,63 +352,28 @@ mod tests {
     fn invalid_patterns_are_rejected() {
         let bad = [
             ("", HostPatternError::Empty),
-            (
-                "https://api.github.com",
-                HostPatternError::Scheme("https://api.github.com".into()),
-            ),
-            (
-                "api.github.com:443",
-                HostPatternError::PortOrPath("api.github.com:443".into()),
-            ),
-            (
-                "api.github.com/x",
-                HostPatternError::PortOrPath("api.github.com/x".into()),
-            ),
-            (
-                "api..github.com",
-                HostPatternError::EmptyLabel("api..github.com".into()),
-            ),
-            (
-                "api.github.com.",
-                HostPatternError::EmptyLabel("api.github.com.".into()),
-            ),
-            (
-                "a.*.github.com",
-                HostPatternError::Wildcard("a.*.github.com".into()),
-            ),
-            (
-                "*-aiplatform.googleapis.com",
-                HostPatternError::Wildcard("*-aiplatform.googleapis.com".into()),
-            ),
+            ("https://api.github.com", HostPatternError::Scheme("https://api.github.com".into())),
+            ("api.github.com:443", HostPatternError::PortOrPath("api.github.com:443".into())),
+            ("api.github.com/x", HostPatternError::PortOrPath("api.github.com/x".into())),
+            ("api..github.com", HostPatternError::EmptyLabel("api..github.com".into())),
+            ("api.github.com.", HostPatternError::EmptyLabel("api.github.com.".into())),
+            ("a.*.github.com", HostPatternError::Wildcard("a.*.github.com".into())),
+            ("*-aiplatform.googleapis.com", HostPatternError::Wildcard("*-aiplatform.googleapis.com".into())),
             ("*", HostPatternError::Wildcard("*".into())),
             ("***.x.com", HostPatternError::Wildcard("***.x.com".into())),
         ];
         for (text, expected) in bad {
             assert_eq!(text.parse::<HostPattern>(), Err(expected), "{text}");
         }
-        assert!(matches!(
-            "a b.com".parse::<HostPattern>(),
-            Err(HostPatternError::Label { .. })
-        ));
-        assert!(matches!(
-            "-a.com".parse::<HostPattern>(),
-            Err(HostPatternError::Label { .. })
-        ));
+        assert!(matches!("a b.com".parse::<HostPattern>(), Err(HostPatternError::Label { .. })));
+        assert!(matches!("-a.com".parse::<HostPattern>(), Err(HostPatternError::Label { .. })));
         let long_label = format!("{}.com", "a".repeat(64));
-        assert!(matches!(
-            long_label.parse::<HostPattern>(),
-            Err(HostPatternError::TooLong(_))
-        ));
+        assert!(matches!(long_label.parse::<HostPattern>(), Err(HostPatternError::TooLong(_))));
     }
 
     #[test]
     fn display_round_trips() {
-        for text in [
-            "api.github.com",
-            "*.example.com",
-            "**.aiplatform.googleapis.com",
-            "10.0.0.1",
-        ] {
+        for text in ["api.github.com", "*.example.com", "**.aiplatform.googleapis.com", "10.0.0.1"] {
             assert_eq!(pattern(text).to_string(), text);
         }
     }
@@ -450,13 +394,7 @@ mod tests {
         assert!(
             matches!("10.0.0.1/8".parse::<IpNetwork>(), Err(IpNetworkError::HostBits { network, .. }) if network == "10.0.0.0/8")
         );
-        assert!(matches!(
-            "10.0.0.0/33".parse::<IpNetwork>(),
-            Err(IpNetworkError::PrefixLen(_))
-        ));
-        assert!(matches!(
-            "example.com".parse::<IpNetwork>(),
-            Err(IpNetworkError::Address(_))
-        ));
+        assert!(matches!("10.0.0.0/33".parse::<IpNetwork>(), Err(IpNetworkError::PrefixLen(_))));
+        assert!(matches!("example.com".parse::<IpNetwork>(), Err(IpNetworkError::Address(_))));
     }
 }

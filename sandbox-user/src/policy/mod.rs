@@ -42,9 +42,8 @@ pub mod normalize;
 pub mod rego;
 
 pub use compile::{
-    compile, load, parse_str, AllowedRequests, CompiledEndpoint, CompiledPolicy, Credential,
-    FilesystemRules, HttpRules, Inspection, KernelRules, NetworkDecision, NetworkPolicy,
-    RequestRule, RunAs,
+    compile, load, parse_str, AllowedRequests, CompiledEndpoint, CompiledPolicy, Credential, FilesystemRules,
+    HttpRules, Inspection, KernelRules, NetworkDecision, NetworkPolicy, RequestRule, RunAs,
 };
 pub use decide::{Decider, EndpointRef, NetworkVerdict, RequestVerdict};
 pub use document::{Access, Document, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol};

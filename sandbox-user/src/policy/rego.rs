@@ -123,64 +123,34 @@ impl RegoPolicy {
             .map_err(|e| RegoError::Load(format!("{e:#}")))?;
         let data = RegoValue::from_json_str(&policy.to_data_json().to_string())
             .map_err(|e| RegoError::Data(format!("{e:#}")))?;
-        engine
-            .add_data(data)
-            .map_err(|e| RegoError::Data(format!("{e:#}")))?;
+        engine.add_data(data).map_err(|e| RegoError::Data(format!("{e:#}")))?;
         // Evaluate once so parsing, analysis and rule gathering happen here, not per clone.
-        engine.set_input(RegoValue::from(
-            json!({ "network": { "host": "", "port": 0 } }),
-        ));
+        engine.set_input(RegoValue::from(json!({ "network": { "host": "", "port": 0 } })));
         for rule in [NETWORK_RULE, REQUEST_RULE] {
-            engine
-                .eval_rule(rule.to_owned())
-                .map_err(|e| RegoError::Load(format!("{rule}: {e:#}")))?;
+            engine.eval_rule(rule.to_owned()).map_err(|e| RegoError::Load(format!("{rule}: {e:#}")))?;
         }
         let judges_paths =
             policy.network_policies().iter().map(|p| p.endpoints.iter().map(|e| e.judges_paths()).collect()).collect();
-        Ok(RegoPolicy {
-            judges_paths,
-            prepared: Mutex::new(engine),
-            idle: Mutex::new(Vec::new()),
-        })
+        Ok(RegoPolicy { judges_paths, prepared: Mutex::new(engine), idle: Mutex::new(Vec::new()) })
     }
 
     /// Evaluates `rule` (a full `data.` path) with `input`, on an engine of the pool.
     fn eval(&self, rule: &'static str, input: Value) -> Result<Value, RegoError> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut engine = match pooled {
             Some(engine) => engine,
-            None => self
-                .prepared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            None => self.prepared.lock().unwrap_or_else(PoisonError::into_inner).clone(),
         };
         engine.set_input(RegoValue::from(input));
         let result = engine.eval_rule(rule.to_owned());
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(engine);
-        let value = result.map_err(|e| RegoError::Eval {
-            rule,
-            message: format!("{e:#}"),
-        })?;
-        serde_json::to_value(&value).map_err(|e| RegoError::Eval {
-            rule,
-            message: format!("result is not JSON: {e}"),
-        })
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(engine);
+        let value = result.map_err(|e| RegoError::Eval { rule, message: format!("{e:#}") })?;
+        serde_json::to_value(&value).map_err(|e| RegoError::Eval { rule, message: format!("result is not JSON: {e}") })
     }
 
     /// The network decision object `network_decision` gives for `input`.
     pub fn network_decision_json(&self, input: &NetworkInput<'_>) -> Result<Value, RegoError> {
-        self.eval(
-            NETWORK_RULE,
-            json!({ "exec": exec_json(input.binary), "network": network_json(input) }),
-        )
+        self.eval(NETWORK_RULE, json!({ "exec": exec_json(input.binary), "network": network_json(input) }))
     }
 
     /// May the executable connect to host:port, according to the Rego policy?
@@ -225,11 +195,7 @@ impl RegoPolicy {
                     return request_verdict(&value).ok_or_else(|| shape(REQUEST_RULE, &value));
                 }
                 if network.allow {
-                    return Ok(RequestVerdict::path_rejected(
-                        network.policy,
-                        network.endpoint,
-                        &error,
-                    ));
+                    return Ok(RequestVerdict::path_rejected(network.policy, network.endpoint, &error));
                 }
                 // Refused at the connection: let the policy say so, with the raw target.
                 self.request_decision_json(input, input.target, None)?
@@ -251,10 +217,7 @@ fn network_json(input: &NetworkInput<'_>) -> Value {
 }
 
 fn shape(rule: &'static str, value: &Value) -> RegoError {
-    RegoError::Shape {
-        rule,
-        value: value.to_string(),
-    }
+    RegoError::Shape { rule, value: value.to_string() }
 }
 
 /// A string field, or `None` for null.
@@ -273,12 +236,7 @@ fn required_str(value: &Value, key: &str) -> Option<Arc<str>> {
 /// Reads a `network_decision` object.
 fn network_verdict(value: &Value) -> Option<NetworkVerdict> {
     let allow = value.get("allow")?.as_bool()?;
-    let index = |key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_u64)
-            .and_then(|i| u32::try_from(i).ok())
-    };
+    let index = |key: &str| value.get(key).and_then(Value::as_u64).and_then(|i| u32::try_from(i).ok());
     let endpoint_ref = match (allow, index("policy_index"), index("endpoint_index")) {
         (true, Some(policy), Some(endpoint)) => Some(EndpointRef { policy, endpoint }),
         (true, _, _) => return None,
@@ -358,11 +316,8 @@ pub fn try_eval_json(
     });
     if method.is_some() || path.is_some() {
         let target = path.unwrap_or("/");
-        let request = rego.decide_request(&RequestInput {
-            network: network_input,
-            method: method.unwrap_or("GET"),
-            target,
-        })?;
+        let request =
+            rego.decide_request(&RequestInput { network: network_input, method: method.unwrap_or("GET"), target })?;
         let mut request_json = request.to_json();
         request_json["normalized_path"] = match normalize(target) {
             Ok(n) => json!(n.path),
@@ -404,8 +359,7 @@ network_policies:
 ";
 
     fn rego() -> RegoPolicy {
-        RegoPolicy::new(&parse_str("t.yaml", POLICY).expect("valid"))
-            .unwrap_or_else(|e| panic!("{e}"))
+        RegoPolicy::new(&parse_str("t.yaml", POLICY).expect("valid")).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn git() -> Option<&'static Path> {
@@ -413,61 +367,32 @@ network_policies:
     }
 
     fn request(rego: &RegoPolicy, host: &str, method: &str, target: &str) -> RequestVerdict {
-        let network = NetworkInput {
-            host,
-            port: 443,
-            binary: git(),
-        };
-        rego.decide_request(&RequestInput {
-            network,
-            method,
-            target,
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
+        let network = NetworkInput { host, port: 443, binary: git() };
+        rego.decide_request(&RequestInput { network, method, target }).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
     fn the_embedded_policy_loads() {
         rego();
-        RegoPolicy::new(&parse_str("t.yaml", "version: 1\n").expect("valid"))
-            .expect("empty policy");
+        RegoPolicy::new(&parse_str("t.yaml", "version: 1\n").expect("valid")).expect("empty policy");
     }
 
     #[test]
     fn network_decisions() {
         let rego = rego();
         let decide = |host: &str, port: u16, binary: Option<&Path>| {
-            rego.decide_network(&NetworkInput { host, port, binary })
-                .unwrap_or_else(|e| panic!("{e}"))
+            rego.decide_network(&NetworkInput { host, port, binary }).unwrap_or_else(|e| panic!("{e}"))
         };
         let v = decide("API.Example.com", 443, git());
         assert!(v.allow);
         assert_eq!(&*v.rule, "network_policies.api.endpoints[0]");
-        assert_eq!(
-            v.endpoint_ref,
-            Some(EndpointRef {
-                policy: 0,
-                endpoint: 0
-            })
-        );
+        assert_eq!(v.endpoint_ref, Some(EndpointRef { policy: 0, endpoint: 0 }));
         let v = decide("api.example.com", 443, Some(Path::new("/bin/sh")));
-        assert_eq!(
-            (v.allow, &*v.rule),
-            (false, "network_policies.api.binaries")
-        );
-        assert_eq!(
-            &*decide("api.example.com", 443, None).rule,
-            "network_policies.api.binaries"
-        );
+        assert_eq!((v.allow, &*v.rule), (false, "network_policies.api.binaries"));
+        assert_eq!(&*decide("api.example.com", 443, None).rule, "network_policies.api.binaries");
         assert_eq!(&*decide("api.example.com", 80, git()).rule, "default-deny");
-        assert_eq!(
-            &*decide("api.example.com.", 443, git()).rule,
-            "invalid-host"
-        );
-        assert_eq!(
-            &*decide("\u{212A}.tcp.example", 22, git()).rule,
-            "invalid-host"
-        );
+        assert_eq!(&*decide("api.example.com.", 443, git()).rule, "invalid-host");
+        assert_eq!(&*decide("\u{212A}.tcp.example", 22, git()).rule, "invalid-host");
         assert!(decide("a.tcp.example", 22, git()).allow);
         assert!(!decide("a.b.tcp.example", 22, git()).allow);
     }
@@ -480,71 +405,31 @@ network_policies:
             (v.allow, v.audit, v.rule.to_string())
         };
         let api = "api.example.com";
-        assert_eq!(
-            rule(api, "GET", "/repos/a/b?x=1"),
-            (true, false, "rules[0]".into())
-        );
-        assert_eq!(
-            rule(api, "GET", "/repos/a/b/actions/secrets"),
-            (false, false, "deny_rules[0]".into())
-        );
+        assert_eq!(rule(api, "GET", "/repos/a/b?x=1"), (true, false, "rules[0]".into()));
+        assert_eq!(rule(api, "GET", "/repos/a/b/actions/secrets"), (false, false, "deny_rules[0]".into()));
         assert_eq!(rule(api, "PUT", "/user"), (true, false, "rules[1]".into()));
-        assert_eq!(
-            rule(api, "PUT", "/users"),
-            (false, false, "default-deny".into())
-        );
-        assert_eq!(
-            rule(api, "GET", "/a/%2e%2e/user"),
-            (true, false, "rules[1]".into())
-        );
-        assert_eq!(
-            rule(api, "GET", "/a%2fb"),
-            (false, false, "path-rejected".into())
-        );
-        assert_eq!(
-            rule("nope.example", "GET", "/a%2fb"),
-            (false, false, "default-deny".into())
-        );
+        assert_eq!(rule(api, "PUT", "/users"), (false, false, "default-deny".into()));
+        assert_eq!(rule(api, "GET", "/a/%2e%2e/user"), (true, false, "rules[1]".into()));
+        assert_eq!(rule(api, "GET", "/a%2fb"), (false, false, "path-rejected".into()));
+        assert_eq!(rule("nope.example", "GET", "/a%2fb"), (false, false, "default-deny".into()));
         let audit = "audit.example.com";
-        assert_eq!(
-            rule(audit, "POST", "/x"),
-            (true, false, "access:read-write".into())
-        );
-        assert_eq!(
-            rule(audit, "DELETE", "/x"),
-            (true, true, "access:read-write".into())
-        );
+        assert_eq!(rule(audit, "POST", "/x"), (true, false, "access:read-write".into()));
+        assert_eq!(rule(audit, "DELETE", "/x"), (true, true, "access:read-write".into()));
         let v = request(&rego, "nope.example", "GET", "/");
-        assert_eq!(
-            &*v.reason,
-            "connection refused: no endpoint covers this host and port"
-        );
+        assert_eq!(&*v.reason, "connection refused: no endpoint covers this host and port");
     }
 
     #[test]
     fn an_unnormalised_path_in_raw_input_is_refused_by_the_policy() {
         let rego = rego();
         let input = RequestInput {
-            network: NetworkInput {
-                host: "api.example.com",
-                port: 443,
-                binary: git(),
-            },
+            network: NetworkInput { host: "api.example.com", port: 443, binary: git() },
             method: "GET",
             target: "",
         };
-        for raw in [
-            "/repos/../user",
-            "/user/.",
-            "//user",
-            "/repos/a%2Fb",
-            "/repos/%2e%2e/user",
-            "user",
-            "/a/..;/user",
-        ] {
-            let value = rego
-                .request_decision_json(&input, raw, None)
-                .expect("evaluates");
+        for raw in ["/repos/../user", "/user/.", "//user", "/repos/a%2Fb", "/repos/%2e%2e/user", "user", "/a/..;/user"]
+        {
+            let value = rego.request_decision_json(&input, raw, None).expect("evaluates");
             assert_eq!(value["rule"], "path-not-normalized", "{raw}: {value}");
             assert_eq!(value["allow"], false);
         }
@@ -572,14 +457,7 @@ network_policies:
     #[test]
     fn eval_json_reports_both_decisions() {
         let policy = parse_str("t.yaml", POLICY).expect("valid");
-        let out = eval_json(
-            &policy,
-            "api.example.com",
-            443,
-            Some("GET"),
-            Some("/repos/x/../y?q"),
-            git(),
-        );
+        let out = eval_json(&policy, "api.example.com", 443, Some("GET"), Some("/repos/x/../y?q"), git());
         assert_eq!(out["allow"], true, "{out}");
         assert_eq!(out["network"]["rule"], "network_policies.api.endpoints[0]");
         assert_eq!(out["request"]["rule"], "rules[0]");

@@ -30,13 +30,19 @@ impl Refusal<'_> {
         let body = json!({ "error": error, "detail": self.detail, "reason": self.reason, "policy": self.policy });
         let mut resp = Response::new(full(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status;
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
         resp
     }
 }
 
 /// Shorthand for a refusal response.
-pub fn refuse(status: StatusCode, reason: &str, detail: impl Into<String>, policy: Option<&str>) -> Response<ProxyBody> {
+pub fn refuse(
+    status: StatusCode,
+    reason: &str,
+    detail: impl Into<String>,
+    policy: Option<&str>,
+) -> Response<ProxyBody> {
     Refusal { status, reason, detail: detail.into(), policy }.into_response()
 }
 

@@ -147,9 +147,20 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_are_removed() {
-        let mut p = parts("/", &[("connection", "keep-alive, x-secret"), ("x-secret", "1"), ("te", "trailers"), ("upgrade", "websocket"), ("accept", "*/*")]);
+        let mut p = parts(
+            "/",
+            &[
+                ("connection", "keep-alive, x-secret"),
+                ("x-secret", "1"),
+                ("te", "trailers"),
+                ("upgrade", "websocket"),
+                ("accept", "*/*"),
+            ],
+        );
         strip_hop_by_hop(&mut p.headers, false);
-        assert!(p.headers.get("x-secret").is_none() && p.headers.get("te").is_none() && p.headers.get("upgrade").is_none());
+        assert!(
+            p.headers.get("x-secret").is_none() && p.headers.get("te").is_none() && p.headers.get("upgrade").is_none()
+        );
         assert!(p.headers.get("accept").is_some());
         let mut p = parts("/", &[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(wants_upgrade(&p.headers));

@@ -26,7 +26,12 @@ pub enum Malformed {
 
 /// The verdict for the request as all its readings: the first refusal, else an audit-only
 /// verdict if any reading was only audited, else the verdict of the request as sent.
-pub fn judge(decider: &Decider, endpoint: EndpointRef, parts: &Parts, target: &str) -> Result<RequestVerdict, Malformed> {
+pub fn judge(
+    decider: &Decider,
+    endpoint: EndpointRef,
+    parts: &Parts,
+    target: &str,
+) -> Result<RequestVerdict, Malformed> {
     let method = parts.method.as_str();
     if !is_canonical_method(method) {
         return Err(Malformed::Method(method.to_owned()));

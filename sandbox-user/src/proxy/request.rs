@@ -61,7 +61,8 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
 
     if t.sni_mismatch || !targets_tunnel(&parts, &t.host, t.port, t.default_port()) {
         audit(false, "misdirected_request", None, vec![]);
-        let detail = format!("this connection is for {}:{}; SNI, Host and :authority must name it", t.host.uri_host(), t.port);
+        let detail =
+            format!("this connection is for {}:{}; SNI, Host and :authority must name it", t.host.uri_host(), t.port);
         return refuse(StatusCode::MISDIRECTED_REQUEST, "misdirected_request", detail, t.policy.as_deref());
     }
     if let Err(why) = check_framing(&parts.headers) {
@@ -156,7 +157,10 @@ fn carries_placeholder(parts: &hyper::http::request::Parts, target: &str) -> boo
     let decoded = percent_encoding::percent_decode_str(target).collect::<Vec<u8>>();
     contains_placeholder(target.as_bytes())
         || contains_placeholder(&decoded)
-        || parts.headers.values().any(|v| contains_placeholder(v.as_bytes()) || basic_auth_has_placeholder(v.as_bytes()))
+        || parts
+            .headers
+            .values()
+            .any(|v| contains_placeholder(v.as_bytes()) || basic_auth_has_placeholder(v.as_bytes()))
 }
 
 /// `Authorization: Basic base64(user:password)` with a placeholder inside.
@@ -230,7 +234,8 @@ async fn rewritten_body(
 }
 
 fn upstream_uri(t: &Tunnel, target: &str) -> Result<Uri, String> {
-    let authority = if t.port == t.default_port() { t.host.uri_host() } else { format!("{}:{}", t.host.uri_host(), t.port) };
+    let authority =
+        if t.port == t.default_port() { t.host.uri_host() } else { format!("{}:{}", t.host.uri_host(), t.port) };
     format!("{}://{authority}{target}", t.scheme).parse().map_err(|e| format!("{e}"))
 }
 

@@ -169,10 +169,7 @@ fn check_label(label: &str) -> Result<(), HostError> {
     if label.len() > MAX_LABEL_LEN {
         return Err(HostError::LabelTooLong);
     }
-    if let Some(bad) = label
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
+    if let Some(bad) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
         return Err(HostError::InvalidCharacter(bad));
     }
     if label.starts_with('-') || label.ends_with('-') {
@@ -184,9 +181,7 @@ fn check_label(label: &str) -> Result<(), HostError> {
 /// Whether a label reads as a number to an IPv4 parser: decimal/octal digits, or `0x` hex.
 fn is_numeric_label(label: &str) -> bool {
     let all_digits = !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit());
-    let hex = label
-        .strip_prefix("0x")
-        .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_hexdigit()));
+    let hex = label.strip_prefix("0x").is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_hexdigit()));
     all_digits || hex
 }
 
@@ -271,9 +266,7 @@ pub struct AddressPolicy {
 impl AddressPolicy {
     /// The policy of an endpoint whose `allowed_ips` is `allowed_ips`.
     pub fn new(allowed_ips: &[IpNetwork]) -> Self {
-        Self {
-            allowed: allowed_ips.to_vec(),
-        }
+        Self { allowed: allowed_ips.to_vec() }
     }
 
     /// Whether `addr` may be dialled. See [`BlockReason`] for what is refused and how
@@ -286,23 +279,15 @@ impl AddressPolicy {
         let candidates = [Some(addr), embedded.map(IpAddr::V4)];
         let unlocked = match reason {
             BlockReason::Unspecified => false,
-            BlockReason::CloudMetadata => candidates
-                .into_iter()
-                .flatten()
-                .any(|ip| self.allowed.iter().any(|net| names_only(net, ip))),
-            _ => candidates
-                .into_iter()
-                .flatten()
-                .any(|ip| self.allowed.iter().any(|net| net.contains(ip))),
+            BlockReason::CloudMetadata => {
+                candidates.into_iter().flatten().any(|ip| self.allowed.iter().any(|net| names_only(net, ip)))
+            }
+            _ => candidates.into_iter().flatten().any(|ip| self.allowed.iter().any(|net| net.contains(ip))),
         };
         if unlocked {
             Ok(())
         } else {
-            Err(BlockedAddress {
-                addr,
-                embedded,
-                reason,
-            })
+            Err(BlockedAddress { addr, embedded, reason })
         }
     }
 }
@@ -327,10 +312,7 @@ fn classify(addr: IpAddr) -> Option<(BlockReason, Option<Ipv4Addr>)> {
 }
 
 /// Cloud metadata services reachable over IPv4 (AWS/GCP/Azure/OCI, and the ECS task endpoint).
-const METADATA_V4: [Ipv4Addr; 2] = [
-    Ipv4Addr::new(169, 254, 169, 254),
-    Ipv4Addr::new(169, 254, 170, 2),
-];
+const METADATA_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(169, 254, 170, 2)];
 /// The AWS metadata service over IPv6.
 const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
 
@@ -384,10 +366,7 @@ fn classify_v6(v6: Ipv6Addr) -> Option<(BlockReason, Option<Ipv4Addr>)> {
     }
     if bits >> 32 == 0 {
         // IPv4-compatible (deprecated): never legitimate, whatever it embeds.
-        return Some((
-            embedded(low_v4).map_or(BlockReason::Reserved, |(r, _)| r),
-            Some(low_v4),
-        ));
+        return Some((embedded(low_v4).map_or(BlockReason::Reserved, |(r, _)| r), Some(low_v4)));
     }
     match seg {
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => return embedded(low_v4),
@@ -457,10 +436,7 @@ pub async fn resolve_checked(
         NormalizedHost::Ip(ip) => vec![SocketAddr::new(*ip, port)],
         NormalizedHost::Name(name) => tokio::net::lookup_host((name.as_str(), port))
             .await
-            .map_err(|error| SsrfError::Resolve {
-                host: host.to_string(),
-                error,
-            })?
+            .map_err(|error| SsrfError::Resolve { host: host.to_string(), error })?
             .collect(),
     };
     check_resolved(host, addrs, policy)
@@ -475,20 +451,13 @@ pub fn check_resolved(
 ) -> Result<Vec<SocketAddr>, SsrfError> {
     let mut checked: Vec<SocketAddr> = Vec::new();
     for addr in addrs {
-        policy
-            .check(addr.ip())
-            .map_err(|blocked| SsrfError::Blocked {
-                host: host.to_string(),
-                blocked,
-            })?;
+        policy.check(addr.ip()).map_err(|blocked| SsrfError::Blocked { host: host.to_string(), blocked })?;
         if !checked.contains(&addr) {
             checked.push(addr);
         }
     }
     if checked.is_empty() {
-        return Err(SsrfError::NoAddress {
-            host: host.to_string(),
-        });
+        return Err(SsrfError::NoAddress { host: host.to_string() });
     }
     Ok(checked)
 }
@@ -514,43 +483,22 @@ mod tests {
 
     #[test]
     fn names_are_lower_cased() {
-        assert_eq!(
-            normalize_host("API.GitHub.com"),
-            Ok(NormalizedHost::Name("api.github.com".into()))
-        );
-        assert_eq!(
-            normalize_host("xn--80ak6aa92e.com"),
-            Ok(NormalizedHost::Name("xn--80ak6aa92e.com".into()))
-        );
-        assert_eq!(
-            normalize_host("_dmarc.example.com"),
-            Ok(NormalizedHost::Name("_dmarc.example.com".into()))
-        );
-        assert_eq!(
-            normalize_host("1.2.3.example"),
-            Ok(NormalizedHost::Name("1.2.3.example".into()))
-        );
-        assert_eq!(
-            normalize_host("0xabc.com"),
-            Ok(NormalizedHost::Name("0xabc.com".into()))
-        );
+        assert_eq!(normalize_host("API.GitHub.com"), Ok(NormalizedHost::Name("api.github.com".into())));
+        assert_eq!(normalize_host("xn--80ak6aa92e.com"), Ok(NormalizedHost::Name("xn--80ak6aa92e.com".into())));
+        assert_eq!(normalize_host("_dmarc.example.com"), Ok(NormalizedHost::Name("_dmarc.example.com".into())));
+        assert_eq!(normalize_host("1.2.3.example"), Ok(NormalizedHost::Name("1.2.3.example".into())));
+        assert_eq!(normalize_host("0xabc.com"), Ok(NormalizedHost::Name("0xabc.com".into())));
     }
 
     #[test]
     fn dotted_quad_and_brackets_are_addresses() {
-        assert_eq!(
-            normalize_host("93.184.216.34"),
-            Ok(NormalizedHost::Ip(ip("93.184.216.34")))
-        );
+        assert_eq!(normalize_host("93.184.216.34"), Ok(NormalizedHost::Ip(ip("93.184.216.34"))));
         assert_eq!(normalize_host("[::1]"), Ok(NormalizedHost::Ip(ip("::1"))));
         let v6 = normalize_host("[2001:DB8::1]").expect("v6");
         assert_eq!(v6, NormalizedHost::Ip(ip("2001:db8::1")));
         assert_eq!(v6.to_string(), "2001:db8::1");
         assert_eq!(v6.uri_host(), "[2001:db8::1]");
-        assert_eq!(
-            normalize_host("[::ffff:127.0.0.1]"),
-            Ok(NormalizedHost::Ip(ip("::ffff:127.0.0.1")))
-        );
+        assert_eq!(normalize_host("[::ffff:127.0.0.1]"), Ok(NormalizedHost::Ip(ip("::ffff:127.0.0.1"))));
     }
 
     #[test]
@@ -615,11 +563,7 @@ mod tests {
         assert_eq!(normalize_host(&long_label), Err(HostError::LabelTooLong));
         let long_name = ["a".repeat(63).as_str(); 5].join(".");
         assert_eq!(normalize_host(&long_name), Err(HostError::NameTooLong));
-        let max_name = format!(
-            "{}.{}",
-            ["a".repeat(63).as_str(); 3].join("."),
-            "b".repeat(61)
-        );
+        let max_name = format!("{}.{}", ["a".repeat(63).as_str(); 3].join("."), "b".repeat(61));
         assert_eq!(max_name.len(), 253);
         assert!(normalize_host(&max_name).is_ok());
     }
@@ -724,20 +668,12 @@ mod tests {
             ("::ffff:127.0.0.1", BlockReason::Loopback, "127.0.0.1"),
             ("::ffff:7f00:1", BlockReason::Loopback, "127.0.0.1"),
             ("::ffff:10.1.2.3", BlockReason::Private, "10.1.2.3"),
-            (
-                "::ffff:169.254.169.254",
-                BlockReason::CloudMetadata,
-                "169.254.169.254",
-            ),
+            ("::ffff:169.254.169.254", BlockReason::CloudMetadata, "169.254.169.254"),
             ("::ffff:0.0.0.0", BlockReason::Unspecified, "0.0.0.0"),
             ("::127.0.0.1", BlockReason::Loopback, "127.0.0.1"),
             ("::8.8.8.8", BlockReason::Reserved, "8.8.8.8"),
             ("64:ff9b::127.0.0.1", BlockReason::Loopback, "127.0.0.1"),
-            (
-                "64:ff9b::a9fe:a9fe",
-                BlockReason::CloudMetadata,
-                "169.254.169.254",
-            ),
+            ("64:ff9b::a9fe:a9fe", BlockReason::CloudMetadata, "169.254.169.254"),
             ("64:ff9b::192.168.0.1", BlockReason::Private, "192.168.0.1"),
             ("2002:7f00:1::", BlockReason::Loopback, "127.0.0.1"),
             ("2002:a00:1::1", BlockReason::Private, "10.0.0.1"),
@@ -759,10 +695,7 @@ mod tests {
         assert_eq!(blocked(&policy, "192.168.1.1"), BlockReason::Private);
         assert_eq!(blocked(&policy, "127.0.0.1"), BlockReason::Loopback);
         // fd00:ec2::254 is in fd00::/8, but only naming it exactly unlocks the metadata service.
-        assert_eq!(
-            blocked(&policy, "fd00:ec2::254"),
-            BlockReason::CloudMetadata
-        );
+        assert_eq!(blocked(&policy, "fd00:ec2::254"), BlockReason::CloudMetadata);
     }
 
     #[test]
@@ -770,14 +703,8 @@ mod tests {
         let wide = AddressPolicy::new(&[net("0.0.0.0/0"), net("169.254.0.0/16"), net("::/0")]);
         assert_eq!(wide.check(ip("169.254.1.1")), Ok(()));
         assert_eq!(wide.check(ip("127.0.0.1")), Ok(()));
-        assert_eq!(
-            blocked(&wide, "169.254.169.254"),
-            BlockReason::CloudMetadata
-        );
-        assert_eq!(
-            blocked(&wide, "::ffff:169.254.169.254"),
-            BlockReason::CloudMetadata
-        );
+        assert_eq!(blocked(&wide, "169.254.169.254"), BlockReason::CloudMetadata);
+        assert_eq!(blocked(&wide, "::ffff:169.254.169.254"), BlockReason::CloudMetadata);
         assert_eq!(blocked(&wide, "fd00:ec2::254"), BlockReason::CloudMetadata);
         assert_eq!(blocked(&wide, "0.0.0.0"), BlockReason::Unspecified);
         assert_eq!(blocked(&wide, "::"), BlockReason::Unspecified);
@@ -793,10 +720,7 @@ mod tests {
     #[test]
     fn one_blocked_address_fails_the_whole_answer() {
         let host = NormalizedHost::Name("split.example".into());
-        let answer = [
-            SocketAddr::new(ip("93.184.216.34"), 443),
-            SocketAddr::new(ip("10.0.0.5"), 443),
-        ];
+        let answer = [SocketAddr::new(ip("93.184.216.34"), 443), SocketAddr::new(ip("10.0.0.5"), 443)];
         let err = check_resolved(&host, answer, &AddressPolicy::default()).expect_err("blocked");
         match err {
             SsrfError::Blocked { host, blocked } => {
@@ -812,18 +736,13 @@ mod tests {
         )
         .expect("public");
         assert_eq!(ok, [answer[0], SocketAddr::new(ip("1.1.1.1"), 443)]);
-        assert!(matches!(
-            check_resolved(&host, [], &AddressPolicy::default()),
-            Err(SsrfError::NoAddress { .. })
-        ));
+        assert!(matches!(check_resolved(&host, [], &AddressPolicy::default()), Err(SsrfError::NoAddress { .. })));
     }
 
     #[tokio::test]
     async fn localhost_resolves_to_loopback_and_is_blocked() {
         let host = normalize_host("localhost").expect("name");
-        let err = resolve_checked(&host, 80, &AddressPolicy::default())
-            .await
-            .expect_err("blocked");
+        let err = resolve_checked(&host, 80, &AddressPolicy::default()).await.expect_err("blocked");
         match err {
             SsrfError::Blocked { blocked, .. } => assert_eq!(blocked.reason, BlockReason::Loopback),
             other => panic!("{other}"),
@@ -833,14 +752,9 @@ mod tests {
     #[tokio::test]
     async fn ip_hosts_are_checked_without_lookup() {
         let public = NormalizedHost::Ip(ip("93.184.216.34"));
-        let addrs = resolve_checked(&public, 443, &AddressPolicy::default())
-            .await
-            .expect("public");
+        let addrs = resolve_checked(&public, 443, &AddressPolicy::default()).await.expect("public");
         assert_eq!(addrs, [SocketAddr::new(ip("93.184.216.34"), 443)]);
         let meta = NormalizedHost::Ip(ip("169.254.169.254"));
-        assert!(matches!(
-            resolve_checked(&meta, 80, &AddressPolicy::default()).await,
-            Err(SsrfError::Blocked { .. })
-        ));
+        assert!(matches!(resolve_checked(&meta, 80, &AddressPolicy::default()).await, Err(SsrfError::Blocked { .. })));
     }
 }

@@ -120,11 +120,8 @@ impl CheckedConnector {
             NormalizedHost::Ip(ip) => ServerName::IpAddress((*ip).into()),
             NormalizedHost::Name(n) => ServerName::try_from(n.clone()).map_err(|e| DialError::Host(e.to_string()))?,
         };
-        let tls = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|error| DialError::Tls { host: host.to_string(), error })?;
+        let tls =
+            self.tls.connect(name, tcp).await.map_err(|error| DialError::Tls { host: host.to_string(), error })?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok(TokioIo::new(Conn { stream: UpstreamStream::Tls(Box::new(tls)), h2 }))
     }
@@ -189,7 +186,5 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector)
 }

@@ -54,18 +54,11 @@ pub const GLOBS: &[&str] = &[
 ];
 
 /// Methods rules and requests are drawn from.
-pub const METHODS: &[&str] = &[
-    "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "get", "*",
-];
+pub const METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "get", "*"];
 
 /// Executables inputs are drawn from (`None` is also drawn).
-pub const BINARIES: &[&str] = &[
-    "/usr/bin/git",
-    "/usr/bin/ssh",
-    "/usr/lib/git-core/git-remote-https",
-    "/usr/bin/curl",
-    "/usr/bin//git",
-];
+pub const BINARIES: &[&str] =
+    &["/usr/bin/git", "/usr/bin/ssh", "/usr/lib/git-core/git-remote-https", "/usr/bin/curl", "/usr/bin//git"];
 
 /// A policy with `endpoints` endpoints (ten per network policy) covering every feature:
 /// exact, `*.x` and `**.x` hosts, several ports, `rest` and `tcp`, the three `access` presets,
@@ -143,9 +136,7 @@ pub fn policy_yaml(endpoints: usize, seed: u64) -> String {
         }
         match p % 10 {
             3 => out.push_str("    binaries: [{ path: /usr/bin/git }]\n"),
-            7 => out.push_str(
-                "    binaries: [{ path: /usr/bin/ssh }, { path: /usr/lib/git-core/git-remote-https }]\n",
-            ),
+            7 => out.push_str("    binaries: [{ path: /usr/bin/ssh }, { path: /usr/lib/git-core/git-remote-https }]\n"),
             _ => {}
         }
     }
@@ -176,8 +167,7 @@ pub fn host_for(pattern: &str, rng: &mut Rng) -> String {
 }
 
 fn label(rng: &mut Rng) -> String {
-    rng.pick(&["a", "b1", "x-y", "under_score", "api", "z9"])
-        .to_string()
+    rng.pick(&["a", "b1", "x-y", "under_score", "api", "z9"]).to_string()
 }
 
 /// A host close to `host`, often one no pattern covers: other case, trailing dot, an extra,
@@ -187,9 +177,7 @@ pub fn mutate_host(host: &str, rng: &mut Rng) -> String {
         0 => host.to_ascii_uppercase(),
         1 => format!("{host}."),
         2 => format!("extra.{host}"),
-        3 => host
-            .split_once('.')
-            .map_or(host.to_owned(), |(_, rest)| rest.to_owned()),
+        3 => host.split_once('.').map_or(host.to_owned(), |(_, rest)| rest.to_owned()),
         4 => format!("a..{host}"),
         5 => format!("{host}:443"),
         6 => format!("{}.{host}", "l".repeat(64)),

@@ -88,7 +88,11 @@ fn errno_name(e: &std::io::Error) -> String {
 }
 
 fn any_for(addr: SocketAddr) -> SocketAddr {
-    if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() }
+    if addr.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    }
 }
 
 fn tcp(addr: SocketAddr) -> std::io::Result<()> {
@@ -128,7 +132,11 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 fn check(ret: isize) -> std::io::Result<isize> {
-    if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 fn fastopen(addr: SocketAddr) -> std::io::Result<()> {
@@ -137,7 +145,14 @@ fn fastopen(addr: SocketAddr) -> std::io::Result<()> {
     unsafe {
         let fd = check(libc::socket(family, libc::SOCK_STREAM, 0) as isize)? as i32;
         let (ss, len) = sockaddr(addr);
-        let r = libc::sendto(fd, b"x".as_ptr().cast(), 1, libc::MSG_FASTOPEN, &ss as *const _ as *const libc::sockaddr, len);
+        let r = libc::sendto(
+            fd,
+            b"x".as_ptr().cast(),
+            1,
+            libc::MSG_FASTOPEN,
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        );
         let r = check(r);
         libc::close(fd);
         r.map(drop)
@@ -158,7 +173,8 @@ fn icmp(addr: SocketAddr, ty: i32) -> std::io::Result<()> {
     unsafe {
         let fd = check(libc::socket(family, ty, proto) as isize)? as i32;
         let (ss, len) = sockaddr(SocketAddr::new(addr.ip(), 0));
-        let r = libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, &ss as *const _ as *const libc::sockaddr, len);
+        let r =
+            libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, &ss as *const _ as *const libc::sockaddr, len);
         let r = check(r);
         libc::close(fd);
         r.map(drop)
@@ -194,7 +210,11 @@ fn grandchild(addr: SocketAddr) -> std::io::Result<()> {
         let mut buf = [0u8; 1];
         let mut f = <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]);
         f.read_exact(&mut buf)?;
-        if buf[0] == b'1' { Ok(()) } else { Err(std::io::Error::from_raw_os_error(libc::EPERM)) }
+        if buf[0] == b'1' {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        }
     }
 }
 

@@ -117,7 +117,8 @@ impl Opts {
                 eprintln!("proxybench: unexpected argument {a:?}");
                 usage();
             }
-            let value = if flags.contains(&a.as_str()) { String::new() } else { it.next().cloned().unwrap_or_else(|| usage()) };
+            let value =
+                if flags.contains(&a.as_str()) { String::new() } else { it.next().cloned().unwrap_or_else(|| usage()) };
             values.entry(a.clone()).or_default().push(value);
         }
         Self { values }
@@ -215,7 +216,8 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
             let Ok(Ok(tls)) = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(stream)).await else { return };
             let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
                 let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
-                resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+                resp.headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
                 Ok::<_, Infallible>(resp)
             });
             let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
@@ -257,7 +259,8 @@ fn client_tls(cas: &[PathBuf], http1_only: bool) -> Result<Arc<ClientConfig>> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = if http1_only { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec(), b"http/1.1".to_vec()] };
+    config.alpn_protocols =
+        if http1_only { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec(), b"http/1.1".to_vec()] };
     Ok(Arc::new(config))
 }
 
@@ -268,12 +271,16 @@ fn parse_target(text: &str) -> Result<(String, u16, String)> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let (host, port) = authority.rsplit_once(':').ok_or_else(|| format!("{text}: the target needs an explicit port"))?;
+    let (host, port) =
+        authority.rsplit_once(':').ok_or_else(|| format!("{text}: the target needs an explicit port"))?;
     let port: u16 = port.parse().map_err(|_| format!("{text}: bad port"))?;
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port, path.to_string()))
 }
 
-async fn timed<T, E: Into<Error>>(what: &str, f: impl std::future::Future<Output = std::result::Result<T, E>>) -> Result<T> {
+async fn timed<T, E: Into<Error>>(
+    what: &str,
+    f: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
     match tokio::time::timeout(STEP_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what}: {}", e.into()).into()),
@@ -338,7 +345,9 @@ async fn get(sender: &mut Sender, route: &Route) -> Result<()> {
     let resp = match sender {
         Sender::H1(s) => {
             s.ready().await?;
-            let req = Request::get(route.path.as_str()).header(hyper::header::HOST, route.authority.as_str()).body(Empty::new())?;
+            let req = Request::get(route.path.as_str())
+                .header(hyper::header::HOST, route.authority.as_str())
+                .body(Empty::new())?;
             s.send_request(req).await?
         }
         Sender::H2(s) => {

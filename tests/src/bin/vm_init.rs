@@ -248,7 +248,9 @@ fn write_policy(name: &str, yaml: &str) -> Result<String, String> {
 /// in the shared project directory, with demo listeners up. Returns leash's exit status.
 fn run_command() -> i32 {
     let argv: Vec<String> = std::fs::read(format!("{CONFIG_DIR}/argv"))
-        .map(|b| b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .map(|b| {
+            b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        })
         .unwrap_or_default();
     if argv.is_empty() {
         println!("vm_init: {CONFIG_DIR}/argv is empty");

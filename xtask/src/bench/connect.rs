@@ -60,7 +60,11 @@ pub fn run(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
             if first_inside {
                 session.send("run")?;
                 let line = session.next_line(per_loop, "connbench inside the sandbox")?;
-                inside.push(parse(&line).with_context(|| format!("connbench inside the sandbox printed {line:?}{}", session.stderr()))?);
+                inside.push(
+                    parse(&line).with_context(|| {
+                        format!("connbench inside the sandbox printed {line:?}{}", session.stderr())
+                    })?,
+                );
             } else {
                 outside.push(outside_loop(ctx, addr, connects)?);
             }
@@ -71,7 +75,9 @@ pub fn run(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
     session.finish()?;
 
     println!();
-    println!("connect: loopback connect+close to leash's proxy at {addr}, {rounds} rounds x {connects} connects (ns per op)");
+    println!(
+        "connect: loopback connect+close to leash's proxy at {addr}, {rounds} rounds x {connects} connects (ns per op)"
+    );
     println!("{:<8} {:>35}   {:>35}", "", "inside the sandbox (agent)", "outside (root, no sandbox)");
     let header = format!("{:>8} {:>8} {:>8} {:>8}", "median", "mean", "p99", "stalls");
     println!("{:<8} {header}   {header}", "round");
@@ -81,7 +87,12 @@ pub fn run(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
     }
     let summary = |v: &[Loop]| {
         let col = |f: fn(&Loop) -> u64| median(&v.iter().map(f).collect::<Vec<_>>());
-        Loop { median: col(|l| l.median), mean: col(|l| l.mean), p99: col(|l| l.p99), stalls: v.iter().map(|l| l.stalls).sum() }
+        Loop {
+            median: col(|l| l.median),
+            mean: col(|l| l.mean),
+            p99: col(|l| l.p99),
+            stalls: v.iter().map(|l| l.stalls).sum(),
+        }
     };
     let (i, o) = (summary(&inside), summary(&outside));
     println!("{:<8} {}   {}", "median", row(&i), row(&o));
@@ -204,7 +215,9 @@ impl Session {
 
     fn send(&mut self, line: &str) -> Result<()> {
         let stdin = self.stdin.as_mut().context("agent stdin closed")?;
-        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).with_context(|| format!("writing to the agent{}", self.stderr()))
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("writing to the agent{}", self.stderr()))
     }
 
     /// The agent's next non-empty stdout line, waiting at most `timeout`.

@@ -118,7 +118,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let ctx = prepare()?;
     if start {
         let tool = |name: &str| peers.iter().find(|(n, _)| *n == name).map(|(_, p)| p.clone()).expect("peer was found");
-        start::run(&ctx, &start::Tools { ip: tool("ip"), nft: tool("nft"), bwrap: tool("bwrap") }, args.iterations, args.warmups)?;
+        start::run(
+            &ctx,
+            &start::Tools { ip: tool("ip"), nft: tool("nft"), bwrap: tool("bwrap") },
+            args.iterations,
+            args.warmups,
+        )?;
     }
     if connect {
         if start {
@@ -149,7 +154,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn policy() -> Result<()> {
     crate::setup::check()?;
     println!("bench: policy decisions (release build) ...");
-    run_cmd(cargo().current_dir(workspace_root()).args(["run", "--quiet", "--release", "-p", "sandbox-user", "--example", "policy_bench"]))
+    run_cmd(cargo().current_dir(workspace_root()).args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "sandbox-user",
+        "--example",
+        "policy_bench",
+    ]))
 }
 
 /// Finds each peer program, installing the missing ones' packages when `install` is set.
@@ -212,7 +225,8 @@ fn find_program(name: &str) -> Option<PathBuf> {
 /// Creates the scratch directory with the allow-nothing policy and a copy of `connbench` that the
 /// agent's user can execute wherever the workspace lives.
 fn prepare() -> Result<Ctx> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     let leash = target.join("release/leash");
     let built_connbench = target.join("release/connbench");
     for bin in [&leash, &built_connbench] {
@@ -264,4 +278,3 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
-

@@ -106,7 +106,10 @@ pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
         bail!("the upstream listens on {upstream_addr}, not on loopback");
     }
     let target = Target { port: upstream_addr.port(), ca: upstream_ca };
-    println!("proxy: upstream listening on {upstream_addr} (and [::1] when free); target https://localhost:{}/", target.port);
+    println!(
+        "proxy: upstream listening on {upstream_addr} (and [::1] when free); target https://localhost:{}/",
+        target.port
+    );
 
     let mut results = Vec::new();
     let mut skipped: Vec<(&str, String)> = Vec::new();
@@ -171,7 +174,12 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     /// Starts a proxy, reads its memory around the idle tunnels, then measures throughput.
-    fn measure(&self, name: &'static str, target: &Target, start: impl Fn(&Self) -> Result<Started>) -> Result<Measured> {
+    fn measure(
+        &self,
+        name: &'static str,
+        target: &Target,
+        start: impl Fn(&Self) -> Result<Started>,
+    ) -> Result<Measured> {
         let started = start(self)?;
         let memory = self.memory(name, target, &started)?;
         let runs = self.throughput(target, Some(started.addr), &started.ca)?;
@@ -192,8 +200,12 @@ impl Bench<'_> {
                 cmd.args(["--proxy", &p.to_string()]);
             }
             let line = output_line(&mut cmd)?;
-            let run = Run { rps: field(&line, "rps")?, p50_us: field(&line, "p50_us")?, p99_us: field(&line, "p99_us")? };
-            println!("proxy:   {c:>2} connection(s): {:>8.0} req/s, p50 {:>9.1} µs, p99 {:>9.1} µs", run.rps, run.p50_us, run.p99_us);
+            let run =
+                Run { rps: field(&line, "rps")?, p50_us: field(&line, "p50_us")?, p99_us: field(&line, "p99_us")? };
+            println!(
+                "proxy:   {c:>2} connection(s): {:>8.0} req/s, p50 {:>9.1} µs, p99 {:>9.1} µs",
+                run.rps, run.p50_us, run.p99_us
+            );
             runs.push(run);
         }
         Ok(runs)
@@ -204,7 +216,14 @@ impl Bench<'_> {
             let mut cmd = self.fd_limited(&self.proxybench);
             cmd.args(["idle", "--http1", "--request", "--target", &format!("localhost:{}", target.port), "--ca"])
                 .arg(&started.ca)
-                .args(["--proxy", &started.addr.to_string(), "--tunnels", &tunnels.to_string(), "--hold-ms", &hold_ms.to_string()]);
+                .args([
+                    "--proxy",
+                    &started.addr.to_string(),
+                    "--tunnels",
+                    &tunnels.to_string(),
+                    "--hold-ms",
+                    &hold_ms.to_string(),
+                ]);
             cmd
         };
         output_line(&mut idle(1, 0)).context("warming the proxy up with one tunnel")?;
@@ -214,8 +233,11 @@ impl Bench<'_> {
         let children_before = children_rss(pid);
 
         let hold = Duration::from_secs(2);
-        let mut holder = Service::spawn("idle", &mut idle(self.opts.tunnels, hold.as_millis() as u64), &self.dir, true)?;
-        let line = holder.next_line(Duration::from_secs(90)).with_context(|| format!("opening {} tunnels through {name}", self.opts.tunnels))?;
+        let mut holder =
+            Service::spawn("idle", &mut idle(self.opts.tunnels, hold.as_millis() as u64), &self.dir, true)?;
+        let line = holder
+            .next_line(Duration::from_secs(90))
+            .with_context(|| format!("opening {} tunnels through {name}", self.opts.tunnels))?;
         let opened = field(&line, "open")?;
         let seconds = field(&line, "seconds")?;
         std::thread::sleep(Duration::from_millis(500));
@@ -277,13 +299,24 @@ impl Bench<'_> {
         if !certgen.is_file() {
             bail!("{} is missing (it comes with squid-openssl)", certgen.display());
         }
-        let openssl = find_program("openssl").context("`openssl` not found (Debian package openssl); it makes squid's CA")?;
+        let openssl =
+            find_program("openssl").context("`openssl` not found (Debian package openssl); it makes squid's CA")?;
         let dir = self.dir.join("squid");
         std::fs::create_dir_all(&dir)?;
         let (ca, key, db) = (dir.join("ca.pem"), dir.join("ca.key"), dir.join("ssl_db"));
         super::run_quiet(
             Command::new(openssl)
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "2",
+                ])
                 .args(["-subj", "/CN=leash bench squid CA", "-addext", "basicConstraints=critical,CA:TRUE"])
                 .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout"])
                 .arg(&key)
@@ -291,7 +324,8 @@ impl Bench<'_> {
                 .arg(&ca),
         )
         .context("making squid's CA")?;
-        super::run_quiet(Command::new(certgen).arg("-c").arg("-s").arg(&db).args(["-M", "16MB"])).context("initialising squid's certificate database")?;
+        super::run_quiet(Command::new(certgen).arg("-c").arg("-s").arg(&db).args(["-M", "16MB"]))
+            .context("initialising squid's certificate database")?;
         let upstream_ca = dir.join("upstream-ca.pem");
         std::fs::copy(&target.ca, &upstream_ca)?;
         let addr = free_port()?;
@@ -329,7 +363,8 @@ impl Bench<'_> {
             ),
         )?;
         if crate::nix_is_root() {
-            super::run_quiet(Command::new("chown").args(["-R", "proxy:proxy"]).arg(&dir)).context("giving squid's directory to user proxy")?;
+            super::run_quiet(Command::new("chown").args(["-R", "proxy:proxy"]).arg(&dir))
+                .context("giving squid's directory to user proxy")?;
         }
         super::run_quiet(Command::new(squid).args(["-k", "parse", "-f"]).arg(&conf)).context("squid -k parse")?;
         let mut cmd = self.fd_limited(squid);
@@ -351,7 +386,10 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
         opts.warmup.as_secs_f64(),
         opts.duration.as_secs_f64()
     );
-    println!("{:<10} {:>5} {:>9} {:>9} {:>9} {:>10} {:>10}", "", "conns", "req/s", "p50 µs", "p99 µs", "+p50 µs", "+p99 µs");
+    println!(
+        "{:<10} {:>5} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "", "conns", "req/s", "p50 µs", "p99 µs", "+p50 µs", "+p99 µs"
+    );
     let direct = results.iter().find(|m| m.name == "direct");
     for (i, c) in CONNECTIONS.iter().enumerate() {
         for m in results {
@@ -386,7 +424,11 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
                 .map(|(i, c)| format!("{:.1}× at {c}", leash.runs[i].rps / p.runs[i].rps))
                 .collect();
             let met = CONNECTIONS.iter().enumerate().all(|(i, _)| leash.runs[i].rps / p.runs[i].rps >= goal);
-            println!("leash/{peer} req/s: {} (goal >= {goal}×: {})", ratios.join(", "), if met { "met" } else { "NOT met" });
+            println!(
+                "leash/{peer} req/s: {} (goal >= {goal}×: {})",
+                ratios.join(", "),
+                if met { "met" } else { "NOT met" }
+            );
         }
         if let Some(d) = direct {
             let added = leash.runs[0].p50_us - d.runs[0].p50_us;
@@ -403,7 +445,8 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
     for m in results {
         let Some(mem) = &m.memory else { continue };
         let total = |own: u64, kids: (usize, u64)| own + kids.1;
-        let per = (total(mem.with, mem.children_with) as f64 - total(mem.before, mem.children_before) as f64) / opts.tunnels as f64;
+        let per = (total(mem.with, mem.children_with) as f64 - total(mem.before, mem.children_before) as f64)
+            / opts.tunnels as f64;
         let kids = if mem.children_before.0 + mem.children_with.0 == 0 {
             "none".to_string()
         } else {
@@ -417,7 +460,9 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
         };
         println!("{:<10} {:>12} {:>12} {:>9.1} KiB   {kids}", m.name, mib(mem.before), mib(mem.with), per);
     }
-    println!("(before: after one warm-up tunnel; per tunnel: the growth of the process and its children over the tunnels)");
+    println!(
+        "(before: after one warm-up tunnel; per tunnel: the growth of the process and its children over the tunnels)"
+    );
     for (name, why) in skipped {
         println!("{name}: skipped: {why}");
     }
@@ -442,7 +487,10 @@ fn mitmdump(install: bool) -> Result<PathBuf, String> {
         return Ok(bin);
     }
     if !install {
-        return Err(format!("{} not found; pass --install-peers to install {MITMPROXY} from PyPI into that venv", bin.display()));
+        return Err(format!(
+            "{} not found; pass --install-peers to install {MITMPROXY} from PyPI into that venv",
+            bin.display()
+        ));
     }
     let python = Path::new("/usr/bin/python3");
     if !python.is_file() {
@@ -478,7 +526,10 @@ fn squid(install: bool) -> Result<PathBuf, String> {
     match find_program("squid") {
         Some(p) if has_ssl(&p) => return Ok(p),
         Some(p) if !install => {
-            return Err(format!("{} is built without OpenSSL (no ssl-bump); install squid-openssl or pass --install-peers", p.display()))
+            return Err(format!(
+                "{} is built without OpenSSL (no ssl-bump); install squid-openssl or pass --install-peers",
+                p.display()
+            ))
         }
         None if !install => return Err("`squid` not found; install squid-openssl or pass --install-peers".into()),
         _ => {}
@@ -507,7 +558,8 @@ impl Service {
         let log = dir.join(format!("{name}.log"));
         let err = File::create(&log)?;
         let out = if read_stdout { Stdio::piped() } else { Stdio::from(err.try_clone()?) };
-        let mut child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| format!("starting {name}"))?;
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| format!("starting {name}"))?;
         let lines = child.stdout.take().map(|stdout| {
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
@@ -538,7 +590,9 @@ impl Service {
             match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(l) if l.trim().is_empty() => continue,
                 Ok(l) => return Ok(l),
-                Err(mpsc::RecvTimeoutError::Timeout) => bail!("{}: no output within {timeout:?}; its log ends: {}", self.name, self.log_tail()),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("{}: no output within {timeout:?}; its log ends: {}", self.name, self.log_tail())
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = self.child.wait();
                     bail!("{} exited; its log ends: {}", self.name, self.log_tail())
@@ -551,14 +605,20 @@ impl Service {
     fn wait_listening(&mut self, addr: SocketAddr, files: &[&Path]) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if files.iter().all(|f| f.is_file()) && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if files.iter().all(|f| f.is_file())
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             if self.child.try_wait()?.is_some() {
                 bail!("{} exited before listening on {addr}; its log ends: {}", self.name, self.log_tail());
             }
             if Instant::now() >= deadline {
-                bail!("{} did not listen on {addr} within {START_TIMEOUT:?}; its log ends: {}", self.name, self.log_tail());
+                bail!(
+                    "{} did not listen on {addr} within {START_TIMEOUT:?}; its log ends: {}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -608,7 +668,8 @@ fn stat_fields(stat: &str) -> Vec<&str> {
 
 /// VmRSS of `pid`, KiB.
 fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
     line.split_whitespace().nth(1).context("no VmRSS value")?.parse().context("VmRSS is not a number")
 }
@@ -658,7 +719,11 @@ fn output_line(cmd: &mut Command) -> Result<String> {
 fn field(line: &str, key: &str) -> Result<f64> {
     let pat = format!("\"{key}\":");
     let at = line.find(&pat).with_context(|| format!("no {key} in {line:?}"))? + pat.len();
-    let num: String = line[at..].trim_start().chars().take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+')).collect();
+    let num: String = line[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+'))
+        .collect();
     num.parse().with_context(|| format!("{key} is not a number in {line:?}"))
 }
 

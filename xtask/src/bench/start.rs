@@ -80,18 +80,16 @@ pub fn run(ctx: &Ctx, tools: &Tools, iterations: u32, warmups: u32) -> Result<()
         let t = &times[v];
         let max = t.iter().max().copied().unwrap_or_default();
         let min = t.iter().min().copied().unwrap_or_default();
-        println!(
-            "{name:<44} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            ms(median(t)),
-            ms(percentile(t, 90)),
-            ms(min),
-            ms(max)
-        );
+        println!("{name:<44} {:>8.2} {:>8.2} {:>8.2} {:>8.2}", ms(median(t)), ms(percentile(t, 90)), ms(min), ms(max));
     }
     let a = ms(median(&times[0]));
     let b_ratio = ms(median(&times[1])) / a;
     let c_ratio = ms(median(&times[2])) / a;
-    println!("ratio (b)/(a) = {b_ratio:.2}: {} (goal >= 5: {})", faster_than(b_ratio, "the netns recipe"), if b_ratio >= 5.0 { "met" } else { "NOT met" });
+    println!(
+        "ratio (b)/(a) = {b_ratio:.2}: {} (goal >= 5: {})",
+        faster_than(b_ratio, "the netns recipe"),
+        if b_ratio >= 5.0 { "met" } else { "NOT met" }
+    );
     println!("ratio (c)/(a) = {c_ratio:.2}: {}", faster_than(c_ratio, "bwrap --unshare-net"));
     println!("(the recipe runs {RECIPE_COMMANDS} commands and starts no proxy; leash's time includes its proxy)");
     println!("cleanup: `ip netns list` shows no benchmark namespace");
@@ -104,7 +102,10 @@ fn preflight(tools: &Tools) -> Result<()> {
     for what in [&["-o", "-4", "addr", "show"][..], &["-4", "route", "show"][..]] {
         let out = Command::new(&tools.ip).args(what).output().context("running ip")?;
         if String::from_utf8_lossy(&out.stdout).contains("10.231.") {
-            bail!("10.231.0.0/16 is already used on this host (`ip {}`); the netns recipe needs it free", what.join(" "));
+            bail!(
+                "10.231.0.0/16 is already used on this host (`ip {}`); the netns recipe needs it free",
+                what.join(" ")
+            );
         }
     }
     for ns in bench_namespaces(tools)? {

@@ -61,7 +61,11 @@ impl Image {
                 image.host_file(&format!("/bin/{name}"), &path, 0o755);
             }
         }
-        image.file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", 0o644);
+        image.file(
+            "/etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            0o644,
+        );
         image.file("/etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644);
         image.file("/etc/nsswitch.conf", b"passwd: files\ngroup: files\nhosts: files\n", 0o644);
         image.file("/etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n", 0o644);

@@ -48,13 +48,12 @@ pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
     names
         .iter()
         .map(|n| {
-            MATRIX
-                .iter()
-                .find(|s| s.name == n || n.strip_suffix(".x") == Some(s.name) || s.suite == n)
-                .with_context(|| {
+            MATRIX.iter().find(|s| s.name == n || n.strip_suffix(".x") == Some(s.name) || s.suite == n).with_context(
+                || {
                     let known: Vec<_> = MATRIX.iter().map(|s| s.name).collect();
                     format!("unknown kernel {n:?}: pick one of {} or all", known.join(", "))
-                })
+                },
+            )
         })
         .collect()
 }
@@ -137,8 +136,12 @@ fn modinfo_depends(path: &Path) -> Result<Vec<String>> {
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
     let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")) as usize);
     let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")) as usize);
-    let (shoff, shentsize, shnum, shstrndx) =
-        (u64_at(0x28).ok_or_else(bad)?, u16_at(0x3a).ok_or_else(bad)?, u16_at(0x3c).ok_or_else(bad)?, u16_at(0x3e).ok_or_else(bad)?);
+    let (shoff, shentsize, shnum, shstrndx) = (
+        u64_at(0x28).ok_or_else(bad)?,
+        u16_at(0x3a).ok_or_else(bad)?,
+        u16_at(0x3c).ok_or_else(bad)?,
+        u16_at(0x3e).ok_or_else(bad)?,
+    );
     let section = |i: usize| -> Option<(usize, usize, usize)> {
         let h = shoff + i * shentsize;
         Some((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
@@ -201,7 +204,11 @@ pub fn fetch(series: &'static Series) -> Result<Kernel> {
     std::fs::create_dir_all(&staging)?;
     for package in &packages {
         let deb = apt.download(package)?;
-        progress(&format!("kernel {}: extracting {}", series.name, deb.file_name().unwrap_or_default().to_string_lossy()));
+        progress(&format!(
+            "kernel {}: extracting {}",
+            series.name,
+            deb.file_name().unwrap_or_default().to_string_lossy()
+        ));
         extract_kernel_files(&deb, &release, &staging)?;
     }
     if !staging.join("vmlinuz").exists() {
@@ -263,7 +270,9 @@ fn kernel_file_target(path: &str, release: &str) -> Option<String> {
         .or_else(|| path.strip_prefix(&format!("usr/lib/modules/{release}/")))?;
     match rest {
         "modules.builtin" => Some(rest.into()),
-        _ if (rest.starts_with("kernel/fs/fuse/") || rest.starts_with("kernel/drivers/virtio/")) && rest.contains(".ko") => {
+        _ if (rest.starts_with("kernel/fs/fuse/") || rest.starts_with("kernel/drivers/virtio/"))
+            && rest.contains(".ko") =>
+        {
             // Stored decompressed, under the name without `.xz`.
             Some(format!("modules/{}", rest.trim_end_matches(".xz")))
         }
@@ -381,11 +390,14 @@ impl Apt {
             .find_map(|d| d.strip_prefix("linux-image-").map(str::to_owned))
             .with_context(|| format!("{meta} in {} depends on no linux-image package", self.suite))?;
         if !release.starts_with(&format!("{}.", series.name)) {
-            bail!("{} now ships kernel {release}, not series {}: update the matrix in xtask/src/vm/kernels.rs", self.suite, series.name);
+            bail!(
+                "{} now ships kernel {release}, not series {}: update the matrix in xtask/src/vm/kernels.rs",
+                self.suite,
+                series.name
+            );
         }
-        let version = field(&self.show(&format!("linux-image-{release}"))?, "Version")
-            .context("no Version field")?
-            .to_owned();
+        let version =
+            field(&self.show(&format!("linux-image-{release}"))?, "Version").context("no Version field")?.to_owned();
         Ok((release, version))
     }
 
@@ -485,7 +497,10 @@ mod tests {
     fn picks_the_files_booting_needs() {
         let r = "6.12.117+deb13-cloud-amd64";
         assert_eq!(kernel_file_target("boot/vmlinuz-6.12.117+deb13-cloud-amd64", r).as_deref(), Some("vmlinuz"));
-        assert_eq!(kernel_file_target("usr/lib/modules/6.12.117+deb13-cloud-amd64/vmlinuz", r).as_deref(), Some("vmlinuz"));
+        assert_eq!(
+            kernel_file_target("usr/lib/modules/6.12.117+deb13-cloud-amd64/vmlinuz", r).as_deref(),
+            Some("vmlinuz")
+        );
         assert_eq!(
             kernel_file_target("usr/lib/modules/6.12.117+deb13-cloud-amd64/kernel/fs/fuse/cuse.ko.xz", r).as_deref(),
             Some("modules/kernel/fs/fuse/cuse.ko")
@@ -498,7 +513,10 @@ mod tests {
     #[test]
     fn selects_series() {
         assert_eq!(select(&[]).unwrap().len(), 4);
-        assert_eq!(select(&["7".into(), "6.1".into()]).unwrap().iter().map(|s| s.suite).collect::<Vec<_>>(), ["sid", "bookworm"]);
+        assert_eq!(
+            select(&["7".into(), "6.1".into()]).unwrap().iter().map(|s| s.suite).collect::<Vec<_>>(),
+            ["sid", "bookworm"]
+        );
         assert!(select(&["4.19".into()]).is_err());
     }
 }

@@ -182,10 +182,8 @@ impl Row {
 
 fn print_table(rows: &[Row]) {
     let header = ["kernel", "version", "verdict", "passed/total", "seconds", "log"];
-    let cells: Vec<[&str; 6]> = rows
-        .iter()
-        .map(|r| [&*r.kernel, &*r.version, &*r.verdict, &*r.counts, &*r.seconds, &*r.log])
-        .collect();
+    let cells: Vec<[&str; 6]> =
+        rows.iter().map(|r| [&*r.kernel, &*r.version, &*r.verdict, &*r.counts, &*r.seconds, &*r.log]).collect();
     let mut widths = header.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -229,8 +227,8 @@ network_policies:
 /// Where Debian's busybox-static puts its binary: the VM's shell and core utilities.
 const BUSYBOX: &str = "/bin/busybox";
 const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "ash", "cat", "echo", "printf", "ls", "id", "env", "grep", "head", "tail", "sleep", "true", "false",
-    "test", "[", "uname", "ps", "mkdir", "rm", "touch", "wc", "wget", "nc", "pwd", "cut", "sed", "tr",
+    "sh", "ash", "cat", "echo", "printf", "ls", "id", "env", "grep", "head", "tail", "sleep", "true", "false", "test",
+    "[", "uname", "ps", "mkdir", "rm", "touch", "wc", "wget", "nc", "pwd", "cut", "sed", "tr",
 ];
 
 /// `cargo xtask run`.
@@ -294,13 +292,22 @@ pub fn run(args: RunArgs) -> Result<()> {
             progress(&format!("the command exited with {code} ({:.1} s)", outcome.seconds));
             std::process::exit(code)
         }
-        None => bail!("the VM powered off without reporting the command's exit status; console log: {}", boot.log.display()),
+        None => {
+            bail!("the VM powered off without reporting the command's exit status; console log: {}", boot.log.display())
+        }
     }
 }
 
 /// The image of `xtask run`: the base image plus busybox, the demo, the policy, the command,
 /// the shared directory's mount point and the modules that mounting it needs.
-fn run_image(bins: &binaries::Binaries, kernel: &Kernel, argv: &[String], policy: &[u8], cwd: &Path, project: &Path) -> Result<Image> {
+fn run_image(
+    bins: &binaries::Binaries,
+    kernel: &Kernel,
+    argv: &[String],
+    policy: &[u8],
+    cwd: &Path,
+    project: &Path,
+) -> Result<Image> {
     let mut image = Image::base(bins)?;
     image.host_file(BUSYBOX, Path::new(BUSYBOX), 0o755);
     for applet in BUSYBOX_APPLETS {
@@ -371,10 +378,7 @@ fn ensure_virtiofsd() -> Result<PathBuf> {
         apt_install(&["libcap-ng-dev", "libseccomp-dev"])?;
     }
     progress(&format!("building virtiofsd {VIRTIOFSD_VERSION} with cargo install (a few minutes, once)"));
-    run_cmd(
-        Command::new("cargo")
-            .args(["install", "virtiofsd", "--locked", "--version", VIRTIOFSD_VERSION]),
-    )?;
+    run_cmd(Command::new("cargo").args(["install", "virtiofsd", "--locked", "--version", VIRTIOFSD_VERSION]))?;
     Ok(cargo_bin)
 }
 

@@ -90,7 +90,10 @@ pub fn choose_accel(kernel: &Kernel, initrd: &Path, logs: &Path) -> Accel {
             Accel::Kvm
         }
         _ => {
-            progress(&format!("qemu: KVM probe boot did not finish, using TCG (log: {})", logs.join("kvm-probe.log").display()));
+            progress(&format!(
+                "qemu: KVM probe boot did not finish, using TCG (log: {})",
+                logs.join("kvm-probe.log").display()
+            ));
             Accel::Tcg
         }
     }

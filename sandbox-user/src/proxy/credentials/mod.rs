@@ -69,9 +69,7 @@ impl CredentialError {
         match self {
             CredentialError::EndpointMismatch { .. } => "credential_endpoint_mismatch",
             CredentialError::BodyTooLarge { .. } => "credential_body_too_large",
-            CredentialError::InvalidHeaderValue { .. } | CredentialError::InvalidTarget => {
-                "credential_rewrite_failed"
-            }
+            CredentialError::InvalidHeaderValue { .. } | CredentialError::InvalidTarget => "credential_rewrite_failed",
         }
     }
 }

@@ -29,11 +29,7 @@ use super::store::SecretStore;
 use super::{CredentialError, PLACEHOLDER_PREFIXES};
 
 /// Bytes percent-encoded when a value goes into a URL: all but RFC 3986 "unreserved".
-const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// What a rewrite did, for the audit log: credential names, never values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,11 +82,7 @@ pub fn rewrite_request_head(
     // Pass 1: find every placeholder, touching no value.
     let mut header_hits: Vec<HeaderHits> = Vec::new();
     for (index, (name, value)) in parts.headers.iter().enumerate() {
-        let basic = if name == AUTHORIZATION {
-            BasicAuth::parse(value.as_bytes())
-        } else {
-            None
-        };
+        let basic = if name == AUTHORIZATION { BasicAuth::parse(value.as_bytes()) } else { None };
         let hits = match basic {
             Some(basic) => match find(&basic.decoded, false) {
                 found if !found.is_empty() => Hits::Basic { basic, found },
@@ -105,11 +97,7 @@ pub fn rewrite_request_head(
     let target = parts.uri.path_and_query().map(PathAndQuery::as_str);
     let target_found = target.map(|t| find(t.as_bytes(), true)).unwrap_or_default();
 
-    let all_names = header_hits
-        .iter()
-        .flat_map(|h| h.hits.found())
-        .chain(&target_found)
-        .map(|f| f.name.as_str());
+    let all_names = header_hits.iter().flat_map(|h| h.hits.found()).chain(&target_found).map(|f| f.name.as_str());
     check_bound(all_names.clone(), host, store)?;
     let report = RewriteReport::from_names(all_names);
     if report.is_empty() {
@@ -119,14 +107,7 @@ pub fn rewrite_request_head(
     // Pass 2: build every new value, still without changing the request.
     let mut new_headers: Vec<(usize, HeaderValue)> = Vec::with_capacity(header_hits.len());
     for HeaderHits { index, hits } in &header_hits {
-        let header_name = || {
-            parts
-                .headers
-                .iter()
-                .nth(*index)
-                .map(|(n, _)| n.as_str().to_owned())
-                .unwrap_or_default()
-        };
+        let header_name = || parts.headers.iter().nth(*index).map(|(n, _)| n.as_str().to_owned()).unwrap_or_default();
         let original = parts.headers.iter().nth(*index).map(|(_, v)| v.as_bytes());
         let bytes = match (hits, original) {
             (Hits::Basic { basic, found }, Some(original)) => {
@@ -135,23 +116,18 @@ pub fn rewrite_request_head(
                 out.extend_from_slice(Zeroizing::new(STANDARD.encode(&*decoded)).as_bytes());
                 out
             }
-            (Hits::Plain(found), Some(original)) => {
-                substitute(original, found, host, store, Encoding::Raw)?
-            }
+            (Hits::Plain(found), Some(original)) => substitute(original, found, host, store, Encoding::Raw)?,
             (_, None) => continue,
         };
-        let mut value =
-            HeaderValue::from_bytes(&bytes).map_err(|_| CredentialError::InvalidHeaderValue {
-                header: header_name(),
-            })?;
+        let mut value = HeaderValue::from_bytes(&bytes)
+            .map_err(|_| CredentialError::InvalidHeaderValue { header: header_name() })?;
         value.set_sensitive(true);
         new_headers.push((*index, value));
     }
     let new_uri = match target {
         Some(target) if !target_found.is_empty() => {
             let bytes = substitute(target.as_bytes(), &target_found, host, store, Encoding::Url)?;
-            let path_and_query =
-                PathAndQuery::try_from(&bytes[..]).map_err(|_| CredentialError::InvalidTarget)?;
+            let path_and_query = PathAndQuery::try_from(&bytes[..]).map_err(|_| CredentialError::InvalidTarget)?;
             let mut uri_parts = parts.uri.clone().into_parts();
             uri_parts.path_and_query = Some(path_and_query);
             Some(Uri::from_parts(uri_parts).map_err(|_| CredentialError::InvalidTarget)?)
@@ -203,9 +179,7 @@ fn check_bound<'a>(
     store: &SecretStore,
 ) -> Result<(), CredentialError> {
     match names.into_iter().find(|name| !store.is_bound(name, host)) {
-        Some(name) => Err(CredentialError::EndpointMismatch {
-            credential: name.to_owned(),
-        }),
+        Some(name) => Err(CredentialError::EndpointMismatch { credential: name.to_owned() }),
         None => Ok(()),
     }
 }
@@ -248,20 +222,10 @@ impl BasicAuth {
         if !value[..scheme_len].eq_ignore_ascii_case(b"basic") {
             return None;
         }
-        let token_start = scheme_len
-            + value[scheme_len..]
-                .iter()
-                .take_while(|b| **b == b' ')
-                .count();
+        let token_start = scheme_len + value[scheme_len..].iter().take_while(|b| **b == b' ').count();
         let token = value[token_start..].trim_ascii_end();
-        let decoded = STANDARD
-            .decode(token)
-            .or_else(|_| STANDARD_NO_PAD.decode(token))
-            .ok()?;
-        Some(Self {
-            token_start,
-            decoded: Zeroizing::new(decoded),
-        })
+        let decoded = STANDARD.decode(token).or_else(|_| STANDARD_NO_PAD.decode(token)).ok()?;
+        Some(Self { token_start, decoded: Zeroizing::new(decoded) })
     }
 }
 
@@ -287,12 +251,9 @@ fn substitute(
     let mut out = Zeroizing::new(Vec::with_capacity(input.len() + 64 * found.len()));
     let mut copied = 0;
     for f in found {
-        let value =
-            store
-                .bound_value(&f.name, host)
-                .ok_or_else(|| CredentialError::EndpointMismatch {
-                    credential: f.name.clone(),
-                })?;
+        let value = store
+            .bound_value(&f.name, host)
+            .ok_or_else(|| CredentialError::EndpointMismatch { credential: f.name.clone() })?;
         out.extend_from_slice(&input[copied..f.start]);
         let url = match encoding {
             Encoding::Raw => false,
@@ -345,8 +306,7 @@ fn placeholder_at(input: &[u8], start: usize, percent: bool) -> Option<Found> {
         }
         let mut name = String::new();
         while let Some((c, len)) = unit_at(input, pos, percent) {
-            let valid =
-                c == b'_' || c.is_ascii_alphabetic() || (!name.is_empty() && c.is_ascii_digit());
+            let valid = c == b'_' || c.is_ascii_alphabetic() || (!name.is_empty() && c.is_ascii_digit());
             if !valid {
                 break;
             }
@@ -355,12 +315,7 @@ fn placeholder_at(input: &[u8], start: usize, percent: bool) -> Option<Found> {
             pos += len;
         }
         if !name.is_empty() {
-            return Some(Found {
-                start,
-                end: pos,
-                name,
-                escaped,
-            });
+            return Some(Found { start, end: pos, name, escaped });
         }
     }
     None
@@ -392,10 +347,8 @@ mod tests {
             name: name.to_owned(),
             hosts: hosts.iter().map(|h| h.parse().expect("pattern")).collect(),
         };
-        let creds = [
-            cred("GITHUB_TOKEN", &["github.com", "api.github.com"]),
-            cred("NPM_TOKEN", &["registry.npmjs.org"]),
-        ];
+        let creds =
+            [cred("GITHUB_TOKEN", &["github.com", "api.github.com"]), cred("NPM_TOKEN", &["registry.npmjs.org"])];
         let text = format!("GITHUB_TOKEN={GITHUB}\nNPM_TOKEN={NPM}\n");
         SecretStore::from_file_text(&creds, "test", &text).expect("store")
     }
@@ -409,17 +362,11 @@ mod tests {
     }
 
     fn header<'a>(parts: &'a Parts, name: &str) -> &'a str {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .expect("header")
+        parts.headers.get(name).and_then(|v| v.to_str().ok()).expect("header")
     }
 
     fn names(list: &[&str]) -> RewriteReport {
-        RewriteReport {
-            credentials: list.iter().map(|s| (*s).to_owned()).collect(),
-        }
+        RewriteReport { credentials: list.iter().map(|s| (*s).to_owned()).collect() }
     }
 
     #[test]
@@ -438,10 +385,7 @@ mod tests {
         assert_eq!(header(&p, "x-other"), format!("a {GITHUB} b"));
         assert_eq!(header(&p, "accept"), "application/json");
         assert!(p.headers["authorization"].is_sensitive());
-        assert!(
-            !format!("{p:?}").contains(GITHUB),
-            "rewritten headers print as Sensitive"
-        );
+        assert!(!format!("{p:?}").contains(GITHUB), "rewritten headers print as Sensitive");
     }
 
     #[test]
@@ -455,21 +399,13 @@ mod tests {
             ],
         );
         rewrite_request_head(&mut p, "github.com", &store()).expect("rewrite");
-        let values: Vec<&str> = p
-            .headers
-            .get_all("x-token")
-            .iter()
-            .map(|v| v.to_str().expect("ascii"))
-            .collect();
+        let values: Vec<&str> = p.headers.get_all("x-token").iter().map(|v| v.to_str().expect("ascii")).collect();
         assert_eq!(values, [GITHUB, "plain", GITHUB]);
     }
 
     #[test]
     fn query_and_percent_encoded_path() {
-        let mut p = parts(
-            "/pkg/leash%3Aresolve%3aenv%3ANPM_TOKEN/x?token=leash:resolve:env:NPM_TOKEN&b=1",
-            &[],
-        );
+        let mut p = parts("/pkg/leash%3Aresolve%3aenv%3ANPM_TOKEN/x?token=leash:resolve:env:NPM_TOKEN&b=1", &[]);
         let report = rewrite_request_head(&mut p, "registry.npmjs.org", &store()).expect("rewrite");
         assert_eq!(report, names(&["NPM_TOKEN"]));
         // The value is percent-encoded where it lands in the URL.
@@ -481,25 +417,16 @@ mod tests {
 
     #[test]
     fn absolute_form_keeps_scheme_and_authority() {
-        let mut p = parts(
-            "http://api.github.com/repos?access_token=%6Ceash:resolve:env:GITHUB_TOKEN",
-            &[],
-        );
+        let mut p = parts("http://api.github.com/repos?access_token=%6Ceash:resolve:env:GITHUB_TOKEN", &[]);
         rewrite_request_head(&mut p, "api.github.com", &store()).expect("rewrite");
-        assert_eq!(
-            p.uri.to_string(),
-            format!("http://api.github.com/repos?access_token={GITHUB}")
-        );
+        assert_eq!(p.uri.to_string(), format!("http://api.github.com/repos?access_token={GITHUB}"));
     }
 
     #[test]
     fn basic_auth_user_and_password_are_swapped_and_reencoded() {
         // What git sends for https://x-access-token:leash:resolve:env:GITHUB_TOKEN@github.com
         let sent = STANDARD.encode("x-access-token:leash:resolve:env:GITHUB_TOKEN");
-        let mut p = parts(
-            "/org/repo.git/info/refs",
-            &[("authorization", &format!("Basic {sent}"))],
-        );
+        let mut p = parts("/org/repo.git/info/refs", &[("authorization", &format!("Basic {sent}"))]);
         let report = rewrite_request_head(&mut p, "github.com", &store()).expect("rewrite");
         assert_eq!(report, names(&["GITHUB_TOKEN"]));
         let expected = STANDARD.encode(format!("x-access-token:{GITHUB}"));
@@ -515,35 +442,19 @@ mod tests {
 
     #[test]
     fn unbound_host_is_a_mismatch_and_nothing_changes() {
-        let basic = format!(
-            "Basic {}",
-            STANDARD.encode("u:leash:resolve:env:GITHUB_TOKEN")
-        );
+        let basic = format!("Basic {}", STANDARD.encode("u:leash:resolve:env:GITHUB_TOKEN"));
         let cases: [(&str, Vec<(&str, &str)>); 4] = [
-            (
-                "/",
-                vec![("authorization", "token leash:resolve:env:GITHUB_TOKEN")],
-            ),
+            ("/", vec![("authorization", "token leash:resolve:env:GITHUB_TOKEN")]),
             ("/?q=leash%3Aresolve%3Aenv%3AGITHUB_TOKEN", vec![]),
             ("/", vec![("authorization", basic.as_str())]),
             // A bound placeholder does not carry an unbound one through.
-            (
-                "/?a=leash:resolve:env:NPM_TOKEN",
-                vec![("x-a", "leash:resolve:env:GITHUB_TOKEN")],
-            ),
+            ("/?a=leash:resolve:env:NPM_TOKEN", vec![("x-a", "leash:resolve:env:GITHUB_TOKEN")]),
         ];
         for (uri, headers) in cases {
             let mut p = parts(uri, &headers);
             let before = format!("{p:?}");
-            let err =
-                rewrite_request_head(&mut p, "registry.npmjs.org", &store()).expect_err("mismatch");
-            assert_eq!(
-                err,
-                CredentialError::EndpointMismatch {
-                    credential: "GITHUB_TOKEN".into()
-                },
-                "{uri}"
-            );
+            let err = rewrite_request_head(&mut p, "registry.npmjs.org", &store()).expect_err("mismatch");
+            assert_eq!(err, CredentialError::EndpointMismatch { credential: "GITHUB_TOKEN".into() }, "{uri}");
             assert_eq!(err.code(), "credential_endpoint_mismatch");
             assert_eq!(format!("{p:?}"), before, "request unchanged");
             assert!(!format!("{err} {err:?}").contains(GITHUB));
@@ -557,12 +468,7 @@ mod tests {
     fn unknown_name_is_a_mismatch() {
         let mut p = parts("/", &[("x", "openshell:resolve:env:AWS_SECRET")]);
         let err = rewrite_request_head(&mut p, "github.com", &store()).expect_err("unknown");
-        assert_eq!(
-            err,
-            CredentialError::EndpointMismatch {
-                credential: "AWS_SECRET".into()
-            }
-        );
+        assert_eq!(err, CredentialError::EndpointMismatch { credential: "AWS_SECRET".into() });
         // The longest name is taken: a known name followed by more name characters is unknown.
         let mut p = parts("/", &[("x", "leash:resolve:env:GITHUB_TOKENX")]);
         assert!(rewrite_request_head(&mut p, "github.com", &store()).is_err());
@@ -572,10 +478,7 @@ mod tests {
     fn requests_without_placeholders_are_untouched() {
         let mut p = parts(
             "/a?b=leash:resolve:env:&c=leash:resolve:env:1X",
-            &[
-                ("x", "leash:resolve:env:"),
-                ("y", "LEASH:resolve:env:GITHUB_TOKEN"),
-            ],
+            &[("x", "leash:resolve:env:"), ("y", "LEASH:resolve:env:GITHUB_TOKEN")],
         );
         let before = format!("{p:?}");
         let report = rewrite_request_head(&mut p, "github.com", &store()).expect("nothing");
@@ -587,32 +490,21 @@ mod tests {
     fn body_rewrite() {
         let s = store();
         let body = br#"{"token":"leash:resolve:env:NPM_TOKEN","n":1}"#;
-        let out = rewrite_body(body, "registry.npmjs.org", &s, 1024)
-            .expect("rewrite")
-            .expect("changed");
+        let out = rewrite_body(body, "registry.npmjs.org", &s, 1024).expect("rewrite").expect("changed");
         assert_eq!(out, format!(r#"{{"token":"{NPM}","n":1}}"#).into_bytes());
         // Form-encoded: the escaped placeholder gets the escaped value.
         let form = b"user=me&pass=leash%3Aresolve%3Aenv%3ANPM_TOKEN";
-        let out = rewrite_body(form, "registry.npmjs.org", &s, 1024)
-            .expect("rewrite")
-            .expect("changed");
+        let out = rewrite_body(form, "registry.npmjs.org", &s, 1024).expect("rewrite").expect("changed");
         assert_eq!(out, b"user=me&pass=npm%2Ftok%2Ben%3D".to_vec());
-        assert_eq!(
-            rewrite_body(b"{}", "registry.npmjs.org", &s, 1024),
-            Ok(None)
-        );
+        assert_eq!(rewrite_body(b"{}", "registry.npmjs.org", &s, 1024), Ok(None));
         assert_eq!(
             rewrite_body(body, "registry.npmjs.org", &s, body.len() - 1),
-            Err(CredentialError::BodyTooLarge {
-                limit: body.len() - 1
-            })
+            Err(CredentialError::BodyTooLarge { limit: body.len() - 1 })
         );
         assert!(rewrite_body(body, "registry.npmjs.org", &s, body.len()).is_ok());
         assert_eq!(
             rewrite_body(body, "github.com", &s, 1024),
-            Err(CredentialError::EndpointMismatch {
-                credential: "NPM_TOKEN".into()
-            })
+            Err(CredentialError::EndpointMismatch { credential: "NPM_TOKEN".into() })
         );
         assert!(contains_placeholder(body) && contains_placeholder(form));
         assert!(!contains_placeholder(b"leash:resolve:env:"));
@@ -622,22 +514,14 @@ mod tests {
     fn scanner_edges() {
         assert_eq!(
             find(b"xleash:resolve:env:A_1-", false),
-            [Found {
-                start: 1,
-                end: 22,
-                name: "A_1".into(),
-                escaped: false
-            }]
+            [Found { start: 1, end: 22, name: "A_1".into(), escaped: false }]
         );
         assert!(find(b"leash%3Aresolve%3Aenv%3AA", false).is_empty());
         assert_eq!(find(b"leash%3Aresolve%3Aenv%3A%41", true)[0].name, "A");
         assert!(find(b"leash%3", true).is_empty());
         assert!(find(b"leash%zzresolve", true).is_empty());
         assert_eq!(
-            find(b"leash:resolve:env:Aleash:resolve:env:B", false)
-                .iter()
-                .map(|f| f.name.as_str())
-                .collect::<Vec<_>>(),
+            find(b"leash:resolve:env:Aleash:resolve:env:B", false).iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
             ["Aleash"]
         );
     }

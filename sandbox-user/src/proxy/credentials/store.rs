@@ -127,19 +127,14 @@ pub struct SecretStore {
 impl fmt::Debug for SecretStore {
     /// Lists credential names only.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretStore")
-            .field("credentials", &self.names().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("SecretStore").field("credentials", &self.names().collect::<Vec<_>>()).finish()
     }
 }
 
 impl SecretStore {
     /// Loads a value for every credential in `credentials` (the policy's
     /// [`CompiledPolicy::credentials`](crate::policy::CompiledPolicy::credentials)) from `source`.
-    pub fn load(
-        credentials: &[Credential],
-        source: SecretSource<'_>,
-    ) -> Result<Self, CredentialLoadError> {
+    pub fn load(credentials: &[Credential], source: SecretSource<'_>) -> Result<Self, CredentialLoadError> {
         match source {
             SecretSource::Environment => Self::from_env(credentials),
             SecretSource::File(path) => Self::from_file(credentials, path),
@@ -155,43 +150,29 @@ impl SecretStore {
             let bytes = Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(raw));
             match std::str::from_utf8(&bytes) {
                 Ok(text) => Ok(Some(Zeroizing::new(text.to_owned()))),
-                Err(_) => Err(CredentialLoadError::NotUnicode {
-                    credential: name.to_owned(),
-                }),
+                Err(_) => Err(CredentialLoadError::NotUnicode { credential: name.to_owned() }),
             }
         })
     }
 
     /// Loads the values from a credentials file (see [`SecretSource::File`]).
     pub fn from_file(credentials: &[Credential], path: &Path) -> Result<Self, CredentialLoadError> {
-        let read_error = |error| CredentialLoadError::Read {
-            path: path.to_owned(),
-            error,
-        };
+        let read_error = |error| CredentialLoadError::Read { path: path.to_owned(), error };
         let mut file = std::fs::File::open(path).map_err(read_error)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         // Sized up front so the buffer holding the secrets is not reallocated (and copied).
-        let mut bytes = Zeroizing::new(Vec::with_capacity(
-            usize::try_from(size).unwrap_or(0).saturating_add(1),
-        ));
+        let mut bytes = Zeroizing::new(Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1)));
         file.read_to_end(&mut bytes).map_err(read_error)?;
         let label = path.display().to_string();
         let text = std::str::from_utf8(&bytes).map_err(|e| CredentialLoadError::NotUtf8 {
             path: label.clone(),
-            line: 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count(),
+            line: 1 + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count(),
         })?;
         Self::from_file_text(credentials, &label, text)
     }
 
     /// Loads the values from the text of a credentials file; `label` names it in errors.
-    pub fn from_file_text(
-        credentials: &[Credential],
-        label: &str,
-        text: &str,
-    ) -> Result<Self, CredentialLoadError> {
+    pub fn from_file_text(credentials: &[Credential], label: &str, text: &str) -> Result<Self, CredentialLoadError> {
         let mut found: Vec<(&str, &str)> = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line_no = index + 1;
@@ -199,14 +180,8 @@ impl SecretStore {
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            let malformed = |reason| CredentialLoadError::Malformed {
-                path: label.to_owned(),
-                line: line_no,
-                reason,
-            };
-            let (name, value) = trimmed
-                .split_once('=')
-                .ok_or(malformed(MalformedLine::MissingEquals))?;
+            let malformed = |reason| CredentialLoadError::Malformed { path: label.to_owned(), line: line_no, reason };
+            let (name, value) = trimmed.split_once('=').ok_or(malformed(MalformedLine::MissingEquals))?;
             if !is_variable_name(name) {
                 return Err(malformed(MalformedLine::InvalidName));
             }
@@ -220,10 +195,7 @@ impl SecretStore {
             found.push((name, value));
         }
         Self::collect(credentials, &format!("credentials file {label}"), |name| {
-            Ok(found
-                .iter()
-                .find(|(seen, _)| *seen == name)
-                .map(|(_, value)| Zeroizing::new((*value).to_owned())))
+            Ok(found.iter().find(|(seen, _)| *seen == name).map(|(_, value)| Zeroizing::new((*value).to_owned())))
         })
     }
 
@@ -241,16 +213,10 @@ impl SecretStore {
                 continue;
             };
             check_value(&credential.name, &value)?;
-            entries.push(Entry {
-                credential: credential.clone(),
-                value,
-            });
+            entries.push(Entry { credential: credential.clone(), value });
         }
         if !missing.is_empty() {
-            return Err(CredentialLoadError::Missing {
-                source_name: source_name.to_owned(),
-                names: missing,
-            });
+            return Err(CredentialLoadError::Missing { source_name: source_name.to_owned(), names: missing });
         }
         Ok(Self { entries })
     }
@@ -296,14 +262,10 @@ impl SecretStore {
 /// Refuses a value that is empty or holds a control character (CR, LF, NUL, TAB, DEL, ...).
 fn check_value(name: &str, value: &str) -> Result<(), CredentialLoadError> {
     if value.is_empty() {
-        return Err(CredentialLoadError::Empty {
-            credential: name.to_owned(),
-        });
+        return Err(CredentialLoadError::Empty { credential: name.to_owned() });
     }
     if value.chars().any(char::is_control) {
-        return Err(CredentialLoadError::ControlCharacter {
-            credential: name.to_owned(),
-        });
+        return Err(CredentialLoadError::ControlCharacter { credential: name.to_owned() });
     }
     Ok(())
 }
@@ -311,9 +273,7 @@ fn check_value(name: &str, value: &str) -> Result<(), CredentialLoadError> {
 /// Whether `name` matches `[A-Za-z_][A-Za-z0-9_]*`.
 pub(super) fn is_variable_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -326,10 +286,7 @@ mod tests {
     fn cred(name: &str, hosts: &[&str]) -> Credential {
         Credential {
             name: name.to_owned(),
-            hosts: hosts
-                .iter()
-                .map(|h| h.parse().unwrap_or_else(|e| panic!("{h}: {e}")))
-                .collect(),
+            hosts: hosts.iter().map(|h| h.parse().unwrap_or_else(|e| panic!("{h}: {e}"))).collect(),
         }
     }
 
@@ -344,10 +301,7 @@ mod tests {
         let text = format!("# tokens\n\n  GITHUB_TOKEN={SECRET}\r\nNPM= a=b c \nUNUSED=x\n");
         let store = SecretStore::from_file_text(&creds, "creds", &text).expect("loads");
         assert_eq!(store.names().collect::<Vec<_>>(), ["GITHUB_TOKEN", "NPM"]);
-        assert_eq!(
-            store.bound_value("GITHUB_TOKEN", "github.com"),
-            Some(SECRET)
-        );
+        assert_eq!(store.bound_value("GITHUB_TOKEN", "github.com"), Some(SECRET));
         assert_eq!(store.bound_value("GITHUB_TOKEN", "api.github.com"), None);
         assert_eq!(store.bound_value("NPM", "github.com"), None);
         assert_eq!(store.entries[1].value.as_str(), " a=b c ");
@@ -357,8 +311,7 @@ mod tests {
     #[test]
     fn debug_lists_names_only() {
         let creds = [cred("GITHUB_TOKEN", &["github.com"])];
-        let store = SecretStore::from_file_text(&creds, "f", &format!("GITHUB_TOKEN={SECRET}"))
-            .expect("loads");
+        let store = SecretStore::from_file_text(&creds, "f", &format!("GITHUB_TOKEN={SECRET}")).expect("loads");
         let debug = format!("{store:?}");
         assert!(debug.contains("GITHUB_TOKEN"), "{debug}");
         assert!(!debug.contains(SECRET), "{debug}");
@@ -370,56 +323,32 @@ mod tests {
         let creds = [cred("GITHUB_TOKEN", &["github.com"])];
         let cases = [
             (format!("# ok\n{SECRET}\n"), 2, MalformedLine::MissingEquals),
-            (
-                format!("GITHUB_TOKEN=x\n{SECRET}-x={SECRET}\n"),
-                2,
-                MalformedLine::InvalidName,
-            ),
+            (format!("GITHUB_TOKEN=x\n{SECRET}-x={SECRET}\n"), 2, MalformedLine::InvalidName),
             (format!("1{SECRET}={SECRET}"), 1, MalformedLine::InvalidName),
             (format!("={SECRET}"), 1, MalformedLine::InvalidName),
-            (
-                format!("GITHUB_TOKEN = {SECRET}"),
-                1,
-                MalformedLine::InvalidName,
-            ),
+            (format!("GITHUB_TOKEN = {SECRET}"), 1, MalformedLine::InvalidName),
         ];
         for (text, line_no, expected) in cases {
-            let err =
-                SecretStore::from_file_text(&creds, "creds.env", &text).expect_err("malformed");
+            let err = SecretStore::from_file_text(&creds, "creds.env", &text).expect_err("malformed");
             match &err {
                 CredentialLoadError::Malformed { line, reason, .. } => {
                     assert_eq!((*line, *reason), (line_no, expected), "{text:?}");
                 }
                 other => panic!("{other}"),
             }
-            assert!(
-                err.to_string().contains(&format!("line {line_no}")),
-                "{err}"
-            );
+            assert!(err.to_string().contains(&format!("line {line_no}")), "{err}");
             assert_no_secret(&err, SECRET);
         }
-        let err = SecretStore::from_file_text(
-            &creds,
-            "f",
-            &format!("GITHUB_TOKEN={SECRET}\nGITHUB_TOKEN={SECRET}2\n"),
-        )
-        .expect_err("duplicate");
-        assert!(
-            matches!(&err, CredentialLoadError::Duplicate { line: 2, name, .. } if name == "GITHUB_TOKEN")
-        );
+        let err = SecretStore::from_file_text(&creds, "f", &format!("GITHUB_TOKEN={SECRET}\nGITHUB_TOKEN={SECRET}2\n"))
+            .expect_err("duplicate");
+        assert!(matches!(&err, CredentialLoadError::Duplicate { line: 2, name, .. } if name == "GITHUB_TOKEN"));
         assert_no_secret(&err, SECRET);
     }
 
     #[test]
     fn control_characters_are_refused_at_load() {
         let creds = [cred("TOKEN", &["example.com"])];
-        for bad in [
-            "abc\rdef",
-            "abc\0def",
-            "abc\u{7f}",
-            "abc\tdef",
-            "abc\u{1b}[0m",
-        ] {
+        for bad in ["abc\rdef", "abc\0def", "abc\u{7f}", "abc\tdef", "abc\u{1b}[0m"] {
             let text = format!("TOKEN={bad}");
             let err = SecretStore::from_file_text(&creds, "f", &text).expect_err("refused");
             assert!(
@@ -437,11 +366,7 @@ mod tests {
 
     #[test]
     fn missing_and_empty_credentials_fail_closed() {
-        let creds = [
-            cred("A_TOKEN", &["a.com"]),
-            cred("B_TOKEN", &["b.com"]),
-            cred("C_TOKEN", &["c.com"]),
-        ];
+        let creds = [cred("A_TOKEN", &["a.com"]), cred("B_TOKEN", &["b.com"]), cred("C_TOKEN", &["c.com"])];
         let err = SecretStore::from_file_text(&creds, "f", "B_TOKEN=x").expect_err("missing");
         match &err {
             CredentialLoadError::Missing { names, .. } => {
@@ -457,15 +382,12 @@ mod tests {
     #[test]
     fn environment_source() {
         let name = "LEASH_TEST_CREDENTIAL_THAT_IS_NEVER_SET_4b1d";
-        let err = SecretStore::load(&[cred(name, &["x.com"])], SecretSource::Environment)
-            .expect_err("missing");
+        let err = SecretStore::load(&[cred(name, &["x.com"])], SecretSource::Environment).expect_err("missing");
         assert!(err.to_string().contains("leash's environment"), "{err}");
         // PATH is always set for the test process.
         let store = SecretStore::from_env(&[cred("PATH", &["x.com"])]).expect("PATH");
         assert!(store.is_bound("PATH", "x.com"));
-        assert!(SecretStore::from_env(&[])
-            .expect("nothing declared")
-            .is_empty());
+        assert!(SecretStore::from_env(&[]).expect("nothing declared").is_empty());
     }
 
     #[test]
@@ -482,10 +404,7 @@ mod tests {
         bytes.push(0xff);
         std::fs::write(&bad, bytes).expect("write");
         let err = SecretStore::from_file(&creds, &bad).expect_err("not utf-8");
-        assert!(
-            matches!(err, CredentialLoadError::NotUtf8 { line: 3, .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, CredentialLoadError::NotUtf8 { line: 3, .. }), "{err:?}");
         assert_no_secret(&err, SECRET);
         let err = SecretStore::from_file(&creds, &dir.join("absent.env")).expect_err("absent");
         assert!(matches!(err, CredentialLoadError::Read { .. }));
