@@ -61,6 +61,15 @@ fn a_normal_exit_leaves_no_cgroup_or_pins() {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "pins left behind: {left:?}");
+    let trust = std::path::Path::new("/run/leash");
+    let left: Vec<_> = std::fs::read_dir(trust)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "CA bundle directory left behind: {left:?}");
 }
 
 #[test]
@@ -116,6 +125,14 @@ fn refused(cmd: &mut std::process::Command, code: i32) -> String {
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert_eq!(err.trim().lines().count(), 1, "one-line error expected, got: {err}");
     assert!(sandbox_cgroups_of(pid).is_empty(), "a refused run left a cgroup");
+    let trust_dirs: Vec<_> = std::fs::read_dir("/run/leash")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(trust_dirs.is_empty(), "a refused run left its CA bundle directory: {trust_dirs:?}");
     err
 }
 

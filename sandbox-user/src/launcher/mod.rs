@@ -133,7 +133,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     if let Some(mut s) = sandbox {
         s.teardown();
     }
-    trust.remove();
+    drop(trust);
     outcome
 }
 

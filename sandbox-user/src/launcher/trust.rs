@@ -13,7 +13,7 @@ use crate::proxy::tls::{write_agent_trust, AgentTrust, CertificateAuthority};
 /// Parent of every sandbox's trust directory.
 const RUN_DIR: &str = "/run/leash";
 
-/// The written trust files of one sandbox; removed with it.
+/// The written trust files of one sandbox; removed when dropped.
 pub struct AgentTrustDir {
     trust: AgentTrust,
 }
@@ -48,9 +48,11 @@ impl AgentTrustDir {
             }
         }
     }
+}
 
-    /// Removes the directory; errors are reported, not fatal.
-    pub fn remove(&self) {
+impl Drop for AgentTrustDir {
+    /// The directory goes with the sandbox, on every path out of `leash run`.
+    fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.trust.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("leash: teardown: removing {}: {e}", self.trust.dir.display());
