@@ -92,19 +92,25 @@ fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> Option<&'a 
     state.endpoint(verdict.endpoint_ref?)
 }
 
-async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) -> Response<ProxyBody> {
-    let Some(authority) = req.uri().authority().cloned() else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_target", "CONNECT needs host:port", None);
-    };
+/// The host and port a request names: no user information, a host that normalises, and a port
+/// (`default_port` when it may be left out).
+#[allow(clippy::result_large_err)]
+fn target(req: &Request<Incoming>, default_port: Option<u16>) -> Result<(NormalizedHost, u16), Response<ProxyBody>> {
+    let bad_target = || refuse(StatusCode::BAD_REQUEST, "bad_target", "the request must name host:port", None);
+    let authority = req.uri().authority().ok_or_else(bad_target)?;
     if authority.as_str().contains('@') {
-        return refuse(StatusCode::BAD_REQUEST, "bad_host", "CONNECT target with user information", None);
+        return Err(refuse(StatusCode::BAD_REQUEST, "bad_host", "request target with user information", None));
     }
-    let Some(port) = authority.port_u16() else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_target", "CONNECT needs host:port", None);
-    };
-    let host = match normalize_host(authority.host()) {
-        Ok(h) => h,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_host", e.to_string(), None),
+    let port = authority.port_u16().or(default_port).ok_or_else(bad_target)?;
+    let host = normalize_host(authority.host())
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_host", e.to_string(), None))?;
+    Ok((host, port))
+}
+
+async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) -> Response<ProxyBody> {
+    let (host, port) = match target(&req, None) {
+        Ok(t) => t,
+        Err(refusal) => return refusal,
     };
     let state = proxy.state.current();
     let verdict = match decide(&state, &proxy, "CONNECT", &host, port, &client) {
@@ -130,38 +136,18 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
             Err(e) => refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", e.to_string(), verdict.policy.as_deref()),
         };
     }
-    intercept::spawn(
-        on_upgrade,
-        Tunnel {
-            proxy: proxy.clone(),
-            state: state.clone(),
-            host,
-            port,
-            scheme: "https",
-            endpoint: endpoint_ref,
-            policy: verdict.policy.clone(),
-            binary: client.binary,
-            client: client.addr,
-            sni_mismatch: false,
-            upstream: Default::default(),
-        },
-    );
+    let policy = verdict.policy.clone();
+    let tunnel = Tunnel::new(proxy, state, host, port, "https", endpoint_ref, policy, client.binary, client.addr);
+    intercept::spawn(on_upgrade, tunnel);
     Response::new(empty())
 }
 
 /// `GET http://host/path` sent to the proxy: judged like a CONNECT to host:port, then like a
 /// request inside a tunnel, and forwarded in plain HTTP.
 async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) -> Response<ProxyBody> {
-    let Some(authority) = req.uri().authority().cloned() else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_target", "absolute-form request without a host", None);
-    };
-    if authority.as_str().contains('@') {
-        return refuse(StatusCode::BAD_REQUEST, "bad_host", "request target with user information", None);
-    }
-    let port = authority.port_u16().unwrap_or(80);
-    let host = match normalize_host(authority.host()) {
-        Ok(h) => h,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_host", e.to_string(), None),
+    let (host, port) = match target(&req, Some(80)) {
+        Ok(t) => t,
+        Err(refusal) => return refusal,
     };
     let state = proxy.state.current();
     let verdict = match decide(&state, &proxy, req.method().as_str(), &host, port, &client) {
@@ -171,19 +157,9 @@ async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>
     let Some(endpoint_ref) = verdict.endpoint_ref else {
         return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
     };
-    let tunnel = Arc::new(Tunnel {
-        proxy: proxy.clone(),
-        state: state.clone(),
-        host,
-        port,
-        scheme: "http",
-        endpoint: endpoint_ref,
-        policy: verdict.policy.clone(),
-        binary: client.binary,
-        client: client.addr,
-        sni_mismatch: false,
-        upstream: Default::default(),
-    });
+    let policy = verdict.policy.clone();
+    let tunnel =
+        Arc::new(Tunnel::new(proxy, state, host, port, "http", endpoint_ref, policy, client.binary, client.addr));
     match request::handle(req, tunnel).await {
         Ok(resp) => resp,
         Err(never) => match never {},

@@ -27,9 +27,13 @@ pub struct Tunnel {
     pub proxy: Arc<Proxy>,
     pub state: Arc<PolicyState>,
     pub host: NormalizedHost,
+    /// `host` as the policy and the credential bindings spell it.
+    pub host_text: String,
     pub port: u16,
     /// `https` inside a CONNECT tunnel, `http` for absolute-form requests.
     pub scheme: &'static str,
+    /// `scheme://host[:port]`: the part of every upstream URI that does not change per request.
+    pub origin: String,
     pub endpoint: EndpointRef,
     pub policy: Option<Arc<str>>,
     pub binary: Option<PathBuf>,
@@ -42,6 +46,42 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
+    /// A tunnel for `host:port` under `state`, allowed to `endpoint` of network policy `policy`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        proxy: Arc<Proxy>,
+        state: Arc<PolicyState>,
+        host: NormalizedHost,
+        port: u16,
+        scheme: &'static str,
+        endpoint: EndpointRef,
+        policy: Option<Arc<str>>,
+        binary: Option<PathBuf>,
+        client: SocketAddr,
+    ) -> Self {
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let origin = if port == default_port {
+            format!("{scheme}://{}", host.uri_host())
+        } else {
+            format!("{scheme}://{}:{port}", host.uri_host())
+        };
+        Self {
+            proxy,
+            state,
+            origin,
+            host_text: host.to_string(),
+            host,
+            port,
+            scheme,
+            endpoint,
+            policy,
+            binary,
+            client,
+            sni_mismatch: false,
+            upstream: Default::default(),
+        }
+    }
+
     /// The port a `Host` header without one means.
     pub fn default_port(&self) -> u16 {
         if self.scheme == "https" {
@@ -56,7 +96,7 @@ impl Tunnel {
 pub fn spawn(on_upgrade: OnUpgrade, mut tunnel: Tunnel) {
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
-        let host = tunnel.host.to_string();
+        let host = tunnel.host_text.clone();
         let config = match tunnel.proxy.leaves.server_config_for(&host) {
             Ok(c) => c,
             Err(e) => {

@@ -39,7 +39,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let (mut parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-    let host = t.host.to_string();
+    let host = &t.host_text;
     let audit = |allowed: bool, reason: &str, rule: Option<&str>, credentials: Vec<String>| {
         if !t.proxy.audit.records(allowed) {
             return;
@@ -47,7 +47,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         t.proxy.audit.proxy_decision(&ProxyDecision {
             allowed,
             method: method.clone(),
-            host: host.clone(),
+            host: host.to_owned(),
             port: t.port,
             path: Some(target.clone()),
             policy: t.policy.as_deref().map(str::to_owned),
@@ -93,7 +93,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         let status = if reason == "path_rejected" { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
         return refuse(status, reason, format!("{method} {target}: {}", verdict.reason), verdict.policy.as_deref());
     }
-    let report = match rewrite_request_head(&mut parts, &host, &t.state.secrets) {
+    let report = match rewrite_request_head(&mut parts, host, &t.state.secrets) {
         Ok(r) => r,
         Err(e) => {
             audit(false, e.code(), Some(&verdict.rule), vec![]);
@@ -101,7 +101,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         }
     };
     let body: ProxyBody = if rewrites_bodies(t) {
-        match rewritten_body(body, &mut parts, &host, t).await {
+        match rewritten_body(body, &mut parts, host, t).await {
             Ok(b) => b,
             Err(resp) => {
                 audit(false, "credential_rewrite_failed", Some(&verdict.rule), vec![]);
@@ -234,9 +234,7 @@ async fn rewritten_body(
 }
 
 fn upstream_uri(t: &Tunnel, target: &str) -> Result<Uri, String> {
-    let authority =
-        if t.port == t.default_port() { t.host.uri_host() } else { format!("{}:{}", t.host.uri_host(), t.port) };
-    format!("{}://{authority}{target}", t.scheme).parse().map_err(|e| format!("{e}"))
+    format!("{}{target}", t.origin).parse().map_err(|e| format!("{e}"))
 }
 
 /// Pipes the two sides of a switched protocol (WebSocket) together.

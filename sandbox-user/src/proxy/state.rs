@@ -34,13 +34,16 @@ pub struct UpstreamTls {
     pub http1: Arc<rustls::ClientConfig>,
 }
 
+/// One endpoint's connector and the pooled client built on it.
+type Upstream = (CheckedConnector, UpstreamClient<ProxyBody>);
+
 /// One consistent generation of the proxy's rules.
 pub struct PolicyState {
     pub policy: CompiledPolicy,
     pub decider: Decider,
     pub secrets: SecretStore,
     tls: UpstreamTls,
-    clients: Mutex<HashMap<(EndpointRef, bool), (CheckedConnector, UpstreamClient<ProxyBody>)>>,
+    clients: Mutex<HashMap<(EndpointRef, bool), Upstream>>,
 }
 
 impl PolicyState {
@@ -70,12 +73,7 @@ impl PolicyState {
         self.with_entry(endpoint, true, |(c, _)| c.clone())
     }
 
-    fn with_entry<T>(
-        &self,
-        endpoint: EndpointRef,
-        http1_only: bool,
-        f: impl FnOnce(&(CheckedConnector, UpstreamClient<ProxyBody>)) -> T,
-    ) -> Option<T> {
+    fn with_entry<T>(&self, endpoint: EndpointRef, http1_only: bool, f: impl FnOnce(&Upstream) -> T) -> Option<T> {
         let compiled = self.endpoint(endpoint)?;
         let mut clients = self.clients.lock().ok()?;
         let entry = clients.entry((endpoint, http1_only)).or_insert_with(|| {
