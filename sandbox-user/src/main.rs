@@ -129,7 +129,7 @@ fn eval(
             return 1;
         }
     };
-    match policy::rego::try_eval_json(&policy, host, port, method, path, binary) {
+    match policy::rego::eval_json(&policy, host, port, method, path, binary) {
         Ok(decision) => {
             println!("{decision}");
             0

@@ -44,11 +44,6 @@ impl Auditor {
         Ok(Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines }) })
     }
 
-    /// An auditor that only prints denials on stderr.
-    pub fn stderr_only(sandbox: &str) -> Self {
-        Self { inner: Arc::new(Inner { file: None, sandbox: sandbox.to_owned(), stderr_lines: true }) }
-    }
-
     /// A denial reported by one of the kernel programs.
     pub fn kernel_denied(&self, event: &DenyEvent) {
         let (json, line) = ocsf::kernel_denial(&self.inner.sandbox, event);

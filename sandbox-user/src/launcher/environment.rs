@@ -7,9 +7,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 
 use super::identity::Identity;
-
-/// Prefix of the placeholder that stands for credential `NAME`.
-pub const PLACEHOLDER_PREFIX: &str = "leash:resolve:env:";
+use crate::proxy::credentials::placeholder;
 
 const PROXY_VARS: [&str; 6] = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"];
 const NO_PROXY_VARS: [&str; 2] = ["NO_PROXY", "no_proxy"];
@@ -23,7 +21,7 @@ pub fn agent_env(
 ) -> Vec<(OsString, OsString)> {
     let mut env: BTreeMap<OsString, OsString> = base.into_iter().collect();
     for name in credential_names {
-        env.insert((*name).into(), format!("{PLACEHOLDER_PREFIX}{name}").into());
+        env.insert((*name).into(), placeholder(name).into());
     }
     let url = format!("http://{proxy}");
     for var in PROXY_VARS {

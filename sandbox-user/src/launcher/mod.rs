@@ -30,7 +30,6 @@ use crate::kernel::{mounts, reaper, sandbox_id::SandboxId};
 use crate::policy::{self, CompiledPolicy, FilesystemRules};
 use crate::proxy::{BoundProxy, Proxy, ProxyConfig, Secrets};
 
-pub use environment::PLACEHOLDER_PREFIX;
 pub use landlock::kernel_abi as landlock_abi;
 pub use reload::{reload_from as reload_policy, watch as watch_policy};
 

@@ -264,8 +264,7 @@ fn request_verdict(value: &Value) -> Option<RequestVerdict> {
     })
 }
 
-/// The Rego decision for `leash policy eval`, as JSON; evaluation errors are reported inside it
-/// (`{"error": "..."}`), so use [`try_eval_json`] to handle them separately.
+/// The Rego decision for `leash policy eval`, as JSON, or why it could not be evaluated.
 ///
 /// A request is evaluated when `method` or `path` is given (`GET` and `/` stand in for the one
 /// missing). The result:
@@ -281,21 +280,6 @@ fn request_verdict(value: &Value) -> Option<RequestVerdict> {
 ///                "normalized_path": "/repos/a/b" } }
 /// ```
 pub fn eval_json(
-    policy: &CompiledPolicy,
-    host: &str,
-    port: u16,
-    method: Option<&str>,
-    path: Option<&str>,
-    binary: Option<&Path>,
-) -> Value {
-    match try_eval_json(policy, host, port, method, path, binary) {
-        Ok(value) => value,
-        Err(error) => json!({ "error": error.to_string() }),
-    }
-}
-
-/// [`eval_json`], with evaluation errors returned.
-pub fn try_eval_json(
     policy: &CompiledPolicy,
     host: &str,
     port: u16,
@@ -457,12 +441,13 @@ network_policies:
     #[test]
     fn eval_json_reports_both_decisions() {
         let policy = parse_str("t.yaml", POLICY).expect("valid");
-        let out = eval_json(&policy, "api.example.com", 443, Some("GET"), Some("/repos/x/../y?q"), git());
+        let out =
+            eval_json(&policy, "api.example.com", 443, Some("GET"), Some("/repos/x/../y?q"), git()).expect("evaluates");
         assert_eq!(out["allow"], true, "{out}");
         assert_eq!(out["network"]["rule"], "network_policies.api.endpoints[0]");
         assert_eq!(out["request"]["rule"], "rules[0]");
         assert_eq!(out["request"]["normalized_path"], "/repos/y");
-        let out = eval_json(&policy, "api.example.com", 443, None, None, None);
+        let out = eval_json(&policy, "api.example.com", 443, None, None, None).expect("evaluates");
         assert_eq!(out["allow"], false, "{out}");
         assert_eq!(out["network"]["rule"], "network_policies.api.binaries");
         assert!(out.get("request").is_none());
