@@ -23,6 +23,14 @@ pub mod map_names {
     pub const PROXY_CLIENTS: &str = "LEASH_PROXY_CLIENTS";
     /// `HashMap<u64 cgroup id, LsmPolicy>`: what the BPF-LSM programs refuse each sandbox.
     pub const LSM_SANDBOXES: &str = "LEASH_LSM_SANDBOXES";
+    /// `HashMap<InodeKey, u8>`: the executables each sandbox may run (`kernel.exec.allow`).
+    pub const LSM_EXEC_ALLOW: &str = "LEASH_LSM_EXEC_ALLOW";
+    /// `HashMap<InodeKey, u8>`: the files each sandbox may not open (`kernel.deny_open`).
+    pub const LSM_DENY_OPEN: &str = "LEASH_LSM_DENY_OPEN";
+    /// `HashMap<UnixKey, u8>`: the unix sockets each sandbox may connect to (`kernel.unix.allow`).
+    pub const LSM_UNIX_ALLOW: &str = "LEASH_LSM_UNIX_ALLOW";
+    /// `Array<KernelLayout>` with one entry: this kernel's struct offsets, from its BTF.
+    pub const LSM_LAYOUT: &str = "LEASH_LSM_LAYOUT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -40,7 +48,7 @@ pub mod program_names {
 
     /// The enforcing BPF-LSM programs and the hook each attaches to (`bpf_lsm_<hook>` in the
     /// kernel's BTF), in attach order. A hook this kernel lacks is skipped, not fatal.
-    pub const LSM_HOOKS: [(&str, &str); 14] = [
+    pub const LSM_HOOKS: [(&str, &str); 19] = [
         ("leash_lsm_socket_create", "socket_create"),
         ("leash_lsm_bpf", "bpf"),
         ("leash_lsm_perf_event_open", "perf_event_open"),
@@ -55,6 +63,11 @@ pub mod program_names {
         ("leash_lsm_ptrace_access_check", "ptrace_access_check"),
         ("leash_lsm_ptrace_traceme", "ptrace_traceme"),
         ("leash_lsm_userns_create", "userns_create"),
+        ("leash_lsm_bprm_check_security", "bprm_check_security"),
+        ("leash_lsm_file_open", "file_open"),
+        ("leash_lsm_task_kill", "task_kill"),
+        ("leash_lsm_socket_connect", "socket_connect"),
+        ("leash_lsm_socket_sendmsg", "socket_sendmsg"),
     ];
 }
 
@@ -64,15 +77,34 @@ pub const MAX_SANDBOXES: u32 = 4096;
 /// Entries in the connection-owner maps (LRU: the oldest are evicted first).
 pub const MAX_CONNECTIONS: u32 = 65536;
 
+/// Entries in each inode map (exec allowlist, open denylist) across all sandboxes.
+pub const MAX_INODE_RULES: u32 = 65536;
+
+/// Entries in the unix-socket allowlist across all sandboxes.
+pub const MAX_UNIX_RULES: u32 = 4096;
+
+/// Deepest cgroup level whose sandboxes the LSM programs find from a descendant cgroup.
+pub const MAX_SANDBOX_LEVEL: u32 = 31;
+
 /// Byte size of the deny-event ring buffer (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
-/// What the BPF-LSM programs refuse one sandbox: a bitmask of `LSM_DENY_*` flags. A cgroup
-/// without an entry is not a sandbox and is left alone.
+/// What the BPF-LSM programs refuse one sandbox. A cgroup without an entry (and, for sandboxes
+/// registered with descendants, without an ancestor that has one) is not a sandbox and is left
+/// alone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LsmPolicy {
+    /// [`lsm_deny`] flags: operations refused outright.
     pub deny: u32,
+    /// [`lsm_rule`] flags: which per-sandbox lists and checks apply.
+    pub rules: u32,
+    /// With [`lsm_rule::PROXY_ONLY`]: the one IP address AF_INET/AF_INET6 sockets may connect or
+    /// send to, in [`SandboxNet::addr`]'s encoding (IPv4 stored IPv4-mapped).
+    pub proxy_addr: [u32; 4],
+    /// The proxy's port, host byte order.
+    pub proxy_port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// [`LsmPolicy::deny`] flags, one per `kernel.deny` word of the policy file.
@@ -99,8 +131,91 @@ pub mod lsm_deny {
     pub const VSOCK: u32 = 1 << 8;
     /// `AF_NETLINK` sockets of any protocol but `NETLINK_ROUTE`.
     pub const NETLINK: u32 = 1 << 9;
+    /// Signals to processes outside the sandbox.
+    pub const KILL_OUTSIDE: u32 = 1 << 10;
     /// Every flag above.
-    pub const ALL: u32 = (1 << 10) - 1;
+    pub const ALL: u32 = (1 << 11) - 1;
+}
+
+/// [`LsmPolicy::rules`] flags.
+pub mod lsm_rule {
+    /// Only executables in `LEASH_LSM_EXEC_ALLOW` (by device and inode) may run; files with no
+    /// link left (deleted, memfd) never.
+    pub const EXEC_ALLOWLIST: u32 = 1 << 0;
+    /// Files in `LEASH_LSM_DENY_OPEN` may not be opened.
+    pub const DENY_OPEN: u32 = 1 << 1;
+    /// connect(2) and sendmsg(2) to unix sockets (pathname and abstract) only to the sockets in
+    /// `LEASH_LSM_UNIX_ALLOW`.
+    pub const UNIX_ALLOWLIST: u32 = 1 << 2;
+    /// connect(2) and sendmsg(2) with an AF_INET/AF_INET6 address only to the proxy: the second
+    /// line behind the cgroup programs, which also covers io_uring.
+    pub const PROXY_ONLY: u32 = 1 << 3;
+    /// The sandbox also covers every cgroup below its own.
+    pub const DESCENDANTS: u32 = 1 << 4;
+}
+
+/// Key of the inode maps: a file of one sandbox's list. `dev` is the kernel's encoding
+/// (`major << 20 | minor`), not stat(2)'s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub sandbox: u64,
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Longest unix socket address (`sun_path`).
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// Key of the unix-socket allowlist: one sandbox and a socket address exactly as the kernel sees
+/// it. A pathname socket is its path bytes (no NUL, zero-filled); an abstract socket starts with
+/// a zero byte followed by its name. `len` counts the meaningful bytes of `path`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixKey {
+    pub sandbox: u64,
+    pub len: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+}
+
+/// Byte offsets of the kernel struct fields the LSM programs read, found in the running
+/// kernel's BTF by userspace (the programs are built without CO-RE). `valid` is 1 once written;
+/// while 0, rules that need a field deny (fail closed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub valid: u32,
+    /// `linux_binprm.file`, `linux_binprm.filename`.
+    pub binprm_file: u32,
+    pub binprm_filename: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_ino`, `inode.i_sb`, `inode.i_nlink`.
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub inode_nlink: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
+    /// `task_struct.tgid`, `task_struct.cgroups`.
+    pub task_tgid: u32,
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`.
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`, `cgroup.level`, `cgroup.ancestors` (6.0+, pointers) or
+    /// `cgroup.ancestor_ids` (before, ids): see `ancestors_are_ids`.
+    pub cgroup_kn: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub ancestors_are_ids: u32,
+    /// `kernfs_node.id`.
+    pub kernfs_id: u32,
+    /// `msghdr.msg_name`, `msghdr.msg_namelen`.
+    pub msghdr_name: u32,
+    pub msghdr_namelen: u32,
+    /// Bit `n` set: some sandbox registered with [`lsm_rule::DESCENDANTS`] is at cgroup level
+    /// `n`; the programs look ancestors up only at these levels.
+    pub sandbox_levels: u32,
 }
 
 /// The network reach of one sandbox: the proxy address and port, nothing else.
@@ -185,6 +300,11 @@ pub enum Hook {
     LsmKernelModule = 12,
     LsmPtrace = 13,
     LsmUserns = 14,
+    LsmExec = 15,
+    LsmOpen = 16,
+    LsmKill = 17,
+    LsmConnect = 18,
+    LsmSendmsg = 19,
 }
 
 impl Hook {
@@ -204,6 +324,11 @@ impl Hook {
             12 => Self::LsmKernelModule,
             13 => Self::LsmPtrace,
             14 => Self::LsmUserns,
+            15 => Self::LsmExec,
+            16 => Self::LsmOpen,
+            17 => Self::LsmKill,
+            18 => Self::LsmConnect,
+            19 => Self::LsmSendmsg,
             _ => return None,
         })
     }
@@ -224,6 +349,11 @@ impl Hook {
             Self::LsmKernelModule => "lsm_kernel_module",
             Self::LsmPtrace => "lsm_ptrace",
             Self::LsmUserns => "lsm_userns_create",
+            Self::LsmExec => "lsm_bprm_check_security",
+            Self::LsmOpen => "lsm_file_open",
+            Self::LsmKill => "lsm_task_kill",
+            Self::LsmConnect => "lsm_socket_connect",
+            Self::LsmSendmsg => "lsm_socket_sendmsg",
         }
     }
 }
@@ -233,9 +363,12 @@ impl Hook {
 /// For packet hooks (`SkbEgress`, `SkbIngress`) there is no reliable current task: `pid`, `uid`
 /// and `comm` are zero, and `addr`/`port` are the remote end of the packet.
 ///
-/// For BPF-LSM hooks other than `LsmSocketCreate`, `family`, `sock_type` and `addr` are zero and
+/// For BPF-LSM hooks other than the socket ones, `family`, `sock_type` and `addr` are zero and
 /// `protocol` carries the hook's one telling argument: the bpf command, the perf event type, the
-/// ptrace access mode, the kernel load/read id; zero when there is none.
+/// ptrace access mode, the kernel load/read id, the signal; zero when there is none.
+/// `target_dev`/`target_ino` name the file of `LsmExec` and `LsmOpen`, `target_pid` the process
+/// of `LsmKill`, and `path` the file name of `LsmExec` or the unix socket of `LsmConnect` and
+/// `LsmSendmsg` (`family` 1; an abstract name starts with a zero byte), cut to 64 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DenyEvent {
@@ -257,14 +390,21 @@ pub struct DenyEvent {
     pub port: u16,
     pub _pad: [u8; 6],
     pub comm: [u8; 16],
+    pub target_ino: u64,
+    pub target_dev: u32,
+    pub target_pid: u32,
+    pub path: [u8; 64],
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all five are repr(C), Copy, contain only integers and have no padding bytes.
+    // SAFETY: all are repr(C), Copy, contain only integers and have no padding bytes.
     unsafe impl aya::Pod for super::SandboxNet {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::DenyEvent {}
     unsafe impl aya::Pod for super::ConnOwner {}
     unsafe impl aya::Pod for super::LsmPolicy {}
+    unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::UnixKey {}
+    unsafe impl aya::Pod for super::KernelLayout {}
 }

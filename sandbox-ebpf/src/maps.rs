@@ -3,9 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
-use sandbox_common::{ConnOwner, Counters, LsmPolicy, SandboxNet, EVENTS_BYTES, MAX_CONNECTIONS, MAX_SANDBOXES};
+use sandbox_common::{
+    ConnOwner, Counters, InodeKey, KernelLayout, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES, MAX_CONNECTIONS,
+    MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
+};
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
 /// starts, removed when it ends. A cgroup the programs run for but that has no entry is denied
@@ -38,3 +41,22 @@ pub static PROXY_CLIENTS: LruHashMap<u32, ConnOwner> = LruHashMap::with_max_entr
 /// allow everything to tasks outside sandboxes.
 #[map(name = "LEASH_LSM_SANDBOXES")]
 pub static LSM_SANDBOXES: HashMap<u64, LsmPolicy> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// (sandbox, device, inode) of each executable a sandbox with `lsm_rule::EXEC_ALLOWLIST` may run.
+/// Userspace resolves `kernel.exec.allow` to inodes when the sandbox starts and on reload.
+#[map(name = "LEASH_LSM_EXEC_ALLOW")]
+pub static LSM_EXEC_ALLOW: HashMap<InodeKey, u8> = HashMap::with_max_entries(MAX_INODE_RULES, 0);
+
+/// (sandbox, device, inode) of each file a sandbox may not open (`kernel.deny_open`, plus
+/// leash's own secrets). By inode, so hard links and symlinks to the file are refused too.
+#[map(name = "LEASH_LSM_DENY_OPEN")]
+pub static LSM_DENY_OPEN: HashMap<InodeKey, u8> = HashMap::with_max_entries(MAX_INODE_RULES, 0);
+
+/// (sandbox, socket address) of each unix socket a sandbox may connect or send to.
+#[map(name = "LEASH_LSM_UNIX_ALLOW")]
+pub static LSM_UNIX_ALLOW: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_UNIX_RULES, 0);
+
+/// One entry: the offsets of the kernel struct fields the LSM programs read, from the running
+/// kernel's BTF. Written by userspace before the programs attach.
+#[map(name = "LEASH_LSM_LAYOUT")]
+pub static LSM_LAYOUT: Array<KernelLayout> = Array::with_max_entries(1, 0);

@@ -1,54 +1,204 @@
-//! BPF-LSM programs. Attached once per host (never per sandbox): every program runs for every
-//! task, looks the task's cgroup id up in `LEASH_LSM_SANDBOXES` and allows everything to tasks
-//! that are not in a sandbox cgroup.
+//! BPF-LSM programs. Attached once per program set (never per sandbox): every program runs for
+//! every task, finds the task's sandbox through `LEASH_LSM_SANDBOXES` ([`current_sandbox`]) and
+//! allows everything to tasks that are not in one.
 //!
-//! | file | hooks | `lsm_deny` flag |
+//! | file | hooks | policy |
 //! |---|---|---|
-//! | `socket.rs` | `socket_create` | `PACKET_SOCKET`, `RAW_SOCKET`, `VSOCK`, `NETLINK` |
-//! | `bpf.rs` | `bpf` | `BPF` |
-//! | `perf_event.rs` | `perf_event_open` | `PERF_EVENT` |
-//! | `mount.rs` | `sb_mount`, `sb_umount`, `sb_pivotroot`, `move_mount`, `fs_context_parse_param` | `MOUNT` |
-//! | `kernel_module.rs` | `kernel_module_request`, `kernel_load_data`, `kernel_read_file` | `KERNEL_MODULE` |
-//! | `ptrace.rs` | `ptrace_access_check`, `ptrace_traceme` | `PTRACE` |
-//! | `userns.rs` | `userns_create` (6.1+) | `USERNS` |
+//! | `socket.rs` | `socket_create` | `lsm_deny::{PACKET_SOCKET, RAW_SOCKET, VSOCK, NETLINK}` |
+//! | `connect.rs` | `socket_connect`, `socket_sendmsg` | `lsm_rule::{UNIX_ALLOWLIST, PROXY_ONLY}` |
+//! | `exec.rs` | `bprm_check_security` | `lsm_rule::EXEC_ALLOWLIST` |
+//! | `open.rs` | `file_open` | `lsm_rule::DENY_OPEN` |
+//! | `signal.rs` | `task_kill` (targets outside the sandbox) | `lsm_deny::KILL_OUTSIDE` |
+//! | `bpf.rs` | `bpf` | `lsm_deny::BPF` |
+//! | `perf_event.rs` | `perf_event_open` | `lsm_deny::PERF_EVENT` |
+//! | `mount.rs` | `sb_mount`, `sb_umount`, `sb_pivotroot`, `move_mount`, `fs_context_parse_param` | `lsm_deny::MOUNT` |
+//! | `kernel_module.rs` | `kernel_module_request`, `kernel_load_data`, `kernel_read_file` | `lsm_deny::KERNEL_MODULE` |
+//! | `ptrace.rs` | `ptrace_access_check`, `ptrace_traceme` (targets outside the sandbox) | `lsm_deny::PTRACE` |
+//! | `userns.rs` | `userns_create` (6.1+) | `lsm_deny::USERNS` |
 //! | `probe.rs` | `socket_create` | none: `leash doctor`'s "does BPF-LSM work here" probe |
 //!
-//! The hooks use only their scalar arguments (no kernel struct reads), so they need no CO-RE.
-//! The task is identified by its own cgroup (not its ancestors): a sandbox's processes must stay
-//! in the cgroup leash registered.
+//! The programs are built without CO-RE: hooks that read kernel structs (`kernel.rs`) take the
+//! field offsets from `LEASH_LSM_LAYOUT`, which userspace fills from the running kernel's BTF.
+//! A task belongs to a sandbox when its own cgroup has an entry, or when an ancestor cgroup has
+//! one registered with `lsm_rule::DESCENDANTS`.
 
 mod bpf;
+mod connect;
+mod exec;
+mod kernel;
 mod kernel_module;
 mod mount;
+mod open;
 mod perf_event;
 mod probe;
 mod ptrace;
+mod signal;
 mod socket;
 mod userns;
 
-use sandbox_common::Hook;
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+};
+use sandbox_common::{lsm_rule, DenyEvent, Hook, KernelLayout, LsmPolicy, MAX_SANDBOX_LEVEL};
 
-use crate::maps::LSM_SANDBOXES;
-use crate::net::{current_cgroup, report, Denied};
+use crate::maps::{EVENTS, LSM_LAYOUT, LSM_SANDBOXES};
+use crate::net::current_cgroup;
+use kernel::{cgroup_id, read_u32, read_u64, task_cgroup};
 
 /// LSM verdicts: 0 lets the next LSM decide, a negative errno refuses.
 pub const ALLOW: i32 = 0;
 pub const EPERM: i32 = -1;
+
+/// The sandbox a task belongs to: the cgroup id its entry is keyed by, and its policy.
+#[derive(Clone, Copy)]
+pub struct Sandbox {
+    pub id: u64,
+    pub policy: LsmPolicy,
+}
+
+/// The kernel struct layout userspace wrote, once it has.
+#[inline(always)]
+pub fn layout() -> Option<KernelLayout> {
+    LSM_LAYOUT.get(0).copied().filter(|l| l.valid != 0)
+}
+
+/// The sandbox of the current task, if any. Its own cgroup is looked up first; ancestors only
+/// at the levels where sandboxes with descendants exist.
+#[inline(always)]
+pub fn current_sandbox() -> Option<Sandbox> {
+    let id = current_cgroup();
+    // SAFETY: the value is copied out of the map before the lookup's lifetime ends.
+    if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {
+        return Some(Sandbox { id, policy });
+    }
+    let layout = LSM_LAYOUT.get(0)?;
+    if layout.sandbox_levels == 0 {
+        return None;
+    }
+    // SAFETY: plain BPF helper call.
+    let task = unsafe { bpf_get_current_task() };
+    ancestor_sandbox(task_cgroup(task, layout)?, layout)
+}
+
+/// The sandbox the cgroup at kernel address `cgroup` belongs to, if any.
+#[inline(always)]
+pub fn sandbox_of_cgroup(cgroup: u64, layout: &KernelLayout) -> Option<Sandbox> {
+    let id = cgroup_id(cgroup, layout)?;
+    // SAFETY: as above.
+    if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {
+        return Some(Sandbox { id, policy });
+    }
+    ancestor_sandbox(cgroup, layout)
+}
+
+/// Whether the task at kernel address `task` is in `sandbox`.
+#[inline(always)]
+pub fn same_sandbox(task: u64, sandbox: &Sandbox, layout: &KernelLayout) -> bool {
+    task_cgroup(task, layout).and_then(|c| sandbox_of_cgroup(c, layout)).is_some_and(|s| s.id == sandbox.id)
+}
+
+/// The sandbox registered with descendants at one of `cgroup`'s ancestor levels.
+#[inline(always)]
+fn ancestor_sandbox(cgroup: u64, layout: &KernelLayout) -> Option<Sandbox> {
+    if layout.sandbox_levels == 0 {
+        return None;
+    }
+    let level = read_u32(cgroup, layout.cgroup_level)?;
+    let mut n: u32 = 0;
+    while n < MAX_SANDBOX_LEVEL && n < level {
+        if layout.sandbox_levels & (1 << n) != 0 {
+            let slot = cgroup + layout.cgroup_ancestors as u64 + 8 * n as u64;
+            let id = if layout.ancestors_are_ids != 0 {
+                read_u64(slot, 0)
+            } else {
+                read_u64(slot, 0).and_then(|a| cgroup_id(a, layout))
+            };
+            if let Some(id) = id {
+                // SAFETY: as above.
+                if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {
+                    if policy.rules & lsm_rule::DESCENDANTS != 0 {
+                        return Some(Sandbox { id, policy });
+                    }
+                }
+            }
+        }
+        n += 1;
+    }
+    None
+}
 
 /// The verdict for a task asking for something the `flag` of its sandbox policy forbids:
 /// `EPERM` (and a deny event) when the task is in a sandbox whose policy sets `flag`, else allow.
 /// `detail` fills the event's `family`, `sock_type` and `protocol`.
 #[inline(always)]
 pub fn check(flag: u32, hook: Hook, detail: (u32, u32, u32)) -> i32 {
-    let cgroup = current_cgroup();
-    // SAFETY: the value is copied out of the map before the lookup's lifetime ends.
-    let Some(policy) = (unsafe { LSM_SANDBOXES.get(&cgroup).copied() }) else {
+    let Some(sandbox) = current_sandbox() else {
         return ALLOW;
     };
-    if policy.deny & flag == 0 {
+    if sandbox.policy.deny & flag == 0 {
         return ALLOW;
     }
     let (family, sock_type, protocol) = detail;
-    report(cgroup, &Denied { hook, family, sock_type, protocol, addr: [0; 16], port: 0 }, true);
+    deny(&sandbox, &Event { family, sock_type, protocol, ..Event::new(hook) })
+}
+
+/// What a denial was about, for [`deny`].
+pub struct Event {
+    pub hook: Hook,
+    pub family: u32,
+    pub sock_type: u32,
+    pub protocol: u32,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub target_ino: u64,
+    pub target_dev: u32,
+    pub target_pid: u32,
+    pub path: [u8; 64],
+}
+
+impl Event {
+    /// An event of `hook` with every detail zero.
+    #[inline(always)]
+    pub const fn new(hook: Hook) -> Self {
+        Event {
+            hook,
+            family: 0,
+            sock_type: 0,
+            protocol: 0,
+            addr: [0; 16],
+            port: 0,
+            target_ino: 0,
+            target_dev: 0,
+            target_pid: 0,
+            path: [0; 64],
+        }
+    }
+}
+
+/// Reports the denial to userspace and returns `EPERM`.
+#[inline(always)]
+pub fn deny(sandbox: &Sandbox, e: &Event) -> i32 {
+    if let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) {
+        entry.write(DenyEvent {
+            cgroup_id: sandbox.id,
+            // SAFETY: plain BPF helper calls.
+            time_ns: unsafe { bpf_ktime_get_ns() },
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            uid: bpf_get_current_uid_gid() as u32,
+            hook: e.hook as u32,
+            family: e.family,
+            sock_type: e.sock_type,
+            protocol: e.protocol,
+            addr: e.addr,
+            port: e.port,
+            _pad: [0; 6],
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            target_ino: e.target_ino,
+            target_dev: e.target_dev,
+            target_pid: e.target_pid,
+            path: e.path,
+        });
+        entry.submit(0);
+    }
     EPERM
 }

@@ -1,22 +1,44 @@
-//! ptrace from inside a sandbox: `ptrace_access_check` (PTRACE_ATTACH/SEIZE, and every
-//! ptrace-mode access check: `/proc/<pid>/mem`, `environ`, `process_vm_readv`, `pidfd_getfd`,
-//! kcmp) and `ptrace_traceme`. Tracing another process reads its memory and credentials and can
-//! drive it; inside a sandbox that could be a process leash trusts. A task's access to its own
+//! ptrace from inside a sandbox to a process outside it: `ptrace_access_check` (PTRACE_ATTACH/
+//! SEIZE, and every ptrace-mode access check: `/proc/<pid>/mem`, `environ`, `process_vm_readv`,
+//! `pidfd_getfd`, kcmp) and `ptrace_traceme` (being traced by a parent outside). Tracing another
+//! process reads its memory and credentials and can drive it; outside the sandbox that could be
+//! leash or its proxy. Debugging within the sandbox stays possible. A task's access to its own
 //! thread group never reaches the hook. Minimum kernel: 5.7.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_deny, Hook};
 
-use super::check;
+use super::kernel::read_u32;
+use super::{current_sandbox, deny, layout, same_sandbox, Event, ALLOW};
 
 #[lsm(hook = "ptrace_access_check")]
 pub fn leash_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
     // arg 1: the PTRACE_MODE_* access mode.
     let mode: u32 = ctx.arg(1);
-    check(lsm_deny::PTRACE, Hook::LsmPtrace, (0, 0, mode))
+    judge(ctx.arg(0), mode)
 }
 
 #[lsm(hook = "ptrace_traceme")]
-pub fn leash_lsm_ptrace_traceme(_ctx: LsmContext) -> i32 {
-    check(lsm_deny::PTRACE, Hook::LsmPtrace, (0, 0, 0))
+pub fn leash_lsm_ptrace_traceme(ctx: LsmContext) -> i32 {
+    judge(ctx.arg(0), 0)
+}
+
+/// Allows ptrace of `target` (a `task_struct` address) only within the caller's sandbox.
+#[inline(always)]
+fn judge(target: u64, mode: u32) -> i32 {
+    let Some(sandbox) = current_sandbox() else {
+        return ALLOW;
+    };
+    if sandbox.policy.deny & lsm_deny::PTRACE == 0 {
+        return ALLOW;
+    }
+    let mut event = Event::new(Hook::LsmPtrace);
+    event.protocol = mode;
+    if let Some(layout) = layout() {
+        event.target_pid = read_u32(target, layout.task_tgid).unwrap_or(0);
+        if same_sandbox(target, &sandbox, &layout) {
+            return ALLOW;
+        }
+    }
+    deny(&sandbox, &event)
 }

@@ -99,6 +99,10 @@ pub fn report(cgroup_id: u64, denied: &Denied, from_task: bool) {
         port: denied.port,
         _pad: [0; 6],
         comm,
+        target_ino: 0,
+        target_dev: 0,
+        target_pid: 0,
+        path: [0; 64],
     });
     entry.submit(0);
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use sandbox_common::DenyEvent;
+use sandbox_common::{DenyEvent, Hook};
 
 pub use ocsf::ProxyDecision;
 
@@ -44,9 +44,15 @@ impl Auditor {
         Ok(Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines }) })
     }
 
-    /// A denial reported by one of the kernel programs.
-    pub fn kernel_denied(&self, event: &DenyEvent) {
-        let (json, line) = ocsf::kernel_denial(&self.inner.sandbox, event);
+    /// A denial reported by one of the kernel programs. `target` names the file of an exec or
+    /// open denial when the rules know it.
+    pub fn kernel_denied(&self, event: &DenyEvent, target: Option<&std::path::Path>) {
+        let is_lsm = Hook::from_u32(event.hook).is_some_and(|h| h as u32 >= Hook::LsmSocketCreate as u32);
+        let (json, line) = if is_lsm {
+            ocsf::lsm_denial(&self.inner.sandbox, event, target)
+        } else {
+            ocsf::kernel_denial(&self.inner.sandbox, event)
+        };
         self.emit(&json, Some(&line));
     }
 

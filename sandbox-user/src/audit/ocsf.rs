@@ -105,6 +105,109 @@ pub fn kernel_denial(sandbox: &str, event: &DenyEvent) -> (Value, String) {
     (json, line)
 }
 
+/// A BPF-LSM denial as OCSF JSON (Process, File System or Network Activity by hook) and a
+/// summary line naming the process, the hook, the target and the policy rule.
+pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::path::Path>) -> (Value, String) {
+    let hook = Hook::from_u32(event.hook);
+    let hook_name = hook.map(Hook::name).unwrap_or("unknown");
+    let path = c_bytes(&event.path);
+    let file = || match target_name {
+        Some(p) => format!("{} (dev {:#x} inode {})", p.display(), event.target_dev, event.target_ino),
+        None => format!("dev {:#x} inode {}", event.target_dev, event.target_ino),
+    };
+    let (rule, target, class) = match hook {
+        Some(Hook::LsmExec) => ("kernel.exec.allow", format!("exec {} ({})", lossy_or(&path, "?"), file()), 1007),
+        Some(Hook::LsmOpen) => ("kernel.deny_open", format!("open {}", file()), 1001),
+        Some(Hook::LsmKill) => ("kill_outside", format!("signal {} to pid {}", event.protocol, event.target_pid), 1007),
+        Some(Hook::LsmPtrace) => {
+            ("ptrace", format!("ptrace pid {} (mode {:#x})", event.target_pid, event.protocol), 1007)
+        }
+        Some(Hook::LsmConnect | Hook::LsmSendmsg) if event.family == 1 => {
+            ("kernel.unix.allow", format!("unix socket {}", unix_name(&event.path)), 4001)
+        }
+        Some(Hook::LsmConnect | Hook::LsmSendmsg) => {
+            let ip = event_ip(event).map(|i| i.to_string()).unwrap_or_default();
+            ("proxy only", format!("{ip} port {}", event.port), 4001)
+        }
+        Some(Hook::LsmSocketCreate) => {
+            let rule = match (event.family, event.sock_type) {
+                (17, _) => "packet_socket",
+                (40, _) => "vsock",
+                (16, _) => "netlink",
+                _ => "raw_socket",
+            };
+            (rule, format!("socket family {} type {} protocol {}", event.family, event.sock_type, event.protocol), 4001)
+        }
+        Some(Hook::LsmBpf) => ("bpf", format!("bpf command {}", event.protocol), 1007),
+        Some(Hook::LsmPerfEvent) => ("perf_event", "perf_event_open".to_owned(), 1007),
+        Some(Hook::LsmMount) => ("mount", format!("mount (flags {:#x})", event.protocol), 1007),
+        Some(Hook::LsmKernelModule) => ("kernel_module", format!("kernel load (id {})", event.protocol), 1007),
+        Some(Hook::LsmUserns) => ("userns", "new user namespace".to_owned(), 1007),
+        _ => ("unknown", String::new(), 1007),
+    };
+    let exe = std::fs::read_link(format!("/proc/{}/exe", event.pid)).ok().map(|p| p.display().to_string());
+    let line = format!(
+        "denied {hook_name}: pid {} ({}) -> {target} (rule {rule}) [sandbox {sandbox}]",
+        event.pid,
+        comm(event)
+    );
+    let class_name = match class {
+        1001 => "File System Activity",
+        4001 => "Network Activity",
+        _ => "Process Activity",
+    };
+    let json = json!({
+        "class_uid": class,
+        "class_name": class_name,
+        "category_uid": class / 1000,
+        "activity_id": 99,
+        "type_uid": class * 100 + 99,
+        "time": now_ms(),
+        "severity_id": 3,
+        "status_id": 2,
+        "action_id": 2,
+        "disposition_id": 2,
+        "message": line,
+        "metadata": metadata("kernel"),
+        "actor": { "process": {
+            "pid": event.pid,
+            "name": comm(event),
+            "file": exe.map(|p| json!({ "path": p })),
+            "user": { "uid": event.uid },
+        } },
+        "unmapped": {
+            "hook": hook_name,
+            "rule": rule,
+            "target": target,
+            "target_pid": event.target_pid,
+            "sandbox": sandbox,
+            "cgroup_id": event.cgroup_id,
+        },
+    });
+    (json, line)
+}
+
+/// The bytes of a NUL-terminated buffer.
+fn c_bytes(buf: &[u8]) -> Vec<u8> {
+    buf.iter().copied().take_while(|&b| b != 0).collect()
+}
+
+fn lossy_or(bytes: &[u8], fallback: &str) -> String {
+    if bytes.is_empty() {
+        fallback.to_owned()
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// A unix socket address from an event: a path, or `@name` for an abstract socket.
+fn unix_name(path: &[u8; 64]) -> String {
+    match path.first() {
+        Some(0) => format!("@{}", String::from_utf8_lossy(&c_bytes(&path[1..]))),
+        _ => String::from_utf8_lossy(&c_bytes(path)).into_owned(),
+    }
+}
+
 /// A proxy decision as OCSF JSON and a summary line.
 pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
     let verdict = if d.allowed { "allowed" } else { "denied" };

@@ -1,22 +1,31 @@
 //! Loading and attaching leash's BPF-LSM programs (`sandbox-ebpf/src/lsm/`) and registering
 //! sandboxes with them.
 //!
-//! Unlike the network programs, the LSM programs attach to the kernel's security hooks, once per
-//! host, and run for every task; `LEASH_LSM_SANDBOXES` (cgroup id -> [`LsmPolicy`]) says which
-//! tasks are in a sandbox and what each sandbox is refused. A hook this kernel lacks (no
-//! `bpf_lsm_<hook>` in its BTF, e.g. `userns_create` before 6.1) is recorded as unavailable and the
-//! others still attach. The attachments live as long as the [`LsmPrograms`] value.
+//! Unlike the network programs, the LSM programs attach to the kernel's security hooks, not to a
+//! cgroup: they run for every task, and the maps say which tasks are in a sandbox and what each
+//! sandbox is refused (`LEASH_LSM_SANDBOXES`, keyed by cgroup id, plus the inode and unix-socket
+//! lists). A hook this kernel lacks (no `bpf_lsm_<hook>` in its BTF, e.g. `userns_create` before
+//! 6.1) is recorded as unavailable and the others still attach; callers compare that with what
+//! their policy needs ([`LsmRules::required_hooks`]).
+//!
+//! Before attaching, the kernel struct offsets the programs read are written into
+//! `LEASH_LSM_LAYOUT` from this kernel's BTF ([`KernelBtf::lsm_layout`]).
 //!
 //! Needs a kernel with `CONFIG_BPF_LSM`, `bpf` in the active LSMs (`lsm=` boot parameter) and BTF;
-//! minimum kernel 5.7. Not yet used by `leash run`.
+//! minimum kernel 5.7.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{HashMap, MapData, RingBuf};
-use aya::programs::Lsm;
+use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::programs::{links::FdLink, lsm::LsmLinkId, Lsm};
 use aya::{Btf, Ebpf};
-use sandbox_common::{map_names, program_names, LsmPolicy};
+use sandbox_common::{lsm_rule, map_names, program_names, InodeKey, KernelLayout, LsmPolicy, MAX_SANDBOX_LEVEL};
 
-use super::programs::OBJECT;
+use super::btf::KernelBtf;
+use super::lsm_rules::{FileId, LsmRules};
+use super::programs::{sandbox_net, OBJECT};
 
 /// A hook that did not attach, and why.
 #[derive(Debug, Clone)]
@@ -28,29 +37,55 @@ pub struct Unavailable {
 /// The loaded and attached BPF-LSM programs and their maps.
 pub struct LsmPrograms {
     ebpf: Ebpf,
+    layout: KernelLayout,
+    /// Hooks with an attached program, in attach order.
     attached: Vec<&'static str>,
+    /// Attachments still owned by this value (not yet pinned).
+    links: Vec<(&'static str, LsmLinkId)>,
     unavailable: Vec<Unavailable>,
 }
 
+/// What one sandbox is registered with: its rules, where it sits and what it may reach.
+pub struct Registration<'a> {
+    pub cgroup_id: u64,
+    /// Its cgroup's depth below the cgroup2 root (the root is level 0).
+    pub level: u32,
+    /// Whether cgroups below it belong to it too.
+    pub descendants: bool,
+    pub rules: &'a LsmRules,
+    /// The proxy, the one IP address its sockets may reach (`lsm_rule::PROXY_ONLY`).
+    pub proxy: Option<SocketAddr>,
+}
+
 impl LsmPrograms {
-    /// Loads leash's eBPF object and attaches every LSM program whose hook this kernel has.
-    /// Fails only when none attaches (BPF-LSM is off, or the object is unusable).
+    /// Loads leash's eBPF object, writes this kernel's struct layout and attaches every LSM
+    /// program whose hook this kernel has. Fails when none attaches (BPF-LSM is off) or the
+    /// kernel's BTF lacks a struct member the programs read.
     pub fn load() -> Result<Self> {
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
-        let mut ebpf = aya::EbpfLoader::new().btf(Some(&btf)).load(OBJECT).context("loading leash's eBPF object")?;
-        let mut attached = Vec::new();
-        let mut unavailable = Vec::new();
+        let layout = KernelBtf::from_sys_fs()?.lsm_layout().context("finding kernel struct offsets in BTF")?;
+        // The network maps are not used by this program set: keep them tiny.
+        let mut loader = aya::EbpfLoader::new();
+        loader.btf(Some(&btf));
+        for name in [map_names::SANDBOXES, map_names::COUNTERS, map_names::SOCKET_OWNERS, map_names::PROXY_CLIENTS] {
+            loader.map_max_entries(name, 1);
+        }
+        let ebpf = loader.load(OBJECT).context("loading leash's eBPF object")?;
+        let mut programs = Self { ebpf, layout, attached: Vec::new(), links: Vec::new(), unavailable: Vec::new() };
+        programs.write_layout()?;
         for (program, hook) in program_names::LSM_HOOKS {
-            match attach_one(&mut ebpf, program, hook, &btf) {
-                Ok(()) => attached.push(hook),
-                Err(e) => unavailable.push(Unavailable { hook, reason: format!("{e:#}") }),
+            match attach_one(&mut programs.ebpf, program, hook, &btf) {
+                Ok(id) => programs.links.push((hook, id)),
+                Err(e) => programs.unavailable.push(Unavailable { hook, reason: format!("{e:#}") }),
             }
         }
-        if attached.is_empty() {
-            let reasons: Vec<String> = unavailable.iter().map(|u| format!("{}: {}", u.hook, u.reason)).collect();
+        if programs.links.is_empty() {
+            let reasons: Vec<String> =
+                programs.unavailable.iter().map(|u| format!("{}: {}", u.hook, u.reason)).collect();
             return Err(anyhow!("no BPF-LSM hook attached ({})", reasons.join("; ")));
         }
-        Ok(Self { ebpf, attached, unavailable })
+        programs.attached = programs.links.iter().map(|(hook, _)| *hook).collect();
+        Ok(programs)
     }
 
     /// The hooks whose programs are attached, in attach order.
@@ -63,16 +98,79 @@ impl LsmPrograms {
         &self.unavailable
     }
 
-    /// Makes `cgroup_id` a sandbox refused what `policy` says (replacing any earlier entry).
+    /// The hooks of `needed` that are not attached.
+    pub fn missing<'a>(&self, needed: &[&'a str]) -> Vec<&'a str> {
+        let attached = self.attached();
+        needed.iter().copied().filter(|h| !attached.contains(h)).collect()
+    }
+
+    /// Makes `cgroup_id` a sandbox refused only the flags in `policy` (no lists, no proxy rule).
     pub fn add_sandbox(&mut self, cgroup_id: u64, policy: LsmPolicy) -> Result<()> {
         self.sandboxes()?.insert(cgroup_id, policy, 0).context("writing the LSM sandbox map entry")
     }
 
-    /// Forgets `cgroup_id`; a missing entry is not an error.
+    /// Registers a sandbox with its full rules: lists first, then the sandbox entry that puts
+    /// them in force.
+    pub fn register(&mut self, r: &Registration<'_>) -> Result<()> {
+        let id = r.cgroup_id;
+        self.replace_lists(id, r.rules)?;
+        let mut policy = LsmPolicy { deny: r.rules.deny, rules: r.rules.rules, ..Default::default() };
+        if let Some(proxy) = r.proxy {
+            let net = sandbox_net(proxy, false);
+            policy.rules |= lsm_rule::PROXY_ONLY;
+            policy.proxy_addr = net.addr;
+            policy.proxy_port = net.port;
+        }
+        if r.descendants {
+            if r.level >= MAX_SANDBOX_LEVEL {
+                return Err(anyhow!("cgroup level {} is too deep for a sandbox with descendants", r.level));
+            }
+            policy.rules |= lsm_rule::DESCENDANTS;
+            self.layout.sandbox_levels |= 1 << r.level;
+            self.write_layout()?;
+        }
+        self.add_sandbox(id, policy)
+    }
+
+    /// Replaces the exec allowlist, open deny list and unix allowlist of sandbox `id` (on
+    /// reload). New entries go in before stale ones leave, so nothing allowed lapses.
+    pub fn replace_lists(&mut self, id: u64, rules: &LsmRules) -> Result<()> {
+        let inode = |(f, _): (&FileId, &PathBuf)| InodeKey { sandbox: id, ino: f.ino, dev: f.dev, _pad: 0 };
+        let exec: Vec<InodeKey> = rules.exec.iter().map(inode).collect();
+        let deny: Vec<InodeKey> = rules.deny_open.iter().map(inode).collect();
+        self.sync_set(map_names::LSM_EXEC_ALLOW, id, |k: &InodeKey| k.sandbox, &exec)?;
+        self.sync_set(map_names::LSM_DENY_OPEN, id, |k: &InodeKey| k.sandbox, &deny)?;
+        let unix: Vec<_> = rules.unix_keys(id).collect();
+        self.sync_set(map_names::LSM_UNIX_ALLOW, id, |k: &sandbox_common::UnixKey| k.sandbox, &unix)?;
+        Ok(())
+    }
+
+    /// Forgets sandbox `cgroup_id` and its lists; missing entries are not an error.
     pub fn remove_sandbox(&mut self, cgroup_id: u64) {
         if let Ok(mut m) = self.sandboxes() {
             let _ = m.remove(&cgroup_id);
         }
+        let empty = LsmRules::default();
+        let _ = self.replace_lists(cgroup_id, &empty);
+    }
+
+    /// Pins every attachment under `dir` (created here), so the programs stay in force if this
+    /// process dies; unpinning them (`programs::unpin_all`) lets the kernel detach them.
+    pub fn pin_links(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+        for (hook, id) in std::mem::take(&mut self.links) {
+            let (program, _) = program_names::LSM_HOOKS
+                .iter()
+                .find(|(_, h)| *h == hook)
+                .ok_or_else(|| anyhow!("no program for hook {hook}"))?;
+            let lsm: &mut Lsm =
+                self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
+            let link: FdLink = lsm.take_link(id)?.into();
+            let path = dir.join(program);
+            // The pinned link outlives this process; dropping the handle does not detach it.
+            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// The deny-event ring buffer of this program set; can be taken once.
@@ -81,17 +179,43 @@ impl LsmPrograms {
         Ok(RingBuf::try_from(map)?)
     }
 
+    fn write_layout(&mut self) -> Result<()> {
+        let map = self.ebpf.map_mut(map_names::LSM_LAYOUT).ok_or_else(|| anyhow!("LSM layout map missing"))?;
+        let mut array: Array<&mut MapData, KernelLayout> = Array::try_from(map)?;
+        array.set(0, self.layout, 0).context("writing the kernel layout map")
+    }
+
     fn sandboxes(&mut self) -> Result<HashMap<&mut MapData, u64, LsmPolicy>> {
         let map = self.ebpf.map_mut(map_names::LSM_SANDBOXES).ok_or_else(|| anyhow!("LSM sandbox map missing"))?;
         Ok(HashMap::try_from(map)?)
     }
+
+    /// Makes the keys of sandbox `id` in set-map `name` exactly `want`.
+    fn sync_set<K: aya::Pod + PartialEq>(
+        &mut self,
+        name: &str,
+        id: u64,
+        sandbox_of: impl Fn(&K) -> u64,
+        want: &[K],
+    ) -> Result<()> {
+        let map = self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        let mut set: HashMap<&mut MapData, K, u8> = HashMap::try_from(map)?;
+        for key in want {
+            set.insert(key, 1, 0).with_context(|| format!("writing {name} (is the list larger than the map?)"))?;
+        }
+        let stale: Vec<K> =
+            set.keys().filter_map(|k| k.ok()).filter(|k| sandbox_of(k) == id && !want.contains(k)).collect();
+        for key in stale {
+            let _ = set.remove(&key);
+        }
+        Ok(())
+    }
 }
 
 /// Loads `program` against `bpf_lsm_<hook>` and attaches it.
-fn attach_one(ebpf: &mut Ebpf, program: &str, hook: &str, btf: &Btf) -> Result<()> {
+fn attach_one(ebpf: &mut Ebpf, program: &str, hook: &str, btf: &Btf) -> Result<LsmLinkId> {
     let prog = ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?;
     let lsm: &mut Lsm = prog.try_into()?;
     lsm.load(hook, btf).with_context(|| format!("loading {program}"))?;
-    lsm.attach().with_context(|| format!("attaching {program}"))?;
-    Ok(())
+    lsm.attach().with_context(|| format!("attaching {program}"))
 }

@@ -2,9 +2,11 @@
 //! and attaching the eBPF programs, pins that outlive leash, reaping what a crash left behind,
 //! and probing which layers this kernel supports.
 
+pub mod btf;
 pub mod cgroup;
 pub mod events;
 pub mod lsm;
+pub mod lsm_rules;
 pub mod mounts;
 pub mod pins;
 pub mod probes;

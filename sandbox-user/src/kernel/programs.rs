@@ -184,9 +184,17 @@ impl ConnectionOwners {
 
 /// Loads the object's maps. The network programs use no kernel types (no CO-RE relocations), so
 /// the kernel's BTF is not applied: `Ebpf::load` would parse the 5 MB `/sys/kernel/btf/vmlinux`
-/// a second time for nothing (the loader's constructor already parses it once).
+/// a second time for nothing (the loader's constructor already parses it once). The BPF-LSM
+/// maps are not used by a network program set (`lsm.rs` loads its own): they get one entry.
 pub fn load_object() -> Result<Ebpf> {
-    aya::EbpfLoader::new().btf(None).load(OBJECT).context("loading leash's eBPF object")
+    let mut loader = aya::EbpfLoader::new();
+    loader.btf(None);
+    for name in
+        [map_names::LSM_SANDBOXES, map_names::LSM_EXEC_ALLOW, map_names::LSM_DENY_OPEN, map_names::LSM_UNIX_ALLOW]
+    {
+        loader.map_max_entries(name, 1);
+    }
+    loader.load(OBJECT).context("loading leash's eBPF object")
 }
 
 /// Removes every pinned link in `pin_dir` and the directory itself. Unpinning the last link of a

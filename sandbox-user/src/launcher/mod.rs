@@ -26,6 +26,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::audit::Auditor;
+use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::{mounts, reaper, sandbox_id::SandboxId};
 use crate::policy::{self, CompiledPolicy, FilesystemRules};
 use crate::proxy::{BoundProxy, Proxy, ProxyConfig, Secrets};
@@ -67,8 +68,18 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         bail!("leash run must run as root (it creates cgroups and loads eBPF programs); try `sudo leash run ...`");
     }
     let identity = identity::resolve(policy.run_as())?;
-    let mut missing = layers::unenforceable(&policy);
-    check_missing(&missing, opts.allow_degraded)?;
+    let mut missing = Vec::new();
+    // leash's own secrets are kept from the agent as well as the policy's deny_open files.
+    let protect: Vec<PathBuf> = opts.credentials_file.iter().cloned().collect();
+    let kernel_rules = match policy.kernel() {
+        Some(k) => Some(LsmRules::resolve(k, &protect).context("resolving the policy's `kernel:` section")?),
+        None => None,
+    };
+    if let Some(rules) = &kernel_rules {
+        for path in &rules.missing_deny_open {
+            eprintln!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
+        }
+    }
     if !opts.proxy_listen.ip().is_loopback() {
         bail!("--proxy-listen {} is not a loopback address: the proxy would be open to the network", opts.proxy_listen);
     }
@@ -117,10 +128,18 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Ok(s) => Some(s),
         Err(e) => {
             missing.push(layers::Missing { layer: "network confinement (cgroup eBPF)", why: format!("{e:#}") });
-            check_missing(&missing, opts.allow_degraded)?;
             None
         }
     };
+    if let Some(rules) = &kernel_rules {
+        missing.extend(enforce_kernel_rules(sandbox.as_mut(), rules));
+    }
+    if let Err(e) = check_missing(&missing, opts.allow_degraded) {
+        if let Some(mut s) = sandbox {
+            s.teardown();
+        }
+        return Err(e);
+    }
     let agent = Agent {
         program,
         args,
@@ -128,12 +147,35 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         credential_names: &credential_names,
         filesystem: filesystem.as_ref(),
     };
-    let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing).await;
+    let kernel = KernelReload { rules: kernel_rules.as_ref(), protect: &protect };
+    let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing, kernel).await;
     if let Some(mut s) = sandbox {
         s.teardown();
     }
     drop(trust);
     outcome
+}
+
+/// Puts `rules` in force with BPF-LSM in `sandbox`; what could not be, as missing layers.
+fn enforce_kernel_rules(sandbox: Option<&mut sandbox::Sandbox>, rules: &LsmRules) -> Vec<layers::Missing> {
+    const LAYER: &str = "syscall policy (BPF-LSM)";
+    let Some(sandbox) = sandbox else {
+        return vec![layers::Missing { layer: LAYER, why: "there is no sandbox cgroup to scope it to".into() }];
+    };
+    match sandbox.enforce_kernel_rules(rules) {
+        Ok(hooks) if hooks.is_empty() => Vec::new(),
+        Ok(hooks) => vec![layers::Missing {
+            layer: LAYER,
+            why: format!("this kernel has no BPF-LSM hook {} (needed by the policy)", hooks.join(", ")),
+        }],
+        Err(e) => vec![layers::Missing { layer: LAYER, why: format!("BPF-LSM is not usable here: {e:#}") }],
+    }
+}
+
+/// The `kernel:` rules in force at start and what else they protect, for reloads.
+struct KernelReload<'a> {
+    rules: Option<&'a LsmRules>,
+    protect: &'a [PathBuf],
 }
 
 /// What is started inside the sandbox, and as whom.
@@ -157,6 +199,7 @@ async fn run_inside(
     audit: &Auditor,
     id: &SandboxId,
     missing: &[layers::Missing],
+    kernel: KernelReload<'_>,
 ) -> Result<i32> {
     let workdir = std::env::current_dir().context("reading the working directory")?;
     let domain = landlock::prepare(agent.filesystem, &workdir, &[trust.dir().to_path_buf()])?;
@@ -195,13 +238,20 @@ async fn run_inside(
                 proxy.set_connection_owners(owners)?;
             }
             let audit = audit.clone();
-            Some(s.start_events(move |e| audit.kernel_denied(e))?)
+            let names = kernel.rules.map(target_names).unwrap_or_default();
+            s.start_events(move |e| {
+                audit.kernel_denied(e, names.get(&(e.target_dev, e.target_ino)).map(|p| p.as_path()))
+            })?
         }
-        None => None,
+        None => Vec::new(),
     };
     let proxy_addr = bound.addr();
     let proxy_task = bound.serve(proxy.clone());
-    let reloader = opts.policy.clone().map(|path| reload::watch(path, proxy.clone()));
+    let kernel_updater = sandbox.as_deref().and_then(|s| s.kernel_rules_updater());
+    let reloader = opts.policy.clone().map(|path| {
+        let kernel = kernel_updater.map(|updater| reload::KernelTarget { updater, protect: kernel.protect.to_vec() });
+        reload::watch(path, proxy.clone(), kernel)
+    });
 
     let names: Vec<&str> = agent.credential_names.iter().map(String::as_str).collect();
     let mut env = environment::agent_env(std::env::vars_os(), proxy_addr, agent.identity, &names);
@@ -239,13 +289,18 @@ async fn run_inside(
     if let Some(r) = reloader {
         r.abort();
     }
-    if let Some(events) = events {
-        events.stop().await;
+    for pump in events {
+        pump.stop().await;
     }
     if let Some(summary) = sandbox.and_then(|s| s.counters()).and_then(|c| denial_summary(&c)) {
         eprintln!("leash: sandbox {id}: {summary}");
     }
     Ok(code)
+}
+
+/// Paths of the files the LSM rules name, by (device, inode), for audit lines.
+fn target_names(rules: &LsmRules) -> std::collections::HashMap<(u32, u64), PathBuf> {
+    rules.exec.iter().chain(rules.deny_open.iter()).map(|(f, p)| ((f.dev, f.ino), p.clone())).collect()
 }
 
 /// One line counting the kernel's denials, or `None` when there were none.

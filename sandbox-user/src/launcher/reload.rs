@@ -1,19 +1,30 @@
-//! Hot reload of the proxy's policy when the policy file changes. A file that does not load is
-//! rejected with its error and the policy in force stays; connections already open keep the
-//! policy they were accepted under.
+//! Hot reload of the policy when the policy file changes: the proxy's rules, and the `kernel:`
+//! rules' lists (files re-resolved to inodes) when BPF-LSM enforces them. A file that does not
+//! load is rejected with its error and the policy in force stays; connections already open keep
+//! the policy they were accepted under.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context as _;
+
+use super::sandbox::KernelRulesUpdater;
+use crate::kernel::lsm_rules::LsmRules;
 use crate::policy;
 use crate::proxy::Proxy;
+
+/// The sandbox whose `kernel:` rules a reload updates, and the files leash always protects.
+pub struct KernelTarget {
+    pub updater: KernelRulesUpdater,
+    pub protect: Vec<PathBuf>,
+}
 
 /// How often the file's modification time is checked.
 const POLL: Duration = Duration::from_millis(500);
 
 /// Watches `path` and reloads `proxy` on every change until the task is aborted.
-pub fn watch(path: PathBuf, proxy: Arc<Proxy>) -> tokio::task::JoinHandle<()> {
+pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: Option<KernelTarget>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = modified(&path);
         loop {
@@ -23,15 +34,25 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>) -> tokio::task::JoinHandle<()> {
                 continue;
             }
             seen = now;
-            reload_from(&path, &proxy);
+            reload_from(&path, &proxy, kernel.as_ref());
         }
     })
 }
 
-/// Loads `path` and puts it in force, or says why not.
-pub fn reload_from(path: &std::path::Path, proxy: &Proxy) {
-    let result =
-        policy::load(path).map_err(|e| e.to_string()).and_then(|p| proxy.reload(p).map_err(|e| format!("{e:#}")));
+/// Loads `path` and puts it in force, or says why not. The kernel rules are resolved first, so
+/// a file whose `kernel:` section does not resolve changes nothing.
+pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: Option<&KernelTarget>) {
+    let result = policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
+        if let Some(target) = kernel {
+            let Some(section) = p.kernel() else {
+                return Err("the new policy has no `kernel:` section; removing it needs a restart".to_owned());
+            };
+            LsmRules::resolve(section, &target.protect)
+                .and_then(|r| target.updater.update(&r).context("updating the BPF-LSM maps"))
+                .map_err(|e| format!("{e:#}"))?;
+        }
+        proxy.reload(p).map_err(|e| format!("{e:#}"))
+    });
     match result {
         Ok(()) => eprintln!("leash: policy reloaded from {}", path.display()),
         Err(e) => eprintln!("leash: policy reload rejected, the previous policy stays in force: {e}"),

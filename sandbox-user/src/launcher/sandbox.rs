@@ -1,17 +1,20 @@
 //! The kernel side of one sandbox: its cgroup, the loaded network programs attached to it with
-//! pinned links, and its map entries. Created before the agent starts; torn down after, leaving
-//! nothing behind. If leash dies instead, the pins keep the cgroup confined until the next run
-//! reaps it.
+//! pinned links, its BPF-LSM programs when the policy has `kernel:` rules, and its map entries.
+//! Created before the agent starts; torn down after, leaving nothing behind. If leash dies
+//! instead, the pins keep the cgroup confined until the next run reaps it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use sandbox_common::Counters;
+use anyhow::{anyhow, Context, Result};
+use sandbox_common::{Counters, DenyEvent};
 
 use crate::kernel::cgroup::SandboxCgroup;
 use crate::kernel::events::EventPump;
+use crate::kernel::lsm::{LsmPrograms, Registration};
+use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::pins;
 use crate::kernel::programs::{sandbox_net, unpin_all, NetPrograms};
 use crate::kernel::sandbox_id::SandboxId;
@@ -20,6 +23,9 @@ pub struct Sandbox {
     record_owners: bool,
     cgroup: Option<SandboxCgroup>,
     programs: NetPrograms,
+    /// The BPF-LSM programs, once [`Sandbox::enforce_kernel_rules`] succeeded.
+    lsm: Option<Arc<Mutex<LsmPrograms>>>,
+    proxy: SocketAddr,
     pin_dir: PathBuf,
 }
 
@@ -36,8 +42,14 @@ impl Sandbox {
     ) -> Result<Self> {
         let programs = NetPrograms::load()?;
         let cgroup = SandboxCgroup::create(cgroup_root, &id.to_string())?;
-        let mut sandbox =
-            Self { record_owners, cgroup: Some(cgroup), programs, pin_dir: pins::sandbox_dir(bpffs, &id.to_string()) };
+        let mut sandbox = Self {
+            record_owners,
+            cgroup: Some(cgroup),
+            programs,
+            lsm: None,
+            proxy,
+            pin_dir: pins::sandbox_dir(bpffs, &id.to_string()),
+        };
         if let Err(e) = sandbox.confine(proxy, record_owners) {
             sandbox.teardown();
             return Err(e);
@@ -52,12 +64,43 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Loads the BPF-LSM programs, registers this sandbox with `rules` (and its proxy as the
+    /// one IP address it may reach) and pins the attachments beside the network ones. Returns
+    /// the hooks the rules need that this kernel lacks (the rest are in force); an error when
+    /// BPF-LSM is unusable here.
+    pub fn enforce_kernel_rules(&mut self, rules: &LsmRules) -> Result<Vec<&'static str>> {
+        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
+        let mut lsm = LsmPrograms::load()?;
+        let registration =
+            Registration { cgroup_id: cgroup.id(), level: 0, descendants: false, rules, proxy: Some(self.proxy) };
+        lsm.register(&registration)?;
+        lsm.pin_links(&self.pin_dir)?;
+        let missing = lsm.missing(&rules.required_hooks());
+        self.lsm = Some(Arc::new(Mutex::new(lsm)));
+        Ok(missing)
+    }
+
+    /// A handle that puts new `kernel:` rules in force for this sandbox (policy reload), when
+    /// BPF-LSM is enforcing.
+    pub fn kernel_rules_updater(&self) -> Option<KernelRulesUpdater> {
+        let cgroup_id = self.cgroup.as_ref()?.id();
+        Some(KernelRulesUpdater { programs: self.lsm.clone()?, cgroup_id, proxy: self.proxy })
+    }
+
     pub fn cgroup(&self) -> Option<&SandboxCgroup> {
         self.cgroup.as_ref()
     }
 
-    pub fn start_events(&mut self, sink: impl Fn(&sandbox_common::DenyEvent) + Send + 'static) -> Result<EventPump> {
-        EventPump::start(self.programs.take_events()?, sink)
+    /// Starts reading deny events (network, and BPF-LSM when enforcing) into `sink`.
+    pub fn start_events(&mut self, sink: impl Fn(&DenyEvent) + Send + Sync + 'static) -> Result<Vec<EventPump>> {
+        let sink = Arc::new(sink);
+        let net_sink = sink.clone();
+        let mut pumps = vec![EventPump::start(self.programs.take_events()?, move |e| net_sink(e))?];
+        if let Some(lsm) = &self.lsm {
+            let ring = lsm.lock().map_err(|_| anyhow!("LSM programs lock poisoned"))?.take_events()?;
+            pumps.push(EventPump::start(ring, move |e| sink(e))?);
+        }
+        Ok(pumps)
     }
 
     /// The connection-owner table, when this sandbox records owners.
@@ -80,6 +123,11 @@ impl Sandbox {
                 eprintln!("leash: teardown: {e:#}");
             }
             self.programs.remove_sandbox(cgroup.id());
+            if let Some(lsm) = &self.lsm {
+                if let Ok(mut lsm) = lsm.lock() {
+                    lsm.remove_sandbox(cgroup.id());
+                }
+            }
             if let Err(e) = cgroup.remove() {
                 eprintln!("leash: teardown: {e:#}");
             }
@@ -87,5 +135,24 @@ impl Sandbox {
         if let Err(e) = unpin_all(&self.pin_dir) {
             eprintln!("leash: teardown: {e:#}");
         }
+    }
+}
+
+/// Puts reloaded `kernel:` rules in force for one sandbox.
+#[derive(Clone)]
+pub struct KernelRulesUpdater {
+    programs: Arc<Mutex<LsmPrograms>>,
+    cgroup_id: u64,
+    proxy: SocketAddr,
+}
+
+impl KernelRulesUpdater {
+    /// Replaces the sandbox's flags and lists with `rules`. The hooks stay those loaded at start:
+    /// a rule needing a hook this kernel lacks stays unenforced (it was reported at start).
+    pub fn update(&self, rules: &LsmRules) -> Result<()> {
+        let mut lsm = self.programs.lock().map_err(|_| anyhow!("LSM programs lock poisoned"))?;
+        let registration =
+            Registration { cgroup_id: self.cgroup_id, level: 0, descendants: false, rules, proxy: Some(self.proxy) };
+        lsm.register(&registration)
     }
 }

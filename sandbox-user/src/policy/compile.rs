@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::document::{
-    self, Access, Document, Endpoint, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol, Tls,
+    self, Access, Document, Endpoint, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol, Tls, UnixSocketName,
 };
 use super::error::PolicyError;
 use super::hosts::{HostPattern, IpNetwork};
@@ -188,6 +188,8 @@ pub struct KernelRules {
     pub deny_open: Vec<PathBuf>,
     /// Operations refused, without duplicates, in a fixed order.
     pub deny: Vec<KernelDeny>,
+    /// Unix sockets the agent may reach; empty means none.
+    pub unix_allow: Vec<UnixSocketName>,
 }
 
 impl CompiledPolicy {
@@ -387,6 +389,7 @@ fn compile_kernel(kernel: document::Kernel) -> KernelRules {
         exec_allow: kernel.exec.map(|e| e.allow.iter().map(|g| g.as_str().to_owned()).collect()),
         deny_open: kernel.deny_open.into_iter().map(|p| p.into_path_buf()).collect(),
         deny,
+        unix_allow: kernel.unix.map(|u| u.allow).unwrap_or_default(),
     }
 }
 

@@ -270,6 +270,52 @@ pub struct Kernel {
     /// Operations refused to the agent.
     #[serde(default)]
     pub deny: Vec<KernelDeny>,
+    /// Which unix sockets the agent may connect or send to; absent means none.
+    pub unix: Option<UnixRules>,
+}
+
+/// `kernel.unix:` — the unix sockets the agent may reach: absolute socket paths, and abstract
+/// names written with a leading `@` (`@/tmp/.X11-unix/X0`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixRules {
+    #[serde(default)]
+    pub allow: Vec<UnixSocketName>,
+}
+
+/// A unix socket address from `kernel.unix.allow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixSocketName {
+    /// A pathname socket (absolute path).
+    Path(PathBuf),
+    /// An abstract socket (the name after `@`).
+    Abstract(Vec<u8>),
+}
+
+impl FromStr for UnixSocketName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // sun_path holds 108 bytes; an abstract name also spends one on its leading zero.
+        if let Some(name) = text.strip_prefix('@') {
+            if name.is_empty() || name.len() > 107 {
+                return Err(format!("abstract socket name `{text}` must have 1 to 107 bytes after `@`"));
+            }
+            return Ok(UnixSocketName::Abstract(name.as_bytes().to_vec()));
+        }
+        check_absolute(text, "unix socket path (or `@name` for an abstract socket)")?;
+        if text.len() > 107 {
+            return Err(format!("unix socket path `{text}` is longer than 107 bytes"));
+        }
+        Ok(UnixSocketName::Path(PathBuf::from(text)))
+    }
+}
+
+impl<'de> Deserialize<'de> for UnixSocketName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `kernel.exec:`.
@@ -301,6 +347,10 @@ pub enum KernelDeny {
     KillOutside,
     /// Loading kernel modules.
     KernelModule,
+    /// AF_VSOCK sockets.
+    Vsock,
+    /// AF_NETLINK sockets other than NETLINK_ROUTE.
+    Netlink,
 }
 
 impl KernelDeny {
@@ -316,6 +366,8 @@ impl KernelDeny {
             KernelDeny::PacketSocket => "packet_socket",
             KernelDeny::KillOutside => "kill_outside",
             KernelDeny::KernelModule => "kernel_module",
+            KernelDeny::Vsock => "vsock",
+            KernelDeny::Netlink => "netlink",
         }
     }
 }

@@ -46,7 +46,7 @@ pub use compile::{
     HttpRules, Inspection, KernelRules, NetworkDecision, NetworkPolicy, RequestRule, RunAs,
 };
 pub use decide::{Decider, EndpointRef, NetworkVerdict, RequestVerdict};
-pub use document::{Access, Document, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol};
+pub use document::{Access, Document, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol, UnixSocketName};
 pub use error::{Location, PolicyError};
 pub use hosts::{HostPattern, HostPatternError, IpNetwork, IpNetworkError};
 pub use normalize::{normalize, NormalizedTarget, PathError};

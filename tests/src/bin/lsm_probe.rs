@@ -1,9 +1,10 @@
 //! `lsm_probe`: checks leash's BPF-LSM programs end to end, as root inside a test VM
-//! (`vm_init` suite `lsm`). `leash run` does not use the LSM layer yet, so this drives the
-//! library directly: it loads [`LsmPrograms`], registers a fresh cgroup with a policy that denies
-//! everything, and runs each forbidden action in a forked child twice — once after the child
-//! moved itself into that cgroup, once outside it. Both children are root, so a refusal inside
-//! comes from the LSM and not from missing capabilities.
+//! (`vm_init` suite `lsm`). It drives the library directly: it loads [`LsmPrograms`], registers
+//! a fresh cgroup with rules that deny every operation and set every list (exec allowlist, open
+//! deny list, unix allowlist, proxy-only), and runs each action in a forked child twice — once
+//! after the child moved itself into that cgroup, once outside it. Both children are root, so a
+//! refusal inside comes from the LSM and not from missing capabilities. `leash run`'s own use of
+//! the same programs (as an unprivileged agent) is checked by vm_init's `run` suite.
 //!
 //! Prints one `LEASH-RESULT lsm:<name> PASS|FAIL <detail>` line per check; vm_init relays them.
 //! Expected outcome outside the cgroup, per action: success, or (where the kernel may lack the
@@ -12,10 +13,16 @@
 use std::ffi::CString;
 use std::io::Write as _;
 
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::PathBuf;
+
 use leash::kernel::cgroup::SandboxCgroup;
-use leash::kernel::lsm::LsmPrograms;
+use leash::kernel::lsm::{LsmPrograms, Registration};
+use leash::kernel::lsm_rules::{FileId, LsmRules};
 use leash::kernel::mounts::cgroup2_root;
-use sandbox_common::{lsm_deny, LsmPolicy};
+use sandbox_common::{lsm_deny, lsm_rule, UNIX_PATH_MAX};
 
 /// One action: returns `Ok` or the errno it failed with. `sibling` is a process outside the
 /// sandbox the action may target.
@@ -46,7 +53,45 @@ const ACTIONS: &[(&str, Action, &str, &[i32])] = &[
     ("userns-create", userns_create, "userns_create", &[]),
 ];
 
+/// Checks of the rules with lists and targets: (name, action, hook, errnos acceptable outside
+/// besides success, whether the action is refused inside).
+const RULE_ACTIONS: &[(&str, Action, &str, &[i32], bool)] = &[
+    ("exec-listed", exec_listed, "bprm_check_security", &[], false),
+    ("exec-dynamic-listed", exec_dynamic_listed, "bprm_check_security", &[], false),
+    ("exec-unlisted-copy", exec_unlisted, "bprm_check_security", &[], true),
+    ("exec-memfd", exec_memfd, "bprm_check_security", &[], true),
+    ("exec-via-ld.so", exec_via_loader, "bprm_check_security", &[], true),
+    ("open-deny-listed", open_secret, "file_open", &[], true),
+    ("open-deny-listed-hardlink", open_secret_hardlink, "file_open", &[], true),
+    ("open-deny-listed-symlink", open_secret_symlink, "file_open", &[], true),
+    ("open-other-file", open_other, "file_open", &[], false),
+    ("kill-outside", kill_outside, "task_kill", &[], true),
+    ("kill-inside", kill_inside, "task_kill", &[], false),
+    ("unix-connect-unlisted", unix_connect_unlisted, "socket_connect", &[], true),
+    ("unix-connect-abstract", unix_connect_abstract, "socket_connect", &[], true),
+    ("unix-connect-listed", unix_connect_listed, "socket_connect", &[], false),
+    ("unix-sendto-unlisted", unix_sendto_unlisted, "socket_sendmsg", &[], true),
+    ("inet-connect-not-proxy", inet_connect_other, "socket_connect", &[], true),
+    ("inet-connect-proxy", inet_connect_proxy, "socket_connect", &[], false),
+    ("io_uring-connect-not-proxy", io_uring_connect_other, "socket_connect", &[libc::ENOSYS], true),
+];
+
 const CGROUP_NAME: &str = "lsm-probe";
+const TREE_CGROUP: &str = "lsm-probe-tree";
+const LISTED_BUSYBOX: &str = "/bin/busybox";
+const DYNAMIC_PROGRAM: &str = "/usr/bin/true";
+const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+const UNLISTED_BUSYBOX: &str = "/tmp/lsm-probe-busybox";
+const SECRET: &str = "/tmp/lsm-probe-secret";
+const SECRET_LINK: &str = "/tmp/lsm-probe-secret-link";
+const SECRET_SYMLINK: &str = "/tmp/lsm-probe-secret-symlink";
+const UNIX_UNLISTED: &str = "/tmp/lsm-probe-unlisted.sock";
+const UNIX_LISTED: &str = "/tmp/lsm-probe-listed.sock";
+const UNIX_DGRAM: &str = "/tmp/lsm-probe-dgram.sock";
+const ABSTRACT: &str = "lsm-probe-abstract";
+/// Ports of the loopback listeners: the stand-in proxy, and another service.
+const PROXY_PORT: u16 = 47001;
+const OTHER_PORT: u16 = 47002;
 const MOUNT_POINT: &str = "/tmp/lsm-probe-mnt";
 const FAKE_MODULE: &str = "/tmp/lsm-probe-module.ko";
 
@@ -98,7 +143,22 @@ fn run() -> bool {
         }
     };
     let mut events = programs.take_events().ok();
-    if let Err(e) = programs.add_sandbox(cgroup.id(), LsmPolicy { deny: lsm_deny::ALL }) {
+    let fixtures = match Fixtures::create() {
+        Ok(f) => f,
+        Err(e) => {
+            result("fixtures", false, &e);
+            return false;
+        }
+    };
+    let rules = fixtures.rules();
+    let registration = Registration {
+        cgroup_id: cgroup.id(),
+        level: 1,
+        descendants: false,
+        rules: &rules,
+        proxy: Some(SocketAddr::from(([127, 0, 0, 1], PROXY_PORT))),
+    };
+    if let Err(e) = programs.register(&registration) {
         result("register", false, &format!("{e:#}"));
         return false;
     }
@@ -130,6 +190,33 @@ fn run() -> bool {
         result(name, pass, &format!("inside {}, outside {}{note}", describe(inside), describe(outside)));
     }
 
+    for (name, action, hook, outside_ok, denied) in RULE_ACTIONS {
+        let available = attached.contains(hook);
+        let inside = in_child(action, Some(&procs));
+        let outside = in_child(action, None);
+        let outside_pass = outside.is_ok() || outside_ok.contains(&outside.unwrap_err());
+        let inside_pass = match (available, denied) {
+            (true, true) => {
+                expected_denials += 1;
+                inside == Err(libc::EPERM)
+            }
+            (true, false) => inside.is_ok(),
+            (false, _) => inside == outside,
+        };
+        let pass = inside_pass && outside_pass;
+        all &= pass;
+        let note = if available { "" } else { " (hook unavailable on this kernel: not enforced)" };
+        result(name, pass, &format!("inside {}, outside {}{note}", describe(inside), describe(outside)));
+    }
+
+    // Fork and double fork stay in the sandbox; a child cannot leave through cgroup.procs of
+    // another cgroup... as root it can, so that is checked by the `run` suite as the agent.
+    let grandchild = in_child(&(double_fork_packet_socket as Action), Some(&procs));
+    all &= grandchild == Err(libc::EPERM);
+    result("double-fork-confined", grandchild == Err(libc::EPERM), &format!("grandchild: {}", describe(grandchild)));
+
+    all &= check_descendants(&mut programs, &root, &rules);
+
     // A process in the sandbox keeps NETLINK_ROUTE (libc's address lookups use it).
     let route = in_child(&(netlink_route_socket as Action), Some(&procs));
     all &= route.is_ok();
@@ -151,6 +238,7 @@ fn run() -> bool {
     all &= pass;
     result("unregistered-allowed", pass, &format!("packet socket after remove_sandbox: {}", describe(after)));
 
+    drop(fixtures);
     let _ = std::fs::remove_file(FAKE_MODULE);
     let _ = std::fs::remove_dir(MOUNT_POINT);
     if let Err(e) = cgroup.remove() {
@@ -323,4 +411,389 @@ fn ptrace_traceme(_: i32) -> Result<(), i32> {
 fn userns_create(_: i32) -> Result<(), i32> {
     // SAFETY: plain unshare(2) in a single-threaded child.
     check(unsafe { libc::unshare(libc::CLONE_NEWUSER) } as _).map(drop)
+}
+
+/// Files, sockets and listeners the rule checks use; removed on drop.
+struct Fixtures {
+    _listeners: (UnixListener, UnixListener, UnixListener, UnixDatagram, TcpListener, TcpListener),
+}
+
+impl Fixtures {
+    fn create() -> Result<Self, String> {
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        for p in [UNLISTED_BUSYBOX, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM] {
+            let _ = std::fs::remove_file(p);
+        }
+        std::fs::copy(LISTED_BUSYBOX, UNLISTED_BUSYBOX).map_err(|e| io("copying busybox", e))?;
+        std::fs::write(SECRET, b"a service-account token\n").map_err(|e| io("writing the secret", e))?;
+        std::fs::hard_link(SECRET, SECRET_LINK).map_err(|e| io("hard link", e))?;
+        std::os::unix::fs::symlink(SECRET, SECRET_SYMLINK).map_err(|e| io("symlink", e))?;
+        let unlisted = UnixListener::bind(UNIX_UNLISTED).map_err(|e| io("unix listener", e))?;
+        let listed = UnixListener::bind(UNIX_LISTED).map_err(|e| io("unix listener", e))?;
+        let abstract_ = abstract_listener().map_err(|e| io("abstract listener", e))?;
+        let dgram = UnixDatagram::bind(UNIX_DGRAM).map_err(|e| io("unix datagram socket", e))?;
+        let proxy = TcpListener::bind(("127.0.0.1", PROXY_PORT)).map_err(|e| io("proxy listener", e))?;
+        let other = TcpListener::bind(("127.0.0.1", OTHER_PORT)).map_err(|e| io("other listener", e))?;
+        Ok(Fixtures { _listeners: (unlisted, listed, abstract_, dgram, proxy, other) })
+    }
+
+    /// Every operation denied; busybox and the dynamic program may run; the secret may not be
+    /// opened; only the listed unix socket is reachable.
+    fn rules(&self) -> LsmRules {
+        let mut exec = BTreeMap::new();
+        for p in [LISTED_BUSYBOX, DYNAMIC_PROGRAM] {
+            if let Ok(id) = FileId::of(std::path::Path::new(p)) {
+                exec.insert(id, PathBuf::from(p));
+            }
+        }
+        let mut deny_open = BTreeMap::new();
+        if let Ok(id) = FileId::of(std::path::Path::new(SECRET)) {
+            deny_open.insert(id, PathBuf::from(SECRET));
+        }
+        let mut listed = [0u8; UNIX_PATH_MAX];
+        listed[..UNIX_LISTED.len()].copy_from_slice(UNIX_LISTED.as_bytes());
+        LsmRules {
+            deny: lsm_deny::ALL,
+            rules: lsm_rule::EXEC_ALLOWLIST | lsm_rule::DENY_OPEN | lsm_rule::UNIX_ALLOWLIST,
+            exec,
+            deny_open,
+            missing_deny_open: Vec::new(),
+            unix: vec![(UNIX_LISTED.len() as u32, listed)],
+        }
+    }
+}
+
+impl Drop for Fixtures {
+    fn drop(&mut self) {
+        for p in [UNLISTED_BUSYBOX, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A sandbox registered with descendants covers a process in a cgroup below it.
+fn check_descendants(programs: &mut LsmPrograms, root: &std::path::Path, rules: &LsmRules) -> bool {
+    let _ = std::fs::remove_dir(root.join(format!("leash-{TREE_CGROUP}")).join("sub"));
+    let _ = std::fs::remove_dir(root.join(format!("leash-{TREE_CGROUP}")));
+    let tree = match SandboxCgroup::create(root, TREE_CGROUP) {
+        Ok(c) => c,
+        Err(e) => {
+            result("descendants", false, &format!("{e:#}"));
+            return false;
+        }
+    };
+    let sub = tree.path().join("sub");
+    let registration = Registration { cgroup_id: tree.id(), level: 1, descendants: true, rules, proxy: None };
+    let outcome = std::fs::create_dir(&sub)
+        .map_err(|e| format!("creating {}: {e}", sub.display()))
+        .and_then(|()| programs.register(&registration).map_err(|e| format!("{e:#}")))
+        .map(|()| in_child(&(packet_socket as Action), Some(&sub.join("cgroup.procs"))));
+    let pass = outcome == Ok(Err(libc::EPERM));
+    result(
+        "descendant-cgroup-confined",
+        pass,
+        &match outcome {
+            Ok(r) => format!("packet socket in a cgroup below the sandbox: {}", describe(r)),
+            Err(e) => e,
+        },
+    );
+    programs.remove_sandbox(tree.id());
+    let _ = std::fs::remove_dir(&sub);
+    let _ = tree.remove();
+    pass
+}
+
+fn abstract_listener() -> std::io::Result<UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(ABSTRACT)?;
+    UnixListener::bind_addr(&addr)
+}
+
+/// Runs `path` with `args` in a child and returns its outcome: the exec's errno, or the
+/// program's exit status (0 is success).
+fn run_program(path: &str, args: &[&str]) -> Result<(), i32> {
+    let path_c = CString::new(path).unwrap();
+    let args_c: Vec<CString> = args.iter().map(|a| CString::new(*a).unwrap()).collect();
+    exec_in_child(|| {
+        let mut argv: Vec<*const libc::c_char> = args_c.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        // SAFETY: NUL-terminated strings and null-terminated arrays.
+        unsafe { libc::execve(path_c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    })
+}
+
+/// Forks; the child calls `exec` (which returns only on failure) and exits with the errno.
+fn exec_in_child(exec: impl FnOnce()) -> Result<(), i32> {
+    // SAFETY: the child only execs or exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        exec();
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(250);
+        // SAFETY: plain _exit.
+        unsafe { libc::_exit(e.clamp(1, 250)) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+        Some(0) => Ok(()),
+        Some(code) => Err(code),
+        None => Err(255),
+    }
+}
+
+fn exec_listed(_: i32) -> Result<(), i32> {
+    run_program(LISTED_BUSYBOX, &["busybox", "true"])
+}
+
+fn exec_dynamic_listed(_: i32) -> Result<(), i32> {
+    run_program(DYNAMIC_PROGRAM, &["true"])
+}
+
+fn exec_unlisted(_: i32) -> Result<(), i32> {
+    run_program(UNLISTED_BUSYBOX, &["busybox", "true"])
+}
+
+fn exec_via_loader(_: i32) -> Result<(), i32> {
+    run_program(LOADER, &["ld.so", DYNAMIC_PROGRAM])
+}
+
+fn exec_memfd(_: i32) -> Result<(), i32> {
+    let bytes = std::fs::read(LISTED_BUSYBOX).map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    let name = CString::new("payload").unwrap();
+    // SAFETY: plain memfd_create(2).
+    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), 0) } as _)? as i32;
+    // SAFETY: writing our own buffer to our own fd.
+    if unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) } != bytes.len() as isize {
+        return Err(libc::EIO);
+    }
+    let empty = CString::default();
+    let (arg0, arg1) = (CString::new("busybox").unwrap(), CString::new("true").unwrap());
+    exec_in_child(|| {
+        let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        // SAFETY: execveat(2) of an fd with AT_EMPTY_PATH and valid arrays.
+        unsafe {
+            libc::syscall(libc::SYS_execveat, fd, empty.as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH)
+        };
+    })
+}
+
+fn open_path(path: &str) -> Result<(), i32> {
+    std::fs::File::open(path).map(drop).map_err(|e| e.raw_os_error().unwrap_or(255))
+}
+
+fn open_secret(_: i32) -> Result<(), i32> {
+    open_path(SECRET)
+}
+
+fn open_secret_hardlink(_: i32) -> Result<(), i32> {
+    open_path(SECRET_LINK)
+}
+
+fn open_secret_symlink(_: i32) -> Result<(), i32> {
+    open_path(SECRET_SYMLINK)
+}
+
+fn open_other(_: i32) -> Result<(), i32> {
+    open_path("/etc/hosts")
+}
+
+fn kill_outside(sibling: i32) -> Result<(), i32> {
+    // SAFETY: SIGCONT to a process that only pauses.
+    check(unsafe { libc::kill(sibling, libc::SIGCONT) } as _).map(drop)
+}
+
+fn kill_inside(_: i32) -> Result<(), i32> {
+    // A child of this process is in the same cgroup.
+    // SAFETY: the child only pauses until killed.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        loop {
+            // SAFETY: no preconditions.
+            unsafe { libc::pause() };
+        }
+    }
+    // SAFETY: killing and reaping our own child.
+    let rc = unsafe { libc::kill(child, libc::SIGKILL) };
+    let e = check(rc as _).map(drop);
+    // SAFETY: as above.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    e
+}
+
+fn unix_connect(path: &str) -> Result<(), i32> {
+    std::os::unix::net::UnixStream::connect(path).map(drop).map_err(|e| e.raw_os_error().unwrap_or(255))
+}
+
+fn unix_connect_unlisted(_: i32) -> Result<(), i32> {
+    unix_connect(UNIX_UNLISTED)
+}
+
+fn unix_connect_listed(_: i32) -> Result<(), i32> {
+    unix_connect(UNIX_LISTED)
+}
+
+fn unix_connect_abstract(_: i32) -> Result<(), i32> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(ABSTRACT).map_err(|_| libc::EINVAL)?;
+    std::os::unix::net::UnixStream::connect_addr(&addr).map(drop).map_err(|e| e.raw_os_error().unwrap_or(255))
+}
+
+fn unix_sendto_unlisted(_: i32) -> Result<(), i32> {
+    let socket = UnixDatagram::unbound().map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    socket.send_to(b"hello", UNIX_DGRAM).map(drop).map_err(|e| e.raw_os_error().unwrap_or(255))
+}
+
+fn inet_connect(port: u16) -> Result<(), i32> {
+    std::net::TcpStream::connect(("127.0.0.1", port)).map(drop).map_err(|e| e.raw_os_error().unwrap_or(255))
+}
+
+fn inet_connect_other(_: i32) -> Result<(), i32> {
+    inet_connect(OTHER_PORT)
+}
+
+fn inet_connect_proxy(_: i32) -> Result<(), i32> {
+    inet_connect(PROXY_PORT)
+}
+
+/// The grandchild of a sandboxed process is still in the sandbox.
+fn double_fork_packet_socket(_: i32) -> Result<(), i32> {
+    // SAFETY: the grandchild only makes one syscall and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = match packet_socket(0) {
+            Ok(()) => 0,
+            Err(e) => e.clamp(1, 250),
+        };
+        // SAFETY: plain _exit.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// connect(2) to a non-proxy address submitted through io_uring (IORING_OP_CONNECT), which
+/// never enters the connect syscall.
+fn io_uring_connect_other(_: i32) -> Result<(), i32> {
+    io_uring::connect(SocketAddr::from(([127, 0, 0, 1], OTHER_PORT)))
+}
+
+/// Just enough io_uring to submit one connect and read its completion.
+mod io_uring {
+    use super::check;
+    use std::net::SocketAddr;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct SqOffsets {
+        head: u32,
+        tail: u32,
+        ring_mask: u32,
+        ring_entries: u32,
+        flags: u32,
+        dropped: u32,
+        array: u32,
+        resv1: u32,
+        user_addr: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct CqOffsets {
+        head: u32,
+        tail: u32,
+        ring_mask: u32,
+        ring_entries: u32,
+        overflow: u32,
+        cqes: u32,
+        flags: u32,
+        resv1: u32,
+        user_addr: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct Params {
+        sq_entries: u32,
+        cq_entries: u32,
+        flags: u32,
+        sq_thread_cpu: u32,
+        sq_thread_idle: u32,
+        features: u32,
+        wq_fd: u32,
+        resv: [u32; 3],
+        sq_off: SqOffsets,
+        cq_off: CqOffsets,
+    }
+
+    const OFF_SQ_RING: i64 = 0;
+    const OFF_CQ_RING: i64 = 0x800_0000;
+    const OFF_SQES: i64 = 0x1000_0000;
+    const OP_CONNECT: u8 = 16;
+    const ENTER_GETEVENTS: u32 = 1;
+
+    fn map(fd: i32, len: usize, offset: i64) -> Result<*mut u8, i32> {
+        // SAFETY: mapping an io_uring region of the size the kernel reported.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, offset)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(255));
+        }
+        Ok(p.cast())
+    }
+
+    pub fn connect(to: SocketAddr) -> Result<(), i32> {
+        let SocketAddr::V4(v4) = to else { return Err(libc::EINVAL) };
+        // SAFETY: plain socket(2).
+        let sock = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) } as _)? as i32;
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        let mut params = Params::default();
+        // SAFETY: io_uring_setup(2) with a zeroed params struct of the kernel's size.
+        let ring = check(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, &mut params as *mut Params) })? as i32;
+        let sq_len = params.sq_off.array as usize + params.sq_entries as usize * 4;
+        let cq_len = params.cq_off.cqes as usize + params.cq_entries as usize * 16;
+        let sq = map(ring, sq_len, OFF_SQ_RING)?;
+        let cq = map(ring, cq_len, OFF_CQ_RING)?;
+        let sqes = map(ring, params.sq_entries as usize * 64, OFF_SQES)?;
+        // SAFETY: every pointer below is inside a region the kernel mapped for this ring, at
+        // offsets it reported; one submission, one completion.
+        unsafe {
+            let sqe = sqes;
+            std::ptr::write_bytes(sqe, 0, 64);
+            *sqe = OP_CONNECT;
+            *(sqe.add(4) as *mut i32) = sock;
+            *(sqe.add(8) as *mut u64) = std::mem::size_of::<libc::sockaddr_in>() as u64;
+            *(sqe.add(16) as *mut u64) = &addr as *const libc::sockaddr_in as u64;
+            let tail = sq.add(params.sq_off.tail as usize) as *mut u32;
+            let mask = *(sq.add(params.sq_off.ring_mask as usize) as *const u32);
+            let array = sq.add(params.sq_off.array as usize) as *mut u32;
+            let t = std::ptr::read_volatile(tail);
+            *array.add((t & mask) as usize) = 0;
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            std::ptr::write_volatile(tail, t + 1);
+            check(libc::syscall(libc::SYS_io_uring_enter, ring, 1u32, 1u32, ENTER_GETEVENTS, 0usize, 0usize))?;
+            let cq_head = cq.add(params.cq_off.head as usize) as *const u32;
+            let cq_mask = *(cq.add(params.cq_off.ring_mask as usize) as *const u32);
+            let cqe =
+                cq.add(params.cq_off.cqes as usize + ((std::ptr::read_volatile(cq_head) & cq_mask) as usize) * 16);
+            let res = *(cqe.add(8) as *const i32);
+            if res < 0 {
+                return Err(-res);
+            }
+        }
+        Ok(())
+    }
 }

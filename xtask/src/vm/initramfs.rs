@@ -34,6 +34,10 @@ pub struct Image {
     entries: BTreeMap<String, Entry>,
 }
 
+/// A dynamically linked program (`/usr/bin/true`) and what it needs to run, copied from the host.
+const DYNAMIC_PROGRAM: &[(&str, u32)] =
+    &[("/usr/bin/true", 0o755), ("/lib64/ld-linux-x86-64.so.2", 0o755), ("/lib/x86_64-linux-gnu/libc.so.6", 0o755)];
+
 /// Debian's CA bundle, where rustls-native-certs looks first.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -75,6 +79,14 @@ impl Image {
             image.host_file(CA_BUNDLE, bundle, 0o644);
         }
         image.dir("/etc/leash-vm", 0o755);
+        // One dynamically linked program with its loader and libc, for the checks that the exec
+        // allowlist holds when a program is started through the dynamic loader (`ld.so prog`).
+        for (path, mode) in DYNAMIC_PROGRAM {
+            let source = Path::new(path);
+            if source.is_file() {
+                image.host_file(path, source, *mode);
+            }
+        }
         Ok(image)
     }
 

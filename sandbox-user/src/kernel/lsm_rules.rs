@@ -1,0 +1,356 @@
+//! Turning a policy's `kernel:` section into what the BPF-LSM maps hold: deny flags, and files
+//! resolved to (device, inode) — executables for the exec allowlist, files for the open deny
+//! list — plus the unix sockets the agent may reach, and the hooks all of that needs.
+//!
+//! Files are identified by inode so that a second name (hard link, symlink, bind mount of the
+//! same filesystem) is the same file. Resolution happens when the sandbox starts and again on
+//! reload; a file replaced afterwards (new inode) is no longer covered until the next reload.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sandbox_common::{lsm_deny, lsm_rule, UnixKey, UNIX_PATH_MAX};
+
+use crate::policy::{KernelDeny, KernelRules, UnixSocketName};
+
+/// Most executables one sandbox's allowlist may resolve to.
+pub const MAX_EXEC_FILES: usize = 32_768;
+
+/// A file as the kernel names it: `major << 20 | minor` and the inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId {
+    pub dev: u32,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The file at `path`, following symlinks.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self::from_meta(&meta))
+    }
+
+    fn from_meta(meta: &std::fs::Metadata) -> Self {
+        let dev = meta.dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        FileId { dev: (major << 20) | minor, ino: meta.ino() }
+    }
+}
+
+/// The `kernel:` section, resolved against this host's filesystem.
+#[derive(Debug, Clone, Default)]
+pub struct LsmRules {
+    /// `lsm_deny` flags.
+    pub deny: u32,
+    /// `lsm_rule` flags (without the proxy, which the sandbox adds).
+    pub rules: u32,
+    /// Executables that may run, with one path each for reports; empty unless
+    /// `lsm_rule::EXEC_ALLOWLIST`.
+    pub exec: BTreeMap<FileId, PathBuf>,
+    /// Files that may not be opened, with their path.
+    pub deny_open: BTreeMap<FileId, PathBuf>,
+    /// deny_open paths that do not exist here (not enforceable until they do and a reload).
+    pub missing_deny_open: Vec<PathBuf>,
+    /// Unix socket addresses (without the sandbox id) the agent may reach.
+    pub unix: Vec<(u32, [u8; UNIX_PATH_MAX])>,
+}
+
+impl LsmRules {
+    /// Resolves `kernel`. `protect` are files leash itself needs kept from the agent (its
+    /// credentials file); they join the open deny list. Self-protection is always on: ptrace,
+    /// signals and bpf(2) never reach outside the sandbox.
+    pub fn resolve(kernel: &KernelRules, protect: &[PathBuf]) -> Result<Self> {
+        let mut rules = LsmRules {
+            deny: lsm_deny::PTRACE | lsm_deny::BPF | lsm_deny::KILL_OUTSIDE,
+            rules: lsm_rule::DENY_OPEN | lsm_rule::UNIX_ALLOWLIST,
+            ..Default::default()
+        };
+        for d in &kernel.deny {
+            rules.deny |= deny_flag(*d);
+        }
+        if let Some(globs) = &kernel.exec_allow {
+            rules.rules |= lsm_rule::EXEC_ALLOWLIST;
+            for glob in globs {
+                if expand_executables(glob, &mut rules.exec)? == 0 {
+                    eprintln!("leash: note: kernel.exec.allow `{glob}` matches no executable here");
+                }
+            }
+            if rules.exec.is_empty() {
+                bail!("kernel.exec.allow matches no executable on this host, so nothing could run");
+            }
+        }
+        for path in kernel.deny_open.iter().chain(protect) {
+            match FileId::of(path) {
+                Ok(id) => {
+                    rules.deny_open.insert(id, path.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => rules.missing_deny_open.push(path.clone()),
+                Err(e) => return Err(e).with_context(|| format!("kernel.deny_open: reading {}", path.display())),
+            }
+        }
+        for name in &kernel.unix_allow {
+            rules.unix.push(unix_address(name));
+        }
+        Ok(rules)
+    }
+
+    /// The BPF-LSM hooks these rules need, by `bpf_lsm_<hook>` name; a missing one means part of
+    /// the policy is not enforced.
+    pub fn required_hooks(&self) -> Vec<&'static str> {
+        let mut hooks = Vec::new();
+        let d = self.deny;
+        let mut need = |flag: u32, names: &[&'static str]| {
+            if d & flag != 0 {
+                hooks.extend_from_slice(names);
+            }
+        };
+        need(lsm_deny::PTRACE, &["ptrace_access_check", "ptrace_traceme"]);
+        need(lsm_deny::BPF, &["bpf"]);
+        need(lsm_deny::MOUNT, &["sb_mount", "sb_umount", "sb_pivotroot", "move_mount"]);
+        need(lsm_deny::USERNS, &["userns_create"]);
+        need(lsm_deny::PERF_EVENT, &["perf_event_open"]);
+        need(lsm_deny::RAW_SOCKET | lsm_deny::PACKET_SOCKET | lsm_deny::VSOCK | lsm_deny::NETLINK, &["socket_create"]);
+        need(lsm_deny::KERNEL_MODULE, &["kernel_module_request", "kernel_load_data", "kernel_read_file"]);
+        need(lsm_deny::KILL_OUTSIDE, &["task_kill"]);
+        if self.rules & lsm_rule::EXEC_ALLOWLIST != 0 {
+            hooks.push("bprm_check_security");
+        }
+        if self.rules & lsm_rule::DENY_OPEN != 0 {
+            hooks.push("file_open");
+        }
+        if self.rules & (lsm_rule::UNIX_ALLOWLIST | lsm_rule::PROXY_ONLY) != 0 {
+            hooks.extend_from_slice(&["socket_connect", "socket_sendmsg"]);
+        }
+        hooks.sort_unstable();
+        hooks.dedup();
+        hooks
+    }
+
+    /// The unix-allowlist keys of sandbox `id`.
+    pub fn unix_keys(&self, id: u64) -> impl Iterator<Item = UnixKey> + '_ {
+        self.unix.iter().map(move |(len, path)| UnixKey { sandbox: id, len: *len, path: *path })
+    }
+}
+
+/// The `lsm_deny` flag of one `kernel.deny` word.
+pub fn deny_flag(d: KernelDeny) -> u32 {
+    match d {
+        KernelDeny::Ptrace => lsm_deny::PTRACE,
+        KernelDeny::Bpf => lsm_deny::BPF,
+        KernelDeny::Mount => lsm_deny::MOUNT,
+        KernelDeny::Userns => lsm_deny::USERNS,
+        KernelDeny::PerfEvent => lsm_deny::PERF_EVENT,
+        KernelDeny::RawSocket => lsm_deny::RAW_SOCKET,
+        KernelDeny::PacketSocket => lsm_deny::PACKET_SOCKET,
+        KernelDeny::KillOutside => lsm_deny::KILL_OUTSIDE,
+        KernelDeny::KernelModule => lsm_deny::KERNEL_MODULE,
+        KernelDeny::Vsock => lsm_deny::VSOCK,
+        KernelDeny::Netlink => lsm_deny::NETLINK,
+    }
+}
+
+/// A socket address as the kernel compares it: (meaningful length, sun_path bytes).
+fn unix_address(name: &UnixSocketName) -> (u32, [u8; UNIX_PATH_MAX]) {
+    let mut path = [0u8; UNIX_PATH_MAX];
+    let bytes: Vec<u8> = match name {
+        UnixSocketName::Path(p) => p.as_os_str().as_encoded_bytes().to_vec(),
+        UnixSocketName::Abstract(n) => std::iter::once(0).chain(n.iter().copied()).collect(),
+    };
+    // The policy parser bounds both forms to 108 bytes.
+    let len = bytes.len().min(UNIX_PATH_MAX);
+    path[..len].copy_from_slice(&bytes[..len]);
+    (len as u32, path)
+}
+
+/// Adds every executable regular file matching `glob` (`*` and `?` within one component, `**`
+/// across components) to `out`, following symlinks to the file they name. Returns how many
+/// executables matched (files another glob already listed included).
+fn expand_executables(glob: &str, out: &mut BTreeMap<FileId, PathBuf>) -> Result<usize> {
+    let parts: Vec<&str> = glob.trim_start_matches('/').split('/').filter(|p| !p.is_empty()).collect();
+    let mut matched = 0;
+    walk(Path::new("/"), &parts, out, 0, &mut matched);
+    if out.len() > MAX_EXEC_FILES {
+        bail!("kernel.exec.allow resolves to more than {MAX_EXEC_FILES} files; name narrower paths");
+    }
+    Ok(matched)
+}
+
+fn walk(dir: &Path, parts: &[&str], out: &mut BTreeMap<FileId, PathBuf>, depth: usize, matched: &mut usize) {
+    if depth > 32 || out.len() > MAX_EXEC_FILES {
+        return;
+    }
+    let Some((first, rest)) = parts.split_first() else {
+        *matched += add_if_executable(dir, out) as usize;
+        return;
+    };
+    if *first == "**" {
+        // Zero components, then one more level with `**` kept.
+        walk(dir, rest, out, depth + 1, matched);
+        for entry in read_dir_sorted(dir) {
+            if entry.is_dir() && !is_symlink(&entry) {
+                walk(&entry, parts, out, depth + 1, matched);
+            }
+        }
+        return;
+    }
+    if !first.contains(['*', '?']) {
+        let next = dir.join(first);
+        if next.exists() {
+            walk(&next, rest, out, depth + 1, matched);
+        }
+        return;
+    }
+    for entry in read_dir_sorted(dir) {
+        let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if component_matches(first, &name) {
+            walk(&entry, rest, out, depth + 1, matched);
+        }
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    entries.sort();
+    entries
+}
+
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(false)
+}
+
+fn add_if_executable(path: &Path, out: &mut BTreeMap<FileId, PathBuf>) -> bool {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+            out.entry(FileId::from_meta(&meta)).or_insert_with(|| path.to_path_buf());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `*` (any run of characters) and `?` (one character) within one path component.
+fn component_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some(('?', rest)) => !n.is_empty() && go(rest, &n[1..]),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("leash-lsm-rules-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Scratch(p)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rules(exec: Option<&[&str]>, deny_open: &[&str], deny: &[KernelDeny]) -> KernelRules {
+        KernelRules {
+            exec_allow: exec.map(|g| g.iter().map(|s| s.to_string()).collect()),
+            deny_open: deny_open.iter().map(PathBuf::from).collect(),
+            deny: deny.to_vec(),
+            unix_allow: vec![],
+        }
+    }
+
+    #[test]
+    fn components_match_like_a_shell() {
+        assert!(component_matches("*", "curl"));
+        assert!(component_matches("py*3", "python3"));
+        assert!(component_matches("ba?h", "bash"));
+        assert!(!component_matches("ba?h", "bsh"));
+        assert!(!component_matches("curl", "curl2"));
+    }
+
+    #[test]
+    fn globs_resolve_to_executable_inodes() {
+        let dir = Scratch::new("globs");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(bin.join("sub")).unwrap();
+        for (name, mode) in [("tool", 0o755), ("data", 0o644), ("sub/deep", 0o700)] {
+            let p = bin.join(name);
+            std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::hard_link(bin.join("tool"), bin.join("tool-link")).unwrap();
+        let one = format!("{}/*", bin.display());
+        let r = LsmRules::resolve(&rules(Some(&[&one]), &[], &[]), &[]).unwrap();
+        // tool and its hard link are one inode; data is not executable; sub/deep is one level down.
+        assert_eq!(r.exec.len(), 1);
+        assert!(r.exec.contains_key(&FileId::of(&bin.join("tool")).unwrap()));
+        let all = format!("{}/**", bin.display());
+        let r = LsmRules::resolve(&rules(Some(&[&all]), &[], &[]), &[]).unwrap();
+        assert_eq!(r.exec.len(), 2);
+        assert_ne!(r.rules & lsm_rule::EXEC_ALLOWLIST, 0);
+        let none = format!("{}/nothing-*", bin.display());
+        let err = LsmRules::resolve(&rules(Some(&[&none]), &[], &[]), &[]).unwrap_err();
+        assert!(err.to_string().contains("matches no executable"), "{err}");
+    }
+
+    #[test]
+    fn deny_open_and_flags() {
+        let dir = Scratch::new("deny");
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, b"x").unwrap();
+        let missing = dir.path().join("later");
+        let r = LsmRules::resolve(
+            &rules(None, &[secret.to_str().unwrap(), missing.to_str().unwrap()], &[KernelDeny::Mount]),
+            &[],
+        )
+        .unwrap();
+        assert!(r.deny_open.contains_key(&FileId::of(&secret).unwrap()));
+        assert_eq!(r.missing_deny_open, [missing]);
+        assert_eq!(r.rules & lsm_rule::EXEC_ALLOWLIST, 0);
+        // Self-protection is always on.
+        for flag in [lsm_deny::PTRACE, lsm_deny::BPF, lsm_deny::KILL_OUTSIDE, lsm_deny::MOUNT] {
+            assert_ne!(r.deny & flag, 0);
+        }
+        let hooks = r.required_hooks();
+        for h in ["sb_mount", "task_kill", "file_open", "socket_connect", "bpf"] {
+            assert!(hooks.contains(&h), "{h} missing from {hooks:?}");
+        }
+        assert!(!hooks.contains(&"bprm_check_security"));
+        assert!(!hooks.contains(&"userns_create"));
+    }
+
+    #[test]
+    fn unix_addresses_are_kernel_shaped() {
+        let (len, path) = unix_address(&UnixSocketName::Path("/run/a.sock".into()));
+        assert_eq!(len, 11);
+        assert_eq!(&path[..11], b"/run/a.sock");
+        assert!(path[11..].iter().all(|&b| b == 0));
+        let (len, path) = unix_address(&UnixSocketName::Abstract(b"x11".to_vec()));
+        assert_eq!(len, 4);
+        assert_eq!(&path[..4], b"\0x11");
+    }
+}
