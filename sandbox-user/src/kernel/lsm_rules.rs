@@ -186,11 +186,14 @@ fn walk(dir: &Path, parts: &[&str], out: &mut BTreeMap<FileId, PathBuf>, depth: 
         return;
     };
     if *first == "**" {
-        // Zero components, then one more level with `**` kept.
+        // `**` matching no component; or this entry, and (in a directory) more below it.
+        // Symlinked directories are not descended into (no loops, no escaping the tree).
         walk(dir, rest, out, depth + 1, matched);
         for entry in read_dir_sorted(dir) {
             if entry.is_dir() && !is_symlink(&entry) {
                 walk(&entry, parts, out, depth + 1, matched);
+            } else {
+                walk(&entry, rest, out, depth + 1, matched);
             }
         }
         return;

@@ -78,10 +78,12 @@ const RULE_ACTIONS: &[(&str, Action, &str, &[i32], bool)] = &[
 
 const CGROUP_NAME: &str = "lsm-probe";
 const TREE_CGROUP: &str = "lsm-probe-tree";
-const LISTED_BUSYBOX: &str = "/bin/busybox";
+/// A static program the exec allowlist names: this probe, which exits at once given [`EXIT0`].
+const LISTED_STATIC: &str = "/bin/lsm_probe";
+const EXIT0: &str = "--exit0";
 const DYNAMIC_PROGRAM: &str = "/usr/bin/true";
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
-const UNLISTED_BUSYBOX: &str = "/tmp/lsm-probe-busybox";
+const UNLISTED_COPY: &str = "/tmp/lsm-probe-copy";
 const SECRET: &str = "/tmp/lsm-probe-secret";
 const SECRET_LINK: &str = "/tmp/lsm-probe-secret-link";
 const SECRET_SYMLINK: &str = "/tmp/lsm-probe-secret-symlink";
@@ -95,24 +97,47 @@ const OTHER_PORT: u16 = 47002;
 const MOUNT_POINT: &str = "/tmp/lsm-probe-mnt";
 const FAKE_MODULE: &str = "/tmp/lsm-probe-module.ko";
 
+/// Exit status when this kernel refuses BPF-LSM programs altogether (the host here): every
+/// check is reported as refused by the kernel, none as passed.
+const EXIT_REFUSED_BY_KERNEL: i32 = 2;
+
 fn main() {
-    let ok = run();
+    // The exec checks run this binary (and copies of it) with this argument.
+    if std::env::args().nth(1).as_deref() == Some(EXIT0) {
+        std::process::exit(0);
+    }
+    // vm_init's `kernel` suite runs this as the agent under `leash run`.
+    if std::env::args().nth(1).as_deref() == Some("--agent") {
+        let outside: i32 = std::env::args().nth(2).and_then(|p| p.parse().ok()).unwrap_or(0);
+        agent::run(outside);
+        std::process::exit(0);
+    }
+    let code = match LsmPrograms::load() {
+        Err(e) => {
+            // Not a pass: say, per check, that this kernel cannot enforce it.
+            let why = first_line(&format!("{e:#}")).to_owned();
+            for name in ACTIONS.iter().map(|a| a.0).chain(RULE_ACTIONS.iter().map(|a| a.0)) {
+                println!("LEASH-RESULT lsm:{name} REFUSED-BY-KERNEL BPF-LSM unavailable: {why}");
+            }
+            EXIT_REFUSED_BY_KERNEL
+        }
+        Ok(programs) => {
+            if run(programs) {
+                0
+            } else {
+                1
+            }
+        }
+    };
     let _ = std::io::stdout().flush();
-    std::process::exit(if ok { 0 } else { 1 });
+    std::process::exit(code);
 }
 
 fn result(name: &str, pass: bool, detail: &str) {
     println!("LEASH-RESULT lsm:{name} {} {detail}", if pass { "PASS" } else { "FAIL" });
 }
 
-fn run() -> bool {
-    let mut programs = match LsmPrograms::load() {
-        Ok(p) => p,
-        Err(e) => {
-            result("load", false, &format!("{e:#}"));
-            return false;
-        }
-    };
+fn run(mut programs: LsmPrograms) -> bool {
     let attached = programs.attached();
     let missing: Vec<String> =
         programs.unavailable().iter().map(|u| format!("{} ({})", u.hook, first_line(&u.reason))).collect();
@@ -270,6 +295,8 @@ fn errno_name(e: i32) -> &'static str {
         libc::ENODEV => "ENODEV",
         libc::ENOSYS => "ENOSYS",
         libc::EBADMSG => "EBADMSG",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EXDEV => "EXDEV",
         libc::EKEYREJECTED => "EKEYREJECTED",
         _ => "errno",
     }
@@ -421,10 +448,10 @@ struct Fixtures {
 impl Fixtures {
     fn create() -> Result<Self, String> {
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        for p in [UNLISTED_BUSYBOX, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM] {
+        for p in [UNLISTED_COPY, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM] {
             let _ = std::fs::remove_file(p);
         }
-        std::fs::copy(LISTED_BUSYBOX, UNLISTED_BUSYBOX).map_err(|e| io("copying busybox", e))?;
+        std::fs::copy(LISTED_STATIC, UNLISTED_COPY).map_err(|e| io("copying the probe", e))?;
         std::fs::write(SECRET, b"a service-account token\n").map_err(|e| io("writing the secret", e))?;
         std::fs::hard_link(SECRET, SECRET_LINK).map_err(|e| io("hard link", e))?;
         std::os::unix::fs::symlink(SECRET, SECRET_SYMLINK).map_err(|e| io("symlink", e))?;
@@ -437,11 +464,11 @@ impl Fixtures {
         Ok(Fixtures { _listeners: (unlisted, listed, abstract_, dgram, proxy, other) })
     }
 
-    /// Every operation denied; busybox and the dynamic program may run; the secret may not be
+    /// Every operation denied; this probe and the dynamic program may run; the secret may not be
     /// opened; only the listed unix socket is reachable.
     fn rules(&self) -> LsmRules {
         let mut exec = BTreeMap::new();
-        for p in [LISTED_BUSYBOX, DYNAMIC_PROGRAM] {
+        for p in [LISTED_STATIC, DYNAMIC_PROGRAM] {
             if let Ok(id) = FileId::of(std::path::Path::new(p)) {
                 exec.insert(id, PathBuf::from(p));
             }
@@ -465,7 +492,7 @@ impl Fixtures {
 
 impl Drop for Fixtures {
     fn drop(&mut self) {
-        for p in [UNLISTED_BUSYBOX, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM] {
+        for p in [UNLISTED_COPY, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM] {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -544,7 +571,7 @@ fn exec_in_child(exec: impl FnOnce()) -> Result<(), i32> {
 }
 
 fn exec_listed(_: i32) -> Result<(), i32> {
-    run_program(LISTED_BUSYBOX, &["busybox", "true"])
+    run_program(LISTED_STATIC, &["lsm_probe", EXIT0])
 }
 
 fn exec_dynamic_listed(_: i32) -> Result<(), i32> {
@@ -552,7 +579,7 @@ fn exec_dynamic_listed(_: i32) -> Result<(), i32> {
 }
 
 fn exec_unlisted(_: i32) -> Result<(), i32> {
-    run_program(UNLISTED_BUSYBOX, &["busybox", "true"])
+    run_program(UNLISTED_COPY, &["lsm_probe", EXIT0])
 }
 
 fn exec_via_loader(_: i32) -> Result<(), i32> {
@@ -560,7 +587,7 @@ fn exec_via_loader(_: i32) -> Result<(), i32> {
 }
 
 fn exec_memfd(_: i32) -> Result<(), i32> {
-    let bytes = std::fs::read(LISTED_BUSYBOX).map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    let bytes = std::fs::read(LISTED_STATIC).map_err(|e| e.raw_os_error().unwrap_or(255))?;
     let name = CString::new("payload").unwrap();
     // SAFETY: plain memfd_create(2).
     let fd = check(unsafe { libc::memfd_create(name.as_ptr(), 0) } as _)? as i32;
@@ -569,7 +596,7 @@ fn exec_memfd(_: i32) -> Result<(), i32> {
         return Err(libc::EIO);
     }
     let empty = CString::default();
-    let (arg0, arg1) = (CString::new("busybox").unwrap(), CString::new("true").unwrap());
+    let (arg0, arg1) = (CString::new("lsm_probe").unwrap(), CString::new(EXIT0).unwrap());
     exec_in_child(|| {
         let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
         let envp: [*const libc::c_char; 1] = [std::ptr::null()];
@@ -795,5 +822,93 @@ mod io_uring {
             }
         }
         Ok(())
+    }
+}
+
+/// Agent mode (`lsm_probe --agent <pid of an unprivileged process outside the sandbox>`): run as
+/// the unprivileged agent under `leash run` with a `kernel:` policy, try each forbidden thing
+/// once and print `AGENT <name> <outcome>`; vm_init judges the outcomes and the audit log.
+mod agent {
+    use super::*;
+
+    /// Files and sockets vm_init prepares for the agent (see its `kernel` suite).
+    pub const SECRET: &str = "/tmp/kernel-secret";
+    pub const SECRET_LINK: &str = "/tmp/kernel-secret-link";
+    pub const SECRET_SYMLINK: &str = "/tmp/kernel-secret-symlink";
+    pub const HOST_SOCKET: &str = "/tmp/host-agent.sock";
+    pub const COPY: &str = "/tmp/agent-copy";
+
+    pub fn run(outside: i32) {
+        let report = |name: &str, r: Result<(), i32>| println!("AGENT {name} {}", outcome(r));
+        let copy = std::fs::copy(LISTED_STATIC, COPY).map_err(|e| e.raw_os_error().unwrap_or(255)).and_then(|_| {
+            std::fs::set_permissions(COPY, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| e.raw_os_error().unwrap_or(255))
+        });
+        report("copy-self", copy);
+        report("exec-listed", run_program(LISTED_STATIC, &["lsm_probe", EXIT0]));
+        report("exec-copy", run_program(COPY, &["lsm_probe", EXIT0]));
+        report("exec-memfd", exec_memfd(0));
+        report("exec-via-ld.so", run_program(LOADER, &["ld.so", DYNAMIC_PROGRAM]));
+        report("open-secret", open_path(SECRET));
+        report("open-secret-hardlink", open_path(SECRET_LINK));
+        report("open-secret-symlink", open_path(SECRET_SYMLINK));
+        report("open-other", open_path("/etc/hosts"));
+        report("kill-outside", kill_outside(outside));
+        // SAFETY: signal 0 only checks permission.
+        report("kill-leash", check(unsafe { libc::kill(libc::getppid(), 0) } as _).map(drop));
+        report("ptrace-outside", ptrace_attach(outside));
+        report("read-leash-environ", open_path(&format!("/proc/{}/environ", std::os::unix::process::parent_id())));
+        report("unix-connect-host", unix_connect(HOST_SOCKET));
+        report("tcp-connect-not-proxy", inet_connect(OTHER_PORT));
+        report("userns-create", userns_create(0));
+        report("mount-tmpfs", mount_tmpfs(0));
+        report("bpf-map-create", bpf_map_create(0));
+        report("packet-socket", packet_socket(0));
+        report("io_uring-connect", io_uring_connect_other(0));
+        report("leave-cgroup", leave_cgroup());
+        report("double-fork-stays", double_fork_stays());
+    }
+
+    fn outcome(r: Result<(), i32>) -> String {
+        match r {
+            Ok(()) => "ok".into(),
+            Err(e) => errno_name(e).to_owned(),
+        }
+    }
+
+    /// Writing our pid into the root cgroup's cgroup.procs (leaving the sandbox).
+    fn leave_cgroup() -> Result<(), i32> {
+        let root = cgroup2_root().map_err(|_| libc::ENOENT)?;
+        std::fs::write(root.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|e| e.raw_os_error().unwrap_or(255))
+    }
+
+    /// A grandchild's cgroup is the agent's own.
+    fn double_fork_stays() -> Result<(), i32> {
+        let mine = std::fs::read_to_string("/proc/self/cgroup").map_err(|_| libc::EIO)?;
+        // SAFETY: the grandchild reads a file and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            let grandchild = unsafe { libc::fork() };
+            if grandchild == 0 {
+                let theirs = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+                // SAFETY: plain _exit.
+                unsafe { libc::_exit(if theirs == mine { 0 } else { 1 }) };
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(grandchild, &mut status, 0) };
+            // SAFETY: plain _exit.
+            unsafe { libc::_exit(libc::WEXITSTATUS(status)) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if libc::WEXITSTATUS(status) == 0 {
+            Ok(())
+        } else {
+            Err(libc::EXDEV)
+        }
     }
 }
