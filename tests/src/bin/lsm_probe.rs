@@ -297,6 +297,7 @@ fn errno_name(e: i32) -> &'static str {
         libc::EBADMSG => "EBADMSG",
         libc::ECONNREFUSED => "ECONNREFUSED",
         libc::EXDEV => "EXDEV",
+        libc::ESRCH => "ESRCH",
         libc::EKEYREJECTED => "EKEYREJECTED",
         _ => "errno",
     }
@@ -861,6 +862,7 @@ mod agent {
         report("unix-connect-host", unix_connect(HOST_SOCKET));
         report("tcp-connect-not-proxy", inet_connect(OTHER_PORT));
         report("userns-create", userns_create(0));
+        let _ = std::fs::create_dir_all(MOUNT_POINT);
         report("mount-tmpfs", mount_tmpfs(0));
         report("bpf-map-create", bpf_map_create(0));
         report("packet-socket", packet_socket(0));

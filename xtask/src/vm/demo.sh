@@ -35,6 +35,11 @@ try "ping 127.0.0.1" DENIED netprobe ping 127.0.0.1:0
 try "raw ICMP socket" DENIED netprobe raw 127.0.0.1:0
 try "read the project directory" ALLOWED ls .
 try "write into the project directory (read-only share)" DENIED touch ./.leash-demo-write
+try "read /etc/leash-vm/secret (kernel.deny_open)" DENIED cat /etc/leash-vm/secret
+try "read the secret through a symlink" DENIED cat /usr/share/leash/secret-link
+cp /bin/busybox /tmp/copied-tool 2>/dev/null && chmod 755 /tmp/copied-tool
+try "run a program copied to /tmp (not in kernel.exec.allow)" DENIED /tmp/copied-tool true
+try "run /bin/true (in kernel.exec.allow)" ALLOWED /bin/true
 
 echo "demo: $tries tries, $unexpected unexpected"
 [ "$unexpected" -eq 0 ]

@@ -134,6 +134,42 @@ pub fn vm_test(args: VmTestArgs) -> Result<()> {
     Ok(())
 }
 
+/// Boots each kernel series of `kernels` once, on the base image, with `leash.suite=<suite>`,
+/// showing what vm_init and the suite print as it comes; returns each kernel with its outcome and
+/// console log (`cargo xtask bench syscall`).
+pub fn boot_suite(kernels: &[String], suite: &str, timeout: Duration) -> Result<Vec<(Kernel, Outcome, PathBuf)>> {
+    let matrix = kernels::select(kernels)?;
+    step("qemu", qemu::ensure_installed)?;
+    let bins = step("building static leash and test binaries (target/vm)", binaries::build)?;
+    let initrd = workspace_root().join(format!("target/vm/initramfs-{suite}.cpio"));
+    step("writing the initramfs", || Image::base(&bins)?.write(&initrd))?;
+    let mut boots = Vec::new();
+    for series in matrix {
+        let kernel = step(&format!("kernel {}: fetching ({})", series.name, series.suite), || kernels::fetch(series))?;
+        let accel = qemu::choose_accel(&kernel, &initrd, &logs_dir());
+        let log = logs_dir().join(format!("{suite}-{}.log", series.name));
+        progress(&format!(
+            "kernel {}: booting {} ({accel}); console log: {}",
+            series.name,
+            kernel.release,
+            log.display()
+        ));
+        let outcome = Boot {
+            kernel: &kernel,
+            initrd: &initrd,
+            cmdline: format!("leash.suite={suite}"),
+            accel,
+            timeout,
+            log: log.clone(),
+            echo: Echo::Console,
+            extra_args: Vec::new(),
+        }
+        .run()?;
+        boots.push((kernel, outcome, log));
+    }
+    Ok(boots)
+}
+
 /// One line of the vm-test table.
 struct Row {
     kernel: String,
@@ -215,7 +251,8 @@ fn print_table(rows: &[Row]) {
 /// things and says what happened to each.
 const DEMO_SCRIPT: &str = include_str!("demo.sh");
 const DEMO_PATH: &str = "/usr/share/leash/demo.sh";
-/// The demo policy: the VM's service on 127.0.0.1:8080 is allowed, the one on :8081 is not.
+/// The demo policy: the VM's service on 127.0.0.1:8080 is allowed, the one on :8081 is not;
+/// only programs under /bin and /usr/bin run; the demo secret cannot be opened.
 const DEMO_POLICY: &str = "\
 version: 1
 network_policies:
@@ -223,12 +260,16 @@ network_policies:
     name: demo
     endpoints:
       - { host: 127.0.0.1, port: 8080, protocol: tcp }
+kernel:
+  exec: { allow: [/bin/**, /usr/bin/**] }
+  deny_open: [/etc/leash-vm/secret]
+  deny: [ptrace, bpf, mount, userns, perf_event, raw_socket, packet_socket, kill_outside, kernel_module]
 ";
 /// Where Debian's busybox-static puts its binary: the VM's shell and core utilities.
 const BUSYBOX: &str = "/bin/busybox";
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "ash", "cat", "echo", "printf", "ls", "id", "env", "grep", "head", "tail", "sleep", "true", "false", "test",
-    "[", "uname", "ps", "mkdir", "rm", "touch", "wc", "wget", "nc", "pwd", "cut", "sed", "tr",
+    "[", "uname", "ps", "mkdir", "rm", "touch", "wc", "wget", "nc", "pwd", "cut", "sed", "tr", "cp", "chmod", "kill",
 ];
 
 /// `cargo xtask run`.
@@ -315,6 +356,9 @@ fn run_image(
     }
     image.symlink("/usr/bin/env", "/bin/busybox");
     image.file(DEMO_PATH, DEMO_SCRIPT.as_bytes(), 0o755);
+    // A file the demo policy's deny_open names, readable by anyone as far as permissions go.
+    image.file("/etc/leash-vm/secret", b"demo-token\n", 0o644);
+    image.symlink("/usr/share/leash/secret-link", "/etc/leash-vm/secret");
     image.file("/etc/leash-vm/policy.yaml", policy, 0o644);
     image.file("/etc/leash-vm/argv", argv.join("\0").as_bytes(), 0o644);
     image.file("/etc/leash-vm/cwd", cwd.to_string_lossy().as_bytes(), 0o644);
