@@ -265,7 +265,38 @@ mod tests {
             port,
             _pad: [0; 6],
             comm,
+            target_ino: 0,
+            target_dev: 0,
+            target_pid: 0,
+            path: [0; 64],
         }
+    }
+
+    #[test]
+    fn lsm_denials_name_target_and_rule() {
+        let mut e = event(Hook::LsmOpen, 0, [0; 16], 0);
+        (e.target_dev, e.target_ino) = (0x800001, 1234);
+        let (json, line) = lsm_denial("s1", &e, Some(std::path::Path::new("/var/run/secrets/token")));
+        assert!(line.contains("open /var/run/secrets/token (dev 0x800001 inode 1234)"), "{line}");
+        assert!(line.contains("rule kernel.deny_open"), "{line}");
+        assert_eq!(json["class_uid"], 1001);
+        assert_eq!(json["unmapped"]["hook"], "lsm_file_open");
+
+        let mut e = event(Hook::LsmExec, 0, [0; 16], 0);
+        e.path[..8].copy_from_slice(b"/tmp/evi");
+        let (_, line) = lsm_denial("s1", &e, None);
+        assert!(line.contains("exec /tmp/evi") && line.contains("kernel.exec.allow"), "{line}");
+
+        let mut e = event(Hook::LsmConnect, 1, [0; 16], 0);
+        e.path[..4].copy_from_slice(b"\0x11");
+        let (json, line) = lsm_denial("s1", &e, None);
+        assert!(line.contains("unix socket @x11") && line.contains("kernel.unix.allow"), "{line}");
+        assert_eq!(json["class_uid"], 4001);
+
+        let mut e = event(Hook::LsmKill, 0, [0; 16], 0);
+        (e.target_pid, e.protocol) = (99, 9);
+        let (_, line) = lsm_denial("s1", &e, None);
+        assert!(line.contains("signal 9 to pid 99 (rule kill_outside)"), "{line}");
     }
 
     #[test]
