@@ -1,5 +1,5 @@
-//! `cargo xtask bench [start|connect|policy|proxy|all]`: benchmarks that each print ratios against a peer
-//! measured in the same run, on this machine, as root.
+//! `cargo xtask bench [start|connect|policy|proxy|all|syscall]`: benchmarks that each print ratios against a
+//! peer measured in the same run, on this machine, as root (`all`: every one but `syscall`).
 //!
 //! - `start` (`start.rs`): wall time of `leash run -- /bin/true` against the netns + veth +
 //!   nftables recipe a supervisor would run with `ip` and `nft`, and against
@@ -9,6 +9,8 @@
 //! - `proxy` (`proxy.rs`): HTTPS keep-alive requests/s, added latency and memory for idle tunnels
 //!   through leash's proxy against mitmproxy and squid-openssl (ssl-bump), same client and
 //!   upstream.
+//! - `syscall` (`syscall.rs`): open/close, socket/close and fork+exec loops inside a VM (no root
+//!   needed) with no programs, with leash's BPF-LSM programs, and with a seccomp denylist.
 //!
 //! Every run is bounded (fixed iteration counts, timeouts on waits), sends traffic to loopback
 //! only, and removes what it created: its scratch directory, every network namespace and veth
@@ -17,6 +19,7 @@
 mod connect;
 mod proxy;
 mod start;
+mod syscall;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -53,6 +56,13 @@ pub struct BenchArgs {
     /// Idle tunnels held through each proxy for the memory reading.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     tunnels: u32,
+    /// Kernel series for `syscall` (5.10, 6.1, 6.12, 7 or all); repeatable.
+    #[arg(long = "kernel", value_name = "K", default_value = "6.12")]
+    kernels: Vec<String>,
+    /// For `syscall`: time with the guest's ordinary clock (host time, noisy on a busy host)
+    /// instead of counting instructions (qemu -icount).
+    #[arg(long)]
+    wall_clock: bool,
     /// Install missing peer tools with apt-get (bubblewrap, nftables, iproute2, squid-openssl)
     /// and pip (mitmproxy, in a venv under ~/.cache/leash/bench).
     #[arg(long)]
@@ -68,6 +78,8 @@ enum Which {
     /// HTTPS requests/s, latency and idle-tunnel memory: leash's proxy vs mitmproxy and squid.
     Proxy,
     All,
+    /// Syscall loops in a VM: no programs vs leash's BPF-LSM programs vs a seccomp denylist.
+    Syscall,
 }
 
 /// A program a benchmark compares against, and the Debian package that ships it.
@@ -101,6 +113,9 @@ impl Drop for Ctx {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.which == Which::Policy {
         return policy();
+    }
+    if args.which == Which::Syscall {
+        return syscall::run(&args.kernels, args.wall_clock);
     }
     if !crate::nix_is_root() {
         bail!("the benchmarks create cgroups, load eBPF programs and network namespaces: run them as root (sudo -E cargo xtask bench)");

@@ -136,8 +136,15 @@ pub fn vm_test(args: VmTestArgs) -> Result<()> {
 
 /// Boots each kernel series of `kernels` once, on the base image, with `leash.suite=<suite>`,
 /// showing what vm_init and the suite print as it comes; returns each kernel with its outcome and
-/// console log (`cargo xtask bench syscall`).
-pub fn boot_suite(kernels: &[String], suite: &str, timeout: Duration) -> Result<Vec<(Kernel, Outcome, PathBuf)>> {
+/// console log (`cargo xtask bench syscall`). With `icount`, TCG runs with `-icount
+/// shift=0,sleep=off`: the guest's clock advances 1 ns per instruction executed, so what the
+/// guest times counts instructions and does not depend on how busy the host is.
+pub fn boot_suite(
+    kernels: &[String],
+    suite: &str,
+    timeout: Duration,
+    icount: bool,
+) -> Result<Vec<(Kernel, Outcome, PathBuf)>> {
     let matrix = kernels::select(kernels)?;
     step("qemu", qemu::ensure_installed)?;
     let bins = step("building static leash and test binaries (target/vm)", binaries::build)?;
@@ -146,7 +153,7 @@ pub fn boot_suite(kernels: &[String], suite: &str, timeout: Duration) -> Result<
     let mut boots = Vec::new();
     for series in matrix {
         let kernel = step(&format!("kernel {}: fetching ({})", series.name, series.suite), || kernels::fetch(series))?;
-        let accel = qemu::choose_accel(&kernel, &initrd, &logs_dir());
+        let accel = if icount { Accel::Tcg } else { qemu::choose_accel(&kernel, &initrd, &logs_dir()) };
         let log = logs_dir().join(format!("{suite}-{}.log", series.name));
         progress(&format!(
             "kernel {}: booting {} ({accel}); console log: {}",
@@ -162,7 +169,7 @@ pub fn boot_suite(kernels: &[String], suite: &str, timeout: Duration) -> Result<
             timeout,
             log: log.clone(),
             echo: Echo::Console,
-            extra_args: Vec::new(),
+            extra_args: if icount { vec!["-icount".into(), "shift=0,sleep=off".into()] } else { Vec::new() },
         }
         .run()?;
         boots.push((kernel, outcome, log));
