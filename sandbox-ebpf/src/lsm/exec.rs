@@ -9,7 +9,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_rule, Hook, InodeKey};
 
-use super::kernel::{file_identity, read_u64};
+use super::kernel::{file_identity, read_u32, read_u64};
 use super::{current_sandbox, deny, layout, Event, ALLOW};
 use crate::maps::LSM_EXEC_ALLOW;
 
@@ -30,9 +30,10 @@ pub fn leash_lsm_bprm_check_security(ctx: LsmContext) -> i32 {
         // SAFETY: the helper bounds the copy by the buffer and checks the source address.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut event.path) };
     }
-    let Some((dev, ino, nlink)) = read_u64(bprm, layout.binprm_file).and_then(|f| file_identity(f, &layout)) else {
+    let Some((dev, ino, inode)) = read_u64(bprm, layout.binprm_file).and_then(|f| file_identity(f, &layout)) else {
         return deny(&sandbox, &event);
     };
+    let nlink = read_u32(inode, layout.inode_nlink).unwrap_or(0);
     event.target_dev = dev;
     event.target_ino = ino;
     let key = InodeKey { sandbox: sandbox.id, ino, dev, _pad: 0 };

@@ -39,14 +39,13 @@ pub fn cgroup_id(cgroup: u64, layout: &KernelLayout) -> Option<u64> {
     read_u64(kn, layout.kernfs_id)
 }
 
-/// Device (kernel encoding), inode number and link count of the file at `file`
-/// (`file->f_inode->{i_sb->s_dev, i_ino, i_nlink}`).
+/// Device (kernel encoding) and inode number of the file at `file`
+/// (`file->f_inode->{i_sb->s_dev, i_ino}`), and the inode's address.
 #[inline(always)]
-pub fn file_identity(file: u64, layout: &KernelLayout) -> Option<(u32, u64, u32)> {
+pub fn file_identity(file: u64, layout: &KernelLayout) -> Option<(u32, u64, u64)> {
     let inode = read_u64(file, layout.file_inode)?;
     let ino = read_u64(inode, layout.inode_ino)?;
-    let nlink = read_u32(inode, layout.inode_nlink)?;
     let sb = read_u64(inode, layout.inode_sb)?;
     let dev = read_u32(sb, layout.sb_dev)?;
-    Some((dev, ino, nlink))
+    Some((dev, ino, inode))
 }

@@ -49,7 +49,8 @@ pub struct LsmRules {
     /// Executables that may run, with one path each for reports; empty unless
     /// `lsm_rule::EXEC_ALLOWLIST`.
     pub exec: BTreeMap<FileId, PathBuf>,
-    /// Files that may not be opened, with their path.
+    /// Files that may not be opened, with their path (`lsm_rule::DENY_OPEN` is set when there
+    /// are any).
     pub deny_open: BTreeMap<FileId, PathBuf>,
     /// deny_open paths that do not exist here (not enforceable until they do and a reload).
     pub missing_deny_open: Vec<PathBuf>,
@@ -64,7 +65,7 @@ impl LsmRules {
     pub fn resolve(kernel: &KernelRules, protect: &[PathBuf]) -> Result<Self> {
         let mut rules = LsmRules {
             deny: lsm_deny::PTRACE | lsm_deny::BPF | lsm_deny::KILL_OUTSIDE,
-            rules: lsm_rule::DENY_OPEN | lsm_rule::UNIX_ALLOWLIST,
+            rules: lsm_rule::UNIX_ALLOWLIST,
             ..Default::default()
         };
         for d in &kernel.deny {
@@ -89,6 +90,10 @@ impl LsmRules {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => rules.missing_deny_open.push(path.clone()),
                 Err(e) => return Err(e).with_context(|| format!("kernel.deny_open: reading {}", path.display())),
             }
+        }
+        // Only a sandbox with files to refuse pays for the open hook's inode lookup.
+        if !rules.deny_open.is_empty() {
+            rules.rules |= lsm_rule::DENY_OPEN;
         }
         for name in &kernel.unix_allow {
             rules.unix.push(unix_address(name));
@@ -332,6 +337,7 @@ mod tests {
         )
         .unwrap();
         assert!(r.deny_open.contains_key(&FileId::of(&secret).unwrap()));
+        assert_ne!(r.rules & lsm_rule::DENY_OPEN, 0);
         assert_eq!(r.missing_deny_open, [missing]);
         assert_eq!(r.rules & lsm_rule::EXEC_ALLOWLIST, 0);
         // Self-protection is always on.

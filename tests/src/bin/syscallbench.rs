@@ -12,7 +12,7 @@
 //! | mode | the process running the loops |
 //! |---|---|
 //! | `a` | no BPF-LSM programs attached anywhere, no seccomp filter |
-//! | `b` | leash's BPF-LSM programs attached ([`LsmPrograms`]), the process inside a cgroup registered with a policy that denies every `lsm_deny` flag ([`fill_policy`]) |
+//! | `b` | leash's BPF-LSM programs attached ([`LsmPrograms`]), the process inside a cgroup registered with a 100-entry policy that denies every `lsm_deny` flag ([`fill_policy`]) |
 //! | `c` | no BPF-LSM programs; a seccomp-BPF denylist of 45 rules ([`denylist_filter`]) of the kind a namespace supervisor installs, some conditioned on arguments |
 //! | `outside` | leash's programs attached as in `b`, the process in no sandbox: what every other process on the host pays |
 //!
@@ -50,9 +50,10 @@ use std::process::{exit, Command};
 use std::time::Instant;
 
 use leash::kernel::cgroup::SandboxCgroup;
-use leash::kernel::lsm::LsmPrograms;
+use leash::kernel::lsm::{LsmPrograms, Registration};
+use leash::kernel::lsm_rules::{FileId, LsmRules};
 use leash::kernel::mounts::cgroup2_root;
-use sandbox_common::{lsm_deny, LsmPolicy};
+use sandbox_common::{lsm_deny, lsm_rule};
 
 /// The file the open/close loop opens (on the VM's tmpfs).
 const OPEN_PATH: &str = "/tmp/syscallbench-open";
@@ -350,18 +351,38 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
     Ok(())
 }
 
-/// The sandbox policy of mode `b`: every `lsm_deny` flag, registered for `cgroup_id`.
-///
-/// `exec_allowed` is the fork+exec loop's binary and `opened` the open/close loop's file.
+/// The sandbox policy of mode `b`, registered for `cgroup_id`: every `lsm_deny` flag, an exec
+/// allowlist of 50 files holding `exec_allowed`, an open deny list of 50 files not holding
+/// `opened` (100 list entries), the unix allowlist (empty) and the proxy-only rule, so every hook
+/// the loops reach does its full work.
 fn fill_policy(programs: &mut LsmPrograms, cgroup_id: u64, exec_allowed: &Path, opened: &Path) -> Result<(), String> {
-    // TODO(lead): the "100-entry policy". Once `LsmPrograms` has the per-sandbox inode
-    // maps, fill 100 entries here: an exec allowlist that holds `exec_allowed` (else the fork+exec
-    // loop fails with EPERM, which the worker reports) plus other inodes, and a deny_open list
-    // that does not hold `opened` (else the open/close loop fails). For now only the flags.
-    let _ = (exec_allowed, opened);
-    programs
-        .add_sandbox(cgroup_id, LsmPolicy { deny: lsm_deny::ALL, ..Default::default() })
-        .map_err(|e| format!("registering the benchmark's cgroup: {e:#}"))
+    const PER_LIST: usize = 50;
+    let dir = Path::new("/tmp/syscallbench-policy");
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut rules = LsmRules {
+        deny: lsm_deny::ALL,
+        rules: lsm_rule::EXEC_ALLOWLIST | lsm_rule::DENY_OPEN | lsm_rule::UNIX_ALLOWLIST,
+        ..Default::default()
+    };
+    let id = |p: &Path| FileId::of(p).map_err(|e| format!("stat {}: {e}", p.display()));
+    rules.exec.insert(id(exec_allowed)?, exec_allowed.to_path_buf());
+    for i in 0..PER_LIST * 2 {
+        let file = dir.join(format!("entry-{i}"));
+        std::fs::write(&file, b"").map_err(|e| format!("writing {}: {e}", file.display()))?;
+        let list = if rules.exec.len() < PER_LIST { &mut rules.exec } else { &mut rules.deny_open };
+        list.insert(id(&file)?, file);
+    }
+    if rules.deny_open.contains_key(&id(opened)?) {
+        return Err(format!("{} must not be deny-listed", opened.display()));
+    }
+    let registration = Registration {
+        cgroup_id,
+        level: 0,
+        descendants: false,
+        rules: &rules,
+        proxy: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+    };
+    programs.register(&registration).map_err(|e| format!("registering the benchmark's cgroup: {e:#}"))
 }
 
 /// Runs one worker process in `mode` and records its timings.
