@@ -75,7 +75,7 @@ fn bad_kernel_sections_fail_before_anything_starts() {
 fn lsm_probe_reports_refusal_instead_of_passing() {
     require_root();
     let probe = env!("CARGO_BIN_EXE_lsm_probe");
-    let out = Command::new(&probe).output().unwrap();
+    let out = Command::new(probe).output().unwrap();
     let text = stdout(&out);
     if bpf_lsm_available() {
         assert_eq!(out.status.code(), Some(0), "{text}");
