@@ -234,6 +234,11 @@ pub struct SandboxNet {
     pub is_ipv4: u32,
     /// `SANDBOX_*` flags.
     pub flags: u32,
+    pub _pad2: u32,
+    /// The network namespace (its cookie, `SO_NETNS_COOKIE`) the proxy listens in; connects
+    /// from any other namespace are refused, so `127.0.0.1` means that namespace's loopback.
+    /// 0: not checked (`leash run`, whose sandbox shares leash's own namespace).
+    pub netns_cookie: u64,
 }
 
 /// [`SandboxNet::flags`]: record which process owns each proxy connection (the policy has

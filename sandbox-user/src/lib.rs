@@ -3,8 +3,11 @@
 //! Data flows `policy` (file -> compiled policy) -> `kernel` (cgroup, eBPF programs and maps,
 //! pins) and `launcher` (Landlock, identity, the agent's process) and `proxy` (where a
 //! connection is judged) -> `audit` (OCSF events). `doctor` probes what the kernel offers.
+//! `daemon` is the node agent that confines pods' processes on request (`leash daemon`), and
+//! `launcher::confine` its client inside a pod (`leash confine`).
 
 pub mod audit;
+pub mod daemon;
 pub mod doctor;
 pub mod kernel;
 pub mod launcher;

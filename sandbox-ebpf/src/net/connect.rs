@@ -6,8 +6,9 @@
 //! IPv4-mapped form when it listens on IPv4; the unspecified address (`0.0.0.0`, `::`) and other
 //! loopback addresses are refused like any other target. MPTCP sockets (protocol 262) are
 //! refused here for every target but the proxy, where the hook sees their TCP subflow.
+//! When the sandbox names a network namespace (node daemon), the proxy address counts only in it.
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
 use sandbox_common::{counter, Hook, SandboxNet, SANDBOX_RECORD_OWNERS};
 
 use super::{
@@ -52,6 +53,14 @@ pub fn leash_connect6(ctx: SockAddrContext) -> i32 {
     decide(&ctx, &target, |proxy| proxy.addr == ip6)
 }
 
+/// True when the socket is in the network namespace the proxy listens in (or the sandbox does not
+/// name one). Minimum kernel for the helper in this program type: 5.7.
+#[inline(always)]
+fn in_proxy_netns(ctx: &SockAddrContext, proxy: &SandboxNet) -> bool {
+    // SAFETY: plain BPF helper call on this program's own context.
+    proxy.netns_cookie == 0 || unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == proxy.netns_cookie
+}
+
 struct Target {
     hook: Hook,
     family: u32,
@@ -66,6 +75,7 @@ fn decide(ctx: &SockAddrContext, target: &Target, is_proxy_addr: impl Fn(&Sandbo
     let cgroup = current_cgroup();
     if let Some(proxy) = sandbox(cgroup) {
         if target.sock_type == SOCK_STREAM
+            && in_proxy_netns(ctx, &proxy)
             && target.protocol == IPPROTO_TCP
             && target.port == proxy.port
             && is_proxy_addr(&proxy)

@@ -4,7 +4,7 @@
 
 mod ocsf;
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
@@ -22,7 +22,9 @@ pub struct Auditor {
 }
 
 struct Inner {
-    file: Option<Mutex<File>>,
+    /// Where the JSON lines go: a file, stdout (the node daemon, for the cluster's log
+    /// collector), or nowhere.
+    file: Option<Mutex<Box<dyn std::io::Write + Send>>>,
     sandbox: String,
     stderr_lines: bool,
 }
@@ -31,28 +33,37 @@ impl Auditor {
     /// An auditor for `sandbox`, appending JSON lines to `log` when given (created mode 0600).
     pub fn new(sandbox: &str, log: Option<&Path>, stderr_lines: bool) -> Result<Self> {
         let file = match log {
-            Some(path) => Some(Mutex::new(
+            Some(path) => Some(Mutex::new(Box::new(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
                     .mode(0o600)
                     .open(path)
                     .with_context(|| format!("opening audit log {}", path.display()))?,
-            )),
+            ) as Box<dyn std::io::Write + Send>)),
             None => None,
         };
         Ok(Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines }) })
     }
 
+    /// An auditor writing JSON lines to stdout, for a node daemon whose events serve many
+    /// sandboxes (named per event with [`Auditor::kernel_denied_in`]).
+    pub fn stdout(name: &str) -> Self {
+        let out: Box<dyn std::io::Write + Send> = Box::new(std::io::stdout());
+        Self { inner: Arc::new(Inner { file: Some(Mutex::new(out)), sandbox: name.to_owned(), stderr_lines: false }) }
+    }
+
     /// A denial reported by one of the kernel programs. `target` names the file of an exec or
     /// open denial when the rules know it.
     pub fn kernel_denied(&self, event: &DenyEvent, target: Option<&std::path::Path>) {
+        self.kernel_denied_in(&self.inner.sandbox, event, target);
+    }
+
+    /// [`Auditor::kernel_denied`] for a denial in sandbox `sandbox`.
+    pub fn kernel_denied_in(&self, sandbox: &str, event: &DenyEvent, target: Option<&std::path::Path>) {
         let is_lsm = Hook::from_u32(event.hook).is_some_and(|h| h as u32 >= Hook::LsmSocketCreate as u32);
-        let (json, line) = if is_lsm {
-            ocsf::lsm_denial(&self.inner.sandbox, event, target)
-        } else {
-            ocsf::kernel_denial(&self.inner.sandbox, event)
-        };
+        let (json, line) =
+            if is_lsm { ocsf::lsm_denial(sandbox, event, target) } else { ocsf::kernel_denial(sandbox, event) };
         self.emit(&json, Some(&line));
     }
 
@@ -78,6 +89,7 @@ impl Auditor {
                 text.push('\n');
                 // Audit must never take the sandbox down; a full disk loses lines, not the agent.
                 let _ = f.write_all(text.as_bytes());
+                let _ = f.flush();
             }
         }
         if let (true, Some(line)) = (self.inner.stderr_lines, line) {

@@ -8,6 +8,7 @@ pub mod events;
 pub mod lsm;
 pub mod lsm_rules;
 pub mod mounts;
+pub mod node;
 pub mod pins;
 pub mod probes;
 pub mod programs;

@@ -9,13 +9,15 @@
 //! even by SIGKILL, the pins keep the programs and their maps alive and the sandbox stays
 //! confined until the next `leash run` reaps it (`reaper.rs`).
 
+use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::{
-    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+    CgroupSockAddrAttachType, Program, SockOps,
 };
 use aya::Ebpf;
 use sandbox_common::{map_names, program_names as prog, ConnOwner, Counters, SandboxNet};
@@ -25,26 +27,56 @@ use super::cgroup::SandboxCgroup;
 /// The eBPF object `build.rs` produced.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leash-ebpf"));
 
-/// How each network program attaches.
+/// How each network program attaches (the attach type is what reopening a pinned program needs).
 #[derive(Clone, Copy)]
-enum Kind {
-    SockAddr,
+pub(crate) enum Kind {
+    SockAddr(CgroupSockAddrAttachType),
     Sock,
     Skb(CgroupSkbAttachType),
     SockOps,
 }
 
 /// The network programs in attach order.
-const NET_PROGRAMS: [(&str, Kind); 8] = [
+pub(crate) const NET_PROGRAMS: [(&str, Kind); 8] = [
     (prog::SOCK_CREATE, Kind::Sock),
-    (prog::CONNECT4, Kind::SockAddr),
-    (prog::CONNECT6, Kind::SockAddr),
-    (prog::SENDMSG4, Kind::SockAddr),
-    (prog::SENDMSG6, Kind::SockAddr),
+    (prog::CONNECT4, Kind::SockAddr(CgroupSockAddrAttachType::Connect4)),
+    (prog::CONNECT6, Kind::SockAddr(CgroupSockAddrAttachType::Connect6)),
+    (prog::SENDMSG4, Kind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg4)),
+    (prog::SENDMSG6, Kind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg6)),
     (prog::SKB_EGRESS, Kind::Skb(CgroupSkbAttachType::Egress)),
     (prog::SKB_INGRESS, Kind::Skb(CgroupSkbAttachType::Ingress)),
     (prog::SOCK_OPS, Kind::SockOps),
 ];
+
+/// Attaches one loaded network program to the cgroup open as `dir` and returns the link, which
+/// the caller pins. bpf_link attachments always coexist with other programs on the cgroup (the
+/// kernel refuses attach flags on links), so `Single` here means "no flags".
+pub(crate) fn attach_link(program: &mut Program, name: &str, kind: Kind, dir: &File) -> Result<FdLink> {
+    let mode = CgroupAttachMode::Single;
+    let link: FdLink = match kind {
+        Kind::SockAddr(_) => {
+            let p = <&mut CgroupSockAddr>::try_from(program)?;
+            let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
+            p.take_link(id)?.try_into()?
+        }
+        Kind::Sock => {
+            let p = <&mut CgroupSock>::try_from(program)?;
+            let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
+            p.take_link(id)?.try_into()?
+        }
+        Kind::Skb(ty) => {
+            let p = <&mut CgroupSkb>::try_from(program)?;
+            let id = p.attach(dir.as_fd(), ty, mode).with_context(|| format!("attaching {name}"))?;
+            p.take_link(id)?.try_into()?
+        }
+        Kind::SockOps => {
+            let p = <&mut SockOps>::try_from(program)?;
+            let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
+            p.take_link(id)?.try_into()?
+        }
+    };
+    Ok(link)
+}
 
 /// A loaded (verified) set of network programs and their maps.
 pub struct NetPrograms {
@@ -59,7 +91,7 @@ impl NetPrograms {
             let program =
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
             let loaded = match kind {
-                Kind::SockAddr => <&mut CgroupSockAddr>::try_from(program)?.load(),
+                Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(program)?.load(),
                 Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
                 Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
                 Kind::SockOps => <&mut SockOps>::try_from(program)?.load(),
@@ -99,31 +131,7 @@ impl NetPrograms {
                 continue;
             }
             let program = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
-            // bpf_link attachments always coexist with other programs on the cgroup (the kernel
-            // refuses attach flags on links), so `Single` here means "no flags".
-            let mode = CgroupAttachMode::Single;
-            let link: FdLink = match kind {
-                Kind::SockAddr => {
-                    let p = <&mut CgroupSockAddr>::try_from(program)?;
-                    let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
-                    p.take_link(id)?.try_into()?
-                }
-                Kind::Sock => {
-                    let p = <&mut CgroupSock>::try_from(program)?;
-                    let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
-                    p.take_link(id)?.try_into()?
-                }
-                Kind::Skb(ty) => {
-                    let p = <&mut CgroupSkb>::try_from(program)?;
-                    let id = p.attach(dir.as_fd(), ty, mode).with_context(|| format!("attaching {name}"))?;
-                    p.take_link(id)?.try_into()?
-                }
-                Kind::SockOps => {
-                    let p = <&mut SockOps>::try_from(program)?;
-                    let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
-                    p.take_link(id)?.try_into()?
-                }
-            };
+            let link = attach_link(program, name, kind, &dir)?;
             let path = pin_dir.join(name);
             // The pinned link outlives this process; dropping the handle does not detach it.
             let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
@@ -222,5 +230,13 @@ pub fn sandbox_net(proxy: std::net::SocketAddr, record_owners: bool) -> SandboxN
     let o = v6.octets();
     let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
     let flags = if record_owners { sandbox_common::SANDBOX_RECORD_OWNERS } else { 0 };
-    SandboxNet { addr: [word(0), word(4), word(8), word(12)], port: proxy.port(), _pad: [0; 2], is_ipv4, flags }
+    SandboxNet {
+        addr: [word(0), word(4), word(8), word(12)],
+        port: proxy.port(),
+        _pad: [0; 2],
+        is_ipv4,
+        flags,
+        _pad2: 0,
+        netns_cookie: 0,
+    }
 }

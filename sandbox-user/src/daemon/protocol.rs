@@ -1,0 +1,290 @@
+//! The Confine API, version 1: what `leash confine` (or any client in a pod) and `leash daemon`
+//! say to each other on the daemon's unix socket.
+//!
+//! # Framing
+//! Every message, either way, is one frame: a 4-byte big-endian length `N`, then `N` bytes of
+//! UTF-8 JSON (1 ≤ N ≤ [`MAX_FRAME`]). A connection carries any number of request/reply pairs,
+//! strictly alternating. The daemon answers every request it can read with a reply — an error
+//! reply for anything malformed — and closes the connection after a framing error or
+//! [`READ_TIMEOUT`] of silence mid-frame.
+//!
+//! # Who is asking
+//! The daemon identifies the caller by the socket's peer credentials (`SO_PEERCRED`, taken when
+//! the caller connected): pid → cgroup → pod. Nothing a caller writes can change who it is.
+//! A caller must be in a pod's container cgroup, and not inside a leash sandbox.
+//!
+//! # Requests (`{"version":1,"op":...}`)
+//! | op | fields | answer (`result`) |
+//! |---|---|---|
+//! | `hello` | — | daemon version, API version, layers this node enforces |
+//! | `policy` | `policy`? | the name and YAML text of the policy this pod may use (for its proxy) |
+//! | `confine` | `policy`?, `pid`? + one descriptor (SCM_RIGHTS): the proxy's listening TCP socket | the new sandbox |
+//! | `status` | `sandbox` | the sandbox: policy, proxy, processes, verdict counters |
+//! | `release` | `sandbox` | — (every process in it is killed and its state removed) |
+//! | `owner` | `sandbox`, `port` | the process that opened the proxy connection whose client port is `port` |
+//!
+//! `confine` moves process `pid` (as the node sees it; default: the caller) into a new cgroup
+//! below its container's cgroup, confined to the address the passed socket listens on, in that
+//! socket's network namespace. `pid` must be in the caller's pod. `policy`, when given, must be
+//! the one the pod may use (its `leash.dev/policy` annotation, or the node's default).
+//!
+//! # Replies
+//! `{"version":1,"ok":true,"result":{...}}` or
+//! `{"version":1,"ok":false,"error":{"code":"...","message":"..."}}` with a code of [`ErrorCode`].
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The API version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// Largest frame body either side accepts.
+pub const MAX_FRAME: u32 = 64 * 1024;
+
+/// How long the daemon waits for the rest of a frame once it started, or for a request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request as sent on the wire (parsed with [`parse_request`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// What a request asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    Hello,
+    Policy {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<String>,
+    },
+    Confine {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
+    Status {
+        sandbox: String,
+    },
+    Release {
+        sandbox: String,
+    },
+    Owner {
+        sandbox: String,
+        port: u16,
+    },
+}
+
+/// A reply as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a frame, not JSON, not a request of this version, or a field out of range.
+    BadRequest,
+    /// `version` is not one this daemon speaks.
+    UnsupportedVersion,
+    /// The frame is longer than [`MAX_FRAME`].
+    TooLarge,
+    /// The caller is not in a pod's container cgroup.
+    NotInPod,
+    /// The caller is inside a leash sandbox: confined processes cannot ask for anything.
+    Confined,
+    /// The pod may not use leash, or not that policy.
+    NotAllowed,
+    /// No policy of that name on this node (or it does not compile).
+    NoSuchPolicy,
+    /// The process does not exist (any more).
+    NoSuchProcess,
+    /// The process or sandbox belongs to another pod, or does not exist: the two are not told apart.
+    NoSuchSandbox,
+    /// The process is in another pod.
+    OtherPod,
+    /// The passed descriptor is missing or not a listening TCP socket on a specific address.
+    BadSocket,
+    /// The policy needs a layer this node cannot enforce (fail closed).
+    LayerMissing,
+    /// The daemon is at its limit of sandboxes or connections.
+    Busy,
+    /// Something failed on the daemon's side; the message says what.
+    Internal,
+}
+
+impl Reply {
+    pub fn ok(result: serde_json::Value) -> Self {
+        Self { version: VERSION, ok: true, result: Some(result), error: None }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { version: VERSION, ok: false, result: None, error: Some(ErrorBody { code, message: message.into() }) }
+    }
+}
+
+/// The `confine` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confined {
+    /// The sandbox's id, for `status`, `release` and `owner`.
+    pub sandbox: String,
+    pub policy: String,
+    /// The one address the sandbox reaches.
+    pub proxy: SocketAddr,
+    /// Whether connects are also checked against the proxy's network namespace (5.14+ kernels
+    /// report the socket's namespace).
+    pub netns_scoped: bool,
+    /// The layers in force for it.
+    pub layers: Vec<String>,
+}
+
+/// The `policy` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyText {
+    pub name: String,
+    pub yaml: String,
+}
+
+/// The `owner` answer: the process that opened a proxy connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The pid as the caller's pid namespace sees it (0 when it does not see it).
+    pub pid: u32,
+    pub uid: u32,
+    /// The executable, when the daemon could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+}
+
+/// Parses a request body: the version first (so an old or new client hears which versions this
+/// daemon speaks), then the operation, refusing unknown operations and fields.
+pub fn parse_request(body: &[u8]) -> Result<Request, Reply> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| Reply::error(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| Reply::error(ErrorCode::BadRequest, "a request is a JSON object"))?;
+    let version = object
+        .remove("version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Reply::error(ErrorCode::BadRequest, "`version` (a number) is missing"))?;
+    if version != u64::from(VERSION) {
+        return Err(Reply::error(
+            ErrorCode::UnsupportedVersion,
+            format!("API version {version} is not spoken here; this daemon speaks version {VERSION}"),
+        ));
+    }
+    let op = serde_json::from_value(value).map_err(|e| Reply::error(ErrorCode::BadRequest, e.to_string()))?;
+    Ok(Request { version: VERSION, op })
+}
+
+/// A framing failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME}-byte limit")]
+    TooLarge(u32),
+    #[error("empty frame")]
+    Empty,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame body. `Closed` only when the peer closed cleanly before a frame began.
+pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(len);
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    Ok(body)
+}
+
+/// The bytes of one frame holding `body`.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Writes `value` as one frame.
+pub fn write_json(w: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    w.write_all(&frame(&body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_with_their_documented_spelling() {
+        let r = parse_request(br#"{"version":1,"op":"confine","policy":"default"}"#).unwrap();
+        assert_eq!(r.op, Op::Confine { policy: Some("default".into()), pid: None });
+        let r = parse_request(br#"{"version":1,"op":"owner","sandbox":"ab","port":4}"#).unwrap();
+        assert_eq!(r.op, Op::Owner { sandbox: "ab".into(), port: 4 });
+        let back = serde_json::to_vec(&r).unwrap();
+        assert_eq!(parse_request(&back).unwrap(), r);
+    }
+
+    #[test]
+    fn unknown_ops_and_fields_are_refused() {
+        let code = |body: &[u8]| parse_request(body).unwrap_err().error.unwrap().code;
+        assert_eq!(code(br#"{"version":1,"op":"escape"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"status"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"owner","sandbox":"a","port":70000}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"hello","extra":1}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":2,"op":"hello"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(code(br#"[1]"#), ErrorCode::BadRequest);
+        assert_eq!(code(b"\xff\xfe"), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn frames_are_length_checked() {
+        let mut big = (MAX_FRAME + 1).to_be_bytes().to_vec();
+        big.extend([0u8; 8]);
+        assert!(matches!(read_frame(&mut big.as_slice()), Err(FrameError::TooLarge(_))));
+        assert!(matches!(read_frame(&mut [0u8, 0, 0, 0].as_slice()), Err(FrameError::Empty)));
+        assert!(matches!(read_frame(&mut [0u8, 0].as_slice()), Err(FrameError::Io(_))));
+        assert!(matches!(read_frame(&mut [0u8; 0].as_slice()), Err(FrameError::Closed)));
+        let f = frame(b"{}");
+        assert_eq!(read_frame(&mut f.as_slice()).unwrap(), b"{}");
+    }
+}

@@ -1,0 +1,377 @@
+//! The node's sandboxes: creating one for a pod's process (confine), answering for it (status,
+//! owner), removing it (release, garbage collection), and taking over those of a previous
+//! daemon (adopt, upgrade).
+//!
+//! A sandbox is a cgroup `leash-<id>` below the caller's container cgroup, with the network
+//! programs attached (links pinned), an entry in the sandbox map naming its proxy and network
+//! namespace, and a state file. The order of creation — entries, links, state file, then the
+//! process — means the process is confined from the moment it enters; removal runs only once
+//! the cgroup is empty or gone, so no running process ever loses its confinement.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+
+use super::admission::Admission;
+use super::discovery::{self, PodContainer};
+use super::metrics::Metrics;
+use super::policies::PolicyStore;
+use super::protocol::{Confined, ErrorCode, Owner, PolicyText, Reply};
+use super::registry::{Registry, SandboxRecord};
+use crate::kernel::cgroup::SandboxCgroup;
+use crate::kernel::node::NodePrograms;
+use crate::kernel::programs::sandbox_net;
+
+/// A process asking the daemon something, identified by the kernel.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub pid: u32,
+    pub uid: u32,
+    pub pod: PodContainer,
+}
+
+/// Everything the daemon's requests act on.
+pub struct Node {
+    pub cgroup_root: PathBuf,
+    pub policies: PolicyStore,
+    pub admission: Admission,
+    pub metrics: Arc<Metrics>,
+    pub max_sandboxes: usize,
+    state: Mutex<State>,
+}
+
+/// The kernel objects and the records, changed together under one lock.
+pub struct State {
+    pub programs: NodePrograms,
+    pub registry: Registry,
+}
+
+impl Node {
+    pub fn new(
+        cgroup_root: PathBuf,
+        programs: NodePrograms,
+        registry: Registry,
+        policies: PolicyStore,
+        admission: Admission,
+        metrics: Arc<Metrics>,
+        max_sandboxes: usize,
+    ) -> Self {
+        Self {
+            cgroup_root,
+            policies,
+            admission,
+            metrics,
+            max_sandboxes,
+            state: Mutex::new(State { programs, registry }),
+        }
+    }
+
+    pub fn state(&self) -> Result<MutexGuard<'_, State>, Reply> {
+        self.state.lock().map_err(|_| Reply::error(ErrorCode::Internal, "daemon state lock poisoned"))
+    }
+
+    /// The policy the caller's pod may use, as text for its proxy.
+    pub fn policy_text(&self, caller: &Caller, requested: Option<&str>) -> Result<PolicyText, Reply> {
+        let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
+        let policy = self.policies.get(&admitted.policy).ok_or_else(|| no_such_policy(&admitted.policy))?;
+        Ok(PolicyText { name: policy.name.clone(), yaml: policy.yaml.clone() })
+    }
+
+    /// Confines process `pid` (default: the caller) of the caller's pod to the proxy listening
+    /// on `socket`.
+    pub fn confine(
+        &self,
+        caller: &Caller,
+        requested: Option<&str>,
+        pid: Option<u32>,
+        socket: Option<OwnedFd>,
+    ) -> Result<Confined, Reply> {
+        let target = pid.unwrap_or(caller.pid);
+        if target != caller.pid {
+            let pod = discovery::of_pid(target)
+                .map_err(|e| Reply::error(ErrorCode::NoSuchProcess, format!("process {target}: {e}")))?;
+            if pod.pod_uid != caller.pod.pod_uid {
+                return Err(Reply::error(ErrorCode::OtherPod, format!("process {target} is not in your pod")));
+            }
+            if pod.sandbox.is_some() {
+                return Err(Reply::error(ErrorCode::BadRequest, format!("process {target} is already confined")));
+            }
+        }
+        let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
+        let policy = self.policies.get(&admitted.policy).ok_or_else(|| no_such_policy(&admitted.policy))?;
+        if policy.compiled.kernel().is_some() {
+            return Err(Reply::error(
+                ErrorCode::LayerMissing,
+                format!(
+                    "policy `{}` has `kernel:` rules (BPF-LSM), which the node daemon does not enforce yet; refusing rather than running without them",
+                    policy.name
+                ),
+            ));
+        }
+        let socket = socket.ok_or_else(|| {
+            Reply::error(ErrorCode::BadSocket, "pass the proxy's listening socket with the request (SCM_RIGHTS)")
+        })?;
+        let proxy = inspect_listener(&socket)?;
+        drop(socket);
+        let record_owners = !policy.compiled.binaries_restricted().is_empty();
+
+        let mut state = self.state()?;
+        if state.registry.len() >= self.max_sandboxes {
+            return Err(Reply::error(ErrorCode::Busy, format!("this node runs its limit of {} sandboxes", self.max_sandboxes)));
+        }
+        let container = discovery::container_dir(&self.cgroup_root, &caller.pod);
+        let id = new_id();
+        let cgroup = SandboxCgroup::create(&container, &id).map_err(internal)?;
+        let record = SandboxRecord {
+            id: id.clone(),
+            pod_uid: caller.pod.pod_uid.clone(),
+            container_id: caller.pod.container_id.clone(),
+            cgroup: cgroup.path().to_path_buf(),
+            cgroup_id: cgroup.id(),
+            policy: policy.name.clone(),
+            proxy: proxy.addr,
+            netns_cookie: proxy.netns_cookie,
+            record_owners,
+            created: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        };
+        let built = build(&mut state, &record).and_then(|()| move_into(&record.cgroup, target));
+        if let Err(e) = built {
+            let _ = remove(&mut state, &record, &self.metrics);
+            return Err(match e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) {
+                Some(libc::ESRCH) => Reply::error(ErrorCode::NoSuchProcess, format!("process {target} exited")),
+                _ => internal(e),
+            });
+        }
+        self.metrics.sandboxes_active.set(state.registry.len() as i64);
+        Ok(Confined {
+            sandbox: id,
+            policy: policy.name.clone(),
+            proxy: proxy.addr,
+            netns_scoped: proxy.netns_cookie != 0,
+            layers: vec!["network (cgroup eBPF)".into()],
+        })
+    }
+
+    /// The sandbox `id` if it belongs to the caller's pod (otherwise, as if it did not exist).
+    fn own_record(state: &State, caller: &Caller, id: &str) -> Result<SandboxRecord, Reply> {
+        match state.registry.get(id) {
+            Some(r) if r.pod_uid == caller.pod.pod_uid => Ok(r.clone()),
+            _ => Err(Reply::error(ErrorCode::NoSuchSandbox, format!("no sandbox {id} in your pod"))),
+        }
+    }
+
+    pub fn status(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, Reply> {
+        let state = self.state()?;
+        let record = Self::own_record(&state, caller, id)?;
+        let counters = state.programs.counters(record.cgroup_id).ok();
+        let processes = SandboxCgroup::open(record.cgroup.clone()).and_then(|c| c.pids()).map(|p| p.len()).unwrap_or(0);
+        let counters: serde_json::Map<String, serde_json::Value> = counters
+            .map(|c| {
+                sandbox_common::counter::NAMES.iter().zip(c.values).map(|(n, v)| ((*n).to_string(), v.into())).collect()
+            })
+            .unwrap_or_default();
+        Ok(serde_json::json!({
+            "sandbox": record.id, "policy": record.policy, "proxy": record.proxy,
+            "processes": processes, "counters": counters,
+        }))
+    }
+
+    /// Kills every process of sandbox `id` and removes it.
+    pub fn release(&self, caller: &Caller, id: &str) -> Result<(), Reply> {
+        let record = Self::own_record(&*self.state()?, caller, id)?;
+        if let Ok(cg) = SandboxCgroup::open(record.cgroup.clone()) {
+            cg.kill_all(Duration::from_secs(5)).map_err(internal)?;
+        }
+        let mut state = self.state()?;
+        remove(&mut state, &record, &self.metrics).map_err(internal)?;
+        self.metrics.sandboxes_active.set(state.registry.len() as i64);
+        Ok(())
+    }
+
+    /// Who opened the proxy connection from client port `port` in sandbox `id`.
+    pub fn owner(&self, caller: &Caller, id: &str, port: u16) -> Result<Owner, Reply> {
+        let state = self.state()?;
+        let record = Self::own_record(&state, caller, id)?;
+        if !record.record_owners {
+            return Err(Reply::error(ErrorCode::BadRequest, "this sandbox's policy has no binaries: rules; owners are not recorded"));
+        }
+        let owner = state.programs.owner(port).filter(|o| o.cgroup_id == record.cgroup_id).ok_or_else(|| {
+            Reply::error(ErrorCode::NoSuchSandbox, format!("no connection from sandbox {id} on port {port}"))
+        })?;
+        let exe = std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok().map(|p| p.display().to_string());
+        Ok(Owner { pid: pid_in_own_namespace(owner.pid).unwrap_or(0), uid: owner.uid, exe })
+    }
+
+    /// Removes every sandbox whose cgroup emptied or disappeared, and kernel state no record
+    /// explains (left by a daemon that died halfway through a confine). Returns how many.
+    pub fn collect_garbage(&self) -> Result<usize> {
+        let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned"))?;
+        let dead: Vec<SandboxRecord> = state.registry.iter().filter(|r| !populated(&r.cgroup)).cloned().collect();
+        for record in &dead {
+            remove(&mut state, record, &self.metrics)?;
+        }
+        let known: std::collections::HashSet<u64> = state.registry.iter().map(|r| r.cgroup_id).collect();
+        for cgroup_id in state.programs.entries() {
+            if !known.contains(&cgroup_id) {
+                state.programs.remove_sandbox(cgroup_id);
+            }
+        }
+        for id in state.programs.pinned_sandboxes()? {
+            if state.registry.get(&id).is_none() {
+                state.programs.detach(&id, None)?;
+            }
+        }
+        self.metrics.sandboxes_active.set(state.registry.len() as i64);
+        Ok(dead.len())
+    }
+
+    /// Attaches this daemon's generation to every recorded sandbox, then removes older
+    /// generations: the old links stay until the new ones are in place.
+    pub fn migrate_generations(&self) -> Result<Vec<String>> {
+        let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned"))?;
+        let old = state.programs.previous_generations()?;
+        for generation in &old {
+            state.programs.copy_entries_from(generation)?;
+            let records: Vec<SandboxRecord> = state.registry.iter().cloned().collect();
+            for r in records {
+                if r.cgroup.is_dir() {
+                    state.programs.attach(&r.cgroup, &r.id, r.record_owners)?;
+                }
+                state.programs.detach(&r.id, Some(generation))?;
+            }
+            state.programs.remove_generation(generation)?;
+        }
+        Ok(old)
+    }
+
+    /// The sandbox id of a cgroup, for audit records.
+    pub fn sandbox_of_cgroup(&self, cgroup_id: u64) -> Option<String> {
+        self.state.lock().ok()?.registry.by_cgroup(cgroup_id).map(|r| r.id.clone())
+    }
+
+    /// Verdict counters summed over every sandbox, live and removed.
+    pub fn counter_totals(&self) -> [u64; sandbox_common::counter::COUNT] {
+        let mut total = self.metrics.retired();
+        if let Ok(state) = self.state.lock() {
+            for r in state.registry.iter() {
+                if let Ok(c) = state.programs.counters(r.cgroup_id) {
+                    for (t, v) in total.iter_mut().zip(c.values) {
+                        *t += v;
+                    }
+                }
+            }
+        }
+        total
+    }
+}
+
+/// Entries, links and the state file of a new sandbox.
+fn build(state: &mut State, r: &SandboxRecord) -> Result<()> {
+    let mut net = sandbox_net(r.proxy, r.record_owners);
+    net.netns_cookie = r.netns_cookie;
+    state.programs.add_sandbox(r.cgroup_id, net)?;
+    state.programs.attach(&r.cgroup, &r.id, r.record_owners)?;
+    state.registry.insert(r.clone())
+}
+
+/// Removes what exists of sandbox `r`; only for an empty (or missing) cgroup. The counters of
+/// a removed sandbox are added to the node's retired totals first.
+fn remove(state: &mut State, r: &SandboxRecord, metrics: &Metrics) -> Result<()> {
+    if let Ok(c) = state.programs.counters(r.cgroup_id) {
+        metrics.retire(&c);
+    }
+    if r.cgroup.is_dir() {
+        SandboxCgroup::open(r.cgroup.clone())?.remove()?;
+    }
+    state.programs.remove_sandbox(r.cgroup_id);
+    state.programs.detach(&r.id, None)?;
+    state.registry.remove(&r.id)
+}
+
+/// Moves process `pid` (its whole thread group) into the cgroup.
+fn move_into(cgroup: &Path, pid: u32) -> Result<()> {
+    let path = cgroup.join("cgroup.procs");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(pid.to_string().as_bytes()).map_err(anyhow::Error::from)
+}
+
+/// False when the cgroup is gone or has no process left in it or below it.
+fn populated(cgroup: &Path) -> bool {
+    match std::fs::read_to_string(cgroup.join("cgroup.events")) {
+        Ok(text) => !text.lines().any(|l| l.trim() == "populated 0"),
+        Err(_) => false,
+    }
+}
+
+/// The proxy a passed socket listens on.
+struct Listener {
+    addr: SocketAddr,
+    netns_cookie: u64,
+}
+
+/// Checks that `fd` is a listening TCP socket on a specific address and reads its address and
+/// network namespace.
+fn inspect_listener(fd: &OwnedFd) -> Result<Listener, Reply> {
+    let bad = |why: &str| Reply::error(ErrorCode::BadSocket, why.to_string());
+    let raw = fd.as_raw_fd();
+    let int_opt = |opt: libc::c_int| -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`.
+        let rc = unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+        (rc == 0).then_some(v)
+    };
+    let domain = int_opt(libc::SO_DOMAIN).ok_or_else(|| bad("the passed descriptor is not a socket"))?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return Err(bad("the passed socket is not a TCP/IP socket"));
+    }
+    if int_opt(libc::SO_TYPE) != Some(libc::SOCK_STREAM) || int_opt(libc::SO_ACCEPTCONN) != Some(1) {
+        return Err(bad("the passed socket is not a listening TCP socket"));
+    }
+    let addr = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(raw)
+        .ok()
+        .and_then(|s| {
+            s.as_sockaddr_in().map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a))).or_else(|| {
+                s.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+            })
+        })
+        .ok_or_else(|| bad("cannot read the passed socket's address"))?;
+    if addr.ip().is_unspecified() {
+        return Err(bad("the proxy listens on every address; make it listen on one (e.g. 127.0.0.1) so that only it is reachable"));
+    }
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`. Before 5.14 it fails and the
+    // namespace is not checked (reported to the client as `netns_scoped: false`).
+    let rc = unsafe {
+        libc::getsockopt(raw, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+    };
+    Ok(Listener { addr, netns_cookie: if rc == 0 { cookie } else { 0 } })
+}
+
+/// The pid of host process `pid` in its innermost pid namespace (`NSpid` of its status), which
+/// is the caller's when both are in the same container.
+fn pid_in_own_namespace(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// 16 random hex digits.
+fn new_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn no_such_policy(name: &str) -> Reply {
+    Reply::error(ErrorCode::NoSuchPolicy, format!("no policy `{name}` on this node (or it does not compile)"))
+}
+
+fn internal(e: anyhow::Error) -> Reply {
+    Reply::error(ErrorCode::Internal, format!("{e:#}"))
+}
+

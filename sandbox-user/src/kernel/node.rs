@@ -1,0 +1,313 @@
+//! The node daemon's program set: leash's eBPF object loaded once per host, pinned, and attached
+//! to every sandbox cgroup the daemon creates.
+//!
+//! ```text
+//! <bpffs>/leash/node/<generation>/progs/<program>     the loaded network programs
+//! <bpffs>/leash/node/<generation>/maps/<map>          their maps
+//! <bpffs>/leash/node/sandboxes/<id>/<generation>.<program>   one pinned link per program and sandbox
+//! ```
+//!
+//! The generation is named after a hash of the embedded object. A restarted daemon of the same
+//! build opens these pins (adopts them) instead of loading again: the links never went away, so
+//! enforcement never lapsed. A daemon built from another object (an upgrade) loads its own
+//! generation next to the old one; [`NodePrograms::previous_generations`] lists what it must
+//! migrate, and the daemon attaches the new programs to each sandbox before unpinning the old
+//! links, so at every moment at least one generation judges every sandbox.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockAttachType, Program, SockOps};
+use sandbox_common::{map_names, ConnOwner, Counters, SandboxNet};
+
+use super::programs::{attach_link, load_object, Kind, NET_PROGRAMS, OBJECT};
+
+/// The maps a network program set uses, pinned with it.
+const NET_MAPS: [&str; 5] =
+    [map_names::SANDBOXES, map_names::COUNTERS, map_names::EVENTS, map_names::SOCKET_OWNERS, map_names::PROXY_CLIENTS];
+
+/// `<bpffs>/leash/node`.
+pub fn node_root(bpffs: &Path) -> PathBuf {
+    bpffs.join("leash").join("node")
+}
+
+/// The generation name of the object built into this binary.
+pub fn this_generation() -> String {
+    // FNV-1a: a name, not a security boundary.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in OBJECT {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("gen-{h:016x}")
+}
+
+/// One loaded generation of the network programs and handles to its maps.
+pub struct NodePrograms {
+    root: PathBuf,
+    generation: String,
+    programs: Vec<(&'static str, Kind, Program)>,
+    sandboxes: HashMap<MapData, u64, SandboxNet>,
+    counters: PerCpuHashMap<MapData, u64, Counters>,
+    owners: HashMap<MapData, u32, ConnOwner>,
+    events: Option<RingBuf<MapData>>,
+    adopted: bool,
+}
+
+impl NodePrograms {
+    /// Opens generation `generation` from its pins under `<bpffs>/leash/node`, or loads the
+    /// object and pins it there when it is not pinned yet (or pinned incompletely).
+    pub fn open_or_load(bpffs: &Path, generation: &str) -> Result<Self> {
+        let root = node_root(bpffs);
+        let gen_dir = root.join(generation);
+        if is_complete(&gen_dir) {
+            if let Ok(p) = Self::open(&root, generation) {
+                return Ok(Self { adopted: true, ..p });
+            }
+        }
+        // An incomplete generation (a daemon died while pinning) is removed and loaded afresh.
+        remove_tree(&gen_dir)?;
+        Self::load_and_pin(&gen_dir)?;
+        Self::open(&root, generation)
+    }
+
+    fn load_and_pin(gen_dir: &Path) -> Result<()> {
+        let mut ebpf = load_object()?;
+        let progs = gen_dir.join("progs");
+        let maps = gen_dir.join("maps");
+        std::fs::create_dir_all(&progs).with_context(|| format!("creating {}", progs.display()))?;
+        std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
+        for name in NET_MAPS {
+            let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+            map.pin(maps.join(name)).with_context(|| format!("pinning map {name}"))?;
+        }
+        for (name, kind) in NET_PROGRAMS {
+            let program =
+                ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+            let loaded = match kind {
+                Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(&mut *program)?.load(),
+                Kind::Sock => <&mut CgroupSock>::try_from(&mut *program)?.load(),
+                Kind::Skb(_) => <&mut CgroupSkb>::try_from(&mut *program)?.load(),
+                Kind::SockOps => <&mut SockOps>::try_from(&mut *program)?.load(),
+            };
+            loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))?;
+            program.pin(progs.join(name)).with_context(|| format!("pinning program {name}"))?;
+        }
+        // The marker says every pin above exists; its absence means "load again".
+        std::fs::create_dir(gen_dir.join("complete")).context("marking the generation complete")?;
+        Ok(())
+    }
+
+    fn open(root: &Path, generation: &str) -> Result<Self> {
+        let gen_dir = root.join(generation);
+        let map = |name: &str| -> Result<Map> {
+            let path = gen_dir.join("maps").join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        let mut programs = Vec::new();
+        for (name, kind) in NET_PROGRAMS {
+            let path = gen_dir.join("progs").join(name);
+            let program = match kind {
+                Kind::SockAddr(ty) => Program::CgroupSockAddr(CgroupSockAddr::from_pin(&path, ty)?),
+                Kind::Sock => Program::CgroupSock(CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate)?),
+                Kind::Skb(ty) => Program::CgroupSkb(CgroupSkb::from_pin(&path, ty)?),
+                Kind::SockOps => Program::SockOps(SockOps::from_pin(&path)?),
+            };
+            programs.push((name, kind, program));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            generation: generation.to_owned(),
+            programs,
+            sandboxes: HashMap::try_from(map(map_names::SANDBOXES)?)?,
+            counters: PerCpuHashMap::try_from(map(map_names::COUNTERS)?)?,
+            owners: HashMap::try_from(map(map_names::PROXY_CLIENTS)?)?,
+            events: Some(RingBuf::try_from(map(map_names::EVENTS)?)?),
+            adopted: false,
+        })
+    }
+
+    /// True when this set was opened from an earlier daemon's pins rather than loaded now.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn generation(&self) -> &str {
+        &self.generation
+    }
+
+    /// Other generations still pinned (left by a daemon of another build).
+    pub fn previous_generations(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in read_dir_or_empty(&self.root)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("gen-") && name != self.generation {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the sandbox's entries (proxy address, zeroed counters), keyed by its cgroup id.
+    pub fn add_sandbox(&mut self, cgroup_id: u64, net: SandboxNet) -> Result<()> {
+        self.sandboxes.insert(cgroup_id, net, 0).context("writing the sandbox map entry (is the map full?)")?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).context("sizing per-CPU counters")?;
+        self.counters.insert(cgroup_id, zeros, 0).context("writing the counters map entry")?;
+        Ok(())
+    }
+
+    /// Removes the sandbox's entries; missing entries are not an error.
+    pub fn remove_sandbox(&mut self, cgroup_id: u64) {
+        let _ = self.sandboxes.remove(&cgroup_id);
+        let _ = self.counters.remove(&cgroup_id);
+    }
+
+    /// Attaches every network program (the `sock_ops` one only with `record_owners`) to the
+    /// cgroup at `cgroup`, pinning each link as `sandboxes/<id>/<generation>.<program>`.
+    pub fn attach(&mut self, cgroup: &Path, id: &str, record_owners: bool) -> Result<()> {
+        let dir_path = self.sandbox_pins(id);
+        std::fs::create_dir_all(&dir_path).with_context(|| format!("creating {}", dir_path.display()))?;
+        let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for (name, kind, program) in self.programs.iter_mut() {
+            if matches!(kind, Kind::SockOps) && !record_owners {
+                continue;
+            }
+            let link = attach_link(program, name, *kind, &dir)?;
+            let path = dir_path.join(format!("{}.{name}", self.generation));
+            // The pinned link outlives this process; dropping the handle does not detach it.
+            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Unpins the links of sandbox `id` that belong to `generation` (all of them with `None`)
+    /// and, when none is left, its pin directory.
+    pub fn detach(&self, id: &str, generation: Option<&str>) -> Result<()> {
+        let dir = self.sandbox_pins(id);
+        for entry in read_dir_or_empty(&dir)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if generation.is_none_or(|g| name.starts_with(&format!("{g}."))) {
+                std::fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
+            }
+        }
+        if read_dir_or_empty(&dir)?.is_empty() {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sandbox ids with a pin directory.
+    pub fn pinned_sandboxes(&self) -> Result<Vec<String>> {
+        Ok(read_dir_or_empty(&self.root.join("sandboxes"))?
+            .into_iter()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect())
+    }
+
+    /// The entry of cgroup `cgroup_id`, if it has one.
+    pub fn sandbox_entry(&self, cgroup_id: u64) -> Option<SandboxNet> {
+        self.sandboxes.get(&cgroup_id, 0).ok()
+    }
+
+    /// Every cgroup id with a sandbox entry (for garbage collection and leak checks).
+    pub fn entries(&self) -> Vec<u64> {
+        self.sandboxes.keys().filter_map(|k| k.ok()).collect()
+    }
+
+    /// Per-sandbox verdict counters, summed over CPUs.
+    pub fn counters(&self, cgroup_id: u64) -> Result<Counters> {
+        let per_cpu = self.counters.get(&cgroup_id, 0).context("reading counters")?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            for (s, v) in sum.values.iter_mut().zip(c.values) {
+                *s += v;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Who owns the proxy connection whose client side uses `port`, if recorded.
+    pub fn owner(&self, port: u16) -> Option<ConnOwner> {
+        self.owners.get(&u32::from(port), 0).ok()
+    }
+
+    /// The deny-event ring buffer; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        self.events.take().ok_or_else(|| anyhow!("events already taken"))
+    }
+
+    /// Run time and run count of each program (counted while BPF statistics are enabled).
+    pub fn program_stats(&self) -> Vec<(&'static str, Duration, u64)> {
+        self.programs
+            .iter()
+            .filter_map(|(name, _, p)| p.info().ok().map(|i| (*name, i.run_time(), i.run_count())))
+            .collect()
+    }
+
+    /// Copies every sandbox entry of pinned generation `old` into this one (before an upgrade
+    /// attaches this generation's programs). Returns the cgroup ids copied.
+    pub fn copy_entries_from(&mut self, old: &str) -> Result<Vec<u64>> {
+        let path = self.root.join(old).join("maps").join(map_names::SANDBOXES);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let old_map: HashMap<MapData, u64, SandboxNet> = HashMap::try_from(Map::from_map_data(data)?)?;
+        let mut copied = Vec::new();
+        for entry in old_map.iter() {
+            let (id, net) = entry.context("reading the previous generation's sandbox map")?;
+            self.add_sandbox(id, net)?;
+            copied.push(id);
+        }
+        Ok(copied)
+    }
+
+    /// Unpins what remains of generation `old` (its programs and maps, which the kernel frees
+    /// once no link uses them).
+    pub fn remove_generation(&self, old: &str) -> Result<()> {
+        if !old.starts_with("gen-") || old == self.generation {
+            bail!("refusing to remove generation {old}");
+        }
+        remove_tree(&self.root.join(old))
+    }
+
+    fn sandbox_pins(&self, id: &str) -> PathBuf {
+        self.root.join("sandboxes").join(id)
+    }
+}
+
+/// True when a generation directory finished pinning.
+fn is_complete(gen_dir: &Path) -> bool {
+    gen_dir.join("complete").is_dir()
+}
+
+fn read_dir_or_empty(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
+    }
+}
+
+/// Removes a directory tree of pins (bpffs allows unlink and rmdir, not recursive removal).
+fn remove_tree(dir: &Path) -> Result<()> {
+    for entry in read_dir_or_empty(dir)? {
+        let path = entry.path();
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_tree(&path)?;
+        } else {
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
