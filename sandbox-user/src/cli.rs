@@ -33,6 +33,87 @@ pub enum Command {
     /// Run the egress proxy alone (no sandbox), for clients configured to use it. Reloads the
     /// policy on SIGHUP and when the file changes.
     Proxy(ProxyArgs),
+    /// Node mode (a Kubernetes DaemonSet): load the programs once for this node and confine the
+    /// processes of pods that ask on the Confine API socket. Needs root and CAP_BPF,
+    /// CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN. Sandboxes stay confined while it is down; a
+    /// restarted daemon adopts them.
+    Daemon(DaemonArgs),
+    /// From inside an unprivileged pod: start leash's proxy here, ask the node daemon to confine
+    /// CMD to it, and run CMD. Exits with CMD's status, 125 if leash failed before starting it
+    /// (daemon unreachable, pod not allowed, policy refused), 126/127 as `leash run`.
+    Confine(ConfineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The Confine API socket (mounted into pods from the host, e.g. /run/leash/leash.sock).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Directory of policies, one `<NAME>.yaml` each (a mounted ConfigMap); reloaded on change.
+    #[arg(long, default_value = "/etc/leash/policies")]
+    pub policies: PathBuf,
+    /// Where the daemon records its sandboxes, for the next daemon to adopt.
+    #[arg(long, default_value = "/run/leash/state")]
+    pub state_dir: PathBuf,
+    /// The bpffs mount (default: found in /proc/self/mountinfo, mounted if absent).
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
+    /// The cgroup2 mount (default: found in /proc/self/mountinfo).
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// This node's name, to list its pods (default: $NODE_NAME).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Let every pod on this node use this policy when it has no `leash.dev/policy` annotation.
+    /// Without it, only annotated pods may use leash.
+    #[arg(long)]
+    pub default_policy: Option<String>,
+    /// API server as host:port (default: the in-cluster service from $KUBERNETES_SERVICE_HOST).
+    #[arg(long, requires_all = ["kube_token_file", "kube_ca_file"])]
+    pub kube_api: Option<String>,
+    /// Bearer token file for --kube-api.
+    #[arg(long)]
+    pub kube_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of --kube-api.
+    #[arg(long)]
+    pub kube_ca_file: Option<PathBuf>,
+    /// Most sandboxes this node runs at once.
+    #[arg(long, default_value_t = 2048)]
+    pub max_sandboxes: usize,
+    /// How often emptied sandboxes are collected and the policies directory is checked, in ms.
+    #[arg(long, default_value_t = 500)]
+    pub gc_interval_ms: u64,
+    /// Name of the program generation to load or adopt (default: derived from this build).
+    #[arg(long, hide = true)]
+    pub generation: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfineArgs {
+    /// The node daemon's Confine API socket.
+    #[arg(long, default_value = "/run/leash/leash.sock")]
+    pub socket: PathBuf,
+    /// The policy to ask for; it must be the one the pod may use (default: that one).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Address the proxy listens on, inside the pod; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub proxy_listen: SocketAddr,
+    /// Append OCSF audit events (JSON lines) to this file; denials also go to stderr.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Read credential values from this file of NAME=value lines instead of leash's environment.
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
+    /// Also trust the CA certificates in this PEM file for upstream connections (repeatable).
+    #[arg(long)]
+    pub upstream_ca: Vec<PathBuf>,
+    /// The command to confine, after `--`.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -50,6 +50,8 @@ fn main() -> ExitCode {
             eval(&file, &host, port, method.as_deref(), path.as_deref(), binary.as_deref())
         }
         Command::Proxy(args) => standalone_proxy(args),
+        Command::Daemon(args) => daemon(args),
+        Command::Confine(args) => confine(args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(exit::LEASH_FAILED as u8))
 }
@@ -66,7 +68,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let message: Vec<&str> =
         rendered.lines().map(str::trim).take_while(|l| !l.starts_with("Usage:")).filter(|l| !l.is_empty()).collect();
     eprintln!("leash: {} (see `leash --help`)", message.join(" "));
-    let is_run = std::env::args().nth(1).as_deref() == Some("run");
+    let is_run = matches!(std::env::args().nth(1).as_deref(), Some("run" | "confine"));
     ExitCode::from(if is_run { exit::LEASH_FAILED as u8 } else { 2 })
 }
 
@@ -92,6 +94,59 @@ fn run(args: cli::RunArgs) -> i32 {
     };
     // block_on keeps the agent's fork on the main thread, which PR_SET_PDEATHSIG is tied to.
     match runtime(1).block_on(launcher::run(opts)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("leash: error: {e:#}");
+            exit::LEASH_FAILED
+        }
+    }
+}
+
+fn daemon(args: cli::DaemonArgs) -> i32 {
+    let kube = match (args.kube_api, args.kube_token_file, args.kube_ca_file) {
+        (Some(server), Some(token_file), Some(ca_file)) => {
+            let Some(node) = args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()) else {
+                eprintln!("leash daemon: error: --kube-api needs --node-name (or $NODE_NAME)");
+                return 2;
+            };
+            Some(leash::daemon::kube::KubeConfig { server, token_file, ca_file, node })
+        }
+        _ => None,
+    };
+    let opts = leash::daemon::DaemonOptions {
+        socket: args.socket,
+        metrics: args.metrics,
+        policies: args.policies,
+        state_dir: args.state_dir,
+        bpffs: args.bpffs,
+        cgroup_root: args.cgroup_root,
+        node_name: args.node_name,
+        default_policy: args.default_policy,
+        kube,
+        max_sandboxes: args.max_sandboxes,
+        gc_interval: std::time::Duration::from_millis(args.gc_interval_ms.max(10)),
+        generation: args.generation,
+    };
+    match leash::daemon::run(opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("leash daemon: error: {e:#}");
+            1
+        }
+    }
+}
+
+fn confine(args: cli::ConfineArgs) -> i32 {
+    let opts = launcher::confine::ConfineOptions {
+        socket: args.socket,
+        policy: args.policy,
+        proxy_listen: args.proxy_listen,
+        audit_log: args.audit_log,
+        credentials_file: args.credentials_file,
+        upstream_ca: args.upstream_ca,
+        command: args.command,
+    };
+    match runtime(1).block_on(launcher::confine::confine(opts)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("leash: error: {e:#}");

@@ -18,6 +18,7 @@
 //! daemon adopts them.
 
 pub mod admission;
+pub mod client;
 pub mod discovery;
 pub mod kube;
 pub mod metrics;

@@ -19,25 +19,48 @@ pub struct ChildSetup<'a> {
     pub program: &'a OsString,
     pub args: &'a [OsString],
     pub env: Vec<(OsString, OsString)>,
-    pub identity: &'a Identity,
-    /// `cgroup.procs` of the sandbox, open for writing; `None` when degraded without cgroups.
-    pub cgroup_procs: Option<&'a File>,
+    /// Who the agent becomes; `None`: it stays who leash is (an unprivileged `leash confine`).
+    pub identity: Option<&'a Identity>,
+    /// How the child enters its sandbox.
+    pub enter: Enter<'a>,
     /// Prepared Landlock ruleset, if this kernel has Landlock.
     pub landlock: Option<RawFd>,
     /// The socket-family filter.
     pub seccomp: &'a SocketFamilyFilter,
 }
 
+/// How the child gets into its sandbox before exec.
+pub enum Enter<'a> {
+    /// Writes itself into the sandbox's `cgroup.procs`, open for writing (`leash run`).
+    Cgroup(&'a File),
+    /// Asks the node daemon: connects to its socket (so the daemon's peer credentials name the
+    /// child), hands that connection to leash over `handoff`, and waits there for one byte,
+    /// `1` once the daemon confined it (`leash confine`).
+    Daemon { socket: &'a nix::sys::socket::UnixAddr, handoff: RawFd },
+    /// No sandbox (degraded run without cgroups).
+    None,
+}
+
+/// The byte leash sends over the handoff socket once the daemon confined the child.
+pub const CONFINED: u8 = b'1';
+
 /// Spawns the agent. Errors are those of fork, the pre-exec steps or exec itself (ENOENT when
 /// the command is not found, EACCES when it is not executable).
 pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
     let mut cmd = Command::new(setup.program);
     cmd.args(setup.args).env_clear().envs(setup.env).kill_on_drop(false);
-    let procs_fd = setup.cgroup_procs.map(|f| f.as_raw_fd());
+    let procs_fd = match setup.enter {
+        Enter::Cgroup(f) => Some(f.as_raw_fd()),
+        _ => None,
+    };
+    let daemon = match setup.enter {
+        Enter::Daemon { socket, handoff } => Some((*socket, handoff)),
+        _ => None,
+    };
     let landlock_fd = setup.landlock;
-    let uid = setup.identity.uid.as_raw();
-    let gid = setup.identity.gid.as_raw();
-    let groups: Vec<libc::gid_t> = setup.identity.groups.iter().map(|g| g.as_raw()).collect();
+    let ids = setup.identity.map(|i| (i.uid.as_raw(), i.gid.as_raw()));
+    let groups: Vec<libc::gid_t> =
+        setup.identity.map(|i| i.groups.iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
     let parent = std::process::id() as libc::pid_t;
     let seccomp = setup.seccomp.clone();
     // SAFETY: the closure only makes raw syscalls on data prepared above; it allocates nothing
@@ -51,9 +74,14 @@ pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
                     return Err(io::Error::last_os_error());
                 }
             }
-            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-            check(libc::setresgid(gid, gid, gid))?;
-            check(libc::setresuid(uid, uid, uid))?;
+            if let Some((socket, handoff)) = &daemon {
+                enter_through_daemon(socket, *handoff)?;
+            }
+            if let Some((uid, gid)) = ids {
+                check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+                check(libc::setresgid(gid, gid, gid))?;
+                check(libc::setresuid(uid, uid, uid))?;
+            }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
             if let Some(fd) = landlock_fd {
                 if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0 {
@@ -73,6 +101,50 @@ pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
         });
     }
     cmd.spawn()
+}
+
+/// The child's half of `Enter::Daemon`, with raw syscalls only.
+fn enter_through_daemon(socket: &nix::sys::socket::UnixAddr, handoff: RawFd) -> io::Result<()> {
+    use nix::sys::socket::SockaddrLike as _;
+    // SAFETY: raw syscalls on descriptors and buffers that live through this function.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::connect(fd, socket.as_ptr().cast(), socket.len()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // One byte of data carrying the descriptor.
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        let mut control = [0u64; 4];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        if libc::sendmsg(handoff, &msg, 0) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close(fd);
+        loop {
+            let n = libc::read(handoff, byte.as_mut_ptr().cast(), 1);
+            if n == 1 && byte[0] == CONFINED {
+                return Ok(());
+            }
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // leash said no (and why, on its stderr), or died.
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+    }
 }
 
 /// Marks every descriptor from `first` up close-on-exec (std's own exec-error pipe already is,

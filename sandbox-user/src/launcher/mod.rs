@@ -6,6 +6,7 @@
 //! everything down when it exits.
 
 mod child;
+pub mod confine;
 mod environment;
 mod identity;
 mod landlock;
@@ -275,8 +276,8 @@ async fn run_inside(
         program: agent.program,
         args: agent.args,
         env,
-        identity: agent.identity,
-        cgroup_procs: procs.as_ref(),
+        identity: Some(agent.identity),
+        enter: procs.as_ref().map(child::Enter::Cgroup).unwrap_or(child::Enter::None),
         landlock: landlock_fd,
         seccomp: &seccomp,
     });

@@ -20,9 +20,13 @@ pub struct AgentTrustDir {
 
 impl AgentTrustDir {
     pub fn write(id: &SandboxId, ca: &CertificateAuthority) -> Result<Self> {
-        std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
-        let dir = Path::new(RUN_DIR).join(id.to_string());
-        let trust = write_agent_trust(&dir, ca).context("writing the agent's CA bundle")?;
+        Self::write_in(Path::new(RUN_DIR), &id.to_string(), ca)
+    }
+
+    /// Writes the files in `<base>/<name>` (`leash confine`, which cannot write `/run/leash`).
+    pub fn write_in(base: &Path, name: &str, ca: &CertificateAuthority) -> Result<Self> {
+        std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
+        let trust = write_agent_trust(&base.join(name), ca).context("writing the agent's CA bundle")?;
         Ok(Self { trust })
     }
 

@@ -144,6 +144,13 @@ impl BoundProxy {
         self.addr
     }
 
+    /// The listening socket, to hand to the node daemon (`leash confine`), which confines the
+    /// agent to exactly this socket's address and network namespace.
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.listener.as_fd()
+    }
+
     /// Serves connections until the returned task is aborted.
     pub fn serve(self, proxy: Arc<Proxy>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {

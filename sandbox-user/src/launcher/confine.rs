@@ -1,0 +1,166 @@
+//! `leash confine`: the pod side of node mode. Unprivileged, inside the runner's container:
+//!
+//! 1. ask the node daemon which policy this pod may use (`policy` request) and compile it;
+//! 2. start the TLS proxy here, in the pod — its credentials never leave the pod;
+//! 3. fork the agent, which connects to the daemon itself (so the daemon's peer credentials name
+//!    the agent, not leash) and hands that connection back to leash;
+//! 4. send `confine` on it with the proxy's listening socket: the daemon moves the agent into a
+//!    sandbox cgroup that reaches only that socket's address in this pod's network namespace;
+//! 5. let the agent go on (no_new_privs, Landlock, the socket-family filter) and exec CMD.
+//!
+//! The proxy is this process: if leash dies, the agent has no network at all.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::socket::{recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
+
+use super::child::{self, Enter, CONFINED};
+use super::identity::Identity;
+use super::{exec_failure, landlock, seccomp, signals, stdio, trust};
+use crate::audit::Auditor;
+use crate::daemon::client::Client;
+use crate::daemon::protocol::{Confined, Op, PolicyText};
+use crate::kernel::sandbox_id::SandboxId;
+use crate::policy;
+use crate::proxy::{BoundProxy, Proxy, ProxyConfig, Secrets};
+
+/// What `leash confine` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ConfineOptions {
+    pub socket: PathBuf,
+    pub policy: Option<String>,
+    pub proxy_listen: std::net::SocketAddr,
+    pub audit_log: Option<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
+    pub upstream_ca: Vec<PathBuf>,
+    pub command: Vec<OsString>,
+}
+
+/// Runs CMD confined by the node daemon; returns CMD's exit code. An `Err` is a failure before
+/// exec (exit 125).
+pub async fn confine(opts: ConfineOptions) -> Result<i32> {
+    let Some((program, args)) = opts.command.split_first() else {
+        bail!("no command given: usage is `leash confine --socket PATH [OPTIONS] -- CMD [ARGS...]`");
+    };
+    if !opts.proxy_listen.ip().is_loopback() {
+        bail!("--proxy-listen {} is not a loopback address: the proxy would be open to the network", opts.proxy_listen);
+    }
+    if nix::unistd::geteuid().is_root() {
+        bail!("leash confine keeps the agent as the user it runs as, and the agent never runs as root: run it as an unprivileged user (runAsUser in the pod)");
+    }
+    stdio::refuse_network_sockets()?;
+    let mut daemon = Client::connect(&opts.socket)?;
+    let text: PolicyText = serde_json::from_value(daemon.call(Op::Policy { policy: opts.policy.clone() })?)
+        .context("reading the daemon's policy answer")?;
+    drop(daemon);
+    let policy = policy::parse_str(&format!("<node policy {}>", text.name), &text.yaml).map_err(|e| anyhow!("{e}"))?;
+    let identity = own_identity();
+    let id = SandboxId::for_self()?;
+    let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;
+    let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
+    let filesystem = policy.filesystem().cloned();
+    let secrets = match &opts.credentials_file {
+        Some(path) => Secrets::File(path.clone()),
+        None => Secrets::Environment,
+    };
+    let config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
+    let proxy = Proxy::new(policy, &config, audit)?;
+    let trust = trust::AgentTrustDir::write_in(&std::env::temp_dir(), &format!("leash-{id}"), proxy.ca())?;
+    let bound = BoundProxy::bind(opts.proxy_listen).await?;
+
+    let workdir = std::env::current_dir().context("reading the working directory")?;
+    let domain = landlock::prepare(filesystem.as_ref(), &workdir, &[trust.dir().to_path_buf()])?;
+    let landlock_fd = match &domain {
+        landlock::Domain::Enforced(p) => Some(p.fd.as_raw_fd()),
+        landlock::Domain::Unavailable(why) => {
+            eprintln!("leash: warning: no Landlock domain for the agent ({why})");
+            None
+        }
+    };
+    let names: Vec<&str> = credential_names.iter().map(String::as_str).collect();
+    let mut env = super::environment::agent_env(std::env::vars_os(), bound.addr(), &identity, &names);
+    env.retain(|(_, value)| !proxy.mentions_secret(value));
+    trust.add_env(&mut env);
+
+    let socket = UnixAddr::new(&opts.socket).with_context(|| format!("socket path {}", opts.socket.display()))?;
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+        .context("creating the handoff socket pair")?;
+    // The handoff runs while spawn() waits for the child's exec.
+    let listener = bound.listener_fd().try_clone_to_owned().context("duplicating the proxy socket")?;
+    let policy_name = text.name.clone();
+    let handoff = std::thread::spawn(move || hand_off(ours, listener, &policy_name));
+    let seccomp = seccomp::SocketFamilyFilter::new();
+    let spawned = child::spawn(child::ChildSetup {
+        program,
+        args,
+        env,
+        identity: None,
+        enter: Enter::Daemon { socket: &socket, handoff: theirs.as_raw_fd() },
+        landlock: landlock_fd,
+        seccomp: &seccomp,
+    });
+    drop(theirs);
+    drop(domain);
+    let handed = handoff.join().map_err(|_| anyhow!("the handoff thread panicked"))?;
+    let child = match (spawned, handed) {
+        (Ok(child), Ok(confined)) => {
+            if !confined.netns_scoped {
+                eprintln!("leash: note: this kernel does not report network namespaces; the sandbox is scoped by address only");
+            }
+            child
+        }
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(_)) => return Ok(exec_failure(program, &e)),
+    };
+    let proxy_task = bound.serve(Arc::clone(&proxy));
+    let code = signals::wait_forwarding(child).await?;
+    proxy_task.abort();
+    drop(trust);
+    Ok(code)
+}
+
+/// leash's half of the handoff: receive the child's daemon connection, ask for confinement with
+/// the proxy's socket, and tell the child to go on (or, by closing, not to).
+fn hand_off(ours: OwnedFd, listener: OwnedFd, policy: &str) -> Result<Confined> {
+    let connection = receive_fd(&ours).context("receiving the agent's connection to the daemon")?;
+    let mut client = Client::from_stream(UnixStream::from(connection));
+    let confined: Confined = serde_json::from_value(
+        client.call_with_fd(Op::Confine { policy: Some(policy.to_owned()), pid: None }, Some(listener.as_fd()))?,
+    )
+    .context("reading the daemon's confine answer")?;
+    drop(listener);
+    nix::unistd::write(&ours, &[CONFINED]).context("releasing the agent")?;
+    eprintln!("leash: sandbox {} (policy {}) confines the agent to {}", confined.sandbox, confined.policy, confined.proxy);
+    Ok(confined)
+}
+
+/// Receives one descriptor passed over `sock`.
+fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    bail!("the agent could not reach the daemon before exec (no connection was handed over)")
+}
+
+/// Who leash runs as, for the agent's `HOME`/`USER` (pods often run a uid with no passwd entry).
+fn own_identity() -> Identity {
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid).ok().flatten();
+    let name = user.as_ref().map(|u| u.name.clone()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| uid.to_string());
+    let home = std::env::var_os("HOME").map(PathBuf::from).or_else(|| user.map(|u| u.dir)).unwrap_or_else(|| Path::new("/").into());
+    Identity { uid, gid: nix::unistd::getgid(), groups: Vec::new(), name, home }
+}
