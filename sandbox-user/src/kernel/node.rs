@@ -4,7 +4,7 @@
 //! ```text
 //! <bpffs>/leash/node/<generation>/progs/<program>     the loaded network programs
 //! <bpffs>/leash/node/<generation>/maps/<map>          their maps
-//! <bpffs>/leash/node/sandboxes/<id>/<generation>.<program>   one pinned link per program and sandbox
+//! <bpffs>/leash/node/sandboxes/<id>/<generation>--<program>   one pinned link per program and sandbox
 //! ```
 //!
 //! The generation is named after a hash of the embedded object. A restarted daemon of the same
@@ -28,6 +28,9 @@ use super::programs::{attach_link, load_object, Kind, NET_PROGRAMS, OBJECT};
 /// The maps a network program set uses, pinned with it.
 const NET_MAPS: [&str; 5] =
     [map_names::SANDBOXES, map_names::COUNTERS, map_names::EVENTS, map_names::SOCKET_OWNERS, map_names::PROXY_CLIENTS];
+
+/// Between the generation and the program in a link's pin name.
+const LINK_SEPARATOR: &str = "--";
 
 /// `<bpffs>/leash/node`.
 pub fn node_root(bpffs: &Path) -> PathBuf {
@@ -168,7 +171,8 @@ impl NodePrograms {
     }
 
     /// Attaches every network program (the `sock_ops` one only with `record_owners`) to the
-    /// cgroup at `cgroup`, pinning each link as `sandboxes/<id>/<generation>.<program>`.
+    /// cgroup at `cgroup`, pinning each link as `sandboxes/<id>/<generation>--<program>` (bpffs
+    /// refuses names with a dot).
     pub fn attach(&mut self, cgroup: &Path, id: &str, record_owners: bool) -> Result<()> {
         let dir_path = self.sandbox_pins(id);
         std::fs::create_dir_all(&dir_path).with_context(|| format!("creating {}", dir_path.display()))?;
@@ -178,7 +182,7 @@ impl NodePrograms {
                 continue;
             }
             let link = attach_link(program, name, *kind, &dir)?;
-            let path = dir_path.join(format!("{}.{name}", self.generation));
+            let path = dir_path.join(format!("{}{LINK_SEPARATOR}{name}", self.generation));
             // The pinned link outlives this process; dropping the handle does not detach it.
             let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
         }
@@ -191,7 +195,7 @@ impl NodePrograms {
         let dir = self.sandbox_pins(id);
         for entry in read_dir_or_empty(&dir)? {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if generation.is_none_or(|g| name.starts_with(&format!("{g}."))) {
+            if generation.is_none_or(|g| name.starts_with(&format!("{g}{LINK_SEPARATOR}"))) {
                 std::fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
             }
         }

@@ -36,7 +36,9 @@ pub enum Enter<'a> {
     /// Asks the node daemon: connects to its socket (so the daemon's peer credentials name the
     /// child), hands that connection to leash over `handoff`, and waits there for one byte,
     /// `1` once the daemon confined it (`leash confine`).
-    Daemon { socket: &'a nix::sys::socket::UnixAddr, handoff: RawFd },
+    /// `leash_end` is leash's end of the handoff pair, which the child closes first (so that
+    /// leash closing its copy reads as "no" in the child).
+    Daemon { socket: &'a nix::sys::socket::UnixAddr, handoff: RawFd, leash_end: RawFd },
     /// No sandbox (degraded run without cgroups).
     None,
 }
@@ -54,7 +56,7 @@ pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
         _ => None,
     };
     let daemon = match setup.enter {
-        Enter::Daemon { socket, handoff } => Some((*socket, handoff)),
+        Enter::Daemon { socket, handoff, leash_end } => Some((*socket, handoff, leash_end)),
         _ => None,
     };
     let landlock_fd = setup.landlock;
@@ -74,7 +76,8 @@ pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
                     return Err(io::Error::last_os_error());
                 }
             }
-            if let Some((socket, handoff)) = &daemon {
+            if let Some((socket, handoff, leash_end)) = &daemon {
+                libc::close(*leash_end);
                 enter_through_daemon(socket, *handoff)?;
             }
             if let Some((uid, gid)) = ids {

@@ -93,6 +93,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     // The handoff runs while spawn() waits for the child's exec.
     let listener = bound.listener_fd().try_clone_to_owned().context("duplicating the proxy socket")?;
     let policy_name = text.name.clone();
+    let leash_end = ours.as_raw_fd();
     let handoff = std::thread::spawn(move || hand_off(ours, listener, &policy_name));
     let seccomp = seccomp::SocketFamilyFilter::new();
     let spawned = child::spawn(child::ChildSetup {
@@ -100,7 +101,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
         args,
         env,
         identity: None,
-        enter: Enter::Daemon { socket: &socket, handoff: theirs.as_raw_fd() },
+        enter: Enter::Daemon { socket: &socket, handoff: theirs.as_raw_fd(), leash_end },
         landlock: landlock_fd,
         seccomp: &seccomp,
     });
