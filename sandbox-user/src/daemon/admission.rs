@@ -86,5 +86,4 @@ impl Admission {
         cache.fetched = Some(Instant::now());
         Ok(cache.pods.get(pod_uid).cloned())
     }
-
 }

@@ -28,7 +28,13 @@ pub struct Client {
 impl Client {
     pub fn connect(socket: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(socket).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("connecting to {}: {e} (is the leash daemon running on this node, and the socket mounted?)", socket.display()))
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "connecting to {}: {e} (is the leash daemon running on this node, and the socket mounted?)",
+                    socket.display()
+                ),
+            )
         })?;
         Ok(Self::from_stream(stream))
     }
@@ -44,7 +50,8 @@ impl Client {
 
     /// Sends `op` with `fd` passed alongside (SCM_RIGHTS) and returns the reply's result.
     pub fn call_with_fd(&mut self, op: Op, fd: Option<BorrowedFd<'_>>) -> Result<serde_json::Value, ClientError> {
-        let body = serde_json::to_vec(&Request { version: VERSION, op }).map_err(|e| ClientError::Reply(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&Request { version: VERSION, op }).map_err(|e| ClientError::Reply(e.to_string()))?;
         let frame = protocol::frame(&body);
         match fd {
             Some(fd) => {

@@ -90,8 +90,7 @@ pub fn parse(path: &str) -> Result<PodContainer, NotAPod> {
     let container = parts.get(i).ok_or_else(|| NotAPod::NoContainer(path.into()))?;
     let (runtime, container_id) = container_id(container, driver).ok_or_else(|| NotAPod::NoContainer(path.into()))?;
     let container_cgroup: PathBuf = parts[..=i].iter().collect();
-    let sandbox =
-        parts[i + 1..].iter().find_map(|p| p.strip_prefix(SANDBOX_PREFIX)).map(str::to_owned);
+    let sandbox = parts[i + 1..].iter().find_map(|p| p.strip_prefix(SANDBOX_PREFIX)).map(str::to_owned);
     Ok(PodContainer { pod_uid, container_id, runtime, driver, container_cgroup, sandbox })
 }
 
@@ -178,7 +177,10 @@ mod tests {
         assert_eq!((p.runtime, p.driver, p.sandbox), (Runtime::Containerd, Driver::Systemd, None));
         let p = parse(&format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope/leash-7f")).unwrap();
         assert_eq!((p.runtime, p.sandbox.as_deref()), (Runtime::CriO, Some("7f")));
-        assert_eq!(p.container_cgroup, PathBuf::from(format!("kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope")));
+        assert_eq!(
+            p.container_cgroup,
+            PathBuf::from(format!("kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope"))
+        );
     }
 
     #[test]

@@ -96,16 +96,15 @@ pub async fn node_pods(config: &KubeConfig) -> Result<HashMap<String, PodInfo>> 
     let tcp = tokio::net::TcpStream::connect(&config.server)
         .await
         .with_context(|| format!("connecting to the API server {}", config.server))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.context("TLS to the API server")?;
+    let stream =
+        tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.context("TLS to the API server")?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .context("HTTP to the API server")?;
     tokio::spawn(conn);
-    let selector = percent_encoding::utf8_percent_encode(
-        &format!("spec.nodeName={}", config.node),
-        percent_encoding::NON_ALPHANUMERIC,
-    )
-    .to_string();
+    // Node names are DNS subdomains: letters, digits, `-` and `.` pass as they are.
+    const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'-');
+    let selector = percent_encoding::utf8_percent_encode(&format!("spec.nodeName={}", config.node), QUERY).to_string();
     let request = hyper::Request::get(format!("/api/v1/pods?fieldSelector={selector}"))
         .header("host", &config.server)
         .header("authorization", format!("Bearer {}", token.trim()))

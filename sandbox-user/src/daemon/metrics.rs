@@ -89,7 +89,11 @@ pub fn registry(metrics: &Metrics, node: Weak<Node>) -> Registry {
     let mut r = Registry::with_prefix("leash");
     r.register("sandboxes_active", "Sandboxes this daemon runs", metrics.sandboxes_active.clone());
     r.register("requests", "Confine API requests by operation and result", metrics.requests.clone());
-    r.register("confine_duration_seconds", "Time from a confine request to the process confined", metrics.confine_seconds.clone());
+    r.register(
+        "confine_duration_seconds",
+        "Time from a confine request to the process confined",
+        metrics.confine_seconds.clone(),
+    );
     r.register("denials", "Deny events from the kernel programs", metrics.denials.clone());
     r.register_collector(Box::new(KernelCollector { node }));
     r
@@ -163,11 +167,14 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, reg
                 let (status, body) = respond(req.uri().path(), &metrics, &registry);
                 let response = hyper::Response::builder()
                     .status(status)
-                    .header("content-type", if req.uri().path() == "/metrics" {
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-                    } else {
-                        "text/plain"
-                    })
+                    .header(
+                        "content-type",
+                        if req.uri().path() == "/metrics" {
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                        } else {
+                            "text/plain"
+                        },
+                    )
                     .body(http_body_util::Full::new(bytes::Bytes::from(body)));
                 async move { response }
             });

@@ -38,8 +38,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::audit::Auditor;
 use crate::kernel::events::EventPump;
-use crate::kernel::node::{this_generation, NodePrograms};
 use crate::kernel::mounts;
+use crate::kernel::node::{this_generation, NodePrograms};
 
 /// What `leash daemon` was asked to do.
 #[derive(Debug, Clone)]
@@ -130,7 +130,9 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     })?;
     if let Some(addr) = opts.metrics {
         let registry = Arc::new(metrics::registry(&metrics, Arc::downgrade(&node)));
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("listening on {addr} for metrics"))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("listening on {addr} for metrics"))?;
         runtime.spawn(metrics::serve(listener, metrics.clone(), registry));
     }
     let gc_node = node.clone();
@@ -161,7 +163,10 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     metrics.set_ready(false);
     runtime.block_on(pump.stop());
     let _ = std::fs::remove_file(&opts.socket);
-    eprintln!("leash daemon: stopping; {} sandboxes stay confined", node.state().map(|s| s.registry.len()).unwrap_or(0));
+    eprintln!(
+        "leash daemon: stopping; {} sandboxes stay confined",
+        node.state().map(|s| s.registry.len()).unwrap_or(0)
+    );
     Ok(())
 }
 
@@ -176,7 +181,8 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing stale socket {}", path.display())),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        std::os::unix::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("making {} reachable from pods", path.display()))?;
     Ok(listener)
@@ -192,7 +198,8 @@ fn join_host_cgroup_namespace() -> Result<()> {
     match (own, host) {
         (Ok(a), Ok(b)) if a.ino() == b.ino() => Ok(()),
         (Ok(_), Ok(_)) => {
-            let f = std::fs::File::open("/proc/1/ns/cgroup").context("opening the host's cgroup namespace (is hostPID set?)")?;
+            let f = std::fs::File::open("/proc/1/ns/cgroup")
+                .context("opening the host's cgroup namespace (is hostPID set?)")?;
             nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWCGROUP)
                 .context("joining the host's cgroup namespace (needs CAP_SYS_ADMIN)")?;
             Ok(())
@@ -201,4 +208,3 @@ fn join_host_cgroup_namespace() -> Result<()> {
         _ => Ok(()),
     }
 }
-

@@ -28,8 +28,11 @@ pub struct PolicyStore {
 impl PolicyStore {
     /// Loads `dir`; a missing directory is an empty store (every confine is then refused).
     pub fn open(dir: &Path) -> Self {
-        let store =
-            Self { dir: dir.to_path_buf(), policies: RwLock::new(BTreeMap::new()), fingerprint: RwLock::new(Vec::new()) };
+        let store = Self {
+            dir: dir.to_path_buf(),
+            policies: RwLock::new(BTreeMap::new()),
+            fingerprint: RwLock::new(Vec::new()),
+        };
         store.reload_if_changed();
         store
     }

@@ -59,7 +59,8 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
-    Hello,
+    /// (A struct variant, so that unknown fields are refused here too.)
+    Hello {},
     Policy {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy: Option<String>,
@@ -181,9 +182,8 @@ pub struct Owner {
 pub fn parse_request(body: &[u8]) -> Result<Request, Reply> {
     let mut value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| Reply::error(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
-    let object = value
-        .as_object_mut()
-        .ok_or_else(|| Reply::error(ErrorCode::BadRequest, "a request is a JSON object"))?;
+    let object =
+        value.as_object_mut().ok_or_else(|| Reply::error(ErrorCode::BadRequest, "a request is a JSON object"))?;
     let version = object
         .remove("version")
         .and_then(|v| v.as_u64())

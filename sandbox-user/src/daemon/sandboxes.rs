@@ -93,8 +93,12 @@ impl Node {
     ) -> Result<Confined, Reply> {
         let target = pid.unwrap_or(caller.pid);
         if target != caller.pid {
-            let pod = discovery::of_pid(target)
-                .map_err(|e| Reply::error(ErrorCode::NoSuchProcess, format!("process {target}: {e}")))?;
+            let pod = discovery::of_pid(target).map_err(|e| match e {
+                discovery::DiscoveryError::NoProcess(..) => {
+                    Reply::error(ErrorCode::NoSuchProcess, format!("process {target} does not exist"))
+                }
+                _ => Reply::error(ErrorCode::OtherPod, format!("process {target} is not in your pod")),
+            })?;
             if pod.pod_uid != caller.pod.pod_uid {
                 return Err(Reply::error(ErrorCode::OtherPod, format!("process {target} is not in your pod")));
             }
@@ -122,7 +126,10 @@ impl Node {
 
         let mut state = self.state()?;
         if state.registry.len() >= self.max_sandboxes {
-            return Err(Reply::error(ErrorCode::Busy, format!("this node runs its limit of {} sandboxes", self.max_sandboxes)));
+            return Err(Reply::error(
+                ErrorCode::Busy,
+                format!("this node runs its limit of {} sandboxes", self.max_sandboxes),
+            ));
         }
         let container = discovery::container_dir(&self.cgroup_root, &caller.pod);
         let id = new_id();
@@ -198,7 +205,10 @@ impl Node {
         let state = self.state()?;
         let record = Self::own_record(&state, caller, id)?;
         if !record.record_owners {
-            return Err(Reply::error(ErrorCode::BadRequest, "this sandbox's policy has no binaries: rules; owners are not recorded"));
+            return Err(Reply::error(
+                ErrorCode::BadRequest,
+                "this sandbox's policy has no binaries: rules; owners are not recorded",
+            ));
         }
         let owner = state.programs.owner(port).filter(|o| o.cgroup_id == record.cgroup_id).ok_or_else(|| {
             Reply::error(ErrorCode::NoSuchSandbox, format!("no connection from sandbox {id} on port {port}"))
@@ -296,7 +306,8 @@ fn remove(state: &mut State, r: &SandboxRecord, metrics: &Metrics) -> Result<()>
 /// Moves process `pid` (its whole thread group) into the cgroup.
 fn move_into(cgroup: &Path, pid: u32) -> Result<()> {
     let path = cgroup.join("cgroup.procs");
-    let mut f = std::fs::OpenOptions::new().write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
     f.write_all(pid.to_string().as_bytes()).map_err(anyhow::Error::from)
 }
 
@@ -336,13 +347,15 @@ fn inspect_listener(fd: &OwnedFd) -> Result<Listener, Reply> {
     let addr = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(raw)
         .ok()
         .and_then(|s| {
-            s.as_sockaddr_in().map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a))).or_else(|| {
-                s.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
-            })
+            s.as_sockaddr_in()
+                .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+                .or_else(|| s.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a))))
         })
         .ok_or_else(|| bad("cannot read the passed socket's address"))?;
     if addr.ip().is_unspecified() {
-        return Err(bad("the proxy listens on every address; make it listen on one (e.g. 127.0.0.1) so that only it is reachable"));
+        return Err(bad(
+            "the proxy listens on every address; make it listen on one (e.g. 127.0.0.1) so that only it is reachable",
+        ));
     }
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
@@ -374,4 +387,3 @@ fn no_such_policy(name: &str) -> Reply {
 fn internal(e: anyhow::Error) -> Reply {
     Reply::error(ErrorCode::Internal, format!("{e:#}"))
 }
-

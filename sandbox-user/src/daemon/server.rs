@@ -48,7 +48,10 @@ fn connection(mut stream: UnixStream, node: &Node) {
     let peer = match getsockopt(&stream, PeerCredentials) {
         Ok(c) => c,
         Err(e) => {
-            let _ = protocol::write_json(&mut stream, &Reply::error(ErrorCode::Internal, format!("no peer credentials: {e}")));
+            let _ = protocol::write_json(
+                &mut stream,
+                &Reply::error(ErrorCode::Internal, format!("no peer credentials: {e}")),
+            );
             return;
         }
     };
@@ -57,7 +60,8 @@ fn connection(mut stream: UnixStream, node: &Node) {
             Ok(f) => f,
             Err(FrameError::Closed) => return,
             Err(e) => {
-                let code = if matches!(e, FrameError::TooLarge(_)) { ErrorCode::TooLarge } else { ErrorCode::BadRequest };
+                let code =
+                    if matches!(e, FrameError::TooLarge(_)) { ErrorCode::TooLarge } else { ErrorCode::BadRequest };
                 let _ = protocol::write_json(&mut stream, &Reply::error(code, e.to_string()));
                 return;
             }
@@ -70,7 +74,8 @@ fn connection(mut stream: UnixStream, node: &Node) {
             }
             Err(reply) => ("invalid", reply),
         };
-        let result = reply.error.as_ref().map(|e| format!("{:?}", e.code).to_lowercase()).unwrap_or_else(|| "ok".into());
+        let result =
+            reply.error.as_ref().map(|e| format!("{:?}", e.code).to_lowercase()).unwrap_or_else(|| "ok".into());
         if op == "confine" && reply.ok {
             node.metrics.confine_seconds.observe(started.elapsed().as_secs_f64());
         }
@@ -86,15 +91,20 @@ fn answer(node: &Node, pid: u32, uid: u32, op: Op, mut fds: Vec<OwnedFd>) -> Rep
     // Who the caller is now: it may have been confined since it connected.
     let pod = match discovery::of_pid(pid) {
         Ok(p) => p,
-        Err(DiscoveryError::NoProcess(..)) => return Reply::error(ErrorCode::NoSuchProcess, "the calling process exited"),
+        Err(DiscoveryError::NoProcess(..)) => {
+            return Reply::error(ErrorCode::NoSuchProcess, "the calling process exited")
+        }
         Err(e) => return Reply::error(ErrorCode::NotInPod, format!("the caller is not in a pod's container: {e}")),
     };
     if let Some(sandbox) = &pod.sandbox {
-        return Reply::error(ErrorCode::Confined, format!("the caller is confined (sandbox {sandbox}) and may not use the daemon"));
+        return Reply::error(
+            ErrorCode::Confined,
+            format!("the caller is confined (sandbox {sandbox}) and may not use the daemon"),
+        );
     }
     let caller = Caller { pid, uid, pod };
     let result = match op {
-        Op::Hello => Ok(serde_json::json!({
+        Op::Hello {} => Ok(serde_json::json!({
             "api_version": protocol::VERSION,
             "daemon_version": env!("CARGO_PKG_VERSION"),
             "layers": ["network (cgroup eBPF)"],
@@ -123,7 +133,7 @@ fn to_json(v: impl serde::Serialize) -> serde_json::Value {
 
 fn op_name(op: &Op) -> &'static str {
     match op {
-        Op::Hello => "hello",
+        Op::Hello {} => "hello",
         Op::Policy { .. } => "policy",
         Op::Confine { .. } => "confine",
         Op::Status { .. } => "status",
@@ -158,7 +168,11 @@ fn read_frame_with_fds(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), F
         }
         let n = msg.bytes;
         if n == 0 {
-            return Err(if data.is_empty() { FrameError::Closed } else { FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()) });
+            return Err(if data.is_empty() {
+                FrameError::Closed
+            } else {
+                FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+            });
         }
         data.extend_from_slice(&buf[..n]);
         if want == 4 && data.len() >= 4 {

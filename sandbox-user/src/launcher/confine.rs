@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::socket::{recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
 
 use super::child::{self, Enter, CONFINED};
 use super::identity::Identity;
@@ -136,7 +138,10 @@ fn hand_off(ours: OwnedFd, listener: OwnedFd, policy: &str) -> Result<Confined> 
     .context("reading the daemon's confine answer")?;
     drop(listener);
     nix::unistd::write(&ours, &[CONFINED]).context("releasing the agent")?;
-    eprintln!("leash: sandbox {} (policy {}) confines the agent to {}", confined.sandbox, confined.policy, confined.proxy);
+    eprintln!(
+        "leash: sandbox {} (policy {}) confines the agent to {}",
+        confined.sandbox, confined.policy, confined.proxy
+    );
     Ok(confined)
 }
 
@@ -161,7 +166,11 @@ fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
 fn own_identity() -> Identity {
     let uid = nix::unistd::getuid();
     let user = nix::unistd::User::from_uid(uid).ok().flatten();
-    let name = user.as_ref().map(|u| u.name.clone()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| uid.to_string());
-    let home = std::env::var_os("HOME").map(PathBuf::from).or_else(|| user.map(|u| u.dir)).unwrap_or_else(|| Path::new("/").into());
+    let name =
+        user.as_ref().map(|u| u.name.clone()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| uid.to_string());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .or_else(|| user.map(|u| u.dir))
+        .unwrap_or_else(|| Path::new("/").into());
     Identity { uid, gid: nix::unistd::getgid(), groups: Vec::new(), name, home }
 }

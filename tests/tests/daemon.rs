@@ -1,0 +1,578 @@
+//! `leash daemon` and `leash confine` on this host's kernel, with a simulated kubelet cgroup tree
+//! (systemd and cgroupfs drivers, containerd and CRI-O container names), a bpffs instance of
+//! each test's own, and a local HTTPS stand-in for the API server's pod list.
+//!
+//! Every test starts its own daemon; pod processes are `podclient` (which moves itself into a
+//! fake container cgroup) or `leash confine` started through it as an unprivileged user.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use leash_tests::{cgroup2_root, leash_bin, require_root, stderr, stdout, wait_until, Listener, Scratch};
+
+const NOBODY: &str = "65534";
+
+fn bin(name: &str) -> PathBuf {
+    leash_bin().with_file_name(name)
+}
+
+/// A kubelet-like cgroup tree, a bpffs instance, a policies directory and (when started) a daemon.
+struct Node {
+    scratch: Scratch,
+    tree: PathBuf,
+    bpffs: PathBuf,
+    socket: PathBuf,
+    daemon: Option<Child>,
+    api: Option<FakeApi>,
+}
+
+#[derive(Clone, Copy)]
+enum Layout {
+    SystemdContainerd,
+    CgroupfsCrio,
+}
+
+/// A fake pod's container cgroup.
+struct Pod {
+    uid: String,
+    container: PathBuf,
+}
+
+impl Node {
+    fn new(tag: &str) -> Self {
+        require_root();
+        let scratch = Scratch::new(&format!("daemon-{tag}"));
+        let tree = cgroup2_root().join(format!("leashd-test-{tag}-{}", std::process::id()));
+        remove_cgroup_tree(&tree);
+        std::fs::create_dir_all(&tree).expect("creating the fake kubelet tree");
+        let bpffs = scratch.0.join("bpf");
+        std::fs::create_dir_all(&bpffs).unwrap();
+        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs).status().expect("mount");
+        assert!(status.success(), "mounting a bpffs instance");
+        std::fs::create_dir_all(scratch.0.join("policies")).unwrap();
+        let socket = scratch.0.join("leash.sock");
+        Self { scratch, tree, bpffs, socket, daemon: None, api: None }
+    }
+
+    fn policy(&self, name: &str, yaml: &str) {
+        std::fs::write(self.scratch.0.join("policies").join(format!("{name}.yaml")), yaml).unwrap();
+    }
+
+    fn pod(&self, layout: Layout, n: u8) -> Pod {
+        let uid = format!("0a1b2c3d-4e5f-6789-abcd-ef01234567{n:02x}");
+        let id = format!("{:02x}", n).repeat(32);
+        let container = match layout {
+            Layout::SystemdContainerd => self.tree.join(format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope",
+                uid.replace('-', "_")
+            )),
+            Layout::CgroupfsCrio => self.tree.join(format!("kubepods/besteffort/pod{uid}/crio-{id}")),
+        };
+        std::fs::create_dir_all(&container).expect("creating a container cgroup");
+        Pod { uid, container }
+    }
+
+    fn start(&mut self, extra: &[&str]) -> String {
+        let mut cmd = Command::new(leash_bin());
+        cmd.arg("daemon")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--policies")
+            .arg(self.scratch.0.join("policies"))
+            .arg("--state-dir")
+            .arg(self.scratch.0.join("state"))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(["--gc-interval-ms", "50"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(api) = &self.api {
+            cmd.args(["--kube-api", &api.addr, "--node-name", "node-a"])
+                .arg("--kube-token-file")
+                .arg(&api.token_file)
+                .arg("--kube-ca-file")
+                .arg(&api.ca_file);
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let mut child = cmd.spawn().expect("starting leash daemon");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut log = String::new();
+        loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("leash daemon exited while starting: {log}");
+            }
+            log.push_str(&line);
+            if line.contains("serving the Confine API") {
+                break;
+            }
+        }
+        // Keep draining stderr so the daemon never blocks on it.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+        });
+        self.daemon = Some(child);
+        log
+    }
+
+    fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
+    }
+
+    fn kill_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.kill().ok();
+            d.wait().ok();
+        }
+    }
+
+    /// `podclient --cgroup <pod> ARGS`, waited for.
+    fn podclient(&self, pod: &Pod, args: &[&str]) -> Output {
+        Command::new(bin("podclient")).arg("--cgroup").arg(&pod.container).args(args).output().expect("podclient")
+    }
+
+    /// A request from `pod`; the reply as JSON.
+    fn call(&self, pod: &Pod, json: &str, extra: Option<&str>) -> serde_json::Value {
+        let socket = self.socket.to_str().unwrap();
+        let mut args = vec!["call", socket, json];
+        if let Some(e) = extra {
+            args.push(e);
+        }
+        let out = self.podclient(pod, &args);
+        serde_json::from_str(stdout(&out).trim())
+            .unwrap_or_else(|e| panic!("reply {e}: {} {}", stdout(&out), stderr(&out)))
+    }
+
+    /// `leash confine` as nobody in `pod`, running `agent`.
+    fn confine(&self, pod: &Pod, extra: &[&str], agent: &[&str]) -> Output {
+        self.confine_cmd(pod, extra, agent).output().expect("leash confine")
+    }
+
+    fn confine_cmd(&self, pod: &Pod, extra: &[&str], agent: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("podclient"));
+        cmd.arg("--cgroup")
+            .arg(&pod.container)
+            .args(["exec", NOBODY, "--"])
+            .arg(leash_bin())
+            .arg("confine")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(extra)
+            .arg("--")
+            .args(agent)
+            .current_dir("/")
+            .env("HOME", "/");
+        cmd
+    }
+
+    fn state_files(&self) -> usize {
+        std::fs::read_dir(self.scratch.0.join("state")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    fn pinned_sandboxes(&self) -> usize {
+        std::fs::read_dir(self.bpffs.join("leash/node/sandboxes")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Entries in the pinned sandbox map of every generation.
+    fn map_entries(&self) -> usize {
+        let mut n = 0;
+        for generation in std::fs::read_dir(self.bpffs.join("leash/node")).unwrap().flatten() {
+            let path = generation.path().join("maps/LEASH_SANDBOXES");
+            if path.exists() {
+                let data = aya::maps::MapData::from_pin(&path).expect("opening the pinned sandbox map");
+                let map: aya::maps::HashMap<_, u64, sandbox_common::SandboxNet> =
+                    aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+                n += map.keys().count();
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        remove_cgroup_tree(&self.tree);
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+    }
+}
+
+/// Kills every process below `dir` and removes the cgroups, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    fn rm(d: &Path) {
+        if let Ok(entries) = std::fs::read_dir(d) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    rm(&e.path());
+                }
+            }
+        }
+        for _ in 0..200 {
+            if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    rm(dir);
+}
+
+fn code(reply: &serde_json::Value) -> String {
+    reply["error"]["code"].as_str().unwrap_or("ok").to_string()
+}
+
+/// The policy the pods get: the upstream's port, reachable only through the proxy.
+fn upstream_policy(port: u16) -> String {
+    format!(
+        "version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      - {{ host: 127.0.0.1, port: {port}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n"
+    )
+}
+
+/// The agent's probes: straight to the upstream, then through the proxy.
+fn probes(target: &str) -> Vec<String> {
+    let probe = bin("netprobe").display().to_string();
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("{probe} tcp {target}; {probe} get proxy {target}; cat /proc/self/cgroup"),
+    ]
+}
+
+fn assert_only_proxy_reachable(node: &Node, pod: &Pod, upstream: &Listener, extra: &[&str]) {
+    let target = upstream.addr.to_string();
+    let agent = probes(&target);
+    let agent: Vec<&str> = agent.iter().map(String::as_str).collect();
+    let out = node.confine(pod, extra, &agent);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "leash confine: {text} {}", stderr(&out));
+    let mut lines = text.lines();
+    let direct = lines.next().unwrap_or_default();
+    assert!(direct.starts_with("err"), "the agent reached {target} directly: {direct}\n{}", stderr(&out));
+    let proxied = lines.next().unwrap_or_default();
+    assert!(proxied.contains("CONNECT 200 GET 200"), "the proxy did not get through: {proxied}\n{}", stderr(&out));
+    assert!(text.contains("/leash-"), "the agent is not in a sandbox cgroup: {text}");
+    assert_eq!(upstream.accepted(), 1, "only the proxied connection reaches the upstream");
+}
+
+#[test]
+fn systemd_containerd_pod_annotated_through_the_api_reaches_only_its_proxy() {
+    let upstream = Listener::http("127.0.0.1:0", "upstream");
+    let mut node = Node::new("sysd");
+    node.policy("runner", &upstream_policy(upstream.addr.port()));
+    let pod = node.pod(Layout::SystemdContainerd, 1);
+    node.api = Some(FakeApi::start(&node.scratch.0, vec![(pod.uid.clone(), Some("runner".into()))]));
+    node.start(&["--metrics", "127.0.0.1:0"]);
+    assert_only_proxy_reachable(&node, &pod, &upstream, &[]);
+    assert!(node.api.as_ref().unwrap().requests() >= 1, "the daemon never asked the API server");
+    // The sandbox is collected once the agent exited.
+    assert!(wait_until(10, || node.state_files() == 0 && node.pinned_sandboxes() == 0), "sandbox not collected");
+    assert_eq!(node.map_entries(), 0);
+}
+
+#[test]
+fn cgroupfs_crio_pod_with_the_node_default_reaches_only_its_proxy() {
+    let upstream = Listener::http("127.0.0.1:0", "upstream");
+    let mut node = Node::new("cgfs");
+    node.policy("default", &upstream_policy(upstream.addr.port()));
+    let pod = node.pod(Layout::CgroupfsCrio, 2);
+    node.start(&["--default-policy", "default"]);
+    assert_only_proxy_reachable(&node, &pod, &upstream, &["--policy", "default"]);
+}
+
+#[test]
+fn pods_without_the_annotation_or_asking_for_another_policy_are_refused() {
+    let mut node = Node::new("refuse");
+    node.policy("runner", "version: 1\n");
+    node.policy("other", "version: 1\n");
+    let annotated = node.pod(Layout::SystemdContainerd, 3);
+    let bare = node.pod(Layout::SystemdContainerd, 4);
+    let unknown = node.pod(Layout::CgroupfsCrio, 5);
+    node.api = Some(FakeApi::start(
+        &node.scratch.0,
+        vec![(annotated.uid.clone(), Some("runner".into())), (bare.uid.clone(), None)],
+    ));
+    node.start(&[]);
+    let out = node.confine(&bare, &[], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "an unannotated pod was confined: {}", stderr(&out));
+    assert!(stderr(&out).contains("leash.dev/policy"), "{}", stderr(&out));
+    let out = node.confine(&unknown, &[], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "a pod unknown to the API was confined: {}", stderr(&out));
+    let out = node.confine(&annotated, &["--policy", "other"], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "a pod got a policy it is not annotated with: {}", stderr(&out));
+    assert!(stderr(&out).contains("not `other`"), "{}", stderr(&out));
+    let out = node.confine(&annotated, &[], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(0), "the annotated pod was refused: {}", stderr(&out));
+    // A process outside every pod is refused too.
+    let mut client = leash::daemon::client::Client::connect(&node.socket).unwrap();
+    let err = client.call(leash::daemon::protocol::Op::Hello {}).unwrap_err().to_string();
+    assert!(err.contains("NotInPod"), "{err}");
+}
+
+#[test]
+fn a_pod_cannot_confine_release_or_query_another_pods_processes() {
+    let mut node = Node::new("cross");
+    node.policy("default", "version: 1\n");
+    let a = node.pod(Layout::SystemdContainerd, 6);
+    let b = node.pod(Layout::CgroupfsCrio, 7);
+    node.start(&["--default-policy", "default"]);
+    let mut sleeper_a = Command::new(bin("podclient")).arg("--cgroup").arg(&a.container).arg("sleep").spawn().unwrap();
+    let mut sleeper_b = Command::new(bin("podclient")).arg("--cgroup").arg(&b.container).arg("sleep").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid_a = sleeper_a.id();
+    let confine_a = format!(r#"{{"version":1,"op":"confine","pid":{pid_a}}}"#);
+    // B may not confine A's process; A may.
+    assert_eq!(code(&node.call(&b, &confine_a, Some("--listener"))), "other_pod");
+    let reply = node.call(&a, &confine_a, Some("--listener"));
+    assert_eq!(code(&reply), "ok", "{reply}");
+    let sandbox = reply["result"]["sandbox"].as_str().unwrap().to_string();
+    for op in [
+        format!(r#"{{"version":1,"op":"status","sandbox":"{sandbox}"}}"#),
+        format!(r#"{{"version":1,"op":"release","sandbox":"{sandbox}"}}"#),
+        format!(r#"{{"version":1,"op":"owner","sandbox":"{sandbox}","port":1}}"#),
+    ] {
+        assert_eq!(code(&node.call(&b, &op, None)), "no_such_sandbox", "pod B: {op}");
+    }
+    assert!(sleeper_a.try_wait().unwrap().is_none(), "B's release killed A's process");
+    let status = node.call(&a, &format!(r#"{{"version":1,"op":"status","sandbox":"{sandbox}"}}"#), None);
+    assert_eq!(status["result"]["processes"], 1, "{status}");
+    // The confined process itself may not use the daemon at all (no release of its own sandbox).
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid_a}/cgroup")).unwrap();
+    assert!(cgroup.contains(&format!("leash-{sandbox}")), "{cgroup}");
+    let release = format!(r#"{{"version":1,"op":"release","sandbox":"{sandbox}"}}"#);
+    assert_eq!(code(&node.call(&a, &release, None)), "ok");
+    assert!(wait_until(5, || sleeper_a.try_wait().unwrap().is_some()), "release did not end A's process");
+    sleeper_b.kill().ok();
+    sleeper_b.wait().ok();
+}
+
+#[test]
+fn confined_agents_cannot_ask_the_daemon_for_anything() {
+    let mut node = Node::new("inner");
+    node.policy("default", "version: 1\n");
+    let pod = node.pod(Layout::SystemdContainerd, 8);
+    node.start(&["--default-policy", "default"]);
+    let inner = format!("{} confine --socket {} -- /bin/true", leash_bin().display(), node.socket.display());
+    let out = node.confine(&pod, &[], &["/bin/sh", "-c", &inner]);
+    assert_eq!(out.status.code(), Some(125), "a confined agent got itself another sandbox: {}", stderr(&out));
+    assert!(stderr(&out).contains("confined"), "{}", stderr(&out));
+}
+
+#[test]
+fn hostile_messages_get_error_replies_and_the_daemon_keeps_serving() {
+    let mut node = Node::new("hostile");
+    node.policy("default", "version: 1\n");
+    let a = node.pod(Layout::SystemdContainerd, 9);
+    let b = node.pod(Layout::SystemdContainerd, 10);
+    node.start(&["--default-policy", "default"]);
+    let mut other = Command::new(bin("podclient")).arg("--cgroup").arg(&b.container).arg("sleep").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = node.podclient(&a, &["hostile", node.socket.to_str().unwrap(), &other.id().to_string()]);
+    other.kill().ok();
+    other.wait().ok();
+    let text = stdout(&out);
+    let expect = [
+        ("garbage", "bad_request"),
+        ("oversized", "too_large"),
+        ("truncated", "bad_request"),
+        ("empty-frame", "bad_request"),
+        ("not-an-object", "bad_request"),
+        ("no-version", "bad_request"),
+        ("future-version", "unsupported_version"),
+        ("unknown-op", "bad_request"),
+        ("extra-field", "bad_request"),
+        ("deep-json", "bad_request"),
+        ("confine-no-fd", "bad_socket"),
+        ("confine-dev-null", "bad_socket"),
+        ("confine-udp", "bad_socket"),
+        ("confine-connected-tcp", "bad_socket"),
+        ("confine-any-address", "bad_socket"),
+        ("confine-exited-pid", "no_such_process"),
+        ("confine-other-pod", "other_pod"),
+        ("confine-pid-1", "other_pod"),
+        ("status-unknown", "no_such_sandbox"),
+        ("release-unknown", "no_such_sandbox"),
+        ("hello-after", "ok"),
+    ];
+    for (case, want) in expect {
+        let line =
+            text.lines().find(|l| l.split(' ').next() == Some(case)).unwrap_or_else(|| panic!("no {case}: {text}"));
+        let reply: serde_json::Value = serde_json::from_str(line.split_once(' ').unwrap().1).expect(line);
+        assert_eq!(code(&reply), want, "{case}: {line}");
+    }
+    assert_eq!(node.state_files(), 0, "a hostile request left a sandbox");
+    assert!(node.daemon.as_mut().unwrap().try_wait().unwrap().is_none(), "the daemon died");
+}
+
+#[test]
+fn sigkill_of_the_daemon_leaves_the_sandbox_confined_and_the_next_daemon_adopts_it() {
+    let upstream = Listener::http("127.0.0.1:0", "upstream");
+    let mut node = Node::new("adopt");
+    node.policy("default", &upstream_policy(upstream.addr.port()));
+    let pod = node.pod(Layout::SystemdContainerd, 11);
+    node.start(&["--default-policy", "default"]);
+    let go = node.scratch.0.join("go");
+    let target = upstream.addr.to_string();
+    let probe = bin("netprobe").display().to_string();
+    // The agent waits for the test's signal (a file), then probes while no daemon runs.
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; {probe} tcp {target}; {probe} get proxy {target}; sleep 60",
+        go = go.display()
+    );
+    let mut agent = node
+        .confine_cmd(&pod, &[], &["/bin/sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent_err = BufReader::new(agent.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("confines the agent") {
+        said.clear();
+        assert!(agent_err.read_line(&mut said).unwrap() > 0, "the agent was not confined");
+    }
+    node.daemon.as_mut().unwrap().kill().unwrap(); // SIGKILL
+    node.daemon.take().unwrap().wait().ok();
+    std::fs::write(&go, "").unwrap();
+    let mut out = BufReader::new(agent.stdout.take().unwrap());
+    let (mut direct, mut proxied) = (String::new(), String::new());
+    out.read_line(&mut direct).unwrap();
+    out.read_line(&mut proxied).unwrap();
+    assert!(direct.starts_with("err"), "with the daemon dead the agent reached {target} directly: {direct}");
+    assert!(proxied.contains("CONNECT 200 GET 200"), "the proxy stopped working without the daemon: {proxied}");
+
+    let log = node.start(&["--default-policy", "default"]);
+    assert!(log.contains("adopted pinned programs"), "the new daemon loaded instead of adopting: {log}");
+    assert!(log.contains("1 sandboxes on record"), "{log}");
+    let sandbox = std::fs::read_dir(node.scratch.0.join("state")).unwrap().next().unwrap().unwrap().path();
+    let sandbox = sandbox.file_stem().unwrap().to_str().unwrap().to_string();
+    let status = node.call(&pod, &format!(r#"{{"version":1,"op":"status","sandbox":"{sandbox}"}}"#), None);
+    assert_eq!(code(&status), "ok", "the adopted sandbox is unknown: {status}");
+    assert!(status["result"]["processes"].as_u64().unwrap() >= 1, "{status}");
+    // New requests are served, and the adopted sandbox can be released (its `sleep` outlives
+    // leash confine, so it would otherwise stay populated).
+    let out = node.confine(&pod, &[], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let release = node.call(&pod, &format!(r#"{{"version":1,"op":"release","sandbox":"{sandbox}"}}"#), None);
+    assert_eq!(code(&release), "ok", "{release}");
+    assert!(wait_until(10, || agent.try_wait().unwrap().is_some()), "releasing the sandbox did not end the agent");
+    assert!(wait_until(10, || node.state_files() == 0), "the adopted sandbox was never collected");
+    assert!(wait_until(5, || node.map_entries() == 0 && node.pinned_sandboxes() == 0));
+}
+
+#[test]
+fn ten_thousand_confine_cycles_leave_nothing_behind() {
+    let mut node = Node::new("cycles");
+    node.policy("default", "version: 1\n");
+    let pod = node.pod(Layout::CgroupfsCrio, 12);
+    node.start(&["--default-policy", "default"]);
+    let socket = node.socket.to_str().unwrap().to_string();
+    let warm = node.podclient(&pod, &["cycles", &socket, "200"]);
+    assert!(stdout(&warm).contains("\"errors\":0"), "{} {}", stdout(&warm), stderr(&warm));
+    assert!(wait_until(10, || node.state_files() == 0));
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", node.daemon_pid())).unwrap().count();
+    let before = fds();
+    let out = node.podclient(&pod, &["cycles", &socket, "10000"]);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(report["errors"], 0, "{report}");
+    eprintln!("10,000 cycles: {report}");
+    assert!(wait_until(20, || node.state_files() == 0), "state files left: {}", node.state_files());
+    assert!(wait_until(5, || node.pinned_sandboxes() == 0), "pinned links left");
+    assert_eq!(node.map_entries(), 0, "map entries left");
+    let left: Vec<_> = std::fs::read_dir(&pod.container)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("leash-"))
+        .collect();
+    assert!(left.is_empty(), "sandbox cgroups left: {}", left.len());
+    assert!(fds() <= before + 2, "the daemon's descriptors grew from {before} to {}", fds());
+}
+
+/// The API server's pod list on loopback over TLS: `GET /api/v1/pods?fieldSelector=...` with the
+/// expected bearer token answers the configured pods of node `node-a`; anything else 401/400.
+struct FakeApi {
+    addr: String,
+    token_file: PathBuf,
+    ca_file: PathBuf,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeApi {
+    fn start(dir: &Path, pods: Vec<(String, Option<String>)>) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca_file = dir.join("api-ca.pem");
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, "test-token\n").unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        let items: Vec<serde_json::Value> = pods
+            .iter()
+            .map(|(uid, policy)| {
+                let mut annotations = serde_json::Map::new();
+                if let Some(p) = policy {
+                    annotations.insert("leash.dev/policy".into(), p.clone().into());
+                }
+                serde_json::json!({"metadata": {"uid": uid, "name": format!("runner-{}", &uid[34..]), "namespace": "ci", "annotations": annotations}})
+            })
+            .collect();
+        let body = serde_json::json!({"kind": "PodList", "items": items}).to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (status, text) = if !head.contains("authorization: bearer test-token") {
+                    ("401 Unauthorized", "{}".to_string())
+                } else if !head.starts_with("get /api/v1/pods?fieldselector=spec.nodename%3dnode-a ") {
+                    ("400 Bad Request", "{}".to_string())
+                } else {
+                    ("200 OK", body.clone())
+                };
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        Self { addr, token_file, ca_file, requests }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
