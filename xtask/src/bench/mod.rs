@@ -293,3 +293,34 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// VmRSS of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    line.split_whitespace().nth(1).context("no VmRSS value")?.parse().context("VmRSS is not a number")
+}
+
+/// The number after `"key":` in a one-line JSON object.
+pub fn field(line: &str, key: &str) -> Result<f64> {
+    let pat = format!("\"{key}\":");
+    let at = line.find(&pat).with_context(|| format!("no {key} in {line:?}"))? + pat.len();
+    let num: String = line[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+'))
+        .collect();
+    num.parse().with_context(|| format!("{key} is not a number in {line:?}"))
+}
+
+/// The last `lines` lines of `text`, on lines of their own, to end an error message.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let t = all[all.len().saturating_sub(lines)..].join("\n");
+    if t.trim().is_empty() {
+        "(empty)".into()
+    } else {
+        format!("\n{t}")
+    }
+}

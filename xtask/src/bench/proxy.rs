@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{apt_install, find_program, Ctx};
+use super::{apt_install, field, find_program, rss_kib, tail, Ctx};
 
 /// The mitmproxy release installed from PyPI (the newest that still runs on Debian 12's
 /// Python 3.11; it needs Python >= 3.10).
@@ -666,14 +666,6 @@ fn stat_fields(stat: &str) -> Vec<&str> {
     stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default()
 }
 
-/// VmRSS of `pid`, KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    line.split_whitespace().nth(1).context("no VmRSS value")?.parse().context("VmRSS is not a number")
-}
-
 /// How many descendants `pid` has and their summed VmRSS, KiB.
 fn children_rss(pid: u32) -> (usize, u64) {
     let mut parents = vec![pid];
@@ -713,26 +705,4 @@ fn output_line(cmd: &mut Command) -> Result<String> {
         bail!("{} ({})", String::from_utf8_lossy(&out.stderr).trim(), out.status);
     }
     stdout.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned).context("no output")
-}
-
-/// The number after `"key":` in a one-line JSON object.
-fn field(line: &str, key: &str) -> Result<f64> {
-    let pat = format!("\"{key}\":");
-    let at = line.find(&pat).with_context(|| format!("no {key} in {line:?}"))? + pat.len();
-    let num: String = line[at..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+'))
-        .collect();
-    num.parse().with_context(|| format!("{key} is not a number in {line:?}"))
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    let t = all[all.len().saturating_sub(lines)..].join("\n");
-    if t.trim().is_empty() {
-        "(empty)".into()
-    } else {
-        format!("\n{t}")
-    }
 }

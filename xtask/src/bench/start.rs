@@ -34,7 +34,7 @@ const BWRAP_ARGS: [&str; 6] = ["--unshare-net", "--ro-bind", "/", "/", "--", "/b
 /// The port the recipe's firewall lets through to the host end (where a proxy would listen).
 const PROXY_PORT: u16 = 3128;
 /// Commands one recipe iteration runs.
-const RECIPE_COMMANDS: usize = 13;
+pub const RECIPE_COMMANDS: usize = 13;
 
 /// One way to start `/bin/true`; its argument numbers the iteration (for unique names).
 type Variant<'a> = &'a dyn Fn(u32) -> Result<()>;
@@ -43,7 +43,7 @@ pub fn run(ctx: &Ctx, tools: &Tools, iterations: u32, warmups: u32) -> Result<()
     preflight(tools)?;
     let variants: [(&str, Variant); 3] = [
         ("(a) leash run -- /bin/true", &|_| leash_true(ctx)),
-        ("(b) netns + veth + nftables recipe", &|k| recipe(tools, k)),
+        ("(b) netns + veth + nftables recipe", &|k| recipe(&tools.ip, &tools.nft, k)),
         ("(c) bwrap --unshare-net -- /bin/true", &|_| bwrap_true(tools)),
     ];
     let mut times: [Vec<Duration>; 3] = Default::default();
@@ -67,11 +67,7 @@ pub fn run(ctx: &Ctx, tools: &Tools, iterations: u32, warmups: u32) -> Result<()
             println!("start: {} of {iterations} timed iterations done", done - warmups);
         }
     }
-    let ours = format!("{NS_PREFIX}{}-", std::process::id());
-    let leftovers: Vec<String> = bench_namespaces(tools)?.into_iter().filter(|ns| ns.starts_with(&ours)).collect();
-    if !leftovers.is_empty() {
-        bail!("network namespaces left behind: {}", leftovers.join(", "));
-    }
+    check_recipe_cleanup(&tools.ip)?;
 
     println!();
     println!("start: wall time per start, {iterations} iterations after {warmups} warm-ups (ms)");
@@ -96,11 +92,19 @@ pub fn run(ctx: &Ctx, tools: &Tools, iterations: u32, warmups: u32) -> Result<()
     Ok(())
 }
 
-/// Refuses when 10.231.0.0/16 is already in use here, runs each variant once as a check, and
-/// removes namespaces that a killed earlier run left.
+/// Checks what the recipe needs (see `recipe_preflight`) and that bwrap works here.
 fn preflight(tools: &Tools) -> Result<()> {
+    recipe_preflight(&tools.ip)?;
+    run_quiet(Command::new(&tools.bwrap).args(BWRAP_ARGS))
+        .context("bwrap --unshare-net does not work here, so it cannot be compared")?;
+    Ok(())
+}
+
+/// Refuses when 10.231.0.0/16 is already in use here, and removes namespaces that a killed
+/// earlier run left.
+pub fn recipe_preflight(ip: &Path) -> Result<()> {
     for what in [&["-o", "-4", "addr", "show"][..], &["-4", "route", "show"][..]] {
-        let out = Command::new(&tools.ip).args(what).output().context("running ip")?;
+        let out = Command::new(ip).args(what).output().context("running ip")?;
         if String::from_utf8_lossy(&out.stdout).contains("10.231.") {
             bail!(
                 "10.231.0.0/16 is already used on this host (`ip {}`); the netns recipe needs it free",
@@ -108,15 +112,23 @@ fn preflight(tools: &Tools) -> Result<()> {
             );
         }
     }
-    for ns in bench_namespaces(tools)? {
+    for ns in bench_namespaces(ip)? {
         let pid = ns.strip_prefix(NS_PREFIX).and_then(|rest| rest.split('-').next()).unwrap_or("");
         if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            println!("start: removing network namespace {ns} left by an earlier run");
-            let _ = run_quiet(Command::new(&tools.ip).args(["netns", "del", &ns]));
+            println!("bench: removing network namespace {ns} left by an earlier run");
+            let _ = run_quiet(Command::new(ip).args(["netns", "del", &ns]));
         }
     }
-    run_quiet(Command::new(&tools.bwrap).args(BWRAP_ARGS))
-        .context("bwrap --unshare-net does not work here, so it cannot be compared")?;
+    Ok(())
+}
+
+/// Fails when a recipe iteration of this process left its network namespace behind.
+pub fn check_recipe_cleanup(ip: &Path) -> Result<()> {
+    let ours = format!("{NS_PREFIX}{}-", std::process::id());
+    let leftovers: Vec<String> = bench_namespaces(ip)?.into_iter().filter(|ns| ns.starts_with(&ours)).collect();
+    if !leftovers.is_empty() {
+        bail!("network namespaces left behind: {}", leftovers.join(", "));
+    }
     Ok(())
 }
 
@@ -179,10 +191,11 @@ impl Drop for Created<'_> {
     }
 }
 
-fn recipe(tools: &Tools, k: u32) -> Result<()> {
+/// One iteration of (b), setup to teardown; `k` makes its names unique within this process.
+pub fn recipe(ip_path: &Path, nft: &Path, k: u32) -> Result<()> {
     let n = names(k);
-    let ip = |args: &[&str]| run_quiet(Command::new(&tools.ip).args(args));
-    let mut created = Created { ip: &tools.ip, names: &n, ns: false, link: false };
+    let ip = |args: &[&str]| run_quiet(Command::new(ip_path).args(args));
+    let mut created = Created { ip: ip_path, names: &n, ns: false, link: false };
 
     ip(&["netns", "add", &n.ns])?;
     created.ns = true;
@@ -195,8 +208,8 @@ fn recipe(tools: &Tools, k: u32) -> Result<()> {
     ip(&["-n", &n.ns, "link", "set", &n.peer, "up"])?;
     ip(&["-n", &n.ns, "link", "set", "lo", "up"])?;
     ip(&["-n", &n.ns, "route", "add", "default", "via", &n.host_addr])?;
-    nft_in(tools, &n)?;
-    run_quiet(Command::new(&tools.ip).args(["netns", "exec", &n.ns, "/bin/true"]).stdin(Stdio::null()))?;
+    nft_in(ip_path, nft, &n)?;
+    run_quiet(Command::new(ip_path).args(["netns", "exec", &n.ns, "/bin/true"]).stdin(Stdio::null()))?;
 
     // Host end first: its deletion removes the pair at once, whereas a deleted namespace's
     // interfaces go away later, asynchronously.
@@ -208,14 +221,14 @@ fn recipe(tools: &Tools, k: u32) -> Result<()> {
 }
 
 /// Loads, inside the namespace, an output chain that drops everything except TCP to the proxy.
-fn nft_in(tools: &Tools, n: &Names) -> Result<()> {
+fn nft_in(ip: &Path, nft: &Path, n: &Names) -> Result<()> {
     let rules = format!(
         "table inet leash_bench {{\n  chain output {{\n    type filter hook output priority 0; policy drop;\n    ip daddr {} tcp dport {PROXY_PORT} accept\n  }}\n}}\n",
         n.host_addr
     );
-    let mut child = Command::new(&tools.ip)
+    let mut child = Command::new(ip)
         .args(["netns", "exec", &n.ns])
-        .arg(&tools.nft)
+        .arg(nft)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -232,8 +245,8 @@ fn nft_in(tools: &Tools, n: &Names) -> Result<()> {
 }
 
 /// The benchmark's namespaces that `ip netns list` shows (any run's).
-fn bench_namespaces(tools: &Tools) -> Result<Vec<String>> {
-    let out = Command::new(&tools.ip).args(["netns", "list"]).output().context("running ip netns list")?;
+fn bench_namespaces(ip: &Path) -> Result<Vec<String>> {
+    let out = Command::new(ip).args(["netns", "list"]).output().context("running ip netns list")?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
