@@ -576,3 +576,60 @@ impl FakeApi {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+#[test]
+fn an_upgrade_moves_every_sandbox_to_the_new_programs_without_a_gap() {
+    let upstream = Listener::new("127.0.0.1:0");
+    let mut node = Node::new("upgrade");
+    node.policy("default", "version: 1\n");
+    let pod = node.pod(Layout::SystemdContainerd, 13);
+    node.start(&["--default-policy", "default", "--generation", "gen-00000000000000aa"]);
+    let probe = bin("netprobe").display().to_string();
+    // Tries the upstream directly every few milliseconds for as long as it lives.
+    let script = format!("while true; do {probe} tcp {}; sleep 0.005; done", upstream.addr);
+    let mut agent = node
+        .confine_cmd(&pod, &[], &["/bin/sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(agent.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("err"), "{first}");
+    let lines = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in out.lines() {
+            match line {
+                Ok(l) => all.push(l),
+                Err(_) => break,
+            }
+        }
+        all
+    });
+    node.kill_daemon();
+    let log = node.start(&["--default-policy", "default", "--generation", "gen-00000000000000bb"]);
+    assert!(log.contains("moved every sandbox from programs gen-00000000000000aa"), "{log}");
+    let generations: Vec<String> = std::fs::read_dir(node.bpffs.join("leash/node"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("gen-"))
+        .collect();
+    assert_eq!(generations, vec!["gen-00000000000000bb".to_string()]);
+    let sandbox_dir =
+        std::fs::read_dir(node.bpffs.join("leash/node/sandboxes")).unwrap().next().unwrap().unwrap().path();
+    for link in std::fs::read_dir(&sandbox_dir).unwrap().flatten() {
+        let name = link.file_name().to_string_lossy().into_owned();
+        assert!(name.starts_with("gen-00000000000000bb--"), "an old link is left: {name}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let state = std::fs::read_dir(node.scratch.0.join("state")).unwrap().next().unwrap().unwrap().path();
+    let sandbox = state.file_stem().unwrap().to_str().unwrap().to_string();
+    node.call(&pod, &format!(r#"{{"version":1,"op":"release","sandbox":"{sandbox}"}}"#), None);
+    agent.wait().ok();
+    let lines = lines.join().unwrap();
+    assert!(lines.len() > 10, "too few probes to tell: {}", lines.len());
+    assert!(lines.iter().all(|l| l.starts_with("err")), "a probe got through during the upgrade: {lines:?}");
+    assert_eq!(upstream.accepted(), 0, "the upstream was reached during the upgrade");
+}
