@@ -18,10 +18,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
 use aya::programs::{links::FdLink, lsm::LsmLinkId, Lsm};
 use aya::{Btf, Ebpf};
-use sandbox_common::{lsm_rule, map_names, program_names, InodeKey, KernelLayout, LsmPolicy, MAX_SANDBOX_LEVEL};
+use sandbox_common::{
+    lsm_rule, map_names, program_names, InodeKey, KernelLayout, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL,
+};
 
 use super::btf::KernelBtf;
 use super::lsm_rules::{FileId, LsmRules};
@@ -37,7 +39,7 @@ pub struct Unavailable {
 /// The loaded and attached BPF-LSM programs and their maps.
 pub struct LsmPrograms {
     ebpf: Ebpf,
-    layout: KernelLayout,
+    maps: LsmMaps,
     /// Hooks with an attached program, in attach order.
     attached: Vec<&'static str>,
     /// Attachments still owned by this value (not yet pinned).
@@ -70,22 +72,11 @@ impl LsmPrograms {
         for name in [map_names::SANDBOXES, map_names::COUNTERS, map_names::SOCKET_OWNERS, map_names::PROXY_CLIENTS] {
             loader.map_max_entries(name, 1);
         }
-        let ebpf = loader.load(OBJECT).context("loading leash's eBPF object")?;
-        let mut programs = Self { ebpf, layout, attached: Vec::new(), links: Vec::new(), unavailable: Vec::new() };
-        programs.write_layout()?;
-        for (program, hook) in program_names::LSM_HOOKS {
-            match attach_one(&mut programs.ebpf, program, hook, &btf) {
-                Ok(id) => programs.links.push((hook, id)),
-                Err(e) => programs.unavailable.push(Unavailable { hook, reason: format!("{e:#}") }),
-            }
-        }
-        if programs.links.is_empty() {
-            let reasons: Vec<String> =
-                programs.unavailable.iter().map(|u| format!("{}: {}", u.hook, u.reason)).collect();
-            return Err(anyhow!("no BPF-LSM hook attached ({})", reasons.join("; ")));
-        }
-        programs.attached = programs.links.iter().map(|(hook, _)| *hook).collect();
-        Ok(programs)
+        let mut ebpf = loader.load(OBJECT).context("loading leash's eBPF object")?;
+        let maps = LsmMaps::take(&mut ebpf, layout)?;
+        let (links, unavailable) = attach_all(&mut ebpf, &btf)?;
+        let attached = links.iter().map(|(hook, _)| *hook).collect();
+        Ok(Self { ebpf, maps, attached, links, unavailable })
     }
 
     /// The hooks whose programs are attached, in attach order.
@@ -104,9 +95,110 @@ impl LsmPrograms {
         needed.iter().copied().filter(|h| !attached.contains(h)).collect()
     }
 
+    /// The maps that say which cgroups are sandboxes and what each is refused.
+    pub fn maps(&mut self) -> &mut LsmMaps {
+        &mut self.maps
+    }
+
+    /// See [`LsmMaps::add_sandbox`].
+    pub fn add_sandbox(&mut self, cgroup_id: u64, policy: LsmPolicy) -> Result<()> {
+        self.maps.add_sandbox(cgroup_id, policy)
+    }
+
+    /// See [`LsmMaps::register`].
+    pub fn register(&mut self, r: &Registration<'_>) -> Result<()> {
+        self.maps.register(r)
+    }
+
+    /// See [`LsmMaps::remove_sandbox`].
+    pub fn remove_sandbox(&mut self, cgroup_id: u64) {
+        self.maps.remove_sandbox(cgroup_id)
+    }
+
+    /// Pins every attachment under `dir` (created here), so the programs stay in force if this
+    /// process dies; unpinning them (`programs::unpin_all`) lets the kernel detach them.
+    pub fn pin_links(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+        for (hook, id) in std::mem::take(&mut self.links) {
+            let (program, _) = program_names::LSM_HOOKS
+                .iter()
+                .find(|(_, h)| *h == hook)
+                .ok_or_else(|| anyhow!("no program for hook {hook}"))?;
+            let lsm: &mut Lsm =
+                self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
+            let link: FdLink = lsm.take_link(id)?.into();
+            let path = dir.join(program);
+            // The pinned link outlives this process; dropping the handle does not detach it.
+            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The deny-event ring buffer of this program set; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(map_names::EVENTS).ok_or_else(|| anyhow!("events map already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+}
+
+/// The BPF-LSM maps: which cgroups are sandboxes, their lists, and this kernel's struct layout.
+/// Taken from a freshly loaded object, or opened from pins (the node daemon).
+pub struct LsmMaps {
+    sandboxes: HashMap<MapData, u64, LsmPolicy>,
+    exec_allow: HashMap<MapData, InodeKey, u8>,
+    deny_open: HashMap<MapData, InodeKey, u8>,
+    unix_allow: HashMap<MapData, UnixKey, u8>,
+    layout_map: Array<MapData, KernelLayout>,
+    layout: KernelLayout,
+}
+
+/// The LSM maps by name, in the order [`LsmMaps`] holds them.
+pub const LSM_MAPS: [&str; 5] = [
+    map_names::LSM_SANDBOXES,
+    map_names::LSM_EXEC_ALLOW,
+    map_names::LSM_DENY_OPEN,
+    map_names::LSM_UNIX_ALLOW,
+    map_names::LSM_LAYOUT,
+];
+
+impl LsmMaps {
+    /// Takes the maps out of a loaded object and writes `layout` (before any program attaches).
+    pub fn take(ebpf: &mut Ebpf, layout: KernelLayout) -> Result<Self> {
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"));
+        let mut maps = Self {
+            sandboxes: HashMap::try_from(take(map_names::LSM_SANDBOXES)?)?,
+            exec_allow: HashMap::try_from(take(map_names::LSM_EXEC_ALLOW)?)?,
+            deny_open: HashMap::try_from(take(map_names::LSM_DENY_OPEN)?)?,
+            unix_allow: HashMap::try_from(take(map_names::LSM_UNIX_ALLOW)?)?,
+            layout_map: Array::try_from(take(map_names::LSM_LAYOUT)?)?,
+            layout,
+        };
+        maps.write_layout()?;
+        Ok(maps)
+    }
+
+    /// Opens the maps pinned as `<dir>/<map name>`, with the layout they hold.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        let open = |name: &str| -> Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        let layout_map: Array<MapData, KernelLayout> = Array::try_from(open(map_names::LSM_LAYOUT)?)?;
+        let layout = layout_map.get(&0, 0).context("reading the pinned kernel layout")?;
+        Ok(Self {
+            sandboxes: HashMap::try_from(open(map_names::LSM_SANDBOXES)?)?,
+            exec_allow: HashMap::try_from(open(map_names::LSM_EXEC_ALLOW)?)?,
+            deny_open: HashMap::try_from(open(map_names::LSM_DENY_OPEN)?)?,
+            unix_allow: HashMap::try_from(open(map_names::LSM_UNIX_ALLOW)?)?,
+            layout_map,
+            layout,
+        })
+    }
+
     /// Makes `cgroup_id` a sandbox refused only the flags in `policy` (no lists, no proxy rule).
     pub fn add_sandbox(&mut self, cgroup_id: u64, policy: LsmPolicy) -> Result<()> {
-        self.sandboxes()?.insert(cgroup_id, policy, 0).context("writing the LSM sandbox map entry")
+        self.sandboxes.insert(cgroup_id, policy, 0).context("writing the LSM sandbox map entry")
     }
 
     /// Registers a sandbox with its full rules: lists first, then the sandbox entry that puts
@@ -138,78 +230,64 @@ impl LsmPrograms {
         let inode = |(f, _): (&FileId, &PathBuf)| InodeKey { sandbox: id, ino: f.ino, dev: f.dev, _pad: 0 };
         let exec: Vec<InodeKey> = rules.exec.iter().map(inode).collect();
         let deny: Vec<InodeKey> = rules.deny_open.iter().map(inode).collect();
-        self.sync_set(map_names::LSM_EXEC_ALLOW, id, |k: &InodeKey| k.sandbox, &exec)?;
-        self.sync_set(map_names::LSM_DENY_OPEN, id, |k: &InodeKey| k.sandbox, &deny)?;
+        sync_set(&mut self.exec_allow, map_names::LSM_EXEC_ALLOW, id, |k| k.sandbox, &exec)?;
+        sync_set(&mut self.deny_open, map_names::LSM_DENY_OPEN, id, |k| k.sandbox, &deny)?;
         let unix: Vec<_> = rules.unix_keys(id).collect();
-        self.sync_set(map_names::LSM_UNIX_ALLOW, id, |k: &sandbox_common::UnixKey| k.sandbox, &unix)?;
+        sync_set(&mut self.unix_allow, map_names::LSM_UNIX_ALLOW, id, |k| k.sandbox, &unix)?;
         Ok(())
     }
 
     /// Forgets sandbox `cgroup_id` and its lists; missing entries are not an error.
     pub fn remove_sandbox(&mut self, cgroup_id: u64) {
-        if let Ok(mut m) = self.sandboxes() {
-            let _ = m.remove(&cgroup_id);
-        }
-        let empty = LsmRules::default();
-        let _ = self.replace_lists(cgroup_id, &empty);
+        let _ = self.sandboxes.remove(&cgroup_id);
+        let _ = self.replace_lists(cgroup_id, &LsmRules::default());
     }
 
-    /// Pins every attachment under `dir` (created here), so the programs stay in force if this
-    /// process dies; unpinning them (`programs::unpin_all`) lets the kernel detach them.
-    pub fn pin_links(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
-        for (hook, id) in std::mem::take(&mut self.links) {
-            let (program, _) = program_names::LSM_HOOKS
-                .iter()
-                .find(|(_, h)| *h == hook)
-                .ok_or_else(|| anyhow!("no program for hook {hook}"))?;
-            let lsm: &mut Lsm =
-                self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
-            let link: FdLink = lsm.take_link(id)?.into();
-            let path = dir.join(program);
-            // The pinned link outlives this process; dropping the handle does not detach it.
-            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
-        }
-        Ok(())
-    }
-
-    /// The deny-event ring buffer of this program set; can be taken once.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(map_names::EVENTS).ok_or_else(|| anyhow!("events map already taken"))?;
-        Ok(RingBuf::try_from(map)?)
+    /// Every cgroup id with an LSM sandbox entry.
+    pub fn entries(&self) -> Vec<u64> {
+        self.sandboxes.keys().filter_map(|k| k.ok()).collect()
     }
 
     fn write_layout(&mut self) -> Result<()> {
-        let map = self.ebpf.map_mut(map_names::LSM_LAYOUT).ok_or_else(|| anyhow!("LSM layout map missing"))?;
-        let mut array: Array<&mut MapData, KernelLayout> = Array::try_from(map)?;
-        array.set(0, self.layout, 0).context("writing the kernel layout map")
+        self.layout_map.set(0, self.layout, 0).context("writing the kernel layout map")
     }
+}
 
-    fn sandboxes(&mut self) -> Result<HashMap<&mut MapData, u64, LsmPolicy>> {
-        let map = self.ebpf.map_mut(map_names::LSM_SANDBOXES).ok_or_else(|| anyhow!("LSM sandbox map missing"))?;
-        Ok(HashMap::try_from(map)?)
+/// Makes the keys of sandbox `id` in set-map `set` (named `name`) exactly `want`.
+fn sync_set<K: aya::Pod + PartialEq>(
+    set: &mut HashMap<MapData, K, u8>,
+    name: &str,
+    id: u64,
+    sandbox_of: impl Fn(&K) -> u64,
+    want: &[K],
+) -> Result<()> {
+    for key in want {
+        set.insert(key, 1, 0).with_context(|| format!("writing {name} (is the list larger than the map?)"))?;
     }
+    let stale: Vec<K> =
+        set.keys().filter_map(|k| k.ok()).filter(|k| sandbox_of(k) == id && !want.contains(k)).collect();
+    for key in stale {
+        let _ = set.remove(&key);
+    }
+    Ok(())
+}
 
-    /// Makes the keys of sandbox `id` in set-map `name` exactly `want`.
-    fn sync_set<K: aya::Pod + PartialEq>(
-        &mut self,
-        name: &str,
-        id: u64,
-        sandbox_of: impl Fn(&K) -> u64,
-        want: &[K],
-    ) -> Result<()> {
-        let map = self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))?;
-        let mut set: HashMap<&mut MapData, K, u8> = HashMap::try_from(map)?;
-        for key in want {
-            set.insert(key, 1, 0).with_context(|| format!("writing {name} (is the list larger than the map?)"))?;
+/// Loads and attaches every LSM program whose hook this kernel has: the attachments, and the
+/// hooks that did not attach with why. Fails when none attaches (BPF-LSM is off).
+pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<(Vec<(&'static str, LsmLinkId)>, Vec<Unavailable>)> {
+    let mut links = Vec::new();
+    let mut unavailable = Vec::new();
+    for (program, hook) in program_names::LSM_HOOKS {
+        match attach_one(ebpf, program, hook, btf) {
+            Ok(id) => links.push((hook, id)),
+            Err(e) => unavailable.push(Unavailable { hook, reason: format!("{e:#}") }),
         }
-        let stale: Vec<K> =
-            set.keys().filter_map(|k| k.ok()).filter(|k| sandbox_of(k) == id && !want.contains(k)).collect();
-        for key in stale {
-            let _ = set.remove(&key);
-        }
-        Ok(())
     }
+    if links.is_empty() {
+        let reasons: Vec<String> = unavailable.iter().map(|u| format!("{}: {}", u.hook, u.reason)).collect();
+        return Err(anyhow!("no BPF-LSM hook attached ({})", reasons.join("; ")));
+    }
+    Ok((links, unavailable))
 }
 
 /// Loads `program` against `bpf_lsm_<hook>` and attaches it.

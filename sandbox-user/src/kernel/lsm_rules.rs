@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sandbox_common::{lsm_deny, lsm_rule, UnixKey, UNIX_PATH_MAX};
 
+use super::fs_root::FsRoot;
 use crate::policy::{KernelDeny, KernelRules, UnixSocketName};
 
 /// Most executables one sandbox's allowlist may resolve to.
@@ -63,6 +64,12 @@ impl LsmRules {
     /// credentials file); they join the open deny list. Self-protection is always on: ptrace,
     /// signals and bpf(2) never reach outside the sandbox.
     pub fn resolve(kernel: &KernelRules, protect: &[PathBuf]) -> Result<Self> {
+        Self::resolve_in(&FsRoot::Own, kernel, protect)
+    }
+
+    /// [`LsmRules::resolve`] with the paths looked up in `root` (a pod's filesystem, for the
+    /// node daemon).
+    pub fn resolve_in(root: &FsRoot, kernel: &KernelRules, protect: &[PathBuf]) -> Result<Self> {
         let mut rules = LsmRules {
             deny: lsm_deny::PTRACE | lsm_deny::BPF | lsm_deny::KILL_OUTSIDE,
             rules: lsm_rule::UNIX_ALLOWLIST,
@@ -74,7 +81,7 @@ impl LsmRules {
         if let Some(globs) = &kernel.exec_allow {
             rules.rules |= lsm_rule::EXEC_ALLOWLIST;
             for glob in globs {
-                if expand_executables(glob, &mut rules.exec)? == 0 {
+                if expand_executables(root, glob, &mut rules.exec)? == 0 {
                     eprintln!("leash: note: kernel.exec.allow `{glob}` matches no executable here");
                 }
             }
@@ -83,7 +90,7 @@ impl LsmRules {
             }
         }
         for path in kernel.deny_open.iter().chain(protect) {
-            match FileId::of(path) {
+            match root.metadata(path).map(|m| FileId::from_meta(&m)) {
                 Ok(id) => {
                     rules.deny_open.insert(id, path.clone());
                 }
@@ -172,72 +179,71 @@ fn unix_address(name: &UnixSocketName) -> (u32, [u8; UNIX_PATH_MAX]) {
 /// Adds every executable regular file matching `glob` (`*` and `?` within one component, `**`
 /// across components) to `out`, following symlinks to the file they name. Returns how many
 /// executables matched (files another glob already listed included).
-fn expand_executables(glob: &str, out: &mut BTreeMap<FileId, PathBuf>) -> Result<usize> {
+fn expand_executables(root: &FsRoot, glob: &str, out: &mut BTreeMap<FileId, PathBuf>) -> Result<usize> {
     let parts: Vec<&str> = glob.trim_start_matches('/').split('/').filter(|p| !p.is_empty()).collect();
     let mut matched = 0;
-    walk(Path::new("/"), &parts, out, 0, &mut matched);
+    Walk { root, out, matched: &mut matched }.walk(Path::new("/"), &parts, 0);
     if out.len() > MAX_EXEC_FILES {
         bail!("kernel.exec.allow resolves to more than {MAX_EXEC_FILES} files; name narrower paths");
     }
     Ok(matched)
 }
 
-fn walk(dir: &Path, parts: &[&str], out: &mut BTreeMap<FileId, PathBuf>, depth: usize, matched: &mut usize) {
-    if depth > 32 || out.len() > MAX_EXEC_FILES {
-        return;
-    }
-    let Some((first, rest)) = parts.split_first() else {
-        *matched += add_if_executable(dir, out) as usize;
-        return;
-    };
-    if *first == "**" {
-        // `**` matching no component; or this entry, and (in a directory) more below it.
-        // Symlinked directories are not descended into (no loops, no escaping the tree).
-        walk(dir, rest, out, depth + 1, matched);
-        for entry in read_dir_sorted(dir) {
-            if entry.is_dir() && !is_symlink(&entry) {
-                walk(&entry, parts, out, depth + 1, matched);
-            } else {
-                walk(&entry, rest, out, depth + 1, matched);
+/// One glob's expansion in one root.
+struct Walk<'a> {
+    root: &'a FsRoot,
+    out: &'a mut BTreeMap<FileId, PathBuf>,
+    matched: &'a mut usize,
+}
+
+impl Walk<'_> {
+    fn walk(&mut self, dir: &Path, parts: &[&str], depth: usize) {
+        if depth > 32 || self.out.len() > MAX_EXEC_FILES {
+            return;
+        }
+        let Some((first, rest)) = parts.split_first() else {
+            *self.matched += self.add_if_executable(dir) as usize;
+            return;
+        };
+        if *first == "**" {
+            // `**` matching no component; or this entry, and (in a directory) more below it.
+            // Symlinked directories are not descended into (no loops, no escaping the tree).
+            self.walk(dir, rest, depth + 1);
+            for entry in self.root.read_dir_sorted(dir) {
+                let is_symlink =
+                    self.root.symlink_metadata(&entry).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+                let is_dir = self.root.metadata(&entry).map(|m| m.is_dir()).unwrap_or(false);
+                if is_dir && !is_symlink {
+                    self.walk(&entry, parts, depth + 1);
+                } else {
+                    self.walk(&entry, rest, depth + 1);
+                }
+            }
+            return;
+        }
+        if !first.contains(['*', '?']) {
+            let next = dir.join(first);
+            if self.root.exists(&next) {
+                self.walk(&next, rest, depth + 1);
+            }
+            return;
+        }
+        for entry in self.root.read_dir_sorted(dir) {
+            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if component_matches(first, &name) {
+                self.walk(&entry, rest, depth + 1);
             }
         }
-        return;
     }
-    if !first.contains(['*', '?']) {
-        let next = dir.join(first);
-        if next.exists() {
-            walk(&next, rest, out, depth + 1, matched);
-        }
-        return;
-    }
-    for entry in read_dir_sorted(dir) {
-        let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if component_matches(first, &name) {
-            walk(&entry, rest, out, depth + 1, matched);
-        }
-    }
-}
 
-fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
-    let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => Vec::new(),
-    };
-    entries.sort();
-    entries
-}
-
-fn is_symlink(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(false)
-}
-
-fn add_if_executable(path: &Path, out: &mut BTreeMap<FileId, PathBuf>) -> bool {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
-            out.entry(FileId::from_meta(&meta)).or_insert_with(|| path.to_path_buf());
-            true
+    fn add_if_executable(&mut self, path: &Path) -> bool {
+        match self.root.metadata(path) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+                self.out.entry(FileId::from_meta(&meta)).or_insert_with(|| path.to_path_buf());
+                true
+            }
+            _ => false,
         }
-        _ => false,
     }
 }
 

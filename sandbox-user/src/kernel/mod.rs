@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod cgroup;
 pub mod events;
+pub mod fs_root;
 pub mod lsm;
 pub mod lsm_rules;
 pub mod mounts;
