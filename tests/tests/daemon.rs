@@ -227,6 +227,16 @@ fn remove_cgroup_tree(dir: &Path) {
     rm(dir);
 }
 
+/// A plain HTTP GET on loopback: status and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
 fn code(reply: &serde_json::Value) -> String {
     reply["error"]["code"].as_str().unwrap_or("ok").to_string()
 }
@@ -271,9 +281,23 @@ fn systemd_containerd_pod_annotated_through_the_api_reaches_only_its_proxy() {
     node.policy("runner", &upstream_policy(upstream.addr.port()));
     let pod = node.pod(Layout::SystemdContainerd, 1);
     node.api = Some(FakeApi::start(&node.scratch.0, vec![(pod.uid.clone(), Some("runner".into()))]));
-    node.start(&["--metrics", "127.0.0.1:0"]);
+    let log = node.start(&["--metrics", "127.0.0.1:0"]);
+    let metrics = log.split("on http://").nth(1).and_then(|r| r.split_whitespace().next()).expect(&log).to_string();
+    assert_eq!(http_get(&metrics, "/healthz").0, 200);
+    assert_eq!(http_get(&metrics, "/readyz").0, 200);
     assert_only_proxy_reachable(&node, &pod, &upstream, &[]);
     assert!(node.api.as_ref().unwrap().requests() >= 1, "the daemon never asked the API server");
+    let (status, text) = http_get(&metrics, "/metrics");
+    assert_eq!(status, 200);
+    for want in [
+        "leash_requests_total{op=\"confine\",result=\"ok\"} 1",
+        "leash_kernel_verdicts_total{layer=\"network\",verdict=\"denied\",rule=\"connect_denied\"} 1",
+        "leash_denials_total{layer=\"network\",hook=\"connect4\"} 1",
+        "leash_confine_duration_seconds_count 1",
+        "leash_bpf_program_runs_total{program=\"leash_connect4\"}",
+    ] {
+        assert!(text.contains(want), "/metrics lacks {want}:\n{text}");
+    }
     // The sandbox is collected once the agent exited.
     assert!(wait_until(10, || node.state_files() == 0 && node.pinned_sandboxes() == 0), "sandbox not collected");
     assert_eq!(node.map_entries(), 0);
@@ -575,6 +599,26 @@ impl FakeApi {
     fn requests(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+#[test]
+fn kernel_rules_need_bpf_lsm_on_the_node_or_the_confine_is_refused() {
+    let mut node = Node::new("lsm");
+    node.policy("default", "version: 1\nkernel:\n  deny: [ptrace, bpf, mount]\n");
+    let pod = node.pod(Layout::SystemdContainerd, 14);
+    node.start(&["--default-policy", "default"]);
+    let hello = node.call(&pod, r#"{"version":1,"op":"hello"}"#, None);
+    let layers = hello["result"]["layers"].to_string();
+    let out = node.confine(&pod, &[], &["/bin/true"]);
+    if layers.contains("BPF-LSM") {
+        // A node with BPF-LSM enforces it (the VM suite `daemon` checks each rule).
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    } else {
+        eprintln!("this kernel refuses BPF-LSM programs: checking that the daemon refuses the policy");
+        assert_eq!(out.status.code(), Some(125), "a kernel: policy ran without BPF-LSM: {}", stderr(&out));
+        assert!(stderr(&out).contains("LayerMissing") && stderr(&out).contains("no BPF-LSM"), "{}", stderr(&out));
+    }
+    assert!(wait_until(10, || node.state_files() == 0));
 }
 
 #[test]

@@ -133,6 +133,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr))
             .with_context(|| format!("listening on {addr} for metrics"))?;
+        eprintln!("leash daemon: /metrics, /healthz and /readyz on http://{}", listener.local_addr()?);
         runtime.spawn(metrics::serve(listener, metrics.clone(), registry));
     }
     let gc_node = node.clone();

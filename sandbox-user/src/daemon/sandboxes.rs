@@ -24,7 +24,10 @@ use super::policies::PolicyStore;
 use super::protocol::{Confined, ErrorCode, Owner, PolicyText, Reply};
 use super::registry::{Registry, SandboxRecord};
 use crate::kernel::cgroup::SandboxCgroup;
-use crate::kernel::node::NodePrograms;
+use crate::kernel::fs_root::FsRoot;
+use crate::kernel::lsm::Registration;
+use crate::kernel::lsm_rules::LsmRules;
+use crate::kernel::node::{Lsm, NodePrograms};
 use crate::kernel::programs::sandbox_net;
 
 /// A process asking the daemon something, identified by the kernel.
@@ -108,15 +111,19 @@ impl Node {
         }
         let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
         let policy = self.policies.get(&admitted.policy).ok_or_else(|| no_such_policy(&admitted.policy))?;
-        if policy.compiled.kernel().is_some() {
-            return Err(Reply::error(
-                ErrorCode::LayerMissing,
-                format!(
-                    "policy `{}` has `kernel:` rules (BPF-LSM), which the node daemon does not enforce yet; refusing rather than running without them",
-                    policy.name
-                ),
-            ));
-        }
+        // The policy's kernel paths name files of the pod's image: resolve them in its root.
+        let kernel_rules = match policy.compiled.kernel() {
+            None => None,
+            Some(section) => {
+                let root = FsRoot::of_process(target).map_err(|e| {
+                    Reply::error(ErrorCode::Internal, format!("opening the root of process {target}: {e}"))
+                })?;
+                let rules = LsmRules::resolve_in(&root, section, &[]).map_err(|e| {
+                    Reply::error(ErrorCode::NoSuchPolicy, format!("policy `{}`: kernel: {e:#}", policy.name))
+                })?;
+                Some(rules)
+            }
+        };
         let socket = socket.ok_or_else(|| {
             Reply::error(ErrorCode::BadSocket, "pass the proxy's listening socket with the request (SCM_RIGHTS)")
         })?;
@@ -125,6 +132,9 @@ impl Node {
         let record_owners = !policy.compiled.binaries_restricted().is_empty();
 
         let mut state = self.state()?;
+        if let Some(rules) = &kernel_rules {
+            check_lsm(state.programs.lsm(), rules, &policy.name)?;
+        }
         if state.registry.len() >= self.max_sandboxes {
             return Err(Reply::error(
                 ErrorCode::Busy,
@@ -146,7 +156,7 @@ impl Node {
             record_owners,
             created: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         };
-        let built = build(&mut state, &record).and_then(|()| move_into(&record.cgroup, target));
+        let built = build(&mut state, &record, kernel_rules.as_ref()).and_then(|()| move_into(&record.cgroup, target));
         if let Err(e) = built {
             let _ = remove(&mut state, &record, &self.metrics);
             return Err(match e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) {
@@ -160,7 +170,7 @@ impl Node {
             policy: policy.name.clone(),
             proxy: proxy.addr,
             netns_scoped: proxy.netns_cookie != 0,
-            layers: vec!["network (cgroup eBPF)".into()],
+            layers: layers(kernel_rules.is_some()),
         })
     }
 
@@ -259,6 +269,12 @@ impl Node {
         Ok(old)
     }
 
+    /// The layers this node enforces.
+    pub fn node_layers(&self) -> Vec<String> {
+        let lsm = self.state.lock().map(|mut s| matches!(s.programs.lsm(), Lsm::Attached { .. })).unwrap_or(false);
+        layers(lsm)
+    }
+
     /// The sandbox id of a cgroup, for audit records.
     pub fn sandbox_of_cgroup(&self, cgroup_id: u64) -> Option<String> {
         self.state.lock().ok()?.registry.by_cgroup(cgroup_id).map(|r| r.id.clone())
@@ -280,11 +296,47 @@ impl Node {
     }
 }
 
+/// The layers a sandbox gets.
+fn layers(kernel_rules: bool) -> Vec<String> {
+    let mut l = vec!["network (cgroup eBPF)".to_string()];
+    if kernel_rules {
+        l.push("syscall policy (BPF-LSM)".into());
+    }
+    l
+}
+
+/// Refuses (fail closed) when the policy's kernel rules need BPF-LSM hooks this node lacks.
+fn check_lsm(lsm: &mut Lsm, rules: &LsmRules, policy: &str) -> Result<(), Reply> {
+    let missing = |why: String| {
+        Reply::error(
+            ErrorCode::LayerMissing,
+            format!("policy `{policy}` has `kernel:` rules and {why}; refusing rather than running without them"),
+        )
+    };
+    match lsm {
+        Lsm::Unavailable(why) => Err(missing(format!("this node has no BPF-LSM ({why})"))),
+        Lsm::Attached { hooks, .. } => {
+            let absent: Vec<&str> =
+                rules.required_hooks().into_iter().filter(|h| !hooks.iter().any(|a| a == h)).collect();
+            if absent.is_empty() {
+                Ok(())
+            } else {
+                Err(missing(format!("this kernel has no BPF-LSM hook {}", absent.join(", "))))
+            }
+        }
+    }
+}
+
 /// Entries, links and the state file of a new sandbox.
-fn build(state: &mut State, r: &SandboxRecord) -> Result<()> {
+fn build(state: &mut State, r: &SandboxRecord, kernel: Option<&LsmRules>) -> Result<()> {
     let mut net = sandbox_net(r.proxy, r.record_owners);
     net.netns_cookie = r.netns_cookie;
     state.programs.add_sandbox(r.cgroup_id, net)?;
+    if let (Some(rules), Lsm::Attached { maps, .. }) = (kernel, state.programs.lsm()) {
+        let registration =
+            Registration { cgroup_id: r.cgroup_id, level: 0, descendants: false, rules, proxy: Some(r.proxy) };
+        maps.register(&registration)?;
+    }
     state.programs.attach(&r.cgroup, &r.id, r.record_owners)?;
     state.registry.insert(r.clone())
 }

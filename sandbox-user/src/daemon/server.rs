@@ -107,7 +107,7 @@ fn answer(node: &Node, pid: u32, uid: u32, op: Op, mut fds: Vec<OwnedFd>) -> Rep
         Op::Hello {} => Ok(serde_json::json!({
             "api_version": protocol::VERSION,
             "daemon_version": env!("CARGO_PKG_VERSION"),
-            "layers": ["network (cgroup eBPF)"],
+            "layers": node.node_layers(),
             "policies": node.policies.names(),
         })),
         Op::Policy { policy } => node.policy_text(&caller, policy.as_deref()).map(to_json),

@@ -164,7 +164,8 @@ pub const LSM_MAPS: [&str; 5] = [
 impl LsmMaps {
     /// Takes the maps out of a loaded object and writes `layout` (before any program attaches).
     pub fn take(ebpf: &mut Ebpf, layout: KernelLayout) -> Result<Self> {
-        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"));
+        let mut take =
+            |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"));
         let mut maps = Self {
             sandboxes: HashMap::try_from(take(map_names::LSM_SANDBOXES)?)?,
             exec_allow: HashMap::try_from(take(map_names::LSM_EXEC_ALLOW)?)?,
@@ -243,6 +244,27 @@ impl LsmMaps {
         let _ = self.replace_lists(cgroup_id, &LsmRules::default());
     }
 
+    /// Copies every entry of `old` (another generation's maps) into these.
+    pub fn copy_from(&mut self, old: &LsmMaps) -> Result<()> {
+        for entry in old.sandboxes.iter() {
+            let (k, v) = entry?;
+            self.sandboxes.insert(k, v, 0)?;
+        }
+        for entry in old.exec_allow.iter() {
+            let (k, v) = entry?;
+            self.exec_allow.insert(k, v, 0)?;
+        }
+        for entry in old.deny_open.iter() {
+            let (k, v) = entry?;
+            self.deny_open.insert(k, v, 0)?;
+        }
+        for entry in old.unix_allow.iter() {
+            let (k, v) = entry?;
+            self.unix_allow.insert(k, v, 0)?;
+        }
+        Ok(())
+    }
+
     /// Every cgroup id with an LSM sandbox entry.
     pub fn entries(&self) -> Vec<u64> {
         self.sandboxes.keys().filter_map(|k| k.ok()).collect()
@@ -284,8 +306,9 @@ pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<(Vec<(&'static str, LsmL
         }
     }
     if links.is_empty() {
-        let reasons: Vec<String> = unavailable.iter().map(|u| format!("{}: {}", u.hook, u.reason)).collect();
-        return Err(anyhow!("no BPF-LSM hook attached ({})", reasons.join("; ")));
+        // Usually one reason for all (BPF-LSM off, or no permission): say it once.
+        let first = unavailable.first().map(|u| format!("{}: {}", u.hook, u.reason)).unwrap_or_default();
+        return Err(anyhow!("no BPF-LSM hook attached ({} failed; the first: {first})", unavailable.len()));
     }
     Ok((links, unavailable))
 }

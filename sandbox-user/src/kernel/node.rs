@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <bpffs>/leash/node/<generation>/progs/<program>     the loaded network programs
-//! <bpffs>/leash/node/<generation>/maps/<map>          their maps
+//! <bpffs>/leash/node/<generation>/maps/<map>          every map of the object
+//! <bpffs>/leash/node/<generation>/lsm/<program>       the BPF-LSM links, when this kernel has BPF-LSM
 //! <bpffs>/leash/node/sandboxes/<id>/<generation>--<program>   one pinned link per program and sandbox
 //! ```
 //!
@@ -23,7 +24,9 @@ use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockAttachType, Program, SockOps};
 use sandbox_common::{map_names, ConnOwner, Counters, SandboxNet};
 
-use super::programs::{attach_link, load_object, Kind, NET_PROGRAMS, OBJECT};
+use super::btf::KernelBtf;
+use super::lsm::{attach_all, LsmMaps, LSM_MAPS};
+use super::programs::{attach_link, Kind, NET_PROGRAMS, OBJECT};
 
 /// The maps a network program set uses, pinned with it.
 const NET_MAPS: [&str; 5] =
@@ -58,6 +61,13 @@ pub struct NodePrograms {
     owners: HashMap<MapData, u32, ConnOwner>,
     events: Option<RingBuf<MapData>>,
     adopted: bool,
+    lsm: Lsm,
+}
+
+/// The BPF-LSM side of a generation: attached once for the whole node, or not at all.
+pub enum Lsm {
+    Attached { maps: LsmMaps, hooks: Vec<String> },
+    Unavailable(String),
 }
 
 impl NodePrograms {
@@ -78,12 +88,17 @@ impl NodePrograms {
     }
 
     fn load_and_pin(gen_dir: &Path) -> Result<()> {
-        let mut ebpf = load_object()?;
+        // Full-size maps (a `leash run` set shrinks the LSM ones), and the kernel's BTF for the
+        // LSM programs' attach points when there is one.
+        let btf = aya::Btf::from_sys_fs().ok();
+        let mut loader = aya::EbpfLoader::new();
+        loader.btf(None);
+        let mut ebpf = loader.load(OBJECT).context("loading leash's eBPF object")?;
         let progs = gen_dir.join("progs");
         let maps = gen_dir.join("maps");
         std::fs::create_dir_all(&progs).with_context(|| format!("creating {}", progs.display()))?;
         std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
-        for name in NET_MAPS {
+        for name in NET_MAPS.into_iter().chain(LSM_MAPS) {
             let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
             map.pin(maps.join(name)).with_context(|| format!("pinning map {name}"))?;
         }
@@ -99,8 +114,34 @@ impl NodePrograms {
             loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))?;
             program.pin(progs.join(name)).with_context(|| format!("pinning program {name}"))?;
         }
+        if let Err(e) = Self::attach_lsm(&mut ebpf, btf.as_ref(), &gen_dir.join("lsm")) {
+            eprintln!("leash daemon: BPF-LSM is not available on this node ({e:#}); policies with `kernel:` rules will be refused");
+        }
         // The marker says every pin above exists; its absence means "load again".
         std::fs::create_dir(gen_dir.join("complete")).context("marking the generation complete")?;
+        Ok(())
+    }
+
+    /// Writes this kernel's layout, attaches every LSM program it has a hook for, and pins the
+    /// links in `dir`. The directory exists only when something attached.
+    fn attach_lsm(ebpf: &mut aya::Ebpf, btf: Option<&aya::Btf>, dir: &Path) -> Result<()> {
+        let btf = btf.ok_or_else(|| anyhow!("the kernel has no BTF"))?;
+        let layout = KernelBtf::from_sys_fs()?.lsm_layout().context("finding kernel struct offsets in BTF")?;
+        // Held until the programs are loaded: they refer to the maps' descriptors.
+        let _maps = LsmMaps::take(ebpf, layout)?;
+        let (links, _unavailable) = attach_all(ebpf, btf)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (hook, id) in links {
+            let (program, _) = sandbox_common::program_names::LSM_HOOKS
+                .iter()
+                .find(|(_, h)| *h == hook)
+                .ok_or_else(|| anyhow!("no program for hook {hook}"))?;
+            let lsm: &mut aya::programs::Lsm =
+                ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
+            let link: aya::programs::links::FdLink = lsm.take_link(id)?.into();
+            // The pin name is the hook: that is what the daemon reports as attached.
+            let _pinned = link.pin(dir.join(hook)).with_context(|| format!("pinning the {hook} link"))?;
+        }
         Ok(())
     }
 
@@ -122,9 +163,19 @@ impl NodePrograms {
             };
             programs.push((name, kind, program));
         }
+        let lsm_dir = gen_dir.join("lsm");
+        let lsm = match std::fs::read_dir(&lsm_dir) {
+            Ok(entries) => {
+                let hooks =
+                    entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                Lsm::Attached { maps: LsmMaps::open_pinned(&gen_dir.join("maps"))?, hooks }
+            }
+            Err(_) => Lsm::Unavailable("BPF-LSM programs did not attach when this node's programs were loaded".into()),
+        };
         Ok(Self {
             root: root.to_path_buf(),
             generation: generation.to_owned(),
+            lsm,
             programs,
             sandboxes: HashMap::try_from(map(map_names::SANDBOXES)?)?,
             counters: PerCpuHashMap::try_from(map(map_names::COUNTERS)?)?,
@@ -132,6 +183,11 @@ impl NodePrograms {
             events: Some(RingBuf::try_from(map(map_names::EVENTS)?)?),
             adopted: false,
         })
+    }
+
+    /// The BPF-LSM side.
+    pub fn lsm(&mut self) -> &mut Lsm {
+        &mut self.lsm
     }
 
     /// True when this set was opened from an earlier daemon's pins rather than loaded now.
@@ -164,10 +220,13 @@ impl NodePrograms {
         Ok(())
     }
 
-    /// Removes the sandbox's entries; missing entries are not an error.
+    /// Removes the sandbox's entries (network and BPF-LSM); missing entries are not an error.
     pub fn remove_sandbox(&mut self, cgroup_id: u64) {
         let _ = self.sandboxes.remove(&cgroup_id);
         let _ = self.counters.remove(&cgroup_id);
+        if let Lsm::Attached { maps, .. } = &mut self.lsm {
+            maps.remove_sandbox(cgroup_id);
+        }
     }
 
     /// Attaches every network program (the `sock_ops` one only with `record_owners`) to the
@@ -222,9 +281,15 @@ impl NodePrograms {
         self.sandboxes.get(&cgroup_id, 0).ok()
     }
 
-    /// Every cgroup id with a sandbox entry (for garbage collection and leak checks).
+    /// Every cgroup id with a sandbox entry, network or BPF-LSM (for garbage collection).
     pub fn entries(&self) -> Vec<u64> {
-        self.sandboxes.keys().filter_map(|k| k.ok()).collect()
+        let mut ids: Vec<u64> = self.sandboxes.keys().filter_map(|k| k.ok()).collect();
+        if let Lsm::Attached { maps, .. } = &self.lsm {
+            ids.extend(maps.entries());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Per-sandbox verdict counters, summed over CPUs.
@@ -268,6 +333,10 @@ impl NodePrograms {
             let (id, net) = entry.context("reading the previous generation's sandbox map")?;
             self.add_sandbox(id, net)?;
             copied.push(id);
+        }
+        let old_lsm = self.root.join(old).join("lsm");
+        if let (true, Lsm::Attached { maps, .. }) = (old_lsm.is_dir(), &mut self.lsm) {
+            maps.copy_from(&LsmMaps::open_pinned(&self.root.join(old).join("maps"))?)?;
         }
         Ok(copied)
     }

@@ -62,6 +62,7 @@ fn suite(name: &str) -> Vec<Check> {
         "net" => net_suite(),
         "lsm" => lsm_suite(),
         "kernel" => kernel_suite(),
+        "daemon" => daemon_suite(),
         "syscallbench" => syscallbench_suite(),
         // Boots, mounts and powers off: what the KVM probe boot needs.
         "none" => Vec::new(),
@@ -217,41 +218,8 @@ fn lsm_suite() -> Vec<Check> {
 /// attempts are stopped earlier by another layer (DAC, seccomp, Landlock); those are checked for
 /// failure only.
 fn kernel_suite() -> Vec<Check> {
-    const SECRET: &str = "/tmp/kernel-secret";
-    const HOST_SOCKET: &str = "/tmp/host-agent.sock";
     const AUDIT: &str = "/tmp/kernel-audit.jsonl";
-    let prepared = (|| -> Result<(std::os::unix::net::UnixListener, TcpListener, i32, String), String> {
-        for p in [SECRET, "/tmp/kernel-secret-link", "/tmp/kernel-secret-symlink", HOST_SOCKET, AUDIT] {
-            let _ = std::fs::remove_file(p);
-        }
-        std::fs::write(SECRET, "token\n").map_err(|e| format!("secret: {e}"))?;
-        set_mode(SECRET, 0o644);
-        std::fs::hard_link(SECRET, "/tmp/kernel-secret-link").map_err(|e| format!("hard link: {e}"))?;
-        std::os::unix::fs::symlink(SECRET, "/tmp/kernel-secret-symlink").map_err(|e| format!("symlink: {e}"))?;
-        let host = std::os::unix::net::UnixListener::bind(HOST_SOCKET).map_err(|e| format!("host socket: {e}"))?;
-        set_mode(HOST_SOCKET, 0o777);
-        let other = TcpListener::bind("127.0.0.1:47002").map_err(|e| format!("listener: {e}"))?;
-        // A process of the agent's own uid outside the sandbox, for kill and ptrace.
-        // SAFETY: the child only drops to nobody and pauses until killed.
-        let outside = unsafe { libc::fork() };
-        if outside == 0 {
-            // SAFETY: as above.
-            unsafe {
-                libc::setgid(65534);
-                libc::setuid(65534);
-                loop {
-                    libc::pause();
-                }
-            }
-        }
-        let policy = write_policy(
-            "kernel.yaml",
-            &format!(
-                "version: 1\nnetwork_policies: {{}}\nkernel:\n  exec: {{ allow: [/bin/lsm_probe, /usr/bin/true] }}\n  deny_open: [{SECRET}]\n  deny: [ptrace, bpf, mount, userns, perf_event, raw_socket, packet_socket, kill_outside, kernel_module]\n"
-            ),
-        )?;
-        Ok((host, other, outside, policy))
-    })();
+    let prepared = kernel_fixtures();
     let (host, other, outside, policy) = match prepared {
         Ok(p) => p,
         Err(e) => return vec![Check::new("kernel:fixtures", move || Err(e))],
@@ -282,33 +250,7 @@ fn kernel_suite() -> Vec<Check> {
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    let denied = ["EPERM", "EACCES"];
-    let expectations: &[(&str, &[&str])] = &[
-        ("copy-self", &["ok"]),
-        ("exec-listed", &["ok"]),
-        ("exec-copy", &["EPERM"]),
-        ("exec-memfd", &["EPERM"]),
-        ("exec-via-ld.so", &["EPERM"]),
-        ("open-secret", &["EPERM"]),
-        ("open-secret-hardlink", &["EPERM"]),
-        ("open-secret-symlink", &["EPERM"]),
-        ("open-other", &["ok"]),
-        ("kill-outside", &["EPERM"]),
-        ("kill-leash", &denied),
-        ("ptrace-outside", &denied),
-        ("read-leash-environ", &denied),
-        ("unix-connect-host", &["EPERM"]),
-        ("tcp-connect-not-proxy", &["EPERM"]),
-        // Before 6.1 there is no hook: leash says so (checked below) and the agent may.
-        ("userns-create", if degraded { &["ok", "EPERM"] } else { &denied }),
-        ("mount-tmpfs", &denied),
-        ("bpf-map-create", &denied),
-        // leash's seccomp filter answers these first (EAFNOSUPPORT, ENOSYS).
-        ("packet-socket", &["EPERM", "EAFNOSUPPORT"]),
-        ("io_uring-connect", &["EPERM", "ENOSYS"]),
-        ("leave-cgroup", &denied),
-        ("double-fork-stays", &["ok"]),
-    ];
+    let expectations = agent_expectations(degraded);
     let mut checks = Vec::new();
     if outcomes.is_empty() {
         let what = out.describe();
@@ -316,7 +258,7 @@ fn kernel_suite() -> Vec<Check> {
         return checks;
     }
     for (name, want) in expectations {
-        let got = outcomes.get(*name).cloned().unwrap_or_else(|| "missing".into());
+        let got = outcomes.get(name).cloned().unwrap_or_else(|| "missing".into());
         let pass = want.contains(&got.as_str());
         let detail = format!("{got} (want {})", want.join(" or "));
         checks.push(Check::new(format!("kernel:{name}"), move || if pass { Ok(detail) } else { Err(detail) }));
@@ -354,6 +296,170 @@ fn kernel_suite() -> Vec<Check> {
         ));
     }
     checks
+}
+
+/// The kernel suite again, through the node daemon: `leash daemon` (BPF-LSM attached once for
+/// the VM), a fake pod's container cgroup, and `leash confine` as nobody running the same agent.
+/// On a kernel without a hook the policy needs (5.10: `userns_create`) the daemon must refuse.
+fn daemon_suite() -> Vec<Check> {
+    const SOCKET: &str = "/run/leash-daemon.sock";
+    let (host, other, outside, policy) = match kernel_fixtures() {
+        Ok(p) => p,
+        Err(e) => return vec![Check::new("daemon:fixtures", move || Err(e))],
+    };
+    let setup = (|| -> Result<(std::process::Child, String), String> {
+        std::fs::create_dir_all("/tmp/daemon-policies").map_err(|e| e.to_string())?;
+        std::fs::copy(&policy, "/tmp/daemon-policies/default.yaml").map_err(|e| e.to_string())?;
+        // A cgroupfs-driver containerd container of a burstable pod.
+        let container =
+            format!("/sys/fs/cgroup/kubepods/burstable/pod0a1b2c3d-4e5f-6789-abcd-ef0123456789/{}", "ab".repeat(32));
+        std::fs::create_dir_all(&container).map_err(|e| format!("fake pod cgroup: {e}"))?;
+        let mut daemon = Command::new(LEASH)
+            .args([
+                "daemon",
+                "--socket",
+                SOCKET,
+                "--policies",
+                "/tmp/daemon-policies",
+                "--state-dir",
+                "/run/leash-state",
+            ])
+            .args(["--default-policy", "default", "--gc-interval-ms", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting leash daemon: {e}"))?;
+        let mut err = BufReader::new(daemon.stderr.take().ok_or("no stderr")?);
+        let mut log = String::new();
+        while !log.contains("serving the Confine API") {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap_or(0) == 0 {
+                return Err(format!("leash daemon exited: {log}"));
+            }
+            log.push_str(&line);
+        }
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+        });
+        Ok((daemon, container))
+    })();
+    let (mut daemon, container) = match setup {
+        Ok(d) => d,
+        Err(e) => return vec![Check::new("daemon:start", move || Err(e))],
+    };
+    let out = output(
+        Command::new("/bin/podclient")
+            .args(["--cgroup", &container, "exec", "65534", "--", LEASH, "confine", "--socket", SOCKET, "--"])
+            .args([LSM_PROBE, "--agent", &outside.to_string()]),
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(outside, libc::SIGKILL);
+        libc::waitpid(outside, std::ptr::null_mut(), 0);
+    }
+    drop((host, other));
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => return vec![Check::new("daemon:confine", move || Err(e))],
+    };
+    if kernel_before(6, 1) {
+        // No userns_create hook: the policy cannot be enforced whole, and the daemon says no.
+        let refused = out.status == Some(125) && out.stderr.contains("userns_create");
+        let detail = out.describe();
+        return vec![Check::new("daemon:refuses-missing-hook", move || if refused { Ok(detail) } else { Err(detail) })];
+    }
+    let outcomes: std::collections::HashMap<String, String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("AGENT "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    if outcomes.is_empty() {
+        let what = out.describe();
+        return vec![Check::new("daemon:agent-ran", move || Err(format!("no AGENT lines: {what}")))];
+    }
+    agent_expectations(false)
+        .into_iter()
+        .map(|(name, want)| {
+            let got = outcomes.get(name).cloned().unwrap_or_else(|| "missing".into());
+            let pass = want.contains(&got.as_str());
+            let detail = format!("{got} (want {})", want.join(" or "));
+            Check::new(format!("daemon:{name}"), move || if pass { Ok(detail) } else { Err(detail) })
+        })
+        .collect()
+}
+
+const SECRET: &str = "/tmp/kernel-secret";
+const HOST_SOCKET: &str = "/tmp/host-agent.sock";
+
+/// The kernel suite's fixtures: a secret with a hard link and a symlink, a unix socket and a TCP
+/// listener of the host, a process of the agent's uid outside the sandbox, and the policy.
+fn kernel_fixtures() -> Result<(std::os::unix::net::UnixListener, TcpListener, i32, String), String> {
+    for p in [SECRET, "/tmp/kernel-secret-link", "/tmp/kernel-secret-symlink", HOST_SOCKET, "/tmp/kernel-audit.jsonl"] {
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::write(SECRET, "token\n").map_err(|e| format!("secret: {e}"))?;
+    set_mode(SECRET, 0o644);
+    std::fs::hard_link(SECRET, "/tmp/kernel-secret-link").map_err(|e| format!("hard link: {e}"))?;
+    std::os::unix::fs::symlink(SECRET, "/tmp/kernel-secret-symlink").map_err(|e| format!("symlink: {e}"))?;
+    let host = std::os::unix::net::UnixListener::bind(HOST_SOCKET).map_err(|e| format!("host socket: {e}"))?;
+    set_mode(HOST_SOCKET, 0o777);
+    let other = TcpListener::bind("127.0.0.1:47002").map_err(|e| format!("listener: {e}"))?;
+    // A process of the agent's own uid outside the sandbox, for kill and ptrace.
+    // SAFETY: the child only drops to nobody and pauses until killed.
+    let outside = unsafe { libc::fork() };
+    if outside == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::setgid(65534);
+            libc::setuid(65534);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let policy = write_policy(
+        "kernel.yaml",
+        &format!(
+            "version: 1\nnetwork_policies: {{}}\nkernel:\n  exec: {{ allow: [/bin/lsm_probe, /usr/bin/true] }}\n  deny_open: [{SECRET}]\n  deny: [ptrace, bpf, mount, userns, perf_event, raw_socket, packet_socket, kill_outside, kernel_module]\n"
+        ),
+    )?;
+    Ok((host, other, outside, policy))
+}
+
+/// What each attempt of `lsm_probe --agent` must end in under the kernel suite's policy.
+fn agent_expectations(degraded: bool) -> Vec<(&'static str, &'static [&'static str])> {
+    let denied: &'static [&'static str] = &["EPERM", "EACCES"];
+    vec![
+        ("copy-self", &["ok"]),
+        ("exec-listed", &["ok"]),
+        ("exec-copy", &["EPERM"]),
+        ("exec-memfd", &["EPERM"]),
+        ("exec-via-ld.so", &["EPERM"]),
+        ("open-secret", &["EPERM"]),
+        ("open-secret-hardlink", &["EPERM"]),
+        ("open-secret-symlink", &["EPERM"]),
+        ("open-other", &["ok"]),
+        ("kill-outside", &["EPERM"]),
+        ("kill-leash", denied),
+        ("ptrace-outside", denied),
+        ("read-leash-environ", denied),
+        ("unix-connect-host", &["EPERM"]),
+        ("tcp-connect-not-proxy", &["EPERM"]),
+        // Before 6.1 there is no hook: leash says so (checked below) and the agent may.
+        ("userns-create", if degraded { &["ok", "EPERM"] } else { denied }),
+        ("mount-tmpfs", denied),
+        ("bpf-map-create", denied),
+        // leash's seccomp filter answers these first (EAFNOSUPPORT, ENOSYS).
+        ("packet-socket", &["EPERM", "EAFNOSUPPORT"]),
+        ("io_uring-connect", &["EPERM", "ENOSYS"]),
+        ("leave-cgroup", denied),
+        ("double-fork-stays", &["ok"]),
+    ]
 }
 
 /// `cargo xtask bench syscall`: runs `/bin/syscallbench`, relaying its output line by line as it
