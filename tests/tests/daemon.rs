@@ -392,6 +392,26 @@ fn confined_agents_cannot_ask_the_daemon_for_anything() {
 }
 
 #[test]
+fn the_agent_cannot_read_the_credentials_of_leash_confine() {
+    const SECRET: &str = "real-token-5e0c2a9d71";
+    let mut node = Node::new("secret");
+    node.policy(
+        "default",
+        "version: 1\nnetwork_policies:\n  api:\n    name: api\n    endpoints:\n      - { host: api.example.com, port: 443, protocol: rest, access: full }\ncredentials:\n  TOK: { hosts: [api.example.com] }\n",
+    );
+    let pod = node.pod(Layout::SystemdContainerd, 15);
+    node.start(&["--default-policy", "default"]);
+    // The same uid as leash confine: its environment, memory and ptrace are what it would try.
+    let script = "echo TOK=$TOK; cat /proc/$PPID/environ; echo; head -c 64 /proc/$PPID/mem; \
+                  grep -a real-token /proc/$PPID/cmdline /proc/$PPID/environ; echo done";
+    let out = node.confine_cmd(&pod, &[], &["/bin/sh", "-c", script]).env("TOK", SECRET).output().unwrap();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("TOK=leash:resolve:env:TOK"), "{text}");
+    assert!(stdout(&out).contains("done"), "{text}");
+    assert!(!text.contains(SECRET), "the agent read the credential: {text}");
+}
+
+#[test]
 fn hostile_messages_get_error_replies_and_the_daemon_keeps_serving() {
     let mut node = Node::new("hostile");
     node.policy("default", "version: 1\n");

@@ -56,6 +56,9 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
         bail!("leash confine keeps the agent as the user it runs as, and the agent never runs as root: run it as an unprivileged user (runAsUser in the pod)");
     }
     stdio::refuse_network_sockets()?;
+    // The agent runs as this same user: without this, it could ptrace leash or read its memory
+    // and environment (where the credentials are) whenever Landlock is missing.
+    nix::sys::prctl::set_dumpable(false).context("making leash non-dumpable")?;
     let mut daemon = Client::connect(&opts.socket)?;
     let text: PolicyText = serde_json::from_value(daemon.call(Op::Policy { policy: opts.policy.clone() })?)
         .context("reading the daemon's policy answer")?;
