@@ -412,6 +412,33 @@ fn the_agent_cannot_read_the_credentials_of_leash_confine() {
 }
 
 #[test]
+fn binaries_rules_work_through_the_daemons_connection_owners() {
+    let upstream = Listener::http("127.0.0.1:0", "upstream");
+    let target = upstream.addr.to_string();
+    // The path the kernel reports for the executable (no `..` in it).
+    let probe = std::fs::canonicalize(bin("netprobe")).unwrap().display().to_string();
+    let mut node = Node::new("owners");
+    node.policy(
+        "default",
+        &format!(
+            "version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      - {{ host: 127.0.0.1, port: {}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n    binaries: [{{ path: {probe} }}]\n",
+            upstream.addr.port()
+        ),
+    );
+    let pod = node.pod(Layout::CgroupfsCrio, 16);
+    node.start(&["--default-policy", "default"]);
+    // netprobe is the named binary; curl, through the same proxy, is not.
+    let script = format!(
+        "{probe} get proxy {target}; /usr/bin/curl -sS -o /dev/null -w 'curl %{{http_code}}\\n' http://{target}/"
+    );
+    let out = node.confine(&pod, &[], &["/bin/sh", "-c", &script]);
+    let text = stdout(&out);
+    assert!(text.contains("CONNECT 200 GET 200"), "the named binary was refused: {text} {}", stderr(&out));
+    assert!(text.contains("curl 403"), "another binary got through: {text} {}", stderr(&out));
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[test]
 fn hostile_messages_get_error_replies_and_the_daemon_keeps_serving() {
     let mut node = Node::new("hostile");
     node.policy("default", "version: 1\n");

@@ -29,7 +29,7 @@ use crate::daemon::client::Client;
 use crate::daemon::protocol::{Confined, Op, PolicyText};
 use crate::kernel::sandbox_id::SandboxId;
 use crate::policy;
-use crate::proxy::{BoundProxy, Proxy, ProxyConfig, Secrets};
+use crate::proxy::{BoundProxy, DaemonOwners, Proxy, ProxyConfig, Secrets};
 
 /// What `leash confine` was asked to do.
 #[derive(Debug, Clone)]
@@ -68,6 +68,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     let id = SandboxId::for_self()?;
     let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;
     let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
+    let binaries_restricted = !policy.binaries_restricted().is_empty();
     let filesystem = policy.filesystem().cloned();
     let secrets = match &opts.credentials_file {
         Some(path) => Secrets::File(path.clone()),
@@ -117,6 +118,10 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
         (Ok(child), Ok(confined)) => {
             if !confined.netns_scoped {
                 eprintln!("leash: note: this kernel does not report network namespaces; the sandbox is scoped by address only");
+            }
+            if binaries_restricted {
+                // `binaries:` rules: the daemon holds the table of who opened each connection.
+                proxy.set_connection_owners(Box::new(DaemonOwners::new(&opts.socket, &confined.sandbox)))?;
             }
             child
         }

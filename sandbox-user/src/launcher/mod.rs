@@ -236,7 +236,7 @@ async fn run_inside(
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             if let Some(owners) = s.take_connection_owners()? {
-                proxy.set_connection_owners(owners)?;
+                proxy.set_connection_owners(Box::new(owners))?;
             }
             let audit = audit.clone();
             let names = kernel.rules.map(target_names).unwrap_or_default();

@@ -19,6 +19,7 @@ mod connect;
 pub mod credentials;
 mod headers;
 mod identity;
+pub use identity::{DaemonOwners, OwnerSource};
 mod intercept;
 mod judge;
 mod request;
@@ -40,7 +41,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::audit::Auditor;
-use crate::kernel::programs::ConnectionOwners;
 use crate::policy::CompiledPolicy;
 
 pub use state::Secrets;
@@ -69,7 +69,7 @@ pub struct Proxy {
     rewrite_budget: Arc<tokio::sync::Semaphore>,
     audit: Auditor,
     /// Set once, before serving, when the sandbox records connection owners.
-    owners: std::sync::OnceLock<ConnectionOwners>,
+    owners: std::sync::OnceLock<Box<dyn identity::OwnerSource>>,
 }
 
 impl Proxy {
@@ -95,7 +95,7 @@ impl Proxy {
 
     /// Lets the proxy learn which executable opened each connection (the sandbox's sock_ops).
     /// A second table is refused: there is one sandbox per proxy.
-    pub fn set_connection_owners(&self, owners: ConnectionOwners) -> Result<()> {
+    pub fn set_connection_owners(&self, owners: Box<dyn identity::OwnerSource>) -> Result<()> {
         self.owners.set(owners).map_err(|_| anyhow::anyhow!("the proxy already has a connection-owner table"))
     }
 
@@ -170,7 +170,7 @@ impl BoundProxy {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let binary = proxy.owners.get().and_then(|o| identity::binary_of(o, addr));
+                let binary = proxy.owners.get().and_then(|o| o.binary(addr));
                 let client = connect::Client { addr, binary };
                 let proxy = proxy.clone();
                 tokio::spawn(async move {
