@@ -439,6 +439,41 @@ fn binaries_rules_work_through_the_daemons_connection_owners() {
 }
 
 #[test]
+fn policies_follow_a_configmap_update() {
+    let mut node = Node::new("configmap");
+    // A ConfigMap volume: files are symlinks into `..data`, which the kubelet swaps atomically.
+    let dir = node.scratch.0.join("policies");
+    let v1 = dir.join("..2026_11_29_v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::write(v1.join("default.yaml"), "version: 1\n").unwrap();
+    std::os::unix::fs::symlink("..2026_11_29_v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/default.yaml", dir.join("default.yaml")).unwrap();
+    let pod = node.pod(Layout::SystemdContainerd, 17);
+    node.start(&["--default-policy", "default"]);
+    let ask = || {
+        node.call(&pod, r#"{"version":1,"op":"policy"}"#, None)["result"]["yaml"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(ask(), "version: 1\n");
+    let v2 = dir.join("..2026_11_29_v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v2.join("default.yaml"), "version: 1\nnetwork_policies: {}\n").unwrap();
+    std::os::unix::fs::symlink("..2026_11_29_v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    assert!(wait_until(5, || ask().contains("network_policies")), "the daemon kept the old policy");
+    // A broken update keeps the last good version in force.
+    let v3 = dir.join("..2026_11_29_v3");
+    std::fs::create_dir_all(&v3).unwrap();
+    std::fs::write(v3.join("default.yaml"), "version: 1\nnot_a_key: true\n").unwrap();
+    std::os::unix::fs::symlink("..2026_11_29_v3", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ask().contains("network_policies"), "a broken update replaced the policy");
+}
+
+#[test]
 fn hostile_messages_get_error_replies_and_the_daemon_keeps_serving() {
     let mut node = Node::new("hostile");
     node.policy("default", "version: 1\n");

@@ -10,6 +10,13 @@ use leash_tests::*;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_netprobe");
 
+/// One test at a time: every `leash run` reaps sandboxes whose leash died, which would take the
+/// SIGKILL test's orphaned agent away before it reports.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RUNS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn empty_policy(scratch: &Scratch) -> std::path::PathBuf {
     scratch.file("p.yaml", &policy_allowing(&[]))
 }
@@ -17,6 +24,7 @@ fn empty_policy(scratch: &Scratch) -> std::path::PathBuf {
 #[test]
 fn exit_status_environment_and_identity_pass_through() {
     require_root();
+    let _serial = serial();
     let scratch = Scratch::new("env");
     let policy = scratch.file(
         "p.yaml",
@@ -41,6 +49,7 @@ fn exit_status_environment_and_identity_pass_through() {
 #[test]
 fn a_normal_exit_leaves_no_cgroup_or_pins() {
     require_root();
+    let _serial = serial();
     let scratch = Scratch::new("clean");
     let policy = empty_policy(&scratch);
     let child =
@@ -75,6 +84,7 @@ fn a_normal_exit_leaves_no_cgroup_or_pins() {
 #[test]
 fn sigkill_of_leash_keeps_the_agent_cut_off_and_the_next_run_reaps_it() {
     require_root();
+    let _serial = serial();
     let target = Listener::new("127.0.0.1:0");
     let scratch = Scratch::new("sigkill");
     let policy = empty_policy(&scratch);
@@ -139,6 +149,7 @@ fn refused(cmd: &mut std::process::Command, code: i32) -> String {
 #[test]
 fn bad_input_is_refused_with_one_line_and_exit_125() {
     require_root();
+    let _serial = serial();
     let scratch = Scratch::new("bad");
     let malformed = scratch.file("malformed.yaml", "version: 1\nnetwork_policies: [unclosed\n");
     let err = refused(&mut leash(&["run", "--policy", malformed.to_str().unwrap(), "--", "/bin/true"]), 125);
@@ -171,6 +182,7 @@ fn bad_input_is_refused_with_one_line_and_exit_125() {
 #[test]
 fn missing_and_non_executable_commands_get_127_and_126() {
     require_root();
+    let _serial = serial();
     let scratch = Scratch::new("exec");
     let policy = empty_policy(&scratch);
     let out = leash_run(&policy, &[], &["/nonexistent/agent"]);
@@ -184,6 +196,7 @@ fn missing_and_non_executable_commands_get_127_and_126() {
 #[test]
 fn a_policy_needing_a_missing_layer_is_refused_unless_degraded() {
     require_root();
+    let _serial = serial();
     let scratch = Scratch::new("degraded");
     let policy = scratch.file("kernel.yaml", "version: 1\nnetwork_policies: {}\nkernel:\n  deny: [ptrace]\n");
     let out = leash_run(&policy, &[], &["/bin/true"]);

@@ -95,6 +95,8 @@ impl Node {
         socket: Option<OwnedFd>,
     ) -> Result<Confined, Reply> {
         let target = pid.unwrap_or(caller.pid);
+        // The sandbox goes below the target's own container (another container of the pod, maybe).
+        let mut target_pod = caller.pod.clone();
         if target != caller.pid {
             let pod = discovery::of_pid(target).map_err(|e| match e {
                 discovery::DiscoveryError::NoProcess(..) => {
@@ -108,6 +110,7 @@ impl Node {
             if pod.sandbox.is_some() {
                 return Err(Reply::error(ErrorCode::BadRequest, format!("process {target} is already confined")));
             }
+            target_pod = pod;
         }
         let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
         let policy = self.policies.get(&admitted.policy).ok_or_else(|| no_such_policy(&admitted.policy))?;
@@ -141,13 +144,13 @@ impl Node {
                 format!("this node runs its limit of {} sandboxes", self.max_sandboxes),
             ));
         }
-        let container = discovery::container_dir(&self.cgroup_root, &caller.pod);
+        let container = discovery::container_dir(&self.cgroup_root, &target_pod);
         let id = new_id();
         let cgroup = SandboxCgroup::create(&container, &id).map_err(internal)?;
         let record = SandboxRecord {
             id: id.clone(),
             pod_uid: caller.pod.pod_uid.clone(),
-            container_id: caller.pod.container_id.clone(),
+            container_id: target_pod.container_id.clone(),
             cgroup: cgroup.path().to_path_buf(),
             cgroup_id: cgroup.id(),
             policy: policy.name.clone(),
