@@ -1,4 +1,4 @@
-//! `cargo xtask bench [start|connect|policy|proxy|all|syscall]`: benchmarks that each print ratios against a
+//! `cargo xtask bench [start|connect|policy|proxy|confine|all|syscall]`: benchmarks that each print ratios against a
 //! peer measured in the same run, on this machine, as root (`all`: every one but `syscall`).
 //!
 //! - `start` (`start.rs`): wall time of `leash run -- /bin/true` against the netns + veth +
@@ -9,13 +9,16 @@
 //! - `proxy` (`proxy.rs`): HTTPS keep-alive requests/s, added latency and memory for idle tunnels
 //!   through leash's proxy against mitmproxy and squid-openssl (ssl-bump), same client and
 //!   upstream.
+//! - `confine` (`confine.rs`): the node daemon's confine latency and rate, and its memory per
+//!   sandbox, against the netns + veth + nftables recipe's setup and teardown per sandbox.
 //! - `syscall` (`syscall.rs`): open/close, socket/close and fork+exec loops inside a VM (no root
 //!   needed) with no programs, with leash's BPF-LSM programs, and with a seccomp denylist.
 //!
 //! Every run is bounded (fixed iteration counts, timeouts on waits), sends traffic to loopback
 //! only, and removes what it created: its scratch directory, every network namespace and veth
-//! pair, every sandbox.
+//! pair, every sandbox, every cgroup and bpffs mount.
 
+mod confine;
 mod connect;
 mod proxy;
 mod start;
@@ -35,10 +38,10 @@ pub struct BenchArgs {
     /// Which benchmark to run.
     #[arg(value_enum, default_value_t = Which::All)]
     which: Which,
-    /// Timed iterations of each start variant (after the warm-ups).
+    /// Timed iterations of each start variant and of `confine`'s netns recipe (after the warm-ups).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     iterations: u32,
-    /// Untimed start iterations run first.
+    /// Untimed start (and `confine` recipe) iterations run first.
     #[arg(long, default_value_t = 3)]
     warmups: u32,
     /// Connect rounds; each runs the loop once inside and once outside the sandbox.
@@ -56,6 +59,12 @@ pub struct BenchArgs {
     /// Idle tunnels held through each proxy for the memory reading.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     tunnels: u32,
+    /// Timed confines (fork, confine by pid, kill), after 100 untimed ones.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    cycles: u32,
+    /// Sandboxes the daemon holds at once for the memory reading (the kernel's maps hold 4,096).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    hold: u32,
     /// Kernel series for `syscall` (5.10, 6.1, 6.12, 7 or all); repeatable.
     #[arg(long = "kernel", value_name = "K", default_value = "6.12")]
     kernels: Vec<String>,
@@ -77,6 +86,8 @@ enum Which {
     Policy,
     /// HTTPS requests/s, latency and idle-tunnel memory: leash's proxy vs mitmproxy and squid.
     Proxy,
+    /// leash daemon: confine latency and rate, memory per sandbox, vs the netns recipe per sandbox.
+    Confine,
     All,
     /// Syscall loops in a VM: no programs vs leash's BPF-LSM programs vs a seccomp denylist.
     Syscall,
@@ -123,7 +134,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let start = matches!(args.which, Which::Start | Which::All);
     let connect = matches!(args.which, Which::Connect | Which::All);
     let proxy = matches!(args.which, Which::Proxy | Which::All);
+    let confine = matches!(args.which, Which::Confine | Which::All);
     let peers = if start { find_peers(&START_PEERS, args.install_peers)? } else { Vec::new() };
+    let recipe = if confine { recipe_tools(args.install_peers)? } else { None };
 
     crate::setup::check()?;
     println!("bench: building (release) ...");
@@ -157,6 +170,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             install: args.install_peers,
         };
         proxy::run(&ctx, &opts)?;
+    }
+    if confine {
+        if start || connect || proxy {
+            println!();
+        }
+        let opts = confine::Options {
+            cycles: args.cycles,
+            hold: args.hold,
+            iterations: args.iterations,
+            warmups: args.warmups,
+        };
+        confine::run(&ctx, recipe.as_ref(), &opts)?;
     }
     if args.which == Which::All {
         println!();
@@ -205,6 +230,25 @@ fn find_peers(peers: &[Peer], install: bool) -> Result<Vec<(&'static str, PathBu
                 .with_context(|| format!("`{}` still not found after installing {}", p.program, p.package))
         })
         .collect()
+}
+
+/// `ip` and `nft` for `confine`'s peer: installed when `install` is set, else `None` (the peer
+/// is skipped) when one is missing.
+fn recipe_tools(install: bool) -> Result<Option<confine::RecipeTools>> {
+    let wanted = &START_PEERS[..2]; // ip, nft
+    if install {
+        let found = find_peers(wanted, true)?;
+        return Ok(Some(confine::RecipeTools { ip: found[0].1.clone(), nft: found[1].1.clone() }));
+    }
+    match (find_program("ip"), find_program("nft")) {
+        (Some(ip), Some(nft)) => Ok(Some(confine::RecipeTools { ip, nft })),
+        _ => {
+            for p in wanted.iter().filter(|p| find_program(p.program).is_none()) {
+                println!("bench: `{}` not found (Debian package {}); confine's netns recipe row is skipped", p.program, p.package);
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// Installs Debian `packages`, refreshing the package lists once if the first try fails.
