@@ -294,9 +294,12 @@ fn sync_set<K: aya::Pod + PartialEq>(
     Ok(())
 }
 
+/// The attachments of [`attach_all`] (hook and link) and the hooks that did not attach.
+pub type Attached = (Vec<(&'static str, LsmLinkId)>, Vec<Unavailable>);
+
 /// Loads and attaches every LSM program whose hook this kernel has: the attachments, and the
 /// hooks that did not attach with why. Fails when none attaches (BPF-LSM is off).
-pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<(Vec<(&'static str, LsmLinkId)>, Vec<Unavailable>)> {
+pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<Attached> {
     let mut links = Vec::new();
     let mut unavailable = Vec::new();
     for (program, hook) in program_names::LSM_HOOKS {

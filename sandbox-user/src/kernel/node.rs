@@ -66,7 +66,7 @@ pub struct NodePrograms {
 
 /// The BPF-LSM side of a generation: attached once for the whole node, or not at all.
 pub enum Lsm {
-    Attached { maps: LsmMaps, hooks: Vec<String> },
+    Attached { maps: Box<LsmMaps>, hooks: Vec<String> },
     Unavailable(String),
 }
 
@@ -168,7 +168,7 @@ impl NodePrograms {
             Ok(entries) => {
                 let hooks =
                     entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-                Lsm::Attached { maps: LsmMaps::open_pinned(&gen_dir.join("maps"))?, hooks }
+                Lsm::Attached { maps: Box::new(LsmMaps::open_pinned(&gen_dir.join("maps"))?), hooks }
             }
             Err(_) => Lsm::Unavailable("BPF-LSM programs did not attach when this node's programs were loaded".into()),
         };
