@@ -109,7 +109,12 @@ pub fn run(ctx: &Ctx, tools: Option<&RecipeTools>, opts: &Options) -> Result<()>
     );
     println!("{:<44} {:>8} {:>8} {:>8}", "", "median", "p99", "per s");
     let a = confine.median_us / 1e3;
-    println!("{:<44} {a:>8.3} {:>8.3} {:>8.0}", "(a) leash daemon: confine a pod's process", confine.p99_us / 1e3, confine.per_sec);
+    println!(
+        "{:<44} {a:>8.3} {:>8.3} {:>8.0}",
+        "(a) leash daemon: confine a pod's process",
+        confine.p99_us / 1e3,
+        confine.per_sec
+    );
     match &peer {
         Some(p) => {
             let (b, p99) = (ms(median(&p.times)), ms(percentile(&p.times, 99)));
@@ -142,7 +147,10 @@ pub fn run(ctx: &Ctx, tools: Option<&RecipeTools>, opts: &Options) -> Result<()>
     println!("{:<44} {:>8.2}   rounds: {}", "per sandbox, median of (with - idle) / N", median(&per), list(&per));
     if per.iter().any(|&x| x <= 0.0) {
         println!("(a round with no growth: the daemon's memory per sandbox is below what VmRSS resolves with");
-        println!(" {} sandboxes, since mimalloc gives freed pages back to the kernel late and VmRSS moves by", opts.hold);
+        println!(
+            " {} sandboxes, since mimalloc gives freed pages back to the kernel late and VmRSS moves by",
+            opts.hold
+        );
         println!(" up to megabytes between readings.)");
     }
     println!("(user memory only: each sandbox's cgroup, BPF links and map entries are kernel memory)");
@@ -226,7 +234,8 @@ impl Node {
         let dir = ctx.dir.join("confine");
         let tree = cgroup2.join(format!("{TREE_PREFIX}{}", std::process::id()));
         let container = tree.join(format!("kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"));
-        let mut node = Node { daemon: None, podclient: podclient.to_path_buf(), dir, bpffs: None, tree: None, container };
+        let mut node =
+            Node { daemon: None, podclient: podclient.to_path_buf(), dir, bpffs: None, tree: None, container };
         for sub in ["bpf", "policies", "state"] {
             std::fs::create_dir_all(node.dir.join(sub)).with_context(|| format!("creating {}", node.dir.display()))?;
         }

@@ -244,7 +244,10 @@ fn recipe_tools(install: bool) -> Result<Option<confine::RecipeTools>> {
         (Some(ip), Some(nft)) => Ok(Some(confine::RecipeTools { ip, nft })),
         _ => {
             for p in wanted.iter().filter(|p| find_program(p.program).is_none()) {
-                println!("bench: `{}` not found (Debian package {}); confine's netns recipe row is skipped", p.program, p.package);
+                println!(
+                    "bench: `{}` not found (Debian package {}); confine's netns recipe row is skipped",
+                    p.program, p.package
+                );
             }
             Ok(None)
         }
