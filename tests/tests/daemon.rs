@@ -576,6 +576,40 @@ fn sigkill_of_the_daemon_leaves_the_sandbox_confined_and_the_next_daemon_adopts_
 }
 
 #[test]
+fn sandboxes_of_deleted_pods_and_of_agents_that_ended_while_no_daemon_ran_are_collected() {
+    let mut node = Node::new("gone");
+    node.policy("default", "version: 1\n");
+    let a = node.pod(Layout::SystemdContainerd, 18);
+    let b = node.pod(Layout::CgroupfsCrio, 19);
+    node.start(&["--default-policy", "default"]);
+    let sleeper = |pod: &Pod| {
+        let child = Command::new(bin("podclient")).arg("--cgroup").arg(&pod.container).arg("sleep").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let reply =
+            node.call(pod, &format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, child.id()), Some("--listener"));
+        assert_eq!(code(&reply), "ok", "{reply}");
+        child
+    };
+    let mut in_a = sleeper(&a);
+    let mut in_b = sleeper(&b);
+    assert_eq!(node.state_files(), 2);
+    // Pod A is deleted: the runtime kills its processes and removes its cgroups, ours included.
+    in_a.kill().unwrap();
+    in_a.wait().ok();
+    remove_cgroup_tree(a.container.parent().unwrap());
+    assert!(wait_until(5, || node.state_files() == 1), "the deleted pod's sandbox is still on record");
+    // B's agent ends while no daemon runs: the next daemon removes its sandbox at start.
+    node.kill_daemon();
+    in_b.kill().unwrap();
+    in_b.wait().ok();
+    let log = node.start(&["--default-policy", "default"]);
+    assert!(log.contains("removed 1 sandboxes that ended while no daemon ran"), "{log}");
+    assert_eq!(node.state_files(), 0);
+    assert_eq!(node.pinned_sandboxes(), 0);
+    assert_eq!(node.map_entries(), 0);
+}
+
+#[test]
 fn ten_thousand_confine_cycles_leave_nothing_behind() {
     let mut node = Node::new("cycles");
     node.policy("default", "version: 1\n");
