@@ -2,9 +2,9 @@
 //! to every sandbox cgroup the daemon creates.
 //!
 //! ```text
-//! <bpffs>/leash/node/<generation>/progs/<program>     the loaded network programs
+//! <bpffs>/leash/node/<generation>/progs/<program>     the loaded network programs (attached per sandbox)
 //! <bpffs>/leash/node/<generation>/maps/<map>          every map of the object
-//! <bpffs>/leash/node/<generation>/lsm/<program>       the BPF-LSM links, when this kernel has BPF-LSM
+//! <bpffs>/leash/node/<generation>/lsm/<hook>          the BPF-LSM links, when this kernel has BPF-LSM
 //! <bpffs>/leash/node/sandboxes/<id>/<generation>--<program>   one pinned link per program and sandbox
 //! ```
 //!
@@ -13,7 +13,8 @@
 //! enforcement never lapsed. A daemon built from another object (an upgrade) loads its own
 //! generation next to the old one; [`NodePrograms::previous_generations`] lists what it must
 //! migrate, and the daemon attaches the new programs to each sandbox before unpinning the old
-//! links, so at every moment at least one generation judges every sandbox.
+//! links, so at every moment at least one generation judges every sandbox. (Generations must
+//! share the map layouts of `sandbox-common`: entries are copied from the old maps as they are.)
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,7 @@ pub fn this_generation() -> String {
     format!("gen-{h:016x}")
 }
 
-/// One loaded generation of the network programs and handles to its maps.
+/// One loaded generation: the network programs, the BPF-LSM side, and handles to the maps.
 pub struct NodePrograms {
     root: PathBuf,
     generation: String,
