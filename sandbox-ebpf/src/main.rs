@@ -5,9 +5,12 @@
 //! - `lsm/`: BPF-LSM programs, attached once per host and scoped to sandboxes by cgroup id, plus
 //!   the probe `leash doctor` loads.
 //! - `maps.rs`: the maps, keyed by sandbox cgroup id; layouts live in `sandbox-common`.
+//! - `events.rs`: deny events to userspace, the same for both.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod events;
 #[cfg(target_arch = "bpf")]
 mod lsm;
 #[cfg(target_arch = "bpf")]

@@ -36,12 +36,12 @@ mod signal;
 mod socket;
 mod userns;
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-};
-use sandbox_common::{lsm_rule, DenyEvent, Hook, KernelLayout, LsmPolicy, MAX_SANDBOX_LEVEL};
+use aya_ebpf::helpers::bpf_get_current_task;
+use sandbox_common::{lsm_rule, Hook, KernelLayout, LsmPolicy, MAX_SANDBOX_LEVEL};
 
-use crate::maps::{EVENTS, LSM_LAYOUT, LSM_SANDBOXES};
+use crate::events::report;
+pub use crate::events::Event;
+use crate::maps::{LSM_LAYOUT, LSM_SANDBOXES};
 use crate::net::current_cgroup;
 use kernel::{cgroup_id, read_u32, read_u64, task_cgroup};
 
@@ -142,63 +142,9 @@ pub fn check(flag: u32, hook: Hook, detail: (u32, u32, u32)) -> i32 {
     deny(&sandbox, &Event { family, sock_type, protocol, ..Event::new(hook) })
 }
 
-/// What a denial was about, for [`deny`].
-pub struct Event {
-    pub hook: Hook,
-    pub family: u32,
-    pub sock_type: u32,
-    pub protocol: u32,
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub target_ino: u64,
-    pub target_dev: u32,
-    pub target_pid: u32,
-    pub path: [u8; 64],
-}
-
-impl Event {
-    /// An event of `hook` with every detail zero.
-    #[inline(always)]
-    pub const fn new(hook: Hook) -> Self {
-        Event {
-            hook,
-            family: 0,
-            sock_type: 0,
-            protocol: 0,
-            addr: [0; 16],
-            port: 0,
-            target_ino: 0,
-            target_dev: 0,
-            target_pid: 0,
-            path: [0; 64],
-        }
-    }
-}
-
 /// Reports the denial to userspace and returns `EPERM`.
 #[inline(always)]
 pub fn deny(sandbox: &Sandbox, e: &Event) -> i32 {
-    if let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) {
-        entry.write(DenyEvent {
-            cgroup_id: sandbox.id,
-            // SAFETY: plain BPF helper calls.
-            time_ns: unsafe { bpf_ktime_get_ns() },
-            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            uid: bpf_get_current_uid_gid() as u32,
-            hook: e.hook as u32,
-            family: e.family,
-            sock_type: e.sock_type,
-            protocol: e.protocol,
-            addr: e.addr,
-            port: e.port,
-            _pad: [0; 6],
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
-            target_ino: e.target_ino,
-            target_dev: e.target_dev,
-            target_pid: e.target_pid,
-            path: e.path,
-        });
-        entry.submit(0);
-    }
+    report(sandbox.id, e, true);
     EPERM
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr, programs
 use sandbox_common::{counter, Hook, SandboxNet, SANDBOX_RECORD_OWNERS};
 
 use super::{
-    count, current_cgroup, report, sandbox, words_to_bytes, Denied, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP,
+    count, current_cgroup, report, sandbox, words_to_bytes, Event, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP,
     SOCK_STREAM,
 };
 
@@ -90,13 +90,13 @@ fn decide(ctx: &SockAddrContext, target: &Target, is_proxy_addr: impl Fn(&Sandbo
     count(cgroup, counter::CONNECT_DENIED);
     report(
         cgroup,
-        &Denied {
-            hook: target.hook,
+        &Event {
             family: target.family,
             sock_type: target.sock_type,
             protocol: target.protocol,
             addr: target.addr,
             port: target.port,
+            ..Event::new(target.hook)
         },
         true,
     );

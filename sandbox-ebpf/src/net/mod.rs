@@ -18,13 +18,11 @@ mod sendmsg;
 mod skb;
 mod sock_create;
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    bpf_ktime_get_ns,
-};
-use sandbox_common::{DenyEvent, Hook, SandboxNet};
+use aya_ebpf::helpers::bpf_get_current_cgroup_id;
+use sandbox_common::SandboxNet;
 
-use crate::maps::{COUNTERS, EVENTS, SANDBOXES};
+pub use crate::events::{report, Event};
+use crate::maps::{COUNTERS, SANDBOXES};
 
 /// Return values of cgroup programs.
 pub const ALLOW: i32 = 1;
@@ -59,52 +57,6 @@ pub fn count(cgroup_id: u64, index: usize) {
             unsafe { (*counters).values[index] += 1 };
         }
     }
-}
-
-/// What a denial was about, for [`report`].
-pub struct Denied {
-    pub hook: Hook,
-    pub family: u32,
-    pub sock_type: u32,
-    pub protocol: u32,
-    pub addr: [u8; 16],
-    pub port: u16,
-}
-
-/// Sends a deny event to userspace. `from_task` is false for packet hooks, which may run outside
-/// the sending task's context.
-#[inline(always)]
-pub fn report(cgroup_id: u64, denied: &Denied, from_task: bool) {
-    let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
-        return;
-    };
-    let (pid, uid, comm) = if from_task {
-        let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let uid = bpf_get_current_uid_gid() as u32;
-        (pid, uid, bpf_get_current_comm().unwrap_or([0; 16]))
-    } else {
-        (0, 0, [0; 16])
-    };
-    entry.write(DenyEvent {
-        cgroup_id,
-        // SAFETY: plain BPF helper call.
-        time_ns: unsafe { bpf_ktime_get_ns() },
-        pid,
-        uid,
-        hook: denied.hook as u32,
-        family: denied.family,
-        sock_type: denied.sock_type,
-        protocol: denied.protocol,
-        addr: denied.addr,
-        port: denied.port,
-        _pad: [0; 6],
-        comm,
-        target_ino: 0,
-        target_dev: 0,
-        target_pid: 0,
-        path: [0; 64],
-    });
-    entry.submit(0);
 }
 
 /// The 16 bytes of an address given as the kernel's four network-order words.

@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use sandbox_common::{counter, Hook};
 
-use super::{count, current_cgroup, report, words_to_bytes, Denied, AF_INET, AF_INET6, DENY};
+use super::{count, current_cgroup, report, words_to_bytes, Event, AF_INET, AF_INET6, DENY};
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn leash_sendmsg4(ctx: SockAddrContext) -> i32 {
@@ -29,6 +29,6 @@ fn deny_datagram(hook: Hook, family: u32, sock_type: u32, protocol: u32, addr: [
     let cgroup = current_cgroup();
     count(cgroup, counter::SENDMSG_DENIED);
     let port = u16::from_be(port as u16);
-    report(cgroup, &Denied { hook, family, sock_type, protocol, addr, port }, true);
+    report(cgroup, &Event { hook, family, sock_type, protocol, addr, port, ..Event::new(hook) }, true);
     DENY
 }

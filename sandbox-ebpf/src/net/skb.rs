@@ -11,7 +11,7 @@
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 use sandbox_common::{counter, Hook, SandboxNet};
 
-use super::{count, report, sandbox, words_to_bytes, Denied, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP};
+use super::{count, report, sandbox, words_to_bytes, Event, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP};
 
 /// Which end of the packet must be the proxy.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,13 +56,12 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
         Direction::Ingress => (counter::SKB_INGRESS_DROPPED, Hook::SkbIngress),
     };
     count(cgroup, dropped);
-    let denied = Denied {
-        hook,
+    let denied = Event {
         family: remote.family,
-        sock_type: 0,
         protocol: remote.protocol,
         addr: words_to_bytes(&remote.addr),
         port: remote.port,
+        ..Event::new(hook)
     };
     report(cgroup, &denied, false);
     DENY

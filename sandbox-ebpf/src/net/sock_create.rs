@@ -6,7 +6,7 @@
 use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
 use sandbox_common::{counter, Hook};
 
-use super::{count, current_cgroup, report, Denied, ALLOW, DENY};
+use super::{count, current_cgroup, report, Event, ALLOW, DENY};
 
 const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
@@ -23,7 +23,7 @@ pub fn leash_sock_create(ctx: SockContext) -> i32 {
     }
     let cgroup = current_cgroup();
     count(cgroup, counter::SOCK_CREATE_DENIED);
-    report(cgroup, &Denied { hook: Hook::SockCreate, family, sock_type, protocol, addr: [0; 16], port: 0 }, true);
+    report(cgroup, &Event { family, sock_type, protocol, ..Event::new(Hook::SockCreate) }, true);
     DENY
 }
 
