@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{links::FdLink, lsm::LsmLinkId, Lsm};
 use aya::{Btf, Ebpf};
 use sandbox_common::{
@@ -27,6 +27,7 @@ use sandbox_common::{
 
 use super::btf::KernelBtf;
 use super::lsm_rules::{FileId, LsmRules};
+use super::pins;
 use super::programs::{sandbox_net, OBJECT};
 
 /// A hook that did not attach, and why.
@@ -95,11 +96,6 @@ impl LsmPrograms {
         needed.iter().copied().filter(|h| !attached.contains(h)).collect()
     }
 
-    /// The maps that say which cgroups are sandboxes and what each is refused.
-    pub fn maps(&mut self) -> &mut LsmMaps {
-        &mut self.maps
-    }
-
     /// See [`LsmMaps::add_sandbox`].
     pub fn add_sandbox(&mut self, cgroup_id: u64, policy: LsmPolicy) -> Result<()> {
         self.maps.add_sandbox(cgroup_id, policy)
@@ -116,22 +112,9 @@ impl LsmPrograms {
     }
 
     /// Pins every attachment under `dir` (created here), so the programs stay in force if this
-    /// process dies; unpinning them (`programs::unpin_all`) lets the kernel detach them.
+    /// process dies; unpinning them (`pins::remove_tree`) lets the kernel detach them.
     pub fn pin_links(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
-        for (hook, id) in std::mem::take(&mut self.links) {
-            let (program, _) = program_names::LSM_HOOKS
-                .iter()
-                .find(|(_, h)| *h == hook)
-                .ok_or_else(|| anyhow!("no program for hook {hook}"))?;
-            let lsm: &mut Lsm =
-                self.ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
-            let link: FdLink = lsm.take_link(id)?.into();
-            let path = dir.join(program);
-            // The pinned link outlives this process; dropping the handle does not detach it.
-            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
-        }
-        Ok(())
+        pin_links(&mut self.ebpf, std::mem::take(&mut self.links), dir)
     }
 
     /// The deny-event ring buffer of this program set; can be taken once.
@@ -180,11 +163,7 @@ impl LsmMaps {
 
     /// Opens the maps pinned as `<dir>/<map name>`, with the layout they hold.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
-        let open = |name: &str| -> Result<Map> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-            Ok(Map::from_map_data(data)?)
-        };
+        let open = |name: &str| pins::open_map(&dir.join(name));
         let layout_map: Array<MapData, KernelLayout> = Array::try_from(open(map_names::LSM_LAYOUT)?)?;
         let layout = layout_map.get(&0, 0).context("reading the pinned kernel layout")?;
         Ok(Self {
@@ -246,23 +225,10 @@ impl LsmMaps {
 
     /// Copies every entry of `old` (another generation's maps) into these.
     pub fn copy_from(&mut self, old: &LsmMaps) -> Result<()> {
-        for entry in old.sandboxes.iter() {
-            let (k, v) = entry?;
-            self.sandboxes.insert(k, v, 0)?;
-        }
-        for entry in old.exec_allow.iter() {
-            let (k, v) = entry?;
-            self.exec_allow.insert(k, v, 0)?;
-        }
-        for entry in old.deny_open.iter() {
-            let (k, v) = entry?;
-            self.deny_open.insert(k, v, 0)?;
-        }
-        for entry in old.unix_allow.iter() {
-            let (k, v) = entry?;
-            self.unix_allow.insert(k, v, 0)?;
-        }
-        Ok(())
+        copy_entries(&old.sandboxes, &mut self.sandboxes)?;
+        copy_entries(&old.exec_allow, &mut self.exec_allow)?;
+        copy_entries(&old.deny_open, &mut self.deny_open)?;
+        copy_entries(&old.unix_allow, &mut self.unix_allow)
     }
 
     /// Every cgroup id with an LSM sandbox entry.
@@ -273,6 +239,18 @@ impl LsmMaps {
     fn write_layout(&mut self) -> Result<()> {
         self.layout_map.set(0, self.layout, 0).context("writing the kernel layout map")
     }
+}
+
+/// Inserts every entry of `from` into `to`.
+fn copy_entries<K: aya::Pod, V: aya::Pod>(
+    from: &HashMap<MapData, K, V>,
+    to: &mut HashMap<MapData, K, V>,
+) -> Result<()> {
+    for entry in from.iter() {
+        let (k, v) = entry?;
+        to.insert(k, v, 0)?;
+    }
+    Ok(())
 }
 
 /// Makes the keys of sandbox `id` in set-map `set` (named `name`) exactly `want`.
@@ -314,6 +292,31 @@ pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<Attached> {
         return Err(anyhow!("no BPF-LSM hook attached ({} failed; the first: {first})", unavailable.len()));
     }
     Ok((links, unavailable))
+}
+
+/// Pins the attachments `links` of `ebpf`'s LSM programs in `dir` (created here), each under its
+/// program's name. The pinned links outlive this process; dropping the handles does not detach.
+pub fn pin_links(ebpf: &mut Ebpf, links: Vec<(&'static str, LsmLinkId)>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    for (hook, id) in links {
+        let program = program_of(hook).ok_or_else(|| anyhow!("no program for hook {hook}"))?;
+        let lsm: &mut Lsm =
+            ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
+        let link: FdLink = lsm.take_link(id)?.into();
+        let path = dir.join(program);
+        let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The program that attaches to `hook`.
+pub fn program_of(hook: &str) -> Option<&'static str> {
+    program_names::LSM_HOOKS.iter().find(|(_, h)| *h == hook).map(|(p, _)| *p)
+}
+
+/// The hook program `program` attaches to.
+pub fn hook_of(program: &str) -> Option<&'static str> {
+    program_names::LSM_HOOKS.iter().find(|(p, _)| *p == program).map(|(_, h)| *h)
 }
 
 /// Loads `program` against `bpf_lsm_<hook>` and attaches it.

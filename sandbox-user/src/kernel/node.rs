@@ -4,7 +4,7 @@
 //! ```text
 //! <bpffs>/leash/node/<generation>/progs/<program>     the loaded network programs (attached per sandbox)
 //! <bpffs>/leash/node/<generation>/maps/<map>          every map of the object
-//! <bpffs>/leash/node/<generation>/lsm/<hook>          the BPF-LSM links, when this kernel has BPF-LSM
+//! <bpffs>/leash/node/<generation>/lsm/<program>       the BPF-LSM links, when this kernel has BPF-LSM
 //! <bpffs>/leash/node/sandboxes/<id>/<generation>--<program>   one pinned link per program and sandbox
 //! ```
 //!
@@ -21,13 +21,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockAttachType, Program, SockOps};
 use sandbox_common::{map_names, ConnOwner, Counters, SandboxNet};
 
 use super::btf::KernelBtf;
-use super::lsm::{attach_all, LsmMaps, LSM_MAPS};
-use super::programs::{attach_link, Kind, NET_PROGRAMS, OBJECT};
+use super::lsm::{attach_all, hook_of, pin_links, LsmMaps, LSM_MAPS};
+use super::pins::{entries, open_map, remove_tree};
+use super::programs::{attach_link, load_program, Kind, NET_PROGRAMS, OBJECT};
 
 /// The maps a network program set uses, pinned with it.
 const NET_MAPS: [&str; 5] =
@@ -104,15 +105,8 @@ impl NodePrograms {
             map.pin(maps.join(name)).with_context(|| format!("pinning map {name}"))?;
         }
         for (name, kind) in NET_PROGRAMS {
-            let program =
-                ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-            let loaded = match kind {
-                Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(&mut *program)?.load(),
-                Kind::Sock => <&mut CgroupSock>::try_from(&mut *program)?.load(),
-                Kind::Skb(_) => <&mut CgroupSkb>::try_from(&mut *program)?.load(),
-                Kind::SockOps => <&mut SockOps>::try_from(&mut *program)?.load(),
-            };
-            loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))?;
+            load_program(&mut ebpf, name, kind)?;
+            let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
             program.pin(progs.join(name)).with_context(|| format!("pinning program {name}"))?;
         }
         if let Err(e) = Self::attach_lsm(&mut ebpf, btf.as_ref(), &gen_dir.join("lsm")) {
@@ -124,35 +118,21 @@ impl NodePrograms {
     }
 
     /// Writes this kernel's layout, attaches every LSM program it has a hook for, and pins the
-    /// links in `dir`. The directory exists only when something attached.
+    /// links in `dir`, named after their programs. The directory exists only when something
+    /// attached.
     fn attach_lsm(ebpf: &mut aya::Ebpf, btf: Option<&aya::Btf>, dir: &Path) -> Result<()> {
         let btf = btf.ok_or_else(|| anyhow!("the kernel has no BTF"))?;
         let layout = KernelBtf::from_sys_fs()?.lsm_layout().context("finding kernel struct offsets in BTF")?;
         // Held until the programs are loaded: they refer to the maps' descriptors.
         let _maps = LsmMaps::take(ebpf, layout)?;
         let (links, _unavailable) = attach_all(ebpf, btf)?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for (hook, id) in links {
-            let (program, _) = sandbox_common::program_names::LSM_HOOKS
-                .iter()
-                .find(|(_, h)| *h == hook)
-                .ok_or_else(|| anyhow!("no program for hook {hook}"))?;
-            let lsm: &mut aya::programs::Lsm =
-                ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
-            let link: aya::programs::links::FdLink = lsm.take_link(id)?.into();
-            // The pin name is the hook: that is what the daemon reports as attached.
-            let _pinned = link.pin(dir.join(hook)).with_context(|| format!("pinning the {hook} link"))?;
-        }
+        pin_links(ebpf, links, dir)?;
         Ok(())
     }
 
     fn open(root: &Path, generation: &str) -> Result<Self> {
         let gen_dir = root.join(generation);
-        let map = |name: &str| -> Result<Map> {
-            let path = gen_dir.join("maps").join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-            Ok(Map::from_map_data(data)?)
-        };
+        let map = |name: &str| open_map(&gen_dir.join("maps").join(name));
         let mut programs = Vec::new();
         for (name, kind) in NET_PROGRAMS {
             let path = gen_dir.join("progs").join(name);
@@ -167,8 +147,10 @@ impl NodePrograms {
         let lsm_dir = gen_dir.join("lsm");
         let lsm = match std::fs::read_dir(&lsm_dir) {
             Ok(entries) => {
-                let hooks =
-                    entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                let hooks = entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| hook_of(&e.file_name().to_string_lossy()).map(str::to_owned))
+                    .collect();
                 Lsm::Attached { maps: Box::new(LsmMaps::open_pinned(&gen_dir.join("maps"))?), hooks }
             }
             Err(_) => Lsm::Unavailable("BPF-LSM programs did not attach when this node's programs were loaded".into()),
@@ -196,14 +178,10 @@ impl NodePrograms {
         self.adopted
     }
 
-    pub fn generation(&self) -> &str {
-        &self.generation
-    }
-
     /// Other generations still pinned (left by a daemon of another build).
     pub fn previous_generations(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for entry in read_dir_or_empty(&self.root)? {
+        for entry in entries(&self.root)? {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("gen-") && name != self.generation {
                 out.push(name);
@@ -253,13 +231,13 @@ impl NodePrograms {
     /// and, when none is left, its pin directory.
     pub fn detach(&self, id: &str, generation: Option<&str>) -> Result<()> {
         let dir = self.sandbox_pins(id);
-        for entry in read_dir_or_empty(&dir)? {
+        for entry in entries(&dir)? {
             let name = entry.file_name().to_string_lossy().into_owned();
             if generation.is_none_or(|g| name.starts_with(&format!("{g}{LINK_SEPARATOR}"))) {
                 std::fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
             }
         }
-        if read_dir_or_empty(&dir)?.is_empty() {
+        if entries(&dir)?.is_empty() {
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -271,15 +249,10 @@ impl NodePrograms {
 
     /// Sandbox ids with a pin directory.
     pub fn pinned_sandboxes(&self) -> Result<Vec<String>> {
-        Ok(read_dir_or_empty(&self.root.join("sandboxes"))?
+        Ok(entries(&self.root.join("sandboxes"))?
             .into_iter()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect())
-    }
-
-    /// The entry of cgroup `cgroup_id`, if it has one.
-    pub fn sandbox_entry(&self, cgroup_id: u64) -> Option<SandboxNet> {
-        self.sandboxes.get(&cgroup_id, 0).ok()
     }
 
     /// Every cgroup id with a sandbox entry, network or BPF-LSM (for garbage collection).
@@ -326,9 +299,8 @@ impl NodePrograms {
     /// Copies every sandbox entry of pinned generation `old` into this one (before an upgrade
     /// attaches this generation's programs). Returns the cgroup ids copied.
     pub fn copy_entries_from(&mut self, old: &str) -> Result<Vec<u64>> {
-        let path = self.root.join(old).join("maps").join(map_names::SANDBOXES);
-        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let old_map: HashMap<MapData, u64, SandboxNet> = HashMap::try_from(Map::from_map_data(data)?)?;
+        let old_map: HashMap<MapData, u64, SandboxNet> =
+            HashMap::try_from(open_map(&self.root.join(old).join("maps").join(map_names::SANDBOXES))?)?;
         let mut copied = Vec::new();
         for entry in old_map.iter() {
             let (id, net) = entry.context("reading the previous generation's sandbox map")?;
@@ -359,29 +331,4 @@ impl NodePrograms {
 /// True when a generation directory finished pinning.
 fn is_complete(gen_dir: &Path) -> bool {
     gen_dir.join("complete").is_dir()
-}
-
-fn read_dir_or_empty(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => Ok(entries.filter_map(|e| e.ok()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
-    }
-}
-
-/// Removes a directory tree of pins (bpffs allows unlink and rmdir, not recursive removal).
-fn remove_tree(dir: &Path) -> Result<()> {
-    for entry in read_dir_or_empty(dir)? {
-        let path = entry.path();
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            remove_tree(&path)?;
-        } else {
-            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
-        }
-    }
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
-    }
 }

@@ -48,6 +48,18 @@ pub(crate) const NET_PROGRAMS: [(&str, Kind); 8] = [
     (prog::SOCK_OPS, Kind::SockOps),
 ];
 
+/// Loads network program `name` of `ebpf` into the kernel (the verifier runs here).
+pub(crate) fn load_program(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Result<()> {
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let loaded = match kind {
+        Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(program)?.load(),
+        Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
+        Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
+        Kind::SockOps => <&mut SockOps>::try_from(program)?.load(),
+    };
+    loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))
+}
+
 /// Attaches one loaded network program to the cgroup open as `dir` and returns the link, which
 /// the caller pins. bpf_link attachments always coexist with other programs on the cgroup (the
 /// kernel refuses attach flags on links), so `Single` here means "no flags".
@@ -88,15 +100,7 @@ impl NetPrograms {
     pub fn load() -> Result<Self> {
         let mut ebpf = load_object()?;
         for (name, kind) in NET_PROGRAMS {
-            let program =
-                ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-            let loaded = match kind {
-                Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(program)?.load(),
-                Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
-                Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
-                Kind::SockOps => <&mut SockOps>::try_from(program)?.load(),
-            };
-            loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))?;
+            load_program(&mut ebpf, name, kind)?;
         }
         Ok(Self { ebpf })
     }
@@ -203,22 +207,6 @@ pub fn load_object() -> Result<Ebpf> {
         loader.map_max_entries(name, 1);
     }
     loader.load(OBJECT).context("loading leash's eBPF object")
-}
-
-/// Removes every pinned link in `pin_dir` and the directory itself. Unpinning the last link of a
-/// program set lets the kernel free it, its maps and their entries.
-pub fn unpin_all(pin_dir: &Path) -> Result<()> {
-    match std::fs::read_dir(pin_dir) {
-        Ok(entries) => {
-            for e in entries {
-                let p = e?.path();
-                std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
-            }
-            std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("listing {}", pin_dir.display())),
-    }
 }
 
 /// The proxy address as the maps store it; `record_owners` turns on connection-owner records.

@@ -11,7 +11,6 @@ use anyhow::Result;
 
 use super::cgroup::{self, SandboxCgroup};
 use super::pins;
-use super::programs::unpin_all;
 use super::sandbox_id::SandboxId;
 
 /// What one reaping pass removed.
@@ -42,7 +41,7 @@ pub fn reap_stale(cgroup_root: &Path, bpffs: &Path) -> Result<Reaped> {
             cg.kill_all(Duration::from_secs(5))?;
             cg.remove()?;
         }
-        unpin_all(&pins::sandbox_dir(bpffs, &name))?;
+        pins::remove_tree(&pins::sandbox_dir(bpffs, &name))?;
         reaped.sandboxes.push(name);
     }
     Ok(reaped)

@@ -16,7 +16,7 @@ use crate::kernel::events::EventPump;
 use crate::kernel::lsm::{LsmPrograms, Registration};
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::pins;
-use crate::kernel::programs::{sandbox_net, unpin_all, NetPrograms};
+use crate::kernel::programs::{sandbox_net, NetPrograms};
 use crate::kernel::sandbox_id::SandboxId;
 
 pub struct Sandbox {
@@ -132,7 +132,7 @@ impl Sandbox {
                 eprintln!("leash: teardown: {e:#}");
             }
         }
-        if let Err(e) = unpin_all(&self.pin_dir) {
+        if let Err(e) = pins::remove_tree(&self.pin_dir) {
             eprintln!("leash: teardown: {e:#}");
         }
     }
