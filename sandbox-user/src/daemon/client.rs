@@ -52,19 +52,18 @@ impl Client {
     pub fn call_with_fd(&mut self, op: Op, fd: Option<BorrowedFd<'_>>) -> Result<serde_json::Value, ClientError> {
         let body =
             serde_json::to_vec(&Request { version: VERSION, op }).map_err(|e| ClientError::Reply(e.to_string()))?;
-        let frame = protocol::frame(&body);
-        match fd {
-            Some(fd) => {
-                let raw = [fd.as_raw_fd()];
-                let cmsg = [ControlMessage::ScmRights(&raw)];
-                let iov = [std::io::IoSlice::new(&frame)];
-                let sent = sendmsg::<()>(self.stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
-                    .map_err(std::io::Error::from)?;
-                self.stream.write_all(&frame[sent..])?;
-            }
-            None => self.stream.write_all(&frame)?,
-        }
+        self.send_frame(&protocol::frame(&body), fd)?;
         self.read_reply()
+    }
+
+    /// Sends one frame as given (tests send malformed ones), its first byte carrying `fd`.
+    pub fn send_frame(&mut self, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+        let Some(fd) = fd else { return self.stream.write_all(frame) };
+        let raw = [fd.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let iov = [std::io::IoSlice::new(frame)];
+        let sent = sendmsg::<()>(self.stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+        self.stream.write_all(&frame[sent..])
     }
 
     /// Reads one reply.

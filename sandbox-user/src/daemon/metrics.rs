@@ -17,7 +17,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use sandbox_common::counter;
@@ -39,7 +39,6 @@ pub struct DenialLabels {
 /// The metric handles the daemon updates as it works.
 #[derive(Debug)]
 pub struct Metrics {
-    pub sandboxes_active: Gauge,
     pub requests: Family<RequestLabels, Counter>,
     pub confine_seconds: Histogram,
     pub denials: Family<DenialLabels, Counter>,
@@ -51,7 +50,6 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            sandboxes_active: Gauge::default(),
             requests: Family::default(),
             // 50 µs .. ~1.6 s
             confine_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
@@ -87,7 +85,6 @@ impl Metrics {
 /// The registry `/metrics` encodes: the handles above plus what is read at scrape time.
 pub fn registry(metrics: &Metrics, node: Weak<Node>) -> Registry {
     let mut r = Registry::with_prefix("leash");
-    r.register("sandboxes_active", "Sandboxes this daemon runs", metrics.sandboxes_active.clone());
     r.register("requests", "Confine API requests by operation and result", metrics.requests.clone());
     r.register(
         "confine_duration_seconds",
@@ -99,7 +96,8 @@ pub fn registry(metrics: &Metrics, node: Weak<Node>) -> Registry {
     r
 }
 
-/// Reads the kernel's verdict counters and program statistics at scrape time.
+/// Reads the number of sandboxes, the kernel's verdict counters and program statistics at
+/// scrape time.
 #[derive(Debug)]
 struct KernelCollector {
     node: Weak<Node>,
@@ -120,14 +118,21 @@ struct ProgramLabels {
 impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(node) = self.node.upgrade() else { return Ok(()) };
+        let active = node.state().map(|s| s.registry.len() as i64).unwrap_or(0);
+        let gauge = ConstGauge::new(active);
+        gauge.encode(encoder.encode_descriptor(
+            "sandboxes_active",
+            "Sandboxes this daemon runs",
+            None,
+            gauge.metric_type(),
+        )?)?;
         let totals = node.counter_totals();
-        let verdicts = encoder.encode_descriptor(
+        let mut verdicts = encoder.encode_descriptor(
             "kernel_verdicts",
             "Verdicts of the network programs, over every sandbox",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
-        let mut verdicts = verdicts;
         for (i, name) in counter::NAMES.iter().enumerate() {
             let verdict = if i == counter::CONNECT_ALLOWED { "allowed" } else { "denied" };
             let labels = VerdictLabels { layer: "network", verdict, rule: name };

@@ -109,6 +109,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         eprintln!("leash daemon: moved every sandbox from programs {generation} to {}", this_generation());
     }
     let collected = node.collect_garbage()?;
+    node.sweep_orphans()?;
     if collected > 0 {
         eprintln!("leash daemon: removed {collected} sandboxes that ended while no daemon ran");
     }
@@ -149,7 +150,6 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     })?;
     let api_node = node.clone();
     std::thread::Builder::new().name("leash-accept".into()).spawn(move || server::serve(listener, api_node))?;
-    metrics.sandboxes_active.set(node.state().map(|s| s.registry.len() as i64).unwrap_or(0));
     metrics.set_ready(true);
     eprintln!("leash daemon: serving the Confine API on {}", opts.socket.display());
 

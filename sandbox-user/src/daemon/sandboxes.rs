@@ -34,7 +34,6 @@ use crate::kernel::programs::sandbox_net;
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub pid: u32,
-    pub uid: u32,
     pub pod: PodContainer,
 }
 
@@ -161,13 +160,15 @@ impl Node {
         };
         let built = build(&mut state, &record, kernel_rules.as_ref()).and_then(|()| move_into(&record.cgroup, target));
         if let Err(e) = built {
-            let _ = remove(&mut state, &record, &self.metrics);
+            // A removal that fails halfway leaves state without a record: sweep it too.
+            if remove(&mut state, &record, &self.metrics).is_err() {
+                let _ = sweep_orphans(&mut state);
+            }
             return Err(match e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) {
                 Some(libc::ESRCH) => Reply::error(ErrorCode::NoSuchProcess, format!("process {target} exited")),
                 _ => internal(e),
             });
         }
-        self.metrics.sandboxes_active.set(state.registry.len() as i64);
         Ok(Confined {
             sandbox: id,
             policy: policy.name.clone(),
@@ -209,7 +210,6 @@ impl Node {
         }
         let mut state = self.state()?;
         remove(&mut state, &record, &self.metrics).map_err(internal)?;
-        self.metrics.sandboxes_active.set(state.registry.len() as i64);
         Ok(())
     }
 
@@ -230,27 +230,21 @@ impl Node {
         Ok(Owner { pid: pid_in_own_namespace(owner.pid).unwrap_or(0), uid: owner.uid, exe })
     }
 
-    /// Removes every sandbox whose cgroup emptied or disappeared, and kernel state no record
-    /// explains (left by a daemon that died halfway through a confine). Returns how many.
+    /// Removes every sandbox whose cgroup emptied or disappeared. Returns how many.
     pub fn collect_garbage(&self) -> Result<usize> {
         let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned"))?;
         let dead: Vec<SandboxRecord> = state.registry.iter().filter(|r| !populated(&r.cgroup)).cloned().collect();
         for record in &dead {
             remove(&mut state, record, &self.metrics)?;
         }
-        let known: std::collections::HashSet<u64> = state.registry.iter().map(|r| r.cgroup_id).collect();
-        for cgroup_id in state.programs.entries() {
-            if !known.contains(&cgroup_id) {
-                state.programs.remove_sandbox(cgroup_id);
-            }
-        }
-        for id in state.programs.pinned_sandboxes()? {
-            if state.registry.get(&id).is_none() {
-                state.programs.detach(&id, None)?;
-            }
-        }
-        self.metrics.sandboxes_active.set(state.registry.len() as i64);
         Ok(dead.len())
+    }
+
+    /// Removes kernel state no record explains (left by a daemon that died halfway through a
+    /// confine); at start, when the records are all there is to go by.
+    pub fn sweep_orphans(&self) -> Result<()> {
+        let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned"))?;
+        sweep_orphans(&mut state)
     }
 
     /// Attaches this daemon's generation to every recorded sandbox, then removes older
@@ -356,6 +350,22 @@ fn remove(state: &mut State, r: &SandboxRecord, metrics: &Metrics) -> Result<()>
     state.programs.remove_sandbox(r.cgroup_id);
     state.programs.detach(&r.id, None)?;
     state.registry.remove(&r.id)
+}
+
+/// Removes map entries and pinned links of sandboxes that have no record.
+fn sweep_orphans(state: &mut State) -> Result<()> {
+    let known: std::collections::HashSet<u64> = state.registry.iter().map(|r| r.cgroup_id).collect();
+    for cgroup_id in state.programs.entries() {
+        if !known.contains(&cgroup_id) {
+            state.programs.remove_sandbox(cgroup_id);
+        }
+    }
+    for id in state.programs.pinned_sandboxes()? {
+        if state.registry.get(&id).is_none() {
+            state.programs.detach(&id, None)?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves process `pid` (its whole thread group) into the cgroup.

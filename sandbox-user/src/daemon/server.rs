@@ -70,7 +70,7 @@ fn connection(mut stream: UnixStream, node: &Node) {
         let (op, reply) = match protocol::parse_request(&body) {
             Ok(request) => {
                 let name = op_name(&request.op);
-                (name, answer(node, peer.pid() as u32, peer.uid(), request.op, fds))
+                (name, answer(node, peer.pid() as u32, request.op, fds))
             }
             Err(reply) => ("invalid", reply),
         };
@@ -87,7 +87,7 @@ fn connection(mut stream: UnixStream, node: &Node) {
 }
 
 /// Answers one parsed request from process `pid`.
-fn answer(node: &Node, pid: u32, uid: u32, op: Op, mut fds: Vec<OwnedFd>) -> Reply {
+fn answer(node: &Node, pid: u32, op: Op, mut fds: Vec<OwnedFd>) -> Reply {
     // Who the caller is now: it may have been confined since it connected.
     let pod = match discovery::of_pid(pid) {
         Ok(p) => p,
@@ -102,7 +102,7 @@ fn answer(node: &Node, pid: u32, uid: u32, op: Op, mut fds: Vec<OwnedFd>) -> Rep
             format!("the caller is confined (sandbox {sandbox}) and may not use the daemon"),
         );
     }
-    let caller = Caller { pid, uid, pod };
+    let caller = Caller { pid, pod };
     let result = match op {
         Op::Hello {} => Ok(serde_json::json!({
             "api_version": protocol::VERSION,

@@ -18,7 +18,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ fn enter_cgroup(dir: &Path) {
 
 /// One request as given; `--listener` passes a fresh loopback listener, `--fd-null` /dev/null.
 fn call(socket: &str, json: &str, extra: Option<&str>) {
-    let mut stream = UnixStream::connect(socket).expect("connecting to the daemon");
+    let mut client = Client::connect(Path::new(socket)).expect("connecting to the daemon");
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a listener");
     let null = std::fs::File::open("/dev/null").expect("opening /dev/null");
     let fd = match extra {
@@ -69,19 +69,8 @@ fn call(socket: &str, json: &str, extra: Option<&str>) {
         Some("--fd-null") => Some(null.as_fd()),
         _ => None,
     };
-    let frame = leash::daemon::protocol::frame(json.as_bytes());
-    send(&stream, &frame, fd);
-    println!("{}", read_reply(&mut stream));
-}
-
-/// Sends `frame` (the first byte with `fd` attached, when given).
-fn send(stream: &UnixStream, frame: &[u8], fd: Option<std::os::fd::BorrowedFd<'_>>) {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let raw = fd.map(|f| [f.as_raw_fd()]);
-    let cmsg: Vec<ControlMessage> = raw.as_ref().map(|r| vec![ControlMessage::ScmRights(r)]).unwrap_or_default();
-    let iov = [std::io::IoSlice::new(frame)];
-    let sent = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).expect("sendmsg");
-    (&*stream).write_all(&frame[sent..]).expect("writing the frame");
+    client.send_frame(&leash::daemon::protocol::frame(json.as_bytes()), fd).expect("sending the request");
+    println!("{}", read_reply(client.stream()));
 }
 
 /// The reply as text, or `closed` when the daemon closed the connection without one.
@@ -122,9 +111,9 @@ fn hostile(socket: &str, other_pid: u32) {
     let unbound_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connecting");
     let null = std::fs::File::open("/dev/null").expect("opening");
     let with_fd = |name: &str, json: &str, fd: Option<std::os::fd::BorrowedFd<'_>>| {
-        let mut s = UnixStream::connect(socket).expect("connecting");
-        send(&s, &leash::daemon::protocol::frame(json.as_bytes()), fd);
-        println!("{name} {}", read_reply(&mut s));
+        let mut client = Client::connect(Path::new(socket)).expect("connecting");
+        client.send_frame(&leash::daemon::protocol::frame(json.as_bytes()), fd).expect("sending the request");
+        println!("{name} {}", read_reply(client.stream()));
     };
     with_fd("confine-no-fd", r#"{"version":1,"op":"confine"}"#, None);
     with_fd("confine-dev-null", r#"{"version":1,"op":"confine"}"#, Some(null.as_fd()));
