@@ -99,7 +99,18 @@ pub struct ConfineArgs {
     /// The policy to ask for; it must be the one the pod may use (default: that one).
     #[arg(long)]
     pub policy: Option<String>,
-    /// Address the proxy listens on, inside the pod; port 0 picks a free one.
+    #[command(flatten)]
+    pub proxy: AgentProxyArgs,
+    /// The command to confine, after `--`.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// The agent's own proxy, under `leash run` and `leash confine`.
+#[derive(Debug, Args)]
+pub struct AgentProxyArgs {
+    /// Address the agent's proxy listens on (loopback; inside the pod under `leash confine`);
+    /// port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub proxy_listen: SocketAddr,
     /// Append OCSF audit events (JSON lines) to this file; denials also go to stderr.
@@ -111,9 +122,6 @@ pub struct ConfineArgs {
     /// Also trust the CA certificates in this PEM file for upstream connections (repeatable).
     #[arg(long)]
     pub upstream_ca: Vec<PathBuf>,
-    /// The command to confine, after `--`.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
-    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -146,18 +154,8 @@ pub struct RunArgs {
     /// Policy file (YAML). Default: the built-in policy (policies/default.yaml).
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Address the sandbox's proxy listens on; port 0 picks a free one.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub proxy_listen: SocketAddr,
-    /// Append OCSF audit events (JSON lines) to this file; denials also go to stderr.
-    #[arg(long)]
-    pub audit_log: Option<PathBuf>,
-    /// Read credential values from this file of NAME=value lines instead of leash's environment.
-    #[arg(long)]
-    pub credentials_file: Option<PathBuf>,
-    /// Also trust the CA certificates in this PEM file for upstream connections (repeatable).
-    #[arg(long)]
-    pub upstream_ca: Vec<PathBuf>,
+    #[command(flatten)]
+    pub proxy: AgentProxyArgs,
     /// Start the agent even when a layer the policy needs is missing, reporting each one.
     #[arg(long)]
     pub allow_degraded: bool,

@@ -85,10 +85,10 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
 fn run(args: cli::RunArgs) -> i32 {
     let opts = RunOptions {
         policy: args.policy,
-        proxy_listen: args.proxy_listen,
-        audit_log: args.audit_log,
-        credentials_file: args.credentials_file,
-        upstream_ca: args.upstream_ca,
+        proxy_listen: args.proxy.proxy_listen,
+        audit_log: args.proxy.audit_log,
+        credentials_file: args.proxy.credentials_file,
+        upstream_ca: args.proxy.upstream_ca,
         allow_degraded: args.allow_degraded,
         command: args.command,
     };
@@ -140,10 +140,10 @@ fn confine(args: cli::ConfineArgs) -> i32 {
     let opts = launcher::confine::ConfineOptions {
         socket: args.socket,
         policy: args.policy,
-        proxy_listen: args.proxy_listen,
-        audit_log: args.audit_log,
-        credentials_file: args.credentials_file,
-        upstream_ca: args.upstream_ca,
+        proxy_listen: args.proxy.proxy_listen,
+        audit_log: args.proxy.audit_log,
+        credentials_file: args.proxy.credentials_file,
+        upstream_ca: args.proxy.upstream_ca,
         command: args.command,
     };
     match runtime(1).block_on(launcher::confine::confine(opts)) {
