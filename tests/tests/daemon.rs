@@ -42,6 +42,18 @@ struct Pod {
     container: PathBuf,
 }
 
+impl Pod {
+    /// A process of this pod that sleeps until killed, once it is in the container's cgroup.
+    fn sleeper(&self) -> Child {
+        let child = Command::new(bin("podclient")).arg("--cgroup").arg(&self.container).arg("sleep").spawn().unwrap();
+        let pid = child.id().to_string();
+        let procs = self.container.join("cgroup.procs");
+        let entered = || std::fs::read_to_string(&procs).is_ok_and(|p| p.lines().any(|l| l == pid));
+        assert!(wait_until(5, entered), "podclient did not enter {}", self.container.display());
+        child
+    }
+}
+
 impl Node {
     fn new(tag: &str) -> Self {
         require_root();
@@ -349,9 +361,8 @@ fn a_pod_cannot_confine_release_or_query_another_pods_processes() {
     let a = node.pod(Layout::SystemdContainerd, 6);
     let b = node.pod(Layout::CgroupfsCrio, 7);
     node.start(&["--default-policy", "default"]);
-    let mut sleeper_a = Command::new(bin("podclient")).arg("--cgroup").arg(&a.container).arg("sleep").spawn().unwrap();
-    let mut sleeper_b = Command::new(bin("podclient")).arg("--cgroup").arg(&b.container).arg("sleep").spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let mut sleeper_a = a.sleeper();
+    let mut sleeper_b = b.sleeper();
     let pid_a = sleeper_a.id();
     let confine_a = format!(r#"{{"version":1,"op":"confine","pid":{pid_a}}}"#);
     // B may not confine A's process; A may.
@@ -480,8 +491,7 @@ fn hostile_messages_get_error_replies_and_the_daemon_keeps_serving() {
     let a = node.pod(Layout::SystemdContainerd, 9);
     let b = node.pod(Layout::SystemdContainerd, 10);
     node.start(&["--default-policy", "default"]);
-    let mut other = Command::new(bin("podclient")).arg("--cgroup").arg(&b.container).arg("sleep").spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let mut other = b.sleeper();
     let out = node.podclient(&a, &["hostile", node.socket.to_str().unwrap(), &other.id().to_string()]);
     other.kill().ok();
     other.wait().ok();
@@ -583,8 +593,7 @@ fn sandboxes_of_deleted_pods_and_of_agents_that_ended_while_no_daemon_ran_are_co
     let b = node.pod(Layout::CgroupfsCrio, 19);
     node.start(&["--default-policy", "default"]);
     let sleeper = |pod: &Pod| {
-        let child = Command::new(bin("podclient")).arg("--cgroup").arg(&pod.container).arg("sleep").spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        let child = pod.sleeper();
         let reply =
             node.call(pod, &format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, child.id()), Some("--listener"));
         assert_eq!(code(&reply), "ok", "{reply}");

@@ -232,37 +232,17 @@ fn kernel_suite() -> Vec<Check> {
     }
     args.extend(["--".into(), LSM_PROBE.into(), "--agent".into(), outside.to_string()]);
     let out = output(Command::new(LEASH).args(&args));
-    // SAFETY: killing and reaping our own child.
-    unsafe {
-        libc::kill(outside, libc::SIGKILL);
-        libc::waitpid(outside, std::ptr::null_mut(), 0);
-    }
+    end_process(outside);
     drop((host, other));
     let out = match out {
         Ok(o) => o,
         Err(e) => return vec![Check::new("kernel:run", move || Err(e))],
     };
     let audit = std::fs::read_to_string(AUDIT).unwrap_or_default();
-    let outcomes: std::collections::HashMap<String, String> = out
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("AGENT "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    let expectations = agent_expectations(degraded);
-    let mut checks = Vec::new();
-    if outcomes.is_empty() {
-        let what = out.describe();
-        checks.push(Check::new("kernel:agent-ran", move || Err(format!("no AGENT lines: {what}"))));
-        return checks;
-    }
-    for (name, want) in expectations {
-        let got = outcomes.get(name).cloned().unwrap_or_else(|| "missing".into());
-        let pass = want.contains(&got.as_str());
-        let detail = format!("{got} (want {})", want.join(" or "));
-        checks.push(Check::new(format!("kernel:{name}"), move || if pass { Ok(detail) } else { Err(detail) }));
-    }
+    let mut checks = match agent_checks("kernel", &out, degraded) {
+        Ok(checks) => checks,
+        Err(failed) => return vec![failed],
+    };
     if degraded {
         let reported =
             out.stderr.contains("not enforced: syscall policy (BPF-LSM)") && out.stderr.contains("userns_create");
@@ -355,11 +335,7 @@ fn daemon_suite() -> Vec<Check> {
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
-    // SAFETY: killing and reaping our own child.
-    unsafe {
-        libc::kill(outside, libc::SIGKILL);
-        libc::waitpid(outside, std::ptr::null_mut(), 0);
-    }
+    end_process(outside);
     drop((host, other));
     let out = match out {
         Ok(o) => o,
@@ -371,6 +347,12 @@ fn daemon_suite() -> Vec<Check> {
         let detail = out.describe();
         return vec![Check::new("daemon:refuses-missing-hook", move || if refused { Ok(detail) } else { Err(detail) })];
     }
+    agent_checks("daemon", &out, false).unwrap_or_else(|failed| vec![failed])
+}
+
+/// One check per attempt `lsm_probe --agent` reported (`AGENT <name> <outcome>` lines) against
+/// [`agent_expectations`]; the failed check `<suite>:agent-ran` when it reported nothing.
+fn agent_checks(suite: &str, out: &Output, degraded: bool) -> Result<Vec<Check>, Check> {
     let outcomes: std::collections::HashMap<String, String> = out
         .stdout
         .lines()
@@ -380,17 +362,26 @@ fn daemon_suite() -> Vec<Check> {
         .collect();
     if outcomes.is_empty() {
         let what = out.describe();
-        return vec![Check::new("daemon:agent-ran", move || Err(format!("no AGENT lines: {what}")))];
+        return Err(Check::new(format!("{suite}:agent-ran"), move || Err(format!("no AGENT lines: {what}"))));
     }
-    agent_expectations(false)
+    Ok(agent_expectations(degraded)
         .into_iter()
         .map(|(name, want)| {
             let got = outcomes.get(name).cloned().unwrap_or_else(|| "missing".into());
             let pass = want.contains(&got.as_str());
             let detail = format!("{got} (want {})", want.join(" or "));
-            Check::new(format!("daemon:{name}"), move || if pass { Ok(detail) } else { Err(detail) })
+            Check::new(format!("{suite}:{name}"), move || if pass { Ok(detail) } else { Err(detail) })
         })
-        .collect()
+        .collect())
+}
+
+/// Kills and reaps child `pid`.
+fn end_process(pid: i32) {
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
 }
 
 const SECRET: &str = "/tmp/kernel-secret";
