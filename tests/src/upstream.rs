@@ -4,7 +4,8 @@
 //!   every request with JSON describing what it received (method, target, HTTP version, headers,
 //!   body, the SNI and ALPN of its connection) and records it, so tests can check what the proxy
 //!   forwarded — and that it forwarded nothing. `/ws` with `Upgrade:` answers 101 and echoes raw
-//!   bytes; with a git root it serves repositories through `git http-backend` (smart HTTP).
+//!   bytes; with a git root it serves repositories through `git http-backend` (smart HTTP);
+//!   `/reflect/...` plays a host that hands request data back (headers, chunked or gzip body).
 //! - [`StandaloneProxy`]: `leash proxy` as a child process (killed on drop), optionally in its
 //!   own network namespace so that nothing it dials can leave the machine.
 //! - The client: CONNECT through the proxy, TLS trusting only leash's CA with a chosen SNI and
@@ -311,7 +312,11 @@ where
     let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(io, service).await;
 }
 
-type UpBody = Full<Bytes>;
+type UpBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(bytes: Bytes) -> UpBody {
+    Full::new(bytes).boxed()
+}
 
 fn record(shared: &Shared, parts: &hyper::http::request::Parts, body: Vec<u8>, info: &ConnInfo) -> (usize, Seen) {
     let seen = Seen {
@@ -347,7 +352,7 @@ async fn handle(
             let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
             let _ = tokio::io::copy(&mut r, &mut w).await;
         });
-        let mut resp = Response::new(Full::new(Bytes::new()));
+        let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         resp.headers_mut().insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
         resp.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -362,9 +367,63 @@ async fn handle(
         }
     }
     let (n, seen) = record(&shared, &parts, body, &info);
-    let mut resp = Response::new(Full::new(Bytes::from(seen.to_json(n).to_string())));
+    if let Some(kind) = parts.uri.path().strip_prefix("/reflect/") {
+        let history: Vec<String> = shared.seen.lock().unwrap().iter().map(|s| s.target.clone()).collect();
+        return Ok(reflect(kind, &seen, json!({ "request": seen.to_json(n), "history": history })));
+    }
+    let mut resp = Response::new(full(Bytes::from(seen.to_json(n).to_string())));
     resp.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(resp)
+}
+
+/// `/reflect/...`: a hostile upstream that hands request data back. The request's
+/// `Authorization` and target come back in response headers, and the description of the request
+/// with every target this upstream has received (`history`, as a later directory listing would)
+/// in the body: in 7-byte chunks (chunked on HTTP/1.1, so a value is split across chunks), or
+/// for `/reflect/gzip/...` gzip-compressed whatever the request accepted.
+fn reflect(kind: &str, seen: &Seen, description: Value) -> Response<UpBody> {
+    let text = description.to_string();
+    let mut resp = if kind.starts_with("gzip/") {
+        let mut r = Response::new(full(Bytes::from(gzip(text.as_bytes()))));
+        r.headers_mut().insert(hyper::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r
+    } else {
+        Response::new(Chunks(text.as_bytes().chunks(7).map(Bytes::copy_from_slice).collect()).boxed())
+    };
+    let headers = resp.headers_mut();
+    headers.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in
+        [("x-reflected-authorization", seen.header("authorization")), ("x-reflected-target", Some(&seen.target))]
+    {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
+    }
+    resp
+}
+
+/// `bytes` compressed by gzip(1).
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child =
+        Command::new("gzip").arg("-c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("running gzip");
+    child.stdin.take().expect("stdin").write_all(bytes).expect("writing to gzip");
+    child.wait_with_output().expect("gzip output").stdout
+}
+
+/// A body sent as the given chunks, each its own frame.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
 }
 
 /// Runs `git http-backend` as a CGI for one request.
@@ -389,7 +448,7 @@ async fn git_http_backend(root: &Path, parts: &hyper::http::request::Parts, body
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let failed = |why: String| {
-        let mut r = Response::new(Full::new(Bytes::from(why)));
+        let mut r = Response::new(full(Bytes::from(why)));
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         r
     };
@@ -417,7 +476,7 @@ async fn git_http_backend(root: &Path, parts: &hyper::http::request::Parts, body
         },
     };
     let head = String::from_utf8_lossy(&text[..head_end]).into_owned();
-    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(&text[head_end + sep..])));
+    let mut resp = Response::new(full(Bytes::copy_from_slice(&text[head_end + sep..])));
     for line in head.lines() {
         let Some((name, value)) = line.split_once(':') else { continue };
         let value = value.trim();

@@ -74,7 +74,11 @@ fn curl_uses_the_proxy_and_leash_ca_and_cannot_go_direct() {
         .unwrap_or_else(|| panic!("no JSON from the upstream: {}", describe(&out)));
     assert_eq!(json["path"], "/curl", "{json}");
     assert_eq!(json["sni"], "localhost", "{json}");
-    assert_eq!(json["headers"]["authorization"], format!("Bearer {SECRET}"), "{json}");
+    assert_eq!(
+        json["headers"]["authorization"], "Bearer leash:resolve:env:TOK",
+        "the echo comes back with the placeholder: {json}"
+    );
+    assert_eq!(up.last().and_then(|s| s.header("authorization").map(str::to_owned)), Some(format!("Bearer {SECRET}")));
     assert!(json["headers"]["user-agent"].as_str().unwrap_or("").starts_with("curl/"), "{json}");
     assert!(text.contains("direct=refused"), "curl reached the upstream without the proxy: {}", describe(&out));
     assert!(!up.seen().iter().any(|s| s.target == "/direct"), "a direct connection reached the upstream");
@@ -110,7 +114,11 @@ fn python_requests_uses_the_proxy_and_leash_ca() {
     assert!(text.starts_with("200\n"), "{}", describe(&out));
     let json: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap_or("")).unwrap_or_default();
     assert_eq!(json["path"], "/python", "{}", describe(&out));
-    assert_eq!(json["headers"]["authorization"], format!("Bearer {SECRET}"), "{json}");
+    assert_eq!(
+        json["headers"]["authorization"], "Bearer leash:resolve:env:TOK",
+        "the echo comes back with the placeholder: {json}"
+    );
+    assert_eq!(up.last().and_then(|s| s.header("authorization").map(str::to_owned)), Some(format!("Bearer {SECRET}")));
     assert!(json["headers"]["user-agent"].as_str().unwrap_or("").starts_with("python-requests/"), "{json}");
     assert_eq!(up.count(), 1);
     assert_secret_not_logged(&out, &scratch);
@@ -184,7 +192,14 @@ fn node_fetch_goes_through_the_proxy_or_fails_closed() {
         assert!(out.status.success() && text.contains("STATUS 200"), "Node {version}: {}", describe(&out));
         let json: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap_or("")).unwrap_or_default();
         assert_eq!(json["path"], "/node", "{}", describe(&out));
-        assert_eq!(json["headers"]["authorization"], format!("Bearer {SECRET}"), "{json}");
+        assert_eq!(
+            json["headers"]["authorization"], "Bearer leash:resolve:env:TOK",
+            "the echo comes back with the placeholder: {json}"
+        );
+        assert_eq!(
+            up.last().and_then(|s| s.header("authorization").map(str::to_owned)),
+            Some(format!("Bearer {SECRET}"))
+        );
         assert_secret_not_logged(&out, &scratch);
     } else {
         println!("Node {version} cannot use a proxy for fetch (NODE_USE_ENV_PROXY needs 22.21+ or 24.5+): checking it fails closed");

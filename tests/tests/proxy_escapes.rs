@@ -1417,3 +1417,58 @@ fn agent_cannot_read_leash_secrets() {
     assert!(wrong.is_empty(), "the agent reached a secret:\n{}\nfull output:\n{out}", wrong.join("\n"));
     assert_eq!(got.get("trust_files").map(|s| s.trim()), Some("bundle.pem ca.pem truststore.p12"), "{out}");
 }
+
+/// `binaries:` names an executable, and the proxy learns which executable opened a connection
+/// from the kernel. A library of the agent's own choosing, preloaded with `LD_PRELOAD` (or
+/// `LD_AUDIT`, or found first through `LD_LIBRARY_PATH`) into the allowed executable, runs with
+/// that executable's identity and so gets its network rights. The library here is a harmless
+/// system one (libm): what is refused is the loader variable, whatever it names.
+#[test]
+fn escape_ld_preload_borrows_an_allowed_executables_network_rights() {
+    require_root();
+    let probe = std::fs::canonicalize(env!("CARGO_BIN_EXE_netprobe")).unwrap();
+    let library = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a libm to preload");
+    let upstream = Listener::http("127.0.0.1:0", "reached");
+    let endpoint = format!("      - {{ host: 127.0.0.1, port: {}, protocol: tcp }}\n", upstream.addr.port());
+    let yaml = format!("{}    binaries: [{{ path: {} }}]\n", local_policy(&endpoint, ""), probe.display());
+    let scratch = Scratch::new("preload");
+    let policy = scratch.file("p.yaml", &yaml);
+    let log = scratch.0.join("audit.jsonl");
+    let target = upstream.addr.to_string();
+    let p = probe.display();
+    let script = format!(
+        "echo \"plain=$({p} get proxy {target} 2>&1 | tr '\\n' ' ')\"\n\
+         echo \"preload=$(LD_PRELOAD={library} {p} get proxy {target} 2>&1 | tr '\\n' ' ')\"\n\
+         echo \"audit=$(LD_AUDIT={library} {p} get proxy {target} 2>&1 | tr '\\n' ' ')\"\n\
+         echo \"libpath=$(LD_LIBRARY_PATH=/tmp {p} get proxy {target} 2>&1 | tr '\\n' ' ')\"\n\
+         echo \"again=$({p} get proxy {target} 2>&1 | tr '\\n' ' ')\"\n"
+    );
+    let out = Command::new(leash_bin())
+        .args(["run", "--policy"])
+        .arg(&policy)
+        .args(["--audit-log", log.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .output()
+        .expect("leash run");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let got: std::collections::HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    let line = |k: &str| got.get(k).copied().unwrap_or("(no line)");
+    for control in ["plain", "again"] {
+        assert!(
+            line(control).contains("CONNECT 200"),
+            "control: the listed executable without loader variables gets through ({control}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let through: Vec<String> = ["preload", "audit", "libpath"]
+        .iter()
+        .filter(|k| !line(k).contains("CONNECT 403"))
+        .map(|k| format!("{k}: {}", line(k)))
+        .collect();
+    assert!(through.is_empty(), "a loader variable let code ride on the listed executable:\n{}", through.join("\n"));
+    assert_eq!(upstream.accepted(), 2, "only the two clean connections reach the upstream");
+    let audit = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(audit.contains("LD_PRELOAD"), "the refusal names the variable: {audit}");
+}

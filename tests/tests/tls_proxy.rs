@@ -297,8 +297,8 @@ async fn bound_host_receives_the_real_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placeholder_in_the_request_target_is_swapped_for_the_bound_host() {
     let up = Upstream::https();
-    let proxy =
-        start(&policy(&rest_localhost(up.port(), "        access: full\n"), "  TOK: { hosts: [localhost] }\n"), &[&up]);
+    let keys = "        access: full\n        request_target_credential_rewrite: true\n";
+    let proxy = start(&policy(&rest_localhost(up.port(), keys), "  TOK: { hosts: [localhost] }\n"), &[&up]);
     let mut wrong = Vec::new();
     for alpn in [H1, H2] {
         for target in

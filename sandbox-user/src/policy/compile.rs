@@ -104,6 +104,8 @@ pub struct HttpRules {
     pub enforcement: Enforcement,
     /// Also rewrite credential placeholders in request bodies.
     pub rewrite_body_credentials: bool,
+    /// Also rewrite credential placeholders in the request target (path and query).
+    pub rewrite_target_credentials: bool,
 }
 
 /// The allow side of [`HttpRules`].
@@ -310,7 +312,8 @@ fn compile_endpoint(endpoint: Endpoint) -> CompiledEndpoint {
 /// Decides whether an endpoint's requests must be inspected, and against which rules.
 ///
 /// Inspection is needed for `protocol: rest` with `access: read-only`/`read-write`, explicit
-/// `rules`, any `deny_rules`, `enforcement: audit` or `request_body_credential_rewrite`;
+/// `rules`, any `deny_rules`, `enforcement: audit`, `request_body_credential_rewrite` or
+/// `request_target_credential_rewrite`;
 /// `access: full` alone and everything that is not `rest` are tunnelled.
 fn inspection(endpoint: &Endpoint) -> Inspection {
     if endpoint.protocol != Some(Protocol::Rest) {
@@ -321,7 +324,8 @@ fn inspection(endpoint: &Endpoint) -> Inspection {
     let needs_inspection = allow != AllowedRequests::Any
         || !endpoint.deny_rules.is_empty()
         || enforcement == Enforcement::Audit
-        || endpoint.request_body_credential_rewrite;
+        || endpoint.request_body_credential_rewrite
+        || endpoint.request_target_credential_rewrite;
     if !needs_inspection {
         return Inspection::Tunnel;
     }
@@ -330,6 +334,7 @@ fn inspection(endpoint: &Endpoint) -> Inspection {
         deny: endpoint.deny_rules.iter().map(request_rule).collect(),
         enforcement,
         rewrite_body_credentials: endpoint.request_body_credential_rewrite,
+        rewrite_target_credentials: endpoint.request_target_credential_rewrite,
     })
 }
 

@@ -121,7 +121,8 @@ pub struct Binary {
 /// One entry of a network policy's `endpoints:`.
 ///
 /// Reading it guarantees: exactly one of `port`/`ports` was given; the L7 keys (`access`,
-/// `rules`, `deny_rules`, `enforcement`, `request_body_credential_rewrite`) appear only with
+/// `rules`, `deny_rules`, `enforcement`, `request_body_credential_rewrite`,
+/// `request_target_credential_rewrite`) appear only with
 /// `protocol: rest`; `protocol: rest` has either `access` or `rules`, not both; `tls: skip` is not
 /// combined with anything that needs to see requests.
 #[derive(Debug, Clone)]
@@ -146,6 +147,8 @@ pub struct Endpoint {
     pub allowed_ips: Vec<IpNetwork>,
     /// Rewrite credential placeholders in request bodies too, not only headers.
     pub request_body_credential_rewrite: bool,
+    /// Rewrite credential placeholders in the request target (path and query) too.
+    pub request_target_credential_rewrite: bool,
 }
 
 /// The ports of an endpoint: at least one, each in 1..=65535.
@@ -722,6 +725,8 @@ struct RawEndpoint {
     allowed_ips: Vec<IpNetwork>,
     #[serde(default)]
     request_body_credential_rewrite: bool,
+    #[serde(default)]
+    request_target_credential_rewrite: bool,
 }
 
 impl<'de> Deserialize<'de> for Endpoint {
@@ -745,6 +750,7 @@ fn check_endpoint(raw: RawEndpoint) -> Result<Endpoint, String> {
         tls: raw.tls,
         allowed_ips: raw.allowed_ips,
         request_body_credential_rewrite: raw.request_body_credential_rewrite,
+        request_target_credential_rewrite: raw.request_target_credential_rewrite,
     })
 }
 
@@ -778,7 +784,8 @@ fn check_l7_keys(raw: &RawEndpoint) -> Result<(), String> {
     let needs_requests = raw.access != Some(Access::Full)
         || !raw.deny_rules.is_empty()
         || raw.enforcement == Some(Enforcement::Audit)
-        || raw.request_body_credential_rewrite;
+        || raw.request_body_credential_rewrite
+        || raw.request_target_credential_rewrite;
     if raw.tls == Some(Tls::Skip) && needs_requests {
         return Err(format!(
             "endpoint `{host}`: `tls: skip` tunnels without interception, so it only goes with `access: full` and no other request rules"
@@ -795,6 +802,7 @@ fn l7_keys_present(raw: &RawEndpoint) -> Vec<&'static str> {
         ("deny_rules", !raw.deny_rules.is_empty()),
         ("enforcement", raw.enforcement.is_some()),
         ("request_body_credential_rewrite", raw.request_body_credential_rewrite),
+        ("request_target_credential_rewrite", raw.request_target_credential_rewrite),
     ];
     present.iter().filter(|(_, set)| *set).map(|(key, _)| *key).collect()
 }

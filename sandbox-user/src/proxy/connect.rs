@@ -20,7 +20,7 @@ use super::intercept::{self, Tunnel};
 use super::ssrf::{normalize_host, NormalizedHost};
 use super::state::PolicyState;
 use super::upstream::{dial_checked, DialError};
-use super::{addresses, request, tunnel, Proxy, ProxyBody};
+use super::{addresses, identity, request, tunnel, Proxy, ProxyBody};
 
 /// Who is asking: the agent's address as the proxy sees it and, when known, its executable.
 #[derive(Clone)]
@@ -64,7 +64,7 @@ fn decide(
     client: &Client,
 ) -> Result<NetworkVerdict, Box<Response<ProxyBody>>> {
     let host_text = host.to_string();
-    let verdict = state.decider.network(&host_text, port, client.binary.as_deref());
+    let verdict = decide_for_owner(state, proxy, &host_text, port, client);
     if proxy.audit.records(verdict.allow) {
         proxy.audit.proxy_decision(&ProxyDecision {
             allowed: verdict.allow,
@@ -86,6 +86,29 @@ fn decide(
         let detail = format!("{}:{port} is not allowed: {}", host.uri_host(), verdict.reason);
         Err(Box::new(refuse(StatusCode::FORBIDDEN, "no_matching_policy", detail, verdict.policy.as_deref())))
     }
+}
+
+/// The decision for the connection's executable; when that decision rests on a `binaries:`
+/// rule, the process must also run without loader variables (`identity.rs`), else it is judged
+/// as a process of unknown executable, and a refusal says why.
+fn decide_for_owner(state: &PolicyState, proxy: &Proxy, host: &str, port: u16, client: &Client) -> NetworkVerdict {
+    let verdict = state.decider.network(host, port, client.binary.as_deref());
+    let by_binaries = verdict.allow
+        && client.binary.is_some()
+        && verdict
+            .endpoint_ref
+            .and_then(|r| state.policy.network_policies().get(r.policy as usize))
+            .is_some_and(|p| p.binaries.is_some());
+    if !by_binaries {
+        return verdict;
+    }
+    let pid = proxy.owners.get().and_then(|o| o.pid(client.addr));
+    let Err(untrusted) = identity::check_loader_variables(pid) else { return verdict };
+    let mut anyone = state.decider.network(host, port, None);
+    if !anyone.allow {
+        anyone.reason = Arc::from(untrusted.to_string());
+    }
+    anyone
 }
 
 fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> Option<&'a CompiledEndpoint> {

@@ -2,6 +2,14 @@
 //! of every connection by client port; at accept the proxy looks the peer port up and reads that
 //! one process's executable link (no scan of /proc). Under `leash run` the proxy reads the map
 //! itself; under `leash confine` it asks the node daemon, which holds the map.
+//!
+//! An executable's path says which file was run, not which code runs: a library named by
+//! `LD_PRELOAD`, `LD_AUDIT` or `LD_LIBRARY_PATH` is loaded into it by the dynamic loader and
+//! runs with its identity. [`check_loader_variables`] reads the connecting process's environment so
+//! that a `binaries:` rule is not granted to a process that sets one (to another value than
+//! leash itself was started with) or whose environment cannot be read (`connect.rs`). It is a check of
+//! identity, not a boundary: code already in the process can change its environment block
+//! afterwards, and only a kernel layer (BPF-LSM) can stop code from being loaded at all.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,10 +19,15 @@ use crate::daemon::client::Client;
 use crate::daemon::protocol::{Op, Owner};
 use crate::kernel::programs::ConnectionOwners;
 
+/// Environment variables that make the dynamic loader run code the executable did not name.
+pub const LOADER_VARIABLES: [&str; 3] = ["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"];
+
 /// Where the proxy learns who opened a connection.
 pub trait OwnerSource: Send + Sync {
     /// The executable of the process that opened the connection from `peer`, if known.
     fn binary(&self, peer: SocketAddr) -> Option<PathBuf>;
+    /// That process's pid as this process sees it, if known.
+    fn pid(&self, peer: SocketAddr) -> Option<u32>;
 }
 
 impl OwnerSource for ConnectionOwners {
@@ -22,6 +35,56 @@ impl OwnerSource for ConnectionOwners {
         let owner = self.owner(peer.port())?;
         std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok()
     }
+
+    fn pid(&self, peer: SocketAddr) -> Option<u32> {
+        self.owner(peer.port()).map(|o| o.pid)
+    }
+}
+
+/// Why a process's executable identity is not trusted for a `binaries:` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Untrusted {
+    /// Its environment sets this loader variable.
+    Variable(&'static str),
+    /// Its environment could not be read (fail closed).
+    Unreadable,
+}
+
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Untrusted::Variable(name) => write!(
+                f,
+                "the process runs with {name} in its environment, so code other than its executable may be talking; binaries: rules do not apply to it"
+            ),
+            Untrusted::Unreadable => {
+                f.write_str("the process's environment could not be read to check for loader variables (LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH); binaries: rules do not apply to it")
+            }
+        }
+    }
+}
+
+/// Fails when process `pid` sets a loader variable (see [`LOADER_VARIABLES`]), even to
+/// nothing, to another value than leash's own environment has (a value leash was started with
+/// is the user's choice, inherited, not the agent's); and when its environment cannot be read.
+pub fn check_loader_variables(pid: Option<u32>) -> Result<(), Untrusted> {
+    let pid = pid.filter(|p| *p != 0).ok_or(Untrusted::Unreadable)?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(|_| Untrusted::Unreadable)?;
+    let own = |name: &str| std::env::var_os(name).map(std::os::unix::ffi::OsStringExt::into_vec);
+    match environ_sets(&environ, own) {
+        Some(name) => Err(Untrusted::Variable(name)),
+        None => Ok(()),
+    }
+}
+
+/// The first loader variable in a NUL-separated environment block whose value is not `own`'s.
+fn environ_sets(environ: &[u8], own: impl Fn(&str) -> Option<Vec<u8>>) -> Option<&'static str> {
+    environ.split(|b| *b == 0).find_map(|entry| {
+        LOADER_VARIABLES.into_iter().find(|name| {
+            let value = entry.strip_prefix(name.as_bytes()).and_then(|rest| rest.strip_prefix(b"="));
+            value.is_some_and(|v| own(name).as_deref() != Some(v))
+        })
+    })
 }
 
 /// The node daemon's answer for one sandbox (`owner` requests on one kept connection).
@@ -63,5 +126,37 @@ impl OwnerSource for DaemonOwners {
             .exe
             .map(PathBuf::from)
             .or_else(|| (owner.pid != 0).then(|| std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok()).flatten())
+    }
+
+    fn pid(&self, peer: SocketAddr) -> Option<u32> {
+        self.ask(peer.port()).map(|o| o.pid).filter(|p| *p != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_variables_are_found_by_name_unless_inherited_unchanged() {
+        let none = |_: &str| None;
+        assert_eq!(environ_sets(b"PATH=/bin\0LD_PRELOAD=/x.so\0", none), Some("LD_PRELOAD"));
+        assert_eq!(environ_sets(b"LD_AUDIT=\0", none), Some("LD_AUDIT"));
+        assert_eq!(environ_sets(b"A=1\0LD_LIBRARY_PATH=/tmp", none), Some("LD_LIBRARY_PATH"));
+        assert_eq!(environ_sets(b"X=LD_PRELOAD=/x.so\0LD_PRELOADX=1\0MY_LD_AUDIT=1\0", none), None);
+        assert_eq!(environ_sets(b"", none), None);
+        // leash's own value, inherited: the user's choice. Anything else: the agent's.
+        let leash = |name: &str| (name == "LD_LIBRARY_PATH").then(|| b"/opt/lib".to_vec());
+        assert_eq!(environ_sets(b"LD_LIBRARY_PATH=/opt/lib\0", leash), None);
+        assert_eq!(environ_sets(b"LD_LIBRARY_PATH=/tmp:/opt/lib\0", leash), Some("LD_LIBRARY_PATH"));
+        assert_eq!(environ_sets(b"LD_LIBRARY_PATH=/opt/lib\0LD_PRELOAD=\0", leash), Some("LD_PRELOAD"));
+    }
+
+    #[test]
+    fn own_environment_passes_and_a_missing_process_fails_closed() {
+        assert_eq!(check_loader_variables(Some(std::process::id())), Ok(()));
+        assert_eq!(check_loader_variables(None), Err(Untrusted::Unreadable));
+        assert_eq!(check_loader_variables(Some(0)), Err(Untrusted::Unreadable));
+        assert_eq!(check_loader_variables(Some(u32::MAX)), Err(Untrusted::Unreadable));
     }
 }

@@ -1,7 +1,8 @@
 //! Where an HTTP request is judged: inside an inspected tunnel (or an absolute-form `http://`
 //! request) each request must name the tunnel's host, have unambiguous framing, pass the
 //! endpoint's rules, and carry credential placeholders only for hosts they are bound to; then
-//! the placeholders are swapped for the real values and the request is forwarded.
+//! the placeholders are swapped for the real values and the request is forwarded. The response
+//! comes back with every real value replaced by its placeholder (`credentials/reflection.rs`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +18,9 @@ use crate::audit::ProxyDecision;
 use crate::policy::{Inspection, RequestVerdict};
 
 use super::answers::{full, refuse};
-use super::credentials::{contains_placeholder, rewrite_body, rewrite_request_head, CredentialError};
+use super::credentials::{
+    contains_placeholder, rewrite_body, rewrite_request_head, CredentialError, RedactedBody, Reflections,
+};
 use super::headers::{check_framing, strip_hop_by_hop, targets_tunnel, wants_upgrade};
 use super::intercept::Tunnel;
 use super::judge::{judge, Malformed};
@@ -93,7 +96,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         let status = if reason == "path_rejected" { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
         return refuse(status, reason, format!("{method} {target}: {}", verdict.reason), verdict.policy.as_deref());
     }
-    let report = match rewrite_request_head(&mut parts, host, &t.state.secrets) {
+    let report = match rewrite_request_head(&mut parts, host, &t.state.secrets, rewrites_target(t)) {
         Ok(r) => r,
         Err(e) => {
             audit(false, e.code(), Some(&verdict.rule), vec![]);
@@ -116,6 +119,12 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     // The target again: the rewrite may have put credential values into it.
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
 
+    let reflections = t.state.secrets.reflections();
+    if !reflections.is_empty() {
+        // Responses are scanned for credential values: ask for bodies that can be read.
+        parts.headers.insert(hyper::header::ACCEPT_ENCODING, hyper::header::HeaderValue::from_static("identity"));
+    }
+    let head_only = parts.method == hyper::Method::HEAD;
     let upgrade = wants_upgrade(&parts.headers);
     let sequential = parts.version == Version::HTTP_11 && !upgrade;
     let agent_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
@@ -149,7 +158,52 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         }
     }
     strip_hop_by_hop(&mut rparts.headers, switching);
-    Response::from_parts(rparts, rbody.map_err(Into::into).boxed_unsync())
+    let body = rbody.map_err(Into::into).boxed_unsync();
+    if reflections.is_empty() {
+        return Response::from_parts(rparts, body);
+    }
+    if let Some(encoding) = unscannable_encoding(&rparts.headers) {
+        audit(false, "encoded_response_refused", Some(&verdict.rule), vec![]);
+        let detail = format!(
+            "the upstream sent a body with Content-Encoding `{encoding}` though the proxy asked for identity; responses are scanned for credential values and a body that cannot be read is not passed on"
+        );
+        return refuse(StatusCode::BAD_GATEWAY, "encoded_response_refused", detail, t.policy.as_deref());
+    }
+    redacted_response(rparts, body, reflections, head_only)
+}
+
+/// The response with every credential value replaced by its placeholder: headers now, the body
+/// as it streams. A reason phrase is dropped (it is not scanned), and so is `Content-Length`
+/// when there is a body, since replacing a value can change its length.
+fn redacted_response(
+    mut parts: hyper::http::response::Parts,
+    body: ProxyBody,
+    reflections: Arc<Reflections>,
+    head_only: bool,
+) -> Response<ProxyBody> {
+    reflections.redact_headers(&mut parts.headers);
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    let bodiless = head_only
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if bodiless {
+        return Response::from_parts(parts, body);
+    }
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    Response::from_parts(parts, RedactedBody::new(body, reflections).boxed_unsync())
+}
+
+/// The response's content coding when it is one the scan cannot read through (anything but
+/// `identity`).
+fn unscannable_encoding(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get_all(hyper::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("(not text)").split(','))
+        .map(str::trim)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        .map(|coding| coding.chars().filter(|c| c.is_ascii_graphic()).take(40).collect())
 }
 
 /// Whether the request head names a credential placeholder anywhere (headers or target).
@@ -182,6 +236,12 @@ fn rewrites_bodies(t: &Tunnel) -> bool {
     t.state
         .endpoint(t.endpoint)
         .is_some_and(|e| matches!(&e.inspection, Inspection::Http(rules) if rules.rewrite_body_credentials))
+}
+
+fn rewrites_target(t: &Tunnel) -> bool {
+    t.state
+        .endpoint(t.endpoint)
+        .is_some_and(|e| matches!(&e.inspection, Inspection::Http(rules) if rules.rewrite_target_credentials))
 }
 
 /// Reads the body (bounded), swaps placeholders bound to `host`, fixes Content-Length.

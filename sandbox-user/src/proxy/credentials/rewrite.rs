@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | every header value | literal | the value |
 //! | `Authorization: Basic` credentials | literal, after base64 decoding | the value, then re-encoded |
-//! | path and query of the request target | literal or percent-encoded (`leash%3Aresolve%3Aenv%3ANAME`, any mix) | the value, percent-encoded except `A-Z a-z 0-9 - . _ ~` |
+//! | path and query of the request target (opted-in endpoints) | literal or percent-encoded (`leash%3Aresolve%3Aenv%3ANAME`, any mix) | the value, percent-encoded except `A-Z a-z 0-9 - . _ ~` |
 //! | body (opted-in endpoints) | literal | the value |
 //! | body (opted-in endpoints) | with at least one `%XX` escape | the value, percent-encoded as in the target |
 //!
@@ -22,14 +22,10 @@ use hyper::http::header::AUTHORIZATION;
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::http::{HeaderValue, Uri};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use zeroize::Zeroizing;
 
 use super::store::SecretStore;
-use super::{CredentialError, PLACEHOLDER_PREFIXES};
-
-/// Bytes percent-encoded when a value goes into a URL: all but RFC 3986 "unreserved".
-const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+use super::{CredentialError, PLACEHOLDER_PREFIXES, URL_VALUE};
 
 /// What a rewrite did, for the audit log: credential names, never values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,13 +67,15 @@ pub fn contains_placeholder(bytes: &[u8]) -> bool {
     !find(bytes, true).is_empty()
 }
 
-/// Replaces placeholders in the header values, the request target and `Authorization: Basic`
-/// of a request to `host` (the normalised host the proxy connects to). Returns the names
-/// swapped in; on error the request is unchanged.
+/// Replaces placeholders in the header values and `Authorization: Basic` of a request to `host`
+/// (the normalised host the proxy connects to), and in its target when `in_target` (the
+/// endpoint's `request_target_credential_rewrite`). Returns the names swapped in; on error the
+/// request is unchanged.
 pub fn rewrite_request_head(
     parts: &mut Parts,
     host: &str,
     store: &SecretStore,
+    in_target: bool,
 ) -> Result<RewriteReport, CredentialError> {
     // Pass 1: find every placeholder, touching no value.
     let mut header_hits: Vec<HeaderHits> = Vec::new();
@@ -99,6 +97,9 @@ pub fn rewrite_request_head(
 
     let all_names = header_hits.iter().flat_map(|h| h.hits.found()).chain(&target_found).map(|f| f.name.as_str());
     check_bound(all_names.clone(), host, store)?;
+    if !in_target && !target_found.is_empty() {
+        return Err(CredentialError::TargetNotOptedIn);
+    }
     let report = RewriteReport::from_names(all_names);
     if report.is_empty() {
         return Ok(report);
@@ -379,7 +380,7 @@ mod tests {
                 ("accept", "application/json"),
             ],
         );
-        let report = rewrite_request_head(&mut p, "api.github.com", &store()).expect("rewrite");
+        let report = rewrite_request_head(&mut p, "api.github.com", &store(), true).expect("rewrite");
         assert_eq!(report, names(&["GITHUB_TOKEN"]));
         assert_eq!(header(&p, "authorization"), format!("Bearer {GITHUB}"));
         assert_eq!(header(&p, "x-other"), format!("a {GITHUB} b"));
@@ -398,7 +399,7 @@ mod tests {
                 ("x-token", "leash:resolve:env:GITHUB_TOKEN"),
             ],
         );
-        rewrite_request_head(&mut p, "github.com", &store()).expect("rewrite");
+        rewrite_request_head(&mut p, "github.com", &store(), true).expect("rewrite");
         let values: Vec<&str> = p.headers.get_all("x-token").iter().map(|v| v.to_str().expect("ascii")).collect();
         assert_eq!(values, [GITHUB, "plain", GITHUB]);
     }
@@ -406,7 +407,7 @@ mod tests {
     #[test]
     fn query_and_percent_encoded_path() {
         let mut p = parts("/pkg/leash%3Aresolve%3aenv%3ANPM_TOKEN/x?token=leash:resolve:env:NPM_TOKEN&b=1", &[]);
-        let report = rewrite_request_head(&mut p, "registry.npmjs.org", &store()).expect("rewrite");
+        let report = rewrite_request_head(&mut p, "registry.npmjs.org", &store(), true).expect("rewrite");
         assert_eq!(report, names(&["NPM_TOKEN"]));
         // The value is percent-encoded where it lands in the URL.
         assert_eq!(
@@ -416,9 +417,24 @@ mod tests {
     }
 
     #[test]
+    fn target_is_rewritten_only_when_the_endpoint_opts_in() {
+        let mut p = parts("/pkg/leash:resolve:env:NPM_TOKEN", &[("x", "leash:resolve:env:NPM_TOKEN")]);
+        let before = format!("{p:?}");
+        let err = rewrite_request_head(&mut p, "registry.npmjs.org", &store(), false).expect_err("not opted in");
+        assert_eq!((err.clone(), err.code()), (CredentialError::TargetNotOptedIn, "credential_in_target"));
+        assert_eq!(format!("{p:?}"), before, "request unchanged");
+        // Headers alone need no opt-in; an unbound name is still a mismatch first.
+        let mut p = parts("/pkg", &[("x", "leash:resolve:env:NPM_TOKEN")]);
+        assert!(rewrite_request_head(&mut p, "registry.npmjs.org", &store(), false).is_ok());
+        let mut p = parts("/?q=leash:resolve:env:GITHUB_TOKEN", &[]);
+        let err = rewrite_request_head(&mut p, "registry.npmjs.org", &store(), false).expect_err("unbound");
+        assert_eq!(err.code(), "credential_endpoint_mismatch");
+    }
+
+    #[test]
     fn absolute_form_keeps_scheme_and_authority() {
         let mut p = parts("http://api.github.com/repos?access_token=%6Ceash:resolve:env:GITHUB_TOKEN", &[]);
-        rewrite_request_head(&mut p, "api.github.com", &store()).expect("rewrite");
+        rewrite_request_head(&mut p, "api.github.com", &store(), true).expect("rewrite");
         assert_eq!(p.uri.to_string(), format!("http://api.github.com/repos?access_token={GITHUB}"));
     }
 
@@ -427,7 +443,7 @@ mod tests {
         // What git sends for https://x-access-token:leash:resolve:env:GITHUB_TOKEN@github.com
         let sent = STANDARD.encode("x-access-token:leash:resolve:env:GITHUB_TOKEN");
         let mut p = parts("/org/repo.git/info/refs", &[("authorization", &format!("Basic {sent}"))]);
-        let report = rewrite_request_head(&mut p, "github.com", &store()).expect("rewrite");
+        let report = rewrite_request_head(&mut p, "github.com", &store(), true).expect("rewrite");
         assert_eq!(report, names(&["GITHUB_TOKEN"]));
         let expected = STANDARD.encode(format!("x-access-token:{GITHUB}"));
         assert_eq!(header(&p, "authorization"), format!("Basic {expected}"));
@@ -435,7 +451,7 @@ mod tests {
         // The placeholder as the user name, unpadded token, lower-case scheme.
         let sent = STANDARD_NO_PAD.encode("leash:resolve:env:GITHUB_TOKEN:x-oauth-basic");
         let mut p = parts("/", &[("authorization", &format!("basic  {sent}"))]);
-        rewrite_request_head(&mut p, "github.com", &store()).expect("rewrite");
+        rewrite_request_head(&mut p, "github.com", &store(), true).expect("rewrite");
         let expected = STANDARD.encode(format!("{GITHUB}:x-oauth-basic"));
         assert_eq!(header(&p, "authorization"), format!("basic  {expected}"));
     }
@@ -453,7 +469,7 @@ mod tests {
         for (uri, headers) in cases {
             let mut p = parts(uri, &headers);
             let before = format!("{p:?}");
-            let err = rewrite_request_head(&mut p, "registry.npmjs.org", &store()).expect_err("mismatch");
+            let err = rewrite_request_head(&mut p, "registry.npmjs.org", &store(), true).expect_err("mismatch");
             assert_eq!(err, CredentialError::EndpointMismatch { credential: "GITHUB_TOKEN".into() }, "{uri}");
             assert_eq!(err.code(), "credential_endpoint_mismatch");
             assert_eq!(format!("{p:?}"), before, "request unchanged");
@@ -461,17 +477,17 @@ mod tests {
         }
         // Pattern matching is by the policy's host patterns: a lookalike is not bound.
         let mut p = parts("/", &[("x", "leash:resolve:env:GITHUB_TOKEN")]);
-        assert!(rewrite_request_head(&mut p, "github.com.evil.org", &store()).is_err());
+        assert!(rewrite_request_head(&mut p, "github.com.evil.org", &store(), true).is_err());
     }
 
     #[test]
     fn unknown_name_is_a_mismatch() {
         let mut p = parts("/", &[("x", "openshell:resolve:env:AWS_SECRET")]);
-        let err = rewrite_request_head(&mut p, "github.com", &store()).expect_err("unknown");
+        let err = rewrite_request_head(&mut p, "github.com", &store(), true).expect_err("unknown");
         assert_eq!(err, CredentialError::EndpointMismatch { credential: "AWS_SECRET".into() });
         // The longest name is taken: a known name followed by more name characters is unknown.
         let mut p = parts("/", &[("x", "leash:resolve:env:GITHUB_TOKENX")]);
-        assert!(rewrite_request_head(&mut p, "github.com", &store()).is_err());
+        assert!(rewrite_request_head(&mut p, "github.com", &store(), true).is_err());
     }
 
     #[test]
@@ -481,7 +497,7 @@ mod tests {
             &[("x", "leash:resolve:env:"), ("y", "LEASH:resolve:env:GITHUB_TOKEN")],
         );
         let before = format!("{p:?}");
-        let report = rewrite_request_head(&mut p, "github.com", &store()).expect("nothing");
+        let report = rewrite_request_head(&mut p, "github.com", &store(), true).expect("nothing");
         assert!(report.is_empty());
         assert_eq!(format!("{p:?}"), before);
     }

@@ -13,6 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::policy::Credential;
 
+use super::{placeholder, Reflections};
+
 /// Where the values come from.
 #[derive(Debug, Clone, Copy)]
 pub enum SecretSource<'a> {
@@ -122,6 +124,8 @@ struct Entry {
 #[derive(Default)]
 pub struct SecretStore {
     entries: Vec<Entry>,
+    /// Every spelling of every value, to take them out of responses.
+    reflections: std::sync::Arc<Reflections>,
 }
 
 impl fmt::Debug for SecretStore {
@@ -218,7 +222,13 @@ impl SecretStore {
         if !missing.is_empty() {
             return Err(CredentialLoadError::Missing { source_name: source_name.to_owned(), names: missing });
         }
-        Ok(Self { entries })
+        let reflections = Reflections::new(entries.iter().map(|e| (placeholder(&e.credential.name), e.value.as_str())));
+        Ok(Self { entries, reflections: std::sync::Arc::new(reflections) })
+    }
+
+    /// What responses are scanned for: every value, each replaced by its placeholder.
+    pub fn reflections(&self) -> std::sync::Arc<Reflections> {
+        self.reflections.clone()
     }
 
     /// The credential names, in policy order.
