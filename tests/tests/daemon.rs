@@ -39,18 +39,40 @@ enum Layout {
 /// A fake pod's container cgroup.
 struct Pod {
     uid: String,
+    /// The container's id as it appears in its cgroup's name.
+    id: String,
     container: PathBuf,
 }
 
 impl Pod {
     /// A process of this pod that sleeps until killed, once it is in the container's cgroup.
     fn sleeper(&self) -> Child {
-        let child = Command::new(bin("podclient")).arg("--cgroup").arg(&self.container).arg("sleep").spawn().unwrap();
+        let child = podclient_in(&self.container).arg("sleep").spawn().unwrap();
         let pid = child.id().to_string();
         let procs = self.container.join("cgroup.procs");
         let entered = || std::fs::read_to_string(&procs).is_ok_and(|p| p.lines().any(|l| l == pid));
         assert!(wait_until(5, entered), "podclient did not enter {}", self.container.display());
         child
+    }
+
+    /// Another container of the same pod.
+    fn sibling(&self, n: u8) -> Pod {
+        let id = format!("{n:02x}").repeat(32);
+        let name = self.container.file_name().unwrap().to_string_lossy().replace(&self.id, &id);
+        let container = self.container.with_file_name(name);
+        std::fs::create_dir_all(&container).expect("creating a container cgroup");
+        Pod { uid: self.uid.clone(), id, container }
+    }
+
+    /// `podclient --cgroup <this container> --uid UID ARGS`, started.
+    fn spawn_as(&self, uid: &str, args: &[&str]) -> Child {
+        Command::new(bin("podclient"))
+            .arg("--cgroup")
+            .arg(&self.container)
+            .args(["--uid", uid])
+            .args(args)
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -70,6 +92,14 @@ impl Node {
         Self { scratch, tree, bpffs, socket, daemon: None, api: None }
     }
 
+    /// A node whose daemon serves every pod with the policy `default` (`version: 1`), plus `extra`.
+    fn serving_default(tag: &str, extra: &[&str]) -> Self {
+        let mut node = Self::new(tag);
+        node.policy("default", "version: 1\n");
+        node.start(&[&["--default-policy", "default"], extra].concat());
+        node
+    }
+
     fn policy(&self, name: &str, yaml: &str) {
         std::fs::write(self.scratch.0.join("policies").join(format!("{name}.yaml")), yaml).unwrap();
     }
@@ -85,7 +115,7 @@ impl Node {
             Layout::CgroupfsCrio => self.tree.join(format!("kubepods/besteffort/pod{uid}/crio-{id}")),
         };
         std::fs::create_dir_all(&container).expect("creating a container cgroup");
-        Pod { uid, container }
+        Pod { uid, id, container }
     }
 
     fn start(&mut self, extra: &[&str]) -> String {
@@ -146,7 +176,7 @@ impl Node {
 
     /// `podclient --cgroup <pod> ARGS`, waited for.
     fn podclient(&self, pod: &Pod, args: &[&str]) -> Output {
-        Command::new(bin("podclient")).arg("--cgroup").arg(&pod.container).args(args).output().expect("podclient")
+        podclient_in(&pod.container).args(args).output().expect("podclient")
     }
 
     /// A request from `pod`; the reply as JSON.
@@ -213,6 +243,19 @@ impl Drop for Node {
         remove_cgroup_tree(&self.tree);
         let _ = Command::new("umount").arg(&self.bpffs).status();
     }
+}
+
+/// `podclient --cgroup DIR`, to which the caller adds its command.
+fn podclient_in(container: &Path) -> Command {
+    let mut cmd = Command::new(bin("podclient"));
+    cmd.arg("--cgroup").arg(container);
+    cmd
+}
+
+/// Kills and reaps a child.
+fn stop(child: &mut Child) {
+    child.kill().ok();
+    child.wait().ok();
 }
 
 /// Kills every process below `dir` and removes the cgroups, deepest first.
@@ -366,7 +409,7 @@ fn a_pod_cannot_confine_release_or_query_another_pods_processes() {
     let pid_a = sleeper_a.id();
     let confine_a = format!(r#"{{"version":1,"op":"confine","pid":{pid_a}}}"#);
     // B may not confine A's process; A may.
-    assert_eq!(code(&node.call(&b, &confine_a, Some("--listener"))), "other_pod");
+    assert_eq!(code(&node.call(&b, &confine_a, Some("--listener"))), "no_such_process");
     let reply = node.call(&a, &confine_a, Some("--listener"));
     assert_eq!(code(&reply), "ok", "{reply}");
     let sandbox = reply["result"]["sandbox"].as_str().unwrap().to_string();
@@ -513,8 +556,8 @@ fn hostile_messages_get_error_replies_and_the_daemon_keeps_serving() {
         ("confine-connected-tcp", "bad_socket"),
         ("confine-any-address", "bad_socket"),
         ("confine-exited-pid", "no_such_process"),
-        ("confine-other-pod", "other_pod"),
-        ("confine-pid-1", "other_pod"),
+        ("confine-other-pod", "no_such_process"),
+        ("confine-pid-1", "no_such_process"),
         ("status-unknown", "no_such_sandbox"),
         ("release-unknown", "no_such_sandbox"),
         ("hello-after", "ok"),
@@ -525,6 +568,15 @@ fn hostile_messages_get_error_replies_and_the_daemon_keeps_serving() {
         let reply: serde_json::Value = serde_json::from_str(line.split_once(' ').unwrap().1).expect(line);
         assert_eq!(code(&reply), want, "{case}: {line}");
     }
+    // No answer tells a process that does not exist from one of another pod or the host's init:
+    // a scanner learns nothing of what runs outside its pod.
+    let message = |case: &str| {
+        let line = text.lines().find(|l| l.split(' ').next() == Some(case)).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        reply["error"]["message"].as_str().unwrap_or_default().replace(|c: char| c.is_ascii_digit(), "")
+    };
+    assert_eq!(message("confine-exited-pid"), message("confine-other-pod"));
+    assert_eq!(message("confine-other-pod"), message("confine-pid-1"));
     assert_eq!(node.state_files(), 0, "a hostile request left a sandbox");
     assert!(node.daemon.as_mut().unwrap().try_wait().unwrap().is_none(), "the daemon died");
 }
@@ -658,6 +710,11 @@ struct FakeApi {
 
 impl FakeApi {
     fn start(dir: &Path, pods: Vec<(String, Option<String>)>) -> Self {
+        Self::start_slow(dir, pods, Duration::ZERO)
+    }
+
+    /// An API server that takes `delay` to answer each request.
+    fn start_slow(dir: &Path, pods: Vec<(String, Option<String>)>, delay: Duration) -> Self {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
         let cert = params.self_signed(&key).unwrap();
@@ -701,6 +758,7 @@ impl FakeApi {
                 }
                 let head = String::from_utf8_lossy(&head).to_lowercase();
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(delay);
                 let (status, text) = if !head.contains("authorization: bearer test-token") {
                     ("401 Unauthorized", "{}".to_string())
                 } else if !head.starts_with("get /api/v1/pods?fieldselector=spec.nodename%3dnode-a ") {
@@ -801,4 +859,257 @@ fn an_upgrade_moves_every_sandbox_to_the_new_programs_without_a_gap() {
     assert!(lines.len() > 10, "too few probes to tell: {}", lines.len());
     assert!(lines.iter().all(|l| l.starts_with("err")), "a probe got through during the upgrade: {lines:?}");
     assert_eq!(upstream.accepted(), 0, "the upstream was reached during the upgrade");
+}
+
+// ---- Issue 19: callers and targets held by pidfds; every pod's use of the daemon bounded ----
+
+/// Starts `spawn` until the process it starts gets pid `want` (steered by writing the pid before
+/// it to `/proc/sys/kernel/ns_last_pid`; other processes of the host may take it first).
+fn spawn_with_pid(want: u32, mut spawn: impl FnMut() -> Child) -> Child {
+    for _ in 0..500 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (want - 1).to_string()).expect("steering the next pid");
+        let mut child = spawn();
+        if child.id() == want {
+            return child;
+        }
+        stop(&mut child);
+    }
+    panic!("could not give pid {want} to a new process: the attack cannot be tried");
+}
+
+/// Waits until process `pid` is in cgroup `dir`.
+fn wait_in_cgroup(pid: u32, dir: &Path) {
+    let procs = dir.join("cgroup.procs");
+    let entered = || std::fs::read_to_string(&procs).is_ok_and(|p| p.lines().any(|l| l == pid.to_string()));
+    assert!(wait_until(5, entered), "process {pid} did not enter {}", dir.display());
+}
+
+fn cgroup_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+#[test]
+fn a_connection_never_speaks_for_the_process_that_takes_its_callers_pid() {
+    let mut node = Node::new("reuse");
+    node.policy("pa", "version: 1\n");
+    node.policy("pb", "version: 1\n");
+    let a = node.pod(Layout::SystemdContainerd, 20);
+    let b = node.pod(Layout::CgroupfsCrio, 21);
+    node.api = Some(FakeApi::start(
+        &node.scratch.0,
+        vec![(a.uid.clone(), Some("pa".into())), (b.uid.clone(), Some("pb".into()))],
+    ));
+    node.start(&[]);
+    // In pod A, a child connects and exits; its parent keeps the connection.
+    let mut attacker = podclient_in(&a.container)
+        .arg("reuse")
+        .arg(&node.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(attacker.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: u32 = line.trim().strip_prefix("child ").and_then(|p| p.parse().ok()).expect(&line);
+    // The child's pid now belongs to a process of pod B.
+    let mut victim = spawn_with_pid(pid, || podclient_in(&b.container).arg("sleep").spawn().unwrap());
+    wait_in_cgroup(pid, &b.container);
+    writeln!(attacker.stdin.as_mut().unwrap(), "{pid}").unwrap();
+    let mut text = String::new();
+    out.read_to_string(&mut text).unwrap();
+    attacker.wait().ok();
+    let policy = text.lines().find(|l| l.starts_with("policy ")).expect(&text);
+    assert!(!policy.contains("\"pb\""), "pod A read pod B's policy on a dead child's connection: {text}");
+    assert!(!text.contains("\"ok\":true"), "a request on the dead child's connection was served: {text}");
+    assert!(victim.try_wait().unwrap().is_none(), "pod B's process was killed through pod A's connection: {text}");
+    assert!(!cgroup_of(pid).contains("/leash-"), "pod B's process was confined by pod A: {text}");
+    stop(&mut victim);
+}
+
+#[test]
+fn a_confine_target_that_exits_while_the_request_waits_is_not_replaced_by_the_next_owner_of_its_pid() {
+    let mut node = Node::new("race");
+    node.policy("default", "version: 1\n");
+    let a = node.pod(Layout::SystemdContainerd, 22);
+    let b = node.pod(Layout::CgroupfsCrio, 23);
+    // The API server is slow: the confine waits on it after checking its target.
+    let pods = vec![(a.uid.clone(), None), (b.uid.clone(), None)];
+    node.api = Some(FakeApi::start_slow(&node.scratch.0, pods, Duration::from_secs(4)));
+    node.start(&["--default-policy", "default"]);
+    let mut target = a.sleeper();
+    let pid = target.id();
+    let request = podclient_in(&a.container)
+        .arg("call")
+        .arg(&node.socket)
+        .arg(format!(r#"{{"version":1,"op":"confine","pid":{pid}}}"#))
+        .arg("--listener")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    target.kill().unwrap();
+    target.wait().unwrap();
+    let mut victim = spawn_with_pid(pid, || podclient_in(&b.container).arg("sleep").spawn().unwrap());
+    wait_in_cgroup(pid, &b.container);
+    let out = request.wait_with_output().unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{}", stdout(&out)));
+    assert!(!cgroup_of(pid).contains("/leash-"), "pod B's process was moved into pod A's sandbox: {reply}");
+    assert_eq!(code(&reply), "no_such_process", "{reply}");
+    assert!(victim.try_wait().unwrap().is_none());
+    stop(&mut victim);
+    assert!(wait_until(10, || node.state_files() == 0), "the refused confine left a sandbox");
+}
+
+#[test]
+fn nobody_cannot_confine_a_root_process_of_another_container_of_its_pod() {
+    let node = Node::serving_default("uid", &[]);
+    let first = node.pod(Layout::SystemdContainerd, 24);
+    let second = first.sibling(25);
+    let mut root = second.sleeper();
+    let mut nobody = second.spawn_as(NOBODY, &["sleep"]);
+    wait_in_cgroup(nobody.id(), &second.container);
+    let call_as_nobody = |pid: u32| {
+        let json = format!(r#"{{"version":1,"op":"confine","pid":{pid}}}"#);
+        let args = ["--uid", NOBODY, "call", node.socket.to_str().unwrap(), &json, "--listener"];
+        let out = node.podclient(&first, &args);
+        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap_or_else(|_| panic!("{}", stdout(&out)))
+    };
+    let reply = call_as_nobody(root.id());
+    assert_eq!(code(&reply), "no_such_process", "nobody confined root's process: {reply}");
+    assert!(!cgroup_of(root.id()).contains("/leash-"));
+    // A process of the caller's own uid in the other container: allowed.
+    let reply = call_as_nobody(nobody.id());
+    assert_eq!(code(&reply), "ok", "{reply}");
+    assert!(cgroup_of(nobody.id()).contains("/leash-"));
+    stop(&mut root);
+    stop(&mut nobody);
+}
+
+#[test]
+fn hello_names_only_the_callers_own_policy() {
+    let mut node = Node::new("hello");
+    node.policy("runner", "version: 1\n");
+    node.policy("secret-team-policy", "version: 1\n");
+    let pod = node.pod(Layout::SystemdContainerd, 26);
+    node.api = Some(FakeApi::start(&node.scratch.0, vec![(pod.uid.clone(), Some("runner".into()))]));
+    node.start(&[]);
+    let hello = node.call(&pod, r#"{"version":1,"op":"hello"}"#, None);
+    assert_eq!(hello["result"]["policies"], serde_json::json!(["runner"]), "{hello}");
+}
+
+/// `podclient flood` in `pod`: started, its `ready N` line read.
+fn flood(node: &Node, pod: &Pod, n: usize, mode: &str) -> (Child, BufReader<std::process::ChildStdout>, usize) {
+    let mut child = podclient_in(&pod.container)
+        .arg("flood")
+        .arg(&node.socket)
+        .arg(n.to_string())
+        .arg(mode)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let held = line.trim().strip_prefix("ready ").and_then(|n| n.parse().ok()).expect(&line);
+    (child, out, held)
+}
+
+fn hello_code(node: &Node, pod: &Pod) -> String {
+    code(&node.call(pod, r#"{"version":1,"op":"hello"}"#, None))
+}
+
+#[test]
+fn one_pod_holding_connections_does_not_lock_out_another() {
+    let node = Node::serving_default("conns", &[]);
+    let a = node.pod(Layout::SystemdContainerd, 27);
+    let b = node.pod(Layout::CgroupfsCrio, 28);
+    let (mut holder, _out, held) = flood(&node, &a, 300, "idle");
+    assert_eq!(held, 300);
+    assert_eq!(hello_code(&node, &b), "ok", "pod A's idle connections locked pod B out");
+    assert_eq!(hello_code(&node, &a), "busy", "pod A got more connections than its share");
+    let threads = std::fs::read_dir(format!("/proc/{}/task", node.daemon_pid())).unwrap().count();
+    assert!(threads < 64, "the daemon runs {threads} threads for one pod's connections");
+    stop(&mut holder);
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_dropped() {
+    let node = Node::serving_default("noread", &[]);
+    let a = node.pod(Layout::SystemdContainerd, 29);
+    let (mut holder, mut out, held) = flood(&node, &a, 1, "noread");
+    assert_eq!(held, 1);
+    // Past the write timeout, the daemon has given up on the blocked reply.
+    std::thread::sleep(Duration::from_secs(8));
+    writeln!(holder.stdin.as_mut().unwrap(), "drain").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let counts: Vec<usize> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(counts.len(), 2, "{line}");
+    assert!(counts[0] < counts[1], "the daemon waited on the reader for ever: {line}");
+    stop(&mut holder);
+}
+
+#[test]
+fn descriptors_beyond_one_per_frame_are_closed_at_once() {
+    let node = Node::serving_default("fds", &[]);
+    let a = node.pod(Layout::SystemdContainerd, 30);
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", node.daemon_pid())).unwrap().count();
+    let before = fds();
+    let (mut holder, _out, held) = flood(&node, &a, 8, "fds");
+    assert!(held >= 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let during = fds();
+    assert!(during < before + 32, "unfinished frames hold {} of the daemon's descriptors", during - before);
+    stop(&mut holder);
+    assert_eq!(hello_code(&node, &a), "ok");
+}
+
+#[test]
+fn failed_thread_starts_give_their_connection_slots_back() {
+    let node = Node::serving_default("spawn", &[]);
+    let a = node.pod(Layout::SystemdContainerd, 31);
+    // The daemon in a pids cgroup (v1 controller; the v2 hierarchy here lacks it) with no room
+    // for one more thread.
+    let pids = PathBuf::from("/sys/fs/cgroup/pids").join(format!("leashd-spawn-{}", std::process::id()));
+    assert!(pids.parent().unwrap().join("cgroup.procs").exists(), "no pids controller: the attack cannot be tried");
+    std::fs::create_dir_all(&pids).unwrap();
+    std::fs::write(pids.join("cgroup.procs"), node.daemon_pid().to_string()).unwrap();
+    let current = std::fs::read_to_string(pids.join("pids.current")).unwrap();
+    std::fs::write(pids.join("pids.max"), current.trim()).unwrap();
+    let (mut holder, _out, held) = flood(&node, &a, 300, "idle");
+    // The daemon accepts all 300 (and fails to start a thread for each) while the limit holds.
+    std::thread::sleep(Duration::from_secs(2));
+    stop(&mut holder);
+    std::fs::write(pids.join("pids.max"), "max").unwrap();
+    let reply = hello_code(&node, &a);
+    std::fs::write(pids.parent().unwrap().join("cgroup.procs"), node.daemon_pid().to_string()).unwrap();
+    let _ = std::fs::remove_dir(&pids);
+    assert_eq!(held, 300);
+    assert_eq!(reply, "ok", "after {held} failed thread starts the daemon stays busy");
+}
+
+#[test]
+fn one_pod_cannot_take_the_whole_sandbox_budget() {
+    let node = Node::serving_default("quota", &["--max-sandboxes", "8"]);
+    let a = node.pod(Layout::SystemdContainerd, 32);
+    let b = node.pod(Layout::CgroupfsCrio, 33);
+    let mut hog = podclient_in(&a.container)
+        .args(["hold", node.socket.to_str().unwrap(), "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(hog.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut sleeper = b.sleeper();
+    let reply = node.call(&b, &format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id()), Some("--listener"));
+    drop(hog.stdin.take());
+    hog.wait().ok();
+    stop(&mut sleeper);
+    assert_eq!(code(&reply), "ok", "pod A ({line:?}) left pod B no sandbox: {reply}");
+    assert_eq!(line.trim(), "ready 2", "pod A got more than its quarter of the node's sandboxes");
 }

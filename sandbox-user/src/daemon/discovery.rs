@@ -15,6 +15,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::process::Process;
+
 /// The pod and container a cgroup belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodContainer {
@@ -134,9 +136,9 @@ pub fn cgroup_of(pid: u32) -> std::io::Result<String> {
         .ok_or_else(|| std::io::Error::other(format!("process {pid} has no cgroup v2 membership")))
 }
 
-/// The pod and container of process `pid`.
-pub fn of_pid(pid: u32) -> Result<PodContainer, DiscoveryError> {
-    let path = cgroup_of(pid).map_err(|e| DiscoveryError::NoProcess(pid, e.to_string()))?;
+/// The pod and container of `process`, read while it is certainly that process.
+pub fn of_process(process: &Process) -> Result<PodContainer, DiscoveryError> {
+    let path = process.read(cgroup_of).map_err(|e| DiscoveryError::NoProcess(process.pid(), e.to_string()))?;
     if path.contains("/..") {
         // A cgroup outside this process's cgroup namespace: the daemon did not join the host's.
         return Err(DiscoveryError::OutsideNamespace(path));

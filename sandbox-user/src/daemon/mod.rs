@@ -5,7 +5,9 @@
 //! | file | job |
 //! |---|---|
 //! | `protocol.rs` | the Confine API: framing, requests, replies (documented there) |
-//! | `server.rs` | the socket: peer credentials, frames and descriptors, one thread per client |
+//! | `server.rs` | the socket: the calling process, frames and descriptors, one thread per client |
+//! | `process.rs` | a process held by a pidfd (callers and targets), never by its pid number alone |
+//! | `limits.rs` | how much of the daemon one pod may hold: connections, descriptors, sandboxes |
 //! | `discovery.rs` | pid → cgroup → pod and container (systemd and cgroupfs drivers, containerd and CRI-O) |
 //! | `admission.rs`, `kube.rs` | which pods may use leash: the `leash.dev/policy` annotation, or the node default |
 //! | `policies.rs` | the node's policies, from a ConfigMap directory, reloaded on change |
@@ -21,8 +23,10 @@ pub mod admission;
 pub mod client;
 pub mod discovery;
 pub mod kube;
+pub mod limits;
 pub mod metrics;
 pub mod policies;
+pub mod process;
 pub mod protocol;
 pub mod registry;
 pub mod sandboxes;

@@ -5,18 +5,27 @@
 //! Every message, either way, is one frame: a 4-byte big-endian length `N`, then `N` bytes of
 //! UTF-8 JSON (1 ≤ N ≤ [`MAX_FRAME`]). A connection carries any number of request/reply pairs,
 //! strictly alternating. The daemon answers every request it can read with a reply — an error
-//! reply for anything malformed — and closes the connection after a framing error or
-//! [`READ_TIMEOUT`] of silence mid-frame.
+//! reply for anything malformed — and closes the connection after a framing error, when a
+//! request (or the whole of one frame) does not arrive within [`READ_TIMEOUT`], when a reply
+//! cannot be written within [`WRITE_TIMEOUT`], and when a frame carries more than one descriptor.
 //!
 //! # Who is asking
-//! The daemon identifies the caller by the socket's peer credentials (`SO_PEERCRED`, taken when
-//! the caller connected): pid → cgroup → pod. Nothing a caller writes can change who it is.
-//! A caller must be in a pod's container cgroup, and not inside a leash sandbox.
+//! The caller is the process that connected, held by a pidfd from then on (`SO_PEERPIDFD`,
+//! Linux 6.5+; on older kernels `pidfd_open` of the `SO_PEERCRED` pid at accept, refused when that
+//! process started after the connection), with its effective uid at connect time: pidfd → cgroup
+//! → pod. Nothing a caller writes can change who it is, and no pid number stands for it: once
+//! the process that connected exits, its connection is closed and nothing sent on it is
+//! answered, even by a process that inherited it. A caller must be in a pod's container cgroup,
+//! and not inside a leash sandbox.
+//!
+//! # Bounds (per pod; see `limits.rs`)
+//! At most 16 connections per pod (256 per node) are served at once, more get `busy`; a pod
+//! holds at most a quarter of the node's `--max-sandboxes` (at least one) at once, more get `busy`.
 //!
 //! # Requests (`{"version":1,"op":...}`)
 //! | op | fields | answer (`result`) |
 //! |---|---|---|
-//! | `hello` | — | daemon version, API version, layers this node enforces |
+//! | `hello` | — | daemon version, API version, layers this node enforces, the policy this pod may use (`policies`: none or one) |
 //! | `policy` | `policy`? | the name and YAML text of the policy this pod may use (for its proxy) |
 //! | `confine` | `policy`?, `pid`? + one descriptor (SCM_RIGHTS): the proxy's listening TCP socket | the new sandbox |
 //! | `status` | `sandbox` | the sandbox: policy, proxy, processes, verdict counters |
@@ -25,8 +34,19 @@
 //!
 //! `confine` moves process `pid` (as the node sees it; default: the caller) into a new cgroup
 //! below its container's cgroup, confined to the address the passed socket listens on, in that
-//! socket's network namespace. `pid` must be in the caller's pod. `policy`, when given, must be
-//! the one the pod may use (its `leash.dev/policy` annotation, or the node's default).
+//! socket's network namespace. `policy`, when given, must be the one the pod may use (its
+//! `leash.dev/policy` annotation, or the node's default). The target is held by a pidfd taken
+//! when the request is read; its pod and uids are read through it and checked again after every
+//! wait and right before and after the move, so a target that exits meanwhile is never replaced
+//! by whatever process gets its number.
+//!
+//! `pid` must be in the caller's pod and run with the caller's uid: its real, effective and
+//! saved uids must all equal the caller's effective uid. Root in a pod gets no exception (it may
+//! confine only processes that are root throughout): the containers of a pod do not trust each
+//! other's users, and the daemon cannot tell a container's root from another's. A process that
+//! does not exist, is in another pod, or runs as another user gets one and the same answer,
+//! `no_such_process` "no process N of yours": the answers tell nothing of processes outside the
+//! caller's reach. `hello` names only the policy the caller's pod may use.
 //!
 //! # Replies
 //! `{"version":1,"ok":true,"result":{...}}` or
@@ -44,8 +64,11 @@ pub const VERSION: u32 = 1;
 /// Largest frame body either side accepts.
 pub const MAX_FRAME: u32 = 64 * 1024;
 
-/// How long the daemon waits for the rest of a frame once it started, or for a request.
+/// How long the daemon waits for a request, from the moment it starts waiting to its last byte.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the daemon waits for a client to take a reply before it closes the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A request as sent on the wire (parsed with [`parse_request`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -118,17 +141,16 @@ pub enum ErrorCode {
     NotAllowed,
     /// No policy of that name on this node (or it does not compile).
     NoSuchPolicy,
-    /// The process does not exist (any more).
+    /// The process does not exist (any more), is in another pod or runs as another user: the
+    /// three are not told apart.
     NoSuchProcess,
-    /// The process or sandbox belongs to another pod, or does not exist: the two are not told apart.
+    /// The sandbox belongs to another pod, or does not exist: the two are not told apart.
     NoSuchSandbox,
-    /// The process is in another pod.
-    OtherPod,
     /// The passed descriptor is missing or not a listening TCP socket on a specific address.
     BadSocket,
     /// The policy needs a layer this node cannot enforce (fail closed).
     LayerMissing,
-    /// The daemon is at its limit of sandboxes or connections.
+    /// The daemon or the caller's pod is at its limit of sandboxes or connections.
     Busy,
     /// Something failed on the daemon's side; the message says what.
     Internal,
@@ -207,6 +229,8 @@ pub enum FrameError {
     TooLarge(u32),
     #[error("empty frame")]
     Empty,
+    #[error("a frame carries at most one descriptor")]
+    TooManyDescriptors,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -19,8 +19,10 @@ use anyhow::{Context, Result};
 
 use super::admission::Admission;
 use super::discovery::{self, PodContainer};
+use super::limits::sandboxes_per_pod;
 use super::metrics::Metrics;
 use super::policies::PolicyStore;
+use super::process::Process;
 use super::protocol::{Confined, ErrorCode, Owner, PolicyText, Reply};
 use super::registry::{Registry, SandboxRecord};
 use crate::kernel::cgroup::SandboxCgroup;
@@ -31,9 +33,12 @@ use crate::kernel::node::{Lsm, NodePrograms};
 use crate::kernel::programs::sandbox_net;
 
 /// A process asking the daemon something, identified by the kernel.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub pid: u32,
+#[derive(Debug)]
+pub struct Caller<'a> {
+    /// The process that connected.
+    pub process: &'a Process,
+    /// Its effective uid when it connected.
+    pub uid: u32,
     pub pod: PodContainer,
 }
 
@@ -77,6 +82,12 @@ impl Node {
         self.state.lock().map_err(|_| Reply::error(ErrorCode::Internal, "daemon state lock poisoned"))
     }
 
+    /// The name of the policy the caller's pod may use, if it may use one on this node.
+    pub fn own_policy(&self, caller: &Caller) -> Option<String> {
+        let admitted = self.admission.admit(&caller.pod.pod_uid, None).ok()?;
+        self.policies.get(&admitted.policy).map(|p| p.name.clone())
+    }
+
     /// The policy the caller's pod may use, as text for its proxy.
     pub fn policy_text(&self, caller: &Caller, requested: Option<&str>) -> Result<PolicyText, Reply> {
         let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
@@ -93,33 +104,24 @@ impl Node {
         pid: Option<u32>,
         socket: Option<OwnedFd>,
     ) -> Result<Confined, Reply> {
-        let target = pid.unwrap_or(caller.pid);
+        // The target, held from now on: a pid number is looked up once, here.
+        let opened;
+        let target = match pid {
+            None => caller.process,
+            Some(pid) => {
+                opened = Process::open(pid).map_err(|_| not_yours(pid))?;
+                &opened
+            }
+        };
         // The sandbox goes below the target's own container (another container of the pod, maybe).
-        let mut target_pod = caller.pod.clone();
-        if target != caller.pid {
-            let pod = discovery::of_pid(target).map_err(|e| match e {
-                discovery::DiscoveryError::NoProcess(..) => {
-                    Reply::error(ErrorCode::NoSuchProcess, format!("process {target} does not exist"))
-                }
-                _ => Reply::error(ErrorCode::OtherPod, format!("process {target} is not in your pod")),
-            })?;
-            if pod.pod_uid != caller.pod.pod_uid {
-                return Err(Reply::error(ErrorCode::OtherPod, format!("process {target} is not in your pod")));
-            }
-            if pod.sandbox.is_some() {
-                return Err(Reply::error(ErrorCode::BadRequest, format!("process {target} is already confined")));
-            }
-            target_pod = pod;
-        }
+        let target_pod = self.check_target(caller, target)?;
         let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
         let policy = self.policies.get(&admitted.policy).ok_or_else(|| no_such_policy(&admitted.policy))?;
         // The policy's kernel paths name files of the pod's image: resolve them in its root.
         let kernel_rules = match policy.compiled.kernel() {
             None => None,
             Some(section) => {
-                let root = FsRoot::of_process(target).map_err(|e| {
-                    Reply::error(ErrorCode::Internal, format!("opening the root of process {target}: {e}"))
-                })?;
+                let root = target.read(FsRoot::of_process).map_err(|_| not_yours(target.pid()))?;
                 let rules = LsmRules::resolve_in(&root, section, &[]).map_err(|e| {
                     Reply::error(ErrorCode::NoSuchPolicy, format!("policy `{}`: kernel: {e:#}", policy.name))
                 })?;
@@ -134,6 +136,10 @@ impl Node {
         let record_owners = !policy.compiled.binaries_restricted().is_empty();
 
         let mut state = self.state()?;
+        // The target may have exited (and its number gone elsewhere) while this waited.
+        if self.check_target(caller, target)? != target_pod {
+            return Err(not_yours(target.pid()));
+        }
         if let Some(rules) = &kernel_rules {
             check_lsm(state.programs.lsm(), rules, &policy.name)?;
         }
@@ -142,6 +148,10 @@ impl Node {
                 ErrorCode::Busy,
                 format!("this node runs its limit of {} sandboxes", self.max_sandboxes),
             ));
+        }
+        let quota = sandboxes_per_pod(self.max_sandboxes);
+        if state.registry.iter().filter(|r| r.pod_uid == caller.pod.pod_uid).count() >= quota {
+            return Err(Reply::error(ErrorCode::Busy, format!("this pod runs its limit of {quota} sandboxes")));
         }
         let container = discovery::container_dir(&self.cgroup_root, &target_pod);
         let id = new_id();
@@ -160,12 +170,18 @@ impl Node {
         };
         let built = build(&mut state, &record, kernel_rules.as_ref()).and_then(|()| move_into(&record.cgroup, target));
         if let Err(e) = built {
+            if e.downcast_ref::<StrangerMoved>().is_some() {
+                // The sandbox holds a process that is not the target: it stays confined (never
+                // released by the caller, who does not learn the sandbox) until it exits.
+                eprintln!("leash daemon: warning: sandbox {id}: {e:#}");
+                return Err(not_yours(target.pid()));
+            }
             // A removal that fails halfway leaves state without a record: sweep it too.
             if remove(&mut state, &record, &self.metrics).is_err() {
                 let _ = sweep_orphans(&mut state);
             }
             return Err(match e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) {
-                Some(libc::ESRCH) => Reply::error(ErrorCode::NoSuchProcess, format!("process {target} exited")),
+                Some(libc::ESRCH) => not_yours(target.pid()),
                 _ => internal(e),
             });
         }
@@ -176,6 +192,24 @@ impl Node {
             netns_scoped: proxy.netns_cookie != 0,
             layers: layers(kernel_rules.is_some()),
         })
+    }
+
+    /// The pod and container of `target` if the caller may confine it: in the caller's pod, every
+    /// uid the caller's, not confined yet. Anything else is "no process of yours".
+    fn check_target(&self, caller: &Caller, target: &Process) -> Result<PodContainer, Reply> {
+        let pid = target.pid();
+        let pod = discovery::of_process(target).map_err(|_| not_yours(pid))?;
+        if pod.pod_uid != caller.pod.pod_uid {
+            return Err(not_yours(pid));
+        }
+        let uids = target.uids().map_err(|_| not_yours(pid))?;
+        if uids[..3].iter().any(|u| *u != caller.uid) {
+            return Err(not_yours(pid));
+        }
+        if pod.sandbox.is_some() {
+            return Err(Reply::error(ErrorCode::BadRequest, format!("process {pid} is already confined")));
+        }
+        Ok(pod)
     }
 
     /// The sandbox `id` if it belongs to the caller's pod (otherwise, as if it did not exist).
@@ -368,13 +402,32 @@ fn sweep_orphans(state: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// Moves process `pid` (its whole thread group) into the cgroup.
-fn move_into(cgroup: &Path, pid: u32) -> Result<()> {
+/// Moves `process` (its whole thread group) into the cgroup. `cgroup.procs` takes a pid number:
+/// the process is checked alive right before the write, and again after it. Alive after it means
+/// the number was its own throughout, so the write moved it.
+fn move_into(cgroup: &Path, process: &Process) -> Result<()> {
     let path = cgroup.join("cgroup.procs");
     let mut f =
         std::fs::OpenOptions::new().write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(pid.to_string().as_bytes()).map_err(anyhow::Error::from)
+    let gone = || anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ESRCH));
+    if !process.alive() {
+        return Err(gone());
+    }
+    let written = f.write_all(process.pid().to_string().as_bytes());
+    if process.alive() {
+        return written.map_err(anyhow::Error::from);
+    }
+    // It exited around the write: the number may have named another process by then.
+    if SandboxCgroup::open(cgroup.to_path_buf()).and_then(|c| c.pids()).is_ok_and(|p| !p.is_empty()) {
+        return Err(StrangerMoved(process.pid()).into());
+    }
+    Err(gone())
 }
+
+/// The target exited during its move, and the process that took its number was moved instead.
+#[derive(Debug, thiserror::Error)]
+#[error("process {0} exited while it was moved in, and the process that took its pid is in the sandbox instead")]
+struct StrangerMoved(u32);
 
 /// False when the cgroup is gone or has no process left in it or below it.
 fn populated(cgroup: &Path) -> bool {
@@ -443,6 +496,11 @@ fn pid_in_own_namespace(pid: u32) -> Option<u32> {
 /// 16 random hex digits.
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+/// The one answer for a process that does not exist, is in another pod or runs as another user.
+fn not_yours(pid: u32) -> Reply {
+    Reply::error(ErrorCode::NoSuchProcess, format!("no process {pid} of yours"))
 }
 
 fn no_such_policy(name: &str) -> Reply {

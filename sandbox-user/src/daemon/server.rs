@@ -1,62 +1,60 @@
-//! The Confine API's unix socket: accepting connections, identifying each caller by its peer
-//! credentials, reading frames (with the descriptor a `confine` passes) and answering each
-//! request. One thread per connection, up to [`MAX_CONNECTIONS`]; whatever a client sends, the
-//! daemon answers or closes that connection, and keeps serving the others.
+//! The Confine API's unix socket: accepting connections, identifying each caller by the process
+//! that connected (held by a pidfd from accept on, `process.rs`), reading frames (with the
+//! descriptor a `confine` passes) and answering each request. One thread per connection, within
+//! the per-pod bounds of `limits.rs`; whatever a client sends, the daemon answers or closes that
+//! connection, and keeps serving the others. A connection whose caller has exited is closed
+//! unanswered, whoever holds it now.
 
 use std::io::Write as _;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use nix::sys::socket::{getsockopt, recvmsg, sockopt::PeerCredentials, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use super::discovery::{self, DiscoveryError};
+use super::limits::{Connections, MAX_FDS_PER_FRAME};
 use super::metrics::RequestLabels;
+use super::process::{Peer, Process};
 use super::protocol::{self, ErrorCode, FrameError, Op, Reply, MAX_FRAME};
 use super::sandboxes::{Caller, Node};
 
-/// Connections served at once; more get a `busy` reply.
-pub const MAX_CONNECTIONS: usize = 256;
-
 /// Accepts connections forever.
 pub fn serve(listener: UnixListener, node: Arc<Node>) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let connections = Connections::default();
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            let _ = protocol::write_json(&mut stream, &Reply::error(ErrorCode::Busy, "too many connections"));
-            continue;
-        }
-        open.fetch_add(1, Ordering::SeqCst);
+        let Ok(stream) = stream else { continue };
+        // The process that connected has exited already: nobody to answer.
+        let Ok(peer) = Process::peer_of(&stream) else { continue };
+        // The pod the connection counts against, fixed at accept (`""`: not a pod's process).
+        let pod = discovery::of_process(&peer.process).map(|p| p.pod_uid).unwrap_or_default();
+        let slot = match connections.acquire(&pod) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Never blocks the accept loop: the reply fits the socket's buffer or is dropped.
+                let _ = stream.set_nonblocking(true);
+                let _ = protocol::write_json(&mut &stream, &Reply::error(ErrorCode::Busy, why));
+                continue;
+            }
+        };
         let node = node.clone();
-        let open = open.clone();
         let spawned = std::thread::Builder::new().name("leash-api".into()).spawn(move || {
-            connection(stream, &node);
-            open.fetch_sub(1, Ordering::SeqCst);
+            let _slot = slot;
+            connection(stream, peer, &node);
         });
         if spawned.is_err() {
+            // The closure, its slot and the connection with it, is dropped: the place is free again.
             eprintln!("leash daemon: warning: cannot start a thread for a connection");
         }
     }
 }
 
-/// Serves one connection until the client closes it or breaks the framing.
-fn connection(mut stream: UnixStream, node: &Node) {
-    let _ = stream.set_read_timeout(Some(protocol::READ_TIMEOUT));
-    let peer = match getsockopt(&stream, PeerCredentials) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = protocol::write_json(
-                &mut stream,
-                &Reply::error(ErrorCode::Internal, format!("no peer credentials: {e}")),
-            );
-            return;
-        }
-    };
+/// Serves one connection until the client closes it, breaks the framing or its caller exits.
+fn connection(mut stream: UnixStream, peer: Peer, node: &Node) {
+    let _ = stream.set_write_timeout(Some(protocol::WRITE_TIMEOUT));
     loop {
-        let (body, fds) = match read_frame_with_fds(&stream) {
+        let (body, fds) = match read_frame_with_fds(&stream, &peer.process) {
             Ok(f) => f,
             Err(FrameError::Closed) => return,
             Err(e) => {
@@ -66,11 +64,16 @@ fn connection(mut stream: UnixStream, node: &Node) {
                 return;
             }
         };
+        // The caller is the process that connected; whoever sends on its connection once it is
+        // gone gets nothing.
+        if !peer.process.alive() {
+            return;
+        }
         let started = Instant::now();
         let (op, reply) = match protocol::parse_request(&body) {
             Ok(request) => {
                 let name = op_name(&request.op);
-                (name, answer(node, peer.pid() as u32, request.op, fds))
+                (name, answer(node, &peer, request.op, fds))
             }
             Err(reply) => ("invalid", reply),
         };
@@ -86,10 +89,10 @@ fn connection(mut stream: UnixStream, node: &Node) {
     }
 }
 
-/// Answers one parsed request from process `pid`.
-fn answer(node: &Node, pid: u32, op: Op, mut fds: Vec<OwnedFd>) -> Reply {
+/// Answers one parsed request from `peer`.
+fn answer(node: &Node, peer: &Peer, op: Op, mut fds: Vec<OwnedFd>) -> Reply {
     // Who the caller is now: it may have been confined since it connected.
-    let pod = match discovery::of_pid(pid) {
+    let pod = match discovery::of_process(&peer.process) {
         Ok(p) => p,
         Err(DiscoveryError::NoProcess(..)) => {
             return Reply::error(ErrorCode::NoSuchProcess, "the calling process exited")
@@ -102,21 +105,16 @@ fn answer(node: &Node, pid: u32, op: Op, mut fds: Vec<OwnedFd>) -> Reply {
             format!("the caller is confined (sandbox {sandbox}) and may not use the daemon"),
         );
     }
-    let caller = Caller { pid, pod };
+    let caller = Caller { process: &peer.process, uid: peer.uid, pod };
     let result = match op {
         Op::Hello {} => Ok(serde_json::json!({
             "api_version": protocol::VERSION,
             "daemon_version": env!("CARGO_PKG_VERSION"),
             "layers": node.node_layers(),
-            "policies": node.policies.names(),
+            "policies": node.own_policy(&caller).into_iter().collect::<Vec<_>>(),
         })),
         Op::Policy { policy } => node.policy_text(&caller, policy.as_deref()).map(to_json),
-        Op::Confine { policy, pid } => {
-            if fds.len() > 1 {
-                return Reply::error(ErrorCode::BadSocket, "pass exactly one descriptor: the proxy's listening socket");
-            }
-            node.confine(&caller, policy.as_deref(), pid, fds.pop()).map(to_json)
-        }
+        Op::Confine { policy, pid } => node.confine(&caller, policy.as_deref(), pid, fds.pop()).map(to_json),
         Op::Status { sandbox } => node.status(&caller, &sandbox),
         Op::Release { sandbox } => node.release(&caller, &sandbox).map(|()| serde_json::json!({})),
         Op::Owner { sandbox, port } => node.owner(&caller, &sandbox, port).map(to_json),
@@ -142,29 +140,72 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
-/// Reads one frame with `recvmsg`, keeping any descriptors passed with its bytes (at most 4;
-/// the kernel closes extra ones).
-fn read_frame_with_fds(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), FrameError> {
+/// What a connection's thread waited for.
+enum Ready {
+    Readable,
+    PeerExited,
+    TimedOut,
+}
+
+/// Waits up to `timeout` for `stream` to be readable or `peer` to exit.
+fn wait(stream: BorrowedFd<'_>, peer: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<Ready> {
+    let mut fds = [
+        libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: peer.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: two valid pollfds.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted { Ok(Ready::Readable) } else { Err(e) };
+    }
+    Ok(if fds[1].revents != 0 {
+        Ready::PeerExited
+    } else if fds[0].revents != 0 {
+        Ready::Readable
+    } else {
+        Ready::TimedOut
+    })
+}
+
+/// Reads one frame with `recvmsg`, keeping the descriptor passed with its bytes. More than
+/// [`MAX_FDS_PER_FRAME`] descriptors fail the frame at once (the received ones are closed, the
+/// connection with its queued ones too). The whole frame must arrive within `READ_TIMEOUT` of
+/// its first byte, as must the first byte; the caller's exit ends the wait.
+fn read_frame_with_fds(stream: &UnixStream, peer: &Process) -> Result<(Vec<u8>, Vec<OwnedFd>), FrameError> {
     let mut fds = Vec::new();
     let mut data = Vec::new();
     let mut want = 4usize;
     let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + protocol::READ_TIMEOUT;
     while data.len() < want {
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match wait(stream.as_fd(), peer.pidfd(), left).map_err(FrameError::Io)? {
+            Ready::Readable => {}
+            Ready::PeerExited => return Err(FrameError::Closed),
+            // An idle connection that timed out between requests is simply closed.
+            Ready::TimedOut if data.is_empty() => return Err(FrameError::Closed),
+            Ready::TimedOut => return Err(FrameError::Io(std::io::ErrorKind::TimedOut.into())),
+        }
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS_PER_FRAME + 1]);
         let limit = (want - data.len()).min(buf.len());
         let mut iov = [std::io::IoSliceMut::new(&mut buf[..limit])];
-        let msg = match recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+        let msg = match recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
             Ok(m) => m,
-            Err(nix::errno::Errno::EINTR) => continue,
-            // An idle connection that timed out between requests is simply closed.
-            Err(nix::errno::Errno::EAGAIN) if data.is_empty() => return Err(FrameError::Closed),
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
             Err(e) => return Err(FrameError::Io(e.into())),
         };
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
         for c in msg.cmsgs().map_err(|e| FrameError::Io(e.into()))? {
             if let ControlMessageOwned::ScmRights(received) = c {
                 // SAFETY: the kernel just installed these descriptors in this process for us.
                 fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
             }
+        }
+        if truncated || fds.len() > MAX_FDS_PER_FRAME {
+            return Err(FrameError::TooManyDescriptors);
         }
         let n = msg.bytes;
         if n == 0 {

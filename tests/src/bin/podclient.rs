@@ -1,14 +1,17 @@
 //! `podclient`: a process of a fake pod, talking to `leash daemon` the way a pod's process
 //! would. It first moves itself into the container cgroup given with `--cgroup` (tests build a
-//! kubelet-like tree), then runs one command:
+//! kubelet-like tree), becomes `--uid UID` when given, then runs one command:
 //!
 //! ```text
+//! podclient --cgroup DIR --uid UID COMMAND ...                      COMMAND as UID (gid UID, no groups)
 //! podclient --cgroup DIR call SOCKET JSON [--listener|--fd-null]   one request; prints the reply
 //! podclient --cgroup DIR hostile SOCKET OTHER_PID                   malformed and hostile requests; one line each
 //! podclient --cgroup DIR cycles SOCKET N                            N times: fork, confine the child, kill it
-//! podclient --cgroup DIR hold SOCKET N                              confine N children, print `ready`, wait for stdin to close
+//! podclient --cgroup DIR hold SOCKET N                              confine up to N children, print `ready CONFINED`, wait for stdin to close
 //! podclient --cgroup DIR sleep                                      sleep (a target process of the pod)
 //! podclient --cgroup DIR exec UID -- CMD ARGS...                    become UID and exec CMD
+//! podclient --cgroup DIR reuse SOCKET                               a child connects and exits; see `reuse`
+//! podclient --cgroup DIR flood SOCKET N idle|noread|fds             hold N connections; see `flood`
 //! ```
 //!
 //! `cycles` prints `{"count","errors","median_us","p99_us","per_sec"}`: the confine latency is
@@ -18,7 +21,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,13 +35,19 @@ fn main() {
         usage();
     }
     enter_cgroup(Path::new(&args[1]));
-    let rest = &args[2..];
+    let mut rest = &args[2..];
+    if rest.len() >= 3 && rest[0] == "--uid" {
+        become_user(rest[1].parse().unwrap_or_else(|_| usage()));
+        rest = &rest[2..];
+    }
     match rest[0].as_str() {
         "call" if rest.len() >= 3 => call(&rest[1], &rest[2], rest.get(3).map(String::as_str)),
         "hostile" if rest.len() == 3 => hostile(&rest[1], rest[2].parse().unwrap_or_else(|_| usage())),
         "cycles" if rest.len() == 3 => cycles(&rest[1], rest[2].parse().unwrap_or_else(|_| usage())),
         "hold" if rest.len() == 3 => hold(&rest[1], rest[2].parse().unwrap_or_else(|_| usage())),
         "sleep" => std::thread::sleep(Duration::from_secs(3600)),
+        "reuse" if rest.len() == 2 => reuse(&rest[1]),
+        "flood" if rest.len() == 4 => flood(&rest[1], rest[2].parse().unwrap_or_else(|_| usage()), &rest[3]),
         "exec" if rest.len() >= 4 && rest[2] == "--" => {
             exec_as(rest[1].parse().unwrap_or_else(|_| usage()), &rest[3..])
         }
@@ -47,7 +56,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: podclient --cgroup DIR (call|hostile|cycles|hold|sleep|exec) ...");
+    eprintln!("usage: podclient --cgroup DIR [--uid UID] (call|hostile|cycles|hold|sleep|exec|reuse|flood) ...");
     std::process::exit(2)
 }
 
@@ -217,11 +226,12 @@ fn hold(socket: &str, count: usize) {
     let mut children = Vec::new();
     for _ in 0..count {
         let child = fork_sleeper();
-        children.push(child);
         if let Err(e) = confine_pid(&mut client, &listener, child) {
             eprintln!("podclient: confine failed: {e}");
+            kill_and_reap(child);
             break;
         }
+        children.push(child);
     }
     println!("ready {}", children.len());
     std::io::stdout().flush().ok();
@@ -232,9 +242,9 @@ fn hold(socket: &str, count: usize) {
     }
 }
 
-fn exec_as(uid: u32, cmd: &[String]) {
+fn become_user(uid: u32) {
     let gid = uid;
-    // SAFETY: plain credential syscalls before exec.
+    // SAFETY: plain credential syscalls.
     unsafe {
         if libc::setgroups(0, std::ptr::null()) != 0
             || libc::setresgid(gid, gid, gid) != 0
@@ -244,8 +254,149 @@ fn exec_as(uid: u32, cmd: &[String]) {
             std::process::exit(2);
         }
     }
+}
+
+fn exec_as(uid: u32, cmd: &[String]) {
+    become_user(uid);
     let args: Vec<CString> = cmd.iter().map(|a| CString::new(a.as_str()).expect("argument with NUL")).collect();
     let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
     eprintln!("podclient: exec {}: {err}", cmd[0]);
     std::process::exit(127);
+}
+
+/// The pid-reuse attack: a forked child connects a socket this process created, and exits; this
+/// process prints `child PID`, keeps the connection busy (a `hello` a second, so that it is not
+/// closed as idle) until a line on stdin says which pid to target, then asks, on the child's
+/// connection, for its pod's policy, to confine that pid and to release the sandbox, printing
+/// `policy|confine|release REPLY` (`{"closed":...}` when the daemon closed the connection).
+fn reuse(socket: &str) {
+    use nix::sys::socket::{connect, socket as new_socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = new_socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    let addr = UnixAddr::new(socket).expect("socket path");
+    // SAFETY: this process is single-threaded; the child only connects and exits.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            let ok = connect(fd.as_raw_fd(), &addr).is_ok();
+            // SAFETY: leaves the forked child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let _ = nix::sys::wait::waitpid(child, None);
+            println!("child {child}");
+            std::io::stdout().flush().ok();
+        }
+    }
+    let mut stream = UnixStream::from(fd);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let target = loop {
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+            break line.trim().parse::<u32>().unwrap_or(0);
+        }
+        ask(&mut stream, br#"{"version":1,"op":"hello"}"#, None);
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding");
+    println!("policy {}", ask(&mut stream, br#"{"version":1,"op":"policy"}"#, None));
+    let confine = format!(r#"{{"version":1,"op":"confine","pid":{target}}}"#);
+    let reply = ask(&mut stream, confine.as_bytes(), Some(listener.as_fd()));
+    println!("confine {reply}");
+    let sandbox = serde_json::from_str::<serde_json::Value>(&reply)
+        .ok()
+        .and_then(|v| v["result"]["sandbox"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let release = format!(r#"{{"version":1,"op":"release","sandbox":"{sandbox}"}}"#);
+    println!("release {}", ask(&mut stream, release.as_bytes(), None));
+}
+
+/// One request on `stream`, its reply as text (`closed` when there is none).
+fn ask(stream: &mut UnixStream, json: &[u8], fd: Option<std::os::fd::BorrowedFd<'_>>) -> String {
+    let Ok(clone) = stream.try_clone() else { return r#"{"closed":"clone"}"#.into() };
+    let mut client = Client::from_stream(clone);
+    if let Err(e) = client.send_frame(&leash::daemon::protocol::frame(json), fd) {
+        return format!("{{\"closed\":\"{e}\"}}");
+    }
+    read_reply(stream)
+}
+
+/// Holds `n` connections, prints `ready CONNECTED`, and waits for stdin to close. `idle`: they
+/// send nothing. `noread`: each sends `hello` requests and never reads a reply, until the daemon
+/// stops taking requests; after a line on stdin, it reads what comes and prints
+/// `replies R of S` (the daemon answered R of the S requests before closing). `fds`: each starts
+/// a frame and sends its bytes one at a time, four descriptors with each.
+fn flood(socket: &str, n: usize, mode: &str) {
+    let null = std::fs::File::open("/dev/null").expect("opening /dev/null");
+    let mut held = Vec::new();
+    let mut sent = Vec::new();
+    for _ in 0..n {
+        let Ok(mut s) = UnixStream::connect(socket) else { break };
+        match mode {
+            "idle" => {}
+            "noread" => sent.push(pipeline_hellos(&mut s)),
+            "fds" => descriptor_flood(&s, &null),
+            _ => usage(),
+        }
+        held.push(s);
+    }
+    println!("ready {}", held.len());
+    std::io::stdout().flush().ok();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    if mode == "noread" {
+        for (s, sent) in held.iter_mut().zip(sent) {
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+            let mut replies = 0;
+            while leash::daemon::protocol::read_frame(s).is_ok() {
+                replies += 1;
+            }
+            println!("replies {replies} of {sent}");
+        }
+        std::io::stdout().flush().ok();
+    }
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+/// Writes `hello` frames without reading until the daemon stops taking them; returns how many.
+fn pipeline_hellos(s: &mut UnixStream) -> usize {
+    let frame = leash::daemon::protocol::frame(br#"{"version":1,"op":"hello"}"#);
+    s.set_nonblocking(true).expect("nonblocking");
+    let (mut sent, mut stalls) = (0, 0);
+    while stalls < 20 {
+        match s.write(&frame) {
+            Ok(n) if n == frame.len() => {
+                sent += 1;
+                stalls = 0;
+            }
+            Ok(_) => panic!("a partial frame was written"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stalls += 1;
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+/// Announces a frame of the largest size, then sends 500 of its bytes one at a time, each with
+/// four descriptors of /dev/null (2,000 in all), until the daemon closes the connection.
+fn descriptor_flood(s: &UnixStream, null: &std::fs::File) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let header = leash::daemon::protocol::MAX_FRAME.to_be_bytes();
+    if (&*s).write_all(&header).is_err() {
+        return;
+    }
+    let raw = [null.as_raw_fd(); 4];
+    for _ in 0..500 {
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let iov = [std::io::IoSlice::new(b" ")];
+        if sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).is_err() {
+            return;
+        }
+    }
 }

@@ -1,0 +1,203 @@
+//! A process the daemon acts on, held by a pidfd rather than by its pid number.
+//!
+//! A pid number names whichever process holds it now: once its process exits and is reaped, the
+//! number goes to the next process that forks, in any pod or on the host. A pidfd stays tied to
+//! the one process it was opened for. The daemon reads `/proc/<pid>/...` (there is no pidfd
+//! variant of most of it), so every read goes through [`Process::read`]: the pid is valid for
+//! the whole read when the process is still alive after it (a live process keeps its number).
+//!
+//! The caller of a connection is taken with `SO_PEERPIDFD` (Linux 6.5+), the process that called
+//! `connect`; on older kernels with `pidfd_open` of the `SO_PEERCRED` pid, refused when that pid's
+//! process started after the connection was accepted (it is not the one that connected).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+/// `SO_PEERPIDFD` (asm-generic value, the same on every architecture leash builds for).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// One process, held by a pidfd.
+#[derive(Debug)]
+pub struct Process {
+    pidfd: OwnedFd,
+    /// Its pid in the daemon's pid namespace (the daemon runs in the host's).
+    pid: u32,
+}
+
+/// The process at the other end of a unix socket and its effective uid when it connected.
+#[derive(Debug)]
+pub struct Peer {
+    pub process: Process,
+    pub uid: u32,
+}
+
+impl Process {
+    /// Opens process `pid` (`ESRCH` when there is none, `EINVAL` for a thread that is not a
+    /// thread-group leader).
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let raw = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        if raw <= 0 {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us, and nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(Self { pidfd, pid })
+    }
+
+    /// The process that connected `stream`, as held since it connected.
+    pub fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
+        let cred = getsockopt(stream, PeerCredentials).map_err(io::Error::from)?;
+        let uid = cred.uid();
+        let pid = u32::try_from(cred.pid()).map_err(|_| io::Error::other("the peer's pid is not visible here"))?;
+        let process = match peer_pidfd(stream) {
+            Ok(pidfd) => Self { pidfd, pid },
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+                // Before 6.5: the pid may already name another process; one that started after
+                // this moment certainly is another.
+                let now = boot_ticks()?;
+                let process = Self::open(pid)?;
+                let started = process.read(start_ticks)?;
+                if started > now {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                process
+            }
+            Err(e) => return Err(e),
+        };
+        if !process.alive() {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(Peer { process, uid })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The pidfd, for `poll` (readable once the process has exited).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// False once the process has exited (a zombie counts as exited).
+    pub fn alive(&self) -> bool {
+        let mut fds = [libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        loop {
+            // SAFETY: one valid pollfd, no waiting.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+            if rc >= 0 {
+                return rc == 0;
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return false;
+            }
+        }
+    }
+
+    /// Runs `f` on the pid, and fails with `ESRCH` unless the process is alive before and after
+    /// it: whatever `f` read from `/proc/<pid>` was this process's.
+    pub fn read<T>(&self, f: impl FnOnce(u32) -> io::Result<T>) -> io::Result<T> {
+        let gone = || io::Error::from_raw_os_error(libc::ESRCH);
+        if !self.alive() {
+            return Err(gone());
+        }
+        let value = f(self.pid)?;
+        if !self.alive() {
+            return Err(gone());
+        }
+        Ok(value)
+    }
+
+    /// The real, effective, saved and filesystem uids (the `Uid:` line of its status).
+    pub fn uids(&self) -> io::Result<[u32; 4]> {
+        self.read(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).ok_or_else(|| io::Error::other("no Uid"))?;
+            let mut uids = [0u32; 4];
+            let mut fields = line.split_whitespace();
+            for u in &mut uids {
+                *u = fields.next().and_then(|f| f.parse().ok()).ok_or_else(|| io::Error::other("bad Uid line"))?;
+            }
+            Ok(uids)
+        })
+    }
+}
+
+/// `SO_PEERPIDFD` of `stream`.
+fn peer_pidfd(stream: &UnixStream) -> io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel installed this new descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Clock ticks since boot (the unit of a process's start time in `/proc/<pid>/stat`).
+fn boot_ticks() -> io::Result<u64> {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    Ok(secs * hz + nanos * hz / 1_000_000_000)
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of its stat).
+fn start_ticks(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| io::Error::other("bad stat"))?;
+    after.split_whitespace().nth(19).and_then(|f| f.parse().ok()).ok_or_else(|| io::Error::other("bad stat"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pidfd_sees_its_process_exit_and_never_the_next_one() {
+        let mut child = std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let p = Process::open(child.id()).unwrap();
+        assert!(p.alive());
+        assert_eq!(p.read(Ok).unwrap(), child.id());
+        assert!(start_ticks(child.id()).unwrap() <= boot_ticks().unwrap());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!p.alive());
+        assert_eq!(p.read(|_| Ok(())).unwrap_err().raw_os_error(), Some(libc::ESRCH));
+        assert!(Process::open(0).is_err());
+    }
+
+    #[test]
+    fn the_peer_of_a_socket_is_the_process_that_connected() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let peer = Process::peer_of(&a).unwrap();
+        assert_eq!(peer.process.pid(), std::process::id());
+        assert_eq!(peer.uid, nix::unistd::geteuid().as_raw());
+        assert!(peer.process.alive());
+    }
+}
