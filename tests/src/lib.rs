@@ -49,13 +49,19 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A scratch directory every user can write to, removed on drop.
+/// Where scratch directories go: under `target/`, not `/tmp`, since the agent's `/tmp` is a
+/// private one (the test and the agent would not see the same files there).
+pub fn scratch_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scratch")
+}
+
+/// A scratch directory every user can write to (sticky, like /tmp), removed on drop.
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
+        let dir = scratch_root().join(format!(
             "leash-test-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
@@ -70,6 +76,22 @@ impl Scratch {
         let p = self.0.join(name);
         std::fs::write(&p, text).expect("writing scratch file");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod scratch file");
+        p
+    }
+
+    /// Writes `name` readable by root only (mode 0600), as a credentials file must be.
+    pub fn secret_file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.file(name, text);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod scratch file");
+        p
+    }
+
+    /// A subdirectory owned by `uid` (mode 0755), like a user's own checkout.
+    pub fn owned_dir(&self, name: &str, uid: u32) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::create_dir_all(&p).expect("creating scratch subdirectory");
+        std::os::unix::fs::chown(&p, Some(uid), None).expect("chown scratch subdirectory");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod scratch subdirectory");
         p
     }
 }

@@ -22,7 +22,7 @@ fn agent_policy(port: u16) -> String {
 /// Runs `cmd` under `leash run` with the agent policy for `up`.
 fn run_agent(up: &Upstream, scratch: &Scratch, cmd: &[&str]) -> Output {
     let policy = scratch.file("policy.yaml", &agent_policy(up.port()));
-    let creds = scratch.file("credentials", &format!("TOK={SECRET}\n"));
+    let creds = scratch.secret_file("credentials", &format!("TOK={SECRET}\n"));
     let audit = scratch.0.join("audit.jsonl");
     leash_run(
         &policy,

@@ -33,17 +33,25 @@ impl Auditor {
     /// An auditor for `sandbox`, appending JSON lines to `log` when given (created mode 0600).
     pub fn new(sandbox: &str, log: Option<&Path>, stderr_lines: bool) -> Result<Self> {
         let file = match log {
-            Some(path) => Some(Mutex::new(Box::new(
+            Some(path) => Some(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
                     .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(path)
                     .with_context(|| format!("opening audit log {}", path.display()))?,
-            ) as Box<dyn std::io::Write + Send>)),
+            ),
             None => None,
         };
-        Ok(Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines }) })
+        Ok(Self::to_file(sandbox, file, stderr_lines))
+    }
+
+    /// An auditor for `sandbox` appending JSON lines to `file`, already opened by the caller
+    /// (`leash run` opens it with the checks of `launcher::host_files`).
+    pub fn to_file(sandbox: &str, file: Option<std::fs::File>, stderr_lines: bool) -> Self {
+        let file = file.map(|f| Mutex::new(Box::new(f) as Box<dyn std::io::Write + Send>));
+        Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines }) }
     }
 
     /// An auditor writing JSON lines to stdout, for a node daemon whose events serve many
@@ -74,6 +82,12 @@ impl Auditor {
         }
         let (json, line) = ocsf::proxy_decision(&self.inner.sandbox, decision);
         self.emit(&json, (!decision.allowed).then_some(line.as_str()));
+    }
+
+    /// A connection to the proxy from outside its sandbox, closed unread.
+    pub fn outsider_refused(&self, peer: std::net::SocketAddr) {
+        let (json, line) = ocsf::outsider_refused(&self.inner.sandbox, peer);
+        self.emit(&json, Some(&line));
     }
 
     /// Whether a decision with this outcome goes anywhere: denials always (stderr), allowed

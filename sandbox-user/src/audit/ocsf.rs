@@ -105,6 +105,29 @@ pub fn kernel_denial(sandbox: &str, event: &DenyEvent) -> (Value, String) {
     (json, line)
 }
 
+/// A connection to the proxy from a process outside its sandbox, refused before any byte was
+/// read, as OCSF Network Activity (refuse) and a summary line.
+pub fn outsider_refused(sandbox: &str, peer: std::net::SocketAddr) -> (Value, String) {
+    let line = format!("denied proxy connection from {peer}: not from this sandbox [sandbox {sandbox}]");
+    let json = json!({
+        "class_uid": 4001,
+        "class_name": "Network Activity",
+        "category_uid": 4,
+        "activity_id": 5,
+        "type_uid": 400105,
+        "time": now_ms(),
+        "severity_id": 3,
+        "status_id": 2,
+        "action_id": 2,
+        "disposition_id": 2,
+        "message": line,
+        "metadata": metadata("proxy"),
+        "src_endpoint": { "ip": peer.ip().to_string(), "port": peer.port() },
+        "unmapped": { "sandbox": sandbox, "rule": "proxy_serves_own_sandbox_only" },
+    });
+    (json, line)
+}
+
 /// A BPF-LSM denial as OCSF JSON (Process, File System or Network Activity by hook) and a
 /// summary line naming the process, the hook, the target and the policy rule.
 pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::path::Path>) -> (Value, String) {

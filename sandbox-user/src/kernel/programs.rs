@@ -192,6 +192,14 @@ impl ConnectionOwners {
     pub fn owner(&self, port: u16) -> Option<ConnOwner> {
         self.map.lock().ok()?.get(&(port as u32), 0).ok()
     }
+
+    /// Drops the record for `port` once the proxy accepted that connection, so a later
+    /// connection from the same port (another user's) does not pass for the sandbox's.
+    pub fn forget(&self, port: u16) {
+        if let Ok(mut map) = self.map.lock() {
+            let _ = map.remove(&(port as u32));
+        }
+    }
 }
 
 /// Loads the object's maps. The network programs use no kernel types (no CO-RE relocations), so

@@ -1,5 +1,5 @@
 //! Starting the agent: fork, then in the child — before exec, with async-signal-safe calls only —
-//! enter the sandbox cgroup, drop privileges, set `no_new_privs`, enter the Landlock domain,
+//! enter the sandbox cgroup, its own mount namespace and a session of its own, drop privileges, set `no_new_privs`, enter the Landlock domain,
 //! install the socket-family filter, forbid core dumps, ask to die with leash, and mark every
 //! inherited descriptor above stderr close-on-exec (a socket created outside the sandbox cgroup
 //! is not judged by its programs). The agent's own code never runs outside the sandbox.
@@ -12,7 +12,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio::process::{Child, Command};
 
 use super::identity::Identity;
+use super::mount_ns::PrivateMounts;
 use super::seccomp::SocketFamilyFilter;
+use super::terminal::{self, Terminal};
 
 /// Everything the child needs, prepared in the parent (no allocation happens after fork).
 pub struct ChildSetup<'a> {
@@ -27,6 +29,10 @@ pub struct ChildSetup<'a> {
     pub landlock: Option<RawFd>,
     /// The socket-family filter.
     pub seccomp: &'a SocketFamilyFilter,
+    /// The agent's own mount namespace (`leash run`; entered while still root).
+    pub mounts: Option<PrivateMounts>,
+    /// A session of its own, and its own pty (`leash run`); `None` keeps leash's.
+    pub terminal: Option<Terminal>,
 }
 
 /// How the child gets into its sandbox before exec.
@@ -65,6 +71,8 @@ pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
         setup.identity.map(|i| i.groups.iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
     let parent = std::process::id() as libc::pid_t;
     let seccomp = setup.seccomp.clone();
+    let mounts = setup.mounts;
+    let session = setup.terminal;
     // SAFETY: the closure only makes raw syscalls on data prepared above; it allocates nothing
     // and takes no locks, as required between fork and exec in a multi-threaded process.
     unsafe {
@@ -79,6 +87,12 @@ pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
             if let Some((socket, handoff, leash_end)) = &daemon {
                 libc::close(*leash_end);
                 enter_through_daemon(socket, *handoff)?;
+            }
+            if let Some(m) = &mounts {
+                m.enter()?;
+            }
+            if let Some(t) = &session {
+                terminal::enter(t)?;
             }
             if let Some((uid, gid)) = ids {
                 check(libc::setgroups(groups.len(), groups.as_ptr()))?;

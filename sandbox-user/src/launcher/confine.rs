@@ -110,6 +110,8 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
         enter: Enter::Daemon { socket: &socket, handoff: theirs.as_raw_fd(), leash_end },
         landlock: landlock_fd,
         seccomp: &seccomp,
+        mounts: None,
+        terminal: None,
     });
     drop(theirs);
     drop(domain);
@@ -129,7 +131,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
         (Err(e), Ok(_)) => return Ok(exec_failure(program, &e)),
     };
     let proxy_task = bound.serve(Arc::clone(&proxy));
-    let code = signals::wait_forwarding(child).await?;
+    let code = signals::wait_forwarding(child, false).await?;
     proxy_task.abort();
     drop(trust);
     Ok(code)

@@ -1,7 +1,6 @@
 //! Who the agent runs as. Never root: `process.run_as_user` from the policy, else the user who
 //! invoked sudo (`SUDO_UID`/`SUDO_GID`), else `nobody`.
 
-use std::ffi::CString;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -48,8 +47,16 @@ pub fn resolve(run_as: &RunAs) -> Result<Identity> {
     if gid.as_raw() == 0 {
         bail!("the agent never runs with group root; set process.run_as_group");
     }
-    let groups = supplementary_groups(&user, gid);
-    Ok(Identity { uid: user.uid, gid, groups, name: user.name.clone(), home: user.dir.clone() })
+    // No supplementary groups: a `docker` or `wheel` membership of the invoking user would reach
+    // host services the sandbox keeps the agent from.
+    Ok(Identity { uid: user.uid, gid, groups: vec![gid], name: user.name.clone(), home: user.dir.clone() })
+}
+
+impl Identity {
+    /// The agent's ids, for judging what it can read and write.
+    pub fn ids(&self) -> super::host_files::AgentIds {
+        super::host_files::AgentIds { uid: self.uid.as_raw(), gids: self.groups.iter().map(|g| g.as_raw()).collect() }
+    }
 }
 
 fn lookup_user(name: &str) -> Result<User> {
@@ -77,12 +84,4 @@ fn sudo_user() -> Result<Option<User>> {
         return Ok(None);
     }
     User::from_uid(Uid::from_raw(uid)).context("looking up SUDO_UID")
-}
-
-/// The user's supplementary groups with root's group removed; just `gid` when unknown.
-fn supplementary_groups(user: &User, gid: Gid) -> Vec<Gid> {
-    let Ok(name) = CString::new(user.name.as_bytes()) else { return vec![gid] };
-    let mut groups = nix::unistd::getgrouplist(&name, gid).unwrap_or_else(|_| vec![gid]);
-    groups.retain(|g| g.as_raw() != 0);
-    groups
 }

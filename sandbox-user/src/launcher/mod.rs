@@ -8,15 +8,19 @@
 mod child;
 pub mod confine;
 mod environment;
+pub mod host_files;
 mod identity;
 mod landlock;
 pub mod layers;
+mod mount_ns;
 mod reload;
 mod sandbox;
 mod seccomp;
 mod signals;
 mod stdio;
+mod terminal;
 mod trust;
+pub mod watchdog;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -30,7 +34,7 @@ use crate::audit::Auditor;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::{mounts, reaper, sandbox_id::SandboxId};
 use crate::policy::{self, CompiledPolicy, FilesystemRules};
-use crate::proxy::{BoundProxy, Proxy, ProxyConfig, Secrets};
+use crate::proxy::{BoundProxy, Proxy, ProxyConfig, SandboxPeers, Secrets};
 
 pub use landlock::kernel_abi as landlock_abi;
 pub use reload::{reload_from as reload_policy, watch as watch_policy};
@@ -64,14 +68,25 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let Some((program, args)) = opts.command.split_first() else {
         bail!("no command given: usage is `leash run [OPTIONS] -- CMD [ARGS...]`");
     };
+    let is_root = nix::unistd::geteuid().is_root();
+    if let (Some(path), true) = (&opts.policy, is_root) {
+        // Before reading it: the agent's identity is in the policy, so this first look takes the
+        // one it gets without `process:`; the policy's own is checked below.
+        host_files::policy_file(path, &identity::resolve(&policy::RunAs::default())?.ids())?;
+    }
     let policy = load_policy(opts.policy.as_deref())?;
-    if !nix::unistd::geteuid().is_root() {
+    if !is_root {
         bail!("leash run must run as root (it creates cgroups and loads eBPF programs); try `sudo leash run ...`");
     }
     let identity = identity::resolve(policy.run_as())?;
+    let agent_ids = identity.ids();
+    let policy_file = opts.policy.as_deref().map(|p| host_files::policy_file(p, &agent_ids)).transpose()?;
+    let credentials_file =
+        opts.credentials_file.as_deref().map(|p| host_files::credentials_file(p, &agent_ids)).transpose()?;
+    let audit_file = opts.audit_log.as_deref().map(|p| host_files::open_audit_log(p, &agent_ids)).transpose()?;
     let mut missing = Vec::new();
     // leash's own secrets are kept from the agent as well as the policy's deny_open files.
-    let protect: Vec<PathBuf> = opts.credentials_file.iter().cloned().collect();
+    let protect: Vec<PathBuf> = credentials_file.iter().cloned().collect();
     let kernel_rules = match policy.kernel() {
         Some(k) => Some(LsmRules::resolve(k, &protect).context("resolving the policy's `kernel:` section")?),
         None => None,
@@ -92,15 +107,12 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         reap(&cgroup_root, &bpffs)?;
         Ok((cgroup_root, bpffs))
     });
-    let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;
-    let record_owners = !policy.binaries_restricted().is_empty();
+    let audit = Auditor::to_file(&id.to_string(), audit_file, true);
+    let binaries_rules = !policy.binaries_restricted().is_empty();
     let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
     let filesystem = policy.filesystem().cloned();
-    let secrets = match &opts.credentials_file {
-        Some(path) => {
-            warn_if_readable_by_others(path);
-            Secrets::File(path.clone())
-        }
+    let secrets = match &credentials_file {
+        Some(path) => Secrets::File(path.clone()),
         None => Secrets::Environment,
     };
     let proxy_config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
@@ -113,9 +125,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Ok((proxy, trust))
     });
     let bound = BoundProxy::bind(opts.proxy_listen).await?;
-    let built = roots.and_then(|(cgroup_root, bpffs)| {
-        sandbox::Sandbox::create(id, &cgroup_root, &bpffs, bound.addr(), record_owners)
-    });
+    let built = roots.and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, bound.addr()));
     let (proxy, trust) = match proxy_ready.await.context("preparing the proxy")? {
         Ok(ready) => ready,
         Err(e) => {
@@ -147,11 +157,29 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         identity: &identity,
         credential_names: &credential_names,
         filesystem: filesystem.as_ref(),
+        binaries_rules,
     };
-    let kernel = KernelReload { rules: kernel_rules.as_ref(), protect: &protect };
+    let kernel = Reload { policy: policy_file, rules: kernel_rules.as_ref(), protect: &protect };
+    let watchdog = match sandbox
+        .as_ref()
+        .and_then(|s| s.cgroup())
+        .map(|c| watchdog::Watchdog::start(c.path(), bound.listener_fd()))
+    {
+        Some(Err(e)) => {
+            if let Some(mut s) = sandbox {
+                s.teardown();
+            }
+            return Err(e);
+        }
+        Some(Ok(w)) => Some(w),
+        None => None,
+    };
     let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing, kernel).await;
     if let Some(mut s) = sandbox {
         s.teardown();
+    }
+    if let Some(w) = watchdog {
+        w.stop();
     }
     drop(trust);
     outcome
@@ -173,8 +201,10 @@ fn enforce_kernel_rules(sandbox: Option<&mut sandbox::Sandbox>, rules: &LsmRules
     }
 }
 
-/// The `kernel:` rules in force at start and what else they protect, for reloads.
-struct KernelReload<'a> {
+/// How the policy file is watched, and the `kernel:` rules in force at start and what else they
+/// protect, for reloads.
+struct Reload<'a> {
+    policy: Option<host_files::PolicyFile>,
     rules: Option<&'a LsmRules>,
     protect: &'a [PathBuf],
 }
@@ -186,6 +216,8 @@ struct Agent<'a> {
     identity: &'a identity::Identity,
     credential_names: &'a [String],
     filesystem: Option<&'a FilesystemRules>,
+    /// Whether the policy has `binaries:` rules (the proxy then reads each connection's owner).
+    binaries_rules: bool,
 }
 
 /// Starts proxy, events and agent in a built sandbox and waits for the agent.
@@ -200,7 +232,7 @@ async fn run_inside(
     audit: &Auditor,
     id: &SandboxId,
     missing: &[layers::Missing],
-    kernel: KernelReload<'_>,
+    kernel: Reload<'_>,
 ) -> Result<i32> {
     let workdir = std::env::current_dir().context("reading the working directory")?;
     let domain = landlock::prepare(agent.filesystem, &workdir, &[trust.dir().to_path_buf()])?;
@@ -235,9 +267,11 @@ async fn run_inside(
 
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
-            if let Some(owners) = s.take_connection_owners()? {
-                proxy.set_connection_owners(Box::new(owners))?;
+            let peers = SandboxPeers::new(s.take_connection_owners()?);
+            if agent.binaries_rules {
+                proxy.set_connection_owners(peers.owner_source())?;
             }
+            proxy.serve_only(peers)?;
             let audit = audit.clone();
             let names = kernel.rules.map(target_names).unwrap_or_default();
             s.start_events(move |e| {
@@ -249,10 +283,18 @@ async fn run_inside(
     let proxy_addr = bound.addr();
     let proxy_task = bound.serve(proxy.clone());
     let kernel_updater = sandbox.as_deref().and_then(|s| s.kernel_rules_updater());
-    let reloader = opts.policy.clone().map(|path| {
-        let kernel = kernel_updater.map(|updater| reload::KernelTarget { updater, protect: kernel.protect.to_vec() });
-        reload::watch(path, proxy.clone(), kernel)
-    });
+    let reloader = match kernel.policy {
+        Some(host_files::PolicyFile::Watched(path)) => {
+            let kernel =
+                kernel_updater.map(|updater| reload::KernelTarget { updater, protect: kernel.protect.to_vec() });
+            Some(reload::watch(path, proxy.clone(), kernel))
+        }
+        Some(host_files::PolicyFile::Frozen(why)) => {
+            eprintln!("leash: note: the policy is read once and not reloaded: the agent could change it ({why})");
+            None
+        }
+        None => None,
+    };
 
     let names: Vec<&str> = agent.credential_names.iter().map(String::as_str).collect();
     let mut env = environment::agent_env(std::env::vars_os(), proxy_addr, agent.identity, &names);
@@ -272,6 +314,16 @@ async fn run_inside(
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
         None => None,
     };
+    let mounts = mount_ns::PrivateMounts::prepare(&workdir, &[trust.dir().to_path_buf()])
+        .context("preparing the agent's mount namespace")?;
+    if !mounts.protected.is_empty() {
+        let names: Vec<String> = mounts.protected.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "leash: note: read-only for the agent (they run code outside the sandbox later): {}",
+            names.join(", ")
+        );
+    }
+    let mut relay = terminal::open()?;
     let spawned = child::spawn(child::ChildSetup {
         program: agent.program,
         args: agent.args,
@@ -280,12 +332,20 @@ async fn run_inside(
         enter: procs.as_ref().map(child::Enter::Cgroup).unwrap_or(child::Enter::None),
         landlock: landlock_fd,
         seccomp: &seccomp,
+        mounts: Some(mounts),
+        terminal: Some(relay.as_ref().map(terminal::Relay::for_child).unwrap_or(terminal::Terminal::NewSession)),
     });
     drop(domain);
+    if let Some(r) = relay.as_mut() {
+        r.started();
+    }
     let code = match spawned {
-        Ok(child) => signals::wait_forwarding(child).await?,
+        Ok(child) => signals::wait_forwarding(child, true).await?,
         Err(e) => exec_failure(agent.program, &e),
     };
+    if let Some(r) = relay {
+        r.finish();
+    }
     proxy_task.abort();
     if let Some(r) = reloader {
         r.abort();
@@ -335,16 +395,6 @@ fn check_missing(missing: &[layers::Missing], allow_degraded: bool) -> Result<()
     }
     let list: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
     bail!("refusing to start the agent: the policy needs layers this run cannot enforce ({}); pass --allow-degraded to run anyway", list.join("; "))
-}
-
-/// A credentials file others can read defeats the point of keeping values from the agent.
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o044 != 0 {
-            eprintln!("leash: warning: {} is readable by group or others; make it 0600", path.display());
-        }
-    }
 }
 
 /// The cgroup v2 root and the bpffs root (mounting bpffs if needed).

@@ -20,7 +20,6 @@ use crate::kernel::programs::{sandbox_net, NetPrograms};
 use crate::kernel::sandbox_id::SandboxId;
 
 pub struct Sandbox {
-    record_owners: bool,
     cgroup: Option<SandboxCgroup>,
     programs: NetPrograms,
     /// The BPF-LSM programs, once [`Sandbox::enforce_kernel_rules`] succeeded.
@@ -31,36 +30,29 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Creates the cgroup, loads the programs, writes the entries for `proxy` and attaches.
-    /// On failure everything created so far is removed again.
-    /// `record_owners`: tell the proxy which process opened each connection (for `binaries:`).
-    pub fn create(
-        id: SandboxId,
-        cgroup_root: &Path,
-        bpffs: &Path,
-        proxy: SocketAddr,
-        record_owners: bool,
-    ) -> Result<Self> {
+    /// On failure everything created so far is removed again. Every connection to the proxy is
+    /// recorded with its owner: the proxy serves only connections so recorded.
+    pub fn create(id: SandboxId, cgroup_root: &Path, bpffs: &Path, proxy: SocketAddr) -> Result<Self> {
         let programs = NetPrograms::load()?;
         let cgroup = SandboxCgroup::create(cgroup_root, &id.to_string())?;
         let mut sandbox = Self {
-            record_owners,
             cgroup: Some(cgroup),
             programs,
             lsm: None,
             proxy,
             pin_dir: pins::sandbox_dir(bpffs, &id.to_string()),
         };
-        if let Err(e) = sandbox.confine(proxy, record_owners) {
+        if let Err(e) = sandbox.confine(proxy) {
             sandbox.teardown();
             return Err(e);
         }
         Ok(sandbox)
     }
 
-    fn confine(&mut self, proxy: SocketAddr, record_owners: bool) -> Result<()> {
+    fn confine(&mut self, proxy: SocketAddr) -> Result<()> {
         let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        self.programs.add_sandbox(cgroup.id(), sandbox_net(proxy, record_owners))?;
-        self.programs.attach(cgroup, &self.pin_dir, record_owners)?;
+        self.programs.add_sandbox(cgroup.id(), sandbox_net(proxy, true))?;
+        self.programs.attach(cgroup, &self.pin_dir, true)?;
         Ok(())
     }
 
@@ -103,12 +95,9 @@ impl Sandbox {
         Ok(pumps)
     }
 
-    /// The connection-owner table, when this sandbox records owners.
-    pub fn take_connection_owners(&mut self) -> Result<Option<crate::kernel::programs::ConnectionOwners>> {
-        if !self.record_owners {
-            return Ok(None);
-        }
-        Ok(Some(self.programs.take_connection_owners()?))
+    /// The connection-owner table (who opened each connection to the proxy); taken once.
+    pub fn take_connection_owners(&mut self) -> Result<crate::kernel::programs::ConnectionOwners> {
+        self.programs.take_connection_owners()
     }
 
     pub fn counters(&self) -> Option<Counters> {

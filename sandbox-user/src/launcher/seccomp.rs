@@ -3,7 +3,9 @@
 //! The cgroup programs see only AF_INET and AF_INET6 sockets. Other families would bypass them:
 //! AF_VSOCK reaches a hypervisor, AF_SMC, AF_TIPC, AF_RDS and friends have transports of their
 //! own. So `socket()` and `socketpair()` are allowed only for AF_UNIX, AF_INET, AF_INET6 and
-//! AF_NETLINK (EAFNOSUPPORT otherwise), and `io_uring_setup` is refused (ENOSYS), because
+//! AF_NETLINK (EAFNOSUPPORT otherwise), netlink only for NETLINK_ROUTE (interfaces and addresses,
+//! which libc's `getifaddrs` reads; other netlink families reach host daemons, like
+//! NETLINK_USERSOCK, or the kernel's audit and diagnostics: EPROTONOSUPPORT), and `io_uring_setup` is refused (ENOSYS), because
 //! `IORING_OP_SOCKET` creates sockets without passing through seccomp. x32 system calls are
 //! refused as a whole. This is not the syscall policy (that is BPF-LSM's job); it closes the
 //! families the network layer cannot see.
@@ -33,6 +35,7 @@ const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
 const OFF_ARG0: u32 = 16; // low 32 bits on little-endian
+const OFF_ARG2: u32 = 32;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E;
@@ -57,7 +60,7 @@ pub struct SocketFamilyFilter {
 
 impl SocketFamilyFilter {
     pub fn new() -> Self {
-        let allowed_families = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK];
+        let allowed_families = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
         let n = allowed_families.len() as u8;
         let mut p = vec![
             stmt(LD_W_ABS, OFF_ARCH),
@@ -74,12 +77,18 @@ impl SocketFamilyFilter {
             stmt(RET_K, RET_ALLOW),
             stmt(LD_W_ABS, OFF_ARG0),
         ];
+        // After the family comparisons: the netlink one, the errno return, the protocol load, its
+        // comparison and its errno return come before the final ALLOW.
+        const NETLINK_CHECK: u8 = 5;
         for (i, family) in allowed_families.iter().enumerate() {
-            // Jump to the ALLOW after the remaining comparisons and the errno return.
-            let to_allow = (n - i as u8 - 1) + 1;
+            let to_allow = (n - i as u8 - 1) + NETLINK_CHECK;
             p.push(jump(JEQ_K, *family as u32, to_allow, 0));
         }
+        p.push(jump(JEQ_K, libc::AF_NETLINK as u32, 1, 0));
         p.push(stmt(RET_K, RET_ERRNO | libc::EAFNOSUPPORT as u32));
+        p.push(stmt(LD_W_ABS, OFF_ARG2));
+        p.push(jump(JEQ_K, libc::NETLINK_ROUTE as u32, 1, 0));
+        p.push(stmt(RET_K, RET_ERRNO | libc::EPROTONOSUPPORT as u32));
         p.push(stmt(RET_K, RET_ALLOW));
         Self { program: p }
     }

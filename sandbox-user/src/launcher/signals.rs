@@ -1,8 +1,9 @@
 //! Waiting for the agent while forwarding SIGINT, SIGTERM and SIGHUP to it.
 //!
-//! A terminal's Ctrl-C already reaches the agent (it shares leash's foreground process group), so
-//! SIGINT is forwarded only when it cannot have come from the terminal; otherwise an agent that
-//! exits on a second Ctrl-C would see every press twice.
+//! Under `leash confine` a terminal's Ctrl-C already reaches the agent (it shares leash's
+//! foreground process group), so SIGINT is forwarded only when it cannot have come from the
+//! terminal; otherwise an agent that exits on a second Ctrl-C would see every press twice. Under
+//! `leash run` the agent has a session (and terminal) of its own: every SIGINT is forwarded.
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -11,7 +12,8 @@ use tokio::process::Child;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Waits for `child`; returns its exit code, or 128 + signal number if a signal killed it.
-pub async fn wait_forwarding(mut child: Child) -> Result<i32> {
+/// `own_session`: the agent is in a session of its own, out of reach of leash's terminal.
+pub async fn wait_forwarding(mut child: Child, own_session: bool) -> Result<i32> {
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -19,7 +21,7 @@ pub async fn wait_forwarding(mut child: Child) -> Result<i32> {
     let status = loop {
         let sig = tokio::select! {
             status = child.wait() => break status.context("waiting for the agent")?,
-            _ = int.recv() => (!terminal_delivers_sigint()).then_some(Signal::SIGINT),
+            _ = int.recv() => (own_session || !terminal_delivers_sigint()).then_some(Signal::SIGINT),
             _ = term.recv() => Some(Signal::SIGTERM),
             _ = hup.recv() => Some(Signal::SIGHUP),
         };

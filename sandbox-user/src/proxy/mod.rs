@@ -12,6 +12,7 @@
 //! | `tls/` | the ephemeral CA, leaf certificates, upstream trust, the agent's CA bundle |
 //! | `state.rs` | the policy generation in force, swapped on reload |
 //! | `identity.rs` | which executable opened a connection |
+//! | `peers.rs` | who may use the proxy at all: only its own sandbox |
 
 mod addresses;
 mod answers;
@@ -22,6 +23,8 @@ mod identity;
 pub use identity::{DaemonOwners, OwnerSource};
 mod intercept;
 mod judge;
+mod peers;
+pub use peers::SandboxPeers;
 mod request;
 pub mod ssrf;
 pub mod state;
@@ -70,6 +73,8 @@ pub struct Proxy {
     audit: Auditor,
     /// Set once, before serving, when the sandbox records connection owners.
     owners: std::sync::OnceLock<Box<dyn identity::OwnerSource>>,
+    /// Set once, before serving, when only the sandbox may use the proxy (`leash run`).
+    peers: std::sync::OnceLock<SandboxPeers>,
 }
 
 impl Proxy {
@@ -90,6 +95,7 @@ impl Proxy {
             rewrite_budget: Arc::new(tokio::sync::Semaphore::new(request::BODY_REWRITE_SLOTS)),
             audit,
             owners: std::sync::OnceLock::new(),
+            peers: std::sync::OnceLock::new(),
         }))
     }
 
@@ -97,6 +103,11 @@ impl Proxy {
     /// A second table is refused: there is one sandbox per proxy.
     pub fn set_connection_owners(&self, owners: Box<dyn identity::OwnerSource>) -> Result<()> {
         self.owners.set(owners).map_err(|_| anyhow::anyhow!("the proxy already has a connection-owner table"))
+    }
+
+    /// Serves only connections `peers` recorded; every other one is closed unread.
+    pub fn serve_only(&self, peers: SandboxPeers) -> Result<()> {
+        self.peers.set(peers).map_err(|_| anyhow::anyhow!("the proxy already serves only one sandbox"))
     }
 
     /// leash's CA, whose certificate the agent must trust.
@@ -170,10 +181,19 @@ impl BoundProxy {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let binary = proxy.owners.get().and_then(|o| o.binary(addr));
-                let client = connect::Client { addr, binary };
                 let proxy = proxy.clone();
+                let local = self.addr;
                 tokio::spawn(async move {
+                    let peers = proxy.peers.get().cloned();
+                    if let Some(peers) = &peers {
+                        if !peers.admits(addr, local).await {
+                            proxy.audit.outsider_refused(addr);
+                            return;
+                        }
+                    }
+                    let binary = proxy.owners.get().and_then(|o| o.binary(addr));
+                    let stream = peers::AdmittedStream::new(stream, peers.map(|p| (p, addr)));
+                    let client = connect::Client { addr, binary };
                     let service = service_fn(move |req| connect::handle(req, client.clone(), proxy.clone()));
                     let _ = http1::Builder::new()
                         .preserve_header_case(true)

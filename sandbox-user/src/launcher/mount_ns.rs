@@ -1,0 +1,202 @@
+//! The agent's own view of the host's filesystem: a mount namespace, entered by the child before
+//! it drops root, in which
+//! - `/tmp`, `/var/tmp` and `/dev/shm` are fresh tmpfs mounts: nothing is shared with other
+//!   sandboxes or the host (a tmux socket, a planted script), and all of it is gone when the
+//!   sandbox's last process exits;
+//! - `/run` (and `/var/run` when it is not a link to it) is an empty tmpfs holding only leash's
+//!   files for the agent, read-only: host daemons' sockets (docker, containerd, podman, dbus,
+//!   systemd, the user's `/run/user/<uid>` with its ssh and gpg agents) are not there to connect to;
+//! - files in the working directory that run code later, outside the sandbox, are read-only
+//!   (`PROTECTED_IN_WORKDIR`: git's config and hooks, direnv's `.envrc`, ...).
+//!
+//! Mounts made on the host later still reach the sandbox (the namespace is a slave of the host's).
+//! Landlock rules follow a path's mount point, so the policy's `read_write: [/tmp]` covers the new
+//! `/tmp`. What this does not cover: sockets elsewhere (a service listening in `/var/lib/...` or in
+//! a home directory) and protected names that do not exist when the agent starts.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Paths under the working directory the agent may not change, relative to it: each runs code
+/// for whoever next uses the directory outside the sandbox (git runs `core.fsmonitor`, hooks and
+/// `core.pager` from its config; direnv runs `.envrc`; editors run task files; shells read rc files
+/// when the working directory is a home directory).
+pub const PROTECTED_IN_WORKDIR: &[&str] = &[
+    ".git/config",
+    ".git/hooks",
+    ".gitmodules",
+    ".envrc",
+    ".vscode/tasks.json",
+    ".vscode/settings.json",
+    ".idea/workspace.xml",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".profile",
+    ".zshrc",
+    ".zprofile",
+    ".zshenv",
+];
+
+/// Directories that become private, empty and sticky (mode 1777).
+const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+/// Directories emptied of host sockets.
+const RUNTIME: &[&str] = &["/run", "/var/run"];
+/// How many directories can be put back under them.
+const MAX_KEPT: usize = 4;
+
+/// One directory leash puts back under an emptied `/run`, bind-mounted read-only.
+struct Kept {
+    /// Its path, which is also where it goes back.
+    path: CString,
+    /// Directories to create in the new tmpfs, parents first; the last is the mount point.
+    create: Vec<CString>,
+}
+
+/// Everything the child needs, prepared before fork (the child allocates nothing).
+pub struct PrivateMounts {
+    scratch: Vec<CString>,
+    runtime: Vec<CString>,
+    kept: Vec<Kept>,
+    read_only: Vec<CString>,
+    /// Paths as given, for the run's notes.
+    pub protected: Vec<PathBuf>,
+}
+
+fn c_path(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).with_context(|| format!("{} contains a NUL byte", p.display()))
+}
+
+/// A real directory (not a link to one) at `p`.
+fn is_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+impl PrivateMounts {
+    /// Prepares the namespace for an agent working in `workdir`, keeping `keep` (directories
+    /// under `/run` the agent must read, such as its CA bundle) visible.
+    pub fn prepare(workdir: &Path, keep: &[PathBuf]) -> Result<Self> {
+        let scratch = SCRATCH.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<_>>()?;
+        let runtime = RUNTIME.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<Vec<_>>>()?;
+        let mut kept = Vec::new();
+        if keep.len() > MAX_KEPT {
+            anyhow::bail!("at most {MAX_KEPT} directories can be kept visible under /run");
+        }
+        for dir in keep {
+            let Some(root) = RUNTIME.iter().map(Path::new).find(|r| dir.starts_with(r) && is_dir(r)) else {
+                continue;
+            };
+            let relative = dir.strip_prefix(root).unwrap_or(dir);
+            let mut create = Vec::new();
+            let mut at = root.to_path_buf();
+            for part in relative.components() {
+                at.push(part);
+                create.push(c_path(&at)?);
+            }
+            kept.push(Kept { path: c_path(dir)?, create });
+        }
+        let mut read_only = Vec::new();
+        let mut protected = Vec::new();
+        for name in PROTECTED_IN_WORKDIR {
+            let path = workdir.join(name);
+            // Links are left alone: binding would follow them out of the working directory.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() || m.is_dir()) {
+                read_only.push(c_path(&path)?);
+                protected.push(path);
+            }
+        }
+        Ok(Self { scratch, runtime, kept, read_only, protected })
+    }
+
+    /// The child's half, before dropping root, with raw syscalls only.
+    pub fn enter(&self) -> io::Result<()> {
+        const NONE: *const libc::c_char = std::ptr::null();
+        let tmpfs = c"tmpfs";
+        // SAFETY: every pointer is a NUL-terminated string prepared before fork, or null.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(NONE, c"/".as_ptr(), NONE, libc::MS_REC | libc::MS_SLAVE, std::ptr::null()))?;
+            for dir in &self.scratch {
+                let data = c"mode=1777";
+                let flags = libc::MS_NOSUID | libc::MS_NODEV;
+                check(libc::mount(tmpfs.as_ptr(), dir.as_ptr(), tmpfs.as_ptr(), flags, data.as_ptr().cast()))?;
+            }
+            // Opened in this namespace before `/run` is covered, bound back from the descriptor
+            // after (a descriptor opened before `unshare` names a mount of the host's namespace,
+            // which mount(2) refuses to bind from).
+            let mut sources = [-1; MAX_KEPT];
+            for (k, source) in self.kept.iter().zip(sources.iter_mut()) {
+                *source =
+                    libc::open(k.path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+                if *source < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for dir in &self.runtime {
+                let data = c"mode=0755";
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                check(libc::mount(tmpfs.as_ptr(), dir.as_ptr(), tmpfs.as_ptr(), flags, data.as_ptr().cast()))?;
+            }
+            for (k, source) in self.kept.iter().zip(sources) {
+                for dir in &k.create {
+                    if libc::mkdir(dir.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                if let Some(target) = k.create.last() {
+                    let mut buf = [0u8; 32];
+                    bind_read_only(proc_fd_path(source, &mut buf), target.as_ptr())?;
+                }
+                libc::close(source);
+            }
+            for path in &self.read_only {
+                bind_read_only(path.as_ptr(), path.as_ptr())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binds `source` on `target`, read-only.
+unsafe fn bind_read_only(source: *const libc::c_char, target: *const libc::c_char) -> io::Result<()> {
+    const NONE: *const libc::c_char = std::ptr::null();
+    // SAFETY: NUL-terminated strings or null, as mount(2) takes them.
+    unsafe {
+        check(libc::mount(source, target, NONE, libc::MS_BIND, std::ptr::null()))?;
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        check(libc::mount(NONE, target, NONE, flags, std::ptr::null()))
+    }
+}
+
+/// `/proc/self/fd/<fd>` written into `buf` without allocating, NUL-terminated.
+fn proc_fd_path(fd: libc::c_int, buf: &mut [u8; 32]) -> *const libc::c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd.max(0) as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[PREFIX.len() + i] = digits[len - 1 - i];
+    }
+    buf[PREFIX.len() + len] = 0;
+    buf.as_ptr().cast()
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! The agent's terminal. The agent always starts a session of its own (`setsid`), so the user's
+//! terminal is not its controlling terminal and `TIOCSTI` cannot push characters into the user's
+//! input queue (nor can `TIOCSCTTY` take the terminal over). When leash's stdin is a terminal,
+//! the agent gets a pseudo-terminal of its own whose slave replaces each of its standard
+//! descriptors that was that terminal, and leash relays bytes between the two (as sudo's
+//! `use_pty` does): the user's terminal is put in raw mode meanwhile, so Ctrl-C and friends reach
+//! the agent through its own terminal's line discipline, and window-size changes are passed on.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::termios::{self, SetArg, Termios};
+
+/// What the child does with its terminal before exec.
+#[derive(Debug, Clone, Copy)]
+pub enum Terminal {
+    /// A new session, descriptors as inherited (leash's stdin is not a terminal).
+    NewSession,
+    /// A new session with this pty slave as controlling terminal, replacing the standard
+    /// descriptors that were terminals.
+    Pty { slave: RawFd, replace: [bool; 3] },
+}
+
+/// leash's side of the agent's pseudo-terminal while the agent runs.
+pub struct Relay {
+    /// The user's terminal settings, restored when the relay ends.
+    saved: Termios,
+    /// leash's copy of the slave, until the agent holds its own.
+    slave: Option<OwnedFd>,
+    output: Option<std::thread::JoinHandle<()>>,
+    winch: tokio::task::JoinHandle<()>,
+}
+
+/// Whether descriptor `fd` is a terminal.
+fn is_tty(fd: RawFd) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// A pty for the agent when stdin is a terminal, else `None` (the agent gets a new session only).
+pub fn open() -> Result<Option<Relay>> {
+    if !is_tty(0) {
+        return Ok(None);
+    }
+    // SAFETY: fd 0 is a terminal (checked above) and stays open for the life of leash.
+    let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+    let saved = termios::tcgetattr(stdin).context("reading the terminal's settings")?;
+    let pty = nix::pty::openpty(None, Some(&saved)).context("opening a pseudo-terminal for the agent")?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    }
+    copy_window_size(0, pty.master.as_raw_fd());
+    let mut raw = saved.clone();
+    termios::cfmakeraw(&mut raw);
+    termios::tcsetattr(stdin, SetArg::TCSADRAIN, &raw).context("putting the terminal in raw mode")?;
+    let master_fd = pty.master.as_raw_fd();
+    let winch = tokio::spawn(async move {
+        let Ok(mut changes) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+            return;
+        };
+        while changes.recv().await.is_some() {
+            copy_window_size(0, master_fd);
+        }
+    });
+    // Keystrokes: the user's terminal to the agent's. This thread blocks on the user's terminal
+    // and ends with leash.
+    let keys = File::from(dup(0)?);
+    let to_agent = File::from(pty.master.try_clone().context("duplicating the pty master")?);
+    std::thread::Builder::new()
+        .name("leash-tty-in".into())
+        .spawn(move || pump(keys, to_agent))
+        .context("starting the terminal relay")?;
+    // Output: the agent's terminal to the first of stdout and stderr that is a terminal.
+    let screen = match [1, 2].into_iter().find(|&fd| is_tty(fd)) {
+        Some(fd) => File::from(dup(fd)?),
+        None => File::options().write(true).open("/dev/null").context("opening /dev/null")?,
+    };
+    let from_agent = File::from(pty.master);
+    let output = std::thread::Builder::new()
+        .name("leash-tty-out".into())
+        .spawn(move || pump(from_agent, screen))
+        .context("starting the terminal relay")?;
+    Ok(Some(Relay { saved, slave: Some(pty.slave), output: Some(output), winch }))
+}
+
+impl Relay {
+    /// How the child takes the pty.
+    pub fn for_child(&self) -> Terminal {
+        match &self.slave {
+            Some(slave) => Terminal::Pty { slave: slave.as_raw_fd(), replace: [is_tty(0), is_tty(1), is_tty(2)] },
+            None => Terminal::NewSession,
+        }
+    }
+
+    /// Called once the agent started: leash's copy of the slave is closed, so the relay sees the
+    /// end when the agent's processes close theirs.
+    pub fn started(&mut self) {
+        self.slave = None;
+    }
+
+    /// Ends the relay once the agent exited: waits briefly for its last output, then restores
+    /// the user's terminal.
+    pub fn finish(mut self) {
+        self.winch.abort();
+        if let Some(output) = self.output.take() {
+            let deadline = std::time::Instant::now() + Duration::from_millis(500);
+            while !output.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // SAFETY: fd 0 is the terminal whose settings were saved in `open`.
+        let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+        let _ = termios::tcsetattr(stdin, SetArg::TCSADRAIN, &self.saved);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // SAFETY: as in `finish`; restoring twice is harmless.
+        let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+        let _ = termios::tcsetattr(stdin, SetArg::TCSADRAIN, &self.saved);
+    }
+}
+
+/// A close-on-exec duplicate of `fd`.
+fn dup(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor this process owns, or -1.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("duplicating descriptor {fd}"));
+    }
+    // SAFETY: `new` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Copies bytes from `from` to `to` until either side ends.
+fn pump(mut from: File, mut to: File) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Copies the window size of terminal `from` to terminal `to`.
+fn copy_window_size(from: RawFd, to: RawFd) {
+    // SAFETY: TIOCGWINSZ and TIOCSWINSZ read and write one winsize struct.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(from, libc::TIOCGWINSZ, &mut size) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &size);
+        }
+    }
+}
+
+/// The child's half, before exec, with raw syscalls only: a new session, and the pty as its
+/// controlling terminal and standard descriptors.
+pub fn enter(terminal: &Terminal) -> std::io::Result<()> {
+    // SAFETY: raw syscalls on descriptors that stay open through this function.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if let Terminal::Pty { slave, replace } = terminal {
+            if libc::ioctl(*slave, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (fd, yes) in replace.iter().enumerate() {
+                if *yes && libc::dup2(*slave, fd as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    Ok(())
+}

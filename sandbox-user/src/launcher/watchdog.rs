@@ -1,0 +1,87 @@
+//! The agent dies with leash. `PR_SET_PDEATHSIG` reaches only the agent's first process; a
+//! detached grandchild would outlive a SIGKILLed leash, confined by the pinned programs to a
+//! proxy address nobody serves any more, which another local user could then bind and serve.
+//! So `leash run` starts a watchdog beside itself (outside the sandbox, as root, so the agent
+//! cannot signal it): a copy of leash blocked reading a pipe whose only write end leash holds.
+//! When leash exits for any reason the read returns, and the watchdog kills every process left
+//! in the sandbox cgroup. It holds a copy of the proxy's listening socket (as its descriptor 3,
+//! never accepting on it) until then, so the port cannot be taken by anyone else while a process
+//! of the sandbox is alive. Cleaning up the cgroup and pins stays with the next run's reaper.
+
+use std::io::Read as _;
+use std::os::fd::{AsRawFd as _, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::kernel::cgroup::SandboxCgroup;
+
+/// The hidden subcommand the watchdog runs as.
+pub const SUBCOMMAND: &str = "__watchdog";
+
+/// A running watchdog; dropping it (or leash dying) releases it.
+pub struct Watchdog {
+    /// The pipe's write end: closing it is the signal.
+    _alive: OwnedFd,
+    child: Child,
+}
+
+impl Watchdog {
+    /// Starts a watchdog for the sandbox cgroup at `cgroup`, holding the proxy's `listener`.
+    pub fn start(cgroup: &Path, listener: BorrowedFd<'_>) -> Result<Self> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("watchdog pipe")?;
+        let listener = listener.as_raw_fd();
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg(SUBCOMMAND)
+            .arg(cgroup)
+            .stdin(Stdio::from(read))
+            .stdout(Stdio::null())
+            // Its own process group: a Ctrl-C on the terminal is for the agent, not for it.
+            .process_group(0);
+        // SAFETY: dup2 only, between fork and exec; the new descriptor 3 is not close-on-exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let kept = if listener == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(listener, 3) };
+                if kept < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("starting leash's watchdog")?;
+        Ok(Self { _alive: write, child })
+    }
+
+    /// Stops the watchdog after a clean teardown.
+    pub fn stop(mut self) {
+        drop(self._alive);
+        let _ = self.child.wait();
+    }
+}
+
+/// The watchdog's body: wait for leash to go, then empty the sandbox cgroup. Exit code 0 when
+/// the cgroup is empty or gone.
+pub fn run(cgroup: &Path) -> Result<()> {
+    let name = cgroup.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if !name.starts_with("leash-") {
+        bail!("{} is not a leash sandbox cgroup", cgroup.display());
+    }
+    let mut stdin = std::io::stdin();
+    let mut byte = [0u8; 1];
+    // Returns 0 (end of file) when the last write end closes, that is when leash is gone.
+    loop {
+        match stdin.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    if !cgroup.exists() {
+        return Ok(());
+    }
+    SandboxCgroup::open(cgroup.to_path_buf())?.kill_all(Duration::from_secs(5))
+}

@@ -1,0 +1,126 @@
+//! Who may use the proxy. Under `leash run` it serves only its own sandbox: the sandbox's
+//! `connect4/6` and `sock_ops` programs record every connection the sandbox makes to the proxy
+//! by client port, and a connection without such a record (another local user, root outside the
+//! sandbox) is closed before a byte of it is read. The record names a port, not an address, so
+//! the peer must also come from the proxy's own address (which the sandbox's connections to it
+//! do: another address would need an explicit bind): then no other socket can hold that port
+//! while the sandbox's connection lives. The record is dropped when the connection (or the
+//! tunnel it became) ends, so a later connection from the same port does not inherit it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::identity::OwnerSource;
+use crate::kernel::programs::ConnectionOwners;
+
+/// The sandbox's connection records, shared by the admission check and `binaries:` rules.
+#[derive(Clone)]
+pub struct SandboxPeers {
+    owners: Arc<ConnectionOwners>,
+}
+
+/// How often, and how long apart, a missing record is looked for again: on loopback the client
+/// side's `sock_ops` runs before the final ACK, so the record is normally there at accept.
+const RECHECKS: u32 = 3;
+const RECHECK_DELAY: Duration = Duration::from_millis(2);
+
+impl SandboxPeers {
+    pub fn new(owners: ConnectionOwners) -> Self {
+        Self { owners: Arc::new(owners) }
+    }
+
+    /// Whether `peer`, connected to the proxy at `local`, is a connection the sandbox made.
+    pub async fn admits(&self, peer: SocketAddr, local: SocketAddr) -> bool {
+        if peer.ip() != local.ip() {
+            return false;
+        }
+        for attempt in 0..=RECHECKS {
+            if self.owners.owner(peer.port()).is_some() {
+                return true;
+            }
+            if attempt < RECHECKS {
+                tokio::time::sleep(RECHECK_DELAY).await;
+            }
+        }
+        false
+    }
+
+    /// Forgets `peer`'s record once its connection ended.
+    pub fn forget(&self, peer: SocketAddr) {
+        self.owners.forget(peer.port());
+    }
+
+    /// The same records as a source of connection owners (for `binaries:` rules).
+    pub fn owner_source(&self) -> Box<dyn OwnerSource> {
+        Box::new(Shared(self.owners.clone()))
+    }
+}
+
+struct Shared(Arc<ConnectionOwners>);
+
+impl OwnerSource for Shared {
+    fn binary(&self, peer: SocketAddr) -> Option<PathBuf> {
+        self.0.binary(peer)
+    }
+
+    fn pid(&self, peer: SocketAddr) -> Option<u32> {
+        self.0.pid(peer)
+    }
+}
+
+/// A connection from the sandbox; its record is forgotten when the last of it (the request
+/// stream, or the tunnel it was upgraded to) is dropped.
+pub struct AdmittedStream {
+    stream: tokio::net::TcpStream,
+    peers: Option<(SandboxPeers, SocketAddr)>,
+}
+
+impl AdmittedStream {
+    pub fn new(stream: tokio::net::TcpStream, peers: Option<(SandboxPeers, SocketAddr)>) -> Self {
+        Self { stream, peers }
+    }
+}
+
+impl Drop for AdmittedStream {
+    fn drop(&mut self) {
+        if let Some((peers, peer)) = &self.peers {
+            peers.forget(*peer);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for AdmittedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for AdmittedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,561 @@
+//! The seams between a sandbox and its host, attacked the way an agent would: what `leash run`
+//! reads, writes or shares with the host, around the kernel's network rules. Each test makes
+//! the attack as the unprivileged agent and checks it fails, with a control showing that the
+//! same step works where it should (so the test can fail).
+
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use leash_tests::*;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_netprobe");
+const PY: &str = "/usr/bin/python3";
+
+/// uid and gid of `nobody`, the agent in these tests.
+fn nobody() -> (u32, u32) {
+    let name = std::ffi::CString::new("nobody").unwrap();
+    // SAFETY: getpwnam returns NULL or a pointer to a static passwd entry, read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "user nobody must exist");
+    // SAFETY: checked non-null above.
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+/// A policy that runs the agent as `nobody` and allows `ports` on 127.0.0.1 (tunnelled).
+fn nobody_policy(ports: &[u16]) -> String {
+    policy_allowing(ports).replacen("version: 1\n", "version: 1\nprocess: { run_as_user: nobody }\n", 1)
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), None).expect("chown");
+}
+
+/// Waits for `path` to hold a line and returns it.
+fn wait_for_line(path: &Path, secs: u64) -> String {
+    assert!(
+        wait_until(secs, || std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n'))),
+        "{} never written",
+        path.display()
+    );
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+// 1. The agent rewrites its own policy.
+
+#[test]
+fn the_agent_cannot_rewrite_its_policy() {
+    require_root();
+    let (uid, _) = nobody();
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("seam-policy");
+    // A user's checkout: the agent runs as the user who owns it.
+    let checkout = scratch.owned_dir("checkout", uid);
+    let policy = checkout.join("policy.yaml");
+    std::fs::write(&policy, nobody_policy(&[])).unwrap();
+    chown(&policy, uid);
+    let opened = nobody_policy(&[target.addr.port()]);
+    let script = format!("printf '%s' '{opened}' > {}; sleep 1.5; {PROBE} get proxy {}", policy.display(), target.addr);
+    let out = leash_run(&policy, &[], &["/bin/sh", "-c", &script]);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), opened, "the agent's edit is the attack's premise");
+    assert!(!err.contains("policy reloaded"), "leash reloaded a policy the agent wrote: {err}");
+    assert!(err.contains("not reloaded"), "leash must say the policy is frozen: {err}");
+    assert!(text.contains("CONNECT 403"), "the rewritten policy took effect: {text} {err}");
+    assert_eq!(target.accepted(), 0);
+}
+
+#[test]
+fn a_policy_only_root_can_change_is_still_reloaded() {
+    require_root();
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("seam-reload");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let script = format!(
+        "{PROBE} get proxy {t}; touch {flag}; sleep 2; {PROBE} get proxy {t}",
+        t = target.addr,
+        flag = scratch.0.join("asked").display()
+    );
+    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(10, || scratch.0.join("asked").exists()), "the agent never asked");
+    std::fs::write(&policy, nobody_policy(&[target.addr.port()])).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("CONNECT 403"), "before the change: {text}");
+    assert!(text.contains("CONNECT 200 GET 200 reached"), "root's change was not reloaded: {text} {}", stderr(&out));
+}
+
+#[test]
+fn a_planted_policy_link_to_a_root_only_file_is_refused_and_not_shown() {
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-policy-link");
+    let secret = scratch.secret_file("shadow", "root:$6$SECRET-HASH-LINE:19000:0:99999:7:::\n");
+    let checkout = scratch.owned_dir("checkout", uid);
+    let link = checkout.join("policy.yaml");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    chown(&link, uid);
+    let out = leash_run(&link, &[], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("SECRET-HASH-LINE"), "leash printed the file behind the link: {}", stderr(&out));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}
+
+// 2. Anyone on the host uses the agent's proxy.
+
+#[test]
+fn only_the_sandbox_can_use_its_proxy() {
+    require_root();
+    let (uid, gid) = nobody();
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("seam-proxy");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[target.addr.port()]));
+    let addr_file = scratch.0.join("proxy");
+    let done = scratch.0.join("done");
+    let script = format!(
+        "echo ${{HTTP_PROXY#http://}} > {}; {PROBE} get proxy {}; i=0; while [ ! -e {} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        addr_file.display(),
+        target.addr,
+        done.display()
+    );
+    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let proxy = wait_for_line(&addr_file, 10);
+    assert!(wait_until(10, || target.accepted() == 1), "the agent itself must reach the target through its proxy");
+    // Another local user, then root, both outside the sandbox.
+    let other_user = Command::new(PROBE).args(["get", &proxy, &target.addr.to_string()]).uid(uid).gid(gid).output();
+    let root = Command::new(PROBE).args(["get", &proxy, &target.addr.to_string()]).output();
+    std::fs::write(&done, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("CONNECT 200 GET 200 reached"), "{} {}", stdout(&out), stderr(&out));
+    for (who, attempt) in [("another user", other_user), ("root outside the sandbox", root)] {
+        let text = stdout(&attempt.unwrap());
+        assert!(!text.contains("CONNECT 200"), "{who} used the agent's proxy: {text}");
+    }
+    assert_eq!(target.accepted(), 1, "someone outside the sandbox reached the target through its proxy");
+    assert!(stderr(&out).contains("not from this sandbox"), "{}", stderr(&out));
+}
+
+// 3. TIOCSTI on the shared terminal.
+
+/// A pseudo-terminal standing in for the user's terminal: (master, slave) descriptors.
+fn user_terminal() -> (std::fs::File, std::fs::File) {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors; the null pointers leave name, termios and size unset.
+    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here.
+    unsafe {
+        use std::os::fd::FromRawFd as _;
+        (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave))
+    }
+}
+
+/// Whatever a reader of the user's terminal would get now (the shell after leash exits).
+fn pending_input(slave: &std::fs::File) -> String {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: fcntl on a descriptor owned by the caller.
+    unsafe { libc::fcntl(slave.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = [0u8; 256];
+    let n = (&*slave).read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Runs leash with the user's terminal as its controlling terminal, and `stdin` as its stdin.
+fn run_on_terminal(policy: &Path, script: &str, slave: &std::fs::File, stdin_is_terminal: bool) -> String {
+    use std::os::fd::AsRawFd as _;
+    let fd = slave.as_raw_fd();
+    let mut cmd = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", script]);
+    cmd.stdout(slave.try_clone().unwrap()).stderr(Stdio::piped());
+    if stdin_is_terminal {
+        cmd.stdin(slave.try_clone().unwrap());
+    } else {
+        cmd.stdin(Stdio::null());
+    }
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::ioctl(fd, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    stderr(&cmd.output().unwrap())
+}
+
+const INJECT: &str = "import fcntl, termios, os\n\
+    for fd in (0, 1, 2):\n\
+    \x20   try:\n\
+    \x20       [fcntl.ioctl(fd, termios.TIOCSTI, bytes([c])) for c in b'PWNED\\n']\n\
+    \x20   except OSError:\n\
+    \x20       pass\n\
+    try:\n\
+    \x20   t = os.open('/dev/tty', os.O_RDWR)\n\
+    \x20   [fcntl.ioctl(t, termios.TIOCSTI, bytes([c])) for c in b'PWNED\\n']\n\
+    except OSError:\n\
+    \x20   pass\n";
+
+#[test]
+fn tiocsti_from_the_agent_does_not_reach_the_users_terminal() {
+    require_root();
+    let scratch = Scratch::new("seam-tty");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    // Control: the test can see characters pushed into the terminal's input queue.
+    let (_m, slave) = user_terminal();
+    {
+        use std::os::fd::AsRawFd as _;
+        for c in b"CONTROL\n" {
+            // SAFETY: TIOCSTI reads one byte; root may push input into any terminal.
+            assert_eq!(unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSTI, c) }, 0, "control TIOCSTI");
+        }
+    }
+    assert!(pending_input(&slave).contains("CONTROL"), "the control's input must be readable");
+
+    for stdin_is_terminal in [true, false] {
+        let (_master, slave) = user_terminal();
+        let err = run_on_terminal(&policy, INJECT, &slave, stdin_is_terminal);
+        let pending = pending_input(&slave);
+        assert!(
+            !pending.contains("PWNED"),
+            "the agent pushed input into the user's terminal (stdin a terminal: {stdin_is_terminal}): {pending:?} {err}"
+        );
+    }
+}
+
+// 4. The audit log through a planted link.
+
+#[test]
+fn an_audit_log_the_agent_could_redirect_is_refused() {
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-audit");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let rc = scratch.secret_file("rootrc", "# root's shell rc\n");
+    let checkout = scratch.owned_dir("checkout", uid);
+    let link = checkout.join("audit.jsonl");
+    std::os::unix::fs::symlink(&rc, &link).unwrap();
+    chown(&link, uid);
+    let out = leash_run(&policy, &["--audit-log", link.to_str().unwrap()], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&rc).unwrap(), "# root's shell rc\n", "leash wrote through the link");
+    // Not a link yet, but in a directory the agent can write: it could become one.
+    let plain = checkout.join("plain.jsonl");
+    let out = leash_run(&policy, &["--audit-log", plain.to_str().unwrap()], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("writable by the agent") || stderr(&out).contains("owned by the agent"));
+}
+
+#[test]
+fn the_agent_cannot_swap_the_audit_log_while_leash_writes_it() {
+    require_root();
+    let scratch = Scratch::new("seam-audit-swap");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let rc = scratch.secret_file("rootrc", "# root's shell rc\n");
+    // A sticky directory everyone can write, like /tmp on the host.
+    let log = scratch.0.join("audit.jsonl");
+    let script = format!(
+        "rm -f {log} 2>/dev/null; ln -sf {rc} {log} 2>/dev/null; {PROBE} tcp 127.0.0.1:9; echo done",
+        log = log.display(),
+        rc = rc.display()
+    );
+    let out = leash_run(&policy, &["--audit-log", log.to_str().unwrap()], &["/bin/sh", "-c", &script]);
+    assert!(stdout(&out).contains("done"), "{}", stderr(&out));
+    assert!(std::fs::symlink_metadata(&log).unwrap().is_file(), "the agent replaced the audit log");
+    assert_eq!(std::fs::read_to_string(&rc).unwrap(), "# root's shell rc\n", "audit lines went to root's file");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("connect4"), "the denial must be in the log");
+}
+
+// 5. The credentials file is readable.
+
+#[test]
+fn a_credentials_file_the_agent_can_read_is_refused() {
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-creds");
+    let policy = scratch
+        .file("policy.yaml", &format!("{}credentials:\n  TOK: {{ hosts: [example.test] }}\n", nobody_policy(&[])));
+    let readable = scratch.file("creds.env", "TOK=hunter2-SECRET\n");
+    let out = leash_run(
+        &policy,
+        &["--credentials-file", readable.to_str().unwrap()],
+        &["/bin/cat", readable.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("hunter2"), "the agent read the credentials");
+    assert!(!stderr(&out).contains("hunter2"), "the value appeared in an error");
+    // In the user's checkout, owned by the user the agent runs as.
+    let checkout = scratch.owned_dir("checkout", uid);
+    let owned = checkout.join("creds.env");
+    std::fs::write(&owned, "TOK=hunter2-SECRET\n").unwrap();
+    std::fs::set_permissions(&owned, std::fs::Permissions::from_mode(0o600)).unwrap();
+    chown(&owned, uid);
+    let out =
+        leash_run(&policy, &["--credentials-file", owned.to_str().unwrap()], &["/bin/cat", owned.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("hunter2"));
+    // Root's own file: accepted, and the agent cannot read it.
+    let safe = scratch.secret_file("root-creds.env", "TOK=hunter2-SECRET\n");
+    let out =
+        leash_run(&policy, &["--credentials-file", safe.to_str().unwrap()], &["/bin/cat", safe.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("hunter2"), "the agent read root's credentials file");
+}
+
+// 6. Host daemons over unix sockets; netlink; supplementary groups.
+
+/// A unix stream server as root at `path` (mode 0777) answering "hello" once per connection.
+fn unix_service(path: &Path) -> std::thread::JoinHandle<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("binding the host service");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok((mut c, _)) = listener.accept() {
+                use std::io::Write as _;
+                let _ = c.write_all(b"hello\n");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+const UNIX_CONNECT: &str = "import socket, sys\n\
+    s = socket.socket(socket.AF_UNIX)\n\
+    try:\n\
+    \x20   s.connect(sys.argv[1]); print('connected', s.recv(16).decode().strip())\n\
+    except OSError as e:\n\
+    \x20   print('refused', e.errno)\n";
+
+#[test]
+fn host_daemon_sockets_under_run_are_out_of_reach() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-unix");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let sock = Path::new("/run").join(format!("leash-test-docker-{}.sock", std::process::id()));
+    let _service = unix_service(&sock);
+    let outside =
+        Command::new(PY).args(["-c", UNIX_CONNECT, sock.to_str().unwrap()]).uid(uid).gid(gid).output().unwrap();
+    assert!(stdout(&outside).contains("connected hello"), "control: {}", stdout(&outside));
+    let out = leash_run(&policy, &[], &[PY, "-c", UNIX_CONNECT, sock.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&sock);
+    assert!(
+        stdout(&out).contains("refused"),
+        "the agent reached a host daemon's socket: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+const NETLINK: &str = "import socket\n\
+    for name, proto in (('route', 0), ('usersock', 2), ('sock_diag', 4), ('audit', 9)):\n\
+    \x20   try:\n\
+    \x20       socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto).close(); print(name, 'ok')\n\
+    \x20   except OSError as e:\n\
+    \x20       print(name, 'refused')\n";
+
+#[test]
+fn netlink_beyond_route_is_refused() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-netlink");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let outside = Command::new(PY).args(["-c", NETLINK]).uid(uid).gid(gid).output().unwrap();
+    assert!(stdout(&outside).contains("usersock ok"), "control: {}", stdout(&outside));
+    let out = leash_run(&policy, &[], &[PY, "-c", NETLINK]);
+    let text = stdout(&out);
+    assert!(text.contains("route ok"), "NETLINK_ROUTE (getifaddrs) must keep working: {text} {}", stderr(&out));
+    for family in ["usersock", "sock_diag", "audit"] {
+        assert!(text.contains(&format!("{family} refused")), "netlink {family} allowed: {text}");
+    }
+}
+
+#[test]
+fn the_agent_has_no_supplementary_groups() {
+    require_root();
+    // A user of this host with supplementary groups, if there is one (the agent's groups are
+    // compared with what that user has outside).
+    let groups = std::fs::read_to_string("/etc/group").unwrap();
+    let member = groups.lines().find_map(|l| {
+        let users = l.split(':').nth(3)?;
+        users.split(',').find(|u| unprivileged_user(u)).map(str::to_owned)
+    });
+    let Some(user) = member else {
+        eprintln!("note: no user with supplementary groups on this host; checking nobody only");
+        return;
+    };
+    let scratch = Scratch::new("seam-groups");
+    let policy = scratch.file(
+        "policy.yaml",
+        &policy_allowing(&[]).replacen("version: 1\n", &format!("version: 1\nprocess: {{ run_as_user: {user} }}\n"), 1),
+    );
+    let out = leash_run(&policy, &[], &["/bin/sh", "-c", "id -G"]);
+    let text = stdout(&out);
+    let ids: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(ids.len(), 1, "{user} kept supplementary groups in the sandbox: {ids:?} {}", stderr(&out));
+}
+
+/// Whether `name` is a user of this host with a uid other than 0.
+fn unprivileged_user(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: getpwnam returns NULL or a pointer to a static entry, read at once.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    // SAFETY: checked non-null.
+    !pw.is_null() && unsafe { (*pw).pw_uid } != 0
+}
+
+// 7. Sandbox to sandbox through /tmp.
+
+#[test]
+fn sandboxes_do_not_share_tmp_with_each_other_or_the_host() {
+    require_root();
+    let scratch = Scratch::new("seam-tmp");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let name = format!("leash-seam-{}", std::process::id());
+    let ready = scratch.0.join("a-ready");
+    let done = scratch.0.join("b-done");
+    // Sandbox A: a file and a listening unix socket in /tmp, as a tmux server would make.
+    let script_a = format!(
+        "import socket, os, time\n\
+         open('/tmp/{name}.txt', 'w').write('from A')\n\
+         s = socket.socket(socket.AF_UNIX); s.bind('/tmp/{name}.sock'); s.listen(1)\n\
+         open('{ready}', 'w').write('ready\\n')\n\
+         for _ in range(200):\n\
+         \x20   if os.path.exists('{done}'): break\n\
+         \x20   time.sleep(0.05)\n",
+        ready = ready.display(),
+        done = done.display()
+    );
+    let a = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", &script_a])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&ready, 10);
+    let host_sees = Path::new("/tmp").join(format!("{name}.txt")).exists();
+    let connect = scratch.file("connect.py", UNIX_CONNECT);
+    let script_b = format!(
+        "ls /tmp/{name}.txt >/dev/null 2>&1 && echo file=seen || echo file=absent; {PY} {} /tmp/{name}.sock; touch {}",
+        connect.display(),
+        done.display()
+    );
+    let out = leash_run(&policy, &[], &["/bin/sh", "-c", &script_b]);
+    let a_out = a.wait_with_output().unwrap();
+    assert!(a_out.status.success(), "sandbox A failed: {}", stderr(&a_out));
+    let text = stdout(&out);
+    assert!(text.contains("file=absent"), "sandbox B saw A's /tmp: {text} {}", stderr(&out));
+    assert!(text.contains("refused"), "sandbox B reached A's socket: {text}");
+    assert!(!host_sees, "the sandbox's /tmp is the host's");
+}
+
+// 8. Delayed escapes through the working directory.
+
+#[test]
+fn files_that_run_code_later_are_read_only_in_the_workdir() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-git");
+    let policy = scratch.file(
+        "policy.yaml",
+        &format!(
+            "{}filesystem_policy: {{ include_workdir: true, read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev] }}\n",
+            nobody_policy(&[])
+        ),
+    );
+    let checkout = scratch.owned_dir("checkout", uid);
+    let git = Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    assert!(git.status.success(), "git init: {}", stderr(&git));
+    let config_before = std::fs::read_to_string(checkout.join(".git/config")).unwrap();
+    let attack = "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' >> .git/config && echo config=written || echo config=refused; \
+                  echo 'touch /tmp/pwned' > .git/hooks/post-checkout && echo hook=written || echo hook=refused; \
+                  echo work > notes.txt && echo work=written || echo work=refused";
+    // Control: the agent's user can do all of it outside the sandbox.
+    let control_dir = scratch.owned_dir("control", uid);
+    Command::new("git").args(["init", "-q"]).current_dir(&control_dir).uid(uid).gid(gid).output().unwrap();
+    let control =
+        Command::new("/bin/sh").args(["-c", attack]).current_dir(&control_dir).uid(uid).gid(gid).output().unwrap();
+    assert!(
+        stdout(&control).contains("config=written") && stdout(&control).contains("hook=written"),
+        "control: {}",
+        stdout(&control)
+    );
+
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("work=written"), "the workdir must stay writable: {text} {}", stderr(&out));
+    assert!(text.contains("config=refused"), "the agent wrote .git/config: {text}");
+    assert!(text.contains("hook=refused"), "the agent wrote a git hook: {text}");
+    assert_eq!(std::fs::read_to_string(checkout.join(".git/config")).unwrap(), config_before);
+    assert!(!checkout.join(".git/hooks/post-checkout").exists());
+}
+
+// 11. A dead leash's port.
+
+#[test]
+fn sigkill_of_leash_takes_the_agent_with_it_so_its_port_serves_nobody() {
+    require_root();
+    let scratch = Scratch::new("seam-dead-port");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let addr_file = scratch.0.join("proxy");
+    // A detached grandchild that keeps trying the proxy's address: PR_SET_PDEATHSIG does not
+    // reach it.
+    let script = format!(
+        "echo ${{HTTP_PROXY#http://}} > {}; (setsid sh -c 'while true; do {PROBE} tcp proxy; sleep 0.1; done' >/dev/null 2>&1 &); sleep 30",
+        addr_file.display()
+    );
+    let mut child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let proxy: std::net::SocketAddr = wait_for_line(&addr_file, 10).parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    let _ = child.wait();
+    // Another user takes the port.
+    let squatter = wait_until(5, || std::net::TcpListener::bind(proxy).is_ok());
+    assert!(squatter, "the proxy's port never came free");
+    let listener = std::net::TcpListener::bind(proxy).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let empty = wait_until(10, || {
+        sandbox_cgroups_of(pid).iter().all(|n| {
+            std::fs::read_to_string(cgroup2_root().join(n).join("cgroup.procs")).map_or(true, |p| p.trim().is_empty())
+        })
+    });
+    let mut received = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        if listener.accept().is_ok() {
+            received += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(empty, "the agent outlived leash");
+    assert_eq!(received, 0, "the orphaned agent's traffic reached whoever took the port");
+    // The next run reaps what is left.
+    let out = leash_run(&policy, &[], &["/bin/true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sandbox_cgroups_of(pid).is_empty(), "stale cgroup not reaped");
+}
