@@ -1111,5 +1111,5 @@ fn one_pod_cannot_take_the_whole_sandbox_budget() {
     hog.wait().ok();
     stop(&mut sleeper);
     assert_eq!(code(&reply), "ok", "pod A ({line:?}) left pod B no sandbox: {reply}");
-    assert_eq!(line.trim(), "ready 2", "pod A got more than its quarter of the node's sandboxes");
+    assert_eq!(line.trim(), "ready 4", "pod A got more than half the node's sandboxes");
 }

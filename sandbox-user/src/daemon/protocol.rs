@@ -20,7 +20,8 @@
 //!
 //! # Bounds (per pod; see `limits.rs`)
 //! At most 16 connections per pod (256 per node) are served at once, more get `busy`; a pod
-//! holds at most a quarter of the node's `--max-sandboxes` (at least one) at once, more get `busy`.
+//! holds at most half the node's `--max-sandboxes` (at least one) live sandboxes at once, more get
+//! `busy`.
 //!
 //! # Requests (`{"version":1,"op":...}`)
 //! | op | fields | answer (`result`) |

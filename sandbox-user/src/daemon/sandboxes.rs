@@ -150,7 +150,7 @@ impl Node {
             ));
         }
         let quota = sandboxes_per_pod(self.max_sandboxes);
-        if state.registry.iter().filter(|r| r.pod_uid == caller.pod.pod_uid).count() >= quota {
+        if live_sandboxes_of(&mut state, &caller.pod.pod_uid, quota, &self.metrics) >= quota {
             return Err(Reply::error(ErrorCode::Busy, format!("this pod runs its limit of {quota} sandboxes")));
         }
         let container = discovery::container_dir(&self.cgroup_root, &target_pod);
@@ -260,8 +260,16 @@ impl Node {
         let owner = state.programs.owner(port).filter(|o| o.cgroup_id == record.cgroup_id).ok_or_else(|| {
             Reply::error(ErrorCode::NoSuchSandbox, format!("no connection from sandbox {id} on port {port}"))
         })?;
-        let exe = std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok().map(|p| p.display().to_string());
-        Ok(Owner { pid: pid_in_own_namespace(owner.pid).unwrap_or(0), uid: owner.uid, exe })
+        // The recorded pid is a number: its executable counts only while that number is a live
+        // process of this sandbox (not one that took the number after the owner exited).
+        let inside = format!("/leash-{}", record.id);
+        let process = Process::open(owner.pid).ok();
+        let live = process.as_ref().and_then(|p| {
+            p.read(|pid| Ok((discovery::cgroup_of(pid)?, std::fs::read_link(format!("/proc/{pid}/exe"))?))).ok()
+        });
+        let exe = live.filter(|(cgroup, _)| cgroup.contains(&inside)).map(|(_, exe)| exe.display().to_string());
+        let pid = if exe.is_some() { pid_in_own_namespace(owner.pid).unwrap_or(0) } else { 0 };
+        Ok(Owner { pid, uid: owner.uid, exe })
     }
 
     /// Removes every sandbox whose cgroup emptied or disappeared. Returns how many.
@@ -384,6 +392,23 @@ fn remove(state: &mut State, r: &SandboxRecord, metrics: &Metrics) -> Result<()>
     state.programs.remove_sandbox(r.cgroup_id);
     state.programs.detach(&r.id, None)?;
     state.registry.remove(&r.id)
+}
+
+/// How many sandboxes pod `pod_uid` holds. At `quota` or more, the pod's emptied ones (not yet
+/// collected) are removed first: the quota counts live sandboxes.
+fn live_sandboxes_of(state: &mut State, pod_uid: &str, quota: usize, metrics: &Metrics) -> usize {
+    let count = |state: &State| state.registry.iter().filter(|r| r.pod_uid == pod_uid).count();
+    if count(state) < quota {
+        return count(state);
+    }
+    let dead: Vec<SandboxRecord> =
+        state.registry.iter().filter(|r| r.pod_uid == pod_uid && !populated(&r.cgroup)).cloned().collect();
+    for record in &dead {
+        if let Err(e) = remove(state, record, metrics) {
+            eprintln!("leash daemon: warning: removing emptied sandbox {}: {e:#}", record.id);
+        }
+    }
+    count(state)
 }
 
 /// Removes map entries and pinned links of sandboxes that have no record.
