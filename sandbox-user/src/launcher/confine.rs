@@ -88,9 +88,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
             None
         }
     };
-    let names: Vec<&str> = credential_names.iter().map(String::as_str).collect();
-    let mut env = super::environment::agent_env(std::env::vars_os(), bound.addr(), &identity, &names);
-    env.retain(|(_, value)| !proxy.mentions_secret(value));
+    let mut env = super::credential_env(&proxy, &credential_names, bound.addr(), &identity);
     trust.add_env(&mut env);
 
     let socket = UnixAddr::new(&opts.socket).with_context(|| format!("socket path {}", opts.socket.display()))?;

@@ -17,10 +17,13 @@ pub fn agent_env(
     base: impl IntoIterator<Item = (OsString, OsString)>,
     proxy: SocketAddr,
     identity: &Identity,
-    credential_names: &[&str],
+    credentials: &Credentials<'_>,
 ) -> Vec<(OsString, OsString)> {
     let mut env: BTreeMap<OsString, OsString> = base.into_iter().collect();
-    for name in credential_names {
+    for name in credentials.declared {
+        env.remove(std::ffi::OsStr::new(name));
+    }
+    for name in credentials.offered {
         env.insert((*name).into(), placeholder(name).into());
     }
     let url = format!("http://{proxy}");
@@ -37,6 +40,29 @@ pub fn agent_env(
     env.insert("LOGNAME".into(), identity.name.clone().into());
     env.insert("LEASH_SANDBOX".into(), "1".into());
     env.into_iter().collect()
+}
+
+/// The policy's credentials as the agent's environment sees them.
+pub struct Credentials<'a> {
+    /// Every credential the policy declares: never passed on with leash's own value.
+    pub declared: &'a [&'a str],
+    /// Those the proxy holds a value for: the agent gets their placeholders.
+    pub offered: &'a [&'a str],
+}
+
+/// Drops every variable whose value contains a credential's value (an alias, a URL with the
+/// token in it), with one note per variable dropped.
+pub fn drop_leaking(env: &mut Vec<(OsString, OsString)>, leaks: impl Fn(&std::ffi::OsStr) -> bool) {
+    env.retain(|(name, value)| {
+        let leaking = leaks(value);
+        if leaking {
+            eprintln!(
+                "leash: note: {} is not passed to the agent: it contains a credential's value",
+                name.to_string_lossy()
+            );
+        }
+        !leaking
+    });
 }
 
 #[cfg(test)]
@@ -61,7 +87,9 @@ mod tests {
     #[test]
     fn credentials_are_replaced_by_placeholders() {
         let base = vec![("GITHUB_TOKEN".into(), "ghp_realsecret".into()), ("PATH".into(), "/usr/bin".into())];
-        let env = agent_env(base, "127.0.0.1:3128".parse().unwrap(), &ident(), &["GITHUB_TOKEN", "ANTHROPIC_API_KEY"]);
+        let names = ["GITHUB_TOKEN", "ANTHROPIC_API_KEY"];
+        let creds = Credentials { declared: &names, offered: &names };
+        let env = agent_env(base, "127.0.0.1:3128".parse().unwrap(), &ident(), &creds);
         assert_eq!(get(&env, "GITHUB_TOKEN"), Some("leash:resolve:env:GITHUB_TOKEN"));
         assert_eq!(get(&env, "ANTHROPIC_API_KEY"), Some("leash:resolve:env:ANTHROPIC_API_KEY"));
         assert!(env.iter().all(|(_, v)| v.to_str() != Some("ghp_realsecret")));
@@ -69,9 +97,18 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_without_a_value_in_the_proxy_is_neither_offered_nor_passed_on() {
+        let base = vec![("GITHUB_TOKEN".into(), "ghp_realsecret".into())];
+        let creds = Credentials { declared: &["GITHUB_TOKEN"], offered: &[] };
+        let env = agent_env(base, "127.0.0.1:3128".parse().unwrap(), &ident(), &creds);
+        assert_eq!(get(&env, "GITHUB_TOKEN"), None);
+    }
+
+    #[test]
     fn proxy_variables_point_at_the_proxy_and_no_proxy_is_empty() {
         let base = vec![("NO_PROXY".into(), "*".into()), ("https_proxy".into(), "http://elsewhere:1".into())];
-        let env = agent_env(base, "127.0.0.1:3128".parse().unwrap(), &ident(), &[]);
+        let env =
+            agent_env(base, "127.0.0.1:3128".parse().unwrap(), &ident(), &Credentials { declared: &[], offered: &[] });
         for var in PROXY_VARS {
             assert_eq!(get(&env, var), Some("http://127.0.0.1:3128"), "{var}");
         }

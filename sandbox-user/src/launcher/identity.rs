@@ -52,6 +52,12 @@ pub fn resolve(run_as: &RunAs) -> Result<Identity> {
     Ok(Identity { uid: user.uid, gid, groups: vec![gid], name: user.name.clone(), home: user.dir.clone() })
 }
 
+/// Whether the agent's home directory exists and is its own (`nobody`'s `/nonexistent` is not).
+pub fn home_usable(identity: &Identity) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(&identity.home).is_ok_and(|m| m.is_dir() && m.uid() == identity.uid.as_raw())
+}
+
 impl Identity {
     /// The agent's ids, for judging what it can read and write.
     pub fn ids(&self) -> super::host_files::AgentIds {

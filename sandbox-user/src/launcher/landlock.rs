@@ -36,6 +36,8 @@ pub fn kernel_abi() -> Result<i32, String> {
 /// A ruleset ready for the child to enforce.
 pub struct Prepared {
     pub fd: OwnedFd,
+    /// The access rights of a read-write rule in this ruleset (for rules added in the child).
+    pub read_write: u64,
     /// Paths the policy names that do not exist here (nothing to allow).
     pub skipped: Vec<PathBuf>,
 }
@@ -96,7 +98,7 @@ pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path, extra_read_only:
         .context("Landlock: adding read-write paths")?;
     let fd: Option<OwnedFd> = created.into();
     match fd {
-        Some(fd) => Ok(Domain::Enforced(Prepared { fd, skipped })),
+        Some(fd) => Ok(Domain::Enforced(Prepared { fd, read_write: AccessFs::from_all(abi).bits(), skipped })),
         None if rules.is_some_and(|r| r.compatibility == LandlockCompat::HardRequirement) => {
             bail!("filesystem layer (Landlock) is required but the ruleset could not be created")
         }

@@ -296,26 +296,32 @@ async fn run_inside(
         None => None,
     };
 
-    let names: Vec<&str> = agent.credential_names.iter().map(String::as_str).collect();
-    let mut env = environment::agent_env(std::env::vars_os(), proxy_addr, agent.identity, &names);
-    // A credential's value can hide under another name (an alias, a URL with the token in it).
-    env.retain(|(name, value)| {
-        let leaks = proxy.mentions_secret(value);
-        if leaks {
-            eprintln!(
-                "leash: note: {} is not passed to the agent: it contains a credential's value",
-                name.to_string_lossy()
-            );
-        }
-        !leaks
-    });
+    let mut env = credential_env(&proxy, agent.credential_names, proxy_addr, agent.identity);
     trust.add_env(&mut env);
     let procs = match sandbox.as_deref() {
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
         None => None,
     };
-    let mounts = mount_ns::PrivateMounts::prepare(&workdir, &[trust.dir().to_path_buf()])
+    let mut mounts = mount_ns::PrivateMounts::prepare(&workdir, &[trust.dir().to_path_buf()])
         .context("preparing the agent's mount namespace")?;
+    if !identity::home_usable(agent.identity) {
+        let landlock = match &domain {
+            landlock::Domain::Enforced(p) => Some((p.fd.as_raw_fd(), p.read_write)),
+            landlock::Domain::Unavailable(_) => None,
+        };
+        let home =
+            mount_ns::PrivateHome { uid: agent.identity.uid.as_raw(), gid: agent.identity.gid.as_raw(), landlock };
+        if mounts.with_home(home) {
+            eprintln!(
+                "leash: note: {} has no home directory of its own ({}); the agent gets {} (private, removed at exit)",
+                agent.identity.name,
+                agent.identity.home.display(),
+                mount_ns::PRIVATE_HOME
+            );
+            env.retain(|(name, _)| name != "HOME");
+            env.push(("HOME".into(), mount_ns::PRIVATE_HOME.into()));
+        }
+    }
     if !mounts.protected.is_empty() {
         let names: Vec<String> = mounts.protected.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
@@ -357,6 +363,26 @@ async fn run_inside(
         eprintln!("leash: sandbox {id}: {summary}");
     }
     Ok(code)
+}
+
+/// The agent's environment as far as credentials go: placeholders for the values the proxy holds,
+/// a note for each declared credential it does not, and nothing that contains a value.
+pub(crate) fn credential_env(
+    proxy: &Proxy,
+    declared: &[String],
+    proxy_addr: SocketAddr,
+    identity: &identity::Identity,
+) -> Vec<(OsString, OsString)> {
+    let offered = proxy.credential_names();
+    for name in declared.iter().filter(|n| !offered.contains(n)) {
+        eprintln!("leash: note: credential {name} is not set (not required by the policy): the agent gets no placeholder for it");
+    }
+    let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
+    let offered: Vec<&str> = offered.iter().map(String::as_str).collect();
+    let credentials = environment::Credentials { declared: &declared, offered: &offered };
+    let mut env = environment::agent_env(std::env::vars_os(), proxy_addr, identity, &credentials);
+    environment::drop_leaking(&mut env, |value| proxy.mentions_secret(value));
+    env
 }
 
 /// Paths of the files the LSM rules name, by (device, inode), for audit lines.

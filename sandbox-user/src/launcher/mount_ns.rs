@@ -57,12 +57,25 @@ struct Kept {
     create: Vec<CString>,
 }
 
+/// Where an agent whose user has no usable home directory gets one: in its private `/tmp`, so it
+/// is its own and gone when the sandbox ends.
+pub const PRIVATE_HOME: &str = "/tmp/leash-home";
+
+/// A home directory made in the child for the agent.
+pub struct PrivateHome {
+    pub uid: u32,
+    pub gid: u32,
+    /// The prepared Landlock ruleset and its read-write rights, to allow the new directory.
+    pub landlock: Option<(std::os::fd::RawFd, u64)>,
+}
+
 /// Everything the child needs, prepared before fork (the child allocates nothing).
 pub struct PrivateMounts {
     scratch: Vec<CString>,
     runtime: Vec<CString>,
     kept: Vec<Kept>,
     read_only: Vec<CString>,
+    home: Option<PrivateHome>,
     /// Paths as given, for the run's notes.
     pub protected: Vec<PathBuf>,
 }
@@ -109,7 +122,16 @@ impl PrivateMounts {
                 protected.push(path);
             }
         }
-        Ok(Self { scratch, runtime, kept, read_only, protected })
+        Ok(Self { scratch, runtime, kept, read_only, home: None, protected })
+    }
+
+    /// Makes [`PRIVATE_HOME`] for the agent; false when there is no private `/tmp` to make it in.
+    pub fn with_home(&mut self, home: PrivateHome) -> bool {
+        if !self.scratch.iter().any(|d| d.as_bytes() == b"/tmp") {
+            return false;
+        }
+        self.home = Some(home);
+        true
     }
 
     /// The child's half, before dropping root, with raw syscalls only.
@@ -156,9 +178,49 @@ impl PrivateMounts {
             for path in &self.read_only {
                 bind_read_only(path.as_ptr(), path.as_ptr())?;
             }
+            if let Some(home) = &self.home {
+                make_home(home)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Creates the private home, owned by the agent and open to it alone, and lets the agent's
+/// Landlock domain write there whatever the policy says of `/tmp`.
+unsafe fn make_home(home: &PrivateHome) -> io::Result<()> {
+    /// `struct landlock_path_beneath_attr`.
+    #[repr(C, packed)]
+    struct PathBeneath {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
+    const RULE_PATH_BENEATH: libc::c_int = 1;
+    let path = c"/tmp/leash-home";
+    // SAFETY: NUL-terminated path; the attribute lives through the call.
+    unsafe {
+        check(libc::mkdir(path.as_ptr(), 0o700))?;
+        check(libc::chown(path.as_ptr(), home.uid, home.gid))?;
+        if let Some((ruleset, access)) = home.landlock {
+            let dir = libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            if dir < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let attr = PathBeneath { allowed_access: access, parent_fd: dir };
+            let added = libc::syscall(
+                libc::SYS_landlock_add_rule,
+                ruleset,
+                RULE_PATH_BENEATH,
+                &attr as *const PathBeneath,
+                0u32,
+            );
+            libc::close(dir);
+            if added != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Binds `source` on `target`, read-only.

@@ -156,6 +156,8 @@ pub struct Credential {
     pub name: String,
     /// Hosts the real value may be sent to.
     pub hosts: Vec<HostPattern>,
+    /// The agent must not start without it (`required: true`).
+    pub required: bool,
 }
 
 impl CompiledEndpoint {
@@ -382,7 +384,7 @@ fn compile_run_as(process: Option<document::Process>) -> RunAs {
 
 /// Compiles one `credentials` entry.
 fn compile_credential(name: &str, spec: document::CredentialSpec) -> Credential {
-    Credential { name: name.to_owned(), hosts: spec.hosts }
+    Credential { name: name.to_owned(), hosts: spec.hosts, required: spec.required }
 }
 
 /// Compiles `kernel`.

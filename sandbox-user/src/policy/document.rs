@@ -210,6 +210,9 @@ pub enum Enforcement {
 pub enum Tls {
     /// Tunnel the TLS connection as is; the proxy sees no request.
     Skip,
+    /// Terminate TLS and inspect each request: what `protocol: rest` does anyway (OpenShell's
+    /// explicit spelling).
+    Terminate,
 }
 
 /// `rules:` entry.
@@ -259,6 +262,10 @@ pub struct CredentialSpec {
     /// Hosts the real value may be sent to; empty means none (the agent only holds a placeholder).
     #[serde(default)]
     pub hosts: Vec<HostPattern>,
+    /// Whether the agent must not start without it; otherwise a missing value is a note and the
+    /// agent gets no placeholder for it.
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// `kernel:` — rules enforced by BPF-LSM.
@@ -803,6 +810,7 @@ fn l7_keys_present(raw: &RawEndpoint) -> Vec<&'static str> {
         ("enforcement", raw.enforcement.is_some()),
         ("request_body_credential_rewrite", raw.request_body_credential_rewrite),
         ("request_target_credential_rewrite", raw.request_target_credential_rewrite),
+        ("tls: terminate", raw.tls == Some(Tls::Terminate)),
     ];
     present.iter().filter(|(_, set)| *set).map(|(key, _)| *key).collect()
 }
@@ -1102,6 +1110,10 @@ network_policies:
         let (_, msg) = parse_err(&endpoint("protocol: rest, access: read-only, tls: skip"));
         assert!(msg.contains("tls: skip"), "{msg}");
         assert!(parse("p.yaml", &endpoint("protocol: rest, access: full, tls: skip")).is_ok());
+        // OpenShell's explicit spelling of what `protocol: rest` does.
+        assert!(parse("p.yaml", &endpoint("protocol: rest, access: read-only, tls: terminate")).is_ok());
+        let (_, msg) = parse_err(&endpoint("protocol: tcp, tls: terminate"));
+        assert!(msg.contains("tls: terminate"), "{msg}");
         let enforce = "protocol: rest, access: full, enforcement: enforce, tls: skip";
         assert!(parse("p.yaml", &endpoint(enforce)).is_ok());
         let audit = "protocol: rest, access: full, enforcement: audit, tls: skip";

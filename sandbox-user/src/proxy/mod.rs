@@ -115,6 +115,11 @@ impl Proxy {
         self.leaves.ca()
     }
 
+    /// The credentials the proxy holds a value for, in policy order.
+    pub fn credential_names(&self) -> Vec<String> {
+        self.state.current().secrets.names().map(str::to_owned).collect()
+    }
+
     /// Whether `value` contains a credential's real value.
     pub fn mentions_secret(&self, value: &std::ffi::OsStr) -> bool {
         self.state.current().secrets.appears_in(std::os::unix::ffi::OsStrExt::as_bytes(value))

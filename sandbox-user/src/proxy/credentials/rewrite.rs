@@ -347,6 +347,7 @@ mod tests {
         let cred = |name: &str, hosts: &[&str]| Credential {
             name: name.to_owned(),
             hosts: hosts.iter().map(|h| h.parse().expect("pattern")).collect(),
+            required: true,
         };
         let creds =
             [cred("GITHUB_TOKEN", &["github.com", "api.github.com"]), cred("NPM_TOKEN", &["registry.npmjs.org"])];

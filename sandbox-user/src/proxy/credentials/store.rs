@@ -98,14 +98,20 @@ pub enum CredentialLoadError {
         /// The credential's name.
         credential: String,
     },
+    /// A value too short to be told apart from ordinary text (it would be found in `PATH`).
+    #[error("credential `{credential}` is shorter than {MIN_VALUE_LEN} characters: too short to be a secret leash can keep out of the agent's environment; set the real token")]
+    TooShort {
+        /// The credential's name.
+        credential: String,
+    },
     /// An environment variable holds bytes that are not UTF-8.
     #[error("credential `{credential}` in leash's environment is not valid UTF-8")]
     NotUnicode {
         /// The credential's name.
         credential: String,
     },
-    /// The policy declares credentials the source does not provide; leash must not start.
-    #[error("the policy declares credentials that {source_name} does not provide: {}", names.join(", "))]
+    /// The policy requires credentials the source does not provide; leash must not start.
+    #[error("the policy requires credentials that {source_name} does not provide: {}", names.join(", "))]
     Missing {
         /// `leash's environment` or `credentials file PATH`.
         source_name: String,
@@ -120,10 +126,15 @@ struct Entry {
     value: Zeroizing<String>,
 }
 
+/// The shortest credential value leash accepts.
+pub const MIN_VALUE_LEN: usize = 8;
+
 /// The values of the policy's credentials, with the hosts each is bound to.
 #[derive(Default)]
 pub struct SecretStore {
     entries: Vec<Entry>,
+    /// Declared, not required, and not provided: no placeholder is offered for them.
+    absent: Vec<String>,
     /// Every spelling of every value, to take them out of responses.
     reflections: std::sync::Arc<Reflections>,
 }
@@ -203,17 +214,21 @@ impl SecretStore {
         })
     }
 
-    /// Looks up and checks every declared credential; reports all missing names at once.
+    /// Looks up and checks every declared credential; reports all missing required names at once.
     fn collect(
         credentials: &[Credential],
         source_name: &str,
         mut lookup: impl FnMut(&str) -> Result<Option<Zeroizing<String>>, CredentialLoadError>,
     ) -> Result<Self, CredentialLoadError> {
         let mut entries = Vec::with_capacity(credentials.len());
-        let mut missing = Vec::new();
+        let (mut missing, mut absent) = (Vec::new(), Vec::new());
         for credential in credentials {
             let Some(value) = lookup(&credential.name)? else {
-                missing.push(credential.name.clone());
+                if credential.required {
+                    missing.push(credential.name.clone());
+                } else {
+                    absent.push(credential.name.clone());
+                }
                 continue;
             };
             check_value(&credential.name, &value)?;
@@ -223,7 +238,12 @@ impl SecretStore {
             return Err(CredentialLoadError::Missing { source_name: source_name.to_owned(), names: missing });
         }
         let reflections = Reflections::new(entries.iter().map(|e| (placeholder(&e.credential.name), e.value.as_str())));
-        Ok(Self { entries, reflections: std::sync::Arc::new(reflections) })
+        Ok(Self { entries, absent, reflections: std::sync::Arc::new(reflections) })
+    }
+
+    /// Credentials the policy declares that were not provided (and are not required).
+    pub fn absent(&self) -> &[String] {
+        &self.absent
     }
 
     /// What responses are scanned for: every value, each replaced by its placeholder.
@@ -277,6 +297,9 @@ fn check_value(name: &str, value: &str) -> Result<(), CredentialLoadError> {
     if value.chars().any(char::is_control) {
         return Err(CredentialLoadError::ControlCharacter { credential: name.to_owned() });
     }
+    if value.chars().count() < MIN_VALUE_LEN {
+        return Err(CredentialLoadError::TooShort { credential: name.to_owned() });
+    }
     Ok(())
 }
 
@@ -297,6 +320,7 @@ mod tests {
         Credential {
             name: name.to_owned(),
             hosts: hosts.iter().map(|h| h.parse().unwrap_or_else(|e| panic!("{h}: {e}"))).collect(),
+            required: true,
         }
     }
 
@@ -308,13 +332,13 @@ mod tests {
     #[test]
     fn file_with_comments_blank_lines_and_crlf() {
         let creds = [cred("GITHUB_TOKEN", &["github.com"]), cred("NPM", &[])];
-        let text = format!("# tokens\n\n  GITHUB_TOKEN={SECRET}\r\nNPM= a=b c \nUNUSED=x\n");
+        let text = format!("# tokens\n\n  GITHUB_TOKEN={SECRET}\r\nNPM= a=b c d \nUNUSED=x\n");
         let store = SecretStore::from_file_text(&creds, "creds", &text).expect("loads");
         assert_eq!(store.names().collect::<Vec<_>>(), ["GITHUB_TOKEN", "NPM"]);
         assert_eq!(store.bound_value("GITHUB_TOKEN", "github.com"), Some(SECRET));
         assert_eq!(store.bound_value("GITHUB_TOKEN", "api.github.com"), None);
         assert_eq!(store.bound_value("NPM", "github.com"), None);
-        assert_eq!(store.entries[1].value.as_str(), " a=b c ");
+        assert_eq!(store.entries[1].value.as_str(), " a=b c d ");
         assert_eq!(store.len(), 2);
     }
 
@@ -377,7 +401,7 @@ mod tests {
     #[test]
     fn missing_and_empty_credentials_fail_closed() {
         let creds = [cred("A_TOKEN", &["a.com"]), cred("B_TOKEN", &["b.com"]), cred("C_TOKEN", &["c.com"])];
-        let err = SecretStore::from_file_text(&creds, "f", "B_TOKEN=x").expect_err("missing");
+        let err = SecretStore::from_file_text(&creds, "f", "B_TOKEN=xxxxxxxxx").expect_err("missing");
         match &err {
             CredentialLoadError::Missing { names, .. } => {
                 assert_eq!(names, &["A_TOKEN", "C_TOKEN"])
@@ -387,6 +411,18 @@ mod tests {
         assert!(err.to_string().contains("A_TOKEN, C_TOKEN"), "{err}");
         let err = SecretStore::from_file_text(&creds[..1], "f", "A_TOKEN=").expect_err("empty");
         assert!(matches!(err, CredentialLoadError::Empty { .. }));
+        let err = SecretStore::from_file_text(&creds[..1], "f", "A_TOKEN=tiny12").expect_err("too short");
+        assert!(matches!(err, CredentialLoadError::TooShort { .. }), "{err}");
+        assert_no_secret(&err, "tiny12");
+    }
+
+    #[test]
+    fn an_absent_credential_that_is_not_required_is_skipped() {
+        let optional = |name: &str| Credential { required: false, ..cred(name, &["a.com"]) };
+        let creds = [optional("A_TOKEN"), cred("B_TOKEN", &["b.com"])];
+        let store = SecretStore::from_file_text(&creds, "f", "B_TOKEN=xxxxxxxxx").expect("loads");
+        assert_eq!(store.names().collect::<Vec<_>>(), ["B_TOKEN"]);
+        assert_eq!(store.absent(), ["A_TOKEN"]);
     }
 
     #[test]

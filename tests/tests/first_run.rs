@@ -1,0 +1,88 @@
+//! The first ten minutes: the README's first command runs with the default policy and no
+//! credential set; credentials are required only when the policy says so; short values are
+//! refused rather than matched everywhere; an agent user without a home gets a private one.
+
+use leash_tests::*;
+
+/// `leash run` with the built-in default policy, leash's environment stripped of credentials and
+/// of sudo's variables (root without sudo: the agent runs as `nobody`).
+fn leash_default(extra_env: &[(&str, &str)], cmd: &[&str]) -> std::process::Output {
+    let mut c = leash(&["run", "--"]);
+    c.args(cmd);
+    for var in ["ANTHROPIC_API_KEY", "GITHUB_TOKEN", "SUDO_UID", "SUDO_GID", "SUDO_USER"] {
+        c.env_remove(var);
+    }
+    c.envs(extra_env.iter().copied());
+    c.output().expect("running leash")
+}
+
+#[test]
+fn the_default_policy_runs_with_no_credential_set() {
+    require_root();
+    let out = leash_default(&[], &["/bin/sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("credential GITHUB_TOKEN is not set"), "{err}");
+    let out = leash_default(&[], &["/bin/sh", "-c", "echo token=${GITHUB_TOKEN-unset}"]);
+    assert!(stdout(&out).contains("token=unset"), "no placeholder for a credential without a value: {}", stdout(&out));
+}
+
+#[test]
+fn a_required_credential_that_is_absent_stops_the_run() {
+    require_root();
+    let scratch = Scratch::new("first-required");
+    let policy = scratch.file(
+        "policy.yaml",
+        "version: 1\nnetwork_policies: {}\ncredentials:\n  API_TOKEN: { hosts: [api.example.test], required: true }\n",
+    );
+    let mut c = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/true"]);
+    c.env_remove("API_TOKEN");
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("API_TOKEN"), "{}", stderr(&out));
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/true"])
+        .env("API_TOKEN", "a-real-length-token-value")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_short_credential_value_is_refused_and_a_real_one_keeps_path_and_home() {
+    require_root();
+    let out = leash_default(&[("GITHUB_TOKEN", "y")], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("GITHUB_TOKEN") && stderr(&out).contains("shorter than 8"), "{}", stderr(&out));
+    let out = leash_default(
+        &[("GITHUB_TOKEN", "ghp_0123456789abcdefghijABCDEFGHIJ012345")],
+        &["/bin/sh", "-c", "echo path=${PATH:+set} home=${HOME:+set} token=$GITHUB_TOKEN"],
+    );
+    let text = stdout(&out);
+    assert!(text.contains("path=set home=set"), "{text} {}", stderr(&out));
+    assert!(text.contains("token=leash:resolve:env:GITHUB_TOKEN"), "{text}");
+}
+
+#[test]
+fn an_agent_without_a_home_gets_a_private_one_that_goes_with_it() {
+    require_root();
+    // A stand-in for Claude Code's Bash tool: node makes its state directory under $HOME and runs
+    // a shell command that writes there.
+    let node = "const fs = require('fs'), os = require('os'), cp = require('child_process');\n\
+                const dir = os.homedir() + '/.claude/shell-snapshots';\n\
+                fs.mkdirSync(dir, { recursive: true });\n\
+                cp.execSync('echo bash-ok > ' + dir + '/out && cat ' + dir + '/out', { stdio: 'inherit' });\n\
+                console.log('home=' + os.homedir());";
+    // Debian's node, which the agent's user can run (.ci/run installs nodejs).
+    let node_bin = "/usr/bin/node";
+    assert!(std::path::Path::new(node_bin).exists(), "{node_bin} must be installed");
+    let out = leash_default(&[], &[node_bin, "-e", node]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text} {}", stderr(&out));
+    assert!(text.contains("bash-ok"), "{text}");
+    let home = text.lines().find_map(|l| l.strip_prefix("home=")).unwrap_or_default().to_owned();
+    assert_ne!(home, "/nonexistent");
+    // The next sandbox starts with an empty one: nothing of the first is left.
+    let out = leash_default(&[], &["/bin/sh", "-c", "ls -A $HOME | wc -l"]);
+    assert_eq!(stdout(&out).trim(), "0", "the private home outlived its sandbox: {}", stderr(&out));
+    assert!(!std::path::Path::new(&home).join(".claude").exists(), "the private home is on the host");
+}
