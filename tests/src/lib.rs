@@ -55,6 +55,17 @@ pub fn scratch_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scratch")
 }
 
+/// Gives `target/scratch` (created by tests running as root, e.g. through `cargo xtask test`'s
+/// sudo runner) the owner of `target/`, so the user whose build it is can still clean it.
+fn own_like_target(root: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Ok(meta), Some(Ok(parent))) = (root.metadata(), root.parent().map(|p| p.metadata())) else { return };
+    if meta.uid() != parent.uid() || meta.gid() != parent.gid() {
+        // Best effort: a test that is not root cannot chown, and needs not.
+        let _ = std::os::unix::fs::chown(root, Some(parent.uid()), Some(parent.gid()));
+    }
+}
+
 /// A scratch directory every user can write to (sticky, like /tmp), removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -68,6 +79,7 @@ impl Scratch {
         ));
         std::fs::create_dir_all(&dir).expect("creating scratch dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod scratch dir");
+        own_like_target(&scratch_root());
         Scratch(dir)
     }
 

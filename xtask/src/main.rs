@@ -1,24 +1,40 @@
 //! `cargo xtask`: the project's own build steps, in plain Rust.
 //!
 //! - `setup`: install what building the eBPF programs needs (nightly rust-src, bpf-linker built
-//!   against rustc's own LLVM). Idempotent; seconds when already done.
+//!   against rustc's own LLVM). Idempotent; seconds when already done. Every task that builds
+//!   runs it first when something is missing, so a fresh clone needs no separate step.
 //! - `build`: build `leash` (and its embedded eBPF object).
-//! - `test`: build, then run every test suite (needs root: tests load eBPF into this kernel).
+//! - `test`: build, then run every test suite (the test binaries run as root: they load eBPF
+//!   into this kernel; as a normal user, through sudo as cargo's test runner).
+//! - `install`: build `leash` (release) and install it (`/usr/local/bin` by default).
 //! - `bench`: the benchmarks, each printing ratios against a peer measured in the same run.
 //! - `vm-test`: the test suites inside VMs booting Debian's cloud kernels, one row per kernel.
 //! - `run`: one command under `leash run` inside a VM (default: the demo agent).
+//!
+//! Root only where needed: run as a normal user, xtask builds as that user and elevates only the
+//! steps that need root through sudo (see [`privilege`]); run as root, it runs everything directly.
 
 mod bench;
+mod privilege;
 mod setup;
 mod vm;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask")]
+#[command(
+    name = "cargo xtask",
+    about = "leash's build, test, install and VM tasks",
+    after_help = "From a fresh clone, each of these does all its own set-up:\n  \
+        cargo xtask run        boot a VM and run the demo agent under leash (needs qemu; fetched/installed when missing)\n  \
+        cargo xtask test       every test on this kernel (the test binaries run as root through sudo)\n  \
+        cargo xtask install    build leash (release) and install it into /usr/local/bin\n\n\
+        Run them as your own user: builds stay yours, and only the steps that need root use sudo."
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -26,18 +42,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain this build needs (nightly rust-src, bpf-linker).
+    /// Install the eBPF toolchain this build needs (nightly rust-src, bpf-linker); every other
+    /// task does this itself when something is missing.
     Setup,
     /// Build the leash binary (debug, or --release).
     Build {
         #[arg(long)]
         release: bool,
     },
-    /// Build and run all tests (as root: they load eBPF programs into this kernel).
+    /// Build and run all tests. The test binaries run as root (they load eBPF programs into this
+    /// kernel): as a normal user, through `sudo` as cargo's test runner; the build stays yours.
     Test {
         /// Extra arguments for the test binaries (a name filter, --nocapture, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build leash (release) and install it as PREFIX/bin/leash (sudo only when PREFIX is not
+    /// writable), then print the command to run next.
+    Install {
+        /// Installation prefix: the binary goes to PREFIX/bin/leash.
+        #[arg(long, value_name = "PREFIX", default_value = "/usr/local")]
+        prefix: PathBuf,
     },
     /// Run the benchmarks (release build, root).
     Bench(bench::BenchArgs),
@@ -52,9 +77,16 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Build { release } => build(release),
         Task::Test { args } => test(&args),
+        Task::Install { prefix } => install(&prefix),
         Task::Bench(args) => bench::run(args),
-        Task::VmTest(args) => vm::vm_test(args),
-        Task::Run(args) => vm::run(args),
+        Task::VmTest(args) => {
+            setup::ensure()?;
+            vm::vm_test(args)
+        }
+        Task::Run(args) => {
+            setup::ensure()?;
+            vm::run(args)
+        }
     }
 }
 
@@ -77,7 +109,7 @@ pub fn workspace_root() -> std::path::PathBuf {
 }
 
 fn build(release: bool) -> Result<()> {
-    setup::check()?;
+    setup::ensure()?;
     let mut cmd = cargo();
     cmd.current_dir(workspace_root()).args(["build", "-p", "sandbox-user", "--bins"]);
     if release {
@@ -86,24 +118,84 @@ fn build(release: bool) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
+/// `cargo xtask test`: set-up when missing, the build as the invoking user, then the tests with
+/// their binaries run as root (directly when xtask is root, else through sudo as the runner).
 fn test(args: &[String]) -> Result<()> {
-    setup::check()?;
-    if !nix_is_root() {
-        bail!("the tests load eBPF programs and create cgroups: run them as root (sudo -E cargo xtask test)");
-    }
-    build(false)?;
     let root = workspace_root();
+    let target = root.join("target");
+    privilege::ensure_sudo("run the tests (they load eBPF programs and create cgroups)")?;
+    // A run interrupted before its clean-up left root's files behind: give them back first.
+    privilege::return_to_user(&target)?;
+    build(false)?;
     let mut cmd = cargo();
     cmd.current_dir(&root)
-        .env("LEASH_BIN", root.join("target/debug/leash"))
+        .env("LEASH_BIN", target.join("debug/leash"))
         .args(["test", "-p", "sandbox-common", "-p", "sandbox-user", "-p", "leash-tests", "--"])
         .args(args);
-    run_cmd(&mut cmd)
+    if !privilege::is_root() {
+        let (var, runner) = privilege::sudo_test_runner()?;
+        println!("xtask: building as this user; the test binaries run as root ({var}=\"{runner}\")");
+        cmd.env(var, runner);
+    }
+    let result = run_cmd(&mut cmd);
+    let returned = privilege::return_to_user(&target);
+    result?;
+    returned
+}
+
+/// `cargo xtask install`: set-up when missing, a release build as the invoking user, then
+/// `PREFIX/bin/leash` (through sudo only when PREFIX is not writable by this user).
+fn install(prefix: &Path) -> Result<()> {
+    if !prefix.is_absolute() {
+        bail!("--prefix must be an absolute path, not {}", prefix.display());
+    }
+    let bin_dir = prefix.join("bin");
+    let writable = privilege::is_root() || writable_by_me(&bin_dir);
+    if !writable {
+        privilege::ensure_sudo(&format!("write {}", bin_dir.display()))?;
+    }
+    setup::ensure()?;
+    println!("install: building leash (release; a few minutes the first time) ...");
+    run_cmd(cargo().current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "sandbox-user",
+        "--bin",
+        "leash",
+    ]))?;
+    let built = workspace_root().join("target/release/leash");
+    let dest = bin_dir.join("leash");
+    let mut cmd = if writable { Command::new("install") } else { privilege::as_root("install") };
+    cmd.args(["-D", "-m", "0755"]).arg(&built).arg(&dest);
+    run_cmd(&mut cmd)?;
+    let version = Command::new(&dest)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("install: {} installed ({version})", dest.display());
+    // sudo's secure_path usually holds /usr/local/bin and /usr/bin, not a home directory.
+    let on_sudo_path =
+        ["/usr/local/bin", "/usr/bin", "/usr/local/sbin", "/usr/sbin"].iter().any(|d| Path::new(d) == bin_dir);
+    let leash = if on_sudo_path { "leash".to_owned() } else { dest.display().to_string() };
+    println!();
+    println!("Next:");
+    println!("  sudo {leash} doctor                       # which layers this host can enforce");
+    println!("  cd your-project && sudo {leash} run -- claude   # the default policy; --policy FILE for your own");
+    Ok(())
+}
+
+/// True when this user can create files in `dir` (or in its nearest existing ancestor).
+fn writable_by_me(dir: &Path) -> bool {
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
+    let probe = existing.join(format!(".leash-install-probe-{}", std::process::id()));
+    let ok = std::fs::File::create(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
+    privilege::is_root()
 }

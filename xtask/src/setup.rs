@@ -11,9 +11,15 @@ use crate::run_cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Installs whatever is missing.
+/// Installs whatever is missing (`cargo xtask setup`), saying what it found.
 pub fn run() -> Result<()> {
-    let sysroot = nightly_sysroot()?;
+    let sysroot = match nightly_sysroot()? {
+        Some(sysroot) => {
+            println!("setup: nightly toolchain present");
+            sysroot
+        }
+        None => install_nightly()?,
+    };
     if has_rust_src(&sysroot) {
         println!("setup: nightly rust-src present");
     } else {
@@ -24,32 +30,82 @@ pub fn run() -> Result<()> {
         println!("setup: bpf-linker present");
     } else {
         install_bpf_linker(&sysroot)?;
+        put_cargo_bin_on_path();
+        if !bpf_linker_works() {
+            bail!("bpf-linker was installed but does not run: is {} on PATH?", cargo_bin().display());
+        }
     }
     println!("setup: done");
     Ok(())
 }
 
-/// Fails with one line naming `cargo xtask setup` when something is missing.
-pub fn check() -> Result<()> {
-    let sysroot = nightly_sysroot()?;
-    if !has_rust_src(&sysroot) {
-        bail!("nightly rust-src is missing: run `cargo xtask setup`");
+/// What every other task calls first: a quick look (well under a second when all is there), and
+/// the whole of [`run`] only when something is missing.
+pub fn ensure() -> Result<()> {
+    put_cargo_bin_on_path();
+    let missing = match nightly_sysroot()? {
+        None => Some("the nightly toolchain"),
+        Some(sysroot) if !has_rust_src(&sysroot) => Some("nightly rust-src"),
+        Some(_) if !bpf_linker_works() => Some("bpf-linker"),
+        Some(_) => None,
+    };
+    match missing {
+        None => Ok(()),
+        Some(what) => {
+            println!("setup: {what} is missing; setting up the eBPF toolchain first (once per machine)");
+            run()
+        }
     }
-    if !bpf_linker_works() {
-        bail!("bpf-linker is missing: run `cargo xtask setup`");
-    }
-    Ok(())
 }
 
-fn nightly_sysroot() -> Result<PathBuf> {
+/// The nightly toolchain's sysroot, or None when nightly is not installed.
+fn nightly_sysroot() -> Result<Option<PathBuf>> {
     let out = Command::new("rustup")
         .args(["run", "nightly", "rustc", "--print", "sysroot"])
         .output()
-        .context("running rustup (is rustup installed?)")?;
+        .context("running rustup: install it from https://rustup.rs (leash builds with rustup's toolchains)")?;
     if !out.status.success() {
-        bail!("the nightly toolchain is missing: install it with `rustup toolchain install nightly --profile minimal`");
+        return Ok(None);
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    Ok(Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())))
+}
+
+fn install_nightly() -> Result<PathBuf> {
+    println!("setup: installing the nightly toolchain (minimal profile, with rust-src) ...");
+    run_cmd(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))?;
+    nightly_sysroot()?.context("rustup installed nightly, but `rustup run nightly rustc` still fails")
+}
+
+/// Where `cargo install` puts binaries: `$CARGO_HOME/bin`, else `~/.cargo/bin`.
+pub fn cargo_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default()
+        .join("bin")
+}
+
+/// Puts cargo's bin directory on this process's PATH (for the builds xtask starts) when it is
+/// not there: a bpf-linker just installed there must be found by sandbox-user's build script.
+fn put_cargo_bin_on_path() {
+    let bin = cargo_bin();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if bin.as_os_str().is_empty() || std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)));
+    if let Ok(joined) = joined {
+        // Single-threaded at this point: nothing else reads the environment concurrently.
+        std::env::set_var("PATH", joined);
+    }
 }
 
 fn has_rust_src(sysroot: &Path) -> bool {

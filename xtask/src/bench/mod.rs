@@ -138,7 +138,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let peers = if start { find_peers(&START_PEERS, args.install_peers)? } else { Vec::new() };
     let recipe = if confine { recipe_tools(args.install_peers)? } else { None };
 
-    crate::setup::check()?;
+    crate::setup::ensure()?;
     println!("bench: building (release) ...");
     run_cmd(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "sandbox-user", "--bins"]))?;
     run_cmd(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "leash-tests", "--bins"]))?;
@@ -192,7 +192,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// The policy-decision benchmark (needs no root): runs `sandbox-user/examples/policy_bench.rs`.
 fn policy() -> Result<()> {
-    crate::setup::check()?;
+    crate::setup::ensure()?;
     println!("bench: policy decisions (release build) ...");
     run_cmd(cargo().current_dir(workspace_root()).args([
         "run",

@@ -68,11 +68,12 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// `apt-get install` of Debian packages the VM runner needs (said out loud first).
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     progress(&format!("installing {} (apt-get install)", packages.join(" ")));
-    let mut update = Command::new("apt-get");
+    crate::privilege::ensure_sudo(&format!("install {}", packages.join(" ")))?;
+    let mut update = crate::privilege::as_root("apt-get");
     update.args(["-q", "update"]);
     run_cmd(&mut update)?;
     run_cmd(
-        Command::new("apt-get")
+        crate::privilege::as_root("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
