@@ -174,6 +174,9 @@ pub struct RunArgs {
 pub enum PolicyCommand {
     /// Validate FILE: exit 0 when valid, 1 with `FILE:LINE:COL: message` when not.
     Check { file: PathBuf },
+    /// Print FILE as leash enforces it: the file, then what leash adds on its own (protected
+    /// names in the working directory, private directories, kernel rules), marked as comments.
+    Show { file: PathBuf },
     /// Print, as JSON, the decision policies/sandbox.rego makes with FILE for a connection to
     /// HOST:PORT (and, with --method and --path, for a request on it), with the rule that made it.
     Eval {

@@ -46,6 +46,16 @@ fn main() -> ExitCode {
                 1
             }
         },
+        Command::Policy(PolicyCommand::Show { file }) => match show_policy(&file) {
+            Ok(shown) => {
+                print!("{shown}");
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
         Command::Policy(PolicyCommand::Eval { file, host, port, method, path, binary }) => {
             eval(&file, &host, port, method.as_deref(), path.as_deref(), binary.as_deref())
         }
@@ -61,6 +71,13 @@ fn main() -> ExitCode {
         },
     };
     ExitCode::from(u8::try_from(code).unwrap_or(exit::LEASH_FAILED as u8))
+}
+
+/// `leash policy show FILE`: the file and what leash adds, or the error (`FILE:LINE:COL: ...`).
+fn show_policy(file: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let policy = policy::parse_str(&file.display().to_string(), &text).map_err(|e| e.to_string())?;
+    Ok(policy::show::render(&text, &policy))
 }
 
 /// Help and version go to stdout as usual. A usage error is printed on one line; for `leash run`

@@ -509,6 +509,28 @@ fn files_that_run_code_later_are_read_only_in_the_workdir() {
     assert!(!checkout.join(".git/hooks/post-checkout").exists());
 }
 
+#[test]
+fn a_policy_can_unprotect_a_name_deliberately() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-git-widened");
+    let policy = scratch.file(
+        "policy.yaml",
+        &format!("{}filesystem_policy: {{ include_workdir: true, read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev], protect_in_workdir: [.git/hooks] }}\n", nobody_policy(&[])),
+    );
+    let checkout = scratch.owned_dir("checkout", uid);
+    Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    let attack = "echo '# mine' >> .git/config && echo config=written || echo config=refused; \
+                  echo x > .git/hooks/post-checkout && echo hook=written || echo hook=refused";
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("config=written"), "the policy's own list replaces the default: {text} {}", stderr(&out));
+    assert!(text.contains("hook=refused"), "{text}");
+}
+
 // 11. A dead leash's port.
 
 #[test]

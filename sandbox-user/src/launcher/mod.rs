@@ -109,6 +109,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     });
     let audit = Auditor::to_file(&id.to_string(), audit_file, true);
     let binaries_rules = !policy.binaries_restricted().is_empty();
+    let protect_in_workdir = policy.protect_in_workdir();
     let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
     let filesystem = policy.filesystem().cloned();
     let secrets = match &credentials_file {
@@ -158,6 +159,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         credential_names: &credential_names,
         filesystem: filesystem.as_ref(),
         binaries_rules,
+        protect: protect_in_workdir,
     };
     let kernel = Reload { policy: policy_file, rules: kernel_rules.as_ref(), protect: &protect };
     let watchdog = match sandbox
@@ -218,6 +220,8 @@ struct Agent<'a> {
     filesystem: Option<&'a FilesystemRules>,
     /// Whether the policy has `binaries:` rules (the proxy then reads each connection's owner).
     binaries_rules: bool,
+    /// Names in the working directory it may not change.
+    protect: Vec<PathBuf>,
 }
 
 /// Starts proxy, events and agent in a built sandbox and waits for the agent.
@@ -302,7 +306,7 @@ async fn run_inside(
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
         None => None,
     };
-    let mut mounts = mount_ns::PrivateMounts::prepare(&workdir, &[trust.dir().to_path_buf()])
+    let mut mounts = mount_ns::PrivateMounts::prepare(&workdir, &[trust.dir().to_path_buf()], &agent.protect)
         .context("preparing the agent's mount namespace")?;
     if !identity::home_usable(agent.identity) {
         let landlock = match &domain {

@@ -7,7 +7,8 @@
 //!   files for the agent, read-only: host daemons' sockets (docker, containerd, podman, dbus,
 //!   systemd, the user's `/run/user/<uid>` with its ssh and gpg agents) are not there to connect to;
 //! - files in the working directory that run code later, outside the sandbox, are read-only
-//!   (`PROTECTED_IN_WORKDIR`: git's config and hooks, direnv's `.envrc`, ...).
+//!   (the policy's `protect_in_workdir`, by default `policy::PROTECT_IN_WORKDIR`: git's config and
+//!   hooks, direnv's `.envrc`, ...).
 //!
 //! Mounts made on the host later still reach the sandbox (the namespace is a slave of the host's).
 //! Landlock rules follow a path's mount point, so the policy's `read_write: [/tmp]` covers the new
@@ -20,27 +21,6 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-
-/// Paths under the working directory the agent may not change, relative to it: each runs code
-/// for whoever next uses the directory outside the sandbox (git runs `core.fsmonitor`, hooks and
-/// `core.pager` from its config; direnv runs `.envrc`; editors run task files; shells read rc files
-/// when the working directory is a home directory).
-pub const PROTECTED_IN_WORKDIR: &[&str] = &[
-    ".git/config",
-    ".git/hooks",
-    ".gitmodules",
-    ".envrc",
-    ".vscode/tasks.json",
-    ".vscode/settings.json",
-    ".idea/workspace.xml",
-    ".bashrc",
-    ".bash_profile",
-    ".bash_login",
-    ".profile",
-    ".zshrc",
-    ".zprofile",
-    ".zshenv",
-];
 
 /// Directories that become private, empty and sticky (mode 1777).
 const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
@@ -91,8 +71,9 @@ fn is_dir(p: &Path) -> bool {
 
 impl PrivateMounts {
     /// Prepares the namespace for an agent working in `workdir`, keeping `keep` (directories
-    /// under `/run` the agent must read, such as its CA bundle) visible.
-    pub fn prepare(workdir: &Path, keep: &[PathBuf]) -> Result<Self> {
+    /// under `/run` the agent must read, such as its CA bundle) visible and `protect` (relative
+    /// to `workdir`) read-only.
+    pub fn prepare(workdir: &Path, keep: &[PathBuf], protect: &[PathBuf]) -> Result<Self> {
         let scratch = SCRATCH.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<_>>()?;
         let runtime = RUNTIME.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<Vec<_>>>()?;
         let mut kept = Vec::new();
@@ -114,7 +95,7 @@ impl PrivateMounts {
         }
         let mut read_only = Vec::new();
         let mut protected = Vec::new();
-        for name in PROTECTED_IN_WORKDIR {
+        for name in protect {
             let path = workdir.join(name);
             // Links are left alone: binding would follow them out of the working directory.
             if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() || m.is_dir()) {

@@ -137,7 +137,31 @@ pub struct FilesystemRules {
     pub include_workdir: bool,
     /// What to do if the kernel cannot enforce all of it.
     pub compatibility: LandlockCompat,
+    /// `protect_in_workdir`, when the policy sets it.
+    pub protect_in_workdir: Option<Vec<PathBuf>>,
 }
+
+/// Names in the working directory the agent may not change unless the policy says otherwise
+/// (`filesystem_policy.protect_in_workdir`): each runs code for whoever next uses the directory
+/// outside the sandbox (git runs `core.fsmonitor`, hooks and `core.pager` from its config;
+/// direnv runs `.envrc`; editors run task files; shells read rc files when the working directory
+/// is a home directory).
+pub const PROTECT_IN_WORKDIR: &[&str] = &[
+    ".git/config",
+    ".git/hooks",
+    ".gitmodules",
+    ".envrc",
+    ".vscode/tasks.json",
+    ".vscode/settings.json",
+    ".idea/workspace.xml",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".profile",
+    ".zshrc",
+    ".zprofile",
+    ".zshenv",
+];
 
 /// The identity the policy asks the agent to run under; `None` lets the launcher choose
 /// (the sudo caller, else `nobody`). Never root.
@@ -246,6 +270,15 @@ impl CompiledPolicy {
     /// The `kernel:` section, if any.
     pub fn kernel(&self) -> Option<&KernelRules> {
         self.kernel.as_ref()
+    }
+
+    /// The names in the working directory the agent may not change: the policy's
+    /// `protect_in_workdir`, else [`PROTECT_IN_WORKDIR`].
+    pub fn protect_in_workdir(&self) -> Vec<PathBuf> {
+        match self.filesystem.as_ref().and_then(|f| f.protect_in_workdir.as_ref()) {
+            Some(list) => list.clone(),
+            None => PROTECT_IN_WORKDIR.iter().map(PathBuf::from).collect(),
+        }
     }
 
     /// `policy/host:port` for each endpoint port whose requests must be inspected (see
@@ -371,6 +404,7 @@ fn compile_filesystem(fs: document::FilesystemPolicy, compatibility: LandlockCom
         read_write: fs.read_write.into_iter().map(|p| p.into_path_buf()).collect(),
         include_workdir: fs.include_workdir,
         compatibility,
+        protect_in_workdir: fs.protect_in_workdir.map(|list| list.into_iter().map(|p| p.into_path_buf()).collect()),
     }
 }
 

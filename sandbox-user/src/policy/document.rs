@@ -68,6 +68,9 @@ pub struct FilesystemPolicy {
     /// Paths (and everything beneath them) the agent may read and write.
     #[serde(default)]
     pub read_write: Vec<AbsolutePath>,
+    /// Names in the working directory the agent may not change (they run code later, outside
+    /// the sandbox); absent means leash's default list, `[]` protects nothing.
+    pub protect_in_workdir: Option<Vec<WorkdirPath>>,
 }
 
 /// `landlock:` — enforcement strictness for the filesystem policy.
@@ -406,6 +409,33 @@ impl FromStr for AbsolutePath {
     }
 }
 
+/// A path relative to the working directory, staying inside it (`.git/config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkdirPath(PathBuf);
+
+impl WorkdirPath {
+    /// The path.
+    pub fn into_path_buf(self) -> PathBuf {
+        self.0
+    }
+}
+
+impl FromStr for WorkdirPath {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let path = std::path::Path::new(text);
+        let inside = path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if text.is_empty() || text.contains('\0') || !inside {
+            return Err(format!(
+                "`{}` must be a path inside the working directory (relative, no `..`)",
+                text.escape_debug()
+            ));
+        }
+        Ok(WorkdirPath(path.to_path_buf()))
+    }
+}
+
 /// An absolute path glob (`/usr/bin/**`) from `kernel.exec.allow`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathGlob(String);
@@ -586,6 +616,7 @@ deserialize_from_str! {
     HostPattern => "a host name pattern such as `api.github.com`, `*.example.com` or `**.example.com`",
     IpNetwork => "an IP address or CIDR block such as `10.0.0.0/8`",
     AbsolutePath => "an absolute path",
+    WorkdirPath => "a path inside the working directory such as `.git/config`",
     PathGlob => "an absolute path glob such as `/usr/bin/**`",
     Method => "an HTTP method such as `GET`, or `*`",
     RequestPath => "a request path glob such as `/repos/**`",

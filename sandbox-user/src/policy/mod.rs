@@ -40,10 +40,11 @@ pub mod error;
 pub mod hosts;
 pub mod normalize;
 pub mod rego;
+pub mod show;
 
 pub use compile::{
     compile, load, parse_str, AllowedRequests, CompiledEndpoint, CompiledPolicy, Credential, FilesystemRules,
-    HttpRules, Inspection, KernelRules, NetworkDecision, NetworkPolicy, RequestRule, RunAs,
+    HttpRules, Inspection, KernelRules, NetworkDecision, NetworkPolicy, RequestRule, RunAs, PROTECT_IN_WORKDIR,
 };
 pub use decide::{Decider, EndpointRef, NetworkVerdict, RequestVerdict};
 pub use document::{Access, Document, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol, UnixSocketName};
