@@ -28,6 +28,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "leash's build, test, install and VM tasks",
     after_help = "From a fresh clone, each of these does all its own set-up:\n  \
         cargo xtask run        boot a VM and run the demo agent under leash (needs qemu; fetched/installed when missing)\n  \

@@ -13,6 +13,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Installs whatever is missing (`cargo xtask setup`), saying what it found.
 pub fn run() -> Result<()> {
+    let started = std::time::Instant::now();
     let sysroot = match nightly_sysroot()? {
         Some(sysroot) => {
             println!("setup: nightly toolchain present");
@@ -35,7 +36,7 @@ pub fn run() -> Result<()> {
             bail!("bpf-linker was installed but does not run: is {} on PATH?", cargo_bin().display());
         }
     }
-    println!("setup: done");
+    println!("setup: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
