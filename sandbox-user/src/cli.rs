@@ -165,6 +165,9 @@ pub struct RunArgs {
     /// Start the agent even when a layer the policy needs is missing, reporting each one.
     #[arg(long)]
     pub allow_degraded: bool,
+    /// No summary of what was denied when the agent ends.
+    #[arg(long, short)]
+    pub quiet: bool,
     /// The command to confine, after `--`.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,

@@ -114,6 +114,7 @@ fn run(args: cli::RunArgs) -> i32 {
         credentials_file: args.proxy.credentials_file,
         upstream_ca: args.proxy.upstream_ca,
         allow_degraded: args.allow_degraded,
+        quiet: args.quiet,
         command: args.command,
     };
     // block_on keeps the agent's fork on the main thread, which PR_SET_PDEATHSIG is tied to.

@@ -86,3 +86,23 @@ fn an_agent_without_a_home_gets_a_private_one_that_goes_with_it() {
     assert_eq!(stdout(&out).trim(), "0", "the private home outlived its sandbox: {}", stderr(&out));
     assert!(!std::path::Path::new(&home).join(".claude").exists(), "the private home is on the host");
 }
+
+#[test]
+fn the_agent_ending_prints_what_was_denied_unless_quiet() {
+    require_root();
+    let probe = env!("CARGO_BIN_EXE_netprobe");
+    let scratch = Scratch::new("first-summary");
+    let policy = scratch.file("policy.yaml", "version: 1\nnetwork_policies: {}\n");
+    let log = scratch.0.join("audit.jsonl");
+    let script =
+        format!("{probe} get proxy blocked.example.test:443; {probe} get proxy blocked.example.test:443; exit 3");
+    let out = leash_run(&policy, &["--audit-log", log.to_str().unwrap()], &["/bin/sh", "-c", &script]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("ended (exit 3)"), "{err}");
+    assert!(err.contains("denied: 2 connection(s) and 0 request(s) at the proxy"), "{err}");
+    assert!(err.contains("top denied destinations: blocked.example.test:443 (2)"), "{err}");
+    assert!(err.contains(&format!("audit log: {}", log.display())), "{err}");
+    let out = leash_run(&policy, &["--quiet"], &["/bin/sh", "-c", &script]);
+    assert!(!stderr(&out).contains("ended (exit"), "--quiet still printed the summary: {}", stderr(&out));
+}

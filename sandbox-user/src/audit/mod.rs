@@ -3,6 +3,7 @@
 //! Nothing secret is ever passed in here: events carry addresses, names and verdicts only.
 
 mod ocsf;
+mod tally;
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -27,6 +28,8 @@ struct Inner {
     file: Option<Mutex<Box<dyn std::io::Write + Send>>>,
     sandbox: String,
     stderr_lines: bool,
+    /// What was denied, for the summary at exit.
+    tally: Mutex<tally::Tally>,
 }
 
 impl Auditor {
@@ -51,14 +54,21 @@ impl Auditor {
     /// (`leash run` opens it with the checks of `launcher::host_files`).
     pub fn to_file(sandbox: &str, file: Option<std::fs::File>, stderr_lines: bool) -> Self {
         let file = file.map(|f| Mutex::new(Box::new(f) as Box<dyn std::io::Write + Send>));
-        Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines }) }
+        Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines, tally: Mutex::default() }) }
     }
 
     /// An auditor writing JSON lines to stdout, for a node daemon whose events serve many
     /// sandboxes (named per event with [`Auditor::kernel_denied_in`]).
     pub fn stdout(name: &str) -> Self {
         let out: Box<dyn std::io::Write + Send> = Box::new(std::io::stdout());
-        Self { inner: Arc::new(Inner { file: Some(Mutex::new(out)), sandbox: name.to_owned(), stderr_lines: false }) }
+        Self {
+            inner: Arc::new(Inner {
+                file: Some(Mutex::new(out)),
+                sandbox: name.to_owned(),
+                stderr_lines: false,
+                tally: Mutex::default(),
+            }),
+        }
     }
 
     /// A denial reported by one of the kernel programs. `target` names the file of an exec or
@@ -70,6 +80,9 @@ impl Auditor {
     /// [`Auditor::kernel_denied`] for a denial in sandbox `sandbox`.
     pub fn kernel_denied_in(&self, sandbox: &str, event: &DenyEvent, target: Option<&std::path::Path>) {
         let is_lsm = Hook::from_u32(event.hook).is_some_and(|h| h as u32 >= Hook::LsmSocketCreate as u32);
+        if let Ok(mut t) = self.inner.tally.lock() {
+            t.kernel(Hook::from_u32(event.hook).map(Hook::name).unwrap_or("unknown"));
+        }
         let (json, line) =
             if is_lsm { ocsf::lsm_denial(sandbox, event, target) } else { ocsf::kernel_denial(sandbox, event) };
         self.emit(&json, Some(&line));
@@ -77,6 +90,12 @@ impl Auditor {
 
     /// A decision of the proxy; denials also get a stderr line.
     pub fn proxy_decision(&self, decision: &ProxyDecision) {
+        if !decision.allowed {
+            if let Ok(mut t) = self.inner.tally.lock() {
+                let rule = decision.rule.clone().unwrap_or_else(|| decision.reason.clone());
+                t.proxy(decision.path.is_some(), format!("{}:{}", decision.host, decision.port), rule);
+            }
+        }
         if !self.records(decision.allowed) {
             return;
         }
@@ -86,8 +105,16 @@ impl Auditor {
 
     /// A connection to the proxy from outside its sandbox, closed unread.
     pub fn outsider_refused(&self, peer: std::net::SocketAddr) {
+        if let Ok(mut t) = self.inner.tally.lock() {
+            t.outsider();
+        }
         let (json, line) = ocsf::outsider_refused(&self.inner.sandbox, peer);
         self.emit(&json, Some(&line));
+    }
+
+    /// The lines of the summary of what was denied so far.
+    pub fn summary(&self) -> Vec<String> {
+        self.inner.tally.lock().map(|t| t.lines()).unwrap_or_default()
     }
 
     /// Whether a decision with this outcome goes anywhere: denials always (stderr), allowed

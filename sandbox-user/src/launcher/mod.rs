@@ -59,6 +59,8 @@ pub struct RunOptions {
     pub credentials_file: Option<PathBuf>,
     pub upstream_ca: Vec<PathBuf>,
     pub allow_degraded: bool,
+    /// No summary of what was denied at exit.
+    pub quiet: bool,
     pub command: Vec<OsString>,
 }
 
@@ -363,8 +365,18 @@ async fn run_inside(
     for pump in events {
         pump.stop().await;
     }
-    if let Some(summary) = sandbox.and_then(|s| s.counters()).and_then(|c| denial_summary(&c)) {
-        eprintln!("leash: sandbox {id}: {summary}");
+    if !opts.quiet {
+        let mut lines = audit.summary();
+        if let Some(counted) = sandbox.and_then(|s| s.counters()).and_then(|c| denial_summary(&c)) {
+            lines.push(counted);
+        }
+        if let Some(log) = &opts.audit_log {
+            lines.push(format!("audit log: {}", log.display()));
+        }
+        eprintln!("leash: sandbox {id} ended (exit {code})");
+        for line in lines {
+            eprintln!("leash:   {line}");
+        }
     }
     Ok(code)
 }

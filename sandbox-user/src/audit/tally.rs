@@ -1,0 +1,90 @@
+//! Counts of what was denied during one sandbox's life, for the summary `leash run` prints when
+//! the agent ends: how many connections, requests and kernel actions were refused, and the
+//! destinations and rules refused most often.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// How many entries of each top list the summary shows.
+const TOP: usize = 3;
+
+#[derive(Default)]
+pub struct Tally {
+    connections: u64,
+    requests: u64,
+    kernel: u64,
+    outsiders: u64,
+    destinations: HashMap<String, u64>,
+    rules: HashMap<String, u64>,
+}
+
+impl Tally {
+    /// A proxy denial: a whole connection when `request` is false.
+    pub fn proxy(&mut self, request: bool, destination: String, rule: String) {
+        if request {
+            self.requests += 1;
+        } else {
+            self.connections += 1;
+        }
+        *self.destinations.entry(destination).or_default() += 1;
+        *self.rules.entry(rule).or_default() += 1;
+    }
+
+    /// A kernel denial by `hook`.
+    pub fn kernel(&mut self, hook: &str) {
+        self.kernel += 1;
+        *self.rules.entry(format!("kernel {hook}")).or_default() += 1;
+    }
+
+    /// A connection to the proxy from outside the sandbox.
+    pub fn outsider(&mut self) {
+        self.outsiders += 1;
+    }
+
+    /// The summary's lines, or none when nothing was denied.
+    pub fn lines(&self) -> Vec<String> {
+        if self.connections + self.requests + self.kernel + self.outsiders == 0 {
+            return vec!["nothing was denied".to_owned()];
+        }
+        let mut first = format!(
+            "denied: {} connection(s) and {} request(s) at the proxy, {} kernel action(s)",
+            self.connections, self.requests, self.kernel
+        );
+        if self.outsiders > 0 {
+            let _ = write!(first, ", {} connection(s) from outside the sandbox", self.outsiders);
+        }
+        let mut lines = vec![first];
+        for (label, counts) in [("top denied destinations", &self.destinations), ("top rules", &self.rules)] {
+            if !counts.is_empty() {
+                lines.push(format!("{label}: {}", top(counts)));
+            }
+        }
+        lines
+    }
+}
+
+/// The most frequent entries, most frequent first (ties by name), as `name (count)`.
+fn top(counts: &HashMap<String, u64>) -> String {
+    let mut entries: Vec<(&String, &u64)> = counts.iter().collect();
+    entries.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    entries.iter().take(TOP).map(|(name, n)| format!("{name} ({n})")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_ranks_denials() {
+        let mut t = Tally::default();
+        assert_eq!(t.lines(), ["nothing was denied"]);
+        t.proxy(false, "evil.test:443".into(), "no_matching_policy".into());
+        t.proxy(false, "evil.test:443".into(), "no_matching_policy".into());
+        t.proxy(true, "api.github.com:443".into(), "deny_rules[0]".into());
+        t.kernel("connect4");
+        let lines = t.lines();
+        assert_eq!(lines[0], "denied: 2 connection(s) and 1 request(s) at the proxy, 1 kernel action(s)");
+        assert_eq!(lines[1], "top denied destinations: evil.test:443 (2), api.github.com:443 (1)");
+        assert!(lines[2].starts_with("top rules: no_matching_policy (2)"), "{}", lines[2]);
+    }
+}
