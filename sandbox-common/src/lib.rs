@@ -23,7 +23,8 @@ pub mod map_names {
     pub const PROXY_CLIENTS: &str = "LEASH_PROXY_CLIENTS";
     /// `HashMap<u64 cgroup id, LsmPolicy>`: what the BPF-LSM programs refuse each sandbox.
     pub const LSM_SANDBOXES: &str = "LEASH_LSM_SANDBOXES";
-    /// `HashMap<InodeKey, u8>`: the executables each sandbox may run (`kernel.exec.allow`).
+    /// `HashMap<InodeKey, u8>`: the files each sandbox may run or map executable
+    /// (`kernel.exec.allow` and the system libraries); the value is [`exec_right`] bits.
     pub const LSM_EXEC_ALLOW: &str = "LEASH_LSM_EXEC_ALLOW";
     /// `HashMap<InodeKey, u8>`: the files each sandbox may not open (`kernel.deny_open`).
     pub const LSM_DENY_OPEN: &str = "LEASH_LSM_DENY_OPEN";
@@ -48,7 +49,7 @@ pub mod program_names {
 
     /// The enforcing BPF-LSM programs and the hook each attaches to (`bpf_lsm_<hook>` in the
     /// kernel's BTF), in attach order. A hook this kernel lacks is skipped, not fatal.
-    pub const LSM_HOOKS: [(&str, &str); 19] = [
+    pub const LSM_HOOKS: [(&str, &str); 21] = [
         ("leash_lsm_socket_create", "socket_create"),
         ("leash_lsm_bpf", "bpf"),
         ("leash_lsm_perf_event_open", "perf_event_open"),
@@ -64,6 +65,8 @@ pub mod program_names {
         ("leash_lsm_ptrace_traceme", "ptrace_traceme"),
         ("leash_lsm_userns_create", "userns_create"),
         ("leash_lsm_bprm_check_security", "bprm_check_security"),
+        ("leash_lsm_mmap_file", "mmap_file"),
+        ("leash_lsm_file_mprotect", "file_mprotect"),
         ("leash_lsm_file_open", "file_open"),
         ("leash_lsm_task_kill", "task_kill"),
         ("leash_lsm_socket_connect", "socket_connect"),
@@ -139,8 +142,9 @@ pub mod lsm_deny {
 
 /// [`LsmPolicy::rules`] flags.
 pub mod lsm_rule {
-    /// Only executables in `LEASH_LSM_EXEC_ALLOW` (by device and inode) may run; files with no
-    /// link left (deleted, memfd) never.
+    /// Only executables in `LEASH_LSM_EXEC_ALLOW` (by device and inode) may run, and only files
+    /// there may be mapped executable (`mmap`/`mprotect` with `PROT_EXEC`; anonymous memory
+    /// stays allowed); files with no link left (deleted, memfd) never.
     pub const EXEC_ALLOWLIST: u32 = 1 << 0;
     /// Files in `LEASH_LSM_DENY_OPEN` may not be opened.
     pub const DENY_OPEN: u32 = 1 << 1;
@@ -154,10 +158,20 @@ pub mod lsm_rule {
     pub const DESCENDANTS: u32 = 1 << 4;
 }
 
+/// Values of `LEASH_LSM_EXEC_ALLOW`: what a sandbox may do with the file. Any entry may be mapped
+/// executable; only [`exec_right::RUN`] entries may be executed.
+pub mod exec_right {
+    /// An executable of `kernel.exec.allow`: may be run (and mapped).
+    pub const RUN: u8 = 1;
+    /// A shared library (system library directories, or `*.so*` under an allowed path): may be
+    /// mapped executable, not run.
+    pub const MAP: u8 = 2;
+}
+
 /// Key of the inode maps: a file of one sandbox's list. `dev` is the kernel's encoding
 /// (`major << 20 | minor`), not stat(2)'s.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InodeKey {
     pub sandbox: u64,
     pub ino: u64,
@@ -172,7 +186,7 @@ pub const UNIX_PATH_MAX: usize = 108;
 /// it. A pathname socket is its path bytes (no NUL, zero-filled); an abstract socket starts with
 /// a zero byte followed by its name. `len` counts the meaningful bytes of `path`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct UnixKey {
     pub sandbox: u64,
     pub len: u32,
@@ -213,6 +227,16 @@ pub struct KernelLayout {
     /// `msghdr.msg_name`, `msghdr.msg_namelen`.
     pub msghdr_name: u32,
     pub msghdr_namelen: u32,
+    /// `vm_area_struct.vm_file`.
+    pub vma_file: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock_common.skc_daddr`, `skc_dport`, `skc_family`, `skc_v6_daddr` (the connected peer;
+    /// `struct sock` starts with its `sock_common`).
+    pub skc_daddr: u32,
+    pub skc_dport: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
     /// Bit `n` set: some sandbox registered with [`lsm_rule::DESCENDANTS`] is at cgroup level
     /// `n`; the programs look ancestors up only at these levels.
     pub sandbox_levels: u32,
@@ -310,6 +334,8 @@ pub enum Hook {
     LsmKill = 17,
     LsmConnect = 18,
     LsmSendmsg = 19,
+    LsmMmap = 20,
+    LsmMprotect = 21,
 }
 
 impl Hook {
@@ -334,6 +360,8 @@ impl Hook {
             17 => Self::LsmKill,
             18 => Self::LsmConnect,
             19 => Self::LsmSendmsg,
+            20 => Self::LsmMmap,
+            21 => Self::LsmMprotect,
             _ => return None,
         })
     }
@@ -359,6 +387,8 @@ impl Hook {
             Self::LsmKill => "lsm_task_kill",
             Self::LsmConnect => "lsm_socket_connect",
             Self::LsmSendmsg => "lsm_socket_sendmsg",
+            Self::LsmMmap => "lsm_mmap_file",
+            Self::LsmMprotect => "lsm_file_mprotect",
         }
     }
 }
@@ -371,7 +401,8 @@ impl Hook {
 /// For BPF-LSM hooks other than the socket ones, `family`, `sock_type` and `addr` are zero and
 /// `protocol` carries the hook's one telling argument: the bpf command, the perf event type, the
 /// ptrace access mode, the kernel load/read id, the signal; zero when there is none.
-/// `target_dev`/`target_ino` name the file of `LsmExec` and `LsmOpen`, `target_pid` the process
+/// `target_dev`/`target_ino` name the file of `LsmExec`, `LsmOpen`, `LsmMmap` and `LsmMprotect`
+/// (whose `protocol` is the requested `PROT_*` bits), `target_pid` the process
 /// of `LsmKill`, and `path` the file name of `LsmExec` or the unix socket of `LsmConnect` and
 /// `LsmSendmsg` (`family` 1; an abstract name starts with a zero byte), cut to 64 bytes.
 #[repr(C)]

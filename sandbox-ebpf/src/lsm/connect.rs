@@ -4,8 +4,14 @@
 //!   `LEASH_LSM_UNIX_ALLOW` — by default none, so docker.sock, containerd's sockets or a host
 //!   agent's socket are out of reach. Datagrams sent with an address are judged like connects.
 //! - AF_INET/AF_INET6 (`lsm_rule::PROXY_ONLY`): only the proxy. The cgroup programs already
-//!   enforce this; this is the second line, on the syscall path every caller (io_uring included)
-//!   goes through.
+//!   enforce this for the sandbox's own sockets; this is the second line, on the syscall path
+//!   every caller (io_uring included) goes through, and the only line for a socket created
+//!   outside the sandbox (passed in with `SCM_RIGHTS`, or held by a process moved in): the
+//!   cgroup programs judge a socket by the cgroup it was created in, these hooks the caller.
+//!   A send without an address (`send`, `write`, `sendmsg` on a connected socket) is judged by
+//!   the socket's connected peer, so a socket connected outside reaches nothing but the proxy.
+//!   Not covered before 6.5: `sendfile`/`splice` into a socket went through `sendpage`, which
+//!   has no LSM hook.
 //!
 //! The address is the kernel's copy of the caller's sockaddr. Minimum kernel: 5.7.
 
@@ -14,7 +20,7 @@ use aya_ebpf::{
     macros::lsm,
     programs::LsmContext,
 };
-use sandbox_common::{lsm_rule, Hook, UnixKey, UNIX_PATH_MAX};
+use sandbox_common::{lsm_rule, Hook, KernelLayout, UnixKey, UNIX_PATH_MAX};
 
 use super::kernel::{read_u32, read_u64};
 use super::{current_sandbox, deny, layout, Event, Sandbox, ALLOW};
@@ -54,11 +60,50 @@ pub fn leash_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
     let (Some(name), Some(len)) = (read_u64(msg, layout.msghdr_name), read_u32(msg, layout.msghdr_namelen)) else {
         return deny(&sandbox, &Event::new(Hook::LsmSendmsg));
     };
+    // No address: the socket's peer (a unix socket's was judged when it connected). With one: the
+    // address, and the peer too when connected, since TCP ignores the address then.
+    let sock: u64 = ctx.arg(0);
     if name == 0 {
-        // No address: a connected socket, whose peer was judged at connect.
+        return judge_peer(&sandbox, sock, &layout, true);
+    }
+    match judge(&sandbox, Hook::LsmSendmsg, name, len as i32) {
+        ALLOW => judge_peer(&sandbox, sock, &layout, false),
+        refused => refused,
+    }
+}
+
+/// The verdict on the peer of the socket at `sock`: an IP socket only to the proxy; one not
+/// connected (peer port 0) is refused when `required` (a send with no address), else allowed.
+/// Other families: as the kernel decides.
+#[inline(always)]
+fn judge_peer(sandbox: &Sandbox, sock: u64, layout: &KernelLayout, required: bool) -> i32 {
+    if sandbox.policy.rules & lsm_rule::PROXY_ONLY == 0 {
         return ALLOW;
     }
-    judge(&sandbox, Hook::LsmSendmsg, name, len as i32)
+    let Some(sk) = read_u64(sock, layout.socket_sk) else {
+        return deny(sandbox, &Event::new(Hook::LsmSendmsg));
+    };
+    // SAFETY (all reads): bpf_probe_read_kernel checks the address.
+    let Ok(family) = (unsafe { bpf_probe_read_kernel((sk + layout.skc_family as u64) as *const u16) }) else {
+        return deny(sandbox, &Event::new(Hook::LsmSendmsg));
+    };
+    let port = unsafe { bpf_probe_read_kernel((sk + layout.skc_dport as u64) as *const u16) }.map(u16::from_be);
+    let mut words = [0u32; 4];
+    let read = match family {
+        AF_INET => {
+            words[2] = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+            read_u32(sk, layout.skc_daddr).map(|w| words[3] = w)
+        }
+        AF_INET6 => unsafe { bpf_probe_read_kernel((sk + layout.skc_v6_daddr as u64) as *const [u32; 4]) }
+            .ok()
+            .map(|w| words = w),
+        _ => return ALLOW,
+    };
+    let port = if read.is_some() { port.unwrap_or(0) } else { 0 };
+    if port == 0 && !required {
+        return ALLOW;
+    }
+    verdict(sandbox, Hook::LsmSendmsg, family, port, &words)
 }
 
 /// The verdict on sending to the sockaddr at `address` (`len` bytes).
@@ -122,7 +167,6 @@ fn judge_unix(sandbox: &Sandbox, hook: Hook, address: u64, len: i32) -> i32 {
 /// IP sockets: only the proxy's address and port.
 #[inline(always)]
 fn judge_inet(sandbox: &Sandbox, hook: Hook, address: u64, family: u16) -> i32 {
-    let proxy = &sandbox.policy.proxy_addr;
     // sockaddr_in: port at 2, address at 4; sockaddr_in6: port at 2, address at 8. Both in
     // network order, compared as the same native words the policy stores.
     // SAFETY (all reads): bpf_probe_read_kernel checks the address.
@@ -134,12 +178,19 @@ fn judge_inet(sandbox: &Sandbox, hook: Hook, address: u64, family: u16) -> i32 {
     } else {
         unsafe { bpf_probe_read_kernel((address + 8) as *const [u32; 4]) }.map(|w| words = w)
     };
-    if read.is_ok() && port == sandbox.policy.proxy_port && words == *proxy {
+    let port = if read.is_ok() { port } else { 0 };
+    verdict(sandbox, hook, family, port, &words)
+}
+
+/// Allows the proxy's address and port (`port` 0 never is), refuses anything else.
+#[inline(always)]
+fn verdict(sandbox: &Sandbox, hook: Hook, family: u16, port: u16, words: &[u32; 4]) -> i32 {
+    if port != 0 && port == sandbox.policy.proxy_port && *words == sandbox.policy.proxy_addr {
         return ALLOW;
     }
     let mut event = Event::new(hook);
     event.family = family as u32;
     event.port = port;
-    event.addr = crate::net::words_to_bytes(&words);
+    event.addr = crate::net::words_to_bytes(words);
     deny(sandbox, &event)
 }

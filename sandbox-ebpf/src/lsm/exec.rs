@@ -4,10 +4,11 @@
 //! kernel is about to run, once per binfmt step (a `#!` script, then its interpreter), so it
 //! also refuses `execveat(AT_EMPTY_PATH)` of a memfd or a deleted file (no inode in the list; a
 //! file with no link left is refused even if listed). `ld.so /path/bin` runs ld.so itself: it is
-//! refused unless the policy names the loader. Minimum kernel: 5.7.
+//! refused unless the policy names the loader. Library entries of the same map (`exec_right::MAP`:
+//! mappable, see `mmap.rs`) do not run. Minimum kernel: 5.7.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
-use sandbox_common::{lsm_rule, Hook, InodeKey};
+use sandbox_common::{exec_right, lsm_rule, Hook, InodeKey};
 
 use super::kernel::{file_identity, read_u32, read_u64};
 use super::{current_sandbox, deny, layout, Event, ALLOW};
@@ -37,8 +38,9 @@ pub fn leash_lsm_bprm_check_security(ctx: LsmContext) -> i32 {
     event.target_dev = dev;
     event.target_ino = ino;
     let key = InodeKey { sandbox: sandbox.id, ino, dev, _pad: 0 };
-    // SAFETY: only presence is read.
-    if nlink != 0 && unsafe { LSM_EXEC_ALLOW.get(&key) }.is_some() {
+    // SAFETY: the value is copied out at once.
+    let right = unsafe { LSM_EXEC_ALLOW.get(&key) }.copied().unwrap_or(0);
+    if nlink != 0 && right & exec_right::RUN != 0 {
         return ALLOW;
     }
     deny(&sandbox, &event)

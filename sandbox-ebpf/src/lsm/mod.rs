@@ -7,6 +7,7 @@
 //! | `socket.rs` | `socket_create` | `lsm_deny::{PACKET_SOCKET, RAW_SOCKET, VSOCK, NETLINK}` |
 //! | `connect.rs` | `socket_connect`, `socket_sendmsg` | `lsm_rule::{UNIX_ALLOWLIST, PROXY_ONLY}` |
 //! | `exec.rs` | `bprm_check_security` | `lsm_rule::EXEC_ALLOWLIST` |
+//! | `mmap.rs` | `mmap_file`, `file_mprotect` (`PROT_EXEC` of a file) | `lsm_rule::EXEC_ALLOWLIST` |
 //! | `open.rs` | `file_open` | `lsm_rule::DENY_OPEN` |
 //! | `signal.rs` | `task_kill` (targets outside the sandbox) | `lsm_deny::KILL_OUTSIDE` |
 //! | `bpf.rs` | `bpf` | `lsm_deny::BPF` |
@@ -27,6 +28,7 @@ mod connect;
 mod exec;
 mod kernel;
 mod kernel_module;
+mod mmap;
 mod mount;
 mod open;
 mod perf_event;

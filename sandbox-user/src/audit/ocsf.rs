@@ -141,6 +141,12 @@ pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::pa
     let (rule, target, class) = match hook {
         Some(Hook::LsmExec) => ("kernel.exec.allow", format!("exec {} ({})", lossy_or(&path, "?"), file()), 1007),
         Some(Hook::LsmOpen) => ("kernel.deny_open", format!("open {}", file()), 1001),
+        Some(Hook::LsmMmap) => {
+            ("kernel.exec.allow", format!("map executable {} (prot {:#x})", file(), event.protocol), 1001)
+        }
+        Some(Hook::LsmMprotect) => {
+            ("kernel.exec.allow", format!("mprotect executable {} (prot {:#x})", file(), event.protocol), 1001)
+        }
         Some(Hook::LsmKill) => ("kill_outside", format!("signal {} to pid {}", event.protocol, event.target_pid), 1007),
         Some(Hook::LsmPtrace) => {
             ("ptrace", format!("ptrace pid {} (mode {:#x})", event.target_pid, event.protocol), 1007)
@@ -309,6 +315,14 @@ mod tests {
         e.path[..8].copy_from_slice(b"/tmp/evi");
         let (_, line) = lsm_denial("s1", &e, None);
         assert!(line.contains("exec /tmp/evi") && line.contains("kernel.exec.allow"), "{line}");
+
+        let mut e = event(Hook::LsmMmap, 0, [0; 16], 0);
+        (e.target_dev, e.target_ino, e.protocol) = (0x800001, 77, 5);
+        let (json, line) = lsm_denial("s1", &e, Some(std::path::Path::new("/tmp/libm.so.6")));
+        assert!(line.contains("denied lsm_mmap_file"), "{line}");
+        assert!(line.contains("map executable /tmp/libm.so.6 (dev 0x800001 inode 77) (prot 0x5)"), "{line}");
+        assert!(line.contains("rule kernel.exec.allow"), "{line}");
+        assert_eq!(json["class_uid"], 1001);
 
         let mut e = event(Hook::LsmConnect, 1, [0; 16], 0);
         e.path[..4].copy_from_slice(b"\0x11");

@@ -183,6 +183,12 @@ impl KernelBtf {
             kernfs_id: self.offset("kernfs_node", "id")?,
             msghdr_name: self.offset("msghdr", "msg_name")?,
             msghdr_namelen: self.offset("msghdr", "msg_namelen")?,
+            vma_file: self.offset("vm_area_struct", "vm_file")?,
+            socket_sk: self.offset("socket", "sk")?,
+            skc_daddr: self.offset("sock_common", "skc_daddr")?,
+            skc_dport: self.offset("sock_common", "skc_dport")?,
+            skc_family: self.offset("sock_common", "skc_family")?,
+            skc_v6_daddr: self.offset("sock_common", "skc_v6_daddr")?,
             sandbox_levels: 0,
         })
     }
@@ -204,6 +210,8 @@ mod tests {
         // msg_name is msghdr's first member on every kernel; msg_namelen follows the pointer.
         assert_eq!(layout.msghdr_name, 0);
         assert_eq!(layout.msghdr_namelen, 8);
+        // sock_common opens with the address pair, then the port pair; the family follows.
+        assert_eq!((layout.skc_daddr, layout.skc_dport, layout.skc_family), (0, 12, 16));
         assert!(layout.task_cgroups > layout.task_tgid || layout.task_tgid > 0);
         assert!(btf.has("inode", "i_ino"));
         assert!(!btf.has("inode", "no_such_member"));

@@ -14,15 +14,16 @@
 //! Needs a kernel with `CONFIG_BPF_LSM`, `bpf` in the active LSMs (`lsm=` boot parameter) and BTF;
 //! minimum kernel 5.7.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{links::FdLink, lsm::LsmLinkId, Lsm};
 use aya::{Btf, Ebpf};
 use sandbox_common::{
-    lsm_rule, map_names, program_names, InodeKey, KernelLayout, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL,
+    exec_right, lsm_rule, map_names, program_names, InodeKey, KernelLayout, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL,
 };
 
 use super::btf::KernelBtf;
@@ -204,15 +205,19 @@ impl LsmMaps {
         self.add_sandbox(id, policy)
     }
 
-    /// Replaces the exec allowlist, open deny list and unix allowlist of sandbox `id` (on
-    /// reload). New entries go in before stale ones leave, so nothing allowed lapses.
+    /// Replaces the exec allowlist (executables to run, libraries to map), open deny list and
+    /// unix allowlist of sandbox `id` (on reload). New entries go in before stale ones leave, so
+    /// nothing allowed lapses.
     pub fn replace_lists(&mut self, id: u64, rules: &LsmRules) -> Result<()> {
-        let inode = |(f, _): (&FileId, &PathBuf)| InodeKey { sandbox: id, ino: f.ino, dev: f.dev, _pad: 0 };
-        let exec: Vec<InodeKey> = rules.exec.iter().map(inode).collect();
-        let deny: Vec<InodeKey> = rules.deny_open.iter().map(inode).collect();
+        let inode = |f: &FileId| InodeKey { sandbox: id, ino: f.ino, dev: f.dev, _pad: 0 };
+        // A file both listed to run and found as a library runs.
+        let mut exec: BTreeMap<InodeKey, u8> = rules.libraries.keys().map(|f| (inode(f), exec_right::MAP)).collect();
+        exec.extend(rules.exec.keys().map(|f| (inode(f), exec_right::RUN)));
+        let exec: Vec<(InodeKey, u8)> = exec.into_iter().collect();
+        let deny: Vec<(InodeKey, u8)> = rules.deny_open.keys().map(|f| (inode(f), 1)).collect();
         sync_set(&mut self.exec_allow, map_names::LSM_EXEC_ALLOW, id, |k| k.sandbox, &exec)?;
         sync_set(&mut self.deny_open, map_names::LSM_DENY_OPEN, id, |k| k.sandbox, &deny)?;
-        let unix: Vec<_> = rules.unix_keys(id).collect();
+        let unix: Vec<_> = rules.unix_keys(id).map(|k| (k, 1)).collect();
         sync_set(&mut self.unix_allow, map_names::LSM_UNIX_ALLOW, id, |k| k.sandbox, &unix)?;
         Ok(())
     }
@@ -253,19 +258,20 @@ fn copy_entries<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-/// Makes the keys of sandbox `id` in set-map `set` (named `name`) exactly `want`.
-fn sync_set<K: aya::Pod + PartialEq>(
+/// Makes the entries of sandbox `id` in set-map `set` (named `name`) exactly `want`.
+fn sync_set<K: aya::Pod + Ord>(
     set: &mut HashMap<MapData, K, u8>,
     name: &str,
     id: u64,
     sandbox_of: impl Fn(&K) -> u64,
-    want: &[K],
+    want: &[(K, u8)],
 ) -> Result<()> {
-    for key in want {
-        set.insert(key, 1, 0).with_context(|| format!("writing {name} (is the list larger than the map?)"))?;
+    for (key, value) in want {
+        set.insert(key, value, 0).with_context(|| format!("writing {name} (is the list larger than the map?)"))?;
     }
+    let wanted: std::collections::BTreeSet<&K> = want.iter().map(|(k, _)| k).collect();
     let stale: Vec<K> =
-        set.keys().filter_map(|k| k.ok()).filter(|k| sandbox_of(k) == id && !want.contains(k)).collect();
+        set.keys().filter_map(|k| k.ok()).filter(|k| sandbox_of(k) == id && !wanted.contains(k)).collect();
     for key in stale {
         let _ = set.remove(&key);
     }

@@ -2,6 +2,14 @@
 //! resolved to (device, inode) — executables for the exec allowlist, files for the open deny
 //! list — plus the unix sockets the agent may reach, and the hooks all of that needs.
 //!
+//! With `kernel.exec.allow`, only listed files may also be *mapped* executable (`mmap.rs`), so
+//! the list carries the shared libraries programs load: every shared object (`*.so`, `*.so.*`,
+//! the dynamic loader included) under the system library directories ([`SYSTEM_LIBRARY_DIRS`])
+//! that root owns and no one else can write, and every `*.so*` file a `kernel.exec.allow` glob
+//! matches (executable or not). A policy naming `/usr/bin/**` thus runs dynamically linked
+//! programs without listing `/usr/lib`; a library of the agent's own (in the workdir, `/tmp`, a
+//! memfd) cannot be mapped unless the policy names its path.
+//!
 //! Files are identified by inode so that a second name (hard link, symlink, bind mount of the
 //! same filesystem) is the same file. Resolution happens when the sandbox starts and again on
 //! reload; a file replaced afterwards (new inode) is no longer covered until the next reload.
@@ -18,6 +26,15 @@ use crate::policy::{KernelDeny, KernelRules, UnixSocketName};
 
 /// Most executables one sandbox's allowlist may resolve to.
 pub const MAX_EXEC_FILES: usize = 32_768;
+
+/// Most shared libraries one sandbox's allowlist may resolve to.
+pub const MAX_LIBRARY_FILES: usize = 16_384;
+
+/// Where the dynamic loader finds system libraries; their shared objects may be mapped
+/// executable in a sandbox with an exec allowlist. A directory that is a symlink (merged `/usr`)
+/// is covered by its target.
+pub const SYSTEM_LIBRARY_DIRS: [&str; 9] =
+    ["/lib", "/lib32", "/lib64", "/libx32", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/usr/local/lib"];
 
 /// A file as the kernel names it: `major << 20 | minor` and the inode number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +67,9 @@ pub struct LsmRules {
     /// Executables that may run, with one path each for reports; empty unless
     /// `lsm_rule::EXEC_ALLOWLIST`.
     pub exec: BTreeMap<FileId, PathBuf>,
+    /// Shared libraries that may be mapped executable but not run (see the module header);
+    /// empty unless `lsm_rule::EXEC_ALLOWLIST`.
+    pub libraries: BTreeMap<FileId, PathBuf>,
     /// Files that may not be opened, with their path (`lsm_rule::DENY_OPEN` is set when there
     /// are any).
     pub deny_open: BTreeMap<FileId, PathBuf>,
@@ -81,13 +101,14 @@ impl LsmRules {
         if let Some(globs) = &kernel.exec_allow {
             rules.rules |= lsm_rule::EXEC_ALLOWLIST;
             for glob in globs {
-                if expand_executables(root, glob, &mut rules.exec)? == 0 {
+                if expand_executables(root, glob, &mut rules.exec, &mut rules.libraries)? == 0 {
                     eprintln!("leash: note: kernel.exec.allow `{glob}` matches no executable here");
                 }
             }
             if rules.exec.is_empty() {
                 bail!("kernel.exec.allow matches no executable on this host, so nothing could run");
             }
+            add_system_libraries(root, &mut rules.libraries)?;
         }
         for path in kernel.deny_open.iter().chain(protect) {
             match root.metadata(path).map(|m| FileId::from_meta(&m)) {
@@ -127,7 +148,7 @@ impl LsmRules {
         need(lsm_deny::KERNEL_MODULE, &["kernel_module_request", "kernel_load_data", "kernel_read_file"]);
         need(lsm_deny::KILL_OUTSIDE, &["task_kill"]);
         if self.rules & lsm_rule::EXEC_ALLOWLIST != 0 {
-            hooks.push("bprm_check_security");
+            hooks.extend_from_slice(&["bprm_check_security", "mmap_file", "file_mprotect"]);
         }
         if self.rules & lsm_rule::DENY_OPEN != 0 {
             hooks.push("file_open");
@@ -177,22 +198,68 @@ fn unix_address(name: &UnixSocketName) -> (u32, [u8; UNIX_PATH_MAX]) {
 }
 
 /// Adds every executable regular file matching `glob` (`*` and `?` within one component, `**`
-/// across components) to `out`, following symlinks to the file they name. Returns how many
-/// executables matched (files another glob already listed included).
-fn expand_executables(root: &FsRoot, glob: &str, out: &mut BTreeMap<FileId, PathBuf>) -> Result<usize> {
+/// across components) to `out`, and every other shared object it matches to `libraries`,
+/// following symlinks to the file they name. Returns how many executables matched (files
+/// another glob already listed included).
+fn expand_executables(
+    root: &FsRoot,
+    glob: &str,
+    out: &mut BTreeMap<FileId, PathBuf>,
+    libraries: &mut BTreeMap<FileId, PathBuf>,
+) -> Result<usize> {
     let parts: Vec<&str> = glob.trim_start_matches('/').split('/').filter(|p| !p.is_empty()).collect();
     let mut matched = 0;
-    Walk { root, out, matched: &mut matched }.walk(Path::new("/"), &parts, 0);
+    Walk { root, out, libraries, matched: &mut matched }.walk(Path::new("/"), &parts, 0);
     if out.len() > MAX_EXEC_FILES {
         bail!("kernel.exec.allow resolves to more than {MAX_EXEC_FILES} files; name narrower paths");
     }
     Ok(matched)
 }
 
+/// Adds the shared objects of [`SYSTEM_LIBRARY_DIRS`] in `root` to `out`: regular files (symlinks
+/// followed) owned by root and writable by no one else, any depth below (symlinked directories
+/// are not descended into).
+pub fn add_system_libraries(root: &FsRoot, out: &mut BTreeMap<FileId, PathBuf>) -> Result<()> {
+    fn walk(root: &FsRoot, dir: &Path, depth: usize, out: &mut BTreeMap<FileId, PathBuf>) {
+        if depth > 16 || out.len() > MAX_LIBRARY_FILES {
+            return;
+        }
+        for entry in root.read_dir_sorted(dir) {
+            let Ok(lmeta) = root.symlink_metadata(&entry) else { continue };
+            if lmeta.is_dir() {
+                walk(root, &entry, depth + 1, out);
+            } else if entry.file_name().is_some_and(|n| is_shared_object(&n.to_string_lossy())) {
+                match root.metadata(&entry) {
+                    Ok(m) if m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0 => {
+                        out.entry(FileId::from_meta(&m)).or_insert(entry);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for dir in SYSTEM_LIBRARY_DIRS {
+        let dir = Path::new(dir);
+        if root.symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            walk(root, dir, 0, out);
+        }
+    }
+    if out.len() > MAX_LIBRARY_FILES {
+        bail!("the system library directories hold more than {MAX_LIBRARY_FILES} shared objects");
+    }
+    Ok(())
+}
+
+/// `*.so` or `*.so.*`: a shared object's file name.
+fn is_shared_object(name: &str) -> bool {
+    name.ends_with(".so") || name.contains(".so.")
+}
+
 /// One glob's expansion in one root.
 struct Walk<'a> {
     root: &'a FsRoot,
     out: &'a mut BTreeMap<FileId, PathBuf>,
+    libraries: &'a mut BTreeMap<FileId, PathBuf>,
     matched: &'a mut usize,
 }
 
@@ -241,6 +308,12 @@ impl Walk<'_> {
             Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
                 self.out.entry(FileId::from_meta(&meta)).or_insert_with(|| path.to_path_buf());
                 true
+            }
+            Ok(meta) if meta.is_file() && path.file_name().is_some_and(|n| is_shared_object(&n.to_string_lossy())) => {
+                if self.libraries.len() < MAX_LIBRARY_FILES {
+                    self.libraries.entry(FileId::from_meta(&meta)).or_insert_with(|| path.to_path_buf());
+                }
+                false
             }
             _ => false,
         }
@@ -329,6 +402,38 @@ mod tests {
         let none = format!("{}/nothing-*", bin.display());
         let err = LsmRules::resolve(&rules(Some(&[&none]), &[], &[]), &[]).unwrap_err();
         assert!(err.to_string().contains("matches no executable"), "{err}");
+    }
+
+    #[test]
+    fn exec_lists_carry_libraries_to_map() {
+        let dir = Scratch::new("libs");
+        let lib = dir.path().join("opt/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        for (name, mode) in [("tool", 0o755), ("libtool.so.1", 0o644), ("notes.txt", 0o644)] {
+            std::fs::write(lib.join(name), b"x").unwrap();
+            std::fs::set_permissions(lib.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let glob = format!("{}/**", dir.path().display());
+        let r = LsmRules::resolve(&rules(Some(&[&glob]), &[], &[]), &[]).unwrap();
+        assert!(r.exec.contains_key(&FileId::of(&lib.join("tool")).unwrap()));
+        // A 0644 shared object under an allowed path may be mapped, not run; other files neither.
+        assert!(r.libraries.contains_key(&FileId::of(&lib.join("libtool.so.1")).unwrap()));
+        assert!(!r.exec.contains_key(&FileId::of(&lib.join("libtool.so.1")).unwrap()));
+        assert!(!r.libraries.contains_key(&FileId::of(&lib.join("notes.txt")).unwrap()));
+        // The system's C library comes with every exec list (this host's dynamic loader at least).
+        let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-musl-x86_64.so.1"]
+            .iter()
+            .find_map(|p| FileId::of(Path::new(p)).ok());
+        if let Some(loader) = loader {
+            assert!(r.libraries.contains_key(&loader) || r.exec.contains_key(&loader));
+        }
+        let hooks = r.required_hooks();
+        for h in ["bprm_check_security", "mmap_file", "file_mprotect"] {
+            assert!(hooks.contains(&h), "{h} missing from {hooks:?}");
+        }
+        // Without an exec list there is nothing to map-check.
+        let none = LsmRules::resolve(&rules(None, &[], &[]), &[]).unwrap();
+        assert!(none.libraries.is_empty() && !none.required_hooks().contains(&"mmap_file"));
     }
 
     #[test]

@@ -15,12 +15,14 @@ use std::io::Write as _;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::PathBuf;
 
 use leash::kernel::cgroup::SandboxCgroup;
+use leash::kernel::fs_root::FsRoot;
 use leash::kernel::lsm::{LsmPrograms, Registration};
-use leash::kernel::lsm_rules::{FileId, LsmRules};
+use leash::kernel::lsm_rules::{add_system_libraries, FileId, LsmRules};
 use leash::kernel::mounts::cgroup2_root;
 use sandbox_common::{lsm_deny, lsm_rule, UNIX_PATH_MAX};
 
@@ -74,6 +76,19 @@ const RULE_ACTIONS: &[(&str, Action, &str, &[i32], bool)] = &[
     ("inet-connect-not-proxy", inet_connect_other, "socket_connect", &[], true),
     ("inet-connect-proxy", inet_connect_proxy, "socket_connect", &[], false),
     ("io_uring-connect-not-proxy", io_uring_connect_other, "socket_connect", &[libc::ENOSYS], true),
+    ("mmap-exec-unlisted-file", mmap_exec_unlisted, "mmap_file", &[], true),
+    ("mmap-exec-memfd", mmap_exec_memfd, "mmap_file", &[], true),
+    ("mprotect-exec-unlisted-file", mprotect_exec_unlisted, "file_mprotect", &[], true),
+    ("mmap-exec-system-library", mmap_exec_system_library, "mmap_file", &[], false),
+    ("mmap-exec-anonymous", mmap_exec_anonymous, "mmap_file", &[], false),
+    ("mmap-read-unlisted-file", mmap_read_unlisted, "mmap_file", &[], false),
+    ("ld-preload-unlisted-library", preload_unlisted, "mmap_file", &[], true),
+    ("ld-library-path-unlisted-libc", library_path_unlisted, "mmap_file", &[], true),
+    ("sendto-passed-in-udp-not-proxy", passed_udp_sendto_other, "socket_sendmsg", &[], true),
+    ("send-passed-in-connected-tcp", passed_tcp_send_other, "socket_sendmsg", &[], true),
+    ("connect-passed-in-tcp-not-proxy", passed_tcp_connect_other, "socket_connect", &[], true),
+    ("sendto-proxy-address-on-passed-in-tcp", passed_tcp_sendto_proxy_address, "socket_sendmsg", &[], true),
+    ("send-connected-to-proxy", connected_proxy_send, "socket_sendmsg", &[], false),
 ];
 
 const CGROUP_NAME: &str = "lsm-probe";
@@ -95,6 +110,17 @@ const ABSTRACT: &str = "lsm-probe-abstract";
 const PROXY_PORT: u16 = 47001;
 const OTHER_PORT: u16 = 47002;
 const MOUNT_POINT: &str = "/tmp/lsm-probe-mnt";
+/// A system library (root's, in the system library directories) and copies of libraries
+/// outside them, as an agent would plant them.
+const SYSTEM_LIBM: &str = "/lib/x86_64-linux-gnu/libm.so.6";
+const SYSTEM_LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+const LIBM_COPY: &str = "/tmp/lsm-probe-libm.so.6";
+const LIBC_COPY_DIR: &str = "/tmp/lsm-probe-libdir";
+/// Sockets made before the child joins the sandbox (a stand-in for sockets passed in over
+/// `SCM_RIGHTS` or held by a process moved in: created in another cgroup) are at these fds.
+const PASSED_UDP_FD: i32 = 100;
+const PASSED_TCP_FD: i32 = 101;
+const PASSED_UNCONNECTED_FD: i32 = 102;
 const FAKE_MODULE: &str = "/tmp/lsm-probe-module.ko";
 
 /// Exit status when this kernel refuses BPF-LSM programs altogether (the host here): every
@@ -107,6 +133,11 @@ fn main() {
         std::process::exit(0);
     }
     // vm_init's `kernel` suite runs this as the agent under `leash run`.
+    // vm_init's control for the passed-in sockets: the same attempts outside any sandbox.
+    if std::env::args().nth(1).as_deref() == Some("--fd-client") {
+        agent::passed_sockets(&|name, r| println!("AGENT {name} {}", agent::outcome(r)));
+        std::process::exit(0);
+    }
     if std::env::args().nth(1).as_deref() == Some("--agent") {
         let outside: i32 = std::env::args().nth(2).and_then(|p| p.parse().ok()).unwrap_or(0);
         agent::run(outside);
@@ -462,6 +493,24 @@ impl Fixtures {
         let dgram = UnixDatagram::bind(UNIX_DGRAM).map_err(|e| io("unix datagram socket", e))?;
         let proxy = TcpListener::bind(("127.0.0.1", PROXY_PORT)).map_err(|e| io("proxy listener", e))?;
         let other = TcpListener::bind(("127.0.0.1", OTHER_PORT)).map_err(|e| io("other listener", e))?;
+        // Libraries an agent would plant: copies outside the system library directories.
+        std::fs::copy(SYSTEM_LIBM, LIBM_COPY).map_err(|e| io("copying libm", e))?;
+        std::fs::create_dir_all(LIBC_COPY_DIR).map_err(|e| io("library dir", e))?;
+        std::fs::copy(SYSTEM_LIBC, format!("{LIBC_COPY_DIR}/libc.so.6")).map_err(|e| io("copying libc", e))?;
+        // Sockets of this (unsandboxed) process that every child inherits: inside the sandbox
+        // they are sockets created outside it, as one passed in over SCM_RIGHTS is.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| io("udp socket", e))?;
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", OTHER_PORT)).map_err(|e| io("tcp connect", e))?;
+        // SAFETY: plain socket(2); kept open for the life of the probe.
+        let unconnected = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        for (fd, at) in
+            [(udp.as_raw_fd(), PASSED_UDP_FD), (tcp.as_raw_fd(), PASSED_TCP_FD), (unconnected, PASSED_UNCONNECTED_FD)]
+        {
+            // SAFETY: dup2 of descriptors this process owns onto free numbers.
+            if fd < 0 || unsafe { libc::dup2(fd, at) } != at {
+                return Err(format!("placing the outside sockets: {}", std::io::Error::last_os_error()));
+            }
+        }
         Ok(Fixtures { _listeners: (unlisted, listed, abstract_, dgram, proxy, other) })
     }
 
@@ -480,10 +529,16 @@ impl Fixtures {
         }
         let mut listed = [0u8; UNIX_PATH_MAX];
         listed[..UNIX_LISTED.len()].copy_from_slice(UNIX_LISTED.as_bytes());
+        // The system libraries, as `leash run` adds them to every exec list.
+        let mut libraries = BTreeMap::new();
+        if let Err(e) = add_system_libraries(&FsRoot::Own, &mut libraries) {
+            println!("lsm_probe: system libraries: {e:#}");
+        }
         LsmRules {
             deny: lsm_deny::ALL,
             rules: lsm_rule::EXEC_ALLOWLIST | lsm_rule::DENY_OPEN | lsm_rule::UNIX_ALLOWLIST,
             exec,
+            libraries,
             deny_open,
             missing_deny_open: Vec::new(),
             unix: vec![(UNIX_LISTED.len() as u32, listed)],
@@ -493,9 +548,11 @@ impl Fixtures {
 
 impl Drop for Fixtures {
     fn drop(&mut self) {
-        for p in [UNLISTED_COPY, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM] {
+        for p in [UNLISTED_COPY, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM, LIBM_COPY]
+        {
             let _ = std::fs::remove_file(p);
         }
+        let _ = std::fs::remove_dir_all(LIBC_COPY_DIR);
     }
 }
 
@@ -686,6 +743,156 @@ fn inet_connect_proxy(_: i32) -> Result<(), i32> {
     inet_connect(PROXY_PORT)
 }
 
+/// Maps the first page of `path` with `prot`; then, when `then` is not zero, mprotects it to
+/// `then`.
+fn map_file(path: &str, prot: i32, then: i32) -> Result<(), i32> {
+    let file = std::fs::File::open(path).map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    map_fd(file.as_raw_fd(), prot, then)
+}
+
+fn map_fd(fd: i32, prot: i32, then: i32) -> Result<(), i32> {
+    // SAFETY: a fresh private mapping of an open file, unmapped below; never dereferenced.
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_PRIVATE, fd, 0);
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(255));
+        }
+        let r = if then != 0 { check(libc::mprotect(p, 4096, then) as _).map(drop) } else { Ok(()) };
+        libc::munmap(p, 4096);
+        r
+    }
+}
+
+fn mmap_exec_unlisted(_: i32) -> Result<(), i32> {
+    map_file(LIBM_COPY, libc::PROT_READ | libc::PROT_EXEC, 0)
+}
+
+fn mprotect_exec_unlisted(_: i32) -> Result<(), i32> {
+    map_file(LIBM_COPY, libc::PROT_READ, libc::PROT_READ | libc::PROT_EXEC)
+}
+
+fn mmap_read_unlisted(_: i32) -> Result<(), i32> {
+    map_file(LIBM_COPY, libc::PROT_READ, 0)
+}
+
+fn mmap_exec_system_library(_: i32) -> Result<(), i32> {
+    map_file(SYSTEM_LIBM, libc::PROT_READ | libc::PROT_EXEC, 0)
+}
+
+/// A JIT's memory: anonymous, written then made executable.
+fn mmap_exec_anonymous(_: i32) -> Result<(), i32> {
+    // SAFETY: a fresh anonymous mapping, unmapped below.
+    unsafe {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0);
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(255));
+        }
+        let r = check(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC) as _).map(drop);
+        libc::munmap(p, 4096);
+        r
+    }
+}
+
+/// A library that never had a path: a memfd holding libm.
+fn mmap_exec_memfd(_: i32) -> Result<(), i32> {
+    let bytes = std::fs::read(SYSTEM_LIBM).map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    let name = CString::new("lib").unwrap();
+    // SAFETY: plain memfd_create(2) and a write of our own buffer.
+    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), 0) } as _)? as i32;
+    if unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) } != bytes.len() as isize {
+        return Err(libc::EIO);
+    }
+    map_fd(fd, libc::PROT_READ | libc::PROT_EXEC, 0)
+}
+
+/// Runs the listed dynamic program with `env`: `Ok` when it ran clean, `EPERM` when the loader
+/// could not map a library it was told to (it says so on stderr, and for `LD_PRELOAD` runs the
+/// program without it), `EIO` for other loader complaints, else its exit status.
+pub fn run_with_loader_env(env: (&str, &str)) -> Result<(), i32> {
+    let out = std::process::Command::new(DYNAMIC_PROGRAM)
+        .env_clear()
+        .env(env.0, env.1)
+        .output()
+        .map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The loader's words for a refused mmap (a missing file reads "cannot open shared object").
+    if stderr.contains("failed to map segment") {
+        return Err(libc::EPERM);
+    }
+    match out.status.code() {
+        Some(0) if stderr.is_empty() => Ok(()),
+        Some(0) => Err(libc::EIO),
+        Some(code) => Err(code),
+        None => Err(255),
+    }
+}
+
+/// `LD_PRELOAD` of a library outside the allowlist into an allowed executable.
+fn preload_unlisted(_: i32) -> Result<(), i32> {
+    run_with_loader_env(("LD_PRELOAD", LIBM_COPY))
+}
+
+/// `LD_LIBRARY_PATH` pointing at a copy of libc outside the allowlist.
+fn library_path_unlisted(_: i32) -> Result<(), i32> {
+    run_with_loader_env(("LD_LIBRARY_PATH", LIBC_COPY_DIR))
+}
+
+fn sockaddr(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+        sin_zero: [0; 8],
+    }
+}
+
+/// sendto(2) on `fd`, to `port` on loopback or (`None`) without an address.
+pub fn send_on(fd: i32, port: Option<u16>) -> Result<(), i32> {
+    let addr = port.map(sockaddr);
+    let (ptr, len) = match &addr {
+        Some(a) => (a as *const libc::sockaddr_in as *const libc::sockaddr, std::mem::size_of_val(a) as u32),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: a valid buffer and either a valid sockaddr_in or none.
+    check(unsafe { libc::sendto(fd, b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL, ptr, len) } as _).map(drop)
+}
+
+/// connect(2) of `fd` to `port` on loopback.
+pub fn connect_on(fd: i32, port: u16) -> Result<(), i32> {
+    let a = sockaddr(port);
+    // SAFETY: a valid sockaddr_in of the size given.
+    check(unsafe {
+        libc::connect(fd, &a as *const libc::sockaddr_in as *const libc::sockaddr, std::mem::size_of_val(&a) as u32)
+    } as _)
+    .map(drop)
+}
+
+fn passed_udp_sendto_other(_: i32) -> Result<(), i32> {
+    send_on(PASSED_UDP_FD, Some(OTHER_PORT))
+}
+
+/// send(2) on a TCP socket connected outside the sandbox: no address for the hook to judge.
+fn passed_tcp_send_other(_: i32) -> Result<(), i32> {
+    send_on(PASSED_TCP_FD, None)
+}
+
+/// sendto(2) naming the proxy on a TCP socket connected elsewhere: TCP ignores the address.
+fn passed_tcp_sendto_proxy_address(_: i32) -> Result<(), i32> {
+    send_on(PASSED_TCP_FD, Some(PROXY_PORT))
+}
+
+fn passed_tcp_connect_other(_: i32) -> Result<(), i32> {
+    // Inside first: refused, the socket stays unconnected for the outside run.
+    connect_on(PASSED_UNCONNECTED_FD, OTHER_PORT)
+}
+
+/// A socket of the sandbox's own, connected to the proxy, sends.
+fn connected_proxy_send(_: i32) -> Result<(), i32> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", PROXY_PORT)).map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    send_on(s.as_raw_fd(), None)
+}
+
 /// The grandchild of a sandboxed process is still in the sandbox.
 fn double_fork_packet_socket(_: i32) -> Result<(), i32> {
     // SAFETY: the grandchild only makes one syscall and exits.
@@ -838,6 +1045,12 @@ mod agent {
     pub const SECRET_SYMLINK: &str = "/tmp/kernel-secret-symlink";
     pub const HOST_SOCKET: &str = "/tmp/host-agent.sock";
     pub const COPY: &str = "/tmp/agent-copy";
+    /// The agent's own copy of libm.
+    pub const LIBM: &str = "/tmp/agent-libm.so.6";
+    /// The unix socket of the helper that hands out sockets made outside (listed in the policy).
+    pub const FD_PASSER: &str = "/var/leash-fdpass/pass.sock";
+    /// Where the passed UDP socket sends.
+    pub const PASSED_UDP_PORT: u16 = 47003;
 
     pub fn run(outside: i32) {
         let report = |name: &str, r: Result<(), i32>| println!("AGENT {name} {}", outcome(r));
@@ -869,9 +1082,55 @@ mod agent {
         report("io_uring-connect", io_uring_connect_other(0));
         report("leave-cgroup", leave_cgroup());
         report("double-fork-stays", double_fork_stays());
+        libraries(&report);
+        passed_sockets(&report);
     }
 
-    fn outcome(r: Result<(), i32>) -> String {
+    /// `binaries:` honest: an allowed executable runs, but not with a library of the agent's own.
+    fn libraries(report: &dyn Fn(&str, Result<(), i32>)) {
+        report("loader-env-none", run_with_loader_env(("LEASH_PROBE", "1")));
+        let copied = std::fs::copy(SYSTEM_LIBM, LIBM).map(drop).map_err(|e| e.raw_os_error().unwrap_or(255));
+        report("copy-libm", copied);
+        report("ld-preload-own-library", run_with_loader_env(("LD_PRELOAD", LIBM)));
+        report("mmap-exec-own-file", map_file(LIBM, libc::PROT_READ | libc::PROT_EXEC, 0));
+        report("mprotect-exec-own-file", map_file(LIBM, libc::PROT_READ, libc::PROT_READ | libc::PROT_EXEC));
+        report("mmap-exec-anonymous", mmap_exec_anonymous(0));
+    }
+
+    /// Sockets a root helper outside the sandbox created and passed over the unix socket the
+    /// policy allows (vm_init's `fd_passer`): a TCP socket connected to a host service, a UDP
+    /// socket and an unconnected TCP socket. None may reach anything but the proxy. Run outside
+    /// the sandbox too (`--fd-client`), as the control.
+    pub fn passed_sockets(report: &dyn Fn(&str, Result<(), i32>)) {
+        let fds = match receive_fds() {
+            Ok(fds) => fds,
+            Err(e) => return report("passed-fds-received", Err(e)),
+        };
+        report("passed-fds-received", Ok(()));
+        report("passed-tcp-send", send_on(fds[0], None));
+        report("passed-udp-sendto", send_on(fds[1], Some(PASSED_UDP_PORT)));
+        report("passed-tcp-connect", connect_on(fds[2], OTHER_PORT));
+    }
+
+    /// Three descriptors from [`FD_PASSER`].
+    fn receive_fds() -> Result<[i32; 3], i32> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let stream = std::os::unix::net::UnixStream::connect(FD_PASSER).map_err(|e| e.raw_os_error().unwrap_or(255))?;
+        let mut byte = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([i32; 3]);
+        let msg =
+            recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).map_err(|e| e as i32)?;
+        let mut fds = Vec::new();
+        for cmsg in msg.cmsgs().map_err(|e| e as i32)? {
+            if let ControlMessageOwned::ScmRights(got) = cmsg {
+                fds.extend(got);
+            }
+        }
+        fds.try_into().map_err(|_| libc::EBADMSG)
+    }
+
+    pub fn outcome(r: Result<(), i32>) -> String {
         match r {
             Ok(()) => "ok".into(),
             Err(e) => errno_name(e).to_owned(),

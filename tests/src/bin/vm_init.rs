@@ -232,6 +232,8 @@ fn kernel_suite() -> Vec<Check> {
     }
     args.extend(["--".into(), LSM_PROBE.into(), "--agent".into(), outside.to_string()]);
     let out = output(Command::new(LEASH).args(&args));
+    // The control: the same passed-in sockets, used outside any sandbox, reach the host.
+    let control = fd_control("kernel");
     end_process(outside);
     drop((host, other));
     let out = match out {
@@ -241,7 +243,7 @@ fn kernel_suite() -> Vec<Check> {
     let audit = std::fs::read_to_string(AUDIT).unwrap_or_default();
     let mut checks = match agent_checks("kernel", &out, degraded) {
         Ok(checks) => checks,
-        Err(failed) => return vec![failed],
+        Err(failed) => return std::iter::once(failed).chain(control).collect(),
     };
     if degraded {
         let reported =
@@ -249,8 +251,16 @@ fn kernel_suite() -> Vec<Check> {
         let detail = "leash reports the missing userns_create hook as not enforced".to_owned();
         checks.push(Check::new("kernel:degraded-reported", move || if reported { Ok(detail) } else { Err(detail) }));
     }
+    checks.extend(control);
     // Denials made by the BPF-LSM programs themselves (not by DAC, seccomp or Landlock first).
-    let mut hooks = vec!["lsm_bprm_check_security", "lsm_file_open", "lsm_socket_connect"];
+    let mut hooks = vec![
+        "lsm_bprm_check_security",
+        "lsm_file_open",
+        "lsm_socket_connect",
+        "lsm_socket_sendmsg",
+        "lsm_mmap_file",
+        "lsm_file_mprotect",
+    ];
     if degraded {
         // With Landlock (5.13+), its own mount hook refuses first.
         hooks.push("lsm_mount");
@@ -276,6 +286,23 @@ fn kernel_suite() -> Vec<Check> {
         ));
     }
     checks
+}
+
+/// `lsm_probe --fd-client` as root outside any sandbox: each use of the passed-in sockets works.
+fn fd_control(suite: &'static str) -> Vec<Check> {
+    let out = output(Command::new(LSM_PROBE).arg("--fd-client"));
+    let text = match out {
+        Ok(o) => o.stdout,
+        Err(e) => return vec![Check::new("kernel:control-fd-client", move || Err(e))],
+    };
+    ["passed-fds-received", "passed-tcp-send", "passed-udp-sendto", "passed-tcp-connect"]
+        .into_iter()
+        .map(|name| {
+            let ok = text.lines().any(|l| l == format!("AGENT {name} ok"));
+            let detail = format!("outside a sandbox: {name} {}", if ok { "ok" } else { "did not succeed" });
+            Check::new(format!("{suite}:control-{name}"), move || if ok { Ok(detail) } else { Err(detail) })
+        })
+        .collect()
 }
 
 /// The kernel suite again, through the node daemon: `leash daemon` (BPF-LSM attached once for
@@ -333,6 +360,7 @@ fn daemon_suite() -> Vec<Check> {
             .args(["--cgroup", &container, "exec", "65534", "--", LEASH, "confine", "--socket", SOCKET, "--"])
             .args([LSM_PROBE, "--agent", &outside.to_string()]),
     );
+    let control = fd_control("daemon");
     let _ = daemon.kill();
     let _ = daemon.wait();
     end_process(outside);
@@ -347,7 +375,9 @@ fn daemon_suite() -> Vec<Check> {
         let detail = out.describe();
         return vec![Check::new("daemon:refuses-missing-hook", move || if refused { Ok(detail) } else { Err(detail) })];
     }
-    agent_checks("daemon", &out, false).unwrap_or_else(|failed| vec![failed])
+    let mut checks = agent_checks("daemon", &out, false).unwrap_or_else(|failed| vec![failed]);
+    checks.extend(control);
+    checks
 }
 
 /// One check per attempt `lsm_probe --agent` reported (`AGENT <name> <outcome>` lines) against
@@ -400,6 +430,7 @@ fn kernel_fixtures() -> Result<(std::os::unix::net::UnixListener, TcpListener, i
     let host = std::os::unix::net::UnixListener::bind(HOST_SOCKET).map_err(|e| format!("host socket: {e}"))?;
     set_mode(HOST_SOCKET, 0o777);
     let other = TcpListener::bind("127.0.0.1:47002").map_err(|e| format!("listener: {e}"))?;
+    fd_passer()?;
     // A process of the agent's own uid outside the sandbox, for kill and ptrace.
     // SAFETY: the child only drops to nobody and pauses until killed.
     let outside = unsafe { libc::fork() };
@@ -416,10 +447,46 @@ fn kernel_fixtures() -> Result<(std::os::unix::net::UnixListener, TcpListener, i
     let policy = write_policy(
         "kernel.yaml",
         &format!(
-            "version: 1\nnetwork_policies: {{}}\nkernel:\n  exec: {{ allow: [/bin/lsm_probe, /usr/bin/true] }}\n  deny_open: [{SECRET}]\n  deny: [ptrace, bpf, mount, userns, perf_event, raw_socket, packet_socket, kill_outside, kernel_module]\n"
+            "version: 1\nnetwork_policies: {{}}\nkernel:\n  exec: {{ allow: [/bin/lsm_probe, /usr/bin/true] }}\n  deny_open: [{SECRET}]\n  unix: {{ allow: [{FD_PASSER}] }}\n  deny: [ptrace, bpf, mount, userns, perf_event, raw_socket, packet_socket, kill_outside, kernel_module]\n"
         ),
     )?;
     Ok((host, other, outside, policy))
+}
+
+const FD_PASSER: &str = "/var/leash-fdpass/pass.sock";
+
+/// A root helper outside any sandbox on [`FD_PASSER`] (which the kernel policy lists): to each
+/// caller it passes, over `SCM_RIGHTS`, a TCP socket connected to the host's listener on 47002,
+/// a UDP socket and an unconnected TCP socket — sockets created outside the sandbox.
+fn fd_passer() -> Result<(), String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let dir = std::path::Path::new(FD_PASSER).parent().ok_or("no parent")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("fd passer dir: {e}"))?;
+    let _ = std::fs::remove_file(FD_PASSER);
+    let listener = std::os::unix::net::UnixListener::bind(FD_PASSER).map_err(|e| format!("fd passer: {e}"))?;
+    set_mode(FD_PASSER, 0o777);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let sockets = (|| -> std::io::Result<_> {
+                let tcp = std::net::TcpStream::connect("127.0.0.1:47002")?;
+                let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                let unconnected = nix::sys::socket::socket(
+                    nix::sys::socket::AddressFamily::Inet,
+                    nix::sys::socket::SockType::Stream,
+                    nix::sys::socket::SockFlag::empty(),
+                    None,
+                )?;
+                Ok((tcp, udp, unconnected))
+            })();
+            let Ok((tcp, udp, unconnected)) = sockets else { continue };
+            let fds = [tcp.as_raw_fd(), udp.as_raw_fd(), unconnected.as_raw_fd()];
+            let iov = [std::io::IoSlice::new(b"s")];
+            let _ =
+                sendmsg::<()>(stream.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None);
+        }
+    });
+    Ok(())
 }
 
 /// What each attempt of `lsm_probe --agent` must end in under the kernel suite's policy.
@@ -450,6 +517,18 @@ fn agent_expectations(degraded: bool) -> Vec<(&'static str, &'static [&'static s
         ("io_uring-connect", &["EPERM", "ENOSYS"]),
         ("leave-cgroup", denied),
         ("double-fork-stays", &["ok"]),
+        // binaries: honest: the allowed program runs, but maps no library of the agent's own.
+        ("loader-env-none", &["ok"]),
+        ("copy-libm", &["ok"]),
+        ("ld-preload-own-library", &["EPERM"]),
+        ("mmap-exec-own-file", &["EPERM"]),
+        ("mprotect-exec-own-file", &["EPERM"]),
+        ("mmap-exec-anonymous", &["ok"]),
+        // Sockets created outside and passed in reach nothing (the proxy is elsewhere).
+        ("passed-fds-received", &["ok"]),
+        ("passed-tcp-send", &["EPERM"]),
+        ("passed-udp-sendto", &["EPERM"]),
+        ("passed-tcp-connect", &["EPERM"]),
     ]
 }
 

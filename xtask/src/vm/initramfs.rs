@@ -34,9 +34,14 @@ pub struct Image {
     entries: BTreeMap<String, Entry>,
 }
 
-/// A dynamically linked program (`/usr/bin/true`) and what it needs to run, copied from the host.
-const DYNAMIC_PROGRAM: &[(&str, u32)] =
-    &[("/usr/bin/true", 0o755), ("/lib64/ld-linux-x86-64.so.2", 0o755), ("/lib/x86_64-linux-gnu/libc.so.6", 0o755)];
+/// A dynamically linked program (`/usr/bin/true`) and what it needs to run, copied from the host,
+/// and one more system library (libm) for the tests that preload a copy of it.
+const DYNAMIC_PROGRAM: &[(&str, u32)] = &[
+    ("/usr/bin/true", 0o755),
+    ("/lib64/ld-linux-x86-64.so.2", 0o755),
+    ("/lib/x86_64-linux-gnu/libc.so.6", 0o755),
+    ("/lib/x86_64-linux-gnu/libm.so.6", 0o644),
+];
 
 /// Debian's CA bundle, where rustls-native-certs looks first.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
