@@ -182,6 +182,9 @@ pub enum PolicyCommand {
     Show { file: PathBuf },
     /// Print, as JSON, the decision policies/sandbox.rego makes with FILE for a connection to
     /// HOST:PORT (and, with --method and --path, for a request on it), with the rule that made it.
+    /// A request is judged under every reading the proxy judges (method overrides, `;params`, a
+    /// trailing slash); the first that is denied, or else the request as sent, is printed, and
+    /// `reading` names it.
     Eval {
         file: PathBuf,
         #[arg(long)]
@@ -197,5 +200,9 @@ pub enum PolicyCommand {
         /// The executable making the connection (for `binaries:` rules).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// A request header, `NAME: VALUE` (repeatable): method-override headers are judged as
+        /// the proxy judges them.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
     },
 }

@@ -56,8 +56,10 @@ fn main() -> ExitCode {
                 1
             }
         },
-        Command::Policy(PolicyCommand::Eval { file, host, port, method, path, binary }) => {
-            eval(&file, &host, port, method.as_deref(), path.as_deref(), binary.as_deref())
+        Command::Policy(PolicyCommand::Eval { file, host, port, method, path, binary, headers }) => {
+            let request = (method.is_some() || path.is_some())
+                .then(|| (method.as_deref().unwrap_or("GET"), path.as_deref().unwrap_or("/"), headers.as_slice()));
+            eval(&file, &host, port, request, binary.as_deref())
         }
         Command::Proxy(args) => standalone_proxy(args),
         Command::Daemon(args) => daemon(args),
@@ -194,12 +196,13 @@ fn doctor(json: bool) -> i32 {
     }
 }
 
+/// `leash policy eval`: Rego's decision for a connection, or for a request (method, target,
+/// headers) under each reading the proxy judges.
 fn eval(
     file: &std::path::Path,
     host: &str,
     port: u16,
-    method: Option<&str>,
-    path: Option<&str>,
+    request: Option<(&str, &str, &[String])>,
     binary: Option<&std::path::Path>,
 ) -> i32 {
     let policy = match policy::load(file) {
@@ -209,7 +212,7 @@ fn eval(
             return 1;
         }
     };
-    match policy::rego::eval_json(&policy, host, port, method, path, binary) {
+    match eval_readings(&policy, host, port, request, binary) {
         Ok(decision) => {
             println!("{decision}");
             0
@@ -219,6 +222,48 @@ fn eval(
             1
         }
     }
+}
+
+/// The first denied reading's decision, else the decision for the request as sent.
+fn eval_readings(
+    policy: &policy::CompiledPolicy,
+    host: &str,
+    port: u16,
+    request: Option<(&str, &str, &[String])>,
+    binary: Option<&std::path::Path>,
+) -> Result<serde_json::Value, String> {
+    use policy::readings::{readings, METHOD_OVERRIDES};
+    let Some((method, target, headers)) = request else {
+        return policy::rego::eval_json(policy, host, port, None, None, binary).map_err(|e| e.to_string());
+    };
+    let mut overrides = Vec::new();
+    for header in headers {
+        let Some((name, value)) = header.split_once(':') else {
+            return Err(format!("--header `{header}` is not `NAME: VALUE`"));
+        };
+        if METHOD_OVERRIDES.iter().any(|o| o.eq_ignore_ascii_case(name.trim())) {
+            overrides.push(value.trim());
+        }
+    }
+    let Some(all) = readings(method, overrides, target) else {
+        return Ok(serde_json::json!({
+            "input": { "host": host, "port": port, "method": method, "path": target },
+            "allow": false,
+            "reading": "as sent",
+            "reason": format!("method `{method}` is not canonical (upper-case)"),
+        }));
+    };
+    let mut first = None;
+    for r in &all {
+        let mut decision = policy::rego::eval_json(policy, host, port, Some(&r.method), Some(&r.target), binary)
+            .map_err(|e| e.to_string())?;
+        decision["reading"] = serde_json::json!(r.name);
+        if decision["allow"] != serde_json::json!(true) {
+            return Ok(decision);
+        }
+        first.get_or_insert(decision);
+    }
+    first.ok_or_else(|| "no reading to judge".to_owned())
 }
 
 fn standalone_proxy(args: cli::ProxyArgs) -> i32 {

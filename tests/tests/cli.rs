@@ -106,3 +106,34 @@ fn policy_eval_prints_the_decision() {
     assert_eq!(delete["request"]["allow"], false, "{delete}");
     assert!(delete["request"]["rule"].as_str().is_some_and(|r| !r.is_empty()), "{delete}");
 }
+
+/// `leash policy eval` judges every reading the proxy judges: each request below is one the
+/// proxy refuses (tests/proxy_escapes.rs), and eval must say deny and name the reading.
+#[test]
+fn policy_eval_denies_what_the_proxy_denies_and_names_the_reading() {
+    let scratch = Scratch::new("eval-readings");
+    let policy = scratch.file(
+        "p.yaml",
+        "version: 1\nnetwork_policies:\n  api:\n    name: api\n    endpoints:\n      - host: api.example.test\n        port: 443\n        protocol: rest\n        access: full\n        deny_rules:\n          - { method: DELETE, path: \"/**\" }\n          - { method: \"*\", path: \"/admin/**\" }\n          - { method: \"*\", path: \"/settings\" }\n",
+    );
+    let eval = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["policy", "eval", policy.to_str().unwrap(), "--host", "api.example.test", "--port", "443"];
+        all.extend_from_slice(args);
+        let out = leash(&all).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("eval prints JSON")
+    };
+    let control = eval(&["--method", "GET", "--path", "/repos/x"]);
+    assert_eq!((control["allow"].as_bool(), control["reading"].as_str()), (Some(true), Some("as sent")), "{control}");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--method", "POST", "--path", "/repos/x", "--header", "X-HTTP-Method-Override: delete"], "method override"),
+        (&["--method", "GET", "--path", "/admin;v=1/users"], "without ;parameters"),
+        (&["--method", "GET", "--path", "/settings/"], "without the trailing slash"),
+        (&["--method", "delete", "--path", "/repos/x"], "as sent"),
+    ];
+    for (args, reading) in cases {
+        let d = eval(args);
+        assert_eq!(d["allow"].as_bool(), Some(false), "{args:?}: {d}");
+        assert_eq!(d["reading"].as_str(), Some(reading), "{args:?}: {d}");
+    }
+}

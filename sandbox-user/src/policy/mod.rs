@@ -17,7 +17,7 @@
 //! * [`rego`] evaluates `policies/sandbox.rego` (the source of truth for network and request
 //!   decisions) with regorus; [`decide`] gives the same verdicts on the proxy's hot path from a
 //!   compiled index and a decision cache; [`normalize`] puts request paths in canonical form
-//!   before either matches them.
+//!   before either matches them; [`readings`] lists the readings of a request both judge.
 //!
 //! ```
 //! use leash::policy::{parse_str, NetworkDecision};
@@ -39,6 +39,7 @@ pub mod document;
 pub mod error;
 pub mod hosts;
 pub mod normalize;
+pub mod readings;
 pub mod rego;
 pub mod show;
 

@@ -1,0 +1,115 @@
+//! The readings of one request that are judged, closing the gaps between how the policy reads a
+//! request and how servers do. The proxy and `leash policy eval` both judge every reading, and
+//! a request passes only if every reading passes:
+//!
+//! - the method as sent, which must be canonical (upper-case): `delete` would dodge a `DELETE`
+//!   deny rule and still run as DELETE on servers that upper-case it;
+//! - each method-override header (`X-HTTP-Method-Override`, ...) as a method;
+//! - the path with `;parameters` removed from every segment and without a trailing slash, since
+//!   many servers route `/admin;x/secret` and `/settings/` to the same handler as
+//!   `/admin/secret` and `/settings`.
+
+use std::borrow::Cow;
+
+/// Headers some frameworks take as the real method.
+pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// One way a server may read a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading<'a> {
+    pub method: Cow<'a, str>,
+    pub target: Cow<'a, str>,
+    /// What this reading is: `as sent`, `method override`, `without ;parameters`, ...
+    pub name: &'static str,
+}
+
+/// Every reading of a request with `method`, method-override header values `overrides` and
+/// `target`, the request as sent first. `None` when the method is not canonical.
+pub fn readings<'a>(
+    method: &'a str,
+    overrides: impl IntoIterator<Item = &'a str>,
+    target: &'a str,
+) -> Option<Vec<Reading<'a>>> {
+    if !is_canonical_method(method) {
+        return None;
+    }
+    let mut methods: Vec<(Cow<'a, str>, &'static str)> = vec![(Cow::Borrowed(method), "as sent")];
+    for value in overrides {
+        methods.push((Cow::Owned(value.trim().to_ascii_uppercase()), "method override"));
+    }
+    let mut out = Vec::new();
+    for (m, method_name) in &methods {
+        for (t, target_name) in target_readings(target) {
+            let name = if target_name == "as sent" { method_name } else { target_name };
+            out.push(Reading { method: m.clone(), target: t, name });
+        }
+    }
+    Some(out)
+}
+
+/// RFC 9110 methods are case-sensitive tokens; the ones servers act on are upper-case.
+pub fn is_canonical_method(method: &str) -> bool {
+    !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
+
+/// The target as sent, plus the readings servers commonly give it.
+fn target_readings(target: &str) -> Vec<(Cow<'_, str>, &'static str)> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut out = vec![(Cow::Borrowed(target), "as sent")];
+    let with_query = |p: String| match query {
+        Some(q) => format!("{p}?{q}"),
+        None => p,
+    };
+    let semicolons = path.replace("%3B", ";").replace("%3b", ";");
+    if semicolons.contains(';') {
+        let stripped: Vec<&str> = semicolons.split('/').map(|seg| seg.split(';').next().unwrap_or("")).collect();
+        out.push((Cow::Owned(with_query(stripped.join("/"))), "without ;parameters"));
+    }
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.len() < path.len() && !trimmed.is_empty() {
+        out.push((Cow::Owned(with_query(trimmed.to_owned())), "without the trailing slash"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(target: &str) -> Vec<String> {
+        target_readings(target).into_iter().map(|(t, _)| t.into_owned()).collect()
+    }
+
+    #[test]
+    fn readings_strip_parameters_and_trailing_slashes() {
+        assert_eq!(targets("/admin;x/secret?a=1"), ["/admin;x/secret?a=1", "/admin/secret?a=1"]);
+        assert_eq!(targets("/admin%3Bx/secret"), ["/admin%3Bx/secret", "/admin/secret"]);
+        assert_eq!(targets("/settings/"), ["/settings/", "/settings"]);
+        assert_eq!(targets("/"), ["/"]);
+    }
+
+    #[test]
+    fn overrides_are_readings_of_their_own() {
+        let r = readings("POST", ["delete"], "/x/").unwrap();
+        let pairs: Vec<(&str, &str, &str)> = r.iter().map(|r| (&*r.method, &*r.target, r.name)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("POST", "/x/", "as sent"),
+                ("POST", "/x", "without the trailing slash"),
+                ("DELETE", "/x/", "method override"),
+                ("DELETE", "/x", "without the trailing slash"),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_upper_case_methods_are_canonical() {
+        assert!(is_canonical_method("DELETE") && is_canonical_method("GET"));
+        assert!(!is_canonical_method("delete") && !is_canonical_method("Get") && !is_canonical_method(""));
+        assert!(readings("get", [], "/").is_none());
+    }
+}
