@@ -1017,6 +1017,15 @@ fn flood(node: &Node, pod: &Pod, n: usize, mode: &str) -> (Child, BufReader<std:
     (child, out, held)
 }
 
+/// The daemon's threads, descriptors and resident memory, for the record of a DoS probe.
+fn daemon_usage(node: &Node) -> String {
+    let pid = node.daemon_pid();
+    let count = |what: &str| std::fs::read_dir(format!("/proc/{pid}/{what}")).map(|d| d.count()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?").split_whitespace().nth(1);
+    format!("threads {} fds {} VmRSS {} KiB", count("task"), count("fd"), rss.unwrap_or("?"))
+}
+
 fn hello_code(node: &Node, pod: &Pod) -> String {
     code(&node.call(pod, r#"{"version":1,"op":"hello"}"#, None))
 }
@@ -1026,10 +1035,12 @@ fn one_pod_holding_connections_does_not_lock_out_another() {
     let node = Node::serving_default("conns", &[]);
     let a = node.pod(Layout::SystemdContainerd, 27);
     let b = node.pod(Layout::CgroupfsCrio, 28);
+    eprintln!("daemon before: {}", daemon_usage(&node));
     let (mut holder, _out, held) = flood(&node, &a, 300, "idle");
     assert_eq!(held, 300);
     assert_eq!(hello_code(&node, &b), "ok", "pod A's idle connections locked pod B out");
     assert_eq!(hello_code(&node, &a), "busy", "pod A got more connections than its share");
+    eprintln!("daemon with 300 idle connections from one pod: {}", daemon_usage(&node));
     let threads = std::fs::read_dir(format!("/proc/{}/task", node.daemon_pid())).unwrap().count();
     assert!(threads < 64, "the daemon runs {threads} threads for one pod's connections");
     stop(&mut holder);
@@ -1046,6 +1057,7 @@ fn a_client_that_never_reads_its_replies_is_dropped() {
     writeln!(holder.stdin.as_mut().unwrap(), "drain").unwrap();
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
+    eprintln!("a client that does not read: {}; daemon after: {}", line.trim(), daemon_usage(&node));
     let counts: Vec<usize> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     assert_eq!(counts.len(), 2, "{line}");
     assert!(counts[0] < counts[1], "the daemon waited on the reader for ever: {line}");
@@ -1062,6 +1074,7 @@ fn descriptors_beyond_one_per_frame_are_closed_at_once() {
     assert!(held >= 1);
     std::thread::sleep(Duration::from_millis(300));
     let during = fds();
+    eprintln!("daemon while 8 connections sent 2,000 descriptors each: {}", daemon_usage(&node));
     assert!(during < before + 32, "unfinished frames hold {} of the daemon's descriptors", during - before);
     stop(&mut holder);
     assert_eq!(hello_code(&node, &a), "ok");

@@ -38,8 +38,12 @@
 //! socket's network namespace. `policy`, when given, must be the one the pod may use (its
 //! `leash.dev/policy` annotation, or the node's default). The target is held by a pidfd taken
 //! when the request is read; its pod and uids are read through it and checked again after every
-//! wait and right before and after the move, so a target that exits meanwhile is never replaced
-//! by whatever process gets its number.
+//! wait and right before and after the move (`cgroup.procs` takes only a number), so a target
+//! that exits meanwhile is not replaced by whatever process gets its number. What is left: a
+//! target that exits, is reaped and has its number taken in the microseconds between the last
+//! check and the write. The daemon sees it after the write and answers `no_such_process`; the
+//! process that was moved stays in a sandbox the caller never learns of (so cannot release)
+//! until it exits.
 //!
 //! `pid` must be in the caller's pod and run with the caller's uid: its real, effective and
 //! saved uids must all equal the caller's effective uid. Root in a pod gets no exception (it may
