@@ -7,8 +7,10 @@
 //! the whole read when the process is still alive after it (a live process keeps its number).
 //!
 //! The caller of a connection is taken with `SO_PEERPIDFD` (Linux 6.5+), the process that called
-//! `connect`; on older kernels with `pidfd_open` of the `SO_PEERCRED` pid, refused when that pid's
-//! process started after the connection was accepted (it is not the one that connected).
+//! `connect`; on older kernels with `pidfd_open` of the `SO_PEERCRED` pid right at accept,
+//! refused when that pid's process started after the accept (it is not the one that connected).
+//! There, a process that exits and has its pid taken between `connect` and `accept` is not told
+//! apart: the window is the accept loop's delay, not the life of the connection.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

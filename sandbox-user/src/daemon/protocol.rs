@@ -11,8 +11,8 @@
 //!
 //! # Who is asking
 //! The caller is the process that connected, held by a pidfd from then on (`SO_PEERPIDFD`,
-//! Linux 6.5+; on older kernels `pidfd_open` of the `SO_PEERCRED` pid at accept, refused when that
-//! process started after the connection), with its effective uid at connect time: pidfd → cgroup
+//! Linux 6.5+; on older kernels `pidfd_open` of the `SO_PEERCRED` pid right at accept, which
+//! leaves a window between connect and accept there), with its effective uid at connect time: pidfd → cgroup
 //! → pod. Nothing a caller writes can change who it is, and no pid number stands for it: once
 //! the process that connected exits, its connection is closed and nothing sent on it is
 //! answered, even by a process that inherited it. A caller must be in a pod's container cgroup,
