@@ -1,5 +1,5 @@
 //! Starting the agent: fork, then in the child — before exec, with async-signal-safe calls only —
-//! enter the sandbox cgroup, its own mount namespace and a session of its own, drop privileges, set `no_new_privs`, enter the Landlock domain,
+//! enter its own mount namespace, a session of its own and the sandbox cgroup, drop privileges, set `no_new_privs`, enter the Landlock domain,
 //! install the socket-family filter, forbid core dumps, ask to die with leash, and mark every
 //! inherited descriptor above stderr close-on-exec (a socket created outside the sandbox cgroup
 //! is not judged by its programs). The agent's own code never runs outside the sandbox.
@@ -78,6 +78,14 @@ pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
     unsafe {
         cmd.pre_exec(move || {
             check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0))?;
+            // Before the sandbox: its BPF-LSM rules may refuse mount(2), which leash itself uses
+            // here to build the agent's view of the filesystem.
+            if let Some(m) = &mounts {
+                m.enter()?;
+            }
+            if let Some(t) = &session {
+                terminal::enter(t)?;
+            }
             if let Some(fd) = procs_fd {
                 // Writing 0 moves the writing process itself.
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -87,12 +95,6 @@ pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
             if let Some((socket, handoff, leash_end)) = &daemon {
                 libc::close(*leash_end);
                 enter_through_daemon(socket, *handoff)?;
-            }
-            if let Some(m) = &mounts {
-                m.enter()?;
-            }
-            if let Some(t) = &session {
-                terminal::enter(t)?;
             }
             if let Some((uid, gid)) = ids {
                 check(libc::setgroups(groups.len(), groups.as_ptr()))?;
