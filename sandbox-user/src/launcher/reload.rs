@@ -55,7 +55,48 @@ pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: Option<&Kernel
     });
     match result {
         Ok(()) => eprintln!("leash: policy reloaded from {}", path.display()),
-        Err(e) => eprintln!("leash: policy reload rejected, the previous policy stays in force: {e}"),
+        Err(e) => {
+            eprintln!("leash: policy reload rejected, the previous policy stays in force: {}", without_quotes(&e))
+        }
+    }
+}
+
+/// `message` with every quoted span (between backticks or double quotes) replaced by `…`: a
+/// reload error names the place in the file, never what the file holds there.
+fn without_quotes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                out.push(c);
+                out.push('…');
+                open = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reload_errors_keep_the_place_and_drop_the_contents() {
+        let e = "p.yaml:3:6: network_policies.x: invalid type: string \"root:$6$SECRET\", expected a mapping";
+        assert_eq!(
+            super::without_quotes(e),
+            "p.yaml:3:6: network_policies.x: invalid type: string \"…\", expected a mapping"
+        );
+        assert_eq!(
+            super::without_quotes("unknown field `root:x`, expected `version`"),
+            "unknown field `…`, expected `…`"
+        );
     }
 }
 
