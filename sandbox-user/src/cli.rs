@@ -168,6 +168,17 @@ pub struct RunArgs {
     /// No summary of what was denied when the agent ends.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Learning mode: the proxy allows and records every connection and request the policy
+    /// would deny (the kernel still confines the agent to the proxy), and at exit a policy that
+    /// allows what the agent did is written to this file. Kernel and filesystem rules are not
+    /// learned.
+    #[arg(long, value_name = "OUT.yaml")]
+    pub learn: Option<PathBuf>,
+    /// With --learn: also learn hosts that resolve to loopback or private addresses, each with
+    /// an `allowed_ips` entry naming exactly those addresses (otherwise they are refused and
+    /// listed as not learned).
+    #[arg(long, requires = "learn")]
+    pub learn_allow_private: bool,
     /// The command to confine, after `--`.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -177,6 +188,20 @@ pub struct RunArgs {
 pub enum PolicyCommand {
     /// Validate FILE: exit 0 when valid, 1 with `FILE:LINE:COL: message` when not.
     Check { file: PathBuf },
+    /// Suggest allows for what an audit log (`--audit-log`) shows denied: no endpoint for the
+    /// host and port, an executable `binaries:` does not list, a request no rule allows. Prints
+    /// a policy, or with --merge adds the suggestions to FILE without changing its own lines.
+    Suggest {
+        /// The audit log (OCSF JSON lines).
+        #[arg(long, value_name = "AUDIT.jsonl")]
+        from: PathBuf,
+        /// A policy file to add the suggestions to (its lines, comments and order are kept).
+        #[arg(long, value_name = "FILE")]
+        merge: Option<PathBuf>,
+        /// Write the result here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Print FILE as leash enforces it: the file, then what leash adds on its own (protected
     /// names in the working directory, private directories, kernel rules), marked as comments.
     Show { file: PathBuf },

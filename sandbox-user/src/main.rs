@@ -56,6 +56,13 @@ fn main() -> ExitCode {
                 1
             }
         },
+        Command::Policy(PolicyCommand::Suggest { from, merge, out }) => match suggest(&from, merge.as_deref()) {
+            Ok(text) => write_out(&text, out.as_deref()),
+            Err(e) => {
+                eprintln!("leash: error: {e}");
+                1
+            }
+        },
         Command::Policy(PolicyCommand::Eval { file, host, port, method, path, binary, headers }) => {
             let request = (method.is_some() || path.is_some())
                 .then(|| (method.as_deref().unwrap_or("GET"), path.as_deref().unwrap_or("/"), headers.as_slice()));
@@ -80,6 +87,37 @@ fn show_policy(file: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let policy = policy::parse_str(&file.display().to_string(), &text).map_err(|e| e.to_string())?;
     Ok(policy::show::render(&text, &policy))
+}
+
+/// `leash policy suggest`: the denials of the audit log `from` as a policy, or merged into `merge`.
+fn suggest(from: &std::path::Path, merge: Option<&std::path::Path>) -> Result<String, String> {
+    let log = std::fs::read_to_string(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let seen = policy::suggest::observations(&log).map_err(|e| format!("{}: {e}", from.display()))?;
+    let learned = policy::learn::Learned::from_observations(&seen);
+    let source = format!("the denials in {}", from.display());
+    let Some(file) = merge else {
+        return Ok(learned.document(&source));
+    };
+    let original = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if learned.is_empty() {
+        return Ok(original);
+    }
+    policy::merge::merge(&original, &file.display().to_string(), learned, &source)
+}
+
+/// Writes `text` to `out`, or to stdout.
+fn write_out(text: &str, out: Option<&std::path::Path>) -> i32 {
+    let Some(path) = out else {
+        print!("{text}");
+        return 0;
+    };
+    match std::fs::write(path, text) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("leash: error: writing {}: {e}", path.display());
+            1
+        }
+    }
 }
 
 /// Help and version go to stdout as usual. A usage error is printed on one line; for `leash run`
@@ -117,6 +155,8 @@ fn run(args: cli::RunArgs) -> i32 {
         upstream_ca: args.proxy.upstream_ca,
         allow_degraded: args.allow_degraded,
         quiet: args.quiet,
+        learn: args.learn,
+        learn_allow_private: args.learn_allow_private,
         command: args.command,
     };
     // block_on keeps the agent's fork on the main thread, which PR_SET_PDEATHSIG is tied to.

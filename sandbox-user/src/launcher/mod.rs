@@ -61,6 +61,11 @@ pub struct RunOptions {
     pub allow_degraded: bool,
     /// No summary of what was denied at exit.
     pub quiet: bool,
+    /// `--learn`: the proxy allows and records what the policy would deny, and the policy the
+    /// run needed is written here at exit.
+    pub learn: Option<PathBuf>,
+    /// `--learn-allow-private`: learning may open hosts that resolve to private addresses.
+    pub learn_allow_private: bool,
     pub command: Vec<OsString>,
 }
 
@@ -138,6 +143,15 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             return Err(e);
         }
     };
+    if let Some(out) = &opts.learn {
+        let ready = open_learned(out).and_then(|_| proxy.learn(opts.learn_allow_private));
+        if let Err(e) = ready {
+            if let Ok(mut s) = built {
+                s.teardown();
+            }
+            return Err(e);
+        }
+    }
     let mut sandbox = match built {
         Ok(s) => Some(s),
         Err(e) => {
@@ -274,7 +288,7 @@ async fn run_inside(
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             let peers = SandboxPeers::new(s.take_connection_owners()?);
-            if agent.binaries_rules {
+            if agent.binaries_rules || opts.learn.is_some() {
                 proxy.set_connection_owners(peers.owner_source())?;
             }
             proxy.serve_only(peers)?;
@@ -365,6 +379,9 @@ async fn run_inside(
     for pump in events {
         pump.stop().await;
     }
+    if let Some(out) = &opts.learn {
+        write_learned(out, &proxy)?;
+    }
     if !opts.quiet {
         let mut lines = audit.summary();
         if let Some(counted) = sandbox.and_then(|s| s.counters()).and_then(|c| denial_summary(&c)) {
@@ -399,6 +416,31 @@ pub(crate) fn credential_env(
     let mut env = environment::agent_env(std::env::vars_os(), proxy_addr, identity, &credentials);
     environment::drop_leaking(&mut env, |value| proxy.mentions_secret(value));
     env
+}
+
+/// Opens (creates, truncates) the `--learn` output without following a symbolic link, so a
+/// path the agent could plant a link at is never written through.
+fn open_learned(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("opening the --learn output {}", path.display()))
+}
+
+/// `--learn`: writes the policy the run needed (checked to parse) and says so on stderr.
+fn write_learned(path: &Path, proxy: &Proxy) -> Result<()> {
+    use std::io::Write as _;
+    let seen = proxy.learned().unwrap_or_default();
+    let text = policy::learn::Learned::from_observations(&seen).document("`leash run --learn`");
+    policy::parse_str(&path.display().to_string(), &text).context("the learned policy does not parse (a bug)")?;
+    open_learned(path)?.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("leash: learned policy written to {} ({} observations)", path.display(), seen.len());
+    Ok(())
 }
 
 /// Paths of the files the LSM rules name, by (device, inode), for audit lines.

@@ -38,10 +38,13 @@ pub mod decide;
 pub mod document;
 pub mod error;
 pub mod hosts;
+pub mod learn;
+pub mod merge;
 pub mod normalize;
 pub mod readings;
 pub mod rego;
 pub mod show;
+pub mod suggest;
 
 pub use compile::{
     compile, load, parse_str, AllowedRequests, CompiledEndpoint, CompiledPolicy, Credential, FilesystemRules,

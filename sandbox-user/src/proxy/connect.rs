@@ -20,7 +20,7 @@ use super::intercept::{self, Tunnel};
 use super::ssrf::{normalize_host, NormalizedHost};
 use super::state::PolicyState;
 use super::upstream::{dial_checked, DialError};
-use super::{addresses, identity, request, tunnel, Proxy, ProxyBody};
+use super::{addresses, identity, learning, request, tunnel, Proxy, ProxyBody};
 
 /// Who is asking: the agent's address as the proxy sees it and, when known, its executable.
 #[derive(Clone)]
@@ -111,6 +111,11 @@ fn decide_for_owner(state: &PolicyState, proxy: &Proxy, host: &str, port: u16, c
     anyone
 }
 
+/// Whether the proxy is learning and the policy would deny `host:port` (`learning.rs`).
+fn learns_instead(state: &PolicyState, proxy: &Proxy, host: &NormalizedHost, port: u16, client: &Client) -> bool {
+    proxy.learner.get().is_some() && !decide_for_owner(state, proxy, &host.to_string(), port, client).allow
+}
+
 fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> Option<&'a CompiledEndpoint> {
     state.endpoint(verdict.endpoint_ref?)
 }
@@ -136,6 +141,9 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
         Err(refusal) => return refusal,
     };
     let state = proxy.state.current();
+    if learns_instead(&state, &proxy, &host, port, &client) {
+        return learning::connect(req, client, proxy, host, port).await;
+    }
     let verdict = match decide(&state, &proxy, "CONNECT", &host, port, &client) {
         Ok(v) => v,
         Err(refusal) => return *refusal,
@@ -143,6 +151,7 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
     let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else {
         return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
     };
+    learning::allowed_connection(&proxy, &host.to_string(), port, &client, endpoint);
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(StatusCode::BAD_REQUEST, "bad_request", "CONNECT without an upgradable connection", None);
     };
@@ -173,13 +182,17 @@ async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>
         Err(refusal) => return refusal,
     };
     let state = proxy.state.current();
+    if learns_instead(&state, &proxy, &host, port, &client) {
+        return learning::absolute_form(req, client, proxy, host, port).await;
+    }
     let verdict = match decide(&state, &proxy, req.method().as_str(), &host, port, &client) {
         Ok(v) => v,
         Err(refusal) => return *refusal,
     };
-    let Some(endpoint_ref) = verdict.endpoint_ref else {
+    let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else {
         return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
     };
+    learning::allowed_connection(&proxy, &host.to_string(), port, &client, endpoint);
     let policy = verdict.policy.clone();
     let tunnel =
         Arc::new(Tunnel::new(proxy, state, host, port, "http", endpoint_ref, policy, client.binary, client.addr));

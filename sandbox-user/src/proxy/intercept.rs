@@ -93,25 +93,33 @@ impl Tunnel {
 }
 
 /// Takes over the upgraded CONNECT stream: TLS handshake, then HTTP until the agent hangs up.
-pub fn spawn(on_upgrade: OnUpgrade, mut tunnel: Tunnel) {
+pub fn spawn(on_upgrade: OnUpgrade, tunnel: Tunnel) {
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
-        let host = tunnel.host_text.clone();
-        let config = match tunnel.proxy.leaves.server_config_for(&host) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("leash: proxy: no certificate for {host}: {e}");
-                return;
-            }
-        };
-        let handshake = TlsAcceptor::from(config).accept(TokioIo::new(upgraded));
-        let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await else { return };
-        tunnel.sni_mismatch = sni_mismatch(&host, client_sni(&tls));
-        let tunnel = Arc::new(tunnel);
-        let service = service_fn(move |req| request::handle(req, tunnel.clone()));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-        builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE);
-        let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await;
+        serve(TokioIo::new(upgraded), tunnel).await;
     });
+}
+
+/// [`spawn`] on a stream already taken over (learning mode reads its first byte first).
+pub async fn serve<S>(stream: S, mut tunnel: Tunnel)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let host = tunnel.host_text.clone();
+    let config = match tunnel.proxy.leaves.server_config_for(&host) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leash: proxy: no certificate for {host}: {e}");
+            return;
+        }
+    };
+    let handshake = TlsAcceptor::from(config).accept(stream);
+    let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await else { return };
+    tunnel.sni_mismatch = sni_mismatch(&host, client_sni(&tls));
+    let tunnel = Arc::new(tunnel);
+    let service = service_fn(move |req| request::handle(req, tunnel.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE);
+    let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await;
 }

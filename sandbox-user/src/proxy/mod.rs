@@ -13,6 +13,7 @@
 //! | `state.rs` | the policy generation in force, swapped on reload |
 //! | `identity.rs` | which executable opened a connection |
 //! | `peers.rs` | who may use the proxy at all: only its own sandbox |
+//! | `learning.rs` | learning mode: what the policy would deny is allowed and recorded |
 
 mod addresses;
 mod answers;
@@ -23,6 +24,7 @@ mod identity;
 pub use identity::{DaemonOwners, OwnerSource};
 mod intercept;
 mod judge;
+mod learning;
 mod peers;
 pub use peers::SandboxPeers;
 mod request;
@@ -75,6 +77,8 @@ pub struct Proxy {
     owners: std::sync::OnceLock<Box<dyn identity::OwnerSource>>,
     /// Set once, before serving, when only the sandbox may use the proxy (`leash run`).
     peers: std::sync::OnceLock<SandboxPeers>,
+    /// Set once, before serving, when the proxy learns instead of denying (`leash run --learn`).
+    learner: std::sync::OnceLock<Arc<learning::Learner>>,
 }
 
 impl Proxy {
@@ -96,6 +100,7 @@ impl Proxy {
             audit,
             owners: std::sync::OnceLock::new(),
             peers: std::sync::OnceLock::new(),
+            learner: std::sync::OnceLock::new(),
         }))
     }
 
@@ -108,6 +113,18 @@ impl Proxy {
     /// Serves only connections `peers` recorded; every other one is closed unread.
     pub fn serve_only(&self, peers: SandboxPeers) -> Result<()> {
         self.peers.set(peers).map_err(|_| anyhow::anyhow!("the proxy already serves only one sandbox"))
+    }
+
+    /// Allows and records what the policy would deny, from now on (`learning.rs`);
+    /// `allow_private` lets hosts that resolve to private addresses be learned too.
+    pub fn learn(&self, allow_private: bool) -> Result<()> {
+        let learner = Arc::new(learning::Learner::new(allow_private));
+        self.learner.set(learner).map_err(|_| anyhow::anyhow!("the proxy is already learning"))
+    }
+
+    /// What the agent did through the proxy, when it is learning.
+    pub fn learned(&self) -> Option<Vec<crate::policy::learn::Observation>> {
+        self.learner.get().map(|l| l.observations())
     }
 
     /// leash's CA, whose certificate the agent must trust.

@@ -24,6 +24,7 @@ use super::credentials::{
 use super::headers::{check_framing, strip_hop_by_hop, targets_tunnel, wants_upgrade};
 use super::intercept::Tunnel;
 use super::judge::{judge, Malformed};
+use super::learning;
 use super::upstream::DialError;
 use super::ProxyBody;
 
@@ -90,12 +91,15 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             return refuse(StatusCode::BAD_REQUEST, "method_not_canonical", detail, t.policy.as_deref());
         }
     };
-    if !verdict.allow && !verdict.audit {
+    // Learning (`learning.rs`): a request the rules refuse goes through and is recorded.
+    let learned = !verdict.allow && !verdict.audit && t.proxy.learner.get().is_some();
+    if !verdict.allow && !verdict.audit && !learned {
         audit(false, &verdict.reason, Some(&verdict.rule), vec![]);
         let reason = if &*verdict.rule == "path-rejected" { "path_rejected" } else { "request_denied" };
         let status = if reason == "path_rejected" { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
         return refuse(status, reason, format!("{method} {target}: {}", verdict.reason), verdict.policy.as_deref());
     }
+    let overrides = if t.proxy.learner.get().is_some() { learning::method_overrides(&parts) } else { vec![] };
     let report = match rewrite_request_head(&mut parts, host, &t.state.secrets, rewrites_target(t)) {
         Ok(r) => r,
         Err(e) => {
@@ -114,7 +118,14 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     } else {
         body.map_err(Into::into).boxed_unsync()
     };
-    let reason = if verdict.audit { "audit_only" } else { "allowed" };
+    let reason = if learned {
+        "learned"
+    } else if verdict.audit {
+        "audit_only"
+    } else {
+        "allowed"
+    };
+    learning::request_passed(t, &method, &target, overrides, &report.credentials);
     audit(true, reason, Some(&verdict.rule), report.credentials);
     // The target again: the rewrite may have put credential values into it.
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
