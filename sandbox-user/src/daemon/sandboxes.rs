@@ -240,7 +240,12 @@ impl Node {
     pub fn release(&self, caller: &Caller, id: &str) -> Result<(), Reply> {
         let record = Self::own_record(&*self.state()?, caller, id)?;
         if let Ok(cg) = SandboxCgroup::open(record.cgroup.clone()) {
-            cg.kill_all(Duration::from_secs(5)).map_err(internal)?;
+            // Garbage collection may remove the cgroup as soon as the kill empties it.
+            if let Err(e) = cg.kill_all(Duration::from_secs(5)) {
+                if record.cgroup.is_dir() {
+                    return Err(internal(e));
+                }
+            }
         }
         let mut state = self.state()?;
         remove(&mut state, &record, &self.metrics).map_err(internal)?;
