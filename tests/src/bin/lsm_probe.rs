@@ -1039,11 +1039,12 @@ mod io_uring {
 mod agent {
     use super::*;
 
-    /// Files and sockets vm_init prepares for the agent (see its `kernel` suite).
-    pub const SECRET: &str = "/tmp/kernel-secret";
-    pub const SECRET_LINK: &str = "/tmp/kernel-secret-link";
-    pub const SECRET_SYMLINK: &str = "/tmp/kernel-secret-symlink";
-    pub const HOST_SOCKET: &str = "/tmp/host-agent.sock";
+    /// Files and sockets vm_init prepares for the agent (see its `kernel` suite): outside `/tmp`,
+    /// which is private to the agent under `leash run`.
+    pub const SECRET: &str = "/var/leash-kernel/secret";
+    pub const SECRET_LINK: &str = "/var/leash-kernel/secret-link";
+    pub const SECRET_SYMLINK: &str = "/var/leash-kernel/secret-symlink";
+    pub const HOST_SOCKET: &str = "/var/leash-kernel/host-agent.sock";
     pub const COPY: &str = "/tmp/agent-copy";
     /// The agent's own copy of libm.
     pub const LIBM: &str = "/tmp/agent-libm.so.6";

@@ -414,19 +414,25 @@ fn end_process(pid: i32) {
     }
 }
 
-const SECRET: &str = "/tmp/kernel-secret";
-const HOST_SOCKET: &str = "/tmp/host-agent.sock";
+/// The kernel suite's fixtures live outside `/tmp` and `/run`, which are private to the agent
+/// under `leash run`.
+const FIXTURES: &str = "/var/leash-kernel";
+const SECRET: &str = "/var/leash-kernel/secret";
+const HOST_SOCKET: &str = "/var/leash-kernel/host-agent.sock";
 
 /// The kernel suite's fixtures: a secret with a hard link and a symlink, a unix socket and a TCP
 /// listener of the host, a process of the agent's uid outside the sandbox, and the policy.
 fn kernel_fixtures() -> Result<(std::os::unix::net::UnixListener, TcpListener, i32, String), String> {
-    for p in [SECRET, "/tmp/kernel-secret-link", "/tmp/kernel-secret-symlink", HOST_SOCKET, "/tmp/kernel-audit.jsonl"] {
+    std::fs::create_dir_all(FIXTURES).map_err(|e| format!("{FIXTURES}: {e}"))?;
+    set_mode(FIXTURES, 0o755);
+    let (link, symlink) = (format!("{FIXTURES}/secret-link"), format!("{FIXTURES}/secret-symlink"));
+    for p in [SECRET, &link, &symlink, HOST_SOCKET, "/tmp/kernel-audit.jsonl"] {
         let _ = std::fs::remove_file(p);
     }
     std::fs::write(SECRET, "token\n").map_err(|e| format!("secret: {e}"))?;
     set_mode(SECRET, 0o644);
-    std::fs::hard_link(SECRET, "/tmp/kernel-secret-link").map_err(|e| format!("hard link: {e}"))?;
-    std::os::unix::fs::symlink(SECRET, "/tmp/kernel-secret-symlink").map_err(|e| format!("symlink: {e}"))?;
+    std::fs::hard_link(SECRET, &link).map_err(|e| format!("hard link: {e}"))?;
+    std::os::unix::fs::symlink(SECRET, &symlink).map_err(|e| format!("symlink: {e}"))?;
     let host = std::os::unix::net::UnixListener::bind(HOST_SOCKET).map_err(|e| format!("host socket: {e}"))?;
     set_mode(HOST_SOCKET, 0o777);
     let other = TcpListener::bind("127.0.0.1:47002").map_err(|e| format!("listener: {e}"))?;
