@@ -45,6 +45,7 @@ fn learn_and_replay(up: &Upstream, scratch: &Scratch, cmd: &[&str]) -> (String, 
         describe(&replay)
     );
     assert!(up.count() > seen_before, "the replay reached the upstream");
+    println!("learned policy:\n{text}");
     (text, learned)
 }
 
