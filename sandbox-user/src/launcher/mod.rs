@@ -144,6 +144,14 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         }
     };
     if let Some(out) = &opts.learn {
+        let same =
+            |p: &Path| std::fs::canonicalize(p).ok().zip(std::fs::canonicalize(out).ok()).is_some_and(|(a, b)| a == b);
+        if opts.policy.as_deref().is_some_and(same) {
+            if let Ok(mut s) = built {
+                s.teardown();
+            }
+            bail!("--learn {} is the policy file itself: write the learned policy elsewhere", out.display());
+        }
         let ready = open_learned(out).and_then(|_| proxy.learn(opts.learn_allow_private));
         if let Err(e) = ready {
             if let Ok(mut s) = built {

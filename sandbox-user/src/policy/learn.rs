@@ -301,7 +301,7 @@ fn learned_from(port: u16, e: &Endpoint) -> String {
         text.push_str("; refused at CONNECT, so no request was seen: protocol and access are guessed from the port");
     }
     if !e.allowed_ips.is_empty() {
-        text.push_str("; allowed_ips: the private addresses the host resolved to");
+        text.push_str("; allowed_ips: the private addresses it was let reach");
     }
     text
 }
