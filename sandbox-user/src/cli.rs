@@ -89,6 +89,10 @@ pub struct DaemonArgs {
     /// Most sandboxes this node runs at once.
     #[arg(long, default_value_t = 2048)]
     pub max_sandboxes: usize,
+    /// Most sandboxes one pod holds at once (default: half of --max-sandboxes), so that one pod
+    /// cannot take the node's whole budget.
+    #[arg(long)]
+    pub max_sandboxes_per_pod: Option<usize>,
     /// How often emptied sandboxes are collected and the policies directory is checked, in ms.
     #[arg(long, default_value_t = 500)]
     pub gc_interval_ms: u64,

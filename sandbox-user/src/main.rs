@@ -191,6 +191,7 @@ fn daemon(args: cli::DaemonArgs) -> i32 {
         default_policy: args.default_policy,
         kube,
         max_sandboxes: args.max_sandboxes,
+        max_sandboxes_per_pod: args.max_sandboxes_per_pod,
         gc_interval: std::time::Duration::from_millis(args.gc_interval_ms.max(10)),
         generation: args.generation,
     };

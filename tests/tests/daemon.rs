@@ -1126,3 +1126,21 @@ fn one_pod_cannot_take_the_whole_sandbox_budget() {
     assert_eq!(code(&reply), "ok", "pod A ({line:?}) left pod B no sandbox: {reply}");
     assert_eq!(line.trim(), "ready 4", "pod A got more than half the node's sandboxes");
 }
+
+#[test]
+fn the_per_pod_quota_can_be_set() {
+    let node = Node::serving_default("quota-flag", &["--max-sandboxes", "8", "--max-sandboxes-per-pod", "2"]);
+    let a = node.pod(Layout::SystemdContainerd, 34);
+    let mut hog = podclient_in(&a.container)
+        .args(["hold", node.socket.to_str().unwrap(), "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(hog.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    drop(hog.stdin.take());
+    hog.wait().ok();
+    assert_eq!(line.trim(), "ready 2", "--max-sandboxes-per-pod 2 let the pod hold more");
+}

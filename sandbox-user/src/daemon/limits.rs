@@ -7,7 +7,7 @@
 //! | connections per pod | [`MAX_CONNECTIONS_PER_POD`] | `busy`, closed |
 //! | descriptors per frame | [`MAX_FDS_PER_FRAME`] | extra ones closed on arrival; the request is refused |
 //! | sandboxes, whole node | `--max-sandboxes` | `busy` |
-//! | sandboxes per pod | [`sandboxes_per_pod`] | `busy` |
+//! | sandboxes per pod | `--max-sandboxes-per-pod`, by default [`sandboxes_per_pod`] | `busy` |
 //!
 //! Reading and writing are bounded in time by the protocol's `READ_TIMEOUT` and `WRITE_TIMEOUT`.
 
@@ -23,11 +23,25 @@ pub const MAX_CONNECTIONS_PER_POD: usize = 16;
 /// Descriptors one frame may carry: `confine` passes one.
 pub const MAX_FDS_PER_FRAME: usize = 1;
 
-/// Sandboxes one pod holds at once: half the node's limit (at least one), so that one pod never
-/// takes the whole budget. (Half, not less: `cargo xtask bench confine` holds 1,000 sandboxes in
-/// one pod of a 2,048-sandbox node; a per-pod setting of its own needs a daemon flag.)
+/// Sandboxes one pod holds at once by default: half the node's limit (at least one), so that one
+/// pod never takes the whole budget.
 pub fn sandboxes_per_pod(max_sandboxes: usize) -> usize {
     (max_sandboxes / 2).max(1)
+}
+
+/// How many sandboxes the node, and each pod on it, may hold at once.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxLimits {
+    pub node: usize,
+    pub per_pod: usize,
+}
+
+impl SandboxLimits {
+    /// `node` in all, `per_pod` for each pod (default [`sandboxes_per_pod`]), never above `node`.
+    pub fn new(node: usize, per_pod: Option<usize>) -> Self {
+        let node = node.max(1);
+        Self { node, per_pod: per_pod.unwrap_or_else(|| sandboxes_per_pod(node)).clamp(1, node) }
+    }
 }
 
 /// The open connections, counted per pod.
@@ -100,5 +114,12 @@ mod tests {
         assert!(c.acquire("a").is_ok());
         assert_eq!(sandboxes_per_pod(2048), 1024);
         assert_eq!(sandboxes_per_pod(1), 1);
+        let l = SandboxLimits::new(2048, None);
+        assert_eq!((l.node, l.per_pod), (2048, 1024));
+        let l = SandboxLimits::new(100, Some(10));
+        assert_eq!((l.node, l.per_pod), (100, 10));
+        // A pod never gets more than the node, nor nothing.
+        assert_eq!(SandboxLimits::new(100, Some(1000)).per_pod, 100);
+        assert_eq!(SandboxLimits::new(100, Some(0)).per_pod, 1);
     }
 }

@@ -59,6 +59,8 @@ pub struct DaemonOptions {
     /// API server `host:port`, token file and CA file; `None`: in-cluster configuration if any.
     pub kube: Option<kube::KubeConfig>,
     pub max_sandboxes: usize,
+    /// Sandboxes one pod may hold; `None`: half of `max_sandboxes`.
+    pub max_sandboxes_per_pod: Option<usize>,
     pub gc_interval: Duration,
     /// Override of the program generation's name (tests of upgrades).
     pub generation: Option<String>,
@@ -107,7 +109,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         policies,
         admission,
         metrics.clone(),
-        opts.max_sandboxes,
+        limits::SandboxLimits::new(opts.max_sandboxes, opts.max_sandboxes_per_pod),
     ));
     for generation in node.migrate_generations()? {
         eprintln!("leash daemon: moved every sandbox from programs {generation} to {}", this_generation());

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 
 use super::admission::Admission;
 use super::discovery::{self, PodContainer};
-use super::limits::sandboxes_per_pod;
+use super::limits::SandboxLimits;
 use super::metrics::Metrics;
 use super::policies::PolicyStore;
 use super::process::Process;
@@ -48,7 +48,7 @@ pub struct Node {
     pub policies: PolicyStore,
     pub admission: Admission,
     pub metrics: Arc<Metrics>,
-    pub max_sandboxes: usize,
+    pub limits: SandboxLimits,
     state: Mutex<State>,
 }
 
@@ -66,16 +66,9 @@ impl Node {
         policies: PolicyStore,
         admission: Admission,
         metrics: Arc<Metrics>,
-        max_sandboxes: usize,
+        limits: SandboxLimits,
     ) -> Self {
-        Self {
-            cgroup_root,
-            policies,
-            admission,
-            metrics,
-            max_sandboxes,
-            state: Mutex::new(State { programs, registry }),
-        }
+        Self { cgroup_root, policies, admission, metrics, limits, state: Mutex::new(State { programs, registry }) }
     }
 
     pub fn state(&self) -> Result<MutexGuard<'_, State>, Reply> {
@@ -143,13 +136,13 @@ impl Node {
         if let Some(rules) = &kernel_rules {
             check_lsm(state.programs.lsm(), rules, &policy.name)?;
         }
-        if state.registry.len() >= self.max_sandboxes {
+        if state.registry.len() >= self.limits.node {
             return Err(Reply::error(
                 ErrorCode::Busy,
-                format!("this node runs its limit of {} sandboxes", self.max_sandboxes),
+                format!("this node runs its limit of {} sandboxes", self.limits.node),
             ));
         }
-        let quota = sandboxes_per_pod(self.max_sandboxes);
+        let quota = self.limits.per_pod;
         if live_sandboxes_of(&mut state, &caller.pod.pod_uid, quota, &self.metrics) >= quota {
             return Err(Reply::error(ErrorCode::Busy, format!("this pod runs its limit of {quota} sandboxes")));
         }

@@ -258,6 +258,8 @@ impl Node {
             .arg("--bpffs")
             .arg(&bpffs)
             .args(["--default-policy", "default", "--max-sandboxes", &max_sandboxes])
+            // One pod holds all of them here.
+            .args(["--max-sandboxes-per-pod", &max_sandboxes])
             .stdin(Stdio::null())
             .stdout(File::create(node.dir.join("daemon.out"))?)
             .stderr(File::create(node.dir.join("daemon.err"))?)
