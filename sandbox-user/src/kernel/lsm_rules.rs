@@ -209,7 +209,24 @@ fn expand_executables(
 ) -> Result<usize> {
     let parts: Vec<&str> = glob.trim_start_matches('/').split('/').filter(|p| !p.is_empty()).collect();
     let mut matched = 0;
-    Walk { root, out, libraries, matched: &mut matched }.walk(Path::new("/"), &parts, 0);
+    let mut walk = Walk {
+        root,
+        out,
+        libraries,
+        matched: &mut matched,
+        visited: 0,
+        deadline: std::time::Instant::now() + MAX_WALK_TIME,
+        exhausted: false,
+    };
+    walk.walk(Path::new("/"), &parts, 0);
+    if walk.exhausted {
+        // A tree the agent can write (a pod's own files, under the node daemon) must not make
+        // resolving the policy cost what the agent likes.
+        bail!(
+            "kernel.exec.allow `{glob}` visits more than {MAX_WALK_ENTRIES} entries or takes more than {} s to resolve; name narrower paths",
+            MAX_WALK_TIME.as_secs()
+        );
+    }
     if out.len() > MAX_EXEC_FILES {
         bail!("kernel.exec.allow resolves to more than {MAX_EXEC_FILES} files; name narrower paths");
     }
@@ -255,17 +272,35 @@ fn is_shared_object(name: &str) -> bool {
     name.ends_with(".so") || name.contains(".so.")
 }
 
+/// Directory entries one glob may visit, and how long it may take, before it is refused.
+const MAX_WALK_ENTRIES: usize = if cfg!(test) { 1_000 } else { 200_000 };
+const MAX_WALK_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One glob's expansion in one root.
 struct Walk<'a> {
     root: &'a FsRoot,
     out: &'a mut BTreeMap<FileId, PathBuf>,
     libraries: &'a mut BTreeMap<FileId, PathBuf>,
     matched: &'a mut usize,
+    /// Entries looked at so far, against [`MAX_WALK_ENTRIES`].
+    visited: usize,
+    deadline: std::time::Instant,
+    /// Set once the walk ran out of entries or time; nothing more is looked at.
+    exhausted: bool,
 }
 
 impl Walk<'_> {
+    /// Counts `n` more entries; false (and exhausted) once past the budget.
+    fn spend(&mut self, n: usize) -> bool {
+        self.visited += n;
+        if self.visited > MAX_WALK_ENTRIES || std::time::Instant::now() > self.deadline {
+            self.exhausted = true;
+        }
+        !self.exhausted
+    }
+
     fn walk(&mut self, dir: &Path, parts: &[&str], depth: usize) {
-        if depth > 32 || self.out.len() > MAX_EXEC_FILES {
+        if depth > 32 || self.out.len() > MAX_EXEC_FILES || !self.spend(1) {
             return;
         }
         let Some((first, rest)) = parts.split_first() else {
@@ -402,6 +437,21 @@ mod tests {
         let none = format!("{}/nothing-*", bin.display());
         let err = LsmRules::resolve(&rules(Some(&[&none]), &[], &[]), &[]).unwrap_err();
         assert!(err.to_string().contains("matches no executable"), "{err}");
+    }
+
+    #[test]
+    fn a_glob_over_a_huge_tree_is_refused_not_walked_for_ever() {
+        let dir = Scratch::new("huge");
+        for i in 0..(MAX_WALK_ENTRIES + 10) {
+            std::fs::create_dir_all(dir.path().join(format!("d{i}"))).unwrap();
+        }
+        std::fs::write(dir.path().join("tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(dir.path().join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let all = format!("{}/**", dir.path().display());
+        let err = LsmRules::resolve(&rules(Some(&[&all]), &[], &[]), &[]).unwrap_err();
+        assert!(err.to_string().contains("name narrower paths"), "{err}");
+        let one = format!("{}/tool", dir.path().display());
+        assert!(LsmRules::resolve(&rules(Some(&[&one]), &[], &[]), &[]).is_ok(), "a plain path costs nothing");
     }
 
     #[test]
