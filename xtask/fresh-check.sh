@@ -78,7 +78,7 @@ for p in "${phases[@]}"; do
     start=$(date +%s)
     if as_user "$cmd" >"$home_dir/$p.log" 2>&1; then status=0; else status=$?; fi
     secs=$(($(date +%s) - start))
-    grep -E '^(setup|xtask|install|vm):|^Next:|^  sudo|^demo:|as-expected|UNEXPECTED|^test result:|FAILED|panicked' "$home_dir/$p.log" | grep -v '^test result: ok. 0 passed' | tail -n 60 || true
+    grep -aE '^(setup|xtask|install|vm|vm_init|leash|audit|demo):|^Next:|^  sudo|as-expected|UNEXPECTED|^test result:|FAILED|panicked' "$home_dir/$p.log" | grep -v '^test result: ok. 0 passed' | tail -n 60 || true
     say "\`$cmd\`: exit $status after ${secs} s"
     ((status == 0)) || failed=1
 done
