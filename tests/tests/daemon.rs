@@ -1144,3 +1144,32 @@ fn the_per_pod_quota_can_be_set() {
     hog.wait().ok();
     assert_eq!(line.trim(), "ready 2", "--max-sandboxes-per-pod 2 let the pod hold more");
 }
+
+/// Issue 19 item 5: cgroup programs judge a socket by the cgroup it was made in, so a process
+/// that brings a TCP or UDP socket made outside into its sandbox could use it freely.
+#[test]
+fn a_process_holding_network_sockets_made_outside_is_not_confined() {
+    let node = Node::serving_default("sockets", &[]);
+    let pod = node.pod(Layout::SystemdContainerd, 35);
+    let mut holder = podclient_in(&pod.container).arg("sleep-with-sockets").spawn().unwrap();
+    let pid = holder.id().to_string();
+    let procs = pod.container.join("cgroup.procs");
+    assert!(wait_until(5, || std::fs::read_to_string(&procs).is_ok_and(|p| p.lines().any(|l| l == pid))));
+    // Its sockets exist before the request.
+    assert!(wait_until(5, || std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy().starts_with("socket:"))
+            .count()
+            >= 2)
+        .unwrap_or(false)));
+    let reply = node.call(&pod, &format!(r#"{{"version":1,"op":"confine","pid":{pid}}}"#), Some("--listener"));
+    let mut sleeper = pod.sleeper();
+    let control =
+        node.call(&pod, &format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id()), Some("--listener"));
+    stop(&mut holder);
+    stop(&mut sleeper);
+    assert_ne!(code(&reply), "ok", "a process with sockets made outside was confined: {reply}");
+    assert!(reply.to_string().contains("network socket"), "{reply}");
+    assert_eq!(code(&control), "ok", "control: a process without sockets is confined: {control}");
+}

@@ -118,6 +118,66 @@ impl Process {
         Ok(value)
     }
 
+    /// Sends SIGKILL through the pidfd (never to a process that took its number).
+    pub fn kill(&self) {
+        // SAFETY: pidfd_send_signal with a pidfd this value owns and no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd().as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<u8>(),
+                0u32,
+            );
+        }
+    }
+
+    /// How many of its descriptors are sockets the network layer would never judge: TCP, UDP,
+    /// raw, ping and packet sockets it holds (cgroup programs judge a socket by the cgroup it was
+    /// created in, so one made before confinement reaches anything). Found by matching its
+    /// `socket:[inode]` descriptors against its network namespace's socket tables. `except` is
+    /// the proxy's listening socket, which `leash confine`'s child holds until it execs.
+    pub fn network_sockets(&self, except: Option<u64>) -> io::Result<usize> {
+        self.read(|pid| {
+            // (table, column of the inode): the IP tables share a layout, packet has its own.
+            const TABLES: [(&str, usize); 11] = [
+                ("tcp", 9),
+                ("tcp6", 9),
+                ("udp", 9),
+                ("udp6", 9),
+                ("udplite", 9),
+                ("udplite6", 9),
+                ("raw", 9),
+                ("raw6", 9),
+                ("icmp", 9),
+                ("icmp6", 9),
+                ("packet", 8),
+            ];
+            let mut inodes = std::collections::HashSet::new();
+            for (table, column) in TABLES {
+                let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+                for line in text.lines().skip(1) {
+                    if let Some(inode) = line.split_whitespace().nth(column).and_then(|i| i.parse::<u64>().ok()) {
+                        inodes.insert(inode);
+                    }
+                }
+            }
+            let mut held = 0;
+            for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+                let Ok(link) = std::fs::read_link(entry?.path()) else { continue };
+                let inode = link
+                    .to_str()
+                    .and_then(|l| l.strip_prefix("socket:["))
+                    .and_then(|l| l.strip_suffix(']'))
+                    .and_then(|i| i.parse::<u64>().ok());
+                if inode.is_some_and(|i| inodes.contains(&i) && Some(i) != except) {
+                    held += 1;
+                }
+            }
+            Ok(held)
+        })
+    }
+
     /// The real, effective, saved and filesystem uids (the `Uid:` line of its status).
     pub fn uids(&self) -> io::Result<[u32; 4]> {
         self.read(|pid| {

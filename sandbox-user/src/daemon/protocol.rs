@@ -53,6 +53,11 @@
 //! `no_such_process` "no process N of yours": the answers tell nothing of processes outside the
 //! caller's reach. `hello` names only the policy the caller's pod may use.
 //!
+//! A target that holds a TCP, UDP, raw, ping or packet socket (other than the passed proxy
+//! listener, which `leash confine`'s child holds until it execs) is refused with `not_allowed`:
+//! the cgroup programs judge a socket by the cgroup it was made in, so one made outside would go
+//! unjudged. Checked again after the move; a target that holds one then is killed.
+//!
 //! # Replies
 //! `{"version":1,"ok":true,"result":{...}}` or
 //! `{"version":1,"ok":false,"error":{"code":"...","message":"..."}}` with a code of [`ErrorCode`].

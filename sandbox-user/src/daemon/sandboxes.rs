@@ -125,6 +125,7 @@ impl Node {
             Reply::error(ErrorCode::BadSocket, "pass the proxy's listening socket with the request (SCM_RIGHTS)")
         })?;
         let proxy = inspect_listener(&socket)?;
+        let listener_inode = nix::sys::stat::fstat(&socket).map(|s| s.st_ino).ok();
         drop(socket);
         let record_owners = !policy.compiled.binaries_restricted().is_empty();
 
@@ -133,6 +134,7 @@ impl Node {
         if self.check_target(caller, target)? != target_pod {
             return Err(not_yours(target.pid()));
         }
+        refuse_network_sockets(target, listener_inode)?;
         if let Some(rules) = &kernel_rules {
             check_lsm(state.programs.lsm(), rules, &policy.name)?;
         }
@@ -161,7 +163,9 @@ impl Node {
             record_owners,
             created: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         };
-        let built = build(&mut state, &record, kernel_rules.as_ref()).and_then(|()| move_into(&record.cgroup, target));
+        let built = build(&mut state, &record, kernel_rules.as_ref())
+            .and_then(|()| move_into(&record.cgroup, target))
+            .and_then(|()| kill_if_holding_sockets(target, listener_inode));
         if let Err(e) = built {
             if e.downcast_ref::<StrangerMoved>().is_some() {
                 // The sandbox holds a process that is not the target: it stays confined (never
@@ -445,6 +449,31 @@ fn move_into(cgroup: &Path, process: &Process) -> Result<()> {
         return Err(StrangerMoved(process.pid()).into());
     }
     Err(gone())
+}
+
+/// Refuses a target that holds IP or packet sockets: made outside the sandbox, no cgroup program
+/// would judge them.
+fn refuse_network_sockets(target: &Process, listener: Option<u64>) -> Result<(), Reply> {
+    match target.network_sockets(listener) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(Reply::error(
+            ErrorCode::NotAllowed,
+            format!("process {} holds {n} network socket(s) made outside a sandbox; confine a process before it opens any (leash confine does)", target.pid()),
+        )),
+        Err(_) => Err(not_yours(target.pid())),
+    }
+}
+
+/// After the move: a target that got a network socket between the check and the move (or holds
+/// one it could not be seen with) is killed, since it cannot be told from one it made inside.
+fn kill_if_holding_sockets(target: &Process, listener: Option<u64>) -> Result<()> {
+    match target.network_sockets(listener) {
+        Ok(0) => Ok(()),
+        _ => {
+            target.kill();
+            Err(anyhow::anyhow!("process {} holds network sockets made before it was moved in; killed", target.pid()))
+        }
+    }
 }
 
 /// The target exited during its move, and the process that took its number was moved instead.

@@ -9,6 +9,7 @@
 //! podclient --cgroup DIR cycles SOCKET N                            N times: fork, confine the child, kill it
 //! podclient --cgroup DIR hold SOCKET N                              confine up to N children, print `ready CONFINED`, wait for stdin to close
 //! podclient --cgroup DIR sleep                                      sleep (a target process of the pod)
+//! podclient --cgroup DIR sleep-with-sockets                         hold an unconnected TCP and a UDP socket, then sleep
 //! podclient --cgroup DIR exec UID -- CMD ARGS...                    become UID and exec CMD
 //! podclient --cgroup DIR reuse SOCKET                               a child connects and exits; see `reuse`
 //! podclient --cgroup DIR flood SOCKET N idle|noread|fds             hold N connections; see `flood`
@@ -46,6 +47,13 @@ fn main() {
         "cycles" if rest.len() == 3 => cycles(&rest[1], rest[2].parse().unwrap_or_else(|_| usage())),
         "hold" if rest.len() == 3 => hold(&rest[1], rest[2].parse().unwrap_or_else(|_| usage())),
         "sleep" => std::thread::sleep(Duration::from_secs(3600)),
+        "sleep-with-sockets" => {
+            // Made here, outside any sandbox: what a confined process must not bring along.
+            let tcp = socket2_tcp();
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("udp socket: {e}"));
+            std::thread::sleep(Duration::from_secs(3600));
+            drop((tcp, udp));
+        }
         "reuse" if rest.len() == 2 => reuse(&rest[1]),
         "flood" if rest.len() == 4 => flood(&rest[1], rest[2].parse().unwrap_or_else(|_| usage()), &rest[3]),
         "exec" if rest.len() >= 4 && rest[2] == "--" => {
@@ -53,6 +61,15 @@ fn main() {
         }
         _ => usage(),
     }
+}
+
+/// An unconnected TCP socket (what a process would connect later).
+fn socket2_tcp() -> std::os::fd::OwnedFd {
+    // SAFETY: socket(2) returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "tcp socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor owned here.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
 }
 
 fn usage() -> ! {
