@@ -183,8 +183,14 @@ fn install(prefix: &Path) -> Result<()> {
     let leash = if on_sudo_path { "leash".to_owned() } else { dest.display().to_string() };
     println!();
     println!("Next:");
-    println!("  sudo {leash} doctor                       # which layers this host can enforce");
-    println!("  cd your-project && sudo {leash} run -- claude   # the default policy; --policy FILE for your own");
+    let next = [
+        (format!("sudo {leash} doctor"), "which layers this host can enforce"),
+        (format!("cd your-project && sudo {leash} run -- claude"), "the default policy; --policy FILE for your own"),
+    ];
+    let width = next.iter().map(|(cmd, _)| cmd.len()).max().unwrap_or(0);
+    for (cmd, what) in next {
+        println!("  {cmd:width$}   # {what}");
+    }
     Ok(())
 }
 
