@@ -295,7 +295,8 @@ async fn run_inside(
 
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
-            let peers = SandboxPeers::new(s.take_connection_owners()?);
+            let procs = s.cgroup().context("sandbox cgroup missing")?.path().join("cgroup.procs");
+            let peers = SandboxPeers::new(s.take_connection_owners()?).with_holders(procs, bound.addr());
             if agent.binaries_rules || opts.learn.is_some() {
                 proxy.set_connection_owners(peers.owner_source())?;
             }

@@ -19,6 +19,7 @@ use crate::kernel::programs::ConnectionOwners;
 #[derive(Clone)]
 pub struct SandboxPeers {
     owners: Arc<ConnectionOwners>,
+    holders: Option<Arc<Holders>>,
 }
 
 /// How often, and how long apart, a missing record is looked for again: on loopback the client
@@ -28,7 +29,14 @@ const RECHECK_DELAY: Duration = Duration::from_millis(2);
 
 impl SandboxPeers {
     pub fn new(owners: ConnectionOwners) -> Self {
-        Self { owners: Arc::new(owners) }
+        Self { owners: Arc::new(owners), holders: None }
+    }
+
+    /// Also checks, for `binaries:` rules, that every process of the sandbox (`procs`, its
+    /// `cgroup.procs`) holding the connection's socket runs the executable that connected.
+    pub fn with_holders(mut self, procs: PathBuf, proxy: SocketAddr) -> Self {
+        self.holders = Some(Arc::new(Holders { procs, proxy }));
+        self
     }
 
     /// Whether `peer`, connected to the proxy at `local`, is a connection the sandbox made.
@@ -54,20 +62,64 @@ impl SandboxPeers {
 
     /// The same records as a source of connection owners (for `binaries:` rules).
     pub fn owner_source(&self) -> Box<dyn OwnerSource> {
-        Box::new(Shared(self.owners.clone()))
+        Box::new(Shared { owners: self.owners.clone(), holders: self.holders.clone() })
     }
 }
 
-struct Shared(Arc<ConnectionOwners>);
+struct Shared {
+    owners: Arc<ConnectionOwners>,
+    holders: Option<Arc<Holders>>,
+}
 
 impl OwnerSource for Shared {
+    /// The executable that connected, if every process now holding the socket runs it too: a
+    /// process that connected and then exec'd an allowed program, or passed the socket on,
+    /// does not lend that program's rights to the others holding the socket.
     fn binary(&self, peer: SocketAddr) -> Option<PathBuf> {
-        self.0.binary(peer)
+        let exe = self.owners.binary(peer)?;
+        match &self.holders {
+            Some(h) if !h.all_run(peer, &exe) => None,
+            _ => Some(exe),
+        }
     }
 
     fn pid(&self, peer: SocketAddr) -> Option<u32> {
-        self.0.pid(peer)
+        self.owners.pid(peer)
     }
+}
+
+/// Who in the sandbox holds a connection's client socket.
+struct Holders {
+    procs: PathBuf,
+    proxy: SocketAddr,
+}
+
+impl Holders {
+    /// Whether every process of the sandbox holding `peer`'s socket runs `exe` (false when the
+    /// socket cannot be found: fail closed).
+    fn all_run(&self, peer: SocketAddr, exe: &std::path::Path) -> bool {
+        let Some(inode) = client_socket_inode(peer, self.proxy) else { return false };
+        let Ok(procs) = std::fs::read_to_string(&self.procs) else { return false };
+        let target = format!("socket:[{inode}]");
+        procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).all(|pid| {
+            let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|l| l.as_os_str() == target.as_str())
+            });
+            !holds || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
+        })
+    }
+}
+
+/// The inode of the socket connected from `peer` to `proxy`, from the kernel's TCP table.
+fn client_socket_inode(peer: SocketAddr, proxy: SocketAddr) -> Option<u64> {
+    let table = if peer.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let text = std::fs::read_to_string(table).ok()?;
+    let port_of = |field: &str| field.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+    text.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
+        (port_of(local)? == peer.port() && port_of(remote)? == proxy.port()).then(|| inode.parse().ok())?
+    })
 }
 
 /// A connection from the sandbox; its record is forgotten when the last of it (the request
