@@ -88,7 +88,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
             None
         }
     };
-    let mut env = super::credential_env(&proxy, &credential_names, bound.addr(), &identity);
+    let mut env = super::credential_env(&proxy, &credential_names, bound.addr(), &identity)?;
     trust.add_env(&mut env);
 
     let socket = UnixAddr::new(&opts.socket).with_context(|| format!("socket path {}", opts.socket.display()))?;

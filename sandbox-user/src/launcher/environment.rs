@@ -50,9 +50,28 @@ pub struct Credentials<'a> {
     pub offered: &'a [&'a str],
 }
 
+/// Variables an agent cannot work without: never dropped. One that holds a credential's value
+/// stops the run instead.
+const ESSENTIAL: [&str; 7] = ["PATH", "HOME", "TERM", "LANG", "USER", "LOGNAME", "SHELL"];
+
+fn essential(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    ESSENTIAL.contains(&name.as_ref()) || name.starts_with("LC_")
+}
+
 /// Drops every variable whose value contains a credential's value (an alias, a URL with the
-/// token in it), with one note per variable dropped.
-pub fn drop_leaking(env: &mut Vec<(OsString, OsString)>, leaks: impl Fn(&std::ffi::OsStr) -> bool) {
+/// token in it), with one note per variable dropped; an essential variable (`PATH`, `HOME`,
+/// `TERM`, `LANG`, `LC_*`, `USER`, `LOGNAME`, `SHELL`) holding one is an error naming it.
+pub fn drop_leaking(
+    env: &mut Vec<(OsString, OsString)>,
+    leaks: impl Fn(&std::ffi::OsStr) -> bool,
+) -> anyhow::Result<()> {
+    if let Some((name, _)) = env.iter().find(|(name, value)| essential(name) && leaks(value)) {
+        anyhow::bail!(
+            "{} contains a credential's value; leash neither passes it to the agent nor runs the agent without it: remove the value from it",
+            name.to_string_lossy()
+        );
+    }
     env.retain(|(name, value)| {
         let leaking = leaks(value);
         if leaking {
@@ -63,6 +82,7 @@ pub fn drop_leaking(env: &mut Vec<(OsString, OsString)>, leaks: impl Fn(&std::ff
         }
         !leaking
     });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -94,6 +114,21 @@ mod tests {
         assert_eq!(get(&env, "ANTHROPIC_API_KEY"), Some("leash:resolve:env:ANTHROPIC_API_KEY"));
         assert!(env.iter().all(|(_, v)| v.to_str() != Some("ghp_realsecret")));
         assert_eq!(get(&env, "PATH"), Some("/usr/bin"));
+    }
+
+    #[test]
+    fn leaking_variables_are_dropped_and_essential_ones_stop_the_run() {
+        let leaks = |v: &std::ffi::OsStr| v.to_string_lossy().contains("s3cr3t-value");
+        let mut env: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), "/usr/bin".into()),
+            ("ALIAS".into(), "s3cr3t-value".into()),
+            ("LC_ALL".into(), "C.UTF-8".into()),
+        ];
+        drop_leaking(&mut env, leaks).unwrap();
+        assert_eq!(env.iter().map(|(n, _)| n.to_str().unwrap()).collect::<Vec<_>>(), ["PATH", "LC_ALL"]);
+        let mut env: Vec<(OsString, OsString)> = vec![("PATH".into(), "/opt/s3cr3t-value/bin".into())];
+        let err = drop_leaking(&mut env, leaks).unwrap_err().to_string();
+        assert!(err.starts_with("PATH contains") && !err.contains("s3cr3t"), "{err}");
     }
 
     #[test]

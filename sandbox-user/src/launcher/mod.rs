@@ -325,7 +325,7 @@ async fn run_inside(
         None => None,
     };
 
-    let mut env = credential_env(&proxy, agent.credential_names, proxy_addr, agent.identity);
+    let mut env = credential_env(&proxy, agent.credential_names, proxy_addr, agent.identity)?;
     trust.add_env(&mut env);
     let procs = match sandbox.as_deref() {
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
@@ -414,7 +414,7 @@ pub(crate) fn credential_env(
     declared: &[String],
     proxy_addr: SocketAddr,
     identity: &identity::Identity,
-) -> Vec<(OsString, OsString)> {
+) -> Result<Vec<(OsString, OsString)>> {
     let offered = proxy.credential_names();
     for name in declared.iter().filter(|n| !offered.contains(n)) {
         eprintln!("leash: note: credential {name} is not set (not required by the policy): the agent gets no placeholder for it");
@@ -423,8 +423,8 @@ pub(crate) fn credential_env(
     let offered: Vec<&str> = offered.iter().map(String::as_str).collect();
     let credentials = environment::Credentials { declared: &declared, offered: &offered };
     let mut env = environment::agent_env(std::env::vars_os(), proxy_addr, identity, &credentials);
-    environment::drop_leaking(&mut env, |value| proxy.mentions_secret(value));
-    env
+    environment::drop_leaking(&mut env, |value| proxy.mentions_secret(value))?;
+    Ok(env)
 }
 
 /// Opens (creates, truncates) the `--learn` output without following a symbolic link, so a
