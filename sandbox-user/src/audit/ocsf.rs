@@ -79,7 +79,7 @@ pub fn kernel_denial(sandbox: &str, event: &DenyEvent) -> (Value, String) {
         (None, _) => format!("non-IP packet/{proto}"),
     };
     let actor = if event.pid != 0 { format!("pid {} ({})", event.pid, comm(event)) } else { "packet".to_owned() };
-    let line = format!("denied {hook}: {actor} -> {target} [sandbox {sandbox}]");
+    let line = printable(format!("denied {hook}: {actor} -> {target} [sandbox {sandbox}]"));
     let json = json!({
         "class_uid": 4001,
         "class_name": "Network Activity",
@@ -175,11 +175,11 @@ pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::pa
         _ => ("unknown", String::new(), 1007),
     };
     let exe = std::fs::read_link(format!("/proc/{}/exe", event.pid)).ok().map(|p| p.display().to_string());
-    let line = format!(
+    let line = printable(format!(
         "denied {hook_name}: pid {} ({}) -> {target} (rule {rule}) [sandbox {sandbox}]",
         event.pid,
         comm(event)
-    );
+    ));
     let class_name = match class {
         1001 => "File System Activity",
         4001 => "Network Activity",
@@ -216,6 +216,16 @@ pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::pa
     (json, line)
 }
 
+/// `line` with every control character escaped (`\n`, `\u{1b}`): a summary is printed on
+/// stderr, and an agent's process name, file names or request must not split it or drive the
+/// terminal.
+fn printable(line: String) -> String {
+    if !line.chars().any(char::is_control) {
+        return line;
+    }
+    line.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 /// The bytes of a NUL-terminated buffer.
 fn c_bytes(buf: &[u8]) -> Vec<u8> {
     buf.iter().copied().take_while(|&b| b != 0).collect()
@@ -244,13 +254,13 @@ pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
         (Some(p), Some(r)) if d.allowed => format!("{p} {r}"),
         _ => d.reason.clone(),
     };
-    let line = format!(
+    let line = printable(format!(
         "{verdict} proxy {} {}:{}{} ({why}) [sandbox {sandbox}]",
         d.method,
         d.host,
         d.port,
         d.path.as_deref().unwrap_or("")
-    );
+    ));
     let json = json!({
         "class_uid": 4002,
         "class_name": "HTTP Activity",
@@ -366,5 +376,60 @@ mod tests {
         let (json, line) = proxy_decision("s1", &d);
         assert!(line.starts_with("denied proxy CONNECT evil.example:443 (no_matching_policy)"), "{line}");
         assert_eq!(json["action_id"], 2);
+    }
+
+    #[test]
+    fn control_characters_in_agent_strings_are_escaped_in_summaries() {
+        // Found by the `ocsf` fuzz target: a process name (`prctl(PR_SET_NAME)`) or a path
+        // with a newline or an escape split the stderr summary and could forge a line.
+        let mut e = event(Hook::Connect4, 2, [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 443);
+        e.comm[..5].copy_from_slice(b"a\nb\x1b[");
+        let (json, line) = kernel_denial("s", &e);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("a\\nb\\u{1b}["), "{line:?}");
+        assert_eq!(json["message"], line);
+        let d = ProxyDecision { method: "GET".into(), path: Some("/x\r\nleash: allowed".into()), ..Default::default() };
+        let (_, line) = proxy_decision("s", &d);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+}
+
+/// Agent-controlled strings (issue 16); the `ocsf` fuzz target feeds arbitrary bytes too.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_record_is_one_json_line_and_every_summary_is_printable(
+            text in proptest::collection::vec(any::<u8>(), 0..40),
+            hook in 1u32..23,
+        ) {
+            let s = String::from_utf8_lossy(&text).into_owned();
+            let d = ProxyDecision {
+                method: s.clone(), host: s.clone(), path: Some(s.clone()), reason: s.clone(),
+                binary: Some(s.clone()), credentials: vec![s.clone()], ..Default::default()
+            };
+            let mut e = DenyEvent {
+                cgroup_id: 1, time_ns: 0, pid: 7, uid: 0, hook, family: 1, sock_type: 1, protocol: 6,
+                addr: [0; 16], port: 1, _pad: [0; 6], comm: [0; 16], target_ino: 0, target_dev: 0,
+                target_pid: 0, path: [0; 64],
+            };
+            let n = text.len().min(16);
+            e.comm[..n].copy_from_slice(&text[..n]);
+            let n = text.len().min(64);
+            e.path[..n].copy_from_slice(&text[..n]);
+            let target: &std::path::Path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&text[..]).as_ref();
+            for (json, line) in [proxy_decision(&s, &d), kernel_denial(&s, &e), lsm_denial(&s, &e, Some(target))] {
+                let written = json.to_string();
+                prop_assert!(!written.contains('\n'));
+                let back: Value = serde_json::from_str(&written).expect("one JSON value");
+                prop_assert!(back.is_object());
+                prop_assert!(!line.chars().any(char::is_control), "{:?}", line);
+            }
+        }
     }
 }

@@ -322,3 +322,49 @@ mod tests {
         assert_eq!(read_frame(&mut f.as_slice()).unwrap(), b"{}");
     }
 }
+
+/// Generated frames and requests (issue 16); the `confine_frame` fuzz target also bounds the
+/// decoder's allocations.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_frame_is_read_whole_or_refused(len in any::<u32>(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut bytes = len.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&body);
+            match read_frame(&mut bytes.as_slice()) {
+                Ok(read) => {
+                    prop_assert!((1..=MAX_FRAME).contains(&len) && read.len() == len as usize);
+                    prop_assert_eq!(&read[..], &body[..len as usize]);
+                }
+                Err(FrameError::Empty) => prop_assert_eq!(len, 0),
+                Err(FrameError::TooLarge(n)) => prop_assert!(n == len && len > MAX_FRAME),
+                Err(FrameError::Io(_)) => prop_assert!((len as usize) > body.len() && len <= MAX_FRAME),
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
+
+        #[test]
+        fn every_body_gets_a_request_or_an_error_reply(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            match parse_request(&body) {
+                Ok(r) => prop_assert_eq!(parse_request(&serde_json::to_vec(&r).expect("json")).expect("again"), r),
+                Err(reply) => prop_assert!(!reply.ok && reply.error.is_some()),
+            }
+        }
+
+        #[test]
+        fn generated_requests_round_trip(sandbox in "\\PC{0,12}", port in any::<u16>(), pid in proptest::option::of(any::<u32>())) {
+            for op in [Op::Owner { sandbox: sandbox.clone(), port }, Op::Confine { policy: Some(sandbox.clone()), pid }] {
+                let request = Request { version: VERSION, op };
+                let body = serde_json::to_vec(&request).expect("json");
+                prop_assert_eq!(read_frame(&mut frame(&body).as_slice()).expect("a frame"), body.clone());
+                prop_assert_eq!(parse_request(&body).expect("parses"), request);
+            }
+        }
+    }
+}

@@ -398,3 +398,54 @@ mod tests {
         assert!(matches!("example.com".parse::<IpNetwork>(), Err(IpNetworkError::Address(_))));
     }
 }
+
+/// Generated patterns and hosts (issue 16); the `hosts` fuzz target checks the same on
+/// arbitrary input.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,6}[a-zA-Z0-9_])?"
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(label(), 1..4).prop_map(|labels| labels.join("."))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn patterns_print_as_themselves_and_match_by_depth(suffix in name(), prefix in proptest::collection::vec(label(), 1..4)) {
+            let exact: HostPattern = suffix.parse().expect("a generated name is a pattern");
+            let one: HostPattern = format!("*.{suffix}").parse().expect("*.name");
+            let any: HostPattern = format!("**.{suffix}").parse().expect("**.name");
+            for p in [&exact, &one, &any] {
+                prop_assert_eq!(&p.to_string().parse::<HostPattern>().expect("printed"), p);
+            }
+            let host = format!("{}.{suffix}", prefix.join("."));
+            prop_assert!(exact.matches(&suffix.to_ascii_uppercase()) && !exact.matches(&host));
+            prop_assert_eq!(one.matches(&host), prefix.len() == 1);
+            prop_assert!(any.matches(&host) && any.matches(&host.to_ascii_uppercase()));
+            prop_assert!(!one.matches(&suffix) && !any.matches(&suffix));
+            let (host_dot, suffix_dot) = (format!("{host}."), format!("{suffix}."));
+            for p in [&exact, &one, &any] {
+                prop_assert!(!p.matches(&host_dot) && !p.matches(&suffix_dot), "{}", p);
+            }
+        }
+
+        #[test]
+        fn arbitrary_patterns_and_hosts_never_panic(pattern in "\\PC{0,20}", host in "\\PC{0,20}") {
+            if let Ok(p) = pattern.parse::<HostPattern>() {
+                let again = p.to_string().parse::<HostPattern>();
+                prop_assert_eq!(again, Ok(p.clone()));
+                prop_assert_eq!(p.matches(&host), p.matches(&host.to_ascii_uppercase()));
+            }
+            if let Ok(n) = pattern.parse::<IpNetwork>() {
+                prop_assert_eq!(n.to_string().parse::<IpNetwork>(), Ok(n));
+            }
+        }
+    }
+}

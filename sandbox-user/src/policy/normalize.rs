@@ -475,3 +475,44 @@ mod tests {
         }
     }
 }
+
+/// Generated targets (issue 16); the `normalize` fuzz target checks the same on arbitrary input.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces that exercise every rule: dots raw and encoded, slashes, escapes of every class,
+    /// parameters, a query.
+    const PIECES: [&str; 20] = [
+        "/", "//", "a", "B", ".", "..", "%2e", "%2E", "%2f", "%5c", "%41", "%3f", "%3b", "%3B", ";", "%", "%c3%a9",
+        "?", "x=1", "~",
+    ];
+
+    fn target() -> impl Strategy<Value = String> {
+        let pieces = proptest::collection::vec(proptest::sample::select(&PIECES[..]), 0..10);
+        (pieces, "[ -~]{0,4}").prop_map(|(p, tail)| format!("/{}{tail}", p.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn normalisation_is_idempotent_and_canonical(target in target()) {
+            if let Ok(n) = normalize(&target) {
+                let path = n.path.as_ref();
+                prop_assert!(path.starts_with('/') && !path.contains("//"), "{target} -> {path}");
+                prop_assert!(path.split('/').all(|s| s != "." && s != ".."), "{target} -> {path}");
+                let lower = path.to_ascii_lowercase();
+                prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"), "{path}");
+                let again = normalize(path).expect("a canonical path normalises");
+                prop_assert!(matches!(again.path, Cow::Borrowed(_)), "{target}: {path} became {}", again.path);
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(target in "\\PC{0,24}") {
+            let _ = normalize(&target);
+        }
+    }
+}

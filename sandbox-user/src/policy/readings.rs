@@ -11,6 +11,8 @@
 
 use std::borrow::Cow;
 
+use super::normalize::normalize;
+
 /// Headers some frameworks take as the real method.
 pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
@@ -52,25 +54,37 @@ pub fn is_canonical_method(method: &str) -> bool {
     !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
 }
 
-/// The target as sent, plus the readings servers commonly give it.
+/// The target as sent, plus the readings servers commonly give it. Those are taken from the
+/// canonical form when the target has one, so `/a/b/.` is read as `/a/b/` is (with `/a/b`).
 fn target_readings(target: &str) -> Vec<(Cow<'_, str>, &'static str)> {
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
+    let canonical = normalize(target).ok();
+    let (path, query) = match &canonical {
+        Some(n) => (n.path.as_ref(), n.query),
+        None => match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        },
     };
     let mut out = vec![(Cow::Borrowed(target), "as sent")];
-    let with_query = |p: String| match query {
+    let with_query = |p: &str| match query {
         Some(q) => format!("{p}?{q}"),
-        None => p,
+        None => p.to_owned(),
+    };
+    let without_slash = |p: &str| {
+        let trimmed = p.trim_end_matches('/');
+        (trimmed.len() < p.len() && !trimmed.is_empty()).then(|| with_query(trimmed))
     };
     let semicolons = path.replace("%3B", ";").replace("%3b", ";");
     if semicolons.contains(';') {
         let stripped: Vec<&str> = semicolons.split('/').map(|seg| seg.split(';').next().unwrap_or("")).collect();
-        out.push((Cow::Owned(with_query(stripped.join("/"))), "without ;parameters"));
+        let stripped = stripped.join("/");
+        out.push((Cow::Owned(with_query(&stripped)), "without ;parameters"));
+        if let Some(both) = without_slash(&stripped) {
+            out.push((Cow::Owned(both), "without ;parameters"));
+        }
     }
-    let trimmed = path.trim_end_matches('/');
-    if trimmed.len() < path.len() && !trimmed.is_empty() {
-        out.push((Cow::Owned(with_query(trimmed.to_owned())), "without the trailing slash"));
+    if let Some(trimmed) = without_slash(path) {
+        out.push((Cow::Owned(trimmed), "without the trailing slash"));
     }
     out
 }
@@ -89,6 +103,15 @@ mod tests {
         assert_eq!(targets("/admin%3Bx/secret"), ["/admin%3Bx/secret", "/admin/secret"]);
         assert_eq!(targets("/settings/"), ["/settings/", "/settings"]);
         assert_eq!(targets("/"), ["/"]);
+    }
+
+    #[test]
+    fn dot_segments_do_not_hide_the_trailing_slash_reading() {
+        // Found by the `normalize` fuzz target: `/a/b/./` was judged only as `/a/b/`, so a rule
+        // on `/a/b` that `/a/b/` meets (through its trailing-slash reading) let it through.
+        assert_eq!(targets("/a/b/./?c?x=1"), ["/a/b/./?c?x=1", "/a/b?c?x=1"]);
+        assert_eq!(targets("/admin/."), ["/admin/.", "/admin"]);
+        assert_eq!(targets("/admin;x/"), ["/admin;x/", "/admin/", "/admin", "/admin;x"]);
     }
 
     #[test]
@@ -111,5 +134,52 @@ mod tests {
         assert!(is_canonical_method("DELETE") && is_canonical_method("GET"));
         assert!(!is_canonical_method("delete") && !is_canonical_method("Get") && !is_canonical_method(""));
         assert!(readings("get", [], "/").is_none());
+    }
+}
+
+/// Generated targets (issue 16); the `normalize` fuzz target checks the same on arbitrary input.
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::policy::normalize::PathError;
+    use proptest::prelude::*;
+
+    const PIECES: [&str; 16] =
+        ["/", "//", "a", "admin", ".", "..", "%2e", "%2E", "%3b", "%3B", ";", ";x", "x=1", "?", "%41", "b"];
+
+    /// The readings of a request as the decider judges them: method and normalised path.
+    fn judged(method: &str, overrides: &[&str], target: &str) -> BTreeSet<(String, Result<String, String>)> {
+        readings(method, overrides.iter().copied(), target)
+            .expect("a canonical method")
+            .into_iter()
+            .map(|r| {
+                let path = normalize(&r.target).map(|n| n.path.into_owned()).map_err(|e: PathError| e.to_string());
+                (r.method.into_owned(), path)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Every policy judges a request and its canonical spelling alike: the decider sees each
+        /// reading only through `normalize`, so equal sets of normalised readings mean equal
+        /// verdicts (a path that normalises to an allowed one is allowed under every reading, a
+        /// denied one denied under all).
+        #[test]
+        fn a_target_and_its_canonical_form_have_the_same_readings(
+            pieces in proptest::collection::vec(proptest::sample::select(&PIECES[..]), 0..10),
+            overrides in proptest::collection::vec(proptest::sample::select(&["delete", " PUT", "get"][..]), 0..2),
+        ) {
+            let target = format!("/{}", pieces.concat());
+            let Ok(n) = normalize(&target) else { return Ok(()); };
+            let canonical = match n.query {
+                Some(q) => format!("{}?{q}", n.path),
+                None => n.path.into_owned(),
+            };
+            prop_assert_eq!(judged("GET", &overrides, &target), judged("GET", &overrides, &canonical), "{} vs {}", target, canonical);
+        }
     }
 }

@@ -337,3 +337,87 @@ mod tests {
         assert_eq!(collected.to_bytes(), Bytes::from_static(b"npm/tok+en=SEC"));
     }
 }
+
+/// Generated values and responses (issue 16); the `reflection` fuzz target checks the same on
+/// arbitrary input.
+#[cfg(test)]
+mod properties {
+    use std::collections::VecDeque;
+    use std::task::Waker;
+
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use proptest::prelude::*;
+
+    /// A placeholder no spelling contains, so any spelling left in the output is a leak.
+    const MARK: &str = "\u{1}";
+
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    fn streamed(reflections: &std::sync::Arc<Reflections>, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut chunks = VecDeque::new();
+        let mut rest = body;
+        for &cut in cuts {
+            let at = cut.min(rest.len());
+            chunks.push_back(Bytes::copy_from_slice(&rest[..at]));
+            rest = &rest[at..];
+        }
+        chunks.push_back(Bytes::copy_from_slice(rest));
+        let mut body = RedactedBody::new(Chunks(chunks), reflections.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        out
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_promised_spelling_is_removed_across_any_chunking(
+            value in "[ -~]{1,12}",
+            before in "[ -~]{0,6}",
+            after in "[ -~]{0,6}",
+            user in "[a-z]{0,3}",
+            cuts in proptest::collection::vec(0usize..12, 0..8),
+        ) {
+            let reflections = std::sync::Arc::new(Reflections::new([(MARK.to_owned(), value.as_str())]));
+            let upper: String = percent_encoding::utf8_percent_encode(&value, URL_VALUE).collect();
+            let lower = lower_case_escapes(upper.as_bytes());
+            let basic = STANDARD.encode(format!("{user}:{value}"));
+            let body = format!("{before}{value}|{upper}|{}|Basic {basic}{after}", String::from_utf8_lossy(&lower));
+            let whole = reflections.redact(body.as_bytes()).unwrap_or_else(|| body.clone().into_bytes());
+            let mut gone = vec![value.clone().into_bytes(), upper.clone().into_bytes(), lower];
+            if value.len() >= BASE64_MIN_VALUE {
+                // The characters of the token that depend only on the value.
+                let lead = user.len() + 1;
+                let first = (8 * lead).div_ceil(6);
+                let last = 8 * (lead + value.len()) / 6;
+                gone.push(basic.as_bytes()[first..last].to_vec());
+            }
+            for spelling in &gone {
+                prop_assert!(!contains(&whole, spelling), "{:?} left in {:?}", String::from_utf8_lossy(spelling), String::from_utf8_lossy(&whole));
+            }
+            prop_assert_eq!(streamed(&reflections, body.as_bytes(), &cuts), whole);
+        }
+    }
+}

@@ -543,3 +543,104 @@ mod tests {
         );
     }
 }
+
+/// Generated placeholders in every spelling and place (issue 16); the `rewrite` fuzz target
+/// checks the same on arbitrary requests.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::policy::Credential;
+    use proptest::prelude::*;
+
+    const VALUE: &str = "s3cret/VALUE+x";
+
+    fn store() -> SecretStore {
+        let cred = Credential {
+            name: "TOKEN".into(),
+            hosts: vec!["api.example.com".parse().expect("pattern")],
+            required: true,
+        };
+        SecretStore::from_file_text(&[cred], "test", &format!("TOKEN={VALUE}\n")).expect("store")
+    }
+
+    /// Every percent-escape decoded (any case), for finding the value however it was written.
+    fn leaks(bytes: &[u8]) -> bool {
+        let decoded: Vec<u8> = percent_encoding::percent_decode(bytes).collect();
+        [bytes, &decoded[..]].iter().any(|b| b.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()))
+    }
+
+    /// The placeholder, spelled as `how` says: 0 literal, 1 percent-encoded (each character
+    /// escaped when its bit in `mask` is set), 2 upper-cased prefix, 3 a base64 of the literal
+    /// (outside Basic), 4 the prefix alone (the name split off).
+    fn spell(how: u8, mask: u32, prefix: &str) -> String {
+        let literal = format!("{prefix}TOKEN");
+        match how {
+            0 => literal,
+            1 => literal
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| if mask >> (i % 32) & 1 == 1 { format!("%{b:02x}") } else { char::from(b).to_string() })
+                .collect(),
+            2 => literal.to_ascii_uppercase(),
+            3 => STANDARD.encode(&literal),
+            _ => prefix.to_owned(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_value_goes_only_to_its_host_and_only_for_a_placeholder_it_recognises(
+            how in 0u8..5,
+            mask in any::<u32>(),
+            openshell in any::<bool>(),
+            bound in any::<bool>(),
+            place in 0u8..4,
+            before in "[a-z =/]{0,4}",
+            after in "[ =/.-]{0,4}",
+        ) {
+            let prefix = PLACEHOLDER_PREFIXES[usize::from(openshell)];
+            let host = if bound { "api.example.com" } else { "evil.example.com" };
+            let spelled = spell(how, mask, prefix);
+            let text = format!("{before}{spelled}{after}");
+            let escaped = text != format!("{before}{prefix}TOKEN{after}");
+            let store = store();
+            let recognised = match place {
+                // A header value: literal only.
+                0 => how == 0 || how == 1 && !escaped,
+                // Basic credentials: literal only, after base64 decoding.
+                1 => how == 0 || how == 1 && !escaped,
+                // The target and the body: literal or percent-encoded.
+                _ => how <= 1,
+            };
+            let expect_value = bound && recognised && !(place == 2 && text.contains(['/', ' ']));
+            let leaked = match place {
+                0 | 1 => {
+                    let value = if place == 0 { text.clone() } else { format!("Basic {}", STANDARD.encode(&text)) };
+                    let Ok(value) = HeaderValue::from_str(&value) else { return Ok(()); };
+                    let mut parts = hyper::http::Request::builder().uri("/").body(()).expect("request").into_parts().0;
+                    parts.headers.insert(AUTHORIZATION, value);
+                    let _ = rewrite_request_head(&mut parts, host, &store, true);
+                    let out = parts.headers[AUTHORIZATION].as_bytes().to_vec();
+                    let basic = BasicAuth::parse(&out).map(|b| b.decoded.to_vec()).unwrap_or_default();
+                    leaks(&out) || leaks(&basic)
+                }
+                2 => {
+                    let target = format!("/x?q={}", text.replace(' ', "+"));
+                    let Ok(mut parts) = hyper::http::Request::builder().uri(&target).body(()).map(|r| r.into_parts().0) else {
+                        return Ok(());
+                    };
+                    let _ = rewrite_request_head(&mut parts, host, &store, true);
+                    leaks(parts.uri.to_string().as_bytes())
+                }
+                _ => rewrite_body(text.as_bytes(), host, &store, 1 << 16).ok().flatten().is_some_and(|b| leaks(&b)),
+            };
+            if !bound || !recognised {
+                prop_assert!(!leaked, "{text:?} to {host} in place {place}");
+            } else if expect_value {
+                prop_assert!(leaked, "{text:?} to {host} in place {place} was not rewritten");
+            }
+        }
+    }
+}
