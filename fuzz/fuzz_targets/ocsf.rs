@@ -12,12 +12,12 @@ use leash::audit::{Auditor, ProxyDecision};
 use libfuzzer_sys::fuzz_target;
 use sandbox_common::{DenyEvent, Hook};
 
-/// The audit log, reused across runs (truncated each time).
+/// The audit log, reused across runs (truncated each time; appended to, so writes start at 0).
 fn log() -> &'static (std::fs::File, Auditor) {
     static LOG: OnceLock<(std::fs::File, Auditor)> = OnceLock::new();
     LOG.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("leash-fuzz-ocsf-{}.jsonl", std::process::id()));
-        let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path);
+        let file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path);
         let file = file.expect("a temporary audit log");
         let _ = std::fs::remove_file(&path);
         let auditor = Auditor::to_file("fuzz", Some(file.try_clone().expect("a second handle")), false);

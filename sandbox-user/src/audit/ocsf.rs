@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn control_characters_in_agent_strings_are_escaped_in_summaries() {
-        // Found by the `ocsf` fuzz target: a process name (`prctl(PR_SET_NAME)`) or a path
+        // Found writing the `ocsf` fuzz target: a process name (`prctl(PR_SET_NAME)`) or a path
         // with a newline or an escape split the stderr summary and could forge a line.
         let mut e = event(Hook::Connect4, 2, [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 443);
         e.comm[..5].copy_from_slice(b"a\nb\x1b[");
