@@ -84,6 +84,11 @@ fn without_quotes(message: &str) -> String {
     out
 }
 
+fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -98,9 +103,4 @@ mod tests {
             "unknown field `…`, expected `…`"
         );
     }
-}
-
-fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
