@@ -111,6 +111,9 @@ pub struct ConfineArgs {
     pub policy: Option<String>,
     #[command(flatten)]
     pub proxy: AgentProxyArgs,
+    /// Start the agent even without a Landlock domain (its process isolation), reporting it.
+    #[arg(long)]
+    pub allow_degraded: bool,
     /// The command to confine, after `--`.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,

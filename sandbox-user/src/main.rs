@@ -212,6 +212,7 @@ fn confine(args: cli::ConfineArgs) -> i32 {
         audit_log: args.proxy.audit_log,
         credentials_file: args.proxy.credentials_file,
         upstream_ca: args.proxy.upstream_ca,
+        allow_degraded: args.allow_degraded,
         command: args.command,
     };
     match runtime(1).block_on(launcher::confine::confine(opts)) {

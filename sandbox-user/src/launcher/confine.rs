@@ -40,6 +40,8 @@ pub struct ConfineOptions {
     pub audit_log: Option<PathBuf>,
     pub credentials_file: Option<PathBuf>,
     pub upstream_ca: Vec<PathBuf>,
+    /// Start the agent without a Landlock domain when the kernel has none.
+    pub allow_degraded: bool,
     pub command: Vec<OsString>,
 }
 
@@ -84,7 +86,16 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     let landlock_fd = match &domain {
         landlock::Domain::Enforced(p) => Some(p.fd.as_raw_fd()),
         landlock::Domain::Unavailable(why) => {
-            eprintln!("leash: warning: no Landlock domain for the agent ({why})");
+            // As under `leash run`: without a domain the agent could ptrace or pidfd_getfd a
+            // process of its uid outside the sandbox (leash confine itself runs as that uid).
+            let missing = [super::layers::Missing {
+                layer: "process isolation (Landlock domain)",
+                why: format!(
+                    "{why}; without it the agent can borrow sockets from processes of its uid outside the sandbox"
+                ),
+            }];
+            super::check_missing(&missing, opts.allow_degraded)?;
+            eprintln!("leash: warning: running degraded, not enforced: {}", missing[0]);
             None
         }
     };
