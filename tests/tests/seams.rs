@@ -581,3 +581,31 @@ fn sigkill_of_leash_takes_the_agent_with_it_so_its_port_serves_nobody() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(sandbox_cgroups_of(pid).is_empty(), "stale cgroup not reaped");
 }
+
+/// What cannot be protected (a name that did not exist at start) is at least reported.
+#[test]
+fn a_protected_name_the_agent_creates_is_reported() {
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-git-new");
+    let policy = scratch.file(
+        "policy.yaml",
+        &format!(
+            "{}filesystem_policy: {{ include_workdir: true, read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev] }}\n",
+            nobody_policy(&[])
+        ),
+    );
+    let checkout = scratch.owned_dir("not-a-repo", uid);
+    let attack = "mkdir -p .git && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config";
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    assert!(checkout.join(".git/config").exists(), "the premise: the agent could create it");
+    assert!(
+        stderr(&out)
+            .contains(&format!("the agent created {}", checkout.canonicalize().unwrap().join(".git/config").display())),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -351,6 +351,7 @@ async fn run_inside(
             env.push(("HOME".into(), mount_ns::PRIVATE_HOME.into()));
         }
     }
+    let protected = mounts.protected.clone();
     if !mounts.protected.is_empty() {
         let names: Vec<String> = mounts.protected.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
@@ -380,6 +381,14 @@ async fn run_inside(
     };
     if let Some(r) = relay {
         r.finish();
+    }
+    for created in agent.protect.iter().map(|p| workdir.join(p)).filter(|p| !protected.contains(p)) {
+        if std::fs::symlink_metadata(&created).is_ok() {
+            eprintln!(
+                "leash: warning: the agent created {}, which runs code for whoever uses this directory next; review it before running git or a shell here",
+                created.display()
+            );
+        }
     }
     proxy_task.abort();
     if let Some(r) = reloader {
