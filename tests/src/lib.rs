@@ -114,6 +114,18 @@ impl Drop for Scratch {
     }
 }
 
+/// Runs `/usr/bin/git ARGS` in `dir` with a fixed identity and branch name; fails the test if
+/// git fails.
+pub fn git(args: &[&str], dir: &Path) {
+    let out = Command::new("/usr/bin/git")
+        .args(["-c", "user.name=leash", "-c", "user.email=leash@example.invalid", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running git");
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+}
+
 /// A policy allowing only the given loopback ports (host 127.0.0.1), no filesystem layer.
 pub fn policy_allowing(ports: &[u16]) -> String {
     let mut yaml = String::from("version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n");

@@ -4,7 +4,6 @@
 //! proxy swaps them in. The agent runs as `nobody`; everything it touches lives in a
 //! world-accessible scratch directory.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use leash_tests::upstream::Upstream;
@@ -122,16 +121,6 @@ fn python_requests_uses_the_proxy_and_leash_ca() {
     assert!(json["headers"]["user-agent"].as_str().unwrap_or("").starts_with("python-requests/"), "{json}");
     assert_eq!(up.count(), 1);
     assert_secret_not_logged(&out, &scratch);
-}
-
-fn git(args: &[&str], dir: &Path) {
-    let out = Command::new("/usr/bin/git")
-        .args(["-c", "user.name=leash", "-c", "user.email=leash@example.invalid", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running git");
-    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
 }
 
 #[test]

@@ -131,16 +131,6 @@ fn node_round_trip_through_connect() {
     new_host_is_denied(&up, &learned);
 }
 
-fn git(args: &[&str], dir: &Path) {
-    let out = Command::new("/usr/bin/git")
-        .args(["-c", "user.name=leash", "-c", "user.email=leash@example.invalid", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running git");
-    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
-}
-
 #[test]
 fn git_clone_round_trip() {
     require_root();

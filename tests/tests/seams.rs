@@ -30,6 +30,15 @@ fn nobody_policy(ports: &[u16]) -> String {
     policy_allowing(ports).replacen("version: 1\n", "version: 1\nprocess: { run_as_user: nobody }\n", 1)
 }
 
+/// [`nobody_policy`] with the working directory read-write, system directories readable and
+/// `extra` keys (`, key: value`) in `filesystem_policy`.
+fn workdir_policy(extra: &str) -> String {
+    format!(
+        "{}filesystem_policy: {{ include_workdir: true, read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev]{extra} }}\n",
+        nobody_policy(&[])
+    )
+}
+
 fn chown(path: &Path, uid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), None).expect("chown");
 }
@@ -472,13 +481,7 @@ fn files_that_run_code_later_are_read_only_in_the_workdir() {
     require_root();
     let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git");
-    let policy = scratch.file(
-        "policy.yaml",
-        &format!(
-            "{}filesystem_policy: {{ include_workdir: true, read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev] }}\n",
-            nobody_policy(&[])
-        ),
-    );
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
     let checkout = scratch.owned_dir("checkout", uid);
     let git = Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
     assert!(git.status.success(), "git init: {}", stderr(&git));
@@ -514,10 +517,7 @@ fn a_policy_can_unprotect_a_name_deliberately() {
     require_root();
     let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git-widened");
-    let policy = scratch.file(
-        "policy.yaml",
-        &format!("{}filesystem_policy: {{ include_workdir: true, read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev], protect_in_workdir: [.git/hooks] }}\n", nobody_policy(&[])),
-    );
+    let policy = scratch.file("policy.yaml", &workdir_policy(", protect_in_workdir: [.git/hooks]"));
     let checkout = scratch.owned_dir("checkout", uid);
     Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
     let attack = "echo '# mine' >> .git/config && echo config=written || echo config=refused; \
@@ -588,13 +588,7 @@ fn a_protected_name_the_agent_creates_is_reported() {
     require_root();
     let (uid, _) = nobody();
     let scratch = Scratch::new("seam-git-new");
-    let policy = scratch.file(
-        "policy.yaml",
-        &format!(
-            "{}filesystem_policy: {{ include_workdir: true, read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev] }}\n",
-            nobody_policy(&[])
-        ),
-    );
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
     let checkout = scratch.owned_dir("not-a-repo", uid);
     let attack = "mkdir -p .git && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config";
     let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])

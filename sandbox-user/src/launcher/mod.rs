@@ -345,10 +345,10 @@ async fn run_inside(
                 "leash: note: {} has no home directory of its own ({}); the agent gets {} (private, removed at exit)",
                 agent.identity.name,
                 agent.identity.home.display(),
-                mount_ns::PRIVATE_HOME
+                mount_ns::PRIVATE_HOME.to_string_lossy()
             );
             env.retain(|(name, _)| name != "HOME");
-            env.push(("HOME".into(), mount_ns::PRIVATE_HOME.into()));
+            env.push(("HOME".into(), mount_ns::PRIVATE_HOME.to_string_lossy().into_owned().into()));
         }
     }
     let protected = mounts.protected.clone();

@@ -39,7 +39,7 @@ struct Kept {
 
 /// Where an agent whose user has no usable home directory gets one: in its private `/tmp`, so it
 /// is its own and gone when the sandbox ends.
-pub const PRIVATE_HOME: &str = "/tmp/leash-home";
+pub const PRIVATE_HOME: &std::ffi::CStr = c"/tmp/leash-home";
 
 /// A home directory made in the child for the agent.
 pub struct PrivateHome {
@@ -177,7 +177,7 @@ unsafe fn make_home(home: &PrivateHome) -> io::Result<()> {
         parent_fd: i32,
     }
     const RULE_PATH_BENEATH: libc::c_int = 1;
-    let path = c"/tmp/leash-home";
+    let path = PRIVATE_HOME;
     // SAFETY: NUL-terminated path; the attribute lives through the call.
     unsafe {
         check(libc::mkdir(path.as_ptr(), 0o700))?;
