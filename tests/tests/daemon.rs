@@ -1104,13 +1104,11 @@ fn failed_thread_starts_give_their_connection_slots_back() {
     assert_eq!(reply, "ok", "after {held} failed thread starts the daemon stays busy");
 }
 
-#[test]
-fn one_pod_cannot_take_the_whole_sandbox_budget() {
-    let node = Node::serving_default("quota", &["--max-sandboxes", "8"]);
-    let a = node.pod(Layout::SystemdContainerd, 32);
-    let b = node.pod(Layout::CgroupfsCrio, 33);
-    let mut hog = podclient_in(&a.container)
-        .args(["hold", node.socket.to_str().unwrap(), "8"])
+/// `podclient hold`: confines up to `n` children of `pod`; the running client (close its stdin
+/// to end it) and its `ready N` line.
+fn hold(node: &Node, pod: &Pod, n: usize) -> (Child, String) {
+    let mut hog = podclient_in(&pod.container)
+        .args(["hold", node.socket.to_str().unwrap(), &n.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -1118,6 +1116,15 @@ fn one_pod_cannot_take_the_whole_sandbox_budget() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(hog.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (hog, line)
+}
+
+#[test]
+fn one_pod_cannot_take_the_whole_sandbox_budget() {
+    let node = Node::serving_default("quota", &["--max-sandboxes", "8"]);
+    let a = node.pod(Layout::SystemdContainerd, 32);
+    let b = node.pod(Layout::CgroupfsCrio, 33);
+    let (mut hog, line) = hold(&node, &a, 8);
     let mut sleeper = b.sleeper();
     let reply = node.call(&b, &format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id()), Some("--listener"));
     drop(hog.stdin.take());
@@ -1131,15 +1138,7 @@ fn one_pod_cannot_take_the_whole_sandbox_budget() {
 fn the_per_pod_quota_can_be_set() {
     let node = Node::serving_default("quota-flag", &["--max-sandboxes", "8", "--max-sandboxes-per-pod", "2"]);
     let a = node.pod(Layout::SystemdContainerd, 34);
-    let mut hog = podclient_in(&a.container)
-        .args(["hold", node.socket.to_str().unwrap(), "8"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(hog.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (mut hog, line) = hold(&node, &a, 8);
     drop(hog.stdin.take());
     hog.wait().ok();
     assert_eq!(line.trim(), "ready 2", "--max-sandboxes-per-pod 2 let the pod hold more");
