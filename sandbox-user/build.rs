@@ -19,7 +19,28 @@ fn main() -> ExitCode {
         eprintln!("error: building the eBPF programs failed: {err:#}");
         return ExitCode::FAILURE;
     }
+    match generation_name() {
+        Ok(name) => println!("cargo:rustc-env=LEASH_GENERATION={name}"),
+        Err(e) => {
+            eprintln!("error: reading the built eBPF object: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// The name of the kernel-side generation this object makes (`kernel/generation.rs`): a hash of
+/// the object, computed here so that no run spends time on it. FNV-1a: a name, not a security
+/// boundary.
+fn generation_name() -> std::io::Result<String> {
+    let out = std::env::var_os("OUT_DIR").ok_or_else(|| std::io::Error::other("OUT_DIR is not set"))?;
+    let object = std::fs::read(std::path::Path::new(&out).join("leash-ebpf"))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in object {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("gen-{h:016x}"))
 }
 
 /// The first tool the eBPF build needs that this machine lacks.

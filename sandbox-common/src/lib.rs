@@ -14,8 +14,12 @@ pub mod map_names {
     pub const SANDBOXES: &str = "LEASH_SANDBOXES";
     /// `PerCpuHashMap<u64 cgroup id, Counters>`: verdict counters per sandbox.
     pub const COUNTERS: &str = "LEASH_COUNTERS";
-    /// `RingBuf` of [`DenyEvent`](super::DenyEvent) records.
+    /// `RingBuf` of [`DenyEvent`](super::DenyEvent) records of sandboxes without a ring of
+    /// their own (the node daemon's, which it routes by cgroup id).
     pub const EVENTS: &str = "LEASH_EVENTS";
+    /// `HashOfMaps<u64 cgroup id, RingBuf>`: a sandbox's own ring of
+    /// [`DenyEvent`](super::DenyEvent) records (each `leash run` reads only its own sandbox's).
+    pub const SANDBOX_EVENTS: &str = "LEASH_SANDBOX_EVENTS";
     /// `LruHashMap<u64 socket cookie, ConnOwner>`: who called connect() on each allowed socket.
     pub const SOCKET_OWNERS: &str = "LEASH_SOCKET_OWNERS";
     /// `LruHashMap<u32 client port, ConnOwner>`: who owns each established connection to a
@@ -268,6 +272,10 @@ pub struct SandboxNet {
 /// [`SandboxNet::flags`]: record which process owns each proxy connection (the policy has
 /// `binaries:` rules). Off by default: it costs two map updates per connection.
 pub const SANDBOX_RECORD_OWNERS: u32 = 1;
+
+/// [`SandboxNet::flags`]: the sandbox belongs to the node daemon (its garbage collection may
+/// remove it); without it the sandbox is a `leash run`'s.
+pub const SANDBOX_NODE: u32 = 2;
 
 /// Index of each verdict counter in [`Counters::values`].
 pub mod counter {

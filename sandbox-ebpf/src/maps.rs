@@ -2,12 +2,13 @@
 //! nothing itself: the sizes are the constants in `sandbox-common`.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use sandbox_common::{
-    ConnOwner, Counters, InodeKey, KernelLayout, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES, MAX_CONNECTIONS,
-    MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
+    ConnOwner, Counters, DenyEvent, InodeKey, KernelLayout, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES,
+    MAX_CONNECTIONS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
 };
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
@@ -21,10 +22,23 @@ pub static SANDBOXES: HashMap<u64, SandboxNet> = HashMap::with_max_entries(MAX_S
 #[map(name = "LEASH_COUNTERS")]
 pub static COUNTERS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::with_max_entries(MAX_SANDBOXES, 0);
 
-/// Deny events for the audit log. When userspace falls behind, events are lost but counters
+/// Deny events for the audit log, of sandboxes with no ring of their own (the node daemon's,
+/// which it routes by cgroup id). When userspace falls behind, events are lost but counters
 /// still count.
 #[map(name = "LEASH_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Sandbox cgroup id -> the ring buffer of that sandbox's own deny events. Each `leash run`
+/// creates its ring and inserts it before its agent starts, so it reads its sandbox's events
+/// and no other's, while the programs are shared by every sandbox on the host. The inner ring's
+/// size must equal `EVENTS_BYTES` (the kernel compares inner maps with this template).
+/// Ring buffers as inner maps: kernel 5.8.
+#[btf_map(name = "LEASH_SANDBOX_EVENTS")]
+pub static SANDBOX_EVENTS: btf_maps::HashOfMaps<
+    u64,
+    btf_maps::RingBuf<DenyEvent, { EVENTS_BYTES as usize }>,
+    { MAX_SANDBOXES as usize },
+> = btf_maps::HashOfMaps::new();
 
 /// Socket cookie -> the process that connected it, written by connect4/6 for allowed connects.
 #[map(name = "LEASH_SOCKET_OWNERS")]

@@ -42,8 +42,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::audit::Auditor;
 use crate::kernel::events::EventPump;
+use crate::kernel::generation::{this_generation, Generation};
 use crate::kernel::mounts;
-use crate::kernel::node::{this_generation, NodePrograms};
 
 /// What `leash daemon` was asked to do.
 #[derive(Debug, Clone)]
@@ -83,10 +83,10 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         Some(p) => p.clone(),
         None => mounts::bpffs_root()?,
     };
-    let generation = opts.generation.clone().unwrap_or_else(this_generation);
-    let mut programs = NodePrograms::open_or_load(&bpffs, &generation).context("loading the network programs")?;
-    let adopted = programs.adopted();
-    let events = programs.take_events()?;
+    let generation = opts.generation.clone().unwrap_or_else(|| this_generation().to_owned());
+    let programs = Generation::open_or_create(&bpffs, &generation).context("loading the programs")?;
+    let adopted = !programs.created();
+    let events = programs.shared_events()?;
     let registry = registry::Registry::open(&opts.state_dir)?;
     eprintln!(
         "leash daemon: {} programs {generation}; {} sandboxes on record",

@@ -27,10 +27,11 @@ use super::protocol::{Confined, ErrorCode, Owner, PolicyText, Reply};
 use super::registry::{Registry, SandboxRecord};
 use crate::kernel::cgroup::SandboxCgroup;
 use crate::kernel::fs_root::FsRoot;
+use crate::kernel::generation::Generation;
 use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
-use crate::kernel::node::{Lsm, NodePrograms};
 use crate::kernel::programs::sandbox_net;
+use sandbox_common::SANDBOX_NODE;
 
 /// A process asking the daemon something, identified by the kernel.
 #[derive(Debug)]
@@ -54,14 +55,14 @@ pub struct Node {
 
 /// The kernel objects and the records, changed together under one lock.
 pub struct State {
-    pub programs: NodePrograms,
+    pub programs: Generation,
     pub registry: Registry,
 }
 
 impl Node {
     pub fn new(
         cgroup_root: PathBuf,
-        programs: NodePrograms,
+        programs: Generation,
         registry: Registry,
         policies: PolicyStore,
         admission: Admission,
@@ -136,7 +137,7 @@ impl Node {
         }
         refuse_network_sockets(target, listener_inode)?;
         if let Some(rules) = &kernel_rules {
-            check_lsm(state.programs.lsm(), rules, &policy.name)?;
+            check_lsm(&state.programs, rules, &policy.name)?;
         }
         if state.registry.len() >= self.limits.node {
             return Err(Reply::error(
@@ -297,7 +298,7 @@ impl Node {
         let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned"))?;
         let old = state.programs.previous_generations()?;
         for generation in &old {
-            state.programs.copy_entries_from(generation)?;
+            state.programs.copy_node_entries_from(generation)?;
             let records: Vec<SandboxRecord> = state.registry.iter().cloned().collect();
             for r in records {
                 if r.cgroup.is_dir() {
@@ -305,14 +306,16 @@ impl Node {
                 }
                 state.programs.detach(&r.id, Some(generation))?;
             }
-            state.programs.remove_generation(generation)?;
+            if !state.programs.remove_generation(generation)? {
+                eprintln!("leash daemon: programs {generation} stay: a `leash run` on this node still uses them");
+            }
         }
         Ok(old)
     }
 
     /// The layers this node enforces.
     pub fn node_layers(&self) -> Vec<String> {
-        let lsm = self.state.lock().map(|mut s| matches!(s.programs.lsm(), Lsm::Attached { .. })).unwrap_or(false);
+        let lsm = self.state.lock().map(|s| s.programs.lsm_hooks().is_ok()).unwrap_or(false);
         layers(lsm)
     }
 
@@ -347,24 +350,21 @@ fn layers(kernel_rules: bool) -> Vec<String> {
 }
 
 /// Refuses (fail closed) when the policy's kernel rules need BPF-LSM hooks this node lacks.
-fn check_lsm(lsm: &mut Lsm, rules: &LsmRules, policy: &str) -> Result<(), Reply> {
+fn check_lsm(programs: &Generation, rules: &LsmRules, policy: &str) -> Result<(), Reply> {
     let missing = |why: String| {
         Reply::error(
             ErrorCode::LayerMissing,
             format!("policy `{policy}` has `kernel:` rules and {why}; refusing rather than running without them"),
         )
     };
-    match lsm {
-        Lsm::Unavailable(why) => Err(missing(format!("this node has no BPF-LSM ({why})"))),
-        Lsm::Attached { hooks, .. } => {
-            let absent: Vec<&str> =
-                rules.required_hooks().into_iter().filter(|h| !hooks.iter().any(|a| a == h)).collect();
-            if absent.is_empty() {
-                Ok(())
-            } else {
-                Err(missing(format!("this kernel has no BPF-LSM hook {}", absent.join(", "))))
-            }
-        }
+    if let Err(why) = programs.lsm_hooks() {
+        return Err(missing(format!("this node has no BPF-LSM ({why:#})")));
+    }
+    let absent = programs.missing_hooks(&rules.required_hooks());
+    if absent.is_empty() {
+        Ok(())
+    } else {
+        Err(missing(format!("this kernel has no BPF-LSM hook {}", absent.join(", "))))
     }
 }
 
@@ -372,11 +372,12 @@ fn check_lsm(lsm: &mut Lsm, rules: &LsmRules, policy: &str) -> Result<(), Reply>
 fn build(state: &mut State, r: &SandboxRecord, kernel: Option<&LsmRules>) -> Result<()> {
     let mut net = sandbox_net(r.proxy, r.record_owners);
     net.netns_cookie = r.netns_cookie;
-    state.programs.add_sandbox(r.cgroup_id, net)?;
-    if let (Some(rules), Lsm::Attached { maps, .. }) = (kernel, state.programs.lsm()) {
+    net.flags |= SANDBOX_NODE;
+    state.programs.add_entries(r.cgroup_id, net)?;
+    if let Some(rules) = kernel {
         let registration =
             Registration { cgroup_id: r.cgroup_id, level: 0, descendants: false, rules, proxy: Some(r.proxy) };
-        maps.register(&registration)?;
+        state.programs.register_lsm(&registration)?;
     }
     state.programs.attach(&r.cgroup, &r.id, r.record_owners)?;
     state.registry.insert(r.clone())
@@ -391,8 +392,7 @@ fn remove(state: &mut State, r: &SandboxRecord, metrics: &Metrics) -> Result<()>
     if r.cgroup.is_dir() {
         SandboxCgroup::open(r.cgroup.clone())?.remove()?;
     }
-    state.programs.remove_sandbox(r.cgroup_id);
-    state.programs.detach(&r.id, None)?;
+    state.programs.release(&r.id, r.cgroup_id)?;
     state.registry.remove(&r.id)
 }
 
@@ -413,20 +413,26 @@ fn live_sandboxes_of(state: &mut State, pod_uid: &str, quota: usize, metrics: &M
     count(state)
 }
 
-/// Removes map entries and pinned links of sandboxes that have no record.
+/// Removes map entries and pinned links of daemon sandboxes that have no record (`leash run`
+/// sandboxes on the same host share the programs and are left alone).
 fn sweep_orphans(state: &mut State) -> Result<()> {
     let known: std::collections::HashSet<u64> = state.registry.iter().map(|r| r.cgroup_id).collect();
-    for cgroup_id in state.programs.entries() {
+    for cgroup_id in state.programs.node_entries() {
         if !known.contains(&cgroup_id) {
-            state.programs.remove_sandbox(cgroup_id);
+            state.programs.remove_entries(cgroup_id)?;
         }
     }
     for id in state.programs.pinned_sandboxes()? {
-        if state.registry.get(&id).is_none() {
+        if is_node_sandbox(&id) && state.registry.get(&id).is_none() {
             state.programs.detach(&id, None)?;
         }
     }
     Ok(())
+}
+
+/// Whether pin directory `name` is a daemon sandbox's ([`new_id`]: 16 hex digits).
+fn is_node_sandbox(name: &str) -> bool {
+    name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Moves `process` (its whole thread group) into the cgroup. `cgroup.procs` takes a pid number:

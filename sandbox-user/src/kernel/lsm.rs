@@ -1,15 +1,15 @@
-//! Loading and attaching leash's BPF-LSM programs (`sandbox-ebpf/src/lsm/`) and registering
-//! sandboxes with them.
+//! Registering sandboxes with leash's BPF-LSM programs (`sandbox-ebpf/src/lsm/`): the maps.
 //!
 //! Unlike the network programs, the LSM programs attach to the kernel's security hooks, not to a
 //! cgroup: they run for every task, and the maps say which tasks are in a sandbox and what each
 //! sandbox is refused (`LEASH_LSM_SANDBOXES`, keyed by cgroup id, plus the inode and unix-socket
 //! lists). A hook this kernel lacks (no `bpf_lsm_<hook>` in its BTF, e.g. `userns_create` before
 //! 6.1) is recorded as unavailable and the others still attach; callers compare that with what
-//! their policy needs ([`LsmRules::required_hooks`]).
+//! their policy needs ([`LsmRules::required_hooks`]). `generation.rs` loads, attaches and
+//! detaches the programs.
 //!
-//! Before attaching, the kernel struct offsets the programs read are written into
-//! `LEASH_LSM_LAYOUT` from this kernel's BTF ([`KernelBtf::lsm_layout`]).
+//! Before the programs load, the kernel struct offsets they read are written into
+//! `LEASH_LSM_LAYOUT` from this kernel's BTF (`KernelBtf::lsm_layout`).
 //!
 //! Needs a kernel with `CONFIG_BPF_LSM`, `bpf` in the active LSMs (`lsm=` boot parameter) and BTF;
 //! minimum kernel 5.7.
@@ -19,34 +19,21 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{Array, HashMap, MapData, RingBuf};
-use aya::programs::{links::FdLink, lsm::LsmLinkId, Lsm};
-use aya::{Btf, Ebpf};
+use aya::maps::{Array, HashMap, MapData};
+use aya::Ebpf;
 use sandbox_common::{
     exec_right, lsm_rule, map_names, program_names, InodeKey, KernelLayout, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL,
 };
 
-use super::btf::KernelBtf;
 use super::lsm_rules::{FileId, LsmRules};
 use super::pins;
-use super::programs::{sandbox_net, OBJECT};
+use super::programs::sandbox_net;
 
 /// A hook that did not attach, and why.
 #[derive(Debug, Clone)]
 pub struct Unavailable {
     pub hook: &'static str,
     pub reason: String,
-}
-
-/// The loaded and attached BPF-LSM programs and their maps.
-pub struct LsmPrograms {
-    ebpf: Ebpf,
-    maps: LsmMaps,
-    /// Hooks with an attached program, in attach order.
-    attached: Vec<&'static str>,
-    /// Attachments still owned by this value (not yet pinned).
-    links: Vec<(&'static str, LsmLinkId)>,
-    unavailable: Vec<Unavailable>,
 }
 
 /// What one sandbox is registered with: its rules, where it sits and what it may reach.
@@ -59,70 +46,6 @@ pub struct Registration<'a> {
     pub rules: &'a LsmRules,
     /// The proxy, the one IP address its sockets may reach (`lsm_rule::PROXY_ONLY`).
     pub proxy: Option<SocketAddr>,
-}
-
-impl LsmPrograms {
-    /// Loads leash's eBPF object, writes this kernel's struct layout and attaches every LSM
-    /// program whose hook this kernel has. Fails when none attaches (BPF-LSM is off) or the
-    /// kernel's BTF lacks a struct member the programs read.
-    pub fn load() -> Result<Self> {
-        let btf = Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
-        let layout = KernelBtf::from_sys_fs()?.lsm_layout().context("finding kernel struct offsets in BTF")?;
-        // The network maps are not used by this program set: keep them tiny.
-        let mut loader = aya::EbpfLoader::new();
-        loader.btf(Some(&btf));
-        for name in [map_names::SANDBOXES, map_names::COUNTERS, map_names::SOCKET_OWNERS, map_names::PROXY_CLIENTS] {
-            loader.map_max_entries(name, 1);
-        }
-        let mut ebpf = loader.load(OBJECT).context("loading leash's eBPF object")?;
-        let maps = LsmMaps::take(&mut ebpf, layout)?;
-        let (links, unavailable) = attach_all(&mut ebpf, &btf)?;
-        let attached = links.iter().map(|(hook, _)| *hook).collect();
-        Ok(Self { ebpf, maps, attached, links, unavailable })
-    }
-
-    /// The hooks whose programs are attached, in attach order.
-    pub fn attached(&self) -> Vec<&'static str> {
-        self.attached.clone()
-    }
-
-    /// The hooks that did not attach, with the reason.
-    pub fn unavailable(&self) -> &[Unavailable] {
-        &self.unavailable
-    }
-
-    /// The hooks of `needed` that are not attached.
-    pub fn missing<'a>(&self, needed: &[&'a str]) -> Vec<&'a str> {
-        let attached = self.attached();
-        needed.iter().copied().filter(|h| !attached.contains(h)).collect()
-    }
-
-    /// See [`LsmMaps::add_sandbox`].
-    pub fn add_sandbox(&mut self, cgroup_id: u64, policy: LsmPolicy) -> Result<()> {
-        self.maps.add_sandbox(cgroup_id, policy)
-    }
-
-    /// See [`LsmMaps::register`].
-    pub fn register(&mut self, r: &Registration<'_>) -> Result<()> {
-        self.maps.register(r)
-    }
-
-    /// See [`LsmMaps::remove_sandbox`].
-    pub fn remove_sandbox(&mut self, cgroup_id: u64) {
-        self.maps.remove_sandbox(cgroup_id)
-    }
-
-    /// Pins every attachment under `dir` (created here), so the programs stay in force if this
-    /// process dies; unpinning them (`pins::remove_tree`) lets the kernel detach them.
-    pub fn pin_links(&mut self, dir: &Path) -> Result<()> {
-        pin_links(&mut self.ebpf, std::mem::take(&mut self.links), dir)
-    }
-
-    /// The deny-event ring buffer of this program set; can be taken once.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(map_names::EVENTS).ok_or_else(|| anyhow!("events map already taken"))?;
-        Ok(RingBuf::try_from(map)?)
-    }
 }
 
 /// The BPF-LSM maps: which cgroups are sandboxes, their lists, and this kernel's struct layout.
@@ -228,12 +151,12 @@ impl LsmMaps {
         let _ = self.replace_lists(cgroup_id, &LsmRules::default());
     }
 
-    /// Copies every entry of `old` (another generation's maps) into these.
-    pub fn copy_from(&mut self, old: &LsmMaps) -> Result<()> {
-        copy_entries(&old.sandboxes, &mut self.sandboxes)?;
-        copy_entries(&old.exec_allow, &mut self.exec_allow)?;
-        copy_entries(&old.deny_open, &mut self.deny_open)?;
-        copy_entries(&old.unix_allow, &mut self.unix_allow)
+    /// Copies the entries of sandboxes `ids` in `old` (another generation's maps) into these.
+    pub fn copy_from(&mut self, old: &LsmMaps, ids: &[u64]) -> Result<()> {
+        copy_entries(&old.sandboxes, &mut self.sandboxes, |k| ids.contains(k))?;
+        copy_entries(&old.exec_allow, &mut self.exec_allow, |k| ids.contains(&k.sandbox))?;
+        copy_entries(&old.deny_open, &mut self.deny_open, |k| ids.contains(&k.sandbox))?;
+        copy_entries(&old.unix_allow, &mut self.unix_allow, |k| ids.contains(&k.sandbox))
     }
 
     /// Every cgroup id with an LSM sandbox entry.
@@ -246,14 +169,17 @@ impl LsmMaps {
     }
 }
 
-/// Inserts every entry of `from` into `to`.
+/// Inserts every entry of `from` whose key is `wanted` into `to`.
 fn copy_entries<K: aya::Pod, V: aya::Pod>(
     from: &HashMap<MapData, K, V>,
     to: &mut HashMap<MapData, K, V>,
+    wanted: impl Fn(&K) -> bool,
 ) -> Result<()> {
     for entry in from.iter() {
         let (k, v) = entry?;
-        to.insert(k, v, 0)?;
+        if wanted(&k) {
+            to.insert(k, v, 0)?;
+        }
     }
     Ok(())
 }
@@ -278,43 +204,6 @@ fn sync_set<K: aya::Pod + Ord>(
     Ok(())
 }
 
-/// The attachments of [`attach_all`] (hook and link) and the hooks that did not attach.
-pub type Attached = (Vec<(&'static str, LsmLinkId)>, Vec<Unavailable>);
-
-/// Loads and attaches every LSM program whose hook this kernel has: the attachments, and the
-/// hooks that did not attach with why. Fails when none attaches (BPF-LSM is off).
-pub fn attach_all(ebpf: &mut Ebpf, btf: &Btf) -> Result<Attached> {
-    let mut links = Vec::new();
-    let mut unavailable = Vec::new();
-    for (program, hook) in program_names::LSM_HOOKS {
-        match attach_one(ebpf, program, hook, btf) {
-            Ok(id) => links.push((hook, id)),
-            Err(e) => unavailable.push(Unavailable { hook, reason: format!("{e:#}") }),
-        }
-    }
-    if links.is_empty() {
-        // Usually one reason for all (BPF-LSM off, or no permission): say it once.
-        let first = unavailable.first().map(|u| format!("{}: {}", u.hook, u.reason)).unwrap_or_default();
-        return Err(anyhow!("no BPF-LSM hook attached ({} failed; the first: {first})", unavailable.len()));
-    }
-    Ok((links, unavailable))
-}
-
-/// Pins the attachments `links` of `ebpf`'s LSM programs in `dir` (created here), each under its
-/// program's name. The pinned links outlive this process; dropping the handles does not detach.
-pub fn pin_links(ebpf: &mut Ebpf, links: Vec<(&'static str, LsmLinkId)>, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
-    for (hook, id) in links {
-        let program = program_of(hook).ok_or_else(|| anyhow!("no program for hook {hook}"))?;
-        let lsm: &mut Lsm =
-            ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
-        let link: FdLink = lsm.take_link(id)?.into();
-        let path = dir.join(program);
-        let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
-    }
-    Ok(())
-}
-
 /// The program that attaches to `hook`.
 pub fn program_of(hook: &str) -> Option<&'static str> {
     program_names::LSM_HOOKS.iter().find(|(_, h)| *h == hook).map(|(p, _)| *p)
@@ -323,12 +212,4 @@ pub fn program_of(hook: &str) -> Option<&'static str> {
 /// The hook program `program` attaches to.
 pub fn hook_of(program: &str) -> Option<&'static str> {
     program_names::LSM_HOOKS.iter().find(|(p, _)| *p == program).map(|(_, h)| *h)
-}
-
-/// Loads `program` against `bpf_lsm_<hook>` and attaches it.
-fn attach_one(ebpf: &mut Ebpf, program: &str, hook: &str, btf: &Btf) -> Result<LsmLinkId> {
-    let prog = ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?;
-    let lsm: &mut Lsm = prog.try_into()?;
-    lsm.load(hook, btf).with_context(|| format!("loading {program}"))?;
-    lsm.attach().with_context(|| format!("attaching {program}"))
 }

@@ -1,24 +1,53 @@
-//! Layout of leash's objects in bpffs:
+//! The one layout of leash's objects in bpffs, shared by `leash run` and `leash daemon`:
 //!
 //! ```text
-//! <bpffs>/leash/sandboxes/<sandbox name>/<program name>   pinned bpf_link of one attachment
+//! <bpffs>/leash/                                  flock(2)ed while a generation is made, opened or changed
+//! <bpffs>/leash/<generation>/progs/<program>      every program, loaded and verified once per host
+//! <bpffs>/leash/<generation>/maps/<map>           every map of the object
+//! <bpffs>/leash/<generation>/lsm/<program>        the BPF-LSM links, only while a sandbox uses them
+//! <bpffs>/leash/building-<pid>/...                a generation being made; renamed into place when whole
+//! <bpffs>/leash/sandboxes/<name>/<generation>--<program>   one pinned cgroup link per program and sandbox
 //! ```
 //!
-//! (The node daemon's layout, below `<bpffs>/leash/node`, is described in `node.rs`.) The
-//! helpers at the end serve both.
+//! A generation is named after a hash of the eBPF object built into the binary (`gen-<hash>`),
+//! so every leash built from the same object shares one. bpffs refuses names with a dot, hence
+//! `--` between the generation and the program in a link's name. A `leash run` sandbox is named
+//! after its owner (`<pid>-<start time>`, see `sandbox_id.rs`); a daemon sandbox by 16 hex
+//! digits.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// `<bpffs>/leash/sandboxes`.
-pub fn sandboxes_root(bpffs: &Path) -> PathBuf {
-    bpffs.join("leash").join("sandboxes")
+/// Between the generation and the program in a link's pin name.
+pub const LINK_SEPARATOR: &str = "--";
+
+/// Prefix of a generation's directory name.
+pub const GENERATION_PREFIX: &str = "gen-";
+
+/// Prefix of a generation being made (`building-<pid>`).
+pub const BUILDING_PREFIX: &str = "building-";
+
+/// `<bpffs>/leash`.
+pub fn root(bpffs: &Path) -> PathBuf {
+    bpffs.join("leash")
 }
 
-/// The pin directory of one sandbox.
+/// `<bpffs>/leash/sandboxes`.
+pub fn sandboxes_root(bpffs: &Path) -> PathBuf {
+    root(bpffs).join("sandboxes")
+}
+
+/// The pin directory of one sandbox's links.
 pub fn sandbox_dir(bpffs: &Path, name: &str) -> PathBuf {
     sandboxes_root(bpffs).join(name)
+}
+
+/// The pin name of sandbox link `program` of `generation`.
+pub fn link_name(generation: &str, program: &str) -> String {
+    format!("{generation}{LINK_SEPARATOR}{program}")
 }
 
 /// Names of the sandboxes that have a pin directory.
@@ -36,8 +65,8 @@ pub fn entries(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
 }
 
 /// Unpins everything below `dir` and removes it (bpffs allows unlink and rmdir, not recursive
-/// removal); a missing directory is not an error. Unpinning the last link of a program set lets
-/// the kernel free it, its maps and their entries.
+/// removal); a missing directory is not an error. Unpinning the last reference to a program or
+/// map lets the kernel free it.
 pub fn remove_tree(dir: &Path) -> Result<()> {
     for entry in entries(dir)? {
         let path = entry.path();
@@ -58,4 +87,41 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
 pub fn open_map(path: &Path) -> Result<aya::maps::Map> {
     let data = aya::maps::MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
     Ok(aya::maps::Map::from_map_data(data)?)
+}
+
+/// An flock(2) on a directory in bpffs; released when dropped, or by the kernel when the holder
+/// dies (so a killed leash never leaves the host locked).
+pub struct DirLock {
+    _dir: File,
+}
+
+impl DirLock {
+    /// Waits for the exclusive lock on `dir`.
+    pub fn exclusive(dir: &Path) -> Result<Self> {
+        Self::take(dir, libc::LOCK_EX).with_context(|| format!("locking {}", dir.display()))
+    }
+
+    /// Waits for a shared lock on `dir` (held by every process using a generation).
+    pub fn shared(dir: &Path) -> Result<Self> {
+        Self::take(dir, libc::LOCK_SH).with_context(|| format!("locking {} (shared)", dir.display()))
+    }
+
+    /// The exclusive lock on `dir` if nobody holds any lock on it now.
+    pub fn try_exclusive(dir: &Path) -> Option<Self> {
+        Self::take(dir, libc::LOCK_EX | libc::LOCK_NB).ok()
+    }
+
+    fn take(dir: &Path, operation: i32) -> std::io::Result<Self> {
+        let file = File::open(dir)?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+                return Ok(Self { _dir: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
 }

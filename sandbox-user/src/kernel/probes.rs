@@ -1,14 +1,13 @@
 //! Finding out what this kernel supports by trying it: each probe does the real thing on a
 //! throwaway object (a probe cgroup, a do-nothing program) and undoes it.
 
-use std::os::fd::AsFd;
-
 use anyhow::{anyhow, Context, Result};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, Lsm};
+use aya::programs::Lsm;
 use aya::{Btf, Ebpf};
 use sandbox_common::program_names;
 
 use super::cgroup::SandboxCgroup;
+use super::generation::{this_generation, Generation};
 use super::mounts;
 use super::programs::OBJECT;
 
@@ -35,23 +34,21 @@ pub fn btf() -> Result<String> {
     Ok("/sys/kernel/btf/vmlinux parsed".into())
 }
 
-/// cgroup programs: every network program passes the verifier, and connect4 attaches to a probe
-/// cgroup.
+/// cgroup programs: the host's generation of programs opens (or loads now, every network program
+/// passing the verifier), and they attach to a probe cgroup.
 pub fn cgroup_programs() -> Result<String> {
-    super::programs::NetPrograms::load()?;
+    let bpffs = mounts::bpffs_root()?;
+    let mut generation = Generation::open_or_create(&bpffs, this_generation())?;
     let root = mounts::cgroup2_root()?;
-    let probe = SandboxCgroup::create(&root, &format!("probe-{}", std::process::id()))?;
-    let result = (|| -> Result<()> {
-        let mut ebpf = super::programs::load_object()?;
-        let prog: &mut CgroupSockAddr =
-            ebpf.program_mut(program_names::CONNECT4).ok_or_else(|| anyhow!("connect4 program missing"))?.try_into()?;
-        prog.load().context("loading cgroup/connect4")?;
-        let dir = probe.dir()?;
-        prog.attach(dir.as_fd(), CgroupAttachMode::Single).context("attaching cgroup/connect4")?;
-        Ok(())
-    })();
+    let name = format!("probe-{}", std::process::id());
+    let probe = SandboxCgroup::create(&root, &name)?;
+    let attached = generation.attach(probe.path(), &name, true);
+    let detached = generation.detach(&name, None);
     probe.remove()?;
-    result.map(|()| "all network programs load; cgroup/connect4 attaches".into())
+    attached?;
+    detached?;
+    let how = if generation.created() { "loaded now" } else { "already loaded" };
+    Ok(format!("every network program attaches (programs {}, {how})", generation.name()))
 }
 
 /// BPF-LSM: a do-nothing LSM program loads and attaches.

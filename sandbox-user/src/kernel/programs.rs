@@ -1,28 +1,23 @@
-//! Loading leash's eBPF object and attaching the network programs to a sandbox cgroup.
+//! The network programs: how each one loads and attaches to a sandbox cgroup, and the map
+//! entries and records they share with userspace.
 //!
-//! The object is built by `build.rs` and embedded in the binary. Each `leash run` loads its own
-//! copy (a few milliseconds), so its deny events have a ring buffer of their own; the programs
-//! still look every sandbox up by cgroup id, so one loaded set can serve many cgroups (the node
-//! daemon does that).
-//!
-//! Every attachment is a bpf_link pinned under `<bpffs>/leash/sandboxes/<name>/`: if leash dies,
-//! even by SIGKILL, the pins keep the programs and their maps alive and the sandbox stays
-//! confined until the next `leash run` reaps it (`reaper.rs`).
+//! The object is built by `build.rs` and embedded in the binary; `generation.rs` loads it once
+//! per host. The programs look every sandbox up by cgroup id, so one loaded set serves every
+//! sandbox cgroup. Every attachment is a bpf_link pinned under `<bpffs>/leash/sandboxes/<name>/`:
+//! if leash dies, even by SIGKILL, the pins keep the sandbox confined until the next `leash run`
+//! reaps it (`reaper.rs`).
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{HashMap, MapData};
 use aya::programs::{
     links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
     CgroupSockAddrAttachType, Program, SockOps,
 };
 use aya::Ebpf;
-use sandbox_common::{map_names, program_names as prog, ConnOwner, Counters, SandboxNet};
-
-use super::cgroup::SandboxCgroup;
+use sandbox_common::{program_names as prog, ConnOwner, SandboxNet};
 
 /// The eBPF object `build.rs` produced.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leash-ebpf"));
@@ -90,131 +85,33 @@ pub(crate) fn attach_link(program: &mut Program, name: &str, kind: Kind, dir: &F
     Ok(link)
 }
 
-/// A loaded (verified) set of network programs and their maps.
-pub struct NetPrograms {
-    ebpf: Ebpf,
-}
-
-impl NetPrograms {
-    /// Loads the object and every network program into the kernel (the verifier runs here).
-    pub fn load() -> Result<Self> {
-        let mut ebpf = load_object()?;
-        for (name, kind) in NET_PROGRAMS {
-            load_program(&mut ebpf, name, kind)?;
-        }
-        Ok(Self { ebpf })
-    }
-
-    /// Writes the sandbox's entries (its proxy address, zeroed counters) keyed by its cgroup id.
-    pub fn add_sandbox(&mut self, cgroup_id: u64, net: SandboxNet) -> Result<()> {
-        self.sandboxes()?.insert(cgroup_id, net, 0).context("writing the sandbox map entry")?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).context("sizing per-CPU counters")?;
-        self.counters_map()?.insert(cgroup_id, zeros, 0).context("writing the counters map entry")?;
-        Ok(())
-    }
-
-    /// Removes the sandbox's entries; missing entries are not an error.
-    pub fn remove_sandbox(&mut self, cgroup_id: u64) {
-        if let Ok(mut m) = self.sandboxes() {
-            let _ = m.remove(&cgroup_id);
-        }
-        if let Ok(mut m) = self.counters_map() {
-            let _ = m.remove(&cgroup_id);
-        }
-    }
-
-    /// Attaches every network program to `cgroup` and pins each link in `pin_dir` (created here).
-    /// The `sock_ops` program (connection owners) only when `record_owners`.
-    pub fn attach(&mut self, cgroup: &SandboxCgroup, pin_dir: &Path, record_owners: bool) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(pin_dir).with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-        let dir = cgroup.dir()?;
-        let mut pins = Vec::new();
-        for (name, kind) in NET_PROGRAMS {
-            if matches!(kind, Kind::SockOps) && !record_owners {
-                continue;
-            }
-            let program = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
-            let link = attach_link(program, name, kind, &dir)?;
-            let path = pin_dir.join(name);
-            // The pinned link outlives this process; dropping the handle does not detach it.
-            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
-            pins.push(path);
-        }
-        Ok(pins)
-    }
-
-    /// Per-sandbox verdict counters, summed over CPUs.
-    pub fn counters(&self, cgroup_id: u64) -> Result<Counters> {
-        let map = self.ebpf.map(map_names::COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
-        let map: PerCpuHashMap<&MapData, u64, Counters> = PerCpuHashMap::try_from(map)?;
-        let per_cpu = map.get(&cgroup_id, 0).context("reading counters")?;
-        let mut sum = Counters::default();
-        for c in per_cpu.iter() {
-            for (s, v) in sum.values.iter_mut().zip(c.values) {
-                *s += v;
-            }
-        }
-        Ok(sum)
-    }
-
-    /// The deny-event ring buffer; can be taken once.
-    pub fn take_events(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
-        let map = self.ebpf.take_map(map_names::EVENTS).ok_or_else(|| anyhow!("events map already taken"))?;
-        Ok(RingBuf::try_from(map)?)
-    }
-
-    /// The connection-owner table the proxy reads at accept; can be taken once.
-    pub fn take_connection_owners(&mut self) -> Result<ConnectionOwners> {
-        let map =
-            self.ebpf.take_map(map_names::PROXY_CLIENTS).ok_or_else(|| anyhow!("proxy clients map already taken"))?;
-        Ok(ConnectionOwners { map: std::sync::Mutex::new(HashMap::try_from(map)?) })
-    }
-
-    fn sandboxes(&mut self) -> Result<HashMap<&mut MapData, u64, SandboxNet>> {
-        let map = self.ebpf.map_mut(map_names::SANDBOXES).ok_or_else(|| anyhow!("sandbox map missing"))?;
-        Ok(HashMap::try_from(map)?)
-    }
-
-    fn counters_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u64, Counters>> {
-        let map = self.ebpf.map_mut(map_names::COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
-        Ok(PerCpuHashMap::try_from(map)?)
-    }
-}
-
-/// Who owns each connection to the proxy, by client port (filled by the `sock_ops` program).
+/// Who owns each connection one sandbox made to its proxy, by client port (filled by the
+/// `sock_ops` program). The map is shared by every sandbox on the host: a record counts only
+/// when it names this sandbox's cgroup.
 pub struct ConnectionOwners {
     map: std::sync::Mutex<HashMap<MapData, u32, ConnOwner>>,
+    cgroup_id: u64,
 }
 
 impl ConnectionOwners {
-    /// The owner of the connection whose client side uses `port`, if recorded.
-    pub fn owner(&self, port: u16) -> Option<ConnOwner> {
-        self.map.lock().ok()?.get(&(port as u32), 0).ok()
+    pub fn new(map: HashMap<MapData, u32, ConnOwner>, cgroup_id: u64) -> Self {
+        Self { map: std::sync::Mutex::new(map), cgroup_id }
     }
 
-    /// Drops the record for `port` once the proxy accepted that connection, so a later
-    /// connection from the same port (another user's) does not pass for the sandbox's.
+    /// The owner of the connection whose client side uses `port`, if this sandbox made it.
+    pub fn owner(&self, port: u16) -> Option<ConnOwner> {
+        self.map.lock().ok()?.get(&(port as u32), 0).ok().filter(|o| o.cgroup_id == self.cgroup_id)
+    }
+
+    /// Drops this sandbox's record for `port` once the proxy accepted that connection, so a
+    /// later connection from the same port (another user's) does not pass for the sandbox's.
     pub fn forget(&self, port: u16) {
         if let Ok(mut map) = self.map.lock() {
-            let _ = map.remove(&(port as u32));
+            if map.get(&(port as u32), 0).is_ok_and(|o| o.cgroup_id == self.cgroup_id) {
+                let _ = map.remove(&(port as u32));
+            }
         }
     }
-}
-
-/// Loads the object's maps. The network programs use no kernel types (no CO-RE relocations), so
-/// the kernel's BTF is not applied: `Ebpf::load` would parse the 5 MB `/sys/kernel/btf/vmlinux`
-/// a second time for nothing (the loader's constructor already parses it once). The BPF-LSM
-/// maps are not used by a network program set (`lsm.rs` loads its own): they get one entry.
-pub fn load_object() -> Result<Ebpf> {
-    let mut loader = aya::EbpfLoader::new();
-    loader.btf(None);
-    for name in
-        [map_names::LSM_SANDBOXES, map_names::LSM_EXEC_ALLOW, map_names::LSM_DENY_OPEN, map_names::LSM_UNIX_ALLOW]
-    {
-        loader.map_max_entries(name, 1);
-    }
-    loader.load(OBJECT).context("loading leash's eBPF object")
 }
 
 /// The proxy address as the maps store it; `record_owners` turns on connection-owner records.

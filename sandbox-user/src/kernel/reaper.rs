@@ -1,7 +1,8 @@
-//! Reaping sandboxes whose `leash` died without cleaning up (SIGKILL, OOM, power loss of the
-//! process): their processes are killed, their pinned links removed (which frees programs, maps
-//! and entries) and their cgroups deleted. A sandbox whose owner still runs is never touched, so
-//! concurrent `leash run`s do not disturb each other.
+//! Reaping sandboxes whose `leash run` died without cleaning up (SIGKILL, OOM, power loss of the
+//! process): their processes are killed, their entries and pinned links removed and their cgroups
+//! deleted. A sandbox whose owner still runs is never touched, so concurrent `leash run`s do not
+//! disturb each other, and names that are not a `leash run`'s (the node daemon's) are left to the
+//! daemon. Generations of other builds that nothing uses any more are removed too.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::cgroup::{self, SandboxCgroup};
+use super::generation::{retire_unused, Generation};
 use super::pins;
 use super::sandbox_id::SandboxId;
 
@@ -17,10 +19,12 @@ use super::sandbox_id::SandboxId;
 #[derive(Debug, Default)]
 pub struct Reaped {
     pub sandboxes: Vec<String>,
+    pub generations: Vec<String>,
 }
 
-/// Removes every stale sandbox found under the cgroup root and the pin root.
-pub fn reap_stale(cgroup_root: &Path, bpffs: &Path) -> Result<Reaped> {
+/// Removes every stale sandbox found under the cgroup root and the pin root, then the
+/// generations no one uses.
+pub fn reap_stale(cgroup_root: &Path, generation: &mut Generation, bpffs: &Path) -> Result<Reaped> {
     let mut names = BTreeSet::new();
     for (name, _) in cgroup::list(cgroup_root)? {
         names.insert(name);
@@ -30,7 +34,7 @@ pub fn reap_stale(cgroup_root: &Path, bpffs: &Path) -> Result<Reaped> {
     }
     let mut reaped = Reaped::default();
     for name in names {
-        // Names that are not ours are left alone.
+        // Names that are not a `leash run`'s are left alone.
         let Some(id) = SandboxId::parse(&name) else { continue };
         if id.owner_alive() {
             continue;
@@ -39,10 +43,13 @@ pub fn reap_stale(cgroup_root: &Path, bpffs: &Path) -> Result<Reaped> {
         if cg_path.exists() {
             let cg = SandboxCgroup::open(cg_path)?;
             cg.kill_all(Duration::from_secs(5))?;
+            generation.release(&name, cg.id())?;
             cg.remove()?;
+        } else {
+            pins::remove_tree(&pins::sandbox_dir(bpffs, &name))?;
         }
-        pins::remove_tree(&pins::sandbox_dir(bpffs, &name))?;
         reaped.sandboxes.push(name);
     }
+    reaped.generations = retire_unused(bpffs)?;
     Ok(reaped)
 }

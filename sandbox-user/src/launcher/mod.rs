@@ -31,6 +31,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::audit::Auditor;
+use crate::kernel::generation::{this_generation, Generation};
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::{mounts, reaper, sandbox_id::SandboxId};
 use crate::policy::{self, CompiledPolicy, FilesystemRules};
@@ -110,10 +111,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
 
     let id = SandboxId::for_self()?;
     // Reap before binding: a stale sandbox must not find its old proxy port served again.
-    let roots = kernel_roots().and_then(|(cgroup_root, bpffs)| {
-        reap(&cgroup_root, &bpffs)?;
-        Ok((cgroup_root, bpffs))
-    });
+    let roots = open_kernel();
     let audit = Auditor::to_file(&id.to_string(), audit_file, true);
     let binaries_rules = !policy.binaries_restricted().is_empty();
     let protect_in_workdir = policy.protect_in_workdir();
@@ -133,7 +131,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Ok((proxy, trust))
     });
     let bound = BoundProxy::bind(opts.proxy_listen).await?;
-    let built = roots.and_then(|(cgroup_root, bpffs)| sandbox::Sandbox::create(id, &cgroup_root, &bpffs, bound.addr()));
+    let built = roots.and_then(|(cgroup_root, bpffs, generation)| {
+        sandbox::Sandbox::create(id, &cgroup_root, &bpffs, generation, bound.addr())
+    });
     let (proxy, trust) = match proxy_ready.await.context("preparing the proxy")? {
         Ok(ready) => ready,
         Err(e) => {
@@ -296,18 +296,18 @@ async fn run_inside(
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             let procs = s.cgroup().context("sandbox cgroup missing")?.path().join("cgroup.procs");
-            let peers = SandboxPeers::new(s.take_connection_owners()?).with_holders(procs, bound.addr());
+            let peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.addr());
             if agent.binaries_rules || opts.learn.is_some() {
                 proxy.set_connection_owners(peers.owner_source())?;
             }
             proxy.serve_only(peers)?;
             let audit = audit.clone();
             let names = kernel.rules.map(target_names).unwrap_or_default();
-            s.start_events(move |e| {
+            Some(s.start_events(move |e| {
                 audit.kernel_denied(e, names.get(&(e.target_dev, e.target_ino)).map(|p| p.as_path()))
-            })?
+            })?)
         }
-        None => Vec::new(),
+        None => None,
     };
     let proxy_addr = bound.addr();
     let proxy_task = bound.serve(proxy.clone());
@@ -394,7 +394,7 @@ async fn run_inside(
     if let Some(r) = reloader {
         r.abort();
     }
-    for pump in events {
+    if let Some(pump) = events {
         pump.stop().await;
     }
     if let Some(out) = &opts.learn {
@@ -499,18 +499,18 @@ fn check_missing(missing: &[layers::Missing], allow_degraded: bool) -> Result<()
     bail!("refusing to start the agent: the policy needs layers this run cannot enforce ({}); pass --allow-degraded to run anyway", list.join("; "))
 }
 
-/// The cgroup v2 root and the bpffs root (mounting bpffs if needed).
-fn kernel_roots() -> Result<(PathBuf, PathBuf)> {
-    Ok((mounts::cgroup2_root()?, mounts::bpffs_root()?))
-}
-
-/// Removes what runs of leash that died left behind, saying so.
-fn reap(cgroup_root: &Path, bpffs: &Path) -> Result<()> {
-    for name in reaper::reap_stale(cgroup_root, bpffs)?.sandboxes {
+/// The cgroup v2 root, the bpffs root (mounting bpffs if needed) and the host's generation of
+/// programs (made now if the host has none), after removing what runs of leash that died left
+/// behind.
+fn open_kernel() -> Result<(PathBuf, PathBuf, Generation)> {
+    let (cgroup_root, bpffs) = (mounts::cgroup2_root()?, mounts::bpffs_root()?);
+    let mut generation = Generation::open_or_create(&bpffs, this_generation())?;
+    let reaped = reaper::reap_stale(&cgroup_root, &mut generation, &bpffs)?;
+    for name in reaped.sandboxes {
         eprintln!("leash: reaped stale sandbox {name} left by a leash that did not exit cleanly");
     }
     trust::reap_stale();
-    Ok(())
+    Ok((cgroup_root, bpffs, generation))
 }
 
 /// Maps a failed exec to the documented exit code and says why on stderr.

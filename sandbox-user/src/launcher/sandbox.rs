@@ -1,7 +1,8 @@
-//! The kernel side of one sandbox: its cgroup, the loaded network programs attached to it with
-//! pinned links, its BPF-LSM programs when the policy has `kernel:` rules, and its map entries.
-//! Created before the agent starts; torn down after, leaving nothing behind. If leash dies
-//! instead, the pins keep the cgroup confined until the next run reaps it.
+//! The kernel side of one `leash run` sandbox: its cgroup, the host's generation of programs
+//! attached to it with pinned links, its map entries, its own event ring, and its registration
+//! with the BPF-LSM programs when the policy has `kernel:` rules. Created before the agent
+//! starts; torn down after, leaving nothing behind. If leash dies instead, the pins keep the
+//! cgroup confined until the next run reaps it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,139 +10,152 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use aya::maps::{MapData, RingBuf};
 use sandbox_common::{Counters, DenyEvent};
 
 use crate::kernel::cgroup::SandboxCgroup;
 use crate::kernel::events::EventPump;
-use crate::kernel::lsm::{LsmPrograms, Registration};
+use crate::kernel::generation::{retire_unused, Generation};
+use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
-use crate::kernel::pins;
-use crate::kernel::programs::{sandbox_net, NetPrograms};
+use crate::kernel::programs::{sandbox_net, ConnectionOwners};
 use crate::kernel::sandbox_id::SandboxId;
 
 pub struct Sandbox {
+    name: String,
+    bpffs: PathBuf,
     cgroup: Option<SandboxCgroup>,
-    programs: NetPrograms,
-    /// The BPF-LSM programs, once [`Sandbox::enforce_kernel_rules`] succeeded.
-    lsm: Option<Arc<Mutex<LsmPrograms>>>,
+    generation: Arc<Mutex<Generation>>,
+    /// The sandbox's own deny-event ring, until [`Sandbox::start_events`] takes it.
+    events: Option<RingBuf<MapData>>,
+    /// True once registered with the BPF-LSM programs.
+    lsm: bool,
     proxy: SocketAddr,
-    pin_dir: PathBuf,
 }
 
 impl Sandbox {
-    /// Creates the cgroup, loads the programs, writes the entries for `proxy` and attaches.
-    /// On failure everything created so far is removed again. Every connection to the proxy is
-    /// recorded with its owner: the proxy serves only connections so recorded.
-    pub fn create(id: SandboxId, cgroup_root: &Path, bpffs: &Path, proxy: SocketAddr) -> Result<Self> {
-        let programs = NetPrograms::load()?;
-        let cgroup = SandboxCgroup::create(cgroup_root, &id.to_string())?;
+    /// Creates the cgroup, writes the entries for `proxy`, registers the event ring and attaches
+    /// the programs of `generation`. On failure everything created so far is removed again.
+    /// Every connection to the proxy is recorded with its owner: the proxy serves only
+    /// connections so recorded.
+    pub fn create(
+        id: SandboxId,
+        cgroup_root: &Path,
+        bpffs: &Path,
+        generation: Generation,
+        proxy: SocketAddr,
+    ) -> Result<Self> {
+        let name = id.to_string();
+        let cgroup = SandboxCgroup::create(cgroup_root, &name)?;
         let mut sandbox = Self {
+            name,
+            bpffs: bpffs.to_path_buf(),
             cgroup: Some(cgroup),
-            programs,
-            lsm: None,
+            generation: Arc::new(Mutex::new(generation)),
+            events: None,
+            lsm: false,
             proxy,
-            pin_dir: pins::sandbox_dir(bpffs, &id.to_string()),
         };
-        if let Err(e) = sandbox.confine(proxy) {
+        if let Err(e) = sandbox.confine() {
             sandbox.teardown();
             return Err(e);
         }
         Ok(sandbox)
     }
 
-    fn confine(&mut self, proxy: SocketAddr) -> Result<()> {
+    fn confine(&mut self) -> Result<()> {
         let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        self.programs.add_sandbox(cgroup.id(), sandbox_net(proxy, true))?;
-        self.programs.attach(cgroup, &self.pin_dir, true)?;
-        Ok(())
+        let mut generation = lock(&self.generation)?;
+        // The ring first: the sandbox's first denial already goes to it.
+        self.events = Some(generation.own_events(cgroup.id())?);
+        generation.confine(&self.name, cgroup.path(), cgroup.id(), sandbox_net(self.proxy, true))
     }
 
-    /// Loads the BPF-LSM programs, registers this sandbox with `rules` (and its proxy as the
-    /// one IP address it may reach) and pins the attachments beside the network ones. Returns
-    /// the hooks the rules need that this kernel lacks (the rest are in force); an error when
+    /// Registers this sandbox with the BPF-LSM programs under `rules` (and its proxy as the one
+    /// IP address it may reach), attaching them if no other sandbox on the host had. Returns the
+    /// hooks the rules need that this kernel lacks (the rest are in force); an error when
     /// BPF-LSM is unusable here.
     pub fn enforce_kernel_rules(&mut self, rules: &LsmRules) -> Result<Vec<&'static str>> {
         let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        let mut lsm = LsmPrograms::load()?;
         let registration =
             Registration { cgroup_id: cgroup.id(), level: 0, descendants: false, rules, proxy: Some(self.proxy) };
-        lsm.register(&registration)?;
-        lsm.pin_links(&self.pin_dir)?;
-        let missing = lsm.missing(&rules.required_hooks());
-        self.lsm = Some(Arc::new(Mutex::new(lsm)));
-        Ok(missing)
+        let mut generation = lock(&self.generation)?;
+        generation.register_lsm(&registration)?;
+        self.lsm = true;
+        Ok(generation.missing_hooks(&rules.required_hooks()))
     }
 
     /// A handle that puts new `kernel:` rules in force for this sandbox (policy reload), when
     /// BPF-LSM is enforcing.
     pub fn kernel_rules_updater(&self) -> Option<KernelRulesUpdater> {
         let cgroup_id = self.cgroup.as_ref()?.id();
-        Some(KernelRulesUpdater { programs: self.lsm.clone()?, cgroup_id, proxy: self.proxy })
+        self.lsm.then(|| KernelRulesUpdater { generation: self.generation.clone(), cgroup_id, proxy: self.proxy })
     }
 
     pub fn cgroup(&self) -> Option<&SandboxCgroup> {
         self.cgroup.as_ref()
     }
 
-    /// Starts reading deny events (network, and BPF-LSM when enforcing) into `sink`.
-    pub fn start_events(&mut self, sink: impl Fn(&DenyEvent) + Send + Sync + 'static) -> Result<Vec<EventPump>> {
-        let sink = Arc::new(sink);
-        let net_sink = sink.clone();
-        let mut pumps = vec![EventPump::start(self.programs.take_events()?, move |e| net_sink(e))?];
-        if let Some(lsm) = &self.lsm {
-            let ring = lsm.lock().map_err(|_| anyhow!("LSM programs lock poisoned"))?.take_events()?;
-            pumps.push(EventPump::start(ring, move |e| sink(e))?);
-        }
-        Ok(pumps)
+    /// Starts reading the sandbox's deny events (network and BPF-LSM) into `sink`.
+    pub fn start_events(&mut self, sink: impl Fn(&DenyEvent) + Send + Sync + 'static) -> Result<EventPump> {
+        let ring = self.events.take().ok_or_else(|| anyhow!("the sandbox's events are already read"))?;
+        EventPump::start(ring, sink)
     }
 
-    /// The connection-owner table (who opened each connection to the proxy); taken once.
-    pub fn take_connection_owners(&mut self) -> Result<crate::kernel::programs::ConnectionOwners> {
-        self.programs.take_connection_owners()
+    /// The connection-owner records of this sandbox (who opened each connection to the proxy).
+    pub fn connection_owners(&self) -> Result<ConnectionOwners> {
+        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
+        lock(&self.generation)?.connection_owners(cgroup.id())
     }
 
     pub fn counters(&self) -> Option<Counters> {
-        self.programs.counters(self.cgroup.as_ref()?.id()).ok()
+        lock(&self.generation).ok()?.counters(self.cgroup.as_ref()?.id()).ok()
     }
 
-    /// Kills whatever still runs in the sandbox, then removes cgroup, pins and entries. Errors
+    /// Kills whatever still runs in the sandbox, then removes entries, links and cgroup. Errors
     /// are reported on stderr: teardown continues past them so as much as possible is removed.
     pub fn teardown(&mut self) {
-        if let Some(cgroup) = self.cgroup.take() {
-            if let Err(e) = cgroup.kill_all(Duration::from_secs(5)) {
-                eprintln!("leash: teardown: {e:#}");
-            }
-            self.programs.remove_sandbox(cgroup.id());
-            if let Some(lsm) = &self.lsm {
-                if let Ok(mut lsm) = lsm.lock() {
-                    lsm.remove_sandbox(cgroup.id());
-                }
-            }
-            if let Err(e) = cgroup.remove() {
-                eprintln!("leash: teardown: {e:#}");
-            }
+        let Some(cgroup) = self.cgroup.take() else { return };
+        if let Err(e) = cgroup.kill_all(Duration::from_secs(5)) {
+            eprintln!("leash: teardown: {e:#}");
         }
-        if let Err(e) = pins::remove_tree(&self.pin_dir) {
+        match lock(&self.generation) {
+            Ok(mut generation) => {
+                if let Err(e) = generation.release(&self.name, cgroup.id()) {
+                    eprintln!("leash: teardown: {e:#}");
+                }
+                generation.stop_using();
+            }
+            Err(e) => eprintln!("leash: teardown: {e:#}"),
+        }
+        if let Err(e) = cgroup.remove() {
+            eprintln!("leash: teardown: {e:#}");
+        }
+        // This run's generation too, when a newer one exists and nothing else uses it.
+        if let Err(e) = retire_unused(&self.bpffs) {
             eprintln!("leash: teardown: {e:#}");
         }
     }
 }
 
+fn lock(generation: &Mutex<Generation>) -> Result<std::sync::MutexGuard<'_, Generation>> {
+    generation.lock().map_err(|_| anyhow!("kernel state lock poisoned"))
+}
+
 /// Puts reloaded `kernel:` rules in force for one sandbox.
 #[derive(Clone)]
 pub struct KernelRulesUpdater {
-    programs: Arc<Mutex<LsmPrograms>>,
+    generation: Arc<Mutex<Generation>>,
     cgroup_id: u64,
     proxy: SocketAddr,
 }
 
 impl KernelRulesUpdater {
-    /// Replaces the sandbox's flags and lists with `rules`. The hooks stay those loaded at start:
-    /// a rule needing a hook this kernel lacks stays unenforced (it was reported at start).
+    /// Replaces the sandbox's flags and lists with `rules`. The hooks stay those of the host's
+    /// generation: a rule needing a hook this kernel lacks stays unenforced (reported at start).
     pub fn update(&self, rules: &LsmRules) -> Result<()> {
-        let mut lsm = self.programs.lock().map_err(|_| anyhow!("LSM programs lock poisoned"))?;
         let registration =
             Registration { cgroup_id: self.cgroup_id, level: 0, descendants: false, rules, proxy: Some(self.proxy) };
-        lsm.register(&registration)
+        lock(&self.generation)?.update_lsm(&registration)
     }
 }

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 
 use leash::kernel::cgroup::SandboxCgroup;
 use leash::kernel::fs_root::FsRoot;
-use leash::kernel::lsm::{LsmPrograms, Registration};
+use leash::kernel::generation::Generation;
+use leash::kernel::lsm::Registration;
 use leash::kernel::lsm_rules::{add_system_libraries, FileId, LsmRules};
 use leash::kernel::mounts::cgroup2_root;
 use sandbox_common::{lsm_deny, lsm_rule, UNIX_PATH_MAX};
@@ -143,7 +144,7 @@ fn main() {
         agent::run(outside);
         std::process::exit(0);
     }
-    let code = match LsmPrograms::load() {
+    let code = match Generation::open_host().and_then(Generation::with_lsm) {
         Err(e) => {
             // Not a pass: say, per check, that this kernel cannot enforce it.
             let why = first_line(&format!("{e:#}")).to_owned();
@@ -168,10 +169,13 @@ fn result(name: &str, pass: bool, detail: &str) {
     println!("LEASH-RESULT lsm:{name} {} {detail}", if pass { "PASS" } else { "FAIL" });
 }
 
-fn run(mut programs: LsmPrograms) -> bool {
-    let attached = programs.attached();
-    let missing: Vec<String> =
-        programs.unavailable().iter().map(|u| format!("{} ({})", u.hook, first_line(&u.reason))).collect();
+fn run(mut programs: Generation) -> bool {
+    let attached: Vec<&str> = programs.lsm_hooks().map(|h| h.to_vec()).unwrap_or_default();
+    let missing: Vec<String> = sandbox_common::program_names::LSM_HOOKS
+        .iter()
+        .filter(|(_, hook)| !attached.contains(hook))
+        .map(|(_, hook)| hook.to_string())
+        .collect();
     // userns_create appeared in 6.1; fs_context_parse_param may be missing from some builds.
     let unexpected: Vec<&String> = missing
         .iter()
@@ -198,7 +202,7 @@ fn run(mut programs: LsmPrograms) -> bool {
             return false;
         }
     };
-    let mut events = programs.take_events().ok();
+    let mut events = programs.shared_events().ok();
     let fixtures = match Fixtures::create() {
         Ok(f) => f,
         Err(e) => {
@@ -214,7 +218,7 @@ fn run(mut programs: LsmPrograms) -> bool {
         rules: &rules,
         proxy: Some(SocketAddr::from(([127, 0, 0, 1], PROXY_PORT))),
     };
-    if let Err(e) = programs.register(&registration) {
+    if let Err(e) = programs.register_lsm(&registration) {
         result("register", false, &format!("{e:#}"));
         return false;
     }
@@ -288,7 +292,7 @@ fn run(mut programs: LsmPrograms) -> bool {
         result("deny-events", pass, &format!("{count} deny events for {expected_denials} denied actions"));
     }
 
-    programs.remove_sandbox(cgroup.id());
+    let _ = programs.remove_entries(cgroup.id());
     let after = in_child(&(packet_socket as Action), Some(&procs));
     let pass = after != Err(libc::EPERM);
     all &= pass;
@@ -557,7 +561,7 @@ impl Drop for Fixtures {
 }
 
 /// A sandbox registered with descendants covers a process in a cgroup below it.
-fn check_descendants(programs: &mut LsmPrograms, root: &std::path::Path, rules: &LsmRules) -> bool {
+fn check_descendants(programs: &mut Generation, root: &std::path::Path, rules: &LsmRules) -> bool {
     let _ = std::fs::remove_dir(root.join(format!("leash-{TREE_CGROUP}")).join("sub"));
     let _ = std::fs::remove_dir(root.join(format!("leash-{TREE_CGROUP}")));
     let tree = match SandboxCgroup::create(root, TREE_CGROUP) {
@@ -571,7 +575,7 @@ fn check_descendants(programs: &mut LsmPrograms, root: &std::path::Path, rules: 
     let registration = Registration { cgroup_id: tree.id(), level: 1, descendants: true, rules, proxy: None };
     let outcome = std::fs::create_dir(&sub)
         .map_err(|e| format!("creating {}: {e}", sub.display()))
-        .and_then(|()| programs.register(&registration).map_err(|e| format!("{e:#}")))
+        .and_then(|()| programs.register_lsm(&registration).map_err(|e| format!("{e:#}")))
         .map(|()| in_child(&(packet_socket as Action), Some(&sub.join("cgroup.procs"))));
     let pass = outcome == Ok(Err(libc::EPERM));
     result(
@@ -582,7 +586,7 @@ fn check_descendants(programs: &mut LsmPrograms, root: &std::path::Path, rules: 
             Err(e) => e,
         },
     );
-    programs.remove_sandbox(tree.id());
+    let _ = programs.remove_entries(tree.id());
     let _ = std::fs::remove_dir(&sub);
     let _ = tree.remove();
     pass

@@ -50,7 +50,8 @@ use std::process::{exit, Command};
 use std::time::Instant;
 
 use leash::kernel::cgroup::SandboxCgroup;
-use leash::kernel::lsm::{LsmPrograms, Registration};
+use leash::kernel::generation::Generation;
+use leash::kernel::lsm::Registration;
 use leash::kernel::lsm_rules::{FileId, LsmRules};
 use leash::kernel::mounts::cgroup2_root;
 use sandbox_common::{lsm_deny, lsm_rule};
@@ -323,14 +324,14 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
     for loaded in [flip, !flip] {
         if loaded {
             let t = Instant::now();
-            let mut programs = LsmPrograms::load().map_err(|e| format!("loading leash's LSM programs: {e:#}"))?;
+            let mut programs = Generation::open_host()
+                .and_then(Generation::with_lsm)
+                .map_err(|e| format!("loading leash's LSM programs: {e:#}"))?;
             if r == 0 {
-                let missing: Vec<&str> = programs.unavailable().iter().map(|u| u.hook).collect();
                 println!(
-                    "syscallbench: LSM programs loaded in {:.2} s; attached [{}]; unavailable [{}]",
+                    "syscallbench: LSM programs opened in {:.2} s; hooks [{}]",
                     t.elapsed().as_secs_f64(),
-                    programs.attached().join(" "),
-                    missing.join(" ")
+                    programs.lsm_hooks().map(|h| h.join(" ")).unwrap_or_default(),
                 );
             }
             fill_policy(&mut programs, cgroup.id(), Path::new(EXIT_BINARY), Path::new(OPEN_PATH))?;
@@ -338,7 +339,7 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
             for mode in modes {
                 run_worker(mode, counts, procs, samples)?;
             }
-            programs.remove_sandbox(cgroup.id());
+            programs.remove_entries(cgroup.id()).map_err(|e| format!("removing the benchmark's cgroup: {e:#}"))?;
             // Dropping the programs detaches them: `a` and `c` run with no BPF-LSM program.
             drop(programs);
         } else {
@@ -355,7 +356,7 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
 /// allowlist of 50 files holding `exec_allowed`, an open deny list of 50 files not holding
 /// `opened` (100 list entries), the unix allowlist (empty) and the proxy-only rule, so every hook
 /// the loops reach does its full work.
-fn fill_policy(programs: &mut LsmPrograms, cgroup_id: u64, exec_allowed: &Path, opened: &Path) -> Result<(), String> {
+fn fill_policy(programs: &mut Generation, cgroup_id: u64, exec_allowed: &Path, opened: &Path) -> Result<(), String> {
     const PER_LIST: usize = 50;
     let dir = Path::new("/tmp/syscallbench-policy");
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -382,7 +383,7 @@ fn fill_policy(programs: &mut LsmPrograms, cgroup_id: u64, exec_allowed: &Path, 
         rules: &rules,
         proxy: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
     };
-    programs.register(&registration).map_err(|e| format!("registering the benchmark's cgroup: {e:#}"))
+    programs.register_lsm(&registration).map_err(|e| format!("registering the benchmark's cgroup: {e:#}"))
 }
 
 /// Runs one worker process in `mode` and records its timings.

@@ -1,0 +1,568 @@
+//! leash's kernel side, loaded once per host: one *generation* of programs and maps, shared by
+//! every `leash run` and `leash daemon` on the host (layout in `pins.rs`).
+//!
+//! The first leash on a host (cold start) loads the eBPF object built into its binary, has every
+//! program verified, writes what it derives from the kernel's BTF (struct offsets for the LSM
+//! programs) and pins it all in a directory of its own, which it renames into place once whole:
+//! a leash killed halfway leaves a `building-` directory that no one opens and the next leash
+//! removes. Later runs (warm starts) open the pins: no BTF parsing, no verifier. An exclusive
+//! flock on `<bpffs>/leash` makes concurrent cold starts load once between them.
+//!
+//! Every process using a generation holds a shared flock on its directory; a generation of
+//! another build is removed once no process holds it and no sandbox link names it.
+//!
+//! The network programs attach per sandbox cgroup ([`Generation::confine`]). The BPF-LSM
+//! programs attach to the kernel's hooks, host-wide: only while at least one sandbox is
+//! registered with them ([`Generation::register_lsm`]), once however many are, and they are
+//! detached when the last one leaves, so a host without sandboxes pays nothing on its syscalls.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{HashMap, HashOfMaps, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::programs::{links::FdLink, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockAttachType, Lsm as LsmProgram};
+use aya::programs::{Program, SockOps};
+use sandbox_common::{map_names, program_names, ConnOwner, Counters, SandboxNet, EVENTS_BYTES, SANDBOX_NODE};
+
+use super::btf::KernelBtf;
+use super::lsm::{hook_of, program_of, LsmMaps, Registration, Unavailable};
+use super::pins::{self, entries, open_map, remove_tree, DirLock};
+use super::programs::{attach_link, load_program, ConnectionOwners, Kind, NET_PROGRAMS, OBJECT};
+
+/// The generation of the object built into this binary (`build.rs` hashes the object).
+pub fn this_generation() -> &'static str {
+    env!("LEASH_GENERATION")
+}
+
+/// One generation, open: the network programs, handles to the maps, and the BPF-LSM hooks it has.
+pub struct Generation {
+    bpffs: PathBuf,
+    name: String,
+    programs: Vec<(&'static str, Kind, Program)>,
+    sandboxes: HashMap<MapData, u64, SandboxNet>,
+    counters: PerCpuHashMap<MapData, u64, Counters>,
+    owners: HashMap<MapData, u32, ConnOwner>,
+    /// Another descriptor of the connection-owner map, for the proxy's own handle.
+    owners_fd: std::os::fd::OwnedFd,
+    sandbox_events: HashOfMaps<MapData, u64, MapData>,
+    /// The hooks with a verified program, in `LSM_HOOKS` order (empty: no BPF-LSM here).
+    lsm_hooks: Vec<&'static str>,
+    lsm_maps: Option<LsmMaps>,
+    /// True when this process loaded the generation (cold start).
+    created: bool,
+    /// The shared lock that says "in use" to [`retire_unused`].
+    _in_use: Option<DirLock>,
+}
+
+impl Generation {
+    /// Opens generation `name` from its pins in `bpffs`, making it first when the host has none.
+    /// Removes what a leash killed while making one left behind.
+    pub fn open_or_create(bpffs: &Path, name: &str) -> Result<Self> {
+        let root = pins::root(bpffs);
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let _host = DirLock::exclusive(&root)?;
+        for entry in entries(&root)? {
+            // Under the host lock no one else is building: any such directory is a dead leash's.
+            if entry.file_name().to_string_lossy().starts_with(pins::BUILDING_PREFIX) {
+                remove_tree(&entry.path())?;
+            }
+        }
+        let dir = root.join(name);
+        if dir.is_dir() {
+            match Self::open(bpffs, name, false) {
+                Ok(g) => return Ok(g),
+                // Not whole (pins removed by hand, or an older layout): made again. Sandboxes
+                // that use the old objects keep them through their own links and descriptors.
+                Err(e) => {
+                    eprintln!("leash: the pinned programs {name} cannot be used ({e:#}); loading them again");
+                    remove_tree(&dir)?;
+                }
+            }
+        }
+        let building = root.join(format!("{}{}", pins::BUILDING_PREFIX, std::process::id()));
+        let built = build(&building);
+        if let Err(e) = built {
+            let _ = remove_tree(&building);
+            return Err(e);
+        }
+        std::fs::rename(&building, &dir).with_context(|| format!("publishing {}", dir.display()))?;
+        Self::open(bpffs, name, true)
+    }
+
+    /// This binary's generation on this host's bpffs (mounted if needed), made if missing.
+    pub fn open_host() -> Result<Self> {
+        Self::open_or_create(&super::mounts::bpffs_root()?, this_generation())
+    }
+
+    fn open(bpffs: &Path, name: &str, created: bool) -> Result<Self> {
+        let dir = pins::root(bpffs).join(name);
+        let in_use = DirLock::shared(&dir)?;
+        let map = |map: &str| open_map(&dir.join("maps").join(map));
+        let mut programs = Vec::new();
+        for (program, kind) in NET_PROGRAMS {
+            let path = dir.join("progs").join(program);
+            let opened = match kind {
+                Kind::SockAddr(ty) => Program::CgroupSockAddr(CgroupSockAddr::from_pin(&path, ty)?),
+                Kind::Sock => Program::CgroupSock(CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate)?),
+                Kind::Skb(ty) => Program::CgroupSkb(CgroupSkb::from_pin(&path, ty)?),
+                Kind::SockOps => Program::SockOps(SockOps::from_pin(&path)?),
+            };
+            programs.push((program, kind, opened));
+        }
+        let pinned: Vec<String> =
+            entries(&dir.join("progs"))?.iter().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let lsm_hooks = program_names::LSM_HOOKS
+            .iter()
+            .filter(|(program, _)| pinned.iter().any(|p| p == program))
+            .map(|(_, hook)| *hook)
+            .collect();
+        let owners = map(map_names::PROXY_CLIENTS)?;
+        let owners_fd = match &owners {
+            Map::LruHashMap(data) | Map::HashMap(data) => {
+                use std::os::fd::AsFd;
+                data.fd().as_fd().try_clone_to_owned().context("duplicating a map descriptor")?
+            }
+            _ => bail!("{} is not a hash map", map_names::PROXY_CLIENTS),
+        };
+        Ok(Self {
+            bpffs: bpffs.to_path_buf(),
+            name: name.to_owned(),
+            programs,
+            sandboxes: HashMap::try_from(map(map_names::SANDBOXES)?)?,
+            counters: PerCpuHashMap::try_from(map(map_names::COUNTERS)?)?,
+            owners: HashMap::try_from(owners)?,
+            owners_fd,
+            sandbox_events: HashOfMaps::try_from(map(map_names::SANDBOX_EVENTS)?)?,
+            lsm_hooks,
+            lsm_maps: None,
+            created,
+            _in_use: Some(in_use),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True when this process loaded the generation (no other leash had).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    fn dir(&self) -> PathBuf {
+        pins::root(&self.bpffs).join(&self.name)
+    }
+
+    fn host_lock(&self) -> Result<DirLock> {
+        DirLock::exclusive(&pins::root(&self.bpffs))
+    }
+
+    // ---- one sandbox's kernel state ------------------------------------------------------
+
+    /// Confines the cgroup at `cgroup` (id `cgroup_id`) to `net`: writes its entries (proxy
+    /// address, zeroed counters), then attaches every network program to it (the `sock_ops`
+    /// one only when `net` records connection owners), pinning each link under
+    /// `sandboxes/<sandbox>/`.
+    pub fn confine(&mut self, sandbox: &str, cgroup: &Path, cgroup_id: u64, net: SandboxNet) -> Result<()> {
+        self.add_entries(cgroup_id, net)?;
+        self.attach(cgroup, sandbox, net.flags & sandbox_common::SANDBOX_RECORD_OWNERS != 0)
+    }
+
+    /// Writes the sandbox's network entries, keyed by its cgroup id.
+    pub fn add_entries(&mut self, cgroup_id: u64, net: SandboxNet) -> Result<()> {
+        self.sandboxes.insert(cgroup_id, net, 0).context("writing the sandbox map entry (is the map full?)")?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).context("sizing per-CPU counters")?;
+        self.counters.insert(cgroup_id, zeros, 0).context("writing the counters map entry")?;
+        Ok(())
+    }
+
+    /// Attaches every network program of this generation to the cgroup at `cgroup` and pins the
+    /// links as `sandboxes/<sandbox>/<generation>--<program>`.
+    pub fn attach(&mut self, cgroup: &Path, sandbox: &str, record_owners: bool) -> Result<()> {
+        let dir_path = pins::sandbox_dir(&self.bpffs, sandbox);
+        std::fs::create_dir_all(&dir_path).with_context(|| format!("creating {}", dir_path.display()))?;
+        let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for (program, kind, opened) in self.programs.iter_mut() {
+            if matches!(kind, Kind::SockOps) && !record_owners {
+                continue;
+            }
+            let link = attach_link(opened, program, *kind, &dir)?;
+            let path = dir_path.join(pins::link_name(&self.name, program));
+            // The pinned link outlives this process; dropping the handle does not detach it.
+            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every trace of a sandbox from this generation: its entries (network, events,
+    /// BPF-LSM; missing ones are not an error) and its pinned links of every generation. The
+    /// BPF-LSM programs are detached when it was the last sandbox using them.
+    pub fn release(&mut self, sandbox: &str, cgroup_id: u64) -> Result<()> {
+        self.remove_entries(cgroup_id)?;
+        remove_tree(&pins::sandbox_dir(&self.bpffs, sandbox))
+    }
+
+    /// Removes the sandbox's entries (network, events and BPF-LSM); missing ones are not an error.
+    pub fn remove_entries(&mut self, cgroup_id: u64) -> Result<()> {
+        let _ = self.sandboxes.remove(&cgroup_id);
+        let _ = self.counters.remove(&cgroup_id);
+        let _ = self.sandbox_events.remove(&cgroup_id);
+        if !self.lsm_hooks.is_empty() {
+            let _host = self.host_lock()?;
+            let maps = self.lsm_maps()?;
+            if maps.entries().contains(&cgroup_id) {
+                maps.remove_sandbox(cgroup_id);
+            }
+            self.detach_lsm_if_unused()?;
+        }
+        Ok(())
+    }
+
+    /// Unpins the links of sandbox `sandbox` that belong to `generation` (all of them with
+    /// `None`) and, when none is left, its pin directory.
+    pub fn detach(&self, sandbox: &str, generation: Option<&str>) -> Result<()> {
+        let dir = pins::sandbox_dir(&self.bpffs, sandbox);
+        for entry in entries(&dir)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if generation.is_none_or(|g| name.starts_with(&format!("{g}{}", pins::LINK_SEPARATOR))) {
+                std::fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
+            }
+        }
+        if entries(&dir)?.is_empty() {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// A ring buffer for the deny events of sandbox `cgroup_id` alone: created here and
+    /// registered so that the programs send that sandbox's events to it rather than to the
+    /// shared ring. Removed with the sandbox's entries.
+    pub fn own_events(&mut self, cgroup_id: u64) -> Result<RingBuf<MapData>> {
+        let params = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+            0,
+            0,
+            EVENTS_BYTES,
+            0,
+        );
+        let ring = MapData::create(params, "leash_events", None).context("creating the sandbox's event ring")?;
+        self.sandbox_events.insert(cgroup_id, &ring, 0).context("registering the sandbox's event ring")?;
+        Ok(RingBuf::try_from(Map::RingBuf(ring))?)
+    }
+
+    /// The shared deny-event ring (events of sandboxes without one of their own: the daemon's).
+    pub fn shared_events(&self) -> Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(open_map(&self.dir().join("maps").join(map_names::EVENTS))?)?)
+    }
+
+    /// Who owns each connection of sandbox `cgroup_id` to its proxy (read by the proxy at accept).
+    pub fn connection_owners(&self, cgroup_id: u64) -> Result<ConnectionOwners> {
+        let fd = self.owners_fd.try_clone().context("duplicating a map descriptor")?;
+        let map = Map::from_map_data(MapData::from_fd(fd)?)?;
+        Ok(ConnectionOwners::new(HashMap::try_from(map)?, cgroup_id))
+    }
+
+    /// Who owns the proxy connection whose client side uses `port`, if recorded (any sandbox).
+    pub fn owner(&self, port: u16) -> Option<ConnOwner> {
+        self.owners.get(&u32::from(port), 0).ok()
+    }
+
+    /// Per-sandbox verdict counters, summed over CPUs.
+    pub fn counters(&self, cgroup_id: u64) -> Result<Counters> {
+        let per_cpu = self.counters.get(&cgroup_id, 0).context("reading counters")?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            for (s, v) in sum.values.iter_mut().zip(c.values) {
+                *s += v;
+            }
+        }
+        Ok(sum)
+    }
+
+    // ---- BPF-LSM -------------------------------------------------------------------------
+
+    /// The BPF-LSM hooks this host has a verified program for; an error saying why when it has
+    /// none (BPF-LSM is off, or refused).
+    pub fn lsm_hooks(&self) -> Result<&[&'static str]> {
+        if self.lsm_hooks.is_empty() {
+            let why = super::probes::bpf_lsm().err().map(|e| format!("{e:#}"));
+            bail!("{}", why.unwrap_or_else(|| "no BPF-LSM program loaded when this host's programs were".into()));
+        }
+        Ok(&self.lsm_hooks)
+    }
+
+    /// This generation, if this host has BPF-LSM (an error saying why not otherwise).
+    pub fn with_lsm(self) -> Result<Self> {
+        self.lsm_hooks()?;
+        Ok(self)
+    }
+
+    /// The hooks of `needed` this host lacks.
+    pub fn missing_hooks<'a>(&self, needed: &[&'a str]) -> Vec<&'a str> {
+        needed.iter().copied().filter(|h| !self.lsm_hooks.contains(h)).collect()
+    }
+
+    /// Registers a sandbox with the BPF-LSM programs (its rules in the maps), and attaches the
+    /// programs to their hooks if no other sandbox had.
+    pub fn register_lsm(&mut self, r: &Registration<'_>) -> Result<()> {
+        self.lsm_hooks()?;
+        let _host = self.host_lock()?;
+        self.lsm_maps()?.register(r)?;
+        self.attach_lsm()
+    }
+
+    /// Replaces a registered sandbox's rules (policy reload).
+    pub fn update_lsm(&mut self, r: &Registration<'_>) -> Result<()> {
+        let _host = self.host_lock()?;
+        self.lsm_maps()?.register(r)
+    }
+
+    /// The LSM maps, opened on first use.
+    pub fn lsm_maps(&mut self) -> Result<&mut LsmMaps> {
+        if self.lsm_maps.is_none() {
+            self.lsm_maps = Some(LsmMaps::open_pinned(&self.dir().join("maps"))?);
+        }
+        self.lsm_maps.as_mut().ok_or_else(|| anyhow!("LSM maps not open"))
+    }
+
+    /// Attaches each LSM program not attached yet and pins its link in `lsm/`. Caller holds the
+    /// host lock.
+    fn attach_lsm(&mut self) -> Result<()> {
+        let dir = self.dir().join("lsm");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for hook in &self.lsm_hooks {
+            let program = program_of(hook).ok_or_else(|| anyhow!("no program for hook {hook}"))?;
+            let path = dir.join(program);
+            if path.exists() {
+                continue;
+            }
+            let mut lsm = LsmProgram::from_pin(self.dir().join("progs").join(program))
+                .with_context(|| format!("opening pinned program {program}"))?;
+            let id = lsm.attach().with_context(|| format!("attaching {program}"))?;
+            let link: FdLink = lsm.take_link(id)?.into();
+            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the LSM programs when no sandbox is registered with them. Caller holds the
+    /// host lock.
+    fn detach_lsm_if_unused(&mut self) -> Result<()> {
+        if self.lsm_maps()?.entries().is_empty() {
+            remove_tree(&self.dir().join("lsm"))?;
+        }
+        Ok(())
+    }
+
+    /// The hooks whose programs are attached now (pinned links in `lsm/`).
+    pub fn lsm_attached(&self) -> Vec<&'static str> {
+        let dir = self.dir().join("lsm");
+        let pinned: Vec<String> =
+            entries(&dir).unwrap_or_default().iter().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        pinned.iter().filter_map(|p| hook_of(p)).collect()
+    }
+
+    // ---- the node daemon: its sandboxes, upgrades, garbage ---------------------------------
+
+    /// Every cgroup id with an entry of a daemon sandbox (flag `SANDBOX_NODE`).
+    pub fn node_entries(&self) -> Vec<u64> {
+        self.sandboxes
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, net)| net.flags & SANDBOX_NODE != 0)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Names of every sandbox with a pin directory (of `leash run` and of the daemon).
+    pub fn pinned_sandboxes(&self) -> Result<Vec<String>> {
+        pins::list(&self.bpffs)
+    }
+
+    /// Other generations still pinned (left by a leash of another build).
+    pub fn previous_generations(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in entries(&pins::root(&self.bpffs))? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(pins::GENERATION_PREFIX) && name != self.name {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Copies the daemon sandboxes' entries of pinned generation `old` into this one (before an
+    /// upgrade attaches this generation's programs). Returns the cgroup ids copied.
+    pub fn copy_node_entries_from(&mut self, old: &str) -> Result<Vec<u64>> {
+        let old_dir = pins::root(&self.bpffs).join(old).join("maps");
+        let old_map: HashMap<MapData, u64, SandboxNet> =
+            HashMap::try_from(open_map(&old_dir.join(map_names::SANDBOXES))?)?;
+        let mut copied = Vec::new();
+        for entry in old_map.iter() {
+            let (id, net) = entry.context("reading the previous generation's sandbox map")?;
+            if net.flags & SANDBOX_NODE != 0 {
+                self.add_entries(id, net)?;
+                copied.push(id);
+            }
+        }
+        if !self.lsm_hooks.is_empty() && old_dir.join(map_names::LSM_SANDBOXES).exists() {
+            let old_lsm = LsmMaps::open_pinned(&old_dir)?;
+            let _host = self.host_lock()?;
+            self.lsm_maps()?.copy_from(&old_lsm, &copied)?;
+            if !self.lsm_maps()?.entries().is_empty() {
+                self.attach_lsm()?;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Unpins what remains of generation `old` (its programs, maps and LSM links) unless a
+    /// sandbox link still names it or a process still holds it (a `leash run` of that build).
+    /// Returns whether it was removed.
+    pub fn remove_generation(&self, old: &str) -> Result<bool> {
+        if !old.starts_with(pins::GENERATION_PREFIX) || old == self.name {
+            bail!("refusing to remove generation {old}");
+        }
+        let _host = self.host_lock()?;
+        if generations_in_use(&self.bpffs)?.contains(old) {
+            return Ok(false);
+        }
+        let dir = pins::root(&self.bpffs).join(old);
+        let Some(_unused) = DirLock::try_exclusive(&dir) else { return Ok(false) };
+        remove_tree(&dir)?;
+        Ok(true)
+    }
+
+    /// Gives up this process's hold on the generation (at the end of its last sandbox), so that
+    /// [`retire_unused`] may remove it once a newer one exists. The handle must not be used to
+    /// attach anything after this.
+    pub fn stop_using(&mut self) {
+        self._in_use = None;
+    }
+
+    /// Run time and run count of each network program (counted while BPF statistics are on).
+    pub fn program_stats(&self) -> Vec<(&'static str, Duration, u64)> {
+        self.programs
+            .iter()
+            .filter_map(|(name, _, p)| p.info().ok().map(|i| (*name, i.run_time(), i.run_count())))
+            .collect()
+    }
+
+    /// The kernel ids of the network programs (a warm start attaches the ones a cold start loaded).
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.programs.iter().filter_map(|(_, _, p)| p.info().ok().map(|i| i.id())).collect()
+    }
+}
+
+/// Removes every generation but the newest that no process holds and no sandbox link names: a
+/// leash of another build left it, and its last sandbox ended. Returns the names removed.
+pub fn retire_unused(bpffs: &Path) -> Result<Vec<String>> {
+    let root = pins::root(bpffs);
+    let _host = DirLock::exclusive(&root)?;
+    let in_use = generations_in_use(bpffs)?;
+    // Made when its programs were pinned (the directory itself changes as LSM links come and go).
+    let made = |name: &str| std::fs::metadata(root.join(name).join("progs")).and_then(|m| m.modified()).ok();
+    let mut generations: Vec<(Option<std::time::SystemTime>, String)> = entries(&root)?
+        .iter()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(pins::GENERATION_PREFIX))
+        .map(|n| (made(&n), n))
+        .collect();
+    generations.sort();
+    generations.pop();
+    let mut removed = Vec::new();
+    for (_, old) in generations {
+        if in_use.contains(&old) {
+            continue;
+        }
+        let dir = root.join(&old);
+        let Some(_unused) = DirLock::try_exclusive(&dir) else { continue };
+        remove_tree(&dir)?;
+        removed.push(old);
+    }
+    Ok(removed)
+}
+
+/// The generations some sandbox link names.
+fn generations_in_use(bpffs: &Path) -> Result<std::collections::BTreeSet<String>> {
+    let mut in_use = std::collections::BTreeSet::new();
+    for sandbox in pins::list(bpffs)? {
+        for link in entries(&pins::sandbox_dir(bpffs, &sandbox))? {
+            let link = link.file_name().to_string_lossy().into_owned();
+            if let Some((generation, _)) = link.split_once(pins::LINK_SEPARATOR) {
+                in_use.insert(generation.to_owned());
+            }
+        }
+    }
+    Ok(in_use)
+}
+
+/// Loads the object and pins every map and verified program under `dir` (created here). BPF-LSM
+/// programs are verified against this kernel's hooks and tried once (attached and detached);
+/// only those that work are pinned, after this kernel's struct layout is written for them.
+fn build(dir: &Path) -> Result<()> {
+    let mut loader = aya::EbpfLoader::new();
+    // The network programs use no kernel types; the LSM ones get the kernel's BTF below.
+    loader.btf(None);
+    let mut ebpf = loader.load(OBJECT).context("loading leash's eBPF object")?;
+    let progs = dir.join("progs");
+    let maps = dir.join("maps");
+    std::fs::create_dir_all(&progs).with_context(|| format!("creating {}", progs.display()))?;
+    std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
+    for (name, map) in ebpf.maps() {
+        // Only leash's own maps: sections such as `.rodata` cannot be pinned (bpffs refuses dots).
+        if name.starts_with("LEASH_") {
+            map.pin(maps.join(name)).with_context(|| format!("pinning map {name}"))?;
+        }
+    }
+    for (name, kind) in NET_PROGRAMS {
+        load_program(&mut ebpf, name, kind)?;
+        let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+        program.pin(progs.join(name)).with_context(|| format!("pinning program {name}"))?;
+    }
+    match verify_lsm(&mut ebpf, &progs) {
+        Ok(unavailable) => {
+            for u in unavailable {
+                eprintln!("leash: note: BPF-LSM hook {} is not available here: {}", u.hook, u.reason);
+            }
+        }
+        // Not an error: runs whose policy needs BPF-LSM are refused (and told why) when they ask.
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Writes this kernel's struct layout, then loads each LSM program against its hook, tries it
+/// (attach, detach) and pins the ones that work in `progs`. The hooks that do not, with why.
+fn verify_lsm(ebpf: &mut aya::Ebpf, progs: &Path) -> Result<Vec<Unavailable>> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let layout = KernelBtf::from_sys_fs()?.lsm_layout().context("finding kernel struct offsets in BTF")?;
+    // Held until the programs are loaded: they refer to the maps' descriptors.
+    let _maps = LsmMaps::take(ebpf, layout)?;
+    let mut unavailable = Vec::new();
+    for (program, hook) in program_names::LSM_HOOKS {
+        let tried = (|| -> Result<()> {
+            let lsm: &mut LsmProgram =
+                ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
+            lsm.load(hook, &btf).with_context(|| format!("loading {program}"))?;
+            let id = lsm.attach().with_context(|| format!("attaching {program}"))?;
+            lsm.detach(id)?;
+            lsm.pin(progs.join(program)).with_context(|| format!("pinning program {program}"))?;
+            Ok(())
+        })();
+        if let Err(e) = tried {
+            unavailable.push(Unavailable { hook, reason: format!("{e:#}") });
+        }
+    }
+    if unavailable.len() == program_names::LSM_HOOKS.len() {
+        bail!("no BPF-LSM hook attached");
+    }
+    Ok(unavailable)
+}
