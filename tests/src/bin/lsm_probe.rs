@@ -139,6 +139,12 @@ fn main() {
         agent::passed_sockets(&|name, r| println!("AGENT {name} {}", agent::outcome(r)));
         std::process::exit(0);
     }
+    // vm_init's `generation` suite: an agent that stays for the given number of seconds.
+    if std::env::args().nth(1).as_deref() == Some("--hold") {
+        let secs: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(60);
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        std::process::exit(0);
+    }
     if std::env::args().nth(1).as_deref() == Some("--agent") {
         let outside: i32 = std::env::args().nth(2).and_then(|p| p.parse().ok()).unwrap_or(0);
         agent::run(outside);

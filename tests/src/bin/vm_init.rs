@@ -62,6 +62,7 @@ fn suite(name: &str) -> Vec<Check> {
         "net" => net_suite(),
         "lsm" => lsm_suite(),
         "kernel" => kernel_suite(),
+        "generation" => generation_suite(),
         "daemon" => daemon_suite(),
         "syscallbench" => syscallbench_suite(),
         // Boots, mounts and powers off: what the KVM probe boot needs.
@@ -211,6 +212,115 @@ fn lsm_suite() -> Vec<Check> {
         checks.push(Check::new("lsm:probe", move || Err(format!("lsm_probe: {what}"))));
     }
     checks
+}
+
+/// One set of BPF-LSM links per host, whatever the number of sandboxes, and none without one:
+/// counts the kernel's links to leash's LSM programs with 0, 1 and 16 `leash run` sandboxes
+/// alive (each with a `kernel:` policy), and after they ended.
+fn generation_suite() -> Vec<Check> {
+    const POLICY: &str = "/tmp/generation-policy.yaml";
+    const K: usize = 16;
+    if let Err(e) = std::fs::write(POLICY, "version: 1\nkernel:\n  deny: [ptrace, bpf]\n") {
+        return vec![Check::new("generation:policy", move || Err(e.to_string()))];
+    }
+    let before = lsm_links();
+    let start = || {
+        Command::new(LEASH)
+            .args(["run", "--quiet", "--allow-degraded", "--policy", POLICY, "--", LSM_PROBE, "--hold", "600"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    let mut runs = Vec::new();
+    let mut counts = Vec::new();
+    for k in [1, K] {
+        while runs.len() < k {
+            match start() {
+                Ok(child) => runs.push(child),
+                Err(e) => return vec![Check::new("generation:start", move || Err(e.to_string()))],
+            }
+        }
+        // Each run is registered once its agent holds (the LSM programs are attached by then).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while holding_agents() < k && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        counts.push((k, holding_agents(), lsm_links()));
+    }
+    for run in &runs {
+        // SAFETY: plain kill(2) of a child of ours.
+        unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    }
+    for mut run in runs {
+        let _ = run.wait();
+    }
+    let after = lsm_links();
+    let hooks = generation_lsm_programs();
+    let mut checks = vec![Check::new("generation:none-before", move || {
+        let detail = format!("{before} leash LSM links before any sandbox");
+        if before == 0 {
+            Ok(detail)
+        } else {
+            Err(detail)
+        }
+    })];
+    for (k, holding, links) in counts {
+        checks.push(Check::new(format!("generation:links-with-{k}"), move || {
+            let detail =
+                format!("{k} sandboxes ({holding} agents holding): {links} leash LSM links, {hooks} LSM programs");
+            if holding == k && links == hooks && hooks > 0 {
+                Ok(detail)
+            } else {
+                Err(detail)
+            }
+        }));
+    }
+    checks.push(Check::new("generation:none-after", move || {
+        let detail = format!("{after} leash LSM links after the sandboxes ended");
+        if after == 0 {
+            Ok(detail)
+        } else {
+            Err(detail)
+        }
+    }));
+    checks
+}
+
+/// The kernel's links to programs named `leash_lsm_*` (the probe program excepted).
+fn lsm_links() -> usize {
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_owned())))
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(|l| l.ok())
+        .filter(|l| names.get(&l.program_id()).is_some_and(|n| n.starts_with("leash_lsm") && n != "leash_lsm_probe"))
+        .count()
+}
+
+/// The LSM programs the host's generation verified (pinned under `progs/`).
+fn generation_lsm_programs() -> usize {
+    let Ok(generations) = std::fs::read_dir("/sys/fs/bpf/leash") else { return 0 };
+    generations
+        .flatten()
+        .filter(|g| g.file_name().to_string_lossy().starts_with("gen-"))
+        .flat_map(|g| std::fs::read_dir(g.path().join("progs")).into_iter().flatten().flatten())
+        .filter(|p| p.file_name().to_string_lossy().starts_with("leash_lsm_"))
+        .count()
+}
+
+/// How many `lsm_probe --hold` agents run.
+fn holding_agents() -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
+    procs
+        .flatten()
+        .filter(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"lsm_probe")) && args.get(1) == Some(&&b"--hold"[..])
+            })
+        })
+        .count()
 }
 
 /// `leash run` with a `kernel:` policy: the unprivileged agent (`lsm_probe --agent`) tries each

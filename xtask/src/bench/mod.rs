@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Sandboxes the daemon holds at once for the memory reading (the kernel's maps hold 4,096).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=4096))]
     hold: u32,
+    /// For `start`: another leash binary to time beside this one (cold and warm), e.g. a build of
+    /// the previous commit, so "no slower than before" is a ratio from the same run.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
     /// Kernel series for `syscall` (5.10, 6.1, 6.12, 7 or all); repeatable.
     #[arg(long = "kernel", value_name = "K", default_value = "6.12")]
     kernels: Vec<String>,
@@ -149,6 +153,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         start::run(
             &ctx,
             &start::Tools { ip: tool("ip"), nft: tool("nft"), bwrap: tool("bwrap") },
+            args.baseline.as_deref(),
             args.iterations,
             args.warmups,
         )?;

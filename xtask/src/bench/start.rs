@@ -1,14 +1,20 @@
-//! `bench start`: how long it takes to start a command with no network but a proxy, three ways.
+//! `bench start`: how long it takes to start a command with no network but a proxy, four ways.
 //!
-//! - (a) `leash run --policy <allow nothing> -- /bin/true`: cgroup, eBPF programs, proxy, agent.
+//! - (a) `leash run --policy <allow nothing> -- /bin/true`, warm: the host's generation of
+//!   programs is pinned (any earlier run made it), so the run opens it, creates its cgroup,
+//!   attaches, writes its entries, starts its proxy and the agent.
+//! - (a0) the same, cold: every generation is unpinned first (untimed), so the run loads and
+//!   verifies the whole object and pins it.
 //! - (b) the recipe leash replaces, with the commands a supervisor runs: a network namespace, a
 //!   veth pair with one end moved into it, addresses from 10.231.0.0/16 on both ends, links up,
 //!   a default route, an nftables output chain inside the namespace that drops everything but the
 //!   (would-be) proxy on the host end, `ip netns exec NS /bin/true`, then teardown. The whole
 //!   sequence is timed. Nothing is ever sent to those addresses.
 //! - (c) `bwrap --unshare-net --ro-bind / / -- /bin/true`: a namespace with no network at all.
+//! - (d) with `--baseline PATH`: another leash binary, run as (a), e.g. a build of the commit before.
 //!
-//! The three run interleaved (rotating which goes first) so drift in the machine hits them alike.
+//! Peak RSS is wait4(2)'s `ru_maxrss` for leash's runs. The variants run interleaved (rotating
+//! which goes first) so drift in the machine hits them alike.
 //! Each namespace and veth pair has a name unique to this process and iteration and is removed
 //! even when a step fails; namespaces left by a killed earlier run are removed first.
 
@@ -36,28 +42,49 @@ const PROXY_PORT: u16 = 3128;
 /// Commands one recipe iteration runs.
 pub const RECIPE_COMMANDS: usize = 13;
 
-/// One way to start `/bin/true`; its argument numbers the iteration (for unique names).
-type Variant<'a> = &'a dyn Fn(u32) -> Result<()>;
+/// One start, as measured: wall time, and the peak RSS of the process tree when it is leash.
+struct Sample {
+    wall: Duration,
+    rss_kib: Option<u64>,
+}
 
-pub fn run(ctx: &Ctx, tools: &Tools, iterations: u32, warmups: u32) -> Result<()> {
+/// One way to start `/bin/true`; its argument numbers the iteration (for unique names).
+type Variant<'a> = Box<dyn Fn(u32) -> Result<Sample> + 'a>;
+
+pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, warmups: u32) -> Result<()> {
     preflight(tools)?;
-    let variants: [(&str, Variant); 3] = [
-        ("(a) leash run -- /bin/true", &|_| leash_true(ctx)),
-        ("(b) netns + veth + nftables recipe", &|k| recipe(&tools.ip, &tools.nft, k)),
-        ("(c) bwrap --unshare-net -- /bin/true", &|_| bwrap_true(tools)),
+    let bpffs = bpffs_mount()?;
+    let timed = |f: &dyn Fn() -> Result<()>| -> Result<Sample> {
+        let t = Instant::now();
+        f()?;
+        Ok(Sample { wall: t.elapsed(), rss_kib: None })
+    };
+    let mut variants: Vec<(String, Variant)> = vec![
+        ("(a) leash run, warm (programs pinned)".into(), Box::new(|_| leash_true(ctx, &ctx.leash))),
+        (
+            "(a0) leash run, cold (no programs pinned)".into(),
+            Box::new(|_| {
+                remove_generations(&bpffs)?;
+                leash_true(ctx, &ctx.leash)
+            }),
+        ),
+        ("(b) netns + veth + nftables recipe".into(), Box::new(|k| timed(&|| recipe(&tools.ip, &tools.nft, k)))),
+        ("(c) bwrap --unshare-net -- /bin/true".into(), Box::new(|_| timed(&|| bwrap_true(tools)))),
     ];
-    let mut times: [Vec<Duration>; 3] = Default::default();
+    if let Some(path) = baseline {
+        variants.push((format!("(d) baseline {}", path.display()), Box::new(move |_| leash_true(ctx, path))));
+    }
+    let n = variants.len();
+    let mut samples: Vec<Vec<Sample>> = (0..n).map(|_| Vec::new()).collect();
     let total = warmups + iterations;
-    println!("start: {warmups} warm-up + {iterations} timed iterations of (a), (b), (c), interleaved ...");
+    println!("start: {warmups} warm-up + {iterations} timed iterations of each variant, interleaved ...");
     for i in 0..total {
-        for j in 0..3 {
-            let v = (i as usize + j) % 3;
-            let (name, f) = variants[v];
-            let t = Instant::now();
-            f(i).with_context(|| format!("start benchmark {name}, iteration {}", i + 1))?;
-            let elapsed = t.elapsed();
+        for j in 0..n {
+            let v = (i as usize + j) % n;
+            let (name, f) = &variants[v];
+            let sample = f(i).with_context(|| format!("start benchmark {name}, iteration {}", i + 1))?;
             if i >= warmups {
-                times[v].push(elapsed);
+                samples[v].push(sample);
             }
         }
         let done = i + 1;
@@ -70,26 +97,91 @@ pub fn run(ctx: &Ctx, tools: &Tools, iterations: u32, warmups: u32) -> Result<()
     check_recipe_cleanup(&tools.ip)?;
 
     println!();
-    println!("start: wall time per start, {iterations} iterations after {warmups} warm-ups (ms)");
-    println!("{:<44} {:>8} {:>8} {:>8} {:>8}", "", "median", "p90", "min", "max");
+    println!("start: wall time per start, {iterations} iterations after {warmups} warm-ups (ms); peak RSS (MiB)");
+    println!("{:<48} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}", "", "median", "p90", "min", "max", "RSS med", "RSS max");
+    let walls: Vec<Vec<Duration>> = samples.iter().map(|s| s.iter().map(|x| x.wall).collect()).collect();
     for (v, (name, _)) in variants.iter().enumerate() {
-        let t = &times[v];
+        let t = &walls[v];
         let max = t.iter().max().copied().unwrap_or_default();
         let min = t.iter().min().copied().unwrap_or_default();
-        println!("{name:<44} {:>8.2} {:>8.2} {:>8.2} {:>8.2}", ms(median(t)), ms(percentile(t, 90)), ms(min), ms(max));
+        let mut rss: Vec<u64> = samples[v].iter().filter_map(|x| x.rss_kib).collect();
+        rss.sort_unstable();
+        let (rss_med, rss_max) = match (rss.get(rss.len() / 2), rss.last()) {
+            (Some(m), Some(x)) => (format!("{:.1}", *m as f64 / 1024.0), format!("{:.1}", *x as f64 / 1024.0)),
+            _ => ("-".into(), "-".into()),
+        };
+        println!(
+            "{name:<48} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {rss_med:>9} {rss_max:>9}",
+            ms(median(t)),
+            ms(percentile(t, 90)),
+            ms(min),
+            ms(max)
+        );
     }
-    let a = ms(median(&times[0]));
-    let b_ratio = ms(median(&times[1])) / a;
-    let c_ratio = ms(median(&times[2])) / a;
+    let med = |v: usize| ms(median(&walls[v]));
+    let (warm, cold, recipe_ms, bwrap_ms) = (med(0), med(1), med(2), med(3));
+    let b_ratio = recipe_ms / warm;
     println!(
-        "ratio (b)/(a) = {b_ratio:.2}: {} (goal >= 5: {})",
+        "ratio (b)/(a) = {b_ratio:.2}: warm {} (goal >= 5: {})",
         faster_than(b_ratio, "the netns recipe"),
         if b_ratio >= 5.0 { "met" } else { "NOT met" }
     );
-    println!("ratio (c)/(a) = {c_ratio:.2}: {}", faster_than(c_ratio, "bwrap --unshare-net"));
-    println!("(the recipe runs {RECIPE_COMMANDS} commands and starts no proxy; leash's time includes its proxy)");
+    let c_ratio = warm / bwrap_ms;
+    println!(
+        "ratio (a)/(c) = {c_ratio:.2}: warm leash against bwrap --unshare-net (goal <= 2: {})",
+        if c_ratio <= 2.0 { "met" } else { "NOT met" }
+    );
+    println!("ratio (b)/(a0) = {:.2}: cold {}", recipe_ms / cold, faster_than(recipe_ms / cold, "the netns recipe"));
+    if baseline.is_some() {
+        let d = med(4);
+        println!("ratio (d)/(a) = {:.2}, (d)/(a0) = {:.2}: warm and cold against the baseline", d / warm, d / cold);
+    }
+    let mut warm_rss: Vec<u64> = samples[0].iter().filter_map(|x| x.rss_kib).collect();
+    warm_rss.sort_unstable();
+    if let Some(max) = warm_rss.last() {
+        let mib = *max as f64 / 1024.0;
+        println!(
+            "peak RSS of a warm run: {mib:.1} MiB (goal <= 16 MiB: {})",
+            if mib <= 16.0 { "met" } else { "NOT met" }
+        );
+    }
+    println!("(the recipe runs {RECIPE_COMMANDS} commands and starts no proxy; leash's time includes its proxy;");
+    println!(" peak RSS is the largest of leash and the processes it waited for, from wait4(2))");
     println!("cleanup: `ip netns list` shows no benchmark namespace");
     Ok(())
+}
+
+/// Where bpffs is mounted (leash mounts it at /sys/fs/bpf when it is not).
+fn bpffs_mount() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let found = mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "bpf").then(|| PathBuf::from(dir))
+    });
+    Ok(found.unwrap_or_else(|| PathBuf::from("/sys/fs/bpf")))
+}
+
+/// Unpins every generation of leash's programs, so the next run starts cold. Nothing runs then.
+fn remove_generations(bpffs: &Path) -> Result<()> {
+    let root = bpffs.join("leash");
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("gen-") {
+            remove_pins(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_pins(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_pins(&entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
+        }
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// Checks what the recipe needs (see `recipe_preflight`) and that bwrap works here.
@@ -132,16 +224,37 @@ pub fn check_recipe_cleanup(ip: &Path) -> Result<()> {
     Ok(())
 }
 
-fn leash_true(ctx: &Ctx) -> Result<()> {
-    run_quiet(
-        Command::new(&ctx.leash)
-            .arg("run")
-            .arg("--policy")
-            .arg(&ctx.policy)
-            .args(["--", "/bin/true"])
-            .current_dir(&ctx.dir)
-            .stdin(Stdio::null()),
-    )
+/// `leash run -- /bin/true` with `leash`: wall time and peak RSS.
+fn leash_true(ctx: &Ctx, leash: &Path) -> Result<Sample> {
+    let t = Instant::now();
+    let mut child = Command::new(leash)
+        .arg("run")
+        .arg("--policy")
+        .arg(&ctx.policy)
+        .args(["--", "/bin/true"])
+        .current_dir(&ctx.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", leash.display()))?;
+    // SAFETY: zeroed rusage is a valid value; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: plain wait4(2) on our own child, which nothing else waits for.
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+        bail!("waiting for leash: {}", std::io::Error::last_os_error());
+    }
+    let wall = t.elapsed();
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        bail!("{} run failed (status {status:#x}): {}", leash.display(), err.trim());
+    }
+    Ok(Sample { wall, rss_kib: Some(usage.ru_maxrss as u64) })
 }
 
 fn bwrap_true(tools: &Tools) -> Result<()> {
