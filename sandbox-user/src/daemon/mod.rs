@@ -15,9 +15,9 @@
 //! | `registry.rs` | one state file per sandbox, what a restarted daemon adopts |
 //! | `metrics.rs` | `/metrics`, `/healthz`, `/readyz` |
 //!
-//! The programs and their maps live in `kernel/node.rs`. Restarting the daemon (crash, SIGKILL,
-//! rolling update) never opens a gap: the links stay pinned while no daemon runs, and the next
-//! daemon adopts them.
+//! The programs and their maps are the host's generation (`kernel/generation.rs`), shared with
+//! `leash run`. Restarting the daemon (crash, SIGKILL, rolling update) never opens a gap: the
+//! links stay pinned while no daemon runs, and the next daemon adopts them.
 
 pub mod admission;
 pub mod client;

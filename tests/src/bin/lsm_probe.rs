@@ -1,5 +1,5 @@
 //! `lsm_probe`: checks leash's BPF-LSM programs end to end, as root inside a test VM
-//! (`vm_init` suite `lsm`). It drives the library directly: it loads [`LsmPrograms`], registers
+//! (`vm_init` suite `lsm`). It drives the library directly: it opens the host's [`Generation`], registers
 //! a fresh cgroup with rules that deny every operation and set every list (exec allowlist, open
 //! deny list, unix allowlist, proxy-only), and runs each action in a forked child twice — once
 //! after the child moved itself into that cgroup, once outside it. Both children are root, so a

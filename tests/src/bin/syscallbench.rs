@@ -12,7 +12,7 @@
 //! | mode | the process running the loops |
 //! |---|---|
 //! | `a` | no BPF-LSM programs attached anywhere, no seccomp filter |
-//! | `b` | leash's BPF-LSM programs attached ([`LsmPrograms`]), the process inside a cgroup registered with a 100-entry policy that denies every `lsm_deny` flag ([`fill_policy`]) |
+//! | `b` | leash's BPF-LSM programs attached (the host's [`Generation`]), the process inside a cgroup registered with a 100-entry policy that denies every `lsm_deny` flag ([`fill_policy`]) |
 //! | `c` | no BPF-LSM programs; a seccomp-BPF denylist of 45 rules ([`denylist_filter`]) of the kind a namespace supervisor installs, some conditioned on arguments |
 //! | `outside` | leash's programs attached as in `b`, the process in no sandbox: what every other process on the host pays |
 //!
