@@ -218,13 +218,13 @@ impl Node {
     }
 
     fn pinned_sandboxes(&self) -> usize {
-        std::fs::read_dir(self.bpffs.join("leash/node/sandboxes")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.bpffs.join("leash/sandboxes")).map(|d| d.count()).unwrap_or(0)
     }
 
     /// Entries in the pinned sandbox map of every generation.
     fn map_entries(&self) -> usize {
         let mut n = 0;
-        for generation in std::fs::read_dir(self.bpffs.join("leash/node")).unwrap().flatten() {
+        for generation in std::fs::read_dir(self.bpffs.join("leash")).unwrap().flatten() {
             let path = generation.path().join("maps/LEASH_SANDBOXES");
             if path.exists() {
                 let data = aya::maps::MapData::from_pin(&path).expect("opening the pinned sandbox map");
@@ -837,15 +837,14 @@ fn an_upgrade_moves_every_sandbox_to_the_new_programs_without_a_gap() {
     node.kill_daemon();
     let log = node.start(&["--default-policy", "default", "--generation", "gen-00000000000000bb"]);
     assert!(log.contains("moved every sandbox from programs gen-00000000000000aa"), "{log}");
-    let generations: Vec<String> = std::fs::read_dir(node.bpffs.join("leash/node"))
+    let generations: Vec<String> = std::fs::read_dir(node.bpffs.join("leash"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("gen-"))
         .collect();
     assert_eq!(generations, vec!["gen-00000000000000bb".to_string()]);
-    let sandbox_dir =
-        std::fs::read_dir(node.bpffs.join("leash/node/sandboxes")).unwrap().next().unwrap().unwrap().path();
+    let sandbox_dir = std::fs::read_dir(node.bpffs.join("leash/sandboxes")).unwrap().next().unwrap().unwrap().path();
     for link in std::fs::read_dir(&sandbox_dir).unwrap().flatten() {
         let name = link.file_name().to_string_lossy().into_owned();
         assert!(name.starts_with("gen-00000000000000bb--"), "an old link is left: {name}");

@@ -31,6 +31,10 @@ use super::lsm::{hook_of, program_of, LsmMaps, Registration, Unavailable};
 use super::pins::{self, entries, open_map, remove_tree, DirLock};
 use super::programs::{attach_link, load_program, ConnectionOwners, Kind, NET_PROGRAMS, OBJECT};
 
+/// A directory in a generation saying its kernel cannot attach an LSM program again after
+/// detaching it (5.10 frees the program's trampoline at detach): links stay once attached.
+const STICKY_LSM: &str = "lsm-sticky";
+
 /// The generation of the object built into this binary (`build.rs` hashes the object).
 pub fn this_generation() -> &'static str {
     env!("LEASH_GENERATION")
@@ -50,6 +54,11 @@ pub struct Generation {
     /// The hooks with a verified program, in `LSM_HOOKS` order (empty: no BPF-LSM here).
     lsm_hooks: Vec<&'static str>,
     lsm_maps: Option<LsmMaps>,
+    /// With [`STICKY_LSM`]: this kernel cannot attach an LSM program again once detached (5.10),
+    /// so the links stay once attached.
+    lsm_sticky: bool,
+    /// The LSM hooks that did not verify, and why (known only to the process that loaded).
+    unavailable: Vec<Unavailable>,
     /// True when this process loaded the generation (cold start).
     created: bool,
     /// The shared lock that says "in use" to [`retire_unused`].
@@ -82,13 +91,17 @@ impl Generation {
             }
         }
         let building = root.join(format!("{}{}", pins::BUILDING_PREFIX, std::process::id()));
-        let built = build(&building);
-        if let Err(e) = built {
-            let _ = remove_tree(&building);
-            return Err(e);
-        }
+        let unavailable = match build(&building) {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = remove_tree(&building);
+                return Err(e);
+            }
+        };
         std::fs::rename(&building, &dir).with_context(|| format!("publishing {}", dir.display()))?;
-        Self::open(bpffs, name, true)
+        let mut generation = Self::open(bpffs, name, true)?;
+        generation.unavailable = unavailable;
+        Ok(generation)
     }
 
     /// This binary's generation on this host's bpffs (mounted if needed), made if missing.
@@ -137,6 +150,8 @@ impl Generation {
             sandbox_events: HashOfMaps::try_from(map(map_names::SANDBOX_EVENTS)?)?,
             lsm_hooks,
             lsm_maps: None,
+            lsm_sticky: dir.join(STICKY_LSM).is_dir(),
+            unavailable: Vec::new(),
             created,
             _in_use: Some(in_use),
         })
@@ -298,6 +313,12 @@ impl Generation {
         Ok(&self.lsm_hooks)
     }
 
+    /// The LSM hooks that did not verify when this process loaded the generation, with why
+    /// (empty when it was opened from pins).
+    pub fn unavailable(&self) -> &[Unavailable] {
+        &self.unavailable
+    }
+
     /// This generation, if this host has BPF-LSM (an error saying why not otherwise).
     pub fn with_lsm(self) -> Result<Self> {
         self.lsm_hooks()?;
@@ -355,7 +376,7 @@ impl Generation {
     /// Detaches the LSM programs when no sandbox is registered with them. Caller holds the
     /// host lock.
     fn detach_lsm_if_unused(&mut self) -> Result<()> {
-        if self.lsm_maps()?.entries().is_empty() {
+        if !self.lsm_sticky && self.lsm_maps()?.entries().is_empty() {
             remove_tree(&self.dir().join("lsm"))?;
         }
         Ok(())
@@ -507,7 +528,7 @@ fn generations_in_use(bpffs: &Path) -> Result<std::collections::BTreeSet<String>
 /// Loads the object and pins every map and verified program under `dir` (created here). BPF-LSM
 /// programs are verified against this kernel's hooks and tried once (attached and detached);
 /// only those that work are pinned, after this kernel's struct layout is written for them.
-fn build(dir: &Path) -> Result<()> {
+fn build(dir: &Path) -> Result<Vec<Unavailable>> {
     let mut loader = aya::EbpfLoader::new();
     // The network programs use no kernel types; the LSM ones get the kernel's BTF below.
     loader.btf(None);
@@ -527,21 +548,19 @@ fn build(dir: &Path) -> Result<()> {
         let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
         program.pin(progs.join(name)).with_context(|| format!("pinning program {name}"))?;
     }
-    match verify_lsm(&mut ebpf, &progs) {
-        Ok(unavailable) => {
-            for u in unavailable {
-                eprintln!("leash: note: BPF-LSM hook {} is not available here: {}", u.hook, u.reason);
-            }
-        }
-        // Not an error: runs whose policy needs BPF-LSM are refused (and told why) when they ask.
-        Err(_) => {}
-    }
-    Ok(())
+    // Not an error when BPF-LSM is unusable: runs whose policy needs it are refused (and told
+    // why) when they ask.
+    let unavailable = match verify_lsm(&mut ebpf, dir) {
+        Ok(u) => u,
+        Err(e) => vec![Unavailable { hook: "*", reason: format!("{e:#}") }],
+    };
+    Ok(unavailable)
 }
 
 /// Writes this kernel's struct layout, then loads each LSM program against its hook, tries it
 /// (attach, detach) and pins the ones that work in `progs`. The hooks that do not, with why.
-fn verify_lsm(ebpf: &mut aya::Ebpf, progs: &Path) -> Result<Vec<Unavailable>> {
+fn verify_lsm(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<Vec<Unavailable>> {
+    let progs = dir.join("progs");
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     let layout = KernelBtf::from_sys_fs()?.lsm_layout().context("finding kernel struct offsets in BTF")?;
     // Held until the programs are loaded: they refer to the maps' descriptors.
@@ -554,6 +573,15 @@ fn verify_lsm(ebpf: &mut aya::Ebpf, progs: &Path) -> Result<Vec<Unavailable>> {
             lsm.load(hook, &btf).with_context(|| format!("loading {program}"))?;
             let id = lsm.attach().with_context(|| format!("attaching {program}"))?;
             lsm.detach(id)?;
+            // Once more: a kernel that cannot attach a detached program again gets a fresh one.
+            match lsm.attach() {
+                Ok(id) => lsm.detach(id)?,
+                Err(_) => {
+                    std::fs::create_dir_all(dir.join(STICKY_LSM)).context("marking LSM links sticky")?;
+                    lsm.unload()?;
+                    lsm.load(hook, &btf).with_context(|| format!("loading {program} again"))?;
+                }
+            }
             lsm.pin(progs.join(program)).with_context(|| format!("pinning program {program}"))?;
             Ok(())
         })();

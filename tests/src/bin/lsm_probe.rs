@@ -177,10 +177,15 @@ fn result(name: &str, pass: bool, detail: &str) {
 
 fn run(mut programs: Generation) -> bool {
     let attached: Vec<&str> = programs.lsm_hooks().map(|h| h.to_vec()).unwrap_or_default();
+    // The reasons are known when this process made the generation (the suite's first run).
+    let reason = |hook: &str| {
+        let why = programs.unavailable().iter().find(|u| u.hook == hook).map(|u| first_line(&u.reason).to_owned());
+        why.map(|w| format!("{hook} ({w})")).unwrap_or_else(|| hook.to_owned())
+    };
     let missing: Vec<String> = sandbox_common::program_names::LSM_HOOKS
         .iter()
         .filter(|(_, hook)| !attached.contains(hook))
-        .map(|(_, hook)| hook.to_string())
+        .map(|(_, hook)| reason(hook))
         .collect();
     // userns_create appeared in 6.1; fs_context_parse_param may be missing from some builds.
     let unexpected: Vec<&String> = missing
