@@ -33,20 +33,8 @@ fn named(prefix: &str) -> Vec<String> {
 /// Removes every generation (and anything half-built) so the next run starts cold. Nothing runs.
 fn remove_generations() {
     for name in named("gen-").into_iter().chain(named("building-")) {
-        remove_pins(&leash_root().join(name));
+        leash::kernel::pins::remove_tree(&leash_root().join(name)).unwrap();
     }
-}
-
-fn remove_pins(dir: &Path) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_pins(&path);
-        } else {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
-    std::fs::remove_dir(dir).unwrap();
 }
 
 /// The one generation on the host.

@@ -27,7 +27,7 @@ use aya::programs::{Program, SockOps};
 use sandbox_common::{map_names, program_names, ConnOwner, Counters, SandboxNet, EVENTS_BYTES, SANDBOX_NODE};
 
 use super::btf::KernelBtf;
-use super::lsm::{hook_of, program_of, LsmMaps, Registration, Unavailable};
+use super::lsm::{program_of, LsmMaps, Registration, Unavailable};
 use super::pins::{self, entries, open_map, remove_tree, DirLock};
 use super::programs::{attach_link, load_program, ConnectionOwners, Kind, NET_PROGRAMS, OBJECT};
 
@@ -382,14 +382,6 @@ impl Generation {
         Ok(())
     }
 
-    /// The hooks whose programs are attached now (pinned links in `lsm/`).
-    pub fn lsm_attached(&self) -> Vec<&'static str> {
-        let dir = self.dir().join("lsm");
-        let pinned: Vec<String> =
-            entries(&dir).unwrap_or_default().iter().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        pinned.iter().filter_map(|p| hook_of(p)).collect()
-    }
-
     // ---- the node daemon: its sandboxes, upgrades, garbage ---------------------------------
 
     /// Every cgroup id with an entry of a daemon sandbox (flag `SANDBOX_NODE`).
@@ -474,11 +466,6 @@ impl Generation {
             .iter()
             .filter_map(|(name, _, p)| p.info().ok().map(|i| (*name, i.run_time(), i.run_count())))
             .collect()
-    }
-
-    /// The kernel ids of the network programs (a warm start attaches the ones a cold start loaded).
-    pub fn program_ids(&self) -> Vec<u32> {
-        self.programs.iter().filter_map(|(_, _, p)| p.info().ok().map(|i| i.id())).collect()
     }
 }
 
