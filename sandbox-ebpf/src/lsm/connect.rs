@@ -15,14 +15,10 @@
 //!
 //! The address is the kernel's copy of the caller's sockaddr. Minimum kernel: 5.7.
 
-use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
-    macros::lsm,
-    programs::LsmContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_rule, Hook, KernelLayout, UnixKey, UNIX_PATH_MAX};
 
-use super::kernel::{read_u32, read_u64};
+use super::kernel::{read, read_u32, read_u64};
 use super::{current_sandbox, deny, layout, Event, Sandbox, ALLOW};
 use crate::maps::LSM_UNIX_ALLOW;
 
@@ -83,23 +79,20 @@ fn judge_peer(sandbox: &Sandbox, sock: u64, layout: &KernelLayout, required: boo
     let Some(sk) = read_u64(sock, layout.socket_sk) else {
         return deny(sandbox, &Event::new(Hook::LsmSendmsg));
     };
-    // SAFETY (all reads): bpf_probe_read_kernel checks the address.
-    let Ok(family) = (unsafe { bpf_probe_read_kernel((sk + layout.skc_family as u64) as *const u16) }) else {
+    let Some(family) = read::<u16>(sk + layout.skc_family as u64) else {
         return deny(sandbox, &Event::new(Hook::LsmSendmsg));
     };
-    let port = unsafe { bpf_probe_read_kernel((sk + layout.skc_dport as u64) as *const u16) }.map(u16::from_be);
+    let port = read::<u16>(sk + layout.skc_dport as u64).map(u16::from_be);
     let mut words = [0u32; 4];
-    let read = match family {
+    let addressed = match family {
         AF_INET => {
             words[2] = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
             read_u32(sk, layout.skc_daddr).map(|w| words[3] = w)
         }
-        AF_INET6 => unsafe { bpf_probe_read_kernel((sk + layout.skc_v6_daddr as u64) as *const [u32; 4]) }
-            .ok()
-            .map(|w| words = w),
+        AF_INET6 => read::<[u32; 4]>(sk + layout.skc_v6_daddr as u64).map(|w| words = w),
         _ => return ALLOW,
     };
-    let port = if read.is_some() { port.unwrap_or(0) } else { 0 };
+    let port = if addressed.is_some() { port.unwrap_or(0) } else { 0 };
     if port == 0 && !required {
         return ALLOW;
     }
@@ -112,8 +105,7 @@ fn judge(sandbox: &Sandbox, hook: Hook, address: u64, len: i32) -> i32 {
     if len < 2 {
         return ALLOW; // no family: the kernel refuses it itself
     }
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let Ok(family) = (unsafe { bpf_probe_read_kernel(address as *const u16) }) else {
+    let Some(family) = read::<u16>(address) else {
         return deny(sandbox, &Event::new(hook));
     };
     match family {
@@ -169,16 +161,15 @@ fn judge_unix(sandbox: &Sandbox, hook: Hook, address: u64, len: i32) -> i32 {
 fn judge_inet(sandbox: &Sandbox, hook: Hook, address: u64, family: u16) -> i32 {
     // sockaddr_in: port at 2, address at 4; sockaddr_in6: port at 2, address at 8. Both in
     // network order, compared as the same native words the policy stores.
-    // SAFETY (all reads): bpf_probe_read_kernel checks the address.
-    let port = unsafe { bpf_probe_read_kernel((address + 2) as *const u16) }.map(u16::from_be).unwrap_or(0);
+    let port = read::<u16>(address + 2).map(u16::from_be).unwrap_or(0);
     let mut words = [0u32; 4];
-    let read = if family == AF_INET {
+    let addressed = if family == AF_INET {
         words[2] = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-        unsafe { bpf_probe_read_kernel((address + 4) as *const u32) }.map(|w| words[3] = w)
+        read::<u32>(address + 4).map(|w| words[3] = w)
     } else {
-        unsafe { bpf_probe_read_kernel((address + 8) as *const [u32; 4]) }.map(|w| words = w)
+        read::<[u32; 4]>(address + 8).map(|w| words = w)
     };
-    let port = if read.is_ok() { port } else { 0 };
+    let port = if addressed.is_some() { port } else { 0 };
     verdict(sandbox, hook, family, port, &words)
 }
 

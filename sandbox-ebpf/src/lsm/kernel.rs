@@ -1,9 +1,34 @@
 //! Reading kernel structs without CO-RE: each read is `bpf_probe_read_kernel` at a base address
 //! plus a field offset that userspace found in the running kernel's BTF (`LEASH_LSM_LAYOUT`,
 //! filled by `sandbox-user/src/kernel/btf.rs`). A failed read is `None`, and callers deny.
+//! Every read of kernel memory in the LSM programs goes through [`read`].
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::helpers::generated as gen;
 use sandbox_common::KernelLayout;
+
+/// The `T` at kernel address `addr`, or `None` when the read faults.
+///
+/// The destination starts zeroed: the compiler may load it on a path where the read failed
+/// (to select the value later), and 5.10's verifier refuses any read of stack it has not seen
+/// written. `bpf_probe_read_kernel` from aya leaves it uninitialised, which `socket_sendmsg`
+/// tripped over on 5.10.
+#[inline(always)]
+pub fn read<T: Copy>(addr: u64) -> Option<T> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    // SAFETY: the helper checks the address (a fault is an error, not a crash) and writes at
+    // most `size_of::<T>()` bytes into `value`, which is all zeroes otherwise.
+    let ret = unsafe {
+        gen::bpf_probe_read_kernel(
+            value.as_mut_ptr() as *mut c_void,
+            core::mem::size_of::<T>() as u32,
+            addr as *const c_void,
+        )
+    };
+    // SAFETY: zeroed or written: initialised either way, and `T` is plain data.
+    (ret == 0).then(|| unsafe { value.assume_init() })
+}
 
 /// The `u64` (or pointer) at `base + offset`.
 #[inline(always)]
@@ -11,8 +36,7 @@ pub fn read_u64(base: u64, offset: u32) -> Option<u64> {
     if base == 0 {
         return None;
     }
-    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error, not a crash.
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const u64).ok() }
+    read(base + offset as u64)
 }
 
 /// The `u32` at `base + offset`.
@@ -21,8 +45,7 @@ pub fn read_u32(base: u64, offset: u32) -> Option<u32> {
     if base == 0 {
         return None;
     }
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const u32).ok() }
+    read(base + offset as u64)
 }
 
 /// The cgroup v2 cgroup of `task`: `task->cgroups->dfl_cgrp`.

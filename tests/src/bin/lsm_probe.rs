@@ -179,7 +179,7 @@ fn run(mut programs: Generation) -> bool {
     let attached: Vec<&str> = programs.lsm_hooks().map(|h| h.to_vec()).unwrap_or_default();
     // The reasons are known when this process made the generation (the suite's first run).
     let reason = |hook: &str| {
-        let why = programs.unavailable().iter().find(|u| u.hook == hook).map(|u| first_line(&u.reason).to_owned());
+        let why = programs.unavailable().iter().find(|u| u.hook == hook).map(|u| verifier_summary(&u.reason));
         why.map(|w| format!("{hook} ({w})")).unwrap_or_else(|| hook.to_owned())
     };
     let missing: Vec<String> = sandbox_common::program_names::LSM_HOOKS
@@ -192,6 +192,13 @@ fn run(mut programs: Generation) -> bool {
         .iter()
         .filter(|m| !(m.starts_with("userns_create") || m.starts_with("fs_context_parse_param")))
         .collect();
+    // A hook that should verify and did not: its verifier log's end, for whoever reads the VM log.
+    for u in programs.unavailable().iter().filter(|u| unexpected.iter().any(|m| m.starts_with(u.hook))) {
+        let lines: Vec<&str> = u.reason.lines().collect();
+        for line in &lines[lines.len().saturating_sub(80)..] {
+            println!("lsm_probe: {}: {line}", u.hook);
+        }
+    }
     result(
         "attach",
         unexpected.is_empty(),
@@ -320,6 +327,17 @@ fn run(mut programs: Generation) -> bool {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
+}
+
+/// A load error's first line and, when it carries a verifier log, the log's last lines, where
+/// the verifier says what it refused.
+fn verifier_summary(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() <= 1 {
+        return first_line(s).to_owned();
+    }
+    let tail = &lines[lines.len().saturating_sub(6).max(1)..];
+    format!("{} … {}", lines[0], tail.join(" | "))
 }
 
 fn describe(r: Result<(), i32>) -> String {
