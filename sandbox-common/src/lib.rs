@@ -17,9 +17,12 @@ pub mod map_names {
     /// `RingBuf` of [`DenyEvent`](super::DenyEvent) records of sandboxes without a ring of
     /// their own (the node daemon's, which it routes by cgroup id).
     pub const EVENTS: &str = "LEASH_EVENTS";
-    /// `HashOfMaps<u64 cgroup id, RingBuf>`: a sandbox's own ring of
-    /// [`DenyEvent`](super::DenyEvent) records (each `leash run` reads only its own sandbox's).
-    pub const SANDBOX_EVENTS: &str = "LEASH_SANDBOX_EVENTS";
+    /// `HashMap<u64 cgroup id, u32 slot>`: the ring of `EVENT_RINGS` a sandbox's
+    /// [`DenyEvent`](super::DenyEvent) records go to (each `leash run` reads only its own).
+    pub const EVENT_SLOTS: &str = "LEASH_EVENT_SLOTS";
+    /// `ArrayOfMaps<RingBuf>`: the pool of event rings, each used by one sandbox at a time and
+    /// kept for the next (inserting a map in a map-of-maps waits a whole RCU grace period).
+    pub const EVENT_RINGS: &str = "LEASH_EVENT_RINGS";
     /// `LruHashMap<u64 socket cookie, ConnOwner>`: who called connect() on each allowed socket.
     pub const SOCKET_OWNERS: &str = "LEASH_SOCKET_OWNERS";
     /// `LruHashMap<u32 client port, ConnOwner>`: who owns each established connection to a
@@ -40,6 +43,8 @@ pub mod map_names {
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
+    use super::{lsm_deny, lsm_rule, LsmHook};
+
     pub const CONNECT4: &str = "leash_connect4";
     pub const CONNECT6: &str = "leash_connect6";
     pub const SENDMSG4: &str = "leash_sendmsg4";
@@ -51,35 +56,171 @@ pub mod program_names {
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
     pub const LSM_PROBE: &str = "leash_lsm_probe";
 
-    /// The enforcing BPF-LSM programs and the hook each attaches to (`bpf_lsm_<hook>` in the
-    /// kernel's BTF), in attach order. A hook this kernel lacks is skipped, not fatal.
-    pub const LSM_HOOKS: [(&str, &str); 21] = [
-        ("leash_lsm_socket_create", "socket_create"),
-        ("leash_lsm_bpf", "bpf"),
-        ("leash_lsm_perf_event_open", "perf_event_open"),
-        ("leash_lsm_sb_mount", "sb_mount"),
-        ("leash_lsm_sb_umount", "sb_umount"),
-        ("leash_lsm_sb_pivotroot", "sb_pivotroot"),
-        ("leash_lsm_move_mount", "move_mount"),
-        ("leash_lsm_fs_context_parse_param", "fs_context_parse_param"),
-        ("leash_lsm_kernel_module_request", "kernel_module_request"),
-        ("leash_lsm_kernel_load_data", "kernel_load_data"),
-        ("leash_lsm_kernel_read_file", "kernel_read_file"),
-        ("leash_lsm_ptrace_access_check", "ptrace_access_check"),
-        ("leash_lsm_ptrace_traceme", "ptrace_traceme"),
-        ("leash_lsm_userns_create", "userns_create"),
-        ("leash_lsm_bprm_check_security", "bprm_check_security"),
-        ("leash_lsm_mmap_file", "mmap_file"),
-        ("leash_lsm_file_mprotect", "file_mprotect"),
-        ("leash_lsm_file_open", "file_open"),
-        ("leash_lsm_task_kill", "task_kill"),
-        ("leash_lsm_socket_connect", "socket_connect"),
-        ("leash_lsm_socket_sendmsg", "socket_sendmsg"),
+    /// The enforcing BPF-LSM programs, in attach order: the one table of leash's LSM hooks.
+    /// Loading, attaching, the hooks a policy needs (`LsmRules::required_hooks`) and the VM
+    /// suite all read it. A hook this kernel lacks is skipped, not fatal, at load.
+    pub const LSM_HOOKS: [LsmHook; 21] = [
+        LsmHook {
+            program: "leash_lsm_socket_create",
+            hook: "socket_create",
+            deny: lsm_deny::RAW_SOCKET | lsm_deny::PACKET_SOCKET | lsm_deny::VSOCK | lsm_deny::NETLINK,
+            rules: 0,
+            required: true,
+        },
+        LsmHook { program: "leash_lsm_bpf", hook: "bpf", deny: lsm_deny::BPF, rules: 0, required: true },
+        LsmHook {
+            program: "leash_lsm_perf_event_open",
+            hook: "perf_event_open",
+            deny: lsm_deny::PERF_EVENT,
+            rules: 0,
+            required: true,
+        },
+        LsmHook { program: "leash_lsm_sb_mount", hook: "sb_mount", deny: lsm_deny::MOUNT, rules: 0, required: true },
+        LsmHook { program: "leash_lsm_sb_umount", hook: "sb_umount", deny: lsm_deny::MOUNT, rules: 0, required: true },
+        LsmHook {
+            program: "leash_lsm_sb_pivotroot",
+            hook: "sb_pivotroot",
+            deny: lsm_deny::MOUNT,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_move_mount",
+            hook: "move_mount",
+            deny: lsm_deny::MOUNT,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_fs_context_parse_param",
+            hook: "fs_context_parse_param",
+            deny: lsm_deny::MOUNT,
+            rules: 0,
+            required: false,
+        },
+        LsmHook {
+            program: "leash_lsm_kernel_module_request",
+            hook: "kernel_module_request",
+            deny: lsm_deny::KERNEL_MODULE,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_kernel_load_data",
+            hook: "kernel_load_data",
+            deny: lsm_deny::KERNEL_MODULE,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_kernel_read_file",
+            hook: "kernel_read_file",
+            deny: lsm_deny::KERNEL_MODULE,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_ptrace_access_check",
+            hook: "ptrace_access_check",
+            deny: lsm_deny::PTRACE,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_ptrace_traceme",
+            hook: "ptrace_traceme",
+            deny: lsm_deny::PTRACE,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_userns_create",
+            hook: "userns_create",
+            deny: lsm_deny::USERNS,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_bprm_check_security",
+            hook: "bprm_check_security",
+            deny: 0,
+            rules: lsm_rule::EXEC_ALLOWLIST,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_mmap_file",
+            hook: "mmap_file",
+            deny: 0,
+            rules: lsm_rule::EXEC_ALLOWLIST,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_file_mprotect",
+            hook: "file_mprotect",
+            deny: 0,
+            rules: lsm_rule::EXEC_ALLOWLIST,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_file_open",
+            hook: "file_open",
+            deny: 0,
+            rules: lsm_rule::DENY_OPEN,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_task_kill",
+            hook: "task_kill",
+            deny: lsm_deny::KILL_OUTSIDE,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_socket_connect",
+            hook: "socket_connect",
+            deny: 0,
+            rules: lsm_rule::UNIX_ALLOWLIST | lsm_rule::PROXY_ONLY,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_socket_sendmsg",
+            hook: "socket_sendmsg",
+            deny: 0,
+            rules: lsm_rule::UNIX_ALLOWLIST | lsm_rule::PROXY_ONLY,
+            required: true,
+        },
     ];
+}
+
+/// One BPF-LSM program: its name in the object, the kernel hook it attaches to (`bpf_lsm_<hook>`
+/// in the kernel's BTF) and the part of a policy it enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LsmHook {
+    pub program: &'static str,
+    pub hook: &'static str,
+    /// The [`lsm_deny`] words it enforces: a policy denying any of them needs it.
+    pub deny: u32,
+    /// The [`lsm_rule`] flags it enforces: a policy with any of them needs it.
+    pub rules: u32,
+    /// False for a hook that only adds depth where others already refuse (`fs_context_parse_param`:
+    /// a filesystem configured with fsconfig(2) still needs `move_mount` to be attached): a policy
+    /// runs without it on a kernel that lacks it.
+    pub required: bool,
+}
+
+impl LsmHook {
+    /// Whether a sandbox with these `lsm_deny` words and `lsm_rule` flags needs this hook.
+    pub const fn serves(&self, deny: u32, rules: u32) -> bool {
+        self.deny & deny != 0 || self.rules & rules != 0
+    }
 }
 
 /// Maximum number of sandboxes one loaded program set serves at once.
 pub const MAX_SANDBOXES: u32 = 4096;
+
+/// Event rings a generation can hold (`map_names::EVENT_RINGS`): the most `leash run` sandboxes
+/// with their own ring at once. Rings are made when first needed.
+pub const MAX_EVENT_RINGS: u32 = 1024;
 
 /// Entries in the connection-owner maps (LRU: the oldest are evicted first).
 pub const MAX_CONNECTIONS: u32 = 65536;

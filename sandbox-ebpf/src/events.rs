@@ -1,12 +1,12 @@
 //! Deny events: every program that refuses something, network or BPF-LSM, reports it the same
-//! way, as a [`DenyEvent`] in the sandbox's own ring buffer (`LEASH_SANDBOX_EVENTS`), or in the
+//! way, as a [`DenyEvent`] in the sandbox's own ring buffer (`LEASH_EVENT_RINGS`), or in the
 //! shared `LEASH_EVENTS` one when the sandbox has none, which userspace turns into audit
 //! records. When the ring is full the event is dropped; the verdict stands.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns};
 use sandbox_common::{DenyEvent, Hook};
 
-use crate::maps::{EVENTS, SANDBOX_EVENTS};
+use crate::maps::{EVENTS, EVENT_RINGS, EVENT_SLOTS};
 
 /// What a denial was about: the hook, and whichever details it has (zero otherwise).
 pub struct Event {
@@ -45,8 +45,9 @@ impl Event {
 /// hooks, which may run outside the sending task's context: pid, uid and comm are then zero.
 #[inline(always)]
 pub fn report(cgroup_id: u64, e: &Event, from_task: bool) {
-    // SAFETY: the inner map is only used through BPF helpers.
-    let entry = match unsafe { SANDBOX_EVENTS.get(&cgroup_id) } {
+    // SAFETY: a plain lookup; the inner map is only used through BPF helpers.
+    let own = unsafe { EVENT_SLOTS.get(&cgroup_id) }.and_then(|slot| EVENT_RINGS.get(*slot));
+    let entry = match own {
         Some(own) => own.reserve(0),
         None => EVENTS.reserve::<DenyEvent>(0),
     };

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use sandbox_common::{
     ConnOwner, Counters, DenyEvent, InodeKey, KernelLayout, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES,
-    MAX_CONNECTIONS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
+    MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
 };
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
@@ -28,17 +28,22 @@ pub static COUNTERS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::with_max_entr
 #[map(name = "LEASH_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
-/// Sandbox cgroup id -> the ring buffer of that sandbox's own deny events. Each `leash run`
-/// creates its ring and inserts it before its agent starts, so it reads its sandbox's events
-/// and no other's, while the programs are shared by every sandbox on the host. The inner ring's
+/// Sandbox cgroup id -> the slot in `EVENT_RINGS` of that sandbox's own deny-event ring. Each
+/// `leash run` claims a free ring and writes its slot before its agent starts, so it reads its
+/// sandbox's events and no other's, while the programs are shared by every sandbox on the host.
+#[map(name = "LEASH_EVENT_SLOTS")]
+pub static EVENT_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// Slot -> an event ring, pooled: a ring is inserted once and reused by one sandbox after
+/// another, because every insert into a map-of-maps waits for an RCU grace period (about 10 ms)
+/// and a per-sandbox insert and delete doubled the cost of starting a sandbox. The inner ring's
 /// size must equal `EVENTS_BYTES` (the kernel compares inner maps with this template).
 /// Ring buffers as inner maps: kernel 5.8.
-#[btf_map(name = "LEASH_SANDBOX_EVENTS")]
-pub static SANDBOX_EVENTS: btf_maps::HashOfMaps<
-    u64,
+#[btf_map(name = "LEASH_EVENT_RINGS")]
+pub static EVENT_RINGS: btf_maps::ArrayOfMaps<
     btf_maps::RingBuf<DenyEvent, { EVENTS_BYTES as usize }>,
-    { MAX_SANDBOXES as usize },
-> = btf_maps::HashOfMaps::new();
+    { MAX_EVENT_RINGS as usize },
+> = btf_maps::ArrayOfMaps::new();
 
 /// Socket cookie -> the process that connected it, written by connect4/6 for allowed connects.
 #[map(name = "LEASH_SOCKET_OWNERS")]

@@ -251,16 +251,22 @@ impl Drop for UdpSink {
     }
 }
 
-/// The first mount point of filesystem type `fstype`, read from mountinfo.
+/// The mount points of filesystem type `fstype`, read from mountinfo, in mount order.
+fn mount_points(fstype: &str) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split_whitespace().next()? != fstype {
+                return None;
+            }
+            Some(PathBuf::from(left.split_whitespace().nth(4)?))
+        })
+        .collect()
+}
+
 fn mount_point(fstype: &str) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if right.split_whitespace().next()? != fstype {
-            return None;
-        }
-        Some(PathBuf::from(left.split_whitespace().nth(4)?))
-    })
+    mount_points(fstype).into_iter().next()
 }
 
 /// The cgroup v2 mount point.
@@ -278,9 +284,9 @@ pub fn sandbox_cgroups_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// The bpffs mount point, if any.
+/// The bpffs leash uses (`/sys/fs/bpf`, never another bpffs mount), if mounted.
 pub fn bpffs_root() -> Option<PathBuf> {
-    mount_point("bpf")
+    mount_points("bpf").into_iter().find(|p| p == Path::new("/sys/fs/bpf"))
 }
 
 /// Polls `cond` every 20 ms for up to `secs` seconds.

@@ -52,6 +52,17 @@ fn program_id(path: &Path) -> u32 {
         .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
 }
 
+/// Destination ports of the kernel's network denials in the audit log at `log`.
+fn denied_ports(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["class_uid"] == 4001 && v["disposition_id"] == 2)
+        .filter_map(|v| v["dst_endpoint"]["port"].as_u64())
+        .collect()
+}
+
 fn run_true(policy: &Path) -> std::process::Output {
     leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--", "/bin/true"]).output().unwrap()
 }
@@ -212,18 +223,9 @@ fn each_sandbox_sees_its_own_denials_and_no_other() {
         let out = run.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    let ports = |log: &Path| -> Vec<u64> {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["class_uid"] == 4001 && v["disposition_id"] == 2)
-            .filter_map(|v| v["dst_endpoint"]["port"].as_u64())
-            .collect()
-    };
     let (port_a, port_b) = (u64::from(a.addr.port()), u64::from(b.addr.port()));
-    assert_eq!(ports(&log_a), vec![port_a], "A's audit log");
-    assert_eq!(ports(&log_b), vec![port_b], "B's audit log");
+    assert_eq!(denied_ports(&log_a), vec![port_a], "A's audit log");
+    assert_eq!(denied_ports(&log_b), vec![port_b], "B's audit log");
 }
 
 /// `leash doctor` says which generation it found, and a second doctor finds it loaded.
@@ -236,4 +238,38 @@ fn doctor_reports_the_generation() {
     let second = Command::new(leash_bin()).arg("doctor").output().unwrap();
     assert!(stdout(&first).contains("loaded now"), "{}", stdout(&first));
     assert!(stdout(&second).contains("already loaded"), "{}", stdout(&second));
+}
+
+/// Event rings are pooled (a ring is never inserted per run: that waits an RCU grace period). A
+/// run that takes the ring of a leash killed while its agent was being denied gets none of that
+/// sandbox's events, and takes it rather than adding a ring.
+#[test]
+fn a_reused_event_ring_carries_none_of_the_last_sandboxs_events() {
+    require_root();
+    let _serial = serial();
+    let scratch = Scratch::new("rings");
+    let policy = scratch.file("p.yaml", &policy_allowing(&[]));
+    let (a, b) = (Listener::new("127.0.0.1:0"), Listener::new("127.0.0.1:0"));
+    let run = |log: &Path, script: &str| {
+        let mut command =
+            leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--audit-log", log.to_str().unwrap()]);
+        command.args(["--", "/bin/sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+    };
+    // A: denied again and again until its leash is killed, so its ring is busy when it dies.
+    let log_a = scratch.0.join("a.jsonl");
+    let mut run_a = run(&log_a, &format!("while :; do {PROBE} tcp {}; done", a.addr)).spawn().unwrap();
+    assert!(wait_until(20, || !denied_ports(&log_a).is_empty()), "A was never denied");
+    let rings = the_generation().join("rings");
+    let slots = || std::fs::read_dir(&rings).map(|d| d.count()).unwrap_or(0);
+    let before = slots();
+    run_a.kill().unwrap();
+    run_a.wait().unwrap();
+
+    let log_b = scratch.0.join("b.jsonl");
+    let out_b = run(&log_b, &format!("{PROBE} tcp {}; true", b.addr)).output().unwrap();
+    assert!(out_b.status.success(), "{}", stderr(&out_b));
+    let port_b = u64::from(b.addr.port());
+    assert_eq!(denied_ports(&log_b), vec![port_b], "B's audit log has B's denial and nothing of A's");
+    assert_eq!(slots(), before, "B took a free ring instead of adding one");
 }

@@ -21,10 +21,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{HashMap, HashOfMaps, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::{links::FdLink, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockAttachType, Lsm as LsmProgram};
 use aya::programs::{Program, SockOps};
-use sandbox_common::{map_names, program_names, ConnOwner, Counters, SandboxNet, EVENTS_BYTES, SANDBOX_NODE};
+use sandbox_common::{
+    map_names, program_names, ConnOwner, Counters, LsmHook, SandboxNet, EVENTS_BYTES, MAX_EVENT_RINGS, SANDBOX_NODE,
+};
 
 use super::btf::KernelBtf;
 use super::lsm::{program_of, LsmMaps, Registration, Unavailable};
@@ -40,6 +42,12 @@ pub fn this_generation() -> &'static str {
     env!("LEASH_GENERATION")
 }
 
+/// A pooled event ring held by this process (a flock on its slot directory); free again when
+/// dropped.
+pub struct EventSlot {
+    _held: DirLock,
+}
+
 /// One generation, open: the network programs, handles to the maps, and the BPF-LSM hooks it has.
 pub struct Generation {
     bpffs: PathBuf,
@@ -50,7 +58,8 @@ pub struct Generation {
     owners: HashMap<MapData, u32, ConnOwner>,
     /// Another descriptor of the connection-owner map, for the proxy's own handle.
     owners_fd: std::os::fd::OwnedFd,
-    sandbox_events: HashOfMaps<MapData, u64, MapData>,
+    event_slots: HashMap<MapData, u64, u32>,
+    event_rings: ArrayOfMaps<MapData, MapData>,
     /// The hooks with a verified program, in `LSM_HOOKS` order (empty: no BPF-LSM here).
     lsm_hooks: Vec<&'static str>,
     lsm_maps: Option<LsmMaps>,
@@ -126,11 +135,8 @@ impl Generation {
         }
         let pinned: Vec<String> =
             entries(&dir.join("progs"))?.iter().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        let lsm_hooks = program_names::LSM_HOOKS
-            .iter()
-            .filter(|(program, _)| pinned.iter().any(|p| p == program))
-            .map(|(_, hook)| *hook)
-            .collect();
+        let lsm_hooks =
+            program_names::LSM_HOOKS.iter().filter(|h| pinned.iter().any(|p| p == h.program)).map(|h| h.hook).collect();
         let owners = map(map_names::PROXY_CLIENTS)?;
         let owners_fd = match &owners {
             Map::LruHashMap(data) | Map::HashMap(data) => {
@@ -147,7 +153,8 @@ impl Generation {
             counters: PerCpuHashMap::try_from(map(map_names::COUNTERS)?)?,
             owners: HashMap::try_from(owners)?,
             owners_fd,
-            sandbox_events: HashOfMaps::try_from(map(map_names::SANDBOX_EVENTS)?)?,
+            event_slots: HashMap::try_from(map(map_names::EVENT_SLOTS)?)?,
+            event_rings: ArrayOfMaps::try_from(map(map_names::EVENT_RINGS)?)?,
             lsm_hooks,
             lsm_maps: None,
             lsm_sticky: dir.join(STICKY_LSM).is_dir(),
@@ -224,7 +231,7 @@ impl Generation {
     pub fn remove_entries(&mut self, cgroup_id: u64) -> Result<()> {
         let _ = self.sandboxes.remove(&cgroup_id);
         let _ = self.counters.remove(&cgroup_id);
-        let _ = self.sandbox_events.remove(&cgroup_id);
+        let _ = self.event_slots.remove(&cgroup_id);
         if !self.lsm_hooks.is_empty() {
             let _host = self.host_lock()?;
             let maps = self.lsm_maps()?;
@@ -256,20 +263,50 @@ impl Generation {
         Ok(())
     }
 
-    /// A ring buffer for the deny events of sandbox `cgroup_id` alone: created here and
-    /// registered so that the programs send that sandbox's events to it rather than to the
-    /// shared ring. Removed with the sandbox's entries.
-    pub fn own_events(&mut self, cgroup_id: u64) -> Result<RingBuf<MapData>> {
-        let params = aya_obj::Map::new_from_params(
-            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
-            0,
-            0,
-            EVENTS_BYTES,
-            0,
-        );
-        let ring = MapData::create(params, "leash_events", None).context("creating the sandbox's event ring")?;
-        self.sandbox_events.insert(cgroup_id, &ring, 0).context("registering the sandbox's event ring")?;
-        Ok(RingBuf::try_from(Map::RingBuf(ring))?)
+    /// A ring buffer for the deny events of sandbox `cgroup_id` alone, from the generation's
+    /// pool: the first slot no other process holds (a new one when all are held), drained of
+    /// what its last user left, and named as this sandbox's so that the programs send its events
+    /// there rather than to the shared ring. The slot stays this process's while the returned
+    /// [`EventSlot`] lives: drop it after [`Generation::remove_entries`].
+    pub fn own_events(&mut self, cgroup_id: u64) -> Result<(RingBuf<MapData>, EventSlot)> {
+        let rings = self.dir().join(pins::RINGS);
+        std::fs::create_dir_all(&rings).with_context(|| format!("creating {}", rings.display()))?;
+        for slot in 0..MAX_EVENT_RINGS {
+            let dir = rings.join(slot.to_string());
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+            }
+            let Some(held) = DirLock::try_exclusive(&dir) else { continue };
+            let mut ring = self.ring_at(slot)?;
+            while ring.next().is_some() {}
+            self.event_slots.insert(cgroup_id, slot, 0).context("naming the sandbox's event ring")?;
+            return Ok((ring, EventSlot { _held: held }));
+        }
+        bail!("all {MAX_EVENT_RINGS} event rings of this host are in use by other sandboxes")
+    }
+
+    /// The pooled ring at `slot`, made and inserted if the slot has none yet (the one insert
+    /// that waits for an RCU grace period). Caller holds the slot.
+    fn ring_at(&mut self, slot: u32) -> Result<RingBuf<MapData>> {
+        let data = match self.event_rings.get(&slot, 0) {
+            Ok(data) => data,
+            Err(MapError::KeyNotFound) => {
+                let params = aya_obj::Map::new_from_params(
+                    aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                    0,
+                    0,
+                    EVENTS_BYTES,
+                    0,
+                );
+                let ring = MapData::create(params, "leash_events", None).context("creating an event ring")?;
+                self.event_rings.set(slot, &ring, 0).context("adding an event ring to the pool")?;
+                ring
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening event ring {slot}")),
+        };
+        Ok(RingBuf::try_from(Map::RingBuf(data))?)
     }
 
     /// The shared deny-event ring (events of sandboxes without one of their own: the daemon's).
@@ -553,7 +590,7 @@ fn verify_lsm(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<Vec<Unavailable>> {
     // Held until the programs are loaded: they refer to the maps' descriptors.
     let _maps = LsmMaps::take(ebpf, layout)?;
     let mut unavailable = Vec::new();
-    for (program, hook) in program_names::LSM_HOOKS {
+    for LsmHook { program, hook, .. } in program_names::LSM_HOOKS {
         let tried = (|| -> Result<()> {
             let lsm: &mut LsmProgram =
                 ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;

@@ -206,10 +206,36 @@ fn sync_set<K: aya::Pod + Ord>(
 
 /// The program that attaches to `hook`.
 pub fn program_of(hook: &str) -> Option<&'static str> {
-    program_names::LSM_HOOKS.iter().find(|(_, h)| *h == hook).map(|(p, _)| *p)
+    program_names::LSM_HOOKS.iter().find(|h| h.hook == hook).map(|h| h.program)
 }
 
 /// The hook program `program` attaches to.
 pub fn hook_of(program: &str) -> Option<&'static str> {
-    program_names::LSM_HOOKS.iter().find(|(p, _)| *p == program).map(|(_, h)| *h)
+    program_names::LSM_HOOKS.iter().find(|h| h.program == program).map(|h| h.hook)
+}
+
+#[cfg(test)]
+mod tests {
+    use sandbox_common::program_names::{LSM_HOOKS, LSM_PROBE};
+
+    /// The hook table and the object cannot drift apart: every BPF-LSM program built is in the
+    /// table (and named after its hook), and every entry of the table was built.
+    #[test]
+    fn the_hook_table_lists_exactly_the_lsm_programs_of_the_object() {
+        let object = aya_obj::Object::parse(super::super::programs::OBJECT).expect("the built object parses");
+        let mut built: Vec<&str> = object
+            .programs
+            .iter()
+            .filter(|(_, p)| matches!(p.section, aya_obj::ProgramSection::Lsm { .. }))
+            .map(|(name, _)| name.as_str())
+            .filter(|name| *name != LSM_PROBE)
+            .collect();
+        built.sort_unstable();
+        let mut listed: Vec<&str> = LSM_HOOKS.iter().map(|h| h.program).collect();
+        listed.sort_unstable();
+        assert_eq!(built, listed);
+        for h in LSM_HOOKS {
+            assert_eq!(h.program, format!("leash_lsm_{}", h.hook), "program named after its hook");
+        }
+    }
 }

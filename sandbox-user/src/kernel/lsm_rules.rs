@@ -19,7 +19,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sandbox_common::{lsm_deny, lsm_rule, UnixKey, UNIX_PATH_MAX};
+use sandbox_common::{lsm_deny, lsm_rule, program_names, UnixKey, UNIX_PATH_MAX};
 
 use super::fs_root::FsRoot;
 use crate::policy::{KernelDeny, KernelRules, UnixSocketName};
@@ -132,33 +132,11 @@ impl LsmRules {
     /// The BPF-LSM hooks these rules need, by `bpf_lsm_<hook>` name; a missing one means part of
     /// the policy is not enforced.
     pub fn required_hooks(&self) -> Vec<&'static str> {
-        let mut hooks = Vec::new();
-        let d = self.deny;
-        let mut need = |flag: u32, names: &[&'static str]| {
-            if d & flag != 0 {
-                hooks.extend_from_slice(names);
-            }
-        };
-        need(lsm_deny::PTRACE, &["ptrace_access_check", "ptrace_traceme"]);
-        need(lsm_deny::BPF, &["bpf"]);
-        need(lsm_deny::MOUNT, &["sb_mount", "sb_umount", "sb_pivotroot", "move_mount"]);
-        need(lsm_deny::USERNS, &["userns_create"]);
-        need(lsm_deny::PERF_EVENT, &["perf_event_open"]);
-        need(lsm_deny::RAW_SOCKET | lsm_deny::PACKET_SOCKET | lsm_deny::VSOCK | lsm_deny::NETLINK, &["socket_create"]);
-        need(lsm_deny::KERNEL_MODULE, &["kernel_module_request", "kernel_load_data", "kernel_read_file"]);
-        need(lsm_deny::KILL_OUTSIDE, &["task_kill"]);
-        if self.rules & lsm_rule::EXEC_ALLOWLIST != 0 {
-            hooks.extend_from_slice(&["bprm_check_security", "mmap_file", "file_mprotect"]);
-        }
-        if self.rules & lsm_rule::DENY_OPEN != 0 {
-            hooks.push("file_open");
-        }
-        if self.rules & (lsm_rule::UNIX_ALLOWLIST | lsm_rule::PROXY_ONLY) != 0 {
-            hooks.extend_from_slice(&["socket_connect", "socket_sendmsg"]);
-        }
-        hooks.sort_unstable();
-        hooks.dedup();
-        hooks
+        program_names::LSM_HOOKS
+            .iter()
+            .filter(|h| h.required && h.serves(self.deny, self.rules))
+            .map(|h| h.hook)
+            .collect()
     }
 
     /// The unix-allowlist keys of sandbox `id`.

@@ -62,12 +62,15 @@ pub fn cgroup2_root() -> Result<PathBuf> {
     }
 }
 
-/// The bpffs mount point, mounting bpffs at [`DEFAULT_BPFFS`] when none is mounted.
+/// [`DEFAULT_BPFFS`], mounting bpffs there when it is not a bpffs. Never another bpffs mount
+/// found on the host: one under a directory some user can rename (a test's scratch mount, say)
+/// would let that user swap in the programs and maps leash opens as root.
 pub fn bpffs_root() -> Result<PathBuf> {
-    if let Some(p) = mount_points("bpf")?.into_iter().next() {
-        return Ok(p);
+    let default = Path::new(DEFAULT_BPFFS);
+    if mount_points("bpf")?.iter().any(|p| p == default) {
+        return Ok(default.to_path_buf());
     }
-    mount_bpffs(Path::new(DEFAULT_BPFFS))?;
+    mount_bpffs(default)?;
     Ok(PathBuf::from(DEFAULT_BPFFS))
 }
 

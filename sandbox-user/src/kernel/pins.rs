@@ -5,6 +5,7 @@
 //! <bpffs>/leash/<generation>/progs/<program>      every program, loaded and verified once per host
 //! <bpffs>/leash/<generation>/maps/<map>           every map of the object
 //! <bpffs>/leash/<generation>/lsm/<program>        the BPF-LSM links, only while a sandbox uses them
+//! <bpffs>/leash/<generation>/rings/<slot>/        flock(2)ed by the `leash run` using event ring <slot>
 //! <bpffs>/leash/building-<pid>/...                a generation being made; renamed into place when whole
 //! <bpffs>/leash/sandboxes/<name>/<generation>--<program>   one pinned cgroup link per program and sandbox
 //! ```
@@ -29,6 +30,9 @@ pub const GENERATION_PREFIX: &str = "gen-";
 
 /// Prefix of a generation being made (`building-<pid>`).
 pub const BUILDING_PREFIX: &str = "building-";
+
+/// The directory of a generation whose entries are the pooled event rings' slots.
+pub const RINGS: &str = "rings";
 
 /// `<bpffs>/leash`.
 pub fn root(bpffs: &Path) -> PathBuf {

@@ -134,6 +134,21 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let built = roots.and_then(|(cgroup_root, bpffs, generation)| {
         sandbox::Sandbox::create(id, &cgroup_root, &bpffs, generation, bound.addr())
     });
+    // The watchdog starts while the proxy's TLS material is still being made.
+    let watchdog = match built.as_ref().ok().and_then(|s| s.cgroup()) {
+        Some(cgroup) => match watchdog::Watchdog::start(cgroup.path(), bound.listener_fd()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // Whatever the TLS thread made (the agent's trust directory) goes with it.
+                drop(proxy_ready.await);
+                if let Ok(mut s) = built {
+                    s.teardown();
+                }
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let (proxy, trust) = match proxy_ready.await.context("preparing the proxy")? {
         Ok(ready) => ready,
         Err(e) => {
@@ -186,20 +201,6 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         protect: protect_in_workdir,
     };
     let kernel = Reload { policy: policy_file, rules: kernel_rules.as_ref(), protect: &protect };
-    let watchdog = match sandbox
-        .as_ref()
-        .and_then(|s| s.cgroup())
-        .map(|c| watchdog::Watchdog::start(c.path(), bound.listener_fd()))
-    {
-        Some(Err(e)) => {
-            if let Some(mut s) = sandbox {
-                s.teardown();
-            }
-            return Err(e);
-        }
-        Some(Ok(w)) => Some(w),
-        None => None,
-    };
     let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing, kernel).await;
     if let Some(mut s) = sandbox {
         s.teardown();

@@ -15,7 +15,7 @@ use sandbox_common::{Counters, DenyEvent};
 
 use crate::kernel::cgroup::SandboxCgroup;
 use crate::kernel::events::EventPump;
-use crate::kernel::generation::{retire_unused, Generation};
+use crate::kernel::generation::{retire_unused, EventSlot, Generation};
 use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::programs::{sandbox_net, ConnectionOwners};
@@ -28,6 +28,8 @@ pub struct Sandbox {
     generation: Arc<Mutex<Generation>>,
     /// The sandbox's own deny-event ring, until [`Sandbox::start_events`] takes it.
     events: Option<RingBuf<MapData>>,
+    /// The pooled ring's slot, held until the sandbox's entries are removed.
+    event_slot: Option<EventSlot>,
     /// True once registered with the BPF-LSM programs.
     lsm: bool,
     proxy: SocketAddr,
@@ -53,6 +55,7 @@ impl Sandbox {
             cgroup: Some(cgroup),
             generation: Arc::new(Mutex::new(generation)),
             events: None,
+            event_slot: None,
             lsm: false,
             proxy,
         };
@@ -67,7 +70,8 @@ impl Sandbox {
         let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
         let mut generation = lock(&self.generation)?;
         // The ring first: the sandbox's first denial already goes to it.
-        self.events = Some(generation.own_events(cgroup.id())?);
+        let (ring, slot) = generation.own_events(cgroup.id())?;
+        (self.events, self.event_slot) = (Some(ring), Some(slot));
         generation.confine(&self.name, cgroup.path(), cgroup.id(), sandbox_net(self.proxy, true))
     }
 
@@ -99,7 +103,13 @@ impl Sandbox {
     /// Starts reading the sandbox's deny events (network and BPF-LSM) into `sink`.
     pub fn start_events(&mut self, sink: impl Fn(&DenyEvent) + Send + Sync + 'static) -> Result<EventPump> {
         let ring = self.events.take().ok_or_else(|| anyhow!("the sandbox's events are already read"))?;
-        EventPump::start(ring, sink)
+        let own = self.cgroup.as_ref().context("sandbox cgroup already removed")?.id();
+        // The ring is pooled: should a dead leash's sandbox still name it, its events are not ours.
+        EventPump::start(ring, move |e: &DenyEvent| {
+            if e.cgroup_id == own {
+                sink(e)
+            }
+        })
     }
 
     /// The connection-owner records of this sandbox (who opened each connection to the proxy).
@@ -128,6 +138,8 @@ impl Sandbox {
             }
             Err(e) => eprintln!("leash: teardown: {e:#}"),
         }
+        // Only now that no entry names it may another sandbox take the ring.
+        drop(self.event_slot.take());
         if let Err(e) = cgroup.remove() {
             eprintln!("leash: teardown: {e:#}");
         }

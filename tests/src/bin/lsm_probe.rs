@@ -184,8 +184,8 @@ fn run(mut programs: Generation) -> bool {
     };
     let missing: Vec<String> = sandbox_common::program_names::LSM_HOOKS
         .iter()
-        .filter(|(_, hook)| !attached.contains(hook))
-        .map(|(_, hook)| reason(hook))
+        .filter(|h| !attached.contains(&h.hook))
+        .map(|h| reason(h.hook))
         .collect();
     // userns_create appeared in 6.1; fs_context_parse_param may be missing from some builds.
     let unexpected: Vec<&String> = missing
