@@ -15,6 +15,8 @@
 //! | `b` | leash's BPF-LSM programs attached (the host's [`Generation`]), the process inside a cgroup registered with a 100-entry policy that denies every `lsm_deny` flag ([`fill_policy`]) |
 //! | `c` | no BPF-LSM programs; a seccomp-BPF denylist of 45 rules ([`denylist_filter`]) of the kind a namespace supervisor installs, some conditioned on arguments |
 //! | `outside` | leash's programs attached as in `b`, the process in no sandbox: what every other process on the host pays |
+//! | `outside16` | as `outside`, with 16 sandboxes registered instead of one: what the host pays does not grow with the number of sandboxes |
+//! | `zero` | the host's generation loaded and pinned, no sandbox registered: no LSM program attached, so it must cost what `a` does |
 //!
 //! Every mode runs in a fresh worker process (this binary re-executed as `syscallbench worker ...`)
 //! so all modes have the same address space to fork. Every worker sets `no_new_privs` (seccomp needs
@@ -25,14 +27,16 @@
 //! which `cargo xtask bench syscall` uses by default).
 //!
 //! The programs are attached host-wide, so `a` and `c` must run while they are not loaded: each
-//! round loads them (a few seconds under TCG) for `b` and `outside` and drops them for `a` and
+//! round loads them (a few seconds under TCG) for `b`, `outside` and `outside16`, runs `zero` once
+//! the last sandbox is gone (the programs still pinned), and removes the generation for `a` and
 //! `c`, alternating which half comes first (and the order within each half) from one round to the
 //! next. Each worker times every loop `--samples` times; the figure per mode and loop is the
 //! median of its `rounds x samples` timings.
 //!
 //! Output: progress lines, then one line per loop
 //! `LEASH-BENCH <loop> a=<ns> b=<ns> c=<ns> b/a=<x> c/a=<y>`, one line per loop
-//! `LEASH-BENCH-OUTSIDE <loop> a=<ns> outside=<ns> outside/a=<x>`, one line per loop
+//! `LEASH-BENCH-OUTSIDE <loop> a=<ns> outside=<ns> outside/a=<x> outside16=<ns> outside16/outside=<x>
+//! zero=<ns> zero/a=<x>`, one line per loop
 //! `LEASH-BENCH-SPREAD <loop> spread_a=<x> spread_b=.. spread_c=.. spread_outside=..` ((max - min) /
 //! median of each mode's timings), and a table. Exit 1 on any failure (the reason on stdout,
 //! `syscallbench: ...`). Before timing it waits for the VM to settle after boot ([`settle`]) and
@@ -82,10 +86,12 @@ enum Mode {
     Leash,
     Seccomp,
     Outside,
+    Outside16,
+    Zero,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Bare, Mode::Leash, Mode::Seccomp, Mode::Outside];
+    const ALL: [Mode; 6] = [Mode::Bare, Mode::Leash, Mode::Seccomp, Mode::Outside, Mode::Outside16, Mode::Zero];
 
     fn name(self) -> &'static str {
         match self {
@@ -93,6 +99,8 @@ impl Mode {
             Mode::Leash => "b",
             Mode::Seccomp => "c",
             Mode::Outside => "outside",
+            Mode::Outside16 => "outside16",
+            Mode::Zero => "zero",
         }
     }
 
@@ -222,7 +230,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         return Err("run as root: it loads BPF-LSM programs and creates a cgroup".into());
     }
     println!(
-        "syscallbench: {} rounds x {} samples of open/close x{}, socket/close x{}, fork+exec x{} in modes a, b, c, outside",
+        "syscallbench: {} rounds x {} samples of open/close x{}, socket/close x{}, fork+exec x{} in modes a, b, c, outside, outside16, zero",
         counts.rounds, counts.samples, counts.open, counts.socket, counts.exec
     );
     write_file(OPEN_PATH, b"syscallbench\n", 0o644)?;
@@ -253,12 +261,14 @@ fn bench(args: &[String]) -> Result<(), String> {
             .map(|l| {
                 let now = |m: Mode| samples.recent(m, *l, counts.samples as usize);
                 format!(
-                    "{} a={:.0} b={:.0} c={:.0} outside={:.0}",
+                    "{} a={:.0} b={:.0} c={:.0} outside={:.0} outside16={:.0} zero={:.0}",
                     l.name(),
                     now(Mode::Bare),
                     now(Mode::Leash),
                     now(Mode::Seccomp),
-                    now(Mode::Outside)
+                    now(Mode::Outside),
+                    now(Mode::Outside16),
+                    now(Mode::Zero)
                 )
             })
             .collect();
@@ -329,7 +339,7 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
                 .map_err(|e| format!("loading leash's LSM programs: {e:#}"))?;
             if r == 0 {
                 println!(
-                    "syscallbench: LSM programs opened in {:.2} s; hooks [{}]",
+                    "syscallbench: LSM programs loaded in {:.2} s; hooks [{}]",
                     t.elapsed().as_secs_f64(),
                     programs.lsm_hooks().map(|h| h.join(" ")).unwrap_or_default(),
                 );
@@ -339,9 +349,25 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
             for mode in modes {
                 run_worker(mode, counts, procs, samples)?;
             }
-            programs.remove_entries(cgroup.id()).map_err(|e| format!("removing the benchmark's cgroup: {e:#}"))?;
-            // Dropping the programs detaches them: `a` and `c` run with no BPF-LSM program.
+            let more = more_sandboxes(&mut programs, K_SANDBOXES - 1)?;
+            run_worker(Mode::Outside16, counts, procs, samples)?;
+            for c in more.iter().map(|c| c.id()).chain([cgroup.id()]) {
+                programs.remove_entries(c).map_err(|e| format!("removing a benchmark cgroup: {e:#}"))?;
+            }
+            for c in more {
+                c.remove().map_err(|e| format!("{e:#}"))?;
+            }
+            // No sandbox left: the LSM programs are detached, the generation stays pinned.
+            let links = lsm_links();
+            if links > 0 {
+                println!(
+                    "syscallbench: {links} LSM links stay attached with no sandbox (a kernel that cannot re-attach)"
+                );
+            }
+            run_worker(Mode::Zero, counts, procs, samples)?;
             drop(programs);
+            // `a` and `c` run with nothing of leash loaded: the next round loads it again.
+            remove_generation()?;
         } else {
             let modes = if flip { [Mode::Seccomp, Mode::Bare] } else { [Mode::Bare, Mode::Seccomp] };
             for mode in modes {
@@ -350,6 +376,40 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
         }
     }
     Ok(())
+}
+
+/// Sandboxes registered in `outside16`, counting the one of `b`.
+const K_SANDBOXES: usize = 16;
+
+/// `n` more sandbox cgroups registered with the same policy as `b`'s (nobody runs in them).
+fn more_sandboxes(programs: &mut Generation, n: usize) -> Result<Vec<SandboxCgroup>, String> {
+    let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
+    let mut made = Vec::new();
+    for i in 0..n {
+        let name = format!("{CGROUP_NAME}-{i}");
+        let _ = std::fs::remove_dir(root.join(format!("leash-{name}")));
+        let c = SandboxCgroup::create(&root, &name).map_err(|e| format!("{e:#}"))?;
+        fill_policy(programs, c.id(), Path::new(EXIT_BINARY), Path::new(OPEN_PATH))?;
+        made.push(c);
+    }
+    Ok(made)
+}
+
+/// The host generation's directory.
+fn generation_dir() -> Result<std::path::PathBuf, String> {
+    let bpffs = leash::kernel::mounts::bpffs_root().map_err(|e| format!("{e:#}"))?;
+    Ok(leash::kernel::pins::root(&bpffs).join(leash::kernel::generation::this_generation()))
+}
+
+/// How many leash LSM links are attached (pinned in the generation's `lsm/`).
+fn lsm_links() -> usize {
+    generation_dir().ok().and_then(|d| std::fs::read_dir(d.join("lsm")).ok()).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Unpins the whole generation: nothing of leash stays loaded.
+fn remove_generation() -> Result<(), String> {
+    let dir = generation_dir()?;
+    leash::kernel::pins::remove_tree(&dir).map_err(|e| format!("removing {}: {e:#}", dir.display()))
 }
 
 /// The sandbox policy of mode `b`, registered for `cgroup_id`: every `lsm_deny` flag, an exec
@@ -442,8 +502,14 @@ fn report(counts: &Counts, samples: &Samples) {
     }
     for l in Loop::ALL {
         let a = m(Mode::Bare, l);
-        let o = m(Mode::Outside, l);
-        println!("LEASH-BENCH-OUTSIDE {} a={a:.0} outside={o:.0} outside/a={:.3}", l.name(), o / a);
+        let (o, o16, z) = (m(Mode::Outside, l), m(Mode::Outside16, l), m(Mode::Zero, l));
+        println!(
+            "LEASH-BENCH-OUTSIDE {} a={a:.0} outside={o:.0} outside/a={:.3} outside16={o16:.0} outside16/outside={:.3} zero={z:.0} zero/a={:.3}",
+            l.name(),
+            o / a,
+            o16 / o,
+            z / a
+        );
     }
     for l in Loop::ALL {
         let spreads: Vec<String> =
