@@ -17,9 +17,9 @@ use rustls_pki_types::CertificateDer;
 
 use super::{alpn_protocols, ring_provider, Result, TlsError, VERSIONS};
 
-/// The system's trusted roots: the distribution's bundle file when it has one of the usual ones
-/// (and leash's environment names no other), else as rustls-native-certs finds them (it honours
-/// `SSL_CERT_FILE` and `SSL_CERT_DIR`, and also reads every file of the certificate directory).
+/// The system's trusted roots: the file `SSL_CERT_FILE` names, else the distribution's bundle
+/// file, plus every file of each directory `SSL_CERT_DIR` names; with none of these, as
+/// rustls-native-certs finds them (it also reads every file of the certificate directory).
 #[derive(Debug, Default, Clone)]
 pub struct SystemRoots {
     pub certs: Vec<CertificateDer<'static>>,
@@ -31,15 +31,43 @@ pub struct SystemRoots {
 /// need it). Never fails: an absent store is an empty list plus errors.
 pub fn system_roots() -> SystemRoots {
     static ROOTS: std::sync::OnceLock<SystemRoots> = std::sync::OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            if let Some(certs) = distribution_bundle() {
-                return SystemRoots { certs, errors: Vec::new() };
-            }
-            let found = rustls_native_certs::load_native_certs();
-            SystemRoots { certs: found.certs, errors: found.errors.iter().map(ToString::to_string).collect() }
-        })
-        .clone()
+    ROOTS.get_or_init(read_system_roots).clone()
+}
+
+fn read_system_roots() -> SystemRoots {
+    let file = match std::env::var_os("SSL_CERT_FILE") {
+        Some(f) => Some(PathBuf::from(f)),
+        None => DISTRIBUTION_BUNDLES.iter().map(PathBuf::from).find(|p| p.is_file()),
+    };
+    let dirs: Vec<PathBuf> =
+        std::env::var_os("SSL_CERT_DIR").map(|d| std::env::split_paths(&d).collect()).unwrap_or_default();
+    if file.is_none() && dirs.is_empty() {
+        let found = rustls_native_certs::load_native_certs();
+        return SystemRoots { certs: found.certs, errors: found.errors.iter().map(ToString::to_string).collect() };
+    }
+    let mut roots = SystemRoots::default();
+    if let Some(file) = &file {
+        // The bundle's roots are public: a plain base64 decoder reads them in a tenth of the time
+        // rustls' constant-time one took (2.5 ms of every start). rustls reads what it cannot.
+        match std::fs::read_to_string(file).ok().and_then(|text| pem_certificates(&text)) {
+            Some(certs) => roots.certs = certs,
+            None => roots.add(rustls_native_certs::load_certs_from_paths(Some(file), None)),
+        }
+    }
+    for dir in &dirs {
+        roots.add(rustls_native_certs::load_certs_from_paths(None, Some(dir)));
+    }
+    // A directory usually holds the bundle's certificates again, as hashed links.
+    let mut seen = std::collections::HashSet::new();
+    roots.certs.retain(|c| seen.insert(c.as_ref().to_vec()));
+    roots
+}
+
+impl SystemRoots {
+    fn add(&mut self, found: rustls_native_certs::CertificateResult) {
+        self.certs.extend(found.certs);
+        self.errors.extend(found.errors.iter().map(ToString::to_string));
+    }
 }
 
 /// Where distributions keep every trusted root in one PEM file, kept current by their tools
@@ -50,19 +78,6 @@ const DISTRIBUTION_BUNDLES: [&str; 4] = [
     "/etc/ssl/ca-bundle.pem",                            // openSUSE
     "/etc/ssl/cert.pem",                                 // others
 ];
-
-/// The certificates of the first distribution bundle that exists, when neither `SSL_CERT_FILE`
-/// nor `SSL_CERT_DIR` says otherwise: one file, decoded with a plain base64 decoder (the roots
-/// are public; rustls' constant-time decoder took 2.5 ms of every `leash run`'s start for them).
-/// `None` (the general path decides) when there is none or it does not decode whole.
-fn distribution_bundle() -> Option<Vec<CertificateDer<'static>>> {
-    if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
-        return None;
-    }
-    let text = DISTRIBUTION_BUNDLES.iter().find_map(|p| std::fs::read_to_string(p).ok())?;
-    let certs = pem_certificates(&text)?;
-    (!certs.is_empty()).then_some(certs)
-}
 
 /// Every `CERTIFICATE` block of PEM `text`, or `None` if one does not decode.
 fn pem_certificates(text: &str) -> Option<Vec<CertificateDer<'static>>> {
