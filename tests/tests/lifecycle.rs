@@ -157,3 +157,64 @@ fn a_policy_needing_a_missing_layer_is_refused_unless_degraded() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("not enforced: syscall policy (BPF-LSM)"), "{}", stderr(&out));
 }
+
+/// Inodes of the sockets process `pid` holds.
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|t| t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Inodes of the listening TCP sockets on the host (`/proc/net/tcp`, state 0A).
+fn listening_inodes() -> Vec<u64> {
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(3) == Some(&"0A")).then(|| f.get(9)?.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// The watchdog holds the proxy's listening socket (so no one else can take the port while the
+/// sandbox lives), and the agent does not: neither the copy made for the watchdog nor the proxy's
+/// own reaches it (the agent's start marks every descriptor above 2 close-on-exec, `child.rs`).
+#[test]
+fn the_watchdog_holds_the_proxy_socket_and_the_agent_does_not() {
+    require_root();
+    let _serial = serial();
+    let scratch = Scratch::new("listener");
+    let policy = empty_policy(&scratch);
+    let out = scratch.0.join("agent-sockets");
+    let script = format!("ls -l /proc/$$/fd > {0}.tmp; mv {0}.tmp {0}; sleep 2", out.display());
+    let child = leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let leash_pid = child.id();
+    assert!(wait_until(10, || out.exists()), "the agent never listed its descriptors");
+    let watchdog = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).any(|a| a == b"__watchdog")
+                && status.lines().any(|l| l.split_whitespace().eq(["PPid:".to_string(), leash_pid.to_string()]))
+        })
+        .expect("leash's watchdog is running");
+    let listening = listening_inodes();
+    assert!(socket_inodes(watchdog).iter().any(|i| listening.contains(i)), "the watchdog holds no listening socket");
+    let agent_fds = std::fs::read_to_string(&out).unwrap();
+    let agent_sockets: Vec<u64> =
+        agent_fds.lines().filter_map(|l| l.split("socket:[").nth(1)?.split(']').next()?.parse().ok()).collect();
+    assert!(!agent_sockets.iter().any(|i| listening.contains(i)), "the agent holds a listening socket: {agent_fds}");
+    assert!(child.wait_with_output().unwrap().status.success());
+}

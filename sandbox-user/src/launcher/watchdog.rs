@@ -4,8 +4,8 @@
 //! So `leash run` starts a watchdog beside itself (outside the sandbox, as root, so the agent
 //! cannot signal it): a copy of leash blocked reading a pipe whose only write end leash holds.
 //! When leash exits for any reason the read returns, and the watchdog kills every process left
-//! in the sandbox cgroup. It holds a copy of the proxy's listening socket (as its descriptor 3,
-//! never accepting on it) until then, so the port cannot be taken by anyone else while a process
+//! in the sandbox cgroup. It holds a copy of the proxy's listening socket (inherited, never
+//! accepted on) until then, so the port cannot be taken by anyone else while a process
 //! of the sandbox is alive. Cleaning up the cgroup and pins stays with the next run's reaper.
 
 use std::io::Read as _;
@@ -33,7 +33,13 @@ impl Watchdog {
     /// Starts a watchdog for the sandbox cgroup at `cgroup`, holding the proxy's `listener`.
     pub fn start(cgroup: &Path, listener: BorrowedFd<'_>) -> Result<Self> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("watchdog pipe")?;
-        let listener = listener.as_raw_fd();
+        // The listener reaches the watchdog as a descriptor it inherits: a copy without
+        // close-on-exec, closed here once the watchdog has it. No hook runs between fork and
+        // exec, so std starts it with posix_spawn (vfork): leash's page tables are not copied and
+        // leash takes no copy-on-write faults afterwards (a fork cost every start about 1 ms).
+        // Nothing else starts a process while the copy exists: the agent is started later, by
+        // this same thread.
+        let held = dup_inheritable(listener).context("passing the proxy's socket to the watchdog")?;
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg(SUBCOMMAND)
             .arg(cgroup)
@@ -41,18 +47,9 @@ impl Watchdog {
             .stdout(Stdio::null())
             // Its own process group: a Ctrl-C on the terminal is for the agent, not for it.
             .process_group(0);
-        // SAFETY: dup2 only, between fork and exec; the new descriptor 3 is not close-on-exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let kept = if listener == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(listener, 3) };
-                if kept < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().context("starting leash's watchdog")?;
-        Ok(Self { _alive: write, child })
+        let child = cmd.spawn().context("starting leash's watchdog");
+        drop(held);
+        Ok(Self { _alive: write, child: child? })
     }
 
     /// Stops the watchdog after a clean teardown.
@@ -60,6 +57,17 @@ impl Watchdog {
         drop(self._alive);
         let _ = self.child.wait();
     }
+}
+
+/// A copy of `fd` that a started program inherits (no close-on-exec).
+fn dup_inheritable(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD on a descriptor we borrow returns a new one, which we own.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `copy` is a fresh descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(copy) })
 }
 
 /// The watchdog's body: wait for leash to go, then empty the sandbox cgroup. Exit code 0 when
