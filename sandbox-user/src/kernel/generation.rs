@@ -121,6 +121,9 @@ impl Generation {
     fn open(bpffs: &Path, name: &str, created: bool) -> Result<Self> {
         let dir = pins::root(bpffs).join(name);
         let in_use = DirLock::shared(&dir)?;
+        if !dir.join(pins::RINGS).is_dir() {
+            bail!("{} has no {}/ directory", dir.display(), pins::RINGS);
+        }
         let map = |map: &str| open_map(&dir.join("maps").join(map));
         let mut programs = Vec::new();
         for (program, kind) in NET_PROGRAMS {
@@ -269,14 +272,15 @@ impl Generation {
     /// there rather than to the shared ring. The slot stays this process's while the returned
     /// [`EventSlot`] lives: drop it after [`Generation::remove_entries`].
     pub fn own_events(&mut self, cgroup_id: u64) -> Result<(RingBuf<MapData>, EventSlot)> {
+        // `rings/` is made with the generation: a slot is only ever made inside it, so a generation
+        // removed meanwhile is never brought back as a directory holding nothing but slots.
         let rings = self.dir().join(pins::RINGS);
-        std::fs::create_dir_all(&rings).with_context(|| format!("creating {}", rings.display()))?;
         for slot in 0..MAX_EVENT_RINGS {
             let dir = rings.join(slot.to_string());
             match std::fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+                Err(e) => return Err(e).with_context(|| format!("claiming event ring {}", dir.display())),
             }
             let Some(held) = DirLock::try_exclusive(&dir) else { continue };
             let mut ring = self.ring_at(slot)?;
@@ -394,7 +398,12 @@ impl Generation {
     /// host lock.
     fn attach_lsm(&mut self) -> Result<()> {
         let dir = self.dir().join("lsm");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Never create_dir_all: a generation removed meanwhile must not come back as `lsm/` alone.
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
         for hook in &self.lsm_hooks {
             let program = program_of(hook).ok_or_else(|| anyhow!("no program for hook {hook}"))?;
             let path = dir.join(program);
@@ -559,8 +568,9 @@ fn build(dir: &Path) -> Result<Vec<Unavailable>> {
     let mut ebpf = loader.load(OBJECT).context("loading leash's eBPF object")?;
     let progs = dir.join("progs");
     let maps = dir.join("maps");
-    std::fs::create_dir_all(&progs).with_context(|| format!("creating {}", progs.display()))?;
-    std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
+    for made in [&progs, &maps, &dir.join(pins::RINGS)] {
+        std::fs::create_dir_all(made).with_context(|| format!("creating {}", made.display()))?;
+    }
     for (name, map) in ebpf.maps() {
         // Only leash's own maps: sections such as `.rodata` cannot be pinned (bpffs refuses dots).
         if name.starts_with("LEASH_") {
