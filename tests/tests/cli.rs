@@ -30,8 +30,15 @@ fn doctor_sees_a_host_without_cgroup_v2() {
     require_root();
     let scratch = Scratch::new("doctor");
     let mountinfo = scratch.file("mountinfo", "25 30 0:23 / /sys rw shared:7 - sysfs sysfs rw\n");
+    let bpffs_mounts = || {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        info.lines().filter(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")).count()
+    };
+    let before = bpffs_mounts();
     let out = leash(&["doctor", "--json"]).env("LEASH_MOUNTINFO", &mountinfo).output().unwrap();
     assert!(!out.status.success());
+    // A mountinfo that lists no bpffs must not make leash mount one over the host's (hiding its pins).
+    assert_eq!(bpffs_mounts(), before, "leash mounted a bpffs over /sys/fs/bpf");
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["layer"], "cgroup v2");
     assert_eq!(rows[0]["available"], false);

@@ -65,13 +65,22 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 /// [`DEFAULT_BPFFS`], mounting bpffs there when it is not a bpffs. Never another bpffs mount
 /// found on the host: one under a directory some user can rename (a test's scratch mount, say)
 /// would let that user swap in the programs and maps leash opens as root.
+/// Whether it is a bpffs is asked of the kernel (statfs), not read from mountinfo: a bpffs mounted
+/// over another hides every pin leash has made.
 pub fn bpffs_root() -> Result<PathBuf> {
     let default = Path::new(DEFAULT_BPFFS);
-    if mount_points("bpf")?.iter().any(|p| p == default) {
+    if is_bpffs(default) {
         return Ok(default.to_path_buf());
     }
     mount_bpffs(default)?;
     Ok(PathBuf::from(DEFAULT_BPFFS))
+}
+
+/// Whether `path` is the root of a mounted bpffs.
+fn is_bpffs(path: &Path) -> bool {
+    /// `BPF_FS_MAGIC` from linux/magic.h.
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
