@@ -79,7 +79,7 @@ impl Admission {
         if cache.fetched.is_some_and(|t| t.elapsed() < MIN_REFRESH) {
             return Ok(None);
         }
-        let fetched = self.runtime.block_on(kube::node_pods(config)).map_err(|e| {
+        let fetched = self.runtime.block_on(kube::list_pods(config)).map(|l| l.pods).map_err(|e| {
             Reply::error(ErrorCode::Internal, format!("cannot read this node's pods from the API server: {e:#}"))
         })?;
         cache.pods = fetched;
