@@ -1,17 +1,17 @@
 //! `leash daemon` and `leash confine` on this host's kernel, with a simulated kubelet cgroup tree
 //! (systemd and cgroupfs drivers, containerd and CRI-O container names), a bpffs instance of
-//! each test's own, and a local HTTPS stand-in for the API server's pod list.
+//! each test's own, and a local HTTPS stand-in for the API server's pods (list and watch,
+//! `leash_tests::kube_api`).
 //!
 //! Every test starts its own daemon; pod processes are `podclient` (which moves itself into a
 //! fake container cgroup) or `leash confine` started through it as an unprivileged user.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
+use leash_tests::kube_api::FakeApi;
 use leash_tests::{cgroup2_root, leash_bin, require_root, stderr, stdout, wait_until, Listener, Scratch};
 
 const NOBODY: &str = "65534";
@@ -134,7 +134,7 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(api) = &self.api {
-            cmd.args(["--kube-api", &api.addr, "--node-name", "node-a"])
+            cmd.args(["--kube-api", &api.addr, "--node-name", leash_tests::kube_api::NODE])
                 .arg("--kube-token-file")
                 .arg(&api.token_file)
                 .arg("--kube-ca-file")
@@ -380,7 +380,7 @@ fn pods_without_the_annotation_or_asking_for_another_policy_are_refused() {
         &node.scratch.0,
         vec![(annotated.uid.clone(), Some("runner".into())), (bare.uid.clone(), None)],
     ));
-    node.start(&[]);
+    node.start(&["--pod-wait-ms", "500"]);
     let out = node.confine(&bare, &[], &["/bin/true"]);
     assert_eq!(out.status.code(), Some(125), "an unannotated pod was confined: {}", stderr(&out));
     assert!(stderr(&out).contains("leash.dev/policy"), "{}", stderr(&out));
@@ -697,91 +697,6 @@ fn ten_thousand_confine_cycles_leave_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "sandbox cgroups left: {}", left.len());
     assert!(fds() <= before + 2, "the daemon's descriptors grew from {before} to {}", fds());
-}
-
-/// The API server's pod list on loopback over TLS: `GET /api/v1/pods?fieldSelector=...` with the
-/// expected bearer token answers the configured pods of node `node-a`; anything else 401/400.
-struct FakeApi {
-    addr: String,
-    token_file: PathBuf,
-    ca_file: PathBuf,
-    requests: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl FakeApi {
-    fn start(dir: &Path, pods: Vec<(String, Option<String>)>) -> Self {
-        Self::start_slow(dir, pods, Duration::ZERO)
-    }
-
-    /// An API server that takes `delay` to answer each request.
-    fn start_slow(dir: &Path, pods: Vec<(String, Option<String>)>, delay: Duration) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let ca_file = dir.join("api-ca.pem");
-        std::fs::write(&ca_file, cert.pem()).unwrap();
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, "test-token\n").unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = requests.clone();
-        let items: Vec<serde_json::Value> = pods
-            .iter()
-            .map(|(uid, policy)| {
-                let mut annotations = serde_json::Map::new();
-                if let Some(p) = policy {
-                    annotations.insert("leash.dev/policy".into(), p.clone().into());
-                }
-                serde_json::json!({"metadata": {"uid": uid, "name": format!("runner-{}", &uid[34..]), "namespace": "ci", "annotations": annotations}})
-            })
-            .collect();
-        let body = serde_json::json!({"kind": "PodList", "items": items}).to_string();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, stream);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_lowercase();
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                std::thread::sleep(delay);
-                let (status, text) = if !head.contains("authorization: bearer test-token") {
-                    ("401 Unauthorized", "{}".to_string())
-                } else if !head.starts_with("get /api/v1/pods?fieldselector=spec.nodename%3dnode-a ") {
-                    ("400 Bad Request", "{}".to_string())
-                } else {
-                    ("200 OK", body.clone())
-                };
-                let _ = write!(
-                    tls,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-                let _ = tls.flush();
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
-            }
-        });
-        Self { addr, token_file, ca_file, requests }
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::SeqCst)
-    }
 }
 
 #[test]
