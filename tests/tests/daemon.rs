@@ -1227,7 +1227,9 @@ fn list_calls_stay_constant_as_confines_grow() {
     node.start(&[]);
     let mut confined = 0;
     for n in 47..55 {
-        // A new pod every round, each confining twice.
+        // A new pod every round, each confining twice; rounds more than half a second apart, so
+        // that a daemon listing on a miss (at most every 500 ms) would list in each.
+        std::thread::sleep(Duration::from_millis(600));
         let pod = node.pod(Layout::CgroupfsCrio, n);
         api(&node).set_pod(&pod.uid, Some("runner"));
         for _ in 0..2 {
