@@ -77,6 +77,11 @@ pub struct DaemonArgs {
     /// Without it, only annotated pods may use leash.
     #[arg(long)]
     pub default_policy: Option<String>,
+    /// How long a request from a pod the daemon has not seen yet on the API server waits for the
+    /// watch to report it, in ms; then it is refused (never given --default-policy, which is only
+    /// for pods known to have no annotation).
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub pod_wait_ms: u64,
     /// API server as host:port (default: the in-cluster service from $KUBERNETES_SERVICE_HOST).
     #[arg(long, requires_all = ["kube_token_file", "kube_ca_file"])]
     pub kube_api: Option<String>,

@@ -191,6 +191,7 @@ fn daemon(args: cli::DaemonArgs) -> i32 {
         cgroup_root: args.cgroup_root,
         node_name: args.node_name,
         default_policy: args.default_policy,
+        pod_wait: std::time::Duration::from_millis(args.pod_wait_ms),
         kube,
         max_sandboxes: args.max_sandboxes,
         max_sandboxes_per_pod: args.max_sandboxes_per_pod,

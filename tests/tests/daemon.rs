@@ -1,17 +1,17 @@
 //! `leash daemon` and `leash confine` on this host's kernel, with a simulated kubelet cgroup tree
 //! (systemd and cgroupfs drivers, containerd and CRI-O container names), a bpffs instance of
-//! each test's own, and a local HTTPS stand-in for the API server's pod list.
+//! each test's own, and a local HTTPS stand-in for the API server's pods (list and watch,
+//! `leash_tests::kube_api`).
 //!
 //! Every test starts its own daemon; pod processes are `podclient` (which moves itself into a
 //! fake container cgroup) or `leash confine` started through it as an unprivileged user.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use leash_tests::kube_api::{FakeApi, Gone};
 use leash_tests::{cgroup2_root, leash_bin, require_root, stderr, stdout, wait_until, Listener, Scratch};
 
 const NOBODY: &str = "65534";
@@ -134,7 +134,7 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(api) = &self.api {
-            cmd.args(["--kube-api", &api.addr, "--node-name", "node-a"])
+            cmd.args(["--kube-api", &api.addr, "--node-name", leash_tests::kube_api::NODE])
                 .arg("--kube-token-file")
                 .arg(&api.token_file)
                 .arg("--kube-ca-file")
@@ -380,12 +380,13 @@ fn pods_without_the_annotation_or_asking_for_another_policy_are_refused() {
         &node.scratch.0,
         vec![(annotated.uid.clone(), Some("runner".into())), (bare.uid.clone(), None)],
     ));
-    node.start(&[]);
+    node.start(&["--pod-wait-ms", "500"]);
     let out = node.confine(&bare, &[], &["/bin/true"]);
     assert_eq!(out.status.code(), Some(125), "an unannotated pod was confined: {}", stderr(&out));
     assert!(stderr(&out).contains("leash.dev/policy"), "{}", stderr(&out));
     let out = node.confine(&unknown, &[], &["/bin/true"]);
     assert_eq!(out.status.code(), Some(125), "a pod unknown to the API was confined: {}", stderr(&out));
+    assert!(stderr(&out).contains("is not among node node-a's pods"), "{}", stderr(&out));
     let out = node.confine(&annotated, &["--policy", "other"], &["/bin/true"]);
     assert_eq!(out.status.code(), Some(125), "a pod got a policy it is not annotated with: {}", stderr(&out));
     assert!(stderr(&out).contains("not `other`"), "{}", stderr(&out));
@@ -699,91 +700,6 @@ fn ten_thousand_confine_cycles_leave_nothing_behind() {
     assert!(fds() <= before + 2, "the daemon's descriptors grew from {before} to {}", fds());
 }
 
-/// The API server's pod list on loopback over TLS: `GET /api/v1/pods?fieldSelector=...` with the
-/// expected bearer token answers the configured pods of node `node-a`; anything else 401/400.
-struct FakeApi {
-    addr: String,
-    token_file: PathBuf,
-    ca_file: PathBuf,
-    requests: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl FakeApi {
-    fn start(dir: &Path, pods: Vec<(String, Option<String>)>) -> Self {
-        Self::start_slow(dir, pods, Duration::ZERO)
-    }
-
-    /// An API server that takes `delay` to answer each request.
-    fn start_slow(dir: &Path, pods: Vec<(String, Option<String>)>, delay: Duration) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let ca_file = dir.join("api-ca.pem");
-        std::fs::write(&ca_file, cert.pem()).unwrap();
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, "test-token\n").unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = requests.clone();
-        let items: Vec<serde_json::Value> = pods
-            .iter()
-            .map(|(uid, policy)| {
-                let mut annotations = serde_json::Map::new();
-                if let Some(p) = policy {
-                    annotations.insert("leash.dev/policy".into(), p.clone().into());
-                }
-                serde_json::json!({"metadata": {"uid": uid, "name": format!("runner-{}", &uid[34..]), "namespace": "ci", "annotations": annotations}})
-            })
-            .collect();
-        let body = serde_json::json!({"kind": "PodList", "items": items}).to_string();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, stream);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_lowercase();
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                std::thread::sleep(delay);
-                let (status, text) = if !head.contains("authorization: bearer test-token") {
-                    ("401 Unauthorized", "{}".to_string())
-                } else if !head.starts_with("get /api/v1/pods?fieldselector=spec.nodename%3dnode-a ") {
-                    ("400 Bad Request", "{}".to_string())
-                } else {
-                    ("200 OK", body.clone())
-                };
-                let _ = write!(
-                    tls,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-                let _ = tls.flush();
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
-            }
-        });
-        Self { addr, token_file, ca_file, requests }
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 #[test]
 fn kernel_rules_need_bpf_lsm_on_the_node_or_the_confine_is_refused() {
     let mut node = Node::new("lsm");
@@ -1049,10 +965,14 @@ fn one_pod_holding_connections_does_not_lock_out_another() {
 fn a_client_that_never_reads_its_replies_is_dropped() {
     let node = Node::serving_default("noread", &[]);
     let a = node.pod(Layout::SystemdContainerd, 29);
+    let threads = || std::fs::read_dir(format!("/proc/{}/task", node.daemon_pid())).map(|d| d.count()).unwrap_or(0);
+    let before = threads();
     let (mut holder, mut out, held) = flood(&node, &a, 1, "noread");
     assert_eq!(held, 1);
-    // Past the write timeout, the daemon has given up on the blocked reply.
-    std::thread::sleep(Duration::from_secs(8));
+    // The daemon gives up on the blocked reply after its write timeout (5 s), and the
+    // connection's thread ends. On a busy machine it fills the socket late: wait for the thread
+    // rather than a fixed time; a daemon that never gives up keeps it, and its reader drains all.
+    wait_until(30, || threads() <= before);
     writeln!(holder.stdin.as_mut().unwrap(), "drain").unwrap();
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -1170,4 +1090,250 @@ fn a_process_holding_network_sockets_made_outside_is_not_confined() {
     assert_ne!(code(&reply), "ok", "a process with sockets made outside was confined: {reply}");
     assert!(reply.to_string().contains("network socket"), "{reply}");
     assert_eq!(code(&control), "ok", "control: a process without sockets is confined: {control}");
+}
+
+// ---- Issue 18: the daemon's view of its node's pods, listed once and then watched ----
+
+/// A fake API server for `node` whose node runs `pods` (pod, `leash.dev/policy` annotation).
+fn api_with(node: &mut Node, pods: &[(&Pod, Option<&str>)]) {
+    let pods = pods.iter().map(|(p, policy)| (p.uid.clone(), policy.map(Into::into))).collect();
+    node.api = Some(FakeApi::start(&node.scratch.0, pods));
+}
+
+fn api(node: &Node) -> &FakeApi {
+    node.api.as_ref().expect("a fake API server")
+}
+
+/// A `confine` of process `pid` from `pod`, asking for policy `requested` if given.
+fn confine_pid(node: &Node, pod: &Pod, pid: u32, requested: Option<&str>) -> serde_json::Value {
+    let policy = requested.map(|p| format!(r#","policy":"{p}""#)).unwrap_or_default();
+    node.call(pod, &format!(r#"{{"version":1,"op":"confine","pid":{pid}{policy}}}"#), Some("--listener"))
+}
+
+/// A sleeping process of `pod` confined and stopped again: the reply.
+fn confine_once(node: &Node, pod: &Pod) -> serde_json::Value {
+    let mut sleeper = pod.sleeper();
+    let reply = confine_pid(node, pod, sleeper.id(), None);
+    stop(&mut sleeper);
+    reply
+}
+
+/// The policy the daemon names for `pod` now (`policy` request), or the error code.
+fn policy_of(node: &Node, pod: &Pod) -> String {
+    let reply = node.call(pod, r#"{"version":1,"op":"policy"}"#, None);
+    reply["result"]["name"].as_str().map(String::from).unwrap_or_else(|| code(&reply))
+}
+
+fn reply_policy(reply: &serde_json::Value) -> &str {
+    reply["result"]["policy"].as_str().unwrap_or("(refused)")
+}
+
+#[test]
+fn two_pods_created_in_quick_succession_each_get_their_annotated_policy() {
+    let mut node = Node::new("succession");
+    for p in ["default", "pa", "pb", "pc"] {
+        node.policy(p, "version: 1\n");
+    }
+    let a = node.pod(Layout::SystemdContainerd, 40);
+    let b = node.pod(Layout::CgroupfsCrio, 41);
+    let c = node.pod(Layout::SystemdContainerd, 42);
+    api_with(&mut node, &[(&a, Some("pa"))]);
+    // With a default, a wrong answer is a silent downgrade rather than a refusal.
+    node.start(&["--default-policy", "default"]);
+    let mut sleepers = [a.sleeper(), b.sleeper(), c.sleeper()];
+    let first = Instant::now();
+    let reply_a = confine_pid(&node, &a, sleepers[0].id(), None);
+    // B and C are created moments after A's confine, and confine at once.
+    api(&node).set_pod(&b.uid, Some("pb"));
+    api(&node).set_pod(&c.uid, Some("pc"));
+    let gap = first.elapsed();
+    let reply_b = confine_pid(&node, &b, sleepers[1].id(), None);
+    // C asks for its policy by name, as deploy/runner-pod.yaml's runner does.
+    let reply_c = confine_pid(&node, &c, sleepers[2].id(), Some("pc"));
+    for s in &mut sleepers {
+        stop(s);
+    }
+    assert_eq!(reply_policy(&reply_a), "pa", "{reply_a}");
+    assert_eq!(reply_policy(&reply_b), "pb", "the second pod did not get its own policy: {reply_b}");
+    assert_eq!(reply_policy(&reply_c), "pc", "the third pod did not get its own policy: {reply_c}");
+    assert!(gap < Duration::from_millis(500), "B confined {gap:?} after A: too late to test the case");
+    assert_eq!(api(&node).lists(), 1, "the daemon listed the pods again");
+}
+
+#[test]
+fn a_pod_the_api_server_reports_only_after_a_delay_waits_and_gets_its_annotated_policy() {
+    let mut node = Node::new("late");
+    node.policy("default", "version: 1\n");
+    node.policy("late", "version: 1\n");
+    let early = node.pod(Layout::SystemdContainerd, 43);
+    let late = node.pod(Layout::CgroupfsCrio, 44);
+    api_with(&mut node, &[(&early, None)]);
+    node.start(&["--default-policy", "default"]);
+    let mut sleeper = late.sleeper();
+    let started = Instant::now();
+    let request = podclient_in(&late.container)
+        .arg("call")
+        .arg(&node.socket)
+        .arg(format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id()))
+        .arg("--listener")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    api(&node).set_pod(&late.uid, Some("late"));
+    let out = request.wait_with_output().unwrap();
+    let waited = started.elapsed();
+    stop(&mut sleeper);
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{}", stdout(&out)));
+    assert_eq!(reply_policy(&reply), "late", "{reply}");
+    assert!(waited >= Duration::from_millis(1500), "answered in {waited:?}, before the pod existed: {reply}");
+    assert_eq!(api(&node).lists(), 1, "the daemon listed the pods again");
+}
+
+#[test]
+fn a_pod_that_never_appears_is_refused_after_the_bound_and_never_gets_the_default() {
+    let mut node = Node::new("ghost");
+    node.policy("default", "version: 1\n");
+    let bare = node.pod(Layout::SystemdContainerd, 45);
+    let ghost = node.pod(Layout::CgroupfsCrio, 46);
+    api_with(&mut node, &[(&bare, None)]);
+    node.start(&["--default-policy", "default", "--pod-wait-ms", "1000"]);
+    // The default is for a pod known to have no annotation.
+    let reply = confine_once(&node, &bare);
+    assert_eq!(reply_policy(&reply), "default", "{reply}");
+    let mut sleeper = ghost.sleeper();
+    let started = Instant::now();
+    let reply = confine_pid(&node, &ghost, sleeper.id(), None);
+    let waited = started.elapsed();
+    stop(&mut sleeper);
+    assert_eq!(code(&reply), "not_allowed", "a pod the API server does not have was confined: {reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("pod {} is not among node node-a's pods", ghost.uid)), "{reply}");
+    assert!(message.contains("waited 1000 ms"), "{reply}");
+    assert!(waited >= Duration::from_millis(1000), "refused after {waited:?}, before the bound");
+    assert!(waited < Duration::from_secs(4), "refused only after {waited:?}");
+    // leash confine says why, and starts nothing.
+    let out = node.confine(&ghost, &[], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not among node node-a's pods"), "{}", stderr(&out));
+    // A deleted pod is unknown again: refused, not defaulted.
+    api(&node).delete_pod(&bare.uid);
+    assert!(wait_until(5, || policy_of(&node, &bare) == "not_allowed"), "a deleted pod kept its policy");
+    assert_eq!(node.state_files(), 0);
+}
+
+#[test]
+fn list_calls_stay_constant_as_confines_grow() {
+    let mut node = Node::new("lists");
+    node.policy("runner", "version: 1\n");
+    api_with(&mut node, &[]);
+    node.start(&[]);
+    let mut confined = 0;
+    for n in 47..55 {
+        // A new pod every round, each confining twice; rounds more than half a second apart, so
+        // that a daemon listing on a miss (at most every 500 ms) would list in each.
+        std::thread::sleep(Duration::from_millis(600));
+        let pod = node.pod(Layout::CgroupfsCrio, n);
+        api(&node).set_pod(&pod.uid, Some("runner"));
+        for _ in 0..2 {
+            let reply = confine_once(&node, &pod);
+            assert_eq!(reply_policy(&reply), "runner", "confine {confined}: {reply}");
+            confined += 1;
+            assert_eq!(api(&node).lists(), 1, "{} LISTs after {confined} confines", api(&node).lists());
+        }
+    }
+    assert_eq!(api(&node).watches(), 1, "the watch was not kept open");
+    eprintln!("{confined} confines of 8 pods: {} LIST, {} requests", api(&node).lists(), api(&node).requests());
+}
+
+#[test]
+fn a_watch_expiry_lists_again_once() {
+    let mut node = Node::new("expiry");
+    for p in ["pa", "p1", "p2"] {
+        node.policy(p, "version: 1\n");
+    }
+    let a = node.pod(Layout::SystemdContainerd, 56);
+    api_with(&mut node, &[(&a, Some("pa"))]);
+    node.start(&[]);
+    assert!(wait_until(5, || api(&node).watches() == 1), "the daemon does not watch its pods");
+    assert_eq!(reply_policy(&confine_once(&node, &a)), "pa");
+    // Expired once as an ERROR event in a 200 stream, once as a 410 response.
+    for (round, (gone, n, policy)) in [(Gone::ErrorEvent, 57, "p1"), (Gone::Status, 58, "p2")].into_iter().enumerate() {
+        let lists = round + 2;
+        api(&node).expire(gone);
+        assert!(wait_until(5, || api(&node).lists() == lists), "no LIST after the expiry ({gone:?})");
+        let pod = node.pod(Layout::CgroupfsCrio, n);
+        api(&node).set_pod(&pod.uid, Some(policy));
+        let reply = confine_once(&node, &pod);
+        assert_eq!(reply_policy(&reply), policy, "after the expiry ({gone:?}): {reply}");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(api(&node).lists(), lists, "an expiry ({gone:?}) listed more than once");
+        // The refused watch, then the one from the new list, which stays open.
+        assert_eq!(api(&node).watches(), 2 * lists - 1, "watches after expiry {gone:?}");
+    }
+}
+
+#[test]
+fn a_bookmark_keeps_the_watch_place_so_a_reconnect_needs_no_list() {
+    let mut node = Node::new("bookmark");
+    node.policy("pa", "version: 1\n");
+    node.policy("pb", "version: 1\n");
+    let a = node.pod(Layout::SystemdContainerd, 59);
+    let b = node.pod(Layout::CgroupfsCrio, 60);
+    api_with(&mut node, &[(&a, Some("pa"))]);
+    node.start(&[]);
+    assert!(wait_until(5, || api(&node).watches() == 1), "the daemon does not watch its pods");
+    // Other nodes' pods move the resourceVersion; only a bookmark tells this node's watch.
+    api(&node).churn_elsewhere(5);
+    api(&node).bookmark();
+    assert!(wait_until(5, || api(&node).bookmarks_sent() == 1), "the watch did not ask for bookmarks");
+    api(&node).compact(Gone::Status);
+    api(&node).hang_up();
+    assert!(wait_until(5, || api(&node).watches() == 2), "the daemon did not watch again");
+    api(&node).set_pod(&b.uid, Some("pb"));
+    let reply = confine_once(&node, &b);
+    assert_eq!(reply_policy(&reply), "pb", "{reply}");
+    assert_eq!(api(&node).lists(), 1, "the watch resumed from before the bookmark and had to list again");
+    assert_eq!(api(&node).watches(), 2);
+}
+
+#[test]
+fn an_annotation_change_applies_to_new_confines_and_not_to_existing_sandboxes() {
+    let mut node = Node::new("reannotate");
+    node.policy("pa", "version: 1\n");
+    node.policy("pb", "version: 1\n");
+    let pod = node.pod(Layout::SystemdContainerd, 61);
+    api_with(&mut node, &[(&pod, Some("pa"))]);
+    node.start(&[]);
+    let mut old = pod.sleeper();
+    let first = confine_pid(&node, &pod, old.id(), None);
+    assert_eq!(reply_policy(&first), "pa", "{first}");
+    let old_sandbox = first["result"]["sandbox"].as_str().unwrap().to_string();
+    let status =
+        |sandbox: &str| node.call(&pod, &format!(r#"{{"version":1,"op":"status","sandbox":"{sandbox}"}}"#), None);
+
+    api(&node).set_pod(&pod.uid, Some("pb"));
+    assert!(wait_until(5, || policy_of(&node, &pod) == "pb"), "the daemon kept the old annotation");
+    let mut new = pod.sleeper();
+    let second = confine_pid(&node, &pod, new.id(), None);
+    assert_eq!(reply_policy(&second), "pb", "a new confine got the old policy: {second}");
+    let old_status = status(&old_sandbox);
+    assert_eq!(old_status["result"]["policy"], "pa", "the existing sandbox changed policy: {old_status}");
+    assert_eq!(old_status["result"]["processes"], 1, "{old_status}");
+    assert!(cgroup_of(old.id()).contains(&format!("/leash-{old_sandbox}")), "the old sandbox lost its process");
+
+    // The annotation removed (and no default on this node): new confines are refused, the
+    // sandboxes stay as they are.
+    api(&node).set_pod(&pod.uid, None);
+    assert!(wait_until(5, || policy_of(&node, &pod) == "not_allowed"), "the removed annotation still counts");
+    let mut third = pod.sleeper();
+    let refused = confine_pid(&node, &pod, third.id(), None);
+    assert_eq!(code(&refused), "not_allowed", "{refused}");
+    assert!(refused.to_string().contains("has no leash.dev/policy annotation"), "{refused}");
+    assert_eq!(status(&old_sandbox)["result"]["policy"], "pa");
+    for s in [&mut old, &mut new, &mut third] {
+        stop(s);
+    }
+    assert!(wait_until(10, || node.state_files() == 0), "sandboxes left");
 }

@@ -1,27 +1,25 @@
-//! Which pods may use leash, and with which policy: the pod's `leash.dev/policy` annotation
-//! (read from the API server), else the node's `--default-policy`, else none (refused).
+//! Which pods may use leash, and with which policy: the pod's `leash.dev/policy` annotation as
+//! the watched view of the node's pods has it (`node_pods.rs`), else the node's
+//! `--default-policy` for a pod known to have no annotation, else none (refused). A pod the view
+//! does not have after `--pod-wait-ms` is refused, never given the default. Without an API
+//! server, every pod gets the default.
+//!
+//! The policy is chosen once per request: a sandbox keeps the policy it was confined under when
+//! its pod's annotation changes later; the pod's next confine gets the new one.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::kube::{self, KubeConfig, PodInfo};
+use super::node_pods::NodePods;
 use super::protocol::{ErrorCode, Reply};
 
-/// The pod list is fetched again for an unknown pod at most this often.
-const MIN_REFRESH: Duration = Duration::from_millis(500);
-
 pub struct Admission {
-    kube: Option<KubeConfig>,
+    /// The node's pods, when an API server is configured.
+    pods: Option<NodePods>,
     default_policy: Option<String>,
-    cache: Mutex<Cache>,
+    /// How long a request waits for its pod to appear in `pods`.
+    pod_wait: Duration,
     runtime: tokio::runtime::Handle,
-}
-
-#[derive(Default)]
-struct Cache {
-    pods: HashMap<String, PodInfo>,
-    fetched: Option<Instant>,
 }
 
 /// A pod's permission to use leash.
@@ -33,14 +31,26 @@ pub struct Admitted {
 }
 
 impl Admission {
-    pub fn new(kube: Option<KubeConfig>, default_policy: Option<String>, runtime: tokio::runtime::Handle) -> Self {
-        Self { kube, default_policy, cache: Mutex::new(Cache::default()), runtime }
+    /// Starts watching the node's pods when `kube` is given.
+    pub fn new(
+        kube: Option<KubeConfig>,
+        default_policy: Option<String>,
+        pod_wait: Duration,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let pods = kube.map(|config| NodePods::start(config, &runtime));
+        Self { pods, default_policy, pod_wait, runtime }
     }
 
-    /// The policy pod `pod_uid` may use; `requested` must match it when given.
+    /// The policy pod `pod_uid` may use; `requested` must match it when given. Blocks (up to the
+    /// pod wait) while the pod is not in the view yet: call it outside the runtime.
     pub fn admit(&self, pod_uid: &str, requested: Option<&str>) -> Result<Admitted, Reply> {
-        let pod = match &self.kube {
-            Some(config) => self.lookup(config, pod_uid)?,
+        let pod = match &self.pods {
+            Some(pods) => Some(
+                self.runtime
+                    .block_on(pods.lookup(pod_uid, self.pod_wait))
+                    .map_err(|why| Reply::error(ErrorCode::NotAllowed, format!("{why}: refused")))?,
+            ),
             None => None,
         };
         let annotated = pod.as_ref().and_then(|p| p.policy.clone());
@@ -68,22 +78,5 @@ impl Admission {
             }
         }
         Ok(Admitted { policy, pod })
-    }
-
-    /// The pod from the cache, refreshing it (rate-limited) when the pod is not in it.
-    fn lookup(&self, config: &KubeConfig, pod_uid: &str) -> Result<Option<PodInfo>, Reply> {
-        let mut cache = self.cache.lock().map_err(|_| Reply::error(ErrorCode::Internal, "pod cache poisoned"))?;
-        if let Some(p) = cache.pods.get(pod_uid) {
-            return Ok(Some(p.clone()));
-        }
-        if cache.fetched.is_some_and(|t| t.elapsed() < MIN_REFRESH) {
-            return Ok(None);
-        }
-        let fetched = self.runtime.block_on(kube::node_pods(config)).map_err(|e| {
-            Reply::error(ErrorCode::Internal, format!("cannot read this node's pods from the API server: {e:#}"))
-        })?;
-        cache.pods = fetched;
-        cache.fetched = Some(Instant::now());
-        Ok(cache.pods.get(pod_uid).cloned())
     }
 }

@@ -9,7 +9,8 @@
 //! | `process.rs` | a process held by a pidfd (callers and targets), never by its pid number alone |
 //! | `limits.rs` | how much of the daemon one pod may hold: connections, descriptors, sandboxes |
 //! | `discovery.rs` | pid → cgroup → pod and container (systemd and cgroupfs drivers, containerd and CRI-O) |
-//! | `admission.rs`, `kube.rs` | which pods may use leash: the `leash.dev/policy` annotation, or the node default |
+//! | `admission.rs` | which pods may use leash: the `leash.dev/policy` annotation, or the node default |
+//! | `node_pods.rs`, `kube.rs` | the node's pods, listed once and then watched on the API server |
 //! | `policies.rs` | the node's policies, from a ConfigMap directory, reloaded on change |
 //! | `sandboxes.rs` | confine, status, owner, release, garbage collection, adoption and upgrades |
 //! | `registry.rs` | one state file per sandbox, what a restarted daemon adopts |
@@ -25,6 +26,7 @@ pub mod discovery;
 pub mod kube;
 pub mod limits;
 pub mod metrics;
+pub mod node_pods;
 pub mod policies;
 pub mod process;
 pub mod protocol;
@@ -56,6 +58,8 @@ pub struct DaemonOptions {
     pub cgroup_root: Option<PathBuf>,
     pub node_name: Option<String>,
     pub default_policy: Option<String>,
+    /// How long a request from a pod not yet seen on the API server waits for it.
+    pub pod_wait: Duration,
     /// API server `host:port`, token file and CA file; `None`: in-cluster configuration if any.
     pub kube: Option<kube::KubeConfig>,
     pub max_sandboxes: usize,
@@ -101,7 +105,8 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     let policies = policies::PolicyStore::open(&opts.policies);
     eprintln!("leash daemon: policies in {}: {:?}", opts.policies.display(), policies.names());
     let metrics = Arc::new(metrics::Metrics::default());
-    let admission = admission::Admission::new(kube, opts.default_policy.clone(), runtime.handle().clone());
+    let admission =
+        admission::Admission::new(kube, opts.default_policy.clone(), opts.pod_wait, runtime.handle().clone());
     let node = Arc::new(sandboxes::Node::new(
         cgroup_root,
         programs,

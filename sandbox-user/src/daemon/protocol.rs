@@ -147,7 +147,8 @@ pub enum ErrorCode {
     NotInPod,
     /// The caller is inside a leash sandbox: confined processes cannot ask for anything.
     Confined,
-    /// The pod may not use leash, or not that policy.
+    /// The pod may not use leash, or not that policy; or the API server has not shown the pod
+    /// within the daemon's `--pod-wait-ms`.
     NotAllowed,
     /// No policy of that name on this node (or it does not compile).
     NoSuchPolicy,

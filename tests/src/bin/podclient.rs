@@ -381,11 +381,13 @@ fn flood(socket: &str, n: usize, mode: &str) {
 }
 
 /// Writes `hello` frames without reading until the daemon stops taking them; returns how many.
+/// "Stops" is 2 s without taking one: a daemon starved of CPU on a busy machine pauses for less,
+/// and one blocked on its replies for longer.
 fn pipeline_hellos(s: &mut UnixStream) -> usize {
     let frame = leash::daemon::protocol::frame(br#"{"version":1,"op":"hello"}"#);
     s.set_nonblocking(true).expect("nonblocking");
     let (mut sent, mut stalls) = (0, 0);
-    while stalls < 20 {
+    while stalls < 80 {
         match s.write(&frame) {
             Ok(n) if n == frame.len() => {
                 sent += 1;
