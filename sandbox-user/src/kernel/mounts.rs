@@ -80,7 +80,10 @@ pub fn bpffs_root() -> Result<PathBuf> {
 fn is_bpffs(path: &Path) -> bool {
     /// `BPF_FS_MAGIC` from linux/magic.h.
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    // The type of `f_type` differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let is = |s: nix::sys::statfs::Statfs| s.filesystem_type().0 as i64 == BPF_FS_MAGIC;
+    nix::sys::statfs::statfs(path).is_ok_and(is)
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
