@@ -11,7 +11,9 @@
 //!   (would-be) proxy on the host end, `ip netns exec NS /bin/true`, then teardown. The whole
 //!   sequence is timed. Nothing is ever sent to those addresses.
 //! - (c) `bwrap --unshare-net --ro-bind / / -- /bin/true`: a namespace with no network at all.
-//! - (d) with `--baseline PATH`: another leash binary, run as (a), e.g. a build of the commit before.
+//! - (d), (d0) with `--baseline PATH`: another leash binary, warm and cold, e.g. a build of the
+//!   commit before. Measured in a block of their own after the others: two builds started in turn
+//!   each retire the other's generation when their run ends, so interleaved every start is cold.
 //!
 //! Peak RSS is wait4(2)'s `ru_maxrss` for leash's runs. The variants run interleaved (rotating
 //! which goes first) so drift in the machine hits them alike.
@@ -71,30 +73,24 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
         ("(b) netns + veth + nftables recipe".into(), Box::new(|k| timed(&|| recipe(&tools.ip, &tools.nft, k)))),
         ("(c) bwrap --unshare-net -- /bin/true".into(), Box::new(|_| timed(&|| bwrap_true(tools)))),
     ];
-    if let Some(path) = baseline {
-        variants.push((format!("(d) baseline {}", path.display()), Box::new(move |_| leash_true(ctx, path))));
-    }
-    let n = variants.len();
-    let mut samples: Vec<Vec<Sample>> = (0..n).map(|_| Vec::new()).collect();
-    let total = warmups + iterations;
     println!("start: {warmups} warm-up + {iterations} timed iterations of each variant, interleaved ...");
-    for i in 0..total {
-        for j in 0..n {
-            let v = (i as usize + j) % n;
-            let (name, f) = &variants[v];
-            let sample = f(i).with_context(|| format!("start benchmark {name}, iteration {}", i + 1))?;
-            if i >= warmups {
-                samples[v].push(sample);
-            }
-        }
-        let done = i + 1;
-        if done == warmups && warmups > 0 {
-            println!("start: warm-ups done");
-        } else if done > warmups && ((done - warmups).is_multiple_of(10) || done == total) {
-            println!("start: {} of {iterations} timed iterations done", done - warmups);
-        }
-    }
+    let mut samples = measure(&variants, warmups, iterations)?;
     check_recipe_cleanup(&tools.ip)?;
+    if let Some(path) = baseline {
+        let block: Vec<(String, Variant)> = vec![
+            (format!("(d) baseline, warm: {}", path.display()), Box::new(move |_| leash_true(ctx, path))),
+            (
+                "(d0) baseline, cold".into(),
+                Box::new(|_| {
+                    remove_generations(&bpffs)?;
+                    leash_true(ctx, path)
+                }),
+            ),
+        ];
+        println!("start: the baseline, in a block of its own ...");
+        samples.extend(measure(&block, warmups, iterations)?);
+        variants.extend(block);
+    }
 
     println!();
     println!("start: wall time per start, {iterations} iterations after {warmups} warm-ups (ms); peak RSS (MiB)");
@@ -133,8 +129,8 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
     );
     println!("ratio (b)/(a0) = {:.2}: cold {}", recipe_ms / cold, faster_than(recipe_ms / cold, "the netns recipe"));
     if baseline.is_some() {
-        let d = med(4);
-        println!("ratio (d)/(a) = {:.2}, (d)/(a0) = {:.2}: warm and cold against the baseline", d / warm, d / cold);
+        let (d, d0) = (med(4), med(5));
+        println!("ratio (d)/(a) = {:.2}, (d0)/(a0) = {:.2}: warm and cold against the baseline", d / warm, d0 / cold);
     }
     let mut warm_rss: Vec<u64> = samples[0].iter().filter_map(|x| x.rss_kib).collect();
     warm_rss.sort_unstable();
@@ -151,15 +147,34 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
     Ok(())
 }
 
-/// Where bpffs is mounted (leash mounts it at /sys/fs/bpf when it is not).
+/// Runs every variant `warmups + iterations` times, interleaved (the order rotating each round),
+/// and keeps the timed samples of each.
+fn measure(variants: &[(String, Variant)], warmups: u32, iterations: u32) -> Result<Vec<Vec<Sample>>> {
+    let n = variants.len();
+    let mut samples: Vec<Vec<Sample>> = (0..n).map(|_| Vec::new()).collect();
+    let total = warmups + iterations;
+    for i in 0..total {
+        for j in 0..n {
+            let v = (i as usize + j) % n;
+            let (name, f) = &variants[v];
+            let sample = f(i).with_context(|| format!("start benchmark {name}, iteration {}", i + 1))?;
+            if i >= warmups {
+                samples[v].push(sample);
+            }
+        }
+        let done = i + 1;
+        if done == warmups && warmups > 0 {
+            println!("start: warm-ups done");
+        } else if done > warmups && ((done - warmups).is_multiple_of(10) || done == total) {
+            println!("start: {} of {iterations} timed iterations done", done - warmups);
+        }
+    }
+    Ok(samples)
+}
+
+/// leash's bpffs: `/sys/fs/bpf`, the only one it uses (`kernel/mounts.rs`).
 fn bpffs_mount() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    let found = mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
-        (kind == "bpf").then(|| PathBuf::from(dir))
-    });
-    Ok(found.unwrap_or_else(|| PathBuf::from("/sys/fs/bpf")))
+    Ok(PathBuf::from("/sys/fs/bpf"))
 }
 
 /// Unpins every generation of leash's programs, so the next run starts cold. Nothing runs then.
