@@ -63,6 +63,14 @@ fn denied_ports(log: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// `leash run` of `sh -c script` under `policy`, its audit log at `log`; stderr piped.
+fn audited_run(policy: &Path, log: &Path, script: &str) -> Command {
+    let mut command =
+        leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--audit-log", log.to_str().unwrap()]);
+    command.args(["--", "/bin/sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped());
+    command
+}
+
 fn run_true(policy: &Path) -> std::process::Output {
     leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--", "/bin/true"]).output().unwrap()
 }
@@ -198,23 +206,7 @@ fn each_sandbox_sees_its_own_denials_and_no_other() {
     let start = |tag: &str, target: &Listener| {
         let log = scratch.0.join(format!("{tag}.jsonl"));
         // Each agent is denied, then stays while the other is denied too.
-        let script = format!("{PROBE} tcp {}; sleep 2", target.addr);
-        let child = leash(&[
-            "run",
-            "--quiet",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--audit-log",
-            log.to_str().unwrap(),
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        let child = audited_run(&policy, &log, &format!("{PROBE} tcp {}; sleep 2", target.addr)).spawn().unwrap();
         (child, log)
     };
     let (run_a, log_a) = start("a", &a);
@@ -250,15 +242,9 @@ fn a_reused_event_ring_carries_none_of_the_last_sandboxs_events() {
     let scratch = Scratch::new("rings");
     let policy = scratch.file("p.yaml", &policy_allowing(&[]));
     let (a, b) = (Listener::new("127.0.0.1:0"), Listener::new("127.0.0.1:0"));
-    let run = |log: &Path, script: &str| {
-        let mut command =
-            leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--audit-log", log.to_str().unwrap()]);
-        command.args(["--", "/bin/sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped());
-        command
-    };
     // A: denied again and again until its leash is killed, so its ring is busy when it dies.
     let log_a = scratch.0.join("a.jsonl");
-    let mut run_a = run(&log_a, &format!("while :; do {PROBE} tcp {}; done", a.addr)).spawn().unwrap();
+    let mut run_a = audited_run(&policy, &log_a, &format!("while :; do {PROBE} tcp {}; done", a.addr)).spawn().unwrap();
     assert!(wait_until(20, || !denied_ports(&log_a).is_empty()), "A was never denied");
     let rings = the_generation().join("rings");
     let slots = || std::fs::read_dir(&rings).map(|d| d.count()).unwrap_or(0);
@@ -267,7 +253,7 @@ fn a_reused_event_ring_carries_none_of_the_last_sandboxs_events() {
     run_a.wait().unwrap();
 
     let log_b = scratch.0.join("b.jsonl");
-    let out_b = run(&log_b, &format!("{PROBE} tcp {}; true", b.addr)).output().unwrap();
+    let out_b = audited_run(&policy, &log_b, &format!("{PROBE} tcp {}; true", b.addr)).output().unwrap();
     assert!(out_b.status.success(), "{}", stderr(&out_b));
     let port_b = u64::from(b.addr.port());
     assert_eq!(denied_ports(&log_b), vec![port_b], "B's audit log has B's denial and nothing of A's");
