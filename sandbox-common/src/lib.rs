@@ -37,9 +37,15 @@ pub mod map_names {
     pub const LSM_DENY_OPEN: &str = "LEASH_LSM_DENY_OPEN";
     /// `HashMap<UnixKey, u8>`: the unix sockets each sandbox may connect to (`kernel.unix.allow`).
     pub const LSM_UNIX_ALLOW: &str = "LEASH_LSM_UNIX_ALLOW";
-    /// `Array<KernelLayout>` with one entry: this kernel's struct offsets, from its BTF.
-    pub const LSM_LAYOUT: &str = "LEASH_LSM_LAYOUT";
+    /// `Array<u32>` with one entry: the cgroup levels at which sandboxes registered with
+    /// [`lsm_rule::DESCENDANTS`](super::lsm_rule::DESCENDANTS) sit (bit `n`: level `n`); the
+    /// programs look a task's ancestors up only at these levels.
+    pub const LSM_LEVELS: &str = "LEASH_LSM_LEVELS";
 }
+
+/// The read-only global (`.rodata`) holding this kernel's [`KernelLayout`]: set when the object
+/// is loaded, so the verifier sees every field offset as a constant.
+pub const KERNEL_LAYOUT_GLOBAL: &str = "LEASH_KERNEL_LAYOUT";
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
@@ -339,8 +345,9 @@ pub struct UnixKey {
 }
 
 /// Byte offsets of the kernel struct fields the LSM programs read, found in the running
-/// kernel's BTF by userspace (the programs are built without CO-RE). `valid` is 1 once written;
-/// while 0, rules that need a field deny (fail closed).
+/// kernel's BTF by userspace (the programs are built without CO-RE) and set as the read-only
+/// global [`KERNEL_LAYOUT_GLOBAL`] when the object loads. `valid` is 1 once set; while 0, rules
+/// that need a field deny (fail closed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLayout {
@@ -382,9 +389,36 @@ pub struct KernelLayout {
     pub skc_dport: u32,
     pub skc_family: u32,
     pub skc_v6_daddr: u32,
-    /// Bit `n` set: some sandbox registered with [`lsm_rule::DESCENDANTS`] is at cgroup level
-    /// `n`; the programs look ancestors up only at these levels.
-    pub sandbox_levels: u32,
+}
+
+impl KernelLayout {
+    /// Not set: every offset zero, `valid` 0.
+    pub const UNSET: KernelLayout = KernelLayout {
+        valid: 0,
+        binprm_file: 0,
+        binprm_filename: 0,
+        file_inode: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        inode_nlink: 0,
+        sb_dev: 0,
+        task_tgid: 0,
+        task_cgroups: 0,
+        css_set_dfl_cgrp: 0,
+        cgroup_kn: 0,
+        cgroup_level: 0,
+        cgroup_ancestors: 0,
+        ancestors_are_ids: 0,
+        kernfs_id: 0,
+        msghdr_name: 0,
+        msghdr_namelen: 0,
+        vma_file: 0,
+        socket_sk: 0,
+        skc_daddr: 0,
+        skc_dport: 0,
+        skc_family: 0,
+        skc_v6_daddr: 0,
+    };
 }
 
 /// The network reach of one sandbox: the proxy address and port, nothing else.
@@ -580,6 +614,20 @@ pub struct DenyEvent {
     pub target_pid: u32,
     pub path: [u8; 64],
 }
+
+/// What crosses the boundary between the programs and userspace has one size on both sides:
+/// a field added, removed or retyped on one side only fails the build here.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<SandboxNet>() == 40);
+    assert!(size_of::<Counters>() == 8 * counter::COUNT);
+    assert!(size_of::<ConnOwner>() == 16);
+    assert!(size_of::<LsmPolicy>() == 32);
+    assert!(size_of::<InodeKey>() == 24);
+    assert!(size_of::<UnixKey>() == 8 + 4 + UNIX_PATH_MAX);
+    assert!(size_of::<KernelLayout>() == 4 * 24);
+    assert!(size_of::<DenyEvent>() == 160);
+};
 
 #[cfg(feature = "user")]
 mod pod {

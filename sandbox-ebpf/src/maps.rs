@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use sandbox_common::{
-    ConnOwner, Counters, DenyEvent, InodeKey, KernelLayout, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES,
-    MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
+    ConnOwner, Counters, DenyEvent, InodeKey, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES, MAX_CONNECTIONS,
+    MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
 };
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
@@ -75,7 +75,8 @@ pub static LSM_DENY_OPEN: HashMap<InodeKey, u8> = HashMap::with_max_entries(MAX_
 #[map(name = "LEASH_LSM_UNIX_ALLOW")]
 pub static LSM_UNIX_ALLOW: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_UNIX_RULES, 0);
 
-/// One entry: the offsets of the kernel struct fields the LSM programs read, from the running
-/// kernel's BTF. Written by userspace before the programs attach.
-#[map(name = "LEASH_LSM_LAYOUT")]
-pub static LSM_LAYOUT: Array<KernelLayout> = Array::with_max_entries(1, 0);
+/// One entry: bit `n` set when some sandbox registered with `lsm_rule::DESCENDANTS` sits at
+/// cgroup level `n`. Written by userspace as such sandboxes register. (The struct offsets the
+/// programs read are not here but in `.rodata`: `lsm/kernel.rs`.)
+#[map(name = "LEASH_LSM_LEVELS")]
+pub static LSM_LEVELS: Array<u32> = Array::with_max_entries(1, 0);

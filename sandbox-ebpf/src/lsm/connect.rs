@@ -16,10 +16,10 @@
 //! The address is the kernel's copy of the caller's sockaddr. Minimum kernel: 5.7.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::lsm, programs::LsmContext};
-use sandbox_common::{lsm_rule, Hook, KernelLayout, UnixKey, UNIX_PATH_MAX};
+use sandbox_common::{lsm_rule, Hook, UnixKey, UNIX_PATH_MAX};
 
-use super::kernel::{read, read_u32, read_u64};
-use super::{current_sandbox, deny, layout, Event, Sandbox, ALLOW};
+use super::kernel::{field, layout_set, offset, read};
+use super::{current_sandbox, deny, Event, Sandbox, ALLOW};
 use crate::maps::LSM_UNIX_ALLOW;
 
 const AF_UNIX: u16 = 1;
@@ -50,49 +50,47 @@ pub fn leash_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     let msg: u64 = ctx.arg(1);
-    let Some(layout) = layout() else {
+    if !layout_set() {
         return deny(&sandbox, &Event::new(Hook::LsmSendmsg));
-    };
-    let (Some(name), Some(len)) = (read_u64(msg, layout.msghdr_name), read_u32(msg, layout.msghdr_namelen)) else {
-        return deny(&sandbox, &Event::new(Hook::LsmSendmsg));
-    };
+    }
+    // `msg` is typed (`struct msghdr *`); `msg_name` is a `void *`, read through with `read`.
+    let name: u64 = field(msg, offset!(msghdr_name));
+    let len: i32 = field(msg, offset!(msghdr_namelen));
     // No address: the socket's peer (a unix socket's was judged when it connected). With one: the
     // address, and the peer too when connected, since TCP ignores the address then.
     let sock: u64 = ctx.arg(0);
     if name == 0 {
-        return judge_peer(&sandbox, sock, &layout, true);
+        return judge_peer(&sandbox, sock, true);
     }
-    match judge(&sandbox, Hook::LsmSendmsg, name, len as i32) {
-        ALLOW => judge_peer(&sandbox, sock, &layout, false),
+    match judge(&sandbox, Hook::LsmSendmsg, name, len) {
+        ALLOW => judge_peer(&sandbox, sock, false),
         refused => refused,
     }
 }
 
 /// The verdict on the peer of the socket at `sock`: an IP socket only to the proxy; one not
 /// connected (peer port 0) is refused when `required` (a send with no address), else allowed.
-/// Other families: as the kernel decides.
+/// Other families: as the kernel decides. `sock` is typed (`struct socket *`).
 #[inline(always)]
-fn judge_peer(sandbox: &Sandbox, sock: u64, layout: &KernelLayout, required: bool) -> i32 {
+fn judge_peer(sandbox: &Sandbox, sock: u64, required: bool) -> i32 {
     if sandbox.policy.rules & lsm_rule::PROXY_ONLY == 0 {
         return ALLOW;
     }
-    let Some(sk) = read_u64(sock, layout.socket_sk) else {
+    let sk: u64 = field(sock, offset!(socket_sk));
+    if sk == 0 {
         return deny(sandbox, &Event::new(Hook::LsmSendmsg));
-    };
-    let Some(family) = read::<u16>(sk + layout.skc_family as u64) else {
-        return deny(sandbox, &Event::new(Hook::LsmSendmsg));
-    };
-    let port = read::<u16>(sk + layout.skc_dport as u64).map(u16::from_be);
+    }
+    let family: u16 = field(sk, offset!(skc_family));
+    let port = u16::from_be(field(sk, offset!(skc_dport)));
     let mut words = [0u32; 4];
-    let addressed = match family {
+    match family {
         AF_INET => {
             words[2] = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-            read_u32(sk, layout.skc_daddr).map(|w| words[3] = w)
+            words[3] = field(sk, offset!(skc_daddr));
         }
-        AF_INET6 => read::<[u32; 4]>(sk + layout.skc_v6_daddr as u64).map(|w| words = w),
+        AF_INET6 => words = field(sk, offset!(skc_v6_daddr)),
         _ => return ALLOW,
-    };
-    let port = if addressed.is_some() { port.unwrap_or(0) } else { 0 };
+    }
     if port == 0 && !required {
         return ALLOW;
     }

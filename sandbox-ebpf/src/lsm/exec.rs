@@ -10,8 +10,8 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use sandbox_common::{exec_right, lsm_rule, Hook, InodeKey};
 
-use super::kernel::{file_identity, read_u32, read_u64};
-use super::{current_sandbox, deny, layout, Event, ALLOW};
+use super::kernel::{field, file_id, offset};
+use super::{current_sandbox, deny, Event, ALLOW};
 use crate::maps::LSM_EXEC_ALLOW;
 
 #[lsm(hook = "bprm_check_security")]
@@ -22,26 +22,22 @@ pub fn leash_lsm_bprm_check_security(ctx: LsmContext) -> i32 {
     if sandbox.policy.rules & lsm_rule::EXEC_ALLOWLIST == 0 {
         return ALLOW;
     }
+    // `bprm` is typed (`struct linux_binprm *`), and so is the file loaded through it.
     let bprm: u64 = ctx.arg(0);
     let mut event = Event::new(Hook::LsmExec);
-    let Some(layout) = layout() else {
-        return deny(&sandbox, &event);
-    };
-    if let Some(filename) = read_u64(bprm, layout.binprm_filename) {
-        // SAFETY: the helper bounds the copy by the buffer and checks the source address.
-        let _ = unsafe { bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut event.path) };
+    if let Some(id) = file_id(field(bprm, offset!(binprm_file))) {
+        let key = InodeKey { sandbox: sandbox.id, ino: id.ino, dev: id.dev, _pad: 0 };
+        // SAFETY: the value is copied out at once.
+        let right = unsafe { LSM_EXEC_ALLOW.get(&key) }.copied().unwrap_or(0);
+        if id.linked && right & exec_right::RUN != 0 {
+            return ALLOW;
+        }
+        event.target_dev = id.dev;
+        event.target_ino = id.ino;
     }
-    let Some((dev, ino, inode)) = read_u64(bprm, layout.binprm_file).and_then(|f| file_identity(f, &layout)) else {
-        return deny(&sandbox, &event);
-    };
-    let nlink = read_u32(inode, layout.inode_nlink).unwrap_or(0);
-    event.target_dev = dev;
-    event.target_ino = ino;
-    let key = InodeKey { sandbox: sandbox.id, ino, dev, _pad: 0 };
-    // SAFETY: the value is copied out at once.
-    let right = unsafe { LSM_EXEC_ALLOW.get(&key) }.copied().unwrap_or(0);
-    if nlink != 0 && right & exec_right::RUN != 0 {
-        return ALLOW;
-    }
+    // Refused: only now is the name worth copying, for the audit record.
+    let filename: u64 = field(bprm, offset!(binprm_filename));
+    // SAFETY: the helper bounds the copy by the buffer and checks the source address.
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut event.path) };
     deny(&sandbox, &event)
 }

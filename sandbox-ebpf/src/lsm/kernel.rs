@@ -1,12 +1,49 @@
-//! Reading kernel structs without CO-RE: each read is `bpf_probe_read_kernel` at a base address
-//! plus a field offset that userspace found in the running kernel's BTF (`LEASH_LSM_LAYOUT`,
-//! filled by `sandbox-user/src/kernel/btf.rs`). A failed read is `None`, and callers deny.
-//! Every read of kernel memory in the LSM programs goes through [`read`].
+//! Reading kernel structs without CO-RE. The field offsets come from the running kernel's BTF:
+//! userspace sets them in the read-only global [`LEASH_KERNEL_LAYOUT`] when it loads the object
+//! (`sandbox-user/src/kernel/generation.rs`), and the verifier, which reads frozen `.rodata`,
+//! sees each offset as a constant.
+//!
+//! Two ways to read, chosen by what the verifier knows of the base address:
+//! - [`field`]: a plain load, for pointers whose BTF type the verifier knows (a hook's arguments,
+//!   and pointers loaded through them). The verifier checks the offset against the type and the
+//!   JIT makes the load fault-safe (a bad address reads 0): one instruction, where a helper call
+//!   costs dozens. A base the verifier sees as a plain number makes the program fail to load.
+//! - [`read`]: `bpf_probe_read_kernel`, for addresses the verifier sees as plain numbers (the
+//!   current task from `bpf_get_current_task`, which has no typed form before 5.11, and what is
+//!   read through it). A failed read is `None`, and callers deny.
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::helpers::generated as gen;
 use sandbox_common::KernelLayout;
+
+/// This kernel's struct layout; all zero (`valid` 0) until userspace sets it at load.
+#[no_mangle]
+pub(crate) static LEASH_KERNEL_LAYOUT: KernelLayout = KernelLayout::UNSET;
+
+/// One offset of [`LEASH_KERNEL_LAYOUT`]. A volatile read: the compiler must not fold the
+/// zeroes it was built with, the verifier folds the value userspace set.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a read of an initialised static.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::lsm::kernel::LEASH_KERNEL_LAYOUT.$field)) }
+    };
+}
+pub(crate) use offset;
+
+/// Whether userspace set the layout (it always does before the programs can attach).
+#[inline(always)]
+pub fn layout_set() -> bool {
+    offset!(valid) != 0
+}
+
+/// The `T` at `base + offset`, where `base` is a BTF-typed pointer (see the module doc).
+#[inline(always)]
+pub fn field<T: Copy>(base: u64, offset: u32) -> T {
+    // SAFETY: the verifier checks the access against `base`'s BTF type and the JIT turns it into
+    // a load that cannot fault.
+    unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) }
+}
 
 /// The `T` at kernel address `addr`, or `None` when the read faults.
 ///
@@ -48,27 +85,54 @@ pub fn read_u32(base: u64, offset: u32) -> Option<u32> {
     read(base + offset as u64)
 }
 
-/// The cgroup v2 cgroup of `task`: `task->cgroups->dfl_cgrp`.
+/// The cgroup v2 cgroup of `task` (any address): `task->cgroups->dfl_cgrp`.
 #[inline(always)]
-pub fn task_cgroup(task: u64, layout: &KernelLayout) -> Option<u64> {
-    let css_set = read_u64(task, layout.task_cgroups)?;
-    read_u64(css_set, layout.css_set_dfl_cgrp)
+pub fn task_cgroup(task: u64) -> Option<u64> {
+    let css_set = read_u64(task, offset!(task_cgroups))?;
+    read_u64(css_set, offset!(css_set_dfl_cgrp))
 }
 
-/// The id of the cgroup at `cgroup` (what `bpf_get_current_cgroup_id` returns): `cgroup->kn->id`.
+/// The id of the cgroup at `cgroup` (any address; what `bpf_get_current_cgroup_id` returns):
+/// `cgroup->kn->id`.
 #[inline(always)]
-pub fn cgroup_id(cgroup: u64, layout: &KernelLayout) -> Option<u64> {
-    let kn = read_u64(cgroup, layout.cgroup_kn)?;
-    read_u64(kn, layout.kernfs_id)
+pub fn cgroup_id(cgroup: u64) -> Option<u64> {
+    let kn = read_u64(cgroup, offset!(cgroup_kn))?;
+    read_u64(kn, offset!(kernfs_id))
 }
 
-/// Device (kernel encoding) and inode number of the file at `file`
-/// (`file->f_inode->{i_sb->s_dev, i_ino}`), and the inode's address.
+/// The tgid of `task`, a BTF-typed `task_struct` pointer (a hook's argument).
 #[inline(always)]
-pub fn file_identity(file: u64, layout: &KernelLayout) -> Option<(u32, u64, u64)> {
-    let inode = read_u64(file, layout.file_inode)?;
-    let ino = read_u64(inode, layout.inode_ino)?;
-    let sb = read_u64(inode, layout.inode_sb)?;
-    let dev = read_u32(sb, layout.sb_dev)?;
-    Some((dev, ino, inode))
+pub fn task_tgid(task: u64) -> u32 {
+    field(task, offset!(task_tgid))
+}
+
+/// What names a file for the allow and deny lists: its device (kernel encoding) and inode
+/// number, and whether it still has a link in some directory (a memfd or a deleted file has none).
+pub struct FileId {
+    pub dev: u32,
+    pub ino: u64,
+    pub linked: bool,
+}
+
+/// The identity of `file`, a BTF-typed `struct file` pointer (a hook's argument, or loaded
+/// through one): `file->f_inode->{i_sb->s_dev, i_ino, i_nlink}`, four loads. `None` when the
+/// layout is not set or a pointer on the way is NULL.
+#[inline(always)]
+pub fn file_id(file: u64) -> Option<FileId> {
+    if !layout_set() || file == 0 {
+        return None;
+    }
+    let inode: u64 = field(file, offset!(file_inode));
+    if inode == 0 {
+        return None;
+    }
+    let sb: u64 = field(inode, offset!(inode_sb));
+    if sb == 0 {
+        return None;
+    }
+    Some(FileId {
+        dev: field(sb, offset!(sb_dev)),
+        ino: field(inode, offset!(inode_ino)),
+        linked: field::<u32>(inode, offset!(inode_nlink)) != 0,
+    })
 }

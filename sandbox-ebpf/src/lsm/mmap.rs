@@ -16,8 +16,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_rule, Hook, InodeKey};
 
-use super::kernel::{file_identity, read_u32, read_u64};
-use super::{current_sandbox, deny, layout, Event, ALLOW};
+use super::kernel::{field, file_id, layout_set, offset};
+use super::{current_sandbox, deny, Event, ALLOW};
 use crate::maps::LSM_EXEC_ALLOW;
 
 const PROT_EXEC: u64 = 4;
@@ -29,7 +29,7 @@ pub fn leash_lsm_mmap_file(ctx: LsmContext) -> i32 {
     if file == 0 || (reqprot | prot) & PROT_EXEC == 0 {
         return ALLOW;
     }
-    decide(Hook::LsmMmap, |_| Some(file), reqprot | prot)
+    decide(Hook::LsmMmap, || file, reqprot | prot)
 }
 
 #[lsm(hook = "file_mprotect")]
@@ -39,12 +39,13 @@ pub fn leash_lsm_file_mprotect(ctx: LsmContext) -> i32 {
     if (reqprot | prot) & PROT_EXEC == 0 {
         return ALLOW;
     }
-    decide(Hook::LsmMprotect, |vma_file| read_u64(vma, vma_file), reqprot | prot)
+    // `vma` is typed (`struct vm_area_struct *`).
+    decide(Hook::LsmMprotect, || field(vma, offset!(vma_file)), reqprot | prot)
 }
 
-/// The verdict on mapping `file` (found from the layout's `vma_file` offset) executable.
+/// The verdict on mapping `file()` (a typed `struct file *`, NULL for anonymous memory) executable.
 #[inline(always)]
-fn decide(hook: Hook, file: impl Fn(u32) -> Option<u64>, prot: u64) -> i32 {
+fn decide(hook: Hook, file: impl Fn() -> u64, prot: u64) -> i32 {
     let Some(sandbox) = current_sandbox() else {
         return ALLOW;
     };
@@ -53,23 +54,21 @@ fn decide(hook: Hook, file: impl Fn(u32) -> Option<u64>, prot: u64) -> i32 {
     }
     let mut event = Event::new(hook);
     event.protocol = prot as u32;
-    let Some(layout) = layout() else {
+    if !layout_set() {
+        return deny(&sandbox, &event);
+    }
+    let file = file();
+    if file == 0 {
+        return ALLOW; // anonymous memory
+    }
+    let Some(id) = file_id(file) else {
         return deny(&sandbox, &event);
     };
-    let file = match file(layout.vma_file) {
-        Some(0) => return ALLOW, // anonymous memory
-        Some(f) => f,
-        None => return deny(&sandbox, &event),
-    };
-    let Some((dev, ino, inode)) = file_identity(file, &layout) else {
-        return deny(&sandbox, &event);
-    };
-    event.target_dev = dev;
-    event.target_ino = ino;
-    let nlink = read_u32(inode, layout.inode_nlink).unwrap_or(0);
-    let key = InodeKey { sandbox: sandbox.id, ino, dev, _pad: 0 };
+    event.target_dev = id.dev;
+    event.target_ino = id.ino;
+    let key = InodeKey { sandbox: sandbox.id, ino: id.ino, dev: id.dev, _pad: 0 };
     // SAFETY: only presence is read: any entry may be mapped (`exec_right`).
-    if nlink != 0 && unsafe { LSM_EXEC_ALLOW.get(&key) }.is_some() {
+    if id.linked && unsafe { LSM_EXEC_ALLOW.get(&key) }.is_some() {
         return ALLOW;
     }
     deny(&sandbox, &event)

@@ -19,9 +19,15 @@
 //! | `probe.rs` | `socket_create` | none: `leash doctor`'s "does BPF-LSM work here" probe |
 //!
 //! The programs are built without CO-RE: hooks that read kernel structs (`kernel.rs`) take the
-//! field offsets from `LEASH_LSM_LAYOUT`, which userspace fills from the running kernel's BTF.
+//! field offsets from a read-only global that userspace sets from the running kernel's BTF when
+//! it loads the object, so the verifier sees them as constants.
 //! A task belongs to a sandbox when its own cgroup has an entry, or when an ancestor cgroup has
 //! one registered with `lsm_rule::DESCENDANTS`.
+//!
+//! What a hook costs a task in no sandbox (every process on the host, while any sandbox is
+//! registered): one helper call for its cgroup id, one hash lookup that misses, one array lookup
+//! for the levels with descendants (zero but on a node). Everything else comes after the task is
+//! found in a sandbox, and then only for the rules that sandbox has.
 
 mod bpf;
 mod connect;
@@ -39,13 +45,13 @@ mod socket;
 mod userns;
 
 use aya_ebpf::helpers::bpf_get_current_task;
-use sandbox_common::{lsm_rule, Hook, KernelLayout, LsmPolicy, MAX_SANDBOX_LEVEL};
+use sandbox_common::{lsm_rule, Hook, LsmPolicy, MAX_SANDBOX_LEVEL};
 
 use crate::events::report;
 pub use crate::events::Event;
-use crate::maps::{LSM_LAYOUT, LSM_SANDBOXES};
+use crate::maps::{LSM_LEVELS, LSM_SANDBOXES};
 use crate::net::current_cgroup;
-use kernel::{cgroup_id, read_u32, read_u64, task_cgroup};
+use kernel::{cgroup_id, layout_set, offset, read_u32, read_u64, task_cgroup};
 
 /// LSM verdicts: 0 lets the next LSM decide, a negative errno refuses.
 pub const ALLOW: i32 = 0;
@@ -58,12 +64,6 @@ pub struct Sandbox {
     pub policy: LsmPolicy,
 }
 
-/// The kernel struct layout userspace wrote, once it has.
-#[inline(always)]
-pub fn layout() -> Option<KernelLayout> {
-    LSM_LAYOUT.get(0).copied().filter(|l| l.valid != 0)
-}
-
 /// The sandbox of the current task, if any. Its own cgroup is looked up first; ancestors only
 /// at the levels where sandboxes with descendants exist.
 #[inline(always)]
@@ -73,48 +73,48 @@ pub fn current_sandbox() -> Option<Sandbox> {
     if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {
         return Some(Sandbox { id, policy });
     }
-    let layout = LSM_LAYOUT.get(0)?;
-    if layout.sandbox_levels == 0 {
+    let levels = *LSM_LEVELS.get(0)?;
+    if levels == 0 {
         return None;
     }
     // SAFETY: plain BPF helper call.
     let task = unsafe { bpf_get_current_task() };
-    ancestor_sandbox(task_cgroup(task, layout)?, layout)
+    ancestor_sandbox(task_cgroup(task)?, levels)
 }
 
 /// The sandbox the cgroup at kernel address `cgroup` belongs to, if any.
 #[inline(always)]
-pub fn sandbox_of_cgroup(cgroup: u64, layout: &KernelLayout) -> Option<Sandbox> {
-    let id = cgroup_id(cgroup, layout)?;
+pub fn sandbox_of_cgroup(cgroup: u64) -> Option<Sandbox> {
+    let id = cgroup_id(cgroup)?;
     // SAFETY: as above.
     if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {
         return Some(Sandbox { id, policy });
     }
-    ancestor_sandbox(cgroup, layout)
+    ancestor_sandbox(cgroup, *LSM_LEVELS.get(0)?)
 }
 
-/// Whether the task at kernel address `task` is in `sandbox`.
+/// Whether the task at kernel address `task` is in `sandbox`. Fails closed (false) while the
+/// layout is not set.
 #[inline(always)]
-pub fn same_sandbox(task: u64, sandbox: &Sandbox, layout: &KernelLayout) -> bool {
-    task_cgroup(task, layout).and_then(|c| sandbox_of_cgroup(c, layout)).is_some_and(|s| s.id == sandbox.id)
+pub fn same_sandbox(task: u64, sandbox: &Sandbox) -> bool {
+    layout_set() && task_cgroup(task).and_then(sandbox_of_cgroup).is_some_and(|s| s.id == sandbox.id)
 }
 
-/// The sandbox registered with descendants at one of `cgroup`'s ancestor levels.
+/// The sandbox registered with descendants at one of `cgroup`'s ancestor levels; `levels` has bit
+/// `n` set when such sandboxes sit at level `n`.
 #[inline(always)]
-fn ancestor_sandbox(cgroup: u64, layout: &KernelLayout) -> Option<Sandbox> {
-    if layout.sandbox_levels == 0 {
+fn ancestor_sandbox(cgroup: u64, levels: u32) -> Option<Sandbox> {
+    if levels == 0 || !layout_set() {
         return None;
     }
-    let level = read_u32(cgroup, layout.cgroup_level)?;
+    let level = read_u32(cgroup, offset!(cgroup_level))?;
+    let ancestors = cgroup + offset!(cgroup_ancestors) as u64;
+    let ids = offset!(ancestors_are_ids) != 0;
     let mut n: u32 = 0;
     while n < MAX_SANDBOX_LEVEL && n < level {
-        if layout.sandbox_levels & (1 << n) != 0 {
-            let slot = cgroup + layout.cgroup_ancestors as u64 + 8 * n as u64;
-            let id = if layout.ancestors_are_ids != 0 {
-                read_u64(slot, 0)
-            } else {
-                read_u64(slot, 0).and_then(|a| cgroup_id(a, layout))
-            };
+        if levels & (1 << n) != 0 {
+            let slot = ancestors + 8 * n as u64;
+            let id = if ids { read_u64(slot, 0) } else { read_u64(slot, 0).and_then(cgroup_id) };
             if let Some(id) = id {
                 // SAFETY: as above.
                 if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {

@@ -8,8 +8,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_deny, Hook};
 
-use super::kernel::read_u32;
-use super::{current_sandbox, deny, layout, same_sandbox, Event, ALLOW};
+use super::kernel::{layout_set, task_tgid};
+use super::{current_sandbox, deny, same_sandbox, Event, ALLOW};
 
 #[lsm(hook = "ptrace_access_check")]
 pub fn leash_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
@@ -34,11 +34,11 @@ fn judge(target: u64, mode: u32) -> i32 {
     }
     let mut event = Event::new(Hook::LsmPtrace);
     event.protocol = mode;
-    if let Some(layout) = layout() {
-        event.target_pid = read_u32(target, layout.task_tgid).unwrap_or(0);
-        if same_sandbox(target, &sandbox, &layout) {
-            return ALLOW;
-        }
+    if same_sandbox(target, &sandbox) {
+        return ALLOW;
+    }
+    if layout_set() {
+        event.target_pid = task_tgid(target);
     }
     deny(&sandbox, &event)
 }

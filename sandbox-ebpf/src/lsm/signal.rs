@@ -6,8 +6,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_deny, Hook};
 
-use super::kernel::read_u32;
-use super::{current_sandbox, deny, layout, same_sandbox, Event, ALLOW};
+use super::kernel::{layout_set, task_tgid};
+use super::{current_sandbox, deny, same_sandbox, Event, ALLOW};
 
 #[lsm(hook = "task_kill")]
 pub fn leash_lsm_task_kill(ctx: LsmContext) -> i32 {
@@ -21,11 +21,11 @@ pub fn leash_lsm_task_kill(ctx: LsmContext) -> i32 {
     let signal: i32 = ctx.arg(2);
     let mut event = Event::new(Hook::LsmKill);
     event.protocol = signal as u32;
-    if let Some(layout) = layout() {
-        event.target_pid = read_u32(target, layout.task_tgid).unwrap_or(0);
-        if same_sandbox(target, &sandbox, &layout) {
-            return ALLOW;
-        }
+    if same_sandbox(target, &sandbox) {
+        return ALLOW;
+    }
+    if layout_set() {
+        event.target_pid = task_tgid(target);
     }
     deny(&sandbox, &event)
 }

@@ -4,8 +4,9 @@
 //! The eBPF programs are built without CO-RE relocations (Rust has no
 //! `preserve_access_index`), so userspace does the relocation itself: it reads the BTF type
 //! section, looks up each struct member by name (through anonymous unions and structs), and
-//! writes the byte offsets into `LEASH_LSM_LAYOUT` before the programs attach. A member this
-//! kernel lacks is an error naming it: rules that need it cannot be enforced.
+//! sets the byte offsets as the object's read-only global `LEASH_KERNEL_LAYOUT` when it loads it
+//! (`generation.rs`), which the verifier then treats as constants. A member this kernel lacks is
+//! an error naming it: rules that need it cannot be enforced.
 
 use std::collections::HashMap;
 
@@ -160,7 +161,6 @@ impl KernelBtf {
     }
 
     /// The layout the LSM programs need, or an error naming the first member this kernel lacks.
-    /// `sandbox_levels` starts empty.
     pub fn lsm_layout(&self) -> Result<KernelLayout> {
         // cgroup.ancestors (pointers) replaced cgroup.ancestor_ids (ids) in 6.0.
         let (ancestors, cgroup_ancestors) = self.offset_any("cgroup", &["ancestors", "ancestor_ids"])?;
@@ -189,7 +189,6 @@ impl KernelBtf {
             skc_dport: self.offset("sock_common", "skc_dport")?,
             skc_family: self.offset("sock_common", "skc_family")?,
             skc_v6_daddr: self.offset("sock_common", "skc_v6_daddr")?,
-            sandbox_levels: 0,
         })
     }
 }

@@ -25,7 +25,8 @@ use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuHashMap, Per
 use aya::programs::{links::FdLink, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockAttachType, Lsm as LsmProgram};
 use aya::programs::{Program, SockOps};
 use sandbox_common::{
-    map_names, program_names, ConnOwner, Counters, LsmHook, SandboxNet, EVENTS_BYTES, MAX_EVENT_RINGS, SANDBOX_NODE,
+    map_names, program_names, ConnOwner, Counters, LsmHook, SandboxNet, EVENTS_BYTES, KERNEL_LAYOUT_GLOBAL,
+    MAX_EVENT_RINGS, SANDBOX_NODE,
 };
 
 use super::btf::KernelBtf;
@@ -558,13 +559,19 @@ fn generations_in_use(bpffs: &Path) -> Result<std::collections::BTreeSet<String>
     Ok(in_use)
 }
 
-/// Loads the object and pins every map and verified program under `dir` (created here). BPF-LSM
-/// programs are verified against this kernel's hooks and tried once (attached and detached);
-/// only those that work are pinned, after this kernel's struct layout is written for them.
+/// Loads the object with this kernel's struct layout and pins every map and verified program
+/// under `dir` (created here). BPF-LSM programs are verified against this kernel's hooks and
+/// tried once (attached and detached); only those that work are pinned.
 fn build(dir: &Path) -> Result<Vec<Unavailable>> {
+    // Without the layout (no BTF, or a member missing) the LSM programs read nothing: each
+    // rule that needs a field denies, and `verify_lsm` says why BPF-LSM is unavailable.
+    let layout = KernelBtf::from_sys_fs().and_then(|btf| btf.lsm_layout());
     let mut loader = aya::EbpfLoader::new();
     // The network programs use no kernel types; the LSM ones get the kernel's BTF below.
     loader.btf(None);
+    if let Ok(layout) = &layout {
+        loader.override_global(KERNEL_LAYOUT_GLOBAL, layout, true);
+    }
     let mut ebpf = loader.load(OBJECT).context("loading leash's eBPF object")?;
     let progs = dir.join("progs");
     let maps = dir.join("maps");
@@ -584,21 +591,21 @@ fn build(dir: &Path) -> Result<Vec<Unavailable>> {
     }
     // Not an error when BPF-LSM is unusable: runs whose policy needs it are refused (and told
     // why) when they ask.
-    let unavailable = match verify_lsm(&mut ebpf, dir) {
+    let verified = layout.context("finding kernel struct offsets in BTF").and_then(|_| verify_lsm(&mut ebpf, dir));
+    let unavailable = match verified {
         Ok(u) => u,
         Err(e) => vec![Unavailable { hook: "*", reason: format!("{e:#}") }],
     };
     Ok(unavailable)
 }
 
-/// Writes this kernel's struct layout, then loads each LSM program against its hook, tries it
-/// (attach, detach) and pins the ones that work in `progs`. The hooks that do not, with why.
+/// Loads each LSM program against its hook, tries it (attach, detach) and pins the ones that
+/// work in `progs`. The hooks that do not, with why.
 fn verify_lsm(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<Vec<Unavailable>> {
     let progs = dir.join("progs");
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-    let layout = KernelBtf::from_sys_fs()?.lsm_layout().context("finding kernel struct offsets in BTF")?;
     // Held until the programs are loaded: they refer to the maps' descriptors.
-    let _maps = LsmMaps::take(ebpf, layout)?;
+    let _maps = LsmMaps::take(ebpf)?;
     let mut unavailable = Vec::new();
     for LsmHook { program, hook, .. } in program_names::LSM_HOOKS {
         let tried = (|| -> Result<()> {

@@ -8,8 +8,8 @@
 //! their policy needs ([`LsmRules::required_hooks`]). `generation.rs` loads, attaches and
 //! detaches the programs.
 //!
-//! Before the programs load, the kernel struct offsets they read are written into
-//! `LEASH_LSM_LAYOUT` from this kernel's BTF (`KernelBtf::lsm_layout`).
+//! The kernel struct offsets the programs read are not in a map: `generation.rs` sets them as a
+//! read-only global when it loads the object (`KernelBtf::lsm_layout`).
 //!
 //! Needs a kernel with `CONFIG_BPF_LSM`, `bpf` in the active LSMs (`lsm=` boot parameter) and BTF;
 //! minimum kernel 5.7.
@@ -21,9 +21,7 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
-use sandbox_common::{
-    exec_right, lsm_rule, map_names, program_names, InodeKey, KernelLayout, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL,
-};
+use sandbox_common::{exec_right, lsm_rule, map_names, program_names, InodeKey, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL};
 
 use super::lsm_rules::{FileId, LsmRules};
 use super::pins;
@@ -48,15 +46,16 @@ pub struct Registration<'a> {
     pub proxy: Option<SocketAddr>,
 }
 
-/// The BPF-LSM maps: which cgroups are sandboxes, their lists, and this kernel's struct layout.
-/// Taken from a freshly loaded object, or opened from pins (the node daemon).
+/// The BPF-LSM maps: which cgroups are sandboxes, their lists, and the cgroup levels of sandboxes
+/// with descendants. Taken from a freshly loaded object, or opened from pins.
 pub struct LsmMaps {
     sandboxes: HashMap<MapData, u64, LsmPolicy>,
     exec_allow: HashMap<MapData, InodeKey, u8>,
     deny_open: HashMap<MapData, InodeKey, u8>,
     unix_allow: HashMap<MapData, UnixKey, u8>,
-    layout_map: Array<MapData, KernelLayout>,
-    layout: KernelLayout,
+    levels_map: Array<MapData, u32>,
+    /// What `levels_map` holds: bit `n` for a sandbox with descendants at cgroup level `n`.
+    levels: u32,
 }
 
 /// The LSM maps by name, in the order [`LsmMaps`] holds them.
@@ -65,38 +64,36 @@ pub const LSM_MAPS: [&str; 5] = [
     map_names::LSM_EXEC_ALLOW,
     map_names::LSM_DENY_OPEN,
     map_names::LSM_UNIX_ALLOW,
-    map_names::LSM_LAYOUT,
+    map_names::LSM_LEVELS,
 ];
 
 impl LsmMaps {
-    /// Takes the maps out of a loaded object and writes `layout` (before any program attaches).
-    pub fn take(ebpf: &mut Ebpf, layout: KernelLayout) -> Result<Self> {
+    /// Takes the maps out of a loaded object (before any program attaches).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take =
             |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"));
-        let mut maps = Self {
+        Ok(Self {
             sandboxes: HashMap::try_from(take(map_names::LSM_SANDBOXES)?)?,
             exec_allow: HashMap::try_from(take(map_names::LSM_EXEC_ALLOW)?)?,
             deny_open: HashMap::try_from(take(map_names::LSM_DENY_OPEN)?)?,
             unix_allow: HashMap::try_from(take(map_names::LSM_UNIX_ALLOW)?)?,
-            layout_map: Array::try_from(take(map_names::LSM_LAYOUT)?)?,
-            layout,
-        };
-        maps.write_layout()?;
-        Ok(maps)
+            levels_map: Array::try_from(take(map_names::LSM_LEVELS)?)?,
+            levels: 0,
+        })
     }
 
-    /// Opens the maps pinned as `<dir>/<map name>`, with the layout they hold.
+    /// Opens the maps pinned as `<dir>/<map name>`, with the levels they hold.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
         let open = |name: &str| pins::open_map(&dir.join(name));
-        let layout_map: Array<MapData, KernelLayout> = Array::try_from(open(map_names::LSM_LAYOUT)?)?;
-        let layout = layout_map.get(&0, 0).context("reading the pinned kernel layout")?;
+        let levels_map: Array<MapData, u32> = Array::try_from(open(map_names::LSM_LEVELS)?)?;
+        let levels = levels_map.get(&0, 0).context("reading the pinned sandbox levels")?;
         Ok(Self {
             sandboxes: HashMap::try_from(open(map_names::LSM_SANDBOXES)?)?,
             exec_allow: HashMap::try_from(open(map_names::LSM_EXEC_ALLOW)?)?,
             deny_open: HashMap::try_from(open(map_names::LSM_DENY_OPEN)?)?,
             unix_allow: HashMap::try_from(open(map_names::LSM_UNIX_ALLOW)?)?,
-            layout_map,
-            layout,
+            levels_map,
+            levels,
         })
     }
 
@@ -122,8 +119,8 @@ impl LsmMaps {
                 return Err(anyhow!("cgroup level {} is too deep for a sandbox with descendants", r.level));
             }
             policy.rules |= lsm_rule::DESCENDANTS;
-            self.layout.sandbox_levels |= 1 << r.level;
-            self.write_layout()?;
+            self.levels |= 1 << r.level;
+            self.levels_map.set(0, self.levels, 0).context("writing the sandbox levels map")?;
         }
         self.add_sandbox(id, policy)
     }
@@ -162,10 +159,6 @@ impl LsmMaps {
     /// Every cgroup id with an LSM sandbox entry.
     pub fn entries(&self) -> Vec<u64> {
         self.sandboxes.keys().filter_map(|k| k.ok()).collect()
-    }
-
-    fn write_layout(&mut self) -> Result<()> {
-        self.layout_map.set(0, self.layout, 0).context("writing the kernel layout map")
     }
 }
 

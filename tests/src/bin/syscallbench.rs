@@ -13,10 +13,12 @@
 //! |---|---|
 //! | `a` | no BPF-LSM programs attached anywhere, no seccomp filter |
 //! | `b` | leash's BPF-LSM programs attached (the host's [`Generation`]), the process inside a cgroup registered with a 100-entry policy that denies every `lsm_deny` flag ([`fill_policy`]) |
+//! | `b1000` | as `b`, in another cgroup whose `deny_open` list has 1,000 files instead of 50: a long list must cost what a short one does |
 //! | `c` | no BPF-LSM programs; a seccomp-BPF denylist of 45 rules ([`denylist_filter`]) of the kind a namespace supervisor installs, some conditioned on arguments |
 //! | `outside` | leash's programs attached as in `b`, the process in no sandbox: what every other process on the host pays |
 //! | `outside16` | as `outside`, with 16 sandboxes registered instead of one: what the host pays does not grow with the number of sandboxes |
 //! | `zero` | the host's generation loaded and pinned, no sandbox registered: no LSM program attached, so it must cost what `a` does |
+//! | `floor` | nothing of leash loaded; a do-nothing BPF-LSM program (`leash_lsm_probe`, `return 0`) attached to each hook leash's programs use: what the kernel charges for calling any BPF-LSM program there, the least `b` and `outside` can cost ([`attach_floor`]) |
 //!
 //! Every mode runs in a fresh worker process (this binary re-executed as `syscallbench worker ...`)
 //! so all modes have the same address space to fork. Every worker sets `no_new_privs` (seccomp needs
@@ -28,15 +30,15 @@
 //!
 //! The programs are attached host-wide, so `a` and `c` must run while they are not loaded: each
 //! round loads them (a few seconds under TCG) for `b`, `outside` and `outside16`, runs `zero` once
-//! the last sandbox is gone (the programs still pinned), and removes the generation for `a` and
-//! `c`, alternating which half comes first (and the order within each half) from one round to the
+//! the last sandbox is gone (the programs still pinned), and removes the generation for `a`, `c`
+//! and then `floor`, alternating which half comes first (and the order within each half) from one round to the
 //! next. Each worker times every loop `--samples` times; the figure per mode and loop is the
 //! median of its `rounds x samples` timings.
 //!
 //! Output: progress lines, then one line per loop
-//! `LEASH-BENCH <loop> a=<ns> b=<ns> c=<ns> b/a=<x> c/a=<y>`, one line per loop
+//! `LEASH-BENCH <loop> a=<ns> b=<ns> c=<ns> b/a=<x> c/a=<y> b1000=<ns> b1000/b=<x>`, one line per loop
 //! `LEASH-BENCH-OUTSIDE <loop> a=<ns> outside=<ns> outside/a=<x> outside16=<ns> outside16/outside=<x>
-//! zero=<ns> zero/a=<x>`, one line per loop
+//! zero=<ns> zero/a=<x> floor=<ns> floor/a=<x>`, one line per loop
 //! `LEASH-BENCH-SPREAD <loop> spread_a=<x> spread_b=.. spread_c=.. spread_outside=..` ((max - min) /
 //! median of each mode's timings), and a table. Exit 1 on any failure (the reason on stdout,
 //! `syscallbench: ...`). Before timing it waits for the VM to settle after boot ([`settle`]) and
@@ -59,6 +61,10 @@ use leash::kernel::lsm::Registration;
 use leash::kernel::lsm_rules::{FileId, LsmRules};
 use leash::kernel::mounts::cgroup2_root;
 use sandbox_common::{lsm_deny, lsm_rule};
+
+use aya::programs::Lsm;
+use leash::kernel::programs::OBJECT;
+use sandbox_common::{map_names, program_names};
 
 /// The file the open/close loop opens (on the VM's tmpfs).
 const OPEN_PATH: &str = "/tmp/syscallbench-open";
@@ -84,23 +90,36 @@ const DEFAULT_COUNTS: Counts = Counts { rounds: 2, samples: 3, open: 10_000, soc
 enum Mode {
     Bare,
     Leash,
+    Leash1000,
     Seccomp,
     Outside,
     Outside16,
     Zero,
+    Floor,
 }
 
 impl Mode {
-    const ALL: [Mode; 6] = [Mode::Bare, Mode::Leash, Mode::Seccomp, Mode::Outside, Mode::Outside16, Mode::Zero];
+    const ALL: [Mode; 8] = [
+        Mode::Bare,
+        Mode::Leash,
+        Mode::Leash1000,
+        Mode::Seccomp,
+        Mode::Outside,
+        Mode::Outside16,
+        Mode::Zero,
+        Mode::Floor,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Bare => "a",
             Mode::Leash => "b",
+            Mode::Leash1000 => "b1000",
             Mode::Seccomp => "c",
             Mode::Outside => "outside",
             Mode::Outside16 => "outside16",
             Mode::Zero => "zero",
+            Mode::Floor => "floor",
         }
     }
 
@@ -110,7 +129,12 @@ impl Mode {
 
     /// Whether an `AF_PACKET` socket must be refused with EPERM in this mode.
     fn denies_packet_sockets(self) -> bool {
-        matches!(self, Mode::Leash | Mode::Seccomp)
+        matches!(self, Mode::Leash | Mode::Leash1000 | Mode::Seccomp)
+    }
+
+    /// Whether the worker runs in a sandbox cgroup (whose `cgroup.procs` it is given).
+    fn in_sandbox(self) -> bool {
+        matches!(self, Mode::Leash | Mode::Leash1000)
     }
 }
 
@@ -230,7 +254,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         return Err("run as root: it loads BPF-LSM programs and creates a cgroup".into());
     }
     println!(
-        "syscallbench: {} rounds x {} samples of open/close x{}, socket/close x{}, fork+exec x{} in modes a, b, c, outside, outside16, zero",
+        "syscallbench: {} rounds x {} samples of open/close x{}, socket/close x{}, fork+exec x{} in modes a, b, c, outside, outside16, zero, floor",
         counts.rounds, counts.samples, counts.open, counts.socket, counts.exec
     );
     write_file(OPEN_PATH, b"syscallbench\n", 0o644)?;
@@ -260,16 +284,8 @@ fn bench(args: &[String]) -> Result<(), String> {
             .iter()
             .map(|l| {
                 let now = |m: Mode| samples.recent(m, *l, counts.samples as usize);
-                format!(
-                    "{} a={:.0} b={:.0} c={:.0} outside={:.0} outside16={:.0} zero={:.0}",
-                    l.name(),
-                    now(Mode::Bare),
-                    now(Mode::Leash),
-                    now(Mode::Seccomp),
-                    now(Mode::Outside),
-                    now(Mode::Outside16),
-                    now(Mode::Zero)
-                )
+                let figures: Vec<String> = Mode::ALL.iter().map(|m| format!("{}={:.0}", m.name(), now(*m))).collect();
+                format!("{} {}", l.name(), figures.join(" "))
             })
             .collect();
         println!(
@@ -344,12 +360,14 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
                     programs.lsm_hooks().map(|h| h.join(" ")).unwrap_or_default(),
                 );
             }
-            fill_policy(&mut programs, cgroup.id(), Path::new(EXIT_BINARY), Path::new(OPEN_PATH))?;
+            fill_policy(&mut programs, cgroup.id(), DENY_OPEN_SHORT)?;
             let modes = if flip { [Mode::Outside, Mode::Leash] } else { [Mode::Leash, Mode::Outside] };
             for mode in modes {
                 run_worker(mode, counts, procs, samples)?;
             }
+            // The first of the others has the long deny list: `b1000` runs in it.
             let more = more_sandboxes(&mut programs, K_SANDBOXES - 1)?;
+            run_worker(Mode::Leash1000, counts, &more[0].path().join("cgroup.procs"), samples)?;
             run_worker(Mode::Outside16, counts, procs, samples)?;
             for c in more.iter().map(|c| c.id()).chain([cgroup.id()]) {
                 programs.remove_entries(c).map_err(|e| format!("removing a benchmark cgroup: {e:#}"))?;
@@ -373,6 +391,12 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
             for mode in modes {
                 run_worker(mode, counts, procs, samples)?;
             }
+            let floor = attach_floor()?;
+            if r == 0 {
+                println!("syscallbench: floor: the do-nothing program attached to {} hooks", floor.len());
+            }
+            run_worker(Mode::Floor, counts, procs, samples)?;
+            drop(floor);
         }
     }
     Ok(())
@@ -381,7 +405,12 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
 /// Sandboxes registered in `outside16`, counting the one of `b`.
 const K_SANDBOXES: usize = 16;
 
-/// `n` more sandbox cgroups registered with the same policy as `b`'s (nobody runs in them).
+/// `deny_open` entries of `b`'s policy and of `b1000`'s.
+const DENY_OPEN_SHORT: usize = 50;
+const DENY_OPEN_LONG: usize = 1000;
+
+/// `n` more sandbox cgroups registered with `b`'s policy (nobody runs in them), but the first,
+/// whose `deny_open` list is [`DENY_OPEN_LONG`] files long (`b1000` runs in it).
 fn more_sandboxes(programs: &mut Generation, n: usize) -> Result<Vec<SandboxCgroup>, String> {
     let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
     let mut made = Vec::new();
@@ -389,7 +418,7 @@ fn more_sandboxes(programs: &mut Generation, n: usize) -> Result<Vec<SandboxCgro
         let name = format!("{CGROUP_NAME}-{i}");
         let _ = std::fs::remove_dir(root.join(format!("leash-{name}")));
         let c = SandboxCgroup::create(&root, &name).map_err(|e| format!("{e:#}"))?;
-        fill_policy(programs, c.id(), Path::new(EXIT_BINARY), Path::new(OPEN_PATH))?;
+        fill_policy(programs, c.id(), if i == 0 { DENY_OPEN_LONG } else { DENY_OPEN_SHORT })?;
         made.push(c);
     }
     Ok(made)
@@ -399,6 +428,46 @@ fn more_sandboxes(programs: &mut Generation, n: usize) -> Result<Vec<SandboxCgro
 fn generation_dir() -> Result<std::path::PathBuf, String> {
     let bpffs = leash::kernel::mounts::bpffs_root().map_err(|e| format!("{e:#}"))?;
     Ok(leash::kernel::pins::root(&bpffs).join(leash::kernel::generation::this_generation()))
+}
+
+/// Mode `floor`: leash's do-nothing LSM program attached to every hook of leash's hook table
+/// this kernel has, each from its own copy of the object (a program loads against one hook),
+/// with every map shrunk to the least the kernel accepts. Attached until the copies are dropped.
+fn attach_floor() -> Result<Vec<aya::Ebpf>, String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+    let mut attached = Vec::new();
+    for hook in program_names::LSM_HOOKS.iter().map(|h| h.hook) {
+        let mut loader = aya::EbpfLoader::new();
+        loader.btf(None);
+        for map in [
+            map_names::SANDBOXES,
+            map_names::COUNTERS,
+            map_names::EVENT_SLOTS,
+            map_names::EVENT_RINGS,
+            map_names::SOCKET_OWNERS,
+            map_names::PROXY_CLIENTS,
+            map_names::LSM_SANDBOXES,
+            map_names::LSM_EXEC_ALLOW,
+            map_names::LSM_DENY_OPEN,
+            map_names::LSM_UNIX_ALLOW,
+        ] {
+            loader.map_max_entries(map, 1);
+        }
+        loader.map_max_entries(map_names::EVENTS, 4096);
+        let mut ebpf = loader.load(OBJECT).map_err(|e| format!("loading the object for the floor: {e}"))?;
+        let program: &mut Lsm = ebpf
+            .program_mut(program_names::LSM_PROBE)
+            .ok_or("no LSM probe program")?
+            .try_into()
+            .map_err(|e| format!("the LSM probe program: {e}"))?;
+        // A hook this kernel lacks (userns_create before 6.1) has no leash program either.
+        if program.load(hook, &btf).is_err() {
+            continue;
+        }
+        program.attach().map_err(|e| format!("attaching the do-nothing program to {hook}: {e}"))?;
+        attached.push(ebpf);
+    }
+    Ok(attached)
 }
 
 /// How many leash LSM links are attached (pinned in the generation's `lsm/`).
@@ -413,11 +482,12 @@ fn remove_generation() -> Result<(), String> {
 }
 
 /// The sandbox policy of mode `b`, registered for `cgroup_id`: every `lsm_deny` flag, an exec
-/// allowlist of 50 files holding `exec_allowed`, an open deny list of 50 files not holding
-/// `opened` (100 list entries), the unix allowlist (empty) and the proxy-only rule, so every hook
-/// the loops reach does its full work.
-fn fill_policy(programs: &mut Generation, cgroup_id: u64, exec_allowed: &Path, opened: &Path) -> Result<(), String> {
-    const PER_LIST: usize = 50;
+/// allowlist of 50 files holding the fork+exec loop's binary, an open deny list of `deny_open`
+/// files not holding the file the open/close loop opens (with 50: 100 list entries), the unix
+/// allowlist (empty) and the proxy-only rule, so every hook the loops reach does its full work.
+fn fill_policy(programs: &mut Generation, cgroup_id: u64, deny_open: usize) -> Result<(), String> {
+    const EXEC_LIST: usize = 50;
+    let (exec_allowed, opened) = (Path::new(EXIT_BINARY), Path::new(OPEN_PATH));
     let dir = Path::new("/tmp/syscallbench-policy");
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut rules = LsmRules {
@@ -427,10 +497,12 @@ fn fill_policy(programs: &mut Generation, cgroup_id: u64, exec_allowed: &Path, o
     };
     let id = |p: &Path| FileId::of(p).map_err(|e| format!("stat {}: {e}", p.display()));
     rules.exec.insert(id(exec_allowed)?, exec_allowed.to_path_buf());
-    for i in 0..PER_LIST * 2 {
+    for i in 0..EXEC_LIST + deny_open {
         let file = dir.join(format!("entry-{i}"));
-        std::fs::write(&file, b"").map_err(|e| format!("writing {}: {e}", file.display()))?;
-        let list = if rules.exec.len() < PER_LIST { &mut rules.exec } else { &mut rules.deny_open };
+        if !file.exists() {
+            std::fs::write(&file, b"").map_err(|e| format!("writing {}: {e}", file.display()))?;
+        }
+        let list = if rules.exec.len() < EXEC_LIST { &mut rules.exec } else { &mut rules.deny_open };
         list.insert(id(&file)?, file);
     }
     if rules.deny_open.contains_key(&id(opened)?) {
@@ -454,7 +526,7 @@ fn run_worker(mode: Mode, counts: &Counts, procs: &Path, samples: &mut Samples) 
     for n in [counts.samples, counts.open, counts.socket, counts.exec] {
         cmd.arg(n.to_string());
     }
-    if mode == Mode::Leash {
+    if mode.in_sandbox() {
         cmd.arg(procs);
     }
     let out = cmd.output().map_err(|e| format!("starting the {} worker: {e}", mode.name()))?;
@@ -492,23 +564,26 @@ fn report(counts: &Counts, samples: &Samples) {
     for l in Loop::ALL {
         let a = m(Mode::Bare, l);
         println!(
-            "LEASH-BENCH {} a={a:.0} b={:.0} c={:.0} b/a={:.3} c/a={:.3}",
+            "LEASH-BENCH {} a={a:.0} b={:.0} c={:.0} b/a={:.3} c/a={:.3} b1000={:.0} b1000/b={:.3}",
             l.name(),
             m(Mode::Leash, l),
             m(Mode::Seccomp, l),
             m(Mode::Leash, l) / a,
-            m(Mode::Seccomp, l) / a
+            m(Mode::Seccomp, l) / a,
+            m(Mode::Leash1000, l),
+            m(Mode::Leash1000, l) / m(Mode::Leash, l)
         );
     }
     for l in Loop::ALL {
         let a = m(Mode::Bare, l);
-        let (o, o16, z) = (m(Mode::Outside, l), m(Mode::Outside16, l), m(Mode::Zero, l));
+        let (o, o16, z, f) = (m(Mode::Outside, l), m(Mode::Outside16, l), m(Mode::Zero, l), m(Mode::Floor, l));
         println!(
-            "LEASH-BENCH-OUTSIDE {} a={a:.0} outside={o:.0} outside/a={:.3} outside16={o16:.0} outside16/outside={:.3} zero={z:.0} zero/a={:.3}",
+            "LEASH-BENCH-OUTSIDE {} a={a:.0} outside={o:.0} outside/a={:.3} outside16={o16:.0} outside16/outside={:.3} zero={z:.0} zero/a={:.3} floor={f:.0} floor/a={:.3}",
             l.name(),
             o / a,
             o16 / o,
-            z / a
+            z / a,
+            f / a
         );
     }
     for l in Loop::ALL {
@@ -606,7 +681,7 @@ fn worker(args: &[String]) -> Result<(), String> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(format!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error()));
     }
-    if mode == Mode::Leash {
+    if mode.in_sandbox() {
         let procs = args.get(5).ok_or("worker b: no cgroup.procs path")?;
         std::fs::write(procs, b"0").map_err(|e| format!("moving into the sandbox cgroup ({procs}): {e}"))?;
     }
