@@ -41,6 +41,10 @@ pub mod map_names {
     /// [`lsm_rule::DESCENDANTS`](super::lsm_rule::DESCENDANTS) sit (bit `n`: level `n`); the
     /// programs look a task's ancestors up only at these levels.
     pub const LSM_LEVELS: &str = "LEASH_LSM_LEVELS";
+    /// `Array<u32>` of [`LSM_FILTER_SLOTS`](super::LSM_FILTER_SLOTS): how many `LSM_SANDBOXES`
+    /// entries have an id in each slot ([`lsm_filter_slot`](super::lsm_filter_slot)). A zero
+    /// answers "not a sandbox" for a task's own cgroup without a hash lookup.
+    pub const LSM_FILTER: &str = "LEASH_LSM_FILTER";
 }
 
 /// The read-only global (`.rodata`) holding this kernel's [`KernelLayout`]: set when the object
@@ -236,6 +240,15 @@ pub const MAX_INODE_RULES: u32 = 65536;
 
 /// Entries in the unix-socket allowlist across all sandboxes.
 pub const MAX_UNIX_RULES: u32 = 4096;
+
+/// Slots of the LSM pre-filter (`map_names::LSM_FILTER`), a power of two.
+pub const LSM_FILTER_SLOTS: u32 = 65536;
+
+/// The pre-filter slot of a cgroup id: its low bits (cgroup ids are allocated in sequence, so
+/// the sandboxes of one host rarely share a slot; when they do, the count is simply higher).
+pub const fn lsm_filter_slot(cgroup_id: u64) -> u32 {
+    (cgroup_id as u32) & (LSM_FILTER_SLOTS - 1)
+}
 
 /// Deepest cgroup level whose sandboxes the LSM programs find from a descendant cgroup.
 pub const MAX_SANDBOX_LEVEL: u32 = 31;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use sandbox_common::{
-    ConnOwner, Counters, DenyEvent, InodeKey, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES, MAX_CONNECTIONS,
-    MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
+    ConnOwner, Counters, DenyEvent, InodeKey, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES, LSM_FILTER_SLOTS,
+    MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
 };
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
@@ -80,3 +80,11 @@ pub static LSM_UNIX_ALLOW: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_
 /// programs read are not here but in `.rodata`: `lsm/kernel.rs`.)
 #[map(name = "LEASH_LSM_LEVELS")]
 pub static LSM_LEVELS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Slot (`sandbox_common::lsm_filter_slot` of a cgroup id) -> how many `LSM_SANDBOXES` entries
+/// fall in it. Userspace raises a count before it inserts an entry and lowers it after it removes
+/// one (under its host lock), so a zero is always right: the cgroup has no entry. Every LSM hook
+/// asks this first: an array lookup the JIT inlines, where the hash lookup it saves costs a hash
+/// of the key and a bucket walk, for every task on the host.
+#[map(name = "LEASH_LSM_FILTER")]
+pub static LSM_FILTER: Array<u32> = Array::with_max_entries(LSM_FILTER_SLOTS, 0);

@@ -259,3 +259,41 @@ fn a_reused_event_ring_carries_none_of_the_last_sandboxs_events() {
     assert_eq!(denied_ports(&log_b), vec![port_b], "B's audit log has B's denial and nothing of A's");
     assert_eq!(slots(), before, "B took a free ring instead of adding one");
 }
+
+/// The BPF-LSM pre-filter (`LEASH_LSM_FILTER`) answers "not a sandbox" on a zero count without
+/// looking the cgroup up, so a zero for a registered sandbox would switch its BPF-LSM rules off.
+/// Tried as the attack would go: two sandboxes whose ids share a slot, one registered twice
+/// (a policy reload), one removed twice (a teardown and the reaper); the other must still count.
+/// Real maps of the host's generation; no program needs to attach for this.
+#[test]
+fn the_lsm_prefilter_never_reads_zero_for_a_registered_sandbox() {
+    let _one = serial();
+    let mut generation = leash::kernel::generation::Generation::open_host().expect("the host's generation");
+    // Ids no cgroup here has (cgroup ids are small inode numbers), sharing one slot.
+    let a: u64 = 0x7eed_0000_0000_1234;
+    let b: u64 = a + u64::from(sandbox_common::LSM_FILTER_SLOTS);
+    assert_eq!(sandbox_common::lsm_filter_slot(a), sandbox_common::lsm_filter_slot(b));
+    let policy = sandbox_common::LsmPolicy::default();
+    let counts = generation
+        .with_lsm_maps(|maps| {
+            let mut seen = vec![maps.filter_count(a)?];
+            maps.add_sandbox(a, policy)?;
+            maps.add_sandbox(b, policy)?;
+            maps.add_sandbox(a, policy)?; // registered again: no second count
+            seen.push(maps.filter_count(a)?);
+            maps.remove_sandbox(a);
+            maps.remove_sandbox(a); // removed again: no second decrement
+            seen.push(maps.filter_count(b)?);
+            let b_still_there = maps.entries().contains(&b);
+            maps.remove_sandbox(b);
+            seen.push(maps.filter_count(b)?);
+            seen.push(u32::from(b_still_there));
+            Ok(seen)
+        })
+        .expect("the LSM maps");
+    let base = counts[0];
+    assert_eq!(counts[1], base + 2, "two sandboxes in the slot count two, however often registered");
+    assert_eq!(counts[2], base + 1, "b still counts after a is removed twice");
+    assert_eq!(counts[4], 1, "b's entry is still there");
+    assert_eq!(counts[3], base, "and the slot is back where it was once b is gone");
+}

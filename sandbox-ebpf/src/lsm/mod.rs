@@ -25,9 +25,10 @@
 //! one registered with `lsm_rule::DESCENDANTS`.
 //!
 //! What a hook costs a task in no sandbox (every process on the host, while any sandbox is
-//! registered): one helper call for its cgroup id, one hash lookup that misses, one array lookup
-//! for the levels with descendants (zero but on a node). Everything else comes after the task is
-//! found in a sandbox, and then only for the rules that sandbox has.
+//! registered): one helper call for its cgroup id and two array lookups the JIT inlines, the
+//! pre-filter (`LEASH_LSM_FILTER`, see [`lookup`]) and the levels with descendants (zero but on a
+//! node). Everything else comes after the task is found in a sandbox, and then only for the
+//! rules that sandbox has.
 
 mod bpf;
 mod connect;
@@ -45,11 +46,11 @@ mod socket;
 mod userns;
 
 use aya_ebpf::helpers::bpf_get_current_task;
-use sandbox_common::{lsm_rule, Hook, LsmPolicy, MAX_SANDBOX_LEVEL};
+use sandbox_common::{lsm_filter_slot, lsm_rule, Hook, LsmPolicy, MAX_SANDBOX_LEVEL};
 
 use crate::events::report;
 pub use crate::events::Event;
-use crate::maps::{LSM_LEVELS, LSM_SANDBOXES};
+use crate::maps::{LSM_FILTER, LSM_LEVELS, LSM_SANDBOXES};
 use crate::net::current_cgroup;
 use kernel::{cgroup_id, layout_set, offset, read_u32, read_u64, task_cgroup};
 
@@ -64,13 +65,23 @@ pub struct Sandbox {
     pub policy: LsmPolicy,
 }
 
+/// The policy of the cgroup `id`, when it has an entry. The pre-filter's zero answers "none"
+/// without the hash lookup; a missing filter entry (never, the array is full-sized) is a lookup.
+#[inline(always)]
+fn lookup(id: u64) -> Option<LsmPolicy> {
+    if LSM_FILTER.get(lsm_filter_slot(id)).is_some_and(|n| *n == 0) {
+        return None;
+    }
+    // SAFETY: the value is copied out of the map before the lookup's lifetime ends.
+    unsafe { LSM_SANDBOXES.get(&id).copied() }
+}
+
 /// The sandbox of the current task, if any. Its own cgroup is looked up first; ancestors only
 /// at the levels where sandboxes with descendants exist.
 #[inline(always)]
 pub fn current_sandbox() -> Option<Sandbox> {
     let id = current_cgroup();
-    // SAFETY: the value is copied out of the map before the lookup's lifetime ends.
-    if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {
+    if let Some(policy) = lookup(id) {
         return Some(Sandbox { id, policy });
     }
     let levels = *LSM_LEVELS.get(0)?;
@@ -86,8 +97,7 @@ pub fn current_sandbox() -> Option<Sandbox> {
 #[inline(always)]
 pub fn sandbox_of_cgroup(cgroup: u64) -> Option<Sandbox> {
     let id = cgroup_id(cgroup)?;
-    // SAFETY: as above.
-    if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {
+    if let Some(policy) = lookup(id) {
         return Some(Sandbox { id, policy });
     }
     ancestor_sandbox(cgroup, *LSM_LEVELS.get(0)?)
@@ -116,8 +126,7 @@ fn ancestor_sandbox(cgroup: u64, levels: u32) -> Option<Sandbox> {
             let slot = ancestors + 8 * n as u64;
             let id = if ids { read_u64(slot, 0) } else { read_u64(slot, 0).and_then(cgroup_id) };
             if let Some(id) = id {
-                // SAFETY: as above.
-                if let Some(policy) = unsafe { LSM_SANDBOXES.get(&id).copied() } {
+                if let Some(policy) = lookup(id) {
                     if policy.rules & lsm_rule::DESCENDANTS != 0 {
                         return Some(Sandbox { id, policy });
                     }

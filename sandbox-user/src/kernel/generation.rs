@@ -383,8 +383,13 @@ impl Generation {
 
     /// Replaces a registered sandbox's rules (policy reload).
     pub fn update_lsm(&mut self, r: &Registration<'_>) -> Result<()> {
+        self.with_lsm_maps(|maps| maps.register(r))
+    }
+
+    /// Runs `f` on the LSM maps under the host lock, which every change to them needs.
+    pub fn with_lsm_maps<T>(&mut self, f: impl FnOnce(&mut LsmMaps) -> Result<T>) -> Result<T> {
         let _host = self.host_lock()?;
-        self.lsm_maps()?.register(r)
+        f(self.lsm_maps()?)
     }
 
     /// The LSM maps, opened on first use.
@@ -473,9 +478,8 @@ impl Generation {
             }
         }
         if !self.lsm_hooks.is_empty() && old_dir.join(map_names::LSM_SANDBOXES).exists() {
-            let old_lsm = LsmMaps::open_pinned(&old_dir)?;
             let _host = self.host_lock()?;
-            self.lsm_maps()?.copy_from(&old_lsm, &copied)?;
+            self.lsm_maps()?.copy_from(&old_dir, &copied)?;
             if !self.lsm_maps()?.entries().is_empty() {
                 self.attach_lsm()?;
             }

@@ -21,7 +21,9 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
-use sandbox_common::{exec_right, lsm_rule, map_names, program_names, InodeKey, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL};
+use sandbox_common::{
+    exec_right, lsm_filter_slot, lsm_rule, map_names, program_names, InodeKey, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL,
+};
 
 use super::lsm_rules::{FileId, LsmRules};
 use super::pins;
@@ -48,23 +50,28 @@ pub struct Registration<'a> {
 
 /// The BPF-LSM maps: which cgroups are sandboxes, their lists, and the cgroup levels of sandboxes
 /// with descendants. Taken from a freshly loaded object, or opened from pins.
+///
+/// Every process that changes them holds the host lock (`generation.rs`): the pre-filter counts
+/// (`LEASH_LSM_FILTER`) and the levels are read, changed and written back, and a lost update
+/// could leave a registered sandbox's slot at zero, which the programs read as "not a sandbox".
 pub struct LsmMaps {
     sandboxes: HashMap<MapData, u64, LsmPolicy>,
     exec_allow: HashMap<MapData, InodeKey, u8>,
     deny_open: HashMap<MapData, InodeKey, u8>,
     unix_allow: HashMap<MapData, UnixKey, u8>,
-    levels_map: Array<MapData, u32>,
-    /// What `levels_map` holds: bit `n` for a sandbox with descendants at cgroup level `n`.
-    levels: u32,
+    filter: Array<MapData, u32>,
+    /// Bit `n`: a sandbox with descendants at cgroup level `n`.
+    levels: Array<MapData, u32>,
 }
 
 /// The LSM maps by name, in the order [`LsmMaps`] holds them.
-pub const LSM_MAPS: [&str; 5] = [
+pub const LSM_MAPS: [&str; 6] = [
     map_names::LSM_SANDBOXES,
     map_names::LSM_EXEC_ALLOW,
     map_names::LSM_DENY_OPEN,
     map_names::LSM_UNIX_ALLOW,
     map_names::LSM_LEVELS,
+    map_names::LSM_FILTER,
 ];
 
 impl LsmMaps {
@@ -77,29 +84,48 @@ impl LsmMaps {
             exec_allow: HashMap::try_from(take(map_names::LSM_EXEC_ALLOW)?)?,
             deny_open: HashMap::try_from(take(map_names::LSM_DENY_OPEN)?)?,
             unix_allow: HashMap::try_from(take(map_names::LSM_UNIX_ALLOW)?)?,
-            levels_map: Array::try_from(take(map_names::LSM_LEVELS)?)?,
-            levels: 0,
+            filter: Array::try_from(take(map_names::LSM_FILTER)?)?,
+            levels: Array::try_from(take(map_names::LSM_LEVELS)?)?,
         })
     }
 
-    /// Opens the maps pinned as `<dir>/<map name>`, with the levels they hold.
+    /// Opens the maps pinned as `<dir>/<map name>`.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
         let open = |name: &str| pins::open_map(&dir.join(name));
-        let levels_map: Array<MapData, u32> = Array::try_from(open(map_names::LSM_LEVELS)?)?;
-        let levels = levels_map.get(&0, 0).context("reading the pinned sandbox levels")?;
         Ok(Self {
             sandboxes: HashMap::try_from(open(map_names::LSM_SANDBOXES)?)?,
             exec_allow: HashMap::try_from(open(map_names::LSM_EXEC_ALLOW)?)?,
             deny_open: HashMap::try_from(open(map_names::LSM_DENY_OPEN)?)?,
             unix_allow: HashMap::try_from(open(map_names::LSM_UNIX_ALLOW)?)?,
-            levels_map,
-            levels,
+            filter: Array::try_from(open(map_names::LSM_FILTER)?)?,
+            levels: Array::try_from(open(map_names::LSM_LEVELS)?)?,
         })
     }
 
     /// Makes `cgroup_id` a sandbox refused only the flags in `policy` (no lists, no proxy rule).
+    /// A new entry's pre-filter count is raised first, so no program sees it behind a zero.
     pub fn add_sandbox(&mut self, cgroup_id: u64, policy: LsmPolicy) -> Result<()> {
+        if self.sandboxes.get(&cgroup_id, 0).is_err() {
+            self.count(cgroup_id, Change::Add)?;
+        }
         self.sandboxes.insert(cgroup_id, policy, 0).context("writing the LSM sandbox map entry")
+    }
+
+    /// Raises or lowers the pre-filter count of `cgroup_id`'s slot by one.
+    fn count(&mut self, cgroup_id: u64, change: Change) -> Result<()> {
+        let slot = lsm_filter_slot(cgroup_id);
+        let n = self.filter.get(&slot, 0).context("reading the LSM pre-filter")?;
+        let n = match change {
+            Change::Add => n.checked_add(1).ok_or_else(|| anyhow!("LSM pre-filter slot {slot} overflows"))?,
+            // Already zero: only an entry removed twice could get here.
+            Change::Remove => n.saturating_sub(1),
+        };
+        self.filter.set(slot, n, 0).context("writing the LSM pre-filter")
+    }
+
+    /// The pre-filter count of `cgroup_id`'s slot.
+    pub fn filter_count(&self, cgroup_id: u64) -> Result<u32> {
+        Ok(self.filter.get(&lsm_filter_slot(cgroup_id), 0)?)
     }
 
     /// Registers a sandbox with its full rules: lists first, then the sandbox entry that puts
@@ -119,8 +145,8 @@ impl LsmMaps {
                 return Err(anyhow!("cgroup level {} is too deep for a sandbox with descendants", r.level));
             }
             policy.rules |= lsm_rule::DESCENDANTS;
-            self.levels |= 1 << r.level;
-            self.levels_map.set(0, self.levels, 0).context("writing the sandbox levels map")?;
+            let levels = self.levels.get(&0, 0).context("reading the sandbox levels map")?;
+            self.levels.set(0, levels | 1 << r.level, 0).context("writing the sandbox levels map")?;
         }
         self.add_sandbox(id, policy)
     }
@@ -142,24 +168,52 @@ impl LsmMaps {
         Ok(())
     }
 
-    /// Forgets sandbox `cgroup_id` and its lists; missing entries are not an error.
+    /// Forgets sandbox `cgroup_id` and its lists; missing entries are not an error. The
+    /// pre-filter count goes down only after the entry is gone, and only if there was one.
     pub fn remove_sandbox(&mut self, cgroup_id: u64) {
-        let _ = self.sandboxes.remove(&cgroup_id);
+        if self.sandboxes.remove(&cgroup_id).is_ok() {
+            let _ = self.count(cgroup_id, Change::Remove);
+        }
         let _ = self.replace_lists(cgroup_id, &LsmRules::default());
     }
 
-    /// Copies the entries of sandboxes `ids` in `old` (another generation's maps) into these.
-    pub fn copy_from(&mut self, old: &LsmMaps, ids: &[u64]) -> Result<()> {
-        copy_entries(&old.sandboxes, &mut self.sandboxes, |k| ids.contains(k))?;
-        copy_entries(&old.exec_allow, &mut self.exec_allow, |k| ids.contains(&k.sandbox))?;
-        copy_entries(&old.deny_open, &mut self.deny_open, |k| ids.contains(&k.sandbox))?;
-        copy_entries(&old.unix_allow, &mut self.unix_allow, |k| ids.contains(&k.sandbox))
+    /// Copies the entries of sandboxes `ids` from another generation's maps pinned in `old`
+    /// (lists first, then the entries that put them in force), and the levels of its sandboxes
+    /// with descendants. Only the maps every build has are read, so an older build's generation
+    /// can be copied from; one without a levels map contributes none.
+    pub fn copy_from(&mut self, old: &Path, ids: &[u64]) -> Result<()> {
+        let open = |name: &str| pins::open_map(&old.join(name));
+        let wanted = |k: &InodeKey| ids.contains(&k.sandbox);
+        copy_entries(&HashMap::try_from(open(map_names::LSM_EXEC_ALLOW)?)?, &mut self.exec_allow, wanted)?;
+        copy_entries(&HashMap::try_from(open(map_names::LSM_DENY_OPEN)?)?, &mut self.deny_open, wanted)?;
+        let unix: HashMap<MapData, UnixKey, u8> = HashMap::try_from(open(map_names::LSM_UNIX_ALLOW)?)?;
+        copy_entries(&unix, &mut self.unix_allow, |k| ids.contains(&k.sandbox))?;
+        if old.join(map_names::LSM_LEVELS).exists() {
+            let theirs: Array<MapData, u32> = Array::try_from(open(map_names::LSM_LEVELS)?)?;
+            let levels = theirs.get(&0, 0)? | self.levels.get(&0, 0)?;
+            self.levels.set(0, levels, 0).context("writing the sandbox levels map")?;
+        }
+        let sandboxes: HashMap<MapData, u64, LsmPolicy> = HashMap::try_from(open(map_names::LSM_SANDBOXES)?)?;
+        for entry in sandboxes.iter() {
+            let (id, policy) = entry?;
+            if ids.contains(&id) {
+                self.add_sandbox(id, policy)?;
+            }
+        }
+        Ok(())
     }
 
     /// Every cgroup id with an LSM sandbox entry.
     pub fn entries(&self) -> Vec<u64> {
         self.sandboxes.keys().filter_map(|k| k.ok()).collect()
     }
+}
+
+/// Which way a pre-filter count moves.
+#[derive(Clone, Copy)]
+enum Change {
+    Add,
+    Remove,
 }
 
 /// Inserts every entry of `from` whose key is `wanted` into `to`.
