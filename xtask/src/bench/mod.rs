@@ -301,7 +301,8 @@ fn prepare() -> Result<Ctx> {
             bail!("{} is missing after the build", bin.display());
         }
     }
-    let dir = std::env::temp_dir().join(format!("leash-bench-{}", std::process::id()));
+    // Not under /tmp: the agent gets a private /tmp, and `connect` needs a file both sides see.
+    let dir = target.join(format!("bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ctx = Ctx { leash, connbench: dir.join("connbench"), policy: dir.join("allow-nothing.yaml"), dir };
