@@ -65,11 +65,23 @@ pub struct Sandbox {
     pub policy: LsmPolicy,
 }
 
-/// The policy of the cgroup `id`, when it has an entry. The pre-filter's zero answers "none"
-/// without the hash lookup; a missing filter entry (never, the array is full-sized) is a lookup.
+/// False when the cgroup `id` certainly has no sandbox entry: its pre-filter count is zero. A
+/// missing filter entry (never: the array is full-sized) is a maybe.
+#[inline(always)]
+pub fn may_be_sandbox(id: u64) -> bool {
+    !LSM_FILTER.get(lsm_filter_slot(id)).is_some_and(|n| *n == 0)
+}
+
+/// Whether a sandbox registered with descendants exists at any level (on a node, usually).
+#[inline(always)]
+pub fn descendants_anywhere() -> bool {
+    LSM_LEVELS.get(0).is_none_or(|levels| *levels != 0)
+}
+
+/// The policy of the cgroup `id`, when it has an entry; the pre-filter first.
 #[inline(always)]
 fn lookup(id: u64) -> Option<LsmPolicy> {
-    if LSM_FILTER.get(lsm_filter_slot(id)).is_some_and(|n| *n == 0) {
+    if !may_be_sandbox(id) {
         return None;
     }
     // SAFETY: the value is copied out of the map before the lookup's lifetime ends.
@@ -156,6 +168,12 @@ pub fn check(flag: u32, hook: Hook, detail: (u32, u32, u32)) -> i32 {
 /// Reports the denial to userspace and returns `EPERM`.
 #[inline(always)]
 pub fn deny(sandbox: &Sandbox, e: &Event) -> i32 {
-    report(sandbox.id, e, true);
+    deny_in(sandbox.id, e)
+}
+
+/// [`deny`] for the sandbox keyed by cgroup id `id`.
+#[inline(always)]
+pub fn deny_in(id: u64, e: &Event) -> i32 {
+    report(id, e, true);
     EPERM
 }
