@@ -269,7 +269,7 @@ fn eval(
     }
 }
 
-/// The first denied reading's decision, else the decision for the request as sent.
+/// The decision on the request as all its readings (`judge_all`, as the proxy judges them).
 fn eval_readings(
     policy: &policy::CompiledPolicy,
     host: &str,
@@ -298,17 +298,20 @@ fn eval_readings(
             "reason": format!("method `{method}` is not canonical (upper-case)"),
         }));
     };
-    let mut first = None;
-    for r in &all {
-        let mut decision = policy::rego::eval_json(policy, host, port, Some(&r.method), Some(&r.target), binary)
-            .map_err(|e| e.to_string())?;
-        decision["reading"] = serde_json::json!(r.name);
-        if decision["allow"] != serde_json::json!(true) {
-            return Ok(decision);
-        }
-        first.get_or_insert(decision);
-    }
-    first.ok_or_else(|| "no reading to judge".to_owned())
+    let outcome = |d: &serde_json::Value| match (d["allow"].as_bool(), d["request"]["audit"].as_bool()) {
+        (Some(true), Some(true)) => policy::readings::Outcome::Audited,
+        (Some(true), _) => policy::readings::Outcome::Allowed,
+        _ => policy::readings::Outcome::Refused,
+    };
+    let judged = policy::readings::judge_all(
+        &all,
+        |r| policy::rego::eval_json(policy, host, port, Some(&r.method), Some(&r.target), binary),
+        outcome,
+    )
+    .map_err(|e| e.to_string())?;
+    let (mut decision, reading) = judged.ok_or_else(|| "no reading to judge".to_owned())?;
+    decision["reading"] = serde_json::json!(reading);
+    Ok(decision)
 }
 
 fn standalone_proxy(args: cli::ProxyArgs) -> i32 {

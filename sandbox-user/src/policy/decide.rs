@@ -16,8 +16,8 @@
 //! (host, port, executable) and (endpoint, method, normalised path). A `Decider` is immutable,
 //! `Send + Sync`, and meant to be shared in an `Arc`; a policy reload builds a new one.
 //!
-//! Rego stays the source of truth: the differential tests at the end of this file run both on
-//! thousands of generated inputs and require identical verdicts.
+//! Rego stays the source of truth: the differential tests (`tests/decisions.rs`) run both on
+//! thousands of generated inputs, and every reading of them, and require identical verdicts.
 //!
 //! ```
 //! use leash::policy::{parse_str, decide::Decider};
@@ -145,6 +145,17 @@ impl NetworkVerdict {
 }
 
 impl RequestVerdict {
+    /// How this verdict counts among the readings of a request
+    /// ([`judge_all`](super::readings::judge_all)).
+    pub fn outcome(&self) -> super::readings::Outcome {
+        use super::readings::Outcome;
+        match (self.allow, self.audit) {
+            (_, true) => Outcome::Audited,
+            (true, false) => Outcome::Allowed,
+            (false, false) => Outcome::Refused,
+        }
+    }
+
     /// The verdict as JSON (the shape of `request_decision` in Rego).
     pub fn to_json(&self) -> Value {
         json!({

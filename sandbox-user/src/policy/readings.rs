@@ -8,6 +8,9 @@
 //! - the path with `;parameters` removed from every segment and without a trailing slash, since
 //!   many servers route `/admin;x/secret` and `/settings/` to the same handler as
 //!   `/admin/secret` and `/settings`.
+//!
+//! [`judge_all`] is how the readings' verdicts make one: the proxy runs it with the compiled
+//! decider, `leash policy eval` with the Rego policy, so the two cannot combine them differently.
 
 use std::borrow::Cow;
 
@@ -47,6 +50,42 @@ pub fn readings<'a>(
         }
     }
     Some(out)
+}
+
+/// How one reading's verdict counts when all the readings are judged together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    /// Refused by the rules of an endpoint that only audits: let through, and recorded.
+    Audited,
+    Refused,
+}
+
+/// The verdict on a request as all its `readings`, with `judge` giving each reading's verdict and
+/// `outcome` saying how it counts: the first refused reading decides; else the first one only
+/// audited (so the audit record is written); else the request as sent (the first reading).
+/// The verdict comes with the name of the reading that gave it; `None` only with no readings.
+pub fn judge_all<V, E>(
+    readings: &[Reading<'_>],
+    mut judge: impl FnMut(&Reading<'_>) -> Result<V, E>,
+    outcome: impl Fn(&V) -> Outcome,
+) -> Result<Option<(V, &'static str)>, E> {
+    let mut chosen: Option<(V, &'static str, Outcome)> = None;
+    for reading in readings {
+        let verdict = judge(reading)?;
+        let counts = outcome(&verdict);
+        if counts == Outcome::Refused {
+            return Ok(Some((verdict, reading.name)));
+        }
+        let better = match &chosen {
+            None => true,
+            Some((_, _, was)) => counts == Outcome::Audited && *was != Outcome::Audited,
+        };
+        if better {
+            chosen = Some((verdict, reading.name, counts));
+        }
+    }
+    Ok(chosen.map(|(verdict, name, _)| (verdict, name)))
 }
 
 /// RFC 9110 methods are case-sensitive tokens; the ones servers act on are upper-case.

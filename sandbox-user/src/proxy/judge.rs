@@ -3,7 +3,9 @@
 
 use hyper::http::request::Parts;
 
-use crate::policy::readings::{readings, METHOD_OVERRIDES};
+use std::convert::Infallible;
+
+use crate::policy::readings::{judge_all, readings, METHOD_OVERRIDES};
 use crate::policy::{Decider, EndpointRef, RequestVerdict};
 
 /// Why a request was refused before any rule was consulted.
@@ -11,8 +13,8 @@ pub enum Malformed {
     Method(String),
 }
 
-/// The verdict for the request as all its readings: the first refusal, else an audit-only
-/// verdict if any reading was only audited, else the verdict of the request as sent.
+/// The verdict for the request as all its readings ([`judge_all`]): the first refusal, else an
+/// audit-only verdict if any reading was only audited, else the verdict of the request as sent.
 pub fn judge(
     decider: &Decider,
     endpoint: EndpointRef,
@@ -25,17 +27,11 @@ pub fn judge(
     let Some(readings) = readings(method, overrides, target) else {
         return Err(Malformed::Method(method.to_owned()));
     };
-    let mut chosen: Option<RequestVerdict> = None;
-    for r in &readings {
-        let verdict = decider.request(endpoint, &r.method, &r.target);
-        if !verdict.allow && !verdict.audit {
-            return Ok(verdict);
-        }
-        match &chosen {
-            None => chosen = Some(verdict),
-            Some(c) if verdict.audit && !c.audit => chosen = Some(verdict),
-            Some(_) => {}
-        }
-    }
-    Ok(chosen.unwrap_or_else(|| decider.request(endpoint, method, target)))
+    let judged = judge_all(
+        &readings,
+        |r| Ok::<_, Infallible>(decider.request(endpoint, &r.method, &r.target)),
+        RequestVerdict::outcome,
+    );
+    let Ok(chosen) = judged;
+    Ok(chosen.map_or_else(|| decider.request(endpoint, method, target), |(verdict, _)| verdict))
 }

@@ -260,6 +260,12 @@ fn mangle(path: String, rng: &mut Rng) -> String {
         9 => format!("{path}\\x"),
         _ => path,
     };
+    // A `;parameter` on the segment before the last, which servers drop and rules do not.
+    if rng.chance(30) {
+        if let Some(at) = path.rfind('/').filter(|at| *at > 0) {
+            path.insert_str(at, ";v=1");
+        }
+    }
     if rng.chance(20) {
         path.push_str("?page=2&q=a%2Fb");
     }
