@@ -64,16 +64,6 @@ pub struct LsmMaps {
     levels: Array<MapData, u32>,
 }
 
-/// The LSM maps by name, in the order [`LsmMaps`] holds them.
-pub const LSM_MAPS: [&str; 6] = [
-    map_names::LSM_SANDBOXES,
-    map_names::LSM_EXEC_ALLOW,
-    map_names::LSM_DENY_OPEN,
-    map_names::LSM_UNIX_ALLOW,
-    map_names::LSM_LEVELS,
-    map_names::LSM_FILTER,
-];
-
 impl LsmMaps {
     /// Takes the maps out of a loaded object (before any program attaches).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {

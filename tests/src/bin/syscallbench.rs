@@ -17,6 +17,7 @@
 //! | `c` | no BPF-LSM programs; a seccomp-BPF denylist of 45 rules ([`denylist_filter`]) of the kind a namespace supervisor installs, some conditioned on arguments |
 //! | `outside` | leash's programs attached as in `b`, the process in no sandbox: what every other process on the host pays |
 //! | `outside16` | as `outside`, with 16 sandboxes registered instead of one: what the host pays does not grow with the number of sandboxes |
+//! | `node` | the node daemon's case: programs attached, a sandbox registered with descendants (cgroup level 1), the process in a plain cgroup at level 2 in no sandbox, so every hook walks its ancestors ([`node_round`]) |
 //! | `zero` | the host's generation loaded and pinned, no sandbox registered: no LSM program attached, so it must cost what `a` does |
 //! | `floor` | nothing of leash loaded; a do-nothing BPF-LSM program (`leash_lsm_probe`, `return 0`) attached to each hook leash's programs use: what the kernel charges for calling any BPF-LSM program there, the least `b` and `outside` can cost ([`attach_floor`]) |
 //!
@@ -38,7 +39,7 @@
 //! Output: progress lines, then one line per loop
 //! `LEASH-BENCH <loop> a=<ns> b=<ns> c=<ns> b/a=<x> c/a=<y> b1000=<ns> b1000/b=<x>`, one line per loop
 //! `LEASH-BENCH-OUTSIDE <loop> a=<ns> outside=<ns> outside/a=<x> outside16=<ns> outside16/outside=<x>
-//! zero=<ns> zero/a=<x> floor=<ns> floor/a=<x>`, one line per loop
+//! zero=<ns> zero/a=<x> floor=<ns> floor/a=<x> node=<ns> node/a=<x>`, one line per loop
 //! `LEASH-BENCH-SPREAD <loop> spread_a=<x> spread_b=.. spread_c=.. spread_outside=..` ((max - min) /
 //! median of each mode's timings), and a table. Exit 1 on any failure (the reason on stdout,
 //! `syscallbench: ...`). Before timing it waits for the VM to settle after boot ([`settle`]) and
@@ -94,18 +95,20 @@ enum Mode {
     Seccomp,
     Outside,
     Outside16,
+    Node,
     Zero,
     Floor,
 }
 
 impl Mode {
-    const ALL: [Mode; 8] = [
+    const ALL: [Mode; 9] = [
         Mode::Bare,
         Mode::Leash,
         Mode::Leash1000,
         Mode::Seccomp,
         Mode::Outside,
         Mode::Outside16,
+        Mode::Node,
         Mode::Zero,
         Mode::Floor,
     ];
@@ -118,6 +121,7 @@ impl Mode {
             Mode::Seccomp => "c",
             Mode::Outside => "outside",
             Mode::Outside16 => "outside16",
+            Mode::Node => "node",
             Mode::Zero => "zero",
             Mode::Floor => "floor",
         }
@@ -132,9 +136,9 @@ impl Mode {
         matches!(self, Mode::Leash | Mode::Leash1000 | Mode::Seccomp)
     }
 
-    /// Whether the worker runs in a sandbox cgroup (whose `cgroup.procs` it is given).
-    fn in_sandbox(self) -> bool {
-        matches!(self, Mode::Leash | Mode::Leash1000)
+    /// Whether the worker moves into a cgroup of its own (whose `cgroup.procs` it is given).
+    fn moves(self) -> bool {
+        matches!(self, Mode::Leash | Mode::Leash1000 | Mode::Node)
     }
 }
 
@@ -360,7 +364,7 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
                     programs.lsm_hooks().map(|h| h.join(" ")).unwrap_or_default(),
                 );
             }
-            fill_policy(&mut programs, cgroup.id(), DENY_OPEN_SHORT)?;
+            fill_policy(&mut programs, cgroup.id(), DENY_OPEN_SHORT, false)?;
             let modes = if flip { [Mode::Outside, Mode::Leash] } else { [Mode::Leash, Mode::Outside] };
             for mode in modes {
                 run_worker(mode, counts, procs, samples)?;
@@ -383,6 +387,7 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
                 );
             }
             run_worker(Mode::Zero, counts, procs, samples)?;
+            node_round(&mut programs, counts, samples)?;
             drop(programs);
             // `a` and `c` run with nothing of leash loaded: the next round loads it again.
             remove_generation()?;
@@ -402,6 +407,30 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
     Ok(())
 }
 
+/// Mode `node`: a sandbox registered with descendants, as the node daemon registers pods (which
+/// sets bit 1 of the levels with descendants until the generation goes), and the worker in a
+/// plain cgroup two levels down, as a node's own services sit: each hook reads its ancestor at
+/// level 1 and looks it up. Runs after `zero`, so `zero` sees no level bit.
+fn node_round(programs: &mut Generation, counts: &Counts, samples: &mut Samples) -> Result<(), String> {
+    let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
+    for name in ["syscallbench-node", "syscallbench-plain"] {
+        let _ = std::fs::remove_dir(root.join(format!("leash-{name}/inner")));
+        let _ = std::fs::remove_dir(root.join(format!("leash-{name}")));
+    }
+    let pod = SandboxCgroup::create(&root, "syscallbench-node").map_err(|e| format!("{e:#}"))?;
+    let plain = SandboxCgroup::create(&root, "syscallbench-plain").map_err(|e| format!("{e:#}"))?;
+    let inner = plain.path().join("inner");
+    std::fs::create_dir(&inner).map_err(|e| format!("creating {}: {e}", inner.display()))?;
+    fill_policy(programs, pod.id(), DENY_OPEN_SHORT, true)?;
+    let result = run_worker(Mode::Node, counts, &inner.join("cgroup.procs"), samples);
+    programs.remove_entries(pod.id()).map_err(|e| format!("removing the node benchmark's sandbox: {e:#}"))?;
+    std::fs::remove_dir(&inner).map_err(|e| format!("removing {}: {e}", inner.display()))?;
+    for c in [pod, plain] {
+        c.remove().map_err(|e| format!("{e:#}"))?;
+    }
+    result
+}
+
 /// Sandboxes registered in `outside16`, counting the one of `b`.
 const K_SANDBOXES: usize = 16;
 
@@ -418,7 +447,7 @@ fn more_sandboxes(programs: &mut Generation, n: usize) -> Result<Vec<SandboxCgro
         let name = format!("{CGROUP_NAME}-{i}");
         let _ = std::fs::remove_dir(root.join(format!("leash-{name}")));
         let c = SandboxCgroup::create(&root, &name).map_err(|e| format!("{e:#}"))?;
-        fill_policy(programs, c.id(), if i == 0 { DENY_OPEN_LONG } else { DENY_OPEN_SHORT })?;
+        fill_policy(programs, c.id(), if i == 0 { DENY_OPEN_LONG } else { DENY_OPEN_SHORT }, false)?;
         made.push(c);
     }
     Ok(made)
@@ -485,7 +514,9 @@ fn remove_generation() -> Result<(), String> {
 /// allowlist of 50 files holding the fork+exec loop's binary, an open deny list of `deny_open`
 /// files not holding the file the open/close loop opens (with 50: 100 list entries), the unix
 /// allowlist (empty) and the proxy-only rule, so every hook the loops reach does its full work.
-fn fill_policy(programs: &mut Generation, cgroup_id: u64, deny_open: usize) -> Result<(), String> {
+/// With `descendants`, the cgroup (at level 1) is registered with its descendants, as the node
+/// daemon registers a pod.
+fn fill_policy(programs: &mut Generation, cgroup_id: u64, deny_open: usize, descendants: bool) -> Result<(), String> {
     const EXEC_LIST: usize = 50;
     let (exec_allowed, opened) = (Path::new(EXIT_BINARY), Path::new(OPEN_PATH));
     let dir = Path::new("/tmp/syscallbench-policy");
@@ -510,8 +541,8 @@ fn fill_policy(programs: &mut Generation, cgroup_id: u64, deny_open: usize) -> R
     }
     let registration = Registration {
         cgroup_id,
-        level: 0,
-        descendants: false,
+        level: 1,
+        descendants,
         rules: &rules,
         proxy: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
     };
@@ -526,7 +557,7 @@ fn run_worker(mode: Mode, counts: &Counts, procs: &Path, samples: &mut Samples) 
     for n in [counts.samples, counts.open, counts.socket, counts.exec] {
         cmd.arg(n.to_string());
     }
-    if mode.in_sandbox() {
+    if mode.moves() {
         cmd.arg(procs);
     }
     let out = cmd.output().map_err(|e| format!("starting the {} worker: {e}", mode.name()))?;
@@ -577,13 +608,15 @@ fn report(counts: &Counts, samples: &Samples) {
     for l in Loop::ALL {
         let a = m(Mode::Bare, l);
         let (o, o16, z, f) = (m(Mode::Outside, l), m(Mode::Outside16, l), m(Mode::Zero, l), m(Mode::Floor, l));
+        let node = m(Mode::Node, l);
         println!(
-            "LEASH-BENCH-OUTSIDE {} a={a:.0} outside={o:.0} outside/a={:.3} outside16={o16:.0} outside16/outside={:.3} zero={z:.0} zero/a={:.3} floor={f:.0} floor/a={:.3}",
+            "LEASH-BENCH-OUTSIDE {} a={a:.0} outside={o:.0} outside/a={:.3} outside16={o16:.0} outside16/outside={:.3} zero={z:.0} zero/a={:.3} floor={f:.0} floor/a={:.3} node={node:.0} node/a={:.3}",
             l.name(),
             o / a,
             o16 / o,
             z / a,
-            f / a
+            f / a,
+            node / a
         );
     }
     for l in Loop::ALL {
@@ -681,8 +714,8 @@ fn worker(args: &[String]) -> Result<(), String> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(format!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error()));
     }
-    if mode.in_sandbox() {
-        let procs = args.get(5).ok_or("worker b: no cgroup.procs path")?;
+    if mode.moves() {
+        let procs = args.get(5).ok_or("worker: no cgroup.procs path")?;
         std::fs::write(procs, b"0").map_err(|e| format!("moving into the sandbox cgroup ({procs}): {e}"))?;
     }
     if mode == Mode::Seccomp {

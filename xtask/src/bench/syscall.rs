@@ -141,14 +141,28 @@ fn print_table(figures: &[Figures], wall_clock: bool) {
     println!("outside = leash's programs attached and the process in no sandbox; K=16 = the same with 16");
     println!("sandboxes registered (vs 1); b1k = b with a 1,000-file deny_open list (vs 50); zero = programs pinned, no sandbox; floor = a do-nothing BPF-LSM");
     println!("program on each of leash's hooks (what calling any BPF-LSM program there costs: the least b and");
-    println!("outside can be); spread = (max-min)/median");
+    println!("outside can be); node = outside on a node: a sandbox with descendants registered, the process in a");
+    println!("plain cgroup two levels down; spread = (max-min)/median");
     println!(
-        "{:<10} {:<13} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7}  goal",
-        "kernel", "loop", "a", "b", "c", "outside", "b/a", "c/a", "b1k/b", "outside/a", "floor/a", "K16/K1", "zero/a"
+        "{:<10} {:<13} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7}  goal",
+        "kernel",
+        "loop",
+        "a",
+        "b",
+        "c",
+        "outside",
+        "b/a",
+        "c/a",
+        "b1k/b",
+        "outside/a",
+        "floor/a",
+        "node/a",
+        "K16/K1",
+        "zero/a"
     );
     for f in figures {
         println!(
-            "{:<10} {:<13} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>9.3} {:>7.3} {:>7.3} {:>7.3}  {}",
+            "{:<10} {:<13} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>9.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3}  {}",
             f.kernel,
             f.name,
             f.get("a"),
@@ -160,6 +174,7 @@ fn print_table(figures: &[Figures], wall_clock: bool) {
             f.get("b1000/b"),
             f.get("outside/a"),
             f.get("floor/a"),
+            f.get("node/a"),
             f.get("outside16/outside"),
             f.get("zero/a"),
             f.goal()
