@@ -402,6 +402,9 @@ pub struct KernelLayout {
     pub skc_dport: u32,
     pub skc_family: u32,
     pub skc_v6_daddr: u32,
+    /// 1 when the kernel lets BPF-LSM programs call `bpf_get_current_ancestor_cgroup_id` (5.11+):
+    /// the ancestors of the current task are then found without reading kernel structs.
+    pub ancestor_helper: u32,
 }
 
 impl KernelLayout {
@@ -431,6 +434,7 @@ impl KernelLayout {
         skc_dport: 0,
         skc_family: 0,
         skc_v6_daddr: 0,
+        ancestor_helper: 0,
     };
 }
 
@@ -638,7 +642,7 @@ const _: () = {
     assert!(size_of::<LsmPolicy>() == 32);
     assert!(size_of::<InodeKey>() == 24);
     assert!(size_of::<UnixKey>() == 8 + 4 + UNIX_PATH_MAX);
-    assert!(size_of::<KernelLayout>() == 4 * 24);
+    assert!(size_of::<KernelLayout>() == 4 * 25);
     assert!(size_of::<DenyEvent>() == 160);
 };
 

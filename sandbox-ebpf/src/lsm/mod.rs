@@ -27,8 +27,9 @@
 //! What a hook costs a task in no sandbox (every process on the host, while any sandbox is
 //! registered): one helper call for its cgroup id and two array lookups the JIT inlines, the
 //! pre-filter (`LEASH_LSM_FILTER`, see [`lookup`]) and the levels with descendants (zero but on a
-//! node). Everything else comes after the task is found in a sandbox, and then only for the
-//! rules that sandbox has.
+//! node). On a node, add one helper call per level with descendants (5.11+; on 5.10, reads of
+//! the task's cgroup and its ancestors). Everything else comes after the task is found in a
+//! sandbox, and then only for the rules that sandbox has.
 
 mod bpf;
 mod connect;
@@ -45,7 +46,7 @@ mod signal;
 mod socket;
 mod userns;
 
-use aya_ebpf::helpers::bpf_get_current_task;
+use aya_ebpf::helpers::{bpf_get_current_task, generated::bpf_get_current_ancestor_cgroup_id};
 use sandbox_common::{lsm_filter_slot, lsm_rule, Hook, LsmPolicy, MAX_SANDBOX_LEVEL};
 
 use crate::events::report;
@@ -100,9 +101,35 @@ pub fn current_sandbox() -> Option<Sandbox> {
     if levels == 0 {
         return None;
     }
+    if offset!(ancestor_helper) != 0 {
+        return current_ancestor_sandbox(levels);
+    }
     // SAFETY: plain BPF helper call.
     let task = unsafe { bpf_get_current_task() };
     ancestor_sandbox(task_cgroup(task)?, levels)
+}
+
+/// [`ancestor_sandbox`] of the current task, with the kernel naming each ancestor (5.11+; the
+/// verifier drops this code on older kernels, where userspace leaves `ancestor_helper` 0).
+#[inline(always)]
+fn current_ancestor_sandbox(levels: u32) -> Option<Sandbox> {
+    let mut n: u32 = 0;
+    while n < MAX_SANDBOX_LEVEL {
+        if levels & (1 << n) != 0 {
+            // SAFETY: plain BPF helper call; 0 past the task's own level.
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(n as i32) };
+            if id == 0 {
+                return None;
+            }
+            if let Some(policy) = lookup(id) {
+                if policy.rules & lsm_rule::DESCENDANTS != 0 {
+                    return Some(Sandbox { id, policy });
+                }
+            }
+        }
+        n += 1;
+    }
+    None
 }
 
 /// The sandbox the cgroup at kernel address `cgroup` belongs to, if any.

@@ -189,7 +189,24 @@ impl KernelBtf {
             skc_dport: self.offset("sock_common", "skc_dport")?,
             skc_family: self.offset("sock_common", "skc_family")?,
             skc_v6_daddr: self.offset("sock_common", "skc_v6_daddr")?,
+            ancestor_helper: u32::from(running_kernel_at_least(5, 11)),
         })
+    }
+}
+
+/// Whether the running kernel's release (`/proc/sys/kernel/osrelease`) is at least
+/// `major.minor`; false when it cannot be read.
+fn running_kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    release_at_least(&release, major, minor)
+}
+
+/// Whether kernel release `release` (`6.1.0-57-cloud-amd64`) is at least `major.minor`.
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -214,6 +231,17 @@ mod tests {
         assert!(layout.task_cgroups > layout.task_tgid || layout.task_tgid > 0);
         assert!(btf.has("inode", "i_ino"));
         assert!(!btf.has("inode", "no_such_member"));
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(release_at_least("5.11.0", 5, 11));
+        assert!(release_at_least("6.1.0-57-cloud-amd64\n", 5, 11));
+        assert!(release_at_least("7.2.13+deb14-cloud-amd64", 5, 11));
+        assert!(!release_at_least("5.10.0-46-cloud-amd64", 5, 11));
+        assert!(!release_at_least("4.19.0", 5, 11));
+        assert!(!release_at_least("", 5, 11));
+        assert!(!release_at_least("garbage", 5, 11));
     }
 
     #[test]
