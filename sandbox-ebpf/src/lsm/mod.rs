@@ -114,7 +114,8 @@ pub fn current_sandbox() -> Option<Sandbox> {
 #[inline(always)]
 fn current_ancestor_sandbox(levels: u32) -> Option<Sandbox> {
     let mut n: u32 = 0;
-    while n < MAX_SANDBOX_LEVEL {
+    // Up to the highest level with descendants, not all 31.
+    while n < MAX_SANDBOX_LEVEL && levels >> n != 0 {
         if levels & (1 << n) != 0 {
             // SAFETY: plain BPF helper call; 0 past the task's own level.
             let id = unsafe { bpf_get_current_ancestor_cgroup_id(n as i32) };

@@ -18,6 +18,7 @@
 //! | `outside` | leash's programs attached as in `b`, the process in no sandbox: what every other process on the host pays |
 //! | `outside16` | as `outside`, with 16 sandboxes registered instead of one: what the host pays does not grow with the number of sandboxes |
 //! | `node` | the node daemon's case: programs attached, a sandbox registered with descendants (cgroup level 1), the process in a plain cgroup at level 2 in no sandbox, so every hook walks its ancestors ([`node_round`]) |
+//! | `plain` | nothing of leash loaded, the process in that same plain cgroup: what `node` is compared with, since being in a cgroup below the root costs something of its own (memory accounting) |
 //! | `zero` | the host's generation loaded and pinned, no sandbox registered: no LSM program attached, so it must cost what `a` does |
 //! | `floor` | nothing of leash loaded; a do-nothing BPF-LSM program (`leash_lsm_probe`, `return 0`) attached to each hook leash's programs use: what the kernel charges for calling any BPF-LSM program there, the least `b` and `outside` can cost ([`attach_floor`]) |
 //!
@@ -39,7 +40,7 @@
 //! Output: progress lines, then one line per loop
 //! `LEASH-BENCH <loop> a=<ns> b=<ns> c=<ns> b/a=<x> c/a=<y> b1000=<ns> b1000/b=<x>`, one line per loop
 //! `LEASH-BENCH-OUTSIDE <loop> a=<ns> outside=<ns> outside/a=<x> outside16=<ns> outside16/outside=<x>
-//! zero=<ns> zero/a=<x> floor=<ns> floor/a=<x> node=<ns> node/a=<x>`, one line per loop
+//! zero=<ns> zero/a=<x> floor=<ns> floor/a=<x> node=<ns> node/plain=<x>`, one line per loop
 //! `LEASH-BENCH-SPREAD <loop> spread_a=<x> spread_b=.. spread_c=.. spread_outside=..` ((max - min) /
 //! median of each mode's timings), and a table. Exit 1 on any failure (the reason on stdout,
 //! `syscallbench: ...`). Before timing it waits for the VM to settle after boot ([`settle`]) and
@@ -96,12 +97,13 @@ enum Mode {
     Outside,
     Outside16,
     Node,
+    Plain,
     Zero,
     Floor,
 }
 
 impl Mode {
-    const ALL: [Mode; 9] = [
+    const ALL: [Mode; 10] = [
         Mode::Bare,
         Mode::Leash,
         Mode::Leash1000,
@@ -109,6 +111,7 @@ impl Mode {
         Mode::Outside,
         Mode::Outside16,
         Mode::Node,
+        Mode::Plain,
         Mode::Zero,
         Mode::Floor,
     ];
@@ -122,6 +125,7 @@ impl Mode {
             Mode::Outside => "outside",
             Mode::Outside16 => "outside16",
             Mode::Node => "node",
+            Mode::Plain => "plain",
             Mode::Zero => "zero",
             Mode::Floor => "floor",
         }
@@ -138,7 +142,7 @@ impl Mode {
 
     /// Whether the worker moves into a cgroup of its own (whose `cgroup.procs` it is given).
     fn moves(self) -> bool {
-        matches!(self, Mode::Leash | Mode::Leash1000 | Mode::Node)
+        matches!(self, Mode::Leash | Mode::Leash1000 | Mode::Node | Mode::Plain)
     }
 }
 
@@ -402,6 +406,7 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
             }
             run_worker(Mode::Floor, counts, procs, samples)?;
             drop(floor);
+            plain_round(counts, samples)?;
         }
     }
     Ok(())
@@ -413,21 +418,39 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
 /// level 1 and looks it up. Runs after `zero`, so `zero` sees no level bit.
 fn node_round(programs: &mut Generation, counts: &Counts, samples: &mut Samples) -> Result<(), String> {
     let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
-    for name in ["syscallbench-node", "syscallbench-plain"] {
-        let _ = std::fs::remove_dir(root.join(format!("leash-{name}/inner")));
-        let _ = std::fs::remove_dir(root.join(format!("leash-{name}")));
-    }
+    let _ = std::fs::remove_dir(root.join("leash-syscallbench-node"));
     let pod = SandboxCgroup::create(&root, "syscallbench-node").map_err(|e| format!("{e:#}"))?;
-    let plain = SandboxCgroup::create(&root, "syscallbench-plain").map_err(|e| format!("{e:#}"))?;
-    let inner = plain.path().join("inner");
-    std::fs::create_dir(&inner).map_err(|e| format!("creating {}: {e}", inner.display()))?;
+    let (plain, inner) = plain_cgroup()?;
     fill_policy(programs, pod.id(), DENY_OPEN_SHORT, true)?;
     let result = run_worker(Mode::Node, counts, &inner.join("cgroup.procs"), samples);
     programs.remove_entries(pod.id()).map_err(|e| format!("removing the node benchmark's sandbox: {e:#}"))?;
-    std::fs::remove_dir(&inner).map_err(|e| format!("removing {}: {e}", inner.display()))?;
-    for c in [pod, plain] {
-        c.remove().map_err(|e| format!("{e:#}"))?;
-    }
+    remove_plain(plain, &inner)?;
+    pod.remove().map_err(|e| format!("{e:#}"))?;
+    result
+}
+
+/// The plain cgroup `node` runs in (level 2), made fresh; its `cgroup.procs` and what to remove.
+fn plain_cgroup() -> Result<(SandboxCgroup, std::path::PathBuf), String> {
+    let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
+    let _ = std::fs::remove_dir(root.join("leash-syscallbench-plain/inner"));
+    let _ = std::fs::remove_dir(root.join("leash-syscallbench-plain"));
+    let plain = SandboxCgroup::create(&root, "syscallbench-plain").map_err(|e| format!("{e:#}"))?;
+    let inner = plain.path().join("inner");
+    std::fs::create_dir(&inner).map_err(|e| format!("creating {}: {e}", inner.display()))?;
+    Ok((plain, inner))
+}
+
+/// Removes what [`plain_cgroup`] made.
+fn remove_plain(plain: SandboxCgroup, inner: &Path) -> Result<(), String> {
+    std::fs::remove_dir(inner).map_err(|e| format!("removing {}: {e}", inner.display()))?;
+    plain.remove().map_err(|e| format!("{e:#}"))
+}
+
+/// Mode `plain`: the worker in `node`'s plain cgroup, nothing of leash loaded.
+fn plain_round(counts: &Counts, samples: &mut Samples) -> Result<(), String> {
+    let (plain, inner) = plain_cgroup()?;
+    let result = run_worker(Mode::Plain, counts, &inner.join("cgroup.procs"), samples);
+    remove_plain(plain, &inner)?;
     result
 }
 
@@ -608,15 +631,15 @@ fn report(counts: &Counts, samples: &Samples) {
     for l in Loop::ALL {
         let a = m(Mode::Bare, l);
         let (o, o16, z, f) = (m(Mode::Outside, l), m(Mode::Outside16, l), m(Mode::Zero, l), m(Mode::Floor, l));
-        let node = m(Mode::Node, l);
+        let (node, plain) = (m(Mode::Node, l), m(Mode::Plain, l));
         println!(
-            "LEASH-BENCH-OUTSIDE {} a={a:.0} outside={o:.0} outside/a={:.3} outside16={o16:.0} outside16/outside={:.3} zero={z:.0} zero/a={:.3} floor={f:.0} floor/a={:.3} node={node:.0} node/a={:.3}",
+            "LEASH-BENCH-OUTSIDE {} a={a:.0} outside={o:.0} outside/a={:.3} outside16={o16:.0} outside16/outside={:.3} zero={z:.0} zero/a={:.3} floor={f:.0} floor/a={:.3} node={node:.0} node/plain={:.3}",
             l.name(),
             o / a,
             o16 / o,
             z / a,
             f / a,
-            node / a
+            node / plain
         );
     }
     for l in Loop::ALL {

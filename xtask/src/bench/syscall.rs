@@ -141,8 +141,9 @@ fn print_table(figures: &[Figures], wall_clock: bool) {
     println!("outside = leash's programs attached and the process in no sandbox; K=16 = the same with 16");
     println!("sandboxes registered (vs 1); b1k = b with a 1,000-file deny_open list (vs 50); zero = programs pinned, no sandbox; floor = a do-nothing BPF-LSM");
     println!("program on each of leash's hooks (what calling any BPF-LSM program there costs: the least b and");
-    println!("outside can be); node = outside on a node: a sandbox with descendants registered, the process in a");
-    println!("plain cgroup two levels down; spread = (max-min)/median");
+    println!("outside can be); node/pl = outside on a node (a sandbox with descendants registered, the process in a");
+    println!("plain cgroup two levels down) against the same process in that cgroup with nothing of leash loaded;");
+    println!("spread = (max-min)/median");
     println!(
         "{:<10} {:<13} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7}  goal",
         "kernel",
@@ -156,7 +157,7 @@ fn print_table(figures: &[Figures], wall_clock: bool) {
         "b1k/b",
         "outside/a",
         "floor/a",
-        "node/a",
+        "node/pl",
         "K16/K1",
         "zero/a"
     );
@@ -174,7 +175,7 @@ fn print_table(figures: &[Figures], wall_clock: bool) {
             f.get("b1000/b"),
             f.get("outside/a"),
             f.get("floor/a"),
-            f.get("node/a"),
+            f.get("node/plain"),
             f.get("outside16/outside"),
             f.get("zero/a"),
             f.goal()
