@@ -18,7 +18,7 @@
 //! | `outside` | leash's programs attached as in `b`, the process in no sandbox: what every other process on the host pays |
 //! | `outside16` | as `outside`, with 16 sandboxes registered instead of one: what the host pays does not grow with the number of sandboxes |
 //! | `node` | the node daemon's case: programs attached, a sandbox registered with descendants (cgroup level 1), the process in a plain cgroup at level 2 in no sandbox, so every hook walks its ancestors ([`node_round`]) |
-//! | `plain` | nothing of leash loaded, the process in that same plain cgroup: what `node` is compared with, since being in a cgroup below the root costs something of its own (memory accounting) |
+//! | `plain` | nothing of leash loaded, the process in that same plain cgroup: what `node` is compared with, so that `node/plain` is leash's cost alone and not the cgroup's (in the test VMs the two cost the same) |
 //! | `zero` | the host's generation loaded and pinned, no sandbox registered: no LSM program attached, so it must cost what `a` does |
 //! | `floor` | nothing of leash loaded; a do-nothing BPF-LSM program (`leash_lsm_probe`, `return 0`) attached to each hook leash's programs use: what the kernel charges for calling any BPF-LSM program there, the least `b` and `outside` can cost ([`attach_floor`]) |
 //!
