@@ -407,37 +407,6 @@ pub struct KernelLayout {
     pub ancestor_helper: u32,
 }
 
-impl KernelLayout {
-    /// Not set: every offset zero, `valid` 0.
-    pub const UNSET: KernelLayout = KernelLayout {
-        valid: 0,
-        binprm_file: 0,
-        binprm_filename: 0,
-        file_inode: 0,
-        inode_ino: 0,
-        inode_sb: 0,
-        inode_nlink: 0,
-        sb_dev: 0,
-        task_tgid: 0,
-        task_cgroups: 0,
-        css_set_dfl_cgrp: 0,
-        cgroup_kn: 0,
-        cgroup_level: 0,
-        cgroup_ancestors: 0,
-        ancestors_are_ids: 0,
-        kernfs_id: 0,
-        msghdr_name: 0,
-        msghdr_namelen: 0,
-        vma_file: 0,
-        socket_sk: 0,
-        skc_daddr: 0,
-        skc_dport: 0,
-        skc_family: 0,
-        skc_v6_daddr: 0,
-        ancestor_helper: 0,
-    };
-}
-
 /// The network reach of one sandbox: the proxy address and port, nothing else.
 ///
 /// `addr` holds the address as the kernel's `bpf_sock_addr.user_ip6` does: four `u32` words

@@ -19,7 +19,8 @@ use sandbox_common::KernelLayout;
 
 /// This kernel's struct layout; all zero (`valid` 0) until userspace sets it at load.
 #[no_mangle]
-pub(crate) static LEASH_KERNEL_LAYOUT: KernelLayout = KernelLayout::UNSET;
+// SAFETY: the layout is plain integers, for which all zeroes is a value.
+pub(crate) static LEASH_KERNEL_LAYOUT: KernelLayout = unsafe { core::mem::zeroed() };
 
 /// One offset of [`LEASH_KERNEL_LAYOUT`]. A volatile read: the compiler must not fold the
 /// zeroes it was built with, the verifier folds the value userspace set.

@@ -268,8 +268,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     write_file(OPEN_PATH, b"syscallbench\n", 0o644)?;
     write_file(EXIT_BINARY, &exit_elf(), 0o755)?;
     let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
-    let _ = std::fs::remove_dir(root.join(format!("leash-{CGROUP_NAME}")));
-    let cgroup = SandboxCgroup::create(&root, CGROUP_NAME).map_err(|e| format!("{e:#}"))?;
+    let cgroup = fresh_cgroup(&root, CGROUP_NAME)?;
     let procs = cgroup.path().join("cgroup.procs");
 
     settle();
@@ -418,8 +417,7 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
 /// level 1 and looks it up. Runs after `zero`, so `zero` sees no level bit.
 fn node_round(programs: &mut Generation, counts: &Counts, samples: &mut Samples) -> Result<(), String> {
     let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
-    let _ = std::fs::remove_dir(root.join("leash-syscallbench-node"));
-    let pod = SandboxCgroup::create(&root, "syscallbench-node").map_err(|e| format!("{e:#}"))?;
+    let pod = fresh_cgroup(&root, "syscallbench-node")?;
     let (plain, inner) = plain_cgroup()?;
     fill_policy(programs, pod.id(), DENY_OPEN_SHORT, true)?;
     let result = run_worker(Mode::Node, counts, &inner.join("cgroup.procs"), samples);
@@ -433,8 +431,7 @@ fn node_round(programs: &mut Generation, counts: &Counts, samples: &mut Samples)
 fn plain_cgroup() -> Result<(SandboxCgroup, std::path::PathBuf), String> {
     let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
     let _ = std::fs::remove_dir(root.join("leash-syscallbench-plain/inner"));
-    let _ = std::fs::remove_dir(root.join("leash-syscallbench-plain"));
-    let plain = SandboxCgroup::create(&root, "syscallbench-plain").map_err(|e| format!("{e:#}"))?;
+    let plain = fresh_cgroup(&root, "syscallbench-plain")?;
     let inner = plain.path().join("inner");
     std::fs::create_dir(&inner).map_err(|e| format!("creating {}: {e}", inner.display()))?;
     Ok((plain, inner))
@@ -454,6 +451,12 @@ fn plain_round(counts: &Counts, samples: &mut Samples) -> Result<(), String> {
     result
 }
 
+/// The cgroup `leash-<name>` under `root`, made anew (one a killed run left is removed first).
+fn fresh_cgroup(root: &Path, name: &str) -> Result<SandboxCgroup, String> {
+    let _ = std::fs::remove_dir(root.join(format!("leash-{name}")));
+    SandboxCgroup::create(root, name).map_err(|e| format!("{e:#}"))
+}
+
 /// Sandboxes registered in `outside16`, counting the one of `b`.
 const K_SANDBOXES: usize = 16;
 
@@ -467,9 +470,7 @@ fn more_sandboxes(programs: &mut Generation, n: usize) -> Result<Vec<SandboxCgro
     let root = cgroup2_root().map_err(|e| format!("{e:#}"))?;
     let mut made = Vec::new();
     for i in 0..n {
-        let name = format!("{CGROUP_NAME}-{i}");
-        let _ = std::fs::remove_dir(root.join(format!("leash-{name}")));
-        let c = SandboxCgroup::create(&root, &name).map_err(|e| format!("{e:#}"))?;
+        let c = fresh_cgroup(&root, &format!("{CGROUP_NAME}-{i}"))?;
         fill_policy(programs, c.id(), if i == 0 { DENY_OPEN_LONG } else { DENY_OPEN_SHORT }, false)?;
         made.push(c);
     }
