@@ -12,34 +12,37 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_rule, Hook, InodeKey};
 
 use super::kernel::{file_id, FileId};
-use super::{current_sandbox, deny_in, descendants_anywhere, may_be_sandbox, Event, ALLOW};
+use super::{current_sandbox, deny_in, descendants_anywhere, may_be_sandbox, Event, ALLOW, EPERM};
 use crate::maps::LSM_DENY_OPEN;
 use crate::net::current_cgroup;
 
 #[lsm(hook = "file_open")]
 pub fn leash_lsm_file_open(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
     let own = current_cgroup();
-    let own_may_deny = may_be_sandbox(own);
-    if !own_may_deny && !descendants_anywhere() {
+    if may_be_sandbox(own) {
+        if let Some(id) = file_id(file) {
+            if denied(own, &id) {
+                return refuse(own, &id);
+            }
+            if !descendants_anywhere() {
+                return ALLOW;
+            }
+        }
+    } else if !descendants_anywhere() {
         return ALLOW;
     }
-    let Some(id) = file_id(ctx.arg(0)) else {
-        // The file could not be read: refused where a deny list applies.
-        return match current_sandbox() {
-            Some(s) if s.policy.rules & lsm_rule::DENY_OPEN != 0 => deny_in(s.id, &Event::new(Hook::LsmOpen)),
-            _ => ALLOW,
-        };
+    // Below a sandbox with descendants, or the file could not be read: the full lookup.
+    let Some(sandbox) = current_sandbox() else {
+        return ALLOW;
     };
-    if own_may_deny && denied(own, &id) {
-        return refuse(own, &id);
-    }
-    if !descendants_anywhere() {
+    if sandbox.policy.rules & lsm_rule::DENY_OPEN == 0 {
         return ALLOW;
     }
-    // Below a sandbox with descendants: that sandbox's list (its own was just asked).
-    match current_sandbox() {
-        Some(s) if s.id != own && s.policy.rules & lsm_rule::DENY_OPEN != 0 && denied(s.id, &id) => refuse(s.id, &id),
-        _ => ALLOW,
+    match file_id(file) {
+        Some(id) if !denied(sandbox.id, &id) => ALLOW,
+        Some(id) => refuse(sandbox.id, &id),
+        None => deny_in(sandbox.id, &Event::new(Hook::LsmOpen)),
     }
 }
 
@@ -51,11 +54,11 @@ fn denied(sandbox: u64, id: &FileId) -> bool {
     unsafe { LSM_DENY_OPEN.get(&key) }.is_some()
 }
 
-/// Refuses the open of `id` in sandbox `sandbox`, with the file in the event.
 #[inline(always)]
 fn refuse(sandbox: u64, id: &FileId) -> i32 {
     let mut event = Event::new(Hook::LsmOpen);
     event.target_dev = id.dev;
     event.target_ino = id.ino;
-    deny_in(sandbox, &event)
+    deny_in(sandbox, &event);
+    EPERM
 }
