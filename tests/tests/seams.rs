@@ -582,24 +582,77 @@ fn sigkill_of_leash_takes_the_agent_with_it_so_its_port_serves_nobody() {
     assert!(sandbox_cgroups_of(pid).is_empty(), "stale cgroup not reaped");
 }
 
-/// What cannot be protected (a name that did not exist at start) is at least reported.
+/// A protected name that does not exist at start cannot be created either, even by a process the
+/// agent leaves behind, and nothing is left in the directory afterwards.
 #[test]
-fn a_protected_name_the_agent_creates_is_reported() {
+fn a_protected_name_missing_at_start_cannot_be_created() {
     require_root();
-    let (uid, _) = nobody();
+    let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git-new");
     let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let attack = "mkdir -p .git && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config && echo git=written || echo git=refused; \
+                  mkdir -p .vscode && echo '{}' > .vscode/tasks.json && echo tasks=written || echo tasks=refused; \
+                  echo 'touch /tmp/pwned' > .envrc && echo envrc=written || echo envrc=refused; \
+                  (while true; do mkdir .git .git/hooks 2>/dev/null; sleep 0.01; done &) ; \
+                  echo work > notes.txt && echo work=written || echo work=refused";
+    // Control: the agent's user can do all of it outside the sandbox.
+    let control_dir = scratch.owned_dir("control", uid);
+    let control = Command::new("/bin/sh")
+        .args(["-c", &attack.replace("(while", "(false && while")])
+        .current_dir(&control_dir)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    let text = stdout(&control);
+    assert!(
+        text.contains("git=written") && text.contains("tasks=written") && text.contains("envrc=written"),
+        "control: {text}"
+    );
+
     let checkout = scratch.owned_dir("not-a-repo", uid);
-    let attack = "mkdir -p .git && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config";
     let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
         .current_dir(&checkout)
         .output()
         .unwrap();
-    assert!(checkout.join(".git/config").exists(), "the premise: the agent could create it");
-    assert!(
-        stderr(&out)
-            .contains(&format!("the agent created {}", checkout.canonicalize().unwrap().join(".git/config").display())),
-        "{}",
-        stderr(&out)
-    );
+    let text = stdout(&out);
+    assert!(text.contains("work=written"), "the workdir must stay writable: {text} {}", stderr(&out));
+    for name in ["git", "tasks", "envrc"] {
+        assert!(text.contains(&format!("{name}=refused")), "the agent created a protected name ({name}): {text}");
+    }
+    let mut left: Vec<String> =
+        std::fs::read_dir(&checkout).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["notes.txt"], "only the agent's own work is left in the directory");
+}
+
+/// A `.git` file (a worktree's "gitdir:" pointer) decides where git reads its config and hooks:
+/// pointed at a directory of the agent's, the owner's next `git status` runs the agent's
+/// `core.fsmonitor`.
+#[test]
+fn a_worktrees_gitdir_pointer_cannot_be_redirected() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-gitfile");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let main = scratch.owned_dir("main", uid);
+    let git = |args: &[&str], dir: &Path| {
+        let out = Command::new("git").args(args).current_dir(dir).uid(uid).gid(gid).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    };
+    git(&["init", "-q"], &main);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], &main);
+    let worktree = scratch.owned_dir("trees", uid).join("wt");
+    git(&["worktree", "add", "-q", worktree.to_str().unwrap()], &main);
+    let pointer = std::fs::read_to_string(worktree.join(".git")).unwrap();
+    assert!(pointer.starts_with("gitdir:"), "the premise: a worktree's .git is a file: {pointer}");
+    let attack = "mkdir -p evil && printf 'ref: refs/heads/x\\n' > evil/HEAD && mkdir -p evil/objects evil/refs \
+                  && echo 'gitdir: evil' > .git && echo pointer=written || echo pointer=refused";
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&worktree)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("pointer=refused"), "the agent redirected the worktree's .git: {text} {}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(worktree.join(".git")).unwrap(), pointer);
 }

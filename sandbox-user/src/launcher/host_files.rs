@@ -39,9 +39,14 @@ impl AgentIds {
         class & bit != 0
     }
 
+    /// Whether the agent can create a name in directory `dir`.
+    pub fn can_create_in(&self, dir: &Metadata) -> bool {
+        self.may(dir, WRITE) && self.may(dir, SEARCH)
+    }
+
     /// Whether the agent can replace or remove the entry owned by `entry_uid` in directory `dir`.
     fn can_replace_in(&self, dir: &Metadata, entry_uid: Option<u32>) -> bool {
-        if !self.may(dir, WRITE) || !self.may(dir, SEARCH) {
+        if !self.can_create_in(dir) {
             return false;
         }
         // In a sticky directory (like /tmp) only an entry's owner may remove or rename it; a name

@@ -21,6 +21,7 @@ mod stdio;
 mod terminal;
 mod trust;
 pub mod watchdog;
+mod workdir_guard;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -191,20 +192,36 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         }
         return Err(e);
     }
+    // Held directories are removed only after teardown, once the sandbox's last process is gone.
+    let guarded = std::env::current_dir().context("reading the working directory").and_then(|dir| {
+        let guard = workdir_guard::WorkdirGuard::protect(&dir, &protect_in_workdir, &agent_ids)?;
+        Ok((dir, guard))
+    });
+    let (workdir, mut guard) = match guarded {
+        Ok(guarded) => guarded,
+        Err(e) => {
+            if let Some(mut s) = sandbox {
+                s.teardown();
+            }
+            return Err(e);
+        }
+    };
     let agent = Agent {
+        workdir: &workdir,
+        guard: &guard,
         program,
         args,
         identity: &identity,
         credential_names: &credential_names,
         filesystem: filesystem.as_ref(),
         binaries_rules,
-        protect: protect_in_workdir,
     };
     let kernel = Reload { policy: policy_file, rules: kernel_rules.as_ref(), protect: &protect };
     let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing, kernel).await;
     if let Some(mut s) = sandbox {
         s.teardown();
     }
+    guard.release();
     if let Some(w) = watchdog {
         w.stop();
     }
@@ -238,6 +255,9 @@ struct Reload<'a> {
 
 /// What is started inside the sandbox, and as whom.
 struct Agent<'a> {
+    workdir: &'a Path,
+    /// Names in the working directory it may neither change nor create.
+    guard: &'a workdir_guard::WorkdirGuard,
     program: &'a OsString,
     args: &'a [OsString],
     identity: &'a identity::Identity,
@@ -245,8 +265,6 @@ struct Agent<'a> {
     filesystem: Option<&'a FilesystemRules>,
     /// Whether the policy has `binaries:` rules (the proxy then reads each connection's owner).
     binaries_rules: bool,
-    /// Names in the working directory it may not change.
-    protect: Vec<PathBuf>,
 }
 
 /// Starts proxy, events and agent in a built sandbox and waits for the agent.
@@ -263,8 +281,8 @@ async fn run_inside(
     missing: &[layers::Missing],
     kernel: Reload<'_>,
 ) -> Result<i32> {
-    let workdir = std::env::current_dir().context("reading the working directory")?;
-    let domain = landlock::prepare(agent.filesystem, &workdir, &[trust.dir().to_path_buf()])?;
+    let workdir = agent.workdir;
+    let domain = landlock::prepare(agent.filesystem, workdir, &[trust.dir().to_path_buf()])?;
     let mut missing = missing.to_vec();
     let landlock_fd = match &domain {
         landlock::Domain::Enforced(p) => {
@@ -332,7 +350,7 @@ async fn run_inside(
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
         None => None,
     };
-    let mut mounts = mount_ns::PrivateMounts::prepare(&workdir, &[trust.dir().to_path_buf()], &agent.protect)
+    let mut mounts = mount_ns::PrivateMounts::prepare(&[trust.dir().to_path_buf()], agent.guard.read_only())
         .context("preparing the agent's mount namespace")?;
     if !identity::home_usable(agent.identity) {
         let landlock = match &domain {
@@ -352,12 +370,18 @@ async fn run_inside(
             env.push(("HOME".into(), mount_ns::PRIVATE_HOME.to_string_lossy().into_owned().into()));
         }
     }
-    let protected = mounts.protected.clone();
-    if !mounts.protected.is_empty() {
-        let names: Vec<String> = mounts.protected.iter().map(|p| p.display().to_string()).collect();
+    let existing: Vec<String> = agent.guard.existing().iter().map(|p| p.display().to_string()).collect();
+    if !existing.is_empty() {
         eprintln!(
             "leash: note: read-only for the agent (they run code outside the sandbox later): {}",
-            names.join(", ")
+            existing.join(", ")
+        );
+    }
+    let held: Vec<String> = agent.guard.held().map(|p| p.display().to_string()).collect();
+    if !held.is_empty() {
+        eprintln!(
+            "leash: note: held as empty read-only directories so the agent cannot create them (removed at exit): {}",
+            held.join(", ")
         );
     }
     let mut relay = terminal::open()?;
@@ -383,13 +407,11 @@ async fn run_inside(
     if let Some(r) = relay {
         r.finish();
     }
-    for created in agent.protect.iter().map(|p| workdir.join(p)).filter(|p| !protected.contains(p)) {
-        if std::fs::symlink_metadata(&created).is_ok() {
-            eprintln!(
-                "leash: warning: the agent created {}, which runs code for whoever uses this directory next; review it before running git or a shell here",
-                created.display()
-            );
-        }
+    for created in agent.guard.created() {
+        eprintln!(
+            "leash: warning: the agent created {}, which runs code for whoever uses this directory next; review it before running git or a shell here",
+            created.display()
+        );
     }
     proxy_task.abort();
     if let Some(r) = reloader {

@@ -6,14 +6,14 @@
 //! - `/run` (and `/var/run` when it is not a link to it) is an empty tmpfs holding only leash's
 //!   files for the agent, read-only: host daemons' sockets (docker, containerd, podman, dbus,
 //!   systemd, the user's `/run/user/<uid>` with its ssh and gpg agents) are not there to connect to;
-//! - files in the working directory that run code later, outside the sandbox, are read-only
-//!   (the policy's `protect_in_workdir`, by default `policy::PROTECT_IN_WORKDIR`: git's config and
-//!   hooks, direnv's `.envrc`, ...).
+//! - files in the working directory that run code later, outside the sandbox, are read-only,
+//!   and so are the empty directories leash holds where such names are missing
+//!   (`workdir_guard`).
 //!
 //! Mounts made on the host later still reach the sandbox (the namespace is a slave of the host's).
 //! Landlock rules follow a path's mount point, so the policy's `read_write: [/tmp]` covers the new
 //! `/tmp`. What this does not cover: sockets elsewhere (a service listening in `/var/lib/...` or in
-//! a home directory) and protected names that do not exist when the agent starts.
+//! a home directory).
 
 use std::ffi::CString;
 use std::io;
@@ -56,8 +56,6 @@ pub struct PrivateMounts {
     kept: Vec<Kept>,
     read_only: Vec<CString>,
     home: Option<PrivateHome>,
-    /// Paths as given, for the run's notes.
-    pub protected: Vec<PathBuf>,
 }
 
 fn c_path(p: &Path) -> Result<CString> {
@@ -71,9 +69,8 @@ fn is_dir(p: &Path) -> bool {
 
 impl PrivateMounts {
     /// Prepares the namespace for an agent working in `workdir`, keeping `keep` (directories
-    /// under `/run` the agent must read, such as its CA bundle) visible and `protect` (relative
-    /// to `workdir`) read-only.
-    pub fn prepare(workdir: &Path, keep: &[PathBuf], protect: &[PathBuf]) -> Result<Self> {
+    /// under `/run` the agent must read, such as its CA bundle) visible and `read_only` read-only.
+    pub fn prepare<'a>(keep: &[PathBuf], read_only: impl Iterator<Item = &'a Path>) -> Result<Self> {
         let scratch = SCRATCH.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<_>>()?;
         let runtime = RUNTIME.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<Vec<_>>>()?;
         let mut kept = Vec::new();
@@ -93,17 +90,8 @@ impl PrivateMounts {
             }
             kept.push(Kept { path: c_path(dir)?, create });
         }
-        let mut read_only = Vec::new();
-        let mut protected = Vec::new();
-        for name in protect {
-            let path = workdir.join(name);
-            // Links are left alone: binding would follow them out of the working directory.
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() || m.is_dir()) {
-                read_only.push(c_path(&path)?);
-                protected.push(path);
-            }
-        }
-        Ok(Self { scratch, runtime, kept, read_only, home: None, protected })
+        let read_only = read_only.map(c_path).collect::<Result<_>>()?;
+        Ok(Self { scratch, runtime, kept, read_only, home: None })
     }
 
     /// Makes [`PRIVATE_HOME`] for the agent; false when there is no private `/tmp` to make it in.

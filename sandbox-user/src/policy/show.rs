@@ -20,7 +20,7 @@ pub fn render(text: &str, policy: &CompiledPolicy) -> String {
     let _ = writeln!(out, "# filesystem_policy:");
     let _ = writeln!(
         out,
-        "#   protect_in_workdir: [{}]   # {source}: read-only in the working directory",
+        "#   protect_in_workdir: [{}]   # {source}: read-only in the working directory, held empty where missing",
         protect.join(", ")
     );
     out.push_str(

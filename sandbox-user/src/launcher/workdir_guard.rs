@@ -1,0 +1,215 @@
+//! Names in the working directory that run code later, outside the sandbox (the policy's
+//! `protect_in_workdir`: git's config and hooks, `.envrc`, editor task files, shell rc files),
+//! made so the agent can neither change nor create them.
+//!
+//! Each name is walked from the working directory, component by component:
+//! - an existing file or directory at the end of the name is made read-only for the agent;
+//! - an existing file on the way is that: `.git` as a file (a worktree's or a submodule's
+//!   "gitdir:" pointer) decides where git reads its config, so it is read-only itself;
+//! - a missing component is **held**: leash creates it as an empty directory, mode 0555, owned
+//!   by root, and the agent gets it read-only, so `.git/config` cannot be created under it. It
+//!   is removed when the sandbox is gone (after its last process), if it is still the empty
+//!   directory leash made. An empty directory is invisible to `git status` and `git add`;
+//!   git's repository discovery passes over a `.git` directory without `HEAD`.
+//! - a link is left alone (a bind mount would follow it out of the working directory), and a
+//!   missing name in a directory the agent cannot write is not held (it cannot create it).
+//!
+//! The read-only bind mounts themselves are made in the agent's mount namespace
+//! (`mount_ns`). What this does not cover: a name created through a link, and a second run in
+//! the same directory while the first removes what it held (the second then holds nothing).
+
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::host_files::AgentIds;
+
+/// An empty directory leash created for a missing name, and its identity.
+#[derive(Debug)]
+struct Held {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+/// The working directory's protected names for one run.
+#[derive(Debug)]
+pub struct WorkdirGuard {
+    /// Existing entries, read-only for the agent.
+    read_only: Vec<PathBuf>,
+    /// Entries leash created; read-only for the agent and removed by [`WorkdirGuard::release`].
+    held: Vec<Held>,
+    /// The names as the policy gives them, joined to the working directory.
+    names: Vec<PathBuf>,
+}
+
+impl WorkdirGuard {
+    /// Protects `names` (relative to `workdir`) from an agent with ids `agent`.
+    pub fn protect(workdir: &Path, names: &[PathBuf], agent: &AgentIds) -> Result<Self> {
+        let names_in = names.iter().map(|n| workdir.join(n)).collect();
+        let mut guard = Self { read_only: Vec::new(), held: Vec::new(), names: names_in };
+        for name in names {
+            if let Err(e) = guard.protect_one(workdir, name, agent) {
+                guard.release();
+                return Err(e);
+            }
+        }
+        Ok(guard)
+    }
+
+    fn protect_one(&mut self, workdir: &Path, name: &Path, agent: &AgentIds) -> Result<()> {
+        let parts: Vec<Component<'_>> = name.components().collect();
+        if parts.is_empty() || parts.iter().any(|c| !matches!(c, Component::Normal(_))) {
+            bail!("protect_in_workdir: {} is not a plain relative name", name.display());
+        }
+        let mut at = workdir.to_path_buf();
+        for (i, part) in parts.iter().enumerate() {
+            let parent = at.clone();
+            at.push(part);
+            if self.covers(&at) {
+                return Ok(());
+            }
+            let last = i + 1 == parts.len();
+            match std::fs::symlink_metadata(&at) {
+                Ok(meta) if meta.file_type().is_symlink() => return Ok(()),
+                Ok(meta) if meta.is_dir() && !last => continue,
+                Ok(_) => {
+                    self.read_only.push(at);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.hold(&parent, at, agent),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", at.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `path` is at or under an entry already read-only or held.
+    fn covers(&self, path: &Path) -> bool {
+        self.read_only.iter().chain(self.held.iter().map(|h| &h.path)).any(|p| path.starts_with(p))
+    }
+
+    /// Creates the empty directory `path` in `parent`, unless the agent could not create it there.
+    fn hold(&mut self, parent: &Path, path: PathBuf, agent: &AgentIds) -> Result<()> {
+        let dir = std::fs::metadata(parent).with_context(|| format!("reading {}", parent.display()))?;
+        if !agent.can_create_in(&dir) {
+            return Ok(());
+        }
+        match std::fs::DirBuilder::new().mode(0o555).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => return Ok(()),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "holding {} for the agent (so it cannot create it); filesystem_policy.protect_in_workdir changes the list",
+                        path.display()
+                    )
+                })
+            }
+        }
+        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        self.held.push(Held { path, dev: meta.dev(), ino: meta.ino() });
+        Ok(())
+    }
+
+    /// Every entry the agent gets read-only, existing and held.
+    pub fn read_only(&self) -> impl Iterator<Item = &Path> {
+        self.read_only.iter().map(PathBuf::as_path).chain(self.held.iter().map(|h| h.path.as_path()))
+    }
+
+    /// Existing entries made read-only.
+    pub fn existing(&self) -> &[PathBuf] {
+        &self.read_only
+    }
+
+    /// Entries leash created and holds.
+    pub fn held(&self) -> impl Iterator<Item = &Path> {
+        self.held.iter().map(|h| h.path.as_path())
+    }
+
+    /// Names that exist now but were neither there at start nor held: the agent made them
+    /// (through a link, the one way left).
+    pub fn created(&self) -> Vec<&Path> {
+        self.names
+            .iter()
+            .filter(|n| !self.covers(n))
+            .filter(|n| std::fs::symlink_metadata(n).is_ok())
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    /// Removes the held directories that are still the empty ones leash made. Call it once no
+    /// process of the sandbox is left: a removed mount point stops protecting at once.
+    pub fn release(&mut self) {
+        for held in self.held.drain(..) {
+            let same = std::fs::symlink_metadata(&held.path).is_ok_and(|m| m.dev() == held.dev && m.ino() == held.ino);
+            if same {
+                if let Err(e) = std::fs::remove_dir(&held.path) {
+                    eprintln!("leash: warning: could not remove {}, held for the agent: {e}", held.path.display());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WorkdirGuard {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent() -> AgentIds {
+        AgentIds { uid: nix::unistd::geteuid().as_raw(), gids: vec![] }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("leash-guard-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_missing_name_is_held_at_its_first_missing_component_and_released() {
+        let dir = scratch("missing");
+        let names = [PathBuf::from(".git/config"), PathBuf::from(".git/hooks"), PathBuf::from(".envrc")];
+        let mut guard = WorkdirGuard::protect(&dir, &names, &agent()).unwrap();
+        let held: Vec<&Path> = guard.held().collect();
+        assert_eq!(held, [dir.join(".git").as_path(), dir.join(".envrc").as_path()]);
+        assert!(dir.join(".git").is_dir());
+        guard.release();
+        assert!(!dir.join(".git").exists() && !dir.join(".envrc").exists());
+    }
+
+    #[test]
+    fn a_gitfile_is_read_only_itself() {
+        let dir = scratch("gitfile");
+        std::fs::write(dir.join(".git"), "gitdir: /elsewhere\n").unwrap();
+        let guard = WorkdirGuard::protect(&dir, &[PathBuf::from(".git/config")], &agent()).unwrap();
+        assert_eq!(guard.existing(), [dir.join(".git")]);
+        assert_eq!(guard.held().count(), 0);
+    }
+
+    #[test]
+    fn what_the_agent_replaced_is_not_removed() {
+        let dir = scratch("replaced");
+        let mut guard = WorkdirGuard::protect(&dir, &[PathBuf::from(".envrc")], &agent()).unwrap();
+        std::fs::remove_dir(dir.join(".envrc")).unwrap();
+        std::fs::create_dir(dir.join(".envrc")).unwrap();
+        std::fs::write(dir.join(".envrc/kept"), "x").unwrap();
+        guard.release();
+        assert!(dir.join(".envrc/kept").exists());
+    }
+
+    #[test]
+    fn names_that_leave_the_directory_are_refused() {
+        let dir = scratch("escape");
+        assert!(WorkdirGuard::protect(&dir, &[PathBuf::from("../x")], &agent()).is_err());
+        assert!(WorkdirGuard::protect(&dir, &[PathBuf::from("/etc/x")], &agent()).is_err());
+    }
+}
