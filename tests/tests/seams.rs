@@ -372,6 +372,41 @@ fn host_daemon_sockets_under_run_are_out_of_reach() {
     );
 }
 
+/// A host service listening outside the emptied directories (under the scratch directory here,
+/// as under `/var/lib` or a home directory on a real host), world-connectable: out of reach
+/// without BPF-LSM too. A socket the agent binds itself still works.
+#[test]
+fn host_daemon_sockets_anywhere_are_out_of_reach() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-unix-anywhere");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let service_dir = scratch.0.join("var-lib-service");
+    std::fs::create_dir_all(&service_dir).unwrap();
+    let sock = service_dir.join("api.sock");
+    let _service = unix_service(&sock);
+    let outside =
+        Command::new(PY).args(["-c", UNIX_CONNECT, sock.to_str().unwrap()]).uid(uid).gid(gid).output().unwrap();
+    assert!(stdout(&outside).contains("connected hello"), "control: {}", stdout(&outside));
+    let own = concat!(
+        "import socket, sys\n\
+         srv = socket.socket(socket.AF_UNIX); srv.bind('own.sock'); srv.listen(1)\n\
+         c = socket.socket(socket.AF_UNIX); c.connect('own.sock'); a, _ = srv.accept(); a.sendall(b'mine')\n\
+         print('own', c.recv(8).decode())\n\
+         exec(open('connect.py').read())"
+    );
+    let workdir = scratch.owned_dir("work", uid);
+    std::fs::write(workdir.join("connect.py"), UNIX_CONNECT).unwrap();
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", &own, sock.to_str().unwrap()])
+        .current_dir(&workdir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let text = stdout(&out);
+    assert!(text.contains("own mine"), "the agent's own socket must work: {text} {}", stderr(&out));
+    assert!(text.contains("refused"), "the agent reached a host daemon's socket: {text} {}", stderr(&out));
+}
+
 const NETLINK: &str = "import socket\n\
     for name, proto in (('route', 0), ('usersock', 2), ('sock_diag', 4), ('audit', 9)):\n\
     \x20   try:\n\

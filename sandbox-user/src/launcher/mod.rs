@@ -9,6 +9,7 @@ mod child;
 pub mod confine;
 mod environment;
 pub mod host_files;
+mod host_sockets;
 mod identity;
 mod landlock;
 pub mod layers;
@@ -116,6 +117,15 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let audit = Auditor::to_file(&id.to_string(), audit_file, true);
     let binaries_rules = !policy.binaries_restricted().is_empty();
     let protect_in_workdir = policy.protect_in_workdir();
+    let unix_allowed: Vec<PathBuf> = policy
+        .kernel()
+        .into_iter()
+        .flat_map(|k| &k.unix_allow)
+        .filter_map(|name| match name {
+            policy::UnixSocketName::Path(p) => Some(p.clone()),
+            policy::UnixSocketName::Abstract(_) => None,
+        })
+        .collect();
     let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
     let filesystem = policy.filesystem().cloned();
     let secrets = match &credentials_file {
@@ -215,6 +225,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         credential_names: &credential_names,
         filesystem: filesystem.as_ref(),
         binaries_rules,
+        unix_allowed: &unix_allowed,
     };
     let kernel = Reload { policy: policy_file, rules: kernel_rules.as_ref(), protect: &protect };
     let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing, kernel).await;
@@ -265,6 +276,8 @@ struct Agent<'a> {
     filesystem: Option<&'a FilesystemRules>,
     /// Whether the policy has `binaries:` rules (the proxy then reads each connection's owner).
     binaries_rules: bool,
+    /// Host sockets the policy lets it reach (`kernel.unix.allow`).
+    unix_allowed: &'a [PathBuf],
 }
 
 /// Starts proxy, events and agent in a built sandbox and waits for the agent.
@@ -350,8 +363,9 @@ async fn run_inside(
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
         None => None,
     };
-    let mut mounts = mount_ns::PrivateMounts::prepare(&[trust.dir().to_path_buf()], agent.guard.read_only())
-        .context("preparing the agent's mount namespace")?;
+    let mut mounts =
+        mount_ns::PrivateMounts::prepare(&[trust.dir().to_path_buf()], agent.guard.read_only(), agent.unix_allowed)
+            .context("preparing the agent's mount namespace")?;
     if !identity::home_usable(agent.identity) {
         let landlock = match &domain {
             landlock::Domain::Enforced(p) => Some((p.fd.as_raw_fd(), p.read_write)),
@@ -370,14 +384,15 @@ async fn run_inside(
             env.push(("HOME".into(), mount_ns::PRIVATE_HOME.to_string_lossy().into_owned().into()));
         }
     }
-    let existing: Vec<String> = agent.guard.existing().iter().map(|p| p.display().to_string()).collect();
+    let relative = |p: &Path| p.strip_prefix(workdir).unwrap_or(p).display().to_string();
+    let existing: Vec<String> = agent.guard.existing().iter().map(|p| relative(p)).collect();
     if !existing.is_empty() {
         eprintln!(
             "leash: note: read-only for the agent (they run code outside the sandbox later): {}",
             existing.join(", ")
         );
     }
-    let held: Vec<String> = agent.guard.held().map(|p| p.display().to_string()).collect();
+    let held: Vec<String> = agent.guard.held().map(relative).collect();
     if !held.is_empty() {
         eprintln!(
             "leash: note: held as empty read-only directories so the agent cannot create them (removed at exit): {}",

@@ -6,14 +6,17 @@
 //! - `/run` (and `/var/run` when it is not a link to it) is an empty tmpfs holding only leash's
 //!   files for the agent, read-only: host daemons' sockets (docker, containerd, podman, dbus,
 //!   systemd, the user's `/run/user/<uid>` with its ssh and gpg agents) are not there to connect to;
+//! - every pathname unix socket bound on the host when the agent starts, wherever it is, is
+//!   covered with `/dev/null` (`host_sockets`), except those the policy's `kernel.unix.allow`
+//!   names;
 //! - files in the working directory that run code later, outside the sandbox, are read-only,
 //!   and so are the empty directories leash holds where such names are missing
 //!   (`workdir_guard`).
 //!
 //! Mounts made on the host later still reach the sandbox (the namespace is a slave of the host's).
 //! Landlock rules follow a path's mount point, so the policy's `read_write: [/tmp]` covers the new
-//! `/tmp`. What this does not cover: sockets elsewhere (a service listening in `/var/lib/...` or in
-//! a home directory).
+//! `/tmp`. What this does not cover: a socket a host service binds after the agent started, outside
+//! the emptied directories.
 
 use std::ffi::CString;
 use std::io;
@@ -21,6 +24,8 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+use super::host_sockets;
 
 /// Directories that become private, empty and sticky (mode 1777).
 const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
@@ -55,6 +60,8 @@ pub struct PrivateMounts {
     runtime: Vec<CString>,
     kept: Vec<Kept>,
     read_only: Vec<CString>,
+    /// Host sockets covered with `/dev/null`.
+    covered: Vec<CString>,
     home: Option<PrivateHome>,
 }
 
@@ -69,8 +76,13 @@ fn is_dir(p: &Path) -> bool {
 
 impl PrivateMounts {
     /// Prepares the namespace for an agent working in `workdir`, keeping `keep` (directories
-    /// under `/run` the agent must read, such as its CA bundle) visible and `read_only` read-only.
-    pub fn prepare<'a>(keep: &[PathBuf], read_only: impl Iterator<Item = &'a Path>) -> Result<Self> {
+    /// under `/run` the agent must read, such as its CA bundle) visible, `read_only` read-only and
+    /// the host's sockets out of reach but for `unix_allowed`.
+    pub fn prepare<'a>(
+        keep: &[PathBuf],
+        read_only: impl Iterator<Item = &'a Path>,
+        unix_allowed: &[PathBuf],
+    ) -> Result<Self> {
         let scratch = SCRATCH.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<_>>()?;
         let runtime = RUNTIME.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<Vec<_>>>()?;
         let mut kept = Vec::new();
@@ -91,7 +103,16 @@ impl PrivateMounts {
             kept.push(Kept { path: c_path(dir)?, create });
         }
         let read_only = read_only.map(c_path).collect::<Result<_>>()?;
-        Ok(Self { scratch, runtime, kept, read_only, home: None })
+        let emptied: Vec<&Path> = SCRATCH.iter().chain(RUNTIME).map(Path::new).collect();
+        let (sockets, left_out) = host_sockets::find(&emptied, unix_allowed);
+        if left_out > 0 {
+            anyhow::bail!(
+                "this host has more than {} bound unix sockets ({left_out} more); leash cannot cover them all for the agent",
+                host_sockets::MAX_COVERED
+            );
+        }
+        let covered = sockets.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
+        Ok(Self { scratch, runtime, kept, read_only, covered, home: None })
     }
 
     /// Makes [`PRIVATE_HOME`] for the agent; false when there is no private `/tmp` to make it in.
@@ -146,6 +167,14 @@ impl PrivateMounts {
             }
             for path in &self.read_only {
                 bind_read_only(path.as_ptr(), path.as_ptr())?;
+            }
+            for socket in &self.covered {
+                // A socket gone since it was found needs no cover.
+                if libc::mount(c"/dev/null".as_ptr(), socket.as_ptr(), NONE, libc::MS_BIND, std::ptr::null()) != 0
+                    && *libc::__errno_location() != libc::ENOENT
+                {
+                    return Err(io::Error::last_os_error());
+                }
             }
             if let Some(home) = &self.home {
                 make_home(home)?;

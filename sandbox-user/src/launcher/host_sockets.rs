@@ -1,0 +1,94 @@
+//! The host's pathname unix sockets, found when the agent starts so that its mount namespace
+//! can cover each one (`mount_ns`): a service listening under `/var/lib`, `/srv` or a home
+//! directory — the places an emptied `/run` and a private `/tmp` do not reach — is then not there
+//! for the agent to connect to, on any kernel, with or without BPF-LSM.
+//!
+//! Every network namespace's `/proc/<pid>/net/unix` is read (one process per namespace), so a
+//! container's socket bind-mounted onto the host at the same path is found too. What it cannot
+//! find: a socket bound after the agent started, and one reached under another name than its
+//! binder used (a bind mount of the socket elsewhere, a link to it); those the kernel's unix
+//! rules cover where BPF-LSM exists, and file permissions elsewhere.
+
+use std::collections::HashSet;
+use std::os::unix::fs::FileTypeExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+/// How many sockets are covered at most; more than this is a host leash does not expect.
+pub const MAX_COVERED: usize = 4096;
+
+/// The bound paths in one `/proc/net/unix` table: the eighth column, when it is an absolute path
+/// (abstract names start with `@`, unbound sockets have none).
+pub fn bound_paths(table: &str) -> impl Iterator<Item = &str> {
+    table.lines().skip(1).filter_map(|line| {
+        // Seven fields of fixed form, then the path, which may itself hold spaces.
+        let mut rest = line.trim_start();
+        for _ in 0..7 {
+            let end = rest.find(' ')?;
+            rest = rest[end..].trim_start_matches(' ');
+        }
+        rest.starts_with('/').then_some(rest)
+    })
+}
+
+/// Pathname sockets bound on this host now, as sockets at those paths in leash's own view, not
+/// under `skip` (directories the agent gets empty anyway) and not in `keep` (sockets the policy
+/// lets the agent reach). Sorted, at most [`MAX_COVERED`]; the count of those left out is returned
+/// with them.
+pub fn find(skip: &[&Path], keep: &[PathBuf]) -> (Vec<PathBuf>, usize) {
+    let mut namespaces = HashSet::new();
+    let mut found = HashSet::new();
+    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    for entry in pids {
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let proc_dir = entry.path();
+        let Ok(netns) = std::fs::metadata(proc_dir.join("ns/net")) else { continue };
+        if !namespaces.insert((netns.dev(), netns.ino())) {
+            continue;
+        }
+        let Ok(table) = std::fs::read_to_string(proc_dir.join("net/unix")) else { continue };
+        found.extend(bound_paths(&table).map(PathBuf::from));
+    }
+    let mut sockets: Vec<PathBuf> = found
+        .into_iter()
+        .filter(|p| !skip.iter().any(|d| p.starts_with(d)))
+        .filter(|p| !keep.contains(p))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()))
+        .collect();
+    sockets.sort();
+    let left_out = sockets.len().saturating_sub(MAX_COVERED);
+    sockets.truncate(MAX_COVERED);
+    (sockets, left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_the_eighth_column_spaces_and_all() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 23456 /var/lib/app/app.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 23457 @/tmp/.X11-unix/X0\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 23458\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 23459 /srv/my app/s.sock\n";
+        let paths: Vec<&str> = bound_paths(table).collect();
+        assert_eq!(paths, ["/var/lib/app/app.sock", "/srv/my app/s.sock"]);
+    }
+
+    #[test]
+    fn a_socket_bound_here_is_found_and_skipped_or_kept_on_request() {
+        let dir = std::env::temp_dir().join(format!("leash-host-sockets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("svc.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(find(&[], &[]).0.contains(&path));
+        assert!(!find(&[dir.as_path()], &[]).0.contains(&path));
+        assert!(!find(&[], std::slice::from_ref(&path)).0.contains(&path));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
