@@ -301,3 +301,32 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Issue 19 item 4, as a Python script (`TARGET EXECUTABLE TRIES`): a child connects to the
+/// proxy, then execs the listed executable, and its parent (not listed) uses the socket they
+/// share; prints `through N`, the CONNECTs that got 200. The proxy must not lend the listed executable's rights
+/// to a process holding the same socket.
+pub const PY_EXEC_AFTER_CONNECT: &str = r#"
+import os, socket, sys, time
+host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
+got = 0
+for _ in range(int(sys.argv[3])):
+    s = socket.socket()
+    s.set_inheritable(True)
+    child = os.fork()
+    if child == 0:
+        s.connect((host, int(port)))
+        os.execv(sys.argv[2], [sys.argv[2], "2"])
+    time.sleep(0.2)
+    try:
+        s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (sys.argv[1], sys.argv[1])).encode())
+        s.settimeout(3)
+        if s.recv(200).split(b" ")[1] == b"200":
+            got += 1
+    except Exception:
+        pass
+    s.close()
+    os.kill(child, 9)
+    os.waitpid(child, 0)
+print("through", got)
+"#;

@@ -12,7 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use leash_tests::kube_api::{FakeApi, Gone};
-use leash_tests::{cgroup2_root, leash_bin, require_root, stderr, stdout, wait_until, Listener, Scratch};
+use leash_tests::{
+    cgroup2_root, leash_bin, require_root, stderr, stdout, wait_until, Listener, Scratch, PY_EXEC_AFTER_CONNECT,
+};
 
 const NOBODY: &str = "65534";
 
@@ -491,6 +493,30 @@ fn binaries_rules_work_through_the_daemons_connection_owners() {
     assert!(text.contains("CONNECT 200 GET 200"), "the named binary was refused: {text} {}", stderr(&out));
     assert!(text.contains("curl 403"), "another binary got through: {text} {}", stderr(&out));
     assert_eq!(upstream.accepted(), 1);
+}
+
+/// Issue 19 item 4 under `leash confine`: the daemon answers who connected, and a listed
+/// executable exec'd after the connect lends nothing to its parent holding the same socket.
+#[test]
+fn a_listed_executable_exec_d_after_connect_lends_nothing_under_confine() {
+    let upstream = Listener::http("127.0.0.1:0", "for sleep only");
+    let sleep = std::fs::canonicalize("/bin/sleep").unwrap().display().to_string();
+    let mut node = Node::new("owners-exec");
+    node.policy(
+        "default",
+        &format!(
+            "version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      - {{ host: 127.0.0.1, port: {}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n    binaries: [{{ path: {sleep} }}]\n",
+            upstream.addr.port()
+        ),
+    );
+    let pod = node.pod(Layout::CgroupfsCrio, 62);
+    node.start(&["--default-policy", "default"]);
+    let target = upstream.addr.to_string();
+    let out = node.confine(&pod, &[], &["/usr/bin/python3", "-c", PY_EXEC_AFTER_CONNECT, &target, &sleep, "8"]);
+    let text = stdout(&out);
+    assert!(text.contains("through "), "the attack did not run: {text} {}", stderr(&out));
+    assert!(text.contains("through 0"), "python used sleep's rights: {text} {}", stderr(&out));
+    assert_eq!(upstream.accepted(), 0);
 }
 
 #[test]

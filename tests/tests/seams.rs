@@ -388,16 +388,14 @@ fn host_daemon_sockets_anywhere_are_out_of_reach() {
     let outside =
         Command::new(PY).args(["-c", UNIX_CONNECT, sock.to_str().unwrap()]).uid(uid).gid(gid).output().unwrap();
     assert!(stdout(&outside).contains("connected hello"), "control: {}", stdout(&outside));
-    let own = concat!(
-        "import socket, sys\n\
+    let own = "import socket, sys\n\
          srv = socket.socket(socket.AF_UNIX); srv.bind('own.sock'); srv.listen(1)\n\
          c = socket.socket(socket.AF_UNIX); c.connect('own.sock'); a, _ = srv.accept(); a.sendall(b'mine')\n\
          print('own', c.recv(8).decode())\n\
-         exec(open('connect.py').read())"
-    );
+         exec(open('connect.py').read())";
     let workdir = scratch.owned_dir("work", uid);
     std::fs::write(workdir.join("connect.py"), UNIX_CONNECT).unwrap();
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", &own, sock.to_str().unwrap()])
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", own, sock.to_str().unwrap()])
         .current_dir(&workdir)
         .output()
         .unwrap();

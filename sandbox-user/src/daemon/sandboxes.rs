@@ -31,6 +31,7 @@ use crate::kernel::generation::Generation;
 use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::programs::sandbox_net;
+use crate::proxy::identity::holders_all_run;
 use sandbox_common::SANDBOX_NODE;
 
 /// A process asking the daemon something, identified by the kernel.
@@ -270,7 +271,15 @@ impl Node {
         let live = process.as_ref().and_then(|p| {
             p.read(|pid| Ok((discovery::cgroup_of(pid)?, std::fs::read_link(format!("/proc/{pid}/exe"))?))).ok()
         });
-        let exe = live.filter(|(cgroup, _)| cgroup.contains(&inside)).map(|(_, exe)| exe.display().to_string());
+        // Every process of the sandbox holding the socket must run what connected (a child that
+        // connected and then exec'd a listed program lends nothing to its parent).
+        let net = PathBuf::from(format!("/proc/{}/net", owner.pid));
+        let peer = SocketAddr::new(record.proxy.ip(), port);
+        let procs = record.cgroup.join("cgroup.procs");
+        let exe = live
+            .filter(|(cgroup, _)| cgroup.contains(&inside))
+            .filter(|(_, exe)| holders_all_run(&procs, &net, peer, record.proxy, exe))
+            .map(|(_, exe)| exe.display().to_string());
         let pid = if exe.is_some() { pid_in_own_namespace(owner.pid).unwrap_or(0) } else { 0 };
         Ok(Owner { pid, uid: owner.uid, exe })
     }

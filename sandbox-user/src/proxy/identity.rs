@@ -87,6 +87,35 @@ fn environ_sets(environ: &[u8], own: impl Fn(&str) -> Option<Vec<u8>>) -> Option
     })
 }
 
+/// Whether every process in `procs` (a sandbox cgroup's `cgroup.procs`) that holds the client
+/// socket of the connection from `peer` to `proxy` runs `exe`: a process that connected and then
+/// exec'd a listed program, or passed the socket on, does not lend that program's rights to the
+/// others holding the socket. `net` is the `/proc/.../net` directory of the connection's network
+/// namespace. False when the socket or the process list cannot be read (fail closed).
+pub fn holders_all_run(procs: &Path, net: &Path, peer: SocketAddr, proxy: SocketAddr, exe: &Path) -> bool {
+    let Some(inode) = client_socket_inode(net, peer, proxy) else { return false };
+    let Ok(procs) = std::fs::read_to_string(procs) else { return false };
+    let target = format!("socket:[{inode}]");
+    procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).all(|pid| {
+        let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|l| l.as_os_str() == target.as_str())
+        });
+        !holds || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
+    })
+}
+
+/// The inode of the socket connected from `peer` to `proxy`, from the TCP table in `net`.
+fn client_socket_inode(net: &Path, peer: SocketAddr, proxy: SocketAddr) -> Option<u64> {
+    let table = net.join(if peer.is_ipv4() { "tcp" } else { "tcp6" });
+    let text = std::fs::read_to_string(table).ok()?;
+    let port_of = |field: &str| field.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+    text.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
+        (port_of(local)? == peer.port() && port_of(remote)? == proxy.port()).then(|| inode.parse().ok())?
+    })
+}
+
 /// The node daemon's answer for one sandbox (`owner` requests on one kept connection).
 pub struct DaemonOwners {
     socket: PathBuf,

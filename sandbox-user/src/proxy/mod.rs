@@ -20,7 +20,7 @@ mod answers;
 mod connect;
 pub mod credentials;
 mod headers;
-mod identity;
+pub(crate) mod identity;
 pub use identity::{DaemonOwners, OwnerSource};
 mod intercept;
 mod judge;

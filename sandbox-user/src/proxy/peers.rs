@@ -95,31 +95,9 @@ struct Holders {
 }
 
 impl Holders {
-    /// Whether every process of the sandbox holding `peer`'s socket runs `exe` (false when the
-    /// socket cannot be found: fail closed).
     fn all_run(&self, peer: SocketAddr, exe: &std::path::Path) -> bool {
-        let Some(inode) = client_socket_inode(peer, self.proxy) else { return false };
-        let Ok(procs) = std::fs::read_to_string(&self.procs) else { return false };
-        let target = format!("socket:[{inode}]");
-        procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).all(|pid| {
-            let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|l| l.as_os_str() == target.as_str())
-            });
-            !holds || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
-        })
+        super::identity::holders_all_run(&self.procs, std::path::Path::new("/proc/net"), peer, self.proxy, exe)
     }
-}
-
-/// The inode of the socket connected from `peer` to `proxy`, from the kernel's TCP table.
-fn client_socket_inode(peer: SocketAddr, proxy: SocketAddr) -> Option<u64> {
-    let table = if peer.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
-    let text = std::fs::read_to_string(table).ok()?;
-    let port_of = |field: &str| field.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-    text.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (local, remote, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
-        (port_of(local)? == peer.port() && port_of(remote)? == proxy.port()).then(|| inode.parse().ok())?
-    })
 }
 
 /// A connection from the sandbox; its record is forgotten when the last of it (the request
