@@ -69,7 +69,7 @@ pub mod program_names {
     /// The enforcing BPF-LSM programs, in attach order: the one table of leash's LSM hooks.
     /// Loading, attaching, the hooks a policy needs (`LsmRules::required_hooks`) and the VM
     /// suite all read it. A hook this kernel lacks is skipped, not fatal, at load.
-    pub const LSM_HOOKS: [LsmHook; 21] = [
+    pub const LSM_HOOKS: [LsmHook; 23] = [
         LsmHook {
             program: "leash_lsm_socket_create",
             hook: "socket_create",
@@ -189,14 +189,28 @@ pub mod program_names {
             program: "leash_lsm_socket_connect",
             hook: "socket_connect",
             deny: 0,
-            rules: lsm_rule::UNIX_ALLOWLIST | lsm_rule::PROXY_ONLY,
+            rules: lsm_rule::PROXY_ONLY,
             required: true,
         },
         LsmHook {
             program: "leash_lsm_socket_sendmsg",
             hook: "socket_sendmsg",
             deny: 0,
-            rules: lsm_rule::UNIX_ALLOWLIST | lsm_rule::PROXY_ONLY,
+            rules: lsm_rule::PROXY_ONLY,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_unix_stream_connect",
+            hook: "unix_stream_connect",
+            deny: 0,
+            rules: lsm_rule::UNIX_ALLOWLIST,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_unix_may_send",
+            hook: "unix_may_send",
+            deny: 0,
+            rules: lsm_rule::UNIX_ALLOWLIST,
             required: true,
         },
     ];
@@ -312,8 +326,9 @@ pub mod lsm_rule {
     pub const EXEC_ALLOWLIST: u32 = 1 << 0;
     /// Files in `LEASH_LSM_DENY_OPEN` may not be opened.
     pub const DENY_OPEN: u32 = 1 << 1;
-    /// connect(2) and sendmsg(2) to unix sockets (pathname and abstract) only to the sockets in
-    /// `LEASH_LSM_UNIX_ALLOW`.
+    /// Unix sockets (stream and datagram, pathname and abstract) reach only the sandbox's own
+    /// (the peer socket was created in the sandbox) and those in `LEASH_LSM_UNIX_ALLOW`, by the
+    /// name the peer bound.
     pub const UNIX_ALLOWLIST: u32 = 1 << 2;
     /// connect(2) and sendmsg(2) with an AF_INET/AF_INET6 address only to the proxy: the second
     /// line behind the cgroup programs, which also covers io_uring.
@@ -402,6 +417,12 @@ pub struct KernelLayout {
     pub skc_dport: u32,
     pub skc_family: u32,
     pub skc_v6_daddr: u32,
+    /// `sock.sk_cgrp_data` (the cgroup the socket was created in), `unix_sock.addr`,
+    /// `unix_address.len`, `unix_address.name`.
+    pub sk_cgrp_data: u32,
+    pub unix_sock_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
     /// 1 when the kernel lets BPF-LSM programs call `bpf_get_current_ancestor_cgroup_id` (5.11+):
     /// the ancestors of the current task are then found without reading kernel structs.
     pub ancestor_helper: u32,
@@ -505,6 +526,8 @@ pub enum Hook {
     LsmSendmsg = 19,
     LsmMmap = 20,
     LsmMprotect = 21,
+    LsmUnixConnect = 22,
+    LsmUnixSend = 23,
 }
 
 impl Hook {
@@ -531,6 +554,8 @@ impl Hook {
             19 => Self::LsmSendmsg,
             20 => Self::LsmMmap,
             21 => Self::LsmMprotect,
+            22 => Self::LsmUnixConnect,
+            23 => Self::LsmUnixSend,
             _ => return None,
         })
     }
@@ -558,6 +583,8 @@ impl Hook {
             Self::LsmSendmsg => "lsm_socket_sendmsg",
             Self::LsmMmap => "lsm_mmap_file",
             Self::LsmMprotect => "lsm_file_mprotect",
+            Self::LsmUnixConnect => "lsm_unix_stream_connect",
+            Self::LsmUnixSend => "lsm_unix_may_send",
         }
     }
 }
@@ -611,7 +638,7 @@ const _: () = {
     assert!(size_of::<LsmPolicy>() == 32);
     assert!(size_of::<InodeKey>() == 24);
     assert!(size_of::<UnixKey>() == 8 + 4 + UNIX_PATH_MAX);
-    assert!(size_of::<KernelLayout>() == 4 * 25);
+    assert!(size_of::<KernelLayout>() == 4 * 29);
     assert!(size_of::<DenyEvent>() == 160);
 };
 

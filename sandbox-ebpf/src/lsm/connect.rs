@@ -1,8 +1,6 @@
-//! `lsm/socket_connect` and `lsm/socket_sendmsg`: where a sandbox's sockets may connect or send.
+//! `lsm/socket_connect` and `lsm/socket_sendmsg`: where a sandbox's IP sockets may connect or
+//! send (unix sockets are judged by their peer, in `unix.rs`).
 //!
-//! - AF_UNIX (`lsm_rule::UNIX_ALLOWLIST`): pathname and abstract sockets only from
-//!   `LEASH_LSM_UNIX_ALLOW` — by default none, so docker.sock, containerd's sockets or a host
-//!   agent's socket are out of reach. Datagrams sent with an address are judged like connects.
 //! - AF_INET/AF_INET6 (`lsm_rule::PROXY_ONLY`): only the proxy. The cgroup programs already
 //!   enforce this for the sandbox's own sockets; this is the second line, on the syscall path
 //!   every caller (io_uring included) goes through, and the only line for a socket created
@@ -15,25 +13,21 @@
 //!
 //! The address is the kernel's copy of the caller's sockaddr. Minimum kernel: 5.7.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::lsm, programs::LsmContext};
-use sandbox_common::{lsm_rule, Hook, UnixKey, UNIX_PATH_MAX};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use sandbox_common::{lsm_rule, Hook};
 
 use super::kernel::{field, layout_set, offset, read};
 use super::{current_sandbox, deny, Event, Sandbox, ALLOW};
-use crate::maps::LSM_UNIX_ALLOW;
 
-const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-/// `sun_path` starts after the 2-byte family.
-const SUN_PATH: u64 = 2;
 
 #[lsm(hook = "socket_connect")]
 pub fn leash_lsm_socket_connect(ctx: LsmContext) -> i32 {
     let Some(sandbox) = current_sandbox() else {
         return ALLOW;
     };
-    if sandbox.policy.rules & (lsm_rule::UNIX_ALLOWLIST | lsm_rule::PROXY_ONLY) == 0 {
+    if sandbox.policy.rules & lsm_rule::PROXY_ONLY == 0 {
         return ALLOW;
     }
     let address: u64 = ctx.arg(1);
@@ -46,7 +40,7 @@ pub fn leash_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
     let Some(sandbox) = current_sandbox() else {
         return ALLOW;
     };
-    if sandbox.policy.rules & (lsm_rule::UNIX_ALLOWLIST | lsm_rule::PROXY_ONLY) == 0 {
+    if sandbox.policy.rules & lsm_rule::PROXY_ONLY == 0 {
         return ALLOW;
     }
     let msg: u64 = ctx.arg(1);
@@ -107,51 +101,9 @@ fn judge(sandbox: &Sandbox, hook: Hook, address: u64, len: i32) -> i32 {
         return deny(sandbox, &Event::new(hook));
     };
     match family {
-        AF_UNIX if sandbox.policy.rules & lsm_rule::UNIX_ALLOWLIST != 0 => judge_unix(sandbox, hook, address, len),
-        AF_INET | AF_INET6 if sandbox.policy.rules & lsm_rule::PROXY_ONLY != 0 => {
-            judge_inet(sandbox, hook, address, family)
-        }
+        AF_INET | AF_INET6 => judge_inet(sandbox, hook, address, family),
         _ => ALLOW,
     }
-}
-
-/// Unix sockets: only those in the sandbox's allowlist.
-#[inline(always)]
-fn judge_unix(sandbox: &Sandbox, hook: Hook, address: u64, len: i32) -> i32 {
-    let mut key = UnixKey { sandbox: sandbox.id, len: 0, path: [0; UNIX_PATH_MAX] };
-    // SAFETY: the helper checks the address; the kernel's copy is a full sockaddr_storage.
-    if unsafe { bpf_probe_read_kernel_buf((address + SUN_PATH) as *const u8, &mut key.path) }.is_err() {
-        return deny(sandbox, &Event::new(hook));
-    }
-    // The kernel reads a pathname up to its first NUL within the length given; an abstract name
-    // (first byte zero) is exactly the length given. Bytes past the end are zeroed.
-    let given = len - SUN_PATH as i32;
-    let pathname = key.path[0] != 0;
-    let mut ended = false;
-    let mut i = 0usize;
-    while i < UNIX_PATH_MAX {
-        if i as i32 >= given || (pathname && key.path[i] == 0) {
-            ended = true;
-        }
-        if ended {
-            key.path[i] = 0;
-        } else {
-            key.len += 1;
-        }
-        i += 1;
-    }
-    // SAFETY: only presence is read.
-    if unsafe { LSM_UNIX_ALLOW.get(&key) }.is_some() {
-        return ALLOW;
-    }
-    let mut event = Event::new(hook);
-    event.family = AF_UNIX as u32;
-    let mut j = 0usize;
-    while j < event.path.len() {
-        event.path[j] = key.path[j];
-        j += 1;
-    }
-    deny(sandbox, &event)
 }
 
 /// IP sockets: only the proxy's address and port.

@@ -5,7 +5,8 @@
 //! | file | hooks | policy |
 //! |---|---|---|
 //! | `socket.rs` | `socket_create` | `lsm_deny::{PACKET_SOCKET, RAW_SOCKET, VSOCK, NETLINK}` |
-//! | `connect.rs` | `socket_connect`, `socket_sendmsg` | `lsm_rule::{UNIX_ALLOWLIST, PROXY_ONLY}` |
+//! | `connect.rs` | `socket_connect`, `socket_sendmsg` | `lsm_rule::PROXY_ONLY` |
+//! | `unix.rs` | `unix_stream_connect`, `unix_may_send` | `lsm_rule::UNIX_ALLOWLIST` |
 //! | `exec.rs` | `bprm_check_security` | `lsm_rule::EXEC_ALLOWLIST` |
 //! | `mmap.rs` | `mmap_file`, `file_mprotect` (`PROT_EXEC` of a file) | `lsm_rule::EXEC_ALLOWLIST` |
 //! | `open.rs` | `file_open` | `lsm_rule::DENY_OPEN` |
@@ -44,6 +45,7 @@ mod probe;
 mod ptrace;
 mod signal;
 mod socket;
+mod unix;
 mod userns;
 
 use aya_ebpf::helpers::{bpf_get_current_task, generated::bpf_get_current_ancestor_cgroup_id};

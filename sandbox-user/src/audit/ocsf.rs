@@ -151,7 +151,7 @@ pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::pa
         Some(Hook::LsmPtrace) => {
             ("ptrace", format!("ptrace pid {} (mode {:#x})", event.target_pid, event.protocol), 1007)
         }
-        Some(Hook::LsmConnect | Hook::LsmSendmsg) if event.family == 1 => {
+        Some(Hook::LsmUnixConnect | Hook::LsmUnixSend) => {
             ("kernel.unix.allow", format!("unix socket {}", unix_name(&event.path)), 4001)
         }
         Some(Hook::LsmConnect | Hook::LsmSendmsg) => {
@@ -334,7 +334,7 @@ mod tests {
         assert!(line.contains("rule kernel.exec.allow"), "{line}");
         assert_eq!(json["class_uid"], 1001);
 
-        let mut e = event(Hook::LsmConnect, 1, [0; 16], 0);
+        let mut e = event(Hook::LsmUnixConnect, 1, [0; 16], 0);
         e.path[..4].copy_from_slice(b"\0x11");
         let (json, line) = lsm_denial("s1", &e, None);
         assert!(line.contains("unix socket @x11") && line.contains("kernel.unix.allow"), "{line}");

@@ -189,6 +189,10 @@ impl KernelBtf {
             skc_dport: self.offset("sock_common", "skc_dport")?,
             skc_family: self.offset("sock_common", "skc_family")?,
             skc_v6_daddr: self.offset("sock_common", "skc_v6_daddr")?,
+            sk_cgrp_data: self.offset("sock", "sk_cgrp_data")?,
+            unix_sock_addr: self.offset("unix_sock", "addr")?,
+            unix_address_len: self.offset("unix_address", "len")?,
+            unix_address_name: self.offset("unix_address", "name")?,
             ancestor_helper: u32::from(running_kernel_at_least(5, 11)),
         })
     }

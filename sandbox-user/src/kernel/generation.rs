@@ -361,6 +361,12 @@ impl Generation {
         &self.unavailable
     }
 
+    /// Whether BPF-LSM programs loaded with this generation (cheap; [`Generation::lsm_hooks`]
+    /// says why not).
+    pub fn has_lsm(&self) -> bool {
+        !self.lsm_hooks.is_empty()
+    }
+
     /// This generation, if this host has BPF-LSM (an error saying why not otherwise).
     pub fn with_lsm(self) -> Result<Self> {
         self.lsm_hooks()?;

@@ -87,6 +87,14 @@ impl LsmRules {
         Self::resolve_in(&FsRoot::Own, kernel, protect)
     }
 
+    /// The rules for a policy: its `kernel:` section resolved, or, when it has none, the
+    /// baseline every `leash run` sandbox gets where BPF-LSM works: the self-protection above,
+    /// unix sockets limited to the sandbox's own (`lsm_rule::UNIX_ALLOWLIST` with an empty list)
+    /// and `protect` unopenable.
+    pub fn for_policy(kernel: Option<&KernelRules>, protect: &[PathBuf]) -> Result<Self> {
+        Self::resolve(kernel.unwrap_or(&KernelRules::default()), protect)
+    }
+
     /// [`LsmRules::resolve`] with the paths looked up in `root` (a pod's filesystem, for the
     /// node daemon).
     pub fn resolve_in(root: &FsRoot, kernel: &KernelRules, protect: &[PathBuf]) -> Result<Self> {
@@ -129,14 +137,11 @@ impl LsmRules {
         Ok(rules)
     }
 
-    /// The BPF-LSM hooks these rules need, by `bpf_lsm_<hook>` name; a missing one means part of
-    /// the policy is not enforced.
+    /// The BPF-LSM hooks these rules need, by `bpf_lsm_<hook>` name, with those of the proxy
+    /// rule every sandbox adds; a missing one means part of the policy is not enforced.
     pub fn required_hooks(&self) -> Vec<&'static str> {
-        program_names::LSM_HOOKS
-            .iter()
-            .filter(|h| h.required && h.serves(self.deny, self.rules))
-            .map(|h| h.hook)
-            .collect()
+        let rules = self.rules | lsm_rule::PROXY_ONLY;
+        program_names::LSM_HOOKS.iter().filter(|h| h.required && h.serves(self.deny, rules)).map(|h| h.hook).collect()
     }
 
     /// The unix-allowlist keys of sandbox `id`.
@@ -484,7 +489,8 @@ mod tests {
             assert_ne!(r.deny & flag, 0);
         }
         let hooks = r.required_hooks();
-        for h in ["sb_mount", "task_kill", "file_open", "socket_connect", "bpf"] {
+        for h in ["sb_mount", "task_kill", "file_open", "socket_connect", "unix_stream_connect", "unix_may_send", "bpf"]
+        {
             assert!(hooks.contains(&h), "{h} missing from {hooks:?}");
         }
         assert!(!hooks.contains(&"bprm_check_security"));

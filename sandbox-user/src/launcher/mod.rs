@@ -97,14 +97,13 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let mut missing = Vec::new();
     // leash's own secrets are kept from the agent as well as the policy's deny_open files.
     let protect: Vec<PathBuf> = credentials_file.iter().cloned().collect();
-    let kernel_rules = match policy.kernel() {
-        Some(k) => Some(LsmRules::resolve(k, &protect).context("resolving the policy's `kernel:` section")?),
-        None => None,
-    };
-    if let Some(rules) = &kernel_rules {
-        for path in &rules.missing_deny_open {
-            eprintln!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
-        }
+    // Without a `kernel:` section the baseline rules apply where BPF-LSM works, and nothing is
+    // missing where it does not: the mount namespace keeps host sockets away (`mount_ns`).
+    let kernel_required = policy.kernel().is_some();
+    let kernel_rules =
+        LsmRules::for_policy(policy.kernel(), &protect).context("resolving the policy's `kernel:` section")?;
+    for path in &kernel_rules.missing_deny_open {
+        eprintln!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
     }
     if !opts.proxy_listen.ip().is_loopback() {
         bail!("--proxy-listen {} is not a loopback address: the proxy would be open to the network", opts.proxy_listen);
@@ -193,8 +192,12 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             None
         }
     };
-    if let Some(rules) = &kernel_rules {
-        missing.extend(enforce_kernel_rules(sandbox.as_mut(), rules));
+    if kernel_required {
+        missing.extend(enforce_kernel_rules(sandbox.as_mut(), &kernel_rules));
+    } else if sandbox.as_ref().is_some_and(|s| s.lsm_available()) {
+        for m in enforce_kernel_rules(sandbox.as_mut(), &kernel_rules) {
+            eprintln!("leash: warning: the baseline BPF-LSM rules are not in force: {}", m.why);
+        }
     }
     if let Err(e) = check_missing(&missing, opts.allow_degraded) {
         if let Some(mut s) = sandbox {
@@ -227,7 +230,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         binaries_rules,
         unix_allowed: &unix_allowed,
     };
-    let kernel = Reload { policy: policy_file, rules: kernel_rules.as_ref(), protect: &protect };
+    let kernel = Reload { policy: policy_file, rules: &kernel_rules, protect: &protect };
     let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing, kernel).await;
     if let Some(mut s) = sandbox {
         s.teardown();
@@ -260,7 +263,7 @@ fn enforce_kernel_rules(sandbox: Option<&mut sandbox::Sandbox>, rules: &LsmRules
 /// protect, for reloads.
 struct Reload<'a> {
     policy: Option<host_files::PolicyFile>,
-    rules: Option<&'a LsmRules>,
+    rules: &'a LsmRules,
     protect: &'a [PathBuf],
 }
 
@@ -334,7 +337,7 @@ async fn run_inside(
             }
             proxy.serve_only(peers)?;
             let audit = audit.clone();
-            let names = kernel.rules.map(target_names).unwrap_or_default();
+            let names = target_names(kernel.rules);
             Some(s.start_events(move |e| {
                 audit.kernel_denied(e, names.get(&(e.target_dev, e.target_ino)).map(|p| p.as_path()))
             })?)

@@ -44,10 +44,7 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: Option<KernelTarget>) -> 
 pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: Option<&KernelTarget>) {
     let result = policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
         if let Some(target) = kernel {
-            let Some(section) = p.kernel() else {
-                return Err("the new policy has no `kernel:` section; removing it needs a restart".to_owned());
-            };
-            LsmRules::resolve(section, &target.protect)
+            LsmRules::for_policy(p.kernel(), &target.protect)
                 .and_then(|r| target.updater.update(&r).context("updating the BPF-LSM maps"))
                 .map_err(|e| format!("{e:#}"))?;
         }

@@ -89,6 +89,11 @@ impl Sandbox {
         Ok(generation.missing_hooks(&rules.required_hooks()))
     }
 
+    /// Whether this host's programs include BPF-LSM ones (no probe is run).
+    pub fn lsm_available(&self) -> bool {
+        lock(&self.generation).is_ok_and(|g| g.has_lsm())
+    }
+
     /// A handle that puts new `kernel:` rules in force for this sandbox (policy reload), when
     /// BPF-LSM is enforcing.
     pub fn kernel_rules_updater(&self) -> Option<KernelRulesUpdater> {

@@ -207,8 +207,8 @@ impl Credential {
     }
 }
 
-/// The `kernel:` section, parsed; enforced by BPF-LSM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The `kernel:` section, parsed; enforced by BPF-LSM. The default is an empty section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelRules {
     /// Absolute path globs of executables allowed to run; `None` means any.
     pub exec_allow: Option<Vec<String>>,

@@ -29,20 +29,27 @@ pub fn render(text: &str, policy: &CompiledPolicy) -> String {
          # network: TCP to leash's proxy only, which serves this sandbox alone\n\
          # identity: never root, no supplementary groups, no_new_privs, a session and terminal of its own\n",
     );
-    if let Some(kernel) = policy.kernel() {
-        let _ = writeln!(out, "# kernel:");
-        let _ = writeln!(
-            out,
-            "#   deny: [ptrace, kill_outside, bpf]   # added to the policy's {} rule(s)",
-            kernel.deny.len()
-        );
-        let _ =
-            writeln!(out, "#   deny_open: [--credentials-file]      # leash's own secrets, added to the policy's list");
-        let _ = writeln!(out, "#   IP connects and sends only to the proxy (io_uring included)");
-        if kernel.unix_allow.is_empty() {
-            let _ = writeln!(out, "#   unix: {{ allow: [] }}                # no unix socket may be connected to");
+    match policy.kernel() {
+        Some(kernel) => {
+            let _ = writeln!(out, "# kernel:");
+            let _ = writeln!(
+                out,
+                "#   deny: [ptrace, kill_outside, bpf]   # added to the policy's {} rule(s)",
+                kernel.deny.len()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "# kernel:   # leash run's baseline where BPF-LSM works (not required elsewhere)");
+            let _ = writeln!(out, "#   deny: [ptrace, kill_outside, bpf]");
         }
     }
+    let _ = writeln!(out, "#   deny_open: [--credentials-file]      # leash's own secrets, added to the policy's list");
+    let _ = writeln!(out, "#   IP connects and sends only to the proxy (io_uring included)");
+    let _ = writeln!(
+        out,
+        "#   unix: the sandbox's own sockets{}",
+        if policy.kernel().is_some_and(|k| !k.unix_allow.is_empty()) { " and the policy's list" } else { " only" }
+    );
     out
 }
 

@@ -70,10 +70,13 @@ const RULE_ACTIONS: &[(&str, Action, &str, &[i32], bool)] = &[
     ("open-other-file", open_other, "file_open", &[], false),
     ("kill-outside", kill_outside, "task_kill", &[], true),
     ("kill-inside", kill_inside, "task_kill", &[], false),
-    ("unix-connect-unlisted", unix_connect_unlisted, "socket_connect", &[], true),
-    ("unix-connect-abstract", unix_connect_abstract, "socket_connect", &[], true),
-    ("unix-connect-listed", unix_connect_listed, "socket_connect", &[], false),
-    ("unix-sendto-unlisted", unix_sendto_unlisted, "socket_sendmsg", &[], true),
+    ("unix-connect-unlisted", unix_connect_unlisted, "unix_stream_connect", &[], true),
+    ("unix-connect-abstract", unix_connect_abstract, "unix_stream_connect", &[], true),
+    ("unix-connect-listed", unix_connect_listed, "unix_stream_connect", &[], false),
+    ("unix-connect-listed-name-linked-to-unlisted", unix_connect_listed_link, "unix_stream_connect", &[], true),
+    ("unix-connect-own", unix_connect_own, "unix_stream_connect", &[], false),
+    ("unix-sendto-unlisted", unix_sendto_unlisted, "unix_may_send", &[], true),
+    ("unix-sendto-own", unix_sendto_own, "unix_may_send", &[], false),
     ("inet-connect-not-proxy", inet_connect_other, "socket_connect", &[], true),
     ("inet-connect-proxy", inet_connect_proxy, "socket_connect", &[], false),
     ("io_uring-connect-not-proxy", io_uring_connect_other, "socket_connect", &[libc::ENOSYS], true),
@@ -105,6 +108,8 @@ const SECRET_LINK: &str = "/tmp/lsm-probe-secret-link";
 const SECRET_SYMLINK: &str = "/tmp/lsm-probe-secret-symlink";
 const UNIX_UNLISTED: &str = "/tmp/lsm-probe-unlisted.sock";
 const UNIX_LISTED: &str = "/tmp/lsm-probe-listed.sock";
+/// A listed name that is a link to [`UNIX_UNLISTED`]: the peer, not the name given, is judged.
+const UNIX_LISTED_LINK: &str = "/tmp/lsm-probe-listed-link.sock";
 const UNIX_DGRAM: &str = "/tmp/lsm-probe-dgram.sock";
 const ABSTRACT: &str = "lsm-probe-abstract";
 /// Ports of the loopback listeners: the stand-in proxy, and another service.
@@ -143,6 +148,11 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("--hold") {
         let secs: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(60);
         std::thread::sleep(std::time::Duration::from_secs(secs));
+        std::process::exit(0);
+    }
+    // vm_init's `kernel` suite: the unix sockets an agent under a policy without `kernel:` reaches.
+    if std::env::args().nth(1).as_deref() == Some("--unix-agent") {
+        agent::unix(&|name, r| println!("AGENT {name} {}", agent::outcome(r)));
         std::process::exit(0);
     }
     if std::env::args().nth(1).as_deref() == Some("--agent") {
@@ -513,7 +523,16 @@ struct Fixtures {
 impl Fixtures {
     fn create() -> Result<Self, String> {
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        for p in [UNLISTED_COPY, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM] {
+        for p in [
+            UNLISTED_COPY,
+            SECRET,
+            SECRET_LINK,
+            SECRET_SYMLINK,
+            UNIX_UNLISTED,
+            UNIX_LISTED,
+            UNIX_LISTED_LINK,
+            UNIX_DGRAM,
+        ] {
             let _ = std::fs::remove_file(p);
         }
         std::fs::copy(LISTED_STATIC, UNLISTED_COPY).map_err(|e| io("copying the probe", e))?;
@@ -522,6 +541,7 @@ impl Fixtures {
         std::os::unix::fs::symlink(SECRET, SECRET_SYMLINK).map_err(|e| io("symlink", e))?;
         let unlisted = UnixListener::bind(UNIX_UNLISTED).map_err(|e| io("unix listener", e))?;
         let listed = UnixListener::bind(UNIX_LISTED).map_err(|e| io("unix listener", e))?;
+        std::os::unix::fs::symlink(UNIX_UNLISTED, UNIX_LISTED_LINK).map_err(|e| io("socket link", e))?;
         let abstract_ = abstract_listener().map_err(|e| io("abstract listener", e))?;
         let dgram = UnixDatagram::bind(UNIX_DGRAM).map_err(|e| io("unix datagram socket", e))?;
         let proxy = TcpListener::bind(("127.0.0.1", PROXY_PORT)).map_err(|e| io("proxy listener", e))?;
@@ -560,8 +580,11 @@ impl Fixtures {
         if let Ok(id) = FileId::of(std::path::Path::new(SECRET)) {
             deny_open.insert(id, PathBuf::from(SECRET));
         }
-        let mut listed = [0u8; UNIX_PATH_MAX];
-        listed[..UNIX_LISTED.len()].copy_from_slice(UNIX_LISTED.as_bytes());
+        let key = |name: &str| {
+            let mut path = [0u8; UNIX_PATH_MAX];
+            path[..name.len()].copy_from_slice(name.as_bytes());
+            (name.len() as u32, path)
+        };
         // The system libraries, as `leash run` adds them to every exec list.
         let mut libraries = BTreeMap::new();
         if let Err(e) = add_system_libraries(&FsRoot::Own, &mut libraries) {
@@ -574,15 +597,24 @@ impl Fixtures {
             libraries,
             deny_open,
             missing_deny_open: Vec::new(),
-            unix: vec![(UNIX_LISTED.len() as u32, listed)],
+            unix: vec![key(UNIX_LISTED), key(UNIX_LISTED_LINK)],
         }
     }
 }
 
 impl Drop for Fixtures {
     fn drop(&mut self) {
-        for p in [UNLISTED_COPY, SECRET, SECRET_LINK, SECRET_SYMLINK, UNIX_UNLISTED, UNIX_LISTED, UNIX_DGRAM, LIBM_COPY]
-        {
+        for p in [
+            UNLISTED_COPY,
+            SECRET,
+            SECRET_LINK,
+            SECRET_SYMLINK,
+            UNIX_UNLISTED,
+            UNIX_LISTED,
+            UNIX_LISTED_LINK,
+            UNIX_DGRAM,
+            LIBM_COPY,
+        ] {
             let _ = std::fs::remove_file(p);
         }
         let _ = std::fs::remove_dir_all(LIBC_COPY_DIR);
@@ -757,6 +789,36 @@ fn unix_connect_abstract(_: i32) -> Result<(), i32> {
     use std::os::linux::net::SocketAddrExt;
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(ABSTRACT).map_err(|_| libc::EINVAL)?;
     std::os::unix::net::UnixStream::connect_addr(&addr).map(drop).map_err(|e| e.raw_os_error().unwrap_or(255))
+}
+
+fn unix_connect_listed_link(_: i32) -> Result<(), i32> {
+    unix_connect(UNIX_LISTED_LINK)
+}
+
+/// Where this process binds a socket of its own (inside the sandbox when it runs there).
+fn own_socket_path() -> String {
+    let path = format!("/tmp/lsm-probe-own-{}.sock", std::process::id());
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn unix_connect_own(_: i32) -> Result<(), i32> {
+    let path = own_socket_path();
+    let listener = UnixListener::bind(&path).map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    let result = unix_connect(&path);
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+fn unix_sendto_own(_: i32) -> Result<(), i32> {
+    let path = own_socket_path();
+    let receiver = UnixDatagram::bind(&path).map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    let socket = UnixDatagram::unbound().map_err(|e| e.raw_os_error().unwrap_or(255))?;
+    let result = socket.send_to(b"hello", &path).map(drop).map_err(|e| e.raw_os_error().unwrap_or(255));
+    drop(receiver);
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 fn unix_sendto_unlisted(_: i32) -> Result<(), i32> {
@@ -1078,6 +1140,9 @@ mod agent {
     pub const SECRET_LINK: &str = "/var/leash-kernel/secret-link";
     pub const SECRET_SYMLINK: &str = "/var/leash-kernel/secret-symlink";
     pub const HOST_SOCKET: &str = "/var/leash-kernel/host-agent.sock";
+    /// A host socket vm_init binds once the agent's mount namespace exists (so no mount covers
+    /// it: only BPF-LSM keeps the agent away).
+    pub const LATE_SOCKET: &str = "/var/leash-kernel/late.sock";
     pub const COPY: &str = "/tmp/agent-copy";
     /// The agent's own copy of libm.
     pub const LIBM: &str = "/tmp/agent-libm.so.6";
@@ -1106,7 +1171,7 @@ mod agent {
         report("kill-leash", check(unsafe { libc::kill(libc::getppid(), 0) } as _).map(drop));
         report("ptrace-outside", ptrace_attach(outside));
         report("read-leash-environ", open_path(&format!("/proc/{}/environ", std::os::unix::process::parent_id())));
-        report("unix-connect-host", unix_connect(HOST_SOCKET));
+        unix(&report);
         report("tcp-connect-not-proxy", inet_connect(OTHER_PORT));
         report("userns-create", userns_create(0));
         let _ = std::fs::create_dir_all(MOUNT_POINT);
@@ -1118,6 +1183,19 @@ mod agent {
         report("double-fork-stays", double_fork_stays());
         libraries(&report);
         passed_sockets(&report);
+    }
+
+    /// Unix sockets: a host socket bound before the agent started is covered in its mount
+    /// namespace; one bound after is refused by BPF-LSM; the agent's own work, stream and datagram.
+    pub fn unix(report: &dyn Fn(&str, Result<(), i32>)) {
+        report("unix-connect-host", unix_connect(HOST_SOCKET));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::path::Path::new(LATE_SOCKET).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        report("unix-connect-host-bound-later", unix_connect(LATE_SOCKET));
+        report("unix-connect-own", unix_connect_own(0));
+        report("unix-sendto-own", unix_sendto_own(0));
     }
 
     /// `binaries:` honest: an allowed executable runs, but not with a library of the agent's own.

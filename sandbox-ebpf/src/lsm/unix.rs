@@ -1,0 +1,120 @@
+//! `lsm/unix_stream_connect` and `lsm/unix_may_send`: which unix sockets a sandbox reaches
+//! (`lsm_rule::UNIX_ALLOWLIST`, in force for every `leash run` sandbox where BPF-LSM works).
+//!
+//! Its own: the peer socket was created by a process of the same sandbox (tmux, a language
+//! server, a test's fixture). And those in `LEASH_LSM_UNIX_ALLOW`, by the name the peer bound
+//! (pathname or abstract). Everything else — docker.sock, containerd's and dbus's sockets, a
+//! host agent's, another sandbox's — is refused.
+//!
+//! Both hooks see the peer the kernel found, not the address the caller gave, so a link, a bind
+//! mount or a relative path to a host socket changes nothing, and a socket created outside and
+//! passed in reaches no more than one made inside. Stream and seqpacket connects reach
+//! `unix_stream_connect`; datagram connects and sends (with an address or on a connected
+//! socket) reach `unix_may_send`. `socketpair(2)` involves neither.
+//!
+//! Minimum kernel: 5.7 (BPF-LSM). `sk_cgrp_data` holds the socket's cgroup pointer on every
+//! kernel of the matrix (on 5.10 as a word whose low bits are clear when it is a pointer).
+
+use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::lsm, programs::LsmContext};
+use sandbox_common::{lsm_rule, Hook, UnixKey, UNIX_PATH_MAX};
+
+use super::kernel::{field, layout_set, offset, read, read_u64};
+use super::{current_sandbox, deny, sandbox_of_cgroup, Event, Sandbox, ALLOW};
+use crate::maps::LSM_UNIX_ALLOW;
+
+const AF_UNIX: u32 = 1;
+/// `sun_path` starts after the 2-byte family.
+const SUN_PATH: u64 = 2;
+
+#[lsm(hook = "unix_stream_connect")]
+pub fn leash_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
+    let Some(sandbox) = current_sandbox() else {
+        return ALLOW;
+    };
+    if sandbox.policy.rules & lsm_rule::UNIX_ALLOWLIST == 0 {
+        return ALLOW;
+    }
+    // `struct sock *other`: the listening socket.
+    let other: u64 = ctx.arg(1);
+    judge(&sandbox, Hook::LsmUnixConnect, other)
+}
+
+#[lsm(hook = "unix_may_send")]
+pub fn leash_lsm_unix_may_send(ctx: LsmContext) -> i32 {
+    let Some(sandbox) = current_sandbox() else {
+        return ALLOW;
+    };
+    if sandbox.policy.rules & lsm_rule::UNIX_ALLOWLIST == 0 {
+        return ALLOW;
+    }
+    // `struct socket *other`: the receiving socket.
+    let other: u64 = ctx.arg(1);
+    if other == 0 || !layout_set() {
+        return deny(&sandbox, &unix_event(Hook::LsmUnixSend));
+    }
+    let sk: u64 = field(other, offset!(socket_sk));
+    judge(&sandbox, Hook::LsmUnixSend, sk)
+}
+
+/// Allows a peer socket (`struct sock` at `sk`) created in `sandbox` or bound to a listed name.
+#[inline(always)]
+fn judge(sandbox: &Sandbox, hook: Hook, sk: u64) -> i32 {
+    if sk == 0 || !layout_set() {
+        return deny(sandbox, &unix_event(hook));
+    }
+    // Read, not loaded: on 6.x the member is a typed pointer, and its low bits are tested.
+    if let Some(cgroup) = read_u64(sk, offset!(sk_cgrp_data)) {
+        if cgroup != 0 && cgroup & 3 == 0 && sandbox_of_cgroup(cgroup).is_some_and(|s| s.id == sandbox.id) {
+            return ALLOW;
+        }
+    }
+    let mut key = UnixKey { sandbox: sandbox.id, len: 0, path: [0; UNIX_PATH_MAX] };
+    // `unix_sock.addr` lies past `struct sock`, beyond what the typed pointer allows: read.
+    let Some(address) = read_u64(sk, offset!(unix_sock_addr)).filter(|a| *a != 0) else {
+        return deny(sandbox, &unix_event(hook));
+    };
+    let Some(len) = read::<i32>(address + offset!(unix_address_len) as u64) else {
+        return deny(sandbox, &unix_event(hook));
+    };
+    let name = address + offset!(unix_address_name) as u64;
+    // SAFETY: the helper checks the address; a short name is followed by its own zeroes or by
+    // bytes past it, which the loop below clears.
+    if unsafe { bpf_probe_read_kernel_buf((name + SUN_PATH) as *const u8, &mut key.path) }.is_err() {
+        return deny(sandbox, &unix_event(hook));
+    }
+    // A pathname ends at its first NUL within the bound length; an abstract name (first byte
+    // zero) is exactly the bound length. What lies past the end is zeroed, as userspace keys are.
+    let given = len - SUN_PATH as i32;
+    let pathname = key.path[0] != 0;
+    let mut ended = false;
+    let mut i = 0usize;
+    while i < UNIX_PATH_MAX {
+        if i as i32 >= given || (pathname && key.path[i] == 0) {
+            ended = true;
+        }
+        if ended {
+            key.path[i] = 0;
+        } else {
+            key.len += 1;
+        }
+        i += 1;
+    }
+    // SAFETY: only presence is read.
+    if unsafe { LSM_UNIX_ALLOW.get(&key) }.is_some() {
+        return ALLOW;
+    }
+    let mut event = unix_event(hook);
+    let mut j = 0usize;
+    while j < event.path.len() {
+        event.path[j] = key.path[j];
+        j += 1;
+    }
+    deny(sandbox, &event)
+}
+
+#[inline(always)]
+fn unix_event(hook: Hook) -> Event {
+    let mut event = Event::new(hook);
+    event.family = AF_UNIX;
+    event
+}
