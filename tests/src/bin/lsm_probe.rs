@@ -1189,7 +1189,7 @@ mod agent {
     /// namespace; one bound after is refused by BPF-LSM; the agent's own work, stream and datagram.
     pub fn unix(report: &dyn Fn(&str, Result<(), i32>)) {
         report("unix-connect-host", unix_connect(HOST_SOCKET));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !std::path::Path::new(LATE_SOCKET).exists() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

@@ -351,7 +351,7 @@ fn kernel_suite() -> Vec<Check> {
     args.extend(["--".into(), LSM_PROBE.into(), "--agent".into(), outside.to_string()]);
     let late = bind_when_agent_started(LATE_SOCKET);
     let out = output(Command::new(LEASH).args(&args));
-    drop(late.join());
+    drop(late);
     let baseline = baseline_unix_checks(degraded);
     // The control: the same passed-in sockets, used outside any sandbox, reach the host.
     let control = fd_control("kernel");
@@ -362,7 +362,7 @@ fn kernel_suite() -> Vec<Check> {
         Err(e) => return vec![Check::new("kernel:run", move || Err(e))],
     };
     let audit = std::fs::read_to_string(AUDIT).unwrap_or_default();
-    let mut checks = match agent_checks("kernel", &out, degraded) {
+    let mut checks = match agent_checks("kernel", &out, degraded, true) {
         Ok(checks) => checks,
         Err(failed) => return std::iter::once(failed).chain(control).collect(),
     };
@@ -411,33 +411,48 @@ fn kernel_suite() -> Vec<Check> {
     checks
 }
 
-/// Binds a host unix socket at `path` (mode 0777) once a process of a leash sandbox runs in a
+/// A host unix socket at `path` (mode 0777), bound once a process of a leash sandbox runs in a
 /// mount namespace of its own: after leash looked for host sockets to cover, so only BPF-LSM
-/// stands between the agent and this one. Gives up after 20 s.
-fn bind_when_agent_started(path: &'static str) -> std::thread::JoinHandle<()> {
+/// stands between the agent and this one. Held until dropped.
+struct LateSocket {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LateSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind_when_agent_started(path: &'static str) -> LateSocket {
+    use std::sync::atomic::Ordering;
     let _ = std::fs::remove_file(path);
-    std::thread::spawn(move || {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
         let host_ns = std::fs::read_link("/proc/1/ns/mnt").ok();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            let started = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().any(|e| {
-                e.file_name().to_string_lossy().starts_with("leash-")
-                    && std::fs::read_to_string(e.path().join("cgroup.procs")).is_ok_and(|procs| {
-                        procs.lines().any(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() != host_ns)
-                    })
-            });
-            if started {
-                if let Ok(listener) = std::os::unix::net::UnixListener::bind(path) {
+        let mut listener = None;
+        while !stopped.load(Ordering::Relaxed) {
+            if listener.is_none() {
+                let started = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("leash-")
+                        && std::fs::read_to_string(e.path().join("cgroup.procs")).is_ok_and(|procs| {
+                            procs.lines().any(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() != host_ns)
+                        })
+                });
+                if started {
+                    listener = std::os::unix::net::UnixListener::bind(path).ok();
                     set_mode(path, 0o777);
-                    // Held until the agent is done with it.
-                    std::thread::sleep(Duration::from_secs(10));
-                    drop(listener);
                 }
-                return;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-    })
+    });
+    LateSocket { stop, thread: Some(thread) }
 }
 
 /// `leash run` with a policy without `kernel:` (the baseline): a host socket bound after the
@@ -454,7 +469,7 @@ fn baseline_unix_checks(degraded: bool) -> Vec<Check> {
     args.extend(["--", LSM_PROBE, "--unix-agent"]);
     let late = bind_when_agent_started(LATE_SOCKET);
     let out = output(Command::new(LEASH).args(&args));
-    drop(late.join());
+    drop(late);
     let out = match out {
         Ok(o) => o,
         Err(e) => return vec![Check::new("kernel:baseline-run", move || Err(e))],
@@ -505,6 +520,9 @@ fn daemon_suite() -> Vec<Check> {
         Ok(p) => p,
         Err(e) => return vec![Check::new("daemon:fixtures", move || Err(e))],
     };
+    // `leash confine` makes no mount namespace: the late socket may as well be bound now.
+    let late = std::os::unix::net::UnixListener::bind(LATE_SOCKET);
+    set_mode(LATE_SOCKET, 0o777);
     let setup = (|| -> Result<(std::process::Child, String), String> {
         std::fs::create_dir_all("/tmp/daemon-policies").map_err(|e| e.to_string())?;
         std::fs::copy(&policy, "/tmp/daemon-policies/default.yaml").map_err(|e| e.to_string())?;
@@ -599,14 +617,15 @@ fn daemon_suite() -> Vec<Check> {
         checks.extend(landlock_check);
         return checks;
     }
-    let mut checks = agent_checks("daemon", &out, false).unwrap_or_else(|failed| vec![failed]);
+    drop(late);
+    let mut checks = agent_checks("daemon", &out, false, false).unwrap_or_else(|failed| vec![failed]);
     checks.extend(control);
     checks
 }
 
 /// One check per attempt `lsm_probe --agent` reported (`AGENT <name> <outcome>` lines) against
 /// [`agent_expectations`]; the failed check `<suite>:agent-ran` when it reported nothing.
-fn agent_checks(suite: &str, out: &Output, degraded: bool) -> Result<Vec<Check>, Check> {
+fn agent_checks(suite: &str, out: &Output, degraded: bool, own_mounts: bool) -> Result<Vec<Check>, Check> {
     let outcomes: std::collections::HashMap<String, String> = out
         .stdout
         .lines()
@@ -618,7 +637,7 @@ fn agent_checks(suite: &str, out: &Output, degraded: bool) -> Result<Vec<Check>,
         let what = out.describe();
         return Err(Check::new(format!("{suite}:agent-ran"), move || Err(format!("no AGENT lines: {what}"))));
     }
-    Ok(agent_expectations(degraded)
+    Ok(agent_expectations(degraded, own_mounts)
         .into_iter()
         .map(|(name, want)| {
             let got = outcomes.get(name).cloned().unwrap_or_else(|| "missing".into());
@@ -720,8 +739,9 @@ fn fd_passer() -> Result<(), String> {
     Ok(())
 }
 
-/// What each attempt of `lsm_probe --agent` must end in under the kernel suite's policy.
-fn agent_expectations(degraded: bool) -> Vec<(&'static str, &'static [&'static str])> {
+/// What each attempt of `lsm_probe --agent` must end in under the kernel suite's policy;
+/// `own_mounts` when the agent has leash run's mount namespace (not under `leash confine`).
+fn agent_expectations(degraded: bool, own_mounts: bool) -> Vec<(&'static str, &'static [&'static str])> {
     let denied: &'static [&'static str] = &["EPERM", "EACCES"];
     vec![
         ("copy-self", &["ok"]),
@@ -737,8 +757,8 @@ fn agent_expectations(degraded: bool) -> Vec<(&'static str, &'static [&'static s
         ("kill-leash", denied),
         ("ptrace-outside", denied),
         ("read-leash-environ", denied),
-        // Bound before the agent started: covered with /dev/null in its mount namespace.
-        ("unix-connect-host", &["ECONNREFUSED"]),
+        // Bound before the agent started: covered with /dev/null in leash run's mount namespace.
+        ("unix-connect-host", if own_mounts { &["ECONNREFUSED"] } else { &["EPERM"] }),
         ("unix-connect-host-bound-later", &["EPERM"]),
         ("unix-connect-own", &["ok"]),
         ("unix-sendto-own", &["ok"]),
