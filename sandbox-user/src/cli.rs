@@ -191,6 +191,13 @@ pub struct RunArgs {
     /// listed as not learned).
     #[arg(long, requires = "learn")]
     pub learn_allow_private: bool,
+    /// When the agent's user has no home directory of its own (root running leash without
+    /// sudo: the agent is `nobody`), use DIR as its home and keep it after exit, instead of a
+    /// private one removed at exit. Created if missing (owned by the agent, mode 0700); an
+    /// existing DIR must be a directory the agent owns. Not under /tmp, /var/tmp, /dev/shm or
+    /// /run, which the agent gets empty.
+    #[arg(long, value_name = "DIR")]
+    pub keep_home: Option<PathBuf>,
     /// The command to confine, after `--`.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,

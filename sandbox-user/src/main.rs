@@ -159,6 +159,7 @@ fn run(args: cli::RunArgs) -> i32 {
         quiet: args.quiet,
         learn: args.learn,
         learn_allow_private: args.learn_allow_private,
+        keep_home: args.keep_home,
         command: args.command,
     };
     // block_on keeps the agent's fork on the main thread, which PR_SET_PDEATHSIG is tied to.

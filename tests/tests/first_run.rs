@@ -7,8 +7,13 @@ use leash_tests::*;
 /// `leash run` with the built-in default policy, leash's environment stripped of credentials and
 /// of sudo's variables (root without sudo: the agent runs as `nobody`).
 fn leash_default(extra_env: &[(&str, &str)], cmd: &[&str]) -> std::process::Output {
-    let mut c = leash(&["run", "--"]);
-    c.args(cmd);
+    leash_default_with(&[], extra_env, cmd)
+}
+
+/// [`leash_default`] with `leash run` options.
+fn leash_default_with(options: &[&str], extra_env: &[(&str, &str)], cmd: &[&str]) -> std::process::Output {
+    let mut c = leash(&["run"]);
+    c.args(options).arg("--").args(cmd);
     for var in ["ANTHROPIC_API_KEY", "GITHUB_TOKEN", "SUDO_UID", "SUDO_GID", "SUDO_USER"] {
         c.env_remove(var);
     }
@@ -85,6 +90,49 @@ fn an_agent_without_a_home_gets_a_private_one_that_goes_with_it() {
     let out = leash_default(&[], &["/bin/sh", "-c", "ls -A $HOME | wc -l"]);
     assert_eq!(stdout(&out).trim(), "0", "the private home outlived its sandbox: {}", stderr(&out));
     assert!(!std::path::Path::new(&home).join(".claude").exists(), "the private home is on the host");
+}
+
+/// `--keep-home DIR`: the home leash gives an agent without one is DIR, the agent's own, and
+/// stays; a DIR leash could be tricked into handing over (a link to a root directory, another
+/// user's directory, one the agent would not see) is refused and left as it was.
+#[test]
+fn keep_home_keeps_the_agents_home_and_refuses_what_is_not_its() {
+    require_root();
+    use std::os::unix::fs::MetadataExt as _;
+    let scratch = Scratch::new("keep-home");
+    let home = scratch.0.join("agent-home");
+    let write = "echo kept > $HOME/state && echo home=$HOME";
+    let keep = ["--keep-home", home.to_str().unwrap()];
+    let out = leash_default_with(&keep, &[], &["/bin/sh", "-c", write]);
+    assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains(&format!("home={}", home.display())), "{}", stdout(&out));
+    let meta = std::fs::metadata(&home).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o700), "the home is the agent's alone");
+    assert_eq!(std::fs::read_to_string(home.join("state")).unwrap(), "kept\n");
+    // The next run finds it again.
+    let out = leash_default_with(&keep, &[], &["/bin/cat", &format!("{}/state", home.display())]);
+    assert_eq!(stdout(&out), "kept\n", "{}", stderr(&out));
+
+    // A link to a directory root owns: not followed, not handed over.
+    let root_dir = scratch.0.join("roots");
+    std::fs::create_dir(&root_dir).unwrap();
+    let link = scratch.0.join("link-home");
+    std::os::unix::fs::symlink(&root_dir, &link).unwrap();
+    let other = scratch.0.join("others");
+    std::fs::create_dir(&other).unwrap();
+    std::os::unix::fs::chown(&other, Some(12345), None).unwrap();
+    for (dir, why) in [
+        (link.as_path(), "link"),
+        (other.as_path(), "uid 12345"),
+        (std::path::Path::new("/tmp/leash-kept-home"), "empty"),
+    ] {
+        let out = leash_default_with(&["--keep-home", dir.to_str().unwrap()], &[], &["/bin/true"]);
+        assert_eq!(out.status.code(), Some(125), "{}: {}", dir.display(), stderr(&out));
+        assert!(stderr(&out).contains("refusing --keep-home") && stderr(&out).contains(why), "{}", stderr(&out));
+    }
+    assert_eq!(std::fs::metadata(&root_dir).unwrap().uid(), 0, "the link's target was handed to the agent");
+    assert_eq!(std::fs::metadata(&other).unwrap().uid(), 12345);
+    assert!(!std::path::Path::new("/tmp/leash-kept-home").exists());
 }
 
 #[test]

@@ -69,6 +69,8 @@ pub struct RunOptions {
     pub learn: Option<PathBuf>,
     /// `--learn-allow-private`: learning may open hosts that resolve to private addresses.
     pub learn_allow_private: bool,
+    /// `--keep-home DIR`: the home leash gives an agent without one, kept after exit.
+    pub keep_home: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
@@ -369,23 +371,38 @@ async fn run_inside(
     let mut mounts =
         mount_ns::PrivateMounts::prepare(&[trust.dir().to_path_buf()], agent.guard.read_only(), agent.unix_allowed)
             .context("preparing the agent's mount namespace")?;
+    // Held open until the child has allowed it in its Landlock domain (close-on-exec).
+    let mut kept_home = None;
     if !identity::home_usable(agent.identity) {
         let landlock = match &domain {
             landlock::Domain::Enforced(p) => Some((p.fd.as_raw_fd(), p.read_write)),
             landlock::Domain::Unavailable(_) => None,
         };
-        let home =
-            mount_ns::PrivateHome { uid: agent.identity.uid.as_raw(), gid: agent.identity.gid.as_raw(), landlock };
-        if mounts.with_home(home) {
+        let (uid, gid) = (agent.identity.uid.as_raw(), agent.identity.gid.as_raw());
+        if let Some(dir) = &opts.keep_home {
+            kept_home = Some(host_files::kept_home(dir, &agent.identity.ids(), gid)?);
+        }
+        let kept = kept_home.as_ref().map(|(fd, _)| fd.as_raw_fd());
+        let (path, fate) = match &kept_home {
+            Some((_, path)) => (path.display().to_string(), "its own, kept after exit"),
+            None => (mount_ns::PRIVATE_HOME.to_string_lossy().into_owned(), "private, removed at exit"),
+        };
+        if mounts.with_home(mount_ns::PrivateHome { uid, gid, landlock, kept }) {
             eprintln!(
-                "leash: note: {} has no home directory of its own ({}); the agent gets {} (private, removed at exit)",
+                "leash: note: {} has no home directory of its own ({}); the agent gets {path} ({fate})",
                 agent.identity.name,
                 agent.identity.home.display(),
-                mount_ns::PRIVATE_HOME.to_string_lossy()
             );
             env.retain(|(name, _)| name != "HOME");
-            env.push(("HOME".into(), mount_ns::PRIVATE_HOME.to_string_lossy().into_owned().into()));
+            env.push(("HOME".into(), path.into()));
         }
+    } else if let Some(dir) = &opts.keep_home {
+        eprintln!(
+            "leash: note: --keep-home {} is not used: {} has a home directory of its own ({})",
+            dir.display(),
+            agent.identity.name,
+            agent.identity.home.display()
+        );
     }
     let relative = |p: &Path| p.strip_prefix(workdir).unwrap_or(p).display().to_string();
     let existing: Vec<String> = agent.guard.existing().iter().map(|p| relative(p)).collect();
@@ -415,6 +432,7 @@ async fn run_inside(
         terminal: Some(relay.as_ref().map(terminal::Relay::for_child).unwrap_or(terminal::Terminal::NewSession)),
     });
     drop(domain);
+    drop(kept_home);
     if let Some(r) = relay.as_mut() {
         r.started();
     }

@@ -52,6 +52,9 @@ pub struct PrivateHome {
     pub gid: u32,
     /// The prepared Landlock ruleset and its read-write rights, to allow the new directory.
     pub landlock: Option<(std::os::fd::RawFd, u64)>,
+    /// `--keep-home`: a directory leash already made the agent's (`host_files::kept_home`),
+    /// by descriptor; `None` makes [`PRIVATE_HOME`] in the private `/tmp`.
+    pub kept: Option<std::os::fd::RawFd>,
 }
 
 /// Everything the child needs, prepared before fork (the child allocates nothing).
@@ -115,9 +118,10 @@ impl PrivateMounts {
         Ok(Self { scratch, runtime, kept, read_only, covered, home: None })
     }
 
-    /// Makes [`PRIVATE_HOME`] for the agent; false when there is no private `/tmp` to make it in.
+    /// Gives the agent its home: a kept one, or [`PRIVATE_HOME`]; false when there is no private
+    /// `/tmp` to make the latter in.
     pub fn with_home(&mut self, home: PrivateHome) -> bool {
-        if !self.scratch.iter().any(|d| d.as_bytes() == b"/tmp") {
+        if home.kept.is_none() && !self.scratch.iter().any(|d| d.as_bytes() == b"/tmp") {
             return false;
         }
         self.home = Some(home);
@@ -197,10 +201,15 @@ unsafe fn make_home(home: &PrivateHome) -> io::Result<()> {
     let path = PRIVATE_HOME;
     // SAFETY: NUL-terminated path; the attribute lives through the call.
     unsafe {
-        check(libc::mkdir(path.as_ptr(), 0o700))?;
-        check(libc::chown(path.as_ptr(), home.uid, home.gid))?;
+        if home.kept.is_none() {
+            check(libc::mkdir(path.as_ptr(), 0o700))?;
+            check(libc::chown(path.as_ptr(), home.uid, home.gid))?;
+        }
         if let Some((ruleset, access)) = home.landlock {
-            let dir = libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            let dir = match home.kept {
+                Some(kept) => libc::dup(kept),
+                None => libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC),
+            };
             if dir < 0 {
                 return Err(io::Error::last_os_error());
             }
