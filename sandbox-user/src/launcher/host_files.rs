@@ -217,6 +217,67 @@ pub fn open_audit_log(path: &Path, agent: &AgentIds) -> Result<File> {
     Ok(file)
 }
 
+/// Directories the agent's mount namespace gets empty (`mount_ns`): a home there would be hidden
+/// from it and gone at exit.
+const EMPTIED: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run"];
+
+/// Opens (creating it, mode 0700, when missing) the directory `--keep-home` names and gives it to
+/// the agent (`uid`, `gid`): refused when it is a link, sits behind a link the agent planted,
+/// belongs to someone else, or lies in a directory the agent gets empty. Returns the directory's
+/// descriptor, through which it is owned and allowed (never by path again), and its absolute path.
+pub fn kept_home(path: &Path, agent: &AgentIds, gid: u32) -> Result<(std::os::fd::OwnedFd, PathBuf)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let refuse = |why: String| -> Result<(std::os::fd::OwnedFd, PathBuf)> {
+        bail!("refusing --keep-home {}: {why}", path.display())
+    };
+    let absolute = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return refuse("not a directory path".into());
+    };
+    if let Some(link) = planted_link(parent, agent) {
+        return refuse(format!("{} is a link in a directory the agent can write", link.display()));
+    }
+    let dir = parent.canonicalize().with_context(|| format!("resolving {}", parent.display()))?;
+    let target = dir.join(name);
+    if let Some(emptied) = EMPTIED.iter().find(|e| target.starts_with(e) || absolute.starts_with(e)) {
+        return refuse(format!("the agent gets {emptied} empty, so it would not see this home"));
+    }
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(&target) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e).with_context(|| format!("creating --keep-home {}", path.display())),
+    };
+    let c_target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{} contains a NUL byte", target.display()))?;
+    // SAFETY: a NUL-terminated path; the descriptor is checked and then owned.
+    let raw = unsafe {
+        libc::open(c_target.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    };
+    if raw < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => refuse("it is a link or not a directory".into()),
+            _ => Err(e).with_context(|| format!("opening --keep-home {}", path.display())),
+        };
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let meta = File::from(fd.try_clone().context("duplicating the home's descriptor")?)
+        .metadata()
+        .with_context(|| format!("reading --keep-home {}", path.display()))?;
+    let owner_ok = meta.uid() == agent.uid || (created && meta.uid() == 0);
+    if !owner_ok {
+        return refuse(format!("it belongs to uid {}, not the agent (uid {})", meta.uid(), agent.uid));
+    }
+    if created {
+        // SAFETY: fchown on the descriptor just opened, never a path.
+        if unsafe { libc::fchown(fd.as_raw_fd(), agent.uid, gid) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("giving --keep-home to the agent");
+        }
+    }
+    Ok((fd, absolute))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,65 +351,4 @@ mod tests {
         assert!(open_audit_log(&log, &AGENT).unwrap_err().to_string().contains("symbolic link"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Directories the agent's mount namespace gets empty (`mount_ns`): a home there would be hidden
-/// from it and gone at exit.
-const EMPTIED: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run"];
-
-/// Opens (creating it, mode 0700, when missing) the directory `--keep-home` names and gives it to
-/// the agent (`uid`, `gid`): refused when it is a link, sits behind a link the agent planted,
-/// belongs to someone else, or lies in a directory the agent gets empty. Returns the directory's
-/// descriptor, through which it is owned and allowed (never by path again), and its absolute path.
-pub fn kept_home(path: &Path, agent: &AgentIds, gid: u32) -> Result<(std::os::fd::OwnedFd, PathBuf)> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
-    let refuse = |why: String| -> Result<(std::os::fd::OwnedFd, PathBuf)> {
-        bail!("refusing --keep-home {}: {why}", path.display())
-    };
-    let absolute = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
-    let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
-        return refuse("not a directory path".into());
-    };
-    if let Some(link) = planted_link(parent, agent) {
-        return refuse(format!("{} is a link in a directory the agent can write", link.display()));
-    }
-    let dir = parent.canonicalize().with_context(|| format!("resolving {}", parent.display()))?;
-    let target = dir.join(name);
-    if let Some(emptied) = EMPTIED.iter().find(|e| target.starts_with(e) || absolute.starts_with(e)) {
-        return refuse(format!("the agent gets {emptied} empty, so it would not see this home"));
-    }
-    let created = match std::fs::DirBuilder::new().mode(0o700).create(&target) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(e).with_context(|| format!("creating --keep-home {}", path.display())),
-    };
-    let c_target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
-        .with_context(|| format!("{} contains a NUL byte", target.display()))?;
-    // SAFETY: a NUL-terminated path; the descriptor is checked and then owned.
-    let raw = unsafe {
-        libc::open(c_target.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-    };
-    if raw < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENOTDIR) => refuse("it is a link or not a directory".into()),
-            _ => Err(e).with_context(|| format!("opening --keep-home {}", path.display())),
-        };
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-    let meta = File::from(fd.try_clone().context("duplicating the home's descriptor")?)
-        .metadata()
-        .with_context(|| format!("reading --keep-home {}", path.display()))?;
-    let owner_ok = meta.uid() == agent.uid || (created && meta.uid() == 0);
-    if !owner_ok {
-        return refuse(format!("it belongs to uid {}, not the agent (uid {})", meta.uid(), agent.uid));
-    }
-    if created {
-        // SAFETY: fchown on the descriptor just opened, never a path.
-        if unsafe { libc::fchown(fd.as_raw_fd(), agent.uid, gid) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("giving --keep-home to the agent");
-        }
-    }
-    Ok((fd, absolute))
 }
