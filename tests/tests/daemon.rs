@@ -519,6 +519,34 @@ fn a_listed_executable_exec_d_after_connect_lends_nothing_under_confine() {
     assert_eq!(upstream.accepted(), 0);
 }
 
+/// Issue 19: a pod process that made its own root (a user and mount namespace of its own, where
+/// it could bind its files over the image's) asks to be confined: the daemon would resolve the
+/// policy's paths, and read `binaries:` identities, in a root of the pod's choosing. Refused.
+#[test]
+fn a_target_in_a_root_of_its_own_making_is_refused() {
+    let mut node = Node::new("own-root");
+    node.policy("default", "version: 1\n");
+    let pod = node.pod(Layout::SystemdContainerd, 63);
+    node.start(&["--default-policy", "default"]);
+    // The container's first process, as the runtime started it.
+    let mut init = pod.sleeper();
+    let confine = format!("{} confine --socket {} -- /bin/true", leash_bin().display(), node.socket.display());
+    // Control: from the container's own namespace it is confined.
+    let out = node.confine(&pod, &[], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(0), "control: {}", stderr(&out));
+    // A mount namespace of its own, where a bind mount over /usr/bin would be the pod's to make.
+    let attack = format!("unshare -Um {confine}");
+    let out = podclient_in(&pod.container)
+        .args(["exec", NOBODY, "--", "/bin/sh", "-c", &attack])
+        .current_dir("/")
+        .env("HOME", "/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{attack}: {} {}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("another root or mount namespace"), "{attack}: {}", stderr(&out));
+    let _ = init.kill();
+}
+
 #[test]
 fn policies_follow_a_configmap_update() {
     let mut node = Node::new("configmap");

@@ -110,6 +110,7 @@ impl Node {
         };
         // The sandbox goes below the target's own container (another container of the pod, maybe).
         let target_pod = self.check_target(caller, target)?;
+        check_root(target, &discovery::container_dir(&self.cgroup_root, &target_pod))?;
         let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
         let policy = self.policies.get(&admitted.policy).ok_or_else(|| no_such_policy(&admitted.policy))?;
         // The policy's kernel paths name files of the pod's image: resolve them in its root.
@@ -576,4 +577,52 @@ fn no_such_policy(name: &str) -> Reply {
 
 fn internal(e: anyhow::Error) -> Reply {
     Reply::error(ErrorCode::Internal, format!("{e:#}"))
+}
+
+/// Refuses a target whose root directory or mount namespace is not its container's: that of the
+/// container's first process, as the runtime started it. The policy's `kernel:` paths are
+/// resolved in the target's root, and `binaries:` read its executable's path, so a target that
+/// chose its own (chroot(2), or a user and mount namespace of its own with files bound over the
+/// image's) would choose what those rules name.
+fn check_root(target: &Process, container: &Path) -> Result<(), Reply> {
+    let refused = || {
+        Reply::error(
+            ErrorCode::BadRequest,
+            format!(
+                "process {} runs in another root or mount namespace than its container's first process; confine it from the container as started",
+                target.pid()
+            ),
+        )
+    };
+    let identity = |pid: u32| -> std::io::Result<[(u64, u64); 2]> {
+        use std::os::unix::fs::MetadataExt as _;
+        let ns = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))?;
+        let root = std::fs::metadata(format!("/proc/{pid}/root"))?;
+        Ok([(ns.dev(), ns.ino()), (root.dev(), root.ino())])
+    };
+    let first = first_process(container).ok_or_else(refused)?;
+    let expected = identity(first).map_err(|_| refused())?;
+    let actual = target.read(identity).map_err(|_| not_yours(target.pid()))?;
+    if actual != expected {
+        return Err(refused());
+    }
+    Ok(())
+}
+
+/// The process of cgroup `dir` that started first (the container's init, for a container's
+/// cgroup), by start time since boot.
+fn first_process(dir: &Path) -> Option<u32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Field 22 (starttime); fields 3 on follow the parenthesised command name.
+            let rest = stat.rsplit_once(')')?.1;
+            let start: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+            Some((start, pid))
+        })
+        .min()
+        .map(|(_, pid)| pid)
 }
