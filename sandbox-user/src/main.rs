@@ -338,12 +338,12 @@ fn standalone_proxy(args: cli::ProxyArgs) -> i32 {
         let bound = leash::proxy::BoundProxy::bind(args.listen).await?;
         eprintln!("leash: proxy listening on {}", bound.addr());
         let task = bound.serve(proxy.clone());
-        let watcher = launcher::watch_policy(args.policy.clone(), proxy.clone(), None);
+        let watcher = launcher::watch_policy(args.policy.clone(), proxy.clone(), launcher::KernelReload::NoSandbox);
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
-                _ = hup.recv() => launcher::reload_policy(&args.policy, &proxy, None),
+                _ = hup.recv() => launcher::reload_policy(&args.policy, &proxy, &launcher::KernelReload::NoSandbox),
             }
         }
         task.abort();

@@ -330,3 +330,8 @@ for _ in range(int(sys.argv[3])):
     os.waitpid(child, 0)
 print("through", got)
 "#;
+
+/// Whether this kernel runs the BPF LSM (`bpf` in `/sys/kernel/security/lsm`).
+pub fn lsm_works_here() -> bool {
+    std::fs::read_to_string("/sys/kernel/security/lsm").is_ok_and(|l| l.trim().split(',').any(|m| m == "bpf"))
+}

@@ -544,7 +544,7 @@ fn a_target_in_a_root_of_its_own_making_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(125), "{attack}: {} {}", stdout(&out), stderr(&out));
     assert!(stderr(&out).contains("another root or mount namespace"), "{attack}: {}", stderr(&out));
-    let _ = init.kill();
+    stop(&mut init);
 }
 
 #[test]

@@ -102,6 +102,36 @@ fn a_policy_only_root_can_change_is_still_reloaded() {
     assert!(text.contains("CONNECT 200 GET 200 reached"), "root's change was not reloaded: {text} {}", stderr(&out));
 }
 
+/// A reload that brings a `kernel:` section to a sandbox where BPF-LSM is not in force (this
+/// host) is refused, with the previous policy kept: it would otherwise read as enforced.
+#[test]
+fn a_reload_cannot_bring_kernel_rules_nothing_enforces() {
+    require_root();
+    if lsm_works_here() {
+        eprintln!("BPF-LSM works here: the reload would be put in force; nothing to check");
+        return;
+    }
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("seam-reload-kernel");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let script = format!(
+        "touch {flag}; sleep 2; {PROBE} get proxy {t}",
+        t = target.addr,
+        flag = scratch.0.join("asked").display()
+    );
+    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(10, || scratch.0.join("asked").exists()), "the agent never started");
+    std::fs::write(&policy, format!("{}kernel: {{ deny: [mount] }}\n", nobody_policy(&[target.addr.port()]))).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stderr(&out).contains("reload rejected") && stderr(&out).contains("BPF-LSM"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("CONNECT 403"), "the rejected policy was put in force: {}", stdout(&out));
+}
+
 #[test]
 fn a_planted_policy_link_to_a_root_only_file_is_refused_and_not_shown() {
     require_root();

@@ -40,7 +40,7 @@ use crate::policy::{self, CompiledPolicy, FilesystemRules};
 use crate::proxy::{BoundProxy, Proxy, ProxyConfig, SandboxPeers, Secrets};
 
 pub use landlock::kernel_abi as landlock_abi;
-pub use reload::{reload_from as reload_policy, watch as watch_policy};
+pub use reload::{reload_from as reload_policy, watch as watch_policy, KernelReload};
 
 /// The built-in policy used when `--policy` is not given.
 pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.yaml");
@@ -351,8 +351,12 @@ async fn run_inside(
     let kernel_updater = sandbox.as_deref().and_then(|s| s.kernel_rules_updater());
     let reloader = match kernel.policy {
         Some(host_files::PolicyFile::Watched(path)) => {
-            let kernel =
-                kernel_updater.map(|updater| reload::KernelTarget { updater, protect: kernel.protect.to_vec() });
+            let kernel = match kernel_updater {
+                Some(updater) => {
+                    reload::KernelReload::Update(reload::KernelTarget { updater, protect: kernel.protect.to_vec() })
+                }
+                None => reload::KernelReload::Unenforced { allow_degraded: opts.allow_degraded },
+            };
             Some(reload::watch(path, proxy.clone(), kernel))
         }
         Some(host_files::PolicyFile::Frozen(why)) => {

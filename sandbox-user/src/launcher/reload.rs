@@ -20,11 +20,22 @@ pub struct KernelTarget {
     pub protect: Vec<PathBuf>,
 }
 
+/// What a reload does with the policy's `kernel:` section.
+pub enum KernelReload {
+    /// No sandbox (`leash proxy`): the section is not leash's to enforce.
+    NoSandbox,
+    /// A sandbox whose BPF-LSM rules are not in force (no BPF-LSM here): a reload that brings
+    /// a `kernel:` section is refused, unless the run was started with `--allow-degraded`.
+    Unenforced { allow_degraded: bool },
+    /// The sandbox's BPF-LSM rules, replaced on every reload.
+    Update(KernelTarget),
+}
+
 /// How often the file's modification time is checked.
 const POLL: Duration = Duration::from_millis(500);
 
 /// Watches `path` and reloads `proxy` on every change until the task is aborted.
-pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: Option<KernelTarget>) -> tokio::task::JoinHandle<()> {
+pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = modified(&path);
         loop {
@@ -34,19 +45,27 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: Option<KernelTarget>) -> 
                 continue;
             }
             seen = now;
-            reload_from(&path, &proxy, kernel.as_ref());
+            reload_from(&path, &proxy, &kernel);
         }
     })
 }
 
 /// Loads `path` and puts it in force, or says why not. The kernel rules are resolved first, so
 /// a file whose `kernel:` section does not resolve changes nothing.
-pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: Option<&KernelTarget>) {
+pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: &KernelReload) {
     let result = policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
-        if let Some(target) = kernel {
-            LsmRules::for_policy(p.kernel(), &target.protect)
+        match kernel {
+            KernelReload::NoSandbox | KernelReload::Unenforced { allow_degraded: true } => {}
+            KernelReload::Unenforced { allow_degraded: false } => {
+                if p.kernel().is_some() {
+                    return Err(
+                        "the new policy has a `kernel:` section, which BPF-LSM cannot put in force here".to_owned()
+                    );
+                }
+            }
+            KernelReload::Update(target) => LsmRules::for_policy(p.kernel(), &target.protect)
                 .and_then(|r| target.updater.update(&r).context("updating the BPF-LSM maps"))
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(|e| format!("{e:#}"))?,
         }
         proxy.reload(p).map_err(|e| format!("{e:#}"))
     });
