@@ -689,6 +689,41 @@ fn a_protected_name_missing_at_start_cannot_be_created() {
     assert_eq!(left, ["notes.txt"], "only the agent's own work is left in the directory");
 }
 
+/// A leash killed with SIGKILL leaves none of the directories it held in the working directory:
+/// its watchdog removes them once the sandbox is empty.
+#[test]
+fn a_killed_leash_leaves_no_held_directory_behind() {
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-held-kill");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = scratch.owned_dir("not-a-repo", uid);
+    let mut child =
+        leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", "touch started; sleep 30"])
+            .current_dir(&checkout)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    assert!(wait_until(10, || checkout.join("started").exists()), "the agent never started");
+    assert!(checkout.join(".git").is_dir(), "the premise: .git is held while the agent runs");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let only_own = || {
+        std::fs::read_dir(&checkout)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            == ["started"]
+    };
+    assert!(
+        wait_until(10, only_own),
+        "held directories left behind: {:?}",
+        std::fs::read_dir(&checkout).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>()
+    );
+}
+
 /// A `.git` file (a worktree's "gitdir:" pointer) decides where git reads its config and hooks:
 /// pointed at a directory of the agent's, the owner's next `git status` runs the agent's
 /// `core.fsmonitor`.

@@ -221,6 +221,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             return Err(e);
         }
     };
+    if let Some(Err(e)) = watchdog.as_ref().map(|w| w.hold(guard.held_ids())) {
+        eprintln!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
+    }
     let agent = Agent {
         workdir: &workdir,
         guard: &guard,

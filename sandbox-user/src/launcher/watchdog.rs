@@ -6,10 +6,14 @@
 //! When leash exits for any reason the read returns, and the watchdog kills every process left
 //! in the sandbox cgroup. It holds a copy of the proxy's listening socket (inherited, never
 //! accepted on) until then, so the port cannot be taken by anyone else while a process
-//! of the sandbox is alive. Cleaning up the cgroup and pins stays with the next run's reaper.
+//! of the sandbox is alive. Once the sandbox is empty it also removes the directories leash held
+//! in the working directory (`workdir_guard`), which leash sends it over the same pipe, so a
+//! killed leash leaves none behind. Cleaning up the cgroup and pins stays with the next run's
+//! reaper.
 
 use std::io::Read as _;
 use std::os::fd::{AsRawFd as _, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -52,6 +56,22 @@ impl Watchdog {
         Ok(Self { _alive: write, child: child? })
     }
 
+    /// Tells the watchdog about directories leash holds for the agent (device, inode, path), to
+    /// remove if leash dies before it does.
+    pub fn hold<'a>(&self, held: impl Iterator<Item = (u64, u64, &'a Path)>) -> Result<()> {
+        for (dev, ino, path) in held {
+            let mut record = format!("{dev} {ino} ").into_bytes();
+            record.extend_from_slice(path.as_os_str().as_encoded_bytes());
+            record.push(0);
+            let mut rest = record.as_slice();
+            while !rest.is_empty() {
+                let n = nix::unistd::write(&self._alive, rest).context("telling the watchdog")?;
+                rest = &rest[n..];
+            }
+        }
+        Ok(())
+    }
+
     /// Stops the watchdog after a clean teardown.
     pub fn stop(mut self) {
         drop(self._alive);
@@ -78,18 +98,45 @@ pub fn run(cgroup: &Path) -> Result<()> {
         bail!("{} is not a leash sandbox cgroup", cgroup.display());
     }
     let mut stdin = std::io::stdin();
-    let mut byte = [0u8; 1];
+    let mut held = Vec::new();
+    let mut chunk = [0u8; 4096];
     // Returns 0 (end of file) when the last write end closes, that is when leash is gone.
     loop {
-        match stdin.read(&mut byte) {
+        match stdin.read(&mut chunk) {
             Ok(0) => break,
+            Ok(n) if held.len() < MAX_HELD_BYTES => held.extend_from_slice(&chunk[..n]),
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
-    if !cgroup.exists() {
-        return Ok(());
+    if cgroup.exists() {
+        SandboxCgroup::open(cgroup.to_path_buf())?.kill_all(Duration::from_secs(5))?;
     }
-    SandboxCgroup::open(cgroup.to_path_buf())?.kill_all(Duration::from_secs(5))
+    // No process of the sandbox is left to see a held directory go.
+    for record in held.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        remove_held(record);
+    }
+    Ok(())
+}
+
+/// Bounds what leash may send (a few dozen names of the policy's list, each a path).
+const MAX_HELD_BYTES: usize = 1 << 20;
+
+/// Removes one held directory (`<dev> <ino> <path>`) if it is still the empty one leash made.
+fn remove_held(record: &[u8]) {
+    use std::os::unix::fs::MetadataExt as _;
+    let text = String::from_utf8_lossy(record);
+    let mut parts = record.splitn(3, |b| *b == b' ');
+    let (Some(dev), Some(ino), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        eprintln!("leash watchdog: ignoring a malformed record: {text}");
+        return;
+    };
+    let number = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.parse::<u64>().ok());
+    let path = Path::new(std::ffi::OsStr::from_bytes(path));
+    let same = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_dir() && Some(m.dev()) == number(dev) && Some(m.ino()) == number(ino));
+    if same {
+        let _ = std::fs::remove_dir(path);
+    }
 }

@@ -9,8 +9,9 @@
 //! - a missing component is **held**: leash creates it as an empty directory, mode 0555, owned
 //!   by root, and the agent gets it read-only, so `.git/config` cannot be created under it. It
 //!   is removed when the sandbox is gone (after its last process), if it is still the empty
-//!   directory leash made. An empty directory is invisible to `git status` and `git add`;
-//!   git's repository discovery passes over a `.git` directory without `HEAD`.
+//!   directory leash made (by leash's watchdog when leash was killed). An empty directory is
+//!   invisible to `git status` and `git add`; git's repository discovery passes over a `.git`
+//!   directory without `HEAD`.
 //! - a link is left alone (a bind mount would follow it out of the working directory), and a
 //!   missing name in a directory the agent cannot write is not held (it cannot create it).
 //!
@@ -126,6 +127,11 @@ impl WorkdirGuard {
     /// Entries leash created and holds.
     pub fn held(&self) -> impl Iterator<Item = &Path> {
         self.held.iter().map(|h| h.path.as_path())
+    }
+
+    /// The held entries with their device and inode, for the watchdog to remove if leash dies.
+    pub fn held_ids(&self) -> impl Iterator<Item = (u64, u64, &Path)> {
+        self.held.iter().map(|h| (h.dev, h.ino, h.path.as_path()))
     }
 
     /// Names that exist now but were neither there at start nor held: the agent made them
