@@ -141,6 +141,13 @@ impl Node {
         if let Some(rules) = &kernel_rules {
             check_lsm(&state.programs, rules, &policy.name)?;
         }
+        // Without a `kernel:` section, leash's baseline where the node has BPF-LSM: unix sockets
+        // of the sandbox's own only (a docker.sock mounted into the pod is out of the agent's
+        // reach), ptrace, signals and bpf(2) kept inside, IP sockets to the proxy only.
+        let kernel_rules = match kernel_rules {
+            None if state.programs.has_lsm() => Some(LsmRules::for_policy(None, &[]).map_err(internal)?),
+            rules => rules,
+        };
         if state.registry.len() >= self.limits.node {
             return Err(Reply::error(
                 ErrorCode::Busy,

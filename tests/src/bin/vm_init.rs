@@ -480,8 +480,14 @@ fn baseline_unix_checks(degraded: bool) -> Vec<Check> {
         ("unix-connect-own", "ok"),
         ("unix-sendto-own", "ok"),
     ];
-    want.into_iter()
-        .map(|(name, want)| {
+    outcome_checks("kernel:baseline", &out, &want)
+}
+
+/// One check `<prefix>-<name>` per (name, outcome) of `want` against the `AGENT <name> <outcome>`
+/// lines of `out`.
+fn outcome_checks(prefix: &str, out: &Output, want: &[(&str, &str)]) -> Vec<Check> {
+    want.iter()
+        .map(|&(name, want)| {
             let got = out
                 .stdout
                 .lines()
@@ -489,7 +495,7 @@ fn baseline_unix_checks(degraded: bool) -> Vec<Check> {
                 .unwrap_or_else(|| format!("missing ({})", out.describe()));
             let pass = got == want;
             let detail = format!("{got} (want {want})");
-            Check::new(format!("kernel:baseline-{name}"), move || if pass { Ok(detail) } else { Err(detail) })
+            Check::new(format!("{prefix}-{name}"), move || if pass { Ok(detail) } else { Err(detail) })
         })
         .collect()
 }
@@ -589,6 +595,7 @@ fn daemon_suite() -> Vec<Check> {
             .args([LSM_PROBE, "--agent", &outside.to_string()]),
     );
     let control = fd_control("daemon");
+    let baseline = daemon_baseline_checks(&container, no_landlock);
     let _ = daemon.kill();
     let _ = daemon.wait();
     end_process(outside);
@@ -615,12 +622,43 @@ fn daemon_suite() -> Vec<Check> {
         let mut checks =
             vec![Check::new("daemon:refuses-missing-hook", move || if refused { Ok(detail) } else { Err(detail) })];
         checks.extend(landlock_check);
+        checks.extend(baseline);
         return checks;
     }
     drop(late);
     let mut checks = agent_checks("daemon", &out, false, false).unwrap_or_else(|failed| vec![failed]);
     checks.extend(control);
+    checks.extend(baseline);
     checks
+}
+
+/// The node's policy without `kernel:` (the daemon reloads it): the baseline holds under
+/// `leash confine` too. There is no mount namespace there, so a host socket the pod can see (a
+/// docker.sock mounted into it) is refused by BPF-LSM; the agent's own sockets work.
+fn daemon_baseline_checks(container: &str, no_landlock: bool) -> Vec<Check> {
+    const SOCKET: &str = "/run/leash-daemon.sock";
+    if let Err(e) = std::fs::write("/tmp/daemon-policies/default.yaml", "version: 1\nnetwork_policies: {}\n") {
+        return vec![Check::new("daemon:baseline-policy", move || Err(e.to_string()))];
+    }
+    // The daemon looks at its policies every 100 ms (--gc-interval-ms).
+    std::thread::sleep(Duration::from_millis(600));
+    let out = output(
+        Command::new("/bin/podclient")
+            .args(["--cgroup", container, "exec", "65534", "--", LEASH, "confine", "--socket", SOCKET])
+            .args(no_landlock.then_some("--allow-degraded"))
+            .args(["--", LSM_PROBE, "--unix-agent"]),
+    );
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => return vec![Check::new("daemon:baseline-confine", move || Err(e))],
+    };
+    let want = [
+        ("unix-connect-host", "EPERM"),
+        ("unix-connect-host-bound-later", "EPERM"),
+        ("unix-connect-own", "ok"),
+        ("unix-sendto-own", "ok"),
+    ];
+    outcome_checks("daemon:baseline", &out, &want)
 }
 
 /// One check per attempt `lsm_probe --agent` reported (`AGENT <name> <outcome>` lines) against
