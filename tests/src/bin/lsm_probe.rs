@@ -152,7 +152,15 @@ fn main() {
     }
     // vm_init's `kernel` suite: the unix sockets an agent under a policy without `kernel:` reaches.
     if std::env::args().nth(1).as_deref() == Some("--unix-agent") {
-        agent::unix(&|name, r| println!("AGENT {name} {}", agent::outcome(r)));
+        let report = |name: &str, r| println!("AGENT {name} {}", agent::outcome(r));
+        agent::unix(&report);
+        // A copy of this probe runs: no `kernel:` exec list is in force (the baseline has none).
+        let copied =
+            std::fs::copy(LISTED_STATIC, agent::COPY).map_err(|e| e.raw_os_error().unwrap_or(255)).and_then(|_| {
+                std::fs::set_permissions(agent::COPY, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .map_err(|e| e.raw_os_error().unwrap_or(255))
+            });
+        report("exec-copy", copied.and_then(|()| run_program(agent::COPY, &["lsm_probe", EXIT0])));
         std::process::exit(0);
     }
     if std::env::args().nth(1).as_deref() == Some("--agent") {
