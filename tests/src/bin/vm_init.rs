@@ -641,14 +641,22 @@ fn daemon_baseline_checks(container: &str, no_landlock: bool) -> Vec<Check> {
     if let Err(e) = std::fs::write("/tmp/daemon-policies/default.yaml", "version: 1\nnetwork_policies: {}\n") {
         return vec![Check::new("daemon:baseline-policy", move || Err(e.to_string()))];
     }
-    // The daemon looks at its policies every 100 ms (--gc-interval-ms).
-    std::thread::sleep(Duration::from_millis(600));
-    let out = output(
-        Command::new("/bin/podclient")
-            .args(["--cgroup", container, "exec", "65534", "--", LEASH, "confine", "--socket", SOCKET])
-            .args(no_landlock.then_some("--allow-degraded"))
-            .args(["--", LSM_PROBE, "--unix-agent"]),
-    );
+    // The daemon looks at its policies every 100 ms (--gc-interval-ms), slower under emulation:
+    // until the new one is in force a copied binary is refused (the old one's exec list).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = output(
+            Command::new("/bin/podclient")
+                .args(["--cgroup", container, "exec", "65534", "--", LEASH, "confine", "--socket", SOCKET])
+                .args(no_landlock.then_some("--allow-degraded"))
+                .args(["--", LSM_PROBE, "--unix-agent"]),
+        );
+        let reloaded = out.as_ref().is_ok_and(|o| o.stdout.contains("AGENT exec-copy ok"));
+        if reloaded || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let out = match out {
         Ok(o) => o,
         Err(e) => return vec![Check::new("daemon:baseline-confine", move || Err(e))],
