@@ -137,6 +137,8 @@ fn run_target(
         .arg(corpus)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
+        // An input that takes seconds is a finding (and must not hold CI for libFuzzer's 20 minutes).
+        .arg("-timeout=10")
         .arg("-print_final_stats=1")
         .stdout(file.try_clone()?)
         .stderr(file);
