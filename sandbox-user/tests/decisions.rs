@@ -358,7 +358,7 @@ mod generated {
     use proptest::prelude::*;
     use proptest::sample::select;
 
-    use super::{parse_str, NetworkInput, Pair};
+    use super::{parse_str, synthetic, NetworkInput, Pair};
 
     /// Labels host patterns and hosts are made of (shared, so patterns overlap).
     const LABELS: [&str; 6] = ["a", "b", "c-d", "e_f", "example", "Ex"];
@@ -371,9 +371,9 @@ mod generated {
     const PLAIN: [&str; 6] = ["a", "b", "api", "v1", "x.json", "A"];
     /// Awkward ones: regex metacharacters, encodings, parameters, dot segments, empty (`//`),
     /// characters a normalised path may not hold.
-    const ODD: [&str; 26] = [
+    const ODD: [&str; 30] = [
         "a;p=1", "a%3Bp", ".", "..", "%2e", "%2E%2e", "%2f", "%5C", "%41", "%", "~u", "\u{e9}", "%C3%A9", "a+b", "[x]",
-        "(y)", "$", "^", "x|y", "{2}", "", "\\", "%20", "%23", "%3F", "%00",
+        "(y)", "$", "^", "x|y", "{2}", "", "\\", "%20", "%23", "%3F", "%00", ".;p", "..%3Bp", "%2E;", "%7F",
     ];
     /// Wildcard segments of globs.
     const WILD: [&str; 9] = ["*", "**", "a*", "*.json", "*a*", "v*", "**x", "a*a", "*.*"];
@@ -602,7 +602,7 @@ mod generated {
             })
     }
 
-    /// The host a connection asks for: one the pattern covers, then often spoilt.
+    /// The host a connection asks for: one the pattern covers, often spoilt.
     fn host(pattern: &str, c: &Connection) -> String {
         let (depth, suffix) = match (pattern.strip_prefix("**."), pattern.strip_prefix("*.")) {
             (Some(suffix), _) => (c.fill.len(), suffix),
@@ -612,20 +612,8 @@ mod generated {
         let mut labels: Vec<String> = c.fill.iter().take(depth).map(|l| (*l).to_owned()).collect();
         labels.push(suffix.to_owned());
         let host = labels.join(".");
-        match c.spoil % 32 {
-            0 => host.to_ascii_uppercase(),
-            1 => format!("{host}."),
-            2 => format!("x.{host}"),
-            3 => host.split_once('.').map_or(host.clone(), |(_, rest)| rest.to_owned()),
-            4 => format!("a..{host}"),
-            5 => format!("{host}:443"),
-            6 => format!("{}.{host}", "l".repeat(63)),
-            7 => format!("{}.{host}", "l".repeat(64)),
-            8 => format!("\u{212A}.{host}"),
-            9 => String::new(),
-            10 => format!("-.{host}"),
-            _ => host,
-        }
+        // A third of them spoilt.
+        synthetic::spoil_host(&host, usize::from(c.spoil) % (3 * synthetic::HOST_SPOILS))
     }
 
     /// The target a request sends: a glob with its wildcards filled in, or the words alone.
