@@ -77,7 +77,8 @@ pub fn run(args: FuzzArgs) -> Result<()> {
         let summary = summary(&stats);
         if !status.success() {
             let artifact = stats.artifact.as_deref().unwrap_or("none written");
-            println!("fuzz: {target}: FAILED ({status}) after {summary}");
+            println!("fuzz: {target}: FAILED ({status}) after {summary}; the end of libFuzzer's report:");
+            print_tail(&log, 60);
             bail!(
                 "fuzz target {target} failed: input {artifact}; libFuzzer's report: {} \
                  (replay: cargo +nightly fuzz run -O {target} {artifact})",
@@ -145,6 +146,16 @@ fn run_target(
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     let text = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
     Ok((status, parse_stats(&String::from_utf8_lossy(&text))))
+}
+
+/// Prints the last `lines` lines of `log`, so that a CI log shows the panic and the input.
+fn print_tail(log: &Path, lines: usize) {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        println!("  | {line}");
+    }
 }
 
 /// Reads libFuzzer's status lines (`#N ... cov: C ft: F corp: K/...`), final statistics
