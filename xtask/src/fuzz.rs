@@ -6,7 +6,8 @@
 //! `fuzz/target/logs/TARGET.log`; a crash, leak, timeout or out-of-memory fails the task, naming
 //! the target and the input it wrote (`fuzz/artifacts/TARGET/...`). New inputs the runs find
 //! are added to `fuzz/corpus/TARGET`, where git ignores them until someone minimises the corpus
-//! and adds it (README, "Fuzzing").
+//! and adds it (README, "Fuzzing"); `fuzz/regressions/TARGET` holds inputs that once failed,
+//! read with the corpus on every run.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -134,9 +135,13 @@ fn run_target(
     println!("fuzz: {target}: running {seconds} s on {} ...", corpus.display());
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = fuzz_command(fuzz_dir, "run");
-    cmd.arg(target)
-        .arg(corpus)
-        .arg("--")
+    cmd.arg(target).arg(corpus);
+    // Inputs that once failed: read with the corpus on every run, never minimised away.
+    let regressions = fuzz_dir.join("regressions").join(target);
+    if regressions.is_dir() {
+        cmd.arg(regressions);
+    }
+    cmd.arg("--")
         .arg(format!("-max_total_time={seconds}"))
         // An input that takes seconds is a finding (and must not hold CI for libFuzzer's 20 minutes).
         .arg("-timeout=10")
