@@ -2,9 +2,10 @@
 //! the same verdict (allow, audit, policy, endpoint, rule and reason) on every input.
 //!
 //! Inputs are generated with a fixed seed over the default policy, every example policy, a
-//! policy written to exercise each feature, and a generated 1,000-endpoint policy. Rego is the
-//! source of truth: when this fails, `decide.rs` (or the data in `data.rs`) is what is wrong,
-//! unless `policies/sandbox.rego` changed on purpose.
+//! policy written to exercise each feature, and a generated 1,000-endpoint policy; and, with a
+//! new seed on every run, over small policies proptest generates ([`generated`]), which a failure
+//! prints shrunk. Rego is the source of truth: when this fails, `decide.rs` (or the data in
+//! `data.rs`) is what is wrong, unless `policies/sandbox.rego` changed on purpose.
 
 mod support;
 
