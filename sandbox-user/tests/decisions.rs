@@ -674,8 +674,9 @@ mod generated {
     }
 
     proptest! {
-        // regorus evaluates slowly (more so in debug builds): a few seconds in `cargo test`.
-        #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+        // regorus evaluates slowly (more so in debug builds): 96 cases take a few seconds in
+        // `cargo test`; PROPTEST_CASES=3000 searches for two minutes.
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
         #[test]
         fn decider_agrees_with_rego_on_generated_policies(
@@ -705,6 +706,11 @@ mod generated {
                 }
             }
         }
+    }
+
+    /// Cases to run: `PROPTEST_CASES`, else 96.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(96)
     }
 
     /// The position in file order of the endpoint `endpoint` names.
