@@ -1,8 +1,8 @@
 //! Request targets as the agent writes them: normalisation and the readings the proxy judges.
 //! Checks: no panic; normalisation is idempotent (a canonical path normalises to itself,
-//! borrowed); the canonical path has none of the ambiguous spellings; a target and its
-//! canonical form have the same readings once each is normalised, so every policy judges them
-//! alike.
+//! borrowed); the canonical path has none of the ambiguous spellings, nor anything else the Rego
+//! policy's `normalized_path` refuses; a target and its canonical form have the same readings
+//! once each is normalised, so every policy judges them alike.
 #![no_main]
 
 use std::borrow::Cow;
@@ -42,6 +42,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(path.split('/').all(|s| s != "." && s != ".."), "{target:?} -> {path:?}");
     let lower = path.to_ascii_lowercase();
     assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"), "{path:?}");
+    // What `normalized_path` in policies/sandbox.rego also requires, or Rego would refuse a path
+    // the decider judges: no backslash, control character, space, `?` or `#`, and no dot
+    // segment with `;parameters`.
+    assert!(!path.bytes().any(|b| b <= b' ' || b == 0x7f || matches!(b, b'\\' | b'?' | b'#')), "{path:?}");
+    let dot_params = |s: &str| matches!(s.split(';').next(), Some("." | "..")) && s.contains(';');
+    assert!(!path.split('/').any(dot_params), "{target:?} -> {path:?}");
     let again = normalize(path).expect("a canonical path normalises");
     assert!(matches!(again.path, Cow::Borrowed(_)), "{target:?}: {path:?} became {:?}", again.path);
     let canonical = match n.query {

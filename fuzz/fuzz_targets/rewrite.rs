@@ -72,8 +72,13 @@ fuzz_target!(|data: &[u8]| {
         Some(at) => (&rest[..at], &rest[at + 2..]),
         None => (rest, &[][..]),
     };
-    // Inputs that already hold a value prove nothing about the rewrite.
-    if SECRETS.iter().any(|(_, _, v)| leaks(rest, v)) {
+    // Inputs that already hold a value (as is, percent-encoded, or inside a Basic token) prove
+    // nothing about the rewrite: the agent sends what it knows.
+    let tokens: Vec<Vec<u8>> = head
+        .split(|b| *b == b'\n')
+        .filter_map(|line| basic(line[line.iter().position(|b| *b == b':')? + 1..].trim_ascii()))
+        .collect();
+    if SECRETS.iter().any(|(_, _, v)| leaks(rest, v) || tokens.iter().any(|t| leaks(t, v))) {
         return;
     }
     let mut lines = head.split(|b| *b == b'\n');

@@ -7,6 +7,8 @@
 //! - `test`: build, then run every test suite (the test binaries run as root: they load eBPF
 //!   into this kernel; as a normal user, through sudo as cargo's test runner).
 //! - `install`: build `leash` (release) and install it (`/usr/local/bin` by default).
+//! - `fuzz`: the `cargo fuzz` targets of `fuzz/`, each for a while on its corpus (nightly;
+//!   installs cargo-fuzz when missing); fails on a crash, naming the input.
 //! - `bench`: the benchmarks, each printing ratios against a peer measured in the same run.
 //! - `vm-test`: the test suites inside VMs booting Debian's cloud kernels, one row per kernel.
 //! - `run`: one command under `leash run` inside a VM (default: the demo agent).
@@ -15,6 +17,7 @@
 //! steps that need root through sudo (see [`privilege`]); run as root, it runs everything directly.
 
 mod bench;
+mod fuzz;
 mod privilege;
 mod setup;
 mod vm;
@@ -65,6 +68,8 @@ enum Task {
         #[arg(long, value_name = "PREFIX", default_value = "/usr/local")]
         prefix: PathBuf,
     },
+    /// Run each fuzz target (or one) for a while on its corpus in fuzz/corpus; fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
     /// Run the benchmarks (release build, root).
     Bench(bench::BenchArgs),
     /// Run the test suites inside VMs (qemu) booting each kernel of the matrix; one row per kernel.
@@ -79,6 +84,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release),
         Task::Test { args } => test(&args),
         Task::Install { prefix } => install(&prefix),
+        Task::Fuzz(args) => fuzz::run(args),
         Task::Bench(args) => bench::run(args),
         Task::VmTest(args) => {
             setup::ensure()?;

@@ -174,6 +174,20 @@ fn label(rng: &mut Rng) -> String {
 /// missing or empty label, a character no host has, an over-long label, or nothing alike.
 pub fn mutate_host(host: &str, rng: &mut Rng) -> String {
     match rng.below(10) {
+        8 => format!("unrelated{}.example.com", rng.below(1000)),
+        9 => spoil_host(host, 8),
+        way => spoil_host(host, way),
+    }
+}
+
+/// How many ways [`spoil_host`] knows.
+pub const HOST_SPOILS: usize = 11;
+
+/// `host` spoilt the `way`-th way (`way < HOST_SPOILS`, else unchanged): other case, trailing
+/// dot, an extra, missing or empty label, a port, a label over or at the length limit, a
+/// character no host has (the Kelvin sign, which folds to `k`), nothing, a label of `-`.
+pub fn spoil_host(host: &str, way: usize) -> String {
+    match way {
         0 => host.to_ascii_uppercase(),
         1 => format!("{host}."),
         2 => format!("extra.{host}"),
@@ -182,8 +196,10 @@ pub fn mutate_host(host: &str, rng: &mut Rng) -> String {
         5 => format!("{host}:443"),
         6 => format!("{}.{host}", "l".repeat(64)),
         7 => format!("\u{212A}.{host}"),
-        8 => format!("unrelated{}.example.com", rng.below(1000)),
-        _ => String::new(),
+        8 => String::new(),
+        9 => format!("{}.{host}", "l".repeat(63)),
+        10 => format!("-.{host}"),
+        _ => host.to_owned(),
     }
 }
 
