@@ -110,14 +110,22 @@ pub fn run(cgroup: &Path) -> Result<()> {
             Err(_) => break,
         }
     }
-    if cgroup.exists() {
-        SandboxCgroup::open(cgroup.to_path_buf())?.kill_all(Duration::from_secs(5))?;
+    let killed = match cgroup.exists() {
+        true => SandboxCgroup::open(cgroup.to_path_buf()).and_then(|c| c.kill_all(Duration::from_secs(5))),
+        false => Ok(()),
+    };
+    // Only once no process of the sandbox is left to see a held directory go. The cgroup may be
+    // gone already: another run's reaper empties and removes a dead leash's sandbox.
+    let empty = match SandboxCgroup::open(cgroup.to_path_buf()).and_then(|c| c.pids()) {
+        Ok(pids) => pids.is_empty(),
+        Err(_) => !cgroup.exists(),
+    };
+    if empty {
+        for record in held.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            remove_held(record);
+        }
     }
-    // No process of the sandbox is left to see a held directory go.
-    for record in held.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-        remove_held(record);
-    }
-    Ok(())
+    killed
 }
 
 /// Bounds what leash may send (a few dozen names of the policy's list, each a path).
