@@ -88,7 +88,7 @@ impl LsmRules {
     }
 
     /// The rules for a policy: its `kernel:` section resolved, or, when it has none, the
-    /// baseline every `leash run` sandbox gets where BPF-LSM works: the self-protection above,
+    /// baseline every sandbox gets where BPF-LSM works: the self-protection above,
     /// unix sockets limited to the sandbox's own (`lsm_rule::UNIX_ALLOWLIST` with an empty list)
     /// and `protect` unopenable.
     pub fn for_policy(kernel: Option<&KernelRules>, protect: &[PathBuf]) -> Result<Self> {

@@ -217,10 +217,6 @@ pub fn open_audit_log(path: &Path, agent: &AgentIds) -> Result<File> {
     Ok(file)
 }
 
-/// Directories the agent's mount namespace gets empty (`mount_ns`): a home there would be hidden
-/// from it and gone at exit.
-const EMPTIED: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run"];
-
 /// Opens (creating it, mode 0700, when missing) the directory `--keep-home` names and gives it to
 /// the agent (`uid`, `gid`): refused when it is a link, sits behind a link the agent planted,
 /// belongs to someone else, or lies in a directory the agent gets empty. Returns the directory's
@@ -239,8 +235,9 @@ pub fn kept_home(path: &Path, agent: &AgentIds, gid: u32) -> Result<(std::os::fd
     }
     let dir = parent.canonicalize().with_context(|| format!("resolving {}", parent.display()))?;
     let target = dir.join(name);
-    if let Some(emptied) = EMPTIED.iter().find(|e| target.starts_with(e) || absolute.starts_with(e)) {
-        return refuse(format!("the agent gets {emptied} empty, so it would not see this home"));
+    // A home where the agent's mount namespace has an empty directory would be hidden from it.
+    if let Some(emptied) = super::mount_ns::emptied().find(|e| target.starts_with(e) || absolute.starts_with(e)) {
+        return refuse(format!("the agent gets {} empty, so it would not see this home", emptied.display()));
     }
     let created = match std::fs::DirBuilder::new().mode(0o700).create(&target) {
         Ok(()) => true,

@@ -31,6 +31,11 @@ use super::host_sockets;
 const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 /// Directories emptied of host sockets.
 const RUNTIME: &[&str] = &["/run", "/var/run"];
+
+/// Every directory the agent gets empty (private or emptied).
+pub fn emptied() -> impl Iterator<Item = &'static Path> {
+    SCRATCH.iter().chain(RUNTIME).map(Path::new)
+}
 /// How many directories can be put back under them.
 const MAX_KEPT: usize = 4;
 
@@ -106,7 +111,7 @@ impl PrivateMounts {
             kept.push(Kept { path: c_path(dir)?, create });
         }
         let read_only = read_only.map(c_path).collect::<Result<_>>()?;
-        let emptied: Vec<&Path> = SCRATCH.iter().chain(RUNTIME).map(Path::new).collect();
+        let emptied: Vec<&Path> = emptied().collect();
         let (sockets, left_out) = host_sockets::find(&emptied, unix_allowed);
         if left_out > 0 {
             anyhow::bail!(
