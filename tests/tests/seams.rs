@@ -77,26 +77,36 @@ fn the_agent_cannot_rewrite_its_policy() {
     assert_eq!(target.accepted(), 0);
 }
 
-#[test]
-fn a_policy_only_root_can_change_is_still_reloaded() {
-    require_root();
-    let target = Listener::http("127.0.0.1:0", "reached");
-    let scratch = Scratch::new("seam-reload");
-    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
-    let script = format!(
-        "{PROBE} get proxy {t}; touch {flag}; sleep 2; {PROBE} get proxy {t}",
-        t = target.addr,
-        flag = scratch.0.join("asked").display()
-    );
+/// `leash run` on `policy` with an agent that runs `before`, waits 2 s, then runs `after`; the
+/// policy file is rewritten to `next` between the two.
+fn run_rewriting_policy(
+    scratch: &Scratch,
+    policy: &Path,
+    before: &str,
+    after: &str,
+    next: &str,
+) -> std::process::Output {
+    let flag = scratch.0.join("asked");
+    let script = format!("{before}; touch {}; sleep 2; {after}", flag.display());
     let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_until(10, || scratch.0.join("asked").exists()), "the agent never asked");
-    std::fs::write(&policy, nobody_policy(&[target.addr.port()])).unwrap();
-    let out = child.wait_with_output().unwrap();
+    assert!(wait_until(10, || flag.exists()), "the agent never started");
+    std::fs::write(policy, next).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_policy_only_root_can_change_is_still_reloaded() {
+    require_root();
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("seam-reload");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let probe = format!("{PROBE} get proxy {}", target.addr);
+    let out = run_rewriting_policy(&scratch, &policy, &probe, &probe, &nobody_policy(&[target.addr.port()]));
     let text = stdout(&out);
     assert!(text.contains("CONNECT 403"), "before the change: {text}");
     assert!(text.contains("CONNECT 200 GET 200 reached"), "root's change was not reloaded: {text} {}", stderr(&out));
@@ -114,20 +124,9 @@ fn a_reload_cannot_bring_kernel_rules_nothing_enforces() {
     let target = Listener::http("127.0.0.1:0", "reached");
     let scratch = Scratch::new("seam-reload-kernel");
     let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
-    let script = format!(
-        "touch {flag}; sleep 2; {PROBE} get proxy {t}",
-        t = target.addr,
-        flag = scratch.0.join("asked").display()
-    );
-    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(10, || scratch.0.join("asked").exists()), "the agent never started");
-    std::fs::write(&policy, format!("{}kernel: {{ deny: [mount] }}\n", nobody_policy(&[target.addr.port()]))).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let probe = format!("{PROBE} get proxy {}", target.addr);
+    let next = format!("{}kernel: {{ deny: [mount] }}\n", nobody_policy(&[target.addr.port()]));
+    let out = run_rewriting_policy(&scratch, &policy, "true", &probe, &next);
     assert!(stderr(&out).contains("reload rejected") && stderr(&out).contains("BPF-LSM"), "{}", stderr(&out));
     assert!(stdout(&out).contains("CONNECT 403"), "the rejected policy was put in force: {}", stdout(&out));
 }
