@@ -528,19 +528,23 @@ struct Fixtures {
     _listeners: (UnixListener, UnixListener, UnixListener, UnixDatagram, TcpListener, TcpListener),
 }
 
+/// The files [`Fixtures`] makes, removed before and after.
+const FIXTURE_FILES: [&str; 9] = [
+    UNLISTED_COPY,
+    SECRET,
+    SECRET_LINK,
+    SECRET_SYMLINK,
+    UNIX_UNLISTED,
+    UNIX_LISTED,
+    UNIX_LISTED_LINK,
+    UNIX_DGRAM,
+    LIBM_COPY,
+];
+
 impl Fixtures {
     fn create() -> Result<Self, String> {
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        for p in [
-            UNLISTED_COPY,
-            SECRET,
-            SECRET_LINK,
-            SECRET_SYMLINK,
-            UNIX_UNLISTED,
-            UNIX_LISTED,
-            UNIX_LISTED_LINK,
-            UNIX_DGRAM,
-        ] {
+        for p in FIXTURE_FILES {
             let _ = std::fs::remove_file(p);
         }
         std::fs::copy(LISTED_STATIC, UNLISTED_COPY).map_err(|e| io("copying the probe", e))?;
@@ -612,17 +616,7 @@ impl Fixtures {
 
 impl Drop for Fixtures {
     fn drop(&mut self) {
-        for p in [
-            UNLISTED_COPY,
-            SECRET,
-            SECRET_LINK,
-            SECRET_SYMLINK,
-            UNIX_UNLISTED,
-            UNIX_LISTED,
-            UNIX_LISTED_LINK,
-            UNIX_DGRAM,
-            LIBM_COPY,
-        ] {
+        for p in FIXTURE_FILES {
             let _ = std::fs::remove_file(p);
         }
         let _ = std::fs::remove_dir_all(LIBC_COPY_DIR);
