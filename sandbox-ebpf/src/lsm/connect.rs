@@ -64,12 +64,10 @@ pub fn leash_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
 
 /// The verdict on the peer of the socket at `sock`: an IP socket only to the proxy; one not
 /// connected (peer port 0) is refused when `required` (a send with no address), else allowed.
-/// Other families: as the kernel decides. `sock` is typed (`struct socket *`).
+/// Other families: as the kernel decides. `sock` is typed (`struct socket *`). Only for a
+/// sandbox with `lsm_rule::PROXY_ONLY` (both hooks checked it on entry).
 #[inline(always)]
 fn judge_peer(sandbox: &Sandbox, sock: u64, required: bool) -> i32 {
-    if sandbox.policy.rules & lsm_rule::PROXY_ONLY == 0 {
-        return ALLOW;
-    }
     let sk: u64 = field(sock, offset!(socket_sk));
     if sk == 0 {
         return deny(sandbox, &Event::new(Hook::LsmSendmsg));
