@@ -1,17 +1,17 @@
 # leash sandbox policy: the source of truth for network and request decisions.
 #
 # leash evaluates this file with regorus. The proxy's hot path uses a compiled index and a
-# decision cache (sandbox-user/src/policy/decide.rs) instead of the interpreter; differential
+# decision cache (sandbox-policy/src/decide.rs) instead of the interpreter; differential
 # tests check that both give the same verdict, rule and reason on thousands of inputs, so a
 # change here must be mirrored there (and the tests say where they disagree).
 #
-# data:  the policy file as JSON (sandbox-user/src/policy/data.rs), with network_policies as a
+# data:  the policy file as JSON (sandbox-policy/src/data.rs), with network_policies as a
 #        list in file order and implicit values spelled out:
 #          {"network_policies": [{"name", "endpoints": [{"host", "ports", "protocol", "access"?,
 #            "rules", "deny_rules", "enforcement", "tls"?}], "binaries"?: [{"path"}]}], ...}
 # input: {"exec": {"path", "ancestors"}, "network": {"host", "port"},
 #         "request": {"method", "path", "query"}}
-#        request.path is already normalised by leash (sandbox-user/src/policy/normalize.rs):
+#        request.path is already normalised by leash (sandbox-policy/src/normalize.rs):
 #        no `//`, no dot segments, no encoded slashes. A path that is not is refused here too.
 #
 # Decisions:
@@ -31,7 +31,7 @@
 package leash.sandbox
 
 # ---------------------------------------------------------------------------------------------
-# Access presets. Must equal READ_ONLY_METHODS / READ_WRITE_METHODS in policy/compile.rs.
+# Access presets. Must equal READ_ONLY_METHODS / READ_WRITE_METHODS in sandbox-policy/src/compile.rs.
 # `full` allows every method and is handled on its own.
 # ---------------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 //! leash: confine an AI coding agent so it reaches the network only through a local proxy.
 //!
-//! Data flows `policy` (file -> compiled policy) -> `kernel` (cgroup, eBPF programs and maps,
+//! Data flows `policy` (file -> compiled policy; the `sandbox-policy` crate) -> `kernel` (cgroup, eBPF programs and maps,
 //! pins) and `launcher` (Landlock, identity, the agent's process) and `proxy` (where a
 //! connection is judged) -> `audit` (OCSF events). `doctor` probes what the kernel offers.
 //! `daemon` is the node agent that confines pods' processes on request (`leash daemon`), and
@@ -11,5 +11,8 @@ pub mod daemon;
 pub mod doctor;
 pub mod kernel;
 pub mod launcher;
-pub mod policy;
 pub mod proxy;
+
+/// The policy file and the decisions made from it live in their own crate (`sandbox-policy`),
+/// which builds and tests with stable Rust alone.
+pub use sandbox_policy as policy;

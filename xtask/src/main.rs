@@ -137,7 +137,7 @@ fn test(args: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.current_dir(&root)
         .env("LEASH_BIN", target.join("debug/leash"))
-        .args(["test", "-p", "sandbox-common", "-p", "sandbox-user", "-p", "leash-tests", "--"])
+        .args(["test", "-p", "sandbox-common", "-p", "sandbox-policy", "-p", "sandbox-user", "-p", "leash-tests", "--"])
         .args(args);
     if !privilege::is_root() {
         let (var, runner) = privilege::sudo_test_runner()?;

@@ -195,7 +195,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The policy-decision benchmark (needs no root): runs `sandbox-user/examples/policy_bench.rs`.
+/// The policy-decision benchmark (needs no root): runs `sandbox-policy/examples/policy_bench.rs`.
 fn policy() -> Result<()> {
     crate::setup::ensure()?;
     println!("bench: policy decisions (release build) ...");
@@ -204,7 +204,7 @@ fn policy() -> Result<()> {
         "--quiet",
         "--release",
         "-p",
-        "sandbox-user",
+        "sandbox-policy",
         "--example",
         "policy_bench",
     ]))

@@ -433,13 +433,13 @@ mod tests {
             request("up.example.com", "POST", "/items/42?x=1", "/usr/bin/curl"),
         ];
         let text = Learned::from_observations(&seen).document("a test");
-        let policy = crate::policy::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let policy = crate::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(text.contains("access: read-only"), "{text}");
         assert!(text.contains("- allow: { method: POST, path: '/items/**' }"), "{text}");
         assert!(text.contains("binaries: [{ path: '/usr/bin/curl' }]"), "{text}");
         assert!(text.contains("first request POST /items/**"), "{text}");
         assert!(!text.contains("x=1"), "{text}");
-        let d = crate::policy::Decider::new(&policy);
+        let d = crate::Decider::new(&policy);
         let curl = Some(std::path::Path::new("/usr/bin/curl"));
         let v = d.network("up.example.com", 443, curl);
         assert!(v.allow);
@@ -459,7 +459,7 @@ mod tests {
             seen: Seen::Tunnel { allowed_ips: vec!["10.0.0.5/32".parse().expect("network")] },
         };
         let text = Learned::from_observations(&[tunnel(5432), tunnel(5433)]).document("a test");
-        crate::policy::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        crate::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(text.contains("ports: [5432, 5433]") && text.contains("protocol: tcp"), "{text}");
         assert!(text.contains("allowed_ips: ['10.0.0.5/32']"), "{text}");
         assert!(!text.contains("binaries"), "{text}");
@@ -470,7 +470,7 @@ mod tests {
         let seen =
             [inspected("h.example", 443, Some("/usr/bin/git")), inspected("h.example", 8443, Some("/usr/bin/curl"))];
         let text = Learned::from_observations(&seen).document("a test");
-        crate::policy::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        crate::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(text.contains("h.example_443:") && text.contains("h.example_8443:"), "{text}");
         let mixed = [inspected("h.example", 443, Some("/usr/bin/git")), inspected("h.example", 443, None)];
         let text = Learned::from_observations(&mixed).document("a test");
@@ -491,9 +491,9 @@ mod tests {
             },
         }];
         let text = Learned::from_observations(&seen).document("a test");
-        let policy = crate::policy::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let policy = crate::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(policy.credentials().len(), 1);
         let empty = Learned::default().document("a test");
-        crate::policy::parse_str("empty.yaml", &empty).unwrap_or_else(|e| panic!("{e}\n{empty}"));
+        crate::parse_str("empty.yaml", &empty).unwrap_or_else(|e| panic!("{e}\n{empty}"));
     }
 }

@@ -182,7 +182,7 @@ mod properties {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::policy::normalize::PathError;
+    use crate::normalize::PathError;
     use proptest::prelude::*;
 
     const PIECES: [&str; 16] =

@@ -20,7 +20,7 @@
 //! thousands of generated inputs, and every reading of them, and require identical verdicts.
 //!
 //! ```
-//! use leash::policy::{parse_str, decide::Decider};
+//! use sandbox_policy::{parse_str, decide::Decider};
 //!
 //! let policy = parse_str("inline.yaml", "
 //! version: 1
@@ -790,7 +790,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_str;
+    use crate::parse_str;
 
     fn decider(text: &str) -> Decider {
         Decider::new(&parse_str("t.yaml", text).unwrap_or_else(|e| panic!("{e}")))

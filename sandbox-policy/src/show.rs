@@ -60,12 +60,12 @@ mod tests {
     #[test]
     fn shows_the_default_protected_names_and_the_policys_own_list() {
         let text = "version: 1\n";
-        let shown = render(text, &crate::policy::parse_str("p.yaml", text).unwrap());
+        let shown = render(text, &crate::parse_str("p.yaml", text).unwrap());
         assert!(shown.starts_with(text));
         assert!(shown.contains(".git/config") && shown.contains("leash's default list"), "{shown}");
-        assert!(crate::policy::parse_str("shown.yaml", &shown).is_ok(), "the output is still a valid policy");
+        assert!(crate::parse_str("shown.yaml", &shown).is_ok(), "the output is still a valid policy");
         let text = "version: 1\nfilesystem_policy: { protect_in_workdir: [.envrc] }\nkernel: { deny: [mount] }\n";
-        let shown = render(text, &crate::policy::parse_str("p.yaml", text).unwrap());
+        let shown = render(text, &crate::parse_str("p.yaml", text).unwrap());
         assert!(shown.contains("protect_in_workdir: [.envrc]   # the policy's list"), "{shown}");
         assert!(shown.contains("deny: [ptrace, kill_outside, bpf]"), "{shown}");
     }
@@ -74,7 +74,7 @@ mod tests {
     fn workdir_paths_stay_inside_it() {
         for bad in ["/etc/passwd", "../x", ".git/../../x", ""] {
             let text = format!("version: 1\nfilesystem_policy: {{ protect_in_workdir: [\"{bad}\"] }}\n");
-            assert!(crate::policy::parse_str("p.yaml", &text).is_err(), "{bad}");
+            assert!(crate::parse_str("p.yaml", &text).is_err(), "{bad}");
         }
     }
 }

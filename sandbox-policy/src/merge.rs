@@ -130,7 +130,7 @@ fn block_extent(lines: &[&str], at: usize) -> (String, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::learn::{Observation, Seen};
+    use crate::learn::{Observation, Seen};
 
     const ORIGINAL: &str = "\
 # my policy: keep this comment

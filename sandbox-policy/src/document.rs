@@ -1008,7 +1008,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::error::Location;
+    use crate::error::Location;
 
     /// Parses `text` and returns the error's location and Display.
     fn parse_err(text: &str) -> (Option<Location>, String) {

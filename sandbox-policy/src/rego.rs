@@ -14,7 +14,7 @@
 //! and gives it back, so concurrent tasks never wait for each other's evaluation.
 //!
 //! ```
-//! use leash::policy::{parse_str, rego::{RegoPolicy, NetworkInput, RequestInput}};
+//! use sandbox_policy::{parse_str, rego::{RegoPolicy, NetworkInput, RequestInput}};
 //!
 //! let policy = parse_str("inline.yaml", "
 //! version: 1
@@ -41,7 +41,7 @@ use super::decide::{EndpointRef, NetworkVerdict, RequestVerdict};
 use super::normalize::normalize;
 
 /// The Rego policy, compiled into the binary.
-pub const SANDBOX_REGO: &str = include_str!("../../../policies/sandbox.rego");
+pub const SANDBOX_REGO: &str = include_str!("../../policies/sandbox.rego");
 
 /// The rule giving the network decision object.
 const NETWORK_RULE: &str = "data.leash.sandbox.network_decision";
@@ -322,7 +322,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_str;
+    use crate::parse_str;
 
     const POLICY: &str = "\
 version: 1

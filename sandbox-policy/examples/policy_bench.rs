@@ -1,7 +1,7 @@
 //! Policy decisions per second for a generated 1,000-endpoint policy.
 //!
 //! ```text
-//! cargo run --release -p sandbox-user --example policy_bench [-- ENDPOINTS]
+//! cargo run --release -p sandbox-policy --example policy_bench [-- ENDPOINTS]
 //! ```
 //!
 //! Measures, in one run and on the same inputs:
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leash::policy::{parse_str, CompiledPolicy, Decider, EndpointRef, NetworkInput, RegoPolicy, RequestInput};
+use sandbox_policy::{parse_str, CompiledPolicy, Decider, EndpointRef, NetworkInput, RegoPolicy, RequestInput};
 use synthetic::Rng;
 
 /// One generated decision input.

@@ -20,7 +20,7 @@
 //!   before either matches them; [`readings`] lists the readings of a request both judge.
 //!
 //! ```
-//! use leash::policy::{parse_str, NetworkDecision};
+//! use sandbox_policy::{parse_str, NetworkDecision};
 //!
 //! let policy = parse_str("inline.yaml", "
 //! version: 1

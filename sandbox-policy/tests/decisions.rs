@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use std::convert::Infallible;
 
-use leash::policy::readings::{judge_all, readings, Reading};
-use leash::policy::{
+use sandbox_policy::readings::{judge_all, readings, Reading};
+use sandbox_policy::{
     load, parse_str, CompiledPolicy, Decider, EndpointRef, NetworkInput, NetworkVerdict, RegoPolicy, RequestInput,
     RequestVerdict,
 };
@@ -180,14 +180,14 @@ fn check_policy(label: &str, policy: &CompiledPolicy, inputs: usize, seed: u64) 
         .flat_map(|p| &p.endpoints)
         .map(|e| {
             let globs = match &e.inspection {
-                leash::policy::Inspection::Http(http) => {
+                sandbox_policy::Inspection::Http(http) => {
                     let mut globs: Vec<String> = http.deny.iter().map(|r| r.path.clone()).collect();
-                    if let leash::policy::AllowedRequests::Only(rules) = &http.allow {
+                    if let sandbox_policy::AllowedRequests::Only(rules) = &http.allow {
                         globs.extend(rules.iter().map(|r| r.path.clone()));
                     }
                     globs
                 }
-                leash::policy::Inspection::Tunnel => Vec::new(),
+                sandbox_policy::Inspection::Tunnel => Vec::new(),
             };
             (e.host.to_string(), e.ports.as_slice().to_vec(), globs)
         })
@@ -714,7 +714,7 @@ mod generated {
     }
 
     /// The position in file order of the endpoint `endpoint` names.
-    fn ordinal(policy: &leash::policy::CompiledPolicy, endpoint: leash::policy::EndpointRef) -> usize {
+    fn ordinal(policy: &sandbox_policy::CompiledPolicy, endpoint: sandbox_policy::EndpointRef) -> usize {
         let before: usize =
             policy.network_policies().iter().take(endpoint.policy as usize).map(|p| p.endpoints.len()).sum();
         before + endpoint.endpoint as usize

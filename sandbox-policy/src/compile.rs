@@ -439,7 +439,7 @@ mod tests {
     use super::*;
 
     /// The default policy, embedded so the test does not depend on the working directory.
-    const DEFAULT_POLICY: &str = include_str!("../../../policies/default.yaml");
+    const DEFAULT_POLICY: &str = include_str!("../../policies/default.yaml");
 
     fn compiled(text: &str) -> CompiledPolicy {
         parse_str("test.yaml", text).unwrap_or_else(|e| panic!("{e}"))
