@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         binary: Some(text(field(7))),
         credentials: vec![text(field(8))],
         client: None,
+        redirected_from: None,
     };
     auditor.proxy_decision(&decision);
     let hooks = [Hook::Connect4, Hook::LsmOpen, Hook::LsmExec, Hook::LsmConnect, Hook::LsmKill];

@@ -63,6 +63,8 @@ pub mod program_names {
     pub const SKB_EGRESS: &str = "leash_skb_egress";
     pub const SKB_INGRESS: &str = "leash_skb_ingress";
     pub const SOCK_OPS: &str = "leash_sock_ops";
+    pub const RECVMSG4: &str = "leash_recvmsg4";
+    pub const RECVMSG6: &str = "leash_recvmsg6";
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
     pub const LSM_PROBE: &str = "leash_lsm_probe";
 
@@ -285,7 +287,11 @@ pub struct LsmPolicy {
     pub proxy_addr: [u32; 4],
     /// The proxy's port, host byte order.
     pub proxy_port: u16,
-    pub _pad: [u8; 6],
+    /// With [`lsm_rule::TRANSPARENT`]: the proxy's transparent TCP port and resolver UDP port
+    /// at `proxy_addr` ([`SandboxNet`]), host byte order.
+    pub transparent_port: u16,
+    pub dns_port: u16,
+    pub _pad: [u8; 2],
 }
 
 /// [`LsmPolicy::deny`] flags, one per `kernel.deny` word of the policy file.
@@ -335,6 +341,10 @@ pub mod lsm_rule {
     pub const PROXY_ONLY: u32 = 1 << 3;
     /// The sandbox also covers every cgroup below its own.
     pub const DESCENDANTS: u32 = 1 << 4;
+    /// Transparent mode ([`crate::SANDBOX_TRANSPARENT`]): with `PROXY_ONLY`, a socket created in
+    /// the sandbox may connect or send anywhere, since the cgroup programs that run after this
+    /// hook redirect it to the proxy or refuse it; the proxy's other two ports count as the proxy.
+    pub const TRANSPARENT: u32 = 1 << 5;
 }
 
 /// Values of `LEASH_LSM_EXEC_ALLOW`: what a sandbox may do with the file. Any entry may be mapped
@@ -439,12 +449,17 @@ pub struct SandboxNet {
     pub addr: [u32; 4],
     /// Proxy port in host byte order.
     pub port: u16,
-    pub _pad: [u8; 2],
+    /// With [`SANDBOX_TRANSPARENT`]: the port, at `addr`, of the proxy's listener for redirected
+    /// TCP connections (host byte order).
+    pub transparent_port: u16,
     /// 1 when `addr` is an IPv4-mapped address (the proxy listens on IPv4).
     pub is_ipv4: u32,
     /// `SANDBOX_*` flags.
     pub flags: u32,
-    pub _pad2: u32,
+    /// With [`SANDBOX_TRANSPARENT`]: the UDP port, at `addr`, of leash's resolver (host byte
+    /// order).
+    pub dns_port: u16,
+    pub _pad2: [u8; 2],
     /// The network namespace (its cookie, `SO_NETNS_COOKIE`) the proxy listens in; connects
     /// from any other namespace are refused, so `127.0.0.1` means that namespace's loopback.
     /// 0: not checked (`leash run`, whose sandbox shares leash's own namespace).
@@ -458,6 +473,23 @@ pub const SANDBOX_RECORD_OWNERS: u32 = 1;
 /// [`SandboxNet::flags`]: the sandbox belongs to the node daemon (its garbage collection may
 /// remove it); without it the sandbox is a `leash run`'s.
 pub const SANDBOX_NODE: u32 = 2;
+
+/// [`SandboxNet::flags`]: transparent mode. A TCP connect to anywhere but the proxy is redirected
+/// to the proxy's `transparent_port` and a UDP datagram or connect to port 53 to `dns_port`; the
+/// original destination is recorded for the proxy ([`ConnOwner::dest`], [`OriginalDest`]).
+/// Requires [`SANDBOX_RECORD_OWNERS`] (the records are how the proxy learns the destination).
+pub const SANDBOX_TRANSPARENT: u32 = 4;
+
+/// Where a redirected socket meant to go: the address in [`SandboxNet::addr`]'s encoding (IPv4
+/// stored IPv4-mapped) and the port in host byte order; port 0 when the socket was not
+/// redirected (it connected to the proxy itself).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDest {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
 
 /// Index of each verdict counter in [`Counters::values`].
 pub mod counter {
@@ -499,6 +531,9 @@ pub struct ConnOwner {
     /// Thread-group id (the process id userspace knows).
     pub pid: u32,
     pub uid: u32,
+    /// Where the process connected to, when transparent mode redirected the connection.
+    pub dest: OriginalDest,
+    pub _pad: u32,
 }
 
 /// Which hook denied something, in [`DenyEvent::hook`].
@@ -634,7 +669,8 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<SandboxNet>() == 40);
     assert!(size_of::<Counters>() == 8 * counter::COUNT);
-    assert!(size_of::<ConnOwner>() == 16);
+    assert!(size_of::<OriginalDest>() == 20);
+    assert!(size_of::<ConnOwner>() == 40);
     assert!(size_of::<LsmPolicy>() == 32);
     assert!(size_of::<InodeKey>() == 24);
     assert!(size_of::<UnixKey>() == 8 + 4 + UNIX_PATH_MAX);

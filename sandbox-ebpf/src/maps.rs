@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use sandbox_common::{
-    ConnOwner, Counters, DenyEvent, InodeKey, LsmPolicy, SandboxNet, UnixKey, EVENTS_BYTES, LSM_FILTER_SLOTS,
-    MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
+    ConnOwner, Counters, DenyEvent, InodeKey, LsmPolicy, OriginalDest, SandboxNet, UnixKey, EVENTS_BYTES,
+    LSM_FILTER_SLOTS, MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
 };
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
@@ -53,6 +53,12 @@ pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entr
 /// sock_ops; read by the proxy at accept.
 #[map(name = "LEASH_PROXY_CLIENTS")]
 pub static PROXY_CLIENTS: LruHashMap<u32, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Socket cookie -> the resolver address a UDP socket of a transparent sandbox sent a DNS query
+/// to, before sendmsg4/6 or connect4/6 redirected it to leash's resolver; recvmsg4/6 show
+/// replies as coming from there. Least recently used entries make room.
+#[map(name = "LEASH_DNS_SOURCES")]
+pub static DNS_SOURCES: LruHashMap<u64, OriginalDest> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 /// Sandbox cgroup id -> what the BPF-LSM programs refuse it. Written by userspace
 /// (`sandbox-user/src/kernel/lsm.rs`), sized by `MAX_SANDBOXES`. Unlike the network maps, a

@@ -37,6 +37,7 @@ pub struct CompiledPolicy {
     run_as: RunAs,
     credentials: Vec<Credential>,
     kernel: Option<KernelRules>,
+    transparent: bool,
 }
 
 /// The proxy's answer to "may the agent connect to HOST:PORT?".
@@ -221,6 +222,19 @@ pub struct KernelRules {
 }
 
 impl CompiledPolicy {
+    /// `network.transparent`: redirect every TCP connection and DNS query to the proxy.
+    pub fn transparent(&self) -> bool {
+        self.transparent
+    }
+
+    /// The network policy of the first endpoint (in file order) whose host pattern covers the
+    /// name `host` on any port: what leash's resolver answers in transparent mode. `binaries:`
+    /// are not considered (a query does not say which executable will connect; the connection
+    /// is judged when it comes).
+    pub fn names(&self, host: &str) -> Option<&str> {
+        self.network.iter().find(|p| p.endpoints.iter().any(|e| e.host.matches(host))).map(|p| p.name.as_str())
+    }
+
     /// Decides whether the agent may connect to `host:port`: the first endpoint (in file order)
     /// whose host pattern and ports cover it allows it.
     pub fn network_decision(&self, host: &str, port: u16) -> NetworkDecision {
@@ -318,6 +332,7 @@ pub fn compile(document: Document) -> CompiledPolicy {
             .map(|(name, spec)| compile_credential(name.as_str(), spec))
             .collect(),
         kernel: document.kernel.map(compile_kernel),
+        transparent: document.network.is_some_and(|n| n.transparent),
     }
 }
 

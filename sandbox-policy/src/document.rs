@@ -49,6 +49,20 @@ pub struct Document {
     pub credentials: Entries<EnvVarName, CredentialSpec>,
     /// BPF-LSM rules (leash extension).
     pub kernel: Option<Kernel>,
+    /// How the sandbox reaches the proxy (leash extension).
+    pub network: Option<Network>,
+}
+
+/// `network:` — how the agent's connections reach the proxy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Transparent mode: a TCP connection to any address (not only to the proxy) is redirected
+    /// to the proxy in the kernel and judged by the name it was meant for, and DNS queries go to
+    /// leash's resolver, which answers only names the policy allows. For clients that do not
+    /// honour `HTTPS_PROXY`. Read when the sandbox starts (not on reload). Default: off.
+    #[serde(default)]
+    pub transparent: bool,
 }
 
 /// The `version:` key; reading it fails unless it is [`SUPPORTED_VERSION`].

@@ -29,6 +29,12 @@ pub fn render(text: &str, policy: &CompiledPolicy) -> String {
          # network: TCP to leash's proxy only, which serves this sandbox alone\n\
          # identity: never root, no supplementary groups, no_new_privs, a session and terminal of its own\n",
     );
+    if policy.transparent() {
+        out.push_str(
+            "# network.transparent: TCP to any address is redirected to the proxy and judged by the name it was for;\n\
+             #   DNS (UDP port 53, any address) goes to leash's resolver: allowed names only, nothing forwarded\n",
+        );
+    }
     match policy.kernel() {
         Some(kernel) => {
             let _ = writeln!(out, "# kernel:");

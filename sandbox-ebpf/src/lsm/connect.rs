@@ -1,7 +1,8 @@
 //! `lsm/socket_connect` and `lsm/socket_sendmsg`: where a sandbox's IP sockets may connect or
 //! send (unix sockets are judged by their peer, in `unix.rs`).
 //!
-//! - AF_INET/AF_INET6 (`lsm_rule::PROXY_ONLY`): only the proxy. The cgroup programs already
+//! - AF_INET/AF_INET6 (`lsm_rule::PROXY_ONLY`): only the proxy (with `lsm_rule::TRANSPARENT`, a
+//!   socket created in the sandbox anywhere: the cgroup programs redirect it to the proxy). The cgroup programs already
 //!   enforce this for the sandbox's own sockets; this is the second line, on the syscall path
 //!   every caller (io_uring included) goes through, and the only line for a socket created
 //!   outside the sandbox (passed in with `SCM_RIGHTS`, or held by a process moved in): the
@@ -17,7 +18,7 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_rule, Hook};
 
 use super::kernel::{field, layout_set, offset, read};
-use super::{current_sandbox, deny, Event, Sandbox, ALLOW};
+use super::{current_sandbox, deny, socket_of, Event, Sandbox, ALLOW};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -30,9 +31,20 @@ pub fn leash_lsm_socket_connect(ctx: LsmContext) -> i32 {
     if sandbox.policy.rules & lsm_rule::PROXY_ONLY == 0 {
         return ALLOW;
     }
+    let sock: u64 = ctx.arg(0);
+    if redirected(&sandbox, sock) {
+        return ALLOW;
+    }
     let address: u64 = ctx.arg(1);
     let len: i32 = ctx.arg(2);
     judge(&sandbox, Hook::LsmConnect, address, len)
+}
+
+/// Transparent mode: a socket created in the sandbox is left to the cgroup programs, which run
+/// after this hook and redirect it to the proxy or refuse it. `sock` is typed (`struct socket *`).
+#[inline(always)]
+fn redirected(sandbox: &Sandbox, sock: u64) -> bool {
+    sandbox.policy.rules & lsm_rule::TRANSPARENT != 0 && socket_of(field(sock, offset!(socket_sk)), sandbox)
 }
 
 #[lsm(hook = "socket_sendmsg")]
@@ -53,6 +65,9 @@ pub fn leash_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
     // No address: the socket's peer (a unix socket's was judged when it connected). With one: the
     // address, and the peer too when connected, since TCP ignores the address then.
     let sock: u64 = ctx.arg(0);
+    if name != 0 && redirected(&sandbox, sock) {
+        return ALLOW;
+    }
     if name == 0 {
         return judge_peer(&sandbox, sock, true);
     }
@@ -121,10 +136,14 @@ fn judge_inet(sandbox: &Sandbox, hook: Hook, address: u64, family: u16) -> i32 {
     verdict(sandbox, hook, family, port, &words)
 }
 
-/// Allows the proxy's address and port (`port` 0 never is), refuses anything else.
+/// Allows the proxy's address and port (`port` 0 never is) — in transparent mode its
+/// transparent and resolver ports too —, refuses anything else.
 #[inline(always)]
 fn verdict(sandbox: &Sandbox, hook: Hook, family: u16, port: u16, words: &[u32; 4]) -> i32 {
-    if port != 0 && port == sandbox.policy.proxy_port && *words == sandbox.policy.proxy_addr {
+    let policy = &sandbox.policy;
+    let proxy_port = port == policy.proxy_port
+        || (policy.rules & lsm_rule::TRANSPARENT != 0 && (port == policy.transparent_port || port == policy.dns_port));
+    if port != 0 && proxy_port && *words == policy.proxy_addr {
         return ALLOW;
     }
     let mut event = Event::new(hook);

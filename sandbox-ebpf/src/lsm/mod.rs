@@ -145,6 +145,17 @@ pub fn sandbox_of_cgroup(cgroup: u64) -> Option<Sandbox> {
     ancestor_sandbox(cgroup, *LSM_LEVELS.get(0)?)
 }
 
+/// Whether the socket (`struct sock`) at `sk` was created in `sandbox`: its cgroup, which the
+/// cgroup programs judge it by, is one of the sandbox's. Fails closed while the layout is not set.
+#[inline(always)]
+pub fn socket_of(sk: u64, sandbox: &Sandbox) -> bool {
+    // Read, not loaded: on 6.x the member is a typed pointer, and its low bits are tested.
+    layout_set()
+        && read_u64(sk, offset!(sk_cgrp_data)).is_some_and(|cgroup| {
+            cgroup != 0 && cgroup & 3 == 0 && sandbox_of_cgroup(cgroup).is_some_and(|s| s.id == sandbox.id)
+        })
+}
+
 /// Whether the task at kernel address `task` is in `sandbox`. Fails closed (false) while the
 /// layout is not set.
 #[inline(always)]

@@ -25,7 +25,7 @@ use aya_ebpf::{
 use sandbox_common::{lsm_rule, Hook, UnixKey, UNIX_PATH_MAX};
 
 use super::kernel::{field, layout_set, offset, read, read_u64};
-use super::{current_sandbox, deny, sandbox_of_cgroup, Event, Sandbox, ALLOW};
+use super::{current_sandbox, deny, socket_of, Event, Sandbox, ALLOW};
 use crate::maps::LSM_UNIX_ALLOW;
 
 const AF_UNIX: u32 = 1;
@@ -68,11 +68,8 @@ fn judge(sandbox: &Sandbox, hook: Hook, sk: u64) -> i32 {
     if sk == 0 || !layout_set() {
         return deny(sandbox, &unix_event(hook));
     }
-    // Read, not loaded: on 6.x the member is a typed pointer, and its low bits are tested.
-    if let Some(cgroup) = read_u64(sk, offset!(sk_cgrp_data)) {
-        if cgroup != 0 && cgroup & 3 == 0 && sandbox_of_cgroup(cgroup).is_some_and(|s| s.id == sandbox.id) {
-            return ALLOW;
-        }
+    if socket_of(sk, sandbox) {
+        return ALLOW;
     }
     let mut key = UnixKey { sandbox: sandbox.id, len: 0, path: [0; UNIX_PATH_MAX] };
     // `unix_sock.addr` lies past `struct sock`, beyond what the typed pointer allows: read.

@@ -2,7 +2,8 @@
 //! /proc. Enforces nothing itself; the proxy applies `binaries:` rules with what it records.
 //!
 //! 1. `connect4/6` (process context) call [`remember_owner`] for every allowed connect when the
-//!    sandbox asks for it (`SANDBOX_RECORD_OWNERS`): socket cookie -> pid, uid, cgroup.
+//!    sandbox asks for it (`SANDBOX_RECORD_OWNERS`): socket cookie -> pid, uid, cgroup, and the
+//!    original destination of a connection transparent mode redirected.
 //! 2. `sockops` (attached only to sandboxes that record owners) at `ACTIVE_ESTABLISHED` (often softirq context, where the current task is not
 //!    the owner) moves that record to the connection's local port, which is the peer port the
 //!    proxy sees at accept.
@@ -16,20 +17,21 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
     EbpfContext,
 };
-use sandbox_common::ConnOwner;
+use sandbox_common::{ConnOwner, OriginalDest};
 
 use crate::maps::{PROXY_CLIENTS, SOCKET_OWNERS};
 
 /// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: a connection this socket initiated is established.
 const ACTIVE_ESTABLISHED: u32 = 4;
 
-/// Records the calling process as the owner of the socket being connected.
+/// Records the calling process as the owner of the socket being connected, and `dest`, where
+/// it meant to go when transparent mode redirected it (port 0 otherwise).
 #[inline(always)]
-pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64) {
+pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64, dest: OriginalDest) {
     // SAFETY: plain BPF helper calls on the program's own context.
     let (cookie, pid_tgid, uid_gid) =
         unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_current_pid_tgid(), bpf_get_current_uid_gid()) };
-    let owner = ConnOwner { cgroup_id, pid: (pid_tgid >> 32) as u32, uid: uid_gid as u32 };
+    let owner = ConnOwner { cgroup_id, pid: (pid_tgid >> 32) as u32, uid: uid_gid as u32, dest, _pad: 0 };
     let _ = SOCKET_OWNERS.insert(&cookie, &owner, 0);
 }
 

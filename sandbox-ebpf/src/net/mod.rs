@@ -3,8 +3,10 @@
 //!
 //! | file | hook | what it stops |
 //! |---|---|---|
-//! | `connect.rs` | `cgroup/connect4`, `connect6` | TCP/UDP connect (and TCP fast open) to anything but the proxy |
-//! | `sendmsg.rs` | `cgroup/sendmsg4`, `sendmsg6` | every unconnected UDP datagram (DNS included: the proxy resolves names) |
+//! | `connect.rs` | `cgroup/connect4`, `connect6` | TCP/UDP connect (and TCP fast open) to anything but the proxy (transparent mode: redirected) |
+//! | `sendmsg.rs` | `cgroup/sendmsg4`, `sendmsg6` | every unconnected UDP datagram (transparent mode: DNS redirected to leash's resolver) |
+//! | `recvmsg.rs` | `cgroup/recvmsg4`, `recvmsg6` | nothing: shows resolver replies as from the resolver the client addressed |
+//! | `redirect.rs` | (helpers) | transparent mode: where a redirected socket goes, and what is recorded |
 //! | `sock_create.rs` | `cgroup/sock_create` | raw and ICMP (ping) sockets |
 //! | `skb.rs` | `cgroup_skb/egress`, `ingress` | any packet not to or from the proxy: the backstop for paths that never call connect |
 //! | `identity.rs` | `sockops` (+ a helper for connect) | nothing: records which process owns each connection to the proxy, for `binaries:` rules |
@@ -14,6 +16,8 @@
 
 mod connect;
 mod identity;
+mod recvmsg;
+mod redirect;
 mod sendmsg;
 mod skb;
 mod sock_create;

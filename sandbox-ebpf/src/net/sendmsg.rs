@@ -1,19 +1,21 @@
 //! `cgroup/sendmsg4` and `cgroup/sendmsg6`: no datagram with an explicit destination leaves a
-//! sandbox. The proxy speaks TCP only and resolves names itself, so a sandbox needs no UDP, DNS
-//! included. (Connected UDP is already stopped by `connect.rs`.) Minimum kernel: 4.18.
+//! sandbox. The proxy speaks TCP only and resolves names itself, so a sandbox needs no UDP; in
+//! transparent mode DNS queries (UDP to port 53, at any address) go to leash's resolver instead
+//! (`redirect.rs`). (Connected UDP is judged by `connect.rs`.) Minimum kernel: 4.18.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use sandbox_common::{counter, Hook};
+use sandbox_common::{counter, Hook, OriginalDest};
 
-use super::{count, current_cgroup, report, words_to_bytes, Event, AF_INET, AF_INET6, DENY};
+use super::connect::{event_addr, in_proxy_netns};
+use super::redirect::{self, mapped4, IPPROTO_UDP};
+use super::{count, current_cgroup, report, sandbox, Event, AF_INET, AF_INET6, ALLOW, DENY};
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn leash_sendmsg4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands sock_addr programs a valid context.
     let sa = unsafe { &*ctx.sock_addr };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-    deny_datagram(Hook::Sendmsg4, AF_INET, sa.type_, sa.protocol, addr, sa.user_port)
+    let words = mapped4(sa.user_ip4);
+    judge(&ctx, Hook::Sendmsg4, AF_INET, sa.type_, sa.protocol, words, sa.user_port)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
@@ -21,14 +23,37 @@ pub fn leash_sendmsg6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands sock_addr programs a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     let ip6 = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
-    deny_datagram(Hook::Sendmsg6, AF_INET6, sa.type_, sa.protocol, words_to_bytes(&ip6), sa.user_port)
+    judge(&ctx, Hook::Sendmsg6, AF_INET6, sa.type_, sa.protocol, ip6, sa.user_port)
 }
 
 #[inline(always)]
-fn deny_datagram(hook: Hook, family: u32, sock_type: u32, protocol: u32, addr: [u8; 16], port: u32) -> i32 {
+fn judge(
+    ctx: &SockAddrContext,
+    hook: Hook,
+    family: u32,
+    sock_type: u32,
+    protocol: u32,
+    words: [u32; 4],
+    port: u32,
+) -> i32 {
     let cgroup = current_cgroup();
-    count(cgroup, counter::SENDMSG_DENIED);
     let port = u16::from_be(port as u16);
-    report(cgroup, &Event { hook, family, sock_type, protocol, addr, port, ..Event::new(hook) }, true);
+    if let Some(proxy) = sandbox(cgroup) {
+        // Only DNS (UDP to 53) has a redirect for datagrams.
+        if protocol == IPPROTO_UDP && in_proxy_netns(ctx, &proxy) {
+            if let Some(to) = redirect::port_for(&proxy, sock_type, protocol, port) {
+                if redirect::rewrite(ctx, &proxy, family == AF_INET6, to) {
+                    redirect::remember_resolver(ctx, OriginalDest { addr: words, port, _pad: [0; 2] });
+                    return ALLOW;
+                }
+            }
+        }
+    }
+    count(cgroup, counter::SENDMSG_DENIED);
+    report(
+        cgroup,
+        &Event { hook, family, sock_type, protocol, addr: event_addr(family, &words), port, ..Event::new(hook) },
+        true,
+    );
     DENY
 }

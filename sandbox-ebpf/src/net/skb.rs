@@ -1,6 +1,6 @@
 //! `cgroup_skb/egress` and `cgroup_skb/ingress`: the backstop. Every IP packet a sandbox socket
 //! sends must be TCP to the proxy address and port; every packet it receives must be TCP from
-//! there. Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped,
+//! there (in transparent mode: or TCP to its transparent port, or UDP to its resolver's port). Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped,
 //! so a gap in the socket hooks cannot become a way out. Minimum kernel: 4.10 for the hook; the
 //! helper naming the packet's cgroup (`bpf_skb_cgroup_id`) must be allowed for this program
 //! type, which `leash doctor` checks by loading it.
@@ -9,8 +9,9 @@
 //! whose next header is not TCP is dropped.
 
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
-use sandbox_common::{counter, Hook, SandboxNet};
+use sandbox_common::{counter, Hook, SandboxNet, SANDBOX_TRANSPARENT};
 
+use super::redirect::IPPROTO_UDP;
 use super::{count, report, sandbox, words_to_bytes, Event, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP};
 
 /// Which end of the packet must be the proxy.
@@ -67,9 +68,17 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
     DENY
 }
 
+/// The proxy's address, at its port over TCP; in transparent mode also its transparent port
+/// (TCP) and its resolver's port (UDP).
 #[inline(always)]
 fn is_proxy(proxy: &SandboxNet, remote: &Remote) -> bool {
-    if remote.protocol != IPPROTO_TCP || remote.port != proxy.port {
+    let transparent = proxy.flags & SANDBOX_TRANSPARENT != 0;
+    let port_ok = match remote.protocol {
+        IPPROTO_TCP => remote.port == proxy.port || (transparent && remote.port == proxy.transparent_port),
+        IPPROTO_UDP => transparent && remote.port == proxy.dns_port,
+        _ => false,
+    };
+    if !port_ok || remote.port == 0 {
         return false;
     }
     if remote.family == AF_INET {
@@ -119,7 +128,7 @@ fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
 /// The remote port of a TCP/UDP header at `offset`; 0 for other protocols or a short packet.
 #[inline(always)]
 fn l4_port(ctx: &SkBuffContext, offset: usize, protocol: u32, dir: Direction) -> u16 {
-    if protocol != IPPROTO_TCP && protocol != 17 {
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         return 0;
     }
     // Source port first, destination port second.

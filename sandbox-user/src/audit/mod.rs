@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use sandbox_common::{DenyEvent, Hook};
 
-pub use ocsf::ProxyDecision;
+pub use ocsf::{DnsDecision, ProxyDecision};
 
 /// Where audit events go. Cheap to clone; safe to share between the proxy and the event pump.
 #[derive(Clone)]
@@ -100,6 +100,20 @@ impl Auditor {
             return;
         }
         let (json, line) = ocsf::proxy_decision(&self.inner.sandbox, decision);
+        self.emit(&json, (!decision.allowed).then_some(line.as_str()));
+    }
+
+    /// An answer of leash's resolver; refusals also get a stderr line.
+    pub fn dns_decision(&self, decision: &DnsDecision) {
+        if !decision.allowed {
+            if let Ok(mut t) = self.inner.tally.lock() {
+                t.name(decision.name.clone().unwrap_or_else(|| "?".into()));
+            }
+        }
+        if !self.records(decision.allowed) {
+            return;
+        }
+        let (json, line) = ocsf::dns_decision(&self.inner.sandbox, decision);
         self.emit(&json, (!decision.allowed).then_some(line.as_str()));
     }
 

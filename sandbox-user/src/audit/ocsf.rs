@@ -29,6 +29,21 @@ pub struct ProxyDecision {
     /// Names of the credentials swapped into this request.
     pub credentials: Vec<String>,
     pub client: Option<std::net::SocketAddr>,
+    /// Where the client connected when transparent mode redirected it to the proxy; `None` for
+    /// an explicit proxy client (CONNECT or absolute-form).
+    pub redirected_from: Option<std::net::SocketAddr>,
+}
+
+/// An answer of leash's resolver (transparent mode).
+#[derive(Debug, Clone, Default)]
+pub struct DnsDecision {
+    pub allowed: bool,
+    /// The name asked for, or `None` when it was not a host name.
+    pub name: Option<String>,
+    pub qtype: u16,
+    /// The network policy whose endpoint covers the name.
+    pub policy: Option<String>,
+    pub client: Option<std::net::SocketAddr>,
 }
 
 fn now_ms() -> u128 {
@@ -254,8 +269,9 @@ pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
         (Some(p), Some(r)) if d.allowed => format!("{p} {r}"),
         _ => d.reason.clone(),
     };
+    let redirected = d.redirected_from.map(|to| format!(" redirected from {to}")).unwrap_or_default();
     let line = printable(format!(
-        "{verdict} proxy {} {}:{}{} ({why}) [sandbox {sandbox}]",
+        "{verdict} proxy {} {}:{}{}{redirected} ({why}) [sandbox {sandbox}]",
         d.method,
         d.host,
         d.port,
@@ -275,11 +291,52 @@ pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
         "message": line,
         "metadata": metadata("proxy"),
         "http_request": { "http_method": d.method, "url": { "hostname": d.host, "port": d.port, "path": d.path } },
-        "dst_endpoint": { "hostname": d.host, "port": d.port },
+        "dst_endpoint": {
+            "hostname": d.host,
+            "port": d.port,
+            "ip": d.redirected_from.map(|to| to.ip().to_string()),
+        },
         "src_endpoint": d.client.map(|c| json!({ "ip": c.ip().to_string(), "port": c.port() })),
         "actor": { "process": { "file": d.binary.as_ref().map(|b| json!({ "path": b })) } },
         "firewall_rule": d.policy.as_ref().map(|p| json!({ "name": p, "desc": d.rule })),
-        "unmapped": { "reason": d.reason, "rule": d.rule, "sandbox": sandbox, "credentials": d.credentials },
+        "unmapped": {
+            "reason": d.reason,
+            "rule": d.rule,
+            "sandbox": sandbox,
+            "credentials": d.credentials,
+            "client_mode": if d.redirected_from.is_some() { "redirected" } else { "explicit" },
+        },
+    });
+    (json, line)
+}
+
+/// An answer of leash's resolver as OCSF JSON (DNS Activity) and a summary line.
+pub fn dns_decision(sandbox: &str, d: &DnsDecision) -> (Value, String) {
+    let verdict = if d.allowed { "answered" } else { "refused" };
+    let name = d.name.as_deref().unwrap_or("(not a host name)");
+    let why = match &d.policy {
+        Some(p) => p.clone(),
+        None => "no_matching_policy".to_owned(),
+    };
+    let line = printable(format!("{verdict} dns {name} type {} ({why}) [sandbox {sandbox}]", d.qtype));
+    let json = json!({
+        "class_uid": 4003,
+        "class_name": "DNS Activity",
+        "category_uid": 4,
+        "activity_id": 2,
+        "type_uid": 400302,
+        "time": now_ms(),
+        "severity_id": if d.allowed { 1 } else { 3 },
+        "status_id": if d.allowed { 1 } else { 2 },
+        "action_id": if d.allowed { 1 } else { 2 },
+        "disposition_id": if d.allowed { 1 } else { 2 },
+        "message": line,
+        "metadata": metadata("proxy"),
+        "query": { "hostname": d.name, "type": d.qtype },
+        "rcode": if d.allowed { "NoError" } else { "NXDomain" },
+        "src_endpoint": d.client.map(|c| json!({ "ip": c.ip().to_string(), "port": c.port() })),
+        "firewall_rule": d.policy.as_ref().map(|p| json!({ "name": p })),
+        "unmapped": { "sandbox": sandbox, "rule": if d.allowed { "allowed" } else { "no_matching_policy" } },
     });
     (json, line)
 }

@@ -14,6 +14,7 @@ pub struct Tally {
     requests: u64,
     kernel: u64,
     outsiders: u64,
+    names: u64,
     destinations: HashMap<String, u64>,
     rules: HashMap<String, u64>,
 }
@@ -36,6 +37,12 @@ impl Tally {
         *self.rules.entry(format!("kernel {hook}")).or_default() += 1;
     }
 
+    /// A name leash's resolver refused.
+    pub fn name(&mut self, name: String) {
+        self.names += 1;
+        *self.destinations.entry(format!("dns {name}")).or_default() += 1;
+    }
+
     /// A connection to the proxy from outside the sandbox.
     pub fn outsider(&mut self) {
         self.outsiders += 1;
@@ -43,13 +50,16 @@ impl Tally {
 
     /// The summary's lines, or none when nothing was denied.
     pub fn lines(&self) -> Vec<String> {
-        if self.connections + self.requests + self.kernel + self.outsiders == 0 {
+        if self.connections + self.requests + self.kernel + self.outsiders + self.names == 0 {
             return vec!["nothing was denied".to_owned()];
         }
         let mut first = format!(
             "denied: {} connection(s) and {} request(s) at the proxy, {} kernel action(s)",
             self.connections, self.requests, self.kernel
         );
+        if self.names > 0 {
+            let _ = write!(first, ", {} name(s) at the resolver", self.names);
+        }
         if self.outsiders > 0 {
             let _ = write!(first, ", {} connection(s) from outside the sandbox", self.outsiders);
         }

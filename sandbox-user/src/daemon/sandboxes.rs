@@ -32,7 +32,7 @@ use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::programs::sandbox_net;
 use crate::proxy::identity::holders_all_run;
-use sandbox_common::SANDBOX_NODE;
+use sandbox_common::{SANDBOX_NODE, SANDBOX_RECORD_OWNERS};
 
 /// A process asking the daemon something, identified by the kernel.
 #[derive(Debug)]
@@ -319,7 +319,7 @@ impl Node {
             let records: Vec<SandboxRecord> = state.registry.iter().cloned().collect();
             for r in records {
                 if r.cgroup.is_dir() {
-                    state.programs.attach(&r.cgroup, &r.id, r.record_owners)?;
+                    state.programs.attach(&r.cgroup, &r.id, owner_flags(r.record_owners))?;
                 }
                 state.programs.detach(&r.id, Some(generation))?;
             }
@@ -385,6 +385,15 @@ fn check_lsm(programs: &Generation, rules: &LsmRules, policy: &str) -> Result<()
     }
 }
 
+/// The `SandboxNet::flags` that decide which programs a node sandbox gets.
+fn owner_flags(record_owners: bool) -> u32 {
+    if record_owners {
+        SANDBOX_RECORD_OWNERS
+    } else {
+        0
+    }
+}
+
 /// Entries, links and the state file of a new sandbox.
 fn build(state: &mut State, r: &SandboxRecord, kernel: Option<&LsmRules>) -> Result<()> {
     let mut net = sandbox_net(r.proxy, r.record_owners);
@@ -393,10 +402,10 @@ fn build(state: &mut State, r: &SandboxRecord, kernel: Option<&LsmRules>) -> Res
     state.programs.add_entries(r.cgroup_id, net)?;
     if let Some(rules) = kernel {
         let registration =
-            Registration { cgroup_id: r.cgroup_id, level: 0, descendants: false, rules, proxy: Some(r.proxy) };
+            Registration { cgroup_id: r.cgroup_id, level: 0, descendants: false, rules, proxy: Some(net) };
         state.programs.register_lsm(&registration)?;
     }
-    state.programs.attach(&r.cgroup, &r.id, r.record_owners)?;
+    state.programs.attach(&r.cgroup, &r.id, net.flags)?;
     state.registry.insert(r.clone())
 }
 

@@ -32,7 +32,7 @@ use sandbox_common::{
 use super::btf::KernelBtf;
 use super::lsm::{program_of, LsmMaps, Registration, Unavailable};
 use super::pins::{self, entries, open_map, remove_tree, DirLock};
-use super::programs::{attach_link, load_program, ConnectionOwners, Kind, NET_PROGRAMS, OBJECT};
+use super::programs::{attach_link, attached_for, load_program, ConnectionOwners, Kind, NET_PROGRAMS, OBJECT};
 
 /// A directory in a generation saying its kernel cannot attach an LSM program again after
 /// detaching it (5.10 frees the program's trampoline at detach): links stay once attached.
@@ -193,7 +193,7 @@ impl Generation {
     /// `sandboxes/<sandbox>/`.
     pub fn confine(&mut self, sandbox: &str, cgroup: &Path, cgroup_id: u64, net: SandboxNet) -> Result<()> {
         self.add_entries(cgroup_id, net)?;
-        self.attach(cgroup, sandbox, net.flags & sandbox_common::SANDBOX_RECORD_OWNERS != 0)
+        self.attach(cgroup, sandbox, net.flags)
     }
 
     /// Writes the sandbox's network entries, keyed by its cgroup id.
@@ -205,14 +205,15 @@ impl Generation {
         Ok(())
     }
 
-    /// Attaches every network program of this generation to the cgroup at `cgroup` and pins the
-    /// links as `sandboxes/<sandbox>/<generation>--<program>`.
-    pub fn attach(&mut self, cgroup: &Path, sandbox: &str, record_owners: bool) -> Result<()> {
+    /// Attaches the network programs of this generation a sandbox with `SandboxNet::flags`
+    /// `flags` gets (`programs::attached_for`) to the cgroup at `cgroup` and pins the links as
+    /// `sandboxes/<sandbox>/<generation>--<program>`.
+    pub fn attach(&mut self, cgroup: &Path, sandbox: &str, flags: u32) -> Result<()> {
         let dir_path = pins::sandbox_dir(&self.bpffs, sandbox);
         std::fs::create_dir_all(&dir_path).with_context(|| format!("creating {}", dir_path.display()))?;
         let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for (program, kind, opened) in self.programs.iter_mut() {
-            if matches!(kind, Kind::SockOps) && !record_owners {
+            if !attached_for(*kind, flags) {
                 continue;
             }
             let link = attach_link(opened, program, *kind, &dir)?;

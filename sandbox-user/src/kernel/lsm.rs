@@ -15,19 +15,18 @@
 //! minimum kernel 5.7.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
 use sandbox_common::{
-    exec_right, lsm_filter_slot, lsm_rule, map_names, program_names, InodeKey, LsmPolicy, UnixKey, MAX_SANDBOX_LEVEL,
+    exec_right, lsm_filter_slot, lsm_rule, map_names, program_names, InodeKey, LsmPolicy, SandboxNet, UnixKey,
+    MAX_SANDBOX_LEVEL, SANDBOX_TRANSPARENT,
 };
 
 use super::lsm_rules::{FileId, LsmRules};
 use super::pins;
-use super::programs::sandbox_net;
 
 /// A hook that did not attach, and why.
 #[derive(Debug, Clone)]
@@ -44,8 +43,9 @@ pub struct Registration<'a> {
     /// Whether cgroups below it belong to it too.
     pub descendants: bool,
     pub rules: &'a LsmRules,
-    /// The proxy, the one IP address its sockets may reach (`lsm_rule::PROXY_ONLY`).
-    pub proxy: Option<SocketAddr>,
+    /// The sandbox's proxy, the one IP address its sockets may reach (`lsm_rule::PROXY_ONLY`),
+    /// as its network entry holds it (with the transparent ports in transparent mode).
+    pub proxy: Option<SandboxNet>,
 }
 
 /// The BPF-LSM maps: which cgroups are sandboxes, their lists, and the cgroup levels of sandboxes
@@ -124,8 +124,12 @@ impl LsmMaps {
         let id = r.cgroup_id;
         self.replace_lists(id, r.rules)?;
         let mut policy = LsmPolicy { deny: r.rules.deny, rules: r.rules.rules, ..Default::default() };
-        if let Some(proxy) = r.proxy {
-            let net = sandbox_net(proxy, false);
+        if let Some(net) = r.proxy {
+            if net.flags & SANDBOX_TRANSPARENT != 0 {
+                policy.rules |= lsm_rule::TRANSPARENT;
+                policy.transparent_port = net.transparent_port;
+                policy.dns_port = net.dns_port;
+            }
             policy.rules |= lsm_rule::PROXY_ONLY;
             policy.proxy_addr = net.addr;
             policy.proxy_port = net.port;

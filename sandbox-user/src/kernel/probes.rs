@@ -42,7 +42,11 @@ pub fn cgroup_programs() -> Result<String> {
     let root = mounts::cgroup2_root()?;
     let name = format!("probe-{}", std::process::id());
     let probe = SandboxCgroup::create(&root, &name)?;
-    let attached = generation.attach(probe.path(), &name, true);
+    let attached = generation.attach(
+        probe.path(),
+        &name,
+        sandbox_common::SANDBOX_RECORD_OWNERS | sandbox_common::SANDBOX_TRANSPARENT,
+    );
     let detached = generation.detach(&name, None);
     probe.remove()?;
     attached?;

@@ -32,7 +32,7 @@ pub(crate) enum Kind {
 }
 
 /// The network programs in attach order.
-pub(crate) const NET_PROGRAMS: [(&str, Kind); 8] = [
+pub(crate) const NET_PROGRAMS: [(&str, Kind); 10] = [
     (prog::SOCK_CREATE, Kind::Sock),
     (prog::CONNECT4, Kind::SockAddr(CgroupSockAddrAttachType::Connect4)),
     (prog::CONNECT6, Kind::SockAddr(CgroupSockAddrAttachType::Connect6)),
@@ -41,7 +41,23 @@ pub(crate) const NET_PROGRAMS: [(&str, Kind); 8] = [
     (prog::SKB_EGRESS, Kind::Skb(CgroupSkbAttachType::Egress)),
     (prog::SKB_INGRESS, Kind::Skb(CgroupSkbAttachType::Ingress)),
     (prog::SOCK_OPS, Kind::SockOps),
+    (prog::RECVMSG4, Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4)),
+    (prog::RECVMSG6, Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg6)),
 ];
+
+/// Whether a sandbox with `SandboxNet::flags` `flags` gets program `kind`: `sock_ops` only when
+/// it records connection owners, `recvmsg4/6` only in transparent mode (they restore the
+/// source of its resolver's replies); every other program always.
+pub(crate) fn attached_for(kind: Kind, flags: u32) -> bool {
+    use sandbox_common::{SANDBOX_RECORD_OWNERS, SANDBOX_TRANSPARENT};
+    match kind {
+        Kind::SockOps => flags & SANDBOX_RECORD_OWNERS != 0,
+        Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4 | CgroupSockAddrAttachType::UDPRecvMsg6) => {
+            flags & SANDBOX_TRANSPARENT != 0
+        }
+        _ => true,
+    }
+}
 
 /// Loads network program `name` of `ebpf` into the kernel (the verifier runs here).
 pub(crate) fn load_program(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Result<()> {
@@ -126,10 +142,26 @@ pub fn sandbox_net(proxy: std::net::SocketAddr, record_owners: bool) -> SandboxN
     SandboxNet {
         addr: [word(0), word(4), word(8), word(12)],
         port: proxy.port(),
-        _pad: [0; 2],
+        transparent_port: 0,
         is_ipv4,
         flags,
-        _pad2: 0,
+        dns_port: 0,
+        _pad2: [0; 2],
         netns_cookie: 0,
     }
+}
+
+/// The ports of a proxy's transparent listener (TCP) and resolver (UDP), at the proxy's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransparentPorts {
+    pub tcp: u16,
+    pub dns: u16,
+}
+
+/// `net` in transparent mode: connects elsewhere go to `ports` (which needs owner records).
+pub fn transparent(mut net: SandboxNet, ports: TransparentPorts) -> SandboxNet {
+    net.transparent_port = ports.tcp;
+    net.dns_port = ports.dns;
+    net.flags |= sandbox_common::SANDBOX_TRANSPARENT | sandbox_common::SANDBOX_RECORD_OWNERS;
+    net
 }

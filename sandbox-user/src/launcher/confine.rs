@@ -66,6 +66,9 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
         .context("reading the daemon's policy answer")?;
     drop(daemon);
     let policy = policy::parse_str(&format!("<node policy {}>", text.name), &text.yaml).map_err(|e| anyhow!("{e}"))?;
+    if policy.transparent() {
+        bail!("the node policy {} sets network.transparent, which leash confine does not offer yet: only leash run redirects connections and DNS", text.name);
+    }
     let identity = own_identity();
     let id = SandboxId::for_self()?;
     let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;

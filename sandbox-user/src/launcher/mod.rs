@@ -35,6 +35,7 @@ use anyhow::{bail, Context, Result};
 use crate::audit::Auditor;
 use crate::kernel::generation::{this_generation, Generation};
 use crate::kernel::lsm_rules::LsmRules;
+use crate::kernel::programs::{self, sandbox_net};
 use crate::kernel::{mounts, reaper, sandbox_id::SandboxId};
 use crate::policy::{self, CompiledPolicy, FilesystemRules};
 use crate::proxy::{BoundProxy, Proxy, ProxyConfig, SandboxPeers, Secrets};
@@ -102,6 +103,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     // Without a `kernel:` section the baseline rules apply where BPF-LSM works, and nothing is
     // missing where it does not: the mount namespace keeps host sockets away (`mount_ns`).
     let kernel_required = policy.kernel().is_some();
+    let transparent_mode = policy.transparent();
     let kernel_rules =
         LsmRules::for_policy(policy.kernel(), &protect).context("resolving the policy's `kernel:` section")?;
     for path in &kernel_rules.missing_deny_open {
@@ -142,9 +144,14 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         let trust = trust::AgentTrustDir::write(&id, proxy.ca())?;
         Ok((proxy, trust))
     });
-    let bound = BoundProxy::bind(opts.proxy_listen).await?;
+    let mut bound = BoundProxy::bind(opts.proxy_listen).await?;
+    // Every connection to the proxy is recorded with its owner: the proxy serves only those.
+    let mut net = sandbox_net(bound.addr(), true);
+    if transparent_mode {
+        net = programs::transparent(net, bound.bind_transparent().await?);
+    }
     let built = roots.and_then(|(cgroup_root, bpffs, generation)| {
-        sandbox::Sandbox::create(id, &cgroup_root, &bpffs, generation, bound.addr())
+        sandbox::Sandbox::create(id, &cgroup_root, &bpffs, generation, net)
     });
     // The watchdog starts while the proxy's TLS material is still being made.
     let watchdog = match built.as_ref().ok().and_then(|s| s.cgroup()) {
@@ -336,7 +343,7 @@ async fn run_inside(
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             let procs = s.cgroup().context("sandbox cgroup missing")?.path().join("cgroup.procs");
-            let peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.addr());
+            let peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.listeners());
             if agent.binaries_rules || opts.learn.is_some() {
                 proxy.set_connection_owners(peers.owner_source())?;
             }

@@ -4,21 +4,20 @@
 //! starts; torn down after, leaving nothing behind. If leash dies instead, the pins keep the
 //! cgroup confined until the next run reaps it.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use sandbox_common::{Counters, DenyEvent};
+use sandbox_common::{Counters, DenyEvent, SandboxNet};
 
 use crate::kernel::cgroup::SandboxCgroup;
 use crate::kernel::events::EventPump;
 use crate::kernel::generation::{retire_unused, EventSlot, Generation};
 use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
-use crate::kernel::programs::{sandbox_net, ConnectionOwners};
+use crate::kernel::programs::ConnectionOwners;
 use crate::kernel::sandbox_id::SandboxId;
 
 pub struct Sandbox {
@@ -32,20 +31,20 @@ pub struct Sandbox {
     event_slot: Option<EventSlot>,
     /// True once registered with the BPF-LSM programs.
     lsm: bool,
-    proxy: SocketAddr,
+    /// The sandbox's network entry: its proxy (and transparent ports).
+    net: SandboxNet,
 }
 
 impl Sandbox {
-    /// Creates the cgroup, writes the entries for `proxy`, registers the event ring and attaches
-    /// the programs of `generation`. On failure everything created so far is removed again.
-    /// Every connection to the proxy is recorded with its owner: the proxy serves only
-    /// connections so recorded.
+    /// Creates the cgroup, writes its network entry `net` (which must record connection owners:
+    /// the proxy serves only connections so recorded), registers the event ring and attaches the
+    /// programs of `generation`. On failure everything created so far is removed again.
     pub fn create(
         id: SandboxId,
         cgroup_root: &Path,
         bpffs: &Path,
         generation: Generation,
-        proxy: SocketAddr,
+        net: SandboxNet,
     ) -> Result<Self> {
         let name = id.to_string();
         let cgroup = SandboxCgroup::create(cgroup_root, &name)?;
@@ -57,7 +56,7 @@ impl Sandbox {
             events: None,
             event_slot: None,
             lsm: false,
-            proxy,
+            net,
         };
         if let Err(e) = sandbox.confine() {
             sandbox.teardown();
@@ -72,7 +71,7 @@ impl Sandbox {
         // The ring first: the sandbox's first denial already goes to it.
         let (ring, slot) = generation.own_events(cgroup.id())?;
         (self.events, self.event_slot) = (Some(ring), Some(slot));
-        generation.confine(&self.name, cgroup.path(), cgroup.id(), sandbox_net(self.proxy, true))
+        generation.confine(&self.name, cgroup.path(), cgroup.id(), self.net)
     }
 
     /// Registers this sandbox with the BPF-LSM programs under `rules` (and its proxy as the one
@@ -82,7 +81,7 @@ impl Sandbox {
     pub fn enforce_kernel_rules(&mut self, rules: &LsmRules) -> Result<Vec<&'static str>> {
         let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
         let registration =
-            Registration { cgroup_id: cgroup.id(), level: 0, descendants: false, rules, proxy: Some(self.proxy) };
+            Registration { cgroup_id: cgroup.id(), level: 0, descendants: false, rules, proxy: Some(self.net) };
         let mut generation = lock(&self.generation)?;
         generation.register_lsm(&registration)?;
         self.lsm = true;
@@ -98,7 +97,7 @@ impl Sandbox {
     /// BPF-LSM is enforcing.
     pub fn kernel_rules_updater(&self) -> Option<KernelRulesUpdater> {
         let cgroup_id = self.cgroup.as_ref()?.id();
-        self.lsm.then(|| KernelRulesUpdater { generation: self.generation.clone(), cgroup_id, proxy: self.proxy })
+        self.lsm.then(|| KernelRulesUpdater { generation: self.generation.clone(), cgroup_id, net: self.net })
     }
 
     pub fn cgroup(&self) -> Option<&SandboxCgroup> {
@@ -164,7 +163,7 @@ fn lock(generation: &Mutex<Generation>) -> Result<std::sync::MutexGuard<'_, Gene
 pub struct KernelRulesUpdater {
     generation: Arc<Mutex<Generation>>,
     cgroup_id: u64,
-    proxy: SocketAddr,
+    net: SandboxNet,
 }
 
 impl KernelRulesUpdater {
@@ -172,7 +171,7 @@ impl KernelRulesUpdater {
     /// generation: a rule needing a hook this kernel lacks stays unenforced (reported at start).
     pub fn update(&self, rules: &LsmRules) -> Result<()> {
         let registration =
-            Registration { cgroup_id: self.cgroup_id, level: 0, descendants: false, rules, proxy: Some(self.proxy) };
+            Registration { cgroup_id: self.cgroup_id, level: 0, descendants: false, rules, proxy: Some(self.net) };
         lock(&self.generation)?.update_lsm(&registration)
     }
 }

@@ -22,11 +22,13 @@ use super::state::PolicyState;
 use super::upstream::{dial_checked, DialError};
 use super::{addresses, identity, learning, request, tunnel, Proxy, ProxyBody};
 
-/// Who is asking: the agent's address as the proxy sees it and, when known, its executable.
+/// Who is asking: the agent's address as the proxy sees it and, when known, its executable;
+/// for a connection transparent mode redirected, where it was meant to go.
 #[derive(Clone)]
 pub struct Client {
     pub addr: SocketAddr,
     pub binary: Option<PathBuf>,
+    pub redirected_from: Option<SocketAddr>,
 }
 
 pub async fn handle(
@@ -55,7 +57,7 @@ pub async fn handle(
 }
 
 /// The L4 decision for `host:port`, audited; `Err` is the refusal to send.
-fn decide(
+pub(super) fn decide(
     state: &PolicyState,
     proxy: &Proxy,
     method: &str,
@@ -78,6 +80,7 @@ fn decide(
             binary: client.binary.as_ref().map(|b| b.display().to_string()),
             credentials: vec![],
             client: Some(client.addr),
+            redirected_from: client.redirected_from,
         });
     }
     if verdict.allow {
@@ -116,7 +119,7 @@ fn learns_instead(state: &PolicyState, proxy: &Proxy, host: &NormalizedHost, por
     proxy.learner.get().is_some() && !decide_for_owner(state, proxy, &host.to_string(), port, client).allow
 }
 
-fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> Option<&'a CompiledEndpoint> {
+pub(super) fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> Option<&'a CompiledEndpoint> {
     state.endpoint(verdict.endpoint_ref?)
 }
 

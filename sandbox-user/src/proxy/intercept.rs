@@ -40,6 +40,8 @@ pub struct Tunnel {
     pub client: SocketAddr,
     /// The TLS client named another host in SNI than in CONNECT (domain fronting).
     pub sni_mismatch: bool,
+    /// Where the agent connected, when transparent mode redirected the connection here.
+    pub redirected_from: Option<SocketAddr>,
     /// This tunnel's own HTTP/1.1 upstream connection: the agent's HTTP/1.1 requests arrive one
     /// at a time, so they go over it without the shared pool's hand-offs.
     pub upstream: tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<super::ProxyBody>>>,
@@ -78,6 +80,7 @@ impl Tunnel {
             binary,
             client,
             sni_mismatch: false,
+            redirected_from: None,
             upstream: Default::default(),
         }
     }

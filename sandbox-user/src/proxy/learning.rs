@@ -181,6 +181,7 @@ async fn learning_state(
             binary: client.binary.as_ref().map(|b| b.display().to_string()),
             credentials: vec![],
             client: Some(client.addr),
+            redirected_from: None,
         });
     };
     let allowed_ips = match private_addresses(host, port, learner.allow_private).await {

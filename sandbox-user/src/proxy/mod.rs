@@ -5,6 +5,8 @@
 //! | `connect.rs` | the front door: CONNECT and absolute-form requests, judged at L4 |
 //! | `intercept.rs` | TLS termination with a leaf from leash's CA, HTTP/1.1 and HTTP/2 |
 //! | `request.rs` | where a request is judged, credentials are swapped, and it is forwarded |
+//! | `transparent.rs` | the second front door: connections the kernel redirected (`network.transparent`), judged as a CONNECT to the name they were for |
+//! | `dns/` | transparent mode's resolver: allowed names get synthetic addresses, others NXDOMAIN, nothing forwarded |
 //! | `tunnel.rs` | uninspected endpoints (`protocol: tcp`, `tls: skip`) |
 //! | `headers.rs` | framing, target and hop-by-hop header rules |
 //! | `credentials/` | placeholder values and where they may go |
@@ -19,6 +21,7 @@ mod addresses;
 mod answers;
 mod connect;
 pub mod credentials;
+pub mod dns;
 mod headers;
 pub(crate) mod identity;
 pub use identity::{DaemonOwners, OwnerSource};
@@ -31,6 +34,7 @@ mod request;
 pub mod ssrf;
 pub mod state;
 pub mod tls;
+mod transparent;
 mod tunnel;
 mod upstream;
 
@@ -46,6 +50,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::audit::Auditor;
+use crate::kernel::programs::TransparentPorts;
 use crate::policy::CompiledPolicy;
 
 pub use state::Secrets;
@@ -79,6 +84,8 @@ pub struct Proxy {
     peers: std::sync::OnceLock<SandboxPeers>,
     /// Set once, before serving, when the proxy learns instead of denying (`leash run --learn`).
     learner: std::sync::OnceLock<Arc<learning::Learner>>,
+    /// Transparent mode: the name behind each synthetic address the resolver handed out.
+    names: dns::names::SyntheticNames,
 }
 
 impl Proxy {
@@ -101,6 +108,7 @@ impl Proxy {
             owners: std::sync::OnceLock::new(),
             peers: std::sync::OnceLock::new(),
             learner: std::sync::OnceLock::new(),
+            names: Default::default(),
         }))
     }
 
@@ -162,6 +170,13 @@ const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis
 pub struct BoundProxy {
     listener: TcpListener,
     addr: SocketAddr,
+    transparent: Option<TransparentListeners>,
+}
+
+/// Transparent mode's two sockets, on the proxy's address: redirected TCP, and the resolver.
+struct TransparentListeners {
+    tcp: TcpListener,
+    dns: tokio::net::UdpSocket,
 }
 
 impl BoundProxy {
@@ -169,12 +184,31 @@ impl BoundProxy {
     pub async fn bind(listen: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding the proxy to {listen}"))?;
         let addr = listener.local_addr()?;
-        Ok(Self { listener, addr })
+        Ok(Self { listener, addr, transparent: None })
+    }
+
+    /// Also binds transparent mode's listener (TCP) and resolver (UDP) on the proxy's address,
+    /// at ports the kernel picks.
+    pub async fn bind_transparent(&mut self) -> Result<TransparentPorts> {
+        let any = SocketAddr::new(self.addr.ip(), 0);
+        let tcp = TcpListener::bind(any).await.with_context(|| format!("binding the transparent listener on {any}"))?;
+        let dns = tokio::net::UdpSocket::bind(any).await.with_context(|| format!("binding the resolver on {any}"))?;
+        let ports = TransparentPorts { tcp: tcp.local_addr()?.port(), dns: dns.local_addr()?.port() };
+        self.transparent = Some(TransparentListeners { tcp, dns });
+        Ok(ports)
     }
 
     /// The address the sandbox is confined to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every address of the proxy the sandbox connects to: the proxy's, and in transparent mode
+    /// the transparent listener's.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        let mut all = vec![self.addr];
+        all.extend(self.transparent.as_ref().and_then(|t| t.tcp.local_addr().ok()));
+        all
     }
 
     /// The listening socket, to hand to the node daemon (`leash confine`), which confines the
@@ -184,48 +218,95 @@ impl BoundProxy {
         self.listener.as_fd()
     }
 
-    /// Serves connections until the returned task is aborted.
+    /// Serves connections (and in transparent mode redirected ones and DNS queries) until the
+    /// returned task is aborted.
     pub fn serve(self, proxy: Arc<Proxy>) -> tokio::task::JoinHandle<()> {
+        let Self { listener, addr, transparent } = self;
         tokio::spawn(async move {
-            let mut backoff = ACCEPT_BACKOFF_MIN;
-            loop {
-                let (stream, addr) = match self.listener.accept().await {
-                    Ok(accepted) => {
-                        backoff = ACCEPT_BACKOFF_MIN;
-                        accepted
-                    }
-                    Err(_) => {
-                        // Out of descriptors or memory: wait for connections to close instead
-                        // of spinning on the error.
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let proxy = proxy.clone();
-                let local = self.addr;
-                tokio::spawn(async move {
-                    let peers = proxy.peers.get().cloned();
-                    if let Some(peers) = &peers {
-                        if !peers.admits(addr, local).await {
-                            proxy.audit.outsider_refused(addr);
-                            return;
-                        }
-                    }
-                    let binary = proxy.owners.get().and_then(|o| o.binary(addr));
-                    let stream = peers::AdmittedStream::new(stream, peers.map(|p| (p, addr)));
-                    let client = connect::Client { addr, binary };
-                    let service = service_fn(move |req| connect::handle(req, client.clone(), proxy.clone()));
-                    let _ = http1::Builder::new()
-                        .preserve_header_case(true)
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
+            let explicit = accept_loop(listener, addr, proxy.clone(), Door::Explicit);
+            match transparent {
+                None => explicit.await,
+                Some(TransparentListeners { tcp, dns }) => {
+                    let local = tcp.local_addr().unwrap_or(addr);
+                    let resolver = dns::serve_udp(dns, proxy.clone());
+                    tokio::join!(explicit, accept_loop(tcp, local, proxy, Door::Transparent), resolver);
+                }
             }
         })
     }
+}
+
+/// Which front door a listener is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Door {
+    /// The proxy clients are told about (`HTTPS_PROXY`): `connect.rs`.
+    Explicit,
+    /// Where the kernel sends redirected connections: `transparent.rs`.
+    Transparent,
+}
+
+/// Accepts connections on `listener` (bound at `local`) forever, serving each on its own task.
+async fn accept_loop(listener: TcpListener, local: SocketAddr, proxy: Arc<Proxy>, door: Door) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
+            Err(_) => {
+                // Out of descriptors or memory: wait for connections to close instead
+                // of spinning on the error.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(stream, addr, local, proxy.clone(), door));
+    }
+}
+
+/// One accepted connection: admitted only from the proxy's own sandbox (when it serves one),
+/// then handed to its front door.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    local: SocketAddr,
+    proxy: Arc<Proxy>,
+    door: Door,
+) {
+    let peers = proxy.peers.get().cloned();
+    if let Some(peers) = &peers {
+        if !peers.admits(addr, local).await {
+            proxy.audit.outsider_refused(addr);
+            return;
+        }
+    }
+    let redirected_from = match (door, &peers) {
+        (Door::Explicit, _) => None,
+        // Only a sandbox's own records say where a redirected connection was going.
+        (Door::Transparent, None) => return,
+        (Door::Transparent, Some(peers)) => match peers.destination(addr) {
+            Some(to) => Some(to),
+            None => {
+                proxy.audit.outsider_refused(addr);
+                return;
+            }
+        },
+    };
+    let binary = proxy.owners.get().and_then(|o| o.binary(addr));
+    let stream = peers::AdmittedStream::new(stream, peers.map(|p| (p, addr)));
+    let client = connect::Client { addr, binary, redirected_from };
+    if let Some(to) = redirected_from {
+        return transparent::serve(stream, proxy, client, to).await;
+    }
+    let service = service_fn(move |req| connect::handle(req, client.clone(), proxy.clone()));
+    let _ = http1::Builder::new()
+        .preserve_header_case(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }

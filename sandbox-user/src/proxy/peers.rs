@@ -34,9 +34,16 @@ impl SandboxPeers {
 
     /// Also checks, for `binaries:` rules, that every process of the sandbox (`procs`, its
     /// `cgroup.procs`) holding the connection's socket runs the executable that connected.
-    pub fn with_holders(mut self, procs: PathBuf, proxy: SocketAddr) -> Self {
-        self.holders = Some(Arc::new(Holders { procs, proxy }));
+    /// `listeners` are the proxy's addresses the sandbox connects to.
+    pub fn with_holders(mut self, procs: PathBuf, listeners: Vec<SocketAddr>) -> Self {
+        self.holders = Some(Arc::new(Holders { procs, listeners }));
         self
+    }
+
+    /// Where the sandbox's connection from `peer` was meant to go, when transparent mode
+    /// redirected it to the proxy; `None` for a connection made to the proxy itself.
+    pub fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.owners.owner(peer.port()).and_then(|o| super::transparent::original_destination(&o.dest))
     }
 
     /// Whether `peer`, connected to the proxy at `local`, is a connection the sandbox made.
@@ -91,12 +98,15 @@ impl OwnerSource for Shared {
 /// Who in the sandbox holds a connection's client socket.
 struct Holders {
     procs: PathBuf,
-    proxy: SocketAddr,
+    listeners: Vec<SocketAddr>,
 }
 
 impl Holders {
+    /// The client socket is connected to one of the listeners (its port is found with at most
+    /// one of them).
     fn all_run(&self, peer: SocketAddr, exe: &std::path::Path) -> bool {
-        super::identity::holders_all_run(&self.procs, std::path::Path::new("/proc/net"), peer, self.proxy, exe)
+        let net = std::path::Path::new("/proc/net");
+        self.listeners.iter().any(|l| super::identity::holders_all_run(&self.procs, net, peer, *l, exe))
     }
 }
 
@@ -110,6 +120,13 @@ pub struct AdmittedStream {
 impl AdmittedStream {
     pub fn new(stream: tokio::net::TcpStream, peers: Option<(SandboxPeers, SocketAddr)>) -> Self {
         Self { stream, peers }
+    }
+}
+
+impl AdmittedStream {
+    /// Reads the first bytes waiting on the connection without consuming them.
+    pub async fn peek(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.peek(buf).await
     }
 }
 

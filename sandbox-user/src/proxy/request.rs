@@ -60,6 +60,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             binary: t.binary.as_ref().map(|b| b.display().to_string()),
             credentials,
             client: Some(t.client),
+            redirected_from: t.redirected_from,
         });
     };
 

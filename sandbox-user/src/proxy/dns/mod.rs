@@ -1,0 +1,101 @@
+//! leash's resolver, for a sandbox in transparent mode: the kernel sends every DNS query the
+//! sandbox makes (UDP to port 53 at any address) here, and TCP to port 53 arrives through the
+//! transparent front door (`transparent.rs`). A name an endpoint of the policy covers gets a
+//! synthetic address (`names.rs`); every other name gets NXDOMAIN. Nothing is ever forwarded:
+//! no query leaves the machine, so a query cannot carry data out.
+//!
+//! | file | job |
+//! |---|---|
+//! | `wire.rs` | reading a query, writing an answer (bytes only) |
+//! | `names.rs` | the synthetic address of each allowed name, and back |
+
+pub mod names;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+
+use crate::audit::DnsDecision;
+
+use super::Proxy;
+use wire::{bare_answer, parse_query, Malformed, Rcode, TYPE_A};
+
+/// How long clients may keep an answer: the address stays the name's for the sandbox's life.
+const TTL: u32 = 300;
+/// How long a TCP client may take to send its next query.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The answer to the DNS message `msg` from `client`, or `None` when nothing is sent back.
+pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> {
+    let query = match parse_query(msg) {
+        Ok(q) => q,
+        Err(Malformed::Drop) => return None,
+        Err(Malformed::Answer { id, rcode }) => return Some(bare_answer(id, rcode)),
+    };
+    if !query.is_internet() {
+        return Some(query.answer(Rcode::Refused, None, TTL));
+    }
+    let state = proxy.state.current();
+    let policy = query.name.as_deref().and_then(|n| state.policy.names(n)).map(str::to_owned);
+    let allowed = policy.is_some();
+    if proxy.audit.records(allowed) {
+        let decision =
+            DnsDecision { allowed, name: query.name.clone(), qtype: query.qtype, policy, client: Some(client) };
+        proxy.audit.dns_decision(&decision);
+    }
+    let Some(name) = query.name.as_deref().filter(|_| allowed) else {
+        return Some(query.answer(Rcode::NxDomain, None, TTL));
+    };
+    if query.qtype != TYPE_A {
+        // The name exists, with IPv4 addresses only (AAAA, HTTPS, MX, ...: no data).
+        return Some(query.answer(Rcode::NoError, None, TTL));
+    }
+    Some(match proxy.names.address_of(name) {
+        Some(addr) => query.answer(Rcode::NoError, Some(addr.octets()), TTL),
+        None => query.answer(Rcode::ServFail, None, TTL),
+    })
+}
+
+/// Answers queries on `socket` forever.
+pub async fn serve_udp(socket: UdpSocket, proxy: Arc<Proxy>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if let Some(reply) = answer(&proxy, &buf[..len], from) {
+            let _ = socket.send_to(&reply, from).await;
+        }
+    }
+}
+
+/// DNS over TCP (RFC 7766): length-prefixed queries on one connection, answered in order.
+pub async fn serve_tcp<S>(mut stream: S, proxy: Arc<Proxy>, client: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; u16::MAX as usize];
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let len = u16::from_be_bytes(len) as usize;
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf[..len])).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let Some(reply) = answer(&proxy, &buf[..len], client) else { return };
+        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&reply);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The transparent front door: connections the kernel redirected here (`network.transparent`)
+//! because the agent connected somewhere other than the proxy. The destination it meant comes
+//! from the connection's owner record (`sock_ops`), and the connection is judged exactly as a
+//! CONNECT to the same name and port (`connect.rs`):
+//!
+//! - the name: the one a synthetic address was handed out for (`dns/names.rs`); any other
+//!   address is judged as the IP host it is (`allowed_ips`, IP host rules). A synthetic address
+//!   nobody was given is refused.
+//! - port 53: DNS over TCP, answered by leash's resolver.
+//! - `protocol: tcp` / `tls: skip` endpoints: tunnelled as they are.
+//! - inspected endpoints: TLS (first byte 0x16) is terminated as in a CONNECT tunnel; plain HTTP
+//!   (an upper-case method) is served and judged request by request; anything else is refused.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sandbox_common::OriginalDest;
+
+use crate::audit::ProxyDecision;
+use crate::policy::Protocol;
+
+use super::connect::{decide, endpoint, Client};
+use super::dns::names::is_synthetic;
+use super::intercept::{self, Tunnel};
+use super::peers::AdmittedStream;
+use super::ssrf::NormalizedHost;
+use super::upstream::dial_checked;
+use super::{addresses, dns, request, Proxy, HEADER_READ_TIMEOUT};
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The address a redirected socket was connected to, from its owner record.
+pub fn original_destination(dest: &OriginalDest) -> Option<SocketAddr> {
+    if dest.port == 0 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, word) in dest.addr.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let v6 = Ipv6Addr::from(bytes);
+    let ip = v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6));
+    Some(SocketAddr::new(ip, dest.port))
+}
+
+/// Serves one redirected connection from `client`, which meant to reach `to`.
+pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, to: SocketAddr) {
+    if to.port() == dns::wire::DNS_PORT {
+        return dns::serve_tcp(admitted, proxy, client.addr).await;
+    }
+    let host = match name_of(&proxy, to.ip()) {
+        Some(host) => host,
+        None => {
+            refused(&proxy, &client, &to.ip().to_string(), to, "synthetic_address_unknown");
+            return;
+        }
+    };
+    let port = to.port();
+    let state = proxy.state.current();
+    let Ok(verdict) = decide(&state, &proxy, "CONNECT", &host, port, &client) else { return };
+    let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else { return };
+    if endpoint.protocol == Protocol::Tcp || endpoint.tls_skip {
+        let addresses = addresses::for_endpoint(endpoint);
+        if let Ok(mut upstream) = dial_checked(&host, port, &addresses).await {
+            let mut agent = admitted;
+            let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+        }
+        return;
+    }
+    let mut first = [0u8; 1];
+    let first = match tokio::time::timeout(HEADER_READ_TIMEOUT, admitted.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0],
+        _ => return,
+    };
+    let policy = verdict.policy.clone();
+    let host_text = host.to_string();
+    let scheme = if first == TLS_HANDSHAKE { "https" } else { "http" };
+    let mut tunnel =
+        Tunnel::new(proxy.clone(), state, host, port, scheme, endpoint_ref, policy, client.binary.clone(), client.addr);
+    tunnel.redirected_from = Some(to);
+    if first == TLS_HANDSHAKE {
+        intercept::serve(admitted, tunnel).await;
+    } else if first.is_ascii_uppercase() {
+        let tunnel = Arc::new(tunnel);
+        let service = service_fn(move |req| request::handle(req, tunnel.clone()));
+        let _ = http1::Builder::new()
+            .preserve_header_case(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(admitted), service)
+            .with_upgrades()
+            .await;
+    } else {
+        refused(&proxy, &client, &host_text, to, "not_tls_or_http");
+    }
+}
+
+/// The host a redirected connection to `ip` is for: the name behind a synthetic address, else
+/// the address itself.
+fn name_of(proxy: &Proxy, ip: IpAddr) -> Option<NormalizedHost> {
+    match ip {
+        IpAddr::V4(v4) if is_synthetic(v4) => proxy.names.name_of(v4).map(NormalizedHost::Name),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(is_synthetic) => {
+            proxy.names.name_of(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)).map(NormalizedHost::Name)
+        }
+        ip => Some(NormalizedHost::Ip(ip)),
+    }
+}
+
+/// Audits a redirected connection to `host` refused for `reason`.
+fn refused(proxy: &Proxy, client: &Client, host: &str, to: SocketAddr, reason: &str) {
+    proxy.audit.proxy_decision(&ProxyDecision {
+        allowed: false,
+        method: "CONNECT".into(),
+        host: host.to_owned(),
+        port: to.port(),
+        reason: reason.to_owned(),
+        binary: client.binary.as_ref().map(|b| b.display().to_string()),
+        client: Some(client.addr),
+        redirected_from: Some(to),
+        ..Default::default()
+    });
+}
