@@ -157,9 +157,13 @@ fn test_pki() -> TestPki {
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_key = KeyPair::generate().expect("ca key");
     let ca_cert = ca.self_signed(&ca_key).expect("self-signing the test CA");
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "other.localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("leaf params");
+    let mut leaf = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "other.localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "allowed.test".to_string(),
+    ])
+    .expect("leaf params");
     leaf.distinguished_name.push(DnType::CommonName, "localhost");
     leaf.is_ca = IsCa::ExplicitNoCa;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];

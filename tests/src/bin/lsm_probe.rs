@@ -25,6 +25,7 @@ use leash::kernel::generation::Generation;
 use leash::kernel::lsm::Registration;
 use leash::kernel::lsm_rules::{add_system_libraries, FileId, LsmRules};
 use leash::kernel::mounts::cgroup2_root;
+use leash::kernel::programs::sandbox_net;
 use sandbox_common::{lsm_deny, lsm_rule, UNIX_PATH_MAX};
 
 /// One action: returns `Ok` or the errno it failed with. `sibling` is a process outside the
@@ -252,7 +253,7 @@ fn run(mut programs: Generation) -> bool {
         level: 1,
         descendants: false,
         rules: &rules,
-        proxy: Some(SocketAddr::from(([127, 0, 0, 1], PROXY_PORT))),
+        proxy: Some(sandbox_net(SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)), false)),
     };
     if let Err(e) = programs.register_lsm(&registration) {
         result("register", false, &format!("{e:#}"));

