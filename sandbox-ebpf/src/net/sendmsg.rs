@@ -4,7 +4,7 @@
 //! (`redirect.rs`). (Connected UDP is judged by `connect.rs`.) Minimum kernel: 4.18.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use sandbox_common::{counter, Hook, OriginalDest};
+use sandbox_common::{counter, Hook, OriginalDest, SANDBOX_TRANSPARENT};
 
 use super::connect::{event_addr, in_proxy_netns};
 use super::redirect::{self, mapped4, IPPROTO_UDP};
@@ -39,8 +39,13 @@ fn judge(
     let cgroup = current_cgroup();
     let port = u16::from_be(port as u16);
     if let Some(proxy) = sandbox(cgroup) {
-        // Only DNS (UDP to 53) has a redirect for datagrams.
+        // Only DNS (UDP to 53) has a redirect for datagrams. A datagram already addressed to
+        // the resolver is one of a UDP socket `connect.rs` redirected: an IPv6 socket connected
+        // to an IPv4-mapped address sends through the IPv4 path with the address filled in.
         if protocol == IPPROTO_UDP && in_proxy_netns(ctx, &proxy) {
+            if proxy.flags & SANDBOX_TRANSPARENT != 0 && port == proxy.dns_port && words == proxy.addr {
+                return ALLOW;
+            }
             if let Some(to) = redirect::port_for(&proxy, sock_type, protocol, port) {
                 if redirect::rewrite(ctx, &proxy, family == AF_INET6, to) {
                     redirect::remember_resolver(ctx, OriginalDest { addr: words, port, _pad: [0; 2] });

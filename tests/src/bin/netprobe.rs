@@ -11,6 +11,8 @@
 //! netprobe grandchild ADDR          fork twice; the grandchild does `tcp ADDR`
 //! netprobe later SECS ADDR FILE     detach, wait SECS, try `tcp ADDR`, write the result to FILE
 //! netprobe get PROXY HOST:PORT      CONNECT through PROXY, then GET / ; prints the status codes
+//! netprobe direct-get ADDR          GET / straight to ADDR (transparent mode); prints the status
+//! netprobe dns ADDR NAME            one A query over UDP to ADDR; prints rcode, answers, source
 //! ```
 
 use std::io::{Read, Write};
@@ -35,6 +37,8 @@ fn main() {
         "grandchild" => grandchild(addr(1)),
         "later" => later(arg(1).parse().unwrap_or_else(|_| usage()), addr(2), &arg(3)),
         "get" => get(addr(1), &arg(2)),
+        "direct-get" => direct_get(addr(1)),
+        "dns" => dns(addr(1), &arg(2)),
         _ => usage(),
     };
     report(result);
@@ -234,6 +238,38 @@ fn later(secs: u64, addr: SocketAddr, file: &str) -> std::io::Result<()> {
     };
     let _ = std::fs::write(file, verdict);
     exit(0)
+}
+
+/// A GET straight to `target`; prints "GET <code> <body>" (code 0: closed without an answer).
+fn direct_get(target: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")?;
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    let body = rest.split("\r\n\r\n").nth(1).unwrap_or("");
+    println!("{}", format!("GET {} {body}", status(&rest)).trim_end());
+    Ok(())
+}
+
+/// One A query for `name` over UDP to `server`; prints "dns rcode=<n> answers=<n> from=<ip>".
+fn dns(server: SocketAddr, name: &str) -> std::io::Result<()> {
+    let s = UdpSocket::bind(any_for(server))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    s.send_to(&q, server)?;
+    let mut buf = [0u8; 512];
+    let (n, from) = s.recv_from(&mut buf)?;
+    if n < 12 {
+        return Err(std::io::Error::other("short answer"));
+    }
+    println!("dns rcode={} answers={} from={}", buf[3] & 0x0f, u16::from_be_bytes([buf[6], buf[7]]), from.ip());
+    Ok(())
 }
 
 /// CONNECT through the proxy, then a GET; prints "CONNECT <code> GET <code> <body>".

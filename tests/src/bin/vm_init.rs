@@ -152,6 +152,7 @@ fn net_suite() -> Vec<Check> {
         Ok(p) => p,
         Err(e) => return vec![Check::new("net:policy", move || Err(e))],
     };
+    let target_for_transparent = target;
     let target = target.to_string();
     // Without Landlock (before 5.13) leash must refuse to start unless told to run degraded.
     let no_landlock = kernel_before(5, 13);
@@ -170,6 +171,7 @@ fn net_suite() -> Vec<Check> {
         Check::new("net:sandbox-reaches-proxy", move || expect_probe(&strs(&a1), &["tcp", "proxy"], "ok")),
         Check::new("net:sandbox-direct-denied", move || expect_probe(&strs(&a2), &["tcp", &t2], "err EPERM")),
     ];
+    checks.extend(transparent_checks(&target_for_transparent, no_landlock));
     if no_landlock {
         checks.push(Check::new("net:refuses-without-landlock", move || {
             let out = output(Command::new(LEASH).args(["run", "--policy", &policy, "--", NETPROBE, "tcp", "proxy"]))?;
@@ -181,6 +183,64 @@ fn net_suite() -> Vec<Check> {
         }));
     }
     checks
+}
+
+/// Transparent mode on this kernel (connect4/6 and sendmsg4/6 rewriting, recvmsg4/6 restoring
+/// the resolver's address; with BPF-LSM, the baseline's proxy-only rule letting redirected
+/// sockets through): a direct GET to an allowed address arrives through the proxy, one to an
+/// unlisted address does not; DNS to a loopback resolver address is answered by leash, for
+/// allowed names only, shown as from the address asked (nothing listens there).
+fn transparent_checks(unlisted: &std::net::SocketAddr, no_landlock: bool) -> Vec<Check> {
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => return vec![Check::new("net:transparent-listener", move || Err(format!("binding: {e}")))],
+    };
+    let allowed = listener.local_addr().expect("listener address");
+    serve_forever(listener, Some("transparent-ok".into()));
+    let yaml = format!(
+        "version: 1\nnetwork:\n  transparent: true\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      \
+         - {{ host: 127.0.0.1, port: {}, protocol: rest, access: full, allowed_ips: [127.0.0.0/8] }}\n      \
+         - {{ host: allowed.test, port: 443 }}\n",
+        allowed.port()
+    );
+    let policy = match write_policy("transparent.yaml", &yaml) {
+        Ok(p) => p,
+        Err(e) => return vec![Check::new("net:transparent-policy", move || Err(e))],
+    };
+    let probe = move |name: &'static str, args: Vec<String>, want: String| {
+        let policy = policy.clone();
+        Check::new(name, move || {
+            let mut cmd = Command::new(LEASH);
+            cmd.args(["run", "--policy", &policy]);
+            if no_landlock {
+                cmd.arg("--allow-degraded");
+            }
+            let out = output(cmd.arg("--").arg(NETPROBE).args(&args))?;
+            match out.stdout.lines().find(|l| l.starts_with("GET") || l.starts_with("dns")) {
+                Some(line) if line.trim() == want => Ok(format!("netprobe {} -> {line}", args.join(" "))),
+                _ => Err(format!("netprobe {}: want {want:?}, got {}", args.join(" "), out.describe())),
+            }
+        })
+    };
+    let resolver = "127.0.0.153:53".to_owned();
+    vec![
+        probe(
+            "net:transparent-allowed",
+            vec!["direct-get".into(), allowed.to_string()],
+            "GET 200 transparent-ok".into(),
+        ),
+        probe("net:transparent-unlisted", vec!["direct-get".into(), unlisted.to_string()], "GET 0".into()),
+        probe(
+            "net:transparent-dns-allowed",
+            vec!["dns".into(), resolver.clone(), "allowed.test".into()],
+            "dns rcode=0 answers=1 from=127.0.0.153".into(),
+        ),
+        probe(
+            "net:transparent-dns-refused",
+            vec!["dns".into(), resolver, "c2VjcmV0.exfil.test".into()],
+            "dns rcode=3 answers=0 from=127.0.0.153".into(),
+        ),
+    ]
 }
 
 /// The BPF-LSM layer, through `lsm_probe` (leash run does not use it yet): each denial inside a

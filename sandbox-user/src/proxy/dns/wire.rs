@@ -191,7 +191,8 @@ mod tests {
         let mut update = query(7, "a.b", TYPE_A);
         update[2] |= 5 << 3;
         assert_eq!(parse_query(&update), Err(Malformed::Answer { id: 7, rcode: Rcode::NotImp }));
-        let long = format!("{}.x", ["a".repeat(63)].repeat(4).join("."));
+        let label = "a".repeat(63);
+        let long = format!("{label}.{label}.{label}.{label}.x");
         assert_eq!(parse_query(&query(7, &long, TYPE_A)), Err(Malformed::Answer { id: 7, rcode: Rcode::FormErr }));
     }
 
