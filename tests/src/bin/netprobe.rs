@@ -244,9 +244,11 @@ fn later(secs: u64, addr: SocketAddr, file: &str) -> std::io::Result<()> {
 fn direct_get(target: SocketAddr) -> std::io::Result<()> {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")?;
+    // A refused connection may be closed before the request is written (EPIPE): no answer.
     let mut rest = String::new();
-    let _ = s.read_to_string(&mut rest);
+    if write!(s, "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").is_ok() {
+        let _ = s.read_to_string(&mut rest);
+    }
     let body = rest.split("\r\n\r\n").nth(1).unwrap_or("");
     println!("{}", format!("GET {} {body}", status(&rest)).trim_end());
     Ok(())
