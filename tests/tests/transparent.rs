@@ -159,3 +159,58 @@ fn clients_that_ignore_the_proxy_reach_allowed_names_and_nothing_else() {
     assert!(stderr(&out).contains("refused dns denied.test"), "{}", describe(&out));
     assert!(stderr(&out).contains("denied proxy CONNECT 127.0.0.1"), "{}", describe(&out));
 }
+
+/// The transparent listener serves only connections the sandbox's kernel programs redirected:
+/// another local user, and root, both outside the sandbox, connecting to it straight are closed
+/// unread, even to a destination the sandbox may reach. (The agent learns the listener's port
+/// from `getpeername` on its own redirected socket.)
+#[test]
+fn only_the_sandbox_can_use_its_transparent_listener() {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    require_root();
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("transparent-outsider");
+    let t = target.addr.port();
+    let policy = scratch.file(
+        "policy.yaml",
+        &format!(
+            "version: 1\nnetwork:\n  transparent: true\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      \
+             - {{ host: 127.0.0.1, port: {t}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n"
+        ),
+    );
+    let port_file = scratch.0.join("port");
+    let done = scratch.0.join("done");
+    let agent = format!(
+        "import os, socket, time\n\
+         s = socket.create_connection(('127.0.0.1', {t}), timeout=10)\n\
+         open('{port}.tmp', 'w').write(str(s.getpeername()[1])); os.rename('{port}.tmp', '{port}')\n\
+         s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('agent', s.makefile('rb').read().decode().split()[-1])\n\
+         for _ in range(200):\n    \
+             if os.path.exists('{done}'): break\n    \
+             time.sleep(0.05)\n",
+        port = port_file.display(),
+        done = done.display()
+    );
+    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/usr/bin/python3", "-c", &agent])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(10, || port_file.exists()), "the agent never connected");
+    let listener = format!("127.0.0.1:{}", std::fs::read_to_string(&port_file).unwrap().trim());
+    assert!(wait_until(10, || target.accepted() == 1), "the agent itself must reach the target");
+    let probe = env!("CARGO_BIN_EXE_netprobe");
+    let other_user = Command::new(probe).args(["direct-get", &listener]).uid(65534).gid(65534).output();
+    let root = Command::new(probe).args(["direct-get", &listener]).output();
+    std::fs::write(&done, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("agent reached"), "{} {}", stdout(&out), stderr(&out));
+    for (who, attempt) in [("another user", other_user), ("root outside the sandbox", root)] {
+        let text = stdout(&attempt.unwrap());
+        assert!(text.contains("GET 0"), "{who} was answered by the transparent listener at {listener}: {text}");
+    }
+    assert_eq!(target.accepted(), 1, "someone outside the sandbox reached the target through the listener");
+    assert!(stderr(&out).contains("not from this sandbox"), "{}", stderr(&out));
+}

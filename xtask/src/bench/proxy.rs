@@ -14,6 +14,10 @@
 //!    keep-alive HTTP/1.1 GETs: a warm-up, then a measured window. Added latency is the proxied
 //!    percentile minus the direct one at the same concurrency.
 //!
+//! Then the same client runs inside `leash run` with a transparent policy (`network.transparent`),
+//! once through the explicit proxy (CONNECT) and once straight to the upstream, which the kernel
+//! redirects to the proxy: the ratio of the two is the cost of the transparent path.
+//!
 //! leash intercepts: the policy's one endpoint is `protocol: rest, access: full`, so every
 //! request is decrypted, judged and forwarded by leash's pooled client; no audit log is written.
 //! mitmproxy and squid likewise decrypt and re-encrypt every request. All three verify the
@@ -120,6 +124,17 @@ pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
     println!("proxy: leash ...");
     results.push(bench.measure("leash", &target, |b| b.start_leash(&ctx.leash, &target))?);
 
+    // Inside `leash run` with a transparent policy: the same client through the explicit proxy
+    // and straight to the upstream (the kernel redirects it), to 127.0.0.1 (no name: nothing
+    // is resolved on either path).
+    for (name, explicit) in [("run-explicit", true), ("run-transp", false)] {
+        println!(
+            "proxy: {name} (client inside leash run, {}) ...",
+            if explicit { "CONNECT to the proxy" } else { "redirected by the kernel" }
+        );
+        results.push(Measured { name, runs: bench.sandboxed(&ctx.leash, &target, explicit)?, memory: None });
+    }
+
     match mitmdump {
         Ok(mitmdump) => {
             println!("proxy: mitmproxy ({}) ...", mitmdump.display());
@@ -199,6 +214,45 @@ impl Bench<'_> {
             if let Some(p) = proxy {
                 cmd.args(["--proxy", &p.to_string()]);
             }
+            let line = output_line(&mut cmd)?;
+            let run =
+                Run { rps: field(&line, "rps")?, p50_us: field(&line, "p50_us")?, p99_us: field(&line, "p99_us")? };
+            println!(
+                "proxy:   {c:>2} connection(s): {:>8.0} req/s, p50 {:>9.1} µs, p99 {:>9.1} µs",
+                run.rps, run.p50_us, run.p99_us
+            );
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+
+    /// The client inside `leash run` (transparent policy for `127.0.0.1:PORT`), through the
+    /// explicit proxy or straight to the upstream; the client trusts leash's CA only.
+    fn sandboxed(&self, leash: &Path, target: &Target, explicit: bool) -> Result<Vec<Run>> {
+        let policy = self.dir.join("leash-run-policy.yaml");
+        std::fs::write(
+            &policy,
+            format!(
+                "version: 1\nnetwork:\n  transparent: true\nnetwork_policies:\n  bench:\n    name: bench\n    endpoints:\n      - {{ host: 127.0.0.1, port: {}, protocol: rest, access: full, allowed_ips: [127.0.0.0/8] }}\n",
+                target.port
+            ),
+        )?;
+        let proxy = if explicit { " --proxy \"${HTTPS_PROXY#http://}\"" } else { "" };
+        let mut runs = Vec::new();
+        for c in CONNECTIONS {
+            let script = format!(
+                "ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" client --http1 --target https://127.0.0.1:{}/ --ca \"$SSL_CERT_FILE\" --connections {c} --warmup-ms {} --duration-ms {}{proxy}",
+                target.port,
+                self.opts.warmup.as_millis(),
+                self.opts.duration.as_millis()
+            );
+            let mut cmd = Command::new(leash);
+            cmd.args(["run", "-q", "--policy"])
+                .arg(&policy)
+                .arg("--upstream-ca")
+                .arg(&target.ca)
+                .args(["--", "/bin/sh", "-c", &script])
+                .arg(&self.proxybench);
             let line = output_line(&mut cmd)?;
             let run =
                 Run { rps: field(&line, "rps")?, p50_us: field(&line, "p50_us")?, p99_us: field(&line, "p99_us")? };
@@ -387,7 +441,7 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
         opts.duration.as_secs_f64()
     );
     println!(
-        "{:<10} {:>5} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "{:<12} {:>5} {:>9} {:>9} {:>9} {:>10} {:>10}",
         "", "conns", "req/s", "p50 µs", "p99 µs", "+p50 µs", "+p99 µs"
     );
     let direct = results.iter().find(|m| m.name == "direct");
@@ -399,7 +453,7 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
                 _ => "-".into(),
             };
             println!(
-                "{:<10} {:>5} {:>9.0} {:>9.1} {:>9.1} {:>10} {:>10}",
+                "{:<12} {:>5} {:>9.0} {:>9.1} {:>9.1} {:>10} {:>10}",
                 m.name,
                 c,
                 r.rps,
@@ -411,10 +465,23 @@ fn report(results: &[Measured], skipped: &[(&str, String)], opts: &Options) {
         }
     }
     for (name, _) in skipped {
-        println!("{name:<10} skipped (below)");
+        println!("{name:<12} skipped (below)");
     }
 
     let get = |name: &str| results.iter().find(|m| m.name == name);
+    if let (Some(explicit), Some(transparent)) = (get("run-explicit"), get("run-transp")) {
+        let ratios: Vec<String> = CONNECTIONS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:.2} at {c}", transparent.runs[i].rps / explicit.runs[i].rps))
+            .collect();
+        let met = CONNECTIONS.iter().enumerate().all(|(i, _)| transparent.runs[i].rps / explicit.runs[i].rps >= 0.95);
+        println!(
+            "leash run, transparent/explicit req/s: {} (goal >= 0.95: {})",
+            ratios.join(", "),
+            if met { "met" } else { "NOT met" }
+        );
+    }
     if let Some(leash) = get("leash") {
         for (peer, goal) in [("mitmproxy", 10.0), ("squid", 1.5)] {
             let Some(p) = get(peer) else { continue };
