@@ -37,7 +37,7 @@ pub struct CompiledPolicy {
     run_as: RunAs,
     credentials: Vec<Credential>,
     kernel: Option<KernelRules>,
-    transparent: bool,
+    transparent: Option<bool>,
 }
 
 /// The proxy's answer to "may the agent connect to HOST:PORT?".
@@ -222,8 +222,14 @@ pub struct KernelRules {
 }
 
 impl CompiledPolicy {
-    /// `network.transparent`: redirect every TCP connection and DNS query to the proxy.
+    /// `network.transparent`: redirect every TCP connection and DNS query to the proxy. On
+    /// unless the policy turns it off.
     pub fn transparent(&self) -> bool {
+        self.transparent.unwrap_or(true)
+    }
+
+    /// `network.transparent` as the policy file sets it, `None` when it does not.
+    pub fn transparent_as_written(&self) -> Option<bool> {
         self.transparent
     }
 
@@ -332,7 +338,7 @@ pub fn compile(document: Document) -> CompiledPolicy {
             .map(|(name, spec)| compile_credential(name.as_str(), spec))
             .collect(),
         kernel: document.kernel.map(compile_kernel),
-        transparent: document.network.is_some_and(|n| n.transparent),
+        transparent: document.network.and_then(|n| n.transparent),
     }
 }
 

@@ -60,9 +60,9 @@ pub struct Network {
     /// Transparent mode: a TCP connection to any address (not only to the proxy) is redirected
     /// to the proxy in the kernel and judged by the name it was meant for, and DNS queries go to
     /// leash's resolver, which answers only names the policy allows. For clients that do not
-    /// honour `HTTPS_PROXY`. Read when the sandbox starts (not on reload). Default: off.
-    #[serde(default)]
-    pub transparent: bool,
+    /// honour `HTTPS_PROXY`. Read when the sandbox starts (not on reload). Absent: on under
+    /// `leash run`, off under `leash confine` (which does not offer it yet).
+    pub transparent: Option<bool>,
 }
 
 /// The `version:` key; reading it fails unless it is [`SUPPORTED_VERSION`].

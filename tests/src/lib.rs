@@ -128,14 +128,17 @@ pub fn git(args: &[&str], dir: &Path) {
     assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
 }
 
-/// A policy allowing only the given loopback ports (host 127.0.0.1), no filesystem layer.
+/// A policy allowing only the given loopback ports (host 127.0.0.1), no filesystem layer, and
+/// no transparent mode: a connect anywhere else is refused by the kernel (EPERM).
 pub fn policy_allowing(ports: &[u16]) -> String {
-    let mut yaml = String::from("version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n");
+    let mut yaml = String::from(
+        "version: 1\nnetwork:\n  transparent: false\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n",
+    );
     for p in ports {
         yaml.push_str(&format!("      - {{ host: 127.0.0.1, port: {p}, protocol: tcp }}\n"));
     }
     if ports.is_empty() {
-        yaml = "version: 1\nnetwork_policies: {}\n".into();
+        yaml = "version: 1\nnetwork:\n  transparent: false\nnetwork_policies: {}\n".into();
     }
     yaml
 }

@@ -66,7 +66,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
         .context("reading the daemon's policy answer")?;
     drop(daemon);
     let policy = policy::parse_str(&format!("<node policy {}>", text.name), &text.yaml).map_err(|e| anyhow!("{e}"))?;
-    if policy.transparent() {
+    if policy.transparent_as_written() == Some(true) {
         bail!("the node policy {} sets network.transparent, which leash confine does not offer yet: only leash run redirects connections and DNS", text.name);
     }
     let identity = own_identity();

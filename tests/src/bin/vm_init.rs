@@ -148,7 +148,12 @@ fn net_suite() -> Vec<Check> {
     };
     let target = listener.local_addr().expect("listener address");
     serve_forever(listener, None);
-    let policy = match write_policy("allow-nothing.yaml", "version: 1\nnetwork_policies: {}\n") {
+    // Transparent mode off: a connect elsewhere is refused by the kernel (transparent_checks
+    // covers the other mode).
+    let policy = match write_policy(
+        "allow-nothing.yaml",
+        "version: 1\nnetwork:\n  transparent: false\nnetwork_policies: {}\n",
+    ) {
         Ok(p) => p,
         Err(e) => return vec![Check::new("net:policy", move || Err(e))],
     };
@@ -441,6 +446,18 @@ fn kernel_suite() -> Vec<Check> {
     }
     checks.extend(control);
     checks.extend(baseline);
+    // Transparent mode under BPF-LSM: the agent's own connect elsewhere reached the proxy (the
+    // baseline's proxy-only rule let it through to the redirect) and was refused there.
+    let redirected = audit
+        .lines()
+        .any(|l| l.contains("\"client_mode\":\"redirected\"") && l.contains(":47002") && l.contains("\"status_id\":2"));
+    checks.push(Check::new("kernel:transparent-connect-refused-by-proxy", move || {
+        if redirected {
+            Ok("the redirected connect to 127.0.0.1:47002 was refused by the proxy (audit)".into())
+        } else {
+            Err("no audit line of a refused redirected connect to 127.0.0.1:47002".into())
+        }
+    }));
     // Denials made by the BPF-LSM programs themselves (not by DAC, seccomp or Landlock first).
     let mut hooks = vec![
         "lsm_bprm_check_security",
@@ -878,7 +895,10 @@ fn agent_expectations(degraded: bool, own_mounts: bool) -> Vec<(&'static str, &'
         ("unix-connect-host-bound-later", &["EPERM"]),
         ("unix-connect-own", &["ok"]),
         ("unix-sendto-own", &["ok"]),
-        ("tcp-connect-not-proxy", &["EPERM"]),
+        // leash run is in transparent mode (the policy does not turn it off): the connect is
+        // redirected to the proxy, which refuses it (checked in the audit log); leash confine
+        // is not, and the kernel refuses it.
+        ("tcp-connect-not-proxy", if own_mounts { &["ok"] } else { &["EPERM"] }),
         // Before 6.1 there is no hook: leash says so (checked below) and the agent may.
         ("userns-create", if degraded { &["ok", "EPERM"] } else { denied }),
         ("mount-tmpfs", denied),
