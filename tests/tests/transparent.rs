@@ -214,3 +214,29 @@ fn only_the_sandbox_can_use_its_transparent_listener() {
     assert_eq!(target.accepted(), 1, "someone outside the sandbox reached the target through the listener");
     assert!(stderr(&out).contains("not from this sandbox"), "{}", stderr(&out));
 }
+
+/// `--learn` sees clients that ignore the proxy too: under learning every name resolves, the
+/// redirected connection is learned like a CONNECT, and the learned policy replays the same
+/// session with nothing denied.
+#[test]
+fn learning_sees_clients_that_ignore_the_proxy() {
+    require_root();
+    let up = Upstream::https();
+    let scratch = Scratch::new("transparent-learn");
+    let base = scratch.file("nothing.yaml", "version: 1\nnetwork_policies: {}\n");
+    let learned = scratch.0.join("learned.yaml");
+    let ca = up.ca_pem.to_str().unwrap().to_owned();
+    let script =
+        format!("unset HTTPS_PROXY https_proxy; curl -sSf --max-time 20 https://allowed.test:{}/learned", up.port());
+    let cmd = ["/bin/sh", "-c", script.as_str()];
+    let learn = ["--upstream-ca", &ca, "--learn", learned.to_str().unwrap(), "--learn-allow-private"];
+    let out = leash_run_resolving(&scratch.0, &base, &learn, &cmd);
+    assert!(out.status.success(), "learning run: {}", describe(&out));
+    let text = std::fs::read_to_string(&learned).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert!(text.contains("host: 'allowed.test'") && text.contains(&format!("port: {}", up.port())), "{text}");
+    let replay = leash_run_resolving(&scratch.0, &learned, &["--upstream-ca", &ca], &cmd);
+    assert!(replay.status.success(), "replay under the learned policy:\n{text}\n{}", describe(&replay));
+    assert!(stderr(&replay).contains("nothing was denied"), "{text}\n{}", describe(&replay));
+    let paths: Vec<String> = up.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(paths, ["/learned", "/learned"], "{}", describe(&replay));
+}

@@ -115,7 +115,13 @@ fn decide_for_owner(state: &PolicyState, proxy: &Proxy, host: &str, port: u16, c
 }
 
 /// Whether the proxy is learning and the policy would deny `host:port` (`learning.rs`).
-fn learns_instead(state: &PolicyState, proxy: &Proxy, host: &NormalizedHost, port: u16, client: &Client) -> bool {
+pub(super) fn learns_instead(
+    state: &PolicyState,
+    proxy: &Proxy,
+    host: &NormalizedHost,
+    port: u16,
+    client: &Client,
+) -> bool {
     proxy.learner.get().is_some() && !decide_for_owner(state, proxy, &host.to_string(), port, client).allow
 }
 

@@ -4,7 +4,8 @@
 //! confines the agent to the proxy, and the proxy's own refusals (misdirected requests,
 //! ambiguous framing, credential placeholders sent to hosts they are not bound to) stay.
 //!
-//! A CONNECT to a host no endpoint covers is given an endpoint of its own that allows every
+//! A CONNECT to a host no endpoint covers (or a connection transparent mode redirected there;
+//! leash's resolver then answers every host name) is given an endpoint of its own that allows every
 //! request, held in a policy generation of its own (with the real policy's credentials, so
 //! placeholders are swapped or refused exactly as before). Its first byte decides what it is:
 //! a TLS ClientHello is intercepted, so its requests are seen; anything else (or nothing within
@@ -120,8 +121,21 @@ pub async fn connect(
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(StatusCode::BAD_REQUEST, "bad_request", "CONNECT without an upgradable connection", None);
     };
-    tokio::spawn(take_over(on_upgrade, learner, proxy, state, host, port, client));
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        serve_learned(TokioIo::new(upgraded), learner, proxy, state, host, port, client).await;
+    });
     Response::new(empty())
+}
+
+/// A connection transparent mode redirected to a host:port the policy denies, under learning:
+/// served as a learned CONNECT is.
+pub async fn redirected<S>(agent: S, client: Client, proxy: Arc<Proxy>, host: NormalizedHost, port: u16)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok((learner, state)) = learning_state(&proxy, &host, port, &client, "CONNECT").await else { return };
+    serve_learned(agent, learner, proxy, state, host, port, client).await;
 }
 
 /// An absolute-form `http://` request the policy denies, under learning: inspected as usual.
@@ -181,7 +195,7 @@ async fn learning_state(
             binary: client.binary.as_ref().map(|b| b.display().to_string()),
             credentials: vec![],
             client: Some(client.addr),
-            redirected_from: None,
+            redirected_from: client.redirected_from,
         });
     };
     let allowed_ips = match private_addresses(host, port, learner.allow_private).await {
@@ -280,19 +294,19 @@ async fn private_addresses(host: &NormalizedHost, port: u16, allow_private: bool
     Ok(private)
 }
 
-/// Serves a learned CONNECT once the agent's stream is ours: TLS is intercepted, anything else
-/// tunnelled to the checked address.
-async fn take_over(
-    on_upgrade: OnUpgrade,
+/// Serves a learned connection once the agent's stream is ours: TLS is intercepted, anything
+/// else tunnelled to the checked address.
+async fn serve_learned<S>(
+    mut agent: S,
     learner: Arc<Learner>,
     proxy: Arc<Proxy>,
     state: Arc<PolicyState>,
     host: NormalizedHost,
     port: u16,
     client: Client,
-) {
-    let Ok(upgraded) = on_upgrade.await else { return };
-    let mut agent = TokioIo::new(upgraded);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut first = [0u8; 1];
     let prefix = match tokio::time::timeout(PEEK_WAIT, agent.read(&mut first)).await {
         Ok(Ok(0)) | Ok(Err(_)) => return,

@@ -7,6 +7,7 @@
 //!   address is judged as the IP host it is (`allowed_ips`, IP host rules). A synthetic address
 //!   nobody was given is refused.
 //! - port 53: DNS over TCP, answered by leash's resolver.
+//! - learning (`--learn`): what the policy would deny is served as a learned CONNECT is.
 //! - `protocol: tcp` / `tls: skip` endpoints: tunnelled as they are.
 //! - inspected endpoints: TLS (first byte 0x16) is terminated as in a CONNECT tunnel; plain HTTP
 //!   (an upper-case method) is served and judged request by request; anything else is refused.
@@ -22,13 +23,13 @@ use sandbox_common::OriginalDest;
 use crate::audit::ProxyDecision;
 use crate::policy::Protocol;
 
-use super::connect::{decide, endpoint, Client};
+use super::connect::{decide, endpoint, learns_instead, Client};
 use super::dns::names::is_synthetic;
 use super::intercept::{self, Tunnel};
 use super::peers::AdmittedStream;
 use super::ssrf::NormalizedHost;
 use super::upstream::dial_checked;
-use super::{addresses, dns, request, Proxy, HEADER_READ_TIMEOUT};
+use super::{addresses, dns, learning, request, Proxy, HEADER_READ_TIMEOUT};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -61,6 +62,9 @@ pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, 
     };
     let port = to.port();
     let state = proxy.state.current();
+    if learns_instead(&state, &proxy, &host, port, &client) {
+        return learning::redirected(admitted, client, proxy, host, port).await;
+    }
     let Ok(verdict) = decide(&state, &proxy, "CONNECT", &host, port, &client) else { return };
     let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else { return };
     if endpoint.protocol == Protocol::Tcp || endpoint.tls_skip {

@@ -40,7 +40,11 @@ pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> 
         return Some(query.answer(Rcode::Refused, None, TTL));
     }
     let state = proxy.state.current();
-    let policy = query.name.as_deref().and_then(|n| state.policy.names(n)).map(str::to_owned);
+    let mut policy = query.name.as_deref().and_then(|n| state.policy.names(n)).map(str::to_owned);
+    if policy.is_none() && query.name.is_some() && proxy.learner.get().is_some() {
+        // Learning: every host name resolves, so the connection that follows is learned.
+        policy = Some("learning".to_owned());
+    }
     let allowed = policy.is_some();
     if proxy.audit.records(allowed) {
         let decision =
