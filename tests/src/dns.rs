@@ -47,7 +47,7 @@ impl TestResolver {
 
 /// The name of a one-question query and the answer: A 127.0.0.1 for an A query of a `.test`
 /// name, no data otherwise.
-fn answer(query: &[u8]) -> Option<(String, Vec<u8>)> {
+pub fn answer(query: &[u8]) -> Option<(String, Vec<u8>)> {
     let mut pos = 12;
     let mut labels = Vec::new();
     while *query.get(pos)? != 0 {

@@ -240,3 +240,114 @@ fn learning_sees_clients_that_ignore_the_proxy() {
     let paths: Vec<String> = up.seen().iter().map(|s| s.target.clone()).collect();
     assert_eq!(paths, ["/learned", "/learned"], "{}", describe(&replay));
 }
+
+/// `sshd` on loopback for the ssh test (killed on drop): host key, one authorized client key,
+/// root login by key only, its log in `log`.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Sshd {
+    fn start(scratch: &Scratch, client_pub: &std::path::Path) -> Self {
+        let sshd = std::path::Path::new("/usr/sbin/sshd");
+        assert!(sshd.exists(), "/usr/sbin/sshd is missing: install openssh-server (.ci/run does)");
+        let host_key = scratch.0.join("host_key");
+        keygen(&host_key);
+        let authorized = scratch.0.join("authorized_keys");
+        std::fs::copy(client_pub, &authorized).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = scratch.file(
+            "sshd_config",
+            &format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nLogLevel INFO\n",
+                host_key.display(),
+                authorized.display()
+            ),
+        );
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let log = scratch.0.join("sshd.log");
+        let child = std::process::Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting sshd");
+        assert!(
+            wait_until(10, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "sshd never listened: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Sshd { child, port, log }
+    }
+
+    fn logins(&self) -> usize {
+        std::fs::read_to_string(&self.log).unwrap_or_default().matches("Accepted publickey").count()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &std::path::Path) {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .expect("running ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {}", stderr(&out));
+}
+
+/// ssh and `git clone ssh://` reach a local sshd under an allowed name through the redirect
+/// (`protocol: tcp`), and neither an unlisted name nor the bare address reaches it.
+#[test]
+fn ssh_and_git_over_ssh_reach_allowed_names_only() {
+    require_root();
+    let scratch = Scratch::new("transparent-ssh");
+    let key = scratch.0.join("client_key");
+    keygen(&key);
+    std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
+    let sshd = Sshd::start(&scratch, &key.with_extension("pub"));
+    let work = scratch.0.join("work");
+    let repo = scratch.0.join("repo.git");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&["init", "-q", "-b", "main", "."], &work);
+    std::fs::write(work.join("README"), "cloned over ssh\n").unwrap();
+    git(&["add", "README"], &work);
+    git(&["commit", "-q", "-m", "first"], &work);
+    git(&["clone", "-q", "--bare", work.to_str().unwrap(), repo.to_str().unwrap()], &scratch.0);
+    let p = sshd.port;
+    let policy = scratch.file(
+        "policy.yaml",
+        &format!(
+            "version: 1\nnetwork_policies:\n  ssh:\n    name: ssh\n    endpoints:\n      \
+             - {{ host: ssh.test, port: {p}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n"
+        ),
+    );
+    let ssh = format!(
+        "ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR",
+        key.display()
+    );
+    let script = format!(
+        "{ssh} -p {p} root@ssh.test echo ssh-ok; \
+         GIT_SSH_COMMAND='{ssh}' git clone -q ssh://root@ssh.test:{p}{repo} /tmp/clone && cat /tmp/clone/README; \
+         {ssh} -p {p} root@other.test echo reached || echo other=refused; \
+         {ssh} -p {p} root@127.0.0.1 echo reached || echo ip=refused",
+        repo = repo.display()
+    );
+    let out = leash_run_resolving(&scratch.0, &policy, &[], &["/bin/sh", "-c", &script]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(text.contains("ssh-ok"), "ssh to the allowed name: {}", describe(&out));
+    assert!(text.contains("cloned over ssh"), "git clone over ssh: {}", describe(&out));
+    assert!(text.contains("other=refused") && text.contains("ip=refused"), "{}", describe(&out));
+    assert!(!text.contains("reached"), "{}", describe(&out));
+    assert_eq!(sshd.logins(), 2, "only the two allowed sessions logged in");
+}

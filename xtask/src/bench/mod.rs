@@ -1,4 +1,4 @@
-//! `cargo xtask bench [start|connect|policy|proxy|confine|all|syscall]`: benchmarks that each print ratios against a
+//! `cargo xtask bench [start|connect|policy|proxy|dns|confine|all|syscall]`: benchmarks that each print ratios against a
 //! peer measured in the same run, on this machine, as root (`all`: every one but `syscall`).
 //!
 //! - `start` (`start.rs`): wall time of `leash run -- /bin/true` against the netns + veth +
@@ -9,6 +9,8 @@
 //! - `proxy` (`proxy.rs`): HTTPS keep-alive requests/s, added latency and memory for idle tunnels
 //!   through leash's proxy against mitmproxy and squid-openssl (ssl-bump), same client and
 //!   upstream.
+//! - `dns` (`dns.rs`): allowed-name answers/s and latency from inside a transparent sandbox
+//!   (leash's resolver) beside a resolver on loopback answering from memory.
 //! - `confine` (`confine.rs`): the node daemon's confine latency and rate, and its memory per
 //!   sandbox, against the netns + veth + nftables recipe's setup and teardown per sandbox.
 //! - `syscall` (`syscall.rs`): open/close, socket/close and fork+exec loops inside a VM (no root
@@ -20,6 +22,7 @@
 
 mod confine;
 mod connect;
+mod dns;
 mod proxy;
 mod start;
 mod syscall;
@@ -90,6 +93,8 @@ enum Which {
     Policy,
     /// HTTPS requests/s, latency and idle-tunnel memory: leash's proxy vs mitmproxy and squid.
     Proxy,
+    /// DNS answers/s and latency inside a transparent sandbox vs a resolver on loopback.
+    Dns,
     /// leash daemon: confine latency and rate, memory per sandbox, vs the netns recipe per sandbox.
     Confine,
     All,
@@ -138,6 +143,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let start = matches!(args.which, Which::Start | Which::All);
     let connect = matches!(args.which, Which::Connect | Which::All);
     let proxy = matches!(args.which, Which::Proxy | Which::All);
+    let dns = matches!(args.which, Which::Dns | Which::All);
     let confine = matches!(args.which, Which::Confine | Which::All);
     let peers = if start { find_peers(&START_PEERS, args.install_peers)? } else { Vec::new() };
     let recipe = if confine { recipe_tools(args.install_peers)? } else { None };
@@ -176,8 +182,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         proxy::run(&ctx, &opts)?;
     }
-    if confine {
+    if dns {
         if start || connect || proxy {
+            println!();
+        }
+        dns::run(&ctx)?;
+    }
+    if confine {
+        if start || connect || proxy || dns {
             println!();
         }
         let opts = confine::Options {
