@@ -12,7 +12,7 @@
 //! - inspected endpoints: TLS (first byte 0x16) is terminated as in a CONNECT tunnel; plain HTTP
 //!   (an upper-case method) is served and judged request by request; anything else is refused.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
@@ -28,7 +28,7 @@ use super::dns::names::is_synthetic;
 use super::intercept::{self, Tunnel};
 use super::peers::AdmittedStream;
 use super::ssrf::NormalizedHost;
-use super::upstream::dial_checked;
+use super::upstream::{dial_checked, DialError};
 use super::{addresses, dns, learning, request, Proxy, HEADER_READ_TIMEOUT};
 
 /// The first byte of a TLS handshake record.
@@ -67,11 +67,17 @@ pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, 
     }
     let Ok(verdict) = decide(&state, &proxy, "CONNECT", &host, port, &client) else { return };
     let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else { return };
+    learning::allowed_connection(&proxy, &host.to_string(), port, &client, endpoint);
     if endpoint.protocol == Protocol::Tcp || endpoint.tls_skip {
         let addresses = addresses::for_endpoint(endpoint);
-        if let Ok(mut upstream) = dial_checked(&host, port, &addresses).await {
-            let mut agent = admitted;
-            let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+        match dial_checked(&host, port, &addresses).await {
+            Ok(mut upstream) => {
+                let mut agent = admitted;
+                let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+            }
+            // The same refusal a CONNECT gets, audited (the agent sees the connection close).
+            Err(DialError::Blocked(_)) => refused(&proxy, &client, &host.to_string(), to, "blocked_address"),
+            Err(_) => {}
         }
         return;
     }
@@ -106,12 +112,13 @@ pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, 
 /// The host a redirected connection to `ip` is for: the name behind a synthetic address, else
 /// the address itself.
 fn name_of(proxy: &Proxy, ip: IpAddr) -> Option<NormalizedHost> {
-    match ip {
-        IpAddr::V4(v4) if is_synthetic(v4) => proxy.names.name_of(v4).map(NormalizedHost::Name),
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(is_synthetic) => {
-            proxy.names.name_of(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)).map(NormalizedHost::Name)
-        }
-        ip => Some(NormalizedHost::Ip(ip)),
+    let v4 = match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    };
+    match v4 {
+        Some(v4) if is_synthetic(v4) => proxy.names.name_of(v4).map(NormalizedHost::Name),
+        _ => Some(NormalizedHost::Ip(ip)),
     }
 }
 
