@@ -547,6 +547,41 @@ fn a_target_in_a_root_of_its_own_making_is_refused() {
     stop(&mut init);
 }
 
+/// Issue 19, the chroot(2) variant: a pod process that changed its root (in a user namespace of
+/// its own, where chroot needs no privilege; the container's mount namespace is kept) is refused
+/// when a process of the pod with the same uid asks to confine it by pid; the same request for a
+/// process in the container's own root is served.
+#[test]
+fn a_target_that_changed_its_root_is_refused() {
+    use std::io::BufRead as _;
+    let mut node = Node::new("chroot");
+    node.policy("default", "version: 1\n");
+    let pod = node.pod(Layout::CgroupfsCrio, 64);
+    node.start(&["--default-policy", "default"]);
+    let mut init = pod.sleeper();
+    let control = confine_once(&node, &pod);
+    assert_eq!(code(&control), "ok", "control: {control}");
+    let root = node.scratch.0.join("own-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let chrooted = format!(
+        "import os, sys, time\nos.chroot({root:?})\nos.chdir('/')\nprint('ready', flush=True)\ntime.sleep(30)\n",
+        root = root.display().to_string()
+    );
+    let mut attacker = podclient_in(&pod.container)
+        .args(["exec", "0", "--", "unshare", "-Ur", "/usr/bin/python3", "-c", &chrooted])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(attacker.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the chroot did not happen");
+    let reply = confine_pid(&node, &pod, attacker.id(), None);
+    assert_ne!(code(&reply), "ok", "a process in a root of its own was confined: {reply}");
+    assert!(reply.to_string().contains("another root or mount namespace"), "{reply}");
+    stop(&mut attacker);
+    stop(&mut init);
+}
+
 #[test]
 fn policies_follow_a_configmap_update() {
     let mut node = Node::new("configmap");
