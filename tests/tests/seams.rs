@@ -131,6 +131,26 @@ fn a_reload_cannot_bring_kernel_rules_nothing_enforces() {
     assert!(stdout(&out).contains("CONNECT 403"), "the rejected policy was put in force: {}", stdout(&out));
 }
 
+/// A reload that turns transparent mode on or off is refused (the kernel redirect is set when the
+/// sandbox starts), with the previous policy kept.
+#[test]
+fn a_reload_cannot_change_transparent_mode() {
+    require_root();
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("seam-reload-transparent");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let probe = format!("{PROBE} get proxy {}", target.addr);
+    let next = nobody_policy(&[target.addr.port()]).replace("network:\n  transparent: false\n", "");
+    assert!(!next.contains("transparent"), "the next policy must leave transparent mode to its default");
+    let out = run_rewriting_policy(&scratch, &policy, "true", &probe, &next);
+    assert!(
+        stderr(&out).contains("reload rejected") && stderr(&out).contains("network.transparent"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("CONNECT 403"), "the rejected policy was put in force: {}", stdout(&out));
+}
+
 #[test]
 fn a_planted_policy_link_to_a_root_only_file_is_refused_and_not_shown() {
     require_root();

@@ -54,6 +54,9 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::t
 /// a file whose `kernel:` section does not resolve changes nothing.
 pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: &KernelReload) {
     let result = policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
+        if p.transparent() != proxy.transparent() {
+            return Err("the new policy changes network.transparent, which is set when the sandbox starts: run the agent again for that".to_owned());
+        }
         match kernel {
             KernelReload::NoSandbox | KernelReload::Unenforced { allow_degraded: true } => {}
             KernelReload::Unenforced { allow_degraded: false } => {

@@ -150,6 +150,11 @@ impl Proxy {
         self.state.current().secrets.appears_in(std::os::unix::ffi::OsStrExt::as_bytes(value))
     }
 
+    /// Whether the policy in force asks for transparent mode (`network.transparent`).
+    pub fn transparent(&self) -> bool {
+        self.state.current().policy.transparent()
+    }
+
     /// Puts `policy` in force for new connections. On error (a credential it declares cannot be
     /// loaded) the old policy stays in force.
     pub fn reload(&self, policy: CompiledPolicy) -> Result<()> {
