@@ -228,11 +228,6 @@ impl CompiledPolicy {
         self.transparent.unwrap_or(true)
     }
 
-    /// `network.transparent` as the policy file sets it, `None` when it does not.
-    pub fn transparent_as_written(&self) -> Option<bool> {
-        self.transparent
-    }
-
     /// The network policy of the first endpoint (in file order) whose host pattern covers the
     /// name `host` on any port: what leash's resolver answers in transparent mode. `binaries:`
     /// are not considered (a query does not say which executable will connect; the connection

@@ -60,8 +60,8 @@ pub struct Network {
     /// Transparent mode: a TCP connection to any address (not only to the proxy) is redirected
     /// to the proxy in the kernel and judged by the name it was meant for, and DNS queries go to
     /// leash's resolver, which answers only names the policy allows. For clients that do not
-    /// honour `HTTPS_PROXY`. Read when the sandbox starts (not on reload). Absent: on under
-    /// `leash run`, off under `leash confine` (which does not offer it yet).
+    /// honour `HTTPS_PROXY`. Read when the sandbox starts (a reload may not change it). Absent:
+    /// on.
     pub transparent: Option<bool>,
 }
 

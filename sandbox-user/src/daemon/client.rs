@@ -50,16 +50,28 @@ impl Client {
 
     /// Sends `op` with `fd` passed alongside (SCM_RIGHTS) and returns the reply's result.
     pub fn call_with_fd(&mut self, op: Op, fd: Option<BorrowedFd<'_>>) -> Result<serde_json::Value, ClientError> {
+        self.call_with_fds(op, fd.as_slice())
+    }
+
+    /// One request whose frame carries `fds` (`confine` in transparent mode passes three).
+    pub fn call_with_fds(&mut self, op: Op, fds: &[BorrowedFd<'_>]) -> Result<serde_json::Value, ClientError> {
         let body =
             serde_json::to_vec(&Request { version: VERSION, op }).map_err(|e| ClientError::Reply(e.to_string()))?;
-        self.send_frame(&protocol::frame(&body), fd)?;
+        self.send_frame_with(&protocol::frame(&body), fds)?;
         self.read_reply()
     }
 
     /// Sends one frame as given (tests send malformed ones), its first byte carrying `fd`.
     pub fn send_frame(&mut self, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
-        let Some(fd) = fd else { return self.stream.write_all(frame) };
-        let raw = [fd.as_raw_fd()];
+        self.send_frame_with(frame, fd.as_slice())
+    }
+
+    /// Sends one frame, its first byte carrying `fds`.
+    fn send_frame_with(&mut self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+        if fds.is_empty() {
+            return self.stream.write_all(frame);
+        }
+        let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&raw)];
         let iov = [std::io::IoSlice::new(frame)];
         let sent = sendmsg::<()>(self.stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;

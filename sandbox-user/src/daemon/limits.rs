@@ -20,8 +20,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Connections one pod (all its containers together) holds at once.
 pub const MAX_CONNECTIONS_PER_POD: usize = 16;
 
-/// Descriptors one frame may carry: `confine` passes one.
-pub const MAX_FDS_PER_FRAME: usize = 1;
+/// Descriptors one frame may carry: `confine` passes one, or three in transparent mode.
+pub const MAX_FDS_PER_FRAME: usize = 3;
 
 /// Sandboxes one pod holds at once by default: half the node's limit (at least one), so that one
 /// pod never takes the whole budget.

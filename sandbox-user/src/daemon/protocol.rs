@@ -28,7 +28,7 @@
 //! |---|---|---|
 //! | `hello` | — | daemon version, API version, layers this node enforces, the policy this pod may use (`policies`: none or one) |
 //! | `policy` | `policy`? | the name and YAML text of the policy this pod may use (for its proxy) |
-//! | `confine` | `policy`?, `pid`? + one descriptor (SCM_RIGHTS): the proxy's listening TCP socket | the new sandbox |
+//! | `confine` | `policy`?, `pid`? + descriptors (SCM_RIGHTS): the proxy's listening TCP socket; for transparent mode also its transparent listener (TCP) and resolver (UDP) sockets | the new sandbox |
 //! | `status` | `sandbox` | the sandbox: policy, proxy, processes, verdict counters |
 //! | `release` | `sandbox` | — (every process in it is killed and its state removed) |
 //! | `owner` | `sandbox`, `port` | the process that opened the proxy connection whose client port is `port` |
@@ -52,6 +52,11 @@
 //! does not exist, is in another pod, or runs as another user gets one and the same answer,
 //! `no_such_process` "no process N of yours": the answers tell nothing of processes outside the
 //! caller's reach. `hello` names only the policy the caller's pod may use.
+//!
+//! With three descriptors the sandbox is in transparent mode: its TCP connects to anywhere but the
+//! proxy go to the second socket (a listening TCP socket) and its DNS to the third (a bound UDP
+//! socket), both on the proxy's address and in its network namespace; `owner` then also says
+//! where a redirected connection was going (`dest`).
 //!
 //! A target that holds a TCP, UDP, raw, ping or packet socket (other than the passed proxy
 //! listener, which `leash confine`'s child holds until it execs) is refused with `not_allowed`:
@@ -190,6 +195,9 @@ pub struct Confined {
     pub netns_scoped: bool,
     /// The layers in force for it.
     pub layers: Vec<String>,
+    /// Whether its connects elsewhere and its DNS go to the passed transparent sockets.
+    #[serde(default)]
+    pub transparent: bool,
 }
 
 /// The `policy` answer.
@@ -208,6 +216,9 @@ pub struct Owner {
     /// The executable, when the daemon could read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// Where the process connected, when transparent mode redirected the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest: Option<SocketAddr>,
 }
 
 /// Parses a request body: the version first (so an old or new client hears which versions this

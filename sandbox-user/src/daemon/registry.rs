@@ -25,6 +25,9 @@ pub struct SandboxRecord {
     pub proxy: SocketAddr,
     pub netns_cookie: u64,
     pub record_owners: bool,
+    /// Transparent mode: the proxy's transparent listener and resolver ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent: Option<crate::kernel::programs::TransparentPorts>,
     /// Seconds since the epoch.
     pub created: u64,
 }
@@ -119,6 +122,7 @@ mod tests {
             proxy: "127.0.0.1:3128".parse().unwrap(),
             netns_cookie: 1,
             record_owners: false,
+            transparent: None,
             created: 0,
         }
     }

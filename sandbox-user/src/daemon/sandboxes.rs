@@ -30,9 +30,9 @@ use crate::kernel::fs_root::FsRoot;
 use crate::kernel::generation::Generation;
 use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
-use crate::kernel::programs::sandbox_net;
+use crate::kernel::programs::{self, sandbox_net, TransparentPorts};
 use crate::proxy::identity::holders_all_run;
-use sandbox_common::{SANDBOX_NODE, SANDBOX_RECORD_OWNERS};
+use sandbox_common::{SandboxNet, SANDBOX_NODE};
 
 /// A process asking the daemon something, identified by the kernel.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ impl Node {
         caller: &Caller,
         requested: Option<&str>,
         pid: Option<u32>,
-        socket: Option<OwnedFd>,
+        sockets: Vec<OwnedFd>,
     ) -> Result<Confined, Reply> {
         // The target, held from now on: a pid number is looked up once, here.
         let opened;
@@ -124,13 +124,16 @@ impl Node {
                 Some(rules)
             }
         };
-        let socket = socket.ok_or_else(|| {
-            Reply::error(ErrorCode::BadSocket, "pass the proxy's listening socket with the request (SCM_RIGHTS)")
-        })?;
-        let proxy = inspect_listener(&socket)?;
-        let listener_inode = nix::sys::stat::fstat(&socket).map(|s| s.st_ino).ok();
-        drop(socket);
-        let record_owners = !policy.compiled.binaries_restricted().is_empty();
+        let passed = inspect_passed(&sockets)?;
+        let proxy = passed.proxy;
+        // The proxy's listener is the one network socket the target may hold (`leash confine`'s
+        // child holds it until it execs): a listening socket sends nothing. The transparent
+        // sockets are not exempt (a UDP socket made outside would reach anything).
+        let listener_inode = sockets.first().and_then(|s| nix::sys::stat::fstat(s).map(|s| s.st_ino).ok());
+        drop(sockets);
+        // Transparent mode needs the records: they are how the proxy learns where a redirected
+        // connection was going.
+        let record_owners = !policy.compiled.binaries_restricted().is_empty() || passed.transparent.is_some();
 
         let mut state = self.state()?;
         // The target may have exited (and its number gone elsewhere) while this waited.
@@ -171,6 +174,7 @@ impl Node {
             proxy: proxy.addr,
             netns_cookie: proxy.netns_cookie,
             record_owners,
+            transparent: passed.transparent,
             created: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         };
         let built = build(&mut state, &record, kernel_rules.as_ref())
@@ -198,6 +202,7 @@ impl Node {
             proxy: proxy.addr,
             netns_scoped: proxy.netns_cookie != 0,
             layers: layers(kernel_rules.is_some()),
+            transparent: passed.transparent.is_some(),
         })
     }
 
@@ -284,12 +289,14 @@ impl Node {
         let net = PathBuf::from(format!("/proc/{}/net", owner.pid));
         let peer = SocketAddr::new(record.proxy.ip(), port);
         let procs = record.cgroup.join("cgroup.procs");
+        let mut listeners = vec![record.proxy];
+        listeners.extend(record.transparent.map(|t| SocketAddr::new(record.proxy.ip(), t.tcp)));
         let exe = live
             .filter(|(cgroup, _)| cgroup.contains(&inside))
-            .filter(|(_, exe)| holders_all_run(&procs, &net, peer, record.proxy, exe))
+            .filter(|(_, exe)| listeners.iter().any(|l| holders_all_run(&procs, &net, peer, *l, exe)))
             .map(|(_, exe)| exe.display().to_string());
         let pid = if exe.is_some() { pid_in_own_namespace(owner.pid).unwrap_or(0) } else { 0 };
-        Ok(Owner { pid, uid: owner.uid, exe })
+        Ok(Owner { pid, uid: owner.uid, exe, dest: programs::original_destination(&owner.dest) })
     }
 
     /// Removes every sandbox whose cgroup emptied or disappeared. Returns how many.
@@ -319,7 +326,7 @@ impl Node {
             let records: Vec<SandboxRecord> = state.registry.iter().cloned().collect();
             for r in records {
                 if r.cgroup.is_dir() {
-                    state.programs.attach(&r.cgroup, &r.id, owner_flags(r.record_owners))?;
+                    state.programs.attach(&r.cgroup, &r.id, sandbox_net_of(&r).flags)?;
                 }
                 state.programs.detach(&r.id, Some(generation))?;
             }
@@ -385,20 +392,20 @@ fn check_lsm(programs: &Generation, rules: &LsmRules, policy: &str) -> Result<()
     }
 }
 
-/// The `SandboxNet::flags` that decide which programs a node sandbox gets.
-fn owner_flags(record_owners: bool) -> u32 {
-    if record_owners {
-        SANDBOX_RECORD_OWNERS
-    } else {
-        0
+/// The network entry of the sandbox `r` records.
+fn sandbox_net_of(r: &SandboxRecord) -> SandboxNet {
+    let mut net = sandbox_net(r.proxy, r.record_owners);
+    if let Some(ports) = r.transparent {
+        net = programs::transparent(net, ports);
     }
+    net.netns_cookie = r.netns_cookie;
+    net.flags |= SANDBOX_NODE;
+    net
 }
 
 /// Entries, links and the state file of a new sandbox.
 fn build(state: &mut State, r: &SandboxRecord, kernel: Option<&LsmRules>) -> Result<()> {
-    let mut net = sandbox_net(r.proxy, r.record_owners);
-    net.netns_cookie = r.netns_cookie;
-    net.flags |= SANDBOX_NODE;
+    let net = sandbox_net_of(r);
     state.programs.add_entries(r.cgroup_id, net)?;
     if let Some(rules) = kernel {
         let registration =
@@ -521,6 +528,37 @@ fn populated(cgroup: &Path) -> bool {
     }
 }
 
+/// What a `confine` passed: the proxy's listener and, in transparent mode, the ports of its
+/// transparent listener and resolver.
+struct Passed {
+    proxy: Listener,
+    transparent: Option<TransparentPorts>,
+}
+
+/// Checks the passed sockets: one listening TCP socket (the proxy), or three (transparent mode:
+/// also a listening TCP socket and a bound UDP socket, on the proxy's address and in its network
+/// namespace).
+fn inspect_passed(sockets: &[OwnedFd]) -> Result<Passed, Reply> {
+    let bad = |why: &str| Reply::error(ErrorCode::BadSocket, why.to_string());
+    match sockets {
+        [] => Err(bad("pass the proxy's listening socket with the request (SCM_RIGHTS)")),
+        [listener] => Ok(Passed { proxy: inspect_listener(listener)?, transparent: None }),
+        [listener, tcp, udp] => {
+            let proxy = inspect_listener(listener)?;
+            let tcp = inspect_listener(tcp)?;
+            let dns =
+                inspect_socket(udp, libc::SOCK_DGRAM).map_err(|why| bad(&format!("the resolver socket {why}")))?;
+            let same = |addr: SocketAddr, cookie: u64| addr.ip() == proxy.addr.ip() && cookie == proxy.netns_cookie;
+            if !same(tcp.addr, tcp.netns_cookie) || !same(dns.addr, dns.netns_cookie) {
+                return Err(bad("the transparent sockets must be on the proxy's address, in its network namespace"));
+            }
+            let transparent = Some(TransparentPorts { tcp: tcp.addr.port(), dns: dns.addr.port() });
+            Ok(Passed { proxy, transparent })
+        }
+        _ => Err(bad("pass one socket (the proxy's listener), or three for transparent mode")),
+    }
+}
+
 /// The proxy a passed socket listens on.
 struct Listener {
     addr: SocketAddr,
@@ -530,21 +568,30 @@ struct Listener {
 /// Checks that `fd` is a listening TCP socket on a specific address and reads its address and
 /// network namespace.
 fn inspect_listener(fd: &OwnedFd) -> Result<Listener, Reply> {
-    let bad = |why: &str| Reply::error(ErrorCode::BadSocket, why.to_string());
-    let raw = fd.as_raw_fd();
-    let int_opt = |opt: libc::c_int| -> Option<libc::c_int> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `v`.
-        let rc = unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
-        (rc == 0).then_some(v)
-    };
-    let domain = int_opt(libc::SO_DOMAIN).ok_or_else(|| bad("the passed descriptor is not a socket"))?;
-    if domain != libc::AF_INET && domain != libc::AF_INET6 {
-        return Err(bad("the passed socket is not a TCP/IP socket"));
+    let bad = |why: String| Reply::error(ErrorCode::BadSocket, why);
+    let listener = inspect_socket(fd, libc::SOCK_STREAM).map_err(|why| bad(format!("the passed socket {why}")))?;
+    if int_option(fd, libc::SO_ACCEPTCONN) != Some(1) {
+        return Err(bad("the passed socket is not a listening TCP socket".into()));
     }
-    if int_opt(libc::SO_TYPE) != Some(libc::SOCK_STREAM) || int_opt(libc::SO_ACCEPTCONN) != Some(1) {
-        return Err(bad("the passed socket is not a listening TCP socket"));
+    if listener.addr.ip().is_unspecified() {
+        return Err(bad(
+            "the proxy listens on every address; make it listen on one (e.g. 127.0.0.1) so that only it is reachable"
+                .into(),
+        ));
+    }
+    Ok(listener)
+}
+
+/// Reads the address and network namespace of `fd`, an IP socket of type `sock_type`; `Err`
+/// completes "the socket ...".
+fn inspect_socket(fd: &OwnedFd, sock_type: libc::c_int) -> Result<Listener, String> {
+    let raw = fd.as_raw_fd();
+    let domain = int_option(fd, libc::SO_DOMAIN).ok_or("is not a socket")?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return Err("is not a TCP/IP socket".into());
+    }
+    if int_option(fd, libc::SO_TYPE) != Some(sock_type) {
+        return Err(if sock_type == libc::SOCK_STREAM { "is not a TCP socket" } else { "is not a UDP socket" }.into());
     }
     let addr = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(raw)
         .ok()
@@ -553,11 +600,9 @@ fn inspect_listener(fd: &OwnedFd) -> Result<Listener, Reply> {
                 .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
                 .or_else(|| s.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a))))
         })
-        .ok_or_else(|| bad("cannot read the passed socket's address"))?;
-    if addr.ip().is_unspecified() {
-        return Err(bad(
-            "the proxy listens on every address; make it listen on one (e.g. 127.0.0.1) so that only it is reachable",
-        ));
+        .ok_or("has no readable address")?;
+    if addr.port() == 0 {
+        return Err("is not bound".into());
     }
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
@@ -567,6 +612,17 @@ fn inspect_listener(fd: &OwnedFd) -> Result<Listener, Reply> {
         libc::getsockopt(raw, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
     };
     Ok(Listener { addr, netns_cookie: if rc == 0 { cookie } else { 0 } })
+}
+
+/// An integer `SOL_SOCKET` option of `fd`.
+fn int_option(fd: &OwnedFd, option: libc::c_int) -> Option<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, (&mut v as *mut libc::c_int).cast(), &mut len)
+    };
+    (rc == 0).then_some(v)
 }
 
 /// The pid of host process `pid` in its innermost pid namespace (`NSpid` of its status), which

@@ -114,7 +114,9 @@ fn answer(node: &Node, peer: &Peer, op: Op, mut fds: Vec<OwnedFd>) -> Reply {
             "policies": node.own_policy(&caller).into_iter().collect::<Vec<_>>(),
         })),
         Op::Policy { policy } => node.policy_text(&caller, policy.as_deref()).map(to_json),
-        Op::Confine { policy, pid } => node.confine(&caller, policy.as_deref(), pid, fds.pop()).map(to_json),
+        Op::Confine { policy, pid } => {
+            node.confine(&caller, policy.as_deref(), pid, std::mem::take(&mut fds)).map(to_json)
+        }
         Op::Status { sandbox } => node.status(&caller, &sandbox),
         Op::Release { sandbox } => node.release(&caller, &sandbox).map(|()| serde_json::json!({})),
         Op::Owner { sandbox, port } => node.owner(&caller, &sandbox, port).map(to_json),

@@ -152,10 +152,26 @@ pub fn sandbox_net(proxy: std::net::SocketAddr, record_owners: bool) -> SandboxN
 }
 
 /// The ports of a proxy's transparent listener (TCP) and resolver (UDP), at the proxy's address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransparentPorts {
     pub tcp: u16,
     pub dns: u16,
+}
+
+/// The address a redirected socket was connected to, from its owner record; `None` for a
+/// connection made to the proxy itself.
+pub fn original_destination(dest: &sandbox_common::OriginalDest) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv6Addr};
+    if dest.port == 0 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, word) in dest.addr.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let v6 = Ipv6Addr::from(bytes);
+    let ip = v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6));
+    Some(std::net::SocketAddr::new(ip, dest.port))
 }
 
 /// `net` in transparent mode: connects elsewhere go to `ports` (which needs owner records).

@@ -66,9 +66,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
         .context("reading the daemon's policy answer")?;
     drop(daemon);
     let policy = policy::parse_str(&format!("<node policy {}>", text.name), &text.yaml).map_err(|e| anyhow!("{e}"))?;
-    if policy.transparent_as_written() == Some(true) {
-        bail!("the node policy {} sets network.transparent, which leash confine does not offer yet: only leash run redirects connections and DNS", text.name);
-    }
+    let transparent = policy.transparent();
     let identity = own_identity();
     let id = SandboxId::for_self()?;
     let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;
@@ -82,7 +80,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     let config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
     let proxy = Proxy::new(policy, &config, audit)?;
     let trust = trust::AgentTrustDir::write_in(&std::env::temp_dir(), &format!("leash-{id}"), proxy.ca())?;
-    let bound = BoundProxy::bind(opts.proxy_listen).await?;
+    let mut bound = BoundProxy::bind(opts.proxy_listen).await?;
 
     let workdir = std::env::current_dir().context("reading the working directory")?;
     let domain = landlock::prepare(filesystem.as_ref(), &workdir, &[trust.dir().to_path_buf()])?;
@@ -112,7 +110,8 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     let listener = bound.listener_fd().try_clone_to_owned().context("duplicating the proxy socket")?;
     let policy_name = text.name.clone();
     let leash_end = ours.as_raw_fd();
-    let handoff = std::thread::spawn(move || hand_off(ours, listener, &policy_name));
+    let transparent_on = transparent.then_some(bound.addr().ip());
+    let handoff = std::thread::spawn(move || hand_off(ours, listener, transparent_on, &policy_name));
     let seccomp = seccomp::SocketFamilyFilter::new();
     let spawned = child::spawn(child::ChildSetup {
         program,
@@ -129,12 +128,16 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     drop(domain);
     let handed = handoff.join().map_err(|_| anyhow!("the handoff thread panicked"))?;
     let child = match (spawned, handed) {
-        (Ok(child), Ok(confined)) => {
+        (Ok(child), Ok((confined, transparent_sockets))) => {
             if !confined.netns_scoped {
                 eprintln!("leash: note: this kernel does not report network namespaces; the sandbox is scoped by address only");
             }
-            if binaries_restricted {
-                // `binaries:` rules: the daemon holds the table of who opened each connection.
+            if let Some((tcp, dns)) = transparent_sockets {
+                bound.adopt_transparent(tcp, dns)?;
+            }
+            if binaries_restricted || confined.transparent {
+                // `binaries:` rules and transparent mode: the daemon holds the table of who opened
+                // each connection, and where a redirected one was going.
                 proxy.set_connection_owners(Box::new(DaemonOwners::new(&opts.socket, &confined.sandbox)))?;
             }
             child
@@ -149,22 +152,41 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     Ok(code)
 }
 
+/// Transparent mode's sockets, made by the handoff for the proxy to serve.
+type TransparentSockets = (std::net::TcpListener, std::net::UdpSocket);
+
 /// leash's half of the handoff: receive the child's daemon connection, ask for confinement with
-/// the proxy's socket, and tell the child to go on (or, by closing, not to).
-fn hand_off(ours: OwnedFd, listener: OwnedFd, policy: &str) -> Result<Confined> {
+/// the proxy's socket (and, when `transparent` names the proxy's address, transparent mode's
+/// two sockets, made here), and tell the child to go on (or, by closing, not to).
+fn hand_off(
+    ours: OwnedFd,
+    listener: OwnedFd,
+    transparent: Option<std::net::IpAddr>,
+    policy: &str,
+) -> Result<(Confined, Option<TransparentSockets>)> {
     let connection = receive_fd(&ours).context("receiving the agent's connection to the daemon")?;
+    // Made after the agent's fork (it sent its connection from the child), so the agent never
+    // holds them: the daemon refuses a target holding a network socket made outside.
+    let sockets = transparent.map(crate::proxy::bind_transparent).transpose()?;
+    let mut fds = vec![listener.as_fd()];
+    if let Some((tcp, dns)) = &sockets {
+        fds.extend([tcp.as_fd(), dns.as_fd()]);
+    }
     let mut client = Client::from_stream(UnixStream::from(connection));
-    let confined: Confined = serde_json::from_value(
-        client.call_with_fd(Op::Confine { policy: Some(policy.to_owned()), pid: None }, Some(listener.as_fd()))?,
-    )
-    .context("reading the daemon's confine answer")?;
+    let confined: Confined =
+        serde_json::from_value(client.call_with_fds(Op::Confine { policy: Some(policy.to_owned()), pid: None }, &fds)?)
+            .context("reading the daemon's confine answer")?;
+    drop(fds);
     drop(listener);
+    if sockets.is_some() && !confined.transparent {
+        bail!("the node daemon did not put transparent mode in force (is it older than this leash?)");
+    }
     nix::unistd::write(&ours, &[CONFINED]).context("releasing the agent")?;
     eprintln!(
         "leash: sandbox {} (policy {}) confines the agent to {}",
         confined.sandbox, confined.policy, confined.proxy
     );
-    Ok(confined)
+    Ok((confined, sockets))
 }
 
 /// Receives one descriptor passed over `sock`.

@@ -28,6 +28,8 @@ pub trait OwnerSource: Send + Sync {
     fn binary(&self, peer: SocketAddr) -> Option<PathBuf>;
     /// That process's pid as this process sees it, if known.
     fn pid(&self, peer: SocketAddr) -> Option<u32>;
+    /// Where the connection from `peer` was going, when transparent mode redirected it here.
+    fn destination(&self, peer: SocketAddr) -> Option<SocketAddr>;
 }
 
 impl OwnerSource for ConnectionOwners {
@@ -38,6 +40,10 @@ impl OwnerSource for ConnectionOwners {
 
     fn pid(&self, peer: SocketAddr) -> Option<u32> {
         self.owner(peer.port()).map(|o| o.pid)
+    }
+
+    fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.owner(peer.port()).and_then(|o| crate::kernel::programs::original_destination(&o.dest))
     }
 }
 
@@ -159,6 +165,10 @@ impl OwnerSource for DaemonOwners {
 
     fn pid(&self, peer: SocketAddr) -> Option<u32> {
         self.ask(peer.port()).map(|o| o.pid).filter(|p| *p != 0)
+    }
+
+    fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.ask(peer.port())?.dest
     }
 }
 

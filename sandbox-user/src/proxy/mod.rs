@@ -195,9 +195,21 @@ impl BoundProxy {
     /// Also binds transparent mode's listener (TCP) and resolver (UDP) on the proxy's address,
     /// at ports the kernel picks.
     pub async fn bind_transparent(&mut self) -> Result<TransparentPorts> {
-        let any = SocketAddr::new(self.addr.ip(), 0);
-        let tcp = TcpListener::bind(any).await.with_context(|| format!("binding the transparent listener on {any}"))?;
-        let dns = tokio::net::UdpSocket::bind(any).await.with_context(|| format!("binding the resolver on {any}"))?;
+        let (tcp, dns) = bind_transparent(self.addr.ip())?;
+        self.adopt_transparent(tcp, dns)
+    }
+
+    /// Serves transparent mode on sockets made by [`bind_transparent`] (`leash confine` makes
+    /// them after its agent's fork, so that the agent never holds them).
+    pub fn adopt_transparent(
+        &mut self,
+        tcp: std::net::TcpListener,
+        dns: std::net::UdpSocket,
+    ) -> Result<TransparentPorts> {
+        tcp.set_nonblocking(true)?;
+        dns.set_nonblocking(true)?;
+        let tcp = TcpListener::from_std(tcp).context("serving the transparent listener")?;
+        let dns = tokio::net::UdpSocket::from_std(dns).context("serving the resolver")?;
         let ports = TransparentPorts { tcp: tcp.local_addr()?.port(), dns: dns.local_addr()?.port() };
         self.transparent = Some(TransparentListeners { tcp, dns });
         Ok(ports)
@@ -239,6 +251,15 @@ impl BoundProxy {
             }
         })
     }
+}
+
+/// Transparent mode's listener (TCP) and resolver (UDP) sockets, bound at ports the kernel picks
+/// on `ip` (the proxy's address).
+pub fn bind_transparent(ip: std::net::IpAddr) -> Result<(std::net::TcpListener, std::net::UdpSocket)> {
+    let any = SocketAddr::new(ip, 0);
+    let tcp = std::net::TcpListener::bind(any).with_context(|| format!("binding the transparent listener on {any}"))?;
+    let dns = std::net::UdpSocket::bind(any).with_context(|| format!("binding the resolver on {any}"))?;
+    Ok((tcp, dns))
 }
 
 /// Which front door a listener is.
@@ -288,17 +309,21 @@ async fn serve_connection(
             return;
         }
     }
-    let redirected_from = match (door, &peers) {
-        (Door::Explicit, _) => None,
-        // Only a sandbox's own records say where a redirected connection was going.
-        (Door::Transparent, None) => return,
-        (Door::Transparent, Some(peers)) => match peers.destination(addr) {
-            Some(to) => Some(to),
-            None => {
+    // Only the sandbox's own records (the kernel's, or the node daemon's under `leash confine`)
+    // say where a redirected connection was going; one without is not the sandbox's.
+    let redirected_from = match door {
+        Door::Explicit => None,
+        Door::Transparent => {
+            let recorded = match &peers {
+                Some(peers) => peers.destination(addr),
+                None => proxy.owners.get().and_then(|o| o.destination(addr)),
+            };
+            if recorded.is_none() {
                 proxy.audit.outsider_refused(addr);
                 return;
             }
-        },
+            recorded
+        }
     };
     let binary = proxy.owners.get().and_then(|o| o.binary(addr));
     let stream = peers::AdmittedStream::new(stream, peers.map(|p| (p, addr)));

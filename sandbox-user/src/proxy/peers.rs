@@ -43,7 +43,7 @@ impl SandboxPeers {
     /// Where the sandbox's connection from `peer` was meant to go, when transparent mode
     /// redirected it to the proxy; `None` for a connection made to the proxy itself.
     pub fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        self.owners.owner(peer.port()).and_then(|o| super::transparent::original_destination(&o.dest))
+        self.owners.destination(peer)
     }
 
     /// Whether `peer`, connected to the proxy at `local`, is a connection the sandbox made.
@@ -92,6 +92,10 @@ impl OwnerSource for Shared {
 
     fn pid(&self, peer: SocketAddr) -> Option<u32> {
         self.owners.pid(peer)
+    }
+
+    fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.owners.destination(peer)
     }
 }
 

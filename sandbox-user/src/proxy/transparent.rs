@@ -12,13 +12,12 @@
 //! - inspected endpoints: TLS (first byte 0x16) is terminated as in a CONNECT tunnel; plain HTTP
 //!   (an upper-case method) is served and judged request by request; anything else is refused.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sandbox_common::OriginalDest;
 
 use crate::audit::ProxyDecision;
 use crate::policy::Protocol;
@@ -33,20 +32,6 @@ use super::{addresses, dns, learning, request, Proxy, HEADER_READ_TIMEOUT};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
-
-/// The address a redirected socket was connected to, from its owner record.
-pub fn original_destination(dest: &OriginalDest) -> Option<SocketAddr> {
-    if dest.port == 0 {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    for (i, word) in dest.addr.iter().enumerate() {
-        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-    }
-    let v6 = Ipv6Addr::from(bytes);
-    let ip = v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6));
-    Some(SocketAddr::new(ip, dest.port))
-}
 
 /// Serves one redirected connection from `client`, which meant to reach `to`.
 pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, to: SocketAddr) {
