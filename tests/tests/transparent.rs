@@ -129,6 +129,8 @@ fn clients_that_ignore_the_proxy_reach_allowed_names_and_nothing_else() {
          /usr/bin/node -e \"fetch('https://allowed.test:{p}/node', {{ headers: {{ authorization: 'Bearer ' + process.env.TOK }}, signal: AbortSignal.timeout(20000) }}).then(async r => console.log('node ' + r.status + ' ' + (await r.text()).length)).catch(e => console.log('node ERR ' + e.message))\"; \
          python3 -c \"import socket,ssl; c=ssl.create_default_context(); s=c.wrap_socket(socket.create_connection(('allowed.test',{p}),timeout=10),server_hostname='allowed.test'); s.sendall(b'GET /python HTTP/1.1\\r\\nHost: allowed.test:{p}\\r\\nConnection: close\\r\\n\\r\\n'); print('python', s.recv(12).decode())\"; \
          python3 -c \"import socket; s=socket.create_connection(('rawtcp.test',{r}),timeout=10); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('raw', s.makefile('rb').read().decode().split()[-1])\"; \
+         python3 -c \"import socket,ssl; c=ssl.create_default_context(); c.check_hostname=False; s=c.wrap_socket(socket.create_connection(('allowed.test',{p}),timeout=10)); s.sendall(b'GET /no-sni HTTP/1.1\\r\\nHost: allowed.test:{p}\\r\\nConnection: close\\r\\n\\r\\n'); print('no-sni', s.recv(12).decode())\"; \
+         python3 -c \"import socket; s=socket.create_connection(('allowed.test',{p}),timeout=10); s.sendall(b'\\x00\\x01not tls or http')\ntry: r = s.recv(10)\nexcept OSError: r = b''\nprint('garbage', repr(r))\"; \
          python3 -c \"import socket; socket.create_connection(('127.0.0.1',{r}),timeout=5).recv(1) or print('raw-ip closed')\" 2>&1 | tail -1"
     );
     let out = run(&scratch, &up, r, &script);
@@ -148,10 +150,26 @@ fn clients_that_ignore_the_proxy_reach_allowed_names_and_nothing_else() {
     assert!(text.contains("node 200"), "Node 20's fetch ignores HTTPS_PROXY: {}", describe(&out));
     assert!(text.contains("python HTTP/1.1 200"), "{}", describe(&out));
     assert!(text.contains("raw raw-ok"), "plain TCP to a protocol: tcp endpoint: {}", describe(&out));
+    assert!(
+        text.contains("no-sni HTTP/1.1 200"),
+        "a ClientHello without SNI is judged by the address's name: {}",
+        describe(&out)
+    );
+    assert!(
+        text.contains("garbage b''"),
+        "bytes neither TLS nor HTTP to a rest endpoint are refused: {}",
+        describe(&out)
+    );
+    assert!(stderr(&out).contains("not_tls_or_http"), "and audited: {}", describe(&out));
     assert!(text.contains("raw-ip closed"), "an unlisted IP is refused at the proxy: {}", describe(&out));
     assert_eq!(raw.accepted(), 1, "only the allowed name reached the TCP listener: {}", describe(&out));
     let paths: Vec<String> = up.seen().iter().map(|s| s.target.clone()).collect();
-    assert_eq!(paths, ["/curl", "/node", "/python"], "only allowed requests reached the upstream: {}", describe(&out));
+    assert_eq!(
+        paths,
+        ["/curl", "/node", "/python", "/no-sni"],
+        "only allowed requests reached the upstream: {}",
+        describe(&out)
+    );
     assert!(!stderr(&out).contains(SECRET), "{}", describe(&out));
     let audit = std::fs::read_to_string(scratch.0.join("audit.jsonl")).unwrap_or_default();
     assert!(!audit.contains(SECRET));
