@@ -533,7 +533,19 @@ pub struct ConnOwner {
     pub uid: u32,
     /// Where the process connected to, when transparent mode redirected the connection.
     pub dest: OriginalDest,
-    pub _pad: u32,
+    /// The proxy port the connection went to (the proxy's, or its transparent listener's), host
+    /// byte order: with the client port, the key of the record once established
+    /// ([`proxy_client_key`]).
+    pub listener_port: u16,
+    pub _pad: u16,
+}
+
+/// Key of an established connection's owner record (`LEASH_PROXY_CLIENTS`): the client port and
+/// the proxy port it connected to. Both are needed: the kernel lets two connections share a
+/// client port when they go to different ports, so another user's connection to one of the
+/// proxy's ports can hold the port of a sandbox connection to the other.
+pub const fn proxy_client_key(client_port: u16, listener_port: u16) -> u32 {
+    ((client_port as u32) << 16) | listener_port as u32
 }
 
 /// Which hook denied something, in [`DenyEvent::hook`].

@@ -82,7 +82,7 @@ fn decide(ctx: &SockAddrContext, target: &Target, is_proxy_addr: impl Fn(&Sandbo
             {
                 count(cgroup, counter::CONNECT_ALLOWED);
                 if proxy.flags & SANDBOX_RECORD_OWNERS != 0 {
-                    super::identity::remember_owner(ctx, cgroup, OriginalDest::default());
+                    super::identity::remember_owner(ctx, cgroup, OriginalDest::default(), proxy.port);
                 }
                 return ALLOW;
             }
@@ -92,7 +92,7 @@ fn decide(ctx: &SockAddrContext, target: &Target, is_proxy_addr: impl Fn(&Sandbo
                     if target.protocol == IPPROTO_UDP {
                         redirect::remember_resolver(ctx, dest);
                     } else {
-                        super::identity::remember_owner(ctx, cgroup, dest);
+                        super::identity::remember_owner(ctx, cgroup, dest, port);
                     }
                     count(cgroup, counter::CONNECT_ALLOWED);
                     return ALLOW;

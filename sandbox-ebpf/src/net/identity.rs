@@ -5,8 +5,8 @@
 //!    sandbox asks for it (`SANDBOX_RECORD_OWNERS`): socket cookie -> pid, uid, cgroup, and the
 //!    original destination of a connection transparent mode redirected.
 //! 2. `sockops` (attached only to sandboxes that record owners) at `ACTIVE_ESTABLISHED` (often softirq context, where the current task is not
-//!    the owner) moves that record to the connection's local port, which is the peer port the
-//!    proxy sees at accept.
+//!    the owner) moves that record to the connection's local port and the proxy port it went to
+//!    (`proxy_client_key`), which the proxy sees at accept.
 //!
 //! Minimum kernel: 4.13 (sockops), 5.? for socket cookies in both program types; the daemon and
 //! VM matrix check it by loading.
@@ -17,21 +17,23 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
     EbpfContext,
 };
-use sandbox_common::{ConnOwner, OriginalDest};
+use sandbox_common::{proxy_client_key, ConnOwner, OriginalDest};
 
 use crate::maps::{PROXY_CLIENTS, SOCKET_OWNERS};
 
 /// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: a connection this socket initiated is established.
 const ACTIVE_ESTABLISHED: u32 = 4;
 
-/// Records the calling process as the owner of the socket being connected, and `dest`, where
-/// it meant to go when transparent mode redirected it (port 0 otherwise).
+/// Records the calling process as the owner of the socket being connected to the proxy's port
+/// `listener_port`, and `dest`, where it meant to go when transparent mode redirected it (port 0
+/// otherwise).
 #[inline(always)]
-pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64, dest: OriginalDest) {
+pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64, dest: OriginalDest, listener_port: u16) {
     // SAFETY: plain BPF helper calls on the program's own context.
     let (cookie, pid_tgid, uid_gid) =
         unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_current_pid_tgid(), bpf_get_current_uid_gid()) };
-    let owner = ConnOwner { cgroup_id, pid: (pid_tgid >> 32) as u32, uid: uid_gid as u32, dest, _pad: 0 };
+    let pid = (pid_tgid >> 32) as u32;
+    let owner = ConnOwner { cgroup_id, pid, uid: uid_gid as u32, dest, listener_port, _pad: 0 };
     let _ = SOCKET_OWNERS.insert(&cookie, &owner, 0);
 }
 
@@ -42,7 +44,8 @@ pub fn leash_sock_ops(ctx: SockOpsContext) -> u32 {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: the value is copied out before the lookup's lifetime ends.
         if let Some(owner) = unsafe { SOCKET_OWNERS.get(&cookie).copied() } {
-            let _ = PROXY_CLIENTS.insert(&ctx.local_port(), &owner, 0);
+            let key = proxy_client_key(ctx.local_port() as u16, owner.listener_port);
+            let _ = PROXY_CLIENTS.insert(&key, &owner, 0);
             let _ = SOCKET_OWNERS.remove(&cookie);
         }
     }

@@ -31,7 +31,7 @@
 //! | `confine` | `policy`?, `pid`? + descriptors (SCM_RIGHTS): the proxy's listening TCP socket; for transparent mode also its transparent listener (TCP) and resolver (UDP) sockets | the new sandbox |
 //! | `status` | `sandbox` | the sandbox: policy, proxy, processes, verdict counters |
 //! | `release` | `sandbox` | — (every process in it is killed and its state removed) |
-//! | `owner` | `sandbox`, `port` | the process that opened the proxy connection whose client port is `port` |
+//! | `owner` | `sandbox`, `port`, `listener`? | the process that opened the proxy connection from client port `port` to the proxy's port `listener` (default: the proxy's own; or the transparent listener's) |
 //!
 //! `confine` moves process `pid` (as the node sees it; default: the caller) into a new cgroup
 //! below its container's cgroup, confined to the address the passed socket listens on, in that
@@ -118,6 +118,9 @@ pub enum Op {
     Owner {
         sandbox: String,
         port: u16,
+        /// The proxy port the connection went to; default: the proxy's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listener: Option<u16>,
     },
 }
 
@@ -305,7 +308,7 @@ mod tests {
         let r = parse_request(br#"{"version":1,"op":"confine","policy":"default"}"#).unwrap();
         assert_eq!(r.op, Op::Confine { policy: Some("default".into()), pid: None });
         let r = parse_request(br#"{"version":1,"op":"owner","sandbox":"ab","port":4}"#).unwrap();
-        assert_eq!(r.op, Op::Owner { sandbox: "ab".into(), port: 4 });
+        assert_eq!(r.op, Op::Owner { sandbox: "ab".into(), port: 4, listener: None });
         let back = serde_json::to_vec(&r).unwrap();
         assert_eq!(parse_request(&back).unwrap(), r);
     }
@@ -371,7 +374,7 @@ mod properties {
 
         #[test]
         fn generated_requests_round_trip(sandbox in "\\PC{0,12}", port in any::<u16>(), pid in proptest::option::of(any::<u32>())) {
-            for op in [Op::Owner { sandbox: sandbox.clone(), port }, Op::Confine { policy: Some(sandbox.clone()), pid }] {
+            for op in [Op::Owner { sandbox: sandbox.clone(), port, listener: pid.map(|p| p as u16) }, Op::Confine { policy: Some(sandbox.clone()), pid }] {
                 let request = Request { version: VERSION, op };
                 let body = serde_json::to_vec(&request).expect("json");
                 prop_assert_eq!(read_frame(&mut frame(&body).as_slice()).expect("a frame"), body.clone());

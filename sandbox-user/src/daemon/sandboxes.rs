@@ -265,7 +265,7 @@ impl Node {
     }
 
     /// Who opened the proxy connection from client port `port` in sandbox `id`.
-    pub fn owner(&self, caller: &Caller, id: &str, port: u16) -> Result<Owner, Reply> {
+    pub fn owner(&self, caller: &Caller, id: &str, port: u16, listener: Option<u16>) -> Result<Owner, Reply> {
         let state = self.state()?;
         let record = Self::own_record(&state, caller, id)?;
         if !record.record_owners {
@@ -274,9 +274,17 @@ impl Node {
                 "this sandbox's policy has no binaries: rules; owners are not recorded",
             ));
         }
-        let owner = state.programs.owner(port).filter(|o| o.cgroup_id == record.cgroup_id).ok_or_else(|| {
-            Reply::error(ErrorCode::NoSuchSandbox, format!("no connection from sandbox {id} on port {port}"))
-        })?;
+        let listener = listener.unwrap_or(record.proxy.port());
+        if listener != record.proxy.port() && record.transparent.map(|t| t.tcp) != Some(listener) {
+            return Err(Reply::error(
+                ErrorCode::BadRequest,
+                format!("port {listener} is not one of sandbox {id}'s proxy ports"),
+            ));
+        }
+        let owner =
+            state.programs.owner(port, listener).filter(|o| o.cgroup_id == record.cgroup_id).ok_or_else(|| {
+                Reply::error(ErrorCode::NoSuchSandbox, format!("no connection from sandbox {id} on port {port}"))
+            })?;
         // The recorded pid is a number: its executable counts only while that number is a live
         // process of this sandbox (not one that took the number after the owner exited).
         let inside = format!("/leash-{}", record.id);
@@ -289,11 +297,10 @@ impl Node {
         let net = PathBuf::from(format!("/proc/{}/net", owner.pid));
         let peer = SocketAddr::new(record.proxy.ip(), port);
         let procs = record.cgroup.join("cgroup.procs");
-        let mut listeners = vec![record.proxy];
-        listeners.extend(record.transparent.map(|t| SocketAddr::new(record.proxy.ip(), t.tcp)));
+        let to = SocketAddr::new(record.proxy.ip(), listener);
         let exe = live
             .filter(|(cgroup, _)| cgroup.contains(&inside))
-            .filter(|(_, exe)| listeners.iter().any(|l| holders_all_run(&procs, &net, peer, *l, exe)))
+            .filter(|(_, exe)| holders_all_run(&procs, &net, peer, to, exe))
             .map(|(_, exe)| exe.display().to_string());
         let pid = if exe.is_some() { pid_in_own_namespace(owner.pid).unwrap_or(0) } else { 0 };
         Ok(Owner { pid, uid: owner.uid, exe, dest: programs::original_destination(&owner.dest) })

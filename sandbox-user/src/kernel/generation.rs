@@ -327,9 +327,10 @@ impl Generation {
         Ok(ConnectionOwners::new(HashMap::try_from(map)?, cgroup_id))
     }
 
-    /// Who owns the proxy connection whose client side uses `port`, if recorded (any sandbox).
-    pub fn owner(&self, port: u16) -> Option<ConnOwner> {
-        self.owners.get(&u32::from(port), 0).ok()
+    /// Who owns the connection from client port `port` to the proxy port `listener`, if
+    /// recorded (any sandbox).
+    pub fn owner(&self, port: u16, listener: u16) -> Option<ConnOwner> {
+        self.owners.get(&sandbox_common::proxy_client_key(port, listener), 0).ok()
     }
 
     /// Per-sandbox verdict counters, summed over CPUs.

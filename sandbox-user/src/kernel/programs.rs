@@ -17,7 +17,7 @@ use aya::programs::{
     CgroupSockAddrAttachType, Program, SockOps,
 };
 use aya::Ebpf;
-use sandbox_common::{program_names as prog, ConnOwner, SandboxNet};
+use sandbox_common::{program_names as prog, proxy_client_key, ConnOwner, SandboxNet};
 
 /// The eBPF object `build.rs` produced.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leash-ebpf"));
@@ -114,17 +114,20 @@ impl ConnectionOwners {
         Self { map: std::sync::Mutex::new(map), cgroup_id }
     }
 
-    /// The owner of the connection whose client side uses `port`, if this sandbox made it.
-    pub fn owner(&self, port: u16) -> Option<ConnOwner> {
-        self.map.lock().ok()?.get(&(port as u32), 0).ok().filter(|o| o.cgroup_id == self.cgroup_id)
+    /// The owner of the connection from client port `port` to the proxy's port `listener`, if
+    /// this sandbox made it.
+    pub fn owner(&self, port: u16, listener: u16) -> Option<ConnOwner> {
+        let key = proxy_client_key(port, listener);
+        self.map.lock().ok()?.get(&key, 0).ok().filter(|o| o.cgroup_id == self.cgroup_id)
     }
 
-    /// Drops this sandbox's record for `port` once the proxy accepted that connection, so a
-    /// later connection from the same port (another user's) does not pass for the sandbox's.
-    pub fn forget(&self, port: u16) {
+    /// Drops this sandbox's record of that connection once the proxy accepted it, so a later
+    /// connection from the same port (another user's) does not pass for the sandbox's.
+    pub fn forget(&self, port: u16, listener: u16) {
+        let key = proxy_client_key(port, listener);
         if let Ok(mut map) = self.map.lock() {
-            if map.get(&(port as u32), 0).is_ok_and(|o| o.cgroup_id == self.cgroup_id) {
-                let _ = map.remove(&(port as u32));
+            if map.get(&key, 0).is_ok_and(|o| o.cgroup_id == self.cgroup_id) {
+                let _ = map.remove(&key);
             }
         }
     }

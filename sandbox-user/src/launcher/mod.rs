@@ -343,7 +343,7 @@ async fn run_inside(
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             let procs = s.cgroup().context("sandbox cgroup missing")?.path().join("cgroup.procs");
-            let peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.listeners());
+            let peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.addr().ip());
             if agent.binaries_rules || opts.learn.is_some() {
                 proxy.set_connection_owners(peers.owner_source())?;
             }

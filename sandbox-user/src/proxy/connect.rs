@@ -27,6 +27,8 @@ use super::{addresses, identity, learning, request, tunnel, Proxy, ProxyBody};
 #[derive(Clone)]
 pub struct Client {
     pub addr: SocketAddr,
+    /// The proxy port it connected to (the proxy's own, or the transparent listener's).
+    pub listener: u16,
     pub binary: Option<PathBuf>,
     pub redirected_from: Option<SocketAddr>,
 }
@@ -105,7 +107,7 @@ fn decide_for_owner(state: &PolicyState, proxy: &Proxy, host: &str, port: u16, c
     if !by_binaries {
         return verdict;
     }
-    let pid = proxy.owners.get().and_then(|o| o.pid(client.addr));
+    let pid = proxy.owners.get().and_then(|o| o.pid(client.addr, client.listener));
     let Err(untrusted) = identity::check_loader_variables(pid) else { return verdict };
     let mut anyone = state.decider.network(host, port, None);
     if !anyone.allow {

@@ -22,28 +22,29 @@ use crate::kernel::programs::ConnectionOwners;
 /// Environment variables that make the dynamic loader run code the executable did not name.
 pub const LOADER_VARIABLES: [&str; 3] = ["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"];
 
-/// Where the proxy learns who opened a connection.
+/// Where the proxy learns who opened a connection: the one from `peer` to the proxy's port
+/// `listener` (the proxy's own, or its transparent listener's).
 pub trait OwnerSource: Send + Sync {
-    /// The executable of the process that opened the connection from `peer`, if known.
-    fn binary(&self, peer: SocketAddr) -> Option<PathBuf>;
+    /// The executable of the process that opened the connection, if known.
+    fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf>;
     /// That process's pid as this process sees it, if known.
-    fn pid(&self, peer: SocketAddr) -> Option<u32>;
-    /// Where the connection from `peer` was going, when transparent mode redirected it here.
-    fn destination(&self, peer: SocketAddr) -> Option<SocketAddr>;
+    fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32>;
+    /// Where the connection was going, when transparent mode redirected it here.
+    fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr>;
 }
 
 impl OwnerSource for ConnectionOwners {
-    fn binary(&self, peer: SocketAddr) -> Option<PathBuf> {
-        let owner = self.owner(peer.port())?;
+    fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf> {
+        let owner = self.owner(peer.port(), listener)?;
         std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok()
     }
 
-    fn pid(&self, peer: SocketAddr) -> Option<u32> {
-        self.owner(peer.port()).map(|o| o.pid)
+    fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32> {
+        self.owner(peer.port(), listener).map(|o| o.pid)
     }
 
-    fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        self.owner(peer.port()).and_then(|o| crate::kernel::programs::original_destination(&o.dest))
+    fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
+        self.owner(peer.port(), listener).and_then(|o| crate::kernel::programs::original_destination(&o.dest))
     }
 }
 
@@ -134,14 +135,14 @@ impl DaemonOwners {
         Self { socket: socket.to_path_buf(), sandbox: sandbox.to_owned(), client: Mutex::new(None) }
     }
 
-    fn ask(&self, port: u16) -> Option<Owner> {
+    fn ask(&self, port: u16, listener: u16) -> Option<Owner> {
         let mut slot = self.client.lock().ok()?;
         for _ in 0..2 {
             if slot.is_none() {
                 *slot = Client::connect(&self.socket).ok();
             }
             let client = slot.as_mut()?;
-            match client.call(Op::Owner { sandbox: self.sandbox.clone(), port }) {
+            match client.call(Op::Owner { sandbox: self.sandbox.clone(), port, listener: Some(listener) }) {
                 Ok(v) => return serde_json::from_value(v).ok(),
                 // An answer that says no: no owner. A broken connection: reconnect once.
                 Err(crate::daemon::client::ClientError::Refused(_)) => return None,
@@ -153,8 +154,8 @@ impl DaemonOwners {
 }
 
 impl OwnerSource for DaemonOwners {
-    fn binary(&self, peer: SocketAddr) -> Option<PathBuf> {
-        let owner = self.ask(peer.port())?;
+    fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf> {
+        let owner = self.ask(peer.port(), listener)?;
         // The daemon reads the link when it can; else this process, in the agent's pid
         // namespace, reads it by the pid the daemon translated.
         owner
@@ -163,12 +164,12 @@ impl OwnerSource for DaemonOwners {
             .or_else(|| (owner.pid != 0).then(|| std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok()).flatten())
     }
 
-    fn pid(&self, peer: SocketAddr) -> Option<u32> {
-        self.ask(peer.port()).map(|o| o.pid).filter(|p| *p != 0)
+    fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32> {
+        self.ask(peer.port(), listener).map(|o| o.pid).filter(|p| *p != 0)
     }
 
-    fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        self.ask(peer.port())?.dest
+    fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
+        self.ask(peer.port(), listener)?.dest
     }
 }
 

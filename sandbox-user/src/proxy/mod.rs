@@ -86,6 +86,8 @@ pub struct Proxy {
     learner: std::sync::OnceLock<Arc<learning::Learner>>,
     /// Transparent mode: the name behind each synthetic address the resolver handed out.
     names: dns::names::SyntheticNames,
+    /// Slots for DNS-over-TCP connections.
+    dns_tcp_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -109,6 +111,7 @@ impl Proxy {
             peers: std::sync::OnceLock::new(),
             learner: std::sync::OnceLock::new(),
             names: Default::default(),
+            dns_tcp_slots: Arc::new(tokio::sync::Semaphore::new(dns::TCP_CONNECTIONS)),
         }))
     }
 
@@ -220,14 +223,6 @@ impl BoundProxy {
         self.addr
     }
 
-    /// Every address of the proxy the sandbox connects to: the proxy's, and in transparent mode
-    /// the transparent listener's.
-    pub fn listeners(&self) -> Vec<SocketAddr> {
-        let mut all = vec![self.addr];
-        all.extend(self.transparent.as_ref().and_then(|t| t.tcp.local_addr().ok()));
-        all
-    }
-
     /// The listening socket, to hand to the node daemon (`leash confine`), which confines the
     /// agent to exactly this socket's address and network namespace.
     pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -315,8 +310,8 @@ async fn serve_connection(
         Door::Explicit => None,
         Door::Transparent => {
             let recorded = match &peers {
-                Some(peers) => peers.destination(addr),
-                None => proxy.owners.get().and_then(|o| o.destination(addr)),
+                Some(peers) => peers.destination(addr, local.port()),
+                None => proxy.owners.get().and_then(|o| o.destination(addr, local.port())),
             };
             if recorded.is_none() {
                 proxy.audit.outsider_refused(addr);
@@ -325,9 +320,9 @@ async fn serve_connection(
             recorded
         }
     };
-    let binary = proxy.owners.get().and_then(|o| o.binary(addr));
-    let stream = peers::AdmittedStream::new(stream, peers.map(|p| (p, addr)));
-    let client = connect::Client { addr, binary, redirected_from };
+    let binary = proxy.owners.get().and_then(|o| o.binary(addr, local.port()));
+    let stream = peers::AdmittedStream::new(stream, peers.map(|p| (p, addr, local.port())));
+    let client = connect::Client { addr, listener: local.port(), binary, redirected_from };
     if let Some(to) = redirected_from {
         return transparent::serve(stream, proxy, client, to).await;
     }

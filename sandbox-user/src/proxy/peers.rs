@@ -34,16 +34,16 @@ impl SandboxPeers {
 
     /// Also checks, for `binaries:` rules, that every process of the sandbox (`procs`, its
     /// `cgroup.procs`) holding the connection's socket runs the executable that connected.
-    /// `listeners` are the proxy's addresses the sandbox connects to.
-    pub fn with_holders(mut self, procs: PathBuf, listeners: Vec<SocketAddr>) -> Self {
-        self.holders = Some(Arc::new(Holders { procs, listeners }));
+    /// `proxy` is the proxy's address (any of its ports).
+    pub fn with_holders(mut self, procs: PathBuf, proxy: std::net::IpAddr) -> Self {
+        self.holders = Some(Arc::new(Holders { procs, proxy }));
         self
     }
 
     /// Where the sandbox's connection from `peer` was meant to go, when transparent mode
     /// redirected it to the proxy; `None` for a connection made to the proxy itself.
-    pub fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        self.owners.destination(peer)
+    pub fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
+        self.owners.destination(peer, listener)
     }
 
     /// Whether `peer`, connected to the proxy at `local`, is a connection the sandbox made.
@@ -52,7 +52,7 @@ impl SandboxPeers {
             return false;
         }
         for attempt in 0..=RECHECKS {
-            if self.owners.owner(peer.port()).is_some() {
+            if self.owners.owner(peer.port(), local.port()).is_some() {
                 return true;
             }
             if attempt < RECHECKS {
@@ -62,9 +62,10 @@ impl SandboxPeers {
         false
     }
 
-    /// Forgets `peer`'s record once its connection ended.
-    pub fn forget(&self, peer: SocketAddr) {
-        self.owners.forget(peer.port());
+    /// Forgets the record of the connection from `peer` to the proxy's port `listener` once it
+    /// ended.
+    pub fn forget(&self, peer: SocketAddr, listener: u16) {
+        self.owners.forget(peer.port(), listener);
     }
 
     /// The same records as a source of connection owners (for `binaries:` rules).
@@ -82,35 +83,33 @@ impl OwnerSource for Shared {
     /// The executable that connected, if every process now holding the socket runs it too: a
     /// process that connected and then exec'd an allowed program, or passed the socket on,
     /// does not lend that program's rights to the others holding the socket.
-    fn binary(&self, peer: SocketAddr) -> Option<PathBuf> {
-        let exe = self.owners.binary(peer)?;
+    fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf> {
+        let exe = self.owners.binary(peer, listener)?;
         match &self.holders {
-            Some(h) if !h.all_run(peer, &exe) => None,
+            Some(h) if !h.all_run(peer, listener, &exe) => None,
             _ => Some(exe),
         }
     }
 
-    fn pid(&self, peer: SocketAddr) -> Option<u32> {
-        self.owners.pid(peer)
+    fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32> {
+        self.owners.pid(peer, listener)
     }
 
-    fn destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        self.owners.destination(peer)
+    fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
+        self.owners.destination(peer, listener)
     }
 }
 
 /// Who in the sandbox holds a connection's client socket.
 struct Holders {
     procs: PathBuf,
-    listeners: Vec<SocketAddr>,
+    proxy: std::net::IpAddr,
 }
 
 impl Holders {
-    /// The client socket is connected to one of the listeners (its port is found with at most
-    /// one of them).
-    fn all_run(&self, peer: SocketAddr, exe: &std::path::Path) -> bool {
-        let net = std::path::Path::new("/proc/net");
-        self.listeners.iter().any(|l| super::identity::holders_all_run(&self.procs, net, peer, *l, exe))
+    fn all_run(&self, peer: SocketAddr, listener: u16, exe: &std::path::Path) -> bool {
+        let to = SocketAddr::new(self.proxy, listener);
+        super::identity::holders_all_run(&self.procs, std::path::Path::new("/proc/net"), peer, to, exe)
     }
 }
 
@@ -118,11 +117,12 @@ impl Holders {
 /// stream, or the tunnel it was upgraded to) is dropped.
 pub struct AdmittedStream {
     stream: tokio::net::TcpStream,
-    peers: Option<(SandboxPeers, SocketAddr)>,
+    /// The sandbox's records, the client's address and the proxy port it connected to.
+    peers: Option<(SandboxPeers, SocketAddr, u16)>,
 }
 
 impl AdmittedStream {
-    pub fn new(stream: tokio::net::TcpStream, peers: Option<(SandboxPeers, SocketAddr)>) -> Self {
+    pub fn new(stream: tokio::net::TcpStream, peers: Option<(SandboxPeers, SocketAddr, u16)>) -> Self {
         Self { stream, peers }
     }
 }
@@ -136,8 +136,8 @@ impl AdmittedStream {
 
 impl Drop for AdmittedStream {
     fn drop(&mut self) {
-        if let Some((peers, peer)) = &self.peers {
-            peers.forget(*peer);
+        if let Some((peers, peer, listener)) = &self.peers {
+            peers.forget(*peer, *listener);
         }
     }
 }

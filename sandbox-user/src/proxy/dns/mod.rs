@@ -28,6 +28,10 @@ use wire::{bare_answer, parse_query, Malformed, Rcode, TYPE_A};
 const TTL: u32 = 300;
 /// How long a TCP client may take to send its next query.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How long one DNS-over-TCP connection may last in all.
+const TCP_LIFETIME: Duration = Duration::from_secs(60);
+/// DNS-over-TCP connections served at once; more are closed at once (each holds a buffer).
+pub const TCP_CONNECTIONS: usize = 64;
 
 /// The answer to the DNS message `msg` from `client`, or `None` when nothing is sent back.
 pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> {
@@ -78,28 +82,36 @@ pub async fn serve_udp(socket: UdpSocket, proxy: Arc<Proxy>) {
     }
 }
 
-/// DNS over TCP (RFC 7766): length-prefixed queries on one connection, answered in order.
+/// DNS over TCP (RFC 7766): length-prefixed queries on one connection, answered in order. At
+/// most [`TCP_CONNECTIONS`] at once, each for at most [`TCP_LIFETIME`]; a message's buffer is as
+/// long as its length prefix says, read only as its bytes arrive.
 pub async fn serve_tcp<S>(mut stream: S, proxy: Arc<Proxy>, client: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; u16::MAX as usize];
-    loop {
-        let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+    let Ok(_slot) = proxy.dns_tcp_slots.clone().try_acquire_owned() else { return };
+    let _ = tokio::time::timeout(TCP_LIFETIME, async {
+        let mut buf = Vec::new();
+        loop {
+            let mut len = [0u8; 2];
+            match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
+            let len = u16::from_be_bytes(len) as usize;
+            buf.clear();
+            let mut message = (&mut stream).take(len as u64);
+            match tokio::time::timeout(TCP_IDLE, message.read_to_end(&mut buf)).await {
+                Ok(Ok(n)) if n == len => {}
+                _ => return,
+            }
+            let Some(reply) = answer(&proxy, &buf, client) else { return };
+            let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&reply);
+            if stream.write_all(&framed).await.is_err() {
+                return;
+            }
         }
-        let len = u16::from_be_bytes(len) as usize;
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf[..len])).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-        let Some(reply) = answer(&proxy, &buf[..len], client) else { return };
-        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
-        framed.extend_from_slice(&reply);
-        if stream.write_all(&framed).await.is_err() {
-            return;
-        }
-    }
+    })
+    .await;
 }
