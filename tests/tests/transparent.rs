@@ -369,3 +369,76 @@ fn ssh_and_git_over_ssh_reach_allowed_names_only() {
     assert!(!text.contains("reached"), "{}", describe(&out));
     assert_eq!(sshd.logins(), 2, "only the two allowed sessions logged in");
 }
+
+/// The kernel lets two connections share a client port when they go to different ports: another
+/// user's connection to the proxy's own port can hold the client port of a sandbox connection to
+/// the transparent listener (red-team finding). It must not pass for the sandbox's. Run in a
+/// network namespace of the test's own with four ephemeral ports, so the outsider gets the
+/// sandbox's port within a few tries.
+#[test]
+fn a_client_port_shared_with_a_sandbox_connection_does_not_pass_for_the_sandbox() {
+    require_root();
+    let scratch = Scratch::new("transparent-shared-port");
+    let dir = scratch.0.display().to_string();
+    let policy = scratch.file(
+        "policy.yaml",
+        "version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      \
+         - { host: 127.0.0.1, port: 18090, protocol: tcp, allowed_ips: [127.0.0.0/8] }\n",
+    );
+    scratch.file(
+        "agent.py",
+        &format!(
+            "import os, socket, time\n\
+             s = socket.create_connection(('127.0.0.1', 18090), timeout=10)\n\
+             proxy = os.environ['HTTP_PROXY'].rstrip('/').rsplit(':', 1)[1]\n\
+             open('{dir}/hold.tmp', 'w').write('%d %s' % (s.getsockname()[1], proxy))\n\
+             os.rename('{dir}/hold.tmp', '{dir}/hold')\n\
+             while not os.path.exists('{dir}/done'):\n    time.sleep(0.05)\n"
+        ),
+    );
+    scratch.file(
+        "outsider.py",
+        "import socket, struct, sys\n\
+         proxy, hold = int(sys.argv[1]), int(sys.argv[2])\n\
+         for i in range(5000):\n\
+         \x20   s = socket.socket()\n\
+         \x20   s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+         \x20   try:\n\
+         \x20       s.connect(('127.0.0.1', proxy))\n\
+         \x20   except OSError:\n\
+         \x20       s.close(); continue\n\
+         \x20   if s.getsockname()[1] == hold:\n\
+         \x20       s.sendall(b'CONNECT 127.0.0.1:18090 HTTP/1.1\\r\\nHost: 127.0.0.1:18090\\r\\n\\r\\n')\n\
+         \x20       s.settimeout(5)\n\
+         \x20       try:\n\
+         \x20           r = s.recv(100)\n\
+         \x20       except OSError:\n\
+         \x20           r = b''\n\
+         \x20       print('shared after', i, 'tries:', r.split(b'\\r\\n')[0].decode() or 'closed')\n\
+         \x20       break\n\
+         \x20   s.close()\n\
+         else:\n\
+         \x20   print('never shared')\n",
+    );
+    let script = format!(
+        "ip link set lo up && echo '40000 40009' > /proc/sys/net/ipv4/ip_local_port_range || exit 1\n\
+         /usr/bin/python3 -m http.server 18090 --bind 127.0.0.1 >/dev/null 2>&1 & server=$!\n\
+         sleep 0.5\n\
+         {leash} run --policy {policy} -- /usr/bin/python3 {dir}/agent.py & run=$!\n\
+         i=0; while [ ! -e {dir}/hold ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+         read port proxy < {dir}/hold\n\
+         setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 {dir}/outsider.py $proxy $port\n\
+         touch {dir}/done; wait $run; kill $server\n",
+        leash = leash_bin().display(),
+        policy = policy.display()
+    );
+    let out = std::process::Command::new("unshare").args(["--net", "sh", "-c", &script]).output().expect("unshare");
+    let text = stdout(&out);
+    assert!(text.contains("shared after"), "the outsider never got the sandbox's port: {}", describe(&out));
+    assert!(
+        !text.contains("200"),
+        "a connection sharing the sandbox's client port was served as the sandbox's: {}",
+        describe(&out)
+    );
+    assert!(stderr(&out).contains("not from this sandbox"), "{}", describe(&out));
+}
