@@ -88,6 +88,8 @@ pub struct Proxy {
     names: dns::names::SyntheticNames,
     /// Slots for DNS-over-TCP connections.
     dns_tcp_slots: Arc<tokio::sync::Semaphore>,
+    /// How many DNS refusals are audited one by one.
+    dns_refusals: dns::RefusalRate,
 }
 
 impl Proxy {
@@ -100,7 +102,7 @@ impl Proxy {
         let state = state::SharedState::new(state::PolicyState::build(policy, &config.secrets, tls.clone())?);
         let ca = Arc::new(tls::CertificateAuthority::generate().context("creating leash's CA")?);
         let leaves = tls::LeafCache::new(ca, 1024);
-        Ok(Arc::new(Self {
+        let proxy = Arc::new(Self {
             state,
             secrets: config.secrets.clone(),
             leaves,
@@ -112,7 +114,10 @@ impl Proxy {
             learner: std::sync::OnceLock::new(),
             names: Default::default(),
             dns_tcp_slots: Arc::new(tokio::sync::Semaphore::new(dns::TCP_CONNECTIONS)),
-        }))
+            dns_refusals: dns::RefusalRate::default(),
+        });
+        proxy.reserve_exact_names();
+        Ok(proxy)
     }
 
     /// Lets the proxy learn which executable opened each connection (the sandbox's sock_ops).
@@ -163,7 +168,25 @@ impl Proxy {
     pub fn reload(&self, policy: CompiledPolicy) -> Result<()> {
         let next = state::PolicyState::build(policy, &self.secrets, self.tls.clone())?;
         self.state.replace(next);
+        self.reserve_exact_names();
         Ok(())
+    }
+
+    /// Transparent mode: every exact host name of the policy gets its synthetic address now, so
+    /// that names asked for by the thousand (under a wildcard, or by another local process) can
+    /// fill the table without taking any of them away.
+    fn reserve_exact_names(&self) {
+        let state = self.state.current();
+        let names: Vec<String> = state
+            .policy
+            .network_policies()
+            .iter()
+            .flat_map(|p| &p.endpoints)
+            .filter(|e| e.host.is_exact())
+            .map(|e| e.host.to_string())
+            .filter(|h| h.parse::<std::net::IpAddr>().is_err())
+            .collect();
+        self.names.reserve(names.iter().map(String::as_str));
     }
 }
 

@@ -49,13 +49,16 @@ pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> 
         // Learning: every host name resolves, so the connection that follows is learned.
         policy = Some("learning".to_owned());
     }
-    let allowed = policy.is_some();
-    if proxy.audit.records(allowed) {
+    let audit = |allowed: bool, policy: Option<String>| {
         let decision =
             DnsDecision { allowed, name: query.name.clone(), qtype: query.qtype, policy, client: Some(client) };
         proxy.audit.dns_decision(&decision);
-    }
-    let Some(name) = query.name.as_deref().filter(|_| allowed) else {
+    };
+    let Some(name) = query.name.as_deref().filter(|_| policy.is_some()) else {
+        // Refusals are audited at a bounded rate (any local process can ask).
+        if proxy.dns_refusals.admit() {
+            audit(false, None);
+        }
         return Some(query.answer(Rcode::NxDomain, None, TTL));
     };
     if query.qtype != TYPE_A {
@@ -63,9 +66,50 @@ pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> 
         return Some(query.answer(Rcode::NoError, None, TTL));
     }
     Some(match proxy.names.address_of(name) {
-        Some(addr) => query.answer(Rcode::NoError, Some(addr.octets()), TTL),
+        Some((addr, new)) => {
+            // An answer is audited when the name gets its address, not for every repeat.
+            if new && proxy.audit.records(true) {
+                audit(true, policy);
+            }
+            query.answer(Rcode::NoError, Some(addr.octets()), TTL)
+        }
         None => query.answer(Rcode::ServFail, None, TTL),
     })
+}
+
+/// At most [`REFUSALS_PER_SECOND`] refusal audit lines a second; the rest are counted and said in
+/// one line when the next second's first refusal comes.
+pub struct RefusalRate {
+    window: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+/// Refusals audited each second, one by one.
+pub const REFUSALS_PER_SECOND: u32 = 20;
+
+impl Default for RefusalRate {
+    fn default() -> Self {
+        Self { window: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)) }
+    }
+}
+
+impl RefusalRate {
+    /// Whether this refusal gets its own audit line.
+    fn admit(&self) -> bool {
+        let Ok(mut w) = self.window.lock() else { return false };
+        let (start, count, suppressed) = &mut *w;
+        if start.elapsed() >= Duration::from_secs(1) {
+            if *suppressed > 0 {
+                eprintln!("leash: {suppressed} more DNS refusal(s) in one second were not shown one by one");
+            }
+            (*start, *count, *suppressed) = (std::time::Instant::now(), 0, 0);
+        }
+        *count += 1;
+        if *count > REFUSALS_PER_SECOND {
+            *suppressed += 1;
+            return false;
+        }
+        true
+    }
 }
 
 /// Answers queries on `socket` forever.
@@ -114,4 +158,18 @@ where
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_beyond_the_rate_are_not_audited_one_by_one() {
+        let rate = RefusalRate::default();
+        let admitted = (0..REFUSALS_PER_SECOND + 30).filter(|_| rate.admit()).count();
+        assert_eq!(admitted, REFUSALS_PER_SECOND as usize);
+        std::thread::sleep(Duration::from_millis(1010));
+        assert!(rate.admit(), "a new second audits again");
+    }
 }

@@ -32,11 +32,13 @@ struct Table {
 }
 
 impl SyntheticNames {
-    /// The address of `name`, given one when it has none yet; `None` once the table is full.
-    pub fn address_of(&self, name: &str) -> Option<Ipv4Addr> {
+    /// The address of `name`, given one when it has none yet (then `true`); `None` once the
+    /// table is full. The policy's exact names get theirs first ([`Self::reserve`]), so a full
+    /// table (wildcard names asked for by the thousand) never takes them away.
+    pub fn address_of(&self, name: &str) -> Option<(Ipv4Addr, bool)> {
         let mut t = self.inner.lock().ok()?;
         if let Some(addr) = t.by_name.get(name) {
-            return Some(*addr);
+            return Some((*addr, false));
         }
         if t.by_name.len() >= MAX_NAMES {
             return None;
@@ -44,7 +46,14 @@ impl SyntheticNames {
         let addr = Ipv4Addr::from(FIRST + t.by_name.len() as u32);
         t.by_name.insert(name.to_owned(), addr);
         t.by_addr.insert(addr, name.to_owned());
-        Some(addr)
+        Some((addr, true))
+    }
+
+    /// Gives each of `names` its address now.
+    pub fn reserve<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            let _ = self.address_of(name);
+        }
     }
 
     /// The name `addr` was handed out for.
@@ -65,10 +74,11 @@ mod tests {
     #[test]
     fn each_name_keeps_its_own_address() {
         let names = SyntheticNames::default();
-        let a = names.address_of("a.example").unwrap();
-        let b = names.address_of("b.example").unwrap();
+        let (a, new) = names.address_of("a.example").unwrap();
+        assert!(new);
+        let (b, _) = names.address_of("b.example").unwrap();
         assert_ne!(a, b);
-        assert_eq!(names.address_of("a.example"), Some(a));
+        assert_eq!(names.address_of("a.example"), Some((a, false)));
         assert_eq!(names.name_of(b).as_deref(), Some("b.example"));
         assert!(is_synthetic(a) && is_synthetic(Ipv4Addr::new(198, 19, 255, 255)));
         assert!(!is_synthetic(Ipv4Addr::new(198, 20, 0, 1)) && !is_synthetic(Ipv4Addr::LOCALHOST));
@@ -78,12 +88,14 @@ mod tests {
     #[test]
     fn the_table_is_bounded_and_stays_in_range() {
         let names = SyntheticNames::default();
+        names.reserve(["exact.example"]);
         let mut last = None;
         for i in 0..MAX_NAMES {
             last = names.address_of(&format!("n{i}"));
         }
-        assert!(last.is_some_and(is_synthetic));
+        assert!(last.is_none(), "the reserved name took one of the addresses");
         assert_eq!(names.address_of("one-more"), None);
         assert!(names.address_of("n0").is_some(), "names already given keep their address");
+        assert!(names.address_of("exact.example").is_some_and(|(a, _)| is_synthetic(a)), "reserved names stay");
     }
 }
