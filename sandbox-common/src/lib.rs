@@ -28,6 +28,10 @@ pub mod map_names {
     /// `LruHashMap<u32 client port, ConnOwner>`: who owns each established connection to a
     /// proxy, keyed by the client's local port (the proxy sees it as the peer port at accept).
     pub const PROXY_CLIENTS: &str = "LEASH_PROXY_CLIENTS";
+    /// `LruHashMap<u32 proxy_client_key(client port, resolver port), u64 cgroup id>`: which
+    /// sandbox sent DNS from each client port to its resolver (transparent mode), written by
+    /// `cgroup_skb/egress`; the resolver answers only its own sandbox's ports.
+    pub const DNS_CLIENTS: &str = "LEASH_DNS_CLIENTS";
     /// `HashMap<u64 cgroup id, LsmPolicy>`: what the BPF-LSM programs refuse each sandbox.
     pub const LSM_SANDBOXES: &str = "LEASH_LSM_SANDBOXES";
     /// `HashMap<InodeKey, u8>`: the files each sandbox may run or map executable

@@ -54,6 +54,11 @@ pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entr
 #[map(name = "LEASH_PROXY_CLIENTS")]
 pub static PROXY_CLIENTS: LruHashMap<u32, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
+/// `proxy_client_key(client port, resolver port)` -> the sandbox (cgroup id) whose DNS
+/// datagram left from that port for its resolver (`skb.rs`); the resolver answers only those.
+#[map(name = "LEASH_DNS_CLIENTS")]
+pub static DNS_CLIENTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
 /// Socket cookie -> the resolver address a UDP socket of a transparent sandbox sent a DNS query
 /// to, before sendmsg4/6 or connect4/6 redirected it to leash's resolver; recvmsg4/6 show
 /// replies as coming from there. Least recently used entries make room.

@@ -71,11 +71,17 @@ pub fn answer(query: &[u8]) -> Option<(String, Vec<u8>)> {
 /// `leash run --policy POLICY [extra] -- CMD...` in a mount namespace of its own where
 /// `/etc/resolv.conf` names only the test resolver.
 pub fn leash_run_resolving(scratch: &Path, policy: &Path, extra: &[&str], cmd: &[&str]) -> Output {
+    leash_resolving(scratch, policy, extra, cmd).output().expect("running leash under unshare")
+}
+
+/// [`leash_run_resolving`]'s command, to spawn; its process becomes leash's (same pid).
+pub fn leash_resolving(scratch: &Path, policy: &Path, extra: &[&str], cmd: &[&str]) -> Command {
     TestResolver::get();
     let resolv = scratch.join("resolv.conf");
     std::fs::write(&resolv, format!("nameserver {RESOLVER}\noptions timeout:2 attempts:1\n"))
         .expect("writing resolv.conf");
-    Command::new("unshare")
+    let mut command = Command::new("unshare");
+    command
         .args([
             "--mount",
             "--propagation",
@@ -90,7 +96,6 @@ pub fn leash_run_resolving(scratch: &Path, policy: &Path, extra: &[&str], cmd: &
         .arg(policy)
         .args(extra)
         .arg("--")
-        .args(cmd)
-        .output()
-        .expect("running leash under unshare")
+        .args(cmd);
+    command
 }

@@ -442,3 +442,58 @@ fn a_client_port_shared_with_a_sandbox_connection_does_not_pass_for_the_sandbox(
     );
     assert!(stderr(&out).contains("not from this sandbox"), "{}", describe(&out));
 }
+
+/// The UDP port leash (process `pid`) has bound on 127.0.0.1: its resolver's.
+fn resolver_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (addr, port) = fields.get(1)?.split_once(':')?;
+        (addr == "0100007F" && inodes.iter().any(|i| Some(&i.as_str()) == fields.get(9)))
+            .then(|| u16::from_str_radix(port, 16).ok())?
+    })
+}
+
+/// leash's resolver answers its own sandbox only: another user, and root, asking it straight
+/// (the way to fill its name table, or to learn the policy's names) get no answer, while the
+/// agent's queries are answered.
+#[test]
+fn the_resolver_answers_only_its_sandbox() {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    require_root();
+    let up = Upstream::https();
+    let scratch = Scratch::new("transparent-resolver-outsider");
+    let policy = scratch.file("policy.yaml", &policy(up.port(), 9));
+    let (ready, done) = (scratch.0.join("ready"), scratch.0.join("done"));
+    let script = format!(
+        "getent hosts allowed.test; touch {}; while [ ! -e {} ]; do sleep 0.05; done; getent hosts allowed.test",
+        ready.display(),
+        done.display()
+    );
+    let child = leash_tests::dns::leash_resolving(&scratch.0, &policy, &[], &["/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(10, || ready.exists()), "the agent never started");
+    let port = resolver_port(child.id()).expect("leash's resolver socket");
+    let probe = env!("CARGO_BIN_EXE_netprobe");
+    let target = format!("127.0.0.1:{port}");
+    let other_user = Command::new(probe).args(["dns", &target, "allowed.test"]).uid(65534).gid(65534).output();
+    let root = Command::new(probe).args(["dns", &target, "allowed.test"]).output();
+    std::fs::write(&done, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out).matches("allowed.test").count(), 2, "the agent's own queries: {}", describe(&out));
+    for (who, attempt) in [("another user", other_user), ("root outside the sandbox", root)] {
+        let text = stdout(&attempt.unwrap());
+        assert!(!text.contains("dns rcode"), "{who} was answered by the sandbox's resolver at {target}: {text}");
+    }
+}

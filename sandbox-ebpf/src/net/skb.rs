@@ -9,7 +9,9 @@
 //! whose next header is not TCP is dropped.
 
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
-use sandbox_common::{counter, Hook, SandboxNet, SANDBOX_TRANSPARENT};
+use sandbox_common::{counter, proxy_client_key, Hook, SandboxNet, SANDBOX_TRANSPARENT};
+
+use crate::maps::DNS_CLIENTS;
 
 use super::redirect::IPPROTO_UDP;
 use super::{count, report, sandbox, words_to_bytes, Event, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP};
@@ -38,6 +40,8 @@ struct Remote {
     protocol: u32,
     addr: [u32; 4],
     port: u16,
+    /// The sandbox's own port (UDP egress only; 0 otherwise).
+    local_port: u16,
 }
 
 #[inline(always)]
@@ -50,6 +54,10 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
         None => false,
     };
     if allowed {
+        if dir == Direction::Egress && remote.protocol == IPPROTO_UDP {
+            // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
+            let _ = DNS_CLIENTS.insert(&proxy_client_key(remote.local_port, remote.port), &cgroup, 0);
+        }
         return ALLOW;
     }
     let (dropped, hook) = match dir {
@@ -96,7 +104,7 @@ fn is_proxy(proxy: &SandboxNet, remote: &Remote) -> bool {
 /// (or a packet too short to read), which no proxy matches.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
-    let mut remote = Remote { family: 0, protocol: 0, addr: [0; 4], port: 0 };
+    let mut remote = Remote { family: 0, protocol: 0, addr: [0; 4], port: 0, local_port: 0 };
     let Ok(first) = ctx.load::<u8>(0) else { return remote };
     match first >> 4 {
         4 => {
@@ -109,6 +117,7 @@ fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
             remote.protocol = protocol as u32;
             remote.addr[0] = ip;
             remote.port = l4_port(ctx, header_len, remote.protocol, dir);
+            remote.local_port = udp_source_port(ctx, header_len, remote.protocol, dir);
         }
         6 => {
             let Ok(next) = ctx.load::<u8>(6) else { return remote };
@@ -119,10 +128,20 @@ fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
             remote.protocol = next as u32;
             remote.addr = ip;
             remote.port = l4_port(ctx, 40, remote.protocol, dir);
+            remote.local_port = udp_source_port(ctx, 40, remote.protocol, dir);
         }
         _ => {}
     }
     remote
+}
+
+/// The source port of an outgoing UDP header at `offset`; 0 otherwise.
+#[inline(always)]
+fn udp_source_port(ctx: &SkBuffContext, offset: usize, protocol: u32, dir: Direction) -> u16 {
+    if protocol != IPPROTO_UDP || dir != Direction::Egress {
+        return 0;
+    }
+    ctx.load::<u16>(offset).map(u16::from_be).unwrap_or(0)
 }
 
 /// The remote port of a TCP/UDP header at `offset`; 0 for other protocols or a short packet.

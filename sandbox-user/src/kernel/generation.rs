@@ -32,7 +32,9 @@ use sandbox_common::{
 use super::btf::KernelBtf;
 use super::lsm::{program_of, LsmMaps, Registration, Unavailable};
 use super::pins::{self, entries, open_map, remove_tree, DirLock};
-use super::programs::{attach_link, attached_for, load_program, ConnectionOwners, Kind, NET_PROGRAMS, OBJECT};
+use super::programs::{
+    attach_link, attached_for, load_program, ConnectionOwners, DnsClients, Kind, NET_PROGRAMS, OBJECT,
+};
 
 /// A directory in a generation saying its kernel cannot attach an LSM program again after
 /// detaching it (5.10 frees the program's trampoline at detach): links stay once attached.
@@ -325,6 +327,12 @@ impl Generation {
         let fd = self.owners_fd.try_clone().context("duplicating a map descriptor")?;
         let map = Map::from_map_data(MapData::from_fd(fd)?)?;
         Ok(ConnectionOwners::new(HashMap::try_from(map)?, cgroup_id))
+    }
+
+    /// Which client ports sent DNS from sandbox `cgroup_id` to its resolver.
+    pub fn dns_clients(&self, cgroup_id: u64) -> Result<DnsClients> {
+        let map = open_map(&self.dir().join("maps").join(map_names::DNS_CLIENTS))?;
+        Ok(DnsClients::new(HashMap::try_from(map)?, cgroup_id))
     }
 
     /// Who owns the connection from client port `port` to the proxy port `listener`, if

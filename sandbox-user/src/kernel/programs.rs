@@ -133,6 +133,26 @@ impl ConnectionOwners {
     }
 }
 
+/// Which client ports sent DNS from one sandbox to its resolver (`cgroup_skb/egress` writes
+/// them), so that the resolver answers its own sandbox only. Shared by every sandbox on the host:
+/// an entry counts only when it names this sandbox's cgroup.
+pub struct DnsClients {
+    map: std::sync::Mutex<HashMap<MapData, u32, u64>>,
+    cgroup_id: u64,
+}
+
+impl DnsClients {
+    pub fn new(map: HashMap<MapData, u32, u64>, cgroup_id: u64) -> Self {
+        Self { map: std::sync::Mutex::new(map), cgroup_id }
+    }
+
+    /// Whether this sandbox sent DNS from client port `port` to the resolver's port `resolver`.
+    pub fn sent(&self, port: u16, resolver: u16) -> bool {
+        let key = proxy_client_key(port, resolver);
+        self.map.lock().ok().and_then(|m| m.get(&key, 0).ok()).is_some_and(|c| c == self.cgroup_id)
+    }
+}
+
 /// The proxy address as the maps store it; `record_owners` turns on connection-owner records.
 pub fn sandbox_net(proxy: std::net::SocketAddr, record_owners: bool) -> SandboxNet {
     let (v6, is_ipv4) = match proxy.ip() {

@@ -348,6 +348,7 @@ async fn run_inside(
                 proxy.set_connection_owners(peers.owner_source())?;
             }
             proxy.serve_only(peers)?;
+            proxy.answer_dns_only(s.dns_clients()?)?;
             let audit = audit.clone();
             let names = target_names(kernel.rules);
             Some(s.start_events(move |e| {

@@ -17,7 +17,7 @@ use crate::kernel::events::EventPump;
 use crate::kernel::generation::{retire_unused, EventSlot, Generation};
 use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
-use crate::kernel::programs::ConnectionOwners;
+use crate::kernel::programs::{ConnectionOwners, DnsClients};
 use crate::kernel::sandbox_id::SandboxId;
 
 pub struct Sandbox {
@@ -120,6 +120,12 @@ impl Sandbox {
     pub fn connection_owners(&self) -> Result<ConnectionOwners> {
         let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
         lock(&self.generation)?.connection_owners(cgroup.id())
+    }
+
+    /// Which client ports of this sandbox sent DNS to its resolver (transparent mode).
+    pub fn dns_clients(&self) -> Result<DnsClients> {
+        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
+        lock(&self.generation)?.dns_clients(cgroup.id())
     }
 
     pub fn counters(&self) -> Option<Counters> {

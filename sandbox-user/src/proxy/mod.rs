@@ -90,6 +90,8 @@ pub struct Proxy {
     dns_tcp_slots: Arc<tokio::sync::Semaphore>,
     /// How many DNS refusals are audited one by one.
     dns_refusals: dns::RefusalRate,
+    /// Set once, before serving, when the resolver answers only its sandbox (`leash run`).
+    dns_clients: std::sync::OnceLock<crate::kernel::programs::DnsClients>,
 }
 
 impl Proxy {
@@ -115,6 +117,7 @@ impl Proxy {
             names: Default::default(),
             dns_tcp_slots: Arc::new(tokio::sync::Semaphore::new(dns::TCP_CONNECTIONS)),
             dns_refusals: dns::RefusalRate::default(),
+            dns_clients: std::sync::OnceLock::new(),
         });
         proxy.reserve_exact_names();
         Ok(proxy)
@@ -129,6 +132,12 @@ impl Proxy {
     /// Serves only connections `peers` recorded; every other one is closed unread.
     pub fn serve_only(&self, peers: SandboxPeers) -> Result<()> {
         self.peers.set(peers).map_err(|_| anyhow::anyhow!("the proxy already serves only one sandbox"))
+    }
+
+    /// Answers DNS only from the client ports `clients` says the sandbox sent from; every other
+    /// datagram is dropped unanswered.
+    pub fn answer_dns_only(&self, clients: crate::kernel::programs::DnsClients) -> Result<()> {
+        self.dns_clients.set(clients).map_err(|_| anyhow::anyhow!("the resolver already serves only one sandbox"))
     }
 
     /// Allows and records what the policy would deny, from now on (`learning.rs`);

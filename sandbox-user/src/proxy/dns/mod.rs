@@ -112,14 +112,20 @@ impl RefusalRate {
     }
 }
 
-/// Answers queries on `socket` forever.
+/// Answers queries on `socket` forever: under `leash run` only those the sandbox sent (its
+/// `cgroup_skb/egress` program records each client port), others are dropped unanswered; under
+/// `leash confine` any local process in the pod is answered (the pod cannot read the maps).
 pub async fn serve_udp(socket: UdpSocket, proxy: Arc<Proxy>) {
+    let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((len, from)) = socket.recv_from(&mut buf).await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        if proxy.dns_clients.get().is_some_and(|c| !c.sent(from.port(), port)) {
+            continue;
+        }
         if let Some(reply) = answer(&proxy, &buf[..len], from) {
             let _ = socket.send_to(&reply, from).await;
         }
