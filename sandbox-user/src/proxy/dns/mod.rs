@@ -55,7 +55,7 @@ pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> 
         proxy.audit.dns_decision(&decision);
     };
     let Some(name) = query.name.as_deref().filter(|_| policy.is_some()) else {
-        // Refusals are audited at a bounded rate (any local process can ask).
+        // Refusals are audited at a bounded rate (a loop of random names would flood the log).
         if proxy.dns_refusals.admit() {
             audit(false, None);
         }
