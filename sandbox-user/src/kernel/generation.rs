@@ -61,6 +61,8 @@ pub struct Generation {
     owners: HashMap<MapData, u32, ConnOwner>,
     /// Another descriptor of the connection-owner map, for the proxy's own handle.
     owners_fd: std::os::fd::OwnedFd,
+    /// `LEASH_DNS_CLIENTS`, for the resolvers of this process's sandboxes.
+    dns_clients_fd: std::os::fd::OwnedFd,
     event_slots: HashMap<MapData, u64, u32>,
     event_rings: ArrayOfMaps<MapData, MapData>,
     /// The hooks with a verified program, in `LSM_HOOKS` order (empty: no BPF-LSM here).
@@ -151,9 +153,17 @@ impl Generation {
             }
             _ => bail!("{} is not a hash map", map_names::PROXY_CLIENTS),
         };
+        let dns_clients_fd = match map(map_names::DNS_CLIENTS)? {
+            Map::LruHashMap(data) | Map::HashMap(data) => {
+                use std::os::fd::AsFd;
+                data.fd().as_fd().try_clone_to_owned().context("duplicating a map descriptor")?
+            }
+            _ => bail!("{} is not a hash map", map_names::DNS_CLIENTS),
+        };
         Ok(Self {
             bpffs: bpffs.to_path_buf(),
             name: name.to_owned(),
+            dns_clients_fd,
             programs,
             sandboxes: HashMap::try_from(map(map_names::SANDBOXES)?)?,
             counters: PerCpuHashMap::try_from(map(map_names::COUNTERS)?)?,
@@ -329,9 +339,11 @@ impl Generation {
         Ok(ConnectionOwners::new(HashMap::try_from(map)?, cgroup_id))
     }
 
-    /// Which client ports sent DNS from sandbox `cgroup_id` to its resolver.
+    /// Which client ports sent DNS from sandbox `cgroup_id` to its resolver. (From the map
+    /// opened with the generation: its directory may be renamed under a run, as by an upgrade.)
     pub fn dns_clients(&self, cgroup_id: u64) -> Result<DnsClients> {
-        let map = open_map(&self.dir().join("maps").join(map_names::DNS_CLIENTS))?;
+        let fd = self.dns_clients_fd.try_clone().context("duplicating a map descriptor")?;
+        let map = Map::from_map_data(MapData::from_fd(fd)?)?;
         Ok(DnsClients::new(HashMap::try_from(map)?, cgroup_id))
     }
 
