@@ -117,6 +117,14 @@ impl Auditor {
         self.emit(&json, (!decision.allowed).then_some(line.as_str()));
     }
 
+    /// A refusal of leash's resolver beyond the rate audited one by one: counted for the
+    /// summary only.
+    pub fn dns_refusal_counted(&self, name: Option<&str>) {
+        if let Ok(mut t) = self.inner.tally.lock() {
+            t.name(name.unwrap_or("?").to_owned());
+        }
+    }
+
     /// A connection to the proxy from outside its sandbox, closed unread.
     pub fn outsider_refused(&self, peer: std::net::SocketAddr) {
         if let Ok(mut t) = self.inner.tally.lock() {

@@ -58,6 +58,8 @@ pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> 
         // Refusals are audited at a bounded rate (a loop of random names would flood the log).
         if proxy.dns_refusals.admit() {
             audit(false, None);
+        } else {
+            proxy.audit.dns_refusal_counted(query.name.as_deref());
         }
         return Some(query.answer(Rcode::NxDomain, None, TTL));
     };
