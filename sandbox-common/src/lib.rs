@@ -484,6 +484,9 @@ pub const SANDBOX_NODE: u32 = 2;
 /// Requires [`SANDBOX_RECORD_OWNERS`] (the records are how the proxy learns the destination).
 pub const SANDBOX_TRANSPARENT: u32 = 4;
 
+/// The port DNS is served on: what transparent mode sends to leash's resolver.
+pub const DNS_PORT: u16 = 53;
+
 /// Where a redirected socket meant to go: the address in [`SandboxNet::addr`]'s encoding (IPv4
 /// stored IPv4-mapped) and the port in host byte order; port 0 when the socket was not
 /// redirected (it connected to the proxy itself).

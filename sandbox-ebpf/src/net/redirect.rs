@@ -6,14 +6,13 @@
 //! 4.18 (sendmsg4/6), 5.2 (recvmsg4/6).
 
 use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext, EbpfContext};
-use sandbox_common::{OriginalDest, SandboxNet, SANDBOX_TRANSPARENT};
+use sandbox_common::{OriginalDest, SandboxNet, DNS_PORT, SANDBOX_TRANSPARENT};
 
 use super::{IPPROTO_TCP, SOCK_STREAM};
 use crate::maps::DNS_SOURCES;
 
 pub const SOCK_DGRAM: u32 = 2;
 pub const IPPROTO_UDP: u32 = 17;
-pub const DNS_PORT: u16 = 53;
 
 /// Where a socket of this kind, addressed to `port`, goes instead: the proxy's transparent port
 /// (TCP) or the resolver's port (UDP to 53); `None` when the sandbox is not transparent or the

@@ -284,10 +284,6 @@ pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
         "activity_id": 1,
         "type_uid": 400201,
         "time": now_ms(),
-        "severity_id": if d.allowed { 1 } else { 3 },
-        "status_id": if d.allowed { 1 } else { 2 },
-        "action_id": if d.allowed { 1 } else { 2 },
-        "disposition_id": if d.allowed { 1 } else { 2 },
         "message": line,
         "metadata": metadata("proxy"),
         "http_request": { "http_method": d.method, "url": { "hostname": d.host, "port": d.port, "path": d.path } },
@@ -307,7 +303,21 @@ pub fn proxy_decision(sandbox: &str, d: &ProxyDecision) -> (Value, String) {
             "client_mode": if d.redirected_from.is_some() { "redirected" } else { "explicit" },
         },
     });
-    (json, line)
+    (with_outcome(json, d.allowed), line)
+}
+
+/// `json` with OCSF's outcome fields (severity, status, action, disposition) for an allowed or
+/// a denied decision.
+fn with_outcome(mut json: Value, allowed: bool) -> Value {
+    let (severity, verdict) = if allowed { (1, 1) } else { (3, 2) };
+    if let Some(fields) = json.as_object_mut() {
+        for (key, value) in
+            [("severity_id", severity), ("status_id", verdict), ("action_id", verdict), ("disposition_id", verdict)]
+        {
+            fields.insert(key.to_owned(), value.into());
+        }
+    }
+    json
 }
 
 /// An answer of leash's resolver as OCSF JSON (DNS Activity) and a summary line.
@@ -326,10 +336,6 @@ pub fn dns_decision(sandbox: &str, d: &DnsDecision) -> (Value, String) {
         "activity_id": 2,
         "type_uid": 400302,
         "time": now_ms(),
-        "severity_id": if d.allowed { 1 } else { 3 },
-        "status_id": if d.allowed { 1 } else { 2 },
-        "action_id": if d.allowed { 1 } else { 2 },
-        "disposition_id": if d.allowed { 1 } else { 2 },
         "message": line,
         "metadata": metadata("proxy"),
         "query": { "hostname": d.name, "type": d.qtype },
@@ -338,7 +344,7 @@ pub fn dns_decision(sandbox: &str, d: &DnsDecision) -> (Value, String) {
         "firewall_rule": d.policy.as_ref().map(|p| json!({ "name": p })),
         "unmapped": { "sandbox": sandbox, "rule": if d.allowed { "allowed" } else { "no_matching_policy" } },
     });
-    (json, line)
+    (with_outcome(json, d.allowed), line)
 }
 
 #[cfg(test)]

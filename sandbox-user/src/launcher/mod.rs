@@ -148,7 +148,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     // Every connection to the proxy is recorded with its owner: the proxy serves only those.
     let mut net = sandbox_net(bound.addr(), true);
     if transparent_mode {
-        net = programs::transparent(net, bound.bind_transparent().await?);
+        net = programs::transparent(net, bound.bind_transparent()?);
     }
     let built = roots.and_then(|(cgroup_root, bpffs, generation)| {
         sandbox::Sandbox::create(id, &cgroup_root, &bpffs, generation, net)

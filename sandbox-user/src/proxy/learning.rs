@@ -38,13 +38,11 @@ use super::intercept::{self, Tunnel};
 use super::ssrf::{AddressPolicy, BlockReason, NormalizedHost};
 use super::state::PolicyState;
 use super::upstream::dial_checked;
-use super::{addresses, request, Proxy, ProxyBody};
+use super::{addresses, request, Proxy, ProxyBody, TLS_HANDSHAKE};
 
 /// How long a tunnel's first byte is awaited before the connection is taken for a protocol
 /// whose server speaks first.
 const PEEK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-/// The first byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
 /// The network policy name learned connections are judged under.
 const LEARNING: &str = "learning";
 

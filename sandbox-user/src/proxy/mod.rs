@@ -201,6 +201,8 @@ impl Proxy {
 
 /// How long a client may take to send a request head (front door and inside tunnels).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// The first byte of a TLS handshake record: how a tunnel's first byte is told to be TLS.
+const TLS_HANDSHAKE: u8 = 0x16;
 /// How long the agent may take to complete the TLS handshake inside a tunnel.
 pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
@@ -229,7 +231,7 @@ impl BoundProxy {
 
     /// Also binds transparent mode's listener (TCP) and resolver (UDP) on the proxy's address,
     /// at ports the kernel picks.
-    pub async fn bind_transparent(&mut self) -> Result<TransparentPorts> {
+    pub fn bind_transparent(&mut self) -> Result<TransparentPorts> {
         let (tcp, dns) = bind_transparent(self.addr.ip())?;
         self.adopt_transparent(tcp, dns)
     }

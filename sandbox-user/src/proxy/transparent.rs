@@ -28,14 +28,11 @@ use super::intercept::{self, Tunnel};
 use super::peers::AdmittedStream;
 use super::ssrf::NormalizedHost;
 use super::upstream::{dial_checked, DialError};
-use super::{addresses, dns, learning, request, Proxy, HEADER_READ_TIMEOUT};
-
-/// The first byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
+use super::{addresses, dns, learning, request, Proxy, HEADER_READ_TIMEOUT, TLS_HANDSHAKE};
 
 /// Serves one redirected connection from `client`, which meant to reach `to`.
 pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, to: SocketAddr) {
-    if to.port() == dns::wire::DNS_PORT {
+    if to.port() == sandbox_common::DNS_PORT {
         return dns::serve_tcp(admitted, proxy, client.addr).await;
     }
     let host = match name_of(&proxy, to.ip()) {

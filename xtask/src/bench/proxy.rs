@@ -73,6 +73,18 @@ struct Run {
     p99_us: f64,
 }
 
+impl Run {
+    /// A `proxybench client` result line, printed as it comes.
+    fn reported(line: &str, connections: u32) -> Result<Self> {
+        let run = Run { rps: field(line, "rps")?, p50_us: field(line, "p50_us")?, p99_us: field(line, "p99_us")? };
+        println!(
+            "proxy:   {connections:>2} connection(s): {:>8.0} req/s, p50 {:>9.1} µs, p99 {:>9.1} µs",
+            run.rps, run.p50_us, run.p99_us
+        );
+        Ok(run)
+    }
+}
+
 struct Memory {
     /// The proxy process itself, KiB.
     before: u64,
@@ -214,14 +226,7 @@ impl Bench<'_> {
             if let Some(p) = proxy {
                 cmd.args(["--proxy", &p.to_string()]);
             }
-            let line = output_line(&mut cmd)?;
-            let run =
-                Run { rps: field(&line, "rps")?, p50_us: field(&line, "p50_us")?, p99_us: field(&line, "p99_us")? };
-            println!(
-                "proxy:   {c:>2} connection(s): {:>8.0} req/s, p50 {:>9.1} µs, p99 {:>9.1} µs",
-                run.rps, run.p50_us, run.p99_us
-            );
-            runs.push(run);
+            runs.push(Run::reported(&output_line(&mut cmd)?, c)?);
         }
         Ok(runs)
     }
@@ -253,14 +258,7 @@ impl Bench<'_> {
                 .arg(&target.ca)
                 .args(["--", "/bin/sh", "-c", &script])
                 .arg(&self.proxybench);
-            let line = output_line(&mut cmd)?;
-            let run =
-                Run { rps: field(&line, "rps")?, p50_us: field(&line, "p50_us")?, p99_us: field(&line, "p99_us")? };
-            println!(
-                "proxy:   {c:>2} connection(s): {:>8.0} req/s, p50 {:>9.1} µs, p99 {:>9.1} µs",
-                run.rps, run.p50_us, run.p99_us
-            );
-            runs.push(run);
+            runs.push(Run::reported(&output_line(&mut cmd)?, c)?);
         }
         Ok(runs)
     }

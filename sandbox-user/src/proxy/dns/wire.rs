@@ -2,8 +2,6 @@
 //! its answer. Pure functions over bytes, so the agent's input reaches nothing else; every
 //! malformed query gets `None` (dropped) or a FORMERR answer, never a panic.
 
-/// The port DNS is served on.
-pub const DNS_PORT: u16 = 53;
 /// Record types the resolver answers with data.
 pub const TYPE_A: u16 = 1;
 const CLASS_IN: u16 = 1;
