@@ -12,6 +12,8 @@ use std::time::Duration;
 
 pub mod dns;
 pub mod kube_api;
+pub mod manifests;
+pub mod node_spec;
 pub mod upstream;
 
 /// The leash binary under test: `$LEASH_BIN`, else `target/debug/leash`.

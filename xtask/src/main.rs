@@ -10,7 +10,9 @@
 //! - `fuzz`: the `cargo fuzz` targets of `fuzz/`, each for a while on its corpus (nightly;
 //!   installs cargo-fuzz when missing); fails on a crash, naming the input.
 //! - `bench`: the benchmarks, each printing ratios against a peer measured in the same run.
+//! - `image`: leash's container image as an OCI archive, built without a registry.
 //! - `vm-test`: the test suites inside VMs booting Debian's cloud kernels, one row per kernel.
+//! - `node-test`: deploy/'s DaemonSet and runner pod run by containerd and runc inside VMs.
 //! - `run`: one command under `leash run` inside a VM (default: the demo agent).
 //!
 //! Root only where needed: run as a normal user, xtask builds as that user and elevates only the
@@ -18,6 +20,8 @@
 
 mod bench;
 mod fuzz;
+mod image;
+mod node_test;
 mod privilege;
 mod setup;
 mod vm;
@@ -72,8 +76,12 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Run the benchmarks (release build, root).
     Bench(bench::BenchArgs),
+    /// Build leash's container image (an OCI archive) from the static binary, no registry needed.
+    Image(image::ImageArgs),
     /// Run the test suites inside VMs (qemu) booting each kernel of the matrix; one row per kernel.
     VmTest(vm::VmTestArgs),
+    /// Run deploy/'s DaemonSet and runner pod with containerd and runc in VMs (6.1 and 7 by default).
+    NodeTest(node_test::NodeTestArgs),
     /// Boot a VM with the project directory shared at the same path and run CMD under `leash run`.
     Run(vm::RunArgs),
 }
@@ -86,9 +94,17 @@ fn main() -> Result<()> {
         Task::Install { prefix } => install(&prefix),
         Task::Fuzz(args) => fuzz::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Image(args) => {
+            setup::ensure()?;
+            image::run(args)
+        }
         Task::VmTest(args) => {
             setup::ensure()?;
             vm::vm_test(args)
+        }
+        Task::NodeTest(args) => {
+            setup::ensure()?;
+            node_test::run(args)
         }
         Task::Run(args) => {
             setup::ensure()?;

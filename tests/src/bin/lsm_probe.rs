@@ -164,6 +164,40 @@ fn main() {
         report("exec-copy", copied.and_then(|()| run_program(agent::COPY, &["lsm_probe", EXIT0])));
         std::process::exit(0);
     }
+    // The node test's timer (busybox's date has no sub-second field): `--time PROGRAM ARGS...`
+    // runs the program and prints `TIME <microseconds> <exit status>`.
+    if std::env::args().nth(1).as_deref() == Some("--time") {
+        let argv: Vec<String> = std::env::args().skip(2).collect();
+        let started = std::time::Instant::now();
+        let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status();
+        let code = status.map(|s| s.code().unwrap_or(-1)).unwrap_or(-1);
+        println!("TIME {} {code}", started.elapsed().as_micros());
+        std::process::exit(0);
+    }
+    // The node test's stand-in agent, in a runner container: `--attempt NAME [PID]` tries one
+    // action of [`ACTIONS`] (on PID where it takes a target), `--attempt open PATH` opens a file,
+    // `--attempt open-write PATH` creates or truncates one;
+    // prints `AGENT <name> <outcome>`.
+    if std::env::args().nth(1).as_deref() == Some("--attempt") {
+        let name = std::env::args().nth(2).unwrap_or_default();
+        let arg = std::env::args().nth(3).unwrap_or_default();
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(255);
+        let outcome = if name == "open" {
+            std::fs::File::open(&arg).map(drop).map_err(errno)
+        } else if name == "open-write" {
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&arg).map(drop).map_err(errno)
+        } else {
+            match ACTIONS.iter().find(|a| a.0 == name) {
+                Some(action) => (action.1)(arg.parse().unwrap_or(0)),
+                None => {
+                    eprintln!("lsm_probe: no action {name:?}");
+                    std::process::exit(2);
+                }
+            }
+        };
+        println!("AGENT {name} {}", agent::outcome(outcome));
+        std::process::exit(0);
+    }
     if std::env::args().nth(1).as_deref() == Some("--agent") {
         let outside: i32 = std::env::args().nth(2).and_then(|p| p.parse().ok()).unwrap_or(0);
         agent::run(outside);
@@ -382,6 +416,8 @@ fn errno_name(e: i32) -> &'static str {
         libc::EXDEV => "EXDEV",
         libc::ESRCH => "ESRCH",
         libc::EKEYREJECTED => "EKEYREJECTED",
+        libc::EROFS => "EROFS",
+        libc::EISDIR => "EISDIR",
         _ => "errno",
     }
 }

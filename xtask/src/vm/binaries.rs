@@ -37,11 +37,29 @@ impl Binaries {
 
 /// Builds leash and the test binaries statically (release) and checks that each is static.
 pub fn build() -> Result<Binaries> {
+    let bins = build_packages(&["sandbox-user", "leash-tests"])?;
+    for needed in ["vm_init", "netprobe"] {
+        if !bins.path(needed).is_file() {
+            bail!("the static build left no {needed} in {}", bins.dir.display());
+        }
+    }
+    Ok(bins)
+}
+
+/// Builds only leash statically (release), for the container image.
+pub fn build_leash() -> Result<Binaries> {
+    build_packages(&["sandbox-user"])
+}
+
+fn build_packages(packages: &[&str]) -> Result<Binaries> {
     let root = workspace_root();
     let target_dir = root.join("target/vm");
     let mut cmd = cargo();
-    cmd.current_dir(&root)
-        .args(["build", "--release", "--target", TARGET, "-p", "sandbox-user", "-p", "leash-tests", "--bins"])
+    cmd.current_dir(&root).args(["build", "--release", "--target", TARGET]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    cmd.arg("--bins")
         .arg("--target-dir")
         .arg(&target_dir)
         // With --target, RUSTFLAGS reach only the target's crates, not build scripts; the eBPF
@@ -55,10 +73,8 @@ pub fn build() -> Result<Binaries> {
             bail!("{name} ({}) is dynamically linked: the VM image has no libc to load it with", path.display());
         }
     }
-    for needed in ["leash", "vm_init", "netprobe"] {
-        if !bins.path(needed).is_file() {
-            bail!("the static build left no {needed} in {}", bins.dir.display());
-        }
+    if !bins.path("leash").is_file() {
+        bail!("the static build left no leash in {}", bins.dir.display());
     }
     Ok(bins)
 }

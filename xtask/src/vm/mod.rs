@@ -95,29 +95,43 @@ pub fn vm_test(args: VmTestArgs) -> Result<()> {
         progress(&format!("{} ({:.1} MiB)", initrd.display(), size as f64 / (1 << 20) as f64));
         Ok(())
     })?;
+    test_matrix(&matrix, &initrd, &args.suites, Duration::from_secs(args.timeout), qemu::MEMORY_MIB, "")
+}
+
+/// Boots `initrd` on each kernel of `matrix` with `leash.suite=<suites>` and prints one row per
+/// kernel; fails when any kernel did. Console logs are `target/vm/logs/<log_prefix><series>.log`.
+pub fn test_matrix(
+    matrix: &[&'static kernels::Series],
+    initrd: &Path,
+    suites: &str,
+    timeout: Duration,
+    memory_mib: u32,
+    log_prefix: &str,
+) -> Result<()> {
     let mut fetched = Vec::new();
-    for series in &matrix {
+    for series in matrix {
         let kernel = step(&format!("kernel {}: fetching ({})", series.name, series.suite), || kernels::fetch(series));
         fetched.push((series.name, kernel));
     }
     let accel = match fetched.iter().find_map(|(_, k)| k.as_ref().ok()) {
-        Some(k) => qemu::choose_accel(k, &initrd, &logs_dir()),
+        Some(k) => qemu::choose_accel(k, initrd, &logs_dir()),
         None => Accel::Tcg,
     };
     let mut rows = Vec::new();
     for (series, kernel) in fetched {
         let row = match kernel {
             Ok(kernel) => {
-                progress(&format!("kernel {series}: booting {} ({accel}, timeout {} s)", kernel.release, args.timeout));
+                progress(&format!("kernel {series}: booting {} ({accel}, timeout {} s)", kernel.release, timeout.as_secs()));
                 let boot = Boot {
                     kernel: &kernel,
-                    initrd: &initrd,
-                    cmdline: format!("leash.suite={}", args.suites),
+                    initrd,
+                    cmdline: format!("leash.suite={suites}"),
                     accel,
-                    timeout: Duration::from_secs(args.timeout),
-                    log: logs_dir().join(format!("{series}.log")),
+                    timeout,
+                    log: logs_dir().join(format!("{log_prefix}{series}.log")),
                     echo: Echo::Results,
                     extra_args: Vec::new(),
+                    memory_mib,
                 };
                 let outcome = boot.run();
                 Row::new(series, Some(&kernel), outcome, &boot.log)
@@ -171,6 +185,7 @@ pub fn boot_suite(
             log: log.clone(),
             echo: Echo::Console,
             extra_args: if icount { vec!["-icount".into(), "shift=0,sleep=off".into()] } else { Vec::new() },
+            memory_mib: qemu::MEMORY_MIB,
         }
         .run()?;
         boots.push((kernel, outcome, log));
@@ -274,7 +289,7 @@ kernel:
   deny: [ptrace, bpf, mount, userns, perf_event, raw_socket, packet_socket, kill_outside, kernel_module]
 ";
 /// Where Debian's busybox-static puts its binary: the VM's shell and core utilities.
-const BUSYBOX: &str = "/bin/busybox";
+pub const BUSYBOX: &str = "/bin/busybox";
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "ash", "cat", "echo", "printf", "ls", "id", "env", "grep", "head", "tail", "sleep", "true", "false", "test",
     "[", "uname", "ps", "mkdir", "rm", "touch", "wc", "wget", "nc", "pwd", "cut", "sed", "tr", "cp", "chmod", "kill",
@@ -315,6 +330,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         log: logs_dir().join(format!("run-{}.log", series.name)),
         echo: Echo::Console,
         extra_args: virtiofs_args(&socket),
+        memory_mib: qemu::MEMORY_MIB,
     };
     progress(&format!(
         "booting {} ({accel}); {} is shared read-only at the same path; console log: {}",
@@ -388,7 +404,7 @@ fn run_image(
 fn virtiofs_args(socket: &Path) -> Vec<String> {
     [
         "-object",
-        "memory-backend-memfd,id=mem,size=1024M,share=on",
+        &format!("memory-backend-memfd,id=mem,size={}M,share=on", qemu::MEMORY_MIB),
         "-numa",
         "node,memdev=mem",
         "-chardev",
@@ -400,7 +416,8 @@ fn virtiofs_args(socket: &Path) -> Vec<String> {
     .to_vec()
 }
 
-fn ensure_busybox() -> Result<()> {
+/// Debian's static busybox at [`BUSYBOX`], installed when missing.
+pub fn ensure_busybox() -> Result<()> {
     if !Path::new(BUSYBOX).exists() {
         apt_install(&["busybox-static"])?;
     }

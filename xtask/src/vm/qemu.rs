@@ -83,6 +83,7 @@ pub fn choose_accel(kernel: &Kernel, initrd: &Path, logs: &Path) -> Accel {
         log: logs.join("kvm-probe.log"),
         echo: Echo::Quiet,
         extra_args: Vec::new(),
+        memory_mib: MEMORY_MIB,
     };
     match probe.run() {
         Ok(o) if o.verdict.is_some() => {
@@ -120,7 +121,12 @@ pub struct Boot<'a> {
     pub echo: Echo,
     /// More qemu arguments (shared directories).
     pub extra_args: Vec<String>,
+    /// The guest's memory.
+    pub memory_mib: u32,
 }
+
+/// The guest memory of a boot, unless it needs more (the node test's containers).
+pub const MEMORY_MIB: u32 = 1024;
 
 /// What a boot produced.
 #[derive(Debug, Default)]
@@ -168,7 +174,7 @@ impl Boot<'_> {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(QEMU);
         cmd.args(self.accel.args())
-            .args(["-m", "1024", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
+            .args(["-m", &self.memory_mib.to_string(), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
             .args(["-serial", "stdio", "-monitor", "none"])
             .arg("-kernel")
             .arg(self.kernel.vmlinuz())

@@ -24,6 +24,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod node;
+
 const LEASH: &str = "/bin/leash";
 const NETPROBE: &str = "/bin/netprobe";
 const LSM_PROBE: &str = "/bin/lsm_probe";
@@ -36,6 +38,9 @@ fn main() {
     // The kernel starts init with almost no environment.
     std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
     std::env::set_var("HOME", "/root");
+    if let Err(e) = root_on_tmpfs_for_containers() {
+        println!("LEASH-RESULT boot:tmpfs-root FAIL {e}");
+    }
     let setup = prepare_system();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     println!("LEASH-KERNEL {}", kernel_release());
@@ -55,6 +60,81 @@ fn main() {
     power_off();
 }
 
+/// Where the image is copied before it becomes the root.
+const TMPFS_ROOT: &str = "/.tmpfs-root";
+/// A file of the root once it is the tmpfs.
+const ON_TMPFS: &str = "/.root-on-tmpfs";
+
+/// runc pivots into each container's root, and pivot_root(2) refuses a process whose root is the
+/// initramfs itself (rootfs has no parent mount). When the `node` suite is to run, PID 1 first
+/// does what an initramfs's switch_root does: it moves the image into a tmpfs, makes that the
+/// root and starts itself again there.
+fn root_on_tmpfs_for_containers() -> Result<(), String> {
+    if Path::new(ON_TMPFS).exists() {
+        return Ok(());
+    }
+    let _ = std::fs::create_dir_all("/proc");
+    mount("proc", "/proc", "proc", 0, "").map_err(|e| format!("mount proc: {e}"))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    // SAFETY: umount2 of a path we mounted.
+    unsafe { libc::umount2(c"/proc".as_ptr(), 0) };
+    let wants_containers = param(&cmdline, "leash.suite").is_some_and(|s| s.split(',').any(|n| n == "node"));
+    if !wants_containers {
+        return Ok(());
+    }
+    std::fs::create_dir_all(TMPFS_ROOT).map_err(|e| e.to_string())?;
+    mount("tmpfs", TMPFS_ROOT, "tmpfs", 0, "mode=0755").map_err(|e| format!("mount tmpfs: {e}"))?;
+    move_tree(Path::new("/"), Path::new(TMPFS_ROOT))?;
+    std::fs::write(format!("{TMPFS_ROOT}{ON_TMPFS}"), "").map_err(|e| e.to_string())?;
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    // SAFETY: plain chdir/mount/chroot calls with valid NUL-terminated paths.
+    unsafe {
+        if libc::chdir(c(TMPFS_ROOT).as_ptr()) != 0
+            || libc::mount(c(".").as_ptr(), c("/").as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) != 0
+            || libc::chroot(c(".").as_ptr()) != 0
+            || libc::chdir(c("/").as_ptr()) != 0
+        {
+            return Err(format!("switching root: {}", std::io::Error::last_os_error()));
+        }
+    }
+    use std::os::unix::process::CommandExt as _;
+    Err(format!("exec /init: {}", Command::new("/init").exec()))
+}
+
+/// Copies the tree at `from` into `to` (files, directories, symlinks, device nodes), removing
+/// each file once copied so that the image is not held twice in memory.
+fn move_tree(from: &Path, to: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+    for entry in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let source = entry.path();
+        if source == Path::new(TMPFS_ROOT) {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&source).map_err(|e| e.to_string())?;
+        let kind = meta.file_type();
+        let err = |e: std::io::Error| format!("{}: {e}", source.display());
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target).map_err(err)?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(err)?;
+            move_tree(&source, &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&source).map_err(err)?, &target).map_err(err)?;
+        } else if kind.is_char_device() || kind.is_block_device() {
+            let path = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+            // SAFETY: mknod with a valid path and the source node's mode and device number.
+            if unsafe { libc::mknod(path.as_ptr(), meta.mode(), meta.rdev()) } != 0 {
+                return Err(format!("mknod {}: {}", target.display(), std::io::Error::last_os_error()));
+            }
+        } else {
+            std::fs::copy(&source, &target).map_err(err)?;
+            let _ = std::fs::remove_file(&source);
+        }
+    }
+    Ok(())
+}
+
 /// The checks of suite `name`.
 fn suite(name: &str) -> Vec<Check> {
     match name {
@@ -65,6 +145,7 @@ fn suite(name: &str) -> Vec<Check> {
         "generation" => generation_suite(),
         "daemon" => daemon_suite(),
         "syscallbench" => syscallbench_suite(),
+        "node" => node::node_suite(),
         // Boots, mounts and powers off: what the KVM probe boot needs.
         "none" => Vec::new(),
         other => {
