@@ -826,6 +826,35 @@ fn ten_thousand_confine_cycles_leave_nothing_behind() {
     assert!(fds() <= before + 2, "the daemon's descriptors grew from {before} to {}", fds());
 }
 
+/// A container has a PID namespace of its own, so the pid a caller names is a number there: the
+/// daemon finds that process among the pod's (found by the node test, where every `confine {pid}`
+/// from a real container failed). A number that is free in the caller's namespace names nothing,
+/// even where the node has a process of that number in the same pod.
+#[test]
+fn a_caller_in_its_own_pid_namespace_names_its_child_by_its_own_number() {
+    let mut node = Node::new("pidns");
+    node.policy("default", "version: 1\n");
+    let pod = node.pod(Layout::CgroupfsCrio, 13);
+    node.start(&["--default-policy", "default"]);
+    let socket = node.socket.to_str().unwrap().to_string();
+    // podclient is pid 1 of a new PID namespace; the children it confines are 2, 3, ...
+    let in_own_namespace = |args: &[&str]| {
+        Command::new("unshare").args(["--pid", "--fork"]).arg(bin("podclient")).arg("--cgroup").arg(&pod.container).args(args).output().expect("unshare")
+    };
+    let out = in_own_namespace(&["cycles", &socket, "20"]);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{} {}", stdout(&out), stderr(&out)));
+    assert_eq!(report["errors"], 0, "{report} {}", stderr(&out));
+
+    // A sleeper of the same pod in the node's namespace: its node pid means nothing in the new one.
+    let mut sleeper = pod.sleeper();
+    let json = format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id());
+    let out = in_own_namespace(&["call", &socket, &json, "--listener"]);
+    let reply: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(code(&reply), "no_such_process", "{reply}");
+    stop(&mut sleeper);
+}
+
 #[test]
 fn kernel_rules_need_bpf_lsm_on_the_node_or_the_confine_is_refused() {
     let mut node = Node::new("lsm");

@@ -5,7 +5,7 @@
 //!
 //! Built here, with no registry: leash's image (`cargo xtask image`), and a stand-in for the
 //! runner pod's agent image, imported under the name the runner pod asks for: static busybox,
-//! Debian's curl with the libraries it links, the tests' static `lsm_probe`, and
+//! Debian's curl with the libraries it links, the tests' static `lsm_probe` and `podclient`, and
 //! `tests/src/bin/vm_init/node-agent.sh` as `claude`. The VM image adds Debian's containerd, ctr,
 //! containerd-shim-runc-v2 and runc (with libseccomp) from this machine.
 
@@ -74,7 +74,7 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
     let leash_archive = dir.join("images/leash.oci.tar");
     let written = leash.write(&leash_archive)?;
     progress(&format!("image {}: {:.1} MiB ({})", leash.name, written.size as f64 / (1 << 20) as f64, written.digest));
-    let agent = agent_image(&bins.path("lsm_probe"))?;
+    let agent = agent_image(&bins)?;
     let agent_archive = dir.join("images/agent.oci.tar");
     let written = agent.write(&agent_archive)?;
     progress(&format!("stand-in agent image {}: {:.1} MiB", agent.name, written.size as f64 / (1 << 20) as f64));
@@ -93,7 +93,7 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
 }
 
 /// The stand-in for the runner pod's agent image, named as the runner pod's container asks.
-fn agent_image(lsm_probe: &Path) -> Result<oci::Image> {
+fn agent_image(bins: &binaries::Binaries) -> Result<oci::Image> {
     let runner = std::fs::read_to_string(workspace_root().join("deploy/runner-pod.yaml")).context("reading deploy/runner-pod.yaml")?;
     let daemonset = std::fs::read_to_string(workspace_root().join("deploy/daemonset.yaml"))?;
     let leash_name = crate::image::image_name(&daemonset)?;
@@ -115,7 +115,11 @@ fn agent_image(lsm_probe: &Path) -> Result<oci::Image> {
     for lib in shared_libraries(Path::new(CURL))? {
         image.host_file(&lib.to_string_lossy(), &std::fs::canonicalize(&lib)?, 0o755);
     }
-    image.host_file("/usr/local/bin/lsm_probe", lsm_probe, 0o755);
+    // The probe the agent and the suite's `exec`s use, and the Confine API client the suite
+    // times confines with.
+    for probe in ["lsm_probe", "podclient"] {
+        image.host_file(&format!("/usr/local/bin/{probe}"), &bins.path(probe), 0o755);
+    }
     image.host_file("/usr/local/bin/claude", &workspace_root().join(AGENT_SCRIPT), 0o755);
     image.file("/etc/node-test/secret", b"a file the test's policy denies opening\n", 0o644);
     image.file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/home/agent:/bin/sh\n", 0o644);

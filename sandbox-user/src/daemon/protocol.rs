@@ -33,7 +33,8 @@
 //! | `release` | `sandbox` | — (every process in it is killed and its state removed) |
 //! | `owner` | `sandbox`, `port`, `listener`? | the process that opened the proxy connection from client port `port` to the proxy's port `listener` (default: the proxy's own; or the transparent listener's) |
 //!
-//! `confine` moves process `pid` (as the node sees it; default: the caller) into a new cgroup
+//! `confine` moves process `pid` (as the caller sees it, in its own PID namespace: a container's,
+//! or the node's for a `hostPID` pod; default: the caller) into a new cgroup
 //! below its container's cgroup, confined to the address the passed socket listens on, in that
 //! socket's network namespace. `policy`, when given, must be the one the pod may use (its
 //! `leash.dev/policy` annotation, or the node's default). The target is held by a pidfd taken

@@ -104,7 +104,7 @@ impl Node {
         let target = match pid {
             None => caller.process,
             Some(pid) => {
-                opened = Process::open(pid).map_err(|_| not_yours(pid))?;
+                opened = self.open_callers_pid(caller, pid)?;
                 &opened
             }
         };
@@ -630,6 +630,58 @@ fn int_option(fd: &OwnedFd, option: libc::c_int) -> Option<libc::c_int> {
         libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, (&mut v as *mut libc::c_int).cast(), &mut len)
     };
     (rc == 0).then_some(v)
+}
+
+impl Node {
+    /// The process the caller names `pid`: a number in the caller's own PID namespace, which is a
+    /// container's unless its pod shares the node's. Found among the processes of the caller's
+    /// pod whose PID namespace is the caller's and whose number there is `pid`, then held by a
+    /// pidfd and checked again through it (the number it was found by may have been reused).
+    fn open_callers_pid(&self, caller: &Caller, pid: u32) -> Result<Process, Reply> {
+        let callers_ns = caller.process.read(pid_namespace).map_err(|_| not_yours(pid))?;
+        if pid_namespace(std::process::id()).is_ok_and(|own| own == callers_ns) {
+            return Process::open(pid).map_err(|_| not_yours(pid));
+        }
+        let pod_dir = discovery::container_dir(&self.cgroup_root, &caller.pod);
+        let pod_dir = pod_dir.parent().ok_or_else(|| not_yours(pid))?;
+        let named = |node_pid: u32| -> std::io::Result<bool> {
+            Ok(pid_namespace(node_pid)? == callers_ns && pid_in_own_namespace(node_pid) == Some(pid))
+        };
+        let found = processes_below(pod_dir).into_iter().find(|&p| named(p).unwrap_or(false)).ok_or_else(|| not_yours(pid))?;
+        let process = Process::open(found).map_err(|_| not_yours(pid))?;
+        if process.read(named).unwrap_or(false) {
+            Ok(process)
+        } else {
+            Err(not_yours(pid))
+        }
+    }
+}
+
+/// The PID namespace of process `pid` (device and inode of its `ns/pid`).
+fn pid_namespace(pid: u32) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/pid"))?;
+    Ok((ns.dev(), ns.ino()))
+}
+
+/// The processes of cgroup `dir` and of every cgroup below it (a pod's: its containers and
+/// their sandboxes), at most [`MAX_POD_PROCESSES`].
+fn processes_below(dir: &Path) -> Vec<u32> {
+    const MAX_POD_PROCESSES: usize = 65_536;
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            found.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if found.len() >= MAX_POD_PROCESSES {
+            break;
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+    }
+    found
 }
 
 /// The pid of host process `pid` in its innermost pid namespace (`NSpid` of its status), which

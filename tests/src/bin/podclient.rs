@@ -1,6 +1,7 @@
 //! `podclient`: a process of a fake pod, talking to `leash daemon` the way a pod's process
 //! would. It first moves itself into the container cgroup given with `--cgroup` (tests build a
-//! kubelet-like tree), becomes `--uid UID` when given, then runs one command:
+//! kubelet-like tree; `--cgroup -` stays where it is, inside a real container), becomes `--uid
+//! UID` when given, then runs one command:
 //!
 //! ```text
 //! podclient --cgroup DIR --uid UID COMMAND ...                      COMMAND as UID (gid UID, no groups)
@@ -78,6 +79,10 @@ fn usage() -> ! {
 }
 
 fn enter_cgroup(dir: &Path) {
+    // `-`: a process that is in its container's cgroup already (inside a real container).
+    if dir == Path::new("-") {
+        return;
+    }
     let procs = dir.join("cgroup.procs");
     if let Err(e) = std::fs::write(&procs, b"0") {
         eprintln!("podclient: entering {}: {e}", procs.display());
