@@ -855,6 +855,36 @@ fn a_caller_in_its_own_pid_namespace_names_its_child_by_its_own_number() {
     stop(&mut sleeper);
 }
 
+/// Why the daemon moves a pod's process into its sandbox rather than having `leash confine` start
+/// the agent there with clone3(CLONE_INTO_CGROUP): that needs write access to `cgroup.procs` of
+/// the sandbox and of the common ancestor (the container's cgroup), which an unprivileged pod
+/// does not have; the daemon would have to delegate the container's cgroup to the pod, which
+/// could then move its processes out of their sandboxes. The refusal, checked: root can, the pod
+/// cannot.
+#[test]
+fn an_unprivileged_pod_cannot_clone_into_its_sandbox_cgroup() {
+    let mut node = Node::new("clone3");
+    node.policy("default", "version: 1\n");
+    let pod = node.pod(Layout::CgroupfsCrio, 14);
+    node.start(&["--default-policy", "default"]);
+    let mut sleeper = pod.sleeper();
+    let reply = node.call(&pod, &format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id()), Some("--listener"));
+    assert_eq!(code(&reply), "ok", "{reply}");
+    let sandbox = pod.container.join(format!("leash-{}", reply["result"]["sandbox"].as_str().unwrap()));
+    assert!(sandbox.is_dir(), "{}", sandbox.display());
+    let clone_into = |uid: Option<&str>| {
+        let mut cmd = podclient_in(&pod.container);
+        if let Some(uid) = uid {
+            cmd.args(["--uid", uid]);
+        }
+        let out = cmd.arg("clone-into").arg(&sandbox).output().expect("podclient");
+        stdout(&out).trim().to_owned()
+    };
+    assert_eq!(clone_into(None), "ok", "root's clone3 into the sandbox: the call itself works here");
+    assert_eq!(clone_into(Some("65534")), format!("errno {}", libc::EACCES), "nobody's clone3 into the sandbox");
+    stop(&mut sleeper);
+}
+
 #[test]
 fn kernel_rules_need_bpf_lsm_on_the_node_or_the_confine_is_refused() {
     let mut node = Node::new("lsm");

@@ -12,6 +12,7 @@
 //! podclient --cgroup DIR sleep                                      sleep (a target process of the pod)
 //! podclient --cgroup DIR sleep-with-sockets                         hold an unconnected TCP and a UDP socket, then sleep
 //! podclient --cgroup DIR exec UID -- CMD ARGS...                    become UID and exec CMD
+//! podclient --cgroup DIR clone-into CGROUP                          clone3(CLONE_INTO_CGROUP) a child into CGROUP; prints `ok` or the errno
 //! podclient --cgroup DIR reuse SOCKET                               a child connects and exits; see `reuse`
 //! podclient --cgroup DIR flood SOCKET N idle|noread|fds             hold N connections; see `flood`
 //! ```
@@ -56,11 +57,36 @@ fn main() {
             drop((tcp, udp));
         }
         "reuse" if rest.len() == 2 => reuse(&rest[1]),
+        "clone-into" if rest.len() == 2 => clone_into(Path::new(&rest[1])),
         "flood" if rest.len() == 4 => flood(&rest[1], rest[2].parse().unwrap_or_else(|_| usage()), &rest[3]),
         "exec" if rest.len() >= 4 && rest[2] == "--" => {
             exec_as(rest[1].parse().unwrap_or_else(|_| usage()), &rest[3..])
         }
         _ => usage(),
+    }
+}
+
+/// Starts a child directly in cgroup `dir` with clone3(CLONE_INTO_CGROUP) (Linux 5.7+), which
+/// needs write access to `cgroup.procs` of the destination and of the common ancestor; prints
+/// `ok` or the errno's number.
+fn clone_into(dir: &Path) {
+    let cgroup = std::fs::File::open(dir).unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()));
+    // struct clone_args (v1 layout, 88 bytes): flags, pidfd, child_tid, parent_tid, exit_signal,
+    // stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    let mut args = [0u64; 11];
+    args[0] = 0x200000000; // CLONE_INTO_CGROUP
+    args[4] = libc::SIGCHLD as u64;
+    args[10] = cgroup.as_raw_fd() as u64;
+    // SAFETY: clone3 with a fully initialised clone_args of the size given and no new stack: the
+    // child returns here like fork(2) and exits at once.
+    let rc = unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), std::mem::size_of_val(&args)) };
+    match rc {
+        0 => unsafe { libc::_exit(0) },
+        pid if pid > 0 => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            println!("ok");
+        }
+        _ => println!("errno {}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
     }
 }
 
@@ -74,7 +100,7 @@ fn socket2_tcp() -> std::os::fd::OwnedFd {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: podclient --cgroup DIR [--uid UID] (call|hostile|cycles|hold|sleep|exec|reuse|flood) ...");
+    eprintln!("usage: podclient --cgroup DIR [--uid UID] (call|hostile|cycles|hold|sleep|exec|reuse|flood|clone-into) ...");
     std::process::exit(2)
 }
 
