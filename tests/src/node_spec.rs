@@ -97,30 +97,26 @@ impl Pod<'_> {
         node.root.join("pods").join(&self.uid).join("volumes").join(plugin).join(name)
     }
 
-    /// The pod's QoS class, as the kubelet derives it from every container's resources.
+    /// The pod's QoS class, as the kubelet derives it from every container's resources:
+    /// guaranteed when each container's CPU and memory limits equal its requests (unset requests
+    /// default to the limits), best-effort when no container sets any, else burstable.
     pub fn qos(&self) -> &'static str {
-        let all: Vec<&ResourceRequirements> = self
-            .spec
-            .containers
-            .iter()
-            .chain(self.spec.init_containers.iter().flatten())
-            .filter_map(|c| c.resources.as_ref())
-            .collect();
+        let containers: Vec<&Container> = self.spec.containers.iter().chain(self.spec.init_containers.iter().flatten()).collect();
+        let resources: Vec<Option<&ResourceRequirements>> = containers.iter().map(|c| c.resources.as_ref()).collect();
         let set = |r: &ResourceRequirements| {
             r.requests.as_ref().is_some_and(|m| !m.is_empty()) || r.limits.as_ref().is_some_and(|m| !m.is_empty())
         };
-        if !all.iter().any(|r| set(r)) {
+        if !resources.iter().flatten().any(|r| set(r)) {
             return "besteffort";
         }
-        let guaranteed = self.spec.containers.len() == all.len()
-            && all.iter().all(|r| {
-                ["cpu", "memory"].iter().all(|k| {
-                    let limit = r.limits.as_ref().and_then(|m| m.get(*k));
-                    let request = r.requests.as_ref().and_then(|m| m.get(*k)).or(limit);
-                    limit.is_some() && limit == request
-                })
-            });
-        if guaranteed {
+        let pinned = |r: &ResourceRequirements| {
+            ["cpu", "memory"].iter().all(|k| {
+                let limit = r.limits.as_ref().and_then(|m| m.get(*k));
+                let request = r.requests.as_ref().and_then(|m| m.get(*k)).or(limit);
+                limit.is_some() && limit == request
+            })
+        };
+        if resources.iter().all(|r| r.is_some_and(pinned)) {
             "guaranteed"
         } else {
             "burstable"
@@ -521,6 +517,27 @@ mod tests {
         let mut no_command = container(SecurityContext::default());
         no_command.command = None;
         assert!(pod.container_run(&node, &no_command, &BTreeMap::new(), Path::new("/x"), "abc").is_err());
+    }
+
+    #[test]
+    fn qos_classes_follow_the_kubelets_rule() {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let resources = |cpu: &str, memory: &str, requests: bool| {
+            let m = BTreeMap::from([("cpu".to_owned(), Quantity(cpu.into())), ("memory".to_owned(), Quantity(memory.into()))]);
+            ResourceRequirements { limits: Some(m.clone()), requests: requests.then_some(m), ..Default::default() }
+        };
+        let meta = ObjectMeta::default();
+        let class = |containers: Vec<Container>| {
+            let spec = PodSpec { containers, ..Default::default() };
+            Pod { meta: &meta, spec: &spec, uid: "u".into() }.qos()
+        };
+        let with = |r: Option<ResourceRequirements>| Container { name: "c".into(), resources: r, ..Default::default() };
+        assert_eq!(class(vec![with(None)]), "besteffort");
+        assert_eq!(class(vec![with(Some(resources("1", "1Gi", false)))]), "guaranteed");
+        assert_eq!(class(vec![with(Some(resources("1", "1Gi", true))), with(None)]), "burstable");
+        let mut partial = resources("1", "1Gi", true);
+        partial.requests.as_mut().unwrap().insert("cpu".into(), Quantity("500m".into()));
+        assert_eq!(class(vec![with(Some(partial))]), "burstable");
     }
 
     #[test]

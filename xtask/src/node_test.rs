@@ -31,13 +31,8 @@ pub struct NodeTestArgs {
     pub timeout: u64,
 }
 
-/// The container runtime, from this machine's Debian packages, and where the VM finds each.
-const RUNTIME: &[(&str, &str)] = &[
-    ("/usr/bin/containerd", "/usr/bin/containerd"),
-    ("/usr/bin/ctr", "/usr/bin/ctr"),
-    ("/usr/bin/containerd-shim-runc-v2", "/usr/bin/containerd-shim-runc-v2"),
-    ("/usr/sbin/runc", "/usr/sbin/runc"),
-];
+/// The container runtime, from this machine's Debian packages, at the same paths in the VM.
+const RUNTIME: [&str; 4] = ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc"];
 /// runc's one library beyond libc (which the base image carries).
 const LIBSECCOMP: &str = "/lib/x86_64-linux-gnu/libseccomp.so.2";
 /// Where vm_init's node suite finds the image archives.
@@ -80,8 +75,8 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
     progress(&format!("stand-in agent image {}: {:.1} MiB", agent.name, written.size as f64 / (1 << 20) as f64));
 
     let mut image = Initramfs::base(&bins)?;
-    for (host, inside) in RUNTIME {
-        image.host_file(inside, Path::new(host), 0o755);
+    for path in RUNTIME {
+        image.host_file(path, Path::new(path), 0o755);
     }
     image.host_file(LIBSECCOMP, &std::fs::canonicalize(LIBSECCOMP).context("libseccomp (Debian's libseccomp2)")?, 0o644);
     image.host_file(&format!("{IMAGES_IN_VM}/leash.oci.tar"), &leash_archive, 0o644);

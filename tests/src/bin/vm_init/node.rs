@@ -165,7 +165,7 @@ fn run(report: &mut Report, started: Instant) -> Option<()> {
     let daemon = report.step("daemon-start", start_pod_container(&containerd, &node, &daemon_pod, &daemon_net, 0))?;
     report.step("daemon-socket", wait_for_socket(&daemon))?;
     report.check("daemon-ready", readiness(&daemon_net, &manifests.daemon_set));
-    report.check("daemon-security-context", daemon_process_checks(&daemon));
+    report.check("daemon-security-context", daemon_process_checks(&daemon, &manifests.daemon_set));
 
     // The runner pod: its init container copies leash, then the agent runs.
     let runner = manifests.runner_pod(&runner_uid);
@@ -186,14 +186,14 @@ fn run(report: &mut Report, started: Instant) -> Option<()> {
         "figure-start-to-first-confined-request",
         first_request.map(|t| format!("{:.1} s from the suite's start (containerd, imports, daemon, runner)", t.as_secs_f64())).ok_or_else(|| "no request reached the upstream".to_owned()),
     );
-    runner_container_checks(report, &containerd, &agent);
+    runner_container_checks(report, &agent);
     report.check("figure-confine-latency", confine_latency(&agent, &fake_pod_uid));
 
     // The daemon's container killed and a new one started while the agent runs.
     restart_checks(report, &containerd, &node, &daemon_pod, &daemon, &daemon_net, &agent, &denied)?;
 
     // The runner pod removed: the daemon collects its sandbox.
-    removal_checks(report, &containerd, &agent, &workspace, &api, &runner_uid, &daemon_net);
+    removal_checks(report, &agent, &workspace, &api, &runner_uid, &daemon_net);
     drop(containerd);
     Some(())
 }
@@ -496,20 +496,36 @@ fn readiness(net: &PodNetwork, daemon_set: &DaemonSet) -> Result<String, String>
     }
 }
 
-/// What the daemon's process holds, read from the node: uid 0 with exactly the DaemonSet's
-/// capabilities, containerd's default seccomp filter, and the node's PID namespace.
-fn daemon_process_checks(daemon: &Running) -> Result<String, String> {
+/// Capability numbers, by name (`linux/capability.h`).
+const CAPABILITIES: [&str; 41] = [
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// What the daemon's process holds, read from the node: uid 0 with exactly the capabilities the
+/// DaemonSet adds (after dropping all), containerd's default seccomp filter, and the node's PID
+/// namespace.
+fn daemon_process_checks(daemon: &Running, daemon_set: &DaemonSet) -> Result<String, String> {
+    let container = daemon_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.containers.first()).ok_or("no container")?;
+    let added = container.security_context.as_ref().and_then(|s| s.capabilities.as_ref()).and_then(|c| c.add.clone()).unwrap_or_default();
+    let mut want = 0u64;
+    for name in &added {
+        let bit = CAPABILITIES.iter().position(|c| c == name).ok_or_else(|| format!("unknown capability {name}"))?;
+        want |= 1 << bit;
+    }
     let pid = daemon.pid().ok_or("no daemon task")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("").to_owned();
     let eff = u64::from_str_radix(&field("CapEff:"), 16).map_err(|e| e.to_string())?;
-    // BPF 39, PERFMON 38, NET_ADMIN 12, SYS_ADMIN 21, SYS_PTRACE 19, DAC_READ_SEARCH 2,
-    // SYS_RESOURCE 24.
-    let want: u64 = [39u32, 38, 12, 21, 19, 2, 24].iter().map(|b| 1u64 << b).sum();
     let same_pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == std::fs::read_link("/proc/1/ns/pid").ok();
     let detail = format!(
-        "pid {pid}: uid {}, CapEff {eff:#x}, Seccomp {}, NoNewPrivs {}, node PID namespace {same_pid_ns}",
+        "pid {pid}: uid {}, CapEff {eff:#x} (the DaemonSet's {}), Seccomp {}, NoNewPrivs {}, node PID namespace {same_pid_ns}",
         field("Uid:").split_whitespace().next().unwrap_or("?"),
+        added.join(" "),
         field("Seccomp:"),
         field("NoNewPrivs:")
     );
@@ -517,7 +533,7 @@ fn daemon_process_checks(daemon: &Running) -> Result<String, String> {
     if ok {
         Ok(detail)
     } else {
-        Err(format!("{detail}; want CapEff {want:#x}, seccomp filter, node PID namespace, uid 0"))
+        Err(format!("{detail}; want CapEff {want:#x}, a seccomp filter, the node PID namespace, uid 0"))
     }
 }
 
@@ -570,7 +586,7 @@ fn agent_checks(report: &mut Report, out: &str, upstream: &Upstream, denied: &Up
 /// The runner container itself, outside leash's sandbox (`ctr task exec`): no BPF, a read-only
 /// root and socket directory, no view of the daemon's state; the agent's secret file is readable
 /// there (so the agent's EACCES came from leash's policy).
-fn runner_container_checks(report: &mut Report, _containerd: &Containerd, agent: &Running) {
+fn runner_container_checks(report: &mut Report, agent: &Running) {
     let probe = "/usr/local/bin/lsm_probe";
     let attempts: [(&str, &[&str], &str); 5] = [
         ("runner-cannot-load-bpf", &[probe, "--attempt", "bpf-map-create"], "EPERM"),
@@ -659,10 +675,8 @@ fn restart_checks(
     Some(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn removal_checks(
     report: &mut Report,
-    _containerd: &Containerd,
     agent: &Running,
     workspace: &Path,
     api: &FakeApi,
