@@ -121,7 +121,18 @@ impl Node {
     }
 
     fn start(&mut self, extra: &[&str]) -> String {
-        let mut cmd = Command::new(leash_bin());
+        self.start_with_capabilities(&daemonset_capabilities(), extra)
+    }
+
+    /// The daemon as root with only `capabilities` (names without `CAP_`) in its bounding set,
+    /// so in its effective set: what the DaemonSet gives it, unless a test says otherwise.
+    fn start_with_capabilities(&mut self, capabilities: &[String], extra: &[&str]) -> String {
+        let bounding: Vec<String> = capabilities.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--bounding-set=-all,{}", bounding.join(",")))
+            .arg("--inh-caps=-all")
+            .arg("--")
+            .arg(leash_bin());
         cmd.arg("daemon")
             .arg("--socket")
             .arg(&self.socket)
@@ -245,6 +256,22 @@ impl Drop for Node {
         remove_cgroup_tree(&self.tree);
         let _ = Command::new("umount").arg(&self.bpffs).status();
     }
+}
+
+/// The capabilities deploy/daemonset.yaml adds for the daemon (after dropping all).
+fn daemonset_capabilities() -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml"))
+        .expect("reading deploy/daemonset.yaml");
+    let documents = leash_tests::manifests::yaml_documents("daemonset.yaml", &text).expect("daemonset.yaml");
+    let daemon_set = match leash_tests::manifests::parse_object(&documents[0]).expect("a DaemonSet") {
+        leash_tests::manifests::Object::DaemonSet(d) => d,
+        _ => panic!("daemonset.yaml holds no DaemonSet"),
+    };
+    let container = &daemon_set.spec.expect("spec").template.spec.expect("pod spec").containers[0];
+    let added = container.security_context.as_ref().and_then(|s| s.capabilities.as_ref()).and_then(|c| c.add.clone());
+    let added = added.expect("the DaemonSet adds capabilities");
+    assert!(!added.is_empty());
+    added
 }
 
 /// `podclient --cgroup DIR`, to which the caller adds its command.
@@ -536,9 +563,24 @@ fn binaries_rules_work_through_the_daemons_connection_owners() {
 /// executable exec'd after the connect lends nothing to its parent holding the same socket.
 #[test]
 fn a_listed_executable_exec_d_after_connect_lends_nothing_under_confine() {
+    exec_after_connect_attack("owners-exec", &daemonset_capabilities());
+}
+
+/// The same attack against a daemon that cannot read another user's descriptor table (the
+/// DaemonSet without CAP_DAC_READ_SEARCH, as it shipped before the node test): a table it cannot
+/// read must count as holding the socket, not as holding nothing.
+#[test]
+fn an_owner_check_that_cannot_read_descriptors_fails_closed() {
+    let without: Vec<String> = daemonset_capabilities().into_iter().filter(|c| c != "DAC_READ_SEARCH").collect();
+    exec_after_connect_attack("owners-nodac", &without);
+}
+
+/// Python connects, forks a child that execs `sleep` (the listed executable) holding the same
+/// socket, and sends through it itself: nothing may get through.
+fn exec_after_connect_attack(tag: &str, capabilities: &[String]) {
     let upstream = Listener::http("127.0.0.1:0", "for sleep only");
     let sleep = std::fs::canonicalize("/bin/sleep").unwrap().display().to_string();
-    let mut node = Node::new("owners-exec");
+    let mut node = Node::new(tag);
     node.policy(
         "default",
         &format!(
@@ -547,7 +589,7 @@ fn a_listed_executable_exec_d_after_connect_lends_nothing_under_confine() {
         ),
     );
     let pod = node.pod(Layout::CgroupfsCrio, 62);
-    node.start(&["--default-policy", "default"]);
+    node.start_with_capabilities(capabilities, &["--default-policy", "default"]);
     let target = upstream.addr.to_string();
     let out = node.confine(&pod, &[], &["/usr/bin/python3", "-c", PY_EXEC_AFTER_CONNECT, &target, &sleep, "8"]);
     let text = stdout(&out);

@@ -40,7 +40,7 @@ const IMAGES_IN_VM: &str = "/var/lib/leash-node/images";
 const AGENT_SCRIPT: &str = "tests/src/bin/vm_init/node-agent.sh";
 const CURL: &str = "/usr/bin/curl";
 /// Applets the stand-in agent's script and the suite's `exec`s use.
-const AGENT_APPLETS: &[&str] = &["sh", "id", "sleep", "kill", "cat", "echo", "date", "true", "test", "[", "ls", "mkdir"];
+const AGENT_APPLETS: &[&str] = &["sh", "id", "sleep", "kill", "cat", "echo", "true", "test", "[", "ls", "mkdir", "wget"];
 /// The guest memory: the image archives, containerd's content store and one snapshot per
 /// container all live in RAM.
 const MEMORY_MIB: u32 = 2560;

@@ -104,9 +104,15 @@ pub fn holders_all_run(procs: &Path, net: &Path, peer: SocketAddr, proxy: Socket
     let Ok(procs) = std::fs::read_to_string(procs) else { return false };
     let target = format!("socket:[{inode}]");
     procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).all(|pid| {
-        let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|l| l.as_os_str() == target.as_str())
-        });
+        // A descriptor table that cannot be read (no CAP_DAC_READ_SEARCH for another user's
+        // process) may hold the socket: then that process must run `exe` too. Only a process
+        // that is gone holds nothing.
+        let holds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => {
+                fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|l| l.as_os_str() == target.as_str())
+            }
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        };
         !holds || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
     })
 }

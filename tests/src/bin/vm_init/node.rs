@@ -63,12 +63,18 @@ struct TestOverlay;
 
 impl TestOverlay {
     /// `hardened.yaml` plus an endpoint for the local HTTPS server (which receives the API key),
-    /// and the agent image's secret file in `deny_open`.
-    fn policy(hardened: &str, upstream_port: u16) -> Result<String, String> {
+    /// one for a local HTTP server that only curl may use (a `binaries:` rule, which needs the
+    /// daemon's connection owners), and the agent image's secret file in `deny_open`.
+    fn policy(hardened: &str, upstream_port: u16, curl_only_port: u16) -> Result<String, String> {
         let mut policy: serde_json::Value = serde_norway::from_str(hardened).map_err(|e| format!("hardened.yaml: {e}"))?;
         policy["network_policies"]["node_test"] = serde_json::json!({
             "name": "node_test",
             "endpoints": [{ "host": "127.0.0.1", "port": upstream_port, "protocol": "rest", "access": "full" }],
+        });
+        policy["network_policies"]["node_test_curl_only"] = serde_json::json!({
+            "name": "node_test_curl_only",
+            "endpoints": [{ "host": "127.0.0.1", "port": curl_only_port, "protocol": "rest", "access": "full" }],
+            "binaries": [{ "path": "/usr/bin/curl" }],
         });
         let hosts = policy["credentials"]["ANTHROPIC_API_KEY"]["hosts"].as_array_mut().ok_or("hardened.yaml binds no ANTHROPIC_API_KEY")?;
         hosts.push("127.0.0.1".into());
@@ -144,9 +150,10 @@ fn run(report: &mut Report, started: Instant) -> Option<()> {
     // The runner's pod network holds the local servers: the allowed HTTPS one, and one the
     // policy does not name.
     let runner_net = report.step("runner-pod-network", PodNetwork::new())?;
-    let (upstream, denied) = runner_net.run(|| (Upstream::https(), Upstream::plain()));
+    let (upstream, denied, curl_only) = runner_net.run(|| (Upstream::https(), Upstream::plain(), Upstream::plain()));
     let hardened = manifests.policy_text("hardened.yaml")?;
-    let policy = report.step("test-policy", TestOverlay::policy(&hardened, upstream.port()).map(|p| (p, String::new())))?;
+    let policy = TestOverlay::policy(&hardened, upstream.port(), curl_only.port());
+    let policy = report.step("test-policy", policy.map(|p| (p, String::new())))?;
 
     let mut node = Node {
         name: NODE.to_owned(),
@@ -172,7 +179,7 @@ fn run(report: &mut Report, started: Instant) -> Option<()> {
     let runner_pod = Pod { meta: &runner.metadata, spec: runner.spec.as_ref()?, uid: runner_uid.clone() };
     let volumes = report.step("runner-volumes", runner_pod.prepare_volumes(&node).map(|v| (v, String::new())))?;
     let workspace = volumes.get("workspace")?.clone();
-    report.step("runner-workspace", write_test_env(&workspace, &upstream, &denied))?;
+    report.step("runner-workspace", write_test_env(&workspace, &upstream, &denied, &curl_only))?;
     let init = runner_pod.spec.init_containers.as_ref()?.first()?;
     let init_run = runner_pod.container_run(&node, init, &volumes, Path::new(&runner_net.path), &container_id());
     report.step("runner-init-container", init_run.and_then(|r| containerd.run_to_end(&r)))?;
@@ -181,7 +188,7 @@ fn run(report: &mut Report, started: Instant) -> Option<()> {
     let agent = report.step("runner-start", agent_run.and_then(|r| containerd.start(&r)))?;
     let agent_out = report.step("agent-ran", agent.wait_for_line("AGENT done", WAIT))?;
     let first_request = upstream.seen().first().map(|_| started.elapsed());
-    agent_checks(report, &agent_out, &upstream, &denied);
+    agent_checks(report, &agent_out, &upstream, &denied, &curl_only);
     report.check(
         "figure-start-to-first-confined-request",
         first_request.map(|t| format!("{:.1} s from the suite's start (containerd, imports, daemon, runner)", t.as_secs_f64())).ok_or_else(|| "no request reached the upstream".to_owned()),
@@ -542,21 +549,22 @@ fn daemon_process_checks(daemon: &Running, daemon_set: &DaemonSet) -> Result<Str
 
 /// What the stand-in agent reads: the servers' ports, and the local HTTPS server's trust root
 /// (the test's overlay sets `SSL_CERT_FILE` to it for leash's proxy).
-fn write_test_env(workspace: &Path, upstream: &Upstream, denied: &Upstream) -> Result<((), String), String> {
+fn write_test_env(workspace: &Path, upstream: &Upstream, denied: &Upstream, curl_only: &Upstream) -> Result<((), String), String> {
     let dir = workspace.join(".node-test");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("env"), format!("UPSTREAM={}\nDENIED={}\n", upstream.port(), denied.port())).map_err(|e| e.to_string())?;
+    let env = format!("UPSTREAM={}\nDENIED={}\nCURL_ONLY={}\n", upstream.port(), denied.port(), curl_only.port());
+    std::fs::write(dir.join("env"), env).map_err(|e| e.to_string())?;
     std::fs::copy(&upstream.ca_pem, dir.join("upstream-ca.pem")).map_err(|e| e.to_string())?;
     set_mode(&dir.to_string_lossy(), 0o777);
     Ok(((), format!("upstream :{}, unlisted :{}", upstream.port(), denied.port())))
 }
 
 /// The outcome of each attempt the agent reported, against what the policy allows.
-fn agent_checks(report: &mut Report, out: &str, upstream: &Upstream, denied: &Upstream) {
+fn agent_checks(report: &mut Report, out: &str, upstream: &Upstream, denied: &Upstream, curl_only: &Upstream) {
     let lines: BTreeMap<&str, &str> = out.lines().filter_map(|l| l.strip_prefix("AGENT ")?.split_once(' ')).collect();
     // A connection that ignores the proxy is redirected to it and refused there: an HTTP 403,
     // or a closed connection (curl's 000).
-    let want: [(&str, &[&str]); 7] = [
+    let want: [(&str, &[&str]); 9] = [
         ("uid", &["1000"]),
         ("allowed-https", &["200"]),
         ("unlisted-through-proxy", &["403"]),
@@ -564,6 +572,9 @@ fn agent_checks(report: &mut Report, out: &str, upstream: &Upstream, denied: &Up
         ("open", &["EPERM"]),
         ("ptrace-attach", &["EPERM"]),
         ("write-workspace", &["ok"]),
+        // `binaries: [/usr/bin/curl]`: curl is served, busybox's wget is not.
+        ("curl-only-by-curl", &["200"]),
+        ("curl-only-by-wget", &["refused"]),
     ];
     for (name, expected) in want {
         let got = lines.get(name).copied().unwrap_or("(not reported)");
@@ -579,6 +590,10 @@ fn agent_checks(report: &mut Report, out: &str, upstream: &Upstream, denied: &Up
     report.check(
         "upstream-got-the-real-key",
         if !seen.is_empty() && seen.iter().all(|k| k == API_KEY) { Ok(format!("{} requests", seen.len())) } else { Err(format!("keys seen: {seen:?}")) },
+    );
+    report.check(
+        "curl-only-server-reached-by-curl-alone",
+        if curl_only.count() == 1 { Ok("1 request".into()) } else { Err(format!("{} requests", curl_only.count())) },
     );
     report.check("unlisted-server-reached-by-nothing", if denied.count() == 0 { Ok("0 connections".into()) } else { Err(format!("{} requests", denied.count())) });
 }
