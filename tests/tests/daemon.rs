@@ -895,6 +895,49 @@ fn a_caller_in_its_own_pid_namespace_names_its_child_by_its_own_number() {
     let reply: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{}", stderr(&out)));
     assert_eq!(code(&reply), "no_such_process", "{reply}");
     stop(&mut sleeper);
+
+    // Another user's process in the caller's namespace is refused with the caller's own number
+    // for it: the answer gives away neither that it exists nor its number on the node.
+    let script = format!(
+        "setpriv --reuid 65534 --regid 65534 --clear-groups sleep 30 & sleep 0.3; \
+         {podclient} --cgroup {container} call {socket} '{{\"version\":1,\"op\":\"confine\",\"pid\":2}}' --listener; kill $!",
+        podclient = bin("podclient").display(),
+        container = pod.container.display(),
+    );
+    let out = podclient_in(&pod.container)
+        .args(["exec", "0", "--", "unshare", "--pid", "--fork", "sh", "-c", &script])
+        .output()
+        .expect("podclient");
+    let reply: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{} {}", stdout(&out), stderr(&out)));
+    assert_eq!(code(&reply), "no_such_process", "{reply}");
+    assert_eq!(reply["error"]["message"], "no process 2 of yours", "{reply}");
+}
+
+/// The red-team's scan flood: a pod in its own PID namespace runs thousands of idle processes
+/// and asks for a number that names none, so every request would examine every process of the
+/// pod. The search stops at its budget and says so; it never walks the whole pod.
+#[test]
+fn looking_up_a_pid_in_a_crowded_pod_stops_at_its_budget() {
+    let mut node = Node::new("pidflood");
+    node.policy("default", "version: 1\n");
+    let pod = node.pod(Layout::CgroupfsCrio, 15);
+    node.start(&["--default-policy", "default"]);
+    let script = format!(
+        "for i in $(seq 4200); do sleep 120 & done; \
+         {podclient} --cgroup {container} call {socket} '{{\"version\":1,\"op\":\"confine\",\"pid\":99999}}' --listener; \
+         kill $(jobs -p) 2>/dev/null",
+        podclient = bin("podclient").display(),
+        container = pod.container.display(),
+        socket = node.socket.display(),
+    );
+    let out = podclient_in(&pod.container)
+        .args(["exec", "0", "--", "unshare", "--pid", "--fork", "bash", "-c", &script])
+        .output()
+        .expect("podclient");
+    let reply: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap_or("").trim())
+        .unwrap_or_else(|_| panic!("{} {}", stdout(&out), stderr(&out)));
+    assert_eq!(code(&reply), "not_allowed", "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap_or("").contains("first 4096 processes"), "{reply}");
 }
 
 /// Why the daemon moves a pod's process into its sandbox rather than having `leash confine` start

@@ -108,16 +108,18 @@ impl Node {
                 &opened
             }
         };
+        // Answers name the target by the number the caller knows it by, never the node's.
+        let named = pid.unwrap_or_else(|| pid_in_own_namespace(target.pid()).unwrap_or(0));
         // The sandbox goes below the target's own container (another container of the pod, maybe).
-        let target_pod = self.check_target(caller, target)?;
-        check_root(target, &discovery::container_dir(&self.cgroup_root, &target_pod))?;
+        let target_pod = self.check_target(caller, target, named)?;
+        check_root(target, &discovery::container_dir(&self.cgroup_root, &target_pod), named)?;
         let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
         let policy = self.policies.get(&admitted.policy).ok_or_else(|| no_such_policy(&admitted.policy))?;
         // The policy's kernel paths name files of the pod's image: resolve them in its root.
         let kernel_rules = match policy.compiled.kernel() {
             None => None,
             Some(section) => {
-                let root = target.read(FsRoot::of_process).map_err(|_| not_yours(target.pid()))?;
+                let root = target.read(FsRoot::of_process).map_err(|_| not_yours(named))?;
                 let rules = LsmRules::resolve_in(&root, section, &[]).map_err(|e| {
                     Reply::error(ErrorCode::NoSuchPolicy, format!("policy `{}`: kernel: {e:#}", policy.name))
                 })?;
@@ -137,10 +139,10 @@ impl Node {
 
         let mut state = self.state()?;
         // The target may have exited (and its number gone elsewhere) while this waited.
-        if self.check_target(caller, target)? != target_pod {
-            return Err(not_yours(target.pid()));
+        if self.check_target(caller, target, named)? != target_pod {
+            return Err(not_yours(named));
         }
-        refuse_network_sockets(target, listener_inode)?;
+        refuse_network_sockets(target, listener_inode, named)?;
         if let Some(rules) = &kernel_rules {
             check_lsm(&state.programs, rules, &policy.name)?;
         }
@@ -185,14 +187,14 @@ impl Node {
                 // The sandbox holds a process that is not the target: it stays confined (never
                 // released by the caller, who does not learn the sandbox) until it exits.
                 eprintln!("leash daemon: warning: sandbox {id}: {e:#}");
-                return Err(not_yours(target.pid()));
+                return Err(not_yours(named));
             }
             // A removal that fails halfway leaves state without a record: sweep it too.
             if remove(&mut state, &record, &self.metrics).is_err() {
                 let _ = sweep_orphans(&mut state);
             }
             return Err(match e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) {
-                Some(libc::ESRCH) => not_yours(target.pid()),
+                Some(libc::ESRCH) => not_yours(named),
                 _ => internal(e),
             });
         }
@@ -208,8 +210,8 @@ impl Node {
 
     /// The pod and container of `target` if the caller may confine it: in the caller's pod, every
     /// uid the caller's, not confined yet. Anything else is "no process of yours".
-    fn check_target(&self, caller: &Caller, target: &Process) -> Result<PodContainer, Reply> {
-        let pid = target.pid();
+    fn check_target(&self, caller: &Caller, target: &Process, named: u32) -> Result<PodContainer, Reply> {
+        let pid = named;
         let pod = discovery::of_process(target).map_err(|_| not_yours(pid))?;
         if pod.pod_uid != caller.pod.pod_uid {
             return Err(not_yours(pid));
@@ -499,14 +501,14 @@ fn move_into(cgroup: &Path, process: &Process) -> Result<()> {
 
 /// Refuses a target that holds IP or packet sockets: made outside the sandbox, no cgroup program
 /// would judge them.
-fn refuse_network_sockets(target: &Process, listener: Option<u64>) -> Result<(), Reply> {
+fn refuse_network_sockets(target: &Process, listener: Option<u64>, named: u32) -> Result<(), Reply> {
     match target.network_sockets(listener) {
         Ok(0) => Ok(()),
         Ok(n) => Err(Reply::error(
             ErrorCode::NotAllowed,
-            format!("process {} holds {n} network socket(s) made outside a sandbox; confine a process before it opens any (leash confine does)", target.pid()),
+            format!("process {named} holds {n} network socket(s) made outside a sandbox; confine a process before it opens any (leash confine does)"),
         )),
-        Err(_) => Err(not_yours(target.pid())),
+        Err(_) => Err(not_yours(named)),
     }
 }
 
@@ -517,7 +519,7 @@ fn kill_if_holding_sockets(target: &Process, listener: Option<u64>) -> Result<()
         Ok(0) => Ok(()),
         _ => {
             target.kill();
-            Err(anyhow::anyhow!("process {} holds network sockets made before it was moved in; killed", target.pid()))
+            Err(anyhow::anyhow!("the process holds network sockets made before it was moved in; killed"))
         }
     }
 }
@@ -642,12 +644,18 @@ impl Node {
         if pid_namespace(std::process::id()).is_ok_and(|own| own == callers_ns) {
             return Process::open(pid).map_err(|_| not_yours(pid));
         }
-        let pod_dir = discovery::container_dir(&self.cgroup_root, &caller.pod);
-        let pod_dir = pod_dir.parent().ok_or_else(|| not_yours(pid))?;
+        let container = discovery::container_dir(&self.cgroup_root, &caller.pod);
+        let pod_dir = container.parent().ok_or_else(|| not_yours(pid))?;
         let named = |node_pid: u32| -> std::io::Result<bool> {
             Ok(pid_namespace(node_pid)? == callers_ns && pid_in_own_namespace(node_pid) == Some(pid))
         };
-        let found = processes_below(pod_dir).into_iter().find(|&p| named(p).unwrap_or(false)).ok_or_else(|| not_yours(pid))?;
+        let found = search_pod(&container, pod_dir, |p| named(p).unwrap_or(false)).map_err(|searched| {
+            Reply::error(
+                ErrorCode::NotAllowed,
+                format!("found no process {pid} among the first {searched} processes of the pod; confine it by its pid sooner, or from a process of its own container"),
+            )
+        })?;
+        let found = found.ok_or_else(|| not_yours(pid))?;
         let process = Process::open(found).map_err(|_| not_yours(pid))?;
         if process.read(named).unwrap_or(false) {
             Ok(process)
@@ -664,24 +672,40 @@ fn pid_namespace(pid: u32) -> std::io::Result<(u64, u64)> {
     Ok((ns.dev(), ns.ino()))
 }
 
-/// The processes of cgroup `dir` and of every cgroup below it (a pod's: its containers and
-/// their sandboxes), at most [`MAX_POD_PROCESSES`].
-fn processes_below(dir: &Path) -> Vec<u32> {
-    const MAX_POD_PROCESSES: usize = 65_536;
-    let mut found = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
-            found.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+/// Most processes one request examines while looking a pid up (about 20 µs each): a pod that
+/// runs thousands cannot make every request of its own cost the node's daemon a second.
+const SEARCH_BUDGET: usize = 4096;
+
+/// The first process that `matches` among those of cgroup `first` (the caller's container),
+/// then of every other cgroup below `pod` (its other containers, their sandboxes). `Err` with the
+/// number examined when the budget ran out first (cgroup directories count against it too).
+fn search_pod(first: &Path, pod: &Path, matches: impl Fn(u32) -> bool) -> Result<Option<u32>, usize> {
+    let mut examined = 0;
+    let mut dirs = vec![pod.to_path_buf(), first.to_path_buf()];
+    let mut seen_first = false;
+    while let Some(dir) = dirs.pop() {
+        if dir == first {
+            if seen_first {
+                continue;
+            }
+            seen_first = true;
         }
-        if found.len() >= MAX_POD_PROCESSES {
-            break;
+        examined += 1;
+        for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+            let Ok(pid) = pid.trim().parse::<u32>() else { continue };
+            examined += 1;
+            if examined > SEARCH_BUDGET {
+                return Err(SEARCH_BUDGET);
+            }
+            if matches(pid) {
+                return Ok(Some(pid));
+            }
         }
-        if let Ok(entries) = std::fs::read_dir(&d) {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
             dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
         }
     }
-    found
+    Ok(None)
 }
 
 /// The pid of host process `pid` in its innermost pid namespace (`NSpid` of its status), which
@@ -715,13 +739,12 @@ fn internal(e: anyhow::Error) -> Reply {
 /// resolved in the target's root, and `binaries:` read its executable's path, so a target that
 /// chose its own (chroot(2), or a user and mount namespace of its own with files bound over the
 /// image's) would choose what those rules name.
-fn check_root(target: &Process, container: &Path) -> Result<(), Reply> {
+fn check_root(target: &Process, container: &Path, named: u32) -> Result<(), Reply> {
     let refused = || {
         Reply::error(
             ErrorCode::BadRequest,
             format!(
-                "process {} runs in another root or mount namespace than its container's first process; confine it from the container as started",
-                target.pid()
+                "process {named} runs in another root or mount namespace than its container's first process; confine it from the container as started"
             ),
         )
     };
@@ -733,7 +756,7 @@ fn check_root(target: &Process, container: &Path) -> Result<(), Reply> {
     };
     let first = first_process(container).ok_or_else(refused)?;
     let expected = identity(first).map_err(|_| refused())?;
-    let actual = target.read(identity).map_err(|_| not_yours(target.pid()))?;
+    let actual = target.read(identity).map_err(|_| not_yours(named))?;
     if actual != expected {
         return Err(refused());
     }

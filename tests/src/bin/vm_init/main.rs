@@ -13,6 +13,8 @@
 //! ```
 //!
 //! A suite is a function returning named checks; add one to [`suite`] to extend the VM tests.
+//! The `node` suite (`node.rs`, `cargo xtask node-test`) runs containers, and runc cannot pivot
+//! out of an initramfs: for it, PID 1 first makes a tmpfs copy of the image its root.
 //! The image is built by xtask (`xtask/src/vm/initramfs.rs`), which also writes the files under
 //! `/etc/leash-vm/`.
 
