@@ -646,10 +646,10 @@ impl Node {
         }
         let container = discovery::container_dir(&self.cgroup_root, &caller.pod);
         let pod_dir = container.parent().ok_or_else(|| not_yours(pid))?;
-        let named = |node_pid: u32| -> std::io::Result<bool> {
+        let is_callers = |node_pid: u32| -> std::io::Result<bool> {
             Ok(pid_namespace(node_pid)? == callers_ns && pid_in_own_namespace(node_pid) == Some(pid))
         };
-        let found = search_pod(&container, pod_dir, |p| named(p).unwrap_or(false)).map_err(|searched| {
+        let found = search_pod(&container, pod_dir, |p| is_callers(p).unwrap_or(false)).map_err(|searched| {
             Reply::error(
                 ErrorCode::NotAllowed,
                 format!("found no process {pid} among the first {searched} processes of the pod; confine it by its pid sooner, or from a process of its own container"),
@@ -657,7 +657,7 @@ impl Node {
         })?;
         let found = found.ok_or_else(|| not_yours(pid))?;
         let process = Process::open(found).map_err(|_| not_yours(pid))?;
-        if process.read(named).unwrap_or(false) {
+        if process.read(is_callers).unwrap_or(false) {
             Ok(process)
         } else {
             Err(not_yours(pid))
