@@ -4,9 +4,7 @@
 //! test, which runs the containers these manifests describe (`vm_init`'s `node` suite).
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::serde::de::DeserializeOwned;
 use k8s_openapi::serde::{Deserialize, Serialize};
@@ -105,4 +103,3 @@ fn fields_lost(original: &Value, read_back: &Value, path: &str, out: &mut Vec<St
         _ => {}
     }
 }
-

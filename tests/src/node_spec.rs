@@ -101,7 +101,8 @@ impl Pod<'_> {
     /// guaranteed when each container's CPU and memory limits equal its requests (unset requests
     /// default to the limits), best-effort when no container sets any, else burstable.
     pub fn qos(&self) -> &'static str {
-        let containers: Vec<&Container> = self.spec.containers.iter().chain(self.spec.init_containers.iter().flatten()).collect();
+        let containers: Vec<&Container> =
+            self.spec.containers.iter().chain(self.spec.init_containers.iter().flatten()).collect();
         let resources: Vec<Option<&ResourceRequirements>> = containers.iter().map(|c| c.resources.as_ref()).collect();
         let set = |r: &ResourceRequirements| {
             r.requests.as_ref().is_some_and(|m| !m.is_empty()) || r.limits.as_ref().is_some_and(|m| !m.is_empty())
@@ -184,7 +185,10 @@ impl Pod<'_> {
             let map = node
                 .config_maps
                 .iter()
-                .find(|c| c.metadata.name.as_deref() == Some(&source.name) && c.metadata.namespace.as_deref() == Some(self.namespace()))
+                .find(|c| {
+                    c.metadata.name.as_deref() == Some(&source.name)
+                        && c.metadata.namespace.as_deref() == Some(self.namespace())
+                })
                 .ok_or_else(|| format!("volume {name}: no ConfigMap {} in {}", source.name, self.namespace()))?;
             if source.items.is_some() {
                 return Err(format!("volume {name}: configMap items are not translated"));
@@ -207,7 +211,11 @@ impl Pod<'_> {
                         && c.metadata.namespace.as_deref() == Some(self.namespace())
                 })
                 .ok_or_else(|| format!("volume {name}: no claim {} in {}", claim.claim_name, self.namespace()))?;
-            let bound = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref()).ok_or_else(|| format!("volume {name}: claim names no volume"))?;
+            let bound = pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .ok_or_else(|| format!("volume {name}: claim names no volume"))?;
             let pv = node
                 .volumes
                 .iter()
@@ -215,11 +223,15 @@ impl Pod<'_> {
                 .ok_or_else(|| format!("volume {name}: no PersistentVolume {bound}"))?;
             let spec = pv.spec.as_ref().ok_or_else(|| format!("volume {name}: PV {bound} has no spec"))?;
             // The PV must agree to be bound to this claim.
-            let claim_ref = spec.claim_ref.as_ref().ok_or_else(|| format!("volume {name}: PV {bound} has no claimRef"))?;
-            if claim_ref.name.as_deref() != Some(&claim.claim_name) || claim_ref.namespace.as_deref() != Some(self.namespace()) {
+            let claim_ref =
+                spec.claim_ref.as_ref().ok_or_else(|| format!("volume {name}: PV {bound} has no claimRef"))?;
+            if claim_ref.name.as_deref() != Some(&claim.claim_name)
+                || claim_ref.namespace.as_deref() != Some(self.namespace())
+            {
                 return Err(format!("volume {name}: PV {bound} is reserved for another claim"));
             }
-            let host = spec.host_path.as_ref().ok_or_else(|| format!("volume {name}: PV {bound} is not a hostPath volume"))?;
+            let host =
+                spec.host_path.as_ref().ok_or_else(|| format!("volume {name}: PV {bound} is not a hostPath volume"))?;
             let path = PathBuf::from(&host.path);
             if host.type_.as_deref() == Some("Directory") && !path.is_dir() {
                 return Err(format!("volume {name}: PV {bound}'s {} is not a directory", path.display()));
@@ -330,7 +342,8 @@ impl Pod<'_> {
             if mount.sub_path.is_some() || mount.sub_path_expr.is_some() {
                 return fail("subPath is not translated");
             }
-            let source = volumes.get(&mount.name).ok_or_else(|| format!("container {name}: no volume {}", mount.name))?;
+            let source =
+                volumes.get(&mount.name).ok_or_else(|| format!("container {name}: no volume {}", mount.name))?;
             let propagation = match mount.mount_propagation.as_deref() {
                 None | Some("None") => "rprivate",
                 Some("HostToContainer") => "rslave",
@@ -338,10 +351,16 @@ impl Pod<'_> {
                 Some(other) => return fail(&format!("mountPropagation {other}")),
             };
             let rw = if mount.read_only == Some(true) { "ro" } else { "rw" };
-            args.pair("--mount", format!("type=bind,src={},dst={},options=rbind:{rw}:{propagation}", source.display(), mount.mount_path));
+            args.pair(
+                "--mount",
+                format!("type=bind,src={},dst={},options=rbind:{rw}:{propagation}", source.display(), mount.mount_path),
+            );
         }
         if let Some(token) = volumes.get(TOKEN_VOLUME) {
-            args.pair("--mount", format!("type=bind,src={},dst={SERVICE_ACCOUNT_DIR},options=rbind:ro", token.display()));
+            args.pair(
+                "--mount",
+                format!("type=bind,src={},dst={SERVICE_ACCOUNT_DIR},options=rbind:ro", token.display()),
+            );
         }
 
         let cgroup = format!("{}/{id}", self.cgroup());
@@ -440,8 +459,16 @@ const TOKEN_VOLUME: &str = "kube-api-access (kubelet)";
 
 /// A memory quantity (`256Mi`, `1Gi`, `64M`, `1000`) in bytes.
 pub fn quantity_bytes(q: &str) -> Result<u64, String> {
-    let units: [(&str, u64); 8] =
-        [("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000)];
+    let units: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
     let (number, unit) = units.iter().find_map(|(s, u)| q.strip_suffix(s).map(|n| (n, *u))).unwrap_or((q, 1));
     number.parse::<u64>().map(|n| n * unit).map_err(|_| format!("quantity {q:?} is not translated"))
 }
@@ -489,7 +516,11 @@ mod tests {
         let node = node(&dir);
         let spec = PodSpec {
             host_pid: Some(true),
-            security_context: Some(PodSecurityContext { run_as_user: Some(1000), run_as_group: Some(1001), ..Default::default() }),
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(1000),
+                run_as_group: Some(1001),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let meta = ObjectMeta::default();
@@ -497,7 +528,10 @@ mod tests {
         let c = container(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: Some(vec!["BPF".into(), "KILL".into()]) }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["BPF".into(), "KILL".into()]),
+            }),
             ..Default::default()
         });
         let run = pod.container_run(&node, &c, &BTreeMap::new(), Path::new("/proc/7/ns/net"), "abc").unwrap();
@@ -512,7 +546,8 @@ mod tests {
         assert!(argv.ends_with("example.com/i:1 abc /bin/x --y"), "{argv}");
         assert_eq!(run.cgroup, "kubepods/besteffort/podu-1/abc");
 
-        let root = container(SecurityContext { run_as_non_root: Some(true), run_as_user: Some(0), ..Default::default() });
+        let root =
+            container(SecurityContext { run_as_non_root: Some(true), run_as_user: Some(0), ..Default::default() });
         assert!(pod.container_run(&node, &root, &BTreeMap::new(), Path::new("/x"), "abc").is_err());
         let mut no_command = container(SecurityContext::default());
         no_command.command = None;
@@ -523,7 +558,10 @@ mod tests {
     fn qos_classes_follow_the_kubelets_rule() {
         use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         let resources = |cpu: &str, memory: &str, requests: bool| {
-            let m = BTreeMap::from([("cpu".to_owned(), Quantity(cpu.into())), ("memory".to_owned(), Quantity(memory.into()))]);
+            let m = BTreeMap::from([
+                ("cpu".to_owned(), Quantity(cpu.into())),
+                ("memory".to_owned(), Quantity(memory.into())),
+            ]);
             ResourceRequirements { limits: Some(m.clone()), requests: requests.then_some(m), ..Default::default() }
         };
         let meta = ObjectMeta::default();

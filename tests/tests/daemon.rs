@@ -881,7 +881,14 @@ fn a_caller_in_its_own_pid_namespace_names_its_child_by_its_own_number() {
     let socket = node.socket.to_str().unwrap().to_string();
     // podclient is pid 1 of a new PID namespace; the children it confines are 2, 3, ...
     let in_own_namespace = |args: &[&str]| {
-        Command::new("unshare").args(["--pid", "--fork"]).arg(bin("podclient")).arg("--cgroup").arg(&pod.container).args(args).output().expect("unshare")
+        Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .arg(bin("podclient"))
+            .arg("--cgroup")
+            .arg(&pod.container)
+            .args(args)
+            .output()
+            .expect("unshare")
     };
     let out = in_own_namespace(&["cycles", &socket, "20"]);
     let report: serde_json::Value =
@@ -892,7 +899,8 @@ fn a_caller_in_its_own_pid_namespace_names_its_child_by_its_own_number() {
     let mut sleeper = pod.sleeper();
     let json = format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id());
     let out = in_own_namespace(&["call", &socket, &json, "--listener"]);
-    let reply: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{}", stderr(&out)));
     assert_eq!(code(&reply), "no_such_process", "{reply}");
     stop(&mut sleeper);
 
@@ -908,7 +916,8 @@ fn a_caller_in_its_own_pid_namespace_names_its_child_by_its_own_number() {
         .args(["exec", "0", "--", "unshare", "--pid", "--fork", "sh", "-c", &script])
         .output()
         .expect("podclient");
-    let reply: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{} {}", stdout(&out), stderr(&out)));
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{} {}", stdout(&out), stderr(&out)));
     assert_eq!(code(&reply), "no_such_process", "{reply}");
     assert_eq!(reply["error"]["message"], "no process 2 of yours", "{reply}");
 }
@@ -953,7 +962,8 @@ fn an_unprivileged_pod_cannot_clone_into_its_sandbox_cgroup() {
     let pod = node.pod(Layout::CgroupfsCrio, 14);
     node.start(&["--default-policy", "default"]);
     let mut sleeper = pod.sleeper();
-    let reply = node.call(&pod, &format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id()), Some("--listener"));
+    let reply =
+        node.call(&pod, &format!(r#"{{"version":1,"op":"confine","pid":{}}}"#, sleeper.id()), Some("--listener"));
     assert_eq!(code(&reply), "ok", "{reply}");
     let sandbox = pod.container.join(format!("leash-{}", reply["result"]["sandbox"].as_str().unwrap()));
     assert!(sandbox.is_dir(), "{}", sandbox.display());

@@ -32,7 +32,8 @@ pub struct NodeTestArgs {
 }
 
 /// The container runtime, from this machine's Debian packages, at the same paths in the VM.
-const RUNTIME: [&str; 4] = ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc"];
+const RUNTIME: [&str; 4] =
+    ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc"];
 /// runc's one library beyond libc (which the base image carries).
 const LIBSECCOMP: &str = "/lib/x86_64-linux-gnu/libseccomp.so.2";
 /// Where vm_init's node suite finds the image archives.
@@ -40,7 +41,8 @@ const IMAGES_IN_VM: &str = "/var/lib/leash-node/images";
 const AGENT_SCRIPT: &str = "tests/src/bin/vm_init/node-agent.sh";
 const CURL: &str = "/usr/bin/curl";
 /// Applets the stand-in agent's script and the suite's `exec`s use.
-const AGENT_APPLETS: &[&str] = &["sh", "id", "sleep", "kill", "cat", "echo", "true", "test", "[", "ls", "mkdir", "wget"];
+const AGENT_APPLETS: &[&str] =
+    &["sh", "id", "sleep", "kill", "cat", "echo", "true", "test", "[", "ls", "mkdir", "wget"];
 /// The guest memory: the image archives, containerd's content store and one snapshot per
 /// container all live in RAM.
 const MEMORY_MIB: u32 = 2560;
@@ -78,7 +80,11 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
     for path in RUNTIME {
         image.host_file(path, Path::new(path), 0o755);
     }
-    image.host_file(LIBSECCOMP, &std::fs::canonicalize(LIBSECCOMP).context("libseccomp (Debian's libseccomp2)")?, 0o644);
+    image.host_file(
+        LIBSECCOMP,
+        &std::fs::canonicalize(LIBSECCOMP).context("libseccomp (Debian's libseccomp2)")?,
+        0o644,
+    );
     image.host_file(&format!("{IMAGES_IN_VM}/leash.oci.tar"), &leash_archive, 0o644);
     image.host_file(&format!("{IMAGES_IN_VM}/agent.oci.tar"), &agent_archive, 0o644);
     let initrd = dir.join("initramfs.cpio");
@@ -89,7 +95,8 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
 
 /// The stand-in for the runner pod's agent image, named as the runner pod's container asks.
 fn agent_image(bins: &binaries::Binaries) -> Result<oci::Image> {
-    let runner = std::fs::read_to_string(workspace_root().join("deploy/runner-pod.yaml")).context("reading deploy/runner-pod.yaml")?;
+    let runner = std::fs::read_to_string(workspace_root().join("deploy/runner-pod.yaml"))
+        .context("reading deploy/runner-pod.yaml")?;
     let daemonset = std::fs::read_to_string(workspace_root().join("deploy/daemonset.yaml"))?;
     let leash_name = crate::image::image_name(&daemonset)?;
     let names: Vec<&str> = runner
@@ -119,7 +126,17 @@ fn agent_image(bins: &binaries::Binaries) -> Result<oci::Image> {
     image.file("/etc/node-test/secret", b"a file the test's policy denies opening\n", 0o644);
     image.file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/home/agent:/bin/sh\n", 0o644);
     image.file("/etc/group", b"root:x:0:\nagent:x:1000:\n", 0o644);
-    for dir in ["/tmp", "/workspace", "/home/agent", "/opt/leash/bin", "/opt/leash/wrapper", "/run/leash", "/proc", "/sys", "/dev"] {
+    for dir in [
+        "/tmp",
+        "/workspace",
+        "/home/agent",
+        "/opt/leash/bin",
+        "/opt/leash/wrapper",
+        "/run/leash",
+        "/proc",
+        "/sys",
+        "/dev",
+    ] {
         image.dir(dir);
     }
     Ok(image)

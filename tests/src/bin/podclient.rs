@@ -100,7 +100,9 @@ fn socket2_tcp() -> std::os::fd::OwnedFd {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: podclient --cgroup DIR [--uid UID] (call|hostile|cycles|hold|sleep|exec|reuse|flood|clone-into) ...");
+    eprintln!(
+        "usage: podclient --cgroup DIR [--uid UID] (call|hostile|cycles|hold|sleep|exec|reuse|flood|clone-into) ..."
+    );
     std::process::exit(2)
 }
 

@@ -52,8 +52,10 @@ pub fn run(args: ImageArgs) -> Result<()> {
 /// leash's image around the static binary `leash`.
 pub fn leash_image(leash: &Path) -> Result<oci::Image> {
     let root = workspace_root();
-    let containerfile = std::fs::read_to_string(root.join("deploy/Containerfile")).context("reading deploy/Containerfile")?;
-    let daemonset = std::fs::read_to_string(root.join("deploy/daemonset.yaml")).context("reading deploy/daemonset.yaml")?;
+    let containerfile =
+        std::fs::read_to_string(root.join("deploy/Containerfile")).context("reading deploy/Containerfile")?;
+    let daemonset =
+        std::fs::read_to_string(root.join("deploy/daemonset.yaml")).context("reading deploy/daemonset.yaml")?;
     let mut image = oci::Image::new(&image_name(&daemonset)?);
     image.entrypoint = exec_form(&containerfile, "ENTRYPOINT")?;
     image.cmd = exec_form(&containerfile, "CMD")?;

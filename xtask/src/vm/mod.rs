@@ -121,7 +121,11 @@ pub fn test_matrix(
     for (series, kernel) in fetched {
         let row = match kernel {
             Ok(kernel) => {
-                progress(&format!("kernel {series}: booting {} ({accel}, timeout {} s)", kernel.release, timeout.as_secs()));
+                progress(&format!(
+                    "kernel {series}: booting {} ({accel}, timeout {} s)",
+                    kernel.release,
+                    timeout.as_secs()
+                ));
                 let boot = Boot {
                     kernel: &kernel,
                     initrd,

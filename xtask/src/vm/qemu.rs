@@ -174,7 +174,18 @@ impl Boot<'_> {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(QEMU);
         cmd.args(self.accel.args())
-            .args(["-m", &self.memory_mib.to_string(), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
+            .args([
+                "-m",
+                &self.memory_mib.to_string(),
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-nic",
+                "none",
+            ])
             .args(["-serial", "stdio", "-monitor", "none"])
             .arg("-kernel")
             .arg(self.kernel.vmlinuz())

@@ -66,7 +66,8 @@ impl TestOverlay {
     /// one for a local HTTP server that only curl may use (a `binaries:` rule, which needs the
     /// daemon's connection owners), and the agent image's secret file in `deny_open`.
     fn policy(hardened: &str, upstream_port: u16, curl_only_port: u16) -> Result<String, String> {
-        let mut policy: serde_json::Value = serde_norway::from_str(hardened).map_err(|e| format!("hardened.yaml: {e}"))?;
+        let mut policy: serde_json::Value =
+            serde_norway::from_str(hardened).map_err(|e| format!("hardened.yaml: {e}"))?;
         policy["network_policies"]["node_test"] = serde_json::json!({
             "name": "node_test",
             "endpoints": [{ "host": "127.0.0.1", "port": upstream_port, "protocol": "rest", "access": "full" }],
@@ -76,7 +77,9 @@ impl TestOverlay {
             "endpoints": [{ "host": "127.0.0.1", "port": curl_only_port, "protocol": "rest", "access": "full" }],
             "binaries": [{ "path": "/usr/bin/curl" }],
         });
-        let hosts = policy["credentials"]["ANTHROPIC_API_KEY"]["hosts"].as_array_mut().ok_or("hardened.yaml binds no ANTHROPIC_API_KEY")?;
+        let hosts = policy["credentials"]["ANTHROPIC_API_KEY"]["hosts"]
+            .as_array_mut()
+            .ok_or("hardened.yaml binds no ANTHROPIC_API_KEY")?;
         hosts.push("127.0.0.1".into());
         let deny = policy["kernel"]["deny_open"].as_array_mut().ok_or("hardened.yaml has no kernel.deny_open")?;
         deny.push(AGENT_SECRET.into());
@@ -143,7 +146,8 @@ fn run(report: &mut Report, started: Instant) -> Option<()> {
     let daemon_net = report.step("daemon-pod-network", PodNetwork::new())?;
     let api_dir = PathBuf::from("/var/lib/node-test/api");
     let _ = std::fs::create_dir_all(&api_dir);
-    let pods = vec![(runner_uid.clone(), Some(TEST_POLICY.to_owned())), (fake_pod_uid.clone(), Some(TEST_POLICY.to_owned()))];
+    let pods =
+        vec![(runner_uid.clone(), Some(TEST_POLICY.to_owned())), (fake_pod_uid.clone(), Some(TEST_POLICY.to_owned()))];
     let api = daemon_net.run(move || FakeApi::start(&api_dir, pods));
     let (api_host, api_port) = api.addr.rsplit_once(':').map(|(h, p)| (h.to_owned(), p.parse().unwrap_or(0)))?;
 
@@ -162,7 +166,12 @@ fn run(report: &mut Report, started: Instant) -> Option<()> {
         volumes: manifests.volumes.clone(),
         claims: manifests.claims.clone(),
         secrets: BTreeMap::from([(("leash-runners".into(), "anthropic".into(), "api-key".into()), API_KEY.into())]),
-        api: Some(ApiAccess { host: api_host, port: api_port, token_file: api.token_file.clone(), ca_file: api.ca_file.clone() }),
+        api: Some(ApiAccess {
+            host: api_host,
+            port: api_port,
+            token_file: api.token_file.clone(),
+            ca_file: api.ca_file.clone(),
+        }),
         default_caps,
     };
     manifests.add_policy(&mut node, &format!("{TEST_POLICY}.yaml"), &policy)?;
@@ -184,14 +193,17 @@ fn run(report: &mut Report, started: Instant) -> Option<()> {
     let init_run = runner_pod.container_run(&node, init, &volumes, Path::new(&runner_net.path), &container_id());
     report.step("runner-init-container", init_run.and_then(|r| containerd.run_to_end(&r)))?;
     let agent_container = runner_pod.spec.containers.first()?;
-    let agent_run = runner_pod.container_run(&node, agent_container, &volumes, Path::new(&runner_net.path), &container_id());
+    let agent_run =
+        runner_pod.container_run(&node, agent_container, &volumes, Path::new(&runner_net.path), &container_id());
     let agent = report.step("runner-start", agent_run.and_then(|r| containerd.start(&r)))?;
     let agent_out = report.step("agent-ran", agent.wait_for_line("AGENT done", WAIT))?;
     let first_request = upstream.seen().first().map(|_| started.elapsed());
     agent_checks(report, &agent_out, &upstream, &denied, &curl_only);
     report.check(
         "figure-start-to-first-confined-request",
-        first_request.map(|t| format!("{:.1} s from the suite's start (containerd, imports, daemon, runner)", t.as_secs_f64())).ok_or_else(|| "no request reached the upstream".to_owned()),
+        first_request
+            .map(|t| format!("{:.1} s from the suite's start (containerd, imports, daemon, runner)", t.as_secs_f64()))
+            .ok_or_else(|| "no request reached the upstream".to_owned()),
     );
     runner_container_checks(report, &agent);
     report.check("figure-confine-latency", confine_latency(&agent, &fake_pod_uid));
@@ -238,7 +250,8 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let version = ctr(&["version"]).map(|o| o.stdout.lines().filter(|l| l.contains("Version")).collect::<Vec<_>>().join(", "))?;
+        let version = ctr(&["version"])
+            .map(|o| o.stdout.lines().filter(|l| l.contains("Version")).collect::<Vec<_>>().join(", "))?;
         Ok((containerd, version))
     }
 
@@ -250,7 +263,10 @@ impl Containerd {
         if out.status != Some(0) {
             return Err(format!("{}: {}", run.id, out.describe()));
         }
-        Ok((Running { id: run.id.clone(), cgroup: run.cgroup.clone(), user: run.user.clone(), log: PathBuf::new() }, out.describe()))
+        Ok((
+            Running { id: run.id.clone(), cgroup: run.cgroup.clone(), user: run.user.clone(), log: PathBuf::new() },
+            out.describe(),
+        ))
     }
 
     /// Starts `run` detached, its output in a log file.
@@ -269,7 +285,10 @@ impl Containerd {
         if out.status != Some(0) {
             return Err(format!("{}: {}", run.id, out.describe()));
         }
-        Ok((Running { id: run.id.clone(), cgroup: run.cgroup.clone(), user: run.user.clone(), log }, format!("{} in /sys/fs/cgroup/{}", run.image, run.cgroup)))
+        Ok((
+            Running { id: run.id.clone(), cgroup: run.cgroup.clone(), user: run.user.clone(), log },
+            format!("{} in /sys/fs/cgroup/{}", run.image, run.cgroup),
+        ))
     }
 }
 
@@ -344,7 +363,13 @@ impl Running {
 }
 
 fn ctr(args: &[&str]) -> Result<Output, String> {
-    output(Command::new("/usr/bin/ctr").args(args).env("CONTAINERD_ADDRESS", CONTAINERD_SOCKET).env("CONTAINERD_NAMESPACE", "k8s.io").env("CONTAINERD_SNAPSHOTTER", "native"))
+    output(
+        Command::new("/usr/bin/ctr")
+            .args(args)
+            .env("CONTAINERD_ADDRESS", CONTAINERD_SOCKET)
+            .env("CONTAINERD_NAMESPACE", "k8s.io")
+            .env("CONTAINERD_SNAPSHOTTER", "native"),
+    )
 }
 
 fn ctr_owned(args: &[String]) -> Result<Output, String> {
@@ -387,7 +412,8 @@ struct Manifests {
 
 impl Manifests {
     fn read() -> Result<(Self, String), String> {
-        let (mut daemon_sets, mut config_maps, mut volumes, mut claims, mut pods) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut daemon_sets, mut config_maps, mut volumes, mut claims, mut pods) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for (file, text) in MANIFESTS {
             for doc in yaml_documents(file, text)? {
                 match parse_object(&doc).map_err(|e| format!("{file}: {e}"))? {
@@ -407,7 +433,10 @@ impl Manifests {
     }
 
     fn policies_map(&self) -> Result<&ConfigMap, String> {
-        self.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some("leash-policies")).ok_or_else(|| "no ConfigMap leash-policies".into())
+        self.config_maps
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some("leash-policies"))
+            .ok_or_else(|| "no ConfigMap leash-policies".into())
     }
 
     fn policy_text(&self, key: &str) -> Option<String> {
@@ -478,8 +507,14 @@ fn wait_for_socket(daemon: &Running) -> Result<((), String), String> {
 
 /// The readiness probe of the DaemonSet, as the kubelet would run it, from the pod's network.
 fn readiness(net: &PodNetwork, daemon_set: &DaemonSet) -> Result<String, String> {
-    let container = daemon_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.containers.first()).ok_or("no container")?;
-    let probe = container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).ok_or("no httpGet readiness probe")?;
+    let container = daemon_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .ok_or("no container")?;
+    let probe =
+        container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).ok_or("no httpGet readiness probe")?;
     let port = match &probe.port {
         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => *p,
         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => container
@@ -505,11 +540,46 @@ fn readiness(net: &PodNetwork, daemon_set: &DaemonSet) -> Result<String, String>
 
 /// Capability numbers, by name (`linux/capability.h`).
 const CAPABILITIES: [&str; 41] = [
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
-    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
-    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
-    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
-    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
     "CHECKPOINT_RESTORE",
 ];
 
@@ -517,8 +587,18 @@ const CAPABILITIES: [&str; 41] = [
 /// DaemonSet adds (after dropping all), containerd's default seccomp filter, and the node's PID
 /// namespace.
 fn daemon_process_checks(daemon: &Running, daemon_set: &DaemonSet) -> Result<String, String> {
-    let container = daemon_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.containers.first()).ok_or("no container")?;
-    let added = container.security_context.as_ref().and_then(|s| s.capabilities.as_ref()).and_then(|c| c.add.clone()).unwrap_or_default();
+    let container = daemon_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .ok_or("no container")?;
+    let added = container
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone())
+        .unwrap_or_default();
     let mut want = 0u64;
     for name in &added {
         let bit = CAPABILITIES.iter().position(|c| c == name).ok_or_else(|| format!("unknown capability {name}"))?;
@@ -528,7 +608,8 @@ fn daemon_process_checks(daemon: &Running, daemon_set: &DaemonSet) -> Result<Str
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("").to_owned();
     let eff = u64::from_str_radix(&field("CapEff:"), 16).map_err(|e| e.to_string())?;
-    let same_pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == std::fs::read_link("/proc/1/ns/pid").ok();
+    let same_pid_ns =
+        std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == std::fs::read_link("/proc/1/ns/pid").ok();
     let detail = format!(
         "pid {pid}: uid {}, CapEff {eff:#x} (the DaemonSet's {}), Seccomp {}, NoNewPrivs {}, node PID namespace {same_pid_ns}",
         field("Uid:").split_whitespace().next().unwrap_or("?"),
@@ -549,7 +630,12 @@ fn daemon_process_checks(daemon: &Running, daemon_set: &DaemonSet) -> Result<Str
 
 /// What the stand-in agent reads: the servers' ports, and the local HTTPS server's trust root
 /// (the test's overlay sets `SSL_CERT_FILE` to it for leash's proxy).
-fn write_test_env(workspace: &Path, upstream: &Upstream, denied: &Upstream, curl_only: &Upstream) -> Result<((), String), String> {
+fn write_test_env(
+    workspace: &Path,
+    upstream: &Upstream,
+    denied: &Upstream,
+    curl_only: &Upstream,
+) -> Result<((), String), String> {
     let dir = workspace.join(".node-test");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let env = format!("UPSTREAM={}\nDENIED={}\nCURL_ONLY={}\n", upstream.port(), denied.port(), curl_only.port());
@@ -578,24 +664,36 @@ fn agent_checks(report: &mut Report, out: &str, upstream: &Upstream, denied: &Up
     ];
     for (name, expected) in want {
         let got = lines.get(name).copied().unwrap_or("(not reported)");
-        let result = if expected.contains(&got) { Ok(got.to_owned()) } else { Err(format!("{got}, want {expected:?}")) };
+        let result =
+            if expected.contains(&got) { Ok(got.to_owned()) } else { Err(format!("{got}, want {expected:?}")) };
         report.check(&format!("agent-{name}"), result);
     }
     let key = lines.get("api-key").copied().unwrap_or("");
     report.check(
         "agent-holds-a-placeholder",
-        if !key.is_empty() && key != API_KEY { Ok(format!("{key:.24}...")) } else { Err(format!("agent's ANTHROPIC_API_KEY: {key:?}")) },
+        if !key.is_empty() && key != API_KEY {
+            Ok(format!("{key:.24}..."))
+        } else {
+            Err(format!("agent's ANTHROPIC_API_KEY: {key:?}"))
+        },
     );
     let seen: Vec<String> = upstream.seen().iter().map(|s| s.header("x-api-key").unwrap_or("").to_owned()).collect();
     report.check(
         "upstream-got-the-real-key",
-        if !seen.is_empty() && seen.iter().all(|k| k == API_KEY) { Ok(format!("{} requests", seen.len())) } else { Err(format!("keys seen: {seen:?}")) },
+        if !seen.is_empty() && seen.iter().all(|k| k == API_KEY) {
+            Ok(format!("{} requests", seen.len()))
+        } else {
+            Err(format!("keys seen: {seen:?}"))
+        },
     );
     report.check(
         "curl-only-server-reached-by-curl-alone",
         if curl_only.count() == 1 { Ok("1 request".into()) } else { Err(format!("{} requests", curl_only.count())) },
     );
-    report.check("unlisted-server-reached-by-nothing", if denied.count() == 0 { Ok("0 connections".into()) } else { Err(format!("{} requests", denied.count())) });
+    report.check(
+        "unlisted-server-reached-by-nothing",
+        if denied.count() == 0 { Ok("0 connections".into()) } else { Err(format!("{} requests", denied.count())) },
+    );
 }
 
 /// The runner container itself, outside leash's sandbox (`ctr task exec`): no BPF, a read-only
@@ -606,14 +704,28 @@ fn runner_container_checks(report: &mut Report, agent: &Running) {
     let attempts: [(&str, &[&str], &str); 5] = [
         ("runner-cannot-load-bpf", &[probe, "--attempt", "bpf-map-create"], "EPERM"),
         ("runner-root-is-read-only", &[probe, "--attempt", "open-write", "/node-test-write"], "EROFS"),
-        ("runner-cannot-write-the-socket-directory", &[probe, "--attempt", "open-write", "/run/leash/intruder"], "EROFS"),
+        (
+            "runner-cannot-write-the-socket-directory",
+            &[probe, "--attempt", "open-write", "/run/leash/intruder"],
+            "EROFS",
+        ),
         ("runner-cannot-see-daemon-state", &[probe, "--attempt", "open", "/run/leash/state"], "ENOENT"),
         ("control-secret-readable-outside-the-sandbox", &[probe, "--attempt", "open", AGENT_SECRET], "ok"),
     ];
     for (name, argv, want) in attempts {
         let result = agent.exec(argv).and_then(|o| {
-            let got = o.stdout.lines().find_map(|l| l.strip_prefix("AGENT ")).and_then(|l| l.split_whitespace().last()).unwrap_or("").to_owned();
-            if got == want { Ok(got) } else { Err(format!("want {want}; {}", o.describe())) }
+            let got = o
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("AGENT "))
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap_or("")
+                .to_owned();
+            if got == want {
+                Ok(got)
+            } else {
+                Err(format!("want {want}; {}", o.describe()))
+            }
         });
         report.check(name, result);
     }
@@ -632,10 +744,25 @@ fn confine_latency(agent: &Running, fake_pod_uid: &str) -> Result<String, String
         }
         Ok((v["median_us"].as_f64().unwrap_or(0.0) / 1e3, v["p99_us"].as_f64().unwrap_or(0.0) / 1e3))
     };
-    let inside = parse(agent.exec(&["/usr/local/bin/podclient", "--cgroup", "-", "cycles", "/run/leash/leash.sock", CYCLES])?)?;
+    let inside = parse(agent.exec(&[
+        "/usr/local/bin/podclient",
+        "--cgroup",
+        "-",
+        "cycles",
+        "/run/leash/leash.sock",
+        CYCLES,
+    ])?)?;
     let container = format!("/sys/fs/cgroup/kubepods/besteffort/pod{fake_pod_uid}/{}", container_id());
     std::fs::create_dir_all(&container).map_err(|e| e.to_string())?;
-    let outside = output(Command::new("/bin/podclient").args(["--cgroup", &container, "--uid", "1000", "cycles", NODE_SOCKET, CYCLES]));
+    let outside = output(Command::new("/bin/podclient").args([
+        "--cgroup",
+        &container,
+        "--uid",
+        "1000",
+        "cycles",
+        NODE_SOCKET,
+        CYCLES,
+    ]));
     let _ = std::fs::remove_dir(&container);
     let outside = parse(outside?)?;
     Ok(format!(
@@ -669,7 +796,8 @@ fn restart_checks(
     std::thread::sleep(Duration::from_secs(5));
     let (meta, spec, _) = daemon_pod;
     let replacement = (meta.clone(), spec.clone(), uuid());
-    let new_daemon = report.step("daemon-replaced", start_pod_container(containerd, node, &replacement, daemon_net, 0))?;
+    let new_daemon =
+        report.step("daemon-replaced", start_pod_container(containerd, node, &replacement, daemon_net, 0))?;
     report.step("daemon-replaced-socket", wait_for_socket(&new_daemon))?;
     let adopted = wait_for_metric(daemon_net, "leash_sandboxes_active", |v| v >= 1.0);
     report.check("new-daemon-adopts-the-sandbox", adopted);
@@ -680,13 +808,19 @@ fn restart_checks(
     report.check(
         "agent-confined-throughout",
         if loops.len() >= 3 && denied.count() == 0 {
-            Ok(format!("{} direct attempts while and after the daemon was replaced, none reached the unlisted server", loops.len()))
+            Ok(format!(
+                "{} direct attempts while and after the daemon was replaced, none reached the unlisted server",
+                loops.len()
+            ))
         } else {
             Err(format!("{} attempts ({loops:?}); the unlisted server saw {}", loops.len(), denied.count()))
         },
     );
     let served_after = loops.iter().rev().take(2).any(|l| l.starts_with("200"));
-    report.check("agent-served-after-replacement", if served_after { Ok(format!("last: {:?}", loops.last())) } else { Err(format!("{loops:?}")) });
+    report.check(
+        "agent-served-after-replacement",
+        if served_after { Ok(format!("last: {:?}", loops.last())) } else { Err(format!("{loops:?}")) },
+    );
     Some(())
 }
 
@@ -707,7 +841,9 @@ fn removal_checks(
     report.check(
         "runner-sandbox-collected",
         match collected {
-            Ok(d) if left.is_empty() && !sandboxes_before.is_empty() => Ok(format!("{d}; {} sandbox cgroup(s) before, none after", sandboxes_before.len())),
+            Ok(d) if left.is_empty() && !sandboxes_before.is_empty() => {
+                Ok(format!("{d}; {} sandbox cgroup(s) before, none after", sandboxes_before.len()))
+            }
             other => Err(format!("{other:?}; sandbox cgroups before {sandboxes_before:?}, after {left:?}")),
         },
     );
@@ -717,7 +853,12 @@ fn removal_checks(
 fn sandbox_cgroups(container_cgroup: &str) -> Vec<String> {
     let dir = Path::new("/sys/fs/cgroup").join(container_cgroup);
     std::fs::read_dir(&dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("leash-")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("leash-"))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
