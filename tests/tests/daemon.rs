@@ -906,18 +906,8 @@ fn a_caller_in_its_own_pid_namespace_names_its_child_by_its_own_number() {
 
     // Another user's process in the caller's namespace is refused with the caller's own number
     // for it: the answer gives away neither that it exists nor its number on the node.
-    let script = format!(
-        "setpriv --reuid 65534 --regid 65534 --clear-groups sleep 30 & sleep 0.3; \
-         {podclient} --cgroup {container} call {socket} '{{\"version\":1,\"op\":\"confine\",\"pid\":2}}' --listener; kill $!",
-        podclient = bin("podclient").display(),
-        container = pod.container.display(),
-    );
-    let out = podclient_in(&pod.container)
-        .args(["exec", "0", "--", "unshare", "--pid", "--fork", "sh", "-c", &script])
-        .output()
-        .expect("podclient");
-    let reply: serde_json::Value =
-        serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|_| panic!("{} {}", stdout(&out), stderr(&out)));
+    let setup = "setpriv --reuid 65534 --regid 65534 --clear-groups sleep 30 & sleep 0.3";
+    let reply = confine_in_new_pid_namespace(&node, &pod, setup, 2);
     assert_eq!(code(&reply), "no_such_process", "{reply}");
     assert_eq!(reply["error"]["message"], "no process 2 of yours", "{reply}");
 }
@@ -931,9 +921,17 @@ fn looking_up_a_pid_in_a_crowded_pod_stops_at_its_budget() {
     node.policy("default", "version: 1\n");
     let pod = node.pod(Layout::CgroupfsCrio, 15);
     node.start(&["--default-policy", "default"]);
+    let reply = confine_in_new_pid_namespace(&node, &pod, "for i in $(seq 4200); do sleep 120 & done", 99999);
+    assert_eq!(code(&reply), "not_allowed", "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap_or("").contains("first 4096 processes"), "{reply}");
+}
+
+/// In a new PID namespace inside `pod`'s container (as root there): runs the shell commands
+/// `setup`, then asks the daemon to confine `pid` (a number of that namespace); the reply, after
+/// the namespace's other processes are killed.
+fn confine_in_new_pid_namespace(node: &Node, pod: &Pod, setup: &str, pid: u32) -> serde_json::Value {
     let script = format!(
-        "for i in $(seq 4200); do sleep 120 & done; \
-         {podclient} --cgroup {container} call {socket} '{{\"version\":1,\"op\":\"confine\",\"pid\":99999}}' --listener; \
+        "{setup}; {podclient} --cgroup {container} call {socket} '{{\"version\":1,\"op\":\"confine\",\"pid\":{pid}}}' --listener; \
          kill $(jobs -p) 2>/dev/null",
         podclient = bin("podclient").display(),
         container = pod.container.display(),
@@ -943,10 +941,8 @@ fn looking_up_a_pid_in_a_crowded_pod_stops_at_its_budget() {
         .args(["exec", "0", "--", "unshare", "--pid", "--fork", "bash", "-c", &script])
         .output()
         .expect("podclient");
-    let reply: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap_or("").trim())
-        .unwrap_or_else(|_| panic!("{} {}", stdout(&out), stderr(&out)));
-    assert_eq!(code(&reply), "not_allowed", "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap_or("").contains("first 4096 processes"), "{reply}");
+    serde_json::from_str(stdout(&out).lines().last().unwrap_or("").trim())
+        .unwrap_or_else(|_| panic!("{} {}", stdout(&out), stderr(&out)))
 }
 
 /// Why the daemon moves a pod's process into its sandbox rather than having `leash confine` start
