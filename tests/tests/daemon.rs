@@ -313,12 +313,7 @@ fn remove_cgroup_tree(dir: &Path) {
 
 /// A plain HTTP GET on loopback: status and body.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the metrics port");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    leash_tests::http_get(addr, path).expect("GET from the metrics port")
 }
 
 fn code(reply: &serde_json::Value) -> String {

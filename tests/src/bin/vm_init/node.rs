@@ -18,7 +18,6 @@
 //! container and starts a new one while the agent runs, then removes the runner pod.
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -920,14 +919,7 @@ impl PodNetwork {
 
 /// A plain HTTP GET to 127.0.0.1:`port` (in the calling thread's network namespace).
 fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    leash_tests::http_get(&format!("127.0.0.1:{port}"), path).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
