@@ -71,7 +71,7 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
     let leash_archive = dir.join("images/leash.oci.tar");
     let written = leash.write(&leash_archive)?;
     progress(&format!("image {}: {:.1} MiB ({})", leash.name, written.size as f64 / (1 << 20) as f64, written.digest));
-    let agent = agent_image(&bins)?;
+    let agent = agent_image(&bins, &leash.name)?;
     let agent_archive = dir.join("images/agent.oci.tar");
     let written = agent.write(&agent_archive)?;
     progress(&format!("stand-in agent image {}: {:.1} MiB", agent.name, written.size as f64 / (1 << 20) as f64));
@@ -94,11 +94,10 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
 }
 
 /// The stand-in for the runner pod's agent image, named as the runner pod's container asks.
-fn agent_image(bins: &binaries::Binaries) -> Result<oci::Image> {
+/// The stand-in's name: the runner pod's image that is not leash's (`leash_name`).
+fn agent_image(bins: &binaries::Binaries, leash_name: &str) -> Result<oci::Image> {
     let runner = std::fs::read_to_string(workspace_root().join("deploy/runner-pod.yaml"))
         .context("reading deploy/runner-pod.yaml")?;
-    let daemonset = std::fs::read_to_string(workspace_root().join("deploy/daemonset.yaml"))?;
-    let leash_name = crate::image::image_name(&daemonset)?;
     let names: Vec<&str> = runner
         .lines()
         .filter_map(|l| l.trim().strip_prefix("image:"))

@@ -71,7 +71,7 @@ pub fn leash_image(leash: &Path) -> Result<oci::Image> {
 }
 
 /// The `image:` of the DaemonSet's container.
-pub fn image_name(daemonset: &str) -> Result<String> {
+fn image_name(daemonset: &str) -> Result<String> {
     let names: Vec<_> =
         daemonset.lines().filter_map(|l| l.trim().strip_prefix("image:")).map(|v| v.trim().to_owned()).collect();
     match names.as_slice() {

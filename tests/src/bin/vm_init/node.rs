@@ -256,38 +256,27 @@ impl Containerd {
 
     /// Runs `run` in the foreground to its end; fails unless it exits 0.
     fn run_to_end(&self, run: &CtrRun) -> Result<(Running, String), String> {
-        let mut args = vec!["run".to_owned(), "--runc-binary".into(), RUNC_WRAPPER.into()];
-        args.extend(run.argv());
-        let out = ctr_owned(&args)?;
-        if out.status != Some(0) {
-            return Err(format!("{}: {}", run.id, out.describe()));
-        }
-        Ok((
-            Running { id: run.id.clone(), cgroup: run.cgroup.clone(), user: run.user.clone(), log: PathBuf::new() },
-            out.describe(),
-        ))
+        let out = self.ctr_run(run, &[])?;
+        Ok((Running::of(run, PathBuf::new()), out.describe()))
     }
 
     /// Starts `run` detached, its output in a log file.
     fn start(&self, run: &CtrRun) -> Result<(Running, String), String> {
         let log = PathBuf::from(format!("{LOGS}/{}.log", &run.id[..12]));
-        let mut args = vec![
-            "run".to_owned(),
-            "--detach".into(),
-            "--runc-binary".into(),
-            RUNC_WRAPPER.into(),
-            "--log-uri".into(),
-            format!("file://{}", log.display()),
-        ];
+        self.ctr_run(run, &["--detach".into(), "--log-uri".into(), format!("file://{}", log.display())])?;
+        Ok((Running::of(run, log), format!("{} in /sys/fs/cgroup/{}", run.image, run.cgroup)))
+    }
+
+    /// `ctr run` of `run` through the runc wrapper, with `flags`; fails unless it exits 0.
+    fn ctr_run(&self, run: &CtrRun, flags: &[String]) -> Result<Output, String> {
+        let mut args = vec!["run".to_owned(), "--runc-binary".into(), RUNC_WRAPPER.into()];
+        args.extend_from_slice(flags);
         args.extend(run.argv());
-        let out = ctr_owned(&args)?;
+        let out = ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         if out.status != Some(0) {
             return Err(format!("{}: {}", run.id, out.describe()));
         }
-        Ok((
-            Running { id: run.id.clone(), cgroup: run.cgroup.clone(), user: run.user.clone(), log },
-            format!("{} in /sys/fs/cgroup/{}", run.image, run.cgroup),
-        ))
+        Ok(out)
     }
 }
 
@@ -308,6 +297,10 @@ struct Running {
 }
 
 impl Running {
+    fn of(run: &CtrRun, log: PathBuf) -> Self {
+        Running { id: run.id.clone(), cgroup: run.cgroup.clone(), user: run.user.clone(), log }
+    }
+
     fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -369,10 +362,6 @@ fn ctr(args: &[&str]) -> Result<Output, String> {
             .env("CONTAINERD_NAMESPACE", "k8s.io")
             .env("CONTAINERD_SNAPSHOTTER", "native"),
     )
-}
-
-fn ctr_owned(args: &[String]) -> Result<Output, String> {
-    ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The runtime's default capability set, as ctr builds a container's spec.
