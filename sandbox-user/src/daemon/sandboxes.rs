@@ -51,6 +51,8 @@ pub struct Node {
     pub admission: Admission,
     pub metrics: Arc<Metrics>,
     pub limits: SandboxLimits,
+    /// The daemon's own PID namespace (the node's, with `hostPID`), read once.
+    own_pid_namespace: Option<(u64, u64)>,
     state: Mutex<State>,
 }
 
@@ -70,7 +72,9 @@ impl Node {
         metrics: Arc<Metrics>,
         limits: SandboxLimits,
     ) -> Self {
-        Self { cgroup_root, policies, admission, metrics, limits, state: Mutex::new(State { programs, registry }) }
+        let own_pid_namespace = pid_namespace(std::process::id()).ok();
+        let state = Mutex::new(State { programs, registry });
+        Self { cgroup_root, policies, admission, metrics, limits, own_pid_namespace, state }
     }
 
     pub fn state(&self) -> Result<MutexGuard<'_, State>, Reply> {
@@ -641,7 +645,7 @@ impl Node {
     /// pidfd and checked again through it (the number it was found by may have been reused).
     fn open_callers_pid(&self, caller: &Caller, pid: u32) -> Result<Process, Reply> {
         let callers_ns = caller.process.read(pid_namespace).map_err(|_| not_yours(pid))?;
-        if pid_namespace(std::process::id()).is_ok_and(|own| own == callers_ns) {
+        if self.own_pid_namespace == Some(callers_ns) {
             return Process::open(pid).map_err(|_| not_yours(pid));
         }
         let container = discovery::container_dir(&self.cgroup_root, &caller.pod);
