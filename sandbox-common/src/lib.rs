@@ -49,6 +49,12 @@ pub mod map_names {
     /// entries have an id in each slot ([`lsm_filter_slot`](super::lsm_filter_slot)). A zero
     /// answers "not a sandbox" for a task's own cgroup without a hash lookup.
     pub const LSM_FILTER: &str = "LEASH_LSM_FILTER";
+    /// `HashMap<u64 cgroup id, u8>`: the sandboxes of `leash run --learn`, whose opens and
+    /// execs the learning program records (into the sandbox's own event ring).
+    pub const LEARNERS: &str = "LEASH_LEARNERS";
+    /// `LruHashMap<LearnKey, u8>`: what the learning program already reported, so each file (or,
+    /// for reads, each directory) is reported once per sandbox.
+    pub const LEARN_SEEN: &str = "LEASH_LEARN_SEEN";
 }
 
 /// The read-only global (`.rodata`) holding this kernel's [`KernelLayout`]: set when the object
@@ -71,6 +77,10 @@ pub mod program_names {
     pub const RECVMSG6: &str = "leash_recvmsg6";
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
     pub const LSM_PROBE: &str = "leash_lsm_probe";
+    /// `fentry/security_file_open`: what a learning sandbox opens and runs (`leash run --learn`).
+    pub const LEARN_FILE_OPEN: &str = "leash_learn_file_open";
+    /// The kernel function it is attached to.
+    pub const LEARN_FILE_OPEN_FUNCTION: &str = "security_file_open";
 
     /// The enforcing BPF-LSM programs, in attach order: the one table of leash's LSM hooks.
     /// Loading, attaching, the hooks a policy needs (`LsmRules::required_hooks`) and the VM
@@ -261,6 +271,12 @@ pub const MAX_INODE_RULES: u32 = 65536;
 /// Entries in the unix-socket allowlist across all sandboxes.
 pub const MAX_UNIX_RULES: u32 = 4096;
 
+/// Sandboxes learning at once (`map_names::LEARNERS`).
+pub const MAX_LEARNERS: u32 = 256;
+
+/// Files (and directories read from) the learning program remembers having reported.
+pub const MAX_LEARN_SEEN: u32 = 65536;
+
 /// Slots of the LSM pre-filter (`map_names::LSM_FILTER`), a power of two.
 pub const LSM_FILTER_SLOTS: u32 = 65536;
 
@@ -372,6 +388,44 @@ pub struct InodeKey {
     pub _pad: u32,
 }
 
+/// What a learning sandbox did with a file ([`LearnEvent::kind`], [`LearnKey::kind`]).
+pub mod learn_kind {
+    /// Opened for reading only. Reported once per directory (the key names the directory).
+    pub const READ: u32 = 1;
+    /// Opened for writing.
+    pub const WRITE: u32 = 2;
+    /// Opened to be run: an executable, a script's interpreter, a program's ELF interpreter.
+    pub const EXEC: u32 = 3;
+}
+
+/// Key of `map_names::LEARN_SEEN`: one file (a directory for reads) of one learning sandbox.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnKey {
+    pub sandbox: u64,
+    pub ino: u64,
+    pub dev: u32,
+    /// A [`learn_kind`] value.
+    pub kind: u32,
+}
+
+/// Longest path a [`LearnEvent`] carries, its final zero byte included.
+pub const LEARN_PATH_MAX: usize = 512;
+
+/// One thing a learning sandbox did with a file, sent through the sandbox's own event ring
+/// beside its [`DenyEvent`]s (userspace tells them apart by size). `path` is the file's path as
+/// the opening task sees it (`bpf_d_path`), zero-terminated; empty when longer than
+/// [`LEARN_PATH_MAX`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LearnEvent {
+    pub cgroup_id: u64,
+    /// A [`learn_kind`] value.
+    pub kind: u32,
+    pub _pad: u32,
+    pub path: [u8; LEARN_PATH_MAX],
+}
+
 /// Longest unix socket address (`sun_path`).
 pub const UNIX_PATH_MAX: usize = 108;
 
@@ -440,6 +494,13 @@ pub struct KernelLayout {
     /// 1 when the kernel lets BPF-LSM programs call `bpf_get_current_ancestor_cgroup_id` (5.11+):
     /// the ancestors of the current task are then found without reading kernel structs.
     pub ancestor_helper: u32,
+    /// `file.f_flags`, `file.f_path`, `path.dentry`, `dentry.d_parent`, `dentry.d_inode`: for
+    /// the learning program.
+    pub file_flags: u32,
+    pub file_path: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
 }
 
 /// The network reach of one sandbox: the proxy address and port, nothing else.
@@ -693,8 +754,12 @@ const _: () = {
     assert!(size_of::<LsmPolicy>() == 32);
     assert!(size_of::<InodeKey>() == 24);
     assert!(size_of::<UnixKey>() == 8 + 4 + UNIX_PATH_MAX);
-    assert!(size_of::<KernelLayout>() == 4 * 29);
+    assert!(size_of::<KernelLayout>() == 4 * 34);
     assert!(size_of::<DenyEvent>() == 160);
+    assert!(size_of::<LearnKey>() == 24);
+    assert!(size_of::<LearnEvent>() == 16 + LEARN_PATH_MAX);
+    // The two records of an event ring are told apart by their size.
+    assert!(size_of::<LearnEvent>() != size_of::<DenyEvent>());
 };
 
 #[cfg(feature = "user")]
@@ -708,4 +773,5 @@ mod pod {
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::UnixKey {}
     unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::LearnKey {}
 }

@@ -4,6 +4,8 @@
 //!   in the cgroup (and its descendants) to one TCP address: the proxy leash started for it.
 //! - `lsm/`: BPF-LSM programs, attached once per host and scoped to sandboxes by cgroup id, plus
 //!   the probe `leash doctor` loads.
+//! - `learn.rs`: while `leash run --learn` runs, what its sandbox opens and runs.
+//! - `kernel.rs`: reading kernel structs at offsets userspace found in the kernel's BTF.
 //! - `maps.rs`: the maps, keyed by sandbox cgroup id; layouts live in `sandbox-common`.
 //! - `events.rs`: deny events to userspace, the same for both.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -11,6 +13,10 @@
 
 #[cfg(target_arch = "bpf")]
 mod events;
+#[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
+mod learn;
 #[cfg(target_arch = "bpf")]
 mod lsm;
 #[cfg(target_arch = "bpf")]

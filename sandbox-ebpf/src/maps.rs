@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use sandbox_common::{
-    ConnOwner, Counters, DenyEvent, InodeKey, LsmPolicy, OriginalDest, SandboxNet, UnixKey, EVENTS_BYTES,
-    LSM_FILTER_SLOTS, MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_SANDBOXES, MAX_UNIX_RULES,
+    ConnOwner, Counters, DenyEvent, InodeKey, LearnKey, LsmPolicy, OriginalDest, SandboxNet, UnixKey, EVENTS_BYTES,
+    LSM_FILTER_SLOTS, MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_LEARNERS, MAX_LEARN_SEEN, MAX_SANDBOXES,
+    MAX_UNIX_RULES,
 };
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
@@ -99,3 +100,12 @@ pub static LSM_LEVELS: Array<u32> = Array::with_max_entries(1, 0);
 /// of the key and a bucket walk, for every task on the host.
 #[map(name = "LEASH_LSM_FILTER")]
 pub static LSM_FILTER: Array<u32> = Array::with_max_entries(LSM_FILTER_SLOTS, 0);
+
+/// Cgroup id -> 1 for each sandbox of `leash run --learn` (`learn.rs`).
+#[map(name = "LEASH_LEARNERS")]
+pub static LEARNERS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_LEARNERS, 0);
+
+/// What `learn.rs` already reported; least recently used entries make room (and are reported
+/// again, which userspace folds together).
+#[map(name = "LEASH_LEARN_SEEN")]
+pub static LEARN_SEEN: LruHashMap<LearnKey, u8> = LruHashMap::with_max_entries(MAX_LEARN_SEEN, 0);

@@ -9,14 +9,16 @@
 //! executable made every connection to a host, the entry names it in `binaries:`. Every entry
 //! carries a comment saying what it was learned from.
 //!
-//! Not learned: kernel exec/open rules and filesystem paths, which would need BPF-LSM and
-//! Landlock audit modes; the file says so at the top.
+//! A learning run also learns the files the agent opened and the programs it ran
+//! (`learn_files.rs`), given with [`Learned::with_files`]; an audit log has no such records, so
+//! `leash policy suggest` says at the top of the file that they were not learned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use super::hosts::IpNetwork;
+use super::learn_files::LearnedFiles;
 use super::normalize::normalize;
 use super::readings::readings;
 
@@ -71,6 +73,8 @@ pub struct Learned {
     /// Credential name → hosts it was sent to.
     credentials: BTreeMap<String, BTreeSet<String>>,
     not_learned: BTreeMap<String, String>,
+    /// Files and programs, or why they were not learned (`None`: not asked, an audit log).
+    files: Option<Result<LearnedFiles, String>>,
 }
 
 impl Learned {
@@ -115,6 +119,12 @@ impl Learned {
         learned
     }
 
+    /// Adds what the run did with files (`Err`: why that could not be learned).
+    pub fn with_files(mut self, files: Result<LearnedFiles, String>) -> Self {
+        self.files = Some(files);
+        self
+    }
+
     /// Whether nothing at all was learned.
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty() && self.not_learned.is_empty()
@@ -138,9 +148,33 @@ impl Learned {
     /// A whole policy document: header comments, `version`, `network_policies`, `credentials`.
     pub fn document(&self, source: &str) -> String {
         let mut out = String::new();
-        let _ =
-            writeln!(out, "# Learned by leash from {source}: a policy that allows what the agent did on the network.");
-        out.push_str(NOT_LEARNED_NOTE);
+        let files = match &self.files {
+            Some(Ok(files)) => Some(files),
+            Some(Err(why)) => {
+                let _ = writeln!(
+                    out,
+                    "# Learned by leash from {source}: a policy that allows what the agent did on the network."
+                );
+                let _ =
+                    writeln!(out, "# Not learned: files and programs (`filesystem_policy:`, `kernel.exec`): {why}.");
+                None
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "# Learned by leash from {source}: a policy that allows what the agent did on the network."
+                );
+                out.push_str(NOT_LEARNED_NOTE);
+                None
+            }
+        };
+        if files.is_some() {
+            let _ = writeln!(
+                out,
+                "# Learned by leash from {source}: a policy that allows what the agent did on the network,\n\
+                 # the files it opened and the programs it ran."
+            );
+        }
         out.push_str("# Each entry says what it was learned from; review them before use.\n");
         for (target, why) in &self.not_learned {
             let _ = writeln!(out, "# not learned: {target}: {why}");
@@ -159,6 +193,9 @@ impl Learned {
                 let hosts: Vec<String> = hosts.iter().map(|h| quote(h)).collect();
                 let _ = writeln!(out, "  {name}: {{ hosts: [{}] }}", hosts.join(", "));
             }
+        }
+        if let Some(files) = files {
+            files.write(&mut out);
         }
         out
     }
@@ -193,10 +230,10 @@ impl Learned {
     }
 }
 
-/// The header line about what learning leaves out.
+/// The header line about what an audit log cannot teach.
 const NOT_LEARNED_NOTE: &str = "\
-# Not learned: kernel exec/open rules (`kernel:`) and filesystem paths (`filesystem_policy:`):
-# learning them needs BPF-LSM and Landlock audit modes. Add them by hand (see the README).
+# Not learned: files and programs (`filesystem_policy:`, `kernel.exec`): an audit log records
+# only denials. `leash run --learn` learns them; or add them by hand (see the README).
 ";
 
 /// One `network_policies:` entry for `host` with its `ports`.

@@ -39,6 +39,7 @@ pub mod document;
 pub mod error;
 pub mod hosts;
 pub mod learn;
+pub mod learn_files;
 pub mod merge;
 pub mod normalize;
 pub mod readings;

@@ -17,8 +17,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_rule, Hook};
 
-use super::kernel::{field, layout_set, offset, read};
 use super::{current_sandbox, deny, socket_of, Event, Sandbox, ALLOW};
+use crate::kernel::{field, layout_set, offset, read};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;

@@ -10,8 +10,8 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use sandbox_common::{exec_right, lsm_rule, Hook, InodeKey};
 
-use super::kernel::{field, file_id, offset};
 use super::{current_sandbox, deny, Event, ALLOW};
+use crate::kernel::{field, file_id, offset};
 use crate::maps::LSM_EXEC_ALLOW;
 
 #[lsm(hook = "bprm_check_security")]

@@ -16,8 +16,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_rule, Hook, InodeKey};
 
-use super::kernel::{field, file_id, layout_set, offset};
 use super::{current_sandbox, deny, Event, ALLOW};
+use crate::kernel::{field, file_id, layout_set, offset};
 use crate::maps::LSM_EXEC_ALLOW;
 
 const PROT_EXEC: u64 = 4;

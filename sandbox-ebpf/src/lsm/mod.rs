@@ -19,7 +19,7 @@
 //! | `userns.rs` | `userns_create` (6.1+) | `lsm_deny::USERNS` |
 //! | `probe.rs` | `socket_create` | none: `leash doctor`'s "does BPF-LSM work here" probe |
 //!
-//! The programs are built without CO-RE: hooks that read kernel structs (`kernel.rs`) take the
+//! The programs are built without CO-RE: hooks that read kernel structs (`../kernel.rs`) take the
 //! field offsets from a read-only global that userspace sets from the running kernel's BTF when
 //! it loads the object, so the verifier sees them as constants.
 //! A task belongs to a sandbox when its own cgroup has an entry, or when an ancestor cgroup has
@@ -35,7 +35,6 @@
 mod bpf;
 mod connect;
 mod exec;
-mod kernel;
 mod kernel_module;
 mod mmap;
 mod mount;
@@ -53,9 +52,9 @@ use sandbox_common::{lsm_filter_slot, lsm_rule, Hook, LsmPolicy, MAX_SANDBOX_LEV
 
 use crate::events::report;
 pub use crate::events::Event;
+use crate::kernel::{cgroup_id, layout_set, offset, read_u32, read_u64, task_cgroup};
 use crate::maps::{LSM_FILTER, LSM_LEVELS, LSM_SANDBOXES};
 use crate::net::current_cgroup;
-use kernel::{cgroup_id, layout_set, offset, read_u32, read_u64, task_cgroup};
 
 /// LSM verdicts: 0 lets the next LSM decide, a negative errno refuses.
 pub const ALLOW: i32 = 0;

@@ -11,8 +11,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_rule, Hook, InodeKey};
 
-use super::kernel::{file_id, FileId};
 use super::{current_sandbox, deny_in, descendants_anywhere, may_be_sandbox, Event, ALLOW, EPERM};
+use crate::kernel::{file_id, FileId};
 use crate::maps::LSM_DENY_OPEN;
 use crate::net::current_cgroup;
 

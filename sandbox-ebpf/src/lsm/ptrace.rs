@@ -8,8 +8,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_deny, Hook};
 
-use super::kernel::{layout_set, task_tgid};
 use super::{current_sandbox, deny, same_sandbox, Event, ALLOW};
+use crate::kernel::{layout_set, task_tgid};
 
 #[lsm(hook = "ptrace_access_check")]
 pub fn leash_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {

@@ -6,8 +6,8 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use sandbox_common::{lsm_deny, Hook};
 
-use super::kernel::{layout_set, task_tgid};
 use super::{current_sandbox, deny, same_sandbox, Event, ALLOW};
+use crate::kernel::{layout_set, task_tgid};
 
 #[lsm(hook = "task_kill")]
 pub fn leash_lsm_task_kill(ctx: LsmContext) -> i32 {

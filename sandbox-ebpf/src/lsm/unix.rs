@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use sandbox_common::{lsm_rule, Hook, UnixKey, UNIX_PATH_MAX};
 
-use super::kernel::{field, layout_set, offset, read, read_u64};
 use super::{current_sandbox, deny, socket_of, Event, Sandbox, ALLOW};
+use crate::kernel::{field, layout_set, offset, read, read_u64};
 use crate::maps::LSM_UNIX_ALLOW;
 
 const AF_UNIX: u32 = 1;

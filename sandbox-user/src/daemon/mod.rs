@@ -43,7 +43,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::audit::Auditor;
-use crate::kernel::events::EventPump;
+use crate::kernel::events::{EventPump, KernelEvent};
 use crate::kernel::generation::{this_generation, Generation};
 use crate::kernel::mounts;
 
@@ -133,6 +133,8 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     let pump_node = Arc::downgrade(&node);
     let pump_metrics = metrics.clone();
     let pump = EventPump::start(events, move |event| {
+        // The daemon's sandboxes never learn: only deny events reach the shared ring.
+        let KernelEvent::Deny(event) = event else { return };
         let sandbox = pump_node.upgrade().and_then(|n| n.sandbox_of_cgroup(event.cgroup_id));
         let sandbox = sandbox.unwrap_or_else(|| format!("cgroup-{}", event.cgroup_id));
         audit.kernel_denied_in(&sandbox, event, None);

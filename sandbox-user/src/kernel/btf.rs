@@ -194,6 +194,11 @@ impl KernelBtf {
             unix_address_len: self.offset("unix_address", "len")?,
             unix_address_name: self.offset("unix_address", "name")?,
             ancestor_helper: u32::from(running_kernel_at_least(5, 11)),
+            file_flags: self.offset("file", "f_flags")?,
+            file_path: self.offset("file", "f_path")?,
+            path_dentry: self.offset("path", "dentry")?,
+            dentry_parent: self.offset("dentry", "d_parent")?,
+            dentry_inode: self.offset("dentry", "d_inode")?,
         })
     }
 }

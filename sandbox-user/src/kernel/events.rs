@@ -1,12 +1,19 @@
-//! Reading deny events from the kernel's ring buffer and handing each to a sink (the audit log).
+//! Reading a sandbox's event ring and handing each record to a sink: deny events (to the audit
+//! log) and, while `leash run --learn` runs, what the learning program saw.
 
 use std::sync::Arc;
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use sandbox_common::DenyEvent;
+use sandbox_common::{DenyEvent, LearnEvent};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
+
+/// One record of an event ring.
+pub enum KernelEvent {
+    Deny(DenyEvent),
+    Learned(Box<LearnEvent>),
+}
 
 /// A running event reader; [`EventPump::stop`] drains what is left and ends it.
 pub struct EventPump {
@@ -16,7 +23,7 @@ pub struct EventPump {
 
 impl EventPump {
     /// Starts reading `ring` on the current tokio runtime, calling `sink` for every event.
-    pub fn start(ring: RingBuf<MapData>, sink: impl Fn(&DenyEvent) + Send + 'static) -> Result<Self> {
+    pub fn start(ring: RingBuf<MapData>, sink: impl Fn(&KernelEvent) + Send + 'static) -> Result<Self> {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as
         // the AsyncFd owns the ring.
         let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -48,7 +55,7 @@ impl EventPump {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, sink: &impl Fn(&DenyEvent)) {
+fn drain(ring: &mut RingBuf<MapData>, sink: &impl Fn(&KernelEvent)) {
     while let Some(item) = ring.next() {
         if let Some(event) = decode(&item) {
             sink(&event);
@@ -56,11 +63,37 @@ fn drain(ring: &mut RingBuf<MapData>, sink: &impl Fn(&DenyEvent)) {
     }
 }
 
-/// Copies a record out of the ring; a short record (never written by our programs) is skipped.
-fn decode(bytes: &[u8]) -> Option<DenyEvent> {
-    if bytes.len() < std::mem::size_of::<DenyEvent>() {
-        return None;
+/// Copies a record out of the ring, telling the two kinds apart by their size (they differ,
+/// `sandbox-common` checks); a record of any other size (never written by our programs) is
+/// skipped.
+fn decode(bytes: &[u8]) -> Option<KernelEvent> {
+    if bytes.len() == std::mem::size_of::<DenyEvent>() {
+        // SAFETY: length checked; DenyEvent is plain old data, read unaligned.
+        return Some(KernelEvent::Deny(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) }));
     }
-    // SAFETY: length checked; DenyEvent is plain old data, read unaligned.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) })
+    if bytes.len() == std::mem::size_of::<LearnEvent>() {
+        // SAFETY: length checked; LearnEvent is plain old data, read unaligned.
+        let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<LearnEvent>()) };
+        return Some(KernelEvent::Learned(Box::new(event)));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_told_apart_by_size() {
+        let deny = vec![0u8; std::mem::size_of::<DenyEvent>()];
+        assert!(matches!(decode(&deny), Some(KernelEvent::Deny(_))));
+        let mut learned = vec![0u8; std::mem::size_of::<LearnEvent>()];
+        learned[8] = sandbox_common::learn_kind::EXEC as u8;
+        match decode(&learned) {
+            Some(KernelEvent::Learned(e)) => assert_eq!(e.kind, sandbox_common::learn_kind::EXEC),
+            _ => panic!("a learning record"),
+        }
+        assert!(decode(&deny[..deny.len() - 1]).is_none());
+        assert!(decode(&[0u8; 600]).is_none());
+    }
 }

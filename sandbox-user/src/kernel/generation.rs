@@ -30,6 +30,7 @@ use sandbox_common::{
 };
 
 use super::btf::KernelBtf;
+use super::learning::{self, Learning};
 use super::lsm::{program_of, LsmMaps, Registration, Unavailable};
 use super::pins::{self, entries, open_map, remove_tree, DirLock};
 use super::programs::{
@@ -244,11 +245,21 @@ impl Generation {
         remove_tree(&pins::sandbox_dir(&self.bpffs, sandbox))
     }
 
+    /// Marks sandbox `cgroup_id` as learning and attaches the learning program until the
+    /// returned value is dropped.
+    pub fn learn(&self, cgroup_id: u64) -> Result<Learning> {
+        Learning::start(&self.dir(), cgroup_id)
+    }
+
     /// Removes the sandbox's entries (network, events and BPF-LSM); missing ones are not an error.
     pub fn remove_entries(&mut self, cgroup_id: u64) -> Result<()> {
         let _ = self.sandboxes.remove(&cgroup_id);
         let _ = self.counters.remove(&cgroup_id);
         let _ = self.event_slots.remove(&cgroup_id);
+        // The mark of a learning sandbox (`leash run --learn`); no other has one.
+        if let Ok(mut learners) = learning::learners(&self.dir()) {
+            let _ = learners.remove(&cgroup_id);
+        }
         if !self.lsm_hooks.is_empty() {
             let _host = self.host_lock()?;
             let maps = self.lsm_maps()?;
@@ -620,6 +631,10 @@ fn build(dir: &Path) -> Result<Vec<Unavailable>> {
         load_program(&mut ebpf, name, kind)?;
         let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
         program.pin(progs.join(name)).with_context(|| format!("pinning program {name}"))?;
+    }
+    // Not an error when learning is unusable: `leash run --learn` says so and learns the rest.
+    if layout.is_ok() {
+        let _ = learning::load(&mut ebpf, &progs);
     }
     // Not an error when BPF-LSM is unusable: runs whose policy needs it are refused (and told
     // why) when they ask.

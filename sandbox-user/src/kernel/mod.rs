@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod events;
 pub mod fs_root;
 pub mod generation;
+pub mod learning;
 pub mod lsm;
 pub mod lsm_rules;
 pub mod mounts;

@@ -30,10 +30,12 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::audit::Auditor;
+use crate::kernel::events::KernelEvent;
 use crate::kernel::generation::{this_generation, Generation};
+use crate::kernel::learning;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::programs::{self, sandbox_net};
 use crate::kernel::{mounts, reaper, sandbox_id::SandboxId};
@@ -104,8 +106,15 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     // missing where it does not: the mount namespace keeps host sockets away (`mount_ns`).
     let kernel_required = policy.kernel().is_some();
     let transparent_mode = policy.transparent();
+    // Learning runs the exec allowlist and the filesystem policy in audit mode: nothing is
+    // refused, the learning program records what was done. Every other rule stays in force.
+    let learning = opts.learn.is_some();
+    let kernel_section = policy.kernel().map(|k| match learning {
+        true => policy::KernelRules { exec_allow: None, ..k.clone() },
+        false => k.clone(),
+    });
     let kernel_rules =
-        LsmRules::for_policy(policy.kernel(), &protect).context("resolving the policy's `kernel:` section")?;
+        LsmRules::for_policy(kernel_section.as_ref(), &protect).context("resolving the policy's `kernel:` section")?;
     for path in &kernel_rules.missing_deny_open {
         eprintln!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
     }
@@ -130,7 +139,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         })
         .collect();
     let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
-    let filesystem = policy.filesystem().cloned();
+    let filesystem = policy.filesystem().filter(|_| !learning).cloned();
     let secrets = match &credentials_file {
         Some(path) => Secrets::File(path.clone()),
         None => Secrets::Environment,
@@ -242,6 +251,8 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         binaries_rules,
         unix_allowed: &unix_allowed,
     };
+    // A reload while learning would put the rules being learned in force.
+    let policy_file = policy_file.filter(|_| !learning);
     let kernel = Reload { policy: policy_file, rules: &kernel_rules, protect: &protect };
     let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing, kernel).await;
     if let Some(mut s) = sandbox {
@@ -340,6 +351,9 @@ async fn run_inside(
         eprintln!("leash: warning: running degraded, not enforced: {m}");
     }
 
+    // `--learn`: what the learning program reports, and the program attached (or why not).
+    let recorded = Arc::new(std::sync::Mutex::new(learning::Recorded::default()));
+    let mut learning: Option<Result<learning::Learning, String>> = None;
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             let procs = s.cgroup().context("sandbox cgroup missing")?.path().join("cgroup.procs");
@@ -351,9 +365,21 @@ async fn run_inside(
             proxy.answer_dns_only(s.dns_clients()?)?;
             let audit = audit.clone();
             let names = target_names(kernel.rules);
-            Some(s.start_events(move |e| {
-                audit.kernel_denied(e, names.get(&(e.target_dev, e.target_ino)).map(|p| p.as_path()))
-            })?)
+            let files = recorded.clone();
+            let pump = s.start_events(move |e| match e {
+                KernelEvent::Deny(e) => {
+                    audit.kernel_denied(e, names.get(&(e.target_dev, e.target_ino)).map(|p| p.as_path()))
+                }
+                KernelEvent::Learned(e) => {
+                    if let Ok(mut files) = files.lock() {
+                        files.add(e);
+                    }
+                }
+            })?;
+            if opts.learn.is_some() {
+                learning = Some(s.learn().map_err(|e| format!("{e:#}")));
+            }
+            Some(pump)
         }
         None => None,
     };
@@ -472,7 +498,17 @@ async fn run_inside(
         pump.stop().await;
     }
     if let Some(out) = &opts.learn {
-        write_learned(out, &proxy)?;
+        // Detached first: nothing more is recorded once the pump has stopped.
+        let files = match learning {
+            Some(Ok(attached)) => {
+                drop(attached);
+                let recorded = std::mem::take(&mut *recorded.lock().map_err(|_| anyhow!("learning records poisoned"))?);
+                Ok(learned_files(&recorded, workdir, trust, sandbox.as_deref().is_some_and(|s| s.lsm_available())))
+            }
+            Some(Err(why)) => Err(why),
+            None => Err("there was no sandbox cgroup to learn from".to_owned()),
+        };
+        write_learned(out, &proxy, files)?;
     }
     if !opts.quiet {
         let mut lines = audit.summary();
@@ -524,11 +560,34 @@ fn open_learned(path: &Path) -> Result<std::fs::File> {
         .with_context(|| format!("opening the --learn output {}", path.display()))
 }
 
+/// What the learning program recorded, generalised into policy entries for this host.
+fn learned_files(
+    recorded: &learning::Recorded,
+    workdir: &Path,
+    trust: &trust::AgentTrustDir,
+    exec_enforced: bool,
+) -> policy::learn_files::LearnedFiles {
+    use policy::learn_files::{Host, LearnedFiles, PathKind};
+    use std::os::unix::fs::FileTypeExt as _;
+    let probe = |p: &Path| match std::fs::metadata(p) {
+        Err(_) => PathKind::Missing,
+        Ok(m) if m.is_dir() => PathKind::Directory,
+        Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => PathKind::Device,
+        Ok(_) => PathKind::Other,
+    };
+    let exclude = [trust.dir().to_path_buf()];
+    let host = Host { workdir, exclude: &exclude, probe: &probe, exec_enforced };
+    LearnedFiles::from_uses(&recorded.uses, recorded.unnamed, &host)
+}
+
 /// `--learn`: writes the policy the run needed (checked to parse) and says so on stderr.
-fn write_learned(path: &Path, proxy: &Proxy) -> Result<()> {
+fn write_learned(path: &Path, proxy: &Proxy, files: Result<policy::learn_files::LearnedFiles, String>) -> Result<()> {
     use std::io::Write as _;
     let seen = proxy.learned().unwrap_or_default();
-    let text = policy::learn::Learned::from_observations(&seen).document("`leash run --learn`");
+    if let Err(why) = &files {
+        eprintln!("leash: note: files and programs were not learned: {why}");
+    }
+    let text = policy::learn::Learned::from_observations(&seen).with_files(files).document("`leash run --learn`");
     policy::parse_str(&path.display().to_string(), &text).context("the learned policy does not parse (a bug)")?;
     open_learned(path)?.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("leash: learned policy written to {} ({} observations)", path.display(), seen.len());

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use sandbox_common::{Counters, DenyEvent, SandboxNet};
+use sandbox_common::{Counters, SandboxNet};
 
 use crate::kernel::cgroup::SandboxCgroup;
-use crate::kernel::events::EventPump;
+use crate::kernel::events::{EventPump, KernelEvent};
 use crate::kernel::generation::{retire_unused, EventSlot, Generation};
+use crate::kernel::learning::Learning;
 use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::programs::{ConnectionOwners, DnsClients};
@@ -104,16 +105,28 @@ impl Sandbox {
         self.cgroup.as_ref()
     }
 
-    /// Starts reading the sandbox's deny events (network and BPF-LSM) into `sink`.
-    pub fn start_events(&mut self, sink: impl Fn(&DenyEvent) + Send + Sync + 'static) -> Result<EventPump> {
+    /// Starts reading the sandbox's events into `sink`: deny events (network and BPF-LSM) and,
+    /// once [`Sandbox::learn`] is called, what the learning program sees.
+    pub fn start_events(&mut self, sink: impl Fn(&KernelEvent) + Send + Sync + 'static) -> Result<EventPump> {
         let ring = self.events.take().ok_or_else(|| anyhow!("the sandbox's events are already read"))?;
         let own = self.cgroup.as_ref().context("sandbox cgroup already removed")?.id();
         // The ring is pooled: should a dead leash's sandbox still name it, its events are not ours.
-        EventPump::start(ring, move |e: &DenyEvent| {
-            if e.cgroup_id == own {
+        EventPump::start(ring, move |e: &KernelEvent| {
+            let cgroup_id = match e {
+                KernelEvent::Deny(d) => d.cgroup_id,
+                KernelEvent::Learned(l) => l.cgroup_id,
+            };
+            if cgroup_id == own {
                 sink(e)
             }
         })
+    }
+
+    /// `--learn`: records what the sandbox opens and runs, into its event ring, until the
+    /// returned value is dropped.
+    pub fn learn(&self) -> Result<Learning> {
+        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
+        lock(&self.generation)?.learn(cgroup.id())
     }
 
     /// The connection-owner records of this sandbox (who opened each connection to the proxy).

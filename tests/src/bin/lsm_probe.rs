@@ -198,6 +198,12 @@ fn main() {
         println!("AGENT {name} {}", agent::outcome(outcome));
         std::process::exit(0);
     }
+    // vm_init's `learn` suite: what an agent does in a learning run and its replay;
+    // `--learn-agent --extra` also tries what the learned policy must refuse.
+    if std::env::args().nth(1).as_deref() == Some("--learn-agent") {
+        agent::learning(std::env::args().nth(2).as_deref() == Some("--extra"));
+        std::process::exit(0);
+    }
     if std::env::args().nth(1).as_deref() == Some("--agent") {
         let outside: i32 = std::env::args().nth(2).and_then(|p| p.parse().ok()).unwrap_or(0);
         agent::run(outside);
@@ -1279,6 +1285,29 @@ mod agent {
             }
         }
         fds.try_into().map_err(|_| libc::EBADMSG)
+    }
+
+    /// The learning suite's workspace: a directory of the fixtures, writable by the agent.
+    pub const LEARN_DIR: &str = "/var/leash-learn";
+
+    /// Reads a system file, writes one file in [`LEARN_DIR`] and another in a directory it
+    /// makes there and removes, runs a dynamic program; with `extra`, also runs a program and
+    /// writes a file that it did not before. Prints `AGENT <name> <outcome>` for each.
+    pub fn learning(extra: bool) {
+        let report = |name: &str, r: Result<(), i32>| println!("AGENT {name} {}", outcome(r));
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(255);
+        report("read-system-file", std::fs::read("/etc/passwd").map(drop).map_err(errno));
+        report("write-file", std::fs::write(format!("{LEARN_DIR}/out"), b"learned").map_err(errno));
+        let scratch = format!("{LEARN_DIR}/tmp-{}", std::process::id());
+        let scratch_used = std::fs::create_dir(&scratch)
+            .and_then(|()| std::fs::write(format!("{scratch}/part"), b"x"))
+            .and_then(|()| std::fs::remove_dir_all(&scratch));
+        report("write-in-made-directory", scratch_used.map_err(errno));
+        report("run-dynamic", run_program(DYNAMIC_PROGRAM, &["true"]));
+        if extra {
+            report("extra-run", run_program("/bin/leash", &["leash", "--version"]));
+            report("extra-write", std::fs::write("/var/tmp/leash-learn-extra", b"x").map_err(errno));
+        }
     }
 
     pub fn outcome(r: Result<(), i32>) -> String {

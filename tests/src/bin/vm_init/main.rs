@@ -26,6 +26,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod learn;
 mod node;
 
 const LEASH: &str = "/bin/leash";
@@ -148,6 +149,7 @@ fn suite(name: &str) -> Vec<Check> {
         "daemon" => daemon_suite(),
         "syscallbench" => syscallbench_suite(),
         "node" => node::node_suite(),
+        "learn" => learn::learn_suite(),
         // Boots, mounts and powers off: what the KVM probe boot needs.
         "none" => Vec::new(),
         other => {

@@ -27,7 +27,7 @@ pub(crate) static LEASH_KERNEL_LAYOUT: KernelLayout = unsafe { core::mem::zeroed
 macro_rules! offset {
     ($field:ident) => {
         // SAFETY: a read of an initialised static.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::lsm::kernel::LEASH_KERNEL_LAYOUT.$field)) }
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::kernel::LEASH_KERNEL_LAYOUT.$field)) }
     };
 }
 pub(crate) use offset;

@@ -1,0 +1,367 @@
+//! What a learning run did with files → `filesystem_policy:` and `kernel.exec.allow` entries
+//! (`leash run --learn`; the kernel reports each file opened, `sandbox-ebpf/src/learn.rs`).
+//!
+//! The entries are generalised the way a person would write them, so that the same session
+//! passes again with new file names:
+//! - a file read grants its directory (the kernel reports reads once per directory); anything
+//!   under a system directory grants that directory, as the default policy does (`/usr`, `/etc`);
+//! - a file written grants its directory (the session will create new files there), or, when
+//!   that directory is gone by the end of the run (a temporary one), the nearest one still there;
+//!   anything under a scratch directory (`/tmp`, `/var/tmp`, `/dev/shm`) grants the scratch
+//!   directory, a device grants itself (terminals: `/dev/pts`), `/proc` and `/sys` themselves;
+//! - anything in the working directory sets `include_workdir`;
+//! - each program run is listed in `kernel.exec.allow`, except the ELF interpreter the kernel
+//!   loads with every dynamic program (`ld-linux*.so*`, mappable as a system library anyway).
+//!
+//! Entries beneath another entry with as much access are dropped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// How a file was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Use {
+    Read,
+    Write,
+    Exec,
+}
+
+/// One file the agent opened, with the path it saw.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FileUse {
+    pub how: Use,
+    pub path: PathBuf,
+}
+
+/// What a path is now, at the end of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Missing,
+    Directory,
+    Device,
+    Other,
+}
+
+/// What the generalisation needs to know about the host.
+pub struct Host<'a> {
+    /// The directory the agent was started in.
+    pub workdir: &'a Path,
+    /// leash's own paths the agent was given (its CA bundle): never learned.
+    pub exclude: &'a [PathBuf],
+    /// What a path is now.
+    pub probe: &'a dyn Fn(&Path) -> PathKind,
+    /// Whether this host enforces `kernel.exec` (BPF-LSM): if not, the list is written as
+    /// comments, since a policy with it would not start here.
+    pub exec_enforced: bool,
+}
+
+/// Directories the default policy grants as a whole (read-only).
+const SYSTEM: [&str; 10] = ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/dev", "/sys"];
+/// Directories granted as a whole (read-write) when anything in them is written.
+const SCRATCH: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// Where writes grant the whole directory: their paths name processes and objects of this run.
+const WRITE_AS_A_WHOLE: [&str; 3] = ["/proc", "/sys", "/dev/pts"];
+
+/// Files and programs learned, ready to be written.
+#[derive(Debug, Default)]
+pub struct LearnedFiles {
+    /// Path → why (the comment).
+    read_only: BTreeMap<PathBuf, String>,
+    read_write: BTreeMap<PathBuf, String>,
+    /// Why the working directory is included, when it is.
+    workdir: Option<String>,
+    exec: BTreeMap<PathBuf, String>,
+    exec_enforced: bool,
+    /// Records whose path could not be used (too long, or no path at all).
+    unnamed: usize,
+}
+
+impl LearnedFiles {
+    /// Folds `uses` together for `host`; `unnamed` counts records that had no usable path.
+    pub fn from_uses<'a>(uses: impl IntoIterator<Item = &'a FileUse>, unnamed: usize, host: &Host<'_>) -> Self {
+        let mut learned = Self { exec_enforced: host.exec_enforced, unnamed, ..Self::default() };
+        for u in uses {
+            let Some(path) = usable(&u.path) else {
+                learned.unnamed += 1;
+                continue;
+            };
+            if host.exclude.iter().any(|e| path.starts_with(e)) {
+                continue;
+            }
+            match u.how {
+                Use::Read => {
+                    let dir = match path.parent() {
+                        Some(p) if p != Path::new("/") => p.to_path_buf(),
+                        _ => path.clone(),
+                    };
+                    learned.grant(&dir, Use::Read, &path, host);
+                }
+                Use::Exec => {
+                    if !is_elf_interpreter(&path) {
+                        learned.exec.entry(path.clone()).or_insert_with(|| "run".to_owned());
+                    }
+                    // Landlock's read access includes running: the directory must be readable.
+                    let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                    learned.grant(&dir, Use::Exec, &path, host);
+                }
+                Use::Write => {
+                    if let Some(whole) = WRITE_AS_A_WHOLE.iter().map(Path::new).find(|w| path.starts_with(w)) {
+                        learned.grant(whole, Use::Write, &path, host);
+                    } else if (host.probe)(&path) == PathKind::Device {
+                        learned.read_write.entry(path.clone()).or_insert_with(|| "written (a device)".to_owned());
+                    } else {
+                        let dir = surviving(path.parent().unwrap_or(Path::new("/")), host);
+                        learned.grant(&dir, Use::Write, &path, host);
+                    }
+                }
+            }
+        }
+        learned.collapse();
+        learned
+    }
+
+    /// Whether nothing was learned.
+    pub fn is_empty(&self) -> bool {
+        self.read_only.is_empty() && self.read_write.is_empty() && self.workdir.is_none() && self.exec.is_empty()
+    }
+
+    /// Grants `dir` for `how`, generalised (see the module doc); `example` is what was opened.
+    fn grant(&mut self, dir: &Path, how: Use, example: &Path, host: &Host<'_>) {
+        let verb = match how {
+            Use::Read => "read",
+            Use::Write => "written",
+            Use::Exec => "run",
+        };
+        // A working directory of `/` would cover everything: it is not taken as one.
+        if host.workdir != Path::new("/") && dir.starts_with(host.workdir) {
+            let why = format!("the agent's working directory: {verb} ({})", example.display());
+            if how == Use::Write || self.workdir.is_none() {
+                self.workdir = Some(why);
+            }
+            return;
+        }
+        if how == Use::Write {
+            if let Some(s) = SCRATCH.iter().map(Path::new).find(|s| dir.starts_with(s)) {
+                let why = format!("scratch space: written ({})", example.display());
+                self.read_write.entry(s.to_path_buf()).or_insert(why);
+                return;
+            }
+            let why = format!("written ({})", example.display());
+            self.read_write.entry(dir.to_path_buf()).or_insert(why);
+            return;
+        }
+        let (path, why) = match SYSTEM.iter().map(Path::new).find(|s| dir.starts_with(s)) {
+            Some(s) => (s.to_path_buf(), format!("system directory: {verb} ({})", example.display())),
+            None => (dir.to_path_buf(), format!("{verb} ({})", example.display())),
+        };
+        self.read_only.entry(path).or_insert(why);
+    }
+
+    /// Drops entries beneath another entry with as much access.
+    fn collapse(&mut self) {
+        let writable: Vec<PathBuf> = self.read_write.keys().cloned().collect();
+        let beneath = |p: &Path, others: &[PathBuf]| others.iter().any(|o| o != p && p.starts_with(o));
+        self.read_write.retain(|p, _| !beneath(p, &writable));
+        let mut all: Vec<PathBuf> = writable;
+        all.extend(self.read_only.keys().cloned());
+        let writable: Vec<PathBuf> = self.read_write.keys().cloned().collect();
+        self.read_only.retain(|p, _| !writable.contains(p) && !beneath(p, &all));
+    }
+
+    /// The `filesystem_policy:` and `kernel:` sections, with their comments.
+    pub fn write(&self, out: &mut String) {
+        if self.unnamed > 0 {
+            let _ = writeln!(
+                out,
+                "# {} files opened had no usable path (longer than 511 bytes, or not in a filesystem) and were not learned",
+                self.unnamed
+            );
+        }
+        out.push_str("# files the agent opened, each entry with the first file that needed it\n");
+        out.push_str("filesystem_policy:\n");
+        if let Some(why) = &self.workdir {
+            let _ = writeln!(out, "  # {why}");
+            out.push_str("  include_workdir: true\n");
+        }
+        write_list(out, "read_only", &self.read_only);
+        write_list(out, "read_write", &self.read_write);
+        if self.exec.is_empty() {
+            return;
+        }
+        if self.exec_enforced {
+            out.push_str("# the programs the agent ran (kernel.exec: BPF-LSM)\n");
+            out.push_str("kernel:\n  exec:\n    allow:\n");
+            for path in self.exec.keys() {
+                let _ = writeln!(out, "      - {}", quote(&path.display().to_string()));
+            }
+        } else {
+            out.push_str("# the programs the agent ran. Not written as `kernel.exec.allow`: this host has no\n");
+            out.push_str("# BPF-LSM, so a policy with it would not start here. On a host with BPF-LSM:\n");
+            out.push_str("# kernel:\n#   exec:\n#     allow:\n");
+            for path in self.exec.keys() {
+                let _ = writeln!(out, "#       - {}", quote(&path.display().to_string()));
+            }
+        }
+    }
+}
+
+/// `dir`, or when it is gone by now (made and removed during the run), its nearest ancestor
+/// still there — never `/`, and never above the working directory or a scratch directory,
+/// which are granted as a whole anyway.
+fn surviving(dir: &Path, host: &Host<'_>) -> PathBuf {
+    let in_workdir = |d: &Path| host.workdir != Path::new("/") && d.starts_with(host.workdir);
+    let whole = |d: &Path| in_workdir(d) || SCRATCH.iter().any(|s| d.starts_with(s));
+    if whole(dir) {
+        return dir.to_path_buf();
+    }
+    let mut at = dir.to_path_buf();
+    while (host.probe)(&at) != PathKind::Directory {
+        if !at.pop() || at == Path::new("/") {
+            return dir.to_path_buf();
+        }
+    }
+    at
+}
+
+fn write_list(out: &mut String, key: &str, entries: &BTreeMap<PathBuf, String>) {
+    if entries.is_empty() {
+        let _ = writeln!(out, "  {key}: []");
+        return;
+    }
+    let _ = writeln!(out, "  {key}:");
+    for (path, why) in entries {
+        let _ = writeln!(out, "    # {why}");
+        let _ = writeln!(out, "    - {}", quote(&path.display().to_string()));
+    }
+}
+
+/// The path as a policy can name it: absolute, without the kernel's " (deleted)" mark; `None`
+/// for what is not in a filesystem (`pipe:[..]`, `anon_inode:..`, `/memfd:..`).
+fn usable(path: &Path) -> Option<PathBuf> {
+    let text = path.to_str()?;
+    let text = text.strip_suffix(" (deleted)").unwrap_or(text);
+    if !text.starts_with('/') || text.starts_with("/memfd:") || text.contains('\n') {
+        return None;
+    }
+    Some(PathBuf::from(text))
+}
+
+/// The dynamic loader (`ld-linux-x86-64.so.2`, `ld-musl-x86_64.so.1`), which the kernel opens for
+/// every dynamic program.
+fn is_elf_interpreter(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ld-") && n.contains(".so"))
+}
+
+/// A YAML single-quoted scalar.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uses(list: &[(Use, &str)]) -> Vec<FileUse> {
+        list.iter().map(|(how, p)| FileUse { how: *how, path: PathBuf::from(p) }).collect()
+    }
+
+    fn probe(p: &Path) -> PathKind {
+        match p.to_str().unwrap_or("") {
+            "/dev/null" | "/dev/pts/3" => PathKind::Device,
+            "/" | "/home" | "/home/u" | "/home/u/.cache" | "/home/u/proj" | "/var" | "/var/cache" => {
+                PathKind::Directory
+            }
+            _ => PathKind::Missing,
+        }
+    }
+
+    fn learn(list: &[(Use, &str)], exec_enforced: bool) -> String {
+        learn_in("/home/u/proj", list, exec_enforced)
+    }
+
+    /// The learned sections (after `version: 1`) for a run started in `workdir`; they parse.
+    fn learn_in(workdir: &str, list: &[(Use, &str)], exec_enforced: bool) -> String {
+        let exclude = [PathBuf::from("/run/leash")];
+        let host = Host { workdir: Path::new(workdir), exclude: &exclude, probe: &probe, exec_enforced };
+        let learned = LearnedFiles::from_uses(&uses(list), 0, &host);
+        let mut text = String::from("version: 1\n");
+        learned.write(&mut text);
+        crate::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        text
+    }
+
+    #[test]
+    fn reads_grant_directories_and_system_directories_whole() {
+        let text = learn(
+            &[
+                (Use::Read, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+                (Use::Read, "/etc/ssl/certs/ca.pem"),
+                (Use::Read, "/home/u/.config/git/config"),
+                (Use::Read, "/home/u/.config/git/sub/x"),
+                (Use::Read, "/.dockerenv"),
+                (Use::Read, "/run/leash/ca.pem"),
+                (Use::Read, "pipe:[1234]"),
+            ],
+            true,
+        );
+        assert!(text.contains("- '/usr'") && text.contains("- '/etc'"), "{text}");
+        assert!(text.contains("- '/home/u/.config/git'") && !text.contains("/home/u/.config/git/sub'"), "{text}");
+        assert!(text.contains("- '/.dockerenv'"), "a file in / grants itself, not /:\n{text}");
+        assert!(!text.contains("/run/leash") && !text.contains("pipe"), "{text}");
+        assert!(text.contains("read_write: []"), "{text}");
+    }
+
+    #[test]
+    fn writes_grant_directories_scratch_devices_and_the_workdir() {
+        let text = learn(
+            &[
+                (Use::Write, "/tmp/tmp.Xy12/out"),
+                (Use::Write, "/dev/null"),
+                (Use::Write, "/dev/pts/3"),
+                (Use::Write, "/home/u/proj/src/main.rs"),
+                (Use::Write, "/home/u/.cache/tool/a1b2/blob (deleted)"),
+                (Use::Read, "/home/u/.cache/tool/index"),
+                (Use::Write, "/proc/4242/oom_score_adj"),
+            ],
+            true,
+        );
+        assert!(text.contains("- '/tmp'") && !text.contains("Xy12'"), "{text}");
+        assert!(text.contains("- '/dev/null'") && text.contains("- '/dev/pts'"), "{text}");
+        assert!(text.contains("include_workdir: true"), "{text}");
+        // The directory made during the run is gone: its nearest surviving ancestor is granted,
+        // and the read beneath it needs no entry of its own.
+        assert!(text.contains("- '/home/u/.cache'") && !text.contains("- '/home/u/.cache/tool'"), "{text}");
+        assert!(text.contains("- '/proc'") && !text.contains("4242'"), "{text}");
+        let policy = crate::parse_str("learned.yaml", &text).expect("parses");
+        let fs = policy.filesystem().expect("filesystem_policy");
+        assert!(fs.read_write.contains(&PathBuf::from("/home/u/.cache")));
+        assert!(fs.read_only.is_empty(), "{text}");
+    }
+
+    #[test]
+    fn a_working_directory_of_root_covers_nothing() {
+        let text = learn_in("/", &[(Use::Write, "/var/cache/x"), (Use::Read, "/etc/passwd")], true);
+        assert!(!text.contains("include_workdir"), "{text}");
+        assert!(text.contains("- '/var/cache'") && text.contains("- '/etc'"), "{text}");
+    }
+
+    #[test]
+    fn programs_run_are_listed_without_the_loader_and_commented_where_unenforced() {
+        let list = [
+            (Use::Exec, "/usr/bin/curl"),
+            (Use::Exec, "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+            (Use::Exec, "/home/u/proj/run.sh"),
+            (Use::Exec, "/usr/bin/dash"),
+        ];
+        let text = learn(&list, true);
+        let policy = crate::parse_str("learned.yaml", &text).expect("parses");
+        let exec = policy.kernel().and_then(|k| k.exec_allow.clone()).expect("kernel.exec.allow");
+        assert_eq!(exec, ["/home/u/proj/run.sh", "/usr/bin/curl", "/usr/bin/dash"], "{text}");
+        assert!(text.contains("- '/usr'"), "the programs' directory is readable:\n{text}");
+        let commented = learn(&list, false);
+        let policy = crate::parse_str("learned.yaml", &commented).expect("parses");
+        assert!(policy.kernel().is_none(), "{commented}");
+        assert!(commented.contains("#       - '/usr/bin/curl'"), "{commented}");
+    }
+}
