@@ -28,7 +28,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     BufReader::new(server.stdout.take().context("dnsbench serve's stdout")?).read_line(&mut line)?;
     let peer = line.trim().to_owned();
     println!("dns: {QUERIES} sequential A queries per loop; peer resolver (from memory) on {peer}");
-    let result = (|| -> Result<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
+    // (queries per second, median latency) of each round.
+    type Rounds = Vec<(f64, f64)>;
+    let result = (|| -> Result<(Rounds, Rounds)> {
         let (mut inside, mut outside) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
             let n = QUERIES.to_string();

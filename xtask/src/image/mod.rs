@@ -85,7 +85,7 @@ fn exec_form(containerfile: &str, instruction: &str) -> Result<Vec<String>> {
     let line = containerfile
         .lines()
         .filter_map(|l| l.strip_prefix(instruction).filter(|rest| rest.starts_with(' ')))
-        .last()
+        .next_back()
         .with_context(|| format!("deploy/Containerfile has no {instruction}"))?;
     serde_json::from_str(line.trim())
         .with_context(|| format!("deploy/Containerfile: {instruction} is not in exec form (a JSON array)"))
