@@ -174,7 +174,7 @@ impl LearnedFiles {
         if self.unnamed > 0 {
             let _ = writeln!(
                 out,
-                "# {} files opened had no usable path (longer than 511 bytes, or not in a filesystem) and were not learned",
+                "# {} files opened were not learned: no usable path (longer than 511 bytes, not in a filesystem, a control character), or past the 100,000 a run keeps",
                 self.unnamed
             );
         }
@@ -241,7 +241,9 @@ fn write_list(out: &mut String, key: &str, entries: &BTreeMap<PathBuf, String>) 
 fn usable(path: &Path) -> Option<PathBuf> {
     let text = path.to_str()?;
     let text = text.strip_suffix(" (deleted)").unwrap_or(text);
-    if !text.starts_with('/') || text.starts_with("/memfd:") || text.contains('\n') {
+    // The agent names its files: a control character (a line break YAML honours even in a
+    // comment) must never reach the file.
+    if !text.starts_with('/') || text.starts_with("/memfd:") || text.chars().any(char::is_control) {
         return None;
     }
     Some(PathBuf::from(text))
@@ -302,6 +304,7 @@ mod tests {
                 (Use::Read, "/.dockerenv"),
                 (Use::Read, "/run/leash/ca.pem"),
                 (Use::Read, "pipe:[1234]"),
+                (Use::Write, "/home/u/x\rkernel: {}\n/y"),
             ],
             true,
         );
@@ -309,6 +312,7 @@ mod tests {
         assert!(text.contains("- '/home/u/.config/git'") && !text.contains("/home/u/.config/git/sub'"), "{text}");
         assert!(text.contains("- '/.dockerenv'"), "a file in / grants itself, not /:\n{text}");
         assert!(!text.contains("/run/leash") && !text.contains("pipe"), "{text}");
+        assert!(!text.contains('\r') && !text.contains("kernel"), "a name with a line break is dropped:\n{text}");
         assert!(text.contains("read_write: []"), "{text}");
     }
 

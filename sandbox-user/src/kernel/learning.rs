@@ -59,11 +59,15 @@ pub fn load(ebpf: &mut aya::Ebpf, progs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Most files one learning run keeps (the agent decides how many it opens; leash's memory
+/// must not follow): past it, records are counted as unnamed.
+const MAX_RECORDED: usize = 100_000;
+
 /// What the learning program reported of one sandbox, as paths.
 #[derive(Debug, Default)]
 pub struct Recorded {
     pub uses: BTreeSet<FileUse>,
-    /// Records without a path (longer than the record holds).
+    /// Records without a path (longer than the record holds), or past [`MAX_RECORDED`].
     pub unnamed: usize,
 }
 
@@ -78,6 +82,7 @@ impl Recorded {
         let end = event.path.iter().position(|b| *b == 0).unwrap_or(event.path.len());
         match &event.path[..end] {
             [] => self.unnamed += 1,
+            _ if self.uses.len() >= MAX_RECORDED => self.unnamed += 1,
             bytes => {
                 let path = PathBuf::from(OsStr::from_bytes(bytes));
                 self.uses.insert(FileUse { how, path });
