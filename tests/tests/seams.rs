@@ -556,6 +556,27 @@ fn sandboxes_do_not_share_tmp_with_each_other_or_the_host() {
     assert!(!host_sees, "the sandbox's /tmp is the host's");
 }
 
+/// Started in the host's `/tmp`, the agent would keep it as its working directory (a reference,
+/// not a path) under its private `/tmp`, and write to the host's through relative paths: refused
+/// before anything starts. (It used to fail with "command not found".)
+#[test]
+fn a_working_directory_in_the_hosts_tmp_is_refused() {
+    require_root();
+    let scratch = Scratch::new("seam-tmp-workdir");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let workdir = Path::new("/tmp").join(format!("leash-seam-workdir-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).unwrap();
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", "echo planted > note"])
+        .current_dir(&workdir)
+        .output()
+        .unwrap();
+    let planted = workdir.join("note").exists();
+    let _ = std::fs::remove_dir_all(&workdir);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("which the agent gets as a new, empty directory"), "{}", stderr(&out));
+    assert!(!planted, "the agent wrote in the host's /tmp");
+}
+
 // 8. Delayed escapes through the working directory.
 
 #[test]

@@ -93,6 +93,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     if !is_root {
         bail!("leash run must run as root (it creates cgroups and loads eBPF programs); try `sudo leash run ...`");
     }
+    mount_ns::check_workdir(&std::env::current_dir().context("reading the working directory")?)?;
     let identity = identity::resolve(policy.run_as())?;
     let agent_ids = identity.ids();
     let policy_file = opts.policy.as_deref().map(|p| host_files::policy_file(p, &agent_ids)).transpose()?;

@@ -36,6 +36,21 @@ const RUNTIME: &[&str] = &["/run", "/var/run"];
 pub fn emptied() -> impl Iterator<Item = &'static Path> {
     SCRATCH.iter().chain(RUNTIME).map(Path::new)
 }
+/// Refuses a working directory inside one the agent gets new and empty: the agent would start
+/// in the host's directory (a working directory is held by reference, not by path), reaching
+/// the host's `/tmp` through relative paths while its absolute ones name its own, and leash's
+/// guard of the working directory would be built in the wrong one.
+pub fn check_workdir(workdir: &Path) -> Result<()> {
+    match emptied().find(|dir| workdir.starts_with(dir)) {
+        Some(dir) => anyhow::bail!(
+            "the working directory {} is inside {}, which the agent gets as a new, empty directory of its own: run leash from the project's directory",
+            workdir.display(),
+            dir.display()
+        ),
+        None => Ok(()),
+    }
+}
+
 /// How many directories can be put back under them.
 const MAX_KEPT: usize = 4;
 
