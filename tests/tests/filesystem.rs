@@ -43,3 +43,40 @@ fn writes_outside_read_write_paths_are_denied() {
     // Outside the sandbox the same write works (the directory is world-writable).
     std::fs::write(forbidden.0.join("no"), "b").expect("control write");
 }
+
+/// The agent's `/tmp`, `/var/tmp` and `/dev/shm` are new, empty mounts: a policy naming them
+/// read-write lets the agent use them (the rule made on the host's directory, hidden under the
+/// mount, does not reach them), and one that does not name them keeps them closed.
+#[test]
+fn the_private_scratch_directories_follow_the_policy() {
+    require_root();
+    let scratch = Scratch::new("fs-scratch");
+    let system = "read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev]";
+    let with = scratch.file(
+        "with.yaml",
+        &format!(
+            "version: 1\nnetwork_policies: {{}}\nfilesystem_policy:\n  {system}\n  read_write: [/tmp, /var/tmp, /dev/null]\n"
+        ),
+    );
+    let without = scratch.file(
+        "without.yaml",
+        &format!(
+            "version: 1\nnetwork_policies: {{}}\nfilesystem_policy:\n  {system}\n  read_write: [/var/tmp, /dev/null]\n"
+        ),
+    );
+    let script = "echo a > /tmp/t && cat /tmp/t >/dev/null && echo wrote-in-tmp; \
+                  echo b > /var/tmp/v && echo wrote-in-var-tmp; ls /tmp >/dev/null && echo listed-tmp; true";
+    if !landlock_available() {
+        return;
+    }
+    let out = leash_run(&with, &[], &["/bin/sh", "-c", script]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for used in ["wrote-in-tmp", "wrote-in-var-tmp", "listed-tmp"] {
+        assert!(text.contains(used), "{used} missing: {text} {}", stderr(&out));
+    }
+    let out = leash_run(&without, &[], &["/bin/sh", "-c", script]);
+    let text = stdout(&out);
+    assert!(text.contains("wrote-in-var-tmp"), "{text} {}", stderr(&out));
+    assert!(!text.contains("wrote-in-tmp") && !text.contains("listed-tmp"), "/tmp is not in the policy: {text}");
+}

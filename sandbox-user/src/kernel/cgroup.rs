@@ -50,11 +50,14 @@ impl SandboxCgroup {
         File::open(&self.path).with_context(|| format!("opening cgroup {}", self.path.display()))
     }
 
-    /// `cgroup.procs` opened for writing: a child writes `0` to it between fork and exec to move
-    /// itself in (an async-signal-safe `write`, nothing else).
-    pub fn procs_writer(&self) -> Result<File> {
-        let p = self.path.join("cgroup.procs");
-        OpenOptions::new().write(true).open(&p).with_context(|| format!("opening {}", p.display()))
+    /// The cgroup's directory, open: what `clone3(CLONE_INTO_CGROUP)` starts a process in.
+    pub fn open_dir(&self) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))
     }
 
     /// Pids currently in the cgroup.

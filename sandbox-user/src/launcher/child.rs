@@ -1,15 +1,20 @@
-//! Starting the agent: fork, then in the child — before exec, with async-signal-safe calls only —
-//! enter its own mount namespace, a session of its own and the sandbox cgroup, drop privileges, set `no_new_privs`, enter the Landlock domain,
+//! Starting the agent: its mount namespace made by a thread of leash, then a clone of that thread
+//! born in the sandbox cgroup which — before exec, with raw system calls only — takes a session
+//! of its own (or enters its sandbox through the node daemon), drops privileges, sets
+//! `no_new_privs`, enters the Landlock domain,
 //! install the socket-family filter, forbid core dumps, ask to die with leash, and mark every
 //! inherited descriptor above stderr close-on-exec (a socket created outside the sandbox cgroup
 //! is not judged by its programs). The agent's own code never runs outside the sandbox.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
 
-use tokio::process::{Child, Command};
+use tokio::io::unix::AsyncFd;
 
 use super::identity::Identity;
 use super::mount_ns::PrivateMounts;
@@ -37,7 +42,7 @@ pub struct ChildSetup<'a> {
 
 /// How the child gets into its sandbox before exec.
 pub enum Enter<'a> {
-    /// Writes itself into the sandbox's `cgroup.procs`, open for writing (`leash run`).
+    /// Is cloned into the sandbox cgroup, open here as a directory (`leash run`).
     Cgroup(&'a File),
     /// Asks the node daemon: connects to its socket (so the daemon's peer credentials name the
     /// child), hands that connection to leash over `handoff`, and waits there for one byte,
@@ -52,74 +57,413 @@ pub enum Enter<'a> {
 /// The byte leash sends over the handoff socket once the daemon confined the child.
 pub const CONFINED: u8 = b'1';
 
-/// Spawns the agent. Errors are those of fork, the pre-exec steps or exec itself (ENOENT when
-/// the command is not found, EACCES when it is not executable).
-pub fn spawn(setup: ChildSetup<'_>) -> io::Result<Child> {
-    let mut cmd = Command::new(setup.program);
-    cmd.args(setup.args).env_clear().envs(setup.env).kill_on_drop(false);
-    let procs_fd = match setup.enter {
-        Enter::Cgroup(f) => Some(f.as_raw_fd()),
+/// What the child was doing when it failed (sent to the parent with the errno).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    MountNamespace = 1,
+    Session,
+    Sandbox,
+    Identity,
+    NoNewPrivs,
+    Landlock,
+    Seccomp,
+    Limits,
+    ParentDeath,
+    Exec,
+}
+
+impl Step {
+    fn from_u32(n: u32) -> Self {
+        [
+            Self::MountNamespace,
+            Self::Session,
+            Self::Sandbox,
+            Self::Identity,
+            Self::NoNewPrivs,
+            Self::Landlock,
+            Self::Seccomp,
+            Self::Limits,
+            Self::ParentDeath,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == n)
+        .unwrap_or(Self::Exec)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MountNamespace => "entering its mount namespace",
+            Self::Session => "giving it a session and terminal",
+            Self::Sandbox => "entering the sandbox",
+            Self::Identity => "dropping privileges",
+            Self::NoNewPrivs => "setting no_new_privs",
+            Self::Landlock => "entering the Landlock domain",
+            Self::Seccomp => "installing the socket-family filter",
+            Self::Limits => "forbidding core dumps",
+            Self::ParentDeath => "asking to die with leash",
+            Self::Exec => "running it",
+        }
+    }
+}
+
+/// Starting the agent failed: at which step, and the error.
+#[derive(Debug)]
+pub struct SpawnError {
+    pub step: Step,
+    pub error: io::Error,
+}
+
+impl SpawnError {
+    fn at(step: Step) -> impl FnOnce(io::Error) -> Self {
+        move |error| Self { step, error }
+    }
+}
+
+/// The agent, started: its pid, and a pidfd that becomes readable when it exits.
+pub struct Agent {
+    pid: libc::pid_t,
+    pidfd: AsyncFd<OwnedFd>,
+    reaped: bool,
+}
+
+impl Agent {
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Waits for the agent to exit and reaps it.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            let mut guard = self.pidfd.readable().await?;
+            let mut status = 0;
+            // SAFETY: waitpid on our own child, which no one else reaps (its pidfd pins the pid).
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if r == self.pid {
+                self.reaped = true;
+                return Ok(ExitStatus::from_raw(status));
+            }
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            guard.clear_ready();
+        }
+    }
+}
+
+impl Drop for Agent {
+    /// An agent never waited for is not left a zombie.
+    fn drop(&mut self) {
+        if !self.reaped {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child.
+            unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        }
+    }
+}
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (kernel 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Spawns the agent and returns once it runs the program (or failed to).
+///
+/// The agent starts life in its sandbox cgroup (`clone3(CLONE_INTO_CGROUP)`, 5.7+), so it never
+/// runs a moment outside: moving a process with a write to `cgroup.procs` instead waits for an
+/// RCU grace period (5–30 ms, the largest part of a warm start). Since its sandbox's BPF-LSM rules
+/// may refuse mount(2), its mount namespace is built before, by a thread of leash that unshares
+/// it for itself and then clones the agent, which inherits it. That thread lives as long as the
+/// agent: the agent's parent-death signal is tied to the thread that created it.
+pub fn spawn(setup: ChildSetup<'_>) -> Result<Agent, SpawnError> {
+    let exec = ExecTarget::new(setup.program, setup.args, &setup.env).map_err(SpawnError::at(Step::Exec))?;
+    let (errors_read, errors_write) = cloexec_pipe().map_err(SpawnError::at(Step::Exec))?;
+    let cgroup = match setup.enter {
+        Enter::Cgroup(dir) => Some(dir.as_raw_fd()),
         _ => None,
     };
     let daemon = match setup.enter {
         Enter::Daemon { socket, handoff, leash_end } => Some((*socket, handoff, leash_end)),
         _ => None,
     };
-    let landlock_fd = setup.landlock;
-    let ids = setup.identity.map(|i| (i.uid.as_raw(), i.gid.as_raw()));
-    let groups: Vec<libc::gid_t> =
-        setup.identity.map(|i| i.groups.iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
-    let parent = std::process::id() as libc::pid_t;
-    let seccomp = setup.seccomp.clone();
+    let steps = Steps {
+        landlock: setup.landlock,
+        ids: setup.identity.map(|i| (i.uid.as_raw(), i.gid.as_raw())),
+        groups: setup.identity.map(|i| i.groups.iter().map(|g| g.as_raw()).collect()).unwrap_or_default(),
+        parent: std::process::id() as libc::pid_t,
+        seccomp: setup.seccomp.clone(),
+        terminal: setup.terminal,
+        daemon,
+    };
     let mounts = setup.mounts;
-    let session = setup.terminal;
-    // SAFETY: the closure only makes raw syscalls on data prepared above; it allocates nothing
-    // and takes no locks, as required between fork and exec in a multi-threaded process.
-    unsafe {
-        cmd.pre_exec(move || {
-            check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0))?;
-            // Before the sandbox: its BPF-LSM rules may refuse mount(2), which leash itself uses
-            // here to build the agent's view of the filesystem.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawner = std::thread::Builder::new().name("leash-agent".into()).spawn(move || {
+        let cloned = (|| {
             if let Some(m) = &mounts {
-                m.enter()?;
+                m.enter().map_err(SpawnError::at(Step::MountNamespace))?;
             }
-            if let Some(t) = &session {
-                terminal::enter(t)?;
-            }
-            if let Some(fd) = procs_fd {
-                // Writing 0 moves the writing process itself.
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
+            // SAFETY: the child runs `steps.run` and exec: raw syscalls on data prepared
+            // before, no allocation, no lock (see `Steps::run`).
+            unsafe { clone_agent(cgroup, &steps, &exec, errors_write.as_raw_fd()) }
+        })();
+        drop(errors_write);
+        let watched = match cloned {
+            Ok((pid, pidfd)) => match pidfd.try_clone() {
+                Ok(copy) => {
+                    let _ = tx.send(Ok((pid, copy)));
+                    pidfd
                 }
+                Err(e) => {
+                    let _ = tx.send(Err(SpawnError { step: Step::Exec, error: e }));
+                    pidfd
+                }
+            },
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
             }
-            if let Some((socket, handoff, leash_end)) = &daemon {
+        };
+        // Until the agent exits.
+        let mut poll = libc::pollfd { fd: watched.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on a descriptor we own.
+        while unsafe { libc::poll(&mut poll, 1, -1) } < 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {}
+    });
+    if let Err(e) = spawner {
+        return Err(SpawnError { step: Step::Exec, error: e });
+    }
+    let (pid, pidfd) = rx.recv().unwrap_or_else(|_| {
+        Err(SpawnError { step: Step::Exec, error: io::Error::other("the thread starting the agent ended early") })
+    })?;
+    // Nothing to read: the program runs (the pipe closed at exec). A record: the child failed.
+    let mut record = [0u8; 8];
+    let mut got = 0;
+    while got < record.len() {
+        // SAFETY: reading into a local buffer from our pipe.
+        let n = unsafe { libc::read(errors_read.as_raw_fd(), record[got..].as_mut_ptr().cast(), record.len() - got) };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    // SAFETY: the OwnedFd keeps its descriptor open and unchanged while the AsyncFd owns it.
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| SpawnError { step: Step::Exec, error: e.into() })?;
+    let mut agent = Agent { pid, pidfd, reaped: false };
+    if got == record.len() {
+        let step = Step::from_u32(u32::from_ne_bytes([record[0], record[1], record[2], record[3]]));
+        let errno = i32::from_ne_bytes([record[4], record[5], record[6], record[7]]);
+        let mut status = 0;
+        // SAFETY: the child has exited or is about to (it writes the record, then `_exit`s).
+        unsafe { libc::waitpid(agent.pid, &mut status, 0) };
+        agent.reaped = true;
+        return Err(SpawnError { step, error: io::Error::from_raw_os_error(errno) });
+    }
+    Ok(agent)
+}
+
+/// Clones the agent (into `cgroup` when given) and returns its pid and pidfd; in the child, runs
+/// `steps` and execs, or writes `(step, errno)` to `errors` and exits 127.
+///
+/// # Safety
+/// Called in a process with other threads: the child may only make raw system calls.
+unsafe fn clone_agent(
+    cgroup: Option<RawFd>,
+    steps: &Steps,
+    exec: &ExecTarget,
+    errors: RawFd,
+) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | if cgroup.is_some() { CLONE_INTO_CGROUP } else { 0 },
+        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.unwrap_or(0) as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with fork semantics (no CLONE_VM): the child gets a copy of this thread.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if pid < 0 {
+        let step = if cgroup.is_some() { Step::Sandbox } else { Step::Exec };
+        return Err(SpawnError { step, error: io::Error::last_os_error() });
+    }
+    if pid == 0 {
+        // SAFETY: the child, with raw system calls only (see `Steps::run`, `ExecTarget::exec`).
+        unsafe {
+            let (step, error) = match steps.run() {
+                Ok(()) => (Step::Exec, exec.exec()),
+                Err((step, e)) => (step, e),
+            };
+            let errno = error.raw_os_error().unwrap_or(libc::EINVAL);
+            let mut record = [0u8; 8];
+            record[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+            record[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(errors, record.as_ptr().cast(), record.len());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: the kernel wrote a new descriptor, ours alone.
+    Ok((pid as libc::pid_t, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// The child's steps between clone and exec, prepared in the parent.
+struct Steps {
+    landlock: Option<RawFd>,
+    ids: Option<(libc::uid_t, libc::gid_t)>,
+    groups: Vec<libc::gid_t>,
+    parent: libc::pid_t,
+    seccomp: SocketFamilyFilter,
+    terminal: Option<Terminal>,
+    daemon: Option<(nix::sys::socket::UnixAddr, RawFd, RawFd)>,
+}
+
+impl Steps {
+    /// The child's half, with raw system calls only: no allocation, no lock, nothing of libc's
+    /// that broadcasts to threads (a cloned child has one, but libc's list is the parent's), so
+    /// the credentials change through plain syscalls.
+    ///
+    /// # Safety
+    /// Only in the child of [`clone_agent`].
+    unsafe fn run(&self) -> Result<(), (Step, io::Error)> {
+        let at = |step: Step| move |e: io::Error| (step, e);
+        // SAFETY: raw syscalls on data prepared before the clone.
+        unsafe {
+            // A clean signal state: leash's runtime ignores SIGPIPE and may block signals.
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty as *const libc::sigset_t, 0usize, 8usize);
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)).map_err(at(Step::Limits))?;
+            if let Some(t) = &self.terminal {
+                terminal::enter(t).map_err(at(Step::Session))?;
+            }
+            if let Some((socket, handoff, leash_end)) = &self.daemon {
                 libc::close(*leash_end);
-                enter_through_daemon(socket, *handoff)?;
+                enter_through_daemon(socket, *handoff).map_err(at(Step::Sandbox))?;
             }
-            if let Some((uid, gid)) = ids {
-                check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-                check(libc::setresgid(gid, gid, gid))?;
-                check(libc::setresuid(uid, uid, uid))?;
+            if let Some((uid, gid)) = self.ids {
+                let groups = self.groups.as_ptr();
+                raw(libc::syscall(libc::SYS_setgroups, self.groups.len(), groups)).map_err(at(Step::Identity))?;
+                raw(libc::syscall(libc::SYS_setresgid, gid, gid, gid)).map_err(at(Step::Identity))?;
+                raw(libc::syscall(libc::SYS_setresuid, uid, uid, uid)).map_err(at(Step::Identity))?;
             }
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-            if let Some(fd) = landlock_fd {
-                if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map_err(at(Step::NoNewPrivs))?;
+            if let Some(fd) = self.landlock {
+                raw(libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32)).map_err(at(Step::Landlock))?;
             }
-            seccomp.install()?;
+            self.seccomp.install().map_err(at(Step::Seccomp))?;
             let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+            check(libc::setrlimit(libc::RLIMIT_CORE, &no_core)).map_err(at(Step::Limits))?;
             // Set after the uid change (which clears it); then make sure leash did not already die.
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-            if libc::getppid() != parent {
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0)).map_err(at(Step::ParentDeath))?;
+            if libc::getppid() != self.parent {
                 libc::_exit(137);
             }
             cloexec_from(3);
-            Ok(())
-        });
+        }
+        Ok(())
     }
-    cmd.spawn()
+}
+
+/// The program to run: the candidates `execvp` would try (each directory of the agent's `PATH`
+/// for a bare name), the arguments and the environment, as C strings made before the clone.
+struct ExecTarget {
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+impl ExecTarget {
+    fn new(program: &OsString, args: &[OsString], env: &[(OsString, OsString)]) -> io::Result<Self> {
+        let c = |bytes: &[u8]| CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+        let name = program.as_bytes();
+        let candidates = if name.contains(&b'/') {
+            vec![c(name)?]
+        } else {
+            let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_bytes()).unwrap_or(b"/usr/bin:/bin");
+            let mut list = Vec::new();
+            for dir in path.split(|b| *b == b':') {
+                let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
+                list.push(c(&[dir, b"/", name].concat())?);
+            }
+            list
+        };
+        let mut argv = vec![c(name)?];
+        for a in args {
+            argv.push(c(a.as_bytes())?);
+        }
+        let envp =
+            env.iter().map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat())).collect::<io::Result<_>>()?;
+        Ok(Self { candidates, argv, envp })
+    }
+
+    /// Tries each candidate as execvp(3) does (a name not found there is the next one's turn;
+    /// one found but refused is remembered); returns only on failure.
+    ///
+    /// # Safety
+    /// In the child: the pointer arrays live on its copy of this thread's stack.
+    unsafe fn exec(&self) -> io::Error {
+        let mut argv: [*const libc::c_char; 256] = [std::ptr::null(); 256];
+        let mut envp: [*const libc::c_char; 1024] = [std::ptr::null(); 1024];
+        if self.argv.len() >= argv.len() || self.envp.len() >= envp.len() {
+            return io::Error::from_raw_os_error(libc::E2BIG);
+        }
+        for (slot, a) in argv.iter_mut().zip(&self.argv) {
+            *slot = a.as_ptr();
+        }
+        for (slot, e) in envp.iter_mut().zip(&self.envp) {
+            *slot = e.as_ptr();
+        }
+        let mut refused = None;
+        let mut last = io::Error::from_raw_os_error(libc::ENOENT);
+        for path in &self.candidates {
+            // SAFETY: NUL-terminated strings in null-terminated arrays.
+            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            last = io::Error::last_os_error();
+            match last.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) => {}
+                Some(libc::EACCES) => refused = Some(libc::EACCES),
+                _ => return last,
+            }
+        }
+        refused.map(io::Error::from_raw_os_error).unwrap_or(last)
+    }
+}
+
+/// A pipe whose ends close at exec.
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors, ours alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn raw(ret: libc::c_long) -> io::Result<()> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// The child's half of `Enter::Daemon`, with raw syscalls only.
@@ -166,8 +510,8 @@ fn enter_through_daemon(socket: &nix::sys::socket::UnixAddr, handoff: RawFd) -> 
     }
 }
 
-/// Marks every descriptor from `first` up close-on-exec (std's own exec-error pipe already is,
-/// so it keeps working). `close_range(CLOSE_RANGE_CLOEXEC)` needs 5.11; older kernels get a
+/// Marks every descriptor from `first` up close-on-exec (the exec-error pipe already is, so it
+/// keeps working). `close_range(CLOSE_RANGE_CLOEXEC)` needs 5.11; older kernels get a
 /// loop over the descriptor limit.
 unsafe fn cloexec_from(first: u32) {
     const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;

@@ -23,7 +23,7 @@ use nix::sys::socket::{
 
 use super::child::{self, Enter, CONFINED};
 use super::identity::Identity;
-use super::{exec_failure, landlock, seccomp, signals, stdio, trust};
+use super::{landlock, seccomp, signals, spawn_failure, stdio, trust};
 use crate::audit::Auditor;
 use crate::daemon::client::Client;
 use crate::daemon::protocol::{Confined, Op, PolicyText};
@@ -143,7 +143,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
             child
         }
         (_, Err(e)) => return Err(e),
-        (Err(e), Ok(_)) => return Ok(exec_failure(program, &e)),
+        (Err(e), Ok(_)) => return Ok(spawn_failure(program, &e)),
     };
     let proxy_task = bound.serve(Arc::clone(&proxy));
     let code = signals::wait_forwarding(child, false).await?;

@@ -38,6 +38,10 @@ pub struct Prepared {
     pub fd: OwnedFd,
     /// The access rights of a read-write rule in this ruleset (for rules added in the child).
     pub read_write: u64,
+    /// The directories the agent gets new and empty (`/tmp`, ...) that the policy names, with
+    /// the rights it gives them: their rules must be added again once the new mounts exist,
+    /// since a rule follows the directory it was made on, now hidden under the mount.
+    pub emptied: Vec<(PathBuf, u64)>,
     /// Paths the policy names that do not exist here (nothing to allow).
     pub skipped: Vec<PathBuf>,
 }
@@ -97,8 +101,21 @@ pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path, extra_read_only:
         .add_rules(path_beneath_rules(&read_write, AccessFs::from_all(abi)))
         .context("Landlock: adding read-write paths")?;
     let fd: Option<OwnedFd> = created.into();
+    let (read_bits, write_bits) = (AccessFs::from_read(abi).bits(), AccessFs::from_all(abi).bits());
+    let emptied = super::mount_ns::emptied()
+        .filter_map(|dir| {
+            let bits = if read_write.iter().any(|p| p == dir) {
+                write_bits
+            } else if read_only.iter().any(|p| p == dir) {
+                read_bits
+            } else {
+                return None;
+            };
+            Some((dir.to_path_buf(), bits))
+        })
+        .collect();
     match fd {
-        Some(fd) => Ok(Domain::Enforced(Prepared { fd, read_write: AccessFs::from_all(abi).bits(), skipped })),
+        Some(fd) => Ok(Domain::Enforced(Prepared { fd, read_write: write_bits, emptied, skipped })),
         None if rules.is_some_and(|r| r.compatibility == LandlockCompat::HardRequirement) => {
             bail!("filesystem layer (Landlock) is required but the ruleset could not be created")
         }

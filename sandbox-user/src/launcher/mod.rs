@@ -407,12 +407,15 @@ async fn run_inside(
     let mut env = credential_env(&proxy, agent.credential_names, proxy_addr, agent.identity)?;
     trust.add_env(&mut env);
     let procs = match sandbox.as_deref() {
-        Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.procs_writer()?),
+        Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.open_dir()?),
         None => None,
     };
     let mut mounts =
         mount_ns::PrivateMounts::prepare(&[trust.dir().to_path_buf()], agent.guard.read_only(), agent.unix_allowed)
             .context("preparing the agent's mount namespace")?;
+    if let landlock::Domain::Enforced(p) = &domain {
+        mounts.with_landlock(p.fd.as_raw_fd(), &p.emptied)?;
+    }
     // Held open until the child has allowed it in its Landlock domain (close-on-exec).
     let mut kept_home = None;
     if !identity::home_usable(agent.identity) {
@@ -480,7 +483,7 @@ async fn run_inside(
     }
     let code = match spawned {
         Ok(child) => signals::wait_forwarding(child, true).await?,
-        Err(e) => exec_failure(agent.program, &e),
+        Err(e) => spawn_failure(agent.program, &e),
     };
     if let Some(r) = relay {
         r.finish();
@@ -647,9 +650,15 @@ fn open_kernel() -> Result<(PathBuf, PathBuf, Generation)> {
     Ok((cgroup_root, bpffs, generation))
 }
 
-/// Maps a failed exec to the documented exit code and says why on stderr.
-fn exec_failure(program: &OsString, e: &std::io::Error) -> i32 {
+/// Maps a failed start to the documented exit code and says why on stderr: the program's own
+/// errors (not found, not executable) apart from leash's (a step before it could run).
+pub(crate) fn spawn_failure(program: &OsString, failed: &child::SpawnError) -> i32 {
     let name = program.to_string_lossy();
+    let e = &failed.error;
+    if failed.step != child::Step::Exec {
+        eprintln!("leash: error: starting {name} in the sandbox failed while {}: {e}", failed.step.name());
+        return exit::LEASH_FAILED;
+    }
     match e.raw_os_error() {
         Some(libc::ENOENT) => {
             eprintln!("leash: {name}: command not found");

@@ -20,6 +20,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
@@ -86,6 +87,8 @@ pub struct PrivateMounts {
     /// Host sockets covered with `/dev/null`.
     covered: Vec<CString>,
     home: Option<PrivateHome>,
+    /// The agent's Landlock ruleset and the new directories it allows, with their rights.
+    landlock: Option<(RawFd, Vec<(CString, u64)>)>,
 }
 
 fn c_path(p: &Path) -> Result<CString> {
@@ -135,7 +138,15 @@ impl PrivateMounts {
             );
         }
         let covered = sockets.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
-        Ok(Self { scratch, runtime, kept, read_only, covered, home: None })
+        Ok(Self { scratch, runtime, kept, read_only, covered, home: None, landlock: None })
+    }
+
+    /// Lets the Landlock ruleset `ruleset` allow each of `emptied` (paths the policy names, with
+    /// their rights) in its new form, once made.
+    pub fn with_landlock(&mut self, ruleset: RawFd, emptied: &[(PathBuf, u64)]) -> Result<()> {
+        let rules = emptied.iter().map(|(p, bits)| Ok((c_path(p)?, *bits))).collect::<Result<_>>()?;
+        self.landlock = Some((ruleset, rules));
+        Ok(())
     }
 
     /// Gives the agent its home: a kept one, or [`PRIVATE_HOME`]; false when there is no private
@@ -200,6 +211,17 @@ impl PrivateMounts {
                     return Err(io::Error::last_os_error());
                 }
             }
+            if let Some((ruleset, rules)) = &self.landlock {
+                for (dir, access) in rules {
+                    let fd = libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let added = allow_beneath(*ruleset, fd, *access);
+                    libc::close(fd);
+                    added?;
+                }
+            }
             if let Some(home) = &self.home {
                 make_home(home)?;
             }
@@ -211,13 +233,6 @@ impl PrivateMounts {
 /// Creates the private home, owned by the agent and open to it alone, and lets the agent's
 /// Landlock domain write there whatever the policy says of `/tmp`.
 unsafe fn make_home(home: &PrivateHome) -> io::Result<()> {
-    /// `struct landlock_path_beneath_attr`.
-    #[repr(C, packed)]
-    struct PathBeneath {
-        allowed_access: u64,
-        parent_fd: i32,
-    }
-    const RULE_PATH_BENEATH: libc::c_int = 1;
     let path = PRIVATE_HOME;
     // SAFETY: NUL-terminated path; the attribute lives through the call.
     unsafe {
@@ -233,19 +248,31 @@ unsafe fn make_home(home: &PrivateHome) -> io::Result<()> {
             if dir < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let attr = PathBeneath { allowed_access: access, parent_fd: dir };
-            let added = libc::syscall(
-                libc::SYS_landlock_add_rule,
-                ruleset,
-                RULE_PATH_BENEATH,
-                &attr as *const PathBeneath,
-                0u32,
-            );
+            let added = allow_beneath(ruleset, dir, access);
             libc::close(dir);
-            if added != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            added?;
         }
+    }
+    Ok(())
+}
+
+/// Adds to the Landlock ruleset `ruleset` a rule giving `access` beneath the directory open as
+/// `dir`.
+fn allow_beneath(ruleset: RawFd, dir: RawFd, access: u64) -> io::Result<()> {
+    /// `struct landlock_path_beneath_attr`.
+    #[repr(C, packed)]
+    struct PathBeneath {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
+    const RULE_PATH_BENEATH: libc::c_int = 1;
+    let attr = PathBeneath { allowed_access: access, parent_fd: dir };
+    // SAFETY: the attribute lives through the call.
+    let added = unsafe {
+        libc::syscall(libc::SYS_landlock_add_rule, ruleset, RULE_PATH_BENEATH, &attr as *const PathBeneath, 0u32)
+    };
+    if added != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -8,13 +8,14 @@
 use anyhow::{Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::process::Child;
+
+use super::child::Agent;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Waits for `child`; returns its exit code, or 128 + signal number if a signal killed it.
 /// `own_session`: the agent is in a session of its own, out of reach of leash's terminal.
-pub async fn wait_forwarding(mut child: Child, own_session: bool) -> Result<i32> {
-    let pid = child.id().map(|p| Pid::from_raw(p as i32));
+pub async fn wait_forwarding(mut child: Agent, own_session: bool) -> Result<i32> {
+    let pid = Some(Pid::from_raw(child.id() as i32));
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
