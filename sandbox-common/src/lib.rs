@@ -77,7 +77,7 @@ pub mod program_names {
     pub const RECVMSG6: &str = "leash_recvmsg6";
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
     pub const LSM_PROBE: &str = "leash_lsm_probe";
-    /// `fentry/security_file_open`: what a learning sandbox opens and runs (`leash run --learn`).
+    /// `fexit/security_file_open`: what a learning sandbox opens and runs (`leash run --learn`).
     pub const LEARN_FILE_OPEN: &str = "leash_learn_file_open";
     /// The kernel function it is attached to.
     pub const LEARN_FILE_OPEN_FUNCTION: &str = "security_file_open";
@@ -501,6 +501,8 @@ pub struct KernelLayout {
     pub path_dentry: u32,
     pub dentry_parent: u32,
     pub dentry_inode: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
 }
 
 /// The network reach of one sandbox: the proxy address and port, nothing else.
@@ -754,7 +756,7 @@ const _: () = {
     assert!(size_of::<LsmPolicy>() == 32);
     assert!(size_of::<InodeKey>() == 24);
     assert!(size_of::<UnixKey>() == 8 + 4 + UNIX_PATH_MAX);
-    assert!(size_of::<KernelLayout>() == 4 * 34);
+    assert!(size_of::<KernelLayout>() == 4 * 35);
     assert!(size_of::<DenyEvent>() == 160);
     assert!(size_of::<LearnKey>() == 24);
     assert!(size_of::<LearnEvent>() == 16 + LEARN_PATH_MAX);

@@ -1,16 +1,19 @@
-//! `fentry/security_file_open`: enforces nothing. While `leash run --learn` runs, it records
+//! `fexit/security_file_open`: enforces nothing. While `leash run --learn` runs, it records
 //! what the learning sandbox opens — for reading, for writing, to run — so that userspace can
-//! write the `kernel.exec.allow` and `filesystem_policy` that the run needed.
+//! write the `kernel.exec.allow` and `filesystem_policy` that the run needed. Only opens the
+//! LSMs allowed are recorded (the hook's return value is 0): a file `kernel.deny_open` refused
+//! is not learned as needed.
 //!
-//! An fentry program, not BPF-LSM: learning works on hosts without BPF-LSM, and it is attached
+//! An fexit program, not BPF-LSM: learning works on hosts without BPF-LSM, and it is attached
 //! only while a learning run lives (by that run; the link closes with it). Every open on the host
 //! pays one helper call and one hash lookup meanwhile. Each file is reported once per sandbox
-//! (reads once per directory, which is what `filesystem_policy` grants): the key goes into
+//! (reads once per directory, which is what `filesystem_policy` grants; a directory opened is
+//! reported as itself, never as its parent): the key goes into
 //! `LEARN_SEEN` only once the record is in the ring, so a record lost to a full ring is sent again
 //! at the next open. Records go to the sandbox's own event ring, never to the shared one.
 //! Minimum kernel: 5.10 (`bpf_d_path`).
 
-use aya_ebpf::{helpers::generated::bpf_d_path, macros::fentry, programs::FEntryContext};
+use aya_ebpf::{helpers::generated::bpf_d_path, macros::fexit, programs::FExitContext};
 use sandbox_common::{learn_kind, LearnEvent, LearnKey, LEARN_PATH_MAX};
 
 use crate::kernel::{field, layout_set, offset};
@@ -22,15 +25,20 @@ const FMODE_EXEC: u32 = 0x20;
 /// `O_ACCMODE`: `O_WRONLY` 1 or `O_RDWR` 2 write.
 const O_ACCMODE: u32 = 3;
 
-#[fentry(function = "security_file_open")]
-pub fn leash_learn_file_open(ctx: FEntryContext) -> i32 {
+/// `S_IFMT` and `S_IFDIR` of `inode.i_mode`.
+const S_IFMT: u16 = 0o170000;
+const S_IFDIR: u16 = 0o040000;
+
+#[fexit(function = "security_file_open")]
+pub fn leash_learn_file_open(ctx: FExitContext) -> i32 {
     let sandbox = current_cgroup();
     // SAFETY: only presence is read.
     if unsafe { LEARNERS.get(&sandbox) }.is_none() || !layout_set() {
         return 0;
     }
     let file: u64 = ctx.arg(0);
-    if file == 0 {
+    let refused: i32 = ctx.arg(1);
+    if file == 0 || refused != 0 {
         return 0;
     }
     let flags: u32 = field(file, offset!(file_flags));
@@ -43,7 +51,9 @@ pub fn leash_learn_file_open(ctx: FEntryContext) -> i32 {
     };
     let path = file + offset!(file_path) as u64;
     let dentry: u64 = field(path, offset!(path_dentry));
-    let named = if kind == learn_kind::READ { field(dentry, offset!(dentry_parent)) } else { dentry };
+    let own_inode: u64 = field(file, offset!(file_inode));
+    let directory = own_inode != 0 && field::<u16>(own_inode, offset!(inode_mode)) & S_IFMT == S_IFDIR;
+    let named = if kind == learn_kind::READ && !directory { field(dentry, offset!(dentry_parent)) } else { dentry };
     if named == 0 {
         return 0;
     }

@@ -13,9 +13,13 @@
 //! - each program run is listed in `kernel.exec.allow`, except the ELF interpreter the kernel
 //!   loads with every dynamic program (`ld-linux*.so*`, mappable as a system library anyway).
 //!
-//! Entries beneath another entry with as much access are dropped.
+//! Never granted as a directory: `/`, the agent's home, and the directories above the working
+//! directory or the home (a file read or written directly in them grants that file alone).
+//! Entries beneath another entry with as much access are dropped. The agent names its files:
+//! every path is written escaped (a YAML double-quoted scalar when it is not plain printable
+//! ASCII), and so are the comments.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -49,6 +53,8 @@ pub struct Host<'a> {
     pub workdir: &'a Path,
     /// leash's own paths the agent was given (its CA bundle): never learned.
     pub exclude: &'a [PathBuf],
+    /// The agent's home directory.
+    pub home: Option<&'a Path>,
     /// What a path is now.
     pub probe: &'a dyn Fn(&Path) -> PathKind,
     /// Whether this host enforces `kernel.exec` (BPF-LSM): if not, the list is written as
@@ -58,8 +64,9 @@ pub struct Host<'a> {
 
 /// Directories the default policy grants as a whole (read-only).
 const SYSTEM: [&str; 10] = ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/dev", "/sys"];
-/// Directories granted as a whole (read-write) when anything in them is written.
-const SCRATCH: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// The directories every sandbox gets new, empty and its own (`mount_ns.rs` makes them):
+/// granted as a whole (read-write) when anything in them is written.
+pub const SCRATCH: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 /// Where writes grant the whole directory: their paths name processes and objects of this run.
 const WRITE_AS_A_WHOLE: [&str; 3] = ["/proc", "/sys", "/dev/pts"];
 
@@ -75,6 +82,8 @@ pub struct LearnedFiles {
     exec_enforced: bool,
     /// Records whose path could not be used (too long, or no path at all).
     unnamed: usize,
+    /// Directories listed that are too broad to grant (`/`, the home, above the working directory).
+    left_out: BTreeSet<PathBuf>,
 }
 
 impl LearnedFiles {
@@ -91,8 +100,14 @@ impl LearnedFiles {
             }
             match u.how {
                 Use::Read => {
+                    // A directory listed grants itself; a file, the directory it is in.
+                    let listed = (host.probe)(&path) == PathKind::Directory;
+                    if listed && too_broad(&path, host) && !path.starts_with(host.workdir) {
+                        learned.left_out.insert(path.clone());
+                        continue;
+                    }
                     let dir = match path.parent() {
-                        Some(p) if p != Path::new("/") => p.to_path_buf(),
+                        Some(p) if !listed => p.to_path_buf(),
                         _ => path.clone(),
                     };
                     learned.grant(&dir, Use::Read, &path, host);
@@ -147,26 +162,30 @@ impl LearnedFiles {
                 self.read_write.entry(s.to_path_buf()).or_insert(why);
                 return;
             }
+            if too_broad(dir, host) {
+                self.read_write.entry(example.to_path_buf()).or_insert_with(|| "written (the file alone)".to_owned());
+                return;
+            }
             let why = format!("written ({})", example.display());
             self.read_write.entry(dir.to_path_buf()).or_insert(why);
             return;
         }
         let (path, why) = match SYSTEM.iter().map(Path::new).find(|s| dir.starts_with(s)) {
             Some(s) => (s.to_path_buf(), format!("system directory: {verb} ({})", example.display())),
+            None if too_broad(dir, host) => (example.to_path_buf(), format!("{verb} (the file alone)")),
             None => (dir.to_path_buf(), format!("{verb} ({})", example.display())),
         };
         self.read_only.entry(path).or_insert(why);
     }
 
-    /// Drops entries beneath another entry with as much access.
+    /// Drops entries beneath another entry with as much access (each entry's ancestors looked
+    /// up: the agent decides how many entries there are).
     fn collapse(&mut self) {
-        let writable: Vec<PathBuf> = self.read_write.keys().cloned().collect();
-        let beneath = |p: &Path, others: &[PathBuf]| others.iter().any(|o| o != p && p.starts_with(o));
+        let writable: BTreeSet<PathBuf> = self.read_write.keys().cloned().collect();
+        let beneath = |p: &Path, set: &BTreeSet<PathBuf>| p.ancestors().skip(1).any(|a| set.contains(a));
         self.read_write.retain(|p, _| !beneath(p, &writable));
-        let mut all: Vec<PathBuf> = writable;
-        all.extend(self.read_only.keys().cloned());
-        let writable: Vec<PathBuf> = self.read_write.keys().cloned().collect();
-        self.read_only.retain(|p, _| !writable.contains(p) && !beneath(p, &all));
+        let readable: BTreeSet<PathBuf> = self.read_only.keys().cloned().collect();
+        self.read_only.retain(|p, _| !writable.contains(p) && !beneath(p, &writable) && !beneath(p, &readable));
     }
 
     /// The `filesystem_policy:` and `kernel:` sections, with their comments.
@@ -174,14 +193,21 @@ impl LearnedFiles {
         if self.unnamed > 0 {
             let _ = writeln!(
                 out,
-                "# {} files opened were not learned: no usable path (longer than 511 bytes, not in a filesystem, a control character), or past the 100,000 a run keeps",
+                "# {} files opened were not learned: no usable path (too long for the kernel's record, not in a filesystem, unprintable), or past the number a run keeps",
                 self.unnamed
+            );
+        }
+        for dir in &self.left_out {
+            let _ = writeln!(
+                out,
+                "# not granted: listing {} (a rule there would open everything beneath it)",
+                printable(&dir.display().to_string())
             );
         }
         out.push_str("# files the agent opened, each entry with the first file that needed it\n");
         out.push_str("filesystem_policy:\n");
         if let Some(why) = &self.workdir {
-            let _ = writeln!(out, "  # {why}");
+            let _ = writeln!(out, "  # {}", printable(why));
             out.push_str("  include_workdir: true\n");
         }
         write_list(out, "read_only", &self.read_only);
@@ -231,7 +257,7 @@ fn write_list(out: &mut String, key: &str, entries: &BTreeMap<PathBuf, String>) 
     }
     let _ = writeln!(out, "  {key}:");
     for (path, why) in entries {
-        let _ = writeln!(out, "    # {why}");
+        let _ = writeln!(out, "    # {}", printable(why));
         let _ = writeln!(out, "    - {}", quote(&path.display().to_string()));
     }
 }
@@ -241,9 +267,10 @@ fn write_list(out: &mut String, key: &str, entries: &BTreeMap<PathBuf, String>) 
 fn usable(path: &Path) -> Option<PathBuf> {
     let text = path.to_str()?;
     let text = text.strip_suffix(" (deleted)").unwrap_or(text);
-    // The agent names its files: a control character (a line break YAML honours even in a
-    // comment) must never reach the file.
-    if !text.starts_with('/') || text.starts_with("/memfd:") || text.chars().any(char::is_control) {
+    // The agent names its files: what YAML cannot hold even escaped is not learned (everything
+    // else is escaped where written).
+    let unholdable = |c: char| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}';
+    if !text.starts_with('/') || text.starts_with("/memfd:") || text.chars().any(unholdable) {
         return None;
     }
     Some(PathBuf::from(text))
@@ -255,9 +282,42 @@ fn is_elf_interpreter(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ld-") && n.contains(".so"))
 }
 
-/// A YAML single-quoted scalar.
+/// Whether a directory is too broad to grant for one file in it: `/`, the agent's home, or
+/// above the working directory or the home.
+fn too_broad(dir: &Path, host: &Host<'_>) -> bool {
+    dir == Path::new("/")
+        || (host.workdir.starts_with(dir) && host.workdir != dir)
+        || host.home.is_some_and(|home| home.starts_with(dir))
+}
+
+/// A YAML scalar for `text`: single-quoted when it is plain printable ASCII, else double-quoted
+/// with every other character escaped (YAML takes U+2028 and U+0085 for line breaks, even
+/// inside quotes).
 fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    if text.chars().all(|c| matches!(c, ' '..='~')) {
+        return format!("'{}'", text.replace('\'', "''"));
+    }
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) <= 0xFFFF => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08X}", c as u32);
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `text` for a comment: printable ASCII as it is, anything else escaped.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if matches!(c, ' '..='~') { c.to_string() } else { c.escape_unicode().to_string() }).collect()
 }
 
 #[cfg(test)]
@@ -285,7 +345,13 @@ mod tests {
     /// The learned sections (after `version: 1`) for a run started in `workdir`; they parse.
     fn learn_in(workdir: &str, list: &[(Use, &str)], exec_enforced: bool) -> String {
         let exclude = [PathBuf::from("/run/leash")];
-        let host = Host { workdir: Path::new(workdir), exclude: &exclude, probe: &probe, exec_enforced };
+        let host = Host {
+            workdir: Path::new(workdir),
+            exclude: &exclude,
+            home: Some(Path::new("/home/u")),
+            probe: &probe,
+            exec_enforced,
+        };
         let learned = LearnedFiles::from_uses(&uses(list), 0, &host);
         let mut text = String::from("version: 1\n");
         learned.write(&mut text);
@@ -312,7 +378,7 @@ mod tests {
         assert!(text.contains("- '/home/u/.config/git'") && !text.contains("/home/u/.config/git/sub'"), "{text}");
         assert!(text.contains("- '/.dockerenv'"), "a file in / grants itself, not /:\n{text}");
         assert!(!text.contains("/run/leash") && !text.contains("pipe"), "{text}");
-        assert!(!text.contains('\r') && !text.contains("kernel"), "a name with a line break is dropped:\n{text}");
+        assert!(!text.contains('\r') && !text.contains("\nkernel:"), "a name with a line break is dropped:\n{text}");
         assert!(text.contains("read_write: []"), "{text}");
     }
 
@@ -348,6 +414,43 @@ mod tests {
         let text = learn_in("/", &[(Use::Write, "/var/cache/x"), (Use::Read, "/etc/passwd")], true);
         assert!(!text.contains("include_workdir"), "{text}");
         assert!(text.contains("- '/var/cache'") && text.contains("- '/etc'"), "{text}");
+    }
+
+    #[test]
+    fn listing_or_touching_files_in_broad_directories_grants_no_directory() {
+        let text = learn(
+            &[
+                (Use::Read, "/home/u/proj"),
+                (Use::Read, "/home"),
+                (Use::Read, "/"),
+                (Use::Read, "/home/u/.gitconfig"),
+                (Use::Write, "/home/u/.bash_history"),
+                (Use::Write, "/f"),
+                (Use::Exec, "/x"),
+            ],
+            true,
+        );
+        assert!(text.contains("include_workdir: true"), "{text}");
+        assert!(text.contains("not granted: listing /home ") && text.contains("not granted: listing / "), "{text}");
+        assert!(text.contains("- '/home/u/.gitconfig'") && text.contains("- '/home/u/.bash_history'"), "{text}");
+        assert!(text.contains("- '/f'") && text.contains("- '/x'"), "{text}");
+        let policy = crate::parse_str("learned.yaml", &text).expect("parses");
+        let fs = policy.filesystem().expect("filesystem_policy");
+        for broad in ["/", "/home", "/home/u"] {
+            let p = PathBuf::from(broad);
+            assert!(!fs.read_only.contains(&p) && !fs.read_write.contains(&p), "{broad} granted:\n{text}");
+        }
+    }
+
+    #[test]
+    fn names_with_line_breaks_of_any_kind_stay_one_entry() {
+        let sneaky = "/srv/a\u{2028}    - /etc #\u{2029}b/f";
+        let text = learn(&[(Use::Read, sneaky), (Use::Read, "/srv/\u{e9}t\u{e9}/x")], true);
+        let policy = crate::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let fs = policy.filesystem().expect("filesystem_policy");
+        let expected = [PathBuf::from("/srv/a\u{2028}    - /etc #\u{2029}b"), PathBuf::from("/srv/\u{e9}t\u{e9}")];
+        assert_eq!(fs.read_only, expected, "{text}");
+        assert!(text.is_ascii(), "every character outside printable ASCII is escaped:\n{text}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn learn_and_replay(up: &Upstream, scratch: &Scratch, cmd: &[&str]) -> (String, 
     (text, learned)
 }
 
-/// Files and programs: learned where the kernel runs leash's fentry program (the VM suite `learn`
+/// Files and programs: learned where the kernel runs leash's fexit program (the VM suite `learn`
 /// checks those), else left out with the reason named at the top of the file.
 fn files_learned_or_refused(text: &str, program: &str) {
     if text.contains("Not learned: files and programs") {

@@ -199,6 +199,7 @@ impl KernelBtf {
             path_dentry: self.offset("path", "dentry")?,
             dentry_parent: self.offset("dentry", "d_parent")?,
             dentry_inode: self.offset("dentry", "d_inode")?,
+            inode_mode: self.offset("inode", "i_mode")?,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! `leash run --learn`'s kernel side: the learning program (`sandbox-ebpf/src/learn.rs`,
-//! `fentry/security_file_open`) attached for as long as one learning run lives, and that run's
+//! `fexit/security_file_open`) attached for as long as one learning run lives, and that run's
 //! sandbox marked as learning. Its records arrive in the sandbox's own event ring
 //! ([`KernelEvent::Learned`](super::events::KernelEvent)).
 //!
@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 use crate::policy::learn_files::{FileUse, Use};
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, MapData};
-use aya::programs::FEntry;
+use aya::programs::FExit;
 use sandbox_common::{learn_kind, map_names, program_names, LearnEvent};
 
 use super::pins::open_map;
 
 /// The learning program, attached while this value lives.
 pub struct Learning {
-    _program: FEntry,
+    _program: FExit,
 }
 
 impl Learning {
@@ -32,12 +32,12 @@ impl Learning {
         let pin = dir.join("progs").join(program_names::LEARN_FILE_OPEN);
         if !pin.exists() {
             bail!(
-                "this kernel refused leash's learning program (fentry on {}: needs kernel 5.10+ with BTF, and some hosts refuse fentry programs even to root)",
+                "this kernel refused leash's learning program (fexit on {}: needs kernel 5.10+ with BTF, and some hosts refuse fexit programs even to root)",
                 program_names::LEARN_FILE_OPEN_FUNCTION
             );
         }
         learners(dir)?.insert(cgroup_id, 1, 0).context("marking the sandbox as learning")?;
-        let mut program = FEntry::from_pin(&pin).context("opening the learning program")?;
+        let mut program = FExit::from_pin(&pin).context("opening the learning program")?;
         program.attach().context("attaching the learning program")?;
         Ok(Self { _program: program })
     }
@@ -49,11 +49,11 @@ pub fn learners(dir: &Path) -> Result<HashMap<MapData, u64, u8>> {
 }
 
 /// Loads the learning program of `ebpf` (the object being made into a generation) and pins it
-/// in `progs`. Fails on kernels without fentry, BTF or `bpf_d_path` for this function.
+/// in `progs`. Fails on kernels without fexit, BTF or `bpf_d_path` for this function.
 pub fn load(ebpf: &mut aya::Ebpf, progs: &Path) -> Result<()> {
     let name = program_names::LEARN_FILE_OPEN;
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-    let program: &mut FEntry = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
+    let program: &mut FExit = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
     program.load(program_names::LEARN_FILE_OPEN_FUNCTION, &btf).with_context(|| format!("loading {name}"))?;
     program.pin(progs.join(name)).with_context(|| format!("pinning {name}"))?;
     Ok(())
@@ -82,10 +82,13 @@ impl Recorded {
         let end = event.path.iter().position(|b| *b == 0).unwrap_or(event.path.len());
         match &event.path[..end] {
             [] => self.unnamed += 1,
-            _ if self.uses.len() >= MAX_RECORDED => self.unnamed += 1,
             bytes => {
-                let path = PathBuf::from(OsStr::from_bytes(bytes));
-                self.uses.insert(FileUse { how, path });
+                let seen = FileUse { how, path: PathBuf::from(OsStr::from_bytes(bytes)) };
+                if self.uses.len() < MAX_RECORDED || self.uses.contains(&seen) {
+                    self.uses.insert(seen);
+                } else {
+                    self.unnamed += 1;
+                }
             }
         }
     }

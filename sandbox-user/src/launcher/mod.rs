@@ -498,16 +498,17 @@ async fn run_inside(
     if let Some(r) = reloader {
         r.abort();
     }
+    // Learning ends before the pump stops, which delivers every record left in the ring.
+    let learning = learning.map(|attached| attached.map(drop));
     if let Some(pump) = events {
         pump.stop().await;
     }
     if let Some(out) = &opts.learn {
-        // Detached first: nothing more is recorded once the pump has stopped.
         let files = match learning {
-            Some(Ok(attached)) => {
-                drop(attached);
+            Some(Ok(())) => {
                 let recorded = std::mem::take(&mut *recorded.lock().map_err(|_| anyhow!("learning records poisoned"))?);
-                Ok(learned_files(&recorded, workdir, trust, sandbox.as_deref().is_some_and(|s| s.lsm_available())))
+                let exec_enforced = sandbox.as_deref().is_some_and(|s| s.lsm_available());
+                Ok(learned_files(&recorded, workdir, &agent.identity.home, trust, exec_enforced))
             }
             Some(Err(why)) => Err(why),
             None => Err("there was no sandbox cgroup to learn from".to_owned()),
@@ -568,6 +569,7 @@ fn open_learned(path: &Path) -> Result<std::fs::File> {
 fn learned_files(
     recorded: &learning::Recorded,
     workdir: &Path,
+    home: &Path,
     trust: &trust::AgentTrustDir,
     exec_enforced: bool,
 ) -> policy::learn_files::LearnedFiles {
@@ -580,7 +582,7 @@ fn learned_files(
         Ok(_) => PathKind::Other,
     };
     let exclude = [trust.dir().to_path_buf()];
-    let host = Host { workdir, exclude: &exclude, probe: &probe, exec_enforced };
+    let host = Host { workdir, exclude: &exclude, home: Some(home), probe: &probe, exec_enforced };
     LearnedFiles::from_uses(&recorded.uses, recorded.unnamed, &host)
 }
 

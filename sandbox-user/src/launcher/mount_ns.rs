@@ -28,8 +28,9 @@ use anyhow::{Context, Result};
 
 use super::host_sockets;
 
-/// Directories that become private, empty and sticky (mode 1777).
-const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+/// Directories that become private, empty and sticky (mode 1777); defined with the policy code,
+/// whose learning grants them whole.
+const SCRATCH: &[&str] = &crate::policy::learn_files::SCRATCH;
 /// Directories emptied of host sockets.
 const RUNTIME: &[&str] = &["/run", "/var/run"];
 
