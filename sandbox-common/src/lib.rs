@@ -570,8 +570,10 @@ pub mod counter {
     // Packets that pass are not counted: that would cost a map update per packet.
     pub const SKB_EGRESS_DROPPED: usize = 4;
     pub const SKB_INGRESS_DROPPED: usize = 5;
+    /// Records of a learning sandbox (`leash run --learn`) lost to a full event ring.
+    pub const LEARN_LOST: usize = 6;
     /// Number of counters.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Names in index order, for reports.
     pub const NAMES: [&str; COUNT] = [
         "connect_allowed",
@@ -580,6 +582,7 @@ pub mod counter {
         "sock_create_denied",
         "skb_egress_dropped",
         "skb_ingress_dropped",
+        "learn_records_lost",
     ];
 }
 

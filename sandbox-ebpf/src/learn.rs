@@ -14,11 +14,11 @@
 //! Minimum kernel: 5.10 (`bpf_d_path`).
 
 use aya_ebpf::{helpers::generated::bpf_d_path, macros::fexit, programs::FExitContext};
-use sandbox_common::{learn_kind, LearnEvent, LearnKey, LEARN_PATH_MAX};
+use sandbox_common::{counter, learn_kind, LearnEvent, LearnKey, LEARN_PATH_MAX};
 
 use crate::kernel::{field, layout_set, offset};
 use crate::maps::{EVENT_RINGS, EVENT_SLOTS, LEARNERS, LEARN_SEEN};
-use crate::net::current_cgroup;
+use crate::net::{count, current_cgroup};
 
 /// `__FMODE_EXEC` in `file.f_flags`: the file was opened by exec (a bit no `O_` flag uses).
 const FMODE_EXEC: u32 = 0x20;
@@ -73,6 +73,8 @@ pub fn leash_learn_file_open(ctx: FExitContext) -> i32 {
         return 0;
     };
     let Some(mut entry) = ring.reserve_untyped::<LearnEvent>(0) else {
+        // Counted for the learned file to say so; reported again at the file's next open.
+        count(sandbox, counter::LEARN_LOST);
         return 0;
     };
     let event = entry.as_mut_ptr();

@@ -84,6 +84,8 @@ pub struct LearnedFiles {
     unnamed: usize,
     /// Directories listed that are too broad to grant (`/`, the home, above the working directory).
     left_out: BTreeSet<PathBuf>,
+    /// Records the kernel could not deliver (its ring was full).
+    lost: u64,
 }
 
 impl LearnedFiles {
@@ -134,6 +136,12 @@ impl LearnedFiles {
         }
         learned.collapse();
         learned
+    }
+
+    /// Says that the kernel lost `lost` records: the file may miss entries.
+    pub fn with_lost(mut self, lost: u64) -> Self {
+        self.lost = lost;
+        self
     }
 
     /// Whether nothing was learned.
@@ -195,6 +203,13 @@ impl LearnedFiles {
                 out,
                 "# {} files opened were not learned: no usable path (too long for the kernel's record, not in a filesystem, unprintable), or past the number a run keeps",
                 self.unnamed
+            );
+        }
+        if self.lost > 0 {
+            let _ = writeln!(
+                out,
+                "# {} records were lost while learning (the kernel's event ring was full): entries may be missing; run the session again, or add them by hand",
+                self.lost
             );
         }
         for dir in &self.left_out {
@@ -451,6 +466,17 @@ mod tests {
         let expected = [PathBuf::from("/srv/a\u{2028}    - /etc #\u{2029}b"), PathBuf::from("/srv/\u{e9}t\u{e9}")];
         assert_eq!(fs.read_only, expected, "{text}");
         assert!(text.is_ascii(), "every character outside printable ASCII is escaped:\n{text}");
+    }
+
+    #[test]
+    fn records_the_kernel_lost_are_owned_up_to() {
+        let host = Host { workdir: Path::new("/w"), exclude: &[], home: None, probe: &probe, exec_enforced: true };
+        let mut text = String::new();
+        LearnedFiles::from_uses(&uses(&[(Use::Read, "/etc/passwd")]), 0, &host).with_lost(3).write(&mut text);
+        assert!(text.contains("# 3 records were lost while learning"), "{text}");
+        let mut quiet = String::new();
+        LearnedFiles::from_uses(&uses(&[(Use::Read, "/etc/passwd")]), 0, &host).write(&mut quiet);
+        assert!(!quiet.contains("lost"), "{quiet}");
     }
 
     #[test]

@@ -508,7 +508,11 @@ async fn run_inside(
             Some(Ok(())) => {
                 let recorded = std::mem::take(&mut *recorded.lock().map_err(|_| anyhow!("learning records poisoned"))?);
                 let exec_enforced = sandbox.as_deref().is_some_and(|s| s.lsm_available());
-                Ok(learned_files(&recorded, workdir, &agent.identity.home, trust, exec_enforced))
+                let lost = sandbox
+                    .as_deref()
+                    .and_then(|s| s.counters())
+                    .map_or(0, |c| c.values[sandbox_common::counter::LEARN_LOST]);
+                Ok(learned_files(&recorded, workdir, &agent.identity.home, trust, exec_enforced).with_lost(lost))
             }
             Some(Err(why)) => Err(why),
             None => Err("there was no sandbox cgroup to learn from".to_owned()),
