@@ -383,12 +383,18 @@ impl Steps {
 }
 
 /// The program to run: the candidates `execvp` would try (each directory of the agent's `PATH`
-/// for a bare name), the arguments and the environment, as C strings made before the clone.
+/// for a bare name), the arguments and the environment, as C strings and the null-terminated
+/// pointer arrays execve(2) takes, all made before the clone.
 struct ExecTarget {
     candidates: Vec<CString>,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
 }
+
+// SAFETY: the pointers point into the heap buffers of `_strings`, owned by the same value and
+// never changed: moving the value to another thread moves them together.
+unsafe impl Send for ExecTarget {}
 
 impl ExecTarget {
     fn new(program: &OsString, args: &[OsString], env: &[(OsString, OsString)]) -> io::Result<Self> {
@@ -405,37 +411,30 @@ impl ExecTarget {
             }
             list
         };
-        let mut argv = vec![c(name)?];
+        let mut strings = vec![c(name)?];
         for a in args {
-            argv.push(c(a.as_bytes())?);
+            strings.push(c(a.as_bytes())?);
         }
-        let envp =
-            env.iter().map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat())).collect::<io::Result<_>>()?;
-        Ok(Self { candidates, argv, envp })
+        let argc = strings.len();
+        for (k, v) in env {
+            strings.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+        }
+        let pointers = |list: &[CString]| list.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect();
+        let (argv, envp) = (pointers(&strings[..argc]), pointers(&strings[argc..]));
+        Ok(Self { candidates, _strings: strings, argv, envp })
     }
 
     /// Tries each candidate as execvp(3) does (a name not found there is the next one's turn;
     /// one found but refused is remembered); returns only on failure.
     ///
     /// # Safety
-    /// In the child: the pointer arrays live on its copy of this thread's stack.
+    /// In the child, with raw system calls only.
     unsafe fn exec(&self) -> io::Error {
-        let mut argv: [*const libc::c_char; 256] = [std::ptr::null(); 256];
-        let mut envp: [*const libc::c_char; 1024] = [std::ptr::null(); 1024];
-        if self.argv.len() >= argv.len() || self.envp.len() >= envp.len() {
-            return io::Error::from_raw_os_error(libc::E2BIG);
-        }
-        for (slot, a) in argv.iter_mut().zip(&self.argv) {
-            *slot = a.as_ptr();
-        }
-        for (slot, e) in envp.iter_mut().zip(&self.envp) {
-            *slot = e.as_ptr();
-        }
         let mut refused = None;
         let mut last = io::Error::from_raw_os_error(libc::ENOENT);
         for path in &self.candidates {
-            // SAFETY: NUL-terminated strings in null-terminated arrays.
-            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            // SAFETY: NUL-terminated strings in null-terminated arrays, alive as long as `self`.
+            unsafe { libc::execve(path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
             last = io::Error::last_os_error();
             match last.raw_os_error() {
                 Some(libc::ENOENT | libc::ENOTDIR) => {}
