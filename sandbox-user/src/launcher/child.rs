@@ -100,7 +100,7 @@ impl Step {
             Self::NoNewPrivs => "setting no_new_privs",
             Self::Landlock => "entering the Landlock domain",
             Self::Seccomp => "installing the socket-family filter",
-            Self::Limits => "forbidding core dumps",
+            Self::Limits => "forbidding core dumps and inspection",
             Self::ParentDeath => "asking to die with leash",
             Self::Exec => "running it",
         }
@@ -137,7 +137,8 @@ impl Agent {
         loop {
             let mut guard = self.pidfd.readable().await?;
             let mut status = 0;
-            // SAFETY: waitpid on our own child, which no one else reaps (its pidfd pins the pid).
+            // SAFETY: waitpid on our own child, which only leash reaps (its pid stays its own
+            // until then).
             let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
             if r == self.pid {
                 self.reaped = true;
@@ -228,8 +229,14 @@ pub fn spawn(setup: ChildSetup<'_>) -> Result<Agent, SpawnError> {
                     pidfd
                 }
                 Err(e) => {
+                    // Leash could not wait for it: the agent must not run on unwatched.
+                    // SAFETY: a signal through our pidfd, then reaping our own child.
+                    unsafe {
+                        let _ = libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), libc::SIGKILL, 0, 0);
+                        libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    }
                     let _ = tx.send(Err(SpawnError { step: Step::Exec, error: e }));
-                    pidfd
+                    return;
                 }
             },
             Err(e) => {
@@ -237,12 +244,15 @@ pub fn spawn(setup: ChildSetup<'_>) -> Result<Agent, SpawnError> {
                 return;
             }
         };
-        // Until the agent exits.
+        // Until the agent exits (its parent-death signal is this thread's ending).
         let mut poll = libc::pollfd { fd: watched.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: poll on a descriptor we own.
-        while unsafe { libc::poll(&mut poll, 1, -1) } < 0
-            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-        {}
+        loop {
+            // SAFETY: poll on a descriptor we own.
+            if unsafe { libc::poll(&mut poll, 1, -1) } > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     });
     if let Err(e) = spawner {
         return Err(SpawnError { step: Step::Exec, error: e });
@@ -265,8 +275,19 @@ pub fn spawn(setup: ChildSetup<'_>) -> Result<Agent, SpawnError> {
         got += n as usize;
     }
     // SAFETY: the OwnedFd keeps its descriptor open and unchanged while the AsyncFd owns it.
-    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-        .map_err(|e| SpawnError { step: Step::Exec, error: e.into() })?;
+    let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Leash cannot wait for it: the agent must not run on unwatched.
+            let (fd, _) = e.into_parts();
+            // SAFETY: a signal through our pidfd, then reaping our own child.
+            unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(SpawnError { step: Step::Exec, error: io::Error::other("watching the agent's pidfd failed") });
+        }
+    };
     let mut agent = Agent { pid, pidfd, reaped: false };
     if got == record.len() {
         let step = Step::from_u32(u32::from_ne_bytes([record[0], record[1], record[2], record[3]]));
@@ -292,23 +313,54 @@ unsafe fn clone_agent(
     errors: RawFd,
 ) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
     let mut pidfd: libc::c_int = -1;
-    let mut args = CloneArgs {
-        flags: CLONE_PIDFD | if cgroup.is_some() { CLONE_INTO_CGROUP } else { 0 },
-        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.unwrap_or(0) as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: clone3 with fork semantics (no CLONE_VM): the child gets a copy of this thread.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
-    if pid < 0 {
-        let step = if cgroup.is_some() { Step::Sandbox } else { Step::Exec };
-        return Err(SpawnError { step, error: io::Error::last_os_error() });
+    // Where the child still has to move itself into its cgroup (clone3 refused).
+    let mut move_into = None;
+    let mut pid = -1;
+    if let Some(dir) = cgroup {
+        let mut args = CloneArgs {
+            flags: CLONE_PIDFD | CLONE_INTO_CGROUP,
+            pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: dir as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 with fork semantics (no CLONE_VM): the child gets a copy of this thread.
+        pid = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        // A container's default seccomp profile refuses clone3 (ENOSYS or EPERM): clone, and
+        // the child moves itself in first thing, the way it did before clone3.
+        if pid < 0 && matches!(io::Error::last_os_error().raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+            move_into = Some(dir);
+        } else if pid < 0 {
+            return Err(SpawnError { step: Step::Sandbox, error: io::Error::last_os_error() });
+        }
+    }
+    if cgroup.is_none() || move_into.is_some() {
+        let flags = CLONE_PIDFD as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+        let no_stack: libc::c_ulong = 0;
+        // SAFETY: clone(2) with fork semantics; with CLONE_PIDFD the kernel writes the pidfd to
+        // the third argument (x86-64 order: flags, stack, parent_tid, child_tid, tls).
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags,
+                no_stack,
+                std::ptr::addr_of_mut!(pidfd),
+                std::ptr::null_mut::<i32>(),
+                0,
+            )
+        };
+        if pid < 0 {
+            return Err(SpawnError { step: Step::Exec, error: io::Error::last_os_error() });
+        }
     }
     if pid == 0 {
         // SAFETY: the child, with raw system calls only (see `Steps::run`, `ExecTarget::exec`).
         unsafe {
-            let (step, error) = match steps.run() {
+            let moved = match move_into {
+                Some(dir) => enter_cgroup(dir).map_err(|e| (Step::Sandbox, e)),
+                None => Ok(()),
+            };
+            let (step, error) = match moved.and_then(|()| steps.run()) {
                 Ok(()) => (Step::Exec, exec.exec()),
                 Err((step, e)) => (step, e),
             };
@@ -322,6 +374,28 @@ unsafe fn clone_agent(
     }
     // SAFETY: the kernel wrote a new descriptor, ours alone.
     Ok((pid as libc::pid_t, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// Moves the calling process into the cgroup open as `dir` (the child's fallback when clone3 is
+/// refused), with raw system calls only.
+///
+/// # Safety
+/// Only in the child of [`clone_agent`].
+unsafe fn enter_cgroup(dir: RawFd) -> io::Result<()> {
+    // SAFETY: raw syscalls on a NUL-terminated name and a local buffer.
+    unsafe {
+        let procs = libc::openat(dir, c"cgroup.procs".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if procs < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Writing 0 moves the writing process itself.
+        let written = libc::write(procs, b"0".as_ptr().cast(), 1);
+        libc::close(procs);
+        if written != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The child's steps between clone and exec, prepared in the parent.
@@ -390,7 +464,12 @@ struct ExecTarget {
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
+    /// Per candidate, the shell's arguments to run it with when it is not an executable format.
+    sh_argv: Vec<Vec<*const libc::c_char>>,
 }
+
+/// The shell execvp(3) runs a file without `#!` with.
+const SHELL: &std::ffi::CStr = c"/bin/sh";
 
 // SAFETY: the pointers point into the heap buffers of `_strings`, owned by the same value and
 // never changed: moving the value to another thread moves them together.
@@ -400,10 +479,12 @@ impl ExecTarget {
     fn new(program: &OsString, args: &[OsString], env: &[(OsString, OsString)]) -> io::Result<Self> {
         let c = |bytes: &[u8]| CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
         let name = program.as_bytes();
-        let candidates = if name.contains(&b'/') {
+        let candidates = if name.is_empty() {
+            Vec::new()
+        } else if name.contains(&b'/') {
             vec![c(name)?]
         } else {
-            let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_bytes()).unwrap_or(b"/usr/bin:/bin");
+            let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_bytes()).unwrap_or(b"/bin:/usr/bin");
             let mut list = Vec::new();
             for dir in path.split(|b| *b == b':') {
                 let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
@@ -420,8 +501,13 @@ impl ExecTarget {
             strings.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
         }
         let pointers = |list: &[CString]| list.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect();
-        let (argv, envp) = (pointers(&strings[..argc]), pointers(&strings[argc..]));
-        Ok(Self { candidates, _strings: strings, argv, envp })
+        let (argv, envp): (Vec<_>, _) = (pointers(&strings[..argc]), pointers(&strings[argc..]));
+        // For a file without `#!` (ENOEXEC), execvp(3) runs it with the shell: `sh FILE ARGS`.
+        let sh_argv = candidates
+            .iter()
+            .map(|c| [SHELL.as_ptr(), c.as_ptr()].into_iter().chain(argv[1..].iter().copied()).collect())
+            .collect();
+        Ok(Self { candidates, _strings: strings, argv, envp, sh_argv })
     }
 
     /// Tries each candidate as execvp(3) does (a name not found there is the next one's turn;
@@ -432,12 +518,18 @@ impl ExecTarget {
     unsafe fn exec(&self) -> io::Error {
         let mut refused = None;
         let mut last = io::Error::from_raw_os_error(libc::ENOENT);
-        for path in &self.candidates {
+        for (path, sh_argv) in self.candidates.iter().zip(&self.sh_argv) {
             // SAFETY: NUL-terminated strings in null-terminated arrays, alive as long as `self`.
             unsafe { libc::execve(path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
             last = io::Error::last_os_error();
             match last.raw_os_error() {
-                Some(libc::ENOENT | libc::ENOTDIR) => {}
+                Some(libc::ENOEXEC) => {
+                    // SAFETY: as above.
+                    unsafe { libc::execve(SHELL.as_ptr(), sh_argv.as_ptr(), self.envp.as_ptr()) };
+                    return io::Error::last_os_error();
+                }
+                // The next directory's turn, as execvp(3) gives it.
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT) => {}
                 Some(libc::EACCES) => refused = Some(libc::EACCES),
                 _ => return last,
             }

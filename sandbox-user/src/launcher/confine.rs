@@ -142,6 +142,8 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
             }
             child
         }
+        // The child failed before it could ask the daemon: that is the error, not the handoff's.
+        (Err(e), Err(_)) if e.step != child::Step::Sandbox => return Ok(spawn_failure(program, &e)),
         (_, Err(e)) => return Err(e),
         (Err(e), Ok(_)) => return Ok(spawn_failure(program, &e)),
     };

@@ -1,5 +1,5 @@
-//! The agent's own view of the host's filesystem: a mount namespace, entered by the child before
-//! it drops root, in which
+//! The agent's own view of the host's filesystem: a mount namespace, made by the thread of leash
+//! that then clones the agent into it (`child.rs`), in which
 //! - `/tmp`, `/var/tmp` and `/dev/shm` are fresh tmpfs mounts: nothing is shared with other
 //!   sandboxes or the host (a tmux socket, a planted script), and all of it is gone when the
 //!   sandbox's last process exits;
@@ -14,13 +14,14 @@
 //!   (`workdir_guard`).
 //!
 //! Mounts made on the host later still reach the sandbox (the namespace is a slave of the host's).
-//! Landlock rules follow a path's mount point, so the policy's `read_write: [/tmp]` covers the new
-//! `/tmp`. What this does not cover: a socket a host service binds after the agent started, outside
+//! A Landlock rule follows the directory it was made on, which the new mounts hide: the rules the
+//! policy gives the emptied directories are made again on the new ones ([`PrivateMounts::with_landlock`]).
+//! What this does not cover: a socket a host service binds after the agent started, outside
 //! the emptied directories.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
@@ -68,7 +69,7 @@ struct Kept {
 /// is its own and gone when the sandbox ends.
 pub const PRIVATE_HOME: &std::ffi::CStr = c"/tmp/leash-home";
 
-/// A home directory made in the child for the agent.
+/// A home directory made for the agent in its new `/tmp`.
 pub struct PrivateHome {
     pub uid: u32,
     pub gid: u32,
@@ -79,7 +80,7 @@ pub struct PrivateHome {
     pub kept: Option<std::os::fd::RawFd>,
 }
 
-/// Everything the child needs, prepared before fork (the child allocates nothing).
+/// Everything the namespace needs, prepared before it is made.
 pub struct PrivateMounts {
     scratch: Vec<CString>,
     runtime: Vec<CString>,
@@ -160,11 +161,11 @@ impl PrivateMounts {
         true
     }
 
-    /// The child's half, before dropping root, with raw syscalls only.
+    /// Makes the namespace for the calling thread (which then clones the agent into it), as root.
     pub fn enter(&self) -> io::Result<()> {
         const NONE: *const libc::c_char = std::ptr::null();
         let tmpfs = c"tmpfs";
-        // SAFETY: every pointer is a NUL-terminated string prepared before fork, or null.
+        // SAFETY: every pointer is a NUL-terminated string prepared before, or null.
         unsafe {
             check(libc::unshare(libc::CLONE_NEWNS))?;
             check(libc::mount(NONE, c"/".as_ptr(), NONE, libc::MS_REC | libc::MS_SLAVE, std::ptr::null()))?;
@@ -176,20 +177,22 @@ impl PrivateMounts {
             // Opened in this namespace before `/run` is covered, bound back from the descriptor
             // after (a descriptor opened before `unshare` names a mount of the host's namespace,
             // which mount(2) refuses to bind from).
-            let mut sources = [-1; MAX_KEPT];
-            for (k, source) in self.kept.iter().zip(sources.iter_mut()) {
-                *source =
+            // Closed on every way out (this runs in leash, whose descriptors outlive it).
+            let mut sources = Vec::with_capacity(self.kept.len());
+            for k in &self.kept {
+                let fd =
                     libc::open(k.path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
-                if *source < 0 {
+                if fd < 0 {
                     return Err(io::Error::last_os_error());
                 }
+                sources.push(OwnedFd::from_raw_fd(fd));
             }
             for dir in &self.runtime {
                 let data = c"mode=0755";
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 check(libc::mount(tmpfs.as_ptr(), dir.as_ptr(), tmpfs.as_ptr(), flags, data.as_ptr().cast()))?;
             }
-            for (k, source) in self.kept.iter().zip(sources) {
+            for (k, source) in self.kept.iter().zip(&sources) {
                 for dir in &k.create {
                     if libc::mkdir(dir.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
                         return Err(io::Error::last_os_error());
@@ -197,10 +200,10 @@ impl PrivateMounts {
                 }
                 if let Some(target) = k.create.last() {
                     let mut buf = [0u8; 32];
-                    bind_read_only(proc_fd_path(source, &mut buf), target.as_ptr())?;
+                    bind_read_only(proc_fd_path(source.as_raw_fd(), &mut buf), target.as_ptr())?;
                 }
-                libc::close(source);
             }
+            drop(sources);
             for path in &self.read_only {
                 bind_read_only(path.as_ptr(), path.as_ptr())?;
             }
@@ -243,7 +246,7 @@ unsafe fn make_home(home: &PrivateHome) -> io::Result<()> {
         }
         if let Some((ruleset, access)) = home.landlock {
             let dir = match home.kept {
-                Some(kept) => libc::dup(kept),
+                Some(kept) => libc::fcntl(kept, libc::F_DUPFD_CLOEXEC, 0),
                 None => libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC),
             };
             if dir < 0 {
