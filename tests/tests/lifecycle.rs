@@ -218,3 +218,25 @@ fn the_watchdog_holds_the_proxy_socket_and_the_agent_does_not() {
     assert!(!agent_sockets.iter().any(|i| listening.contains(i)), "the agent holds a listening socket: {agent_fds}");
     assert!(child.wait_with_output().unwrap().status.success());
 }
+
+/// Where clone3(2) is refused (a container's default seccomp profile does), the agent still
+/// starts, in its sandbox cgroup and nowhere else: it moves itself in before anything of its own
+/// runs.
+#[test]
+fn the_agent_starts_in_its_cgroup_where_clone3_is_refused() {
+    require_root();
+    let _one = serial();
+    let scratch = Scratch::new("no-clone3");
+    let policy = empty_policy(&scratch);
+    let probe = env!("CARGO_BIN_EXE_lsm_probe");
+    let leash = leash_bin();
+    let out = std::process::Command::new(probe)
+        .arg("--no-clone3")
+        .arg(&leash)
+        .args(["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", "cat /proc/self/cgroup"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out).lines().find(|l| l.starts_with("0::")).map(str::to_owned).unwrap_or_default();
+    assert!(line.starts_with("0::/leash-"), "the agent ran outside its sandbox cgroup: {line:?} {}", stderr(&out));
+}

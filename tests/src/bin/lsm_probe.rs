@@ -198,6 +198,16 @@ fn main() {
         println!("AGENT {name} {}", agent::outcome(outcome));
         std::process::exit(0);
     }
+    // A container's default seccomp profile, as far as starting processes goes: `--no-clone3
+    // PROGRAM ARGS...` runs the program with clone3(2) refused (ENOSYS), as Docker's and
+    // containerd's default profiles refuse it to a process without CAP_SYS_ADMIN.
+    if std::env::args().nth(1).as_deref() == Some("--no-clone3") {
+        let argv: Vec<String> = std::env::args().skip(2).collect();
+        refuse_clone3();
+        let e = std::os::unix::process::CommandExt::exec(std::process::Command::new(&argv[0]).args(&argv[1..]));
+        eprintln!("lsm_probe: exec {}: {e}", argv[0]);
+        std::process::exit(127);
+    }
     // vm_init's `learn` suite: what an agent does in a learning run and its replay;
     // `--learn-agent --extra` also tries what the learned policy must refuse.
     if std::env::args().nth(1).as_deref() == Some("--learn-agent") {
@@ -228,6 +238,24 @@ fn main() {
     };
     let _ = std::io::stdout().flush();
     std::process::exit(code);
+}
+
+/// Installs a seccomp filter that makes clone3(2) fail with ENOSYS (x86-64), for this process
+/// and everything it starts.
+fn refuse_clone3() {
+    const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let filter = [
+        libc::sock_filter { code: LD_NR, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter { code: JEQ, jt: 0, jf: 1, k: libc::SYS_clone3 as u32 },
+        libc::sock_filter { code: RET, jt: 0, jf: 0, k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32 },
+        libc::sock_filter { code: RET, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW },
+    ];
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: prctl with a filter that lives through the call.
+    let r = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) };
+    assert_eq!(r, 0, "installing the seccomp filter: {}", std::io::Error::last_os_error());
 }
 
 fn result(name: &str, pass: bool, detail: &str) {
