@@ -63,7 +63,7 @@ pub const KERNEL_LAYOUT_GLOBAL: &str = "LEASH_KERNEL_LAYOUT";
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
-    use super::{lsm_deny, lsm_rule, LsmHook};
+    use super::{lsm_deny, lsm_rule, Hook, LsmHook};
 
     pub const CONNECT4: &str = "leash_connect4";
     pub const CONNECT6: &str = "leash_connect6";
@@ -89,23 +89,53 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_socket_create",
             hook: "socket_create",
+            event: Hook::LsmSocketCreate,
+            rule: "socket",
             deny: lsm_deny::RAW_SOCKET | lsm_deny::PACKET_SOCKET | lsm_deny::VSOCK | lsm_deny::NETLINK,
             rules: 0,
             required: true,
         },
-        LsmHook { program: "leash_lsm_bpf", hook: "bpf", deny: lsm_deny::BPF, rules: 0, required: true },
+        LsmHook {
+            program: "leash_lsm_bpf",
+            hook: "bpf",
+            event: Hook::LsmBpf,
+            rule: "bpf",
+            deny: lsm_deny::BPF,
+            rules: 0,
+            required: true,
+        },
         LsmHook {
             program: "leash_lsm_perf_event_open",
             hook: "perf_event_open",
+            event: Hook::LsmPerfEvent,
+            rule: "perf_event",
             deny: lsm_deny::PERF_EVENT,
             rules: 0,
             required: true,
         },
-        LsmHook { program: "leash_lsm_sb_mount", hook: "sb_mount", deny: lsm_deny::MOUNT, rules: 0, required: true },
-        LsmHook { program: "leash_lsm_sb_umount", hook: "sb_umount", deny: lsm_deny::MOUNT, rules: 0, required: true },
+        LsmHook {
+            program: "leash_lsm_sb_mount",
+            hook: "sb_mount",
+            event: Hook::LsmMount,
+            rule: "mount",
+            deny: lsm_deny::MOUNT,
+            rules: 0,
+            required: true,
+        },
+        LsmHook {
+            program: "leash_lsm_sb_umount",
+            hook: "sb_umount",
+            event: Hook::LsmMount,
+            rule: "mount",
+            deny: lsm_deny::MOUNT,
+            rules: 0,
+            required: true,
+        },
         LsmHook {
             program: "leash_lsm_sb_pivotroot",
             hook: "sb_pivotroot",
+            event: Hook::LsmMount,
+            rule: "mount",
             deny: lsm_deny::MOUNT,
             rules: 0,
             required: true,
@@ -113,6 +143,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_move_mount",
             hook: "move_mount",
+            event: Hook::LsmMount,
+            rule: "mount",
             deny: lsm_deny::MOUNT,
             rules: 0,
             required: true,
@@ -120,6 +152,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_fs_context_parse_param",
             hook: "fs_context_parse_param",
+            event: Hook::LsmMount,
+            rule: "mount",
             deny: lsm_deny::MOUNT,
             rules: 0,
             required: false,
@@ -127,6 +161,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_kernel_module_request",
             hook: "kernel_module_request",
+            event: Hook::LsmKernelModule,
+            rule: "kernel_module",
             deny: lsm_deny::KERNEL_MODULE,
             rules: 0,
             required: true,
@@ -134,6 +170,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_kernel_load_data",
             hook: "kernel_load_data",
+            event: Hook::LsmKernelModule,
+            rule: "kernel_module",
             deny: lsm_deny::KERNEL_MODULE,
             rules: 0,
             required: true,
@@ -141,6 +179,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_kernel_read_file",
             hook: "kernel_read_file",
+            event: Hook::LsmKernelModule,
+            rule: "kernel_module",
             deny: lsm_deny::KERNEL_MODULE,
             rules: 0,
             required: true,
@@ -148,6 +188,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_ptrace_access_check",
             hook: "ptrace_access_check",
+            event: Hook::LsmPtrace,
+            rule: "ptrace",
             deny: lsm_deny::PTRACE,
             rules: 0,
             required: true,
@@ -155,6 +197,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_ptrace_traceme",
             hook: "ptrace_traceme",
+            event: Hook::LsmPtrace,
+            rule: "ptrace",
             deny: lsm_deny::PTRACE,
             rules: 0,
             required: true,
@@ -162,6 +206,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_userns_create",
             hook: "userns_create",
+            event: Hook::LsmUserns,
+            rule: "userns",
             deny: lsm_deny::USERNS,
             rules: 0,
             required: true,
@@ -169,6 +215,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_bprm_check_security",
             hook: "bprm_check_security",
+            event: Hook::LsmExec,
+            rule: "kernel.exec.allow",
             deny: 0,
             rules: lsm_rule::EXEC_ALLOWLIST,
             required: true,
@@ -176,6 +224,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_mmap_file",
             hook: "mmap_file",
+            event: Hook::LsmMmap,
+            rule: "kernel.exec.allow",
             deny: 0,
             rules: lsm_rule::EXEC_ALLOWLIST,
             required: true,
@@ -183,6 +233,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_file_mprotect",
             hook: "file_mprotect",
+            event: Hook::LsmMprotect,
+            rule: "kernel.exec.allow",
             deny: 0,
             rules: lsm_rule::EXEC_ALLOWLIST,
             required: true,
@@ -190,6 +242,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_file_open",
             hook: "file_open",
+            event: Hook::LsmOpen,
+            rule: "kernel.deny_open",
             deny: 0,
             rules: lsm_rule::DENY_OPEN,
             required: true,
@@ -197,6 +251,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_task_kill",
             hook: "task_kill",
+            event: Hook::LsmKill,
+            rule: "kill_outside",
             deny: lsm_deny::KILL_OUTSIDE,
             rules: 0,
             required: true,
@@ -204,6 +260,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_socket_connect",
             hook: "socket_connect",
+            event: Hook::LsmConnect,
+            rule: "proxy only",
             deny: 0,
             rules: lsm_rule::PROXY_ONLY,
             required: true,
@@ -211,6 +269,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_socket_sendmsg",
             hook: "socket_sendmsg",
+            event: Hook::LsmSendmsg,
+            rule: "proxy only",
             deny: 0,
             rules: lsm_rule::PROXY_ONLY,
             required: true,
@@ -218,6 +278,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_unix_stream_connect",
             hook: "unix_stream_connect",
+            event: Hook::LsmUnixConnect,
+            rule: "kernel.unix.allow",
             deny: 0,
             rules: lsm_rule::UNIX_ALLOWLIST,
             required: true,
@@ -225,6 +287,8 @@ pub mod program_names {
         LsmHook {
             program: "leash_lsm_unix_may_send",
             hook: "unix_may_send",
+            event: Hook::LsmUnixSend,
+            rule: "kernel.unix.allow",
             deny: 0,
             rules: lsm_rule::UNIX_ALLOWLIST,
             required: true,
@@ -238,6 +302,10 @@ pub mod program_names {
 pub struct LsmHook {
     pub program: &'static str,
     pub hook: &'static str,
+    /// The [`Hook`] its deny events carry.
+    pub event: Hook,
+    /// The policy rule it enforces, as audit records name it (`socket` is refined by family).
+    pub rule: &'static str,
     /// The [`lsm_deny`] words it enforces: a policy denying any of them needs it.
     pub deny: u32,
     /// The [`lsm_rule`] flags it enforces: a policy with any of them needs it.
@@ -651,6 +719,12 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// The policy rule a BPF-LSM denial of this hook enforces, from the table of LSM hooks; `None`
+    /// for the network programs' hooks.
+    pub fn rule(self) -> Option<&'static str> {
+        program_names::LSM_HOOKS.iter().find(|h| h.event as u32 == self as u32).map(|h| h.rule)
+    }
+
     pub fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             1 => Self::Connect4,
@@ -779,4 +853,21 @@ mod pod {
     unsafe impl aya::Pod for super::UnixKey {}
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::LearnKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every hook a BPF-LSM program reports has its rule in the table, and only those do.
+    #[test]
+    fn every_lsm_hook_names_its_rule_in_the_table() {
+        for value in 1..=23 {
+            let hook = Hook::from_u32(value).expect("a hook");
+            let is_lsm = value >= Hook::LsmSocketCreate as u32;
+            assert_eq!(hook.rule().is_some(), is_lsm, "{}", hook.name());
+        }
+        assert_eq!(Hook::LsmExec.rule(), Some("kernel.exec.allow"));
+        assert_eq!(Hook::LsmMount.rule(), Some("mount"));
+    }
 }

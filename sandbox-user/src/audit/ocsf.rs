@@ -153,41 +153,37 @@ pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::pa
         Some(p) => format!("{} (dev {:#x} inode {})", p.display(), event.target_dev, event.target_ino),
         None => format!("dev {:#x} inode {}", event.target_dev, event.target_ino),
     };
-    let (rule, target, class) = match hook {
-        Some(Hook::LsmExec) => ("kernel.exec.allow", format!("exec {} ({})", lossy_or(&path, "?"), file()), 1007),
-        Some(Hook::LsmOpen) => ("kernel.deny_open", format!("open {}", file()), 1001),
-        Some(Hook::LsmMmap) => {
-            ("kernel.exec.allow", format!("map executable {} (prot {:#x})", file(), event.protocol), 1001)
-        }
-        Some(Hook::LsmMprotect) => {
-            ("kernel.exec.allow", format!("mprotect executable {} (prot {:#x})", file(), event.protocol), 1001)
-        }
-        Some(Hook::LsmKill) => ("kill_outside", format!("signal {} to pid {}", event.protocol, event.target_pid), 1007),
-        Some(Hook::LsmPtrace) => {
-            ("ptrace", format!("ptrace pid {} (mode {:#x})", event.target_pid, event.protocol), 1007)
-        }
-        Some(Hook::LsmUnixConnect | Hook::LsmUnixSend) => {
-            ("kernel.unix.allow", format!("unix socket {}", unix_name(&event.path)), 4001)
-        }
+    // The rule is the hook table's (`sandbox-common`), the socket families told apart.
+    let rule = match hook {
+        Some(Hook::LsmSocketCreate) => match (event.family, event.sock_type) {
+            (17, _) => "packet_socket",
+            (40, _) => "vsock",
+            (16, _) => "netlink",
+            _ => "raw_socket",
+        },
+        other => other.and_then(Hook::rule).unwrap_or("unknown"),
+    };
+    let (target, class) = match hook {
+        Some(Hook::LsmExec) => (format!("exec {} ({})", lossy_or(&path, "?"), file()), 1007),
+        Some(Hook::LsmOpen) => (format!("open {}", file()), 1001),
+        Some(Hook::LsmMmap) => (format!("map executable {} (prot {:#x})", file(), event.protocol), 1001),
+        Some(Hook::LsmMprotect) => (format!("mprotect executable {} (prot {:#x})", file(), event.protocol), 1001),
+        Some(Hook::LsmKill) => (format!("signal {} to pid {}", event.protocol, event.target_pid), 1007),
+        Some(Hook::LsmPtrace) => (format!("ptrace pid {} (mode {:#x})", event.target_pid, event.protocol), 1007),
+        Some(Hook::LsmUnixConnect | Hook::LsmUnixSend) => (format!("unix socket {}", unix_name(&event.path)), 4001),
         Some(Hook::LsmConnect | Hook::LsmSendmsg) => {
             let ip = event_ip(event).map(|i| i.to_string()).unwrap_or_default();
-            ("proxy only", format!("{ip} port {}", event.port), 4001)
+            (format!("{ip} port {}", event.port), 4001)
         }
         Some(Hook::LsmSocketCreate) => {
-            let rule = match (event.family, event.sock_type) {
-                (17, _) => "packet_socket",
-                (40, _) => "vsock",
-                (16, _) => "netlink",
-                _ => "raw_socket",
-            };
-            (rule, format!("socket family {} type {} protocol {}", event.family, event.sock_type, event.protocol), 4001)
+            (format!("socket family {} type {} protocol {}", event.family, event.sock_type, event.protocol), 4001)
         }
-        Some(Hook::LsmBpf) => ("bpf", format!("bpf command {}", event.protocol), 1007),
-        Some(Hook::LsmPerfEvent) => ("perf_event", "perf_event_open".to_owned(), 1007),
-        Some(Hook::LsmMount) => ("mount", format!("mount (flags {:#x})", event.protocol), 1007),
-        Some(Hook::LsmKernelModule) => ("kernel_module", format!("kernel load (id {})", event.protocol), 1007),
-        Some(Hook::LsmUserns) => ("userns", "new user namespace".to_owned(), 1007),
-        _ => ("unknown", String::new(), 1007),
+        Some(Hook::LsmBpf) => (format!("bpf command {}", event.protocol), 1007),
+        Some(Hook::LsmPerfEvent) => ("perf_event_open".to_owned(), 1007),
+        Some(Hook::LsmMount) => (format!("mount (flags {:#x})", event.protocol), 1007),
+        Some(Hook::LsmKernelModule) => (format!("kernel load (id {})", event.protocol), 1007),
+        Some(Hook::LsmUserns) => ("new user namespace".to_owned(), 1007),
+        _ => (String::new(), 1007),
     };
     let exe = std::fs::read_link(format!("/proc/{}/exe", event.pid)).ok().map(|p| p.display().to_string());
     let line = printable(format!(
