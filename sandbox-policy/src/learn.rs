@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use super::hosts::IpNetwork;
-use super::learn_files::LearnedFiles;
+use super::learn_files::{quote, LearnedFiles};
 use super::normalize::normalize;
 use super::readings::readings;
 
@@ -148,32 +148,27 @@ impl Learned {
     /// A whole policy document: header comments, `version`, `network_policies`, `credentials`.
     pub fn document(&self, source: &str) -> String {
         let mut out = String::new();
-        let files = match &self.files {
-            Some(Ok(files)) => Some(files),
-            Some(Err(why)) => {
-                let _ = writeln!(
-                    out,
-                    "# Learned by leash from {source}: a policy that allows what the agent did on the network."
-                );
-                let _ =
-                    writeln!(out, "# Not learned: files and programs (`filesystem_policy:`, `kernel.exec`): {why}.");
-                None
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "# Learned by leash from {source}: a policy that allows what the agent did on the network."
-                );
-                out.push_str(NOT_LEARNED_NOTE);
-                None
-            }
-        };
-        if files.is_some() {
-            let _ = writeln!(
+        let files = self.files.as_ref().and_then(|f| f.as_ref().ok());
+        let _ = match files {
+            Some(_) => writeln!(
                 out,
                 "# Learned by leash from {source}: a policy that allows what the agent did on the network,\n\
                  # the files it opened and the programs it ran."
-            );
+            ),
+            None => {
+                writeln!(
+                    out,
+                    "# Learned by leash from {source}: a policy that allows what the agent did on the network."
+                )
+            }
+        };
+        match &self.files {
+            Some(Err(why)) => {
+                let _ =
+                    writeln!(out, "# Not learned: files and programs (`filesystem_policy:`, `kernel.exec`): {why}.");
+            }
+            None => out.push_str(NOT_LEARNED_NOTE),
+            Some(Ok(_)) => {}
         }
         out.push_str("# Each entry says what it was learned from; review them before use.\n");
         for (target, why) in &self.not_learned {
@@ -406,11 +401,6 @@ fn unique_name(base: &str, used: &mut BTreeSet<String>) -> String {
     }
     used.insert(name.clone());
     name
-}
-
-/// A YAML single-quoted scalar.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -307,8 +307,8 @@ fn too_broad(dir: &Path, host: &Host<'_>) -> bool {
 
 /// A YAML scalar for `text`: single-quoted when it is plain printable ASCII, else double-quoted
 /// with every other character escaped (YAML takes U+2028 and U+0085 for line breaks, even
-/// inside quotes).
-fn quote(text: &str) -> String {
+/// inside quotes). For every name a learned policy writes.
+pub(crate) fn quote(text: &str) -> String {
     if text.chars().all(|c| matches!(c, ' '..='~')) {
         return format!("'{}'", text.replace('\'', "''"));
     }
