@@ -1,8 +1,11 @@
 //! `connbench`: times N loopback TCP connect+close and prints one JSON line.
 //!
 //! ```text
-//! connbench ADDR N     N connects to ADDR (e.g. 127.0.0.1:3128)
-//! connbench proxy N    N connects to the proxy named by $HTTP_PROXY (http://IP:PORT)
+//! connbench ADDR N          N connects to ADDR (e.g. 127.0.0.1:3128)
+//! connbench proxy N         N connects to the proxy named by $HTTP_PROXY (http://IP:PORT)
+//! connbench sandbox ADDR N  the same from a new sandbox cgroup with leash's network programs,
+//!                           confined to ADDR as `leash run` confines its agent to its proxy
+//!                           (owner records, transparent mode); as root
 //! ```
 //!
 //! Output: `{"ops":N,"ns_per_op":...,"median_ns":...,"p99_ns":...,"stalls":S}`: the mean, median
@@ -25,7 +28,9 @@
 //! A few hundred untimed ops warm caches first. The first failing connect ends the run (exit 1,
 //! the error on stderr).
 //!
-//! `cargo xtask bench connect` runs this inside and outside a sandbox against the same proxy.
+//! `cargo xtask bench connect` runs this inside and outside a sandbox against the same proxy,
+//! and with `sandbox` against a plain listener, where both sides are served alike and only the
+//! programs differ.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -39,6 +44,18 @@ const STALL_NS: u64 = 500_000_000;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() == 3 && args[0] == "sandbox" {
+        match sandboxed(parse_addr(&args[1]), &args[2]) {
+            Ok(line) => {
+                println!("{line}");
+                exit(0)
+            }
+            Err(e) => {
+                eprintln!("connbench: {e}");
+                exit(1)
+            }
+        }
+    }
     if args.len() != 2 {
         usage();
     }
@@ -123,7 +140,50 @@ fn parse_addr(text: &str) -> SocketAddr {
     })
 }
 
+/// Runs `connbench ADDR N` in a new sandbox cgroup confined to `addr` by leash's network
+/// programs, and returns its line; the cgroup and its links are removed after.
+fn sandboxed(addr: SocketAddr, n: &str) -> Result<String, String> {
+    use leash::kernel::{cgroup::SandboxCgroup, generation::Generation, mounts, programs};
+    use std::os::unix::process::CommandExt as _;
+    let err = |e: anyhow::Error| format!("{e:#}");
+    let mut generation = Generation::open_host().map_err(err)?;
+    let name = format!("connbench-{}", std::process::id());
+    let cgroup = SandboxCgroup::create(&mounts::cgroup2_root().map_err(err)?, &name).map_err(err)?;
+    // As `leash run` confines its agent: owner records, transparent mode.
+    let ports = programs::TransparentPorts { tcp: addr.port(), dns: addr.port() };
+    let net = programs::transparent(programs::sandbox_net(addr, true), ports);
+    let measured = (|| {
+        generation.confine(&name, cgroup.path(), cgroup.id(), net).map_err(err)?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.path().join("cgroup.procs"))
+            .map_err(|e| format!("opening cgroup.procs: {e}"))?;
+        let fd = procs.as_raw_fd();
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg(addr.to_string()).arg(n);
+        // SAFETY: one write(2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().map_err(|e| format!("running connbench in the sandbox: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("connbench in the sandbox: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    })();
+    let released = generation.release(&name, cgroup.id()).map_err(err);
+    let removed = cgroup.remove().map_err(err);
+    let line = measured?;
+    released.and(removed)?;
+    Ok(line)
+}
+
 fn usage() -> ! {
-    eprintln!("usage: connbench ADDR|proxy N");
+    eprintln!("usage: connbench ADDR|proxy N, or connbench sandbox ADDR N");
     exit(2)
 }

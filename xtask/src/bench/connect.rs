@@ -112,6 +112,56 @@ pub fn run(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
              each waited >= 1 s for the retransmit and is left out of the mean)"
         );
     }
+    println!(
+        "(the proxy serves the sandbox's connections and refuses others at accept, so this ratio also \
+         counts the proxy's serving; the programs alone follow)"
+    );
+    println!();
+    programs_alone(ctx, rounds, connects)
+}
+
+/// The network programs' own cost: connect+close to a plain listener (accept, read to the end)
+/// from a sandbox cgroup confined to it (`connbench sandbox`: the programs `leash run` attaches,
+/// owner records and transparent mode included) against the same from outside, alternating.
+/// Both sides are served alike; only the programs differ.
+fn programs_alone(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the plain listener")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut sink = [0u8; 512];
+            while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+        }
+    });
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        for first_inside in [r % 2 == 0, r % 2 != 0] {
+            if first_inside {
+                let out = Command::new(&ctx.connbench)
+                    .args(["sandbox", &addr.to_string(), &connects.to_string()])
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running connbench sandbox")?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                if !out.status.success() {
+                    bail!("connbench sandbox failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+                }
+                inside.push(parse(stdout.trim()).with_context(|| format!("connbench sandbox printed {stdout:?}"))?);
+            } else {
+                outside.push(outside_loop(ctx, addr, connects)?);
+            }
+        }
+    }
+    let medians = |v: &[Loop]| median(&v.iter().map(|l| l.median).collect::<Vec<_>>());
+    let (i, o) = (medians(&inside), medians(&outside));
+    println!("connect: programs alone, plain listener at {addr}, {rounds} rounds x {connects} connects (ns per op, median of round medians)");
+    println!("  in a sandbox cgroup {i:>8}   outside {o:>8}");
+    let ratio = i as f64 / o as f64;
+    println!(
+        "ratio inside/outside (programs alone) = {ratio:.3} (goal <= {CONNECT_GOAL}: {})",
+        if ratio <= CONNECT_GOAL { "met" } else { "NOT met" }
+    );
     Ok(())
 }
 
