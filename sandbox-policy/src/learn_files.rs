@@ -144,11 +144,6 @@ impl LearnedFiles {
         self
     }
 
-    /// Whether nothing was learned.
-    pub fn is_empty(&self) -> bool {
-        self.read_only.is_empty() && self.read_write.is_empty() && self.workdir.is_none() && self.exec.is_empty()
-    }
-
     /// Grants `dir` for `how`, generalised (see the module doc); `example` is what was opened.
     fn grant(&mut self, dir: &Path, how: Use, example: &Path, host: &Host<'_>) {
         let verb = match how {

@@ -493,14 +493,19 @@ fn wait_for_socket(daemon: &Running) -> Result<((), String), String> {
     Ok(((), format!("{NODE_SOCKET} answers after {:.1} s", started.elapsed().as_secs_f64())))
 }
 
-/// The readiness probe of the DaemonSet, as the kubelet would run it, from the pod's network.
-fn readiness(net: &PodNetwork, daemon_set: &DaemonSet) -> Result<String, String> {
-    let container = daemon_set
+/// The DaemonSet's (first and only) container.
+fn daemon_container(daemon_set: &DaemonSet) -> Result<&k8s_openapi::api::core::v1::Container, String> {
+    daemon_set
         .spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .and_then(|s| s.containers.first())
-        .ok_or("no container")?;
+        .ok_or_else(|| "no container".to_owned())
+}
+
+/// The readiness probe of the DaemonSet, as the kubelet would run it, from the pod's network.
+fn readiness(net: &PodNetwork, daemon_set: &DaemonSet) -> Result<String, String> {
+    let container = daemon_container(daemon_set)?;
     let probe =
         container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).ok_or("no httpGet readiness probe")?;
     let port = match &probe.port {
@@ -575,12 +580,7 @@ const CAPABILITIES: [&str; 41] = [
 /// DaemonSet adds (after dropping all), containerd's default seccomp filter, and the node's PID
 /// namespace.
 fn daemon_process_checks(daemon: &Running, daemon_set: &DaemonSet) -> Result<String, String> {
-    let container = daemon_set
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .ok_or("no container")?;
+    let container = daemon_container(daemon_set)?;
     let added = container
         .security_context
         .as_ref()
