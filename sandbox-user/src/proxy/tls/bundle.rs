@@ -83,10 +83,16 @@ pub fn write_agent_trust(dir: &Path, ca: &CertificateAuthority) -> Result<AgentT
     for error in &system.errors {
         eprintln!("leash: warning: agent CA bundle: system certificate store: {error}");
     }
-    write_with_roots(dir, ca, &system.certs)
+    write_with_roots(dir, ca, &system.certs, system.pem.as_deref())
 }
 
-fn write_with_roots(dir: &Path, ca: &CertificateAuthority, roots: &[CertificateDer<'static>]) -> Result<AgentTrust> {
+/// Writes the files with `roots` as the system's; `roots_pem`, when given, is `roots` as PEM.
+fn write_with_roots(
+    dir: &Path,
+    ca: &CertificateAuthority,
+    roots: &[CertificateDer<'static>],
+    roots_pem: Option<&str>,
+) -> Result<AgentTrust> {
     match dir.to_str() {
         Some(s) if !s.contains(['"', '\'']) => {}
         _ => return Err(TlsError::UnusablePath { path: dir.to_path_buf() }),
@@ -102,7 +108,10 @@ fn write_with_roots(dir: &Path, ca: &CertificateAuthority, roots: &[CertificateD
 
     write_file(&trust.ca_pem, ca.cert_pem().as_bytes())?;
 
-    let mut bundle: String = roots.iter().map(|c| pem(c)).collect();
+    let mut bundle: String = match roots_pem {
+        Some(text) => text.to_owned(),
+        None => roots.iter().map(|c| pem(c)).collect(),
+    };
     bundle.push_str(ca.cert_pem());
     write_file(&trust.bundle_pem, bundle.as_bytes())?;
 
@@ -162,10 +171,11 @@ fn pem(der: &[u8]) -> String {
 pub(crate) mod pkcs12 {
     use rustls::crypto::tls13::OkmBlock;
 
-    /// MAC iterations: openssl's default. The password is public (`changeit`, in the agent's
-    /// environment), so more iterations protect nothing; Java's own 10,000 cost a `leash run`
-    /// 1-2 ms of hashing before its agent could start.
-    pub const ITERATIONS: u32 = 2_048;
+    /// MAC iterations: one, as `openssl pkcs12 -nomaciter` writes (Java and OpenSSL read any
+    /// count). The password is public (`changeit`, in the agent's environment), so iterations
+    /// protect nothing; the file's integrity comes from its owner and mode. Java's own 10,000
+    /// cost a `leash run` 1-2 ms of hashing before its agent could start, openssl's 2,048 0.5 ms.
+    pub const ITERATIONS: u32 = 1;
 
     const DATA: &[u64] = &[1, 2, 840, 113_549, 1, 7, 1];
     const CERT_BAG: &[u64] = &[1, 2, 840, 113_549, 1, 12, 10, 1, 3];
@@ -430,7 +440,7 @@ mod tests {
         let ca = CertificateAuthority::generate().unwrap();
         let other = CertificateAuthority::generate().unwrap();
         // A small store keeps keytool's output short; the system roots are covered above.
-        let trust = write_with_roots(&dir, &ca, &[other.cert_der().clone()]).unwrap();
+        let trust = write_with_roots(&dir, &ca, &[other.cert_der().clone()], None).unwrap();
         let keytool = Command::new("keytool")
             .args(["-list", "-keystore"])
             .arg(&trust.truststore)
@@ -468,7 +478,7 @@ mod tests {
         }
         let dir = scratch_dir("java");
         let ca = std::sync::Arc::new(CertificateAuthority::generate().unwrap());
-        let trust = write_with_roots(&dir, &ca, &[]).unwrap();
+        let trust = write_with_roots(&dir, &ca, &[], None).unwrap();
         let source = dir.join("Probe.java");
         fs::write(
             &source,
@@ -546,12 +556,12 @@ public class Probe {
         let out = dir.join("out");
         fs::create_dir(&out).unwrap();
         std::os::unix::fs::symlink(target.join("victim"), out.join("ca.pem")).unwrap();
-        assert!(matches!(write_with_roots(&out, &ca, &[]), Err(TlsError::Io { .. })));
+        assert!(matches!(write_with_roots(&out, &ca, &[], None), Err(TlsError::Io { .. })));
         assert_eq!(fs::read_to_string(target.join("victim")).unwrap(), "x");
         let link_dir = dir.join("linkdir");
         std::os::unix::fs::symlink(&target, &link_dir).unwrap();
-        assert!(matches!(write_with_roots(&link_dir, &ca, &[]), Err(TlsError::Io { .. })));
-        assert!(matches!(write_with_roots(&dir.join("it's"), &ca, &[]), Err(TlsError::UnusablePath { .. })));
+        assert!(matches!(write_with_roots(&link_dir, &ca, &[], None), Err(TlsError::Io { .. })));
+        assert!(matches!(write_with_roots(&dir.join("it's"), &ca, &[], None), Err(TlsError::UnusablePath { .. })));
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -23,6 +23,9 @@ use super::{alpn_protocols, ring_provider, Result, TlsError, VERSIONS};
 #[derive(Debug, Default, Clone)]
 pub struct SystemRoots {
     pub certs: Vec<CertificateDer<'static>>,
+    /// `certs` as PEM, when they were read from one file: its `CERTIFICATE` blocks as written
+    /// (nothing else of the file), so the agent's bundle is copied rather than encoded again.
+    pub pem: Option<String>,
     /// What went wrong while reading the store, one line each.
     pub errors: Vec<String>,
 }
@@ -43,19 +46,21 @@ fn read_system_roots() -> SystemRoots {
         std::env::var_os("SSL_CERT_DIR").map(|d| std::env::split_paths(&d).collect()).unwrap_or_default();
     if file.is_none() && dirs.is_empty() {
         let found = rustls_native_certs::load_native_certs();
-        return SystemRoots { certs: found.certs, errors: found.errors.iter().map(ToString::to_string).collect() };
+        let errors = found.errors.iter().map(ToString::to_string).collect();
+        return SystemRoots { certs: found.certs, pem: None, errors };
     }
     let mut roots = SystemRoots::default();
     if let Some(file) = &file {
         // The bundle's roots are public: a plain base64 decoder reads them in a tenth of the time
         // rustls' constant-time one took (2.5 ms of every start). rustls reads what it cannot.
         match std::fs::read_to_string(file).ok().and_then(|text| pem_certificates(&text)) {
-            Some(certs) => roots.certs = certs,
+            Some((certs, pem)) => (roots.certs, roots.pem) = (certs, Some(pem)),
             None => roots.add(rustls_native_certs::load_certs_from_paths(Some(file), None)),
         }
     }
     for dir in &dirs {
         roots.add(rustls_native_certs::load_certs_from_paths(None, Some(dir)));
+        roots.pem = None;
     }
     // A directory usually holds the bundle's certificates again, as hashed links.
     let mut seen = std::collections::HashSet::new();
@@ -79,21 +84,25 @@ const DISTRIBUTION_BUNDLES: [&str; 4] = [
     "/etc/ssl/cert.pem",                                 // others
 ];
 
-/// Every `CERTIFICATE` block of PEM `text`, or `None` if one does not decode.
-fn pem_certificates(text: &str) -> Option<Vec<CertificateDer<'static>>> {
+/// Every `CERTIFICATE` block of PEM `text`, decoded and as written (each block on its own
+/// lines), or `None` if one does not decode. Whatever else the file holds is left out.
+fn pem_certificates(text: &str) -> Option<(Vec<CertificateDer<'static>>, String)> {
     use base64::Engine as _;
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
     const END: &str = "-----END CERTIFICATE-----";
     let mut certs = Vec::new();
+    let mut blocks = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find(BEGIN) {
         let body = &rest[start + BEGIN.len()..];
         let end = body.find(END)?;
         let b64: String = body[..end].split_ascii_whitespace().collect();
         certs.push(CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(b64).ok()?));
+        blocks.push_str(&rest[start..start + BEGIN.len() + end + END.len()]);
+        blocks.push('\n');
         rest = &body[end + END.len()..];
     }
-    Some(certs)
+    Some((certs, blocks))
 }
 
 /// Every certificate in the PEM file `path` (other PEM sections such as keys are skipped).
@@ -172,7 +181,8 @@ mod tests {
 
     /// The plain decoder of the distribution bundle reads what rustls' own PEM reader reads: on
     /// this host's bundle, and on a file with junk, other blocks and CRLF line ends; a block that
-    /// does not decode sends the caller to the general path.
+    /// does not decode sends the caller to the general path. The blocks it keeps as text are the
+    /// certificates alone (a key beside them in the file never reaches the agent's bundle).
     #[test]
     fn the_bundle_decoder_agrees_with_rustls() {
         let (a, b) = (CertificateAuthority::generate().unwrap(), CertificateAuthority::generate().unwrap());
@@ -185,9 +195,17 @@ mod tests {
         texts.extend(DISTRIBUTION_BUNDLES.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
         for text in &texts {
             let theirs: Vec<_> = CertificateDer::pem_slice_iter(text.as_bytes()).collect::<Result<_, _>>().unwrap();
-            assert_eq!(pem_certificates(text).unwrap(), theirs);
+            let (certs, blocks) = pem_certificates(text).unwrap();
+            assert_eq!(certs, theirs);
+            // The blocks as written (copied into the agent's bundle) hold those certificates and
+            // nothing else of the file.
+            let again: Vec<_> = CertificateDer::pem_slice_iter(blocks.as_bytes()).collect::<Result<_, _>>().unwrap();
+            assert_eq!(again, theirs);
+            assert_eq!(blocks.matches("-----BEGIN").count(), theirs.len());
         }
-        assert_eq!(pem_certificates(&texts[0]).unwrap().len(), 2);
+        let (certs, blocks) = pem_certificates(&texts[0]).unwrap();
+        assert_eq!(certs.len(), 2);
+        assert!(!blocks.contains("PRIVATE KEY") && !blocks.contains("junk"), "{blocks}");
         assert!(pem_certificates("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").is_none());
         assert!(pem_certificates("-----BEGIN CERTIFICATE-----\nAAAA\n").is_none(), "no END");
     }
