@@ -42,12 +42,6 @@ pub enum Command {
     /// CMD to it, and run CMD. Exits with CMD's status, 125 if leash failed before starting it
     /// (daemon unreachable, pod not allowed, policy refused), 126/127 as `leash run`.
     Confine(ConfineArgs),
-    /// Internal: `leash run`'s watchdog, which kills what is left in a sandbox when leash exits.
-    #[command(name = "__watchdog", hide = true)]
-    Watchdog {
-        /// The sandbox cgroup.
-        cgroup: PathBuf,
-    },
 }
 
 #[derive(Debug, Args)]

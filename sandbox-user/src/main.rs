@@ -73,13 +73,6 @@ fn main() -> ExitCode {
         Command::Proxy(args) => standalone_proxy(args),
         Command::Daemon(args) => daemon(args),
         Command::Confine(args) => confine(args),
-        Command::Watchdog { cgroup } => match launcher::watchdog::run(&cgroup) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("leash watchdog: error: {e:#}");
-                1
-            }
-        },
     };
     ExitCode::from(u8::try_from(code).unwrap_or(exit::LEASH_FAILED as u8))
 }

@@ -204,9 +204,8 @@ fn the_watchdog_holds_the_proxy_socket_and_the_agent_does_not() {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            cmdline.split(|b| *b == 0).any(|a| a == b"__watchdog")
+            status.lines().any(|l| l.split_whitespace().eq(["Name:", "leash-watchdog"]))
                 && status.lines().any(|l| l.split_whitespace().eq(["PPid:".to_string(), leash_pid.to_string()]))
         })
         .expect("leash's watchdog is running");

@@ -151,6 +151,22 @@ fn main() {
         std::thread::sleep(std::time::Duration::from_secs(secs));
         std::process::exit(0);
     }
+    // vm_init's `net` suite: an agent that leaves a process of a session of its own behind (as a
+    // detached grandchild would), prints `DETACHED <pid>` and stays for the given seconds.
+    if std::env::args().nth(1).as_deref() == Some("--detached-hold") {
+        let secs: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(60);
+        // SAFETY: fork in a single-threaded program; the child only calls setsid and sleeps.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: setsid(2) in the child.
+                unsafe { libc::setsid() };
+            }
+            pid if pid > 0 => println!("DETACHED {pid}"),
+            _ => std::process::exit(1),
+        }
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        std::process::exit(0);
+    }
     // vm_init's `kernel` suite: the unix sockets an agent under a policy without `kernel:` reaches.
     if std::env::args().nth(1).as_deref() == Some("--unix-agent") {
         let report = |name: &str, r| println!("AGENT {name} {}", agent::outcome(r));

@@ -185,29 +185,84 @@ pub(crate) mod pkcs12 {
     const ANY_EXTENDED_KEY_USAGE: &[u64] = &[2, 5, 29, 37, 0];
     const SHA256: &[u64] = &[2, 16, 840, 1, 101, 3, 4, 2, 1];
 
-    /// `PFX` holding one trusted certificate bag per `(alias, DER)`.
+    /// `PFX` holding one trusted certificate bag per `(alias, DER)`, encoded in one buffer (the
+    /// store is as large as the system bundle: a copy per nesting level cost a start 0.7 ms).
     pub fn truststore(entries: &[(String, &[u8])], password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
-        let bags: Vec<Vec<u8>> = entries.iter().map(|(alias, der)| cert_bag(alias, der)).collect();
-        let auth_safe = seq(&[&data_content_info(&seq(&bags.iter().map(Vec::as_slice).collect::<Vec<_>>()))]);
-        let mac = hmac_sha256(&mac_key(password, salt, iterations), &auth_safe);
-        let digest_info = seq(&[&seq(&[&oid(SHA256), &[0x05, 0x00]]), &octets(&mac)]);
-        let mac_data = seq(&[&digest_info, &octets(salt), &integer(u64::from(iterations))]);
-        seq(&[&integer(3), &data_content_info(&auth_safe), &mac_data])
+        let size = entries.iter().map(|(alias, der)| der.len() + 2 * alias.len() + 96).sum::<usize>() + 192;
+        let mut pfx = Der(Vec::with_capacity(size));
+        pfx.nest(SEQUENCE, |d| {
+            d.put(&integer(3));
+            let mut auth_safe_len = 0;
+            d.data_content_info(|d| {
+                let start = d.0.len();
+                d.nest(SEQUENCE, |d| {
+                    d.data_content_info(|d| {
+                        d.nest(SEQUENCE, |d| {
+                            for (alias, der) in entries {
+                                d.cert_bag(alias, der);
+                            }
+                        })
+                    })
+                });
+                auth_safe_len = d.0.len() - start;
+            });
+            // The authenticated safe ends the buffer so far (its wrappers' headers went ahead of it).
+            let auth_safe = &d.0[d.0.len() - auth_safe_len..];
+            let mac = hmac_sha256(&mac_key(password, salt, iterations), auth_safe);
+            let digest_info = seq(&[&seq(&[&oid(SHA256), &[0x05, 0x00]]), &octets(&mac)]);
+            d.put(&seq(&[&digest_info, &octets(salt), &integer(u64::from(iterations))]));
+        });
+        pfx.0
     }
 
-    /// `SafeBag { certBag, [0] CertBag { x509Certificate, [0] OCTET STRING }, {friendlyName, trustedKeyUsage} }`
-    fn cert_bag(alias: &str, der: &[u8]) -> Vec<u8> {
-        let cert = seq(&[&oid(X509_CERTIFICATE), &explicit0(&octets(der))]);
-        let alias: Vec<u8> = alias.encode_utf16().flat_map(u16::to_be_bytes).collect();
-        let attributes = set_of(vec![
-            seq(&[&oid(FRIENDLY_NAME), &set_of(vec![tlv(0x1e, &alias)])]),
-            seq(&[&oid(ORACLE_TRUSTED_KEY_USAGE), &set_of(vec![oid(ANY_EXTENDED_KEY_USAGE)])]),
-        ]);
-        seq(&[&oid(CERT_BAG), &explicit0(&cert), &attributes])
-    }
+    const SEQUENCE: u8 = 0x30;
+    const OCTET_STRING: u8 = 0x04;
+    const EXPLICIT_0: u8 = 0xa0;
 
-    fn data_content_info(content: &[u8]) -> Vec<u8> {
-        seq(&[&oid(DATA), &explicit0(&octets(content))])
+    /// A DER encoder writing into one buffer: an element's length goes in once its content is
+    /// written (a move of that content, within the buffer, when it is 128 bytes or more).
+    struct Der(Vec<u8>);
+
+    impl Der {
+        fn put(&mut self, encoded: &[u8]) {
+            self.0.extend_from_slice(encoded);
+        }
+
+        fn nest(&mut self, tag: u8, content: impl FnOnce(&mut Self)) {
+            self.0.push(tag);
+            let at = self.0.len();
+            self.0.push(0);
+            content(self);
+            let len = self.0.len() - at - 1;
+            self.0.splice(at..at + 1, length_octets(len));
+        }
+
+        /// `ContentInfo { data, [0] OCTET STRING { content } }`
+        fn data_content_info(&mut self, content: impl FnOnce(&mut Self)) {
+            self.nest(SEQUENCE, |d| {
+                d.put(&oid(DATA));
+                d.nest(EXPLICIT_0, |d| d.nest(OCTET_STRING, content));
+            });
+        }
+
+        /// `SafeBag { certBag, [0] CertBag { x509Certificate, [0] OCTET STRING }, {friendlyName, trustedKeyUsage} }`
+        fn cert_bag(&mut self, alias: &str, der: &[u8]) {
+            let alias: Vec<u8> = alias.encode_utf16().flat_map(u16::to_be_bytes).collect();
+            let attributes = set_of(vec![
+                seq(&[&oid(FRIENDLY_NAME), &set_of(vec![tlv(0x1e, &alias)])]),
+                seq(&[&oid(ORACLE_TRUSTED_KEY_USAGE), &set_of(vec![oid(ANY_EXTENDED_KEY_USAGE)])]),
+            ]);
+            self.nest(SEQUENCE, |d| {
+                d.put(&oid(CERT_BAG));
+                d.nest(EXPLICIT_0, |d| {
+                    d.nest(SEQUENCE, |d| {
+                        d.put(&oid(X509_CERTIFICATE));
+                        d.nest(EXPLICIT_0, |d| d.nest(OCTET_STRING, |d| d.put(der)));
+                    })
+                });
+                d.put(&attributes);
+            });
+        }
     }
 
     /// RFC 7292 B.2 with SHA-256 (u = 32, v = 64), ID 3 (MAC key), n = 32: one block suffices.
@@ -253,15 +308,19 @@ pub(crate) mod pkcs12 {
 
     pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];
-        let len = content.len();
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
-            out.push(0x80 | bytes.len() as u8);
-            out.extend(bytes);
-        }
+        out.extend(length_octets(content.len()));
         out.extend_from_slice(content);
+        out
+    }
+
+    /// A DER length: one octet below 128, else the count of big-endian octets then those.
+    fn length_octets(len: usize) -> Vec<u8> {
+        if len < 0x80 {
+            return vec![len as u8];
+        }
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let mut out = vec![0x80 | bytes.len() as u8];
+        out.extend(bytes);
         out
     }
 
@@ -277,10 +336,6 @@ pub(crate) mod pkcs12 {
 
     fn octets(bytes: &[u8]) -> Vec<u8> {
         tlv(0x04, bytes)
-    }
-
-    fn explicit0(inner: &[u8]) -> Vec<u8> {
-        tlv(0xa0, inner)
     }
 
     fn integer(value: u64) -> Vec<u8> {
@@ -304,6 +359,22 @@ pub(crate) mod pkcs12 {
             body.extend(groups.into_iter().rev());
         }
         tlv(0x06, &body)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The one-buffer encoder writes what nested `tlv`s do, at every length form.
+        #[test]
+        fn nesting_in_one_buffer_matches_nested_encodings() {
+            for n in [0, 1, 125, 126, 127, 128, 255, 256, 65_535, 65_536, 70_000] {
+                let content = vec![7u8; n];
+                let mut der = Der(Vec::new());
+                der.nest(SEQUENCE, |d| d.nest(OCTET_STRING, |d| d.put(&content)));
+                assert_eq!(der.0, tlv(SEQUENCE, &tlv(OCTET_STRING, &content)), "content of {n} bytes");
+            }
+        }
     }
 }
 

@@ -262,6 +262,8 @@ fn net_suite() -> Vec<Check> {
         Check::new("net:sandbox-direct-denied", move || expect_probe(&strs(&a2), &["tcp", &t2], "err EPERM")),
     ];
     checks.extend(transparent_checks(&target_for_transparent, no_landlock));
+    let args = run_args(&policy);
+    checks.push(Check::new("net:killed-leash-takes-a-detached-agent-process", move || killed_leash_check(&args)));
     if no_landlock {
         checks.push(Check::new("net:refuses-without-landlock", move || {
             let out = output(Command::new(LEASH).args(["run", "--policy", &policy, "--", NETPROBE, "tcp", "proxy"]))?;
@@ -273,6 +275,42 @@ fn net_suite() -> Vec<Check> {
         }));
     }
     checks
+}
+
+/// SIGKILL of leash kills a process the agent detached (a session of its own, so no
+/// parent-death signal reaches it): leash's watchdog empties the sandbox cgroup, with
+/// `cgroup.kill` from 5.14 and pid by pid before.
+fn killed_leash_check(run_args: &[String]) -> Result<String, String> {
+    use std::io::BufRead as _;
+    let mut leash = Command::new(LEASH)
+        .args(run_args)
+        .args([LSM_PROBE, "--detached-hold", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting leash: {e}"))?;
+    let mut lines = std::io::BufReader::new(leash.stdout.take().ok_or("no stdout")?).lines();
+    let detached = lines
+        .find_map(|l| l.ok()?.strip_prefix("DETACHED ")?.trim().parse::<i32>().ok())
+        .ok_or("the agent never said which process it detached")?;
+    let _ = leash.kill();
+    let _ = leash.wait();
+    let dead = || {
+        std::fs::read_to_string(format!("/proc/{detached}/stat"))
+            .map(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dead() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if dead() {
+        Ok(format!("process {detached} died with leash"))
+    } else {
+        end_process(detached);
+        Err(format!("process {detached}, detached by the agent, outlived a SIGKILLed leash by 10 s"))
+    }
 }
 
 /// Transparent mode on this kernel (connect4/6 and sendmsg4/6 rewriting, recvmsg4/6 restoring
