@@ -16,7 +16,8 @@
 //!   each retire the other's generation when their run ends, so interleaved every start is cold.
 //!
 //! Peak RSS is wait4(2)'s `ru_maxrss` for leash's runs. The variants run interleaved (rotating
-//! which goes first) so drift in the machine hits them alike.
+//! which goes first) so drift in the machine hits them alike, each timed start right after an
+//! untimed one of its own kind, so no variant pays for the kernel work another left behind.
 //! Each namespace and veth pair has a name unique to this process and iteration and is removed
 //! even when a step fails; namespaces left by a killed earlier run are removed first.
 
@@ -73,7 +74,9 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
         ("(b) netns + veth + nftables recipe".into(), Box::new(|k| timed(&|| recipe(&tools.ip, &tools.nft, k)))),
         ("(c) bwrap --unshare-net -- /bin/true".into(), Box::new(|_| timed(&|| bwrap_true(tools)))),
     ];
-    println!("start: {warmups} warm-up + {iterations} timed iterations of each variant, interleaved ...");
+    println!(
+        "start: {warmups} warm-up + {iterations} timed iterations of each variant, interleaved, each after an untimed one ..."
+    );
     let mut samples = measure(&variants, warmups, iterations)?;
     check_recipe_cleanup(&tools.ip)?;
     if let Some(path) = baseline {
@@ -148,7 +151,11 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
 }
 
 /// Runs every variant `warmups + iterations` times, interleaved (the order rotating each round),
-/// and keeps the timed samples of each.
+/// and keeps the timed samples of each. Each start is preceded by an untimed start of the same
+/// variant: the kernel finishes part of a start's teardown after it returns (a network
+/// namespace's in a kernel worker, for several milliseconds after `ip netns del` and bwrap's
+/// exit), and that work then lands on the untimed start, never on another variant's timed one.
+/// Every variant is so timed as it runs when started over and over.
 fn measure(variants: &[(String, Variant)], warmups: u32, iterations: u32) -> Result<Vec<Vec<Sample>>> {
     let n = variants.len();
     let mut samples: Vec<Vec<Sample>> = (0..n).map(|_| Vec::new()).collect();
@@ -157,7 +164,8 @@ fn measure(variants: &[(String, Variant)], warmups: u32, iterations: u32) -> Res
         for j in 0..n {
             let v = (i as usize + j) % n;
             let (name, f) = &variants[v];
-            let sample = f(i).with_context(|| format!("start benchmark {name}, iteration {}", i + 1))?;
+            f(2 * i).with_context(|| format!("start benchmark {name}, settling start {}", i + 1))?;
+            let sample = f(2 * i + 1).with_context(|| format!("start benchmark {name}, iteration {}", i + 1))?;
             if i >= warmups {
                 samples[v].push(sample);
             }
