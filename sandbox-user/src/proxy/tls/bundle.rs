@@ -83,7 +83,7 @@ pub fn write_agent_trust(dir: &Path, ca: &CertificateAuthority) -> Result<AgentT
     for error in &system.errors {
         eprintln!("leash: warning: agent CA bundle: system certificate store: {error}");
     }
-    write_with_roots(dir, ca, &system.certs, system.pem.as_deref())
+    write_with_roots(dir, ca, &system.certs, Some(&system.pem))
 }
 
 /// Writes the files with `roots` as the system's; `roots_pem`, when given, is `roots` as PEM.
@@ -156,7 +156,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// One PEM `CERTIFICATE` block, 64 columns.
-fn pem(der: &[u8]) -> String {
+pub(super) fn pem(der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
     for line in b64.as_bytes().chunks(64) {
@@ -476,7 +476,7 @@ mod tests {
     fn writes_ca_bundle_and_truststore() {
         let dir = scratch_dir("bundle").join("trust");
         let ca = CertificateAuthority::generate().unwrap();
-        let roots = system_roots().certs;
+        let roots = &system_roots().certs;
         let trust = write_agent_trust(&dir, &ca).unwrap();
         assert_eq!(trust.system_roots, roots.len());
 

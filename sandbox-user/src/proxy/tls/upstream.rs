@@ -8,6 +8,7 @@
 //! - a missing or unreadable system store is tolerated only when `--upstream-ca` gives roots;
 //! - ALPN `h2` then `http/1.1`, TLS 1.2 and 1.3, ring provider.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,21 +21,24 @@ use super::{alpn_protocols, ring_provider, Result, TlsError, VERSIONS};
 /// The system's trusted roots: the file `SSL_CERT_FILE` names, else the distribution's bundle
 /// file, plus every file of each directory `SSL_CERT_DIR` names; with none of these, as
 /// rustls-native-certs finds them (it also reads every file of the certificate directory).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct SystemRoots {
+    /// Each certificate once, in the order read.
     pub certs: Vec<CertificateDer<'static>>,
-    /// `certs` as PEM, when they were read from one file: its `CERTIFICATE` blocks as written
-    /// (nothing else of the file), so the agent's bundle is copied rather than encoded again.
-    pub pem: Option<String>,
+    /// `certs` as PEM: the `CERTIFICATE` blocks as the files wrote them (nothing else of those
+    /// files), so the agent's bundle is copied rather than encoded again.
+    pub pem: String,
     /// What went wrong while reading the store, one line each.
     pub errors: Vec<String>,
+    /// The DER of every certificate in `certs`.
+    seen: std::collections::HashSet<Vec<u8>>,
 }
 
 /// Reads the system store once per process (the upstream config and the agent's bundle both
 /// need it). Never fails: an absent store is an empty list plus errors.
-pub fn system_roots() -> SystemRoots {
+pub fn system_roots() -> &'static SystemRoots {
     static ROOTS: std::sync::OnceLock<SystemRoots> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(read_system_roots).clone()
+    ROOTS.get_or_init(read_system_roots)
 }
 
 fn read_system_roots() -> SystemRoots {
@@ -44,33 +48,69 @@ fn read_system_roots() -> SystemRoots {
     };
     let dirs: Vec<PathBuf> =
         std::env::var_os("SSL_CERT_DIR").map(|d| std::env::split_paths(&d).collect()).unwrap_or_default();
-    if file.is_none() && dirs.is_empty() {
-        let found = rustls_native_certs::load_native_certs();
-        let errors = found.errors.iter().map(ToString::to_string).collect();
-        return SystemRoots { certs: found.certs, pem: None, errors };
-    }
     let mut roots = SystemRoots::default();
+    if file.is_none() && dirs.is_empty() {
+        roots.add_found(rustls_native_certs::load_native_certs());
+        return roots;
+    }
+    // Each file once: a certificate directory usually holds the bundle itself, and every
+    // certificate under two names (its own and its hash's).
+    let mut files_read = std::collections::HashSet::new();
     if let Some(file) = &file {
-        // The bundle's roots are public: a plain base64 decoder reads them in a tenth of the time
-        // rustls' constant-time one took (2.5 ms of every start). rustls reads what it cannot.
-        match std::fs::read_to_string(file).ok().and_then(|text| pem_certificates(&text)) {
-            Some((certs, pem)) => (roots.certs, roots.pem) = (certs, Some(pem)),
-            None => roots.add(rustls_native_certs::load_certs_from_paths(Some(file), None)),
+        if let Ok(meta) = std::fs::metadata(file) {
+            files_read.insert((meta.dev(), meta.ino()));
         }
+        roots.add_file(file);
     }
     for dir in &dirs {
-        roots.add(rustls_native_certs::load_certs_from_paths(None, Some(dir)));
-        roots.pem = None;
+        roots.add_dir(dir, &mut files_read);
     }
-    // A directory usually holds the bundle's certificates again, as hashed links.
-    let mut seen = std::collections::HashSet::new();
-    roots.certs.retain(|c| seen.insert(c.as_ref().to_vec()));
     roots
 }
 
 impl SystemRoots {
-    fn add(&mut self, found: rustls_native_certs::CertificateResult) {
-        self.certs.extend(found.certs);
+    /// The certificates of PEM file `path`. The roots are public: a plain base64 decoder reads
+    /// them in a tenth of the time rustls' constant-time one takes (2.5 ms of every start for a
+    /// distribution's bundle); rustls reads what it cannot.
+    fn add_file(&mut self, path: &Path) {
+        match std::fs::read_to_string(path).ok().as_deref().and_then(pem_certificates) {
+            Some(found) => {
+                for (cert, block) in found {
+                    if self.seen.insert(cert.as_ref().to_vec()) {
+                        self.pem.push_str(block);
+                        self.pem.push('\n');
+                        self.certs.push(cert);
+                    }
+                }
+            }
+            None => self.add_found(rustls_native_certs::load_certs_from_paths(Some(path), None)),
+        }
+    }
+
+    /// The certificates of every file of `dir` (symlinks followed) not read yet.
+    fn add_dir(&mut self, dir: &Path, files_read: &mut std::collections::HashSet<(u64, u64)>) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => return self.errors.push(format!("{}: {e}", dir.display())),
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            // A dangling link is skipped, as OpenSSL and rustls-native-certs do.
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if meta.is_file() && files_read.insert((meta.dev(), meta.ino())) {
+                self.add_file(&path);
+            }
+        }
+    }
+
+    fn add_found(&mut self, found: rustls_native_certs::CertificateResult) {
+        for cert in found.certs {
+            if self.seen.insert(cert.as_ref().to_vec()) {
+                self.pem.push_str(&super::bundle::pem(&cert));
+                self.certs.push(cert);
+            }
+        }
         self.errors.extend(found.errors.iter().map(ToString::to_string));
     }
 }
@@ -84,25 +124,24 @@ const DISTRIBUTION_BUNDLES: [&str; 4] = [
     "/etc/ssl/cert.pem",                                 // others
 ];
 
-/// Every `CERTIFICATE` block of PEM `text`, decoded and as written (each block on its own
-/// lines), or `None` if one does not decode. Whatever else the file holds is left out.
-fn pem_certificates(text: &str) -> Option<(Vec<CertificateDer<'static>>, String)> {
+/// Every `CERTIFICATE` block of PEM `text`, decoded, with the block as written (from `-----BEGIN`
+/// to the end of `-----END CERTIFICATE-----`), or `None` if one does not decode. Whatever else
+/// the file holds is left out.
+fn pem_certificates(text: &str) -> Option<Vec<(CertificateDer<'static>, &str)>> {
     use base64::Engine as _;
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
     const END: &str = "-----END CERTIFICATE-----";
     let mut certs = Vec::new();
-    let mut blocks = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find(BEGIN) {
         let body = &rest[start + BEGIN.len()..];
         let end = body.find(END)?;
         let b64: String = body[..end].split_ascii_whitespace().collect();
-        certs.push(CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(b64).ok()?));
-        blocks.push_str(&rest[start..start + BEGIN.len() + end + END.len()]);
-        blocks.push('\n');
+        let der = CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(b64).ok()?);
+        certs.push((der, &rest[start..start + BEGIN.len() + end + END.len()]));
         rest = &body[end + END.len()..];
     }
-    Some((certs, blocks))
+    Some(certs)
 }
 
 /// Every certificate in the PEM file `path` (other PEM sections such as keys are skipped).
@@ -123,7 +162,7 @@ pub fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>
 pub fn upstream_client_config(extra_roots: &[PathBuf]) -> Result<Arc<ClientConfig>> {
     let system = system_roots();
     let mut roots = RootCertStore::empty();
-    let (system_added, system_ignored) = roots.add_parsable_certificates(system.certs);
+    let (system_added, system_ignored) = roots.add_parsable_certificates(system.certs.iter().cloned());
 
     let mut extra_added = 0;
     for path in extra_roots {
@@ -195,19 +234,49 @@ mod tests {
         texts.extend(DISTRIBUTION_BUNDLES.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
         for text in &texts {
             let theirs: Vec<_> = CertificateDer::pem_slice_iter(text.as_bytes()).collect::<Result<_, _>>().unwrap();
-            let (certs, blocks) = pem_certificates(text).unwrap();
-            assert_eq!(certs, theirs);
+            let found = pem_certificates(text).unwrap();
+            assert_eq!(found.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(), theirs);
             // The blocks as written (copied into the agent's bundle) hold those certificates and
             // nothing else of the file.
+            let blocks: String = found.iter().map(|(_, b)| format!("{b}\n")).collect();
             let again: Vec<_> = CertificateDer::pem_slice_iter(blocks.as_bytes()).collect::<Result<_, _>>().unwrap();
             assert_eq!(again, theirs);
             assert_eq!(blocks.matches("-----BEGIN").count(), theirs.len());
+            assert!(!blocks.contains("PRIVATE KEY") && !blocks.contains("junk"), "{blocks}");
         }
-        let (certs, blocks) = pem_certificates(&texts[0]).unwrap();
-        assert_eq!(certs.len(), 2);
-        assert!(!blocks.contains("PRIVATE KEY") && !blocks.contains("junk"), "{blocks}");
+        assert_eq!(pem_certificates(&texts[0]).unwrap().len(), 2);
         assert!(pem_certificates("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").is_none());
         assert!(pem_certificates("-----BEGIN CERTIFICATE-----\nAAAA\n").is_none(), "no END");
+    }
+
+    /// A certificate directory as distributions lay it out (the bundle itself, each certificate
+    /// under its name and its hash's, links) adds each certificate the bundle lacks, once.
+    #[test]
+    fn a_certificate_directory_adds_each_new_certificate_once() {
+        use std::os::unix::fs::symlink;
+        let dir = scratch_dir("cert-dir");
+        let [a, b, c] = [(); 3].map(|()| CertificateAuthority::generate().unwrap());
+        let bundle = dir.join("bundle.pem");
+        std::fs::write(&bundle, format!("{}{}", a.cert_pem(), b.cert_pem())).unwrap();
+        let certs = dir.join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        symlink(&bundle, certs.join("ca-certificates.crt")).unwrap();
+        std::fs::write(certs.join("c.pem"), c.cert_pem()).unwrap();
+        symlink("c.pem", certs.join("0a1b2c3d.0")).unwrap();
+        std::fs::write(certs.join("a-again.pem"), a.cert_pem()).unwrap();
+        symlink("missing.pem", certs.join("dangling.0")).unwrap();
+
+        let mut roots = SystemRoots::default();
+        let meta = std::fs::metadata(&bundle).unwrap();
+        let mut files_read = std::collections::HashSet::from([(meta.dev(), meta.ino())]);
+        roots.add_file(&bundle);
+        roots.add_dir(&certs, &mut files_read);
+        let want: Vec<_> = [&a, &b, &c].iter().map(|ca| ca.cert_der().clone()).collect();
+        assert_eq!(roots.certs, want);
+        let pem: Vec<_> = CertificateDer::pem_slice_iter(roots.pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+        assert_eq!(pem, want, "the PEM holds the same certificates");
+        assert!(roots.errors.is_empty(), "{:?}", roots.errors);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
