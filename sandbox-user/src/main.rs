@@ -142,6 +142,21 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
 }
 
 fn run(args: cli::RunArgs) -> i32 {
+    // leash's memory will hold the credentials and its CA's key: no core file of it, and no access
+    // to it through /proc for a process of the same uid (an agent run as root without BPF-LSM).
+    // The watchdog, forked next, inherits this.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("leash: error: making leash non-dumpable: {e}");
+        return exit::LEASH_FAILED;
+    }
+    // SAFETY: first thing, while leash has one thread (the runtime starts below).
+    let watchdog = match unsafe { launcher::watchdog::Watchdog::fork() } {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("leash: error: {e:#}");
+            return exit::LEASH_FAILED;
+        }
+    };
     let opts = RunOptions {
         policy: args.policy,
         proxy_listen: args.proxy.proxy_listen,
@@ -156,7 +171,7 @@ fn run(args: cli::RunArgs) -> i32 {
         command: args.command,
     };
     // block_on keeps the agent's fork on the main thread, which PR_SET_PDEATHSIG is tied to.
-    match runtime(1).block_on(launcher::run(opts)) {
+    match runtime(1).block_on(launcher::run(opts, watchdog)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("leash: error: {e:#}");

@@ -184,8 +184,9 @@ fn listening_inodes() -> Vec<u64> {
 }
 
 /// The watchdog holds the proxy's listening socket (so no one else can take the port while the
-/// sandbox lives), and the agent does not: neither the copy made for the watchdog nor the proxy's
-/// own reaches it (the agent's start marks every descriptor above 2 close-on-exec, `child.rs`).
+/// sandbox lives), and the agent does not: neither leash's end of the watchdog's socket nor the
+/// proxy's own reaches it (the agent's start marks every descriptor above 2 close-on-exec,
+/// `child.rs`).
 #[test]
 fn the_watchdog_holds_the_proxy_socket_and_the_agent_does_not() {
     require_root();

@@ -68,25 +68,53 @@ impl SandboxCgroup {
     }
 
     /// Kills every process in the cgroup and waits (up to `timeout`) until it is empty.
-    /// Uses `cgroup.kill` (5.14+) and falls back to freezing and signalling each pid.
+    /// Uses `cgroup.kill` (5.14+); before, freezes the cgroup (5.2+) so that no process of it can
+    /// fork or exit and free its pid while the listed pids are signalled, then signals each one
+    /// (a frozen process dies of SIGKILL).
     pub fn kill_all(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let kill_file = self.path.join("cgroup.kill");
         let used_kill_file = kill_file.exists() && write_str(&kill_file, "1").is_ok();
+        let frozen = !used_kill_file && self.freeze(deadline);
         loop {
             let pids = self.pids()?;
             if pids.is_empty() {
                 return Ok(());
             }
             if !used_kill_file {
-                for pid in pids {
+                for pid in pids.into_iter().filter(|pid| *pid > 0) {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 }
             }
             if Instant::now() > deadline {
-                bail!("processes still running in {} after SIGKILL", self.path.display());
+                let how = if used_kill_file {
+                    "cgroup.kill"
+                } else if frozen {
+                    "frozen"
+                } else {
+                    "not frozen"
+                };
+                bail!("processes still running in {} after SIGKILL ({how})", self.path.display());
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Freezes the cgroup and waits (until `deadline`) for it to report frozen. False when it
+    /// could not be frozen in time.
+    fn freeze(&self, deadline: Instant) -> bool {
+        if write_str(&self.path.join("cgroup.freeze"), "1").is_err() {
+            return false;
+        }
+        loop {
+            let events = fs::read_to_string(self.path.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l.trim() == "frozen 1") {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

@@ -77,9 +77,9 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
 }
 
-/// Runs the command confined; returns the exit code `leash run` should exit with. An `Err` is a
-/// failure before exec (exit 125).
-pub async fn run(opts: RunOptions) -> Result<i32> {
+/// Runs the command confined, `watchdog` (forked at leash's start, `Watchdog::fork`) beside it;
+/// returns the exit code `leash run` should exit with. An `Err` is a failure before exec (exit 125).
+pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> {
     let Some((program, args)) = opts.command.split_first() else {
         bail!("no command given: usage is `leash run [OPTIONS] -- CMD [ARGS...]`");
     };
@@ -163,21 +163,17 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let built = roots.and_then(|(cgroup_root, bpffs, generation)| {
         sandbox::Sandbox::create(id, &cgroup_root, &bpffs, generation, net)
     });
-    // The watchdog starts while the proxy's TLS material is still being made.
-    let watchdog = match built.as_ref().ok().and_then(|s| s.cgroup()) {
-        Some(cgroup) => match watchdog::Watchdog::start(cgroup.path(), bound.listener_fd()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                // Whatever the TLS thread made (the agent's trust directory) goes with it.
-                drop(proxy_ready.await);
-                if let Ok(mut s) = built {
-                    s.teardown();
-                }
-                return Err(e);
+    // The watchdog learns the sandbox while the proxy's TLS material is still being made.
+    if let Some(cgroup) = built.as_ref().ok().and_then(|s| s.cgroup()) {
+        if let Err(e) = watchdog.watch(cgroup.path(), &bound.sockets()) {
+            // Whatever the TLS thread made (the agent's trust directory) goes with it.
+            drop(proxy_ready.await);
+            if let Ok(mut s) = built {
+                s.teardown();
             }
-        },
-        None => None,
-    };
+            return Err(e);
+        }
+    }
     let (proxy, trust) = match proxy_ready.await.context("preparing the proxy")? {
         Ok(ready) => ready,
         Err(e) => {
@@ -238,7 +234,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             return Err(e);
         }
     };
-    if let Some(Err(e)) = watchdog.as_ref().map(|w| w.hold(guard.held_ids())) {
+    if let Err(e) = watchdog.hold(guard.held_ids()) {
         eprintln!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
     }
     let agent = Agent {
@@ -260,9 +256,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         s.teardown();
     }
     guard.release();
-    if let Some(w) = watchdog {
-        w.stop();
-    }
+    watchdog.stop();
     drop(trust);
     outcome
 }

@@ -264,6 +264,16 @@ impl BoundProxy {
         self.listener.as_fd()
     }
 
+    /// Every socket bound so far: the listener, and transparent mode's listener and resolver.
+    pub fn sockets(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        let mut sockets = vec![self.listener.as_fd()];
+        if let Some(t) = &self.transparent {
+            sockets.extend([t.tcp.as_fd(), t.dns.as_fd()]);
+        }
+        sockets
+    }
+
     /// Serves connections (and in transparent mode redirected ones and DNS queries) until the
     /// returned task is aborted.
     pub fn serve(self, proxy: Arc<Proxy>) -> tokio::task::JoinHandle<()> {

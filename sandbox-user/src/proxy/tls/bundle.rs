@@ -10,7 +10,7 @@
 //!   trusted-key-usage attribute (OID 2.16.840.1.113894.746875.1.1), so every bag has it (value
 //!   anyExtendedKeyUsage) plus a friendlyName alias (`leash-ca`, `system-root-N`). Certificates are
 //!   not encrypted (they are public); integrity is an HMAC-SHA256 MAC keyed from the password
-//!   [`TRUSTSTORE_PASSWORD`] by the PKCS#12 KDF (RFC 7292 appendix B), 10 000 iterations, which
+//!   [`TRUSTSTORE_PASSWORD`] by the PKCS#12 KDF (RFC 7292 appendix B), one iteration, which
 //!   Java 12+ and OpenSSL 1.1+ check. Java is told `trustStoreType=PKCS12`.
 
 use std::fs;
@@ -210,7 +210,9 @@ pub(crate) mod pkcs12 {
             let auth_safe = &d.0[d.0.len() - auth_safe_len..];
             let mac = hmac_sha256(&mac_key(password, salt, iterations), auth_safe);
             let digest_info = seq(&[&seq(&[&oid(SHA256), &[0x05, 0x00]]), &octets(&mac)]);
-            d.put(&seq(&[&digest_info, &octets(salt), &integer(u64::from(iterations))]));
+            // `iterations INTEGER DEFAULT 1`: DER leaves a default value out.
+            let count = if iterations == 1 { Vec::new() } else { integer(u64::from(iterations)) };
+            d.put(&seq(&[&digest_info, &octets(salt), &count]));
         });
         pfx.0
     }
@@ -430,7 +432,7 @@ mod tests {
         let mac_data = children(top[2].1);
         let digest_info = children(mac_data[0].1);
         let salt = mac_data[1].1;
-        let iterations = mac_data[2].1.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        let iterations = mac_data.get(2).map_or(1, |(_, n)| n.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)));
         let key = pkcs12::mac_key(password, salt, iterations);
         assert_eq!(digest_info[1].1, pkcs12::hmac_sha256(&key, auth_safe), "MAC checks");
         assert_ne!(digest_info[1].1, pkcs12::hmac_sha256(&pkcs12::mac_key("wrong", salt, iterations), auth_safe));
