@@ -2,11 +2,12 @@
 //! owner), removing it (release, garbage collection), and taking over those of a previous
 //! daemon (adopt, upgrade).
 //!
-//! A sandbox is a cgroup `leash-<id>` below the caller's container cgroup, with the network
-//! programs attached (links pinned), an entry in the sandbox map naming its proxy and network
-//! namespace, and a state file. The order of creation — entries, links, state file, then the
-//! process — means the process is confined from the moment it enters; removal runs only once
-//! the cgroup is empty or gone, so no running process ever loses its confinement.
+//! A sandbox is its kernel state (`kernel::sandbox`: a cgroup `leash-<id>` below the caller's
+//! container cgroup, an entry in the sandbox map naming its proxy and network namespace, the
+//! network programs attached with pinned links, the BPF-LSM registration) and a state file. The
+//! order of creation — entries, links, registration, state file, then the process — means the
+//! process is confined from the moment it enters; removal runs only once the cgroup is empty or
+//! gone, so no running process ever loses its confinement.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -28,9 +29,9 @@ use super::registry::{Registry, SandboxRecord};
 use crate::kernel::cgroup::SandboxCgroup;
 use crate::kernel::fs_root::FsRoot;
 use crate::kernel::generation::Generation;
-use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::programs::{self, sandbox_net, TransparentPorts};
+use crate::kernel::sandbox::KernelSandbox;
 use crate::proxy::identity::holders_all_run;
 use sandbox_common::{SandboxNet, SANDBOX_NODE};
 
@@ -169,13 +170,14 @@ impl Node {
         }
         let container = discovery::container_dir(&self.cgroup_root, &target_pod);
         let id = new_id();
-        let cgroup = SandboxCgroup::create(&container, &id).map_err(internal)?;
+        let net = node_net(proxy.addr, record_owners, passed.transparent, proxy.netns_cookie);
+        let sandbox = KernelSandbox::create(&mut state.programs, &container, &id, net).map_err(internal)?;
         let record = SandboxRecord {
             id: id.clone(),
             pod_uid: caller.pod.pod_uid.clone(),
             container_id: target_pod.container_id.clone(),
-            cgroup: cgroup.path().to_path_buf(),
-            cgroup_id: cgroup.id(),
+            cgroup: sandbox.cgroup().path().to_path_buf(),
+            cgroup_id: sandbox.cgroup().id(),
             policy: policy.name.clone(),
             proxy: proxy.addr,
             netns_cookie: proxy.netns_cookie,
@@ -183,7 +185,11 @@ impl Node {
             transparent: passed.transparent,
             created: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         };
-        let built = build(&mut state, &record, kernel_rules.as_ref())
+        // The LSM registration and the record, then the process (confined from the moment it moves).
+        let built = kernel_rules
+            .as_ref()
+            .map_or(Ok(()), |rules| sandbox.enforce(&mut state.programs, rules, net))
+            .and_then(|()| state.registry.insert(record.clone()))
             .and_then(|()| move_into(&record.cgroup, target))
             .and_then(|()| kill_if_holding_sockets(target, listener_inode));
         if let Err(e) = built {
@@ -407,26 +413,24 @@ fn check_lsm(programs: &Generation, rules: &LsmRules, policy: &str) -> Result<()
 
 /// The network entry of the sandbox `r` records.
 fn sandbox_net_of(r: &SandboxRecord) -> SandboxNet {
-    let mut net = sandbox_net(r.proxy, r.record_owners);
-    if let Some(ports) = r.transparent {
-        net = programs::transparent(net, ports);
-    }
-    net.netns_cookie = r.netns_cookie;
-    net.flags |= SANDBOX_NODE;
-    net
+    node_net(r.proxy, r.record_owners, r.transparent, r.netns_cookie)
 }
 
-/// Entries, links and the state file of a new sandbox.
-fn build(state: &mut State, r: &SandboxRecord, kernel: Option<&LsmRules>) -> Result<()> {
-    let net = sandbox_net_of(r);
-    state.programs.add_entries(r.cgroup_id, net)?;
-    if let Some(rules) = kernel {
-        let registration =
-            Registration { cgroup_id: r.cgroup_id, level: 0, descendants: false, rules, proxy: Some(net) };
-        state.programs.register_lsm(&registration)?;
+/// The network entry of a node sandbox confined to the proxy at `proxy` (in the network
+/// namespace of cookie `netns_cookie`).
+fn node_net(
+    proxy: SocketAddr,
+    record_owners: bool,
+    transparent: Option<TransparentPorts>,
+    netns_cookie: u64,
+) -> SandboxNet {
+    let mut net = sandbox_net(proxy, record_owners);
+    if let Some(ports) = transparent {
+        net = programs::transparent(net, ports);
     }
-    state.programs.attach(&r.cgroup, &r.id, net.flags)?;
-    state.registry.insert(r.clone())
+    net.netns_cookie = netns_cookie;
+    net.flags |= SANDBOX_NODE;
+    net
 }
 
 /// Removes what exists of sandbox `r`; only for an empty (or missing) cgroup. The counters of
@@ -435,10 +439,7 @@ fn remove(state: &mut State, r: &SandboxRecord, metrics: &Metrics) -> Result<()>
     if let Ok(c) = state.programs.counters(r.cgroup_id) {
         metrics.retire(&c);
     }
-    if r.cgroup.is_dir() {
-        SandboxCgroup::open(r.cgroup.clone())?.remove()?;
-    }
-    state.programs.release(&r.id, r.cgroup_id)?;
+    KernelSandbox::made(&r.id, r.cgroup.clone(), r.cgroup_id).remove(&mut state.programs)?;
     state.registry.remove(&r.id)
 }
 

@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 /// Prefix of every sandbox cgroup directory name (and of its pin directory).
 pub const PREFIX: &str = "leash-";
 
-/// A sandbox cgroup that exists on disk.
-#[derive(Debug)]
+/// A sandbox cgroup.
+#[derive(Debug, Clone)]
 pub struct SandboxCgroup {
     path: PathBuf,
     id: u64,
@@ -34,6 +34,11 @@ impl SandboxCgroup {
     pub fn open(path: PathBuf) -> Result<Self> {
         let id = fs::metadata(&path).with_context(|| format!("reading cgroup {}", path.display()))?.ino();
         Ok(Self { path, id })
+    }
+
+    /// A cgroup known by its path and id, which may be gone (to remove what is left of it).
+    pub fn known(path: PathBuf, id: u64) -> Self {
+        Self { path, id }
     }
 
     pub fn path(&self) -> &Path {

@@ -200,16 +200,8 @@ impl Generation {
 
     // ---- one sandbox's kernel state ------------------------------------------------------
 
-    /// Confines the cgroup at `cgroup` (id `cgroup_id`) to `net`: writes its entries (proxy
-    /// address, zeroed counters), then attaches every network program to it (the `sock_ops`
-    /// one only when `net` records connection owners), pinning each link under
-    /// `sandboxes/<sandbox>/`.
-    pub fn confine(&mut self, sandbox: &str, cgroup: &Path, cgroup_id: u64, net: SandboxNet) -> Result<()> {
-        self.add_entries(cgroup_id, net)?;
-        self.attach(cgroup, sandbox, net.flags)
-    }
-
-    /// Writes the sandbox's network entries, keyed by its cgroup id.
+    /// Writes the sandbox's network entries (proxy address, zeroed counters), keyed by its cgroup
+    /// id (`kernel::sandbox` makes a sandbox with this and [`Generation::attach`]).
     pub fn add_entries(&mut self, cgroup_id: u64, net: SandboxNet) -> Result<()> {
         self.sandboxes.insert(cgroup_id, net, 0).context("writing the sandbox map entry (is the map full?)")?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
@@ -219,7 +211,8 @@ impl Generation {
     }
 
     /// Attaches the network programs of this generation a sandbox with `SandboxNet::flags`
-    /// `flags` gets (`programs::attached_for`) to the cgroup at `cgroup` and pins the links as
+    /// `flags` gets (`programs::attached_for`: the `sock_ops` one only when it records connection
+    /// owners) to the cgroup at `cgroup` and pins the links as
     /// `sandboxes/<sandbox>/<generation>--<program>`.
     pub fn attach(&mut self, cgroup: &Path, sandbox: &str, flags: u32) -> Result<()> {
         let dir_path = pins::sandbox_dir(&self.bpffs, sandbox);

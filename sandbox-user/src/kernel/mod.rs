@@ -1,5 +1,5 @@
 //! Everything leash asks of the kernel: finding cgroup v2 and bpffs, sandbox cgroups, loading
-//! and attaching the eBPF programs, pins that outlive leash, reaping what a crash left behind,
+//! and attaching the eBPF programs, one sandbox's kernel state (`sandbox`), pins that outlive leash, reaping what a crash left behind,
 //! and probing which layers this kernel supports.
 
 pub mod btf;
@@ -15,4 +15,5 @@ pub mod pins;
 pub mod probes;
 pub mod programs;
 pub mod reaper;
+pub mod sandbox;
 pub mod sandbox_id;

@@ -13,6 +13,7 @@ use anyhow::Result;
 use super::cgroup::{self, SandboxCgroup};
 use super::generation::{retire_unused, Generation};
 use super::pins;
+use super::sandbox::KernelSandbox;
 use super::sandbox_id::SandboxId;
 
 /// What one reaping pass removed.
@@ -43,8 +44,7 @@ pub fn reap_stale(cgroup_root: &Path, generation: &mut Generation, bpffs: &Path)
         if cg_path.exists() {
             let cg = SandboxCgroup::open(cg_path)?;
             cg.kill_all(Duration::from_secs(5))?;
-            generation.release(&name, cg.id())?;
-            cg.remove()?;
+            KernelSandbox::made(&name, cg.path().to_path_buf(), cg.id()).remove(generation)?;
         } else {
             pins::remove_tree(&pins::sandbox_dir(bpffs, &name))?;
         }

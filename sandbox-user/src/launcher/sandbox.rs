@@ -1,8 +1,8 @@
-//! The kernel side of one `leash run` sandbox: its cgroup, the host's generation of programs
-//! attached to it with pinned links, its map entries, its own event ring, and its registration
-//! with the BPF-LSM programs when the policy has `kernel:` rules. Created before the agent
-//! starts; torn down after, leaving nothing behind. If leash dies instead, the pins keep the
-//! cgroup confined until the next run reaps it.
+//! One `leash run` sandbox: its kernel state (`kernel::sandbox`: cgroup, map entries, the host's
+//! generation of programs attached with pinned links, the BPF-LSM registration when the policy
+//! has `kernel:` rules), its own event ring, and the handles the proxy reads. Created before the
+//! agent starts; torn down after, leaving nothing behind. If leash dies instead, the pins keep
+//! the cgroup confined until the next run reaps it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,15 +16,15 @@ use crate::kernel::cgroup::SandboxCgroup;
 use crate::kernel::events::{EventPump, KernelEvent};
 use crate::kernel::generation::{retire_unused, EventSlot, Generation};
 use crate::kernel::learning::Learning;
-use crate::kernel::lsm::Registration;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::kernel::programs::{ConnectionOwners, DnsClients};
+use crate::kernel::sandbox::KernelSandbox;
 use crate::kernel::sandbox_id::SandboxId;
 
 pub struct Sandbox {
-    name: String,
     bpffs: PathBuf,
-    cgroup: Option<SandboxCgroup>,
+    /// The cgroup, entries and links; `None` once torn down.
+    kernel: Option<KernelSandbox>,
     generation: Arc<Mutex<Generation>>,
     /// The sandbox's own deny-event ring, until [`Sandbox::start_events`] takes it.
     events: Option<RingBuf<MapData>>,
@@ -37,42 +37,40 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Creates the cgroup, writes its network entry `net` (which must record connection owners:
-    /// the proxy serves only connections so recorded), registers the event ring and attaches the
-    /// programs of `generation`. On failure everything created so far is removed again.
+    /// Creates the sandbox's kernel state with network entry `net` (which must record connection
+    /// owners: the proxy serves only connections so recorded) and names its own event ring. No
+    /// process is in it yet. On failure everything created so far is removed again.
     pub fn create(
         id: SandboxId,
         cgroup_root: &Path,
         bpffs: &Path,
-        generation: Generation,
+        mut generation: Generation,
         net: SandboxNet,
     ) -> Result<Self> {
-        let name = id.to_string();
-        let cgroup = SandboxCgroup::create(cgroup_root, &name)?;
+        let kernel = KernelSandbox::create(&mut generation, cgroup_root, &id.to_string(), net)?;
+        let cgroup_id = kernel.cgroup().id();
         let mut sandbox = Self {
-            name,
             bpffs: bpffs.to_path_buf(),
-            cgroup: Some(cgroup),
+            kernel: Some(kernel),
             generation: Arc::new(Mutex::new(generation)),
             events: None,
             event_slot: None,
             lsm: false,
             net,
         };
-        if let Err(e) = sandbox.confine() {
-            sandbox.teardown();
-            return Err(e);
+        let events = lock(&sandbox.generation).and_then(|mut g| g.own_events(cgroup_id));
+        match events {
+            Ok((ring, slot)) => (sandbox.events, sandbox.event_slot) = (Some(ring), Some(slot)),
+            Err(e) => {
+                sandbox.teardown();
+                return Err(e);
+            }
         }
         Ok(sandbox)
     }
 
-    fn confine(&mut self) -> Result<()> {
-        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        let mut generation = lock(&self.generation)?;
-        // The ring first: the sandbox's first denial already goes to it.
-        let (ring, slot) = generation.own_events(cgroup.id())?;
-        (self.events, self.event_slot) = (Some(ring), Some(slot));
-        generation.confine(&self.name, cgroup.path(), cgroup.id(), self.net)
+    fn kernel(&self) -> Result<&KernelSandbox> {
+        self.kernel.as_ref().context("sandbox already torn down")
     }
 
     /// Registers this sandbox with the BPF-LSM programs under `rules` (and its proxy as the one
@@ -80,11 +78,8 @@ impl Sandbox {
     /// hooks the rules need that this kernel lacks (the rest are in force); an error when
     /// BPF-LSM is unusable here.
     pub fn enforce_kernel_rules(&mut self, rules: &LsmRules) -> Result<Vec<&'static str>> {
-        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        let registration =
-            Registration { cgroup_id: cgroup.id(), level: 0, descendants: false, rules, proxy: Some(self.net) };
         let mut generation = lock(&self.generation)?;
-        generation.register_lsm(&registration)?;
+        self.kernel()?.enforce(&mut generation, rules, self.net)?;
         self.lsm = true;
         Ok(generation.missing_hooks(&rules.required_hooks()))
     }
@@ -97,19 +92,19 @@ impl Sandbox {
     /// A handle that puts new `kernel:` rules in force for this sandbox (policy reload), when
     /// BPF-LSM is enforcing.
     pub fn kernel_rules_updater(&self) -> Option<KernelRulesUpdater> {
-        let cgroup_id = self.cgroup.as_ref()?.id();
-        self.lsm.then(|| KernelRulesUpdater { generation: self.generation.clone(), cgroup_id, net: self.net })
+        let sandbox = self.kernel.clone()?;
+        self.lsm.then(|| KernelRulesUpdater { generation: self.generation.clone(), sandbox, net: self.net })
     }
 
     pub fn cgroup(&self) -> Option<&SandboxCgroup> {
-        self.cgroup.as_ref()
+        self.kernel.as_ref().map(KernelSandbox::cgroup)
     }
 
     /// Starts reading the sandbox's events into `sink`: deny events (network and BPF-LSM) and,
     /// once [`Sandbox::learn`] is called, what the learning program sees.
     pub fn start_events(&mut self, sink: impl Fn(&KernelEvent) + Send + Sync + 'static) -> Result<EventPump> {
         let ring = self.events.take().ok_or_else(|| anyhow!("the sandbox's events are already read"))?;
-        let own = self.cgroup.as_ref().context("sandbox cgroup already removed")?.id();
+        let own = self.kernel()?.cgroup().id();
         // The ring is pooled: should a dead leash's sandbox still name it, its events are not ours.
         EventPump::start(ring, move |e: &KernelEvent| {
             let cgroup_id = match e {
@@ -125,36 +120,33 @@ impl Sandbox {
     /// `--learn`: records what the sandbox opens and runs, into its event ring, until the
     /// returned value is dropped.
     pub fn learn(&self) -> Result<Learning> {
-        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        lock(&self.generation)?.learn(cgroup.id())
+        lock(&self.generation)?.learn(self.kernel()?.cgroup().id())
     }
 
     /// The connection-owner records of this sandbox (who opened each connection to the proxy).
     pub fn connection_owners(&self) -> Result<ConnectionOwners> {
-        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        lock(&self.generation)?.connection_owners(cgroup.id())
+        lock(&self.generation)?.connection_owners(self.kernel()?.cgroup().id())
     }
 
     /// Which client ports of this sandbox sent DNS to its resolver (transparent mode).
     pub fn dns_clients(&self) -> Result<DnsClients> {
-        let cgroup = self.cgroup.as_ref().context("sandbox cgroup already removed")?;
-        lock(&self.generation)?.dns_clients(cgroup.id())
+        lock(&self.generation)?.dns_clients(self.kernel()?.cgroup().id())
     }
 
     pub fn counters(&self) -> Option<Counters> {
-        lock(&self.generation).ok()?.counters(self.cgroup.as_ref()?.id()).ok()
+        lock(&self.generation).ok()?.counters(self.kernel.as_ref()?.cgroup().id()).ok()
     }
 
     /// Kills whatever still runs in the sandbox, then removes entries, links and cgroup. Errors
     /// are reported on stderr: teardown continues past them so as much as possible is removed.
     pub fn teardown(&mut self) {
-        let Some(cgroup) = self.cgroup.take() else { return };
-        if let Err(e) = cgroup.kill_all(Duration::from_secs(5)) {
+        let Some(kernel) = self.kernel.take() else { return };
+        if let Err(e) = kernel.cgroup().kill_all(Duration::from_secs(5)) {
             eprintln!("leash: teardown: {e:#}");
         }
         match lock(&self.generation) {
             Ok(mut generation) => {
-                if let Err(e) = generation.release(&self.name, cgroup.id()) {
+                if let Err(e) = kernel.remove(&mut generation) {
                     eprintln!("leash: teardown: {e:#}");
                 }
                 generation.stop_using();
@@ -163,9 +155,6 @@ impl Sandbox {
         }
         // Only now that no entry names it may another sandbox take the ring.
         drop(self.event_slot.take());
-        if let Err(e) = cgroup.remove() {
-            eprintln!("leash: teardown: {e:#}");
-        }
         // This run's generation too, when a newer one exists and nothing else uses it.
         if let Err(e) = retire_unused(&self.bpffs) {
             eprintln!("leash: teardown: {e:#}");
@@ -181,7 +170,7 @@ fn lock(generation: &Mutex<Generation>) -> Result<std::sync::MutexGuard<'_, Gene
 #[derive(Clone)]
 pub struct KernelRulesUpdater {
     generation: Arc<Mutex<Generation>>,
-    cgroup_id: u64,
+    sandbox: KernelSandbox,
     net: SandboxNet,
 }
 
@@ -189,8 +178,6 @@ impl KernelRulesUpdater {
     /// Replaces the sandbox's flags and lists with `rules`. The hooks stay those of the host's
     /// generation: a rule needing a hook this kernel lacks stays unenforced (reported at start).
     pub fn update(&self, rules: &LsmRules) -> Result<()> {
-        let registration =
-            Registration { cgroup_id: self.cgroup_id, level: 0, descendants: false, rules, proxy: Some(self.net) };
-        lock(&self.generation)?.update_lsm(&registration)
+        self.sandbox.update(&mut *lock(&self.generation)?, rules, self.net)
     }
 }

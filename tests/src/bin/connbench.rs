@@ -143,17 +143,18 @@ fn parse_addr(text: &str) -> SocketAddr {
 /// Runs `connbench ADDR N` in a new sandbox cgroup confined to `addr` by leash's network
 /// programs, and returns its line; the cgroup and its links are removed after.
 fn sandboxed(addr: SocketAddr, n: &str) -> Result<String, String> {
-    use leash::kernel::{cgroup::SandboxCgroup, generation::Generation, mounts, programs};
+    use leash::kernel::{generation::Generation, mounts, programs, sandbox::KernelSandbox};
     use std::os::unix::process::CommandExt as _;
     let err = |e: anyhow::Error| format!("{e:#}");
     let mut generation = Generation::open_host().map_err(err)?;
     let name = format!("connbench-{}", std::process::id());
-    let cgroup = SandboxCgroup::create(&mounts::cgroup2_root().map_err(err)?, &name).map_err(err)?;
     // As `leash run` confines its agent: owner records, transparent mode.
     let ports = programs::TransparentPorts { tcp: addr.port(), dns: addr.port() };
     let net = programs::transparent(programs::sandbox_net(addr, true), ports);
+    let sandbox =
+        KernelSandbox::create(&mut generation, &mounts::cgroup2_root().map_err(err)?, &name, net).map_err(err)?;
+    let cgroup = sandbox.cgroup().clone();
     let measured = (|| {
-        generation.confine(&name, cgroup.path(), cgroup.id(), net).map_err(err)?;
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(cgroup.path().join("cgroup.procs"))
@@ -176,10 +177,9 @@ fn sandboxed(addr: SocketAddr, n: &str) -> Result<String, String> {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     })();
-    let released = generation.release(&name, cgroup.id()).map_err(err);
-    let removed = cgroup.remove().map_err(err);
+    let removed = sandbox.remove(&mut generation).map_err(err);
     let line = measured?;
-    released.and(removed)?;
+    removed?;
     Ok(line)
 }
 
