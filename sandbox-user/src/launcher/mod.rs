@@ -174,6 +174,9 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
             return Err(e);
         }
     }
+    // The host's sockets are found while the TLS material is still being made (most of a
+    // start's TLS time is spent waiting for it otherwise).
+    let host_sockets = mount_ns::HostSockets::find(&unix_allowed);
     let (proxy, trust) = match proxy_ready.await.context("preparing the proxy")? {
         Ok(ready) => ready,
         Err(e) => {
@@ -246,7 +249,7 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
         credential_names: &credential_names,
         filesystem: filesystem.as_ref(),
         binaries_rules,
-        unix_allowed: &unix_allowed,
+        host_sockets: &host_sockets,
     };
     // A reload while learning would put the rules being learned in force.
     let policy_file = policy_file.filter(|_| !learning);
@@ -297,8 +300,8 @@ struct Agent<'a> {
     filesystem: Option<&'a FilesystemRules>,
     /// Whether the policy has `binaries:` rules (the proxy then reads each connection's owner).
     binaries_rules: bool,
-    /// Host sockets the policy lets it reach (`kernel.unix.allow`).
-    unix_allowed: &'a [PathBuf],
+    /// The host's sockets to keep from the agent (all but the policy's `kernel.unix.allow`).
+    host_sockets: &'a mount_ns::HostSockets,
 }
 
 /// Starts proxy, events and agent in a built sandbox and waits for the agent.
@@ -405,7 +408,7 @@ async fn run_inside(
         None => None,
     };
     let mut mounts =
-        mount_ns::PrivateMounts::prepare(&[trust.dir().to_path_buf()], agent.guard.read_only(), agent.unix_allowed)
+        mount_ns::PrivateMounts::prepare(&[trust.dir().to_path_buf()], agent.guard.read_only(), agent.host_sockets)
             .context("preparing the agent's mount namespace")?;
     if let landlock::Domain::Enforced(p) = &domain {
         mounts.with_landlock(p.fd.as_raw_fd(), &p.emptied)?;

@@ -102,14 +102,29 @@ fn is_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
+/// The host's bound unix sockets the agent's namespace covers: every one outside the directories
+/// it gets empty, but `unix_allowed`. Walks every process's network namespace (see
+/// `host_sockets`), so `leash run` does it while it waits for its TLS material.
+pub struct HostSockets {
+    found: Vec<PathBuf>,
+    left_out: usize,
+}
+
+impl HostSockets {
+    pub fn find(unix_allowed: &[PathBuf]) -> Self {
+        let emptied: Vec<&Path> = emptied().collect();
+        let (found, left_out) = host_sockets::find(&emptied, unix_allowed);
+        Self { found, left_out }
+    }
+}
+
 impl PrivateMounts {
-    /// Prepares the namespace for an agent working in `workdir`, keeping `keep` (directories
-    /// under `/run` the agent must read, such as its CA bundle) visible, `read_only` read-only and
-    /// the host's sockets out of reach but for `unix_allowed`.
+    /// Prepares the namespace for an agent, keeping `keep` (directories under `/run` the agent
+    /// must read, such as its CA bundle) visible, `read_only` read-only and `sockets` out of reach.
     pub fn prepare<'a>(
         keep: &[PathBuf],
         read_only: impl Iterator<Item = &'a Path>,
-        unix_allowed: &[PathBuf],
+        sockets: &HostSockets,
     ) -> Result<Self> {
         let scratch = SCRATCH.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<_>>()?;
         let runtime = RUNTIME.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<Vec<_>>>()?;
@@ -131,15 +146,14 @@ impl PrivateMounts {
             kept.push(Kept { path: c_path(dir)?, create });
         }
         let read_only = read_only.map(c_path).collect::<Result<_>>()?;
-        let emptied: Vec<&Path> = emptied().collect();
-        let (sockets, left_out) = host_sockets::find(&emptied, unix_allowed);
-        if left_out > 0 {
+        if sockets.left_out > 0 {
             anyhow::bail!(
-                "this host has more than {} bound unix sockets ({left_out} more); leash cannot cover them all for the agent",
-                host_sockets::MAX_COVERED
+                "this host has more than {} bound unix sockets ({} more); leash cannot cover them all for the agent",
+                host_sockets::MAX_COVERED,
+                sockets.left_out
             );
         }
-        let covered = sockets.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
+        let covered = sockets.found.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
         Ok(Self { scratch, runtime, kept, read_only, covered, home: None, landlock: None })
     }
 
