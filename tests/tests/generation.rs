@@ -297,3 +297,33 @@ fn the_lsm_prefilter_never_reads_zero_for_a_registered_sandbox() {
     assert_eq!(counts[4], 1, "b's entry is still there");
     assert_eq!(counts[3], base, "and the slot is back where it was once b is gone");
 }
+
+/// Removing a sandbox whose cgroup still holds a process (a kill that did not finish, a process
+/// that escaped a single kill round) must not strip its confinement: the cgroup stays, and so do
+/// its links. Once it is empty, removal takes everything.
+#[test]
+fn a_populated_sandbox_keeps_its_confinement_when_removal_is_attempted() {
+    use leash::kernel::{generation::Generation, programs, sandbox::KernelSandbox};
+    require_root();
+    let _serial = serial();
+    let mut generation = Generation::open_host().expect("the host's generation");
+    let name = format!("removal-test-{}", std::process::id());
+    let net = programs::sandbox_net("127.0.0.1:9".parse().unwrap(), false);
+    let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, net).expect("sandbox");
+    let cgroup = sandbox.cgroup().path().to_path_buf();
+    let pins = leash::kernel::pins::sandbox_dir(&bpffs_root().unwrap(), &name);
+    let mut held = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), held.id().to_string()).unwrap();
+
+    let again = KernelSandbox::made(&name, cgroup.clone(), sandbox.cgroup().id());
+    let refused = sandbox.remove(&mut generation);
+    assert!(refused.is_err(), "a populated cgroup was removed");
+    assert!(cgroup.is_dir(), "the cgroup is gone while its process lives");
+    let links = std::fs::read_dir(&pins).map(|d| d.count()).unwrap_or(0);
+    assert!(links > 0, "the sandbox's links were removed while its process lives");
+
+    held.kill().unwrap();
+    held.wait().unwrap();
+    again.remove(&mut generation).expect("removing the emptied sandbox");
+    assert!(!cgroup.exists() && !pins.exists(), "the emptied sandbox left its cgroup or pins");
+}

@@ -171,7 +171,14 @@ impl Node {
         let container = discovery::container_dir(&self.cgroup_root, &target_pod);
         let id = new_id();
         let net = node_net(proxy.addr, record_owners, passed.transparent, proxy.netns_cookie);
-        let sandbox = KernelSandbox::create(&mut state.programs, &container, &id, net).map_err(internal)?;
+        let sandbox = match KernelSandbox::create(&mut state.programs, &container, &id, net) {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                // What a failed clean-up left has no record: sweep it.
+                let _ = sweep_orphans(&mut state);
+                return Err(internal(e));
+            }
+        };
         let record = SandboxRecord {
             id: id.clone(),
             pod_uid: caller.pod.pod_uid.clone(),

@@ -73,14 +73,16 @@ impl SandboxCgroup {
     }
 
     /// Kills every process in the cgroup and waits (up to `timeout`) until it is empty.
-    /// Uses `cgroup.kill` (5.14+); before, freezes the cgroup (5.2+) so that no process of it can
-    /// fork or exit and free its pid while the listed pids are signalled, then signals each one
-    /// (a frozen process dies of SIGKILL).
+    /// Uses `cgroup.kill` (5.14+); before, freezes the cgroup (5.2+; a quarter of `timeout` at
+    /// most) so that no process of it can fork or exit and free its pid while the listed pids are
+    /// signalled, then signals each one (a frozen process dies of SIGKILL). A cgroup still
+    /// populated at the end is thawed again.
     pub fn kill_all(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
         let kill_file = self.path.join("cgroup.kill");
         let used_kill_file = kill_file.exists() && write_str(&kill_file, "1").is_ok();
-        let frozen = !used_kill_file && self.freeze(deadline);
+        let frozen = !used_kill_file && self.freeze(start + timeout / 4);
+        let deadline = Instant::now() + timeout;
         loop {
             let pids = self.pids()?;
             if pids.is_empty() {
@@ -92,6 +94,9 @@ impl SandboxCgroup {
                 }
             }
             if Instant::now() > deadline {
+                if frozen {
+                    let _ = write_str(&self.path.join("cgroup.freeze"), "0");
+                }
                 let how = if used_kill_file {
                     "cgroup.kill"
                 } else if frozen {

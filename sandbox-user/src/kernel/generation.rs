@@ -11,7 +11,7 @@
 //! Every process using a generation holds a shared flock on its directory; a generation of
 //! another build is removed once no process holds it and no sandbox link names it.
 //!
-//! The network programs attach per sandbox cgroup ([`Generation::confine`]). The BPF-LSM
+//! The network programs attach per sandbox cgroup (`kernel::sandbox`). The BPF-LSM
 //! programs attach to the kernel's hooks, host-wide: only while at least one sandbox is
 //! registered with them ([`Generation::register_lsm`]), once however many are, and they are
 //! detached when the last one leaves, so a host without sandboxes pays nothing on its syscalls.
@@ -199,6 +199,14 @@ impl Generation {
     }
 
     // ---- one sandbox's kernel state ------------------------------------------------------
+
+    /// Makes the pin directory of a new sandbox `sandbox`; fails if it exists (another sandbox's).
+    pub fn claim_pins(&self, sandbox: &str) -> Result<()> {
+        let dir = pins::sandbox_dir(&self.bpffs, sandbox);
+        std::fs::create_dir_all(pins::sandboxes_root(&self.bpffs))
+            .and_then(|()| std::fs::create_dir(&dir))
+            .with_context(|| format!("creating {}", dir.display()))
+    }
 
     /// Writes the sandbox's network entries (proxy address, zeroed counters), keyed by its cgroup
     /// id (`kernel::sandbox` makes a sandbox with this and [`Generation::attach`]).

@@ -1,6 +1,6 @@
 //! Everything leash asks of the kernel: finding cgroup v2 and bpffs, sandbox cgroups, loading
-//! and attaching the eBPF programs, one sandbox's kernel state (`sandbox`), pins that outlive leash, reaping what a crash left behind,
-//! and probing which layers this kernel supports.
+//! and attaching the eBPF programs, one sandbox's kernel state (`sandbox`), pins that outlive
+//! leash, reaping what a crash left behind, and probing which layers this kernel supports.
 
 pub mod btf;
 pub mod cgroup;

@@ -3,7 +3,8 @@
 //! BPF-LSM registration) and its network programs' links, pinned under its name. Made entries
 //! first and links second, so that a process is confined from the moment it enters the cgroup
 //! (the caller puts it there last); removed once the cgroup is empty (the caller kills what is
-//! left first): entries and links, then the cgroup.
+//! left first): the cgroup, then entries and links, so that a cgroup that could not be removed
+//! keeps its confinement.
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +28,16 @@ impl KernelSandbox {
     /// Creates the cgroup `<parent>/leash-<name>`, writes its network entry `net` and attaches the
     /// generation's network programs. On failure, what was made is removed again.
     pub fn create(generation: &mut Generation, parent: &Path, name: &str, net: SandboxNet) -> Result<Self> {
-        let cgroup = SandboxCgroup::create(parent, name)?;
+        // Both names are claimed before anything is made: what a failure removes is this
+        // sandbox's alone, never another's of the same name.
+        generation.claim_pins(name)?;
+        let cgroup = match SandboxCgroup::create(parent, name) {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                let _ = generation.detach(name, None);
+                return Err(e);
+            }
+        };
         let sandbox = Self { name: name.to_owned(), cgroup };
         let made = generation
             .add_entries(sandbox.cgroup.id(), net)
@@ -62,17 +72,15 @@ impl KernelSandbox {
         Registration { cgroup_id: self.cgroup.id(), level: 0, descendants: false, rules, proxy: Some(net) }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn cgroup(&self) -> &SandboxCgroup {
         &self.cgroup
     }
 
-    /// Removes entries and links, then the cgroup, which must be empty (or gone).
+    /// Removes the cgroup, then entries and links. A cgroup that still holds a process is not
+    /// removed (the error says so), and its confinement stays: entries and links too.
     pub fn remove(self, generation: &mut Generation) -> Result<()> {
-        generation.release(&self.name, self.cgroup.id())?;
-        self.cgroup.remove()
+        let id = self.cgroup.id();
+        self.cgroup.remove()?;
+        generation.release(&self.name, id)
     }
 }

@@ -1,11 +1,12 @@
-//! The host's pathname unix sockets, found when the agent starts so that its mount namespace
+//! The host's pathname unix sockets, found as the sandbox is made (a few milliseconds before the
+//! agent starts, while leash waits for its TLS material) so that the agent's mount namespace
 //! can cover each one (`mount_ns`): a service listening under `/var/lib`, `/srv` or a home
 //! directory — the places an emptied `/run` and a private `/tmp` do not reach — is then not there
 //! for the agent to connect to, on any kernel, with or without BPF-LSM.
 //!
 //! Every network namespace's `/proc/<pid>/net/unix` is read (one process per namespace), so a
 //! container's socket bind-mounted onto the host at the same path is found too. What it cannot
-//! find: a socket bound after the agent started, and one reached under another name than its
+//! find: a socket bound after that, and one reached under another name than its
 //! binder used (a bind mount of the socket elsewhere, a link to it); those the kernel's unix
 //! rules cover where BPF-LSM exists, and file permissions elsewhere.
 

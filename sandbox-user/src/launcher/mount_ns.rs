@@ -6,7 +6,7 @@
 //! - `/run` (and `/var/run` when it is not a link to it) is an empty tmpfs holding only leash's
 //!   files for the agent, read-only: host daemons' sockets (docker, containerd, podman, dbus,
 //!   systemd, the user's `/run/user/<uid>` with its ssh and gpg agents) are not there to connect to;
-//! - every pathname unix socket bound on the host when the agent starts, wherever it is, is
+//! - every pathname unix socket bound on the host as the sandbox is made, wherever it is, is
 //!   covered with `/dev/null` (`host_sockets`), except those the policy's `kernel.unix.allow`
 //!   names;
 //! - files in the working directory that run code later, outside the sandbox, are read-only,

@@ -11,13 +11,14 @@
 //! next run's reaper.
 //!
 //! The watchdog is forked first thing in `leash run`, while leash has one thread and little memory
-//! of its own: the copy is cheap, and it holds nothing leash reads later (no credential, no key).
+//! of its own: the copy is cheap, and it holds nothing leash reads later (no credentials file, no
+//! key; its environment is leash's, as any child's is).
 //! It learns the cgroup and gets the sockets once they exist. A process of its own, not a clone
 //! sharing leash's memory: the OOM killer kills every process sharing the memory of the one it
 //! picks, and before 5.16 so does a core dump. Starting a copy of leash's binary instead cost
 //! every start about 1 ms of exec and dynamic linking.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::{IoSlice, IoSliceMut, Write as _};
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ const HOLD: u8 = b'H';
 const MAX_HELD_BYTES: usize = 1 << 20;
 /// The most sockets a watch message passes (the proxy's, and transparent mode's two).
 const MAX_SOCKETS: usize = 4;
+/// How long a clean `leash run` waits for its watchdog to exit.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// A running watchdog; dropping it (or leash dying) releases it.
 pub struct Watchdog {
@@ -94,11 +97,41 @@ impl Watchdog {
         Ok(())
     }
 
-    /// Stops the watchdog after a clean teardown and waits for it.
+    /// Stops the watchdog after a clean teardown and waits for it, a bounded time: one that is
+    /// still killing what is left of the sandbox after that goes on alone.
     pub fn stop(self) {
         let Self { link, pid } = self;
         drop(link);
-        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
+        if !reaped_within(pid, STOP_WAIT) {
+            eprintln!("leash: warning: the watchdog (pid {pid}) is still emptying the sandbox; it goes on alone");
+        }
+    }
+}
+
+/// Waits up to `timeout` for child `pid` to exit, and reaps it. False if it is still running.
+fn reaped_within(pid: nix::unistd::Pid, timeout: Duration) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = std::time::Instant::now() + timeout;
+    // SAFETY: pidfd_open(2) of our own child; the descriptor is checked and owned below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    // SAFETY: a descriptor the kernel just made, ours alone.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
+            _ => return true,
+        }
+        let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { return false };
+        match &pidfd {
+            // Readable once the child has exited.
+            Some(fd) => {
+                let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: poll(2) of one local pollfd.
+                unsafe { libc::poll(&mut poll, 1, left.as_millis().try_into().unwrap_or(i32::MAX)) };
+            }
+            // Before pidfd_open (5.3), or where a seccomp profile refuses it.
+            None => std::thread::sleep(left.min(Duration::from_millis(1))),
+        }
     }
 }
 
@@ -123,11 +156,10 @@ fn serve(link: OwnedFd) -> ! {
             _ => {}
         }
     }
-    let empty = match &cgroup {
-        Some(path) => empty_cgroup(path),
-        None => true,
-    };
-    if empty {
+    // Without a sandbox cgroup (a degraded run) nothing says the agent is gone: what leash held
+    // stays held, as when leash ends while a process of the agent lives on.
+    if let Some(path) = &cgroup {
+        empty_cgroup(path);
         for record in &held {
             remove_held(record);
         }
@@ -163,13 +195,19 @@ fn detach(link: RawFd) {
             libc::dup2(null, 1);
             libc::close(null);
         }
-        for (first, last) in [(3, link - 1), (link + 1, libc::c_int::MAX)] {
-            if first <= last && libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) != 0 {
-                // close_range is 5.9+ (and some seccomp profiles refuse it): what a process that
-                // just started holds is below a few hundred.
-                for fd in first..=last.min(4095) {
-                    libc::close(fd);
-                }
+        let closed = [(3, link - 1), (link + 1, libc::c_int::MAX)].into_iter().all(|(first, last)| {
+            first > last || libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) == 0
+        });
+        if !closed {
+            // close_range is 5.9+, and some seccomp profiles refuse it.
+            let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect();
+            for fd in open.into_iter().filter(|fd| *fd > 2 && *fd != link) {
+                libc::close(fd);
             }
         }
     }
@@ -205,20 +243,19 @@ fn receive(link: &OwnedFd) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     }
 }
 
-/// Kills what is left in the cgroup until it is empty or gone; true then. While a process of the
-/// sandbox is alive the watchdog keeps its sockets, so it keeps trying.
-fn empty_cgroup(path: &Path) -> bool {
+/// Kills what is left in the cgroup until it is empty or gone. While a process of the sandbox is
+/// alive the watchdog keeps its sockets, so it keeps trying.
+fn empty_cgroup(path: &Path) {
     let mut said = false;
     loop {
         let killed = SandboxCgroup::open(path.to_path_buf()).and_then(|c| c.kill_all(Duration::from_secs(5)));
         if killed.is_ok() || !path.exists() {
-            return true;
+            return;
         }
-        if let Err(e) = killed {
-            if !said {
-                eprintln!("leash watchdog: {e:#}; still trying");
-                said = true;
-            }
+        if let (Err(e), false) = (killed, said) {
+            // Not eprintln: a panic on a closed stderr would end the watchdog, and free the ports.
+            let _ = writeln!(std::io::stderr(), "leash watchdog: {e:#}; still trying");
+            said = true;
         }
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -279,7 +279,7 @@ fn net_suite() -> Vec<Check> {
 
 /// SIGKILL of leash kills a process the agent detached (a session of its own, so no
 /// parent-death signal reaches it): leash's watchdog empties the sandbox cgroup, with
-/// `cgroup.kill` from 5.14 and pid by pid before.
+/// `cgroup.kill` from 5.14, and before that by freezing it and signalling pid by pid.
 fn killed_leash_check(run_args: &[String]) -> Result<String, String> {
     use std::io::BufRead as _;
     let mut leash = Command::new(LEASH)
