@@ -72,6 +72,7 @@ pub mod program_names {
     pub const SOCK_CREATE: &str = "leash_sock_create";
     pub const SKB_EGRESS: &str = "leash_skb_egress";
     pub const SKB_INGRESS: &str = "leash_skb_ingress";
+    pub const SOCK_OPS: &str = "leash_sock_ops";
     pub const RECVMSG4: &str = "leash_recvmsg4";
     pub const RECVMSG6: &str = "leash_recvmsg6";
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
@@ -662,7 +663,7 @@ pub struct Counters {
 }
 
 /// The process that opened a connection, recorded by `connect4/6` (which run in the caller's
-/// context) and moved to the client's port at the connection's SYN (`cgroup_skb/egress`).
+/// context) and moved to the client's port once the connection is established (`sock_ops`).
 /// The proxy looks it up at accept to learn which executable is talking to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -139,7 +139,7 @@ fn a_leash_killed_while_making_a_generation_leaves_nothing_a_later_run_uses() {
     let _serial = serial();
     let scratch = Scratch::new("killgen");
     let policy = scratch.file("p.yaml", &policy_allowing(&[]));
-    let programs = ["leash_connect4", "leash_connect6", "leash_sendmsg4", "leash_skb_egress", "leash_skb_ingress"];
+    let programs = ["leash_connect4", "leash_connect6", "leash_sendmsg4", "leash_skb_egress", "leash_sock_ops"];
     let mut interrupted = 0;
     for delay_ms in (2..60).step_by(4) {
         remove_generations();

@@ -9,7 +9,7 @@
 //! whose next header is not TCP is dropped.
 
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
-use sandbox_common::{counter, proxy_client_key, Hook, SandboxNet, SANDBOX_RECORD_OWNERS, SANDBOX_TRANSPARENT};
+use sandbox_common::{counter, proxy_client_key, Hook, SandboxNet, SANDBOX_TRANSPARENT};
 
 use crate::maps::DNS_CLIENTS;
 
@@ -40,10 +40,8 @@ struct Remote {
     protocol: u32,
     addr: [u32; 4],
     port: u16,
-    /// The sandbox's own port (egress only; 0 otherwise).
+    /// The sandbox's own port (UDP egress only; 0 otherwise).
     local_port: u16,
-    /// A TCP SYN (without ACK): a connection's first packet (egress only).
-    syn: bool,
 }
 
 #[inline(always)]
@@ -51,13 +49,11 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
     // SAFETY: plain BPF helper call on the program's own context.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let remote = parse(ctx, dir);
-    let proxy = sandbox(cgroup);
-    let allowed = proxy.is_some_and(|proxy| is_proxy(&proxy, &remote));
+    let allowed = match sandbox(cgroup) {
+        Some(proxy) => is_proxy(&proxy, &remote),
+        None => false,
+    };
     if allowed {
-        if remote.syn && proxy.is_some_and(|proxy| proxy.flags & SANDBOX_RECORD_OWNERS != 0) {
-            // A connection to the proxy starts: its owner record goes where the proxy reads it.
-            super::identity::hand_over(ctx, remote.local_port);
-        }
         if dir == Direction::Egress && remote.protocol == IPPROTO_UDP {
             // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
             let _ = DNS_CLIENTS.insert(&proxy_client_key(remote.local_port, remote.port), &cgroup, 0);
@@ -108,7 +104,7 @@ fn is_proxy(proxy: &SandboxNet, remote: &Remote) -> bool {
 /// (or a packet too short to read), which no proxy matches.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
-    let mut remote = Remote { family: 0, protocol: 0, addr: [0; 4], port: 0, local_port: 0, syn: false };
+    let mut remote = Remote { family: 0, protocol: 0, addr: [0; 4], port: 0, local_port: 0 };
     let Ok(first) = ctx.load::<u8>(0) else { return remote };
     match first >> 4 {
         4 => {
@@ -121,7 +117,7 @@ fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
             remote.protocol = protocol as u32;
             remote.addr[0] = ip;
             remote.port = l4_port(ctx, header_len, remote.protocol, dir);
-            (remote.local_port, remote.syn) = source(ctx, header_len, remote.protocol, dir);
+            remote.local_port = udp_source_port(ctx, header_len, remote.protocol, dir);
         }
         6 => {
             let Ok(next) = ctx.load::<u8>(6) else { return remote };
@@ -132,24 +128,20 @@ fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
             remote.protocol = next as u32;
             remote.addr = ip;
             remote.port = l4_port(ctx, 40, remote.protocol, dir);
-            (remote.local_port, remote.syn) = source(ctx, 40, remote.protocol, dir);
+            remote.local_port = udp_source_port(ctx, 40, remote.protocol, dir);
         }
         _ => {}
     }
     remote
 }
 
-/// The source port of an outgoing TCP or UDP header at `offset`, and whether it is a TCP SYN
-/// without ACK; `(0, false)` otherwise.
+/// The source port of an outgoing UDP header at `offset`; 0 otherwise.
 #[inline(always)]
-fn source(ctx: &SkBuffContext, offset: usize, protocol: u32, dir: Direction) -> (u16, bool) {
-    if dir != Direction::Egress || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
-        return (0, false);
+fn udp_source_port(ctx: &SkBuffContext, offset: usize, protocol: u32, dir: Direction) -> u16 {
+    if protocol != IPPROTO_UDP || dir != Direction::Egress {
+        return 0;
     }
-    let port = ctx.load::<u16>(offset).map(u16::from_be).unwrap_or(0);
-    // The flags byte: SYN 0x02, ACK 0x10.
-    let syn = protocol == IPPROTO_TCP && ctx.load::<u8>(offset + 13).is_ok_and(|flags| flags & 0x12 == 0x02);
-    (port, syn)
+    ctx.load::<u16>(offset).map(u16::from_be).unwrap_or(0)
 }
 
 /// The remote port of a TCP/UDP header at `offset`; 0 for other protocols or a short packet.

@@ -14,7 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, MapData};
 use aya::programs::{
     links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-    CgroupSockAddrAttachType, Program,
+    CgroupSockAddrAttachType, Program, SockOps,
 };
 use aya::Ebpf;
 use sandbox_common::{program_names as prog, proxy_client_key, ConnOwner, SandboxNet};
@@ -28,10 +28,11 @@ pub(crate) enum Kind {
     SockAddr(CgroupSockAddrAttachType),
     Sock,
     Skb(CgroupSkbAttachType),
+    SockOps,
 }
 
 /// The network programs in attach order.
-pub(crate) const NET_PROGRAMS: [(&str, Kind); 9] = [
+pub(crate) const NET_PROGRAMS: [(&str, Kind); 10] = [
     (prog::SOCK_CREATE, Kind::Sock),
     (prog::CONNECT4, Kind::SockAddr(CgroupSockAddrAttachType::Connect4)),
     (prog::CONNECT6, Kind::SockAddr(CgroupSockAddrAttachType::Connect6)),
@@ -39,16 +40,18 @@ pub(crate) const NET_PROGRAMS: [(&str, Kind); 9] = [
     (prog::SENDMSG6, Kind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg6)),
     (prog::SKB_EGRESS, Kind::Skb(CgroupSkbAttachType::Egress)),
     (prog::SKB_INGRESS, Kind::Skb(CgroupSkbAttachType::Ingress)),
+    (prog::SOCK_OPS, Kind::SockOps),
     (prog::RECVMSG4, Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4)),
     (prog::RECVMSG6, Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg6)),
 ];
 
-/// Whether a sandbox with `SandboxNet::flags` `flags` gets program `kind`: `recvmsg4/6` only in
-/// transparent mode (they restore the source of its resolver's replies); every other program
-/// always.
+/// Whether a sandbox with `SandboxNet::flags` `flags` gets program `kind`: `sock_ops` only when
+/// it records connection owners, `recvmsg4/6` only in transparent mode (they restore the
+/// source of its resolver's replies); every other program always.
 pub(crate) fn attached_for(kind: Kind, flags: u32) -> bool {
-    use sandbox_common::SANDBOX_TRANSPARENT;
+    use sandbox_common::{SANDBOX_RECORD_OWNERS, SANDBOX_TRANSPARENT};
     match kind {
+        Kind::SockOps => flags & SANDBOX_RECORD_OWNERS != 0,
         Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4 | CgroupSockAddrAttachType::UDPRecvMsg6) => {
             flags & SANDBOX_TRANSPARENT != 0
         }
@@ -63,6 +66,7 @@ pub(crate) fn load_program(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Result<()
         Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(program)?.load(),
         Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
         Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
+        Kind::SockOps => <&mut SockOps>::try_from(program)?.load(),
     };
     loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))
 }
@@ -88,12 +92,17 @@ pub(crate) fn attach_link(program: &mut Program, name: &str, kind: Kind, dir: &F
             let id = p.attach(dir.as_fd(), ty, mode).with_context(|| format!("attaching {name}"))?;
             p.take_link(id)?.try_into()?
         }
+        Kind::SockOps => {
+            let p = <&mut SockOps>::try_from(program)?;
+            let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
+            p.take_link(id)?.try_into()?
+        }
     };
     Ok(link)
 }
 
-/// Who owns each connection one sandbox made to its proxy, by client port (filled at each
-/// connection's SYN, `sandbox-ebpf/src/net/identity.rs`). The map is shared by every sandbox on the host: a record counts only
+/// Who owns each connection one sandbox made to its proxy, by client port (filled by the
+/// `sock_ops` program). The map is shared by every sandbox on the host: a record counts only
 /// when it names this sandbox's cgroup.
 pub struct ConnectionOwners {
     map: std::sync::Mutex<HashMap<MapData, u32, ConnOwner>>,

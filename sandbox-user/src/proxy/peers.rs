@@ -1,5 +1,5 @@
 //! Who may use the proxy. Under `leash run` it serves only its own sandbox: the sandbox's
-//! `connect4/6` and `cgroup_skb/egress` programs record every connection the sandbox makes to the proxy
+//! `connect4/6` and `sock_ops` programs record every connection the sandbox makes to the proxy
 //! by client port, and a connection without such a record (another local user, root outside the
 //! sandbox) is closed before a byte of it is read. The record names a port, not an address, so
 //! the peer must also come from the proxy's own address (which the sandbox's connections to it
@@ -22,8 +22,8 @@ pub struct SandboxPeers {
     holders: Option<Arc<Holders>>,
 }
 
-/// How often, and how long apart, a missing record is looked for again: the record is made as
-/// the client sends its SYN, so it is normally there long before accept.
+/// How often, and how long apart, a missing record is looked for again: on loopback the client
+/// side's `sock_ops` runs before the final ACK, so the record is normally there at accept.
 const RECHECKS: u32 = 3;
 const RECHECK_DELAY: Duration = Duration::from_millis(2);
 
