@@ -216,6 +216,11 @@ fn the_watchdog_holds_the_proxy_socket_and_the_agent_does_not() {
     let agent_sockets: Vec<u64> =
         agent_fds.lines().filter_map(|l| l.split("socket:[").nth(1)?.split(']').next()?.parse().ok()).collect();
     assert!(!agent_sockets.iter().any(|i| listening.contains(i)), "the agent holds a listening socket: {agent_fds}");
+    // Nor either end of the socket pair that tells the watchdog the sandbox (closing leash's end
+    // is what sets the watchdog off; a copy in the agent would keep it asleep).
+    let theirs: Vec<u64> = socket_inodes(watchdog).into_iter().chain(socket_inodes(leash_pid)).collect();
+    assert!(!theirs.is_empty(), "leash and its watchdog hold no socket");
+    assert!(!agent_sockets.iter().any(|i| theirs.contains(i)), "the agent holds a socket of leash's: {agent_fds}");
     assert!(child.wait_with_output().unwrap().status.success());
 }
 
