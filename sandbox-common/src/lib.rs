@@ -25,8 +25,9 @@ pub mod map_names {
     pub const EVENT_RINGS: &str = "LEASH_EVENT_RINGS";
     /// `LruHashMap<u64 socket cookie, ConnOwner>`: who called connect() on each allowed socket.
     pub const SOCKET_OWNERS: &str = "LEASH_SOCKET_OWNERS";
-    /// `LruHashMap<u32 client port, ConnOwner>`: who owns each established connection to a
-    /// proxy, keyed by the client's local port (the proxy sees it as the peer port at accept).
+    /// `LruHashMap<u32 proxy_client_key(client port, proxy port), ConnOwner>`: who owns each
+    /// connection the proxy has answered, from its SYN-ACK until the client socket is released
+    /// (the proxy sees the client port as the peer port at accept).
     pub const PROXY_CLIENTS: &str = "LEASH_PROXY_CLIENTS";
     /// `LruHashMap<u32 proxy_client_key(client port, resolver port), u64 cgroup id>`: which
     /// sandbox sent DNS from each client port to its resolver (transparent mode), written by
@@ -72,7 +73,7 @@ pub mod program_names {
     pub const SOCK_CREATE: &str = "leash_sock_create";
     pub const SKB_EGRESS: &str = "leash_skb_egress";
     pub const SKB_INGRESS: &str = "leash_skb_ingress";
-    pub const SOCK_OPS: &str = "leash_sock_ops";
+    pub const SOCK_RELEASE: &str = "leash_sock_release";
     pub const RECVMSG4: &str = "leash_recvmsg4";
     pub const RECVMSG6: &str = "leash_recvmsg6";
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
@@ -663,22 +664,26 @@ pub struct Counters {
 }
 
 /// The process that opened a connection, recorded by `connect4/6` (which run in the caller's
-/// context) and moved to the client's port once the connection is established (`sock_ops`).
-/// The proxy looks it up at accept to learn which executable is talking to it.
+/// context) and moved to the client's port when the proxy's SYN-ACK reaches the socket
+/// (`cgroup_skb/ingress`); gone when the socket is released (`cgroup/sock_release`). The proxy
+/// looks it up at accept to learn which executable is talking to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnOwner {
     pub cgroup_id: u64,
+    /// The client socket's cookie: only that socket's release removes the record.
+    pub cookie: u64,
     /// Thread-group id (the process id userspace knows).
     pub pid: u32,
     pub uid: u32,
     /// Where the process connected to, when transparent mode redirected the connection.
     pub dest: OriginalDest,
     /// The proxy port the connection went to (the proxy's, or its transparent listener's), host
-    /// byte order: with the client port, the key of the record once established
+    /// byte order: with the client port, the key of the record once the proxy answered
     /// ([`proxy_client_key`]).
     pub listener_port: u16,
-    pub _pad: u16,
+    /// The client's port, host byte order: 0 until the proxy's SYN-ACK reached the socket.
+    pub client_port: u16,
 }
 
 /// Key of an established connection's owner record (`LEASH_PROXY_CLIENTS`): the client port and
@@ -829,7 +834,7 @@ const _: () = {
     assert!(size_of::<SandboxNet>() == 40);
     assert!(size_of::<Counters>() == 8 * counter::COUNT);
     assert!(size_of::<OriginalDest>() == 20);
-    assert!(size_of::<ConnOwner>() == 40);
+    assert!(size_of::<ConnOwner>() == 48);
     assert!(size_of::<LsmPolicy>() == 32);
     assert!(size_of::<InodeKey>() == 24);
     assert!(size_of::<UnixKey>() == 8 + 4 + UNIX_PATH_MAX);

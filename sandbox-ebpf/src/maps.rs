@@ -50,8 +50,9 @@ pub static EVENT_RINGS: btf_maps::ArrayOfMaps<
 #[map(name = "LEASH_SOCKET_OWNERS")]
 pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
-/// Client port -> the process owning that established connection to the proxy, written by
-/// sock_ops; read by the proxy at accept.
+/// `proxy_client_key(client port, proxy port)` -> the process owning that connection to the
+/// proxy, written when the proxy's SYN-ACK reaches the client and removed when the client socket
+/// is released (`net/identity.rs`); read by the proxy at accept.
 #[map(name = "LEASH_PROXY_CLIENTS")]
 pub static PROXY_CLIENTS: LruHashMap<u32, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 

@@ -6,6 +6,7 @@
 //! These tests remove the host's generation to force cold starts: they run one at a time, and
 //! `cargo test` runs test binaries one after another.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -139,7 +140,7 @@ fn a_leash_killed_while_making_a_generation_leaves_nothing_a_later_run_uses() {
     let _serial = serial();
     let scratch = Scratch::new("killgen");
     let policy = scratch.file("p.yaml", &policy_allowing(&[]));
-    let programs = ["leash_connect4", "leash_connect6", "leash_sendmsg4", "leash_skb_egress", "leash_sock_ops"];
+    let programs = ["leash_connect4", "leash_connect6", "leash_sendmsg4", "leash_skb_egress", "leash_sock_release"];
     let mut interrupted = 0;
     for delay_ms in (2..60).step_by(4) {
         remove_generations();
@@ -326,4 +327,161 @@ fn a_populated_sandbox_keeps_its_confinement_when_removal_is_attempted() {
     held.wait().unwrap();
     again.remove(&mut generation).expect("removing the emptied sandbox");
     assert!(!cgroup.exists() && !pins.exists(), "the emptied sandbox left its cgroup or pins");
+}
+
+/// A client in a sandbox cgroup, run by Python: it connects to `127.0.0.1:port` as `how` says,
+/// prints its local port, closes the socket at the first line on stdin (`disconnect`: gives the
+/// port up with `connect(AF_UNSPEC)` and keeps the socket) then prints `closed`, and exits at the
+/// second.
+fn sandboxed_client(cgroup: &Path, port: u16, how: &str) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::os::unix::process::CommandExt as _;
+    const CLIENT: &str = r#"
+import socket, struct, sys
+port, how = int(sys.argv[1]), sys.argv[2]
+s = socket.socket()
+if how == "other-address":
+    s.bind(("127.0.0.2", 0))
+if how == "signed":
+    # TCP_MD5SIG for 127.0.0.1: the SYN carries a signature the listener has no key for, so the
+    # listener drops it and never answers.
+    peer = struct.pack("=HH4s", socket.AF_INET, 0, socket.inet_aton("127.0.0.1")).ljust(128, b"\0")
+    s.setsockopt(socket.IPPROTO_TCP, 14, peer + struct.pack("=BBHI", 0, 0, 4, 0) + b"sign".ljust(80, b"\0"))
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+else:
+    s.connect(("127.0.0.1", port))
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+if how == "disconnect":
+    import ctypes
+    unspecified = ctypes.create_string_buffer(16)
+    assert ctypes.CDLL(None).connect(s.fileno(), unspecified, 16) == 0
+else:
+    s.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"#;
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", CLIENT, &port.to_string(), how]).stdin(Stdio::piped()).stdout(Stdio::piped());
+    // SAFETY: open, write and close only, between fork and exec; the path was prepared before.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            let moved = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if moved {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().expect("python3");
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
+fn next_line(out: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+/// The proxy serves a connection only if the kernel recorded it as the sandbox's, by client port
+/// (the proxy's own address is the only one it admits). A record must therefore exist only while
+/// the sandbox's socket holds that port on that address: a record left for a port the sandbox no
+/// longer holds lets whoever binds the port next (another user) be served as the sandbox. Three
+/// ways the agent could leave one, against the kernel programs themselves, with a listener that
+/// never accepts (as a busy proxy's queue would not):
+/// - an answered connection, then closed before the proxy accepted it;
+/// - a connection from another local address (`127.0.0.2`), whose port is free on the proxy's;
+/// - a SYN the listener drops (signed with `TCP_MD5SIG`), so the connection is never answered.
+#[test]
+fn an_owner_record_lives_only_while_the_sandboxs_socket_holds_its_port() {
+    use leash::kernel::{generation::Generation, programs, sandbox::KernelSandbox};
+    require_root();
+    let _serial = serial();
+    let mut generation = Generation::open_host().expect("the host's generation");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let name = format!("owner-test-{}", std::process::id());
+    let net = programs::sandbox_net(proxy, true);
+    let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, net).expect("sandbox");
+    let cgroup = sandbox.cgroup().path().to_path_buf();
+    let id = sandbox.cgroup().id();
+    let mut findings = Vec::new();
+    for how in ["plain", "other-address", "signed"] {
+        let (mut child, mut out) = sandboxed_client(&cgroup, proxy.port(), how);
+        let port: u16 = next_line(&mut out).parse().expect("the client's port");
+        std::thread::sleep(Duration::from_millis(if how == "signed" { 300 } else { 50 }));
+        let open = generation.owner(port, proxy.port()).filter(|o| o.cgroup_id == id);
+        writeln!(child.stdin.as_mut().unwrap()).unwrap();
+        assert_eq!(next_line(&mut out), "closed");
+        let closed = generation.owner(port, proxy.port()).filter(|o| o.cgroup_id == id);
+        writeln!(child.stdin.as_mut().unwrap()).unwrap();
+        child.wait().unwrap();
+        match how {
+            "plain" if open.is_none_or(|o| o.pid != child.id()) => {
+                findings.push(format!("the answered connection from port {port} has no record naming its process"))
+            }
+            "plain" => {}
+            _ if open.is_some() => findings.push(format!("{how}: a record for port {port} while connecting")),
+            _ => {}
+        }
+        if closed.is_some() {
+            findings.push(format!("{how}: the record for port {port} outlived the socket"));
+        }
+    }
+    sandbox.remove(&mut generation).expect("removing the sandbox");
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+/// A socket can give its port up and stay open (`connect(AF_UNSPEC)`; a reset or a timeout does
+/// the same), and its record stays until it is closed. So the proxy must not take a record for
+/// proof: another user who binds the port and connects to the proxy must not count as the
+/// sandbox's connection. The sandbox's own connection, checked the same way first, does.
+#[test]
+fn a_port_the_sandbox_gave_up_is_not_its_connection_any_more() {
+    use leash::kernel::{generation::Generation, programs, sandbox::KernelSandbox};
+    require_root();
+    let _serial = serial();
+    let mut generation = Generation::open_host().expect("the host's generation");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let name = format!("gave-up-test-{}", std::process::id());
+    let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, programs::sandbox_net(proxy, true))
+        .expect("sandbox");
+    let owners = generation.connection_owners(sandbox.cgroup().id()).unwrap();
+    let (mut child, mut out) = sandboxed_client(sandbox.cgroup().path(), proxy.port(), "disconnect");
+    let port: u16 = next_line(&mut out).parse().expect("the client's port");
+    let client = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::thread::sleep(Duration::from_millis(50));
+    let own = owners.connection(client, proxy);
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(next_line(&mut out), "closed");
+    // Another user (root outside the sandbox will do) takes the port and connects.
+    let take = format!(
+        "import socket, sys\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port}))\ns.connect(('127.0.0.1', {}))\nprint('connected', flush=True)\nsys.stdin.readline()",
+        proxy.port()
+    );
+    let mut outsider = Command::new("/usr/bin/python3")
+        .args(["-c", &take])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let taken = next_line(&mut std::io::BufReader::new(outsider.stdout.take().unwrap()));
+    let theirs = owners.connection(client, proxy);
+    let _ = writeln!(outsider.stdin.as_mut().unwrap());
+    let _ = writeln!(child.stdin.as_mut().unwrap());
+    let _ = (outsider.wait(), child.wait());
+    sandbox.remove(&mut generation).expect("removing the sandbox");
+    assert!(own.is_some_and(|o| o.pid == child.id()), "the sandbox's own connection was not recognised");
+    assert_eq!(taken, "connected", "the outsider could not take the port");
+    assert_eq!(theirs, None, "another user's connection from the port the sandbox gave up counts as the sandbox's");
 }

@@ -206,6 +206,74 @@ fn only_the_sandbox_can_use_its_proxy() {
     assert!(stderr(&out).contains("not from this sandbox"), "{}", stderr(&out));
 }
 
+/// The proxy knows the sandbox's connections by client port (its key holds no address), and
+/// admits only peers on its own address. So the agent connects from another local address,
+/// `127.0.0.2:P`, and keeps that socket, leaving `127.0.0.1:P` free for another user, who then
+/// connects from it. The kernel records the owner of a connection only from the proxy's own
+/// address, so that user is refused like any other.
+#[test]
+fn a_port_the_agent_holds_on_another_address_serves_nobody_else() {
+    require_root();
+    let (uid, gid) = nobody();
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("seam-other-address");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[target.addr.port()]));
+    let held = scratch.0.join("held");
+    let done = scratch.0.join("done");
+    let agent = format!(
+        r#"
+import os, socket, time
+host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
+s = socket.socket()
+s.bind(("127.0.0.2", 0))
+s.connect((host, int(port)))
+open("{held}", "w").write("%s:%s %d\n" % (host, port, s.getsockname()[1]))
+for _ in range(200):
+    if os.path.exists("{done}"):
+        break
+    time.sleep(0.05)
+"#,
+        held = held.display(),
+        done = done.display()
+    );
+    // Another local user, from the port the agent holds on 127.0.0.2, asks for the target.
+    let outsider = format!(
+        r#"
+import socket, sys
+proxy, port = sys.argv[1], int(sys.argv[2])
+host, proxy_port = proxy.split(":")
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port))
+s.connect((host, int(proxy_port)))
+print("connected", flush=True)
+try:
+    s.sendall(b"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")
+    print("answer:", s.recv(200).split(b"\r\n")[0].decode() or "none")
+except OSError as e:
+    print("answer:", e)
+"#,
+        target = target.addr
+    );
+    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", &agent])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&held, 10);
+    let (proxy, port) = line.split_once(' ').unwrap();
+    let attempt = Command::new(PY).args(["-c", &outsider, proxy, port]).uid(uid).gid(gid).output().unwrap();
+    std::fs::write(&done, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = format!("{}{}", stdout(&attempt), stderr(&attempt));
+    assert!(text.contains("connected\nanswer:"), "the outsider never reached the proxy: {text}");
+    assert!(!text.contains(" 200"), "another user was served as the sandbox: {text}");
+    assert_eq!(target.accepted(), 0, "another user reached the target through the agent's proxy");
+    assert!(stderr(&out).contains("not from this sandbox"), "{}", stderr(&out));
+}
+
 // 3. TIOCSTI on the shared terminal.
 
 /// A pseudo-terminal standing in for the user's terminal: (master, slave) descriptors.

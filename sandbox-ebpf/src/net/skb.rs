@@ -1,9 +1,11 @@
 //! `cgroup_skb/egress` and `cgroup_skb/ingress`: the backstop. Every IP packet a sandbox socket
 //! sends must be TCP to the proxy address and port; every packet it receives must be TCP from
-//! there (in transparent mode: or TCP to its transparent port, or UDP to its resolver's port). Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped,
-//! so a gap in the socket hooks cannot become a way out. Minimum kernel: 4.10 for the hook; the
-//! helper naming the packet's cgroup (`bpf_skb_cgroup_id`) must be allowed for this program
-//! type, which `leash doctor` checks by loading it.
+//! there (in transparent mode: or TCP to its transparent port, or UDP to its resolver's port).
+//! Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped, so a gap
+//! in the socket hooks cannot become a way out. The ingress side also hands a connection's owner
+//! record over when the proxy's SYN-ACK arrives (`identity.rs`). Minimum kernel: 4.10 for the
+//! hook; the helper naming the packet's cgroup (`bpf_skb_cgroup_id`) must be allowed for this
+//! program type, which `leash doctor` checks by loading it.
 //!
 //! The context starts at the network header. IPv6 extension headers are not walked: a packet
 //! whose next header is not TCP is dropped.
@@ -40,8 +42,8 @@ struct Remote {
     protocol: u32,
     addr: [u32; 4],
     port: u16,
-    /// The sandbox's own port (UDP egress only; 0 otherwise).
-    local_port: u16,
+    /// Where the TCP or UDP header starts.
+    l4: usize,
 }
 
 #[inline(always)]
@@ -49,14 +51,20 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
     // SAFETY: plain BPF helper call on the program's own context.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let remote = parse(ctx, dir);
-    let allowed = match sandbox(cgroup) {
-        Some(proxy) => is_proxy(&proxy, &remote),
-        None => false,
-    };
-    if allowed {
-        if dir == Direction::Egress && remote.protocol == IPPROTO_UDP {
-            // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
-            let _ = DNS_CLIENTS.insert(&proxy_client_key(remote.local_port, remote.port), &cgroup, 0);
+    let proxy = sandbox(cgroup);
+    if let Some(proxy) = proxy.filter(|proxy| is_proxy(proxy, &remote)) {
+        match (dir, remote.protocol) {
+            (Direction::Egress, IPPROTO_UDP) => {
+                // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
+                let key = proxy_client_key(local_port(ctx, &remote, dir), remote.port);
+                let _ = DNS_CLIENTS.insert(&key, &cgroup, 0);
+            }
+            (Direction::Ingress, IPPROTO_TCP) if is_syn_ack(ctx, &remote) && to_proxy_address(ctx, &remote, &proxy) => {
+                // The proxy answered a connection from its own address: the connection's owner
+                // record goes where the proxy reads it at accept.
+                super::identity::hand_over(ctx, local_port(ctx, &remote, dir));
+            }
+            _ => {}
         }
         return ALLOW;
     }
@@ -104,7 +112,7 @@ fn is_proxy(proxy: &SandboxNet, remote: &Remote) -> bool {
 /// (or a packet too short to read), which no proxy matches.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
-    let mut remote = Remote { family: 0, protocol: 0, addr: [0; 4], port: 0, local_port: 0 };
+    let mut remote = Remote { family: 0, protocol: 0, addr: [0; 4], port: 0, l4: 0 };
     let Ok(first) = ctx.load::<u8>(0) else { return remote };
     match first >> 4 {
         4 => {
@@ -117,7 +125,7 @@ fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
             remote.protocol = protocol as u32;
             remote.addr[0] = ip;
             remote.port = l4_port(ctx, header_len, remote.protocol, dir);
-            remote.local_port = udp_source_port(ctx, header_len, remote.protocol, dir);
+            remote.l4 = header_len;
         }
         6 => {
             let Ok(next) = ctx.load::<u8>(6) else { return remote };
@@ -128,20 +136,38 @@ fn parse(ctx: &SkBuffContext, dir: Direction) -> Remote {
             remote.protocol = next as u32;
             remote.addr = ip;
             remote.port = l4_port(ctx, 40, remote.protocol, dir);
-            remote.local_port = udp_source_port(ctx, 40, remote.protocol, dir);
+            remote.l4 = 40;
         }
         _ => {}
     }
     remote
 }
 
-/// The source port of an outgoing UDP header at `offset`; 0 otherwise.
+/// The sandbox's own port: the source port of an outgoing TCP or UDP header, the destination
+/// port of an incoming one (0 for a short packet).
 #[inline(always)]
-fn udp_source_port(ctx: &SkBuffContext, offset: usize, protocol: u32, dir: Direction) -> u16 {
-    if protocol != IPPROTO_UDP || dir != Direction::Egress {
-        return 0;
-    }
+fn local_port(ctx: &SkBuffContext, remote: &Remote, dir: Direction) -> u16 {
+    let offset = if dir == Direction::Egress { remote.l4 } else { remote.l4 + 2 };
     ctx.load::<u16>(offset).map(u16::from_be).unwrap_or(0)
+}
+
+/// Whether a TCP segment carries both SYN and ACK: the listener's answer to a connection.
+#[inline(always)]
+fn is_syn_ack(ctx: &SkBuffContext, remote: &Remote) -> bool {
+    // The flags byte: SYN 0x02, ACK 0x10.
+    ctx.load::<u8>(remote.l4 + 13).is_ok_and(|flags| flags & 0x12 == 0x12)
+}
+
+/// Whether an incoming packet from the proxy is addressed to the proxy's own address, as every
+/// connection the proxy admits is (the client did not bind another local address).
+#[inline(always)]
+fn to_proxy_address(ctx: &SkBuffContext, remote: &Remote, proxy: &SandboxNet) -> bool {
+    if remote.family == AF_INET {
+        // Destination at 16.
+        return ctx.load::<u32>(16).is_ok_and(|ip| ip == proxy.addr[3]);
+    }
+    // Destination at 24.
+    ctx.load::<[u32; 4]>(24).is_ok_and(|ip| ip == proxy.addr)
 }
 
 /// The remote port of a TCP/UDP header at `offset`; 0 for other protocols or a short packet.

@@ -17,3 +17,4 @@ pub mod programs;
 pub mod reaper;
 pub mod sandbox;
 pub mod sandbox_id;
+pub mod sock_diag;

@@ -8,13 +8,14 @@
 //! reaps it (`reaper.rs`).
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, MapData};
 use aya::programs::{
     links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-    CgroupSockAddrAttachType, Program, SockOps,
+    CgroupSockAddrAttachType, CgroupSockAttachType, Program,
 };
 use aya::Ebpf;
 use sandbox_common::{program_names as prog, proxy_client_key, ConnOwner, SandboxNet};
@@ -26,32 +27,32 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 #[derive(Clone, Copy)]
 pub(crate) enum Kind {
     SockAddr(CgroupSockAddrAttachType),
-    Sock,
+    Sock(CgroupSockAttachType),
     Skb(CgroupSkbAttachType),
-    SockOps,
 }
 
 /// The network programs in attach order.
 pub(crate) const NET_PROGRAMS: [(&str, Kind); 10] = [
-    (prog::SOCK_CREATE, Kind::Sock),
+    (prog::SOCK_CREATE, Kind::Sock(CgroupSockAttachType::SockCreate)),
     (prog::CONNECT4, Kind::SockAddr(CgroupSockAddrAttachType::Connect4)),
     (prog::CONNECT6, Kind::SockAddr(CgroupSockAddrAttachType::Connect6)),
     (prog::SENDMSG4, Kind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg4)),
     (prog::SENDMSG6, Kind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg6)),
     (prog::SKB_EGRESS, Kind::Skb(CgroupSkbAttachType::Egress)),
     (prog::SKB_INGRESS, Kind::Skb(CgroupSkbAttachType::Ingress)),
-    (prog::SOCK_OPS, Kind::SockOps),
+    (prog::SOCK_RELEASE, Kind::Sock(CgroupSockAttachType::SockRelease)),
     (prog::RECVMSG4, Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4)),
     (prog::RECVMSG6, Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg6)),
 ];
 
-/// Whether a sandbox with `SandboxNet::flags` `flags` gets program `kind`: `sock_ops` only when
-/// it records connection owners, `recvmsg4/6` only in transparent mode (they restore the
-/// source of its resolver's replies); every other program always.
+/// Whether a sandbox with `SandboxNet::flags` `flags` gets program `kind`: `sock_release` only
+/// when it records connection owners (it removes their records), `recvmsg4/6` only in
+/// transparent mode (they restore the source of its resolver's replies); every other program
+/// always.
 pub(crate) fn attached_for(kind: Kind, flags: u32) -> bool {
     use sandbox_common::{SANDBOX_RECORD_OWNERS, SANDBOX_TRANSPARENT};
     match kind {
-        Kind::SockOps => flags & SANDBOX_RECORD_OWNERS != 0,
+        Kind::Sock(CgroupSockAttachType::SockRelease) => flags & SANDBOX_RECORD_OWNERS != 0,
         Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4 | CgroupSockAddrAttachType::UDPRecvMsg6) => {
             flags & SANDBOX_TRANSPARENT != 0
         }
@@ -64,9 +65,8 @@ pub(crate) fn load_program(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Result<()
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     let loaded = match kind {
         Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(program)?.load(),
-        Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
+        Kind::Sock(_) => <&mut CgroupSock>::try_from(program)?.load(),
         Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
-        Kind::SockOps => <&mut SockOps>::try_from(program)?.load(),
     };
     loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))
 }
@@ -82,7 +82,7 @@ pub(crate) fn attach_link(program: &mut Program, name: &str, kind: Kind, dir: &F
             let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
             p.take_link(id)?.try_into()?
         }
-        Kind::Sock => {
+        Kind::Sock(_) => {
             let p = <&mut CgroupSock>::try_from(program)?;
             let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
             p.take_link(id)?.try_into()?
@@ -92,17 +92,12 @@ pub(crate) fn attach_link(program: &mut Program, name: &str, kind: Kind, dir: &F
             let id = p.attach(dir.as_fd(), ty, mode).with_context(|| format!("attaching {name}"))?;
             p.take_link(id)?.try_into()?
         }
-        Kind::SockOps => {
-            let p = <&mut SockOps>::try_from(program)?;
-            let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
-            p.take_link(id)?.try_into()?
-        }
     };
     Ok(link)
 }
 
-/// Who owns each connection one sandbox made to its proxy, by client port (filled by the
-/// `sock_ops` program). The map is shared by every sandbox on the host: a record counts only
+/// Who owns each connection one sandbox made to its proxy, by client port (recorded by the
+/// sandbox's programs, `sandbox-ebpf/src/net/identity.rs`). The map is shared by every sandbox on the host: a record counts only
 /// when it names this sandbox's cgroup.
 pub struct ConnectionOwners {
     map: std::sync::Mutex<HashMap<MapData, u32, ConnOwner>>,
@@ -119,6 +114,19 @@ impl ConnectionOwners {
     pub fn owner(&self, port: u16, listener: u16) -> Option<ConnOwner> {
         let key = proxy_client_key(port, listener);
         self.map.lock().ok()?.get(&key, 0).ok().filter(|o| o.cgroup_id == self.cgroup_id)
+    }
+
+    /// The owner of the connection from `peer` to the proxy at `local`, if this sandbox made it
+    /// and its socket still holds `peer`: the record names the socket's cookie, and the kernel
+    /// says which socket is now at `peer` connected to `local`. A port the sandbox's socket gave
+    /// up while its record stayed (a reset, `connect(AF_UNSPEC)`, a timeout, all with the socket
+    /// still open) is someone else's or nobody's. Any error counts as "not the sandbox's".
+    pub fn connection(&self, peer: SocketAddr, local: SocketAddr) -> Option<ConnOwner> {
+        let owner = self.owner(peer.port(), local.port())?;
+        match super::sock_diag::client_cookie(peer, local) {
+            Ok(Some(cookie)) if cookie == owner.cookie => Some(owner),
+            _ => None,
+        }
     }
 
     /// Drops this sandbox's record of that connection once the proxy accepted it, so a later

@@ -210,6 +210,11 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
             None
         }
     };
+    if sandbox.is_some() {
+        if let Err(e) = crate::kernel::sock_diag::answers(bound.addr()) {
+            missing.push(layers::Missing { layer: layers::PEER_SOCKETS, why: e.to_string() });
+        }
+    }
     if kernel_required {
         missing.extend(enforce_kernel_rules(sandbox.as_mut(), &kernel_rules));
     } else if sandbox.as_ref().is_some_and(|s| s.lsm_available()) {
@@ -355,7 +360,10 @@ async fn run_inside(
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             let procs = s.cgroup().context("sandbox cgroup missing")?.path().join("cgroup.procs");
-            let peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.addr().ip());
+            let mut peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.addr().ip());
+            if missing.iter().any(|m| m.layer == layers::PEER_SOCKETS) {
+                peers = peers.by_record_alone();
+            }
             if agent.binaries_rules || opts.learn.is_some() {
                 proxy.set_connection_owners(peers.owner_source())?;
             }

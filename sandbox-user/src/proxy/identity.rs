@@ -1,6 +1,6 @@
-//! Which executable is talking to the proxy. The sandbox's `sock_ops` program records the owner
-//! of every connection by client port; at accept the proxy looks the peer port up and reads that
-//! one process's executable link (no scan of /proc). Under `leash run` the proxy reads the map
+//! Which executable is talking to the proxy. The sandbox's programs record the owner of every
+//! connection by client port (`sandbox-ebpf/src/net/identity.rs`); at accept the proxy looks the
+//! peer port up and reads that one process's executable link (no scan of /proc). Under `leash run` the proxy reads the map
 //! itself; under `leash confine` it asks the node daemon, which holds the map.
 //!
 //! An executable's path says which file was run, not which code runs: a library named by

@@ -1,11 +1,10 @@
 //! Who may use the proxy. Under `leash run` it serves only its own sandbox: the sandbox's
-//! `connect4/6` and `sock_ops` programs record every connection the sandbox makes to the proxy
-//! by client port, and a connection without such a record (another local user, root outside the
-//! sandbox) is closed before a byte of it is read. The record names a port, not an address, so
-//! the peer must also come from the proxy's own address (which the sandbox's connections to it
-//! do: another address would need an explicit bind): then no other socket can hold that port
-//! while the sandbox's connection lives. The record is dropped when the connection (or the
-//! tunnel it became) ends, so a later connection from the same port does not inherit it.
+//! programs record every connection it makes to the proxy from the proxy's own address, by client
+//! port and socket cookie (`sandbox-ebpf/src/net/identity.rs`), and a connection is served only
+//! if such a record names the socket now at its client end (`sock_diag`). Anything else (another
+//! local user, root outside the sandbox, whoever took a port the sandbox's socket gave up while
+//! its record stayed) is closed before a byte of it is read. The kernel removes a record when the
+//! sandbox's socket is released, and the proxy when the connection (or the tunnel it became) ends.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,16 +19,28 @@ use crate::kernel::programs::ConnectionOwners;
 pub struct SandboxPeers {
     owners: Arc<ConnectionOwners>,
     holders: Option<Arc<Holders>>,
+    /// Whether a record must name the socket at the connection's client end
+    /// (`ConnectionOwners::connection`); only a degraded run (no `sock_diag`) admits by record
+    /// alone.
+    by_socket: bool,
 }
 
-/// How often, and how long apart, a missing record is looked for again: on loopback the client
-/// side's `sock_ops` runs before the final ACK, so the record is normally there at accept.
+/// How often, and how long apart, a missing record is looked for again: the client side's
+/// ingress program makes it at the SYN-ACK, before the final ACK, so it is normally there at
+/// accept.
 const RECHECKS: u32 = 3;
 const RECHECK_DELAY: Duration = Duration::from_millis(2);
 
 impl SandboxPeers {
     pub fn new(owners: ConnectionOwners) -> Self {
-        Self { owners: Arc::new(owners), holders: None }
+        Self { owners: Arc::new(owners), holders: None, by_socket: true }
+    }
+
+    /// Admits by the kernel's record alone, without asking which socket holds the client end: for
+    /// a run `--allow-degraded` lets start without `sock_diag`.
+    pub fn by_record_alone(mut self) -> Self {
+        self.by_socket = false;
+        self
     }
 
     /// Also checks, for `binaries:` rules, that every process of the sandbox (`procs`, its
@@ -53,7 +64,7 @@ impl SandboxPeers {
         }
         for attempt in 0..=RECHECKS {
             if self.owners.owner(peer.port(), local.port()).is_some() {
-                return true;
+                return !self.by_socket || self.owners.connection(peer, local).is_some();
             }
             if attempt < RECHECKS {
                 tokio::time::sleep(RECHECK_DELAY).await;

@@ -1,7 +1,7 @@
 //! The transparent front door: connections the kernel redirected here (`network.transparent`)
 //! because the agent connected somewhere other than the proxy. The destination it meant comes
-//! from the connection's owner record (`sock_ops`), and the connection is judged exactly as a
-//! CONNECT to the same name and port (`connect.rs`):
+//! from the connection's owner record (`connect4/6`, handed over at the SYN-ACK), and the
+//! connection is judged exactly as a CONNECT to the same name and port (`connect.rs`):
 //!
 //! - the name: the one a synthetic address was handed out for (`dns/names.rs`); any other
 //!   address is judged as the IP host it is (`allowed_ips`, IP host rules). A synthetic address

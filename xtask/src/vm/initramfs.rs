@@ -156,6 +156,36 @@ impl Image {
     }
 }
 
+/// `base` with `kernel`'s socket-diagnostics modules appended as a second archive (the kernel
+/// unpacks one after the other) and listed in `/etc/leash-vm/kernel-modules`, which vm_init
+/// loads at boot: `leash run`'s proxy needs them (`kernel/sock_diag.rs`), and a VM has no
+/// modprobe to load them on first use. `base` itself when the kernel builds them in.
+pub fn with_kernel_modules(base: &Path, kernel: &super::kernels::Kernel) -> Result<PathBuf> {
+    let modules = kernel.sock_diag_modules()?;
+    if modules.is_empty() {
+        return Ok(base.to_path_buf());
+    }
+    let mut extra = Image::default();
+    let mut list = String::new();
+    for (i, module) in modules.iter().enumerate() {
+        let name = module.file_name().unwrap_or_default().to_string_lossy();
+        let inside = format!("/lib/modules/leash/kernel/{i:02}-{name}");
+        extra.host_file(&inside, module, 0o644);
+        list.push_str(&inside);
+        list.push('\n');
+    }
+    extra.file("/etc/leash-vm/kernel-modules", list.as_bytes(), 0o644);
+    let name = format!("{}-{}", base.file_name().unwrap_or_default().to_string_lossy(), kernel.release);
+    let out = base.with_file_name(name);
+    let appended = out.with_extension("modules.part");
+    extra.write(&appended)?;
+    let mut file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::io::copy(&mut std::fs::File::open(base)?, &mut file)?;
+    std::io::copy(&mut std::fs::File::open(&appended)?, &mut file)?;
+    let _ = std::fs::remove_file(&appended);
+    Ok(out)
+}
+
 /// A newc ("070701") cpio stream.
 struct Cpio<W: Write> {
     out: W,

@@ -3,8 +3,9 @@
 //! apt configuration and package lists stay untouched.
 //!
 //! Each series resolves to the newest kernel its suite (plus `<suite>-security`) offers, through
-//! the `linux-image-cloud-amd64` metapackage. The vmlinuz and the few modules `xtask run` may
-//! need (fuse, virtiofs, virtio) are pulled out of the .deb (ar, then data.tar.xz) and cached in
+//! the `linux-image-cloud-amd64` metapackage. The vmlinuz and the few modules a boot may need
+//! (fuse, virtiofs and virtio for `xtask run`; the TCP socket diagnostics `leash run`'s proxy
+//! asks) are pulled out of the .deb (ar, then data.tar.xz) and cached in
 //! `~/.cache/leash/vm/kernels/<release>/`.
 
 use std::io::Read;
@@ -39,6 +40,12 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// What `xtask run` needs to mount the shared project directory (module names).
 const VIRTIOFS_MODULES: [&str; 2] = ["virtio_pci", "virtiofs"];
+/// What `leash run`'s proxy needs to tell which socket holds a connection's client end
+/// (`kernel/sock_diag.rs`); a host's kernel loads them on first use, a VM without modprobe cannot.
+const SOCK_DIAG_MODULES: [&str; 2] = ["inet_diag", "tcp_diag"];
+/// Written into a cached kernel's directory once everything above was extracted: a cache made
+/// before a module was added lacks it, and is fetched again.
+const CACHE_COMPLETE: &str = "complete-2";
 
 /// The series `--kernel` names (`all` or nothing: every one).
 pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
@@ -78,10 +85,19 @@ impl Kernel {
     /// when the kernel has them built in. Debian's packages ship no modules.dep (depmod writes it
     /// at install time), so dependencies come from each module's `.modinfo` `depends=`.
     pub fn virtiofs_modules(&self) -> Result<Vec<PathBuf>> {
+        self.modules(&VIRTIOFS_MODULES)
+    }
+
+    /// The modules every boot loads for `leash run` (dependencies first); empty when built in.
+    pub fn sock_diag_modules(&self) -> Result<Vec<PathBuf>> {
+        self.modules(&SOCK_DIAG_MODULES)
+    }
+
+    fn modules(&self, names: &[&str]) -> Result<Vec<PathBuf>> {
         let mut available = std::collections::BTreeMap::new();
         collect_modules(&self.dir.join("modules"), &mut available)?;
         let mut order = Vec::new();
-        for name in VIRTIOFS_MODULES {
+        for name in names {
             add_with_dependencies(name, &available, &mut order, 0)?;
         }
         Ok(order)
@@ -183,7 +199,7 @@ pub fn fetch(series: &'static Series) -> Result<Kernel> {
     let version = package_version.split('-').next().unwrap_or(&package_version).to_owned();
     let dir = cache_root().join("kernels").join(&release);
     let kernel = Kernel { series: series.name, release: release.clone(), version, dir };
-    if kernel.vmlinuz().exists() {
+    if kernel.vmlinuz().exists() && kernel.dir.join(CACHE_COMPLETE).exists() {
         progress(&format!("kernel {}: {} cached in {}", series.name, release, kernel.dir.display()));
         return Ok(kernel);
     }
@@ -214,6 +230,7 @@ pub fn fetch(series: &'static Series) -> Result<Kernel> {
     if !staging.join("vmlinuz").exists() {
         bail!("no vmlinuz for {release} in {}", packages.join(", "));
     }
+    std::fs::write(staging.join(CACHE_COMPLETE), b"")?;
     let _ = std::fs::remove_dir_all(&kernel.dir);
     std::fs::rename(&staging, &kernel.dir)?;
     apt.forget_debs_except(&release);
@@ -222,7 +239,8 @@ pub fn fetch(series: &'static Series) -> Result<Kernel> {
 }
 
 /// Copies what booting needs out of a kernel .deb into `dest`: `vmlinuz`, `config`,
-/// `modules.builtin`, and the fuse/virtio modules under `modules/` (decompressed).
+/// `modules.builtin`, and the fuse/virtio/socket-diagnostics modules under `modules/`
+/// (decompressed).
 fn extract_kernel_files(deb: &Path, release: &str, dest: &Path) -> Result<()> {
     let file = std::fs::File::open(deb).with_context(|| format!("opening {}", deb.display()))?;
     let mut archive = ar::Archive::new(file);
@@ -270,7 +288,10 @@ fn kernel_file_target(path: &str, release: &str) -> Option<String> {
         .or_else(|| path.strip_prefix(&format!("usr/lib/modules/{release}/")))?;
     match rest {
         "modules.builtin" => Some(rest.into()),
-        _ if (rest.starts_with("kernel/fs/fuse/") || rest.starts_with("kernel/drivers/virtio/"))
+        _ if (rest.starts_with("kernel/fs/fuse/")
+            || rest.starts_with("kernel/drivers/virtio/")
+            || rest.starts_with("kernel/net/ipv4/inet_diag.ko")
+            || rest.starts_with("kernel/net/ipv4/tcp_diag.ko"))
             && rest.contains(".ko") =>
         {
             // Stored decompressed, under the name without `.xz`.
@@ -506,6 +527,11 @@ mod tests {
             Some("modules/kernel/fs/fuse/cuse.ko")
         );
         assert_eq!(kernel_file_target("usr/lib/modules/6.12.117+deb13-cloud-amd64/kernel/net/x.ko.xz", r), None);
+        assert_eq!(
+            kernel_file_target("lib/modules/6.12.117+deb13-cloud-amd64/kernel/net/ipv4/tcp_diag.ko.xz", r).as_deref(),
+            Some("modules/kernel/net/ipv4/tcp_diag.ko")
+        );
+        assert_eq!(kernel_file_target("lib/modules/6.12.117+deb13-cloud-amd64/kernel/net/ipv4/udp_diag.ko", r), None);
         assert_eq!(module_name("kernel/drivers/virtio/virtio_pci.ko"), "virtio_pci");
         assert_eq!(module_name("kernel/drivers/char/hw_random/virtio-rng.ko.xz"), "virtio_rng");
     }

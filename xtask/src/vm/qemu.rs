@@ -171,7 +171,8 @@ impl Outcome {
 }
 
 impl Boot<'_> {
-    pub fn command(&self) -> Command {
+    /// The qemu command line, booting `initrd` (the image with this kernel's modules).
+    fn command(&self, initrd: &Path) -> Command {
         let mut cmd = Command::new(QEMU);
         cmd.args(self.accel.args())
             .args([
@@ -190,7 +191,7 @@ impl Boot<'_> {
             .arg("-kernel")
             .arg(self.kernel.vmlinuz())
             .arg("-initrd")
-            .arg(self.initrd)
+            .arg(initrd)
             .arg("-append")
             .arg(format!("console=ttyS0 panic=-1 lsm={LSM} rdinit=/init {}", self.cmdline))
             .args(&self.extra_args);
@@ -203,7 +204,8 @@ impl Boot<'_> {
             std::fs::create_dir_all(dir)?;
         }
         let mut log = std::fs::File::create(&self.log).with_context(|| format!("creating {}", self.log.display()))?;
-        let mut cmd = self.command();
+        let initrd = super::initramfs::with_kernel_modules(self.initrd, self.kernel)?;
+        let mut cmd = self.command(&initrd);
         writeln!(log, "# {cmd:?}")?;
         let started = Instant::now();
         let mut child = cmd

@@ -1219,9 +1219,13 @@ fn prepare_system() -> Check {
     })
 }
 
-/// Loads each module named in `/etc/leash-vm/modules` (one path per line, in dependency order).
+/// Loads each module named in `/etc/leash-vm/kernel-modules` (the socket diagnostics `leash run`
+/// needs) and `/etc/leash-vm/modules` (what `xtask run` needs), one path per line, in dependency
+/// order.
 fn load_modules() -> Vec<String> {
-    let list = std::fs::read_to_string(format!("{CONFIG_DIR}/modules")).unwrap_or_default();
+    let list = ["kernel-modules", "modules"]
+        .map(|f| std::fs::read_to_string(format!("{CONFIG_DIR}/{f}")).unwrap_or_default())
+        .concat();
     let mut problems = Vec::new();
     for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let file = match std::fs::File::open(path) {

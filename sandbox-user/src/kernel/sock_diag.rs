@@ -1,0 +1,204 @@
+//! Which TCP socket holds a connection's client end: its cookie, found by the connection's
+//! addresses with one exact `NETLINK_SOCK_DIAG` lookup (as `ss` looks one socket up). The cookie
+//! is the value the eBPF programs read with `bpf_get_socket_cookie`, unique for the life of the
+//! host, so it tells the socket a record was made for from any socket that holds the same port
+//! later.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+/// `SOCK_DIAG_BY_FAMILY` (`linux/sock_diag.h`).
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `INET_DIAG_NOCOOKIE`: the request names no cookie.
+const NO_COOKIE: u32 = !0;
+
+/// `struct inet_diag_sockid`: ports and addresses in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockId {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+/// `struct nlmsghdr` followed by `struct inet_diag_req_v2`.
+#[repr(C)]
+struct Request {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: SockId,
+}
+
+/// `struct nlmsghdr` followed by the start of `struct inet_diag_msg`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Reply {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: SockId,
+}
+
+const _: () = {
+    assert!(size_of::<SockId>() == 48);
+    assert!(size_of::<Request>() == 16 + 56);
+    assert!(size_of::<Reply>() == 16 + 52);
+};
+
+/// The cookie of the TCP socket in this network namespace whose local address is `client` and
+/// which is connected to `server`; `None` when no socket is.
+pub fn client_cookie(client: SocketAddr, server: SocketAddr) -> io::Result<Option<u64>> {
+    let (family, src, dst) = match (client.ip().to_canonical(), server.ip().to_canonical()) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => (libc::AF_INET, padded(&c.octets()), padded(&s.octets())),
+        (IpAddr::V6(c), IpAddr::V6(s)) => (libc::AF_INET6, c.octets(), s.octets()),
+        _ => return Ok(None),
+    };
+    let request = Request {
+        len: size_of::<Request>() as u32,
+        kind: SOCK_DIAG_BY_FAMILY,
+        flags: libc::NLM_F_REQUEST as u16,
+        seq: 1,
+        pid: 0,
+        family: family as u8,
+        protocol: libc::IPPROTO_TCP as u8,
+        ext: 0,
+        pad: 0,
+        states: !0,
+        id: SockId {
+            sport: client.port().to_be_bytes(),
+            dport: server.port().to_be_bytes(),
+            src,
+            dst,
+            interface: 0,
+            cookie: [NO_COOKIE, NO_COOKIE],
+        },
+    };
+    let socket = netlink()?;
+    // SAFETY: a plain-data struct sent whole; the descriptor is open.
+    let sent = unsafe { libc::send(socket.as_raw_fd(), (&raw const request).cast(), size_of::<Request>(), 0) };
+    if sent != size_of::<Request>() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: receives at most `buf.len()` bytes into `buf`. The kernel answers within `send`,
+    // so the reply is already queued.
+    let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    parse(&buf[..n])
+}
+
+/// Whether this network namespace answers the lookups [`client_cookie`] makes: the listening
+/// socket at `listener` must be found by its address (as the client end of a connection to any
+/// remote address). Fails where the kernel's TCP socket diagnostics are missing: `inet_diag` and
+/// `tcp_diag`, modules on most distributions, which the kernel loads on first use where it can.
+pub fn answers(listener: SocketAddr) -> io::Result<()> {
+    let anywhere = SocketAddr::new(listener.ip(), 1);
+    match client_cookie(listener, anywhere) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the kernel's TCP socket diagnostics (modules inet_diag, tcp_diag) did not find the proxy's own socket",
+        )),
+        Err(e) => Err(io::Error::new(e.kind(), format!("the kernel's TCP socket diagnostics (sock_diag): {e}"))),
+    }
+}
+
+/// The cookie in a reply, `None` for "no such socket", an error for anything else.
+fn parse(reply: &[u8]) -> io::Result<Option<u64>> {
+    let short = || io::Error::new(io::ErrorKind::InvalidData, "a short sock_diag reply");
+    if reply.len() < 16 {
+        return Err(short());
+    }
+    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
+    if kind == libc::NLMSG_ERROR as u16 {
+        let code = reply.get(16..20).ok_or_else(short)?;
+        let errno = -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+        return match errno {
+            libc::ENOENT => Ok(None),
+            _ => Err(io::Error::from_raw_os_error(errno)),
+        };
+    }
+    if kind != SOCK_DIAG_BY_FAMILY || reply.len() < size_of::<Reply>() {
+        return Err(short());
+    }
+    // SAFETY: `Reply` is plain data and `reply` holds at least its size; read unaligned.
+    let msg = unsafe { reply.as_ptr().cast::<Reply>().read_unaligned() };
+    Ok(Some(u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32)))
+}
+
+fn padded(v4: &[u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(v4);
+    out
+}
+
+/// A `NETLINK_SOCK_DIAG` socket addressed to the kernel.
+fn netlink() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor, owned from here on.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_nl is the kernel's address (pid 0) once the family is set.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: connect(2) with a sockaddr_nl of its own size.
+    let r = unsafe {
+        libc::connect(socket.as_raw_fd(), (&raw const kernel).cast(), size_of::<libc::sockaddr_nl>() as libc::socklen_t)
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends of a loopback connection: the client end is found by its addresses and has a
+    /// cookie, the same one each time; a port nobody holds has none.
+    #[test]
+    fn the_client_end_of_a_loopback_connection_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(server).unwrap();
+        let local = client.local_addr().unwrap();
+        let first = client_cookie(local, server).unwrap();
+        assert!(first.is_some(), "the connection's client end was not found");
+        assert_eq!(client_cookie(local, server).unwrap(), first);
+        let (accepted, _) = listener.accept().unwrap();
+        let server_end = client_cookie(server, local).unwrap();
+        assert!(server_end.is_some() && server_end != first, "the server end is another socket");
+        // An IPv6 socket that reached the IPv4 listener through its IPv4-mapped address.
+        let mapped = std::net::TcpStream::connect(format!("[::ffff:127.0.0.1]:{}", server.port())).unwrap();
+        let mapped_cookie = client_cookie(mapped.local_addr().unwrap(), server).unwrap();
+        assert!(mapped_cookie.is_some() && mapped_cookie != first, "the mapped client end was not found");
+        drop((client, accepted, mapped));
+        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(client_cookie(nobody, server).unwrap(), None);
+        answers(server).expect("the listener is found by its address");
+        drop(listener);
+        assert!(answers(server).is_err(), "a closed listener was found");
+    }
+}
