@@ -26,8 +26,8 @@ pub mod map_names {
     /// `LruHashMap<u64 socket cookie, ConnOwner>`: who called connect() on each allowed socket.
     pub const SOCKET_OWNERS: &str = "LEASH_SOCKET_OWNERS";
     /// `LruHashMap<u32 proxy_client_key(client port, proxy port), ConnOwner>`: who owns each
-    /// connection the proxy has answered, from its SYN-ACK until the client socket is released
-    /// (the proxy sees the client port as the peer port at accept).
+    /// connection the proxy has answered, from its SYN-ACK (the proxy sees the client port as the
+    /// peer port at accept, and forgets the record when the connection ends).
     pub const PROXY_CLIENTS: &str = "LEASH_PROXY_CLIENTS";
     /// `LruHashMap<u32 proxy_client_key(client port, resolver port), u64 cgroup id>`: which
     /// sandbox sent DNS from each client port to its resolver (transparent mode), written by
@@ -73,7 +73,6 @@ pub mod program_names {
     pub const SOCK_CREATE: &str = "leash_sock_create";
     pub const SKB_EGRESS: &str = "leash_skb_egress";
     pub const SKB_INGRESS: &str = "leash_skb_ingress";
-    pub const SOCK_RELEASE: &str = "leash_sock_release";
     pub const RECVMSG4: &str = "leash_recvmsg4";
     pub const RECVMSG6: &str = "leash_recvmsg6";
     /// A do-nothing BPF-LSM program that `leash doctor` loads to find out whether BPF-LSM works.
@@ -665,7 +664,7 @@ pub struct Counters {
 
 /// The process that opened a connection, recorded by `connect4/6` (which run in the caller's
 /// context) and moved to the client's port when the proxy's SYN-ACK reaches the socket
-/// (`cgroup_skb/ingress`); gone when the socket is released (`cgroup/sock_release`). The proxy
+/// (`cgroup_skb/ingress`). The proxy
 /// looks it up at accept to learn which executable is talking to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -682,8 +681,7 @@ pub struct ConnOwner {
     /// byte order: with the client port, the key of the record once the proxy answered
     /// ([`proxy_client_key`]).
     pub listener_port: u16,
-    /// The client's port, host byte order: 0 until the proxy's SYN-ACK reached the socket.
-    pub client_port: u16,
+    pub _pad: u16,
 }
 
 /// Key of an established connection's owner record (`LEASH_PROXY_CLIENTS`): the client port and

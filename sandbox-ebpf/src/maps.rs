@@ -51,8 +51,8 @@ pub static EVENT_RINGS: btf_maps::ArrayOfMaps<
 pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 /// `proxy_client_key(client port, proxy port)` -> the process owning that connection to the
-/// proxy, written when the proxy's SYN-ACK reaches the client and removed when the client socket
-/// is released (`net/identity.rs`); read by the proxy at accept.
+/// proxy, written when the proxy's SYN-ACK reaches the client (`net/identity.rs`); read by the
+/// proxy at accept, removed by it when the connection ends.
 #[map(name = "LEASH_PROXY_CLIENTS")]
 pub static PROXY_CLIENTS: LruHashMap<u32, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 

@@ -140,7 +140,7 @@ fn a_leash_killed_while_making_a_generation_leaves_nothing_a_later_run_uses() {
     let _serial = serial();
     let scratch = Scratch::new("killgen");
     let policy = scratch.file("p.yaml", &policy_allowing(&[]));
-    let programs = ["leash_connect4", "leash_connect6", "leash_sendmsg4", "leash_skb_egress", "leash_sock_release"];
+    let programs = ["leash_connect4", "leash_connect6", "leash_sendmsg4", "leash_skb_egress", "leash_skb_ingress"];
     let mut interrupted = 0;
     for delay_ms in (2..60).step_by(4) {
         remove_generations();
@@ -392,16 +392,16 @@ fn next_line(out: &mut impl std::io::BufRead) -> String {
 }
 
 /// The proxy serves a connection only if the kernel recorded it as the sandbox's, by client port
-/// (the proxy's own address is the only one it admits). A record must therefore exist only while
-/// the sandbox's socket holds that port on that address: a record left for a port the sandbox no
-/// longer holds lets whoever binds the port next (another user) be served as the sandbox. Three
-/// ways the agent could leave one, against the kernel programs themselves, with a listener that
-/// never accepts (as a busy proxy's queue would not):
-/// - an answered connection, then closed before the proxy accepted it;
-/// - a connection from another local address (`127.0.0.2`), whose port is free on the proxy's;
-/// - a SYN the listener drops (signed with `TCP_MD5SIG`), so the connection is never answered.
+/// (the proxy's own address is the only one it admits). A record is therefore made only for a
+/// connection the proxy answered, from the proxy's own address. Against the kernel programs
+/// themselves, with a listener that never accepts (as a busy proxy's queue would not):
+/// - an answered connection has a record naming its process, which the proxy's check by socket
+///   confirms;
+/// - a connection from another local address (`127.0.0.2`) has none: its port is free on the
+///   proxy's address, for another user to bind;
+/// - nor has a SYN the listener drops (signed with `TCP_MD5SIG`), which is never answered.
 #[test]
-fn an_owner_record_lives_only_while_the_sandboxs_socket_holds_its_port() {
+fn an_owner_record_is_made_only_for_a_connection_the_proxy_answered_on_its_own_address() {
     use leash::kernel::{generation::Generation, programs, sandbox::KernelSandbox};
     require_root();
     let _serial = serial();
@@ -411,29 +411,25 @@ fn an_owner_record_lives_only_while_the_sandboxs_socket_holds_its_port() {
     let name = format!("owner-test-{}", std::process::id());
     let net = programs::sandbox_net(proxy, true);
     let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, net).expect("sandbox");
-    let cgroup = sandbox.cgroup().path().to_path_buf();
-    let id = sandbox.cgroup().id();
+    let owners = generation.connection_owners(sandbox.cgroup().id()).unwrap();
     let mut findings = Vec::new();
     for how in ["plain", "other-address", "signed"] {
-        let (mut child, mut out) = sandboxed_client(&cgroup, proxy.port(), how);
+        let (mut child, mut out) = sandboxed_client(sandbox.cgroup().path(), proxy.port(), how);
         let port: u16 = next_line(&mut out).parse().expect("the client's port");
         std::thread::sleep(Duration::from_millis(if how == "signed" { 300 } else { 50 }));
-        let open = generation.owner(port, proxy.port()).filter(|o| o.cgroup_id == id);
+        let record = owners.owner(port, proxy.port());
+        let checked = owners.connection(std::net::SocketAddr::from(([127, 0, 0, 1], port)), proxy);
         writeln!(child.stdin.as_mut().unwrap()).unwrap();
         assert_eq!(next_line(&mut out), "closed");
-        let closed = generation.owner(port, proxy.port()).filter(|o| o.cgroup_id == id);
         writeln!(child.stdin.as_mut().unwrap()).unwrap();
         child.wait().unwrap();
         match how {
-            "plain" if open.is_none_or(|o| o.pid != child.id()) => {
-                findings.push(format!("the answered connection from port {port} has no record naming its process"))
-            }
+            "plain" if record.is_none_or(|o| o.pid != child.id()) || checked != record => findings.push(format!(
+                "the answered connection from port {port}: record {record:?}, checked by socket {checked:?}"
+            )),
             "plain" => {}
-            _ if open.is_some() => findings.push(format!("{how}: a record for port {port} while connecting")),
+            _ if record.is_some() => findings.push(format!("{how}: a record for port {port}: {record:?}")),
             _ => {}
-        }
-        if closed.is_some() {
-            findings.push(format!("{how}: the record for port {port} outlived the socket"));
         }
     }
     sandbox.remove(&mut generation).expect("removing the sandbox");

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::Program;
-use aya::programs::{links::FdLink, CgroupSkb, CgroupSock, CgroupSockAddr, Lsm as LsmProgram};
+use aya::programs::{links::FdLink, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockAttachType, Lsm as LsmProgram};
 use sandbox_common::{
     map_names, program_names, ConnOwner, Counters, LsmHook, SandboxNet, EVENTS_BYTES, KERNEL_LAYOUT_GLOBAL,
     MAX_EVENT_RINGS, SANDBOX_NODE,
@@ -136,7 +136,7 @@ impl Generation {
             let path = dir.join("progs").join(program);
             let opened = match kind {
                 Kind::SockAddr(ty) => Program::CgroupSockAddr(CgroupSockAddr::from_pin(&path, ty)?),
-                Kind::Sock(ty) => Program::CgroupSock(CgroupSock::from_pin(&path, ty)?),
+                Kind::Sock => Program::CgroupSock(CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate)?),
                 Kind::Skb(ty) => Program::CgroupSkb(CgroupSkb::from_pin(&path, ty)?),
             };
             programs.push((program, kind, opened));
@@ -218,8 +218,7 @@ impl Generation {
     }
 
     /// Attaches the network programs of this generation a sandbox with `SandboxNet::flags`
-    /// `flags` gets (`programs::attached_for`: `sock_release` only when it records connection
-    /// owners) to the cgroup at `cgroup` and pins the links as
+    /// `flags` gets (`programs::attached_for`: `recvmsg4/6` only in transparent mode) to the cgroup at `cgroup` and pins the links as
     /// `sandboxes/<sandbox>/<generation>--<program>`.
     pub fn attach(&mut self, cgroup: &Path, sandbox: &str, flags: u32) -> Result<()> {
         let dir_path = pins::sandbox_dir(&self.bpffs, sandbox);

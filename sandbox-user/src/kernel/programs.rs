@@ -15,7 +15,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, MapData};
 use aya::programs::{
     links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-    CgroupSockAddrAttachType, CgroupSockAttachType, Program,
+    CgroupSockAddrAttachType, Program,
 };
 use aya::Ebpf;
 use sandbox_common::{program_names as prog, proxy_client_key, ConnOwner, SandboxNet};
@@ -27,32 +27,29 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 #[derive(Clone, Copy)]
 pub(crate) enum Kind {
     SockAddr(CgroupSockAddrAttachType),
-    Sock(CgroupSockAttachType),
+    Sock,
     Skb(CgroupSkbAttachType),
 }
 
 /// The network programs in attach order.
-pub(crate) const NET_PROGRAMS: [(&str, Kind); 10] = [
-    (prog::SOCK_CREATE, Kind::Sock(CgroupSockAttachType::SockCreate)),
+pub(crate) const NET_PROGRAMS: [(&str, Kind); 9] = [
+    (prog::SOCK_CREATE, Kind::Sock),
     (prog::CONNECT4, Kind::SockAddr(CgroupSockAddrAttachType::Connect4)),
     (prog::CONNECT6, Kind::SockAddr(CgroupSockAddrAttachType::Connect6)),
     (prog::SENDMSG4, Kind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg4)),
     (prog::SENDMSG6, Kind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg6)),
     (prog::SKB_EGRESS, Kind::Skb(CgroupSkbAttachType::Egress)),
     (prog::SKB_INGRESS, Kind::Skb(CgroupSkbAttachType::Ingress)),
-    (prog::SOCK_RELEASE, Kind::Sock(CgroupSockAttachType::SockRelease)),
     (prog::RECVMSG4, Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4)),
     (prog::RECVMSG6, Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg6)),
 ];
 
-/// Whether a sandbox with `SandboxNet::flags` `flags` gets program `kind`: `sock_release` only
-/// when it records connection owners (it removes their records), `recvmsg4/6` only in
+/// Whether a sandbox with `SandboxNet::flags` `flags` gets program `kind`: `recvmsg4/6` only in
 /// transparent mode (they restore the source of its resolver's replies); every other program
 /// always.
 pub(crate) fn attached_for(kind: Kind, flags: u32) -> bool {
-    use sandbox_common::{SANDBOX_RECORD_OWNERS, SANDBOX_TRANSPARENT};
+    use sandbox_common::SANDBOX_TRANSPARENT;
     match kind {
-        Kind::Sock(CgroupSockAttachType::SockRelease) => flags & SANDBOX_RECORD_OWNERS != 0,
         Kind::SockAddr(CgroupSockAddrAttachType::UDPRecvMsg4 | CgroupSockAddrAttachType::UDPRecvMsg6) => {
             flags & SANDBOX_TRANSPARENT != 0
         }
@@ -65,7 +62,7 @@ pub(crate) fn load_program(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Result<()
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     let loaded = match kind {
         Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(program)?.load(),
-        Kind::Sock(_) => <&mut CgroupSock>::try_from(program)?.load(),
+        Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
         Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
     };
     loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))
@@ -82,7 +79,7 @@ pub(crate) fn attach_link(program: &mut Program, name: &str, kind: Kind, dir: &F
             let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
             p.take_link(id)?.try_into()?
         }
-        Kind::Sock(_) => {
+        Kind::Sock => {
             let p = <&mut CgroupSock>::try_from(program)?;
             let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
             p.take_link(id)?.try_into()?
@@ -122,23 +119,26 @@ impl ConnectionOwners {
     /// up while its record stayed (a reset, `connect(AF_UNSPEC)`, a timeout, all with the socket
     /// still open) is someone else's or nobody's. Any error counts as "not the sandbox's".
     pub fn connection(&self, peer: SocketAddr, local: SocketAddr) -> Option<ConnOwner> {
-        let owner = self.owner(peer.port(), local.port())?;
-        match super::sock_diag::client_cookie(peer, local) {
-            Ok(Some(cookie)) if cookie == owner.cookie => Some(owner),
-            _ => None,
-        }
+        self.owner(peer.port(), local.port()).filter(|owner| holds(owner, peer, local))
     }
 
-    /// Drops this sandbox's record of that connection once the proxy accepted it, so a later
-    /// connection from the same port (another user's) does not pass for the sandbox's.
-    pub fn forget(&self, port: u16, listener: u16) {
+    /// Drops the record of the connection from client port `port` to the proxy's port
+    /// `listener` once it ended, if it is still the one of socket `cookie` (a new connection of
+    /// the sandbox from the same port keeps its own).
+    pub fn forget(&self, port: u16, listener: u16, cookie: u64) {
         let key = proxy_client_key(port, listener);
         if let Ok(mut map) = self.map.lock() {
-            if map.get(&key, 0).is_ok_and(|o| o.cgroup_id == self.cgroup_id) {
+            if map.get(&key, 0).is_ok_and(|o| o.cgroup_id == self.cgroup_id && o.cookie == cookie) {
                 let _ = map.remove(&key);
             }
         }
     }
+}
+
+/// Whether the socket `owner` was recorded for is the one now at `peer` connected to `local`.
+/// Any error counts as "no".
+pub fn holds(owner: &ConnOwner, peer: SocketAddr, local: SocketAddr) -> bool {
+    matches!(super::sock_diag::client_cookie(peer, local), Ok(Some(cookie)) if cookie == owner.cookie)
 }
 
 /// Which client ports sent DNS from one sandbox to its resolver (`cgroup_skb/egress` writes

@@ -64,7 +64,9 @@ const _: () = {
 };
 
 /// The cookie of the TCP socket in this network namespace whose local address is `client` and
-/// which is connected to `server`; `None` when no socket is.
+/// which is connected to `server`; `None` when no socket is. What the kernel finds is what a
+/// packet from `server` to `client` would reach: the connected socket (or its TIME_WAIT, which
+/// keeps its cookie), else a listener on `client`.
 pub fn client_cookie(client: SocketAddr, server: SocketAddr) -> io::Result<Option<u64>> {
     let (family, src, dst) = match (client.ip().to_canonical(), server.ip().to_canonical()) {
         (IpAddr::V4(c), IpAddr::V4(s)) => (libc::AF_INET, padded(&c.octets()), padded(&s.octets())),
@@ -117,11 +119,14 @@ pub fn answers(listener: SocketAddr) -> io::Result<()> {
             io::ErrorKind::NotFound,
             "the kernel's TCP socket diagnostics (modules inet_diag, tcp_diag) did not find the proxy's own socket",
         )),
-        Err(e) => Err(io::Error::new(e.kind(), format!("the kernel's TCP socket diagnostics (sock_diag): {e}"))),
+        Err(e) => {
+            Err(io::Error::new(e.kind(), format!("the kernel's TCP socket diagnostics (NETLINK_SOCK_DIAG): {e}")))
+        }
     }
 }
 
-/// The cookie in a reply, `None` for "no such socket", an error for anything else.
+/// The cookie in a reply, `None` for "no such socket", an error for anything else. (A kernel
+/// without the TCP diagnostics answers "no such socket" too: [`answers`] tells the two apart.)
 fn parse(reply: &[u8]) -> io::Result<Option<u64>> {
     let short = || io::Error::new(io::ErrorKind::InvalidData, "a short sock_diag reply");
     if reply.len() < 16 {

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// The layer that tells the proxy's admission which socket holds a connection's client end
 /// (`kernel/sock_diag.rs`); without it the proxy admits by the kernel's record alone.
-pub const PEER_SOCKETS: &str = "proxy admission by socket (sock_diag)";
+pub const PEER_SOCKETS: &str = "proxy admission by socket";
 
 /// A layer the policy asks for and this run lacks.
 #[derive(Debug, Clone)]

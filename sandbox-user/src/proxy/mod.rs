@@ -342,8 +342,10 @@ async fn serve_connection(
     door: Door,
 ) {
     let peers = proxy.peers.get().cloned();
+    let mut admitted = None;
     if let Some(peers) = &peers {
-        if !peers.admits(addr, local).await {
+        admitted = peers.admits(&stream, addr, local).await;
+        if admitted.is_none() {
             proxy.audit.outsider_refused(addr);
             return;
         }
@@ -365,7 +367,7 @@ async fn serve_connection(
         }
     };
     let binary = proxy.owners.get().and_then(|o| o.binary(addr, local.port()));
-    let stream = peers::AdmittedStream::new(stream, peers.map(|p| (p, addr, local.port())));
+    let stream = peers::AdmittedStream::new(stream, peers.zip(admitted));
     let client = connect::Client { addr, listener: local.port(), binary, redirected_from };
     if let Some(to) = redirected_from {
         return transparent::serve(stream, proxy, client, to).await;

@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpStream;
+
 use super::identity::OwnerSource;
-use crate::kernel::programs::ConnectionOwners;
+use crate::kernel::programs::{holds, ConnectionOwners};
 
 /// The sandbox's connection records, shared by the admission check and `binaries:` rules.
 #[derive(Clone)]
@@ -57,26 +59,29 @@ impl SandboxPeers {
         self.owners.destination(peer, listener)
     }
 
-    /// Whether `peer`, connected to the proxy at `local`, is a connection the sandbox made.
-    pub async fn admits(&self, peer: SocketAddr, local: SocketAddr) -> bool {
+    /// Whether `stream`, accepted from `peer` at the proxy's `local`, is a connection the
+    /// sandbox made: a record names the socket now at its client end, and the proxy's end is
+    /// still connected to it. (A reset connection is not: its client end may be another socket
+    /// by now, even one of the sandbox that took the freed port after it.)
+    pub async fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Option<Admitted> {
         if peer.ip() != local.ip() {
-            return false;
+            return None;
         }
         for attempt in 0..=RECHECKS {
-            if self.owners.owner(peer.port(), local.port()).is_some() {
-                return !self.by_socket || self.owners.connection(peer, local).is_some();
+            if let Some(owner) = self.owners.owner(peer.port(), local.port()) {
+                let admitted = !self.by_socket || (holds(&owner, peer, local) && still_connected(stream));
+                return admitted.then_some(Admitted { peer, listener: local.port(), cookie: owner.cookie });
             }
             if attempt < RECHECKS {
                 tokio::time::sleep(RECHECK_DELAY).await;
             }
         }
-        false
+        None
     }
 
-    /// Forgets the record of the connection from `peer` to the proxy's port `listener` once it
-    /// ended.
-    pub fn forget(&self, peer: SocketAddr, listener: u16) {
-        self.owners.forget(peer.port(), listener);
+    /// Forgets the record of an admitted connection once it ended.
+    pub fn forget(&self, admitted: &Admitted) {
+        self.owners.forget(admitted.peer.port(), admitted.listener, admitted.cookie);
     }
 
     /// The same records as a source of connection owners (for `binaries:` rules).
@@ -124,16 +129,39 @@ impl Holders {
     }
 }
 
+/// Which connection [`SandboxPeers::admits`] let in: the client's address, the proxy port it
+/// connected to, and the cookie of its socket.
+pub struct Admitted {
+    peer: SocketAddr,
+    listener: u16,
+    cookie: u64,
+}
+
+/// Whether the proxy's end of a connection is still connected: established, or the client has
+/// only finished sending. Not after a reset.
+fn still_connected(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // `struct tcp_info` starts with the state; the kernel copies no more than asked for.
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`; the descriptor is open.
+    let r = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+    };
+    // TCP_ESTABLISHED and TCP_CLOSE_WAIT (`include/net/tcp_states.h`).
+    r == 0 && len >= 1 && matches!(info[0], 1 | 8)
+}
+
 /// A connection from the sandbox; its record is forgotten when the last of it (the request
 /// stream, or the tunnel it was upgraded to) is dropped.
 pub struct AdmittedStream {
-    stream: tokio::net::TcpStream,
-    /// The sandbox's records, the client's address and the proxy port it connected to.
-    peers: Option<(SandboxPeers, SocketAddr, u16)>,
+    stream: TcpStream,
+    /// The sandbox's records and the connection they admitted.
+    peers: Option<(SandboxPeers, Admitted)>,
 }
 
 impl AdmittedStream {
-    pub fn new(stream: tokio::net::TcpStream, peers: Option<(SandboxPeers, SocketAddr, u16)>) -> Self {
+    pub fn new(stream: TcpStream, peers: Option<(SandboxPeers, Admitted)>) -> Self {
         Self { stream, peers }
     }
 }
@@ -147,8 +175,8 @@ impl AdmittedStream {
 
 impl Drop for AdmittedStream {
     fn drop(&mut self) {
-        if let Some((peers, peer, listener)) = &self.peers {
-            peers.forget(*peer, *listener);
+        if let Some((peers, admitted)) = &self.peers {
+            peers.forget(admitted);
         }
     }
 }
@@ -184,5 +212,45 @@ impl tokio::io::AsyncWrite for AdmittedStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy's end of a connection counts as connected while the client is there or has
+    /// only shut its sending side, and not once the client reset it.
+    #[tokio::test]
+    async fn a_reset_connection_is_not_still_connected() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+
+        let live = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(still_connected(&accepted), "a live connection");
+        live.shutdown(std::net::Shutdown::Write).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(still_connected(&accepted), "a client that only finished sending");
+
+        let reset = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // SO_LINGER with a zero timeout: close sends a reset.
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setsockopt with a linger struct of its own size on an open socket.
+        let r = unsafe {
+            libc::setsockopt(
+                reset.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        drop(reset);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!still_connected(&accepted), "a connection its client reset");
     }
 }

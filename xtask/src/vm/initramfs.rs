@@ -175,14 +175,18 @@ pub fn with_kernel_modules(base: &Path, kernel: &super::kernels::Kernel) -> Resu
         list.push('\n');
     }
     extra.file("/etc/leash-vm/kernel-modules", list.as_bytes(), 0o644);
-    let name = format!("{}-{}", base.file_name().unwrap_or_default().to_string_lossy(), kernel.release);
-    let out = base.with_file_name(name);
-    let appended = out.with_extension("modules.part");
+    let base_name = base.file_name().unwrap_or_default().to_string_lossy();
+    let out = base.with_file_name(format!("{base_name}-{}", kernel.release));
+    // Written aside and renamed: another xtask may be booting the last one.
+    let appended = base.with_file_name(format!("{base_name}-{}.{}.modules", kernel.release, std::process::id()));
+    let partial = base.with_file_name(format!("{base_name}-{}.{}.partial", kernel.release, std::process::id()));
     extra.write(&appended)?;
-    let mut file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     std::io::copy(&mut std::fs::File::open(base)?, &mut file)?;
     std::io::copy(&mut std::fs::File::open(&appended)?, &mut file)?;
+    drop(file);
     let _ = std::fs::remove_file(&appended);
+    std::fs::rename(&partial, &out)?;
     Ok(out)
 }
 

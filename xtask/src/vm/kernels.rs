@@ -89,7 +89,18 @@ impl Kernel {
     }
 
     /// The modules every boot loads for `leash run` (dependencies first); empty when built in.
+    /// A module neither cached nor listed in `modules.builtin` is an error, not a silent boot
+    /// without it.
     pub fn sock_diag_modules(&self) -> Result<Vec<PathBuf>> {
+        let builtin = std::fs::read_to_string(self.dir.join("modules.builtin")).unwrap_or_default();
+        let mut available = std::collections::BTreeMap::new();
+        collect_modules(&self.dir.join("modules"), &mut available)?;
+        for name in SOCK_DIAG_MODULES {
+            let built_in = builtin.lines().any(|l| module_name(l) == name);
+            if !available.contains_key(name) && !built_in {
+                bail!("kernel {}: module {name} is neither in the cache nor built in", self.release);
+            }
+        }
         self.modules(&SOCK_DIAG_MODULES)
     }
 
