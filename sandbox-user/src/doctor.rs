@@ -25,7 +25,15 @@ pub fn check() -> Vec<Row> {
         row("cgroup programs", probes::cgroup_programs()),
         row("BPF LSM", probes::bpf_lsm()),
         row("Landlock", crate::launcher::landlock_abi().map(|v| format!("ABI {v}")).map_err(anyhow::Error::msg)),
+        row("socket diagnostics", socket_diagnostics()),
     ]
+}
+
+/// Whether the proxy can ask which socket is at a connection's client end (`kernel/sock_diag.rs`).
+fn socket_diagnostics() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    crate::kernel::sock_diag::answers(listener.local_addr()?)?;
+    Ok("NETLINK_SOCK_DIAG answers for TCP (the proxy admits by socket)".into())
 }
 
 /// The rows as an aligned table.

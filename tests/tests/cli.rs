@@ -9,10 +9,10 @@ fn doctor_reports_every_layer_and_its_exit_code_agrees() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
     let rows = rows.as_array().expect("an array of rows");
     let layers: Vec<&str> = rows.iter().map(|r| r["layer"].as_str().unwrap()).collect();
-    assert_eq!(layers, ["cgroup v2", "bpffs", "BTF", "cgroup programs", "BPF LSM", "Landlock"]);
+    assert_eq!(layers, ["cgroup v2", "bpffs", "BTF", "cgroup programs", "BPF LSM", "Landlock", "socket diagnostics"]);
     let available = |name: &str| rows.iter().find(|r| r["layer"] == name).unwrap()["available"].as_bool().unwrap();
     // The network layer is what `leash run` needs on every host these tests run on.
-    for layer in ["cgroup v2", "bpffs", "cgroup programs"] {
+    for layer in ["cgroup v2", "bpffs", "cgroup programs", "socket diagnostics"] {
         assert!(available(layer), "{layer} should work on this host: {rows:?}");
     }
     for r in rows {
@@ -22,7 +22,7 @@ fn doctor_reports_every_layer_and_its_exit_code_agrees() {
     assert_eq!(out.status.success(), all, "exit 0 exactly when every layer works");
 
     let table = leash(&["doctor"]).output().unwrap();
-    assert_eq!(stdout(&table).lines().count(), 6, "{}", stdout(&table));
+    assert_eq!(stdout(&table).lines().count(), 7, "{}", stdout(&table));
 }
 
 #[test]
