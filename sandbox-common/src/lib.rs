@@ -664,13 +664,14 @@ pub struct Counters {
 
 /// The process that opened a connection, recorded by `connect4/6` (which run in the caller's
 /// context) and moved to the client's port when the proxy's SYN-ACK reaches the socket
-/// (`cgroup_skb/ingress`). The proxy
-/// looks it up at accept to learn which executable is talking to it.
+/// (`cgroup_skb/ingress`). The proxy looks it up at accept to learn whether the connection is the
+/// sandbox's and which executable is talking to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnOwner {
     pub cgroup_id: u64,
-    /// The client socket's cookie: only that socket's release removes the record.
+    /// The client socket's cookie: the proxy admits a connection only if this very socket is at
+    /// its client end (`sock_diag`), and forgets only this socket's record.
     pub cookie: u64,
     /// Thread-group id (the process id userspace knows).
     pub pid: u32,

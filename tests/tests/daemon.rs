@@ -1052,9 +1052,15 @@ fn an_upgrade_moves_every_sandbox_to_the_new_programs_without_a_gap() {
 // ---- Issue 19: callers and targets held by pidfds; every pod's use of the daemon bounded ----
 
 /// Starts `spawn` until the process it starts gets pid `want` (steered by writing the pid before
-/// it to `/proc/sys/kernel/ns_last_pid`; other processes of the host may take it first).
+/// it to `/proc/sys/kernel/ns_last_pid`; other processes of the host, such as another test's, may
+/// take it first, and then hold it until they exit).
 fn spawn_with_pid(want: u32, mut spawn: impl FnMut() -> Child) -> Child {
-    for _ in 0..500 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if Path::new(&format!("/proc/{want}")).exists() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
         std::fs::write("/proc/sys/kernel/ns_last_pid", (want - 1).to_string()).expect("steering the next pid");
         let mut child = spawn();
         if child.id() == want {

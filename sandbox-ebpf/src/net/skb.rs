@@ -51,8 +51,7 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
     // SAFETY: plain BPF helper call on the program's own context.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let remote = parse(ctx, dir);
-    let proxy = sandbox(cgroup);
-    if let Some(proxy) = proxy.filter(|proxy| is_proxy(proxy, &remote)) {
+    if let Some(proxy) = sandbox(cgroup).filter(|proxy| is_proxy(proxy, &remote)) {
         match (dir, remote.protocol) {
             (Direction::Egress, IPPROTO_UDP) => {
                 // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.

@@ -94,8 +94,8 @@ pub(crate) fn attach_link(program: &mut Program, name: &str, kind: Kind, dir: &F
 }
 
 /// Who owns each connection one sandbox made to its proxy, by client port (recorded by the
-/// sandbox's programs, `sandbox-ebpf/src/net/identity.rs`). The map is shared by every sandbox on the host: a record counts only
-/// when it names this sandbox's cgroup.
+/// sandbox's programs, `sandbox-ebpf/src/net/identity.rs`). The map is shared by every sandbox
+/// on the host: a record counts only when it names this sandbox's cgroup.
 pub struct ConnectionOwners {
     map: std::sync::Mutex<HashMap<MapData, u32, ConnOwner>>,
     cgroup_id: u64,

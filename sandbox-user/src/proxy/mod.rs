@@ -123,7 +123,8 @@ impl Proxy {
         Ok(proxy)
     }
 
-    /// Lets the proxy learn which executable opened each connection (recorded by the sandbox's programs).
+    /// Lets the proxy learn which executable opened each connection (recorded by the sandbox's
+    /// programs).
     /// A second table is refused: there is one sandbox per proxy.
     pub fn set_connection_owners(&self, owners: Box<dyn identity::OwnerSource>) -> Result<()> {
         self.owners.set(owners).map_err(|_| anyhow::anyhow!("the proxy already has a connection-owner table"))
