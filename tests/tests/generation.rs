@@ -437,9 +437,10 @@ fn an_owner_record_is_made_only_for_a_connection_the_proxy_answered_on_its_own_a
 }
 
 /// A socket can give its port up and stay open (`connect(AF_UNSPEC)`; a reset or a timeout does
-/// the same), and its record stays until it is closed. So the proxy must not take a record for
-/// proof: another user who binds the port and connects to the proxy must not count as the
-/// sandbox's connection. The sandbox's own connection, checked the same way first, does.
+/// the same), and its record stays. So the proxy must not take a record for proof: another user
+/// who binds the port and connects to the proxy, also from a socket bound to the loopback device
+/// (which a lookup on no device would not see), must not count as the sandbox's connection. The
+/// sandbox's own connection, checked the same way first, counts.
 #[test]
 fn a_port_the_sandbox_gave_up_is_not_its_connection_any_more() {
     use leash::kernel::{generation::Generation, programs, sandbox::KernelSandbox};
@@ -452,32 +453,44 @@ fn a_port_the_sandbox_gave_up_is_not_its_connection_any_more() {
     let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, programs::sandbox_net(proxy, true))
         .expect("sandbox");
     let owners = generation.connection_owners(sandbox.cgroup().id()).unwrap();
-    let (mut child, mut out) = sandboxed_client(sandbox.cgroup().path(), proxy.port(), "disconnect");
-    let port: u16 = next_line(&mut out).parse().expect("the client's port");
-    let client = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    std::thread::sleep(Duration::from_millis(50));
-    let own = owners.connection(client, proxy);
-    writeln!(child.stdin.as_mut().unwrap()).unwrap();
-    assert_eq!(next_line(&mut out), "closed");
-    // Another user (root outside the sandbox will do) takes the port and connects.
-    let take = format!(
-        "import socket, sys\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         s.bind(('127.0.0.1', {port}))\ns.connect(('127.0.0.1', {}))\nprint('connected', flush=True)\nsys.stdin.readline()",
-        proxy.port()
-    );
-    let mut outsider = Command::new("/usr/bin/python3")
-        .args(["-c", &take])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let taken = next_line(&mut std::io::BufReader::new(outsider.stdout.take().unwrap()));
-    let theirs = owners.connection(client, proxy);
-    let _ = writeln!(outsider.stdin.as_mut().unwrap());
-    let _ = writeln!(child.stdin.as_mut().unwrap());
-    let _ = (outsider.wait(), child.wait());
+    let mut findings = Vec::new();
+    for on_device in [false, true] {
+        let how = if on_device { "disconnect, taken on lo" } else { "disconnect" };
+        let (mut child, mut out) = sandboxed_client(sandbox.cgroup().path(), proxy.port(), "disconnect");
+        let port: u16 = next_line(&mut out).parse().expect("the client's port");
+        let client = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        std::thread::sleep(Duration::from_millis(50));
+        let own = owners.connection(client, proxy);
+        writeln!(child.stdin.as_mut().unwrap()).unwrap();
+        assert_eq!(next_line(&mut out), "closed");
+        // Another user (root outside the sandbox will do) takes the port and connects.
+        let device = if on_device { "s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'lo')\n" } else { "" };
+        let take = format!(
+            "import socket, sys\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n{device}\
+             s.bind(('127.0.0.1', {port}))\ns.connect(('127.0.0.1', {}))\nprint('connected', flush=True)\nsys.stdin.readline()",
+            proxy.port()
+        );
+        let mut outsider = Command::new("/usr/bin/python3")
+            .args(["-c", &take])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let taken = next_line(&mut std::io::BufReader::new(outsider.stdout.take().unwrap()));
+        let theirs = owners.connection(client, proxy);
+        let _ = writeln!(outsider.stdin.as_mut().unwrap());
+        let _ = writeln!(child.stdin.as_mut().unwrap());
+        let _ = (outsider.wait(), child.wait());
+        if own.is_none_or(|o| o.pid != child.id()) {
+            findings.push(format!("{how}: the sandbox's own connection was not recognised: {own:?}"));
+        }
+        if taken != "connected" {
+            findings.push(format!("{how}: the outsider could not take the port: {taken:?}"));
+        }
+        if theirs.is_some() {
+            findings.push(format!("{how}: another user's connection from the port counts as the sandbox's"));
+        }
+    }
     sandbox.remove(&mut generation).expect("removing the sandbox");
-    assert!(own.is_some_and(|o| o.pid == child.id()), "the sandbox's own connection was not recognised");
-    assert_eq!(taken, "connected", "the outsider could not take the port");
-    assert_eq!(theirs, None, "another user's connection from the port the sandbox gave up counts as the sandbox's");
+    assert!(findings.is_empty(), "{findings:#?}");
 }

@@ -271,7 +271,8 @@ except OSError as e:
     assert!(text.contains("connected\nanswer:"), "the outsider never reached the proxy: {text}");
     assert!(!text.contains(" 200"), "another user was served as the sandbox: {text}");
     assert_eq!(target.accepted(), 0, "another user reached the target through the agent's proxy");
-    assert!(stderr(&out).contains("not from this sandbox"), "{}", stderr(&out));
+    let refused = format!("127.0.0.1:{port}: not from this sandbox");
+    assert!(stderr(&out).contains(&refused), "the outsider's refusal is not recorded: {}", stderr(&out));
 }
 
 // 3. TIOCSTI on the shared terminal.

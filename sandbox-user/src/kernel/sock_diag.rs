@@ -63,11 +63,33 @@ const _: () = {
     assert!(size_of::<Reply>() == 16 + 52);
 };
 
+/// `LOOPBACK_IFINDEX`: the device every packet between two local addresses arrives on.
+const LOOPBACK: u32 = 1;
+/// `TCP_LISTEN` and `TCP_NEW_SYN_RECV` (`include/net/tcp_states.h`): no socket in these states
+/// is a connection's client end.
+const LISTEN: u8 = 10;
+const NEW_SYN_RECV: u8 = 12;
+
+/// What an exact lookup found.
+struct Found {
+    cookie: u64,
+    state: u8,
+    /// The remote port of what was found, host byte order.
+    dport: u16,
+}
+
 /// The cookie of the TCP socket in this network namespace whose local address is `client` and
-/// which is connected to `server`; `None` when no socket is. What the kernel finds is what a
-/// packet from `server` to `client` would reach: the connected socket (or its TIME_WAIT, which
-/// keeps its cookie), else a listener on `client`.
+/// which is connected to `server`; `None` when no socket is. The kernel looks up what a packet
+/// from `server` to `client` would reach, arriving on the loopback device (so a client bound to
+/// it is found too): the connected socket, or its TIME_WAIT, which keeps its cookie. A listener
+/// on `client` it may fall back to is no connection's client end, and counts as none.
 pub fn client_cookie(client: SocketAddr, server: SocketAddr) -> io::Result<Option<u64>> {
+    let found = lookup(client, server)?;
+    Ok(found.filter(|f| f.state != LISTEN && f.state != NEW_SYN_RECV && f.dport == server.port()).map(|f| f.cookie))
+}
+
+/// One exact lookup of the TCP socket at `client` as seen from `server`.
+fn lookup(client: SocketAddr, server: SocketAddr) -> io::Result<Option<Found>> {
     let (family, src, dst) = match (client.ip().to_canonical(), server.ip().to_canonical()) {
         (IpAddr::V4(c), IpAddr::V4(s)) => (libc::AF_INET, padded(&c.octets()), padded(&s.octets())),
         (IpAddr::V6(c), IpAddr::V6(s)) => (libc::AF_INET6, c.octets(), s.octets()),
@@ -89,7 +111,7 @@ pub fn client_cookie(client: SocketAddr, server: SocketAddr) -> io::Result<Optio
             dport: server.port().to_be_bytes(),
             src,
             dst,
-            interface: 0,
+            interface: LOOPBACK,
             cookie: [NO_COOKIE, NO_COOKIE],
         },
     };
@@ -113,7 +135,7 @@ pub fn client_cookie(client: SocketAddr, server: SocketAddr) -> io::Result<Optio
 /// `tcp_diag`, modules on most distributions, which the kernel loads on first use where it can.
 pub fn answers(listener: SocketAddr) -> io::Result<()> {
     let anywhere = SocketAddr::new(listener.ip(), 1);
-    match client_cookie(listener, anywhere) {
+    match lookup(listener, anywhere) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -125,9 +147,9 @@ pub fn answers(listener: SocketAddr) -> io::Result<()> {
     }
 }
 
-/// The cookie in a reply, `None` for "no such socket", an error for anything else. (A kernel
+/// What a reply found, `None` for "no such socket", an error for anything else. (A kernel
 /// without the TCP diagnostics answers "no such socket" too: [`answers`] tells the two apart.)
-fn parse(reply: &[u8]) -> io::Result<Option<u64>> {
+fn parse(reply: &[u8]) -> io::Result<Option<Found>> {
     let short = || io::Error::new(io::ErrorKind::InvalidData, "a short sock_diag reply");
     if reply.len() < 16 {
         return Err(short());
@@ -146,7 +168,11 @@ fn parse(reply: &[u8]) -> io::Result<Option<u64>> {
     }
     // SAFETY: `Reply` is plain data and `reply` holds at least its size; read unaligned.
     let msg = unsafe { reply.as_ptr().cast::<Reply>().read_unaligned() };
-    Ok(Some(u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32)))
+    Ok(Some(Found {
+        cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
+        state: msg.state,
+        dport: u16::from_be_bytes(msg.id.dport),
+    }))
 }
 
 fn padded(v4: &[u8; 4]) -> [u8; 16] {
@@ -199,11 +225,26 @@ mod tests {
         let mapped = std::net::TcpStream::connect(format!("[::ffff:127.0.0.1]:{}", server.port())).unwrap();
         let mapped_cookie = client_cookie(mapped.local_addr().unwrap(), server).unwrap();
         assert!(mapped_cookie.is_some() && mapped_cookie != first, "the mapped client end was not found");
-        drop((client, accepted, mapped));
+        // A client bound to the loopback device, which a lookup on no device would not see.
+        let bound = bound_to_loopback(server);
+        let bound_cookie = client_cookie(bound.local_addr().unwrap(), server).unwrap();
+        assert!(bound_cookie.is_some() && bound_cookie != first, "a client bound to lo was not found");
+        drop((client, accepted, mapped, bound));
         let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(client_cookie(nobody, server).unwrap(), None);
         answers(server).expect("the listener is found by its address");
+        assert_eq!(client_cookie(server, nobody).unwrap(), None, "a listener is no connection's client end");
         drop(listener);
         assert!(answers(server).is_err(), "a closed listener was found");
+    }
+
+    /// A TCP connection to `server` from a socket bound to `lo` (SO_BINDTODEVICE).
+    fn bound_to_loopback(server: SocketAddr) -> std::net::TcpStream {
+        use nix::sys::socket::{connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        setsockopt(&fd, sockopt::BindToDevice, &std::ffi::OsString::from("lo")).unwrap();
+        let SocketAddr::V4(v4) = server else { panic!("an IPv4 listener") };
+        connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
+        std::net::TcpStream::from(fd)
     }
 }

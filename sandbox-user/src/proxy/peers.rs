@@ -3,8 +3,8 @@
 //! port and socket cookie (`sandbox-ebpf/src/net/identity.rs`), and a connection is served only
 //! if such a record names the socket now at its client end (`sock_diag`). Anything else (another
 //! local user, root outside the sandbox, whoever took a port the sandbox's socket gave up while
-//! its record stayed) is closed before a byte of it is read. The kernel removes a record when the
-//! sandbox's socket is released, and the proxy when the connection (or the tunnel it became) ends.
+//! its record stayed) is closed before a byte of it is read. The proxy forgets a record when the
+//! connection (or the tunnel it became) ends.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -137,8 +137,8 @@ pub struct Admitted {
     cookie: u64,
 }
 
-/// Whether the proxy's end of a connection is still connected: established, or the client has
-/// only finished sending. Not after a reset.
+/// Whether the proxy's end of a connection is still connected: established (or, accepted early
+/// by TCP Fast Open, about to be), or the client has only finished sending. Not after a reset.
 fn still_connected(stream: &TcpStream) -> bool {
     use std::os::fd::AsRawFd as _;
     // `struct tcp_info` starts with the state; the kernel copies no more than asked for.
@@ -148,8 +148,8 @@ fn still_connected(stream: &TcpStream) -> bool {
     let r = unsafe {
         libc::getsockopt(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
     };
-    // TCP_ESTABLISHED and TCP_CLOSE_WAIT (`include/net/tcp_states.h`).
-    r == 0 && len >= 1 && matches!(info[0], 1 | 8)
+    // TCP_ESTABLISHED, TCP_SYN_RECV and TCP_CLOSE_WAIT (`include/net/tcp_states.h`).
+    r == 0 && len >= 1 && matches!(info[0], 1 | 3 | 8)
 }
 
 /// A connection from the sandbox; its record is forgotten when the last of it (the request
