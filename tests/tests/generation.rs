@@ -391,6 +391,35 @@ fn next_line(out: &mut impl std::io::BufRead) -> String {
     line.trim().to_string()
 }
 
+/// A sandbox that records connection owners, confined to a listener that never accepts (as a
+/// busy proxy's queue would not), and its owner records.
+struct OwnerTest {
+    generation: leash::kernel::generation::Generation,
+    proxy: std::net::SocketAddr,
+    sandbox: leash::kernel::sandbox::KernelSandbox,
+    owners: leash::kernel::programs::ConnectionOwners,
+    _listener: std::net::TcpListener,
+}
+
+impl OwnerTest {
+    fn new(prefix: &str) -> Self {
+        use leash::kernel::{generation::Generation, programs, sandbox::KernelSandbox};
+        let mut generation = Generation::open_host().expect("the host's generation");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let name = format!("{prefix}-{}", std::process::id());
+        let net = programs::sandbox_net(proxy, true);
+        let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, net).expect("sandbox");
+        let owners = generation.connection_owners(sandbox.cgroup().id()).unwrap();
+        Self { generation, proxy, sandbox, owners, _listener: listener }
+    }
+
+    fn remove(self) {
+        let Self { mut generation, sandbox, .. } = self;
+        sandbox.remove(&mut generation).expect("removing the sandbox");
+    }
+}
+
 /// The proxy serves a connection only if the kernel recorded it as the sandbox's, by client port
 /// (the proxy's own address is the only one it admits). A record is therefore made only for a
 /// connection the proxy answered, from the proxy's own address. Against the kernel programs
@@ -402,19 +431,13 @@ fn next_line(out: &mut impl std::io::BufRead) -> String {
 /// - nor has a SYN the listener drops (signed with `TCP_MD5SIG`), which is never answered.
 #[test]
 fn an_owner_record_is_made_only_for_a_connection_the_proxy_answered_on_its_own_address() {
-    use leash::kernel::{generation::Generation, programs, sandbox::KernelSandbox};
     require_root();
     let _serial = serial();
-    let mut generation = Generation::open_host().expect("the host's generation");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let name = format!("owner-test-{}", std::process::id());
-    let net = programs::sandbox_net(proxy, true);
-    let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, net).expect("sandbox");
-    let owners = generation.connection_owners(sandbox.cgroup().id()).unwrap();
+    let test = OwnerTest::new("owner-test");
+    let (proxy, owners) = (test.proxy, &test.owners);
     let mut findings = Vec::new();
     for how in ["plain", "other-address", "signed"] {
-        let (mut child, mut out) = sandboxed_client(sandbox.cgroup().path(), proxy.port(), how);
+        let (mut child, mut out) = sandboxed_client(test.sandbox.cgroup().path(), proxy.port(), how);
         let port: u16 = next_line(&mut out).parse().expect("the client's port");
         std::thread::sleep(Duration::from_millis(if how == "signed" { 300 } else { 50 }));
         let record = owners.owner(port, proxy.port());
@@ -432,7 +455,7 @@ fn an_owner_record_is_made_only_for_a_connection_the_proxy_answered_on_its_own_a
             _ => {}
         }
     }
-    sandbox.remove(&mut generation).expect("removing the sandbox");
+    test.remove();
     assert!(findings.is_empty(), "{findings:#?}");
 }
 
@@ -443,20 +466,14 @@ fn an_owner_record_is_made_only_for_a_connection_the_proxy_answered_on_its_own_a
 /// sandbox's own connection, checked the same way first, counts.
 #[test]
 fn a_port_the_sandbox_gave_up_is_not_its_connection_any_more() {
-    use leash::kernel::{generation::Generation, programs, sandbox::KernelSandbox};
     require_root();
     let _serial = serial();
-    let mut generation = Generation::open_host().expect("the host's generation");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let name = format!("gave-up-test-{}", std::process::id());
-    let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, programs::sandbox_net(proxy, true))
-        .expect("sandbox");
-    let owners = generation.connection_owners(sandbox.cgroup().id()).unwrap();
+    let test = OwnerTest::new("gave-up-test");
+    let (proxy, owners) = (test.proxy, &test.owners);
     let mut findings = Vec::new();
     for on_device in [false, true] {
         let how = if on_device { "disconnect, taken on lo" } else { "disconnect" };
-        let (mut child, mut out) = sandboxed_client(sandbox.cgroup().path(), proxy.port(), "disconnect");
+        let (mut child, mut out) = sandboxed_client(test.sandbox.cgroup().path(), proxy.port(), "disconnect");
         let port: u16 = next_line(&mut out).parse().expect("the client's port");
         let client = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         std::thread::sleep(Duration::from_millis(50));
@@ -491,6 +508,6 @@ fn a_port_the_sandbox_gave_up_is_not_its_connection_any_more() {
             findings.push(format!("{how}: another user's connection from the port counts as the sandbox's"));
         }
     }
-    sandbox.remove(&mut generation).expect("removing the sandbox");
+    test.remove();
     assert!(findings.is_empty(), "{findings:#?}");
 }

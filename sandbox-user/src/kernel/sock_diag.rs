@@ -28,11 +28,7 @@ struct SockId {
 /// `struct nlmsghdr` followed by `struct inet_diag_req_v2`.
 #[repr(C)]
 struct Request {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
+    header: libc::nlmsghdr,
     family: u8,
     protocol: u8,
     ext: u8,
@@ -45,11 +41,7 @@ struct Request {
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Reply {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
+    header: libc::nlmsghdr,
     family: u8,
     state: u8,
     timer: u8,
@@ -96,11 +88,13 @@ fn lookup(client: SocketAddr, server: SocketAddr) -> io::Result<Option<Found>> {
         _ => return Ok(None),
     };
     let request = Request {
-        len: size_of::<Request>() as u32,
-        kind: SOCK_DIAG_BY_FAMILY,
-        flags: libc::NLM_F_REQUEST as u16,
-        seq: 1,
-        pid: 0,
+        header: libc::nlmsghdr {
+            nlmsg_len: size_of::<Request>() as u32,
+            nlmsg_type: SOCK_DIAG_BY_FAMILY,
+            nlmsg_flags: libc::NLM_F_REQUEST as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
         family: family as u8,
         protocol: libc::IPPROTO_TCP as u8,
         ext: 0,
