@@ -17,25 +17,24 @@
 //! detached when the last one leaves, so a host without sandboxes pays nothing on its syscalls.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf};
-use aya::programs::Program;
-use aya::programs::{links::FdLink, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockAttachType, Lsm as LsmProgram};
+use aya::programs::{Lsm as LsmProgram, ProgramInfo};
 use sandbox_common::{
     map_names, program_names, ConnOwner, Counters, LsmHook, SandboxNet, EVENTS_BYTES, KERNEL_LAYOUT_GLOBAL,
     MAX_EVENT_RINGS, SANDBOX_NODE,
 };
 
+use super::attach::{self, PinnedProgram};
 use super::btf::KernelBtf;
 use super::learning::{self, Learning};
 use super::lsm::{program_of, LsmMaps, Registration, Unavailable};
 use super::pins::{self, entries, open_map, remove_tree, DirLock};
-use super::programs::{
-    attach_link, attached_for, load_program, ConnectionOwners, DnsClients, Kind, NET_PROGRAMS, OBJECT,
-};
+use super::programs::{attached_for, load_program, ConnectionOwners, DnsClients, Kind, NET_PROGRAMS, OBJECT};
 
 /// A directory in a generation saying its kernel cannot attach an LSM program again after
 /// detaching it (5.10 frees the program's trampoline at detach): links stay once attached.
@@ -56,7 +55,7 @@ pub struct EventSlot {
 pub struct Generation {
     bpffs: PathBuf,
     name: String,
-    programs: Vec<(&'static str, Kind, Program)>,
+    programs: Vec<(&'static str, Kind, PinnedProgram)>,
     sandboxes: HashMap<MapData, u64, SandboxNet>,
     counters: PerCpuHashMap<MapData, u64, Counters>,
     owners: HashMap<MapData, u32, ConnOwner>,
@@ -134,11 +133,8 @@ impl Generation {
         let mut programs = Vec::new();
         for (program, kind) in NET_PROGRAMS {
             let path = dir.join("progs").join(program);
-            let opened = match kind {
-                Kind::SockAddr(ty) => Program::CgroupSockAddr(CgroupSockAddr::from_pin(&path, ty)?),
-                Kind::Sock => Program::CgroupSock(CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate)?),
-                Kind::Skb(ty) => Program::CgroupSkb(CgroupSkb::from_pin(&path, ty)?),
-            };
+            let opened =
+                PinnedProgram::open(&path).with_context(|| format!("opening pinned program {}", path.display()))?;
             programs.push((program, kind, opened));
         }
         let pinned: Vec<String> =
@@ -148,14 +144,12 @@ impl Generation {
         let owners = map(map_names::PROXY_CLIENTS)?;
         let owners_fd = match &owners {
             Map::LruHashMap(data) | Map::HashMap(data) => {
-                use std::os::fd::AsFd;
                 data.fd().as_fd().try_clone_to_owned().context("duplicating a map descriptor")?
             }
             _ => bail!("{} is not a hash map", map_names::PROXY_CLIENTS),
         };
         let dns_clients_fd = match map(map_names::DNS_CLIENTS)? {
             Map::LruHashMap(data) | Map::HashMap(data) => {
-                use std::os::fd::AsFd;
                 data.fd().as_fd().try_clone_to_owned().context("duplicating a map descriptor")?
             }
             _ => bail!("{} is not a hash map", map_names::DNS_CLIENTS),
@@ -228,10 +222,12 @@ impl Generation {
             if !attached_for(*kind, flags) {
                 continue;
             }
-            let link = attach_link(opened, program, *kind, &dir)?;
+            let link = opened
+                .attach_cgroup(dir.as_fd(), kind.attach_type())
+                .with_context(|| format!("attaching {program}"))?;
             let path = dir_path.join(pins::link_name(&self.name, program));
-            // The pinned link outlives this process; dropping the handle does not detach it.
-            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            // The pinned link outlives this process; closing the descriptor does not detach it.
+            attach::pin(&link, &path).with_context(|| format!("pinning {}", path.display()))?;
         }
         Ok(())
     }
@@ -454,11 +450,10 @@ impl Generation {
             if path.exists() {
                 continue;
             }
-            let mut lsm = LsmProgram::from_pin(self.dir().join("progs").join(program))
+            let lsm = PinnedProgram::open(&self.dir().join("progs").join(program))
                 .with_context(|| format!("opening pinned program {program}"))?;
-            let id = lsm.attach().with_context(|| format!("attaching {program}"))?;
-            let link: FdLink = lsm.take_link(id)?.into();
-            let _pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            let link = lsm.attach_lsm().with_context(|| format!("attaching {program}"))?;
+            attach::pin(&link, &path).with_context(|| format!("pinning {}", path.display()))?;
         }
         Ok(())
     }
@@ -551,9 +546,12 @@ impl Generation {
 
     /// Run time and run count of each network program (counted while BPF statistics are on).
     pub fn program_stats(&self) -> Vec<(&'static str, Duration, u64)> {
+        let progs = self.dir().join("progs");
         self.programs
             .iter()
-            .filter_map(|(name, _, p)| p.info().ok().map(|i| (*name, i.run_time(), i.run_count())))
+            .filter_map(|(name, _, _)| {
+                ProgramInfo::from_pin(progs.join(name)).ok().map(|i| (*name, i.run_time(), i.run_count()))
+            })
             .collect()
     }
 }

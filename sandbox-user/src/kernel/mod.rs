@@ -2,6 +2,7 @@
 //! and attaching the eBPF programs, one sandbox's kernel state (`sandbox`), pins that outlive
 //! leash, reaping what a crash left behind, and probing which layers this kernel supports.
 
+pub mod attach;
 pub mod btf;
 pub mod cgroup;
 pub mod events;

@@ -7,17 +7,13 @@
 //! if leash dies, even by SIGKILL, the pins keep the sandbox confined until the next `leash run`
 //! reaps it (`reaper.rs`).
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, MapData};
-use aya::programs::{
-    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-    CgroupSockAddrAttachType, Program,
-};
+use aya::programs::{CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType};
 use aya::Ebpf;
+use aya_obj::generated::bpf_attach_type;
 use sandbox_common::{program_names as prog, proxy_client_key, ConnOwner, SandboxNet};
 
 /// The eBPF object `build.rs` produced.
@@ -29,6 +25,18 @@ pub(crate) enum Kind {
     SockAddr(CgroupSockAddrAttachType),
     Sock,
     Skb(CgroupSkbAttachType),
+}
+
+impl Kind {
+    /// The kernel's attach type, as a link to a cgroup names it.
+    pub(crate) fn attach_type(self) -> bpf_attach_type {
+        match self {
+            Kind::SockAddr(ty) => ty.into(),
+            Kind::Sock => bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
+            Kind::Skb(CgroupSkbAttachType::Ingress) => bpf_attach_type::BPF_CGROUP_INET_INGRESS,
+            Kind::Skb(CgroupSkbAttachType::Egress) => bpf_attach_type::BPF_CGROUP_INET_EGRESS,
+        }
+    }
 }
 
 /// The network programs in attach order.
@@ -66,31 +74,6 @@ pub(crate) fn load_program(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Result<()
         Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
     };
     loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))
-}
-
-/// Attaches one loaded network program to the cgroup open as `dir` and returns the link, which
-/// the caller pins. bpf_link attachments always coexist with other programs on the cgroup (the
-/// kernel refuses attach flags on links), so `Single` here means "no flags".
-pub(crate) fn attach_link(program: &mut Program, name: &str, kind: Kind, dir: &File) -> Result<FdLink> {
-    let mode = CgroupAttachMode::Single;
-    let link: FdLink = match kind {
-        Kind::SockAddr(_) => {
-            let p = <&mut CgroupSockAddr>::try_from(program)?;
-            let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
-            p.take_link(id)?.try_into()?
-        }
-        Kind::Sock => {
-            let p = <&mut CgroupSock>::try_from(program)?;
-            let id = p.attach(dir.as_fd(), mode).with_context(|| format!("attaching {name}"))?;
-            p.take_link(id)?.try_into()?
-        }
-        Kind::Skb(ty) => {
-            let p = <&mut CgroupSkb>::try_from(program)?;
-            let id = p.attach(dir.as_fd(), ty, mode).with_context(|| format!("attaching {name}"))?;
-            p.take_link(id)?.try_into()?
-        }
-    };
-    Ok(link)
 }
 
 /// Who owns each connection one sandbox made to its proxy, by client port (recorded by the

@@ -83,6 +83,10 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     let Some((program, args)) = opts.command.split_first() else {
         bail!("no command given: usage is `leash run [OPTIONS] -- CMD [ARGS...]`");
     };
+    // The system's trust roots are read and encoded for the agent's trust files while the policy
+    // is read: the TLS material needs them first. This changes nothing outside leash, so a start
+    // that fails meanwhile leaves nothing behind.
+    let _ = std::thread::Builder::new().name("leash-roots".into()).spawn(crate::proxy::tls::prepare_system_roots);
     let is_root = nix::unistd::geteuid().is_root();
     if let (Some(path), true) = (&opts.policy, is_root) {
         // Before reading it: the agent's identity is in the policy, so this first look takes the
@@ -119,14 +123,19 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     for path in &kernel_rules.missing_deny_open {
         eprintln!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
     }
+    if let Some(out) = &opts.learn {
+        let same =
+            |p: &Path| std::fs::canonicalize(p).ok().zip(std::fs::canonicalize(out).ok()).is_some_and(|(a, b)| a == b);
+        if opts.policy.as_deref().is_some_and(same) {
+            bail!("--learn {} is the policy file itself: write the learned policy elsewhere", out.display());
+        }
+    }
     if !opts.proxy_listen.ip().is_loopback() {
         bail!("--proxy-listen {} is not a loopback address: the proxy would be open to the network", opts.proxy_listen);
     }
     stdio::refuse_network_sockets()?;
 
     let id = SandboxId::for_self()?;
-    // Reap before binding: a stale sandbox must not find its old proxy port served again.
-    let roots = open_kernel();
     let audit = Auditor::to_file(&id.to_string(), audit_file, true);
     let binaries_rules = !policy.binaries_restricted().is_empty();
     let protect_in_workdir = policy.protect_in_workdir();
@@ -147,13 +156,15 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     };
     let proxy_config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
     // The TLS material (CA, trust roots, the agent's bundle) is prepared on another thread while
-    // this one loads and attaches the eBPF programs.
+    // this one opens the kernel side, builds the sandbox and prepares the agent's start.
     let tls_audit = audit.clone();
     let proxy_ready = tokio::task::spawn_blocking(move || -> Result<(Arc<Proxy>, trust::AgentTrustDir)> {
         let proxy = Proxy::new(policy, &proxy_config, tls_audit)?;
         let trust = trust::AgentTrustDir::write(&id, proxy.ca())?;
         Ok((proxy, trust))
     });
+    // Reap before binding: a stale sandbox must not find its old proxy port served again.
+    let roots = open_kernel();
     let mut bound = BoundProxy::bind(opts.proxy_listen).await?;
     // Every connection to the proxy is recorded with its owner: the proxy serves only those.
     let mut net = sandbox_net(bound.addr(), true);
@@ -163,46 +174,6 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     let built = roots.and_then(|(cgroup_root, bpffs, generation)| {
         sandbox::Sandbox::create(id, &cgroup_root, &bpffs, generation, net)
     });
-    // The watchdog learns the sandbox while the proxy's TLS material is still being made.
-    if let Some(cgroup) = built.as_ref().ok().and_then(|s| s.cgroup()) {
-        if let Err(e) = watchdog.watch(cgroup.path(), &bound.sockets()) {
-            // Whatever the TLS thread made (the agent's trust directory) goes with it.
-            drop(proxy_ready.await);
-            if let Ok(mut s) = built {
-                s.teardown();
-            }
-            return Err(e);
-        }
-    }
-    // The host's sockets are found while the TLS material is still being made (most of a
-    // start's TLS time is spent waiting for it otherwise).
-    let host_sockets = mount_ns::HostSockets::find(&unix_allowed);
-    let (proxy, trust) = match proxy_ready.await.context("preparing the proxy")? {
-        Ok(ready) => ready,
-        Err(e) => {
-            if let Ok(mut s) = built {
-                s.teardown();
-            }
-            return Err(e);
-        }
-    };
-    if let Some(out) = &opts.learn {
-        let same =
-            |p: &Path| std::fs::canonicalize(p).ok().zip(std::fs::canonicalize(out).ok()).is_some_and(|(a, b)| a == b);
-        if opts.policy.as_deref().is_some_and(same) {
-            if let Ok(mut s) = built {
-                s.teardown();
-            }
-            bail!("--learn {} is the policy file itself: write the learned policy elsewhere", out.display());
-        }
-        let ready = open_learned(out).and_then(|_| proxy.learn(opts.learn_allow_private));
-        if let Err(e) = ready {
-            if let Ok(mut s) = built {
-                s.teardown();
-            }
-            return Err(e);
-        }
-    }
     let mut sandbox = match built {
         Ok(s) => Some(s),
         Err(e) => {
@@ -210,31 +181,42 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
             None
         }
     };
-    if sandbox.is_some() {
-        if let Err(e) = crate::kernel::sock_diag::answers(bound.addr()) {
-            missing.push(layers::Missing { layer: layers::PEER_SOCKETS, why: e.to_string() });
+    // Everything up to the agent's start is done while the TLS thread works, and waits for it
+    // last. A failure on the way tears the sandbox down; the TLS thread's trust directory goes
+    // with its result.
+    let ready = async {
+        if let Some(cgroup) = sandbox.as_ref().and_then(|s| s.cgroup()) {
+            watchdog.watch(cgroup.path(), &bound.sockets())?;
         }
-    }
-    if kernel_required {
-        missing.extend(enforce_kernel_rules(sandbox.as_mut(), &kernel_rules));
-    } else if sandbox.as_ref().is_some_and(|s| s.lsm_available()) {
-        for m in enforce_kernel_rules(sandbox.as_mut(), &kernel_rules) {
-            eprintln!("leash: warning: the baseline BPF-LSM rules are not in force: {}", m.why);
+        let host_sockets = mount_ns::HostSockets::find(&unix_allowed);
+        if sandbox.is_some() {
+            if let Err(e) = crate::kernel::sock_diag::answers(bound.addr()) {
+                missing.push(layers::Missing { layer: layers::PEER_SOCKETS, why: e.to_string() });
+            }
         }
-    }
-    if let Err(e) = check_missing(&missing, opts.allow_degraded) {
-        if let Some(mut s) = sandbox {
-            s.teardown();
+        if kernel_required {
+            missing.extend(enforce_kernel_rules(sandbox.as_mut(), &kernel_rules));
+        } else if sandbox.as_ref().is_some_and(|s| s.lsm_available()) {
+            for m in enforce_kernel_rules(sandbox.as_mut(), &kernel_rules) {
+                eprintln!("leash: warning: the baseline BPF-LSM rules are not in force: {}", m.why);
+            }
         }
-        return Err(e);
-    }
-    // Held directories are removed only after teardown, once the sandbox's last process is gone.
-    let guarded = std::env::current_dir().context("reading the working directory").and_then(|dir| {
-        let guard = workdir_guard::WorkdirGuard::protect(&dir, &protect_in_workdir, &agent_ids)?;
-        Ok((dir, guard))
-    });
-    let (workdir, mut guard) = match guarded {
-        Ok(guarded) => guarded,
+        check_missing(&missing, opts.allow_degraded)?;
+        // Held directories are removed only after teardown, once the sandbox's last process is
+        // gone (on an error here, when the guard is dropped).
+        let workdir = std::env::current_dir().context("reading the working directory")?;
+        let guard = workdir_guard::WorkdirGuard::protect(&workdir, &protect_in_workdir, &agent_ids)?;
+        if let Err(e) = watchdog.hold(guard.held_ids()) {
+            eprintln!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
+        }
+        let (proxy, trust) = proxy_ready.await.context("preparing the proxy")??;
+        if let Some(out) = &opts.learn {
+            open_learned(out).and_then(|_| proxy.learn(opts.learn_allow_private))?;
+        }
+        anyhow::Ok((host_sockets, workdir, guard, proxy, trust))
+    };
+    let (host_sockets, workdir, mut guard, proxy, trust) = match ready.await {
+        Ok(ready) => ready,
         Err(e) => {
             if let Some(mut s) = sandbox {
                 s.teardown();
@@ -242,9 +224,6 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
             return Err(e);
         }
     };
-    if let Err(e) = watchdog.hold(guard.held_ids()) {
-        eprintln!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
-    }
     let agent = Agent {
         workdir: &workdir,
         guard: &guard,

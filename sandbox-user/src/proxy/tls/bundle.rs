@@ -83,16 +83,50 @@ pub fn write_agent_trust(dir: &Path, ca: &CertificateAuthority) -> Result<AgentT
     for error in &system.errors {
         eprintln!("leash: warning: agent CA bundle: system certificate store: {error}");
     }
-    write_with_roots(dir, ca, &system.certs, Some(&system.pem))
+    write_with_roots(dir, ca, system_agent_roots())
 }
 
-/// Writes the files with `roots` as the system's; `roots_pem`, when given, is `roots` as PEM.
-fn write_with_roots(
-    dir: &Path,
-    ca: &CertificateAuthority,
-    roots: &[CertificateDer<'static>],
-    roots_pem: Option<&str>,
-) -> Result<AgentTrust> {
+/// The roots the agent trusts besides leash's CA, encoded for its bundle and its truststore.
+struct AgentRoots<'a> {
+    count: usize,
+    /// The certificates as PEM, in order.
+    pem: std::borrow::Cow<'a, str>,
+    /// One truststore bag per certificate, aliases `system-root-1`, ... in order.
+    bags: Vec<u8>,
+}
+
+impl<'a> AgentRoots<'a> {
+    /// `certs`, whose PEM is `pem` when given.
+    fn encode(certs: &[CertificateDer<'static>], pem: Option<&'a str>) -> Self {
+        let pem = match pem {
+            Some(text) => text.into(),
+            None => certs.iter().map(|c| self::pem(c)).collect::<String>().into(),
+        };
+        let aliases = (1..).map(|i| format!("system-root-{i}"));
+        let bags = pkcs12::cert_bags(aliases.zip(certs.iter().map(|c| c.as_ref())));
+        Self { count: certs.len(), pem, bags }
+    }
+}
+
+/// The system roots encoded once per process: [`prepare_system_roots`] does it on a thread of its
+/// own while leash starts (most of the agent's trust files is the system's roots).
+fn system_agent_roots() -> &'static AgentRoots<'static> {
+    static ROOTS: std::sync::OnceLock<AgentRoots<'static>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let system = system_roots();
+        AgentRoots::encode(&system.certs, Some(&system.pem))
+    })
+}
+
+/// Reads the system's roots and encodes them for the agent's files ahead of use. It changes
+/// nothing outside this process.
+pub fn prepare_system_roots() {
+    system_roots();
+    system_agent_roots();
+}
+
+/// Writes the files with `roots` as the system's.
+fn write_with_roots(dir: &Path, ca: &CertificateAuthority, roots: &AgentRoots<'_>) -> Result<AgentTrust> {
     match dir.to_str() {
         Some(s) if !s.contains(['"', '\'']) => {}
         _ => return Err(TlsError::UnusablePath { path: dir.to_path_buf() }),
@@ -103,22 +137,14 @@ fn write_with_roots(
         ca_pem: dir.join("ca.pem"),
         bundle_pem: dir.join("bundle.pem"),
         truststore: dir.join("truststore.p12"),
-        system_roots: roots.len(),
+        system_roots: roots.count,
     };
-
-    write_file(&trust.ca_pem, ca.cert_pem().as_bytes())?;
-
-    let mut bundle: String = match roots_pem {
-        Some(text) => text.to_owned(),
-        None => roots.iter().map(|c| pem(c)).collect(),
-    };
-    bundle.push_str(ca.cert_pem());
-    write_file(&trust.bundle_pem, bundle.as_bytes())?;
-
-    let mut entries: Vec<(String, &[u8])> = vec![(CA_ALIAS.to_string(), ca.cert_der().as_ref())];
-    entries.extend(roots.iter().enumerate().map(|(i, c)| (format!("system-root-{}", i + 1), c.as_ref())));
-    let store = pkcs12::truststore(&entries, TRUSTSTORE_PASSWORD, &rand::random::<[u8; 16]>(), pkcs12::ITERATIONS);
-    write_file(&trust.truststore, &store)?;
+    write_file(&trust.ca_pem, &[ca.cert_pem().as_bytes()])?;
+    write_file(&trust.bundle_pem, &[roots.pem.as_bytes(), ca.cert_pem().as_bytes()])?;
+    let ca_bag = pkcs12::cert_bags([(CA_ALIAS.to_string(), ca.cert_der().as_ref())]);
+    let salt = rand::random::<[u8; 16]>();
+    let store = pkcs12::truststore(&[&ca_bag, &roots.bags], TRUSTSTORE_PASSWORD, &salt, pkcs12::ITERATIONS);
+    write_file(&trust.truststore, &store.iter().map(AsRef::as_ref).collect::<Vec<_>>())?;
     Ok(trust)
 }
 
@@ -141,8 +167,8 @@ fn make_dir(dir: &Path) -> Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_error(dir))
 }
 
-/// Writes `bytes` to `path` as 0644, not following a symlink there.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `parts` one after the other to `path` as 0644, not following a symlink there.
+fn write_file(path: &Path, parts: &[&[u8]]) -> Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -151,7 +177,9 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io_error(path))?;
-    file.write_all(bytes).map_err(io_error(path))?;
+    for bytes in parts {
+        file.write_all(bytes).map_err(io_error(path))?;
+    }
     file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_error(path))
 }
 
@@ -169,7 +197,6 @@ pub(super) fn pem(der: &[u8]) -> String {
 
 /// A PKCS#12 (RFC 7292) truststore writer: certificate bags only, MAC'd with HMAC-SHA256.
 pub(crate) mod pkcs12 {
-    use rustls::crypto::tls13::OkmBlock;
 
     /// MAC iterations: one, as `openssl pkcs12 -nomaciter` writes (Java and OpenSSL read any
     /// count). The password is public (`changeit`, in the agent's environment), so iterations
@@ -185,41 +212,82 @@ pub(crate) mod pkcs12 {
     const ANY_EXTENDED_KEY_USAGE: &[u64] = &[2, 5, 29, 37, 0];
     const SHA256: &[u64] = &[2, 16, 840, 1, 101, 3, 4, 2, 1];
 
-    /// `PFX` holding one trusted certificate bag per `(alias, DER)`, encoded in one buffer (the
-    /// store is as large as the system bundle: a copy per nesting level cost a start 0.7 ms).
-    pub fn truststore(entries: &[(String, &[u8])], password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
-        let size = entries.iter().map(|(alias, der)| der.len() + 2 * alias.len() + 96).sum::<usize>() + 192;
-        let mut pfx = Der(Vec::with_capacity(size));
-        pfx.nest(SEQUENCE, |d| {
-            d.put(&integer(3));
-            let mut auth_safe_len = 0;
-            d.data_content_info(|d| {
-                let start = d.0.len();
-                d.nest(SEQUENCE, |d| {
-                    d.data_content_info(|d| {
-                        d.nest(SEQUENCE, |d| {
-                            for (alias, der) in entries {
-                                d.cert_bag(alias, der);
-                            }
-                        })
-                    })
-                });
-                auth_safe_len = d.0.len() - start;
-            });
-            // The authenticated safe ends the buffer so far (its wrappers' headers went ahead of it).
-            let auth_safe = &d.0[d.0.len() - auth_safe_len..];
-            let mac = hmac_sha256(&mac_key(password, salt, iterations), auth_safe);
-            let digest_info = seq(&[&seq(&[&oid(SHA256), &[0x05, 0x00]]), &octets(&mac)]);
-            // `iterations INTEGER DEFAULT 1`: DER leaves a default value out.
-            let count = if iterations == 1 { Vec::new() } else { integer(u64::from(iterations)) };
-            d.put(&seq(&[&digest_info, &octets(salt), &count]));
-        });
-        pfx.0
+    /// One trusted certificate bag per `(alias, DER)`, encoded one after the other (the content
+    /// of a `SafeContents`).
+    pub fn cert_bags<'a>(entries: impl IntoIterator<Item = (String, &'a [u8])>) -> Vec<u8> {
+        let mut bags = Der(Vec::new());
+        for (alias, der) in entries {
+            bags.cert_bag(&alias, der);
+        }
+        bags.0
+    }
+
+    /// `PFX` holding the certificate bags `bags` (from [`cert_bags`], in order), as the parts to
+    /// write one after the other: the bags are not copied (the system's are most of the store),
+    /// each wrapper's header is written knowing the length of what it wraps.
+    pub fn truststore<'a>(bags: &[&'a [u8]], password: &str, salt: &[u8], iterations: u32) -> Vec<Part<'a>> {
+        let bags_len: usize = bags.iter().map(|b| b.len()).sum();
+        // Inside out: `SafeContents`, its `ContentInfo`, the `AuthenticatedSafe` sequence.
+        let mut auth_safe_head = header(SEQUENCE, bags_len);
+        let inner = data_content_info_header(auth_safe_head.len() + bags_len);
+        let inner_len = inner.len() + auth_safe_head.len() + bags_len;
+        auth_safe_head = [header(SEQUENCE, inner_len), inner, auth_safe_head].concat();
+        let auth_safe_len = auth_safe_head.len() + bags_len;
+        let mut mac_input = vec![&auth_safe_head[..]];
+        mac_input.extend_from_slice(bags);
+        let mac = hmac_sha256(&mac_key(password, salt, iterations), &mac_input);
+        let digest_info = seq(&[&seq(&[&oid(SHA256), &[0x05, 0x00]]), &octets(&mac)]);
+        // `iterations INTEGER DEFAULT 1`: DER leaves a default value out.
+        let count = if iterations == 1 { Vec::new() } else { integer(u64::from(iterations)) };
+        let mac_data = seq(&[&digest_info, &octets(salt), &count]);
+        let version = integer(3);
+        let outer = data_content_info_header(auth_safe_len);
+        let pfx_len = version.len() + outer.len() + auth_safe_len + mac_data.len();
+        let head = [header(SEQUENCE, pfx_len), version, outer, auth_safe_head].concat();
+        let mut parts = vec![Part::Owned(head)];
+        parts.extend(bags.iter().map(|b| Part::Borrowed(b)));
+        parts.push(Part::Owned(mac_data));
+        parts
+    }
+
+    /// A piece of an encoding: made for it, or a slice encoded before.
+    pub enum Part<'a> {
+        Owned(Vec<u8>),
+        Borrowed(&'a [u8]),
+    }
+
+    impl AsRef<[u8]> for Part<'_> {
+        fn as_ref(&self) -> &[u8] {
+            match self {
+                Part::Owned(v) => v,
+                Part::Borrowed(s) => s,
+            }
+        }
     }
 
     const SEQUENCE: u8 = 0x30;
     const OCTET_STRING: u8 = 0x04;
     const EXPLICIT_0: u8 = 0xa0;
+
+    /// The tag and length of an element whose content is `len` bytes.
+    fn header(tag: u8, len: usize) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend(length_octets(len));
+        out
+    }
+
+    /// Everything of `ContentInfo { data, [0] OCTET STRING { content } }` before a content of
+    /// `len` bytes.
+    fn data_content_info_header(len: usize) -> Vec<u8> {
+        let octets = header(OCTET_STRING, len);
+        let explicit = header(EXPLICIT_0, octets.len() + len);
+        let data = oid(DATA);
+        let mut out = header(SEQUENCE, data.len() + explicit.len() + octets.len() + len);
+        for part in [data, explicit, octets] {
+            out.extend(part);
+        }
+        out
+    }
 
     /// A DER encoder writing into one buffer: an element's length goes in once its content is
     /// written (a move of that content, within the buffer, when it is 128 bytes or more).
@@ -237,14 +305,6 @@ pub(crate) mod pkcs12 {
             content(self);
             let len = self.0.len() - at - 1;
             self.0.splice(at..at + 1, length_octets(len));
-        }
-
-        /// `ContentInfo { data, [0] OCTET STRING { content } }`
-        fn data_content_info(&mut self, content: impl FnOnce(&mut Self)) {
-            self.nest(SEQUENCE, |d| {
-                d.put(&oid(DATA));
-                d.nest(EXPLICIT_0, |d| d.nest(OCTET_STRING, content));
-            });
         }
 
         /// `SafeBag { certBag, [0] CertBag { x509Certificate, [0] OCTET STRING }, {friendlyName, trustedKeyUsage} }`
@@ -289,9 +349,30 @@ pub(crate) mod pkcs12 {
         key
     }
 
-    pub fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> Vec<u8> {
-        let suite = tls13_sha256();
-        suite.hkdf_provider.hmac_sign(&OkmBlock::new(key), message).as_ref().to_vec()
+    /// HMAC-SHA256 (RFC 2104) of the concatenation of `message`, hashed part by part.
+    pub fn hmac_sha256(key: &[u8; 32], message: &[&[u8]]) -> Vec<u8> {
+        const BLOCK: usize = 64;
+        let (mut inner_pad, mut outer_pad) = ([0x36u8; BLOCK], [0x5cu8; BLOCK]);
+        for (i, k) in key.iter().enumerate() {
+            inner_pad[i] ^= k;
+            outer_pad[i] ^= k;
+        }
+        let mut inner = sha256().start();
+        inner.update(&inner_pad);
+        for part in message {
+            inner.update(part);
+        }
+        let mut outer = sha256().start();
+        outer.update(&outer_pad);
+        outer.update(inner.finish().as_ref());
+        outer.finish().as_ref().to_vec()
+    }
+
+    /// HMAC-SHA256 as rustls's ring provider computes it, to check [`hmac_sha256`] against.
+    #[cfg(test)]
+    pub fn ring_hmac_sha256(key: &[u8; 32], message: &[u8]) -> Vec<u8> {
+        use rustls::crypto::tls13::OkmBlock;
+        tls13_sha256().hkdf_provider.hmac_sign(&OkmBlock::new(key), message).as_ref().to_vec()
     }
 
     /// SHA-256 and HMAC come from rustls's ring provider (through a SHA-256 TLS 1.3 suite).
@@ -367,7 +448,8 @@ pub(crate) mod pkcs12 {
     mod tests {
         use super::*;
 
-        /// The one-buffer encoder writes what nested `tlv`s do, at every length form.
+        /// The one-buffer encoder and the headers written ahead of a content write what nested
+        /// `tlv`s do, at every length form.
         #[test]
         fn nesting_in_one_buffer_matches_nested_encodings() {
             for n in [0, 1, 125, 126, 127, 128, 255, 256, 65_535, 65_536, 70_000] {
@@ -375,6 +457,8 @@ pub(crate) mod pkcs12 {
                 let mut der = Der(Vec::new());
                 der.nest(SEQUENCE, |d| d.nest(OCTET_STRING, |d| d.put(&content)));
                 assert_eq!(der.0, tlv(SEQUENCE, &tlv(OCTET_STRING, &content)), "content of {n} bytes");
+                let nested = seq(&[&oid(DATA), &tlv(EXPLICIT_0, &octets(&content))]);
+                assert_eq!([data_content_info_header(n), content].concat(), nested, "content of {n} bytes");
             }
         }
     }
@@ -434,8 +518,8 @@ mod tests {
         let salt = mac_data[1].1;
         let iterations = mac_data.get(2).map_or(1, |(_, n)| n.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)));
         let key = pkcs12::mac_key(password, salt, iterations);
-        assert_eq!(digest_info[1].1, pkcs12::hmac_sha256(&key, auth_safe), "MAC checks");
-        assert_ne!(digest_info[1].1, pkcs12::hmac_sha256(&pkcs12::mac_key("wrong", salt, iterations), auth_safe));
+        assert_eq!(digest_info[1].1, pkcs12::ring_hmac_sha256(&key, auth_safe), "MAC checks");
+        assert_ne!(digest_info[1].1, pkcs12::ring_hmac_sha256(&pkcs12::mac_key("wrong", salt, iterations), auth_safe));
 
         let trusted_oid = pkcs12::oid(pkcs12::ORACLE_TRUSTED_KEY_USAGE);
         let (_, safes, _) = next(auth_safe);
@@ -513,7 +597,7 @@ mod tests {
         let ca = CertificateAuthority::generate().unwrap();
         let other = CertificateAuthority::generate().unwrap();
         // A small store keeps keytool's output short; the system roots are covered above.
-        let trust = write_with_roots(&dir, &ca, &[other.cert_der().clone()], None).unwrap();
+        let trust = write_with_roots(&dir, &ca, &AgentRoots::encode(&[other.cert_der().clone()], None)).unwrap();
         let keytool = Command::new("keytool")
             .args(["-list", "-keystore"])
             .arg(&trust.truststore)
@@ -551,7 +635,7 @@ mod tests {
         }
         let dir = scratch_dir("java");
         let ca = std::sync::Arc::new(CertificateAuthority::generate().unwrap());
-        let trust = write_with_roots(&dir, &ca, &[], None).unwrap();
+        let trust = write_with_roots(&dir, &ca, &AgentRoots::encode(&[], None)).unwrap();
         let source = dir.join("Probe.java");
         fs::write(
             &source,
@@ -629,12 +713,15 @@ public class Probe {
         let out = dir.join("out");
         fs::create_dir(&out).unwrap();
         std::os::unix::fs::symlink(target.join("victim"), out.join("ca.pem")).unwrap();
-        assert!(matches!(write_with_roots(&out, &ca, &[], None), Err(TlsError::Io { .. })));
+        assert!(matches!(write_with_roots(&out, &ca, &AgentRoots::encode(&[], None)), Err(TlsError::Io { .. })));
         assert_eq!(fs::read_to_string(target.join("victim")).unwrap(), "x");
         let link_dir = dir.join("linkdir");
         std::os::unix::fs::symlink(&target, &link_dir).unwrap();
-        assert!(matches!(write_with_roots(&link_dir, &ca, &[], None), Err(TlsError::Io { .. })));
-        assert!(matches!(write_with_roots(&dir.join("it's"), &ca, &[], None), Err(TlsError::UnusablePath { .. })));
+        assert!(matches!(write_with_roots(&link_dir, &ca, &AgentRoots::encode(&[], None)), Err(TlsError::Io { .. })));
+        assert!(matches!(
+            write_with_roots(&dir.join("it's"), &ca, &AgentRoots::encode(&[], None)),
+            Err(TlsError::UnusablePath { .. })
+        ));
         fs::remove_dir_all(dir).unwrap();
     }
 }

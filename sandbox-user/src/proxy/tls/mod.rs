@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
-pub use bundle::{write_agent_trust, AgentTrust, TRUSTSTORE_PASSWORD};
+pub use bundle::{prepare_system_roots, write_agent_trust, AgentTrust, TRUSTSTORE_PASSWORD};
 pub use ca::CertificateAuthority;
 pub use leaves::{client_sni, sni_mismatch, LeafCache};
 pub use upstream::{system_roots, upstream_client_config, SystemRoots};

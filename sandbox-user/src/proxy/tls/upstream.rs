@@ -30,8 +30,9 @@ pub struct SystemRoots {
     pub pem: String,
     /// What went wrong while reading the store, one line each.
     pub errors: Vec<String>,
-    /// The DER of every certificate in `certs`.
-    seen: std::collections::HashSet<Vec<u8>>,
+    /// The indices in `certs` of the certificates with each length and last byte (a certificate
+    /// ends with its signature): a new one is compared with those alone.
+    seen: std::collections::HashMap<(usize, u8), Vec<usize>>,
 }
 
 /// Reads the system store once per process (the upstream config and the agent's bundle both
@@ -76,7 +77,7 @@ impl SystemRoots {
         match std::fs::read_to_string(path).ok().as_deref().and_then(pem_certificates) {
             Some(found) => {
                 for (cert, block) in found {
-                    if self.seen.insert(cert.as_ref().to_vec()) {
+                    if self.is_new(&cert) {
                         self.pem.push_str(block);
                         self.pem.push('\n');
                         self.certs.push(cert);
@@ -104,9 +105,22 @@ impl SystemRoots {
         }
     }
 
+    /// True the first time a certificate is offered: it is then counted as seen, at the index
+    /// it will have in `certs`.
+    fn is_new(&mut self, cert: &CertificateDer<'_>) -> bool {
+        let der = cert.as_ref();
+        let key = (der.len(), der.last().copied().unwrap_or(0));
+        let same = self.seen.entry(key).or_default();
+        if same.iter().any(|&i| self.certs[i].as_ref() == der) {
+            return false;
+        }
+        same.push(self.certs.len());
+        true
+    }
+
     fn add_found(&mut self, found: rustls_native_certs::CertificateResult) {
         for cert in found.certs {
-            if self.seen.insert(cert.as_ref().to_vec()) {
+            if self.is_new(&cert) {
                 self.pem.push_str(&super::bundle::pem(&cert));
                 self.certs.push(cert);
             }
@@ -133,11 +147,13 @@ fn pem_certificates(text: &str) -> Option<Vec<(CertificateDer<'static>, &str)>> 
     const END: &str = "-----END CERTIFICATE-----";
     let mut certs = Vec::new();
     let mut rest = text;
+    let mut b64 = Vec::new();
     while let Some(start) = rest.find(BEGIN) {
         let body = &rest[start + BEGIN.len()..];
         let end = body.find(END)?;
-        let b64: String = body[..end].split_ascii_whitespace().collect();
-        let der = CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(b64).ok()?);
+        b64.clear();
+        b64.extend(body[..end].bytes().filter(|b| !b.is_ascii_whitespace()));
+        let der = CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(&b64).ok()?);
         certs.push((der, &rest[start..start + BEGIN.len() + end + END.len()]));
         rest = &body[end + END.len()..];
     }
