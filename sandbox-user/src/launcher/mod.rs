@@ -239,11 +239,17 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     let policy_file = policy_file.filter(|_| !learning);
     let kernel = Reload { policy: policy_file, rules: &kernel_rules, protect: &protect };
     let outcome = run_inside(&opts, agent, proxy, bound, &trust, sandbox.as_mut(), &audit, &id, &missing, kernel).await;
+    // The watchdog holds the proxy's ports until no process of the sandbox is left: once the
+    // cgroup is empty it is let go, and exits while the rest is torn down.
+    if let Some(s) = &sandbox {
+        s.empty();
+    }
+    guard.release();
+    let stopping = watchdog.release();
     if let Some(mut s) = sandbox {
         s.teardown();
     }
-    guard.release();
-    watchdog.stop();
+    stopping.wait();
     drop(trust);
     outcome
 }

@@ -137,6 +137,15 @@ impl Sandbox {
         lock(&self.generation).ok()?.counters(self.kernel.as_ref()?.cgroup().id()).ok()
     }
 
+    /// Kills every process left in the sandbox cgroup and waits until none is.
+    pub fn empty(&self) {
+        if let Some(kernel) = &self.kernel {
+            if let Err(e) = kernel.cgroup().kill_all(Duration::from_secs(5)) {
+                eprintln!("leash: teardown: {e:#}");
+            }
+        }
+    }
+
     /// Kills whatever still runs in the sandbox, then removes entries, links and cgroup. Errors
     /// are reported on stderr: teardown continues past them so as much as possible is removed.
     pub fn teardown(&mut self) {

@@ -97,11 +97,25 @@ impl Watchdog {
         Ok(())
     }
 
-    /// Stops the watchdog after a clean teardown and waits for it, a bounded time: one that is
-    /// still killing what is left of the sandbox after that goes on alone.
-    pub fn stop(self) {
+    /// Lets the watchdog go once leash has emptied the sandbox cgroup: it empties it once more,
+    /// gives the ports up and exits while leash tears the rest down. [`Stopping::wait`] reaps it.
+    pub fn release(self) -> Stopping {
         let Self { link, pid } = self;
         drop(link);
+        Stopping { pid }
+    }
+}
+
+/// A watchdog told to stop.
+pub struct Stopping {
+    pid: nix::unistd::Pid,
+}
+
+impl Stopping {
+    /// Waits for the watchdog, a bounded time: one that is still killing what is left of the
+    /// sandbox after that goes on alone.
+    pub fn wait(self) {
+        let pid = self.pid;
         if !reaped_within(pid, STOP_WAIT) {
             eprintln!("leash: warning: the watchdog (pid {pid}) is still emptying the sandbox; it goes on alone");
         }
