@@ -863,3 +863,59 @@ fn a_worktrees_gitdir_pointer_cannot_be_redirected() {
     assert!(text.contains("pointer=refused"), "the agent redirected the worktree's .git: {text} {}", stderr(&out));
     assert_eq!(std::fs::read_to_string(worktree.join(".git")).unwrap(), pointer);
 }
+
+/// Another local user plants trust roots for every sandbox: the host's cache of the system roots
+/// (`proxy/tls/roots_cache.rs`) is what every agent's CA bundle is made from. A cache that
+/// anyone but root could have written is not read; the control shows the planted roots would
+/// have reached the agent from a cache only root could write.
+#[test]
+fn roots_planted_in_the_hosts_roots_cache_reach_no_agent() {
+    use leash::proxy::tls::{roots_cache, CertificateAuthority, RUN_DIR};
+    require_root();
+    let scratch = Scratch::new("seam-roots-cache");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let system = CertificateAuthority::generate().unwrap();
+    let bundle = scratch.file("bundle.pem", system.cert_pem());
+    // The store of these runs is this one file: its cache is its own.
+    let agent_bundle = || {
+        let out = leash(&[
+            "run",
+            "--quiet",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat \"$SSL_CERT_FILE\"",
+        ])
+        .env("SSL_CERT_FILE", &bundle)
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    assert!(agent_bundle().contains(system.cert_pem()), "the premise: the store's roots reach the agent");
+
+    let attacker = CertificateAuthority::generate().unwrap();
+    let source = roots_cache::Source::of(&bundle).unwrap();
+    let plant = |owner: u32| {
+        let certs = [system.cert_der().clone(), attacker.cert_der().clone()];
+        let pem = format!("{}{}", system.cert_pem(), attacker.cert_pem());
+        roots_cache::store(Path::new(RUN_DIR), &source, &certs, &pem, b"").unwrap();
+        let planted = std::fs::read_dir(RUN_DIR)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(pem.len()).any(|w| w == pem.as_bytes())))
+            .collect::<Vec<_>>();
+        assert_eq!(planted.len(), 1, "one cache holds the planted roots: {planted:?}");
+        chown(&planted[0], owner);
+    };
+    let (uid, _) = nobody();
+    plant(uid);
+    let text = agent_bundle();
+    assert!(!text.contains(attacker.cert_pem()), "roots another user planted reached the agent");
+    assert!(text.contains(system.cert_pem()), "the store was read instead: {text}");
+    plant(0);
+    assert!(agent_bundle().contains(attacker.cert_pem()), "control: the cache root wrote is read");
+}

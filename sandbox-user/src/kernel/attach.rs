@@ -15,6 +15,7 @@ use aya_obj::generated::bpf_attach_type;
 
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
@@ -41,6 +42,14 @@ struct RawTracepointAttr {
     name: u64,
     prog_fd: u32,
     _pad: u32,
+}
+
+/// `bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD`.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
 }
 
 /// One bpf(2) command returning a new descriptor.
@@ -81,6 +90,31 @@ impl PinnedProgram {
             flags: 0,
         };
         bpf_fd(BPF_LINK_CREATE, &attr)
+    }
+
+    /// The program's run time and run count (counted while BPF statistics are on).
+    pub fn stats(&self) -> io::Result<(std::time::Duration, u64)> {
+        // SAFETY: a plain C struct of integers and pointers, for which zero is valid.
+        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+        let attr = InfoAttr {
+            bpf_fd: self.fd.as_raw_fd() as u32,
+            info_len: std::mem::size_of_val(&info) as u32,
+            info: std::ptr::addr_of_mut!(info) as u64,
+        };
+        // SAFETY: the kernel writes at most `info_len` bytes into `info`, which lives through the
+        // call; the array pointers in it are zero, so nothing else is written.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                &attr as *const InfoAttr,
+                std::mem::size_of::<InfoAttr>(),
+            )
+        };
+        if done < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((std::time::Duration::from_nanos(info.run_time_ns), info.run_cnt))
     }
 
     /// Links a BPF-LSM program to the hook it was loaded for (5.7+).

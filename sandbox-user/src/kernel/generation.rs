@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf};
-use aya::programs::{Lsm as LsmProgram, ProgramInfo};
+use aya::programs::Lsm as LsmProgram;
 use sandbox_common::{
     map_names, program_names, ConnOwner, Counters, LsmHook, SandboxNet, EVENTS_BYTES, KERNEL_LAYOUT_GLOBAL,
     MAX_EVENT_RINGS, SANDBOX_NODE,
@@ -546,12 +546,9 @@ impl Generation {
 
     /// Run time and run count of each network program (counted while BPF statistics are on).
     pub fn program_stats(&self) -> Vec<(&'static str, Duration, u64)> {
-        let progs = self.dir().join("progs");
         self.programs
             .iter()
-            .filter_map(|(name, _, _)| {
-                ProgramInfo::from_pin(progs.join(name)).ok().map(|i| (*name, i.run_time(), i.run_count()))
-            })
+            .filter_map(|(name, _, p)| p.stats().ok().map(|(time, count)| (*name, time, count)))
             .collect()
     }
 }

@@ -130,6 +130,9 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
             bail!("--learn {} is the policy file itself: write the learned policy elsewhere", out.display());
         }
     }
+    for file in &opts.upstream_ca {
+        crate::proxy::tls::read_pem_certificates(file)?;
+    }
     if !opts.proxy_listen.ip().is_loopback() {
         bail!("--proxy-listen {} is not a loopback address: the proxy would be open to the network", opts.proxy_listen);
     }
@@ -184,9 +187,14 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     // Everything up to the agent's start is done while the TLS thread works, and waits for it
     // last. A failure on the way tears the sandbox down; the TLS thread's trust directory goes
     // with its result.
+    let mut proxy_ready = Some(proxy_ready);
     let ready = async {
         if let Some(cgroup) = sandbox.as_ref().and_then(|s| s.cgroup()) {
             watchdog.watch(cgroup.path(), &bound.sockets())?;
+        }
+        // Before the guard, which may create the name as a held directory.
+        if let Some(out) = &opts.learn {
+            open_learned(out)?;
         }
         let host_sockets = mount_ns::HostSockets::find(&unix_allowed);
         if sandbox.is_some() {
@@ -209,15 +217,20 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
         if let Err(e) = watchdog.hold(guard.held_ids()) {
             eprintln!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
         }
-        let (proxy, trust) = proxy_ready.await.context("preparing the proxy")??;
-        if let Some(out) = &opts.learn {
-            open_learned(out).and_then(|_| proxy.learn(opts.learn_allow_private))?;
+        let tls = proxy_ready.take().context("the TLS material was already taken")?;
+        let (proxy, trust) = tls.await.context("preparing the proxy")??;
+        if opts.learn.is_some() {
+            proxy.learn(opts.learn_allow_private)?;
         }
         anyhow::Ok((host_sockets, workdir, guard, proxy, trust))
     };
     let (host_sockets, workdir, mut guard, proxy, trust) = match ready.await {
         Ok(ready) => ready,
         Err(e) => {
+            // The TLS thread's trust directory goes before leash does.
+            if let Some(tls) = proxy_ready {
+                drop(tls.await);
+            }
             if let Some(mut s) = sandbox {
                 s.teardown();
             }

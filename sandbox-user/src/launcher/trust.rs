@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::kernel::sandbox_id::SandboxId;
-use crate::proxy::tls::{write_agent_trust, AgentTrust, CertificateAuthority};
-
-/// Parent of every sandbox's trust directory.
-const RUN_DIR: &str = "/run/leash";
+use crate::proxy::tls::{write_agent_trust, AgentTrust, CertificateAuthority, RUN_DIR};
 
 /// The written trust files of one sandbox; removed when dropped.
 pub struct AgentTrustDir {

@@ -21,8 +21,12 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 
-use super::upstream::system_roots;
+use super::roots_cache;
+use super::upstream::{single_file_store, system_roots};
 use super::{CertificateAuthority, Result, TlsError};
+
+/// Parent of every sandbox's trust directory (`/run/leash/<sandbox>/`) and of the roots cache.
+pub const RUN_DIR: &str = "/run/leash";
 
 /// The Java truststore password (`changeit`, Java's usual default: the store holds only public
 /// certificates, the password only keys its integrity MAC).
@@ -92,7 +96,7 @@ struct AgentRoots<'a> {
     /// The certificates as PEM, in order.
     pem: std::borrow::Cow<'a, str>,
     /// One truststore bag per certificate, aliases `system-root-1`, ... in order.
-    bags: Vec<u8>,
+    bags: std::borrow::Cow<'a, [u8]>,
 }
 
 impl<'a> AgentRoots<'a> {
@@ -103,26 +107,41 @@ impl<'a> AgentRoots<'a> {
             None => certs.iter().map(|c| self::pem(c)).collect::<String>().into(),
         };
         let aliases = (1..).map(|i| format!("system-root-{i}"));
-        let bags = pkcs12::cert_bags(aliases.zip(certs.iter().map(|c| c.as_ref())));
+        let bags = pkcs12::cert_bags(aliases.zip(certs.iter().map(|c| c.as_ref()))).into();
         Self { count: certs.len(), pem, bags }
     }
 }
 
-/// The system roots encoded once per process: [`prepare_system_roots`] does it on a thread of its
-/// own while leash starts (most of the agent's trust files is the system's roots).
+/// The system roots encoded once per process, or as this host's roots cache holds them:
+/// [`prepare_system_roots`] gets them on a thread of its own while leash starts (most of the
+/// agent's trust files is the system's roots).
 fn system_agent_roots() -> &'static AgentRoots<'static> {
     static ROOTS: std::sync::OnceLock<AgentRoots<'static>> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let system = system_roots();
-        AgentRoots::encode(&system.certs, Some(&system.pem))
+    ROOTS.get_or_init(|| match roots_cache::hit() {
+        Some(cached) => AgentRoots { count: cached.certs.len(), pem: cached.pem.into(), bags: cached.bags.into() },
+        None => {
+            let system = system_roots();
+            AgentRoots::encode(&system.certs, Some(&system.pem))
+        }
     })
 }
 
-/// Reads the system's roots and encodes them for the agent's files ahead of use. It changes
-/// nothing outside this process.
+/// Gets the system's roots and their encoding for the agent's files ahead of use: from this
+/// host's roots cache, else read, encoded and kept there for the next run (as root, and only
+/// when the whole store was read without error).
 pub fn prepare_system_roots() {
-    system_roots();
-    system_agent_roots();
+    if roots_cache::hit().is_some() {
+        system_agent_roots();
+        return;
+    }
+    // Identified before it is read: a store changed meanwhile is kept under its old identity,
+    // which the next run finds stale.
+    let source = single_file_store().and_then(|f| roots_cache::Source::of(&f));
+    let system = system_roots();
+    let agent = system_agent_roots();
+    if let Some(source) = source.filter(|_| system.errors.is_empty() && !system.certs.is_empty()) {
+        let _ = roots_cache::store(Path::new(RUN_DIR), &source, &system.certs, &system.pem, &agent.bags);
+    }
 }
 
 /// Writes the files with `roots` as the system's.

@@ -9,12 +9,15 @@
 //!   roots plus every `--upstream-ca` file (ALPN `h2`, `http/1.1`).
 //! - [`bundle`]: what the agent is given so it trusts leash's CA — `ca.pem`, `bundle.pem` (system
 //!   roots + leash CA), a PKCS#12 truststore for Java — and the environment variables naming them.
+//! - [`roots_cache`]: the system roots as read and encoded for the agent, kept per host between
+//!   runs.
 //!
 //! Every config here is built on rustls's `ring` provider explicitly, with TLS 1.2 and 1.3.
 
 pub mod bundle;
 pub mod ca;
 pub mod leaves;
+pub mod roots_cache;
 pub mod upstream;
 
 use std::path::PathBuf;
@@ -22,10 +25,10 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
-pub use bundle::{prepare_system_roots, write_agent_trust, AgentTrust, TRUSTSTORE_PASSWORD};
+pub use bundle::{prepare_system_roots, write_agent_trust, AgentTrust, RUN_DIR, TRUSTSTORE_PASSWORD};
 pub use ca::CertificateAuthority;
 pub use leaves::{client_sni, sni_mismatch, LeafCache};
-pub use upstream::{system_roots, upstream_client_config, SystemRoots};
+pub use upstream::{read_pem_certificates, system_roots, upstream_client_config, SystemRoots};
 
 /// The ALPN protocols offered on both legs, in preference order.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

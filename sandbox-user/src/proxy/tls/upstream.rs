@@ -27,7 +27,7 @@ pub struct SystemRoots {
     pub certs: Vec<CertificateDer<'static>>,
     /// `certs` as PEM: the `CERTIFICATE` blocks as the files wrote them (nothing else of those
     /// files), so the agent's bundle is copied rather than encoded again.
-    pub pem: String,
+    pub pem: std::borrow::Cow<'static, str>,
     /// What went wrong while reading the store, one line each.
     pub errors: Vec<String>,
     /// The indices in `certs` of the certificates with each length and last byte (a certificate
@@ -37,18 +37,37 @@ pub struct SystemRoots {
 
 /// Reads the system store once per process (the upstream config and the agent's bundle both
 /// need it). Never fails: an absent store is an empty list plus errors.
+/// A store this host's cache of the roots (`roots_cache`) was made from serves instead.
 pub fn system_roots() -> &'static SystemRoots {
     static ROOTS: std::sync::OnceLock<SystemRoots> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(read_system_roots)
+    ROOTS.get_or_init(|| match super::roots_cache::hit() {
+        Some(cached) => SystemRoots { certs: cached.certs.clone(), pem: cached.pem.into(), ..SystemRoots::default() },
+        None => read_system_roots(),
+    })
+}
+
+/// The store's file: `SSL_CERT_FILE`, else the distribution's bundle.
+fn store_file() -> Option<PathBuf> {
+    match std::env::var_os("SSL_CERT_FILE") {
+        Some(f) => Some(PathBuf::from(f)),
+        None => DISTRIBUTION_BUNDLES.iter().map(PathBuf::from).find(|p| p.is_file()),
+    }
+}
+
+/// The directories `SSL_CERT_DIR` adds to the store.
+fn store_dirs() -> Vec<PathBuf> {
+    std::env::var_os("SSL_CERT_DIR").map(|d| std::env::split_paths(&d).collect()).unwrap_or_default()
+}
+
+/// The store's file when it is the whole store (no directory adds to it): what the roots cache
+/// keeps.
+pub fn single_file_store() -> Option<PathBuf> {
+    store_file().filter(|_| store_dirs().is_empty())
 }
 
 fn read_system_roots() -> SystemRoots {
-    let file = match std::env::var_os("SSL_CERT_FILE") {
-        Some(f) => Some(PathBuf::from(f)),
-        None => DISTRIBUTION_BUNDLES.iter().map(PathBuf::from).find(|p| p.is_file()),
-    };
-    let dirs: Vec<PathBuf> =
-        std::env::var_os("SSL_CERT_DIR").map(|d| std::env::split_paths(&d).collect()).unwrap_or_default();
+    let file = store_file();
+    let dirs = store_dirs();
     let mut roots = SystemRoots::default();
     if file.is_none() && dirs.is_empty() {
         roots.add_found(rustls_native_certs::load_native_certs());
@@ -77,11 +96,10 @@ impl SystemRoots {
         match std::fs::read_to_string(path).ok().as_deref().and_then(pem_certificates) {
             Some(found) => {
                 for (cert, block) in found {
-                    if self.is_new(&cert) {
-                        self.pem.push_str(block);
-                        self.pem.push('\n');
-                        self.certs.push(cert);
-                    }
+                    self.add(cert, |pem| {
+                        pem.push_str(block);
+                        pem.push('\n');
+                    });
                 }
             }
             None => self.add_found(rustls_native_certs::load_certs_from_paths(Some(path), None)),
@@ -105,25 +123,22 @@ impl SystemRoots {
         }
     }
 
-    /// True the first time a certificate is offered: it is then counted as seen, at the index
-    /// it will have in `certs`.
-    fn is_new(&mut self, cert: &CertificateDer<'_>) -> bool {
+    /// Adds `cert` unless it was added before, its PEM written by `pem`.
+    fn add(&mut self, cert: CertificateDer<'static>, pem: impl FnOnce(&mut String)) {
         let der = cert.as_ref();
-        let key = (der.len(), der.last().copied().unwrap_or(0));
-        let same = self.seen.entry(key).or_default();
-        if same.iter().any(|&i| self.certs[i].as_ref() == der) {
-            return false;
+        let same = self.seen.entry((der.len(), der.last().copied().unwrap_or(0))).or_default();
+        if same.iter().any(|&i| self.certs.get(i).is_some_and(|c| c.as_ref() == der)) {
+            return;
         }
         same.push(self.certs.len());
-        true
+        self.certs.push(cert);
+        pem(self.pem.to_mut());
     }
 
     fn add_found(&mut self, found: rustls_native_certs::CertificateResult) {
         for cert in found.certs {
-            if self.is_new(&cert) {
-                self.pem.push_str(&super::bundle::pem(&cert));
-                self.certs.push(cert);
-            }
+            let block = super::bundle::pem(&cert);
+            self.add(cert, |pem| pem.push_str(&block));
         }
         self.errors.extend(found.errors.iter().map(ToString::to_string));
     }
