@@ -898,18 +898,26 @@ fn roots_planted_in_the_hosts_roots_cache_reach_no_agent() {
     assert!(agent_bundle().contains(system.cert_pem()), "the premise: the store's roots reach the agent");
 
     let attacker = CertificateAuthority::generate().unwrap();
-    let source = roots_cache::Source::of(&bundle).unwrap();
-    let plant = |owner: u32| {
-        let certs = [system.cert_der().clone(), attacker.cert_der().clone()];
-        let pem = format!("{}{}", system.cert_pem(), attacker.cert_pem());
-        roots_cache::store(Path::new(RUN_DIR), &source, &certs, &pem, b"").unwrap();
-        let planted = std::fs::read_dir(RUN_DIR)
+    let certs = [system.cert_der().clone(), attacker.cert_der().clone()];
+    let pem = format!("{}{}", system.cert_pem(), attacker.cert_pem());
+    let holds_planted = |p: &Path| std::fs::read(p).is_ok_and(|b| b.windows(pem.len()).any(|w| w == pem.as_bytes()));
+    let cache = || {
+        let found: Vec<_> = std::fs::read_dir(RUN_DIR)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(pem.len()).any(|w| w == pem.as_bytes())))
-            .collect::<Vec<_>>();
-        assert_eq!(planted.len(), 1, "one cache holds the planted roots: {planted:?}");
-        chown(&planted[0], owner);
+            .filter(|p| {
+                std::fs::read(p)
+                    .is_ok_and(|b| b.windows(system.cert_pem().len()).any(|w| w == system.cert_pem().as_bytes()))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one cache for this store: {found:?}");
+        found[0].clone()
+    };
+    let plant = |owner: u32| {
+        let text = std::fs::read(&bundle).unwrap();
+        roots_cache::store(Path::new(RUN_DIR), &bundle, &text, &certs, &pem, b"").unwrap();
+        assert!(holds_planted(&cache()), "the premise: the planted roots are in the cache");
+        chown(&cache(), owner);
     };
     let (uid, _) = nobody();
     plant(uid);
@@ -918,4 +926,5 @@ fn roots_planted_in_the_hosts_roots_cache_reach_no_agent() {
     assert!(text.contains(system.cert_pem()), "the store was read instead: {text}");
     plant(0);
     assert!(agent_bundle().contains(attacker.cert_pem()), "control: the cache root wrote is read");
+    std::fs::remove_file(cache()).unwrap();
 }

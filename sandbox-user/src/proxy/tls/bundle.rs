@@ -22,7 +22,7 @@ use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 
 use super::roots_cache;
-use super::upstream::{single_file_store, system_roots};
+use super::upstream::system_roots;
 use super::{CertificateAuthority, Result, TlsError};
 
 /// Parent of every sandbox's trust directory (`/run/leash/<sandbox>/`) and of the roots cache.
@@ -117,7 +117,7 @@ impl<'a> AgentRoots<'a> {
 /// agent's trust files is the system's roots).
 fn system_agent_roots() -> &'static AgentRoots<'static> {
     static ROOTS: std::sync::OnceLock<AgentRoots<'static>> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(|| match roots_cache::hit() {
+    ROOTS.get_or_init(|| match roots_cache::lookup().and_then(|l| l.cached.as_ref()) {
         Some(cached) => AgentRoots { count: cached.certs.len(), pem: cached.pem.into(), bags: cached.bags.into() },
         None => {
             let system = system_roots();
@@ -127,20 +127,16 @@ fn system_agent_roots() -> &'static AgentRoots<'static> {
 }
 
 /// Gets the system's roots and their encoding for the agent's files ahead of use: from this
-/// host's roots cache, else read, encoded and kept there for the next run (as root, and only
-/// when the whole store was read without error).
+/// host's roots cache, else decoded, encoded and kept there for the next run (as root, and only
+/// when the store is one file that read without error).
 pub fn prepare_system_roots() {
-    if roots_cache::hit().is_some() {
-        system_agent_roots();
-        return;
-    }
-    // Identified before it is read: a store changed meanwhile is kept under its old identity,
-    // which the next run finds stale.
-    let source = single_file_store().and_then(|f| roots_cache::Source::of(&f));
     let system = system_roots();
     let agent = system_agent_roots();
-    if let Some(source) = source.filter(|_| system.errors.is_empty() && !system.certs.is_empty()) {
-        let _ = roots_cache::store(Path::new(RUN_DIR), &source, &system.certs, &system.pem, &agent.bags);
+    if let Some(lookup) = roots_cache::lookup().filter(|l| l.cached.is_none()) {
+        if system.errors.is_empty() && !system.certs.is_empty() {
+            let text = lookup.text.as_bytes();
+            let _ = roots_cache::store(Path::new(RUN_DIR), &lookup.path, text, &system.certs, &system.pem, &agent.bags);
+        }
     }
 }
 

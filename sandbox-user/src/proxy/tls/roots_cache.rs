@@ -4,66 +4,36 @@
 //! Reading the distribution's bundle (some 150 certificates, 200 KB of PEM), decoding it and
 //! encoding the agent's truststore bags cost every start more than a millisecond before its agent
 //! could run. One file per bundle path, `/run/leash/system-roots-<hash of the path>`, keeps the
-//! result with the identity of the bundle it came from: path, device, inode, size, modification
-//! and change times. A bundle changed since (a package update, `update-ca-certificates`) no
-//! longer matches and is read again. Only a store that is one file is kept (no `SSL_CERT_DIR`).
+//! result with the bundle's exact content. Each run still reads the bundle (tens of
+//! microseconds) and uses the cache only when the content is byte for byte the same: a bundle
+//! changed in any way (a package update, `update-ca-certificates` removing a distrusted root) is
+//! decoded again. Only a store that is one file is kept (no `SSL_CERT_DIR`).
 //!
 //! What it enforces:
 //! - the file is trusted only when it is a regular file owned by root that neither group nor
-//!   others may write, in a directory owned by root that neither group nor others may write, and
-//!   it is opened without following a symlink: a user who could plant roots for every sandbox
-//!   could read every agent's TLS. Anything else, and a file that does not parse, is a miss;
+//!   others may write, in a directory owned by root that neither group nor others may write,
+//!   each opened without following a symlink and checked on the descriptor: a user who could
+//!   plant roots for every sandbox could read every agent's TLS. Anything else, and a file that
+//!   does not parse, is a miss;
+//! - the roots in it were derived, by root, from the very bytes they are used for;
 //! - it is written aside (`O_EXCL`, mode 0600) and renamed into place: a reader never sees half
 //!   of one, and two runs writing at once leave one whole;
 //! - it holds public certificates only, never leash's CA or its key.
 
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::CertificateDer;
 
-/// This host's cache of the system store, looked up once per process: `None` when the store is
-/// not one file, or the cache is missing, untrusted or made from another state of it.
-pub fn hit() -> Option<&'static Cached> {
-    static HIT: std::sync::OnceLock<Option<Cached>> = std::sync::OnceLock::new();
-    HIT.get_or_init(|| load(Path::new(super::bundle::RUN_DIR), &Source::of(&super::upstream::single_file_store()?)?))
-        .as_ref()
-}
-
-/// The cache of the bundle at `path`, in `dir`.
-fn cache_file(dir: &Path, path: &Path) -> PathBuf {
-    // FNV-1a: a name per path, stable across builds.
-    let hash = path
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-    dir.join(format!("system-roots-{hash:016x}"))
-}
 /// First line of the file: what it is, and the layout's version.
-const MAGIC: &[u8] = b"leash system roots v1\n";
-
-/// The bundle file the roots are read from, and what identifies its content.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Source {
-    path: PathBuf,
-    identity: [i64; 7],
-}
-
-impl Source {
-    /// The bundle at `path` as it is now; `None` if it cannot be examined.
-    pub fn of(path: &Path) -> Option<Self> {
-        let m = std::fs::metadata(path).ok()?;
-        let identity =
-            [m.dev() as i64, m.ino() as i64, m.size() as i64, m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()];
-        Some(Self { path: path.to_path_buf(), identity })
-    }
-}
+const MAGIC: &[u8] = b"leash system roots v2\n";
+/// How the cache files (and those being written) are named.
+const PREFIX: &str = "system-roots-";
 
 /// The roots a cache file holds, borrowed from the file mapped for the rest of the process.
 pub struct Cached {
@@ -74,43 +44,81 @@ pub struct Cached {
     pub bags: &'static [u8],
 }
 
-/// The roots cached in `dir` for `source`, if the file there is trusted and made from `source`
-/// as it is now.
-pub fn load(dir: &Path, source: &Source) -> Option<Cached> {
-    let file = open_trusted(dir, &cache_file(dir, &source.path))?;
-    let bytes = map(&file)?;
-    parse(bytes, source)
+/// The store's one file as this process read it, and what the cache holds for that content.
+pub struct Lookup {
+    pub path: PathBuf,
+    pub text: String,
+    pub cached: Option<Cached>,
 }
 
-/// Keeps `certs` (as PEM `pem` and truststore bags `bags`) read from `source` in `dir`.
-pub fn store(dir: &Path, source: &Source, certs: &[CertificateDer<'_>], pem: &str, bags: &[u8]) -> io::Result<()> {
-    if !trusted_dir(dir) {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "not a directory only root may write"));
+/// The system store looked up once per process: `None` when it is not one file (`SSL_CERT_DIR`),
+/// or the file cannot be read as text.
+pub fn lookup() -> Option<&'static Lookup> {
+    static LOOKUP: std::sync::OnceLock<Option<Lookup>> = std::sync::OnceLock::new();
+    LOOKUP
+        .get_or_init(|| {
+            let path = super::upstream::single_file_store()?;
+            let text = std::fs::read_to_string(&path).ok()?;
+            let cached = load(Path::new(super::bundle::RUN_DIR), &path, text.as_bytes());
+            Some(Lookup { path, text, cached })
+        })
+        .as_ref()
+}
+
+/// The cache's name for the bundle at `path`.
+fn cache_name(path: &Path) -> String {
+    // FNV-1a: a name per path, stable across builds.
+    let hash = path
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{PREFIX}{hash:016x}")
+}
+
+/// The roots cached in `dir` for the bundle at `path` holding `text`, if the cache there is
+/// trusted and was made from that very content.
+pub fn load(dir: &Path, path: &Path, text: &[u8]) -> Option<Cached> {
+    let dir = open_trusted_dir(dir)?;
+    let file = File::from(open_in(&dir, &cache_name(path), libc::O_RDONLY | libc::O_NONBLOCK)?);
+    let meta = file.metadata().ok()?;
+    if !(meta.is_file() && root_only(&meta)) {
+        return None;
     }
-    let mut out = Vec::with_capacity(pem.len() + bags.len() * 2 + 4096);
+    parse(map(&file)?, path, text)
+}
+
+/// Keeps `certs` (as PEM `pem` and truststore bags `bags`), read from the bundle at `path`
+/// holding `text`, in `dir`.
+pub fn store(
+    dir: &Path,
+    path: &Path,
+    text: &[u8],
+    certs: &[CertificateDer<'_>],
+    pem: &str,
+    bags: &[u8],
+) -> io::Result<()> {
+    let untrusted = || io::Error::new(io::ErrorKind::PermissionDenied, "not a directory only root may write");
+    let dir = open_trusted_dir(dir).ok_or_else(untrusted)?;
+    reap_aside(&dir);
+    let mut out = Vec::with_capacity(text.len() + pem.len() + bags.len() * 2 + 4096);
     out.extend_from_slice(MAGIC);
-    put(&mut out, source.path.as_os_str().as_bytes());
-    for n in source.identity {
-        out.extend_from_slice(&n.to_le_bytes());
-    }
+    put(&mut out, path.as_os_str().as_bytes());
+    put(&mut out, text);
     out.extend_from_slice(&(certs.len() as u64).to_le_bytes());
     for cert in certs {
         put(&mut out, cert.as_ref());
     }
     put(&mut out, pem.as_bytes());
     put(&mut out, bags);
-    let file = cache_file(dir, &source.path);
-    let aside = dir.join(format!(".{}.{}", file.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&aside)
-        .and_then(|mut f| f.write_all(&out))
-        .and_then(|()| std::fs::rename(&aside, &file));
+    let name = cache_name(path);
+    let aside = format!(".{name}.{}", std::process::id());
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let file = open_in(&dir, &aside, flags).ok_or_else(io::Error::last_os_error)?;
+    let written = File::from(file).write_all(&out).and_then(|()| rename_in(&dir, &aside, &name));
     if written.is_err() {
-        let _ = std::fs::remove_file(&aside);
+        // Ours alone: made above with O_EXCL.
+        unlink_in(&dir, &aside);
     }
     written
 }
@@ -120,30 +128,74 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Owned by root, writable by root alone, not a symlink.
+/// Owned by root, writable by root alone.
 fn root_only(meta: &std::fs::Metadata) -> bool {
     meta.uid() == 0 && meta.mode() & 0o022 == 0
 }
 
-fn trusted_dir(dir: &Path) -> bool {
-    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && root_only(&m))
-}
-
-fn open_trusted(dir: &Path, path: &Path) -> Option<File> {
-    if !trusted_dir(dir) {
-        return None;
-    }
+/// `dir` opened (not through a symlink) if it is a directory only root may write.
+fn open_trusted_dir(dir: &Path) -> Option<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
         .ok()?;
     let meta = file.metadata().ok()?;
-    (meta.is_file() && root_only(&meta)).then_some(file)
+    (meta.is_dir() && root_only(&meta)).then_some(file)
+}
+
+fn c_name(name: &str) -> Option<std::ffi::CString> {
+    std::ffi::CString::new(name).ok()
+}
+
+/// `name` in `dir`, opened with `flags` (never through a symlink), mode 0600 if made.
+fn open_in(dir: &File, name: &str, flags: libc::c_int) -> Option<OwnedFd> {
+    let name = c_name(name)?;
+    // SAFETY: openat(2) on a descriptor we hold and a NUL-terminated name.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o600) };
+    // SAFETY: a descriptor the kernel just made, ours alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn rename_in(dir: &File, from: &str, to: &str) -> io::Result<()> {
+    let (Some(from), Some(to)) = (c_name(from), c_name(to)) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"));
+    };
+    // SAFETY: renameat(2) within a directory we hold, NUL-terminated names.
+    match unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+fn unlink_in(dir: &File, name: &str) {
+    if let Some(name) = c_name(name) {
+        // SAFETY: unlinkat(2) within a directory we hold, a NUL-terminated name.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    }
+}
+
+/// Removes what writers killed mid-write left (`.system-roots-<hash>.<pid>` of a pid that is
+/// gone).
+fn reap_aside(dir: &File) {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with('.') && n[1..].starts_with(PREFIX)) else { continue };
+        let pid = name.rsplit('.').next().and_then(|p| p.parse::<libc::pid_t>().ok());
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        if pid.is_some_and(|pid| {
+            pid > 0
+                && unsafe { libc::kill(pid, 0) } != 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        }) {
+            unlink_in(dir, name);
+        }
+    }
 }
 
 /// The file's bytes, mapped read-only for the rest of the process (the roots borrow from them;
-/// the file is replaced by rename, never rewritten in place).
+/// leash replaces the file by rename, never rewrites it in place).
 fn map(file: &File) -> Option<&'static [u8]> {
     let len = usize::try_from(file.metadata().ok()?.len()).ok().filter(|n| *n > 0)?;
     // SAFETY: a private read-only mapping of a file we opened; checked for failure below.
@@ -155,15 +207,11 @@ fn map(file: &File) -> Option<&'static [u8]> {
     Some(unsafe { std::slice::from_raw_parts(at.cast::<u8>(), len) })
 }
 
-/// The roots of a cache file's `bytes`, if they parse whole and were made from `source`.
-fn parse(bytes: &'static [u8], source: &Source) -> Option<Cached> {
+/// The roots of a cache file's `bytes`, if they parse whole and were made from the bundle at
+/// `path` holding `text`.
+fn parse(bytes: &'static [u8], path: &Path, text: &[u8]) -> Option<Cached> {
     let mut r = Reader(bytes.strip_prefix(MAGIC)?);
-    let path = PathBuf::from(OsString::from_vec(r.take()?.to_vec()));
-    let mut identity = [0i64; 7];
-    for n in &mut identity {
-        *n = i64::from_le_bytes(r.bytes(8)?.try_into().ok()?);
-    }
-    if path != source.path || identity != source.identity {
+    if OsStr::from_bytes(r.take()?) != path.as_os_str() || r.take()? != text {
         return None;
     }
     let count = usize::try_from(r.number()?).ok()?;
@@ -208,8 +256,8 @@ mod tests {
     use super::*;
 
     /// A bundle of two roots in a scratch directory only root may write, and its cache there
-    /// (bags `bags`): (directory, bundle, its source, certificates, PEM).
-    fn cached(tag: &str) -> (PathBuf, PathBuf, Source, Vec<CertificateDer<'static>>, String) {
+    /// (bags `bags`): (directory, bundle, certificates, PEM).
+    fn cached(tag: &str) -> (PathBuf, PathBuf, Vec<CertificateDer<'static>>, String) {
         let dir = scratch_dir(tag);
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let cas = [CertificateAuthority::generate().unwrap(), CertificateAuthority::generate().unwrap()];
@@ -217,61 +265,76 @@ mod tests {
         let pem: String = cas.iter().map(|c| c.cert_pem()).collect();
         let bundle = dir.join("bundle.pem");
         std::fs::write(&bundle, &pem).unwrap();
-        let source = Source::of(&bundle).unwrap();
-        store(&dir, &source, &certs, &pem, b"bags").unwrap();
-        (dir, bundle, source, certs, pem)
+        store(&dir, &bundle, pem.as_bytes(), &certs, &pem, b"bags").unwrap();
+        (dir, bundle, certs, pem)
     }
 
-    /// A cache made from a bundle reads back whole while the bundle is unchanged, and is a miss
-    /// once the bundle changed or for another bundle.
+    /// A cache made from a bundle is read back whole for that bundle's path and exact content,
+    /// and is a miss for any other content (one byte more, or the same size with one byte
+    /// changed, as an edit within one timestamp tick would leave) or another path.
     #[test]
-    fn a_cache_is_used_for_the_bundle_it_was_made_from_as_it_was() {
-        let (dir, bundle, source, certs, pem) = cached("roots-cache");
-        let cached = load(&dir, &source).expect("a hit");
+    fn a_cache_is_used_only_for_the_content_it_was_made_from() {
+        let (dir, bundle, certs, pem) = cached("roots-cache");
+        let cached = load(&dir, &bundle, pem.as_bytes()).expect("a hit");
         assert_eq!(cached.certs, certs);
         assert_eq!((cached.pem, cached.bags), (pem.as_str(), &b"bags"[..]));
 
-        std::fs::write(&bundle, format!("{pem}\n")).unwrap();
-        assert!(load(&dir, &Source::of(&bundle).unwrap()).is_none(), "the bundle changed");
-        let other = dir.join("other.pem");
-        std::fs::write(&other, &pem).unwrap();
-        assert!(load(&dir, &Source::of(&other).unwrap()).is_none(), "another bundle");
+        let mut edited = pem.clone().into_bytes();
+        let at = edited.len() / 2;
+        edited[at] ^= 1;
+        assert!(load(&dir, &bundle, &edited).is_none(), "same size, one byte changed");
+        assert!(load(&dir, &bundle, format!("{pem}\n").as_bytes()).is_none(), "one byte more");
+        assert!(load(&dir, &dir.join("other.pem"), pem.as_bytes()).is_none(), "another bundle");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Roots planted by anyone but root are never read: a cache file another user owns or may
-    /// write, a symlink to a root-owned cache, a directory others may write; a truncated or
-    /// padded file is a miss too.
+    /// write, a symlink to a root-owned cache, a directory others may write or reached through a
+    /// symlink; a truncated or padded file is a miss too. A writer killed mid-write leaves no
+    /// file behind once the next one writes.
     #[test]
     fn a_cache_anyone_but_root_could_have_written_is_not_read() {
-        let (dir, bundle, source, certs, pem) = cached("roots-cache-planted");
-        let file = cache_file(&dir, &bundle);
-        assert!(load(&dir, &source).is_some());
+        let (dir, bundle, certs, pem) = cached("roots-cache-planted");
+        let file = dir.join(cache_name(&bundle));
+        let hit = || load(&dir, &bundle, pem.as_bytes()).is_some();
+        assert!(hit());
 
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o622)).unwrap();
-        assert!(load(&dir, &source).is_none(), "writable by others");
+        assert!(!hit(), "writable by others");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
-        assert!(load(&dir, &source).is_none(), "owned by another user");
+        assert!(!hit(), "owned by another user");
         std::os::unix::fs::chown(&file, Some(0), None).unwrap();
 
         let real = dir.join("real");
         std::fs::rename(&file, &real).unwrap();
         std::os::unix::fs::symlink(&real, &file).unwrap();
-        assert!(load(&dir, &source).is_none(), "a symlink is not followed");
+        assert!(!hit(), "a symlink is not followed");
         std::fs::remove_file(&file).unwrap();
         std::fs::rename(&real, &file).unwrap();
+        let linked = dir.with_extension("link");
+        std::os::unix::fs::symlink(&dir, &linked).unwrap();
+        assert!(load(&linked, &bundle, pem.as_bytes()).is_none(), "a directory reached through a symlink");
+        std::fs::remove_file(&linked).unwrap();
 
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(load(&dir, &source).is_none(), "a directory others may write");
-        assert!(store(&dir, &source, &certs, &pem, b"bags").is_err(), "nor is one written there");
+        assert!(!hit(), "a directory others may write");
+        assert!(store(&dir, &bundle, pem.as_bytes(), &certs, &pem, b"bags").is_err(), "nor is one written there");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 
         let whole = std::fs::read(&file).unwrap();
         for bad in [&whole[..whole.len() - 1], &[&whole[..], b"x"].concat()] {
             std::fs::write(&file, bad).unwrap();
-            assert!(load(&dir, &source).is_none(), "{} bytes of {}", bad.len(), whole.len());
+            assert!(!hit(), "{} bytes of {}", bad.len(), whole.len());
         }
+
+        // A pid no process has (above the kernel's limit) and one alive (this test's).
+        let dead = dir.join(format!(".{}.{}", cache_name(&bundle), 1 << 23));
+        let alive = dir.join(format!(".{}.{}", cache_name(&dir), std::process::id()));
+        std::fs::write(&dead, "half").unwrap();
+        std::fs::write(&alive, "half").unwrap();
+        store(&dir, &bundle, pem.as_bytes(), &certs, &pem, b"bags").unwrap();
+        assert!(hit() && !dead.exists() && alive.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,6 +16,7 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+use super::roots_cache::Lookup;
 use super::{alpn_protocols, ring_provider, Result, TlsError, VERSIONS};
 
 /// The system's trusted roots: the file `SSL_CERT_FILE` names, else the distribution's bundle
@@ -36,12 +37,19 @@ pub struct SystemRoots {
 }
 
 /// Reads the system store once per process (the upstream config and the agent's bundle both
-/// need it). Never fails: an absent store is an empty list plus errors.
-/// A store this host's cache of the roots (`roots_cache`) was made from serves instead.
+/// need it). Never fails: an absent store is an empty list plus errors. A store that is one file
+/// is decoded only when this host's cache (`roots_cache`) holds nothing for its content.
 pub fn system_roots() -> &'static SystemRoots {
     static ROOTS: std::sync::OnceLock<SystemRoots> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(|| match super::roots_cache::hit() {
-        Some(cached) => SystemRoots { certs: cached.certs.clone(), pem: cached.pem.into(), ..SystemRoots::default() },
+    ROOTS.get_or_init(|| match super::roots_cache::lookup() {
+        Some(Lookup { cached: Some(cached), .. }) => {
+            SystemRoots { certs: cached.certs.clone(), pem: cached.pem.into(), ..SystemRoots::default() }
+        }
+        Some(Lookup { path, text, cached: None }) => {
+            let mut roots = SystemRoots::default();
+            roots.add_text(path, text);
+            roots
+        }
         None => read_system_roots(),
     })
 }
@@ -93,7 +101,15 @@ impl SystemRoots {
     /// them in a tenth of the time rustls' constant-time one takes (2.5 ms of every start for a
     /// distribution's bundle); rustls reads what it cannot.
     fn add_file(&mut self, path: &Path) {
-        match std::fs::read_to_string(path).ok().as_deref().and_then(pem_certificates) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => self.add_text(path, &text),
+            Err(_) => self.add_found(rustls_native_certs::load_certs_from_paths(Some(path), None)),
+        }
+    }
+
+    /// The certificates of `text`, the content of PEM file `path`.
+    fn add_text(&mut self, path: &Path, text: &str) {
+        match pem_certificates(text) {
             Some(found) => {
                 for (cert, block) in found {
                     self.add(cert, |pem| {
