@@ -235,6 +235,13 @@ fn main() {
         agent::run(outside);
         std::process::exit(0);
     }
+    // Before 5.11 every BPF map counts against its creator's RLIMIT_MEMLOCK and the user's
+    // locked memory, which the host's pinned programs and maps already hold much of: the
+    // checks' root children could not make a map outside a sandbox either. Raised as libbpf and
+    // aya do on such kernels (aya used to, as a side effect of opening a pinned program).
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the local struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     let code = match Generation::open_host().and_then(Generation::with_lsm) {
         Err(e) => {
             // Not a pass: say, per check, that this kernel cannot enforce it.
