@@ -42,6 +42,25 @@ fn exit_status_environment_and_identity_pass_through() {
     assert!(text.lines().any(|l| l == "NO_PROXY="), "{text}");
 }
 
+/// The agent starts with no signal blocked and SIGPIPE at its default, whatever leash does with
+/// them (it ignores SIGPIPE, and blocks every signal while it clones the agent, which shares its
+/// memory until exec). What its invoker ignored, it still ignores, as with env(1).
+#[test]
+fn the_agent_starts_with_a_clean_signal_state() {
+    require_root();
+    let scratch = Scratch::new("signals");
+    let policy = empty_policy(&scratch);
+    let out = leash_run(&policy, &["--quiet"], &["/bin/grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mask = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "signals blocked in the agent: {text}");
+    assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE ignored in the agent: {text}");
+}
+
 #[test]
 fn a_normal_exit_leaves_no_cgroup_or_pins() {
     require_root();

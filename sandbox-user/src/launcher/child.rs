@@ -324,8 +324,9 @@ unsafe fn clone_agent(
             cgroup: dir as u64,
             ..CloneArgs::default()
         };
-        // SAFETY: clone3 with fork semantics (no CLONE_VM): the child gets a copy of this thread.
-        pid = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        let child = Child { move_into: None, steps, exec, errors };
+        // SAFETY: the child runs `child` alone (raw system calls, then exec or _exit).
+        pid = unsafe { clone3_into(&mut args, &child) };
         // A container's default seccomp profile refuses clone3 (ENOSYS or EPERM): clone, and
         // the child moves itself in first thing, the way it did before clone3.
         if pid < 0 && matches!(io::Error::last_os_error().raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
@@ -352,28 +353,169 @@ unsafe fn clone_agent(
         if pid < 0 {
             return Err(SpawnError { step: Step::Exec, error: io::Error::last_os_error() });
         }
-    }
-    if pid == 0 {
-        // SAFETY: the child, with raw system calls only (see `Steps::run`, `ExecTarget::exec`).
-        unsafe {
-            let moved = match move_into {
-                Some(dir) => enter_cgroup(dir).map_err(|e| (Step::Sandbox, e)),
-                None => Ok(()),
-            };
-            let (step, error) = match moved.and_then(|()| steps.run()) {
-                Ok(()) => (Step::Exec, exec.exec()),
-                Err((step, e)) => (step, e),
-            };
-            let errno = error.raw_os_error().unwrap_or(libc::EINVAL);
-            let mut record = [0u8; 8];
-            record[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-            record[4..].copy_from_slice(&errno.to_ne_bytes());
-            libc::write(errors, record.as_ptr().cast(), record.len());
-            libc::_exit(127);
+        if pid == 0 {
+            // SAFETY: the child of a clone with fork semantics.
+            unsafe { run_child(&Child { move_into, steps, exec, errors }) }
         }
     }
     // SAFETY: the kernel wrote a new descriptor, ours alone.
     Ok((pid as libc::pid_t, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// What the child of [`clone_agent`] does, prepared in the parent.
+struct Child<'a> {
+    move_into: Option<RawFd>,
+    steps: &'a Steps,
+    exec: &'a ExecTarget,
+    errors: RawFd,
+}
+
+/// The child's half: its steps, then exec; on failure `(step, errno)` to the errors pipe and
+/// exit 127.
+///
+/// # Safety
+/// Only in the child of [`clone_agent`], with raw system calls only (see `Steps::run`,
+/// `ExecTarget::exec`).
+unsafe fn run_child(child: &Child<'_>) -> ! {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        let moved = match child.move_into {
+            Some(dir) => enter_cgroup(dir).map_err(|e| (Step::Sandbox, e)),
+            None => Ok(()),
+        };
+        let (step, error) = match moved.and_then(|()| child.steps.run()) {
+            Ok(()) => (Step::Exec, child.exec.exec()),
+            Err((step, e)) => (step, e),
+        };
+        let errno = error.raw_os_error().unwrap_or(libc::EINVAL);
+        let mut record = [0u8; 8];
+        record[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+        record[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(child.errors, record.as_ptr().cast(), record.len());
+        libc::_exit(127)
+    }
+}
+
+/// The child's stack when it shares leash's memory, above one guard page.
+const CHILD_STACK: usize = 256 * 1024;
+
+/// clone3(2) with `args`, the child running [`run_child`] on `child`. On x86-64 the child shares
+/// leash's memory until it execs, as posix_spawn's does (`CLONE_VM | CLONE_VFORK`, on a stack of
+/// its own, every signal blocked until it has put leash's handlers back to the default): a copy
+/// of leash's page tables, and a copy-on-write fault for every page leash wrote afterwards, cost
+/// a start most of a millisecond. Elsewhere it gets a copy, as with fork.
+///
+/// # Safety
+/// As for [`run_child`]. Returns the child's pid, or -1 with errno set.
+unsafe fn clone3_into(args: &mut CloneArgs, child: &Child<'_>) -> libc::c_long {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as the caller guarantees; see `shared::clone3`.
+    unsafe {
+        shared::clone3(args, child)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: clone3 with fork semantics (no CLONE_VM): the child gets a copy of this thread.
+    unsafe {
+        let pid = libc::syscall(libc::SYS_clone3, args as *mut CloneArgs, std::mem::size_of::<CloneArgs>());
+        if pid == 0 {
+            run_child(child)
+        }
+        pid
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod shared {
+    use super::{run_child, Child, CloneArgs, CHILD_STACK};
+
+    const CLONE_VM: u64 = 0x100;
+    const CLONE_VFORK: u64 = 0x4000;
+    const GUARD: usize = 4096;
+
+    /// See `clone3_into`. The calling thread waits until the child execs or exits (`CLONE_VFORK`),
+    /// so the stack and `child` stay valid for as long as the child uses them.
+    ///
+    /// # Safety
+    /// As for `run_child`.
+    pub(super) unsafe fn clone3(args: &mut CloneArgs, child: &Child<'_>) -> libc::c_long {
+        // SAFETY: an anonymous mapping, checked; its lowest page made inaccessible below.
+        let stack = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                GUARD + CHILD_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            return -1;
+        }
+        // SAFETY: the mapping made above; a full set and a saved set, both local.
+        let pid = unsafe {
+            if libc::mprotect(stack, GUARD, libc::PROT_NONE) != 0 {
+                libc::munmap(stack, GUARD + CHILD_STACK);
+                return -1;
+            }
+            args.flags |= CLONE_VM | CLONE_VFORK;
+            args.stack = stack as u64 + GUARD as u64;
+            args.stack_size = CHILD_STACK as u64;
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+            let pid = trampoline(args, child);
+            let errno = *libc::__errno_location();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+            *libc::__errno_location() = errno;
+            pid
+        };
+        // SAFETY: the child has exec'd or exited: nothing uses the stack any more.
+        unsafe { libc::munmap(stack, GUARD + CHILD_STACK) };
+        pid
+    }
+
+    /// Entered by the child on its own stack; never returns.
+    extern "C" fn entry(child: *const Child<'_>) -> ! {
+        // SAFETY: `child` points into the parent's memory, which the child shares and the parent
+        // does not touch until the child execs or exits.
+        unsafe { run_child(&*child) }
+    }
+
+    /// The clone3 system call. The parent returns its result; the child starts on the new stack
+    /// (clone3 sets it) and calls `entry(child)`.
+    unsafe fn trampoline(args: &mut CloneArgs, child: &Child<'_>) -> libc::c_long {
+        let ret: libc::c_long;
+        // SAFETY: every register the syscall or the child's path changes is declared; the child
+        // never returns into this frame (`entry` diverges, `ud2` guards).
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") args as *mut CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") child as *const Child<'_>,
+                in("r13") entry as extern "C" fn(*const Child<'_>) -> !,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        if ret < 0 {
+            // SAFETY: errno of this thread.
+            unsafe { *libc::__errno_location() = -ret as libc::c_int };
+            return -1;
+        }
+        ret
+    }
 }
 
 /// Moves the calling process into the cgroup open as `dir` (the child's fallback when clone3 is
@@ -420,10 +562,20 @@ impl Steps {
         let at = |step: Step| move |e: io::Error| (step, e);
         // SAFETY: raw syscalls on data prepared before the clone.
         unsafe {
-            // A clean signal state: leash's runtime ignores SIGPIPE and may block signals.
+            // A clean signal state: leash's handlers back to the default before anything is
+            // unblocked (a child sharing leash's memory must never run them), SIGPIPE too (leash
+            // ignores it), then nothing blocked.
+            for signal in 1..65 {
+                let mut was: libc::sigaction = std::mem::zeroed();
+                let handled = libc::sigaction(signal, std::ptr::null(), &mut was) == 0
+                    && was.sa_sigaction != libc::SIG_DFL
+                    && was.sa_sigaction != libc::SIG_IGN;
+                if handled || signal == libc::SIGPIPE {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
             let empty: libc::sigset_t = std::mem::zeroed();
             libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty as *const libc::sigset_t, 0usize, 8usize);
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)).map_err(at(Step::Limits))?;
             if let Some(t) = &self.terminal {
                 terminal::enter(t).map_err(at(Step::Session))?;
