@@ -165,7 +165,7 @@ impl Drop for Agent {
 
 /// `struct clone_args` of clone3(2), up to `cgroup` (kernel 5.7).
 #[repr(C)]
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct CloneArgs {
     flags: u64,
     pidfd: u64,
@@ -210,6 +210,7 @@ pub fn spawn(setup: ChildSetup<'_>) -> Result<Agent, SpawnError> {
         terminal: setup.terminal,
         daemon,
     };
+    let share = may_share_memory(steps.ids.is_some());
     let mounts = setup.mounts;
     let (tx, rx) = std::sync::mpsc::channel();
     let spawner = std::thread::Builder::new().name("leash-agent".into()).spawn(move || {
@@ -219,7 +220,7 @@ pub fn spawn(setup: ChildSetup<'_>) -> Result<Agent, SpawnError> {
             }
             // SAFETY: the child runs `steps.run` and exec: raw syscalls on data prepared
             // before, no allocation, no lock (see `Steps::run`).
-            unsafe { clone_agent(cgroup, &steps, &exec, errors_write.as_raw_fd()) }
+            unsafe { clone_agent(cgroup, &steps, &exec, errors_write.as_raw_fd(), share) }
         })();
         drop(errors_write);
         let watched = match cloned {
@@ -311,6 +312,7 @@ unsafe fn clone_agent(
     steps: &Steps,
     exec: &ExecTarget,
     errors: RawFd,
+    share: bool,
 ) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
     let mut pidfd: libc::c_int = -1;
     // Where the child still has to move itself into its cgroup (clone3 refused).
@@ -326,7 +328,7 @@ unsafe fn clone_agent(
         };
         let child = Child { move_into: None, steps, exec, errors };
         // SAFETY: the child runs `child` alone (raw system calls, then exec or _exit).
-        pid = unsafe { clone3_into(&mut args, &child) };
+        pid = unsafe { clone3_into(&mut args, &child, share) };
         // A container's default seccomp profile refuses clone3 (ENOSYS or EPERM): clone, and
         // the child moves itself in first thing, the way it did before clone3.
         if pid < 0 && matches!(io::Error::last_os_error().raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
@@ -399,21 +401,34 @@ unsafe fn run_child(child: &Child<'_>) -> ! {
 /// The child's stack when it shares leash's memory, above one guard page.
 const CHILD_STACK: usize = 256 * 1024;
 
-/// clone3(2) with `args`, the child running [`run_child`] on `child`. On x86-64 the child shares
-/// leash's memory until it execs, as posix_spawn's does (`CLONE_VM | CLONE_VFORK`, on a stack of
-/// its own, every signal blocked until it has put leash's handlers back to the default): a copy
-/// of leash's page tables, and a copy-on-write fault for every page leash wrote afterwards, cost
-/// a start most of a millisecond. Elsewhere it gets a copy, as with fork.
+/// Whether the agent may be cloned sharing leash's memory until it execs: on x86-64, when
+/// changing the child's credentials leaves that memory undumpable. Such a change sets the
+/// memory's dumpable flag to `fs.suid_dumpable`; were it 1 or 2, leash would, until the child
+/// set it back, be open to ptrace by the agent's uid or to a core dump.
+fn may_share_memory(changes_identity: bool) -> bool {
+    cfg!(target_arch = "x86_64")
+        && (!changes_identity || std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "0"))
+}
+
+/// clone3(2) with `args`, the child running [`run_child`] on `child`. With `share` (see
+/// [`may_share_memory`]) the child shares leash's memory until it execs, as posix_spawn's does
+/// (`CLONE_VM | CLONE_VFORK`, on a stack of its own, every signal blocked until it has put
+/// leash's handlers back to the default): a copy of leash's page tables, and a copy-on-write fault
+/// for every page leash wrote afterwards, cost a start most of a millisecond. Otherwise, or when
+/// no stack could be made, it gets a copy, as with fork.
 ///
 /// # Safety
 /// As for [`run_child`]. Returns the child's pid, or -1 with errno set.
-unsafe fn clone3_into(args: &mut CloneArgs, child: &Child<'_>) -> libc::c_long {
+unsafe fn clone3_into(args: &mut CloneArgs, child: &Child<'_>, share: bool) -> libc::c_long {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as the caller guarantees; see `shared::clone3`.
-    unsafe {
-        shared::clone3(args, child)
+    if share {
+        // SAFETY: as the caller guarantees; see `shared::clone3`.
+        if let Some(pid) = unsafe { shared::clone3(args, child) } {
+            return pid;
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
+    let _ = share;
     // SAFETY: clone3 with fork semantics (no CLONE_VM): the child gets a copy of this thread.
     unsafe {
         let pid = libc::syscall(libc::SYS_clone3, args as *mut CloneArgs, std::mem::size_of::<CloneArgs>());
@@ -433,11 +448,12 @@ mod shared {
     const GUARD: usize = 4096;
 
     /// See `clone3_into`. The calling thread waits until the child execs or exits (`CLONE_VFORK`),
-    /// so the stack and `child` stay valid for as long as the child uses them.
+    /// so the stack and `child` stay valid for as long as the child uses them. `None` when no
+    /// stack could be made.
     ///
     /// # Safety
     /// As for `run_child`.
-    pub(super) unsafe fn clone3(args: &mut CloneArgs, child: &Child<'_>) -> libc::c_long {
+    pub(super) unsafe fn clone3(args: &mut CloneArgs, child: &Child<'_>) -> Option<libc::c_long> {
         // SAFETY: an anonymous mapping, checked; its lowest page made inaccessible below.
         let stack = unsafe {
             libc::mmap(
@@ -450,30 +466,34 @@ mod shared {
             )
         };
         if stack == libc::MAP_FAILED {
-            return -1;
+            return None;
         }
-        // SAFETY: the mapping made above; a full set and a saved set, both local.
+        // SAFETY: the mapping made above; signal masks as the kernel takes them, local.
         let pid = unsafe {
             if libc::mprotect(stack, GUARD, libc::PROT_NONE) != 0 {
                 libc::munmap(stack, GUARD + CHILD_STACK);
-                return -1;
+                return None;
             }
-            args.flags |= CLONE_VM | CLONE_VFORK;
-            args.stack = stack as u64 + GUARD as u64;
-            args.stack_size = CHILD_STACK as u64;
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut before: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
-            let pid = trampoline(args, child);
-            let errno = *libc::__errno_location();
-            libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+            let mut flags = *args;
+            flags.flags |= CLONE_VM | CLONE_VFORK;
+            flags.stack = stack as u64 + GUARD as u64;
+            flags.stack_size = CHILD_STACK as u64;
+            // Every signal, libc's internal ones too (its wrapper would leave those out).
+            let (all, mut before): (u64, u64) = (!0, 0);
+            libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all, &mut before, 8usize);
+            let pid = trampoline(&mut flags, child);
+            // The result's errno: the child, which shares this thread's, may have set it since.
+            let errno = if pid < 0 { *libc::__errno_location() } else { 0 };
+            libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &before, std::ptr::null_mut::<u64>(), 8usize);
+            // The child set leash's memory undumpable again after its change of credentials;
+            // leash says so once more now that the child has gone its own way.
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             *libc::__errno_location() = errno;
             pid
         };
         // SAFETY: the child has exec'd or exited: nothing uses the stack any more.
         unsafe { libc::munmap(stack, GUARD + CHILD_STACK) };
-        pid
+        Some(pid)
     }
 
     /// Entered by the child on its own stack; never returns.
@@ -540,6 +560,16 @@ unsafe fn enter_cgroup(dir: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// `struct sigaction` as the kernel's rt_sigaction(2) takes it (x86-64 and aarch64 layout).
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
 /// The child's steps between clone and exec, prepared in the parent.
 struct Steps {
     landlock: Option<RawFd>,
@@ -562,20 +592,21 @@ impl Steps {
         let at = |step: Step| move |e: io::Error| (step, e);
         // SAFETY: raw syscalls on data prepared before the clone.
         unsafe {
-            // A clean signal state: leash's handlers back to the default before anything is
-            // unblocked (a child sharing leash's memory must never run them), SIGPIPE too (leash
-            // ignores it), then nothing blocked.
+            // A clean signal state: leash's handlers (libc's own included) back to the default
+            // before anything is unblocked (a child sharing leash's memory must never run them),
+            // SIGPIPE too (leash ignores it), then nothing blocked. Raw calls: libc's refuse its
+            // internal signals.
             for signal in 1..65 {
-                let mut was: libc::sigaction = std::mem::zeroed();
-                let handled = libc::sigaction(signal, std::ptr::null(), &mut was) == 0
-                    && was.sa_sigaction != libc::SIG_DFL
-                    && was.sa_sigaction != libc::SIG_IGN;
+                let mut was = KernelSigaction::default();
+                let queried = libc::syscall(libc::SYS_rt_sigaction, signal, std::ptr::null::<u8>(), &mut was, 8usize);
+                let handled = queried == 0 && was.handler != libc::SIG_DFL && was.handler != libc::SIG_IGN;
                 if handled || signal == libc::SIGPIPE {
-                    libc::signal(signal, libc::SIG_DFL);
+                    let default = KernelSigaction::default();
+                    libc::syscall(libc::SYS_rt_sigaction, signal, &default, std::ptr::null_mut::<u8>(), 8usize);
                 }
             }
-            let empty: libc::sigset_t = std::mem::zeroed();
-            libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty as *const libc::sigset_t, 0usize, 8usize);
+            let nothing: u64 = 0;
+            libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &nothing, std::ptr::null_mut::<u64>(), 8usize);
             check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)).map_err(at(Step::Limits))?;
             if let Some(t) = &self.terminal {
                 terminal::enter(t).map_err(at(Step::Session))?;
@@ -589,6 +620,9 @@ impl Steps {
                 raw(libc::syscall(libc::SYS_setgroups, self.groups.len(), groups)).map_err(at(Step::Identity))?;
                 raw(libc::syscall(libc::SYS_setresgid, gid, gid, gid)).map_err(at(Step::Identity))?;
                 raw(libc::syscall(libc::SYS_setresuid, uid, uid, uid)).map_err(at(Step::Identity))?;
+                // The change of credentials set the memory's dumpable flag to fs.suid_dumpable;
+                // when that memory is leash's (see `clone3_into`) it must stay undumpable.
+                check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)).map_err(at(Step::Limits))?;
             }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map_err(at(Step::NoNewPrivs))?;
             if let Some(fd) = self.landlock {
