@@ -45,6 +45,11 @@ pub fn this_generation() -> &'static str {
     env!("LEASH_GENERATION")
 }
 
+/// Whether this binary's generation is pinned on the host (a start opens it rather than loads it).
+pub fn this_generation_pinned() -> bool {
+    super::mounts::bpffs_root().is_ok_and(|bpffs| pins::root(&bpffs).join(this_generation()).is_dir())
+}
+
 /// A pooled event ring held by this process (a flock on its slot directory); free again when
 /// dropped.
 pub struct EventSlot {
