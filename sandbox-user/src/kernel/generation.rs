@@ -45,9 +45,10 @@ pub fn this_generation() -> &'static str {
     env!("LEASH_GENERATION")
 }
 
-/// Whether this binary's generation is pinned on the host (a start opens it rather than loads it).
+/// Whether this binary's generation is pinned on the host (a start opens it rather than loads
+/// it). Mounts nothing.
 pub fn this_generation_pinned() -> bool {
-    super::mounts::bpffs_root().is_ok_and(|bpffs| pins::root(&bpffs).join(this_generation()).is_dir())
+    super::mounts::mounted_bpffs().is_some_and(|bpffs| pins::root(&bpffs).join(this_generation()).is_dir())
 }
 
 /// A pooled event ring held by this process (a flock on its slot directory); free again when

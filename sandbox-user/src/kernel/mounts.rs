@@ -76,6 +76,12 @@ pub fn bpffs_root() -> Result<PathBuf> {
     Ok(PathBuf::from(DEFAULT_BPFFS))
 }
 
+/// [`DEFAULT_BPFFS`] if a bpffs is mounted there now (nothing is mounted).
+pub fn mounted_bpffs() -> Option<PathBuf> {
+    let default = Path::new(DEFAULT_BPFFS);
+    is_bpffs(default).then(|| default.to_path_buf())
+}
+
 /// Whether `path` is the root of a mounted bpffs.
 fn is_bpffs(path: &Path) -> bool {
     /// `BPF_FS_MAGIC` from linux/magic.h.
