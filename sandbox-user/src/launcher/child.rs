@@ -4,7 +4,9 @@
 //! `no_new_privs`, enters the Landlock domain,
 //! install the socket-family filter, forbid core dumps, ask to die with leash, and mark every
 //! inherited descriptor above stderr close-on-exec (a socket created outside the sandbox cgroup
-//! is not judged by its programs). The agent's own code never runs outside the sandbox.
+//! is not judged by its programs). The agent's own code never runs outside the sandbox. On
+//! x86-64 that clone shares leash's memory until it execs, as posix_spawn's does (`clone3_into`),
+//! where that cannot leave leash's memory dumpable.
 
 use std::ffi::{CString, OsString};
 use std::fs::File;
