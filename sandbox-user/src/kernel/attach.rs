@@ -52,14 +52,27 @@ struct InfoAttr {
     info: u64,
 }
 
-/// One bpf(2) command returning a new descriptor.
-fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a live `#[repr(C)]` prefix of `union bpf_attr` for `cmd`, of the size
-    // given (the kernel reads no further and zero-fills the rest).
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
-    if fd < 0 {
+/// One bpf(2) command; its non-negative result.
+///
+/// # Safety
+/// `attr` is a `#[repr(C)]` prefix of `union bpf_attr` for `cmd` (the kernel reads no further
+/// and zero-fills the rest), and every pointer in it is valid for what `cmd` does with it.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: as the caller guarantees.
+    let done = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
+    if done < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(done)
+}
+
+/// One bpf(2) command returning a new descriptor.
+///
+/// # Safety
+/// As for [`bpf`].
+unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
+    // SAFETY: as the caller guarantees.
+    let fd = unsafe { bpf(cmd, attr)? };
     // SAFETY: a descriptor the kernel just made for this process, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -76,7 +89,8 @@ pub struct PinnedProgram {
 impl PinnedProgram {
     pub fn open(path: &Path) -> io::Result<Self> {
         let path = c_path(path)?;
-        let fd = bpf_fd(BPF_OBJ_GET, &ObjAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 })?;
+        // SAFETY: the path lives through the call.
+        let fd = unsafe { bpf_fd(BPF_OBJ_GET, &ObjAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 })? };
         Ok(Self { fd })
     }
 
@@ -89,7 +103,8 @@ impl PinnedProgram {
             attach_type: attach_type as u32,
             flags: 0,
         };
-        bpf_fd(BPF_LINK_CREATE, &attr)
+        // SAFETY: no pointers; the descriptors live through the call.
+        unsafe { bpf_fd(BPF_LINK_CREATE, &attr) }
     }
 
     /// The program's run time and run count (counted while BPF statistics are on).
@@ -103,23 +118,15 @@ impl PinnedProgram {
         };
         // SAFETY: the kernel writes at most `info_len` bytes into `info`, which lives through the
         // call; the array pointers in it are zero, so nothing else is written.
-        let done = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET_INFO_BY_FD,
-                &attr as *const InfoAttr,
-                std::mem::size_of::<InfoAttr>(),
-            )
-        };
-        if done < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)? };
         Ok((std::time::Duration::from_nanos(info.run_time_ns), info.run_cnt))
     }
 
     /// Links a BPF-LSM program to the hook it was loaded for (5.7+).
     pub fn attach_lsm(&self) -> io::Result<OwnedFd> {
-        bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &RawTracepointAttr { name: 0, prog_fd: self.fd.as_raw_fd() as u32, _pad: 0 })
+        let attr = RawTracepointAttr { name: 0, prog_fd: self.fd.as_raw_fd() as u32, _pad: 0 };
+        // SAFETY: no name pointer; the descriptor lives through the call.
+        unsafe { bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &attr) }
     }
 }
 
@@ -127,12 +134,8 @@ impl PinnedProgram {
 pub fn pin(link: impl AsFd, path: &Path) -> io::Result<()> {
     let path = c_path(path)?;
     let attr = ObjAttr { pathname: path.as_ptr() as u64, bpf_fd: link.as_fd().as_raw_fd() as u32, file_flags: 0 };
-    // SAFETY: as in `bpf_fd`; BPF_OBJ_PIN returns 0 or -1.
-    let done =
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &attr as *const ObjAttr, std::mem::size_of::<ObjAttr>()) };
-    if done < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: the path and descriptor live through the call.
+    unsafe { bpf(BPF_OBJ_PIN, &attr)? };
     Ok(())
 }
 

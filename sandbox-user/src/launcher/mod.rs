@@ -164,7 +164,7 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     };
     let proxy_config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
     // Reap before binding: a stale sandbox must not find its old proxy port served again.
-    let mut roots = (!warm).then(open_kernel);
+    let roots = (!warm).then(open_kernel);
     // The TLS material (CA, trust roots, the agent's bundle) is prepared on another thread while
     // this one opens the kernel side, builds the sandbox and prepares the agent's start.
     let tls_audit = audit.clone();
@@ -173,7 +173,7 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
         let trust = trust::AgentTrustDir::write(&id, proxy.ca())?;
         Ok((proxy, trust))
     });
-    let roots = roots.take().unwrap_or_else(open_kernel);
+    let roots = roots.unwrap_or_else(open_kernel);
     let mut bound = BoundProxy::bind(opts.proxy_listen).await?;
     // Every connection to the proxy is recorded with its owner: the proxy serves only those.
     let mut net = sandbox_net(bound.addr(), true);

@@ -149,10 +149,8 @@ impl Sandbox {
     /// Kills whatever still runs in the sandbox, then removes entries, links and cgroup. Errors
     /// are reported on stderr: teardown continues past them so as much as possible is removed.
     pub fn teardown(&mut self) {
+        self.empty();
         let Some(kernel) = self.kernel.take() else { return };
-        if let Err(e) = kernel.cgroup().kill_all(Duration::from_secs(5)) {
-            eprintln!("leash: teardown: {e:#}");
-        }
         match lock(&self.generation) {
             Ok(mut generation) => {
                 if let Err(e) = kernel.remove(&mut generation) {
