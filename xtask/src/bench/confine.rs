@@ -14,8 +14,8 @@
 //!    sandbox; the rate counts whole cycles. Removing the sandboxes of the killed children is the
 //!    job of the daemon's garbage collection, off that path.
 //! 2. memory: VmRSS of the daemon at start; then three rounds, each reading it idle (record
-//!    empty) and while `podclient hold N` keeps N confined children. mimalloc gives freed pages
-//!    back to the kernel late, which moves VmRSS by up to megabytes between readings, more than
+//!    empty) and while `podclient hold N` keeps N confined children. The allocator gives freed
+//!    pages back to the kernel late, which moves VmRSS by up to megabytes between readings, more than
 //!    1,000 sandboxes take; the rounds show that spread next to the per-sandbox median.
 //! 3. the peer: the netns + veth + nftables recipe of `bench start` (`start::recipe`), setup to
 //!    teardown, timed per sandbox after the daemon is gone. Without `ip` or `nft` its row is
@@ -148,7 +148,7 @@ pub fn run(ctx: &Ctx, tools: Option<&RecipeTools>, opts: &Options) -> Result<()>
     if per.iter().any(|&x| x <= 0.0) {
         println!("(a round with no growth: the daemon's memory per sandbox is below what VmRSS resolves with");
         println!(
-            " {} sandboxes, since mimalloc gives freed pages back to the kernel late and VmRSS moves by",
+            " {} sandboxes, since the allocator gives freed pages back to the kernel late and VmRSS moves by",
             opts.hold
         );
         println!(" up to megabytes between readings.)");
