@@ -117,9 +117,11 @@ impl<'a> AgentRoots<'a> {
 /// agent's trust files is the system's roots).
 fn system_agent_roots() -> &'static AgentRoots<'static> {
     static ROOTS: std::sync::OnceLock<AgentRoots<'static>> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(|| match roots_cache::lookup().and_then(|l| l.cached.as_ref()) {
-        Some(cached) => AgentRoots { count: cached.certs.len(), pem: cached.pem.into(), bags: cached.bags.into() },
-        None => {
+    ROOTS.get_or_init(|| match roots_cache::lookup() {
+        Some(roots_cache::Lookup::Hit(cached)) => {
+            AgentRoots { count: cached.certs.len(), pem: cached.pem.into(), bags: cached.bags.into() }
+        }
+        _ => {
             let system = system_roots();
             AgentRoots::encode(&system.certs, Some(&system.pem))
         }
@@ -132,10 +134,10 @@ fn system_agent_roots() -> &'static AgentRoots<'static> {
 pub fn prepare_system_roots() {
     let system = system_roots();
     let agent = system_agent_roots();
-    if let Some(lookup) = roots_cache::lookup().filter(|l| l.cached.is_none()) {
+    if let Some(roots_cache::Lookup::Miss { path, text }) = roots_cache::lookup() {
         if system.errors.is_empty() && !system.certs.is_empty() {
-            let text = lookup.text.as_bytes();
-            let _ = roots_cache::store(Path::new(RUN_DIR), &lookup.path, text, &system.certs, &system.pem, &agent.bags);
+            let text = text.as_bytes();
+            let _ = roots_cache::store(Path::new(RUN_DIR), path, text, &system.certs, &system.pem, &agent.bags);
         }
     }
 }

@@ -44,23 +44,28 @@ pub struct Cached {
     pub bags: &'static [u8],
 }
 
-/// The store's one file as this process read it, and what the cache holds for that content.
-pub struct Lookup {
-    pub path: PathBuf,
-    pub text: String,
-    pub cached: Option<Cached>,
+/// The store's one file, looked up in the cache.
+pub enum Lookup {
+    /// The cache holds the roots of the file's present content.
+    Hit(Cached),
+    /// It does not: the file, as this process read it.
+    Miss { path: PathBuf, text: String },
 }
 
 /// The system store looked up once per process: `None` when it is not one file (`SSL_CERT_DIR`),
-/// or the file cannot be read as text.
+/// or the file cannot be read as text. A hit never copies the file: it is compared with the
+/// cached content as it is read.
 pub fn lookup() -> Option<&'static Lookup> {
     static LOOKUP: std::sync::OnceLock<Option<Lookup>> = std::sync::OnceLock::new();
     LOOKUP
         .get_or_init(|| {
             let path = super::upstream::single_file_store()?;
+            let mut file = File::open(&path).ok()?;
+            if let Some(cached) = load(Path::new(super::bundle::RUN_DIR), &path, &mut file) {
+                return Some(Lookup::Hit(cached));
+            }
             let text = std::fs::read_to_string(&path).ok()?;
-            let cached = load(Path::new(super::bundle::RUN_DIR), &path, text.as_bytes());
-            Some(Lookup { path, text, cached })
+            Some(Lookup::Miss { path, text })
         })
         .as_ref()
 }
@@ -76,16 +81,16 @@ fn cache_name(path: &Path) -> String {
     format!("{PREFIX}{hash:016x}")
 }
 
-/// The roots cached in `dir` for the bundle at `path` holding `text`, if the cache there is
-/// trusted and was made from that very content.
-pub fn load(dir: &Path, path: &Path, text: &[u8]) -> Option<Cached> {
+/// The roots cached in `dir` for the bundle at `path`, if the cache there is trusted and was made
+/// from the very content `bundle` reads.
+pub fn load(dir: &Path, path: &Path, bundle: &mut impl io::Read) -> Option<Cached> {
     let dir = open_trusted_dir(dir)?;
     let file = File::from(open_in(&dir, &cache_name(path), libc::O_RDONLY | libc::O_NONBLOCK)?);
     let meta = file.metadata().ok()?;
     if !(meta.is_file() && root_only(&meta)) {
         return None;
     }
-    parse(map(&file)?, path, text)
+    parse(map(&file)?, path, bundle)
 }
 
 /// Keeps `certs` (as PEM `pem` and truststore bags `bags`), read from the bundle at `path`
@@ -208,10 +213,10 @@ fn map(file: &File) -> Option<&'static [u8]> {
 }
 
 /// The roots of a cache file's `bytes`, if they parse whole and were made from the bundle at
-/// `path` holding `text`.
-fn parse(bytes: &'static [u8], path: &Path, text: &[u8]) -> Option<Cached> {
+/// `path` with the content `bundle` reads.
+fn parse(bytes: &'static [u8], path: &Path, bundle: &mut impl io::Read) -> Option<Cached> {
     let mut r = Reader(bytes.strip_prefix(MAGIC)?);
-    if OsStr::from_bytes(r.take()?) != path.as_os_str() || r.take()? != text {
+    if OsStr::from_bytes(r.take()?) != path.as_os_str() || !reads_as(bundle, r.take()?) {
         return None;
     }
     let count = usize::try_from(r.number()?).ok()?;
@@ -222,6 +227,23 @@ fn parse(bytes: &'static [u8], path: &Path, text: &[u8]) -> Option<Cached> {
     let pem = std::str::from_utf8(r.take()?).ok()?;
     let bags = r.take()?;
     r.0.is_empty().then_some(Cached { certs, pem, bags })
+}
+
+/// Whether `bundle` reads to exactly `expected`, compared a piece at a time: no copy of the
+/// whole bundle is made (200 KB of fresh memory was 50 page faults of every start).
+fn reads_as(bundle: &mut impl io::Read, mut expected: &[u8]) -> bool {
+    let mut piece = [0u8; 8192];
+    loop {
+        match bundle.read(&mut piece) {
+            Ok(0) => return expected.is_empty(),
+            Ok(n) => match expected.strip_prefix(&piece[..n]) {
+                Some(rest) => expected = rest,
+                None => return false,
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 struct Reader(&'static [u8]);
@@ -275,16 +297,17 @@ mod tests {
     #[test]
     fn a_cache_is_used_only_for_the_content_it_was_made_from() {
         let (dir, bundle, certs, pem) = cached("roots-cache");
-        let cached = load(&dir, &bundle, pem.as_bytes()).expect("a hit");
+        let cached = load(&dir, &bundle, &mut pem.as_bytes()).expect("a hit");
         assert_eq!(cached.certs, certs);
         assert_eq!((cached.pem, cached.bags), (pem.as_str(), &b"bags"[..]));
 
         let mut edited = pem.clone().into_bytes();
         let at = edited.len() / 2;
         edited[at] ^= 1;
-        assert!(load(&dir, &bundle, &edited).is_none(), "same size, one byte changed");
-        assert!(load(&dir, &bundle, format!("{pem}\n").as_bytes()).is_none(), "one byte more");
-        assert!(load(&dir, &dir.join("other.pem"), pem.as_bytes()).is_none(), "another bundle");
+        assert!(load(&dir, &bundle, &mut &edited[..]).is_none(), "same size, one byte changed");
+        assert!(load(&dir, &bundle, &mut format!("{pem}\n").as_bytes()).is_none(), "one byte more");
+        assert!(load(&dir, &bundle, &mut &pem.as_bytes()[1..]).is_none(), "one byte fewer");
+        assert!(load(&dir, &dir.join("other.pem"), &mut pem.as_bytes()).is_none(), "another bundle");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -296,7 +319,7 @@ mod tests {
     fn a_cache_anyone_but_root_could_have_written_is_not_read() {
         let (dir, bundle, certs, pem) = cached("roots-cache-planted");
         let file = dir.join(cache_name(&bundle));
-        let hit = || load(&dir, &bundle, pem.as_bytes()).is_some();
+        let hit = || load(&dir, &bundle, &mut pem.as_bytes()).is_some();
         assert!(hit());
 
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o622)).unwrap();
@@ -314,7 +337,7 @@ mod tests {
         std::fs::rename(&real, &file).unwrap();
         let linked = dir.with_extension("link");
         std::os::unix::fs::symlink(&dir, &linked).unwrap();
-        assert!(load(&linked, &bundle, pem.as_bytes()).is_none(), "a directory reached through a symlink");
+        assert!(load(&linked, &bundle, &mut pem.as_bytes()).is_none(), "a directory reached through a symlink");
         std::fs::remove_file(&linked).unwrap();
 
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -42,10 +42,10 @@ pub struct SystemRoots {
 pub fn system_roots() -> &'static SystemRoots {
     static ROOTS: std::sync::OnceLock<SystemRoots> = std::sync::OnceLock::new();
     ROOTS.get_or_init(|| match super::roots_cache::lookup() {
-        Some(Lookup { cached: Some(cached), .. }) => {
+        Some(Lookup::Hit(cached)) => {
             SystemRoots { certs: cached.certs.clone(), pem: cached.pem.into(), ..SystemRoots::default() }
         }
-        Some(Lookup { path, text, cached: None }) => {
+        Some(Lookup::Miss { path, text }) => {
             let mut roots = SystemRoots::default();
             roots.add_text(path, text);
             roots
