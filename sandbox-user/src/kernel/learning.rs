@@ -48,13 +48,13 @@ pub fn learners(dir: &Path) -> Result<HashMap<MapData, u64, u8>> {
     Ok(HashMap::try_from(open_map(&dir.join("maps").join(map_names::LEARNERS))?)?)
 }
 
-/// Loads the learning program of `ebpf` (the object being made into a generation) and pins it
-/// in `progs`. Fails on kernels without fexit, BTF or `bpf_d_path` for this function.
-pub fn load(ebpf: &mut aya::Ebpf, progs: &Path) -> Result<()> {
+/// Loads the learning program of `ebpf` (the object being made into a generation) against the
+/// kernel's types `btf` and pins it in `progs`. Fails on kernels without fexit or `bpf_d_path`
+/// for this function.
+pub fn load(ebpf: &mut aya::Ebpf, progs: &Path, btf: &aya::Btf) -> Result<()> {
     let name = program_names::LEARN_FILE_OPEN;
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     let program: &mut FExit = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
-    program.load(program_names::LEARN_FILE_OPEN_FUNCTION, &btf).with_context(|| format!("loading {name}"))?;
+    program.load(program_names::LEARN_FILE_OPEN_FUNCTION, btf).with_context(|| format!("loading {name}"))?;
     program.pin(progs.join(name)).with_context(|| format!("pinning {name}"))?;
     Ok(())
 }
