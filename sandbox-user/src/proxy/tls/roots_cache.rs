@@ -22,7 +22,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -61,10 +61,15 @@ pub fn lookup() -> Option<&'static Lookup> {
         .get_or_init(|| {
             let path = super::upstream::single_file_store()?;
             let mut file = File::open(&path).ok()?;
-            if let Some(cached) = load(Path::new(super::bundle::RUN_DIR), &path, &mut file) {
-                return Some(Lookup::Hit(cached));
+            // Only a regular file can be read twice from its start (not a pipe, say).
+            if file.metadata().is_ok_and(|m| m.is_file()) {
+                if let Some(cached) = load(Path::new(super::bundle::RUN_DIR), &path, &mut file) {
+                    return Some(Lookup::Hit(cached));
+                }
+                file.rewind().ok()?;
             }
-            let text = std::fs::read_to_string(&path).ok()?;
+            let mut text = String::new();
+            file.read_to_string(&mut text).ok()?;
             Some(Lookup::Miss { path, text })
         })
         .as_ref()
@@ -291,6 +296,22 @@ mod tests {
         (dir, bundle, certs, pem)
     }
 
+    /// A reader that returns one byte per read, and is interrupted before each.
+    struct Trickle<'a>(&'a [u8], bool);
+
+    impl io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 = !self.1;
+            if self.1 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = self.0.len().min(buf.len()).min(1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     /// A cache made from a bundle is read back whole for that bundle's path and exact content,
     /// and is a miss for any other content (one byte more, or the same size with one byte
     /// changed, as an edit within one timestamp tick would leave) or another path.
@@ -308,6 +329,7 @@ mod tests {
         assert!(load(&dir, &bundle, &mut format!("{pem}\n").as_bytes()).is_none(), "one byte more");
         assert!(load(&dir, &bundle, &mut &pem.as_bytes()[1..]).is_none(), "one byte fewer");
         assert!(load(&dir, &dir.join("other.pem"), &mut pem.as_bytes()).is_none(), "another bundle");
+        assert!(load(&dir, &bundle, &mut Trickle(pem.as_bytes(), false)).is_some(), "read a byte at a time");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
