@@ -406,6 +406,38 @@ fn the_agent_cannot_swap_the_audit_log_while_leash_writes_it() {
     assert!(std::fs::read_to_string(&log).unwrap().contains("connect4"), "the denial must be in the log");
 }
 
+/// A process the agent leaves behind makes denials faster than leash can write them, for longer
+/// than the test waits. leash must still see its agent end, tear the sandbox down (which ends that
+/// process) and exit. Before, its event reader drained the ring until it was empty, which it never
+/// was, on the thread that also watches the agent and serves the proxy.
+#[test]
+fn denials_made_faster_than_leash_writes_them_do_not_keep_it_running() {
+    require_root();
+    let scratch = Scratch::new("seam-flood");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let log = scratch.0.join("leash-stderr.txt");
+    let script = format!("{PROBE} flood 90 127.0.0.1:9 >/dev/null 2>&1; sleep 2; echo agent-done");
+    let mut run = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let ended = wait_until(45, || run.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = run.kill();
+    }
+    let status = run.wait().unwrap();
+    let mut out = String::new();
+    run.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(ended, "leash still ran 45 s after starting, its agent long gone, while the sandbox made denials");
+    assert!(out.contains("agent-done") && status.success(), "{status}: {out}");
+    // The control: the flood was on, and was read.
+    let mut head = vec![0u8; 1 << 16];
+    let n = std::fs::File::open(&log).unwrap().read(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).contains("connect4"), "no denial was reported");
+}
+
 // 5. The credentials file is readable.
 
 #[test]

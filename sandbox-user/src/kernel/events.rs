@@ -15,7 +15,8 @@ pub enum KernelEvent {
     Learned(Box<LearnEvent>),
 }
 
-/// A running event reader; [`EventPump::stop`] drains what is left and ends it.
+/// A running event reader; [`EventPump::stop`] drains what is left (a full ring at most) and
+/// ends it.
 pub struct EventPump {
     stop: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
@@ -35,11 +36,16 @@ impl EventPump {
                 tokio::select! {
                     guard = fd.readable_mut() => {
                         let Ok(mut guard) = guard else { return };
-                        drain(guard.get_inner_mut(), &sink);
-                        guard.clear_ready();
+                        if drain(guard.get_inner_mut(), &sink, BATCH) {
+                            guard.clear_ready();
+                        } else {
+                            // More to read: after the rest of leash has had its turn.
+                            drop(guard);
+                            tokio::task::yield_now().await;
+                        }
                     }
                     _ = stopped.notified() => {
-                        drain(fd.get_mut(), &sink);
+                        drain(fd.get_mut(), &sink, LAST);
                         return;
                     }
                 }
@@ -48,19 +54,30 @@ impl EventPump {
         Ok(Self { stop, task })
     }
 
-    /// Delivers the events still in the ring, then stops.
+    /// Delivers the events still in the ring (as many as it holds at most), then stops.
     pub async fn stop(self) {
         self.stop.notify_one();
         let _ = self.task.await;
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, sink: &impl Fn(&KernelEvent)) {
-    while let Some(item) = ring.next() {
+/// Records handed to the sink at one wake-up. The pump shares leash's thread with the proxy and
+/// the agent's supervision: a sandbox making denials faster than they are written must not hold
+/// that thread.
+const BATCH: usize = 256;
+/// Records the last drain reads at most: what a full ring holds. A process of the sandbox still
+/// making denials when leash stops must not keep it from tearing the sandbox down.
+const LAST: usize = sandbox_common::EVENTS_BYTES as usize / std::mem::size_of::<DenyEvent>();
+
+/// Hands up to `limit` records of `ring` to `sink`; true when the ring was emptied.
+fn drain(ring: &mut RingBuf<MapData>, sink: &impl Fn(&KernelEvent), limit: usize) -> bool {
+    for _ in 0..limit {
+        let Some(item) = ring.next() else { return true };
         if let Some(event) = decode(&item) {
             sink(&event);
         }
     }
+    false
 }
 
 /// Copies a record out of the ring, telling the two kinds apart by their size (they differ,

@@ -10,6 +10,7 @@
 //! netprobe raw ADDR                 ICMP echo through a raw socket
 //! netprobe grandchild ADDR          fork twice; the grandchild does `tcp ADDR`
 //! netprobe later SECS ADDR FILE     detach, wait SECS, try `tcp ADDR`, write the result to FILE
+//! netprobe flood SECS ADDR          detach, then `tcp ADDR` over and over for SECS seconds
 //! netprobe get PROXY HOST:PORT      CONNECT through PROXY, then GET / ; prints the status codes
 //! netprobe direct-get ADDR          GET / straight to ADDR (transparent mode); prints the status
 //! netprobe dns ADDR NAME            one A query over UDP to ADDR; prints rcode, answers, source
@@ -36,6 +37,7 @@ fn main() {
         "raw" => icmp(addr(1), libc::SOCK_RAW),
         "grandchild" => grandchild(addr(1)),
         "later" => later(arg(1).parse().unwrap_or_else(|_| usage()), addr(2), &arg(3)),
+        "flood" => flood(arg(1).parse().unwrap_or_else(|_| usage()), addr(2)),
         "get" => get(addr(1), &arg(2)),
         "direct-get" => direct_get(addr(1)),
         "dns" => dns(addr(1), &arg(2)),
@@ -237,6 +239,23 @@ fn later(secs: u64, addr: SocketAddr, file: &str) -> std::io::Result<()> {
         Err(e) => format!("err {}", errno_name(&e)),
     };
     let _ = std::fs::write(file, verdict);
+    exit(0)
+}
+
+/// Detaches, then connects to `addr` as fast as it can for `secs` seconds (each attempt a denial
+/// when `addr` is not allowed), then exits.
+fn flood(secs: u64, addr: SocketAddr) -> std::io::Result<()> {
+    // SAFETY: fork in a single-threaded process.
+    unsafe {
+        if libc::fork() != 0 {
+            return Ok(());
+        }
+        libc::setsid();
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        let _ = tcp(addr);
+    }
     exit(0)
 }
 
