@@ -564,7 +564,6 @@ impl Generation {
 pub fn retire_unused(bpffs: &Path) -> Result<Vec<String>> {
     let root = pins::root(bpffs);
     let _host = DirLock::exclusive(&root)?;
-    let in_use = generations_in_use(bpffs)?;
     // Made when its programs were pinned (the directory itself changes as LSM links come and go).
     let made = |name: &str| std::fs::metadata(root.join(name).join("progs")).and_then(|m| m.modified()).ok();
     let mut generations: Vec<(Option<std::time::SystemTime>, String)> = entries(&root)?
@@ -576,6 +575,11 @@ pub fn retire_unused(bpffs: &Path) -> Result<Vec<String>> {
     generations.sort();
     generations.pop();
     let mut removed = Vec::new();
+    if generations.is_empty() {
+        // The usual case, one generation: no sandbox's links need reading.
+        return Ok(removed);
+    }
+    let in_use = generations_in_use(bpffs)?;
     for (_, old) in generations {
         if in_use.contains(&old) {
             continue;
