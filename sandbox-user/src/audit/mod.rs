@@ -3,6 +3,7 @@
 //! Nothing secret is ever passed in here: events carry addresses, names and verdicts only.
 
 mod ocsf;
+mod rate;
 mod tally;
 
 use std::fs::OpenOptions;
@@ -15,6 +16,12 @@ use anyhow::{Context, Result};
 use sandbox_common::{DenyEvent, Hook};
 
 pub use ocsf::{DnsDecision, ProxyDecision};
+pub use rate::Rate;
+
+/// Denial lines on stderr each second, one by one; the rest are counted in one line (the audit
+/// log and the summary at exit have them all). A sandbox that makes denials as fast as it can
+/// must not fill the terminal, nor block leash on a stderr nobody reads.
+pub const STDERR_LINES_PER_SECOND: u32 = 20;
 
 /// Where audit events go. Cheap to clone; safe to share between the proxy and the event pump.
 #[derive(Clone)]
@@ -28,6 +35,8 @@ struct Inner {
     file: Option<Mutex<Box<dyn std::io::Write + Send>>>,
     sandbox: String,
     stderr_lines: bool,
+    /// The budget of those lines.
+    line_rate: Rate,
     /// What was denied, for the summary at exit.
     tally: Mutex<tally::Tally>,
 }
@@ -54,7 +63,16 @@ impl Auditor {
     /// (`leash run` opens it with the checks of `launcher::host_files`).
     pub fn to_file(sandbox: &str, file: Option<std::fs::File>, stderr_lines: bool) -> Self {
         let file = file.map(|f| Mutex::new(Box::new(f) as Box<dyn std::io::Write + Send>));
-        Self { inner: Arc::new(Inner { file, sandbox: sandbox.to_owned(), stderr_lines, tally: Mutex::default() }) }
+        let line_rate = Rate::new(STDERR_LINES_PER_SECOND);
+        Self {
+            inner: Arc::new(Inner {
+                file,
+                sandbox: sandbox.to_owned(),
+                stderr_lines,
+                line_rate,
+                tally: Mutex::default(),
+            }),
+        }
     }
 
     /// An auditor writing JSON lines to stdout, for a node daemon whose events serve many
@@ -66,6 +84,7 @@ impl Auditor {
                 file: Some(Mutex::new(out)),
                 sandbox: name.to_owned(),
                 stderr_lines: false,
+                line_rate: Rate::new(STDERR_LINES_PER_SECOND),
                 tally: Mutex::default(),
             }),
         }
@@ -156,7 +175,13 @@ impl Auditor {
             }
         }
         if let (true, Some(line)) = (self.inner.stderr_lines, line) {
-            eprintln!("leash: {line}");
+            let (shown, held) = self.inner.line_rate.admit();
+            if held > 0 {
+                eprintln!("leash: {held} more denial line(s) in one second not shown (counted in the summary)");
+            }
+            if shown {
+                eprintln!("leash: {line}");
+            }
         }
     }
 }

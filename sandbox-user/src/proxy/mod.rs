@@ -89,7 +89,7 @@ pub struct Proxy {
     /// Slots for DNS-over-TCP connections.
     dns_tcp_slots: Arc<tokio::sync::Semaphore>,
     /// How many DNS refusals are audited one by one.
-    dns_refusals: dns::RefusalRate,
+    dns_refusals: crate::audit::Rate,
     /// Set once, before serving, when the resolver answers only its sandbox (`leash run`).
     dns_clients: std::sync::OnceLock<crate::kernel::programs::DnsClients>,
 }
@@ -116,7 +116,7 @@ impl Proxy {
             learner: std::sync::OnceLock::new(),
             names: Default::default(),
             dns_tcp_slots: Arc::new(tokio::sync::Semaphore::new(dns::TCP_CONNECTIONS)),
-            dns_refusals: dns::RefusalRate::default(),
+            dns_refusals: crate::audit::Rate::new(dns::REFUSALS_PER_SECOND),
             dns_clients: std::sync::OnceLock::new(),
         });
         proxy.reserve_exact_names();

@@ -56,7 +56,7 @@ pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> 
     };
     let Some(name) = query.name.as_deref().filter(|_| policy.is_some()) else {
         // Refusals are audited at a bounded rate (a loop of random names would flood the log).
-        if proxy.dns_refusals.admit() {
+        if admit_refusal(&proxy.dns_refusals) {
             audit(false, None);
         } else {
             proxy.audit.dns_refusal_counted(query.name.as_deref());
@@ -79,39 +79,17 @@ pub fn answer(proxy: &Proxy, msg: &[u8], client: SocketAddr) -> Option<Vec<u8>> 
     })
 }
 
-/// At most [`REFUSALS_PER_SECOND`] refusal audit lines a second; the rest are counted and said in
-/// one line when the next second's first refusal comes.
-pub struct RefusalRate {
-    window: std::sync::Mutex<(std::time::Instant, u32, u64)>,
-}
-
-/// Refusals audited each second, one by one.
+/// Refusals audited each second, one by one; the rest are counted, and said in one line when the
+/// next second's first refusal comes.
 pub const REFUSALS_PER_SECOND: u32 = 20;
 
-impl Default for RefusalRate {
-    fn default() -> Self {
-        Self { window: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)) }
+/// Whether this refusal is audited one by one, under `rate`.
+fn admit_refusal(rate: &crate::audit::Rate) -> bool {
+    let (admitted, held) = rate.admit();
+    if held > 0 {
+        eprintln!("leash: {held} more DNS refusal(s) in one second were not shown one by one");
     }
-}
-
-impl RefusalRate {
-    /// Whether this refusal gets its own audit line.
-    fn admit(&self) -> bool {
-        let Ok(mut w) = self.window.lock() else { return false };
-        let (start, count, suppressed) = &mut *w;
-        if start.elapsed() >= Duration::from_secs(1) {
-            if *suppressed > 0 {
-                eprintln!("leash: {suppressed} more DNS refusal(s) in one second were not shown one by one");
-            }
-            (*start, *count, *suppressed) = (std::time::Instant::now(), 0, 0);
-        }
-        *count += 1;
-        if *count > REFUSALS_PER_SECOND {
-            *suppressed += 1;
-            return false;
-        }
-        true
-    }
+    admitted
 }
 
 /// Answers queries on `socket` forever: under `leash run` only those the sandbox sent (its
@@ -174,10 +152,10 @@ mod tests {
 
     #[test]
     fn refusals_beyond_the_rate_are_not_audited_one_by_one() {
-        let rate = RefusalRate::default();
-        let admitted = (0..REFUSALS_PER_SECOND + 30).filter(|_| rate.admit()).count();
+        let rate = crate::audit::Rate::new(REFUSALS_PER_SECOND);
+        let admitted = (0..REFUSALS_PER_SECOND + 30).filter(|_| admit_refusal(&rate)).count();
         assert_eq!(admitted, REFUSALS_PER_SECOND as usize);
         std::thread::sleep(Duration::from_millis(1010));
-        assert!(rate.admit(), "a new second audits again");
+        assert!(admit_refusal(&rate), "a new second audits again");
     }
 }

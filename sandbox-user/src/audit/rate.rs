@@ -1,0 +1,51 @@
+//! At most so many of one kind of line a second: what the agent can make leash say is bounded,
+//! and what was held back is counted.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A per-second budget of lines.
+pub struct Rate {
+    per_second: u32,
+    /// Start of the current second, lines admitted in it, lines held back in it.
+    window: Mutex<(Instant, u32, u64)>,
+}
+
+impl Rate {
+    pub fn new(per_second: u32) -> Self {
+        Self { per_second, window: Mutex::new((Instant::now(), 0, 0)) }
+    }
+
+    /// Whether this one gets its line; and, when it opens a new second after some were held
+    /// back, how many were (for one line saying so).
+    pub fn admit(&self) -> (bool, u64) {
+        let Ok(mut w) = self.window.lock() else { return (false, 0) };
+        let (start, count, held) = &mut *w;
+        let mut reported = 0;
+        if start.elapsed() >= Duration::from_secs(1) {
+            reported = *held;
+            (*start, *count, *held) = (Instant::now(), 0, 0);
+        }
+        *count += 1;
+        if *count > self.per_second {
+            *held += 1;
+            return (false, reported);
+        }
+        (true, reported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_beyond_the_rate_are_held_back_and_counted_when_the_next_second_opens() {
+        let rate = Rate::new(20);
+        let admitted = (0..50).filter(|_| rate.admit().0).count();
+        assert_eq!(admitted, 20);
+        std::thread::sleep(Duration::from_millis(1010));
+        assert_eq!(rate.admit(), (true, 30), "a new second admits again, and says what was held back");
+        assert_eq!(rate.admit(), (true, 0));
+    }
+}
