@@ -20,7 +20,7 @@ pub use rate::Rate;
 
 /// Denial lines on stderr each second, one by one; the rest are counted in one line (the audit
 /// log and the summary at exit have them all). A sandbox that makes denials as fast as it can
-/// must not fill the terminal, nor block leash on a stderr nobody reads.
+/// must not fill the terminal (a stderr nobody reads then fills thousands of times slower).
 pub const STDERR_LINES_PER_SECOND: u32 = 20;
 
 /// Where audit events go. Cheap to clone; safe to share between the proxy and the event pump.
@@ -150,12 +150,20 @@ impl Auditor {
             t.outsider();
         }
         let (json, line) = ocsf::outsider_refused(&self.inner.sandbox, peer);
-        self.emit(&json, Some(&line));
+        // Not under the sandbox's rate: the agent's own denials must not hide another user's
+        // probe of the proxy.
+        self.emit(&json, None);
+        if self.inner.stderr_lines {
+            eprintln!("leash: {line}");
+        }
     }
 
-    /// The lines of the summary of what was denied so far.
+    /// The lines of the summary of what was denied so far; first, how many denial lines the
+    /// last second held back, if any.
     pub fn summary(&self) -> Vec<String> {
-        self.inner.tally.lock().map(|t| t.lines()).unwrap_or_default()
+        let held = self.inner.line_rate.take_held();
+        let held = (held > 0).then(|| format!("{held} more denial line(s) in the last second not shown one by one"));
+        held.into_iter().chain(self.inner.tally.lock().map(|t| t.lines()).unwrap_or_default()).collect()
     }
 
     /// Whether a decision with this outcome goes anywhere: denials always (stderr), allowed
@@ -177,7 +185,7 @@ impl Auditor {
         if let (true, Some(line)) = (self.inner.stderr_lines, line) {
             let (shown, held) = self.inner.line_rate.admit();
             if held > 0 {
-                eprintln!("leash: {held} more denial line(s) in one second not shown (counted in the summary)");
+                eprintln!("leash: {held} more denial line(s) in one second not shown one by one");
             }
             if shown {
                 eprintln!("leash: {line}");

@@ -19,7 +19,7 @@ impl Rate {
     /// Whether this one gets its line; and, when it opens a new second after some were held
     /// back, how many were (for one line saying so).
     pub fn admit(&self) -> (bool, u64) {
-        let Ok(mut w) = self.window.lock() else { return (false, 0) };
+        let mut w = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (start, count, held) = &mut *w;
         let mut reported = 0;
         if start.elapsed() >= Duration::from_secs(1) {
@@ -32,6 +32,12 @@ impl Rate {
             return (false, reported);
         }
         (true, reported)
+    }
+
+    /// The lines held back in the current second, no longer counted here (said at the end).
+    pub fn take_held(&self) -> u64 {
+        let mut w = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut w.2)
     }
 }
 
@@ -47,5 +53,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1010));
         assert_eq!(rate.admit(), (true, 30), "a new second admits again, and says what was held back");
         assert_eq!(rate.admit(), (true, 0));
+        for _ in 0..25 {
+            rate.admit();
+        }
+        assert_eq!(rate.take_held(), 7, "what the second held back, at the end");
+        assert_eq!(rate.take_held(), 0);
     }
 }

@@ -65,9 +65,18 @@ impl EventPump {
 /// the agent's supervision: a sandbox making denials faster than they are written must not hold
 /// that thread.
 const BATCH: usize = 256;
-/// Records the last drain reads at most: what a full ring holds. A process of the sandbox still
-/// making denials when leash stops must not keep it from tearing the sandbox down.
-const LAST: usize = sandbox_common::EVENTS_BYTES as usize / std::mem::size_of::<DenyEvent>();
+/// Records the last drain reads at most: more than a full ring holds (of the smaller record), so
+/// every record made before the stop is read. A process of the sandbox still making denials when
+/// leash stops must not keep it from tearing the sandbox down.
+const LAST: usize = sandbox_common::EVENTS_BYTES as usize / SMALLER_RECORD;
+const SMALLER_RECORD: usize = {
+    let (deny, learn) = (std::mem::size_of::<DenyEvent>(), std::mem::size_of::<LearnEvent>());
+    if deny < learn {
+        deny
+    } else {
+        learn
+    }
+};
 
 /// Hands up to `limit` records of `ring` to `sink`; true when the ring was emptied.
 fn drain(ring: &mut RingBuf<MapData>, sink: &impl Fn(&KernelEvent), limit: usize) -> bool {
