@@ -392,11 +392,12 @@ fn next_line(out: &mut impl std::io::BufRead) -> String {
 }
 
 /// A sandbox that records connection owners, confined to a listener that never accepts (as a
-/// busy proxy's queue would not), and its owner records.
+/// busy proxy's queue would not), and its owner records. Removed when dropped, a failed test's
+/// too (a test that panicked left its pins and cgroup on the host before).
 struct OwnerTest {
     generation: leash::kernel::generation::Generation,
     proxy: std::net::SocketAddr,
-    sandbox: leash::kernel::sandbox::KernelSandbox,
+    sandbox: Option<leash::kernel::sandbox::KernelSandbox>,
     owners: leash::kernel::programs::ConnectionOwners,
     _listener: std::net::TcpListener,
 }
@@ -411,12 +412,25 @@ impl OwnerTest {
         let net = programs::sandbox_net(proxy, true);
         let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, net).expect("sandbox");
         let owners = generation.connection_owners(sandbox.cgroup().id()).unwrap();
-        Self { generation, proxy, sandbox, owners, _listener: listener }
+        Self { generation, proxy, sandbox: Some(sandbox), owners, _listener: listener }
     }
 
-    fn remove(self) {
-        let Self { mut generation, sandbox, .. } = self;
-        sandbox.remove(&mut generation).expect("removing the sandbox");
+    fn cgroup(&self) -> &std::path::Path {
+        self.sandbox.as_ref().expect("the sandbox is there until removed").cgroup().path()
+    }
+
+    /// Removes the sandbox, which must succeed.
+    fn remove(mut self) {
+        let sandbox = self.sandbox.take().expect("removed once");
+        sandbox.remove(&mut self.generation).expect("removing the sandbox");
+    }
+}
+
+impl Drop for OwnerTest {
+    fn drop(&mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            let _ = sandbox.remove(&mut self.generation);
+        }
     }
 }
 
@@ -437,7 +451,7 @@ fn an_owner_record_is_made_only_for_a_connection_the_proxy_answered_on_its_own_a
     let (proxy, owners) = (test.proxy, &test.owners);
     let mut findings = Vec::new();
     for how in ["plain", "other-address", "signed"] {
-        let (mut child, mut out) = sandboxed_client(test.sandbox.cgroup().path(), proxy.port(), how);
+        let (mut child, mut out) = sandboxed_client(test.cgroup(), proxy.port(), how);
         let port: u16 = next_line(&mut out).parse().expect("the client's port");
         std::thread::sleep(Duration::from_millis(if how == "signed" { 300 } else { 50 }));
         let record = owners.owner(port, proxy.port());
@@ -473,7 +487,7 @@ fn a_port_the_sandbox_gave_up_is_not_its_connection_any_more() {
     let mut findings = Vec::new();
     for on_device in [false, true] {
         let how = if on_device { "disconnect, taken on lo" } else { "disconnect" };
-        let (mut child, mut out) = sandboxed_client(test.sandbox.cgroup().path(), proxy.port(), "disconnect");
+        let (mut child, mut out) = sandboxed_client(test.cgroup(), proxy.port(), "disconnect");
         let port: u16 = next_line(&mut out).parse().expect("the client's port");
         let client = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         std::thread::sleep(Duration::from_millis(50));
