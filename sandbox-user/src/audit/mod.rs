@@ -21,7 +21,7 @@ pub use rate::Rate;
 /// Denial lines on stderr each second, one by one; the rest are counted in one line (the audit
 /// log and the summary at exit have them all). A sandbox that makes denials as fast as it can
 /// must not fill the terminal (a stderr nobody reads then fills thousands of times slower).
-pub const STDERR_LINES_PER_SECOND: u32 = 20;
+const STDERR_LINES_PER_SECOND: u32 = 20;
 
 /// Where audit events go. Cheap to clone; safe to share between the proxy and the event pump.
 #[derive(Clone)]
@@ -62,28 +62,21 @@ impl Auditor {
     /// An auditor for `sandbox` appending JSON lines to `file`, already opened by the caller
     /// (`leash run` opens it with the checks of `launcher::host_files`).
     pub fn to_file(sandbox: &str, file: Option<std::fs::File>, stderr_lines: bool) -> Self {
-        let file = file.map(|f| Mutex::new(Box::new(f) as Box<dyn std::io::Write + Send>));
-        let line_rate = Rate::new(STDERR_LINES_PER_SECOND);
-        Self {
-            inner: Arc::new(Inner {
-                file,
-                sandbox: sandbox.to_owned(),
-                stderr_lines,
-                line_rate,
-                tally: Mutex::default(),
-            }),
-        }
+        Self::writing(sandbox, file.map(|f| Box::new(f) as Box<dyn std::io::Write + Send>), stderr_lines)
     }
 
     /// An auditor writing JSON lines to stdout, for a node daemon whose events serve many
     /// sandboxes (named per event with [`Auditor::kernel_denied_in`]).
     pub fn stdout(name: &str) -> Self {
-        let out: Box<dyn std::io::Write + Send> = Box::new(std::io::stdout());
+        Self::writing(name, Some(Box::new(std::io::stdout())), false)
+    }
+
+    fn writing(sandbox: &str, out: Option<Box<dyn std::io::Write + Send>>, stderr_lines: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
-                file: Some(Mutex::new(out)),
-                sandbox: name.to_owned(),
-                stderr_lines: false,
+                file: out.map(Mutex::new),
+                sandbox: sandbox.to_owned(),
+                stderr_lines,
                 line_rate: Rate::new(STDERR_LINES_PER_SECOND),
                 tally: Mutex::default(),
             }),
