@@ -1,7 +1,8 @@
 //! One kernel side per host (`kernel/generation.rs`): the first run loads and pins a generation
 //! of programs, later runs attach the same programs; concurrent cold starts load once; a leash
 //! killed while making a generation leaves nothing a later run uses; a generation of another
-//! build goes once nothing uses it; each sandbox gets its own denials and no other's.
+//! build goes once nothing uses it; each sandbox gets its own denials and no other's; the
+//! generation keeps the kernel's hooks on with links to an empty cgroup, gone with it.
 //!
 //! These tests remove the host's generation to force cold starts: they run one at a time, and
 //! `cargo test` runs test binaries one after another.
@@ -101,13 +102,129 @@ fn a_second_run_attaches_the_programs_the_first_loaded() {
         Some(sandbox.path().join(name)).filter(|p| p.exists())
     };
     assert!(wait_until(5, || link_path().is_some()), "the warm run's connect4 link never appeared");
-    // Links cannot be asked about from a pin here; the kernel's list of links can.
-    let linked: Vec<u32> = aya::programs::loaded_links().filter_map(|l| l.ok()).map(|l| l.program_id()).collect();
+    let cgroup = sandbox_cgroups_of(pid).pop().expect("the warm run's cgroup");
+    let linked = attached(&cgroup2_root().join(cgroup), BPF_CGROUP_INET4_CONNECT);
     let out = warm.wait_with_output().unwrap();
     assert!(out.status.success(), "warm run: {}", stderr(&out));
-    assert!(linked.contains(&loaded), "no link runs the pinned connect4 program: the warm run loaded its own");
+    assert_eq!(linked, vec![loaded], "the warm run's cgroup does not run the pinned connect4 program");
     assert_eq!(the_generation(), generation);
     assert_eq!(program_id(&generation.join("progs/leash_connect4")), loaded, "the warm run loaded again");
+}
+
+/// The kernel's attach types of two of the held programs (`enum bpf_attach_type`).
+const BPF_CGROUP_INET_EGRESS: u32 = 1;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+
+/// Ids of the programs attached to the cgroup at `cgroup` itself at `attach_type`.
+fn attached(cgroup: &Path, attach_type: u32) -> Vec<u32> {
+    let dir = std::fs::File::open(cgroup).unwrap_or_else(|e| panic!("opening {}: {e}", cgroup.display()));
+    leash::kernel::attach::attached_to_cgroup(std::os::fd::AsFd::as_fd(&dir), attach_type).expect("BPF_PROG_QUERY")
+}
+
+/// The same of the hold cgroup.
+fn held(attach_type: u32) -> Vec<u32> {
+    attached(&cgroup2_root().join(leash::kernel::hold::CGROUP), attach_type)
+}
+
+/// `kernel/hold.rs`: the generation keeps each network program attached to a cgroup of its own
+/// (so that sandboxes start without switching the kernel's hooks on), in which no process runs,
+/// and those links go with the generation.
+#[test]
+fn the_generation_holds_the_hooks_in_an_empty_cgroup_and_lets_go_with_it() {
+    require_root();
+    let _serial = serial();
+    let scratch = Scratch::new("hold");
+    let policy = scratch.file("p.yaml", &policy_allowing(&[]));
+    remove_generations();
+    let out = run_true(&policy);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let generation = the_generation();
+    let pinned: Vec<String> = std::fs::read_dir(generation.join("hold"))
+        .expect("the generation holds no hooks")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // Every program a sandbox attaches; transparent mode's `recvmsg4/6` are not held.
+    assert_eq!(pinned.len(), 7, "one link per network program: {pinned:?}");
+    assert!(!pinned.iter().any(|p| p.contains("recvmsg")), "transparent mode's programs are held: {pinned:?}");
+    let connect4 = program_id(&generation.join("progs/leash_connect4"));
+    assert_eq!(held(BPF_CGROUP_INET4_CONNECT), vec![connect4], "the held connect4 is not the generation's");
+    let egress = program_id(&generation.join("progs/leash_skb_egress"));
+    assert_eq!(held(BPF_CGROUP_INET_EGRESS), vec![egress], "the held egress program is not the generation's");
+    let procs = std::fs::read_to_string(cgroup2_root().join(leash::kernel::hold::CGROUP).join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), "", "a process runs in the hold cgroup");
+
+    // A second run neither loads nor holds again.
+    let out = run_true(&policy);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(held(BPF_CGROUP_INET4_CONNECT), vec![connect4], "a warm run held the hooks again");
+
+    // The kernel puts an unpinned link away from a work queue, soon after.
+    remove_generations();
+    let released = || held(BPF_CGROUP_INET4_CONNECT).is_empty() && held(BPF_CGROUP_INET_EGRESS).is_empty();
+    assert!(wait_until(5, released), "the hooks stay held with no generation pinned");
+}
+
+/// Holding is refused where a process runs in the hold cgroup (its network would be cut), said
+/// once, and not tried again by later runs (each try takes the host's lock).
+#[test]
+fn the_hooks_are_not_held_where_a_process_runs_in_the_hold_cgroup_and_that_is_said_once() {
+    require_root();
+    let _serial = serial();
+    let scratch = Scratch::new("holdbusy");
+    let policy = scratch.file("p.yaml", &policy_allowing(&[]));
+    remove_generations();
+    let cgroup = cgroup2_root().join(leash::kernel::hold::CGROUP);
+    match std::fs::create_dir(&cgroup) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("creating {}: {e}", cgroup.display()),
+    }
+    let mut sleeper = Command::new("/bin/sleep");
+    sleeper.arg("30");
+    in_cgroup(&mut sleeper, &cgroup);
+    let mut sleeper = sleeper.spawn().expect("a process in the hold cgroup");
+    let first = run_true(&policy);
+    let second = run_true(&policy);
+    let generation = the_generation();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(first.status.success() && second.status.success(), "{}{}", stderr(&first), stderr(&second));
+    assert!(stderr(&first).contains("hooks are not held"), "not said: {}", stderr(&first));
+    assert!(!stderr(&second).contains("hooks are not held"), "said again: {}", stderr(&second));
+    assert!(!generation.join("hold").exists(), "held with a process in the hold cgroup");
+    assert!(held(BPF_CGROUP_INET4_CONNECT).is_empty(), "attached with a process in the hold cgroup");
+    // The next generation holds them again.
+    remove_generations();
+    let out = run_true(&policy);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(the_generation().join("hold").is_dir(), "not held once the cgroup was empty: {}", stderr(&out));
+}
+
+/// Attack: the hold cgroup has every network program attached and no sandbox entry, so a
+/// process put there (only root can) is not a way around the programs: it is denied, as a
+/// process of a sandbox with no entry is.
+#[test]
+fn a_process_in_the_hold_cgroup_reaches_nothing() {
+    require_root();
+    let _serial = serial();
+    let scratch = Scratch::new("holdin");
+    let policy = scratch.file("p.yaml", &policy_allowing(&[]));
+    let out = run_true(&policy);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (mut child, mut out) = sandboxed_client(&cgroup2_root().join(leash::kernel::hold::CGROUP), port, "plain");
+    let line = next_line(&mut out);
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    assert!(line.is_empty() && !status.success(), "connected from the hold cgroup (port {line:?}, {status})");
+    let accepted = listener.accept();
+    assert!(
+        accepted.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the listener was reached from the hold cgroup: {accepted:?}"
+    );
 }
 
 #[test]
@@ -333,8 +450,26 @@ fn a_populated_sandbox_keeps_its_confinement_when_removal_is_attempted() {
 /// prints its local port, closes the socket at the first line on stdin (`disconnect`: gives the
 /// port up with `connect(AF_UNSPEC)` and keeps the socket) then prints `closed`, and exits at the
 /// second.
-fn sandboxed_client(cgroup: &Path, port: u16, how: &str) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+/// Makes `cmd` start in the cgroup at `cgroup` (it moves itself there before exec).
+fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
     use std::os::unix::process::CommandExt as _;
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: open, write and close only, between fork and exec; the path was prepared before.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            let moved = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if moved {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+fn sandboxed_client(cgroup: &Path, port: u16, how: &str) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
     const CLIENT: &str = r#"
 import socket, struct, sys
 port, how = int(sys.argv[1]), sys.argv[2]
@@ -364,22 +499,9 @@ else:
 print("closed", flush=True)
 sys.stdin.readline()
 "#;
-    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.args(["-c", CLIENT, &port.to_string(), how]).stdin(Stdio::piped()).stdout(Stdio::piped());
-    // SAFETY: open, write and close only, between fork and exec; the path was prepared before.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            let moved = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if moved {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    in_cgroup(&mut cmd, cgroup);
     let mut child = cmd.spawn().expect("python3");
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
     (child, out)

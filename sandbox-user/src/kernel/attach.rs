@@ -16,6 +16,7 @@ use aya_obj::generated::bpf_attach_type;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
@@ -43,6 +44,25 @@ struct RawTracepointAttr {
     prog_fd: u32,
     _pad: u32,
 }
+
+/// `bpf_attr` for `BPF_PROG_QUERY`, whole: kernels with multi-program attachment write
+/// `revision` (its last field) whatever size they are given.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+const _: () = assert!(std::mem::size_of::<QueryAttr>() == 64);
 
 /// `bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD`.
 #[repr(C)]
@@ -128,6 +148,28 @@ impl PinnedProgram {
         // SAFETY: no name pointer; the descriptor lives through the call.
         unsafe { bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &attr) }
     }
+}
+
+/// Ids of the programs attached to the cgroup open as `cgroup` at `attach_type` (its own, not
+/// those it inherits); an error (`ENOSPC`) when there are more than 64.
+pub fn attached_to_cgroup(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..QueryAttr::default()
+    };
+    let size = std::mem::size_of::<QueryAttr>();
+    // SAFETY: `attr` is the `BPF_PROG_QUERY` part of `union bpf_attr`, every field the kernel may
+    // write included; it writes at most `prog_cnt` ids into `ids` and the rest into `attr`, both
+    // living through the call (the other id arrays are null, so nothing is written there).
+    let done = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, std::ptr::addr_of_mut!(attr), size) };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
 }
 
 /// Pins `link` at `path`: it then stays attached when every descriptor of it is closed.

@@ -11,10 +11,12 @@
 //! Every process using a generation holds a shared flock on its directory; a generation of
 //! another build is removed once no process holds it and no sandbox link names it.
 //!
-//! The network programs attach per sandbox cgroup (`kernel::sandbox`). The BPF-LSM
-//! programs attach to the kernel's hooks, host-wide: only while at least one sandbox is
-//! registered with them ([`Generation::register_lsm`]), once however many are, and they are
-//! detached when the last one leaves, so a host without sandboxes pays nothing on its syscalls.
+//! The network programs attach per sandbox cgroup (`kernel::sandbox`); `leash run` keeps each
+//! attached once more to a cgroup no process runs in, so that the kernel's hooks stay switched on
+//! between sandboxes (`hold.rs`). The BPF-LSM programs attach to the kernel's hooks, host-wide:
+//! only while at least one sandbox is registered with them ([`Generation::register_lsm`]), once
+//! however many are, and they are detached when the last one leaves, so a host without
+//! sandboxes pays nothing for them on its syscalls.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -31,6 +33,7 @@ use sandbox_common::{
 
 use super::attach::{self, PinnedProgram};
 use super::btf::KernelBtf;
+use super::hold;
 use super::learning::{self, Learning};
 use super::lsm::{program_of, LsmMaps, Registration, Unavailable};
 use super::pins::{self, entries, open_map, remove_tree, DirLock};
@@ -191,6 +194,18 @@ impl Generation {
 
     fn dir(&self) -> PathBuf {
         pins::root(&self.bpffs).join(&self.name)
+    }
+
+    /// Keeps the kernel's cgroup-BPF hooks switched on while this generation is pinned, with a
+    /// link of each network program to a cgroup under `cgroup_root` that no process runs in
+    /// (`hold.rs`), so that sandboxes start and end without switching them. Tried once per
+    /// generation (an error is returned to that one call); later calls cost a `stat` or two.
+    pub fn hold_hooks(&self, cgroup_root: &Path) -> Result<()> {
+        if hold::settled(&self.dir()) {
+            return Ok(());
+        }
+        let _host = self.host_lock()?;
+        hold::hold(&self.dir(), cgroup_root, &self.programs)
     }
 
     fn host_lock(&self) -> Result<DirLock> {

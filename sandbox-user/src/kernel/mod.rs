@@ -1,5 +1,6 @@
 //! Everything leash asks of the kernel: finding cgroup v2 and bpffs, sandbox cgroups, loading
-//! and attaching the eBPF programs, one sandbox's kernel state (`sandbox`), pins that outlive
+//! and attaching the eBPF programs, one sandbox's kernel state (`sandbox`), the hooks kept on
+//! between sandboxes (`hold`), pins that outlive
 //! leash, reaping what a crash left behind, and probing which layers this kernel supports.
 
 pub mod attach;
@@ -8,6 +9,7 @@ pub mod cgroup;
 pub mod events;
 pub mod fs_root;
 pub mod generation;
+pub mod hold;
 pub mod learning;
 pub mod lsm;
 pub mod lsm_rules;

@@ -6,6 +6,7 @@
 //! <bpffs>/leash/<generation>/maps/<map>           every map of the object
 //! <bpffs>/leash/<generation>/lsm/<program>        the BPF-LSM links, only while a sandbox uses them
 //! <bpffs>/leash/<generation>/rings/<slot>/        flock(2)ed by the `leash run` using event ring <slot>
+//! <bpffs>/leash/<generation>/hold/<program>      a link of each network program to the empty cgroup `leash.hold` (`hold.rs`)
 //! <bpffs>/leash/building-<pid>/...                a generation being made; renamed into place when whole
 //! <bpffs>/leash/sandboxes/<name>/<generation>--<program>   one pinned cgroup link per program and sandbox
 //! ```

@@ -657,6 +657,10 @@ fn check_missing(missing: &[layers::Missing], allow_degraded: bool) -> Result<()
 fn open_kernel() -> Result<(PathBuf, PathBuf, Generation)> {
     let (cgroup_root, bpffs) = (mounts::cgroup2_root()?, mounts::bpffs_root()?);
     let mut generation = Generation::open_or_create(&bpffs, this_generation())?;
+    // A speed-up only: without it each sandbox switches the kernel's hooks on and off again.
+    if let Err(e) = generation.hold_hooks(&cgroup_root) {
+        eprintln!("leash: note: the kernel's cgroup hooks are not held between sandboxes: {e:#}");
+    }
     let reaped = reaper::reap_stale(&cgroup_root, &mut generation, &bpffs)?;
     for name in reaped.sandboxes {
         eprintln!("leash: reaped stale sandbox {name} left by a leash that did not exit cleanly");
