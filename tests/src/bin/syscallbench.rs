@@ -19,7 +19,7 @@
 //! | `outside16` | as `outside`, with 16 sandboxes registered instead of one: what the host pays does not grow with the number of sandboxes |
 //! | `node` | the node daemon's case: programs attached, a sandbox registered with descendants (cgroup level 1), the process in a plain cgroup at level 2 in no sandbox, so every hook walks its ancestors ([`node_round`]) |
 //! | `plain` | nothing of leash loaded, the process in that same plain cgroup: what `node` is compared with, so that `node/plain` is leash's cost alone and not the cgroup's (in the test VMs the two cost the same) |
-//! | `zero` | the host's generation loaded and pinned, no sandbox registered: no LSM program attached, so it must cost what `a` does |
+//! | `zero` | the host's generation loaded and pinned, no sandbox registered: no LSM program attached (measured once the kernel's worker has released the links, [`wait_detached`]), so it must cost what `a` does |
 //! | `floor` | nothing of leash loaded; a do-nothing BPF-LSM program (`leash_lsm_probe`, `return 0`) attached to each hook leash's programs use: what the kernel charges for calling any BPF-LSM program there, the least `b` and `outside` can cost ([`attach_floor`]) |
 //!
 //! Every mode runs in a fresh worker process (this binary re-executed as `syscallbench worker ...`)
@@ -389,6 +389,9 @@ fn round(r: u32, counts: &Counts, cgroup: &SandboxCgroup, procs: &Path, samples:
                     "syscallbench: {links} LSM links stay attached with no sandbox (a kernel that cannot re-attach)"
                 );
             }
+            if links == 0 {
+                wait_detached()?;
+            }
             run_worker(Mode::Zero, counts, procs, samples)?;
             node_round(&mut programs, counts, samples)?;
             drop(programs);
@@ -526,6 +529,34 @@ fn attach_floor() -> Result<Vec<aya::Ebpf>, String> {
 /// How many leash LSM links are attached (pinned in the generation's `lsm/`).
 fn lsm_links() -> usize {
     generation_dir().ok().and_then(|d| std::fs::read_dir(d.join("lsm")).ok()).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Waits until leash's `file_open` program runs no more on an open, with BPF run statistics on
+/// meanwhile (off again before returning: they add to every program's run). The kernel releases
+/// an unpinned link from a worker: on 6.12 that ran only during the next loop, so `zero` measured
+/// the programs still attached (zero/a 1.05; 1.00 when measured a second later).
+fn wait_detached() -> Result<(), String> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let path = generation_dir()?.join("progs").join("leash_lsm_file_open");
+    let program =
+        leash::kernel::attach::PinnedProgram::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let runs = || program.stats().map(|(_, runs)| runs).map_err(|e| format!("reading {}'s runs: {e}", path.display()));
+    std::fs::write(STATS, "1").map_err(|e| format!("turning BPF run statistics on: {e}"))?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let detached = loop {
+        let before = runs();
+        let _ = std::fs::File::open(OPEN_PATH);
+        match (before, runs()) {
+            (Ok(b), Ok(a)) if a == b => break Ok(()),
+            (Err(e), _) | (_, Err(e)) => break Err(e),
+            _ if Instant::now() > deadline => {
+                break Err("leash's LSM programs still run 10 s after their links went".into())
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
+    std::fs::write(STATS, "0").map_err(|e| format!("turning BPF run statistics off: {e}"))?;
+    detached
 }
 
 /// Unpins the whole generation: nothing of leash stays loaded.
