@@ -101,6 +101,10 @@ fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
+/// How long [`PinnedProgram::attach_lsm`] waits for the kernel to release an unpinned link of
+/// the same program.
+pub const LSM_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A program opened from its pin.
 pub struct PinnedProgram {
     fd: OwnedFd,
@@ -143,10 +147,23 @@ impl PinnedProgram {
     }
 
     /// Links a BPF-LSM program to the hook it was loaded for (5.7+).
+    ///
+    /// The kernel refuses a second link of one program to one hook (`EBUSY`), and it releases an
+    /// unpinned link from a worker, after the unpin has returned: a sandbox starting just after
+    /// the last one ended (its links unpinned) met the old link still there. So `EBUSY` is
+    /// retried for up to [`LSM_RELEASE_WAIT`].
     pub fn attach_lsm(&self) -> io::Result<OwnedFd> {
         let attr = RawTracepointAttr { name: 0, prog_fd: self.fd.as_raw_fd() as u32, _pad: 0 };
-        // SAFETY: no name pointer; the descriptor lives through the call.
-        unsafe { bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &attr) }
+        let deadline = std::time::Instant::now() + LSM_RELEASE_WAIT;
+        loop {
+            // SAFETY: no name pointer; the descriptor lives through the call.
+            match unsafe { bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &attr) } {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                done => return done,
+            }
+        }
     }
 }
 

@@ -426,6 +426,20 @@ fn run(mut programs: Generation) -> bool {
     all &= pass;
     result("unregistered-allowed", pass, &format!("packet socket after remove_sandbox: {}", describe(after)));
 
+    // Registered again at once, as a sandbox starting just after the last one ended is: the
+    // kernel releases the links that removal unpinned from a worker, after the unpin returned,
+    // and refuses a new link of the same program until then.
+    let (pass, detail) = match programs.register_lsm(&registration) {
+        Ok(()) => {
+            let again = in_child(&(packet_socket as Action), Some(&procs));
+            (again == Err(libc::EPERM), format!("packet socket: {}", describe(again)))
+        }
+        Err(e) => (false, format!("{e:#}")),
+    };
+    all &= pass;
+    result("reattached-at-once", pass, &detail);
+    let _ = programs.remove_entries(cgroup.id());
+
     drop(fixtures);
     let _ = std::fs::remove_file(FAKE_MODULE);
     let _ = std::fs::remove_dir(MOUNT_POINT);

@@ -702,7 +702,10 @@ fn outcome_checks(prefix: &str, out: &Output, want: &[(&str, &str)]) -> Vec<Chec
                 .find_map(|l| l.strip_prefix(&format!("AGENT {name} ")).map(str::to_owned))
                 .unwrap_or_else(|| format!("missing ({})", out.describe()));
             let pass = got == want;
-            let detail = format!("{got} (want {want})");
+            let detail = match pass {
+                true => format!("{got} (want {want})"),
+                false => format!("{got} (want {want}); {}", out.describe()),
+            };
             Check::new(format!("{prefix}-{name}"), move || if pass { Ok(detail) } else { Err(detail) })
         })
         .collect()
