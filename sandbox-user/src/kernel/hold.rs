@@ -11,8 +11,8 @@
 //! `<cgroup2 root>/leash.hold`, a cgroup no process runs in, and pins those links in
 //! `<generation>/hold/`. The programs never run there; a process root put there would be denied
 //! every network operation (the cgroup has no sandbox entry). The keys stay on while the
-//! generation is pinned: until a leash of another build retires it, the host reboots, or
-//! `<bpffs>/leash/<generation>/hold` is removed (the next `leash run` holds them again).
+//! generation is pinned: until a leash of another build retires it, the host reboots, or it is
+//! removed by hand (the next `leash run` loads a new one and holds them again).
 //!
 //! What that costs processes in no sandbox: each `socket`, `connect`, unconnected UDP `sendmsg`
 //! and IP packet goes into the kernel's cgroup-BPF code and finds its cgroup's list of programs
