@@ -126,6 +126,21 @@ fn held(attach_type: u32) -> Vec<u32> {
     attached(&cgroup2_root().join(leash::kernel::hold::CGROUP), attach_type)
 }
 
+/// Where the cgroup2 mount is a cgroup namespace's root (in a container), leash does not hold the
+/// hooks: a cold run says so, and the hold tests check that refusal instead. The kernel gives
+/// every cgroup but a hierarchy's root a `cgroup.type`.
+fn hold_refused_here(policy: &Path) -> bool {
+    if !cgroup2_root().join("cgroup.type").exists() {
+        return false;
+    }
+    remove_generations();
+    let out = run_true(policy);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hooks are not held"), "held in a cgroup namespace: {}", stderr(&out));
+    assert!(!the_generation().join("hold").exists(), "held in a cgroup namespace");
+    true
+}
+
 /// `kernel/hold.rs`: the generation keeps each network program attached to a cgroup of its own
 /// (so that sandboxes start without switching the kernel's hooks on), in which no process runs,
 /// and those links go with the generation.
@@ -135,6 +150,9 @@ fn the_generation_holds_the_hooks_in_an_empty_cgroup_and_lets_go_with_it() {
     let _serial = serial();
     let scratch = Scratch::new("hold");
     let policy = scratch.file("p.yaml", &policy_allowing(&[]));
+    if hold_refused_here(&policy) {
+        return;
+    }
     remove_generations();
     let out = run_true(&policy);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -173,6 +191,9 @@ fn the_hooks_are_not_held_where_a_process_runs_in_the_hold_cgroup_and_that_is_sa
     let _serial = serial();
     let scratch = Scratch::new("holdbusy");
     let policy = scratch.file("p.yaml", &policy_allowing(&[]));
+    if hold_refused_here(&policy) {
+        return;
+    }
     remove_generations();
     let cgroup = cgroup2_root().join(leash::kernel::hold::CGROUP);
     match std::fs::create_dir(&cgroup) {
@@ -210,6 +231,9 @@ fn a_process_in_the_hold_cgroup_reaches_nothing() {
     let _serial = serial();
     let scratch = Scratch::new("holdin");
     let policy = scratch.file("p.yaml", &policy_allowing(&[]));
+    if hold_refused_here(&policy) {
+        return;
+    }
     let out = run_true(&policy);
     assert!(out.status.success(), "{}", stderr(&out));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
