@@ -103,7 +103,7 @@ fn c_path(path: &Path) -> io::Result<CString> {
 
 /// How long [`PinnedProgram::attach_lsm`] waits for the kernel to release an unpinned link of
 /// the same program.
-pub const LSM_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const LSM_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A program opened from its pin.
 pub struct PinnedProgram {
