@@ -162,9 +162,7 @@ fn the_generation_holds_the_hooks_in_an_empty_cgroup_and_lets_go_with_it() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    // Every program a sandbox attaches; transparent mode's `recvmsg4/6` are not held.
-    assert_eq!(pinned.len(), 7, "one link per network program: {pinned:?}");
-    assert!(!pinned.iter().any(|p| p.contains("recvmsg")), "transparent mode's programs are held: {pinned:?}");
+    assert_eq!(pinned.len(), 9, "one link per network program: {pinned:?}");
     let connect4 = program_id(&generation.join("progs/leash_connect4"));
     assert_eq!(held(BPF_CGROUP_INET4_CONNECT), vec![connect4], "the held connect4 is not the generation's");
     let egress = program_id(&generation.join("progs/leash_skb_egress"));

@@ -3,20 +3,21 @@
 //! Each cgroup attach type has a static key in the kernel (before 5.12, one key for all): the
 //! first program of that type attached anywhere on the host switches it on, the last one
 //! detached switches it off, and each switch rewrites kernel text on every CPU. On a host with no
-//! other cgroup programs every sandbox paid seven such switches at its start and seven at its
-//! end: 0.8 ms of a 6.7 ms warm `leash run` on a 2-CPU VM (its links took 0.55 ms to attach,
-//! 0.05 ms with the keys on).
+//! other cgroup programs every sandbox paid nine such switches at its start and nine at its end:
+//! about 1 ms of a 6.7 ms warm `leash run` on a 2-CPU VM (its links took 0.55 ms to attach,
+//! 0.04 ms with the keys on).
 //!
-//! So a generation attaches each program every sandbox gets once more, to
-//! `<cgroup2 root>/leash.hold`, a cgroup no process runs in, and pins those links in
+//! So a generation attaches each network program once more, to `<cgroup2 root>/leash.hold`, a
+//! cgroup no process runs in, and pins those links in
 //! `<generation>/hold/`. The programs never run there; a process root put there would be denied
 //! every network operation (the cgroup has no sandbox entry). The keys stay on while the
 //! generation is pinned: until a leash of another build retires it, the host reboots, or it is
 //! removed by hand (the next `leash run` loads a new one and holds them again).
 //!
-//! What that costs processes in no sandbox: each `socket`, `connect`, unconnected UDP `sendmsg`
-//! and IP packet goes into the kernel's cgroup-BPF code and finds its cgroup's list of programs
-//! empty; `connect` and UDP `sendmsg` take the socket's lock for it. Hosts where a CNI attaches
+//! What that costs processes in no sandbox: each `socket`, `connect`, unconnected UDP `sendmsg`,
+//! UDP `recvmsg` that asks for the sender's address, and IP packet goes into the kernel's
+//! cgroup-BPF code and finds its cgroup's list of programs empty; `connect` and UDP
+//! `sendmsg`/`recvmsg` take the socket's lock for it. Hosts where a CNI attaches
 //! socket-address programs pay that already. It is a speed-up and nothing depends on it: a host
 //! where it cannot be made starts sandboxes as before.
 //!
@@ -31,7 +32,7 @@ use anyhow::{bail, Context, Result};
 
 use super::attach::{self, PinnedProgram};
 use super::pins::remove_tree;
-use super::programs::{attached_for, Kind};
+use super::programs::Kind;
 
 /// The cgroup, under the cgroup2 root. Not `leash-` like a sandbox's: the reaper and the daemon
 /// never take it for one.
@@ -85,8 +86,8 @@ pub(super) fn hold(
         }
         std::fs::create_dir(&building).with_context(|| format!("creating {}", building.display()))?;
         let dir = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        // The programs every sandbox attaches (not those of transparent mode alone).
-        for (name, kind, program) in programs.iter().filter(|(_, kind, _)| attached_for(*kind, 0)) {
+        // Every network program: transparent mode's `recvmsg4/6` too, as it is the default.
+        for (name, kind, program) in programs {
             let link =
                 program.attach_cgroup(dir.as_fd(), kind.attach_type()).with_context(|| format!("attaching {name}"))?;
             let path = building.join(name);
