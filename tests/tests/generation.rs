@@ -370,6 +370,17 @@ fn doctor_reports_the_generation() {
     let second = Command::new(leash_bin()).arg("doctor").output().unwrap();
     assert!(stdout(&first).contains("loaded now"), "{}", stdout(&first));
     assert!(stdout(&second).contains("already loaded"), "{}", stdout(&second));
+    // Whether the kernel's hooks are held (`hold.rs`): only a `leash run` holds them.
+    assert!(stdout(&second).contains("hooks not held yet"), "{}", stdout(&second));
+    let scratch = Scratch::new("doctorhold");
+    let out = run_true(&scratch.file("p.yaml", &policy_allowing(&[])));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let third = Command::new(leash_bin()).arg("doctor").output().unwrap();
+    let expected = match cgroup2_root().join("cgroup.type").exists() {
+        true => "hooks not held between sandboxes (refused",
+        false => "hooks held between sandboxes in",
+    };
+    assert!(stdout(&third).contains(expected), "{}", stdout(&third));
 }
 
 /// Event rings are pooled (a ring is never inserted per run: that waits an RCU grace period). A

@@ -208,6 +208,11 @@ impl Generation {
         hold::hold(&self.dir(), cgroup_root, &self.programs)
     }
 
+    /// Whether this generation holds the kernel's cgroup-BPF hooks ([`Generation::hold_hooks`]).
+    pub fn hooks_held(&self) -> hold::Held {
+        hold::Held::of(&self.dir())
+    }
+
     fn host_lock(&self) -> Result<DirLock> {
         DirLock::exclusive(&pins::root(&self.bpffs))
     }

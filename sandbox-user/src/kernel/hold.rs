@@ -48,9 +48,31 @@ const BUILDING: &str = "hold-building";
 /// takes the host's lock and may switch the hooks on and off).
 const UNAVAILABLE: &str = "hold-unavailable";
 
+/// Whether the generation at `generation` holds the hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Yes,
+    /// Tried and refused (`leash run` said why, once).
+    Refused,
+    /// Not tried yet: the next `leash run` does.
+    NotYet,
+}
+
+impl Held {
+    pub fn of(generation: &Path) -> Self {
+        if generation.join(DIR).is_dir() {
+            Held::Yes
+        } else if generation.join(UNAVAILABLE).is_dir() {
+            Held::Refused
+        } else {
+            Held::NotYet
+        }
+    }
+}
+
 /// Whether holding was done, or found impossible, for the generation at `generation`.
 pub fn settled(generation: &Path) -> bool {
-    generation.join(DIR).is_dir() || generation.join(UNAVAILABLE).is_dir()
+    Held::of(generation) != Held::NotYet
 }
 
 /// Attaches each of `programs` to the hold cgroup under `cgroup_root` (made if missing) and pins

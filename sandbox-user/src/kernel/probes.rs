@@ -8,6 +8,7 @@ use sandbox_common::program_names;
 
 use super::cgroup::SandboxCgroup;
 use super::generation::{this_generation, Generation};
+use super::hold::{self, Held};
 use super::mounts;
 use super::programs::OBJECT;
 
@@ -52,7 +53,12 @@ pub fn cgroup_programs() -> Result<String> {
     attached?;
     detached?;
     let how = if generation.created() { "loaded now" } else { "already loaded" };
-    Ok(format!("every network program attaches (programs {}, {how})", generation.name()))
+    let held = match generation.hooks_held() {
+        Held::Yes => format!("hooks held between sandboxes in {}", root.join(hold::CGROUP).display()),
+        Held::Refused => "hooks not held between sandboxes (refused: `leash run` said why)".to_owned(),
+        Held::NotYet => "hooks not held yet (the next `leash run` holds them)".to_owned(),
+    };
+    Ok(format!("every network program attaches (programs {}, {how}; {held})", generation.name()))
 }
 
 /// BPF-LSM: a do-nothing LSM program loads and attaches.
