@@ -479,10 +479,6 @@ fn a_populated_sandbox_keeps_its_confinement_when_removal_is_attempted() {
     assert!(!cgroup.exists() && !pins.exists(), "the emptied sandbox left its cgroup or pins");
 }
 
-/// A client in a sandbox cgroup, run by Python: it connects to `127.0.0.1:port` as `how` says,
-/// prints its local port, closes the socket at the first line on stdin (`disconnect`: gives the
-/// port up with `connect(AF_UNSPEC)` and keeps the socket) then prints `closed`, and exits at the
-/// second.
 /// Makes `cmd` start in the cgroup at `cgroup` (it moves itself there before exec).
 fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
     use std::os::unix::process::CommandExt as _;
@@ -502,6 +498,10 @@ fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
     }
 }
 
+/// A client in a sandbox cgroup, run by Python: it connects to `127.0.0.1:port` as `how` says,
+/// prints its local port, closes the socket at the first line on stdin (`disconnect`: gives the
+/// port up with `connect(AF_UNSPEC)` and keeps the socket) then prints `closed`, and exits at the
+/// second.
 fn sandboxed_client(cgroup: &Path, port: u16, how: &str) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
     const CLIENT: &str = r#"
 import socket, struct, sys
