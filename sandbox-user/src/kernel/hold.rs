@@ -101,10 +101,11 @@ pub(super) fn hold(
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("creating cgroup {}", cgroup.display())),
         }
-        let procs = cgroup.join("cgroup.procs");
-        let text = std::fs::read_to_string(&procs).with_context(|| format!("reading {}", procs.display()))?;
-        if !text.trim().is_empty() {
-            bail!("processes run in {}", cgroup.display());
+        // `populated` counts the cgroup's descendants too, where the programs would apply as well.
+        let events = cgroup.join("cgroup.events");
+        let text = std::fs::read_to_string(&events).with_context(|| format!("reading {}", events.display()))?;
+        if !text.lines().any(|l| l.trim() == "populated 0") {
+            bail!("processes run in {} or below it", cgroup.display());
         }
         std::fs::create_dir(&building).with_context(|| format!("creating {}", building.display()))?;
         let dir = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
