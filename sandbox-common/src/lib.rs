@@ -50,6 +50,11 @@ pub mod map_names {
     /// entries have an id in each slot ([`lsm_filter_slot`](super::lsm_filter_slot)). A zero
     /// answers "not a sandbox" for a task's own cgroup without a hash lookup.
     pub const LSM_FILTER: &str = "LEASH_LSM_FILTER";
+    /// `Array<u32>` of [`DENY_OPEN_FILTER_SLOTS`](super::DENY_OPEN_FILTER_SLOTS): how many
+    /// `LSM_DENY_OPEN` entries name a file in each slot (by inode number,
+    /// [`deny_open_filter_slot`](super::deny_open_filter_slot)). A zero answers "no sandbox
+    /// denies this file" at each open without a hash lookup.
+    pub const LSM_DENY_OPEN_FILTER: &str = "LEASH_LSM_DENY_OPEN_FILTER";
     /// `HashMap<u64 cgroup id, u8>`: the sandboxes of `leash run --learn`, whose opens and
     /// execs the learning program records (into the sandbox's own event ring).
     pub const LEARNERS: &str = "LEASH_LEARNERS";
@@ -352,6 +357,42 @@ pub const LSM_FILTER_SLOTS: u32 = 65536;
 /// the sandboxes of one host rarely share a slot; when they do, the count is simply higher).
 pub const fn lsm_filter_slot(cgroup_id: u64) -> u32 {
     (cgroup_id as u32) & (LSM_FILTER_SLOTS - 1)
+}
+
+/// How a pre-filter slot (`map_names::LSM_FILTER`, `map_names::LSM_DENY_OPEN_FILTER`) holds its
+/// count: `count << 8 | 1`, and 0 for none. The programs test only for zero, while userspace may
+/// be rewriting the slot, and the kernel copies a map value in with `memcpy`, which may store a
+/// byte at a time: a plain count going from 255 to 256 would read 0 in between. Encoded, the low
+/// byte of a slot with entries stays 1 while its count changes.
+pub mod prefilter {
+    /// The most a slot counts.
+    pub const MAX: u32 = u32::MAX >> 8;
+
+    /// The slot's value for `count` entries.
+    pub const fn encode(count: u32) -> u32 {
+        if count == 0 {
+            0
+        } else {
+            count << 8 | 1
+        }
+    }
+
+    /// The count a slot's value holds.
+    pub const fn decode(value: u32) -> u32 {
+        value >> 8
+    }
+}
+
+/// Slots of the open deny list's pre-filter (`map_names::LSM_DENY_OPEN_FILTER`), a power of two.
+pub const DENY_OPEN_FILTER_SLOTS: u32 = 65536;
+
+/// The open deny list's pre-filter slot of a file with inode number `ino`: the top bits of a
+/// multiplicative hash, so files of one directory (inode numbers in sequence) spread out. The
+/// programs compute it at every open on the host: one multiply and one shift, after two loads
+/// (the device, two loads more, is left out: files on different devices may share a slot).
+pub const fn deny_open_filter_slot(ino: u64) -> u32 {
+    const SHIFT: u32 = 64 - DENY_OPEN_FILTER_SLOTS.trailing_zeros();
+    (ino.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> SHIFT) as u32
 }
 
 /// Deepest cgroup level whose sandboxes the LSM programs find from a descendant cgroup.
@@ -843,6 +884,8 @@ const _: () = {
     assert!(size_of::<LearnEvent>() == 16 + LEARN_PATH_MAX);
     // The two records of an event ring are told apart by their size.
     assert!(size_of::<LearnEvent>() != size_of::<DenyEvent>());
+    // Slots are taken from a hash's top bits or an id's low bits.
+    assert!(DENY_OPEN_FILTER_SLOTS.is_power_of_two() && LSM_FILTER_SLOTS.is_power_of_two());
 };
 
 #[cfg(feature = "user")]
@@ -873,5 +916,38 @@ mod tests {
         }
         assert_eq!(Hook::LsmExec.rule(), Some("kernel.exec.allow"));
         assert_eq!(Hook::LsmMount.rule(), Some("mount"));
+    }
+
+    /// The files of one directory have inode numbers close together; their pre-filter slots must
+    /// not be: a 1,000-file deny list should leave nearly every other file's slot at zero.
+    #[test]
+    fn inode_numbers_in_sequence_spread_over_the_deny_filter() {
+        for start in [2u64, 1 << 20, 0x7eed_0000_0000] {
+            let mut taken = [false; DENY_OPEN_FILTER_SLOTS as usize];
+            for ino in start..start + 1000 {
+                taken[deny_open_filter_slot(ino) as usize] = true;
+            }
+            let filled = taken.iter().filter(|t| **t).count();
+            assert!(filled >= 990, "1,000 inodes from {start} fill only {filled} slots");
+        }
+    }
+
+    /// A slot with entries never holds a value whose low byte is 0, whatever its count, so no
+    /// value half-written a byte at a time reads as "none" (0) while the count moves by one.
+    #[test]
+    fn a_prefilter_count_never_passes_through_zero() {
+        for count in [1, 255, 256, 65535, 65536, prefilter::MAX - 1] {
+            let (from, to) = (prefilter::encode(count), prefilter::encode(count + 1));
+            assert_eq!(prefilter::decode(from), count);
+            // Every mix of the two values' bytes, as a copy a byte at a time could leave it.
+            for mask in 0u32..16 {
+                let bytes = (0..4).fold(0u32, |v, i| {
+                    let pick = if mask & (1 << i) != 0 { to } else { from };
+                    v | (pick & (0xff << (8 * i)))
+                });
+                assert_ne!(bytes, 0, "{count} -> {}: a half-written slot reads 0", count + 1);
+            }
+        }
+        assert_eq!(prefilter::encode(0), 0);
     }
 }

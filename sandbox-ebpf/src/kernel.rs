@@ -108,32 +108,57 @@ pub fn task_tgid(task: u64) -> u32 {
 }
 
 /// What names a file for the allow and deny lists: its device (kernel encoding) and inode
-/// number, and whether it still has a link in some directory (a memfd or a deleted file has none).
+/// number; and its inode, for [`FileId::linked`].
 pub struct FileId {
     pub dev: u32,
     pub ino: u64,
-    pub linked: bool,
+    /// The BTF-typed `struct inode` pointer the two were read from.
+    inode: u64,
+}
+
+impl FileId {
+    /// Whether the file still has a link in some directory (a memfd or a deleted file has
+    /// none). A load of its own: `file_open`, which runs for every open, does not need it.
+    #[inline(always)]
+    pub fn linked(&self) -> bool {
+        field::<u32>(self.inode, offset!(inode_nlink)) != 0
+    }
 }
 
 /// The identity of `file`, a BTF-typed `struct file` pointer (a hook's argument, or loaded
-/// through one): `file->f_inode->{i_sb->s_dev, i_ino, i_nlink}`, four loads. `None` when the
-/// layout is not set or a pointer on the way is NULL.
+/// through one): `file->f_inode->{i_sb->s_dev, i_ino}`, four loads. `None` when the layout is
+/// not set or a pointer on the way is NULL.
 #[inline(always)]
 pub fn file_id(file: u64) -> Option<FileId> {
+    let inode = file_inode(file)?;
+    inode_id(inode, inode_number(inode))
+}
+
+/// The inode of `file` (typed, as for [`file_id`]): `file->f_inode`, one load. `None` when the
+/// layout is not set or a pointer on the way is NULL.
+#[inline(always)]
+pub fn file_inode(file: u64) -> Option<u64> {
     if !layout_set() || file == 0 {
         return None;
     }
     let inode: u64 = field(file, offset!(file_inode));
-    if inode == 0 {
-        return None;
-    }
+    (inode != 0).then_some(inode)
+}
+
+/// The inode number of `inode`, a typed `struct inode` pointer from [`file_inode`].
+#[inline(always)]
+pub fn inode_number(inode: u64) -> u64 {
+    field(inode, offset!(inode_ino))
+}
+
+/// The identity of the file whose inode is `inode` (from [`file_inode`]) and its number `ino`
+/// (from [`inode_number`]): with its superblock's device, two loads more. `None` when the
+/// superblock pointer is NULL.
+#[inline(always)]
+pub fn inode_id(inode: u64, ino: u64) -> Option<FileId> {
     let sb: u64 = field(inode, offset!(inode_sb));
     if sb == 0 {
         return None;
     }
-    Some(FileId {
-        dev: field(sb, offset!(sb_dev)),
-        ino: field(inode, offset!(inode_ino)),
-        linked: field::<u32>(inode, offset!(inode_nlink)) != 0,
-    })
+    Some(FileId { dev: field(sb, offset!(sb_dev)), ino, inode })
 }

@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use sandbox_common::{
-    ConnOwner, Counters, DenyEvent, InodeKey, LearnKey, LsmPolicy, OriginalDest, SandboxNet, UnixKey, EVENTS_BYTES,
-    LSM_FILTER_SLOTS, MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES, MAX_LEARNERS, MAX_LEARN_SEEN, MAX_SANDBOXES,
-    MAX_UNIX_RULES,
+    ConnOwner, Counters, DenyEvent, InodeKey, LearnKey, LsmPolicy, OriginalDest, SandboxNet, UnixKey,
+    DENY_OPEN_FILTER_SLOTS, EVENTS_BYTES, LSM_FILTER_SLOTS, MAX_CONNECTIONS, MAX_EVENT_RINGS, MAX_INODE_RULES,
+    MAX_LEARNERS, MAX_LEARN_SEEN, MAX_SANDBOXES, MAX_UNIX_RULES,
 };
 
 /// Sandbox cgroup id -> the one proxy address it may reach. Written by userspace when a sandbox
@@ -101,6 +101,15 @@ pub static LSM_LEVELS: Array<u32> = Array::with_max_entries(1, 0);
 /// of the key and a bucket walk, for every task on the host.
 #[map(name = "LEASH_LSM_FILTER")]
 pub static LSM_FILTER: Array<u32> = Array::with_max_entries(LSM_FILTER_SLOTS, 0);
+
+/// Slot (`sandbox_common::deny_open_filter_slot` of an inode number) -> how many `LSM_DENY_OPEN`
+/// entries, of any sandbox, name a file in it. Userspace raises a count before the entry goes in and
+/// lowers it after the entry is gone (under its host lock), so a zero is always right: no sandbox
+/// denies the file. `file_open` asks it first, for every open on the host: an array lookup and a
+/// multiply, where the deny list costs a hash of its 24-byte key and a bucket walk, and finding
+/// the task's sandbox a helper call and two lookups.
+#[map(name = "LEASH_LSM_DENY_OPEN_FILTER")]
+pub static LSM_DENY_OPEN_FILTER: Array<u32> = Array::with_max_entries(DENY_OPEN_FILTER_SLOTS, 0);
 
 /// Cgroup id -> 1 for each sandbox of `leash run --learn` (`learn.rs`).
 #[map(name = "LEASH_LEARNERS")]

@@ -461,6 +461,49 @@ fn the_lsm_prefilter_never_reads_zero_for_a_registered_sandbox() {
     assert_eq!(counts[3], base, "and the slot is back where it was once b is gone");
 }
 
+/// The open deny list's pre-filter (`LEASH_LSM_DENY_OPEN_FILTER`) answers "no sandbox denies this
+/// file" on a zero count without the hash lookup, so a zero for a listed file would let the agent
+/// open it. Tried as the attack would go: two sandboxes deny the same file, one writes its list
+/// again (a policy reload), then drops the file from it, then is removed twice (a teardown and
+/// the reaper); the other's entry must still count. Real maps of the host's generation.
+#[test]
+fn the_deny_open_prefilter_never_reads_zero_for_a_listed_file() {
+    use leash::kernel::lsm_rules::{FileId, LsmRules};
+    let _one = serial();
+    let mut generation = leash::kernel::generation::Generation::open_host().expect("the host's generation");
+    // Ids no cgroup here has, and a file no filesystem here has.
+    let (a, b): (u64, u64) = (0x7eed_0000_0000_5678, 0x7eed_0000_0000_5679);
+    let file = FileId { dev: 0x7ee_d001, ino: 0x7eed_0000_0000_9abc };
+    let listed = LsmRules {
+        rules: sandbox_common::lsm_rule::DENY_OPEN,
+        deny_open: [(file, PathBuf::from("/listed"))].into(),
+        ..Default::default()
+    };
+    let counts = generation
+        .with_lsm_maps(|maps| {
+            let count = |maps: &leash::kernel::lsm::LsmMaps| maps.deny_open_filter_count(file.ino);
+            let mut seen = vec![count(maps)?];
+            maps.replace_lists(a, &listed)?;
+            maps.replace_lists(b, &listed)?;
+            maps.replace_lists(a, &listed)?; // written again: no second count
+            seen.push(count(maps)?);
+            maps.replace_lists(a, &LsmRules::default())?; // a's list drops it
+            seen.push(count(maps)?);
+            maps.remove_sandbox(a);
+            maps.remove_sandbox(a); // removed again: no second decrement
+            seen.push(count(maps)?);
+            maps.remove_sandbox(b);
+            seen.push(count(maps)?);
+            Ok(seen)
+        })
+        .expect("the LSM maps");
+    let base = counts[0];
+    assert_eq!(counts[1], base + 2, "two sandboxes denying the file count two, however often written");
+    assert_eq!(counts[2], base + 1, "b's entry still counts after a dropped the file");
+    assert_eq!(counts[3], base + 1, "and after a was removed twice");
+    assert_eq!(counts[4], base, "the slot is back where it was once b is gone");
+}
+
 /// Removing a sandbox whose cgroup still holds a process (a kill that did not finish, a process
 /// that escaped a single kill round) must not strip its confinement: the cgroup stays, and so do
 /// its links. Once it is empty, removal takes everything.

@@ -29,7 +29,7 @@ pub fn leash_lsm_bprm_check_security(ctx: LsmContext) -> i32 {
         let key = InodeKey { sandbox: sandbox.id, ino: id.ino, dev: id.dev, _pad: 0 };
         // SAFETY: the value is copied out at once.
         let right = unsafe { LSM_EXEC_ALLOW.get(&key) }.copied().unwrap_or(0);
-        if id.linked && right & exec_right::RUN != 0 {
+        if id.linked() && right & exec_right::RUN != 0 {
             return ALLOW;
         }
         event.target_dev = id.dev;

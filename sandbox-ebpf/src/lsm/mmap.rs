@@ -68,7 +68,7 @@ fn decide(hook: Hook, file: impl Fn() -> u64, prot: u64) -> i32 {
     event.target_ino = id.ino;
     let key = InodeKey { sandbox: sandbox.id, ino: id.ino, dev: id.dev, _pad: 0 };
     // SAFETY: only presence is read: any entry may be mapped (`exec_right`).
-    if id.linked && unsafe { LSM_EXEC_ALLOW.get(&key) }.is_some() {
+    if id.linked() && unsafe { LSM_EXEC_ALLOW.get(&key) }.is_some() {
         return ALLOW;
     }
     deny(&sandbox, &event)

@@ -453,7 +453,7 @@ impl Generation {
     }
 
     /// The LSM maps, opened on first use.
-    pub fn lsm_maps(&mut self) -> Result<&mut LsmMaps> {
+    fn lsm_maps(&mut self) -> Result<&mut LsmMaps> {
         if self.lsm_maps.is_none() {
             self.lsm_maps = Some(LsmMaps::open_pinned(&self.dir().join("maps"))?);
         }

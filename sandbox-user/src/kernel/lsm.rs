@@ -17,12 +17,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
 use sandbox_common::{
-    exec_right, lsm_filter_slot, lsm_rule, map_names, program_names, InodeKey, LsmPolicy, SandboxNet, UnixKey,
-    MAX_SANDBOX_LEVEL, SANDBOX_TRANSPARENT,
+    deny_open_filter_slot, exec_right, lsm_filter_slot, lsm_rule, map_names, prefilter, program_names, InodeKey,
+    LsmPolicy, SandboxNet, UnixKey, MAX_SANDBOX_LEVEL, SANDBOX_TRANSPARENT,
 };
 
 use super::lsm_rules::{FileId, LsmRules};
@@ -52,12 +52,15 @@ pub struct Registration<'a> {
 /// with descendants. Taken from a freshly loaded object, or opened from pins.
 ///
 /// Every process that changes them holds the host lock (`generation.rs`): the pre-filter counts
-/// (`LEASH_LSM_FILTER`) and the levels are read, changed and written back, and a lost update
-/// could leave a registered sandbox's slot at zero, which the programs read as "not a sandbox".
+/// (`LEASH_LSM_FILTER`, `LEASH_LSM_DENY_OPEN_FILTER`) and the levels are read, changed and written
+/// back, and a lost update could leave a slot at zero that an entry needs, which the programs
+/// read as "not a sandbox" or "no sandbox denies this file".
 pub struct LsmMaps {
     sandboxes: HashMap<MapData, u64, LsmPolicy>,
     exec_allow: HashMap<MapData, InodeKey, u8>,
     deny_open: HashMap<MapData, InodeKey, u8>,
+    /// Per slot, how many `deny_open` entries name a file in it.
+    deny_open_filter: Array<MapData, u32>,
     unix_allow: HashMap<MapData, UnixKey, u8>,
     filter: Array<MapData, u32>,
     /// Bit `n`: a sandbox with descendants at cgroup level `n`.
@@ -73,6 +76,7 @@ impl LsmMaps {
             sandboxes: HashMap::try_from(take(map_names::LSM_SANDBOXES)?)?,
             exec_allow: HashMap::try_from(take(map_names::LSM_EXEC_ALLOW)?)?,
             deny_open: HashMap::try_from(take(map_names::LSM_DENY_OPEN)?)?,
+            deny_open_filter: Array::try_from(take(map_names::LSM_DENY_OPEN_FILTER)?)?,
             unix_allow: HashMap::try_from(take(map_names::LSM_UNIX_ALLOW)?)?,
             filter: Array::try_from(take(map_names::LSM_FILTER)?)?,
             levels: Array::try_from(take(map_names::LSM_LEVELS)?)?,
@@ -86,6 +90,7 @@ impl LsmMaps {
             sandboxes: HashMap::try_from(open(map_names::LSM_SANDBOXES)?)?,
             exec_allow: HashMap::try_from(open(map_names::LSM_EXEC_ALLOW)?)?,
             deny_open: HashMap::try_from(open(map_names::LSM_DENY_OPEN)?)?,
+            deny_open_filter: Array::try_from(open(map_names::LSM_DENY_OPEN_FILTER)?)?,
             unix_allow: HashMap::try_from(open(map_names::LSM_UNIX_ALLOW)?)?,
             filter: Array::try_from(open(map_names::LSM_FILTER)?)?,
             levels: Array::try_from(open(map_names::LSM_LEVELS)?)?,
@@ -103,19 +108,17 @@ impl LsmMaps {
 
     /// Raises or lowers the pre-filter count of `cgroup_id`'s slot by one.
     fn count(&mut self, cgroup_id: u64, change: Change) -> Result<()> {
-        let slot = lsm_filter_slot(cgroup_id);
-        let n = self.filter.get(&slot, 0).context("reading the LSM pre-filter")?;
-        let n = match change {
-            Change::Add => n.checked_add(1).ok_or_else(|| anyhow!("LSM pre-filter slot {slot} overflows"))?,
-            // Already zero: only an entry removed twice could get here.
-            Change::Remove => n.saturating_sub(1),
-        };
-        self.filter.set(slot, n, 0).context("writing the LSM pre-filter")
+        adjust(&mut self.filter, LSM_FILTER_LABEL, lsm_filter_slot(cgroup_id), change)
+    }
+
+    /// The open deny list's pre-filter count of the slot of files with inode number `ino`.
+    pub fn deny_open_filter_count(&self, ino: u64) -> Result<u32> {
+        Ok(prefilter::decode(self.deny_open_filter.get(&deny_open_filter_slot(ino), 0)?))
     }
 
     /// The pre-filter count of `cgroup_id`'s slot.
     pub fn filter_count(&self, cgroup_id: u64) -> Result<u32> {
-        Ok(self.filter.get(&lsm_filter_slot(cgroup_id), 0)?)
+        Ok(prefilter::decode(self.filter.get(&lsm_filter_slot(cgroup_id), 0)?))
     }
 
     /// Registers a sandbox with its full rules: lists first, then the sandbox entry that puts
@@ -155,10 +158,11 @@ impl LsmMaps {
         exec.extend(rules.exec.keys().map(|f| (inode(f), exec_right::RUN)));
         let exec: Vec<(InodeKey, u8)> = exec.into_iter().collect();
         let deny: Vec<(InodeKey, u8)> = rules.deny_open.keys().map(|f| (inode(f), 1)).collect();
-        sync_set(&mut self.exec_allow, map_names::LSM_EXEC_ALLOW, id, |k| k.sandbox, &exec)?;
-        sync_set(&mut self.deny_open, map_names::LSM_DENY_OPEN, id, |k| k.sandbox, &deny)?;
+        sync_set(&mut self.exec_allow, map_names::LSM_EXEC_ALLOW, id, |k| k.sandbox, &exec, None)?;
+        let deny_filter = Some(deny_open_counts(&mut self.deny_open_filter));
+        sync_set(&mut self.deny_open, map_names::LSM_DENY_OPEN, id, |k| k.sandbox, &deny, deny_filter)?;
         let unix: Vec<_> = rules.unix_keys(id).map(|k| (k, 1)).collect();
-        sync_set(&mut self.unix_allow, map_names::LSM_UNIX_ALLOW, id, |k| k.sandbox, &unix)?;
+        sync_set(&mut self.unix_allow, map_names::LSM_UNIX_ALLOW, id, |k| k.sandbox, &unix, None)?;
         Ok(())
     }
 
@@ -179,7 +183,14 @@ impl LsmMaps {
         let open = |name: &str| pins::open_map(&old.join(name));
         let wanted = |k: &InodeKey| ids.contains(&k.sandbox);
         copy_entries(&HashMap::try_from(open(map_names::LSM_EXEC_ALLOW)?)?, &mut self.exec_allow, wanted)?;
-        copy_entries(&HashMap::try_from(open(map_names::LSM_DENY_OPEN)?)?, &mut self.deny_open, wanted)?;
+        let theirs: HashMap<MapData, InodeKey, u8> = HashMap::try_from(open(map_names::LSM_DENY_OPEN)?)?;
+        for entry in theirs.iter() {
+            let (key, value) = entry?;
+            if wanted(&key) && self.deny_open.get(&key, 0).is_err() {
+                let filter = Some(deny_open_counts(&mut self.deny_open_filter));
+                insert_counted(&mut self.deny_open, map_names::LSM_DENY_OPEN, filter, &key, value)?;
+            }
+        }
         let unix: HashMap<MapData, UnixKey, u8> = HashMap::try_from(open(map_names::LSM_UNIX_ALLOW)?)?;
         copy_entries(&unix, &mut self.unix_allow, |k| ids.contains(&k.sandbox))?;
         if old.join(map_names::LSM_LEVELS).exists() {
@@ -210,6 +221,40 @@ enum Change {
     Remove,
 }
 
+/// Raises or lowers the count of `slot` in the pre-filter `counts` (called `label` in errors)
+/// by one, in the encoding the programs read ([`prefilter`]).
+fn adjust(counts: &mut Array<MapData, u32>, label: &str, slot: u32, change: Change) -> Result<()> {
+    let n = prefilter::decode(counts.get(&slot, 0).with_context(|| format!("reading {label}"))?);
+    let n = match change {
+        Change::Add if n < prefilter::MAX => n + 1,
+        Change::Add => bail!("{label}: slot {slot} overflows"),
+        // Already zero: only an entry removed twice could get here.
+        Change::Remove => n.saturating_sub(1),
+    };
+    counts.set(slot, prefilter::encode(n), 0).with_context(|| format!("writing {label}"))
+}
+
+/// The pre-filter of a set-map: per slot, how many of its keys fall in it.
+struct Filter<'a, K> {
+    counts: &'a mut Array<MapData, u32>,
+    label: &'static str,
+    slot: fn(&K) -> u32,
+}
+
+/// What errors call the two pre-filters.
+const LSM_FILTER_LABEL: &str = "the LSM pre-filter";
+const DENY_OPEN_FILTER_LABEL: &str = "the open deny list's pre-filter";
+
+/// The open deny list's pre-filter (`counts`), as [`sync_set`] keeps it.
+fn deny_open_counts(counts: &mut Array<MapData, u32>) -> Filter<'_, InodeKey> {
+    Filter { counts, label: DENY_OPEN_FILTER_LABEL, slot: file_slot }
+}
+
+/// The open deny list's pre-filter slot of an entry's file.
+fn file_slot(key: &InodeKey) -> u32 {
+    deny_open_filter_slot(key.ino)
+}
+
 /// Inserts every entry of `from` whose key is `wanted` into `to`.
 fn copy_entries<K: aya::Pod, V: aya::Pod>(
     from: &HashMap<MapData, K, V>,
@@ -225,24 +270,53 @@ fn copy_entries<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-/// Makes the entries of sandbox `id` in set-map `set` (named `name`) exactly `want`.
+/// Makes the entries of sandbox `id` in set-map `set` (named `name`) exactly `want`, keeping
+/// its pre-filter's counts, if it has one: a count goes up before its entry goes in, down after
+/// its entry is gone, so it is never below the entries in its slot.
 fn sync_set<K: aya::Pod + Ord>(
     set: &mut HashMap<MapData, K, u8>,
     name: &str,
     id: u64,
     sandbox_of: impl Fn(&K) -> u64,
     want: &[(K, u8)],
+    mut filter: Option<Filter<'_, K>>,
 ) -> Result<()> {
+    let had: std::collections::BTreeSet<K> =
+        set.keys().filter_map(|k| k.ok()).filter(|k| sandbox_of(k) == id).collect();
     for (key, value) in want {
-        set.insert(key, value, 0).with_context(|| format!("writing {name} (is the list larger than the map?)"))?;
+        // An entry already there is counted already.
+        let new = filter.as_mut().filter(|_| !had.contains(key)).map(|f| Filter { counts: &mut *f.counts, ..*f });
+        insert_counted(set, name, new, key, *value)?;
     }
     let wanted: std::collections::BTreeSet<&K> = want.iter().map(|(k, _)| k).collect();
-    let stale: Vec<K> =
-        set.keys().filter_map(|k| k.ok()).filter(|k| sandbox_of(k) == id && !wanted.contains(k)).collect();
-    for key in stale {
-        let _ = set.remove(&key);
+    for key in had.iter().filter(|k| !wanted.contains(k)) {
+        if set.remove(key).is_ok() {
+            if let Some(f) = filter.as_mut() {
+                let _ = adjust(f.counts, f.label, (f.slot)(key), Change::Remove);
+            }
+        }
     }
     Ok(())
+}
+
+/// Inserts `key` into set-map `set` (named `name`), counting it in `filter` first when given
+/// (the count is lowered again if the insert fails).
+fn insert_counted<K: aya::Pod>(
+    set: &mut HashMap<MapData, K, u8>,
+    name: &str,
+    mut filter: Option<Filter<'_, K>>,
+    key: &K,
+    value: u8,
+) -> Result<()> {
+    if let Some(f) = filter.as_mut() {
+        adjust(f.counts, f.label, (f.slot)(key), Change::Add)?;
+    }
+    let inserted =
+        set.insert(key, value, 0).with_context(|| format!("writing {name} (is the list larger than the map?)"));
+    if let (Err(_), Some(f)) = (&inserted, filter) {
+        let _ = adjust(f.counts, f.label, (f.slot)(key), Change::Remove);
+    }
+    inserted
 }
 
 /// The program that attaches to `hook`.
