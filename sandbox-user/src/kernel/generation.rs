@@ -299,7 +299,7 @@ impl Generation {
         for entry in entries(&dir)? {
             let name = entry.file_name().to_string_lossy().into_owned();
             if generation.is_none_or(|g| name.starts_with(&format!("{g}{}", pins::LINK_SEPARATOR))) {
-                std::fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
+                pins::unpin(&entry.path())?;
             }
         }
         if entries(&dir)?.is_empty() {

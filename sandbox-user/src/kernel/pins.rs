@@ -78,13 +78,24 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             remove_tree(&path)?;
         } else {
-            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            unpin(&path)?;
         }
     }
     match std::fs::remove_dir(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+/// Removes the pin at `path`. One already gone is not an error: two leash processes may remove
+/// the same dead sandbox's pins at once (each `leash run` reaps what dead runs left), and the
+/// second must not fail its own start for it.
+pub fn unpin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("unpinning {}", path.display())),
     }
 }
 
@@ -128,5 +139,23 @@ impl DirLock {
                 return Err(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Two removers of one dead sandbox's pins: the second finds them gone, and that is no error
+    /// (it was, and a `leash run` reaping at the same moment as another refused to start).
+    #[test]
+    fn removing_what_another_process_removed_first_is_no_error() {
+        let dir = std::env::temp_dir().join(format!("leash-pins-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let pin = dir.join("sub/link");
+        std::fs::write(&pin, "").unwrap();
+        super::unpin(&pin).expect("the first removal");
+        super::unpin(&pin).expect("a removal of what is gone");
+        super::remove_tree(&dir).expect("the tree");
+        super::remove_tree(&dir).expect("a tree that is gone");
+        assert!(!dir.exists());
     }
 }

@@ -41,12 +41,21 @@ pub fn reap_stale(cgroup_root: &Path, generation: &mut Generation, bpffs: &Path)
             continue;
         }
         let cg_path = cgroup_root.join(format!("{}{name}", cgroup::PREFIX));
-        if cg_path.exists() {
-            let cg = SandboxCgroup::open(cg_path)?;
-            cg.kill_all(Duration::from_secs(5))?;
-            KernelSandbox::made(&name, cg.path().to_path_buf(), cg.id()).remove(generation)?;
+        let pin_dir = pins::sandbox_dir(bpffs, &name);
+        let removed = if cg_path.exists() {
+            SandboxCgroup::open(cg_path.clone()).and_then(|cg| {
+                cg.kill_all(Duration::from_secs(5))?;
+                KernelSandbox::made(&name, cg.path().to_path_buf(), cg.id()).remove(generation)
+            })
         } else {
-            pins::remove_tree(&pins::sandbox_dir(bpffs, &name))?;
+            pins::remove_tree(&pin_dir)
+        };
+        // Another leash may be reaping the same sandbox: what it removed first is not a failure
+        // of this one, once nothing of the sandbox is left.
+        if let Err(e) = removed {
+            if cg_path.exists() || pin_dir.exists() {
+                return Err(e);
+            }
         }
         reaped.sandboxes.push(name);
     }

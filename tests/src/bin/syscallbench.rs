@@ -526,6 +526,8 @@ fn attach_floor() -> Result<Vec<aya::Ebpf>, String> {
             map_names::LSM_EXEC_ALLOW,
             map_names::LSM_DENY_OPEN,
             map_names::LSM_UNIX_ALLOW,
+            map_names::LSM_FILTER,
+            map_names::LSM_DENY_OPEN_FILTER,
         ] {
             loader.map_max_entries(map, 1);
         }
