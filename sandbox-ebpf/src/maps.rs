@@ -95,19 +95,21 @@ pub static LSM_UNIX_ALLOW: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_
 pub static LSM_LEVELS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Slot (`sandbox_common::lsm_filter_slot` of a cgroup id) -> how many `LSM_SANDBOXES` entries
-/// fall in it. Userspace raises a count before it inserts an entry and lowers it after it removes
-/// one (under its host lock), so a zero is always right: the cgroup has no entry. Every LSM hook
-/// asks this first: an array lookup the JIT inlines, where the hash lookup it saves costs a hash
-/// of the key and a bucket walk, for every task on the host.
+/// fall in it (encoded, `sandbox_common::prefilter`: only zero means none). Userspace raises a
+/// count before it inserts an entry and lowers it after it removes one (under its host lock), so
+/// a zero is always right: the cgroup has no entry. Every LSM hook but `file_open` asks this
+/// first: an array lookup the JIT inlines, where the hash lookup it saves costs a hash of the key
+/// and a bucket walk, for every task on the host.
 #[map(name = "LEASH_LSM_FILTER")]
 pub static LSM_FILTER: Array<u32> = Array::with_max_entries(LSM_FILTER_SLOTS, 0);
 
 /// Slot (`sandbox_common::deny_open_filter_slot` of an inode number) -> how many `LSM_DENY_OPEN`
-/// entries, of any sandbox, name a file in it. Userspace raises a count before the entry goes in and
-/// lowers it after the entry is gone (under its host lock), so a zero is always right: no sandbox
-/// denies the file. `file_open` asks it first, for every open on the host: an array lookup and a
-/// multiply, where the deny list costs a hash of its 24-byte key and a bucket walk, and finding
-/// the task's sandbox a helper call and two lookups.
+/// entries, of any sandbox, name a file in it (encoded as `LSM_FILTER`'s counts are). Userspace
+/// raises a count before the entry goes in and lowers it after the entry is gone (under its host
+/// lock), so a zero is always right: no sandbox denies the file. `file_open` asks it first, for
+/// every open on the host: an array lookup and a multiply, where the deny list costs a hash of
+/// its 24-byte key and a bucket walk, and finding the task's sandbox a helper call and two
+/// lookups.
 #[map(name = "LEASH_LSM_DENY_OPEN_FILTER")]
 pub static LSM_DENY_OPEN_FILTER: Array<u32> = Array::with_max_entries(DENY_OPEN_FILTER_SLOTS, 0);
 
