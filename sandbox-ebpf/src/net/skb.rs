@@ -10,8 +10,8 @@
 //!
 //! The context starts at the network header. Headers are read in place ([`Packet`]): these
 //! programs run for every packet of a sandbox socket, and a helper call per field read cost
-//! about a tenth of their time. IPv6 extension headers are not walked: a packet whose next header is
-//! not TCP is dropped.
+//! about a tenth of their time. IPv6 extension headers are not walked: a packet whose next
+//! header is not TCP is dropped.
 
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 use sandbox_common::{counter, proxy_client_key, Hook, SandboxNet, SANDBOX_TRANSPARENT};

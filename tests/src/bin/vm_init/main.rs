@@ -702,10 +702,8 @@ fn outcome_checks(prefix: &str, out: &Output, want: &[(&str, &str)]) -> Vec<Chec
                 .find_map(|l| l.strip_prefix(&format!("AGENT {name} ")).map(str::to_owned))
                 .unwrap_or_else(|| format!("missing ({})", out.describe()));
             let pass = got == want;
-            let detail = match pass {
-                true => format!("{got} (want {want})"),
-                false => format!("{got} (want {want}); {}", out.describe()),
-            };
+            let detail =
+                if pass { format!("{got} (want {want})") } else { format!("{got} (want {want}); {}", out.describe()) };
             Check::new(format!("{prefix}-{name}"), move || if pass { Ok(detail) } else { Err(detail) })
         })
         .collect()
