@@ -80,6 +80,9 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
     let mut samples = measure(&variants, warmups, iterations)?;
     check_recipe_cleanup(&tools.ip)?;
     if let Some(path) = baseline {
+        // bwrap again in the baseline's block: this machine's speed drifts by more than the
+        // difference being measured between blocks minutes apart, and each binary's ratio to
+        // bwrap in its own block does not.
         let block: Vec<(String, Variant)> = vec![
             (format!("(d) baseline, warm: {}", path.display()), Box::new(move |_| leash_true(ctx, path))),
             (
@@ -89,6 +92,7 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
                     leash_true(ctx, path)
                 }),
             ),
+            ("(c') bwrap, in the baseline's block".into(), Box::new(|_| timed(&|| bwrap_true(tools)))),
         ];
         println!("start: the baseline, in a block of its own ...");
         samples.extend(measure(&block, warmups, iterations)?);
@@ -132,8 +136,14 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
     );
     println!("ratio (b)/(a0) = {:.2}: cold {}", recipe_ms / cold, faster_than(recipe_ms / cold, "the netns recipe"));
     if baseline.is_some() {
-        let (d, d0) = (med(4), med(5));
+        let (d, d0, bwrap_beside) = (med(4), med(5), med(6));
         println!("ratio (d)/(a) = {:.2}, (d0)/(a0) = {:.2}: warm and cold against the baseline", d / warm, d0 / cold);
+        println!(
+            "ratio (d)/(c') = {:.2} against (a)/(c) = {c_ratio:.2}: each warm start against bwrap in its own block \
+             (their quotient, {:.2}, is the baseline's warm time over this build's without the drift between blocks)",
+            d / bwrap_beside,
+            (d / bwrap_beside) / c_ratio
+        );
     }
     let mut warm_rss: Vec<u64> = samples[0].iter().filter_map(|x| x.rss_kib).collect();
     warm_rss.sort_unstable();
