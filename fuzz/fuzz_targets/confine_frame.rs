@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use leash::daemon::protocol::{parse_request, read_frame, FrameError, MAX_FRAME};
+use leash::confine_api::protocol::{parse_request, read_frame, FrameError, MAX_FRAME};
 use libfuzzer_sys::fuzz_target;
 
 /// The system allocator, remembering the largest request since the last reset.

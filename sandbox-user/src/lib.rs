@@ -4,9 +4,11 @@
 //! pins) and `launcher` (Landlock, identity, the agent's process) and `proxy` (where a
 //! connection is judged) -> `audit` (OCSF events). `doctor` probes what the kernel offers.
 //! `daemon` is the node agent that confines pods' processes on request (`leash daemon`), and
-//! `launcher::confine` its client inside a pod (`leash confine`).
+//! `launcher::confine` its client inside a pod (`leash confine`); `confine_api` is what the two
+//! say to each other.
 
 pub mod audit;
+pub mod confine_api;
 pub mod daemon;
 pub mod doctor;
 pub mod kernel;

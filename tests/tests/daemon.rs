@@ -454,8 +454,8 @@ fn pods_without_the_annotation_or_asking_for_another_policy_are_refused() {
     let out = node.confine(&annotated, &[], &["/bin/true"]);
     assert_eq!(out.status.code(), Some(0), "the annotated pod was refused: {}", stderr(&out));
     // A process outside every pod is refused too.
-    let mut client = leash::daemon::client::Client::connect(&node.socket).unwrap();
-    let err = client.call(leash::daemon::protocol::Op::Hello {}).unwrap_err().to_string();
+    let mut client = leash::confine_api::client::Client::connect(&node.socket).unwrap();
+    let err = client.call(leash::confine_api::protocol::Op::Hello {}).unwrap_err().to_string();
     assert!(err.contains("NotInPod"), "{err}");
 }
 

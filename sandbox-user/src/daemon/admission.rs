@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::kube::{self, KubeConfig, PodInfo};
 use super::node_pods::NodePods;
-use super::protocol::{ErrorCode, Reply};
+use crate::confine_api::protocol::{ErrorCode, Reply};
 
 pub struct Admission {
     /// The node's pods, when an API server is configured.

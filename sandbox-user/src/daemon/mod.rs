@@ -4,7 +4,6 @@
 //!
 //! | file | job |
 //! |---|---|
-//! | `protocol.rs` | the Confine API: framing, requests, replies (documented there) |
 //! | `server.rs` | the socket: the calling process, frames and descriptors, one thread per client |
 //! | `process.rs` | a process held by a pidfd (callers and targets), never by its pid number alone |
 //! | `limits.rs` | how much of the daemon one pod may hold: connections, descriptors, sandboxes |
@@ -21,7 +20,6 @@
 //! links stay pinned while no daemon runs, and the next daemon adopts them.
 
 pub mod admission;
-pub mod client;
 pub mod discovery;
 pub mod kube;
 pub mod limits;
@@ -29,7 +27,6 @@ pub mod metrics;
 pub mod node_pods;
 pub mod policies;
 pub mod process;
-pub mod protocol;
 pub mod registry;
 pub mod sandboxes;
 pub mod server;

@@ -17,8 +17,8 @@ use super::discovery::{self, DiscoveryError};
 use super::limits::{Connections, MAX_FDS_PER_FRAME};
 use super::metrics::RequestLabels;
 use super::process::{Peer, Process};
-use super::protocol::{self, ErrorCode, FrameError, Op, Reply, MAX_FRAME};
 use super::sandboxes::{Caller, Node};
+use crate::confine_api::protocol::{self, ErrorCode, FrameError, Op, Reply, MAX_FRAME};
 
 /// Accepts connections forever.
 pub fn serve(listener: UnixListener, node: Arc<Node>) {

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::daemon::client::Client;
-use crate::daemon::protocol::{Op, Owner};
+use crate::confine_api::client::Client;
+use crate::confine_api::protocol::{Op, Owner};
 use crate::kernel::programs::ConnectionOwners;
 
 /// Environment variables that make the dynamic loader run code the executable did not name.
@@ -151,7 +151,7 @@ impl DaemonOwners {
             match client.call(Op::Owner { sandbox: self.sandbox.clone(), port, listener: Some(listener) }) {
                 Ok(v) => return serde_json::from_value(v).ok(),
                 // An answer that says no: no owner. A broken connection: reconnect once.
-                Err(crate::daemon::client::ClientError::Refused(_)) => return None,
+                Err(crate::confine_api::client::ClientError::Refused(_)) => return None,
                 Err(_) => *slot = None,
             }
         }

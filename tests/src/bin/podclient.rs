@@ -29,8 +29,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use leash::daemon::client::{Client, ClientError};
-use leash::daemon::protocol::Op;
+use leash::confine_api::client::{Client, ClientError};
+use leash::confine_api::protocol::Op;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -130,14 +130,14 @@ fn call(socket: &str, json: &str, extra: Option<&str>) {
     };
     // A daemon that refuses the connection (`busy`) has replied and closed before the request:
     // its reply is still there to read.
-    let _ = client.send_frame(&leash::daemon::protocol::frame(json.as_bytes()), fd);
+    let _ = client.send_frame(&leash::confine_api::protocol::frame(json.as_bytes()), fd);
     println!("{}", read_reply(client.stream()));
 }
 
 /// The reply as text, or `closed` when the daemon closed the connection without one.
 fn read_reply(stream: &mut UnixStream) -> String {
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    match leash::daemon::protocol::read_frame(stream) {
+    match leash::confine_api::protocol::read_frame(stream) {
         Ok(body) => String::from_utf8_lossy(&body).into_owned(),
         Err(e) => format!("{{\"closed\":\"{e}\"}}"),
     }
@@ -153,18 +153,18 @@ fn hostile(socket: &str, other_pid: u32) {
         }
         println!("{name} {}", read_reply(&mut s));
     };
-    raw_case("garbage", &leash::daemon::protocol::frame(b"\x00\xffnot json at all"), false);
+    raw_case("garbage", &leash::confine_api::protocol::frame(b"\x00\xffnot json at all"), false);
     raw_case("oversized", &(10u32 * 1024 * 1024).to_be_bytes(), false);
     let mut truncated = 200u32.to_be_bytes().to_vec();
     truncated.extend_from_slice(b"{\"version\":1,");
     raw_case("truncated", &truncated, true);
     raw_case("empty-frame", &0u32.to_be_bytes(), false);
-    raw_case("not-an-object", &leash::daemon::protocol::frame(b"[1,2,3]"), false);
-    raw_case("no-version", &leash::daemon::protocol::frame(br#"{"op":"hello"}"#), false);
-    raw_case("future-version", &leash::daemon::protocol::frame(br#"{"version":99,"op":"hello"}"#), false);
-    raw_case("unknown-op", &leash::daemon::protocol::frame(br#"{"version":1,"op":"unconfine"}"#), false);
-    raw_case("extra-field", &leash::daemon::protocol::frame(br#"{"version":1,"op":"hello","admin":true}"#), false);
-    raw_case("deep-json", &leash::daemon::protocol::frame(&nested(20_000)), false);
+    raw_case("not-an-object", &leash::confine_api::protocol::frame(b"[1,2,3]"), false);
+    raw_case("no-version", &leash::confine_api::protocol::frame(br#"{"op":"hello"}"#), false);
+    raw_case("future-version", &leash::confine_api::protocol::frame(br#"{"version":99,"op":"hello"}"#), false);
+    raw_case("unknown-op", &leash::confine_api::protocol::frame(br#"{"version":1,"op":"unconfine"}"#), false);
+    raw_case("extra-field", &leash::confine_api::protocol::frame(br#"{"version":1,"op":"hello","admin":true}"#), false);
+    raw_case("deep-json", &leash::confine_api::protocol::frame(&nested(20_000)), false);
 
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding");
     let any = TcpListener::bind("0.0.0.0:0").expect("binding");
@@ -173,7 +173,7 @@ fn hostile(socket: &str, other_pid: u32) {
     let null = std::fs::File::open("/dev/null").expect("opening");
     let with_fd = |name: &str, json: &str, fd: Option<std::os::fd::BorrowedFd<'_>>| {
         let mut client = Client::connect(Path::new(socket)).expect("connecting");
-        client.send_frame(&leash::daemon::protocol::frame(json.as_bytes()), fd).expect("sending the request");
+        client.send_frame(&leash::confine_api::protocol::frame(json.as_bytes()), fd).expect("sending the request");
         println!("{name} {}", read_reply(client.stream()));
     };
     with_fd("confine-no-fd", r#"{"version":1,"op":"confine"}"#, None);
@@ -194,7 +194,7 @@ fn hostile(socket: &str, other_pid: u32) {
     // Many requests on one connection, then the daemon must still answer.
     let mut s = UnixStream::connect(socket).expect("connecting");
     for _ in 0..100 {
-        s.write_all(&leash::daemon::protocol::frame(br#"{"version":1,"op":"hello"}"#)).expect("writing");
+        s.write_all(&leash::confine_api::protocol::frame(br#"{"version":1,"op":"hello"}"#)).expect("writing");
         read_reply(&mut s);
     }
     with_fd("hello-after", r#"{"version":1,"op":"hello"}"#, None);
@@ -368,7 +368,7 @@ fn reuse(socket: &str) {
 fn ask(stream: &mut UnixStream, json: &[u8], fd: Option<std::os::fd::BorrowedFd<'_>>) -> String {
     let Ok(clone) = stream.try_clone() else { return r#"{"closed":"clone"}"#.into() };
     let mut client = Client::from_stream(clone);
-    if let Err(e) = client.send_frame(&leash::daemon::protocol::frame(json), fd) {
+    if let Err(e) = client.send_frame(&leash::confine_api::protocol::frame(json), fd) {
         return format!("{{\"closed\":\"{e}\"}}");
     }
     read_reply(stream)
@@ -402,7 +402,7 @@ fn flood(socket: &str, n: usize, mode: &str) {
             let _ = s.set_nonblocking(false);
             let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
             let mut replies = 0;
-            while leash::daemon::protocol::read_frame(s).is_ok() {
+            while leash::confine_api::protocol::read_frame(s).is_ok() {
                 replies += 1;
             }
             println!("replies {replies} of {sent}");
@@ -417,7 +417,7 @@ fn flood(socket: &str, n: usize, mode: &str) {
 /// "Stops" is 2 s without taking one: a daemon starved of CPU on a busy machine pauses for less,
 /// and one blocked on its replies for longer.
 fn pipeline_hellos(s: &mut UnixStream) -> usize {
-    let frame = leash::daemon::protocol::frame(br#"{"version":1,"op":"hello"}"#);
+    let frame = leash::confine_api::protocol::frame(br#"{"version":1,"op":"hello"}"#);
     s.set_nonblocking(true).expect("nonblocking");
     let (mut sent, mut stalls) = (0, 0);
     while stalls < 80 {
@@ -441,7 +441,7 @@ fn pipeline_hellos(s: &mut UnixStream) -> usize {
 /// four descriptors of /dev/null (2,000 in all), until the daemon closes the connection.
 fn descriptor_flood(s: &UnixStream, null: &std::fs::File) {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let header = leash::daemon::protocol::MAX_FRAME.to_be_bytes();
+    let header = leash::confine_api::protocol::MAX_FRAME.to_be_bytes();
     if (&*s).write_all(&header).is_err() {
         return;
     }

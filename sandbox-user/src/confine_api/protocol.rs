@@ -18,7 +18,7 @@
 //! answered, even by a process that inherited it. A caller must be in a pod's container cgroup,
 //! and not inside a leash sandbox.
 //!
-//! # Bounds (per pod; see `limits.rs`)
+//! # Bounds (per pod; see `daemon/limits.rs`)
 //! At most 16 connections per pod (256 per node) are served at once, more get `busy`; a pod
 //! holds at most half the node's `--max-sandboxes` (at least one) live sandboxes at once, more get
 //! `busy`.
