@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 
 use crate::audit::ProxyDecision;
 use crate::policy::{CompiledEndpoint, NetworkVerdict, Protocol};
 
-use super::answers::{empty, refuse};
+use super::answers::{empty, refuse, Refusal};
 use super::intercept::{self, Tunnel};
 use super::ssrf::{normalize_host, NormalizedHost};
 use super::state::PolicyState;
@@ -44,14 +44,12 @@ pub async fn handle(
     match req.uri().scheme_str() {
         Some("http") => Ok(absolute_form(req, client, proxy).await),
         Some("https") => Ok(refuse(
-            StatusCode::BAD_REQUEST,
-            "absolute_https",
+            Refusal::AbsoluteHttps,
             "send https:// requests through CONNECT (HTTPS_PROXY), not in absolute form",
             None,
         )),
         _ => Ok(refuse(
-            StatusCode::BAD_REQUEST,
-            "not_a_proxy_request",
+            Refusal::NotAProxyRequest,
             "this is a proxy: send CONNECT host:port or an absolute-form http:// request",
             None,
         )),
@@ -89,7 +87,7 @@ pub(super) fn decide(
         Ok(verdict)
     } else {
         let detail = format!("{}:{port} is not allowed: {}", host.uri_host(), verdict.reason);
-        Err(Box::new(refuse(StatusCode::FORBIDDEN, "no_matching_policy", detail, verdict.policy.as_deref())))
+        Err(Box::new(refuse(Refusal::NoMatchingPolicy, detail, verdict.policy.as_deref())))
     }
 }
 
@@ -135,14 +133,13 @@ pub(super) fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> 
 /// (`default_port` when it may be left out).
 #[allow(clippy::result_large_err)]
 fn target(req: &Request<Incoming>, default_port: Option<u16>) -> Result<(NormalizedHost, u16), Response<ProxyBody>> {
-    let bad_target = || refuse(StatusCode::BAD_REQUEST, "bad_target", "the request must name host:port", None);
+    let bad_target = || refuse(Refusal::BadTarget, "the request must name host:port", None);
     let authority = req.uri().authority().ok_or_else(bad_target)?;
     if authority.as_str().contains('@') {
-        return Err(refuse(StatusCode::BAD_REQUEST, "bad_host", "request target with user information", None));
+        return Err(refuse(Refusal::BadHost, "request target with user information", None));
     }
     let port = authority.port_u16().or(default_port).ok_or_else(bad_target)?;
-    let host = normalize_host(authority.host())
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_host", e.to_string(), None))?;
+    let host = normalize_host(authority.host()).map_err(|e| refuse(Refusal::BadHost, e.to_string(), None))?;
     Ok((host, port))
 }
 
@@ -160,11 +157,11 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
         Err(refusal) => return *refusal,
     };
     let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else {
-        return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
+        return refuse(Refusal::NoMatchingPolicy, "no endpoint", None);
     };
     learning::allowed_connection(&proxy, &host.to_string(), port, &client, endpoint);
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_request", "CONNECT without an upgradable connection", None);
+        return refuse(Refusal::BadRequest, "CONNECT without an upgradable connection", None);
     };
     if endpoint.protocol == Protocol::Tcp || endpoint.tls_skip {
         let addresses = addresses::for_endpoint(endpoint);
@@ -173,10 +170,8 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
                 tunnel::spawn(on_upgrade, upstream);
                 Response::new(empty())
             }
-            Err(e @ DialError::Blocked(_)) => {
-                refuse(StatusCode::FORBIDDEN, "blocked_address", e.to_string(), verdict.policy.as_deref())
-            }
-            Err(e) => refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", e.to_string(), verdict.policy.as_deref()),
+            Err(e @ DialError::Blocked(_)) => refuse(Refusal::BlockedAddress, e.to_string(), verdict.policy.as_deref()),
+            Err(e) => refuse(Refusal::UpstreamUnreachable, e.to_string(), verdict.policy.as_deref()),
         };
     }
     let policy = verdict.policy.clone();
@@ -201,7 +196,7 @@ async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>
         Err(refusal) => return *refusal,
     };
     let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else {
-        return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "no endpoint", None);
+        return refuse(Refusal::NoMatchingPolicy, "no endpoint", None);
     };
     learning::allowed_connection(&proxy, &host.to_string(), port, &client, endpoint);
     let policy = verdict.policy.clone();

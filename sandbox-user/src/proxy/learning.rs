@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 
@@ -32,7 +32,7 @@ use crate::audit::ProxyDecision;
 use crate::policy::learn::{Observation, Seen};
 use crate::policy::{CompiledEndpoint, EndpointRef, IpNetwork};
 
-use super::answers::{empty, refuse};
+use super::answers::{empty, refuse, Refusal};
 use super::connect::Client;
 use super::intercept::{self, Tunnel};
 use super::ssrf::{AddressPolicy, BlockReason, NormalizedHost};
@@ -117,7 +117,7 @@ pub async fn connect(
         Err(refusal) => return *refusal,
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_request", "CONNECT without an upgradable connection", None);
+        return refuse(Refusal::BadRequest, "CONNECT without an upgradable connection", None);
     };
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
@@ -176,9 +176,11 @@ async fn learning_state(
     client: &Client,
     method: &str,
 ) -> Result<(Arc<Learner>, Arc<PolicyState>), Box<Response<ProxyBody>>> {
-    let learner = proxy.learner.get().cloned().ok_or_else(|| {
-        Box::new(refuse(StatusCode::FORBIDDEN, "no_matching_policy", "the proxy is not learning", None))
-    })?;
+    let learner = proxy
+        .learner
+        .get()
+        .cloned()
+        .ok_or_else(|| Box::new(refuse(Refusal::NoMatchingPolicy, "the proxy is not learning", None)))?;
     let host_text = host.to_string();
     let audit = |allowed: bool, reason: &str| {
         proxy.audit.proxy_decision(&ProxyDecision {
@@ -202,14 +204,14 @@ async fn learning_state(
             learner.record(&host_text, port, client.binary.as_deref(), Seen::NotLearned { why: why.clone() });
             audit(false, &why);
             let detail = format!("{}:{port} was not learned: {why}", host.uri_host());
-            return Err(Box::new(refuse(StatusCode::FORBIDDEN, "blocked_address", detail, Some(LEARNING))));
+            return Err(Box::new(refuse(Refusal::BlockedAddress, detail, Some(LEARNING))));
         }
     };
     let state = match learner.state_for(proxy, &host_text, port, &allowed_ips) {
         Ok(s) => s,
         Err(e) => {
             audit(false, &e);
-            return Err(Box::new(refuse(StatusCode::FORBIDDEN, "learning_failed", e, Some(LEARNING))));
+            return Err(Box::new(refuse(Refusal::LearningFailed, e, Some(LEARNING))));
         }
     };
     audit(true, "learned");

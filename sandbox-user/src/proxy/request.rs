@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use crate::audit::ProxyDecision;
 use crate::policy::{Inspection, RequestVerdict};
 
-use super::answers::{full, refuse};
+use super::answers::{full, refuse, Refusal};
 use super::credentials::{
     contains_placeholder, rewrite_body, rewrite_request_head, CredentialError, RedactedBody, Reflections,
 };
@@ -65,47 +65,46 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     };
 
     if t.sni_mismatch || !targets_tunnel(&parts, &t.host, t.port, t.default_port()) {
-        audit(false, "misdirected_request", None, vec![]);
+        audit(false, Refusal::MisdirectedRequest.code(), None, vec![]);
         let detail =
             format!("this connection is for {}:{}; SNI, Host and :authority must name it", t.host.uri_host(), t.port);
-        return refuse(StatusCode::MISDIRECTED_REQUEST, "misdirected_request", detail, t.policy.as_deref());
+        return refuse(Refusal::MisdirectedRequest, detail, t.policy.as_deref());
     }
     if let Err(why) = check_framing(&parts.headers) {
-        audit(false, "ambiguous_framing", None, vec![]);
-        return refuse(StatusCode::BAD_REQUEST, "ambiguous_framing", format!("request has {why}"), t.policy.as_deref());
+        audit(false, Refusal::AmbiguousFraming.code(), None, vec![]);
+        return refuse(Refusal::AmbiguousFraming, format!("request has {why}"), t.policy.as_deref());
     }
     if t.scheme == "http" && carries_placeholder(&parts, &target) {
-        audit(false, "credential_requires_tls", None, vec![]);
+        audit(false, Refusal::CredentialRequiresTls.code(), None, vec![]);
         let detail = "credential placeholders are only swapped in requests sent over TLS (use https://)";
-        return refuse(StatusCode::FORBIDDEN, "credential_requires_tls", detail, t.policy.as_deref());
+        return refuse(Refusal::CredentialRequiresTls, detail, t.policy.as_deref());
     }
     if wants_upgrade(&parts.headers) && !upgrades_to_websocket(&parts.headers) {
-        audit(false, "upgrade_refused", None, vec![]);
+        audit(false, Refusal::UpgradeRefused.code(), None, vec![]);
         let detail = "only WebSocket upgrades are proxied: other protocols would carry requests no rule judges";
-        return refuse(StatusCode::BAD_REQUEST, "upgrade_refused", detail, t.policy.as_deref());
+        return refuse(Refusal::UpgradeRefused, detail, t.policy.as_deref());
     }
     let verdict: RequestVerdict = match judge(&t.state.decider, t.endpoint, &parts, &target) {
         Ok(v) => v,
         Err(Malformed::Method(m)) => {
-            audit(false, "method_not_canonical", None, vec![]);
+            audit(false, Refusal::MethodNotCanonical.code(), None, vec![]);
             let detail = format!("method {m:?}: methods must be upper-case");
-            return refuse(StatusCode::BAD_REQUEST, "method_not_canonical", detail, t.policy.as_deref());
+            return refuse(Refusal::MethodNotCanonical, detail, t.policy.as_deref());
         }
     };
     // Learning (`learning.rs`): a request the rules refuse goes through and is recorded.
     let learned = !verdict.allow && !verdict.audit && t.proxy.learner.get().is_some();
     if !verdict.allow && !verdict.audit && !learned {
         audit(false, &verdict.reason, Some(&verdict.rule), vec![]);
-        let reason = if &*verdict.rule == "path-rejected" { "path_rejected" } else { "request_denied" };
-        let status = if reason == "path_rejected" { StatusCode::BAD_REQUEST } else { StatusCode::FORBIDDEN };
-        return refuse(status, reason, format!("{method} {target}: {}", verdict.reason), verdict.policy.as_deref());
+        let why = if &*verdict.rule == "path-rejected" { Refusal::PathRejected } else { Refusal::RequestDenied };
+        return refuse(why, format!("{method} {target}: {}", verdict.reason), verdict.policy.as_deref());
     }
     let overrides = if t.proxy.learner.get().is_some() { learning::method_overrides(&parts) } else { vec![] };
     let report = match rewrite_request_head(&mut parts, host, &t.state.secrets, rewrites_target(t)) {
         Ok(r) => r,
         Err(e) => {
             audit(false, e.code(), Some(&verdict.rule), vec![]);
-            return refuse(StatusCode::FORBIDDEN, e.code(), e.to_string(), t.policy.as_deref());
+            return refuse(Refusal::Credential(e.code()), e.to_string(), t.policy.as_deref());
         }
     };
     let body: ProxyBody = if rewrites_bodies(t) {
@@ -144,7 +143,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     parts.version = Version::HTTP_11;
     parts.uri = match upstream_uri(t, &target) {
         Ok(u) => u,
-        Err(detail) => return refuse(StatusCode::BAD_REQUEST, "bad_target", detail, t.policy.as_deref()),
+        Err(detail) => return refuse(Refusal::BadTarget, detail, t.policy.as_deref()),
     };
     let request = Request::from_parts(parts, body);
     let response = if sequential {
@@ -155,7 +154,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     } else {
         // A protocol upgrade needs an HTTP/1.1 upstream connection (HTTP/2 has no Upgrade).
         let Some(client) = t.state.client(t.endpoint, upgrade) else {
-            return refuse(StatusCode::FORBIDDEN, "no_matching_policy", "endpoint gone", t.policy.as_deref());
+            return refuse(Refusal::NoMatchingPolicy, "endpoint gone", t.policy.as_deref());
         };
         match client.request(request).await {
             Ok(r) => r,
@@ -175,11 +174,11 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         return Response::from_parts(rparts, body);
     }
     if let Some(encoding) = unscannable_encoding(&rparts.headers) {
-        audit(false, "encoded_response_refused", Some(&verdict.rule), vec![]);
+        audit(false, Refusal::EncodedResponseRefused.code(), Some(&verdict.rule), vec![]);
         let detail = format!(
             "the upstream sent a body with Content-Encoding `{encoding}` though the proxy asked for identity; responses are scanned for credential values and a body that cannot be read is not passed on"
         );
-        return refuse(StatusCode::BAD_GATEWAY, "encoded_response_refused", detail, t.policy.as_deref());
+        return refuse(Refusal::EncodedResponseRefused, detail, t.policy.as_deref());
     }
     redacted_response(rparts, body, reflections, head_only)
 }
@@ -265,8 +264,7 @@ async fn rewritten_body(
 ) -> Result<ProxyBody, Box<Response<ProxyBody>>> {
     let too_large = || {
         Box::new(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            Refusal::BodyTooLarge,
             format!("bodies of this endpoint are rewritten and may be at most {BODY_REWRITE_LIMIT} bytes"),
             t.policy.as_deref(),
         ))
@@ -275,8 +273,7 @@ async fn rewritten_body(
     // pin the proxy's memory.
     let Ok(_permit) = t.proxy.rewrite_budget.clone().try_acquire_owned() else {
         return Err(Box::new(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "rewrite_budget_exhausted",
+            Refusal::RewriteBudgetExhausted,
             "too many request bodies are being rewritten at once; retry",
             t.policy.as_deref(),
         )));
@@ -287,8 +284,7 @@ async fn rewritten_body(
         Ok(Err(_)) => return Err(too_large()),
         Err(_) => {
             return Err(Box::new(refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                Refusal::BodyTimeout,
                 "the request body did not arrive in time",
                 t.policy.as_deref(),
             )))
@@ -298,7 +294,7 @@ async fn rewritten_body(
         Ok(Some(new)) => Bytes::from(new),
         Ok(None) => bytes,
         Err(CredentialError::BodyTooLarge { .. }) => return Err(too_large()),
-        Err(e) => return Err(Box::new(refuse(StatusCode::FORBIDDEN, e.code(), e.to_string(), t.policy.as_deref()))),
+        Err(e) => return Err(Box::new(refuse(Refusal::Credential(e.code()), e.to_string(), t.policy.as_deref()))),
     };
     parts.headers.remove(hyper::header::TRANSFER_ENCODING);
     parts.headers.insert(hyper::header::CONTENT_LENGTH, new.len().into());
@@ -351,12 +347,12 @@ fn forward_failed(t: &Tunnel, e: &(dyn std::error::Error + 'static)) -> Response
     let mut source = Some(e);
     while let Some(s) = source {
         if let Some(dial @ DialError::Blocked(_)) = s.downcast_ref::<DialError>() {
-            return refuse(StatusCode::FORBIDDEN, "blocked_address", dial.to_string(), t.policy.as_deref());
+            return refuse(Refusal::BlockedAddress, dial.to_string(), t.policy.as_deref());
         }
         source = s.source();
     }
     let detail = format!("forwarding to {}:{} failed: {}", t.host.uri_host(), t.port, error_chain(e));
-    refuse(StatusCode::BAD_GATEWAY, "upstream_failed", detail, t.policy.as_deref())
+    refuse(Refusal::UpstreamFailed, detail, t.policy.as_deref())
 }
 
 /// An error and its sources on one line.

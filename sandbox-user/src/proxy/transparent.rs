@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use crate::audit::ProxyDecision;
 use crate::policy::Protocol;
 
+use super::answers::Refusal;
 use super::connect::{decide, endpoint, learns_instead, Client};
 use super::dns::names::is_synthetic;
 use super::intercept::{self, Tunnel};
@@ -38,7 +39,7 @@ pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, 
     let host = match name_of(&proxy, to.ip()) {
         Some(host) => host,
         None => {
-            refused(&proxy, &client, &to.ip().to_string(), to, "synthetic_address_unknown");
+            refused(&proxy, &client, &to.ip().to_string(), to, Refusal::SyntheticAddressUnknown);
             return;
         }
     };
@@ -58,7 +59,7 @@ pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, 
                 let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
             }
             // The same refusal a CONNECT gets, audited (the agent sees the connection close).
-            Err(DialError::Blocked(_)) => refused(&proxy, &client, &host.to_string(), to, "blocked_address"),
+            Err(DialError::Blocked(_)) => refused(&proxy, &client, &host.to_string(), to, Refusal::BlockedAddress),
             Err(_) => {}
         }
         return;
@@ -87,7 +88,7 @@ pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, 
             .with_upgrades()
             .await;
     } else {
-        refused(&proxy, &client, &host_text, to, "not_tls_or_http");
+        refused(&proxy, &client, &host_text, to, Refusal::NotTlsOrHttp);
     }
 }
 
@@ -104,14 +105,14 @@ fn name_of(proxy: &Proxy, ip: IpAddr) -> Option<NormalizedHost> {
     }
 }
 
-/// Audits a redirected connection to `host` refused for `reason`.
-fn refused(proxy: &Proxy, client: &Client, host: &str, to: SocketAddr, reason: &str) {
+/// Audits a redirected connection to `host` refused for `why` (the agent sees it close).
+fn refused(proxy: &Proxy, client: &Client, host: &str, to: SocketAddr, why: Refusal) {
     proxy.audit.proxy_decision(&ProxyDecision {
         allowed: false,
         method: "CONNECT".into(),
         host: host.to_owned(),
         port: to.port(),
-        reason: reason.to_owned(),
+        reason: why.code().to_owned(),
         binary: client.binary.as_ref().map(|b| b.display().to_string()),
         client: Some(client.addr),
         redirected_from: Some(to),
