@@ -40,20 +40,6 @@ pub struct CompiledPolicy {
     transparent: Option<bool>,
 }
 
-/// The proxy's answer to "may the agent connect to HOST:PORT?".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetworkDecision {
-    /// Some endpoint covers it.
-    Allow {
-        /// The network policy the endpoint belongs to (its key in `network_policies`).
-        policy: String,
-        /// The endpoint's host pattern as written (`**.example.com`).
-        endpoint_host: String,
-    },
-    /// No endpoint covers it.
-    Deny,
-}
-
 /// One compiled `network_policies:` entry.
 #[derive(Debug, Clone)]
 pub struct NetworkPolicy {
@@ -234,17 +220,6 @@ impl CompiledPolicy {
     /// is judged when it comes).
     pub fn names(&self, host: &str) -> Option<&str> {
         self.network.iter().find(|p| p.endpoints.iter().any(|e| e.host.matches(host))).map(|p| p.name.as_str())
-    }
-
-    /// Decides whether the agent may connect to `host:port`: the first endpoint (in file order)
-    /// whose host pattern and ports cover it allows it.
-    pub fn network_decision(&self, host: &str, port: u16) -> NetworkDecision {
-        match self.matching_endpoints(host, port).next() {
-            Some((policy, endpoint)) => {
-                NetworkDecision::Allow { policy: policy.name.clone(), endpoint_host: endpoint.host.to_string() }
-            }
-            None => NetworkDecision::Deny,
-        }
     }
 
     /// Every endpoint covering `host:port`, with its policy, in file order.
@@ -457,6 +432,14 @@ mod tests {
     /// The default policy, embedded so the test does not depend on the working directory.
     const DEFAULT_POLICY: &str = include_str!("../../policies/default.yaml");
 
+    /// The policy and endpoint pattern that let a connection to `host:port` through, as the
+    /// proxy decides (`Decider`), for a client whose executable is not known.
+    fn allowed_by(policy: &CompiledPolicy, host: &str, port: u16) -> Option<(String, String)> {
+        let verdict = crate::decide::Decider::new(policy).network(host, port, None);
+        let named = |s: Option<&str>| s.unwrap_or_default().to_owned();
+        verdict.allow.then(|| (named(verdict.policy.as_deref()), named(verdict.endpoint.as_deref())))
+    }
+
     fn compiled(text: &str) -> CompiledPolicy {
         parse_str("test.yaml", text).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -476,10 +459,10 @@ mod tests {
         assert_eq!(fs.compatibility, LandlockCompat::BestEffort);
         assert!(fs.read_write.contains(&PathBuf::from("/tmp")));
         for host in ["api.anthropic.com", "api.github.com", "registry.npmjs.org", "files.pythonhosted.org"] {
-            assert!(matches!(policy.network_decision(host, 443), NetworkDecision::Allow { .. }), "{host}");
+            assert!(allowed_by(&policy, host, 443).is_some(), "{host}");
         }
-        assert_eq!(policy.network_decision("api.anthropic.com", 80), NetworkDecision::Deny);
-        assert_eq!(policy.network_decision("example.com", 443), NetworkDecision::Deny);
+        assert_eq!(allowed_by(&policy, "api.anthropic.com", 80), None);
+        assert_eq!(allowed_by(&policy, "example.com", 443), None);
         let names: Vec<&str> = policy.credentials().iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]);
     }
@@ -530,18 +513,17 @@ network_policies:
 ";
 
     #[test]
-    fn network_decision_checks_ports() {
+    fn connections_are_judged_by_port_too() {
         let policy = compiled(PORTS);
-        let allow =
-            |policy: &str, host: &str| NetworkDecision::Allow { policy: policy.into(), endpoint_host: host.into() };
-        assert_eq!(policy.network_decision("example.com", 80), allow("web", "example.com"));
-        assert_eq!(policy.network_decision("example.com", 443), allow("web", "example.com"));
-        assert_eq!(policy.network_decision("example.com", 8443), NetworkDecision::Deny);
-        assert_eq!(policy.network_decision("a.example.com", 8443), allow("web", "*.example.com"));
-        assert_eq!(policy.network_decision("a.example.com", 443), NetworkDecision::Deny);
-        assert_eq!(policy.network_decision("DB.internal", 5432), allow("db", "db.internal"));
-        assert_eq!(policy.network_decision("db.internal.", 5432), NetworkDecision::Deny);
-        assert_eq!(policy.network_decision("db.internal", 5433), NetworkDecision::Deny);
+        let allow = |policy: &str, host: &str| Some((policy.to_owned(), host.to_owned()));
+        assert_eq!(allowed_by(&policy, "example.com", 80), allow("web", "example.com"));
+        assert_eq!(allowed_by(&policy, "example.com", 443), allow("web", "example.com"));
+        assert_eq!(allowed_by(&policy, "example.com", 8443), None);
+        assert_eq!(allowed_by(&policy, "a.example.com", 8443), allow("web", "*.example.com"));
+        assert_eq!(allowed_by(&policy, "a.example.com", 443), None);
+        assert_eq!(allowed_by(&policy, "DB.internal", 5432), allow("db", "db.internal"));
+        assert_eq!(allowed_by(&policy, "db.internal.", 5432), None);
+        assert_eq!(allowed_by(&policy, "db.internal", 5433), None);
     }
 
     #[test]
@@ -555,8 +537,8 @@ network_policies:
     endpoints: [{ host: a.example.com, port: 443 }]
 ";
         let policy = compiled(text);
-        let decision = policy.network_decision("a.example.com", 443);
-        assert_eq!(decision, NetworkDecision::Allow { policy: "zeta".into(), endpoint_host: "**.example.com".into() });
+        let decision = allowed_by(&policy, "a.example.com", 443);
+        assert_eq!(decision, Some(("zeta".to_owned(), "**.example.com".to_owned())));
         assert_eq!(policy.matching_endpoints("a.example.com", 443).count(), 2);
     }
 
@@ -644,6 +626,6 @@ kernel:
         assert!(policy.filesystem().is_none());
         assert!(policy.kernel().is_none());
         assert_eq!(policy.run_as(), &RunAs::default());
-        assert_eq!(policy.network_decision("api.github.com", 443), NetworkDecision::Deny);
+        assert_eq!(allowed_by(&policy, "api.github.com", 443), None);
     }
 }

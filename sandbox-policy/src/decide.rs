@@ -955,7 +955,7 @@ network_policies:
     }
 
     #[test]
-    fn agrees_with_compiled_policy_network_decision() {
+    fn agrees_with_the_first_covering_endpoint_in_file_order() {
         let policy = parse_str("t.yaml", RULES).expect("valid");
         let d = Decider::new(&policy);
         for host in ["api.example.com", "x.one.example", "a.b.deep.example", "github.com", "nope"] {

@@ -20,7 +20,7 @@
 //!   before either matches them; [`readings`] lists the readings of a request both judge.
 //!
 //! ```
-//! use sandbox_policy::{parse_str, NetworkDecision};
+//! use sandbox_policy::{decide::Decider, parse_str};
 //!
 //! let policy = parse_str("inline.yaml", "
 //! version: 1
@@ -28,8 +28,9 @@
 //!   github:
 //!     endpoints: [{ host: api.github.com, port: 443 }]
 //! ").unwrap();
-//! assert!(matches!(policy.network_decision("api.github.com", 443), NetworkDecision::Allow { .. }));
-//! assert_eq!(policy.network_decision("github.com", 443), NetworkDecision::Deny);
+//! let decider = Decider::new(&policy);
+//! assert!(decider.network("api.github.com", 443, None).allow);
+//! assert!(!decider.network("github.com", 443, None).allow);
 //! ```
 
 pub mod compile;
@@ -49,7 +50,7 @@ pub mod suggest;
 
 pub use compile::{
     compile, load, parse_str, AllowedRequests, CompiledEndpoint, CompiledPolicy, Credential, FilesystemRules,
-    HttpRules, Inspection, KernelRules, NetworkDecision, NetworkPolicy, RequestRule, RunAs, PROTECT_IN_WORKDIR,
+    HttpRules, Inspection, KernelRules, NetworkPolicy, RequestRule, RunAs, PROTECT_IN_WORKDIR,
 };
 pub use decide::{Decider, EndpointRef, NetworkVerdict, RequestVerdict};
 pub use document::{Access, Document, Enforcement, KernelDeny, LandlockCompat, PortList, Protocol, UnixSocketName};

@@ -999,12 +999,12 @@ fn policies_configmap_holds_valid_leash_policies() {
     }
 
     let default = leash::policy::parse_str("default.yaml", &data["default.yaml"]).unwrap();
-    use leash::policy::NetworkDecision;
+    let decider = leash::policy::decide::Decider::new(&default);
     for host in ["api.anthropic.com", "github.com", "api.github.com"] {
-        assert!(matches!(default.network_decision(host, 443), NetworkDecision::Allow { .. }), "{host}:443");
+        assert!(decider.network(host, 443, None).allow, "{host}:443");
     }
-    assert_eq!(default.network_decision("example.com", 443), NetworkDecision::Deny);
-    assert_eq!(default.network_decision("api.anthropic.com", 80), NetworkDecision::Deny);
+    assert!(!decider.network("example.com", 443, None).allow);
+    assert!(!decider.network("api.anthropic.com", 80, None).allow);
 
     // The runner's annotation names one of them.
     let runner = m.runner();
