@@ -1,5 +1,5 @@
 //! The proxy's front door: every request the agent sends to the proxy itself. `CONNECT host:port`
-//! is judged at L4 (host, port, executable) and then tunnelled (`tunnel.rs`) or inspected
+//! is judged at L4 (host, port, executable) and then passed through uninspected (`passthrough.rs`) or inspected
 //! (`intercept.rs`); an absolute-form `http://` request is judged the same way and then as a
 //! request; anything else is refused. Every decision is audited.
 
@@ -20,7 +20,7 @@ use super::intercept::{self, Tunnel};
 use super::ssrf::{normalize_host, NormalizedHost};
 use super::state::PolicyState;
 use super::upstream::{dial_checked, DialError};
-use super::{addresses, identity, learning, request, tunnel, Proxy, ProxyBody};
+use super::{addresses, identity, learning, passthrough, request, Proxy, ProxyBody};
 
 /// Who is asking: the agent's address as the proxy sees it and, when known, its executable;
 /// for a connection transparent mode redirected, where it was meant to go.
@@ -167,7 +167,7 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
         let addresses = addresses::for_endpoint(endpoint);
         return match dial_checked(&host, port, &addresses).await {
             Ok(upstream) => {
-                tunnel::spawn(on_upgrade, upstream);
+                passthrough::spawn(on_upgrade, upstream);
                 Response::new(empty())
             }
             Err(e @ DialError::Blocked(_)) => refuse(Refusal::BlockedAddress, e.to_string(), verdict.policy.as_deref()),

@@ -7,7 +7,7 @@
 //! | `request.rs` | where a request is judged, credentials are swapped, and it is forwarded |
 //! | `transparent.rs` | the second front door: connections the kernel redirected (`network.transparent`), judged as a CONNECT to the name they were for |
 //! | `dns/` | transparent mode's resolver: allowed names get synthetic addresses, others NXDOMAIN, nothing forwarded |
-//! | `tunnel.rs` | uninspected endpoints (`protocol: tcp`, `tls: skip`) |
+//! | `passthrough.rs` | uninspected endpoints (`protocol: tcp`, `tls: skip`): bytes copied both ways |
 //! | `headers.rs` | framing, target and hop-by-hop header rules |
 //! | `credentials/` | placeholder values and where they may go |
 //! | `ssrf.rs`, `addresses.rs`, `upstream.rs` | host normalisation, address checks, checked dialling, the pooled client |
@@ -28,6 +28,7 @@ pub use identity::{DaemonOwners, OwnerSource};
 mod intercept;
 mod judge;
 mod learning;
+mod passthrough;
 mod peers;
 pub use peers::SandboxPeers;
 mod request;
@@ -35,7 +36,6 @@ pub mod ssrf;
 pub mod state;
 pub mod tls;
 mod transparent;
-mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
