@@ -52,6 +52,7 @@ use super::compile::{AllowedRequests, CompiledEndpoint, CompiledPolicy, Inspecti
 use super::data::access_name;
 use super::document::{Access, Enforcement, Protocol};
 use super::normalize::{normalize, PathError};
+use super::rego::NetworkInput;
 
 /// Verdicts each cache holds by default.
 pub const DEFAULT_CACHE_CAPACITY: usize = 16_384;
@@ -652,6 +653,36 @@ impl Decider {
         }
     }
 
+    /// What `leash policy eval` prints: the verdict on connecting to `host:port` from `binary`
+    /// and, when `method` or `path` is given (`GET` and `/` stand in for the one missing), on
+    /// that request, decided as the proxy decides them. The JSON is that of the reference,
+    /// [`rego::eval_json`](crate::rego::eval_json), which the tests check it against.
+    pub fn eval_json(
+        &self,
+        host: &str,
+        port: u16,
+        method: Option<&str>,
+        path: Option<&str>,
+        binary: Option<&Path>,
+    ) -> Value {
+        let network = self.network(host, port, binary);
+        let request = (method.is_some() || path.is_some()).then(|| {
+            let target = path.unwrap_or("/");
+            match network.endpoint_ref.filter(|_| network.allow) {
+                Some(endpoint) => self.request(endpoint, method.unwrap_or("GET"), target),
+                None => RequestVerdict {
+                    allow: false,
+                    audit: false,
+                    policy: network.policy.clone(),
+                    endpoint: network.endpoint.clone(),
+                    rule: network.rule.clone(),
+                    reason: Arc::from(format!("connection refused: {}", network.reason)),
+                },
+            }
+        });
+        eval_report(&NetworkInput { host, port, binary }, method, path, &network, request.as_ref())
+    }
+
     /// May a request with `method` and `target` (path and query, as sent) go through
     /// `endpoint` (from an allowing [`NetworkVerdict`])?
     pub fn request(&self, endpoint: EndpointRef, method: &str, target: &str) -> RequestVerdict {
@@ -740,6 +771,37 @@ impl Decider {
     pub fn endpoint_count(&self) -> usize {
         self.entries.len()
     }
+}
+
+/// The JSON `leash policy eval` prints for the connection `input` and, when `method` or `path`
+/// was given, the request on it (`GET` and `/` standing in), whoever decided them: the decider
+/// or the Rego reference.
+pub(crate) fn eval_report(
+    input: &NetworkInput<'_>,
+    method: Option<&str>,
+    path: Option<&str>,
+    network: &NetworkVerdict,
+    request: Option<&RequestVerdict>,
+) -> Value {
+    let NetworkInput { host, port, binary } = *input;
+    let mut out = json!({
+        "input": {
+            "host": host, "port": port, "binary": binary.map(|b| b.to_string_lossy()),
+            "method": method, "path": path,
+        },
+        "allow": network.allow,
+        "network": network.to_json(),
+    });
+    if let Some(request) = request {
+        let mut request_json = request.to_json();
+        request_json["normalized_path"] = match normalize(path.unwrap_or("/")) {
+            Ok(n) => json!(n.path),
+            Err(_) => Value::Null,
+        };
+        out["allow"] = json!(network.allow && request.allow);
+        out["request"] = request_json;
+    }
+    out
 }
 
 /// A `u32` index; a policy with more than 4 billion endpoints is not a concern.

@@ -288,29 +288,17 @@ pub fn eval_json(
     binary: Option<&Path>,
 ) -> Result<Value, RegoError> {
     let rego = RegoPolicy::new(policy)?;
-    let network_input = NetworkInput { host, port, binary };
-    let network = rego.decide_network(&network_input)?;
-    let mut out = json!({
-        "input": {
-            "host": host, "port": port, "binary": binary.map(|b| b.to_string_lossy()),
-            "method": method, "path": path,
-        },
-        "allow": network.allow,
-        "network": network.to_json(),
-    });
-    if method.is_some() || path.is_some() {
-        let target = path.unwrap_or("/");
-        let request =
-            rego.decide_request(&RequestInput { network: network_input, method: method.unwrap_or("GET"), target })?;
-        let mut request_json = request.to_json();
-        request_json["normalized_path"] = match normalize(target) {
-            Ok(n) => json!(n.path),
-            Err(_) => Value::Null,
-        };
-        out["allow"] = json!(network.allow && request.allow);
-        out["request"] = request_json;
-    }
-    Ok(out)
+    let input = NetworkInput { host, port, binary };
+    let network = rego.decide_network(&input)?;
+    let request = match method.is_some() || path.is_some() {
+        true => Some(rego.decide_request(&RequestInput {
+            network: input,
+            method: method.unwrap_or("GET"),
+            target: path.unwrap_or("/"),
+        })?),
+        false => None,
+    };
+    Ok(crate::decide::eval_report(&input, method, path, &network, request.as_ref()))
 }
 
 /// A `RegoPolicy` is shared across the proxy's tasks.

@@ -720,3 +720,43 @@ mod generated {
         before + endpoint.endpoint as usize
     }
 }
+
+/// `leash policy eval` prints what the proxy's decider decides; its JSON must be, field for
+/// field, what the Rego reference gives for the same input: allowed and refused connections,
+/// refused executables, requests through allowed and refused connections, paths without a
+/// canonical form, and a method or a path alone.
+#[test]
+fn policy_eval_prints_the_deciders_verdict_in_the_references_shape() {
+    let policy = parse_str("features.yaml", FEATURES).unwrap_or_else(|e| panic!("{e}"));
+    let decider = Decider::new(&policy);
+    let hosts = ["api.github.com", "github.com", "x.githubusercontent.com", "db.example", "evil.example", "BAD HOST"];
+    let binaries = [None, Some(Path::new("/usr/bin/git")), Some(Path::new("/usr/bin/curl"))];
+    let requests = [
+        (None, None),
+        (Some("GET"), Some("/repos/o/r")),
+        (Some("DELETE"), Some("/repos/o/r")),
+        (Some("GET"), Some("/admin/x")),
+        (Some("GET"), Some("/a/../admin")),
+        (Some("POST"), None),
+        (None, Some("/user")),
+    ];
+    let mut kinds = BTreeMap::new();
+    for host in hosts {
+        for port in [22, 443, 5432] {
+            for binary in binaries {
+                for (method, path) in requests {
+                    let ours = decider.eval_json(host, port, method, path, binary);
+                    let theirs = sandbox_policy::rego::eval_json(&policy, host, port, method, path, binary)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(ours, theirs, "{host}:{port} {method:?} {path:?} from {binary:?}");
+                    let kind = (ours["network"]["allow"] == true, ours["request"]["allow"].as_bool());
+                    *kinds.entry(format!("{kind:?}")).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    // Connections allowed and refused, and requests allowed and refused through allowed ones.
+    for kind in ["(true, None)", "(false, None)", "(true, Some(true))", "(true, Some(false))", "(false, Some(false))"] {
+        assert!(kinds.contains_key(kind), "no case of {kind}: {kinds:?}");
+    }
+}

@@ -218,8 +218,9 @@ pub enum PolicyCommand {
     /// Print FILE as leash enforces it: the file, then what leash adds on its own (protected
     /// names in the working directory, private directories, kernel rules), marked as comments.
     Show { file: PathBuf },
-    /// Print, as JSON, the decision policies/sandbox.rego makes with FILE for a connection to
-    /// HOST:PORT (and, with --method and --path, for a request on it), with the rule that made it.
+    /// Print, as JSON, the decision the proxy makes with FILE for a connection to HOST:PORT (and,
+    /// with --method and --path, for a request on it), with the rule that made it: the same
+    /// decider the proxy runs, which is tested against policies/sandbox.rego.
     /// A request is judged under every reading the proxy judges (method overrides, `;params`, a
     /// trailing slash); the first that is denied, or else the request as sent, is printed, and
     /// `reading` names it.

@@ -281,7 +281,8 @@ fn eval(
     }
 }
 
-/// The decision on the request as all its readings (`judge_all`, as the proxy judges them).
+/// The decision on the request as all its readings (`judge_all`), made by the decider the proxy
+/// runs (the Rego reference gives the same JSON: `sandbox-policy/tests/decisions.rs`).
 fn eval_readings(
     policy: &policy::CompiledPolicy,
     host: &str,
@@ -290,8 +291,9 @@ fn eval_readings(
     binary: Option<&std::path::Path>,
 ) -> Result<serde_json::Value, String> {
     use policy::readings::{readings, METHOD_OVERRIDES};
+    let decider = policy::Decider::new(policy);
     let Some((method, target, headers)) = request else {
-        return policy::rego::eval_json(policy, host, port, None, None, binary).map_err(|e| e.to_string());
+        return Ok(decider.eval_json(host, port, None, None, binary));
     };
     let mut overrides = Vec::new();
     for header in headers {
@@ -315,12 +317,10 @@ fn eval_readings(
         (Some(true), _) => policy::readings::Outcome::Allowed,
         _ => policy::readings::Outcome::Refused,
     };
-    let judged = policy::readings::judge_all(
-        &all,
-        |r| policy::rego::eval_json(policy, host, port, Some(&r.method), Some(&r.target), binary),
-        outcome,
-    )
-    .map_err(|e| e.to_string())?;
+    let judge = |r: &policy::readings::Reading<'_>| {
+        Ok::<_, std::convert::Infallible>(decider.eval_json(host, port, Some(&r.method), Some(&r.target), binary))
+    };
+    let Ok(judged) = policy::readings::judge_all(&all, judge, outcome);
     let (mut decision, reading) = judged.ok_or_else(|| "no reading to judge".to_owned())?;
     decision["reading"] = serde_json::json!(reading);
     Ok(decision)
