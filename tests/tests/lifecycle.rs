@@ -121,6 +121,10 @@ fn bad_input_is_refused_with_one_line_and_exit_125() {
     require_root();
     let _serial = serial();
     let scratch = Scratch::new("bad");
+    // A warm start first: on one, the TLS material and the trust files are being made on another
+    // thread before the policy is read, and a refused start must still leave none of them.
+    let out = leash_run(&empty_policy(&scratch), &[], &["/bin/true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let malformed = scratch.file("malformed.yaml", "version: 1\nnetwork_policies: [unclosed\n");
     let err = refused(&mut leash(&["run", "--policy", malformed.to_str().unwrap(), "--", "/bin/true"]), 125);
     assert!(err.contains("malformed.yaml:"), "{err}");

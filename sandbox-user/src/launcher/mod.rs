@@ -14,6 +14,7 @@ mod identity;
 mod landlock;
 pub mod layers;
 mod mount_ns;
+mod prepare;
 mod reload;
 mod sandbox;
 mod seccomp;
@@ -83,16 +84,17 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     let Some((program, args)) = opts.command.split_first() else {
         bail!("no command given: usage is `leash run [OPTIONS] -- CMD [ARGS...]`");
     };
-    // On a warm start (this binary's programs pinned), the system's trust roots are read and
-    // encoded for the agent's trust files while the policy is read: the TLS material needs them
-    // first. This writes nothing but the host's roots cache, so a start that fails meanwhile
-    // leaves nothing of its own behind. A cold start loads the programs first, alone: threads
-    // allocating beside the loader made it 12 MiB larger and 5% slower.
-    let warm = this_generation_pinned();
-    if warm {
-        let _ = std::thread::Builder::new().name("leash-roots".into()).spawn(crate::proxy::tls::prepare_system_roots);
-    }
     let is_root = nix::unistd::geteuid().is_root();
+    let id = SandboxId::for_self()?;
+    // On a warm start (this binary's programs pinned), the TLS material and the agent's trust
+    // files are prepared on another thread from here on, while this one reads the policy, opens
+    // the kernel side and builds the sandbox (`prepare`). A cold start loads the programs first,
+    // alone: threads allocating beside the loader made it 12 MiB larger and 5% slower.
+    let warm = this_generation_pinned();
+    let early_preparation = match warm && is_root {
+        true => Some(prepare::Preparation::start(id, opts.upstream_ca.clone())?),
+        false => None,
+    };
     if let (Some(path), true) = (&opts.policy, is_root) {
         // Before reading it: the agent's identity is in the policy, so this first look takes the
         // one it gets without `process:`; the policy's own is checked below.
@@ -143,7 +145,6 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     }
     stdio::refuse_network_sockets()?;
 
-    let id = SandboxId::for_self()?;
     let audit = Auditor::to_file(&id.to_string(), audit_file, true);
     let binaries_rules = !policy.binaries_restricted().is_empty();
     let protect_in_workdir = policy.protect_in_workdir();
@@ -165,14 +166,11 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     let proxy_config = ProxyConfig { upstream_ca: opts.upstream_ca.clone(), secrets };
     // Reap before binding: a stale sandbox must not find its old proxy port served again.
     let roots = (!warm).then(open_kernel);
-    // The TLS material (CA, trust roots, the agent's bundle) is prepared on another thread while
-    // this one opens the kernel side, builds the sandbox and prepares the agent's start.
-    let tls_audit = audit.clone();
-    let proxy_ready = tokio::task::spawn_blocking(move || -> Result<(Arc<Proxy>, trust::AgentTrustDir)> {
-        let proxy = Proxy::new(policy, &proxy_config, tls_audit)?;
-        let trust = trust::AgentTrustDir::write(&id, proxy.ca())?;
-        Ok((proxy, trust))
-    });
+    let mut preparation = match early_preparation {
+        Some(p) => p,
+        None => prepare::Preparation::start(id, opts.upstream_ca.clone())?,
+    };
+    preparation.hand_over(policy, proxy_config, audit.clone());
     let roots = roots.unwrap_or_else(open_kernel);
     let mut bound = BoundProxy::bind(opts.proxy_listen).await?;
     // Every connection to the proxy is recorded with its owner: the proxy serves only those.
@@ -190,10 +188,10 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
             None
         }
     };
-    // Everything up to the agent's start is done while the TLS thread works, and waits for it
-    // last. A failure on the way tears the sandbox down; the TLS thread's trust directory goes
-    // with its result.
-    let mut proxy_ready = Some(proxy_ready);
+    // Everything up to the agent's start is done while the preparing thread works, and waits
+    // for it last. A failure on the way tears the sandbox down; the preparation's trust
+    // directory goes with it.
+    let mut preparation = Some(preparation);
     let ready = async {
         if let Some(cgroup) = sandbox.as_ref().and_then(|s| s.cgroup()) {
             watchdog.watch(cgroup.path(), &bound.sockets())?;
@@ -223,8 +221,8 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
         if let Err(e) = watchdog.hold(guard.held_ids()) {
             eprintln!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
         }
-        let tls = proxy_ready.take().context("the TLS material was already taken")?;
-        let (proxy, trust) = tls.await.context("preparing the proxy")??;
+        let prepared = preparation.take().context("the preparation was already taken")?;
+        let prepare::Prepared { proxy, trust } = prepared.finish().await.context("preparing the proxy")?;
         if opts.learn.is_some() {
             proxy.learn(opts.learn_allow_private)?;
         }
@@ -233,10 +231,8 @@ pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> 
     let (host_sockets, workdir, mut guard, proxy, trust) = match ready.await {
         Ok(ready) => ready,
         Err(e) => {
-            // The TLS thread's trust directory goes before leash does.
-            if let Some(tls) = proxy_ready {
-                drop(tls.await);
-            }
+            // The preparing thread's trust directory goes before leash does.
+            drop(preparation);
             if let Some(mut s) = sandbox {
                 s.teardown();
             }

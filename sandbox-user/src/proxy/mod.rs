@@ -94,21 +94,52 @@ pub struct Proxy {
     dns_clients: std::sync::OnceLock<crate::kernel::programs::DnsClients>,
 }
 
+/// What the proxy needs of TLS whatever its policy: leash's CA, made fresh, and the clients
+/// that verify upstreams. Made apart from the proxy so that `leash run` can make it, and write
+/// the agent's trust files from it, while the policy is still being read.
+pub struct TlsMaterial {
+    ca: Arc<tls::CertificateAuthority>,
+    upstream: state::UpstreamTls,
+}
+
+impl TlsMaterial {
+    /// A new CA, and upstream clients trusting the system's roots and `upstream_ca`.
+    pub fn prepare(upstream_ca: &[PathBuf]) -> Result<Self> {
+        let any = tls::upstream_client_config(upstream_ca).context("loading upstream trust roots")?;
+        let mut http1 = (*any).clone();
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let upstream = state::UpstreamTls { any, http1: Arc::new(http1) };
+        let ca = Arc::new(tls::CertificateAuthority::generate().context("creating leash's CA")?);
+        Ok(Self { ca, upstream })
+    }
+
+    /// leash's CA, whose certificate the agent must trust.
+    pub fn ca(&self) -> &tls::CertificateAuthority {
+        &self.ca
+    }
+}
+
 impl Proxy {
     /// Makes a fresh CA, loads the credential values and builds the upstream client.
     pub fn new(policy: CompiledPolicy, config: &ProxyConfig, audit: Auditor) -> Result<Arc<Self>> {
-        let any = tls::upstream_client_config(&config.upstream_ca).context("loading upstream trust roots")?;
-        let mut http1 = (*any).clone();
-        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tls = state::UpstreamTls { any, http1: Arc::new(http1) };
-        let state = state::SharedState::new(state::PolicyState::build(policy, &config.secrets, tls.clone())?);
-        let ca = Arc::new(tls::CertificateAuthority::generate().context("creating leash's CA")?);
+        Self::with_tls(policy, config, audit, TlsMaterial::prepare(&config.upstream_ca)?)
+    }
+
+    /// Loads the credential values and serves with `material`'s CA and upstream clients.
+    pub fn with_tls(
+        policy: CompiledPolicy,
+        config: &ProxyConfig,
+        audit: Auditor,
+        material: TlsMaterial,
+    ) -> Result<Arc<Self>> {
+        let TlsMaterial { ca, upstream } = material;
+        let state = state::SharedState::new(state::PolicyState::build(policy, &config.secrets, upstream.clone())?);
         let leaves = tls::LeafCache::new(ca, 1024);
         let proxy = Arc::new(Self {
             state,
             secrets: config.secrets.clone(),
             leaves,
-            tls,
+            tls: upstream,
             rewrite_budget: Arc::new(tokio::sync::Semaphore::new(request::BODY_REWRITE_SLOTS)),
             audit,
             owners: std::sync::OnceLock::new(),
