@@ -82,6 +82,7 @@ pub(crate) mod text {
     pub const RULE_ALLOWS_REASON: &str = "an allow rule matches the request";
     pub const NO_RULE_REASON: &str = "no allow rule matches the request";
     pub const AUDIT_PREFIX: &str = "audit: ";
+    pub const CONNECTION_REFUSED_PREFIX: &str = "connection refused: ";
 }
 
 /// Which endpoint a connection was allowed to: indices into
@@ -167,6 +168,18 @@ impl RequestVerdict {
             "rule": &*self.rule,
             "reason": &*self.reason,
         })
+    }
+
+    /// The verdict for a request on a connection `network` refused: refused by the same rule.
+    pub(crate) fn connection_refused(network: &NetworkVerdict) -> Self {
+        RequestVerdict {
+            allow: false,
+            audit: false,
+            policy: network.policy.clone(),
+            endpoint: network.endpoint.clone(),
+            rule: network.rule.clone(),
+            reason: Arc::from(format!("{}{}", text::CONNECTION_REFUSED_PREFIX, network.reason)),
+        }
     }
 
     /// The verdict for a request whose path has no canonical form: refused, whatever the
@@ -670,14 +683,7 @@ impl Decider {
             let target = path.unwrap_or("/");
             match network.endpoint_ref.filter(|_| network.allow) {
                 Some(endpoint) => self.request(endpoint, method.unwrap_or("GET"), target),
-                None => RequestVerdict {
-                    allow: false,
-                    audit: false,
-                    policy: network.policy.clone(),
-                    endpoint: network.endpoint.clone(),
-                    rule: network.rule.clone(),
-                    reason: Arc::from(format!("connection refused: {}", network.reason)),
-                },
+                None => RequestVerdict::connection_refused(&network),
             }
         });
         eval_report(&NetworkInput { host, port, binary }, method, path, &network, request.as_ref())
