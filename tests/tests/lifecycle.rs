@@ -96,6 +96,116 @@ fn a_normal_exit_leaves_no_cgroup_or_pins() {
     assert!(left.is_empty(), "CA bundle directory left behind: {left:?}");
 }
 
+/// What the agent prints of its trust files: their directory, how many certificates its bundle
+/// holds, and the mount the directory is (its options, filesystem type and source).
+const TRUST_REPORT: &str = "d=$(dirname \"$SSL_CERT_FILE\")\n\
+     echo \"dir=$d\"\n\
+     echo \"certs=$(grep -c 'BEGIN CERTIFICATE' \"$SSL_CERT_FILE\")\"\n\
+     echo \"mount=$(awk -v d=\"$d\" '$5 == d' /proc/self/mountinfo)\"\n\
+     echo end\n";
+
+/// The report's fields, read from `out` up to its `end` line.
+fn trust_report(out: impl std::io::BufRead) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    for line in out.lines().map_while(Result::ok).take_while(|l| l != "end") {
+        if let Some((k, v)) = line.split_once('=') {
+            fields.insert(k.to_string(), v.to_string());
+        }
+    }
+    fields
+}
+
+/// A mountinfo line's options, filesystem type and source.
+fn mount_fields(line: &str) -> (Vec<&str>, &str, &str) {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let options = fields.get(5).map(|o| o.split(',').collect()).unwrap_or_default();
+    let after = fields.iter().position(|f| *f == "-").map(|i| &fields[i + 1..]).unwrap_or(&[]);
+    (options, after.first().copied().unwrap_or(""), after.get(1).copied().unwrap_or(""))
+}
+
+/// `leash run` writes the agent's CA bundle, certificate and truststore in a tmpfs of their own
+/// that is mounted nowhere on the host: the agent finds them where its environment says, in a
+/// read-only mount, while the host has no such directory, and nothing is left to remove after.
+#[test]
+fn the_agents_trust_files_are_in_a_filesystem_only_its_namespace_mounts() {
+    require_root();
+    let scratch = Scratch::new("trust-mount");
+    let policy = empty_policy(&scratch);
+    let script = format!("{TRUST_REPORT}sleep 3");
+    let mut child = leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let report = trust_report(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let dir = report.get("dir").cloned().unwrap_or_default();
+    // While the agent runs.
+    let on_host = std::path::Path::new(&dir).exists();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(dir.starts_with("/run/leash/"), "{report:?}");
+    assert!(report.get("certs").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n > 0), "{report:?}");
+    let (options, fs, source) = mount_fields(report.get("mount").map(String::as_str).unwrap_or(""));
+    assert_eq!((fs, source), ("tmpfs", "leash"), "the trust directory is not leash's own tmpfs: {report:?}");
+    assert!(options.contains(&"ro") && options.contains(&"noexec"), "{report:?}");
+    assert!(!on_host, "{dir} is on the host's filesystem while the agent runs");
+}
+
+/// Starts `cmd` with fsopen(2) refused, as a seccomp profile without the new mount API would.
+fn refusing_fsopen(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xc000_00b7;
+    const FSOPEN: u32 = 430;
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let filter = [
+        stmt(load, 4),
+        jump(ARCH, 0, 3),
+        stmt(load, 0),
+        jump(FSOPEN, 0, 1),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: prctl(2) between fork and exec, with a filter the kernel copies.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+            match libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    }
+}
+
+/// Where the new mount API is refused, the trust files are written in a host directory instead,
+/// which the agent finds at the same path, read-only, and which leash removes when it exits.
+#[test]
+fn where_the_new_mount_api_is_refused_the_trust_files_are_a_host_directory_removed_at_exit() {
+    require_root();
+    let scratch = Scratch::new("trust-fallback");
+    let policy = empty_policy(&scratch);
+    let mut cmd = leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", TRUST_REPORT]);
+    let out = refusing_fsopen(&mut cmd).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = trust_report(out.stdout.as_slice());
+    let dir = report.get("dir").cloned().unwrap_or_default();
+    assert!(dir.starts_with("/run/leash/"), "{report:?}");
+    assert!(report.get("certs").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n > 0), "{report:?}");
+    let (options, _, source) = mount_fields(report.get("mount").map(String::as_str).unwrap_or(""));
+    assert_ne!(source, "leash", "the premise: fsopen was refused, so no tmpfs of leash's: {report:?}");
+    assert!(options.contains(&"ro"), "{report:?}");
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} was left on the host");
+}
+
 /// Runs leash expecting failure before exec; returns stderr and checks nothing was left behind.
 fn refused(cmd: &mut std::process::Command, code: i32) -> String {
     let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();

@@ -324,7 +324,7 @@ async fn run_inside(
     kernel: Reload<'_>,
 ) -> Result<i32> {
     let workdir = agent.workdir;
-    let domain = landlock::prepare(agent.filesystem, workdir, &[trust.dir().to_path_buf()])?;
+    let domain = landlock::prepare(agent.filesystem, workdir, &[trust.in_leash_view()])?;
     let mut missing = missing.to_vec();
     let landlock_fd = match &domain {
         landlock::Domain::Enforced(p) => {
@@ -415,9 +415,8 @@ async fn run_inside(
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.open_dir()?),
         None => None,
     };
-    let mut mounts =
-        mount_ns::PrivateMounts::prepare(&[trust.dir().to_path_buf()], agent.guard.read_only(), agent.host_sockets)
-            .context("preparing the agent's mount namespace")?;
+    let mut mounts = mount_ns::PrivateMounts::prepare(&[trust.kept()], agent.guard.read_only(), agent.host_sockets)
+        .context("preparing the agent's mount namespace")?;
     if let landlock::Domain::Enforced(p) = &domain {
         mounts.with_landlock(p.fd.as_raw_fd(), &p.emptied)?;
     }

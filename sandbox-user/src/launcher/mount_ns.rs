@@ -4,7 +4,8 @@
 //!   sandboxes or the host (a tmux socket, a planted script), and all of it is gone when the
 //!   sandbox's last process exits;
 //! - `/run` (and `/var/run` when it is not a link to it) is an empty tmpfs holding only leash's
-//!   files for the agent, read-only: host daemons' sockets (docker, containerd, podman, dbus,
+//!   files for the agent, read-only (its trust files, a tmpfs of their own mounted nowhere else:
+//!   [`detached_tmpfs`], `trust`): host daemons' sockets (docker, containerd, podman, dbus,
 //!   systemd, the user's `/run/user/<uid>` with its ssh and gpg agents) are not there to connect to;
 //! - every pathname unix socket bound on the host as the sandbox is made, wherever it is, is
 //!   covered with `/dev/null` (`host_sockets`), except those the policy's `kernel.unix.allow`
@@ -21,7 +22,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
@@ -57,12 +58,71 @@ pub fn check_workdir(workdir: &Path) -> Result<()> {
 /// How many directories can be put back under them.
 const MAX_KEPT: usize = 4;
 
-/// One directory leash puts back under an emptied `/run`, bind-mounted read-only.
+/// A directory of leash's that the agent reads under an emptied `/run`.
+#[derive(Clone, Copy)]
+pub struct KeptDir<'a> {
+    /// Where the agent finds it.
+    pub path: &'a Path,
+    /// Where it is: a host directory at `path` (`None`), or a filesystem mounted nowhere on the
+    /// host ([`detached_tmpfs`]), by descriptor.
+    pub detached: Option<BorrowedFd<'a>>,
+}
+
+/// One directory leash puts back under an emptied `/run`, read-only.
 struct Kept {
     /// Its path, which is also where it goes back.
     path: CString,
+    /// A detached mount to put there; else the host's directory at `path` is bound there.
+    detached: Option<RawFd>,
     /// Directories to create in the new tmpfs, parents first; the last is the mount point.
     create: Vec<CString>,
+}
+
+/// From `<linux/mount.h>` (5.2+), which the libc crate does not export yet.
+mod new_mount_api {
+    pub const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    pub const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    pub const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    pub const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    pub const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+    pub const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+    pub const MOUNT_ATTR_NOEXEC: libc::c_uint = 0x8;
+    pub const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+}
+
+/// A new tmpfs (mode 0755, nosuid, nodev, noexec) mounted nowhere: leash writes in it through
+/// the descriptor, and the agent's namespace mounts it under its `/run` ([`PrivateMounts::enter`]).
+/// Nothing of it is ever on the host's filesystem, so nothing is left to remove: it goes when the
+/// descriptor is closed and the agent's namespace is gone. Fails on kernels before 5.2 and where
+/// a seccomp profile refuses the new mount API.
+pub fn detached_tmpfs() -> io::Result<OwnedFd> {
+    use new_mount_api::*;
+    // SAFETY: the new mount API's calls with NUL-terminated strings and descriptors checked and
+    // owned here.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC);
+        if fs < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fs = OwnedFd::from_raw_fd(fs as RawFd);
+        for (key, value) in [(c"mode", c"0755"), (c"source", c"leash")] {
+            if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
+                < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let null: *const libc::c_char = std::ptr::null();
+        if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, null, null, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        let mount = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs);
+        if mount < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(mount as RawFd))
+    }
 }
 
 /// Where an agent whose user has no usable home directory gets one: in its private `/tmp`, so it
@@ -122,7 +182,7 @@ impl PrivateMounts {
     /// Prepares the namespace for an agent, keeping `keep` (directories under `/run` the agent
     /// must read, such as its CA bundle) visible, `read_only` read-only and `sockets` out of reach.
     pub fn prepare<'a>(
-        keep: &[PathBuf],
+        keep: &[KeptDir<'_>],
         read_only: impl Iterator<Item = &'a Path>,
         sockets: &HostSockets,
     ) -> Result<Self> {
@@ -132,8 +192,13 @@ impl PrivateMounts {
         if keep.len() > MAX_KEPT {
             anyhow::bail!("at most {MAX_KEPT} directories can be kept visible under /run");
         }
-        for dir in keep {
+        for &KeptDir { path: dir, detached } in keep {
             let Some(root) = RUNTIME.iter().map(Path::new).find(|r| dir.starts_with(r) && is_dir(r)) else {
+                // A host directory outside them is in the agent's view as it is; a detached
+                // filesystem is in it only if mounted here.
+                if detached.is_some() {
+                    anyhow::bail!("{} is under no directory the agent's namespace empties", dir.display());
+                }
                 continue;
             };
             let relative = dir.strip_prefix(root).unwrap_or(dir);
@@ -143,7 +208,7 @@ impl PrivateMounts {
                 at.push(part);
                 create.push(c_path(&at)?);
             }
-            kept.push(Kept { path: c_path(dir)?, create });
+            kept.push(Kept { path: c_path(dir)?, detached: detached.map(|fd| fd.as_raw_fd()), create });
         }
         let read_only = read_only.map(c_path).collect::<Result<_>>()?;
         if sockets.left_out > 0 {
@@ -193,7 +258,7 @@ impl PrivateMounts {
             // which mount(2) refuses to bind from).
             // Closed on every way out (this runs in leash, whose descriptors outlive it).
             let mut sources = Vec::with_capacity(self.kept.len());
-            for k in &self.kept {
+            for k in self.kept.iter().filter(|k| k.detached.is_none()) {
                 let fd =
                     libc::open(k.path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
                 if fd < 0 {
@@ -206,15 +271,35 @@ impl PrivateMounts {
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 check(libc::mount(tmpfs.as_ptr(), dir.as_ptr(), tmpfs.as_ptr(), flags, data.as_ptr().cast()))?;
             }
-            for (k, source) in self.kept.iter().zip(&sources) {
+            let mut bound = sources.iter();
+            for k in &self.kept {
                 for dir in &k.create {
                     if libc::mkdir(dir.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                if let Some(target) = k.create.last() {
-                    let mut buf = [0u8; 32];
-                    bind_read_only(proc_fd_path(source.as_raw_fd(), &mut buf), target.as_ptr())?;
+                let Some(target) = k.create.last() else { continue };
+                match k.detached {
+                    Some(mount) => {
+                        let flags = new_mount_api::MOVE_MOUNT_F_EMPTY_PATH;
+                        let moved = libc::syscall(
+                            libc::SYS_move_mount,
+                            mount,
+                            c"".as_ptr(),
+                            libc::AT_FDCWD,
+                            target.as_ptr(),
+                            flags,
+                        );
+                        if moved < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        remount_read_only(target.as_ptr(), libc::MS_NOEXEC)?;
+                    }
+                    None => {
+                        let source = bound.next().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+                        let mut buf = [0u8; 32];
+                        bind_read_only(proc_fd_path(source.as_raw_fd(), &mut buf), target.as_ptr())?;
+                    }
                 }
             }
             drop(sources);
@@ -297,13 +382,19 @@ fn allow_beneath(ruleset: RawFd, dir: RawFd, access: u64) -> io::Result<()> {
 
 /// Binds `source` on `target`, read-only.
 unsafe fn bind_read_only(source: *const libc::c_char, target: *const libc::c_char) -> io::Result<()> {
-    const NONE: *const libc::c_char = std::ptr::null();
-    // SAFETY: NUL-terminated strings or null, as mount(2) takes them.
+    // SAFETY: NUL-terminated strings, as mount(2) takes them.
     unsafe {
-        check(libc::mount(source, target, NONE, libc::MS_BIND, std::ptr::null()))?;
-        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-        check(libc::mount(NONE, target, NONE, flags, std::ptr::null()))
+        check(libc::mount(source, target, std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+        remount_read_only(target, 0)
     }
+}
+
+/// Makes the mount at `target` read-only, nosuid, nodev and `more`, that mount alone.
+unsafe fn remount_read_only(target: *const libc::c_char, more: libc::c_ulong) -> io::Result<()> {
+    const NONE: *const libc::c_char = std::ptr::null();
+    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | more;
+    // SAFETY: a NUL-terminated string and nulls, as mount(2) takes them.
+    unsafe { check(libc::mount(NONE, target, NONE, flags, std::ptr::null())) }
 }
 
 /// `/proc/self/fd/<fd>` written into `buf` without allocating, NUL-terminated.

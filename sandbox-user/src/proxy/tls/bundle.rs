@@ -83,11 +83,22 @@ fn path_str(path: &Path) -> String {
 
 /// Creates `dir` (0755) and writes `ca.pem`, `bundle.pem` and `truststore.p12` (0644) in it.
 pub fn write_agent_trust(dir: &Path, ca: &CertificateAuthority) -> Result<AgentTrust> {
-    let system = system_roots();
-    for error in &system.errors {
+    warn_of_store_errors();
+    write_with_roots(dir, ca, system_agent_roots())
+}
+
+/// Writes the same files in the existing directory `written_in` (a filesystem of their own,
+/// reached through `/proc/self/fd/N`), which the agent finds at `seen_at`: the paths returned,
+/// and named in its environment, are under `seen_at`.
+pub fn write_agent_trust_at(written_in: &Path, seen_at: &Path, ca: &CertificateAuthority) -> Result<AgentTrust> {
+    warn_of_store_errors();
+    write_files(written_in, seen_at, ca, system_agent_roots())
+}
+
+fn warn_of_store_errors() {
+    for error in &system_roots().errors {
         eprintln!("leash: warning: agent CA bundle: system certificate store: {error}");
     }
-    write_with_roots(dir, ca, system_agent_roots())
 }
 
 /// The roots the agent trusts besides leash's CA, encoded for its bundle and its truststore.
@@ -142,28 +153,50 @@ pub fn prepare_system_roots() {
     }
 }
 
-/// Writes the files with `roots` as the system's.
+/// Creates `dir` and writes the files in it with `roots` as the system's.
 fn write_with_roots(dir: &Path, ca: &CertificateAuthority, roots: &AgentRoots<'_>) -> Result<AgentTrust> {
-    match dir.to_str() {
-        Some(s) if !s.contains(['"', '\'']) => {}
-        _ => return Err(TlsError::UnusablePath { path: dir.to_path_buf() }),
-    }
+    usable(dir)?;
     make_dir(dir)?;
+    write_files(dir, dir, ca, roots)
+}
+
+/// A path the agent's environment can name: UTF-8, and no quote (`JAVA_TOOL_OPTIONS`).
+fn usable(dir: &Path) -> Result<()> {
+    match dir.to_str() {
+        Some(s) if !s.contains(['"', '\'']) => Ok(()),
+        _ => Err(TlsError::UnusablePath { path: dir.to_path_buf() }),
+    }
+}
+
+/// Writes the files in `written_in` with `roots` as the system's, for the agent to find at
+/// `seen_at`.
+fn write_files(
+    written_in: &Path,
+    seen_at: &Path,
+    ca: &CertificateAuthority,
+    roots: &AgentRoots<'_>,
+) -> Result<AgentTrust> {
+    usable(seen_at)?;
     let trust = AgentTrust {
-        dir: dir.to_path_buf(),
-        ca_pem: dir.join("ca.pem"),
-        bundle_pem: dir.join("bundle.pem"),
-        truststore: dir.join("truststore.p12"),
+        dir: seen_at.to_path_buf(),
+        ca_pem: seen_at.join(CA_PEM),
+        bundle_pem: seen_at.join(BUNDLE_PEM),
+        truststore: seen_at.join(TRUSTSTORE),
         system_roots: roots.count,
     };
-    write_file(&trust.ca_pem, &[ca.cert_pem().as_bytes()])?;
-    write_file(&trust.bundle_pem, &[roots.pem.as_bytes(), ca.cert_pem().as_bytes()])?;
+    write_file(&written_in.join(CA_PEM), &[ca.cert_pem().as_bytes()])?;
+    write_file(&written_in.join(BUNDLE_PEM), &[roots.pem.as_bytes(), ca.cert_pem().as_bytes()])?;
     let ca_bag = pkcs12::cert_bags([(CA_ALIAS.to_string(), ca.cert_der().as_ref())]);
     let salt = rand::random::<[u8; 16]>();
     let store = pkcs12::truststore(&[&ca_bag, &roots.bags], TRUSTSTORE_PASSWORD, &salt, pkcs12::ITERATIONS);
-    write_file(&trust.truststore, &store.iter().map(AsRef::as_ref).collect::<Vec<_>>())?;
+    write_file(&written_in.join(TRUSTSTORE), &store.iter().map(AsRef::as_ref).collect::<Vec<_>>())?;
     Ok(trust)
 }
+
+/// The files' names.
+const CA_PEM: &str = "ca.pem";
+const BUNDLE_PEM: &str = "bundle.pem";
+const TRUSTSTORE: &str = "truststore.p12";
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     move |source| TlsError::Io { path: path.to_path_buf(), source }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
-pub use bundle::{prepare_system_roots, write_agent_trust, AgentTrust, RUN_DIR, TRUSTSTORE_PASSWORD};
+pub use bundle::{
+    prepare_system_roots, write_agent_trust, write_agent_trust_at, AgentTrust, RUN_DIR, TRUSTSTORE_PASSWORD,
+};
 pub use ca::CertificateAuthority;
 pub use leaves::{client_sni, sni_mismatch, LeafCache};
 pub use upstream::{read_pem_certificates, system_roots, upstream_client_config, SystemRoots};
