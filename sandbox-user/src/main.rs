@@ -174,7 +174,14 @@ fn run(args: cli::RunArgs) -> i32 {
         keep_home: args.keep_home,
         command: args.command,
     };
-    match main_thread_runtime().block_on(launcher::run(opts, watchdog)) {
+    let begun = match launcher::begin(opts, watchdog) {
+        Ok(begun) => begun,
+        Err(e) => {
+            eprintln!("leash: error: {e:#}");
+            return exit::LEASH_FAILED;
+        }
+    };
+    match main_thread_runtime().block_on(launcher::run(begun)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("leash: error: {e:#}");

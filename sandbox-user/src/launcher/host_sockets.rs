@@ -84,7 +84,8 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// idle host (65 of 73 here; hundreds on a host with many CPUs). Empty where `/proc` does not
 /// list children (`CONFIG_PROC_CHILDREN`).
 fn kernel_threads() -> HashSet<u32> {
-    if !std::fs::read_to_string("/proc/2/stat").ok().and_then(|s| stat_flags(&s)).is_some_and(|f| f & PF_KTHREAD != 0) {
+    let kthreadd = std::fs::read_to_string("/proc/2/stat").ok().and_then(|s| stat_flags(&s));
+    if kthreadd.is_none_or(|flags| flags & PF_KTHREAD == 0) {
         return HashSet::new();
     }
     let children = std::fs::read_to_string("/proc/2/task/2/children").unwrap_or_default();

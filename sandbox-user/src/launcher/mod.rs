@@ -78,23 +78,45 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
 }
 
-/// Runs the command confined, `watchdog` (forked at leash's start, `Watchdog::fork`) beside it;
-/// returns the exit code `leash run` should exit with. An `Err` is a failure before exec (exit 125).
-pub async fn run(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<i32> {
+/// A `leash run` begun ([`begin`]), before its async runtime exists.
+pub struct Begun {
+    opts: RunOptions,
+    watchdog: watchdog::Watchdog,
+    program: OsString,
+    args: Vec<OsString>,
+    is_root: bool,
+    id: SandboxId,
+    warm: bool,
+    early_preparation: Option<prepare::Preparation>,
+}
+
+/// Begins `leash run` beside `watchdog` (forked at leash's start, `Watchdog::fork`). On a warm
+/// start (this binary's programs pinned), the TLS material and the agent's trust files are
+/// prepared on another thread from here on, while leash's main thread starts its runtime, reads
+/// the policy, opens the kernel side and builds the sandbox (`prepare`): that thread's work is
+/// the longer of the two, so it starts before anything it does not need. A cold start loads the
+/// programs first, alone: threads allocating beside the loader made it 12 MiB larger and 5%
+/// slower.
+pub fn begin(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<Begun> {
     let Some((program, args)) = opts.command.split_first() else {
         bail!("no command given: usage is `leash run [OPTIONS] -- CMD [ARGS...]`");
     };
+    let (program, args) = (program.clone(), args.to_vec());
     let is_root = nix::unistd::geteuid().is_root();
     let id = SandboxId::for_self()?;
-    // On a warm start (this binary's programs pinned), the TLS material and the agent's trust
-    // files are prepared on another thread from here on, while this one reads the policy, opens
-    // the kernel side and builds the sandbox (`prepare`). A cold start loads the programs first,
-    // alone: threads allocating beside the loader made it 12 MiB larger and 5% slower.
     let warm = this_generation_pinned();
     let early_preparation = match warm && is_root {
         true => Some(prepare::Preparation::start(id, opts.upstream_ca.clone())?),
         false => None,
     };
+    Ok(Begun { opts, watchdog, program, args, is_root, id, warm, early_preparation })
+}
+
+/// Runs the command of a begun `leash run` confined; returns the exit code `leash run` should
+/// exit with. An `Err` is a failure before exec (exit 125).
+pub async fn run(begun: Begun) -> Result<i32> {
+    let Begun { opts, watchdog, program, args, is_root, id, warm, early_preparation } = begun;
+    let (program, args) = (&program, args.as_slice());
     if let (Some(path), true) = (&opts.policy, is_root) {
         // Before reading it: the agent's identity is in the policy, so this first look takes the
         // one it gets without `process:`; the policy's own is checked below.
