@@ -971,3 +971,58 @@ fn roots_planted_in_the_hosts_roots_cache_reach_no_agent() {
     assert!(agent_bundle().contains(attacker.cert_pem()), "control: the cache root wrote is read");
     std::fs::remove_file(cache()).unwrap();
 }
+
+/// The same cache holds the system roots as the proxy's trust anchors for upstream servers, parsed
+/// once when it was made: a cache another user could have written must not choose the servers
+/// the proxy believes. The premise: a bundle holding the test upstream's CA makes the proxy trust
+/// that upstream. Roots planted in a cache only root could have written replace that trust (the
+/// control: the anchors are read from the cache); planted in one another user owns, they do not.
+#[test]
+fn roots_planted_in_the_hosts_roots_cache_choose_no_upstream() {
+    use leash::proxy::tls::{roots_cache, CertificateAuthority, RUN_DIR};
+    use leash_tests::upstream::Upstream;
+    require_root();
+    let scratch = Scratch::new("seam-roots-upstream");
+    let up = Upstream::https();
+    let port = up.addr.port();
+    let endpoint = format!(
+        "      - host: localhost\n        port: {port}\n        protocol: rest\n        access: full\n        allowed_ips: [127.0.0.0/8]\n"
+    );
+    let policy = scratch.file("policy.yaml", &local_policy(&endpoint, ""));
+    let bundle = scratch.file("bundle.pem", &up.ca_text);
+    let status = || {
+        let url = format!("https://localhost:{port}/roots");
+        let out = leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--"])
+            .args(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", &url])
+            .env("SSL_CERT_FILE", &bundle)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap();
+        assert!(out.status.success() || !stdout(&out).is_empty(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(status(), "200", "the premise: the bundle's root makes the proxy trust the upstream");
+
+    let attacker = CertificateAuthority::generate().unwrap();
+    let text = std::fs::read(&bundle).unwrap();
+    let plant = |owner: u32| {
+        let certs = [attacker.cert_der().clone()];
+        roots_cache::store(Path::new(RUN_DIR), &bundle, &text, &certs, attacker.cert_pem(), b"").unwrap();
+        let planted: Vec<_> = std::fs::read_dir(RUN_DIR)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                std::fs::read(p).is_ok_and(|b| b.windows(64).any(|w| w == &attacker.cert_pem().as_bytes()[..64]))
+            })
+            .collect();
+        assert_eq!(planted.len(), 1, "one cache for this bundle: {planted:?}");
+        chown(&planted[0], owner);
+        planted[0].clone()
+    };
+    let (uid, _) = nobody();
+    plant(uid);
+    assert_eq!(status(), "200", "roots another user planted chose the upstreams the proxy trusts");
+    let planted = plant(0);
+    assert_ne!(status(), "200", "control: the anchors of a cache root wrote are the proxy's");
+    std::fs::remove_file(planted).unwrap();
+}

@@ -1,9 +1,9 @@
 //! The system's trust roots as a `leash run` on this host last read and encoded them, kept for
 //! the next run.
 //!
-//! Reading the distribution's bundle (some 150 certificates, 200 KB of PEM), decoding it and
-//! encoding the agent's truststore bags cost every start more than a millisecond before its agent
-//! could run. One file per bundle path, `/run/leash/system-roots-<hash of the path>`, keeps the
+//! Reading the distribution's bundle (some 150 certificates, 200 KB of PEM), decoding it,
+//! encoding the agent's truststore bags and parsing each certificate into the upstream client's
+//! trust anchors cost every start more than a millisecond before its agent could run. One file per bundle path, `/run/leash/system-roots-<hash of the path>`, keeps the
 //! result with the bundle's exact content. Each run still reads the bundle (tens of
 //! microseconds) and uses the cache only when the content is byte for byte the same: a bundle
 //! changed in any way (a package update, `update-ca-certificates` removing a distrusted root) is
@@ -28,10 +28,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, Der, TrustAnchor};
 
 /// First line of the file: what it is, and the layout's version.
-const MAGIC: &[u8] = b"leash system roots v2\n";
+const MAGIC: &[u8] = b"leash system roots v3\n";
 /// How the cache files (and those being written) are named.
 const PREFIX: &str = "system-roots-";
 
@@ -42,6 +42,9 @@ pub struct Cached {
     pub pem: &'static str,
     /// One truststore bag per certificate, in order.
     pub bags: &'static [u8],
+    /// The certificates that parse as trust anchors, as rustls's `RootCertStore` parsed them
+    /// when the file was made.
+    pub anchors: Vec<TrustAnchor<'static>>,
 }
 
 /// The store's one file, looked up in the cache.
@@ -121,6 +124,15 @@ pub fn store(
     }
     put(&mut out, pem.as_bytes());
     put(&mut out, bags);
+    let mut parsed = rustls::RootCertStore::empty();
+    parsed.add_parsable_certificates(certs.iter().cloned());
+    out.extend_from_slice(&(parsed.roots.len() as u64).to_le_bytes());
+    for anchor in &parsed.roots {
+        put(&mut out, &anchor.subject);
+        put(&mut out, &anchor.subject_public_key_info);
+        // Never empty when present: the extension's value is a DER sequence.
+        put(&mut out, anchor.name_constraints.as_deref().unwrap_or_default());
+    }
     let name = cache_name(path);
     let aside = format!(".{name}.{}", std::process::id());
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
@@ -231,7 +243,17 @@ fn parse(bytes: &'static [u8], path: &Path, bundle: &mut impl io::Read) -> Optio
     }
     let pem = std::str::from_utf8(r.take()?).ok()?;
     let bags = r.take()?;
-    r.0.is_empty().then_some(Cached { certs, pem, bags })
+    let count = usize::try_from(r.number()?).ok()?;
+    let mut anchors = Vec::with_capacity(count.min(certs.len()));
+    for _ in 0..count {
+        let (subject, spki, constraints) = (r.take()?, r.take()?, r.take()?);
+        anchors.push(TrustAnchor {
+            subject: Der::from_slice(subject),
+            subject_public_key_info: Der::from_slice(spki),
+            name_constraints: (!constraints.is_empty()).then(|| Der::from_slice(constraints)),
+        });
+    }
+    (r.0.is_empty() && anchors.len() <= certs.len()).then_some(Cached { certs, pem, bags, anchors })
 }
 
 /// Whether `bundle` reads to exactly `expected`, compared a piece at a time: no copy of the
@@ -321,6 +343,10 @@ mod tests {
         let cached = load(&dir, &bundle, &mut pem.as_bytes()).expect("a hit");
         assert_eq!(cached.certs, certs);
         assert_eq!((cached.pem, cached.bags), (pem.as_str(), &b"bags"[..]));
+        let mut parsed = rustls::RootCertStore::empty();
+        parsed.add_parsable_certificates(certs.iter().cloned());
+        assert_eq!(cached.anchors, parsed.roots, "the anchors are those rustls parses from the certificates");
+        assert_eq!(cached.anchors.len(), 2);
 
         let mut edited = pem.clone().into_bytes();
         let at = edited.len() / 2;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 use super::roots_cache::Lookup;
 use super::{alpn_protocols, ring_provider, Result, TlsError, VERSIONS};
@@ -31,6 +31,9 @@ pub struct SystemRoots {
     pub pem: std::borrow::Cow<'static, str>,
     /// What went wrong while reading the store, one line each.
     pub errors: Vec<String>,
+    /// `certs` that parse as trust anchors, parsed when this host's roots cache was made (when
+    /// it held the store); `None` when they are to be parsed now.
+    pub anchors: Option<Vec<TrustAnchor<'static>>>,
     /// The indices in `certs` of the certificates with each length and last byte (a certificate
     /// ends with its signature): a new one is compared with those alone.
     seen: std::collections::HashMap<(usize, u8), Vec<usize>>,
@@ -42,9 +45,12 @@ pub struct SystemRoots {
 pub fn system_roots() -> &'static SystemRoots {
     static ROOTS: std::sync::OnceLock<SystemRoots> = std::sync::OnceLock::new();
     ROOTS.get_or_init(|| match super::roots_cache::lookup() {
-        Some(Lookup::Hit(cached)) => {
-            SystemRoots { certs: cached.certs.clone(), pem: cached.pem.into(), ..SystemRoots::default() }
-        }
+        Some(Lookup::Hit(cached)) => SystemRoots {
+            certs: cached.certs.clone(),
+            pem: cached.pem.into(),
+            anchors: Some(cached.anchors.clone()),
+            ..SystemRoots::default()
+        },
         Some(Lookup::Miss { path, text }) => {
             let mut roots = SystemRoots::default();
             roots.add_text(path, text);
@@ -209,7 +215,13 @@ pub fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>
 pub fn upstream_client_config(extra_roots: &[PathBuf]) -> Result<Arc<ClientConfig>> {
     let system = system_roots();
     let mut roots = RootCertStore::empty();
-    let (system_added, system_ignored) = roots.add_parsable_certificates(system.certs.iter().cloned());
+    let (system_added, system_ignored) = match &system.anchors {
+        Some(anchors) => {
+            roots.extend(anchors.iter().cloned());
+            (anchors.len(), system.certs.len().saturating_sub(anchors.len()))
+        }
+        None => roots.add_parsable_certificates(system.certs.iter().cloned()),
+    };
 
     let mut extra_added = 0;
     for path in extra_roots {
