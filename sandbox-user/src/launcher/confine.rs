@@ -113,17 +113,20 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     let transparent_on = transparent.then_some(bound.addr().ip());
     let handoff = std::thread::spawn(move || hand_off(ours, listener, transparent_on, &policy_name));
     let seccomp = seccomp::SocketFamilyFilter::new();
-    let spawned = child::spawn(child::ChildSetup {
-        program,
-        args,
-        env,
-        identity: None,
-        enter: Enter::Daemon { socket: &socket, handoff: theirs.as_raw_fd(), leash_end },
-        landlock: landlock_fd,
-        seccomp: &seccomp,
-        mounts: None,
-        terminal: None,
-    });
+    let spawned = child::spawn(
+        child::ChildSetup {
+            program,
+            args,
+            env,
+            identity: None,
+            enter: Enter::Daemon { socket: &socket, handoff: theirs.as_raw_fd(), leash_end },
+            landlock: landlock_fd,
+            seccomp: &seccomp,
+            mounts: None,
+            terminal: None,
+        },
+        None,
+    );
     drop(theirs);
     drop(domain);
     let handed = handoff.join().map_err(|_| anyhow!("the handoff thread panicked"))?;

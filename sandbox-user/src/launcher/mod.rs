@@ -244,13 +244,14 @@ pub async fn run(begun: Begun) -> Result<i32> {
             eprintln!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
         }
         let prepared = preparation.take().context("the preparation was already taken")?;
-        let prepare::Prepared { proxy, trust } = prepared.finish().await.context("preparing the proxy")?;
+        let prepare::Prepared { proxy, trust, agent_thread } =
+            prepared.finish().await.context("preparing the proxy")?;
         if opts.learn.is_some() {
             proxy.learn(opts.learn_allow_private)?;
         }
-        anyhow::Ok((host_sockets, workdir, guard, proxy, trust))
+        anyhow::Ok((host_sockets, workdir, guard, proxy, trust, agent_thread))
     };
-    let (host_sockets, workdir, mut guard, proxy, trust) = match ready.await {
+    let (host_sockets, workdir, mut guard, proxy, trust, agent_thread) = match ready.await {
         Ok(ready) => ready,
         Err(e) => {
             // The preparing thread's trust directory goes before leash does.
@@ -271,6 +272,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
         filesystem: filesystem.as_ref(),
         binaries_rules,
         host_sockets: &host_sockets,
+        thread: agent_thread,
     };
     // A reload while learning would put the rules being learned in force.
     let policy_file = policy_file.filter(|_| !learning);
@@ -317,6 +319,8 @@ struct Reload<'a> {
 
 /// What is started inside the sandbox, and as whom.
 struct Agent<'a> {
+    /// The thread to start it on (the preparing one, done), or `None` for a new one.
+    thread: Option<child::AgentThread>,
     workdir: &'a Path,
     /// Names in the working directory it may neither change nor create.
     guard: &'a workdir_guard::WorkdirGuard,
@@ -491,17 +495,20 @@ async fn run_inside(
         );
     }
     let mut relay = terminal::open()?;
-    let spawned = child::spawn(child::ChildSetup {
-        program: agent.program,
-        args: agent.args,
-        env,
-        identity: Some(agent.identity),
-        enter: procs.as_ref().map(child::Enter::Cgroup).unwrap_or(child::Enter::None),
-        landlock: landlock_fd,
-        seccomp: &seccomp,
-        mounts: Some(mounts),
-        terminal: Some(relay.as_ref().map(terminal::Relay::for_child).unwrap_or(terminal::Terminal::NewSession)),
-    });
+    let spawned = child::spawn(
+        child::ChildSetup {
+            program: agent.program,
+            args: agent.args,
+            env,
+            identity: Some(agent.identity),
+            enter: procs.as_ref().map(child::Enter::Cgroup).unwrap_or(child::Enter::None),
+            landlock: landlock_fd,
+            seccomp: &seccomp,
+            mounts: Some(mounts),
+            terminal: Some(relay.as_ref().map(terminal::Relay::for_child).unwrap_or(terminal::Terminal::NewSession)),
+        },
+        agent.thread,
+    );
     drop(domain);
     drop(kept_home);
     if let Some(r) = relay.as_mut() {

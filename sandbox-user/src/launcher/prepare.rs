@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context, Result};
 
+use super::child::AgentThread;
 use super::trust::AgentTrustDir;
 use crate::audit::Auditor;
 use crate::kernel::sandbox_id::SandboxId;
@@ -31,12 +32,16 @@ struct HandOver {
 pub struct Prepared {
     pub proxy: Arc<Proxy>,
     pub trust: AgentTrustDir,
+    /// The preparing thread, done preparing, to start the agent on.
+    pub agent_thread: Option<AgentThread>,
 }
 
 /// The preparing thread of one start.
 pub struct Preparation {
     hand_over: Option<mpsc::SyncSender<HandOver>>,
     result: Option<tokio::sync::oneshot::Receiver<Result<Prepared>>>,
+    /// The thread, once it has prepared, is the one that starts the agent.
+    agent_thread: Option<AgentThread>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -45,14 +50,22 @@ impl Preparation {
     pub fn start(id: SandboxId, upstream_ca: Vec<PathBuf>) -> Result<Self> {
         let (hand_over, handed) = mpsc::sync_channel(1);
         let (done, result) = tokio::sync::oneshot::channel();
+        let (agent_thread, serve) = AgentThread::new();
         let thread = std::thread::Builder::new()
             .name("leash-prepare".into())
             .spawn(move || {
                 // A receiver gone is a start given up: what was made is dropped here.
-                let _ = done.send(prepare(id, &upstream_ca, &handed));
+                if done.send(prepare(id, &upstream_ca, &handed)).is_ok() {
+                    serve.serve();
+                }
             })
             .context("starting leash's preparing thread")?;
-        Ok(Self { hand_over: Some(hand_over), result: Some(result), thread: Some(thread) })
+        Ok(Self {
+            hand_over: Some(hand_over),
+            result: Some(result),
+            agent_thread: Some(agent_thread),
+            thread: Some(thread),
+        })
     }
 
     /// Gives the thread what it needs to build the proxy.
@@ -63,11 +76,14 @@ impl Preparation {
         }
     }
 
-    /// Waits for the prepared parts.
+    /// Waits for the prepared parts. The thread goes on as their agent thread: it is not waited
+    /// for, and ends when that is dropped unused, or with the agent it started.
     pub async fn finish(mut self) -> Result<Prepared> {
         self.hand_over.take();
         let result = self.result.take().ok_or_else(|| anyhow!("the preparation was already taken"))?;
-        result.await.map_err(|_| anyhow!("leash's preparing thread ended without a result"))?
+        let prepared = result.await.map_err(|_| anyhow!("leash's preparing thread ended without a result"))??;
+        self.thread.take();
+        Ok(Prepared { agent_thread: self.agent_thread.take(), ..prepared })
     }
 }
 
@@ -75,6 +91,7 @@ impl Drop for Preparation {
     /// Waits for the thread, so that what it made (the trust directory) is gone before leash is.
     fn drop(&mut self) {
         self.hand_over.take();
+        self.agent_thread.take();
         drop(self.result.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -88,5 +105,5 @@ fn prepare(id: SandboxId, upstream_ca: &[PathBuf], handed: &mpsc::Receiver<HandO
     let trust = AgentTrustDir::write(&id, material.ca())?;
     let HandOver { policy, config, audit } = handed.recv().context("the start was given up")?;
     let proxy = Proxy::with_tls(policy, &config, audit, material)?;
-    Ok(Prepared { proxy, trust })
+    Ok(Prepared { proxy, trust, agent_thread: None })
 }
