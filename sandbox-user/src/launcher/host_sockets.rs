@@ -77,12 +77,15 @@ pub fn find(skip: &[&Path], keep: &[PathBuf]) -> (Vec<PathBuf>, usize) {
 /// `PF_KTHREAD`, in the flags of `/proc/<pid>/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// The kernel threads: kthreadd's children, when pid 2 is kthreadd (a kernel thread by its flags,
-/// which no process can set; in a container's pid namespace pid 2 is an ordinary process, and
-/// nothing is skipped). They are all in the initial network namespace, which is read through
-/// kthreadd itself: skipping them saves a lookup in `/proc` each, most of the processes of an
-/// idle host (65 of 73 here; hundreds on a host with many CPUs). Empty where `/proc` does not
-/// list children (`CONFIG_PROC_CHILDREN`).
+/// The kernel's own processes: kthreadd's children, when pid 2 is kthreadd (a kernel thread by
+/// its flags, which no process can set; in a container's pid namespace pid 2 is an ordinary
+/// process, and nothing is skipped). They are the kernel threads, which never leave the initial
+/// network namespace, and the programs the kernel runs itself (modprobe, a `core_pattern` pipe),
+/// which start in it; that namespace is read through kthreadd. Skipping them saves a lookup in
+/// `/proc` each, most of the processes of an idle host (65 of 73 here; hundreds on a host with
+/// many CPUs). What this misses: a socket such a root-run helper binds after moving itself to
+/// another network namespace (BPF-LSM's unix rules cover it where they run). Empty where `/proc`
+/// does not list children (`CONFIG_PROC_CHILDREN`).
 fn kernel_threads() -> HashSet<u32> {
     let kthreadd = std::fs::read_to_string("/proc/2/stat").ok().and_then(|s| stat_flags(&s));
     if kthreadd.is_none_or(|flags| flags & PF_KTHREAD == 0) {
