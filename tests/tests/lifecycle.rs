@@ -126,11 +126,19 @@ fn mount_fields(line: &str) -> (Vec<&str>, &str, &str) {
 /// `leash run` writes the agent's CA bundle, certificate and truststore in a tmpfs of their own
 /// that is mounted nowhere on the host: the agent finds them where its environment says, in a
 /// read-only mount, while the host has no such directory, and nothing is left to remove after.
+/// Under a filesystem policy, so that the agent reads them through the Landlock rule leash made
+/// on that tmpfs before it was mounted.
 #[test]
 fn the_agents_trust_files_are_in_a_filesystem_only_its_namespace_mounts() {
     require_root();
     let scratch = Scratch::new("trust-mount");
-    let policy = empty_policy(&scratch);
+    let policy = scratch.file(
+        "p.yaml",
+        &format!(
+            "{}filesystem_policy: {{ read_only: [/usr, /lib, /lib64, /bin, /etc, /proc, /dev] }}\n",
+            policy_allowing(&[])
+        ),
+    );
     let script = format!("{TRUST_REPORT}sleep 3");
     let mut child = leash(&["run", "--quiet", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
         .stdout(std::process::Stdio::piped())

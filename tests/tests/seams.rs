@@ -972,11 +972,12 @@ fn roots_planted_in_the_hosts_roots_cache_reach_no_agent() {
     std::fs::remove_file(cache()).unwrap();
 }
 
-/// The same cache holds the system roots as the proxy's trust anchors for upstream servers, parsed
-/// once when it was made: a cache another user could have written must not choose the servers
-/// the proxy believes. The premise: a bundle holding the test upstream's CA makes the proxy trust
-/// that upstream. Roots planted in a cache only root could have written replace that trust (the
-/// control: the anchors are read from the cache); planted in one another user owns, they do not.
+/// The same cache holds the system roots the proxy trusts upstream servers with (as trust
+/// anchors, parsed once when it was made): a cache another user could have written must not
+/// choose the servers the proxy believes. The premise: a bundle holding the test upstream's CA
+/// makes the proxy trust that upstream. Roots planted in a cache only root could have written
+/// replace that trust (the control: the proxy's trust comes from the cache); planted in one
+/// another user owns, they do not.
 #[test]
 fn roots_planted_in_the_hosts_roots_cache_choose_no_upstream() {
     use leash::proxy::tls::{roots_cache, CertificateAuthority, RUN_DIR};

@@ -211,6 +211,9 @@ impl AgentThreadEnd {
     /// Runs the job, if one is sent before the [`AgentThread`] is dropped.
     pub fn serve(self) {
         if let Ok(job) = self.next.recv() {
+            // Its name in `ps` from here on, and the agent's until it execs.
+            // SAFETY: PR_SET_NAME on the calling thread with a NUL-terminated name.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"leash-agent".as_ptr()) };
             job();
         }
     }
@@ -291,7 +294,7 @@ pub fn spawn(setup: ChildSetup<'_>, on: Option<AgentThread>) -> Result<Agent, Sp
         }
     });
     let started = match on {
-        // Only a thread that is gone refuses it (the receive below then says so).
+        // Refused only by a thread that is gone (its preparing failed or panicked).
         Some(thread) => thread.jobs.send(job).map_err(|_| io::Error::other("leash's agent thread is gone")),
         None => std::thread::Builder::new().name("leash-agent".into()).spawn(job).map(drop),
     };

@@ -147,23 +147,33 @@ mod tests {
         assert!(net_namespace(&proc_dir, b"999999999").is_none(), "no such process");
     }
 
-    /// Every process skipped as a kernel thread is one (by its flags, which no process can set),
-    /// and none is left to read where pid 2 is kthreadd.
+    /// Every process skipped is a child of kthreadd, as `/proc` says, and all are where pid 2 is
+    /// kthreadd (kernel threads among them).
     #[test]
-    fn only_kernel_threads_are_skipped() {
-        let threads = kernel_threads();
+    fn only_kthreadds_children_are_skipped() {
+        let skipped = kernel_threads();
+        let parent = |pid: u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(')')?.1.split_ascii_whitespace().nth(1)?.parse::<u32>().ok()
+        };
         let kthreadd = std::fs::read_to_string("/proc/2/stat").ok().and_then(|s| stat_flags(&s));
-        if kthreadd.is_some_and(|f| f & PF_KTHREAD != 0) && std::path::Path::new("/proc/2/task/2/children").exists() {
-            assert!(!threads.is_empty(), "kthreadd has no children?");
+        if kthreadd.is_some_and(|f| f & PF_KTHREAD != 0) && Path::new("/proc/2/task/2/children").exists() {
+            assert!(!skipped.is_empty(), "kthreadd has no children?");
+            let listed: Vec<u32> = std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|pid| parent(*pid) == Some(2))
+                .collect();
+            // Those still there; one may have started or ended in between.
+            assert!(listed.iter().filter(|p| skipped.contains(p)).count() + 2 >= listed.len(), "{listed:?}");
         }
-        for pid in &threads {
-            // A thread gone since is gone.
-            if let Some(flags) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| stat_flags(&s))
-            {
-                assert_ne!(flags & PF_KTHREAD, 0, "pid {pid} is not a kernel thread");
+        for pid in &skipped {
+            // A process gone since is gone.
+            if let Some(ppid) = parent(*pid) {
+                assert_eq!(ppid, 2, "pid {pid} is not kthreadd's child");
             }
         }
-        assert!(!threads.contains(&std::process::id()));
+        assert!(!skipped.contains(&std::process::id()));
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! memory), and the agent's environment names them (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`, ...).
 //!
 //! `leash run` writes them in a tmpfs of their own that is mounted nowhere on the host: the
-//! agent's mount namespace mounts it at that path, read-only (`mount_ns`). No other process on
-//! the host sees the directory, and there is nothing to remove after the agent: the filesystem
-//! goes with the namespace (on a host whose `/run` is a disk filesystem, removing the files was a
-//! few hundred microseconds of every `leash run`'s exit). Where the new mount API is refused
-//! (before 5.2, or by a seccomp profile), and for `leash confine`, which makes no mount
-//! namespace, they are written in a host directory, removed when leash is done.
+//! agent's mount namespace mounts it at that path, read-only (`mount_ns`). The directory is on no
+//! filesystem of the host's (a process reaches it only through the agent's `/proc/<pid>/root`),
+//! and there is nothing to remove after the agent: the filesystem goes with the namespace (on a
+//! host whose `/run` is a disk filesystem, removing the files was a few hundred microseconds of
+//! every `leash run`'s exit). Where `fsopen(2)` is refused (before 5.2, or by a seccomp profile),
+//! and for `leash confine`, which makes no mount namespace, they are written in a host directory,
+//! removed when leash is done. A host that allows `fsopen` but refuses `move_mount` in the agent's
+//! namespace makes `leash run` fail there (exit 125), as a host that refuses mount(2) does.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};

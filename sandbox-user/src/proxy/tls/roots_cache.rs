@@ -30,8 +30,9 @@ use std::path::{Path, PathBuf};
 
 use rustls_pki_types::{CertificateDer, Der, TrustAnchor};
 
-/// First line of the file: what it is, and the layout's version.
-const MAGIC: &[u8] = b"leash system roots v3\n";
+/// First line of the file: what it is, the layout's version, and the leash release that wrote it
+/// (the trust anchors are as that build's rustls parsed them).
+const MAGIC: &[u8] = concat!("leash system roots v3 ", env!("CARGO_PKG_VERSION"), "\n").as_bytes();
 /// How the cache files (and those being written) are named.
 const PREFIX: &str = "system-roots-";
 
