@@ -3,9 +3,10 @@
 //! once the main thread hands the policy over, the proxy.
 //!
 //! Nothing here depends on the policy until the hand-over, so on a warm start the thread begins
-//! with leash itself. The trust files are the one thing it writes for the sandbox: a start given
-//! up halfway (an error, a bad policy) drops the [`Preparation`], which waits for the thread,
-//! and the thread's trust directory goes with it.
+//! before leash's runtime (`launcher::begin`). The trust files are the one thing it writes for
+//! the sandbox: a start given up halfway (an error, a bad policy) drops the [`Preparation`],
+//! which waits for the thread, and the thread's trust files go with it. A start that goes on
+//! takes the thread as the one that starts the agent (`child::AgentThread`).
 
 use std::path::PathBuf;
 use std::sync::mpsc;
