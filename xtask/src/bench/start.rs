@@ -12,8 +12,11 @@
 //!   sequence is timed. Nothing is ever sent to those addresses.
 //! - (c) `bwrap --unshare-net --ro-bind / / -- /bin/true`: a namespace with no network at all.
 //! - (d), (d0) with `--baseline PATH`: another leash binary, warm and cold, e.g. a build of the
-//!   commit before. Measured in a block of their own after the others: two builds started in turn
-//!   each retire the other's generation when their run ends, so interleaved every start is cold.
+//!   commit before. When its eBPF object is this build's (the two share a generation: a change
+//!   to userland only), interleaved with the others like them. Otherwise in a block of its own
+//!   after the others, beside bwrap again ((c')): two builds with different objects started in
+//!   turn each retire the other's generation when their run ends, so interleaved every start
+//!   would be cold.
 //!
 //! Peak RSS is wait4(2)'s `ru_maxrss` for leash's runs. The variants run interleaved (rotating
 //! which goes first) so drift in the machine hits them alike, each timed start right after an
@@ -74,26 +77,25 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
         ("(b) netns + veth + nftables recipe".into(), Box::new(|k| timed(&|| recipe(&tools.ip, &tools.nft, k)))),
         ("(c) bwrap --unshare-net -- /bin/true".into(), Box::new(|_| timed(&|| bwrap_true(tools)))),
     ];
+    let beside = match baseline {
+        Some(path) => shares_generation(ctx, path, &bpffs)?,
+        None => false,
+    };
+    if let (Some(path), true) = (baseline, beside) {
+        println!("start: the baseline shares this build's eBPF object: interleaved with the others");
+        variants.extend(baseline_variants(ctx, path, &bpffs));
+    }
     println!(
         "start: {warmups} warm-up + {iterations} timed iterations of each variant, interleaved, each after an untimed one ..."
     );
     let mut samples = measure(&variants, warmups, iterations)?;
     check_recipe_cleanup(&tools.ip)?;
-    if let Some(path) = baseline {
+    if let (Some(path), false) = (baseline, beside) {
         // bwrap again in the baseline's block: this machine's speed drifts by more than the
         // difference being measured between blocks minutes apart, and each binary's ratio to
         // bwrap in its own block does not.
-        let block: Vec<(String, Variant)> = vec![
-            (format!("(d) baseline, warm: {}", path.display()), Box::new(move |_| leash_true(ctx, path))),
-            (
-                "(d0) baseline, cold".into(),
-                Box::new(|_| {
-                    remove_generations(&bpffs)?;
-                    leash_true(ctx, path)
-                }),
-            ),
-            ("(c') bwrap, in the baseline's block".into(), Box::new(|_| timed(&|| bwrap_true(tools)))),
-        ];
+        let mut block = baseline_variants(ctx, path, &bpffs);
+        block.push(("(c') bwrap, in the baseline's block".into(), Box::new(|_| timed(&|| bwrap_true(tools)))));
         println!("start: the baseline, in a block of its own ...");
         samples.extend(measure(&block, warmups, iterations)?);
         variants.extend(block);
@@ -135,7 +137,16 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
         if c_ratio <= 2.0 { "met" } else { "NOT met" }
     );
     println!("ratio (b)/(a0) = {:.2}: cold {}", recipe_ms / cold, faster_than(recipe_ms / cold, "the netns recipe"));
-    if baseline.is_some() {
+    if baseline.is_some() && beside {
+        let (d, d0) = (med(4), med(5));
+        println!(
+            "ratio (d)/(a) = {:.2}, (d0)/(a0) = {:.2}: warm and cold against the baseline, interleaved \
+             (its warm start against bwrap: {:.2})",
+            d / warm,
+            d0 / cold,
+            d / bwrap_ms
+        );
+    } else if baseline.is_some() {
         let (d, d0, bwrap_beside) = (med(4), med(5), med(6));
         println!("ratio (d)/(a) = {:.2}, (d0)/(a0) = {:.2}: warm and cold against the baseline", d / warm, d0 / cold);
         println!(
@@ -188,6 +199,42 @@ fn measure(variants: &[(String, Variant)], warmups: u32, iterations: u32) -> Res
         }
     }
     Ok(samples)
+}
+
+/// (d) and (d0): `baseline` warm, and cold (every generation unpinned first, untimed).
+fn baseline_variants<'a>(ctx: &'a Ctx, baseline: &'a Path, bpffs: &'a Path) -> Vec<(String, Variant<'a>)> {
+    vec![
+        (format!("(d) baseline, warm: {}", baseline.display()), Box::new(move |_| leash_true(ctx, baseline))),
+        (
+            "(d0) baseline, cold".into(),
+            Box::new(move |_| {
+                remove_generations(bpffs)?;
+                leash_true(ctx, baseline)
+            }),
+        ),
+    ]
+}
+
+/// Whether `baseline` runs this build's generation of programs (a change to userland only): a
+/// start of each, in turn, leaves the same generations pinned.
+fn shares_generation(ctx: &Ctx, baseline: &Path, bpffs: &Path) -> Result<bool> {
+    let generations = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(bpffs.join("leash"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("gen-"))
+            .collect();
+        names.sort();
+        names
+    };
+    leash_true(ctx, &ctx.leash)?;
+    let ours = generations();
+    leash_true(ctx, baseline)?;
+    let theirs = generations();
+    leash_true(ctx, &ctx.leash)?;
+    Ok(ours == theirs && generations() == ours)
 }
 
 /// leash's bpffs: `/sys/fs/bpf`, the only one it uses (`kernel/mounts.rs`).
