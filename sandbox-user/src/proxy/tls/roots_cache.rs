@@ -1,13 +1,14 @@
 //! The system's trust roots as a `leash run` on this host last read and encoded them, kept for
 //! the next run.
 //!
-//! Reading the distribution's bundle (some 150 certificates, 200 KB of PEM), decoding it,
-//! encoding the agent's truststore bags and parsing each certificate into the upstream client's
-//! trust anchors cost every start more than a millisecond before its agent could run. One file per bundle path, `/run/leash/system-roots-<hash of the path>`, keeps the
-//! result with the bundle's exact content. Each run still reads the bundle (tens of
-//! microseconds) and uses the cache only when the content is byte for byte the same: a bundle
-//! changed in any way (a package update, `update-ca-certificates` removing a distrusted root) is
-//! decoded again. Only a store that is one file is kept (no `SSL_CERT_DIR`).
+//! Reading the distribution's bundle (some 150 certificates, 200 KB of PEM), decoding it, encoding
+//! the agent's truststore bags and parsing each certificate into the upstream client's trust
+//! anchors cost every start more than a millisecond before its agent could run. One file per bundle
+//! path, `/run/leash/system-roots-<hash of the path>`, keeps the result with the bundle's exact
+//! content. Each run still reads the bundle (tens of microseconds) and uses the cache only when the
+//! content is byte for byte the same: a bundle changed in any way (a package update,
+//! `update-ca-certificates` removing a distrusted root) is decoded again. Only a store that is one
+//! file is kept (no `SSL_CERT_DIR`).
 //!
 //! What it enforces:
 //! - the file is trusted only when it is a regular file owned by root that neither group nor
