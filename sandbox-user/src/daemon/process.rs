@@ -231,9 +231,7 @@ fn boot_ticks() -> io::Result<u64> {
 /// The start time of process `pid` in clock ticks since boot (field 22 of its stat).
 fn start_ticks(pid: u32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| io::Error::other("bad stat"))?;
-    after.split_whitespace().nth(19).and_then(|f| f.parse().ok()).ok_or_else(|| io::Error::other("bad stat"))
+    crate::kernel::proc_stat::field(&stat, 22).and_then(|f| f.parse().ok()).ok_or_else(|| io::Error::other("bad stat"))
 }
 
 #[cfg(test)]

@@ -782,13 +782,7 @@ fn first_process(dir: &Path) -> Option<u32> {
     procs
         .lines()
         .filter_map(|l| l.trim().parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Field 22 (starttime); fields 3 on follow the parenthesised command name.
-            let rest = stat.rsplit_once(')')?.1;
-            let start: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
-            Some((start, pid))
-        })
+        .filter_map(|pid| Some((crate::kernel::proc_stat::start_time(pid)?, pid)))
         .min()
         .map(|(_, pid)| pid)
 }

@@ -16,6 +16,7 @@ pub mod lsm_rules;
 pub mod mounts;
 pub mod pins;
 pub mod probes;
+pub mod proc_stat;
 pub mod programs;
 pub mod reaper;
 pub mod sandbox;

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use super::proc_stat::start_time;
+
 /// Identifies a sandbox and the leash process that owns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SandboxId {
@@ -35,15 +37,6 @@ impl fmt::Display for SandboxId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.owner_pid, self.owner_start)
     }
-}
-
-/// Field 22 of `/proc/<pid>/stat`, counted after the parenthesised command name (which may hold
-/// spaces and parentheses itself).
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    // after_comm starts at field 3 (state); field 22 is the 20th from there.
-    after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use std::collections::HashSet;
 use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 
+use crate::kernel::proc_stat;
+
 /// How many sockets are covered at most; more than this is a host leash does not expect.
 pub const MAX_COVERED: usize = 4096;
 
@@ -87,18 +89,12 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// another network namespace (BPF-LSM's unix rules cover it where they run). Empty where `/proc`
 /// does not list children (`CONFIG_PROC_CHILDREN`).
 fn kernel_threads() -> HashSet<u32> {
-    let kthreadd = std::fs::read_to_string("/proc/2/stat").ok().and_then(|s| stat_flags(&s));
+    let kthreadd = std::fs::read_to_string("/proc/2/stat").ok().and_then(|s| proc_stat::flags(&s));
     if kthreadd.is_none_or(|flags| flags & PF_KTHREAD == 0) {
         return HashSet::new();
     }
     let children = std::fs::read_to_string("/proc/2/task/2/children").unwrap_or_default();
     children.split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect()
-}
-
-/// The flags field of a `/proc/<pid>/stat` line: the seventh after the command's closing
-/// parenthesis (the command itself may hold spaces and parentheses).
-fn stat_flags(stat: &str) -> Option<u64> {
-    stat.rsplit_once(')')?.1.split_ascii_whitespace().nth(6)?.parse().ok()
 }
 
 /// The network namespace of process `pid` (its decimal digits) as `/proc/<pid>/ns/net` names it
@@ -156,7 +152,7 @@ mod tests {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             stat.rsplit_once(')')?.1.split_ascii_whitespace().nth(1)?.parse::<u32>().ok()
         };
-        let kthreadd = std::fs::read_to_string("/proc/2/stat").ok().and_then(|s| stat_flags(&s));
+        let kthreadd = std::fs::read_to_string("/proc/2/stat").ok().and_then(|s| proc_stat::flags(&s));
         if kthreadd.is_some_and(|f| f & PF_KTHREAD != 0) && Path::new("/proc/2/task/2/children").exists() {
             assert!(!skipped.is_empty(), "kthreadd has no children?");
             let listed: Vec<u32> = std::fs::read_dir("/proc")
@@ -174,13 +170,6 @@ mod tests {
             }
         }
         assert!(!skipped.contains(&std::process::id()));
-    }
-
-    #[test]
-    fn the_flags_come_after_the_command_whatever_it_holds() {
-        let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0";
-        assert_eq!(stat_flags(stat), Some(4194560));
-        assert_eq!(stat_flags("garbage"), None);
     }
 
     #[test]
