@@ -23,13 +23,11 @@ pub mod map_names {
     /// `ArrayOfMaps<RingBuf>`: the pool of event rings, each used by one sandbox at a time and
     /// kept for the next (inserting a map in a map-of-maps waits a whole RCU grace period).
     pub const EVENT_RINGS: &str = "LEASH_EVENT_RINGS";
-    /// `LruHashMap<u64 socket cookie, ConnOwner>`: who called connect() on each allowed socket.
+    /// `LruHashMap<u64 socket cookie, ConnOwner>`: who called connect() on each socket a sandbox
+    /// connected to its proxy. The proxy looks a connection up by the cookie of the socket the
+    /// kernel says is at its client end (`sock_diag`), and forgets it when the connection ends.
     pub const SOCKET_OWNERS: &str = "LEASH_SOCKET_OWNERS";
-    /// `LruHashMap<u32 proxy_client_key(client port, proxy port), ConnOwner>`: who owns each
-    /// connection the proxy has answered, from its SYN-ACK (the proxy sees the client port as the
-    /// peer port at accept, and forgets the record when the connection ends).
-    pub const PROXY_CLIENTS: &str = "LEASH_PROXY_CLIENTS";
-    /// `LruHashMap<u32 proxy_client_key(client port, resolver port), u64 cgroup id>`: which
+    /// `LruHashMap<u32 dns_client_key(client port, resolver port), u64 cgroup id>`: which
     /// sandbox sent DNS from each client port to its resolver (transparent mode), written by
     /// `cgroup_skb/egress`; the resolver answers only its own sandbox's ports.
     pub const DNS_CLIENTS: &str = "LEASH_DNS_CLIENTS";
@@ -704,15 +702,14 @@ pub struct Counters {
 }
 
 /// The process that opened a connection, recorded by `connect4/6` (which run in the caller's
-/// context) and moved to the client's port when the proxy's SYN-ACK reaches the socket
-/// (`cgroup_skb/ingress`). The proxy looks it up at accept to learn whether the connection is the
-/// sandbox's and which executable is talking to it.
+/// context) under the socket's cookie. The proxy looks it up at accept, by the cookie of the
+/// socket at the connection's client end, to learn whether the connection is the sandbox's and
+/// which executable is talking to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnOwner {
     pub cgroup_id: u64,
-    /// The client socket's cookie: the proxy admits a connection only if this very socket is at
-    /// its client end (`sock_diag`), and forgets only this socket's record.
+    /// The client socket's cookie, the record's key.
     pub cookie: u64,
     /// Thread-group id (the process id userspace knows).
     pub pid: u32,
@@ -720,17 +717,16 @@ pub struct ConnOwner {
     /// Where the process connected to, when transparent mode redirected the connection.
     pub dest: OriginalDest,
     /// The proxy port the connection went to (the proxy's, or its transparent listener's), host
-    /// byte order: with the client port, the key of the record once the proxy answered
-    /// ([`proxy_client_key`]).
+    /// byte order: a record counts only for a connection accepted on that port.
     pub listener_port: u16,
     pub _pad: u16,
 }
 
-/// Key of an established connection's owner record (`LEASH_PROXY_CLIENTS`): the client port and
-/// the proxy port it connected to. Both are needed: the kernel lets two connections share a
-/// client port when they go to different ports, so another user's connection to one of the
-/// proxy's ports can hold the port of a sandbox connection to the other.
-pub const fn proxy_client_key(client_port: u16, listener_port: u16) -> u32 {
+/// Key of a DNS client's record (`LEASH_DNS_CLIENTS`): the client port and the resolver port it
+/// sent to. Both are needed: the kernel lets two sockets share a client port when they go to
+/// different ports, so another user's socket can hold the port of a sandbox's socket to another
+/// of leash's ports.
+pub const fn dns_client_key(client_port: u16, listener_port: u16) -> u32 {
     ((client_port as u32) << 16) | listener_port as u32
 }
 

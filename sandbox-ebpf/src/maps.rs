@@ -46,17 +46,13 @@ pub static EVENT_RINGS: btf_maps::ArrayOfMaps<
     { MAX_EVENT_RINGS as usize },
 > = btf_maps::ArrayOfMaps::new();
 
-/// Socket cookie -> the process that connected it, written by connect4/6 for allowed connects.
+/// Socket cookie -> the process that connected it to the proxy, written by connect4/6
+/// (`net/identity.rs`); read by the proxy at accept, removed by it when the connection ends. LRU:
+/// a socket that never reached the proxy leaves a record nobody removes.
 #[map(name = "LEASH_SOCKET_OWNERS")]
 pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
-/// `proxy_client_key(client port, proxy port)` -> the process owning that connection to the
-/// proxy, written when the proxy's SYN-ACK reaches the client (`net/identity.rs`); read by the
-/// proxy at accept, removed by it when the connection ends.
-#[map(name = "LEASH_PROXY_CLIENTS")]
-pub static PROXY_CLIENTS: LruHashMap<u32, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
-
-/// `proxy_client_key(client port, resolver port)` -> the sandbox (cgroup id) whose DNS
+/// `dns_client_key(client port, resolver port)` -> the sandbox (cgroup id) whose DNS
 /// datagram left from that port for its resolver (`skb.rs`); the resolver answers only those.
 #[map(name = "LEASH_DNS_CLIENTS")]
 pub static DNS_CLIENTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);

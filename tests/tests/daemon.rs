@@ -478,7 +478,7 @@ fn a_pod_cannot_confine_release_or_query_another_pods_processes() {
     for op in [
         format!(r#"{{"version":1,"op":"status","sandbox":"{sandbox}"}}"#),
         format!(r#"{{"version":1,"op":"release","sandbox":"{sandbox}"}}"#),
-        format!(r#"{{"version":1,"op":"owner","sandbox":"{sandbox}","port":1}}"#),
+        format!(r#"{{"version":1,"op":"owner","sandbox":"{sandbox}","port":1,"cookie":1}}"#),
     ] {
         assert_eq!(code(&node.call(&b, &op, None)), "no_such_sandbox", "pod B: {op}");
     }

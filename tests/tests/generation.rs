@@ -559,23 +559,12 @@ fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
 /// second.
 fn sandboxed_client(cgroup: &Path, port: u16, how: &str) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
     const CLIENT: &str = r#"
-import socket, struct, sys
+import socket, sys
 port, how = int(sys.argv[1]), sys.argv[2]
 s = socket.socket()
 if how == "other-address":
     s.bind(("127.0.0.2", 0))
-if how == "signed":
-    # TCP_MD5SIG for 127.0.0.1: the SYN carries a signature the listener has no key for, so the
-    # listener drops it and never answers.
-    peer = struct.pack("=HH4s", socket.AF_INET, 0, socket.inet_aton("127.0.0.1")).ljust(128, b"\0")
-    s.setsockopt(socket.IPPROTO_TCP, 14, peer + struct.pack("=BBHI", 0, 0, 4, 0) + b"sign".ljust(80, b"\0"))
-    s.setblocking(False)
-    try:
-        s.connect(("127.0.0.1", port))
-    except BlockingIOError:
-        pass
-else:
-    s.connect(("127.0.0.1", port))
+s.connect(("127.0.0.1", port))
 print(s.getsockname()[1], flush=True)
 sys.stdin.readline()
 if how == "disconnect":
@@ -644,42 +633,47 @@ impl Drop for OwnerTest {
     }
 }
 
-/// The proxy serves a connection only if the kernel recorded it as the sandbox's, by client port
-/// (the proxy's own address is the only one it admits). A record is therefore made only for a
-/// connection the proxy answered, from the proxy's own address. Against the kernel programs
-/// themselves, with a listener that never accepts (as a busy proxy's queue would not):
-/// - an answered connection has a record naming its process, which the proxy's check by socket
-///   confirms;
-/// - a connection from another local address (`127.0.0.2`) has none: its port is free on the
-///   proxy's address, for another user to bind;
-/// - nor has a SYN the listener drops (signed with `TCP_MD5SIG`), which is never answered.
+/// The proxy serves a connection only if the socket the kernel says is at its client end has a
+/// record of the proxy's own sandbox (records are kept by socket cookie, and the map is shared by
+/// every sandbox on the host). Against the kernel programs themselves, with listeners that never
+/// accept (as a busy proxy's queue would not):
+/// - a connection of sandbox A has a record naming its process, which A's check by socket finds;
+/// - sandbox B's check of the same connection finds nothing (as the node daemon answers pod B,
+///   which names A's socket, nothing);
+/// - a connection from another local address (`127.0.0.2`) is not found at the proxy's own
+///   address, where its port is free for another user to bind.
 #[test]
-fn an_owner_record_is_made_only_for_a_connection_the_proxy_answered_on_its_own_address() {
+fn a_record_counts_only_for_its_sandbox_and_the_socket_at_the_client_end() {
     require_root();
     let _serial = serial();
-    let test = OwnerTest::new("owner-test");
-    let (proxy, owners) = (test.proxy, &test.owners);
+    let a = OwnerTest::new("owner-test-a");
+    let b = OwnerTest::new("owner-test-b");
     let mut findings = Vec::new();
-    for how in ["plain", "other-address", "signed"] {
-        let (mut child, mut out) = sandboxed_client(test.cgroup(), proxy.port(), how);
+    for how in ["plain", "other-address"] {
+        let (mut child, mut out) = sandboxed_client(a.cgroup(), a.proxy.port(), how);
         let port: u16 = next_line(&mut out).parse().expect("the client's port");
-        std::thread::sleep(Duration::from_millis(if how == "signed" { 300 } else { 50 }));
-        let record = owners.owner(port, proxy.port());
-        let checked = owners.connection(std::net::SocketAddr::from(([127, 0, 0, 1], port)), proxy);
+        std::thread::sleep(Duration::from_millis(50));
+        let client = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let own = a.owners.connection(client, a.proxy);
+        let other_sandbox = b.owners.connection(client, a.proxy);
         writeln!(child.stdin.as_mut().unwrap()).unwrap();
         assert_eq!(next_line(&mut out), "closed");
         writeln!(child.stdin.as_mut().unwrap()).unwrap();
         child.wait().unwrap();
         match how {
-            "plain" if record.is_none_or(|o| o.pid != child.id()) || checked != record => findings.push(format!(
-                "the answered connection from port {port}: record {record:?}, checked by socket {checked:?}"
-            )),
+            "plain" if own.is_none_or(|o| o.pid != child.id()) => {
+                findings.push(format!("the connection from port {port} was not found as A's: {own:?}"))
+            }
+            "plain" if other_sandbox.is_some() => {
+                findings.push(format!("sandbox B's check found A's connection: {other_sandbox:?}"))
+            }
             "plain" => {}
-            _ if record.is_some() => findings.push(format!("{how}: a record for port {port}: {record:?}")),
+            _ if own.is_some() => findings.push(format!("{how}: found at 127.0.0.1:{port}: {own:?}")),
             _ => {}
         }
     }
-    test.remove();
+    a.remove();
+    b.remove();
     assert!(findings.is_empty(), "{findings:#?}");
 }
 

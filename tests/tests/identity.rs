@@ -15,20 +15,21 @@ s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (sys.argv[1], sys.argv[1]
 print("CONNECT", s.recv(200).split(b" ")[1].decode())
 "#;
 
+/// A policy `name` that allows `127.0.0.1:port` to `binary` alone.
+fn only_for(name: &str, port: u16, binary: &std::path::Path) -> String {
+    format!(
+        "version: 1\nnetwork_policies:\n  {name}:\n    name: {name}\n    endpoints:\n      - {{ host: 127.0.0.1, port: {port}, protocol: tcp }}\n    binaries:\n      - {{ path: {} }}\n",
+        binary.display()
+    )
+}
+
 #[test]
 fn only_listed_binaries_use_a_policy_with_binaries() {
     require_root();
     let upstream = Listener::http("127.0.0.1:0", "for netprobe only");
     let probe = std::fs::canonicalize(PROBE).unwrap();
     let scratch = Scratch::new("binaries");
-    let policy = scratch.file(
-        "p.yaml",
-        &format!(
-            "version: 1\nnetwork_policies:\n  probe_only:\n    name: probe_only\n    endpoints:\n      - {{ host: 127.0.0.1, port: {}, protocol: tcp }}\n    binaries:\n      - {{ path: {} }}\n",
-            upstream.addr.port(),
-            probe.display()
-        ),
-    );
+    let policy = scratch.file("p.yaml", &only_for("probe_only", upstream.addr.port(), &probe));
     let log = scratch.0.join("audit.jsonl");
     let target = upstream.addr.to_string();
     let script = format!("{PROBE} get proxy {target}; {PY} -c '{PY_CONNECT}' {target}");
@@ -52,14 +53,7 @@ fn a_listed_executable_exec_d_after_connect_lends_nothing_to_its_parent() {
     let upstream = Listener::http("127.0.0.1:0", "for sleep only");
     let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
     let scratch = Scratch::new("binaries-exec");
-    let policy = scratch.file(
-        "p.yaml",
-        &format!(
-            "version: 1\nnetwork_policies:\n  sleep_only:\n    name: sleep_only\n    endpoints:\n      - {{ host: 127.0.0.1, port: {}, protocol: tcp }}\n    binaries:\n      - {{ path: {} }}\n",
-            upstream.addr.port(),
-            sleep.display()
-        ),
-    );
+    let policy = scratch.file("p.yaml", &only_for("sleep_only", upstream.addr.port(), &sleep));
     let target = upstream.addr.to_string();
     let tries = "8";
     let out = leash_run(&policy, &[], &[PY, "-c", PY_EXEC_AFTER_CONNECT, &target, sleep.to_str().unwrap(), tries]);
@@ -67,4 +61,49 @@ fn a_listed_executable_exec_d_after_connect_lends_nothing_to_its_parent() {
     assert!(text.contains("through "), "the attack did not run: {text} {}", stderr(&out));
     assert!(text.contains("through 0"), "python used sleep's rights: {text} {}", stderr(&out));
     assert_eq!(upstream.accepted(), 0);
+}
+
+/// Holds a connection to the proxy, floods the proxy with connects (each one a record in the
+/// kernel's owner map, which every sandbox on the host shares and which evicts its oldest
+/// records when full), then asks for the target on the held connection; prints the status.
+const PY_FLOOD_THEN_CONNECT: &str = r#"
+import os, socket, struct, sys, time
+host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
+proxy = (host, int(port))
+held = socket.create_connection(proxy, 3)
+time.sleep(0.3)
+reset = struct.pack("ii", 1, 0)
+for _ in range(int(sys.argv[2])):
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+    c.setblocking(False)
+    try:
+        c.connect(proxy)
+    except BlockingIOError:
+        pass
+    c.close()
+held.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (sys.argv[1], sys.argv[1])).encode())
+print("CONNECT", held.recv(200).split(b" ")[1].decode())
+"#;
+
+/// The kernel's owner map is shared by every sandbox on the host and evicts its oldest records
+/// when full, so a sandbox that makes connections fast enough pushes out every record, its own
+/// and other sandboxes'. An admitted connection's `binaries:` identity must not depend on its
+/// record staying there: the agent holds a connection, makes 100,000 more (the map holds 65,536),
+/// and only then asks for the target, which the policy allows to its executable alone. (It fails
+/// when the proxy reads the kernel's record again at the request: "CONNECT 403". Records are kept
+/// by socket cookie, of which a flood never runs out; keyed by client port, as they were before,
+/// they could not outnumber the ports.)
+#[test]
+fn a_flood_of_connections_takes_no_admitted_connections_identity_away() {
+    require_root();
+    let upstream = Listener::http("127.0.0.1:0", "for python only");
+    let python = std::fs::canonicalize(PY).unwrap();
+    let scratch = Scratch::new("binaries-flood");
+    let policy = scratch.file("p.yaml", &only_for("python_only", upstream.addr.port(), &python));
+    let target = upstream.addr.to_string();
+    let out = leash_run(&policy, &[], &[PY, "-c", PY_FLOOD_THEN_CONNECT, &target, "100000"]);
+    let text = stdout(&out);
+    assert!(text.contains("CONNECT 200"), "the held connection lost its identity: {text} {}", stderr(&out));
+    assert_eq!(upstream.accepted(), 1);
 }

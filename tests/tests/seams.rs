@@ -206,11 +206,11 @@ fn only_the_sandbox_can_use_its_proxy() {
     assert!(stderr(&out).contains("not from this sandbox"), "{}", stderr(&out));
 }
 
-/// The proxy knows the sandbox's connections by client port (its key holds no address), and
-/// admits only peers on its own address. So the agent connects from another local address,
-/// `127.0.0.2:P`, and keeps that socket, leaving `127.0.0.1:P` free for another user, who then
-/// connects from it. The kernel records the owner of a connection only from the proxy's own
-/// address, so that user is refused like any other.
+/// The proxy admits only peers on its own address, and finds the sandbox's record by the socket
+/// at the client end. So the agent connects from another local address, `127.0.0.2:P`, and keeps
+/// that socket, leaving `127.0.0.1:P` free for another user, who then connects from it. The
+/// socket at `127.0.0.1:P` is that user's, which the sandbox never recorded, so that user is
+/// refused like any other.
 #[test]
 fn a_port_the_agent_holds_on_another_address_serves_nobody_else() {
     require_root();

@@ -2,9 +2,7 @@
 //! sends must be TCP to the proxy address and port; every packet it receives must be TCP from
 //! there (in transparent mode: or TCP to its transparent port, or UDP to its resolver's port).
 //! Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped, so a gap
-//! in the socket hooks cannot become a way out. The ingress side also hands a connection's owner
-//! record over when the proxy's SYN-ACK arrives (`identity.rs`). Minimum kernel: 4.10 for the
-//! hook; the helper naming the packet's cgroup (`bpf_skb_cgroup_id`) and direct packet access
+//! in the socket hooks cannot become a way out. Minimum kernel: 4.10 for the hook; the helper naming the packet's cgroup (`bpf_skb_cgroup_id`) and direct packet access
 //! (`__sk_buff.data`, for a privileged loader) must be allowed for this program type, which
 //! `leash doctor` checks by loading it.
 //!
@@ -14,7 +12,7 @@
 //! header is not TCP is dropped.
 
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
-use sandbox_common::{counter, proxy_client_key, Hook, SandboxNet, SANDBOX_TRANSPARENT};
+use sandbox_common::{counter, dns_client_key, Hook, SandboxNet, SANDBOX_TRANSPARENT};
 
 use crate::maps::DNS_CLIENTS;
 
@@ -88,21 +86,11 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let pkt = Packet::new(ctx);
     let remote = parse(&pkt, dir);
-    if let Some(proxy) = sandbox(cgroup).filter(|proxy| is_proxy(proxy, &remote)) {
-        match (dir, remote.protocol) {
-            (Direction::Egress, IPPROTO_UDP) => {
-                // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
-                let key = proxy_client_key(local_port(&pkt, &remote, dir), remote.port);
-                let _ = DNS_CLIENTS.insert(&key, &cgroup, 0);
-            }
-            (Direction::Ingress, IPPROTO_TCP)
-                if is_syn_ack(&pkt, &remote) && to_proxy_address(&pkt, &remote, &proxy) =>
-            {
-                // The proxy answered a connection from its own address: the connection's owner
-                // record goes where the proxy reads it at accept.
-                super::identity::hand_over(ctx, local_port(&pkt, &remote, dir));
-            }
-            _ => {}
+    if sandbox(cgroup).is_some_and(|proxy| is_proxy(&proxy, &remote)) {
+        if dir == Direction::Egress && remote.protocol == IPPROTO_UDP {
+            // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
+            let key = dns_client_key(local_port(&pkt, &remote), remote.port);
+            let _ = DNS_CLIENTS.insert(&key, &cgroup, 0);
         }
         return ALLOW;
     }
@@ -181,31 +169,11 @@ fn parse(pkt: &Packet, dir: Direction) -> Remote {
     remote
 }
 
-/// The sandbox's own port: the source port of an outgoing TCP or UDP header, the destination
-/// port of an incoming one (0 for a short packet).
+/// The sandbox's own port of an outgoing TCP or UDP header: its source port (0 for a short
+/// packet).
 #[inline(always)]
-fn local_port(pkt: &Packet, remote: &Remote, dir: Direction) -> u16 {
-    let offset = if dir == Direction::Egress { remote.l4 } else { remote.l4 + 2 };
-    pkt.read::<u16>(offset).map(u16::from_be).unwrap_or(0)
-}
-
-/// Whether a TCP segment carries both SYN and ACK: the listener's answer to a connection.
-#[inline(always)]
-fn is_syn_ack(pkt: &Packet, remote: &Remote) -> bool {
-    // The flags byte, 13 (the second of the pair at 12): SYN 0x02, ACK 0x10.
-    pkt.read::<[u8; 2]>(remote.l4 + 12).is_some_and(|[_, flags]| flags & 0x12 == 0x12)
-}
-
-/// Whether an incoming packet from the proxy is addressed to the proxy's own address, as every
-/// connection the proxy admits is (the client did not bind another local address).
-#[inline(always)]
-fn to_proxy_address(pkt: &Packet, remote: &Remote, proxy: &SandboxNet) -> bool {
-    if remote.family == AF_INET {
-        // Destination at 16.
-        return pkt.read::<u32>(16).is_some_and(|ip| ip == proxy.addr[3]);
-    }
-    // Destination at 24.
-    pkt.read::<[u32; 4]>(24).is_some_and(|ip| ip == proxy.addr)
+fn local_port(pkt: &Packet, remote: &Remote) -> u16 {
+    pkt.read::<u16>(remote.l4).map(u16::from_be).unwrap_or(0)
 }
 
 /// The remote port of a TCP/UDP header at `offset`; 0 for other protocols or a short packet.

@@ -122,6 +122,9 @@ pub enum Op {
         /// The proxy port the connection went to; default: the proxy's own.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         listener: Option<u16>,
+        /// The cookie of the socket at the connection's client end, as `sock_diag` in the pod's
+        /// network namespace reports it: the sandbox's record is kept under it.
+        cookie: u64,
     },
 }
 
@@ -308,8 +311,8 @@ mod tests {
     fn requests_round_trip_with_their_documented_spelling() {
         let r = parse_request(br#"{"version":1,"op":"confine","policy":"default"}"#).unwrap();
         assert_eq!(r.op, Op::Confine { policy: Some("default".into()), pid: None });
-        let r = parse_request(br#"{"version":1,"op":"owner","sandbox":"ab","port":4}"#).unwrap();
-        assert_eq!(r.op, Op::Owner { sandbox: "ab".into(), port: 4, listener: None });
+        let r = parse_request(br#"{"version":1,"op":"owner","sandbox":"ab","port":4,"cookie":9}"#).unwrap();
+        assert_eq!(r.op, Op::Owner { sandbox: "ab".into(), port: 4, listener: None, cookie: 9 });
         let back = serde_json::to_vec(&r).unwrap();
         assert_eq!(parse_request(&back).unwrap(), r);
     }
@@ -319,7 +322,8 @@ mod tests {
         let code = |body: &[u8]| parse_request(body).unwrap_err().error.unwrap().code;
         assert_eq!(code(br#"{"version":1,"op":"escape"}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"status"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(br#"{"version":1,"op":"owner","sandbox":"a","port":70000}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"owner","sandbox":"a","port":70000,"cookie":1}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"owner","sandbox":"a","port":7}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"hello","extra":1}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":2,"op":"hello"}"#), ErrorCode::UnsupportedVersion);
         assert_eq!(code(br#"[1]"#), ErrorCode::BadRequest);
@@ -375,7 +379,7 @@ mod properties {
 
         #[test]
         fn generated_requests_round_trip(sandbox in "\\PC{0,12}", port in any::<u16>(), pid in proptest::option::of(any::<u32>())) {
-            for op in [Op::Owner { sandbox: sandbox.clone(), port, listener: pid.map(|p| p as u16) }, Op::Confine { policy: Some(sandbox.clone()), pid }] {
+            for op in [Op::Owner { sandbox: sandbox.clone(), port, listener: pid.map(|p| p as u16), cookie: u64::from(port) << 40 }, Op::Confine { policy: Some(sandbox.clone()), pid }] {
                 let request = Request { version: VERSION, op };
                 let body = serde_json::to_vec(&request).expect("json");
                 prop_assert_eq!(read_frame(&mut frame(&body).as_slice()).expect("a frame"), body.clone());

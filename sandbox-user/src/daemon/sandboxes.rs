@@ -283,8 +283,18 @@ impl Node {
         Ok(())
     }
 
-    /// Who opened the proxy connection from client port `port` in sandbox `id`.
-    pub fn owner(&self, caller: &Caller, id: &str, port: u16, listener: Option<u16>) -> Result<Owner, Reply> {
+    /// Who opened the proxy connection from client port `port` in sandbox `id`, whose client
+    /// socket has cookie `cookie`. The caller, in the pod, finds the cookie with `sock_diag`; a
+    /// record counts only when it names this sandbox's cgroup and `listener`, so a wrong cookie
+    /// gets no answer, and another sandbox's cookie none either.
+    pub fn owner(
+        &self,
+        caller: &Caller,
+        id: &str,
+        port: u16,
+        listener: Option<u16>,
+        cookie: u64,
+    ) -> Result<Owner, Reply> {
         let state = self.state()?;
         let record = Self::own_record(&state, caller, id)?;
         if !record.record_owners {
@@ -300,8 +310,11 @@ impl Node {
                 format!("port {listener} is not one of sandbox {id}'s proxy ports"),
             ));
         }
-        let owner =
-            state.programs.owner(port, listener).filter(|o| o.cgroup_id == record.cgroup_id).ok_or_else(|| {
+        let owner = state
+            .programs
+            .owner(cookie)
+            .filter(|o| o.cgroup_id == record.cgroup_id && o.listener_port == listener)
+            .ok_or_else(|| {
                 Reply::error(ErrorCode::NoSuchSandbox, format!("no connection from sandbox {id} on port {port}"))
             })?;
         // The recorded pid is a number: its executable counts only while that number is a live

@@ -119,7 +119,9 @@ fn answer(node: &Node, peer: &Peer, op: Op, mut fds: Vec<OwnedFd>) -> Reply {
         }
         Op::Status { sandbox } => node.status(&caller, &sandbox),
         Op::Release { sandbox } => node.release(&caller, &sandbox).map(|()| serde_json::json!({})),
-        Op::Owner { sandbox, port, listener } => node.owner(&caller, &sandbox, port, listener).map(to_json),
+        Op::Owner { sandbox, port, listener, cookie } => {
+            node.owner(&caller, &sandbox, port, listener, cookie).map(to_json)
+        }
     };
     match result {
         Ok(v) => Reply::ok(v),

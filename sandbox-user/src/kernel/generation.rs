@@ -67,7 +67,7 @@ pub struct Generation {
     programs: Vec<(&'static str, Kind, PinnedProgram)>,
     sandboxes: HashMap<MapData, u64, SandboxNet>,
     counters: PerCpuHashMap<MapData, u64, Counters>,
-    owners: HashMap<MapData, u32, ConnOwner>,
+    owners: HashMap<MapData, u64, ConnOwner>,
     /// Another descriptor of the connection-owner map, for the proxy's own handle.
     owners_fd: std::os::fd::OwnedFd,
     /// `LEASH_DNS_CLIENTS`, for the resolvers of this process's sandboxes.
@@ -150,12 +150,12 @@ impl Generation {
             entries(&dir.join("progs"))?.iter().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         let lsm_hooks =
             program_names::LSM_HOOKS.iter().filter(|h| pinned.iter().any(|p| p == h.program)).map(|h| h.hook).collect();
-        let owners = map(map_names::PROXY_CLIENTS)?;
+        let owners = map(map_names::SOCKET_OWNERS)?;
         let owners_fd = match &owners {
             Map::LruHashMap(data) | Map::HashMap(data) => {
                 data.fd().as_fd().try_clone_to_owned().context("duplicating a map descriptor")?
             }
-            _ => bail!("{} is not a hash map", map_names::PROXY_CLIENTS),
+            _ => bail!("{} is not a hash map", map_names::SOCKET_OWNERS),
         };
         let dns_clients_fd = match map(map_names::DNS_CLIENTS)? {
             Map::LruHashMap(data) | Map::HashMap(data) => {
@@ -379,10 +379,9 @@ impl Generation {
         Ok(DnsClients::new(HashMap::try_from(map)?, cgroup_id))
     }
 
-    /// Who owns the connection from client port `port` to the proxy port `listener`, if
-    /// recorded (any sandbox).
-    pub fn owner(&self, port: u16, listener: u16) -> Option<ConnOwner> {
-        self.owners.get(&sandbox_common::proxy_client_key(port, listener), 0).ok()
+    /// Who connected the socket with cookie `cookie` to a proxy, if recorded (any sandbox).
+    pub fn owner(&self, cookie: u64) -> Option<ConnOwner> {
+        self.owners.get(&cookie, 0).ok()
     }
 
     /// Per-sandbox verdict counters, summed over CPUs.

@@ -14,7 +14,7 @@ use aya::maps::{HashMap, MapData};
 use aya::programs::{CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType};
 use aya::Ebpf;
 use aya_obj::generated::bpf_attach_type;
-use sandbox_common::{program_names as prog, proxy_client_key, ConnOwner, SandboxNet};
+use sandbox_common::{dns_client_key, program_names as prog, ConnOwner, SandboxNet};
 
 /// The eBPF object `build.rs` produced.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leash-ebpf"));
@@ -76,52 +76,43 @@ pub(crate) fn load_program(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Result<()
     loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))
 }
 
-/// Who owns each connection one sandbox made to its proxy, by client port (recorded by the
-/// sandbox's programs, `sandbox-ebpf/src/net/identity.rs`). The map is shared by every sandbox
-/// on the host: a record counts only when it names this sandbox's cgroup.
+/// Who owns each connection one sandbox made to its proxy, by the cookie of its client socket
+/// (recorded by the sandbox's programs, `sandbox-ebpf/src/net/identity.rs`). The map is shared by
+/// every sandbox on the host: a record counts only when it names this sandbox's cgroup.
 pub struct ConnectionOwners {
-    map: std::sync::Mutex<HashMap<MapData, u32, ConnOwner>>,
+    map: std::sync::Mutex<HashMap<MapData, u64, ConnOwner>>,
     cgroup_id: u64,
 }
 
 impl ConnectionOwners {
-    pub fn new(map: HashMap<MapData, u32, ConnOwner>, cgroup_id: u64) -> Self {
+    pub fn new(map: HashMap<MapData, u64, ConnOwner>, cgroup_id: u64) -> Self {
         Self { map: std::sync::Mutex::new(map), cgroup_id }
     }
 
-    /// The owner of the connection from client port `port` to the proxy's port `listener`, if
-    /// this sandbox made it.
-    pub fn owner(&self, port: u16, listener: u16) -> Option<ConnOwner> {
-        let key = proxy_client_key(port, listener);
-        self.map.lock().ok()?.get(&key, 0).ok().filter(|o| o.cgroup_id == self.cgroup_id)
-    }
-
-    /// The owner of the connection from `peer` to the proxy at `local`, if this sandbox made it
-    /// and its socket still holds `peer`: the record names the socket's cookie, and the kernel
-    /// says which socket is now at `peer` connected to `local`. A port the sandbox's socket gave
-    /// up while its record stayed (a reset, `connect(AF_UNSPEC)`, a timeout, all with the socket
-    /// still open) is someone else's or nobody's. Any error counts as "not the sandbox's".
+    /// The owner of the connection from `peer` to the proxy at `local`, if this sandbox made it:
+    /// the kernel says which socket is at `peer` connected to `local` (`sock_diag`), and this
+    /// sandbox's record of that socket names `local`'s port. A port the sandbox's socket gave up
+    /// (a reset, `connect(AF_UNSPEC)`, a timeout, all with the socket still open) is held by
+    /// another socket, whose cookie has no record or another sandbox's. Any error counts as "not
+    /// the sandbox's".
     pub fn connection(&self, peer: SocketAddr, local: SocketAddr) -> Option<ConnOwner> {
-        self.owner(peer.port(), local.port()).filter(|owner| holds(owner, peer, local))
+        let cookie = super::sock_diag::client_cookie(peer, local).ok()??;
+        self.by_cookie(cookie).filter(|owner| owner.listener_port == local.port())
     }
 
-    /// Drops the record of the connection from client port `port` to the proxy's port
-    /// `listener` once it ended, if it is still the one of socket `cookie` (a new connection of
-    /// the sandbox from the same port keeps its own).
-    pub fn forget(&self, port: u16, listener: u16, cookie: u64) {
-        let key = proxy_client_key(port, listener);
+    /// This sandbox's record of the socket with cookie `cookie`.
+    fn by_cookie(&self, cookie: u64) -> Option<ConnOwner> {
+        self.map.lock().ok()?.get(&cookie, 0).ok().filter(|o| o.cgroup_id == self.cgroup_id)
+    }
+
+    /// Drops the record of socket `cookie`, if it is this sandbox's.
+    pub fn forget(&self, cookie: u64) {
         if let Ok(mut map) = self.map.lock() {
-            if map.get(&key, 0).is_ok_and(|o| o.cgroup_id == self.cgroup_id && o.cookie == cookie) {
-                let _ = map.remove(&key);
+            if map.get(&cookie, 0).is_ok_and(|o| o.cgroup_id == self.cgroup_id) {
+                let _ = map.remove(&cookie);
             }
         }
     }
-}
-
-/// Whether the socket `owner` was recorded for is the one now at `peer` connected to `local`.
-/// Any error counts as "no".
-pub fn holds(owner: &ConnOwner, peer: SocketAddr, local: SocketAddr) -> bool {
-    matches!(super::sock_diag::client_cookie(peer, local), Ok(Some(cookie)) if cookie == owner.cookie)
 }
 
 /// Which client ports sent DNS from one sandbox to its resolver (`cgroup_skb/egress` writes
@@ -139,7 +130,7 @@ impl DnsClients {
 
     /// Whether this sandbox sent DNS from client port `port` to the resolver's port `resolver`.
     pub fn sent(&self, port: u16, resolver: u16) -> bool {
-        let key = proxy_client_key(port, resolver);
+        let key = dns_client_key(port, resolver);
         self.map.lock().ok().and_then(|m| m.get(&key, 0).ok()).is_some_and(|c| c == self.cgroup_id)
     }
 }

@@ -4,7 +4,8 @@
 use std::fmt;
 
 /// The layer that tells the proxy's admission which socket holds a connection's client end
-/// (`kernel/sock_diag.rs`); without it the proxy admits by the kernel's record alone.
+/// (`kernel/sock_diag.rs`); without it no connection can be matched to its record, and the proxy
+/// serves none.
 pub const PEER_SOCKETS: &str = "proxy admission by socket";
 
 /// A layer the policy asks for and this run lacks.

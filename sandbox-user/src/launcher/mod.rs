@@ -388,7 +388,7 @@ async fn run_inside(
             let procs = s.cgroup().context("sandbox cgroup missing")?.path().join("cgroup.procs");
             let mut peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.addr().ip());
             if missing.iter().any(|m| m.layer == layers::PEER_SOCKETS) {
-                peers = peers.by_record_alone();
+                peers = peers.without_sock_diag();
             }
             if agent.binaries_rules || opts.learn.is_some() {
                 proxy.set_connection_owners(peers.owner_source())?;

@@ -1,7 +1,9 @@
 //! Which executable is talking to the proxy. The sandbox's programs record the owner of every
-//! connection by client port (`sandbox-ebpf/src/net/identity.rs`); at accept the proxy looks the
-//! peer port up and reads that one process's executable link (no scan of /proc). Under `leash run` the proxy reads the map
-//! itself; under `leash confine` it asks the node daemon, which holds the map.
+//! connection by its client socket's cookie (`sandbox-ebpf/src/net/identity.rs`); the proxy asks
+//! the kernel which socket is at the connection's client end, looks its cookie up and reads that
+//! one process's executable link (no scan of /proc). Under `leash run` the proxy reads the map
+//! itself, once per connection (`peers.rs`); under `leash confine` it asks the node daemon, which
+//! holds the map.
 //!
 //! An executable's path says which file was run, not which code runs: a library named by
 //! `LD_PRELOAD`, `LD_AUDIT` or `LD_LIBRARY_PATH` is loaded into it by the dynamic loader and
@@ -17,7 +19,6 @@ use std::sync::Mutex;
 
 use crate::confine_api::client::Client;
 use crate::confine_api::protocol::{Op, Owner};
-use crate::kernel::programs::ConnectionOwners;
 
 /// Environment variables that make the dynamic loader run code the executable did not name.
 pub const LOADER_VARIABLES: [&str; 3] = ["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"];
@@ -31,21 +32,6 @@ pub trait OwnerSource: Send + Sync {
     fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32>;
     /// Where the connection was going, when transparent mode redirected it here.
     fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr>;
-}
-
-impl OwnerSource for ConnectionOwners {
-    fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf> {
-        let owner = self.owner(peer.port(), listener)?;
-        std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok()
-    }
-
-    fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32> {
-        self.owner(peer.port(), listener).map(|o| o.pid)
-    }
-
-    fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
-        self.owner(peer.port(), listener).and_then(|o| crate::kernel::programs::original_destination(&o.dest))
-    }
 }
 
 /// Why a process's executable identity is not trusted for a `binaries:` rule.
@@ -141,14 +127,19 @@ impl DaemonOwners {
         Self { socket: socket.to_path_buf(), sandbox: sandbox.to_owned(), client: Mutex::new(None) }
     }
 
-    fn ask(&self, port: u16, listener: u16) -> Option<Owner> {
+    /// The daemon's record of the connection from `peer`, a client on the proxy's own address,
+    /// to the proxy's port `listener`: asked by the cookie of the socket this network namespace
+    /// has at the client end.
+    fn ask(&self, peer: SocketAddr, listener: u16) -> Option<Owner> {
+        let cookie = crate::kernel::sock_diag::client_cookie(peer, SocketAddr::new(peer.ip(), listener)).ok()??;
         let mut slot = self.client.lock().ok()?;
         for _ in 0..2 {
             if slot.is_none() {
                 *slot = Client::connect(&self.socket).ok();
             }
             let client = slot.as_mut()?;
-            match client.call(Op::Owner { sandbox: self.sandbox.clone(), port, listener: Some(listener) }) {
+            let op = Op::Owner { sandbox: self.sandbox.clone(), port: peer.port(), listener: Some(listener), cookie };
+            match client.call(op) {
                 Ok(v) => return serde_json::from_value(v).ok(),
                 // An answer that says no: no owner. A broken connection: reconnect once.
                 Err(crate::confine_api::client::ClientError::Refused(_)) => return None,
@@ -161,7 +152,7 @@ impl DaemonOwners {
 
 impl OwnerSource for DaemonOwners {
     fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf> {
-        let owner = self.ask(peer.port(), listener)?;
+        let owner = self.ask(peer, listener)?;
         // The daemon reads the link when it can; else this process, in the agent's pid
         // namespace, reads it by the pid the daemon translated.
         owner
@@ -171,11 +162,11 @@ impl OwnerSource for DaemonOwners {
     }
 
     fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32> {
-        self.ask(peer.port(), listener).map(|o| o.pid).filter(|p| *p != 0)
+        self.ask(peer, listener).map(|o| o.pid).filter(|p| *p != 0)
     }
 
     fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
-        self.ask(peer.port(), listener)?.dest
+        self.ask(peer, listener)?.dest
     }
 }
 

@@ -373,10 +373,9 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     door: Door,
 ) {
-    let peers = proxy.peers.get().cloned();
     let mut admitted = None;
-    if let Some(peers) = &peers {
-        admitted = peers.admits(&stream, addr, local).await;
+    if let Some(peers) = proxy.peers.get() {
+        admitted = peers.admits(&stream, addr, local);
         if admitted.is_none() {
             proxy.audit.outsider_refused(addr);
             return;
@@ -387,8 +386,8 @@ async fn serve_connection(
     let redirected_from = match door {
         Door::Explicit => None,
         Door::Transparent => {
-            let recorded = match &peers {
-                Some(peers) => peers.destination(addr, local.port()),
+            let recorded = match &admitted {
+                Some(admitted) => admitted.destination(),
                 None => proxy.owners.get().and_then(|o| o.destination(addr, local.port())),
             };
             if recorded.is_none() {
@@ -399,7 +398,7 @@ async fn serve_connection(
         }
     };
     let binary = proxy.owners.get().and_then(|o| o.binary(addr, local.port()));
-    let stream = peers::AdmittedStream::new(stream, peers.zip(admitted));
+    let stream = peers::AdmittedStream::new(stream, admitted);
     let client = connect::Client { addr, listener: local.port(), binary, redirected_from };
     if let Some(to) = redirected_from {
         return transparent::serve(stream, proxy, client, to).await;

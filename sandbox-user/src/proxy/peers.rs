@@ -1,46 +1,48 @@
 //! Who may use the proxy. Under `leash run` it serves only its own sandbox: the sandbox's
-//! programs record every connection it makes to the proxy from the proxy's own address, by client
-//! port and socket cookie (`sandbox-ebpf/src/net/identity.rs`), and a connection is served only
-//! if such a record names the socket now at its client end (`sock_diag`). Anything else (another
-//! local user, root outside the sandbox, whoever took a port the sandbox's socket gave up while
-//! its record stayed) is closed before a byte of it is read. The proxy forgets a record when the
-//! connection (or the tunnel it became) ends.
+//! programs record every connection it makes to the proxy under its socket's cookie
+//! (`sandbox-ebpf/src/net/identity.rs`), and a connection from the proxy's own address is served
+//! only if the socket the kernel says is at its client end (`sock_diag`) has such a record.
+//! Anything else (another local user, root outside the sandbox, whoever took a port the
+//! sandbox's socket gave up) is closed before a byte of it is read. The proxy takes an admitted
+//! connection's record out of the kernel's map and forgets it when the connection (or the tunnel
+//! it became) ends.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
 
 use super::identity::OwnerSource;
-use crate::kernel::programs::{holds, ConnectionOwners};
+use crate::kernel::programs::ConnectionOwners;
+use sandbox_common::ConnOwner;
 
 /// The sandbox's connection records, shared by the admission check and `binaries:` rules.
 #[derive(Clone)]
 pub struct SandboxPeers {
     owners: Arc<ConnectionOwners>,
+    admitted: Arc<Admissions>,
     holders: Option<Arc<Holders>>,
-    /// Whether a record must name the socket at the connection's client end
-    /// (`ConnectionOwners::connection`); only a degraded run (no `sock_diag`) admits by record
-    /// alone.
+    /// Whether the kernel can say which socket is at a connection's client end (`sock_diag`);
+    /// without it no record can be found, and a degraded run serves no connection.
     by_socket: bool,
 }
 
-/// How often, and how long apart, a missing record is looked for again: the client side's
-/// ingress program makes it at the SYN-ACK, before the final ACK, so it is normally there at
-/// accept.
-const RECHECKS: u32 = 3;
-const RECHECK_DELAY: Duration = Duration::from_millis(2);
+/// The records of the connections being served, by client address and proxy port. A record
+/// leaves the kernel's map when its connection is admitted: the map is shared by every sandbox
+/// on the host and evicts its oldest records when full, and a record kept here can be evicted
+/// by no one, nor does reading it again (`binaries:` rules, per request) ask `sock_diag`.
+type Admissions = Mutex<HashMap<(SocketAddr, u16), ConnOwner>>;
 
 impl SandboxPeers {
     pub fn new(owners: ConnectionOwners) -> Self {
-        Self { owners: Arc::new(owners), holders: None, by_socket: true }
+        Self { owners: Arc::new(owners), admitted: Arc::default(), holders: None, by_socket: true }
     }
 
-    /// Admits by the kernel's record alone, without asking which socket holds the client end: for
-    /// a run `--allow-degraded` lets start without `sock_diag`.
-    pub fn by_record_alone(mut self) -> Self {
+    /// Admits no connection: for a run `--allow-degraded` lets start without `sock_diag`, which
+    /// cannot tell the sandbox's connections from others'.
+    pub fn without_sock_diag(mut self) -> Self {
         self.by_socket = false;
         self
     }
@@ -53,46 +55,41 @@ impl SandboxPeers {
         self
     }
 
-    /// Where the sandbox's connection from `peer` was meant to go, when transparent mode
-    /// redirected it to the proxy; `None` for a connection made to the proxy itself.
-    pub fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
-        self.owners.destination(peer, listener)
-    }
-
     /// Whether `stream`, accepted from `peer` at the proxy's `local`, is a connection the
-    /// sandbox made: a record names the socket now at its client end, and the proxy's end is
+    /// sandbox made: the sandbox recorded the socket now at its client end, and the proxy's end is
     /// still connected to it. (A reset connection is not: its client end may be another socket
-    /// by now, even one of the sandbox that took the freed port after it.)
-    pub async fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Option<Admitted> {
-        if peer.ip() != local.ip() {
+    /// by now, even one of the sandbox that took the freed port after it.) The record is made at
+    /// `connect()`, before the SYN leaves, so it is there by the time the proxy accepts; an
+    /// admitted connection's record moves from the kernel's map to this proxy's.
+    pub fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Option<Admitted> {
+        if !self.by_socket || peer.ip() != local.ip() {
             return None;
         }
-        for attempt in 0..=RECHECKS {
-            if let Some(owner) = self.owners.owner(peer.port(), local.port()) {
-                let admitted = !self.by_socket || (holds(&owner, peer, local) && still_connected(stream));
-                return admitted.then_some(Admitted { peer, listener: local.port(), cookie: owner.cookie });
-            }
-            if attempt < RECHECKS {
-                tokio::time::sleep(RECHECK_DELAY).await;
-            }
+        let owner = self.owners.connection(peer, local)?;
+        if !still_connected(stream) {
+            return None;
         }
-        None
-    }
-
-    /// Forgets the record of an admitted connection once it ended.
-    pub fn forget(&self, admitted: &Admitted) {
-        self.owners.forget(admitted.peer.port(), admitted.listener, admitted.cookie);
+        self.owners.forget(owner.cookie);
+        let key = (peer, local.port());
+        self.admitted.lock().ok()?.insert(key, owner);
+        Some(Admitted { key, owner, admissions: self.admitted.clone() })
     }
 
     /// The same records as a source of connection owners (for `binaries:` rules).
     pub fn owner_source(&self) -> Box<dyn OwnerSource> {
-        Box::new(Shared { owners: self.owners.clone(), holders: self.holders.clone() })
+        Box::new(Shared { admitted: self.admitted.clone(), holders: self.holders.clone() })
     }
 }
 
 struct Shared {
-    owners: Arc<ConnectionOwners>,
+    admitted: Arc<Admissions>,
     holders: Option<Arc<Holders>>,
+}
+
+impl Shared {
+    fn owner(&self, peer: SocketAddr, listener: u16) -> Option<ConnOwner> {
+        self.admitted.lock().ok()?.get(&(peer, listener)).copied()
+    }
 }
 
 impl OwnerSource for Shared {
@@ -100,7 +97,8 @@ impl OwnerSource for Shared {
     /// process that connected and then exec'd an allowed program, or passed the socket on,
     /// does not lend that program's rights to the others holding the socket.
     fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf> {
-        let exe = self.owners.binary(peer, listener)?;
+        let owner = self.owner(peer, listener)?;
+        let exe = std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok()?;
         match &self.holders {
             Some(h) if !h.all_run(peer, listener, &exe) => None,
             _ => Some(exe),
@@ -108,11 +106,11 @@ impl OwnerSource for Shared {
     }
 
     fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32> {
-        self.owners.pid(peer, listener)
+        self.owner(peer, listener).map(|o| o.pid)
     }
 
     fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
-        self.owners.destination(peer, listener)
+        crate::kernel::programs::original_destination(&self.owner(peer, listener)?.dest)
     }
 }
 
@@ -129,12 +127,31 @@ impl Holders {
     }
 }
 
-/// Which connection [`SandboxPeers::admits`] let in: the client's address, the proxy port it
-/// connected to, and the cookie of its socket.
+/// Which connection [`SandboxPeers::admits`] let in: its client address and proxy port, and the
+/// record of its client socket, which the proxy forgets when this is dropped (unless a later
+/// connection from the same address, admitted since, holds the key now).
 pub struct Admitted {
-    peer: SocketAddr,
-    listener: u16,
-    cookie: u64,
+    key: (SocketAddr, u16),
+    owner: ConnOwner,
+    admissions: Arc<Admissions>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.admissions.lock() {
+            if map.get(&self.key).is_some_and(|o| o.cookie == self.owner.cookie) {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Admitted {
+    /// Where the connection was meant to go, when transparent mode redirected it to the proxy;
+    /// `None` for a connection made to the proxy itself.
+    pub fn destination(&self) -> Option<SocketAddr> {
+        crate::kernel::programs::original_destination(&self.owner.dest)
+    }
 }
 
 /// Whether the proxy's end of a connection is still connected: established (or, accepted early
@@ -156,13 +173,13 @@ fn still_connected(stream: &TcpStream) -> bool {
 /// stream, or the tunnel it was upgraded to) is dropped.
 pub struct AdmittedStream {
     stream: TcpStream,
-    /// The sandbox's records and the connection they admitted.
-    peers: Option<(SandboxPeers, Admitted)>,
+    /// The connection's admission, when the proxy serves only its sandbox.
+    _admitted: Option<Admitted>,
 }
 
 impl AdmittedStream {
-    pub fn new(stream: TcpStream, peers: Option<(SandboxPeers, Admitted)>) -> Self {
-        Self { stream, peers }
+    pub fn new(stream: TcpStream, admitted: Option<Admitted>) -> Self {
+        Self { stream, _admitted: admitted }
     }
 }
 
@@ -170,14 +187,6 @@ impl AdmittedStream {
     /// Reads the first bytes waiting on the connection without consuming them.
     pub async fn peek(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.stream.peek(buf).await
-    }
-}
-
-impl Drop for AdmittedStream {
-    fn drop(&mut self) {
-        if let Some((peers, admitted)) = &self.peers {
-            peers.forget(admitted);
-        }
     }
 }
 
@@ -218,6 +227,7 @@ impl tokio::io::AsyncWrite for AdmittedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// The proxy's end of a connection counts as connected while the client is there or has
     /// only shut its sending side, and not once the client reset it.

@@ -1,6 +1,6 @@
 //! The transparent front door: connections the kernel redirected here (`network.transparent`)
 //! because the agent connected somewhere other than the proxy. The destination it meant comes
-//! from the connection's owner record (`connect4/6`, handed over at the SYN-ACK), and the
+//! from the connection's owner record (`connect4/6`, found by the client socket's cookie), and the
 //! connection is judged exactly as a CONNECT to the same name and port (`connect.rs`):
 //!
 //! - the name: the one a synthetic address was handed out for (`dns/names.rs`); any other

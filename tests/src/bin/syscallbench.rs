@@ -521,7 +521,6 @@ fn attach_floor() -> Result<Vec<aya::Ebpf>, String> {
             map_names::EVENT_SLOTS,
             map_names::EVENT_RINGS,
             map_names::SOCKET_OWNERS,
-            map_names::PROXY_CLIENTS,
             map_names::LSM_SANDBOXES,
             map_names::LSM_EXEC_ALLOW,
             map_names::LSM_DENY_OPEN,
