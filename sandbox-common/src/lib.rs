@@ -25,7 +25,8 @@ pub mod map_names {
     pub const EVENT_RINGS: &str = "LEASH_EVENT_RINGS";
     /// `LruHashMap<u64 socket cookie, ConnOwner>`: who called connect() on each socket a sandbox
     /// connected to its proxy. The proxy looks a connection up by the cookie of the socket the
-    /// kernel says is at its client end (`sock_diag`), and forgets it when the connection ends.
+    /// kernel says is at its client end (`sock_diag`), and removes the record when it admits the
+    /// connection (the node daemon: when it answers for it).
     pub const SOCKET_OWNERS: &str = "LEASH_SOCKET_OWNERS";
     /// `LruHashMap<u32 dns_client_key(client port, resolver port), u64 cgroup id>`: which
     /// sandbox sent DNS from each client port to its resolver (transparent mode), written by
@@ -726,8 +727,8 @@ pub struct ConnOwner {
 /// sent to. Both are needed: the kernel lets two sockets share a client port when they go to
 /// different ports, so another user's socket can hold the port of a sandbox's socket to another
 /// of leash's ports.
-pub const fn dns_client_key(client_port: u16, listener_port: u16) -> u32 {
-    ((client_port as u32) << 16) | listener_port as u32
+pub const fn dns_client_key(client_port: u16, resolver_port: u16) -> u32 {
+    ((client_port as u32) << 16) | resolver_port as u32
 }
 
 /// Which hook denied something, in [`DenyEvent::hook`].

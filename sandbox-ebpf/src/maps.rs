@@ -47,8 +47,9 @@ pub static EVENT_RINGS: btf_maps::ArrayOfMaps<
 > = btf_maps::ArrayOfMaps::new();
 
 /// Socket cookie -> the process that connected it to the proxy, written by connect4/6
-/// (`net/identity.rs`); read by the proxy at accept, removed by it when the connection ends. LRU:
-/// a socket that never reached the proxy leaves a record nobody removes.
+/// (`net/identity.rs`); read and removed by the proxy when it admits the connection (the node
+/// daemon: when it answers for it). LRU: a socket that never reached the proxy leaves a record
+/// nobody removes.
 #[map(name = "LEASH_SOCKET_OWNERS")]
 pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 

@@ -8,7 +8,7 @@
 //! accept the proxy asks the kernel which socket is at the connection's client end
 //! (`sandbox-user/src/kernel/sock_diag.rs`) and looks its cookie up: a cookie is never reused,
 //! so a record cannot be borrowed by whoever takes a port the sandbox's socket gave up. The proxy
-//! removes the record when the connection ends.
+//! removes the record when it admits the connection (the node daemon, when it answers for it).
 //!
 //! Nothing else runs per connection. (The record used to move to a key of client and proxy port
 //! when the proxy's SYN-ACK reached the socket, in `cgroup_skb/ingress`, and before that at

@@ -2,9 +2,10 @@
 //! sends must be TCP to the proxy address and port; every packet it receives must be TCP from
 //! there (in transparent mode: or TCP to its transparent port, or UDP to its resolver's port).
 //! Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped, so a gap
-//! in the socket hooks cannot become a way out. Minimum kernel: 4.10 for the hook; the helper naming the packet's cgroup (`bpf_skb_cgroup_id`) and direct packet access
-//! (`__sk_buff.data`, for a privileged loader) must be allowed for this program type, which
-//! `leash doctor` checks by loading it.
+//! in the socket hooks cannot become a way out. Minimum kernel: 4.10 for the hook; the helper
+//! naming the packet's cgroup (`bpf_skb_cgroup_id`) and direct packet access (`__sk_buff.data`,
+//! for a privileged loader) must be allowed for this program type, which `leash doctor` checks
+//! by loading it.
 //!
 //! The context starts at the network header. Headers are read in place ([`Packet`]): these
 //! programs run for every packet of a sandbox socket, and a helper call per field read cost

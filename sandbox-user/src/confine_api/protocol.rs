@@ -31,7 +31,7 @@
 //! | `confine` | `policy`?, `pid`? + descriptors (SCM_RIGHTS): the proxy's listening TCP socket; for transparent mode also its transparent listener (TCP) and resolver (UDP) sockets | the new sandbox |
 //! | `status` | `sandbox` | the sandbox: policy, proxy, processes, verdict counters |
 //! | `release` | `sandbox` | — (every process in it is killed and its state removed) |
-//! | `owner` | `sandbox`, `port`, `listener`? | the process that opened the proxy connection from client port `port` to the proxy's port `listener` (default: the proxy's own; or the transparent listener's) |
+//! | `owner` | `sandbox`, `port`, `listener`?, `cookie` | the process that opened the proxy connection from client port `port` to the proxy's port `listener` (default: the proxy's own; or the transparent listener's), whose client socket has cookie `cookie` (as `sock_diag` reports it in the pod's network namespace); answered once, then the record is removed |
 //!
 //! `confine` moves process `pid` (as the caller sees it, in its own PID namespace: a container's,
 //! or the node's for a `hostPID` pod; default: the caller) into a new cgroup

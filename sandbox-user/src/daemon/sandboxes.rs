@@ -286,7 +286,9 @@ impl Node {
     /// Who opened the proxy connection from client port `port` in sandbox `id`, whose client
     /// socket has cookie `cookie`. The caller, in the pod, finds the cookie with `sock_diag`; a
     /// record counts only when it names this sandbox's cgroup and `listener`, so a wrong cookie
-    /// gets no answer, and another sandbox's cookie none either.
+    /// gets no answer, and another sandbox's cookie none either. The record is removed once
+    /// answered (the pod's proxy asks once per connection): the map is shared by every sandbox
+    /// on the node and evicts its oldest records when full.
     pub fn owner(
         &self,
         caller: &Caller,
@@ -295,7 +297,7 @@ impl Node {
         listener: Option<u16>,
         cookie: u64,
     ) -> Result<Owner, Reply> {
-        let state = self.state()?;
+        let mut state = self.state()?;
         let record = Self::own_record(&state, caller, id)?;
         if !record.record_owners {
             return Err(Reply::error(
@@ -317,6 +319,7 @@ impl Node {
             .ok_or_else(|| {
                 Reply::error(ErrorCode::NoSuchSandbox, format!("no connection from sandbox {id} on port {port}"))
             })?;
+        state.programs.forget_owner(cookie);
         // The recorded pid is a number: its executable counts only while that number is a live
         // process of this sandbox (not one that took the number after the owner exited).
         let inside = format!("/leash-{}", record.id);

@@ -384,6 +384,11 @@ impl Generation {
         self.owners.get(&cookie, 0).ok()
     }
 
+    /// Removes the record of socket `cookie`.
+    pub fn forget_owner(&mut self, cookie: u64) {
+        let _ = self.owners.remove(&cookie);
+    }
+
     /// Per-sandbox verdict counters, summed over CPUs.
     pub fn counters(&self, cgroup_id: u64) -> Result<Counters> {
         let per_cpu = self.counters.get(&cgroup_id, 0).context("reading counters")?;

@@ -100,6 +100,16 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
             None
         }
     };
+    if binaries_restricted || transparent {
+        // The daemon keeps each connection's owner under its client socket's cookie, which this
+        // proxy finds with `sock_diag` in the pod's network namespace.
+        if let Err(e) = crate::kernel::sock_diag::answers(bound.addr()) {
+            let why = format!("{e}; no connection's owner can be found, so binaries: rules match nothing and redirected connections are refused");
+            let missing = [super::layers::Missing { layer: super::layers::PEER_SOCKETS, why }];
+            super::check_missing(&missing, opts.allow_degraded)?;
+            eprintln!("leash: warning: running degraded, not enforced: {}", missing[0]);
+        }
+    }
     let mut env = super::credential_env(&proxy, &credential_names, bound.addr(), &identity)?;
     trust.add_env(&mut env);
 

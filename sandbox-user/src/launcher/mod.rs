@@ -225,7 +225,8 @@ pub async fn run(begun: Begun) -> Result<i32> {
         let host_sockets = mount_ns::HostSockets::find(&unix_allowed);
         if sandbox.is_some() {
             if let Err(e) = crate::kernel::sock_diag::answers(bound.addr()) {
-                missing.push(layers::Missing { layer: layers::PEER_SOCKETS, why: e.to_string() });
+                let why = format!("{e}; the proxy serves no connection");
+                missing.push(layers::Missing { layer: layers::PEER_SOCKETS, why });
             }
         }
         if kernel_required {
@@ -386,12 +387,12 @@ async fn run_inside(
     let events = match sandbox.as_deref_mut() {
         Some(s) => {
             let procs = s.cgroup().context("sandbox cgroup missing")?.path().join("cgroup.procs");
-            let mut peers = SandboxPeers::new(s.connection_owners()?).with_holders(procs, bound.addr().ip());
+            let mut peers = SandboxPeers::new(s.connection_owners()?);
             if missing.iter().any(|m| m.layer == layers::PEER_SOCKETS) {
                 peers = peers.without_sock_diag();
             }
             if agent.binaries_rules || opts.learn.is_some() {
-                proxy.set_connection_owners(peers.owner_source())?;
+                peers = peers.naming_executables(procs, bound.addr().ip());
             }
             proxy.serve_only(peers)?;
             proxy.answer_dns_only(s.dns_clients()?)?;

@@ -27,9 +27,9 @@ use super::{addresses, identity, learning, passthrough, request, Proxy, ProxyBod
 #[derive(Clone)]
 pub struct Client {
     pub addr: SocketAddr,
-    /// The proxy port it connected to (the proxy's own, or the transparent listener's).
-    pub listener: u16,
     pub binary: Option<PathBuf>,
+    /// The pid of the process that opened the connection, as this process sees it.
+    pub pid: Option<u32>,
     pub redirected_from: Option<SocketAddr>,
 }
 
@@ -66,7 +66,7 @@ pub(super) fn decide(
     client: &Client,
 ) -> Result<NetworkVerdict, Box<Response<ProxyBody>>> {
     let host_text = host.to_string();
-    let verdict = decide_for_owner(state, proxy, &host_text, port, client);
+    let verdict = decide_for_owner(state, &host_text, port, client);
     if proxy.audit.records(verdict.allow) {
         proxy.audit.proxy_decision(&ProxyDecision {
             allowed: verdict.allow,
@@ -94,7 +94,7 @@ pub(super) fn decide(
 /// The decision for the connection's executable; when that decision rests on a `binaries:`
 /// rule, the process must also run without loader variables (`identity.rs`), else it is judged
 /// as a process of unknown executable, and a refusal says why.
-fn decide_for_owner(state: &PolicyState, proxy: &Proxy, host: &str, port: u16, client: &Client) -> NetworkVerdict {
+fn decide_for_owner(state: &PolicyState, host: &str, port: u16, client: &Client) -> NetworkVerdict {
     let verdict = state.decider.network(host, port, client.binary.as_deref());
     let by_binaries = verdict.allow
         && client.binary.is_some()
@@ -105,8 +105,7 @@ fn decide_for_owner(state: &PolicyState, proxy: &Proxy, host: &str, port: u16, c
     if !by_binaries {
         return verdict;
     }
-    let pid = proxy.owners.get().and_then(|o| o.pid(client.addr, client.listener));
-    let Err(untrusted) = identity::check_loader_variables(pid) else { return verdict };
+    let Err(untrusted) = identity::check_loader_variables(client.pid) else { return verdict };
     let mut anyone = state.decider.network(host, port, None);
     if !anyone.allow {
         anyone.reason = Arc::from(untrusted.to_string());
@@ -122,7 +121,7 @@ pub(super) fn learns_instead(
     port: u16,
     client: &Client,
 ) -> bool {
-    proxy.learner.get().is_some() && !decide_for_owner(state, proxy, &host.to_string(), port, client).allow
+    proxy.learner.get().is_some() && !decide_for_owner(state, &host.to_string(), port, client).allow
 }
 
 pub(super) fn endpoint<'a>(state: &'a PolicyState, verdict: &NetworkVerdict) -> Option<&'a CompiledEndpoint> {

@@ -1,9 +1,9 @@
 //! Which executable is talking to the proxy. The sandbox's programs record the owner of every
 //! connection by its client socket's cookie (`sandbox-ebpf/src/net/identity.rs`); the proxy asks
 //! the kernel which socket is at the connection's client end, looks its cookie up and reads that
-//! one process's executable link (no scan of /proc). Under `leash run` the proxy reads the map
-//! itself, once per connection (`peers.rs`); under `leash confine` it asks the node daemon, which
-//! holds the map.
+//! one process's executable link (no scan of /proc), once per connection, when it accepts it.
+//! Under `leash run` the proxy reads the map itself (`peers.rs`); under `leash confine` it asks
+//! the node daemon, which holds the map.
 //!
 //! An executable's path says which file was run, not which code runs: a library named by
 //! `LD_PRELOAD`, `LD_AUDIT` or `LD_LIBRARY_PATH` is loaded into it by the dynamic loader and
@@ -23,15 +23,23 @@ use crate::confine_api::protocol::{Op, Owner};
 /// Environment variables that make the dynamic loader run code the executable did not name.
 pub const LOADER_VARIABLES: [&str; 3] = ["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"];
 
-/// Where the proxy learns who opened a connection: the one from `peer` to the proxy's port
-/// `listener` (the proxy's own, or its transparent listener's).
-pub trait OwnerSource: Send + Sync {
-    /// The executable of the process that opened the connection, if known.
-    fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf>;
+/// Who opened a connection to the proxy, learnt once, when the proxy accepts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The executable of the process that opened it, if known.
+    pub binary: Option<PathBuf>,
     /// That process's pid as this process sees it, if known.
-    fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32>;
+    pub pid: Option<u32>,
     /// Where the connection was going, when transparent mode redirected it here.
-    fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr>;
+    pub destination: Option<SocketAddr>,
+}
+
+/// Where a proxy that admits every connection (under `leash confine`, the pod's network
+/// namespace is the boundary) learns who opened one: the connection from `peer` to the proxy's
+/// port `listener` (the proxy's own, or its transparent listener's).
+pub trait OwnerSource: Send + Sync {
+    /// Who opened the connection, if it is known at all.
+    fn identify(&self, peer: SocketAddr, listener: u16) -> Option<Identity>;
 }
 
 /// Why a process's executable identity is not trusted for a `binaries:` rule.
@@ -115,7 +123,8 @@ fn client_socket_inode(net: &Path, peer: SocketAddr, proxy: SocketAddr) -> Optio
     })
 }
 
-/// The node daemon's answer for one sandbox (`owner` requests on one kept connection).
+/// The node daemon's answer for one sandbox (`owner` requests on one kept connection). The daemon
+/// answers once for each connection: it removes the record it answered from.
 pub struct DaemonOwners {
     socket: PathBuf,
     sandbox: String,
@@ -151,22 +160,16 @@ impl DaemonOwners {
 }
 
 impl OwnerSource for DaemonOwners {
-    fn binary(&self, peer: SocketAddr, listener: u16) -> Option<PathBuf> {
+    fn identify(&self, peer: SocketAddr, listener: u16) -> Option<Identity> {
         let owner = self.ask(peer, listener)?;
         // The daemon reads the link when it can; else this process, in the agent's pid
         // namespace, reads it by the pid the daemon translated.
-        owner
+        let pid = Some(owner.pid).filter(|p| *p != 0);
+        let binary = owner
             .exe
             .map(PathBuf::from)
-            .or_else(|| (owner.pid != 0).then(|| std::fs::read_link(format!("/proc/{}/exe", owner.pid)).ok()).flatten())
-    }
-
-    fn pid(&self, peer: SocketAddr, listener: u16) -> Option<u32> {
-        self.ask(peer, listener).map(|o| o.pid).filter(|p| *p != 0)
-    }
-
-    fn destination(&self, peer: SocketAddr, listener: u16) -> Option<SocketAddr> {
-        self.ask(peer, listener)?.dest
+            .or_else(|| pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()));
+        Some(Identity { binary, pid, destination: owner.dest })
     }
 }
 

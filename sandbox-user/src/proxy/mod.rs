@@ -154,9 +154,9 @@ impl Proxy {
         Ok(proxy)
     }
 
-    /// Lets the proxy learn which executable opened each connection (recorded by the sandbox's
-    /// programs).
-    /// A second table is refused: there is one sandbox per proxy.
+    /// Lets a proxy that serves every connection (`leash confine`, whose pod's network namespace
+    /// is the boundary) learn who opened each one. A second source is refused: there is one
+    /// sandbox per proxy.
     pub fn set_connection_owners(&self, owners: Box<dyn identity::OwnerSource>) -> Result<()> {
         self.owners.set(owners).map_err(|_| anyhow::anyhow!("the proxy already has a connection-owner table"))
     }
@@ -373,33 +373,29 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     door: Door,
 ) {
-    let mut admitted = None;
-    if let Some(peers) = proxy.peers.get() {
-        admitted = peers.admits(&stream, addr, local);
-        if admitted.is_none() {
-            proxy.audit.outsider_refused(addr);
-            return;
-        }
-    }
-    // Only the sandbox's own records (the kernel's, or the node daemon's under `leash confine`)
-    // say where a redirected connection was going; one without is not the sandbox's.
-    let redirected_from = match door {
-        Door::Explicit => None,
-        Door::Transparent => {
-            let recorded = match &admitted {
-                Some(admitted) => admitted.destination(),
-                None => proxy.owners.get().and_then(|o| o.destination(addr, local.port())),
-            };
-            if recorded.is_none() {
+    // Under `leash run` only the sandbox's own connections are served, and the kernel's record
+    // of each says who opened it; under `leash confine` the node daemon says (when asked).
+    let identity = match proxy.peers.get() {
+        Some(peers) => match peers.admits(&stream, addr, local) {
+            Some(owner) => peers.identity(&owner, addr, local.port()),
+            None => {
                 proxy.audit.outsider_refused(addr);
                 return;
             }
-            recorded
-        }
+        },
+        None => proxy.owners.get().and_then(|o| o.identify(addr, local.port())).unwrap_or_default(),
     };
-    let binary = proxy.owners.get().and_then(|o| o.binary(addr, local.port()));
-    let stream = peers::AdmittedStream::new(stream, admitted);
-    let client = connect::Client { addr, listener: local.port(), binary, redirected_from };
+    // Only the sandbox's own records say where a redirected connection was going; one without
+    // is not the sandbox's.
+    let redirected_from = match door {
+        Door::Explicit => None,
+        Door::Transparent if identity.destination.is_none() => {
+            proxy.audit.outsider_refused(addr);
+            return;
+        }
+        Door::Transparent => identity.destination,
+    };
+    let client = connect::Client { addr, binary: identity.binary, pid: identity.pid, redirected_from };
     if let Some(to) = redirected_from {
         return transparent::serve(stream, proxy, client, to).await;
     }

@@ -26,13 +26,12 @@ use super::answers::Refusal;
 use super::connect::{decide, endpoint, learns_instead, Client};
 use super::dns::names::is_synthetic;
 use super::intercept::{self, Tunnel};
-use super::peers::AdmittedStream;
 use super::ssrf::NormalizedHost;
 use super::upstream::{dial_checked, DialError};
 use super::{addresses, dns, learning, request, Proxy, HEADER_READ_TIMEOUT, TLS_HANDSHAKE};
 
 /// Serves one redirected connection from `client`, which meant to reach `to`.
-pub async fn serve(admitted: AdmittedStream, proxy: Arc<Proxy>, client: Client, to: SocketAddr) {
+pub async fn serve(admitted: tokio::net::TcpStream, proxy: Arc<Proxy>, client: Client, to: SocketAddr) {
     if to.port() == sandbox_common::DNS_PORT {
         return dns::serve_tcp(admitted, proxy, client.addr).await;
     }

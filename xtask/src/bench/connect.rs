@@ -124,8 +124,9 @@ pub fn run(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
 /// from a sandbox cgroup confined to it (`connbench sandbox`: the programs `leash run` attaches,
 /// owner records and transparent mode included) against the same from outside, alternating.
 /// Both sides are served alike; only the programs differ. A plain listener does not remove each
-/// connection's owner record at its end, as the proxy does, so the records fill their LRU map
-/// and every `connect4` evicts one: this reads higher than the programs cost beside the proxy.
+/// connection's owner record, as the proxy does when it admits the connection, so the records
+/// fill their LRU map and every `connect4` evicts one: this reads higher than the programs cost
+/// beside the proxy.
 fn programs_alone(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the plain listener")?;
     let addr = listener.local_addr()?;
@@ -165,8 +166,9 @@ fn programs_alone(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
         if ratio <= CONNECT_GOAL { "met" } else { "NOT met" }
     );
     println!(
-        "(nobody removes the owner records here, as the proxy does when a connection ends, so each connect          evicts one from their full map: an upper bound)"
-    );
+        "(nobody removes the owner records here, as the proxy does when it admits a connection, so each connect evicts one"
+        );
+    println!("from their full map: an upper bound)");
     Ok(())
 }
 
