@@ -75,6 +75,7 @@ pub mod program_names {
     pub const SENDMSG4: &str = "leash_sendmsg4";
     pub const SENDMSG6: &str = "leash_sendmsg6";
     pub const SOCK_CREATE: &str = "leash_sock_create";
+    pub const SOCK_RELEASE: &str = "leash_sock_release";
     pub const SKB_EGRESS: &str = "leash_skb_egress";
     pub const SKB_INGRESS: &str = "leash_skb_ingress";
     pub const RECVMSG4: &str = "leash_recvmsg4";

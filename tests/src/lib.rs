@@ -354,3 +354,20 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let status = status.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status"))?;
     Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
+
+/// A Python function, `flood(address, n)`: `n` non-blocking connects to `address` (a `(host,
+/// port)` tuple), each socket closed at once with a reset, whatever became of its SYN.
+pub const PY_FLOOD: &str = r#"
+def flood(address, n):
+    import socket, struct
+    reset = struct.pack("ii", 1, 0)
+    for _ in range(n):
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+        c.setblocking(False)
+        try:
+            c.connect(address)
+        except BlockingIOError:
+            pass
+        c.close()
+"#;

@@ -162,7 +162,7 @@ fn the_generation_holds_the_hooks_in_an_empty_cgroup_and_lets_go_with_it() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(pinned.len(), 9, "one link per network program: {pinned:?}");
+    assert_eq!(pinned.len(), 10, "one link per network program: {pinned:?}");
     // A former generation's links may still be being released (a kernel worker does it).
     let connect4 = program_id(&generation.join("progs/leash_connect4"));
     let egress = program_id(&generation.join("progs/leash_skb_egress"));
@@ -675,6 +675,42 @@ fn a_record_counts_only_for_its_sandbox_and_the_socket_at_the_client_end() {
     a.remove();
     b.remove();
     assert!(findings.is_empty(), "{findings:#?}");
+}
+
+/// The owner map is shared by every sandbox on the host and evicts its oldest records when
+/// full, so a sandbox that opens and closes connections by the hundred thousand would push out
+/// another sandbox's record of a connection its proxy has not accepted yet (which the proxy then
+/// refuses as an outsider's). A record goes when its socket closes (`cgroup/sock_release`), so
+/// such a flood leaves the map as it found it: sandbox B makes 100,000 connections (the map holds
+/// 65,536) while sandbox A's waits in its listener's queue, and A's record is still found. The
+/// record of A's connection goes once A closes it.
+#[test]
+fn a_flood_from_one_sandbox_evicts_no_record_of_another() {
+    require_root();
+    let _serial = serial();
+    let a = OwnerTest::new("flood-test-a");
+    let b = OwnerTest::new("flood-test-b");
+    let (mut child, mut out) = sandboxed_client(a.cgroup(), a.proxy.port(), "plain");
+    let port: u16 = next_line(&mut out).parse().expect("the client's port");
+    let client = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let before = a.owners.connection(client, a.proxy);
+    let script = format!("{PY_FLOOD}\nimport sys\nflood((\"127.0.0.1\", int(sys.argv[1])), int(sys.argv[2]))\n");
+    let mut flood = Command::new("/usr/bin/python3");
+    flood.args(["-c", &script, &b.proxy.port().to_string(), "100000"]);
+    in_cgroup(&mut flood, b.cgroup());
+    let flooded = flood.status().expect("python3");
+    let after = a.owners.connection(client, a.proxy);
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(next_line(&mut out), "closed");
+    let closed = a.owners.connection(client, a.proxy);
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    child.wait().unwrap();
+    a.remove();
+    b.remove();
+    assert!(flooded.success(), "the flood did not run");
+    assert!(before.is_some_and(|o| o.pid == child.id()), "A's connection was not recorded: {before:?}");
+    assert_eq!(after, before, "sandbox B's flood evicted sandbox A's record");
+    assert_eq!(closed, None, "the record outlived its socket's close");
 }
 
 /// A socket can give its port up and stay open (`connect(AF_UNSPEC)`; a reset or a timeout does

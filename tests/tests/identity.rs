@@ -67,33 +67,24 @@ fn a_listed_executable_exec_d_after_connect_lends_nothing_to_its_parent() {
 /// kernel's owner map, which every sandbox on the host shares and which evicts its oldest
 /// records when full), then asks for the target on the held connection; prints the status.
 const PY_FLOOD_THEN_CONNECT: &str = r#"
-import os, socket, struct, sys, time
+import os, socket, sys, time
 host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
 proxy = (host, int(port))
 held = socket.create_connection(proxy, 3)
 time.sleep(0.3)
-reset = struct.pack("ii", 1, 0)
-for _ in range(int(sys.argv[2])):
-    c = socket.socket()
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
-    c.setblocking(False)
-    try:
-        c.connect(proxy)
-    except BlockingIOError:
-        pass
-    c.close()
+flood(proxy, int(sys.argv[2]))
 held.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (sys.argv[1], sys.argv[1])).encode())
 print("CONNECT", held.recv(200).split(b" ")[1].decode())
 "#;
 
 /// The kernel's owner map is shared by every sandbox on the host and evicts its oldest records
-/// when full, so a sandbox that makes connections fast enough pushes out every record, its own
-/// and other sandboxes'. An admitted connection's `binaries:` identity must not depend on its
-/// record staying there: the agent holds a connection, makes 100,000 more (the map holds 65,536),
-/// and only then asks for the target, which the policy allows to its executable alone. (It fails
-/// when the proxy reads the kernel's record again at the request: "CONNECT 403". Records are kept
-/// by socket cookie, of which a flood never runs out; keyed by client port, as they were before,
-/// they could not outnumber the ports.)
+/// when full. An admitted connection's `binaries:` identity must not depend on its record staying
+/// there: the agent holds a connection, makes 100,000 more (the map holds 65,536), and only then
+/// asks for the target, which the policy allows to its executable alone. Either of two things
+/// keeps it: the proxy learns the identity at accept and takes the record out of the map, and a
+/// closed socket's record leaves the map (`cgroup/sock_release`), so the flood fills nothing.
+/// With neither (the proxy reading the kernel's record again at the request, closed sockets'
+/// records left to be evicted) it read "CONNECT 403".
 #[test]
 fn a_flood_of_connections_takes_no_admitted_connections_identity_away() {
     require_root();
@@ -102,7 +93,8 @@ fn a_flood_of_connections_takes_no_admitted_connections_identity_away() {
     let scratch = Scratch::new("binaries-flood");
     let policy = scratch.file("p.yaml", &only_for("python_only", upstream.addr.port(), &python));
     let target = upstream.addr.to_string();
-    let out = leash_run(&policy, &[], &[PY, "-c", PY_FLOOD_THEN_CONNECT, &target, "100000"]);
+    let script = format!("{PY_FLOOD}{PY_FLOOD_THEN_CONNECT}");
+    let out = leash_run(&policy, &[], &[PY, "-c", &script, &target, "100000"]);
     let text = stdout(&out);
     assert!(text.contains("CONNECT 200"), "the held connection lost its identity: {text} {}", stderr(&out));
     assert_eq!(upstream.accepted(), 1);

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, MapData};
-use aya::programs::{CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType};
+use aya::programs::{
+    CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType, CgroupSockAttachType,
+};
 use aya::Ebpf;
 use aya_obj::generated::bpf_attach_type;
 use sandbox_common::{dns_client_key, program_names as prog, ConnOwner, SandboxNet};
@@ -23,7 +25,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 #[derive(Clone, Copy)]
 pub(crate) enum Kind {
     SockAddr(CgroupSockAddrAttachType),
-    Sock,
+    Sock(CgroupSockAttachType),
     Skb(CgroupSkbAttachType),
 }
 
@@ -32,7 +34,7 @@ impl Kind {
     pub(crate) fn attach_type(self) -> bpf_attach_type {
         match self {
             Kind::SockAddr(ty) => ty.into(),
-            Kind::Sock => bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
+            Kind::Sock(ty) => ty.into(),
             Kind::Skb(CgroupSkbAttachType::Ingress) => bpf_attach_type::BPF_CGROUP_INET_INGRESS,
             Kind::Skb(CgroupSkbAttachType::Egress) => bpf_attach_type::BPF_CGROUP_INET_EGRESS,
         }
@@ -40,8 +42,9 @@ impl Kind {
 }
 
 /// The network programs in attach order.
-pub(crate) const NET_PROGRAMS: [(&str, Kind); 9] = [
-    (prog::SOCK_CREATE, Kind::Sock),
+pub(crate) const NET_PROGRAMS: [(&str, Kind); 10] = [
+    (prog::SOCK_CREATE, Kind::Sock(CgroupSockAttachType::SockCreate)),
+    (prog::SOCK_RELEASE, Kind::Sock(CgroupSockAttachType::SockRelease)),
     (prog::CONNECT4, Kind::SockAddr(CgroupSockAddrAttachType::Connect4)),
     (prog::CONNECT6, Kind::SockAddr(CgroupSockAddrAttachType::Connect6)),
     (prog::SENDMSG4, Kind::SockAddr(CgroupSockAddrAttachType::UDPSendMsg4)),
@@ -70,7 +73,7 @@ pub(crate) fn load_program(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Result<()
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     let loaded = match kind {
         Kind::SockAddr(_) => <&mut CgroupSockAddr>::try_from(program)?.load(),
-        Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
+        Kind::Sock(_) => <&mut CgroupSock>::try_from(program)?.load(),
         Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
     };
     loaded.with_context(|| format!("loading {name} (the kernel verifier refused it)"))

@@ -123,10 +123,7 @@ pub fn run(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
 /// The network programs' own cost: connect+close to a plain listener (accept, read to the end)
 /// from a sandbox cgroup confined to it (`connbench sandbox`: the programs `leash run` attaches,
 /// owner records and transparent mode included) against the same from outside, alternating.
-/// Both sides are served alike; only the programs differ. A plain listener does not remove each
-/// connection's owner record, as the proxy does when it admits the connection, so the records
-/// fill their LRU map and every `connect4` evicts one: this reads higher than the programs cost
-/// beside the proxy.
+/// Both sides are served alike; only the programs differ.
 fn programs_alone(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the plain listener")?;
     let addr = listener.local_addr()?;
@@ -165,10 +162,6 @@ fn programs_alone(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
         "ratio inside/outside (programs alone) = {ratio:.3} (goal <= {CONNECT_GOAL}: {})",
         if ratio <= CONNECT_GOAL { "met" } else { "NOT met" }
     );
-    println!(
-        "(nobody removes the owner records here, as the proxy does when it admits a connection, so each connect evicts one"
-        );
-    println!("from their full map: an upper bound)");
     Ok(())
 }
 
