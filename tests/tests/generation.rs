@@ -598,7 +598,7 @@ struct OwnerTest {
     proxy: std::net::SocketAddr,
     sandbox: Option<leash::kernel::sandbox::KernelSandbox>,
     owners: leash::kernel::programs::ConnectionOwners,
-    _listener: std::net::TcpListener,
+    listener: std::net::TcpListener,
 }
 
 impl OwnerTest {
@@ -611,7 +611,7 @@ impl OwnerTest {
         let net = programs::sandbox_net(proxy, true);
         let sandbox = KernelSandbox::create(&mut generation, &cgroup2_root(), &name, net).expect("sandbox");
         let owners = generation.connection_owners(sandbox.cgroup().id()).unwrap();
-        Self { generation, proxy, sandbox: Some(sandbox), owners, _listener: listener }
+        Self { generation, proxy, sandbox: Some(sandbox), owners, listener }
     }
 
     fn cgroup(&self) -> &std::path::Path {
@@ -680,10 +680,12 @@ fn a_record_counts_only_for_its_sandbox_and_the_socket_at_the_client_end() {
 /// The owner map is shared by every sandbox on the host and evicts its oldest records when
 /// full, so a sandbox that opens and closes connections by the hundred thousand would push out
 /// another sandbox's record of a connection its proxy has not accepted yet (which the proxy then
-/// refuses as an outsider's). A record goes when its socket closes (`cgroup/sock_release`), so
-/// such a flood leaves the map as it found it: sandbox B makes 100,000 connections (the map holds
-/// 65,536) while sandbox A's waits in its listener's queue, and A's record is still found. The
-/// record of A's connection goes once A closes it.
+/// refuses as an outsider's). A record no proxy can take any more goes at once, so such a flood
+/// leaves the map as it found it. Sandbox B makes 100,000 connections twice (the map holds
+/// 65,536) while sandbox A's waits in its listener's queue, and A's record must still be found:
+/// - to a listener that does not accept: past its queue's few, the SYNs are dropped and each
+///   socket is closed unconnected (`cgroup/sock_release`);
+/// - to a listener that accepts: each connection is made and reset (`cgroup_skb/egress`).
 #[test]
 fn a_flood_from_one_sandbox_evicts_no_record_of_another() {
     require_root();
@@ -695,22 +697,28 @@ fn a_flood_from_one_sandbox_evicts_no_record_of_another() {
     let client = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let before = a.owners.connection(client, a.proxy);
     let script = format!("{PY_FLOOD}\nimport sys\nflood((\"127.0.0.1\", int(sys.argv[1])), int(sys.argv[2]))\n");
-    let mut flood = Command::new("/usr/bin/python3");
-    flood.args(["-c", &script, &b.proxy.port().to_string(), "100000"]);
-    in_cgroup(&mut flood, b.cgroup());
-    let flooded = flood.status().expect("python3");
-    let after = a.owners.connection(client, a.proxy);
+    let flood = || {
+        let mut flood = Command::new("/usr/bin/python3");
+        flood.args(["-c", &script, &b.proxy.port().to_string(), "100000"]);
+        in_cgroup(&mut flood, b.cgroup());
+        flood.status().expect("python3").success()
+    };
+    let unanswered = flood();
+    let after_unanswered = a.owners.connection(client, a.proxy);
+    let listener = b.listener.try_clone().unwrap();
+    std::thread::spawn(move || listener.incoming().for_each(drop));
+    let reset = flood();
+    let after_reset = a.owners.connection(client, a.proxy);
     writeln!(child.stdin.as_mut().unwrap()).unwrap();
     assert_eq!(next_line(&mut out), "closed");
-    let closed = a.owners.connection(client, a.proxy);
     writeln!(child.stdin.as_mut().unwrap()).unwrap();
     child.wait().unwrap();
     a.remove();
     b.remove();
-    assert!(flooded.success(), "the flood did not run");
+    assert!(unanswered && reset, "a flood did not run");
     assert!(before.is_some_and(|o| o.pid == child.id()), "A's connection was not recorded: {before:?}");
-    assert_eq!(after, before, "sandbox B's flood evicted sandbox A's record");
-    assert_eq!(closed, None, "the record outlived its socket's close");
+    assert_eq!(after_unanswered, before, "B's flood of unanswered connections evicted A's record");
+    assert_eq!(after_reset, before, "B's flood of reset connections evicted A's record");
 }
 
 /// A socket can give its port up and stay open (`connect(AF_UNSPEC)`; a reset or a timeout does

@@ -10,11 +10,17 @@
 //! so a record cannot be borrowed by whoever takes a port the sandbox's socket gave up. The proxy
 //! removes the record when it admits the connection (the node daemon, when it answers for it).
 //!
-//! `cgroup/sock_release` ([`leash_sock_release`]) removes the record of a socket that is closed
-//! before any proxy took it: the map then holds only open sockets' records, so it does not fill
-//! (a full LRU map evicts one record at every insert, which doubled what `connect4` costs), and a
-//! sandbox that opens and closes connections by the hundred thousand pushes out no other
-//! sandbox's record. Nothing else runs per connection. (The record used to move to a key of client and proxy port
+//! A record no proxy can take any more goes at once, so that the map does not fill (a full LRU map
+//! evicts one record at every insert, which doubled what `connect4` costs) and a sandbox that
+//! opens and closes connections by the hundred thousand pushes out no other sandbox's record:
+//! - `cgroup/sock_release` ([`leash_sock_release`]): a socket closed before its connection was
+//!   made (SYN sent, or refused);
+//! - `cgroup_skb/egress` ([`forget_reset`]): a socket that resets its connection; the kernel then
+//!   keeps nothing of it that the proxy could find.
+//!
+//! A connection closed in the usual way before the proxy accepted it keeps its record: the
+//! client's end lingers (FIN_WAIT, TIME_WAIT) with its cookie, and the proxy still judges and
+//! audits it. Nothing else runs per connection. (The record used to move to a key of client and proxy port
 //! when the proxy's SYN-ACK reached the socket, in `cgroup_skb/ingress`, and before that at
 //! `sock_ops`'s `ACTIVE_ESTABLISHED`: a lookup, an insert and a delete per connection, half of
 //! what the programs cost a connect.)
@@ -25,7 +31,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie},
     macros::cgroup_sock,
-    programs::{SockAddrContext, SockContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
     EbpfContext,
 };
 use sandbox_common::{ConnOwner, OriginalDest};
@@ -45,11 +51,28 @@ pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64, dest: OriginalDest,
     let _ = SOCKET_OWNERS.insert(&cookie, &owner, 0);
 }
 
-/// Removes the owner record of a socket being closed, if any is left.
+/// `TCP_SYN_SENT` and `TCP_CLOSE` (`include/net/tcp_states.h`): a socket in these states when it
+/// is closed never made its connection.
+const TCP_SYN_SENT: u32 = 2;
+const TCP_CLOSE: u32 = 7;
+
+/// Removes the owner record of a socket closed before its connection was made.
 #[cgroup_sock(sock_release)]
 pub fn leash_sock_release(ctx: SockContext) -> i32 {
-    // SAFETY: plain BPF helper call on the program's own context.
+    // SAFETY: the kernel hands sock programs a valid context, whose state is readable here.
+    let state = unsafe { (*ctx.sock).state };
+    if state == TCP_SYN_SENT || state == TCP_CLOSE {
+        // SAFETY: plain BPF helper call on the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = SOCKET_OWNERS.remove(&cookie);
+    }
+    super::ALLOW
+}
+
+/// Removes the owner record of the socket sending `ctx`, a reset.
+#[inline(always)]
+pub fn forget_reset(ctx: &SkBuffContext) {
+    // SAFETY: plain BPF helper call on the program's own context (the sending socket's cookie).
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = SOCKET_OWNERS.remove(&cookie);
-    super::ALLOW
 }

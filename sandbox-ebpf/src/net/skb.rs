@@ -2,7 +2,8 @@
 //! sends must be TCP to the proxy address and port; every packet it receives must be TCP from
 //! there (in transparent mode: or TCP to its transparent port, or UDP to its resolver's port).
 //! Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped, so a gap
-//! in the socket hooks cannot become a way out. Minimum kernel: 4.10 for the hook; the helper
+//! in the socket hooks cannot become a way out. The egress side also drops the owner record of a
+//! socket that resets its connection (`identity.rs`). Minimum kernel: 4.10 for the hook; the helper
 //! naming the packet's cgroup (`bpf_skb_cgroup_id`) and direct packet access (`__sk_buff.data`,
 //! for a privileged loader) must be allowed for this program type, which `leash doctor` checks
 //! by loading it.
@@ -92,6 +93,9 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
             // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
             let key = dns_client_key(local_port(&pkt, &remote), remote.port);
             let _ = DNS_CLIENTS.insert(&key, &cgroup, 0);
+        } else if dir == Direction::Egress && is_reset(&pkt, &remote) {
+            // The connection is over, and nothing of the socket is left for the proxy to find.
+            super::identity::forget_reset(ctx);
         }
         return ALLOW;
     }
@@ -175,6 +179,13 @@ fn parse(pkt: &Packet, dir: Direction) -> Remote {
 #[inline(always)]
 fn local_port(pkt: &Packet, remote: &Remote) -> u16 {
     pkt.read::<u16>(remote.l4).map(u16::from_be).unwrap_or(0)
+}
+
+/// Whether a TCP segment carries RST.
+#[inline(always)]
+fn is_reset(pkt: &Packet, remote: &Remote) -> bool {
+    // The flags byte, 13 (the second of the pair at 12): RST 0x04.
+    remote.protocol == IPPROTO_TCP && pkt.read::<[u8; 2]>(remote.l4 + 12).is_some_and(|[_, flags]| flags & 0x04 != 0)
 }
 
 /// The remote port of a TCP/UDP header at `offset`; 0 for other protocols or a short packet.

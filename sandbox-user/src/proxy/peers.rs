@@ -53,17 +53,14 @@ impl SandboxPeers {
     /// is still connected to it. (A reset connection is not: its client end may be another socket
     /// by now, even one of the sandbox that took the freed port after it.) The record is made at
     /// `connect()`, before the SYN leaves, so it is there by the time the proxy accepts; it is
-    /// taken out of the kernel's map here.
+    /// taken out of the kernel's map here, admitted or not.
     pub fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Option<ConnOwner> {
         if !self.by_socket || peer.ip() != local.ip() {
             return None;
         }
         let owner = self.owners.connection(peer, local)?;
-        if !still_connected(stream) {
-            return None;
-        }
         self.owners.forget(owner.cookie);
-        Some(owner)
+        still_connected(stream).then_some(owner)
     }
 
     /// What the record of an admitted connection from `peer` to the proxy's port `listener` says.
