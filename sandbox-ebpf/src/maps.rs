@@ -47,9 +47,9 @@ pub static EVENT_RINGS: btf_maps::ArrayOfMaps<
 > = btf_maps::ArrayOfMaps::new();
 
 /// Socket cookie -> the process that connected it to the proxy, written by connect4/6
-/// (`net/identity.rs`); read and removed by the proxy when it admits the connection (the node
-/// daemon: when it answers for it). LRU: a socket that never reached the proxy leaves a record
-/// nobody removes.
+/// (`net/identity.rs`); read and removed by the proxy when it accepts the connection (the node
+/// daemon: when it answers for it), or by the programs when no proxy can take it any more. LRU:
+/// what is left (a proxy that never accepts, a pod's proxy that never asks) is evicted.
 #[map(name = "LEASH_SOCKET_OWNERS")]
 pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 

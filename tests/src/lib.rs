@@ -356,7 +356,7 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// A Python function, `flood(address, n)`: `n` non-blocking connects to `address` (a `(host,
-/// port)` tuple), each socket closed at once with a reset, whatever became of its SYN.
+/// port)` tuple), each socket closed at once: with a reset if it connected, else unconnected.
 pub const PY_FLOOD: &str = r#"
 def flood(address, n):
     import socket, struct

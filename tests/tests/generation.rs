@@ -722,10 +722,12 @@ fn a_flood_from_one_sandbox_evicts_no_record_of_another() {
 }
 
 /// A socket can give its port up and stay open (`connect(AF_UNSPEC)`; a reset or a timeout does
-/// the same), and its record stays. So the proxy must not take a record for proof: another user
-/// who binds the port and connects to the proxy, also from a socket bound to the loopback device
-/// (which a lookup on no device would not see), must not count as the sandbox's connection. The
-/// sandbox's own connection, checked the same way first, counts.
+/// the same). Another user who binds the port and connects to the proxy, also from a socket bound
+/// to the loopback device (which a lookup on no device would not see), must not count as the
+/// sandbox's connection: the socket at the client end is that user's, whose cookie the sandbox
+/// never recorded. (Giving the port up with `connect(AF_UNSPEC)` also resets the connection,
+/// which drops the record in `cgroup_skb/egress`; the test fails only with both defences gone.)
+/// The sandbox's own connection, checked the same way first, counts.
 #[test]
 fn a_port_the_sandbox_gave_up_is_not_its_connection_any_more() {
     require_root();

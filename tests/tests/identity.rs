@@ -81,10 +81,10 @@ print("CONNECT", held.recv(200).split(b" ")[1].decode())
 /// when full. An admitted connection's `binaries:` identity must not depend on its record staying
 /// there: the agent holds a connection, makes 100,000 more (the map holds 65,536), and only then
 /// asks for the target, which the policy allows to its executable alone. Either of two things
-/// keeps it: the proxy learns the identity at accept and takes the record out of the map, and a
-/// closed socket's record leaves the map (`cgroup/sock_release`), so the flood fills nothing.
-/// With neither (the proxy reading the kernel's record again at the request, closed sockets'
-/// records left to be evicted) it read "CONNECT 403".
+/// keeps it: the proxy learns the identity at accept, and a socket that resets its connection
+/// takes its record out of the map (`cgroup_skb/egress`), so the flood fills nothing. With
+/// neither (the proxy reading the kernel's record again at the request, reset sockets' records
+/// left to be evicted) it read "CONNECT 403".
 #[test]
 fn a_flood_of_connections_takes_no_admitted_connections_identity_away() {
     require_root();

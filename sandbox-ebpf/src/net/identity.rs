@@ -15,8 +15,8 @@
 //! opens and closes connections by the hundred thousand pushes out no other sandbox's record:
 //! - `cgroup/sock_release` ([`leash_sock_release`]): a socket closed before its connection was
 //!   made (SYN sent, or refused);
-//! - `cgroup_skb/egress` ([`forget_reset`]): a socket that resets its connection; the kernel then
-//!   keeps nothing of it that the proxy could find.
+//! - `cgroup_skb/egress` ([`forget_reset`]): a socket that closes its connection with a reset;
+//!   the kernel then keeps nothing of it that the proxy could find.
 //!
 //! A connection closed in the usual way before the proxy accepted it keeps its record: the
 //! client's end lingers (FIN_WAIT, TIME_WAIT) with its cookie, and the proxy still judges and
@@ -29,7 +29,7 @@
 //! matrix checks it by loading.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_sk_fullsock},
     macros::cgroup_sock,
     programs::{SkBuffContext, SockAddrContext, SockContext},
     EbpfContext,
@@ -69,10 +69,22 @@ pub fn leash_sock_release(ctx: SockContext) -> i32 {
     super::ALLOW
 }
 
-/// Removes the owner record of the socket sending `ctx`, a reset.
+/// Removes the owner record of the socket sending `ctx`, a reset, when that socket has closed
+/// its connection: an abortive close. (From 6.13 the kernel also attaches a socket to a reset it
+/// sends on that socket's behalf, as to an unacceptable ACK during the handshake; that socket
+/// connects on, and keeps its record.)
 #[inline(always)]
 pub fn forget_reset(ctx: &SkBuffContext) {
-    // SAFETY: plain BPF helper call on the program's own context (the sending socket's cookie).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = SOCKET_OWNERS.remove(&cookie);
+    // SAFETY: the kernel hands cgroup_skb programs a valid context; `sk` may be null, and a
+    // full socket's state is readable.
+    let closed = unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        let full = if sk.is_null() { sk } else { bpf_sk_fullsock(sk) };
+        !full.is_null() && (*full).state == TCP_CLOSE
+    };
+    if closed {
+        // SAFETY: plain BPF helper call on the program's own context (the sending socket's cookie).
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = SOCKET_OWNERS.remove(&cookie);
+    }
 }

@@ -95,9 +95,9 @@ impl ConnectionOwners {
     /// The owner of the connection from `peer` to the proxy at `local`, if this sandbox made it:
     /// the kernel says which socket is at `peer` connected to `local` (`sock_diag`), and this
     /// sandbox's record of that socket names `local`'s port. A port the sandbox's socket gave up
-    /// (a reset, `connect(AF_UNSPEC)`, a timeout, all with the socket still open) is held by
-    /// another socket, whose cookie has no record or another sandbox's. Any error counts as "not
-    /// the sandbox's".
+    /// (a reset, `connect(AF_UNSPEC)`, a timeout, all with the socket still open) and someone
+    /// else took is held by another socket, whose cookie has no record or another sandbox's. Any
+    /// error counts as "not the sandbox's".
     pub fn connection(&self, peer: SocketAddr, local: SocketAddr) -> Option<ConnOwner> {
         let cookie = super::sock_diag::client_cookie(peer, local).ok()??;
         self.by_cookie(cookie).filter(|owner| owner.listener_port == local.port())

@@ -53,14 +53,20 @@ impl SandboxPeers {
     /// is still connected to it. (A reset connection is not: its client end may be another socket
     /// by now, even one of the sandbox that took the freed port after it.) The record is made at
     /// `connect()`, before the SYN leaves, so it is there by the time the proxy accepts; it is
-    /// taken out of the kernel's map here, admitted or not.
+    /// taken out of the kernel's map here, also when the client bound another local address,
+    /// which the proxy does not admit (only the proxy's own address rules out a port another
+    /// user could bind).
     pub fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Option<ConnOwner> {
-        if !self.by_socket || peer.ip() != local.ip() {
+        if !self.by_socket {
             return None;
         }
         let owner = self.owners.connection(peer, local)?;
+        if !still_connected(stream) {
+            return None;
+        }
+        // This connection's own record: no other proxy will take it, admitted or not.
         self.owners.forget(owner.cookie);
-        still_connected(stream).then_some(owner)
+        (peer.ip() == local.ip()).then_some(owner)
     }
 
     /// What the record of an admitted connection from `peer` to the proxy's port `listener` says.
