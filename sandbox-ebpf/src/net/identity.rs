@@ -8,7 +8,7 @@
 //! accept the proxy asks the kernel which socket is at the connection's client end
 //! (`sandbox-user/src/kernel/sock_diag.rs`) and looks its cookie up: a cookie is never reused,
 //! so a record cannot be borrowed by whoever takes a port the sandbox's socket gave up. The proxy
-//! removes the record when it admits the connection (the node daemon, when it answers for it).
+//! removes the record when it accepts the connection (the node daemon, when it answers for it).
 //!
 //! A record no proxy can take any more goes at once, so that the map does not fill (a full LRU map
 //! evicts one record at every insert, which doubled what `connect4` costs) and a sandbox that
@@ -20,10 +20,10 @@
 //!
 //! A connection closed in the usual way before the proxy accepted it keeps its record: the
 //! client's end lingers (FIN_WAIT, TIME_WAIT) with its cookie, and the proxy still judges and
-//! audits it. Nothing else runs per connection. (The record used to move to a key of client and proxy port
-//! when the proxy's SYN-ACK reached the socket, in `cgroup_skb/ingress`, and before that at
-//! `sock_ops`'s `ACTIVE_ESTABLISHED`: a lookup, an insert and a delete per connection, half of
-//! what the programs cost a connect.)
+//! audits it. Nothing else runs per connection. (The record used to move to a key of client and
+//! proxy port when the proxy's SYN-ACK reached the socket, in `cgroup_skb/ingress`, and before
+//! that at `sock_ops`'s `ACTIVE_ESTABLISHED`: a lookup, an insert and a delete per connection,
+//! half of what the programs cost a connect.)
 //!
 //! Minimum kernel: socket cookies in `cgroup/connect` (5.7), `cgroup/sock_release` (5.9). The VM
 //! matrix checks it by loading.
