@@ -275,6 +275,53 @@ except OSError as e:
     assert!(stderr(&out).contains(&refused), "the outsider's refusal is not recorded: {}", stderr(&out));
 }
 
+/// The agent connects to its proxy from another local address (which the proxy refuses) and
+/// closes in the usual way; a FIN close keeps a record for the proxy to take, so if the proxy
+/// took only the records of connections it admits, every such connection would leave one in the
+/// host's owner map, shared by every sandbox, until the map filled and evicted other sandboxes'
+/// records. The proxy takes the record of a connection it refuses too: while the agent still holds
+/// its socket, the record must go.
+#[test]
+fn a_refused_connection_from_another_address_leaves_no_record() {
+    require_root();
+    let scratch = Scratch::new("seam-other-address-record");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let held = scratch.0.join("held");
+    let done = scratch.0.join("done");
+    let agent = format!(
+        r#"
+import os, socket, struct, time
+host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
+s = socket.socket()
+s.bind(("127.0.0.2", 0))
+s.connect((host, int(port)))
+cookie = struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, 57, 8))[0]
+open("{held}", "w").write("%d\n" % cookie)
+for _ in range(200):
+    if os.path.exists("{done}"):
+        break
+    time.sleep(0.05)
+s.close()
+"#,
+        held = held.display(),
+        done = done.display()
+    );
+    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", &agent])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cookie: u64 = wait_for_line(&held, 10).parse().expect("the agent's socket cookie");
+    let generation = leash::kernel::generation::Generation::open_host().expect("the host's generation");
+    let taken = wait_until(5, || generation.owner(cookie).is_none());
+    std::fs::write(&done, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not from this sandbox"), "the proxy did not refuse it: {}", stderr(&out));
+    assert!(taken, "the refused connection's record stayed in the host's map");
+}
+
 // 3. TIOCSTI on the shared terminal.
 
 /// A pseudo-terminal standing in for the user's terminal: (master, slave) descriptors.
