@@ -206,6 +206,29 @@ fn only_the_sandbox_can_use_its_proxy() {
     assert!(stderr(&out).contains("not from this sandbox"), "{}", stderr(&out));
 }
 
+/// An agent that connects to its proxy from `127.0.0.2`, writes "PROXY CLIENT_PORT COOKIE" to
+/// `held` and keeps the socket until `done` exists (10 s at most), then closes it.
+fn other_address_agent(held: &Path, done: &Path) -> String {
+    format!(
+        r#"
+import os, socket, struct, time
+host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
+s = socket.socket()
+s.bind(("127.0.0.2", 0))
+s.connect((host, int(port)))
+cookie = struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, 57, 8))[0]
+open("{held}", "w").write("%s:%s %d %d\n" % (host, port, s.getsockname()[1], cookie))
+for _ in range(200):
+    if os.path.exists("{done}"):
+        break
+    time.sleep(0.05)
+s.close()
+"#,
+        held = held.display(),
+        done = done.display()
+    )
+}
+
 /// The proxy admits only peers on its own address, and finds the sandbox's record by the socket
 /// at the client end. So the agent connects from another local address, `127.0.0.2:P`, and keeps
 /// that socket, leaving `127.0.0.1:P` free for another user, who then connects from it. The
@@ -218,24 +241,8 @@ fn a_port_the_agent_holds_on_another_address_serves_nobody_else() {
     let target = Listener::http("127.0.0.1:0", "reached");
     let scratch = Scratch::new("seam-other-address");
     let policy = scratch.file("policy.yaml", &nobody_policy(&[target.addr.port()]));
-    let held = scratch.0.join("held");
-    let done = scratch.0.join("done");
-    let agent = format!(
-        r#"
-import os, socket, time
-host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
-s = socket.socket()
-s.bind(("127.0.0.2", 0))
-s.connect((host, int(port)))
-open("{held}", "w").write("%s:%s %d\n" % (host, port, s.getsockname()[1]))
-for _ in range(200):
-    if os.path.exists("{done}"):
-        break
-    time.sleep(0.05)
-"#,
-        held = held.display(),
-        done = done.display()
-    );
+    let (held, done) = (scratch.0.join("held"), scratch.0.join("done"));
+    let agent = other_address_agent(&held, &done);
     // Another local user, from the port the agent holds on 127.0.0.2, asks for the target.
     let outsider = format!(
         r#"
@@ -262,7 +269,8 @@ except OSError as e:
         .spawn()
         .unwrap();
     let line = wait_for_line(&held, 10);
-    let (proxy, port) = line.split_once(' ').unwrap();
+    let fields: Vec<&str> = line.split(' ').collect();
+    let (proxy, port) = (fields[0], fields[1]);
     let attempt = Command::new(PY).args(["-c", &outsider, proxy, port]).uid(uid).gid(gid).output().unwrap();
     std::fs::write(&done, "").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -286,33 +294,16 @@ fn a_refused_connection_from_another_address_leaves_no_record() {
     require_root();
     let scratch = Scratch::new("seam-other-address-record");
     let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
-    let held = scratch.0.join("held");
-    let done = scratch.0.join("done");
-    let agent = format!(
-        r#"
-import os, socket, struct, time
-host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
-s = socket.socket()
-s.bind(("127.0.0.2", 0))
-s.connect((host, int(port)))
-cookie = struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, 57, 8))[0]
-open("{held}", "w").write("%d\n" % cookie)
-for _ in range(200):
-    if os.path.exists("{done}"):
-        break
-    time.sleep(0.05)
-s.close()
-"#,
-        held = held.display(),
-        done = done.display()
-    );
+    let (held, done) = (scratch.0.join("held"), scratch.0.join("done"));
+    let agent = other_address_agent(&held, &done);
     let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", &agent])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let cookie: u64 = wait_for_line(&held, 10).parse().expect("the agent's socket cookie");
+    let line = wait_for_line(&held, 10);
+    let cookie: u64 = line.split(' ').nth(2).and_then(|c| c.parse().ok()).expect("the agent's socket cookie");
     let generation = leash::kernel::generation::Generation::open_host().expect("the host's generation");
     let taken = wait_until(5, || generation.owner(cookie).is_none());
     std::fs::write(&done, "").unwrap();
