@@ -108,12 +108,11 @@ impl ConnectionOwners {
         self.map.lock().ok()?.get(&cookie, 0).ok().filter(|o| o.cgroup_id == self.cgroup_id)
     }
 
-    /// Drops the record of socket `cookie`, if it is this sandbox's.
-    pub fn forget(&self, cookie: u64) {
+    /// Drops `owner`, a record [`Self::connection`] found (so one of this sandbox's): no second
+    /// lookup to check whose it is.
+    pub fn forget(&self, owner: &ConnOwner) {
         if let Ok(mut map) = self.map.lock() {
-            if map.get(&cookie, 0).is_ok_and(|o| o.cgroup_id == self.cgroup_id) {
-                let _ = map.remove(&cookie);
-            }
+            let _ = map.remove(&owner.cookie);
         }
     }
 }

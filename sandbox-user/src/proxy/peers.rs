@@ -65,7 +65,7 @@ impl SandboxPeers {
             return None;
         }
         // This connection's own record: no other proxy will take it, admitted or not.
-        self.owners.forget(owner.cookie);
+        self.owners.forget(&owner);
         (peer.ip() == local.ip()).then_some(owner)
     }
 
