@@ -56,12 +56,14 @@ pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64, dest: OriginalDest,
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 
-/// Removes the owner record of a socket closed before its connection was made.
+/// Removes the owner record of a TCP socket closed before its connection was made. (Only TCP
+/// sockets have records: a UDP socket, one per DNS lookup, costs no map operation.)
 #[cgroup_sock(sock_release)]
 pub fn leash_sock_release(ctx: SockContext) -> i32 {
-    // SAFETY: the kernel hands sock programs a valid context, whose state is readable here.
-    let state = unsafe { (*ctx.sock).state };
-    if state == TCP_SYN_SENT || state == TCP_CLOSE {
+    // SAFETY: the kernel hands sock programs a valid context, whose protocol and state are
+    // readable here.
+    let (protocol, state) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).state) };
+    if protocol == super::IPPROTO_TCP && (state == TCP_SYN_SENT || state == TCP_CLOSE) {
         // SAFETY: plain BPF helper call on the program's own context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let _ = SOCKET_OWNERS.remove(&cookie);
