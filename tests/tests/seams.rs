@@ -169,6 +169,16 @@ fn a_planted_policy_link_to_a_root_only_file_is_refused_and_not_shown() {
 
 // 2. Anyone on the host uses the agent's proxy.
 
+/// An agent shell script: writes its proxy's `IP:PORT` to `addr_file`, runs `then`, and waits
+/// until `done` exists (20 s at most).
+fn proxy_then_wait(addr_file: &Path, then: &str, done: &Path) -> String {
+    format!(
+        "echo ${{HTTP_PROXY#http://}} > {}; {then}; i=0; while [ ! -e {} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+        addr_file.display(),
+        done.display()
+    )
+}
+
 #[test]
 fn only_the_sandbox_can_use_its_proxy() {
     require_root();
@@ -178,12 +188,7 @@ fn only_the_sandbox_can_use_its_proxy() {
     let policy = scratch.file("policy.yaml", &nobody_policy(&[target.addr.port()]));
     let addr_file = scratch.0.join("proxy");
     let done = scratch.0.join("done");
-    let script = format!(
-        "echo ${{HTTP_PROXY#http://}} > {}; {PROBE} get proxy {}; i=0; while [ ! -e {} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
-        addr_file.display(),
-        target.addr,
-        done.display()
-    );
+    let script = proxy_then_wait(&addr_file, &format!("{PROBE} get proxy {}", target.addr), &done);
     let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -311,6 +316,92 @@ fn a_refused_connection_from_another_address_leaves_no_record() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("not from this sandbox"), "the proxy did not refuse it: {}", stderr(&out));
     assert!(taken, "the refused connection's record stayed in the host's map");
+}
+
+/// The agent resets its own connections to its proxy before the proxy reads them: a reset
+/// leaves nothing at the client end to say whose the connection was, and the proxy used to call
+/// each one "not from this sandbox". The agent could then fill leash's terminal and audit with
+/// outsiders that were never there, and bury a real probe of its proxy among them. Such
+/// connections are counted in the summary, apart from denials.
+#[test]
+fn the_agents_own_resets_are_not_reported_as_outsiders() {
+    require_root();
+    let scratch = Scratch::new("seam-agent-resets");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let audit = scratch.0.join("audit.jsonl");
+    let agent = r#"
+import os, socket, struct, time
+host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").split(":")
+for _ in range(200):
+    s = socket.socket()
+    s.connect((host, int(port)))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+time.sleep(0.5)
+print("done", flush=True)
+"#;
+    let out = leash(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--",
+        PY,
+        "-c",
+        agent,
+    ])
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(out.status.success() && stdout(&out).contains("done"), "{}", stderr(&out));
+    let err = stderr(&out);
+    let logged = std::fs::read_to_string(&audit).unwrap_or_default();
+    assert!(!err.contains("not from this sandbox"), "the agent's own resets were reported as outsiders: {err}");
+    assert!(!err.contains("from outside the sandbox"), "the summary counted them as outsiders: {err}");
+    assert!(!logged.contains("proxy_serves_own_sandbox_only"), "the audit log holds outsiders: {logged}");
+    // The control: the proxy saw them (most reset before it read them; any it read are served).
+    assert!(err.contains("reset before it read them"), "the resets were not counted: {err}");
+}
+
+/// Any local user can connect to the agent's proxy. Each refusal is audited, but its line on
+/// leash's stderr (the user's terminal) has a budget a second of its own, apart from the agent's
+/// denials; the summary still counts every one.
+#[test]
+fn outsiders_cannot_flood_leashs_terminal() {
+    require_root();
+    let scratch = Scratch::new("seam-outsider-flood");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let (addr_file, done) = (scratch.0.join("proxy"), scratch.0.join("done"));
+    let script = proxy_then_wait(&addr_file, "true", &done);
+    let child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let proxy = wait_for_line(&addr_file, 10);
+    // Root outside the sandbox connects 300 times, each closed in the usual way.
+    let flood = r#"
+import socket, sys, time
+host, port = sys.argv[1].split(":")
+for _ in range(300):
+    socket.create_connection((host, int(port))).close()
+time.sleep(0.5)
+"#;
+    let started = std::time::Instant::now();
+    let attempt = Command::new(PY).args(["-c", flood, &proxy]).output().unwrap();
+    let elapsed = started.elapsed();
+    std::fs::write(&done, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(attempt.status.success(), "{}", stderr(&attempt));
+    let err = stderr(&out);
+    let shown = err.lines().filter(|l| l.contains("not from this sandbox")).count();
+    // 20 a second, in each second the flood and the proxy's last refusals overlapped.
+    let budget = 20 * (elapsed.as_secs() as usize + 2);
+    assert!(shown > 0, "no outsider was shown: {err}");
+    assert!(shown <= budget, "{shown} outsider lines on leash's stderr in {elapsed:?} (budget {budget})");
+    assert!(err.contains("300 connection(s) from outside the sandbox"), "the summary must count them all: {err}");
 }
 
 // 3. TIOCSTI on the shared terminal.

@@ -37,6 +37,10 @@ struct Inner {
     stderr_lines: bool,
     /// The budget of those lines.
     line_rate: Rate,
+    /// The budget of the lines of connections from outside the sandbox, apart from the agent's
+    /// own denials (which must not hide another user's probe), and bounded too: any local user
+    /// can connect to the proxy.
+    outsider_rate: Rate,
     /// What was denied, for the summary at exit.
     tally: Mutex<tally::Tally>,
 }
@@ -78,6 +82,7 @@ impl Auditor {
                 sandbox: sandbox.to_owned(),
                 stderr_lines,
                 line_rate: Rate::new(STDERR_LINES_PER_SECOND),
+                outsider_rate: Rate::new(STDERR_LINES_PER_SECOND),
                 tally: Mutex::default(),
             }),
         }
@@ -143,20 +148,41 @@ impl Auditor {
             t.outsider();
         }
         let (json, line) = ocsf::outsider_refused(&self.inner.sandbox, peer);
-        // Not under the sandbox's rate: the agent's own denials must not hide another user's
-        // probe of the proxy.
         self.emit(&json, None);
         if self.inner.stderr_lines {
-            eprintln!("leash: {line}");
+            let (shown, held) = self.inner.outsider_rate.admit();
+            if held > 0 {
+                eprintln!(
+                    "leash: {held} more connection(s) from outside the sandbox in one second not shown one by one"
+                );
+            }
+            if shown {
+                eprintln!("leash: {line}");
+            }
+        }
+    }
+
+    /// A connection to the proxy its client reset before the proxy read it: counted for the
+    /// summary only. Nothing is left to say whose it was, and nothing of it was read.
+    pub fn reset_before_read(&self) {
+        if let Ok(mut t) = self.inner.tally.lock() {
+            t.reset_before_read();
         }
     }
 
     /// The lines of the summary of what was denied so far; first, how many denial lines the
     /// last second held back, if any.
     pub fn summary(&self) -> Vec<String> {
-        let held = self.inner.line_rate.take_held();
-        let held = (held > 0).then(|| format!("{held} more denial line(s) in the last second not shown one by one"));
-        held.into_iter().chain(self.inner.tally.lock().map(|t| t.lines()).unwrap_or_default()).collect()
+        let (denials, outsiders) = (self.inner.line_rate.take_held(), self.inner.outsider_rate.take_held());
+        let held = [
+            (denials > 0).then(|| format!("{denials} more denial line(s) in the last second not shown one by one")),
+            (outsiders > 0).then(|| {
+                format!(
+                    "{outsiders} more connection(s) from outside the sandbox in the last second not shown one by one"
+                )
+            }),
+        ];
+        held.into_iter().flatten().chain(self.inner.tally.lock().map(|t| t.lines()).unwrap_or_default()).collect()
     }
 
     /// Whether a decision with this outcome goes anywhere: denials always (stderr), allowed

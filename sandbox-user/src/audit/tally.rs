@@ -14,6 +14,8 @@ pub struct Tally {
     requests: u64,
     kernel: u64,
     outsiders: u64,
+    /// Connections to the proxy reset before it read them (not denials: nothing was asked).
+    resets: u64,
     names: u64,
     destinations: HashMap<String, u64>,
     rules: HashMap<String, u64>,
@@ -48,8 +50,22 @@ impl Tally {
         self.outsiders += 1;
     }
 
-    /// The summary's lines, or none when nothing was denied.
+    /// A connection to the proxy that its client reset before the proxy read it.
+    pub fn reset_before_read(&mut self) {
+        self.resets += 1;
+    }
+
+    /// The summary's lines: what was denied (or that nothing was), then the connections reset
+    /// before the proxy read them, if any.
     pub fn lines(&self) -> Vec<String> {
+        let mut lines = self.denials();
+        if self.resets > 0 {
+            lines.push(format!("{} connection(s) to the proxy reset before it read them", self.resets));
+        }
+        lines
+    }
+
+    fn denials(&self) -> Vec<String> {
         if self.connections + self.requests + self.kernel + self.outsiders + self.names == 0 {
             return vec!["nothing was denied".to_owned()];
         }
@@ -96,5 +112,18 @@ mod tests {
         assert_eq!(lines[0], "denied: 2 connection(s) and 1 request(s) at the proxy, 1 kernel action(s)");
         assert_eq!(lines[1], "top denied destinations: evil.test:443 (2), api.github.com:443 (1)");
         assert!(lines[2].starts_with("top rules: no_matching_policy (2)"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn resets_are_counted_apart_from_denials() {
+        let mut t = Tally::default();
+        t.reset_before_read();
+        t.reset_before_read();
+        assert_eq!(t.lines(), ["nothing was denied", "2 connection(s) to the proxy reset before it read them"]);
+        t.outsider();
+        assert_eq!(
+            t.lines()[0],
+            "denied: 0 connection(s) and 0 request(s) at the proxy, 0 kernel action(s), 1 connection(s) from outside the sandbox"
+        );
     }
 }

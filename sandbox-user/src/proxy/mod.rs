@@ -52,6 +52,7 @@ use tokio::net::TcpListener;
 use crate::audit::Auditor;
 use crate::kernel::programs::TransparentPorts;
 use crate::policy::CompiledPolicy;
+use peers::Admission;
 
 pub use state::Secrets;
 
@@ -377,9 +378,13 @@ async fn serve_connection(
     // of each says who opened it; under `leash confine` the node daemon says (when asked).
     let identity = match proxy.peers.get() {
         Some(peers) => match peers.admits(&stream, addr, local) {
-            Some(owner) => peers.identity(&owner, addr, local.port()),
-            None => {
+            Admission::Admitted(owner) => peers.identity(&owner, addr, local.port()),
+            Admission::Refused => {
                 proxy.audit.outsider_refused(addr);
+                return;
+            }
+            Admission::Gone => {
+                proxy.audit.reset_before_read();
                 return;
             }
         },

@@ -48,25 +48,32 @@ impl SandboxPeers {
         self
     }
 
-    /// The record of `stream`, accepted from `peer` at the proxy's `local`, if it is a connection
-    /// the sandbox made: the sandbox recorded the socket now at its client end, and the proxy's end
-    /// is still connected to it. (A reset connection is not: its client end may be another socket
-    /// by now, even one of the sandbox that took the freed port after it.) The record is made at
-    /// `connect()`, before the SYN leaves, so it is there by the time the proxy accepts; it is
-    /// taken out of the kernel's map here, also when the client bound another local address,
-    /// which the proxy does not admit (only the proxy's own address rules out a port another
-    /// user could bind).
-    pub fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Option<ConnOwner> {
+    /// What the proxy makes of `stream`, accepted from `peer` at the proxy's `local`.
+    /// [`Admission::Admitted`] with its record when it is a connection the sandbox made: the
+    /// sandbox recorded the socket now at its client end, and the proxy's end is still connected
+    /// to it. (A reset connection is not: its client end may be another socket by now, even one of
+    /// the sandbox that took the freed port after it.) The record is made at `connect()`, before
+    /// the SYN leaves, so it is there by the time the proxy accepts; it is taken out of the
+    /// kernel's map here, also when the client bound another local address, which the proxy does
+    /// not admit (only the proxy's own address rules out a port another user could bind).
+    pub fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Admission {
         if !self.by_socket {
-            return None;
+            return Admission::Refused;
         }
-        let owner = self.owners.connection(peer, local)?;
-        if !still_connected(stream) {
-            return None;
-        }
+        let Some(owner) = self.owners.connection(peer, local) else {
+            // No socket of the sandbox at the client end: a live client there is someone else's,
+            // and a client that reset its connection left nothing to say whose it was.
+            return if still_connected(stream) { Admission::Refused } else { Admission::Gone };
+        };
         // This connection's own record: no other proxy will take it, admitted or not.
         self.owners.forget(&owner);
-        (peer.ip() == local.ip()).then_some(owner)
+        if !still_connected(stream) {
+            return Admission::Gone;
+        }
+        if peer.ip() != local.ip() {
+            return Admission::Refused;
+        }
+        Admission::Admitted(owner)
     }
 
     /// What the record of an admitted connection from `peer` to the proxy's port `listener` says.
@@ -84,6 +91,19 @@ impl SandboxPeers {
             destination: crate::kernel::programs::original_destination(&owner.dest),
         }
     }
+}
+
+/// What the proxy does with a connection it accepted.
+pub enum Admission {
+    /// The sandbox's own connection, and the kernel's record of who opened it.
+    Admitted(ConnOwner),
+    /// A live client the sandbox did not connect: another user, root outside the sandbox, the
+    /// sandbox from another address. Refused and audited as such.
+    Refused,
+    /// The client reset the connection before the proxy read it: nothing can be read from it,
+    /// and nothing is left to say whose it was, so it is counted, not audited as an outsider's
+    /// (the agent resetting its own connections would otherwise fill the audit with "outsiders").
+    Gone,
 }
 
 /// Who in the sandbox holds a connection's client socket.

@@ -113,8 +113,9 @@ pub fn run(ctx: &Ctx, rounds: u32, connects: u32) -> Result<()> {
         );
     }
     println!(
-        "(the proxy serves the sandbox's connections and refuses others at accept, so this ratio also \
-         counts the proxy's serving; the programs alone follow)"
+        "(connbench resets each connection as it closes, mostly before the proxy accepts it: the proxy \
+         then finds no client socket and counts it, inside and outside alike, so this ratio also counts \
+         the proxy's admission work; the programs alone follow)"
     );
     println!();
     programs_alone(ctx, rounds, connects)
