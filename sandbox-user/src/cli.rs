@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use leash::audit::LogLimit;
+
 /// Confine an AI coding agent: its network reaches only leash's proxy (enforced by eBPF in its
 /// cgroup), its files only what the policy allows (Landlock), and it never runs as root.
 #[derive(Debug, Parser)]
@@ -128,6 +130,11 @@ pub struct AgentProxyArgs {
     /// Append OCSF audit events (JSON lines) to this file; denials also go to stderr.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Write at most this much to the audit log (K, M, G: 1024-based), then one line saying the
+    /// limit was reached; later events are only counted in the summary. The agent decides how
+    /// many events there are, so the log must not be able to fill the disk.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub audit_log_max: LogLimit,
     /// Read credential values from this file of NAME=value lines instead of leash's environment.
     #[arg(long)]
     pub credentials_file: Option<PathBuf>,
@@ -156,6 +163,10 @@ pub struct ProxyArgs {
     /// Append OCSF audit events (JSON lines) to this file.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Write at most this much to the audit log (K, M, G: 1024-based), then one line saying the
+    /// limit was reached.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub audit_log_max: LogLimit,
     /// Worker threads serving connections; raise it for many concurrent clients on a large host.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

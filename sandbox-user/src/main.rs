@@ -165,6 +165,7 @@ fn run(args: cli::RunArgs) -> i32 {
         policy: args.policy,
         proxy_listen: args.proxy.proxy_listen,
         audit_log: args.proxy.audit_log,
+        audit_log_max: args.proxy.audit_log_max,
         credentials_file: args.proxy.credentials_file,
         upstream_ca: args.proxy.upstream_ca,
         allow_degraded: args.allow_degraded,
@@ -232,6 +233,7 @@ fn confine(args: cli::ConfineArgs) -> i32 {
         policy: args.policy,
         proxy_listen: args.proxy.proxy_listen,
         audit_log: args.proxy.audit_log,
+        audit_log_max: args.proxy.audit_log_max,
         credentials_file: args.proxy.credentials_file,
         upstream_ca: args.proxy.upstream_ca,
         allow_degraded: args.allow_degraded,
@@ -343,7 +345,7 @@ fn standalone_proxy(args: cli::ProxyArgs) -> i32 {
     };
     let result: anyhow::Result<()> = runtime(args.threads).block_on(async {
         use anyhow::Context as _;
-        let audit = leash::audit::Auditor::new("standalone", args.audit_log.as_deref(), true)?;
+        let audit = leash::audit::Auditor::new("standalone", args.audit_log.as_deref(), args.audit_log_max, true)?;
         let secrets = match args.credentials_file {
             Some(path) => leash::proxy::Secrets::File(path),
             None => leash::proxy::Secrets::Environment,

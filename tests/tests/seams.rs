@@ -535,6 +535,38 @@ fn the_agent_cannot_swap_the_audit_log_while_leash_writes_it() {
     assert!(std::fs::read_to_string(&log).unwrap().contains("connect4"), "the denial must be in the log");
 }
 
+/// The agent decides how many events there are, and leash writes each to the audit log as root:
+/// a denied `connect()` in a loop wrote about 0.5 KB per denial, without end, onto the host's
+/// disk. The log stops at `--audit-log-max` with one line saying so, and the summary counts
+/// what it left out.
+#[test]
+fn the_agent_cannot_fill_the_disk_through_the_audit_log() {
+    require_root();
+    let scratch = Scratch::new("seam-audit-size");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let log = scratch.0.join("audit.jsonl");
+    let script = format!("{PROBE} flood 2 127.0.0.1:9 >/dev/null 2>&1; sleep 1; echo agent-done");
+    let limit = ["--audit-log", log.to_str().unwrap(), "--audit-log-max", "64K"];
+    let out = leash_run(&policy, &limit, &["/bin/sh", "-c", &script]);
+    assert!(stdout(&out).contains("agent-done") && out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.contains("reached its limit"), "the log does not say why it stops: {last}");
+    let events = text.len() - last.len() - 1;
+    assert!(events <= 64 << 10, "{events} bytes of events in a log limited to 64 KiB");
+    // The control: the flood's denials filled the log up to its limit, and many more were made.
+    assert!(events > 60 << 10 && text.contains("connect4"), "{events} bytes of events");
+    let err = stderr(&out);
+    let unwritten: u64 = err
+        .lines()
+        .find_map(|l| {
+            l.split(" event(s) are not in the audit log").next().filter(|_| l.contains("not in the audit log"))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the summary does not count what the log left out: {err}"));
+    assert!(unwritten > 1000, "only {unwritten} events left out of the log");
+}
+
 /// A process the agent leaves behind makes denials faster than leash can write them, for longer
 /// than the test waits. leash must still see its agent end, tear the sandbox down (which ends that
 /// process) and exit. Before, its event reader drained the ring until it was empty, which it never

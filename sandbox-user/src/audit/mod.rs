@@ -2,6 +2,7 @@
 //! OCSF-shaped JSON line in `--audit-log FILE`; denials also print one short line on stderr.
 //! Nothing secret is ever passed in here: events carry addresses, names and verdicts only.
 
+mod limit;
 mod ocsf;
 mod rate;
 mod tally;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use sandbox_common::{DenyEvent, Hook};
 
+pub use limit::LogLimit;
 pub use ocsf::{DnsDecision, ProxyDecision};
 pub use rate::Rate;
 
@@ -32,7 +34,7 @@ pub struct Auditor {
 struct Inner {
     /// Where the JSON lines go: a file, stdout (the node daemon, for the cluster's log
     /// collector), or nowhere.
-    file: Option<Mutex<Box<dyn std::io::Write + Send>>>,
+    file: Option<Mutex<Sink>>,
     sandbox: String,
     stderr_lines: bool,
     /// The budget of those lines.
@@ -46,8 +48,9 @@ struct Inner {
 }
 
 impl Auditor {
-    /// An auditor for `sandbox`, appending JSON lines to `log` when given (created mode 0600).
-    pub fn new(sandbox: &str, log: Option<&Path>, stderr_lines: bool) -> Result<Self> {
+    /// An auditor for `sandbox`, appending JSON lines to `log` when given (created mode 0600),
+    /// `limit` bytes of them at most.
+    pub fn new(sandbox: &str, log: Option<&Path>, limit: LogLimit, stderr_lines: bool) -> Result<Self> {
         let file = match log {
             Some(path) => Some(
                 OpenOptions::new()
@@ -60,25 +63,27 @@ impl Auditor {
             ),
             None => None,
         };
-        Ok(Self::to_file(sandbox, file, stderr_lines))
+        Ok(Self::to_file(sandbox, file, limit, stderr_lines))
     }
 
     /// An auditor for `sandbox` appending JSON lines to `file`, already opened by the caller
-    /// (`leash run` opens it with the checks of `launcher::host_files`).
-    pub fn to_file(sandbox: &str, file: Option<std::fs::File>, stderr_lines: bool) -> Self {
-        Self::writing(sandbox, file.map(|f| Box::new(f) as Box<dyn std::io::Write + Send>), stderr_lines)
+    /// (`leash run` opens it with the checks of `launcher::host_files`), `limit` bytes at most.
+    pub fn to_file(sandbox: &str, file: Option<std::fs::File>, limit: LogLimit, stderr_lines: bool) -> Self {
+        let sink = file.map(|f| Sink::new(Box::new(f), Some(limit)));
+        Self::writing(sandbox, sink, stderr_lines)
     }
 
     /// An auditor writing JSON lines to stdout, for a node daemon whose events serve many
-    /// sandboxes (named per event with [`Auditor::kernel_denied_in`]).
+    /// sandboxes (named per event with [`Auditor::kernel_denied_in`]). No limit: the container
+    /// runtime keeps (and rotates) what a daemon writes there.
     pub fn stdout(name: &str) -> Self {
-        Self::writing(name, Some(Box::new(std::io::stdout())), false)
+        Self::writing(name, Some(Sink::new(Box::new(std::io::stdout()), None)), false)
     }
 
-    fn writing(sandbox: &str, out: Option<Box<dyn std::io::Write + Send>>, stderr_lines: bool) -> Self {
+    fn writing(sandbox: &str, sink: Option<Sink>, stderr_lines: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
-                file: out.map(Mutex::new),
+                file: sink.map(Mutex::new),
                 sandbox: sandbox.to_owned(),
                 stderr_lines,
                 line_rate: Rate::new(STDERR_LINES_PER_SECOND),
@@ -173,6 +178,7 @@ impl Auditor {
     /// The lines of the summary of what was denied so far; first, how many denial lines the
     /// last second held back, if any.
     pub fn summary(&self) -> Vec<String> {
+        let unwritten = self.inner.file.as_ref().and_then(|f| f.lock().ok()).and_then(|s| s.unwritten());
         let (denials, outsiders) = (self.inner.line_rate.take_held(), self.inner.outsider_rate.take_held());
         let held = [
             (denials > 0).then(|| format!("{denials} more denial line(s) in the last second not shown one by one")),
@@ -182,7 +188,11 @@ impl Auditor {
                 )
             }),
         ];
-        held.into_iter().flatten().chain(self.inner.tally.lock().map(|t| t.lines()).unwrap_or_default()).collect()
+        held.into_iter()
+            .flatten()
+            .chain(self.inner.tally.lock().map(|t| t.lines()).unwrap_or_default())
+            .chain(unwritten)
+            .collect()
     }
 
     /// Whether a decision with this outcome goes anywhere: denials always (stderr), allowed
@@ -193,12 +203,8 @@ impl Auditor {
 
     fn emit(&self, json: &serde_json::Value, line: Option<&str>) {
         if let Some(file) = &self.inner.file {
-            if let Ok(mut f) = file.lock() {
-                let mut text = json.to_string();
-                text.push('\n');
-                // Audit must never take the sandbox down; a full disk loses lines, not the agent.
-                let _ = f.write_all(text.as_bytes());
-                let _ = f.flush();
+            if let Ok(mut sink) = file.lock() {
+                sink.write(&self.inner.sandbox, json);
             }
         }
         if let (true, Some(line)) = (self.inner.stderr_lines, line) {
@@ -210,5 +216,96 @@ impl Auditor {
                 eprintln!("leash: {line}");
             }
         }
+    }
+}
+
+/// The audit log's writer, and how much more this sandbox may write to it.
+struct Sink {
+    out: Box<dyn std::io::Write + Send>,
+    /// The limit, and the bytes of events still allowed under it; `None`: no limit.
+    budget: Option<(LogLimit, u64)>,
+    /// Events not written since the limit was reached.
+    unwritten: u64,
+}
+
+impl Sink {
+    fn new(out: Box<dyn std::io::Write + Send>, limit: Option<LogLimit>) -> Self {
+        Self { out, budget: limit.map(|l| (l, l.0)), unwritten: 0 }
+    }
+
+    /// Writes one event as a JSON line, if the limit leaves room for it. The first event
+    /// beyond the limit is replaced by one line saying the limit was reached (over the limit:
+    /// a reader must learn why the log stops), and every later one is only counted.
+    fn write(&mut self, sandbox: &str, json: &serde_json::Value) {
+        let mut text = json.to_string();
+        text.push('\n');
+        if let Some((limit, left)) = &mut self.budget {
+            if text.len() as u64 > *left {
+                *left = 0;
+                self.unwritten += 1;
+                if self.unwritten > 1 {
+                    return;
+                }
+                eprintln!("leash: the audit log reached its limit of {limit} (--audit-log-max); later events are counted, not written");
+                text = ocsf::audit_limit_reached(sandbox, limit.0).to_string();
+                text.push('\n');
+            } else {
+                *left -= text.len() as u64;
+            }
+        }
+        // Audit must never take the sandbox down; a full disk loses lines, not the agent.
+        let _ = self.out.write_all(text.as_bytes());
+        let _ = self.out.flush();
+    }
+
+    /// The summary's line about events the limit kept out of the log, if any.
+    fn unwritten(&self) -> Option<String> {
+        let (limit, _) = self.budget?;
+        (self.unwritten > 0).then(|| {
+            format!("{} event(s) are not in the audit log, which reached its limit of {limit}", self.unwritten)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer whose bytes the test can read after the sink took it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_log_stops_at_its_limit_with_one_line_saying_so() {
+        let out = Shared::default();
+        let mut sink = Sink::new(Box::new(out.clone()), Some(LogLimit(4096)));
+        let event = serde_json::json!({ "message": "x".repeat(100) });
+        for _ in 0..1000 {
+            sink.write("s1", &event);
+        }
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let events = 4096 / (event.to_string().len() + 1);
+        assert_eq!(lines.len(), events + 1, "the events that fit, then the marker");
+        assert!(lines[..events].iter().all(|l| l.contains("xxxx")));
+        assert!(lines[events].contains("limit"), "{}", lines[events]);
+        assert!(text.len() - lines[events].len() - 1 <= 4096);
+        let said = sink.unwritten().unwrap();
+        assert_eq!(
+            said,
+            format!("{} event(s) are not in the audit log, which reached its limit of 4 KiB", 1000 - events)
+        );
+        let unlimited = Sink::new(Box::new(Shared::default()), None);
+        assert_eq!(unlimited.unwritten(), None);
     }
 }

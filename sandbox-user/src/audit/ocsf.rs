@@ -143,6 +143,23 @@ pub fn outsider_refused(sandbox: &str, peer: std::net::SocketAddr) -> (Value, St
     (json, line)
 }
 
+/// The last line a sandbox writes to its audit log once the log reached `limit` bytes
+/// (`--audit-log-max`): an OCSF Base Event, so that a reader learns why the log stops.
+pub fn audit_limit_reached(sandbox: &str, limit: u64) -> Value {
+    json!({
+        "class_uid": 0,
+        "class_name": "Base Event",
+        "category_uid": 0,
+        "activity_id": 99,
+        "type_uid": 99,
+        "time": now_ms(),
+        "severity_id": 3,
+        "message": format!("the audit log reached its limit of {limit} bytes for this sandbox; later events are counted in its summary, not written"),
+        "metadata": metadata("leash"),
+        "unmapped": { "sandbox": sandbox, "limit_bytes": limit },
+    })
+}
+
 /// A BPF-LSM denial as OCSF JSON (Process, File System or Network Activity by hook) and a
 /// summary line naming the process, the hook, the target and the policy rule.
 pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::path::Path>) -> (Value, String) {

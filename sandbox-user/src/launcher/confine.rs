@@ -38,6 +38,8 @@ pub struct ConfineOptions {
     pub policy: Option<String>,
     pub proxy_listen: std::net::SocketAddr,
     pub audit_log: Option<PathBuf>,
+    /// The most this sandbox writes to its audit log.
+    pub audit_log_max: crate::audit::LogLimit,
     pub credentials_file: Option<PathBuf>,
     pub upstream_ca: Vec<PathBuf>,
     /// Start the agent without a Landlock domain when the kernel has none.
@@ -69,7 +71,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     let transparent = policy.transparent();
     let identity = own_identity();
     let id = SandboxId::for_self()?;
-    let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), true)?;
+    let audit = Auditor::new(&id.to_string(), opts.audit_log.as_deref(), opts.audit_log_max, true)?;
     let credential_names: Vec<String> = policy.credentials().iter().map(|c| c.name.clone()).collect();
     let binaries_restricted = !policy.binaries_restricted().is_empty();
     let filesystem = policy.filesystem().cloned();

@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub policy: Option<PathBuf>,
     pub proxy_listen: SocketAddr,
     pub audit_log: Option<PathBuf>,
+    /// The most this sandbox writes to its audit log.
+    pub audit_log_max: crate::audit::LogLimit,
     pub credentials_file: Option<PathBuf>,
     pub upstream_ca: Vec<PathBuf>,
     pub allow_degraded: bool,
@@ -167,7 +169,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
     }
     stdio::refuse_network_sockets()?;
 
-    let audit = Auditor::to_file(&id.to_string(), audit_file, true);
+    let audit = Auditor::to_file(&id.to_string(), audit_file, opts.audit_log_max, true);
     let binaries_rules = !policy.binaries_restricted().is_empty();
     let protect_in_workdir = policy.protect_in_workdir();
     let unix_allowed: Vec<PathBuf> = policy
