@@ -20,7 +20,7 @@ fn log() -> &'static (std::fs::File, Auditor) {
         let file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path);
         let file = file.expect("a temporary audit log");
         let _ = std::fs::remove_file(&path);
-        let auditor = Auditor::to_file("fuzz", Some(file.try_clone().expect("a second handle")), false);
+        let auditor = Auditor::to_file("fuzz", Some(file.try_clone().expect("a second handle")), None, false);
         (file, auditor)
     })
 }
@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         client: None,
         redirected_from: None,
     };
-    auditor.proxy_decision(&decision);
+    let _ = auditor.proxy_decision(&decision);
     let hooks = [Hook::Connect4, Hook::LsmOpen, Hook::LsmExec, Hook::LsmConnect, Hook::LsmKill];
     let mut event = DenyEvent {
         cgroup_id: 1,

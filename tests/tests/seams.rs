@@ -314,7 +314,9 @@ fn a_refused_connection_from_another_address_leaves_no_record() {
     std::fs::write(&done, "").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not from this sandbox"), "the proxy did not refuse it: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("connect from the proxy's own address"), "the proxy did not refuse it: {err}");
+    assert!(!err.contains("not from this sandbox"), "the sandbox's own connection was called an outsider's: {err}");
     assert!(taken, "the refused connection's record stayed in the host's map");
 }
 
@@ -387,7 +389,7 @@ import socket, sys, time
 host, port = sys.argv[1].split(":")
 for _ in range(300):
     socket.create_connection((host, int(port))).close()
-time.sleep(0.5)
+time.sleep(1.5)
 "#;
     let started = std::time::Instant::now();
     let attempt = Command::new(PY).args(["-c", flood, &proxy]).output().unwrap();
@@ -545,26 +547,49 @@ fn the_agent_cannot_fill_the_disk_through_the_audit_log() {
     let scratch = Scratch::new("seam-audit-size");
     let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
     let log = scratch.0.join("audit.jsonl");
-    let script = format!("{PROBE} flood 2 127.0.0.1:9 >/dev/null 2>&1; sleep 1; echo agent-done");
+    let script = format!("{PROBE} flood 2 127.0.0.1:9 >/dev/null 2>&1; sleep 2.5; echo agent-done");
     let limit = ["--audit-log", log.to_str().unwrap(), "--audit-log-max", "64K"];
     let out = leash_run(&policy, &limit, &["/bin/sh", "-c", &script]);
     assert!(stdout(&out).contains("agent-done") && out.status.success(), "{}", stderr(&out));
     let text = std::fs::read_to_string(&log).unwrap();
-    let last = text.lines().last().unwrap_or_default();
-    assert!(last.contains("reached its limit"), "the log does not say why it stops: {last}");
-    let events = text.len() - last.len() - 1;
+    let marker = text.lines().position(|l| l.contains("reached its limit"));
+    let marker =
+        marker.unwrap_or_else(|| panic!("the log does not say why it stops: {}", &text[..text.len().min(2000)]));
+    let events: usize = text.lines().take(marker).map(|l| l.len() + 1).sum();
+    assert_eq!(marker + 1, text.lines().count(), "lines after the one saying the log stops");
     assert!(events <= 64 << 10, "{events} bytes of events in a log limited to 64 KiB");
     // The control: the flood's denials filled the log up to its limit, and many more were made.
     assert!(events > 60 << 10 && text.contains("connect4"), "{events} bytes of events");
     let err = stderr(&out);
-    let unwritten: u64 = err
+    assert!(err.contains("event(s) are not in the audit log"), "the summary does not say what the log left out: {err}");
+    let denied: u64 = err
         .lines()
-        .find_map(|l| {
-            l.split(" event(s) are not in the audit log").next().filter(|_| l.contains("not in the audit log"))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("the summary does not count what the log left out: {err}"));
-    assert!(unwritten > 1000, "only {unwritten} events left out of the log");
+        .find_map(|l| l.split(" kernel action(s)").next()?.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of kernel denials: {err}"));
+    assert!(denied > 1000, "only {denied} denials made");
+}
+
+/// With its audit log full the agent could act unaudited, so the proxy allows nothing more: the
+/// agent fills its log with denials, then asks for what its policy allows.
+#[test]
+fn with_its_audit_log_full_the_agent_is_allowed_nothing() {
+    require_root();
+    let target = Listener::http("127.0.0.1:0", "reached");
+    let scratch = Scratch::new("seam-audit-full");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[target.addr.port()]));
+    let log = scratch.0.join("audit.jsonl");
+    let get = format!("{PROBE} get proxy {}", target.addr);
+    let script = format!("{get}; {PROBE} flood 2 127.0.0.1:9 >/dev/null 2>&1; sleep 2.5; {get}");
+    let limit = ["--audit-log", log.to_str().unwrap(), "--audit-log-max", "64K"];
+    let out = leash_run(&policy, &limit, &["/bin/sh", "-c", &script]);
+    let text = stdout(&out);
+    let answers: Vec<&str> = text.lines().filter(|l| l.starts_with("CONNECT")).collect();
+    assert_eq!(answers.len(), 2, "{text} {}", stderr(&out));
+    // The control: the same request, before the flood, was allowed and audited.
+    assert!(answers[0].contains("CONNECT 200"), "{text}");
+    assert!(!answers[1].contains("CONNECT 200"), "allowed with the audit log full: {text}");
+    assert_eq!(target.accepted(), 1, "the target was reached with the audit log full");
+    assert!(stderr(&out).contains("the proxy allows nothing more"), "{}", stderr(&out));
 }
 
 /// A process the agent leaves behind makes denials faster than leash can write them, for longer

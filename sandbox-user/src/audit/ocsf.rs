@@ -124,7 +124,26 @@ pub fn kernel_denial(sandbox: &str, event: &DenyEvent) -> (Value, String) {
 /// read, as OCSF Network Activity (refuse) and a summary line.
 pub fn outsider_refused(sandbox: &str, peer: std::net::SocketAddr) -> (Value, String) {
     let line = format!("denied proxy connection from {peer}: not from this sandbox [sandbox {sandbox}]");
-    let json = json!({
+    let json = refused_connection(sandbox, peer, &line, "proxy_serves_own_sandbox_only", None);
+    (json, line)
+}
+
+/// The rule a connection from another local address than the proxy's breaks.
+pub const OTHER_ADDRESS_RULE: &str = "proxy_serves_its_own_address_only";
+
+/// A connection the sandbox made to its proxy from another local address (`pid` connected it),
+/// refused before any byte was read, as OCSF Network Activity (refuse) and a summary line.
+pub fn other_address_refused(sandbox: &str, peer: std::net::SocketAddr, pid: u32) -> (Value, String) {
+    let line = format!(
+        "denied proxy connection from {peer} (pid {pid}): connect from the proxy's own address [sandbox {sandbox}]"
+    );
+    let json = refused_connection(sandbox, peer, &line, OTHER_ADDRESS_RULE, Some(pid));
+    (json, line)
+}
+
+/// A connection to the proxy from `peer`, refused unread under `rule`, opened by `pid` if known.
+fn refused_connection(sandbox: &str, peer: std::net::SocketAddr, line: &str, rule: &str, pid: Option<u32>) -> Value {
+    let mut json = json!({
         "class_uid": 4001,
         "class_name": "Network Activity",
         "category_uid": 4,
@@ -138,14 +157,38 @@ pub fn outsider_refused(sandbox: &str, peer: std::net::SocketAddr) -> (Value, St
         "message": line,
         "metadata": metadata("proxy"),
         "src_endpoint": { "ip": peer.ip().to_string(), "port": peer.port() },
-        "unmapped": { "sandbox": sandbox, "rule": "proxy_serves_own_sandbox_only" },
+        "unmapped": { "sandbox": sandbox, "rule": rule },
     });
-    (json, line)
+    if let Some(pid) = pid {
+        json["actor"] = json!({ "process": { "pid": pid } });
+    }
+    json
+}
+
+/// The line standing for `count` refusal lines (`what`) a second's budget kept out of the log.
+pub fn held_back(sandbox: &str, count: u64, what: &str) -> Value {
+    let mut json = leash_notice(1, format!("{count} more {what} in one second not written one by one"));
+    json["count"] = json!(count);
+    json["unmapped"] = json!({ "sandbox": sandbox, "held_back": what });
+    json
 }
 
 /// The last line a sandbox writes to its audit log once the log reached `limit` bytes
-/// (`--audit-log-max`): an OCSF Base Event, so that a reader learns why the log stops.
+/// (`--audit-log-max`), so that a reader learns why the log stops.
 pub fn audit_limit_reached(sandbox: &str, limit: u64) -> Value {
+    let mut json = leash_notice(
+        3,
+        format!(
+            "the audit log reached its limit of {limit} bytes for this sandbox; later events are counted in its \
+             summary, not written, and the proxy allows nothing more"
+        ),
+    );
+    json["unmapped"] = json!({ "sandbox": sandbox, "limit_bytes": limit });
+    json
+}
+
+/// A line about the log itself, as an OCSF Base Event ("other" activity).
+fn leash_notice(severity_id: u8, message: String) -> Value {
     json!({
         "class_uid": 0,
         "class_name": "Base Event",
@@ -153,10 +196,9 @@ pub fn audit_limit_reached(sandbox: &str, limit: u64) -> Value {
         "activity_id": 99,
         "type_uid": 99,
         "time": now_ms(),
-        "severity_id": 3,
-        "message": format!("the audit log reached its limit of {limit} bytes for this sandbox; later events are counted in its summary, not written"),
+        "severity_id": severity_id,
+        "message": message,
         "metadata": metadata("leash"),
-        "unmapped": { "sandbox": sandbox, "limit_bytes": limit },
     })
 }
 

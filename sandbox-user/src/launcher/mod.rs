@@ -169,7 +169,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
     }
     stdio::refuse_network_sockets()?;
 
-    let audit = Auditor::to_file(&id.to_string(), audit_file, opts.audit_log_max, true);
+    let audit = Auditor::to_file(&id.to_string(), audit_file, Some(opts.audit_log_max), true);
     let binaries_rules = !policy.binaries_restricted().is_empty();
     let protect_in_workdir = policy.protect_in_workdir();
     let unix_allowed: Vec<PathBuf> = policy

@@ -60,7 +60,13 @@ pub enum Refusal {
     LearningFailed,
     /// A credential could not be swapped in: the code of its error (`CredentialError::code`).
     Credential(&'static str),
+    /// The audit log reached its limit (`--audit-log-max`): nothing more is allowed.
+    AuditLogFull,
 }
+
+/// The detail of [`Refusal::AuditLogFull`].
+pub const AUDIT_LOG_FULL: &str =
+    "the sandbox's audit log reached its limit (--audit-log-max): leash allows nothing it cannot audit";
 
 impl Refusal {
     /// The machine-readable reason (`no_matching_policy`, ...).
@@ -90,6 +96,7 @@ impl Refusal {
             Self::BodyTimeout => "body_timeout",
             Self::LearningFailed => "learning_failed",
             Self::Credential(code) => code,
+            Self::AuditLogFull => "audit_log_full",
         }
     }
 
@@ -116,7 +123,7 @@ impl Refusal {
             | Self::NotTlsOrHttp => StatusCode::BAD_REQUEST,
             Self::UpstreamUnreachable | Self::UpstreamFailed | Self::EncodedResponseRefused => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RewriteBudgetExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RewriteBudgetExhausted | Self::AuditLogFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }

@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response};
 use crate::audit::ProxyDecision;
 use crate::policy::{CompiledEndpoint, NetworkVerdict, Protocol};
 
-use super::answers::{empty, refuse, Refusal};
+use super::answers::{empty, refuse, Refusal, AUDIT_LOG_FULL};
 use super::intercept::{self, Tunnel};
 use super::ssrf::{normalize_host, NormalizedHost};
 use super::state::PolicyState;
@@ -67,8 +67,8 @@ pub(super) fn decide(
 ) -> Result<NetworkVerdict, Box<Response<ProxyBody>>> {
     let host_text = host.to_string();
     let verdict = decide_for_owner(state, &host_text, port, client);
-    if proxy.audit.records(verdict.allow) {
-        proxy.audit.proxy_decision(&ProxyDecision {
+    let recorded = !proxy.audit.records(verdict.allow)
+        || proxy.audit.proxy_decision(&ProxyDecision {
             allowed: verdict.allow,
             method: method.to_owned(),
             host: host_text.clone(),
@@ -82,6 +82,8 @@ pub(super) fn decide(
             client: Some(client.addr),
             redirected_from: client.redirected_from,
         });
+    if verdict.allow && !recorded {
+        return Err(Box::new(refuse(Refusal::AuditLogFull, AUDIT_LOG_FULL, verdict.policy.as_deref())));
     }
     if verdict.allow {
         Ok(verdict)

@@ -32,7 +32,7 @@ use crate::audit::ProxyDecision;
 use crate::policy::learn::{Observation, Seen};
 use crate::policy::{CompiledEndpoint, EndpointRef, IpNetwork};
 
-use super::answers::{empty, refuse, Refusal};
+use super::answers::{empty, refuse, Refusal, AUDIT_LOG_FULL};
 use super::connect::Client;
 use super::intercept::{self, Tunnel};
 use super::ssrf::{AddressPolicy, BlockReason, NormalizedHost};
@@ -182,6 +182,7 @@ async fn learning_state(
         .cloned()
         .ok_or_else(|| Box::new(refuse(Refusal::NoMatchingPolicy, "the proxy is not learning", None)))?;
     let host_text = host.to_string();
+    // Whether the decision may stand (`Auditor::proxy_decision`).
     let audit = |allowed: bool, reason: &str| {
         proxy.audit.proxy_decision(&ProxyDecision {
             allowed,
@@ -196,13 +197,13 @@ async fn learning_state(
             credentials: vec![],
             client: Some(client.addr),
             redirected_from: client.redirected_from,
-        });
+        })
     };
     let allowed_ips = match private_addresses(host, port, learner.allow_private).await {
         Ok(ips) => ips,
         Err(why) => {
             learner.record(&host_text, port, client.binary.as_deref(), Seen::NotLearned { why: why.clone() });
-            audit(false, &why);
+            let _ = audit(false, &why);
             let detail = format!("{}:{port} was not learned: {why}", host.uri_host());
             return Err(Box::new(refuse(Refusal::BlockedAddress, detail, Some(LEARNING))));
         }
@@ -210,11 +211,13 @@ async fn learning_state(
     let state = match learner.state_for(proxy, &host_text, port, &allowed_ips) {
         Ok(s) => s,
         Err(e) => {
-            audit(false, &e);
+            let _ = audit(false, &e);
             return Err(Box::new(refuse(Refusal::LearningFailed, e, Some(LEARNING))));
         }
     };
-    audit(true, "learned");
+    if !audit(true, "learned") {
+        return Err(Box::new(refuse(Refusal::AuditLogFull, AUDIT_LOG_FULL, Some(LEARNING))));
+    }
     Ok((learner, state))
 }
 

@@ -377,10 +377,14 @@ async fn serve_connection(
     // Under `leash run` only the sandbox's own connections are served, and the kernel's record
     // of each says who opened it; under `leash confine` the node daemon says (when asked).
     let identity = match proxy.peers.get() {
-        Some(peers) => match peers.admits(&stream, addr, local) {
+        Some(peers) => match peers.admits(&stream, addr, local).await {
             Admission::Admitted(owner) => peers.identity(&owner, addr, local.port()),
             Admission::Refused => {
                 proxy.audit.outsider_refused(addr);
+                return;
+            }
+            Admission::OtherAddress(owner) => {
+                proxy.audit.other_address_refused(addr, owner.pid);
                 return;
             }
             Admission::Gone => {

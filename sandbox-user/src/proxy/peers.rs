@@ -56,22 +56,24 @@ impl SandboxPeers {
     /// the SYN leaves, so it is there by the time the proxy accepts; it is taken out of the
     /// kernel's map here, also when the client bound another local address, which the proxy does
     /// not admit (only the proxy's own address rules out a port another user could bind).
-    pub fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Admission {
+    pub async fn admits(&self, stream: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Admission {
         if !self.by_socket {
             return Admission::Refused;
         }
         let Some(owner) = self.owners.connection(peer, local) else {
             // No socket of the sandbox at the client end: a live client there is someone else's,
             // and a client that reset its connection left nothing to say whose it was.
-            return if still_connected(stream) { Admission::Refused } else { Admission::Gone };
+            return if connected_a_moment_later(stream).await { Admission::Refused } else { Admission::Gone };
         };
-        // This connection's own record: no other proxy will take it, admitted or not.
-        self.owners.forget(&owner);
         if !still_connected(stream) {
+            // The socket now at the client end is a newer connection from the same address; its
+            // record is left for its own accept.
             return Admission::Gone;
         }
+        // This connection's own record: no other proxy will take it, admitted or not.
+        self.owners.forget(&owner);
         if peer.ip() != local.ip() {
-            return Admission::Refused;
+            return Admission::OtherAddress(owner);
         }
         Admission::Admitted(owner)
     }
@@ -97,9 +99,12 @@ impl SandboxPeers {
 pub enum Admission {
     /// The sandbox's own connection, and the kernel's record of who opened it.
     Admitted(ConnOwner),
-    /// A live client the sandbox did not connect: another user, root outside the sandbox, the
-    /// sandbox from another address. Refused and audited as such.
+    /// A live client the sandbox did not connect: another user, root outside the sandbox.
+    /// Refused and audited as an outsider.
     Refused,
+    /// The sandbox's own connection, from another local address than the proxy's (where
+    /// another user could have bound the port): refused, and audited as the sandbox's denial.
+    OtherAddress(ConnOwner),
     /// The client reset the connection before the proxy read it: nothing can be read from it,
     /// and nothing is left to say whose it was, so it is counted, not audited as an outsider's
     /// (the agent resetting its own connections would otherwise fill the audit with "outsiders").
@@ -117,6 +122,20 @@ impl Holders {
         let to = SocketAddr::new(self.proxy, listener);
         super::identity::holders_all_run(&self.procs, std::path::Path::new("/proc/net"), peer, to, exe)
     }
+}
+
+/// How long a client that seems connected, though no sandbox socket is at its end, is given to
+/// show a reset: a socket closed with a reset leaves the kernel's tables just before its reset
+/// reaches the proxy's end, and in that gap it looks like a live client of no sandbox.
+const RESET_SETTLE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// [`still_connected`], asked again after [`RESET_SETTLE`] when it is.
+async fn connected_a_moment_later(stream: &TcpStream) -> bool {
+    if !still_connected(stream) {
+        return false;
+    }
+    tokio::time::sleep(RESET_SETTLE).await;
+    still_connected(stream)
 }
 
 /// Whether the proxy's end of a connection is still connected: established (or, accepted early

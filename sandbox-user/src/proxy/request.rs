@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use crate::audit::ProxyDecision;
 use crate::policy::{Inspection, RequestVerdict};
 
-use super::answers::{full, refuse, Refusal};
+use super::answers::{full, refuse, Refusal, AUDIT_LOG_FULL};
 use super::credentials::{
     contains_placeholder, rewrite_body, rewrite_request_head, CredentialError, RedactedBody, Reflections,
 };
@@ -44,9 +44,10 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let method = parts.method.as_str().to_owned();
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let host = &t.host_text;
+    // Whether the decision may stand (`Auditor::proxy_decision`).
     let audit = |allowed: bool, reason: &str, rule: Option<&str>, credentials: Vec<String>| {
         if !t.proxy.audit.records(allowed) {
-            return;
+            return true;
         }
         t.proxy.audit.proxy_decision(&ProxyDecision {
             allowed,
@@ -61,7 +62,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             credentials,
             client: Some(t.client),
             redirected_from: t.redirected_from,
-        });
+        })
     };
 
     if t.sni_mismatch || !targets_tunnel(&parts, &t.host, t.port, t.default_port()) {
@@ -126,7 +127,9 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         "allowed"
     };
     learning::request_passed(t, &method, &target, overrides, &report.credentials);
-    audit(true, reason, Some(&verdict.rule), report.credentials);
+    if !audit(true, reason, Some(&verdict.rule), report.credentials) {
+        return refuse(Refusal::AuditLogFull, AUDIT_LOG_FULL, t.policy.as_deref());
+    }
     // The target again: the rewrite may have put credential values into it.
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
 

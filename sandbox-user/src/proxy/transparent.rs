@@ -106,7 +106,8 @@ fn name_of(proxy: &Proxy, ip: IpAddr) -> Option<NormalizedHost> {
 
 /// Audits a redirected connection to `host` refused for `why` (the agent sees it close).
 fn refused(proxy: &Proxy, client: &Client, host: &str, to: SocketAddr, why: Refusal) {
-    proxy.audit.proxy_decision(&ProxyDecision {
+    // A denial stands whatever the log took.
+    let _ = proxy.audit.proxy_decision(&ProxyDecision {
         allowed: false,
         method: "CONNECT".into(),
         host: host.to_owned(),
