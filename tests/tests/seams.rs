@@ -932,6 +932,41 @@ fn a_policy_can_unprotect_a_name_deliberately() {
     assert!(text.contains("hook=refused"), "{text}");
 }
 
+// 12. The `--learn` output through a directory the agent swapped.
+
+/// `--learn` writes its output as root when the agent has ended. Learning runs without
+/// Landlock, so the agent can rename a directory it owns on the output's path and leave a link
+/// to one of root's in its place: written by path at the end, the learned policy (whose allows
+/// the agent chose) went into root's directory. It is written through the file opened before
+/// the agent started.
+#[test]
+fn the_agent_cannot_redirect_the_learned_policy() {
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-learn-out");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let project = scratch.owned_dir("project", uid);
+    let out_dir = scratch.owned_dir("project/out", uid);
+    let roots = scratch.0.join("roots");
+    std::fs::create_dir(&roots).unwrap();
+    let learned = out_dir.join("learned.yaml");
+    let script = format!(
+        "mv {out} {project}/moved && ln -s {roots} {out} && echo swapped",
+        out = out_dir.display(),
+        project = project.display(),
+        roots = roots.display()
+    );
+    let out = leash_run(&policy, &["--learn", learned.to_str().unwrap()], &["/bin/sh", "-c", &script]);
+    assert!(stdout(&out).contains("swapped"), "the agent could not swap its directory: {}", stderr(&out));
+    assert!(!roots.join("learned.yaml").exists(), "the learned policy was written into root's directory");
+    let written = std::fs::read_to_string(project.join("moved/learned.yaml")).unwrap_or_default();
+    assert!(
+        written.contains("version: 1"),
+        "the learned policy is not in the file opened: {written:?} {}",
+        stderr(&out)
+    );
+}
+
 // 11. A dead leash's port.
 
 #[test]

@@ -220,10 +220,9 @@ pub async fn run(begun: Begun) -> Result<i32> {
         if let Some(cgroup) = sandbox.as_ref().and_then(|s| s.cgroup()) {
             watchdog.watch(cgroup.path(), &bound.sockets())?;
         }
-        // Before the guard, which may create the name as a held directory.
-        if let Some(out) = &opts.learn {
-            open_learned(out)?;
-        }
+        // Before the guard, which may create the name as a held directory. Kept open: the
+        // learned policy is written through this descriptor at the end, never by path again.
+        let learned_out = opts.learn.as_deref().map(open_learned).transpose()?;
         let host_sockets = mount_ns::HostSockets::find(&unix_allowed);
         if sandbox.is_some() {
             if let Err(e) = crate::kernel::sock_diag::answers(bound.addr()) {
@@ -252,9 +251,9 @@ pub async fn run(begun: Begun) -> Result<i32> {
         if opts.learn.is_some() {
             proxy.learn(opts.learn_allow_private)?;
         }
-        anyhow::Ok((host_sockets, workdir, guard, proxy, trust, agent_thread))
+        anyhow::Ok((host_sockets, workdir, guard, proxy, trust, agent_thread, learned_out))
     };
-    let (host_sockets, workdir, mut guard, proxy, trust, agent_thread) = match ready.await {
+    let (host_sockets, workdir, mut guard, proxy, trust, agent_thread, learned_out) = match ready.await {
         Ok(ready) => ready,
         Err(e) => {
             // The preparing thread's trust directory goes before leash does.
@@ -276,6 +275,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
         binaries_rules,
         host_sockets: &host_sockets,
         thread: agent_thread,
+        learned_out,
     };
     // A reload while learning would put the rules being learned in force.
     let policy_file = policy_file.filter(|_| !learning);
@@ -336,6 +336,8 @@ struct Agent<'a> {
     binaries_rules: bool,
     /// The host's sockets to keep from the agent (all but the policy's `kernel.unix.allow`).
     host_sockets: &'a mount_ns::HostSockets,
+    /// `--learn`'s output, opened before the agent starts (`open_learned`).
+    learned_out: Option<std::fs::File>,
 }
 
 /// Starts proxy, events and agent in a built sandbox and waits for the agent.
@@ -539,7 +541,7 @@ async fn run_inside(
     if let Some(pump) = events {
         pump.stop().await;
     }
-    if let Some(out) = &opts.learn {
+    if let (Some(out), Some(file)) = (&opts.learn, agent.learned_out) {
         let files = match learning {
             Some(Ok(())) => {
                 let recorded = std::mem::take(&mut *recorded.lock().map_err(|_| anyhow!("learning records poisoned"))?);
@@ -553,7 +555,7 @@ async fn run_inside(
             Some(Err(why)) => Err(why),
             None => Err("there was no sandbox cgroup to learn from".to_owned()),
         };
-        write_learned(out, &proxy, files)?;
+        write_learned(out, file, &proxy, files)?;
     }
     if !opts.quiet {
         let mut lines = audit.summary();
@@ -591,18 +593,25 @@ pub(crate) fn credential_env(
     Ok(env)
 }
 
-/// Opens (creates, truncates) the `--learn` output without following a symbolic link, so a
-/// path the agent could plant a link at is never written through.
+/// Opens (creates, truncates) the `--learn` output, before the agent starts, without following
+/// a symbolic link and without waiting on a FIFO; it must be a regular file. The learned policy
+/// is written through this descriptor when the agent has ended: by then the agent (with no
+/// Landlock while learning) may have replaced a directory on the path with a link to one of
+/// root's, so the path is never opened again.
 fn open_learned(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .with_context(|| format!("opening the --learn output {}", path.display()))
+        .with_context(|| format!("opening the --learn output {}", path.display()))?;
+    if !file.metadata().with_context(|| format!("reading {}", path.display()))?.is_file() {
+        bail!("--learn {} is not a regular file", path.display());
+    }
+    Ok(file)
 }
 
 /// What the learning program recorded, generalised into policy entries for this host.
@@ -626,16 +635,33 @@ fn learned_files(
     LearnedFiles::from_uses(&recorded.uses, recorded.unnamed, &host)
 }
 
-/// `--learn`: writes the policy the run needed (checked to parse) and says so on stderr.
-fn write_learned(path: &Path, proxy: &Proxy, files: Result<policy::learn_files::LearnedFiles, String>) -> Result<()> {
+/// `--learn`: writes the policy the run needed (checked to parse) into `file`, the output
+/// [`open_learned`] opened at `path`, and says so on stderr. Refused when the file no longer has
+/// exactly one name (removed, or linked elsewhere while the agent ran).
+fn write_learned(
+    path: &Path,
+    mut file: std::fs::File,
+    proxy: &Proxy,
+    files: Result<policy::learn_files::LearnedFiles, String>,
+) -> Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::MetadataExt as _;
     let seen = proxy.learned().unwrap_or_default();
     if let Err(why) = &files {
         eprintln!("leash: note: files and programs were not learned: {why}");
     }
     let text = policy::learn::Learned::from_observations(&seen).with_files(files).document("`leash run --learn`");
     policy::parse_str(&path.display().to_string(), &text).context("the learned policy does not parse (a bug)")?;
-    open_learned(path)?.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    let links = file.metadata().with_context(|| format!("reading {}", path.display()))?.nlink();
+    if links != 1 {
+        bail!(
+            "--learn {}: the file has {links} names now (removed or linked while the agent ran); not written",
+            path.display()
+        );
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("leash: learned policy written to {} ({} observations)", path.display(), seen.len());
     Ok(())
 }
