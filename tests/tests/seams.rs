@@ -517,6 +517,32 @@ fn an_audit_log_the_agent_could_redirect_is_refused() {
     assert!(stderr(&out).contains("writable by the agent") || stderr(&out).contains("owned by the agent"));
 }
 
+/// In a sticky directory such as `/tmp` (where the README allows the log) another local user
+/// can create the log's name first and keep the file: root appended the agent's requests to a
+/// file that user reads. Only a log root owns is written.
+#[test]
+fn an_audit_log_another_user_planted_is_refused() {
+    require_root();
+    let scratch = Scratch::new("seam-audit-planted");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let log = scratch.secret_file("audit.jsonl", "");
+    // Neither root nor the agent: a user of its own.
+    std::os::unix::fs::chown(&log, Some(4242), Some(4242)).unwrap();
+    let out = leash_run(&policy, &["--audit-log", log.to_str().unwrap()], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("belongs to uid 4242"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "", "leash wrote into another user's file");
+    // The control: the same name, root's, is written.
+    std::os::unix::fs::chown(&log, Some(0), Some(0)).unwrap();
+    let out = leash_run(
+        &policy,
+        &["--audit-log", log.to_str().unwrap()],
+        &["/bin/sh", "-c", &format!("{PROBE} tcp 127.0.0.1:9")],
+    );
+    assert!(out.status.code() != Some(125), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&log).unwrap().contains("connect4"), "{}", stderr(&out));
+}
+
 #[test]
 fn the_agent_cannot_swap_the_audit_log_while_leash_writes_it() {
     require_root();

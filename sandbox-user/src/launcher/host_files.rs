@@ -173,7 +173,8 @@ pub fn credentials_file(path: &Path, agent: &AgentIds) -> Result<PathBuf> {
 }
 
 /// Opens (creating, mode 0600) the audit log for appending, refusing one the agent could change
-/// or have planted (a link, a hard link, a file of its own, a directory it can write).
+/// or have planted (a link, a hard link, a file of its own, a directory it can write), and one
+/// root does not own (another user's, in a sticky directory, say).
 pub fn open_audit_log(path: &Path, agent: &AgentIds) -> Result<File> {
     let refuse = |why: String| -> Result<File> {
         bail!(
@@ -213,6 +214,10 @@ pub fn open_audit_log(path: &Path, agent: &AgentIds) -> Result<File> {
     }
     if meta.uid() == agent.uid || agent.may(&meta, WRITE) {
         return refuse(format!("the agent (uid {}) can write it", agent.uid));
+    }
+    // In a sticky directory anyone can create the name first, keep it and read what leash writes.
+    if meta.uid() != 0 {
+        return refuse(format!("it belongs to uid {}, not root", meta.uid()));
     }
     Ok(file)
 }
