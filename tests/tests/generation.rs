@@ -775,3 +775,59 @@ fn a_port_the_sandbox_gave_up_is_not_its_connection_any_more() {
     test.remove();
     assert!(findings.is_empty(), "{findings:#?}");
 }
+
+/// A bpffs mounted without `mode=` is world-writable (sticky). Another local user who makes
+/// `leash/` there before leash does would own the directories leash pins every sandbox's links
+/// into, and could unpin (detach) a sandbox's programs. leash refuses a `leash/` it did not make,
+/// and a bpffs root whose entries any user can rename, before it makes anything there.
+#[test]
+fn a_pin_directory_another_user_made_first_is_refused() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::process::CommandExt as _;
+    require_root();
+    let scratch = Scratch::new("bpffs-planted");
+    let at = scratch.0.join("bpf");
+    std::fs::create_dir(&at).unwrap();
+    let bpffs = Bpffs::mount(&at);
+    // Another user (not root, not the agent) gets there first.
+    let made = Command::new("/bin/mkdir").arg(at.join("leash")).uid(4242).gid(4242).status().unwrap();
+    assert!(made.success(), "control: a bpffs mounted without mode= lets any user make leash/");
+    let refused = leash::kernel::generation::Generation::open_or_create(&at, "gen-planted").err();
+    let refused = refused.map(|e| format!("{e:#}")).expect("leash used a pin directory uid 4242 made");
+    assert!(refused.contains("belongs to uid 4242"), "{refused}");
+    assert_eq!(std::fs::read_dir(at.join("leash")).unwrap().count(), 0, "leash made something in it");
+    std::fs::remove_dir(at.join("leash")).unwrap();
+    // A root whose entries any user can rename.
+    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = leash::kernel::pins::private_root(&at).err().map(|e| format!("{e:#}"));
+    assert!(refused.as_deref().is_some_and(|e| e.contains("not sticky")), "{refused:?}");
+    assert!(!at.join("leash").exists(), "leash made its directory in a root others can rename from");
+    // The control: root's own directory, in the same bpffs with its default mode, is made 0700.
+    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let root = leash::kernel::pins::private_root(&at).expect("leash's own directory");
+    let meta = std::fs::metadata(&root).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
+    drop(bpffs);
+}
+
+/// A bpffs mounted at a scratch directory (default mode: world-writable, sticky), unmounted on
+/// drop.
+struct Bpffs(PathBuf);
+
+impl Bpffs {
+    fn mount(at: &Path) -> Self {
+        let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+        let r = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(r, 0, "mounting bpffs at {}: {}", at.display(), std::io::Error::last_os_error());
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: umount2(2) of the mount this value made.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}

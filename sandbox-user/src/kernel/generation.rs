@@ -92,8 +92,7 @@ impl Generation {
     /// Opens generation `name` from its pins in `bpffs`, making it first when the host has none.
     /// Removes what a leash killed while making one left behind.
     pub fn open_or_create(bpffs: &Path, name: &str) -> Result<Self> {
-        let root = pins::root(bpffs);
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let root = pins::private_root(bpffs)?;
         let _host = DirLock::exclusive(&root)?;
         for entry in entries(&root)? {
             // Under the host lock no one else is building: any such directory is a dead leash's.

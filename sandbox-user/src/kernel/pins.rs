@@ -21,7 +21,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Between the generation and the program in a link's pin name.
 pub const LINK_SEPARATOR: &str = "--";
@@ -38,6 +38,46 @@ pub const RINGS: &str = "rings";
 /// `<bpffs>/leash`.
 pub fn root(bpffs: &Path) -> PathBuf {
     bpffs.join("leash")
+}
+
+/// Makes `<bpffs>/leash` if missing (mode 0700) and checks it is leash's alone: a directory,
+/// root's, and in a bpffs root no other user can rename it out of. Its mode is set to 0700 (no
+/// other user may open it, so none can hold its lock). A bpffs mounted without `mode=` is
+/// world-writable (sticky); one made by another user before leash, or behind a root another
+/// user can rename entries of, would let that user swap the directories leash pins links into,
+/// and so unpin (detach) a sandbox's programs.
+pub fn private_root(bpffs: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    let mode = std::fs::metadata(bpffs).with_context(|| format!("reading {}", bpffs.display()))?.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        bail!(
+            "{} is writable by every user and not sticky: another user could replace leash's pins there; \
+             mount it with mode=0700",
+            bpffs.display()
+        );
+    }
+    let root = root(bpffs);
+    match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", root.display())),
+    }
+    let meta = std::fs::symlink_metadata(&root).with_context(|| format!("reading {}", root.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", root.display());
+    }
+    if meta.uid() != 0 {
+        bail!(
+            "{} belongs to uid {}, not root: another user made it before leash; remove it (as root) and start again",
+            root.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} root's alone", root.display()))?;
+    }
+    Ok(root)
 }
 
 /// `<bpffs>/leash/sandboxes`.
