@@ -43,8 +43,8 @@
 //! that exits meanwhile is not replaced by whatever process gets its number. What is left: a
 //! target that exits, is reaped and has its number taken in the microseconds between the last
 //! check and the write. The daemon sees it after the write and answers `no_such_process`; the
-//! process that was moved stays in a sandbox the caller never learns of (so cannot release)
-//! until it exits.
+//! process that was moved stays in a sandbox until it exits, and no pod owns that sandbox: the
+//! caller can read its id in its own cgroupfs, but `status`, `release` and `owner` refuse it.
 //!
 //! `pid` must be in the caller's pod and run with the caller's uid: its real, effective and
 //! saved uids must all equal the caller's effective uid. Root in a pod gets no exception (it may

@@ -201,9 +201,15 @@ impl Node {
             .and_then(|()| kill_if_holding_sockets(target, listener_inode));
         if let Err(e) = built {
             if e.downcast_ref::<StrangerMoved>().is_some() {
-                // The sandbox holds a process that is not the target: it stays confined (never
-                // released by the caller, who does not learn the sandbox) until it exits.
-                eprintln!("leash daemon: warning: sandbox {id}: {e:#}");
+                // The sandbox holds a process that is not the target: it stays confined until it
+                // exits (garbage collection then removes it), and no pod may act on it. The caller
+                // is not told its id, but can read it in its own cgroupfs, and `release` would
+                // kill whatever the sandbox holds.
+                eprintln!("leash daemon: warning: sandbox {id}: {e:#}; no pod owns it");
+                let disowned = SandboxRecord { pod_uid: String::new(), ..record };
+                if let Err(e) = state.registry.insert(disowned) {
+                    eprintln!("leash daemon: warning: sandbox {id}: {e:#}");
+                }
                 return Err(not_yours(named));
             }
             // A removal that fails halfway leaves state without a record: sweep it too.
@@ -246,7 +252,7 @@ impl Node {
     /// The sandbox `id` if it belongs to the caller's pod (otherwise, as if it did not exist).
     fn own_record(state: &State, caller: &Caller, id: &str) -> Result<SandboxRecord, Reply> {
         match state.registry.get(id) {
-            Some(r) if r.pod_uid == caller.pod.pod_uid => Ok(r.clone()),
+            Some(r) if !r.pod_uid.is_empty() && r.pod_uid == caller.pod.pod_uid => Ok(r.clone()),
             _ => Err(Reply::error(ErrorCode::NoSuchSandbox, format!("no sandbox {id} in your pod"))),
         }
     }
