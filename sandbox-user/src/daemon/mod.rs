@@ -75,7 +75,9 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     // Before any thread starts: namespaces are per thread, and /proc/<pid>/cgroup is read
     // relative to the reader's cgroup namespace.
     join_host_cgroup_namespace()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // Two workers: `/healthz` answers while the other waits on the node's lock (the event pump
+    // names each denial's sandbox under it).
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let cgroup_root = match &opts.cgroup_root {
         Some(p) => p.clone(),
         None => mounts::cgroup2_root()?,

@@ -153,10 +153,13 @@ impl Process {
                 ("icmp6", 9),
                 ("packet", 8),
             ];
+            use std::io::BufRead as _;
             let mut inodes = std::collections::HashSet::new();
             for (table, column) in TABLES {
-                let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
-                for line in text.lines().skip(1) {
+                // Line by line: the pod decides how many sockets its namespace holds.
+                let Ok(file) = std::fs::File::open(format!("/proc/{pid}/net/{table}")) else { continue };
+                for line in std::io::BufReader::new(file).lines().skip(1) {
+                    let Ok(line) = line else { break };
                     if let Some(inode) = line.split_whitespace().nth(column).and_then(|i| i.parse::<u64>().ok()) {
                         inodes.insert(inode);
                     }

@@ -141,13 +141,16 @@ impl Node {
         // Transparent mode needs the records: they are how the proxy learns where a redirected
         // connection was going.
         let record_owners = !policy.compiled.binaries_restricted().is_empty() || passed.transparent.is_some();
+        // Before the node's lock: the target decides how long its descriptors and its network
+        // namespace's socket tables take to read, and no other pod's request may wait on that.
+        // (The check after the move is the one that counts.)
+        refuse_network_sockets(target, listener_inode, named)?;
 
         let mut state = self.state()?;
         // The target may have exited (and its number gone elsewhere) while this waited.
         if self.check_target(caller, target, named)? != target_pod {
             return Err(not_yours(named));
         }
-        refuse_network_sockets(target, listener_inode, named)?;
         if let Some(rules) = &kernel_rules {
             check_lsm(&state.programs, rules, &policy.name)?;
         }
@@ -193,12 +196,17 @@ impl Node {
             created: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         };
         // The LSM registration and the record, then the process (confined from the moment it moves).
-        let built = kernel_rules
+        let mut built = kernel_rules
             .as_ref()
             .map_or(Ok(()), |rules| sandbox.enforce(&mut state.programs, rules, net))
             .and_then(|()| state.registry.insert(record.clone()))
-            .and_then(|()| move_into(&record.cgroup, target))
-            .and_then(|()| kill_if_holding_sockets(target, listener_inode));
+            .and_then(|()| move_into(&record.cgroup, target));
+        if built.is_ok() {
+            // Confined now; what the target holds is read without the node's lock (see above).
+            drop(state);
+            built = kill_if_holding_sockets(target, listener_inode);
+            state = self.state()?;
+        }
         if let Err(e) = built {
             if e.downcast_ref::<StrangerMoved>().is_some() {
                 // The sandbox holds a process that is not the target: it stays confined until it
@@ -326,6 +334,9 @@ impl Node {
                 Reply::error(ErrorCode::NoSuchSandbox, format!("no connection from sandbox {id} on port {port}"))
             })?;
         state.programs.forget_owner(cookie);
+        // The rest reads /proc, for as long as the sandbox's descriptors take: not under the
+        // node's lock, which every other pod's request and the event pump wait on.
+        drop(state);
         // The recorded pid is a number: its executable counts only while that number is a live
         // process of this sandbox (not one that took the number after the owner exited).
         let inside = format!("/leash-{}", record.id);
