@@ -474,6 +474,11 @@ pub mod lsm_rule {
     /// the sandbox may connect or send anywhere, since the cgroup programs that run after this
     /// hook redirect it to the proxy or refuse it; the proxy's other two ports count as the proxy.
     pub const TRANSPARENT: u32 = 1 << 5;
+    /// No process of the sandbox may take hold of another's memory either: ptrace attach,
+    /// `PTRACE_TRACEME`, and every access checked in attach mode (writing `/proc/<pid>/mem`,
+    /// `process_vm_writev`, `pidfd_getfd`). Set for a policy with `binaries:` rules, where code run
+    /// inside an allowed executable would borrow its rights (and the credentials bound to it).
+    pub const NO_ATTACH_INSIDE: u32 = 1 << 6;
 }
 
 /// Values of `LEASH_LSM_EXEC_ALLOW`: what a sandbox may do with the file. Any entry may be mapped

@@ -800,7 +800,7 @@ fn a_pin_directory_another_user_made_first_is_refused() {
     // A root whose entries any user can rename.
     std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o777)).unwrap();
     let refused = leash::kernel::pins::private_root(&at).err().map(|e| format!("{e:#}"));
-    assert!(refused.as_deref().is_some_and(|e| e.contains("not sticky")), "{refused:?}");
+    assert!(refused.as_deref().is_some_and(|e| e.contains("mode 777")), "{refused:?}");
     assert!(!at.join("leash").exists(), "leash made its directory in a root others can rename from");
     // The control: root's own directory, in the same bpffs with its default mode, is made 0700.
     std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o1777)).unwrap();

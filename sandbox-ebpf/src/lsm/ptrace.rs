@@ -2,11 +2,14 @@
 //! SEIZE, and every ptrace-mode access check: `/proc/<pid>/mem`, `environ`, `process_vm_readv`,
 //! `pidfd_getfd`, kcmp) and `ptrace_traceme` (being traced by a parent outside). Tracing another
 //! process reads its memory and credentials and can drive it; outside the sandbox that could be
-//! leash or its proxy. Debugging within the sandbox stays possible. A task's access to its own
-//! thread group never reaches the hook. Minimum kernel: 5.7.
+//! leash or its proxy. Debugging within the sandbox stays possible, except under
+//! `lsm_rule::NO_ATTACH_INSIDE` (a policy with `binaries:` rules): then no access in attach mode,
+//! and no `PTRACE_TRACEME`, between the sandbox's own processes either, since code put into an
+//! allowed executable would make requests in its name. A task's access to its own thread group
+//! never reaches the hook. Minimum kernel: 5.7.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use sandbox_common::{lsm_deny, Hook};
+use sandbox_common::{lsm_deny, lsm_rule, Hook};
 
 use super::{current_sandbox, deny, same_sandbox, Event, ALLOW};
 use crate::kernel::{layout_set, task_tgid};
@@ -20,21 +23,27 @@ pub fn leash_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "ptrace_traceme")]
 pub fn leash_lsm_ptrace_traceme(ctx: LsmContext) -> i32 {
-    judge(ctx.arg(0), 0)
+    // The parent becomes a tracer, which may then write the caller's memory: attach.
+    judge(ctx.arg(0), PTRACE_MODE_ATTACH)
 }
 
-/// Allows ptrace of `target` (a `task_struct` address) only within the caller's sandbox.
+/// `PTRACE_MODE_ATTACH` (`include/linux/ptrace.h`).
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+
+/// Allows ptrace of `target` (a `task_struct` address) only within the caller's sandbox, and
+/// there not in attach mode under `NO_ATTACH_INSIDE`.
 #[inline(always)]
 fn judge(target: u64, mode: u32) -> i32 {
     let Some(sandbox) = current_sandbox() else {
         return ALLOW;
     };
-    if sandbox.policy.deny & lsm_deny::PTRACE == 0 {
-        return ALLOW;
-    }
     let mut event = Event::new(Hook::LsmPtrace);
     event.protocol = mode;
     if same_sandbox(target, &sandbox) {
+        if sandbox.policy.rules & lsm_rule::NO_ATTACH_INSIDE == 0 || mode & PTRACE_MODE_ATTACH == 0 {
+            return ALLOW;
+        }
+    } else if sandbox.policy.deny & lsm_deny::PTRACE == 0 {
         return ALLOW;
     }
     if layout_set() {

@@ -156,28 +156,41 @@ impl Process {
             use std::io::BufRead as _;
             let mut inodes = std::collections::HashSet::new();
             for (table, column) in TABLES {
-                // Line by line: the pod decides how many sockets its namespace holds.
-                let Ok(file) = std::fs::File::open(format!("/proc/{pid}/net/{table}")) else { continue };
+                // Line by line: the pod decides how many sockets its namespace holds. A table
+                // this kernel lacks holds nothing; one that cannot be read fails the check.
+                let file = match std::fs::File::open(format!("/proc/{pid}/net/{table}")) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 for line in std::io::BufReader::new(file).lines().skip(1) {
-                    let Ok(line) = line else { break };
-                    if let Some(inode) = line.split_whitespace().nth(column).and_then(|i| i.parse::<u64>().ok()) {
+                    if let Some(inode) = line?.split_whitespace().nth(column).and_then(|i| i.parse::<u64>().ok()) {
                         inodes.insert(inode);
                     }
                 }
             }
-            let mut held = 0;
-            for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-                let Ok(link) = std::fs::read_link(entry?.path()) else { continue };
-                let inode = link
-                    .to_str()
-                    .and_then(|l| l.strip_prefix("socket:["))
-                    .and_then(|l| l.strip_suffix(']'))
-                    .and_then(|i| i.parse::<u64>().ok());
-                if inode.is_some_and(|i| inodes.contains(&i) && Some(i) != except) {
-                    held += 1;
+            // Every thread's table: one that stopped sharing the process's holds its own. A
+            // thread that exited meanwhile took its table with it.
+            let mut held = std::collections::HashSet::new();
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+                let fds = match std::fs::read_dir(task?.path().join("fd")) {
+                    Ok(fds) => fds,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => continue,
+                    Err(e) => return Err(e),
+                };
+                for entry in fds {
+                    let Ok(link) = std::fs::read_link(entry?.path()) else { continue };
+                    let inode = link
+                        .to_str()
+                        .and_then(|l| l.strip_prefix("socket:["))
+                        .and_then(|l| l.strip_suffix(']'))
+                        .and_then(|i| i.parse::<u64>().ok());
+                    if let Some(i) = inode.filter(|i| inodes.contains(i) && Some(*i) != except) {
+                        held.insert(i);
+                    }
                 }
             }
-            Ok(held)
+            Ok(held.len())
         })
     }
 

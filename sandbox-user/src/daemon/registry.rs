@@ -72,6 +72,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Takes sandbox `id` from its pod: no pod's request matches it any more (in memory at once,
+    /// whatever storing it does).
+    pub fn disown(&mut self, id: &str) -> Result<()> {
+        let Some(record) = self.records.get_mut(id) else { return Ok(()) };
+        record.pod_uid.clear();
+        let record = record.clone();
+        self.insert(record)
+    }
+
     pub fn remove(&mut self, id: &str) -> Result<()> {
         self.records.remove(id);
         match std::fs::remove_file(self.path(id)) {

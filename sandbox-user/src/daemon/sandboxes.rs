@@ -161,6 +161,8 @@ impl Node {
             None if state.programs.has_lsm() => Some(LsmRules::for_policy(None, &[]).map_err(internal)?),
             rules => rules,
         };
+        let binaries = !policy.compiled.binaries_restricted().is_empty();
+        let kernel_rules = kernel_rules.map(|r| r.with_binaries_rules(binaries));
         if state.registry.len() >= self.limits.node {
             return Err(Reply::error(
                 ErrorCode::Busy,
@@ -203,8 +205,16 @@ impl Node {
             .and_then(|()| move_into(&record.cgroup, target));
         if built.is_ok() {
             // Confined now; what the target holds is read without the node's lock (see above).
+            // A target holding a socket made outside is killed with everything it started
+            // meanwhile (which holds the socket too), before the lock is taken again: removing a
+            // cgroup that still has processes waits for them.
             drop(state);
-            built = kill_if_holding_sockets(target, listener_inode);
+            built = holds_no_sockets(target, listener_inode);
+            if built.is_err() {
+                if let Ok(cg) = SandboxCgroup::open(record.cgroup.clone()) {
+                    let _ = cg.kill_all(Duration::from_secs(5));
+                }
+            }
             state = self.state()?;
         }
         if let Err(e) = built {
@@ -214,8 +224,7 @@ impl Node {
                 // is not told its id, but can read it in its own cgroupfs, and `release` would
                 // kill whatever the sandbox holds.
                 eprintln!("leash daemon: warning: sandbox {id}: {e:#}; no pod owns it");
-                let disowned = SandboxRecord { pod_uid: String::new(), ..record };
-                if let Err(e) = state.registry.insert(disowned) {
+                if let Err(e) = state.registry.disown(&id) {
                     eprintln!("leash daemon: warning: sandbox {id}: {e:#}");
                 }
                 return Err(not_yours(named));
@@ -266,9 +275,13 @@ impl Node {
     }
 
     pub fn status(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, Reply> {
-        let state = self.state()?;
-        let record = Self::own_record(&state, caller, id)?;
-        let counters = state.programs.counters(record.cgroup_id).ok();
+        let (record, counters) = {
+            let state = self.state()?;
+            let record = Self::own_record(&state, caller, id)?;
+            let counters = state.programs.counters(record.cgroup_id).ok();
+            (record, counters)
+        };
+        // Without the node's lock: the pod decides how many processes there are to list.
         let processes = SandboxCgroup::open(record.cgroup.clone()).and_then(|c| c.pids()).map(|p| p.len()).unwrap_or(0);
         let counters: serde_json::Map<String, serde_json::Value> = counters
             .map(|c| {
@@ -558,14 +571,12 @@ fn refuse_network_sockets(target: &Process, listener: Option<u64>, named: u32) -
 }
 
 /// After the move: a target that got a network socket between the check and the move (or holds
-/// one it could not be seen with) is killed, since it cannot be told from one it made inside.
-fn kill_if_holding_sockets(target: &Process, listener: Option<u64>) -> Result<()> {
+/// one it could not be seen with) cannot be told from one it made inside; the caller kills the
+/// sandbox.
+fn holds_no_sockets(target: &Process, listener: Option<u64>) -> Result<()> {
     match target.network_sockets(listener) {
         Ok(0) => Ok(()),
-        _ => {
-            target.kill();
-            Err(anyhow::anyhow!("the process holds network sockets made before it was moved in; killed"))
-        }
+        _ => Err(anyhow::anyhow!("the process holds network sockets made before it was moved in; killed")),
     }
 }
 

@@ -43,15 +43,17 @@ impl FsRoot {
         }
     }
 
-    /// The entries of directory `path`, as paths below it, sorted; empty when unreadable.
-    pub fn read_dir_sorted(&self, path: &Path) -> Vec<PathBuf> {
+    /// The entries of directory `path`, as paths below it, sorted; empty when unreadable. At
+    /// most `max` of them are read (a pod's image decides how many there are): a caller that
+    /// gets `max` knows there may be more.
+    pub fn read_dir_sorted(&self, path: &Path, max: usize) -> Vec<PathBuf> {
         let names: Vec<PathBuf> = match self {
             Self::Own => std::fs::read_dir(path)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).take(max).collect())
                 .unwrap_or_default(),
             Self::Dir(root) => match open_in(root, path, libc::O_RDONLY | libc::O_DIRECTORY, true) {
                 Ok(dir) => std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-                    .map(|rd| rd.filter_map(|e| e.ok().map(|e| path.join(e.file_name()))).collect())
+                    .map(|rd| rd.filter_map(|e| e.ok().map(|e| path.join(e.file_name()))).take(max).collect())
                     .unwrap_or_default(),
                 Err(_) => Vec::new(),
             },
@@ -110,7 +112,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt as _;
         assert_eq!(inside.ino(), real.ino());
         assert!(root.symlink_metadata(Path::new("/var/run")).unwrap().file_type().is_symlink());
-        assert_eq!(root.read_dir_sorted(Path::new("/run/secrets")), vec![PathBuf::from("/run/secrets/token")]);
+        assert_eq!(root.read_dir_sorted(Path::new("/run/secrets"), 10), vec![PathBuf::from("/run/secrets/token")]);
         // `..` cannot climb out of the root either.
         assert!(root.metadata(Path::new("/../../../../etc/passwd")).is_err());
         std::fs::remove_dir_all(&base).unwrap();

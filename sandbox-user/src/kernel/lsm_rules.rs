@@ -137,6 +137,15 @@ impl LsmRules {
         Ok(rules)
     }
 
+    /// These rules for a policy that has `binaries:` rules, or not: with them, no process of the
+    /// sandbox may attach to another ([`lsm_rule::NO_ATTACH_INSIDE`]).
+    pub fn with_binaries_rules(mut self, binaries: bool) -> Self {
+        if binaries {
+            self.rules |= lsm_rule::NO_ATTACH_INSIDE;
+        }
+        self
+    }
+
     /// The BPF-LSM hooks these rules need, by `bpf_lsm_<hook>` name, with those of the proxy
     /// rule every sandbox adds; a missing one means part of the policy is not enforced.
     pub fn required_hooks(&self) -> Vec<&'static str> {
@@ -192,17 +201,9 @@ fn expand_executables(
 ) -> Result<usize> {
     let parts: Vec<&str> = glob.trim_start_matches('/').split('/').filter(|p| !p.is_empty()).collect();
     let mut matched = 0;
-    let mut walk = Walk {
-        root,
-        out,
-        libraries,
-        matched: &mut matched,
-        visited: 0,
-        deadline: std::time::Instant::now() + MAX_WALK_TIME,
-        exhausted: false,
-    };
+    let mut walk = Walk { root, out, libraries, matched: &mut matched, budget: Budget::new() };
     walk.walk(Path::new("/"), &parts, 0);
-    if walk.exhausted {
+    if walk.budget.exhausted {
         // A tree the agent can write (a pod's own files, under the node daemon) must not make
         // resolving the policy cost what the agent likes.
         bail!(
@@ -218,16 +219,21 @@ fn expand_executables(
 
 /// Adds the shared objects of [`SYSTEM_LIBRARY_DIRS`] in `root` to `out`: regular files (symlinks
 /// followed) owned by root and writable by no one else, any depth below (symlinked directories
-/// are not descended into).
+/// are not descended into). Under the node daemon `root` is a pod's image, whose directories
+/// the pod chose: there the walk has the same budget of entries and time as a glob's.
 pub fn add_system_libraries(root: &FsRoot, out: &mut BTreeMap<FileId, PathBuf>) -> Result<()> {
-    fn walk(root: &FsRoot, dir: &Path, depth: usize, out: &mut BTreeMap<FileId, PathBuf>) {
-        if depth > 16 || out.len() > MAX_LIBRARY_FILES {
+    fn walk(root: &FsRoot, dir: &Path, depth: usize, out: &mut BTreeMap<FileId, PathBuf>, budget: &mut Budget) {
+        if depth > 16 || out.len() > MAX_LIBRARY_FILES || !budget.spend(0) {
             return;
         }
-        for entry in root.read_dir_sorted(dir) {
+        let entries = root.read_dir_sorted(dir, budget.left());
+        if !budget.spend(entries.len()) {
+            return;
+        }
+        for entry in entries {
             let Ok(lmeta) = root.symlink_metadata(&entry) else { continue };
             if lmeta.is_dir() {
-                walk(root, &entry, depth + 1, out);
+                walk(root, &entry, depth + 1, out, budget);
             } else if entry.file_name().is_some_and(|n| is_shared_object(&n.to_string_lossy())) {
                 match root.metadata(&entry) {
                     Ok(m) if m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0 => {
@@ -238,11 +244,22 @@ pub fn add_system_libraries(root: &FsRoot, out: &mut BTreeMap<FileId, PathBuf>) 
             }
         }
     }
+    // A pod's image (the node daemon's roots) is the pod's to fill; this host's is root's.
+    let mut budget = match root {
+        FsRoot::Own => Budget::unlimited(),
+        FsRoot::Dir(_) => Budget::new(),
+    };
     for dir in SYSTEM_LIBRARY_DIRS {
         let dir = Path::new(dir);
         if root.symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-            walk(root, dir, 0, out);
+            walk(root, dir, 0, out, &mut budget);
         }
+    }
+    if budget.exhausted {
+        bail!(
+            "the system library directories hold more than {MAX_WALK_ENTRIES} entries or take more than {} s to list",
+            MAX_WALK_TIME.as_secs()
+        );
     }
     if out.len() > MAX_LIBRARY_FILES {
         bail!("the system library directories hold more than {MAX_LIBRARY_FILES} shared objects");
@@ -259,31 +276,66 @@ fn is_shared_object(name: &str) -> bool {
 const MAX_WALK_ENTRIES: usize = if cfg!(test) { 1_000 } else { 200_000 };
 const MAX_WALK_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// What one walk of a tree may look at: so many entries, in [`MAX_WALK_TIME`].
+struct Budget {
+    limit: usize,
+    /// Entries looked at so far.
+    visited: usize,
+    deadline: Option<std::time::Instant>,
+    /// Set once the walk ran out of entries or time; nothing more is looked at.
+    exhausted: bool,
+}
+
+impl Budget {
+    /// [`MAX_WALK_ENTRIES`] in [`MAX_WALK_TIME`].
+    fn new() -> Self {
+        let deadline = Some(std::time::Instant::now() + MAX_WALK_TIME);
+        Self { limit: MAX_WALK_ENTRIES, visited: 0, deadline, exhausted: false }
+    }
+
+    /// No bound: for a tree only root can change (this host's own system libraries).
+    fn unlimited() -> Self {
+        Self { limit: usize::MAX - 1, visited: 0, deadline: None, exhausted: false }
+    }
+
+    /// Counts `n` more entries; false (and exhausted) once past the budget.
+    fn spend(&mut self, n: usize) -> bool {
+        self.visited = self.visited.saturating_add(n);
+        if self.visited > self.limit || self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            self.exhausted = true;
+        }
+        !self.exhausted
+    }
+
+    /// How many more entries one directory listing may hold: one past them means too many.
+    fn left(&self) -> usize {
+        self.limit.saturating_sub(self.visited) + 1
+    }
+}
+
 /// One glob's expansion in one root.
 struct Walk<'a> {
     root: &'a FsRoot,
     out: &'a mut BTreeMap<FileId, PathBuf>,
     libraries: &'a mut BTreeMap<FileId, PathBuf>,
     matched: &'a mut usize,
-    /// Entries looked at so far, against [`MAX_WALK_ENTRIES`].
-    visited: usize,
-    deadline: std::time::Instant,
-    /// Set once the walk ran out of entries or time; nothing more is looked at.
-    exhausted: bool,
+    budget: Budget,
 }
 
 impl Walk<'_> {
-    /// Counts `n` more entries; false (and exhausted) once past the budget.
-    fn spend(&mut self, n: usize) -> bool {
-        self.visited += n;
-        if self.visited > MAX_WALK_ENTRIES || std::time::Instant::now() > self.deadline {
-            self.exhausted = true;
+    /// The entries of `dir`, counted against the budget (none once it is spent).
+    fn list(&mut self, dir: &Path) -> Vec<PathBuf> {
+        let entries = self.root.read_dir_sorted(dir, self.budget.left());
+        if self.budget.spend(entries.len()) {
+            entries
+        } else {
+            Vec::new()
         }
-        !self.exhausted
     }
 
     fn walk(&mut self, dir: &Path, parts: &[&str], depth: usize) {
-        if depth > 32 || self.out.len() > MAX_EXEC_FILES || !self.spend(1) {
+        // Entries are counted where they are listed ([`Walk::list`]); here only the clock.
+        if depth > 32 || self.out.len() > MAX_EXEC_FILES || !self.budget.spend(0) {
             return;
         }
         let Some((first, rest)) = parts.split_first() else {
@@ -294,7 +346,7 @@ impl Walk<'_> {
             // `**` matching no component; or this entry, and (in a directory) more below it.
             // Symlinked directories are not descended into (no loops, no escaping the tree).
             self.walk(dir, rest, depth + 1);
-            for entry in self.root.read_dir_sorted(dir) {
+            for entry in self.list(dir) {
                 let is_symlink =
                     self.root.symlink_metadata(&entry).map(|m| m.file_type().is_symlink()).unwrap_or(false);
                 let is_dir = self.root.metadata(&entry).map(|m| m.is_dir()).unwrap_or(false);
@@ -313,7 +365,7 @@ impl Walk<'_> {
             }
             return;
         }
-        for entry in self.root.read_dir_sorted(dir) {
+        for entry in self.list(dir) {
             let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if component_matches(first, &name) {
                 self.walk(&entry, rest, depth + 1);
@@ -435,6 +487,28 @@ mod tests {
         assert!(err.to_string().contains("name narrower paths"), "{err}");
         let one = format!("{}/tool", dir.path().display());
         assert!(LsmRules::resolve(&rules(Some(&[&one]), &[], &[]), &[]).is_ok(), "a plain path costs nothing");
+    }
+
+    /// Under the node daemon the system library directories are a pod's image: one holding more
+    /// entries than a walk may look at is refused, and read no further than that.
+    #[test]
+    fn library_directories_of_a_huge_image_are_refused_not_read_whole() {
+        let dir = Scratch::new("huge-libs");
+        let lib = dir.path().join("usr/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        for i in 0..(MAX_WALK_ENTRIES + 10) {
+            std::fs::write(lib.join(format!("junk-{i}")), b"").unwrap();
+        }
+        let root = FsRoot::Dir(std::fs::File::open(dir.path()).unwrap().into());
+        let err = add_system_libraries(&root, &mut BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+        assert_eq!(root.read_dir_sorted(Path::new("/usr/lib"), 5).len(), 5, "a listing stops at its bound");
+        std::fs::remove_dir_all(lib.join("..")).unwrap();
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::write(lib.join("libc.so.6"), b"x").unwrap();
+        let mut found = BTreeMap::new();
+        add_system_libraries(&root, &mut found).expect("the control: a small image");
+        assert_eq!(found.len(), 1);
     }
 
     #[test]

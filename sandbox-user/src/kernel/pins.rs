@@ -48,12 +48,15 @@ pub fn root(bpffs: &Path) -> PathBuf {
 /// and so unpin (detach) a sandbox's programs.
 pub fn private_root(bpffs: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
-    let mode = std::fs::metadata(bpffs).with_context(|| format!("reading {}", bpffs.display()))?.mode();
-    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+    let top = std::fs::metadata(bpffs).with_context(|| format!("reading {}", bpffs.display()))?;
+    // Its owner, and without the sticky bit anyone who may write it, can rename leash's entry.
+    if top.uid() != 0 || (top.mode() & 0o022 != 0 && top.mode() & 0o1000 == 0) {
         bail!(
-            "{} is writable by every user and not sticky: another user could replace leash's pins there; \
-             mount it with mode=0700",
-            bpffs.display()
+            "{} belongs to uid {} with mode {:o}: a user other than root could replace leash's pins there; \
+             mount it as root's with mode=0700",
+            bpffs.display(),
+            top.uid(),
+            top.mode() & 0o7777
         );
     }
     let root = root(bpffs);

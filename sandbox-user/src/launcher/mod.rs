@@ -149,8 +149,10 @@ pub async fn run(begun: Begun) -> Result<i32> {
         true => policy::KernelRules { exec_allow: None, ..k.clone() },
         false => k.clone(),
     });
-    let kernel_rules =
-        LsmRules::for_policy(kernel_section.as_ref(), &protect).context("resolving the policy's `kernel:` section")?;
+    let binaries_rules = !policy.binaries_restricted().is_empty();
+    let kernel_rules = LsmRules::for_policy(kernel_section.as_ref(), &protect)
+        .context("resolving the policy's `kernel:` section")?
+        .with_binaries_rules(binaries_rules);
     for path in &kernel_rules.missing_deny_open {
         eprintln!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
     }
@@ -170,7 +172,6 @@ pub async fn run(begun: Begun) -> Result<i32> {
     stdio::refuse_network_sockets()?;
 
     let audit = Auditor::to_file(&id.to_string(), audit_file, Some(opts.audit_log_max), true);
-    let binaries_rules = !policy.binaries_restricted().is_empty();
     let protect_in_workdir = policy.protect_in_workdir();
     let unix_allowed: Vec<PathBuf> = policy
         .kernel()
@@ -608,8 +609,12 @@ fn open_learned(path: &Path) -> Result<std::fs::File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .with_context(|| format!("opening the --learn output {}", path.display()))?;
-    if !file.metadata().with_context(|| format!("reading {}", path.display()))?.is_file() {
+    let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
         bail!("--learn {} is not a regular file", path.display());
+    }
+    if std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+        bail!("--learn {} has other hard links: name a file of its own", path.display());
     }
     Ok(file)
 }

@@ -67,6 +67,7 @@ pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: &KernelReload)
                 }
             }
             KernelReload::Update(target) => LsmRules::for_policy(p.kernel(), &target.protect)
+                .map(|r| r.with_binaries_rules(!p.binaries_restricted().is_empty()))
                 .and_then(|r| target.updater.update(&r).context("updating the BPF-LSM maps"))
                 .map_err(|e| format!("{e:#}"))?,
         }

@@ -71,6 +71,9 @@ const RULE_ACTIONS: &[(&str, Action, &str, &[i32], bool)] = &[
     ("open-other-file", open_other, "file_open", &[], false),
     ("kill-outside", kill_outside, "task_kill", &[], true),
     ("kill-inside", kill_inside, "task_kill", &[], false),
+    // `binaries:` rules (NO_ATTACH_INSIDE): no taking hold of the sandbox's other processes.
+    ("ptrace-attach-inside", ptrace_attach_inside, "ptrace_access_check", &[], true),
+    ("pidfd-getfd-inside", pidfd_getfd_inside, "ptrace_access_check", &[], true),
     ("unix-connect-unlisted", unix_connect_unlisted, "unix_stream_connect", &[], true),
     ("unix-connect-abstract", unix_connect_abstract, "unix_stream_connect", &[], true),
     ("unix-connect-listed", unix_connect_listed, "unix_stream_connect", &[], false),
@@ -712,7 +715,10 @@ impl Fixtures {
         }
         LsmRules {
             deny: lsm_deny::ALL,
-            rules: lsm_rule::EXEC_ALLOWLIST | lsm_rule::DENY_OPEN | lsm_rule::UNIX_ALLOWLIST,
+            rules: lsm_rule::EXEC_ALLOWLIST
+                | lsm_rule::DENY_OPEN
+                | lsm_rule::UNIX_ALLOWLIST
+                | lsm_rule::NO_ATTACH_INSIDE,
             exec,
             libraries,
             deny_open,
@@ -865,8 +871,9 @@ fn kill_outside(sibling: i32) -> Result<(), i32> {
     check(unsafe { libc::kill(sibling, libc::SIGCONT) } as _).map(drop)
 }
 
-fn kill_inside(_: i32) -> Result<(), i32> {
-    // A child of this process is in the same cgroup.
+/// Runs `f` on a child of this process (in the same cgroup) that pauses until killed, then kills
+/// and reaps it.
+fn with_paused_child(f: impl FnOnce(i32) -> Result<(), i32>) -> Result<(), i32> {
     // SAFETY: the child only pauses until killed.
     let child = unsafe { libc::fork() };
     if child == 0 {
@@ -875,12 +882,32 @@ fn kill_inside(_: i32) -> Result<(), i32> {
             unsafe { libc::pause() };
         }
     }
+    let result = f(child);
     // SAFETY: killing and reaping our own child.
-    let rc = unsafe { libc::kill(child, libc::SIGKILL) };
-    let e = check(rc as _).map(drop);
-    // SAFETY: as above.
-    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
-    e
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    result
+}
+
+fn kill_inside(_: i32) -> Result<(), i32> {
+    // SAFETY: killing our own child (reaped by `with_paused_child`).
+    with_paused_child(|child| check(unsafe { libc::kill(child, libc::SIGKILL) } as _).map(drop))
+}
+
+fn ptrace_attach_inside(_: i32) -> Result<(), i32> {
+    // SAFETY: plain ptrace(2) of our own child, which is killed right after.
+    with_paused_child(|child| check(unsafe { libc::ptrace(libc::PTRACE_ATTACH, child, 0, 0) }).map(drop))
+}
+
+fn pidfd_getfd_inside(_: i32) -> Result<(), i32> {
+    with_paused_child(|child| {
+        // SAFETY: pidfd_open(2) and pidfd_getfd(2) of our own child's stdin; both descriptors
+        // leak into a child that exits at once.
+        let pidfd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) })?;
+        check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, 0, 0) }).map(drop)
+    })
 }
 
 fn unix_connect(path: &str) -> Result<(), i32> {
@@ -1280,6 +1307,7 @@ mod agent {
         // SAFETY: signal 0 only checks permission.
         report("kill-leash", check(unsafe { libc::kill(libc::getppid(), 0) } as _).map(drop));
         report("ptrace-outside", ptrace_attach(outside));
+        report("ptrace-own-child", ptrace_attach_inside(0));
         report("read-leash-environ", open_path(&format!("/proc/{}/environ", std::os::unix::process::parent_id())));
         unix(&report);
         report("tcp-connect-not-proxy", inet_connect(OTHER_PORT));

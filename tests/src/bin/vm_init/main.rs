@@ -954,7 +954,9 @@ fn kernel_fixtures() -> Result<(std::os::unix::net::UnixListener, TcpListener, i
     let policy = write_policy(
         "kernel.yaml",
         &format!(
-            "version: 1\nnetwork_policies: {{}}\nkernel:\n  exec: {{ allow: [/bin/lsm_probe, /usr/bin/true] }}\n  deny_open: [{SECRET}]\n  unix: {{ allow: [{FD_PASSER}] }}\n  deny: [ptrace, bpf, mount, userns, perf_event, raw_socket, packet_socket, kill_outside, kernel_module]\n"
+            // A `binaries:` rule (for an address nothing listens on): no process of the sandbox
+            // may then attach to another.
+            "version: 1\nnetwork_policies:\n  probe_only:\n    name: probe_only\n    endpoints: [{{ host: 127.0.0.1, port: 47009, protocol: tcp }}]\n    binaries: [{{ path: /bin/lsm_probe }}]\nkernel:\n  exec: {{ allow: [/bin/lsm_probe, /usr/bin/true] }}\n  deny_open: [{SECRET}]\n  unix: {{ allow: [{FD_PASSER}] }}\n  deny: [ptrace, bpf, mount, userns, perf_event, raw_socket, packet_socket, kill_outside, kernel_module]\n"
         ),
     )?;
     Ok((host, other, outside, policy))
@@ -1013,6 +1015,8 @@ fn agent_expectations(degraded: bool, own_mounts: bool) -> Vec<(&'static str, &'
         ("kill-outside", &["EPERM"]),
         ("kill-leash", denied),
         ("ptrace-outside", denied),
+        // The policy has a `binaries:` rule: not even the agent's own child.
+        ("ptrace-own-child", denied),
         ("read-leash-environ", denied),
         // Bound before the agent started: covered with /dev/null in leash run's mount namespace.
         ("unix-connect-host", if own_mounts { &["ECONNREFUSED"] } else { &["EPERM"] }),
