@@ -384,12 +384,27 @@ async fn handle(
 /// `Authorization` and target come back in response headers, and the description of the request
 /// with every target this upstream has received (`history`, as a later directory listing would)
 /// in the body: in 7-byte chunks (chunked on HTTP/1.1, so a value is split across chunks), or
-/// for `/reflect/gzip/...` gzip-compressed whatever the request accepted.
+/// for `/reflect/gzip/...` gzip-compressed whatever the request accepted. A `Range: bytes=A-B`
+/// is honoured (206, that slice), as file servers do; `/reflect/partial/...` answers 206 with
+/// the first half whatever the request asked.
 fn reflect(kind: &str, seen: &Seen, description: Value) -> Response<UpBody> {
     let text = description.to_string();
+    let range = seen.header("range").and_then(|r| {
+        let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+        let a: usize = a.parse().ok()?;
+        let b: usize = b.parse::<usize>().unwrap_or(usize::MAX).min(text.len().saturating_sub(1));
+        (a <= b).then_some((a, b))
+    });
+    let range = if kind.starts_with("partial/") { Some((0, text.len() / 2)) } else { range };
     let mut resp = if kind.starts_with("gzip/") {
         let mut r = Response::new(full(Bytes::from(gzip(text.as_bytes()))));
         r.headers_mut().insert(hyper::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r
+    } else if let Some((a, b)) = range {
+        let mut r = Response::new(full(Bytes::copy_from_slice(&text.as_bytes()[a..=b])));
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let content_range = format!("bytes {a}-{b}/{}", text.len());
+        r.headers_mut().insert(hyper::header::CONTENT_RANGE, HeaderValue::from_str(&content_range).expect("ascii"));
         r
     } else {
         Response::new(Chunks(text.as_bytes().chunks(7).map(Bytes::copy_from_slice).collect()).boxed())

@@ -141,6 +141,52 @@ fn escape_placeholder_in_the_url_path_comes_back_in_a_later_listing() {
     assert_not_logged(&proxy);
 }
 
+/// The stored value comes back in pieces: the bound host honours `Range`, as file servers and
+/// object stores do, and the agent fetches the listing 16 bytes at a time. No piece holds the
+/// whole value the scan looks for; put together they do. The proxy asks for whole bodies (no
+/// `Range`) and refuses a part sent anyway.
+#[test]
+fn escape_a_reflected_value_fetched_in_ranges() {
+    let up = Upstream::https();
+    let proxy = start("        access: full\n        request_target_credential_rewrite: true\n", &up);
+    let stored = curl(&proxy, &up, &format!("/reflect/files/{PH}"), &["--http1.1"]);
+    assert!(stored.ok, "curl failed:\n{}", stored.output);
+    assert_eq!(up.last().unwrap().target, format!("/reflect/files/{SECRET}"), "the host stored the value");
+    let mut pieces = String::new();
+    for start in (0..640).step_by(16) {
+        let range = format!("{start}-{}", start + 15);
+        let seen = curl(&proxy, &up, "/reflect/list", &["--http1.1", "-r", &range]);
+        let body = seen.output.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned();
+        pieces.push_str(&body);
+    }
+    // The control: the ranges did reach the host as asked, or the proxy dropped them.
+    assert!(pieces.contains("history"), "the listing did not come back: {pieces}");
+    assert!(!pieces.contains(SECRET), "the agent put the real credential together from ranges:\n{pieces}");
+    // An upstream that answers with a part anyway is refused.
+    let partial = curl(&proxy, &up, "/reflect/partial/list", &["--http1.1"]);
+    assert!(partial.output.contains(" 502"), "a part of a body cannot be scanned:\n{}", partial.output);
+    assert_not_logged(&proxy);
+}
+
+/// A WebSocket's frames are not scanned, so a handshake carrying a credential could have the
+/// value echoed back in them: such a handshake is refused before it reaches the host.
+#[test]
+fn escape_a_websocket_handshake_carrying_a_credential_is_refused() {
+    let up = Upstream::https();
+    let proxy = start("        access: full\n", &up);
+    let ws = ["--http1.1", "-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13"];
+    let key = ["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="];
+    let bearer = format!("Authorization: Bearer {PH}");
+    let before = up.count();
+    let with = curl(&proxy, &up, "/ws", &[&ws[..], &key[..], &["-H", &bearer]].concat());
+    assert!(with.output.contains(" 400") && with.output.contains("upgrade_refused"), "{}", with.output);
+    assert_eq!(up.count(), before, "the handshake with the value reached the host");
+    // The control: the same handshake without a credential is proxied.
+    let without = curl(&proxy, &up, "/ws", &[&ws[..], &key[..], &["--max-time", "3"]].concat());
+    assert!(without.output.contains(" 101"), "a WebSocket without a credential must still work:\n{}", without.output);
+    assert_not_logged(&proxy);
+}
+
 #[test]
 fn placeholder_in_the_target_needs_the_endpoint_opt_in() {
     let up = Upstream::https();

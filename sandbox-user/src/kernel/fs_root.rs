@@ -63,6 +63,25 @@ impl FsRoot {
         names
     }
 
+    /// Calls `f` with each entry of directory `path` (as a path below it) as it is read, in no
+    /// particular order and without holding the listing, until `f` returns false; nothing when
+    /// unreadable.
+    pub fn each_entry(&self, path: &Path, mut f: impl FnMut(PathBuf) -> bool) {
+        let entries = match self {
+            Self::Own => std::fs::read_dir(path),
+            Self::Dir(root) => match open_in(root, path, libc::O_RDONLY | libc::O_DIRECTORY, true) {
+                Ok(dir) => std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())),
+                Err(e) => Err(e),
+            },
+        };
+        let Ok(entries) = entries else { return };
+        for entry in entries.flatten() {
+            if !f(path.join(entry.file_name())) {
+                return;
+            }
+        }
+    }
+
     pub fn exists(&self, path: &Path) -> bool {
         self.metadata(path).is_ok()
     }

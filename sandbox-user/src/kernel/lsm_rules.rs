@@ -219,19 +219,17 @@ fn expand_executables(
 
 /// Adds the shared objects of [`SYSTEM_LIBRARY_DIRS`] in `root` to `out`: regular files (symlinks
 /// followed) owned by root and writable by no one else, any depth below (symlinked directories
-/// are not descended into). Under the node daemon `root` is a pod's image, whose directories
-/// the pod chose: there the walk has the same budget of entries and time as a glob's.
+/// are not descended into). Under the node daemon `root` is a pod's image, whose directories the
+/// pod chose: there they are read as a stream (no listing is held, whatever its size) and the
+/// walk has [`MAX_LIBRARY_WALK_TIME`]. An image's Python or ML stack can hold hundreds of
+/// thousands of entries, so they are not counted.
 pub fn add_system_libraries(root: &FsRoot, out: &mut BTreeMap<FileId, PathBuf>) -> Result<()> {
     fn walk(root: &FsRoot, dir: &Path, depth: usize, out: &mut BTreeMap<FileId, PathBuf>, budget: &mut Budget) {
         if depth > 16 || out.len() > MAX_LIBRARY_FILES || !budget.spend(0) {
             return;
         }
-        let entries = root.read_dir_sorted(dir, budget.left());
-        if !budget.spend(entries.len()) {
-            return;
-        }
-        for entry in entries {
-            let Ok(lmeta) = root.symlink_metadata(&entry) else { continue };
+        root.each_entry(dir, |entry| {
+            let Ok(lmeta) = root.symlink_metadata(&entry) else { return budget.spend(0) };
             if lmeta.is_dir() {
                 walk(root, &entry, depth + 1, out, budget);
             } else if entry.file_name().is_some_and(|n| is_shared_object(&n.to_string_lossy())) {
@@ -242,12 +240,13 @@ pub fn add_system_libraries(root: &FsRoot, out: &mut BTreeMap<FileId, PathBuf>) 
                     _ => {}
                 }
             }
-        }
+            out.len() <= MAX_LIBRARY_FILES && budget.spend(0)
+        });
     }
     // A pod's image (the node daemon's roots) is the pod's to fill; this host's is root's.
     let mut budget = match root {
         FsRoot::Own => Budget::unlimited(),
-        FsRoot::Dir(_) => Budget::new(),
+        FsRoot::Dir(_) => Budget::timed(MAX_LIBRARY_WALK_TIME),
     };
     for dir in SYSTEM_LIBRARY_DIRS {
         let dir = Path::new(dir);
@@ -256,16 +255,17 @@ pub fn add_system_libraries(root: &FsRoot, out: &mut BTreeMap<FileId, PathBuf>) 
         }
     }
     if budget.exhausted {
-        bail!(
-            "the system library directories hold more than {MAX_WALK_ENTRIES} entries or take more than {} s to list",
-            MAX_WALK_TIME.as_secs()
-        );
+        bail!("the system library directories take more than {} s to list", MAX_LIBRARY_WALK_TIME.as_secs());
     }
     if out.len() > MAX_LIBRARY_FILES {
         bail!("the system library directories hold more than {MAX_LIBRARY_FILES} shared objects");
     }
     Ok(())
 }
+
+/// How long listing a pod image's system library directories may take.
+const MAX_LIBRARY_WALK_TIME: std::time::Duration =
+    if cfg!(test) { std::time::Duration::from_millis(200) } else { std::time::Duration::from_secs(10) };
 
 /// `*.so` or `*.so.*`: a shared object's file name.
 fn is_shared_object(name: &str) -> bool {
@@ -298,6 +298,11 @@ impl Budget {
         Self { limit: usize::MAX - 1, visited: 0, deadline: None, exhausted: false }
     }
 
+    /// A bound in time only.
+    fn timed(time: std::time::Duration) -> Self {
+        Self { deadline: Some(std::time::Instant::now() + time), ..Self::unlimited() }
+    }
+
     /// Counts `n` more entries; false (and exhausted) once past the budget.
     fn spend(&mut self, n: usize) -> bool {
         self.visited = self.visited.saturating_add(n);
@@ -323,19 +328,20 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// The entries of `dir`, counted against the budget (none once it is spent).
+    /// The entries of `dir`, read no further than the budget left: a directory holding more
+    /// spends it all (its entries are counted as the walk visits them).
     fn list(&mut self, dir: &Path) -> Vec<PathBuf> {
-        let entries = self.root.read_dir_sorted(dir, self.budget.left());
-        if self.budget.spend(entries.len()) {
-            entries
-        } else {
-            Vec::new()
+        let left = self.budget.left();
+        let entries = self.root.read_dir_sorted(dir, left);
+        if entries.len() >= left {
+            self.budget.spend(left);
+            return Vec::new();
         }
+        entries
     }
 
     fn walk(&mut self, dir: &Path, parts: &[&str], depth: usize) {
-        // Entries are counted where they are listed ([`Walk::list`]); here only the clock.
-        if depth > 32 || self.out.len() > MAX_EXEC_FILES || !self.budget.spend(0) {
+        if depth > 32 || self.out.len() > MAX_EXEC_FILES || !self.budget.spend(1) {
             return;
         }
         let Some((first, rest)) = parts.split_first() else {
@@ -489,26 +495,34 @@ mod tests {
         assert!(LsmRules::resolve(&rules(Some(&[&one]), &[], &[]), &[]).is_ok(), "a plain path costs nothing");
     }
 
-    /// Under the node daemon the system library directories are a pod's image: one holding more
-    /// entries than a walk may look at is refused, and read no further than that.
+    /// Under the node daemon the system library directories are a pod's image, as big as the pod
+    /// likes: they are read as a stream, and a walk longer than its time is refused. An image
+    /// with many entries but few libraries resolves.
     #[test]
-    fn library_directories_of_a_huge_image_are_refused_not_read_whole() {
+    fn library_directories_of_a_pods_image_are_streamed_and_timed() {
         let dir = Scratch::new("huge-libs");
         let lib = dir.path().join("usr/lib");
         std::fs::create_dir_all(&lib).unwrap();
         for i in 0..(MAX_WALK_ENTRIES + 10) {
             std::fs::write(lib.join(format!("junk-{i}")), b"").unwrap();
         }
-        let root = FsRoot::Dir(std::fs::File::open(dir.path()).unwrap().into());
-        let err = add_system_libraries(&root, &mut BTreeMap::new()).unwrap_err();
-        assert!(err.to_string().contains("more than"), "{err}");
-        assert_eq!(root.read_dir_sorted(Path::new("/usr/lib"), 5).len(), 5, "a listing stops at its bound");
-        std::fs::remove_dir_all(lib.join("..")).unwrap();
-        std::fs::create_dir_all(&lib).unwrap();
         std::fs::write(lib.join("libc.so.6"), b"x").unwrap();
+        let root = FsRoot::Dir(std::fs::File::open(dir.path()).unwrap().into());
         let mut found = BTreeMap::new();
-        add_system_libraries(&root, &mut found).expect("the control: a small image");
+        add_system_libraries(&root, &mut found).expect("many entries, few libraries");
         assert_eq!(found.len(), 1);
+        // Deep enough that the walk outlasts its time (200 ms under test).
+        let mut deep = lib.clone();
+        for level in 0..16 {
+            deep = deep.join(format!("d{level}"));
+            std::fs::create_dir_all(&deep).unwrap();
+            for i in 0..2_000 {
+                std::fs::create_dir(deep.join(format!("e{i}"))).unwrap();
+            }
+        }
+        let err = add_system_libraries(&root, &mut BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("to list"), "{err}");
+        assert_eq!(root.read_dir_sorted(Path::new("/usr/lib"), 5).len(), 5, "a listing stops at its bound");
     }
 
     #[test]

@@ -108,7 +108,22 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             return refuse(Refusal::Credential(e.code()), e.to_string(), t.policy.as_deref());
         }
     };
-    let body: ProxyBody = if rewrites_bodies(t) {
+    // Whatever spelling got a placeholder past the check above (`BASIC`, unpadded base64), a
+    // value swapped in never leaves over plain HTTP: this request, values and all, is dropped.
+    if t.scheme != "https" && !report.credentials.is_empty() {
+        audit(false, Refusal::CredentialRequiresTls.code(), None, vec![]);
+        let detail = "credential placeholders are only swapped in requests sent over TLS (use https://)";
+        return refuse(Refusal::CredentialRequiresTls, detail, t.policy.as_deref());
+    }
+    // A WebSocket's frames are not scanned for credential values: a handshake carrying one
+    // could have it echoed back in them.
+    if wants_upgrade(&parts.headers) && !report.credentials.is_empty() {
+        audit(false, Refusal::UpgradeRefused.code(), None, vec![]);
+        let detail = "a WebSocket handshake may not carry a credential: its frames are not scanned for the value";
+        return refuse(Refusal::UpgradeRefused, detail, t.policy.as_deref());
+    }
+    // Bodies are swapped over TLS only (over plain HTTP a placeholder goes out as it is).
+    let body: ProxyBody = if rewrites_bodies(t) && t.scheme == "https" {
         match rewritten_body(body, &mut parts, host, t).await {
             Ok(b) => b,
             Err(resp) => {
@@ -135,8 +150,11 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
 
     let reflections = t.state.secrets.reflections();
     if !reflections.is_empty() {
-        // Responses are scanned for credential values: ask for bodies that can be read.
+        // Responses are scanned for credential values: ask for bodies that can be read, and
+        // whole (a value split between two ranges would be in neither).
         parts.headers.insert(hyper::header::ACCEPT_ENCODING, hyper::header::HeaderValue::from_static("identity"));
+        parts.headers.remove(hyper::header::RANGE);
+        parts.headers.remove(hyper::header::IF_RANGE);
     }
     let head_only = parts.method == hyper::Method::HEAD;
     let upgrade = wants_upgrade(&parts.headers);
@@ -175,6 +193,11 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let body = rbody.map_err(Into::into).boxed_unsync();
     if reflections.is_empty() {
         return Response::from_parts(rparts, body);
+    }
+    if rparts.status == StatusCode::PARTIAL_CONTENT {
+        audit(false, Refusal::EncodedResponseRefused.code(), Some(&verdict.rule), vec![]);
+        let detail = "the upstream sent part of a body though the proxy asked for all of it; responses are scanned for credential values and a part cannot be";
+        return refuse(Refusal::EncodedResponseRefused, detail, t.policy.as_deref());
     }
     if let Some(encoding) = unscannable_encoding(&rparts.headers) {
         audit(false, Refusal::EncodedResponseRefused.code(), Some(&verdict.rule), vec![]);
