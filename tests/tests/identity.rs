@@ -47,6 +47,40 @@ fn only_listed_binaries_use_a_policy_with_binaries() {
     assert!(audit.contains("network_policies.probe_only.binaries"), "the refusal names the rule: {audit}");
 }
 
+/// The agent runs the listed executable under its own ptrace (`PTRACE_TRACEME`, then exec):
+/// a tracer can write the tracee's memory, so the tracee is not trusted as that executable.
+/// (With BPF-LSM a sandbox with `binaries:` rules cannot attach at all; a tracer attached before
+/// a reload turned such rules on stays attached, and this is what catches it.)
+#[test]
+fn a_listed_executable_under_the_agents_ptrace_lends_nothing() {
+    require_root();
+    let upstream = Listener::http("127.0.0.1:0", "for netprobe only");
+    let probe = std::fs::canonicalize(PROBE).unwrap();
+    let scratch = Scratch::new("binaries-traced");
+    let policy = scratch.file("p.yaml", &only_for("probe_only", upstream.addr.port(), &probe));
+    let target = upstream.addr.to_string();
+    let traced = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+probe, target = sys.argv[1], sys.argv[2]
+child = os.fork()
+if child == 0:
+    libc.ptrace(0, 0, 0, 0)  # PTRACE_TRACEME
+    os.execv(probe, [probe, "get", "proxy", target])
+os.waitpid(child, 0)  # stopped at its exec
+libc.ptrace(7, child, 0, 0)  # PTRACE_CONT
+os.waitpid(child, 0)
+"#;
+    let script = format!("{PY} -c '{traced}' {} {target}; echo untraced; {PROBE} get proxy {target}", probe.display());
+    let out = leash_run(&policy, &[], &["/bin/sh", "-c", &script]);
+    let text = stdout(&out);
+    let (under_trace, untraced) = text.split_once("untraced").unwrap_or_else(|| panic!("{text} {}", stderr(&out)));
+    assert!(under_trace.contains("CONNECT"), "the traced probe did not run: {text} {}", stderr(&out));
+    assert!(!under_trace.contains("CONNECT 200"), "a traced process was served as the listed executable: {text}");
+    assert!(untraced.contains("CONNECT 200 GET 200"), "control: the same executable untraced is served: {text}");
+    assert_eq!(upstream.accepted(), 1);
+}
+
 #[test]
 fn a_listed_executable_exec_d_after_connect_lends_nothing_to_its_parent() {
     require_root();

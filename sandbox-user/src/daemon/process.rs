@@ -21,6 +21,9 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 /// `SO_PEERPIDFD` (asm-generic value, the same on every architecture leash builds for).
 const SO_PEERPIDFD: libc::c_int = 77;
 
+/// `KCMP_FILES` (`include/uapi/linux/kcmp.h`): whether two tasks share a descriptor table.
+const KCMP_FILES: libc::c_int = 2;
+
 /// One process, held by a pidfd.
 #[derive(Debug)]
 pub struct Process {
@@ -132,66 +135,75 @@ impl Process {
         }
     }
 
-    /// How many of its descriptors are sockets the network layer would never judge: TCP, UDP,
-    /// raw, ping and packet sockets it holds (cgroup programs judge a socket by the cgroup it was
-    /// created in, so one made before confinement reaches anything). Found by matching its
-    /// `socket:[inode]` descriptors against its network namespace's socket tables. `except` is
-    /// the proxy's listening socket, which `leash confine`'s child holds until it execs.
+    /// How many of its descriptors are sockets the network layer would never judge: IPv4, IPv6,
+    /// packet and vsock sockets it holds (cgroup programs judge a socket by the cgroup it was
+    /// created in, so one made before confinement reaches anything). Each socket descriptor is
+    /// taken with `pidfd_getfd` and asked its family, which needs no network namespace's socket
+    /// tables (a thread can leave the namespace, and a main thread that exited takes the
+    /// process's `/proc/<pid>/net` with it). Every thread must use the main thread's descriptor
+    /// table; one with a table of its own fails the check. `except` is the proxy's listening
+    /// socket, which `leash confine`'s child holds until it execs.
     pub fn network_sockets(&self, except: Option<u64>) -> io::Result<usize> {
         self.read(|pid| {
-            // (table, column of the inode): the IP tables share a layout, packet has its own.
-            const TABLES: [(&str, usize); 11] = [
-                ("tcp", 9),
-                ("tcp6", 9),
-                ("udp", 9),
-                ("udp6", 9),
-                ("udplite", 9),
-                ("udplite6", 9),
-                ("raw", 9),
-                ("raw6", 9),
-                ("icmp", 9),
-                ("icmp6", 9),
-                ("packet", 8),
-            ];
-            use std::io::BufRead as _;
-            let mut inodes = std::collections::HashSet::new();
-            for (table, column) in TABLES {
-                // Line by line: the pod decides how many sockets its namespace holds. A table
-                // this kernel lacks holds nothing; one that cannot be read fails the check.
-                let file = match std::fs::File::open(format!("/proc/{pid}/net/{table}")) {
-                    Ok(file) => file,
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+                let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
+                    continue;
+                };
+                if tid as u32 == pid {
+                    continue;
+                }
+                // SAFETY: kcmp(2) with plain integer arguments.
+                let same = unsafe { libc::syscall(libc::SYS_kcmp, pid as libc::pid_t, tid, KCMP_FILES, 0, 0) };
+                if same != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+                    return Err(io::Error::other("a thread of the process has a descriptor table of its own"));
+                }
+            }
+            let mut held = std::collections::HashSet::new();
+            for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+                let entry = entry?;
+                let Some(fd) = entry.file_name().to_str().and_then(|f| f.parse::<RawFd>().ok()) else { continue };
+                let link = match std::fs::read_link(entry.path()) {
+                    Ok(link) => link,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 };
-                for line in std::io::BufReader::new(file).lines().skip(1) {
-                    if let Some(inode) = line?.split_whitespace().nth(column).and_then(|i| i.parse::<u64>().ok()) {
-                        inodes.insert(inode);
-                    }
-                }
-            }
-            // Every thread's table: one that stopped sharing the process's holds its own. A
-            // thread that exited meanwhile took its table with it.
-            let mut held = std::collections::HashSet::new();
-            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-                let fds = match std::fs::read_dir(task?.path().join("fd")) {
-                    Ok(fds) => fds,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => continue,
-                    Err(e) => return Err(e),
-                };
-                for entry in fds {
-                    let Ok(link) = std::fs::read_link(entry?.path()) else { continue };
-                    let inode = link
-                        .to_str()
-                        .and_then(|l| l.strip_prefix("socket:["))
-                        .and_then(|l| l.strip_suffix(']'))
-                        .and_then(|i| i.parse::<u64>().ok());
-                    if let Some(i) = inode.filter(|i| inodes.contains(i) && Some(*i) != except) {
-                        held.insert(i);
-                    }
+                let inode = link
+                    .to_str()
+                    .and_then(|l| l.strip_prefix("socket:["))
+                    .and_then(|l| l.strip_suffix(']'))
+                    .and_then(|i| i.parse::<u64>().ok());
+                let Some(inode) = inode.filter(|i| Some(*i) != except) else { continue };
+                if let Some(libc::AF_INET | libc::AF_INET6 | libc::AF_PACKET | libc::AF_VSOCK) =
+                    self.socket_family(fd)?
+                {
+                    held.insert(inode);
                 }
             }
             Ok(held.len())
         })
+    }
+
+    /// The address family of the socket at the process's descriptor `fd`, taken with
+    /// `pidfd_getfd`; `None` when the descriptor was closed meanwhile.
+    fn socket_family(&self, fd: RawFd) -> io::Result<Option<libc::c_int>> {
+        // SAFETY: pidfd_getfd(2) on the pidfd this value owns; the result is a new descriptor.
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd().as_raw_fd(), fd, 0) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EBADF) { Ok(None) } else { Err(e) };
+        }
+        // SAFETY: the kernel just returned this descriptor to us, and nothing else owns it.
+        let got = unsafe { OwnedFd::from_raw_fd(got as RawFd) };
+        let mut family: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `family`.
+        let r = unsafe {
+            libc::getsockopt(got.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN, (&raw mut family).cast(), &mut len)
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Some(family))
     }
 
     /// The real, effective, saved and filesystem uids (the `Uid:` line of its status).

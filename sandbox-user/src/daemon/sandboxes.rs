@@ -209,7 +209,7 @@ impl Node {
             // meanwhile (which holds the socket too), before the lock is taken again: removing a
             // cgroup that still has processes waits for them.
             drop(state);
-            built = holds_no_sockets(target, listener_inode);
+            built = sandbox_holds_no_sockets(&record.cgroup, listener_inode);
             if built.is_err() {
                 if let Ok(cg) = SandboxCgroup::open(record.cgroup.clone()) {
                     let _ = cg.kill_all(Duration::from_secs(5));
@@ -570,14 +570,24 @@ fn refuse_network_sockets(target: &Process, listener: Option<u64>, named: u32) -
     }
 }
 
-/// After the move: a target that got a network socket between the check and the move (or holds
-/// one it could not be seen with) cannot be told from one it made inside; the caller kills the
-/// sandbox.
-fn holds_no_sockets(target: &Process, listener: Option<u64>) -> Result<()> {
-    match target.network_sockets(listener) {
-        Ok(0) => Ok(()),
-        _ => Err(anyhow::anyhow!("the process holds network sockets made before it was moved in; killed")),
+/// After the move: no process of the sandbox (the target, or one it started since) may hold a
+/// network socket made outside, since it cannot be told from one made inside; the caller kills
+/// the sandbox otherwise. Checked with the cgroup frozen, so that no process forks a holder, or
+/// passes the socket on, past the list.
+fn sandbox_holds_no_sockets(cgroup: &Path, listener: Option<u64>) -> Result<()> {
+    let sandbox = SandboxCgroup::open(cgroup.to_path_buf())?;
+    let _frozen = sandbox.frozen(Duration::from_secs(1))?;
+    for pid in sandbox.pids()? {
+        let process = match Process::open(pid as u32) {
+            Ok(p) => p,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if process.network_sockets(listener)? > 0 {
+            anyhow::bail!("process {pid} holds network sockets made before it was moved in; killed");
+        }
     }
+    Ok(())
 }
 
 /// The target exited during its move, and the process that took its number was moved instead.

@@ -110,6 +110,16 @@ impl SandboxCgroup {
         }
     }
 
+    /// The cgroup frozen (no process of it runs, forks or exits) until the guard is dropped;
+    /// an error when it did not report frozen within `timeout` (it is thawed again).
+    pub fn frozen(&self, timeout: Duration) -> Result<Frozen<'_>> {
+        if !self.freeze(Instant::now() + timeout) {
+            let _ = write_str(&self.path.join("cgroup.freeze"), "0");
+            bail!("{} did not freeze within {timeout:?}", self.path.display());
+        }
+        Ok(Frozen(self))
+    }
+
     /// Freezes the cgroup and waits (until `deadline`) for it to report frozen. False when it
     /// could not be frozen in time.
     fn freeze(&self, deadline: Instant) -> bool {
@@ -162,4 +172,13 @@ pub fn list(root: &Path) -> Result<Vec<(String, PathBuf)>> {
 
 fn write_str(path: &Path, s: &str) -> std::io::Result<()> {
     OpenOptions::new().write(true).open(path)?.write_all(s.as_bytes())
+}
+
+/// A cgroup frozen by [`SandboxCgroup::frozen`]: thawed when dropped.
+pub struct Frozen<'a>(&'a SandboxCgroup);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = write_str(&self.0.path.join("cgroup.freeze"), "0");
+    }
 }

@@ -49,6 +49,9 @@ pub enum Untrusted {
     Variable(&'static str),
     /// Its environment could not be read (fail closed).
     Unreadable,
+    /// Another process traces it, and so can write its memory: code other than its executable
+    /// may be talking (a tracer attached before a reload turned `binaries:` rules on, say).
+    Traced,
 }
 
 impl std::fmt::Display for Untrusted {
@@ -61,15 +64,24 @@ impl std::fmt::Display for Untrusted {
             Untrusted::Unreadable => {
                 f.write_str("the process's environment could not be read to check for loader variables (LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH); binaries: rules do not apply to it")
             }
+            Untrusted::Traced => {
+                f.write_str("the process is traced by another, which can change what it runs; binaries: rules do not apply to it")
+            }
         }
     }
 }
 
 /// Fails when process `pid` sets a loader variable (see [`LOADER_VARIABLES`]), even to
 /// nothing, to another value than leash's own environment has (a value leash was started with
-/// is the user's choice, inherited, not the agent's); and when its environment cannot be read.
+/// is the user's choice, inherited, not the agent's); when its environment cannot be read; and
+/// when a tracer is attached to it.
 pub fn check_loader_variables(pid: Option<u32>) -> Result<(), Untrusted> {
     let pid = pid.filter(|p| *p != 0).ok_or(Untrusted::Unreadable)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| Untrusted::Unreadable)?;
+    let tracer = status.lines().find_map(|l| l.strip_prefix("TracerPid:")).map(str::trim);
+    if tracer != Some("0") {
+        return Err(Untrusted::Traced);
+    }
     let environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(|_| Untrusted::Unreadable)?;
     let own = |name: &str| std::env::var_os(name).map(std::os::unix::ffi::OsStringExt::into_vec);
     match environ_sets(&environ, own) {
