@@ -4,7 +4,9 @@
 //!
 //! - the method as sent, which must be canonical (upper-case): `delete` would dodge a `DELETE`
 //!   deny rule and still run as DELETE on servers that upper-case it;
-//! - each method-override header (`X-HTTP-Method-Override`, ...) as a method;
+//! - each method-override header (`X-HTTP-Method-Override`, ...) as a method, each item of a
+//!   comma-separated value too (Express's `method-override` takes the first), and each `_method`
+//!   parameter of the query (Laravel, Symfony and gorilla take it as the method);
 //! - the path with `;parameters` removed from every segment and without a trailing slash, since
 //!   many servers route `/admin;x/secret` and `/settings/` to the same handler as
 //!   `/admin/secret` and `/settings`.
@@ -40,7 +42,12 @@ pub fn readings<'a>(
     }
     let mut methods: Vec<(Cow<'a, str>, &'static str)> = vec![(Cow::Borrowed(method), "as sent")];
     for value in overrides {
-        methods.push((Cow::Owned(value.trim().to_ascii_uppercase()), "method override"));
+        for item in value.split(',') {
+            methods.push((Cow::Owned(item.trim().to_ascii_uppercase()), "method override"));
+        }
+    }
+    for value in query_methods(target) {
+        methods.push((Cow::Owned(value.trim().to_ascii_uppercase()), "_method parameter"));
     }
     let mut out = Vec::new();
     for (m, method_name) in &methods {
@@ -50,6 +57,43 @@ pub fn readings<'a>(
         }
     }
     Some(out)
+}
+
+/// The values of the `_method` parameters of `target`'s query, percent-decoded (`+` as a
+/// space, as forms write it).
+fn query_methods(target: &str) -> Vec<String> {
+    let Some((_, query)) = target.split_once('?') else { return Vec::new() };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| percent_decoded(key) == "_method")
+        .map(|(_, value)| percent_decoded(value))
+        .collect()
+}
+
+/// `text` with `+` as a space and `%XX` escapes decoded (a malformed one kept as written), as
+/// a server reads a query parameter.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How one reading's verdict counts when all the readings are judged together.
@@ -166,6 +210,24 @@ mod tests {
                 ("DELETE", "/x", "without the trailing slash"),
             ]
         );
+    }
+
+    /// Express's `method-override` takes the first item of a comma-separated header; Laravel,
+    /// Symfony and gorilla take a `_method` query parameter (percent-decoded) as the method.
+    #[test]
+    fn override_lists_and_method_parameters_are_readings_too() {
+        let methods = |overrides: &[&str], target: &str| -> Vec<String> {
+            let r = readings("POST", overrides.iter().copied(), target).unwrap();
+            let mut m: Vec<String> = r.iter().map(|r| r.method.to_string()).collect();
+            m.dedup();
+            m
+        };
+        assert_eq!(methods(&["DELETE, GET"], "/x"), ["POST", "DELETE", "GET"]);
+        assert_eq!(methods(&[], "/item/1?_method=delete"), ["POST", "DELETE"]);
+        assert_eq!(methods(&[], "/item/1?a=1&%5Fmethod=DEL%45TE"), ["POST", "DELETE"]);
+        assert_eq!(methods(&[], "/item/1?_methodx=DELETE&b=_method"), ["POST"]);
+        assert_eq!(percent_decoded("a%2"), "a%2");
+        assert_eq!(percent_decoded("%zz+b"), "%zz b");
     }
 
     #[test]

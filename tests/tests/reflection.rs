@@ -168,23 +168,27 @@ fn escape_a_reflected_value_fetched_in_ranges() {
     assert_not_logged(&proxy);
 }
 
-/// A WebSocket's frames are not scanned, so a handshake carrying a credential could have the
-/// value echoed back in them: such a handshake is refused before it reaches the host.
+/// A WebSocket's frames are not scanned, so a host a credential is bound to could echo the value
+/// a handshake carries, or hand back one it stored, in them: no WebSocket to such a host is
+/// proxied, with a credential in the handshake or without.
 #[test]
-fn escape_a_websocket_handshake_carrying_a_credential_is_refused() {
+fn escape_a_websocket_to_a_host_a_credential_is_bound_to_is_refused() {
     let up = Upstream::https();
     let proxy = start("        access: full\n", &up);
     let ws = ["--http1.1", "-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13"];
     let key = ["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="];
     let bearer = format!("Authorization: Bearer {PH}");
     let before = up.count();
-    let with = curl(&proxy, &up, "/ws", &[&ws[..], &key[..], &["-H", &bearer]].concat());
-    assert!(with.output.contains(" 400") && with.output.contains("upgrade_refused"), "{}", with.output);
-    assert_eq!(up.count(), before, "the handshake with the value reached the host");
-    // The control: the same handshake without a credential is proxied.
-    let without = curl(&proxy, &up, "/ws", &[&ws[..], &key[..], &["--max-time", "3"]].concat());
-    assert!(without.output.contains(" 101"), "a WebSocket without a credential must still work:\n{}", without.output);
-    assert_not_logged(&proxy);
+    for (case, extra) in [("with the credential", vec!["-H", &bearer]), ("without", vec![])] {
+        let seen = curl(&proxy, &up, "/ws", &[&ws[..], &key[..], &extra[..]].concat());
+        assert!(seen.output.contains(" 400") && seen.output.contains("upgrade_refused"), "{case}: {}", seen.output);
+    }
+    assert_eq!(up.count(), before, "a WebSocket handshake reached the host");
+    // The control: the same handshake to a host no credential is bound to is proxied.
+    let unbound = local_policy(&rest_localhost(up.port(), "        access: full\n"), "");
+    let proxy = StandaloneProxy::start(&unbound, &[up.ca_pem.as_path()], CREDS);
+    let seen = curl(&proxy, &up, "/ws", &[&ws[..], &key[..], &["--max-time", "3"]].concat());
+    assert!(seen.output.contains(" 101"), "a WebSocket to an unbound host must still work:\n{}", seen.output);
 }
 
 #[test]

@@ -135,9 +135,9 @@ impl Process {
         }
     }
 
-    /// How many of its descriptors are sockets the network layer would never judge: IPv4, IPv6,
-    /// packet and vsock sockets it holds (cgroup programs judge a socket by the cgroup it was
-    /// created in, so one made before confinement reaches anything). Each socket descriptor is
+    /// How many of its descriptors are sockets the network layer would never judge: every socket
+    /// but unix and netlink ones (cgroup programs judge a socket by the cgroup it was created in,
+    /// so one made before confinement reaches anything). Each socket descriptor is
     /// taken with `pidfd_getfd` and asked its family, which needs no network namespace's socket
     /// tables (a thread can leave the namespace, and a main thread that exited takes the
     /// process's `/proc/<pid>/net` with it). Every thread must use the main thread's descriptor
@@ -145,6 +145,11 @@ impl Process {
     /// socket, which `leash confine`'s child holds until it execs.
     pub fn network_sockets(&self, except: Option<u64>) -> io::Result<usize> {
         self.read(|pid| {
+            // A main thread that exited took its descriptor table; the other threads' hold theirs.
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+                return Err(io::Error::other("the process's main thread exited while other threads run"));
+            }
             for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
                 let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
                     continue;
@@ -154,8 +159,11 @@ impl Process {
                 }
                 // SAFETY: kcmp(2) with plain integer arguments.
                 let same = unsafe { libc::syscall(libc::SYS_kcmp, pid as libc::pid_t, tid, KCMP_FILES, 0, 0) };
-                if same != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
-                    return Err(io::Error::other("a thread of the process has a descriptor table of its own"));
+                match same {
+                    0 => {}
+                    // That thread exited meanwhile, with its table.
+                    -1 if io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) => {}
+                    _ => return Err(io::Error::other("a thread of the process has a descriptor table of its own")),
                 }
             }
             let mut held = std::collections::HashSet::new();
@@ -173,9 +181,9 @@ impl Process {
                     .and_then(|l| l.strip_suffix(']'))
                     .and_then(|i| i.parse::<u64>().ok());
                 let Some(inode) = inode.filter(|i| Some(*i) != except) else { continue };
-                if let Some(libc::AF_INET | libc::AF_INET6 | libc::AF_PACKET | libc::AF_VSOCK) =
-                    self.socket_family(fd)?
-                {
+                // Every family but unix and netlink (which the cgroup programs never judge
+                // either): IP, packet, vsock, and the rest (SMC, XDP, TIPC, RDS, ...).
+                if !matches!(self.socket_family(fd)?, None | Some(libc::AF_UNIX | libc::AF_NETLINK)) {
                     held.insert(inode);
                 }
             }

@@ -210,11 +210,6 @@ impl Node {
             // cgroup that still has processes waits for them.
             drop(state);
             built = sandbox_holds_no_sockets(&record.cgroup, listener_inode);
-            if built.is_err() {
-                if let Ok(cg) = SandboxCgroup::open(record.cgroup.clone()) {
-                    let _ = cg.kill_all(Duration::from_secs(5));
-                }
-            }
             state = self.state()?;
         }
         if let Err(e) = built {
@@ -576,18 +571,26 @@ fn refuse_network_sockets(target: &Process, listener: Option<u64>, named: u32) -
 /// passes the socket on, past the list.
 fn sandbox_holds_no_sockets(cgroup: &Path, listener: Option<u64>) -> Result<()> {
     let sandbox = SandboxCgroup::open(cgroup.to_path_buf())?;
-    let _frozen = sandbox.frozen(Duration::from_secs(1))?;
-    for pid in sandbox.pids()? {
-        let process = match Process::open(pid as u32) {
-            Ok(p) => p,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if process.network_sockets(listener)? > 0 {
-            anyhow::bail!("process {pid} holds network sockets made before it was moved in; killed");
+    let frozen = sandbox.frozen(Duration::from_secs(1));
+    let checked = frozen.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|_| {
+        for pid in sandbox.pids()? {
+            let process = match Process::open(pid as u32) {
+                Ok(p) => p,
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if process.network_sockets(listener)? > 0 {
+                anyhow::bail!("process {pid} holds network sockets made before it was moved in; killed");
+            }
         }
+        Ok(())
+    });
+    if checked.is_err() {
+        // Still frozen: nothing of it runs again before it dies.
+        let _ = sandbox.kill_all(Duration::from_secs(5));
     }
-    Ok(())
+    drop(frozen);
+    checked
 }
 
 /// The target exited during its move, and the process that took its number was moved instead.

@@ -77,10 +77,17 @@ impl std::fmt::Display for Untrusted {
 /// when a tracer is attached to it.
 pub fn check_loader_variables(pid: Option<u32>) -> Result<(), Untrusted> {
     let pid = pid.filter(|p| *p != 0).ok_or(Untrusted::Unreadable)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| Untrusted::Unreadable)?;
-    let tracer = status.lines().find_map(|l| l.strip_prefix("TracerPid:")).map(str::trim);
-    if tracer != Some("0") {
-        return Err(Untrusted::Traced);
+    // Every thread's: a tracer of any of them writes the same memory. (Best effort: a tracer
+    // that wrote and detached before the connection is not seen; BPF-LSM's NO_ATTACH_INSIDE
+    // keeps one from attaching in the first place.)
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|_| Untrusted::Unreadable)?;
+    for task in tasks {
+        let task = task.map_err(|_| Untrusted::Unreadable)?;
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let tracer = status.lines().find_map(|l| l.strip_prefix("TracerPid:")).map(str::trim);
+        if tracer != Some("0") {
+            return Err(Untrusted::Traced);
+        }
     }
     let environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(|_| Untrusted::Unreadable)?;
     let own = |name: &str| std::env::var_os(name).map(std::os::unix::ffi::OsStringExt::into_vec);

@@ -115,15 +115,18 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         let detail = "credential placeholders are only swapped in requests sent over TLS (use https://)";
         return refuse(Refusal::CredentialRequiresTls, detail, t.policy.as_deref());
     }
-    // A WebSocket's frames are not scanned for credential values: a handshake carrying one
-    // could have it echoed back in them.
-    if wants_upgrade(&parts.headers) && !report.credentials.is_empty() {
+    // A WebSocket's frames are not scanned for credential values: no WebSocket to a host a
+    // credential is bound to (it could echo a value the handshake carries, or hand back one it
+    // stored earlier).
+    let upgrade = wants_upgrade(&parts.headers);
+    if upgrade && (!report.credentials.is_empty() || t.state.secrets.any_bound_to(host)) {
         audit(false, Refusal::UpgradeRefused.code(), None, vec![]);
-        let detail = "a WebSocket handshake may not carry a credential: its frames are not scanned for the value";
+        let detail = "no WebSocket to a host a credential is bound to: its frames are not scanned for the value";
         return refuse(Refusal::UpgradeRefused, detail, t.policy.as_deref());
     }
-    // Bodies are swapped over TLS only (over plain HTTP a placeholder goes out as it is).
-    let body: ProxyBody = if rewrites_bodies(t) && t.scheme == "https" {
+    // Bodies are swapped over TLS only (over plain HTTP a placeholder goes out as it is), and
+    // never into a protocol upgrade's.
+    let body: ProxyBody = if rewrites_bodies(t) && t.scheme == "https" && !upgrade {
         match rewritten_body(body, &mut parts, host, t).await {
             Ok(b) => b,
             Err(resp) => {
@@ -157,7 +160,6 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         parts.headers.remove(hyper::header::IF_RANGE);
     }
     let head_only = parts.method == hyper::Method::HEAD;
-    let upgrade = wants_upgrade(&parts.headers);
     let sequential = parts.version == Version::HTTP_11 && !upgrade;
     let agent_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -378,6 +380,13 @@ fn forward_failed(t: &Tunnel, e: &(dyn std::error::Error + 'static)) -> Response
         source = s.source();
     }
     let detail = format!("forwarding to {}:{} failed: {}", t.host.uri_host(), t.port, error_chain(e));
+    // The chain can hold what the upstream said (an HTTP/2 GOAWAY's debug data), which may echo
+    // a credential value the request carried.
+    let reflections = t.state.secrets.reflections();
+    let detail = match reflections.redact(detail.as_bytes()) {
+        Some(redacted) => String::from_utf8_lossy(&redacted).into_owned(),
+        None => detail,
+    };
     refuse(Refusal::UpstreamFailed, detail, t.policy.as_deref())
 }
 

@@ -271,6 +271,11 @@ impl SecretStore {
         self.bound_value(name, host).is_some()
     }
 
+    /// Whether any credential may be sent to `host` (so `host` may hold a value it was sent).
+    pub fn any_bound_to(&self, host: &str) -> bool {
+        self.entries.iter().any(|e| self.is_bound(&e.credential.name, host))
+    }
+
     /// Whether `text` contains the value of any credential (to keep values that hide under other
     /// names out of the agent's environment). Never says which.
     pub fn appears_in(&self, text: &[u8]) -> bool {
