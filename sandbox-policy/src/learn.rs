@@ -295,7 +295,7 @@ fn endpoint_body(e: &Endpoint, port: u16, indent: &str) -> String {
         } else {
             let _ = writeln!(out, "{indent}rules:");
             for (method, path) in &e.rules {
-                let _ = writeln!(out, "{indent}  - allow: {{ method: {method}, path: {} }}", quote(path));
+                let _ = writeln!(out, "{indent}  - allow: {{ method: {}, path: {} }}", quote(method), quote(path));
             }
         }
     }
@@ -345,6 +345,10 @@ pub fn request_rules(method: &str, target: &str, overrides: &[String]) -> Vec<(S
     let Some(all) = readings(method, overrides.iter().map(String::as_str), target) else { return vec![] };
     let mut out: Vec<(String, String)> = Vec::new();
     for r in all {
+        // A method a policy cannot name (`M-SEARCH`) is not learned: the file must parse.
+        if r.method.parse::<crate::document::Method>().is_err() {
+            continue;
+        }
         let Ok(normalized) = normalize(&r.target) else { continue };
         let rule = (r.method.into_owned(), generalize(&normalized.path));
         if !out.contains(&rule) {
@@ -449,6 +453,16 @@ mod tests {
         assert!(!format!("{rules:?}").contains("secret"));
         let overridden = request_rules("POST", "/x", &["delete".to_owned()]);
         assert!(overridden.contains(&("DELETE".to_owned(), "/x".to_owned())), "{overridden:?}");
+        // The agent's `_method` becomes a rule's method only when it is one: this value would
+        // have written `method: '*', path: '/**'` into the learned policy.
+        let injected = "/x?_method=%27*%27%2C%20%22%5CU00000070%5CU00000061%5CU00000074%5CU00000068%22%3A%20%27%2F**%27%20%7D%20%23";
+        assert_eq!(request_rules("GET", injected, &[]), [("GET".to_owned(), "/x".to_owned())]);
+        assert_eq!(
+            request_rules("GET", "/x?_method=delete", &[]),
+            [("GET".to_owned(), "/x".to_owned()), ("DELETE".to_owned(), "/x".to_owned())]
+        );
+        // A method a policy cannot name is not learned (the learned file must parse).
+        assert!(request_rules("M-SEARCH", "/", &[]).is_empty());
     }
 
     #[test]
@@ -462,7 +476,7 @@ mod tests {
         let text = Learned::from_observations(&seen).document("a test");
         let policy = crate::parse_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(text.contains("access: read-only"), "{text}");
-        assert!(text.contains("- allow: { method: POST, path: '/items/**' }"), "{text}");
+        assert!(text.contains("- allow: { method: 'POST', path: '/items/**' }"), "{text}");
         assert!(text.contains("binaries: [{ path: '/usr/bin/curl' }]"), "{text}");
         assert!(text.contains("first request POST /items/**"), "{text}");
         assert!(!text.contains("x=1"), "{text}");

@@ -278,9 +278,13 @@ fn usable(path: &Path) -> Option<PathBuf> {
     let text = path.to_str()?;
     let text = text.strip_suffix(" (deleted)").unwrap_or(text);
     // The agent names its files: what YAML cannot hold even escaped is not learned (everything
-    // else is escaped where written).
-    let unholdable = |c: char| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}';
-    if !text.starts_with('/') || text.starts_with("/memfd:") || text.chars().any(unholdable) {
+    // else is escaped where written); nor is a name that would mean more than the file once
+    // written into a policy: a `.` or `..` component (a file named `.. (deleted)` is reported as
+    // `/home/u/.. (deleted)`, which the mark's removal made `/home/u/..`), or a glob character
+    // (`kernel.exec.allow` expands `*` and `?`).
+    let unholdable = |c: char| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' || c == '*' || c == '?';
+    let dotted = text.split('/').any(|segment| segment == "." || segment == "..");
+    if !text.starts_with('/') || text.starts_with("/memfd:") || text.chars().any(unholdable) || dotted {
         return None;
     }
     Some(PathBuf::from(text))
@@ -417,6 +421,31 @@ mod tests {
         let fs = policy.filesystem().expect("filesystem_policy");
         assert!(fs.read_write.contains(&PathBuf::from("/home/u/.cache")));
         assert!(fs.read_only.is_empty(), "{text}");
+    }
+
+    /// The agent names its own files, and learning runs without Landlock: a file named
+    /// `.. (deleted)` (reported as `/home/u/.. (deleted)`) must not become `/home/u/..`, nor one
+    /// named `.` the whole home, nor a program named `**` an exec glob.
+    #[test]
+    fn names_that_would_mean_more_than_the_file_are_not_learned() {
+        let text = learn(
+            &[
+                (Use::Write, "/home/u/.. (deleted)"),
+                (Use::Write, "/home/u/. (deleted)"),
+                (Use::Write, "/home/u/proj/../../etc/x"),
+                (Use::Exec, "/home/u/**"),
+                (Use::Exec, "/home/u/bin/to?l"),
+                (Use::Write, "/home/u/proj/ok"),
+            ],
+            true,
+        );
+        let policy = crate::parse_str("learned.yaml", &text).expect("parses");
+        let fs = policy.filesystem().expect("filesystem_policy");
+        let granted: Vec<_> = fs.read_write.iter().chain(&fs.read_only).collect();
+        let dotted = |p: &&PathBuf| p.to_string_lossy().split('/').any(|s| s == "." || s == "..");
+        assert!(!granted.iter().any(dotted), "a dotted path was granted: {text}");
+        assert!(!text.contains("**") && !text.contains("to?l"), "a glob was learned: {text}");
+        assert!(text.contains("include_workdir: true"), "control: the ordinary write is learned: {text}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 
 use super::compile::parse_str;
 use super::learn::Learned;
+use super::learn_files::quote;
 
 /// `original` (named `file_label` in errors) with `learned` added; the result is checked to
 /// parse. `source` says where the suggestions come from, for their comment.
@@ -26,7 +27,7 @@ pub fn merge(original: &str, file_label: &str, mut learned: Learned, source: &st
             let _ = writeln!(covered, "#   connections from an executable its `binaries:` do not list");
         }
         for (method, path) in rules {
-            let _ = writeln!(covered, "#   - allow: {{ method: {method}, path: '{path}' }}");
+            let _ = writeln!(covered, "#   - allow: {{ method: {}, path: {} }}", quote(&method), quote(&path));
         }
     }
     let taken: BTreeSet<String> = existing.network_policies().iter().map(|p| p.name.clone()).collect();
@@ -172,7 +173,7 @@ filesystem_policy:
         let new_at = merged.find("    new.example:").unwrap_or_else(|| panic!("{merged}"));
         assert!(new_at > merged.find("reads only").unwrap_or(usize::MAX), "{merged}");
         assert!(new_at < merged.find("# the filesystem comes last").unwrap_or(0), "{merged}");
-        assert!(merged.contains("#   - allow: { method: POST, path: '/repos/o/r/issues' }"), "{merged}");
+        assert!(merged.contains("#   - allow: { method: 'POST', path: '/repos/o/r/issues' }"), "{merged}");
         let policy = parse_str("m.yaml", &merged).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(policy.network_policies().len(), 2);
     }

@@ -41,13 +41,16 @@ pub fn readings<'a>(
         return None;
     }
     let mut methods: Vec<(Cow<'a, str>, &'static str)> = vec![(Cow::Borrowed(method), "as sent")];
-    for value in overrides {
-        for item in value.split(',') {
-            methods.push((Cow::Owned(item.trim().to_ascii_uppercase()), "method override"));
+    // Only values spelled as a method: servers take nothing else as one (Symfony checks for
+    // upper-case letters, Express for a known method), and a reading's method is written into
+    // learned policies.
+    let overridden =
+        overrides.into_iter().flat_map(|v| v.split(',')).map(|m| (m.trim().to_ascii_uppercase(), "method override"));
+    let parameters = query_methods(target).into_iter().map(|m| (m.trim().to_ascii_uppercase(), "_method parameter"));
+    for (m, name) in overridden.chain(parameters) {
+        if m.len() <= 16 && is_canonical_method(&m) {
+            methods.push((Cow::Owned(m), name));
         }
-    }
-    for value in query_methods(target) {
-        methods.push((Cow::Owned(value.trim().to_ascii_uppercase()), "_method parameter"));
     }
     let mut out = Vec::new();
     for (m, method_name) in &methods {
@@ -226,6 +229,10 @@ mod tests {
         assert_eq!(methods(&[], "/item/1?_method=delete"), ["POST", "DELETE"]);
         assert_eq!(methods(&[], "/item/1?a=1&%5Fmethod=DEL%45TE"), ["POST", "DELETE"]);
         assert_eq!(methods(&[], "/item/1?_methodx=DELETE&b=_method"), ["POST"]);
+        // A value that is not spelled as a method is no reading (and never reaches a learned
+        // policy): quotes, spaces, escapes.
+        let injected = "/x?_method=%27*%27%2C%20%22%5CU00000070%22%3A%20%27%2F**%27%20%7D%20%23";
+        assert_eq!(methods(&["DELETE, '*', \"x\": y"], injected), ["POST", "DELETE"]);
         assert_eq!(percent_decoded("a%2"), "a%2");
         assert_eq!(percent_decoded("%zz+b"), "%zz b");
     }

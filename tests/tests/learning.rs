@@ -81,8 +81,8 @@ fn curl_round_trip_learns_rules_with_globs_and_no_query() {
          curl -sS --fail --max-time 20 -X POST -d note=1 'https://localhost:{p}/items/43/comments?token=sekrit-query' >/dev/null"
     );
     let (text, learned) = learn_and_replay(&up, &scratch, &["/bin/sh", "-c", &script]);
-    assert!(text.contains("- allow: { method: POST, path: '/items/**/comments' }"), "{text}");
-    assert!(text.contains("- allow: { method: GET, path: '/items/**' }"), "{text}");
+    assert!(text.contains("- allow: { method: 'POST', path: '/items/**/comments' }"), "{text}");
+    assert!(text.contains("- allow: { method: 'GET', path: '/items/**' }"), "{text}");
     assert!(text.contains("binaries: [{ path: '/usr/bin/curl' }]"), "{text}");
     assert!(text.contains("allowed_ips: ['127.0.0.1/32'"), "{text}");
     assert!(text.contains("first request GET /items/**"), "{text}");
@@ -138,7 +138,7 @@ fn node_round_trip_through_connect() {
         p = up.port()
     );
     let (text, learned) = learn_and_replay(&up, &scratch, &["/usr/bin/node", "-e", &code]);
-    assert!(text.contains("- allow: { method: PUT, path: '/node/**' }"), "{text}");
+    assert!(text.contains("- allow: { method: 'PUT', path: '/node/**' }"), "{text}");
     assert!(text.contains("binaries: [{ path: '/usr/bin/node"), "{text}");
     new_host_is_denied(&up, &learned);
 }
@@ -161,8 +161,8 @@ fn git_clone_round_trip() {
     // The same session twice: each run clones afresh.
     let script = format!("rm -rf {d} && /usr/bin/git clone -q {url} {d} && cat {d}/README", d = dest.display());
     let (text, learned) = learn_and_replay(&up, &scratch, &["/bin/sh", "-c", &script]);
-    assert!(text.contains("- allow: { method: POST, path: '/repo.git/git-upload-pack' }"), "{text}");
-    assert!(text.contains("- allow: { method: GET, path: '/repo.git/info/refs' }"), "{text}");
+    assert!(text.contains("- allow: { method: 'POST', path: '/repo.git/git-upload-pack' }"), "{text}");
+    assert!(text.contains("- allow: { method: 'GET', path: '/repo.git/info/refs' }"), "{text}");
     assert!(text.contains("binaries: [{ path: '/usr/lib/git-core/git-remote-http"), "{text}");
     new_host_is_denied(&up, &learned);
 }
@@ -221,7 +221,7 @@ fn suggest_merge_keeps_comments_and_order() {
         assert!(merged_lines.any(|m| m == line), "original line {line:?} is missing or out of order:\n{merged}");
     }
     assert!(merged.contains("  127.0.0.1:"), "the new host is suggested:\n{merged}");
-    assert!(merged.contains("#   - allow: { method: DELETE, path: '/things/**' }"), "{merged}");
+    assert!(merged.contains("#   - allow: { method: 'DELETE', path: '/things/**' }"), "{merged}");
     let check = leash(&["policy", "check"]).arg(&merged_path).output().expect("policy check");
     assert!(check.status.success(), "{}\n{merged}", describe(&check));
     let printed = leash(&["policy", "suggest", "--from"]).arg(&audit).output().expect("suggest");
