@@ -345,8 +345,9 @@ pub fn request_rules(method: &str, target: &str, overrides: &[String]) -> Vec<(S
     let Some(all) = readings(method, overrides.iter().map(String::as_str), target) else { return vec![] };
     let mut out: Vec<(String, String)> = Vec::new();
     for r in all {
-        // A method a policy cannot name (`M-SEARCH`) is not learned: the file must parse.
-        if r.method.parse::<crate::document::Method>().is_err() {
+        // Only a method a policy names as one: not `*` (every method), not `M-SEARCH` (the
+        // file must parse), not whatever else the agent put in an override or `_method`.
+        if r.method == "*" || r.method.parse::<crate::document::Method>().is_err() {
             continue;
         }
         let Ok(normalized) = normalize(&r.target) else { continue };
@@ -461,8 +462,9 @@ mod tests {
             request_rules("GET", "/x?_method=delete", &[]),
             [("GET".to_owned(), "/x".to_owned()), ("DELETE".to_owned(), "/x".to_owned())]
         );
-        // A method a policy cannot name is not learned (the learned file must parse).
+        // A method a policy cannot name is not learned (the learned file must parse), nor `*`.
         assert!(request_rules("M-SEARCH", "/", &[]).is_empty());
+        assert_eq!(request_rules("GET", "/x?_method=*", &[]), [("GET".to_owned(), "/x".to_owned())]);
     }
 
     #[test]

@@ -115,7 +115,10 @@ impl LearnedFiles {
                     learned.grant(&dir, Use::Read, &path, host);
                 }
                 Use::Exec => {
-                    if !is_elf_interpreter(&path) {
+                    // `kernel.exec.allow` expands `*` and `?`: a program named with them would
+                    // allow more than itself (its directory is still granted below).
+                    let glob = path.to_string_lossy().contains(['*', '?']);
+                    if !is_elf_interpreter(&path) && !glob {
                         learned.exec.entry(path.clone()).or_insert_with(|| "run".to_owned());
                     }
                     // Landlock's read access includes running: the directory must be readable.
@@ -278,11 +281,10 @@ fn usable(path: &Path) -> Option<PathBuf> {
     let text = path.to_str()?;
     let text = text.strip_suffix(" (deleted)").unwrap_or(text);
     // The agent names its files: what YAML cannot hold even escaped is not learned (everything
-    // else is escaped where written); nor is a name that would mean more than the file once
-    // written into a policy: a `.` or `..` component (a file named `.. (deleted)` is reported as
-    // `/home/u/.. (deleted)`, which the mark's removal made `/home/u/..`), or a glob character
-    // (`kernel.exec.allow` expands `*` and `?`).
-    let unholdable = |c: char| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' || c == '*' || c == '?';
+    // else is escaped where written); nor is a name with a `.` or `..` component, which would
+    // mean more than the file once written into a policy (a file named `.. (deleted)` is
+    // reported as `/home/u/.. (deleted)`, which the mark's removal made `/home/u/..`).
+    let unholdable = |c: char| c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}';
     let dotted = text.split('/').any(|segment| segment == "." || segment == "..");
     if !text.starts_with('/') || text.starts_with("/memfd:") || text.chars().any(unholdable) || dotted {
         return None;
@@ -444,7 +446,8 @@ mod tests {
         let granted: Vec<_> = fs.read_write.iter().chain(&fs.read_only).collect();
         let dotted = |p: &&PathBuf| p.to_string_lossy().split('/').any(|s| s == "." || s == "..");
         assert!(!granted.iter().any(dotted), "a dotted path was granted: {text}");
-        assert!(!text.contains("**") && !text.contains("to?l"), "a glob was learned: {text}");
+        let exec = policy.kernel().map(|k| format!("{:?}", k.exec_allow)).unwrap_or_default();
+        assert!(!exec.contains("**") && !exec.contains("to?l"), "a glob was learned: {text}");
         assert!(text.contains("include_workdir: true"), "control: the ordinary write is learned: {text}");
     }
 

@@ -41,16 +41,14 @@ pub fn readings<'a>(
         return None;
     }
     let mut methods: Vec<(Cow<'a, str>, &'static str)> = vec![(Cow::Borrowed(method), "as sent")];
-    // Only values spelled as a method: servers take nothing else as one (Symfony checks for
-    // upper-case letters, Express for a known method), and a reading's method is written into
-    // learned policies.
+    // Every value, whatever it is spelled as: one that names no method matches no allow rule, so
+    // a server that reads it otherwise (trimming more, or other bytes) gets nothing past a list
+    // of what is allowed. (Learning writes only those that are methods: `learn::request_rules`.)
     let overridden =
         overrides.into_iter().flat_map(|v| v.split(',')).map(|m| (m.trim().to_ascii_uppercase(), "method override"));
     let parameters = query_methods(target).into_iter().map(|m| (m.trim().to_ascii_uppercase(), "_method parameter"));
     for (m, name) in overridden.chain(parameters) {
-        if m.len() <= 16 && is_canonical_method(&m) {
-            methods.push((Cow::Owned(m), name));
-        }
+        methods.push((Cow::Owned(m), name));
     }
     let mut out = Vec::new();
     for (m, method_name) in &methods {
@@ -63,13 +61,20 @@ pub fn readings<'a>(
 }
 
 /// The values of the `_method` parameters of `target`'s query, percent-decoded (`+` as a
-/// space, as forms write it).
+/// space, as forms write it). A key is read as PHP reads it: leading spaces dropped, cut at a
+/// NUL, and `.`, ` ` and `[` as `_` (so `.method` and ` _method` are `_method` to Laravel).
 fn query_methods(target: &str) -> Vec<String> {
     let Some((_, query)) = target.split_once('?') else { return Vec::new() };
+    let as_php_reads = |key: &str| -> String {
+        let key = percent_decoded(key);
+        let key = key.trim_start_matches(' ');
+        let key = key.split('\0').next().unwrap_or_default();
+        key.chars().map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c }).collect()
+    };
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .filter(|(key, _)| percent_decoded(key) == "_method")
+        .filter(|(key, _)| as_php_reads(key) == "_method")
         .map(|(_, value)| percent_decoded(value))
         .collect()
 }
@@ -229,10 +234,14 @@ mod tests {
         assert_eq!(methods(&[], "/item/1?_method=delete"), ["POST", "DELETE"]);
         assert_eq!(methods(&[], "/item/1?a=1&%5Fmethod=DEL%45TE"), ["POST", "DELETE"]);
         assert_eq!(methods(&[], "/item/1?_methodx=DELETE&b=_method"), ["POST"]);
-        // A value that is not spelled as a method is no reading (and never reaches a learned
-        // policy): quotes, spaces, escapes.
-        let injected = "/x?_method=%27*%27%2C%20%22%5CU00000070%22%3A%20%27%2F**%27%20%7D%20%23";
-        assert_eq!(methods(&["DELETE, '*', \"x\": y"], injected), ["POST", "DELETE"]);
+        // PHP's reading of the key.
+        assert_eq!(methods(&[], "/x?.method=delete"), ["POST", "DELETE"]);
+        assert_eq!(methods(&[], "/x?+_method=delete"), ["POST", "DELETE"]);
+        assert_eq!(methods(&[], "/x?_method%00x=delete"), ["POST", "DELETE"]);
+        // A value not spelled as a method is a reading too: it matches no allow rule. (Trimmed
+        // as servers trim: `DELETE` and a no-break space is DELETE.)
+        assert_eq!(methods(&["DEL'ETE"], "/x"), ["POST", "DEL'ETE"]);
+        assert_eq!(methods(&["DELETE\u{a0}"], "/x"), ["POST", "DELETE"]);
         assert_eq!(percent_decoded("a%2"), "a%2");
         assert_eq!(percent_decoded("%zz+b"), "%zz b");
     }
