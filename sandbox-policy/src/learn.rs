@@ -457,14 +457,14 @@ mod tests {
         // The agent's `_method` becomes a rule's method only when it is one: this value would
         // have written `method: '*', path: '/**'` into the learned policy.
         let injected = "/x?_method=%27*%27%2C%20%22%5CU00000070%5CU00000061%5CU00000074%5CU00000068%22%3A%20%27%2F**%27%20%7D%20%23";
-        assert_eq!(request_rules("GET", injected, &[]), [("GET".to_owned(), "/x".to_owned())]);
+        assert_eq!(request_rules("POST", injected, &[]), [("POST".to_owned(), "/x".to_owned())]);
         assert_eq!(
-            request_rules("GET", "/x?_method=delete", &[]),
-            [("GET".to_owned(), "/x".to_owned()), ("DELETE".to_owned(), "/x".to_owned())]
+            request_rules("POST", "/x?_method=delete", &[]),
+            [("POST".to_owned(), "/x".to_owned()), ("DELETE".to_owned(), "/x".to_owned())]
         );
         // A method a policy cannot name is not learned (the learned file must parse), nor `*`.
         assert!(request_rules("M-SEARCH", "/", &[]).is_empty());
-        assert_eq!(request_rules("GET", "/x?_method=*", &[]), [("GET".to_owned(), "/x".to_owned())]);
+        assert_eq!(request_rules("POST", "/x?_method=*", &[]), [("POST".to_owned(), "/x".to_owned())]);
     }
 
     #[test]

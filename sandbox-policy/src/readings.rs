@@ -30,8 +30,13 @@ pub struct Reading<'a> {
     pub name: &'static str,
 }
 
+/// Most distinct method-override and `_method` values one request may carry: each is a reading
+/// of the whole target, and a request head may hold thousands of comma-separated items.
+pub const MAX_OVERRIDES: usize = 8;
+
 /// Every reading of a request with `method`, method-override header values `overrides` and
-/// `target`, the request as sent first. `None` when the method is not canonical.
+/// `target`, the request as sent first. `None` when the method is not canonical, or the request
+/// carries more than [`MAX_OVERRIDES`] distinct override values.
 pub fn readings<'a>(
     method: &'a str,
     overrides: impl IntoIterator<Item = &'a str>,
@@ -44,17 +49,25 @@ pub fn readings<'a>(
     // Every value, whatever it is spelled as: one that names no method matches no allow rule, so
     // a server that reads it otherwise (trimming more, or other bytes) gets nothing past a list
     // of what is allowed. (Learning writes only those that are methods: `learn::request_rules`.)
+    // `_method` counts on POST only, as every framework that reads it does.
     let overridden =
         overrides.into_iter().flat_map(|v| v.split(',')).map(|m| (m.trim().to_ascii_uppercase(), "method override"));
-    let parameters = query_methods(target).into_iter().map(|m| (m.trim().to_ascii_uppercase(), "_method parameter"));
+    let parameters = if method == "POST" { query_methods(target) } else { Vec::new() };
+    let parameters = parameters.into_iter().map(|m| (m.trim().to_ascii_uppercase(), "_method parameter"));
     for (m, name) in overridden.chain(parameters) {
-        methods.push((Cow::Owned(m), name));
+        if !methods.iter().any(|(seen, _)| *seen == m) {
+            methods.push((Cow::Owned(m), name));
+        }
+        if methods.len() > MAX_OVERRIDES + 1 {
+            return None;
+        }
     }
+    let targets = target_readings(target);
     let mut out = Vec::new();
     for (m, method_name) in &methods {
-        for (t, target_name) in target_readings(target) {
-            let name = if target_name == "as sent" { method_name } else { target_name };
-            out.push(Reading { method: m.clone(), target: t, name });
+        for (t, target_name) in &targets {
+            let name = if *target_name == "as sent" { method_name } else { target_name };
+            out.push(Reading { method: m.clone(), target: t.clone(), name });
         }
     }
     Some(out)
@@ -234,6 +247,14 @@ mod tests {
         assert_eq!(methods(&[], "/item/1?_method=delete"), ["POST", "DELETE"]);
         assert_eq!(methods(&[], "/item/1?a=1&%5Fmethod=DEL%45TE"), ["POST", "DELETE"]);
         assert_eq!(methods(&[], "/item/1?_methodx=DELETE&b=_method"), ["POST"]);
+        // On POST only; and no more than MAX_OVERRIDES distinct values.
+        let get: Vec<String> =
+            readings("GET", [], "/x?_method=").unwrap().iter().map(|r| r.method.to_string()).collect();
+        assert!(get.iter().all(|m| m == "GET"), "{get:?}");
+        let many = vec!["A,B,C,D,E,F,G,H,I"; 1];
+        assert!(readings("POST", many.iter().copied(), "/x").is_none(), "nine distinct overrides are refused");
+        let repeated = vec![",,,,,,,,,,,,DELETE,DELETE"; 100];
+        assert_eq!(readings("POST", repeated.iter().copied(), "/x").map(|r| r.len()), Some(3), "repeats count once");
         // PHP's reading of the key.
         assert_eq!(methods(&[], "/x?.method=delete"), ["POST", "DELETE"]);
         assert_eq!(methods(&[], "/x?+_method=delete"), ["POST", "DELETE"]);

@@ -435,6 +435,47 @@ async fn escape_method_override_header_turns_post_into_delete() {
     );
 }
 
+/// Other spellings servers read as DELETE get past a DELETE deny rule: Express's
+/// `method-override` takes the first item of a comma list and trims a no-break space (Node reads
+/// header bytes as Latin-1); Laravel, Symfony and gorilla take `_method` from the query of a
+/// POST, and PHP reads the key `.method` as `_method`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_method_override_spellings_servers_read_as_delete() {
+    let up = Upstream::https();
+    let p = up.port();
+    let rules = "        access: full\n        deny_rules:\n          - { method: DELETE, path: \"/**\" }\n";
+    let proxy = start(&policy(&rest("localhost", p, rules), ""), &[&up]);
+    let request = |target: &str, header: &[u8]| {
+        let mut r = format!("POST {target} HTTP/1.1\r\nHost: localhost:{p}\r\nContent-Length: 0\r\n").into_bytes();
+        r.extend_from_slice(header);
+        r.extend_from_slice(b"\r\n");
+        r
+    };
+    let mut through = Vec::new();
+    let attempts: [(&str, Vec<u8>); 4] = [
+        ("comma list", request("/item/1", b"X-HTTP-Method-Override: DELETE, GET\r\n")),
+        ("no-break space", request("/item/1", b"X-HTTP-Method-Override: DELETE\xa0\r\n")),
+        ("_method", request("/item/1?_method=DELETE", b"")),
+        (".method", request("/item/1?.method=delete", b"")),
+    ];
+    for (what, bytes) in attempts {
+        let mut t = tunnel(&proxy, "localhost", p).await;
+        let before = up.count();
+        let r = t.exchange(&bytes).await.unwrap();
+        if r.status != 403 || up.count() > before {
+            through.push(format!("{what} -> {}", r.status));
+        }
+    }
+    assert!(through.is_empty(), "spellings of DELETE got past the deny rule:\n{}", through.join("\n"));
+    // The control: plain POST, and a GET whose `_method` no framework reads, pass.
+    let mut t = tunnel(&proxy, "localhost", p).await;
+    let r = t.exchange(&request("/item/1", b"")).await.unwrap();
+    assert_eq!(r.status, 200, "control: POST passes");
+    let mut t = tunnel(&proxy, "localhost", p).await;
+    let get = format!("GET /item/1?_method=DELETE HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n");
+    assert_eq!(t.exchange(get.as_bytes()).await.unwrap().status, 200, "control: GET ignores _method");
+}
+
 /// `deny_rules: [{ path: "/admin/**" }]` does not match `/admin;x/secret` or
 /// `/admin%3Bx/secret` (Tomcat, Jetty and Spring drop `;` parameters and serve /admin/secret),
 /// and an exact `path: /admin` deny does not match `/admin/` (Express's default routing and many

@@ -5,12 +5,14 @@ use hyper::http::request::Parts;
 
 use std::convert::Infallible;
 
-use crate::policy::readings::{judge_all, readings, METHOD_OVERRIDES};
+use crate::policy::readings::{is_canonical_method, judge_all, readings, METHOD_OVERRIDES};
 use crate::policy::{Decider, EndpointRef, RequestVerdict};
 
 /// Why a request was refused before any rule was consulted.
 pub enum Malformed {
     Method(String),
+    /// More than `MAX_OVERRIDES` distinct method-override values.
+    Overrides,
 }
 
 /// The verdict for the request as all its readings ([`judge_all`]): the first refusal, else an
@@ -22,9 +24,17 @@ pub fn judge(
     target: &str,
 ) -> Result<RequestVerdict, Malformed> {
     let method = parts.method.as_str();
-    let overrides =
-        METHOD_OVERRIDES.iter().flat_map(|name| parts.headers.get_all(*name)).map(|v| v.to_str().unwrap_or(""));
-    let Some(readings) = readings(method, overrides, target) else {
+    // A value that is not text is read byte by byte as Latin-1, as Node reads headers (so that
+    // `DELETE` and a no-break space, which Express trims to DELETE, is DELETE here too).
+    let overrides: Vec<String> = METHOD_OVERRIDES
+        .iter()
+        .flat_map(|name| parts.headers.get_all(*name))
+        .map(|v| v.as_bytes().iter().map(|&b| b as char).collect())
+        .collect();
+    let Some(readings) = readings(method, overrides.iter().map(String::as_str), target) else {
+        if is_canonical_method(method) {
+            return Err(Malformed::Overrides);
+        }
         return Err(Malformed::Method(method.to_owned()));
     };
     let judged = judge_all(

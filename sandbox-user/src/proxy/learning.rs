@@ -99,6 +99,7 @@ pub fn method_overrides(parts: &hyper::http::request::Parts) -> Vec<String> {
         .iter()
         .flat_map(|name| parts.headers.get_all(*name))
         .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
         .map(|v| v.trim().to_ascii_uppercase())
         .filter(|m| m.len() <= 16 && is_canonical_method(m))
         .collect()

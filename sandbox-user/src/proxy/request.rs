@@ -27,6 +27,7 @@ use super::judge::{judge, Malformed};
 use super::learning;
 use super::upstream::DialError;
 use super::ProxyBody;
+use crate::policy::readings::MAX_OVERRIDES;
 
 /// Largest request body read into memory for credential rewriting.
 pub const BODY_REWRITE_LIMIT: usize = 1 << 20;
@@ -91,6 +92,11 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             audit(false, Refusal::MethodNotCanonical.code(), None, vec![]);
             let detail = format!("method {m:?}: methods must be upper-case");
             return refuse(Refusal::MethodNotCanonical, detail, t.policy.as_deref());
+        }
+        Err(Malformed::Overrides) => {
+            audit(false, Refusal::BadRequest.code(), None, vec![]);
+            let detail = format!("more than {MAX_OVERRIDES} distinct method overrides (headers and _method)");
+            return refuse(Refusal::BadRequest, detail, t.policy.as_deref());
         }
     };
     // Learning (`learning.rs`): a request the rules refuse goes through and is recorded.
