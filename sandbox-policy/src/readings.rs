@@ -251,7 +251,7 @@ mod tests {
         let get: Vec<String> =
             readings("GET", [], "/x?_method=").unwrap().iter().map(|r| r.method.to_string()).collect();
         assert!(get.iter().all(|m| m == "GET"), "{get:?}");
-        let many = vec!["A,B,C,D,E,F,G,H,I"; 1];
+        let many = ["A,B,C,D,E,F,G,H,I"];
         assert!(readings("POST", many.iter().copied(), "/x").is_none(), "nine distinct overrides are refused");
         let repeated = vec![",,,,,,,,,,,,DELETE,DELETE"; 100];
         assert_eq!(readings("POST", repeated.iter().copied(), "/x").map(|r| r.len()), Some(3), "repeats count once");
