@@ -204,10 +204,10 @@ impl Node {
             .and_then(|()| state.registry.insert(record.clone()))
             .and_then(|()| move_into(&record.cgroup, target));
         if built.is_ok() {
-            // Confined now; what the target holds is read without the node's lock (see above).
-            // A target holding a socket made outside is killed with everything it started
-            // meanwhile (which holds the socket too), before the lock is taken again: removing a
-            // cgroup that still has processes waits for them.
+            // Confined now; what the sandbox holds is read without the node's lock (see above).
+            // One holding a socket made outside is killed whole (what the target started meanwhile
+            // holds the socket too) before the lock is taken again: removing a cgroup that still
+            // has processes waits for them.
             drop(state);
             built = sandbox_holds_no_sockets(&record.cgroup, listener_inode);
             state = self.state()?;
@@ -566,9 +566,9 @@ fn refuse_network_sockets(target: &Process, listener: Option<u64>, named: u32) -
 }
 
 /// After the move: no process of the sandbox (the target, or one it started since) may hold a
-/// network socket made outside, since it cannot be told from one made inside; the caller kills
-/// the sandbox otherwise. Checked with the cgroup frozen, so that no process forks a holder, or
-/// passes the socket on, past the list.
+/// network socket made outside, since it cannot be told from one made inside; otherwise every
+/// process of it is killed, before the cgroup thaws. Checked with the cgroup frozen, so that no
+/// process forks a holder, or passes the socket on, past the list.
 fn sandbox_holds_no_sockets(cgroup: &Path, listener: Option<u64>) -> Result<()> {
     let sandbox = SandboxCgroup::open(cgroup.to_path_buf())?;
     let frozen = sandbox.frozen(Duration::from_secs(1));
