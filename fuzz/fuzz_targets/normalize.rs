@@ -12,16 +12,18 @@ use leash::policy::normalize;
 use leash::policy::readings::readings;
 use libfuzzer_sys::fuzz_target;
 
-/// The readings of a request, each as the decider sees it (method, normalised path or error).
-fn judged(method: &str, overrides: &[&str], target: &str) -> BTreeSet<(String, Result<String, String>)> {
-    readings(method, overrides.iter().copied(), target)
-        .expect("a canonical method")
-        .into_iter()
-        .map(|r| {
-            let path = normalize(&r.target).map(|n| n.path.into_owned()).map_err(|e| e.to_string());
-            (r.method.into_owned(), path)
-        })
-        .collect()
+/// The readings of a request, each as the decider sees it (method, normalised path or error);
+/// `None` when the request is refused before any (more than `MAX_OVERRIDES` override values).
+fn judged(method: &str, overrides: &[&str], target: &str) -> Option<BTreeSet<(String, Result<String, String>)>> {
+    let all = readings(method, overrides.iter().copied(), target)?;
+    Some(
+        all.into_iter()
+            .map(|r| {
+                let path = normalize(&r.target).map(|n| n.path.into_owned()).map_err(|e| e.to_string());
+                (r.method.into_owned(), path)
+            })
+            .collect(),
+    )
 }
 
 fuzz_target!(|data: &[u8]| {
