@@ -58,8 +58,10 @@ enum Kind {
     /// An allowed decision: written whole, never held back; when the log has no room left the
     /// decision is refused instead (`Auditor::proxy_decision`).
     Allowed,
-    /// A refusal, under these budgets.
-    Refused(fn(&Inner) -> &Budgets),
+    /// A denial of the sandbox's own action, under `Inner::denials`.
+    Denial,
+    /// A connection from outside the sandbox, under `Inner::outsiders`.
+    Outsider,
 }
 
 /// The per-second budgets of one kind of refusal line, on stderr and in the audit log.
@@ -139,7 +141,7 @@ impl Auditor {
         }
         let (json, line) =
             if is_lsm { ocsf::lsm_denial(sandbox, event, target) } else { ocsf::kernel_denial(sandbox, event) };
-        self.emit(DENIAL, &json, Some(&line));
+        self.emit(Kind::Denial, &json, Some(&line));
     }
 
     /// A decision of the proxy; denials also get a stderr line. Returns whether an allowed
@@ -160,7 +162,7 @@ impl Auditor {
         if decision.allowed {
             self.emit(Kind::Allowed, &json, None)
         } else {
-            self.emit(DENIAL, &json, Some(&line));
+            self.emit(Kind::Denial, &json, Some(&line));
             true
         }
     }
@@ -178,7 +180,7 @@ impl Auditor {
         let (json, line) = ocsf::dns_decision(&self.inner.sandbox, decision);
         // An address handed out is not yet a connection: the proxy audits (and, with the log
         // full, refuses) the connection to it.
-        let kind = if decision.allowed { Kind::Allowed } else { DENIAL };
+        let kind = if decision.allowed { Kind::Allowed } else { Kind::Denial };
         self.emit(kind, &json, (!decision.allowed).then_some(line.as_str()));
     }
 
@@ -196,7 +198,7 @@ impl Auditor {
             t.outsider();
         }
         let (json, line) = ocsf::outsider_refused(&self.inner.sandbox, peer);
-        self.emit(Kind::Refused(|i| &i.outsiders), &json, Some(&line));
+        self.emit(Kind::Outsider, &json, Some(&line));
     }
 
     /// A connection the sandbox made to its proxy from another local address than the proxy's
@@ -207,7 +209,7 @@ impl Auditor {
             t.proxy(false, format!("proxy from {}", peer.ip()), ocsf::OTHER_ADDRESS_RULE.to_owned());
         }
         let (json, line) = ocsf::other_address_refused(&self.inner.sandbox, peer, pid);
-        self.emit(DENIAL, &json, Some(&line));
+        self.emit(Kind::Denial, &json, Some(&line));
     }
 
     /// A connection to the proxy its client reset before the proxy read it: counted for the
@@ -251,7 +253,8 @@ impl Auditor {
     fn emit(&self, kind: Kind, json: &serde_json::Value, line: Option<&str>) -> bool {
         let budgets = match kind {
             Kind::Allowed => None,
-            Kind::Refused(of) => Some(of(&self.inner)),
+            Kind::Denial => Some(&self.inner.denials),
+            Kind::Outsider => Some(&self.inner.outsiders),
         };
         let written = self.log(budgets, json);
         if let (true, Some(line), Some(budgets)) = (self.inner.stderr_lines, line, budgets) {
@@ -281,9 +284,6 @@ impl Auditor {
         sink.write(json)
     }
 }
-
-/// The sandbox's own denials.
-const DENIAL: Kind = Kind::Refused(|i| &i.denials);
 
 /// The audit log's writer, and how much more this sandbox may write to it.
 struct Sink {
