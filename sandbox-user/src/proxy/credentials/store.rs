@@ -273,7 +273,7 @@ impl SecretStore {
 
     /// Whether any credential may be sent to `host` (so `host` may hold a value it was sent).
     pub fn any_bound_to(&self, host: &str) -> bool {
-        self.entries.iter().any(|e| self.is_bound(&e.credential.name, host))
+        self.entries.iter().any(|e| e.credential.is_bound_to(host))
     }
 
     /// Whether `text` contains the value of any credential (to keep values that hide under other
