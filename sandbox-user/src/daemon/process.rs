@@ -121,20 +121,6 @@ impl Process {
         Ok(value)
     }
 
-    /// Sends SIGKILL through the pidfd (never to a process that took its number).
-    pub fn kill(&self) {
-        // SAFETY: pidfd_send_signal with a pidfd this value owns and no siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd().as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<u8>(),
-                0u32,
-            );
-        }
-    }
-
     /// How many of its descriptors are sockets the network layer would never judge: every socket
     /// but unix and netlink ones (cgroup programs judge a socket by the cgroup it was created in,
     /// so one made before confinement reaches anything). Each socket descriptor is
