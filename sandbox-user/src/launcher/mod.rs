@@ -119,17 +119,26 @@ pub fn begin(opts: RunOptions, watchdog: watchdog::Watchdog) -> Result<Begun> {
 pub async fn run(begun: Begun) -> Result<i32> {
     let Begun { opts, watchdog, program, args, is_root, id, warm, early_preparation } = begun;
     let (program, args) = (&program, args.as_slice());
-    if let (Some(path), true) = (&opts.policy, is_root) {
-        // Before reading it: the agent's identity is in the policy, so this first look takes the
-        // one it gets without `process:`; the policy's own is checked below.
-        host_files::policy_file(path, &identity::resolve(&policy::RunAs::default())?.ids())?;
-    }
+    // Before reading the policy: the agent's identity is in it, so this first look takes the one
+    // the agent gets without `process:`; the policy's own is checked below.
+    let default_identity = match (&opts.policy, is_root) {
+        (Some(path), true) => {
+            let identity = identity::resolve(&policy::RunAs::default())?;
+            host_files::policy_file(path, &identity.ids())?;
+            Some(identity)
+        }
+        _ => None,
+    };
     let policy = load_policy(opts.policy.as_deref())?;
     if !is_root {
         bail!("leash run must run as root (it creates cgroups and loads eBPF programs); try `sudo leash run ...`");
     }
     mount_ns::check_workdir(&std::env::current_dir().context("reading the working directory")?)?;
-    let identity = identity::resolve(policy.run_as())?;
+    let identity = match default_identity {
+        // The user database is asked once (an NSS lookup costs ~0.1 ms of every start).
+        Some(identity) if *policy.run_as() == policy::RunAs::default() => identity,
+        _ => identity::resolve(policy.run_as())?,
+    };
     let agent_ids = identity.ids();
     let policy_file = opts.policy.as_deref().map(|p| host_files::policy_file(p, &agent_ids)).transpose()?;
     let credentials_file =
