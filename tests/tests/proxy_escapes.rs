@@ -208,32 +208,8 @@ async fn escape_credential_written_in_cleartext_to_a_tls_port() {
     require_root();
     let yaml = policy(&rest("localhost", 443, FULL), TOK_LOCALHOST);
     let proxy = StandaloneProxy::start_isolated(&yaml, CREDS);
-    let netns = proxy.netns();
-    // A raw recorder on 127.0.0.1:443 inside the proxy's namespace.
-    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let rec = received.clone();
-    let ready = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        use std::io::Read as _;
-        use std::os::fd::AsRawFd as _;
-        let ns = std::fs::File::open(&netns).expect("netns");
-        // SAFETY: setns on this thread only.
-        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
-        let l = std::net::TcpListener::bind("127.0.0.1:443").expect("bind 443 in the netns");
-        let _ = ready.0.send(());
-        for conn in l.incoming().take(4) {
-            let Ok(mut c) = conn else { continue };
-            c.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = c.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                rec.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        }
-    });
-    ready.1.recv_timeout(STEP).expect("recorder ready");
+    let recorder = Recorder::at_443(&proxy.netns());
+    let received = recorder.bytes.clone();
 
     // Control: the endpoint is the HTTPS one (CONNECT is accepted and the client speaks TLS).
     let tcp = connect_in_netns(&proxy.netns(), proxy.addr).expect("reaching the proxy");
@@ -263,6 +239,71 @@ async fn escape_credential_written_in_cleartext_to_a_tls_port() {
         !wire.contains(SECRET) && !wire.contains(&basic),
         "the real credential crossed the wire in cleartext to port 443 (answer {answer:?}); bytes on the wire:\n{wire}"
     );
+}
+
+/// A raw recorder on 127.0.0.1:443 inside a proxy's network namespace: what connected there,
+/// and the bytes it sent.
+struct Recorder {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Recorder {
+    fn at_443(netns: &std::path::Path) -> Self {
+        let bytes = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (rec, count, netns) = (bytes.clone(), connections.clone(), netns.to_owned());
+        let ready = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            use std::os::fd::AsRawFd as _;
+            let ns = std::fs::File::open(&netns).expect("netns");
+            // SAFETY: setns on this thread only.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            let l = std::net::TcpListener::bind("127.0.0.1:443").expect("bind 443 in the netns");
+            let _ = ready.0.send(());
+            for conn in l.incoming().take(4) {
+                let Ok(mut c) = conn else { continue };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                c.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }
+        });
+        ready.1.recv_timeout(STEP).expect("recorder ready");
+        Self { bytes, connections }
+    }
+}
+
+/// A `*` request target (legal in HTTP/1.1, and as an HTTP/2 `:path`) was appended to the
+/// tunnel's origin: `https://localhost:8443*`. The dialler read the port back from that, found
+/// none, and dialled 443, the scheme's default, with the credential bound to `localhost`, while
+/// the request was judged and audited as `localhost:8443`. Over HTTP/1.1 that connection became
+/// the tunnel's own, so every later request of the tunnel went there too. (The recorder is the
+/// service on the port the policy never allowed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_a_star_target_moves_the_upstream_to_another_port() {
+    require_root();
+    let yaml = policy(&rest("localhost", 8443, FULL), TOK_LOCALHOST);
+    let proxy = StandaloneProxy::start_isolated(&yaml, CREDS);
+    let recorder = Recorder::at_443(&proxy.netns());
+    let tcp = connect_in_netns(&proxy.netns(), proxy.addr).expect("reaching the proxy");
+    let tcp = connect_over(tcp, b"localhost:8443").await.expect("CONNECT localhost:8443 is allowed");
+    let tls = tls_over(tcp, &TlsOptions::new(&proxy.ca_pem, "localhost", H1)).await.expect("TLS");
+    let mut tunnel = Tunnel { tls };
+    let star = format!("GET * HTTP/1.1\r\nHost: localhost:8443\r\nAuthorization: Bearer {PH}\r\n\r\n");
+    let answer = tunnel.exchange(star.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connections = recorder.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(connections, 0, "a `*` target reached port 443, which the policy does not allow (answer {answer:?})");
+    let answer = answer.expect("an answer");
+    assert_eq!(answer.status, 400, "{answer}");
+    assert!(proxy.audit().contains("bad_target"), "the refusal is audited: {}", proxy.audit());
 }
 
 /// The address policy (`allowed_ips`) of a connection is taken from the FIRST endpoint in the

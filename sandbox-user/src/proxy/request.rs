@@ -72,6 +72,14 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             format!("this connection is for {}:{}; SNI, Host and :authority must name it", t.host.uri_host(), t.port);
         return refuse(Refusal::MisdirectedRequest, detail, t.policy.as_deref());
     }
+    // Only a path is appended to the tunnel's origin: `*` (legal in HTTP/1.1 and as an HTTP/2
+    // `:path`) made `https://host:8443*`, whose port the dialler could not read, so it dialled
+    // the scheme's default port while the request was judged as the tunnel's.
+    if !target.starts_with('/') {
+        audit(false, Refusal::BadTarget.code(), None, vec![]);
+        let detail = format!("request target {target:?}: only a path starting with `/` is forwarded");
+        return refuse(Refusal::BadTarget, detail, t.policy.as_deref());
+    }
     if let Err(why) = check_framing(&parts.headers) {
         audit(false, Refusal::AmbiguousFraming.code(), None, vec![]);
         return refuse(Refusal::AmbiguousFraming, format!("request has {why}"), t.policy.as_deref());
@@ -335,8 +343,16 @@ async fn rewritten_body(
     Ok(full(new))
 }
 
+/// The URI the request is forwarded to: the tunnel's origin and `target`. The dialler reads the
+/// host and port back from it, so it must name exactly the host and port the tunnel was judged
+/// for.
 fn upstream_uri(t: &Tunnel, target: &str) -> Result<Uri, String> {
-    format!("{}{target}", t.origin).parse().map_err(|e| format!("{e}"))
+    let uri: Uri = format!("{}{target}", t.origin).parse().map_err(|e| format!("{e}"))?;
+    let port = uri.port_u16().or(uri.port().is_none().then(|| t.default_port()));
+    if !target.starts_with('/') || uri.host() != Some(t.host.uri_host().as_str()) || port != Some(t.port) {
+        return Err(format!("request target {target:?} would leave {}:{}", t.host.uri_host(), t.port));
+    }
+    Ok(uri)
 }
 
 /// Pipes the two sides of a switched protocol (WebSocket) together.
