@@ -7,6 +7,9 @@
 //! `launcher::confine` its client inside a pod (`leash confine`); `confine_api` is what the two
 //! say to each other.
 
+// Lines on stderr go through `say!` (`stderr.rs`), which never panics.
+#![deny(clippy::print_stderr)]
+
 pub mod audit;
 pub mod confine_api;
 pub mod daemon;
@@ -14,6 +17,7 @@ pub mod doctor;
 pub mod kernel;
 pub mod launcher;
 pub mod proxy;
+pub mod stderr;
 
 /// The policy file and the decisions made from it live in their own crate (`sandbox-policy`),
 /// which builds and tests with stable Rust alone.

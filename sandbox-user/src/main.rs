@@ -1,5 +1,8 @@
 //! The `leash` binary: parse the command line, run the subcommand, exit with its code.
 
+// Lines on stderr go through `say!` (`stderr.rs`), which never panics.
+#![deny(clippy::print_stderr)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -41,7 +44,7 @@ fn main() -> ExitCode {
                 0
             }
             Err(e) => {
-                eprintln!("{e}");
+                leash::say!("{e}");
                 1
             }
         },
@@ -51,14 +54,14 @@ fn main() -> ExitCode {
                 0
             }
             Err(e) => {
-                eprintln!("{e}");
+                leash::say!("{e}");
                 1
             }
         },
         Command::Policy(PolicyCommand::Suggest { from, merge, out }) => match suggest(&from, merge.as_deref()) {
             Ok(text) => write_out(&text, out.as_deref()),
             Err(e) => {
-                eprintln!("leash: error: {e}");
+                leash::say!("leash: error: {e}");
                 1
             }
         },
@@ -106,7 +109,7 @@ fn write_out(text: &str, out: Option<&std::path::Path>) -> i32 {
     match std::fs::write(path, text) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("leash: error: writing {}: {e}", path.display());
+            leash::say!("leash: error: writing {}: {e}", path.display());
             1
         }
     }
@@ -123,7 +126,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let rendered = e.render().to_string();
     let message: Vec<&str> =
         rendered.lines().map(str::trim).take_while(|l| !l.starts_with("Usage:")).filter(|l| !l.is_empty()).collect();
-    eprintln!("leash: {} (see `leash --help`)", message.join(" "));
+    leash::say!("leash: {} (see `leash --help`)", message.join(" "));
     let is_run = matches!(std::env::args().nth(1).as_deref(), Some("run" | "confine"));
     ExitCode::from(if is_run { exit::LEASH_FAILED as u8 } else { 2 })
 }
@@ -150,14 +153,14 @@ fn run(args: cli::RunArgs) -> i32 {
     // to it through /proc for a process of the same uid (an agent run as root without BPF-LSM).
     // The watchdog, forked next, inherits this.
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        eprintln!("leash: error: making leash non-dumpable: {e}");
+        leash::say!("leash: error: making leash non-dumpable: {e}");
         return exit::LEASH_FAILED;
     }
     // SAFETY: first thing, while leash has one thread (the runtime starts below).
     let watchdog = match unsafe { launcher::watchdog::Watchdog::fork() } {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("leash: error: {e:#}");
+            leash::say!("leash: error: {e:#}");
             return exit::LEASH_FAILED;
         }
     };
@@ -178,14 +181,14 @@ fn run(args: cli::RunArgs) -> i32 {
     let begun = match launcher::begin(opts, watchdog) {
         Ok(begun) => begun,
         Err(e) => {
-            eprintln!("leash: error: {e:#}");
+            leash::say!("leash: error: {e:#}");
             return exit::LEASH_FAILED;
         }
     };
     match main_thread_runtime().block_on(launcher::run(begun)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("leash: error: {e:#}");
+            leash::say!("leash: error: {e:#}");
             exit::LEASH_FAILED
         }
     }
@@ -195,7 +198,7 @@ fn daemon(args: cli::DaemonArgs) -> i32 {
     let kube = match (args.kube_api, args.kube_token_file, args.kube_ca_file) {
         (Some(server), Some(token_file), Some(ca_file)) => {
             let Some(node) = args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()) else {
-                eprintln!("leash daemon: error: --kube-api needs --node-name (or $NODE_NAME)");
+                leash::say!("leash daemon: error: --kube-api needs --node-name (or $NODE_NAME)");
                 return 2;
             };
             Some(leash::daemon::kube::KubeConfig { server, token_file, ca_file, node })
@@ -221,7 +224,7 @@ fn daemon(args: cli::DaemonArgs) -> i32 {
     match leash::daemon::run(opts) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("leash daemon: error: {e:#}");
+            leash::say!("leash daemon: error: {e:#}");
             1
         }
     }
@@ -242,7 +245,7 @@ fn confine(args: cli::ConfineArgs) -> i32 {
     match runtime(1).block_on(launcher::confine::confine(opts)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("leash: error: {e:#}");
+            leash::say!("leash: error: {e:#}");
             exit::LEASH_FAILED
         }
     }
@@ -274,7 +277,7 @@ fn eval(
     let policy = match policy::load(file) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("{e}");
+            leash::say!("{e}");
             return 1;
         }
     };
@@ -284,7 +287,7 @@ fn eval(
             0
         }
         Err(e) => {
-            eprintln!("leash: error: evaluating {}: {e}", file.display());
+            leash::say!("leash: error: evaluating {}: {e}", file.display());
             1
         }
     }
@@ -339,7 +342,7 @@ fn standalone_proxy(args: cli::ProxyArgs) -> i32 {
     let policy = match policy::load(&args.policy) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("{e}");
+            leash::say!("{e}");
             return 1;
         }
     };
@@ -356,7 +359,7 @@ fn standalone_proxy(args: cli::ProxyArgs) -> i32 {
             std::fs::write(out, proxy.ca().cert_pem()).with_context(|| format!("writing {}", out.display()))?;
         }
         let bound = leash::proxy::BoundProxy::bind(args.listen).await?;
-        eprintln!("leash: proxy listening on {}", bound.addr());
+        leash::say!("leash: proxy listening on {}", bound.addr());
         let task = bound.serve(proxy.clone());
         let watcher = launcher::watch_policy(args.policy.clone(), proxy.clone(), launcher::KernelReload::NoSandbox);
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -373,7 +376,7 @@ fn standalone_proxy(args: cli::ProxyArgs) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("leash: error: {e:#}");
+            leash::say!("leash: error: {e:#}");
             exit::LEASH_FAILED
         }
     }

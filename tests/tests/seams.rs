@@ -939,6 +939,109 @@ fn files_that_run_code_later_are_read_only_in_the_workdir() {
     assert!(!checkout.join(".git/hooks/post-checkout").exists());
 }
 
+/// The read-only mount on `.git/config` is a mount on that entry, and it moves with its
+/// directory: renamed, `.git` carried it away, and the agent made a new `.git` with a config of
+/// its own (`core.fsmonitor`, run by the owner's next `git status`). The directories on the way
+/// are mount points of their own now, which cannot be renamed or removed.
+#[test]
+fn renaming_the_git_directory_does_not_carry_its_protection_away() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-git-rename");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = scratch.owned_dir("checkout", uid);
+    let git = Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    assert!(git.status.success(), "git init: {}", stderr(&git));
+    let config_before = std::fs::read_to_string(checkout.join(".git/config")).unwrap();
+    let attack = "mv .git .git-old && mkdir .git && cp -a .git-old/HEAD .git-old/objects .git-old/refs .git/ \
+                  && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config && echo rename=done || echo rename=refused; \
+                  rm -rf .git 2>/dev/null; test -d .git && echo remove=refused || echo remove=done";
+    // Control: the agent's user can do it outside the sandbox.
+    let control_dir = scratch.owned_dir("control", uid);
+    Command::new("git").args(["init", "-q"]).current_dir(&control_dir).uid(uid).gid(gid).output().unwrap();
+    let control =
+        Command::new("/bin/sh").args(["-c", attack]).current_dir(&control_dir).uid(uid).gid(gid).output().unwrap();
+    assert!(stdout(&control).contains("rename=done"), "control: {} {}", stdout(&control), stderr(&control));
+
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("rename=refused"), "the agent renamed .git and wrote a new config: {text} {}", stderr(&out));
+    assert!(text.contains("remove=refused"), "the agent removed .git: {text}");
+    assert_eq!(std::fs::read_to_string(checkout.join(".git/config")).unwrap(), config_before);
+}
+
+/// `.git/commondir` names the directory git takes its config and hooks from. It cannot be
+/// held (git refuses a repository where it is not a file), so an agent that writes one is
+/// named at exit, before the owner runs git there.
+#[test]
+fn a_commondir_the_agent_wrote_is_named_at_exit() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-git-commondir");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = scratch.owned_dir("checkout", uid);
+    Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    let attack = "mkdir -p .git/evil && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/evil/config \
+                  && echo evil > .git/commondir && echo commondir=written";
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("commondir=written"), "the premise: {} {}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("the agent created") && stderr(&out).contains(".git/commondir"),
+        "no word of the agent's .git/commondir: {}",
+        stderr(&out)
+    );
+}
+
+/// The last `n` characters of `text`.
+fn tail(text: &str, n: usize) -> &str {
+    let skip = text.chars().count().saturating_sub(n);
+    text.char_indices().nth(skip).map_or(text, |(i, _)| &text[i..])
+}
+
+/// The agent shares leash's stderr. Made non-blocking and filled, it made leash's `eprintln!`
+/// panic at exit, and the unwinding freed the directories leash held in the working directory
+/// while a process the agent left behind still ran: that process wrote `.git/config` (leash
+/// exited 101, its watchdog killed the process afterwards).
+#[test]
+fn a_stderr_the_agent_filled_frees_no_held_name() {
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-stderr-full");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = scratch.owned_dir("not-a-repo", uid);
+    // The leftover writer, in a session of its own; then stderr made non-blocking and filled.
+    let attack = "setsid sh -c 'while :; do mkdir .git 2>/dev/null; echo x > .git/config 2>/dev/null; done' & \
+                  python3 -c 'import fcntl, os, sys\n\
+fcntl.fcntl(2, fcntl.F_SETFL, fcntl.fcntl(2, fcntl.F_GETFL) | os.O_NONBLOCK)\n\
+try:\n    while True: os.write(2, b\"x\" * 4096)\n\
+except BlockingIOError: pass\n\
+open(\"filled\", \"w\").close()'";
+    let mut child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(20, || checkout.join("filled").exists()), "the agent never filled stderr");
+    // Read stderr only once leash has met the full pipe.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut err = Vec::new();
+    let _ = child.stderr.take().unwrap().read_to_end(&mut err);
+    let status = child.wait().unwrap();
+    assert!(
+        !checkout.join(".git/config").exists(),
+        "a process of the sandbox wrote .git/config after leash freed .git"
+    );
+    assert_ne!(status.code(), Some(101), "leash panicked: {}", tail(&String::from_utf8_lossy(&err), 400));
+}
+
 #[test]
 fn a_policy_can_unprotect_a_name_deliberately() {
     require_root();

@@ -260,10 +260,10 @@ impl Auditor {
         if let (true, Some(line), Some(budgets)) = (self.inner.stderr_lines, line, budgets) {
             let (shown, held) = budgets.stderr.admit();
             if held > 0 {
-                eprintln!("leash: {held} more {} in one second not shown one by one", budgets.what);
+                crate::say!("leash: {held} more {} in one second not shown one by one", budgets.what);
             }
             if shown {
-                eprintln!("leash: {line}");
+                crate::say!("leash: {line}");
             }
         }
         written
@@ -321,7 +321,7 @@ impl Sink {
                 if self.unwritten > 1 {
                     return false;
                 }
-                eprintln!(
+                crate::say!(
                     "leash: the audit log reached its limit of {limit} (--audit-log-max): later events are counted, not \
                      written, and the proxy allows nothing more"
                 );

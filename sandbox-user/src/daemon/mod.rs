@@ -91,7 +91,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     let adopted = !programs.created();
     let events = programs.shared_events()?;
     let registry = registry::Registry::open(&opts.state_dir)?;
-    eprintln!(
+    crate::say!(
         "leash daemon: {} programs {generation}; {} sandboxes on record",
         if adopted { "adopted pinned" } else { "loaded and pinned" },
         registry.len()
@@ -99,10 +99,10 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     let node_name = opts.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok());
     let kube = opts.kube.clone().or_else(|| node_name.as_deref().and_then(kube::KubeConfig::in_cluster));
     if kube.is_none() && opts.default_policy.is_none() {
-        eprintln!("leash daemon: warning: no API server and no --default-policy: every confine will be refused");
+        crate::say!("leash daemon: warning: no API server and no --default-policy: every confine will be refused");
     }
     let policies = policies::PolicyStore::open(&opts.policies);
-    eprintln!("leash daemon: policies in {}: {:?}", opts.policies.display(), policies.names());
+    crate::say!("leash daemon: policies in {}: {:?}", opts.policies.display(), policies.names());
     let metrics = Arc::new(metrics::Metrics::default());
     let admission =
         admission::Admission::new(kube, opts.default_policy.clone(), opts.pod_wait, runtime.handle().clone());
@@ -116,12 +116,12 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         limits::SandboxLimits::new(opts.max_sandboxes, opts.max_sandboxes_per_pod),
     ));
     for generation in node.migrate_generations()? {
-        eprintln!("leash daemon: moved every sandbox from programs {generation} to {}", this_generation());
+        crate::say!("leash daemon: moved every sandbox from programs {generation} to {}", this_generation());
     }
     let collected = node.collect_garbage()?;
     node.sweep_orphans()?;
     if collected > 0 {
-        eprintln!("leash daemon: removed {collected} sandboxes that ended while no daemon ran");
+        crate::say!("leash daemon: removed {collected} sandboxes that ended while no daemon ran");
     }
     // Keeps BPF run-time statistics on while the daemon runs (for /metrics); optional.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
@@ -146,7 +146,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr))
             .with_context(|| format!("listening on {addr} for metrics"))?;
-        eprintln!("leash daemon: /metrics, /healthz and /readyz on http://{}", listener.local_addr()?);
+        crate::say!("leash daemon: /metrics, /healthz and /readyz on http://{}", listener.local_addr()?);
         runtime.spawn(metrics::serve(listener, metrics.clone(), registry));
     }
     let gc_node = node.clone();
@@ -154,16 +154,16 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     std::thread::Builder::new().name("leash-gc".into()).spawn(move || loop {
         std::thread::sleep(gc_interval);
         if let Err(e) = gc_node.collect_garbage() {
-            eprintln!("leash daemon: garbage collection: {e:#}");
+            crate::say!("leash daemon: garbage collection: {e:#}");
         }
         for name in gc_node.policies.reload_if_changed() {
-            eprintln!("leash daemon: policy `{name}` reloaded; new sandboxes get it");
+            crate::say!("leash daemon: policy `{name}` reloaded; new sandboxes get it");
         }
     })?;
     let api_node = node.clone();
     std::thread::Builder::new().name("leash-accept".into()).spawn(move || server::serve(listener, api_node))?;
     metrics.set_ready(true);
-    eprintln!("leash daemon: serving the Confine API on {}", opts.socket.display());
+    crate::say!("leash daemon: serving the Confine API on {}", opts.socket.display());
 
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -176,7 +176,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
     metrics.set_ready(false);
     runtime.block_on(pump.stop());
     let _ = std::fs::remove_file(&opts.socket);
-    eprintln!(
+    crate::say!(
         "leash daemon: stopping; {} sandboxes stay confined",
         node.state().map(|s| s.registry.len()).unwrap_or(0)
     );

@@ -89,13 +89,13 @@ async fn keep_current(config: KubeConfig, view: Arc<watch::Sender<View>>) {
             Ok(list) => list,
             Err(e) => {
                 let why = format!("{e:#}");
-                eprintln!("leash daemon: cannot list node {}'s pods: {why}", config.node);
+                crate::say!("leash daemon: cannot list node {}'s pods: {why}", config.node);
                 view.send_modify(|v| v.trouble = Some(why));
                 retry.wait().await;
                 continue;
             }
         };
-        eprintln!(
+        crate::say!(
             "leash daemon: node {} has {} pods at resourceVersion {}; watching them",
             config.node,
             list.pods.len(),
@@ -120,12 +120,12 @@ async fn keep_current(config: KubeConfig, view: Arc<watch::Sender<View>>) {
             match ended {
                 Ok(WatchEnd::Closed) => {}
                 Ok(WatchEnd::Relist(why)) => {
-                    eprintln!("leash daemon: listing node {}'s pods again: {why}", config.node);
+                    crate::say!("leash daemon: listing node {}'s pods again: {why}", config.node);
                     break;
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
-                    eprintln!("leash daemon: watching node {}'s pods from {place}: {why}", config.node);
+                    crate::say!("leash daemon: watching node {}'s pods from {place}: {why}", config.node);
                     view.send_modify(|v| v.trouble = Some(why));
                 }
             }

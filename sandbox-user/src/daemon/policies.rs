@@ -60,7 +60,7 @@ impl PolicyStore {
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("leash daemon: warning: reading {}: {e}", path.display());
+                    crate::say!("leash daemon: warning: reading {}: {e}", path.display());
                     continue;
                 }
             };
@@ -75,15 +75,15 @@ impl PolicyStore {
                 }
                 Err(e) => match previous.get(name) {
                     Some(old) => {
-                        eprintln!("leash daemon: error: {e}; policy `{name}` keeps its previous version");
+                        crate::say!("leash daemon: error: {e}; policy `{name}` keeps its previous version");
                         next.insert(name.clone(), old.clone());
                     }
-                    None => eprintln!("leash daemon: error: {e}; policy `{name}` is not available"),
+                    None => crate::say!("leash daemon: error: {e}; policy `{name}` is not available"),
                 },
             }
         }
         for name in previous.keys().filter(|n| !next.contains_key(*n)) {
-            eprintln!("leash daemon: policy `{name}` was removed; pods using it keep their sandboxes");
+            crate::say!("leash daemon: policy `{name}` was removed; pods using it keep their sandboxes");
             changed.push(name.clone());
         }
         if let Ok(mut p) = self.policies.write() {

@@ -56,7 +56,7 @@ impl Registry {
                 Ok(r) => {
                     records.insert(r.id.clone(), r);
                 }
-                Err(e) => eprintln!("leash daemon: warning: skipping state file {}: {e:#}", path.display()),
+                Err(e) => crate::say!("leash daemon: warning: skipping state file {}: {e:#}", path.display()),
             }
         }
         Ok(Self { dir: dir.to_path_buf(), records })

@@ -218,9 +218,9 @@ impl Node {
                 // exits (garbage collection then removes it), and no pod may act on it. The caller
                 // is not told its id, but can read it in its own cgroupfs, and `release` would
                 // kill whatever the sandbox holds.
-                eprintln!("leash daemon: warning: sandbox {id}: {e:#}; no pod owns it");
+                crate::say!("leash daemon: warning: sandbox {id}: {e:#}; no pod owns it");
                 if let Err(e) = state.registry.disown(&id) {
-                    eprintln!("leash daemon: warning: sandbox {id}: {e:#}");
+                    crate::say!("leash daemon: warning: sandbox {id}: {e:#}");
                 }
                 return Err(not_yours(named));
             }
@@ -398,7 +398,7 @@ impl Node {
                 state.programs.detach(&r.id, Some(generation))?;
             }
             if !state.programs.remove_generation(generation)? {
-                eprintln!("leash daemon: programs {generation} stay: a `leash run` on this node still uses them");
+                crate::say!("leash daemon: programs {generation} stay: a `leash run` on this node still uses them");
             }
         }
         Ok(old)
@@ -502,7 +502,7 @@ fn live_sandboxes_of(state: &mut State, pod_uid: &str, quota: usize, metrics: &M
         state.registry.iter().filter(|r| r.pod_uid == pod_uid && !populated(&r.cgroup)).cloned().collect();
     for record in &dead {
         if let Err(e) = remove(state, record, metrics) {
-            eprintln!("leash daemon: warning: removing emptied sandbox {}: {e:#}", record.id);
+            crate::say!("leash daemon: warning: removing emptied sandbox {}: {e:#}", record.id);
         }
     }
     count(state)

@@ -45,7 +45,7 @@ pub fn serve(listener: UnixListener, node: Arc<Node>) {
         });
         if spawned.is_err() {
             // The closure, its slot and the connection with it, is dropped: the place is free again.
-            eprintln!("leash daemon: warning: cannot start a thread for a connection");
+            crate::say!("leash daemon: warning: cannot start a thread for a connection");
         }
     }
 }

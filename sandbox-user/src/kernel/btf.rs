@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn host_layout_is_found() {
         let Ok(btf) = KernelBtf::from_sys_fs() else {
-            eprintln!("no /sys/kernel/btf/vmlinux here; nothing to check");
+            crate::say!("no /sys/kernel/btf/vmlinux here; nothing to check");
             return;
         };
         let layout = btf.lsm_layout().expect("layout");

@@ -107,7 +107,7 @@ impl Generation {
                 // Not whole (pins removed by hand, or an older layout): made again. Sandboxes
                 // that use the old objects keep them through their own links and descriptors.
                 Err(e) => {
-                    eprintln!("leash: the pinned programs {name} cannot be used ({e:#}); loading them again");
+                    crate::say!("leash: the pinned programs {name} cannot be used ({e:#}); loading them again");
                     remove_tree(&dir)?;
                 }
             }

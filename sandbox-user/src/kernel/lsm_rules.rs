@@ -110,7 +110,7 @@ impl LsmRules {
             rules.rules |= lsm_rule::EXEC_ALLOWLIST;
             for glob in globs {
                 if expand_executables(root, glob, &mut rules.exec, &mut rules.libraries)? == 0 {
-                    eprintln!("leash: note: kernel.exec.allow `{glob}` matches no executable here");
+                    crate::say!("leash: note: kernel.exec.allow `{glob}` matches no executable here");
                 }
             }
             if rules.exec.is_empty() {

@@ -98,7 +98,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
                 ),
             }];
             super::check_missing(&missing, opts.allow_degraded)?;
-            eprintln!("leash: warning: running degraded, not enforced: {}", missing[0]);
+            crate::say!("leash: warning: running degraded, not enforced: {}", missing[0]);
             None
         }
     };
@@ -109,7 +109,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
             let why = format!("{e}; no connection's owner can be found, so binaries: rules match nothing and redirected connections are refused");
             let missing = [super::layers::Missing { layer: super::layers::PEER_SOCKETS, why }];
             super::check_missing(&missing, opts.allow_degraded)?;
-            eprintln!("leash: warning: running degraded, not enforced: {}", missing[0]);
+            crate::say!("leash: warning: running degraded, not enforced: {}", missing[0]);
         }
     }
     let mut env = super::credential_env(&proxy, &credential_names, bound.addr(), &identity)?;
@@ -145,7 +145,7 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     let child = match (spawned, handed) {
         (Ok(child), Ok((confined, transparent_sockets))) => {
             if !confined.netns_scoped {
-                eprintln!("leash: note: this kernel does not report network namespaces; the sandbox is scoped by address only");
+                crate::say!("leash: note: this kernel does not report network namespaces; the sandbox is scoped by address only");
             }
             if let Some((tcp, dns)) = transparent_sockets {
                 bound.adopt_transparent(tcp, dns)?;
@@ -199,9 +199,11 @@ fn hand_off(
         bail!("the node daemon did not put transparent mode in force (is it older than this leash?)");
     }
     nix::unistd::write(&ours, &[CONFINED]).context("releasing the agent")?;
-    eprintln!(
+    crate::say!(
         "leash: sandbox {} (policy {}) confines the agent to {}",
-        confined.sandbox, confined.policy, confined.proxy
+        confined.sandbox,
+        confined.policy,
+        confined.proxy
     );
     Ok((confined, sockets))
 }

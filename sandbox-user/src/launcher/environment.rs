@@ -75,7 +75,7 @@ pub fn drop_leaking(
     env.retain(|(name, value)| {
         let leaking = leaks(value);
         if leaking {
-            eprintln!(
+            crate::say!(
                 "leash: note: {} is not passed to the agent: it contains a credential's value",
                 name.to_string_lossy()
             );

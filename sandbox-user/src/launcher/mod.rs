@@ -163,7 +163,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
         .context("resolving the policy's `kernel:` section")?
         .with_binaries_rules(binaries_rules);
     for path in &kernel_rules.missing_deny_open {
-        eprintln!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
+        crate::say!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
     }
     if let Some(out) = &opts.learn {
         let same =
@@ -244,7 +244,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
             missing.extend(enforce_kernel_rules(sandbox.as_mut(), &kernel_rules));
         } else if sandbox.as_ref().is_some_and(|s| s.lsm_available()) {
             for m in enforce_kernel_rules(sandbox.as_mut(), &kernel_rules) {
-                eprintln!("leash: warning: the baseline BPF-LSM rules are not in force: {}", m.why);
+                crate::say!("leash: warning: the baseline BPF-LSM rules are not in force: {}", m.why);
             }
         }
         check_missing(&missing, opts.allow_degraded)?;
@@ -253,7 +253,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
         let workdir = std::env::current_dir().context("reading the working directory")?;
         let guard = workdir_guard::WorkdirGuard::protect(&workdir, &protect_in_workdir, &agent_ids)?;
         if let Err(e) = watchdog.hold(guard.held_ids()) {
-            eprintln!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
+            crate::say!("leash: warning: if leash is killed, the directories it holds stay behind: {e:#}");
         }
         let prepared = preparation.take().context("the preparation was already taken")?;
         let prepare::Prepared { proxy, trust, agent_thread } =
@@ -274,6 +274,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
             return Err(e);
         }
     };
+    guard.agent_may_run();
     let agent = Agent {
         workdir: &workdir,
         guard: &guard,
@@ -370,7 +371,7 @@ async fn run_inside(
     let landlock_fd = match &domain {
         landlock::Domain::Enforced(p) => {
             for path in &p.skipped {
-                eprintln!("leash: note: filesystem_policy path {} does not exist here; skipped", path.display());
+                crate::say!("leash: note: filesystem_policy path {} does not exist here; skipped", path.display());
             }
             Some(p.fd.as_raw_fd())
         }
@@ -392,7 +393,7 @@ async fn run_inside(
     };
     let seccomp = seccomp::SocketFamilyFilter::new();
     for m in missing.iter() {
-        eprintln!("leash: warning: running degraded, not enforced: {m}");
+        crate::say!("leash: warning: running degraded, not enforced: {m}");
     }
 
     // `--learn`: what the learning program reports, and the program attached (or why not).
@@ -444,7 +445,7 @@ async fn run_inside(
             Some(reload::watch(path, proxy.clone(), kernel))
         }
         Some(host_files::PolicyFile::Frozen(why)) => {
-            eprintln!("leash: note: the policy is read once and not reloaded: the agent could change it ({why})");
+            crate::say!("leash: note: the policy is read once and not reloaded: the agent could change it ({why})");
             None
         }
         None => None,
@@ -456,8 +457,13 @@ async fn run_inside(
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.open_dir()?),
         None => None,
     };
-    let mut mounts = mount_ns::PrivateMounts::prepare(&[trust.kept()], agent.guard.read_only(), agent.host_sockets)
-        .context("preparing the agent's mount namespace")?;
+    let mut mounts = mount_ns::PrivateMounts::prepare(
+        &[trust.kept()],
+        agent.guard.parents().iter().map(PathBuf::as_path),
+        agent.guard.read_only(),
+        agent.host_sockets,
+    )
+    .context("preparing the agent's mount namespace")?;
     if let landlock::Domain::Enforced(p) = &domain {
         mounts.with_landlock(p.fd.as_raw_fd(), &p.emptied)?;
     }
@@ -478,7 +484,7 @@ async fn run_inside(
             None => (mount_ns::PRIVATE_HOME.to_string_lossy().into_owned(), "private, removed at exit"),
         };
         if mounts.with_home(mount_ns::PrivateHome { uid, gid, landlock, kept }) {
-            eprintln!(
+            crate::say!(
                 "leash: note: {} has no home directory of its own ({}); the agent gets {path} ({fate})",
                 agent.identity.name,
                 agent.identity.home.display(),
@@ -487,7 +493,7 @@ async fn run_inside(
             env.push(("HOME".into(), path.into()));
         }
     } else if let Some(dir) = &opts.keep_home {
-        eprintln!(
+        crate::say!(
             "leash: note: --keep-home {} is not used: {} has a home directory of its own ({})",
             dir.display(),
             agent.identity.name,
@@ -497,14 +503,14 @@ async fn run_inside(
     let relative = |p: &Path| p.strip_prefix(workdir).unwrap_or(p).display().to_string();
     let existing: Vec<String> = agent.guard.existing().iter().map(|p| relative(p)).collect();
     if !existing.is_empty() {
-        eprintln!(
+        crate::say!(
             "leash: note: read-only for the agent (they run code outside the sandbox later): {}",
             existing.join(", ")
         );
     }
     let held: Vec<String> = agent.guard.held().map(relative).collect();
     if !held.is_empty() {
-        eprintln!(
+        crate::say!(
             "leash: note: held as empty read-only directories so the agent cannot create them (removed at exit): {}",
             held.join(", ")
         );
@@ -537,7 +543,7 @@ async fn run_inside(
         r.finish();
     }
     for created in agent.guard.created() {
-        eprintln!(
+        crate::say!(
             "leash: warning: the agent created {}, which runs code for whoever uses this directory next; review it before running git or a shell here",
             created.display()
         );
@@ -575,9 +581,9 @@ async fn run_inside(
         if let Some(log) = &opts.audit_log {
             lines.push(format!("audit log: {}", log.display()));
         }
-        eprintln!("leash: sandbox {id} ended (exit {code})");
+        crate::say!("leash: sandbox {id} ended (exit {code})");
         for line in lines {
-            eprintln!("leash:   {line}");
+            crate::say!("leash:   {line}");
         }
     }
     Ok(code)
@@ -593,7 +599,7 @@ pub(crate) fn credential_env(
 ) -> Result<Vec<(OsString, OsString)>> {
     let offered = proxy.credential_names();
     for name in declared.iter().filter(|n| !offered.contains(n)) {
-        eprintln!("leash: note: credential {name} is not set (not required by the policy): the agent gets no placeholder for it");
+        crate::say!("leash: note: credential {name} is not set (not required by the policy): the agent gets no placeholder for it");
     }
     let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
     let offered: Vec<&str> = offered.iter().map(String::as_str).collect();
@@ -662,7 +668,7 @@ fn write_learned(
     use std::os::unix::fs::MetadataExt as _;
     let seen = proxy.learned().unwrap_or_default();
     if let Err(why) = &files {
-        eprintln!("leash: note: files and programs were not learned: {why}");
+        crate::say!("leash: note: files and programs were not learned: {why}");
     }
     let text = policy::learn::Learned::from_observations(&seen).with_files(files).document("`leash run --learn`");
     policy::parse_str(&path.display().to_string(), &text).context("the learned policy does not parse (a bug)")?;
@@ -676,7 +682,7 @@ fn write_learned(
     file.set_len(0)
         .and_then(|()| file.write_all(text.as_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("leash: learned policy written to {} ({} observations)", path.display(), seen.len());
+    crate::say!("leash: learned policy written to {} ({} observations)", path.display(), seen.len());
     Ok(())
 }
 
@@ -726,11 +732,11 @@ fn open_kernel() -> Result<(PathBuf, PathBuf, Generation)> {
     let mut generation = Generation::open_or_create(&bpffs, this_generation())?;
     // A speed-up only: without it each sandbox switches the kernel's hooks on and off again.
     if let Err(e) = generation.hold_hooks(&cgroup_root) {
-        eprintln!("leash: note: the kernel's cgroup hooks are not held between sandboxes: {e:#}");
+        crate::say!("leash: note: the kernel's cgroup hooks are not held between sandboxes: {e:#}");
     }
     let reaped = reaper::reap_stale(&cgroup_root, &mut generation, &bpffs)?;
     for name in reaped.sandboxes {
-        eprintln!("leash: reaped stale sandbox {name} left by a leash that did not exit cleanly");
+        crate::say!("leash: reaped stale sandbox {name} left by a leash that did not exit cleanly");
     }
     trust::reap_stale();
     Ok((cgroup_root, bpffs, generation))
@@ -742,20 +748,20 @@ pub(crate) fn spawn_failure(program: &OsString, failed: &child::SpawnError) -> i
     let name = program.to_string_lossy();
     let e = &failed.error;
     if failed.step != child::Step::Exec {
-        eprintln!("leash: error: starting {name} in the sandbox failed while {}: {e}", failed.step.name());
+        crate::say!("leash: error: starting {name} in the sandbox failed while {}: {e}", failed.step.name());
         return exit::LEASH_FAILED;
     }
     match e.raw_os_error() {
         Some(libc::ENOENT) => {
-            eprintln!("leash: {name}: command not found");
+            crate::say!("leash: {name}: command not found");
             exit::NOT_FOUND
         }
         Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::EPERM) => {
-            eprintln!("leash: {name}: cannot execute: {e}");
+            crate::say!("leash: {name}: cannot execute: {e}");
             exit::NOT_EXECUTABLE
         }
         _ => {
-            eprintln!("leash: error: starting {name} in the sandbox failed: {e}");
+            crate::say!("leash: error: starting {name} in the sandbox failed: {e}");
             exit::LEASH_FAILED
         }
     }

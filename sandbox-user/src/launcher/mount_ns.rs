@@ -146,6 +146,8 @@ pub struct PrivateMounts {
     runtime: Vec<CString>,
     kept: Vec<Kept>,
     read_only: Vec<CString>,
+    /// Directories bound onto themselves (before `read_only`): a mount point cannot be renamed.
+    fixed: Vec<CString>,
     /// Host sockets covered with `/dev/null`.
     covered: Vec<CString>,
     home: Option<PrivateHome>,
@@ -180,9 +182,11 @@ impl HostSockets {
 
 impl PrivateMounts {
     /// Prepares the namespace for an agent, keeping `keep` (directories under `/run` the agent
-    /// must read, such as its CA bundle) visible, `read_only` read-only and `sockets` out of reach.
+    /// must read, such as its CA bundle) visible, `fixed` where they are (mount points, which
+    /// cannot be renamed or removed), `read_only` read-only and `sockets` out of reach.
     pub fn prepare<'a>(
         keep: &[KeptDir<'_>],
+        fixed: impl Iterator<Item = &'a Path>,
         read_only: impl Iterator<Item = &'a Path>,
         sockets: &HostSockets,
     ) -> Result<Self> {
@@ -210,6 +214,7 @@ impl PrivateMounts {
             }
             kept.push(Kept { path: c_path(dir)?, detached: detached.map(|fd| fd.as_raw_fd()), create });
         }
+        let fixed = fixed.map(c_path).collect::<Result<_>>()?;
         let read_only = read_only.map(c_path).collect::<Result<_>>()?;
         if sockets.left_out > 0 {
             anyhow::bail!(
@@ -219,7 +224,7 @@ impl PrivateMounts {
             );
         }
         let covered = sockets.found.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
-        Ok(Self { scratch, runtime, kept, read_only, covered, home: None, landlock: None })
+        Ok(Self { scratch, runtime, kept, read_only, fixed, covered, home: None, landlock: None })
     }
 
     /// Lets the Landlock ruleset `ruleset` allow each of `emptied` (paths the policy names, with
@@ -303,6 +308,10 @@ impl PrivateMounts {
                 }
             }
             drop(sources);
+            for dir in &self.fixed {
+                let flags = libc::MS_BIND | libc::MS_REC;
+                check(libc::mount(dir.as_ptr(), dir.as_ptr(), NONE, flags, std::ptr::null()))?;
+            }
             for path in &self.read_only {
                 bind_read_only(path.as_ptr(), path.as_ptr())?;
             }

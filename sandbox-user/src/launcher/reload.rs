@@ -74,9 +74,9 @@ pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: &KernelReload)
         proxy.reload(p).map_err(|e| format!("{e:#}"))
     });
     match result {
-        Ok(()) => eprintln!("leash: policy reloaded from {}", path.display()),
+        Ok(()) => crate::say!("leash: policy reloaded from {}", path.display()),
         Err(e) => {
-            eprintln!("leash: policy reload rejected, the previous policy stays in force: {}", without_quotes(&e))
+            crate::say!("leash: policy reload rejected, the previous policy stays in force: {}", without_quotes(&e))
         }
     }
 }

@@ -141,7 +141,7 @@ impl Sandbox {
     pub fn empty(&self) {
         if let Some(kernel) = &self.kernel {
             if let Err(e) = kernel.cgroup().kill_all(Duration::from_secs(5)) {
-                eprintln!("leash: teardown: {e:#}");
+                crate::say!("leash: teardown: {e:#}");
             }
         }
     }
@@ -154,17 +154,17 @@ impl Sandbox {
         match lock(&self.generation) {
             Ok(mut generation) => {
                 if let Err(e) = kernel.remove(&mut generation) {
-                    eprintln!("leash: teardown: {e:#}");
+                    crate::say!("leash: teardown: {e:#}");
                 }
                 generation.stop_using();
             }
-            Err(e) => eprintln!("leash: teardown: {e:#}"),
+            Err(e) => crate::say!("leash: teardown: {e:#}"),
         }
         // Only now that no entry names it may another sandbox take the ring.
         drop(self.event_slot.take());
         // This run's generation too, when a newer one exists and nothing else uses it.
         if let Err(e) = retire_unused(&self.bpffs) {
-            eprintln!("leash: teardown: {e:#}");
+            crate::say!("leash: teardown: {e:#}");
         }
     }
 }

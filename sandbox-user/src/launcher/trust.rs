@@ -107,7 +107,7 @@ impl Drop for AgentTrustDir {
         }
         if let Err(e) = std::fs::remove_dir_all(&self.trust.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("leash: teardown: removing {}: {e}", self.trust.dir.display());
+                crate::say!("leash: teardown: removing {}: {e}", self.trust.dir.display());
             }
         }
     }

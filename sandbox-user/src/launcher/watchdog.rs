@@ -117,7 +117,7 @@ impl Stopping {
     pub fn wait(self) {
         let pid = self.pid;
         if !reaped_within(pid, STOP_WAIT) {
-            eprintln!("leash: warning: the watchdog (pid {pid}) is still emptying the sandbox; it goes on alone");
+            crate::say!("leash: warning: the watchdog (pid {pid}) is still emptying the sandbox; it goes on alone");
         }
     }
 }

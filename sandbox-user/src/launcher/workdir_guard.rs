@@ -4,6 +4,9 @@
 //!
 //! Each name is walked from the working directory, component by component:
 //! - an existing file or directory at the end of the name is made read-only for the agent;
+//! - an existing directory on the way (`.git` for `.git/config`) becomes a mount point of its
+//!   own, so that the agent can neither rename nor remove it (carrying the read-only entry away
+//!   and leaving the name free);
 //! - an existing file on the way is that: `.git` as a file (a worktree's or a submodule's
 //!   "gitdir:" pointer) decides where git reads its config, so it is read-only itself;
 //! - a missing component is **held**: leash creates it as an empty directory, mode 0555, owned
@@ -26,6 +29,11 @@ use anyhow::{bail, Context, Result};
 
 use super::host_files::AgentIds;
 
+/// Names that cannot be held, since git refuses a repository where they are anything but a
+/// file it reads, with the protected name they lead to: `.git/commondir` names the directory
+/// git takes its config and hooks from. When the agent creates one, leash says so at exit.
+const REPORTED: &[(&str, &str)] = &[(".git/commondir", ".git/config")];
+
 /// An empty directory leash created for a missing name, and its identity.
 #[derive(Debug)]
 struct Held {
@@ -39,17 +47,37 @@ struct Held {
 pub struct WorkdirGuard {
     /// Existing entries, read-only for the agent.
     read_only: Vec<PathBuf>,
+    /// Existing directories on the way to a protected name (`.git` for `.git/config`): each is
+    /// made a mount point of its own in the agent's namespace, which cannot be renamed or
+    /// removed. Renamed, `.git` would carry its read-only `config` away and leave the name free
+    /// for a new `.git/config`.
+    parents: Vec<PathBuf>,
     /// Entries leash created; read-only for the agent and removed by [`WorkdirGuard::release`].
     held: Vec<Held>,
-    /// The names as the policy gives them, joined to the working directory.
+    /// The names as the policy gives them, joined to the working directory, and the
+    /// [`REPORTED`] ones that were missing at start.
     names: Vec<PathBuf>,
+    /// Whether dropping the guard removes the held directories: only until the agent may run.
+    release_on_drop: bool,
 }
 
 impl WorkdirGuard {
     /// Protects `names` (relative to `workdir`) from an agent with ids `agent`.
     pub fn protect(workdir: &Path, names: &[PathBuf], agent: &AgentIds) -> Result<Self> {
-        let names_in = names.iter().map(|n| workdir.join(n)).collect();
-        let mut guard = Self { read_only: Vec::new(), held: Vec::new(), names: names_in };
+        let mut names_in: Vec<PathBuf> = names.iter().map(|n| workdir.join(n)).collect();
+        for (reported, leads_to) in REPORTED {
+            let path = workdir.join(reported);
+            if names.iter().any(|n| n == Path::new(leads_to)) && std::fs::symlink_metadata(&path).is_err() {
+                names_in.push(path);
+            }
+        }
+        let mut guard = Self {
+            read_only: Vec::new(),
+            parents: Vec::new(),
+            held: Vec::new(),
+            names: names_in,
+            release_on_drop: true,
+        };
         for name in names {
             if let Err(e) = guard.protect_one(workdir, name, agent) {
                 guard.release();
@@ -74,7 +102,12 @@ impl WorkdirGuard {
             let last = i + 1 == parts.len();
             match std::fs::symlink_metadata(&at) {
                 Ok(meta) if meta.file_type().is_symlink() => return Ok(()),
-                Ok(meta) if meta.is_dir() && !last => continue,
+                Ok(meta) if meta.is_dir() && !last => {
+                    if !self.parents.contains(&at) {
+                        self.parents.push(at.clone());
+                    }
+                    continue;
+                }
                 Ok(_) => {
                     self.read_only.push(at);
                     return Ok(());
@@ -119,6 +152,12 @@ impl WorkdirGuard {
         self.read_only.iter().map(PathBuf::as_path).chain(self.held.iter().map(|h| h.path.as_path()))
     }
 
+    /// Existing directories on the way to protected names, to be made mount points (bound onto
+    /// themselves) before the read-only entries below them.
+    pub fn parents(&self) -> &[PathBuf] {
+        &self.parents
+    }
+
     /// Existing entries made read-only.
     pub fn existing(&self) -> &[PathBuf] {
         &self.read_only
@@ -135,7 +174,7 @@ impl WorkdirGuard {
     }
 
     /// Names that exist now but were neither there at start nor held: the agent made them
-    /// (through a link, the one way left).
+    /// (a [`REPORTED`] name, or a protected one through a link).
     pub fn created(&self) -> Vec<&Path> {
         self.names
             .iter()
@@ -152,16 +191,28 @@ impl WorkdirGuard {
             let same = std::fs::symlink_metadata(&held.path).is_ok_and(|m| m.dev() == held.dev && m.ino() == held.ino);
             if same {
                 if let Err(e) = std::fs::remove_dir(&held.path) {
-                    eprintln!("leash: warning: could not remove {}, held for the agent: {e}", held.path.display());
+                    crate::say!("leash: warning: could not remove {}, held for the agent: {e}", held.path.display());
                 }
             }
         }
     }
 }
 
+impl WorkdirGuard {
+    /// Call before the agent starts: from then on only [`WorkdirGuard::release`], after the
+    /// sandbox's last process, removes the held directories. A panic unwinding through leash
+    /// while the agent's processes live must not free the names they are kept from (the
+    /// watchdog removes them once it has emptied the cgroup).
+    pub fn agent_may_run(&mut self) {
+        self.release_on_drop = false;
+    }
+}
+
 impl Drop for WorkdirGuard {
     fn drop(&mut self) {
-        self.release();
+        if self.release_on_drop {
+            self.release();
+        }
     }
 }
 
@@ -210,6 +261,28 @@ mod tests {
         std::fs::write(dir.join(".envrc/kept"), "x").unwrap();
         guard.release();
         assert!(dir.join(".envrc/kept").exists());
+    }
+
+    #[test]
+    fn once_the_agent_may_run_only_release_removes_what_is_held() {
+        let dir = scratch("unwind");
+        let mut guard = WorkdirGuard::protect(&dir, &[PathBuf::from(".envrc")], &agent()).unwrap();
+        guard.agent_may_run();
+        drop(guard);
+        assert!(dir.join(".envrc").is_dir(), "dropping the guard (a panic's unwinding) freed the held name");
+        let _ = std::fs::remove_dir(dir.join(".envrc"));
+    }
+
+    #[test]
+    fn a_directory_on_the_way_is_fixed_and_commondir_is_reported_when_made() {
+        let dir = scratch("parents");
+        std::fs::create_dir_all(dir.join(".git/hooks")).unwrap();
+        let names = [PathBuf::from(".git/config"), PathBuf::from(".git/hooks")];
+        let guard = WorkdirGuard::protect(&dir, &names, &agent()).unwrap();
+        assert_eq!(guard.parents(), [dir.join(".git")]);
+        assert!(guard.created().is_empty());
+        std::fs::write(dir.join(".git/commondir"), "evil\n").unwrap();
+        assert_eq!(guard.created(), [dir.join(".git/commondir").as_path()]);
     }
 
     #[test]

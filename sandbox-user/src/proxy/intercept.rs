@@ -112,7 +112,7 @@ where
     let config = match tunnel.proxy.leaves.server_config_for(&host) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("leash: proxy: no certificate for {host}: {e}");
+            crate::say!("leash: proxy: no certificate for {host}: {e}");
             return;
         }
     };

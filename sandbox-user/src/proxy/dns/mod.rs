@@ -87,7 +87,7 @@ pub const REFUSALS_PER_SECOND: u32 = 20;
 fn admit_refusal(rate: &crate::audit::Rate) -> bool {
     let (admitted, held) = rate.admit();
     if held > 0 {
-        eprintln!("leash: {held} more DNS refusal(s) in one second were not shown one by one");
+        crate::say!("leash: {held} more DNS refusal(s) in one second were not shown one by one");
     }
     admitted
 }

@@ -97,7 +97,7 @@ pub fn write_agent_trust_at(written_in: &Path, seen_at: &Path, ca: &CertificateA
 
 fn warn_of_store_errors() {
     for error in &system_roots().errors {
-        eprintln!("leash: warning: agent CA bundle: system certificate store: {error}");
+        crate::say!("leash: warning: agent CA bundle: system certificate store: {error}");
     }
 }
 
@@ -654,7 +654,7 @@ mod tests {
             .args(["-storetype", "PKCS12", "-storepass", TRUSTSTORE_PASSWORD])
             .output();
         match keytool {
-            Err(e) => eprintln!("keytool not found ({e}): Java check skipped, structure and MAC checked only"),
+            Err(e) => crate::say!("keytool not found ({e}): Java check skipped, structure and MAC checked only"),
             Ok(out) => {
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 assert!(out.status.success(), "keytool failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
@@ -680,7 +680,7 @@ mod tests {
     #[tokio::test]
     async fn java_trusts_a_leaf_through_java_tool_options() {
         if Command::new("java").arg("-version").output().is_err() {
-            eprintln!("java not found: Java handshake check skipped");
+            crate::say!("java not found: Java handshake check skipped");
             return;
         }
         let dir = scratch_dir("java");

@@ -99,7 +99,7 @@ impl Leaves {
         match LeafHost::parse(host).and_then(|h| self.leaf(&h)) {
             Ok(leaf) => Some(leaf),
             Err(e) => {
-                eprintln!("leash: TLS: no certificate for {host:?}: {e}");
+                crate::say!("leash: TLS: no certificate for {host:?}: {e}");
                 None
             }
         }

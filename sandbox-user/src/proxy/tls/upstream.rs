@@ -238,13 +238,13 @@ pub fn upstream_client_config(extra_roots: &[PathBuf]) -> Result<Arc<ClientConfi
         return Err(TlsError::NoRoots(why));
     }
     if system_added == 0 {
-        eprintln!("leash: warning: upstream TLS: no system root certificates; trusting --upstream-ca only");
+        crate::say!("leash: warning: upstream TLS: no system root certificates; trusting --upstream-ca only");
     }
     for error in &system.errors {
-        eprintln!("leash: warning: upstream TLS: system certificate store: {error}");
+        crate::say!("leash: warning: upstream TLS: system certificate store: {error}");
     }
     if system_ignored > 0 {
-        eprintln!("leash: warning: upstream TLS: {system_ignored} unparsable system roots skipped");
+        crate::say!("leash: warning: upstream TLS: {system_ignored} unparsable system roots skipped");
     }
 
     let mut config = ClientConfig::builder_with_provider(ring_provider())
