@@ -172,6 +172,11 @@ pub struct Credential {
 }
 
 impl CompiledEndpoint {
+    /// Whether the proxy copies its bytes without reading them (`protocol: tcp`, `tls: skip`).
+    pub fn is_passed_through(&self) -> bool {
+        self.protocol == Protocol::Tcp || self.tls_skip
+    }
+
     /// Whether a request's path can change its verdict. When it cannot (`protocol: tcp`, or
     /// `access: full` with no deny rules and no audit), a path with no canonical form — GitLab's
     /// `projects/group%2Fproject` — is not refused: there is nothing to compare it with.

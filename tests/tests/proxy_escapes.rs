@@ -409,6 +409,75 @@ async fn escape_pooled_connection_outlives_an_allowed_ips_revocation() {
     assert_eq!(up.count(), before, "a request reached loopback after allowed_ips was revoked (answer {})", r.status);
 }
 
+/// A tunnel kept open across a reload kept the rules it was opened under: an HTTP/1.1
+/// keep-alive connection, or an HTTP/2 one (pinged every 20 s), never met the rule, endpoint or
+/// credential a reload took away. Tunnels end at a reload now (gracefully), and a request that
+/// comes in on one meanwhile is refused (421, over a new connection it is judged anew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_a_tunnel_opened_before_a_reload_keeps_the_old_rules() {
+    let up = Upstream::https();
+    let p = up.port();
+    let proxy = start(&policy(&rest("localhost", p, FULL), ""), &[&up]);
+    let mut h1 = session(&proxy, "localhost", p, H1).await;
+    let mut h2 = session(&proxy, "localhost", p, H2).await;
+    assert!(h2.is_h2(), "the premise: an HTTP/2 tunnel");
+    for s in [&mut h1, &mut h2] {
+        let r = s.send(s.request("POST", "/before").body(empty()).unwrap()).await;
+        assert_eq!(r.status, 200, "control: POST is allowed before the reload: {r}");
+    }
+    proxy.replace_policy(&policy(&rest("localhost", p, "        access: read-only\n"), ""));
+    proxy.hup();
+    assert!(wait_until(5, || proxy.stderr().contains("leash: policy reloaded")), "{}", proxy.stderr());
+    // Control: a new tunnel is judged by the new policy.
+    let mut fresh = session(&proxy, "localhost", p, H1).await;
+    let r = fresh.send(fresh.request("POST", "/fresh").body(empty()).unwrap()).await;
+    assert_eq!(r.status, 403, "control: the reloaded policy refuses POST: {r}");
+    let mut answers = Vec::new();
+    for s in [&mut h1, &mut h2] {
+        answers.push(s.try_send(s.request("POST", "/after-reload").body(empty()).unwrap()).await.map(|r| r.status));
+    }
+    let seen: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
+    assert!(
+        !seen.iter().any(|t| t == "/after-reload"),
+        "a request the reloaded policy refuses went over a tunnel opened before the reload (answers {answers:?}): {seen:?}"
+    );
+}
+
+/// A passed-through connection (`protocol: tcp`) outlived a reload that took its endpoint away.
+/// A reload asks again: it is closed, while one the new policy still allows stays (control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_a_passed_through_connection_outlives_its_endpoints_removal() {
+    let (gone_up, kept_up) = (Upstream::plain(), Upstream::plain());
+    let tcp =
+        |port: u16| format!("      - {{ host: localhost, port: {port}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n");
+    let both = policy(&format!("{}{}", tcp(gone_up.port()), tcp(kept_up.port())), "");
+    let proxy = start(&both, &[&gone_up, &kept_up]);
+    let request = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut open = Vec::new();
+    for up in [&gone_up, &kept_up] {
+        let mut c = connect(proxy.addr, &format!("localhost:{}", up.port())).await.expect("CONNECT is allowed");
+        c.write_all(request).await.unwrap();
+        let r = tokio::time::timeout(STEP, read_response(&mut c)).await.expect("an answer").expect("HTTP");
+        assert_eq!(r.status, 200, "control: the connection works before the reload: {r}");
+        open.push(c);
+    }
+    proxy.replace_policy(&policy(&tcp(kept_up.port()), ""));
+    proxy.hup();
+    assert!(wait_until(5, || proxy.stderr().contains("leash: policy reloaded")), "{}", proxy.stderr());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = gone_up.count();
+    let (gone, kept) = open.split_at_mut(1);
+    let _ = gone[0].write_all(request).await;
+    let answer = tokio::time::timeout(Duration::from_secs(2), read_response(&mut gone[0])).await;
+    assert!(
+        !matches!(answer, Ok(Ok(_))) && gone_up.count() == before,
+        "a connection to an endpoint the reload removed still carried a request: {answer:?}"
+    );
+    kept[0].write_all(request).await.unwrap();
+    let r = tokio::time::timeout(STEP, read_response(&mut kept[0])).await.expect("an answer").expect("HTTP");
+    assert_eq!(r.status, 200, "control: a connection the new policy still allows stays open: {r}");
+}
+
 // =============================================================================================
 // 2. Holes: L7 rules
 // =============================================================================================

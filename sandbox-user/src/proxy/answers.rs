@@ -16,6 +16,8 @@ pub enum Refusal {
     NoMatchingPolicy,
     /// SNI, `Host` and `:authority` do not all name the connection's host.
     MisdirectedRequest,
+    /// The policy was reloaded since the connection was accepted: a new one is judged by it.
+    PolicyReloaded,
     /// Both `Content-Length` and `Transfer-Encoding`, or several of one.
     AmbiguousFraming,
     /// A placeholder in a request sent without TLS.
@@ -74,6 +76,7 @@ impl Refusal {
         match self {
             Self::NoMatchingPolicy => "no_matching_policy",
             Self::MisdirectedRequest => "misdirected_request",
+            Self::PolicyReloaded => "policy_reloaded",
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::CredentialRequiresTls => "credential_requires_tls",
             Self::UpgradeRefused => "upgrade_refused",
@@ -110,7 +113,7 @@ impl Refusal {
             | Self::SyntheticAddressUnknown
             | Self::LearningFailed
             | Self::Credential(_) => StatusCode::FORBIDDEN,
-            Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            Self::MisdirectedRequest | Self::PolicyReloaded => StatusCode::MISDIRECTED_REQUEST,
             Self::AmbiguousFraming
             | Self::UpgradeRefused
             | Self::MethodNotCanonical
@@ -162,9 +165,10 @@ pub fn empty() -> ProxyBody {
 mod tests {
     use super::*;
 
-    const ALL: [Refusal; 23] = [
+    const ALL: [Refusal; 24] = [
         Refusal::NoMatchingPolicy,
         Refusal::MisdirectedRequest,
+        Refusal::PolicyReloaded,
         Refusal::AmbiguousFraming,
         Refusal::CredentialRequiresTls,
         Refusal::UpgradeRefused,

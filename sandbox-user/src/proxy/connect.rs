@@ -13,7 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response};
 
 use crate::audit::ProxyDecision;
-use crate::policy::{CompiledEndpoint, NetworkVerdict, Protocol};
+use crate::policy::{CompiledEndpoint, NetworkVerdict};
 
 use super::answers::{empty, refuse, Refusal, AUDIT_LOG_FULL};
 use super::intercept::{self, Tunnel};
@@ -96,7 +96,7 @@ pub(super) fn decide(
 /// The decision for the connection's executable; when that decision rests on a `binaries:`
 /// rule, the process must also run without loader variables (`identity.rs`), else it is judged
 /// as a process of unknown executable, and a refusal says why.
-fn decide_for_owner(state: &PolicyState, host: &str, port: u16, client: &Client) -> NetworkVerdict {
+pub(super) fn decide_for_owner(state: &PolicyState, host: &str, port: u16, client: &Client) -> NetworkVerdict {
     let verdict = state.decider.network(host, port, client.binary.as_deref());
     let by_binaries = verdict.allow
         && client.binary.is_some()
@@ -149,6 +149,8 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
         Ok(t) => t,
         Err(refusal) => return refusal,
     };
+    // Before the state is read: a reload from here on reaches a passed-through connection.
+    let reloads = proxy.state.reloads();
     let state = proxy.state.current();
     if learns_instead(&state, &proxy, &host, port, &client) {
         return learning::connect(req, client, proxy, host, port).await;
@@ -164,11 +166,15 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(Refusal::BadRequest, "CONNECT without an upgradable connection", None);
     };
-    if endpoint.protocol == Protocol::Tcp || endpoint.tls_skip {
+    if endpoint.is_passed_through() {
         let addresses = addresses::for_endpoint(endpoint);
         return match dial_checked(&host, port, &addresses).await {
             Ok(upstream) => {
-                passthrough::spawn(on_upgrade, upstream);
+                let Ok(peer) = upstream.peer_addr() else {
+                    return refuse(Refusal::UpstreamUnreachable, "the upstream hung up", verdict.policy.as_deref());
+                };
+                let allowed = passthrough::Allowed { host, port, client, upstream: peer.ip() };
+                passthrough::spawn(on_upgrade, upstream, proxy, allowed, reloads);
                 Response::new(empty())
             }
             Err(e @ DialError::Blocked(_)) => refuse(Refusal::BlockedAddress, e.to_string(), verdict.policy.as_deref()),

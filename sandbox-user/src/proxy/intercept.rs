@@ -22,7 +22,8 @@ use super::{request, Proxy, HEADER_READ_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
 /// Idle HTTP/2 connections are pinged this often and dropped when a ping goes unanswered.
 const H2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Everything a request in one tunnel is judged by, fixed when the tunnel opened.
+/// Everything a request in one tunnel is judged by, fixed when the tunnel opened (and the
+/// tunnel ends when the policy is reloaded).
 pub struct Tunnel {
     pub proxy: Arc<Proxy>,
     pub state: Arc<PolicyState>,
@@ -119,10 +120,25 @@ where
     let handshake = TlsAcceptor::from(config).accept(stream);
     let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await else { return };
     tunnel.sni_mismatch = sni_mismatch(&host, client_sni(&tls));
+    // Subscribed before the state is looked at again: a reload from here on is seen.
+    let mut reloads = tunnel.proxy.state.reloads();
+    let stale = !tunnel.proxy.state.is_current(&tunnel.state);
     let tunnel = Arc::new(tunnel);
     let service = service_fn(move |req| request::handle(req, tunnel.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE);
-    let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await;
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    // On a reload the tunnel ends gracefully (the request in flight is answered, HTTP/2 gets a
+    // GOAWAY): it was allowed by the old policy, and the agent's next connection is judged by
+    // the new one. A request that comes in meanwhile is refused (`request.rs`).
+    if !stale {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = reloads.changed() => {}
+        }
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }

@@ -255,8 +255,10 @@ impl Learner {
             }
         }
         let policy = crate::policy::parse_str("learning", &text).map_err(|e| format!("learning {host}:{port}: {e}"))?;
-        let state = PolicyState::build(policy, &proxy.secrets, proxy.tls.clone())
+        let mut state = PolicyState::build(policy, &proxy.secrets, proxy.tls.clone())
             .map_err(|e| format!("learning {host}:{port}: {e}"))?;
+        // Made from the policy in force: as current as it is.
+        state.reload = current.reload;
         let state = Arc::new(state);
         if let Ok(mut m) = self.states.lock() {
             m.insert(key, state.clone());

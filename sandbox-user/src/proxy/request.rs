@@ -66,6 +66,17 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         })
     };
 
+    // A tunnel accepted under an older policy serves no new request (it is being shut down):
+    // the agent opens a new connection, which the policy in force judges.
+    if !t.proxy.state.is_current(&t.state) {
+        audit(false, Refusal::PolicyReloaded.code(), None, vec![]);
+        let detail = "the policy was reloaded since this connection was opened; send the request over a new one";
+        let mut answer = refuse(Refusal::PolicyReloaded, detail, t.policy.as_deref());
+        if parts.version < Version::HTTP_2 {
+            answer.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        }
+        return answer;
+    }
     if t.sni_mismatch || !targets_tunnel(&parts, &t.host, t.port, t.default_port()) {
         audit(false, Refusal::MisdirectedRequest.code(), None, vec![]);
         let detail =
@@ -173,6 +184,8 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         parts.headers.remove(hyper::header::RANGE);
         parts.headers.remove(hyper::header::IF_RANGE);
     }
+    // Watched from before the request goes out: a reload while it is answered counts.
+    let reloads = t.proxy.state.reloads();
     let head_only = parts.method == hyper::Method::HEAD;
     let sequential = parts.version == Version::HTTP_11 && !upgrade;
     let agent_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
@@ -202,7 +215,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         if let (Some(agent), Some(upstream)) = (agent_upgrade, rparts.extensions.remove::<OnUpgrade>()) {
-            join_upgraded(agent, upstream);
+            join_upgraded(agent, upstream, reloads);
         }
     }
     strip_hop_by_hop(&mut rparts.headers, switching);
@@ -355,12 +368,16 @@ fn upstream_uri(t: &Tunnel, target: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// Pipes the two sides of a switched protocol (WebSocket) together.
-fn join_upgraded(agent: OnUpgrade, upstream: OnUpgrade) {
+/// Pipes the two sides of a switched protocol (WebSocket) together, until either closes or
+/// the policy is reloaded (the new one never judged the request that opened it).
+fn join_upgraded(agent: OnUpgrade, upstream: OnUpgrade, mut reloads: tokio::sync::watch::Receiver<u64>) {
     tokio::spawn(async move {
         let (Ok(a), Ok(u)) = (agent.await, upstream.await) else { return };
         let (mut a, mut u) = (TokioIo::new(a), TokioIo::new(u));
-        let _ = tokio::io::copy_bidirectional(&mut a, &mut u).await;
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut a, &mut u) => {}
+            _ = reloads.changed() => {}
+        }
     });
 }
 

@@ -1,8 +1,11 @@
 //! What the proxy decides with, swapped as a whole on reload: the compiled policy, its decision
 //! index, the credential values it binds, and the upstream connection pools (one per endpoint,
-//! each dialling only the addresses that endpoint allows). A connection keeps the state it was
-//! accepted under, so a reload never changes the rules under a request in flight; new
-//! connections get new pools, so nothing dialled under an old policy serves a new one.
+//! each dialling only the addresses that endpoint allows). A request keeps the state it was
+//! judged under, so a reload never changes the rules under a request in flight; new
+//! connections get new pools, so nothing dialled under an old policy serves a new one. A
+//! connection accepted under an old state is not used for new requests: on a reload, tunnels
+//! are shut down gracefully, upgraded streams closed and passed-through connections closed
+//! unless the new policy still allows them ([`SharedState::reloads`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,6 +47,8 @@ pub struct PolicyState {
     pub secrets: SecretStore,
     tls: UpstreamTls,
     clients: Mutex<HashMap<(EndpointRef, bool), Upstream>>,
+    /// How many reloads came before this state ([`SharedState::is_current`]).
+    pub(super) reload: u64,
 }
 
 impl PolicyState {
@@ -55,7 +60,7 @@ impl PolicyState {
         };
         let secrets = SecretStore::load(policy.credentials(), source)?;
         let decider = Decider::new(&policy);
-        Ok(Self { policy, decider, secrets, tls, clients: Mutex::new(HashMap::new()) })
+        Ok(Self { policy, decider, secrets, tls, clients: Mutex::new(HashMap::new()), reload: 0 })
     }
 
     /// The compiled endpoint a verdict refers to.
@@ -85,22 +90,42 @@ impl PolicyState {
     }
 }
 
-/// The current state, swapped on reload.
+/// The current state, swapped on reload, and the count of reloads, which long-lived
+/// connections watch.
 #[derive(Clone)]
-pub struct SharedState(Arc<ArcSwap<PolicyState>>);
+pub struct SharedState {
+    current: Arc<ArcSwap<PolicyState>>,
+    reloads: tokio::sync::watch::Sender<u64>,
+}
 
 impl SharedState {
     pub fn new(state: PolicyState) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(state)))
+        Self { current: Arc::new(ArcSwap::from_pointee(state)), reloads: tokio::sync::watch::Sender::new(0) }
     }
 
-    /// The state new connections use.
+    /// The state new connections and requests use.
     pub fn current(&self) -> Arc<PolicyState> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
-    /// Makes `state` current; connections already accepted keep theirs.
-    pub fn replace(&self, state: PolicyState) {
-        self.0.store(Arc::new(state));
+    /// Whether no reload came after `state` (a tunnel's may be older; learning's states are
+    /// made from the current one). Between a reload's store and its count, a new state reads as
+    /// not current: a tunnel opened then is closed at once, never one kept too long.
+    pub fn is_current(&self, state: &PolicyState) -> bool {
+        state.reload == *self.reloads.borrow()
+    }
+
+    /// Makes `state` current, then tells every watcher of [`SharedState::reloads`] (which then
+    /// finds the new state).
+    pub fn replace(&self, mut state: PolicyState) {
+        state.reload = *self.reloads.borrow() + 1;
+        let reload = state.reload;
+        self.current.store(Arc::new(state));
+        self.reloads.send_replace(reload);
+    }
+
+    /// Changes on every reload from now on.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 }

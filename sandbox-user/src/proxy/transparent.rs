@@ -20,7 +20,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::audit::ProxyDecision;
-use crate::policy::Protocol;
 
 use super::answers::Refusal;
 use super::connect::{decide, endpoint, learns_instead, Client};
@@ -28,7 +27,7 @@ use super::dns::names::is_synthetic;
 use super::intercept::{self, Tunnel};
 use super::ssrf::NormalizedHost;
 use super::upstream::{dial_checked, DialError};
-use super::{addresses, dns, learning, request, Proxy, HEADER_READ_TIMEOUT, TLS_HANDSHAKE};
+use super::{addresses, dns, learning, passthrough, request, Proxy, HEADER_READ_TIMEOUT, TLS_HANDSHAKE};
 
 /// Serves one redirected connection from `client`, which meant to reach `to`.
 pub async fn serve(admitted: tokio::net::TcpStream, proxy: Arc<Proxy>, client: Client, to: SocketAddr) {
@@ -43,6 +42,8 @@ pub async fn serve(admitted: tokio::net::TcpStream, proxy: Arc<Proxy>, client: C
         }
     };
     let port = to.port();
+    // Before the state is read: a reload from here on reaches a passed-through connection.
+    let reloads = proxy.state.reloads();
     let state = proxy.state.current();
     if learns_instead(&state, &proxy, &host, port, &client) {
         return learning::redirected(admitted, client, proxy, host, port).await;
@@ -50,12 +51,14 @@ pub async fn serve(admitted: tokio::net::TcpStream, proxy: Arc<Proxy>, client: C
     let Ok(verdict) = decide(&state, &proxy, "CONNECT", &host, port, &client) else { return };
     let (Some(endpoint), Some(endpoint_ref)) = (endpoint(&state, &verdict), verdict.endpoint_ref) else { return };
     learning::allowed_connection(&proxy, &host.to_string(), port, &client, endpoint);
-    if endpoint.protocol == Protocol::Tcp || endpoint.tls_skip {
+    if endpoint.is_passed_through() {
         let addresses = addresses::for_endpoint(endpoint);
         match dial_checked(&host, port, &addresses).await {
             Ok(mut upstream) => {
+                let Ok(peer) = upstream.peer_addr() else { return };
+                let allowed = passthrough::Allowed { host, port, client, upstream: peer.ip() };
                 let mut agent = admitted;
-                let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+                passthrough::pipe(&mut agent, &mut upstream, &proxy, &allowed, reloads).await;
             }
             // The same refusal a CONNECT gets, audited (the agent sees the connection close).
             Err(DialError::Blocked(_)) => refused(&proxy, &client, &host.to_string(), to, Refusal::BlockedAddress),
@@ -79,13 +82,21 @@ pub async fn serve(admitted: tokio::net::TcpStream, proxy: Arc<Proxy>, client: C
     } else if first.is_ascii_uppercase() {
         let tunnel = Arc::new(tunnel);
         let service = service_fn(move |req| request::handle(req, tunnel.clone()));
-        let _ = http1::Builder::new()
+        let connection = http1::Builder::new()
             .preserve_header_case(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(admitted), service)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        tokio::pin!(connection);
+        // As a tunnel does (`intercept.rs`): a reload ends the connection gracefully.
+        let mut reloads = reloads;
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = reloads.changed() => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
     } else {
         refused(&proxy, &client, &host_text, to, Refusal::NotTlsOrHttp);
     }
