@@ -497,3 +497,43 @@ fn the_resolver_answers_only_its_sandbox() {
         assert!(!text.contains("dns rcode"), "{who} was answered by the sandbox's resolver at {target}: {text}");
     }
 }
+
+/// The resolver answered a datagram from any client port the sandbox had once sent from: its
+/// record was keyed by the ports alone and outlived the socket. Another local user bound that
+/// port once the agent's lookup was over, and was answered as the sandbox (the way to fill its
+/// name table, or to learn the policy's names). The record goes with the socket now.
+#[test]
+fn a_client_port_the_sandbox_gave_up_is_not_answered_as_the_sandbox() {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    require_root();
+    let up = Upstream::https();
+    let scratch = Scratch::new("transparent-resolver-port");
+    let policy = scratch.file("policy.yaml", &policy(up.port(), 9));
+    let (ready, done) = (scratch.0.join("ready"), scratch.0.join("done"));
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let probe = env!("CARGO_BIN_EXE_netprobe");
+    let script = format!(
+        "{probe} dns {resolver}:53 allowed.test 0.0.0.0:{port}; touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+        ready.display(),
+        done.display(),
+        resolver = leash_tests::dns::RESOLVER,
+    );
+    let child = leash_tests::dns::leash_resolving(&scratch.0, &policy, &[], &["/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(10, || ready.exists()), "the agent never started");
+    let resolver = resolver_port(child.id()).expect("leash's resolver socket");
+    let target = format!("127.0.0.1:{resolver}");
+    let from = format!("127.0.0.1:{port}");
+    let other_user =
+        Command::new(probe).args(["dns", &target, "allowed.test", &from]).uid(65534).gid(65534).output().unwrap();
+    std::fs::write(&done, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("dns rcode=0 answers=1"), "control: the agent's lookup: {}", describe(&out));
+    let text = stdout(&other_user);
+    assert!(!text.contains("dns rcode"), "another user on the sandbox's old client port {port} was answered: {text}");
+}

@@ -36,7 +36,7 @@ use aya_ebpf::{
 };
 use sandbox_common::{ConnOwner, OriginalDest};
 
-use crate::maps::SOCKET_OWNERS;
+use crate::maps::{DNS_CLIENTS, DNS_CLIENT_SOCKETS, SOCKET_OWNERS};
 
 /// Records the calling process as the owner of the socket being connected to the proxy's port
 /// `listener_port`, and `dest`, where it meant to go when transparent mode redirected it (port 0
@@ -56,17 +56,27 @@ pub fn remember_owner(ctx: &SockAddrContext, cgroup_id: u64, dest: OriginalDest,
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 
-/// Removes the owner record of a TCP socket closed before its connection was made. (Only TCP
-/// sockets have records: a UDP socket, one per DNS lookup, costs no map operation.)
+/// Removes the owner record of a TCP socket closed before its connection was made, and the DNS
+/// client record of a UDP socket that sent to its sandbox's resolver (`skb.rs`): once the socket
+/// is closed anyone may bind its port, and would be answered as the sandbox. (A UDP socket costs
+/// one lookup.)
 #[cgroup_sock(sock_release)]
 pub fn leash_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: the kernel hands sock programs a valid context, whose protocol and state are
     // readable here.
     let (protocol, state) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).state) };
-    if protocol == super::IPPROTO_TCP && (state == TCP_SYN_SENT || state == TCP_CLOSE) {
-        // SAFETY: plain BPF helper call on the program's own context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let tcp_unconnected = protocol == super::IPPROTO_TCP && (state == TCP_SYN_SENT || state == TCP_CLOSE);
+    if !tcp_unconnected && protocol != super::redirect::IPPROTO_UDP {
+        return super::ALLOW;
+    }
+    // SAFETY: plain BPF helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if tcp_unconnected {
         let _ = SOCKET_OWNERS.remove(&cookie);
+    // SAFETY: the key is copied out before the lookup's lifetime ends.
+    } else if let Some(key) = unsafe { DNS_CLIENT_SOCKETS.get(&cookie).copied() } {
+        let _ = DNS_CLIENTS.remove(&key);
+        let _ = DNS_CLIENT_SOCKETS.remove(&cookie);
     }
     super::ALLOW
 }

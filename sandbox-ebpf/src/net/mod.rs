@@ -9,7 +9,7 @@
 //! | `redirect.rs` | (helpers) | transparent mode: where a redirected socket goes, and what is recorded |
 //! | `sock_create.rs` | `cgroup/sock_create` | raw and ICMP (ping) sockets |
 //! | `skb.rs` | `cgroup_skb/egress`, `ingress` | any packet not to or from the proxy: the backstop for paths that never call connect |
-//! | `identity.rs` | (helpers for connect and egress); `cgroup/sock_release` | nothing: records which process owns each connection to the proxy, for admission and `binaries:` rules, until the proxy takes the record or no proxy can |
+//! | `identity.rs` | (helpers for connect and egress); `cgroup/sock_release` | nothing: records which process owns each connection to the proxy, for admission and `binaries:` rules, until the proxy takes the record or no proxy can; forgets a closed UDP socket's DNS client record |
 //!
 //! The hooks only filter and hand over to the helpers below, which look up the sandbox by cgroup
 //! id, count the verdict and report denials.

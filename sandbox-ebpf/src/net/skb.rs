@@ -3,7 +3,8 @@
 //! there (in transparent mode: or TCP to its transparent port, or UDP to its resolver's port).
 //! Anything else (raw sockets, ICMP, UDP, a path that never called connect) is dropped, so a gap
 //! in the socket hooks cannot become a way out. The egress side also drops the owner record of a
-//! socket that resets its connection (`identity.rs`). Minimum kernel: 4.10 for the hook; the helper
+//! socket that resets its connection (`identity.rs`), and records which sandbox sent each DNS
+//! query to its resolver, and from which socket (the record goes when the socket is closed). Minimum kernel: 4.10 for the hook; the helper
 //! naming the packet's cgroup (`bpf_skb_cgroup_id`) and direct packet access (`__sk_buff.data`,
 //! for a privileged loader) must be allowed for this program type, which `leash doctor` checks
 //! by loading it.
@@ -13,10 +14,15 @@
 //! about a tenth of their time. IPv6 extension headers are not walked: a packet whose next
 //! header is not TCP is dropped.
 
-use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_skb_cgroup_id},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+    EbpfContext as _,
+};
 use sandbox_common::{counter, dns_client_key, Hook, SandboxNet, SANDBOX_TRANSPARENT};
 
-use crate::maps::DNS_CLIENTS;
+use crate::maps::{DNS_CLIENTS, DNS_CLIENT_SOCKETS};
 
 use super::redirect::IPPROTO_UDP;
 use super::{count, report, sandbox, words_to_bytes, Event, AF_INET, AF_INET6, ALLOW, DENY, IPPROTO_TCP};
@@ -93,6 +99,9 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
             // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
             let key = dns_client_key(local_port(&pkt, &remote), remote.port);
             let _ = DNS_CLIENTS.insert(&key, &cgroup, 0);
+            // SAFETY: plain BPF helper call on the program's own context (the sending socket's).
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let _ = DNS_CLIENT_SOCKETS.insert(&cookie, &key, 0);
         } else if dir == Direction::Egress && is_reset(&pkt, &remote) {
             // The connection is over, and nothing of the socket is left for the proxy to find.
             super::identity::forget_reset(ctx);

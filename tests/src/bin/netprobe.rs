@@ -40,7 +40,7 @@ fn main() {
         "flood" => flood(arg(1).parse().unwrap_or_else(|_| usage()), addr(2)),
         "get" => get(addr(1), &arg(2)),
         "direct-get" => direct_get(addr(1)),
-        "dns" => dns(addr(1), &arg(2)),
+        "dns" => dns(addr(1), &arg(2), args.get(3).map(|a| parse_addr(a))),
         _ => usage(),
     };
     report(result);
@@ -64,7 +64,7 @@ fn parse_addr(text: &str) -> SocketAddr {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: netprobe tcp|fastopen|udp|udp-connected|ping|raw|grandchild ADDR | later SECS ADDR FILE | get PROXY HOST:PORT");
+    eprintln!("usage: netprobe tcp|fastopen|udp|udp-connected|ping|raw|grandchild ADDR | later SECS ADDR FILE | get PROXY HOST:PORT | dns SERVER NAME [FROM]");
     exit(2)
 }
 
@@ -274,8 +274,8 @@ fn direct_get(target: SocketAddr) -> std::io::Result<()> {
 }
 
 /// One A query for `name` over UDP to `server`; prints "dns rcode=<n> answers=<n> from=<ip>".
-fn dns(server: SocketAddr, name: &str) -> std::io::Result<()> {
-    let s = UdpSocket::bind(any_for(server))?;
+fn dns(server: SocketAddr, name: &str, from: Option<SocketAddr>) -> std::io::Result<()> {
+    let s = UdpSocket::bind(from.unwrap_or_else(|| any_for(server)))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {

@@ -96,20 +96,39 @@ fn admit_refusal(rate: &crate::audit::Rate) -> bool {
 /// `cgroup_skb/egress` program records each client port), others are dropped unanswered; under
 /// `leash confine` any local process in the pod is answered (the pod cannot read the maps).
 pub async fn serve_udp(socket: UdpSocket, proxy: Arc<Proxy>) {
-    let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+    let Ok(local) = socket.local_addr() else { return };
+    let source = source_for(local);
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((len, from)) = socket.recv_from(&mut buf).await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        if proxy.dns_clients.get().is_some_and(|c| !c.sent(from.port(), port)) {
+        // The sandbox's datagrams come from the address the kernel gives whatever is sent to the
+        // resolver, from a port a socket of the sandbox holds (its record goes when it is closed,
+        // `cgroup/sock_release`). Another address, or the port once the socket is closed, is
+        // whoever bound it: not answered.
+        let ours =
+            |c: &crate::kernel::programs::DnsClients| Some(from.ip()) == source && c.sent(from.port(), local.port());
+        if proxy.dns_clients.get().is_some_and(|c| !ours(c)) {
             continue;
         }
         if let Some(reply) = answer(&proxy, &buf[..len], from) {
             let _ = socket.send_to(&reply, from).await;
         }
     }
+}
+
+/// The source address the kernel gives datagrams sent to `to` from this host: a resolver on
+/// 127.0.0.2 hears from 127.0.0.1.
+fn source_for(to: SocketAddr) -> Option<std::net::IpAddr> {
+    let unspecified: std::net::IpAddr = match to {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(unspecified, 0)).ok()?;
+    probe.connect(to).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
 }
 
 /// DNS over TCP (RFC 7766): length-prefixed queries on one connection, answered in order. At
