@@ -280,6 +280,30 @@ impl Recorder {
     }
 }
 
+/// `Host: other.example:443@localhost:P` named the tunnel's host to the proxy, which read the
+/// host after the `@`, and went upstream as sent, credential and all. nginx reads a Host at its
+/// first `:` and would route it to the virtual host `other.example`. User information in `Host`
+/// is refused now, and the upstream gets the host as the proxy judged it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_user_information_in_host_names_another_site_to_the_upstream() {
+    let up = Upstream::https();
+    let p = up.port();
+    let proxy = start(&policy(&rest("localhost", p, FULL), ""), &[&up]);
+    let mut t = tunnel(&proxy, "localhost", p).await;
+    let r = t.exchange(format!("GET /control HTTP/1.1\r\nHost: LocalHost:{p}\r\n\r\n").as_bytes()).await.unwrap();
+    assert_eq!(r.status, 200, "control: {r}");
+    let host = up.last().and_then(|s| s.header("host").map(str::to_owned));
+    assert_eq!(host.as_deref(), Some(format!("localhost:{p}").as_str()), "the upstream gets the host as judged");
+    let mut t = tunnel(&proxy, "localhost", p).await;
+    let r = t
+        .exchange(format!("GET /fronted HTTP/1.1\r\nHost: other.example:443@localhost:{p}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let seen: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
+    assert!(!seen.iter().any(|t| t == "/fronted"), "a Host naming another site went upstream (answer {r}): {seen:?}");
+    assert_eq!(r.status, 421, "{r}");
+}
+
 /// A `*` request target (legal in HTTP/1.1, and as an HTTP/2 `:path`) was appended to the
 /// tunnel's origin: `https://localhost:8443*`. The dialler read the port back from that, found
 /// none, and dialled 443, the scheme's default, with the credential bound to `localhost`, while

@@ -38,12 +38,16 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
 }
 
 /// Whether every name the request gives for its target (`Host`, the URI's authority — HTTP/2's
-/// `:authority`) is the tunnel's host and port. A request naming no host at all is refused too.
+/// `:authority`) is the tunnel's host and port. A request naming no host at all is refused too,
+/// and so is one with user information (`Host: other.example:443@host`): servers such as nginx
+/// read the host at the first `:` and would route it to another site.
 pub fn targets_tunnel(parts: &Parts, host: &NormalizedHost, port: u16, default_port: u16) -> bool {
     let mut named = 0;
     if let Some(authority) = parts.uri.authority() {
         named += 1;
-        if !same_target(authority.host(), authority.port_u16(), host, port, default_port) {
+        if authority.as_str().contains('@')
+            || !same_target(authority.host(), authority.port_u16(), host, port, default_port)
+        {
             return false;
         }
     }
@@ -55,7 +59,7 @@ pub fn targets_tunnel(parts: &Parts, host: &NormalizedHost, port: u16, default_p
         named += 1;
         let Ok(text) = value.to_str() else { return false };
         let Ok(authority) = text.parse::<hyper::http::uri::Authority>() else { return false };
-        if !same_target(authority.host(), authority.port_u16(), host, port, default_port) {
+        if text.contains('@') || !same_target(authority.host(), authority.port_u16(), host, port, default_port) {
             return false;
         }
     }

@@ -86,6 +86,11 @@ impl Tunnel {
         }
     }
 
+    /// `host[:port]` of [`Tunnel::origin`], the port left out when it is the scheme's default.
+    pub fn authority(&self) -> &str {
+        &self.origin[self.scheme.len() + "://".len()..]
+    }
+
     /// The port a `Host` header without one means.
     pub fn default_port(&self) -> u16 {
         if self.scheme == "https" {

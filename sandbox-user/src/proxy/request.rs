@@ -83,6 +83,13 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             format!("this connection is for {}:{}; SNI, Host and :authority must name it", t.host.uri_host(), t.port);
         return refuse(Refusal::MisdirectedRequest, detail, t.policy.as_deref());
     }
+    // The upstream reads the host as the proxy judged it, whatever else the spelling sent
+    // (case, a trailing dot, the default port written out) would mean to it.
+    if parts.headers.contains_key(hyper::header::HOST) {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(t.authority()) {
+            parts.headers.insert(hyper::header::HOST, value);
+        }
+    }
     // Only a path is appended to the tunnel's origin: `*` (legal in HTTP/1.1 and as an HTTP/2
     // `:path`) made `https://host:8443*`, whose port the dialler could not read, so it dialled
     // the scheme's default port while the request was judged as the tunnel's.
