@@ -506,6 +506,33 @@ async fn escape_a_passed_through_connection_outlives_its_endpoints_removal() {
 // 2. Holes: L7 rules
 // =============================================================================================
 
+/// `deny_rules: [{ method: GET, path: /secret }]` let `HEAD /secret` through, and servers run the
+/// GET handler for a HEAD (Express, Flask, Django, Rails, Spring, Go's ServeMux): its side
+/// effects happen and its headers come back. A HEAD is judged as a GET too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_head_runs_a_denied_get_handler() {
+    let up = Upstream::https();
+    let p = up.port();
+    let rules = "        access: full\n        deny_rules: [{ method: GET, path: \"/secret\" }]\n";
+    let proxy = start(&policy(&rest("localhost", p, rules), ""), &[&up]);
+    let mut t = tunnel(&proxy, "localhost", p).await;
+    let r = t.exchange(format!("GET /secret HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await.unwrap();
+    assert_eq!(r.status, 403, "control: GET is denied: {r}");
+    // (A reader of answers would wait for the body a HEAD's answer announces: the upstream's
+    // count says what went through.)
+    for path in ["/open", "/secret"] {
+        let before = up.count();
+        let mut t = tunnel(&proxy, "localhost", p).await;
+        let _ = t.tls.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if path == "/open" {
+            assert_eq!(up.count(), before + 1, "control: HEAD elsewhere passes");
+            continue;
+        }
+        assert_eq!(up.count(), before, "HEAD reached the handler GET is denied: {:?}", up.last().map(|s| s.target));
+    }
+}
+
 /// `deny_rules: [{ method: DELETE }]` is matched case-sensitively: `delete` passes and reaches
 /// the upstream. Servers that fold the method (Django and Werkzeug upper-case it, h11/uvicorn
 /// accept any token) then run a DELETE.
