@@ -494,6 +494,56 @@ fn tiocsti_from_the_agent_does_not_reach_the_users_terminal() {
     }
 }
 
+/// With stdin not a terminal (a pipe, `/dev/null`) but stdout the user's terminal, the agent
+/// held the user's terminal itself: it read what the user typed next (a password for the next
+/// command, say) and could turn echo off for good. The agent's terminal is a pty of its own
+/// whenever any of leash's standard descriptors is a terminal.
+#[test]
+fn a_terminal_that_is_only_stdout_is_not_the_agents_to_read_or_set() {
+    use std::os::fd::AsRawFd as _;
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-tty-stdout");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let dir = scratch.owned_dir("work", uid);
+    let (mut master, slave) = user_terminal();
+    use std::io::Write as _;
+    master.write_all(b"typed-ahead-secret\n").unwrap();
+    let script = "import os, select, termios\n\
+        got = b''\n\
+        try:\n\
+        \x20   a = termios.tcgetattr(1); a[3] &= ~termios.ECHO; termios.tcsetattr(1, termios.TCSANOW, a)\n\
+        except Exception:\n\
+        \x20   pass\n\
+        try:\n\
+        \x20   if select.select([1], [], [], 1.0)[0]: got = os.read(1, 100)\n\
+        except Exception:\n\
+        \x20   pass\n\
+        open('got', 'wb').write(got)\n";
+    let fd = slave.as_raw_fd();
+    let mut cmd = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", script]);
+    cmd.current_dir(&dir).stdin(Stdio::null()).stdout(slave.try_clone().unwrap()).stderr(Stdio::piped());
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::ioctl(fd, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let got = std::fs::read_to_string(dir.join("got")).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert!(!got.contains("typed-ahead-secret"), "the agent read the user's keystrokes from its stdout: {got:?}");
+    // SAFETY: zeroed termios is a valid value for tcgetattr to fill.
+    let mut settings: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr on the test's own terminal.
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut settings) }, 0);
+    assert!(settings.c_lflag & libc::ECHO != 0, "the agent turned echo off on the user's terminal");
+    assert!(pending_input(&slave).contains("typed-ahead-secret"), "the keystrokes stay for the user's shell");
+}
+
 // 4. The audit log through a planted link.
 
 #[test]

@@ -1,10 +1,12 @@
 //! The agent's terminal. The agent always starts a session of its own (`setsid`), so the user's
 //! terminal is not its controlling terminal and `TIOCSTI` cannot push characters into the user's
-//! input queue (nor can `TIOCSCTTY` take the terminal over). When leash's stdin is a terminal,
-//! the agent gets a pseudo-terminal of its own whose slave replaces each of its standard
-//! descriptors that was that terminal, and leash relays bytes between the two (as sudo's
-//! `use_pty` does): the user's terminal is put in raw mode meanwhile, so Ctrl-C and friends reach
-//! the agent through its own terminal's line discipline, and window-size changes are passed on.
+//! input queue (nor can `TIOCSCTTY` take the terminal over). When one of leash's standard
+//! descriptors is a terminal, the agent gets a pseudo-terminal of its own whose slave replaces
+//! each of its standard descriptors that was a terminal, and leash relays bytes between the two
+//! (as sudo's `use_pty` does): its output always, keystrokes when stdin is the terminal, which is
+//! put in raw mode meanwhile, so Ctrl-C and friends reach the agent through its own terminal's
+//! line discipline. Window-size changes are passed on. A terminal the agent held itself, even
+//! one that is only leash's stdout, could be read (the user's next keystrokes) and set.
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -26,8 +28,8 @@ pub enum Terminal {
 
 /// leash's side of the agent's pseudo-terminal while the agent runs.
 pub struct Relay {
-    /// The user's terminal settings, restored when the relay ends.
-    saved: Termios,
+    /// The settings of the user's terminal, stdin, put in raw mode: restored when the relay ends.
+    restore: Option<Termios>,
     /// leash's copy of the slave, until the agent holds its own.
     slave: Option<OwnedFd>,
     output: Option<std::thread::JoinHandle<()>>,
@@ -40,39 +42,44 @@ fn is_tty(fd: RawFd) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-/// A pty for the agent when stdin is a terminal, else `None` (the agent gets a new session only).
+/// A pty for the agent when any of stdin, stdout and stderr is a terminal, else `None` (the
+/// agent gets a new session only). Even a terminal that is only leash's stdout can be read and
+/// set by whoever holds it: the agent would read what the user types next, and leave echo off.
 pub fn open() -> Result<Option<Relay>> {
-    if !is_tty(0) {
-        return Ok(None);
-    }
-    // SAFETY: fd 0 is a terminal (checked above) and stays open for the life of leash.
-    let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-    let saved = termios::tcgetattr(stdin).context("reading the terminal's settings")?;
+    let Some(tty) = (0..3).find(|&fd| is_tty(fd)) else { return Ok(None) };
+    // SAFETY: `tty` is a terminal (checked above) and stays open for the life of leash.
+    let user = unsafe { std::os::fd::BorrowedFd::borrow_raw(tty) };
+    let saved = termios::tcgetattr(user).context("reading the terminal's settings")?;
     let pty = nix::pty::openpty(None, Some(&saved)).context("opening a pseudo-terminal for the agent")?;
     for fd in [&pty.master, &pty.slave] {
         nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     }
-    copy_window_size(0, pty.master.as_raw_fd());
-    let mut raw = saved.clone();
-    termios::cfmakeraw(&mut raw);
-    termios::tcsetattr(stdin, SetArg::TCSADRAIN, &raw).context("putting the terminal in raw mode")?;
+    copy_window_size(tty, pty.master.as_raw_fd());
     let master_fd = pty.master.as_raw_fd();
     let winch = tokio::spawn(async move {
         let Ok(mut changes) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
             return;
         };
         while changes.recv().await.is_some() {
-            copy_window_size(0, master_fd);
+            copy_window_size(tty, master_fd);
         }
     });
-    // Keystrokes: the user's terminal to the agent's. This thread blocks on the user's terminal
-    // and ends with leash.
-    let keys = File::from(dup(0)?);
-    let to_agent = File::from(pty.master.try_clone().context("duplicating the pty master")?);
-    std::thread::Builder::new()
-        .name("leash-tty-in".into())
-        .spawn(move || pump(keys, to_agent))
-        .context("starting the terminal relay")?;
+    // Keystrokes, when stdin is the terminal: the user's terminal to the agent's, in raw mode
+    // meanwhile. This thread blocks on the user's terminal and ends with leash.
+    let restore = if tty == 0 {
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(user, SetArg::TCSADRAIN, &raw).context("putting the terminal in raw mode")?;
+        let keys = File::from(dup(0)?);
+        let to_agent = File::from(pty.master.try_clone().context("duplicating the pty master")?);
+        std::thread::Builder::new()
+            .name("leash-tty-in".into())
+            .spawn(move || pump(keys, to_agent))
+            .context("starting the terminal relay")?;
+        Some(saved)
+    } else {
+        None
+    };
     // Output: the agent's terminal to the first of stdout and stderr that is a terminal.
     let screen = match [1, 2].into_iter().find(|&fd| is_tty(fd)) {
         Some(fd) => File::from(dup(fd)?),
@@ -83,7 +90,7 @@ pub fn open() -> Result<Option<Relay>> {
         .name("leash-tty-out".into())
         .spawn(move || pump(from_agent, screen))
         .context("starting the terminal relay")?;
-    Ok(Some(Relay { saved, slave: Some(pty.slave), output: Some(output), winch }))
+    Ok(Some(Relay { restore, slave: Some(pty.slave), output: Some(output), winch }))
 }
 
 impl Relay {
@@ -111,17 +118,22 @@ impl Relay {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        // SAFETY: fd 0 is the terminal whose settings were saved in `open`.
-        let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-        let _ = termios::tcsetattr(stdin, SetArg::TCSADRAIN, &self.saved);
+        self.restore_terminal();
+    }
+
+    fn restore_terminal(&self) {
+        if let Some(saved) = &self.restore {
+            // SAFETY: fd 0 is the terminal whose settings were saved in `open`.
+            let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+            let _ = termios::tcsetattr(stdin, SetArg::TCSADRAIN, saved);
+        }
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        // SAFETY: as in `finish`; restoring twice is harmless.
-        let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-        let _ = termios::tcsetattr(stdin, SetArg::TCSADRAIN, &self.saved);
+        // As in `finish`; restoring twice is harmless.
+        self.restore_terminal();
     }
 }
 
