@@ -122,8 +122,18 @@ impl LsmMaps {
     }
 
     /// Registers a sandbox with its full rules: lists first, then the sandbox entry that puts
-    /// them in force.
+    /// them in force. On failure nothing of it is left: list entries of a sandbox without an
+    /// entry would never be removed, and the node-wide lists would fill for good (a full
+    /// allowlist map refuses every later sandbox with one).
     pub fn register(&mut self, r: &Registration<'_>) -> Result<()> {
+        let registered = self.register_entries(r);
+        if registered.is_err() {
+            self.remove_sandbox(r.cgroup_id);
+        }
+        registered
+    }
+
+    fn register_entries(&mut self, r: &Registration<'_>) -> Result<()> {
         let id = r.cgroup_id;
         self.replace_lists(id, r.rules)?;
         let mut policy = LsmPolicy { deny: r.rules.deny, rules: r.rules.rules, ..Default::default() };
