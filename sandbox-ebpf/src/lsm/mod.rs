@@ -15,7 +15,7 @@
 //! | `perf_event.rs` | `perf_event_open` | `lsm_deny::PERF_EVENT` |
 //! | `mount.rs` | `sb_mount`, `sb_umount`, `sb_pivotroot`, `move_mount`, `fs_context_parse_param` | `lsm_deny::MOUNT` |
 //! | `kernel_module.rs` | `kernel_module_request`, `kernel_load_data`, `kernel_read_file` | `lsm_deny::KERNEL_MODULE` |
-//! | `ptrace.rs` | `ptrace_access_check`, `ptrace_traceme` (targets outside the sandbox) | `lsm_deny::PTRACE` |
+//! | `ptrace.rs` | `ptrace_access_check`, `ptrace_traceme` (targets outside the sandbox; attach from outside but by root) | `lsm_deny::PTRACE`, always |
 //! | `userns.rs` | `userns_create` (6.1+) | `lsm_deny::USERNS` |
 //! | `probe.rs` | `socket_create` | none: `leash doctor`'s "does BPF-LSM work here" probe |
 //!

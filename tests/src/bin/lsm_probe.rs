@@ -413,6 +413,8 @@ fn run(mut programs: Generation) -> bool {
     all &= route.is_ok();
     result("netlink-route-allowed", route.is_ok(), &format!("inside {}", describe(route)));
 
+    all &= check_attach_from_outside(&procs, attached.contains(&"ptrace_access_check"));
+
     if let Some(ring) = events.as_mut() {
         let mut count = 0;
         while ring.next().is_some() {
@@ -899,6 +901,97 @@ fn kill_inside(_: i32) -> Result<(), i32> {
 fn ptrace_attach_inside(_: i32) -> Result<(), i32> {
     // SAFETY: plain ptrace(2) of our own child, which is killed right after.
     with_paused_child(|child| check(unsafe { libc::ptrace(libc::PTRACE_ATTACH, child, 0, 0) }).map(drop))
+}
+
+/// No process outside a sandbox but root attaches to one inside (`ptrace.rs`): a process of the
+/// agent's uid elsewhere would drive the agent, or take its connection to the proxy, and be
+/// served as the sandbox. Two `--hold` processes run as nobody, one in the sandbox and one
+/// not; their parent, also nobody and outside (as their parent, Yama's scope 1 lets it),
+/// attaches to each and takes a descriptor of each. Only the LSM tells the two apart.
+fn check_attach_from_outside(procs: &std::path::Path, hooked: bool) -> bool {
+    const NOBODY: libc::uid_t = 65534;
+    let hold = |into: Option<&std::path::Path>| -> i32 {
+        // SAFETY: the child writes a file, drops to nobody and execs; _exit on any failure.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            if into.is_some_and(|procs| std::fs::write(procs, b"0").is_err()) {
+                // SAFETY: plain _exit.
+                unsafe { libc::_exit(254) };
+            }
+            // SAFETY: dropping to nobody, then exec of this probe (listed in the exec allowlist).
+            unsafe {
+                if libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
+                    libc::_exit(253);
+                }
+            }
+            let _ = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new(LISTED_STATIC).args(["--hold", "20"]),
+            );
+            // SAFETY: plain _exit.
+            unsafe { libc::_exit(252) };
+        }
+        pid
+    };
+    let (mut report, mut results) = ([0i32; 4], [0u8; 16]);
+    let mut fds = [0; 2];
+    // SAFETY: a pipe for the attacher's four results.
+    unsafe { libc::pipe(fds.as_mut_ptr()) };
+    // SAFETY: the attacher forks, drops to nobody, makes four syscalls and exits.
+    let attacher = unsafe { libc::fork() };
+    if attacher == 0 {
+        let (inside, outside) = (hold(Some(procs)), hold(None));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: dropping to nobody; then ptrace(2), pidfd_open(2) and pidfd_getfd(2) of this
+        // process's own children, which are killed before it exits.
+        unsafe {
+            if libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
+                libc::_exit(253);
+            }
+            let attach = |pid: i32| check(libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0)).err().unwrap_or(0);
+            let take = |pid: i32| {
+                check(libc::syscall(libc::SYS_pidfd_open, pid, 0))
+                    .and_then(|pidfd| check(libc::syscall(libc::SYS_pidfd_getfd, pidfd, 1, 0)))
+                    .err()
+                    .unwrap_or(0)
+            };
+            let got = [take(outside), take(inside), attach(outside), attach(inside)];
+            let bytes: Vec<u8> = got.iter().flat_map(|e| e.to_ne_bytes()).collect();
+            libc::write(fds[1], bytes.as_ptr().cast(), bytes.len());
+            for pid in [inside, outside] {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: reading the attacher's results, then reaping it.
+    unsafe {
+        libc::close(fds[1]);
+        libc::read(fds[0], results.as_mut_ptr().cast(), results.len());
+        libc::close(fds[0]);
+        libc::waitpid(attacher, std::ptr::null_mut(), 0);
+    }
+    for (i, chunk) in results.chunks(4).enumerate() {
+        report[i] = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    let errno = |e: i32| if e == 0 { "ok".to_owned() } else { describe(Err(e)) };
+    let [take_outside, take_inside, attach_outside, attach_inside] = report;
+    let controls = take_outside == 0 && attach_outside == 0;
+    let refused = if hooked { take_inside == libc::EPERM && attach_inside == libc::EPERM } else { true };
+    let pass = controls && refused;
+    result(
+        "attach-from-outside",
+        pass,
+        &format!(
+            "by nobody outside: pidfd_getfd outside {}, inside {}; PTRACE_ATTACH outside {}, inside {}{}",
+            errno(take_outside),
+            errno(take_inside),
+            errno(attach_outside),
+            errno(attach_inside),
+            if hooked { "" } else { " (hook unavailable on this kernel: not enforced)" }
+        ),
+    );
+    pass
 }
 
 fn pidfd_getfd_inside(_: i32) -> Result<(), i32> {
