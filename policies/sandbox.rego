@@ -223,10 +223,18 @@ request_matches(rule) if {
 	path_matches(rule.path, input.request.path)
 }
 
-# Indices of the deny rules and allow rules the request matches.
+# Indices of the deny rules and allow rules the request matches. A deny rule on GET refuses
+# HEAD too: servers run the GET handler for a HEAD. Allow rules stay as written.
 matching_deny contains i if {
 	some i, rule in chosen.deny_rules
 	request_matches(rule)
+}
+
+matching_deny contains i if {
+	input.request.method == "HEAD"
+	some i, rule in chosen.deny_rules
+	rule.method == "GET"
+	path_matches(rule.path, input.request.path)
 }
 
 matching_allow contains i if {

@@ -754,7 +754,11 @@ impl Decider {
                 verdict(false, false, rule, reason)
             }
         };
-        if let Some(rule) = deny.iter().find(|r| r.matches(method, path)) {
+        // A deny rule on GET refuses HEAD too: servers run the GET handler for a HEAD (Express,
+        // Flask, Django, Rails, Spring, Go's ServeMux), side effects and all. Allow rules stay
+        // as written, so a rule allowing only HEAD still does.
+        let denied = |r: &&Rule| r.matches(method, path) || (method == "HEAD" && r.matches("GET", path));
+        if let Some(rule) = deny.iter().find(denied) {
             return refuse(&rule.label, &t.deny_rule_reason, &t.audit_deny_rule);
         }
         match allow {
@@ -1037,6 +1041,19 @@ network_policies:
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_deny_rule_on_get_refuses_head_and_an_allow_rule_on_head_stays_one() {
+        let d = decider(
+            "version: 1\nnetwork_policies:\n  p:\n    endpoints:\n      - { host: a.example, port: 443, protocol: rest, access: full, deny_rules: [{ method: GET, path: /secret }] }\n      - { host: b.example, port: 443, protocol: rest, rules: [{ allow: { method: HEAD, path: /health } }] }\n",
+        );
+        let a = d.network("a.example", 443, None).endpoint_ref.unwrap();
+        assert!(!d.request(a, "HEAD", "/secret").allow, "HEAD runs the denied GET handler");
+        assert!(d.request(a, "HEAD", "/open").allow);
+        let b = d.network("b.example", 443, None).endpoint_ref.unwrap();
+        assert!(d.request(b, "HEAD", "/health").allow, "a rule allowing only HEAD still allows it");
+        assert!(!d.request(b, "GET", "/health").allow);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //!
 //! - the method as sent, which must be canonical (upper-case): `delete` would dodge a `DELETE`
 //!   deny rule and still run as DELETE on servers that upper-case it;
-//! - a `HEAD` (sent or overridden) as a `GET` too, since servers run the GET handler for it;
 //! - each method-override header (`X-HTTP-Method-Override`, ...) as a method, each item of a
 //!   comma-separated value too (Express's `method-override` takes the first), and each `_method`
 //!   parameter of the query (Laravel, Symfony and gorilla take it as the method);
@@ -63,11 +62,7 @@ pub fn readings<'a>(
             return None;
         }
     }
-    // Servers run the GET handler for HEAD (Express, Flask, Django, Rails, Spring, Go's
-    // ServeMux), side effects and all: a HEAD is judged as a GET too.
-    if methods.iter().any(|(m, _)| m == "HEAD") && !methods.iter().any(|(m, _)| m == "GET") {
-        methods.push((Cow::Borrowed("GET"), "HEAD as GET"));
-    }
+
     let targets = target_readings(target);
     let mut out = Vec::new();
     for (m, method_name) in &methods {
@@ -222,16 +217,6 @@ mod tests {
         assert_eq!(targets("/a/b/./?c?x=1"), ["/a/b/./?c?x=1", "/a/b?c?x=1"]);
         assert_eq!(targets("/admin/."), ["/admin/.", "/admin"]);
         assert_eq!(targets("/admin;x/"), ["/admin;x/", "/admin/", "/admin", "/admin;x"]);
-    }
-
-    #[test]
-    fn a_head_is_read_as_a_get_too() {
-        let methods = |m: &str, o: &[&'static str]| -> Vec<String> {
-            readings(m, o.iter().copied(), "/x").unwrap().iter().map(|r| r.method.to_string()).collect()
-        };
-        assert_eq!(methods("HEAD", &[]), ["HEAD", "GET"]);
-        assert_eq!(methods("POST", &["HEAD"]), ["POST", "HEAD", "GET"]);
-        assert_eq!(methods("GET", &[]), ["GET"]);
     }
 
     #[test]

@@ -508,7 +508,7 @@ async fn escape_a_passed_through_connection_outlives_its_endpoints_removal() {
 
 /// `deny_rules: [{ method: GET, path: /secret }]` let `HEAD /secret` through, and servers run the
 /// GET handler for a HEAD (Express, Flask, Django, Rails, Spring, Go's ServeMux): its side
-/// effects happen and its headers come back. A HEAD is judged as a GET too.
+/// effects happen and its headers come back. A deny rule on GET refuses HEAD too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escape_head_runs_a_denied_get_handler() {
     let up = Upstream::https();
