@@ -2,14 +2,26 @@
 //! or file description), so it can set `O_NONBLOCK` on it and fill it: `eprintln!` would then
 //! panic in the middle of a teardown. [`say!`](crate::say) writes a line and, when the
 //! descriptor would block, waits for it to take more for a bounded time, then gives up on the
-//! line; it never panics. The crate denies `eprintln!` (`clippy::print_stderr`).
+//! line; it never panics. Once a line was given up on, later ones are tried once and dropped if
+//! stderr is still full (the proxy writes refusal lines on its one thread, which must not wait
+//! for each), until one gets through or [`patient_again`] is called for the last lines. The
+//! crate denies `eprintln!` (`clippy::print_stderr`).
 
 use std::io::Write as _;
 use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long one line may wait for a stderr the agent made non-blocking and full.
 const PATIENCE: Duration = Duration::from_secs(2);
+
+/// Set when a line was given up on: stderr is full and nobody drains it.
+static STALLED: AtomicBool = AtomicBool::new(false);
+
+/// Lets the next line wait for stderr again (leash's last lines, after the agent ended).
+pub fn patient_again() {
+    STALLED.store(false, Ordering::Relaxed);
+}
 
 /// Writes `args` and a newline to stderr; see the module's text.
 pub fn line(args: std::fmt::Arguments<'_>) {
@@ -18,15 +30,19 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     let stderr = std::io::stderr();
     let mut locked = stderr.lock();
     let mut rest = text.as_bytes();
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = if STALLED.load(Ordering::Relaxed) { Instant::now() } else { Instant::now() + PATIENCE };
     while !rest.is_empty() {
         match locked.write(rest) {
             Ok(0) => return,
-            Ok(n) => rest = &rest[n..],
+            Ok(n) => {
+                rest = &rest[n..];
+                STALLED.store(false, Ordering::Relaxed);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    STALLED.store(true, Ordering::Relaxed);
                     return;
                 }
                 let wait = left.min(Duration::from_millis(100)).as_millis() as libc::c_int;
@@ -49,7 +65,8 @@ macro_rules! say {
 
 #[cfg(test)]
 mod tests {
-    /// A full, non-blocking stderr: the line is given up on after a while, without a panic.
+    /// A full, non-blocking stderr: the line is given up on after a while, without a panic, and
+    /// the next at once.
     #[test]
     fn a_full_nonblocking_stderr_loses_the_line_without_a_panic() {
         // A child process, so that this test's own stderr stays as it is.
@@ -62,6 +79,13 @@ mod tests {
             let started = std::time::Instant::now();
             crate::say!("leash: this line finds the pipe full");
             assert!(started.elapsed() >= super::PATIENCE, "gave up at once");
+            let next = std::time::Instant::now();
+            crate::say!("leash: so does this one");
+            assert!(next.elapsed() < super::PATIENCE / 4, "a stalled stderr made the next line wait too");
+            super::patient_again();
+            let last = std::time::Instant::now();
+            crate::say!("leash: a last line waits again");
+            assert!(last.elapsed() >= super::PATIENCE, "patient_again did not");
             std::process::exit(7);
         }
         let status = std::process::Command::new(exe)

@@ -542,6 +542,8 @@ async fn run_inside(
     if let Some(r) = relay {
         r.finish();
     }
+    // The agent has ended: what follows may wait for a stderr it left full.
+    crate::stderr::patient_again();
     for created in agent.guard.created() {
         crate::say!(
             "leash: warning: the agent created {}, which runs code for whoever uses this directory next; review it before running git or a shell here",
