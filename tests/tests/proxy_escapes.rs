@@ -467,6 +467,49 @@ async fn escape_a_tunnel_opened_before_a_reload_keeps_the_old_rules() {
     );
 }
 
+/// A WebSocket outlived a reload that took its endpoint away. A reload asks again: one the new
+/// policy still allows stays open (a no-op save of the file closes nothing), one it does not is
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_a_websocket_outlives_its_endpoints_removal() {
+    let up = Upstream::https();
+    let p = up.port();
+    let other = "      - { host: other.example, port: 443, protocol: rest, access: full }\n";
+    let proxy = start(&policy(&rest("localhost", p, FULL), ""), &[&up]);
+    let mut t = tunnel(&proxy, "localhost", p).await;
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost:{p}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let r = t.exchange(handshake.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 101, "control: the WebSocket opens: {r}");
+    async fn echoed(t: &mut Tunnel, word: &[u8]) -> bool {
+        let mut buf = vec![0u8; word.len()];
+        t.tls.write_all(word).await.is_ok()
+            && matches!(tokio::time::timeout(Duration::from_secs(2), t.tls.read_exact(&mut buf)).await, Ok(Ok(_)))
+            && buf == word
+    }
+    assert!(echoed(&mut t, b"before").await, "control: the upstream echoes");
+    let reload = |yaml: String| {
+        let before = proxy.stderr().matches("leash: policy reloaded").count();
+        proxy.replace_policy(&yaml);
+        proxy.hup();
+        assert!(
+            wait_until(5, || proxy.stderr().matches("leash: policy reloaded").count() > before),
+            "{}",
+            proxy.stderr()
+        );
+    };
+    reload(policy(&format!("{}{other}", rest("localhost", p, FULL)), ""));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(echoed(&mut t, b"still-allowed").await, "a reload that still allows the WebSocket closed it");
+    reload(policy(other, ""));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !echoed(&mut t, b"after-removal").await,
+        "a WebSocket to an endpoint the reload removed still carried data"
+    );
+}
+
 /// A passed-through connection (`protocol: tcp`) outlived a reload that took its endpoint away.
 /// A reload asks again: it is closed, while one the new policy still allows stays (control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

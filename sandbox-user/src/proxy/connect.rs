@@ -182,7 +182,7 @@ async fn connect(mut req: Request<Incoming>, client: Client, proxy: Arc<Proxy>) 
         };
     }
     let policy = verdict.policy.clone();
-    let tunnel = Tunnel::new(proxy, state, host, port, "https", endpoint_ref, policy, client.binary, client.addr);
+    let tunnel = Tunnel::new(proxy, state, host, port, "https", endpoint_ref, policy, client);
     intercept::spawn(on_upgrade, tunnel);
     Response::new(empty())
 }
@@ -207,8 +207,7 @@ async fn absolute_form(req: Request<Incoming>, client: Client, proxy: Arc<Proxy>
     };
     learning::allowed_connection(&proxy, &host.to_string(), port, &client, endpoint);
     let policy = verdict.policy.clone();
-    let tunnel =
-        Arc::new(Tunnel::new(proxy, state, host, port, "http", endpoint_ref, policy, client.binary, client.addr));
+    let tunnel = Arc::new(Tunnel::new(proxy, state, host, port, "http", endpoint_ref, policy, client));
     match request::handle(req, tunnel).await {
         Ok(resp) => resp,
         Err(never) => match never {},

@@ -2,8 +2,6 @@
 //! certificate for the CONNECT host minted by leash's CA, and serves HTTP/1.1 or HTTP/2 (ALPN)
 //! on it, judging each request (`request.rs`) before forwarding it upstream.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
@@ -14,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::policy::EndpointRef;
 
+use super::connect::Client;
 use super::ssrf::NormalizedHost;
 use super::state::PolicyState;
 use super::tls::{client_sni, sni_mismatch};
@@ -37,12 +36,11 @@ pub struct Tunnel {
     pub origin: String,
     pub endpoint: EndpointRef,
     pub policy: Option<Arc<str>>,
-    pub binary: Option<PathBuf>,
-    pub client: SocketAddr,
+    /// Who opened the tunnel: its address, executable and pid, and where transparent mode
+    /// redirected it from.
+    pub client: Client,
     /// The TLS client named another host in SNI than in CONNECT (domain fronting).
     pub sni_mismatch: bool,
-    /// Where the agent connected, when transparent mode redirected the connection here.
-    pub redirected_from: Option<SocketAddr>,
     /// This tunnel's own HTTP/1.1 upstream connection: the agent's HTTP/1.1 requests arrive one
     /// at a time, so they go over it without the shared pool's hand-offs.
     pub upstream: tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<super::ProxyBody>>>,
@@ -59,8 +57,7 @@ impl Tunnel {
         scheme: &'static str,
         endpoint: EndpointRef,
         policy: Option<Arc<str>>,
-        binary: Option<PathBuf>,
-        client: SocketAddr,
+        client: Client,
     ) -> Self {
         let default_port = if scheme == "https" { 443 } else { 80 };
         let origin = if port == default_port {
@@ -78,10 +75,8 @@ impl Tunnel {
             scheme,
             endpoint,
             policy,
-            binary,
             client,
             sni_mismatch: false,
-            redirected_from: None,
             upstream: Default::default(),
         }
     }

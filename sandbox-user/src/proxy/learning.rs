@@ -88,7 +88,7 @@ pub fn request_passed(t: &Tunnel, method: &str, target: &str, overrides: Vec<Str
         overrides,
         credentials: credentials.to_vec(),
     };
-    learner.record(&t.host_text, t.port, t.binary.as_deref(), seen);
+    learner.record(&t.host_text, t.port, t.client.binary.as_deref(), seen);
 }
 
 /// The method-override header values of a request (read before credentials are swapped in),
@@ -153,8 +153,7 @@ pub async fn absolute_form(
     let host_text = host.to_string();
     let allowed_ips = learned_endpoint(&state).map(|e| e.allowed_ips.clone()).unwrap_or_default();
     learner.record(&host_text, port, client.binary.as_deref(), Seen::Inspected { allowed_ips });
-    let tunnel =
-        Tunnel::new(proxy, state, host, port, "http", ENDPOINT, Some(LEARNING.into()), client.binary, client.addr);
+    let tunnel = Tunnel::new(proxy, state, host, port, "http", ENDPOINT, Some(LEARNING.into()), client);
     match request::handle(req, Arc::new(tunnel)).await {
         Ok(resp) => resp,
         Err(never) => match never {},
@@ -326,8 +325,7 @@ async fn serve_learned<S>(
     let agent = Prefixed { prefix, at: 0, inner: agent };
     if agent.prefix.first() == Some(&TLS_HANDSHAKE) {
         learner.record(&host_text, port, client.binary.as_deref(), Seen::Inspected { allowed_ips });
-        let tunnel =
-            Tunnel::new(proxy, state, host, port, "https", ENDPOINT, Some(LEARNING.into()), client.binary, client.addr);
+        let tunnel = Tunnel::new(proxy, state, host, port, "https", ENDPOINT, Some(LEARNING.into()), client);
         intercept::serve(agent, tunnel).await;
         return;
     }

@@ -18,6 +18,7 @@ use crate::audit::ProxyDecision;
 use crate::policy::{Inspection, RequestVerdict};
 
 use super::answers::{full, refuse, Refusal, AUDIT_LOG_FULL};
+use super::connect::decide_for_owner;
 use super::credentials::{
     contains_placeholder, rewrite_body, rewrite_request_head, CredentialError, RedactedBody, Reflections,
 };
@@ -25,6 +26,7 @@ use super::headers::{check_framing, strip_hop_by_hop, targets_tunnel, wants_upgr
 use super::intercept::Tunnel;
 use super::judge::{judge, Malformed};
 use super::learning;
+use super::state::PolicyState;
 use super::upstream::DialError;
 use super::ProxyBody;
 use crate::policy::readings::MAX_OVERRIDES;
@@ -41,6 +43,9 @@ pub async fn handle(req: Request<Incoming>, t: Arc<Tunnel>) -> Result<Response<P
 }
 
 async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<ProxyBody> {
+    // Watched from before the state is compared: a reload from here on reaches a WebSocket this
+    // request opens.
+    let reloads = t.proxy.state.reloads();
     let (mut parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
@@ -59,10 +64,10 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             policy: t.policy.as_deref().map(str::to_owned),
             rule: rule.map(str::to_owned),
             reason: reason.to_owned(),
-            binary: t.binary.as_ref().map(|b| b.display().to_string()),
+            binary: t.client.binary.as_ref().map(|b| b.display().to_string()),
             credentials,
-            client: Some(t.client),
-            redirected_from: t.redirected_from,
+            client: Some(t.client.addr),
+            redirected_from: t.client.redirected_from,
         })
     };
 
@@ -191,8 +196,6 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
         parts.headers.remove(hyper::header::RANGE);
         parts.headers.remove(hyper::header::IF_RANGE);
     }
-    // Watched from before the request goes out: a reload while it is answered counts.
-    let reloads = t.proxy.state.reloads();
     let head_only = parts.method == hyper::Method::HEAD;
     let sequential = parts.version == Version::HTTP_11 && !upgrade;
     let agent_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
@@ -222,7 +225,16 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         if let (Some(agent), Some(upstream)) = (agent_upgrade, rparts.extensions.remove::<OnUpgrade>()) {
-            join_upgraded(agent, upstream, reloads);
+            let (proxy, host, port, client) = (t.proxy.clone(), t.host.clone(), t.port, t.client.clone());
+            let target = target.clone();
+            let still_allowed = move |state: &PolicyState| {
+                let host_text = host.to_string();
+                let verdict = decide_for_owner(state, &host_text, port, &client);
+                verdict.allow
+                    && !state.secrets.any_bound_to(&host_text)
+                    && verdict.endpoint_ref.is_some_and(|e| state.decider.request(e, "GET", &target).allow)
+            };
+            join_upgraded(agent, upstream, proxy, reloads, still_allowed);
         }
     }
     strip_hop_by_hop(&mut rparts.headers, switching);
@@ -375,15 +387,30 @@ fn upstream_uri(t: &Tunnel, target: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// Pipes the two sides of a switched protocol (WebSocket) together, until either closes or
-/// the policy is reloaded (the new one never judged the request that opened it).
-fn join_upgraded(agent: OnUpgrade, upstream: OnUpgrade, mut reloads: tokio::sync::watch::Receiver<u64>) {
+/// Pipes the two sides of a switched protocol (WebSocket) together, until either closes or a
+/// reload leaves it no longer allowed: its host, port and opening request (as a GET) are judged
+/// again, and no credential may be bound to the host.
+fn join_upgraded(
+    agent: OnUpgrade,
+    upstream: OnUpgrade,
+    proxy: Arc<super::Proxy>,
+    mut reloads: tokio::sync::watch::Receiver<u64>,
+    still_allowed: impl Fn(&PolicyState) -> bool + Send + 'static,
+) {
     tokio::spawn(async move {
         let (Ok(a), Ok(u)) = (agent.await, upstream.await) else { return };
         let (mut a, mut u) = (TokioIo::new(a), TokioIo::new(u));
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut a, &mut u) => {}
-            _ = reloads.changed() => {}
+        let copy = tokio::io::copy_bidirectional(&mut a, &mut u);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                _ = &mut copy => return,
+                changed = reloads.changed() => {
+                    if changed.is_err() || !still_allowed(&proxy.state.current()) {
+                        return;
+                    }
+                }
+            }
         }
     });
 }

@@ -96,11 +96,18 @@ impl PolicyState {
 pub struct SharedState {
     current: Arc<ArcSwap<PolicyState>>,
     reloads: tokio::sync::watch::Sender<u64>,
+    /// One reload at a time (the file watcher and SIGHUP may both ask), so each state gets a
+    /// number of its own.
+    replacing: Arc<Mutex<()>>,
 }
 
 impl SharedState {
     pub fn new(state: PolicyState) -> Self {
-        Self { current: Arc::new(ArcSwap::from_pointee(state)), reloads: tokio::sync::watch::Sender::new(0) }
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(state)),
+            reloads: tokio::sync::watch::Sender::new(0),
+            replacing: Arc::default(),
+        }
     }
 
     /// The state new connections and requests use.
@@ -118,6 +125,7 @@ impl SharedState {
     /// Makes `state` current, then tells every watcher of [`SharedState::reloads`] (which then
     /// finds the new state).
     pub fn replace(&self, mut state: PolicyState) {
+        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         state.reload = *self.reloads.borrow() + 1;
         let reload = state.reload;
         self.current.store(Arc::new(state));

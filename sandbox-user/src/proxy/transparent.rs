@@ -74,9 +74,8 @@ pub async fn serve(admitted: tokio::net::TcpStream, proxy: Arc<Proxy>, client: C
     let policy = verdict.policy.clone();
     let host_text = host.to_string();
     let scheme = if first == TLS_HANDSHAKE { "https" } else { "http" };
-    let mut tunnel =
-        Tunnel::new(proxy.clone(), state, host, port, scheme, endpoint_ref, policy, client.binary.clone(), client.addr);
-    tunnel.redirected_from = Some(to);
+    // `client` says where it was redirected from (`to`).
+    let tunnel = Tunnel::new(proxy.clone(), state, host, port, scheme, endpoint_ref, policy, client.clone());
     if first == TLS_HANDSHAKE {
         intercept::serve(admitted, tunnel).await;
     } else if first.is_ascii_uppercase() {
