@@ -32,7 +32,7 @@ pub mod map_names {
     /// sandbox sent DNS from each client port to its resolver (transparent mode), written by
     /// `cgroup_skb/egress`; the resolver answers only its own sandbox's ports.
     pub const DNS_CLIENTS: &str = "LEASH_DNS_CLIENTS";
-    /// `LruHashMap<u64 socket cookie, u32 dns_client_key>`: which `DNS_CLIENTS` record each
+    /// `HashMap<u64 socket cookie, u32 dns_client_key>`: which `DNS_CLIENTS` record each
     /// sandbox socket made, removed with it by `cgroup/sock_release` when the socket is closed.
     pub const DNS_CLIENT_SOCKETS: &str = "LEASH_DNS_CLIENT_SOCKETS";
     /// `HashMap<u64 cgroup id, LsmPolicy>`: what the BPF-LSM programs refuse each sandbox.

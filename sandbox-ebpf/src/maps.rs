@@ -59,9 +59,11 @@ pub static SOCKET_OWNERS: LruHashMap<u64, ConnOwner> = LruHashMap::with_max_entr
 pub static DNS_CLIENTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 /// Socket cookie -> the `DNS_CLIENTS` key its datagrams made (`skb.rs`), so that the record goes
-/// when the socket is closed (`net/identity.rs`): anyone may bind its port then.
+/// when the socket is closed (`net/identity.rs`): anyone may bind its port then. Not LRU: an
+/// entry evicted by another sandbox's sockets would leave its record behind the socket. When it
+/// is full no record is made, and the query goes unanswered (fail closed).
 #[map(name = "LEASH_DNS_CLIENT_SOCKETS")]
-pub static DNS_CLIENT_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+pub static DNS_CLIENT_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 /// Socket cookie -> the resolver address a UDP socket of a transparent sandbox sent a DNS query
 /// to, before sendmsg4/6 or connect4/6 redirected it to leash's resolver; recvmsg4/6 show

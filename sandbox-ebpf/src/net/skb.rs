@@ -97,11 +97,13 @@ fn judge(ctx: &SkBuffContext, dir: Direction) -> i32 {
     if sandbox(cgroup).is_some_and(|proxy| is_proxy(&proxy, &remote)) {
         if dir == Direction::Egress && remote.protocol == IPPROTO_UDP {
             // DNS to the sandbox's resolver (the only UDP `is_proxy` lets out): say whose it is.
+            // The socket's entry first: a record is made only if it goes with the socket.
             let key = dns_client_key(local_port(&pkt, &remote), remote.port);
-            let _ = DNS_CLIENTS.insert(&key, &cgroup, 0);
             // SAFETY: plain BPF helper call on the program's own context (the sending socket's).
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let _ = DNS_CLIENT_SOCKETS.insert(&cookie, &key, 0);
+            if DNS_CLIENT_SOCKETS.insert(&cookie, &key, 0).is_ok() {
+                let _ = DNS_CLIENTS.insert(&key, &cgroup, 0);
+            }
         } else if dir == Direction::Egress && is_reset(&pkt, &remote) {
             // The connection is over, and nothing of the socket is left for the proxy to find.
             super::identity::forget_reset(ctx);
