@@ -544,6 +544,67 @@ fn a_terminal_that_is_only_stdout_is_not_the_agents_to_read_or_set() {
     assert!(pending_input(&slave).contains("typed-ahead-secret"), "the keystrokes stay for the user's shell");
 }
 
+/// Under `sudo leash run` the agent runs as the user, who owns the user's terminals: with
+/// `/dev/pts` in its view, it opened the user's terminal by path (this one, and any other shell
+/// of the user's), read what was typed there and turned echo off, whatever leash did with its
+/// own descriptors. The agent's `/dev/pts` is a devpts of its own now, holding only its terminal.
+#[test]
+fn the_users_terminals_cannot_be_opened_by_path() {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("seam-tty-path");
+    let policy = scratch
+        .file("policy.yaml", &workdir_policy("").replace("read_only: [", "read_write: [/dev/pts], read_only: ["));
+    let dir = scratch.owned_dir("work", uid);
+    let (mut master, slave) = user_terminal();
+    // The agent's user owns this terminal, as the sudo user owns theirs.
+    // SAFETY: fchown on the test's own descriptor.
+    assert_eq!(unsafe { libc::fchown(slave.as_raw_fd(), uid, u32::MAX) }, 0);
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).unwrap();
+    let host = std::fs::metadata(&path).unwrap();
+    use std::io::Write as _;
+    master.write_all(b"typed-in-another-shell\n").unwrap();
+    let script = format!(
+        "import os, select, termios\n\
+         got = b''\n\
+         try:\n\
+         \x20   fd = os.open('{}', os.O_RDWR | os.O_NOCTTY)\n\
+         \x20   st = os.fstat(fd)\n\
+         \x20   got += b'opened %d %d ' % (st.st_dev, st.st_ino)\n\
+         \x20   a = termios.tcgetattr(fd); a[3] &= ~termios.ECHO; termios.tcsetattr(fd, termios.TCSANOW, a)\n\
+         \x20   if select.select([fd], [], [], 1.0)[0]: got += os.read(fd, 100)\n\
+         except OSError as e:\n\
+         \x20   got += b'refused %d' % e.errno\n\
+         open('got', 'wb').write(got)\n",
+        path.display()
+    );
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", PY, "-c", &script])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let got = std::fs::read_to_string(dir.join("got")).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    let same = format!("opened {} {} ", host.dev(), host.ino());
+    assert!(!got.starts_with(&same), "the agent opened the user's terminal {}: {got:?}", path.display());
+    assert!(!got.contains("typed-in-another-shell"), "the agent read the user's keystrokes: {got:?}");
+    // SAFETY: zeroed termios is a valid value for tcgetattr to fill.
+    let mut settings: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr on the test's own terminal.
+    assert_eq!(unsafe { libc::tcgetattr(slave.as_raw_fd(), &mut settings) }, 0);
+    assert!(settings.c_lflag & libc::ECHO != 0, "the agent turned echo off on the user's terminal");
+    // Control: outside the sandbox the agent's user opens it.
+    let control = Command::new(PY)
+        .args(["-c", &format!("import os; os.open('{}', os.O_RDWR | os.O_NOCTTY); print('opened')", path.display())])
+        .uid(uid)
+        .output()
+        .unwrap();
+    assert!(stdout(&control).contains("opened"), "control: {}", stderr(&control));
+}
+
 // 4. The audit log through a planted link.
 
 #[test]

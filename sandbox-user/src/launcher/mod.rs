@@ -27,7 +27,7 @@ mod workdir_guard;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd as _, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -515,7 +515,18 @@ async fn run_inside(
             held.join(", ")
         );
     }
-    let mut relay = terminal::open()?;
+    // The agent's terminals: a devpts of its own, with its terminal in it.
+    let terminals = match mount_ns::detached_devpts() {
+        Ok(devpts) => Some(devpts),
+        Err(e) => {
+            crate::say!("leash: warning: the agent can open the host's terminals under /dev/pts (a devpts of its own could not be made: {e})");
+            None
+        }
+    };
+    if let Some(devpts) = &terminals {
+        mounts.with_terminals(devpts.as_fd());
+    }
+    let mut relay = terminal::open(terminals.as_ref().map(|d| d.as_fd()), agent.identity.uid.as_raw())?;
     let spawned = child::spawn(
         child::ChildSetup {
             program: agent.program,
@@ -532,6 +543,7 @@ async fn run_inside(
     );
     drop(domain);
     drop(kept_home);
+    drop(terminals);
     if let Some(r) = relay.as_mut() {
         r.started();
     }

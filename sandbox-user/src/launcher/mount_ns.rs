@@ -10,6 +10,8 @@
 //! - every pathname unix socket bound on the host as the sandbox is made, wherever it is, is
 //!   covered with `/dev/null` (`host_sockets`), except those the policy's `kernel.unix.allow`
 //!   names;
+//! - `/dev/pts` is a devpts of the agent's own, holding its terminal ([`detached_devpts`]): the
+//!   user's other terminals are not there to open;
 //! - files in the working directory that run code later, outside the sandbox, are read-only,
 //!   and so are the empty directories leash holds where such names are missing
 //!   (`workdir_guard`).
@@ -36,9 +38,9 @@ const SCRATCH: &[&str] = &crate::policy::learn_files::SCRATCH;
 /// Directories emptied of host sockets.
 const RUNTIME: &[&str] = &["/run", "/var/run"];
 
-/// Every directory the agent gets empty (private or emptied).
+/// Every directory the agent gets empty (private or emptied), its terminals' among them.
 pub fn emptied() -> impl Iterator<Item = &'static Path> {
-    SCRATCH.iter().chain(RUNTIME).map(Path::new)
+    SCRATCH.iter().chain(RUNTIME).chain([&TERMINALS]).map(Path::new)
 }
 /// Refuses a working directory inside one the agent gets new and empty: the agent would start
 /// in the host's directory (a working directory is held by reference, not by path), reaching
@@ -125,6 +127,47 @@ pub fn detached_tmpfs() -> io::Result<OwnedFd> {
     }
 }
 
+/// A new devpts instance (nosuid, noexec) mounted nowhere: the agent's namespace mounts it at
+/// `/dev/pts` ([`PrivateMounts::with_terminals`]), and leash makes the agent's own terminal in
+/// it (`terminal.rs`). The host's terminals, the user's other shells among them, are not there
+/// to open: an agent running as the user owns them, and could read what is typed in them or
+/// turn their echo off. Fails where [`detached_tmpfs`] does.
+pub fn detached_devpts() -> io::Result<OwnedFd> {
+    use new_mount_api::*;
+    // SAFETY: as in `detached_tmpfs`.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, c"devpts".as_ptr(), FSOPEN_CLOEXEC);
+        if fs < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fs = OwnedFd::from_raw_fd(fs as RawFd);
+        for (key, value) in [(c"mode", c"0620"), (c"ptmxmode", c"0666")] {
+            if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
+                < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let null: *const libc::c_char = std::ptr::null();
+        if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, null, null, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mount =
+            libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+        if mount < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(mount as RawFd))
+    }
+}
+
+/// Where the host's terminals are, and the agent gets a devpts of its own.
+const TERMINALS_C: &std::ffi::CStr = c"/dev/pts";
+const TERMINALS: &str = match TERMINALS_C.to_str() {
+    Ok(path) => path,
+    Err(_) => panic!("a path in UTF-8"),
+};
+
 /// Where an agent whose user has no usable home directory gets one: in its private `/tmp`, so it
 /// is its own and gone when the sandbox ends.
 pub const PRIVATE_HOME: &std::ffi::CStr = c"/tmp/leash-home";
@@ -150,6 +193,8 @@ pub struct PrivateMounts {
     fixed: Vec<CString>,
     /// Host sockets covered with `/dev/null`.
     covered: Vec<CString>,
+    /// A devpts of the agent's own ([`detached_devpts`]), mounted at [`TERMINALS`].
+    terminals: Option<RawFd>,
     home: Option<PrivateHome>,
     /// The agent's Landlock ruleset and the new directories it allows, with their rights.
     landlock: Option<(RawFd, Vec<(CString, u64)>)>,
@@ -224,7 +269,7 @@ impl PrivateMounts {
             );
         }
         let covered = sockets.found.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
-        Ok(Self { scratch, runtime, kept, read_only, fixed, covered, home: None, landlock: None })
+        Ok(Self { scratch, runtime, kept, read_only, fixed, covered, terminals: None, home: None, landlock: None })
     }
 
     /// Lets the Landlock ruleset `ruleset` allow each of `emptied` (paths the policy names, with
@@ -233,6 +278,13 @@ impl PrivateMounts {
         let rules = emptied.iter().map(|(p, bits)| Ok((c_path(p)?, *bits))).collect::<Result<_>>()?;
         self.landlock = Some((ruleset, rules));
         Ok(())
+    }
+
+    /// Mounts `devpts` ([`detached_devpts`], open until the agent started) at `/dev/pts`.
+    pub fn with_terminals(&mut self, devpts: BorrowedFd<'_>) {
+        if is_dir(Path::new(TERMINALS)) {
+            self.terminals = Some(devpts.as_raw_fd());
+        }
     }
 
     /// Gives the agent its home: a kept one, or [`PRIVATE_HOME`]; false when there is no private
@@ -314,6 +366,14 @@ impl PrivateMounts {
             }
             for path in &self.read_only {
                 bind_read_only(path.as_ptr(), path.as_ptr())?;
+            }
+            if let Some(devpts) = self.terminals {
+                let flags = new_mount_api::MOVE_MOUNT_F_EMPTY_PATH;
+                let target = TERMINALS_C.as_ptr();
+                let moved = libc::syscall(libc::SYS_move_mount, devpts, c"".as_ptr(), libc::AT_FDCWD, target, flags);
+                if moved < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             for socket in &self.covered {
                 // A socket gone since it was found needs no cover.

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -45,12 +45,18 @@ fn is_tty(fd: RawFd) -> bool {
 /// A pty for the agent when any of stdin, stdout and stderr is a terminal, else `None` (the
 /// agent gets a new session only). Even a terminal that is only leash's stdout can be read and
 /// set by whoever holds it: the agent would read what the user types next, and leave echo off.
-pub fn open() -> Result<Option<Relay>> {
+/// The pty is made in `devpts`, the agent's own ([`super::mount_ns::detached_devpts`]), where
+/// given (its terminal is then `/dev/pts/0` of the agent's namespace, owned by `agent_uid`); in
+/// the host's otherwise.
+pub fn open(devpts: Option<BorrowedFd<'_>>, agent_uid: u32) -> Result<Option<Relay>> {
     let Some(tty) = (0..3).find(|&fd| is_tty(fd)) else { return Ok(None) };
     // SAFETY: `tty` is a terminal (checked above) and stays open for the life of leash.
-    let user = unsafe { std::os::fd::BorrowedFd::borrow_raw(tty) };
+    let user = unsafe { BorrowedFd::borrow_raw(tty) };
     let saved = termios::tcgetattr(user).context("reading the terminal's settings")?;
-    let pty = nix::pty::openpty(None, Some(&saved)).context("opening a pseudo-terminal for the agent")?;
+    let pty = match devpts {
+        Some(devpts) => pty_in(devpts, agent_uid, &saved).context("opening a pseudo-terminal for the agent")?,
+        None => nix::pty::openpty(None, Some(&saved)).context("opening a pseudo-terminal for the agent")?,
+    };
     for fd in [&pty.master, &pty.slave] {
         nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     }
@@ -134,6 +140,37 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // As in `finish`; restoring twice is harmless.
         self.restore_terminal();
+    }
+}
+
+/// A new pty of the devpts at `devpts`, its slave owned by `uid` (as `grantpt` would make it)
+/// with the settings `termios`.
+fn pty_in(devpts: BorrowedFd<'_>, uid: u32, termios: &Termios) -> Result<nix::pty::OpenptyResult> {
+    // `TIOCGPTPEER` (`asm-generic/ioctls.h`, 4.13+): the slave of a master, opened without a path.
+    const TIOCGPTPEER: libc::c_ulong = 0x5441;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: openat(2) and ioctl(2)s on descriptors owned here; each result is checked, and
+    // each new descriptor owned at once.
+    unsafe {
+        let master = libc::openat(devpts.as_raw_fd(), c"ptmx".as_ptr(), flags);
+        if master < 0 {
+            return Err(std::io::Error::last_os_error()).context("opening ptmx of the agent's devpts");
+        }
+        let master = OwnedFd::from_raw_fd(master);
+        let unlock: libc::c_int = 0;
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
+            return Err(std::io::Error::last_os_error()).context("unlocking the pty");
+        }
+        let slave = libc::ioctl(master.as_raw_fd(), TIOCGPTPEER, flags);
+        if slave < 0 {
+            return Err(std::io::Error::last_os_error()).context("opening the pty's slave");
+        }
+        let slave = OwnedFd::from_raw_fd(slave);
+        if libc::fchown(slave.as_raw_fd(), uid, u32::MAX) != 0 {
+            return Err(std::io::Error::last_os_error()).context("giving the agent its terminal");
+        }
+        termios::tcsetattr(&slave, SetArg::TCSANOW, termios).context("setting the agent's terminal")?;
+        Ok(nix::pty::OpenptyResult { master, slave })
     }
 }
 
