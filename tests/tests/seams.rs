@@ -1084,6 +1084,42 @@ fn renaming_the_git_directory_does_not_carry_its_protection_away() {
     assert_eq!(std::fs::read_to_string(checkout.join(".git/config")).unwrap(), config_before);
 }
 
+/// A submodule's own config (`.git/modules/<name>/config`) runs code for the owner's next
+/// `git status` in the repository too (its `core.fsmonitor`, when git looks into the
+/// submodule): it is read-only like the repository's, and a submodule the agent adds is named
+/// at exit.
+#[test]
+fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-git-modules");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = scratch.owned_dir("checkout", uid);
+    let git = Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    assert!(git.status.success(), "git init: {}", stderr(&git));
+    // A submodule's git directory as `git submodule add` leaves it.
+    let module = checkout.join(".git/modules/lib");
+    let init = Command::new("git")
+        .args(["init", "-q", "--bare", module.to_str().unwrap()])
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "git init lib: {}", stderr(&init));
+    let before = std::fs::read_to_string(module.join("config")).unwrap();
+    let attack = "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' >> .git/modules/lib/config && echo module=written || echo module=refused; \
+                  mkdir -p .git/modules/evil && echo '[core]' > .git/modules/evil/config && echo new=written";
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("module=refused"), "the agent wrote a submodule's config: {text} {}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(module.join("config")).unwrap(), before);
+    assert!(text.contains("new=written"), "the premise: {text}");
+    assert!(stderr(&out).contains(".git/modules/evil"), "the new submodule is not named: {}", stderr(&out));
+}
+
 /// `.git/commondir` names the directory git takes its config and hooks from. It cannot be
 /// held (git refuses a repository where it is not a file), so an agent that writes one is
 /// named at exit, before the owner runs git there.

@@ -29,10 +29,44 @@ use anyhow::{bail, Context, Result};
 
 use super::host_files::AgentIds;
 
-/// Names that cannot be held, since git refuses a repository where they are anything but a
-/// file it reads, with the protected name they lead to: `.git/commondir` names the directory
-/// git takes its config and hooks from. When the agent creates one, leash says so at exit.
-const REPORTED: &[(&str, &str)] = &[(".git/commondir", ".git/config")];
+/// Where git also reads code-running config and hooks, for a repository whose `.git/config` is
+/// protected: `commondir` (the directory git takes its config and hooks from), `config.worktree`
+/// (with `extensions.worktreeConfig`), and each submodule's own `config` and `hooks` under
+/// `.git/modules` (a `git status` in the repository runs a submodule's `core.fsmonitor`). None
+/// can be held (git refuses a repository where they are anything but what it expects): one that
+/// exists is read-only, one the agent creates is named at exit, and so is a new submodule.
+fn companions(workdir: &Path, names: &[PathBuf]) -> Vec<PathBuf> {
+    if !names.iter().any(|n| n == Path::new(".git/config")) {
+        return Vec::new();
+    }
+    let mut out = vec![PathBuf::from(".git/commondir"), PathBuf::from(".git/config.worktree")];
+    // `.git/modules/<name>`, and their own `modules/`, a few levels and entries deep.
+    let mut dirs = vec![PathBuf::from(".git/modules")];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(workdir.join(&dir)) else { continue };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_MODULES || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let module = dir.join(entry.file_name());
+            out.push(module.join("config"));
+            out.push(module.join("hooks"));
+            if module.components().count() < 2 + 2 * MODULE_DEPTH {
+                dirs.push(module.join("modules"));
+            }
+        }
+    }
+    out
+}
+
+/// How many entries of `.git/modules` trees are looked at, and how deep submodules nest.
+const MAX_MODULES: usize = 256;
+const MODULE_DEPTH: usize = 3;
+
+/// Directories whose new entries are named at exit: a submodule the agent added.
+const WATCHED: &[&str] = &[".git/modules"];
 
 /// An empty directory leash created for a missing name, and its identity.
 #[derive(Debug)]
@@ -57,6 +91,9 @@ pub struct WorkdirGuard {
     /// The names as the policy gives them, joined to the working directory, and the
     /// [`REPORTED`] ones that were missing at start.
     names: Vec<PathBuf>,
+    /// Directories whose new entries are named at exit ([`WATCHED`]), with their entries at
+    /// start.
+    watched: Vec<(PathBuf, std::collections::BTreeSet<std::ffi::OsString>)>,
     /// Whether dropping the guard removes the held directories: only until the agent may run.
     release_on_drop: bool,
 }
@@ -65,20 +102,23 @@ impl WorkdirGuard {
     /// Protects `names` (relative to `workdir`) from an agent with ids `agent`.
     pub fn protect(workdir: &Path, names: &[PathBuf], agent: &AgentIds) -> Result<Self> {
         let mut names_in: Vec<PathBuf> = names.iter().map(|n| workdir.join(n)).collect();
-        for (reported, leads_to) in REPORTED {
-            let path = workdir.join(reported);
-            if names.iter().any(|n| n == Path::new(leads_to)) && std::fs::symlink_metadata(&path).is_err() {
-                names_in.push(path);
-            }
-        }
+        let (existing, missing): (Vec<PathBuf>, Vec<PathBuf>) =
+            companions(workdir, names).into_iter().partition(|c| std::fs::symlink_metadata(workdir.join(c)).is_ok());
+        names_in.extend(missing.iter().map(|c| workdir.join(c)));
+        let watched = if names.iter().any(|n| n == Path::new(".git/config")) {
+            WATCHED.iter().map(|d| (workdir.join(d), listing(&workdir.join(d)))).collect()
+        } else {
+            Vec::new()
+        };
         let mut guard = Self {
             read_only: Vec::new(),
             parents: Vec::new(),
             held: Vec::new(),
             names: names_in,
+            watched,
             release_on_drop: true,
         };
-        for name in names {
+        for name in names.iter().chain(&existing) {
             if let Err(e) = guard.protect_one(workdir, name, agent) {
                 guard.release();
                 return Err(e);
@@ -175,13 +215,18 @@ impl WorkdirGuard {
 
     /// Names that exist now but were neither there at start nor held: the agent made them
     /// (a [`REPORTED`] name, or a protected one through a link).
-    pub fn created(&self) -> Vec<&Path> {
-        self.names
+    pub fn created(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self
+            .names
             .iter()
             .filter(|n| !self.covers(n))
             .filter(|n| std::fs::symlink_metadata(n).is_ok())
-            .map(PathBuf::as_path)
-            .collect()
+            .cloned()
+            .collect();
+        for (dir, before) in &self.watched {
+            out.extend(listing(dir).difference(before).map(|name| dir.join(name)));
+        }
+        out
     }
 
     /// Removes the held directories that are still the empty ones leash made. Call it once no
@@ -196,6 +241,12 @@ impl WorkdirGuard {
             }
         }
     }
+}
+
+/// The names in directory `dir` (none when it cannot be read), at most [`MAX_MODULES`].
+fn listing(dir: &Path) -> std::collections::BTreeSet<std::ffi::OsString> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Default::default() };
+    entries.flatten().take(MAX_MODULES).map(|e| e.file_name()).collect()
 }
 
 impl WorkdirGuard {
@@ -282,7 +333,20 @@ mod tests {
         assert_eq!(guard.parents(), [dir.join(".git")]);
         assert!(guard.created().is_empty());
         std::fs::write(dir.join(".git/commondir"), "evil\n").unwrap();
-        assert_eq!(guard.created(), [dir.join(".git/commondir").as_path()]);
+        assert_eq!(guard.created(), [dir.join(".git/commondir")]);
+    }
+
+    #[test]
+    fn a_submodules_config_is_read_only_and_a_new_submodule_is_named() {
+        let dir = scratch("modules");
+        std::fs::create_dir_all(dir.join(".git/modules/lib/hooks")).unwrap();
+        std::fs::write(dir.join(".git/modules/lib/config"), "[core]\n").unwrap();
+        let guard = WorkdirGuard::protect(&dir, &[PathBuf::from(".git/config")], &agent()).unwrap();
+        assert!(guard.existing().contains(&dir.join(".git/modules/lib/config")), "{:?}", guard.existing());
+        assert!(guard.existing().contains(&dir.join(".git/modules/lib/hooks")), "{:?}", guard.existing());
+        assert!(guard.parents().contains(&dir.join(".git/modules/lib")), "{:?}", guard.parents());
+        std::fs::create_dir_all(dir.join(".git/modules/new")).unwrap();
+        assert_eq!(guard.created(), [dir.join(".git/modules/new")]);
     }
 
     #[test]
