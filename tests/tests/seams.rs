@@ -605,6 +605,32 @@ fn the_users_terminals_cannot_be_opened_by_path() {
     assert!(stdout(&control).contains("opened"), "control: {}", stderr(&control));
 }
 
+/// The agent saw every process of the host under `/proc`, and their command lines, where
+/// people pass tokens (`--token=...`, a JSON `--env`). Its `/proc` is a procfs of its own that
+/// shows only the processes it may look into.
+#[test]
+fn other_processes_command_lines_are_not_the_agents_to_read() {
+    require_root();
+    let scratch = Scratch::new("seam-proc");
+    let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
+    let mut host =
+        Command::new(PY).args(["-c", "import time; time.sleep(30)", "--token=host-secret-5e1f"]).spawn().unwrap();
+    let host_pid = host.id();
+    let path = format!("/proc/{host_pid}/cmdline");
+    // Control: another user outside the sandbox reads it.
+    let control = Command::new("cat").arg(&path).uid(65534).gid(65534).output().unwrap();
+    let out = leash_run(&policy, &[], &["/bin/sh", "-c", &format!("cat {path}; echo; cat /proc/self/cmdline")]);
+    let _ = host.kill();
+    let _ = host.wait();
+    assert!(stdout(&control).contains("host-secret-5e1f"), "control: {}", stderr(&control));
+    assert!(
+        !stdout(&out).contains("host-secret-5e1f"),
+        "the agent read a host process's command line: {}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("/proc/self/cmdline"), "the agent reads its own: {} {}", stdout(&out), stderr(&out));
+}
+
 // 4. The audit log through a planted link.
 
 #[test]

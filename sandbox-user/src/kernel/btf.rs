@@ -206,7 +206,7 @@ impl KernelBtf {
 
 /// Whether the running kernel's release (`/proc/sys/kernel/osrelease`) is at least
 /// `major.minor`; false when it cannot be read.
-fn running_kernel_at_least(major: u32, minor: u32) -> bool {
+pub(crate) fn running_kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     release_at_least(&release, major, minor)
 }

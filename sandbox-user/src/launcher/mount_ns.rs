@@ -12,6 +12,8 @@
 //!   names;
 //! - `/dev/pts` is a devpts of the agent's own, holding its terminal ([`detached_devpts`]): the
 //!   user's other terminals are not there to open;
+//! - `/proc` is a procfs of its own showing only the processes the agent may look into
+//!   ([`PROC`]);
 //! - files in the working directory that run code later, outside the sandbox, are read-only,
 //!   and so are the empty directories leash holds where such names are missing
 //!   (`workdir_guard`).
@@ -38,10 +40,21 @@ const SCRATCH: &[&str] = &crate::policy::learn_files::SCRATCH;
 /// Directories emptied of host sockets.
 const RUNTIME: &[&str] = &["/run", "/var/run"];
 
-/// Every directory the agent gets empty (private or emptied), its terminals' among them.
+/// Every directory the agent gets new (private or emptied), its terminals' and `/proc` among
+/// them.
 pub fn emptied() -> impl Iterator<Item = &'static Path> {
-    SCRATCH.iter().chain(RUNTIME).chain([&TERMINALS]).map(Path::new)
+    SCRATCH.iter().chain(RUNTIME).chain([&TERMINALS, &PROC]).map(Path::new)
 }
+
+/// The agent's `/proc`: a procfs of its own that shows only the processes it may look into
+/// (`hidepid=2`), not every process of the host with its command line and the secrets people
+/// pass there. From 5.8, each procfs mount has its own options; before, they were shared by every
+/// mount of the PID namespace, and the host's `/proc` would change: none is made there.
+const PROC_C: &std::ffi::CStr = c"/proc";
+const PROC: &str = match PROC_C.to_str() {
+    Ok(path) => path,
+    Err(_) => panic!("a path in UTF-8"),
+};
 /// Refuses a working directory inside one the agent gets new and empty: the agent would start
 /// in the host's directory (a working directory is held by reference, not by path), reaching
 /// the host's `/tmp` through relative paths while its absolute ones name its own, and leash's
@@ -195,6 +208,8 @@ pub struct PrivateMounts {
     covered: Vec<CString>,
     /// A devpts of the agent's own ([`detached_devpts`]), mounted at [`TERMINALS`].
     terminals: Option<RawFd>,
+    /// Whether a procfs of its own is mounted at [`PROC`].
+    own_proc: bool,
     home: Option<PrivateHome>,
     /// The agent's Landlock ruleset and the new directories it allows, with their rights.
     landlock: Option<(RawFd, Vec<(CString, u64)>)>,
@@ -269,7 +284,19 @@ impl PrivateMounts {
             );
         }
         let covered = sockets.found.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
-        Ok(Self { scratch, runtime, kept, read_only, fixed, covered, terminals: None, home: None, landlock: None })
+        let own_proc = is_dir(Path::new(PROC)) && crate::kernel::btf::running_kernel_at_least(5, 8);
+        Ok(Self {
+            scratch,
+            runtime,
+            kept,
+            read_only,
+            fixed,
+            covered,
+            terminals: None,
+            own_proc,
+            home: None,
+            landlock: None,
+        })
     }
 
     /// Lets the Landlock ruleset `ruleset` allow each of `emptied` (paths the policy names, with
@@ -374,6 +401,16 @@ impl PrivateMounts {
                 if moved < 0 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            if self.own_proc {
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                check(libc::mount(
+                    c"proc".as_ptr(),
+                    PROC_C.as_ptr(),
+                    c"proc".as_ptr(),
+                    flags,
+                    c"hidepid=2".as_ptr().cast(),
+                ))?;
             }
             for socket in &self.covered {
                 // A socket gone since it was found needs no cover.
