@@ -34,18 +34,23 @@ pub enum KernelReload {
 /// How often the file's modification time is checked.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Watches `path` and reloads `proxy` on every change until the task is aborted.
+/// Watches `path` and reloads `proxy` on every change until the task is aborted. A reload that
+/// failed is tried again at every poll until one succeeds, saying why only when the file changed:
+/// a revocation must not be lost to a passing failure (descriptors running out, say, which the
+/// agent can bring about).
 pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = modified(&path);
+        let mut failing = false;
         loop {
             tokio::time::sleep(POLL).await;
             let now = modified(&path);
-            if now == seen {
+            let changed = now != seen;
+            if !changed && !failing {
                 continue;
             }
             seen = now;
-            reload_from(&path, &proxy, &kernel);
+            failing = !load_and_apply(&path, &proxy, &kernel, changed);
         }
     })
 }
@@ -53,6 +58,11 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::t
 /// Loads `path` and puts it in force, or says why not. The kernel rules are resolved first, so
 /// a file whose `kernel:` section does not resolve changes nothing.
 pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: &KernelReload) {
+    load_and_apply(path, proxy, kernel, true);
+}
+
+/// [`reload_from`], saying why a reload failed only when `say_why`; whether it succeeded.
+fn load_and_apply(path: &std::path::Path, proxy: &Proxy, kernel: &KernelReload, say_why: bool) -> bool {
     let result = policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
         if p.transparent() != proxy.transparent() {
             return Err("the new policy changes network.transparent, which is set when the sandbox starts: run the agent again for that".to_owned());
@@ -74,9 +84,18 @@ pub fn reload_from(path: &std::path::Path, proxy: &Proxy, kernel: &KernelReload)
         proxy.reload(p).map_err(|e| format!("{e:#}"))
     });
     match result {
-        Ok(()) => crate::say!("leash: policy reloaded from {}", path.display()),
+        Ok(()) => {
+            crate::say!("leash: policy reloaded from {}", path.display());
+            true
+        }
         Err(e) => {
-            crate::say!("leash: policy reload rejected, the previous policy stays in force: {}", without_quotes(&e))
+            if say_why {
+                crate::say!(
+                    "leash: policy reload rejected, the previous policy stays in force: {}",
+                    without_quotes(&e)
+                );
+            }
+            false
         }
     }
 }
