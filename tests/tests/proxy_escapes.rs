@@ -1622,7 +1622,7 @@ fn agent_cannot_read_leash_secrets() {
         "sleep 1\n\
          echo \"env=$TOK\"\n\
          echo \"leash_environ=$(tr '\\0' '\\n' < /proc/$PPID/environ 2>&1 | grep -c {SECRET})\"\n\
-         echo \"leash_mem=$(head -c 16 /proc/$PPID/mem 2>&1 | grep -c 'Permission denied')\"\n\
+         echo \"leash_mem=$(head -c 16 /proc/$PPID/mem 2>&1 | grep -c -e 'Permission denied' -e 'No such file')\"\n\
          echo \"leash_maps=$(head -n1 /proc/$PPID/maps 2>/dev/null | wc -c)\"\n\
          echo \"victim_environ=$(tr '\\0' '\\n' < /proc/{vpid}/environ 2>&1 | grep -c {SECRET})\"\n\
          echo \"creds=$(cat {} 2>&1 | grep -c {SECRET})\"\n\
