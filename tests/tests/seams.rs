@@ -631,6 +631,33 @@ fn other_processes_command_lines_are_not_the_agents_to_read() {
     assert!(stdout(&out).contains("/proc/self/cmdline"), "the agent reads its own: {} {}", stdout(&out), stderr(&out));
 }
 
+/// The agent's own procfs is another filesystem than the host's: a policy that names files
+/// under `/proc` (not `/proc` itself) keeps them readable there.
+#[test]
+fn a_policy_naming_files_under_proc_keeps_them() {
+    require_root();
+    let scratch = Scratch::new("seam-proc-names");
+    let policy = scratch.file(
+        "policy.yaml",
+        &format!(
+            "{}filesystem_policy: {{ read_only: [/usr, /lib, /lib64, /bin, /etc, /proc/cpuinfo, /proc/sys/kernel] }}\n",
+            nobody_policy(&[])
+        ),
+    );
+    let out = leash_run(
+        &policy,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "head -c 9 /proc/cpuinfo && echo; cat /proc/sys/kernel/ostype; cat /proc/meminfo || echo meminfo=refused",
+        ],
+    );
+    let text = stdout(&out);
+    assert!(text.contains("processor") && text.contains("Linux"), "{text} {}", stderr(&out));
+    assert!(text.contains("meminfo=refused"), "control: a name the policy does not give stays refused: {text}");
+}
+
 // 4. The audit log through a planted link.
 
 #[test]
@@ -1134,7 +1161,8 @@ fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
     assert!(init.status.success(), "git init lib: {}", stderr(&init));
     let before = std::fs::read_to_string(module.join("config")).unwrap();
     let attack = "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' >> .git/modules/lib/config && echo module=written || echo module=refused; \
-                  mkdir -p .git/modules/evil && echo '[core]' > .git/modules/evil/config && echo new=written";
+                  mkdir -p .git/modules/libs/evil && echo 'ref: refs/heads/x' > .git/modules/libs/evil/HEAD \
+                  && echo '[core]' > .git/modules/libs/evil/config && echo new=written";
     let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
         .current_dir(&checkout)
         .output()
@@ -1143,7 +1171,7 @@ fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
     assert!(text.contains("module=refused"), "the agent wrote a submodule's config: {text} {}", stderr(&out));
     assert_eq!(std::fs::read_to_string(module.join("config")).unwrap(), before);
     assert!(text.contains("new=written"), "the premise: {text}");
-    assert!(stderr(&out).contains(".git/modules/evil"), "the new submodule is not named: {}", stderr(&out));
+    assert!(stderr(&out).contains(".git/modules/libs/evil"), "the new submodule is not named: {}", stderr(&out));
 }
 
 /// `.git/commondir` names the directory git takes its config and hooks from. It cannot be

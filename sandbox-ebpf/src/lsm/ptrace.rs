@@ -5,8 +5,8 @@
 //! leash or its proxy. Debugging within the sandbox stays possible, except under
 //! `lsm_rule::NO_ATTACH_INSIDE` (a policy with `binaries:` rules): then no access in attach mode,
 //! and no `PTRACE_TRACEME`, between the sandbox's own processes either, since code put into an
-//! allowed executable would make requests in its name. From outside, only root attaches to a
-//! sandbox's process ([`from_outside`]). A task's access to its own thread group never reaches
+//! allowed executable would make requests in its name. From outside, only root attaches to or
+//! reads a sandbox's process ([`from_outside`]). A task's access to its own thread group never reaches
 //! the hook. Minimum kernel: 5.7.
 
 use aya_ebpf::{helpers::bpf_get_current_uid_gid, macros::lsm, programs::LsmContext};
@@ -28,8 +28,9 @@ pub fn leash_lsm_ptrace_traceme(ctx: LsmContext) -> i32 {
     judge(ctx.arg(0), PTRACE_MODE_ATTACH)
 }
 
-/// `PTRACE_MODE_ATTACH` (`include/linux/ptrace.h`).
+/// `PTRACE_MODE_ATTACH` and `PTRACE_MODE_NOAUDIT` (`include/linux/ptrace.h`).
 const PTRACE_MODE_ATTACH: u32 = 0x02;
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 
 /// Allows ptrace of `target` (a `task_struct` address) only within the caller's sandbox, and
 /// there not in attach mode under `NO_ATTACH_INSIDE`.
@@ -53,14 +54,16 @@ fn judge(target: u64, mode: u32) -> i32 {
     deny(&sandbox, &event)
 }
 
-/// A task in no sandbox attaches to one in a sandbox only as root. Another process of the
+/// A task in no sandbox looks into one in a sandbox only as root. Another process of the
 /// agent's user (a daemon running as `nobody`, the invoking user's other processes) would
 /// otherwise drive the agent, or take its connection to the proxy (`pidfd_getfd`), and be
-/// served by the proxy as the sandbox. leash and the node daemon run as root. Reads (`/proc`
-/// status, `environ`) stay open, and cost the host no lookup.
+/// served by the proxy as the sandbox; or reopen its descriptors through `/proc/<pid>/fd` (its
+/// terminal, its stdin). leash and the node daemon run as root. The checks `ps` makes
+/// (`PTRACE_MODE_NOAUDIT`: `/proc/<pid>/stat`) stay open, and cost the host no lookup.
 #[inline(always)]
 fn from_outside(target: u64, mode: u32) -> i32 {
-    if mode & PTRACE_MODE_ATTACH == 0 || bpf_get_current_uid_gid() as u32 == 0 || !layout_set() {
+    let quiet_read = mode & PTRACE_MODE_ATTACH == 0 && mode & PTRACE_MODE_NOAUDIT != 0;
+    if quiet_read || bpf_get_current_uid_gid() as u32 == 0 || !layout_set() {
         return ALLOW;
     }
     let Some(sandbox) = task_cgroup(target).and_then(sandbox_of_cgroup) else {

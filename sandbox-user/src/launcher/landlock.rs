@@ -102,7 +102,7 @@ pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path, extra_read_only:
         .context("Landlock: adding read-write paths")?;
     let fd: Option<OwnedFd> = created.into();
     let (read_bits, write_bits) = (AccessFs::from_read(abi).bits(), AccessFs::from_all(abi).bits());
-    let emptied = super::mount_ns::emptied()
+    let mut emptied: Vec<(PathBuf, u64)> = super::mount_ns::emptied()
         .filter_map(|dir| {
             let bits = if read_write.iter().any(|p| p == dir) {
                 write_bits
@@ -114,6 +114,10 @@ pub fn prepare(rules: Option<&FilesystemRules>, workdir: &Path, extra_read_only:
             Some((dir.to_path_buf(), bits))
         })
         .collect();
+    // `/proc/cpuinfo`, `/dev/pts/ptmx`: names that stay in the new instances.
+    let beneath = |p: &&PathBuf| super::mount_ns::remounted().any(|dir| p.starts_with(dir) && p.as_path() != dir);
+    emptied.extend(read_only.iter().filter(beneath).map(|p| (p.clone(), read_bits)));
+    emptied.extend(read_write.iter().filter(beneath).map(|p| (p.clone(), write_bits)));
     match fd {
         Some(fd) => Ok(Domain::Enforced(Prepared { fd, read_write: write_bits, emptied, skipped })),
         None if rules.is_some_and(|r| r.compatibility == LandlockCompat::HardRequirement) => {

@@ -40,6 +40,23 @@ const SCRATCH: &[&str] = &crate::policy::learn_files::SCRATCH;
 /// Directories emptied of host sockets.
 const RUNTIME: &[&str] = &["/run", "/var/run"];
 
+/// The agent's devpts.
+enum Terminals {
+    /// None: no `/dev/pts` on this host.
+    None,
+    /// [`detached_devpts`], holding the agent's terminal.
+    Detached(RawFd),
+    /// A new instance made in the namespace with mount(2) ([`devpts_data`]), where the new
+    /// mount API is refused; the agent's terminal is then the host's (its path is not there).
+    New(CString),
+}
+
+/// Directories the agent gets as new instances of the same filesystems, whose names stay: a
+/// policy's rules for paths beneath them are made again on the new ones too.
+pub fn remounted() -> impl Iterator<Item = &'static Path> {
+    [TERMINALS, PROC].into_iter().map(Path::new)
+}
+
 /// Every directory the agent gets new (private or emptied), its terminals' and `/proc` among
 /// them.
 pub fn emptied() -> impl Iterator<Item = &'static Path> {
@@ -147,6 +164,7 @@ pub fn detached_tmpfs() -> io::Result<OwnedFd> {
 /// turn their echo off. Fails where [`detached_tmpfs`] does.
 pub fn detached_devpts() -> io::Result<OwnedFd> {
     use new_mount_api::*;
+    let options = devpts_options();
     // SAFETY: as in `detached_tmpfs`.
     unsafe {
         let fs = libc::syscall(libc::SYS_fsopen, c"devpts".as_ptr(), FSOPEN_CLOEXEC);
@@ -154,7 +172,7 @@ pub fn detached_devpts() -> io::Result<OwnedFd> {
             return Err(io::Error::last_os_error());
         }
         let fs = OwnedFd::from_raw_fd(fs as RawFd);
-        for (key, value) in [(c"mode", c"0620"), (c"ptmxmode", c"0666")] {
+        for (key, value) in options.iter().map(|(k, v)| (k.as_c_str(), v.as_c_str())) {
             if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
                 < 0
             {
@@ -172,6 +190,35 @@ pub fn detached_devpts() -> io::Result<OwnedFd> {
         }
         Ok(OwnedFd::from_raw_fd(mount as RawFd))
     }
+}
+
+/// Most terminals an agent's devpts holds: the instances besides the host's share one pool
+/// (`kernel.pty.max` less `kernel.pty.reserve`), which one agent must not use up.
+const MAX_TERMINALS: &str = "256";
+
+/// The options of the agent's devpts: new terminals in group `tty` (as `/dev/ptmx` is; glibc
+/// before 2.33 refuses a terminal `grantpt` cannot give that group), mode 0620, at most
+/// [`MAX_TERMINALS`].
+fn devpts_options() -> Vec<(CString, CString)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut options = vec![(c"mode".into(), c"0620".into()), (c"ptmxmode".into(), c"0666".into())];
+    if let Ok(max) = CString::new(MAX_TERMINALS) {
+        options.push((c"max".into(), max));
+    }
+    match std::fs::metadata("/dev/ptmx").map(|m| m.gid()) {
+        Ok(gid) if gid != 0 => options.extend(CString::new(gid.to_string()).ok().map(|g| (c"gid".into(), g))),
+        _ => {}
+    }
+    options
+}
+
+/// The same options in the form mount(2) takes, for a devpts made in the agent's namespace
+/// where [`detached_devpts`] could not be.
+fn devpts_data() -> CString {
+    let text: Vec<String> = std::iter::once("newinstance".to_owned())
+        .chain(devpts_options().iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())))
+        .collect();
+    CString::new(text.join(",")).unwrap_or_default()
 }
 
 /// Where the host's terminals are, and the agent gets a devpts of its own.
@@ -206,8 +253,8 @@ pub struct PrivateMounts {
     fixed: Vec<CString>,
     /// Host sockets covered with `/dev/null`.
     covered: Vec<CString>,
-    /// A devpts of the agent's own ([`detached_devpts`]), mounted at [`TERMINALS`].
-    terminals: Option<RawFd>,
+    /// The agent's devpts, mounted at [`TERMINALS`].
+    terminals: Terminals,
     /// Whether a procfs of its own is mounted at [`PROC`].
     own_proc: bool,
     home: Option<PrivateHome>,
@@ -285,18 +332,8 @@ impl PrivateMounts {
         }
         let covered = sockets.found.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
         let own_proc = is_dir(Path::new(PROC)) && crate::kernel::btf::running_kernel_at_least(5, 8);
-        Ok(Self {
-            scratch,
-            runtime,
-            kept,
-            read_only,
-            fixed,
-            covered,
-            terminals: None,
-            own_proc,
-            home: None,
-            landlock: None,
-        })
+        let terminals = if is_dir(Path::new(TERMINALS)) { Terminals::New(devpts_data()) } else { Terminals::None };
+        Ok(Self { scratch, runtime, kept, read_only, fixed, covered, terminals, own_proc, home: None, landlock: None })
     }
 
     /// Lets the Landlock ruleset `ruleset` allow each of `emptied` (paths the policy names, with
@@ -307,10 +344,11 @@ impl PrivateMounts {
         Ok(())
     }
 
-    /// Mounts `devpts` ([`detached_devpts`], open until the agent started) at `/dev/pts`.
+    /// Mounts `devpts` ([`detached_devpts`], open until the agent started) at `/dev/pts`, instead
+    /// of a new instance made in the namespace.
     pub fn with_terminals(&mut self, devpts: BorrowedFd<'_>) {
-        if is_dir(Path::new(TERMINALS)) {
-            self.terminals = Some(devpts.as_raw_fd());
+        if !matches!(self.terminals, Terminals::None) {
+            self.terminals = Terminals::Detached(devpts.as_raw_fd());
         }
     }
 
@@ -394,23 +432,29 @@ impl PrivateMounts {
             for path in &self.read_only {
                 bind_read_only(path.as_ptr(), path.as_ptr())?;
             }
-            if let Some(devpts) = self.terminals {
-                let flags = new_mount_api::MOVE_MOUNT_F_EMPTY_PATH;
-                let target = TERMINALS_C.as_ptr();
-                let moved = libc::syscall(libc::SYS_move_mount, devpts, c"".as_ptr(), libc::AT_FDCWD, target, flags);
-                if moved < 0 {
-                    return Err(io::Error::last_os_error());
+            match &self.terminals {
+                Terminals::None => {}
+                Terminals::Detached(devpts) => {
+                    let flags = new_mount_api::MOVE_MOUNT_F_EMPTY_PATH;
+                    let target = TERMINALS_C.as_ptr();
+                    let moved =
+                        libc::syscall(libc::SYS_move_mount, *devpts, c"".as_ptr(), libc::AT_FDCWD, target, flags);
+                    if moved < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Terminals::New(data) => {
+                    let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+                    let devpts = c"devpts".as_ptr();
+                    check(libc::mount(devpts, TERMINALS_C.as_ptr(), devpts, flags, data.as_ptr().cast()))?;
                 }
             }
             if self.own_proc {
+                // Best effort: where procfs cannot be mounted (an unprivileged container, say), the
+                // agent keeps the host's, as before.
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-                check(libc::mount(
-                    c"proc".as_ptr(),
-                    PROC_C.as_ptr(),
-                    c"proc".as_ptr(),
-                    flags,
-                    c"hidepid=2".as_ptr().cast(),
-                ))?;
+                let proc = c"proc".as_ptr();
+                let _ = libc::mount(proc, PROC_C.as_ptr(), proc, flags, c"hidepid=2".as_ptr().cast());
             }
             for socket in &self.covered {
                 // A socket gone since it was found needs no cover.
@@ -421,12 +465,21 @@ impl PrivateMounts {
                 }
             }
             if let Some((ruleset, rules)) = &self.landlock {
-                for (dir, access) in rules {
-                    let fd = libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                for (path, access) in rules {
+                    let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
                     if fd < 0 {
+                        // A name the policy gives under `/proc` or `/dev/pts` that the new
+                        // instance has not: nothing to allow.
+                        if *libc::__errno_location() == libc::ENOENT {
+                            continue;
+                        }
                         return Err(io::Error::last_os_error());
                     }
-                    let added = allow_beneath(*ruleset, fd, *access);
+                    let mut st: libc::stat = std::mem::zeroed();
+                    let is_dir = libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                    // A rule on a file takes only the rights a file has.
+                    let access = if is_dir { *access } else { *access & LANDLOCK_FILE_RIGHTS };
+                    let added = allow_beneath(*ruleset, fd, access);
                     libc::close(fd);
                     added?;
                 }
@@ -467,6 +520,10 @@ unsafe fn make_home(home: &PrivateHome) -> io::Result<()> {
 
 /// Adds to the Landlock ruleset `ruleset` a rule giving `access` beneath the directory open as
 /// `dir`.
+/// The Landlock rights a rule on a file (not a directory) may carry: execute, write, read,
+/// truncate (ABI 3) and device ioctls (ABI 5).
+const LANDLOCK_FILE_RIGHTS: u64 = 1 | 1 << 1 | 1 << 2 | 1 << 14 | 1 << 15;
+
 fn allow_beneath(ruleset: RawFd, dir: RawFd, access: u64) -> io::Result<()> {
     /// `struct landlock_path_beneath_attr`.
     #[repr(C, packed)]

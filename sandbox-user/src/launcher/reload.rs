@@ -33,24 +33,37 @@ pub enum KernelReload {
 
 /// How often the file's modification time is checked.
 const POLL: Duration = Duration::from_millis(500);
+/// The longest wait between two tries of a reload that keeps failing.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Watches `path` and reloads `proxy` on every change until the task is aborted. A reload that
-/// failed is tried again at every poll until one succeeds, saying why only when the file changed:
+/// failed is tried again, less and less often, until one succeeds, saying why only when the
+/// file changed:
 /// a revocation must not be lost to a passing failure (descriptors running out, say, which the
 /// agent can bring about).
 pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = modified(&path);
-        let mut failing = false;
+        // While reloads fail: when to try again, and how long to wait after that one.
+        let mut retry: Option<(tokio::time::Instant, Duration)> = None;
         loop {
             tokio::time::sleep(POLL).await;
             let now = modified(&path);
             let changed = now != seen;
-            if !changed && !failing {
+            let due = retry.is_some_and(|(at, _)| tokio::time::Instant::now() >= at);
+            if !changed && !due {
                 continue;
             }
             seen = now;
-            failing = !load_and_apply(&path, &proxy, &kernel, changed);
+            retry = match (load_and_apply(&path, &proxy, &kernel, changed), retry) {
+                (true, _) => None,
+                // A file that does not load is parsed again less and less often, up to every
+                // RETRY_MAX; a change tries at once.
+                (false, Some((_, wait))) if !changed => {
+                    Some((tokio::time::Instant::now() + wait, (wait * 2).min(RETRY_MAX)))
+                }
+                (false, _) => Some((tokio::time::Instant::now() + POLL, POLL * 2)),
+            };
         }
     })
 }

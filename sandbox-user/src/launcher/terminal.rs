@@ -166,6 +166,7 @@ fn pty_in(devpts: BorrowedFd<'_>, uid: u32, termios: &Termios) -> Result<nix::pt
             return Err(std::io::Error::last_os_error()).context("opening the pty's slave");
         }
         let slave = OwnedFd::from_raw_fd(slave);
+        // Its group stays the devpts's (`tty`, `mount_ns::devpts_options`).
         if libc::fchown(slave.as_raw_fd(), uid, u32::MAX) != 0 {
             return Err(std::io::Error::last_os_error()).context("giving the agent its terminal");
         }

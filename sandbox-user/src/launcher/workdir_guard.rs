@@ -22,10 +22,11 @@
 //! (`mount_ns`). What this does not cover: a name created through a link, and a second run in
 //! the same directory while the first removes what it held (the second then holds nothing).
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::host_files::AgentIds;
 
@@ -35,38 +36,50 @@ use super::host_files::AgentIds;
 /// `.git/modules` (a `git status` in the repository runs a submodule's `core.fsmonitor`). None
 /// can be held (git refuses a repository where they are anything but what it expects): one that
 /// exists is read-only, one the agent creates is named at exit, and so is a new submodule.
-fn companions(workdir: &Path, names: &[PathBuf]) -> Vec<PathBuf> {
-    if !names.iter().any(|n| n == Path::new(".git/config")) {
-        return Vec::new();
-    }
+fn companions(modules: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
     let mut out = vec![PathBuf::from(".git/commondir"), PathBuf::from(".git/config.worktree")];
-    // `.git/modules/<name>`, and their own `modules/`, a few levels and entries deep.
-    let mut dirs = vec![PathBuf::from(".git/modules")];
-    let mut seen = 0;
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(workdir.join(&dir)) else { continue };
-        for entry in entries.flatten() {
-            seen += 1;
-            if seen > MAX_MODULES || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let module = dir.join(entry.file_name());
-            out.push(module.join("config"));
-            out.push(module.join("hooks"));
-            if module.components().count() < 2 + 2 * MODULE_DEPTH {
-                dirs.push(module.join("modules"));
-            }
-        }
+    for module in modules {
+        out.push(module.join("config"));
+        out.push(module.join("hooks"));
     }
     out
 }
 
-/// How many entries of `.git/modules` trees are looked at, and how deep submodules nest.
-const MAX_MODULES: usize = 256;
-const MODULE_DEPTH: usize = 3;
+/// The git directories of the submodules under `.git/modules` of `workdir`, relative to it: a
+/// directory holding `HEAD` is one (its own `modules/` is walked too, [`MODULE_DEPTH`] deep);
+/// another is a part of a submodule's name (`libs/foo`). At most [`MAX_MODULES`] entries are
+/// looked at; `None` when there were more.
+fn modules(workdir: &Path) -> Option<BTreeSet<PathBuf>> {
+    let mut found = BTreeSet::new();
+    let mut dirs = vec![(PathBuf::from(".git/modules"), 0)];
+    let mut seen = 0;
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(workdir.join(&dir)) else { continue };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_MODULES {
+                return None;
+            }
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = dir.join(entry.file_name());
+            if workdir.join(&path).join("HEAD").is_file() {
+                if depth < MODULE_DEPTH {
+                    dirs.push((path.join("modules"), depth + 1));
+                }
+                found.insert(path);
+            } else {
+                dirs.push((path, depth));
+            }
+        }
+    }
+    Some(found)
+}
 
-/// Directories whose new entries are named at exit: a submodule the agent added.
-const WATCHED: &[&str] = &[".git/modules"];
+/// How many entries of `.git/modules` trees are looked at, and how deep submodules nest.
+const MAX_MODULES: usize = 512;
+const MODULE_DEPTH: usize = 3;
 
 /// An empty directory leash created for a missing name, and its identity.
 #[derive(Debug)]
@@ -91,9 +104,9 @@ pub struct WorkdirGuard {
     /// The names as the policy gives them, joined to the working directory, and the
     /// [`REPORTED`] ones that were missing at start.
     names: Vec<PathBuf>,
-    /// Directories whose new entries are named at exit ([`WATCHED`]), with their entries at
-    /// start.
-    watched: Vec<(PathBuf, std::collections::BTreeSet<std::ffi::OsString>)>,
+    /// With `.git/config` protected: the working directory and its submodules at start
+    /// ([`modules`]); a new one is named at exit.
+    modules: Option<(PathBuf, BTreeSet<PathBuf>)>,
     /// Whether dropping the guard removes the held directories: only until the agent may run.
     release_on_drop: bool,
 }
@@ -102,20 +115,29 @@ impl WorkdirGuard {
     /// Protects `names` (relative to `workdir`) from an agent with ids `agent`.
     pub fn protect(workdir: &Path, names: &[PathBuf], agent: &AgentIds) -> Result<Self> {
         let mut names_in: Vec<PathBuf> = names.iter().map(|n| workdir.join(n)).collect();
-        let (existing, missing): (Vec<PathBuf>, Vec<PathBuf>) =
-            companions(workdir, names).into_iter().partition(|c| std::fs::symlink_metadata(workdir.join(c)).is_ok());
-        names_in.extend(missing.iter().map(|c| workdir.join(c)));
-        let watched = if names.iter().any(|n| n == Path::new(".git/config")) {
-            WATCHED.iter().map(|d| (workdir.join(d), listing(&workdir.join(d)))).collect()
-        } else {
-            Vec::new()
+        let modules = match names.iter().any(|n| n == Path::new(".git/config")) {
+            true => Some(modules(workdir).ok_or_else(|| {
+                anyhow!(
+                    "{} has more than {MAX_MODULES} entries under .git/modules, too many to protect each submodule's config; filesystem_policy.protect_in_workdir changes the list",
+                    workdir.display()
+                )
+            })?),
+            false => None,
         };
+        let (existing, missing): (Vec<PathBuf>, Vec<PathBuf>) = modules
+            .as_ref()
+            .map(companions)
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|c| std::fs::symlink_metadata(workdir.join(c)).is_ok());
+        names_in.extend(missing.iter().map(|c| workdir.join(c)));
+        let modules = modules.map(|m| (workdir.to_path_buf(), m));
         let mut guard = Self {
             read_only: Vec::new(),
             parents: Vec::new(),
             held: Vec::new(),
             names: names_in,
-            watched,
+            modules,
             release_on_drop: true,
         };
         for name in names.iter().chain(&existing) {
@@ -223,8 +245,12 @@ impl WorkdirGuard {
             .filter(|n| std::fs::symlink_metadata(n).is_ok())
             .cloned()
             .collect();
-        for (dir, before) in &self.watched {
-            out.extend(listing(dir).difference(before).map(|name| dir.join(name)));
+        if let Some((workdir, before)) = &self.modules {
+            // More than can be walked: say so rather than nothing.
+            match modules(workdir) {
+                Some(now) => out.extend(now.difference(before).map(|m| workdir.join(m))),
+                None => out.push(workdir.join(".git/modules")),
+            }
         }
         out
     }
@@ -241,12 +267,6 @@ impl WorkdirGuard {
             }
         }
     }
-}
-
-/// The names in directory `dir` (none when it cannot be read), at most [`MAX_MODULES`].
-fn listing(dir: &Path) -> std::collections::BTreeSet<std::ffi::OsString> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Default::default() };
-    entries.flatten().take(MAX_MODULES).map(|e| e.file_name()).collect()
 }
 
 impl WorkdirGuard {
@@ -339,14 +359,20 @@ mod tests {
     #[test]
     fn a_submodules_config_is_read_only_and_a_new_submodule_is_named() {
         let dir = scratch("modules");
-        std::fs::create_dir_all(dir.join(".git/modules/lib/hooks")).unwrap();
-        std::fs::write(dir.join(".git/modules/lib/config"), "[core]\n").unwrap();
+        for module in ["lib", "libs/foo"] {
+            std::fs::create_dir_all(dir.join(".git/modules").join(module).join("hooks")).unwrap();
+            std::fs::write(dir.join(".git/modules").join(module).join("config"), "[core]\n").unwrap();
+            std::fs::write(dir.join(".git/modules").join(module).join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        }
         let guard = WorkdirGuard::protect(&dir, &[PathBuf::from(".git/config")], &agent()).unwrap();
-        assert!(guard.existing().contains(&dir.join(".git/modules/lib/config")), "{:?}", guard.existing());
-        assert!(guard.existing().contains(&dir.join(".git/modules/lib/hooks")), "{:?}", guard.existing());
-        assert!(guard.parents().contains(&dir.join(".git/modules/lib")), "{:?}", guard.parents());
-        std::fs::create_dir_all(dir.join(".git/modules/new")).unwrap();
-        assert_eq!(guard.created(), [dir.join(".git/modules/new")]);
+        for name in ["lib/config", "lib/hooks", "libs/foo/config", "libs/foo/hooks"] {
+            let path = dir.join(".git/modules").join(name);
+            assert!(guard.existing().contains(&path), "{name}: {:?}", guard.existing());
+        }
+        assert!(guard.parents().contains(&dir.join(".git/modules/libs/foo")), "{:?}", guard.parents());
+        std::fs::create_dir_all(dir.join(".git/modules/libs/new")).unwrap();
+        std::fs::write(dir.join(".git/modules/libs/new/HEAD"), "x").unwrap();
+        assert_eq!(guard.created(), [dir.join(".git/modules/libs/new")]);
     }
 
     #[test]

@@ -907,7 +907,8 @@ fn ptrace_attach_inside(_: i32) -> Result<(), i32> {
 /// agent's uid elsewhere would drive the agent, or take its connection to the proxy, and be
 /// served as the sandbox. Two `--hold` processes run as nobody, one in the sandbox and one
 /// not; their parent, also nobody and outside (as their parent, Yama's scope 1 lets it),
-/// attaches to each and takes a descriptor of each. Only the LSM tells the two apart.
+/// attaches to each, takes a descriptor of each and reads each one's environment. Only the LSM
+/// tells the two apart.
 fn check_attach_from_outside(procs: &std::path::Path, hooked: bool) -> bool {
     const NOBODY: libc::uid_t = 65534;
     let hold = |into: Option<&std::path::Path>| -> i32 {
@@ -932,7 +933,7 @@ fn check_attach_from_outside(procs: &std::path::Path, hooked: bool) -> bool {
         }
         pid
     };
-    let (mut report, mut results) = ([0i32; 4], [0u8; 16]);
+    let (mut report, mut results) = ([0i32; 6], [0u8; 24]);
     let mut fds = [0; 2];
     // SAFETY: a pipe for the attacher's four results.
     unsafe { libc::pipe(fds.as_mut_ptr()) };
@@ -954,7 +955,12 @@ fn check_attach_from_outside(procs: &std::path::Path, hooked: bool) -> bool {
                     .err()
                     .unwrap_or(0)
             };
-            let got = [take(outside), take(inside), attach(outside), attach(inside)];
+            let environ = |pid: i32| {
+                let path = std::ffi::CString::new(format!("/proc/{pid}/environ")).unwrap_or_default();
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                check(fd as libc::c_long).err().unwrap_or(0)
+            };
+            let got = [take(outside), take(inside), attach(outside), attach(inside), environ(outside), environ(inside)];
             let bytes: Vec<u8> = got.iter().flat_map(|e| e.to_ne_bytes()).collect();
             libc::write(fds[1], bytes.as_ptr().cast(), bytes.len());
             for pid in [inside, outside] {
@@ -975,19 +981,25 @@ fn check_attach_from_outside(procs: &std::path::Path, hooked: bool) -> bool {
         report[i] = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
     let errno = |e: i32| if e == 0 { "ok".to_owned() } else { describe(Err(e)) };
-    let [take_outside, take_inside, attach_outside, attach_inside] = report;
-    let controls = take_outside == 0 && attach_outside == 0;
-    let refused = if hooked { take_inside == libc::EPERM && attach_inside == libc::EPERM } else { true };
+    let [take_outside, take_inside, attach_outside, attach_inside, read_outside, read_inside] = report;
+    let controls = take_outside == 0 && attach_outside == 0 && read_outside == 0;
+    let refused = if hooked {
+        take_inside == libc::EPERM && attach_inside == libc::EPERM && read_inside == libc::EACCES
+    } else {
+        true
+    };
     let pass = controls && refused;
     result(
         "attach-from-outside",
         pass,
         &format!(
-            "by nobody outside: pidfd_getfd outside {}, inside {}; PTRACE_ATTACH outside {}, inside {}{}",
+            "by nobody outside: pidfd_getfd outside {}, inside {}; PTRACE_ATTACH outside {}, inside {}; environ outside {}, inside {}{}",
             errno(take_outside),
             errno(take_inside),
             errno(attach_outside),
             errno(attach_inside),
+            errno(read_outside),
+            errno(read_inside),
             if hooked { "" } else { " (hook unavailable on this kernel: not enforced)" }
         ),
     );
