@@ -482,6 +482,12 @@ pub mod lsm_rule {
     /// `process_vm_writev`, `pidfd_getfd`). Set for a policy with `binaries:` rules, where code run
     /// inside an allowed executable would borrow its rights (and the credentials bound to it).
     pub const NO_ATTACH_INSIDE: u32 = 1 << 6;
+    /// No process outside the sandbox but root reads its processes either (ptrace read mode:
+    /// `/proc/<pid>/environ`, `fd`, `root`; the quiet checks `ps` makes pass). Set by `leash run`,
+    /// whose proxy is leash itself (root); not for a node's sandboxes, whose pod runs its proxy
+    /// outside the sandbox as the pod's user and reads the agent's `/proc` for `binaries:` rules.
+    /// (Attaching from outside is root's alone for every sandbox.)
+    pub const NO_READ_FROM_OUTSIDE: u32 = 1 << 7;
 }
 
 /// Values of `LEASH_LSM_EXEC_ALLOW`: what a sandbox may do with the file. Any entry may be mapped

@@ -54,12 +54,13 @@ fn judge(target: u64, mode: u32) -> i32 {
     deny(&sandbox, &event)
 }
 
-/// A task in no sandbox looks into one in a sandbox only as root. Another process of the
-/// agent's user (a daemon running as `nobody`, the invoking user's other processes) would
-/// otherwise drive the agent, or take its connection to the proxy (`pidfd_getfd`), and be
-/// served by the proxy as the sandbox; or reopen its descriptors through `/proc/<pid>/fd` (its
-/// terminal, its stdin). leash and the node daemon run as root. The checks `ps` makes
-/// (`PTRACE_MODE_NOAUDIT`: `/proc/<pid>/stat`) stay open, and cost the host no lookup.
+/// A task in no sandbox attaches to one in a sandbox only as root, and under
+/// `NO_READ_FROM_OUTSIDE` (`leash run`) reads it only as root. Another process of the agent's
+/// user (a daemon running as `nobody`, the invoking user's other processes) would otherwise
+/// drive the agent, or take its connection to the proxy (`pidfd_getfd`), and be served by the
+/// proxy as the sandbox; or reopen its descriptors through `/proc/<pid>/fd` (its terminal, its
+/// stdin). leash and the node daemon run as root. The checks `ps` makes (`PTRACE_MODE_NOAUDIT`:
+/// `/proc/<pid>/stat`) stay open, and cost the host no lookup.
 #[inline(always)]
 fn from_outside(target: u64, mode: u32) -> i32 {
     let quiet_read = mode & PTRACE_MODE_ATTACH == 0 && mode & PTRACE_MODE_NOAUDIT != 0;
@@ -69,6 +70,10 @@ fn from_outside(target: u64, mode: u32) -> i32 {
     let Some(sandbox) = task_cgroup(target).and_then(sandbox_of_cgroup) else {
         return ALLOW;
     };
+    // Reads only where the sandbox asks (`leash run`; a pod's proxy reads its agent's `/proc`).
+    if mode & PTRACE_MODE_ATTACH == 0 && sandbox.policy.rules & lsm_rule::NO_READ_FROM_OUTSIDE == 0 {
+        return ALLOW;
+    }
     let mut event = Event::new(Hook::LsmPtrace);
     event.protocol = mode;
     event.target_pid = task_tgid(target);

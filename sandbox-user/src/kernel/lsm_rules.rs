@@ -146,6 +146,13 @@ impl LsmRules {
         self
     }
 
+    /// These rules for a sandbox of `leash run`, whose proxy is leash itself: no process outside
+    /// but root reads its processes ([`lsm_rule::NO_READ_FROM_OUTSIDE`]).
+    pub fn for_leash_run(mut self) -> Self {
+        self.rules |= lsm_rule::NO_READ_FROM_OUTSIDE;
+        self
+    }
+
     /// The BPF-LSM hooks these rules need, by `bpf_lsm_<hook>` name, with those of the proxy
     /// rule every sandbox adds; a missing one means part of the policy is not enforced.
     pub fn required_hooks(&self) -> Vec<&'static str> {

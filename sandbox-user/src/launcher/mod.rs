@@ -161,7 +161,8 @@ pub async fn run(begun: Begun) -> Result<i32> {
     let binaries_rules = !policy.binaries_restricted().is_empty();
     let kernel_rules = LsmRules::for_policy(kernel_section.as_ref(), &protect)
         .context("resolving the policy's `kernel:` section")?
-        .with_binaries_rules(binaries_rules);
+        .with_binaries_rules(binaries_rules)
+        .for_leash_run();
     for path in &kernel_rules.missing_deny_open {
         crate::say!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
     }

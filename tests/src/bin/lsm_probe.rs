@@ -720,7 +720,8 @@ impl Fixtures {
             rules: lsm_rule::EXEC_ALLOWLIST
                 | lsm_rule::DENY_OPEN
                 | lsm_rule::UNIX_ALLOWLIST
-                | lsm_rule::NO_ATTACH_INSIDE,
+                | lsm_rule::NO_ATTACH_INSIDE
+                | lsm_rule::NO_READ_FROM_OUTSIDE,
             exec,
             libraries,
             deny_open,
