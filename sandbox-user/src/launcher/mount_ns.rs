@@ -24,7 +24,7 @@
 //! What this does not cover: a socket a host service binds after the agent started, outside
 //! the emptied directories.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
@@ -129,15 +129,23 @@ mod new_mount_api {
 /// a seccomp profile refuses the new mount API.
 pub fn detached_tmpfs() -> io::Result<OwnedFd> {
     use new_mount_api::*;
+    let options = [(c"mode", c"0755"), (c"source", c"leash")];
+    detached(c"tmpfs", &options, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
+}
+
+/// A new filesystem of type `fstype` with `options`, mounted nowhere, with mount attributes
+/// `attrs`: its descriptor.
+fn detached(fstype: &CStr, options: &[(&CStr, &CStr)], attrs: libc::c_uint) -> io::Result<OwnedFd> {
+    use new_mount_api::*;
     // SAFETY: the new mount API's calls with NUL-terminated strings and descriptors checked and
     // owned here.
     unsafe {
-        let fs = libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC);
+        let fs = libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC);
         if fs < 0 {
             return Err(io::Error::last_os_error());
         }
         let fs = OwnedFd::from_raw_fd(fs as RawFd);
-        for (key, value) in [(c"mode", c"0755"), (c"source", c"leash")] {
+        for (key, value) in options {
             if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
                 < 0
             {
@@ -148,7 +156,6 @@ pub fn detached_tmpfs() -> io::Result<OwnedFd> {
         if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, null, null, 0) < 0 {
             return Err(io::Error::last_os_error());
         }
-        let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
         let mount = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs);
         if mount < 0 {
             return Err(io::Error::last_os_error());
@@ -165,31 +172,8 @@ pub fn detached_tmpfs() -> io::Result<OwnedFd> {
 pub fn detached_devpts() -> io::Result<OwnedFd> {
     use new_mount_api::*;
     let options = devpts_options();
-    // SAFETY: as in `detached_tmpfs`.
-    unsafe {
-        let fs = libc::syscall(libc::SYS_fsopen, c"devpts".as_ptr(), FSOPEN_CLOEXEC);
-        if fs < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fs = OwnedFd::from_raw_fd(fs as RawFd);
-        for (key, value) in options.iter().map(|(k, v)| (k.as_c_str(), v.as_c_str())) {
-            if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
-                < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        let null: *const libc::c_char = std::ptr::null();
-        if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, null, null, 0) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mount =
-            libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
-        if mount < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(mount as RawFd))
-    }
+    let options: Vec<(&CStr, &CStr)> = options.iter().map(|(k, v)| (k.as_c_str(), v.as_c_str())).collect();
+    detached(c"devpts", &options, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
 }
 
 /// Most terminals an agent's devpts holds: the instances besides the host's share one pool

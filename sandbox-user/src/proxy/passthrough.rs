@@ -29,7 +29,7 @@ pub struct Allowed {
 impl Allowed {
     /// Whether `state` allows the connection as it is: host and port for this client, to an
     /// uninspected endpoint whose address policy admits the address dialled.
-    fn still(&self, state: &PolicyState) -> bool {
+    pub fn still(&self, state: &PolicyState) -> bool {
         let verdict = decide_for_owner(state, &self.host.to_string(), self.port, &self.client);
         verdict.allow
             && endpoint(state, &verdict)
@@ -37,7 +37,8 @@ impl Allowed {
     }
 }
 
-/// Copies bytes between the agent's upgraded CONNECT stream and `upstream`; see [`pipe`].
+/// Copies bytes between the agent's upgraded CONNECT stream and `upstream`; see
+/// [`copy_while_allowed`].
 pub fn spawn(
     on_upgrade: OnUpgrade,
     mut upstream: TcpStream,
@@ -48,19 +49,20 @@ pub fn spawn(
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
             let mut agent = TokioIo::new(upgraded);
-            pipe(&mut agent, &mut upstream, &proxy, &allowed, reloads).await;
+            copy_while_allowed(&mut agent, &mut upstream, &proxy, reloads, |state| allowed.still(state)).await;
         }
     });
 }
 
 /// Copies bytes between `agent` and `upstream` until either closes, or a reload (seen on
-/// `reloads`, subscribed to before the decision) leaves the connection no longer allowed.
-pub async fn pipe<A, U>(
+/// `reloads`, subscribed to before the decision that let them through) leaves them no longer
+/// allowed by `still_allowed`. Passed-through connections and WebSockets (`request.rs`) end so.
+pub async fn copy_while_allowed<A, U>(
     agent: &mut A,
     upstream: &mut U,
     proxy: &Proxy,
-    allowed: &Allowed,
     mut reloads: watch::Receiver<u64>,
+    still_allowed: impl Fn(&PolicyState) -> bool,
 ) where
     A: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -71,7 +73,7 @@ pub async fn pipe<A, U>(
         tokio::select! {
             _ = &mut copy => return,
             changed = reloads.changed() => {
-                if changed.is_err() || !allowed.still(&proxy.state.current()) {
+                if changed.is_err() || !still_allowed(&proxy.state.current()) {
                     return;
                 }
             }

@@ -394,24 +394,13 @@ fn join_upgraded(
     agent: OnUpgrade,
     upstream: OnUpgrade,
     proxy: Arc<super::Proxy>,
-    mut reloads: tokio::sync::watch::Receiver<u64>,
+    reloads: tokio::sync::watch::Receiver<u64>,
     still_allowed: impl Fn(&PolicyState) -> bool + Send + 'static,
 ) {
     tokio::spawn(async move {
         let (Ok(a), Ok(u)) = (agent.await, upstream.await) else { return };
         let (mut a, mut u) = (TokioIo::new(a), TokioIo::new(u));
-        let copy = tokio::io::copy_bidirectional(&mut a, &mut u);
-        tokio::pin!(copy);
-        loop {
-            tokio::select! {
-                _ = &mut copy => return,
-                changed = reloads.changed() => {
-                    if changed.is_err() || !still_allowed(&proxy.state.current()) {
-                        return;
-                    }
-                }
-            }
-        }
+        super::passthrough::copy_while_allowed(&mut a, &mut u, &proxy, reloads, still_allowed).await;
     });
 }
 

@@ -26,6 +26,7 @@ use super::connect::{decide, endpoint, learns_instead, Client};
 use super::dns::names::is_synthetic;
 use super::intercept::{self, Tunnel};
 use super::ssrf::NormalizedHost;
+use super::state::PolicyState;
 use super::upstream::{dial_checked, DialError};
 use super::{addresses, dns, learning, passthrough, request, Proxy, HEADER_READ_TIMEOUT, TLS_HANDSHAKE};
 
@@ -58,7 +59,8 @@ pub async fn serve(admitted: tokio::net::TcpStream, proxy: Arc<Proxy>, client: C
                 let Ok(peer) = upstream.peer_addr() else { return };
                 let allowed = passthrough::Allowed { host, port, client, upstream: peer.ip() };
                 let mut agent = admitted;
-                passthrough::pipe(&mut agent, &mut upstream, &proxy, &allowed, reloads).await;
+                let still = |state: &PolicyState| allowed.still(state);
+                passthrough::copy_while_allowed(&mut agent, &mut upstream, &proxy, reloads, still).await;
             }
             // The same refusal a CONNECT gets, audited (the agent sees the connection close).
             Err(DialError::Blocked(_)) => refused(&proxy, &client, &host.to_string(), to, Refusal::BlockedAddress),
