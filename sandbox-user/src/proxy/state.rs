@@ -4,8 +4,8 @@
 //! judged under, so a reload never changes the rules under a request in flight; new
 //! connections get new pools, so nothing dialled under an old policy serves a new one. A
 //! connection accepted under an old state is not used for new requests: on a reload, tunnels
-//! are shut down gracefully, upgraded streams closed and passed-through connections closed
-//! unless the new policy still allows them ([`SharedState::reloads`]).
+//! are shut down gracefully, and upgraded streams (WebSockets) and passed-through connections
+//! are closed unless the new policy still allows them ([`SharedState::reloads`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
