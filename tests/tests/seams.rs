@@ -1174,6 +1174,34 @@ fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
     assert!(stderr(&out).contains(".git/modules/libs/evil"), "the new submodule is not named: {}", stderr(&out));
 }
 
+/// A repository nested anywhere in the working directory and added to the index as a gitlink
+/// (no `.gitmodules` needed, and `.git/index` is the agent's to write): the owner's next
+/// `git status` looks into it and runs its `core.fsmonitor`. Nothing protected is touched, so
+/// leash names it at exit.
+#[test]
+fn a_nested_repository_the_agent_added_to_the_index_is_named_at_exit() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-git-gitlink");
+    let policy = scratch.file("policy.yaml", &workdir_policy(", read_write: [/dev/null]"));
+    let checkout = scratch.owned_dir("checkout", uid);
+    Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    let attack = "git init -q sub && git -C sub config core.fsmonitor 'touch /tmp/pwned' \
+                  && git update-index --add --cacheinfo 160000,1111111111111111111111111111111111111111,sub \
+                  && echo nested=added";
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("nested=added"), "the premise: {} {}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("the agent created") && stderr(&out).contains("sub/.git"),
+        "the nested repository is not named: {}",
+        stderr(&out)
+    );
+}
+
 /// `.git/commondir` names the directory git takes its config and hooks from. It cannot be
 /// held (git refuses a repository where it is not a file), so an agent that writes one is
 /// named at exit, before the owner runs git there.

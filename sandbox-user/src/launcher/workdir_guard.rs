@@ -77,6 +77,36 @@ fn modules(workdir: &Path) -> Option<BTreeSet<PathBuf>> {
     Some(found)
 }
 
+/// The `.git` (or its `config`) of each nested repository of `workdir`'s index (a gitlink:
+/// `git status` in the repository looks into it, running its `core.fsmonitor`) that changed
+/// since `since`: the agent can make one anywhere, and add it to the index, without touching a
+/// protected name. An index larger than [`MAX_INDEX`] is not read.
+fn nested_repositories(workdir: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
+    let git = workdir.join(".git");
+    let Ok(meta) = std::fs::symlink_metadata(git.join("index")) else { return Vec::new() };
+    if !meta.is_file() || meta.len() > MAX_INDEX {
+        return Vec::new();
+    }
+    let Ok(index) = std::fs::read(git.join("index")) else { return Vec::new() };
+    let config = std::fs::read_to_string(git.join("config")).unwrap_or_default().to_ascii_lowercase();
+    let sha256 = config.lines().any(|l| l.split_whitespace().collect::<String>() == "objectformat=sha256");
+    let changed = |p: &Path| {
+        let ctime = |m: std::fs::Metadata| {
+            std::time::UNIX_EPOCH + std::time::Duration::new(m.ctime() as u64, m.ctime_nsec() as u32)
+        };
+        std::fs::symlink_metadata(p).is_ok_and(|m| ctime(m) >= since)
+    };
+    super::git_index::gitlinks(&index, if sha256 { 32 } else { 20 }, MAX_INDEX_ENTRIES)
+        .into_iter()
+        .map(|link| workdir.join(link).join(".git"))
+        .filter(|dot_git| changed(dot_git) || changed(&dot_git.join("config")))
+        .collect()
+}
+
+/// The largest index read at exit, and the most entries read of it.
+const MAX_INDEX: u64 = 64 << 20;
+const MAX_INDEX_ENTRIES: usize = 1 << 20;
+
 /// How many entries of `.git/modules` trees are looked at, and how deep submodules nest.
 const MAX_MODULES: usize = 512;
 const MODULE_DEPTH: usize = 3;
@@ -107,6 +137,9 @@ pub struct WorkdirGuard {
     /// With `.git/config` protected: the working directory and its submodules at start
     /// ([`modules`]); a new one is named at exit.
     modules: Option<(PathBuf, BTreeSet<PathBuf>)>,
+    /// With `.git/config` protected: when the agent was let in. A nested repository of the
+    /// index (a gitlink) whose `.git` changed since is named at exit ([`nested_repositories`]).
+    since: Option<std::time::SystemTime>,
     /// Whether dropping the guard removes the held directories: only until the agent may run.
     release_on_drop: bool,
 }
@@ -131,6 +164,7 @@ impl WorkdirGuard {
             .into_iter()
             .partition(|c| std::fs::symlink_metadata(workdir.join(c)).is_ok());
         names_in.extend(missing.iter().map(|c| workdir.join(c)));
+        let since = modules.as_ref().map(|_| std::time::SystemTime::now());
         let modules = modules.map(|m| (workdir.to_path_buf(), m));
         let mut guard = Self {
             read_only: Vec::new(),
@@ -138,6 +172,7 @@ impl WorkdirGuard {
             held: Vec::new(),
             names: names_in,
             modules,
+            since,
             release_on_drop: true,
         };
         for name in names.iter().chain(&existing) {
@@ -245,6 +280,9 @@ impl WorkdirGuard {
             .filter(|n| std::fs::symlink_metadata(n).is_ok())
             .cloned()
             .collect();
+        if let (Some((workdir, _)), Some(since)) = (&self.modules, self.since) {
+            out.extend(nested_repositories(workdir, since));
+        }
         if let Some((workdir, before)) = &self.modules {
             // More than can be walked: say so rather than nothing.
             match modules(workdir) {
