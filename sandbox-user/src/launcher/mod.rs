@@ -459,11 +459,15 @@ async fn run_inside(
         Some(s) => Some(s.cgroup().context("sandbox cgroup missing")?.open_dir()?),
         None => None,
     };
+    // The agent's terminals: a devpts of its own, with its terminal in it (where the new mount
+    // API is refused, one made in its namespace, and its terminal stays the host's).
+    let terminals = mount_ns::detached_devpts().ok();
     let mut mounts = mount_ns::PrivateMounts::prepare(
         &[trust.kept()],
         agent.guard.parents().iter().map(PathBuf::as_path),
         agent.guard.read_only(),
         agent.host_sockets,
+        terminals.as_ref().map(|d| d.as_fd()),
     )
     .context("preparing the agent's mount namespace")?;
     if let landlock::Domain::Enforced(p) = &domain {
@@ -516,12 +520,6 @@ async fn run_inside(
             "leash: note: held as empty read-only directories so the agent cannot create them (removed at exit): {}",
             held.join(", ")
         );
-    }
-    // The agent's terminals: a devpts of its own, with its terminal in it (where the new mount
-    // API is refused, one made in its namespace, and its terminal stays the host's).
-    let terminals = mount_ns::detached_devpts().ok();
-    if let Some(devpts) = &terminals {
-        mounts.with_terminals(devpts.as_fd());
     }
     let mut relay = terminal::open(terminals.as_ref().map(|d| d.as_fd()), agent.identity.uid.as_raw())?;
     let spawned = child::spawn(

@@ -165,7 +165,7 @@ fn detached(fstype: &CStr, options: &[(&CStr, &CStr)], attrs: libc::c_uint) -> i
 }
 
 /// A new devpts instance (nosuid, noexec) mounted nowhere: the agent's namespace mounts it at
-/// `/dev/pts` ([`PrivateMounts::with_terminals`]), and leash makes the agent's own terminal in
+/// `/dev/pts` ([`PrivateMounts::prepare`]), and leash makes the agent's own terminal in
 /// it (`terminal.rs`). The host's terminals, the user's other shells among them, are not there
 /// to open: an agent running as the user owns them, and could read what is typed in them or
 /// turn their echo off. Fails where [`detached_tmpfs`] does.
@@ -274,12 +274,15 @@ impl HostSockets {
 impl PrivateMounts {
     /// Prepares the namespace for an agent, keeping `keep` (directories under `/run` the agent
     /// must read, such as its CA bundle) visible, `fixed` where they are (mount points, which
-    /// cannot be renamed or removed), `read_only` read-only and `sockets` out of reach.
+    /// cannot be renamed or removed), `read_only` read-only and `sockets` out of reach. Its
+    /// `/dev/pts` is `devpts` ([`detached_devpts`], open until the agent started), else a new
+    /// instance made in the namespace.
     pub fn prepare<'a>(
         keep: &[KeptDir<'_>],
         fixed: impl Iterator<Item = &'a Path>,
         read_only: impl Iterator<Item = &'a Path>,
         sockets: &HostSockets,
+        devpts: Option<BorrowedFd<'_>>,
     ) -> Result<Self> {
         let scratch = SCRATCH.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<_>>()?;
         let runtime = RUNTIME.iter().map(Path::new).filter(|p| is_dir(p)).map(c_path).collect::<Result<Vec<_>>>()?;
@@ -316,7 +319,11 @@ impl PrivateMounts {
         }
         let covered = sockets.found.iter().map(|p| c_path(p)).collect::<Result<_>>()?;
         let own_proc = is_dir(Path::new(PROC)) && crate::kernel::btf::running_kernel_at_least(5, 8);
-        let terminals = if is_dir(Path::new(TERMINALS)) { Terminals::New(devpts_data()) } else { Terminals::None };
+        let terminals = match (is_dir(Path::new(TERMINALS)), devpts) {
+            (false, _) => Terminals::None,
+            (true, Some(devpts)) => Terminals::Detached(devpts.as_raw_fd()),
+            (true, None) => Terminals::New(devpts_data()),
+        };
         Ok(Self { scratch, runtime, kept, read_only, fixed, covered, terminals, own_proc, home: None, landlock: None })
     }
 
@@ -326,14 +333,6 @@ impl PrivateMounts {
         let rules = emptied.iter().map(|(p, bits)| Ok((c_path(p)?, *bits))).collect::<Result<_>>()?;
         self.landlock = Some((ruleset, rules));
         Ok(())
-    }
-
-    /// Mounts `devpts` ([`detached_devpts`], open until the agent started) at `/dev/pts`, instead
-    /// of a new instance made in the namespace.
-    pub fn with_terminals(&mut self, devpts: BorrowedFd<'_>) {
-        if !matches!(self.terminals, Terminals::None) {
-            self.terminals = Terminals::Detached(devpts.as_raw_fd());
-        }
     }
 
     /// Gives the agent its home: a kept one, or [`PRIVATE_HOME`]; false when there is no private
