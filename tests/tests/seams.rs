@@ -39,6 +39,15 @@ fn workdir_policy(extra: &str) -> String {
     )
 }
 
+/// A git repository `checkout` in `scratch`, made and owned by `nobody`, the agent's user.
+fn nobodys_repository(scratch: &Scratch) -> std::path::PathBuf {
+    let (uid, gid) = nobody();
+    let checkout = scratch.owned_dir("checkout", uid);
+    let git = Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    assert!(git.status.success(), "git init: {}", stderr(&git));
+    checkout
+}
+
 fn chown(path: &Path, uid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), None).expect("chown");
 }
@@ -1073,9 +1082,7 @@ fn files_that_run_code_later_are_read_only_in_the_workdir() {
     let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git");
     let policy = scratch.file("policy.yaml", &workdir_policy(""));
-    let checkout = scratch.owned_dir("checkout", uid);
-    let git = Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
-    assert!(git.status.success(), "git init: {}", stderr(&git));
+    let checkout = nobodys_repository(&scratch);
     let config_before = std::fs::read_to_string(checkout.join(".git/config")).unwrap();
     let attack = "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' >> .git/config && echo config=written || echo config=refused; \
                   echo 'touch /tmp/pwned' > .git/hooks/post-checkout && echo hook=written || echo hook=refused; \
@@ -1113,9 +1120,7 @@ fn renaming_the_git_directory_does_not_carry_its_protection_away() {
     let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git-rename");
     let policy = scratch.file("policy.yaml", &workdir_policy(""));
-    let checkout = scratch.owned_dir("checkout", uid);
-    let git = Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
-    assert!(git.status.success(), "git init: {}", stderr(&git));
+    let checkout = nobodys_repository(&scratch);
     let config_before = std::fs::read_to_string(checkout.join(".git/config")).unwrap();
     let attack = "mv .git .git-old && mkdir .git && cp -a .git-old/HEAD .git-old/objects .git-old/refs .git/ \
                   && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config && echo rename=done || echo rename=refused; \
@@ -1147,9 +1152,7 @@ fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
     let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git-modules");
     let policy = scratch.file("policy.yaml", &workdir_policy(""));
-    let checkout = scratch.owned_dir("checkout", uid);
-    let git = Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
-    assert!(git.status.success(), "git init: {}", stderr(&git));
+    let checkout = nobodys_repository(&scratch);
     // A submodule's git directory as `git submodule add` leaves it.
     let module = checkout.join(".git/modules/lib");
     let init = Command::new("git")
@@ -1181,11 +1184,9 @@ fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
 #[test]
 fn a_nested_repository_the_agent_added_to_the_index_is_named_at_exit() {
     require_root();
-    let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git-gitlink");
     let policy = scratch.file("policy.yaml", &workdir_policy(", read_write: [/dev/null]"));
-    let checkout = scratch.owned_dir("checkout", uid);
-    Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    let checkout = nobodys_repository(&scratch);
     let attack = "git init -q sub && git -C sub config core.fsmonitor 'touch /tmp/pwned' \
                   && git update-index --add --cacheinfo 160000,1111111111111111111111111111111111111111,sub \
                   && echo nested=added";
@@ -1208,11 +1209,9 @@ fn a_nested_repository_the_agent_added_to_the_index_is_named_at_exit() {
 #[test]
 fn a_commondir_the_agent_wrote_is_named_at_exit() {
     require_root();
-    let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git-commondir");
     let policy = scratch.file("policy.yaml", &workdir_policy(""));
-    let checkout = scratch.owned_dir("checkout", uid);
-    Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    let checkout = nobodys_repository(&scratch);
     let attack = "mkdir -p .git/evil && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/evil/config \
                   && echo evil > .git/commondir && echo commondir=written";
     let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
@@ -1274,11 +1273,9 @@ open(\"filled\", \"w\").close()'";
 #[test]
 fn a_policy_can_unprotect_a_name_deliberately() {
     require_root();
-    let (uid, gid) = nobody();
     let scratch = Scratch::new("seam-git-widened");
     let policy = scratch.file("policy.yaml", &workdir_policy(", protect_in_workdir: [.git/hooks]"));
-    let checkout = scratch.owned_dir("checkout", uid);
-    Command::new("git").args(["init", "-q"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    let checkout = nobodys_repository(&scratch);
     let attack = "echo '# mine' >> .git/config && echo config=written || echo config=refused; \
                   echo x > .git/hooks/post-checkout && echo hook=written || echo hook=refused";
     let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
