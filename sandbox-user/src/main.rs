@@ -149,6 +149,8 @@ fn main_thread_runtime() -> tokio::runtime::Runtime {
 }
 
 fn run(args: cli::RunArgs) -> i32 {
+    // Before the agent shares it: `stderr::restore` puts it back as it was given.
+    leash::stderr::remember();
     // leash's memory will hold the credentials and its CA's key: no core file of it, and no access
     // to it through /proc for a process of the same uid (an agent run as root without BPF-LSM).
     // The watchdog, forked next, inherits this.

@@ -4,8 +4,9 @@
 //! descriptor would block, waits for it to take more for a bounded time, then gives up on the
 //! line; it never panics. Once a line was given up on, later ones are tried once and dropped if
 //! stderr is still full (the proxy writes refusal lines on its one thread, which must not wait
-//! for each), until one gets through or [`patient_again`] is called for the last lines. The
-//! crate denies `eprintln!` (`clippy::print_stderr`).
+//! for each), until one gets through or [`restore`] is called for the last lines, once the
+//! agent's processes are gone: it makes stderr blocking again if the agent made it
+//! non-blocking. The crate denies `eprintln!` (`clippy::print_stderr`).
 
 use std::io::Write as _;
 use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -18,9 +19,37 @@ const PATIENCE: Duration = Duration::from_secs(2);
 /// Set when a line was given up on: stderr is full and nobody drains it.
 static STALLED: AtomicBool = AtomicBool::new(false);
 
-/// Lets the next line wait for stderr again (leash's last lines, after the agent ended).
-pub fn patient_again() {
+/// Whether stderr was non-blocking when leash started ([`remember`]).
+static WAS_NONBLOCKING: AtomicBool = AtomicBool::new(false);
+
+/// Notes whether the stderr leash was given is non-blocking; call it before the agent starts.
+pub fn remember() {
+    WAS_NONBLOCKING.store(nonblocking().unwrap_or(false), Ordering::Relaxed);
+}
+
+/// For leash's last lines, once no process of the agent is left: a stderr the agent made
+/// non-blocking is made blocking again (as leash was given it; the agent can no longer change
+/// it), so that the last lines wait for a reader that pauses rather than being lost, and lines
+/// wait again.
+pub fn restore() {
+    if !WAS_NONBLOCKING.load(Ordering::Relaxed) && nonblocking() == Some(true) {
+        let fd = std::io::stderr().as_fd().as_raw_fd();
+        // SAFETY: F_GETFL/F_SETFL on stderr change only its file status flags.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+    }
     STALLED.store(false, Ordering::Relaxed);
+}
+
+/// Whether stderr is non-blocking now; `None` when it cannot be told (closed).
+fn nonblocking() -> Option<bool> {
+    // SAFETY: F_GETFL reads the file status flags of stderr.
+    let flags = unsafe { libc::fcntl(std::io::stderr().as_fd().as_raw_fd(), libc::F_GETFL) };
+    (flags >= 0).then_some(flags & libc::O_NONBLOCK != 0)
 }
 
 /// Writes `args` and a newline to stderr; see the module's text.
@@ -82,10 +111,9 @@ mod tests {
             let next = std::time::Instant::now();
             crate::say!("leash: so does this one");
             assert!(next.elapsed() < super::PATIENCE / 4, "a stalled stderr made the next line wait too");
-            super::patient_again();
-            let last = std::time::Instant::now();
-            crate::say!("leash: a last line waits again");
-            assert!(last.elapsed() >= super::PATIENCE, "patient_again did not");
+            super::restore();
+            let flags = nix::fcntl::fcntl(std::io::stderr(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            assert_eq!(flags & libc::O_NONBLOCK, 0, "restore left the stderr it was given as blocking non-blocking");
             std::process::exit(7);
         }
         let status = std::process::Command::new(exe)

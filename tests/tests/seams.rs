@@ -1163,9 +1163,11 @@ fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
         .unwrap();
     assert!(init.status.success(), "git init lib: {}", stderr(&init));
     let before = std::fs::read_to_string(module.join("config")).unwrap();
+    // A submodule's `commondir` sends git to another directory's config: one the agent wrote.
     let attack = "printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' >> .git/modules/lib/config && echo module=written || echo module=refused; \
                   mkdir -p .git/modules/libs/evil && echo 'ref: refs/heads/x' > .git/modules/libs/evil/HEAD \
-                  && echo '[core]' > .git/modules/libs/evil/config && echo new=written";
+                  && echo '[core]' > .git/modules/libs/evil/config && echo new=written; \
+                  echo ../../info/elsewhere > .git/modules/lib/commondir && echo commondir=written";
     let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
         .current_dir(&checkout)
         .output()
@@ -1175,6 +1177,48 @@ fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
     assert_eq!(std::fs::read_to_string(module.join("config")).unwrap(), before);
     assert!(text.contains("new=written"), "the premise: {text}");
     assert!(stderr(&out).contains(".git/modules/libs/evil"), "the new submodule is not named: {}", stderr(&out));
+    assert!(text.contains("commondir=written"), "the premise: {text}");
+    assert!(
+        stderr(&out).contains(".git/modules/lib/commondir"),
+        "the submodule's new commondir is not named: {}",
+        stderr(&out)
+    );
+}
+
+/// A linked worktree's `commondir` (`.git/worktrees/<name>/commondir`) decides where git run in
+/// that worktree (elsewhere on disk) takes its config and hooks from: it is read-only too.
+#[test]
+fn a_linked_worktrees_commondir_is_read_only() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-git-worktree");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = nobodys_repository(&scratch);
+    let elsewhere = scratch.owned_dir("linked", uid);
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(&checkout)
+            .uid(uid)
+            .gid(gid)
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    };
+    git(&["commit", "-q", "--allow-empty", "-m", "first"]);
+    git(&["worktree", "add", "-q", elsewhere.join("wt").to_str().unwrap()]);
+    let commondir = checkout.join(".git/worktrees/wt/commondir");
+    let before = std::fs::read_to_string(&commondir).expect("git made the worktree's commondir");
+    let attack =
+        "echo ../../info/elsewhere > .git/worktrees/wt/commondir && echo commondir=written || echo commondir=refused";
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("commondir=refused"), "{} {}", stdout(&out), stderr(&out));
+    assert_eq!(std::fs::read_to_string(&commondir).unwrap(), before);
 }
 
 /// A repository nested anywhere in the working directory and added to the index as a gitlink
@@ -1203,6 +1247,43 @@ fn a_nested_repository_the_agent_added_to_the_index_is_named_at_exit() {
     );
 }
 
+/// The same nested repository, with the index read the way leash did not and git does: through
+/// a link (`.git/index` a symbolic link to the real one), and split (`git update-index
+/// --split-index`: the gitlink is in `.git/sharedindex.<hash>`, the index itself has no entry).
+/// Each passed without a word.
+#[test]
+fn a_nested_repository_behind_a_linked_or_split_index_is_named_at_exit() {
+    require_root();
+    let make = "git init -q sub && git -C sub config core.fsmonitor 'touch /tmp/pwned' \
+                && git update-index --add --cacheinfo 160000,1111111111111111111111111111111111111111,sub";
+    for (case, then) in [
+        ("linked", "mv .git/index .git/index.real && ln -s index.real .git/index"),
+        ("split", "git update-index --split-index && ls .git/sharedindex.* >/dev/null"),
+    ] {
+        let scratch = Scratch::new(&format!("seam-git-gitlink-{case}"));
+        let policy = scratch.file("policy.yaml", &workdir_policy(", read_write: [/dev/null]"));
+        let checkout = nobodys_repository(&scratch);
+        let attack = format!("{make} && {then} && echo nested=added");
+        let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", &attack])
+            .current_dir(&checkout)
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(stdout(&out).contains("nested=added"), "{case}: the premise: {} {}", stdout(&out), stderr(&out));
+        let listed = Command::new("git")
+            .args(["-c", "safe.directory=*", "ls-files", "-s"])
+            .current_dir(&checkout)
+            .output()
+            .unwrap();
+        assert!(stdout(&listed).starts_with("160000"), "{case}: git sees no gitlink: {}", stdout(&listed));
+        assert!(
+            stderr(&out).contains("the agent created") && stderr(&out).contains("sub/.git"),
+            "{case}: the nested repository is not named: {}",
+            stderr(&out)
+        );
+    }
+}
+
 /// `.git/commondir` names the directory git takes its config and hooks from. It cannot be
 /// held (git refuses a repository where it is not a file), so an agent that writes one is
 /// named at exit, before the owner runs git there.
@@ -1222,6 +1303,49 @@ fn a_commondir_the_agent_wrote_is_named_at_exit() {
     assert!(
         stderr(&out).contains("the agent created") && stderr(&out).contains(".git/commondir"),
         "no word of the agent's .git/commondir: {}",
+        stderr(&out)
+    );
+}
+
+/// leash looked at what the agent made in the working directory (the names it reports at exit)
+/// while processes the agent left behind still ran: one of them waited (inotify) for leash to
+/// open `.git/index`, which leash reads after checking the names, and then renamed a prepared
+/// file to `.git/commondir`, which nothing reported. What the agent left running is killed first.
+#[test]
+fn a_process_left_behind_cannot_write_after_the_exit_checks() {
+    require_root();
+    let (uid, gid) = nobody();
+    let scratch = Scratch::new("seam-git-leftover");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = nobodys_repository(&scratch);
+    std::fs::write(checkout.join("file"), "x").unwrap();
+    chown(&checkout.join("file"), uid);
+    let add = Command::new("git").args(["add", "file"]).current_dir(&checkout).uid(uid).gid(gid).output().unwrap();
+    assert!(add.status.success() && checkout.join(".git/index").is_file(), "git add: {}", stderr(&add));
+    let attack = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+open(".git/commondir.next", "w").write("elsewhere")
+if os.fork() == 0:
+    os.setsid()
+    fd = libc.inotify_init()
+    libc.inotify_add_watch(fd, b".git/index", 0x20)  # IN_OPEN
+    open("armed", "w").close()
+    os.read(fd, 4096)
+    os.rename(".git/commondir.next", ".git/commondir")
+    open("renamed", "w").close()
+    os._exit(0)
+while not os.path.exists("armed"):
+    time.sleep(0.01)
+"#;
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "python3", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    assert!(checkout.join("armed").exists(), "the premise: the leftover was never armed: {}", stderr(&out));
+    assert!(
+        !checkout.join(".git/commondir").exists() || stderr(&out).contains(".git/commondir"),
+        "a process left behind made .git/commondir after leash's checks, and nothing said so: {}",
         stderr(&out)
     );
 }
@@ -1268,6 +1392,46 @@ open(\"filled\", \"w\").close()'";
         "a process of the sandbox wrote .git/config after leash freed .git"
     );
     assert_ne!(status.code(), Some(101), "leash panicked: {}", tail(&String::from_utf8_lossy(&err), 400));
+}
+
+/// The agent made the stderr it shares with leash non-blocking and filled it, then made
+/// `.git/commondir`. leash's warning about it waited 2 s for a reader and was given up on, and
+/// every later line with it: a user reading leash's output through a pager that paused never
+/// saw it. Once the agent's processes are gone, leash makes stderr blocking again (as it was
+/// given), so its last lines wait for the reader.
+#[test]
+fn the_agent_cannot_make_leash_drop_its_last_warnings() {
+    require_root();
+    let scratch = Scratch::new("seam-stderr-last");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = nobodys_repository(&scratch);
+    let attack = "import fcntl, os\n\
+fcntl.fcntl(2, fcntl.F_SETFL, fcntl.fcntl(2, fcntl.F_GETFL) | os.O_NONBLOCK)\n\
+try:\n    while True: os.write(2, b'x' * 4096)\n\
+except BlockingIOError: pass\n\
+open('.git/commondir', 'w').write('elsewhere')\n\
+open('filled', 'w').close()";
+    let mut child = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "python3", "-c", attack])
+        .current_dir(&checkout)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(20, || checkout.join("filled").exists()), "the agent never filled stderr");
+    // A reader that pauses longer than a line waits.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut err = Vec::new();
+    let _ = child.stderr.take().unwrap().read_to_end(&mut err);
+    let status = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&err);
+    assert_eq!(status.code(), Some(0), "{}", tail(&text, 400));
+    assert!(
+        text.contains("the agent created") && text.contains(".git/commondir"),
+        "the warning about .git/commondir was lost: {}",
+        tail(&text, 400)
+    );
+    assert!(text.contains("ended (exit 0)"), "the summary was lost: {}", tail(&text, 400));
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! (submodules), which `git status` in the repository looks into, running their own config
 //! (`core.fsmonitor`) and hooks. The working-directory guard names at exit the ones whose `.git`
 //! the agent made. Index versions 2, 3 and 4 (prefix-compressed paths), SHA-1 or SHA-256 object
-//! names; anything malformed ends the reading with what was read.
+//! names, and the split index's `link` extension (the entries then come from a shared index
+//! too). The agent writes the index, so what cannot be read whole is an error, never a shorter
+//! list: the caller warns that the index was not checked.
 
 use std::path::PathBuf;
 
@@ -10,58 +12,98 @@ use std::path::PathBuf;
 const GITLINK: u32 = 0o160000;
 /// The object type bits of a mode.
 const TYPE_MASK: u32 = 0o170000;
+/// The longest path an entry may name (Linux's `PATH_MAX`): no checkout holds a longer one.
+const MAX_NAME: usize = 4096;
+/// The most gitlinks read from one index: each is kept, and looked at on the disk after.
+pub const MAX_GITLINKS: usize = 4096;
 
-/// The gitlink paths of index `bytes`, whose object names are `hash_len` bytes long (20 for
-/// SHA-1, 32 for SHA-256). At most `max` entries are read.
-pub fn gitlinks(bytes: &[u8], hash_len: usize, max: usize) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+/// What an index names: its gitlinks, and the object name of the shared index it is split from.
+#[derive(Debug, Default, PartialEq)]
+pub struct Index {
+    pub gitlinks: Vec<PathBuf>,
+    pub shared: Option<Vec<u8>>,
+}
+
+/// Reads index `bytes`, whose object names are `hash_len` bytes long (20 for SHA-1, 32 for
+/// SHA-256), of at most `max_entries` entries. `Err` says why it could not be read whole.
+pub fn read(bytes: &[u8], hash_len: usize, max_entries: usize) -> Result<Index, String> {
+    let malformed = |what: &str| format!("not an index git writes ({what})");
     let u32_at = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
     if bytes.get(..4) != Some(b"DIRC") {
-        return out;
+        return Err(malformed("no signature"));
     }
-    let (Some(version), Some(count)) = (u32_at(4), u32_at(8)) else { return out };
+    let (Some(version), Some(count)) = (u32_at(4), u32_at(8)) else { return Err(malformed("short header")) };
     if !(2..=4).contains(&version) {
-        return out;
+        return Err(malformed("unknown version"));
     }
+    if count as usize > max_entries {
+        return Err(format!("more than {max_entries} entries"));
+    }
+    let mut index = Index::default();
     let mut at = 12;
-    let mut previous: Vec<u8> = Vec::new();
+    // Version 4's previous name, changed in place: each entry costs only its own bytes.
+    let mut name: Vec<u8> = Vec::new();
     // ctime, mtime, dev, ino, mode, uid, gid, size: ten 32-bit fields; the mode is the seventh.
     let fixed = 40 + hash_len;
-    for _ in 0..(count as usize).min(max) {
+    for _ in 0..count {
         let start = at;
-        let Some(mode) = u32_at(at + 24) else { break };
-        let Some(flags) = bytes.get(at + fixed..at + fixed + 2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
-            break;
-        };
+        let mode = u32_at(at + 24).ok_or_else(|| malformed("short entry"))?;
+        let flags = bytes
+            .get(at + fixed..at + fixed + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| malformed("short entry"))?;
         at += fixed + 2;
         if version >= 3 && flags & 0x4000 != 0 {
             at += 2;
         }
-        let name = if version == 4 {
+        let rest = bytes.get(at..).unwrap_or_default();
+        if version == 4 {
             // How many bytes of the previous name to drop, as git's varint, then the rest.
-            let Some((drop, used)) = varint(bytes.get(at..).unwrap_or_default()) else { break };
-            at += used;
-            let Some(end) = bytes.get(at..).and_then(|b| b.iter().position(|&c| c == 0)) else { break };
-            let keep = previous.len().saturating_sub(drop);
-            let mut name = previous[..keep].to_vec();
-            name.extend_from_slice(&bytes[at..at + end]);
-            at += end + 1;
-            name
+            let (drop, used) = varint(rest).ok_or_else(|| malformed("bad name prefix"))?;
+            let end = rest[used..].iter().position(|&c| c == 0).ok_or_else(|| malformed("unterminated name"))?;
+            if drop > name.len() || name.len() - drop + end > MAX_NAME {
+                return Err(malformed("name prefix out of range"));
+            }
+            name.truncate(name.len() - drop);
+            name.extend_from_slice(&rest[used..used + end]);
+            at += used + end + 1;
         } else {
-            let Some(end) = bytes.get(at..).and_then(|b| b.iter().position(|&c| c == 0)) else { break };
-            let name = bytes[at..at + end].to_vec();
+            let end = rest.iter().position(|&c| c == 0).ok_or_else(|| malformed("unterminated name"))?;
+            if end > MAX_NAME {
+                return Err(malformed("name too long"));
+            }
+            name.clear();
+            name.extend_from_slice(&rest[..end]);
             // Entries are padded with one to eight NULs to a multiple of eight bytes.
             let length = at + end - start;
             at = start + (length + 8) / 8 * 8;
-            name
-        };
-        if mode & TYPE_MASK == GITLINK {
-            use std::os::unix::ffi::OsStrExt as _;
-            out.push(PathBuf::from(std::ffi::OsStr::from_bytes(&name)));
         }
-        previous = name;
+        if mode & TYPE_MASK == GITLINK {
+            if index.gitlinks.len() == MAX_GITLINKS {
+                return Err(format!("more than {MAX_GITLINKS} nested repositories"));
+            }
+            use std::os::unix::ffi::OsStrExt as _;
+            index.gitlinks.push(PathBuf::from(std::ffi::OsStr::from_bytes(&name)));
+        }
     }
-    out
+    // Extensions, each a signature and a length, up to the index's own checksum.
+    let end = bytes.len().checked_sub(hash_len).filter(|&end| end >= at).ok_or_else(|| malformed("short"))?;
+    while at < end {
+        let (Some(signature), Some(size)) = (bytes.get(at..at + 4), u32_at(at + 4)) else {
+            return Err(malformed("short extension"));
+        };
+        let data = at
+            .checked_add(8 + size as usize)
+            .filter(|&next| next <= end)
+            .map(|next| &bytes[at + 8..next])
+            .ok_or_else(|| malformed("extension past the end"))?;
+        if signature == b"link" {
+            let shared = data.get(..hash_len).ok_or_else(|| malformed("short link extension"))?;
+            index.shared = Some(shared.to_vec());
+        }
+        at += 8 + data.len();
+    }
+    Ok(index)
 }
 
 /// Git's offset varint (`decode_varint`): seven bits a byte, high bit set on all but the last,
@@ -120,16 +162,58 @@ mod tests {
             let dir = repo(&format!("v{version}"), version);
             let index = std::fs::read(dir.join(".git/index")).unwrap();
             assert_eq!(index[7], version.parse::<u8>().unwrap(), "the premise: index version {version}");
-            let found = gitlinks(&index, 20, 1000);
-            assert_eq!(found, [PathBuf::from("a/sub"), PathBuf::from("vendor/lib"), PathBuf::from("z")], "v{version}");
+            let found = read(&index, 20, 1000).unwrap();
+            let expected = [PathBuf::from("a/sub"), PathBuf::from("vendor/lib"), PathBuf::from("z")];
+            assert_eq!(found.gitlinks, expected, "v{version}");
+            assert_eq!(found.shared, None);
+            assert!(read(&index, 20, 2).is_err(), "v{version}: more entries than allowed read as fewer");
         }
     }
 
     #[test]
-    fn garbage_ends_the_reading() {
-        assert!(gitlinks(b"DIRC\0\0\0\x02\0\0\0\x05short", 20, 1000).is_empty());
-        assert!(gitlinks(b"not an index", 20, 1000).is_empty());
+    fn a_split_index_names_its_shared_index() {
+        let dir = repo("split", "2");
+        let out = Command::new("git").args(["update-index", "--split-index"]).current_dir(&dir).output().unwrap();
+        assert!(out.status.success());
+        let index = read(&std::fs::read(dir.join(".git/index")).unwrap(), 20, 1000).unwrap();
+        let shared = index.shared.expect("a split index has a link extension");
+        let hex: String = shared.iter().map(|b| format!("{b:02x}")).collect();
+        let base = std::fs::read(dir.join(format!(".git/sharedindex.{hex}"))).expect("the shared index it names");
+        assert_eq!(read(&base, 20, 1000).unwrap().gitlinks.len(), 3);
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors() {
+        assert!(read(b"DIRC\0\0\0\x02\0\0\0\x05short", 20, 1000).is_err());
+        assert!(read(b"not an index", 20, 1000).is_err());
+        let index = std::fs::read(repo("cut", "4").join(".git/index")).unwrap();
+        for cut in [index.len() - 21, 40, 13] {
+            assert!(read(&index[..cut], 20, 1000).is_err(), "cut at {cut}");
+        }
         assert_eq!(varint(&[0x80, 0x00]), Some((128, 2)));
         assert_eq!(varint(&[0x05]), Some((5, 1)));
+    }
+
+    /// Version 4 names share a prefix with the previous one: a long first name, then entries
+    /// keeping all of it, made the reading copy it for every entry (terabytes, as root at exit).
+    #[test]
+    fn a_version_4_name_longer_than_a_path_is_an_error() {
+        let mut index = b"DIRC\0\0\0\x04".to_vec();
+        index.extend(3u32.to_be_bytes());
+        let entry = |index: &mut Vec<u8>, drop: u8, suffix: &[u8]| {
+            index.extend([0u8; 24]);
+            index.extend(GITLINK.to_be_bytes());
+            index.extend([0u8; 12 + 20]);
+            index.extend([0u8, 0]);
+            index.push(drop);
+            index.extend(suffix);
+            index.push(0);
+        };
+        entry(&mut index, 0, &[b'a'; 3000]);
+        entry(&mut index, 0, &[b'b'; 1000]);
+        entry(&mut index, 0, &[b'c'; 1000]);
+        index.extend([0u8; 20]);
+        let err = read(&index, 20, 1000).unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
     }
 }

@@ -546,16 +546,19 @@ async fn run_inside(
         Ok(child) => signals::wait_forwarding(child, true).await?,
         Err(e) => spawn_failure(agent.program, &e),
     };
+    // What the agent left running goes before anything of the run is looked at: a process left
+    // behind could change the working directory between a check and the owner's next git, or
+    // keep refilling the stderr the last lines go to.
+    if let Some(s) = sandbox.as_deref() {
+        s.empty();
+    }
     if let Some(r) = relay {
         r.finish();
     }
-    // The agent has ended: what follows may wait for a stderr it left full.
-    crate::stderr::patient_again();
-    for created in agent.guard.created() {
-        crate::say!(
-            "leash: warning: the agent created {}, which runs code for whoever uses this directory next; review it before running git or a shell here",
-            created.display()
-        );
+    // The agent has ended: the stderr it made non-blocking is blocking again for the last lines.
+    crate::stderr::restore();
+    for left in agent.guard.created() {
+        crate::say!("leash: warning: {left}");
     }
     proxy_task.abort();
     if let Some(r) = reloader {

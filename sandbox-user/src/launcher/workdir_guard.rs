@@ -32,17 +32,38 @@ use super::host_files::AgentIds;
 
 /// Where git also reads code-running config and hooks, for a repository whose `.git/config` is
 /// protected: `commondir` (the directory git takes its config and hooks from), `config.worktree`
-/// (with `extensions.worktreeConfig`), and each submodule's own `config` and `hooks` under
-/// `.git/modules` (a `git status` in the repository runs a submodule's `core.fsmonitor`). None
-/// can be held (git refuses a repository where they are anything but what it expects): one that
-/// exists is read-only, one the agent creates is named at exit, and so is a new submodule.
-fn companions(modules: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+/// (with `extensions.worktreeConfig`); each submodule's own `config`, `hooks`, `commondir` and
+/// `config.worktree` under `.git/modules` (a `git status` in the repository runs a submodule's
+/// `core.fsmonitor`); and each linked worktree's `commondir` and `config.worktree` under
+/// `.git/worktrees` (git run in that worktree, elsewhere, reads them). None can be held (git
+/// refuses a repository where they are anything but what it expects): one that exists is
+/// read-only, one the agent creates is named at exit, and so is a new submodule.
+fn companions(modules: &BTreeSet<PathBuf>, worktrees: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
     let mut out = vec![PathBuf::from(".git/commondir"), PathBuf::from(".git/config.worktree")];
     for module in modules {
-        out.push(module.join("config"));
-        out.push(module.join("hooks"));
+        out.extend(["config", "hooks", "commondir", "config.worktree"].map(|name| module.join(name)));
+    }
+    for worktree in worktrees {
+        out.extend(["commondir", "config.worktree"].map(|name| worktree.join(name)));
     }
     out
+}
+
+/// The linked worktrees' git directories, `.git/worktrees/<name>`, relative to `workdir`; `None`
+/// when there are more than [`MAX_MODULES`].
+fn worktrees(workdir: &Path) -> Option<BTreeSet<PathBuf>> {
+    let dir = PathBuf::from(".git/worktrees");
+    let Ok(entries) = std::fs::read_dir(workdir.join(&dir)) else { return Some(BTreeSet::new()) };
+    let mut found = BTreeSet::new();
+    for entry in entries.flatten() {
+        if found.len() >= MAX_MODULES {
+            return None;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.insert(dir.join(entry.file_name()));
+        }
+    }
+    Some(found)
 }
 
 /// The git directories of the submodules under `.git/modules` of `workdir`, relative to it: a
@@ -80,27 +101,87 @@ fn modules(workdir: &Path) -> Option<BTreeSet<PathBuf>> {
 /// The `.git` (or its `config`) of each nested repository of `workdir`'s index (a gitlink:
 /// `git status` in the repository looks into it, running its `core.fsmonitor`) that changed
 /// since `since`: the agent can make one anywhere, and add it to the index, without touching a
-/// protected name. An index larger than [`MAX_INDEX`] is not read.
-fn nested_repositories(workdir: &Path, since: std::time::SystemTime) -> Vec<PathBuf> {
-    let git = workdir.join(".git");
-    let Ok(meta) = std::fs::symlink_metadata(git.join("index")) else { return Vec::new() };
-    if !meta.is_file() || meta.len() > MAX_INDEX {
-        return Vec::new();
+/// protected name. The index is read as git reads it: through a link, from a worktree's or a
+/// submodule's git directory (`.git` as a "gitdir:" file), with the shared index a split index
+/// names. An index that cannot be read whole is an error, never an empty list.
+fn nested_repositories(workdir: &Path, since: std::time::SystemTime) -> Result<Vec<PathBuf>, String> {
+    let dot_git = workdir.join(".git");
+    let git = match std::fs::symlink_metadata(&dot_git) {
+        Ok(m) if m.is_file() => match read_limited(&dot_git, 4096)? {
+            Some(text) => match String::from_utf8_lossy(&text).trim().strip_prefix("gitdir:") {
+                Some(dir) => workdir.join(dir.trim()),
+                None => return Ok(Vec::new()),
+            },
+            None => return Ok(Vec::new()),
+        },
+        _ => dot_git,
+    };
+    let Some(bytes) = read_limited(&git.join("index"), MAX_INDEX)? else { return Ok(Vec::new()) };
+    let hash_len = if object_format_sha256(&git) { 32 } else { 20 };
+    let index = super::git_index::read(&bytes, hash_len, MAX_INDEX_ENTRIES).map_err(|e| format!("index: {e}"))?;
+    let mut gitlinks = index.gitlinks;
+    if let Some(shared) = index.shared {
+        let hex: String = shared.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("sharedindex.{hex}");
+        let bytes = read_limited(&git.join(&name), MAX_INDEX)?.ok_or_else(|| format!("{name} is missing"))?;
+        let base = super::git_index::read(&bytes, hash_len, MAX_INDEX_ENTRIES).map_err(|e| format!("{name}: {e}"))?;
+        gitlinks.extend(base.gitlinks);
     }
-    let Ok(index) = std::fs::read(git.join("index")) else { return Vec::new() };
-    let config = std::fs::read_to_string(git.join("config")).unwrap_or_default().to_ascii_lowercase();
-    let sha256 = config.lines().any(|l| l.split_whitespace().collect::<String>() == "objectformat=sha256");
     let changed = |p: &Path| {
         let ctime = |m: std::fs::Metadata| {
             std::time::UNIX_EPOCH + std::time::Duration::new(m.ctime() as u64, m.ctime_nsec() as u32)
         };
         std::fs::symlink_metadata(p).is_ok_and(|m| ctime(m) >= since)
     };
-    super::git_index::gitlinks(&index, if sha256 { 32 } else { 20 }, MAX_INDEX_ENTRIES)
+    let mut out: Vec<PathBuf> = gitlinks
         .into_iter()
         .map(|link| workdir.join(link).join(".git"))
         .filter(|dot_git| changed(dot_git) || changed(&dot_git.join("config")))
-        .collect()
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Whether the repository of git directory `git` names objects with SHA-256: its config says
+/// so, or that of the directory its `commondir` names.
+fn object_format_sha256(git: &Path) -> bool {
+    let says = |config: &Path| {
+        let text = read_limited(config, 1 << 20).ok().flatten().unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .to_ascii_lowercase()
+            .lines()
+            .any(|l| l.split_whitespace().collect::<String>() == "objectformat=sha256")
+    };
+    let common = read_limited(&git.join("commondir"), 4096).ok().flatten();
+    says(&git.join("config"))
+        || common.is_some_and(|c| says(&git.join(String::from_utf8_lossy(&c).trim()).join("config")))
+}
+
+/// The content of the file at `path` (a link followed, as git follows it), if there is one: a
+/// file that is not a regular one or is larger than `max` is an error. Opened without waiting
+/// (a FIFO the agent left there), and read through the descriptor that was checked.
+fn read_limited(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let meta = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(Some(bytes))
 }
 
 /// The largest index read at exit, and the most entries read of it.
@@ -110,6 +191,31 @@ const MAX_INDEX_ENTRIES: usize = 1 << 20;
 /// How many entries of `.git/modules` trees are looked at, and how deep submodules nest.
 const MAX_MODULES: usize = 512;
 const MODULE_DEPTH: usize = 3;
+
+/// What the agent left in the working directory for whoever uses it next ([`WorkdirGuard::created`]).
+#[derive(Debug, PartialEq)]
+pub enum Left {
+    /// A name that runs code later, which the agent made.
+    Created(PathBuf),
+    /// What could not be checked, and why.
+    Unchecked { what: &'static str, why: String },
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Left::Created(path) => write!(
+                f,
+                "the agent created {}, which runs code for whoever uses this directory next; review it before running git or a shell here",
+                path.display()
+            ),
+            Left::Unchecked { what, why } => write!(
+                f,
+                "leash could not check {what} of the repository the agent ran in ({why}); review the repository before running git here"
+            ),
+        }
+    }
+}
 
 /// An empty directory leash created for a missing name, and its identity.
 #[derive(Debug)]
@@ -148,18 +254,22 @@ impl WorkdirGuard {
     /// Protects `names` (relative to `workdir`) from an agent with ids `agent`.
     pub fn protect(workdir: &Path, names: &[PathBuf], agent: &AgentIds) -> Result<Self> {
         let mut names_in: Vec<PathBuf> = names.iter().map(|n| workdir.join(n)).collect();
-        let modules = match names.iter().any(|n| n == Path::new(".git/config")) {
-            true => Some(modules(workdir).ok_or_else(|| {
-                anyhow!(
-                    "{} has more than {MAX_MODULES} entries under .git/modules, too many to protect each submodule's config; filesystem_policy.protect_in_workdir changes the list",
-                    workdir.display()
-                )
-            })?),
-            false => None,
+        let too_many = |what: &str| {
+            anyhow!(
+                "{} has more than {MAX_MODULES} entries under .git/{what}, too many to protect each one's config; filesystem_policy.protect_in_workdir changes the list",
+                workdir.display()
+            )
+        };
+        let (modules, worktrees) = match names.iter().any(|n| n == Path::new(".git/config")) {
+            true => (
+                Some(modules(workdir).ok_or_else(|| too_many("modules"))?),
+                worktrees(workdir).ok_or_else(|| too_many("worktrees"))?,
+            ),
+            false => (None, BTreeSet::new()),
         };
         let (existing, missing): (Vec<PathBuf>, Vec<PathBuf>) = modules
             .as_ref()
-            .map(companions)
+            .map(|m| companions(m, &worktrees))
             .unwrap_or_default()
             .into_iter()
             .partition(|c| std::fs::symlink_metadata(workdir.join(c)).is_ok());
@@ -270,24 +380,31 @@ impl WorkdirGuard {
         self.held.iter().map(|h| (h.dev, h.ino, h.path.as_path()))
     }
 
-    /// Names that exist now but were neither there at start nor held: the agent made them
-    /// (a [`REPORTED`] name, or a protected one through a link).
-    pub fn created(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = self
+    /// What the agent left that runs code later: names that exist now but were neither there at
+    /// start nor held (a [`REPORTED`] name, or a protected one through a link), new submodules
+    /// and changed nested repositories, and what could not be checked. Call it once no process of
+    /// the sandbox is left.
+    pub fn created(&self) -> Vec<Left> {
+        let mut out: Vec<Left> = self
             .names
             .iter()
             .filter(|n| !self.covers(n))
             .filter(|n| std::fs::symlink_metadata(n).is_ok())
-            .cloned()
+            .map(|n| Left::Created(n.clone()))
             .collect();
         if let (Some((workdir, _)), Some(since)) = (&self.modules, self.since) {
-            out.extend(nested_repositories(workdir, since));
+            match nested_repositories(workdir, since) {
+                Ok(nested) => out.extend(nested.into_iter().map(Left::Created)),
+                Err(why) => out.push(Left::Unchecked { what: "the repositories nested in its index", why }),
+            }
         }
         if let Some((workdir, before)) = &self.modules {
-            // More than can be walked: say so rather than nothing.
             match modules(workdir) {
-                Some(now) => out.extend(now.difference(before).map(|m| workdir.join(m))),
-                None => out.push(workdir.join(".git/modules")),
+                Some(now) => out.extend(now.difference(before).map(|m| Left::Created(workdir.join(m)))),
+                None => out.push(Left::Unchecked {
+                    what: "its submodules",
+                    why: format!("more than {MAX_MODULES} entries under .git/modules"),
+                }),
             }
         }
         out
@@ -391,7 +508,7 @@ mod tests {
         assert_eq!(guard.parents(), [dir.join(".git")]);
         assert!(guard.created().is_empty());
         std::fs::write(dir.join(".git/commondir"), "evil\n").unwrap();
-        assert_eq!(guard.created(), [dir.join(".git/commondir")]);
+        assert_eq!(guard.created(), [Left::Created(dir.join(".git/commondir"))]);
     }
 
     #[test]
@@ -410,7 +527,11 @@ mod tests {
         assert!(guard.parents().contains(&dir.join(".git/modules/libs/foo")), "{:?}", guard.parents());
         std::fs::create_dir_all(dir.join(".git/modules/libs/new")).unwrap();
         std::fs::write(dir.join(".git/modules/libs/new/HEAD"), "x").unwrap();
-        assert_eq!(guard.created(), [dir.join(".git/modules/libs/new")]);
+        std::fs::write(dir.join(".git/modules/lib/commondir"), "../../elsewhere").unwrap();
+        assert_eq!(
+            guard.created(),
+            [Left::Created(dir.join(".git/modules/lib/commondir")), Left::Created(dir.join(".git/modules/libs/new"))]
+        );
     }
 
     #[test]
