@@ -1240,6 +1240,35 @@ fn one_pod_holding_connections_does_not_lock_out_another() {
     stop(&mut holder);
 }
 
+/// A pod over its share of connections is refused (`busy`) and its connection closed, on the
+/// thread that accepts every pod's connections. The pod's last connection carried a TCP socket,
+/// its send buffer full and `SO_LINGER` a minute: closing the connection unread dropped the last
+/// reference to that socket there, and close(2) waited the minute, while no pod on the node was
+/// accepted.
+#[test]
+fn a_refused_connection_cannot_stall_the_accepting_thread() {
+    let node = Node::serving_default("linger", &[]);
+    let a = node.pod(Layout::SystemdContainerd, 29);
+    let b = node.pod(Layout::CgroupfsCrio, 30);
+    let (mut holder, _out, held) = flood(&node, &a, 16, "linger");
+    assert_eq!(held, 16);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = tx.send(hello_code(&node, &b));
+        });
+        // A hello takes milliseconds; the lingering close took ten seconds here.
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(
+            answered.as_deref(),
+            Ok("ok"),
+            "pod B was not served while pod A's refused connection lingered ({})",
+            daemon_usage(&node)
+        );
+    });
+    stop(&mut holder);
+}
+
 #[test]
 fn a_client_that_never_reads_its_replies_is_dropped() {
     let node = Node::serving_default("noread", &[]);

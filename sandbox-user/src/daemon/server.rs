@@ -26,7 +26,10 @@ pub fn serve(listener: UnixListener, node: Arc<Node>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         // The process that connected has exited already: nobody to answer.
-        let Ok(peer) = Process::peer_of(&stream) else { continue };
+        let Ok(peer) = Process::peer_of(&stream) else {
+            discard(stream);
+            continue;
+        };
         // The pod the connection counts against, fixed at accept (`""`: not a pod's process).
         let pod = discovery::of_process(&peer.process).map(|p| p.pod_uid).unwrap_or_default();
         let slot = match connections.acquire(&pod) {
@@ -35,6 +38,7 @@ pub fn serve(listener: UnixListener, node: Arc<Node>) {
                 // Never blocks the accept loop: the reply fits the socket's buffer or is dropped.
                 let _ = stream.set_nonblocking(true);
                 let _ = protocol::write_json(&mut &stream, &Reply::error(ErrorCode::Busy, why));
+                discard(stream);
                 continue;
             }
         };
@@ -46,6 +50,60 @@ pub fn serve(listener: UnixListener, node: Arc<Node>) {
         if spawned.is_err() {
             // The closure, its slot and the connection with it, is dropped: the place is free again.
             crate::say!("leash daemon: warning: cannot start a thread for a connection");
+        }
+    }
+}
+
+/// Closes a connection the accepting thread does not serve, without waiting on what the client
+/// left in it. Closing a stream drops the descriptors still in flight in it, in the closing
+/// thread, and the last close of a TCP socket with `SO_LINGER` waits there for its unsent data to
+/// leave (a pod can make that wait as long as it likes): the accepting thread, and every pod's
+/// next connection, would wait with it. So what is in flight is taken out first, lingering
+/// turned off, and closed; so is what is in flight in unix sockets among it (the kernel nests
+/// them at most four deep).
+fn discard(stream: UnixStream) {
+    let _ = stream.set_nonblocking(true);
+    drain_in_flight(stream.as_fd(), 0);
+}
+
+/// Receives what is queued on socket `fd`, without waiting, and closes the descriptors in it
+/// with lingering off, taking out what is in flight in them in turn (`depth` deep so far).
+fn drain_in_flight(fd: BorrowedFd<'_>, depth: usize) {
+    /// Messages read from one socket: enough for any queue a socket buffer holds.
+    const MAX_MESSAGES: usize = 1024;
+    for _ in 0..MAX_MESSAGES {
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        // Room for SCM_MAX_FD (253): a truncated message would have the rest closed here.
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 253]);
+        let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+        let Ok(msg) = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) else { return };
+        let mut received = Vec::new();
+        for c in msg.cmsgs().into_iter().flatten() {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the kernel just installed these descriptors in this process for us.
+                received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        if msg.bytes == 0 && received.is_empty() {
+            return;
+        }
+        for fd in received {
+            let off = libc::linger { l_onoff: 0, l_linger: 0 };
+            // SAFETY: SO_LINGER with a valid struct linger; on a descriptor that is no socket
+            // it fails (ENOTSOCK), harmlessly.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    std::ptr::addr_of!(off).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            if depth < 5 {
+                drain_in_flight(fd.as_fd(), depth + 1);
+            }
         }
     }
 }

@@ -14,7 +14,7 @@
 //! podclient --cgroup DIR exec UID -- CMD ARGS...                    become UID and exec CMD
 //! podclient --cgroup DIR clone-into CGROUP                          clone3(CLONE_INTO_CGROUP) a child into CGROUP; prints `ok` or the errno
 //! podclient --cgroup DIR reuse SOCKET                               a child connects and exits; see `reuse`
-//! podclient --cgroup DIR flood SOCKET N idle|noread|fds             hold N connections; see `flood`
+//! podclient --cgroup DIR flood SOCKET N idle|noread|fds|linger      hold N connections; see `flood`
 //! ```
 //!
 //! `cycles` prints `{"count","errors","median_us","p99_us","per_sec"}`: the confine latency is
@@ -378,7 +378,9 @@ fn ask(stream: &mut UnixStream, json: &[u8], fd: Option<std::os::fd::BorrowedFd<
 /// send nothing. `noread`: each sends `hello` requests and never reads a reply, until the daemon
 /// stops taking requests; after a line on stdin, it reads what comes and prints
 /// `replies R of S` (the daemon answered R of the S requests before closing). `fds`: each starts
-/// a frame and sends its bytes one at a time, four descriptors with each.
+/// a frame and sends its bytes one at a time, four descriptors with each. `linger`: idle, and then
+/// one connection more, which the daemon refuses (the pod's share is taken), carrying a TCP
+/// socket whose close waits a minute (see `lingering_socket`).
 fn flood(socket: &str, n: usize, mode: &str) {
     let null = std::fs::File::open("/dev/null").expect("opening /dev/null");
     let mut held = Vec::new();
@@ -386,13 +388,14 @@ fn flood(socket: &str, n: usize, mode: &str) {
     for _ in 0..n {
         let Ok(mut s) = UnixStream::connect(socket) else { break };
         match mode {
-            "idle" => {}
+            "idle" | "linger" => {}
             "noread" => sent.push(pipeline_hellos(&mut s)),
             "fds" => descriptor_flood(&s, &null),
             _ => usage(),
         }
         held.push(s);
     }
+    let _listener = (mode == "linger").then(|| send_lingering_socket(socket));
     println!("ready {}", held.len());
     std::io::stdout().flush().ok();
     let mut line = String::new();
@@ -411,6 +414,39 @@ fn flood(socket: &str, n: usize, mode: &str) {
     }
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+/// Sends, on a new connection to the daemon, a connected TCP socket (to a listener of its own on
+/// 127.0.0.1, returned, that never reads) with its send buffer full and `SO_LINGER` of a minute,
+/// and closes its own copy: whoever drops the last reference to it, closing the connection
+/// unread, waits in close(2) for that minute.
+fn send_lingering_socket(socket: &str) -> TcpListener {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listening on 127.0.0.1");
+    let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connecting to it");
+    tcp.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 65536];
+    while (&tcp).write(&chunk).is_ok() {}
+    let linger = libc::linger { l_onoff: 1, l_linger: 60 };
+    // SAFETY: SO_LINGER with a valid struct linger of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    let s = UnixStream::connect(socket).expect("connecting to the daemon");
+    let raw = [tcp.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let iov = [std::io::IoSlice::new(b"\0")];
+    sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).expect("sending the socket");
+    drop(tcp);
+    drop(s);
+    listener
 }
 
 /// Writes `hello` frames without reading until the daemon stops taking them; returns how many.
