@@ -108,25 +108,41 @@ fn environ_sets(environ: &[u8], own: impl Fn(&str) -> Option<Vec<u8>>) -> Option
 }
 
 /// Whether every process in `procs` (a sandbox cgroup's `cgroup.procs`) that holds the client
-/// socket of the connection from `peer` to `proxy` runs `exe`: a process that connected and then
-/// exec'd a listed program, or passed the socket on, does not lend that program's rights to the
-/// others holding the socket. `net` is the `/proc/.../net` directory of the connection's network
-/// namespace. False when the socket or the process list cannot be read (fail closed).
+/// socket of the connection from `peer` to `proxy` runs `exe`, and at least one holds it: a
+/// process that connected and then exec'd a listed program, or passed the socket on, does not
+/// lend that program's rights to the others holding the socket. Every thread's descriptor table
+/// is looked at (a thread may have one of its own, and a process whose first thread has exited
+/// shows none under `/proc/<pid>/fd`); a socket nobody is seen to hold (in flight in a unix
+/// socket, passed out of the sandbox) is not trusted. `net` is the `/proc/.../net` directory of
+/// the connection's network namespace. False when the socket or the process list cannot be read
+/// (fail closed).
 pub fn holders_all_run(procs: &Path, net: &Path, peer: SocketAddr, proxy: SocketAddr, exe: &Path) -> bool {
     let Some(inode) = client_socket_inode(net, peer, proxy) else { return false };
     let Ok(procs) = std::fs::read_to_string(procs) else { return false };
     let target = format!("socket:[{inode}]");
-    procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).all(|pid| {
-        // A descriptor table that cannot be read (no CAP_DAC_READ_SEARCH for another user's
-        // process) may hold the socket: then that process must run `exe` too. Only a process
-        // that is gone holds nothing.
-        let holds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-            Ok(fds) => {
-                fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|l| l.as_os_str() == target.as_str())
+    let mut held = false;
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        if may_hold(pid, &target) {
+            if !std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe) {
+                return false;
             }
-            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
-        };
-        !holds || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
+            held = true;
+        }
+    }
+    held
+}
+
+/// Whether a descriptor table of process `pid` (any of its threads') holds `target`, or may: a
+/// table that cannot be read (no CAP_DAC_READ_SEARCH for another user's process) may. Only a
+/// process or thread that is gone holds nothing.
+fn may_hold(pid: u32, target: &str) -> bool {
+    let tasks = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks,
+        Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
+    };
+    tasks.flatten().any(|task| match std::fs::read_dir(task.path().join("fd")) {
+        Ok(fds) => fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|l| l.as_os_str() == target),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     })
 }
 
@@ -209,6 +225,67 @@ mod tests {
         assert_eq!(environ_sets(b"LD_LIBRARY_PATH=/opt/lib\0", leash), None);
         assert_eq!(environ_sets(b"LD_LIBRARY_PATH=/tmp:/opt/lib\0", leash), Some("LD_LIBRARY_PATH"));
         assert_eq!(environ_sets(b"LD_LIBRARY_PATH=/opt/lib\0LD_PRELOAD=\0", leash), Some("LD_PRELOAD"));
+    }
+
+    /// A connection to a listener of this test, whose client socket this process is made to
+    /// hold in some way by `hide`; whether `holders_all_run` trusts `exe` for it.
+    fn trusted_when(hide: impl FnOnce(std::net::TcpStream) -> Box<dyn std::any::Any>, exe: &Path) -> bool {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, proxy) = (client.local_addr().unwrap(), listener.local_addr().unwrap());
+        let _held = hide(client);
+        let procs = std::env::temp_dir().join(format!("leash-holders-{}-{}", std::process::id(), peer.port()));
+        std::fs::write(&procs, format!("{}\n", std::process::id())).unwrap();
+        let trusted = holders_all_run(&procs, Path::new("/proc/self/net"), peer, proxy, exe);
+        let _ = std::fs::remove_file(&procs);
+        trusted
+    }
+
+    #[test]
+    fn the_holders_of_a_connection_must_run_the_executable() {
+        let own = std::env::current_exe().unwrap();
+        assert!(trusted_when(|c| Box::new(c), &own), "the premise: this process holds it and runs its executable");
+        assert!(!trusted_when(|c| Box::new(c), Path::new("/usr/bin/git")));
+    }
+
+    /// The socket in flight (sent on a unix socket, not yet received): nobody holds it, and
+    /// whoever receives it later is not the process that connected.
+    #[test]
+    fn a_socket_nobody_holds_is_not_trusted() {
+        let own = std::env::current_exe().unwrap();
+        let in_flight = |client: std::net::TcpStream| -> Box<dyn std::any::Any> {
+            use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+            use std::os::fd::AsRawFd as _;
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let fds = [client.as_raw_fd()];
+            let iov = [std::io::IoSlice::new(b"x")];
+            sendmsg::<()>(a.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None).unwrap();
+            drop(client);
+            Box::new((a, b))
+        };
+        assert!(!trusted_when(in_flight, &own), "a socket in flight was trusted as its connecting process's");
+    }
+
+    /// The socket held only by a thread with a descriptor table of its own (`unshare(CLONE_FILES)`),
+    /// which `/proc/<pid>/fd` (the first thread's table) does not show.
+    #[test]
+    fn a_socket_in_a_threads_own_table_is_seen() {
+        let (ready, wait) = std::sync::mpsc::channel();
+        let (done, finish) = std::sync::mpsc::channel::<()>();
+        let private = move |client: std::net::TcpStream| -> Box<dyn std::any::Any> {
+            let thread = std::thread::spawn(move || {
+                // SAFETY: unshare(CLONE_FILES) gives this thread a copy of the descriptor table.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
+                ready.send(()).unwrap();
+                let _ = finish.recv();
+            });
+            wait.recv().unwrap();
+            // The table shared by the other threads lets go of it; the thread's copy keeps it.
+            drop(client);
+            Box::new(thread)
+        };
+        assert!(!trusted_when(private, Path::new("/usr/bin/git")), "a thread's own table was not looked at");
+        drop(done);
     }
 
     #[test]
