@@ -554,6 +554,47 @@ fn binaries_rules_work_through_the_daemons_connection_owners() {
     assert_eq!(upstream.accepted(), 1);
 }
 
+/// The pod's proxy checks the environment of the process that connected (a loader variable
+/// such as `LD_PRELOAD` withdraws a `binaries:` identity) by the pid the daemon gives it. A
+/// process in a PID namespace of its own (which the agent can make, with a user namespace) was
+/// given its number there, which in the proxy's namespace is another process: the proxy checked
+/// that one's environment, and the listed binary with `LD_PRELOAD` got through.
+#[test]
+fn a_process_in_a_pid_namespace_of_its_own_is_not_trusted_as_a_listed_binary() {
+    let upstream = Listener::http("127.0.0.1:0", "upstream");
+    let target = upstream.addr.to_string();
+    let probe = std::fs::canonicalize(bin("netprobe")).unwrap().display().to_string();
+    let mut node = Node::new("owners-pidns");
+    node.policy(
+        "default",
+        &format!(
+            "version: 1\nnetwork_policies:\n  local:\n    name: local\n    endpoints:\n      - {{ host: 127.0.0.1, port: {}, protocol: tcp, allowed_ips: [127.0.0.0/8] }}\n    binaries: [{{ path: {probe} }}]\n",
+            upstream.addr.port()
+        ),
+    );
+    let pod = node.pod(Layout::CgroupfsCrio, 17);
+    node.start(&["--default-policy", "default"]);
+    let script = format!(
+        "echo plain: $(LD_PRELOAD=/nonexistent-leash.so {probe} get proxy {target} 2>/dev/null); \
+         unshare -Upf true && echo unshared=ok; \
+         echo nested: $(LD_PRELOAD=/nonexistent-leash.so unshare -Upf {probe} get proxy {target} 2>/dev/null)"
+    );
+    let out = node.confine(&pod, &[], &["/bin/sh", "-c", &script]);
+    let text = stdout(&out);
+    assert!(text.contains("plain:") && !text.contains("GET 200\nnested"), "the premise: {text} {}", stderr(&out));
+    assert!(
+        text.contains("unshared=ok"),
+        "the premise: the agent cannot make a PID namespace here: {text} {}",
+        stderr(&out)
+    );
+    let nested = text.lines().find(|l| l.starts_with("nested:")).unwrap_or_default();
+    assert!(
+        !nested.contains("GET 200"),
+        "the listed binary with LD_PRELOAD got through from its own PID namespace: {text}"
+    );
+    assert_eq!(upstream.accepted(), 0, "{text}");
+}
+
 /// Issue 19 item 4 under `leash confine`: the daemon answers who connected, and a listed
 /// executable exec'd after the connect lends nothing to its parent holding the same socket.
 #[test]

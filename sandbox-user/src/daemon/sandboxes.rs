@@ -358,8 +358,14 @@ impl Node {
         let peer = SocketAddr::new(record.proxy.ip(), port);
         let procs = record.cgroup.join("cgroup.procs");
         let to = SocketAddr::new(record.proxy.ip(), listener);
+        // The pod's proxy checks the process's environment by the pid given here: only a process
+        // in the caller's own PID namespace has a number there. One in a namespace of its own
+        // (the agent can make one, with a user namespace) has another process's number.
+        let callers_ns = caller.process.read(pid_namespace).ok();
+        let owners_ns = process.as_ref().and_then(|p| p.read(pid_namespace).ok());
         let exe = live
             .filter(|(cgroup, _)| cgroup.contains(&inside))
+            .filter(|_| callers_ns.is_some() && owners_ns == callers_ns)
             .filter(|(_, exe)| holders_all_run(&procs, &net, peer, to, exe))
             .map(|(_, exe)| exe.display().to_string());
         let pid = if exe.is_some() { pid_in_own_namespace(owner.pid).unwrap_or(0) } else { 0 };
