@@ -346,7 +346,7 @@ async fn handle(
     info: ConnInfo,
     shared: Shared,
 ) -> Result<Response<UpBody>, std::convert::Infallible> {
-    let is_upgrade = req.uri().path() == "/ws" && req.headers().contains_key(hyper::header::UPGRADE);
+    let is_upgrade = req.uri().path().starts_with("/ws") && req.headers().contains_key(hyper::header::UPGRADE);
     if is_upgrade {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, _body) = req.into_parts();

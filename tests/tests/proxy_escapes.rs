@@ -510,6 +510,47 @@ async fn escape_a_websocket_outlives_its_endpoints_removal() {
     );
 }
 
+/// A WebSocket was judged again at a reload by its target as sent, with GET, where its opening
+/// request was judged by every reading (trailing slash, `;parameters`, method overrides): one
+/// opened at `/ws/admin/` stayed open after a reload denied `GET /ws/admin`, which a new request
+/// there meets at once. It is judged again as it was opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_a_websocket_is_judged_again_by_fewer_readings() {
+    let up = Upstream::https();
+    let p = up.port();
+    let proxy = start(&policy(&rest("localhost", p, FULL), ""), &[&up]);
+    let open = |path: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let mut t = tunnel(proxy, "localhost", p).await;
+            let handshake = format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost:{p}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            );
+            let r = t.exchange(handshake.as_bytes()).await.unwrap();
+            assert_eq!(r.status, 101, "control: the WebSocket at {path} opens: {r}");
+            t
+        }
+    };
+    async fn echoed(t: &mut Tunnel, word: &[u8]) -> bool {
+        let mut buf = vec![0u8; word.len()];
+        t.tls.write_all(word).await.is_ok()
+            && matches!(tokio::time::timeout(Duration::from_secs(2), t.tls.read_exact(&mut buf)).await, Ok(Ok(_)))
+            && buf == word
+    }
+    let mut sockets = vec![open("/ws/admin/").await, open("/ws/admin;x").await];
+    let denied = "        access: full\n        deny_rules: [{ method: GET, path: \"/ws/admin\" }]\n";
+    proxy.replace_policy(&policy(&rest("localhost", p, denied), ""));
+    proxy.hup();
+    assert!(wait_until(5, || proxy.stderr().contains("leash: policy reloaded")), "{}", proxy.stderr());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (path, t) in ["/ws/admin/", "/ws/admin;x"].into_iter().zip(sockets.iter_mut()) {
+        let mut fresh = tunnel(&proxy, "localhost", p).await;
+        let r = fresh.exchange(format!("GET {path} HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await.unwrap();
+        assert_eq!(r.status, 403, "the premise: the new policy refuses GET {path}: {r}");
+        assert!(!echoed(t, b"after-deny").await, "the WebSocket at {path} still carried data after the reload denied it");
+    }
+}
+
 /// A passed-through connection (`protocol: tcp`) outlived a reload that took its endpoint away.
 /// A reload asks again: it is closed, while one the new policy still allows stays (control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,14 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             return refuse(Refusal::BadRequest, detail, t.policy.as_deref());
         }
     };
+    // A WebSocket is judged again at each reload, as this request was: every reading of its
+    // method (overrides too) and target.
+    let judged_head = wants_upgrade(&parts.headers).then(|| {
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.method = parts.method.clone();
+        head.headers = parts.headers.clone();
+        (head, target.clone())
+    });
     // Learning (`learning.rs`): a request the rules refuse goes through and is recorded.
     let learned = !verdict.allow && !verdict.audit && t.proxy.learner.get().is_some();
     if !verdict.allow && !verdict.audit && !learned {
@@ -224,15 +232,18 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let (mut rparts, rbody) = response.into_parts();
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        if let (Some(agent), Some(upstream)) = (agent_upgrade, rparts.extensions.remove::<OnUpgrade>()) {
+        if let (Some(agent), Some(upstream), Some((head, judged_target))) =
+            (agent_upgrade, rparts.extensions.remove::<OnUpgrade>(), judged_head)
+        {
             let (proxy, host, port, client) = (t.proxy.clone(), t.host.clone(), t.port, t.client.clone());
-            let target = target.clone();
             let still_allowed = move |state: &PolicyState| {
                 let host_text = host.to_string();
                 let verdict = decide_for_owner(state, &host_text, port, &client);
                 verdict.allow
                     && !state.secrets.any_bound_to(&host_text)
-                    && verdict.endpoint_ref.is_some_and(|e| state.decider.request(e, "GET", &target).allow)
+                    && verdict.endpoint_ref.is_some_and(|e| {
+                        judge(&state.decider, e, &head, &judged_target).is_ok_and(|v| v.allow || v.audit)
+                    })
             };
             join_upgraded(agent, upstream, proxy, reloads, still_allowed);
         }
