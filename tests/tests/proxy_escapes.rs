@@ -537,7 +537,7 @@ async fn escape_a_websocket_is_judged_again_by_fewer_readings() {
             && matches!(tokio::time::timeout(Duration::from_secs(2), t.tls.read_exact(&mut buf)).await, Ok(Ok(_)))
             && buf == word
     }
-    let mut sockets = vec![open("/ws/admin/").await, open("/ws/admin;x").await];
+    let mut sockets = [open("/ws/admin/").await, open("/ws/admin;x").await];
     let denied = "        access: full\n        deny_rules: [{ method: GET, path: \"/ws/admin\" }]\n";
     proxy.replace_policy(&policy(&rest("localhost", p, denied), ""));
     proxy.hup();
@@ -547,8 +547,66 @@ async fn escape_a_websocket_is_judged_again_by_fewer_readings() {
         let mut fresh = tunnel(&proxy, "localhost", p).await;
         let r = fresh.exchange(format!("GET {path} HTTP/1.1\r\nHost: localhost:{p}\r\n\r\n").as_bytes()).await.unwrap();
         assert_eq!(r.status, 403, "the premise: the new policy refuses GET {path}: {r}");
-        assert!(!echoed(t, b"after-deny").await, "the WebSocket at {path} still carried data after the reload denied it");
+        assert!(
+            !echoed(t, b"after-deny").await,
+            "the WebSocket at {path} still carried data after the reload denied it"
+        );
     }
+}
+
+/// A reload ends a tunnel once its exchange under way is done: an upload (or a download) that
+/// went on carried on under the rules it began with, with no end. The rest of an exchange's
+/// body passes only while the policy in force allows the exchange; control: a reload that still
+/// allows it lets the upload finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_an_upload_under_way_outlives_a_reload_that_removes_its_endpoint() {
+    let up = Upstream::https();
+    let p = up.port();
+    let other = "      - { host: other.example, port: 443, protocol: rest, access: full }\n";
+    let proxy = start(&policy(&rest("localhost", p, FULL), ""), &[&up]);
+    let reload = |yaml: String| {
+        let before = proxy.stderr().matches("leash: policy reloaded").count();
+        proxy.replace_policy(&yaml);
+        proxy.hup();
+        assert!(
+            wait_until(5, || proxy.stderr().matches("leash: policy reloaded").count() > before),
+            "{}",
+            proxy.stderr()
+        );
+    };
+    let upload = |path: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let mut t = tunnel(proxy, "localhost", p).await;
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost:{p}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+            );
+            t.tls.write_all(head.as_bytes()).await.unwrap();
+            t.tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            t
+        }
+    };
+    let arrived = |path: &str| up.seen().into_iter().filter(|s| s.target == path).map(|s| s.body).collect::<Vec<_>>();
+    // Control: the reload still allows the upload.
+    let mut kept = upload("/kept").await;
+    reload(policy(&format!("{}{other}", rest("localhost", p, FULL)), ""));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = kept.tls.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await;
+    let _ = kept.tls.flush().await;
+    assert!(wait_until(5, || arrived("/kept") == [b"firstsecond".to_vec()]), "control: {:?}", arrived("/kept"));
+    // The reload takes the endpoint away while the upload is under way.
+    let mut cut = upload("/cut").await;
+    reload(policy(other, ""));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = cut.tls.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await;
+    let _ = cut.tls.flush().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bodies = arrived("/cut");
+    assert!(
+        !bodies.iter().any(|b| b.windows(6).any(|w| w == b"second")),
+        "the rest of an upload went upstream after a reload removed its endpoint: {bodies:?}"
+    );
 }
 
 /// A passed-through connection (`protocol: tcp`) outlived a reload that took its endpoint away.

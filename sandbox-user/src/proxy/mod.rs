@@ -30,6 +30,7 @@ mod judge;
 mod learning;
 mod passthrough;
 mod peers;
+mod rejudged;
 pub use peers::SandboxPeers;
 mod request;
 pub mod ssrf;

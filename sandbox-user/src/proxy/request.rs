@@ -26,6 +26,7 @@ use super::headers::{check_framing, strip_hop_by_hop, targets_tunnel, wants_upgr
 use super::intercept::Tunnel;
 use super::judge::{judge, Malformed};
 use super::learning;
+use super::rejudged::{rejudged, StillAllowed};
 use super::state::PolicyState;
 use super::upstream::DialError;
 use super::ProxyBody;
@@ -130,14 +131,23 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
             return refuse(Refusal::BadRequest, detail, t.policy.as_deref());
         }
     };
-    // A WebSocket is judged again at each reload, as this request was: every reading of its
-    // method (overrides too) and target.
-    let judged_head = wants_upgrade(&parts.headers).then(|| {
+    // The exchange is judged again at each reload, as this request was (every reading of its
+    // method, overrides too, and target): its bodies, and a WebSocket it opens, carry on only
+    // while the policy in force allows it.
+    let still_allowed: StillAllowed = {
         let (mut head, ()) = Request::new(()).into_parts();
         head.method = parts.method.clone();
         head.headers = parts.headers.clone();
-        (head, target.clone())
-    });
+        let (judged_target, host, port, client) = (target.clone(), t.host.clone(), t.port, t.client.clone());
+        Arc::new(move |state: &PolicyState| {
+            let host_text = host.to_string();
+            let verdict = decide_for_owner(state, &host_text, port, &client);
+            verdict.allow
+                && verdict
+                    .endpoint_ref
+                    .is_some_and(|e| judge(&state.decider, e, &head, &judged_target).is_ok_and(|v| v.allow || v.audit))
+        })
+    };
     // Learning (`learning.rs`): a request the rules refuse goes through and is recorded.
     let learned = !verdict.allow && !verdict.audit && t.proxy.learner.get().is_some();
     if !verdict.allow && !verdict.audit && !learned {
@@ -182,6 +192,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     } else {
         body.map_err(Into::into).boxed_unsync()
     };
+    let body = rejudged(body, t.proxy.clone(), reloads.clone(), still_allowed.clone());
     let reason = if learned {
         "learned"
     } else if verdict.audit {
@@ -232,24 +243,15 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     let (mut rparts, rbody) = response.into_parts();
     let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        if let (Some(agent), Some(upstream), Some((head, judged_target))) =
-            (agent_upgrade, rparts.extensions.remove::<OnUpgrade>(), judged_head)
-        {
-            let (proxy, host, port, client) = (t.proxy.clone(), t.host.clone(), t.port, t.client.clone());
-            let still_allowed = move |state: &PolicyState| {
-                let host_text = host.to_string();
-                let verdict = decide_for_owner(state, &host_text, port, &client);
-                verdict.allow
-                    && !state.secrets.any_bound_to(&host_text)
-                    && verdict.endpoint_ref.is_some_and(|e| {
-                        judge(&state.decider, e, &head, &judged_target).is_ok_and(|v| v.allow || v.audit)
-                    })
-            };
-            join_upgraded(agent, upstream, proxy, reloads, still_allowed);
+        if let (Some(agent), Some(upstream)) = (agent_upgrade, rparts.extensions.remove::<OnUpgrade>()) {
+            // A WebSocket's frames are not scanned: none to a host a credential is now bound to.
+            let (host_text, allowed) = (t.host.to_string(), still_allowed.clone());
+            let still_allowed = move |state: &PolicyState| allowed(state) && !state.secrets.any_bound_to(&host_text);
+            join_upgraded(agent, upstream, t.proxy.clone(), reloads.clone(), still_allowed);
         }
     }
     strip_hop_by_hop(&mut rparts.headers, switching);
-    let body = rbody.map_err(Into::into).boxed_unsync();
+    let body = rejudged(rbody.map_err(Into::into).boxed_unsync(), t.proxy.clone(), reloads, still_allowed);
     if reflections.is_empty() {
         return Response::from_parts(rparts, body);
     }
