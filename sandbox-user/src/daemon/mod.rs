@@ -196,7 +196,19 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     }
     let listener =
         std::os::unix::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+    // Through a descriptor of the socket file itself: a name another writer of the directory
+    // swapped for a link to one of root's files is not followed (chmod by path would be).
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let made = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if !made.metadata().with_context(|| format!("reading {}", path.display()))?.file_type().is_socket() {
+        bail!("{} is no longer the socket the daemon bound: something else writes that directory", path.display());
+    }
+    std::fs::set_permissions(format!("/proc/self/fd/{}", made.as_raw_fd()), std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("making {} reachable from pods", path.display()))?;
     Ok(listener)
 }

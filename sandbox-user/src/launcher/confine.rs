@@ -118,6 +118,9 @@ pub async fn confine(opts: ConfineOptions) -> Result<i32> {
     let socket = UnixAddr::new(&opts.socket).with_context(|| format!("socket path {}", opts.socket.display()))?;
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
         .context("creating the handoff socket pair")?;
+    // The child's handoff then says which process it is (SCM_CREDENTIALS).
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)
+        .context("asking for the agent's credentials on the handoff socket")?;
     // The handoff runs while spawn() waits for the child's exec.
     let listener = bound.listener_fd().try_clone_to_owned().context("duplicating the proxy socket")?;
     let policy_name = text.name.clone();
@@ -181,7 +184,7 @@ fn hand_off(
     transparent: Option<std::net::IpAddr>,
     policy: &str,
 ) -> Result<(Confined, Option<TransparentSockets>)> {
-    let connection = receive_fd(&ours).context("receiving the agent's connection to the daemon")?;
+    let (connection, agent) = receive_fd(&ours).context("receiving the agent's connection to the daemon")?;
     // Made after the agent's fork (it sent its connection from the child), so the agent never
     // holds them: the daemon refuses a target holding a network socket made outside.
     let sockets = transparent.map(crate::proxy::bind_transparent).transpose()?;
@@ -198,6 +201,9 @@ fn hand_off(
     if sockets.is_some() && !confined.transparent {
         bail!("the node daemon did not put transparent mode in force (is it older than this leash?)");
     }
+    // The answer is only a claim: the agent goes on only from its sandbox's cgroup, which the
+    // daemon made and no pod can (whoever else serves the socket path says "confined" too).
+    check_in_sandbox(agent, &confined.sandbox)?;
     nix::unistd::write(&ours, &[CONFINED]).context("releasing the agent")?;
     crate::say!(
         "leash: sandbox {} (policy {}) confines the agent to {}",
@@ -208,21 +214,40 @@ fn hand_off(
     Ok((confined, sockets))
 }
 
-/// Receives one descriptor passed over `sock`.
-fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
+/// Receives one descriptor passed over `sock`, and the pid of the process that sent it.
+fn receive_fd(sock: &OwnedFd) -> Result<(OwnedFd, libc::pid_t)> {
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1], nix::sys::socket::UnixCredentials);
     let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let (mut fd, mut pid) = (None, None);
     for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(fd) = fds.first() {
-                // SAFETY: the kernel just installed this descriptor for us.
-                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-            }
+        match c {
+            // SAFETY: the kernel just installed this descriptor for us.
+            ControlMessageOwned::ScmRights(fds) => fd = fds.first().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) }),
+            ControlMessageOwned::ScmCredentials(creds) => pid = Some(creds.pid()),
+            _ => {}
         }
     }
-    bail!("the agent could not reach the daemon before exec (no connection was handed over)")
+    match (fd, pid) {
+        (Some(fd), Some(pid)) => Ok((fd, pid)),
+        (Some(_), None) => bail!("the agent's handoff carried no credentials"),
+        _ => bail!("the agent could not reach the daemon before exec (no connection was handed over)"),
+    }
+}
+
+/// Fails unless process `pid` (the agent, waiting for the word to go on) is in the cgroup of
+/// sandbox `sandbox`, `leash-<sandbox>`, as its cgroup (v2) path reads in leash's view.
+fn check_in_sandbox(pid: libc::pid_t, sandbox: &str) -> Result<()> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).context("reading the agent's cgroup")?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_default();
+    let named = !sandbox.is_empty() && sandbox.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !named || !path.ends_with(&format!("/leash-{sandbox}")) {
+        bail!(
+            "the daemon answered that the agent is confined in sandbox {sandbox:?}, but the agent's cgroup is {path:?}: is this socket the node daemon's?"
+        );
+    }
+    Ok(())
 }
 
 /// Who leash runs as, for the agent's `HOME`/`USER` (pods often run a uid with no passwd entry).
