@@ -8,7 +8,7 @@
 mod child;
 pub mod confine;
 mod environment;
-mod git_index;
+pub mod git_index;
 pub mod host_files;
 mod host_sockets;
 mod identity;
