@@ -52,9 +52,10 @@ fn nonblocking() -> Option<bool> {
     (flags >= 0).then_some(flags & libc::O_NONBLOCK != 0)
 }
 
-/// Writes `args` and a newline to stderr; see the module's text.
+/// Writes `args` and a newline to stderr; see the module's text. What a terminal would act on is
+/// written out ([`printable`]): names the agent made reach these lines.
 pub fn line(args: std::fmt::Arguments<'_>) {
-    let mut text = args.to_string();
+    let mut text = printable(&args.to_string()).into_owned();
     text.push('\n');
     let stderr = std::io::stderr();
     let mut locked = stderr.lock();
@@ -84,6 +85,32 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// `text` with every character a terminal acts on written out as `\u{..}`: control characters
+/// (a newline too: one call, one line, so that no name forges a line of leash's), and the
+/// format characters that reorder or hide text (bidi controls, zero-width ones).
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let acts = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if !text.chars().any(acts) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars().map(|c| if acts(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
+/// Puts a terminal on stderr back in order after the agent had it: ends a control string it
+/// left open (whatever leash wrote next would vanish into it) and resets text attributes
+/// (hidden, colours). Nothing when stderr is not a terminal.
+pub fn reset_terminal() {
+    let stderr = std::io::stderr();
+    // SAFETY: isatty on stderr's descriptor.
+    if unsafe { libc::isatty(stderr.as_fd().as_raw_fd()) } == 1 {
+        // CAN, ST, SGR 0.
+        let _ = stderr.lock().write_all(b"\x18\x1b\\\x1b[0m");
+    }
+}
+
 /// `eprintln!` that never panics: [`line`].
 #[macro_export]
 macro_rules! say {
@@ -94,6 +121,15 @@ macro_rules! say {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn what_a_terminal_acts_on_is_written_out() {
+        assert_eq!(super::printable("plain: ümlaut é ✓"), "plain: ümlaut é ✓");
+        let forged = "m\r\u{1b}[2A\u{1b}]52;c;eA==\u{7}leash: sandbox x ended (exit 0)\n\u{9b}\u{202e}abc\u{200b}";
+        let shown = super::printable(forged);
+        assert!(!shown.chars().any(|c| c.is_control() || c == '\u{202e}' || c == '\u{200b}'), "{shown:?}");
+        assert!(shown.contains("\\u{1b}") && shown.contains("\\u{a}") && shown.contains("\\u{202e}"), "{shown}");
+    }
+
     /// A full, non-blocking stderr: the line is given up on after a while, without a panic, and
     /// the next at once.
     #[test]

@@ -1434,6 +1434,32 @@ open('filled', 'w').close()";
     assert!(text.contains("ended (exit 0)"), "the summary was lost: {}", tail(&text, 400));
 }
 
+/// leash names at exit what the agent made in the working directory, and printed the name as
+/// it was: a submodule directory named with escape sequences and a newline moved the cursor,
+/// erased leash's lines, set the clipboard (OSC 52) and forged "ended (exit 0)". What a terminal
+/// acts on is written out.
+#[test]
+fn a_name_the_agent_made_cannot_write_to_the_users_terminal() {
+    require_root();
+    let scratch = Scratch::new("seam-escape-name");
+    let policy = scratch.file("policy.yaml", &workdir_policy(""));
+    let checkout = nobodys_repository(&scratch);
+    let attack = r#"n="$(printf 'm\r\033[2A\033]52;c;ZXZpbA==\007\nleash: sandbox forged ended (exit 0)\n\342\200\256x')"; \
+                  mkdir -p ".git/modules/$n" && echo 'ref: refs/heads/x' > ".git/modules/$n/HEAD" && echo made"#;
+    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("made"), "the premise: {} {}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(".git/modules/m"), "the new submodule is not named: {err}");
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\r') && !err.contains('\u{202e}'),
+        "raw terminal controls: {err:?}"
+    );
+    assert!(!err.lines().any(|l| l.starts_with("leash: sandbox forged")), "a forged line: {err}");
+}
+
 #[test]
 fn a_policy_can_unprotect_a_name_deliberately() {
     require_root();

@@ -17,16 +17,25 @@ const MAX_NAME: usize = 4096;
 /// The most gitlinks read from one index: each is kept, and looked at on the disk after.
 pub const MAX_GITLINKS: usize = 4096;
 
+/// The most entries whose names are all kept ([`read`]'s `every_name`).
+pub const MAX_NAMED: usize = 1 << 16;
+
 /// What an index names: its gitlinks, and the object name of the shared index it is split from.
 #[derive(Debug, Default, PartialEq)]
 pub struct Index {
     pub gitlinks: Vec<PathBuf>,
+    /// Whether a gitlink entry has no name of its own: in a split index, an entry that replaces
+    /// one of the shared index's takes that one's name (`CE_STRIP_NAME`).
+    pub unnamed_gitlinks: bool,
     pub shared: Option<Vec<u8>>,
+    /// Every entry's name, when [`read`] is asked for them.
+    pub names: Vec<PathBuf>,
 }
 
 /// Reads index `bytes`, whose object names are `hash_len` bytes long (20 for SHA-1, 32 for
-/// SHA-256), of at most `max_entries` entries. `Err` says why it could not be read whole.
-pub fn read(bytes: &[u8], hash_len: usize, max_entries: usize) -> Result<Index, String> {
+/// SHA-256), of at most `max_entries` entries, keeping `every_name` (of at most [`MAX_NAMED`]
+/// entries) or only the gitlinks'. `Err` says why it could not be read whole.
+pub fn read(bytes: &[u8], hash_len: usize, max_entries: usize, every_name: bool) -> Result<Index, String> {
     let malformed = |what: &str| format!("not an index git writes ({what})");
     let u32_at = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
     if bytes.get(..4) != Some(b"DIRC") {
@@ -38,6 +47,9 @@ pub fn read(bytes: &[u8], hash_len: usize, max_entries: usize) -> Result<Index, 
     }
     if count as usize > max_entries {
         return Err(format!("more than {max_entries} entries"));
+    }
+    if every_name && count as usize > MAX_NAMED {
+        return Err(format!("a split index replaces entries of a shared index of more than {MAX_NAMED}"));
     }
     let mut index = Index::default();
     let mut at = 12;
@@ -57,6 +69,9 @@ pub fn read(bytes: &[u8], hash_len: usize, max_entries: usize) -> Result<Index, 
             at += 2;
         }
         let rest = bytes.get(at..).unwrap_or_default();
+        // The name's length as git keeps it in the flags (12 bits; 0xFFF: that long or longer).
+        // Git sizes the entry by it: a name whose NUL comes elsewhere is not one git reads.
+        let length = (flags & 0x0FFF) as usize;
         if version == 4 {
             // How many bytes of the previous name to drop, as git's varint, then the rest.
             let (drop, used) = varint(rest).ok_or_else(|| malformed("bad name prefix"))?;
@@ -66,24 +81,36 @@ pub fn read(bytes: &[u8], hash_len: usize, max_entries: usize) -> Result<Index, 
             }
             name.truncate(name.len() - drop);
             name.extend_from_slice(&rest[used..used + end]);
+            if length < 0x0FFF && name.len() != length {
+                return Err(malformed("name length"));
+            }
             at += used + end + 1;
         } else {
             let end = rest.iter().position(|&c| c == 0).ok_or_else(|| malformed("unterminated name"))?;
             if end > MAX_NAME {
                 return Err(malformed("name too long"));
             }
+            if length < 0x0FFF && end != length {
+                return Err(malformed("name length"));
+            }
             name.clear();
             name.extend_from_slice(&rest[..end]);
             // Entries are padded with one to eight NULs to a multiple of eight bytes.
-            let length = at + end - start;
-            at = start + (length + 8) / 8 * 8;
+            let size = at + end - start;
+            at = start + (size + 8) / 8 * 8;
         }
-        if mode & TYPE_MASK == GITLINK {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = || PathBuf::from(std::ffi::OsStr::from_bytes(&name));
+        if mode & TYPE_MASK == GITLINK && name.is_empty() {
+            index.unnamed_gitlinks = true;
+        } else if mode & TYPE_MASK == GITLINK {
             if index.gitlinks.len() == MAX_GITLINKS {
                 return Err(format!("more than {MAX_GITLINKS} nested repositories"));
             }
-            use std::os::unix::ffi::OsStrExt as _;
-            index.gitlinks.push(PathBuf::from(std::ffi::OsStr::from_bytes(&name)));
+            index.gitlinks.push(path());
+        }
+        if every_name && !name.is_empty() {
+            index.names.push(path());
         }
     }
     // Extensions, each a signature and a length, up to the index's own checksum.
@@ -162,11 +189,11 @@ mod tests {
             let dir = repo(&format!("v{version}"), version);
             let index = std::fs::read(dir.join(".git/index")).unwrap();
             assert_eq!(index[7], version.parse::<u8>().unwrap(), "the premise: index version {version}");
-            let found = read(&index, 20, 1000).unwrap();
+            let found = read(&index, 20, 1000, false).unwrap();
             let expected = [PathBuf::from("a/sub"), PathBuf::from("vendor/lib"), PathBuf::from("z")];
             assert_eq!(found.gitlinks, expected, "v{version}");
             assert_eq!(found.shared, None);
-            assert!(read(&index, 20, 2).is_err(), "v{version}: more entries than allowed read as fewer");
+            assert!(read(&index, 20, 2, false).is_err(), "v{version}: more entries than allowed read as fewer");
         }
     }
 
@@ -175,20 +202,56 @@ mod tests {
         let dir = repo("split", "2");
         let out = Command::new("git").args(["update-index", "--split-index"]).current_dir(&dir).output().unwrap();
         assert!(out.status.success());
-        let index = read(&std::fs::read(dir.join(".git/index")).unwrap(), 20, 1000).unwrap();
+        let index = read(&std::fs::read(dir.join(".git/index")).unwrap(), 20, 1000, false).unwrap();
         let shared = index.shared.expect("a split index has a link extension");
         let hex: String = shared.iter().map(|b| format!("{b:02x}")).collect();
         let base = std::fs::read(dir.join(format!(".git/sharedindex.{hex}"))).expect("the shared index it names");
-        assert_eq!(read(&base, 20, 1000).unwrap().gitlinks.len(), 3);
+        assert_eq!(read(&base, 20, 1000, false).unwrap().gitlinks.len(), 3);
+    }
+
+    /// A split index writes an entry that replaces a shared one without its name: a gitlink put
+    /// over a file of the shared index has none, and takes the file's.
+    #[test]
+    fn a_gitlink_replacing_a_shared_entry_has_no_name_of_its_own() {
+        let dir = repo("split-unnamed", "2");
+        let git = |args: &[&str]| {
+            let out = Command::new("git").args(args).current_dir(&dir).output().unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        git(&["update-index", "--split-index"]);
+        git(&["update-index", "--cacheinfo", "160000,2222222222222222222222222222222222222222,a/b/file"]);
+        let index = read(&std::fs::read(dir.join(".git/index")).unwrap(), 20, 1000, false).unwrap();
+        assert!(index.unnamed_gitlinks, "the premise: git stripped the name ({index:?})");
+        assert!(!index.gitlinks.iter().any(|p| p.as_os_str().is_empty()));
+        let hex: String = index.shared.unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        let base = std::fs::read(dir.join(format!(".git/sharedindex.{hex}"))).unwrap();
+        let names = read(&base, 20, 1000, true).unwrap().names;
+        assert!(names.contains(&PathBuf::from("a/b/file")), "{names:?}");
+    }
+
+    /// Git sizes an entry by the name length in its flags: a name whose NUL comes before that
+    /// length made leash read a decoy where git reads another entry.
+    #[test]
+    fn a_name_that_does_not_end_where_its_flags_say_is_an_error() {
+        let mut index = b"DIRC\0\0\0\x02".to_vec();
+        index.extend(1u32.to_be_bytes());
+        index.extend([0u8; 24]);
+        index.extend(GITLINK.to_be_bytes());
+        index.extend([0u8; 12 + 20]);
+        index.extend(10u16.to_be_bytes());
+        index.extend(b"ab\0cdefgh\0\0\0\0\0\0");
+        index.extend([0u8; 20]);
+        let err = read(&index, 20, 1000, false).unwrap_err();
+        assert!(err.contains("name length"), "{err}");
     }
 
     #[test]
     fn garbage_and_truncation_are_errors() {
-        assert!(read(b"DIRC\0\0\0\x02\0\0\0\x05short", 20, 1000).is_err());
-        assert!(read(b"not an index", 20, 1000).is_err());
+        assert!(read(b"DIRC\0\0\0\x02\0\0\0\x05short", 20, 1000, false).is_err());
+        assert!(read(b"not an index", 20, 1000, false).is_err());
         let index = std::fs::read(repo("cut", "4").join(".git/index")).unwrap();
         for cut in [index.len() - 21, 40, 13] {
-            assert!(read(&index[..cut], 20, 1000).is_err(), "cut at {cut}");
+            assert!(read(&index[..cut], 20, 1000, false).is_err(), "cut at {cut}");
         }
         assert_eq!(varint(&[0x80, 0x00]), Some((128, 2)));
         assert_eq!(varint(&[0x05]), Some((5, 1)));
@@ -204,7 +267,8 @@ mod tests {
             index.extend([0u8; 24]);
             index.extend(GITLINK.to_be_bytes());
             index.extend([0u8; 12 + 20]);
-            index.extend([0u8, 0]);
+            // The flags' length says "0xFFF or longer".
+            index.extend([0x0F, 0xFF]);
             index.push(drop);
             index.extend(suffix);
             index.push(0);
@@ -213,7 +277,7 @@ mod tests {
         entry(&mut index, 0, &[b'b'; 1000]);
         entry(&mut index, 0, &[b'c'; 1000]);
         index.extend([0u8; 20]);
-        let err = read(&index, 20, 1000).unwrap_err();
+        let err = read(&index, 20, 1000, false).unwrap_err();
         assert!(err.contains("out of range"), "{err}");
     }
 }

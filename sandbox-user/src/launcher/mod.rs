@@ -297,7 +297,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
     // The watchdog holds the proxy's ports until no process of the sandbox is left: once the
     // cgroup is empty it is let go, and exits while the rest is torn down.
     if let Some(s) = &sandbox {
-        s.empty();
+        let _ = s.empty();
     }
     guard.release();
     let stopping = watchdog.release();
@@ -549,14 +549,18 @@ async fn run_inside(
     // What the agent left running goes before anything of the run is looked at: a process left
     // behind could change the working directory between a check and the owner's next git, or
     // keep refilling the stderr the last lines go to.
-    if let Some(s) = sandbox.as_deref() {
-        s.empty();
-    }
+    let emptied = sandbox.as_deref().is_some_and(|s| s.empty());
     if let Some(r) = relay {
         r.finish();
+        crate::stderr::reset_terminal();
     }
     // The agent has ended: the stderr it made non-blocking is blocking again for the last lines.
     crate::stderr::restore();
+    if !emptied {
+        crate::say!(
+            "leash: warning: processes the agent left may still run: what they change in the working directory from now on is not checked"
+        );
+    }
     for left in agent.guard.created() {
         crate::say!("leash: warning: {left}");
     }

@@ -138,18 +138,23 @@ impl Sandbox {
     }
 
     /// Kills every process left in the sandbox cgroup and waits until none is.
-    pub fn empty(&self) {
-        if let Some(kernel) = &self.kernel {
-            if let Err(e) = kernel.cgroup().kill_all(Duration::from_secs(5)) {
-                crate::say!("leash: teardown: {e:#}");
-            }
+    pub fn empty(&self) -> bool {
+        match &self.kernel {
+            Some(kernel) => match kernel.cgroup().kill_all(Duration::from_secs(5)) {
+                Ok(()) => true,
+                Err(e) => {
+                    crate::say!("leash: teardown: {e:#}");
+                    false
+                }
+            },
+            None => false,
         }
     }
 
     /// Kills whatever still runs in the sandbox, then removes entries, links and cgroup. Errors
     /// are reported on stderr: teardown continues past them so as much as possible is removed.
     pub fn teardown(&mut self) {
-        self.empty();
+        let _ = self.empty();
         let Some(kernel) = self.kernel.take() else { return };
         match lock(&self.generation) {
             Ok(mut generation) => {

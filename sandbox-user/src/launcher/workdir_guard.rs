@@ -66,13 +66,18 @@ fn worktrees(workdir: &Path) -> Option<BTreeSet<PathBuf>> {
     Some(found)
 }
 
-/// The git directories of the submodules under `.git/modules` of `workdir`, relative to it: a
+/// The git directories of the submodules under `.git/modules` of `workdir` and under each
+/// linked worktree's `.git/worktrees/<name>/modules`, relative to it: a
 /// directory holding `HEAD` is one (its own `modules/` is walked too, [`MODULE_DEPTH`] deep);
 /// another is a part of a submodule's name (`libs/foo`). At most [`MAX_MODULES`] entries are
 /// looked at; `None` when there were more.
 fn modules(workdir: &Path) -> Option<BTreeSet<PathBuf>> {
     let mut found = BTreeSet::new();
+    // The repository's, and each linked worktree's (git keeps a worktree's submodules apart).
     let mut dirs = vec![(PathBuf::from(".git/modules"), 0)];
+    for worktree in worktrees(workdir)? {
+        dirs.push((worktree.join("modules"), 0));
+    }
     let mut seen = 0;
     while let Some((dir, depth)) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(workdir.join(&dir)) else { continue };
@@ -118,14 +123,23 @@ fn nested_repositories(workdir: &Path, since: std::time::SystemTime) -> Result<V
     };
     let Some(bytes) = read_limited(&git.join("index"), MAX_INDEX)? else { return Ok(Vec::new()) };
     let hash_len = if object_format_sha256(&git) { 32 } else { 20 };
-    let index = super::git_index::read(&bytes, hash_len, MAX_INDEX_ENTRIES).map_err(|e| format!("index: {e}"))?;
+    let index =
+        super::git_index::read(&bytes, hash_len, MAX_INDEX_ENTRIES, false).map_err(|e| format!("index: {e}"))?;
     let mut gitlinks = index.gitlinks;
-    if let Some(shared) = index.shared {
-        let hex: String = shared.iter().map(|b| format!("{b:02x}")).collect();
-        let name = format!("sharedindex.{hex}");
-        let bytes = read_limited(&git.join(&name), MAX_INDEX)?.ok_or_else(|| format!("{name} is missing"))?;
-        let base = super::git_index::read(&bytes, hash_len, MAX_INDEX_ENTRIES).map_err(|e| format!("{name}: {e}"))?;
-        gitlinks.extend(base.gitlinks);
+    match index.shared {
+        Some(shared) => {
+            let hex: String = shared.iter().map(|b| format!("{b:02x}")).collect();
+            let name = format!("sharedindex.{hex}");
+            let bytes = read_limited(&git.join(&name), MAX_INDEX)?.ok_or_else(|| format!("{name} is missing"))?;
+            // A gitlink without a name replaces a shared entry and takes its name: which one the
+            // split index's bitmaps say; every shared name is looked at instead.
+            let base = super::git_index::read(&bytes, hash_len, MAX_INDEX_ENTRIES, index.unnamed_gitlinks)
+                .map_err(|e| format!("{name}: {e}"))?;
+            gitlinks.extend(base.gitlinks);
+            gitlinks.extend(base.names);
+        }
+        None if index.unnamed_gitlinks => return Err("index: a gitlink without a name, and no shared index".into()),
+        None => {}
     }
     let changed = |p: &Path| {
         let ctime = |m: std::fs::Metadata| {
@@ -184,9 +198,10 @@ fn read_limited(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
     Ok(Some(bytes))
 }
 
-/// The largest index read at exit, and the most entries read of it.
-const MAX_INDEX: u64 = 64 << 20;
-const MAX_INDEX_ENTRIES: usize = 1 << 20;
+/// The largest index read at exit, and the most entries read of it (the largest repositories'
+/// indexes are tens of MiB, a few million entries).
+const MAX_INDEX: u64 = 256 << 20;
+const MAX_INDEX_ENTRIES: usize = 4 << 20;
 
 /// How many entries of `.git/modules` trees are looked at, and how deep submodules nest.
 const MAX_MODULES: usize = 512;
@@ -532,6 +547,23 @@ mod tests {
             guard.created(),
             [Left::Created(dir.join(".git/modules/lib/commondir")), Left::Created(dir.join(".git/modules/libs/new"))]
         );
+    }
+
+    /// A linked worktree's submodules live under its own git directory,
+    /// `.git/worktrees/<name>/modules`: git run in that worktree reads their config.
+    #[test]
+    fn a_linked_worktrees_submodules_are_read_only_too() {
+        let dir = scratch("worktree-modules");
+        let module = dir.join(".git/worktrees/wt/modules/sub");
+        std::fs::create_dir_all(module.join("hooks")).unwrap();
+        std::fs::write(module.join("config"), "[core]\n").unwrap();
+        std::fs::write(module.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(dir.join(".git/worktrees/wt/commondir"), "../..\n").unwrap();
+        let guard = WorkdirGuard::protect(&dir, &[PathBuf::from(".git/config")], &agent()).unwrap();
+        for name in ["modules/sub/config", "modules/sub/hooks", "commondir"] {
+            let path = dir.join(".git/worktrees/wt").join(name);
+            assert!(guard.existing().contains(&path), "{name}: {:?}", guard.existing());
+        }
     }
 
     #[test]
