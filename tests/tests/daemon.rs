@@ -1291,23 +1291,35 @@ fn a_refused_connection_cannot_stall_the_accepting_thread() {
     let node = Node::serving_default("linger", &[]);
     let a = node.pod(Layout::SystemdContainerd, 29);
     let b = node.pod(Layout::CgroupfsCrio, 30);
-    let (mut holder, _out, held) = flood(&node, &a, 16, "linger");
-    assert_eq!(held, 16);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let _ = tx.send(hello_code(&node, &b));
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", node.daemon_pid())).map(|d| d.count()).unwrap_or(0);
+    let before = fds();
+    // The socket as it is, and nested in a unix socket among 253 descriptors.
+    for mode in ["linger", "linger-nested"] {
+        let (mut holder, _out, held) = flood(&node, &a, 16, mode);
+        assert_eq!(held, 16);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _ = tx.send(hello_code(&node, &b));
+            });
+            // A hello takes milliseconds; the lingering close took ten seconds here.
+            let answered = rx.recv_timeout(Duration::from_secs(5));
+            assert_eq!(
+                answered.as_deref(),
+                Ok("ok"),
+                "{mode}: pod B was not served while pod A's refused connection lingered ({})",
+                daemon_usage(&node)
+            );
         });
-        // A hello takes milliseconds; the lingering close took ten seconds here.
-        let answered = rx.recv_timeout(Duration::from_secs(5));
-        assert_eq!(
-            answered.as_deref(),
-            Ok("ok"),
-            "pod B was not served while pod A's refused connection lingered ({})",
-            daemon_usage(&node)
-        );
-    });
-    stop(&mut holder);
+        stop(&mut holder);
+    }
+    // Nothing received is kept: the descriptors a truncated message brought were left open.
+    assert!(
+        wait_until(10, || fds() <= before + 8),
+        "the daemon kept descriptors: {} before, {}",
+        before,
+        daemon_usage(&node)
+    );
 }
 
 /// `leash confine` let the agent go on the daemon's word alone: whoever served the socket

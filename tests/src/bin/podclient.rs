@@ -14,7 +14,7 @@
 //! podclient --cgroup DIR exec UID -- CMD ARGS...                    become UID and exec CMD
 //! podclient --cgroup DIR clone-into CGROUP                          clone3(CLONE_INTO_CGROUP) a child into CGROUP; prints `ok` or the errno
 //! podclient --cgroup DIR reuse SOCKET                               a child connects and exits; see `reuse`
-//! podclient --cgroup DIR flood SOCKET N idle|noread|fds|linger      hold N connections; see `flood`
+//! podclient --cgroup DIR flood SOCKET N idle|noread|fds|linger|linger-nested  hold N connections; see `flood`
 //! ```
 //!
 //! `cycles` prints `{"count","errors","median_us","p99_us","per_sec"}`: the confine latency is
@@ -380,7 +380,8 @@ fn ask(stream: &mut UnixStream, json: &[u8], fd: Option<std::os::fd::BorrowedFd<
 /// `replies R of S` (the daemon answered R of the S requests before closing). `fds`: each starts
 /// a frame and sends its bytes one at a time, four descriptors with each. `linger`: idle, and then
 /// one connection more, which the daemon refuses (the pod's share is taken), carrying a TCP
-/// socket whose close waits a minute (see `lingering_socket`).
+/// socket whose close waits a minute (see `send_lingering_socket`). `linger-nested`: the same
+/// socket nested in a unix socket that passes credentials, among 253 descriptors.
 fn flood(socket: &str, n: usize, mode: &str) {
     let null = std::fs::File::open("/dev/null").expect("opening /dev/null");
     let mut held = Vec::new();
@@ -388,14 +389,14 @@ fn flood(socket: &str, n: usize, mode: &str) {
     for _ in 0..n {
         let Ok(mut s) = UnixStream::connect(socket) else { break };
         match mode {
-            "idle" | "linger" => {}
+            "idle" | "linger" | "linger-nested" => {}
             "noread" => sent.push(pipeline_hellos(&mut s)),
             "fds" => descriptor_flood(&s, &null),
             _ => usage(),
         }
         held.push(s);
     }
-    let _listener = (mode == "linger").then(|| send_lingering_socket(socket));
+    let _listener = mode.starts_with("linger").then(|| send_lingering_socket(socket, mode == "linger-nested"));
     println!("ready {}", held.len());
     std::io::stdout().flush().ok();
     let mut line = String::new();
@@ -420,7 +421,7 @@ fn flood(socket: &str, n: usize, mode: &str) {
 /// 127.0.0.1, returned, that never reads) with its send buffer full and `SO_LINGER` of a minute,
 /// and closes its own copy: whoever drops the last reference to it, closing the connection
 /// unread, waits in close(2) for that minute.
-fn send_lingering_socket(socket: &str) -> TcpListener {
+fn send_lingering_socket(socket: &str, nested: bool) -> TcpListener {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let listener = TcpListener::bind("127.0.0.1:0").expect("listening on 127.0.0.1");
     let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connecting to it");
@@ -440,10 +441,25 @@ fn send_lingering_socket(socket: &str) -> TcpListener {
     };
     assert_eq!(set, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
     let s = UnixStream::connect(socket).expect("connecting to the daemon");
-    let raw = [tcp.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    let iov = [std::io::IoSlice::new(b"\0")];
-    sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).expect("sending the socket");
+    let send = |on: &UnixStream, fds: &[std::os::fd::RawFd]| {
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let iov = [std::io::IoSlice::new(b"\0")];
+        sendmsg::<()>(on.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).expect("sending descriptors");
+    };
+    if nested {
+        // A unix socket that passes credentials (whose message then has less room for
+        // descriptors), carrying 253: the lingering socket's copies last, where a receiver
+        // short of room has them closed by the kernel.
+        let (a, b) = UnixStream::pair().unwrap();
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let mut fds = vec![null.as_raw_fd(); 246];
+        fds.extend([tcp.as_raw_fd(); 7]);
+        send(&b, &fds);
+        send(&s, &[a.as_raw_fd()]);
+    } else {
+        send(&s, &[tcp.as_raw_fd()]);
+    }
     drop(tcp);
     drop(s);
     listener
