@@ -120,30 +120,69 @@ pub fn holders_all_run(procs: &Path, net: &Path, peer: SocketAddr, proxy: Socket
     let Some(inode) = client_socket_inode(net, peer, proxy) else { return false };
     let Ok(procs) = std::fs::read_to_string(procs) else { return false };
     let target = format!("socket:[{inode}]");
-    let mut held = false;
+    let mut budget = MAX_DESCRIPTORS_READ;
+    let mut seen = false;
     for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-        if may_hold(pid, &target) {
-            if !std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe) {
-                return false;
-            }
-            held = true;
+        match holds(pid, &target, &mut budget) {
+            Holds::No => continue,
+            Holds::Yes => seen = true,
+            Holds::Maybe => {}
+        }
+        if !std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe) {
+            return false;
         }
     }
-    held
+    // A socket nobody was seen holding: in flight, or held out of sight. (A process whose
+    // descriptors could not all be read must run `exe` as well.)
+    seen
 }
 
-/// Whether a descriptor table of process `pid` (any of its threads') holds `target`, or may: a
-/// table that cannot be read (no CAP_DAC_READ_SEARCH for another user's process) may. Only a
-/// process or thread that is gone holds nothing.
-fn may_hold(pid: u32, target: &str) -> bool {
+/// The most descriptor links [`holders_all_run`] reads for one connection: a sandbox with more
+/// (threads times descriptors) gets no `binaries:` identity rather than a slow proxy.
+const MAX_DESCRIPTORS_READ: usize = 1 << 16;
+
+/// Whether a process holds a socket.
+enum Holds {
+    No,
+    Yes,
+    /// Its descriptors could not all be read (another user's, without CAP_DAC_READ_SEARCH, or
+    /// past the budget).
+    Maybe,
+}
+
+/// Whether a descriptor table of process `pid` (any of its threads') holds `target`. Only a
+/// process or thread that is gone holds nothing for sure.
+fn holds(pid: u32, target: &str, budget: &mut usize) -> Holds {
     let tasks = match std::fs::read_dir(format!("/proc/{pid}/task")) {
         Ok(tasks) => tasks,
-        Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Holds::No,
+        Err(_) => return Holds::Maybe,
     };
-    tasks.flatten().any(|task| match std::fs::read_dir(task.path().join("fd")) {
-        Ok(fds) => fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|l| l.as_os_str() == target),
-        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
-    })
+    let mut unread = false;
+    for task in tasks.flatten() {
+        let fds = match std::fs::read_dir(task.path().join("fd")) {
+            Ok(fds) => fds,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                unread = true;
+                continue;
+            }
+        };
+        for fd in fds.flatten() {
+            if *budget == 0 {
+                return Holds::Maybe;
+            }
+            *budget -= 1;
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target) {
+                return Holds::Yes;
+            }
+        }
+    }
+    if unread {
+        Holds::Maybe
+    } else {
+        Holds::No
+    }
 }
 
 /// The inode of the socket connected from `peer` to `proxy`, from the TCP table in `net`.
