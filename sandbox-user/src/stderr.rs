@@ -89,14 +89,17 @@ pub fn line(args: std::fmt::Arguments<'_>) {
 /// (a newline too: one call, one line, so that no name forges a line of leash's), and the
 /// format characters that reorder or hide text (bidi controls, zero-width ones).
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    let acts = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-    };
-    if !text.chars().any(acts) {
+    if !text.chars().any(acted_on) {
         return std::borrow::Cow::Borrowed(text);
     }
-    text.chars().map(|c| if acts(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+    text.chars().map(|c| if acted_on(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
+/// Whether a terminal (or a viewer of text) acts on `c` rather than showing it: control
+/// characters (C0, DEL, C1) and the format characters that reorder or hide text.
+pub fn acted_on(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Puts a terminal on stderr back in order after the agent had it: ends a control string it

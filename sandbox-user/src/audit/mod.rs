@@ -311,7 +311,7 @@ impl Sink {
     /// reached (over the limit: a reader must learn why the log stops), and every later one is
     /// only counted.
     fn write(&mut self, json: &serde_json::Value) -> bool {
-        let mut text = json.to_string();
+        let mut text = ocsf::json_line(json);
         text.push('\n');
         let mut written = true;
         if let Some((limit, left)) = &mut self.budget {
@@ -325,7 +325,7 @@ impl Sink {
                     "leash: the audit log reached its limit of {limit} (--audit-log-max): later events are counted, not \
                      written, and the proxy allows nothing more"
                 );
-                text = ocsf::audit_limit_reached(&self.sandbox, limit.0).to_string();
+                text = ocsf::json_line(&ocsf::audit_limit_reached(&self.sandbox, limit.0));
                 text.push('\n');
                 written = false;
             } else {

@@ -58,6 +58,20 @@ fn metadata(log_name: &str) -> Value {
     })
 }
 
+/// `json` as one line, with what a terminal or a viewer acts on (DEL, C1 controls, line and
+/// paragraph separators, bidi and zero-width characters; JSON escapes C0 already) written as a
+/// JSON escape: the same value to a parser, no control to `tail -f` or a log viewer. Such
+/// characters appear only inside strings, so the whole text can be rewritten.
+pub fn json_line(json: &Value) -> String {
+    let text = json.to_string();
+    if !text.chars().any(crate::stderr::acted_on) {
+        return text;
+    }
+    text.chars()
+        .map(|c| if crate::stderr::acted_on(c) { format!("\\u{:04x}", c as u32) } else { c.to_string() })
+        .collect()
+}
+
 fn protocol_name(protocol: u32) -> &'static str {
     match protocol {
         1 => "icmp",
@@ -290,10 +304,7 @@ pub fn lsm_denial(sandbox: &str, event: &DenyEvent, target_name: Option<&std::pa
 /// stderr, and an agent's process name, file names or request must not split it or drive the
 /// terminal.
 fn printable(line: String) -> String {
-    if !line.chars().any(char::is_control) {
-        return line;
-    }
-    line.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    crate::stderr::printable(&line).into_owned()
 }
 
 /// The bytes of a NUL-terminated buffer.
@@ -496,6 +507,17 @@ mod tests {
         assert_eq!(json["action_id"], 2);
     }
 
+    /// serde_json leaves DEL, C1 controls (U+009B is a one-byte CSI), U+2028/2029 and bidi
+    /// controls as they are: an agent-made path reached `tail -f` of the log as a control.
+    #[test]
+    fn an_audit_line_carries_no_character_a_viewer_acts_on() {
+        let value = json!({ "path": "/x\u{7f}\u{9b}2J\u{2028}\u{202e}cba", "ok": "é ✓" });
+        let line = json_line(&value);
+        assert!(!line.chars().any(crate::stderr::acted_on), "{line:?}");
+        assert!(line.contains("\\u009b") && line.contains("é ✓"), "{line}");
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
+    }
+
     #[test]
     fn control_characters_in_agent_strings_are_escaped_in_summaries() {
         // Found writing the `ocsf` fuzz target: a process name (`prctl(PR_SET_NAME)`) or a path
@@ -504,7 +526,7 @@ mod tests {
         e.comm[..5].copy_from_slice(b"a\nb\x1b[");
         let (json, line) = kernel_denial("s", &e);
         assert!(!line.chars().any(char::is_control), "{line:?}");
-        assert!(line.contains("a\\nb\\u{1b}["), "{line:?}");
+        assert!(line.contains("a\\u{a}b\\u{1b}["), "{line:?}");
         assert_eq!(json["message"], line);
         let d = ProxyDecision { method: "GET".into(), path: Some("/x\r\nleash: allowed".into()), ..Default::default() };
         let (_, line) = proxy_decision("s", &d);
