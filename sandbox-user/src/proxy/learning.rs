@@ -49,9 +49,21 @@ const LEARNING: &str = "learning";
 /// What a learning proxy has seen, and the generations it made for hosts the policy lacks.
 pub struct Learner {
     allow_private: bool,
-    seen: Mutex<Vec<Observation>>,
+    seen: Mutex<Recorded>,
     states: Mutex<HashMap<(String, u16), Arc<PolicyState>>>,
 }
+
+/// The observations kept, and how many bytes they hold.
+#[derive(Default)]
+struct Recorded {
+    observations: Vec<Observation>,
+    bytes: usize,
+}
+
+/// The most the observations of one run may hold (leash keeps them until the agent ends; each
+/// request's target can be tens of KiB, and the agent sends as many as it likes). Past it, the
+/// rest is not learned, and leash says so once.
+const MAX_RECORDED_BYTES: usize = 64 << 20;
 
 impl Learner {
     pub fn new(allow_private: bool) -> Self {
@@ -60,12 +72,32 @@ impl Learner {
 
     /// Everything recorded so far, in order.
     pub fn observations(&self) -> Vec<Observation> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        self.seen.lock().map(|s| s.observations.clone()).unwrap_or_default()
     }
 
     fn record(&self, host: &str, port: u16, binary: Option<&std::path::Path>, seen: Seen) {
+        let size = 64
+            + host.len()
+            + binary.map_or(0, |b| b.as_os_str().len())
+            + match &seen {
+                Seen::Request { method, target, overrides, credentials } => {
+                    method.len() + target.len() + overrides.iter().chain(credentials).map(String::len).sum::<usize>()
+                }
+                _ => 0,
+            };
         if let Ok(mut s) = self.seen.lock() {
-            s.push(Observation { host: host.to_owned(), port, binary: binary.map(Into::into), seen });
+            if s.bytes + size > MAX_RECORDED_BYTES {
+                if s.bytes <= MAX_RECORDED_BYTES {
+                    s.bytes = MAX_RECORDED_BYTES + 1;
+                    crate::say!(
+                        "leash: warning: learning has recorded {} MiB of connections and requests; later ones are not learned",
+                        MAX_RECORDED_BYTES >> 20
+                    );
+                }
+                return;
+            }
+            s.bytes += size;
+            s.observations.push(Observation { host: host.to_owned(), port, binary: binary.map(Into::into), seen });
         }
     }
 }
@@ -366,5 +398,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Learning kept every request's target until the agent ended: 3,000 requests with 60 KiB
+    /// paths took root leash from 40 to 556 MB. What is kept is bounded.
+    #[test]
+    fn what_learning_keeps_is_bounded() {
+        let learner = Learner::new(false);
+        let target = format!("/{}", "a".repeat(60 << 10));
+        for _ in 0..(2 * MAX_RECORDED_BYTES / target.len()) {
+            let seen =
+                Seen::Request { method: "GET".into(), target: target.clone(), overrides: vec![], credentials: vec![] };
+            learner.record("example.com", 443, None, seen);
+        }
+        let kept = learner.observations();
+        let bytes: usize = kept
+            .iter()
+            .map(|o| match &o.seen {
+                Seen::Request { target, .. } => target.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(!kept.is_empty() && bytes <= MAX_RECORDED_BYTES, "{} observations, {bytes} bytes", kept.len());
     }
 }
