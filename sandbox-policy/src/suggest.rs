@@ -31,6 +31,11 @@ pub fn observations(log: &str) -> Result<Vec<Observation>, String> {
     Ok(out)
 }
 
+/// Whether `host` is made of what host names and address literals are made of.
+fn plausible_host(host: &str) -> bool {
+    !host.is_empty() && host.len() <= 253 && host.chars().all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c))
+}
+
 /// The observation a denied proxy decision stands for.
 fn observation(event: &Value) -> Option<Observation> {
     if event["class_uid"] != 4002 || event["status_id"] != 2 {
@@ -42,7 +47,9 @@ fn observation(event: &Value) -> Option<Observation> {
     if !connection && !request {
         return None;
     }
-    let host = event["dst_endpoint"]["hostname"].as_str()?.to_owned();
+    // The log is leash's, but read as text: a host name that is not one is not learned (it
+    // would be written into the suggestion's comments and keys).
+    let host = event["dst_endpoint"]["hostname"].as_str().filter(|h| plausible_host(h))?.to_owned();
     let port = u16::try_from(event["dst_endpoint"]["port"].as_u64()?).ok()?;
     let binary = event["actor"]["process"]["file"]["path"].as_str().map(PathBuf::from);
     let method = event["http_request"]["http_method"].as_str().unwrap_or("GET");
@@ -61,6 +68,19 @@ fn observation(event: &Value) -> Option<Observation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host name with a newline wrote a policy of its own into the suggestion's comments.
+    #[test]
+    fn a_host_name_that_is_not_one_is_not_learned() {
+        let forged = "a.example\n  evil:\n    name: evil";
+        let log = [
+            line("GET", forged, None, text::NO_ENDPOINT_REASON, 2),
+            line("GET", "ok.example", None, text::NO_ENDPOINT_REASON, 2),
+        ]
+        .join("\n");
+        let seen = observations(&log).unwrap();
+        assert_eq!(seen.iter().map(|o| o.host.as_str()).collect::<Vec<_>>(), ["ok.example"]);
+    }
 
     fn line(method: &str, host: &str, path: Option<&str>, reason: &str, status: u8) -> String {
         serde_json::json!({
