@@ -103,14 +103,15 @@ pub fn acted_on(c: char) -> bool {
 }
 
 /// Puts a terminal on stderr back in order after the agent had it: ends a control string it
-/// left open (whatever leash wrote next would vanish into it) and resets text attributes
-/// (hidden, colours). Nothing when stderr is not a terminal.
+/// left open (whatever leash wrote next would vanish into it), resets text attributes (hidden,
+/// colours), selects the usual character set and shows the cursor. Nothing when stderr is not
+/// a terminal.
 pub fn reset_terminal() {
     let stderr = std::io::stderr();
     // SAFETY: isatty on stderr's descriptor.
     if unsafe { libc::isatty(stderr.as_fd().as_raw_fd()) } == 1 {
-        // CAN, ST, SGR 0.
-        let _ = stderr.lock().write_all(b"\x18\x1b\\\x1b[0m");
+        // CAN, ST, SGR 0, SI, G0 = ASCII, cursor shown.
+        let _ = stderr.lock().write_all(b"\x18\x1b\\\x1b[0m\x0f\x1b(B\x1b[?25h");
     }
 }
 

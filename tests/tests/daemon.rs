@@ -1293,8 +1293,8 @@ fn a_refused_connection_cannot_stall_the_accepting_thread() {
     let b = node.pod(Layout::CgroupfsCrio, 30);
     let fds = || std::fs::read_dir(format!("/proc/{}/fd", node.daemon_pid())).map(|d| d.count()).unwrap_or(0);
     let before = fds();
-    // The socket as it is, and nested in a unix socket among 253 descriptors.
-    for mode in ["linger", "linger-nested"] {
+    // The socket as it is, nested in a unix socket among 253 descriptors, and eight deep.
+    for mode in ["linger", "linger-nested", "linger-deep"] {
         let (mut holder, _out, held) = flood(&node, &a, 16, mode);
         assert_eq!(held, 16);
         let (tx, rx) = std::sync::mpsc::channel();

@@ -20,6 +20,7 @@
 //! links stay pinned while no daemon runs, and the next daemon adopts them.
 
 pub mod admission;
+mod closer;
 pub mod discovery;
 pub mod kube;
 pub mod limits;

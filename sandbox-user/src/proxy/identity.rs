@@ -173,8 +173,12 @@ fn holds(pid: u32, target: &str, budget: &mut usize) -> Holds {
                 return Holds::Maybe;
             }
             *budget -= 1;
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target) {
-                return Holds::Yes;
+            match std::fs::read_link(fd.path()) {
+                Ok(link) if link.as_os_str() == target => return Holds::Yes,
+                Ok(_) => {}
+                // Closed since the listing; anything else is a descriptor not read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => unread = true,
             }
         }
     }

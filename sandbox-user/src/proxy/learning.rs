@@ -76,12 +76,20 @@ impl Learner {
     }
 
     fn record(&self, host: &str, port: u16, binary: Option<&std::path::Path>, seen: Seen) {
-        let size = 64
+        // What it takes in memory: the observation, and each of its allocations (with what
+        // an allocator adds to one).
+        let size = std::mem::size_of::<Observation>()
+            + 4 * 32
             + host.len()
             + binary.map_or(0, |b| b.as_os_str().len())
             + match &seen {
                 Seen::Request { method, target, overrides, credentials } => {
-                    method.len() + target.len() + overrides.iter().chain(credentials).map(String::len).sum::<usize>()
+                    method.len()
+                        + target.len()
+                        + overrides.iter().chain(credentials).map(|v| v.len() + 32).sum::<usize>()
+                }
+                Seen::Tunnel { allowed_ips } | Seen::Inspected { allowed_ips } => {
+                    allowed_ips.len() * std::mem::size_of::<IpNetwork>()
                 }
                 _ => 0,
             };

@@ -14,7 +14,7 @@
 //! podclient --cgroup DIR exec UID -- CMD ARGS...                    become UID and exec CMD
 //! podclient --cgroup DIR clone-into CGROUP                          clone3(CLONE_INTO_CGROUP) a child into CGROUP; prints `ok` or the errno
 //! podclient --cgroup DIR reuse SOCKET                               a child connects and exits; see `reuse`
-//! podclient --cgroup DIR flood SOCKET N idle|noread|fds|linger|linger-nested  hold N connections; see `flood`
+//! podclient --cgroup DIR flood SOCKET N idle|noread|fds|linger|linger-nested|linger-deep  hold N connections; see `flood`
 //! ```
 //!
 //! `cycles` prints `{"count","errors","median_us","p99_us","per_sec"}`: the confine latency is
@@ -381,7 +381,8 @@ fn ask(stream: &mut UnixStream, json: &[u8], fd: Option<std::os::fd::BorrowedFd<
 /// a frame and sends its bytes one at a time, four descriptors with each. `linger`: idle, and then
 /// one connection more, which the daemon refuses (the pod's share is taken), carrying a TCP
 /// socket whose close waits a minute (see `send_lingering_socket`). `linger-nested`: the same
-/// socket nested in a unix socket that passes credentials, among 253 descriptors.
+/// socket nested in a unix socket that passes credentials, among 253 descriptors. `linger-deep`:
+/// nested eight unix sockets deep, beside a listening socket that blocks.
 fn flood(socket: &str, n: usize, mode: &str) {
     let null = std::fs::File::open("/dev/null").expect("opening /dev/null");
     let mut held = Vec::new();
@@ -389,14 +390,14 @@ fn flood(socket: &str, n: usize, mode: &str) {
     for _ in 0..n {
         let Ok(mut s) = UnixStream::connect(socket) else { break };
         match mode {
-            "idle" | "linger" | "linger-nested" => {}
+            "idle" | "linger" | "linger-nested" | "linger-deep" => {}
             "noread" => sent.push(pipeline_hellos(&mut s)),
             "fds" => descriptor_flood(&s, &null),
             _ => usage(),
         }
         held.push(s);
     }
-    let _listener = mode.starts_with("linger").then(|| send_lingering_socket(socket, mode == "linger-nested"));
+    let _listener = mode.starts_with("linger").then(|| send_lingering_socket(socket, mode));
     println!("ready {}", held.len());
     std::io::stdout().flush().ok();
     let mut line = String::new();
@@ -421,7 +422,7 @@ fn flood(socket: &str, n: usize, mode: &str) {
 /// 127.0.0.1, returned, that never reads) with its send buffer full and `SO_LINGER` of a minute,
 /// and closes its own copy: whoever drops the last reference to it, closing the connection
 /// unread, waits in close(2) for that minute.
-fn send_lingering_socket(socket: &str, nested: bool) -> TcpListener {
+fn send_lingering_socket(socket: &str, mode: &str) -> (TcpListener, Vec<UnixStream>) {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let listener = TcpListener::bind("127.0.0.1:0").expect("listening on 127.0.0.1");
     let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connecting to it");
@@ -446,7 +447,20 @@ fn send_lingering_socket(socket: &str, nested: bool) -> TcpListener {
         let iov = [std::io::IoSlice::new(b"\0")];
         sendmsg::<()>(on.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).expect("sending descriptors");
     };
-    if nested {
+    let mut kept = Vec::new();
+    if mode == "linger-deep" {
+        // Each level's socket is sent on the next one's pair; the pairs' other ends are kept.
+        let mut inner: std::os::fd::OwnedFd = tcp.try_clone().unwrap().into();
+        for _ in 0..8 {
+            let (a, b) = UnixStream::pair().unwrap();
+            send(&b, &[inner.as_raw_fd()]);
+            kept.push(b);
+            inner = a.into();
+        }
+        // A listener that blocks, with nothing to accept.
+        let blocking = TcpListener::bind("127.0.0.1:0").unwrap();
+        send(&s, &[inner.as_raw_fd(), blocking.as_raw_fd()]);
+    } else if mode == "linger-nested" {
         // A unix socket that passes credentials (whose message then has less room for
         // descriptors), carrying 253: the lingering socket's copies last, where a receiver
         // short of room has them closed by the kernel.
@@ -462,7 +476,7 @@ fn send_lingering_socket(socket: &str, nested: bool) -> TcpListener {
     }
     drop(tcp);
     drop(s);
-    listener
+    (listener, kept)
 }
 
 /// Writes `hello` frames without reading until the daemon stops taking them; returns how many.
