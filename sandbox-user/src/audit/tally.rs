@@ -8,6 +8,18 @@ use std::fmt::Write as _;
 /// How many entries of each top list the summary shows.
 const TOP: usize = 3;
 
+/// How many distinct destinations and rules are counted one by one: the agent chooses them (a
+/// new name per query), and the counts live as long as the sandbox. Past that, new ones are
+/// counted together under [`OTHERS`].
+const MAX_DISTINCT: usize = 4096;
+const OTHERS: &str = "(others)";
+
+/// Adds one to `key`'s count in `counts`, or to [`OTHERS`]' when `counts` is full.
+fn bump(counts: &mut HashMap<String, u64>, key: String) {
+    let key = if counts.len() >= MAX_DISTINCT && !counts.contains_key(&key) { OTHERS.to_owned() } else { key };
+    *counts.entry(key).or_default() += 1;
+}
+
 #[derive(Default)]
 pub struct Tally {
     connections: u64,
@@ -29,20 +41,20 @@ impl Tally {
         } else {
             self.connections += 1;
         }
-        *self.destinations.entry(destination).or_default() += 1;
-        *self.rules.entry(rule).or_default() += 1;
+        bump(&mut self.destinations, destination);
+        bump(&mut self.rules, rule);
     }
 
     /// A kernel denial by `hook`.
     pub fn kernel(&mut self, hook: &str) {
         self.kernel += 1;
-        *self.rules.entry(format!("kernel {hook}")).or_default() += 1;
+        bump(&mut self.rules, format!("kernel {hook}"));
     }
 
     /// A name leash's resolver refused.
     pub fn name(&mut self, name: String) {
         self.names += 1;
-        *self.destinations.entry(format!("dns {name}")).or_default() += 1;
+        bump(&mut self.destinations, format!("dns {name}"));
     }
 
     /// A connection to the proxy from outside the sandbox.
@@ -125,5 +137,18 @@ mod tests {
             t.lines()[0],
             "denied: 0 connection(s) and 0 request(s) at the proxy, 0 kernel action(s), 1 connection(s) from outside the sandbox"
         );
+    }
+
+    /// Each name the resolver refuses is the agent's to choose: a query loop with a new name
+    /// each time grew the counts for the sandbox's whole life.
+    #[test]
+    fn distinct_destinations_are_bounded() {
+        let mut t = Tally::default();
+        for i in 0..3 * MAX_DISTINCT {
+            t.name(format!("n{i}.example"));
+        }
+        assert_eq!(t.destinations.len(), MAX_DISTINCT + 1);
+        assert_eq!(t.destinations[OTHERS], 2 * MAX_DISTINCT as u64);
+        assert_eq!(t.names, 3 * MAX_DISTINCT as u64);
     }
 }

@@ -65,6 +65,9 @@ struct Recorded {
 /// rest is not learned, and leash says so once.
 const MAX_RECORDED_BYTES: usize = 64 << 20;
 
+/// The most host:port generations learning keeps made (about 6 KiB each).
+const MAX_STATES: usize = 1024;
+
 impl Learner {
     pub fn new(allow_private: bool) -> Self {
         Self { allow_private, seen: Mutex::default(), states: Mutex::default() }
@@ -299,8 +302,12 @@ impl Learner {
         // Made from the policy in force: as current as it is.
         state.reload = current.reload;
         let state = Arc::new(state);
+        // Kept for the next connection to the same host, up to a bound: the agent chooses how
+        // many hosts it tries, and one made again costs only time.
         if let Ok(mut m) = self.states.lock() {
-            m.insert(key, state.clone());
+            if m.len() < MAX_STATES {
+                m.insert(key, state.clone());
+            }
         }
         Ok(state)
     }
