@@ -51,6 +51,22 @@ fn rest(host: &str, port: u16, extra: &str) -> String {
 const FULL: &str = "        access: full\n";
 const TOK_LOCALHOST: &str = "  TOK: { hosts: [localhost] }\n";
 
+/// Whether `word`, written on a WebSocket `t`, comes back (the test upstream echoes).
+async fn echoed(t: &mut Tunnel, word: &[u8]) -> bool {
+    let mut buf = vec![0u8; word.len()];
+    t.tls.write_all(word).await.is_ok()
+        && matches!(tokio::time::timeout(Duration::from_secs(2), t.tls.read_exact(&mut buf)).await, Ok(Ok(_)))
+        && buf == word
+}
+
+/// Puts `yaml` in the proxy's policy file, signals it, and waits for the reload to be reported.
+fn reload_and_wait(proxy: &StandaloneProxy, yaml: &str) {
+    let before = proxy.stderr().matches("leash: policy reloaded").count();
+    proxy.replace_policy(yaml);
+    proxy.hup();
+    assert!(wait_until(5, || proxy.stderr().matches("leash: policy reloaded").count() > before), "{}", proxy.stderr());
+}
+
 fn start(policy: &str, upstreams: &[&Upstream]) -> StandaloneProxy {
     let cas: Vec<&std::path::Path> =
         upstreams.iter().filter(|u| !u.ca_pem.as_os_str().is_empty()).map(|u| u.ca_pem.as_path()).collect();
@@ -482,23 +498,8 @@ async fn escape_a_websocket_outlives_its_endpoints_removal() {
     );
     let r = t.exchange(handshake.as_bytes()).await.unwrap();
     assert_eq!(r.status, 101, "control: the WebSocket opens: {r}");
-    async fn echoed(t: &mut Tunnel, word: &[u8]) -> bool {
-        let mut buf = vec![0u8; word.len()];
-        t.tls.write_all(word).await.is_ok()
-            && matches!(tokio::time::timeout(Duration::from_secs(2), t.tls.read_exact(&mut buf)).await, Ok(Ok(_)))
-            && buf == word
-    }
     assert!(echoed(&mut t, b"before").await, "control: the upstream echoes");
-    let reload = |yaml: String| {
-        let before = proxy.stderr().matches("leash: policy reloaded").count();
-        proxy.replace_policy(&yaml);
-        proxy.hup();
-        assert!(
-            wait_until(5, || proxy.stderr().matches("leash: policy reloaded").count() > before),
-            "{}",
-            proxy.stderr()
-        );
-    };
+    let reload = |yaml: String| reload_and_wait(&proxy, &yaml);
     reload(policy(&format!("{}{other}", rest("localhost", p, FULL)), ""));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(echoed(&mut t, b"still-allowed").await, "a reload that still allows the WebSocket closed it");
@@ -531,12 +532,6 @@ async fn escape_a_websocket_is_judged_again_by_fewer_readings() {
             t
         }
     };
-    async fn echoed(t: &mut Tunnel, word: &[u8]) -> bool {
-        let mut buf = vec![0u8; word.len()];
-        t.tls.write_all(word).await.is_ok()
-            && matches!(tokio::time::timeout(Duration::from_secs(2), t.tls.read_exact(&mut buf)).await, Ok(Ok(_)))
-            && buf == word
-    }
     let mut sockets = [open("/ws/admin/").await, open("/ws/admin;x").await];
     let denied = "        access: full\n        deny_rules: [{ method: GET, path: \"/ws/admin\" }]\n";
     proxy.replace_policy(&policy(&rest("localhost", p, denied), ""));
@@ -564,16 +559,7 @@ async fn escape_an_upload_under_way_outlives_a_reload_that_removes_its_endpoint(
     let p = up.port();
     let other = "      - { host: other.example, port: 443, protocol: rest, access: full }\n";
     let proxy = start(&policy(&rest("localhost", p, FULL), ""), &[&up]);
-    let reload = |yaml: String| {
-        let before = proxy.stderr().matches("leash: policy reloaded").count();
-        proxy.replace_policy(&yaml);
-        proxy.hup();
-        assert!(
-            wait_until(5, || proxy.stderr().matches("leash: policy reloaded").count() > before),
-            "{}",
-            proxy.stderr()
-        );
-    };
+    let reload = |yaml: String| reload_and_wait(&proxy, &yaml);
     let upload = |path: &'static str| {
         let proxy = &proxy;
         async move {
