@@ -15,6 +15,19 @@ pub enum Malformed {
     Overrides,
 }
 
+/// What [`judge`] reads of a request head (its method and method-override headers), kept to
+/// judge the request again later (at a reload) without holding its other headers.
+pub fn judged_head(parts: &Parts) -> Parts {
+    let (mut head, ()) = hyper::Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    for name in METHOD_OVERRIDES {
+        for value in parts.headers.get_all(name) {
+            head.headers.append(hyper::header::HeaderName::from_static(name), value.clone());
+        }
+    }
+    head
+}
+
 /// The verdict for the request as all its readings ([`judge_all`]): the first refusal, else an
 /// audit-only verdict if any reading was only audited, else the verdict of the request as sent.
 pub fn judge(
@@ -44,4 +57,24 @@ pub fn judge(
     );
     let Ok(chosen) = judged;
     Ok(chosen.map_or_else(|| decider.request(endpoint, method, target), |(verdict, _)| verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_judged_head_keeps_what_judge_reads_and_nothing_else() {
+        let (parts, ()) = hyper::Request::builder()
+            .method("POST")
+            .header("x-http-method-override", "DELETE")
+            .header("x-method-override", "PUT")
+            .header("authorization", "Bearer secret")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let head = super::judged_head(&parts);
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.headers["x-http-method-override"], "DELETE");
+        assert_eq!(head.headers["x-method-override"], "PUT");
+        assert_eq!(head.headers.len(), 2);
+    }
 }

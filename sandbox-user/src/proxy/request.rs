@@ -24,7 +24,7 @@ use super::credentials::{
 };
 use super::headers::{check_framing, strip_hop_by_hop, targets_tunnel, wants_upgrade};
 use super::intercept::Tunnel;
-use super::judge::{judge, Malformed};
+use super::judge::{judge, judged_head, Malformed};
 use super::learning;
 use super::rejudged::{rejudged, StillAllowed};
 use super::state::PolicyState;
@@ -135,9 +135,7 @@ async fn judge_and_forward(req: Request<Incoming>, t: &Tunnel) -> Response<Proxy
     // method, overrides too, and target): its bodies, and a WebSocket it opens, carry on only
     // while the policy in force allows it.
     let still_allowed: StillAllowed = {
-        let (mut head, ()) = Request::new(()).into_parts();
-        head.method = parts.method.clone();
-        head.headers = parts.headers.clone();
+        let head = judged_head(&parts);
         let (judged_target, host, port, client) = (target.clone(), t.host.clone(), t.port, t.client.clone());
         Arc::new(move |state: &PolicyState| {
             let host_text = host.to_string();
