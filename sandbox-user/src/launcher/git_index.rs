@@ -1,12 +1,14 @@
 //! The gitlinks of a git index (`.git/index`): the paths git treats as nested repositories
 //! (submodules), which `git status` in the repository looks into, running their own config
 //! (`core.fsmonitor`) and hooks. The working-directory guard names at exit the ones whose `.git`
-//! the agent made. Index versions 2, 3 and 4 (prefix-compressed paths), SHA-1 or SHA-256 object
+//! the agent made. [`listed_gitlinks`] finds a working directory's index as git does;
+//! [`read`] reads index versions 2, 3 and 4 (prefix-compressed paths), SHA-1 or SHA-256 object
 //! names, and the split index's `link` extension (the entries then come from a shared index
 //! too). The agent writes the index, so what cannot be read whole is an error, never a shorter
 //! list: the caller warns that the index was not checked.
 
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 
 /// `S_IFGITLINK` in an entry's mode.
 const GITLINK: u32 = 0o160000;
@@ -132,6 +134,90 @@ pub fn read(bytes: &[u8], hash_len: usize, max_entries: usize, every_name: bool)
     }
     Ok(index)
 }
+
+/// The paths the index of the working directory `workdir` lists as gitlinks (relative to it),
+/// read as git reads it: through a link, from a worktree's or a submodule's git directory (`.git`
+/// as a "gitdir:" file), with the shared index a split index names (and, when an entry there
+/// takes a shared entry's name, every shared name). None when there is no index; `Err` says why
+/// it could not be read whole.
+pub fn listed_gitlinks(workdir: &Path) -> Result<Vec<PathBuf>, String> {
+    let dot_git = workdir.join(".git");
+    let git = match std::fs::symlink_metadata(&dot_git) {
+        Ok(m) if m.is_file() => match read_limited(&dot_git, 4096)? {
+            Some(text) => match String::from_utf8_lossy(&text).trim().strip_prefix("gitdir:") {
+                Some(dir) => workdir.join(dir.trim()),
+                None => return Ok(Vec::new()),
+            },
+            None => return Ok(Vec::new()),
+        },
+        _ => dot_git,
+    };
+    let Some(bytes) = read_limited(&git.join("index"), MAX_INDEX)? else { return Ok(Vec::new()) };
+    let hash_len = if object_format_sha256(&git) { 32 } else { 20 };
+    let index = read(&bytes, hash_len, MAX_INDEX_ENTRIES, false).map_err(|e| format!("index: {e}"))?;
+    let mut gitlinks = index.gitlinks;
+    match index.shared {
+        Some(shared) => {
+            let hex: String = shared.iter().map(|b| format!("{b:02x}")).collect();
+            let name = format!("sharedindex.{hex}");
+            let bytes = read_limited(&git.join(&name), MAX_INDEX)?.ok_or_else(|| format!("{name} is missing"))?;
+            // A gitlink without a name replaces a shared entry and takes its name: which one the
+            // split index's bitmaps say; every shared name is looked at instead.
+            let base = read(&bytes, hash_len, MAX_INDEX_ENTRIES, index.unnamed_gitlinks)
+                .map_err(|e| format!("{name}: {e}"))?;
+            gitlinks.extend(base.gitlinks);
+            gitlinks.extend(base.names);
+        }
+        None if index.unnamed_gitlinks => return Err("index: a gitlink without a name, and no shared index".into()),
+        None => {}
+    }
+    Ok(gitlinks)
+}
+
+/// Whether the repository of git directory `git` names objects with SHA-256: its config says
+/// so, or that of the directory its `commondir` names.
+fn object_format_sha256(git: &Path) -> bool {
+    let says = |config: &Path| {
+        let text = read_limited(config, 1 << 20).ok().flatten().unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .to_ascii_lowercase()
+            .lines()
+            .any(|l| l.split_whitespace().collect::<String>() == "objectformat=sha256")
+    };
+    let common = read_limited(&git.join("commondir"), 4096).ok().flatten();
+    says(&git.join("config"))
+        || common.is_some_and(|c| says(&git.join(String::from_utf8_lossy(&c).trim()).join("config")))
+}
+
+/// The content of the file at `path` (a link followed, as git follows it), if there is one: a
+/// file that is not a regular one or is larger than `max` is an error. Opened without waiting
+/// (a FIFO the agent left there), and read through the descriptor that was checked.
+fn read_limited(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let meta = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(Some(bytes))
+}
+
+/// The largest index read at exit, and the most entries read of it (the largest repositories'
+/// indexes are tens of MiB, a few million entries).
+const MAX_INDEX: u64 = 256 << 20;
+const MAX_INDEX_ENTRIES: usize = 4 << 20;
 
 /// Git's offset varint (`decode_varint`): seven bits a byte, high bit set on all but the last,
 /// each continuation adding one. The value and the bytes used.

@@ -106,48 +106,15 @@ fn modules(workdir: &Path) -> Option<BTreeSet<PathBuf>> {
 /// The `.git` (or its `config`) of each nested repository of `workdir`'s index (a gitlink:
 /// `git status` in the repository looks into it, running its `core.fsmonitor`) that changed
 /// since `since`: the agent can make one anywhere, and add it to the index, without touching a
-/// protected name. The index is read as git reads it: through a link, from a worktree's or a
-/// submodule's git directory (`.git` as a "gitdir:" file), with the shared index a split index
-/// names. An index that cannot be read whole is an error, never an empty list.
+/// protected name. An index that cannot be read whole is an error, never an empty list.
 fn nested_repositories(workdir: &Path, since: std::time::SystemTime) -> Result<Vec<PathBuf>, String> {
-    let dot_git = workdir.join(".git");
-    let git = match std::fs::symlink_metadata(&dot_git) {
-        Ok(m) if m.is_file() => match read_limited(&dot_git, 4096)? {
-            Some(text) => match String::from_utf8_lossy(&text).trim().strip_prefix("gitdir:") {
-                Some(dir) => workdir.join(dir.trim()),
-                None => return Ok(Vec::new()),
-            },
-            None => return Ok(Vec::new()),
-        },
-        _ => dot_git,
-    };
-    let Some(bytes) = read_limited(&git.join("index"), MAX_INDEX)? else { return Ok(Vec::new()) };
-    let hash_len = if object_format_sha256(&git) { 32 } else { 20 };
-    let index =
-        super::git_index::read(&bytes, hash_len, MAX_INDEX_ENTRIES, false).map_err(|e| format!("index: {e}"))?;
-    let mut gitlinks = index.gitlinks;
-    match index.shared {
-        Some(shared) => {
-            let hex: String = shared.iter().map(|b| format!("{b:02x}")).collect();
-            let name = format!("sharedindex.{hex}");
-            let bytes = read_limited(&git.join(&name), MAX_INDEX)?.ok_or_else(|| format!("{name} is missing"))?;
-            // A gitlink without a name replaces a shared entry and takes its name: which one the
-            // split index's bitmaps say; every shared name is looked at instead.
-            let base = super::git_index::read(&bytes, hash_len, MAX_INDEX_ENTRIES, index.unnamed_gitlinks)
-                .map_err(|e| format!("{name}: {e}"))?;
-            gitlinks.extend(base.gitlinks);
-            gitlinks.extend(base.names);
-        }
-        None if index.unnamed_gitlinks => return Err("index: a gitlink without a name, and no shared index".into()),
-        None => {}
-    }
     let changed = |p: &Path| {
         let ctime = |m: std::fs::Metadata| {
             std::time::UNIX_EPOCH + std::time::Duration::new(m.ctime() as u64, m.ctime_nsec() as u32)
         };
         std::fs::symlink_metadata(p).is_ok_and(|m| ctime(m) >= since)
     };
-    let mut out: Vec<PathBuf> = gitlinks
+    let mut out: Vec<PathBuf> = super::git_index::listed_gitlinks(workdir)?
         .into_iter()
         .map(|link| workdir.join(link).join(".git"))
         .filter(|dot_git| changed(dot_git) || changed(&dot_git.join("config")))
@@ -156,52 +123,6 @@ fn nested_repositories(workdir: &Path, since: std::time::SystemTime) -> Result<V
     out.dedup();
     Ok(out)
 }
-
-/// Whether the repository of git directory `git` names objects with SHA-256: its config says
-/// so, or that of the directory its `commondir` names.
-fn object_format_sha256(git: &Path) -> bool {
-    let says = |config: &Path| {
-        let text = read_limited(config, 1 << 20).ok().flatten().unwrap_or_default();
-        String::from_utf8_lossy(&text)
-            .to_ascii_lowercase()
-            .lines()
-            .any(|l| l.split_whitespace().collect::<String>() == "objectformat=sha256")
-    };
-    let common = read_limited(&git.join("commondir"), 4096).ok().flatten();
-    says(&git.join("config"))
-        || common.is_some_and(|c| says(&git.join(String::from_utf8_lossy(&c).trim()).join("config")))
-}
-
-/// The content of the file at `path` (a link followed, as git follows it), if there is one: a
-/// file that is not a regular one or is larger than `max` is an error. Opened without waiting
-/// (a FIFO the agent left there), and read through the descriptor that was checked.
-fn read_limited(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let meta = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    if meta.len() > max {
-        return Err(format!("{} is larger than {max} bytes", path.display()));
-    }
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 > max {
-        return Err(format!("{} is larger than {max} bytes", path.display()));
-    }
-    Ok(Some(bytes))
-}
-
-/// The largest index read at exit, and the most entries read of it (the largest repositories'
-/// indexes are tens of MiB, a few million entries).
-const MAX_INDEX: u64 = 256 << 20;
-const MAX_INDEX_ENTRIES: usize = 4 << 20;
 
 /// How many entries of `.git/modules` trees are looked at, and how deep submodules nest.
 const MAX_MODULES: usize = 512;
