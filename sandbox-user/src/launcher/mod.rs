@@ -561,7 +561,7 @@ async fn run_inside(
             "leash: warning: processes the agent left may still run: what they change in the working directory from now on is not checked"
         );
     }
-    for left in agent.guard.created() {
+    for left in agent.guard.left_behind() {
         crate::say!("leash: warning: {left}");
     }
     proxy_task.abort();

@@ -128,7 +128,7 @@ fn nested_repositories(workdir: &Path, since: std::time::SystemTime) -> Result<V
 const MAX_MODULES: usize = 512;
 const MODULE_DEPTH: usize = 3;
 
-/// What the agent left in the working directory for whoever uses it next ([`WorkdirGuard::created`]).
+/// What the agent left in the working directory for whoever uses it next ([`WorkdirGuard::left_behind`]).
 #[derive(Debug, PartialEq)]
 pub enum Left {
     /// A name that runs code later, which the agent made.
@@ -320,7 +320,7 @@ impl WorkdirGuard {
     /// start nor held (a [`REPORTED`] name, or a protected one through a link), new submodules
     /// and changed nested repositories, and what could not be checked. Call it once no process of
     /// the sandbox is left.
-    pub fn created(&self) -> Vec<Left> {
+    pub fn left_behind(&self) -> Vec<Left> {
         let mut out: Vec<Left> = self
             .names
             .iter()
@@ -442,9 +442,9 @@ mod tests {
         let names = [PathBuf::from(".git/config"), PathBuf::from(".git/hooks")];
         let guard = WorkdirGuard::protect(&dir, &names, &agent()).unwrap();
         assert_eq!(guard.parents(), [dir.join(".git")]);
-        assert!(guard.created().is_empty());
+        assert!(guard.left_behind().is_empty());
         std::fs::write(dir.join(".git/commondir"), "evil\n").unwrap();
-        assert_eq!(guard.created(), [Left::Created(dir.join(".git/commondir"))]);
+        assert_eq!(guard.left_behind(), [Left::Created(dir.join(".git/commondir"))]);
     }
 
     #[test]
@@ -465,7 +465,7 @@ mod tests {
         std::fs::write(dir.join(".git/modules/libs/new/HEAD"), "x").unwrap();
         std::fs::write(dir.join(".git/modules/lib/commondir"), "../../elsewhere").unwrap();
         assert_eq!(
-            guard.created(),
+            guard.left_behind(),
             [Left::Created(dir.join(".git/modules/lib/commondir")), Left::Created(dir.join(".git/modules/libs/new"))]
         );
     }
