@@ -48,6 +48,14 @@ fn nobodys_repository(scratch: &Scratch) -> std::path::PathBuf {
     checkout
 }
 
+/// `sh -c script` run as the agent under `policy`, in `dir`: its output.
+fn agent_sh(policy: &Path, dir: &Path, script: &str) -> std::process::Output {
+    leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 fn chown(path: &Path, uid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), None).expect("chown");
 }
@@ -1063,10 +1071,7 @@ fn a_working_directory_in_the_hosts_tmp_is_refused() {
     let policy = scratch.file("policy.yaml", &nobody_policy(&[]));
     let workdir = Path::new("/tmp").join(format!("leash-seam-workdir-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).unwrap();
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", "echo planted > note"])
-        .current_dir(&workdir)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &workdir, "echo planted > note");
     let planted = workdir.join("note").exists();
     let _ = std::fs::remove_dir_all(&workdir);
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
@@ -1098,10 +1103,7 @@ fn files_that_run_code_later_are_read_only_in_the_workdir() {
         stdout(&control)
     );
 
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &checkout, attack);
     let text = stdout(&out);
     assert!(text.contains("work=written"), "the workdir must stay writable: {text} {}", stderr(&out));
     assert!(text.contains("config=refused"), "the agent wrote .git/config: {text}");
@@ -1132,10 +1134,7 @@ fn renaming_the_git_directory_does_not_carry_its_protection_away() {
         Command::new("/bin/sh").args(["-c", attack]).current_dir(&control_dir).uid(uid).gid(gid).output().unwrap();
     assert!(stdout(&control).contains("rename=done"), "control: {} {}", stdout(&control), stderr(&control));
 
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &checkout, attack);
     let text = stdout(&out);
     assert!(text.contains("rename=refused"), "the agent renamed .git and wrote a new config: {text} {}", stderr(&out));
     assert!(text.contains("remove=refused"), "the agent removed .git: {text}");
@@ -1168,10 +1167,7 @@ fn a_submodules_config_is_read_only_and_a_new_one_is_named() {
                   mkdir -p .git/modules/libs/evil && echo 'ref: refs/heads/x' > .git/modules/libs/evil/HEAD \
                   && echo '[core]' > .git/modules/libs/evil/config && echo new=written; \
                   echo ../../info/elsewhere > .git/modules/lib/commondir && echo commondir=written";
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &checkout, attack);
     let text = stdout(&out);
     assert!(text.contains("module=refused"), "the agent wrote a submodule's config: {text} {}", stderr(&out));
     assert_eq!(std::fs::read_to_string(module.join("config")).unwrap(), before);
@@ -1213,10 +1209,7 @@ fn a_linked_worktrees_commondir_is_read_only() {
     let before = std::fs::read_to_string(&commondir).expect("git made the worktree's commondir");
     let attack =
         "echo ../../info/elsewhere > .git/worktrees/wt/commondir && echo commondir=written || echo commondir=refused";
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &checkout, attack);
     assert!(stdout(&out).contains("commondir=refused"), "{} {}", stdout(&out), stderr(&out));
     assert_eq!(std::fs::read_to_string(&commondir).unwrap(), before);
 }
@@ -1295,10 +1288,7 @@ fn a_commondir_the_agent_wrote_is_named_at_exit() {
     let checkout = nobodys_repository(&scratch);
     let attack = "mkdir -p .git/evil && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/evil/config \
                   && echo evil > .git/commondir && echo commondir=written";
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &checkout, attack);
     assert!(stdout(&out).contains("commondir=written"), "the premise: {} {}", stdout(&out), stderr(&out));
     assert!(
         stderr(&out).contains("the agent created") && stderr(&out).contains(".git/commondir"),
@@ -1446,10 +1436,7 @@ fn a_name_the_agent_made_cannot_write_to_the_users_terminal() {
     let checkout = nobodys_repository(&scratch);
     let attack = r#"n="$(printf 'm\r\033[2A\033]52;c;ZXZpbA==\007\nleash: sandbox forged ended (exit 0)\n\342\200\256x')"; \
                   mkdir -p ".git/modules/$n" && echo 'ref: refs/heads/x' > ".git/modules/$n/HEAD" && echo made"#;
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &checkout, attack);
     assert!(stdout(&out).contains("made"), "the premise: {} {}", stdout(&out), stderr(&out));
     let err = stderr(&out);
     assert!(err.contains(".git/modules/m"), "the new submodule is not named: {err}");
@@ -1468,10 +1455,7 @@ fn a_policy_can_unprotect_a_name_deliberately() {
     let checkout = nobodys_repository(&scratch);
     let attack = "echo '# mine' >> .git/config && echo config=written || echo config=refused; \
                   echo x > .git/hooks/post-checkout && echo hook=written || echo hook=refused";
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &checkout, attack);
     let text = stdout(&out);
     assert!(text.contains("config=written"), "the policy's own list replaces the default: {text} {}", stderr(&out));
     assert!(text.contains("hook=refused"), "{text}");
@@ -1592,10 +1576,7 @@ fn a_protected_name_missing_at_start_cannot_be_created() {
     );
 
     let checkout = scratch.owned_dir("not-a-repo", uid);
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &checkout, attack);
     let text = stdout(&out);
     assert!(text.contains("work=written"), "the workdir must stay writable: {text} {}", stderr(&out));
     for name in ["git", "tasks", "envrc"] {
@@ -1664,10 +1645,7 @@ fn a_worktrees_gitdir_pointer_cannot_be_redirected() {
     assert!(pointer.starts_with("gitdir:"), "the premise: a worktree's .git is a file: {pointer}");
     let attack = "mkdir -p evil && printf 'ref: refs/heads/x\\n' > evil/HEAD && mkdir -p evil/objects evil/refs \
                   && echo 'gitdir: evil' > .git && echo pointer=written || echo pointer=refused";
-    let out = leash(&["run", "--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", attack])
-        .current_dir(&worktree)
-        .output()
-        .unwrap();
+    let out = agent_sh(&policy, &worktree, attack);
     let text = stdout(&out);
     assert!(text.contains("pointer=refused"), "the agent redirected the worktree's .git: {text} {}", stderr(&out));
     assert_eq!(std::fs::read_to_string(worktree.join(".git")).unwrap(), pointer);
