@@ -30,6 +30,8 @@ fn raise_fd_limit() {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: a static leash's C library is told to load no NSS module.
+    leash::accounts::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

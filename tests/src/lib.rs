@@ -25,6 +25,14 @@ pub fn leash_bin() -> PathBuf {
     path
 }
 
+/// The release build as installed (statically linked), `$LEASH_STATIC_BIN`: for the tests that
+/// run it beside the debug build. `cargo xtask test` builds it.
+pub fn leash_static_bin() -> PathBuf {
+    let path = std::env::var_os("LEASH_STATIC_BIN").map(PathBuf::from).unwrap_or_default();
+    assert!(path.is_file(), "LEASH_STATIC_BIN is not set to a file: run the tests with `cargo xtask test`");
+    path
+}
+
 /// Fails the test (it cannot pass without root) with a message saying so.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -3,10 +3,13 @@
 //! - `setup`: install what building the eBPF programs needs (nightly rust-src, bpf-linker built
 //!   against rustc's own LLVM). Idempotent; seconds when already done. Every task that builds
 //!   runs it first when something is missing, so a fresh clone needs no separate step.
-//! - `build`: build `leash` (and its embedded eBPF object).
+//! - `build`: build `leash` (and its embedded eBPF object); `--release` builds it statically
+//!   ([`static_build`]), `--release --dynamic` as a dynamically linked program.
 //! - `test`: build, then run every test suite (the test binaries run as root: they load eBPF
-//!   into this kernel; as a normal user, through sudo as cargo's test runner).
-//! - `install`: build `leash` (release) and install it (`/usr/local/bin` by default).
+//!   into this kernel; as a normal user, through sudo as cargo's test runner), against the debug
+//!   build; the static release build is built too, for the tests that run both.
+//! - `install`: build `leash` (release, static unless `--dynamic`) and install it
+//!   (`/usr/local/bin` by default).
 //! - `fuzz`: the `cargo fuzz` targets of `fuzz/`, each for a while on its corpus (nightly;
 //!   installs cargo-fuzz when missing); fails on a crash, naming the input.
 //! - `bench`: the benchmarks, each printing ratios against a peer measured in the same run.
@@ -24,6 +27,7 @@ mod image;
 mod node_test;
 mod privilege;
 mod setup;
+mod static_build;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -53,10 +57,14 @@ enum Task {
     /// Install the eBPF toolchain this build needs (nightly rust-src, bpf-linker); every other
     /// task does this itself when something is missing.
     Setup,
-    /// Build the leash binary (debug, or --release).
+    /// Build the leash binary: debug, or --release (statically linked, into target/static).
     Build {
         #[arg(long)]
         release: bool,
+        /// With --release: link dynamically (target/release/leash), for a host whose users come
+        /// from NSS sources that only the host's own C library should load.
+        #[arg(long, requires = "release")]
+        dynamic: bool,
     },
     /// Build and run all tests. The test binaries run as root (they load eBPF programs into this
     /// kernel): as a normal user, through `sudo` as cargo's test runner; the build stays yours.
@@ -65,12 +73,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build leash (release) and install it as PREFIX/bin/leash (sudo only when PREFIX is not
-    /// writable), then print the command to run next.
+    /// Build leash (release, statically linked) and install it as PREFIX/bin/leash (sudo only
+    /// when PREFIX is not writable), then print the command to run next.
     Install {
         /// Installation prefix: the binary goes to PREFIX/bin/leash.
         #[arg(long, value_name = "PREFIX", default_value = "/usr/local")]
         prefix: PathBuf,
+        /// Link leash dynamically: its user and host lookups then use every NSS module the host
+        /// configures through the host's C library (a static leash asks `getent` for users the
+        /// local files lack, and resolves host names from /etc/hosts and DNS only).
+        #[arg(long)]
+        dynamic: bool,
     },
     /// Run each fuzz target (or one) for a while on its corpus in fuzz/corpus; fails on a crash.
     Fuzz(fuzz::FuzzArgs),
@@ -89,9 +102,16 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
-        Task::Build { release } => build(release),
+        Task::Build { release: false, .. } => build(false),
+        Task::Build { release: true, dynamic: true } => build(true),
+        Task::Build { release: true, dynamic: false } => {
+            setup::ensure()?;
+            let bins = static_build::build_leash()?;
+            println!("build: {} (statically linked)", bins.path("leash").display());
+            Ok(())
+        }
         Task::Test { args } => test(&args),
-        Task::Install { prefix } => install(&prefix),
+        Task::Install { prefix, dynamic } => install(&prefix, dynamic),
         Task::Fuzz(args) => fuzz::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Image(args) => {
@@ -150,9 +170,13 @@ fn test(args: &[String]) -> Result<()> {
     // A run interrupted before its clean-up left root's files behind: give them back first.
     privilege::return_to_user(&target)?;
     build(false)?;
+    // The release build as installed, for the tests that run it beside the debug build (how a
+    // static leash looks users up differs from a dynamic one).
+    let released = static_build::build_leash()?;
     let mut cmd = cargo();
     cmd.current_dir(&root)
         .env("LEASH_BIN", target.join("debug/leash"))
+        .env("LEASH_STATIC_BIN", released.path("leash"))
         .args(["test", "-p", "sandbox-common", "-p", "sandbox-policy", "-p", "sandbox-user", "-p", "leash-tests", "--"])
         .args(args);
     if !privilege::is_root() {
@@ -168,7 +192,7 @@ fn test(args: &[String]) -> Result<()> {
 
 /// `cargo xtask install`: set-up when missing, a release build as the invoking user, then
 /// `PREFIX/bin/leash` (through sudo only when PREFIX is not writable by this user).
-fn install(prefix: &Path) -> Result<()> {
+fn install(prefix: &Path, dynamic: bool) -> Result<()> {
     if !prefix.is_absolute() {
         bail!("--prefix must be an absolute path, not {}", prefix.display());
     }
@@ -178,16 +202,21 @@ fn install(prefix: &Path) -> Result<()> {
         privilege::ensure_sudo(&format!("write {}", bin_dir.display()))?;
     }
     setup::ensure()?;
-    println!("install: building leash (release; a few minutes the first time) ...");
-    run_cmd(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "sandbox-user",
-        "--bin",
-        "leash",
-    ]))?;
-    let built = workspace_root().join("target/release/leash");
+    let linked = if dynamic { "dynamically linked" } else { "statically linked" };
+    println!("install: building leash (release, {linked}; a few minutes the first time) ...");
+    let built = if dynamic {
+        run_cmd(cargo().current_dir(workspace_root()).args([
+            "build",
+            "--release",
+            "-p",
+            "sandbox-user",
+            "--bin",
+            "leash",
+        ]))?;
+        workspace_root().join("target/release/leash")
+    } else {
+        static_build::build_leash()?.path("leash")
+    };
     let dest = bin_dir.join("leash");
     let mut cmd = if writable { Command::new("install") } else { privilege::as_root("install") };
     cmd.args(["-D", "-m", "0755"]).arg(&built).arg(&dest);

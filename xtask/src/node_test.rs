@@ -17,8 +17,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::image::{leash_image, oci};
+use crate::static_build;
 use crate::vm::initramfs::Image as Initramfs;
-use crate::vm::{apt_install, binaries, ensure_busybox, kernels, progress, qemu, test_matrix, BUSYBOX};
+use crate::vm::{apt_install, ensure_busybox, kernels, progress, qemu, test_matrix, BUSYBOX};
 use crate::workspace_root;
 
 #[derive(Debug, Args)]
@@ -63,8 +64,8 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    progress("building static leash and test binaries (target/vm)");
-    let bins = binaries::build()?;
+    progress("building static leash and test binaries (target/static)");
+    let bins = static_build::build()?;
     let dir = workspace_root().join("target/node");
 
     let leash = leash_image(&bins.path("leash"))?;
@@ -95,7 +96,7 @@ pub fn run(args: NodeTestArgs) -> Result<()> {
 
 /// The stand-in for the runner pod's agent image, named as the runner pod's container asks.
 /// The stand-in's name: the runner pod's image that is not leash's (`leash_name`).
-fn agent_image(bins: &binaries::Binaries, leash_name: &str) -> Result<oci::Image> {
+fn agent_image(bins: &static_build::Binaries, leash_name: &str) -> Result<oci::Image> {
     let runner = std::fs::read_to_string(workspace_root().join("deploy/runner-pod.yaml"))
         .context("reading deploy/runner-pod.yaml")?;
     let names: Vec<&str> = runner

@@ -253,12 +253,12 @@ fn check_in_sandbox(pid: libc::pid_t, sandbox: &str) -> Result<()> {
 /// Who leash runs as, for the agent's `HOME`/`USER` (pods often run a uid with no passwd entry).
 fn own_identity() -> Identity {
     let uid = nix::unistd::getuid();
-    let user = nix::unistd::User::from_uid(uid).ok().flatten();
+    let user = crate::accounts::user_by_uid(uid).ok().flatten();
     let name =
         user.as_ref().map(|u| u.name.clone()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| uid.to_string());
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
-        .or_else(|| user.map(|u| u.dir))
+        .or_else(|| user.map(|u| u.home))
         .unwrap_or_else(|| Path::new("/").into());
     Identity { uid, gid: nix::unistd::getgid(), groups: Vec::new(), name, home }
 }

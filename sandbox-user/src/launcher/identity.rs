@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Uid};
+
+use crate::accounts::{self, Account};
 
 use crate::policy::RunAs;
 
@@ -24,7 +26,7 @@ pub fn resolve(run_as: &RunAs) -> Result<Identity> {
         Some(name) => lookup_user(name)?,
         None => match sudo_user()? {
             Some(u) => u,
-            None => User::from_name("nobody")?
+            None => accounts::user_by_name("nobody")?
                 .ok_or_else(|| anyhow!("user `nobody` does not exist on this host; set process.run_as_user"))?,
         },
     };
@@ -49,7 +51,7 @@ pub fn resolve(run_as: &RunAs) -> Result<Identity> {
     }
     // No supplementary groups: a `docker` or `wheel` membership of the invoking user would reach
     // host services the sandbox keeps the agent from.
-    Ok(Identity { uid: user.uid, gid, groups: vec![gid], name: user.name.clone(), home: user.dir.clone() })
+    Ok(Identity { uid: user.uid, gid, groups: vec![gid], name: user.name, home: user.home })
 }
 
 /// Whether the agent's home directory exists and is its own (`nobody`'s `/nonexistent` is not).
@@ -65,29 +67,29 @@ impl Identity {
     }
 }
 
-fn lookup_user(name: &str) -> Result<User> {
+fn lookup_user(name: &str) -> Result<Account> {
     let found = match name.parse::<u32>() {
-        Ok(uid) => User::from_uid(Uid::from_raw(uid))?,
-        Err(_) => User::from_name(name)?,
+        Ok(uid) => accounts::user_by_uid(Uid::from_raw(uid))?,
+        Err(_) => accounts::user_by_name(name)?,
     };
     found.ok_or_else(|| anyhow!("process.run_as_user: no user `{name}` on this host"))
 }
 
 fn lookup_group(name: &str) -> Result<Gid> {
     let found = match name.parse::<u32>() {
-        Ok(gid) => Group::from_gid(Gid::from_raw(gid))?,
-        Err(_) => Group::from_name(name)?,
+        Ok(gid) => accounts::group_by_gid(Gid::from_raw(gid))?,
+        Err(_) => accounts::group_by_name(name)?,
     };
-    Ok(found.ok_or_else(|| anyhow!("process.run_as_group: no group `{name}` on this host"))?.gid)
+    found.ok_or_else(|| anyhow!("process.run_as_group: no group `{name}` on this host"))
 }
 
 /// The user sudo was invoked by, unless that was root.
-fn sudo_user() -> Result<Option<User>> {
+fn sudo_user() -> Result<Option<Account>> {
     let Some(uid) = std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok()) else {
         return Ok(None);
     };
     if uid == 0 {
         return Ok(None);
     }
-    User::from_uid(Uid::from_raw(uid)).context("looking up SUDO_UID")
+    accounts::user_by_uid(Uid::from_raw(uid)).context("looking up SUDO_UID")
 }

@@ -149,11 +149,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let recipe = if confine { recipe_tools(args.install_peers)? } else { None };
 
     crate::setup::ensure()?;
-    println!("bench: building (release) ...");
-    run_cmd(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "sandbox-user", "--bins"]))?;
+    println!("bench: building (release; leash statically linked, as installed) ...");
+    let leash = crate::static_build::build_leash()?.path("leash");
     run_cmd(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "leash-tests", "--bins"]))?;
 
-    let ctx = prepare()?;
+    let ctx = prepare(leash)?;
     if start {
         let tool = |name: &str| peers.iter().find(|(n, _)| *n == name).map(|(_, p)| p.clone()).expect("peer was found");
         start::run(
@@ -303,10 +303,9 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 /// Creates the scratch directory with the allow-nothing policy and a copy of `connbench` that the
 /// agent's user can execute wherever the workspace lives.
-fn prepare() -> Result<Ctx> {
+fn prepare(leash: PathBuf) -> Result<Ctx> {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    let leash = target.join("release/leash");
     let built_connbench = target.join("release/connbench");
     for bin in [&leash, &built_connbench] {
         if !bin.is_file() {

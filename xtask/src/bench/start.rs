@@ -18,7 +18,9 @@
 //!   turn each retire the other's generation when their run ends, so interleaved every start
 //!   would be cold.
 //!
-//! Peak RSS is wait4(2)'s `ru_maxrss` for leash's runs. The variants run interleaved (rotating
+//! Peak RSS is wait4(2)'s `ru_maxrss` for leash's runs; it includes what leash's process held
+//! between vfork and exec (this process's memory), so this process resets its own peak before
+//! each start and prints its RSS, the figure's floor. The variants run interleaved (rotating
 //! which goes first) so drift in the machine hits them alike, each timed start right after an
 //! untimed one of its own kind, so no variant pays for the kernel work another left behind.
 //! Each namespace and veth pair has a name unique to this process and iteration and is removed
@@ -166,7 +168,8 @@ pub fn run(ctx: &Ctx, tools: &Tools, baseline: Option<&Path>, iterations: u32, w
         );
     }
     println!("(the recipe runs {RECIPE_COMMANDS} commands and starts no proxy; leash's time includes its proxy;");
-    println!(" peak RSS is the largest of leash and the processes it waited for, from wait4(2))");
+    println!(" peak RSS is the largest of leash and the processes it waited for, from wait4(2), whose floor is");
+    println!(" this harness's own RSS at each start: {:.1} MiB now)", own_rss_kib().unwrap_or(0) as f64 / 1024.0);
     println!("cleanup: `ip netns list` shows no benchmark namespace");
     Ok(())
 }
@@ -304,8 +307,18 @@ pub fn check_recipe_cleanup(ip: &Path) -> Result<()> {
     Ok(())
 }
 
+/// This process's resident set (VmRSS), KiB.
+fn own_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
 /// `leash run -- /bin/true` with `leash`: wall time and peak RSS.
 fn leash_true(ctx: &Ctx, leash: &Path) -> Result<Sample> {
+    // A child started with vfork (as `spawn` does) has this process's memory until its exec, and
+    // the kernel carries that memory's peak RSS into the child's `ru_maxrss`: reset ours to what
+    // it holds now, so that the figure is leash's (or this process's current RSS, a few MiB).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t = Instant::now();
     let mut child = Command::new(leash)
         .arg("run")

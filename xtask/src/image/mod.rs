@@ -4,10 +4,10 @@
 //!
 //! It is the registry-free equivalent of `deploy/Containerfile`: the same `leash` at
 //! `/usr/local/bin/leash` and the same ENTRYPOINT and CMD (read from the Containerfile), under
-//! the image name the DaemonSet asks for (read from `deploy/daemonset.yaml`). Two differences,
-//! both because no base image can be pulled here: `leash` is linked statically (so a runner pod
-//! can copy it into any image, glibc or not), and the base is Debian's static busybox (the `cp`
-//! and `sh` that the runner pod's init container and a shell need) instead of `debian:bookworm-slim`.
+//! the image name the DaemonSet asks for (read from `deploy/daemonset.yaml`), both statically
+//! linked (so a runner pod can copy it into any image, glibc or not). One difference, because no
+//! base image can be pulled here: the base is Debian's static busybox (the `cp` and `sh` that the
+//! runner pod's init container and a shell need) instead of `debian:bookworm-slim`.
 
 pub mod oci;
 
@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::vm::{binaries, ensure_busybox, progress, BUSYBOX};
+use crate::static_build;
+use crate::vm::{ensure_busybox, progress, BUSYBOX};
 use crate::workspace_root;
 
 #[derive(Debug, Args)]
@@ -33,8 +34,8 @@ const APPLETS: &[&str] = &["sh", "cp", "ls", "cat", "mkdir", "rm", "sleep", "ech
 pub fn run(args: ImageArgs) -> Result<()> {
     let out = if args.out.is_absolute() { args.out } else { workspace_root().join(args.out) };
     ensure_busybox()?;
-    progress("building static leash (target/vm)");
-    let bins = binaries::build_leash()?;
+    progress("building static leash (target/static)");
+    let bins = static_build::build_leash()?;
     let image = leash_image(&bins.path("leash"))?;
     let written = image.write(&out)?;
     println!(

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::binaries::Binaries;
+use crate::static_build::Binaries;
 
 /// What an archive entry holds.
 enum Body {

@@ -2,10 +2,9 @@
 //! per kernel) and `cargo xtask run` (one command under `leash run`, with the project directory
 //! shared into the VM at the same path).
 //!
-//! The steps, each a function: build static binaries ([`binaries`]), fetch kernels
+//! The steps, each a function: build static binaries ([`crate::static_build`]), fetch kernels
 //! ([`kernels`]), write the initramfs ([`initramfs`]), boot and parse the console ([`qemu`]).
 
-pub mod binaries;
 pub mod initramfs;
 pub mod kernels;
 pub mod qemu;
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::static_build;
 use crate::{run_cmd, workspace_root};
 use initramfs::Image;
 use kernels::Kernel;
@@ -88,7 +88,7 @@ fn logs_dir() -> PathBuf {
 pub fn vm_test(args: VmTestArgs) -> Result<()> {
     let matrix = kernels::select(&args.kernels)?;
     step("qemu", qemu::ensure_installed)?;
-    let bins = step("building static leash and test binaries (target/vm)", binaries::build)?;
+    let bins = step("building static leash and test binaries (target/static)", static_build::build)?;
     let initrd = workspace_root().join("target/vm/initramfs.cpio");
     step("writing the initramfs", || {
         let size = Image::base(&bins)?.write(&initrd)?;
@@ -166,7 +166,7 @@ pub fn boot_suite(
 ) -> Result<Vec<(Kernel, Outcome, PathBuf)>> {
     let matrix = kernels::select(kernels)?;
     step("qemu", qemu::ensure_installed)?;
-    let bins = step("building static leash and test binaries (target/vm)", binaries::build)?;
+    let bins = step("building static leash and test binaries (target/static)", static_build::build)?;
     let initrd = workspace_root().join(format!("target/vm/initramfs-{suite}.cpio"));
     step("writing the initramfs", || Image::base(&bins)?.write(&initrd))?;
     let mut boots = Vec::new();
@@ -305,7 +305,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     step("qemu", qemu::ensure_installed)?;
     step("busybox-static (the VM's shell)", ensure_busybox)?;
     let virtiofsd = step("virtiofsd (shares the project directory)", ensure_virtiofsd)?;
-    let bins = step("building static leash and test binaries (target/vm)", binaries::build)?;
+    let bins = step("building static leash and test binaries (target/static)", static_build::build)?;
     let kernel = step(&format!("kernel {}: fetching ({})", series.name, series.suite), || kernels::fetch(series))?;
 
     let project = workspace_root();
@@ -370,7 +370,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// The image of `xtask run`: the base image plus busybox, the demo, the policy, the command,
 /// the shared directory's mount point and the modules that mounting it needs.
 fn run_image(
-    bins: &binaries::Binaries,
+    bins: &static_build::Binaries,
     kernel: &Kernel,
     argv: &[String],
     policy: &[u8],
@@ -426,7 +426,7 @@ pub fn ensure_busybox() -> Result<()> {
         apt_install(&["busybox-static"])?;
     }
     // Debian's dynamic busybox also lives at /bin/busybox: the VM needs the static one.
-    if binaries::has_interpreter(Path::new(BUSYBOX))? {
+    if static_build::has_interpreter(Path::new(BUSYBOX))? {
         apt_install(&["busybox-static"])?;
     }
     Ok(())
