@@ -31,7 +31,10 @@ fn raise_fd_limit() {
 
 fn main() -> ExitCode {
     // Before any thread: a static leash's C library is told to load no NSS module.
-    leash::accounts::init();
+    if let Err(e) = leash::accounts::init() {
+        leash::say!("leash: error: {e:#}");
+        return ExitCode::from(exit::LEASH_FAILED as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

@@ -6,17 +6,20 @@
 //!
 //! The account is a systemd userdb drop-in (`/run/userdb/NAME.user`), which `libnss_systemd`
 //! serves (nsswitch.conf `passwd: files systemd`, Debian's default) without a running systemd.
+//! Each run is in a mount namespace of its own, with a tmpfs on `/run/userdb` (and, where a test
+//! needs an account in the files, a copy of `/etc/passwd` bound over it): the host's own account
+//! databases are never written.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use leash_tests::*;
 
-/// A user and its group that only NSS's systemd source knows, removed on drop.
+/// A user and its group that only NSS's systemd source knows: their records, as the shell
+/// commands that write them into `/run/userdb` (a private tmpfs).
 struct NssOnlyAccount {
     name: String,
     id: u32,
-    files: Vec<PathBuf>,
 }
 
 impl NssOnlyAccount {
@@ -26,42 +29,23 @@ impl NssOnlyAccount {
             .map(|k| 60_000 + (std::process::id() + k) % 1000)
             .find(|id| !known("passwd", &id.to_string()) && !known("group", &id.to_string()))
             .expect("a free id in 60000..61000");
-        let dir = PathBuf::from("/run/userdb");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut files = Vec::new();
-        for (kind, record) in [
-            (
-                "user",
-                format!(
-                    r#"{{"userName":"{name}","uid":{id},"gid":{id},"homeDirectory":"/nonexistent","disposition":"regular"}}"#
-                ),
-            ),
-            ("group", format!(r#"{{"groupName":"{name}","gid":{id},"disposition":"regular"}}"#)),
-        ] {
-            let file = dir.join(format!("{name}.{kind}"));
-            std::fs::write(&file, record).unwrap();
-            let by_id = dir.join(format!("{id}.{kind}"));
-            let _ = std::fs::remove_file(&by_id);
-            std::os::unix::fs::symlink(&file, &by_id).unwrap();
-            files.extend([file, by_id]);
-        }
-        let account = NssOnlyAccount { name, id, files };
-        assert!(
-            known("passwd", &account.name) && known("group", &account.name) && known("passwd", &id.to_string()),
-            "setup: this host's NSS does not serve /run/userdb drop-ins (needs libnss-systemd and \
-             `passwd: files systemd` / `group: files systemd` in /etc/nsswitch.conf)"
-        );
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-        assert!(!passwd.contains(&account.name), "setup: the account must not be in the files");
-        account
+        assert!(!passwd.contains(&name), "setup: the account must not be in the files");
+        NssOnlyAccount { name, id }
     }
-}
 
-impl Drop for NssOnlyAccount {
-    fn drop(&mut self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
+    /// Shell commands that publish the account in `/run/userdb` (a fresh tmpfs there).
+    fn publish(&self) -> String {
+        let (name, id) = (&self.name, self.id);
+        format!(
+            "mkdir -p /run/userdb && mount -t tmpfs tmpfs /run/userdb && cd /run/userdb && \
+             echo '{{\"userName\":\"{name}\",\"uid\":{id},\"gid\":{id},\"homeDirectory\":\"/nonexistent\",\"disposition\":\"regular\"}}' > {name}.user && \
+             echo '{{\"groupName\":\"{name}\",\"gid\":{id},\"disposition\":\"regular\"}}' > {name}.group && \
+             ln -s {name}.user {id}.user && ln -s {name}.group {id}.group && cd / && \
+             getent passwd {name} >/dev/null && getent group {name} >/dev/null && getent passwd {id} >/dev/null \
+             || {{ echo 'setup: NSS here does not serve /run/userdb drop-ins (needs libnss-systemd and \
+             passwd/group: files systemd in /etc/nsswitch.conf)' >&2; exit 99; }}"
+        )
     }
 }
 
@@ -70,13 +54,19 @@ fn known(db: &str, key: &str) -> bool {
     Command::new("getent").args([db, key]).output().is_ok_and(|o| o.status.success())
 }
 
-/// `bin run --policy POLICY -- sh -c 'id -u; id -g'` with `env`, its output.
-fn ids_under(bin: &std::path::Path, policy: &std::path::Path, env: &[(&str, String)]) -> std::process::Output {
-    let mut c = Command::new(bin);
-    c.args(["run", "--policy"]).arg(policy).args(["--", "/bin/sh", "-c", "id -u; id -g"]);
+/// `bin run --policy POLICY -- sh -c 'id -u; id -g'` with `env`, in a mount namespace of its own
+/// after the shell commands `setup`.
+fn ids_under(bin: &Path, policy: &Path, env: &[(&str, String)], setup: &str) -> Output {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+        .arg(format!("{setup} && exec \"$0\" run --policy \"$1\" -- /bin/sh -c 'id -u; id -g'"))
+        .arg(bin)
+        .arg(policy);
     c.env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
     c.envs(env.iter().map(|(k, v)| (k, v)));
-    c.output().expect("running leash")
+    let out = c.output().expect("running unshare");
+    assert_ne!(out.status.code(), Some(99), "{}", stderr(&out));
+    out
 }
 
 #[test]
@@ -97,7 +87,7 @@ fn an_account_only_nss_knows_runs_the_agent_in_both_builds() {
         for (how, policy, env) in
             [("by name", &by_name, &[][..]), ("by id", &by_id, &[][..]), ("as SUDO_UID", &sudo, &sudo_env[..])]
         {
-            let out = ids_under(&bin, policy, env);
+            let out = ids_under(&bin, policy, env, &account.publish());
             assert_eq!(
                 stdout(&out),
                 format!("{id}\n{id}\n"),
@@ -117,13 +107,48 @@ fn an_account_no_source_knows_is_refused_in_both_builds() {
     assert!(!known("passwd", &name), "setup: {name} must not exist");
     let policy =
         scratch.file("p.yaml", &format!("version: 1\nnetwork_policies: {{}}\nprocess: {{ run_as_user: {name} }}\n"));
+    let plain = scratch.file("plain.yaml", "version: 1\nnetwork_policies: {}\n");
+    // getent reads `-0` as uid 0: root's entry must not come back for it.
+    let minus_zero = scratch.file("m0.yaml", "version: 1\nnetwork_policies: {}\nprocess: { run_as_user: \"-0\" }\n");
+    let unknown_uid = [("SUDO_UID", "60999999".to_owned())];
     for bin in [leash_bin(), leash_static_bin()] {
-        let out = ids_under(&bin, &policy, &[]);
-        assert!(!out.status.success(), "{}: the agent ran as an account no source knows", bin.display());
-        assert!(stdout(&out).is_empty(), "{}: the agent ran: {}", bin.display(), stdout(&out));
+        for (how, policy, env, says) in [
+            ("by name", &policy, &[][..], format!("no user `{name}`")),
+            ("-0", &minus_zero, &[][..], "no user `-0`".to_owned()),
+            ("an unknown SUDO_UID", &plain, &unknown_uid[..], "SUDO_UID 60999999 names no user".to_owned()),
+        ] {
+            let out = ids_under(&bin, policy, env, "true");
+            assert!(!out.status.success(), "{} ({how}): the agent ran: {}", bin.display(), stdout(&out));
+            assert!(stdout(&out).is_empty(), "{} ({how}): the agent ran: {}", bin.display(), stdout(&out));
+            assert!(
+                stderr(&out).contains(&says),
+                "{} ({how}): the refusal must say so: {}",
+                bin.display(),
+                stderr(&out)
+            );
+        }
+    }
+}
+
+/// An account whose uid is 4294967295: set*id(2) read that as -1, "leave unchanged", so the
+/// agent would have stayed root. It must not start, in either build.
+#[test]
+fn an_account_with_uid_minus_one_is_refused_not_left_root() {
+    require_root();
+    let scratch = Scratch::new("accounts-minus-one");
+    let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    passwd.push_str("leash-minus-one:x:4294967295:1000::/nonexistent:/bin/sh\n");
+    let fake = scratch.file("passwd", &passwd);
+    let policy =
+        scratch.file("p.yaml", "version: 1\nnetwork_policies: {}\nprocess: { run_as_user: leash-minus-one }\n");
+    let setup = format!("mount --bind {} /etc/passwd", fake.display());
+    for bin in [leash_bin(), leash_static_bin()] {
+        let out = ids_under(&bin, &policy, &[], &setup);
+        assert!(stdout(&out).is_empty(), "{}: the agent ran, as {}", bin.display(), stdout(&out));
+        assert!(!out.status.success(), "{}: leash must refuse: {}", bin.display(), stderr(&out));
         assert!(
-            stderr(&out).contains(&format!("no user `{name}`")),
-            "{}: the refusal must say which user: {}",
+            stderr(&out).contains("4294967295"),
+            "{}: the refusal must name the id: {}",
             bin.display(),
             stderr(&out)
         );

@@ -10,7 +10,17 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cargo, run_cmd, workspace_root};
 
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The host's target triple (rustc's `host:`): the static build is for this machine, and an
+/// explicit `--target` keeps `+crt-static` away from build scripts and proc-macros.
+fn host_target() -> Result<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(rustc).arg("-vV").output().context("running rustc -vV")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.lines().find_map(|l| l.strip_prefix("host: ")) {
+        Some(host) => Ok(host.trim().to_owned()),
+        None => bail!("rustc -vV names no host target"),
+    }
+}
 
 /// The built binaries, by name.
 pub struct Binaries {
@@ -57,7 +67,8 @@ fn build_packages(packages: &[&str]) -> Result<Binaries> {
     let root = workspace_root();
     let target_dir = root.join("target/static");
     let mut cmd = cargo();
-    cmd.current_dir(&root).args(["build", "--release", "--target", TARGET]);
+    let target = host_target()?;
+    cmd.current_dir(&root).args(["build", "--release", "--target", &target]);
     for p in packages {
         cmd.args(["-p", p]);
     }
@@ -69,7 +80,7 @@ fn build_packages(packages: &[&str]) -> Result<Binaries> {
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     run_cmd(&mut cmd)?;
-    let bins = Binaries { dir: target_dir.join(TARGET).join("release") };
+    let bins = Binaries { dir: target_dir.join(&target).join("release") };
     for (name, path) in bins.all()? {
         if has_interpreter(&path)? {
             bail!("{name} ({}) is dynamically linked: the VM image has no libc to load it with", path.display());

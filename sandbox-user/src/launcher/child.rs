@@ -663,6 +663,11 @@ impl Steps {
                 raw(libc::syscall(libc::SYS_setgroups, self.groups.len(), groups)).map_err(at(Step::Identity))?;
                 raw(libc::syscall(libc::SYS_setresgid, gid, gid, gid)).map_err(at(Step::Identity))?;
                 raw(libc::syscall(libc::SYS_setresuid, uid, uid, uid)).map_err(at(Step::Identity))?;
+                // To these calls an id of 4294967295 is -1, "leave it": whatever the account
+                // database said, the agent goes on only with exactly the ids it was given.
+                held_ids(libc::SYS_getresuid, uid)
+                    .and(held_ids(libc::SYS_getresgid, gid))
+                    .map_err(at(Step::Identity))?;
                 // The change of credentials set the memory's dumpable flag to fs.suid_dumpable;
                 // when that memory is leash's (see `clone3_into`) it must stay undumpable.
                 check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)).map_err(at(Step::Limits))?;
@@ -776,6 +781,20 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both are new descriptors, ours alone.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Whether `getresuid`/`getresgid` (`call`) gives `id` for the real, effective and saved ids.
+/// Async-signal-safe: a raw system call into the stack.
+fn held_ids(call: libc::c_long, id: libc::c_uint) -> io::Result<()> {
+    let mut ids: [libc::c_uint; 3] = [0; 3];
+    let [r, e, s] = &mut ids;
+    // SAFETY: three valid pointers to u32s on this stack.
+    raw(unsafe { libc::syscall(call, r as *mut _, e as *mut _, s as *mut _) })?;
+    if ids == [id; 3] {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EPERM))
+    }
 }
 
 fn raw(ret: libc::c_long) -> io::Result<()> {

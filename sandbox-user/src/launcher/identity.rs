@@ -10,6 +10,10 @@ use crate::accounts::{self, Account};
 
 use crate::policy::RunAs;
 
+/// The id that set*id(2) calls read as -1, "leave this id unchanged": an account with it would
+/// leave the agent root.
+const NOT_AN_ID: u32 = u32::MAX;
+
 /// The unprivileged identity the agent gets, resolved before fork.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -33,6 +37,9 @@ pub fn resolve(run_as: &RunAs) -> Result<Identity> {
     if user.uid.is_root() {
         bail!("the agent never runs as root (resolved user `{}` has uid 0); set process.run_as_user to an unprivileged user", user.name);
     }
+    if user.uid.as_raw() == NOT_AN_ID {
+        bail!("user `{}` has uid {NOT_AN_ID}, which setuid(2) reads as \"leave unchanged\" (root); set process.run_as_user to another user", user.name);
+    }
     let gid = match &run_as.group {
         Some(g) => lookup_group(g)?,
         None => match (run_as.user.as_ref(), std::env::var("SUDO_GID").ok().and_then(|g| g.parse::<u32>().ok())) {
@@ -46,8 +53,10 @@ pub fn resolve(run_as: &RunAs) -> Result<Identity> {
             _ => user.gid,
         },
     };
-    if gid.as_raw() == 0 {
-        bail!("the agent never runs with group root; set process.run_as_group");
+    if gid.as_raw() == 0 || gid.as_raw() == NOT_AN_ID {
+        bail!(
+            "the agent never runs with group root, nor gid {NOT_AN_ID} (\"leave unchanged\"); set process.run_as_group"
+        );
     }
     // No supplementary groups: a `docker` or `wheel` membership of the invoking user would reach
     // host services the sandbox keeps the agent from.
@@ -91,5 +100,9 @@ fn sudo_user() -> Result<Option<Account>> {
     if uid == 0 {
         return Ok(None);
     }
-    accounts::user_by_uid(Uid::from_raw(uid)).context("looking up SUDO_UID")
+    // An account the host does not know is an error, not `nobody`: the caller meant someone.
+    accounts::user_by_uid(Uid::from_raw(uid))
+        .context("looking up SUDO_UID")?
+        .map(Some)
+        .ok_or_else(|| anyhow!("SUDO_UID {uid} names no user on this host; set process.run_as_user"))
 }
