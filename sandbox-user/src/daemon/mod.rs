@@ -21,6 +21,7 @@
 
 pub mod admission;
 mod closer;
+mod deny_open;
 pub mod discovery;
 pub mod kube;
 pub mod limits;
@@ -160,6 +161,12 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         for name in gc_node.policies.reload_if_changed() {
             crate::say!("leash daemon: policy `{name}` reloaded; new sandboxes get it");
         }
+    })?;
+    // A thread of its own: a lookup in a pod's filesystem takes as long as the pod likes.
+    let follow_node = node.clone();
+    std::thread::Builder::new().name("leash-deny-open".into()).spawn(move || loop {
+        std::thread::sleep(gc_interval);
+        follow_node.follow_deny_open();
     })?;
     let api_node = node.clone();
     std::thread::Builder::new().name("leash-accept".into()).spawn(move || server::serve(listener, api_node))?;

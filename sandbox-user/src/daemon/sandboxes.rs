@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 
 use super::admission::Admission;
+use super::deny_open::{self, Followed};
 use super::discovery::{self, PodContainer};
 use super::limits::SandboxLimits;
 use super::metrics::Metrics;
@@ -27,6 +28,7 @@ use super::process::Process;
 use super::registry::{Registry, SandboxRecord};
 use crate::confine_api::protocol::{Confined, ErrorCode, Owner, PolicyText, Reply};
 use crate::kernel::cgroup::SandboxCgroup;
+use crate::kernel::deny_open::RulesInForce;
 use crate::kernel::fs_root::FsRoot;
 use crate::kernel::generation::Generation;
 use crate::kernel::lsm_rules::LsmRules;
@@ -55,6 +57,9 @@ pub struct Node {
     /// The daemon's own PID namespace (the node's, with `hostPID`), read once.
     own_pid_namespace: Option<(u64, u64)>,
     state: Mutex<State>,
+    /// The sandboxes whose open deny list follows replaced files (not persisted: a daemon that
+    /// adopts sandboxes keeps the files its predecessor put in force).
+    followed: Followed,
 }
 
 /// The kernel objects and the records, changed together under one lock.
@@ -75,7 +80,16 @@ impl Node {
     ) -> Self {
         let own_pid_namespace = pid_namespace(std::process::id()).ok();
         let state = Mutex::new(State { programs, registry });
-        Self { cgroup_root, policies, admission, metrics, limits, own_pid_namespace, state }
+        Self {
+            cgroup_root,
+            policies,
+            admission,
+            metrics,
+            limits,
+            own_pid_namespace,
+            state,
+            followed: Followed::default(),
+        }
     }
 
     pub fn state(&self) -> Result<MutexGuard<'_, State>, Reply> {
@@ -120,15 +134,20 @@ impl Node {
         check_root(target, &discovery::container_dir(&self.cgroup_root, &target_pod), named)?;
         let admitted = self.admission.admit(&caller.pod.pod_uid, requested)?;
         let policy = self.policies.get(&admitted.policy).ok_or_else(|| no_such_policy(&admitted.policy))?;
-        // The policy's kernel paths name files of the pod's image: resolve them in its root.
-        let kernel_rules = match policy.compiled.kernel() {
-            None => None,
+        let binaries = !policy.compiled.binaries_restricted().is_empty();
+        // The policy's kernel paths name files of the pod's image: resolve them in its root. The
+        // open deny list's files are held from now on, to follow them when they are replaced.
+        let (kernel_rules, followed) = match policy.compiled.kernel() {
+            None => (None, None),
             Some(section) => {
                 let root = target.read(FsRoot::of_process).map_err(|_| not_yours(named))?;
-                let rules = LsmRules::resolve_in(&root, section, &[]).map_err(|e| {
+                let bad = |e: anyhow::Error| {
                     Reply::error(ErrorCode::NoSuchPolicy, format!("policy `{}`: kernel: {e:#}", policy.name))
-                })?;
-                Some(rules)
+                };
+                let rules = LsmRules::resolve_in(&root, section, &[]).map_err(bad)?.with_binaries_rules(binaries);
+                let (in_force, _) = RulesInForce::new(&rules, &root).map_err(bad)?;
+                let rules = in_force.rules().clone();
+                (Some(rules), in_force.follows_files().then_some(in_force))
             }
         };
         let passed = inspect_passed(&sockets)?;
@@ -161,7 +180,6 @@ impl Node {
             None if state.programs.has_lsm() => Some(LsmRules::for_policy(None, &[]).map_err(internal)?),
             rules => rules,
         };
-        let binaries = !policy.compiled.binaries_restricted().is_empty();
         let kernel_rules = kernel_rules.map(|r| r.with_binaries_rules(binaries));
         if state.registry.len() >= self.limits.node {
             return Err(Reply::error(
@@ -232,6 +250,9 @@ impl Node {
                 Some(libc::ESRCH) => not_yours(named),
                 _ => internal(e),
             });
+        }
+        if let Some(in_force) = followed {
+            self.followed.add(&id, in_force);
         }
         Ok(Confined {
             sandbox: id,
@@ -370,6 +391,46 @@ impl Node {
             .map(|(_, exe)| exe.display().to_string());
         let pid = if exe.is_some() { pid_in_own_namespace(owner.pid).unwrap_or(0) } else { 0 };
         Ok(Owner { pid, uid: owner.uid, exe, dest: programs::original_destination(&owner.dest) })
+    }
+
+    /// Looks the open deny lists' paths up again, each in its sandbox's root, and puts what
+    /// changed in force ([`super::deny_open`]).
+    pub fn follow_deny_open(&self) {
+        for (id, entry) in self.followed.all() {
+            let record = match self.state() {
+                Ok(state) => state.registry.get(&id).cloned(),
+                Err(_) => return,
+            };
+            let Some(record) = record else {
+                self.followed.forget(&id);
+                continue;
+            };
+            // No process left: nothing to refuse anything to (garbage collection removes it).
+            let Some(root) = deny_open::root_of_sandbox(&record.cgroup, &record.id) else { continue };
+            let Ok(mut entry) = entry.lock() else { continue };
+            let looked = entry.in_force.refresh(&root).and_then(|changed| {
+                if !changed {
+                    return Ok(());
+                }
+                let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned"))?;
+                let sandbox = KernelSandbox::made(&record.id, record.cgroup.clone(), record.cgroup_id);
+                let put = sandbox.update(&mut state.programs, entry.in_force.rules(), sandbox_net_of(&record));
+                if put.is_err() {
+                    entry.in_force.undo();
+                }
+                put
+            });
+            match looked {
+                Ok(()) => entry.failing = false,
+                Err(e) if !entry.failing => {
+                    entry.failing = true;
+                    crate::say!(
+                        "leash daemon: warning: sandbox {id}: kernel.deny_open: following replaced files failed: {e:#}"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Removes every sandbox whose cgroup emptied or disappeared. Returns how many.

@@ -35,6 +35,18 @@ impl FsRoot {
         }
     }
 
+    /// The file at `path`, following symlinks, open as `O_PATH` (it names the file; nothing is
+    /// read).
+    pub fn open_path(&self, path: &Path) -> io::Result<File> {
+        match self {
+            Self::Own => {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path)
+            }
+            Self::Dir(root) => open_in(root, path, libc::O_PATH, true),
+        }
+    }
+
     /// `lstat`.
     pub fn symlink_metadata(&self, path: &Path) -> io::Result<Metadata> {
         match self {

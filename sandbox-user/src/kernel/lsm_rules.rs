@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use sandbox_common::{lsm_deny, lsm_rule, program_names, UnixKey, UNIX_PATH_MAX};
 
 use super::fs_root::FsRoot;
@@ -50,7 +50,7 @@ impl FileId {
         Ok(Self::from_meta(&meta))
     }
 
-    fn from_meta(meta: &std::fs::Metadata) -> Self {
+    pub(crate) fn from_meta(meta: &std::fs::Metadata) -> Self {
         let dev = meta.dev();
         let (major, minor) = (libc::major(dev), libc::minor(dev));
         FileId { dev: (major << 20) | minor, ino: meta.ino() }
@@ -70,10 +70,12 @@ pub struct LsmRules {
     /// Shared libraries that may be mapped executable but not run (see the module header);
     /// empty unless `lsm_rule::EXEC_ALLOWLIST`.
     pub libraries: BTreeMap<FileId, PathBuf>,
-    /// Files that may not be opened, with their path (`lsm_rule::DENY_OPEN` is set when there
-    /// are any).
+    /// The paths of files that may not be opened, as named (`lsm_rule::DENY_OPEN` is set when
+    /// there are any); looked up again while the sandbox runs ([`super::deny_open`]).
+    pub deny_open_paths: Vec<PathBuf>,
+    /// The files they name now, with their path.
     pub deny_open: BTreeMap<FileId, PathBuf>,
-    /// deny_open paths that do not exist here (not enforceable until they do and a reload).
+    /// deny_open paths that do not exist here yet (refused once they do).
     pub missing_deny_open: Vec<PathBuf>,
     /// Unix socket addresses (without the sandbox id) the agent may reach.
     pub unix: Vec<(u32, [u8; UNIX_PATH_MAX])>,
@@ -118,17 +120,12 @@ impl LsmRules {
             }
             add_system_libraries(root, &mut rules.libraries)?;
         }
-        for path in kernel.deny_open.iter().chain(protect) {
-            match root.metadata(path).map(|m| FileId::from_meta(&m)) {
-                Ok(id) => {
-                    rules.deny_open.insert(id, path.clone());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => rules.missing_deny_open.push(path.clone()),
-                Err(e) => return Err(e).with_context(|| format!("kernel.deny_open: reading {}", path.display())),
-            }
-        }
+        rules.deny_open_paths = kernel.deny_open.iter().chain(protect).cloned().collect();
+        let files = super::deny_open::DenyOpenFiles::open(root, &rules.deny_open_paths)?;
+        rules.deny_open = files.denied();
+        rules.missing_deny_open = files.missing();
         // Only a sandbox with files to refuse pays for the open hook's inode lookup.
-        if !rules.deny_open.is_empty() {
+        if !rules.deny_open_paths.is_empty() {
             rules.rules |= lsm_rule::DENY_OPEN;
         }
         for name in &kernel.unix_allow {

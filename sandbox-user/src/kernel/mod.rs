@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod btf;
 pub mod cgroup;
+pub mod deny_open;
 pub mod events;
 pub mod fs_root;
 pub mod generation;

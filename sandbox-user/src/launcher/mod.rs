@@ -165,7 +165,7 @@ pub async fn run(begun: Begun) -> Result<i32> {
         .with_binaries_rules(binaries_rules)
         .for_leash_run();
     for path in &kernel_rules.missing_deny_open {
-        crate::say!("leash: note: kernel.deny_open path {} does not exist here; not enforced", path.display());
+        crate::say!("leash: note: kernel.deny_open path {} does not exist yet; refused once it does", path.display());
     }
     if let Some(out) = &opts.learn {
         let same =
@@ -436,6 +436,8 @@ async fn run_inside(
     let proxy_addr = bound.addr();
     let proxy_task = bound.serve(proxy.clone());
     let kernel_updater = sandbox.as_deref().and_then(|s| s.kernel_rules_updater());
+    // A file of the open deny list replaced while the agent runs (a rotated token) is followed.
+    let deny_open_follower = kernel_updater.clone().filter(|u| u.has_deny_open()).map(reload::follow_deny_open);
     let reloader = match kernel.policy {
         Some(host_files::PolicyFile::Watched(path)) => {
             let kernel = match kernel_updater {
@@ -565,8 +567,8 @@ async fn run_inside(
         crate::say!("leash: warning: {left}");
     }
     proxy_task.abort();
-    if let Some(r) = reloader {
-        r.abort();
+    for task in reloader.into_iter().chain(deny_open_follower) {
+        task.abort();
     }
     // Learning ends before the pump stops, which delivers every record left in the ring.
     let learning = learning.map(|attached| attached.map(drop));

@@ -33,6 +33,8 @@ pub enum KernelReload {
 
 /// How often the file's modification time is checked.
 const POLL: Duration = Duration::from_millis(500);
+/// How often the open deny list's paths are looked up again.
+const DENY_OPEN_POLL: Duration = Duration::from_millis(100);
 /// The longest wait between two tries of a reload that keeps failing.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -64,6 +66,26 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::t
                 }
                 (false, _) => Some((tokio::time::Instant::now() + POLL, POLL * 2)),
             };
+        }
+    })
+}
+
+/// Looks the open deny list's paths up every [`DENY_OPEN_POLL`] and puts what they name now in
+/// force ([`crate::kernel::deny_open`]), until the task is aborted. A failure is said once, until
+/// a look succeeds again.
+pub fn follow_deny_open(updater: KernelRulesUpdater) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(DENY_OPEN_POLL).await;
+            match updater.follow_deny_open() {
+                Ok(_) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    crate::say!("leash: warning: kernel.deny_open: following replaced files failed: {e:#}");
+                }
+                Err(_) => {}
+            }
         }
     })
 }

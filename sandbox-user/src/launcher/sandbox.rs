@@ -13,7 +13,9 @@ use aya::maps::{MapData, RingBuf};
 use sandbox_common::{Counters, SandboxNet};
 
 use crate::kernel::cgroup::SandboxCgroup;
+use crate::kernel::deny_open::RulesInForce;
 use crate::kernel::events::{EventPump, KernelEvent};
+use crate::kernel::fs_root::FsRoot;
 use crate::kernel::generation::{retire_unused, EventSlot, Generation};
 use crate::kernel::learning::Learning;
 use crate::kernel::lsm_rules::LsmRules;
@@ -30,8 +32,8 @@ pub struct Sandbox {
     events: Option<RingBuf<MapData>>,
     /// The pooled ring's slot, held until the sandbox's entries are removed.
     event_slot: Option<EventSlot>,
-    /// True once registered with the BPF-LSM programs.
-    lsm: bool,
+    /// The BPF-LSM rules in force, once registered with the BPF-LSM programs.
+    in_force: Option<Arc<Mutex<RulesInForce>>>,
     /// The sandbox's network entry: its proxy (and transparent ports).
     net: SandboxNet,
 }
@@ -55,7 +57,7 @@ impl Sandbox {
             generation: Arc::new(Mutex::new(generation)),
             events: None,
             event_slot: None,
-            lsm: false,
+            in_force: None,
             net,
         };
         let events = lock(&sandbox.generation).and_then(|mut g| g.own_events(cgroup_id));
@@ -80,7 +82,13 @@ impl Sandbox {
     pub fn enforce_kernel_rules(&mut self, rules: &LsmRules) -> Result<Vec<&'static str>> {
         let mut generation = lock(&self.generation)?;
         self.kernel()?.enforce(&mut generation, rules, self.net)?;
-        self.lsm = true;
+        // The open deny list's files, held from now on (a file replaced since `rules` were made
+        // is followed at once).
+        let (in_force, changed) = RulesInForce::new(rules, &FsRoot::Own)?;
+        if changed {
+            self.kernel()?.update(&mut generation, in_force.rules(), self.net)?;
+        }
+        self.in_force = Some(Arc::new(Mutex::new(in_force)));
         Ok(generation.missing_hooks(&rules.required_hooks()))
     }
 
@@ -93,7 +101,8 @@ impl Sandbox {
     /// BPF-LSM is enforcing.
     pub fn kernel_rules_updater(&self) -> Option<KernelRulesUpdater> {
         let sandbox = self.kernel.clone()?;
-        self.lsm.then(|| KernelRulesUpdater { generation: self.generation.clone(), sandbox, net: self.net })
+        let in_force = self.in_force.clone()?;
+        Some(KernelRulesUpdater { generation: self.generation.clone(), sandbox, net: self.net, in_force })
     }
 
     pub fn cgroup(&self) -> Option<&SandboxCgroup> {
@@ -174,22 +183,56 @@ impl Sandbox {
     }
 }
 
-fn lock(generation: &Mutex<Generation>) -> Result<std::sync::MutexGuard<'_, Generation>> {
-    generation.lock().map_err(|_| anyhow!("kernel state lock poisoned"))
+fn lock<T>(state: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    state.lock().map_err(|_| anyhow!("kernel state lock poisoned"))
 }
 
-/// Puts reloaded `kernel:` rules in force for one sandbox.
+/// Puts reloaded `kernel:` rules in force for one sandbox, and keeps its open deny list on the
+/// files its paths name ([`crate::kernel::deny_open`]).
 #[derive(Clone)]
 pub struct KernelRulesUpdater {
     generation: Arc<Mutex<Generation>>,
     sandbox: KernelSandbox,
     net: SandboxNet,
+    in_force: Arc<Mutex<RulesInForce>>,
 }
 
 impl KernelRulesUpdater {
     /// Replaces the sandbox's flags and lists with `rules`. The hooks stay those of the host's
     /// generation: a rule needing a hook this kernel lacks stays unenforced (reported at start).
     pub fn update(&self, rules: &LsmRules) -> Result<()> {
-        self.sandbox.update(&mut *lock(&self.generation)?, rules, self.net)
+        let mut in_force = lock(&self.in_force)?;
+        let mut next = in_force.replaced(rules, &FsRoot::Own)?;
+        if let Err(e) = self.put_in_force(&mut next) {
+            // The rules in force stay; the maps may be half-way: the next look restores them.
+            in_force.undo();
+            return Err(e);
+        }
+        *in_force = next;
+        Ok(())
+    }
+
+    /// Looks the open deny list's paths up again and, when one names another file (or one for
+    /// the first time), puts the new list in force; whether it did.
+    pub fn follow_deny_open(&self) -> Result<bool> {
+        let mut in_force = lock(&self.in_force)?;
+        if !in_force.refresh(&FsRoot::Own)? {
+            return Ok(false);
+        }
+        self.put_in_force(&mut in_force)?;
+        Ok(true)
+    }
+
+    fn put_in_force(&self, in_force: &mut RulesInForce) -> Result<()> {
+        let put = lock(&self.generation).and_then(|mut g| self.sandbox.update(&mut g, in_force.rules(), self.net));
+        if put.is_err() {
+            in_force.undo();
+        }
+        put
+    }
+
+    /// Whether the rules in force name files not to open.
+    pub fn has_deny_open(&self) -> bool {
+        lock(&self.in_force).is_ok_and(|f| f.follows_files())
     }
 }

@@ -233,6 +233,11 @@ fn main() {
         agent::learning(std::env::args().nth(2).as_deref() == Some("--extra"));
         std::process::exit(0);
     }
+    // vm_init's `kernel` suite: files of the open deny list replaced while the agent runs.
+    if std::env::args().nth(1).as_deref() == Some("--rotation-agent") {
+        agent::rotation();
+        std::process::exit(0);
+    }
     if std::env::args().nth(1).as_deref() == Some("--agent") {
         let outside: i32 = std::env::args().nth(2).and_then(|p| p.parse().ok()).unwrap_or(0);
         agent::run(outside);
@@ -724,6 +729,7 @@ impl Fixtures {
                 | lsm_rule::NO_READ_FROM_OUTSIDE,
             exec,
             libraries,
+            deny_open_paths: vec![PathBuf::from(SECRET)],
             deny_open,
             missing_deny_open: Vec::new(),
             unix: vec![key(UNIX_LISTED), key(UNIX_LISTED_LINK)],
@@ -1506,6 +1512,37 @@ mod agent {
         if extra {
             report("extra-run", run_program("/bin/leash", &["leash", "--version"]));
             report("extra-write", std::fs::write("/var/tmp/leash-learn-extra", b"x").map_err(errno));
+        }
+    }
+
+    /// Where vm_init rotates a kubelet-like token (`token -> ..data/token`, `..data -> ..ts1`).
+    pub const ROTATE_DIR: &str = "/var/leash-rotate";
+
+    /// Opens the token, hard-links its file (the agent owns it), says it is ready and waits for
+    /// vm_init to rotate the token, create `later` and remove the old directory; then opens
+    /// each again, and `other`, which is not listed. One `ROTATION <name> <outcome>` line each.
+    pub fn rotation() {
+        let at = |name: &str| format!("{ROTATE_DIR}/{name}");
+        let report = |name: &str, r: Result<(), i32>| println!("ROTATION {name} {}", outcome(r));
+        report("token-before", open_path(&at("token")));
+        let linked = std::fs::hard_link(at("..ts1/token"), at("old-link"));
+        report("link-old", linked.map_err(|e| e.raw_os_error().unwrap_or(255)));
+        if std::fs::write(at("ready"), "").is_err() {
+            println!("ROTATION ready failed");
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::path::Path::new(&at("rotated")).exists() {
+            if std::time::Instant::now() > deadline {
+                println!("ROTATION rotated never-came");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // leash looks again every 100 ms.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for name in ["token", "old-link", "later", "other"] {
+            report(&format!("{name}-after"), open_path(&at(name)));
         }
     }
 

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 mod learn;
 mod node;
+mod rotation;
 
 const LEASH: &str = "/bin/leash";
 const NETPROBE: &str = "/bin/netprobe";
@@ -615,6 +616,7 @@ fn kernel_suite() -> Vec<Check> {
             },
         ));
     }
+    checks.extend(rotation::leash_run_checks());
     checks
 }
 
@@ -740,7 +742,14 @@ fn daemon_suite() -> Vec<Check> {
     set_mode(LATE_SOCKET, 0o777);
     let setup = (|| -> Result<(std::process::Child, String), String> {
         std::fs::create_dir_all("/tmp/daemon-policies").map_err(|e| e.to_string())?;
-        std::fs::copy(&policy, "/tmp/daemon-policies/default.yaml").map_err(|e| e.to_string())?;
+        // The kernel suite's policy, with the rotated files' paths listed too.
+        let text = std::fs::read_to_string(&policy).map_err(|e| e.to_string())?;
+        let listed = format!("deny_open: [{SECRET}, {}]", rotation::DENY_OPEN);
+        let text = text.replace(&format!("deny_open: [{SECRET}]"), &listed);
+        if !text.contains(&listed) {
+            return Err("the kernel policy has no deny_open list to extend".into());
+        }
+        std::fs::write("/tmp/daemon-policies/default.yaml", text).map_err(|e| e.to_string())?;
         // A cgroupfs-driver containerd container of a burstable pod.
         let container =
             format!("/sys/fs/cgroup/kubepods/burstable/pod0a1b2c3d-4e5f-6789-abcd-ef0123456789/{}", "ab".repeat(32));
@@ -781,29 +790,16 @@ fn daemon_suite() -> Vec<Check> {
     };
     // 5.10 has no Landlock: leash confine refuses to start without it unless told.
     let no_landlock = !std::fs::read_to_string("/sys/kernel/security/lsm").is_ok_and(|l| l.contains("landlock"));
-    let refusal = no_landlock.then(|| {
-        output(Command::new("/bin/podclient").args([
-            "--cgroup",
-            &container,
-            "exec",
-            "65534",
-            "--",
-            LEASH,
-            "confine",
-            "--socket",
-            SOCKET,
-            "--",
-            "/usr/bin/true",
-        ]))
-    });
-    let out = output(
-        Command::new("/bin/podclient")
-            .args(["--cgroup", &container, "exec", "65534", "--", LEASH, "confine", "--socket", SOCKET])
-            .args(no_landlock.then_some("--allow-degraded"))
-            .arg("--")
-            .args([LSM_PROBE, "--agent", &outside.to_string()]),
-    );
+    let refusal = no_landlock.then(|| output(confine_as_nobody(&container, SOCKET).args(["--", "/usr/bin/true"])));
+    let out =
+        output(confine_as_nobody(&container, SOCKET).args(no_landlock.then_some("--allow-degraded")).arg("--").args([
+            LSM_PROBE,
+            "--agent",
+            &outside.to_string(),
+        ]));
     let control = fd_control("daemon");
+    // The daemon follows a pod's replaced files (5.10: it refuses the policy, checked below).
+    let rotation = (!kernel_before(6, 1)).then(|| rotation::confine_checks(&container, SOCKET));
     let baseline = daemon_baseline_checks(&container, no_landlock);
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -837,8 +833,17 @@ fn daemon_suite() -> Vec<Check> {
     drop(late);
     let mut checks = agent_checks("daemon", &out, false, false).unwrap_or_else(|failed| vec![failed]);
     checks.extend(control);
+    checks.extend(rotation.into_iter().flatten());
     checks.extend(baseline);
     checks
+}
+
+/// `leash confine --socket SOCKET` as nobody in the fake pod's container cgroup `container`
+/// (through `podclient`); the caller adds `-- COMMAND`.
+fn confine_as_nobody(container: &str, socket: &str) -> Command {
+    let mut cmd = Command::new("/bin/podclient");
+    cmd.args(["--cgroup", container, "exec", "65534", "--", LEASH, "confine", "--socket", socket]);
+    cmd
 }
 
 /// The node's policy without `kernel:` (the daemon reloads it): the baseline holds under
