@@ -948,7 +948,9 @@ fn daemon_is_wired_to_its_socket_policies_metrics_and_node() {
     };
     assert_eq!(Some(instruction("ENTRYPOINT")), container.command);
     assert_eq!(instruction("CMD"), args);
-    assert!(containerfile.contains("cargo build --release --locked -p sandbox-user --bin leash"));
+    // The release build as `cargo xtask install` makes it: static, from the lock file.
+    assert!(containerfile.contains("RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --locked"));
+    assert!(containerfile.contains("-p sandbox-user --bin leash"));
     assert!(containerfile.contains("cargo xtask setup"));
 }
 

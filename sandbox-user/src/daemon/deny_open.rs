@@ -2,20 +2,23 @@
 //! ([`crate::kernel::deny_open`]), for the case the DaemonSet's own policy names: a pod's
 //! service-account token, which kubelet rotates while the agent runs.
 //!
-//! Each sandbox's paths are looked up in the root directory of one of its own processes, on the
-//! daemon's tick and without the node's lock (a pod decides how long a lookup in its filesystem
-//! takes, and no other pod's request may wait on that); what changed is put in force under it.
+//! Each sandbox's paths are looked up in the root directory its process had when it was confined
+//! (held: a process of the sandbox that chroots elsewhere later does not move it), on the
+//! daemon's tick, on a thread of its own and without the node's lock (a pod decides how long a
+//! lookup in its filesystem takes, and no other pod's request may wait on that); what changed
+//! is put in force under it.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::kernel::deny_open::RulesInForce;
 use crate::kernel::fs_root::FsRoot;
 
-/// One sandbox's rules in force, and whether its last look failed (said once).
+/// One sandbox's rules in force, the root its paths are looked up in, and whether its last
+/// look failed (said once).
 pub struct Entry {
     pub in_force: RulesInForce,
+    pub root: FsRoot,
     pub failing: bool,
 }
 
@@ -27,9 +30,9 @@ pub struct Followed {
 
 impl Followed {
     /// Follows sandbox `id`'s files from now on.
-    pub fn add(&self, id: &str, in_force: RulesInForce) {
+    pub fn add(&self, id: &str, in_force: RulesInForce, root: FsRoot) {
         if let Ok(mut all) = self.sandboxes.lock() {
-            all.insert(id.to_owned(), Arc::new(Mutex::new(Entry { in_force, failing: false })));
+            all.insert(id.to_owned(), Arc::new(Mutex::new(Entry { in_force, root, failing: false })));
         }
     }
 
@@ -44,17 +47,4 @@ impl Followed {
     pub fn all(&self) -> Vec<(String, Arc<Mutex<Entry>>)> {
         self.sandboxes.lock().map(|all| all.iter().map(|(id, e)| (id.clone(), e.clone())).collect()).unwrap_or_default()
     }
-}
-
-/// The root directory of a process in sandbox `id`'s cgroup `cgroup`, if it has one. The
-/// process is checked to be in the sandbox after its root is open: a number that went to
-/// another process meanwhile is not used.
-pub fn root_of_sandbox(cgroup: &Path, id: &str) -> Option<FsRoot> {
-    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
-    procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).find_map(|pid| {
-        let root = FsRoot::of_process(pid).ok()?;
-        let now = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let path = now.lines().find_map(|l| l.strip_prefix("0::"))?;
-        path.ends_with(&format!("/leash-{id}")).then_some(root)
-    })
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 
 use super::admission::Admission;
-use super::deny_open::{self, Followed};
+use super::deny_open::Followed;
 use super::discovery::{self, PodContainer};
 use super::limits::SandboxLimits;
 use super::metrics::Metrics;
@@ -28,7 +28,7 @@ use super::process::Process;
 use super::registry::{Registry, SandboxRecord};
 use crate::confine_api::protocol::{Confined, ErrorCode, Owner, PolicyText, Reply};
 use crate::kernel::cgroup::SandboxCgroup;
-use crate::kernel::deny_open::RulesInForce;
+use crate::kernel::deny_open::{RulesInForce, TooManyReplaced};
 use crate::kernel::fs_root::FsRoot;
 use crate::kernel::generation::Generation;
 use crate::kernel::lsm_rules::LsmRules;
@@ -147,7 +147,7 @@ impl Node {
                 let rules = LsmRules::resolve_in(&root, section, &[]).map_err(bad)?.with_binaries_rules(binaries);
                 let (in_force, _) = RulesInForce::new(&rules, &root).map_err(bad)?;
                 let rules = in_force.rules().clone();
-                (Some(rules), in_force.follows_files().then_some(in_force))
+                (Some(rules), in_force.follows_files().then_some((in_force, root)))
             }
         };
         let passed = inspect_passed(&sockets)?;
@@ -251,8 +251,8 @@ impl Node {
                 _ => internal(e),
             });
         }
-        if let Some(in_force) = followed {
-            self.followed.add(&id, in_force);
+        if let Some((in_force, root)) = followed {
+            self.followed.add(&id, in_force, root);
         }
         Ok(Confined {
             sandbox: id,
@@ -394,7 +394,8 @@ impl Node {
     }
 
     /// Looks the open deny lists' paths up again, each in its sandbox's root, and puts what
-    /// changed in force ([`super::deny_open`]).
+    /// changed in force ([`super::deny_open`]); ends a sandbox that renames listed files aside
+    /// faster than they can be followed.
     pub fn follow_deny_open(&self) {
         for (id, entry) in self.followed.all() {
             let record = match self.state() {
@@ -405,13 +406,13 @@ impl Node {
                 self.followed.forget(&id);
                 continue;
             };
-            // No process left: nothing to refuse anything to (garbage collection removes it).
-            let Some(root) = deny_open::root_of_sandbox(&record.cgroup, &record.id) else { continue };
             let Ok(mut entry) = entry.lock() else { continue };
-            let looked = entry.in_force.refresh(&root).and_then(|changed| {
+            let entry = &mut *entry;
+            let looked = entry.in_force.refresh(&entry.root).and_then(|changed| {
                 if !changed {
                     return Ok(());
                 }
+                // A sandbox removed meanwhile is refused by the update, never made again.
                 let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned"))?;
                 let sandbox = KernelSandbox::made(&record.id, record.cgroup.clone(), record.cgroup_id);
                 let put = sandbox.update(&mut state.programs, entry.in_force.rules(), sandbox_net_of(&record));
@@ -422,6 +423,15 @@ impl Node {
             });
             match looked {
                 Ok(()) => entry.failing = false,
+                Err(e) if e.downcast_ref::<TooManyReplaced>().is_some() => {
+                    crate::say!("leash daemon: sandbox {id}: {e}: ending it");
+                    if let Err(e) =
+                        SandboxCgroup::open(record.cgroup.clone()).and_then(|c| c.kill_all(Duration::from_secs(5)))
+                    {
+                        crate::say!("leash daemon: warning: sandbox {id}: ending it: {e:#}");
+                    }
+                    self.followed.forget(&id);
+                }
                 Err(e) if !entry.failing => {
                     entry.failing = true;
                     crate::say!(

@@ -10,10 +10,18 @@
 //! The files found before stay refused as long as any name reaches them: an agent that owns the
 //! old file could have hard-linked it before the replacement, and an old token is often still
 //! valid. Each is held open (`O_PATH`) so that its inode number cannot go to a new file while it
-//! is listed, and let go once it has no name left (link count 0).
+//! is listed, and let go once it has no name left (link count 0). None is let go while it has
+//! one: an agent that renames listed files aside faster than [`REPLACED_MAX`] gets its sandbox
+//! ended ([`TooManyReplaced`]), since refusing the oldest no longer would hand them back.
 //!
-//! What this does not close: between a replacement and the next look, the new file can be
-//! opened.
+//! A path whose lookup fails (a loop, a directory made a file) keeps the files it named; the
+//! other paths go on being followed.
+//!
+//! What this does not close: a new file can be opened before it is at the path (kubelet writes
+//! the new token into a new directory, then swaps the link; an editor writes a file aside, then
+//! renames it), and between a replacement and the next look; an agent that watches the
+//! directory wins that race. Following narrows what a replaced file exposes; it does not make a
+//! rotating secret safe to leave in the agent's reach.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -25,9 +33,25 @@ use anyhow::{Context, Result};
 use super::fs_root::FsRoot;
 use super::lsm_rules::{FileId, LsmRules};
 
-/// How many files one sandbox holds at most: the paths' current files, and replaced ones that
-/// still have a name. A replaced file beyond it is let go, oldest first (said once).
-const HELD_MAX: usize = 1024;
+/// How many replaced files that still have a name one sandbox holds at most, besides the paths'
+/// current files. The deny map is the node's (`MAX_INODE_RULES` entries for every sandbox):
+/// 2,048 sandboxes at this bound take about half of it.
+pub const REPLACED_MAX: usize = 16;
+
+/// A sandbox kept more than [`REPLACED_MAX`] replaced files alive: it is to be ended.
+#[derive(Debug)]
+pub struct TooManyReplaced;
+
+impl std::fmt::Display for TooManyReplaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "more than {REPLACED_MAX} replaced kernel.deny_open files still have names (renamed aside faster than they could be followed)"
+        )
+    }
+}
+
+impl std::error::Error for TooManyReplaced {}
 
 /// The files a sandbox's open deny list names, each held open.
 #[derive(Debug, Default)]
@@ -37,8 +61,8 @@ pub struct DenyOpenFiles {
     /// Every file refused now: what a path names (`current`) or named before and still has a
     /// name. With the path it was found at, for reports.
     held: BTreeMap<FileId, Held>,
-    /// Whether replaced files were let go for [`HELD_MAX`] (said once).
-    overflowed: bool,
+    /// The paths whose last lookup failed (each said once when it starts failing).
+    failing: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -63,10 +87,16 @@ impl DenyOpenFiles {
     /// files of paths that stay listed. On an error nothing changes.
     pub fn replace_paths(&mut self, root: &FsRoot, paths: &[PathBuf]) -> Result<()> {
         let paths = dedup(paths);
-        let found = look_up(root, &paths)?;
+        let mut found = Vec::new();
+        for path in &paths {
+            if let Some(file) = look_up(root, path)? {
+                found.push(file);
+            }
+        }
         self.held.retain(|_, h| paths.contains(&h.path));
         self.paths = paths;
-        self.take(found);
+        self.failing.clear();
+        self.take(found, &[])?;
         Ok(())
     }
 
@@ -77,7 +107,7 @@ impl DenyOpenFiles {
             let file = h.file.try_clone().context("kernel.deny_open: holding a file twice")?;
             held.insert(*id, Held { path: h.path.clone(), file, seen: h.seen, current: h.current });
         }
-        Ok(DenyOpenFiles { paths: self.paths.clone(), held, overflowed: self.overflowed })
+        Ok(DenyOpenFiles { paths: self.paths.clone(), held, failing: self.failing.clone() })
     }
 
     /// The files to refuse, with the path each was found at.
@@ -95,21 +125,36 @@ impl DenyOpenFiles {
         self.paths.is_empty()
     }
 
-    /// Looks every path up again; whether the set of refused files changed. A lookup that fails
-    /// for another reason than a missing file is an error, and changes nothing.
+    /// Looks every path up again; whether the set of refused files changed. A path whose
+    /// lookup fails keeps the files it named (said once, until it succeeds again).
+    /// [`TooManyReplaced`] when the sandbox is to be ended.
     pub fn refresh(&mut self, root: &FsRoot) -> Result<bool> {
-        let found = look_up(root, &self.paths)?;
+        let mut found = Vec::new();
+        let mut failed = Vec::new();
+        for path in &self.paths {
+            match look_up(root, path) {
+                Ok(file) => found.extend(file),
+                Err(e) => {
+                    if !self.failing.contains(path) {
+                        crate::say!("leash: warning: {e:#}; the files found there before stay refused");
+                    }
+                    failed.push(path.clone());
+                }
+            }
+        }
         let before: Vec<FileId> = self.held.keys().copied().collect();
-        self.take(found);
+        self.take(found, &failed)?;
+        self.failing = failed;
         Ok(self.held.keys().copied().ne(before))
     }
 
-    /// Takes what the paths name now: those files are current, the others replaced; a replaced
-    /// file with no name left is out of everyone's reach and let go.
-    fn take(&mut self, found: Vec<(FileId, PathBuf, File)>) {
+    /// Takes what the paths name now: those files are current (and those of the `failing`
+    /// paths stay so), the others replaced; a replaced file with no name left is out of
+    /// everyone's reach and let go.
+    fn take(&mut self, found: Vec<(FileId, PathBuf, File)>, failing: &[PathBuf]) -> Result<()> {
         let tick = self.held.values().map(|h| h.seen).max().unwrap_or(0) + 1;
         for held in self.held.values_mut() {
-            held.current = false;
+            held.current &= failing.contains(&held.path);
         }
         for (id, path, file) in found {
             let held = self.held.entry(id).or_insert(Held { path, file, seen: tick, current: true });
@@ -117,39 +162,24 @@ impl DenyOpenFiles {
             held.current = true;
         }
         self.held.retain(|_, h| h.current || h.file.metadata().is_ok_and(|m| m.nlink() > 0));
-        self.bound();
-    }
-
-    /// Lets go of the oldest replaced files beyond [`HELD_MAX`].
-    fn bound(&mut self) {
-        while self.held.len() > HELD_MAX {
-            let oldest = self.held.iter().filter(|(_, h)| !h.current).min_by_key(|(_, h)| h.seen).map(|(id, _)| *id);
-            let Some(oldest) = oldest else { return };
-            self.held.remove(&oldest);
-            if !self.overflowed {
-                self.overflowed = true;
-                crate::say!(
-                    "leash: warning: kernel.deny_open: over {HELD_MAX} replaced files still have names; the oldest are no longer refused"
-                );
-            }
+        if self.held.values().filter(|h| !h.current).count() > REPLACED_MAX {
+            return Err(TooManyReplaced.into());
         }
+        Ok(())
     }
 }
 
-/// What each of `paths` names in `root` now, open; a path that names nothing is left out.
-fn look_up(root: &FsRoot, paths: &[PathBuf]) -> Result<Vec<(FileId, PathBuf, File)>> {
-    let mut found = Vec::new();
-    for path in paths {
-        match root.open_path(path) {
-            Ok(file) => {
-                let meta = file.metadata().with_context(|| format!("kernel.deny_open: {}", path.display()))?;
-                found.push((FileId::from_meta(&meta), path.clone(), file));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("kernel.deny_open: reading {}", path.display())),
+/// What `path` names in `root` now, open; `None` when it names nothing.
+fn look_up(root: &FsRoot, path: &std::path::Path) -> Result<Option<(FileId, PathBuf, File)>> {
+    let context = || format!("kernel.deny_open: looking up {}", path.display());
+    match root.open_path(path) {
+        Ok(file) => {
+            let meta = file.metadata().with_context(context)?;
+            Ok(Some((FileId::from_meta(&meta), path.to_path_buf(), file)))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(context),
     }
-    Ok(found)
 }
 
 /// A sandbox's BPF-LSM rules as in force, and the files its open deny list holds: what
@@ -158,6 +188,8 @@ fn look_up(root: &FsRoot, paths: &[PathBuf]) -> Result<Vec<(FileId, PathBuf, Fil
 pub struct RulesInForce {
     rules: LsmRules,
     files: DenyOpenFiles,
+    /// Putting the rules in force failed, maybe halfway: the next refresh puts them again.
+    dirty: bool,
 }
 
 impl RulesInForce {
@@ -166,7 +198,7 @@ impl RulesInForce {
     /// replaced since `rules` were made.
     pub fn new(rules: &LsmRules, root: &FsRoot) -> Result<(Self, bool)> {
         let files = DenyOpenFiles::open(root, &rules.deny_open_paths)?;
-        let mut in_force = RulesInForce { rules: rules.clone(), files };
+        let mut in_force = RulesInForce { rules: rules.clone(), files, dirty: false };
         let changed = in_force.follow();
         Ok((in_force, changed))
     }
@@ -186,24 +218,24 @@ impl RulesInForce {
     pub fn replaced(&self, rules: &LsmRules, root: &FsRoot) -> Result<Self> {
         let mut files = self.files.try_clone()?;
         files.replace_paths(root, &rules.deny_open_paths)?;
-        let mut next = RulesInForce { rules: rules.clone(), files };
+        let mut next = RulesInForce { rules: rules.clone(), files, dirty: false };
         next.follow();
         Ok(next)
     }
 
-    /// Looks the paths up again; whether the rules changed and must be put in force again.
+    /// Looks the paths up again; whether the rules must be put in force (again): a path names
+    /// another file, or the last attempt failed.
     pub fn refresh(&mut self, root: &FsRoot) -> Result<bool> {
-        if self.files.is_empty() {
-            return Ok(false);
+        if !self.files.is_empty() {
+            self.files.refresh(root)?;
         }
-        self.files.refresh(root)?;
-        Ok(self.follow())
+        Ok(self.follow() | std::mem::take(&mut self.dirty))
     }
 
     /// Putting these rules in force failed, maybe halfway: the next [`RulesInForce::refresh`]
-    /// puts them in force again.
+    /// says to put them in force again.
     pub fn undo(&mut self) {
-        self.rules.deny_open.clear();
+        self.dirty = true;
     }
 
     /// Makes the rules' open deny list what the files are; whether that changed it.
@@ -310,6 +342,55 @@ mod tests {
         assert!(files.refresh(&FsRoot::Own).unwrap());
         assert_eq!(files.denied().keys().copied().collect::<Vec<_>>(), [id(&v.join("later"))]);
         assert!(files.missing().is_empty());
+    }
+
+    /// The agent renames the listed file aside (it keeps its name, so it stays refused) and
+    /// puts new ones at the path, again and again: the first is never let go; past the bound
+    /// the sandbox is to be ended.
+    #[test]
+    fn renaming_files_aside_never_frees_the_first_and_ends_the_sandbox() {
+        let d = dir("churn");
+        let v = &d.0;
+        std::fs::write(v.join("creds"), "secret").unwrap();
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")]).unwrap();
+        let secret = id(&v.join("creds"));
+        let mut ended = None;
+        for i in 0..=REPLACED_MAX {
+            std::fs::rename(v.join("creds"), v.join(format!("aside-{i}"))).unwrap();
+            std::fs::write(v.join("creds"), "junk").unwrap();
+            match files.refresh(&FsRoot::Own) {
+                Ok(_) => assert!(files.denied().contains_key(&secret), "round {i}: the secret was let go"),
+                Err(e) => {
+                    assert!(e.downcast_ref::<TooManyReplaced>().is_some(), "{e:#}");
+                    ended = Some(i);
+                    break;
+                }
+            }
+        }
+        assert_eq!(ended, Some(REPLACED_MAX), "the sandbox is ended once the bound is passed");
+        assert!(files.denied().contains_key(&secret));
+    }
+
+    /// A path the agent breaks (its directory replaced by a file) keeps what it named; the
+    /// other paths are still followed.
+    #[test]
+    fn a_path_that_fails_keeps_its_files_and_the_others_are_followed() {
+        let d = dir("broken");
+        let v = &d.0;
+        std::fs::create_dir(v.join("sub")).unwrap();
+        std::fs::write(v.join("sub/token"), "t").unwrap();
+        std::fs::write(v.join("other"), "o").unwrap();
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("sub/token"), v.join("other")]).unwrap();
+        let token = id(&v.join("sub/token"));
+        std::fs::rename(v.join("sub"), v.join("sub-aside")).unwrap();
+        std::fs::write(v.join("sub"), "not a directory").unwrap();
+        std::fs::write(v.join("other.new"), "o2").unwrap();
+        std::fs::rename(v.join("other.new"), v.join("other")).unwrap();
+        assert!(files.refresh(&FsRoot::Own).unwrap());
+        let denied = files.denied();
+        assert!(denied.contains_key(&token), "the token is still refused");
+        assert!(denied.contains_key(&id(&v.join("other"))), "the other path was followed");
+        assert!(files.missing().is_empty(), "the failing path is not missing: it keeps its file");
     }
 
     /// A reload that drops a path drops its files, old and new; one that keeps it keeps them.

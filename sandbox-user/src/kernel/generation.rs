@@ -446,7 +446,7 @@ impl Generation {
 
     /// Replaces a registered sandbox's rules (policy reload).
     pub fn update_lsm(&mut self, r: &Registration<'_>) -> Result<()> {
-        self.with_lsm_maps(|maps| maps.register(r))
+        self.with_lsm_maps(|maps| maps.update(r))
     }
 
     /// Runs `f` on the LSM maps under the host lock, which every change to them needs.

@@ -133,6 +133,18 @@ impl LsmMaps {
         registered
     }
 
+    /// Replaces a registered sandbox's rules (a reload, a replaced `deny_open` file). On
+    /// failure the sandbox stays registered, with its old entries and some of the new (new
+    /// entries go in before stale ones leave): never without its rules, as a removal would leave
+    /// it.
+    /// A sandbox removed meanwhile is not made again.
+    pub fn update(&mut self, r: &Registration<'_>) -> Result<()> {
+        if self.sandboxes.get(&r.cgroup_id, 0).is_err() {
+            bail!("the sandbox is no longer registered with the BPF-LSM programs");
+        }
+        self.register_entries(r)
+    }
+
     fn register_entries(&mut self, r: &Registration<'_>) -> Result<()> {
         let id = r.cgroup_id;
         self.replace_lists(id, r.rules)?;

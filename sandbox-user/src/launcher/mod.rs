@@ -437,7 +437,7 @@ async fn run_inside(
     let proxy_task = bound.serve(proxy.clone());
     let kernel_updater = sandbox.as_deref().and_then(|s| s.kernel_rules_updater());
     // A file of the open deny list replaced while the agent runs (a rotated token) is followed.
-    let deny_open_follower = kernel_updater.clone().filter(|u| u.has_deny_open()).map(reload::follow_deny_open);
+    let deny_open_follower = kernel_updater.clone().map(reload::follow_deny_open);
     let reloader = match kernel.policy {
         Some(host_files::PolicyFile::Watched(path)) => {
             let kernel = match kernel_updater {

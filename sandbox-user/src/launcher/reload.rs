@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 
 use super::sandbox::KernelRulesUpdater;
+use crate::kernel::deny_open::TooManyReplaced;
 use crate::kernel::lsm_rules::LsmRules;
 use crate::policy;
 use crate::proxy::Proxy;
@@ -71,20 +72,31 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::t
 }
 
 /// Looks the open deny list's paths up every [`DENY_OPEN_POLL`] and puts what they name now in
-/// force ([`crate::kernel::deny_open`]), until the task is aborted. A failure is said once, until
-/// a look succeeds again.
+/// force ([`crate::kernel::deny_open`]), until the task is aborted; after a failed reload, puts
+/// the rules in force again. A failure is said once, until a look succeeds again; an agent that
+/// renames listed files aside faster than they can be followed is ended.
 pub fn follow_deny_open(updater: KernelRulesUpdater) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut failing = false;
         loop {
             tokio::time::sleep(DENY_OPEN_POLL).await;
-            match updater.follow_deny_open() {
-                Ok(_) => failing = false,
-                Err(e) if !failing => {
+            // Blocking: a path may lead anywhere the agent can plant a link (a slow mount).
+            let looking = updater.clone();
+            let looked = tokio::task::spawn_blocking(move || looking.follow_deny_open()).await;
+            match looked {
+                Ok(Ok(_)) => failing = false,
+                Ok(Err(e)) if e.downcast_ref::<TooManyReplaced>().is_some() => {
+                    crate::say!("leash: error: {e}: ending the agent");
+                    if let Err(e) = updater.end_sandbox() {
+                        crate::say!("leash: error: ending the agent: {e:#}");
+                    }
+                    return;
+                }
+                Ok(Err(e)) if !failing => {
                     failing = true;
                     crate::say!("leash: warning: kernel.deny_open: following replaced files failed: {e:#}");
                 }
-                Err(_) => {}
+                _ => {}
             }
         }
     })

@@ -204,7 +204,7 @@ impl KernelRulesUpdater {
         let mut in_force = lock(&self.in_force)?;
         let mut next = in_force.replaced(rules, &FsRoot::Own)?;
         if let Err(e) = self.put_in_force(&mut next) {
-            // The rules in force stay; the maps may be half-way: the next look restores them.
+            // The rules in force stay; the maps may be half-way: the next look puts them again.
             in_force.undo();
             return Err(e);
         }
@@ -231,8 +231,9 @@ impl KernelRulesUpdater {
         put
     }
 
-    /// Whether the rules in force name files not to open.
-    pub fn has_deny_open(&self) -> bool {
-        lock(&self.in_force).is_ok_and(|f| f.follows_files())
+    /// Kills every process of the sandbox (it renamed listed files aside faster than they can
+    /// be followed).
+    pub fn end_sandbox(&self) -> Result<()> {
+        self.sandbox.cgroup().kill_all(std::time::Duration::from_secs(5))
     }
 }
