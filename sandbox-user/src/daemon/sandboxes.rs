@@ -28,7 +28,7 @@ use super::process::Process;
 use super::registry::{Registry, SandboxRecord};
 use crate::confine_api::protocol::{Confined, ErrorCode, Owner, PolicyText, Reply};
 use crate::kernel::cgroup::SandboxCgroup;
-use crate::kernel::deny_open::{RulesInForce, TooManyReplaced};
+use crate::kernel::deny_open::{RulesInForce, Write, REPLACED_MAX_NODE};
 use crate::kernel::fs_root::FsRoot;
 use crate::kernel::generation::Generation;
 use crate::kernel::lsm_rules::LsmRules;
@@ -145,7 +145,7 @@ impl Node {
                     Reply::error(ErrorCode::NoSuchPolicy, format!("policy `{}`: kernel: {e:#}", policy.name))
                 };
                 let rules = LsmRules::resolve_in(&root, section, &[]).map_err(bad)?.with_binaries_rules(binaries);
-                let (in_force, _) = RulesInForce::new(&rules, &root).map_err(bad)?;
+                let in_force = RulesInForce::new(&rules, &root, REPLACED_MAX_NODE);
                 let rules = in_force.rules().clone();
                 (Some(rules), in_force.follows_files().then_some((in_force, root)))
             }
@@ -251,7 +251,8 @@ impl Node {
                 _ => internal(e),
             });
         }
-        if let Some((in_force, root)) = followed {
+        if let Some((mut in_force, root)) = followed {
+            in_force.written();
             self.followed.add(&id, in_force, root);
         }
         Ok(Confined {
@@ -408,37 +409,33 @@ impl Node {
             };
             let Ok(mut entry) = entry.lock() else { continue };
             let entry = &mut *entry;
-            let looked = entry.in_force.refresh(&entry.root).and_then(|changed| {
-                if !changed {
-                    return Ok(());
-                }
-                // A sandbox removed meanwhile is refused by the update, never made again.
-                let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned"))?;
+            let write = entry.in_force.refresh(&entry.root);
+            let followed = if write == Write::Nothing {
+                Ok(())
+            } else {
+                // A sandbox removed meanwhile is refused by the write, never made again.
                 let sandbox = KernelSandbox::made(&record.id, record.cgroup.clone(), record.cgroup_id);
-                let put = sandbox.update(&mut state.programs, entry.in_force.rules(), sandbox_net_of(&record));
-                if put.is_err() {
-                    entry.in_force.undo();
-                }
-                put
-            });
-            match looked {
-                Ok(()) => entry.failing = false,
-                Err(e) if e.downcast_ref::<TooManyReplaced>().is_some() => {
-                    crate::say!("leash daemon: sandbox {id}: {e}: ending it");
-                    if let Err(e) =
-                        SandboxCgroup::open(record.cgroup.clone()).and_then(|c| c.kill_all(Duration::from_secs(5)))
-                    {
+                self.state.lock().map_err(|_| anyhow::anyhow!("daemon state lock poisoned")).and_then(|mut state| {
+                    sandbox.follow(&mut state.programs, &mut entry.in_force, write, sandbox_net_of(&record))
+                })
+            };
+            match (followed, entry.in_force.overflowed()) {
+                (_, Some(too_many)) => {
+                    crate::say!("leash daemon: sandbox {id}: {too_many}: ending it");
+                    let ended =
+                        SandboxCgroup::open(record.cgroup.clone()).and_then(|c| c.kill_all(Duration::from_secs(5)));
+                    if let Err(e) = ended {
                         crate::say!("leash daemon: warning: sandbox {id}: ending it: {e:#}");
                     }
-                    self.followed.forget(&id);
                 }
-                Err(e) if !entry.failing => {
+                (Ok(()), None) => entry.failing = false,
+                (Err(e), None) if !entry.failing => {
                     entry.failing = true;
                     crate::say!(
                         "leash daemon: warning: sandbox {id}: kernel.deny_open: following replaced files failed: {e:#}"
                     );
                 }
-                Err(_) => {}
+                (Err(_), None) => {}
             }
         }
     }
@@ -449,6 +446,8 @@ impl Node {
         let dead: Vec<SandboxRecord> = state.registry.iter().filter(|r| !populated(&r.cgroup)).cloned().collect();
         for record in &dead {
             remove(&mut state, record, &self.metrics)?;
+            // Its held files (and the root of its pod) are let go.
+            self.followed.forget(&record.id);
         }
         Ok(dead.len())
     }

@@ -5,17 +5,19 @@
 //! `..<timestamp>/token` and a swapped `..data` link), a credentials file an editor or a login
 //! tool writes aside and renames over the old one. A path that did not exist at the start names
 //! no inode at all. So the paths are looked up again on a short tick (the caller's), and the
-//! sandbox's list follows when one names another file.
+//! sandbox's list follows when one names another file: only the entries that changed are
+//! written, so a look costs the maps nothing when nothing changed and little when something did.
 //!
 //! The files found before stay refused as long as any name reaches them: an agent that owns the
 //! old file could have hard-linked it before the replacement, and an old token is often still
 //! valid. Each is held open (`O_PATH`) so that its inode number cannot go to a new file while it
 //! is listed, and let go once it has no name left (link count 0). None is let go while it has
-//! one: an agent that renames listed files aside faster than [`REPLACED_MAX`] gets its sandbox
-//! ended ([`TooManyReplaced`]), since refusing the oldest no longer would hand them back.
+//! one: a sandbox that keeps more replaced files alive than its bound (an agent renaming listed
+//! files aside, so that letting the oldest go would hand them back) is to be ended
+//! ([`TooManyReplaced`]).
 //!
-//! A path whose lookup fails (a loop, a directory made a file) keeps the files it named; the
-//! other paths go on being followed.
+//! A path whose lookup fails (a loop, a directory made a file) keeps the files it named, said
+//! once; the other paths go on being followed, and a reload is not refused for it.
 //!
 //! What this does not close: a new file can be opened before it is at the path (kubelet writes
 //! the new token into a new directory, then swaps the link; an editor writes a file aside, then
@@ -26,27 +28,32 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use super::fs_root::FsRoot;
 use super::lsm_rules::{FileId, LsmRules};
 
-/// How many replaced files that still have a name one sandbox holds at most, besides the paths'
-/// current files. The deny map is the node's (`MAX_INODE_RULES` entries for every sandbox):
-/// 2,048 sandboxes at this bound take about half of it.
-pub const REPLACED_MAX: usize = 16;
+/// How many replaced files that still have a name a sandbox of the node daemon keeps alive at
+/// most: the deny map is the node's (`MAX_INODE_RULES` entries for every sandbox), and a pod's
+/// projected token is on a read-only volume whose old files kubelet deletes.
+pub const REPLACED_MAX_NODE: usize = 16;
 
-/// A sandbox kept more than [`REPLACED_MAX`] replaced files alive: it is to be ended.
+/// The same for `leash run`, whose files are the user's own (a tool keeping numbered backups of
+/// a credentials file leaves old ones with names).
+pub const REPLACED_MAX_RUN: usize = 256;
+
+/// A sandbox kept more replaced files alive than its bound: it is to be ended.
 #[derive(Debug)]
-pub struct TooManyReplaced;
+pub struct TooManyReplaced(pub usize);
 
 impl std::fmt::Display for TooManyReplaced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "more than {REPLACED_MAX} replaced kernel.deny_open files still have names (renamed aside faster than they could be followed)"
+            "more than {} replaced kernel.deny_open files still have names (renamed aside); letting one go would hand it back",
+            self.0
         )
     }
 }
@@ -54,7 +61,7 @@ impl std::fmt::Display for TooManyReplaced {
 impl std::error::Error for TooManyReplaced {}
 
 /// The files a sandbox's open deny list names, each held open.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DenyOpenFiles {
     /// The paths, in the order the policy names them.
     paths: Vec<PathBuf>,
@@ -63,41 +70,39 @@ pub struct DenyOpenFiles {
     held: BTreeMap<FileId, Held>,
     /// The paths whose last lookup failed (each said once when it starts failing).
     failing: Vec<PathBuf>,
+    /// How many replaced files may be kept alive ([`TooManyReplaced`] beyond).
+    replaced_max: usize,
 }
 
 #[derive(Debug)]
 struct Held {
     path: PathBuf,
     file: File,
-    /// When it was last found at its path (a tick count): the oldest replaced ones go first.
-    seen: u64,
     current: bool,
 }
 
 impl DenyOpenFiles {
-    /// Looks `paths` up in `root`. A path that does not exist is not an error: it is looked up
-    /// again on every refresh.
-    pub fn open(root: &FsRoot, paths: &[PathBuf]) -> Result<Self> {
-        let mut files = DenyOpenFiles::default();
-        files.replace_paths(root, paths)?;
-        Ok(files)
+    /// Looks `paths` up in `root`. A path that does not exist, or whose lookup fails, is looked
+    /// up again on every refresh.
+    pub fn open(root: &FsRoot, paths: &[PathBuf], replaced_max: usize) -> Self {
+        let mut files = DenyOpenFiles { paths: Vec::new(), held: BTreeMap::new(), failing: Vec::new(), replaced_max };
+        files.replace_paths(root, paths);
+        files
     }
 
     /// Follows another list of paths (a reload): what the new paths name, plus the replaced
-    /// files of paths that stay listed. On an error nothing changes.
-    pub fn replace_paths(&mut self, root: &FsRoot, paths: &[PathBuf]) -> Result<()> {
-        let paths = dedup(paths);
-        let mut found = Vec::new();
-        for path in &paths {
-            if let Some(file) = look_up(root, path)? {
-                found.push(file);
+    /// files of paths that stay listed.
+    pub fn replace_paths(&mut self, root: &FsRoot, paths: &[PathBuf]) {
+        let mut listed: Vec<PathBuf> = Vec::new();
+        for p in paths {
+            if !listed.contains(p) {
+                listed.push(p.clone());
             }
         }
-        self.held.retain(|_, h| paths.contains(&h.path));
-        self.paths = paths;
-        self.failing.clear();
-        self.take(found, &[])?;
-        Ok(())
+        self.held.retain(|_, h| listed.contains(&h.path));
+        self.failing.retain(|p| listed.contains(p));
+        self.paths = listed;
+        self.refresh(root);
     }
 
     /// The same files, held through new descriptors.
@@ -105,9 +110,14 @@ impl DenyOpenFiles {
         let mut held = BTreeMap::new();
         for (id, h) in &self.held {
             let file = h.file.try_clone().context("kernel.deny_open: holding a file twice")?;
-            held.insert(*id, Held { path: h.path.clone(), file, seen: h.seen, current: h.current });
+            held.insert(*id, Held { path: h.path.clone(), file, current: h.current });
         }
-        Ok(DenyOpenFiles { paths: self.paths.clone(), held, failing: self.failing.clone() })
+        Ok(DenyOpenFiles {
+            paths: self.paths.clone(),
+            held,
+            failing: self.failing.clone(),
+            replaced_max: self.replaced_max,
+        })
     }
 
     /// The files to refuse, with the path each was found at.
@@ -125,10 +135,16 @@ impl DenyOpenFiles {
         self.paths.is_empty()
     }
 
-    /// Looks every path up again; whether the set of refused files changed. A path whose
-    /// lookup fails keeps the files it named (said once, until it succeeds again).
-    /// [`TooManyReplaced`] when the sandbox is to be ended.
-    pub fn refresh(&mut self, root: &FsRoot) -> Result<bool> {
+    /// More replaced files are kept alive than the bound: the sandbox is to be ended.
+    pub fn overflowed(&self) -> Option<TooManyReplaced> {
+        let replaced = self.held.values().filter(|h| !h.current).count();
+        (replaced > self.replaced_max).then_some(TooManyReplaced(self.replaced_max))
+    }
+
+    /// Looks every path up again: what a path names now is current, the files it named before
+    /// are replaced (and let go once no name reaches them). A path whose lookup fails keeps its
+    /// files (said once, until it succeeds again).
+    pub fn refresh(&mut self, root: &FsRoot) {
         let mut found = Vec::new();
         let mut failed = Vec::new();
         for path in &self.paths {
@@ -142,35 +158,19 @@ impl DenyOpenFiles {
                 }
             }
         }
-        let before: Vec<FileId> = self.held.keys().copied().collect();
-        self.take(found, &failed)?;
-        self.failing = failed;
-        Ok(self.held.keys().copied().ne(before))
-    }
-
-    /// Takes what the paths name now: those files are current (and those of the `failing`
-    /// paths stay so), the others replaced; a replaced file with no name left is out of
-    /// everyone's reach and let go.
-    fn take(&mut self, found: Vec<(FileId, PathBuf, File)>, failing: &[PathBuf]) -> Result<()> {
-        let tick = self.held.values().map(|h| h.seen).max().unwrap_or(0) + 1;
         for held in self.held.values_mut() {
-            held.current &= failing.contains(&held.path);
+            held.current &= failed.contains(&held.path);
         }
         for (id, path, file) in found {
-            let held = self.held.entry(id).or_insert(Held { path, file, seen: tick, current: true });
-            held.seen = tick;
-            held.current = true;
+            self.held.entry(id).or_insert(Held { path, file, current: true }).current = true;
         }
         self.held.retain(|_, h| h.current || h.file.metadata().is_ok_and(|m| m.nlink() > 0));
-        if self.held.values().filter(|h| !h.current).count() > REPLACED_MAX {
-            return Err(TooManyReplaced.into());
-        }
-        Ok(())
+        self.failing = failed;
     }
 }
 
 /// What `path` names in `root` now, open; `None` when it names nothing.
-fn look_up(root: &FsRoot, path: &std::path::Path) -> Result<Option<(FileId, PathBuf, File)>> {
+fn look_up(root: &FsRoot, path: &Path) -> Result<Option<(FileId, PathBuf, File)>> {
     let context = || format!("kernel.deny_open: looking up {}", path.display());
     match root.open_path(path) {
         Ok(file) => {
@@ -188,19 +188,31 @@ fn look_up(root: &FsRoot, path: &std::path::Path) -> Result<Option<(FileId, Path
 pub struct RulesInForce {
     rules: LsmRules,
     files: DenyOpenFiles,
-    /// Putting the rules in force failed, maybe halfway: the next refresh puts them again.
-    dirty: bool,
+    /// The open deny list as the maps hold it (what the last change wrote).
+    written: BTreeMap<FileId, PathBuf>,
+    /// Writing the rules whole failed, maybe halfway: the next change writes them whole again.
+    stale: bool,
+}
+
+/// What [`RulesInForce::refresh`] asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Write {
+    /// The maps hold the rules.
+    Nothing,
+    /// Write the open deny list's changes ([`RulesInForce::deny_open_changes`]).
+    DenyOpen,
+    /// Write the rules whole (the last attempt failed).
+    Whole,
 }
 
 impl RulesInForce {
-    /// `rules` as just put in force, their open deny list's files held from now on in `root`.
-    /// Whether the list must be put in force again ([`RulesInForce::rules`]): a file was
-    /// replaced since `rules` were made.
-    pub fn new(rules: &LsmRules, root: &FsRoot) -> Result<(Self, bool)> {
-        let files = DenyOpenFiles::open(root, &rules.deny_open_paths)?;
-        let mut in_force = RulesInForce { rules: rules.clone(), files, dirty: false };
-        let changed = in_force.follow();
-        Ok((in_force, changed))
+    /// `rules` with their open deny list's files looked up in `root` and held from now on; the
+    /// caller puts [`RulesInForce::rules`] in force, then calls [`RulesInForce::written`].
+    pub fn new(rules: &LsmRules, root: &FsRoot, replaced_max: usize) -> Self {
+        let files = DenyOpenFiles::open(root, &rules.deny_open_paths, replaced_max);
+        let mut in_force = RulesInForce { rules: rules.clone(), files, written: BTreeMap::new(), stale: true };
+        in_force.follow();
+        in_force
     }
 
     /// The rules to put in force.
@@ -214,48 +226,59 @@ impl RulesInForce {
     }
 
     /// These for other rules (a reload), keeping the replaced files of paths still listed. Self
-    /// is unchanged: the caller keeps what it puts in force.
+    /// is unchanged: the caller puts the new ones in force whole and keeps them, or keeps self.
     pub fn replaced(&self, rules: &LsmRules, root: &FsRoot) -> Result<Self> {
         let mut files = self.files.try_clone()?;
-        files.replace_paths(root, &rules.deny_open_paths)?;
-        let mut next = RulesInForce { rules: rules.clone(), files, dirty: false };
+        files.replace_paths(root, &rules.deny_open_paths);
+        let mut next = RulesInForce { rules: rules.clone(), files, written: BTreeMap::new(), stale: true };
         next.follow();
         Ok(next)
     }
 
-    /// Looks the paths up again; whether the rules must be put in force (again): a path names
-    /// another file, or the last attempt failed.
-    pub fn refresh(&mut self, root: &FsRoot) -> Result<bool> {
+    /// Looks the paths up again; what the caller is to write.
+    pub fn refresh(&mut self, root: &FsRoot) -> Write {
         if !self.files.is_empty() {
-            self.files.refresh(root)?;
+            self.files.refresh(root);
+            self.follow();
         }
-        Ok(self.follow() | std::mem::take(&mut self.dirty))
+        if self.stale {
+            Write::Whole
+        } else if self.written != self.rules.deny_open {
+            Write::DenyOpen
+        } else {
+            Write::Nothing
+        }
     }
 
-    /// Putting these rules in force failed, maybe halfway: the next [`RulesInForce::refresh`]
-    /// says to put them in force again.
+    /// The open deny list's files to add to the maps and to remove from them.
+    pub fn deny_open_changes(&self) -> (Vec<FileId>, Vec<FileId>) {
+        let added = self.rules.deny_open.keys().filter(|id| !self.written.contains_key(id)).copied().collect();
+        let removed = self.written.keys().filter(|id| !self.rules.deny_open.contains_key(id)).copied().collect();
+        (added, removed)
+    }
+
+    /// The rules (or their deny list's changes) were written.
+    pub fn written(&mut self) {
+        self.written = self.rules.deny_open.clone();
+        self.stale = false;
+    }
+
+    /// Writing the rules whole failed, maybe halfway: the next refresh asks to write them whole.
     pub fn undo(&mut self) {
-        self.dirty = true;
+        self.stale = true;
     }
 
-    /// Makes the rules' open deny list what the files are; whether that changed it.
-    fn follow(&mut self) -> bool {
-        let denied = self.files.denied();
-        let changed = denied != self.rules.deny_open;
-        self.rules.deny_open = denied;
+    /// More replaced files are kept alive than the bound: the sandbox is to be ended (after what
+    /// the files hold now is put in force).
+    pub fn overflowed(&self) -> Option<TooManyReplaced> {
+        self.files.overflowed()
+    }
+
+    /// Makes the rules' open deny list what the files are.
+    fn follow(&mut self) {
+        self.rules.deny_open = self.files.denied();
         self.rules.missing_deny_open = self.files.missing();
-        changed
     }
-}
-
-fn dedup(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = Vec::new();
-    for p in paths {
-        if !out.contains(p) {
-            out.push(p.clone());
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -291,23 +314,24 @@ mod tests {
         std::fs::write(v.join("..ts1/token"), "one").unwrap();
         std::os::unix::fs::symlink("..ts1", v.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/token", v.join("token")).unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("token")]).unwrap();
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("token")], REPLACED_MAX_NODE);
         let first = id(&v.join("token"));
         assert_eq!(files.denied().keys().copied().collect::<Vec<_>>(), [first]);
-        assert!(!files.refresh(&FsRoot::Own).unwrap(), "nothing changed");
+        files.refresh(&FsRoot::Own);
+        assert_eq!(files.denied().keys().copied().collect::<Vec<_>>(), [first], "nothing changed");
 
         std::fs::create_dir(v.join("..ts2")).unwrap();
         std::fs::write(v.join("..ts2/token"), "two").unwrap();
         std::os::unix::fs::symlink("..ts2", v.join("..data_tmp")).unwrap();
         std::fs::rename(v.join("..data_tmp"), v.join("..data")).unwrap();
-        assert!(files.refresh(&FsRoot::Own).unwrap(), "the path names another file");
+        files.refresh(&FsRoot::Own);
         let second = id(&v.join("token"));
         assert_ne!(first, second);
         assert!(files.denied().contains_key(&second), "the new token is refused");
         assert!(files.denied().contains_key(&first), "the old token still has a name: still refused");
 
         std::fs::remove_dir_all(v.join("..ts1")).unwrap();
-        assert!(files.refresh(&FsRoot::Own).unwrap());
+        files.refresh(&FsRoot::Own);
         assert_eq!(files.denied().keys().copied().collect::<Vec<_>>(), [second], "no name left: let go");
     }
 
@@ -318,16 +342,16 @@ mod tests {
         let d = dir("link");
         let v = &d.0;
         std::fs::write(v.join("creds"), "old").unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")]).unwrap();
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")], REPLACED_MAX_NODE);
         let old = id(&v.join("creds"));
         std::fs::hard_link(v.join("creds"), v.join("kept")).unwrap();
         std::fs::write(v.join("creds.tmp"), "new").unwrap();
         std::fs::rename(v.join("creds.tmp"), v.join("creds")).unwrap();
-        assert!(files.refresh(&FsRoot::Own).unwrap());
+        files.refresh(&FsRoot::Own);
         let new = id(&v.join("creds"));
         assert!(files.denied().contains_key(&new) && files.denied().contains_key(&old));
         std::fs::remove_file(v.join("kept")).unwrap();
-        files.refresh(&FsRoot::Own).unwrap();
+        files.refresh(&FsRoot::Own);
         assert!(!files.denied().contains_key(&old), "the last name went: let go");
     }
 
@@ -335,40 +359,62 @@ mod tests {
     fn a_path_that_appears_later_is_refused_from_then_on() {
         let d = dir("later");
         let v = &d.0;
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("later"), v.join("later")]).unwrap();
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("later"), v.join("later")], REPLACED_MAX_NODE);
         assert!(files.denied().is_empty());
         assert_eq!(files.missing(), [v.join("later")]);
         std::fs::write(v.join("later"), "x").unwrap();
-        assert!(files.refresh(&FsRoot::Own).unwrap());
+        files.refresh(&FsRoot::Own);
         assert_eq!(files.denied().keys().copied().collect::<Vec<_>>(), [id(&v.join("later"))]);
         assert!(files.missing().is_empty());
     }
 
     /// The agent renames the listed file aside (it keeps its name, so it stays refused) and
-    /// puts new ones at the path, again and again: the first is never let go; past the bound
-    /// the sandbox is to be ended.
+    /// puts new ones at the path, again and again: the first is never let go, and past the
+    /// bound the sandbox is to be ended.
     #[test]
     fn renaming_files_aside_never_frees_the_first_and_ends_the_sandbox() {
         let d = dir("churn");
         let v = &d.0;
         std::fs::write(v.join("creds"), "secret").unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")]).unwrap();
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")], REPLACED_MAX_NODE);
         let secret = id(&v.join("creds"));
-        let mut ended = None;
-        for i in 0..=REPLACED_MAX {
+        for i in 0..=REPLACED_MAX_NODE {
+            assert!(files.overflowed().is_none(), "round {i}: ended too soon");
             std::fs::rename(v.join("creds"), v.join(format!("aside-{i}"))).unwrap();
             std::fs::write(v.join("creds"), "junk").unwrap();
-            match files.refresh(&FsRoot::Own) {
-                Ok(_) => assert!(files.denied().contains_key(&secret), "round {i}: the secret was let go"),
-                Err(e) => {
-                    assert!(e.downcast_ref::<TooManyReplaced>().is_some(), "{e:#}");
-                    ended = Some(i);
-                    break;
-                }
-            }
+            files.refresh(&FsRoot::Own);
+            assert!(files.denied().contains_key(&secret), "round {i}: the secret was let go");
+            assert!(files.denied().contains_key(&id(&v.join("creds"))), "round {i}: the new file is refused");
         }
-        assert_eq!(ended, Some(REPLACED_MAX), "the sandbox is ended once the bound is passed");
-        assert!(files.denied().contains_key(&secret));
+        assert!(files.overflowed().is_some(), "past the bound the sandbox is to be ended");
+    }
+
+    /// Files renamed over the path leave no name behind: they never count towards the bound,
+    /// and only what changed is to be written.
+    #[test]
+    fn only_the_changes_are_written() {
+        let d = dir("changes");
+        let v = &d.0;
+        std::fs::write(v.join("f"), "1").unwrap();
+        let rules = LsmRules { deny_open_paths: vec![v.join("f")], ..Default::default() };
+        let mut in_force = RulesInForce::new(&rules, &FsRoot::Own, REPLACED_MAX_NODE);
+        assert_eq!(in_force.refresh(&FsRoot::Own), Write::Whole, "not written yet");
+        in_force.written();
+        assert_eq!(in_force.refresh(&FsRoot::Own), Write::Nothing);
+        let first = id(&v.join("f"));
+        for i in 0..=REPLACED_MAX_NODE + 4 {
+            std::fs::write(v.join("f.new"), i.to_string()).unwrap();
+            std::fs::rename(v.join("f.new"), v.join("f")).unwrap();
+            assert_eq!(in_force.refresh(&FsRoot::Own), Write::DenyOpen);
+            let (added, removed) = in_force.deny_open_changes();
+            assert_eq!(added, [id(&v.join("f"))]);
+            assert_eq!(removed.len(), 1);
+            in_force.written();
+            assert!(in_force.overflowed().is_none());
+        }
+        assert!(!in_force.rules().deny_open.contains_key(&first));
+        in_force.undo();
+        assert_eq!(in_force.refresh(&FsRoot::Own), Write::Whole, "a failed write is written whole again");
     }
 
     /// A path the agent breaks (its directory replaced by a file) keeps what it named; the
@@ -380,13 +426,13 @@ mod tests {
         std::fs::create_dir(v.join("sub")).unwrap();
         std::fs::write(v.join("sub/token"), "t").unwrap();
         std::fs::write(v.join("other"), "o").unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("sub/token"), v.join("other")]).unwrap();
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("sub/token"), v.join("other")], REPLACED_MAX_NODE);
         let token = id(&v.join("sub/token"));
         std::fs::rename(v.join("sub"), v.join("sub-aside")).unwrap();
         std::fs::write(v.join("sub"), "not a directory").unwrap();
         std::fs::write(v.join("other.new"), "o2").unwrap();
         std::fs::rename(v.join("other.new"), v.join("other")).unwrap();
-        assert!(files.refresh(&FsRoot::Own).unwrap());
+        files.refresh(&FsRoot::Own);
         let denied = files.denied();
         assert!(denied.contains_key(&token), "the token is still refused");
         assert!(denied.contains_key(&id(&v.join("other"))), "the other path was followed");
@@ -400,12 +446,12 @@ mod tests {
         let v = &d.0;
         std::fs::write(v.join("a"), "a").unwrap();
         std::fs::write(v.join("b"), "b").unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("a"), v.join("b")]).unwrap();
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("a"), v.join("b")], REPLACED_MAX_NODE);
         let old_a = id(&v.join("a"));
         std::fs::hard_link(v.join("a"), v.join("a-link")).unwrap();
         std::fs::write(v.join("a.new"), "a2").unwrap();
         std::fs::rename(v.join("a.new"), v.join("a")).unwrap();
-        files.replace_paths(&FsRoot::Own, &[v.join("a")]).unwrap();
+        files.replace_paths(&FsRoot::Own, &[v.join("a")]);
         let denied = files.denied();
         assert!(denied.contains_key(&old_a) && denied.contains_key(&id(&v.join("a"))));
         assert!(!denied.contains_key(&id(&v.join("b"))), "b is no longer listed");

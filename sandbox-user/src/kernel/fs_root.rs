@@ -107,19 +107,29 @@ fn open_in(root: &OwnedFd, path: &Path, flags: libc::c_int, follow: bool) -> io:
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64 | if follow { 0 } else { libc::O_NOFOLLOW as u64 };
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 reads the path and `how` (of the size given) and returns a new descriptor.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+    // RESOLVE_IN_ROOT answers EAGAIN to a path through `..` when a rename or mount anywhere
+    // on the host raced the lookup (`/var/run -> ../run` in many images): tried again.
+    let mut tries = 0;
+    let fd = loop {
+        // SAFETY: openat2 reads the path and `how` (of the size given) and returns a new descriptor.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            break fd;
+        }
+        let e = io::Error::last_os_error();
+        tries += 1;
+        if e.raw_os_error() != Some(libc::EAGAIN) || tries == 8 {
+            return Err(e);
+        }
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
     // SAFETY: the kernel returned a new descriptor we own.
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }

@@ -36,6 +36,7 @@ use super::btf::KernelBtf;
 use super::hold;
 use super::learning::{self, Learning};
 use super::lsm::{program_of, LsmMaps, Registration, Unavailable};
+use super::lsm_rules::FileId;
 use super::pins::{self, entries, open_map, remove_tree, DirLock};
 use super::programs::{attached_for, load_program, ConnectionOwners, DnsClients, Kind, NET_PROGRAMS, OBJECT};
 
@@ -447,6 +448,11 @@ impl Generation {
     /// Replaces a registered sandbox's rules (policy reload).
     pub fn update_lsm(&mut self, r: &Registration<'_>) -> Result<()> {
         self.with_lsm_maps(|maps| maps.update(r))
+    }
+
+    /// Changes registered sandbox `cgroup_id`'s open deny list by `added` and `removed` alone.
+    pub fn change_deny_open(&mut self, cgroup_id: u64, added: &[FileId], removed: &[FileId]) -> Result<()> {
+        self.with_lsm_maps(|maps| maps.change_deny_open(cgroup_id, added, removed))
     }
 
     /// Runs `f` on the LSM maps under the host lock, which every change to them needs.

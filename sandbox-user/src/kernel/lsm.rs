@@ -145,6 +145,31 @@ impl LsmMaps {
         self.register_entries(r)
     }
 
+    /// Adds files `added` to registered sandbox `cgroup_id`'s open deny list and takes
+    /// `removed` out: only those entries are written (a replaced file followed, not the whole
+    /// list synced). Each addition is counted in the pre-filter before it goes in; a removal
+    /// lowers it after it is gone.
+    pub fn change_deny_open(&mut self, cgroup_id: u64, added: &[FileId], removed: &[FileId]) -> Result<()> {
+        if self.sandboxes.get(&cgroup_id, 0).is_err() {
+            bail!("the sandbox is no longer registered with the BPF-LSM programs");
+        }
+        let key = |f: &FileId| InodeKey { sandbox: cgroup_id, ino: f.ino, dev: f.dev, _pad: 0 };
+        for file in added {
+            let key = key(file);
+            if self.deny_open.get(&key, 0).is_err() {
+                let filter = Some(deny_open_counts(&mut self.deny_open_filter));
+                insert_counted(&mut self.deny_open, map_names::LSM_DENY_OPEN, filter, &key, 1)?;
+            }
+        }
+        for file in removed {
+            let key = key(file);
+            if self.deny_open.remove(&key).is_ok() {
+                let _ = adjust(&mut self.deny_open_filter, DENY_OPEN_FILTER_LABEL, file_slot(&key), Change::Remove);
+            }
+        }
+        Ok(())
+    }
+
     fn register_entries(&mut self, r: &Registration<'_>) -> Result<()> {
         let id = r.cgroup_id;
         self.replace_lists(id, r.rules)?;

@@ -12,6 +12,7 @@ use anyhow::Result;
 use sandbox_common::SandboxNet;
 
 use super::cgroup::SandboxCgroup;
+use super::deny_open::{RulesInForce, Write};
 use super::generation::Generation;
 use super::lsm::Registration;
 use super::lsm_rules::LsmRules;
@@ -66,6 +67,31 @@ impl KernelSandbox {
     /// Replaces the sandbox's BPF-LSM rules (policy reload).
     pub fn update(&self, generation: &mut Generation, rules: &LsmRules, net: SandboxNet) -> Result<()> {
         generation.update_lsm(&self.registration(rules, net))
+    }
+
+    /// Writes what `in_force` asks after a look at its files: nothing, the open deny list's
+    /// changes, or the rules whole (after a failed write). On failure the next look writes the
+    /// rules whole.
+    pub fn follow(
+        &self,
+        generation: &mut Generation,
+        in_force: &mut RulesInForce,
+        write: Write,
+        net: SandboxNet,
+    ) -> Result<()> {
+        let written = match write {
+            Write::Nothing => return Ok(()),
+            Write::DenyOpen => {
+                let (added, removed) = in_force.deny_open_changes();
+                generation.change_deny_open(self.cgroup.id(), &added, &removed)
+            }
+            Write::Whole => self.update(generation, in_force.rules(), net),
+        };
+        match written {
+            Ok(()) => in_force.written(),
+            Err(_) => in_force.undo(),
+        }
+        written
     }
 
     fn registration<'a>(&self, rules: &'a LsmRules, net: SandboxNet) -> Registration<'a> {

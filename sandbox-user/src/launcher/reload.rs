@@ -45,6 +45,7 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// a revocation must not be lost to a passing failure (descriptors running out, say, which the
 /// agent can bring about).
 pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::task::JoinHandle<()> {
+    let kernel = Arc::new(kernel);
     tokio::spawn(async move {
         let mut seen = modified(&path);
         // While reloads fail: when to try again, and how long to wait after that one.
@@ -58,7 +59,12 @@ pub fn watch(path: PathBuf, proxy: Arc<Proxy>, kernel: KernelReload) -> tokio::t
                 continue;
             }
             seen = now;
-            retry = match (load_and_apply(&path, &proxy, &kernel, changed), retry) {
+            // Blocking: the kernel rules' files are looked up, and their maps written under locks
+            // the deny list's follower holds while it looks.
+            let (p, x, k) = (path.clone(), proxy.clone(), kernel.clone());
+            let applied =
+                tokio::task::spawn_blocking(move || load_and_apply(&p, &x, &k, changed)).await.unwrap_or(false);
+            retry = match (applied, retry) {
                 (true, _) => None,
                 // A file that does not load is parsed again less and less often, up to every
                 // RETRY_MAX; a change tries at once.
@@ -80,19 +86,21 @@ pub fn follow_deny_open(updater: KernelRulesUpdater) -> tokio::task::JoinHandle<
         let mut failing = false;
         loop {
             tokio::time::sleep(DENY_OPEN_POLL).await;
-            // Blocking: a path may lead anywhere the agent can plant a link (a slow mount).
+            // Blocking: a path may lead anywhere the agent can plant a link (a slow mount), and
+            // ending the agent waits for its processes.
             let looking = updater.clone();
-            let looked = tokio::task::spawn_blocking(move || looking.follow_deny_open()).await;
-            match looked {
-                Ok(Ok(_)) => failing = false,
-                Ok(Err(e)) if e.downcast_ref::<TooManyReplaced>().is_some() => {
+            let failed = tokio::task::spawn_blocking(move || {
+                let e = looking.follow_deny_open().err()?;
+                if e.downcast_ref::<TooManyReplaced>().is_some() {
                     crate::say!("leash: error: {e}: ending the agent");
-                    if let Err(e) = updater.end_sandbox() {
-                        crate::say!("leash: error: ending the agent: {e:#}");
-                    }
-                    return;
+                    return looking.end_sandbox().err().map(|e| e.context("ending the agent"));
                 }
-                Ok(Err(e)) if !failing => {
+                Some(e)
+            })
+            .await;
+            match failed {
+                Ok(None) => failing = false,
+                Ok(Some(e)) if !failing => {
                     failing = true;
                     crate::say!("leash: warning: kernel.deny_open: following replaced files failed: {e:#}");
                 }

@@ -13,7 +13,7 @@ use aya::maps::{MapData, RingBuf};
 use sandbox_common::{Counters, SandboxNet};
 
 use crate::kernel::cgroup::SandboxCgroup;
-use crate::kernel::deny_open::RulesInForce;
+use crate::kernel::deny_open::{RulesInForce, Write, REPLACED_MAX_RUN};
 use crate::kernel::events::{EventPump, KernelEvent};
 use crate::kernel::fs_root::FsRoot;
 use crate::kernel::generation::{retire_unused, EventSlot, Generation};
@@ -80,14 +80,12 @@ impl Sandbox {
     /// hooks the rules need that this kernel lacks (the rest are in force); an error when
     /// BPF-LSM is unusable here.
     pub fn enforce_kernel_rules(&mut self, rules: &LsmRules) -> Result<Vec<&'static str>> {
+        // The open deny list's files, looked up and held from now on (a file replaced since
+        // `rules` were made is taken as it is now).
+        let mut in_force = RulesInForce::new(rules, &FsRoot::Own, REPLACED_MAX_RUN);
         let mut generation = lock(&self.generation)?;
-        self.kernel()?.enforce(&mut generation, rules, self.net)?;
-        // The open deny list's files, held from now on (a file replaced since `rules` were made
-        // is followed at once).
-        let (in_force, changed) = RulesInForce::new(rules, &FsRoot::Own)?;
-        if changed {
-            self.kernel()?.update(&mut generation, in_force.rules(), self.net)?;
-        }
+        self.kernel()?.enforce(&mut generation, in_force.rules(), self.net)?;
+        in_force.written();
         self.in_force = Some(Arc::new(Mutex::new(in_force)));
         Ok(generation.missing_hooks(&rules.required_hooks()))
     }
@@ -203,32 +201,34 @@ impl KernelRulesUpdater {
     pub fn update(&self, rules: &LsmRules) -> Result<()> {
         let mut in_force = lock(&self.in_force)?;
         let mut next = in_force.replaced(rules, &FsRoot::Own)?;
-        if let Err(e) = self.put_in_force(&mut next) {
-            // The rules in force stay; the maps may be half-way: the next look puts them again.
-            in_force.undo();
-            return Err(e);
+        let put = lock(&self.generation).and_then(|mut g| self.sandbox.update(&mut g, next.rules(), self.net));
+        match put {
+            Ok(()) => {
+                next.written();
+                *in_force = next;
+                Ok(())
+            }
+            // The rules in force stay; the maps may be half-way: the next look writes them whole.
+            Err(e) => {
+                in_force.undo();
+                Err(e)
+            }
         }
-        *in_force = next;
-        Ok(())
     }
 
-    /// Looks the open deny list's paths up again and, when one names another file (or one for
-    /// the first time), puts the new list in force; whether it did.
-    pub fn follow_deny_open(&self) -> Result<bool> {
+    /// Looks the open deny list's paths up again and writes what changed (or, after a failed
+    /// write, the rules whole). [`TooManyReplaced`] when the agent is to be ended.
+    pub fn follow_deny_open(&self) -> Result<()> {
         let mut in_force = lock(&self.in_force)?;
-        if !in_force.refresh(&FsRoot::Own)? {
-            return Ok(false);
+        let write = in_force.refresh(&FsRoot::Own);
+        if write != Write::Nothing {
+            let mut generation = lock(&self.generation)?;
+            self.sandbox.follow(&mut generation, &mut in_force, write, self.net)?;
         }
-        self.put_in_force(&mut in_force)?;
-        Ok(true)
-    }
-
-    fn put_in_force(&self, in_force: &mut RulesInForce) -> Result<()> {
-        let put = lock(&self.generation).and_then(|mut g| self.sandbox.update(&mut g, in_force.rules(), self.net));
-        if put.is_err() {
-            in_force.undo();
+        match in_force.overflowed() {
+            Some(too_many) => Err(too_many.into()),
+            None => Ok(()),
         }
-        put
     }
 
     /// Kills every process of the sandbox (it renamed listed files aside faster than they can

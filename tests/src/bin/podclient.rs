@@ -441,11 +441,26 @@ fn send_lingering_socket(socket: &str, mode: &str) -> (TcpListener, Vec<UnixStre
         )
     };
     assert_eq!(set, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-    let s = UnixStream::connect(socket).expect("connecting to the daemon");
-    let send = |on: &UnixStream, fds: &[std::os::fd::RawFd]| {
+    let try_send = |on: &UnixStream, fds: &[std::os::fd::RawFd]| {
         let cmsg = [ControlMessage::ScmRights(fds)];
         let iov = [std::io::IoSlice::new(b"\0")];
-        sendmsg::<()>(on.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).expect("sending descriptors");
+        sendmsg::<()>(on.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+    };
+    let send = |on: &UnixStream, fds: &[std::os::fd::RawFd]| {
+        try_send(on, fds).expect("sending descriptors");
+    };
+    // To the daemon, on a connection over this pod's share: the daemon may close it before the
+    // message is sent (it refuses it at once), so a new one is tried until one carries it.
+    let send_to_daemon = |fds: &[std::os::fd::RawFd]| {
+        for _ in 0..100 {
+            let s = UnixStream::connect(socket).expect("connecting to the daemon");
+            match try_send(&s, fds) {
+                Ok(_) => return,
+                Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => continue,
+                Err(e) => panic!("sending descriptors: {e}"),
+            }
+        }
+        panic!("the daemon closed 100 connections before a message could be sent on one");
     };
     let mut kept = Vec::new();
     if mode == "linger-deep" {
@@ -459,7 +474,7 @@ fn send_lingering_socket(socket: &str, mode: &str) -> (TcpListener, Vec<UnixStre
         }
         // A listener that blocks, with nothing to accept.
         let blocking = TcpListener::bind("127.0.0.1:0").unwrap();
-        send(&s, &[inner.as_raw_fd(), blocking.as_raw_fd()]);
+        send_to_daemon(&[inner.as_raw_fd(), blocking.as_raw_fd()]);
     } else if mode == "linger-nested" {
         // A unix socket that passes credentials (whose message then has less room for
         // descriptors), carrying 253: the lingering socket's copies last, where a receiver
@@ -470,12 +485,11 @@ fn send_lingering_socket(socket: &str, mode: &str) -> (TcpListener, Vec<UnixStre
         let mut fds = vec![null.as_raw_fd(); 246];
         fds.extend([tcp.as_raw_fd(); 7]);
         send(&b, &fds);
-        send(&s, &[a.as_raw_fd()]);
+        send_to_daemon(&[a.as_raw_fd()]);
     } else {
-        send(&s, &[tcp.as_raw_fd()]);
+        send_to_daemon(&[tcp.as_raw_fd()]);
     }
     drop(tcp);
-    drop(s);
     (listener, kept)
 }
 
