@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use crate::kernel::deny_open::RulesInForce;
 use crate::kernel::fs_root::FsRoot;
 
-/// One sandbox's rules in force, the root its paths are looked up in, and whether its last
-/// look failed (said once).
+/// One sandbox's rules in force, the root its paths are looked up in, whether its last look
+/// failed (said once), and whether it is being ended (tried once).
 pub struct Entry {
     pub in_force: RulesInForce,
     pub root: FsRoot,
     pub failing: bool,
+    pub ending: bool,
 }
 
 /// The sandboxes whose open deny list is followed, by id.
@@ -32,7 +33,7 @@ impl Followed {
     /// Follows sandbox `id`'s files from now on.
     pub fn add(&self, id: &str, in_force: RulesInForce, root: FsRoot) {
         if let Ok(mut all) = self.sandboxes.lock() {
-            all.insert(id.to_owned(), Arc::new(Mutex::new(Entry { in_force, root, failing: false })));
+            all.insert(id.to_owned(), Arc::new(Mutex::new(Entry { in_force, root, failing: false, ending: false })));
         }
     }
 

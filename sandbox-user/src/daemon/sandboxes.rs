@@ -145,7 +145,7 @@ impl Node {
                     Reply::error(ErrorCode::NoSuchPolicy, format!("policy `{}`: kernel: {e:#}", policy.name))
                 };
                 let rules = LsmRules::resolve_in(&root, section, &[]).map_err(bad)?.with_binaries_rules(binaries);
-                let in_force = RulesInForce::new(&rules, &root, REPLACED_MAX_NODE);
+                let in_force = RulesInForce::new(&rules, &root, REPLACED_MAX_NODE).map_err(bad)?;
                 let rules = in_force.rules().clone();
                 (Some(rules), in_force.follows_files().then_some((in_force, root)))
             }
@@ -420,7 +420,10 @@ impl Node {
                 })
             };
             match (followed, entry.in_force.overflowed()) {
+                // Ended once (garbage collection removes it when empty); nothing is let go meanwhile.
+                (_, Some(_)) if entry.ending => {}
                 (_, Some(too_many)) => {
+                    entry.ending = true;
                     crate::say!("leash daemon: sandbox {id}: {too_many}: ending it");
                     let ended =
                         SandboxCgroup::open(record.cgroup.clone()).and_then(|c| c.kill_all(Duration::from_secs(5)));

@@ -16,8 +16,9 @@
 //! files aside, so that letting the oldest go would hand them back) is to be ended
 //! ([`TooManyReplaced`]).
 //!
-//! A path whose lookup fails (a loop, a directory made a file) keeps the files it named, said
-//! once; the other paths go on being followed, and a reload is not refused for it.
+//! A path whose lookup fails at the start is an error (the agent does not start; the daemon
+//! refuses to confine). Later (a loop, a directory made a file) it keeps the files it named,
+//! said once; the other paths go on being followed, and a reload is not refused for it.
 //!
 //! What this does not close: a new file can be opened before it is at the path (kubelet writes
 //! the new token into a new directory, then swaps the link; an editor writes a file aside, then
@@ -82,12 +83,16 @@ struct Held {
 }
 
 impl DenyOpenFiles {
-    /// Looks `paths` up in `root`. A path that does not exist, or whose lookup fails, is looked
-    /// up again on every refresh.
-    pub fn open(root: &FsRoot, paths: &[PathBuf], replaced_max: usize) -> Self {
+    /// Looks `paths` up in `root`. A path that does not exist is looked up again on every
+    /// refresh; one whose lookup fails otherwise is an error.
+    pub fn open(root: &FsRoot, paths: &[PathBuf], replaced_max: usize) -> Result<Self> {
         let mut files = DenyOpenFiles { paths: Vec::new(), held: BTreeMap::new(), failing: Vec::new(), replaced_max };
         files.replace_paths(root, paths);
-        files
+        if let Some(path) = files.failing.first() {
+            // Looked up once more, for the error itself.
+            look_up(root, path)?;
+        }
+        Ok(files)
     }
 
     /// Follows another list of paths (a reload): what the new paths name, plus the replaced
@@ -125,9 +130,10 @@ impl DenyOpenFiles {
         self.held.iter().map(|(id, h)| (*id, h.path.clone())).collect()
     }
 
-    /// The paths that name no file now.
+    /// The paths that name no file now (not those whose lookup fails).
     pub fn missing(&self) -> Vec<PathBuf> {
-        self.paths.iter().filter(|p| !self.held.values().any(|h| h.current && &h.path == *p)).cloned().collect()
+        let named = |p: &PathBuf| self.held.values().any(|h| h.current && &h.path == p);
+        self.paths.iter().filter(|p| !named(p) && !self.failing.contains(p)).cloned().collect()
     }
 
     /// Whether there are paths to follow at all.
@@ -151,8 +157,11 @@ impl DenyOpenFiles {
             match look_up(root, path) {
                 Ok(file) => found.extend(file),
                 Err(e) => {
-                    if !self.failing.contains(path) {
+                    let refused = self.held.values().any(|h| &h.path == path);
+                    if !self.failing.contains(path) && refused {
                         crate::say!("leash: warning: {e:#}; the files found there before stay refused");
+                    } else if !self.failing.contains(path) {
+                        crate::say!("leash: warning: {e:#}");
                     }
                     failed.push(path.clone());
                 }
@@ -208,11 +217,11 @@ pub enum Write {
 impl RulesInForce {
     /// `rules` with their open deny list's files looked up in `root` and held from now on; the
     /// caller puts [`RulesInForce::rules`] in force, then calls [`RulesInForce::written`].
-    pub fn new(rules: &LsmRules, root: &FsRoot, replaced_max: usize) -> Self {
-        let files = DenyOpenFiles::open(root, &rules.deny_open_paths, replaced_max);
+    pub fn new(rules: &LsmRules, root: &FsRoot, replaced_max: usize) -> Result<Self> {
+        let files = DenyOpenFiles::open(root, &rules.deny_open_paths, replaced_max)?;
         let mut in_force = RulesInForce { rules: rules.clone(), files, written: BTreeMap::new(), stale: true };
         in_force.follow();
-        in_force
+        Ok(in_force)
     }
 
     /// The rules to put in force.
@@ -314,7 +323,7 @@ mod tests {
         std::fs::write(v.join("..ts1/token"), "one").unwrap();
         std::os::unix::fs::symlink("..ts1", v.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/token", v.join("token")).unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("token")], REPLACED_MAX_NODE);
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("token")], REPLACED_MAX_NODE).unwrap();
         let first = id(&v.join("token"));
         assert_eq!(files.denied().keys().copied().collect::<Vec<_>>(), [first]);
         files.refresh(&FsRoot::Own);
@@ -342,7 +351,7 @@ mod tests {
         let d = dir("link");
         let v = &d.0;
         std::fs::write(v.join("creds"), "old").unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")], REPLACED_MAX_NODE);
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")], REPLACED_MAX_NODE).unwrap();
         let old = id(&v.join("creds"));
         std::fs::hard_link(v.join("creds"), v.join("kept")).unwrap();
         std::fs::write(v.join("creds.tmp"), "new").unwrap();
@@ -359,7 +368,8 @@ mod tests {
     fn a_path_that_appears_later_is_refused_from_then_on() {
         let d = dir("later");
         let v = &d.0;
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("later"), v.join("later")], REPLACED_MAX_NODE);
+        let mut files =
+            DenyOpenFiles::open(&FsRoot::Own, &[v.join("later"), v.join("later")], REPLACED_MAX_NODE).unwrap();
         assert!(files.denied().is_empty());
         assert_eq!(files.missing(), [v.join("later")]);
         std::fs::write(v.join("later"), "x").unwrap();
@@ -376,7 +386,7 @@ mod tests {
         let d = dir("churn");
         let v = &d.0;
         std::fs::write(v.join("creds"), "secret").unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")], REPLACED_MAX_NODE);
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("creds")], REPLACED_MAX_NODE).unwrap();
         let secret = id(&v.join("creds"));
         for i in 0..=REPLACED_MAX_NODE {
             assert!(files.overflowed().is_none(), "round {i}: ended too soon");
@@ -397,7 +407,9 @@ mod tests {
         let v = &d.0;
         std::fs::write(v.join("f"), "1").unwrap();
         let rules = LsmRules { deny_open_paths: vec![v.join("f")], ..Default::default() };
-        let mut in_force = RulesInForce::new(&rules, &FsRoot::Own, REPLACED_MAX_NODE);
+        let mut in_force = RulesInForce::new(&rules, &FsRoot::Own, REPLACED_MAX_NODE).unwrap();
+        // Kept open: its inode number must not go to one of the files below.
+        let _first = File::open(v.join("f")).unwrap();
         assert_eq!(in_force.refresh(&FsRoot::Own), Write::Whole, "not written yet");
         in_force.written();
         assert_eq!(in_force.refresh(&FsRoot::Own), Write::Nothing);
@@ -426,7 +438,8 @@ mod tests {
         std::fs::create_dir(v.join("sub")).unwrap();
         std::fs::write(v.join("sub/token"), "t").unwrap();
         std::fs::write(v.join("other"), "o").unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("sub/token"), v.join("other")], REPLACED_MAX_NODE);
+        let mut files =
+            DenyOpenFiles::open(&FsRoot::Own, &[v.join("sub/token"), v.join("other")], REPLACED_MAX_NODE).unwrap();
         let token = id(&v.join("sub/token"));
         std::fs::rename(v.join("sub"), v.join("sub-aside")).unwrap();
         std::fs::write(v.join("sub"), "not a directory").unwrap();
@@ -437,6 +450,8 @@ mod tests {
         assert!(denied.contains_key(&token), "the token is still refused");
         assert!(denied.contains_key(&id(&v.join("other"))), "the other path was followed");
         assert!(files.missing().is_empty(), "the failing path is not missing: it keeps its file");
+        // At the start, a path whose lookup fails is an error.
+        assert!(DenyOpenFiles::open(&FsRoot::Own, &[v.join("sub/token")], REPLACED_MAX_NODE).is_err());
     }
 
     /// A reload that drops a path drops its files, old and new; one that keeps it keeps them.
@@ -446,7 +461,7 @@ mod tests {
         let v = &d.0;
         std::fs::write(v.join("a"), "a").unwrap();
         std::fs::write(v.join("b"), "b").unwrap();
-        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("a"), v.join("b")], REPLACED_MAX_NODE);
+        let mut files = DenyOpenFiles::open(&FsRoot::Own, &[v.join("a"), v.join("b")], REPLACED_MAX_NODE).unwrap();
         let old_a = id(&v.join("a"));
         std::fs::hard_link(v.join("a"), v.join("a-link")).unwrap();
         std::fs::write(v.join("a.new"), "a2").unwrap();

@@ -121,7 +121,7 @@ impl LsmRules {
             add_system_libraries(root, &mut rules.libraries)?;
         }
         rules.deny_open_paths = kernel.deny_open.iter().chain(protect).cloned().collect();
-        let files = super::deny_open::DenyOpenFiles::open(root, &rules.deny_open_paths, 0);
+        let files = super::deny_open::DenyOpenFiles::open(root, &rules.deny_open_paths, 0)?;
         rules.deny_open = files.denied();
         rules.missing_deny_open = files.missing();
         // Only a sandbox with files to refuse pays for the open hook's inode lookup.

@@ -82,7 +82,7 @@ impl Sandbox {
     pub fn enforce_kernel_rules(&mut self, rules: &LsmRules) -> Result<Vec<&'static str>> {
         // The open deny list's files, looked up and held from now on (a file replaced since
         // `rules` were made is taken as it is now).
-        let mut in_force = RulesInForce::new(rules, &FsRoot::Own, REPLACED_MAX_RUN);
+        let mut in_force = RulesInForce::new(rules, &FsRoot::Own, REPLACED_MAX_RUN)?;
         let mut generation = lock(&self.generation)?;
         self.kernel()?.enforce(&mut generation, in_force.rules(), self.net)?;
         in_force.written();
@@ -221,13 +221,16 @@ impl KernelRulesUpdater {
     pub fn follow_deny_open(&self) -> Result<()> {
         let mut in_force = lock(&self.in_force)?;
         let write = in_force.refresh(&FsRoot::Own);
-        if write != Write::Nothing {
-            let mut generation = lock(&self.generation)?;
-            self.sandbox.follow(&mut generation, &mut in_force, write, self.net)?;
-        }
+        let written = match write {
+            Write::Nothing => Ok(()),
+            write => {
+                lock(&self.generation).and_then(|mut g| self.sandbox.follow(&mut g, &mut in_force, write, self.net))
+            }
+        };
+        // Ended even when the write failed: what it holds grows with every look.
         match in_force.overflowed() {
             Some(too_many) => Err(too_many.into()),
-            None => Ok(()),
+            None => written,
         }
     }
 
