@@ -415,10 +415,16 @@ async fn run_inside(
             proxy.answer_dns_only(s.dns_clients()?)?;
             let audit = audit.clone();
             let names = target_names(kernel.rules);
+            // A file the open deny list took up later (a rotated token) is named as it is now.
+            let followed = s.kernel_rules_updater();
             let files = recorded.clone();
             let pump = s.start_events(move |e| match e {
                 KernelEvent::Deny(e) => {
-                    audit.kernel_denied(e, names.get(&(e.target_dev, e.target_ino)).map(|p| p.as_path()))
+                    let named = names
+                        .get(&(e.target_dev, e.target_ino))
+                        .cloned()
+                        .or_else(|| followed.as_ref()?.deny_open_path(e.target_dev, e.target_ino));
+                    audit.kernel_denied(e, named.as_deref())
                 }
                 KernelEvent::Learned(e) => {
                     if let Ok(mut files) = files.lock() {

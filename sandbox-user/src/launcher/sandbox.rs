@@ -18,7 +18,7 @@ use crate::kernel::events::{EventPump, KernelEvent};
 use crate::kernel::fs_root::FsRoot;
 use crate::kernel::generation::{retire_unused, EventSlot, Generation};
 use crate::kernel::learning::Learning;
-use crate::kernel::lsm_rules::LsmRules;
+use crate::kernel::lsm_rules::{FileId, LsmRules};
 use crate::kernel::programs::{ConnectionOwners, DnsClients};
 use crate::kernel::sandbox::KernelSandbox;
 use crate::kernel::sandbox_id::SandboxId;
@@ -232,6 +232,12 @@ impl KernelRulesUpdater {
             Some(too_many) => Err(too_many.into()),
             None => written,
         }
+    }
+
+    /// The path the open deny list found file (`dev`, `ino`) at, if it holds it; `None` too
+    /// while the list is being looked at (an event is not held up for it).
+    pub fn deny_open_path(&self, dev: u32, ino: u64) -> Option<PathBuf> {
+        self.in_force.try_lock().ok()?.rules().deny_open.get(&FileId { dev, ino }).cloned()
     }
 
     /// Kills every process of the sandbox (it renamed listed files aside faster than they can

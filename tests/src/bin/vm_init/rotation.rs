@@ -19,17 +19,32 @@ pub const DENY_OPEN: &str = "/var/leash-rotate/token, /var/leash-rotate/later";
 /// The agent's uid (`nobody`, whom `leash run` as root without sudo runs it as).
 const AGENT_UID: u32 = 65534;
 
-/// Under `leash run`, with a policy of its own.
+/// Under `leash run`, with a policy of its own; leash's denial lines name the file created
+/// later by its path.
 pub fn leash_run_checks() -> Vec<Check> {
-    checks("kernel", || {
+    let mut stderr = String::new();
+    let mut checks = checks("kernel", || {
         let mut cmd = Command::new(LEASH);
         cmd.args(["run", "--policy", POLICY]);
         if kernel_before(6, 1) {
             cmd.arg("--allow-degraded");
         }
         cmd.args(["--", LSM_PROBE, "--rotation-agent"]);
-        output(&mut cmd)
-    })
+        let out = output(&mut cmd);
+        if let Ok(out) = &out {
+            stderr = out.stderr.clone();
+        }
+        out
+    });
+    let named = stderr.contains(&format!("-> open {DIR}/later ("));
+    checks.push(Check::new("kernel:rotation-denial-named", move || {
+        if named {
+            Ok(format!("the denial of {DIR}/later names it"))
+        } else {
+            Err(format!("no denial line names {DIR}/later: {stderr}"))
+        }
+    }));
+    checks
 }
 
 /// Under `leash confine` as nobody in `container`, with the daemon at `socket` (whose policy
