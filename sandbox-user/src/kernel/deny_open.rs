@@ -86,13 +86,18 @@ impl DenyOpenFiles {
     /// Looks `paths` up in `root`. A path that does not exist is looked up again on every
     /// refresh; one whose lookup fails otherwise is an error.
     pub fn open(root: &FsRoot, paths: &[PathBuf], replaced_max: usize) -> Result<Self> {
-        let mut files = DenyOpenFiles { paths: Vec::new(), held: BTreeMap::new(), failing: Vec::new(), replaced_max };
-        files.replace_paths(root, paths);
-        if let Some(path) = files.failing.first() {
-            // Looked up once more, for the error itself.
+        for path in paths {
             look_up(root, path)?;
         }
-        Ok(files)
+        Ok(Self::looked_up(root, paths, replaced_max))
+    }
+
+    /// [`DenyOpenFiles::open`], a path whose lookup fails being said and looked up again on
+    /// every refresh.
+    pub fn looked_up(root: &FsRoot, paths: &[PathBuf], replaced_max: usize) -> Self {
+        let mut files = DenyOpenFiles { paths: Vec::new(), held: BTreeMap::new(), failing: Vec::new(), replaced_max };
+        files.replace_paths(root, paths);
+        files
     }
 
     /// Follows another list of paths (a reload): what the new paths name, plus the replaced

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use sandbox_common::{lsm_deny, lsm_rule, program_names, UnixKey, UNIX_PATH_MAX};
 
+use super::deny_open::DenyOpenFiles;
 use super::fs_root::FsRoot;
 use crate::policy::{KernelDeny, KernelRules, UnixSocketName};
 
@@ -97,9 +98,23 @@ impl LsmRules {
         Self::resolve(kernel.unwrap_or(&KernelRules::default()), protect)
     }
 
+    /// [`LsmRules::for_policy`] for a reload while the agent runs: an open deny list's path
+    /// whose lookup fails (a loop the agent made) names no file here and is said, rather than
+    /// refusing the reload (the sandbox's own list keeps what the path named,
+    /// [`super::deny_open`]).
+    pub fn for_reload(kernel: Option<&KernelRules>, protect: &[PathBuf]) -> Result<Self> {
+        Self::resolve_with(&FsRoot::Own, kernel.unwrap_or(&KernelRules::default()), protect, false)
+    }
+
     /// [`LsmRules::resolve`] with the paths looked up in `root` (a pod's filesystem, for the
     /// node daemon).
     pub fn resolve_in(root: &FsRoot, kernel: &KernelRules, protect: &[PathBuf]) -> Result<Self> {
+        Self::resolve_with(root, kernel, protect, true)
+    }
+
+    /// `strict`: a deny_open path whose lookup fails for another reason than a missing file is
+    /// an error.
+    fn resolve_with(root: &FsRoot, kernel: &KernelRules, protect: &[PathBuf], strict: bool) -> Result<Self> {
         let mut rules = LsmRules {
             deny: lsm_deny::PTRACE | lsm_deny::BPF | lsm_deny::KILL_OUTSIDE,
             rules: lsm_rule::UNIX_ALLOWLIST,
@@ -121,7 +136,10 @@ impl LsmRules {
             add_system_libraries(root, &mut rules.libraries)?;
         }
         rules.deny_open_paths = kernel.deny_open.iter().chain(protect).cloned().collect();
-        let files = super::deny_open::DenyOpenFiles::open(root, &rules.deny_open_paths, 0)?;
+        let files = match strict {
+            true => DenyOpenFiles::open(root, &rules.deny_open_paths, 0)?,
+            false => DenyOpenFiles::looked_up(root, &rules.deny_open_paths, 0),
+        };
         rules.deny_open = files.denied();
         rules.missing_deny_open = files.missing();
         // Only a sandbox with files to refuse pays for the open hook's inode lookup.
@@ -559,6 +577,20 @@ mod tests {
         // Without an exec list there is nothing to map-check.
         let none = LsmRules::resolve(&rules(None, &[], &[]), &[]).unwrap();
         assert!(none.libraries.is_empty() && !none.required_hooks().contains(&"mmap_file"));
+    }
+
+    #[test]
+    fn a_deny_open_path_that_fails_refuses_the_start_not_a_reload() {
+        let dir = Scratch::new("deny-broken");
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        // Its directory is a file: ENOTDIR, not "missing".
+        let path = dir.path().join("file/token");
+        let kernel = rules(None, &[path.to_str().unwrap()], &[]);
+        assert!(LsmRules::resolve(&kernel, &[]).is_err(), "at the start, a failing lookup is an error");
+        let reload = LsmRules::for_reload(Some(&kernel), &[]).unwrap();
+        assert!(reload.deny_open.is_empty());
+        assert_eq!(reload.deny_open_paths, [path]);
+        assert_ne!(reload.rules & lsm_rule::DENY_OPEN, 0);
     }
 
     #[test]

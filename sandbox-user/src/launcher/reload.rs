@@ -131,7 +131,7 @@ fn load_and_apply(path: &std::path::Path, proxy: &Proxy, kernel: &KernelReload, 
                     );
                 }
             }
-            KernelReload::Update(target) => LsmRules::for_policy(p.kernel(), &target.protect)
+            KernelReload::Update(target) => LsmRules::for_reload(p.kernel(), &target.protect)
                 .map(|r| r.with_binaries_rules(!p.binaries_restricted().is_empty()).for_leash_run())
                 .and_then(|r| target.updater.update(&r).context("updating the BPF-LSM maps"))
                 .map_err(|e| format!("{e:#}"))?,
