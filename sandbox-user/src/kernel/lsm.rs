@@ -136,13 +136,18 @@ impl LsmMaps {
     /// Replaces a registered sandbox's rules (a reload, a replaced `deny_open` file). On
     /// failure the sandbox stays registered, with its old entries and some of the new (new
     /// entries go in before stale ones leave): never without its rules, as a removal would leave
-    /// it.
-    /// A sandbox removed meanwhile is not made again.
+    /// it. A sandbox removed meanwhile is not made again.
     pub fn update(&mut self, r: &Registration<'_>) -> Result<()> {
-        if self.sandboxes.get(&r.cgroup_id, 0).is_err() {
+        self.still_registered(r.cgroup_id)?;
+        self.register_entries(r)
+    }
+
+    /// An error unless sandbox `cgroup_id` is registered: what changes it must not make it again.
+    fn still_registered(&self, cgroup_id: u64) -> Result<()> {
+        if self.sandboxes.get(&cgroup_id, 0).is_err() {
             bail!("the sandbox is no longer registered with the BPF-LSM programs");
         }
-        self.register_entries(r)
+        Ok(())
     }
 
     /// Adds files `added` to registered sandbox `cgroup_id`'s open deny list and takes
@@ -150,9 +155,7 @@ impl LsmMaps {
     /// list synced). Each addition is counted in the pre-filter before it goes in; a removal
     /// lowers it after it is gone.
     pub fn change_deny_open(&mut self, cgroup_id: u64, added: &[FileId], removed: &[FileId]) -> Result<()> {
-        if self.sandboxes.get(&cgroup_id, 0).is_err() {
-            bail!("the sandbox is no longer registered with the BPF-LSM programs");
-        }
+        self.still_registered(cgroup_id)?;
         let key = |f: &FileId| InodeKey { sandbox: cgroup_id, ino: f.ino, dev: f.dev, _pad: 0 };
         for file in added {
             let key = key(file);
