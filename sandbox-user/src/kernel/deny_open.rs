@@ -239,6 +239,11 @@ impl RulesInForce {
         !self.files.is_empty()
     }
 
+    /// Whether a refresh has nothing to do: no path to look up, nothing to write again.
+    pub fn idle(&self) -> bool {
+        self.files.is_empty() && !self.stale
+    }
+
     /// These for other rules (a reload), keeping the replaced files of paths still listed. Self
     /// is unchanged: the caller puts the new ones in force whole and keeps them, or keeps self.
     pub fn replaced(&self, rules: &LsmRules, root: &FsRoot) -> Result<Self> {

@@ -86,6 +86,10 @@ pub fn follow_deny_open(updater: KernelRulesUpdater) -> tokio::task::JoinHandle<
         let mut failing = false;
         loop {
             tokio::time::sleep(DENY_OPEN_POLL).await;
+            // Most policies list no file: no hop to a blocking thread for nothing.
+            if updater.deny_open_idle() {
+                continue;
+            }
             // Blocking: a path may lead anywhere the agent can plant a link (a slow mount), and
             // ending the agent waits for its processes.
             let looking = updater.clone();

@@ -234,6 +234,12 @@ impl KernelRulesUpdater {
         }
     }
 
+    /// Whether a look would do nothing (no path listed, nothing to write again); `false` while
+    /// the rules are being changed.
+    pub fn deny_open_idle(&self) -> bool {
+        self.in_force.try_lock().is_ok_and(|f| f.idle())
+    }
+
     /// The path the open deny list found file (`dev`, `ino`) at, if it holds it; `None` too
     /// while the list is being looked at (an event is not held up for it).
     pub fn deny_open_path(&self, dev: u32, ino: u64) -> Option<PathBuf> {
